@@ -1,0 +1,95 @@
+//! Which OpenAI endpoint a request addresses. The gateway is closed by
+//! default: a path it does not know is refused, so no route can reach a model
+//! server without being authenticated, limited and accounted.
+
+use crate::error::GatewayError;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Endpoint {
+    ChatCompletions,
+    Completions,
+    ListModels,
+    RetrieveModel(String),
+}
+
+impl Endpoint {
+    /// Classifies `method` + `path` (query string allowed; Envoy has already
+    /// normalised dot segments and merged slashes).
+    pub fn classify(method: &str, path: &str) -> Result<Endpoint, GatewayError> {
+        let path = path.split(['?', '#']).next().unwrap_or("");
+        let (endpoint, allow) = match path {
+            "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
+            "/v1/completions" => (Endpoint::Completions, "POST"),
+            "/v1/models" => (Endpoint::ListModels, "GET"),
+            _ => match path.strip_prefix("/v1/models/") {
+                Some(id) if !id.is_empty() && !id.contains('/') => {
+                    (Endpoint::RetrieveModel(id.to_string()), "GET")
+                }
+                _ => {
+                    return Err(GatewayError::UnknownEndpoint {
+                        method: method.to_string(),
+                        path: path.to_string(),
+                    })
+                }
+            },
+        };
+        let allowed = method == allow || (allow == "GET" && method == "HEAD");
+        if allowed {
+            Ok(endpoint)
+        } else {
+            Err(GatewayError::MethodNotAllowed {
+                method: method.to_string(),
+                path: path.to_string(),
+                allow,
+            })
+        }
+    }
+
+    pub fn is_completion(&self) -> bool {
+        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_known_endpoints() {
+        let table = [
+            ("POST", "/v1/chat/completions", Endpoint::ChatCompletions),
+            ("POST", "/v1/completions?x=1", Endpoint::Completions),
+            ("GET", "/v1/models", Endpoint::ListModels),
+            ("HEAD", "/v1/models", Endpoint::ListModels),
+            (
+                "GET",
+                "/v1/models/m-1",
+                Endpoint::RetrieveModel("m-1".into()),
+            ),
+        ];
+        for (method, path, want) in table {
+            assert_eq!(
+                Endpoint::classify(method, path).unwrap(),
+                want,
+                "{method} {path}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_everything_else() {
+        for (method, path, status) in [
+            ("GET", "/v1/chat/completions", 405),
+            ("POST", "/v1/models", 405),
+            ("POST", "/v1/embeddings", 404),
+            ("GET", "/", 404),
+            ("POST", "/v1/chat/completions/", 404),
+            ("GET", "/v1/models/", 404),
+            ("GET", "/v1/models/a/b", 404),
+            ("POST", "/V1/chat/completions", 404),
+        ] {
+            let err = Endpoint::classify(method, path).unwrap_err();
+            assert_eq!(err.status(), status, "{method} {path}");
+        }
+    }
+}

@@ -1,0 +1,659 @@
+//! The per-request state machine: authenticate, authorise the model, reserve
+//! the worst case against every limit, forward, read the usage, settle.
+//!
+//! Invariants:
+//! - Identity headers (`x-maas-*`) reaching the upstream are the filter's own;
+//!   whatever the client sent under those names, and its credentials, are
+//!   removed before anything else happens.
+//! - Every admitted request is settled exactly once: when its response ends,
+//!   or in `on_log` if it never does (client disconnect, upstream reset). The
+//!   admission is moved out of the stream on settlement, so a second
+//!   settlement has nothing to act on.
+//! - A request is admitted only if its worst case (prompt estimate plus its
+//!   effective `max_tokens`, which the filter writes into the body so the
+//!   model cannot exceed it) fits every token limit; so a window's charged
+//!   tokens never exceed its limit as long as the model honours `max_tokens`.
+
+use crate::audit::{AuditRecord, UsageSource};
+use crate::config::{CapMode, Config, LimitRule, Quantity};
+use crate::endpoint::Endpoint;
+use crate::error::{GatewayError, LimitKind};
+use crate::host::{Flow, StreamHost};
+use crate::keys::{presented_key, AuthFailure};
+use crate::limits::{self, Hold, ReserveError};
+use crate::metrics::{Metric, ModelId, Outcome};
+use crate::ratelimit_headers::RateLimitHeaders;
+use crate::request::{parse_completion_request, rewrite_completion_request, BodyRewrite};
+use crate::sse::SseUsageParser;
+use crate::usage::{parse_json_usage, Usage};
+use std::rc::Rc;
+
+/// Headers the filter owns on the way upstream: credentials it consumes and
+/// identity it asserts. Client-sent values are always dropped.
+pub const OWNED_REQUEST_HEADERS: [&str; 6] = [
+    "authorization",
+    "x-api-key",
+    "x-maas-subscription",
+    "x-maas-key-id",
+    "x-maas-user",
+    "x-maas-model",
+];
+
+/// A JSON response larger than this is passed through without reading its
+/// usage (and charged by estimate) rather than held in memory.
+const MAX_JSON_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// One SSE event larger than this is not inspected.
+const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
+/// Bytes per token assumed when charging an estimate (OpenAI's rule of thumb).
+const ESTIMATE_BYTES_PER_TOKEN: u64 = 4;
+
+#[derive(Debug)]
+struct Identity {
+    key: usize,
+    subscription: usize,
+}
+
+/// What was reserved at admission, settled exactly once.
+#[derive(Debug)]
+struct Admission {
+    holds: Vec<(Quantity, Hold)>,
+    body_bytes: u64,
+}
+
+enum ResponseReader {
+    /// Not read: not admitted, an error status, or an encoding we cannot parse.
+    Skip,
+    Json {
+        buf: Vec<u8>,
+        overflowed: bool,
+    },
+    Sse(Box<SseUsageParser>),
+}
+
+pub struct Stream {
+    config: Rc<Config>,
+    start_ms: u64,
+    method: String,
+    path: String,
+    request_id: Option<String>,
+    identity: Option<Identity>,
+    endpoint: Option<Endpoint>,
+    model: Option<String>,
+    model_id: ModelId,
+    streaming: bool,
+    strip_usage: bool,
+    reserved_tokens: u64,
+    admission: Option<Admission>,
+    headers: RateLimitHeaders,
+    replied: bool,
+    status: Option<u32>,
+    refusal: Option<(Outcome, &'static str)>,
+    reader: ResponseReader,
+    response_complete: bool,
+    charged: Option<(Usage, UsageSource)>,
+}
+
+impl Stream {
+    pub fn new(config: Rc<Config>) -> Stream {
+        Stream {
+            config,
+            start_ms: 0,
+            method: String::new(),
+            path: String::new(),
+            request_id: None,
+            identity: None,
+            endpoint: None,
+            model: None,
+            model_id: None,
+            streaming: false,
+            strip_usage: false,
+            reserved_tokens: 0,
+            admission: None,
+            headers: RateLimitHeaders::default(),
+            replied: false,
+            status: None,
+            refusal: None,
+            reader: ResponseReader::Skip,
+            response_complete: false,
+            charged: None,
+        }
+    }
+
+    pub fn on_request_headers(&mut self, host: &dyn StreamHost, end_of_stream: bool) -> Flow {
+        self.start_ms = host.now_ms();
+        self.method = host.request_header(":method").unwrap_or_default();
+        let mut path = host.request_header(":path").unwrap_or_default();
+        if let Some(q) = path.find(['?', '#']) {
+            path.truncate(q);
+        }
+        self.path = path;
+        self.request_id = host.request_header("x-request-id");
+        let authorization = host.request_header("authorization");
+        let x_api_key = host.request_header("x-api-key");
+        for name in OWNED_REQUEST_HEADERS {
+            host.set_request_header(name, None);
+        }
+
+        let presented = presented_key(authorization.as_deref(), x_api_key.as_deref());
+        let now_secs = self.start_ms / 1000;
+        let authenticated = match presented {
+            None => Err(AuthFailure::Missing),
+            Some(k) => self.config.keys.authenticate(k, now_secs),
+        };
+        let (key_index, key) = match authenticated {
+            Ok(found) => found,
+            Err(reason) => {
+                host.add_metric(Metric::AuthFailures { reason }, 1);
+                let err = match reason {
+                    AuthFailure::Missing => GatewayError::MissingKey,
+                    _ => GatewayError::InvalidKey,
+                };
+                return self.refuse(host, Outcome::Rejected, &err);
+            }
+        };
+        self.identity = Some(Identity {
+            key: key_index,
+            subscription: key.subscription,
+        });
+        host.set_request_header("x-maas-key-id", Some(&key.id));
+        host.set_request_header("x-maas-user", Some(&key.owner));
+        if let Some(sub) = self.config.subscriptions.get(key.subscription) {
+            host.set_request_header("x-maas-subscription", Some(&sub.name));
+        }
+
+        let endpoint = match Endpoint::classify(&self.method, &self.path) {
+            Ok(e) => e,
+            Err(err) => return self.refuse(host, Outcome::Rejected, &err),
+        };
+        let flow = match &endpoint {
+            Endpoint::ListModels => self.list_models(host),
+            Endpoint::RetrieveModel(id) => self.retrieve_model(host, id),
+            _ if end_of_stream => self.refuse(host, Outcome::Rejected, &GatewayError::BodyRequired),
+            _ => {
+                let declared = host
+                    .request_header("content-length")
+                    .and_then(|v| v.trim().parse::<u64>().ok());
+                if declared.is_some_and(|n| n > self.config.max_body_bytes as u64) {
+                    let err = GatewayError::BodyTooLarge {
+                        limit: self.config.max_body_bytes,
+                    };
+                    return self.refuse(host, Outcome::Rejected, &err);
+                }
+                // The response must arrive unencoded for its usage to be read.
+                host.set_request_header("accept-encoding", None);
+                Flow::Pause
+            }
+        };
+        self.endpoint = Some(endpoint);
+        flow
+    }
+
+    pub fn on_request_body(
+        &mut self,
+        host: &dyn StreamHost,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        let is_completion = self.endpoint.as_ref().is_some_and(Endpoint::is_completion);
+        if self.replied || !is_completion || self.admission.is_some() {
+            return Flow::Continue;
+        }
+        if body_size > self.config.max_body_bytes {
+            let err = GatewayError::BodyTooLarge {
+                limit: self.config.max_body_bytes,
+            };
+            return self.refuse(host, Outcome::Rejected, &err);
+        }
+        if !end_of_stream {
+            return Flow::Buffer;
+        }
+        let body = host.request_body(body_size).unwrap_or_default();
+        match self.admit(host, &body) {
+            Ok(()) => Flow::Continue,
+            Err((outcome, err)) => self.refuse(host, outcome, &err),
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &dyn StreamHost, end_of_stream: bool) -> Flow {
+        if self.replied {
+            return Flow::Continue;
+        }
+        self.status = host.response_header(":status").and_then(|s| s.parse().ok());
+        for (name, value) in self.headers.to_headers() {
+            host.set_response_header(name, Some(&value));
+        }
+        if self.admission.is_some() {
+            let ok = self.status.is_some_and(|s| (200..300).contains(&s));
+            let encoded = host
+                .response_header("content-encoding")
+                .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
+            let sse = host.response_header("content-type").is_some_and(|t| {
+                t.trim_start()
+                    .to_ascii_lowercase()
+                    .starts_with("text/event-stream")
+            });
+            self.reader = match (ok && !encoded, sse) {
+                (false, _) => ResponseReader::Skip,
+                (true, true) => {
+                    if self.strip_usage {
+                        // The filter rewrites the stream; a declared length
+                        // would no longer hold.
+                        host.set_response_header("content-length", None);
+                    }
+                    ResponseReader::Sse(Box::new(SseUsageParser::new(
+                        self.strip_usage,
+                        MAX_SSE_EVENT_BYTES,
+                    )))
+                }
+                (true, false) => ResponseReader::Json {
+                    buf: Vec::new(),
+                    overflowed: false,
+                },
+            };
+        }
+        if end_of_stream {
+            self.end_response(host);
+        }
+        Flow::Continue
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn StreamHost,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        if self.replied || self.admission.is_none() {
+            return Flow::Continue;
+        }
+        match &mut self.reader {
+            ResponseReader::Skip => {}
+            ResponseReader::Json { buf, overflowed } => {
+                if !*overflowed && body_size > 0 {
+                    if buf.len().saturating_add(body_size) > MAX_JSON_RESPONSE_BYTES {
+                        *overflowed = true;
+                        *buf = Vec::new();
+                    } else if let Some(chunk) = host.response_body(body_size) {
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            ResponseReader::Sse(parser) => {
+                let chunk = if body_size > 0 {
+                    host.response_body(body_size).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let mut out = parser.feed(&chunk);
+                if end_of_stream {
+                    if let Some(rest) = parser.finish() {
+                        out.get_or_insert_with(Vec::new).extend_from_slice(&rest);
+                    }
+                }
+                if let Some(out) = out {
+                    if out != chunk {
+                        host.replace_response_body(body_size, &out);
+                    }
+                }
+            }
+        }
+        if end_of_stream {
+            self.end_response(host);
+        }
+        Flow::Continue
+    }
+
+    /// Envoy's last word on the stream, also after resets and disconnects.
+    pub fn on_log(&mut self, host: &dyn StreamHost) {
+        // Anything still reserved never saw its response end.
+        self.settle(host);
+        let outcome = match self.refusal {
+            Some((outcome, _)) => outcome,
+            None if !self.response_complete => Outcome::Incomplete,
+            None if self.status.is_some_and(|s| (200..300).contains(&s)) => Outcome::Ok,
+            None => Outcome::UpstreamError,
+        };
+        let config = Rc::clone(&self.config);
+        let key = self.identity.as_ref().and_then(|i| config.keys.get(i.key));
+        let subscription = self
+            .identity
+            .as_ref()
+            .and_then(|i| config.subscriptions.get(i.subscription));
+        if let Some(i) = &self.identity {
+            // Requests refused at the endpoint (unknown path) still count
+            // against their subscription's request metric.
+            host.add_metric(
+                Metric::Requests {
+                    subscription: i.subscription as u32,
+                    model: self.model_id,
+                    outcome,
+                },
+                1,
+            );
+        }
+        let (usage, source) = match self.charged {
+            Some((u, s)) => (u, Some(s)),
+            None => (Usage::default(), None),
+        };
+        let record = AuditRecord {
+            start_ms: self.start_ms,
+            request_id: self.request_id.as_deref(),
+            method: &self.method,
+            path: &self.path,
+            key_id: key.map(|k| k.id.as_str()),
+            user: key.map(|k| k.owner.as_str()),
+            subscription: subscription.map(|s| s.name.as_str()),
+            model: self.model.as_deref(),
+            stream: self.streaming,
+            status: self.status,
+            outcome: outcome.as_str(),
+            error_code: self.refusal.map(|(_, code)| code),
+            reserved_tokens: self.reserved_tokens,
+            prompt_tokens: usage.prompt_tokens,
+            completion_tokens: usage.completion_tokens,
+            total_tokens: usage.total_tokens,
+            usage: source,
+            latency_ms: host.now_ms().saturating_sub(self.start_ms),
+        };
+        host.set_audit_record(&record.to_json());
+    }
+
+    /// Parses the body, applies the subscription's model list and caps,
+    /// reserves the worst case and rewrites the body for the upstream.
+    fn admit(&mut self, host: &dyn StreamHost, body: &[u8]) -> Result<(), (Outcome, GatewayError)> {
+        let rejected = |e: GatewayError| (Outcome::Rejected, e);
+        let config = Rc::clone(&self.config);
+        let (key_index, subscription_index) = self
+            .identity
+            .as_ref()
+            .map(|i| (i.key, i.subscription))
+            .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
+        let subscription = config
+            .subscriptions
+            .get(subscription_index)
+            .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
+        let key = config
+            .keys
+            .get(key_index)
+            .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
+
+        let request = parse_completion_request(body).map_err(|e| rejected(e.into()))?;
+        let model = request.model.as_ref();
+        let model_id = config
+            .models
+            .binary_search_by(|m| m.as_str().cmp(model))
+            .ok()
+            .map(|i| i as u32);
+        // Remember what was asked for (bounded) for the audit record.
+        self.model = Some(model.chars().take(128).collect());
+        self.model_id = model_id;
+        if model_id.is_none() || !subscription.allows(model) {
+            return Err(rejected(GatewayError::ModelNotFound(
+                model.chars().take(128).collect(),
+            )));
+        }
+        self.streaming = request.stream;
+
+        let requested = request.requested_max_tokens();
+        let (effective, rewrite_max) = match (requested, subscription.max_tokens) {
+            (Some(r), Some(p)) if r > p.cap => match p.mode {
+                CapMode::Reject => {
+                    return Err(rejected(GatewayError::MaxTokensTooLarge {
+                        requested: r,
+                        cap: p.cap,
+                    }))
+                }
+                CapMode::Clamp => (p.cap, Some(p.cap)),
+            },
+            (Some(r), _) => (r, None),
+            (None, Some(p)) => (p.cap, Some(p.cap)),
+            (None, None) => (config.default_max_tokens, Some(config.default_max_tokens)),
+        };
+        self.strip_usage = request.stream && !request.include_usage;
+        let rewritten = if rewrite_max.is_some() || self.strip_usage {
+            let rewrite = BodyRewrite {
+                max_tokens: rewrite_max,
+                force_include_usage: self.strip_usage,
+            };
+            Some(rewrite_completion_request(body, &rewrite).map_err(|e| rejected(e.into()))?)
+        } else {
+            None
+        };
+
+        let body_bytes = body.len() as u64;
+        let prompt_estimate = body_bytes.div_ceil(config.prompt_bytes_per_token);
+        let worst_case = prompt_estimate.saturating_add(effective);
+        let rules: Vec<&LimitRule> = subscription
+            .limits
+            .iter()
+            .chain(key.limits.iter())
+            .collect();
+        let wants: Vec<(&limits::Limit, u64)> = rules
+            .iter()
+            .map(|r| {
+                let amount = match r.quantity {
+                    Quantity::Requests => 1,
+                    Quantity::Tokens => worst_case,
+                };
+                (&r.limit, amount)
+            })
+            .collect();
+        let now_secs = host.now_ms() / 1000;
+        let holds = match limits::reserve(host.counters(), now_secs, &wants) {
+            Ok(holds) => holds,
+            Err(ReserveError::Denied(d)) => {
+                self.observe_limits(host, &rules, now_secs);
+                let rule = rules.get(d.index).copied();
+                let (kind, scope, window) = match rule {
+                    Some(r) => (
+                        match r.quantity {
+                            Quantity::Requests => LimitKind::Requests,
+                            Quantity::Tokens => LimitKind::Tokens,
+                        },
+                        r.scope.clone(),
+                        crate::ratelimit_headers::format_duration(r.limit.rate.window_secs),
+                    ),
+                    None => (LimitKind::Requests, String::new(), String::new()),
+                };
+                host.add_metric(
+                    Metric::RateLimited {
+                        subscription: subscription_index as u32,
+                        kind,
+                    },
+                    1,
+                );
+                let err = if kind == LimitKind::Tokens && d.requested > d.limit {
+                    GatewayError::RequestTooLarge {
+                        scope,
+                        window,
+                        limit: d.limit,
+                        requested: d.requested,
+                    }
+                } else {
+                    GatewayError::RateLimited {
+                        kind,
+                        scope,
+                        window,
+                        limit: d.limit,
+                        remaining: d.remaining,
+                        requested: d.requested,
+                        retry_after_secs: d.reset_after_secs.max(1),
+                    }
+                };
+                return Err((Outcome::RateLimited, err));
+            }
+            Err(ReserveError::Store(e)) => {
+                host.warn(&format!("rate limit counters unavailable: {e}"));
+                return Err((Outcome::LimiterError, GatewayError::LimiterUnavailable));
+            }
+        };
+        self.reserved_tokens = if rules.iter().any(|r| r.quantity == Quantity::Tokens) {
+            worst_case
+        } else {
+            0
+        };
+        self.admission = Some(Admission {
+            holds: rules.iter().map(|r| r.quantity).zip(holds).collect(),
+            body_bytes,
+        });
+        self.observe_limits(host, &rules, now_secs);
+
+        if let Some(new_body) = rewritten {
+            host.replace_request_body(body.len(), &new_body);
+            host.set_request_header("content-length", Some(&new_body.len().to_string()));
+        }
+        // Setting a request header makes Envoy re-evaluate the route, so each
+        // model can have its own cluster.
+        host.set_request_header("x-maas-model", Some(model));
+        Ok(())
+    }
+
+    fn observe_limits(&mut self, host: &dyn StreamHost, rules: &[&LimitRule], now_secs: u64) {
+        for rule in rules {
+            if let Ok(state) = limits::state(host.counters(), now_secs, &rule.limit) {
+                self.headers.observe(rule.quantity, state);
+            }
+        }
+    }
+
+    fn end_response(&mut self, host: &dyn StreamHost) {
+        self.response_complete = true;
+        self.settle(host);
+    }
+
+    /// Charges the admitted request once: its reported usage, or an estimate.
+    fn settle(&mut self, host: &dyn StreamHost) {
+        let Some(admission) = self.admission.take() else {
+            return;
+        };
+        let reported = match &self.reader {
+            ResponseReader::Json {
+                buf,
+                overflowed: false,
+            } if self.response_complete => parse_json_usage(buf),
+            ResponseReader::Sse(parser) => parser.usage(),
+            _ => None,
+        };
+        let (usage, source) = match reported {
+            Some(u) => (u, UsageSource::Reported),
+            None => {
+                let prompt = admission.body_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
+                let completion = match &self.reader {
+                    ResponseReader::Sse(parser) => parser.content_events(),
+                    _ => 0,
+                };
+                let usage = Usage {
+                    prompt_tokens: prompt,
+                    completion_tokens: completion,
+                    total_tokens: prompt.saturating_add(completion),
+                };
+                (usage, UsageSource::Estimated)
+            }
+        };
+        let now_secs = host.now_ms() / 1000;
+        for (quantity, hold) in admission.holds {
+            let actual = match quantity {
+                Quantity::Requests => 1,
+                Quantity::Tokens => usage.total_tokens,
+            };
+            if let Err(e) = limits::settle(host.counters(), now_secs, hold, actual) {
+                host.add_metric(Metric::SettleErrors, 1);
+                host.warn(&format!("could not settle a reservation: {e}"));
+            }
+        }
+        if let Some(i) = &self.identity {
+            let (subscription, model) = (i.subscription as u32, self.model_id);
+            host.add_metric(
+                Metric::PromptTokens {
+                    subscription,
+                    model,
+                },
+                usage.prompt_tokens,
+            );
+            host.add_metric(
+                Metric::CompletionTokens {
+                    subscription,
+                    model,
+                },
+                usage.completion_tokens,
+            );
+            host.add_metric(
+                Metric::TotalTokens {
+                    subscription,
+                    model,
+                },
+                usage.total_tokens,
+            );
+            if source == UsageSource::Estimated {
+                host.add_metric(
+                    Metric::EstimatedUsage {
+                        subscription,
+                        model,
+                    },
+                    1,
+                );
+            }
+        }
+        self.charged = Some((usage, source));
+    }
+
+    fn refuse(&mut self, host: &dyn StreamHost, outcome: Outcome, err: &GatewayError) -> Flow {
+        let extra = err.extra_headers();
+        let limit_headers = self.headers.to_headers();
+        let mut headers: Vec<(&str, &str)> = vec![("content-type", "application/json")];
+        headers.extend(extra.iter().map(|(k, v)| (*k, v.as_str())));
+        headers.extend(limit_headers.iter().map(|(k, v)| (*k, v.as_str())));
+        self.reply(host, err.status(), &headers, &err.body());
+        self.refusal = Some((outcome, err.code()));
+        Flow::Pause
+    }
+
+    fn reply(&mut self, host: &dyn StreamHost, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        self.replied = true;
+        self.status = Some(status);
+        self.response_complete = true;
+        host.send_reply(status, headers, body);
+    }
+
+    fn allowed_models(&self) -> &[String] {
+        self.identity
+            .as_ref()
+            .and_then(|i| self.config.subscriptions.get(i.subscription))
+            .map_or(&[], |s| s.models.as_slice())
+    }
+
+    fn list_models(&mut self, host: &dyn StreamHost) -> Flow {
+        host.add_metric(Metric::ModelListings, 1);
+        let data: Vec<serde_json::Value> = self
+            .allowed_models()
+            .iter()
+            .map(|m| model_object(m))
+            .collect();
+        let body = serde_json::json!({ "object": "list", "data": data });
+        self.reply_json(host, &body)
+    }
+
+    fn retrieve_model(&mut self, host: &dyn StreamHost, id: &str) -> Flow {
+        host.add_metric(Metric::ModelListings, 1);
+        if self.allowed_models().iter().any(|m| m == id) {
+            let body = model_object(id);
+            self.reply_json(host, &body)
+        } else {
+            let err = GatewayError::ModelNotFound(id.chars().take(128).collect());
+            self.refuse(host, Outcome::Rejected, &err)
+        }
+    }
+
+    fn reply_json(&mut self, host: &dyn StreamHost, body: &serde_json::Value) -> Flow {
+        let bytes = serde_json::to_vec(body).unwrap_or_default();
+        self.reply(host, 200, &[("content-type", "application/json")], &bytes);
+        Flow::Pause
+    }
+}
+
+fn model_object(id: &str) -> serde_json::Value {
+    serde_json::json!({ "id": id, "object": "model", "created": 0, "owned_by": "maas" })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,589 @@
+//! The request state machine driven through a fake host: every callback in
+//! the order Envoy makes them, with shared counters that outlive streams.
+
+use super::*;
+use crate::keys::KeyDigest;
+use crate::limits::MemoryStore;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+
+/// A local reply: status, headers, body.
+type Reply = (u32, Vec<(String, String)>, Vec<u8>);
+type ParsedReply = (u32, Vec<(String, String)>, serde_json::Value);
+
+#[derive(Default)]
+struct FakeHost {
+    now_ms: Cell<u64>,
+    request_headers: RefCell<Vec<(String, String)>>,
+    request_body: RefCell<Vec<u8>>,
+    response_headers: RefCell<Vec<(String, String)>>,
+    response_chunk: RefCell<Vec<u8>>,
+    reply: RefCell<Option<Reply>>,
+    audit: RefCell<Option<serde_json::Value>>,
+    store: MemoryStore,
+    metrics: RefCell<HashMap<String, u64>>,
+}
+
+impl FakeHost {
+    fn header(list: &RefCell<Vec<(String, String)>>, name: &str) -> Option<String> {
+        list.borrow()
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+    }
+
+    fn set(list: &RefCell<Vec<(String, String)>>, name: &str, value: Option<&str>) {
+        let mut l = list.borrow_mut();
+        l.retain(|(k, _)| k != name);
+        if let Some(v) = value {
+            l.push((name.to_string(), v.to_string()));
+        }
+    }
+}
+
+impl StreamHost for FakeHost {
+    fn now_ms(&self) -> u64 {
+        self.now_ms.get()
+    }
+    fn request_header(&self, name: &str) -> Option<String> {
+        Self::header(&self.request_headers, name)
+    }
+    fn set_request_header(&self, name: &str, value: Option<&str>) {
+        Self::set(&self.request_headers, name, value)
+    }
+    fn request_body(&self, size: usize) -> Option<Vec<u8>> {
+        let b = self.request_body.borrow();
+        Some(b[..size.min(b.len())].to_vec())
+    }
+    fn replace_request_body(&self, _size: usize, body: &[u8]) {
+        *self.request_body.borrow_mut() = body.to_vec();
+    }
+    fn response_header(&self, name: &str) -> Option<String> {
+        Self::header(&self.response_headers, name)
+    }
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        Self::set(&self.response_headers, name, value)
+    }
+    fn response_body(&self, _size: usize) -> Option<Vec<u8>> {
+        Some(self.response_chunk.borrow().clone())
+    }
+    fn replace_response_body(&self, _size: usize, body: &[u8]) {
+        *self.response_chunk.borrow_mut() = body.to_vec();
+    }
+    fn send_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        let headers = headers
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        *self.reply.borrow_mut() = Some((status, headers, body.to_vec()));
+    }
+    fn set_audit_record(&self, record: &[u8]) {
+        *self.audit.borrow_mut() = Some(serde_json::from_slice(record).unwrap());
+    }
+    fn counters(&self) -> &dyn CounterStore {
+        &self.store
+    }
+    fn add_metric(&self, metric: Metric, value: u64) {
+        let name = metric.name(&config());
+        *self.metrics.borrow_mut().entry(name).or_default() += value;
+    }
+    fn warn(&self, _message: &str) {}
+}
+
+use crate::limits::CounterStore;
+
+const KEY: &str = "sk-test-alice";
+
+fn config_json() -> serde_json::Value {
+    serde_json::json!({
+        "models": ["m1", "m2"],
+        "subscriptions": {
+            "free": {
+                "models": ["m1"],
+                "limits": {"requests": ["3/min"], "tokens": ["1000/min"]},
+                "max_tokens": {"cap": 100, "mode": "clamp"}
+            },
+            "metered": {
+                "models": ["m1"],
+                "limits": {"tokens": ["1000/min"]},
+                "max_tokens": {"cap": 100}
+            },
+            "strict": {
+                "models": ["m1"],
+                "limits": "unlimited",
+                "max_tokens": {"cap": 100, "mode": "reject"}
+            }
+        },
+        "keys": [
+            {"id": "alice-1", "owner": "alice", "subscription": "free",
+             "sha256": KeyDigest::of(KEY).to_hex()},
+            {"id": "rev-1", "owner": "mallory", "subscription": "free",
+             "sha256": KeyDigest::of("sk-revoked").to_hex(), "revoked": true},
+            {"id": "metered-1", "owner": "dave", "subscription": "metered",
+             "sha256": KeyDigest::of("sk-metered").to_hex()},
+            {"id": "strict-1", "owner": "carol", "subscription": "strict",
+             "sha256": KeyDigest::of("sk-strict").to_hex()}
+        ]
+    })
+}
+
+fn config() -> Config {
+    Config::from_json(config_json().to_string().as_bytes()).unwrap()
+}
+
+struct Harness {
+    config: Rc<Config>,
+    host: FakeHost,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let host = FakeHost::default();
+        host.now_ms.set(1_700_000_000_000);
+        Harness {
+            config: Rc::new(config()),
+            host,
+        }
+    }
+
+    /// Sends a request through the request-side callbacks; returns the stream
+    /// so the test can play the response.
+    fn request(&self, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> Stream {
+        let mut all = vec![(":method", method), (":path", path)];
+        all.extend_from_slice(headers);
+        *self.host.request_headers.borrow_mut() = all
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        *self.host.request_body.borrow_mut() = body.as_bytes().to_vec();
+        *self.host.reply.borrow_mut() = None;
+        let mut s = Stream::new(Rc::clone(&self.config));
+        if s.on_request_headers(&self.host, body.is_empty()) == Flow::Pause
+            && !body.is_empty()
+            && self.replied().is_none()
+        {
+            s.on_request_body(&self.host, body.len(), true);
+        }
+        s
+    }
+
+    fn chat(&self, body: &str) -> Stream {
+        self.request(
+            "POST",
+            "/v1/chat/completions",
+            &[
+                ("authorization", &format!("Bearer {KEY}")),
+                ("content-type", "application/json"),
+            ],
+            body,
+        )
+    }
+
+    fn replied(&self) -> Option<ParsedReply> {
+        self.host.reply.borrow().as_ref().map(|(s, h, b)| {
+            (
+                *s,
+                h.clone(),
+                serde_json::from_slice(b).unwrap_or(serde_json::Value::Null),
+            )
+        })
+    }
+
+    fn respond_json(&self, s: &mut Stream, status: u32, body: &str) {
+        *self.host.response_headers.borrow_mut() = vec![
+            (":status".into(), status.to_string()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        s.on_response_headers(&self.host, false);
+        *self.host.response_chunk.borrow_mut() = body.as_bytes().to_vec();
+        s.on_response_body(&self.host, body.len(), true);
+        s.on_log(&self.host);
+    }
+
+    fn used(&self, key: &str) -> u64 {
+        let now = self.host.now_ms.get() / 1000;
+        let limit = self
+            .config
+            .all_limits()
+            .find(|r| r.limit.counter_key == key)
+            .unwrap()
+            .limit
+            .clone();
+        let st = limits::state(&self.host.store, now, &limit).unwrap();
+        st.limit - st.remaining
+    }
+
+    fn audit(&self) -> serde_json::Value {
+        self.host.audit.borrow().clone().unwrap()
+    }
+
+    fn metric(&self, name: &str) -> u64 {
+        self.host.metrics.borrow().get(name).copied().unwrap_or(0)
+    }
+}
+
+const REQ: &str = "maas/sub/free/requests/60";
+const TOK: &str = "maas/sub/free/tokens/60";
+
+#[test]
+fn missing_and_invalid_keys_get_401_without_an_oracle() {
+    let h = Harness::new();
+    h.request("POST", "/v1/chat/completions", &[], "{}");
+    let (status, headers, body) = h.replied().unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "missing_api_key");
+    assert!(headers.iter().any(|(k, _)| k == "www-authenticate"));
+
+    let mut bodies = Vec::new();
+    for key in ["sk-unknown", "sk-revoked"] {
+        h.request("POST", "/v1/chat/completions", &[("x-api-key", key)], "{}");
+        let (status, _, body) = h.replied().unwrap();
+        assert_eq!(status, 401);
+        bodies.push(body);
+    }
+    assert_eq!(bodies[0], bodies[1]);
+    assert_eq!(h.metric("maas.auth_failures_total.reason=.=revoked;.;"), 1);
+    assert_eq!(h.metric("maas.auth_failures_total.reason=.=unknown;.;"), 1);
+    assert_eq!(h.used(REQ), 0);
+}
+
+#[test]
+fn identity_headers_are_the_filters_own() {
+    let h = Harness::new();
+    let mut s = h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-maas-subscription", "gold"),
+            ("x-maas-user", "root"),
+            ("x-maas-model", "m2"),
+        ],
+        r#"{"model":"m1","max_tokens":10}"#,
+    );
+    assert!(h.replied().is_none());
+    let hdr = |n: &str| h.host.request_header(n);
+    assert_eq!(hdr("authorization"), None);
+    assert_eq!(hdr("x-maas-subscription").as_deref(), Some("free"));
+    assert_eq!(hdr("x-maas-user").as_deref(), Some("alice"));
+    assert_eq!(hdr("x-maas-key-id").as_deref(), Some("alice-1"));
+    assert_eq!(hdr("x-maas-model").as_deref(), Some("m1"));
+    h.respond_json(
+        &mut s,
+        200,
+        r#"{"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
+    );
+}
+
+#[test]
+fn reserves_worst_case_and_settles_to_reported_usage() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":50,"messages":[]}"#;
+    let mut s = h.chat(body);
+    assert!(h.replied().is_none());
+    // Worst case: body bytes (prompt bound) + max_tokens.
+    assert_eq!(h.used(TOK), body.len() as u64 + 50);
+    assert_eq!(h.used(REQ), 1);
+    h.respond_json(
+        &mut s,
+        200,
+        r#"{"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
+    );
+    assert_eq!(h.used(TOK), 12);
+    assert_eq!(h.used(REQ), 1);
+    let a = h.audit();
+    assert_eq!(a["total_tokens"], 12);
+    assert_eq!(a["usage"], "reported");
+    assert_eq!(a["outcome"], "ok");
+    assert_eq!(a["key_id"], "alice-1");
+    assert_eq!(
+        h.metric("maas.total_tokens_total.subscription=.=free;.;model=.=m1;.;"),
+        12
+    );
+    // on_log after settlement must not charge again.
+    s.on_log(&h.host);
+    assert_eq!(h.used(TOK), 12);
+}
+
+#[test]
+fn response_headers_carry_rate_limit_state() {
+    let h = Harness::new();
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":10}"#);
+    h.respond_json(
+        &mut s,
+        200,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+    );
+    let hdr = |n: &str| h.host.response_header(n);
+    assert_eq!(hdr("x-ratelimit-limit-requests").as_deref(), Some("3"));
+    assert_eq!(hdr("x-ratelimit-remaining-requests").as_deref(), Some("2"));
+    assert_eq!(hdr("x-ratelimit-limit-tokens").as_deref(), Some("1000"));
+    assert!(hdr("x-ratelimit-reset-tokens").is_some());
+}
+
+#[test]
+fn request_limit_gives_429_with_retry_after() {
+    let h = Harness::new();
+    for _ in 0..3 {
+        let mut s = h.chat(r#"{"model":"m1","max_tokens":1}"#);
+        assert!(h.replied().is_none());
+        h.respond_json(
+            &mut s,
+            200,
+            r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+        );
+    }
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":1}"#);
+    let (status, headers, body) = h.replied().unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["type"], "requests");
+    let get = |n: &str| headers.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+    assert!(get("retry-after").unwrap().parse::<u64>().unwrap() >= 1);
+    assert_eq!(get("x-ratelimit-remaining-requests").as_deref(), Some("0"));
+    s.on_log(&h.host);
+    assert_eq!(h.audit()["outcome"], "rate_limited");
+    assert_eq!(h.used(REQ), 3);
+}
+
+#[test]
+fn token_limit_admits_only_what_fits() {
+    const METERED: &str = "maas/sub/metered/tokens/60";
+    let h = Harness::new();
+    let metered = |body: &str| {
+        h.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", "Bearer sk-metered")],
+            body,
+        )
+    };
+    // max_tokens 500 is clamped to the cap of 100; the prompt bound is the body length.
+    let body = r#"{"model":"m1","max_tokens":500}"#;
+    let per_request = body.len() as u64 + 100;
+    let fit = 1000 / per_request;
+    let mut in_flight = Vec::new();
+    for _ in 0..fit {
+        in_flight.push(metered(body));
+        assert!(h.replied().is_none());
+    }
+    let clamped: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(clamped["max_tokens"], 100);
+    assert_eq!(h.used(METERED), fit * per_request);
+
+    metered(body);
+    let (status, _, err) = h.replied().unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(err["error"]["type"], "tokens");
+    assert_eq!(
+        h.used(METERED),
+        fit * per_request,
+        "a refusal reserves nothing"
+    );
+
+    // Settling one request releases what it did not use: room for one more.
+    let mut first = in_flight.remove(0);
+    h.respond_json(
+        &mut first,
+        200,
+        r#"{"usage":{"prompt_tokens":3,"completion_tokens":4}}"#,
+    );
+    assert_eq!(h.used(METERED), (fit - 1) * per_request + 7);
+    metered(body);
+    assert!(h.replied().is_none());
+}
+
+#[test]
+fn a_request_larger_than_the_limit_is_told_so() {
+    let h = Harness::new();
+    let body = format!(
+        r#"{{"model":"m1","max_tokens":100,"pad":"{}"}}"#,
+        "x".repeat(1000)
+    );
+    h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-metered")],
+        &body,
+    );
+    let (status, _, err) = h.replied().unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(err["error"]["code"], "request_too_large");
+}
+
+#[test]
+fn max_tokens_cap_can_reject() {
+    let h = Harness::new();
+    h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-strict")],
+        r#"{"model":"m1","max_tokens":101}"#,
+    );
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["param"], "max_tokens");
+}
+
+#[test]
+fn missing_max_tokens_is_injected() {
+    let h = Harness::new();
+    let _s = h.chat(r#"{"model":"m1"}"#);
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(sent["max_tokens"], 100);
+    assert_eq!(
+        h.host.request_header("content-length"),
+        Some(h.host.request_body.borrow().len().to_string())
+    );
+}
+
+#[test]
+fn bad_bodies_and_models() {
+    let h = Harness::new();
+    for (body, status, code) in [
+        ("{not json", 400, "invalid_json"),
+        (r#"{"messages":[]}"#, 400, "missing_model"),
+        (r#"{"model":"m2"}"#, 404, "model_not_found"),
+        (r#"{"model":"gpt-9"}"#, 404, "model_not_found"),
+        (r#"{"model":"m1","max_tokens":-1}"#, 400, "invalid_value"),
+    ] {
+        let mut s = h.chat(body);
+        let (st, _, b) = h.replied().unwrap_or_else(|| panic!("no reply for {body}"));
+        assert_eq!(
+            (st, b["error"]["code"].as_str().unwrap()),
+            (status, code),
+            "{body}"
+        );
+        s.on_log(&h.host);
+    }
+    assert_eq!(h.used(REQ), 0, "refused requests are not charged");
+    assert_eq!(
+        h.metric(
+            "maas.requests_total.subscription=.=free;.;model=.=unknown;.;outcome=.=rejected;.;"
+        ),
+        4
+    );
+}
+
+#[test]
+fn body_too_large() {
+    let h = Harness::new();
+    let big = format!(r#"{{"model":"m1","x":"{}"}}"#, "a".repeat(1 << 20));
+    h.chat(&big);
+    assert_eq!(h.replied().unwrap().0, 413);
+    h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("content-length", "2000000"),
+        ],
+        "{}",
+    );
+    assert_eq!(h.replied().unwrap().0, 413);
+}
+
+#[test]
+fn models_listing_is_filtered_by_subscription() {
+    let h = Harness::new();
+    h.request(
+        "GET",
+        "/v1/models",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    );
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 200);
+    let ids: Vec<&str> = body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, vec!["m1"]);
+    h.request(
+        "GET",
+        "/v1/models/m2",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    );
+    assert_eq!(h.replied().unwrap().0, 404);
+}
+
+#[test]
+fn disconnect_before_the_response_charges_an_estimate_once() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":50,"stream":true}"#;
+    let mut s = h.chat(body);
+    *h.host.response_headers.borrow_mut() = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+    ];
+    s.on_response_headers(&h.host, false);
+    let chunk = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n".repeat(3);
+    *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
+    s.on_response_body(&h.host, chunk.len(), false);
+    // The client goes away: Envoy calls on_log without an end of stream.
+    s.on_log(&h.host);
+    let expected = (body.len() as u64).div_ceil(4) + 3;
+    assert_eq!(h.used(TOK), expected);
+    let a = h.audit();
+    assert_eq!(a["usage"], "estimated");
+    assert_eq!(a["outcome"], "incomplete");
+    s.on_log(&h.host);
+    assert_eq!(h.used(TOK), expected);
+}
+
+#[test]
+fn streamed_usage_is_read_and_stripped_when_not_asked_for() {
+    let h = Harness::new();
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":50,"stream":true}"#);
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(sent["stream_options"]["include_usage"], true);
+    *h.host.response_headers.borrow_mut() = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+    ];
+    s.on_response_headers(&h.host, false);
+    let content = "data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\n";
+    let usage = "data: {\"choices\":[],\"usage\":{\"prompt_tokens\":9,\"completion_tokens\":2,\"total_tokens\":11}}\n\n";
+    let done = "data: [DONE]\n\n";
+    let mut seen = String::new();
+    for (chunk, eos) in [(content, false), (usage, false), (done, true)] {
+        *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
+        s.on_response_body(&h.host, chunk.len(), eos);
+        seen.push_str(std::str::from_utf8(&h.host.response_chunk.borrow()).unwrap());
+    }
+    s.on_log(&h.host);
+    assert_eq!(seen, format!("{content}{done}"));
+    assert_eq!(h.used(TOK), 11);
+    assert_eq!(h.audit()["usage"], "reported");
+}
+
+#[test]
+fn upstream_errors_charge_an_estimate() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":50}"#;
+    let mut s = h.chat(body);
+    h.respond_json(&mut s, 503, r#"{"error":{"message":"down"}}"#);
+    assert_eq!(h.used(TOK), (body.len() as u64).div_ceil(4));
+    assert_eq!(h.audit()["outcome"], "upstream_error");
+}
+
+#[test]
+fn unknown_endpoints_are_closed() {
+    let h = Harness::new();
+    h.request(
+        "POST",
+        "/v1/embeddings",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "{}",
+    );
+    assert_eq!(h.replied().unwrap().0, 404);
+    h.request(
+        "GET",
+        "/v1/chat/completions",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    );
+    assert_eq!(h.replied().unwrap().0, 405);
+}

@@ -1,0 +1,49 @@
+//! The boundary between the request state machine and Envoy. [`crate::wasm`]
+//! implements it with proxy-wasm hostcalls; unit tests implement it with an
+//! in-memory fake, so the whole request flow is tested on the host target.
+//!
+//! Host failures (a header that cannot be set, a metric that cannot be
+//! defined) are swallowed by the implementation and logged there: the request
+//! path has no better answer to them than carrying on.
+
+use crate::limits::CounterStore;
+use crate::metrics::Metric;
+
+/// What the filter tells Envoy to do with the stream after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Flow {
+    Continue,
+    /// Hold headers until the body has been seen.
+    Pause,
+    /// Keep buffering the body; call again with more.
+    Buffer,
+}
+
+pub trait StreamHost {
+    /// Wall-clock time in milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+
+    fn request_header(&self, name: &str) -> Option<String>;
+    /// `None` removes the header.
+    fn set_request_header(&self, name: &str, value: Option<&str>);
+    /// The buffered request body, `size` bytes from the start.
+    fn request_body(&self, size: usize) -> Option<Vec<u8>>;
+    /// Replaces the first `size` bytes of the buffered request body.
+    fn replace_request_body(&self, size: usize, body: &[u8]);
+
+    fn response_header(&self, name: &str) -> Option<String>;
+    fn set_response_header(&self, name: &str, value: Option<&str>);
+    /// The current response body chunk (`size` bytes).
+    fn response_body(&self, size: usize) -> Option<Vec<u8>>;
+    fn replace_response_body(&self, size: usize, body: &[u8]);
+
+    /// Answers the request from the filter; the upstream never sees it.
+    fn send_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+
+    /// Publishes the audit record where the access log reads it.
+    fn set_audit_record(&self, record: &[u8]);
+
+    fn counters(&self) -> &dyn CounterStore;
+    fn add_metric(&self, metric: Metric, value: u64);
+    fn warn(&self, message: &str);
+}

@@ -1,0 +1,251 @@
+//! API keys: how a presented key is found, and why it may be refused.
+//!
+//! Keys are never held in clear. The configuration carries the SHA-256 of each
+//! key (hex); a presented key is hashed and looked up by its digest, and the
+//! stored digest is compared in constant time. API keys are high-entropy
+//! random strings, so an unsalted SHA-256 is not open to dictionary attacks
+//! the way a password hash would be; it also lets the lookup be one hash-map
+//! probe per request.
+
+use crate::config::LimitRule;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct KeyDigest([u8; 32]);
+
+impl std::fmt::Debug for KeyDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // Short prefix only: enough to correlate, too little to matter.
+        write!(f, "KeyDigest({:02x}{:02x}…)", self.0[0], self.0[1])
+    }
+}
+
+impl KeyDigest {
+    pub fn of(key: &str) -> KeyDigest {
+        KeyDigest(Sha256::digest(key.as_bytes()).into())
+    }
+
+    pub fn from_hex(hex: &str) -> Option<KeyDigest> {
+        let bytes = hex.as_bytes();
+        if bytes.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+            let hi = (pair.first()?).to_ascii_lowercase();
+            let lo = (pair.get(1)?).to_ascii_lowercase();
+            *slot = (hex_value(hi)? << 4) | hex_value(lo)?;
+        }
+        Some(KeyDigest(out))
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Constant-time equality: no early exit on the first differing byte.
+    pub fn ct_eq(&self, other: &KeyDigest) -> bool {
+        self.0
+            .iter()
+            .zip(other.0.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+}
+
+fn hex_value(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+#[derive(Debug)]
+pub struct ApiKey {
+    pub id: String,
+    pub owner: String,
+    /// Index into `Config::subscriptions`.
+    pub subscription: usize,
+    pub digest: KeyDigest,
+    /// Unix seconds after which the key is refused.
+    pub expires_at: Option<u64>,
+    pub revoked: bool,
+    /// Limits that count this key alone.
+    pub limits: Vec<LimitRule>,
+}
+
+/// Why a key was refused. The client always sees the same 401; the reason only
+/// reaches metrics, so operators can tell a leaked revoked key from a typo.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AuthFailure {
+    Missing,
+    Unknown,
+    Expired,
+    Revoked,
+}
+
+impl AuthFailure {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "missing",
+            AuthFailure::Unknown => "unknown",
+            AuthFailure::Expired => "expired",
+            AuthFailure::Revoked => "revoked",
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct KeyStore {
+    keys: Vec<ApiKey>,
+    by_digest: HashMap<KeyDigest, usize>,
+}
+
+impl KeyStore {
+    /// Fails with the index of a key whose digest repeats an earlier one.
+    pub fn new(keys: Vec<ApiKey>) -> Result<KeyStore, usize> {
+        let mut by_digest = HashMap::with_capacity(keys.len());
+        for (i, k) in keys.iter().enumerate() {
+            if by_digest.insert(k.digest, i).is_some() {
+                return Err(i);
+            }
+        }
+        Ok(KeyStore { keys, by_digest })
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &ApiKey> {
+        self.keys.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+
+    pub fn get(&self, index: usize) -> Option<&ApiKey> {
+        self.keys.get(index)
+    }
+
+    /// Finds the key presented by a client, if it is valid at `now` (Unix
+    /// seconds), with its index for [`KeyStore::get`].
+    pub fn authenticate(&self, presented: &str, now: u64) -> Result<(usize, &ApiKey), AuthFailure> {
+        let digest = KeyDigest::of(presented);
+        let (index, key) = self
+            .by_digest
+            .get(&digest)
+            .and_then(|&i| Some((i, self.keys.get(i)?)))
+            .filter(|(_, k)| k.digest.ct_eq(&digest))
+            .ok_or(AuthFailure::Unknown)?;
+        if key.revoked {
+            return Err(AuthFailure::Revoked);
+        }
+        if key.expires_at.is_some_and(|t| now >= t) {
+            return Err(AuthFailure::Expired);
+        }
+        Ok((index, key))
+    }
+}
+
+/// The key a client presented: `Authorization: Bearer <key>` (scheme is
+/// case-insensitive) or else `x-api-key: <key>`. Blank values count as absent.
+pub fn presented_key<'a>(
+    authorization: Option<&'a str>,
+    x_api_key: Option<&'a str>,
+) -> Option<&'a str> {
+    let bearer = authorization.and_then(|v| {
+        let v = v.trim();
+        let (scheme, rest) = v.split_once(' ')?;
+        scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim())
+    });
+    bearer
+        .or(x_api_key.map(str::trim))
+        .filter(|k| !k.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str, secret: &str, revoked: bool, expires_at: Option<u64>) -> ApiKey {
+        ApiKey {
+            id: id.into(),
+            owner: "o".into(),
+            subscription: 0,
+            digest: KeyDigest::of(secret),
+            expires_at,
+            revoked,
+            limits: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn digest_hex_round_trip_and_known_value() {
+        let d = KeyDigest::of("foo");
+        assert_eq!(
+            d.to_hex(),
+            "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae"
+        );
+        assert_eq!(KeyDigest::from_hex(&d.to_hex()), Some(d));
+        assert_eq!(KeyDigest::from_hex(&d.to_hex().to_uppercase()), Some(d));
+        assert_eq!(KeyDigest::from_hex("zz"), None);
+        assert_eq!(KeyDigest::from_hex(&"g".repeat(64)), None);
+        assert!(!format!("{d:?}").contains(&d.to_hex()));
+    }
+
+    #[test]
+    fn authenticate_reports_each_reason() {
+        let store = KeyStore::new(vec![
+            key("ok", "sk-ok", false, None),
+            key("rev", "sk-rev", true, None),
+            key("exp", "sk-exp", false, Some(100)),
+        ])
+        .unwrap();
+        assert_eq!(store.authenticate("sk-ok", 1000).unwrap().1.id, "ok");
+        assert_eq!(
+            store.authenticate("sk-rev", 0).unwrap_err(),
+            AuthFailure::Revoked
+        );
+        assert_eq!(
+            store.authenticate("sk-exp", 100).unwrap_err(),
+            AuthFailure::Expired
+        );
+        assert_eq!(store.authenticate("sk-exp", 99).unwrap().1.id, "exp");
+        assert_eq!(
+            store.authenticate("sk-nope", 0).unwrap_err(),
+            AuthFailure::Unknown
+        );
+        assert_eq!(store.authenticate("", 0).unwrap_err(), AuthFailure::Unknown);
+    }
+
+    #[test]
+    fn duplicate_digests_are_refused() {
+        let err = KeyStore::new(vec![
+            key("a", "same", false, None),
+            key("b", "same", false, None),
+        ]);
+        assert_eq!(err.unwrap_err(), 1);
+    }
+
+    #[test]
+    fn presented_key_forms() {
+        let table = [
+            (Some("Bearer sk-1"), None, Some("sk-1")),
+            (Some("bearer   sk-1  "), None, Some("sk-1")),
+            (Some("BEARER sk-1"), Some("sk-2"), Some("sk-1")),
+            (Some("Basic dXNlcjpwYXNz"), Some("sk-2"), Some("sk-2")),
+            (None, Some(" sk-2 "), Some("sk-2")),
+            (Some("Bearer "), None, None),
+            (Some("Bearer"), None, None),
+            (None, Some(""), None),
+            (None, None, None),
+        ];
+        for (auth, xkey, want) in table {
+            assert_eq!(presented_key(auth, xkey), want, "{auth:?} {xkey:?}");
+        }
+    }
+}

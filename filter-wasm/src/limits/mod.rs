@@ -1,0 +1,45 @@
+//! Request and token limits per fixed window, enforced across Envoy's worker threads
+//! through shared data, without overshoot.
+//!
+//! At admission the filter [`reserve`]s each request's worst case (1 request; prompt
+//! estimate + `max_tokens`) against every limit that applies, all or nothing; when the
+//! response ends it [`settle`]s each [`Hold`] to the real usage. Windows are fixed and
+//! aligned to the Unix epoch (`1/day` resets at 00:00 UTC); a counter in shared data is
+//! `(window_start, used)` and a stored window that is over reads as empty.
+//!
+//! Invariants:
+//! - A window's `used` never exceeds its limit as long as each settled actual is at most
+//!   its hold: admission checks `used + amount <= limit` and writes with CAS, so
+//!   concurrent workers never both take the last units, and no update is lost.
+//! - `used` is the sum of the live holds plus the settled actuals charged to that window.
+//!   A hold is settled at most once (`settle` consumes it); an actual above the hold is
+//!   recorded as is, so the counter tells the truth even when an upstream overshoots.
+//! - Usage belongs to the window the request was admitted in: settling after that window
+//!   ended changes nothing.
+//! - Nothing panics or overflows on any input, including corrupted counter bytes (read as
+//!   an empty window and rewritten by the next CAS write) and hand-built `Rate`s.
+//! - CAS retries are bounded by [`MAX_CAS_ATTEMPTS`]; a store error is returned, never
+//!   spun on. When `reserve` fails it releases what it took; if that release fails too,
+//!   the window stays over-charged (refusing early) until it ends — never under-charged.
+//!
+//! Known gap: shared data has no create-if-absent. Counters are created by
+//! [`ensure_counter`] at configuration time; a counter missing on the request path is
+//! created with an unconditional write, and two workers doing that at once can lose one
+//! charge.
+//!
+//! Everything here is pure logic over the [`CounterStore`] trait; [`MemoryStore`] is the
+//! host-target double for tests and benches.
+
+mod counter;
+mod ledger;
+mod memory;
+mod rate;
+mod store;
+
+pub use ledger::{
+    ensure_counter, reserve, settle, state, Denial, Hold, Limit, LimitState, ReserveError,
+    MAX_CAS_ATTEMPTS,
+};
+pub use memory::MemoryStore;
+pub use rate::{Rate, RateError, RateErrorReason, MAX_WINDOW_SECS};
+pub use store::{Cas, CounterStore, StoreError};

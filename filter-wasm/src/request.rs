@@ -1,0 +1,1215 @@
+//! The OpenAI completion request body, as the gateway sees it.
+//!
+//! The body is walked once: the top-level object's keys are matched after
+//! unescaping (so `"mo\u0064el"` is `model`, as the upstream will read it),
+//! the handful of fields the gateway needs are kept as borrowed raw JSON and
+//! typed afterwards, and every other value is skipped without allocating.
+//!
+//! Invariants:
+//! - A body that names one of the fields we read (`model`, `max_tokens`,
+//!   `max_completion_tokens`, `stream`, `stream_options`) twice is rejected:
+//!   a gateway that charges or routes on the first `model` while the upstream
+//!   serves the last one would be a bypass.
+//! - [`rewrite_completion_request`] edits values in place and copies every
+//!   other byte of the body unchanged, so what the upstream receives is what the
+//!   client sent plus the gateway's limits; its output reads back through
+//!   [`parse_completion_request`] with the new values.
+//!
+//! The object walker ([`object_fields`]) is shared with the usage and SSE
+//! parsers, which read response bodies the same way.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The fields of a completion request that the gateway acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionRequest<'a> {
+    /// `model`: a non-empty string, borrowed from the body unless it was escaped.
+    pub model: Cow<'a, str>,
+    /// `max_tokens` (legacy name, still the one most servers read).
+    pub max_tokens: Option<u64>,
+    /// `max_completion_tokens` (current OpenAI name).
+    pub max_completion_tokens: Option<u64>,
+    /// `stream`; absent or null means false.
+    pub stream: bool,
+    /// `stream_options.include_usage == true`.
+    pub include_usage: bool,
+}
+
+impl CompletionRequest<'_> {
+    /// The completion budget the client asked for: the smaller of
+    /// `max_tokens` and `max_completion_tokens` when both are set.
+    pub fn requested_max_tokens(&self) -> Option<u64> {
+        match (self.max_tokens, self.max_completion_tokens) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+}
+
+/// Why a request body was refused. Every variant is a client error (400,
+/// OpenAI `invalid_request_error`).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// The body is not valid JSON (or has bytes after the object).
+    #[error("malformed JSON body: {message}")]
+    Malformed {
+        /// serde_json's message, including the position.
+        message: String,
+        /// 1-based line of the error (0 when unknown).
+        line: usize,
+        /// 1-based column of the error (0 when unknown).
+        column: usize,
+    },
+    /// Valid JSON, but not an object.
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    /// No `model` (or `"model": null`).
+    #[error("missing required field `model`")]
+    MissingModel,
+    /// A field the gateway reads has the wrong type or an out-of-range value.
+    #[error("invalid `{field}`: expected {expected}")]
+    InvalidField {
+        field: &'static str,
+        expected: &'static str,
+    },
+    /// A field the gateway reads appears more than once.
+    #[error("duplicate field `{0}`")]
+    DuplicateField(String),
+}
+
+impl From<serde_json::Error> for RequestError {
+    fn from(err: serde_json::Error) -> Self {
+        RequestError::Malformed {
+            message: err.to_string(),
+            line: err.line(),
+            column: err.column(),
+        }
+    }
+}
+
+impl From<ObjectError> for RequestError {
+    fn from(err: ObjectError) -> Self {
+        match err {
+            ObjectError::NotAnObject => RequestError::NotAnObject,
+            ObjectError::Malformed(err) => err.into(),
+        }
+    }
+}
+
+/// Top-level fields read from a request, in the order of [`RequestFields`].
+const FIELDS: [&str; 5] = [
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+];
+const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
+const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
+
+const EXPECT_MODEL: &str = "a non-empty string";
+const EXPECT_COUNT: &str = "a non-negative integer or null";
+const EXPECT_BOOL: &str = "a boolean or null";
+const EXPECT_OBJECT: &str = "an object or null";
+
+/// The raw values of [`FIELDS`], checked for duplicates.
+struct RequestFields<'a> {
+    model: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
+    max_completion_tokens: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    stream_options: Option<&'a RawValue>,
+    /// Entries in the top-level object, ours or not.
+    entries: usize,
+}
+
+impl<'a> RequestFields<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, RequestError> {
+        let fields = object_fields(body, &FIELDS)?;
+        if let Some(index) = fields.duplicate {
+            let name = FIELDS.get(index).copied().unwrap_or_default();
+            return Err(RequestError::DuplicateField(name.to_owned()));
+        }
+        let [model, max_tokens, max_completion_tokens, stream, stream_options] = fields.values;
+        Ok(RequestFields {
+            model,
+            max_tokens,
+            max_completion_tokens,
+            stream,
+            stream_options,
+            entries: fields.entries,
+        })
+    }
+}
+
+/// Parses the fields the gateway needs from an OpenAI completion (or chat
+/// completion) request body. The body is walked once; `model` is borrowed
+/// from it when it contains no escapes.
+pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, RequestError> {
+    let fields = RequestFields::read(body)?;
+    let model = match fields.model {
+        None => return Err(RequestError::MissingModel),
+        Some(raw) => parse_model(raw)?,
+    };
+    let include_usage = match fields.stream_options {
+        None => false,
+        Some(raw) => {
+            let include = stream_options(raw)?.and_then(|options| {
+                let [include_usage] = options.values;
+                include_usage
+            });
+            typed::<Option<bool>>(include, INCLUDE_USAGE_PATH, EXPECT_BOOL)?.unwrap_or(false)
+        }
+    };
+    Ok(CompletionRequest {
+        model,
+        max_tokens: typed(fields.max_tokens, "max_tokens", EXPECT_COUNT)?,
+        max_completion_tokens: typed(
+            fields.max_completion_tokens,
+            "max_completion_tokens",
+            EXPECT_COUNT,
+        )?,
+        stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
+        include_usage,
+    })
+}
+
+fn parse_model(raw: &RawValue) -> Result<Cow<'_, str>, RequestError> {
+    let invalid = RequestError::InvalidField {
+        field: "model",
+        expected: EXPECT_MODEL,
+    };
+    match serde_json::from_str::<ModelName<'_>>(raw.get()) {
+        Ok(ModelName(None)) => Err(RequestError::MissingModel),
+        Ok(ModelName(Some(name))) if name.is_empty() => Err(invalid),
+        Ok(ModelName(Some(name))) => Ok(name),
+        Err(_) => Err(invalid),
+    }
+}
+
+/// Types an already-validated raw value; absent is `T::default()`.
+fn typed<'a, T>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+    expected: &'static str,
+) -> Result<T, RequestError>
+where
+    T: serde::Deserialize<'a> + Default,
+{
+    match raw {
+        None => Ok(T::default()),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|_| RequestError::InvalidField { field, expected }),
+    }
+}
+
+/// `stream_options`: `None` for null, its `include_usage` otherwise.
+fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 1>>, RequestError> {
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let options = object_fields(raw.get().as_bytes(), &INCLUDE_USAGE).map_err(|err| match err {
+        ObjectError::NotAnObject => RequestError::InvalidField {
+            field: "stream_options",
+            expected: EXPECT_OBJECT,
+        },
+        ObjectError::Malformed(err) => err.into(),
+    })?;
+    if options.duplicate.is_some() {
+        return Err(RequestError::DuplicateField(INCLUDE_USAGE_PATH.to_owned()));
+    }
+    Ok(Some(options))
+}
+
+/// What the gateway changes in a request before forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BodyRewrite {
+    /// Cap the completion: every `max_tokens` / `max_completion_tokens`
+    /// present gets this value; when neither is, `max_tokens` is added.
+    pub max_tokens: Option<u64>,
+    /// Make the upstream report usage on streams
+    /// (`stream_options.include_usage = true`).
+    pub force_include_usage: bool,
+}
+
+/// Returns `body` with `rewrite` applied. Values are replaced in place and
+/// new entries are inserted right after the opening brace; every other byte
+/// (other entries, whitespace, key spelling) is copied unchanged.
+///
+/// The body is expected to have passed [`parse_completion_request`]; this
+/// re-checks only what it relies on (a JSON object, no duplicate fields,
+/// `stream_options` an object or null when it must be edited).
+pub fn rewrite_completion_request(
+    body: &[u8],
+    rewrite: &BodyRewrite,
+) -> Result<Vec<u8>, RequestError> {
+    let fields = RequestFields::read(body)?;
+    // At most one edit per slot: [top-level insertion, max_tokens,
+    // max_completion_tokens, stream_options]. No allocation for the list.
+    let mut edits: [Option<Edit>; 4] = [None; 4];
+    let mut insert = TopInsert {
+        max_tokens: None,
+        stream_options: false,
+    };
+
+    if let Some(n) = rewrite.max_tokens {
+        match (fields.max_tokens, fields.max_completion_tokens) {
+            (None, None) => insert.max_tokens = Some(n),
+            (a, b) => {
+                edits[1] = a
+                    .map(|raw| Edit::replace(body, raw, Text::Count(n)))
+                    .transpose()?;
+                edits[2] = b
+                    .map(|raw| Edit::replace(body, raw, Text::Count(n)))
+                    .transpose()?;
+            }
+        }
+    }
+
+    if rewrite.force_include_usage {
+        edits[3] = match fields.stream_options {
+            None => {
+                insert.stream_options = true;
+                None
+            }
+            Some(raw) => match stream_options(raw)? {
+                None => Some(Edit::replace(body, raw, Text::StreamOptions)?),
+                Some(ObjectFields {
+                    values: [include_usage],
+                    entries,
+                    ..
+                }) => match include_usage {
+                    Some(value) => Some(Edit::replace(body, value, Text::True)?),
+                    None => {
+                        // `raw` starts with its `{`: insert just after it.
+                        let at = offset_in(body, raw.get())?.saturating_add(1);
+                        Some(Edit::insert(
+                            at,
+                            Text::IncludeUsageEntry { comma: entries > 0 },
+                        ))
+                    }
+                },
+            },
+        };
+    }
+
+    if insert.max_tokens.is_some() || insert.stream_options {
+        let at = body
+            .iter()
+            .position(|b| *b == b'{')
+            .ok_or_else(internal_error)?
+            .saturating_add(1);
+        edits[0] = Some(Edit::insert(
+            at,
+            Text::Top {
+                insert,
+                comma: fields.entries > 0,
+            },
+        ));
+    }
+
+    edits.sort_unstable_by_key(|edit| edit.map(|e| e.start));
+    let mut out = Vec::with_capacity(body.len().saturating_add(64));
+    let mut cursor = 0;
+    for edit in edits.iter().flatten() {
+        let kept = body.get(cursor..edit.start).ok_or_else(internal_error)?;
+        out.extend_from_slice(kept);
+        edit.text.write(&mut out);
+        cursor = edit.end;
+    }
+    out.extend_from_slice(body.get(cursor..).ok_or_else(internal_error)?);
+    Ok(out)
+}
+
+/// Offsets come from slices of `body` itself, so they are always in range;
+/// this error exists so that a broken invariant is an error, not a panic.
+fn internal_error() -> RequestError {
+    RequestError::Malformed {
+        message: "internal error: rewrite offset out of range".to_owned(),
+        line: 0,
+        column: 0,
+    }
+}
+
+/// Byte offset of `inner` within `outer`; `inner` must be a subslice
+/// (raw values borrowed from the body are).
+fn offset_in(outer: &[u8], inner: &str) -> Result<usize, RequestError> {
+    let start = (inner.as_ptr() as usize)
+        .checked_sub(outer.as_ptr() as usize)
+        .ok_or_else(internal_error)?;
+    match start.checked_add(inner.len()) {
+        Some(end) if end <= outer.len() => Ok(start),
+        _ => Err(internal_error()),
+    }
+}
+
+/// Replace `body[start..end]` with `text` (an insertion when start == end).
+#[derive(Clone, Copy)]
+struct Edit {
+    start: usize,
+    end: usize,
+    text: Text,
+}
+
+impl Edit {
+    fn replace(body: &[u8], raw: &RawValue, text: Text) -> Result<Edit, RequestError> {
+        let start = offset_in(body, raw.get())?;
+        Ok(Edit {
+            start,
+            end: start.saturating_add(raw.get().len()),
+            text,
+        })
+    }
+
+    fn insert(at: usize, text: Text) -> Edit {
+        Edit {
+            start: at,
+            end: at,
+            text,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TopInsert {
+    max_tokens: Option<u64>,
+    stream_options: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Text {
+    Count(u64),
+    True,
+    /// Replaces a null `stream_options`.
+    StreamOptions,
+    /// Inserted after the `{` of an existing `stream_options`.
+    IncludeUsageEntry {
+        comma: bool,
+    },
+    /// Inserted after the top-level `{`.
+    Top {
+        insert: TopInsert,
+        comma: bool,
+    },
+}
+
+const STREAM_OPTIONS_VALUE: &[u8] = br#"{"include_usage":true}"#;
+
+impl Text {
+    fn write(&self, out: &mut Vec<u8>) {
+        match *self {
+            Text::Count(n) => push_u64(out, n),
+            Text::True => out.extend_from_slice(b"true"),
+            Text::StreamOptions => out.extend_from_slice(STREAM_OPTIONS_VALUE),
+            Text::IncludeUsageEntry { comma } => {
+                out.extend_from_slice(br#""include_usage":true"#);
+                if comma {
+                    out.push(b',');
+                }
+            }
+            Text::Top { insert, comma } => {
+                let mut first = true;
+                if let Some(n) = insert.max_tokens {
+                    out.extend_from_slice(br#""max_tokens":"#);
+                    push_u64(out, n);
+                    first = false;
+                }
+                if insert.stream_options {
+                    if !first {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(br#""stream_options":"#);
+                    out.extend_from_slice(STREAM_OPTIONS_VALUE);
+                }
+                if comma {
+                    out.push(b',');
+                }
+            }
+        }
+    }
+}
+
+/// Appends the decimal digits of `n` (no allocation, no formatting machinery).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut len = 0;
+    for slot in digits.iter_mut().rev() {
+        // `n % 10 < 10`, so neither the cast nor the addition can overflow.
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = digits.len().saturating_sub(len);
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+}
+
+// ---------------------------------------------------------------------------
+// Top-level object walking, shared with the usage and SSE parsers.
+// ---------------------------------------------------------------------------
+
+/// The raw values of the requested keys of one JSON object.
+#[derive(Debug)]
+pub(crate) struct ObjectFields<'a, const N: usize> {
+    /// `values[i]` is the value of `names[i]`, borrowed from the input
+    /// (the last one when the key is repeated).
+    pub(crate) values: [Option<&'a RawValue>; N],
+    /// Index of the first requested key seen more than once.
+    pub(crate) duplicate: Option<usize>,
+    /// Number of entries in the object, requested or not.
+    pub(crate) entries: usize,
+}
+
+/// Why [`object_fields`] could not read an object.
+#[derive(Debug)]
+pub(crate) enum ObjectError {
+    /// Valid JSON, but not an object.
+    NotAnObject,
+    /// Not valid JSON, or trailing bytes after the value.
+    Malformed(serde_json::Error),
+}
+
+/// Walks the JSON object in `json` once and returns the raw values of the
+/// keys in `names`. Keys are compared after unescaping; values of other keys
+/// are skipped without allocating (serde's `IgnoredAny`). Raw values borrow
+/// from `json`, so their offsets in it can be recovered.
+pub(crate) fn object_fields<'a, const N: usize>(
+    json: &'a [u8],
+    names: &[&str; N],
+) -> Result<ObjectFields<'a, N>, ObjectError> {
+    let first = json
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        // Error path only: tell "valid JSON, wrong type" from "not JSON".
+        return Err(match serde_json::from_slice::<IgnoredAny>(json) {
+            Ok(_) => ObjectError::NotAnObject,
+            Err(err) => ObjectError::Malformed(err),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let fields = de
+        .deserialize_map(FieldsVisitor {
+            names,
+            marker: PhantomData,
+        })
+        .map_err(ObjectError::Malformed)?;
+    de.end().map_err(ObjectError::Malformed)?;
+    Ok(fields)
+}
+
+struct FieldsVisitor<'n, 'a, const N: usize> {
+    names: &'n [&'n str; N],
+    marker: PhantomData<&'a ()>,
+}
+
+impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, 'de, N> {
+    type Value = ObjectFields<'de, N>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = ObjectFields {
+            values: [None; N],
+            duplicate: None,
+            entries: 0,
+        };
+        while let Some(key) = map.next_key_seed(KeyIndex(self.names.as_slice()))? {
+            fields.entries = fields.entries.saturating_add(1);
+            match key.and_then(|index| fields.values.get_mut(index).map(|slot| (index, slot))) {
+                Some((index, slot)) => {
+                    if slot.is_some() && fields.duplicate.is_none() {
+                        fields.duplicate = Some(index);
+                    }
+                    *slot = Some(map.next_value::<&'de RawValue>()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// Deserializes a key into its index in a name list, without allocating:
+/// serde_json hands escaped keys to `visit_str` from its scratch buffer.
+struct KeyIndex<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyIndex<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|name| *name == key))
+    }
+}
+
+/// `model`: a string (borrowed when unescaped) or null.
+struct ModelName<'a>(Option<Cow<'a, str>>);
+
+impl<'de> serde::Deserialize<'de> for ModelName<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ModelNameVisitor)
+    }
+}
+
+struct ModelNameVisitor;
+
+impl<'de> Visitor<'de> for ModelNameVisitor {
+    type Value = ModelName<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(EXPECT_MODEL)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(ModelName(Some(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(ModelName(Some(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(ModelName(None))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn request(
+        model: &str,
+        max_tokens: Option<u64>,
+        max_completion_tokens: Option<u64>,
+        stream: bool,
+        include_usage: bool,
+    ) -> CompletionRequest<'_> {
+        CompletionRequest {
+            model: Cow::Borrowed(model),
+            max_tokens,
+            max_completion_tokens,
+            stream,
+            include_usage,
+        }
+    }
+
+    fn invalid(field: &'static str, expected: &'static str) -> RequestError {
+        RequestError::InvalidField { field, expected }
+    }
+
+    #[test]
+    fn parses_valid_bodies() {
+        let cases: &[(&str, &str, CompletionRequest<'_>)] = &[
+            (
+                "minimal",
+                r#"{"model":"m"}"#,
+                request("m", None, None, false, false),
+            ),
+            (
+                "chat with nested model keys",
+                r#" {"messages":[{"role":"user","content":"hi","model":"nested"}],
+                     "tools":[{"function":{"name":"f","parameters":{"model":{"type":"string"}}}}],
+                     "model":"gpt-4o", "temperature":0.2, "n":1,
+                     "max_tokens":100, "stream":true,
+                     "stream_options":{"include_usage":true,"continuous_usage_stats":false}} "#,
+                request("gpt-4o", Some(100), None, true, true),
+            ),
+            (
+                "escaped keys are the fields the upstream reads",
+                r#"{"mo\u0064el":"m","max\u005ftokens":5,"\u0073tream":true}"#,
+                request("m", Some(5), None, true, false),
+            ),
+            (
+                "escaped nested key",
+                r#"{"model":"m","stream_options":{"include\u005Fusage":true}}"#,
+                request("m", None, None, false, true),
+            ),
+            (
+                "nulls are absent",
+                r#"{"model":"m","max_tokens":null,"max_completion_tokens":null,"stream":null,"stream_options":null}"#,
+                request("m", None, None, false, false),
+            ),
+            (
+                "include_usage null or false",
+                r#"{"model":"m","stream":false,"stream_options":{"include_usage":null}}"#,
+                request("m", None, None, false, false),
+            ),
+            (
+                "empty stream_options",
+                r#"{"model":"m","stream_options":{}}"#,
+                request("m", None, None, false, false),
+            ),
+            (
+                "both limits, extremes",
+                r#"{"model":"m","max_tokens":0,"max_completion_tokens":18446744073709551615}"#,
+                request("m", Some(0), Some(u64::MAX), false, false),
+            ),
+            (
+                "duplicates of other keys are not ours to judge",
+                r#"{"model":"m","user":"a","user":"b"}"#,
+                request("m", None, None, false, false),
+            ),
+            (
+                "unicode model",
+                r#"{"model":"modèle-😀"}"#,
+                request("modèle-😀", None, None, false, false),
+            ),
+        ];
+        for (name, body, expected) in cases {
+            assert_eq!(
+                parse_completion_request(body.as_bytes()).as_ref(),
+                Ok(expected),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn model_is_borrowed_unless_escaped() {
+        let plain = parse_completion_request(br#"{"model":"gpt-4"}"#).unwrap();
+        assert!(matches!(plain.model, Cow::Borrowed("gpt-4")));
+        let escaped = parse_completion_request(br#"{"model":"gpt\u002d4"}"#).unwrap();
+        assert!(matches!(&escaped.model, Cow::Owned(m) if m == "gpt-4"));
+    }
+
+    #[test]
+    fn rejects_invalid_bodies() {
+        use RequestError::*;
+        let count = |field| invalid(field, EXPECT_COUNT);
+        let cases: &[(&str, &str, RequestError)] = &[
+            ("not an object: array", r#"[{"model":"m"}]"#, NotAnObject),
+            ("not an object: string", r#""model""#, NotAnObject),
+            ("not an object: null", "null", NotAnObject),
+            ("not an object: number", " 12 ", NotAnObject),
+            ("missing model", r#"{"max_tokens":1}"#, MissingModel),
+            ("null model", r#"{"model":null}"#, MissingModel),
+            (
+                "only a nested model",
+                r#"{"messages":[{"model":"m"}]}"#,
+                MissingModel,
+            ),
+            (
+                "empty model",
+                r#"{"model":""}"#,
+                invalid("model", EXPECT_MODEL),
+            ),
+            (
+                "numeric model",
+                r#"{"model":7}"#,
+                invalid("model", EXPECT_MODEL),
+            ),
+            (
+                "array model",
+                r#"{"model":["m"]}"#,
+                invalid("model", EXPECT_MODEL),
+            ),
+            (
+                "negative",
+                r#"{"model":"m","max_tokens":-1}"#,
+                count("max_tokens"),
+            ),
+            (
+                "float",
+                r#"{"model":"m","max_tokens":10.0}"#,
+                count("max_tokens"),
+            ),
+            (
+                "exponent",
+                r#"{"model":"m","max_tokens":1e3}"#,
+                count("max_tokens"),
+            ),
+            (
+                "string",
+                r#"{"model":"m","max_tokens":"10"}"#,
+                count("max_tokens"),
+            ),
+            (
+                "bool",
+                r#"{"model":"m","max_tokens":true}"#,
+                count("max_tokens"),
+            ),
+            (
+                "u64 overflow",
+                r#"{"model":"m","max_completion_tokens":18446744073709551616}"#,
+                count("max_completion_tokens"),
+            ),
+            (
+                "huge integer",
+                r#"{"model":"m","max_tokens":100000000000000000000000000000000000000000}"#,
+                count("max_tokens"),
+            ),
+            (
+                "stream string",
+                r#"{"model":"m","stream":"true"}"#,
+                invalid("stream", EXPECT_BOOL),
+            ),
+            (
+                "stream number",
+                r#"{"model":"m","stream":1}"#,
+                invalid("stream", EXPECT_BOOL),
+            ),
+            (
+                "stream_options array",
+                r#"{"model":"m","stream_options":[]}"#,
+                invalid("stream_options", EXPECT_OBJECT),
+            ),
+            (
+                "stream_options bool",
+                r#"{"model":"m","stream_options":true}"#,
+                invalid("stream_options", EXPECT_OBJECT),
+            ),
+            (
+                "include_usage string",
+                r#"{"model":"m","stream_options":{"include_usage":"yes"}}"#,
+                invalid(INCLUDE_USAGE_PATH, EXPECT_BOOL),
+            ),
+            (
+                "duplicate model",
+                r#"{"model":"cheap","messages":[],"model":"expensive"}"#,
+                DuplicateField("model".into()),
+            ),
+            (
+                "duplicate model, escaped",
+                r#"{"model":"cheap","mo\u0064el":"expensive"}"#,
+                DuplicateField("model".into()),
+            ),
+            (
+                "duplicate max_tokens, escaped",
+                r#"{"model":"m","max_tokens":1,"max\u005ftokens":100000}"#,
+                DuplicateField("max_tokens".into()),
+            ),
+            (
+                "duplicate stream with null",
+                r#"{"model":"m","stream":null,"stream":true}"#,
+                DuplicateField("stream".into()),
+            ),
+            (
+                "duplicate include_usage",
+                r#"{"model":"m","stream_options":{"include_usage":false,"include_usage":true}}"#,
+                DuplicateField(INCLUDE_USAGE_PATH.into()),
+            ),
+        ];
+        for (name, body, expected) in cases {
+            assert_eq!(
+                parse_completion_request(body.as_bytes()).as_ref(),
+                Err(expected),
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn rejects_malformed_json_with_position() {
+        let cases: &[(&str, &str)] = &[
+            ("empty", ""),
+            ("whitespace", "  \n"),
+            ("truncated", r#"{"model":"m""#),
+            ("trailing garbage", r#"{"model":"m"} x"#),
+            ("two objects", r#"{"model":"m"}{}"#),
+            ("trailing comma", r#"{"model":"m",}"#),
+            ("bad escape", r#"{"model":"\x"}"#),
+            ("lone surrogate key", r#"{"\ud800":1,"model":"m"}"#),
+            ("control character", "{\"model\":\"\u{0}\"}"),
+            ("single quotes", "{'model':'m'}"),
+        ];
+        for (name, body) in cases {
+            match parse_completion_request(body.as_bytes()) {
+                Err(RequestError::Malformed { message, .. }) => {
+                    assert!(!message.is_empty(), "{name}")
+                }
+                other => panic!("{name}: {other:?}"),
+            }
+        }
+        let err = parse_completion_request(b"{\n\"model\": x}").unwrap_err();
+        assert!(
+            matches!(
+                err,
+                RequestError::Malformed {
+                    line: 2,
+                    column: 10,
+                    ..
+                }
+            ),
+            "{err:?}"
+        );
+        let invalid_utf8 = parse_completion_request(b"{\"model\":\"\xff\"}");
+        assert!(matches!(invalid_utf8, Err(RequestError::Malformed { .. })));
+    }
+
+    #[test]
+    fn deep_nesting_is_skipped_without_recursion() {
+        let depth = 100_000;
+        let body = format!(
+            r#"{{"model":"m","x":{}{},"stream_options":{{"y":{}{}}}}}"#,
+            "[".repeat(depth),
+            "]".repeat(depth),
+            "[".repeat(depth),
+            "]".repeat(depth)
+        );
+        let req = parse_completion_request(body.as_bytes()).unwrap();
+        assert_eq!(req.model, "m");
+        let rewrite = BodyRewrite {
+            max_tokens: Some(1),
+            force_include_usage: true,
+        };
+        let out = rewrite_completion_request(body.as_bytes(), &rewrite).unwrap();
+        assert_eq!(
+            out.len(),
+            body.len() + r#""max_tokens":1,"include_usage":true,"#.len()
+        );
+    }
+
+    #[test]
+    fn requested_max_tokens_is_the_smaller() {
+        let cases = [
+            (None, None, None),
+            (Some(5), None, Some(5)),
+            (None, Some(7), Some(7)),
+            (Some(5), Some(7), Some(5)),
+            (Some(9), Some(7), Some(7)),
+        ];
+        for (max, max_completion, expected) in cases {
+            let req = request("m", max, max_completion, false, false);
+            assert_eq!(
+                req.requested_max_tokens(),
+                expected,
+                "{max:?} {max_completion:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rewrites_in_place() {
+        let cap = |n| BodyRewrite {
+            max_tokens: Some(n),
+            force_include_usage: false,
+        };
+        let usage = BodyRewrite {
+            max_tokens: None,
+            force_include_usage: true,
+        };
+        let both = BodyRewrite {
+            max_tokens: Some(64),
+            force_include_usage: true,
+        };
+        let cases: &[(&str, &str, BodyRewrite, &str)] = &[
+            (
+                "nothing to do",
+                r#"{ "model" : "m" }"#,
+                BodyRewrite::default(),
+                r#"{ "model" : "m" }"#,
+            ),
+            (
+                "add max_tokens",
+                r#"{"model":"m"}"#,
+                cap(10),
+                r#"{"max_tokens":10,"model":"m"}"#,
+            ),
+            (
+                "replace both limits, keep spacing",
+                r#"{"model":"m", "max_tokens" : 4096 ,"max_completion_tokens":null}"#,
+                cap(0),
+                r#"{"model":"m", "max_tokens" : 0 ,"max_completion_tokens":0}"#,
+            ),
+            (
+                "replace escaped key's value",
+                r#"{"model":"m","max\u005ftokens":4096}"#,
+                cap(u64::MAX),
+                r#"{"model":"m","max\u005ftokens":18446744073709551615}"#,
+            ),
+            (
+                "add stream_options",
+                r#"{"model":"m","stream":true}"#,
+                usage,
+                r#"{"stream_options":{"include_usage":true},"model":"m","stream":true}"#,
+            ),
+            (
+                "null stream_options",
+                r#"{"model":"m","stream_options":null}"#,
+                usage,
+                r#"{"model":"m","stream_options":{"include_usage":true}}"#,
+            ),
+            (
+                "empty stream_options",
+                r#"{"model":"m","stream_options":{ }}"#,
+                usage,
+                r#"{"model":"m","stream_options":{"include_usage":true }}"#,
+            ),
+            (
+                "keep other stream options",
+                r#"{"model":"m","stream_options":{"continuous_usage_stats":true}}"#,
+                usage,
+                r#"{"model":"m","stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#,
+            ),
+            (
+                "replace include_usage false",
+                r#"{"model":"m","stream_options":{"x":1,"include_usage": false}}"#,
+                usage,
+                r#"{"model":"m","stream_options":{"x":1,"include_usage": true}}"#,
+            ),
+            (
+                "both, inserted together",
+                r#"{"model":"m"}"#,
+                both,
+                r#"{"max_tokens":64,"stream_options":{"include_usage":true},"model":"m"}"#,
+            ),
+            (
+                "both, in place",
+                r#"{"stream_options":{"include_usage":null},"model":"m","max_completion_tokens":9000}"#,
+                both,
+                r#"{"stream_options":{"include_usage":true},"model":"m","max_completion_tokens":64}"#,
+            ),
+            (
+                "empty object",
+                "{}",
+                both,
+                r#"{"max_tokens":64,"stream_options":{"include_usage":true}}"#,
+            ),
+        ];
+        for (name, body, rewrite, expected) in cases {
+            let out = rewrite_completion_request(body.as_bytes(), rewrite).unwrap();
+            assert_eq!(String::from_utf8_lossy(&out), *expected, "{name}");
+        }
+    }
+
+    #[test]
+    fn rewrite_refuses_what_parse_refuses_for_its_fields() {
+        let both = BodyRewrite {
+            max_tokens: Some(1),
+            force_include_usage: true,
+        };
+        let cases: &[(&str, RequestError)] = &[
+            (
+                r#"{"model":"m","max_tokens":1,"max\u005ftokens":2}"#,
+                RequestError::DuplicateField("max_tokens".into()),
+            ),
+            (
+                r#"{"model":"m","stream_options":{"include_usage":false,"include\u005fusage":false}}"#,
+                RequestError::DuplicateField(INCLUDE_USAGE_PATH.into()),
+            ),
+            (
+                r#"{"model":"m","stream_options":"yes"}"#,
+                invalid("stream_options", EXPECT_OBJECT),
+            ),
+            ("[]", RequestError::NotAnObject),
+        ];
+        for (body, expected) in cases {
+            assert_eq!(
+                rewrite_completion_request(body.as_bytes(), &both).as_ref(),
+                Err(expected),
+                "{body}"
+            );
+        }
+        assert!(matches!(
+            rewrite_completion_request(br#"{"model":"m"} {}"#, &both),
+            Err(RequestError::Malformed { .. })
+        ));
+    }
+
+    #[test]
+    fn push_u64_writes_decimal() {
+        for n in [0, 1, 9, 10, 99, 100, 12345, u64::MAX - 1, u64::MAX] {
+            let mut out = Vec::new();
+            push_u64(&mut out, n);
+            assert_eq!(out, n.to_string().into_bytes());
+        }
+    }
+
+    // ---- property tests -------------------------------------------------
+
+    /// Spells a key, sometimes with one character escaped as `\u00XX`.
+    fn spelling(name: &'static str) -> impl Strategy<Value = String> {
+        (any::<bool>(), 0..name.len()).prop_map(move |(escape, at)| {
+            let mut key = String::from("\"");
+            for (i, c) in name.chars().enumerate() {
+                if escape && i == at {
+                    key.push_str(&format!("\\u{:04x}", c as u32));
+                } else {
+                    key.push(c);
+                }
+            }
+            key.push('"');
+            key
+        })
+    }
+
+    fn whitespace() -> impl Strategy<Value = &'static str> {
+        prop::sample::select(vec!["", " ", "\n  ", "\t", "\r\n"])
+    }
+
+    fn count() -> impl Strategy<Value = (String, Option<u64>)> {
+        prop_oneof![
+            Just(("null".to_owned(), None)),
+            any::<u64>().prop_map(|n| (n.to_string(), Some(n))),
+        ]
+    }
+
+    fn flag() -> impl Strategy<Value = (String, bool)> {
+        prop::sample::select(vec![("null", false), ("false", false), ("true", true)])
+            .prop_map(|(raw, value)| (raw.to_owned(), value))
+    }
+
+    fn stream_options_value() -> impl Strategy<Value = (String, bool)> {
+        prop_oneof![
+            Just(("null".to_owned(), false)),
+            Just(("{}".to_owned(), false)),
+            (spelling("include_usage"), flag()).prop_map(|(key, (raw, value))| {
+                (
+                    format!(r#"{{"other":[1,{{"include_usage":true}}], {key}: {raw}}}"#),
+                    value,
+                )
+            }),
+            flag().prop_map(|(raw, value)| (format!(r#"{{"include_usage":{raw}}}"#), value)),
+        ]
+    }
+
+    /// Entries the gateway does not read; they must come through unchanged.
+    const OTHER_ENTRIES: [&str; 5] = [
+        r#""messages": [{"role":"user","content":"say \"model\": \u00e9"}, {"model":"nested"}]"#,
+        r#""temperature":0.70"#,
+        r#""tools":[{"type":"function","function":{"name":"f","parameters":{"max_tokens":{"type":"integer"}}}}]"#,
+        r#""n" : 1"#,
+        r#""user":"x\ny""#,
+    ];
+
+    #[derive(Debug, Clone)]
+    struct Body {
+        text: String,
+        max_tokens: Option<Option<u64>>,
+        max_completion_tokens: Option<Option<u64>>,
+        stream: bool,
+        include_usage: bool,
+        others: Vec<&'static str>,
+    }
+
+    fn valid_body() -> impl Strategy<Value = Body> {
+        (
+            spelling("model"),
+            prop::option::of((spelling("max_tokens"), count())),
+            prop::option::of((spelling("max_completion_tokens"), count())),
+            prop::option::of((spelling("stream"), flag())),
+            prop::option::of((spelling("stream_options"), stream_options_value())),
+            prop::sample::subsequence(OTHER_ENTRIES.to_vec(), 0..=OTHER_ENTRIES.len()),
+            whitespace(),
+        )
+            .prop_flat_map(|(model, max, max_c, stream, options, others, ws)| {
+                let mut entries = vec![format!("{model}:{ws}\"gpt-4o\"")];
+                if let Some((key, (raw, _))) = &max {
+                    entries.push(format!("{key}:{raw}"));
+                }
+                if let Some((key, (raw, _))) = &max_c {
+                    entries.push(format!("{key}:{ws}{raw}"));
+                }
+                if let Some((key, (raw, _))) = &stream {
+                    entries.push(format!("{key}:{raw}"));
+                }
+                if let Some((key, (raw, _))) = &options {
+                    entries.push(format!("{key}{ws}:{raw}"));
+                }
+                entries.extend(others.iter().map(|e| (*e).to_owned()));
+                let body = Body {
+                    text: String::new(),
+                    max_tokens: max.map(|(_, (_, v))| v),
+                    max_completion_tokens: max_c.map(|(_, (_, v))| v),
+                    stream: stream.is_some_and(|(_, (_, v))| v),
+                    include_usage: options.is_some_and(|(_, (_, v))| v),
+                    others,
+                };
+                (Just(entries).prop_shuffle(), Just(body), Just(ws))
+            })
+            .prop_map(|(entries, mut body, ws)| {
+                body.text = format!("{ws}{{{ws}{}{ws}}}{ws}", entries.join(&format!(",{ws}")));
+                body
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
+            let _ = parse_completion_request(&body);
+            let _ = rewrite_completion_request(&body, &BodyRewrite { max_tokens: Some(1), force_include_usage: true });
+        }
+
+        #[test]
+        fn json_like_bytes_never_panic(body in r#"[{}\[\]",:0-9a-z\\ -]{0,64}"#) {
+            let _ = parse_completion_request(body.as_bytes());
+            let _ = rewrite_completion_request(body.as_bytes(), &BodyRewrite { max_tokens: Some(1), force_include_usage: true });
+        }
+
+        #[test]
+        fn parses_generated_bodies(body in valid_body()) {
+            let req = parse_completion_request(body.text.as_bytes()).unwrap();
+            prop_assert_eq!(req.model, "gpt-4o");
+            prop_assert_eq!(req.max_tokens, body.max_tokens.flatten());
+            prop_assert_eq!(req.max_completion_tokens, body.max_completion_tokens.flatten());
+            prop_assert_eq!(req.stream, body.stream);
+            prop_assert_eq!(req.include_usage, body.include_usage);
+        }
+
+        #[test]
+        fn rewrite_round_trips(
+            body in valid_body(),
+            max_tokens in prop::option::of(any::<u64>()),
+            force_include_usage in any::<bool>(),
+        ) {
+            let rewrite = BodyRewrite { max_tokens, force_include_usage };
+            let out = rewrite_completion_request(body.text.as_bytes(), &rewrite).unwrap();
+            let req = parse_completion_request(&out).unwrap();
+            prop_assert_eq!(&req.model, "gpt-4o");
+            prop_assert_eq!(req.stream, body.stream);
+            prop_assert_eq!(req.include_usage, body.include_usage || force_include_usage);
+            match max_tokens {
+                None => {
+                    prop_assert_eq!(req.max_tokens, body.max_tokens.flatten());
+                    prop_assert_eq!(req.max_completion_tokens, body.max_completion_tokens.flatten());
+                }
+                Some(n) => {
+                    prop_assert_eq!(req.requested_max_tokens(), Some(n));
+                    let neither = body.max_tokens.is_none() && body.max_completion_tokens.is_none();
+                    prop_assert_eq!(req.max_tokens, (neither || body.max_tokens.is_some()).then_some(n));
+                    prop_assert_eq!(req.max_completion_tokens, body.max_completion_tokens.map(|_| n));
+                }
+            }
+            // Entries we do not read come through byte for byte.
+            let out = String::from_utf8(out).unwrap();
+            for entry in &body.others {
+                prop_assert!(out.contains(entry), "{entry} missing from {out}");
+            }
+            // Nothing is re-encoded: same JSON once our fields are removed.
+            let strip = |text: &str| {
+                let mut v: serde_json::Map<String, serde_json::Value> = serde_json::from_str(text).unwrap();
+                for f in FIELDS { v.remove(f); }
+                v
+            };
+            prop_assert_eq!(strip(&out), strip(&body.text));
+        }
+    }
+}

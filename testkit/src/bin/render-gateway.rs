@@ -1,0 +1,117 @@
+//! `render-gateway --filter-config FILE --model NAME=HOST:PORT... [options]`:
+//! writes the Envoy bootstrap for `make run` from the same template and
+//! renderer the tests use.
+//!
+//! Options: `--listen-port N` (default 8080), `--admin-port N` (default 9901),
+//! `--wasm PATH` (default: the release filter), `--access-log PATH` (default
+//! /dev/stdout), `--template PATH` (default envoy/gateway.template.yaml),
+//! `--out PATH` (default stdout).
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use maas_testkit::gateway::{gateway_template_path, render_gateway, workspace_root, GatewaySpec};
+
+const USAGE: &str = "usage: render-gateway --filter-config FILE --model NAME=HOST:PORT [--model ...] \
+[--listen-port 8080] [--admin-port 9901] [--wasm PATH] [--access-log PATH] [--template PATH] [--out PATH]";
+
+struct Args {
+    spec: GatewaySpec,
+    template: PathBuf,
+    out: Option<PathBuf>,
+}
+
+fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
+    let mut spec = GatewaySpec {
+        listen_port: 8080,
+        admin_port: 9901,
+        wasm_path: workspace_root().join("target/wasm32-wasip1/release/maas_filter.wasm"),
+        filter_config: serde_json::Value::Null,
+        access_log_path: "/dev/stdout".into(),
+        models: Vec::new(),
+    };
+    let (mut template, mut out, mut have_config) = (gateway_template_path(), None, false);
+    while let Some(flag) = args.next() {
+        let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+        match flag.as_str() {
+            "--filter-config" => {
+                let path = value()?;
+                let text = std::fs::read_to_string(&path)
+                    .map_err(|e| format!("cannot read {path}: {e}"))?;
+                spec.filter_config =
+                    serde_json::from_str(&text).map_err(|e| format!("{path} is not JSON: {e}"))?;
+                have_config = true;
+            }
+            "--model" => {
+                let text = value()?;
+                let (name, addr) = text
+                    .rsplit_once('=')
+                    .ok_or_else(|| format!("--model {text:?}: expected NAME=HOST:PORT"))?;
+                let addr: SocketAddr = addr.parse().map_err(|_| {
+                    format!("--model {text:?}: {addr:?} is not HOST:PORT (an IP address)")
+                })?;
+                spec.models.push((name.to_owned(), addr));
+            }
+            "--listen-port" => spec.listen_port = port(&value()?)?,
+            "--admin-port" => spec.admin_port = port(&value()?)?,
+            "--wasm" => spec.wasm_path = absolute(value()?),
+            "--access-log" => spec.access_log_path = absolute(value()?),
+            "--template" => template = value()?.into(),
+            "--out" => out = Some(value()?.into()),
+            "-h" | "--help" => return Err(String::new()),
+            other => return Err(format!("unknown argument {other:?}")),
+        }
+    }
+    if !have_config {
+        return Err("--filter-config is required".into());
+    }
+    Ok(Args {
+        spec,
+        template,
+        out,
+    })
+}
+
+fn port(text: &str) -> Result<u16, String> {
+    text.parse().map_err(|_| format!("bad port {text:?}"))
+}
+
+/// Envoy resolves relative paths against its own working directory, which
+/// need not be ours.
+fn absolute(path: String) -> PathBuf {
+    std::path::absolute(&path).unwrap_or_else(|_| path.into())
+}
+
+fn main() -> ExitCode {
+    let args = match parse_args(std::env::args().skip(1)) {
+        Ok(args) => args,
+        Err(problem) => {
+            if !problem.is_empty() {
+                eprintln!("render-gateway: {problem}");
+            }
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let rendered = std::fs::read_to_string(&args.template)
+        .map_err(|error| format!("cannot read {}: {error}", args.template.display()))
+        .and_then(|template| {
+            render_gateway(&template, &args.spec).map_err(|error| error.to_string())
+        });
+    let written = rendered.and_then(|text| match &args.out {
+        Some(path) => std::fs::write(path, text)
+            .map_err(|error| format!("cannot write {}: {error}", path.display())),
+        None => {
+            print!("{text}");
+            Ok(())
+        }
+    });
+    match written {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(problem) => {
+            eprintln!("render-gateway: {problem}");
+            ExitCode::FAILURE
+        }
+    }
+}

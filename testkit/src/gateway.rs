@@ -1,0 +1,375 @@
+//! Renders `envoy/gateway.template.yaml` into a bootstrap Envoy can load.
+//!
+//! The template is the single source of the gateway's Envoy configuration:
+//! `make run`, the integration tests and the benchmarks all go through
+//! [`render_gateway`], so what runs is what is tested.
+//!
+//! Invariants of the output: every `{{NAME}}` outside comment lines is
+//! replaced or rendering fails naming it; strings (paths, the filter
+//! configuration, model names) are written as JSON string literals, which are
+//! valid YAML double-quoted scalars, so no value can break the YAML structure;
+//! each model gets one route and one cluster whose name is unique and made of
+//! `[a-z0-9_-]` only.
+
+use std::collections::HashSet;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+/// Everything the template leaves open.
+#[derive(Debug, Clone)]
+pub struct GatewaySpec {
+    /// Listener port; 0 lets the kernel pick (tests read it back from the admin API).
+    pub listen_port: u16,
+    /// Admin port; 0 as above.
+    pub admin_port: u16,
+    pub wasm_path: PathBuf,
+    /// The filter's configuration, handed to it as a JSON string.
+    pub filter_config: Value,
+    pub access_log_path: PathBuf,
+    /// Model name as the filter writes it into `x-maas-model`, and its upstream.
+    pub models: Vec<(String, SocketAddr)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RenderError {
+    #[error("placeholder {{{{{name}}}}} on template line {line} has no value")]
+    Unfilled { name: String, line: usize },
+    #[error("{placeholder} {path:?} is not valid UTF-8")]
+    NonUtf8Path {
+        placeholder: &'static str,
+        path: PathBuf,
+    },
+    #[error("model {0:?} is listed twice; its second route could never match")]
+    DuplicateModel(String),
+    #[error("a model name is empty")]
+    EmptyModelName,
+}
+
+/// Indentation of the generated blocks, matching where the template places
+/// them: route entries under `routes:`, clusters under `clusters:`.
+const ROUTE_INDENT: &str = "              ";
+const CLUSTER_INDENT: &str = "  ";
+
+/// Streamed completions outlive Envoy's 15 s default route timeout.
+const ROUTE_TIMEOUT: &str = "600s";
+
+/// Keeps cluster (and so stat) names readable when a model name is long.
+const CLUSTER_NAME_MODEL_CHARS: usize = 48;
+
+/// Fills `template` from `spec`. Lines whose first non-blank character is `#`
+/// are comments and copied as they are, placeholders included.
+pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, RenderError> {
+    let values = [
+        ("LISTEN_PORT", spec.listen_port.to_string()),
+        ("ADMIN_PORT", spec.admin_port.to_string()),
+        ("WASM_PATH", path_literal("WASM_PATH", &spec.wasm_path)?),
+        // The filter reads a string: encode the configuration as JSON text,
+        // then that text as a string literal.
+        (
+            "FILTER_CONFIG",
+            string_literal(&spec.filter_config.to_string()),
+        ),
+        (
+            "ACCESS_LOG_PATH",
+            path_literal("ACCESS_LOG_PATH", &spec.access_log_path)?,
+        ),
+        ("MODEL_ROUTES", model_routes(&spec.models)?),
+        ("MODEL_CLUSTERS", model_clusters(&spec.models)),
+    ];
+    let lookup = |name: &str| {
+        values
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.as_str())
+    };
+
+    let mut out = String::with_capacity(template.len() + 1024);
+    for (index, line) in template.split_inclusive('\n').enumerate() {
+        if line.trim_start().starts_with('#') {
+            out.push_str(line);
+            continue;
+        }
+        let mut rest = line;
+        while let Some(start) = rest.find("{{") {
+            out.push_str(&rest[..start]);
+            let after = &rest[start + 2..];
+            match after.find("}}").map(|end| &after[..end]) {
+                Some(name) if is_placeholder_name(name) => {
+                    let value = lookup(name).ok_or_else(|| RenderError::Unfilled {
+                        name: name.to_owned(),
+                        line: index + 1,
+                    })?;
+                    out.push_str(value);
+                    rest = &after[name.len() + 2..];
+                }
+                // Not a placeholder (`{{` in some literal): keep it.
+                _ => {
+                    out.push_str("{{");
+                    rest = after;
+                }
+            }
+        }
+        out.push_str(rest);
+    }
+    Ok(out)
+}
+
+fn is_placeholder_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
+}
+
+fn string_literal(text: &str) -> String {
+    Value::from(text).to_string()
+}
+
+fn path_literal(placeholder: &'static str, path: &Path) -> Result<String, RenderError> {
+    path.to_str()
+        .map(string_literal)
+        .ok_or_else(|| RenderError::NonUtf8Path {
+            placeholder,
+            path: path.to_owned(),
+        })
+}
+
+/// `model_<name reduced to [a-z0-9_-]>_<index>`: the index keeps names that
+/// reduce alike (`A.b` and `a_b`) apart.
+pub fn cluster_name(model: &str, index: usize) -> String {
+    let safe: String = model
+        .chars()
+        .take(CLUSTER_NAME_MODEL_CHARS)
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
+            _ => '_',
+        })
+        .collect();
+    format!("model_{safe}_{index}")
+}
+
+fn model_routes(models: &[(String, SocketAddr)]) -> Result<String, RenderError> {
+    let mut seen = HashSet::new();
+    let mut block = Vec::with_capacity(models.len() * 2);
+    for (index, (model, _)) in models.iter().enumerate() {
+        if model.is_empty() {
+            return Err(RenderError::EmptyModelName);
+        }
+        if !seen.insert(model.as_str()) {
+            return Err(RenderError::DuplicateModel(model.clone()));
+        }
+        block.push(format!(
+            "{ROUTE_INDENT}- match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: {} }} }}] }}",
+            string_literal(model)
+        ));
+        block.push(format!(
+            "{ROUTE_INDENT}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT} }}",
+            cluster_name(model, index)
+        ));
+    }
+    Ok(block.join("\n"))
+}
+
+fn model_clusters(models: &[(String, SocketAddr)]) -> String {
+    if models.is_empty() {
+        // `clusters:` with nothing under it would be null, not an empty list.
+        return format!("{CLUSTER_INDENT}[]");
+    }
+    let mut block = String::new();
+    for (index, (model, upstream)) in models.iter().enumerate() {
+        let name = cluster_name(model, index);
+        let i = CLUSTER_INDENT;
+        let _ = write!(
+            block,
+            "{i}- name: {name}\n\
+             {i}  type: STATIC\n\
+             {i}  connect_timeout: 2s\n\
+             {i}  load_assignment:\n\
+             {i}    cluster_name: {name}\n\
+             {i}    endpoints:\n\
+             {i}    - lb_endpoints:\n\
+             {i}      - endpoint:\n\
+             {i}          address:\n\
+             {i}            socket_address: {{ address: {}, port_value: {} }}\n",
+            string_literal(&upstream.ip().to_string()),
+            upstream.port(),
+        );
+    }
+    // The template supplies the line break after the placeholder.
+    block.truncate(block.trim_end().len());
+    block
+}
+
+/// The repository root: `MAAS_ROOT` if set, else the parent of this crate.
+pub fn workspace_root() -> PathBuf {
+    if let Some(root) = std::env::var_os("MAAS_ROOT") {
+        return PathBuf::from(root);
+    }
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    manifest.parent().unwrap_or(manifest).to_owned()
+}
+
+/// The path of the gateway bootstrap template.
+pub fn gateway_template_path() -> PathBuf {
+    workspace_root().join("envoy/gateway.template.yaml")
+}
+
+/// The text of `envoy/gateway.template.yaml`; panics if it cannot be read.
+pub fn gateway_template() -> String {
+    let path = gateway_template_path();
+    std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read the gateway template {path:?}: {error}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn spec(models: &[(&str, &str)]) -> GatewaySpec {
+        GatewaySpec {
+            listen_port: 0,
+            admin_port: 9901,
+            wasm_path: "/tmp/with space/maas_filter.wasm".into(),
+            filter_config: json!({ "keys": [{ "key": "sk-\"quoted\"", "note": "{{NOT_A_PLACEHOLDER}}" }] }),
+            access_log_path: "/tmp/x/access.log".into(),
+            models: models
+                .iter()
+                .map(|(name, addr)| ((*name).to_owned(), addr.parse().expect("test address")))
+                .collect(),
+        }
+    }
+
+    fn code_lines(rendered: &str) -> impl Iterator<Item = &str> {
+        rendered
+            .lines()
+            .filter(|line| !line.trim_start().starts_with('#'))
+    }
+
+    #[test]
+    fn fills_every_placeholder_of_the_shipped_template() {
+        let rendered = render_gateway(
+            &gateway_template(),
+            &spec(&[("m1", "127.0.0.1:8001"), ("m2", "127.0.0.1:8002")]),
+        )
+        .expect("renders");
+        // The only `{{` left is inside the filter configuration string.
+        for line in code_lines(&rendered) {
+            assert!(
+                !line.contains("{{") || line.contains("NOT_A_PLACEHOLDER"),
+                "unfilled: {line}"
+            );
+            assert!(!line.contains('\t'), "tab in YAML: {line:?}");
+        }
+        assert!(rendered.contains("port_value: 9901 }"));
+        assert!(rendered.contains("filename: \"/tmp/with space/maas_filter.wasm\""));
+        assert!(rendered.contains("path: \"/tmp/x/access.log\""));
+        assert!(rendered.contains(
+            "\n              - match: { prefix: \"/\", headers: [{ name: x-maas-model, string_match: { exact: \"m2\" } }] }\n                route: { cluster: model_m2_1, timeout: 600s }\n"
+        ));
+        assert!(rendered.contains(
+            "\n  clusters:\n  - name: model_m1_0\n    type: STATIC\n    connect_timeout: 2s\n"
+        ));
+        assert!(rendered.contains("socket_address: { address: \"127.0.0.1\", port_value: 8002 }"));
+        assert!(rendered.ends_with('\n'));
+    }
+
+    #[test]
+    fn filter_config_round_trips_through_the_string_literal() {
+        let spec = spec(&[]);
+        let rendered = render_gateway("value: {{FILTER_CONFIG}}\n", &spec).expect("renders");
+        let literal = rendered
+            .strip_prefix("value: ")
+            .and_then(|rest| rest.strip_suffix('\n'))
+            .expect("one line");
+        let text: String = serde_json::from_str(literal).expect("a JSON string literal");
+        assert_eq!(
+            serde_json::from_str::<Value>(&text).expect("config JSON"),
+            spec.filter_config
+        );
+    }
+
+    #[test]
+    fn odd_model_names_get_safe_unique_clusters() {
+        let rendered = render_gateway(
+            "routes:\n{{MODEL_ROUTES}}\nclusters:\n{{MODEL_CLUSTERS}}\n",
+            &spec(&[
+                ("Meta/Llama 3.1:8B \"q\"\n", "[::1]:9000"),
+                ("meta_llama", "127.0.0.1:1"),
+            ]),
+        )
+        .expect("renders");
+        assert!(rendered.contains("exact: \"Meta/Llama 3.1:8B \\\"q\\\"\\n\""));
+        assert!(rendered.contains("cluster: model_meta_llama_3_1_8b__q___0,"));
+        assert!(rendered.contains("cluster: model_meta_llama_1,"));
+        assert!(rendered.contains("address: \"::1\", port_value: 9000"));
+        for (index, model) in ["x", "A.b", "ünïcode", "..", &"long".repeat(40)]
+            .iter()
+            .enumerate()
+        {
+            let name = cluster_name(model, index);
+            assert!(
+                name.bytes().all(|b| b.is_ascii_lowercase()
+                    || b.is_ascii_digit()
+                    || b == b'_'
+                    || b == b'-'),
+                "{name}"
+            );
+            assert!(
+                name.len() <= "model__".len() + CLUSTER_NAME_MODEL_CHARS + 2,
+                "{name}"
+            );
+        }
+    }
+
+    #[test]
+    fn no_models_render_an_empty_cluster_list() {
+        let rendered =
+            render_gateway("  clusters:\n{{MODEL_CLUSTERS}}\n", &spec(&[])).expect("renders");
+        assert_eq!(rendered, "  clusters:\n  []\n");
+    }
+
+    #[test]
+    fn unknown_placeholders_are_named() {
+        let error = render_gateway("a: 1\nb: {{LISTEN_PORT}} {{NOPE}}\n", &spec(&[]))
+            .expect_err("unfilled");
+        assert_eq!(
+            error,
+            RenderError::Unfilled {
+                name: "NOPE".into(),
+                line: 2
+            }
+        );
+        assert_eq!(
+            error.to_string(),
+            "placeholder {{NOPE}} on template line 2 has no value"
+        );
+    }
+
+    #[test]
+    fn comments_and_non_placeholders_are_kept() {
+        let template = "# see {{NAME}}\nx: '{{ not one }}' {{}}\n";
+        assert_eq!(
+            render_gateway(template, &spec(&[])).expect("renders"),
+            template
+        );
+    }
+
+    #[test]
+    fn duplicate_and_empty_models_are_refused() {
+        assert_eq!(
+            render_gateway(
+                "{{MODEL_ROUTES}}",
+                &spec(&[("m", "127.0.0.1:1"), ("m", "127.0.0.1:2")])
+            ),
+            Err(RenderError::DuplicateModel("m".into()))
+        );
+        assert_eq!(
+            render_gateway("{{MODEL_ROUTES}}", &spec(&[("", "127.0.0.1:1")])),
+            Err(RenderError::EmptyModelName)
+        );
+    }
+}

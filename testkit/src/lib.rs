@@ -1,0 +1,25 @@
+//! The MaaS gateway's test harness and local development upstream.
+//!
+//! - [`mock_upstream`]: an OpenAI-shaped model server on a loopback port,
+//!   steered per request by `x-mock-*` headers (also the `mock-upstream` binary).
+//! - [`gateway`]: renders `envoy/gateway.template.yaml` into an Envoy bootstrap
+//!   (also the `render-gateway` binary, used by `make run`).
+//! - [`envoy`]: runs that bootstrap in a real Envoy with the filter, waits until
+//!   it serves, reads its admin API, metrics and access log, and stops it on drop.
+//! - [`client`], [`eventually()`], [`prometheus`]: what tests use to talk to
+//!   both and to assert on state that settles asynchronously.
+//!
+//! Everything binds `127.0.0.1` port 0, so tests run in parallel.
+
+pub mod client;
+pub mod envoy;
+pub mod eventually;
+pub mod gateway;
+pub mod mock_upstream;
+pub mod prometheus;
+
+pub use client::{get, post_json, request, try_request, ClientError, Response};
+pub use envoy::{validate, validate_yaml, Gateway, GatewayBuilder, StartError};
+pub use eventually::eventually;
+pub use gateway::{gateway_template, render_gateway, workspace_root, GatewaySpec, RenderError};
+pub use mock_upstream::{MockUpstream, RecordedRequest};

@@ -1,0 +1,65 @@
+//! The `render-gateway` binary `make run` uses: same renderer, options on the
+//! command line.
+
+use std::process::Command;
+
+fn render(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_render-gateway"))
+        .args(args)
+        .output()
+        .expect("run render-gateway")
+}
+
+#[test]
+fn renders_the_shipped_template_to_stdout() {
+    let dir = std::env::temp_dir().join(format!("maas-render-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let config = dir.join("filter.json");
+    std::fs::write(&config, r#"{ "keys": [] }"#).expect("config");
+    let output = render(&[
+        "--filter-config",
+        config.to_str().expect("utf-8"),
+        "--model",
+        "m1=127.0.0.1:8000",
+        "--model",
+        "org/m=2=127.0.0.1:8001",
+        "--listen-port",
+        "18080",
+        "--wasm",
+        "/opt/maas_filter.wasm",
+    ]);
+    std::fs::remove_dir_all(&dir).expect("cleanup");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let yaml = String::from_utf8(output.stdout).expect("utf-8");
+    assert!(yaml.contains("port_value: 18080 }"));
+    assert!(yaml.contains("port_value: 9901 }"));
+    assert!(yaml.contains(r#"value: "{\"keys\":[]}""#));
+    assert!(yaml.contains(r#"filename: "/opt/maas_filter.wasm""#));
+    assert!(yaml.contains(r#"path: "/dev/stdout""#));
+    // The last `=` splits name from address, so a name may contain `=`.
+    assert!(yaml.contains(r#"exact: "org/m=2""#));
+    assert!(yaml.contains("cluster: model_org_m_2_1,"));
+}
+
+#[test]
+fn reports_bad_arguments() {
+    for args in [
+        &["--model", "m1=127.0.0.1:8000"][..],
+        &["--filter-config", "/nonexistent.json"],
+        &["--bogus"],
+    ] {
+        let output = render(args);
+        assert!(!output.status.success(), "{args:?}");
+        assert!(!output.stderr.is_empty(), "{args:?}");
+    }
+    let output = render(&["--model", "m1=localhost:80"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("\"localhost:80\" is not HOST:PORT"),
+        "{stderr}"
+    );
+}
