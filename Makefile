@@ -15,7 +15,7 @@ export MAAS_NOOP_WASM := $(CURDIR)/$(NOOP_WASM)
 
 ## run: Envoy + the gateway filter in front of the local OpenAI-shaped upstream
 run: setup wasm host
-	./target/release/maas-stack --config envoy/filter-config.json
+	./target/release/maas-stack --config envoy/filter-config.json $(ARGS)
 
 ## test: every unit, property and integration test (real Envoy, real filter)
 test: setup wasm

@@ -1,2 +1,12 @@
-//! Benchmarks live in `benches/benches/*.rs` (criterion, hot paths) and
-//! `benches/load.sh` (whole system under wrk). This library is intentionally empty.
+//! Benchmarks of the MaaS gateway.
+//!
+//! - `benches/benches/*.rs`: criterion benches of the filter's hot paths
+//!   (`cargo bench -p maas-benches`).
+//! - `benches/load.sh`: the whole-system load comparison (Envoy without a
+//!   filter, with an empty wasm filter, with ours), driven by wrk. This
+//!   library and the `load-bench` binary are its typed half: [`load::variants`]
+//!   renders the Envoy bootstraps from the one gateway template, and
+//!   [`load::report`] turns the raw measurements into the table of medians,
+//!   ratios and targets.
+
+pub mod load;

@@ -404,12 +404,14 @@ fn limit_rules(
 ) -> Result<Vec<LimitRule>, ConfigError> {
     let rates = match raw {
         RawLimits::Keyword(k) if k == "unlimited" => return Ok(Vec::new()),
-        RawLimits::Keyword(k) => return Err(err(
-            field,
-            format!(
+        RawLimits::Keyword(k) => {
+            return Err(err(
+                field,
+                format!(
                 "expected \"unlimited\" or {{\"requests\": [...], \"tokens\": [...]}}, got {k:?}"
             ),
-        )),
+            ))
+        }
         RawLimits::Rates(r) => r,
     };
     let mut rules = Vec::new();

@@ -3,9 +3,11 @@
 //! - [`mock_upstream`]: an OpenAI-shaped model server on a loopback port,
 //!   steered per request by `x-mock-*` headers (also the `mock-upstream` binary).
 //! - [`gateway`]: renders `envoy/gateway.template.yaml` into an Envoy bootstrap
-//!   (also the `render-gateway` binary, used by `make run`).
+//!   (also the `render-gateway` binary, for rendering a bootstrap by hand).
 //! - [`envoy`]: runs that bootstrap in a real Envoy with the filter, waits until
 //!   it serves, reads its admin API, metrics and access log, and stops it on drop.
+//! - [`stack`]: the local stack `make run` starts (the `maas-stack` binary):
+//!   the upstream and Envoy with the filter, in the foreground.
 //! - [`client`], [`eventually()`], [`prometheus`]: what tests use to talk to
 //!   both and to assert on state that settles asynchronously.
 //!
@@ -17,6 +19,7 @@ pub mod eventually;
 pub mod gateway;
 pub mod mock_upstream;
 pub mod prometheus;
+pub mod stack;
 
 pub use client::{get, post_json, request, try_request, ClientError, Response};
 pub use envoy::{validate, validate_yaml, Gateway, GatewayBuilder, StartError};

@@ -1,0 +1,296 @@
+#!/usr/bin/env bash
+# Whole-system load benchmark: what our filter costs inside Envoy, against two
+# baselines measured in the same run, with the same upstream:
+#
+#   none    Envoy, no wasm filter (the router alone)
+#   noop    Envoy + the empty wasm filter (benches/noop-filter): the price of
+#           having a wasm filter at all
+#   maas    Envoy + our filter as shipped (opt-level 3): auth, limits,
+#           accounting, metrics, audit line; limits too high to reject anything
+#   maas-s  the same filter built with opt-level "s", to choose the profile
+#
+# All four run the bootstrap rendered from envoy/gateway.template.yaml (see
+# benches/src/load/variants.rs) at the same time, each Envoy with one worker,
+# pinned to core 0. The upstream (testkit's mock-upstream) and wrk share core 1.
+# Two workloads: a chat completion with a JSON answer ("plain") and a streamed
+# one ("stream": 16 content events + finish + [DONE]; our filter also asks the
+# upstream for the usage event and strips it before the client).
+#
+# Each round runs every workload x variant (interleaved: none, noop, maas,
+# maas-s, none, ...) twice: at saturation (requests/s, and Envoy's CPU time per
+# request from /proc/PID/stat) and at a fixed pace well below saturation
+# (p50/p99 latency). Any non-2xx answer or socket error stops the run: a 401 or
+# 429 from the filter would make its numbers meaningless.
+#
+# Usage: ./benches/load.sh   (`make bench` runs it after criterion; ~4.5 min)
+# Knobs (environment): ROUNDS=3 SAT_SECONDS=5 SAT_CONNECTIONS=32
+#   PACED_SECONDS=4 PACED_CONNECTIONS=10 PACE_MS=10 WARMUP_SECONDS=2
+#   PROXY_CORE=0 LOAD_CORE=1 SKIP_BUILD=1 LOAD_BENCH_DIR=target/load-bench
+# Output: the Markdown table on stdout, and in $LOAD_BENCH_DIR/summary.md
+# (raw rows in results.tsv).
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+
+ROUNDS=${ROUNDS:-3}
+SAT_SECONDS=${SAT_SECONDS:-5}
+SAT_CONNECTIONS=${SAT_CONNECTIONS:-32}
+PACED_SECONDS=${PACED_SECONDS:-4}
+PACED_CONNECTIONS=${PACED_CONNECTIONS:-10}
+PACE_MS=${PACE_MS:-10}
+WARMUP_SECONDS=${WARMUP_SECONDS:-2}
+PROXY_CORE=${PROXY_CORE:-0}
+LOAD_CORE=${LOAD_CORE:-1}
+WORK=${LOAD_BENCH_DIR:-$ROOT/target/load-bench}
+ENVOY=${MAAS_ENVOY:-$ROOT/.cache/envoy/1.40.0/envoy/_bin/envoy}
+CARGO=${CARGO:-cargo}
+
+WASM_DIR=target/wasm32-wasip1/release
+OPT_S_DIR=target/opt-s
+FILTER_WASM=$ROOT/$WASM_DIR/maas_filter.wasm
+NOOP_WASM=$ROOT/$WASM_DIR/maas_noop_filter.wasm
+FILTER_S_WASM=$ROOT/$OPT_S_DIR/wasm32-wasip1/release/maas_filter.wasm
+MOCK_UPSTREAM=$ROOT/target/release/mock-upstream
+LOAD_BENCH=$ROOT/target/release/load-bench
+
+VARIANTS=(none noop maas maas-s)
+WORKLOADS=(plain stream)
+BENCH_KEY=sk-maas-bench-3f9e2c71d0a84b56
+MODEL=bench-model   # load::variants::BENCH_MODEL
+
+say() { printf '==> %s\n' "$*" >&2; }
+die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
+
+# --- children: every process we start is recorded and killed on exit ---------
+CHILDREN=()
+cleanup() {
+  local pid
+  for pid in "${CHILDREN[@]}"; do
+    kill "$pid" 2>/dev/null || true
+  done
+  for pid in "${CHILDREN[@]}"; do
+    wait "$pid" 2>/dev/null || true
+  done
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# --- tools -------------------------------------------------------------------
+for tool in taskset curl awk; do
+  command -v "$tool" >/dev/null || die "$tool is required"
+done
+if ! command -v wrk >/dev/null; then
+  command -v apt-get >/dev/null || die "wrk is required (Debian/Ubuntu: apt-get install wrk)"
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  say "wrk not found: $SUDO apt-get update && $SUDO apt-get install -y wrk"
+  $SUDO apt-get update
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y wrk
+fi
+[ "$(nproc --all)" -ge 2 ] || die "needs 2 cores (proxy on $PROXY_CORE, load on $LOAD_CORE)"
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  [ -x "$ENVOY" ] || ./scripts/fetch-envoy.sh
+  say "$CARGO build --release --locked -p maas-testkit --bins -p maas-benches --bin load-bench"
+  "$CARGO" build --release --locked -p maas-testkit --bins -p maas-benches --bin load-bench
+  say "$CARGO build --release --locked --target wasm32-wasip1 -p maas-filter -p maas-noop-filter"
+  "$CARGO" build --release --locked --target wasm32-wasip1 -p maas-filter -p maas-noop-filter
+  say "CARGO_PROFILE_RELEASE_OPT_LEVEL=s $CARGO build --release --locked --target wasm32-wasip1 -p maas-filter --target-dir $OPT_S_DIR"
+  CARGO_PROFILE_RELEASE_OPT_LEVEL=s "$CARGO" build --release --locked --target wasm32-wasip1 \
+    -p maas-filter --target-dir "$OPT_S_DIR"
+fi
+for file in "$ENVOY" "$MOCK_UPSTREAM" "$LOAD_BENCH" "$FILTER_WASM" "$NOOP_WASM" "$FILTER_S_WASM"; do
+  [ -f "$file" ] || die "missing $file (run without SKIP_BUILD=1, or make setup wasm host)"
+done
+
+rm -rf "$WORK"
+mkdir -p "$WORK"
+START_SECONDS=$SECONDS
+
+# --- upstream ------------------------------------------------------------------
+say "mock-upstream on core $LOAD_CORE"
+taskset -c "$LOAD_CORE" "$MOCK_UPSTREAM" --host 127.0.0.1 --port 0 >"$WORK/upstream.out" 2>&1 &
+CHILDREN+=($!)
+UPSTREAM=""
+for _ in $(seq 100); do
+  UPSTREAM=$(sed -n 's/^mock-upstream listening on //p' "$WORK/upstream.out")
+  [ -n "$UPSTREAM" ] && break
+  sleep 0.1
+done
+[ -n "$UPSTREAM" ] || die "mock-upstream did not start: $(cat "$WORK/upstream.out")"
+
+# --- the four gateways ---------------------------------------------------------
+"$LOAD_BENCH" render --out-dir "$WORK" --upstream "$UPSTREAM" --key "$BENCH_KEY" \
+  --variant none=none --variant "noop=$NOOP_WASM" \
+  --variant "maas=$FILTER_WASM" --variant "maas-s=$FILTER_S_WASM"
+
+declare -A PID PORT
+for v in "${VARIANTS[@]}"; do
+  taskset -c "$PROXY_CORE" "$ENVOY" -c "$WORK/$v.yaml" --concurrency 1 --disable-hot-restart \
+    -l warning --log-path "$WORK/$v.envoy.log" --admin-address-path "$WORK/$v.admin" \
+    >"$WORK/$v.envoy.out" 2>&1 &
+  PID[$v]=$!
+  CHILDREN+=($!)
+done
+for v in "${VARIANTS[@]}"; do
+  for _ in $(seq 300); do
+    kill -0 "${PID[$v]}" 2>/dev/null || die "Envoy ($v) exited: $(tail -n 20 "$WORK/$v.envoy.out" "$WORK/$v.envoy.log" 2>/dev/null)"
+    if [ -s "$WORK/$v.admin" ]; then
+      # `gateway::127.0.0.1:PORT` once the listener is bound.
+      PORT[$v]=$(curl -sf "http://$(cat "$WORK/$v.admin")/listeners" 2>/dev/null |
+        sed -n 's/^gateway::127\.0\.0\.1:\([0-9][0-9]*\)$/\1/p') || true
+      [ -n "${PORT[$v]:-}" ] && break
+    fi
+    sleep 0.1
+  done
+  [ -n "${PORT[$v]:-}" ] || die "Envoy ($v) did not open its listener in 30 s"
+  say "Envoy ($v) pid ${PID[$v]} on 127.0.0.1:${PORT[$v]}, core $PROXY_CORE"
+done
+
+# --- the workloads: one POST each, ~300 bytes ----------------------------------
+MESSAGES='[{"role":"system","content":"You are a concise assistant for the platform team."},{"role":"user","content":"Summarise in one sentence why a gateway in front of model servers helps: keys, quotas, accounting and one endpoint for every team."}]'
+BODY_plain="{\"model\":\"$MODEL\",\"messages\":$MESSAGES,\"max_tokens\":16,\"temperature\":0.2}"
+BODY_stream="{\"model\":\"$MODEL\",\"messages\":$MESSAGES,\"max_tokens\":16,\"temperature\":0.2,\"stream\":true}"
+
+for w in "${WORKLOADS[@]}"; do
+  body_var=BODY_$w
+  cat >"$WORK/$w.lua" <<EOF
+-- wrk script ($w): POST one chat completion; with LOAD_PACE_MS set, every
+-- connection pauses that long between requests (a fixed rate below saturation).
+wrk.method = "POST"
+wrk.path = "/v1/chat/completions"
+wrk.headers["Authorization"] = "Bearer $BENCH_KEY"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["x-maas-model"] = "$MODEL"
+wrk.body = [[${!body_var}]]
+
+local pace_ms = tonumber(os.getenv("LOAD_PACE_MS") or "0")
+if pace_ms > 0 then
+  function delay() return pace_ms end
+end
+
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format(
+    "RESULT requests=%d duration_us=%d non2xx=%d connect=%d read=%d write=%d timeout=%d p50_us=%d p99_us=%d\n",
+    summary.requests, summary.duration, e.status, e.connect, e.read, e.write, e.timeout,
+    latency:percentile(50), latency:percentile(99)))
+end
+EOF
+done
+
+# Smoke check: every variant answers both workloads 200 (with our filter: and
+# refuses a wrong key, so the filter is really in the path and configured).
+post() { # variant key body-var → "STATUS" and the body in $WORK/smoke.out
+  curl -s -o "$WORK/smoke.out" -w '%{http_code}' -X POST "http://127.0.0.1:${PORT[$1]}/v1/chat/completions" \
+    -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -H "x-maas-model: $MODEL" \
+    --data-binary "${!3}"
+}
+for v in "${VARIANTS[@]}"; do
+  status=$(post "$v" "$BENCH_KEY" BODY_plain)
+  [ "$status" = 200 ] && grep -q '"choices"' "$WORK/smoke.out" ||
+    die "$v: plain request got $status: $(cat "$WORK/smoke.out")"
+  status=$(post "$v" "$BENCH_KEY" BODY_stream)
+  [ "$status" = 200 ] && grep -q '^data: \[DONE\]' "$WORK/smoke.out" ||
+    die "$v: stream request got $status: $(head -c 600 "$WORK/smoke.out")"
+  status=$(post "$v" sk-maas-not-a-key BODY_plain)
+  case $v in
+    maas*) [ "$status" = 401 ] || die "$v: a wrong key got $status, not 401: is the filter loaded?" ;;
+    *) [ "$status" = 200 ] || die "$v: got $status without a filter" ;;
+  esac
+done
+say "smoke check passed: ${VARIANTS[*]} answer 200; our filter refuses a wrong key"
+
+# --- measuring -----------------------------------------------------------------
+CLK_TCK=$(getconf CLK_TCK)
+RESULTS=$WORK/results.tsv
+printf 'round\tworkload\tvariant\tmode\trequests\tduration_us\tcpu_ticks\tclk_tck\tp50_us\tp99_us\tcore0_busy_pct\tcore1_busy_pct\n' >"$RESULTS"
+
+proc_cpu_ticks() { # utime+stime of the whole process; fields after "(comm)"
+  sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+core_ticks() { # "busy total" jiffies of one core
+  awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+busy_pct() { # before-line after-line → percent
+  awk -v a="$1" -v b="$2" 'BEGIN { split(a, x, " "); split(b, y, " ");
+    t = y[2] - x[2]; printf "%.1f", (t > 0 ? 100 * (y[1] - x[1]) / t : 0) }'
+}
+
+# run ROUND WORKLOAD VARIANT MODE (ROUND 0: warm-up, not recorded)
+run() {
+  local round=$1 w=$2 v=$3 mode=$4 seconds connections pace=0
+  if [ "$mode" = saturation ]; then
+    seconds=$SAT_SECONDS connections=$SAT_CONNECTIONS
+  else
+    seconds=$PACED_SECONDS connections=$PACED_CONNECTIONS pace=$PACE_MS
+  fi
+  [ "$round" = 0 ] && seconds=$WARMUP_SECONDS
+  local cpu0 c0 c1 out
+  cpu0=$(proc_cpu_ticks "${PID[$v]}")
+  c0=$(core_ticks "$PROXY_CORE")
+  c1=$(core_ticks "$LOAD_CORE")
+  out=$(LOAD_PACE_MS=$pace taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" -d"${seconds}s" --timeout 5s \
+    -s "$WORK/$w.lua" "http://127.0.0.1:${PORT[$v]}/v1/chat/completions" 2>&1) ||
+    die "wrk failed against $v: $out"
+  local cpu1 c0b c1b
+  cpu1=$(proc_cpu_ticks "${PID[$v]}")
+  c0b=$(core_ticks "$PROXY_CORE")
+  c1b=$(core_ticks "$LOAD_CORE")
+  : >"$WORK/$v.access.log"   # the audit trail would grow by ~2 MB a run
+  local result
+  result=$(grep '^RESULT ' <<<"$out") || die "no result from wrk against $v: $out"
+  declare -A r
+  local kv
+  for kv in ${result#RESULT }; do r[${kv%%=*}]=${kv#*=}; done
+  local errors=$((r[non2xx] + r[connect] + r[read] + r[write] + r[timeout]))
+  if [ "$errors" -ne 0 ] || [ "${r[requests]}" -eq 0 ]; then
+    printf '%s\n' "$out" >&2
+    tail -n 20 "$WORK/$v.envoy.log" >&2 || true
+    die "round $round, $w, $v ($mode): ${r[non2xx]} non-2xx answers, $((errors - r[non2xx])) socket errors, ${r[requests]} requests: the numbers would be meaningless"
+  fi
+  [ "$round" = 0 ] && return 0
+  local ticks=$((cpu1 - cpu0))
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$mode" \
+    "${r[requests]}" "${r[duration_us]}" "$ticks" "$CLK_TCK" "${r[p50_us]}" "${r[p99_us]}" \
+    "$(busy_pct "$c0" "$c0b")" "$(busy_pct "$c1" "$c1b")" >>"$RESULTS"
+  awk -v n="${r[requests]}" -v d="${r[duration_us]}" -v t="$ticks" -v hz="$CLK_TCK" \
+    -v p50="${r[p50_us]}" -v p99="${r[p99_us]}" -v tag="round $round  $w  $v  $mode" \
+    'BEGIN { printf "    %-34s %7.0f req/s  %6.1f µs CPU/req  p50 %.2f ms  p99 %.2f ms\n",
+      tag, n / (d / 1e6), t / hz * 1e6 / n, p50 / 1000, p99 / 1000 }' >&2
+}
+
+say "warm-up: ${WARMUP_SECONDS}s per variant and workload"
+for w in "${WORKLOADS[@]}"; do
+  for v in "${VARIANTS[@]}"; do
+    run 0 "$w" "$v" saturation
+  done
+done
+
+for round in $(seq "$ROUNDS"); do
+  say "round $round of $ROUNDS"
+  for w in "${WORKLOADS[@]}"; do
+    for v in "${VARIANTS[@]}"; do
+      run "$round" "$w" "$v" saturation
+      run "$round" "$w" "$v" paced
+    done
+  done
+done
+
+# --- report ----------------------------------------------------------------------
+{
+  printf '%s, Envoy %s, %s; %s rounds; %s s.\n\n' \
+    "$(date -u +%Y-%m-%dT%H:%MZ)" \
+    "$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([0-9.]*\)\/.*/\1/p' | head -n 1)" \
+    "$(nproc --all) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))" \
+    "$ROUNDS" "$((SECONDS - START_SECONDS))"
+  "$LOAD_BENCH" report --results "$RESULTS" --baseline none --empty noop --filter maas --filter maas-s \
+    --label "none=no filter" --label "noop=empty wasm filter" \
+    --label "maas=maas-filter (opt-level 3)" --label 'maas-s=maas-filter (opt-level "s")' \
+    --saturation "wrk -t1 -c$SAT_CONNECTIONS -d${SAT_SECONDS}s; Envoy --concurrency 1 on core $PROXY_CORE, wrk and the upstream on core $LOAD_CORE" \
+    --paced "wrk -t1 -c$PACED_CONNECTIONS -d${PACED_SECONDS}s, each connection pausing ${PACE_MS} ms between requests"
+} >"$WORK/summary.md"
+cat "$WORK/summary.md"
+say "raw rows: $RESULTS; table: $WORK/summary.md; $((SECONDS - START_SECONDS)) s"

@@ -1,0 +1,211 @@
+//! Request and token limits through a real Envoy. Day windows keep these
+//! tests away from window boundaries (a minute window could roll over
+//! mid-test and reset the counters being asserted).
+
+use crate::support::*;
+use serde_json::{json, Value};
+
+fn limited_config(limits: Value, max_tokens: Option<Value>) -> Value {
+    let mut c = base_config();
+    c["subscriptions"]["free"]["limits"] = limits;
+    if let Some(m) = max_tokens {
+        c["subscriptions"]["free"]["max_tokens"] = m;
+    }
+    c
+}
+
+fn header_u64(r: &maas_testkit::Response, name: &str) -> u64 {
+    r.header(name)
+        .unwrap_or_else(|| panic!("missing {name}; headers {:?}", r.headers))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn request_limit_gives_429_with_openai_headers() {
+    let s = Stack::start(limited_config(json!({"requests": ["3/day"]}), None));
+    for expected_remaining in [2, 1, 0] {
+        let r = s.chat(FREE_KEY, &chat_body("m1", 4), &[]);
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(header_u64(&r, "x-ratelimit-limit-requests"), 3);
+        assert_eq!(
+            header_u64(&r, "x-ratelimit-remaining-requests"),
+            expected_remaining
+        );
+        assert!(r
+            .header("x-ratelimit-reset-requests")
+            .is_some_and(|v| v.ends_with('s')));
+    }
+    let r = s.chat(FREE_KEY, &chat_body("m1", 4), &[]);
+    let body = assert_error(&r, 429, "rate_limit_exceeded");
+    assert_eq!(body["error"]["type"], "requests");
+    let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+    assert!((1..=86_400).contains(&retry));
+    assert_eq!(header_u64(&r, "x-ratelimit-remaining-requests"), 0);
+    assert_eq!(s.upstream.requests().len(), 3);
+
+    // Listing models stays possible with the quota spent.
+    let models = s.gateway.request(
+        "GET",
+        "/v1/models",
+        &[("authorization", &format!("Bearer {FREE_KEY}"))],
+        None,
+    );
+    assert_eq!(models.status, 200);
+    // Another subscription is not affected.
+    assert_eq!(s.chat(GOLD_KEY, &chat_body("m1", 4), &[]).status, 200);
+    assert_eq!(
+        s.metric(
+            "maas_rate_limited_total",
+            &[("subscription", "free"), ("reason", "requests")]
+        ),
+        1.0
+    );
+}
+
+#[test]
+fn per_key_limits_count_each_key_alone() {
+    let mut c = limited_config(json!("unlimited"), None);
+    c["subscriptions"]["free"]["key_limits"] = json!({"requests": ["2/day"]});
+    c["keys"]
+        .as_array_mut()
+        .unwrap()
+        .push(key_entry("free-2", "carol", "free", "sk-test-free-2"));
+    let s = Stack::start(c);
+    for _ in 0..2 {
+        assert_eq!(s.chat(FREE_KEY, &chat_body("m1", 4), &[]).status, 200);
+    }
+    assert_error(
+        &s.chat(FREE_KEY, &chat_body("m1", 4), &[]),
+        429,
+        "rate_limit_exceeded",
+    );
+    assert_eq!(
+        s.chat("sk-test-free-2", &chat_body("m1", 4), &[]).status,
+        200
+    );
+}
+
+/// Tokens: each request reserves body bytes + max_tokens and is charged its
+/// reported usage. The sum charged never passes the limit, and the request
+/// that would have pushed it over is refused before it runs.
+#[test]
+fn token_limit_is_never_overshot() {
+    const LIMIT: u64 = 600;
+    let s = Stack::start(limited_config(
+        json!({"tokens": [format!("{LIMIT}/day")]}),
+        None,
+    ));
+    let body = chat_body("m1", 100);
+    let reservation = body.to_string().len() as u64 + 100;
+    let mut charged = 0;
+    let mut admitted = 0;
+    loop {
+        // The mock reports 40 prompt + 100 completion tokens.
+        let r = s.chat(
+            FREE_KEY,
+            &body,
+            &[
+                ("x-mock-prompt-tokens", "40"),
+                ("x-mock-completion-tokens", "100"),
+            ],
+        );
+        if r.status == 429 {
+            let err = assert_error(&r, 429, "rate_limit_exceeded");
+            assert_eq!(err["error"]["type"], "tokens");
+            assert_eq!(
+                header_u64(&r, "x-ratelimit-remaining-tokens"),
+                LIMIT - charged
+            );
+            break;
+        }
+        assert_eq!(r.status, 200, "{}", r.text());
+        assert_eq!(r.json()["usage"]["total_tokens"], 140);
+        // Right after admission the remaining budget excludes this request's
+        // whole reservation.
+        assert_eq!(
+            header_u64(&r, "x-ratelimit-remaining-tokens"),
+            LIMIT - charged - reservation
+        );
+        charged += 140;
+        admitted += 1;
+    }
+    assert!(
+        charged + reservation > LIMIT,
+        "refused only when the worst case does not fit"
+    );
+    assert!(charged <= LIMIT);
+    assert_eq!(s.upstream.requests().len(), admitted);
+    assert_eq!(
+        s.metric(
+            "maas_total_tokens_total",
+            &[("subscription", "free"), ("model", "m1")]
+        ),
+        charged as f64
+    );
+}
+
+#[test]
+fn streamed_token_usage_counts_against_the_limit() {
+    const LIMIT: u64 = 500;
+    let s = Stack::start(limited_config(
+        json!({"tokens": [format!("{LIMIT}/day")]}),
+        None,
+    ));
+    let mut body = chat_body("m1", 50);
+    body["stream"] = json!(true);
+    let mut charged = 0;
+    loop {
+        let r = s.chat(
+            FREE_KEY,
+            &body,
+            &[
+                ("x-mock-prompt-tokens", "30"),
+                ("x-mock-completion-tokens", "20"),
+            ],
+        );
+        if r.status == 429 {
+            assert_eq!(
+                header_u64(&r, "x-ratelimit-remaining-tokens"),
+                LIMIT - charged
+            );
+            break;
+        }
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("text/event-stream"));
+        charged += 50;
+    }
+    assert!(charged > 0 && charged <= LIMIT);
+    assert_eq!(
+        s.metric("maas_completion_tokens_total", &[("subscription", "free")]),
+        (charged / 50 * 20) as f64
+    );
+}
+
+#[test]
+fn max_tokens_is_clamped_injected_or_rejected() {
+    let s = Stack::start(limited_config(json!("unlimited"), Some(json!({"cap": 32}))));
+    assert_eq!(s.chat(FREE_KEY, &chat_body("m1", 500), &[]).status, 200);
+    let mut no_max = chat_body("m1", 0);
+    no_max.as_object_mut().unwrap().remove("max_tokens");
+    assert_eq!(s.chat(FREE_KEY, &no_max, &[]).status, 200);
+    let mut newer = json!({"model": "m1", "max_completion_tokens": 64, "messages": []});
+    assert_eq!(s.chat(FREE_KEY, &newer, &[]).status, 200);
+    let seen: Vec<Value> = s.upstream.requests().iter().map(|r| r.json()).collect();
+    assert_eq!(seen[0]["max_tokens"], 32, "clamped");
+    assert_eq!(seen[1]["max_tokens"], 32, "injected");
+    assert_eq!(
+        seen[2]["max_completion_tokens"], 32,
+        "the field the client used is clamped"
+    );
+    assert!(seen[2].get("max_tokens").is_none());
+
+    let s = Stack::start(limited_config(
+        json!("unlimited"),
+        Some(json!({"cap": 32, "mode": "reject"})),
+    ));
+    newer["max_completion_tokens"] = json!(33);
+    let body = assert_error(&s.chat(FREE_KEY, &newer, &[]), 400, "invalid_value");
+    assert_eq!(body["error"]["param"], "max_tokens");
+    assert!(s.upstream.requests().is_empty());
+}

@@ -1,0 +1,224 @@
+//! Envoy as `maas-stack`'s own child process.
+//!
+//! Invariants: Envoy runs in its own process group, so a Ctrl-C in the
+//! terminal reaches only `maas-stack`, which then stops Envoy in order (Envoy
+//! first, then the upstream). On Linux it also gets SIGTERM if `maas-stack`
+//! dies without cleaning up (`PR_SET_PDEATHSIG`), so no orphan keeps the ports.
+//! That signal fires when the *thread* that spawned Envoy exits: spawn from the
+//! thread that lives as long as the stack (`main`).
+
+use std::fs::File;
+use std::io;
+use std::net::SocketAddr;
+use std::os::unix::process::CommandExt as _;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::client::try_request;
+
+/// Envoy stops in milliseconds on SIGTERM; this is for a wedged one.
+const TERMINATE_GRACE: Duration = Duration::from_secs(5);
+/// The listener the template declares.
+const LISTENER_NAME: &str = "gateway";
+
+/// The files Envoy reads and writes, all in the state directory.
+#[derive(Debug, Clone)]
+pub struct EnvoyFiles {
+    pub bootstrap: PathBuf,
+    /// `--log-path`: Envoy's own log.
+    pub log: PathBuf,
+    /// Envoy's stdout and stderr: what it prints before `--log-path` applies.
+    pub stdio: PathBuf,
+    /// `--admin-address-path`: how the admin address is learned when its port is 0.
+    pub admin_address: PathBuf,
+}
+
+impl EnvoyFiles {
+    pub fn in_dir(dir: &Path) -> Self {
+        Self {
+            bootstrap: dir.join("envoy.yaml"),
+            log: dir.join("envoy.log"),
+            stdio: dir.join("envoy.stdio.log"),
+            admin_address: dir.join("admin-address.txt"),
+        }
+    }
+
+    /// The two log files, for diagnostics.
+    pub fn logs(&self) -> [&Path; 2] {
+        [&self.log, &self.stdio]
+    }
+}
+
+/// Where a ready Envoy serves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Ready {
+    pub admin: SocketAddr,
+    pub listener: SocketAddr,
+}
+
+pub struct EnvoyChild {
+    child: Child,
+}
+
+impl EnvoyChild {
+    /// Starts `binary` on `files.bootstrap`; earlier logs and a stale admin
+    /// address are removed first, so everything read back is from this run.
+    pub fn spawn(binary: &Path, files: &EnvoyFiles) -> io::Result<Self> {
+        for stale in [&files.log, &files.stdio, &files.admin_address] {
+            match std::fs::remove_file(stale) {
+                Err(error) if error.kind() != io::ErrorKind::NotFound => return Err(error),
+                _ => {}
+            }
+        }
+        let stdio = File::create(&files.stdio)?;
+        let mut command = Command::new(binary);
+        command
+            .arg("-c")
+            .arg(&files.bootstrap)
+            .arg("--disable-hot-restart")
+            .args(["--concurrency", "2"])
+            .args(["-l", "warning"])
+            .arg("--log-path")
+            .arg(&files.log)
+            .arg("--admin-address-path")
+            .arg(&files.admin_address)
+            // Audit lines reach the file within a second, without a write per request.
+            .args(["--file-flush-interval-msec", "1000"])
+            .stdin(Stdio::null())
+            .stdout(stdio.try_clone()?)
+            .stderr(stdio)
+            .process_group(0);
+        die_with_parent(&mut command);
+        Ok(Self {
+            child: command.spawn()?,
+        })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// `None` while Envoy runs.
+    pub fn exit_status(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// One readiness check: the admin address is known, `/ready` answers 200
+    /// and the gateway listener has a bound port. `Err` says what is missing.
+    pub fn probe(&self, files: &EnvoyFiles) -> Result<Ready, String> {
+        let text = std::fs::read_to_string(&files.admin_address)
+            .map_err(|_| "admin address not written yet".to_owned())?;
+        let admin: SocketAddr = text
+            .trim()
+            .parse()
+            .map_err(|_| format!("admin address file holds {text:?}"))?;
+        let ready = try_request("GET", &format!("http://{admin}/ready"), &[], None)
+            .map_err(|error| error.to_string())?;
+        if ready.status != 200 {
+            return Err(format!("/ready answered {}", ready.status));
+        }
+        let listeners = try_request(
+            "GET",
+            &format!("http://{admin}/listeners?format=json"),
+            &[],
+            None,
+        )
+        .map_err(|error| error.to_string())?;
+        let listeners: Value = serde_json::from_slice(&listeners.body)
+            .map_err(|error| format!("/listeners is not JSON: {error}"))?;
+        let port = listener_port(&listeners, LISTENER_NAME)
+            .ok_or_else(|| format!("listener {LISTENER_NAME:?} not bound yet"))?;
+        Ok(Ready {
+            admin,
+            listener: SocketAddr::new(admin.ip(), port),
+        })
+    }
+
+    /// SIGTERM, up to [`TERMINATE_GRACE`] to exit, then SIGKILL. Returns how it ended.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        if let Some(status) = self.exit_status() {
+            return Some(status);
+        }
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own child, which try_wait just saw running
+            // and which is not reaped until we wait, so the pid is still ours.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+            let deadline = Instant::now() + TERMINATE_GRACE;
+            while Instant::now() < deadline {
+                if let Some(status) = self.exit_status() {
+                    return Some(status);
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+        // An error means it already exited; wait reaps it either way.
+        let _ = self.child.kill();
+        self.child.wait().ok()
+    }
+}
+
+impl Drop for EnvoyChild {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+#[cfg(target_os = "linux")]
+fn die_with_parent(command: &mut Command) {
+    let parent = std::process::id();
+    // SAFETY: the closure runs between fork and exec and only makes
+    // async-signal-safe system calls (prctl, getppid); it does not allocate.
+    unsafe {
+        command.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            // The parent died before prctl took effect: do not start at all.
+            if u32::try_from(libc::getppid()).ok() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
+#[cfg(not(target_os = "linux"))]
+fn die_with_parent(_command: &mut Command) {}
+
+/// The bound port of the listener named `name`.
+fn listener_port(listeners: &Value, name: &str) -> Option<u16> {
+    listeners
+        .get("listener_statuses")?
+        .as_array()?
+        .iter()
+        .find(|status| status.get("name").and_then(Value::as_str) == Some(name))?
+        .pointer("/local_address/socket_address/port_value")
+        .and_then(Value::as_u64)
+        .and_then(|port| u16::try_from(port).ok())
+        .filter(|port| *port != 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn listener_port_needs_the_named_bound_listener() {
+        let listeners = json!({ "listener_statuses": [
+            { "name": "other", "local_address": { "socket_address": { "port_value": 1111 } } },
+            { "name": "gateway", "local_address": { "socket_address": { "port_value": 2222 } } },
+        ] });
+        assert_eq!(listener_port(&listeners, "gateway"), Some(2222));
+        assert_eq!(listener_port(&listeners, "missing"), None);
+        let unbound = json!({ "listener_statuses": [
+            { "name": "gateway", "local_address": { "socket_address": { "port_value": 0 } } },
+        ] });
+        assert_eq!(listener_port(&unbound, "gateway"), None);
+    }
+}

@@ -1,0 +1,513 @@
+//! The local stack behind `make run` (the `maas-stack` binary): the
+//! OpenAI-shaped upstream, and Envoy with the release filter in front of it,
+//! configured from the same template and renderer the tests use.
+//!
+//! ```text
+//! Stack::launch(&options)   upstream up, <state-dir>/envoy.yaml written, Envoy spawned
+//!   .wait_ready(..)         admin /ready is 200 and the gateway listener is bound
+//!   .banner(ready)          URLs, files, curl commands
+//!   .exited()               polled while serving: Envoy died on its own?
+//!   .shutdown()             Envoy stopped first, then the upstream
+//! ```
+//!
+//! Every failure is a [`StackError`] that says what to do next: which `make`
+//! target builds a missing artifact, which flag moves a busy port, and, when
+//! Envoy refuses to start, the lines of its log that say why (for a bad filter
+//! configuration, the filter's `invalid filter configuration: <field>: <reason>`).
+//! The state directory keeps `envoy.yaml`, `envoy.log`, `envoy.stdio.log`,
+//! `envoy.pid` and `audit.log` (appended to across runs, like any audit trail).
+
+mod envoy_child;
+mod envoy_log;
+mod options;
+mod signals;
+mod upstream;
+
+use std::fmt;
+use std::io;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+pub use envoy_child::Ready;
+pub use options::{parse_args, StackOptions, UsageError, USAGE};
+pub use signals::StopSignals;
+
+use crate::envoy::{find_envoy_binary, find_filter_wasm, ENVOY_VERSION};
+use crate::gateway::{
+    gateway_template_path, render_gateway, workspace_root, GatewaySpec, RenderError,
+};
+use envoy_child::{EnvoyChild, EnvoyFiles};
+use upstream::{MockServer, Upstream};
+
+/// The first demo key of the README (subscription `free`). The banner only
+/// prints it; whether it works depends on the configuration in use.
+pub const DEMO_KEY: &str = "sk-maas-demo-free-7f3c9a1e5b2d";
+
+/// Envoy with the V8 filter starts in about a second; a loaded machine needs more.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(60);
+const POLL_INTERVAL: Duration = Duration::from_millis(50);
+const LOG_TAIL_LINES: usize = 30;
+
+/// Why the stack did not start, or stopped on its own. The `Display` text is
+/// the message for the user.
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error("no Envoy binary at {}: run `make run`, which fetches Envoy {ENVOY_VERSION} first (`make setup` only fetches it), or set MAAS_ENVOY", path.display())]
+    MissingEnvoy { path: PathBuf },
+    #[error("no filter module at {}: run `make run`, which builds it first (`make wasm` only builds it), or set MAAS_FILTER_WASM", path.display())]
+    MissingWasm { path: PathBuf },
+    #[error("cannot read the filter configuration {}: {source}", path.display())]
+    ReadConfig { path: PathBuf, source: io::Error },
+    #[error("the filter configuration {} is not JSON: {source}", path.display())]
+    ConfigNotJson {
+        path: PathBuf,
+        source: serde_json::Error,
+    },
+    #[error("port {port} (the {role}) is already in use on 127.0.0.1: stop what holds it, or choose another port with {flag} (0 = any free port)")]
+    PortBusy {
+        port: u16,
+        role: &'static str,
+        flag: &'static str,
+    },
+    #[error("cannot use port {port} (the {role}): {source}; choose another port with {flag}")]
+    PortUnusable {
+        port: u16,
+        role: &'static str,
+        flag: &'static str,
+        source: io::Error,
+    },
+    #[error("--upstream {given:?}: {reason}")]
+    Upstream { given: String, reason: String },
+    #[error("cannot render the Envoy bootstrap: {0}")]
+    Render(#[from] RenderError),
+    #[error("cannot {action} {}: {source}", path.display())]
+    Io {
+        action: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("Envoy refused the filter configuration {}:\n{lines}(Envoy's full log: {})", config.display(), log.display())]
+    FilterConfigRejected {
+        config: PathBuf,
+        lines: String,
+        log: PathBuf,
+    },
+    #[error("Envoy exited ({status}) {phase}\n{log_tail}")]
+    EnvoyExited {
+        status: ExitStatus,
+        phase: Phase,
+        log_tail: String,
+    },
+    #[error("Envoy not ready after {timeout:?} ({last})\n{log_tail}")]
+    NotReady {
+        timeout: Duration,
+        last: String,
+        log_tail: String,
+    },
+    #[error("{0} received while starting; stopped")]
+    Interrupted(&'static str),
+}
+
+/// When Envoy exited, for [`StackError::EnvoyExited`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Phase {
+    Starting,
+    Serving,
+}
+
+impl fmt::Display for Phase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Starting => "before becoming ready:",
+            Self::Serving => "on its own while serving:",
+        })
+    }
+}
+
+/// A started stack. Fields drop in order: Envoy before the upstream it routes to.
+pub struct Stack {
+    envoy: EnvoyChild,
+    upstream: Upstream,
+    files: EnvoyFiles,
+    audit_log: PathBuf,
+    pid_file: PathBuf,
+    config_path: PathBuf,
+    models: Vec<String>,
+    ports: [(u16, &'static str, &'static str); 2],
+}
+
+impl Stack {
+    /// Starts the upstream, renders `<state-dir>/envoy.yaml` and spawns Envoy.
+    /// Call from the thread that outlives the stack: Envoy is told to stop
+    /// when the thread that spawned it exits (see the `envoy_child` module).
+    pub fn launch(options: &StackOptions) -> Result<Self, StackError> {
+        let root = workspace_root();
+        let envoy_binary = find_envoy_binary().ok_or_else(|| StackError::MissingEnvoy {
+            path: std::env::var_os("MAAS_ENVOY").map_or_else(
+                || root.join(format!(".cache/envoy/{ENVOY_VERSION}/envoy/_bin/envoy")),
+                PathBuf::from,
+            ),
+        })?;
+        let wasm_path = find_filter_wasm().ok_or_else(|| StackError::MissingWasm {
+            path: std::env::var_os("MAAS_FILTER_WASM").map_or_else(
+                || root.join("target/wasm32-wasip1/release/maas_filter.wasm"),
+                PathBuf::from,
+            ),
+        })?;
+        let wasm_path = std::path::absolute(&wasm_path).unwrap_or(wasm_path);
+        let filter_config = read_filter_config(&options.config)?;
+        let models = configured_models(&filter_config);
+
+        let ports = [
+            (options.listen_port, "gateway listener", "--listen-port"),
+            (options.admin_port, "Envoy admin", "--admin-port"),
+        ];
+        for (port, role, flag) in ports {
+            ensure_free(port, role, flag)?;
+        }
+        let upstream = match &options.upstream {
+            Some(given) => Upstream::External(upstream::resolve(given).map_err(|reason| {
+                StackError::Upstream {
+                    given: given.clone(),
+                    reason,
+                }
+            })?),
+            None => Upstream::Mock(MockServer::start(options.upstream_port).map_err(|source| {
+                port_error(
+                    options.upstream_port,
+                    "mock upstream",
+                    "--upstream-port",
+                    source,
+                )
+            })?),
+        };
+
+        let dir = &options.state_dir;
+        std::fs::create_dir_all(dir).map_err(|source| StackError::Io {
+            action: "create the state directory",
+            path: dir.clone(),
+            source,
+        })?;
+        let files = EnvoyFiles::in_dir(dir);
+        let audit_log = dir.join("audit.log");
+        let template_path = gateway_template_path();
+        let template =
+            std::fs::read_to_string(&template_path).map_err(|source| StackError::Io {
+                action: "read the Envoy template",
+                path: template_path,
+                source,
+            })?;
+        let spec = GatewaySpec {
+            listen_port: options.listen_port,
+            admin_port: options.admin_port,
+            wasm_path,
+            filter_config,
+            access_log_path: audit_log.clone(),
+            models: models
+                .iter()
+                .map(|model| (model.clone(), upstream.addr()))
+                .collect(),
+        };
+        std::fs::write(&files.bootstrap, render_gateway(&template, &spec)?).map_err(|source| {
+            StackError::Io {
+                action: "write",
+                path: files.bootstrap.clone(),
+                source,
+            }
+        })?;
+
+        let envoy = EnvoyChild::spawn(&envoy_binary, &files).map_err(|source| StackError::Io {
+            action: "start",
+            path: envoy_binary,
+            source,
+        })?;
+        let pid_file = dir.join("envoy.pid");
+        // Only informative (for `kill`, or a test checking Envoy is gone).
+        let _ = std::fs::write(&pid_file, format!("{}\n", envoy.pid()));
+        Ok(Self {
+            envoy,
+            upstream,
+            files,
+            audit_log,
+            pid_file,
+            config_path: options.config.clone(),
+            models,
+            ports,
+        })
+    }
+
+    /// Polls until Envoy serves, it exits, `timeout` passes, or `stop` (which
+    /// waits up to the interval it is given) reports a signal's name.
+    pub fn wait_ready(
+        &mut self,
+        timeout: Duration,
+        mut stop: impl FnMut(Duration) -> Option<&'static str>,
+    ) -> Result<Ready, StackError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.envoy.exit_status() {
+                return Err(self.explain_exit(status, Phase::Starting));
+            }
+            let last = match self.envoy.probe(&self.files) {
+                Ok(ready) => return Ok(ready),
+                Err(last) => last,
+            };
+            if Instant::now() >= deadline {
+                return Err(StackError::NotReady {
+                    timeout,
+                    last,
+                    log_tail: envoy_log::tail(&self.files.logs(), LOG_TAIL_LINES),
+                });
+            }
+            if let Some(signal) = stop(POLL_INTERVAL) {
+                return Err(StackError::Interrupted(signal));
+            }
+        }
+    }
+
+    /// `Some` once Envoy has exited on its own, with what its log says.
+    pub fn exited(&mut self) -> Option<StackError> {
+        let status = self.envoy.exit_status()?;
+        Some(self.explain_exit(status, Phase::Serving))
+    }
+
+    /// What to print once [`Self::wait_ready`] succeeded.
+    pub fn banner(&self, ready: Ready) -> Banner<'_> {
+        Banner {
+            ready,
+            stack: self,
+            upstream_reachable: self.upstream.reachable(),
+        }
+    }
+
+    /// Stops Envoy (SIGTERM, then SIGKILL after a grace period), then the upstream.
+    pub fn shutdown(mut self) -> Option<ExitStatus> {
+        let status = self.envoy.terminate();
+        let _ = std::fs::remove_file(&self.pid_file);
+        let _ = std::fs::remove_file(&self.files.admin_address);
+        status
+    }
+
+    fn explain_exit(&self, status: ExitStatus, phase: Phase) -> StackError {
+        let _ = std::fs::remove_file(&self.pid_file);
+        // Parsed file by file: a stderr line must not read as the
+        // continuation of the log's last entry.
+        let entries: Vec<_> = self
+            .files
+            .logs()
+            .iter()
+            .filter_map(|file| std::fs::read_to_string(file).ok())
+            .flat_map(|log| envoy_log::entries(&log))
+            .collect();
+        if let Some(errors) = envoy_log::filter_config_errors(&entries) {
+            return StackError::FilterConfigRejected {
+                config: self.config_path.clone(),
+                lines: envoy_log::indented(&errors),
+                log: self.files.log.clone(),
+            };
+        }
+        // Taken between our check and Envoy's bind.
+        if let Some(busy) = envoy_log::busy_address(&entries) {
+            if let Some((port, role, flag)) =
+                self.ports.iter().find(|(port, ..)| *port == busy.port())
+            {
+                return StackError::PortBusy {
+                    port: *port,
+                    role,
+                    flag,
+                };
+            }
+        }
+        StackError::EnvoyExited {
+            status,
+            phase,
+            log_tail: envoy_log::tail(&self.files.logs(), LOG_TAIL_LINES),
+        }
+    }
+}
+
+/// The banner: where things are, and commands to paste.
+pub struct Banner<'a> {
+    ready: Ready,
+    stack: &'a Stack,
+    upstream_reachable: bool,
+}
+
+impl fmt::Display for Banner<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let stack = self.stack;
+        let gateway = format!("http://{}", self.ready.listener);
+        let admin = format!("http://{}", self.ready.admin);
+        writeln!(
+            f,
+            "MaaS gateway ready: Envoy {ENVOY_VERSION} (pid {}) with the filter configuration {}",
+            stack.envoy.pid(),
+            stack.config_path.display()
+        )?;
+        writeln!(f, "  gateway    {gateway}/v1")?;
+        writeln!(
+            f,
+            "  admin      {admin}  (metrics: {admin}/stats/prometheus)"
+        )?;
+        writeln!(f, "  upstream   {}", stack.upstream.describe())?;
+        if !self.upstream_reachable {
+            writeln!(
+                f,
+                "             (nothing accepts connections there yet: model requests get 503 until it does)"
+            )?;
+        }
+        let models = if stack.models.is_empty() {
+            "(none configured)".to_owned()
+        } else {
+            stack.models.join(", ")
+        };
+        writeln!(f, "  models     {models}")?;
+        writeln!(f, "  audit log  {}", stack.audit_log.display())?;
+        writeln!(f, "  envoy log  {}", stack.files.log.display())?;
+        writeln!(f)?;
+        writeln!(f, "Try it with the README's demo key:")?;
+        writeln!(f, "  KEY={DEMO_KEY}")?;
+        for command in curl_commands(&gateway, stack.models.first().map(String::as_str)) {
+            writeln!(f, "  {command}")?;
+        }
+        writeln!(f)?;
+        write!(f, "Ctrl-C stops Envoy and the upstream.")
+    }
+}
+
+/// Ready-to-paste commands against `gateway`; the chat ones only with a model.
+fn curl_commands(gateway: &str, model: Option<&str>) -> Vec<String> {
+    let auth = r#"-H "Authorization: Bearer $KEY""#;
+    let mut commands = vec![format!("curl -s {gateway}/v1/models {auth}")];
+    if let Some(model) = model {
+        let messages = json!([{ "role": "user", "content": "Hi" }]);
+        let chat = json!({ "model": model, "messages": messages, "max_tokens": 32 });
+        let stream = json!({ "model": model, "messages": messages, "stream": true });
+        let json_header = "-H 'content-type: application/json'";
+        commands.push(format!(
+            "curl -si {gateway}/v1/chat/completions {auth} {json_header} -d {}",
+            shell_quote(&chat.to_string())
+        ));
+        commands.push(format!(
+            "curl -sN {gateway}/v1/chat/completions {auth} {json_header} -d {}",
+            shell_quote(&stream.to_string())
+        ));
+    }
+    commands
+}
+
+/// One POSIX shell word: single quotes, with `'` written as `'\''`.
+fn shell_quote(text: &str) -> String {
+    format!("'{}'", text.replace('\'', r"'\''"))
+}
+
+fn read_filter_config(path: &Path) -> Result<Value, StackError> {
+    let text = std::fs::read_to_string(path).map_err(|source| StackError::ReadConfig {
+        path: path.to_owned(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|source| StackError::ConfigNotJson {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The configuration's `models`, each routed to the upstream. Anything
+/// malformed is left for the filter to reject: its message names the field,
+/// and there is then one judge of what a valid configuration is.
+fn configured_models(config: &Value) -> Vec<String> {
+    config
+        .get("models")
+        .and_then(Value::as_array)
+        .map(|models| {
+            models
+                .iter()
+                .filter_map(Value::as_str)
+                .filter(|model| !model.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Fails when `127.0.0.1:port` cannot be bound now, naming the flag that
+/// moves it. Envoy binds with `SO_REUSEADDR` as `std` does, so this sees what
+/// Envoy would; a port taken in between is caught from Envoy's log instead.
+fn ensure_free(port: u16, role: &'static str, flag: &'static str) -> Result<(), StackError> {
+    if port == 0 {
+        return Ok(());
+    }
+    TcpListener::bind(("127.0.0.1", port))
+        .map(drop)
+        .map_err(|source| port_error(port, role, flag, source))
+}
+
+fn port_error(port: u16, role: &'static str, flag: &'static str, source: io::Error) -> StackError {
+    if source.kind() == io::ErrorKind::AddrInUse {
+        StackError::PortBusy { port, role, flag }
+    } else {
+        StackError::PortUnusable {
+            port,
+            role,
+            flag,
+            source,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn curl_commands_quote_the_body_for_the_shell() {
+        let commands = curl_commands("http://127.0.0.1:8080", Some("it's"));
+        assert_eq!(
+            commands[0],
+            r#"curl -s http://127.0.0.1:8080/v1/models -H "Authorization: Bearer $KEY""#
+        );
+        assert!(commands[1].starts_with("curl -si http://127.0.0.1:8080/v1/chat/completions "));
+        assert!(
+            commands[1].ends_with(r#"-d '{"max_tokens":32,"messages":[{"content":"Hi","role":"user"}],"model":"it'\''s"}'"#),
+            "{}",
+            commands[1]
+        );
+        assert!(commands[2].contains(r#""stream":true"#));
+        assert_eq!(curl_commands("http://x", None).len(), 1);
+    }
+
+    #[test]
+    fn models_come_from_the_configuration() {
+        assert_eq!(
+            configured_models(&json!({ "models": ["a", "", 3, "b"] })),
+            ["a", "b"]
+        );
+        assert!(configured_models(&json!({ "models": "a" })).is_empty());
+        assert!(configured_models(&json!({})).is_empty());
+    }
+
+    #[test]
+    fn a_busy_port_names_its_flag() {
+        let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = held.local_addr().expect("addr").port();
+        let error = ensure_free(port, "gateway listener", "--listen-port").expect_err("busy");
+        assert_eq!(
+            error.to_string(),
+            format!("port {port} (the gateway listener) is already in use on 127.0.0.1: stop what holds it, or choose another port with --listen-port (0 = any free port)")
+        );
+        drop(held);
+        assert!(ensure_free(0, "gateway listener", "--listen-port").is_ok());
+    }
+
+    #[test]
+    fn unreadable_configurations_are_named() {
+        let error = read_filter_config(Path::new("/nonexistent/filter.json")).expect_err("absent");
+        assert!(error
+            .to_string()
+            .starts_with("cannot read the filter configuration /nonexistent/filter.json: "));
+    }
+}

@@ -1,0 +1,203 @@
+//! `maas-stack`'s command line, parsed into [`StackOptions`]. Paths are made
+//! absolute here: Envoy resolves relative paths against its own working
+//! directory, and the banner should name files a user can open from anywhere.
+
+use std::path::{Path, PathBuf};
+
+use crate::gateway::workspace_root;
+
+pub const USAGE: &str = "\
+usage: maas-stack [--config FILE] [--listen-port 8080] [--admin-port 9901]
+                  [--upstream-port 0 | --upstream HOST:PORT] [--state-dir DIR]
+
+Runs Envoy with the MaaS filter in front of an OpenAI-shaped upstream, in the
+foreground, until Ctrl-C (SIGINT) or SIGTERM.
+
+  --config FILE         filter configuration (default envoy/filter-config.json)
+  --listen-port N       gateway listener on 127.0.0.1 (default 8080; 0 = any free port)
+  --admin-port N        Envoy admin on 127.0.0.1 (default 9901; 0 = any free port)
+  --upstream-port N     port of the built-in mock upstream (default 0 = any free port)
+  --upstream HOST:PORT  an existing OpenAI-compatible server instead of the mock
+  --state-dir DIR       envoy.yaml, envoy.log, audit.log go here (default .cache/run)";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StackOptions {
+    /// The filter's JSON configuration; its `models` are all routed upstream.
+    pub config: PathBuf,
+    pub listen_port: u16,
+    pub admin_port: u16,
+    /// Where the mock upstream listens; unused with [`Self::upstream`].
+    pub upstream_port: u16,
+    /// An existing server (`HOST:PORT`) instead of the mock; resolved at start.
+    pub upstream: Option<String>,
+    pub state_dir: PathBuf,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        let root = workspace_root();
+        Self {
+            config: root.join("envoy/filter-config.json"),
+            listen_port: 8080,
+            admin_port: 9901,
+            upstream_port: 0,
+            upstream: None,
+            state_dir: root.join(".cache/run"),
+        }
+    }
+}
+
+/// Why the command line was not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UsageError {
+    /// `-h`/`--help`: print the usage and exit successfully.
+    #[error("help requested")]
+    Help,
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions, UsageError> {
+    let mut options = StackOptions::default();
+    let mut upstream_port_given = false;
+    let mut args = args.into_iter();
+    while let Some(flag) = args.next() {
+        // `--flag=value` and `--flag value` both work.
+        let (flag, inline) = match flag.split_once('=') {
+            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.into())),
+            _ => (flag, None),
+        };
+        let mut value = || {
+            inline
+                .clone()
+                .or_else(|| args.next())
+                .ok_or_else(|| UsageError::Invalid(format!("{flag} needs a value")))
+        };
+        match flag.as_str() {
+            "--config" => options.config = absolute(&value()?),
+            "--listen-port" => options.listen_port = port(&flag, &value()?)?,
+            "--admin-port" => options.admin_port = port(&flag, &value()?)?,
+            "--upstream-port" => {
+                options.upstream_port = port(&flag, &value()?)?;
+                upstream_port_given = true;
+            }
+            "--upstream" => {
+                let text = value()?;
+                if text.trim().is_empty() {
+                    return Err(UsageError::Invalid("--upstream needs HOST:PORT".into()));
+                }
+                options.upstream = Some(text);
+            }
+            "--state-dir" => options.state_dir = absolute(&value()?),
+            "-h" | "--help" => return Err(UsageError::Help),
+            other => return Err(UsageError::Invalid(format!("unknown argument {other:?}"))),
+        }
+    }
+    if upstream_port_given && options.upstream.is_some() {
+        return Err(UsageError::Invalid(
+            "--upstream-port places the built-in mock; it has no meaning with --upstream".into(),
+        ));
+    }
+    let fixed = [
+        ("--listen-port", options.listen_port),
+        ("--admin-port", options.admin_port),
+        ("--upstream-port", options.upstream_port),
+    ];
+    for (index, (flag, port)) in fixed.iter().enumerate() {
+        if let Some((other, _)) = fixed[index + 1..]
+            .iter()
+            .find(|(_, other)| *port != 0 && other == port)
+        {
+            return Err(UsageError::Invalid(format!(
+                "{flag} and {other} are both {port}"
+            )));
+        }
+    }
+    Ok(options)
+}
+
+fn port(flag: &str, text: &str) -> Result<u16, UsageError> {
+    text.parse()
+        .map_err(|_| UsageError::Invalid(format!("{flag} {text:?} is not a port (0-65535)")))
+}
+
+fn absolute(path: &str) -> PathBuf {
+    std::path::absolute(Path::new(path)).unwrap_or_else(|_| path.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<StackOptions, UsageError> {
+        parse_args(args.iter().map(|arg| (*arg).to_owned()))
+    }
+
+    #[test]
+    fn defaults_match_make_run() {
+        let options = parse(&[]).expect("no arguments are fine");
+        assert_eq!(options.listen_port, 8080);
+        assert_eq!(options.admin_port, 9901);
+        assert_eq!(options.upstream_port, 0);
+        assert_eq!(options.upstream, None);
+        assert!(options.config.ends_with("envoy/filter-config.json"));
+        assert!(options.state_dir.ends_with(".cache/run"));
+        assert!(options.config.is_absolute() && options.state_dir.is_absolute());
+    }
+
+    #[test]
+    fn flags_take_separate_or_inline_values() {
+        let options = parse(&[
+            "--config",
+            "my.json",
+            "--listen-port=18080",
+            "--admin-port",
+            "0",
+            "--upstream",
+            "127.0.0.1:8000",
+            "--state-dir",
+            "/tmp/s",
+        ])
+        .expect("valid");
+        assert!(options.config.is_absolute() && options.config.ends_with("my.json"));
+        assert_eq!(options.listen_port, 18080);
+        assert_eq!(options.admin_port, 0);
+        assert_eq!(options.upstream.as_deref(), Some("127.0.0.1:8000"));
+        assert_eq!(options.state_dir, PathBuf::from("/tmp/s"));
+    }
+
+    #[test]
+    fn bad_command_lines_are_named() {
+        for (args, expected) in [
+            (
+                &["--listen-port", "80800"][..],
+                "--listen-port \"80800\" is not a port",
+            ),
+            (&["--admin-port"], "--admin-port needs a value"),
+            (&["--bogus"], "unknown argument \"--bogus\""),
+            (&["--upstream", " "], "--upstream needs HOST:PORT"),
+            (
+                &["--upstream", "127.0.0.1:1", "--upstream-port", "9"],
+                "no meaning with --upstream",
+            ),
+            (
+                &["--admin-port", "8080"],
+                "--listen-port and --admin-port are both 8080",
+            ),
+            (
+                &["--upstream-port", "9901"],
+                "--admin-port and --upstream-port are both 9901",
+            ),
+        ] {
+            match parse(args) {
+                Err(UsageError::Invalid(message)) => {
+                    assert!(message.contains(expected), "{args:?}: {message}");
+                }
+                other => panic!("{args:?}: {other:?}"),
+            }
+        }
+        assert_eq!(parse(&["-h"]), Err(UsageError::Help));
+        // Two ports of 0 do not collide: the kernel picks distinct ones.
+        assert!(parse(&["--listen-port", "0", "--admin-port", "0"]).is_ok());
+    }
+}

@@ -1,0 +1,392 @@
+//! `maas-stack`, the runner behind `make run`, used the way a developer uses
+//! it: start the built binary with the shipped demo configuration, call the
+//! gateway with the README's demo keys, read the audit log, stop it with a
+//! signal. Ports are free loopback ports and the state directory is a temp
+//! dir, so this runs beside a developer's own `make run`.
+//!
+//! Needs the release filter and Envoy, which `make test` provides; without
+//! them these tests fail (they never pass silently).
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use maas_testkit::envoy::{find_envoy_binary, find_filter_wasm};
+use maas_testkit::{eventually, post_json, request, try_request, workspace_root};
+use serde_json::{json, Value};
+
+const FREE_KEY: &str = "sk-maas-demo-free-7f3c9a1e5b2d";
+const REVOKED_KEY: &str = "sk-maas-demo-revoked-93d1b7c05ae4";
+const MODEL: &str = "smollm2-135m-instruct";
+/// Envoy with the V8 filter starts in about a second; CI machines are slower.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
+
+fn require_artifacts() {
+    assert!(
+        find_envoy_binary().is_some() && find_filter_wasm().is_some(),
+        "maas-stack tests need Envoy and the release filter module: run `make test` \
+         (it fetches Envoy and builds target/wasm32-wasip1/release/maas_filter.wasm)"
+    );
+}
+
+fn demo_config() -> PathBuf {
+    workspace_root().join("envoy/filter-config.json")
+}
+
+/// `N` distinct loopback ports that were free a moment ago.
+fn free_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind port 0"))
+        .collect();
+    std::array::from_fn(|index| held[index].local_addr().expect("addr").port())
+}
+
+/// A `maas-stack` process with its own ports and directories; killed on drop
+/// (Envoy follows it: it gets SIGTERM when its parent dies).
+struct Runner {
+    child: Child,
+    dir: PathBuf,
+    gateway: String,
+    admin: String,
+}
+
+impl Runner {
+    fn spawn(config: &Path, env: &[(&str, &str)]) -> Self {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "maas-stack-test-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("create the test dir");
+        let [listen, admin] = free_ports();
+        let child = Command::new(env!("CARGO_BIN_EXE_maas-stack"))
+            .arg("--config")
+            .arg(config)
+            .args(["--listen-port", &listen.to_string()])
+            .args(["--admin-port", &admin.to_string()])
+            .arg("--state-dir")
+            .arg(dir.join("state"))
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout file"))
+            .stderr(std::fs::File::create(dir.join("stderr")).expect("stderr file"))
+            .spawn()
+            .expect("start maas-stack");
+        Self {
+            child,
+            gateway: format!("http://127.0.0.1:{listen}"),
+            admin: format!("http://127.0.0.1:{admin}"),
+            dir,
+        }
+    }
+
+    /// Spawns and waits until the gateway answers HTTP and maas-stack has
+    /// printed its ready banner.
+    fn start(config: &Path) -> Self {
+        let mut runner = Self::spawn(config, &[]);
+        let url = runner.url("/v1/models");
+        eventually(START_TIMEOUT, || {
+            if let Some(status) = runner.child.try_wait().expect("try_wait") {
+                panic!(
+                    "maas-stack exited ({status}) while starting:\n{}",
+                    runner.output()
+                );
+            }
+            try_request("GET", &url, &[], None)
+                .map(drop)
+                .map_err(|error| error.to_string())?;
+            // The listener can answer before maas-stack has seen Envoy ready;
+            // its banner is the signal that it has.
+            if runner.stdout().contains(&format!("{}/v1", runner.gateway)) {
+                Ok(())
+            } else {
+                Err("gateway answers; waiting for the maas-stack banner".to_string())
+            }
+        });
+        runner
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.gateway)
+    }
+
+    fn state(&self, name: &str) -> PathBuf {
+        self.dir.join("state").join(name)
+    }
+
+    fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stdout")).unwrap_or_default()
+    }
+
+    fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr")).unwrap_or_default()
+    }
+
+    fn output(&self) -> String {
+        format!("--- stdout\n{}--- stderr\n{}", self.stdout(), self.stderr())
+    }
+
+    fn envoy_pid(&self) -> libc::pid_t {
+        std::fs::read_to_string(self.state("envoy.pid"))
+            .expect("maas-stack writes envoy.pid")
+            .trim()
+            .parse()
+            .expect("a pid")
+    }
+
+    fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
+        // SAFETY: kill(2) on our own unreaped child.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill maas-stack");
+    }
+
+    /// The exit status, which must come within `timeout`.
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "maas-stack still running {timeout:?} later:\n{}",
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("maas-stack output:\n{}", self.output());
+            eprintln!("kept {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+}
+
+fn process_exists(pid: libc::pid_t) -> bool {
+    // SAFETY: signal 0 only checks that the pid exists and may be signalled.
+    unsafe { libc::kill(pid, 0) == 0 }
+}
+
+fn bearer(key: &str) -> String {
+    format!("Bearer {key}")
+}
+
+#[test]
+fn make_run_serves_the_demo_configuration_until_sigterm() {
+    require_artifacts();
+    let mut stack = Runner::start(&demo_config());
+    let free = bearer(FREE_KEY);
+
+    let banner = stack.stdout();
+    assert!(
+        banner.contains(&format!("{}/v1", stack.gateway)),
+        "{banner}"
+    );
+    assert!(banner.contains(&stack.admin), "{banner}");
+    assert!(
+        banner.contains(&stack.state("audit.log").display().to_string()),
+        "{banner}"
+    );
+    assert!(banner.contains(&format!("KEY={FREE_KEY}")), "{banner}");
+
+    let models = request(
+        "GET",
+        &stack.url("/v1/models"),
+        &[("authorization", &free)],
+        None,
+    );
+    assert_eq!(models.status, 200, "{}", models.text());
+    let ids: Vec<Value> = models.json()["data"]
+        .as_array()
+        .expect("a model list")
+        .iter()
+        .map(|model| model["id"].clone())
+        .collect();
+    assert!(ids.contains(&json!(MODEL)), "{ids:?}");
+
+    let chat = post_json(
+        &stack.url("/v1/chat/completions"),
+        &[("authorization", &free)],
+        &json!({ "model": MODEL, "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 8 }),
+    );
+    assert_eq!(chat.status, 200, "{}", chat.text());
+    let usage = &chat.json()["usage"];
+    assert!(
+        usage["total_tokens"].as_u64().is_some_and(|t| t > 0),
+        "{usage}"
+    );
+
+    let revoked = request(
+        "GET",
+        &stack.url("/v1/models"),
+        &[("authorization", &bearer(REVOKED_KEY))],
+        None,
+    );
+    assert_eq!(revoked.status, 401, "{}", revoked.text());
+    assert_eq!(revoked.json()["error"]["code"], "invalid_api_key");
+
+    let audit_log = stack.state("audit.log");
+    eventually(Duration::from_secs(10), || {
+        let text = std::fs::read_to_string(&audit_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+            .find(|record| record["key_id"] == "demo-free")
+            .ok_or_else(|| format!("no demo-free record in {audit_log:?}:\n{text}"))
+    });
+
+    let envoy = stack.envoy_pid();
+    assert!(process_exists(envoy));
+    stack.signal(libc::SIGTERM);
+    let status = stack.wait_exit(EXIT_TIMEOUT);
+    assert!(status.success(), "{status}\n{}", stack.output());
+    assert!(
+        !process_exists(envoy),
+        "Envoy (pid {envoy}) outlived maas-stack"
+    );
+    assert!(try_request("GET", &stack.url("/v1/models"), &[], None).is_err());
+    assert!(
+        stack.stderr().contains("SIGTERM received"),
+        "{}",
+        stack.output()
+    );
+    assert!(!stack.state("envoy.pid").exists());
+}
+
+#[test]
+fn envoy_exiting_on_its_own_fails_the_run_with_its_log() {
+    require_artifacts();
+    let mut stack = Runner::start(&demo_config());
+    let envoy = stack.envoy_pid();
+    // SAFETY: Envoy is the child of the stack under test, alive (checked by start).
+    assert_eq!(unsafe { libc::kill(envoy, libc::SIGKILL) }, 0);
+    let status = stack.wait_exit(EXIT_TIMEOUT);
+    assert!(!status.success(), "{status}");
+    let stderr = stack.stderr();
+    assert!(
+        stderr.contains("Envoy exited (signal: 9") && stderr.contains("on its own while serving"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("envoy.log") || stderr.contains("(Envoy wrote no log)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_bad_filter_configuration_is_explained_from_envoys_log() {
+    require_artifacts();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(demo_config()).expect("read the demo configuration"),
+    )
+    .expect("JSON");
+    config["subscriptions"]["free"]["limits"]["tokens"][1] = json!("5/fortnight");
+    let dir = std::env::temp_dir().join(format!("maas-stack-bad-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("filter-config.json");
+    std::fs::write(&path, config.to_string()).expect("write");
+
+    let mut stack = Runner::spawn(&path, &[]);
+    let status = stack.wait_exit(START_TIMEOUT);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!status.success(), "{status}");
+    let stderr = stack.stderr();
+    assert!(
+        stderr.contains("Envoy refused the filter configuration")
+            && stderr.contains("invalid filter configuration: subscriptions.free.limits.tokens[1]")
+            && stderr.contains("fortnight"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn a_busy_port_is_named_with_the_flag_that_moves_it() {
+    require_artifacts();
+    let held = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = held.local_addr().expect("addr").port();
+    let dir = std::env::temp_dir().join(format!("maas-stack-busy-{}", std::process::id()));
+    let output = Command::new(env!("CARGO_BIN_EXE_maas-stack"))
+        .args(["--listen-port", &port.to_string(), "--admin-port", "0"])
+        .arg("--state-dir")
+        .arg(&dir)
+        .output()
+        .expect("run maas-stack");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&format!(
+            "port {port} (the gateway listener) is already in use"
+        )) && stderr.contains("--listen-port"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn missing_artifacts_point_at_make() {
+    let output = Command::new(env!("CARGO_BIN_EXE_maas-stack"))
+        .env("MAAS_ENVOY", "/nonexistent/envoy")
+        .args(["--state-dir", "/nonexistent/state"])
+        .output()
+        .expect("run maas-stack");
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no Envoy binary at /nonexistent/envoy") && stderr.contains("make run"),
+        "{stderr}"
+    );
+
+    let output = Command::new(env!("CARGO_BIN_EXE_maas-stack"))
+        .arg("--bogus")
+        .output()
+        .expect("run maas-stack");
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("usage: maas-stack"));
+}
+
+/// `examples/openai_client.py` against a started stack, when the `openai`
+/// package is importable (it is not a dependency of the build).
+#[test]
+fn the_openai_python_example_runs_against_the_stack() {
+    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+    let importable = Command::new(&python)
+        .args(["-c", "import openai"])
+        .output()
+        .is_ok_and(|output| output.status.success());
+    if !importable {
+        eprintln!(
+            "skipping the_openai_python_example_runs_against_the_stack: \
+             `{python} -c 'import openai'` fails (pip install openai to run it)"
+        );
+        return;
+    }
+    require_artifacts();
+    let stack = Runner::start(&demo_config());
+    let output = Command::new(&python)
+        .arg(workspace_root().join("examples/openai_client.py"))
+        .env("MAAS_BASE_URL", stack.url("/v1"))
+        .env("MAAS_API_KEY", FREE_KEY)
+        .output()
+        .expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(stdout.contains(MODEL), "{stdout}");
+    assert!(stdout.contains("stream usage:"), "{stdout}");
+}
