@@ -184,7 +184,7 @@ done
 # Smoke check: every variant answers both workloads 200 (with our filter: and
 # refuses a wrong key, so the filter is really in the path and configured).
 post() { # variant key body-var → "STATUS" and the body in $WORK/smoke.out
-  curl -s -o "$WORK/smoke.out" -w '%{http_code}' -X POST "http://127.0.0.1:${PORT[$1]}/v1/chat/completions" \
+  curl -s -m 10 -o "$WORK/smoke.out" -w '%{http_code}' -X POST "http://127.0.0.1:${PORT[$1]}/v1/chat/completions" \
     -H "Authorization: Bearer $2" -H 'Content-Type: application/json' -H "x-maas-model: $MODEL" \
     --data-binary "${!3}"
 }

@@ -1,24 +1,17 @@
 //! The harness against a real Envoy, with the do-nothing proxy-wasm module in
 //! the filter's place: these tests check the template and the harness (start,
 //! readiness, routing by `x-maas-model`, admin, metrics, access log, stop),
-//! not the filter. Skipped when there is no Envoy binary (`make test` fetches it).
+//! not the filter. They need the Envoy binary (`make test` fetches it) and
+//! fail, with that hint, without it.
 
 use std::time::{Duration, Instant};
 
-use maas_testkit::envoy::{find_envoy_binary, passthrough_wasm_file};
+use maas_testkit::envoy::{envoy_binary, passthrough_wasm_file};
 use maas_testkit::{
     eventually, gateway_template, render_gateway, validate, validate_yaml, Gateway, GatewaySpec,
     MockUpstream, StartError,
 };
 use serde_json::json;
-
-fn envoy_present(test: &str) -> bool {
-    let present = find_envoy_binary().is_some();
-    if !present {
-        eprintln!("skipping {test}: no Envoy binary (set MAAS_ENVOY or run `make test`)");
-    }
-    present
-}
 
 fn passthrough_gateway() -> maas_testkit::GatewayBuilder {
     Gateway::builder()
@@ -28,9 +21,7 @@ fn passthrough_gateway() -> maas_testkit::GatewayBuilder {
 
 #[test]
 fn shipped_template_validates() {
-    if !envoy_present("shipped_template_validates") {
-        return;
-    }
+    envoy_binary();
     let spec = GatewaySpec {
         listen_port: 8080,
         admin_port: 9901,
@@ -63,9 +54,7 @@ fn shipped_template_validates() {
 
 #[test]
 fn gateway_routes_each_model_to_its_upstream() {
-    if !envoy_present("gateway_routes_each_model_to_its_upstream") {
-        return;
-    }
+    envoy_binary();
     let first = MockUpstream::start();
     let second = MockUpstream::start();
     // A port nothing listens on: the upstream is down.
@@ -164,9 +153,7 @@ fn gateway_routes_each_model_to_its_upstream() {
 
 #[test]
 fn a_broken_bootstrap_fails_fast_with_envoys_reason() {
-    if !envoy_present("a_broken_bootstrap_fails_fast_with_envoys_reason") {
-        return;
-    }
+    envoy_binary();
     let started = Instant::now();
     let error = passthrough_gateway()
         .template("admin: { address: { socket_address: { address: 127.0.0.1, port_value: {{ADMIN_PORT}} } } }\nnot_a_field: {{LISTEN_PORT}}\n")
