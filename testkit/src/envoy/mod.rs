@@ -37,6 +37,8 @@ pub use passthrough::{passthrough_wasm_file, PASSTHROUGH_WASM};
 use crate::client::{self, Response};
 use crate::eventually::eventually;
 use crate::gateway::{gateway_template, render_gateway, GatewaySpec, RenderError};
+pub(crate) use process::probe;
+pub use process::Ready;
 use process::{log_tail, EnvoyProcess, Launch, NotReady};
 use scratch_dir::ScratchDir;
 

@@ -35,7 +35,7 @@ pub struct Launch<'a> {
 }
 
 /// What the readiness wait found: where Envoy listens.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Ready {
     pub admin: SocketAddr,
     pub listener: SocketAddr,
@@ -137,7 +137,9 @@ impl Drop for EnvoyProcess {
     }
 }
 
-fn probe(admin_address_file: &Path, listener_name: &str) -> Result<Ready, String> {
+/// One readiness check: the admin address is written, `/ready` answers 200
+/// and the listener has a bound port. `Err` says what is still missing.
+pub fn probe(admin_address_file: &Path, listener_name: &str) -> Result<Ready, String> {
     let text = std::fs::read_to_string(admin_address_file)
         .map_err(|_| "admin address file not written yet".to_owned())?;
     let admin: SocketAddr = text

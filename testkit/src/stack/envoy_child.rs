@@ -9,15 +9,10 @@
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
-
-use serde_json::Value;
-
-use crate::client::try_request;
 
 /// Envoy stops in milliseconds on SIGTERM; this is for a wedged one.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
@@ -52,12 +47,7 @@ impl EnvoyFiles {
     }
 }
 
-/// Where a ready Envoy serves.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Ready {
-    pub admin: SocketAddr,
-    pub listener: SocketAddr,
-}
+pub use crate::envoy::Ready;
 
 pub struct EnvoyChild {
     child: Child,
@@ -106,35 +96,9 @@ impl EnvoyChild {
         self.child.try_wait().ok().flatten()
     }
 
-    /// One readiness check: the admin address is known, `/ready` answers 200
-    /// and the gateway listener has a bound port. `Err` says what is missing.
+    /// One readiness check (the same one the test harness makes).
     pub fn probe(&self, files: &EnvoyFiles) -> Result<Ready, String> {
-        let text = std::fs::read_to_string(&files.admin_address)
-            .map_err(|_| "admin address not written yet".to_owned())?;
-        let admin: SocketAddr = text
-            .trim()
-            .parse()
-            .map_err(|_| format!("admin address file holds {text:?}"))?;
-        let ready = try_request("GET", &format!("http://{admin}/ready"), &[], None)
-            .map_err(|error| error.to_string())?;
-        if ready.status != 200 {
-            return Err(format!("/ready answered {}", ready.status));
-        }
-        let listeners = try_request(
-            "GET",
-            &format!("http://{admin}/listeners?format=json"),
-            &[],
-            None,
-        )
-        .map_err(|error| error.to_string())?;
-        let listeners: Value = serde_json::from_slice(&listeners.body)
-            .map_err(|error| format!("/listeners is not JSON: {error}"))?;
-        let port = listener_port(&listeners, LISTENER_NAME)
-            .ok_or_else(|| format!("listener {LISTENER_NAME:?} not bound yet"))?;
-        Ok(Ready {
-            admin,
-            listener: SocketAddr::new(admin.ip(), port),
-        })
+        crate::envoy::probe(&files.admin_address, LISTENER_NAME)
     }
 
     /// SIGTERM, up to [`TERMINATE_GRACE`] to exit, then SIGKILL. Returns how it ended.
@@ -189,36 +153,3 @@ fn die_with_parent(command: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 fn die_with_parent(_command: &mut Command) {}
-
-/// The bound port of the listener named `name`.
-fn listener_port(listeners: &Value, name: &str) -> Option<u16> {
-    listeners
-        .get("listener_statuses")?
-        .as_array()?
-        .iter()
-        .find(|status| status.get("name").and_then(Value::as_str) == Some(name))?
-        .pointer("/local_address/socket_address/port_value")
-        .and_then(Value::as_u64)
-        .and_then(|port| u16::try_from(port).ok())
-        .filter(|port| *port != 0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use serde_json::json;
-
-    #[test]
-    fn listener_port_needs_the_named_bound_listener() {
-        let listeners = json!({ "listener_statuses": [
-            { "name": "other", "local_address": { "socket_address": { "port_value": 1111 } } },
-            { "name": "gateway", "local_address": { "socket_address": { "port_value": 2222 } } },
-        ] });
-        assert_eq!(listener_port(&listeners, "gateway"), Some(2222));
-        assert_eq!(listener_port(&listeners, "missing"), None);
-        let unbound = json!({ "listener_statuses": [
-            { "name": "gateway", "local_address": { "socket_address": { "port_value": 0 } } },
-        ] });
-        assert_eq!(listener_port(&unbound, "gateway"), None);
-    }
-}
