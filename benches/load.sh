@@ -12,19 +12,27 @@
 # All four run the bootstrap rendered from envoy/gateway.template.yaml (see
 # benches/src/load/variants.rs) at the same time, each Envoy with one worker,
 # pinned to core 0. The upstream (testkit's mock-upstream) and wrk share core 1.
-# Two workloads: a chat completion with a JSON answer ("plain") and a streamed
-# one ("stream": 16 content events + finish + [DONE]; our filter also asks the
-# upstream for the usage event and strips it before the client).
+# Workloads: a chat completion with a JSON answer ("plain") and a streamed one
+# ("stream": 16 content events + finish + [DONE]; our filter also asks the
+# upstream for the usage event and strips it before the client). On loopback
+# the upstream's events reach Envoy coalesced (about two body callbacks per
+# response); "stream-events" (not run by default, it adds ~2 min) makes the
+# upstream wait 1 ms between events, so each event is its own read, callback
+# and write, as with a real model: WORKLOADS="plain stream stream-events".
 #
 # Each round runs every workload x variant (interleaved: none, noop, maas,
 # maas-s, none, ...) twice: at saturation (requests/s, and Envoy's CPU time per
-# request from /proc/PID/stat) and at a fixed pace well below saturation
-# (p50/p99 latency). Any non-2xx answer or socket error stops the run: a 401 or
-# 429 from the filter would make its numbers meaningless.
+# request from /proc/PID/stat) and at a fixed rate well below saturation
+# (~3,400 req/s: 40 connections, each pausing 10 ms between requests, through
+# wrk's delay() hook; p50/p99 latency, and CPU per request with every variant
+# at the same rate). Any non-2xx answer or socket error stops the run: a 401
+# or 429 from the filter would make its numbers meaningless.
 #
 # Usage: ./benches/load.sh   (`make bench` runs it after criterion; ~4.5 min)
-# Knobs (environment): ROUNDS=3 SAT_SECONDS=5 SAT_CONNECTIONS=32
-#   PACED_SECONDS=4 PACED_CONNECTIONS=10 PACE_MS=10 WARMUP_SECONDS=2
+# Knobs (environment): WORKLOADS="plain stream" ROUNDS=3 SAT_SECONDS=5
+#   SAT_CONNECTIONS=32 EVENTS_SAT_CONNECTIONS=160 (stream-events: each response
+#   takes ~18 ms, so saturating Envoy needs more connections)
+#   PACED_SECONDS=4 PACED_CONNECTIONS=40 PACE_MS=10 WARMUP_SECONDS=2
 #   PROXY_CORE=0 LOAD_CORE=1 SKIP_BUILD=1 LOAD_BENCH_DIR=target/load-bench
 # Output: the Markdown table on stdout, and in $LOAD_BENCH_DIR/summary.md
 # (raw rows in results.tsv).
@@ -36,8 +44,9 @@ cd "$ROOT"
 ROUNDS=${ROUNDS:-3}
 SAT_SECONDS=${SAT_SECONDS:-5}
 SAT_CONNECTIONS=${SAT_CONNECTIONS:-32}
+EVENTS_SAT_CONNECTIONS=${EVENTS_SAT_CONNECTIONS:-160}
 PACED_SECONDS=${PACED_SECONDS:-4}
-PACED_CONNECTIONS=${PACED_CONNECTIONS:-10}
+PACED_CONNECTIONS=${PACED_CONNECTIONS:-40}
 PACE_MS=${PACE_MS:-10}
 WARMUP_SECONDS=${WARMUP_SECONDS:-2}
 PROXY_CORE=${PROXY_CORE:-0}
@@ -52,15 +61,19 @@ FILTER_WASM=$ROOT/$WASM_DIR/maas_filter.wasm
 NOOP_WASM=$ROOT/$WASM_DIR/maas_noop_filter.wasm
 FILTER_S_WASM=$ROOT/$OPT_S_DIR/wasm32-wasip1/release/maas_filter.wasm
 MOCK_UPSTREAM=$ROOT/target/release/mock-upstream
-LOAD_BENCH=$ROOT/target/release/load-bench
+LOAD_BENCH=$ROOT/target/release/examples/load-bench
 
 VARIANTS=(none noop maas maas-s)
-WORKLOADS=(plain stream)
+read -r -a WORKLOADS <<<"${WORKLOADS:-plain stream}"
 BENCH_KEY=sk-maas-bench-3f9e2c71d0a84b56
 MODEL=bench-model   # load::variants::BENCH_MODEL
 
 say() { printf '==> %s\n' "$*" >&2; }
 die() { printf 'load.sh: %s\n' "$*" >&2; exit 1; }
+
+for w in "${WORKLOADS[@]}"; do
+  case $w in plain | stream | stream-events) ;; *) die "unknown workload $w (plain, stream, stream-events)" ;; esac
+done
 
 # --- children: every process we start is recorded and killed on exit ---------
 CHILDREN=()
@@ -93,8 +106,8 @@ fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   [ -x "$ENVOY" ] || ./scripts/fetch-envoy.sh
-  say "$CARGO build --release --locked -p maas-testkit --bins -p maas-benches --bin load-bench"
-  "$CARGO" build --release --locked -p maas-testkit --bins -p maas-benches --bin load-bench
+  say "$CARGO build --release --locked -p maas-testkit --bins -p maas-benches --example load-bench"
+  "$CARGO" build --release --locked -p maas-testkit --bins -p maas-benches --example load-bench
   say "$CARGO build --release --locked --target wasm32-wasip1 -p maas-filter -p maas-noop-filter"
   "$CARGO" build --release --locked --target wasm32-wasip1 -p maas-filter -p maas-noop-filter
   say "CARGO_PROFILE_RELEASE_OPT_LEVEL=s $CARGO build --release --locked --target wasm32-wasip1 -p maas-filter --target-dir $OPT_S_DIR"
@@ -105,6 +118,10 @@ for file in "$ENVOY" "$MOCK_UPSTREAM" "$LOAD_BENCH" "$FILTER_WASM" "$NOOP_WASM" 
   [ -f "$file" ] || die "missing $file (run without SKIP_BUILD=1, or make setup wasm host)"
 done
 
+# Cleared on every run; a non-empty folder that is not ours is left alone.
+if [ -d "$WORK" ] && [ -n "$(ls -A "$WORK")" ] && [ ! -f "$WORK/results.tsv" ] && [ ! -f "$WORK/upstream.out" ]; then
+  die "$WORK is not empty and holds no earlier run; choose another LOAD_BENCH_DIR"
+fi
 rm -rf "$WORK"
 mkdir -p "$WORK"
 START_SECONDS=$SECONDS
@@ -155,7 +172,9 @@ BODY_plain="{\"model\":\"$MODEL\",\"messages\":$MESSAGES,\"max_tokens\":16,\"tem
 BODY_stream="{\"model\":\"$MODEL\",\"messages\":$MESSAGES,\"max_tokens\":16,\"temperature\":0.2,\"stream\":true}"
 
 for w in "${WORKLOADS[@]}"; do
-  body_var=BODY_$w
+  body_var=BODY_${w%-events}
+  pacing=""
+  [ "$w" = stream-events ] && pacing='wrk.headers["x-mock-chunk-delay-ms"] = "1"'
   cat >"$WORK/$w.lua" <<EOF
 -- wrk script ($w): POST one chat completion; with LOAD_PACE_MS set, every
 -- connection pauses that long between requests (a fixed rate below saturation).
@@ -164,6 +183,7 @@ wrk.path = "/v1/chat/completions"
 wrk.headers["Authorization"] = "Bearer $BENCH_KEY"
 wrk.headers["Content-Type"] = "application/json"
 wrk.headers["x-maas-model"] = "$MODEL"
+$pacing
 wrk.body = [[${!body_var}]]
 
 local pace_ms = tonumber(os.getenv("LOAD_PACE_MS") or "0")
@@ -190,6 +210,8 @@ post() { # variant key body-var → "STATUS" and the body in $WORK/smoke.out
 }
 for v in "${VARIANTS[@]}"; do
   status=$(post "$v" "$BENCH_KEY" BODY_plain)
+  # 000: no answer in 10 s. A filter that pauses the headers to read the body
+  # hangs like that when the wasm config lacks allow_on_headers_stop_iteration.
   [ "$status" = 200 ] && grep -q '"choices"' "$WORK/smoke.out" ||
     die "$v: plain request got $status: $(cat "$WORK/smoke.out")"
   status=$(post "$v" "$BENCH_KEY" BODY_stream)
@@ -198,10 +220,15 @@ for v in "${VARIANTS[@]}"; do
   status=$(post "$v" sk-maas-not-a-key BODY_plain)
   case $v in
     maas*) [ "$status" = 401 ] || die "$v: a wrong key got $status, not 401: is the filter loaded?" ;;
-    *) [ "$status" = 200 ] || die "$v: got $status without a filter" ;;
+    *) [ "$status" = 200 ] || die "$v: a wrong key got $status without a filter" ;;
+  esac
+  vms=$(curl -s -m 5 "http://$(cat "$WORK/$v.admin")/stats?filter=wasm_vm_count" | sed -n 's/^wasm\.wasm_vm_count: //p')
+  case $v in
+    none) [ "${vms:-0}" = 0 ] || die "none: Envoy runs $vms wasm VMs" ;;
+    *) [ "${vms:-0}" -gt 0 ] || die "$v: Envoy runs no wasm VM" ;;
   esac
 done
-say "smoke check passed: ${VARIANTS[*]} answer 200; our filter refuses a wrong key"
+say "smoke check passed: ${VARIANTS[*]} answer 200; wasm VMs only where expected; our filter refuses a wrong key"
 
 # --- measuring -----------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
@@ -224,6 +251,7 @@ run() {
   local round=$1 w=$2 v=$3 mode=$4 seconds connections pace=0
   if [ "$mode" = saturation ]; then
     seconds=$SAT_SECONDS connections=$SAT_CONNECTIONS
+    [ "$w" = stream-events ] && connections=$EVENTS_SAT_CONNECTIONS
   else
     seconds=$PACED_SECONDS connections=$PACED_CONNECTIONS pace=$PACE_MS
   fi
@@ -279,6 +307,8 @@ for round in $(seq "$ROUNDS"); do
   done
 done
 
+events_shape=""
+[[ " ${WORKLOADS[*]} " == *" stream-events "* ]] && events_shape=" (stream-events: -c$EVENTS_SAT_CONNECTIONS)"
 # --- report ----------------------------------------------------------------------
 {
   printf '%s, Envoy %s, %s; %s rounds; %s s.\n\n' \
@@ -289,7 +319,7 @@ done
   "$LOAD_BENCH" report --results "$RESULTS" --baseline none --empty noop --filter maas --filter maas-s \
     --label "none=no filter" --label "noop=empty wasm filter" \
     --label "maas=maas-filter (opt-level 3)" --label 'maas-s=maas-filter (opt-level "s")' \
-    --saturation "wrk -t1 -c$SAT_CONNECTIONS -d${SAT_SECONDS}s; Envoy --concurrency 1 on core $PROXY_CORE, wrk and the upstream on core $LOAD_CORE" \
+    --saturation "wrk -t1 -c$SAT_CONNECTIONS -d${SAT_SECONDS}s$events_shape; Envoy --concurrency 1 on core $PROXY_CORE, wrk and the upstream on core $LOAD_CORE" \
     --paced "wrk -t1 -c$PACED_CONNECTIONS -d${PACED_SECONDS}s, each connection pausing ${PACE_MS} ms between requests"
 } >"$WORK/summary.md"
 cat "$WORK/summary.md"

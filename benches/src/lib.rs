@@ -4,7 +4,7 @@
 //!   (`cargo bench -p maas-benches`).
 //! - `benches/load.sh`: the whole-system load comparison (Envoy without a
 //!   filter, with an empty wasm filter, with ours), driven by wrk. This
-//!   library and the `load-bench` binary are its typed half: [`load::variants`]
+//!   library and the `load-bench` example (a tool, see Cargo.toml) are its typed half: [`load::variants`]
 //!   renders the Envoy bootstraps from the one gateway template, and
 //!   [`load::report`] turns the raw measurements into the table of medians,
 //!   ratios and targets.

@@ -217,6 +217,24 @@ pub struct Medians {
     pub core1_busy_pct: f64,
 }
 
+impl Medians {
+    /// What held the saturation throughput: the proxy (Envoy had its core),
+    /// the load side (wrk and the upstream filled core 1 first), or a
+    /// neighbour process taking core 0.
+    pub fn bottleneck(&self) -> &'static str {
+        if self.proxy_share_pct >= DISTURBED_SHARE_PCT {
+            "proxy"
+        } else if self.core1_busy_pct >= LOAD_SIDE_BUSY_PCT {
+            "load side"
+        } else {
+            "neighbour on core 0"
+        }
+    }
+}
+
+/// Core 1 this busy while Envoy idles: wrk and the upstream are the bottleneck.
+pub const LOAD_SIDE_BUSY_PCT: f64 = 90.0;
+
 fn runs<'a>(
     samples: &'a [Sample],
     workload: &'a str,
@@ -360,21 +378,22 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
     let _ = writeln!(out, "**Saturation** ({})\n", shape.saturation);
     let _ = writeln!(
         out,
-        "| workload | variant | req/s | proxy CPU µs/req | Envoy's share of core 0 | core 0 busy | core 1 busy |"
+        "| workload | variant | req/s | proxy CPU µs/req | Envoy's share of core 0 | core 0 busy | core 1 busy | limited by |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
     for &workload in &workloads {
         for &variant in &variants {
             let m = get(workload, variant, Mode::Saturation);
             let _ = writeln!(
                 out,
-                "| {workload} | {} | {:.0} | {:.1} | {:.0} % | {:.0} % | {:.0} % |",
+                "| {workload} | {} | {:.0} | {:.1} | {:.0} % | {:.0} % | {:.0} % | {} |",
                 roles.label(variant),
                 m.requests_per_sec,
                 m.cpu_us_per_request,
                 m.proxy_share_pct,
                 m.core0_busy_pct,
-                m.core1_busy_pct
+                m.core1_busy_pct,
+                m.bottleneck()
             );
         }
     }
@@ -407,14 +426,16 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
     );
     let _ = writeln!(
         out,
-        "| workload | filter | empty − none µs | ours − none µs | ours − empty µs | (ours − none)/(empty − none) | req/s ours/none | req/s empty/none | targets |"
+        "| workload | filter | empty − none µs | ours − none µs | ours − empty µs | (ours − none)/(empty − none) | req/s ours/none | req/s empty/none | ours − none µs at the fixed rate | targets |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---:|---|");
     for &workload in &workloads {
         let none = get(workload, &roles.baseline, Mode::Saturation);
         let empty = get(workload, &roles.empty, Mode::Saturation);
+        let none_paced = get(workload, &roles.baseline, Mode::Paced);
         for filter in &roles.filters {
             let ours = get(workload, filter, Mode::Saturation);
+            let ours_paced = get(workload, filter, Mode::Paced);
             let cost = FilterCost::new(&none, &empty, &ours);
             let missed = cost.missed_targets();
             let verdict = if missed.is_empty() {
@@ -424,7 +445,7 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
             };
             let _ = writeln!(
                 out,
-                "| {workload} | {} | {:+.1} | {:+.1} | {:+.1} | {:.2} | {:.2} | {:.2} | {verdict} |",
+                "| {workload} | {} | {:+.1} | {:+.1} | {:+.1} | {:.2} | {:.2} | {:.2} | {:+.1} | {verdict} |",
                 roles.label(filter),
                 empty.cpu_us_per_request - none.cpu_us_per_request,
                 cost.added_over_none_us,
@@ -432,6 +453,7 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
                 cost.vs_empty_filter,
                 cost.throughput_ratio,
                 empty.requests_per_sec / none.requests_per_sec,
+                ours_paced.cpu_us_per_request - none_paced.cpu_us_per_request,
             );
         }
     }
@@ -654,16 +676,24 @@ mod tests {
             paced: "paced".into(),
         };
         let text = render(&samples, &roles, &shape).unwrap();
-        assert!(text.contains("| plain | ours | 5000 | 200.8 |"), "{text}");
         assert!(
-            text.contains("| plain | ours | +26.0 | +44.0 | +18.0 | 1.69 | 1.00 | 1.00 | met |"),
+            text.contains("| plain | ours | 5000 | 200.8 | 100 % | 100 % | 80 % | proxy |"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "| plain | ours | +26.0 | +44.0 | +18.0 | 1.69 | 1.00 | 1.00 | +44.0 | met |"
+            ),
             "{text}"
         );
         assert!(
             text.contains("| plain | +4.0, +4.0, +4.0 | +4.0 |"),
             "{text}"
         );
-        assert!(text.contains("⚠"), "80 % share is flagged: {text}");
+        assert!(
+            text.contains("⚠"),
+            "the 78 % share of `none` is flagged: {text}"
+        );
         let missing = Roles {
             empty: "absent".into(),
             ..roles

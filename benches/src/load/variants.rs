@@ -11,14 +11,6 @@
 //! Routes match on `x-maas-model`, which our filter strips and sets again, so
 //! a load generator that sends the header itself gets the same route through
 //! every variant.
-//!
-//! Our filter pauses the request headers until it has read the body (the
-//! route depends on the body's `model`). Envoy's proxy-wasm host turns that
-//! pause into "stop everything" and never delivers the body, so every POST
-//! hangs, unless the wasm `PluginConfig` sets `allow_on_headers_stop_iteration:
-//! true` (Envoy ≥ 1.35). A template without it gets the line added here, and
-//! the caller is told ([`Rendered::added_stop_iteration`]); for the empty
-//! filter, which never pauses, the flag changes nothing.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -33,10 +25,6 @@ pub const BENCH_MODEL: &str = "bench-model";
 
 /// The template's wasm filter entry, as it appears in `http_filters`.
 const WASM_FILTER_ENTRY: &str = "- name: envoy.filters.http.wasm";
-/// The `PluginConfig` field that lets a filter pause headers and still read the body.
-const STOP_ITERATION_FIELD: &str = "allow_on_headers_stop_iteration";
-/// The `PluginConfig` line the flag is added after.
-const ROOT_ID_FIELD: &str = "root_id:";
 const ROUTER_FILTER_NAME: &str = "envoy.filters.http.router";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,8 +53,6 @@ pub enum VariantError {
     WasmEntryCount { found: usize },
     #[error("removing the wasm filter left no {ROUTER_FILTER_NAME} in the bootstrap")]
     RouterLost,
-    #[error("the wasm filter has no `{ROOT_ID_FIELD}` line to add `{STOP_ITERATION_FIELD}` after")]
-    NoRootId,
     #[error(transparent)]
     Render(#[from] RenderError),
 }
@@ -127,15 +113,6 @@ pub fn bench_filter_config(key: &str) -> Value {
     })
 }
 
-/// A variant's bootstrap.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rendered {
-    pub yaml: String,
-    /// The template lacked `allow_on_headers_stop_iteration: true` and it was
-    /// added (see the module docs): the shipped template needs the same fix.
-    pub added_stop_iteration: bool,
-}
-
 /// The bootstrap for `variant`: listener and admin on ephemeral loopback
 /// ports (read them back from the admin API), [`BENCH_MODEL`] routed to
 /// `upstream`.
@@ -145,7 +122,7 @@ pub fn render_variant(
     filter_config: &Value,
     upstream: SocketAddr,
     access_log: &Path,
-) -> Result<Rendered, VariantError> {
+) -> Result<String, VariantError> {
     let wasm_path = match &variant.filter {
         Filter::Wasm(path) => path.clone(),
         // Rendered, then removed with the entry that names it.
@@ -161,50 +138,8 @@ pub fn render_variant(
     };
     let bootstrap = render_gateway(template, &spec)?;
     match variant.filter {
-        Filter::None => Ok(Rendered {
-            yaml: remove_wasm_filter(&bootstrap)?,
-            added_stop_iteration: false,
-        }),
-        Filter::Wasm(_) => match allow_stop_iteration(&bootstrap)? {
-            Some(yaml) => Ok(Rendered {
-                yaml,
-                added_stop_iteration: true,
-            }),
-            None => Ok(Rendered {
-                yaml: bootstrap,
-                added_stop_iteration: false,
-            }),
-        },
-    }
-}
-
-/// `Some(bootstrap with allow_on_headers_stop_iteration: true)` after the
-/// wasm filter's `root_id:` line, or `None` when the bootstrap already
-/// mentions the field (whatever its value: the template's choice stands).
-pub fn allow_stop_iteration(bootstrap: &str) -> Result<Option<String>, VariantError> {
-    if bootstrap
-        .lines()
-        .any(|line| line.trim_start().starts_with(STOP_ITERATION_FIELD))
-    {
-        return Ok(None);
-    }
-    let mut out = String::with_capacity(bootstrap.len() + 64);
-    let mut added = false;
-    for line in bootstrap.split_inclusive('\n') {
-        out.push_str(line);
-        if !added && line.trim_start().starts_with(ROOT_ID_FIELD) {
-            let indent = &line[..indentation(line)];
-            if !line.ends_with('\n') {
-                out.push('\n');
-            }
-            out.push_str(&format!("{indent}{STOP_ITERATION_FIELD}: true\n"));
-            added = true;
-        }
-    }
-    if added {
-        Ok(Some(out))
-    } else {
-        Err(VariantError::NoRootId)
+        Filter::None => remove_wasm_filter(&bootstrap),
+        Filter::Wasm(_) => Ok(bootstrap),
     }
 }
 
@@ -283,8 +218,7 @@ mod tests {
             upstream(),
             log,
         )
-        .unwrap()
-        .yaml;
+        .unwrap();
         let without = render_variant(
             &gateway_template(),
             &"none=none".parse().unwrap(),
@@ -292,8 +226,7 @@ mod tests {
             upstream(),
             log,
         )
-        .unwrap()
-        .yaml;
+        .unwrap();
         assert!(with.contains("envoy.filters.http.wasm"));
         assert!(with.contains("/m/maas_filter.wasm"));
         assert!(!without.contains("envoy.filters.http.wasm"));
@@ -336,33 +269,6 @@ mod tests {
             ),
             Ok("f:\n  - name: envoy.filters.http.router\nz: 1\n".to_owned())
         );
-    }
-
-    #[test]
-    fn wasm_variants_let_the_filter_pause_headers_for_the_body() {
-        let rendered = render_variant(
-            &gateway_template(),
-            &"maas=/m/maas_filter.wasm".parse().unwrap(),
-            &bench_filter_config("k"),
-            upstream(),
-            Path::new("/tmp/a.log"),
-        )
-        .unwrap();
-        let flags: Vec<&str> = rendered
-            .yaml
-            .lines()
-            .filter(|l| l.contains(STOP_ITERATION_FIELD))
-            .collect();
-        assert_eq!(flags.len(), 1, "{flags:?}");
-        assert_eq!(
-            allow_stop_iteration("  root_id: r\n  x: 1\n").unwrap(),
-            Some("  root_id: r\n  allow_on_headers_stop_iteration: true\n  x: 1\n".into())
-        );
-        assert_eq!(
-            allow_stop_iteration("root_id: r\nallow_on_headers_stop_iteration: false\n").unwrap(),
-            None
-        );
-        assert_eq!(allow_stop_iteration("x: 1\n"), Err(VariantError::NoRootId));
     }
 
     #[test]

@@ -1,4 +1,5 @@
-//! The typed half of `benches/load.sh`:
+//! The typed half of `benches/load.sh`
+//! (`cargo build --release -p maas-benches --example load-bench`):
 //!
 //! `load-bench render --out-dir DIR --upstream HOST:PORT --key KEY --variant NAME=none|NAME=MODULE.wasm…`
 //!   writes `DIR/filter-config.json` (our filter's benchmark configuration,
@@ -86,18 +87,9 @@ fn render(args: impl Iterator<Item = String>) -> Result<(), String> {
     write("filter-config.json", format!("{config:#}\n"))?;
     for variant in &variants {
         let access_log = out_dir.join(format!("{}.access.log", variant.name));
-        let rendered = render_variant(&template, variant, &config, upstream, &access_log)
+        let bootstrap = render_variant(&template, variant, &config, upstream, &access_log)
             .map_err(|e| format!("variant {}: {e}", variant.name))?;
-        if rendered.added_stop_iteration {
-            eprintln!(
-                "load-bench: note: {} lacks `allow_on_headers_stop_iteration: true` in the wasm \
-                 filter's config; added it for variant {} (without it Envoy never hands the \
-                 request body to a filter that paused the headers, and every POST hangs)",
-                template_path.display(),
-                variant.name
-            );
-        }
-        write(&format!("{}.yaml", variant.name), rendered.yaml)?;
+        write(&format!("{}.yaml", variant.name), bootstrap)?;
     }
     Ok(())
 }
