@@ -3,6 +3,9 @@
 //! ports, and talks HTTP to it as a client would. (`make test` fetches Envoy
 //! and builds the module first.)
 
+// Test support code may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod accounting;
 mod auth;
 mod concurrency;
