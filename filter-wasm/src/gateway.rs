@@ -121,16 +121,40 @@ impl Stream {
 
     pub fn on_request_headers(&mut self, host: &dyn StreamHost, end_of_stream: bool) -> Flow {
         self.start_ms = host.now_ms();
-        self.method = host.request_header(":method").unwrap_or_default();
-        let mut path = host.request_header(":path").unwrap_or_default();
-        if let Some(q) = path.find(['?', '#']) {
-            path.truncate(q);
+        let mut authorization = None;
+        let mut x_api_key = None;
+        let mut content_length = None;
+        let mut to_remove: Vec<&'static str> = Vec::new();
+        for (name, value) in host.request_headers() {
+            match name.as_str() {
+                ":method" => self.method = value,
+                ":path" => {
+                    let end = value.find(['?', '#']).unwrap_or(value.len());
+                    self.path = value.get(..end).unwrap_or_default().to_string();
+                }
+                "x-request-id" => self.request_id = Some(value),
+                "content-length" => content_length = value.trim().parse::<u64>().ok(),
+                // The response must arrive unencoded for its usage to be read.
+                "accept-encoding" if !to_remove.contains(&"accept-encoding") => {
+                    to_remove.push("accept-encoding")
+                }
+                _ => {
+                    let Some(owned) = OWNED_REQUEST_HEADERS.iter().find(|h| **h == name) else {
+                        continue;
+                    };
+                    if !to_remove.contains(owned) {
+                        to_remove.push(owned);
+                    }
+                    match *owned {
+                        "authorization" if authorization.is_none() => authorization = Some(value),
+                        "x-api-key" if x_api_key.is_none() => x_api_key = Some(value),
+                        _ => {}
+                    }
+                }
+            }
         }
-        self.path = path;
-        self.request_id = host.request_header("x-request-id");
-        let authorization = host.request_header("authorization");
-        let x_api_key = host.request_header("x-api-key");
-        for name in OWNED_REQUEST_HEADERS {
+        // Removing only the headers present saves a host call per absent one.
+        for name in to_remove {
             host.set_request_header(name, None);
         }
 
@@ -170,17 +194,12 @@ impl Stream {
             Endpoint::RetrieveModel(id) => self.retrieve_model(host, id),
             _ if end_of_stream => self.refuse(host, Outcome::Rejected, &GatewayError::BodyRequired),
             _ => {
-                let declared = host
-                    .request_header("content-length")
-                    .and_then(|v| v.trim().parse::<u64>().ok());
-                if declared.is_some_and(|n| n > self.config.max_body_bytes as u64) {
+                if content_length.is_some_and(|n| n > self.config.max_body_bytes as u64) {
                     let err = GatewayError::BodyTooLarge {
                         limit: self.config.max_body_bytes,
                     };
                     return self.refuse(host, Outcome::Rejected, &err);
                 }
-                // The response must arrive unencoded for its usage to be read.
-                host.set_request_header("accept-encoding", None);
                 Flow::Pause
             }
         };
@@ -218,20 +237,25 @@ impl Stream {
         if self.replied {
             return Flow::Continue;
         }
-        self.status = host.response_header(":status").and_then(|s| s.parse().ok());
+        let (mut encoded, mut sse) = (false, false);
+        for (name, value) in host.response_headers() {
+            match name.as_str() {
+                ":status" => self.status = value.parse().ok(),
+                "content-encoding" => encoded = !value.eq_ignore_ascii_case("identity"),
+                "content-type" => {
+                    sse = value
+                        .trim_start()
+                        .get(..17)
+                        .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+                }
+                _ => {}
+            }
+        }
         for (name, value) in self.headers.to_headers() {
             host.set_response_header(name, Some(&value));
         }
         if self.admission.is_some() {
             let ok = self.status.is_some_and(|s| (200..300).contains(&s));
-            let encoded = host
-                .response_header("content-encoding")
-                .is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
-            let sse = host.response_header("content-type").is_some_and(|t| {
-                t.trim_start()
-                    .to_ascii_lowercase()
-                    .starts_with("text/event-stream")
-            });
             self.reader = match (ok && !encoded, sse) {
                 (false, _) => ResponseReader::Skip,
                 (true, true) => {
@@ -492,11 +516,13 @@ impl Stream {
         } else {
             0
         };
+        for (rule, hold) in rules.iter().zip(&holds) {
+            self.headers.observe(rule.quantity, hold.state());
+        }
         self.admission = Some(Admission {
             holds: rules.iter().map(|r| r.quantity).zip(holds).collect(),
             body_bytes,
         });
-        self.observe_limits(host, &rules, now_secs);
 
         if let Some(new_body) = rewritten {
             host.replace_request_body(body.len(), &new_body);

@@ -23,7 +23,9 @@ pub trait StreamHost {
     /// Wall-clock time in milliseconds since the Unix epoch.
     fn now_ms(&self) -> u64;
 
-    fn request_header(&self, name: &str) -> Option<String>;
+    /// All request headers in one host call (lowercase names), so the filter
+    /// pays one crossing for the handful it reads.
+    fn request_headers(&self) -> Vec<(String, String)>;
     /// `None` removes the header.
     fn set_request_header(&self, name: &str, value: Option<&str>);
     /// The buffered request body, `size` bytes from the start.
@@ -31,7 +33,8 @@ pub trait StreamHost {
     /// Replaces the first `size` bytes of the buffered request body.
     fn replace_request_body(&self, size: usize, body: &[u8]);
 
-    fn response_header(&self, name: &str) -> Option<String>;
+    /// All response headers in one host call (lowercase names).
+    fn response_headers(&self) -> Vec<(String, String)>;
     fn set_response_header(&self, name: &str, value: Option<&str>);
     /// The current response body chunk (`size` bytes).
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;

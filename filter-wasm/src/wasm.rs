@@ -148,8 +148,16 @@ fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
 
-fn utf8(bytes: Option<Vec<u8>>) -> Option<String> {
-    bytes.and_then(|b| String::from_utf8(b).ok())
+/// Header maps as bytes: the SDK's `get_map` unwraps UTF-8 decoding of every
+/// value and would abort the VM on one non-UTF-8 byte from a client. Names
+/// are HTTP tokens (Envoy enforces that), so only values need care; an
+/// undecodable value can never match a key or a model anyway.
+fn header_map(map: MapType) -> Vec<(String, String)> {
+    hostcalls::get_map_bytes(map)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(name, value)| (name, String::from_utf8_lossy(&value).into_owned()))
+        .collect()
 }
 
 impl StreamHost for EnvoyHost {
@@ -160,12 +168,8 @@ impl StreamHost for EnvoyHost {
             .map_or(0, |d| d.as_millis() as u64)
     }
 
-    fn request_header(&self, name: &str) -> Option<String> {
-        utf8(
-            hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name)
-                .ok()
-                .flatten(),
-        )
+    fn request_headers(&self) -> Vec<(String, String)> {
+        header_map(MapType::HttpRequestHeaders)
     }
 
     fn set_request_header(&self, name: &str, value: Option<&str>) {
@@ -182,12 +186,8 @@ impl StreamHost for EnvoyHost {
         let _ = hostcalls::set_buffer(BufferType::HttpRequestBody, 0, size, body);
     }
 
-    fn response_header(&self, name: &str) -> Option<String> {
-        utf8(
-            hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name)
-                .ok()
-                .flatten(),
-        )
+    fn response_headers(&self) -> Vec<(String, String)> {
+        header_map(MapType::HttpResponseHeaders)
     }
 
     fn set_response_header(&self, name: &str, value: Option<&str>) {

@@ -41,12 +41,22 @@ impl FakeHost {
     }
 }
 
+impl FakeHost {
+    fn request_header(&self, name: &str) -> Option<String> {
+        Self::header(&self.request_headers, name)
+    }
+
+    fn response_header(&self, name: &str) -> Option<String> {
+        Self::header(&self.response_headers, name)
+    }
+}
+
 impl StreamHost for FakeHost {
     fn now_ms(&self) -> u64 {
         self.now_ms.get()
     }
-    fn request_header(&self, name: &str) -> Option<String> {
-        Self::header(&self.request_headers, name)
+    fn request_headers(&self) -> Vec<(String, String)> {
+        self.request_headers.borrow().clone()
     }
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         Self::set(&self.request_headers, name, value)
@@ -58,8 +68,8 @@ impl StreamHost for FakeHost {
     fn replace_request_body(&self, _size: usize, body: &[u8]) {
         *self.request_body.borrow_mut() = body.to_vec();
     }
-    fn response_header(&self, name: &str) -> Option<String> {
-        Self::header(&self.response_headers, name)
+    fn response_headers(&self) -> Vec<(String, String)> {
+        self.response_headers.borrow().clone()
     }
     fn set_response_header(&self, name: &str, value: Option<&str>) {
         Self::set(&self.response_headers, name, value)

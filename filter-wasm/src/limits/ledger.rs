@@ -29,6 +29,9 @@ pub struct Hold {
     window_start: u64,
     window_secs: u64,
     amount: u64,
+    /// The window as this reservation left it, for response headers without
+    /// another read of the counter.
+    state: LimitState,
 }
 
 impl Hold {
@@ -54,6 +57,12 @@ impl Hold {
 
     pub fn amount(&self) -> u64 {
         self.amount
+    }
+
+    /// The limit's window right after this reservation was taken (other
+    /// requests may have moved it since).
+    pub fn state(&self) -> LimitState {
+        self.state
     }
 }
 
@@ -117,11 +126,12 @@ pub fn reserve(
     let mut holds = Vec::with_capacity(wants.len());
     for (index, &(limit, amount)) in wants.iter().enumerate() {
         match reserve_one(store, now_secs, index, limit, amount) {
-            Ok(window_start) => holds.push(Hold {
+            Ok((window_start, state)) => holds.push(Hold {
                 counter_key: limit.counter_key.clone(),
                 window_start,
                 window_secs: limit.rate.window_secs,
                 amount,
+                state,
             }),
             Err(err) => {
                 release(store, now_secs, holds);
@@ -133,21 +143,26 @@ pub fn reserve(
 }
 
 /// Charge `amount` to the current window of `limit` (the `index`-th wanted one) and
-/// return that window's start.
+/// return that window's start and state after the charge.
 fn reserve_one(
     store: &dyn CounterStore,
     now_secs: u64,
     index: usize,
     limit: &Limit,
     amount: u64,
-) -> Result<u64, ReserveError> {
+) -> Result<(u64, LimitState), ReserveError> {
     let rate = limit.rate;
     let now_window = rate.window_start(now_secs);
     let outcome = update_counter(store, &limit.counter_key, |stored| {
         let count = WindowCount::current(stored, now_window);
         match count.used.checked_add(amount) {
             Some(used) if used <= rate.amount => {
-                let charged = Ok(count.window_start);
+                let state = LimitState {
+                    limit: rate.amount,
+                    remaining: rate.amount - used,
+                    reset_after_secs: rate.reset_after(count.window_start, now_secs),
+                };
+                let charged = Ok((count.window_start, state));
                 if Some(count) == stored && amount == 0 {
                     // Nothing changes; a zero reservation on an over or missing window still
                     // writes, so that the counter is on the hold's window when it settles.
@@ -353,6 +368,11 @@ mod tests {
                         window_start: 600,
                         window_secs: MIN,
                         amount: requested,
+                        state: LimitState {
+                            limit: amount,
+                            remaining: amount - after,
+                            reset_after_secs: 30,
+                        },
                     };
                     assert_eq!(holds, vec![want_hold], "{case}");
                     assert_eq!(stored(&store, "tpm"), Some((600, after)), "{case}");
@@ -669,6 +689,11 @@ mod tests {
                 window_start: 0,
                 window_secs: MIN,
                 amount: 5,
+                state: LimitState {
+                    limit: 10,
+                    remaining: 5,
+                    reset_after_secs: 60,
+                },
             };
             assert_eq!(settle(&store, 1, hold, 2), Err(unavailable.clone()));
             if on_get {

@@ -99,3 +99,26 @@ fn x_api_key_header_is_accepted() {
         Some("gold-1")
     );
 }
+
+/// Header values are bytes, not always UTF-8; a client sending some must get
+/// a plain 401, and the filter must keep serving everyone else.
+#[test]
+fn non_utf8_credentials_are_refused_without_harm() {
+    use std::io::{Read, Write};
+    let s = Stack::start_with_workers(base_config(), 1);
+    let mut conn = std::net::TcpStream::connect(s.gateway.addr()).unwrap();
+    conn.write_all(b"GET /v1/models HTTP/1.1\r\nhost: x\r\nx-api-key: sk-\xff\xfe\xc3\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut reply = Vec::new();
+    conn.read_to_end(&mut reply).unwrap();
+    let reply = String::from_utf8_lossy(&reply);
+    assert!(reply.starts_with("HTTP/1.1 401"), "{reply}");
+    assert!(reply.contains("invalid_api_key"), "{reply}");
+    let ok = s.gateway.request(
+        "GET",
+        "/v1/models",
+        &[("authorization", &format!("Bearer {FREE_KEY}"))],
+        None,
+    );
+    assert_eq!(ok.status, 200);
+}
