@@ -124,23 +124,41 @@ impl Stream {
         let mut authorization = None;
         let mut x_api_key = None;
         let mut content_length = None;
-        let headers = host.request_headers();
-        for (name, value) in &headers {
+        let mut to_remove: Vec<&'static str> = Vec::new();
+        for (name, value) in host.request_headers() {
             match name.as_str() {
-                ":method" => self.method = value.clone(),
+                ":method" => self.method = value,
                 ":path" => {
                     let end = value.find(['?', '#']).unwrap_or(value.len());
                     self.path = value.get(..end).unwrap_or_default().to_string();
                 }
-                "x-request-id" => self.request_id = Some(value.clone()),
+                "x-request-id" => self.request_id = Some(value),
                 "content-length" => content_length = value.trim().parse::<u64>().ok(),
-                "authorization" if authorization.is_none() => authorization = Some(value.as_str()),
-                "x-api-key" if x_api_key.is_none() => x_api_key = Some(value.as_str()),
-                _ => {}
+                // The response must arrive unencoded for its usage to be read.
+                "accept-encoding" if !to_remove.contains(&"accept-encoding") => {
+                    to_remove.push("accept-encoding")
+                }
+                _ => {
+                    let Some(owned) = OWNED_REQUEST_HEADERS.iter().find(|h| **h == name) else {
+                        continue;
+                    };
+                    if !to_remove.contains(owned) {
+                        to_remove.push(owned);
+                    }
+                    match *owned {
+                        "authorization" if authorization.is_none() => authorization = Some(value),
+                        "x-api-key" if x_api_key.is_none() => x_api_key = Some(value),
+                        _ => {}
+                    }
+                }
             }
         }
+        // Removing only the headers present saves a host call per absent one.
+        for name in to_remove {
+            host.set_request_header(name, None);
+        }
 
-        let presented = presented_key(authorization, x_api_key);
+        let presented = presented_key(authorization.as_deref(), x_api_key.as_deref());
         let now_secs = self.start_ms / 1000;
         let authenticated = match presented {
             None => Err(AuthFailure::Missing),
@@ -161,23 +179,11 @@ impl Stream {
             key: key_index,
             subscription: key.subscription,
         });
-        // One host call rewrites the header map: the client's credentials and
-        // anything under the filter's own names go, the filter's identity
-        // comes in, and so does the response's encoding (it must arrive
-        // unencoded for its usage to be read).
-        let mut upstream: Vec<(&str, &str)> = headers
-            .iter()
-            .filter(|(name, _)| {
-                name != "accept-encoding" && !OWNED_REQUEST_HEADERS.contains(&name.as_str())
-            })
-            .map(|(name, value)| (name.as_str(), value.as_str()))
-            .collect();
-        upstream.push(("x-maas-key-id", &key.id));
-        upstream.push(("x-maas-user", &key.owner));
+        host.set_request_header("x-maas-key-id", Some(&key.id));
+        host.set_request_header("x-maas-user", Some(&key.owner));
         if let Some(sub) = self.config.subscriptions.get(key.subscription) {
-            upstream.push(("x-maas-subscription", &sub.name));
+            host.set_request_header("x-maas-subscription", Some(&sub.name));
         }
-        host.replace_request_headers(&upstream);
 
         let endpoint = match Endpoint::classify(&self.method, &self.path) {
             Ok(e) => e,
@@ -231,9 +237,8 @@ impl Stream {
         if self.replied {
             return Flow::Continue;
         }
-        let headers = host.response_headers();
         let (mut encoded, mut sse) = (false, false);
-        for (name, value) in &headers {
+        for (name, value) in host.response_headers() {
             match name.as_str() {
                 ":status" => self.status = value.parse().ok(),
                 "content-encoding" => encoded = !value.eq_ignore_ascii_case("identity"),
@@ -246,34 +251,29 @@ impl Stream {
                 _ => {}
             }
         }
-        let ok = self.status.is_some_and(|s| (200..300).contains(&s));
+        for (name, value) in self.headers.to_headers() {
+            host.set_response_header(name, Some(&value));
+        }
         if self.admission.is_some() {
+            let ok = self.status.is_some_and(|s| (200..300).contains(&s));
             self.reader = match (ok && !encoded, sse) {
                 (false, _) => ResponseReader::Skip,
-                (true, true) => ResponseReader::Sse(Box::new(SseUsageParser::new(
-                    self.strip_usage,
-                    MAX_SSE_EVENT_BYTES,
-                ))),
+                (true, true) => {
+                    if self.strip_usage {
+                        // The filter rewrites the stream; a declared length
+                        // would no longer hold.
+                        host.set_response_header("content-length", None);
+                    }
+                    ResponseReader::Sse(Box::new(SseUsageParser::new(
+                        self.strip_usage,
+                        MAX_SSE_EVENT_BYTES,
+                    )))
+                }
                 (true, false) => ResponseReader::Json {
                     buf: Vec::new(),
                     overflowed: false,
                 },
             };
-        }
-        // A stream the filter rewrites no longer has its declared length.
-        let drop_length = self.strip_usage && matches!(self.reader, ResponseReader::Sse(_));
-        let limit_headers = self.headers.to_headers();
-        if drop_length || !limit_headers.is_empty() {
-            let mut out: Vec<(&str, &str)> = headers
-                .iter()
-                .filter(|(name, _)| {
-                    !(drop_length && name == "content-length")
-                        && !limit_headers.iter().any(|(n, _)| n == name)
-                })
-                .map(|(name, value)| (name.as_str(), value.as_str()))
-                .collect();
-            out.extend(limit_headers.iter().map(|(n, v)| (*n, v.as_str())));
-            host.replace_response_headers(&out);
         }
         if end_of_stream {
             self.end_response(host);

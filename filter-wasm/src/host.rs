@@ -28,9 +28,6 @@ pub trait StreamHost {
     fn request_headers(&self) -> Vec<(String, String)>;
     /// `None` removes the header.
     fn set_request_header(&self, name: &str, value: Option<&str>);
-    /// Replaces the whole request header map in one host call (pseudo-headers
-    /// included), cheaper than a call per header added or removed.
-    fn replace_request_headers(&self, headers: &[(&str, &str)]);
     /// The buffered request body, `size` bytes from the start.
     fn request_body(&self, size: usize) -> Option<Vec<u8>>;
     /// Replaces the first `size` bytes of the buffered request body.
@@ -38,8 +35,7 @@ pub trait StreamHost {
 
     /// All response headers in one host call (lowercase names).
     fn response_headers(&self) -> Vec<(String, String)>;
-    /// Replaces the whole response header map in one host call.
-    fn replace_response_headers(&self, headers: &[(&str, &str)]);
+    fn set_response_header(&self, name: &str, value: Option<&str>);
     /// The current response body chunk (`size` bytes).
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;
     fn replace_response_body(&self, size: usize, body: &[u8]);

@@ -176,10 +176,6 @@ impl StreamHost for EnvoyHost {
         let _ = hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value);
     }
 
-    fn replace_request_headers(&self, headers: &[(&str, &str)]) {
-        let _ = hostcalls::set_map(MapType::HttpRequestHeaders, headers.to_vec());
-    }
-
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         hostcalls::get_buffer(BufferType::HttpRequestBody, 0, size)
             .ok()
@@ -194,8 +190,8 @@ impl StreamHost for EnvoyHost {
         header_map(MapType::HttpResponseHeaders)
     }
 
-    fn replace_response_headers(&self, headers: &[(&str, &str)]) {
-        let _ = hostcalls::set_map(MapType::HttpResponseHeaders, headers.to_vec());
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        let _ = hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value);
     }
 
     fn response_body(&self, size: usize) -> Option<Vec<u8>> {

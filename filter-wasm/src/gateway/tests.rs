@@ -32,13 +32,6 @@ impl FakeHost {
             .map(|(_, v)| v.clone())
     }
 
-    fn replace(list: &RefCell<Vec<(String, String)>>, headers: &[(&str, &str)]) {
-        *list.borrow_mut() = headers
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-    }
-
     fn set(list: &RefCell<Vec<(String, String)>>, name: &str, value: Option<&str>) {
         let mut l = list.borrow_mut();
         l.retain(|(k, _)| k != name);
@@ -68,9 +61,6 @@ impl StreamHost for FakeHost {
     fn set_request_header(&self, name: &str, value: Option<&str>) {
         Self::set(&self.request_headers, name, value)
     }
-    fn replace_request_headers(&self, headers: &[(&str, &str)]) {
-        Self::replace(&self.request_headers, headers)
-    }
     fn request_body(&self, size: usize) -> Option<Vec<u8>> {
         let b = self.request_body.borrow();
         Some(b[..size.min(b.len())].to_vec())
@@ -81,8 +71,8 @@ impl StreamHost for FakeHost {
     fn response_headers(&self) -> Vec<(String, String)> {
         self.response_headers.borrow().clone()
     }
-    fn replace_response_headers(&self, headers: &[(&str, &str)]) {
-        Self::replace(&self.response_headers, headers)
+    fn set_response_header(&self, name: &str, value: Option<&str>) {
+        Self::set(&self.response_headers, name, value)
     }
     fn response_body(&self, _size: usize) -> Option<Vec<u8>> {
         Some(self.response_chunk.borrow().clone())
