@@ -41,6 +41,8 @@ pub enum GatewayError {
     },
     #[error("A JSON request body is required.")]
     BodyRequired,
+    #[error("Request trailers are not supported on completion requests.")]
+    TrailersUnsupported,
     #[error("Request body exceeds the limit of {limit} bytes.")]
     BodyTooLarge { limit: usize },
     #[error("Invalid request body: {0}")]
@@ -99,6 +101,7 @@ impl GatewayError {
             GatewayError::MethodNotAllowed { .. } => 405,
             GatewayError::BodyTooLarge { .. } => 413,
             GatewayError::BodyRequired
+            | GatewayError::TrailersUnsupported
             | GatewayError::BadRequest(_)
             | GatewayError::MaxTokensTooLarge { .. } => 400,
             GatewayError::RateLimited { .. } | GatewayError::RequestTooLarge { .. } => 429,
@@ -124,6 +127,7 @@ impl GatewayError {
             GatewayError::UnknownEndpoint { .. } => "unknown_url",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::BodyRequired => "missing_body",
+            GatewayError::TrailersUnsupported => "unsupported_trailers",
             GatewayError::BodyTooLarge { .. } => "request_too_large",
             GatewayError::BadRequest(RequestError::MissingModel) => "missing_model",
             GatewayError::BadRequest(RequestError::InvalidField { .. }) => "invalid_value",

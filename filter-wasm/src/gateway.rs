@@ -233,6 +233,24 @@ impl Stream {
         }
     }
 
+    /// Trailers end a request body without an end-of-stream body callback;
+    /// letting such a request through would skip admission, so it is refused.
+    pub fn on_request_trailers(&mut self, host: &dyn StreamHost) -> Flow {
+        let is_completion = self.endpoint.as_ref().is_some_and(Endpoint::is_completion);
+        if self.replied || !is_completion || self.admission.is_some() {
+            return Flow::Continue;
+        }
+        self.refuse(host, Outcome::Rejected, &GatewayError::TrailersUnsupported)
+    }
+
+    /// Response trailers end the response: settle with what was read.
+    pub fn on_response_trailers(&mut self, host: &dyn StreamHost) -> Flow {
+        if !self.replied && self.admission.is_some() {
+            self.end_response(host);
+        }
+        Flow::Continue
+    }
+
     pub fn on_response_headers(&mut self, host: &dyn StreamHost, end_of_stream: bool) -> Flow {
         if self.replied {
             return Flow::Continue;
@@ -418,8 +436,23 @@ impl Stream {
         }
         self.streaming = request.stream;
 
+        // Servers differ in how they read a 0 budget (some take it as "no
+        // limit"), so it is refused rather than reserved as nothing.
+        for (field, value) in [
+            ("max_tokens", request.max_tokens),
+            ("max_completion_tokens", request.max_completion_tokens),
+        ] {
+            if value == Some(0) {
+                return Err(rejected(GatewayError::BadRequest(
+                    crate::request::RequestError::InvalidField {
+                        field,
+                        expected: "a positive integer or null",
+                    },
+                )));
+            }
+        }
         let requested = request.requested_max_tokens();
-        let (effective, rewrite_max) = match (requested, subscription.max_tokens) {
+        let (effective, mut rewrite_max) = match (requested, subscription.max_tokens) {
             (Some(r), Some(p)) if r > p.cap => match p.mode {
                 CapMode::Reject => {
                     return Err(rejected(GatewayError::MaxTokensTooLarge {
@@ -433,6 +466,14 @@ impl Stream {
             (None, Some(p)) => (p.cap, Some(p.cap)),
             (None, None) => (config.default_max_tokens, Some(config.default_max_tokens)),
         };
+        // With both budget fields present, servers disagree on which one wins
+        // (vLLM and SGLang prefer `max_completion_tokens`); both get the
+        // value that was reserved.
+        if let (Some(a), Some(b)) = (request.max_tokens, request.max_completion_tokens) {
+            if a != b {
+                rewrite_max = Some(effective);
+            }
+        }
         self.strip_usage = request.stream && !request.include_usage;
         let rewritten = if rewrite_max.is_some() || self.strip_usage {
             let rewrite = BodyRewrite {
@@ -446,7 +487,10 @@ impl Stream {
 
         let body_bytes = body.len() as u64;
         let prompt_estimate = body_bytes.div_ceil(config.prompt_bytes_per_token);
-        let worst_case = prompt_estimate.saturating_add(effective);
+        // `max_tokens` bounds each completion; `n`, `best_of` and prompt
+        // arrays multiply them.
+        let worst_case =
+            prompt_estimate.saturating_add(effective.saturating_mul(request.completions()));
         let rules: Vec<&LimitRule> = subscription
             .limits
             .iter()

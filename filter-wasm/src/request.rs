@@ -38,9 +38,20 @@ pub struct CompletionRequest<'a> {
     pub stream: bool,
     /// `stream_options.include_usage == true`.
     pub include_usage: bool,
+    /// Completions generated per prompt: the larger of `n` and `best_of`
+    /// (each a positive integer; absent means 1). `max_tokens` bounds each.
+    pub choices: u64,
+    /// Prompts in the request: `/v1/completions` takes an array of prompts
+    /// (an array of token ids is one prompt); anything else is one.
+    pub prompts: u64,
 }
 
 impl CompletionRequest<'_> {
+    /// How many completions of up to `max_tokens` each the request can make.
+    pub fn completions(&self) -> u64 {
+        self.choices.saturating_mul(self.prompts)
+    }
+
     /// The completion budget the client asked for: the smaller of
     /// `max_tokens` and `max_completion_tokens` when both are set.
     pub fn requested_max_tokens(&self) -> Option<u64> {
@@ -102,12 +113,15 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 5] = [
+const FIELDS: [&str; 8] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
     "stream",
     "stream_options",
+    "n",
+    "best_of",
+    "prompt",
 ];
 const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -116,6 +130,8 @@ const EXPECT_MODEL: &str = "a non-empty string";
 const EXPECT_COUNT: &str = "a non-negative integer or null";
 const EXPECT_BOOL: &str = "a boolean or null";
 const EXPECT_OBJECT: &str = "an object or null";
+const EXPECT_POSITIVE: &str = "a positive integer or null";
+const EXPECT_PROMPT: &str = "a string, an array of strings, or an array of token arrays";
 
 /// The raw values of [`FIELDS`], checked for duplicates.
 struct RequestFields<'a> {
@@ -124,6 +140,9 @@ struct RequestFields<'a> {
     max_completion_tokens: Option<&'a RawValue>,
     stream: Option<&'a RawValue>,
     stream_options: Option<&'a RawValue>,
+    n: Option<&'a RawValue>,
+    best_of: Option<&'a RawValue>,
+    prompt: Option<&'a RawValue>,
     /// Entries in the top-level object, ours or not.
     entries: usize,
 }
@@ -135,13 +154,17 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::DuplicateField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, stream, stream_options] = fields.values;
+        let [model, max_tokens, max_completion_tokens, stream, stream_options, n, best_of, prompt] =
+            fields.values;
         Ok(RequestFields {
             model,
             max_tokens,
             max_completion_tokens,
             stream,
             stream_options,
+            n,
+            best_of,
+            prompt,
             entries: fields.entries,
         })
     }
@@ -176,7 +199,50 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
         )?,
         stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
         include_usage,
+        choices: positive(fields.n, "n")?.max(positive(fields.best_of, "best_of")?),
+        prompts: prompt_count(fields.prompt)?,
     })
+}
+
+/// A positive count (`n`, `best_of`); absent or null is 1.
+fn positive(raw: Option<&RawValue>, field: &'static str) -> Result<u64, RequestError> {
+    match typed::<Option<u64>>(raw, field, EXPECT_POSITIVE)? {
+        None => Ok(1),
+        Some(0) => Err(RequestError::InvalidField {
+            field,
+            expected: EXPECT_POSITIVE,
+        }),
+        Some(count) => Ok(count),
+    }
+}
+
+/// How many prompts `prompt` holds: a string or a token array is one; an
+/// array of strings or of token arrays is one per element.
+fn prompt_count(raw: Option<&RawValue>) -> Result<u64, RequestError> {
+    let Some(raw) = raw else {
+        return Ok(1);
+    };
+    let invalid = RequestError::InvalidField {
+        field: "prompt",
+        expected: EXPECT_PROMPT,
+    };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| invalid.clone())?;
+            let tokens = items.first().is_some_and(|item| {
+                item.get()
+                    .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+            });
+            Ok(if tokens {
+                1
+            } else {
+                (items.len() as u64).max(1)
+            })
+        }
+        Some(b'"') | Some(b'n') => Ok(1),
+        _ => Err(invalid),
+    }
 }
 
 fn parse_model(raw: &RawValue) -> Result<Cow<'_, str>, RequestError> {
@@ -618,7 +684,46 @@ mod tests {
             max_completion_tokens,
             stream,
             include_usage,
+            choices: 1,
+            prompts: 1,
         }
+    }
+
+    #[test]
+    fn counts_choices_and_prompts() {
+        type Counts = Result<(u64, u64), RequestError>;
+        let table: &[(&str, Counts)] = &[
+            (r#"{"model":"m"}"#, Ok((1, 1))),
+            (r#"{"model":"m","n":4}"#, Ok((4, 1))),
+            (r#"{"model":"m","n":2,"best_of":5}"#, Ok((5, 1))),
+            (r#"{"model":"m","n":null,"prompt":"hi"}"#, Ok((1, 1))),
+            (r#"{"model":"m","prompt":["a","b","c"]}"#, Ok((1, 3))),
+            (r#"{"model":"m","prompt":[1,2,3,4]}"#, Ok((1, 1))),
+            (
+                r#"{"model":"m","prompt":[[1,2],[3],[4]],"n":2}"#,
+                Ok((2, 3)),
+            ),
+            (r#"{"model":"m","prompt":[]}"#, Ok((1, 1))),
+            (r#"{"model":"m","n":0}"#, Err(invalid("n", EXPECT_POSITIVE))),
+            (
+                r#"{"model":"m","best_of":-1}"#,
+                Err(invalid("best_of", EXPECT_POSITIVE)),
+            ),
+            (
+                r#"{"model":"m","prompt":7}"#,
+                Err(invalid("prompt", EXPECT_PROMPT)),
+            ),
+            (
+                r#"{"model":"m","n":1,"\u006e":9}"#,
+                Err(RequestError::DuplicateField("n".into())),
+            ),
+        ];
+        for (body, want) in table {
+            let got = parse_completion_request(body.as_bytes()).map(|r| (r.choices, r.prompts));
+            assert_eq!(&got, want, "{body}");
+        }
+        let r = parse_completion_request(br#"{"model":"m","n":3,"prompt":["a","b"]}"#).unwrap();
+        assert_eq!(r.completions(), 6);
     }
 
     fn invalid(field: &'static str, expected: &'static str) -> RequestError {

@@ -3,7 +3,11 @@
 //! implementations over hostcalls. Nothing here decides anything.
 //!
 //! Hostcalls are used directly rather than through the SDK's trait defaults,
-//! which unwrap their results: a failing hostcall must not abort the VM.
+//! which unwrap their results. The SDK's hostcalls themselves still panic on
+//! a status they do not expect (e.g. a second local reply, or a header map
+//! read in a phase where it does not exist); the state machine keeps to the
+//! phases and replies at most once, so none of those are reachable from
+//! input. Header values are read as bytes (see `header_map`).
 
 use crate::config::Config;
 use crate::gateway::Stream;
@@ -84,7 +88,11 @@ impl RootContext for GatewayRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let config = self.vm.borrow().config.clone()?;
+        // Returning None would abort the VM (the SDK panics on it); a VM
+        // without a valid configuration fails closed instead.
+        let Some(config) = self.vm.borrow().config.clone() else {
+            return Some(Box::new(Unconfigured));
+        };
         Some(Box::new(GatewayHttp {
             stream: Stream::new(config),
             host: EnvoyHost {
@@ -95,6 +103,24 @@ impl RootContext for GatewayRoot {
 
     fn get_type(&self) -> Option<ContextType> {
         Some(ContextType::HttpContext)
+    }
+}
+
+/// The HTTP context of a VM whose configuration was refused: every request
+/// gets 503, none reaches a model unchecked.
+struct Unconfigured;
+
+impl Context for Unconfigured {}
+
+impl HttpContext for Unconfigured {
+    fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
+        let body = br#"{"error":{"message":"The gateway has no valid configuration.","type":"server_error","param":null,"code":"gateway_unconfigured"}}"#;
+        let _ = hostcalls::send_http_response(
+            503,
+            vec![("content-type", "application/json")],
+            Some(body),
+        );
+        Action::Pause
     }
 }
 
@@ -122,6 +148,14 @@ impl HttpContext for GatewayHttp {
             self.stream
                 .on_request_body(&self.host, body_size, end_of_stream),
         )
+    }
+
+    fn on_http_request_trailers(&mut self, _num_trailers: usize) -> Action {
+        action(self.stream.on_request_trailers(&self.host))
+    }
+
+    fn on_http_response_trailers(&mut self, _num_trailers: usize) -> Action {
+        action(self.stream.on_response_trailers(&self.host))
     }
 
     fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {

@@ -597,3 +597,68 @@ fn unknown_endpoints_are_closed() {
     );
     assert_eq!(h.replied().unwrap().0, 405);
 }
+
+#[test]
+fn completion_requests_ending_in_trailers_are_refused() {
+    let h = Harness::new();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "POST".into()),
+        (":path".into(), "/v1/chat/completions".into()),
+        ("authorization".into(), format!("Bearer {KEY}")),
+    ];
+    *h.host.request_body.borrow_mut() = br#"{"model":"m1"}"#.to_vec();
+    // Headers without end of stream, a body chunk without it, then trailers.
+    let mut s = Stream::new(Rc::clone(&h.config));
+    assert_eq!(s.on_request_headers(&h.host, false), Flow::Pause);
+    assert_eq!(s.on_request_body(&h.host, 14, false), Flow::Buffer);
+    s.on_request_trailers(&h.host);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "unsupported_trailers");
+    s.on_log(&h.host);
+    assert_eq!(h.used(REQ), 0);
+}
+
+#[test]
+fn response_trailers_end_the_response_with_reported_usage() {
+    let h = Harness::new();
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":5}"#);
+    *h.host.response_headers.borrow_mut() = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "application/json".into()),
+    ];
+    s.on_response_headers(&h.host, false);
+    let body = r#"{"usage":{"prompt_tokens":2,"completion_tokens":3}}"#;
+    *h.host.response_chunk.borrow_mut() = body.as_bytes().to_vec();
+    s.on_response_body(&h.host, body.len(), false);
+    s.on_response_trailers(&h.host);
+    s.on_log(&h.host);
+    assert_eq!(h.used(TOK), 5);
+    assert_eq!(h.audit()["usage"], "reported");
+    assert_eq!(h.audit()["outcome"], "ok");
+}
+
+#[test]
+fn budgets_multiply_by_choices_and_both_fields_get_the_reserved_value() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":10,"max_completion_tokens":90,"n":3}"#;
+    let _s = h.chat(body);
+    assert!(h.replied().is_none());
+    assert_eq!(h.used(TOK), body.len() as u64 + 3 * 10);
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(
+        (
+            sent["max_tokens"].as_u64(),
+            sent["max_completion_tokens"].as_u64()
+        ),
+        (Some(10), Some(10))
+    );
+
+    for zero in [
+        r#"{"model":"m1","max_tokens":0}"#,
+        r#"{"model":"m1","max_completion_tokens":0}"#,
+    ] {
+        h.chat(zero);
+        assert_eq!(h.replied().unwrap().0, 400, "{zero}");
+    }
+}

@@ -209,3 +209,36 @@ fn max_tokens_is_clamped_injected_or_rejected() {
     assert_eq!(body["error"]["param"], "max_tokens");
     assert!(s.upstream.requests().is_empty());
 }
+
+/// Both budget fields leave with the value that was reserved (servers differ
+/// in which one they read), and each of `n` choices is reserved in full.
+#[test]
+fn every_budget_field_and_every_choice_is_reserved() {
+    const LIMIT: u64 = 100_000;
+    let s = Stack::start(limited_config(
+        json!({"tokens": [format!("{LIMIT}/day")]}),
+        None,
+    ));
+    let body = json!({"model": "m1", "max_tokens": 10, "max_completion_tokens": 5000, "n": 4, "messages": []});
+    let r = s.chat(FREE_KEY, &body, &[]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reservation = body.to_string().len() as u64 + 4 * 10;
+    assert_eq!(
+        header_u64(&r, "x-ratelimit-remaining-tokens"),
+        LIMIT - reservation
+    );
+    let sent = s.upstream.requests()[0].json();
+    assert_eq!(
+        (
+            sent["max_tokens"].as_u64(),
+            sent["max_completion_tokens"].as_u64()
+        ),
+        (Some(10), Some(10))
+    );
+    let zero = s.chat(
+        FREE_KEY,
+        &json!({"model": "m1", "max_completion_tokens": 0}),
+        &[],
+    );
+    assert_error(&zero, 400, "invalid_value");
+}
