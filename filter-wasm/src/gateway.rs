@@ -347,8 +347,9 @@ impl Stream {
 
     /// Envoy's last word on the stream, also after resets and disconnects.
     pub fn on_log(&mut self, host: &dyn StreamHost) {
+        let now_ms = host.now_ms();
         // Anything still reserved never saw its response end.
-        self.settle(host);
+        self.settle(host, now_ms);
         let outcome = match self.refusal {
             Some((outcome, _)) => outcome,
             None if !self.response_complete => Outcome::Incomplete,
@@ -395,7 +396,7 @@ impl Stream {
             completion_tokens: usage.completion_tokens,
             total_tokens: usage.total_tokens,
             usage: source,
-            latency_ms: host.now_ms().saturating_sub(self.start_ms),
+            latency_ms: now_ms.saturating_sub(self.start_ms),
         };
         host.set_audit_record(&record.to_json());
     }
@@ -506,7 +507,9 @@ impl Stream {
                 (&r.limit, amount)
             })
             .collect();
-        let now_secs = host.now_ms() / 1000;
+        // The request's start time places it in its window: one clock read
+        // less, and a slow upload cannot move it into a fresher window.
+        let now_secs = self.start_ms / 1000;
         let holds = match limits::reserve(host.counters(), now_secs, &wants) {
             Ok(holds) => holds,
             Err(ReserveError::Denied(d)) => {
@@ -588,11 +591,11 @@ impl Stream {
 
     fn end_response(&mut self, host: &dyn StreamHost) {
         self.response_complete = true;
-        self.settle(host);
+        self.settle(host, host.now_ms());
     }
 
     /// Charges the admitted request once: its reported usage, or an estimate.
-    fn settle(&mut self, host: &dyn StreamHost) {
+    fn settle(&mut self, host: &dyn StreamHost, now_ms: u64) {
         let Some(admission) = self.admission.take() else {
             return;
         };
@@ -620,7 +623,7 @@ impl Stream {
                 (usage, UsageSource::Estimated)
             }
         };
-        let now_secs = host.now_ms() / 1000;
+        let now_secs = now_ms / 1000;
         for (quantity, hold) in admission.holds {
             let actual = match quantity {
                 Quantity::Requests => 1,
