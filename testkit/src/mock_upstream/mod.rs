@@ -28,6 +28,7 @@ mod openai;
 mod request_log;
 mod server;
 
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -83,45 +84,44 @@ impl MockUpstreamBuilder {
     /// Binds `127.0.0.1:0` and starts serving; panics if the port or the
     /// runtime cannot be had, which leaves a test nothing to do anyway.
     pub fn start(self) -> MockUpstream {
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .unwrap_or_else(|error| panic!("mock upstream: cannot bind 127.0.0.1:0: {error}"));
-        let addr = listener
-            .local_addr()
-            .unwrap_or_else(|error| panic!("mock upstream: no local address: {error}"));
-        listener
-            .set_nonblocking(true)
-            .unwrap_or_else(|error| panic!("mock upstream: cannot set non-blocking: {error}"));
+        self.bind(0)
+            .unwrap_or_else(|error| panic!("mock upstream: cannot start on 127.0.0.1:0: {error}"))
+    }
+
+    /// Binds `127.0.0.1:port` (0: any free port) and starts serving, on its
+    /// own thread and runtime; what cannot be had is returned, for runners
+    /// that must say which port was taken.
+    pub fn bind(self, port: u16) -> io::Result<MockUpstream> {
+        let listener = TcpListener::bind(("127.0.0.1", port))?;
+        let addr = listener.local_addr()?;
+        listener.set_nonblocking(true)?;
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(self.workers)
             .thread_name("mock-upstream")
             .enable_all()
-            .build()
-            .unwrap_or_else(|error| panic!("mock upstream: cannot build a runtime: {error}"));
+            .build()?;
+        // Registered here, not in the thread, so a failure is returned.
+        let listener = {
+            let _entered = runtime.enter();
+            tokio::net::TcpListener::from_std(listener)?
+        };
         let log = Arc::new(RequestLog::new(self.record_limit));
         let (shutdown, stopped) = oneshot::channel::<()>();
         let served_log = Arc::clone(&log);
         let thread = std::thread::Builder::new()
             .name(format!("mock-upstream-{addr}"))
             .spawn(move || {
-                runtime.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).unwrap_or_else(|error| {
-                            panic!("mock upstream: cannot register the listener: {error}")
-                        });
+                runtime.block_on(serve(listener, served_log, async move {
                     // A dropped sender also means stop.
-                    serve(listener, served_log, async move {
-                        let _ = stopped.await;
-                    })
-                    .await;
-                });
-            })
-            .unwrap_or_else(|error| panic!("mock upstream: cannot spawn its thread: {error}"));
-        MockUpstream {
+                    let _ = stopped.await;
+                }));
+            })?;
+        Ok(MockUpstream {
             addr,
             log,
             shutdown: Some(shutdown),
             thread: Some(thread),
-        }
+        })
     }
 }
 

@@ -41,7 +41,7 @@ use crate::gateway::{
     gateway_template_path, render_gateway, workspace_root, GatewaySpec, RenderError,
 };
 use envoy_child::{EnvoyChild, EnvoyFiles};
-use upstream::{MockServer, Upstream};
+use upstream::{start_mock, Upstream};
 
 /// The first demo key of the README (subscription `free`). The banner only
 /// prints it; whether it works depends on the configuration in use.
@@ -176,7 +176,7 @@ impl Stack {
                     reason,
                 }
             })?),
-            None => Upstream::Mock(MockServer::start(options.upstream_port).map_err(|source| {
+            None => Upstream::Mock(start_mock(options.upstream_port).map_err(|source| {
                 port_error(
                     options.upstream_port,
                     "mock upstream",
