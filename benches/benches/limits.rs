@@ -1,5 +1,6 @@
 //! The limits hot path per request: `reserve` at admission plus `settle` at the end of
-//! the response against one request limit and two token limits, and `state` for the
+//! the response against one group (one counter) of a request limit and two token limits,
+//! and `state` for the
 //! rate-limit headers, all on `MemoryStore` (one mutex over a map, like Envoy's shared
 //! data). The baseline in the same run is the least a shared counter can cost: one
 //! unconditional increment of a `Mutex<HashMap>` entry. Each path is measured on one
@@ -14,7 +15,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use maas_filter::limits::{ensure_counter, reserve, settle, state, Limit, MemoryStore, Rate};
+use maas_filter::limits::{ensure_counter, reserve, settle, state, LimitGroup, MemoryStore, Rate};
 
 /// Seconds since the epoch; fixed so every iteration lands in the same windows.
 const NOW: u64 = 1_710_115_230;
@@ -22,43 +23,42 @@ const NOW: u64 = 1_710_115_230;
 const WORST_TOKENS: u64 = 1_280;
 const ACTUAL_TOKENS: u64 = 417;
 
-fn limit(key: &str, amount: u64, window_secs: u64) -> Limit {
-    Limit {
-        counter_key: key.to_owned(),
-        rate: Rate {
-            amount,
-            window_secs,
-        },
+fn rate(amount: u64, window_secs: u64) -> Rate {
+    Rate {
+        amount,
+        window_secs,
     }
 }
 
-/// Requests per minute and tokens per minute and per day for one subscription. The
-/// amounts are too large to run out during a bench; every call takes the admit path.
-fn subscription_limits() -> [Limit; 3] {
-    [
-        limit("sub/free/rpm", u64::MAX, 60),
-        limit("sub/free/tpm", u64::MAX, 60),
-        limit("sub/free/tpd", u64::MAX, 86_400),
-    ]
+/// Requests per minute and tokens per minute and per day for one subscription, in one
+/// counter. The amounts are too large to run out during a bench; every call takes the
+/// admit path.
+fn subscription_limits() -> LimitGroup {
+    LimitGroup {
+        counter_key: "sub/free".to_owned(),
+        rates: vec![
+            rate(u64::MAX, 60),
+            rate(u64::MAX, 60),
+            rate(u64::MAX, 86_400),
+        ],
+    }
 }
 
-fn store_with(limits: &[Limit]) -> MemoryStore {
+fn store_with(group: &LimitGroup) -> MemoryStore {
     let store = MemoryStore::new();
-    for limit in limits {
-        if let Err(err) = ensure_counter(&store, &limit.counter_key) {
-            eprintln!("cannot create {}: {err}", limit.counter_key);
-        }
+    if let Err(err) = ensure_counter(&store, group) {
+        eprintln!("cannot create {}: {err}", group.counter_key);
     }
     store
 }
 
 /// One request's trip through the ledger: admit, then charge what it really used.
-fn admit_and_charge(store: &MemoryStore, limits: &[Limit; 3]) {
-    let [rpm, tpm, tpd] = limits;
-    let wants = [(rpm, 1), (tpm, WORST_TOKENS), (tpd, WORST_TOKENS)];
+fn admit_and_charge(store: &MemoryStore, group: &LimitGroup) {
+    let wants = [(group, &[1, WORST_TOKENS, WORST_TOKENS][..])];
     if let Ok(holds) = reserve(store, NOW, black_box(&wants)) {
-        for (hold, actual) in holds.into_iter().zip([1, ACTUAL_TOKENS, ACTUAL_TOKENS]) {
-            let _ = black_box(settle(store, NOW, hold, actual));
+        for hold in holds {
+            let actual = [1, ACTUAL_TOKENS, ACTUAL_TOKENS];
+            let _ = black_box(settle(store, NOW, hold, &actual));
         }
     }
 }
@@ -106,31 +106,34 @@ fn single_thread(c: &mut Criterion) {
 
     let limits = subscription_limits();
     let store = store_with(&limits);
-    group.bench_function("reserve+settle, 3 limits", |b| {
+    group.bench_function("reserve+settle, 1 group of 3 limits", |b| {
         b.iter(|| admit_and_charge(&store, &limits))
     });
 
-    // The second limit is used up: the first hold is taken, then rolled back.
-    let tight = [
-        limit("key/abc/rpm", u64::MAX, 60),
-        limit("key/abc/tpm", 1_000, 60),
-        limit("key/abc/tpd", u64::MAX, 86_400),
-    ];
-    let store = store_with(&tight);
-    group.bench_function("reserve denied by 2nd of 3 limits", |b| {
-        let [rpm, tpm, tpd] = &tight;
-        let wants = [(rpm, 1), (tpm, WORST_TOKENS), (tpd, WORST_TOKENS)];
+    // The key's token limit is used up: the subscription's hold is taken, then rolled
+    // back.
+    let tight = LimitGroup {
+        counter_key: "key/abc".to_owned(),
+        rates: vec![rate(u64::MAX, 60), rate(1_000, 60)],
+    };
+    let store = MemoryStore::new();
+    for group in [&limits, &tight] {
+        if let Err(err) = ensure_counter(&store, group) {
+            eprintln!("cannot create {}: {err}", group.counter_key);
+        }
+    }
+    group.bench_function("reserve denied by the 2nd of 2 groups", |b| {
+        let wants = [
+            (&limits, &[1, WORST_TOKENS, WORST_TOKENS][..]),
+            (&tight, &[1, WORST_TOKENS][..]),
+        ];
         b.iter(|| reserve(&store, NOW, black_box(&wants)).is_err())
     });
 
     let store = store_with(&limits);
     admit_and_charge(&store, &limits);
-    group.bench_function("state for headers, 3 limits", |b| {
-        b.iter(|| {
-            for limit in &limits {
-                let _ = black_box(state(&store, NOW, black_box(limit)));
-            }
-        })
+    group.bench_function("state for headers, 1 group of 3 limits", |b| {
+        b.iter(|| black_box(state(&store, NOW, black_box(&limits))))
     });
 
     group.finish();
@@ -151,7 +154,7 @@ fn multi_thread(c: &mut Criterion) {
 
     let limits = subscription_limits();
     let store = store_with(&limits);
-    group.bench_function("reserve+settle, 3 shared limits", |b| {
+    group.bench_function("reserve+settle, 1 shared group of 3 limits", |b| {
         b.iter_custom(|iters| contended(iters, threads, || admit_and_charge(&store, &limits)))
     });
 

@@ -30,7 +30,7 @@
 //! ```
 
 use crate::keys::{ApiKey, KeyDigest, KeyStore};
-use crate::limits::{Limit, Rate};
+use crate::limits::{LimitGroup, Rate};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 
@@ -146,13 +146,54 @@ pub enum Quantity {
     Tokens,
 }
 
-/// One configured limit, bound to its shared-data counter.
+impl Quantity {
+    /// This quantity's share of a request that is `requests` requests and `tokens` tokens.
+    pub fn of(self, requests: u64, tokens: u64) -> u64 {
+        match self {
+            Quantity::Requests => requests,
+            Quantity::Tokens => tokens,
+        }
+    }
+}
+
+/// The configured limits of one scope (a subscription or a key), kept in one
+/// shared-data counter with one window per rate.
 #[derive(Debug, Clone)]
-pub struct LimitRule {
-    pub quantity: Quantity,
-    pub limit: Limit,
+pub struct ScopeLimits {
+    /// Rates in configuration order: requests, then tokens.
+    pub group: LimitGroup,
+    /// What each rate of `group` counts, index for index.
+    pub quantities: Vec<Quantity>,
     /// For messages: "subscription free" or "key alice-1".
     pub scope: String,
+}
+
+impl ScopeLimits {
+    /// "unlimited": nothing to reserve.
+    pub fn unlimited(counter_key: &str, scope: &str) -> Self {
+        ScopeLimits {
+            group: LimitGroup {
+                counter_key: counter_key.to_string(),
+                rates: Vec::new(),
+            },
+            quantities: Vec::new(),
+            scope: scope.to_string(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.quantities.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.quantities.len()
+    }
+
+    /// The amount to reserve or charge per rate, given one request's quantities.
+    pub fn amounts(&self, requests: u64, tokens: u64) -> Vec<u64> {
+        let amount = |q: &Quantity| q.of(requests, tokens);
+        self.quantities.iter().map(amount).collect()
+    }
 }
 
 #[derive(Debug)]
@@ -160,7 +201,7 @@ pub struct Subscription {
     pub name: String,
     /// Sorted, so `/v1/models` lists them in a stable order.
     pub models: Vec<String>,
-    pub limits: Vec<LimitRule>,
+    pub limits: ScopeLimits,
     pub max_tokens: Option<MaxTokensPolicy>,
 }
 
@@ -357,7 +398,9 @@ impl Config {
                     &format!("maas/key/{}", k.id),
                     &format!("key {}", k.id),
                 )?,
-                None => Vec::new(),
+                None => {
+                    ScopeLimits::unlimited(&format!("maas/key/{}", k.id), &format!("key {}", k.id))
+                }
             };
             keys.push(ApiKey {
                 id: k.id.clone(),
@@ -386,13 +429,14 @@ impl Config {
         })
     }
 
-    /// Every counter the configuration enforces, for creating them before
-    /// traffic arrives.
-    pub fn all_limits(&self) -> impl Iterator<Item = &LimitRule> {
+    /// Every scope with limits (one counter each) the configuration enforces,
+    /// for creating the counters before traffic arrives.
+    pub fn all_limits(&self) -> impl Iterator<Item = &ScopeLimits> {
         self.subscriptions
             .iter()
-            .flat_map(|s| s.limits.iter())
-            .chain(self.keys.iter().flat_map(|k| k.limits.iter()))
+            .map(|s| &s.limits)
+            .chain(self.keys.iter().map(|k| &k.limits))
+            .filter(|l| !l.is_empty())
     }
 }
 
@@ -401,9 +445,11 @@ fn limit_rules(
     raw: &RawLimits,
     counter_prefix: &str,
     scope: &str,
-) -> Result<Vec<LimitRule>, ConfigError> {
+) -> Result<ScopeLimits, ConfigError> {
     let rates = match raw {
-        RawLimits::Keyword(k) if k == "unlimited" => return Ok(Vec::new()),
+        RawLimits::Keyword(k) if k == "unlimited" => {
+            return Ok(ScopeLimits::unlimited(counter_prefix, scope))
+        }
         RawLimits::Keyword(k) => {
             return Err(err(
                 field,
@@ -414,7 +460,7 @@ fn limit_rules(
         }
         RawLimits::Rates(r) => r,
     };
-    let mut rules = Vec::new();
+    let mut rules = ScopeLimits::unlimited(counter_prefix, scope);
     for (quantity, name, list) in [
         (Quantity::Requests, "requests", &rates.requests),
         (Quantity::Tokens, "tokens", &rates.tokens),
@@ -429,14 +475,8 @@ fn limit_rules(
                     format!("a second {name} limit with the same window as {text:?}"),
                 ));
             }
-            rules.push(LimitRule {
-                quantity,
-                limit: Limit {
-                    counter_key: format!("{counter_prefix}/{name}/{}", rate.window_secs),
-                    rate,
-                },
-                scope: scope.to_string(),
-            });
+            rules.group.rates.push(rate);
+            rules.quantities.push(quantity);
         }
     }
     if rules.is_empty() {
@@ -445,6 +485,20 @@ fn limit_rules(
             "no limits given; write \"unlimited\" if that is intended",
         ));
     }
+    // The group's value holds one window per rate, in this order; naming the
+    // layout in the key means a reloaded configuration that reorders or
+    // changes the windows starts fresh counters instead of reading old
+    // windows under the wrong rates. (Changing only an amount keeps them.)
+    let layout: Vec<String> = rules
+        .quantities
+        .iter()
+        .zip(&rules.group.rates)
+        .map(|(q, r)| match q {
+            Quantity::Requests => format!("r{}", r.window_secs),
+            Quantity::Tokens => format!("t{}", r.window_secs),
+        })
+        .collect();
+    rules.group.counter_key = format!("{counter_prefix}/{}", layout.join("."));
     Ok(rules)
 }
 
@@ -542,15 +596,22 @@ mod tests {
         let free = &c.subscriptions[0];
         assert_eq!(free.name, "free");
         assert_eq!(free.limits.len(), 3);
-        assert_eq!(free.limits[1].limit.counter_key, "maas/sub/free/tokens/60");
-        assert_eq!(free.limits[2].limit.rate.window_secs, 86_400);
+        assert_eq!(
+            free.limits.group.counter_key,
+            "maas/sub/free/r60.t60.t86400"
+        );
+        assert_eq!(free.limits.quantities[1], Quantity::Tokens);
+        assert_eq!(free.limits.group.rates[1].window_secs, 60);
+        assert_eq!(free.limits.group.rates[2].window_secs, 86_400);
         assert_eq!(free.max_tokens.unwrap().mode, CapMode::Clamp);
         assert!(c.subscriptions[1].limits.is_empty());
         let k1 = c.keys.iter().next().unwrap();
         assert_eq!(k1.expires_at, Some(1_798_761_600));
         assert_eq!(k1.limits.len(), 1, "inherits the subscription's key_limits");
-        assert_eq!(k1.limits[0].limit.counter_key, "maas/key/k1/requests/60");
-        assert_eq!(c.all_limits().count(), 4);
+        assert_eq!(k1.limits.group.counter_key, "maas/key/k1/r60");
+        assert_eq!(k1.limits.quantities, [Quantity::Requests]);
+        assert_eq!(c.all_limits().count(), 2, "one counter per limited scope");
+        assert_eq!(c.all_limits().map(ScopeLimits::len).sum::<usize>(), 4);
     }
 
     #[test]
@@ -626,8 +687,29 @@ mod tests {
         let c = load(&v).unwrap();
         let k1 = c.keys.iter().next().unwrap();
         assert_eq!(k1.limits.len(), 1);
-        assert_eq!(k1.limits[0].quantity, Quantity::Tokens);
-        assert_eq!(k1.limits[0].limit.counter_key, "maas/key/k1/tokens/10");
+        assert_eq!(k1.limits.quantities, [Quantity::Tokens]);
+        assert_eq!(k1.limits.group.rates[0].window_secs, 10);
+        assert_eq!(k1.limits.group.counter_key, "maas/key/k1/t10");
+    }
+
+    #[test]
+    fn counter_keys_name_the_window_layout() {
+        // Reordering a scope's limits must not read old windows under the
+        // wrong rates: the key changes with the layout, not with amounts.
+        let key_of = |limits: serde_json::Value| {
+            let mut v = base();
+            v["subscriptions"]["free"]["limits"] = limits;
+            load(&v).unwrap().subscriptions[0]
+                .limits
+                .group
+                .counter_key
+                .clone()
+        };
+        let a = key_of(json!({"tokens": ["100/min", "1000/day"]}));
+        let b = key_of(json!({"tokens": ["1000/day", "100/min"]}));
+        let c = key_of(json!({"tokens": ["500/min", "9000/day"]}));
+        assert_ne!(a, b);
+        assert_eq!(a, c);
     }
 
     #[test]

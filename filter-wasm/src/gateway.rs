@@ -15,7 +15,7 @@
 //!   tokens never exceed its limit as long as the model honours `max_tokens`.
 
 use crate::audit::{AuditRecord, UsageSource};
-use crate::config::{CapMode, Config, LimitRule, Quantity};
+use crate::config::{CapMode, Config, Quantity, ScopeLimits};
 use crate::endpoint::Endpoint;
 use crate::error::{GatewayError, LimitKind};
 use crate::host::{Flow, StreamHost};
@@ -53,10 +53,11 @@ struct Identity {
     subscription: usize,
 }
 
-/// What was reserved at admission, settled exactly once.
+/// What was reserved at admission, settled exactly once: one hold per limited
+/// scope, with what each of its rates counts.
 #[derive(Debug)]
 struct Admission {
-    holds: Vec<(Quantity, Hold)>,
+    holds: Vec<(Vec<Quantity>, Hold)>,
     body_bytes: u64,
 }
 
@@ -492,20 +493,15 @@ impl Stream {
         // arrays multiply them.
         let worst_case =
             prompt_estimate.saturating_add(effective.saturating_mul(request.completions()));
-        let rules: Vec<&LimitRule> = subscription
-            .limits
-            .iter()
-            .chain(key.limits.iter())
+        let scopes: Vec<&ScopeLimits> = [&subscription.limits, &key.limits]
+            .into_iter()
+            .filter(|l| !l.is_empty())
             .collect();
-        let wants: Vec<(&limits::Limit, u64)> = rules
+        let amounts: Vec<Vec<u64>> = scopes.iter().map(|l| l.amounts(1, worst_case)).collect();
+        let wants: Vec<(&limits::LimitGroup, &[u64])> = scopes
             .iter()
-            .map(|r| {
-                let amount = match r.quantity {
-                    Quantity::Requests => 1,
-                    Quantity::Tokens => worst_case,
-                };
-                (&r.limit, amount)
-            })
+            .zip(&amounts)
+            .map(|(l, a)| (&l.group, a.as_slice()))
             .collect();
         // The request's start time places it in its window: one clock read
         // less, and a slow upload cannot move it into a fresher window.
@@ -513,16 +509,20 @@ impl Stream {
         let holds = match limits::reserve(host.counters(), now_secs, &wants) {
             Ok(holds) => holds,
             Err(ReserveError::Denied(d)) => {
-                self.observe_limits(host, &rules, now_secs);
-                let rule = rules.get(d.index).copied();
-                let (kind, scope, window) = match rule {
-                    Some(r) => (
-                        match r.quantity {
+                self.observe_limits(host, &scopes, now_secs);
+                let refused = scopes.get(d.group).and_then(|l| {
+                    let quantity = l.quantities.get(d.rate)?;
+                    let rate = l.group.rates.get(d.rate)?;
+                    Some((l, quantity, rate))
+                });
+                let (kind, scope, window) = match refused {
+                    Some((l, quantity, rate)) => (
+                        match quantity {
                             Quantity::Requests => LimitKind::Requests,
                             Quantity::Tokens => LimitKind::Tokens,
                         },
-                        r.scope.clone(),
-                        crate::ratelimit_headers::format_duration(r.limit.rate.window_secs),
+                        l.scope.clone(),
+                        crate::ratelimit_headers::format_duration(rate.window_secs),
                     ),
                     None => (LimitKind::Requests, String::new(), String::new()),
                 };
@@ -558,16 +558,23 @@ impl Stream {
                 return Err((Outcome::LimiterError, GatewayError::LimiterUnavailable));
             }
         };
-        self.reserved_tokens = if rules.iter().any(|r| r.quantity == Quantity::Tokens) {
+        let mut quantities = scopes.iter().flat_map(|l| &l.quantities);
+        self.reserved_tokens = if quantities.any(|q| *q == Quantity::Tokens) {
             worst_case
         } else {
             0
         };
-        for (rule, hold) in rules.iter().zip(&holds) {
-            self.headers.observe(rule.quantity, hold.state());
+        for (l, hold) in scopes.iter().zip(&holds) {
+            for (quantity, held) in l.quantities.iter().zip(hold.windows()) {
+                self.headers.observe(*quantity, held.state);
+            }
         }
         self.admission = Some(Admission {
-            holds: rules.iter().map(|r| r.quantity).zip(holds).collect(),
+            holds: scopes
+                .iter()
+                .map(|l| l.quantities.clone())
+                .zip(holds)
+                .collect(),
             body_bytes,
         });
 
@@ -581,10 +588,12 @@ impl Stream {
         Ok(())
     }
 
-    fn observe_limits(&mut self, host: &dyn StreamHost, rules: &[&LimitRule], now_secs: u64) {
-        for rule in rules {
-            if let Ok(state) = limits::state(host.counters(), now_secs, &rule.limit) {
-                self.headers.observe(rule.quantity, state);
+    fn observe_limits(&mut self, host: &dyn StreamHost, scopes: &[&ScopeLimits], now_secs: u64) {
+        for l in scopes {
+            if let Ok(states) = limits::state(host.counters(), now_secs, &l.group) {
+                for (quantity, state) in l.quantities.iter().zip(states) {
+                    self.headers.observe(*quantity, state);
+                }
             }
         }
     }
@@ -624,12 +633,12 @@ impl Stream {
             }
         };
         let now_secs = now_ms / 1000;
-        for (quantity, hold) in admission.holds {
-            let actual = match quantity {
-                Quantity::Requests => 1,
-                Quantity::Tokens => usage.total_tokens,
-            };
-            if let Err(e) = limits::settle(host.counters(), now_secs, hold, actual) {
+        for (quantities, hold) in admission.holds {
+            let actual: Vec<u64> = quantities
+                .iter()
+                .map(|q| q.of(1, usage.total_tokens))
+                .collect();
+            if let Err(e) = limits::settle(host.counters(), now_secs, hold, &actual) {
                 host.add_metric(Metric::SettleErrors, 1);
                 host.warn(&format!("could not settle a reservation: {e}"));
             }

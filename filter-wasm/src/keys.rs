@@ -7,7 +7,7 @@
 //! the way a password hash would be; it also lets the lookup be one hash-map
 //! probe per request.
 
-use crate::config::LimitRule;
+use crate::config::ScopeLimits;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 
@@ -73,7 +73,7 @@ pub struct ApiKey {
     pub expires_at: Option<u64>,
     pub revoked: bool,
     /// Limits that count this key alone.
-    pub limits: Vec<LimitRule>,
+    pub limits: ScopeLimits,
 }
 
 /// Why a key was refused. The client always sees the same 401; the reason only
@@ -179,7 +179,7 @@ mod tests {
             digest: KeyDigest::of(secret),
             expires_at,
             revoked,
-            limits: Vec::new(),
+            limits: crate::config::ScopeLimits::unlimited("maas/key/test", "key test"),
         }
     }
 

@@ -70,13 +70,13 @@ impl RootContext for GatewayRoot {
             }
         };
         // Create every counter before traffic arrives; see limits::ensure_counter.
-        for rule in config.all_limits() {
-            if let Err(e) = limits::ensure_counter(&SharedData, &rule.limit.counter_key) {
+        for scope in config.all_limits() {
+            if let Err(e) = limits::ensure_counter(&SharedData, &scope.group) {
                 log(
                     LogLevel::Warn,
                     &format!(
                         "maas-gateway: cannot create counter {}: {e}",
-                        rule.limit.counter_key
+                        scope.group.counter_key
                     ),
                 );
             }

@@ -210,17 +210,30 @@ impl Harness {
         s.on_log(&self.host);
     }
 
-    fn used(&self, key: &str) -> u64 {
+    /// Used in the current window of the limit named `<counter key>/<quantity>/<window secs>`,
+    /// e.g. `maas/sub/free/tokens/60`.
+    fn used(&self, name: &str) -> u64 {
         let now = self.host.now_ms.get() / 1000;
-        let limit = self
+        let mut parts = name.rsplitn(3, '/');
+        let window: u64 = parts.next().unwrap().parse().unwrap();
+        let quantity = match parts.next().unwrap() {
+            "requests" => Quantity::Requests,
+            "tokens" => Quantity::Tokens,
+            other => panic!("unknown quantity {other}"),
+        };
+        let counter_key = parts.next().unwrap();
+        let scope = self
             .config
             .all_limits()
-            .find(|r| r.limit.counter_key == key)
-            .unwrap()
-            .limit
-            .clone();
-        let st = limits::state(&self.host.store, now, &limit).unwrap();
-        st.limit - st.remaining
+            .find(|l| l.group.counter_key.starts_with(&format!("{counter_key}/")))
+            .unwrap();
+        let index = (0..scope.len())
+            .find(|&i| {
+                scope.quantities[i] == quantity && scope.group.rates[i].window_secs == window
+            })
+            .unwrap();
+        let states = limits::state(&self.host.store, now, &scope.group).unwrap();
+        states[index].limit - states[index].remaining
     }
 
     fn audit(&self) -> serde_json::Value {

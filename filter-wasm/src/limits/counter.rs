@@ -1,8 +1,29 @@
-//! The bytes of one counter in shared data: `window_start` then `used`, each a
-//! little-endian u64 (16 bytes). A value of any other length is unreadable and the ledger
-//! treats the counter as empty; its next CAS write replaces the bytes.
+//! The bytes of one group counter in shared data: for each rate of the group, in order,
+//! `window_start` then `used`, each a little-endian u64 (16 bytes per rate). A value of
+//! any other length than 16 × the group's rate count is unreadable and the ledger treats
+//! every window as empty; its next CAS write replaces the bytes.
 
 const ENCODED_LEN: usize = 16;
+
+/// The value of a group counter: one [`WindowCount`] per rate, in the group's order.
+pub(super) fn encode_group(counts: &[WindowCount]) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(counts.len() * ENCODED_LEN);
+    for count in counts {
+        bytes.extend_from_slice(&count.encode());
+    }
+    bytes
+}
+
+/// `None` unless `bytes` is exactly `rates` encoded counts.
+pub(super) fn decode_group(bytes: &[u8], rates: usize) -> Option<Vec<WindowCount>> {
+    if bytes.len() != rates.checked_mul(ENCODED_LEN)? {
+        return None;
+    }
+    bytes
+        .chunks_exact(ENCODED_LEN)
+        .map(WindowCount::decode)
+        .collect()
+}
 
 /// How much of one fixed window has been used.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +84,25 @@ mod tests {
         assert_eq!(&bytes[..8], &[2, 1, 0, 0, 0, 0, 0, 0]);
         assert_eq!(&bytes[8..], &[0xff; 8]);
         assert_eq!(WindowCount::decode(&bytes), Some(count));
+    }
+
+    #[test]
+    fn a_group_is_its_counts_back_to_back_and_needs_the_exact_length() {
+        let counts = [
+            WindowCount {
+                window_start: 60,
+                used: 3,
+            },
+            WindowCount::empty(0),
+        ];
+        let bytes = encode_group(&counts);
+        assert_eq!(bytes.len(), 32);
+        assert_eq!(&bytes[..16], &counts[0].encode());
+        assert_eq!(decode_group(&bytes, 2), Some(counts.to_vec()));
+        for rates in [0, 1, 3, usize::MAX] {
+            assert_eq!(decode_group(&bytes, rates), None, "{rates} rates");
+        }
+        assert_eq!(decode_group(&[], 0), Some(vec![]));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The ledger: reserve a request's worst case against every limit at admission, settle
-//! each hold to the real usage when the response ends, and read a limit's state for
-//! response headers. Every write is a CAS read-modify-write of one counter.
+//! The ledger: reserve a request's worst case against every limit group at admission,
+//! settle each hold to the real usage when the response ends, and read a group's state
+//! for response headers. Every write is a CAS read-modify-write of one group counter,
+//! which holds one window per rate, so one scope costs one read and one write however
+//! many rates it has.
 
-use super::counter::WindowCount;
+use super::counter::{decode_group, encode_group, WindowCount};
 use super::rate::Rate;
 use super::store::{CounterStore, StoreError};
 
@@ -12,26 +14,51 @@ use super::store::{CounterStore, StoreError};
 /// wrong; the bound keeps a request from spinning.
 pub const MAX_CAS_ATTEMPTS: u32 = 64;
 
-/// One enforced counter, e.g. "tokens per minute for subscription free".
+/// The enforced rates of one scope, e.g. "subscription free: 10 requests/min, 20000
+/// tokens/min, 1000000 tokens/day", kept together in one shared-data counter.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Limit {
-    /// Shared-data key of the counter; distinct limits must use distinct keys.
+pub struct LimitGroup {
+    /// Shared-data key of the counter; distinct groups must use distinct keys.
     pub counter_key: String,
-    pub rate: Rate,
+    /// One window per rate in the counter, in this order. Changing the list (by a
+    /// configuration reload) changes the meaning of the stored windows: a different
+    /// length reads as empty windows; the same length with other rates is read as is.
+    pub rates: Vec<Rate>,
 }
 
-/// An amount reserved in one window of one counter. It is not `Clone`, and `settle`
-/// consumes it, so each hold is settled at most once; only `reserve` makes one.
+/// What one hold reserved in one rate's window.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HeldWindow {
+    /// Start (Unix seconds) of the window the amount was reserved in.
+    pub window_start: u64,
+    pub window_secs: u64,
+    pub amount: u64,
+    /// The window right after this reservation was taken (other requests may have moved
+    /// it since), for response headers without another read of the counter.
+    pub state: LimitState,
+}
+
+impl HeldWindow {
+    /// End (exclusive, Unix seconds) of the window; settling at or after it is a no-op.
+    pub fn window_end(&self) -> u64 {
+        self.window_start.saturating_add(self.window_secs.max(1))
+    }
+
+    /// Whether the window is over at `now_secs` (by elapsed time, which cannot overflow
+    /// the way `window_end` saturates).
+    pub fn window_has_ended(&self, now_secs: u64) -> bool {
+        now_secs.saturating_sub(self.window_start) >= self.window_secs.max(1)
+    }
+}
+
+/// The amounts reserved in one group counter, one [`HeldWindow`] per rate of the group.
+/// It is not `Clone`, and `settle` consumes it, so each hold is settled at most once;
+/// only `reserve` makes one.
 #[derive(Debug, PartialEq, Eq)]
-#[must_use = "an unsettled hold stays charged in full until its window ends"]
+#[must_use = "an unsettled hold stays charged in full until its windows end"]
 pub struct Hold {
     counter_key: String,
-    window_start: u64,
-    window_secs: u64,
-    amount: u64,
-    /// The window as this reservation left it, for response headers without
-    /// another read of the counter.
-    state: LimitState,
+    windows: Vec<HeldWindow>,
 }
 
 impl Hold {
@@ -39,38 +66,18 @@ impl Hold {
         &self.counter_key
     }
 
-    /// Start (Unix seconds) of the window the amount was reserved in.
-    pub fn window_start(&self) -> u64 {
-        self.window_start
-    }
-
-    /// End (exclusive, Unix seconds) of that window; settling at or after it is a no-op.
-    pub fn window_end(&self) -> u64 {
-        self.window_start.saturating_add(self.window_secs.max(1))
-    }
-
-    /// Whether the hold's window is over at `now_secs` (by elapsed time, which cannot
-    /// overflow the way `window_end` saturates).
-    pub fn window_has_ended(&self, now_secs: u64) -> bool {
-        now_secs.saturating_sub(self.window_start) >= self.window_secs.max(1)
-    }
-
-    pub fn amount(&self) -> u64 {
-        self.amount
-    }
-
-    /// The limit's window right after this reservation was taken (other
-    /// requests may have moved it since).
-    pub fn state(&self) -> LimitState {
-        self.state
+    /// Per rate of the group, in its order.
+    pub fn windows(&self) -> &[HeldWindow] {
+        &self.windows
     }
 }
 
-/// Why `reserve` refused: the wanted limit at `index` had `remaining` of `limit` left in
-/// its window, less than the `requested` amount.
+/// Why `reserve` refused: rate `rate` of the wanted group at `group` had `remaining` of
+/// `limit` left in its window, less than the `requested` amount.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Denial {
-    pub index: usize,
+    pub group: usize,
+    pub rate: usize,
     pub limit: u64,
     pub remaining: u64,
     pub reset_after_secs: u64,
@@ -80,8 +87,8 @@ pub struct Denial {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReserveError {
     #[error(
-        "limit #{} refused {} (remaining {} of {}, resets in {} s)",
-        .0.index, .0.requested, .0.remaining, .0.limit, .0.reset_after_secs
+        "limit #{}.{} refused {} (remaining {} of {}, resets in {} s)",
+        .0.group, .0.rate, .0.requested, .0.remaining, .0.limit, .0.reset_after_secs
     )]
     Denied(Denial),
     #[error(transparent)]
@@ -97,41 +104,43 @@ pub struct LimitState {
     pub reset_after_secs: u64,
 }
 
-/// Create the counter at `key` if it is absent; returns whether it did. The filter calls
-/// this for every configured counter at configuration time, before traffic, so that
+/// Create the counter of `group` if it is absent; returns whether it did. The filter
+/// calls this for every configured group at configuration time, before traffic, so that
 /// `reserve`/`settle` always find the counter and can use CAS.
 ///
 /// Shared data has no create-if-absent, so this is a read then an unconditional write:
 /// if another worker creates the counter *and charges it* between the two, that charge is
-/// lost. Before traffic nothing charges, so the race cannot lose anything there.
-pub fn ensure_counter(store: &dyn CounterStore, key: &str) -> Result<bool, StoreError> {
-    if store.get(key)?.is_some() {
+/// lost. Before traffic nothing charges, so the race cannot lose anything there. A
+/// counter that exists with another length is left alone: it reads as empty windows and
+/// the next CAS write gives it the right length.
+pub fn ensure_counter(store: &dyn CounterStore, group: &LimitGroup) -> Result<bool, StoreError> {
+    if store.get(&group.counter_key)?.is_some() {
         return Ok(false);
     }
-    // Window 0 is over for any real clock, so the first reservation starts a fresh window.
-    store.set(key, &WindowCount::empty(0).encode(), None)?;
+    // Window 0 is over for any real clock, so the first reservation starts fresh windows.
+    let empty = vec![WindowCount::empty(0); group.rates.len()];
+    store.set(&group.counter_key, &encode_group(&empty), None)?;
     Ok(true)
 }
 
-/// Reserve `amount` in the current window of each wanted limit, all or nothing.
+/// Reserve, in each wanted group, `amounts[i]` in the current window of its rate `i`, all
+/// or nothing. A missing amount (a slice shorter than the group's rates) is 0.
 ///
-/// A reservation fits when `used + amount <= rate.amount`. At the first one that does not
-/// fit, the holds already taken are released and `Denied` names that limit; on a store
-/// error they are released too. Holds come back in the order of `wants`.
+/// A reservation fits when `used + amount <= rate.amount` for every rate. At the first
+/// group with a rate that does not fit, the holds already taken are released and `Denied`
+/// names that group and its first refusing rate; on a store error they are released too.
+/// Holds come back in the order of `wants`.
 pub fn reserve(
     store: &dyn CounterStore,
     now_secs: u64,
-    wants: &[(&Limit, u64)],
+    wants: &[(&LimitGroup, &[u64])],
 ) -> Result<Vec<Hold>, ReserveError> {
     let mut holds = Vec::with_capacity(wants.len());
-    for (index, &(limit, amount)) in wants.iter().enumerate() {
-        match reserve_one(store, now_secs, index, limit, amount) {
-            Ok((window_start, state)) => holds.push(Hold {
-                counter_key: limit.counter_key.clone(),
-                window_start,
-                window_secs: limit.rate.window_secs,
-                amount,
-                state,
+    for (index, &(group, amounts)) in wants.iter().enumerate() {
+        match reserve_group(store, now_secs, index, group, amounts) {
+            Ok(windows) => holds.push(Hold {
+                counter_key: group.counter_key.clone(),
+                windows,
             }),
             Err(err) => {
                 release(store, now_secs, holds);
@@ -142,46 +151,59 @@ pub fn reserve(
     Ok(holds)
 }
 
-/// Charge `amount` to the current window of `limit` (the `index`-th wanted one) and
-/// return that window's start and state after the charge.
-fn reserve_one(
+/// Charge `amounts` to the current windows of `group` (the `index`-th wanted one) in one
+/// CAS write and return what was held in each.
+fn reserve_group(
     store: &dyn CounterStore,
     now_secs: u64,
     index: usize,
-    limit: &Limit,
-    amount: u64,
-) -> Result<(u64, LimitState), ReserveError> {
-    let rate = limit.rate;
-    let now_window = rate.window_start(now_secs);
-    let outcome = update_counter(store, &limit.counter_key, |stored| {
-        let count = WindowCount::current(stored, now_window);
-        match count.used.checked_add(amount) {
-            Some(used) if used <= rate.amount => {
-                let state = LimitState {
-                    limit: rate.amount,
-                    remaining: rate.amount - used,
-                    reset_after_secs: rate.reset_after(count.window_start, now_secs),
-                };
-                let charged = Ok((count.window_start, state));
-                if Some(count) == stored && amount == 0 {
-                    // Nothing changes; a zero reservation on an over or missing window still
-                    // writes, so that the counter is on the hold's window when it settles.
-                    Update::Keep(charged)
-                } else {
-                    let next = WindowCount {
+    group: &LimitGroup,
+    amounts: &[u64],
+) -> Result<Vec<HeldWindow>, ReserveError> {
+    let rates = &group.rates;
+    let outcome = update_counter(store, &group.counter_key, rates.len(), |stored| {
+        let mut next = Vec::with_capacity(rates.len());
+        let mut held = Vec::with_capacity(rates.len());
+        for (i, rate) in rates.iter().enumerate() {
+            let amount = amounts.get(i).copied().unwrap_or(0);
+            let stored_count = stored.as_ref().and_then(|counts| counts.get(i).copied());
+            let count = WindowCount::current(stored_count, rate.window_start(now_secs));
+            let reset_after_secs = rate.reset_after(count.window_start, now_secs);
+            match count.used.checked_add(amount) {
+                Some(used) if used <= rate.amount => {
+                    next.push(WindowCount {
                         window_start: count.window_start,
                         used,
-                    };
-                    Update::Write(next, charged)
+                    });
+                    held.push(HeldWindow {
+                        window_start: count.window_start,
+                        window_secs: rate.window_secs,
+                        amount,
+                        state: LimitState {
+                            limit: rate.amount,
+                            remaining: rate.amount - used,
+                            reset_after_secs,
+                        },
+                    });
+                }
+                _ => {
+                    return Update::Keep(Err(Denial {
+                        group: index,
+                        rate: i,
+                        limit: rate.amount,
+                        remaining: rate.amount.saturating_sub(count.used),
+                        reset_after_secs,
+                        requested: amount,
+                    }))
                 }
             }
-            _ => Update::Keep(Err(Denial {
-                index,
-                limit: rate.amount,
-                remaining: rate.amount.saturating_sub(count.used),
-                reset_after_secs: rate.reset_after(count.window_start, now_secs),
-                requested: amount,
-            })),
+        }
+        if stored.as_deref() == Some(next.as_slice()) {
+            // Nothing changes; a zero reservation on an over or missing window still
+            // writes, so that the counter is on the hold's window when it settles.
+            Update::Keep(Ok(held))
+        } else {
+            Update::Write(next, Ok(held))
         }
     })?;
     outcome.map_err(ReserveError::Denied)
@@ -192,77 +214,110 @@ fn reserve_one(
 /// too much, and the caller already has the error that matters.
 fn release(store: &dyn CounterStore, now_secs: u64, holds: Vec<Hold>) {
     for hold in holds {
-        let _ = settle(store, now_secs, hold, 0);
+        let _ = settle(store, now_secs, hold, &[]);
     }
 }
 
-/// Replace the held amount with the `actual` usage in the hold's window.
+/// Replace each held amount with the `actual` usage (per rate, in the group's order; a
+/// missing one is 0) in the hold's window of that rate, in one CAS write.
 ///
 /// `actual` above the hold happens only when the upstream ignored `max_tokens`; the counter
 /// then records the truth even past the limit, and the window refuses until it ends. When
-/// the hold's window has ended (by the clock or because the counter already moved on to
-/// a later window) the usage belongs to a window nobody enforces any more: no-op.
+/// a rate's held window has ended (by the clock or because the counter already moved on
+/// to a later window) the usage belongs to a window nobody enforces any more: no-op for
+/// that rate.
 pub fn settle(
     store: &dyn CounterStore,
     now_secs: u64,
     hold: Hold,
-    actual: u64,
+    actual: &[u64],
 ) -> Result<(), StoreError> {
-    if actual == hold.amount || hold.window_has_ended(now_secs) {
+    let actual_of = |i: usize| actual.get(i).copied().unwrap_or(0);
+    let pending = |i: usize, held: &HeldWindow| {
+        actual_of(i) != held.amount && !held.window_has_ended(now_secs)
+    };
+    if !hold.windows.iter().enumerate().any(|(i, w)| pending(i, w)) {
         return Ok(());
     }
-    update_counter(store, &hold.counter_key, |stored| {
-        let used = match stored {
-            Some(count) if count.window_start == hold.window_start => count.used,
-            Some(count) if count.window_start > hold.window_start => return Update::Keep(()),
-            // Missing, unreadable, or an earlier window (only if someone else rewrote the
-            // counter): our window starts from nothing but this hold's usage.
-            _ => 0,
-        };
-        let next = WindowCount {
-            window_start: hold.window_start,
-            used: used.saturating_sub(hold.amount).saturating_add(actual),
-        };
-        Update::Write(next, ())
+    let rates = hold.windows.len();
+    update_counter(store, &hold.counter_key, rates, |stored| {
+        let mut next = Vec::with_capacity(rates);
+        let mut changed = false;
+        for (i, held) in hold.windows.iter().enumerate() {
+            let stored_count = stored.as_ref().and_then(|counts| counts.get(i).copied());
+            // Window 0 is over for any real clock: an unreadable count stays empty.
+            let kept = stored_count.unwrap_or(WindowCount::empty(0));
+            if !pending(i, held) {
+                next.push(kept);
+                continue;
+            }
+            let used = match stored_count {
+                Some(count) if count.window_start == held.window_start => count.used,
+                Some(count) if count.window_start > held.window_start => {
+                    next.push(kept);
+                    continue;
+                }
+                // Missing, unreadable, or an earlier window (only if someone else rewrote
+                // the counter): our window starts from nothing but this hold's usage.
+                _ => 0,
+            };
+            next.push(WindowCount {
+                window_start: held.window_start,
+                used: used
+                    .saturating_sub(held.amount)
+                    .saturating_add(actual_of(i)),
+            });
+            changed = true;
+        }
+        if changed {
+            Update::Write(next, ())
+        } else {
+            Update::Keep(())
+        }
     })
 }
 
-/// The current window of `limit`, for `X-RateLimit-*`-style headers. Read only: a
-/// missing or unreadable counter reads as an empty window.
+/// The current window of each rate of `group`, in its order, for `X-RateLimit-*`-style
+/// headers. Read only: a missing or unreadable counter reads as empty windows.
 pub fn state(
     store: &dyn CounterStore,
     now_secs: u64,
-    limit: &Limit,
-) -> Result<LimitState, StoreError> {
-    let rate = limit.rate;
+    group: &LimitGroup,
+) -> Result<Vec<LimitState>, StoreError> {
     let stored = store
-        .get(&limit.counter_key)?
-        .and_then(|(bytes, _)| WindowCount::decode(&bytes));
-    let count = WindowCount::current(stored, rate.window_start(now_secs));
-    Ok(LimitState {
-        limit: rate.amount,
-        remaining: rate.amount.saturating_sub(count.used),
-        reset_after_secs: rate.reset_after(count.window_start, now_secs),
-    })
+        .get(&group.counter_key)?
+        .and_then(|(bytes, _)| decode_group(&bytes, group.rates.len()));
+    let states = group.rates.iter().enumerate().map(|(i, rate)| {
+        let stored_count = stored.as_ref().and_then(|counts| counts.get(i).copied());
+        let count = WindowCount::current(stored_count, rate.window_start(now_secs));
+        LimitState {
+            limit: rate.amount,
+            remaining: rate.amount.saturating_sub(count.used),
+            reset_after_secs: rate.reset_after(count.window_start, now_secs),
+        }
+    });
+    Ok(states.collect())
 }
 
-/// What one read-modify-write attempt decided, given the stored count.
+/// What one read-modify-write attempt decided, given the stored counts.
 enum Update<T> {
-    Write(WindowCount, T),
+    Write(Vec<WindowCount>, T),
     Keep(T),
 }
 
-/// CAS loop over one counter: read, let `decide` compute the next count from the stored
-/// one (`None` when missing or unreadable), write it conditionally, and retry from the
-/// read when another writer got there first — at most `MAX_CAS_ATTEMPTS` times.
+/// CAS loop over one group counter of `rates` windows: read, let `decide` compute the
+/// next counts from the stored ones (`None` when missing or unreadable), write them
+/// conditionally, and retry from the read when another writer got there first — at most
+/// `MAX_CAS_ATTEMPTS` times.
 fn update_counter<T>(
     store: &dyn CounterStore,
     key: &str,
-    mut decide: impl FnMut(Option<WindowCount>) -> Update<T>,
+    rates: usize,
+    mut decide: impl FnMut(Option<Vec<WindowCount>>) -> Update<T>,
 ) -> Result<T, StoreError> {
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (stored, cas) = match store.get(key)? {
-            Some((bytes, cas)) => (WindowCount::decode(&bytes), Some(cas)),
+            Some((bytes, cas)) => (decode_group(&bytes, rates), Some(cas)),
             // The counter was never created (`ensure_counter` was skipped or lost). The
             // write below is then unconditional, since a conditional write to an absent
             // key cannot detect a concurrent create either: two workers creating the same
@@ -272,7 +327,7 @@ fn update_counter<T>(
         };
         match decide(stored) {
             Update::Keep(outcome) => return Ok(outcome),
-            Update::Write(next, outcome) => match store.set(key, &next.encode(), cas) {
+            Update::Write(next, outcome) => match store.set(key, &encode_group(&next), cas) {
                 Ok(()) => return Ok(outcome),
                 Err(StoreError::CasMismatch) => continue,
                 Err(err) => return Err(err),
@@ -303,13 +358,22 @@ mod tests {
     /// 2024-03-11T00:00:00Z.
     const MIDNIGHT: u64 = 1_710_115_200;
 
-    fn limit(key: &str, amount: u64, window_secs: u64) -> Limit {
-        Limit {
+    fn rate(amount: u64, window_secs: u64) -> Rate {
+        Rate {
+            amount,
+            window_secs,
+        }
+    }
+
+    /// A group of one rate: its counter is a single 16-byte window.
+    fn limit(key: &str, amount: u64, window_secs: u64) -> LimitGroup {
+        group(key, &[rate(amount, window_secs)])
+    }
+
+    fn group(key: &str, rates: &[Rate]) -> LimitGroup {
+        LimitGroup {
             counter_key: key.to_owned(),
-            rate: Rate {
-                amount,
-                window_secs,
-            },
+            rates: rates.to_vec(),
         }
     }
 
@@ -318,10 +382,18 @@ mod tests {
         store.set(key, &count.encode(), None).unwrap();
     }
 
-    /// The raw counter: `(window_start, used)`, `None` if missing or unreadable.
+    /// The raw counter of a group of one rate: `(window_start, used)`, `None` if missing
+    /// or unreadable.
     fn stored(store: &dyn CounterStore, key: &str) -> Option<(u64, u64)> {
         let (bytes, _) = store.get(key).unwrap()?;
         WindowCount::decode(&bytes).map(|count| (count.window_start, count.used))
+    }
+
+    /// The raw counter of a group of `rates` rates.
+    fn stored_group(store: &dyn CounterStore, key: &str, rates: usize) -> Option<Vec<(u64, u64)>> {
+        let (bytes, _) = store.get(key).unwrap()?;
+        let counts = decode_group(&bytes, rates)?;
+        Some(counts.iter().map(|c| (c.window_start, c.used)).collect())
     }
 
     fn cas_of(store: &dyn CounterStore, key: &str) -> Cas {
@@ -358,28 +430,31 @@ mod tests {
             let store = MemoryStore::new();
             let tpm = limit("tpm", amount, MIN);
             put(&store, "tpm", 600, before);
-            let got = reserve(&store, 630, &[(&tpm, requested)]);
+            let got = reserve(&store, 630, &[(&tpm, &[requested][..])]);
             let case = format!("limit {amount}, used {before}, requested {requested}");
             match want {
                 Ok(after) => {
                     let holds = got.expect(&case);
                     let want_hold = Hold {
                         counter_key: "tpm".into(),
-                        window_start: 600,
-                        window_secs: MIN,
-                        amount: requested,
-                        state: LimitState {
-                            limit: amount,
-                            remaining: amount - after,
-                            reset_after_secs: 30,
-                        },
+                        windows: vec![HeldWindow {
+                            window_start: 600,
+                            window_secs: MIN,
+                            amount: requested,
+                            state: LimitState {
+                                limit: amount,
+                                remaining: amount - after,
+                                reset_after_secs: 30,
+                            },
+                        }],
                     };
                     assert_eq!(holds, vec![want_hold], "{case}");
                     assert_eq!(stored(&store, "tpm"), Some((600, after)), "{case}");
                 }
                 Err(remaining) => {
                     let want_denial = Denial {
-                        index: 0,
+                        group: 0,
+                        rate: 0,
                         limit: amount,
                         remaining,
                         reset_after_secs: 30,
@@ -402,9 +477,15 @@ mod tests {
         put(&store, "tpm", 0, 8);
         put(&store, "tpd", 0, 40);
 
-        let err = reserve(&store, 5, &[(&rpm, 1), (&tpm, 5), (&tpd, 5)]).unwrap_err();
+        let err = reserve(
+            &store,
+            5,
+            &[(&rpm, &[1][..]), (&tpm, &[5][..]), (&tpd, &[5][..])],
+        )
+        .unwrap_err();
         let want = Denial {
-            index: 1,
+            group: 1,
+            rate: 0,
             limit: 10,
             remaining: 2,
             reset_after_secs: 55,
@@ -413,17 +494,22 @@ mod tests {
         assert_eq!(err, ReserveError::Denied(want));
         assert_eq!(
             err.to_string(),
-            "limit #1 refused 5 (remaining 2 of 10, resets in 55 s)"
+            "limit #1.0 refused 5 (remaining 2 of 10, resets in 55 s)"
         );
         assert_eq!(stored(&store, "rpm"), Some((0, 3)), "first limit restored");
         assert_eq!(stored(&store, "tpm"), Some((0, 8)));
         assert_eq!(stored(&store, "tpd"), Some((0, 40)), "third never touched");
 
         // With room everywhere, all three are charged and the holds follow `wants`.
-        let holds = reserve(&store, 5, &[(&rpm, 1), (&tpm, 2), (&tpd, 5)]).unwrap();
+        let holds = reserve(
+            &store,
+            5,
+            &[(&rpm, &[1][..]), (&tpm, &[2][..]), (&tpd, &[5][..])],
+        )
+        .unwrap();
         let keys: Vec<_> = holds
             .iter()
-            .map(|h| (h.counter_key(), h.amount()))
+            .map(|h| (h.counter_key(), h.windows()[0].amount))
             .collect();
         assert_eq!(keys, [("rpm", 1), ("tpm", 2), ("tpd", 5)]);
         assert_eq!(stored(&store, "tpm"), Some((0, 10)));
@@ -434,16 +520,16 @@ mod tests {
     fn a_new_window_starts_empty_and_old_holds_settle_to_nothing() {
         let store = MemoryStore::new();
         let tpm = limit("tpm", 10, MIN);
-        let old = reserve(&store, 59, &[(&tpm, 10)]).unwrap();
-        assert!(reserve(&store, 59, &[(&tpm, 1)]).is_err());
+        let old = reserve(&store, 59, &[(&tpm, &[10][..])]).unwrap();
+        assert!(reserve(&store, 59, &[(&tpm, &[1][..])]).is_err());
 
-        let new = reserve(&store, 60, &[(&tpm, 4)]).unwrap();
-        assert_eq!(new[0].window_start(), 60);
+        let new = reserve(&store, 60, &[(&tpm, &[4][..])]).unwrap();
+        assert_eq!(new[0].windows()[0].window_start, 60);
         assert_eq!(stored(&store, "tpm"), Some((60, 4)));
 
         // The old hold's usage belongs to the old window: no effect on the new one.
         for hold in old {
-            settle(&store, 61, hold, 3).unwrap();
+            settle(&store, 61, hold, &[3]).unwrap();
         }
         assert_eq!(stored(&store, "tpm"), Some((60, 4)));
     }
@@ -452,10 +538,10 @@ mod tests {
     fn settling_after_the_window_ended_is_a_no_op_even_if_nobody_rolled_it_over() {
         let store = MemoryStore::new();
         let tpm = limit("tpm", 10, MIN);
-        let holds = reserve(&store, 0, &[(&tpm, 8)]).unwrap();
+        let holds = reserve(&store, 0, &[(&tpm, &[8][..])]).unwrap();
         let cas = cas_of(&store, "tpm");
         for hold in holds {
-            settle(&store, MIN, hold, 1).unwrap();
+            settle(&store, MIN, hold, &[1]).unwrap();
         }
         assert_eq!(cas_of(&store, "tpm"), cas, "nothing written");
         assert_eq!(stored(&store, "tpm"), Some((0, 8)));
@@ -478,15 +564,15 @@ mod tests {
             let tpm = limit("tpm", 20, MIN);
             put(&store, "tpm", 0, 5);
             let [hold] =
-                <[Hold; 1]>::try_from(reserve(&store, 1, &[(&tpm, held)]).unwrap()).unwrap();
-            settle(&store, 2, hold, actual).unwrap();
+                <[Hold; 1]>::try_from(reserve(&store, 1, &[(&tpm, &[held][..])]).unwrap()).unwrap();
+            settle(&store, 2, hold, &[actual]).unwrap();
             assert_eq!(
                 stored(&store, "tpm"),
                 Some((0, after)),
                 "held {held} actual {actual}"
             );
             let remaining = 20u64.saturating_sub(after);
-            assert_eq!(state(&store, 2, &tpm).unwrap().remaining, remaining);
+            assert_eq!(state(&store, 2, &tpm).unwrap()[0].remaining, remaining);
         }
     }
 
@@ -494,10 +580,10 @@ mod tests {
     fn settling_the_held_amount_writes_nothing() {
         let store = MemoryStore::new();
         let tpm = limit("tpm", 20, MIN);
-        let holds = reserve(&store, 1, &[(&tpm, 6)]).unwrap();
+        let holds = reserve(&store, 1, &[(&tpm, &[6][..])]).unwrap();
         let cas = cas_of(&store, "tpm");
         for hold in holds {
-            settle(&store, 2, hold, 6).unwrap();
+            settle(&store, 2, hold, &[6]).unwrap();
         }
         assert_eq!(cas_of(&store, "tpm"), cas);
     }
@@ -507,10 +593,10 @@ mod tests {
         let store = MemoryStore::new();
         let tpm = limit("tpm", 20, MIN);
         put(&store, "tpm", 0, 20);
-        let holds = reserve(&store, MIN, &[(&tpm, 0)]).unwrap();
+        let holds = reserve(&store, MIN, &[(&tpm, &[0][..])]).unwrap();
         assert_eq!(stored(&store, "tpm"), Some((MIN, 0)), "rolled over");
         for hold in holds {
-            settle(&store, MIN + 1, hold, 7).unwrap();
+            settle(&store, MIN + 1, hold, &[7]).unwrap();
         }
         assert_eq!(stored(&store, "tpm"), Some((MIN, 7)));
     }
@@ -536,9 +622,9 @@ mod tests {
             let store = MemoryStore::new();
             let rpw = limit("rpw", 5, window);
             let before = state(&store, now, &rpw).unwrap();
-            assert_eq!(before.reset_after_secs, want, "window {window} at {now}");
-            let holds = reserve(&store, now, &[(&rpw, 5)]).unwrap();
-            let refused = denial(reserve(&store, now, &[(&rpw, 1)]).unwrap_err());
+            assert_eq!(before[0].reset_after_secs, want, "window {window} at {now}");
+            let holds = reserve(&store, now, &[(&rpw, &[5][..])]).unwrap();
+            let refused = denial(reserve(&store, now, &[(&rpw, &[1][..])]).unwrap_err());
             assert_eq!(refused.reset_after_secs, want, "window {window} at {now}");
             drop(holds);
         }
@@ -549,10 +635,10 @@ mod tests {
         let store = MemoryStore::new();
         let tpd = limit("tpd", 1000, DAY);
         let evening = MIDNIGHT - 3600;
-        let holds = reserve(&store, evening, &[(&tpd, 1000)]).unwrap();
-        assert_eq!(holds[0].window_start(), MIDNIGHT - DAY);
-        assert_eq!(holds[0].window_end(), MIDNIGHT);
-        let refused = denial(reserve(&store, MIDNIGHT - 1, &[(&tpd, 1)]).unwrap_err());
+        let holds = reserve(&store, evening, &[(&tpd, &[1000][..])]).unwrap();
+        assert_eq!(holds[0].windows()[0].window_start, MIDNIGHT - DAY);
+        assert_eq!(holds[0].windows()[0].window_end(), MIDNIGHT);
+        let refused = denial(reserve(&store, MIDNIGHT - 1, &[(&tpd, &[1][..])]).unwrap_err());
         assert_eq!((refused.remaining, refused.reset_after_secs), (0, 1));
 
         let after = state(&store, MIDNIGHT, &tpd).unwrap();
@@ -561,9 +647,9 @@ mod tests {
             remaining: 1000,
             reset_after_secs: DAY,
         };
-        assert_eq!(after, want);
-        let next = reserve(&store, MIDNIGHT, &[(&tpd, 1000)]).unwrap();
-        assert_eq!(next[0].window_start(), MIDNIGHT);
+        assert_eq!(after, [want]);
+        let next = reserve(&store, MIDNIGHT, &[(&tpd, &[1000][..])]).unwrap();
+        assert_eq!(next[0].windows()[0].window_start, MIDNIGHT);
         drop((holds, next));
     }
 
@@ -576,15 +662,19 @@ mod tests {
             remaining: 10,
             reset_after_secs: 45,
         };
-        assert_eq!(state(&store, 15, &rpm), Ok(empty), "missing counter");
+        assert_eq!(state(&store, 15, &rpm), Ok(vec![empty]), "missing counter");
         assert_eq!(store.get("rpm"), Ok(None), "state does not create");
 
         put(&store, "rpm", 0, 4);
-        assert_eq!(state(&store, 15, &rpm).unwrap().remaining, 6);
+        assert_eq!(state(&store, 15, &rpm).unwrap()[0].remaining, 6);
         put(&store, "rpm", 0, 14);
-        assert_eq!(state(&store, 15, &rpm).unwrap().remaining, 0, "overdrawn");
         assert_eq!(
-            state(&store, 75, &rpm).unwrap().remaining,
+            state(&store, 15, &rpm).unwrap()[0].remaining,
+            0,
+            "overdrawn"
+        );
+        assert_eq!(
+            state(&store, 75, &rpm).unwrap()[0].remaining,
             10,
             "window over"
         );
@@ -596,8 +686,8 @@ mod tests {
             let store = MemoryStore::new();
             let rpm = limit("rpm", 10, MIN);
             store.set("rpm", garbage, None).unwrap();
-            assert_eq!(state(&store, 0, &rpm).unwrap().remaining, 10);
-            let holds = reserve(&store, 0, &[(&rpm, 10)]).unwrap();
+            assert_eq!(state(&store, 0, &rpm).unwrap()[0].remaining, 10);
+            let holds = reserve(&store, 0, &[(&rpm, &[10][..])]).unwrap();
             assert_eq!(
                 stored(&store, "rpm"),
                 Some((0, 10)),
@@ -607,7 +697,7 @@ mod tests {
             // Corrupted while the hold is live: the settle writes the hold's actual.
             store.set("rpm", garbage, None).unwrap();
             for hold in holds {
-                settle(&store, 1, hold, 3).unwrap();
+                settle(&store, 1, hold, &[3]).unwrap();
             }
             assert_eq!(stored(&store, "rpm"), Some((0, 3)));
         }
@@ -617,12 +707,12 @@ mod tests {
     fn ensure_counter_creates_only_missing_counters() {
         let store = MemoryStore::new();
         let rpm = limit("rpm", 10, MIN);
-        assert_eq!(ensure_counter(&store, "rpm"), Ok(true));
+        assert_eq!(ensure_counter(&store, &rpm), Ok(true));
         assert_eq!(stored(&store, "rpm"), Some((0, 0)));
-        assert_eq!(state(&store, MIDNIGHT, &rpm).unwrap().remaining, 10);
+        assert_eq!(state(&store, MIDNIGHT, &rpm).unwrap()[0].remaining, 10);
 
-        let holds = reserve(&store, MIDNIGHT, &[(&rpm, 4)]).unwrap();
-        assert_eq!(ensure_counter(&store, "rpm"), Ok(false));
+        let holds = reserve(&store, MIDNIGHT, &[(&rpm, &[4][..])]).unwrap();
+        assert_eq!(ensure_counter(&store, &rpm), Ok(false));
         assert_eq!(stored(&store, "rpm"), Some((MIDNIGHT, 4)), "left alone");
         drop(holds);
     }
@@ -631,14 +721,170 @@ mod tests {
     fn a_missing_counter_is_created_on_first_use() {
         let store = MemoryStore::new();
         let rpm = limit("rpm", 10, MIN);
-        let holds = reserve(&store, 61, &[(&rpm, 2)]).unwrap();
+        let holds = reserve(&store, 61, &[(&rpm, &[2][..])]).unwrap();
         assert_eq!(stored(&store, "rpm"), Some((60, 2)));
         // Deleted under a live hold (not something Envoy does): settle recreates it.
         let fresh = MemoryStore::new();
         for hold in holds {
-            settle(&fresh, 62, hold, 1).unwrap();
+            settle(&fresh, 62, hold, &[1]).unwrap();
         }
         assert_eq!(stored(&fresh, "rpm"), Some((60, 1)));
+    }
+
+    /// Counts host calls, the cost that grouping rates into one counter saves.
+    #[derive(Default)]
+    struct CountingStore {
+        inner: MemoryStore,
+        gets: AtomicU32,
+        sets: AtomicU32,
+    }
+
+    impl CounterStore for CountingStore {
+        fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
+            self.gets.fetch_add(1, Ordering::SeqCst);
+            self.inner.get(key)
+        }
+
+        fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+            self.sets.fetch_add(1, Ordering::SeqCst);
+            self.inner.set(key, value, cas)
+        }
+    }
+
+    impl CountingStore {
+        /// `(gets, sets)` since the last call.
+        fn take(&self) -> (u32, u32) {
+            (
+                self.gets.swap(0, Ordering::SeqCst),
+                self.sets.swap(0, Ordering::SeqCst),
+            )
+        }
+    }
+
+    #[test]
+    fn a_group_costs_one_read_and_one_write_however_many_rates_it_has() {
+        let store = CountingStore::default();
+        let sub = group(
+            "sub",
+            &[rate(10, MIN), rate(20_000, MIN), rate(1_000_000, DAY)],
+        );
+        let key = group("key", &[rate(5, 10)]);
+        ensure_counter(&store, &sub).unwrap();
+        ensure_counter(&store, &key).unwrap();
+        store.take();
+
+        let holds = reserve(
+            &store,
+            MIDNIGHT + 5,
+            &[(&sub, &[1, 900, 900]), (&key, &[1])],
+        )
+        .unwrap();
+        assert_eq!(store.take(), (2, 2), "admission");
+        assert_eq!(
+            stored_group(&store.inner, "sub", 3),
+            Some(vec![(MIDNIGHT, 1), (MIDNIGHT, 900), (MIDNIGHT, 900)])
+        );
+        let states: Vec<_> = holds[0]
+            .windows()
+            .iter()
+            .map(|w| w.state.remaining)
+            .collect();
+        assert_eq!(states, [9, 19_100, 999_100]);
+
+        let mut holds = holds.into_iter();
+        settle(&store, MIDNIGHT + 6, holds.next().unwrap(), &[1, 300, 300]).unwrap();
+        settle(&store, MIDNIGHT + 6, holds.next().unwrap(), &[1]).unwrap();
+        assert_eq!(
+            store.take(),
+            (1, 1),
+            "settlement; the key's request count is exact"
+        );
+        assert_eq!(
+            stored_group(&store.inner, "sub", 3),
+            Some(vec![(MIDNIGHT, 1), (MIDNIGHT, 300), (MIDNIGHT, 300)])
+        );
+        let remaining: Vec<_> = state(&store, MIDNIGHT + 6, &sub)
+            .unwrap()
+            .iter()
+            .map(|s| s.remaining)
+            .collect();
+        assert_eq!(remaining, [9, 19_700, 999_700]);
+    }
+
+    #[test]
+    fn a_refusal_names_the_group_and_rate_and_leaves_the_group_untouched() {
+        let store = MemoryStore::new();
+        let sub = group("sub", &[rate(10, MIN), rate(100, MIN), rate(150, DAY)]);
+        let key = group("key", &[rate(5, MIN)]);
+        let first = reserve(&store, 0, &[(&sub, &[1, 60, 60]), (&key, &[1])]).unwrap();
+        let before = stored_group(&store, "sub", 3);
+
+        // The minute fits (60 + 40 <= 100), the day does not (60 + 100 > 150).
+        let err = reserve(&store, 1, &[(&key, &[1]), (&sub, &[1, 40, 100])]).unwrap_err();
+        let want = Denial {
+            group: 1,
+            rate: 2,
+            limit: 150,
+            remaining: 90,
+            reset_after_secs: DAY - 1,
+            requested: 100,
+        };
+        assert_eq!(denial(err), want);
+        assert_eq!(stored_group(&store, "sub", 3), before, "nothing written");
+        assert_eq!(
+            stored(&store, "key"),
+            Some((0, 1)),
+            "the key's hold released"
+        );
+        drop(first);
+    }
+
+    #[test]
+    fn each_rate_of_a_group_rolls_over_on_its_own() {
+        let store = MemoryStore::new();
+        let sub = group("sub", &[rate(10, MIN), rate(1000, DAY)]);
+        let old = reserve(&store, MIDNIGHT + 59, &[(&sub, &[10, 100])]).unwrap();
+        assert!(reserve(&store, MIDNIGHT + 59, &[(&sub, &[1, 1])]).is_err());
+
+        let new = reserve(&store, MIDNIGHT + 60, &[(&sub, &[1, 100])]).unwrap();
+        assert_eq!(
+            stored_group(&store, "sub", 2),
+            Some(vec![(MIDNIGHT + 60, 1), (MIDNIGHT, 200)])
+        );
+        // The old hold's minute is over: only its day window is settled.
+        for hold in old {
+            settle(&store, MIDNIGHT + 61, hold, &[1, 30]).unwrap();
+        }
+        assert_eq!(
+            stored_group(&store, "sub", 2),
+            Some(vec![(MIDNIGHT + 60, 1), (MIDNIGHT, 130)])
+        );
+        drop(new);
+    }
+
+    #[test]
+    fn a_value_of_another_length_reads_as_empty_windows() {
+        let store = MemoryStore::new();
+        let sub = group("sub", &[rate(10, MIN), rate(1000, DAY)]);
+        // E.g. written when the scope had one rate, before a configuration reload.
+        put(&store, "sub", 0, 10);
+        assert_eq!(ensure_counter(&store, &sub), Ok(false), "left alone");
+        let remaining: Vec<_> = state(&store, 5, &sub)
+            .unwrap()
+            .iter()
+            .map(|s| s.remaining)
+            .collect();
+        assert_eq!(remaining, [10, 1000]);
+        let holds = reserve(&store, 5, &[(&sub, &[1, 7])]).unwrap();
+        assert_eq!(stored_group(&store, "sub", 2), Some(vec![(0, 1), (0, 7)]));
+        // A short amounts list reserves 0 for the missing rates, and settles them to 0.
+        for hold in holds {
+            settle(&store, 6, hold, &[1]).unwrap();
+        }
+        assert_eq!(stored_group(&store, "sub", 2), Some(vec![(0, 1), (0, 0)]));
+        let short = reserve(&store, 6, &[(&sub, &[1])]).unwrap();
+        assert_eq!(short[0].windows()[1].amount, 0);
+        assert_eq!(stored_group(&store, "sub", 2), Some(vec![(0, 2), (0, 0)]));
     }
 
     /// Fails every call that touches `key` with `Unavailable`, on `get` or on `set`.
@@ -676,7 +922,7 @@ mod tests {
             let rpm = limit("rpm", 10, MIN);
             let tpm = limit("tpm", 10, MIN);
             put(&store.inner, "rpm", 0, 1);
-            let err = reserve(&store, 0, &[(&rpm, 1), (&tpm, 1)]).unwrap_err();
+            let err = reserve(&store, 0, &[(&rpm, &[1][..]), (&tpm, &[1][..])]).unwrap_err();
             assert_eq!(
                 err,
                 ReserveError::Store(unavailable.clone()),
@@ -686,21 +932,23 @@ mod tests {
 
             let hold = Hold {
                 counter_key: "tpm".into(),
-                window_start: 0,
-                window_secs: MIN,
-                amount: 5,
-                state: LimitState {
-                    limit: 10,
-                    remaining: 5,
-                    reset_after_secs: 60,
-                },
+                windows: vec![HeldWindow {
+                    window_start: 0,
+                    window_secs: MIN,
+                    amount: 5,
+                    state: LimitState {
+                        limit: 10,
+                        remaining: 5,
+                        reset_after_secs: 60,
+                    },
+                }],
             };
-            assert_eq!(settle(&store, 1, hold, 2), Err(unavailable.clone()));
+            assert_eq!(settle(&store, 1, hold, &[2]), Err(unavailable.clone()));
             if on_get {
                 assert_eq!(state(&store, 0, &tpm), Err(unavailable.clone()));
-                assert_eq!(ensure_counter(&store, "tpm"), Err(unavailable.clone()));
+                assert_eq!(ensure_counter(&store, &tpm), Err(unavailable.clone()));
             } else {
-                assert_eq!(ensure_counter(&store, "tpm"), Err(unavailable.clone()));
+                assert_eq!(ensure_counter(&store, &tpm), Err(unavailable.clone()));
             }
         }
     }
@@ -743,15 +991,15 @@ mod tests {
     fn cas_mismatches_are_retried_up_to_the_bound() {
         let rpm = limit("rpm", 10, MIN);
         let store = ContendedStore::new(MAX_CAS_ATTEMPTS - 1);
-        ensure_counter(&store, "rpm").unwrap();
-        let holds = reserve(&store, 0, &[(&rpm, 3)]).unwrap();
+        ensure_counter(&store, &rpm).unwrap();
+        let holds = reserve(&store, 0, &[(&rpm, &[3][..])]).unwrap();
         assert_eq!(stored(&store, "rpm"), Some((0, 3)));
 
         store
             .mismatches
             .store(MAX_CAS_ATTEMPTS - 1, Ordering::SeqCst);
         for hold in holds {
-            settle(&store, 1, hold, 1).unwrap();
+            settle(&store, 1, hold, &[1]).unwrap();
         }
         assert_eq!(stored(&store, "rpm"), Some((0, 1)));
         assert_eq!(store.mismatches.load(Ordering::SeqCst), 0);
@@ -765,8 +1013,8 @@ mod tests {
         };
         let rpm = limit("rpm", 10, MIN);
         let store = ContendedStore::new(MAX_CAS_ATTEMPTS);
-        ensure_counter(&store, "rpm").unwrap();
-        let err = reserve(&store, 0, &[(&rpm, 3)]).unwrap_err();
+        ensure_counter(&store, &rpm).unwrap();
+        let err = reserve(&store, 0, &[(&rpm, &[3][..])]).unwrap_err();
         assert_eq!(err, ReserveError::Store(contended.clone()));
         assert_eq!(
             err.to_string(),
@@ -774,10 +1022,10 @@ mod tests {
         );
         assert_eq!(stored(&store, "rpm"), Some((0, 0)));
 
-        let holds = reserve(&store, 0, &[(&rpm, 3)]).unwrap();
+        let holds = reserve(&store, 0, &[(&rpm, &[3][..])]).unwrap();
         store.mismatches.store(u32::MAX, Ordering::SeqCst);
         for hold in holds {
-            assert_eq!(settle(&store, 1, hold, 1), Err(contended.clone()));
+            assert_eq!(settle(&store, 1, hold, &[1]), Err(contended.clone()));
         }
         assert_eq!(
             stored(&store, "rpm"),
@@ -786,11 +1034,21 @@ mod tests {
         );
     }
 
-    /// Records the highest `used` ever written to each counter.
-    #[derive(Default)]
+    /// Records the highest `used` ever written to each window of each counter.
     struct PeakStore {
         inner: MemoryStore,
-        peaks: Mutex<HashMap<String, u64>>,
+        rates: usize,
+        peaks: Mutex<HashMap<(String, usize), u64>>,
+    }
+
+    impl PeakStore {
+        fn new(rates: usize) -> Self {
+            Self {
+                inner: MemoryStore::new(),
+                rates,
+                peaks: Mutex::default(),
+            }
+        }
     }
 
     impl CounterStore for PeakStore {
@@ -800,10 +1058,12 @@ mod tests {
 
         fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
             self.inner.set(key, value, cas)?;
-            let used = WindowCount::decode(value).map_or(0, |count| count.used);
+            let counts = decode_group(value, self.rates).unwrap_or_default();
             let mut peaks = self.peaks.lock().unwrap();
-            let peak = peaks.entry(key.to_owned()).or_default();
-            *peak = (*peak).max(used);
+            for (i, count) in counts.iter().enumerate() {
+                let peak = peaks.entry((key.to_owned(), i)).or_default();
+                *peak = (*peak).max(count.used);
+            }
             Ok(())
         }
     }
@@ -819,10 +1079,11 @@ mod tests {
         tokens: u64,
     }
 
-    /// `THREADS` workers each run `OPS_PER_THREAD` reserve+settle pairs against one
-    /// request limit and two token limits, keeping some holds live across operations.
-    fn hammer(store: &PeakStore, limits: &[Limit; 3]) -> Tally {
-        let [rpm, tpm, tpd] = limits;
+    /// `THREADS` workers each run `OPS_PER_THREAD` reserve+settle pairs against two groups
+    /// of (requests, tokens per minute, tokens per day), a subscription and a key, keeping
+    /// some holds live across operations.
+    fn hammer(store: &PeakStore, groups: &[LimitGroup; 2]) -> Tally {
+        let [sub, key] = groups;
         let tallies: Vec<Tally> = std::thread::scope(|scope| {
             let workers: Vec<_> = (0..THREADS)
                 .map(|thread| {
@@ -831,7 +1092,8 @@ mod tests {
                         let mut live: Vec<(Vec<Hold>, u64)> = Vec::new();
                         for op in 0..OPS_PER_THREAD {
                             let worst = 1 + (thread * 7 + op * 13) % 40;
-                            let wants = [(rpm, 1), (tpm, worst), (tpd, worst)];
+                            let amounts = [1, worst, worst];
+                            let wants = [(sub, &amounts[..]), (key, &amounts[..])];
                             match reserve(store, 30, &wants) {
                                 Ok(holds) => live.push((holds, worst)),
                                 Err(ReserveError::Denied(_)) => tally.denied += 1,
@@ -843,8 +1105,8 @@ mod tests {
                                     let actual = worst * (op % 4) / 3; // 0 ..= worst
                                     tally.admitted += 1;
                                     tally.tokens += actual;
-                                    for (hold, used) in holds.into_iter().zip([1, actual, actual]) {
-                                        settle(store, 31, hold, used).unwrap();
+                                    for hold in holds {
+                                        settle(store, 31, hold, &[1, actual, actual]).unwrap();
                                     }
                                 }
                             }
@@ -862,110 +1124,120 @@ mod tests {
         })
     }
 
+    fn groups(sub: [u64; 3], key: [u64; 3]) -> [LimitGroup; 2] {
+        let rates = |[rpm, tpm, tpd]: [u64; 3]| [rate(rpm, MIN), rate(tpm, MIN), rate(tpd, DAY)];
+        [group("sub", &rates(sub)), group("key", &rates(key))]
+    }
+
     #[test]
     fn concurrent_workers_lose_no_update() {
-        let store = PeakStore::default();
-        let limits = [
-            limit("rpm", u64::MAX, MIN),
-            limit("tpm", u64::MAX, MIN),
-            limit("tpd", u64::MAX, DAY),
-        ];
-        for limit in &limits {
-            ensure_counter(&store, &limit.counter_key).unwrap();
+        let store = PeakStore::new(3);
+        let groups = groups([u64::MAX; 3], [u64::MAX; 3]);
+        for group in &groups {
+            ensure_counter(&store, group).unwrap();
         }
-        let total = hammer(&store, &limits);
+        let total = hammer(&store, &groups);
         assert_eq!(total.admitted, THREADS * OPS_PER_THREAD);
-        assert_eq!(stored(&store, "rpm"), Some((0, THREADS * OPS_PER_THREAD)));
-        assert_eq!(stored(&store, "tpm"), Some((0, total.tokens)));
-        assert_eq!(stored(&store, "tpd"), Some((0, total.tokens)));
+        let want = vec![
+            (0, THREADS * OPS_PER_THREAD),
+            (0, total.tokens),
+            (0, total.tokens),
+        ];
+        assert_eq!(stored_group(&store, "sub", 3), Some(want.clone()));
+        assert_eq!(stored_group(&store, "key", 3), Some(want));
     }
 
     #[test]
     fn concurrent_workers_never_overshoot_a_tight_limit() {
-        let store = PeakStore::default();
-        let limits = [
-            limit("rpm", 3000, MIN),
-            limit("tpm", 20_000, MIN),
-            limit("tpd", 25_000, DAY),
-        ];
-        for limit in &limits {
-            ensure_counter(&store, &limit.counter_key).unwrap();
+        let store = PeakStore::new(3);
+        let groups = groups([3000, 20_000, u64::MAX], [u64::MAX, u64::MAX, 25_000]);
+        for group in &groups {
+            ensure_counter(&store, group).unwrap();
         }
-        let total = hammer(&store, &limits);
+        let total = hammer(&store, &groups);
         assert!(
             total.denied > 0,
             "the limits must bite for this test to mean anything"
         );
         assert_eq!(total.admitted + total.denied, THREADS * OPS_PER_THREAD);
-        assert_eq!(stored(&store, "rpm"), Some((0, total.admitted)));
-        assert_eq!(stored(&store, "tpm"), Some((0, total.tokens)));
-        assert_eq!(stored(&store, "tpd"), Some((0, total.tokens)));
+        let want = vec![(0, total.admitted), (0, total.tokens), (0, total.tokens)];
+        assert_eq!(stored_group(&store, "sub", 3), Some(want.clone()));
+        assert_eq!(stored_group(&store, "key", 3), Some(want));
         let peaks = store.peaks.lock().unwrap();
-        for limit in &limits {
-            let peak = peaks.get(&limit.counter_key).copied().unwrap_or(0);
-            assert!(
-                peak <= limit.rate.amount,
-                "{}: peak {peak}",
-                limit.counter_key
-            );
+        for group in &groups {
+            for (i, rate) in group.rates.iter().enumerate() {
+                let peak = peaks
+                    .get(&(group.counter_key.clone(), i))
+                    .copied()
+                    .unwrap_or(0);
+                assert!(
+                    peak <= rate.amount,
+                    "{} rate {i}: peak {peak}",
+                    group.counter_key
+                );
+            }
         }
     }
 
+    /// The limits of the property test, flattened: (group, rate index).
+    const FLAT: [(usize, usize); 3] = [(0, 0), (0, 1), (1, 0)];
+
     #[derive(Debug, Clone)]
     enum Op {
-        Reserve { amounts: [u64; 2] },
-        Settle { pick: usize, actuals: [u64; 2] },
+        Reserve { amounts: [u64; 3] },
+        Settle { pick: usize, actuals: [u64; 3] },
         Wait { secs: u64 },
     }
 
     fn op() -> impl Strategy<Value = Op> {
         prop_oneof![
-            3 => prop::array::uniform2(0u64..40).prop_map(|amounts| Op::Reserve { amounts }),
-            3 => (any::<usize>(), prop::array::uniform2(0u64..100))
+            3 => prop::array::uniform3(0u64..40).prop_map(|amounts| Op::Reserve { amounts }),
+            3 => (any::<usize>(), prop::array::uniform3(0u64..100))
                 .prop_map(|(pick, actuals)| Op::Settle { pick, actuals }),
             1 => (0u64..25).prop_map(|secs| Op::Wait { secs }),
         ]
     }
 
     proptest! {
-        /// The counter of each limit's current window equals the live holds plus the
-        /// settled actuals charged to that window (the model), admission matches the
-        /// model, and the counter never exceeds the limit unless an actual exceeded its
-        /// hold in that window.
+        /// For a group of two rates and a group of one, the window of each rate in its
+        /// current window equals the live holds plus the settled actuals charged to that
+        /// window (the model), admission matches the model, and a window never exceeds
+        /// its limit unless an actual exceeded its hold in that window.
         #[test]
         fn counters_match_live_holds_plus_settled_actuals(
             start in 0u64..4_000_000_000,
-            amounts in prop::array::uniform2(1u64..120),
-            windows in prop::array::uniform2(prop::sample::select(vec![1u64, 10, 60, 3600])),
+            amounts in prop::array::uniform3(1u64..120),
+            windows in prop::array::uniform3(prop::sample::select(vec![1u64, 10, 60, 3600])),
             overshoot in any::<bool>(),
             ops in prop::collection::vec(op(), 1..80),
         ) {
             let store = MemoryStore::new();
-            let limits = [limit("a", amounts[0], windows[0]), limit("b", amounts[1], windows[1])];
+            let rates: [Rate; 3] = std::array::from_fn(|k| rate(amounts[k], windows[k]));
+            let groups = [group("a", &rates[..2]), group("b", &rates[2..])];
             let mut now = start;
-            // Per limit: window start -> used, and the window of the last overshoot.
-            let mut model: [HashMap<u64, u64>; 2] = Default::default();
-            let mut overshot: [Option<u64>; 2] = [None, None];
+            // Per flattened limit: window start -> used, and the window of the last overshoot.
+            let mut model: [HashMap<u64, u64>; 3] = Default::default();
+            let mut overshot: [Option<u64>; 3] = [None; 3];
             let mut live: Vec<Vec<Hold>> = Vec::new();
 
             for op in ops {
                 match op {
                     Op::Reserve { amounts } => {
-                        let windows = limits.each_ref().map(|l| l.rate.window_start(now));
-                        let refused = (0..2).find(|&i| {
-                            let used = model[i].get(&windows[i]).copied().unwrap_or(0);
-                            used + amounts[i] > limits[i].rate.amount
+                        let windows = rates.map(|r| r.window_start(now));
+                        let refused = (0..3).find(|&k| {
+                            let used = model[k].get(&windows[k]).copied().unwrap_or(0);
+                            used + amounts[k] > rates[k].amount
                         });
-                        let wants = [(&limits[0], amounts[0]), (&limits[1], amounts[1])];
+                        let wants = [(&groups[0], &amounts[..2]), (&groups[1], &amounts[2..])];
                         match (reserve(&store, now, &wants), refused) {
                             (Ok(holds), None) => {
-                                for i in 0..2 {
-                                    *model[i].entry(windows[i]).or_default() += amounts[i];
+                                for k in 0..3 {
+                                    *model[k].entry(windows[k]).or_default() += amounts[k];
                                 }
                                 live.push(holds);
                             }
-                            (Err(ReserveError::Denied(denial)), Some(index)) => {
-                                prop_assert_eq!(denial.index, index);
+                            (Err(ReserveError::Denied(denial)), Some(k)) => {
+                                prop_assert_eq!((denial.group, denial.rate), FLAT[k]);
                             }
                             (got, want) => prop_assert!(false, "got {:?}, model refuses {:?}", got, want),
                         }
@@ -975,31 +1247,41 @@ mod tests {
                             continue;
                         }
                         let holds = live.swap_remove(pick % live.len());
-                        for (i, hold) in holds.into_iter().enumerate() {
-                            let actual = if overshoot { actuals[i] } else { actuals[i] % (hold.amount() + 1) };
-                            if !hold.window_has_ended(now) {
-                                let used = model[i].entry(hold.window_start()).or_default();
-                                *used = *used - hold.amount() + actual;
-                                if actual > hold.amount() {
-                                    overshot[i] = Some(hold.window_start());
+                        let mut actual = actuals;
+                        for (k, &(g, i)) in FLAT.iter().enumerate() {
+                            let held = holds[g].windows()[i];
+                            if !overshoot {
+                                actual[k] %= held.amount + 1;
+                            }
+                            if !held.window_has_ended(now) {
+                                let used = model[k].entry(held.window_start).or_default();
+                                *used = *used - held.amount + actual[k];
+                                if actual[k] > held.amount {
+                                    overshot[k] = Some(held.window_start);
                                 }
                             }
-                            settle(&store, now, hold, actual).unwrap();
                         }
+                        let mut holds = holds.into_iter();
+                        let (a, b) = (holds.next().unwrap(), holds.next().unwrap());
+                        settle(&store, now, a, &actual[..2]).unwrap();
+                        settle(&store, now, b, &actual[2..]).unwrap();
                     }
                     Op::Wait { secs } => now += secs,
                 }
-                for (i, limit) in limits.iter().enumerate() {
-                    let window = limit.rate.window_start(now);
-                    let raw = store.get(&limit.counter_key).unwrap()
-                        .and_then(|(bytes, _)| WindowCount::decode(&bytes));
+                let states = [state(&store, now, &groups[0]).unwrap(), state(&store, now, &groups[1]).unwrap()];
+                for (k, &(g, i)) in FLAT.iter().enumerate() {
+                    let rate = rates[k];
+                    let window = rate.window_start(now);
+                    let raw = store.get(&groups[g].counter_key).unwrap()
+                        .and_then(|(bytes, _)| decode_group(&bytes, groups[g].rates.len()))
+                        .map(|counts| counts[i]);
                     let used = WindowCount::current(raw, window).used;
-                    prop_assert_eq!(used, model[i].get(&window).copied().unwrap_or(0));
-                    if overshot[i] != Some(window) {
-                        prop_assert!(used <= limit.rate.amount);
+                    prop_assert_eq!(used, model[k].get(&window).copied().unwrap_or(0));
+                    if overshot[k] != Some(window) {
+                        prop_assert!(used <= rate.amount);
                     }
-                    let remaining = limit.rate.amount.saturating_sub(used);
-                    prop_assert_eq!(state(&store, now, limit).unwrap().remaining, remaining);
+                    let remaining = rate.amount.saturating_sub(used);
+                    prop_assert_eq!(states[g][i].remaining, remaining);
                 }
             }
         }

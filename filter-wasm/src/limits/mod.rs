@@ -1,11 +1,14 @@
 //! Request and token limits per fixed window, enforced across Envoy's worker threads
 //! through shared data, without overshoot.
 //!
-//! At admission the filter [`reserve`]s each request's worst case (1 request; prompt
-//! estimate + `max_tokens`) against every limit that applies, all or nothing; when the
-//! response ends it [`settle`]s each [`Hold`] to the real usage. Windows are fixed and
-//! aligned to the Unix epoch (`1/day` resets at 00:00 UTC); a counter in shared data is
-//! `(window_start, used)` and a stored window that is over reads as empty.
+//! The limits of one scope (a subscription, a key) form a [`LimitGroup`]: one counter in
+//! shared data holding one window per rate, so a scope costs one read and one CAS write
+//! however many rates it has. At admission the filter [`reserve`]s each request's worst
+//! case (1 request; prompt estimate + `max_tokens`) against every rate of every group that
+//! applies, all or nothing; when the response ends it [`settle`]s each [`Hold`] (one per
+//! group) to the real usage. Windows are fixed and aligned to the Unix epoch (`1/day`
+//! resets at 00:00 UTC); each rate's window in a counter is `(window_start, used)`, rolls
+//! over on its own, and a stored window that is over reads as empty.
 //!
 //! Invariants:
 //! - A window's `used` never exceeds its limit as long as each settled actual is at most
@@ -17,7 +20,8 @@
 //! - Usage belongs to the window the request was admitted in: settling after that window
 //!   ended changes nothing.
 //! - Nothing panics or overflows on any input, including corrupted counter bytes (read as
-//!   an empty window and rewritten by the next CAS write) and hand-built `Rate`s.
+//!   empty windows and rewritten by the next CAS write, as is a value whose length does
+//!   not match the group's rate count) and hand-built `Rate`s.
 //! - CAS retries are bounded by [`MAX_CAS_ATTEMPTS`]; a store error is returned, never
 //!   spun on. When `reserve` fails it releases what it took; if that release fails too,
 //!   the window stays over-charged (refusing early) until it ends — never under-charged.
@@ -37,8 +41,8 @@ mod rate;
 mod store;
 
 pub use ledger::{
-    ensure_counter, reserve, settle, state, Denial, Hold, Limit, LimitState, ReserveError,
-    MAX_CAS_ATTEMPTS,
+    ensure_counter, reserve, settle, state, Denial, HeldWindow, Hold, LimitGroup, LimitState,
+    ReserveError, MAX_CAS_ATTEMPTS,
 };
 pub use memory::MemoryStore;
 pub use rate::{Rate, RateError, RateErrorReason, MAX_WINDOW_SECS};
