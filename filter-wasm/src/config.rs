@@ -140,13 +140,21 @@ pub enum CapMode {
     Reject,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a limit counts. OpenAI reports it as the error `type` of a 429.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Quantity {
     Requests,
     Tokens,
 }
 
 impl Quantity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Quantity::Requests => "requests",
+            Quantity::Tokens => "tokens",
+        }
+    }
+
     /// This quantity's share of a request that is `requests` requests and `tokens` tokens.
     pub fn of(self, requests: u64, tokens: u64) -> u64 {
         match self {
@@ -461,10 +469,11 @@ fn limit_rules(
         RawLimits::Rates(r) => r,
     };
     let mut rules = ScopeLimits::unlimited(counter_prefix, scope);
-    for (quantity, name, list) in [
-        (Quantity::Requests, "requests", &rates.requests),
-        (Quantity::Tokens, "tokens", &rates.tokens),
+    for (quantity, list) in [
+        (Quantity::Requests, &rates.requests),
+        (Quantity::Tokens, &rates.tokens),
     ] {
+        let name = quantity.as_str();
         let mut windows = HashSet::new();
         for (i, text) in list.iter().enumerate() {
             let f = format!("{field}.{name}[{i}]");

@@ -5,25 +5,9 @@
 //! Unknown, expired and revoked keys share one variant on purpose: the caller
 //! must not learn which of the three it hit (the reason goes to metrics only).
 
+use crate::config::Quantity;
 use crate::request::RequestError;
 use serde::Serialize;
-
-/// Which kind of limit refused a request (OpenAI reports `requests`/`tokens`
-/// as the error `type` of a 429).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum LimitKind {
-    Requests,
-    Tokens,
-}
-
-impl LimitKind {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            LimitKind::Requests => "requests",
-            LimitKind::Tokens => "tokens",
-        }
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum GatewayError {
@@ -57,7 +41,7 @@ pub enum GatewayError {
         kind.as_str()
     )]
     RateLimited {
-        kind: LimitKind,
+        kind: Quantity,
         scope: String,
         window: String,
         limit: u64,
@@ -77,6 +61,8 @@ pub enum GatewayError {
     },
     #[error("The rate limiter is unavailable; try again shortly.")]
     LimiterUnavailable,
+    #[error("The gateway has no valid configuration.")]
+    Unconfigured,
 }
 
 #[derive(Serialize)]
@@ -105,7 +91,7 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::MaxTokensTooLarge { .. } => 400,
             GatewayError::RateLimited { .. } | GatewayError::RequestTooLarge { .. } => 429,
-            GatewayError::LimiterUnavailable => 503,
+            GatewayError::LimiterUnavailable | GatewayError::Unconfigured => 503,
         }
     }
 
@@ -114,7 +100,7 @@ impl GatewayError {
         match self {
             GatewayError::RateLimited { kind, .. } => kind.as_str(),
             GatewayError::RequestTooLarge { .. } => "tokens",
-            GatewayError::LimiterUnavailable => "server_error",
+            GatewayError::LimiterUnavailable | GatewayError::Unconfigured => "server_error",
             _ => "invalid_request_error",
         }
     }
@@ -137,6 +123,7 @@ impl GatewayError {
             GatewayError::RateLimited { .. } => "rate_limit_exceeded",
             GatewayError::RequestTooLarge { .. } => "request_too_large",
             GatewayError::LimiterUnavailable => "limiter_unavailable",
+            GatewayError::Unconfigured => "gateway_unconfigured",
         }
     }
 
@@ -243,7 +230,7 @@ mod tests {
             ),
             (
                 GatewayError::RateLimited {
-                    kind: LimitKind::Tokens,
+                    kind: Quantity::Tokens,
                     scope: "subscription free".into(),
                     window: "1m".into(),
                     limit: 100,
@@ -260,6 +247,12 @@ mod tests {
                 503,
                 "server_error",
                 "limiter_unavailable",
+            ),
+            (
+                GatewayError::Unconfigured,
+                503,
+                "server_error",
+                "gateway_unconfigured",
             ),
         ];
         for (err, status, kind, code) in cases {
@@ -287,7 +280,7 @@ mod tests {
     #[test]
     fn rate_limited_carries_retry_after() {
         let e = GatewayError::RateLimited {
-            kind: LimitKind::Requests,
+            kind: Quantity::Requests,
             scope: "key k1".into(),
             window: "1m".into(),
             limit: 10,

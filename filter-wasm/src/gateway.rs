@@ -17,7 +17,7 @@
 use crate::audit::{AuditRecord, UsageSource};
 use crate::config::{CapMode, Config, Quantity, ScopeLimits};
 use crate::endpoint::Endpoint;
-use crate::error::{GatewayError, LimitKind};
+use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::keys::{presented_key, AuthFailure};
 use crate::limits::{self, Hold, ReserveError};
@@ -47,18 +47,34 @@ const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
 /// Bytes per token assumed when charging an estimate (OpenAI's rule of thumb).
 const ESTIMATE_BYTES_PER_TOKEN: u64 = 4;
 
-#[derive(Debug)]
+#[derive(Debug, Clone, Copy)]
 struct Identity {
     key: usize,
     subscription: usize,
 }
 
-/// What was reserved at admission, settled exactly once: one hold per limited
-/// scope, with what each of its rates counts.
+/// What was reserved at admission, settled exactly once: one hold per scope
+/// of [`limited_scopes`], in its order.
 #[derive(Debug)]
 struct Admission {
-    holds: Vec<(Vec<Quantity>, Hold)>,
+    holds: Vec<Hold>,
     body_bytes: u64,
+}
+
+/// The scopes whose limits a key's request counts against: its subscription
+/// and the key itself, those that have limits. Admission and settlement both
+/// derive them from the (immutable) configuration, so they pair up.
+fn limited_scopes<'c>(config: &'c Config, identity: &Identity) -> Vec<&'c ScopeLimits> {
+    let subscription = config
+        .subscriptions
+        .get(identity.subscription)
+        .map(|s| &s.limits);
+    let key = config.keys.get(identity.key).map(|k| &k.limits);
+    [subscription, key]
+        .into_iter()
+        .flatten()
+        .filter(|l| !l.is_empty())
+        .collect()
 }
 
 enum ResponseReader {
@@ -214,8 +230,7 @@ impl Stream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
-        let is_completion = self.endpoint.as_ref().is_some_and(Endpoint::is_completion);
-        if self.replied || !is_completion || self.admission.is_some() {
+        if !self.awaiting_body() {
             return Flow::Continue;
         }
         if body_size > self.config.max_body_bytes {
@@ -234,11 +249,16 @@ impl Stream {
         }
     }
 
+    /// A completion request not yet answered nor admitted: its body decides.
+    fn awaiting_body(&self) -> bool {
+        let is_completion = self.endpoint.as_ref().is_some_and(Endpoint::is_completion);
+        is_completion && !self.replied && self.admission.is_none()
+    }
+
     /// Trailers end a request body without an end-of-stream body callback;
     /// letting such a request through would skip admission, so it is refused.
     pub fn on_request_trailers(&mut self, host: &dyn StreamHost) -> Flow {
-        let is_completion = self.endpoint.as_ref().is_some_and(Endpoint::is_completion);
-        if self.replied || !is_completion || self.admission.is_some() {
+        if !self.awaiting_body() {
             return Flow::Continue;
         }
         self.refuse(host, Outcome::Rejected, &GatewayError::TrailersUnsupported)
@@ -407,18 +427,12 @@ impl Stream {
     fn admit(&mut self, host: &dyn StreamHost, body: &[u8]) -> Result<(), (Outcome, GatewayError)> {
         let rejected = |e: GatewayError| (Outcome::Rejected, e);
         let config = Rc::clone(&self.config);
-        let (key_index, subscription_index) = self
+        let identity = self
             .identity
-            .as_ref()
-            .map(|i| (i.key, i.subscription))
             .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
         let subscription = config
             .subscriptions
-            .get(subscription_index)
-            .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
-        let key = config
-            .keys
-            .get(key_index)
+            .get(identity.subscription)
             .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
 
         let request = parse_completion_request(body).map_err(|e| rejected(e.into()))?;
@@ -493,10 +507,7 @@ impl Stream {
         // arrays multiply them.
         let worst_case =
             prompt_estimate.saturating_add(effective.saturating_mul(request.completions()));
-        let scopes: Vec<&ScopeLimits> = [&subscription.limits, &key.limits]
-            .into_iter()
-            .filter(|l| !l.is_empty())
-            .collect();
+        let scopes = limited_scopes(&config, &identity);
         let amounts: Vec<Vec<u64>> = scopes.iter().map(|l| l.amounts(1, worst_case)).collect();
         let wants: Vec<(&limits::LimitGroup, &[u64])> = scopes
             .iter()
@@ -517,23 +528,20 @@ impl Stream {
                 });
                 let (kind, scope, window) = match refused {
                     Some((l, quantity, rate)) => (
-                        match quantity {
-                            Quantity::Requests => LimitKind::Requests,
-                            Quantity::Tokens => LimitKind::Tokens,
-                        },
+                        *quantity,
                         l.scope.clone(),
                         crate::ratelimit_headers::format_duration(rate.window_secs),
                     ),
-                    None => (LimitKind::Requests, String::new(), String::new()),
+                    None => (Quantity::Requests, String::new(), String::new()),
                 };
                 host.add_metric(
                     Metric::RateLimited {
-                        subscription: subscription_index as u32,
+                        subscription: identity.subscription as u32,
                         kind,
                     },
                     1,
                 );
-                let err = if kind == LimitKind::Tokens && d.requested > d.limit {
+                let err = if kind == Quantity::Tokens && d.requested > d.limit {
                     GatewayError::RequestTooLarge {
                         scope,
                         window,
@@ -569,14 +577,7 @@ impl Stream {
                 self.headers.observe(*quantity, held.state);
             }
         }
-        self.admission = Some(Admission {
-            holds: scopes
-                .iter()
-                .map(|l| l.quantities.clone())
-                .zip(holds)
-                .collect(),
-            body_bytes,
-        });
+        self.admission = Some(Admission { holds, body_bytes });
 
         if let Some(new_body) = rewritten {
             host.replace_request_body(body.len(), &new_body);
@@ -633,11 +634,14 @@ impl Stream {
             }
         };
         let now_secs = now_ms / 1000;
-        for (quantities, hold) in admission.holds {
-            let actual: Vec<u64> = quantities
-                .iter()
-                .map(|q| q.of(1, usage.total_tokens))
-                .collect();
+        let config = Rc::clone(&self.config);
+        let scopes = self
+            .identity
+            .as_ref()
+            .map(|i| limited_scopes(&config, i))
+            .unwrap_or_default();
+        for (scope, hold) in scopes.into_iter().zip(admission.holds) {
+            let actual = scope.amounts(1, usage.total_tokens);
             if let Err(e) = limits::settle(host.counters(), now_secs, hold, &actual) {
                 host.add_metric(Metric::SettleErrors, 1);
                 host.warn(&format!("could not settle a reservation: {e}"));

@@ -9,8 +9,7 @@
 //! words, so a client cannot grow the metric set by sending made-up model
 //! names.
 
-use crate::config::Config;
-use crate::error::LimitKind;
+use crate::config::{Config, Quantity};
 use crate::keys::AuthFailure;
 use std::fmt::Write;
 
@@ -74,7 +73,7 @@ pub enum Metric {
     },
     RateLimited {
         subscription: SubscriptionId,
-        kind: LimitKind,
+        kind: Quantity,
     },
     AuthFailures {
         reason: AuthFailure,
@@ -200,7 +199,7 @@ mod tests {
             (
                 Metric::RateLimited {
                     subscription: 0,
-                    kind: LimitKind::Tokens,
+                    kind: Quantity::Tokens,
                 },
                 "maas.rate_limited_total.subscription=.=free;.;reason=.=tokens;.;",
             ),

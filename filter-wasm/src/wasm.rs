@@ -10,6 +10,7 @@
 //! input. Header values are read as bytes (see `header_map`).
 
 use crate::config::Config;
+use crate::error::GatewayError;
 use crate::gateway::Stream;
 use crate::host::{Flow, StreamHost};
 use crate::limits::{self, Cas, CounterStore, StoreError};
@@ -114,11 +115,11 @@ impl Context for Unconfigured {}
 
 impl HttpContext for Unconfigured {
     fn on_http_request_headers(&mut self, _num_headers: usize, _end_of_stream: bool) -> Action {
-        let body = br#"{"error":{"message":"The gateway has no valid configuration.","type":"server_error","param":null,"code":"gateway_unconfigured"}}"#;
+        let err = GatewayError::Unconfigured;
         let _ = hostcalls::send_http_response(
-            503,
+            err.status(),
             vec![("content-type", "application/json")],
-            Some(body),
+            Some(&err.body()),
         );
         Action::Pause
     }
