@@ -10,20 +10,23 @@ ENVOY := .cache/envoy/1.40.0/envoy/_bin/envoy
 export MAAS_ENVOY := $(CURDIR)/$(ENVOY)
 export MAAS_FILTER_WASM := $(CURDIR)/$(FILTER_WASM)
 export MAAS_NOOP_WASM := $(CURDIR)/$(NOOP_WASM)
+INFERENCE_SERVER := target/serve/inference-server
+export MAAS_INFERENCE_SERVER := $(CURDIR)/$(INFERENCE_SERVER)
+export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
 
-.PHONY: run test bench lint fmt setup wasm host clean-cache
+.PHONY: run test bench lint fmt setup model wasm host server clean-cache
 
 ## run: Envoy + the gateway filter in front of the local OpenAI-shaped upstream
 run: setup wasm host
 	./target/release/maas-stack --config envoy/filter-config.json $(ARGS)
 
 ## test: every unit, property and integration test (real Envoy, real filter)
-test: setup wasm
+test: setup wasm server
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
 
 ## bench: criterion hot paths, then the whole-system load comparison
-bench: setup wasm host
+bench: setup wasm host server
 	$(CARGO) bench -p maas-benches --locked
 	./benches/load.sh
 
@@ -39,9 +42,18 @@ fmt:
 setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || { echo "==> rustup target add $(WASM_TARGET)"; rustup target add $(WASM_TARGET); }
 	@./scripts/fetch-envoy.sh
+	@./scripts/fetch-model.sh
+
+## model: the embedded default GGUF (SmolLM2-135M-Instruct Q4_1) into .cache/models
+model:
+	@./scripts/fetch-model.sh
 
 wasm:
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p maas-filter -p maas-noop-filter
+
+# One optimised build of the inference server, shared by tests, benches and run.
+server:
+	$(CARGO) build --profile serve --locked -p inference-server
 
 host:
 	$(CARGO) build --release --locked -p maas-testkit --bins

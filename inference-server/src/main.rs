@@ -1,10 +1,46 @@
-//! Placeholder for the candle-based inference sidecar (issue 3). Until then the
-//! local stack runs the gateway in front of `testkit`'s OpenAI-shaped upstream.
+use clap::Parser;
+use inference_server::config::Args;
+use tracing_subscriber::EnvFilter;
 
-fn main() {
-    eprintln!(
-        "inference-server is not built yet; `make run` serves the gateway in front of the \
-         OpenAI-shaped development upstream (testkit's `mock-upstream`)"
-    );
-    std::process::exit(2);
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Args::parse().into_config() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("inference-server: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    if let Some(threads) = config.threads {
+        if let Err(e) = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build_global()
+        {
+            eprintln!("inference-server: cannot size the compute pool: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("inference-server: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(inference_server::server::serve(config)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("inference-server: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
 }

@@ -6,6 +6,7 @@
 //!   (also the `render-gateway` binary, for rendering a bootstrap by hand).
 //! - [`envoy`]: runs that bootstrap in a real Envoy with the filter, waits until
 //!   it serves, reads its admin API, metrics and access log, and stops it on drop.
+//! - [`inference`]: the real inference server binary on a loopback port.
 //! - [`stack`]: the local stack `make run` starts (the `maas-stack` binary):
 //!   the upstream and Envoy with the filter, in the foreground.
 //! - [`client`], [`eventually()`], [`prometheus`]: what tests use to talk to
@@ -17,6 +18,7 @@ pub mod client;
 pub mod envoy;
 pub mod eventually;
 pub mod gateway;
+pub mod inference;
 pub mod mock_upstream;
 pub mod prometheus;
 pub mod stack;
@@ -25,4 +27,5 @@ pub use client::{get, post_json, request, try_request, ClientError, Response};
 pub use envoy::{validate, validate_yaml, Gateway, GatewayBuilder, StartError};
 pub use eventually::eventually;
 pub use gateway::{gateway_template, render_gateway, workspace_root, GatewaySpec, RenderError};
+pub use inference::{default_model, inference_server_binary, InferenceServer};
 pub use mock_upstream::{MockUpstream, RecordedRequest};

@@ -1,0 +1,413 @@
+//! The OpenAI-compatible HTTP API.
+
+mod error;
+mod request;
+mod response;
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use http_body_util::{BodyExt, Limited};
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+pub use error::ApiError;
+pub use request::{
+    parse_chat, parse_completion, ChatRequest, CompletionRequest, Generation, Prompt,
+};
+use response::{Meta, Shape};
+
+use crate::engine::{EngineHandle, Event, GenerationParams, Submission, SubmitError};
+use crate::metrics::Metrics;
+use crate::model::LoadedModel;
+
+/// The engine and model, once loading has finished.
+pub struct Ready {
+    pub engine: EngineHandle,
+    pub loaded: Arc<LoadedModel>,
+    /// The longest sequence (prompt + completion) the server admits.
+    pub context: usize,
+}
+
+pub struct AppState {
+    pub model_id: String,
+    pub created: u64,
+    pub max_body_bytes: usize,
+    pub metrics: Arc<Metrics>,
+    pub ready: OnceLock<Ready>,
+    next_id: AtomicU64,
+}
+
+impl AppState {
+    pub fn new(model_id: String, max_body_bytes: usize, metrics: Arc<Metrics>) -> Self {
+        Self {
+            model_id,
+            created: unix_now(),
+            max_body_bytes,
+            metrics,
+            ready: OnceLock::new(),
+            next_id: AtomicU64::new(0),
+        }
+    }
+
+    fn ready(&self) -> Result<&Ready, ApiError> {
+        self.ready.get().ok_or_else(|| {
+            ApiError::unavailable(
+                "model_loading",
+                "The model is still loading; retry shortly.",
+            )
+        })
+    }
+
+    fn response_id(&self, prefix: &str) -> String {
+        let n = self.next_id.fetch_add(1, Ordering::Relaxed);
+        format!("{prefix}-{:x}{n:06x}", unix_now())
+    }
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/completions", post(completions))
+        .route("/v1/models", get(list_models))
+        .route("/v1/models/{id}", get(get_model))
+        .route("/health", get(health))
+        .route("/metrics", get(metrics))
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
+        .with_state(state)
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+async fn health(State(app): State<Arc<AppState>>) -> Response {
+    match app.ready.get() {
+        Some(r) if r.engine.is_shutting_down() => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "shutting_down"})),
+        )
+            .into_response(),
+        Some(_) => axum::Json(json!({"status": "ok"})).into_response(),
+        None => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            axum::Json(json!({"status": "loading"})),
+        )
+            .into_response(),
+    }
+}
+
+async fn metrics(State(app): State<Arc<AppState>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        app.metrics.render(&app.model_id),
+    )
+        .into_response()
+}
+
+fn model_card(app: &AppState) -> serde_json::Value {
+    let context = app.ready.get().map(|r| r.context);
+    json!({
+        "id": app.model_id,
+        "object": "model",
+        "created": app.created,
+        "owned_by": "maas",
+        "max_model_len": context,
+    })
+}
+
+async fn list_models(State(app): State<Arc<AppState>>) -> Response {
+    axum::Json(json!({"object": "list", "data": [model_card(&app)]})).into_response()
+}
+
+async fn get_model(
+    State(app): State<Arc<AppState>>,
+    axum::extract::Path(id): axum::extract::Path<String>,
+) -> Response {
+    if id != app.model_id {
+        return ApiError::model_not_found(&id).into_response();
+    }
+    axum::Json(model_card(&app)).into_response()
+}
+
+/// Reads the body within the size limit: a declared length over it is
+/// refused before reading, an undeclared one as soon as it crosses it.
+async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
+    let limit = app.max_body_bytes;
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit as u64) {
+        return Err(ApiError::too_large(limit));
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
+        Err(e) => Err(ApiError::invalid(
+            None,
+            format!("Could not read the request body: {e}."),
+        )),
+    }
+}
+
+async fn chat_completions(
+    State(app): State<Arc<AppState>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let received = Instant::now();
+    let result = async {
+        let body = read_body(&app, &headers, body).await?;
+        let req = parse_chat(&body)?;
+        let ready = app.ready()?;
+        check_model(&app, &req.generation)?;
+        let template = ready.loaded.chat_template.as_ref().ok_or_else(|| {
+            ApiError::invalid(
+                None,
+                "This model has no chat template; use /v1/completions.",
+            )
+        })?;
+        let text = template.render(&req.messages, true).map_err(|e| {
+            ApiError::invalid(
+                Some("messages"),
+                format!("The chat template refused the messages: {e}."),
+            )
+        })?;
+        let tokens = tokenize(ready, text).await?;
+        generate(&app, ready, tokens, req.generation, Shape::Chat, received).await
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn completions(State(app): State<Arc<AppState>>, headers: HeaderMap, body: Body) -> Response {
+    let received = Instant::now();
+    let result = async {
+        let body = read_body(&app, &headers, body).await?;
+        let req = parse_completion(&body)?;
+        let ready = app.ready()?;
+        check_model(&app, &req.generation)?;
+        let tokens = match req.prompt {
+            Prompt::Text(text) => tokenize(ready, text).await?,
+            Prompt::Tokens(ids) => {
+                let vocab = ready.loaded.model.vocab_size();
+                if let Some(bad) = ids.iter().find(|id| **id as usize >= vocab) {
+                    return Err(ApiError::invalid(
+                        Some("prompt"),
+                        format!("Token id {bad} is outside the vocabulary of {vocab}."),
+                    ));
+                }
+                ids
+            }
+        };
+        generate(
+            &app,
+            ready,
+            tokens,
+            req.generation,
+            Shape::Completion,
+            received,
+        )
+        .await
+    }
+    .await;
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn check_model(app: &AppState, g: &Generation) -> Result<(), ApiError> {
+    if g.model != app.model_id {
+        return Err(ApiError::model_not_found(&g.model));
+    }
+    Ok(())
+}
+
+/// Tokenizing a large prompt takes milliseconds: keep it off the I/O threads.
+async fn tokenize(ready: &Ready, text: String) -> Result<Vec<u32>, ApiError> {
+    let tokenizer = ready.loaded.tokenizer.clone();
+    tokio::task::spawn_blocking(move || tokenizer.encode(&text))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
+        .map_err(|e| ApiError::invalid(None, format!("The prompt could not be tokenized: {e}.")))
+}
+
+async fn generate(
+    app: &Arc<AppState>,
+    ready: &Ready,
+    prompt: Vec<u32>,
+    g: Generation,
+    shape: Shape,
+    received: Instant,
+) -> Result<Response, ApiError> {
+    let param = Some(match shape {
+        Shape::Chat => "messages",
+        Shape::Completion => "prompt",
+    });
+    if prompt.is_empty() {
+        return Err(ApiError::invalid(param, "The prompt is empty."));
+    }
+    let context = ready.context;
+    let room = context.saturating_sub(prompt.len());
+    let max_new_tokens = match g.max_tokens {
+        Some(n) if n > room => {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "This model's maximum context length is {context} tokens. However, you requested {} tokens ({} in the prompt, {n} for the completion). Please reduce the prompt or the completion length.",
+                    prompt.len().saturating_add(n),
+                    prompt.len()
+                ),
+            )
+            .with_code("context_length_exceeded"))
+        }
+        Some(n) => n,
+        None if room == 0 => {
+            return Err(ApiError::invalid(
+                param,
+                format!(
+                    "This model's maximum context length is {context} tokens, and the prompt alone has {} tokens.",
+                    prompt.len()
+                ),
+            )
+            .with_code("context_length_exceeded"))
+        }
+        None => room,
+    };
+
+    let permit = ready.engine.admit().map_err(|e| match e {
+        SubmitError::Full(capacity) => {
+            app.metrics.requests_rejected_full.add(1);
+            ApiError::overloaded(capacity)
+        }
+        SubmitError::ShuttingDown => {
+            ApiError::unavailable("shutting_down", "The server is shutting down.")
+        }
+    })?;
+    let (tx, rx) = mpsc::unbounded_channel();
+    ready
+        .engine
+        .submit(Submission {
+            prompt,
+            params: GenerationParams {
+                max_new_tokens,
+                sampling: g.sampling,
+                seed: g.seed,
+                stop: g.stop,
+            },
+            events: tx,
+            permit,
+            received,
+        })
+        .map_err(|_| ApiError::unavailable("shutting_down", "The server is shutting down."))?;
+
+    let meta = Meta {
+        id: app.response_id(match shape {
+            Shape::Chat => "chatcmpl",
+            Shape::Completion => "cmpl",
+        }),
+        created: unix_now(),
+        model: app.model_id.clone(),
+        shape,
+    };
+    if g.stream {
+        Ok(stream(meta, rx, g.include_usage))
+    } else {
+        collect(meta, rx).await
+    }
+}
+
+/// Waits for the whole completion. If the client goes away meanwhile, this
+/// future is dropped with its receiver, and the engine retires the sequence.
+async fn collect(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+    let mut text = String::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text(t) => text.push_str(&t),
+            Event::Finished { reason, usage } => {
+                return Ok(axum::Json(meta.full(&text, reason, usage)).into_response());
+            }
+            Event::Failed(message) => {
+                return Err(ApiError::unavailable("generation_failed", message))
+            }
+        }
+    }
+    Err(ApiError::internal(
+        "The engine stopped before the response finished.",
+    ))
+}
+
+/// Streams the completion as server-sent events. A writer task turns engine
+/// events into chunks; it also watches the body, so a client that hangs up
+/// drops the engine's receiver at once and frees its slot at the next step.
+fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: bool) -> Response {
+    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
+    tokio::spawn(async move {
+        let send = |frame: Bytes| body_tx.send(Ok(frame));
+        if send(response::sse(&meta.chunk(
+            Some(""),
+            true,
+            None,
+            include_usage,
+        )))
+        .await
+        .is_err()
+        {
+            return;
+        }
+        loop {
+            let event = tokio::select! {
+                event = rx.recv() => event,
+                () = body_tx.closed() => return,
+            };
+            let frame = match event {
+                Some(Event::Text(t)) => {
+                    response::sse(&meta.chunk(Some(&t), false, None, include_usage))
+                }
+                Some(Event::Finished { reason, usage }) => {
+                    let mut frames =
+                        response::sse(&meta.chunk(None, false, Some(reason), include_usage))
+                            .to_vec();
+                    if include_usage {
+                        frames.extend_from_slice(&response::sse(&meta.usage_chunk(usage)));
+                    }
+                    frames.extend_from_slice(response::DONE.as_bytes());
+                    let _ = send(Bytes::from(frames)).await;
+                    return;
+                }
+                // Headers are gone already: report in-band, as OpenAI does,
+                // and end without [DONE] so clients see an incomplete stream.
+                Some(Event::Failed(message)) => {
+                    let e = ApiError::unavailable("generation_failed", message);
+                    let _ = send(response::sse(&e.body())).await;
+                    return;
+                }
+                None => return,
+            };
+            if send(frame).await.is_err() {
+                return;
+            }
+        }
+    });
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/event-stream")
+        .header(header::CACHE_CONTROL, "no-cache")
+        .body(Body::from_stream(ReceiverStream::new(body_rx)))
+        .unwrap_or_else(|_| {
+            ApiError::internal("could not build the stream response").into_response()
+        })
+}

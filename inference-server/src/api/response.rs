@@ -1,0 +1,160 @@
+//! Response bodies in OpenAI's shapes: whole responses and SSE chunks for
+//! `chat.completion(.chunk)` and `text_completion`.
+
+use serde_json::{json, Value};
+
+use crate::engine::{FinishReason, Usage};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    Chat,
+    Completion,
+}
+
+/// What every response and chunk of one request shares.
+#[derive(Debug, Clone)]
+pub struct Meta {
+    pub id: String,
+    pub created: u64,
+    pub model: String,
+    pub shape: Shape,
+}
+
+pub fn usage_json(u: Usage) -> Value {
+    json!({
+        "prompt_tokens": u.prompt_tokens,
+        "completion_tokens": u.completion_tokens,
+        "total_tokens": u.prompt_tokens + u.completion_tokens,
+    })
+}
+
+impl Meta {
+    pub fn full(&self, text: &str, reason: FinishReason, usage: Usage) -> Value {
+        let choice = match self.shape {
+            Shape::Chat => json!({
+                "index": 0,
+                "message": {"role": "assistant", "content": text},
+                "logprobs": null,
+                "finish_reason": reason.as_str(),
+            }),
+            Shape::Completion => json!({
+                "index": 0,
+                "text": text,
+                "logprobs": null,
+                "finish_reason": reason.as_str(),
+            }),
+        };
+        json!({
+            "id": self.id,
+            "object": match self.shape { Shape::Chat => "chat.completion", Shape::Completion => "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+            "usage": usage_json(usage),
+        })
+    }
+
+    /// A streamed chunk. The chat stream opens with the assistant role;
+    /// `finish` closes the choice. With `include_usage` every chunk carries
+    /// `"usage": null`, as OpenAI's do, until the final usage chunk.
+    pub fn chunk(
+        &self,
+        text: Option<&str>,
+        first: bool,
+        finish: Option<FinishReason>,
+        include_usage: bool,
+    ) -> Value {
+        let finish = finish.map(FinishReason::as_str);
+        let (object, choice) = match self.shape {
+            Shape::Chat => {
+                let mut delta = serde_json::Map::new();
+                if first {
+                    delta.insert("role".into(), "assistant".into());
+                }
+                if let Some(t) = text {
+                    delta.insert("content".into(), t.into());
+                }
+                (
+                    "chat.completion.chunk",
+                    json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
+                )
+            }
+            Shape::Completion => (
+                "text_completion",
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+            ),
+        };
+        let mut chunk = json!({
+            "id": self.id,
+            "object": object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        });
+        if include_usage {
+            chunk["usage"] = Value::Null;
+        }
+        chunk
+    }
+
+    /// The last data chunk when the client asked for usage: no choices.
+    pub fn usage_chunk(&self, usage: Usage) -> Value {
+        json!({
+            "id": self.id,
+            "object": match self.shape { Shape::Chat => "chat.completion.chunk", Shape::Completion => "text_completion" },
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage_json(usage),
+        })
+    }
+}
+
+/// One SSE event carrying a JSON payload.
+pub fn sse(value: &Value) -> axum::body::Bytes {
+    axum::body::Bytes::from(format!("data: {value}\n\n"))
+}
+
+pub const DONE: &str = "data: [DONE]\n\n";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(shape: Shape) -> Meta {
+        Meta {
+            id: "x".into(),
+            created: 1,
+            model: "m".into(),
+            shape,
+        }
+    }
+
+    #[test]
+    fn chat_chunks_open_with_the_role_and_carry_usage_null_when_asked() {
+        let c = meta(Shape::Chat).chunk(Some(""), true, None, true);
+        assert_eq!(
+            c["choices"][0]["delta"],
+            json!({"role": "assistant", "content": ""})
+        );
+        assert_eq!(c["usage"], Value::Null);
+        assert!(c.as_object().unwrap().contains_key("usage"));
+        let end = meta(Shape::Chat).chunk(None, false, Some(FinishReason::Length), false);
+        assert_eq!(end["choices"][0]["delta"], json!({}));
+        assert_eq!(end["choices"][0]["finish_reason"], "length");
+        assert!(!end.as_object().unwrap().contains_key("usage"));
+    }
+
+    #[test]
+    fn full_responses_total_their_usage() {
+        let usage = Usage {
+            prompt_tokens: 3,
+            completion_tokens: 4,
+        };
+        let r = meta(Shape::Completion).full("hi", FinishReason::Stop, usage);
+        assert_eq!(r["object"], "text_completion");
+        assert_eq!(r["choices"][0]["text"], "hi");
+        assert_eq!(r["usage"]["total_tokens"], 7);
+        assert_eq!(meta(Shape::Chat).usage_chunk(usage)["choices"], json!([]));
+    }
+}

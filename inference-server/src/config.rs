@@ -1,0 +1,158 @@
+//! Command-line configuration, validated once at start.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+
+use crate::scheduler::{LimitsError, SchedulerLimits};
+
+/// The embedded default: SmolLM2-135M-Instruct (Q4_1), fetched into the
+/// project's cache by `make model` (scripts/fetch-model.sh).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub const DEFAULT_MODEL_ID: &str = "smollm2-135m-instruct";
+
+#[derive(Debug, Clone, Parser)]
+#[command(
+    name = "inference-server",
+    version,
+    about = "OpenAI-compatible GGUF inference server with continuous batching"
+)]
+pub struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    #[arg(long, default_value_t = 8000)]
+    pub port: u16,
+    /// GGUF model file. Default: the embedded SmolLM2-135M-Instruct from the
+    /// project's cache (.cache/models, or $MAAS_MODEL_DIR).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// The model's name in the API. Default: smollm2-135m-instruct for the
+    /// embedded model, else the file's stem.
+    #[arg(long)]
+    pub model_id: Option<String>,
+    /// Sequences decoding or prefilling at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_running: usize,
+    /// Requests waiting for a running slot; beyond that, 503 at once.
+    #[arg(long, default_value_t = 64)]
+    pub max_queued: usize,
+    /// Tokens fed through the model in one step (decodes + prompt chunks).
+    #[arg(long, default_value_t = 512)]
+    pub max_batch_tokens: usize,
+    /// The largest piece of one prompt fed in one step.
+    #[arg(long, default_value_t = 256)]
+    pub prefill_chunk: usize,
+    /// Longest sequence (prompt + completion). Default: the model's context.
+    #[arg(long)]
+    pub context: Option<usize>,
+    /// Largest accepted request body.
+    #[arg(long, default_value_t = 4 * 1024 * 1024)]
+    pub max_body_bytes: usize,
+    /// Seconds running sequences get to finish after SIGTERM.
+    #[arg(long, default_value_t = 30)]
+    pub shutdown_grace_secs: u64,
+    /// Compute threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error("--max-queued must be at least 1")]
+    NoQueue,
+    #[error("--context must be at least 2")]
+    Context,
+    #[error(
+        "the default model is not at {0}; fetch it with `make model` (scripts/fetch-model.sh), or pass --model PATH.gguf"
+    )]
+    DefaultModelMissing(PathBuf),
+    #[error("model file {0} does not exist")]
+    ModelMissing(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub host: IpAddr,
+    pub port: u16,
+    pub model_path: PathBuf,
+    pub model_id: String,
+    pub limits: SchedulerLimits,
+    pub context: Option<usize>,
+    pub max_body_bytes: usize,
+    pub shutdown_grace: Duration,
+    pub threads: Option<usize>,
+}
+
+/// Where the embedded default lives: `$MAAS_MODEL_DIR`, else the cache of the
+/// checkout this binary was built from, else `./.cache/models`.
+pub fn default_model_path() -> PathBuf {
+    if let Some(dir) = std::env::var_os("MAAS_MODEL_DIR") {
+        return PathBuf::from(dir).join(DEFAULT_MODEL_FILE);
+    }
+    let built = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../.cache/models")
+        .join(DEFAULT_MODEL_FILE);
+    if built.exists() {
+        return built;
+    }
+    PathBuf::from(".cache/models").join(DEFAULT_MODEL_FILE)
+}
+
+impl Args {
+    pub fn into_config(self) -> Result<ServerConfig, ConfigError> {
+        let limits = SchedulerLimits {
+            max_running: self.max_running,
+            max_waiting: self.max_queued,
+            max_batch_tokens: self.max_batch_tokens,
+            prefill_chunk: self.prefill_chunk,
+        };
+        limits.validate()?;
+        if self.max_queued == 0 {
+            return Err(ConfigError::NoQueue);
+        }
+        if self.context.is_some_and(|c| c < 2) {
+            return Err(ConfigError::Context);
+        }
+        let (model_path, model_id) = match self.model {
+            Some(path) => {
+                if !path.exists() {
+                    return Err(ConfigError::ModelMissing(path));
+                }
+                let id = self.model_id.unwrap_or_else(|| {
+                    path.file_stem().map_or_else(
+                        || DEFAULT_MODEL_ID.to_string(),
+                        |s| s.to_string_lossy().into_owned(),
+                    )
+                });
+                (path, id)
+            }
+            None => {
+                let path = default_model_path();
+                if !path.exists() {
+                    return Err(ConfigError::DefaultModelMissing(path));
+                }
+                (
+                    path,
+                    self.model_id
+                        .unwrap_or_else(|| DEFAULT_MODEL_ID.to_string()),
+                )
+            }
+        };
+        Ok(ServerConfig {
+            host: self.host,
+            port: self.port,
+            model_path,
+            model_id,
+            limits,
+            context: self.context,
+            max_body_bytes: self.max_body_bytes,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            threads: self.threads,
+        })
+    }
+}

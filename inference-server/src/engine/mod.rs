@@ -1,0 +1,183 @@
+//! The engine owns the model on its own thread. HTTP handlers validate a
+//! request, take an admission permit and hand the engine a [`Submission`]
+//! carrying its own event channel; the engine schedules every live sequence
+//! into one batched forward per step and streams each token back as text.
+
+mod sequence;
+mod worker;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
+
+use crate::metrics::Metrics;
+use crate::model::LoadedModel;
+use crate::sampling::SamplingParams;
+use crate::scheduler::{LimitsError, Scheduler, SchedulerLimits};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FinishReason {
+    Stop,
+    Length,
+}
+
+impl FinishReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stop => "stop",
+            Self::Length => "length",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+}
+
+/// What a request's channel receives, in order: text pieces (whole UTF-8
+/// characters, never part of a stop string), then exactly one end event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    Text(String),
+    Finished {
+        reason: FinishReason,
+        usage: Usage,
+    },
+    /// The engine could not finish the sequence (shutdown deadline, model
+    /// error); what was streamed so far stands.
+    Failed(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct GenerationParams {
+    pub max_new_tokens: usize,
+    pub sampling: SamplingParams,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+}
+
+pub struct Submission {
+    pub prompt: Vec<u32>,
+    pub params: GenerationParams,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub permit: OwnedSemaphorePermit,
+    pub received: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    #[error("the server is at capacity: {0} requests running or queued")]
+    Full(usize),
+    #[error("the server is shutting down")]
+    ShuttingDown,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct EngineConfig {
+    pub limits: SchedulerLimits,
+    /// How long running sequences may take to finish after shutdown starts.
+    pub shutdown_grace: Duration,
+}
+
+/// The HTTP side's view of the engine. Cheap to clone.
+#[derive(Clone)]
+pub struct EngineHandle {
+    inner: Arc<Shared>,
+}
+
+/// What the engine thread receives.
+pub(crate) enum Command {
+    Submit(Box<Submission>),
+    /// Wakes an idle engine to notice the shutdown flag.
+    Shutdown,
+}
+
+struct Shared {
+    submissions: mpsc::UnboundedSender<Command>,
+    permits: Arc<Semaphore>,
+    capacity: usize,
+    shutting_down: Arc<AtomicBool>,
+}
+
+pub struct Engine {
+    pub handle: EngineHandle,
+    pub thread: std::thread::JoinHandle<()>,
+}
+
+impl Engine {
+    /// Starts the engine thread for a loaded model.
+    pub fn start(
+        loaded: Arc<LoadedModel>,
+        config: EngineConfig,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, LimitsError> {
+        let scheduler = Scheduler::new(config.limits)?;
+        let capacity = config.limits.max_running + config.limits.max_waiting;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let shutting_down = Arc::new(AtomicBool::new(false));
+        let worker = worker::Worker::new(
+            loaded,
+            scheduler,
+            rx,
+            metrics,
+            shutting_down.clone(),
+            config.shutdown_grace,
+        );
+        let thread = std::thread::Builder::new()
+            .name("engine".into())
+            .spawn(move || worker.run())
+            .map_err(|_| LimitsError::Zero("engine thread"))?;
+        Ok(Self {
+            handle: EngineHandle {
+                inner: Arc::new(Shared {
+                    submissions: tx,
+                    permits: Arc::new(Semaphore::new(capacity)),
+                    capacity,
+                    shutting_down,
+                }),
+            },
+            thread,
+        })
+    }
+}
+
+impl EngineHandle {
+    /// Takes a slot among `max running + max queued`, or says why not at once:
+    /// a full server answers 503 instead of holding the client.
+    pub fn admit(&self) -> Result<OwnedSemaphorePermit, SubmitError> {
+        if self.is_shutting_down() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        match self.inner.permits.clone().try_acquire_owned() {
+            Ok(p) => Ok(p),
+            Err(TryAcquireError::NoPermits) => Err(SubmitError::Full(self.inner.capacity)),
+            Err(TryAcquireError::Closed) => Err(SubmitError::ShuttingDown),
+        }
+    }
+
+    pub fn submit(&self, s: Submission) -> Result<(), SubmitError> {
+        if self.is_shutting_down() {
+            return Err(SubmitError::ShuttingDown);
+        }
+        self.inner
+            .submissions
+            .send(Command::Submit(Box::new(s)))
+            .map_err(|_| SubmitError::ShuttingDown)
+    }
+
+    /// Stops admission; the engine finishes running sequences within its
+    /// grace period, fails queued ones, then its thread exits.
+    pub fn shutdown(&self) {
+        self.inner.shutting_down.store(true, Ordering::SeqCst);
+        self.inner.permits.close();
+        let _ = self.inner.submissions.send(Command::Shutdown);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.inner.shutting_down.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,151 @@
+//! One request's state inside the engine: its prompt and cache, its sampler,
+//! and the text pipeline (UTF-8 reassembly, then stop strings) between sampled
+//! ids and the client's channel.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
+
+use super::{Event, FinishReason, Usage};
+use crate::metrics::Metrics;
+use crate::model::SequenceCache;
+use crate::sampling::Sampler;
+use crate::text::{IncrementalDecoder, StopMatcher, StopOutcome, TextTokenizer};
+
+pub(super) struct Sequence {
+    pub prompt: Vec<u32>,
+    pub cache: SequenceCache,
+    pub sampler: Sampler,
+    /// The last sampled token: the next step's input.
+    pub last_token: u32,
+    max_new_tokens: usize,
+    generated: usize,
+    decoder: IncrementalDecoder,
+    stops: StopMatcher,
+    events: mpsc::UnboundedSender<Event>,
+    received: Instant,
+    last_token_at: Option<Instant>,
+    // Held until the sequence ends: its release admits the next request.
+    _permit: OwnedSemaphorePermit,
+}
+
+pub(super) struct SequenceParts {
+    pub prompt: Vec<u32>,
+    pub cache: SequenceCache,
+    pub sampler: Sampler,
+    pub max_new_tokens: usize,
+    pub stop: Vec<String>,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub received: Instant,
+    pub permit: OwnedSemaphorePermit,
+}
+
+impl Sequence {
+    pub fn new(p: SequenceParts, tokenizer: Arc<TextTokenizer>) -> Self {
+        Self {
+            prompt: p.prompt,
+            cache: p.cache,
+            sampler: p.sampler,
+            last_token: 0,
+            max_new_tokens: p.max_new_tokens,
+            generated: 0,
+            decoder: IncrementalDecoder::new(tokenizer),
+            stops: StopMatcher::new(p.stop),
+            events: p.events,
+            received: p.received,
+            last_token_at: None,
+            _permit: p.permit,
+        }
+    }
+
+    /// The client hung up: its receiver is gone.
+    pub fn is_abandoned(&self) -> bool {
+        self.events.is_closed()
+    }
+
+    pub fn usage(&self) -> Usage {
+        Usage {
+            prompt_tokens: self.prompt.len(),
+            completion_tokens: self.generated,
+        }
+    }
+
+    pub fn received(&self) -> Instant {
+        self.received
+    }
+
+    /// Takes a sampled token; returns why the sequence ends, if it does.
+    pub fn accept(
+        &mut self,
+        token: u32,
+        tokenizer: &TextTokenizer,
+        metrics: &Metrics,
+    ) -> Option<FinishReason> {
+        let now = Instant::now();
+        match self.last_token_at {
+            None => metrics
+                .time_to_first_token
+                .observe_duration(now - self.received),
+            Some(t) => metrics.inter_token_latency.observe_duration(now - t),
+        }
+        self.last_token_at = Some(now);
+        self.generated += 1;
+        self.last_token = token;
+        metrics.generated_tokens.add(1);
+
+        if tokenizer.stop_token_ids().contains(&token) {
+            self.flush();
+            return Some(FinishReason::Stop);
+        }
+        let piece = self.decoder.push(token);
+        if self.emit(&piece) {
+            return Some(FinishReason::Stop);
+        }
+        if self.generated >= self.max_new_tokens {
+            self.flush();
+            return Some(FinishReason::Length);
+        }
+        None
+    }
+
+    /// Passes text through the stop matcher; true when a stop string ended it.
+    fn emit(&mut self, piece: &str) -> bool {
+        if piece.is_empty() {
+            return false;
+        }
+        let (text, stopped) = match self.stops.push(piece) {
+            StopOutcome::Continue(text) => (text, false),
+            StopOutcome::Stopped(text) => (text, true),
+        };
+        self.send_text(text);
+        stopped
+    }
+
+    /// Ends the text: bytes of an unfinished character, then anything the
+    /// stop matcher held back as a possible stop prefix.
+    fn flush(&mut self) {
+        let rest = self.decoder.finish();
+        if !self.emit(&rest) {
+            let held = self.stops.finish();
+            self.send_text(held);
+        }
+    }
+
+    fn send_text(&self, text: String) {
+        if !text.is_empty() {
+            let _ = self.events.send(Event::Text(text));
+        }
+    }
+
+    pub fn finish(&self, reason: FinishReason) {
+        let _ = self.events.send(Event::Finished {
+            reason,
+            usage: self.usage(),
+        });
+    }
+
+    pub fn fail(&self, message: &str) {
+        let _ = self.events.send(Event::Failed(message.to_string()));
+    }
+}

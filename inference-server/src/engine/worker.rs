@@ -1,0 +1,268 @@
+//! The engine thread: intake, cancellation, one planned step at a time.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::mpsc::{self, error::TryRecvError};
+
+use super::sequence::{Sequence, SequenceParts};
+use super::{Command, FinishReason, Submission};
+use crate::metrics::Metrics;
+use crate::model::{LoadedModel, Scratch, StepInput};
+use crate::sampling::Sampler;
+use crate::scheduler::{Plan, Scheduler, SeqId, Work};
+
+pub(super) struct Worker {
+    loaded: Arc<LoadedModel>,
+    scheduler: Scheduler,
+    commands: mpsc::UnboundedReceiver<Command>,
+    metrics: Arc<Metrics>,
+    shutting_down: Arc<AtomicBool>,
+    grace: Duration,
+    deadline: Option<Instant>,
+    sequences: BTreeMap<SeqId, Sequence>,
+    next_id: u64,
+    scratch: Scratch,
+}
+
+impl Worker {
+    pub fn new(
+        loaded: Arc<LoadedModel>,
+        scheduler: Scheduler,
+        commands: mpsc::UnboundedReceiver<Command>,
+        metrics: Arc<Metrics>,
+        shutting_down: Arc<AtomicBool>,
+        grace: Duration,
+    ) -> Self {
+        Self {
+            loaded,
+            scheduler,
+            commands,
+            metrics,
+            shutting_down,
+            grace,
+            deadline: None,
+            sequences: BTreeMap::new(),
+            next_id: 0,
+            scratch: Scratch::default(),
+        }
+    }
+
+    pub fn run(mut self) {
+        loop {
+            if !self.intake() {
+                break;
+            }
+            self.retire_abandoned();
+            // Plan before winding down: requests accepted before the signal
+            // still take the free slots; only those left waiting are refused.
+            let plan = self.scheduler.plan();
+            if self.shutting_down.load(Ordering::SeqCst) && self.wind_down() {
+                break;
+            }
+            if !plan.work.is_empty() {
+                self.step(plan);
+            }
+            self.publish_gauges();
+        }
+        tracing::info!("engine stopped");
+    }
+
+    /// Takes new submissions; blocks while there is nothing to do. Returns
+    /// false when the engine should stop (every handle is gone).
+    fn intake(&mut self) -> bool {
+        if self.scheduler.is_idle() && !self.shutting_down.load(Ordering::SeqCst) {
+            match self.commands.blocking_recv() {
+                Some(cmd) => self.command(cmd),
+                None => return false,
+            }
+        }
+        loop {
+            match self.commands.try_recv() {
+                Ok(cmd) => self.command(cmd),
+                Err(TryRecvError::Empty) => return true,
+                Err(TryRecvError::Disconnected) => return !self.scheduler.is_idle(),
+            }
+        }
+    }
+
+    fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::Submit(s) => self.register(*s),
+            Command::Shutdown => {}
+        }
+    }
+
+    fn register(&mut self, s: Submission) {
+        let id = SeqId(self.next_id);
+        self.next_id += 1;
+        let seed = s.params.seed.unwrap_or_else(|| entropy(id));
+        let capacity = s.prompt.len() + s.params.max_new_tokens;
+        let prompt_len = s.prompt.len();
+        let seq = Sequence::new(
+            SequenceParts {
+                cache: self.loaded.model.new_cache(capacity),
+                prompt: s.prompt,
+                sampler: Sampler::new(s.params.sampling, seed),
+                max_new_tokens: s.params.max_new_tokens,
+                stop: s.params.stop,
+                events: s.events,
+                received: s.received,
+                permit: s.permit,
+            },
+            self.loaded.tokenizer.clone(),
+        );
+        if let Err(full) = self.scheduler.enqueue(id, prompt_len) {
+            // The admission permits bound the queue, so this is a
+            // misconfiguration rather than load; fail loudly, not silently.
+            seq.fail(&full.to_string());
+            self.metrics.requests_failed.add(1);
+            return;
+        }
+        self.sequences.insert(id, seq);
+    }
+
+    fn retire_abandoned(&mut self) {
+        let gone: Vec<SeqId> = self
+            .sequences
+            .iter()
+            .filter(|(_, s)| s.is_abandoned())
+            .map(|(id, _)| *id)
+            .collect();
+        for id in gone {
+            self.scheduler.retire(id);
+            self.sequences.remove(&id);
+            self.metrics.requests_cancelled.add(1);
+        }
+    }
+
+    /// Shutdown: queued requests fail at once; running ones get the grace
+    /// period. Returns true once nothing is left.
+    fn wind_down(&mut self) -> bool {
+        let deadline = *self
+            .deadline
+            .get_or_insert_with(|| Instant::now() + self.grace);
+        let waiting: Vec<SeqId> = self.scheduler.waiting_ids().collect();
+        for id in waiting {
+            self.end_with_failure(id, "the server is shutting down");
+        }
+        if Instant::now() >= deadline {
+            let running: Vec<SeqId> = self.sequences.keys().copied().collect();
+            for id in running {
+                self.end_with_failure(id, "the server shut down before the response finished");
+            }
+        }
+        self.scheduler.is_idle()
+    }
+
+    fn end_with_failure(&mut self, id: SeqId, message: &str) {
+        self.scheduler.retire(id);
+        if let Some(seq) = self.sequences.remove(&id) {
+            seq.fail(message);
+            self.metrics.requests_failed.add(1);
+        }
+    }
+
+    fn end(&mut self, id: SeqId, reason: FinishReason) {
+        self.scheduler.retire(id);
+        if let Some(seq) = self.sequences.remove(&id) {
+            seq.finish(reason);
+            self.metrics
+                .request_seconds
+                .observe_duration(seq.received().elapsed());
+            match reason {
+                FinishReason::Stop => self.metrics.requests_finished_stop.add(1),
+                FinishReason::Length => self.metrics.requests_finished_length.add(1),
+            }
+        }
+    }
+
+    fn step(&mut self, plan: Plan) {
+        let started = Instant::now();
+        let work: HashMap<SeqId, Work> = plan.work.iter().map(|w| (w.id(), *w)).collect();
+        let mut inputs = Vec::with_capacity(work.len());
+        let mut sampled = Vec::new();
+        let mut prompt_tokens = 0;
+        for (id, seq) in self.sequences.iter_mut() {
+            let Some(w) = work.get(id) else { continue };
+            let Sequence {
+                prompt,
+                cache,
+                last_token,
+                ..
+            } = seq;
+            let (tokens, logits) = match *w {
+                Work::Prefill {
+                    start,
+                    len,
+                    completes,
+                    ..
+                } => {
+                    prompt_tokens += len;
+                    (&prompt[start..start + len], completes)
+                }
+                Work::Decode { .. } => (std::slice::from_ref(&*last_token), true),
+            };
+            if logits {
+                sampled.push(*id);
+            }
+            inputs.push(StepInput {
+                tokens,
+                cache,
+                logits,
+            });
+        }
+        let result = self.loaded.model.forward(&mut inputs, &mut self.scratch);
+        drop(inputs);
+
+        let rows = match result {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::error!(error = %e, "forward step failed; failing its sequences");
+                for id in work.keys() {
+                    self.end_with_failure(*id, "the model failed on this request");
+                }
+                return;
+            }
+        };
+        self.metrics.prompt_tokens.add(prompt_tokens as u64);
+        let tokenizer = self.loaded.tokenizer.clone();
+        for (id, logits) in sampled.into_iter().zip(rows) {
+            let Some(seq) = self.sequences.get_mut(&id) else {
+                continue;
+            };
+            let token = seq.sampler.sample(&logits);
+            if let Some(reason) = seq.accept(token, &tokenizer, &self.metrics) {
+                self.end(id, reason);
+            }
+        }
+        self.metrics.batch_tokens.observe(plan.tokens() as f64);
+        self.metrics.batch_sequences.observe(plan.work.len() as f64);
+        self.metrics
+            .step_seconds
+            .observe_duration(started.elapsed());
+    }
+
+    fn publish_gauges(&self) {
+        self.metrics
+            .queue_depth
+            .set(self.scheduler.waiting() as u64);
+        self.metrics.running.set(self.scheduler.running() as u64);
+        let kv: usize = self
+            .sequences
+            .values()
+            .map(|s| s.cache.resident_bytes())
+            .sum();
+        self.metrics.kv_cache_bytes.set(kv as u64);
+    }
+}
+
+/// A seed for requests that give none: distinct per request and per run.
+fn entropy(id: SeqId) -> u64 {
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    nanos ^ id.0.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+}

@@ -1,0 +1,243 @@
+//! Prometheus metrics shared by the HTTP layer and the engine thread.
+//! Lock-free counters and fixed-bucket histograms, rendered in the text
+//! exposition format on `GET /metrics`.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Counter(AtomicU64);
+
+impl Counter {
+    pub fn add(&self, n: u64) {
+        self.0.fetch_add(n, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+#[derive(Default)]
+pub struct Gauge(AtomicU64);
+
+impl Gauge {
+    pub fn set(&self, v: u64) {
+        self.0.store(v, Relaxed);
+    }
+    pub fn get(&self) -> u64 {
+        self.0.load(Relaxed)
+    }
+}
+
+/// A cumulative histogram with fixed upper bounds; the sum is kept in
+/// micro-units so it stays an integer.
+pub struct Histogram {
+    bounds: &'static [f64],
+    buckets: Vec<AtomicU64>,
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+const SECONDS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+const SIZES: &[f64] = &[
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0,
+];
+
+impl Histogram {
+    fn new(bounds: &'static [f64]) -> Self {
+        Self {
+            bounds,
+            buckets: bounds.iter().map(|_| AtomicU64::new(0)).collect(),
+            count: AtomicU64::new(0),
+            sum_micros: AtomicU64::new(0),
+        }
+    }
+
+    pub fn observe(&self, v: f64) {
+        if let Some(i) = self.bounds.iter().position(|b| v <= *b) {
+            self.buckets[i].fetch_add(1, Relaxed);
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros
+            .fetch_add((v * 1e6).max(0.0) as u64, Relaxed);
+    }
+
+    pub fn observe_duration(&self, d: Duration) {
+        self.observe(d.as_secs_f64());
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count.load(Relaxed)
+    }
+
+    fn render(&self, out: &mut String, name: &str, help: &str) {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} histogram");
+        let mut cumulative = 0;
+        for (bound, bucket) in self.bounds.iter().zip(&self.buckets) {
+            cumulative += bucket.load(Relaxed);
+            let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+        }
+        let count = self.count.load(Relaxed);
+        let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+        let sum = self.sum_micros.load(Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum {sum}\n{name}_count {count}");
+    }
+}
+
+pub struct Metrics {
+    pub queue_depth: Gauge,
+    pub running: Gauge,
+    pub kv_cache_bytes: Gauge,
+    pub requests_finished_stop: Counter,
+    pub requests_finished_length: Counter,
+    pub requests_cancelled: Counter,
+    pub requests_failed: Counter,
+    pub requests_rejected_full: Counter,
+    pub prompt_tokens: Counter,
+    pub generated_tokens: Counter,
+    pub batch_tokens: Histogram,
+    pub batch_sequences: Histogram,
+    pub step_seconds: Histogram,
+    pub time_to_first_token: Histogram,
+    pub inter_token_latency: Histogram,
+    pub request_seconds: Histogram,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            queue_depth: Gauge::default(),
+            running: Gauge::default(),
+            kv_cache_bytes: Gauge::default(),
+            requests_finished_stop: Counter::default(),
+            requests_finished_length: Counter::default(),
+            requests_cancelled: Counter::default(),
+            requests_failed: Counter::default(),
+            requests_rejected_full: Counter::default(),
+            prompt_tokens: Counter::default(),
+            generated_tokens: Counter::default(),
+            batch_tokens: Histogram::new(SIZES),
+            batch_sequences: Histogram::new(SIZES),
+            step_seconds: Histogram::new(SECONDS),
+            time_to_first_token: Histogram::new(SECONDS),
+            inter_token_latency: Histogram::new(SECONDS),
+            request_seconds: Histogram::new(SECONDS),
+        }
+    }
+}
+
+impl Metrics {
+    pub fn render(&self, model: &str) -> String {
+        let mut out = String::new();
+        let gauge = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {v}");
+        };
+        gauge(
+            &mut out,
+            "inference_queue_depth",
+            "Requests waiting for a running slot.",
+            self.queue_depth.get(),
+        );
+        gauge(
+            &mut out,
+            "inference_running_sequences",
+            "Sequences prefilling or decoding.",
+            self.running.get(),
+        );
+        gauge(
+            &mut out,
+            "inference_kv_cache_bytes",
+            "Bytes held by running sequences' KV caches.",
+            self.kv_cache_bytes.get(),
+        );
+
+        let _ = writeln!(
+            out,
+            "# HELP inference_requests_total Requests that ended, by outcome.\n# TYPE inference_requests_total counter"
+        );
+        for (outcome, c) in [
+            ("stop", &self.requests_finished_stop),
+            ("length", &self.requests_finished_length),
+            ("cancelled", &self.requests_cancelled),
+            ("failed", &self.requests_failed),
+            ("rejected_queue_full", &self.requests_rejected_full),
+        ] {
+            let _ = writeln!(
+                out,
+                "inference_requests_total{{model=\"{model}\",outcome=\"{outcome}\"}} {}",
+                c.get()
+            );
+        }
+        let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name}{{model=\"{model}\"}} {v}"
+            );
+        };
+        counter(
+            &mut out,
+            "inference_prompt_tokens_total",
+            "Prompt tokens prefilled.",
+            self.prompt_tokens.get(),
+        );
+        counter(
+            &mut out,
+            "inference_generated_tokens_total",
+            "Tokens generated.",
+            self.generated_tokens.get(),
+        );
+
+        self.batch_tokens.render(
+            &mut out,
+            "inference_batch_tokens",
+            "Tokens fed through the model per step.",
+        );
+        self.batch_sequences.render(
+            &mut out,
+            "inference_batch_sequences",
+            "Sequences in one forward step.",
+        );
+        self.step_seconds.render(
+            &mut out,
+            "inference_step_seconds",
+            "Duration of one forward step and sampling.",
+        );
+        self.time_to_first_token.render(
+            &mut out,
+            "inference_time_to_first_token_seconds",
+            "From request arrival to its first generated token.",
+        );
+        self.inter_token_latency.render(
+            &mut out,
+            "inference_inter_token_latency_seconds",
+            "Between consecutive tokens of a sequence.",
+        );
+        self.request_seconds.render(
+            &mut out,
+            "inference_request_seconds",
+            "From request arrival to its last token.",
+        );
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_buckets_are_cumulative() {
+        let m = Metrics::default();
+        m.time_to_first_token.observe(0.003);
+        m.time_to_first_token.observe(0.2);
+        m.time_to_first_token.observe(100.0);
+        let text = m.render("m");
+        assert!(text.contains("inference_time_to_first_token_seconds_bucket{le=\"0.005\"} 1\n"));
+        assert!(text.contains("inference_time_to_first_token_seconds_bucket{le=\"0.25\"} 2\n"));
+        assert!(text.contains("inference_time_to_first_token_seconds_bucket{le=\"+Inf\"} 3\n"));
+        assert!(text.contains("inference_time_to_first_token_seconds_count 3\n"));
+    }
+}

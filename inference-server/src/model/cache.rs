@@ -1,0 +1,67 @@
+//! One sequence's keys and values for every layer.
+//!
+//! Layout per layer: `positions × kv_heads × head_dim`, so appending a token is
+//! a contiguous copy and the buffer only ever grows at its end. The capacity
+//! for the sequence's whole budget (prompt + max new tokens) is reserved at
+//! admission: the kernel commits pages only as they are written, so a large
+//! reservation costs address space, not memory, and no step ever reallocates
+//! or concatenates.
+
+use super::config::ModelConfig;
+
+pub struct SequenceCache {
+    keys: Vec<Vec<f32>>,
+    values: Vec<Vec<f32>>,
+    kv_width: usize,
+    len: usize,
+}
+
+impl SequenceCache {
+    pub fn new(config: &ModelConfig, capacity_tokens: usize) -> Self {
+        let kv_width = config.kv_width();
+        let reserve = || {
+            (0..config.layers)
+                .map(|_| Vec::with_capacity(capacity_tokens * kv_width))
+                .collect()
+        };
+        Self {
+            keys: reserve(),
+            values: reserve(),
+            kv_width,
+            len: 0,
+        }
+    }
+
+    /// Positions already cached (the next token's position).
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes this cache holds in memory now.
+    pub fn resident_bytes(&self) -> usize {
+        self.keys
+            .iter()
+            .chain(&self.values)
+            .map(|v| v.len() * 4)
+            .sum()
+    }
+
+    pub(super) fn append(&mut self, layer: usize, key: &[f32], value: &[f32]) {
+        self.keys[layer].extend_from_slice(key);
+        self.values[layer].extend_from_slice(value);
+    }
+
+    /// The first `positions` cached keys and values of `layer`.
+    pub(super) fn layer(&self, layer: usize, positions: usize) -> (&[f32], &[f32]) {
+        let end = positions * self.kv_width;
+        (&self.keys[layer][..end], &self.values[layer][..end])
+    }
+
+    pub(super) fn advance(&mut self, tokens: usize) {
+        self.len += tokens;
+    }
+}

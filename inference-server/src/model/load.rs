@@ -1,0 +1,264 @@
+//! Reads a GGUF file into a [`Model`] plus the tokenizer and chat template its
+//! metadata carries.
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::QTensor;
+use candle_core::Device;
+
+use super::config::ModelConfig;
+use super::linear::{Linear, WeightPart};
+use super::ops::RopeTable;
+use super::{Block, Embedding, Model, ModelError};
+use crate::text::{ChatTemplate, MetadataSource, MetadataValue, TextTokenizer, TokenizerSpec};
+
+pub struct LoadedModel {
+    pub model: Model,
+    pub tokenizer: Arc<TextTokenizer>,
+    /// `None` when the file has no `tokenizer.chat_template`: chat requests
+    /// are then refused rather than formatted with a guessed template.
+    pub chat_template: Option<ChatTemplate>,
+}
+
+struct Reader {
+    content: Content,
+    file: BufReader<File>,
+    path: String,
+}
+
+impl Reader {
+    fn tensor(&mut self, name: &str) -> Result<QTensor, ModelError> {
+        self.content
+            .tensor(&mut self.file, name, &Device::Cpu)
+            .map_err(|e| ModelError::tensor(name, format!("cannot read from {}: {e}", self.path)))
+    }
+
+    fn optional(&mut self, name: &str) -> Result<Option<QTensor>, ModelError> {
+        if self.content.tensor_infos.contains_key(name) {
+            self.tensor(name).map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    fn vector(&mut self, name: &str, len: usize) -> Result<Vec<f32>, ModelError> {
+        let t = self.tensor(name)?;
+        to_vector(name, &t, len)
+    }
+
+    fn optional_vector(&mut self, name: &str, len: usize) -> Result<Option<Vec<f32>>, ModelError> {
+        match self.optional(name)? {
+            Some(t) => to_vector(name, &t, len).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    fn part(&mut self, name: &str, bias_len: usize) -> Result<WeightPart, ModelError> {
+        let weight = self.tensor(&format!("{name}.weight"))?;
+        let bias = self.optional_vector(&format!("{name}.bias"), bias_len)?;
+        Ok((format!("{name}.weight"), weight, bias))
+    }
+}
+
+fn to_vector(name: &str, t: &QTensor, len: usize) -> Result<Vec<f32>, ModelError> {
+    let v = t
+        .dequantize(&Device::Cpu)?
+        .flatten_all()?
+        .to_vec1::<f32>()?;
+    if v.len() != len {
+        return Err(ModelError::tensor(
+            name,
+            format!("expected {len} values, found {}", v.len()),
+        ));
+    }
+    Ok(v)
+}
+
+/// Loads a GGUF model. `max_positions` caps the RoPE table (and so every
+/// sequence's length) below the model's trained context when the operator
+/// asks for less.
+pub fn load_gguf(path: &Path, max_positions: Option<usize>) -> Result<LoadedModel, ModelError> {
+    let display = path.display().to_string();
+    let io = |source| ModelError::Io {
+        path: display.clone(),
+        source,
+    };
+    let mut file = BufReader::new(File::open(path).map_err(io)?);
+    let content = Content::read(&mut file).map_err(|e| ModelError::Metadata {
+        key: display.clone(),
+        problem: format!("not a readable GGUF file: {e}"),
+    })?;
+    let config = ModelConfig::from_metadata(&content.metadata)?;
+    let spec =
+        TokenizerSpec::from_metadata(&content).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let tokenizer =
+        TextTokenizer::from_spec(&spec).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let chat_template = match &spec.chat_template {
+        Some(source) => {
+            let token = |id: Option<u32>| id.and_then(|id| spec.tokens.get(id as usize).cloned());
+            Some(
+                ChatTemplate::new(source, token(spec.bos_token_id), token(spec.eos_token_id))
+                    .map_err(|e| ModelError::Tokenizer(format!("tokenizer.chat_template: {e}")))?,
+            )
+        }
+        None => None,
+    };
+
+    let mut r = Reader {
+        content,
+        file,
+        path: display,
+    };
+    let cfg = &config;
+    let q_width = cfg.heads * cfg.head_dim;
+    let mut blocks = Vec::with_capacity(cfg.layers);
+    for i in 0..cfg.layers {
+        let p = format!("blk.{i}");
+        let qkv = Linear::stacked(vec![
+            r.part(&format!("{p}.attn_q"), q_width)?,
+            r.part(&format!("{p}.attn_k"), cfg.kv_width())?,
+            r.part(&format!("{p}.attn_v"), cfg.kv_width())?,
+        ])?;
+        let out = Linear::stacked(vec![r.part(&format!("{p}.attn_output"), cfg.hidden)?])?;
+        let gate_up = Linear::stacked(vec![
+            r.part(&format!("{p}.ffn_gate"), cfg.ffn)?,
+            r.part(&format!("{p}.ffn_up"), cfg.ffn)?,
+        ])?;
+        let down = Linear::stacked(vec![r.part(&format!("{p}.ffn_down"), cfg.hidden)?])?;
+        check_shape(
+            &format!("{p}.attn_qkv"),
+            &qkv,
+            q_width + 2 * cfg.kv_width(),
+            cfg.hidden,
+        )?;
+        check_shape(&format!("{p}.attn_output"), &out, cfg.hidden, q_width)?;
+        check_shape(
+            &format!("{p}.ffn_gate_up"),
+            &gate_up,
+            2 * cfg.ffn,
+            cfg.hidden,
+        )?;
+        check_shape(&format!("{p}.ffn_down"), &down, cfg.hidden, cfg.ffn)?;
+        blocks.push(Block {
+            attn_norm: r.vector(&format!("{p}.attn_norm.weight"), cfg.hidden)?,
+            qkv,
+            out,
+            ffn_norm: r.vector(&format!("{p}.ffn_norm.weight"), cfg.hidden)?,
+            gate_up,
+            down,
+        });
+    }
+    let norm = r.vector("output_norm.weight", cfg.hidden)?;
+
+    // Tied models reuse the embedding as the output projection.
+    let (output, tied) = match r.optional("output.weight")? {
+        Some(t) => (t, false),
+        None => (r.tensor("token_embd.weight")?, true),
+    };
+    let lm_head = Linear::stacked(vec![("output.weight".to_string(), output, None)])?;
+    let vocab = lm_head.rows();
+    check_shape("output.weight", &lm_head, vocab, cfg.hidden)?;
+    let embedding = match (&lm_head, tied) {
+        (Linear::Packed { .. }, true) => Embedding::Output,
+        _ => match Linear::stacked(vec![(
+            "token_embd.weight".to_string(),
+            r.tensor("token_embd.weight")?,
+            None,
+        )])? {
+            Linear::Packed { matrix, .. } => Embedding::Packed(matrix),
+            Linear::Candle { matmul, .. } => {
+                let dense = matmul_weights(matmul)?;
+                if dense.len() != vocab * cfg.hidden {
+                    return Err(ModelError::tensor(
+                        "token_embd.weight",
+                        "shape differs from the output projection".into(),
+                    ));
+                }
+                Embedding::Dense(dense)
+            }
+        },
+    };
+    if spec.tokens.len() > vocab {
+        return Err(ModelError::metadata(
+            "tokenizer.ggml.tokens",
+            &format!(
+                "{} tokens but the output layer has {vocab} rows",
+                spec.tokens.len()
+            ),
+        ));
+    }
+
+    let positions = max_positions
+        .unwrap_or(cfg.context_length)
+        .min(cfg.context_length);
+    let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, positions, cfg.rope_style);
+    Ok(LoadedModel {
+        model: Model {
+            config,
+            vocab,
+            embedding,
+            blocks,
+            norm,
+            lm_head,
+            rope,
+        },
+        tokenizer: Arc::new(tokenizer),
+        chat_template,
+    })
+}
+
+fn matmul_weights(matmul: candle_core::quantized::QMatMul) -> Result<Vec<f32>, ModelError> {
+    use candle_core::quantized::QMatMul;
+    let dense = match matmul {
+        QMatMul::QTensor(q) => q.dequantize(&Device::Cpu)?,
+        QMatMul::Tensor(t) | QMatMul::TensorF16(t) => t,
+    };
+    Ok(dense
+        .to_dtype(candle_core::DType::F32)?
+        .flatten_all()?
+        .to_vec1::<f32>()?)
+}
+
+fn check_shape(name: &str, l: &Linear, rows: usize, cols: usize) -> Result<(), ModelError> {
+    if l.rows() != rows || l.cols() != cols {
+        return Err(ModelError::tensor(
+            name,
+            format!(
+                "shape [{}, {}], expected [{rows}, {cols}]",
+                l.rows(),
+                l.cols()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// candle's GGUF metadata, seen through the text module's lookup trait so
+/// the tokenizer spec is type-checked in one place.
+impl MetadataSource for Content {
+    fn metadata(&self, key: &str) -> Option<MetadataValue<'_>> {
+        self.metadata.get(key).map(view)
+    }
+}
+
+fn view(v: &Value) -> MetadataValue<'_> {
+    match v {
+        Value::U8(x) => MetadataValue::Int((*x).into()),
+        Value::I8(x) => MetadataValue::Int((*x).into()),
+        Value::U16(x) => MetadataValue::Int((*x).into()),
+        Value::I16(x) => MetadataValue::Int((*x).into()),
+        Value::U32(x) => MetadataValue::Int((*x).into()),
+        Value::I32(x) => MetadataValue::Int((*x).into()),
+        Value::U64(x) => MetadataValue::Int((*x).into()),
+        Value::I64(x) => MetadataValue::Int((*x).into()),
+        Value::F32(x) => MetadataValue::Float((*x).into()),
+        Value::F64(x) => MetadataValue::Float(*x),
+        Value::Bool(b) => MetadataValue::Bool(*b),
+        Value::String(s) => MetadataValue::Str(s),
+        Value::Array(items) => MetadataValue::Array(items.iter().map(view).collect()),
+    }
+}

@@ -1,0 +1,277 @@
+//! A llama-family decoder over GGUF weights that runs one forward pass for
+//! many sequences at once, each at its own position over its own KV cache.
+//!
+//! candle's `quantized_llama::ModelWeights` keeps one KV cache per layer and
+//! one position for the whole batch, so it cannot serve continuous batching.
+//! This forward is written on row-major `f32` buffers: linear layers take all
+//! of a step's tokens as one `[tokens, hidden]` matrix, RoPE rotates each row
+//! at its own position, and attention runs per sequence over its own cache.
+
+mod cache;
+mod config;
+mod linear;
+mod load;
+mod ops;
+
+use rayon::prelude::*;
+use thiserror::Error;
+
+pub use cache::SequenceCache;
+pub use config::{ModelConfig, RopeStyle};
+pub use linear::Linear;
+pub use load::{load_gguf, LoadedModel};
+use maas_kernels::PackedMatrix;
+use ops::{AttentionShape, RopeTable};
+
+#[derive(Debug, Error)]
+pub enum ModelError {
+    #[error("cannot read model file {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("model metadata {key}: {problem}")]
+    Metadata { key: String, problem: String },
+    #[error("unsupported model architecture {0:?} (supported: llama, mistral, qwen2)")]
+    UnsupportedArchitecture(String),
+    #[error("tensor {name}: {problem}")]
+    Tensor { name: String, problem: String },
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    #[error("forward pass: {0}")]
+    Forward(String),
+    #[error(transparent)]
+    Candle(#[from] candle_core::Error),
+}
+
+impl ModelError {
+    pub(crate) fn metadata(key: &str, problem: &str) -> Self {
+        Self::Metadata {
+            key: key.to_string(),
+            problem: problem.to_string(),
+        }
+    }
+
+    pub(crate) fn tensor(name: &str, problem: String) -> Self {
+        Self::Tensor {
+            name: name.to_string(),
+            problem,
+        }
+    }
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    /// Q, K and V stacked: one pass over the normalised activations.
+    qkv: Linear,
+    out: Linear,
+    ffn_norm: Vec<f32>,
+    /// Gate and up projections stacked, for the same reason.
+    gate_up: Linear,
+    down: Linear,
+}
+
+enum Embedding {
+    /// Tied weights: rows of the (packed) output projection.
+    Output,
+    Packed(PackedMatrix),
+    Dense(Vec<f32>),
+}
+
+pub struct Model {
+    config: ModelConfig,
+    vocab: usize,
+    embedding: Embedding,
+    blocks: Vec<Block>,
+    norm: Vec<f32>,
+    lm_head: Linear,
+    rope: RopeTable,
+}
+
+/// One sequence's share of a step: the tokens to feed (a prefill chunk or the
+/// last sampled token) and whether to return logits for its last token.
+pub struct StepInput<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut SequenceCache,
+    pub logits: bool,
+}
+
+/// Buffers reused across steps so a step allocates nothing in steady state.
+#[derive(Default)]
+pub struct Scratch {
+    x: Vec<f32>,
+    normed: Vec<f32>,
+    qkv: Vec<f32>,
+    q: Vec<f32>,
+    attn: Vec<f32>,
+    proj: Vec<f32>,
+    gate_up: Vec<f32>,
+    act: Vec<f32>,
+    last: Vec<f32>,
+    logits: Vec<f32>,
+}
+
+impl Model {
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.vocab
+    }
+
+    /// The most positions any sequence may reach (the RoPE table's length).
+    pub fn max_positions(&self) -> usize {
+        self.rope.positions()
+    }
+
+    pub fn new_cache(&self, capacity_tokens: usize) -> SequenceCache {
+        SequenceCache::new(&self.config, capacity_tokens)
+    }
+
+    /// Runs every input's tokens through the model, appends them to each
+    /// input's cache, and returns the logits (one `vocab`-wide row per input
+    /// that asked, in input order).
+    pub fn forward(
+        &self,
+        batch: &mut [StepInput<'_>],
+        s: &mut Scratch,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let cfg = &self.config;
+        let hidden = cfg.hidden;
+        let q_width = cfg.heads * cfg.head_dim;
+        let kv_width = cfg.kv_width();
+        let qkv_width = q_width + 2 * kv_width;
+
+        let mut positions = Vec::new();
+        for input in batch.iter() {
+            let start = input.cache.len();
+            let end = start + input.tokens.len();
+            if end > self.max_positions() {
+                return Err(ModelError::Forward(format!(
+                    "position {end} beyond the model's {} positions",
+                    self.max_positions()
+                )));
+            }
+            positions.extend(start..end);
+        }
+        let n = positions.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+
+        s.x.clear();
+        s.x.resize(n * hidden, 0.0);
+        let tokens = batch.iter().flat_map(|i| i.tokens.iter().copied());
+        for (row, token) in s.x.chunks_exact_mut(hidden).zip(tokens) {
+            self.embed(token, row)?;
+        }
+
+        let shape = AttentionShape {
+            heads: cfg.heads,
+            kv_heads: cfg.kv_heads,
+            head_dim: cfg.head_dim,
+        };
+        for (layer, block) in self.blocks.iter().enumerate() {
+            ops::rms_norm(&s.x, &block.attn_norm, cfg.rms_eps, &mut s.normed);
+            block.qkv.forward(&s.normed, n, &mut s.qkv)?;
+
+            s.q.clear();
+            for (row, &pos) in s.qkv.chunks_exact_mut(qkv_width).zip(&positions) {
+                let (q, kv) = row.split_at_mut(q_width);
+                self.rope.apply(q, pos);
+                self.rope.apply(&mut kv[..kv_width], pos);
+                s.q.extend_from_slice(q);
+            }
+            let mut rows = s.qkv.chunks_exact(qkv_width);
+            for input in batch.iter_mut() {
+                for row in rows.by_ref().take(input.tokens.len()) {
+                    input.cache.append(
+                        layer,
+                        &row[q_width..q_width + kv_width],
+                        &row[q_width + kv_width..],
+                    );
+                }
+            }
+
+            s.attn.clear();
+            s.attn.resize(n * q_width, 0.0);
+            let mut jobs = Vec::with_capacity(batch.len());
+            let (mut q_rest, mut out_rest) = (&s.q[..], &mut s.attn[..]);
+            for input in batch.iter() {
+                let t = input.tokens.len();
+                let (q, q_tail) = q_rest.split_at(t * q_width);
+                let (out, out_tail) = out_rest.split_at_mut(t * q_width);
+                q_rest = q_tail;
+                out_rest = out_tail;
+                let start = input.cache.len();
+                let (keys, values) = input.cache.layer(layer, start + t);
+                jobs.push((q, out, keys, values, start));
+            }
+            jobs.into_par_iter().for_each_init(
+                Vec::new,
+                |scores, (q, out, keys, values, start)| {
+                    ops::attention(&shape, q, keys, values, start, out, scores)
+                },
+            );
+
+            block.out.forward(&s.attn, n, &mut s.proj)?;
+            ops::add_assign(&mut s.x, &s.proj);
+
+            ops::rms_norm(&s.x, &block.ffn_norm, cfg.rms_eps, &mut s.normed);
+            block.gate_up.forward(&s.normed, n, &mut s.gate_up)?;
+            ops::swiglu(&s.gate_up, cfg.ffn, &mut s.act);
+            block.down.forward(&s.act, n, &mut s.proj)?;
+            ops::add_assign(&mut s.x, &s.proj);
+        }
+
+        s.last.clear();
+        let mut offset = 0;
+        for input in batch.iter_mut() {
+            let t = input.tokens.len();
+            if input.logits {
+                let row = offset + t - 1;
+                s.last
+                    .extend_from_slice(&s.x[row * hidden..(row + 1) * hidden]);
+            }
+            offset += t;
+            input.cache.advance(t);
+        }
+        let m = s.last.len() / hidden;
+        if m == 0 {
+            return Ok(Vec::new());
+        }
+        ops::rms_norm(&s.last, &self.norm, cfg.rms_eps, &mut s.normed);
+        self.lm_head.forward(&s.normed, m, &mut s.logits)?;
+        Ok(s.logits
+            .chunks_exact(self.vocab)
+            .map(<[f32]>::to_vec)
+            .collect())
+    }
+
+    fn embed(&self, token: u32, row: &mut [f32]) -> Result<(), ModelError> {
+        let id = token as usize;
+        if id >= self.vocab {
+            return Err(ModelError::Forward(format!(
+                "token id {id} outside the vocabulary of {}",
+                self.vocab
+            )));
+        }
+        let packed = match &self.embedding {
+            Embedding::Output => match &self.lm_head {
+                Linear::Packed { matrix, .. } => matrix,
+                Linear::Candle { .. } => {
+                    return Err(ModelError::Forward("tied embedding is not packed".into()))
+                }
+            },
+            Embedding::Packed(matrix) => matrix,
+            Embedding::Dense(data) => {
+                row.copy_from_slice(&data[id * row.len()..(id + 1) * row.len()]);
+                return Ok(());
+            }
+        };
+        packed
+            .dequantize_row(id, row)
+            .map_err(|e| ModelError::Forward(e.to_string()))
+    }
+}

@@ -1,0 +1,260 @@
+//! The non-matmul pieces of a llama block on row-major `f32` buffers. Every
+//! function works row by row in a fixed order, so a token's result never
+//! depends on which other tokens share the step: a greedy sequence decodes the
+//! same alone and inside any batch.
+
+use super::config::RopeStyle;
+
+/// `out[r] = x[r] / rms(x[r]) * weight` for each row of width `weight.len()`.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
+    let width = weight.len();
+    out.clear();
+    out.resize(x.len(), 0.0);
+    for (row, dst) in x.chunks_exact(width).zip(out.chunks_exact_mut(width)) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let scale = 1.0 / (mean_sq + eps).sqrt();
+        for ((d, v), w) in dst.iter_mut().zip(row).zip(weight) {
+            *d = v * scale * w;
+        }
+    }
+}
+
+/// `x[i] += y[i]`.
+pub fn add_assign(x: &mut [f32], y: &[f32]) {
+    x.iter_mut().zip(y).for_each(|(a, b)| *a += b);
+}
+
+/// SwiGLU on a stacked `[gate | up]` row: `out = silu(gate) * up`.
+pub fn swiglu(gate_up: &[f32], ffn: usize, out: &mut Vec<f32>) {
+    out.clear();
+    for row in gate_up.chunks_exact(2 * ffn) {
+        let (gate, up) = row.split_at(ffn);
+        out.extend(gate.iter().zip(up).map(|(g, u)| g / (1.0 + (-g).exp()) * u));
+    }
+}
+
+/// Precomputed rotation angles, one row of `head_dim / 2` (cos, sin) pairs per
+/// position, for every position the server admits.
+pub struct RopeTable {
+    half: usize,
+    style: RopeStyle,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeTable {
+    pub fn new(head_dim: usize, theta: f32, positions: usize, style: RopeStyle) -> Self {
+        let half = head_dim / 2;
+        let mut cos = Vec::with_capacity(positions * half);
+        let mut sin = Vec::with_capacity(positions * half);
+        for pos in 0..positions {
+            for i in 0..half {
+                let freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+                let angle = pos as f32 * freq;
+                cos.push(angle.cos());
+                sin.push(angle.sin());
+            }
+        }
+        Self {
+            half,
+            style,
+            cos,
+            sin,
+        }
+    }
+
+    pub fn positions(&self) -> usize {
+        self.cos.len() / self.half.max(1)
+    }
+
+    /// Rotates every head of one token's row in place at `pos`.
+    pub fn apply(&self, row: &mut [f32], pos: usize) {
+        let half = self.half;
+        let cos = &self.cos[pos * half..(pos + 1) * half];
+        let sin = &self.sin[pos * half..(pos + 1) * half];
+        for head in row.chunks_exact_mut(2 * half) {
+            match self.style {
+                RopeStyle::Interleaved => {
+                    for (i, pair) in head.chunks_exact_mut(2).enumerate() {
+                        let (a, b) = (pair[0], pair[1]);
+                        pair[0] = a * cos[i] - b * sin[i];
+                        pair[1] = a * sin[i] + b * cos[i];
+                    }
+                }
+                RopeStyle::Halves => {
+                    let (lo, hi) = head.split_at_mut(half);
+                    for i in 0..half {
+                        let (a, b) = (lo[i], hi[i]);
+                        lo[i] = a * cos[i] - b * sin[i];
+                        hi[i] = a * sin[i] + b * cos[i];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Causal attention of `queries` (tokens at positions `start..start + t`)
+/// over one sequence's cached keys and values for positions `0..start + t`.
+///
+/// * `q`: `t × heads × head_dim`; `out`: same shape.
+/// * `keys`, `values`: `positions × kv_heads × head_dim` (the cache layout).
+pub struct AttentionShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+pub fn attention(
+    shape: &AttentionShape,
+    q: &[f32],
+    keys: &[f32],
+    values: &[f32],
+    start: usize,
+    out: &mut [f32],
+    scores: &mut Vec<f32>,
+) {
+    let AttentionShape {
+        heads,
+        kv_heads,
+        head_dim,
+    } = *shape;
+    let group = heads / kv_heads;
+    let kv_width = kv_heads * head_dim;
+    let scale = 1.0 / (head_dim as f32).sqrt();
+    let width = heads * head_dim;
+    for (i, (q_row, out_row)) in q
+        .chunks_exact(width)
+        .zip(out.chunks_exact_mut(width))
+        .enumerate()
+    {
+        let visible = start + i + 1;
+        for h in 0..heads {
+            let kv = h / group;
+            let qh = &q_row[h * head_dim..(h + 1) * head_dim];
+            scores.clear();
+            let mut max = f32::NEG_INFINITY;
+            for p in 0..visible {
+                let k = &keys[p * kv_width + kv * head_dim..][..head_dim];
+                let s = dot(qh, k) * scale;
+                max = max.max(s);
+                scores.push(s);
+            }
+            let mut sum = 0.0;
+            for s in scores.iter_mut() {
+                *s = (*s - max).exp();
+                sum += *s;
+            }
+            let oh = &mut out_row[h * head_dim..(h + 1) * head_dim];
+            oh.fill(0.0);
+            for (p, s) in scores.iter().enumerate() {
+                let v = &values[p * kv_width + kv * head_dim..][..head_dim];
+                let w = s / sum;
+                oh.iter_mut().zip(v).for_each(|(o, v)| *o += w * v);
+            }
+        }
+    }
+}
+
+/// A dot product with eight independent accumulators: fixed order (so
+/// deterministic) and wide enough for LLVM to vectorise.
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let chunks = a.len() / 8;
+    for c in 0..chunks {
+        for l in 0..8 {
+            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+        }
+    }
+    let mut tail = 0.0;
+    for i in chunks * 8..a.len() {
+        tail += a[i] * b[i];
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_scales_rows_independently() {
+        let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0];
+        let mut out = Vec::new();
+        rms_norm(&x, &[1.0, 2.0], 0.0, &mut out);
+        let r0 = (12.5f32).sqrt();
+        assert!((out[0] - 3.0 / r0).abs() < 1e-6 && (out[1] - 8.0 / r0).abs() < 1e-6);
+        assert!((out[4] - 1.0).abs() < 1e-6 && (out[5] - 2.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn rope_at_position_zero_is_identity_and_preserves_norm() {
+        for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
+            let table = RopeTable::new(4, 10_000.0, 8, style);
+            let mut row = vec![1.0, 2.0, 3.0, 4.0];
+            table.apply(&mut row, 0);
+            assert_eq!(row, vec![1.0, 2.0, 3.0, 4.0]);
+            table.apply(&mut row, 5);
+            let norm: f32 = row.iter().map(|v| v * v).sum();
+            assert!((norm - 30.0).abs() < 1e-4, "{style:?}: {norm}");
+        }
+    }
+
+    #[test]
+    fn interleaved_rope_rotates_adjacent_pairs() {
+        let table = RopeTable::new(2, 1.0, 2, RopeStyle::Interleaved);
+        let mut row = vec![1.0, 0.0];
+        table.apply(&mut row, 1);
+        assert!((row[0] - 1f32.cos()).abs() < 1e-6 && (row[1] - 1f32.sin()).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_over_one_position_returns_its_value() {
+        let shape = AttentionShape {
+            heads: 2,
+            kv_heads: 1,
+            head_dim: 2,
+        };
+        let mut out = vec![0.0; 4];
+        attention(
+            &shape,
+            &[1.0, 0.0, 0.0, 1.0],
+            &[5.0, 5.0],
+            &[7.0, -1.0],
+            0,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert_eq!(out, vec![7.0, -1.0, 7.0, -1.0]);
+    }
+
+    #[test]
+    fn attention_is_causal_within_a_chunk() {
+        let shape = AttentionShape {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+        };
+        // Two queries; the first must ignore the second position's value.
+        let mut out = vec![0.0; 2];
+        attention(
+            &shape,
+            &[1.0, 1.0],
+            &[0.0, 0.0],
+            &[2.0, 4.0],
+            0,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert_eq!(out[0], 2.0);
+        assert!((out[1] - 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn swiglu_multiplies_silu_gate_by_up() {
+        let mut out = Vec::new();
+        swiglu(&[0.0, 2.0, 3.0, 5.0], 2, &mut out);
+        assert_eq!(out[0], 0.0);
+        assert!((out[1] - 2.0 / (1.0 + (-2f32).exp()) * 5.0).abs() < 1e-6);
+    }
+}

@@ -1,0 +1,398 @@
+//! Continuous-batching policy, free of any model or I/O.
+//!
+//! Each step the scheduler admits waiting sequences in arrival order while
+//! there is a free running slot, then fills the step's token budget: every
+//! decoding sequence contributes its one token first (so a long prompt never
+//! stalls running streams by more than one chunk), and the remaining budget
+//! goes to prompt chunks in admission order.
+
+use std::collections::VecDeque;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SeqId(pub u64);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SchedulerLimits {
+    /// Sequences decoding or prefilling at once.
+    pub max_running: usize,
+    /// Sequences waiting for a running slot.
+    pub max_waiting: usize,
+    /// Tokens fed through the model in one step (decodes + prompt chunks).
+    pub max_batch_tokens: usize,
+    /// The largest piece of one prompt fed in a step.
+    pub prefill_chunk: usize,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum LimitsError {
+    #[error("{0} must be at least 1")]
+    Zero(&'static str),
+    #[error(
+        "max batch tokens ({tokens}) must cover one decode token per running sequence ({running})"
+    )]
+    BudgetBelowRunning { tokens: usize, running: usize },
+    #[error("prefill chunk ({chunk}) must not exceed max batch tokens ({tokens})")]
+    ChunkAboveBudget { chunk: usize, tokens: usize },
+}
+
+impl SchedulerLimits {
+    pub fn validate(&self) -> Result<(), LimitsError> {
+        for (value, name) in [
+            (self.max_running, "max running sequences"),
+            (self.max_batch_tokens, "max batch tokens"),
+            (self.prefill_chunk, "prefill chunk"),
+        ] {
+            if value == 0 {
+                return Err(LimitsError::Zero(name));
+            }
+        }
+        if self.max_batch_tokens < self.max_running {
+            return Err(LimitsError::BudgetBelowRunning {
+                tokens: self.max_batch_tokens,
+                running: self.max_running,
+            });
+        }
+        if self.prefill_chunk > self.max_batch_tokens {
+            return Err(LimitsError::ChunkAboveBudget {
+                chunk: self.prefill_chunk,
+                tokens: self.max_batch_tokens,
+            });
+        }
+        Ok(())
+    }
+}
+
+/// What one sequence does in a step.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Work {
+    /// Feed prompt tokens `start..start + len`; `completes` when that is the
+    /// prompt's end, so the step samples the first new token.
+    Prefill {
+        id: SeqId,
+        start: usize,
+        len: usize,
+        completes: bool,
+    },
+    /// Feed the last sampled token and sample the next.
+    Decode { id: SeqId },
+}
+
+impl Work {
+    pub fn id(&self) -> SeqId {
+        match self {
+            Self::Prefill { id, .. } | Self::Decode { id } => *id,
+        }
+    }
+
+    pub fn tokens(&self) -> usize {
+        match self {
+            Self::Prefill { len, .. } => *len,
+            Self::Decode { .. } => 1,
+        }
+    }
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Sequences that left the queue for a running slot this step.
+    pub admitted: Vec<SeqId>,
+    pub work: Vec<Work>,
+}
+
+impl Plan {
+    pub fn tokens(&self) -> usize {
+        self.work.iter().map(Work::tokens).sum()
+    }
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("the queue is full ({0} waiting)")]
+pub struct QueueFull(pub usize);
+
+struct Running {
+    id: SeqId,
+    prompt_len: usize,
+    fed: usize,
+}
+
+pub struct Scheduler {
+    limits: SchedulerLimits,
+    waiting: VecDeque<(SeqId, usize)>,
+    running: Vec<Running>,
+}
+
+impl Scheduler {
+    pub fn new(limits: SchedulerLimits) -> Result<Self, LimitsError> {
+        limits.validate()?;
+        Ok(Self {
+            limits,
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+        })
+    }
+
+    pub fn limits(&self) -> SchedulerLimits {
+        self.limits
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+
+    pub fn running(&self) -> usize {
+        self.running.len()
+    }
+
+    pub fn is_idle(&self) -> bool {
+        self.waiting.is_empty() && self.running.is_empty()
+    }
+
+    /// Queues a sequence whose prompt has `prompt_len` (≥ 1) tokens.
+    pub fn enqueue(&mut self, id: SeqId, prompt_len: usize) -> Result<(), QueueFull> {
+        if self.waiting.len() >= self.limits.max_waiting {
+            return Err(QueueFull(self.waiting.len()));
+        }
+        self.waiting.push_back((id, prompt_len.max(1)));
+        Ok(())
+    }
+
+    /// Forgets a sequence, waiting or running (finished, failed or its
+    /// client went away). Returns whether it was known.
+    pub fn retire(&mut self, id: SeqId) -> bool {
+        if let Some(i) = self.running.iter().position(|r| r.id == id) {
+            self.running.remove(i);
+            return true;
+        }
+        if let Some(i) = self.waiting.iter().position(|(w, _)| *w == id) {
+            self.waiting.remove(i);
+            return true;
+        }
+        false
+    }
+
+    /// Waiting sequences, oldest first (e.g. to fail them at shutdown).
+    pub fn waiting_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
+        self.waiting.iter().map(|(id, _)| *id)
+    }
+
+    /// Decides the next step and records the prompt progress it makes: the
+    /// caller must run exactly this work (or retire the sequences it fails).
+    pub fn plan(&mut self) -> Plan {
+        let mut plan = Plan::default();
+        while self.running.len() < self.limits.max_running {
+            let Some((id, prompt_len)) = self.waiting.pop_front() else {
+                break;
+            };
+            self.running.push(Running {
+                id,
+                prompt_len,
+                fed: 0,
+            });
+            plan.admitted.push(id);
+        }
+
+        let mut budget = self.limits.max_batch_tokens;
+        for r in self.running.iter().filter(|r| r.fed == r.prompt_len) {
+            plan.work.push(Work::Decode { id: r.id });
+            budget -= 1;
+        }
+        for r in self.running.iter_mut().filter(|r| r.fed < r.prompt_len) {
+            if budget == 0 {
+                break;
+            }
+            let len = (r.prompt_len - r.fed)
+                .min(self.limits.prefill_chunk)
+                .min(budget);
+            plan.work.push(Work::Prefill {
+                id: r.id,
+                start: r.fed,
+                len,
+                completes: r.fed + len == r.prompt_len,
+            });
+            r.fed += len;
+            budget -= len;
+        }
+        plan
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn limits(
+        max_running: usize,
+        max_batch_tokens: usize,
+        prefill_chunk: usize,
+    ) -> SchedulerLimits {
+        SchedulerLimits {
+            max_running,
+            max_waiting: 4,
+            max_batch_tokens,
+            prefill_chunk,
+        }
+    }
+
+    fn prefill(id: u64, start: usize, len: usize, completes: bool) -> Work {
+        Work::Prefill {
+            id: SeqId(id),
+            start,
+            len,
+            completes,
+        }
+    }
+
+    #[test]
+    fn limits_are_validated() {
+        assert_eq!(
+            Scheduler::new(limits(8, 4, 4)).err(),
+            Some(LimitsError::BudgetBelowRunning {
+                tokens: 4,
+                running: 8
+            })
+        );
+        assert_eq!(
+            Scheduler::new(limits(2, 16, 32)).err(),
+            Some(LimitsError::ChunkAboveBudget {
+                chunk: 32,
+                tokens: 16
+            })
+        );
+        assert!(matches!(
+            Scheduler::new(limits(0, 16, 8)),
+            Err(LimitsError::Zero(_))
+        ));
+    }
+
+    #[test]
+    fn a_long_prompt_is_chunked_and_decodes_are_never_starved() {
+        let mut s = Scheduler::new(limits(4, 10, 8)).unwrap();
+        s.enqueue(SeqId(1), 3).unwrap();
+        assert_eq!(s.plan().work, vec![prefill(1, 0, 3, true)]);
+        s.enqueue(SeqId(2), 20).unwrap();
+        // Sequence 1 decodes every step while 2's prompt goes in chunks.
+        let p = s.plan();
+        assert_eq!(p.admitted, vec![SeqId(2)]);
+        assert_eq!(
+            p.work,
+            vec![Work::Decode { id: SeqId(1) }, prefill(2, 0, 8, false)]
+        );
+        assert_eq!(
+            s.plan().work,
+            vec![Work::Decode { id: SeqId(1) }, prefill(2, 8, 8, false)]
+        );
+        assert_eq!(
+            s.plan().work,
+            vec![Work::Decode { id: SeqId(1) }, prefill(2, 16, 4, true)]
+        );
+        assert_eq!(
+            s.plan().work,
+            vec![Work::Decode { id: SeqId(1) }, Work::Decode { id: SeqId(2) }]
+        );
+    }
+
+    #[test]
+    fn admission_is_fifo_and_bounded_by_running_slots() {
+        let mut s = Scheduler::new(limits(2, 64, 16)).unwrap();
+        for id in 1..=4 {
+            s.enqueue(SeqId(id), 2).unwrap();
+        }
+        assert_eq!(s.enqueue(SeqId(9), 2), Err(QueueFull(4)));
+        assert_eq!(s.plan().admitted, vec![SeqId(1), SeqId(2)]);
+        assert_eq!((s.running(), s.waiting()), (2, 2));
+        assert!(s.plan().admitted.is_empty());
+        // A finished sequence frees its slot for the oldest waiter.
+        assert!(s.retire(SeqId(1)));
+        let p = s.plan();
+        assert_eq!(p.admitted, vec![SeqId(3)]);
+        assert_eq!(
+            p.work,
+            vec![Work::Decode { id: SeqId(2) }, prefill(3, 0, 2, true)]
+        );
+    }
+
+    #[test]
+    fn prefill_budget_goes_to_the_oldest_prompt_first() {
+        let mut s = Scheduler::new(limits(3, 10, 10)).unwrap();
+        s.enqueue(SeqId(1), 8).unwrap();
+        s.enqueue(SeqId(2), 8).unwrap();
+        assert_eq!(
+            s.plan().work,
+            vec![prefill(1, 0, 8, true), prefill(2, 0, 2, false)]
+        );
+        assert_eq!(
+            s.plan().work,
+            vec![Work::Decode { id: SeqId(1) }, prefill(2, 2, 6, true)]
+        );
+    }
+
+    #[test]
+    fn a_retired_waiting_sequence_is_never_admitted() {
+        let mut s = Scheduler::new(limits(1, 8, 8)).unwrap();
+        s.enqueue(SeqId(1), 1).unwrap();
+        s.enqueue(SeqId(2), 1).unwrap();
+        s.plan();
+        assert!(s.retire(SeqId(2)));
+        assert!(!s.retire(SeqId(2)));
+        s.retire(SeqId(1));
+        assert_eq!(s.plan(), Plan::default());
+        assert!(s.is_idle());
+    }
+
+    proptest! {
+        /// Whatever arrives, a step stays within its budgets, every decoding
+        /// sequence is in every step, and each prompt is fed exactly once, in
+        /// order.
+        #[test]
+        fn plans_respect_budgets_and_feed_each_prompt_once(
+            prompts in proptest::collection::vec(1usize..50, 1..12),
+            running in 1usize..6,
+            extra in 0usize..40,
+            chunk in 1usize..30,
+        ) {
+            let tokens = running + extra.max(chunk);
+            let mut s = Scheduler::new(SchedulerLimits {
+                max_running: running,
+                max_waiting: prompts.len(),
+                max_batch_tokens: tokens,
+                prefill_chunk: chunk.min(tokens),
+            }).unwrap();
+            for (i, len) in prompts.iter().enumerate() {
+                s.enqueue(SeqId(i as u64), *len).unwrap();
+            }
+            let mut fed = vec![0usize; prompts.len()];
+            let mut decodes = vec![0usize; prompts.len()];
+            for _ in 0..10_000 {
+                if s.is_idle() {
+                    break;
+                }
+                let plan = s.plan();
+                prop_assert!(plan.tokens() <= tokens);
+                prop_assert!(s.running() <= running);
+                for w in &plan.work {
+                    match *w {
+                        Work::Prefill { id, start, len, completes } => {
+                            let i = id.0 as usize;
+                            prop_assert_eq!(start, fed[i]);
+                            prop_assert!(len <= chunk);
+                            fed[i] += len;
+                            prop_assert_eq!(completes, fed[i] == prompts[i]);
+                        }
+                        Work::Decode { id } => {
+                            let i = id.0 as usize;
+                            prop_assert_eq!(fed[i], prompts[i]);
+                            decodes[i] += 1;
+                            // Each sequence generates three tokens, then ends.
+                            if decodes[i] == 3 {
+                                s.retire(id);
+                            }
+                        }
+                    }
+                }
+            }
+            prop_assert!(s.is_idle());
+            prop_assert_eq!(fed, prompts);
+        }
+    }
+}

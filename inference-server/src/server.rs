@@ -1,0 +1,140 @@
+//! Process wiring: bind first (so `/health` answers "loading"), load the
+//! model off the async threads, start the engine, serve until SIGTERM/SIGINT,
+//! then drain.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+
+use crate::api::{self, AppState, Ready};
+use crate::config::ServerConfig;
+use crate::engine::{Engine, EngineConfig};
+use crate::metrics::Metrics;
+use crate::model::load_gguf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("cannot load {path}: {message}")]
+    Load { path: String, message: String },
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
+    let addr = SocketAddr::new(config.host, config.port);
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })?;
+    let bound = listener.local_addr()?;
+    // One machine-readable line on stdout: with `--port 0`, supervisors and
+    // tests learn the port from it.
+    {
+        use std::io::Write;
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "listening on http://{bound}");
+        let _ = out.flush();
+    }
+    let metrics = Arc::new(Metrics::default());
+    let app = Arc::new(AppState::new(
+        config.model_id.clone(),
+        config.max_body_bytes,
+        metrics.clone(),
+    ));
+    tracing::info!(addr = %bound, model = %config.model_path.display(), "listening; loading the model");
+
+    let server = tokio::spawn({
+        let app = app.clone();
+        async move {
+            axum::serve(listener, api::router(app))
+                .with_graceful_shutdown(shutdown_signal())
+                .await
+        }
+    });
+
+    let path = config.model_path.clone();
+    let context = config.context;
+    let started = std::time::Instant::now();
+    let loaded = tokio::task::spawn_blocking(move || load_gguf(&path, context))
+        .await
+        .map_err(|e| ServeError::Load {
+            path: config.model_path.display().to_string(),
+            message: e.to_string(),
+        })?
+        .map_err(|e| ServeError::Load {
+            path: config.model_path.display().to_string(),
+            message: e.to_string(),
+        })?;
+    let loaded = Arc::new(loaded);
+    let context = loaded.model.max_positions();
+    tracing::info!(
+        seconds = started.elapsed().as_secs_f32(),
+        architecture = %loaded.model.config().architecture,
+        layers = loaded.model.config().layers,
+        context,
+        "model loaded"
+    );
+    let engine = Engine::start(
+        loaded.clone(),
+        EngineConfig {
+            limits: config.limits,
+            shutdown_grace: config.shutdown_grace,
+        },
+        metrics,
+    )
+    .map_err(|e| ServeError::Load {
+        path: config.model_path.display().to_string(),
+        message: e.to_string(),
+    })?;
+    let handle = engine.handle.clone();
+    let _ = app.ready.set(Ready {
+        engine: engine.handle,
+        loaded,
+        context,
+    });
+
+    // The signal ends the accept loop; in-flight responses finish (or are cut
+    // by the engine's grace deadline) before `serve` returns.
+    let shutdown = tokio::spawn({
+        let handle = handle.clone();
+        async move {
+            shutdown_signal().await;
+            tracing::info!("shutting down: no new requests; finishing running ones");
+            handle.shutdown();
+        }
+    });
+    let served = server
+        .await
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    shutdown.abort();
+    handle.shutdown();
+    let _ = tokio::task::spawn_blocking(move || engine.thread.join()).await;
+    served?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(s) => s,
+                Err(_) => {
+                    let _ = ctrl_c.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -1,0 +1,233 @@
+//! Jinja chat templates, rendered the way Hugging Face `apply_chat_template`
+//! does: `trim_blocks` and `lstrip_blocks` on, loop controls, Python string
+//! and dict methods (`.strip()`, `.startswith()`, `.items()`...),
+//! `raise_exception(msg)`, and the variables `messages`,
+//! `add_generation_prompt`, `bos_token` and `eos_token`.
+//!
+//! The template is parsed once in `new`, so a broken template fails at model
+//! load rather than on the first request.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use minijinja::syntax::SyntaxConfig;
+use minijinja::value::Serde;
+use minijinja::{Environment, ErrorKind, Value};
+use serde::{Deserialize, Serialize};
+
+use super::error::TextError;
+
+/// No file extension, so minijinja applies no HTML auto-escaping.
+const TEMPLATE_NAME: &str = "chat_template";
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChatMessage {
+    pub role: String,
+    pub content: String,
+}
+
+impl ChatMessage {
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+}
+
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    bos_token: Option<String>,
+    eos_token: Option<String>,
+}
+
+impl fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("bos_token", &self.bos_token)
+            .field("eos_token", &self.eos_token)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Marks an error as coming from the template's own `raise_exception`, so
+/// `render` can tell "the template rejects these messages" from a bug.
+#[derive(Debug)]
+struct RaisedByTemplate(String);
+
+impl fmt::Display for RaisedByTemplate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for RaisedByTemplate {}
+
+fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
+    Err(
+        minijinja::Error::new(ErrorKind::InvalidOperation, message.clone())
+            .with_source(RaisedByTemplate(message)),
+    )
+}
+
+impl ChatTemplate {
+    pub fn new(
+        source: &str,
+        bos_token: Option<String>,
+        eos_token: Option<String>,
+    ) -> Result<Self, TextError> {
+        let mut env = Environment::new();
+        let syntax = SyntaxConfig::builder()
+            .trim_blocks(true)
+            .lstrip_blocks(true)
+            .build()
+            .map_err(TextError::TemplateSyntax)?;
+        env.set_syntax(syntax);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_template_owned(TEMPLATE_NAME, source.to_owned())
+            .map_err(TextError::TemplateSyntax)?;
+        Ok(ChatTemplate {
+            env,
+            bos_token,
+            eos_token,
+        })
+    }
+
+    pub fn render(
+        &self,
+        messages: &[ChatMessage],
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
+        let mut ctx = BTreeMap::new();
+        ctx.insert("messages", Value::from(Serde(messages)));
+        ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
+        // Absent rather than `none`, which would render as the text "none".
+        if let Some(bos) = &self.bos_token {
+            ctx.insert("bos_token", Value::from(bos.as_str()));
+        }
+        if let Some(eos) = &self.eos_token {
+            ctx.insert("eos_token", Value::from(eos.as_str()));
+        }
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(TextError::TemplateRender)?;
+        template.render(Value::from(ctx)).map_err(render_error)
+    }
+}
+
+fn render_error(err: minijinja::Error) -> TextError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(&err);
+    while let Some(e) = source {
+        if let Some(raised) = e.downcast_ref::<RaisedByTemplate>() {
+            return TextError::TemplateRaised(raised.0.clone());
+        }
+        source = e.source();
+    }
+    TextError::TemplateRender(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::fixtures;
+
+    const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_chatml() {
+        let template = ChatTemplate::new(CHATML, None, None).unwrap();
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ];
+        assert_eq!(
+            template.render(&messages, true).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        assert!(!template
+            .render(&messages, false)
+            .unwrap()
+            .ends_with("assistant\n"));
+    }
+
+    #[test]
+    fn raise_exception_carries_the_message() {
+        let source = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}ok";
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        let err = template
+            .render(&[ChatMessage::new("assistant", "x")], false)
+            .unwrap_err();
+        assert!(matches!(err, TextError::TemplateRaised(_)), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "Conversation roles must alternate user/assistant/user/assistant/..."
+        );
+        assert_eq!(
+            template
+                .render(&[ChatMessage::new("user", "x")], false)
+                .unwrap(),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn syntax_error_fails_at_load() {
+        let err =
+            ChatTemplate::new("{% for m in messages %}{{ m.content }}", None, None).unwrap_err();
+        assert!(matches!(err, TextError::TemplateSyntax(_)), "{err:?}");
+    }
+
+    #[test]
+    fn other_runtime_errors_are_render_errors() {
+        let template = ChatTemplate::new("{{ messages[0].content + 1 }}", None, None).unwrap();
+        let err = template
+            .render(&[ChatMessage::new("user", "x")], false)
+            .unwrap_err();
+        assert!(matches!(err, TextError::TemplateRender(_)), "{err:?}");
+    }
+
+    #[test]
+    fn python_methods_and_loop_controls() {
+        let source = "{% for m in messages %}{% if loop.index > 2 %}{% break %}{% endif %}{{ m.content.strip().upper() }}{% if m.role.startswith('sys') %}!{% endif %};{% endfor %}";
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        let messages = [
+            ChatMessage::new("system", "  a "),
+            ChatMessage::new("user", "b"),
+            ChatMessage::new("user", "c"),
+        ];
+        assert_eq!(template.render(&messages, false).unwrap(), "A!;B;");
+    }
+
+    #[test]
+    fn special_tokens_and_block_whitespace() {
+        let source = "{{ bos_token }}\n{% for m in messages %}\n    {{ m.content }}{{ eos_token }}\n{% endfor %}";
+        let with = ChatTemplate::new(source, Some("<s>".into()), Some("</s>".into())).unwrap();
+        let messages = [ChatMessage::new("user", "x")];
+        // trim_blocks eats the newline after a block tag, lstrip_blocks the
+        // indentation before one, as in Hugging Face's environment.
+        assert_eq!(with.render(&messages, false).unwrap(), "<s>\n    x</s>\n");
+        let without = ChatTemplate::new(source, None, None).unwrap();
+        assert_eq!(without.render(&messages, false).unwrap(), "\n    x\n");
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<ChatTemplate>();
+    }
+
+    #[test]
+    fn real_model_template_renders_chatml_with_default_system_prompt() {
+        let Some(spec) = fixtures::smollm_spec() else {
+            return;
+        };
+        let source = spec.chat_template.as_deref().unwrap();
+        let template = ChatTemplate::new(source, None, None).unwrap();
+        let rendered = template
+            .render(&[ChatMessage::new("user", "Hello, how are you?")], true)
+            .unwrap();
+        assert_eq!(rendered, fixtures::SMOLLM_CHAT_PROMPT);
+    }
+}

@@ -1,0 +1,157 @@
+//! Token ids → text, one id at a time, for streaming.
+//!
+//! Byte-level tokens can end in the middle of a UTF-8 character (an emoji is
+//! often three or four tokens), so bytes that may still become a character
+//! are held until the next token completes them. Invariant: the concatenation
+//! of everything `push` and `finish` return equals `TextTokenizer::decode` of
+//! the same ids.
+
+use std::sync::Arc;
+
+use super::tokenizer::TextTokenizer;
+
+/// Owns an `Arc` so a sequence can keep its decoder across scheduler steps.
+#[derive(Debug)]
+pub struct IncrementalDecoder {
+    tokenizer: Arc<TextTokenizer>,
+    pending: Vec<u8>,
+}
+
+impl IncrementalDecoder {
+    pub fn new(tokenizer: Arc<TextTokenizer>) -> Self {
+        IncrementalDecoder {
+            tokenizer,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Returns the text this token completes, often empty. Special tokens and
+    /// ids outside the vocabulary (models may pad their output layer past the
+    /// vocabulary) add nothing, as in `decode`.
+    pub fn push(&mut self, id: u32) -> String {
+        if let Some(bytes) = self.tokenizer.token_bytes(id) {
+            self.pending.extend_from_slice(bytes);
+        }
+        self.take_complete()
+    }
+
+    /// Ends the stream: bytes of an unfinished character become U+FFFD.
+    pub fn finish(&mut self) -> String {
+        let rest = String::from_utf8_lossy(&self.pending).into_owned();
+        self.pending.clear();
+        rest
+    }
+
+    fn take_complete(&mut self) -> String {
+        let mut out = String::new();
+        let mut rest: &[u8] = &self.pending;
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(valid) => {
+                    out.push_str(valid);
+                    rest = &[];
+                    break;
+                }
+                Err(err) => {
+                    let (valid, after) = rest.split_at(err.valid_up_to());
+                    out.push_str(std::str::from_utf8(valid).unwrap_or_default());
+                    match err.error_len() {
+                        // A truncated character at the end: wait for more.
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                        // Bytes no continuation can repair: emit U+FFFD now,
+                        // as `decode` would, instead of holding them forever.
+                        Some(bad) => {
+                            out.push(char::REPLACEMENT_CHARACTER);
+                            rest = after.get(bad..).unwrap_or_default();
+                        }
+                    }
+                }
+            }
+        }
+        let consumed = self.pending.len() - rest.len();
+        self.pending.drain(..consumed);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::fixtures;
+
+    fn stream(tokenizer: &Arc<TextTokenizer>, ids: &[u32]) -> Vec<String> {
+        let mut decoder = IncrementalDecoder::new(Arc::clone(tokenizer));
+        let mut pieces: Vec<String> = ids.iter().map(|&id| decoder.push(id)).collect();
+        pieces.push(decoder.finish());
+        pieces
+    }
+
+    #[test]
+    fn holds_partial_characters_with_byte_tokens() {
+        let tokenizer = Arc::new(fixtures::tiny_tokenizer());
+        let text = "a🎉b é";
+        let ids = tokenizer.encode(text).unwrap();
+        let pieces = stream(&tokenizer, &ids);
+        assert_eq!(pieces.concat(), text);
+        // One byte per token in the tiny vocab: the emoji's first three
+        // tokens must produce nothing, the fourth the whole emoji.
+        let emoji_at = pieces.iter().position(|p| p == "🎉").unwrap();
+        assert_eq!(pieces[emoji_at - 3..emoji_at], ["", "", ""]);
+    }
+
+    #[test]
+    fn skips_special_tokens_and_unknown_ids() {
+        let tokenizer = Arc::new(fixtures::tiny_tokenizer());
+        let mut ids = vec![fixtures::IM_START];
+        ids.extend(tokenizer.encode("hi").unwrap());
+        ids.extend([fixtures::IM_END, 1_000_000]);
+        assert_eq!(stream(&tokenizer, &ids).concat(), "hi");
+    }
+
+    #[test]
+    fn invalid_bytes_are_not_held_forever() {
+        let tokenizer = Arc::new(fixtures::tiny_tokenizer());
+        let byte = fixtures::byte_token_id;
+        let mut decoder = IncrementalDecoder::new(tokenizer);
+        // 0xFF can never start a character; a stray continuation byte neither.
+        assert_eq!(decoder.push(byte(0xFF)), "\u{FFFD}");
+        assert_eq!(decoder.push(byte(0x80)), "\u{FFFD}");
+        // A lead byte followed by a non-continuation: both come out at once.
+        assert_eq!(decoder.push(byte(0xE4)), "");
+        assert_eq!(decoder.push(byte(b'x')), "\u{FFFD}x");
+        // Cut off at the end of the stream.
+        assert_eq!(decoder.push(byte(0xF0)), "");
+        assert_eq!(decoder.push(byte(0x9F)), "");
+        assert_eq!(decoder.finish(), "\u{FFFD}");
+        assert_eq!(decoder.finish(), "");
+    }
+
+    #[test]
+    fn real_model_streams_valid_utf8() {
+        let Some(tokenizer) = fixtures::smollm_tokenizer() else {
+            return;
+        };
+        let text = "héllo wörld 你好 🎉";
+        let ids = tokenizer.encode(text).unwrap();
+        let pieces = stream(&tokenizer, &ids);
+        assert_eq!(pieces.concat(), text);
+        assert_eq!(pieces.concat(), tokenizer.decode(&ids).unwrap());
+        // Proof that holding back happened: some token ends inside a
+        // character, so its push returned less than its bytes.
+        let split_inside_char = ids.iter().zip(&pieces).any(|(&id, piece)| {
+            let bytes = tokenizer.token_bytes(id).unwrap();
+            std::str::from_utf8(bytes).is_err() && piece.len() < bytes.len()
+        });
+        assert!(split_inside_char, "ids {ids:?} pieces {pieces:?}");
+        let emoji_tokens = ids
+            .iter()
+            .zip(&pieces)
+            .rev()
+            .take_while(|(_, piece)| !piece.ends_with(' '))
+            .count();
+        assert!(emoji_tokens > 1, "🎉 should span several tokens: {ids:?}");
+    }
+}

@@ -1,0 +1,621 @@
+//! Byte-level BPE tokenizer built from GGUF metadata.
+//!
+//! Encoding goes through Hugging Face `tokenizers` (BPE model, pre-tokenizer
+//! chosen by `tokenizer.ggml.pre`, control tokens registered as special added
+//! tokens so `<|im_start|>` in the text is one id). Decoding does not: every
+//! id is mapped once, at load, to the raw bytes it stands for, and `decode`
+//! and the incremental decoder both read that table, so the streamed text and
+//! the final text can never disagree.
+//!
+//! Invariant: `token_bytes(id)` is `None` exactly for tokens that carry no text
+//! (control, unknown, unused), and those are what `decode` skips.
+
+use std::collections::HashSet;
+
+use ahash::AHashMap;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, Tokenizer};
+
+use super::error::TextError;
+use super::spec::{TokenizerSpec, KEY_BOS, KEY_EOS, KEY_MERGES, KEY_TOKEN_TYPE};
+
+/// llama.cpp's `llama_token_type` values, as stored in `tokenizer.ggml.token_type`.
+mod token_type {
+    pub const UNDEFINED: i32 = 0;
+    pub const NORMAL: i32 = 1;
+    pub const UNKNOWN: i32 = 2;
+    pub const CONTROL: i32 = 3;
+    pub const USER_DEFINED: i32 = 4;
+    pub const UNUSED: i32 = 5;
+    pub const BYTE: i32 = 6;
+}
+
+/// Control tokens that end a turn in the chat formats we know; generation
+/// stops on them even when the GGUF's `eos_token_id` names another one
+/// (SmolLM2: eos is `<|im_end|>`, but base-model habits emit `<|endoftext|>`).
+const END_OF_TURN_TOKENS: &[&str] = &[
+    "<|endoftext|>",
+    "<|im_end|>",
+    "<|eot_id|>",
+    "<|eom_id|>",
+    "<|end|>",
+    "<|end_of_text|>",
+    "<end_of_turn>",
+    "</s>",
+];
+
+pub struct TextTokenizer {
+    inner: Tokenizer,
+    /// Raw bytes per id; `None` for tokens without text.
+    bytes: Vec<Option<Box<[u8]>>>,
+    special: Vec<bool>,
+    bos_token_id: Option<u32>,
+    eos_token_id: Option<u32>,
+    add_bos_token: bool,
+    stop_token_ids: Vec<u32>,
+}
+
+impl std::fmt::Debug for TextTokenizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TextTokenizer")
+            .field("vocab_size", &self.vocab_size())
+            .field("bos_token_id", &self.bos_token_id)
+            .field("eos_token_id", &self.eos_token_id)
+            .field("add_bos_token", &self.add_bos_token)
+            .field("stop_token_ids", &self.stop_token_ids)
+            .finish_non_exhaustive()
+    }
+}
+
+impl TextTokenizer {
+    pub fn from_spec(spec: &TokenizerSpec) -> Result<Self, TextError> {
+        if spec.model != "gpt2" {
+            return Err(TextError::Unsupported {
+                what: "model",
+                name: spec.model.clone(),
+            });
+        }
+        let pre_tokenizer = pre_tokenizer(spec.pre.as_deref())?;
+        let types = token_types(spec)?;
+        let vocab_size = spec.tokens.len();
+        let bos_token_id = checked_id(KEY_BOS, spec.bos_token_id, vocab_size)?;
+        let eos_token_id = checked_id(KEY_EOS, spec.eos_token_id, vocab_size)?;
+        if spec.add_bos_token && bos_token_id.is_none() {
+            return Err(TextError::invalid(
+                KEY_BOS,
+                "add_bos_token is set but there is no bos_token_id",
+            ));
+        }
+
+        let vocab = vocab(&spec.tokens)?;
+        let merges = merges(&spec.merges, &vocab)?;
+        let model = BPE::builder()
+            .vocab_and_merges(vocab, merges)
+            .build()
+            .map_err(TextError::Tokenizer)?;
+
+        let mut inner = Tokenizer::new(model);
+        inner.with_pre_tokenizer(Some(pre_tokenizer));
+        let (special_tokens, user_tokens) = added_tokens(&spec.tokens, &types);
+        inner
+            .add_special_tokens(special_tokens)
+            .map_err(TextError::Tokenizer)?;
+        inner
+            .add_tokens(user_tokens)
+            .map_err(TextError::Tokenizer)?;
+
+        let special: Vec<bool> = types
+            .iter()
+            .map(|&t| matches!(t, token_type::CONTROL | token_type::UNKNOWN))
+            .collect();
+        let byte_level = ByteLevelDecoder::new();
+        let bytes = spec
+            .tokens
+            .iter()
+            .zip(&types)
+            .map(|(text, &t)| token_to_bytes(text, t, &byte_level))
+            .collect();
+        let stop_token_ids = stop_token_ids(&spec.tokens, &special, eos_token_id);
+
+        Ok(TextTokenizer {
+            inner,
+            bytes,
+            special,
+            bos_token_id,
+            eos_token_id,
+            add_bos_token: spec.add_bos_token,
+            stop_token_ids,
+        })
+    }
+
+    /// Special-token strings in `text` become their ids: the chat template's
+    /// output contains them on purpose.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(TextError::Tokenizer)?;
+        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        if self.add_bos_token {
+            ids.extend(self.bos_token_id);
+        }
+        ids.extend_from_slice(encoding.get_ids());
+        Ok(ids)
+    }
+
+    /// Skips special tokens; invalid UTF-8 (a sequence cut mid-character)
+    /// becomes U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
+        let mut out = Vec::new();
+        for &id in ids {
+            let piece = self
+                .bytes
+                .get(id as usize)
+                .ok_or(TextError::UnknownTokenId {
+                    id,
+                    vocab_size: self.vocab_size(),
+                })?;
+            out.extend_from_slice(piece.as_deref().unwrap_or_default());
+        }
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// The raw bytes a token stands for (possibly part of a UTF-8 character);
+    /// `None` for tokens without text and for ids outside the vocabulary.
+    pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
+        self.bytes.get(id as usize)?.as_deref()
+    }
+
+    pub fn is_special(&self, id: u32) -> bool {
+        self.special.get(id as usize).copied().unwrap_or(false)
+    }
+
+    pub fn bos_token_id(&self) -> Option<u32> {
+        self.bos_token_id
+    }
+
+    pub fn eos_token_id(&self) -> Option<u32> {
+        self.eos_token_id
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Sorted, without duplicates.
+    pub fn stop_token_ids(&self) -> &[u32] {
+        &self.stop_token_ids
+    }
+
+    /// The text of a token as stored in the vocabulary (byte-level encoded
+    /// for normal tokens); for special tokens this is the string a chat
+    /// template writes, e.g. `<|im_end|>`.
+    pub fn token_text(&self, id: u32) -> Option<String> {
+        self.inner.id_to_token(id)
+    }
+}
+
+fn pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizerWrapper, TextError> {
+    let byte_level = ByteLevel::new(false, true, true);
+    match pre {
+        // No name: assume GPT-2's own split, which the byte-level format
+        // comes from (llama.cpp instead guesses a generic regex and warns).
+        None | Some("gpt2") => Ok(byte_level.into()),
+        Some("smollm") => {
+            Ok(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into())
+        }
+        Some(other) => Err(TextError::Unsupported {
+            what: "pre-tokenizer",
+            name: other.to_owned(),
+        }),
+    }
+}
+
+fn token_types(spec: &TokenizerSpec) -> Result<Vec<i32>, TextError> {
+    if spec.token_types.is_empty() {
+        return Ok(vec![token_type::NORMAL; spec.tokens.len()]);
+    }
+    if spec.token_types.len() != spec.tokens.len() {
+        return Err(TextError::invalid(
+            KEY_TOKEN_TYPE,
+            format!(
+                "has {} entries for {} tokens",
+                spec.token_types.len(),
+                spec.tokens.len()
+            ),
+        ));
+    }
+    for (i, &t) in spec.token_types.iter().enumerate() {
+        if !(token_type::UNDEFINED..=token_type::BYTE).contains(&t) {
+            return Err(TextError::invalid(
+                format!("{KEY_TOKEN_TYPE}[{i}]"),
+                format!("unknown token type {t}"),
+            ));
+        }
+    }
+    Ok(spec.token_types.clone())
+}
+
+fn checked_id(key: &str, id: Option<u32>, vocab_size: usize) -> Result<Option<u32>, TextError> {
+    match id {
+        Some(id) if id as usize >= vocab_size => Err(TextError::invalid(
+            key,
+            format!("{id} is outside the vocabulary of {vocab_size} tokens"),
+        )),
+        _ => Ok(id),
+    }
+}
+
+fn vocab(tokens: &[String]) -> Result<AHashMap<String, u32>, TextError> {
+    let mut vocab = AHashMap::with_capacity(tokens.len());
+    for (id, token) in tokens.iter().enumerate() {
+        let id = u32::try_from(id)
+            .map_err(|_| TextError::invalid(super::spec::KEY_TOKENS, "more than 2^32 tokens"))?;
+        // Some converters repeat a string (padding entries); the first id
+        // wins for encoding, and every id still decodes through `bytes`.
+        vocab.entry(token.clone()).or_insert(id);
+    }
+    Ok(vocab)
+}
+
+/// Checked here rather than left to `BPE::build` so the error names the index.
+fn merges(
+    merges: &[String],
+    vocab: &AHashMap<String, u32>,
+) -> Result<Vec<(String, String)>, TextError> {
+    merges
+        .iter()
+        .enumerate()
+        .map(|(i, merge)| {
+            let field = || format!("{KEY_MERGES}[{i}]");
+            let (left, right) = merge
+                .split_once(' ')
+                .filter(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains(' '))
+                .ok_or_else(|| TextError::invalid(field(), "expected 'left right'"))?;
+            for part in [left.to_owned(), right.to_owned(), format!("{left}{right}")] {
+                if !vocab.contains_key(&part) {
+                    return Err(TextError::invalid(
+                        field(),
+                        format!("'{part}' is not in the vocabulary"),
+                    ));
+                }
+            }
+            Ok((left.to_owned(), right.to_owned()))
+        })
+        .collect()
+}
+
+/// Control and unknown tokens match as special strings; user-defined tokens
+/// match as ordinary added tokens (they are text, and decode as such).
+fn added_tokens(tokens: &[String], types: &[i32]) -> (Vec<AddedToken>, Vec<AddedToken>) {
+    let mut special = Vec::new();
+    let mut user = Vec::new();
+    for (text, &t) in tokens.iter().zip(types) {
+        match t {
+            token_type::CONTROL | token_type::UNKNOWN => {
+                special.push(AddedToken::from(text.clone(), true).normalized(false));
+            }
+            token_type::USER_DEFINED => {
+                user.push(AddedToken::from(text.clone(), false).normalized(false));
+            }
+            _ => {}
+        }
+    }
+    (special, user)
+}
+
+fn token_to_bytes(text: &str, t: i32, byte_level: &ByteLevelDecoder) -> Option<Box<[u8]>> {
+    match t {
+        token_type::CONTROL | token_type::UNKNOWN | token_type::UNUSED => None,
+        // llama.cpp stores user-defined tokens as plain text, not byte-level.
+        token_type::USER_DEFINED => Some(text.as_bytes().into()),
+        token_type::BYTE => match parse_byte_token(text) {
+            Some(b) => Some([b].into()),
+            None => Some(byte_level.decode(text).into()),
+        },
+        _ => Some(byte_level.decode(text).into()),
+    }
+}
+
+/// `<0xAB>` → 0xAB (SentencePiece-style byte tokens).
+fn parse_byte_token(text: &str) -> Option<u8> {
+    let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
+    u8::from_str_radix(hex, 16).ok()
+}
+
+/// Inverse of GPT-2's `bytes_to_unicode`: printable Latin-1 bytes stand for
+/// themselves, and the n-th of the other 68 bytes (in byte order) was moved
+/// to U+0100 + n so that every token is printable text.
+pub(crate) struct ByteLevelDecoder {
+    /// Indexed by code point, U+0000..U+0143.
+    table: Vec<Option<u8>>,
+}
+
+impl ByteLevelDecoder {
+    pub(crate) fn new() -> Self {
+        let mut table = vec![None; 0x144];
+        let mut shifted = 0x100;
+        for b in 0..=u8::MAX {
+            let slot = if is_printable_byte(b) {
+                usize::from(b)
+            } else {
+                shifted += 1;
+                shifted - 1
+            };
+            if let Some(entry) = table.get_mut(slot) {
+                *entry = Some(b);
+            }
+        }
+        ByteLevelDecoder { table }
+    }
+
+    pub(crate) fn decode(&self, text: &str) -> Vec<u8> {
+        let mut out = Vec::with_capacity(text.len());
+        for c in text.chars() {
+            match self.table.get(c as usize).copied().flatten() {
+                Some(b) => out.push(b),
+                // Not byte-level encoded (should not happen in a gpt2 vocab):
+                // keep the character as text rather than losing it.
+                None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
+            }
+        }
+        out
+    }
+}
+
+pub(crate) fn is_printable_byte(b: u8) -> bool {
+    matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
+}
+
+fn stop_token_ids(tokens: &[String], special: &[bool], eos: Option<u32>) -> Vec<u32> {
+    let names: HashSet<&str> = END_OF_TURN_TOKENS.iter().copied().collect();
+    let mut ids: Vec<u32> = tokens
+        .iter()
+        .zip(special)
+        .enumerate()
+        .filter(|(_, (text, &is_special))| is_special && names.contains(text.as_str()))
+        .filter_map(|(id, _)| u32::try_from(id).ok())
+        .chain(eos)
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::text::fixtures::{self, tiny_id, tiny_spec, tiny_tokenizer, IM_END, IM_START};
+
+    #[test]
+    fn encodes_with_merges_and_special_tokens() {
+        let tokenizer = tiny_tokenizer();
+        let cases: &[(&str, Vec<u32>)] = &[
+            ("hello", vec![tiny_id("hello")]),
+            ("hello w", vec![tiny_id("hello"), tiny_id(" w")]),
+            (
+                "<|im_start|>hello<|im_end|>",
+                vec![IM_START, tiny_id("hello"), IM_END],
+            ),
+            ("<think>he", vec![tiny_id("<think>"), tiny_id("he")]),
+            // Digits are split before BPE, so the "1 2" merge never applies.
+            ("12", vec![tiny_id("1"), tiny_id("2")]),
+            ("", vec![]),
+        ];
+        for (text, ids) in cases {
+            assert_eq!(&tokenizer.encode(text).unwrap(), ids, "{text:?}");
+        }
+    }
+
+    #[test]
+    fn gpt2_pre_tokenizer_keeps_digit_runs() {
+        let spec = TokenizerSpec {
+            pre: Some("gpt2".into()),
+            ..tiny_spec()
+        };
+        let tokenizer = TextTokenizer::from_spec(&spec).unwrap();
+        assert_eq!(tokenizer.encode("12").unwrap(), [tiny_id("12")]);
+    }
+
+    #[test]
+    fn round_trips_any_text() {
+        let tokenizer = tiny_tokenizer();
+        for text in [
+            "hello world",
+            "héllo wörld",
+            "你好",
+            "🎉 ok\n\ttabs",
+            "a\u{0}b\u{7f}",
+        ] {
+            let ids = tokenizer.encode(text).unwrap();
+            assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn decode_skips_special_tokens_but_keeps_user_defined() {
+        let tokenizer = tiny_tokenizer();
+        let ids = tokenizer
+            .encode("<|im_start|>hello<think><|im_end|>")
+            .unwrap();
+        assert_eq!(tokenizer.decode(&ids).unwrap(), "hello<think>");
+    }
+
+    #[test]
+    fn decode_rejects_ids_outside_the_vocabulary() {
+        let tokenizer = tiny_tokenizer();
+        let err = tokenizer.decode(&[IM_START, 100_000]).unwrap_err();
+        assert!(matches!(err, TextError::UnknownTokenId { id: 100_000, .. }));
+    }
+
+    #[test]
+    fn token_bytes_and_special_flags() {
+        let tokenizer = tiny_tokenizer();
+        assert_eq!(tokenizer.token_bytes(tiny_id(" w")), Some(&b" w"[..]));
+        assert_eq!(
+            tokenizer.token_bytes(fixtures::byte_token_id(0xF0)),
+            Some(&[0xF0][..])
+        );
+        assert_eq!(tokenizer.token_bytes(IM_END), None);
+        assert_eq!(tokenizer.token_bytes(1_000_000), None);
+        assert!(tokenizer.is_special(IM_END) && !tokenizer.is_special(tiny_id("he")));
+        assert!(!tokenizer.is_special(tiny_id("<think>")));
+        assert_eq!(tokenizer.token_text(IM_END).as_deref(), Some("<|im_end|>"));
+        assert_eq!(tokenizer.vocab_size(), tiny_spec().tokens.len());
+    }
+
+    #[test]
+    fn stop_ids_are_eos_and_end_of_turn_control_tokens() {
+        let tokenizer = tiny_tokenizer();
+        assert_eq!(tokenizer.eos_token_id(), Some(IM_END));
+        assert_eq!(tokenizer.stop_token_ids(), [fixtures::ENDOFTEXT, IM_END]);
+    }
+
+    #[test]
+    fn bos_is_added_only_when_asked() {
+        let spec = TokenizerSpec {
+            add_bos_token: true,
+            ..tiny_spec()
+        };
+        let tokenizer = TextTokenizer::from_spec(&spec).unwrap();
+        assert_eq!(tokenizer.encode("he").unwrap(), [IM_START, tiny_id("he")]);
+        assert_eq!(tokenizer.bos_token_id(), Some(IM_START));
+    }
+
+    #[test]
+    fn invalid_specs_are_rejected_with_the_field() {
+        let cases: Vec<(TokenizerSpec, &str)> =
+            vec![
+            (
+                TokenizerSpec { model: "llama".into(), ..tiny_spec() },
+                "unsupported tokenizer model 'llama'",
+            ),
+            (
+                TokenizerSpec { pre: Some("qwen2".into()), ..tiny_spec() },
+                "unsupported tokenizer pre-tokenizer 'qwen2'",
+            ),
+            (
+                TokenizerSpec {
+                    merges: vec!["h e".into(), "he".into()],
+                    ..tiny_spec()
+                },
+                "tokenizer.ggml.merges[1]: expected 'left right'",
+            ),
+            (
+                TokenizerSpec { merges: vec!["h e l".into()], ..tiny_spec() },
+                "tokenizer.ggml.merges[0]: expected 'left right'",
+            ),
+            (
+                TokenizerSpec { merges: vec!["e h".into()], ..tiny_spec() },
+                "tokenizer.ggml.merges[0]: 'eh' is not in the vocabulary",
+            ),
+            (
+                TokenizerSpec { token_types: vec![1, 3], ..tiny_spec() },
+                "tokenizer.ggml.token_type: has 2 entries for 266 tokens",
+            ),
+            (
+                TokenizerSpec { eos_token_id: Some(266), ..tiny_spec() },
+                "tokenizer.ggml.eos_token_id: 266 is outside the vocabulary of 266 tokens",
+            ),
+            (
+                TokenizerSpec {
+                    bos_token_id: None,
+                    add_bos_token: true,
+                    ..tiny_spec()
+                },
+                "tokenizer.ggml.bos_token_id: add_bos_token is set but there is no bos_token_id",
+            ),
+        ];
+        for (spec, expected) in cases {
+            let err = TextTokenizer::from_spec(&spec).unwrap_err();
+            assert_eq!(err.to_string(), expected);
+        }
+    }
+
+    #[test]
+    fn unknown_token_type_names_its_index() {
+        let mut spec = tiny_spec();
+        spec.token_types[7] = 9;
+        let err = TextTokenizer::from_spec(&spec).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "tokenizer.ggml.token_type[7]: unknown token type 9"
+        );
+    }
+
+    #[test]
+    fn byte_level_table_inverts_bytes_to_unicode() {
+        let decoder = ByteLevelDecoder::new();
+        for b in 0..=u8::MAX {
+            assert_eq!(decoder.decode(&fixtures::byte_char(b).to_string()), [b]);
+        }
+        assert_eq!(fixtures::byte_char(b' '), 'Ġ');
+        assert_eq!(fixtures::byte_char(b'\n'), 'Ċ');
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<TextTokenizer>();
+    }
+
+    // The reference ids below come from the model's published tokenizer.json.
+    #[test]
+    fn real_model_matches_reference_ids() {
+        let Some(tokenizer) = fixtures::smollm_tokenizer() else {
+            return;
+        };
+        assert_eq!(
+            tokenizer.encode("Hello, how are you?").unwrap(),
+            [19556, 28, 638, 359, 346, 47]
+        );
+        assert_eq!(
+            tokenizer.encode(fixtures::SMOLLM_CHAT_PROMPT).unwrap(),
+            [
+                1, 9690, 198, 2683, 359, 253, 5356, 5646, 11173, 3365, 3511, 308, 34519, 28, 7018,
+                411, 407, 19712, 8182, 2, 198, 1, 4093, 198, 19556, 28, 638, 359, 346, 47, 2, 198,
+                1, 520, 9531, 198
+            ]
+        );
+    }
+
+    #[test]
+    fn real_model_splits_digits_and_round_trips() {
+        let Some(tokenizer) = fixtures::smollm_tokenizer() else {
+            return;
+        };
+        let ids = tokenizer.encode("12345").unwrap();
+        assert_eq!(ids.len(), 5);
+        for (id, digit) in ids.iter().zip(["1", "2", "3", "4", "5"]) {
+            assert_eq!(tokenizer.decode(&[*id]).unwrap(), digit);
+        }
+        for text in [
+            "The quick brown fox jumps over the lazy dog.",
+            "Crème brûlée à la française, s'il vous plaît",
+            "東京は日本の首都です。你好，世界",
+            "🎉🚀 emoji 👨‍👩‍👧 family",
+            "  leading spaces\n\ttabs and\r\nnewlines  ",
+        ] {
+            let ids = tokenizer.encode(text).unwrap();
+            assert_eq!(tokenizer.decode(&ids).unwrap(), text);
+        }
+    }
+
+    #[test]
+    fn real_model_metadata() {
+        let Some(tokenizer) = fixtures::smollm_tokenizer() else {
+            return;
+        };
+        assert_eq!(tokenizer.vocab_size(), 49_152);
+        assert_eq!(tokenizer.bos_token_id(), Some(1));
+        assert_eq!(tokenizer.eos_token_id(), Some(2));
+        assert_eq!(tokenizer.stop_token_ids(), [0, 2]);
+        assert!((0..=16).all(|id| tokenizer.is_special(id)));
+        assert!(!tokenizer.is_special(17));
+        assert_eq!(tokenizer.decode(&[1, 19556, 2]).unwrap(), "Hello");
+    }
+}

@@ -1,0 +1,137 @@
+//! Continuous batching through the public API: identical greedy output alone
+//! and together, slots freed by disconnects, an honest 503 when full.
+
+use std::io::Read;
+use std::time::Duration;
+
+use maas_testkit::{eventually, InferenceServer};
+use serde_json::json;
+
+use crate::support::*;
+
+const PROMPTS: [&str; 8] = [
+    "What is the capital of France?",
+    "Write a haiku about autumn.",
+    "Explain photosynthesis in one sentence.",
+    "List three prime numbers.",
+    "What is 12 times 12?",
+    "Describe a cat to someone who has never seen one.",
+    "Give me a tip for learning Rust.",
+    "Why is the sky blue?",
+];
+
+fn streamed_text(server: &InferenceServer, prompt: &str) -> String {
+    let r = chat(
+        server,
+        &chat_body(prompt, json!({"max_tokens": 48, "stream": true})),
+    );
+    let s = parse_stream(&r);
+    assert!(s.done);
+    s.text
+}
+
+#[test]
+fn eight_concurrent_streams_each_get_their_solo_greedy_text() {
+    let server = InferenceServer::start(&[]);
+    let alone: Vec<String> = PROMPTS.iter().map(|p| streamed_text(&server, p)).collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = PROMPTS
+            .iter()
+            .map(|p| {
+                let server = &server;
+                scope.spawn(move || streamed_text(server, p))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((prompt, a), t) in PROMPTS.iter().zip(&alone).zip(&together) {
+        assert_eq!(a, t, "{prompt:?} changed when batched");
+    }
+    // And they really shared steps: some forward passes carried several
+    // sequences (the first bucket counts single-sequence steps).
+    let steps = metric(&server, "inference_batch_sequences_count");
+    let single = metric(&server, "inference_batch_sequences_bucket{le=\"1\"}");
+    assert!(
+        single < steps,
+        "no step batched more than one sequence ({single} of {steps})"
+    );
+}
+
+#[test]
+fn a_client_that_hangs_up_frees_its_slot() {
+    let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
+    let long = chat_body(
+        "Write a very long essay about the history of Europe.",
+        json!({"max_tokens": 4000, "stream": true}),
+    );
+    let sock = open_stream(&server, &long);
+    eventually(Duration::from_secs(10), || {
+        match metric(&server, "inference_running_sequences") {
+            1.0 => Ok(()),
+            n => Err(format!("running {n}")),
+        }
+    });
+    drop(sock);
+    eventually(Duration::from_secs(10), || {
+        let cancelled = metric(
+            &server,
+            &format!("inference_requests_total{{model=\"{MODEL}\",outcome=\"cancelled\"}}"),
+        );
+        let running = metric(&server, "inference_running_sequences");
+        if cancelled == 1.0 && running == 0.0 {
+            Ok(())
+        } else {
+            Err(format!("cancelled {cancelled}, running {running}"))
+        }
+    });
+    // The one slot serves the next request at once.
+    let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
+fn a_full_queue_answers_503_with_retry_after_at_once() {
+    let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
+    let long = chat_body(
+        "Write a very long essay about the history of Europe.",
+        json!({"max_tokens": 4000, "stream": true}),
+    );
+    let running = open_stream(&server, &long);
+    let queued = open_stream(&server, &long);
+    let started = std::time::Instant::now();
+    let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the refusal must not wait"
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("retry-after"), Some("1"));
+    let e = r.json();
+    assert_eq!(e["error"]["code"], "server_overloaded");
+    assert_eq!(e["error"]["type"], "server_error");
+    assert_eq!(
+        metric(
+            &server,
+            &format!(
+                "inference_requests_total{{model=\"{MODEL}\",outcome=\"rejected_queue_full\"}}"
+            )
+        ),
+        1.0
+    );
+    eventually(Duration::from_secs(10), || {
+        match metric(&server, "inference_queue_depth") {
+            1.0 => Ok(()),
+            n => Err(format!("queue depth {n}")),
+        }
+    });
+    drop(running);
+    // The queued stream is admitted once the running one is gone.
+    let mut queued = queued;
+    let mut buf = [0u8; 4096];
+    let mut seen = String::new();
+    while seen.matches("data: ").count() < 3 {
+        let n = queued.read(&mut buf).unwrap();
+        assert!(n > 0);
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+}

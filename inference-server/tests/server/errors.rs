@@ -1,0 +1,123 @@
+//! Bad input gets a specific status and an OpenAI-shaped error body, before
+//! it costs the engine anything.
+
+use maas_testkit::{get, request, InferenceServer, Response};
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+fn assert_error(r: &Response, status: u16, param: Option<&str>, needle: &str) -> Value {
+    assert_eq!(r.status, status, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let e = r.json()["error"].clone();
+    assert!(
+        e["message"].as_str().unwrap().contains(needle),
+        "{needle:?} not in {e}"
+    );
+    assert!(e["type"].is_string(), "{e}");
+    assert_eq!(e["param"].as_str(), param, "{e}");
+    e
+}
+
+fn post_raw(server: &InferenceServer, path: &str, body: &str) -> Response {
+    request(
+        "POST",
+        &server.url(path),
+        &[("content-type", "application/json")],
+        Some(body.as_bytes()),
+    )
+}
+
+#[test]
+fn invalid_requests_get_400_naming_the_problem() {
+    let server = InferenceServer::start(&["--context", "64"]);
+    let r = post_raw(
+        &server,
+        "/v1/chat/completions",
+        r#"{"model": "smollm2-135m-instruct", "messages": ["#,
+    );
+    assert_error(&r, 400, None, "not valid JSON");
+    let r = chat(&server, &json!({"model": MODEL}));
+    assert_error(&r, 400, Some("messages"), "required");
+    let r = chat(&server, &chat_body("hi", json!({"n": 2})));
+    assert_error(&r, 400, Some("n"), "must be 1");
+    let r = chat(&server, &chat_body("hi", json!({"temperature": -1})));
+    assert_error(&r, 400, Some("temperature"), "between 0 and 2");
+    let r = chat(&server, &chat_body("hi", json!({"max_tokens": 0})));
+    assert_error(&r, 400, Some("max_tokens"), "at least 1");
+    let r = completion(&server, &json!({"model": MODEL, "prompt": ""}));
+    assert_error(&r, 400, Some("prompt"), "empty");
+    let r = completion(&server, &json!({"model": MODEL, "prompt": [1, 2, 999999]}));
+    assert_error(&r, 400, Some("prompt"), "outside the vocabulary");
+}
+
+#[test]
+fn a_request_beyond_the_context_is_refused_with_the_numbers() {
+    let server = InferenceServer::start(&["--context", "64"]);
+    // 36 prompt tokens + 40 > 64.
+    let r = chat(
+        &server,
+        &chat_body("Hello, how are you?", json!({"max_tokens": 40})),
+    );
+    let e = assert_error(
+        &r,
+        400,
+        Some("messages"),
+        "maximum context length is 64 tokens",
+    );
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("76 tokens (36 in the prompt, 40 for the completion)"),
+        "{e}"
+    );
+    assert_eq!(e["code"], "context_length_exceeded");
+    let long = "word ".repeat(100);
+    let r = completion(&server, &json!({"model": MODEL, "prompt": long}));
+    assert_error(&r, 400, Some("prompt"), "the prompt alone has");
+    // Without max_tokens the completion may use the rest of the context.
+    let r = chat(
+        &server,
+        &chat_body("Hello, how are you?", json!({"temperature": 0})),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r.json()["usage"]["total_tokens"].as_u64().unwrap() <= 64);
+}
+
+#[test]
+fn unknown_models_paths_methods_and_huge_bodies_are_refused() {
+    let server = InferenceServer::start(&["--max-body-bytes", "2048"]);
+    let mut body = chat_body("hi", json!({}));
+    body["model"] = json!("gpt-4o");
+    let e = assert_error(
+        &chat(&server, &body),
+        404,
+        Some("model"),
+        "`gpt-4o` does not exist",
+    );
+    assert_eq!(e["code"], "model_not_found");
+
+    let e = assert_error(
+        &get(&server.url("/v1/embeddings")),
+        404,
+        None,
+        "Unknown path",
+    );
+    assert_eq!(e["code"], "unknown_url");
+    assert_error(
+        &get(&server.url("/v1/chat/completions")),
+        405,
+        None,
+        "Method not allowed",
+    );
+
+    let big = chat_body(&"x".repeat(4096), json!({}));
+    let e = assert_error(&chat(&server, &big), 413, None, "2048 bytes");
+    assert_eq!(e["code"], "request_too_large");
+    // The server is unharmed.
+    assert_eq!(
+        chat(&server, &chat_body("hi", json!({"max_tokens": 2}))).status,
+        200
+    );
+}

@@ -1,0 +1,83 @@
+//! Start-up and shutdown: a clear message without a model, and SIGTERM that
+//! lets running streams finish (or cuts them cleanly at the grace deadline).
+
+use std::io::Read;
+use std::net::TcpStream;
+use std::process::Command;
+
+use maas_testkit::{inference_server_binary, InferenceServer};
+use serde_json::json;
+
+use crate::support::*;
+
+fn read_to_end(mut sock: TcpStream) -> String {
+    let mut all = Vec::new();
+    let _ = sock.read_to_end(&mut all);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+#[test]
+fn sigterm_lets_running_streams_finish_then_exits_cleanly() {
+    let mut server = InferenceServer::start(&[]);
+    let sock = open_stream(
+        &server,
+        &chat_body(
+            "Count from 1 to 20.",
+            json!({"max_tokens": 64, "stream": true}),
+        ),
+    );
+    let reader = std::thread::spawn(move || read_to_end(sock));
+    let status = server.terminate();
+    assert!(status.success(), "{status}\n{}", server.log());
+    let rest = reader.join().unwrap();
+    assert!(rest.contains("data: [DONE]"), "stream was cut: {rest}");
+    assert!(server.log().contains("shutting down"), "{}", server.log());
+}
+
+#[test]
+fn the_grace_deadline_cuts_streams_with_an_error_event() {
+    let mut server = InferenceServer::start(&["--shutdown-grace-secs", "1"]);
+    let long = chat_body(
+        "Write a very long essay about the history of Europe.",
+        json!({"max_tokens": 4000, "stream": true}),
+    );
+    let sock = open_stream(&server, &long);
+    let reader = std::thread::spawn(move || read_to_end(sock));
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    let rest = reader.join().unwrap();
+    assert!(rest.contains("\"error\""), "{rest}");
+    assert!(
+        !rest.contains("[DONE]"),
+        "a cut stream must not look complete"
+    );
+}
+
+#[test]
+fn without_the_default_model_the_server_says_how_to_fetch_it() {
+    let out = Command::new(inference_server_binary())
+        .env("MAAS_MODEL_DIR", "/nonexistent-model-dir")
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("make model") && err.contains("/nonexistent-model-dir"),
+        "{err}"
+    );
+}
+
+#[test]
+fn invalid_limits_are_refused_at_start() {
+    let out = Command::new(inference_server_binary())
+        .args(["--max-running", "64", "--max-batch-tokens", "16"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("max batch tokens (16) must cover one decode token per running sequence (64)"),
+        "{err}"
+    );
+}

@@ -1,0 +1,124 @@
+//! Requests and stream parsing shared by the tests.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use maas_testkit::{post_json, InferenceServer, Response};
+use serde_json::{json, Value};
+
+pub const MODEL: &str = "smollm2-135m-instruct";
+
+pub fn chat_body(content: &str, extra: Value) -> Value {
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": content}],
+        "temperature": 0,
+    });
+    merge(&mut body, extra);
+    body
+}
+
+pub fn merge(body: &mut Value, extra: Value) {
+    if let (Some(b), Value::Object(e)) = (body.as_object_mut(), extra) {
+        b.extend(e);
+    }
+}
+
+pub fn chat(server: &InferenceServer, body: &Value) -> Response {
+    post_json(&server.url("/v1/chat/completions"), &[], body)
+}
+
+pub fn completion(server: &InferenceServer, body: &Value) -> Response {
+    post_json(&server.url("/v1/completions"), &[], body)
+}
+
+/// The assistant's text of a successful non-streaming chat response.
+pub fn chat_text(r: &Response) -> String {
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.json()["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no content: {}", r.text()))
+        .to_string()
+}
+
+/// A parsed SSE chat or completion stream.
+#[derive(Debug)]
+pub struct Stream {
+    pub chunks: Vec<Value>,
+    pub text: String,
+    pub finish_reason: Option<String>,
+    pub usage: Option<Value>,
+    pub done: bool,
+}
+
+pub fn parse_stream(r: &Response) -> Stream {
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("text/event-stream"));
+    let data = r.sse_data();
+    let done = data.last().map(String::as_str) == Some("[DONE]");
+    let mut s = Stream {
+        chunks: Vec::new(),
+        text: String::new(),
+        finish_reason: None,
+        usage: None,
+        done,
+    };
+    for d in data.iter().filter(|d| *d != "[DONE]") {
+        let chunk: Value = serde_json::from_str(d).unwrap_or_else(|e| panic!("chunk {d:?}: {e}"));
+        if let Some(choice) = chunk["choices"].get(0) {
+            let piece = choice["delta"]["content"]
+                .as_str()
+                .or(choice["text"].as_str());
+            s.text.push_str(piece.unwrap_or(""));
+            if let Some(f) = choice["finish_reason"].as_str() {
+                s.finish_reason = Some(f.to_string());
+            }
+        }
+        if !chunk["usage"].is_null() {
+            s.usage = Some(chunk["usage"].clone());
+        }
+        s.chunks.push(chunk);
+    }
+    s
+}
+
+/// Opens a streaming request on a raw socket and returns it once the first
+/// `data:` event has arrived, so a test can hang up mid-stream.
+pub fn open_stream(server: &InferenceServer, body: &Value) -> TcpStream {
+    let mut sock = TcpStream::connect(server.addr()).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let body = body.to_string();
+    write!(
+        sock,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !String::from_utf8_lossy(&seen).contains("data: ") {
+        let n = sock.read(&mut buf).expect("read");
+        assert!(
+            n > 0,
+            "stream closed early: {}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    sock
+}
+
+/// A Prometheus sample's value from `/metrics` text (exact series match).
+pub fn metric(server: &InferenceServer, series: &str) -> f64 {
+    let text = maas_testkit::get(&server.url("/metrics")).text();
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)
+                .and_then(|rest| rest.strip_prefix(' '))
+        })
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}

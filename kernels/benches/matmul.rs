@@ -1,0 +1,81 @@
+//! Batched quantized matmul vs the naive f32 reference, on SmolLM2-135M shapes.
+//!
+//! `cargo bench -p maas-kernels --bench matmul`. What matters is the ratios:
+//! kernel vs reference in the same run, and m = 8 vs m = 1 (batching gain).
+
+use std::hint::black_box;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use half::f16;
+use maas_kernels::{reference_matmul, PackedMatrix, QuantKind};
+
+/// Deterministic pseudo-random bytes (no RNG dependency needed for a bench).
+fn noise(len: usize, seed: u64) -> impl Iterator<Item = u64> {
+    let mut state = seed | 1;
+    (0..len).map(move |_| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    })
+}
+
+fn ggml_bytes(kind: QuantKind, rows: usize, cols: usize) -> Vec<u8> {
+    let blocks = rows * cols / 32;
+    let mut raw = Vec::with_capacity(blocks * kind.block_bytes());
+    let mut bytes = noise(blocks * kind.block_bytes(), 42);
+    for _ in 0..blocks {
+        raw.extend_from_slice(&f16::from_f32(0.01).to_le_bytes());
+        if kind == QuantKind::Q4_1 {
+            raw.extend_from_slice(&f16::from_f32(-0.08).to_le_bytes());
+        }
+        let quants = kind.block_bytes() - raw.len() % kind.block_bytes();
+        raw.extend(bytes.by_ref().take(quants).map(|v| v as u8));
+    }
+    raw
+}
+
+fn activations(m: usize, cols: usize) -> Vec<f32> {
+    noise(m * cols, 7)
+        .map(|v| (v % 2000) as f32 / 1000.0 - 1.0)
+        .collect()
+}
+
+fn bench_shape(c: &mut Criterion, kind: QuantKind, rows: usize, cols: usize) {
+    let w = match PackedMatrix::from_ggml(kind, &ggml_bytes(kind, rows, cols), rows, cols) {
+        Ok(w) => w,
+        Err(e) => panic!("bench matrix: {e}"),
+    };
+    let dense = w.dequantize();
+    let mut group = c.benchmark_group(format!("{kind}_{rows}x{cols}"));
+    group
+        .sample_size(10)
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(2));
+    for m in [1, 8] {
+        let x = activations(m, cols);
+        let mut out = vec![0.0; m * rows];
+        // Rows per second is the batching figure of merit.
+        group.throughput(Throughput::Elements(m as u64));
+        group.bench_with_input(BenchmarkId::new("kernel", m), &m, |b, &m| {
+            b.iter(|| w.matmul(black_box(&x), m, &mut out))
+        });
+        group.bench_with_input(BenchmarkId::new("reference_f32", m), &m, |b, &m| {
+            b.iter(|| reference_matmul(&dense, rows, cols, black_box(&x), m))
+        });
+    }
+    group.finish();
+}
+
+fn matmul(c: &mut Criterion) {
+    eprintln!("kernel backend: {:?}", maas_kernels::backend());
+    // MLP up/gate (1536 × 576) and down (576 × 1536) projections.
+    bench_shape(c, QuantKind::Q4_1, 1536, 576);
+    bench_shape(c, QuantKind::Q4_1, 576, 1536);
+    // Tied embedding used as the LM head: 49152 × 576.
+    bench_shape(c, QuantKind::Q8_0, 49152, 576);
+}
+
+criterion_group!(benches, matmul);
+criterion_main!(benches);

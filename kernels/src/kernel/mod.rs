@@ -1,0 +1,166 @@
+//! The batched matmul: quantize the activations once, split the weight rows
+//! into chunks for rayon's global pool, and run a register-tiled kernel on each.
+//!
+//! Determinism: every output element `(i, n)` is produced by one call to a tile
+//! kernel that walks the blocks of weight row `n` in order with its own
+//! accumulators, and whose per-element arithmetic does not depend on the tile
+//! height. Tile shapes, chunk boundaries and threads therefore only decide *where*
+//! an element is computed, never *how*, so a row of `x` yields the same bits
+//! alone or inside any batch. The backend (AVX2 or portable) is chosen once per
+//! process; the two backends are not bit-identical to each other.
+
+mod portable;
+#[cfg(test)]
+mod tests;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::activation::QuantizedActivations;
+use crate::packed::PackedMatrix;
+
+/// The instruction set the kernels run on, detected once per process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Backend {
+    /// x86-64 with AVX2 and FMA: 32-byte integer dot products per block.
+    Avx2,
+    /// Plain Rust for any other CPU; LLVM vectorizes it for the baseline target.
+    Portable,
+}
+
+/// The backend every `matmul` in this process uses.
+pub fn backend() -> Backend {
+    static DETECTED: OnceLock<Backend> = OnceLock::new();
+    *DETECTED.get_or_init(detect)
+}
+
+fn detect() -> Backend {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+            return Backend::Avx2;
+        }
+    }
+    Backend::Portable
+}
+
+/// Chunks below this much work (weights × (activation rows + 2), a rough count
+/// of multiply-adds plus the cost of streaming the weights) run on one thread:
+/// waking the pool costs a few microseconds, about as much as this work.
+const MIN_CHUNK_WORK: usize = 1 << 19;
+
+/// Chunks per pool thread when there is enough work, so a slow thread (or one
+/// busy with something else) does not hold up the whole call.
+const CHUNKS_PER_THREAD: usize = 4;
+
+/// Computes `out = x · Wᵀ` for already-validated shapes.
+pub(crate) fn matmul(
+    w: &PackedMatrix,
+    x: &QuantizedActivations,
+    m: usize,
+    out: &mut [f32],
+    backend: Backend,
+) {
+    let chunk_rows = chunk_rows(w.rows, w.cols, m, rayon::current_num_threads());
+    matmul_split(w, x, m, out, backend, chunk_rows);
+}
+
+/// `matmul` with an explicit chunk size (tests use odd ones to prove the split
+/// does not change results).
+pub(crate) fn matmul_split(
+    w: &PackedMatrix,
+    x: &QuantizedActivations,
+    m: usize,
+    out: &mut [f32],
+    backend: Backend,
+    chunk_rows: usize,
+) {
+    let n = w.rows;
+    if m == 0 || n == 0 {
+        return;
+    }
+    let chunk_rows = chunk_rows.max(1);
+    // Kernels write weight-row-major (`[n][m]`) so each chunk owns one
+    // contiguous slice; for m == 1 that already is the output layout.
+    let mut transposed = Vec::new();
+    let dst: &mut [f32] = if m == 1 {
+        out
+    } else {
+        transposed.resize(n * m, 0.0);
+        &mut transposed
+    };
+    if chunk_rows >= n {
+        compute_rows(w, x, m, 0, dst, backend);
+    } else {
+        dst.par_chunks_mut(chunk_rows * m)
+            .enumerate()
+            .for_each(|(c, dst)| compute_rows(w, x, m, c * chunk_rows, dst, backend));
+    }
+    if m > 1 {
+        for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
+            for (o, t) in out_row.iter_mut().zip(transposed[i..].iter().step_by(m)) {
+                *o = *t;
+            }
+        }
+    }
+}
+
+/// Weight rows per parallel chunk: big enough to amortize scheduling, small
+/// enough to give every thread several chunks.
+fn chunk_rows(n: usize, cols: usize, m: usize, threads: usize) -> usize {
+    let row_work = (cols * (m + 2)).max(1);
+    let min_rows = MIN_CHUNK_WORK.div_ceil(row_work);
+    let balanced = n.div_ceil(threads.max(1) * CHUNKS_PER_THREAD);
+    min_rows.max(balanced)
+}
+
+/// Fills `dst` (`[rows][m]`) for weight rows `n0 .. n0 + dst.len() / m`.
+fn compute_rows(
+    w: &PackedMatrix,
+    x: &QuantizedActivations,
+    m: usize,
+    n0: usize,
+    dst: &mut [f32],
+    backend: Backend,
+) {
+    let job = RowJob { w, x, m, n0 };
+    match backend {
+        #[cfg(target_arch = "x86_64")]
+        Backend::Avx2 => {
+            // SAFETY: `Backend::Avx2` is only ever produced by `detect` after
+            // confirming AVX2 and FMA at runtime (tests construct it the same way).
+            unsafe { x86::compute_rows(&job, dst) }
+        }
+        _ => portable::compute_rows(&job, dst),
+    }
+}
+
+/// One chunk of work: weight rows starting at `n0`, all `m` activation rows.
+pub(crate) struct RowJob<'a> {
+    pub(crate) w: &'a PackedMatrix,
+    pub(crate) x: &'a QuantizedActivations,
+    pub(crate) m: usize,
+    pub(crate) n0: usize,
+}
+
+/// Activation rows per register tile: each unpacked weight block and each
+/// scale load is shared by this many rows. With two 8-lane accumulators per
+/// row (see `x86`), four rows fill half the AVX2 register file.
+pub(crate) const ROW_TILE: usize = 4;
+
+/// The register tiles covering `m` activation rows: `(first row, rows)` with
+/// `rows` in `1..=ROW_TILE`.
+pub(crate) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
+    (0..m)
+        .step_by(ROW_TILE)
+        .map(move |i0| (i0, (m - i0).min(ROW_TILE)))
+}
+
+/// `QuantKind` as a const-generic parameter (enums cannot be one on stable), so
+/// each kernel is compiled once per format with the format branches folded away.
+pub(crate) const KIND_Q4_0: u8 = 0;
+pub(crate) const KIND_Q4_1: u8 = 1;
+pub(crate) const KIND_Q8_0: u8 = 2;

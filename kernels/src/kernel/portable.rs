@@ -1,0 +1,70 @@
+//! Portable kernel: the same row tiles and per-block integer dot products as
+//! the AVX2 kernel, in plain Rust for CPUs without AVX2/FMA or other arches.
+//! Each output accumulates `d_w · d_x · isum` block by block in order (one
+//! accumulator, so not bit-identical to the AVX2 kernel), then adds the Q4
+//! offset term `Σ_b min_b · s_x[b]` as the AVX2 kernel does.
+
+use super::{row_tiles, RowJob, ROW_TILE};
+use crate::format::{QuantKind, BLOCK};
+
+/// Fills `dst` for one chunk.
+pub(crate) fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
+    for n in 0..dst.len() / job.m {
+        for (i0, rows) in row_tiles(job.m) {
+            tile(job, n, i0, rows, dst);
+        }
+    }
+}
+
+/// Computes the outputs for weight row `n0 + n` (chunk-local `n`) and
+/// activation rows `i0 .. i0 + rows`.
+fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
+    let (w, x, m) = (job.w, job.x, job.m);
+    let nb = x.nb;
+    let qb = w.kind.quant_bytes();
+    let row = job.n0 + n;
+    let mut acc = [0f32; ROW_TILE];
+    let mut weights = [0i8; BLOCK];
+
+    for b in 0..nb {
+        let idx = row * nb + b;
+        let q = &w.quants[idx * qb..][..qb];
+        if w.kind == QuantKind::Q8_0 {
+            for (dst, &src) in weights.iter_mut().zip(q) {
+                *dst = src as i8;
+            }
+        } else {
+            // Unsigned nibbles, 0..=15; the offset is added after the loop.
+            let (lo, hi) = weights.split_at_mut(BLOCK / 2);
+            for ((lo, hi), &src) in lo.iter_mut().zip(hi).zip(q) {
+                *lo = (src & 0x0F) as i8;
+                *hi = (src >> 4) as i8;
+            }
+        }
+        for (r, acc) in acc.iter_mut().enumerate().take(rows) {
+            let xi = (i0 + r) * nb + b;
+            let isum: i32 = weights
+                .iter()
+                .zip(&x.q[xi * BLOCK..][..BLOCK])
+                .map(|(&a, &b)| a as i32 * b as i32)
+                .sum();
+            *acc += w.scales[idx] * x.d[xi] * isum as f32;
+        }
+    }
+
+    for (r, acc) in acc.iter().enumerate().take(rows) {
+        let xs = &x.s[(i0 + r) * nb..][..nb];
+        let offset = match w.kind {
+            QuantKind::Q4_0 => {
+                let scales = &w.scales[row * nb..][..nb];
+                -8.0 * scales.iter().zip(xs).map(|(d, s)| d * s).sum::<f32>()
+            }
+            QuantKind::Q4_1 => {
+                let mins = &w.mins[row * nb..][..nb];
+                mins.iter().zip(xs).map(|(m, s)| m * s).sum::<f32>()
+            }
+            QuantKind::Q8_0 => 0.0,
+        };
+        dst[n * m + i0 + r] = acc + offset;
+    }
+}

@@ -1,0 +1,26 @@
+//! Batched quantized matrix kernels for GGML Q4_0 / Q4_1 / Q8_0 weights.
+//!
+//! `PackedMatrix::matmul` computes `x · Wᵀ` for a batch of activation rows
+//! (continuous-batching decode steps, prefill chunks) while reading each
+//! weight block once per call: activations are quantized to 8 bits per block
+//! (llama.cpp's Q8_0/Q8_1 scheme), every unpacked weight block is used for a
+//! register tile of rows, and weight rows are split across rayon's global pool.
+//!
+//! Guarantee: the output for a row of `x` is bit-identical regardless of the
+//! batch it is in (size, neighbours, position) and of the thread split. AVX2 +
+//! FMA is detected at runtime (`backend()`); other CPUs use a portable kernel.
+
+mod activation;
+mod error;
+mod format;
+mod kernel;
+mod packed;
+mod reference;
+#[cfg(test)]
+mod testdata;
+
+pub use error::KernelError;
+pub use format::{QuantKind, BLOCK};
+pub use kernel::{backend, Backend};
+pub use packed::PackedMatrix;
+pub use reference::reference_matmul;

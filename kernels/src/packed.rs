@@ -1,0 +1,329 @@
+//! `PackedMatrix`: a GGML weight matrix repacked once at load into the layout
+//! the kernels stream.
+//!
+//! Layout (all arrays row-major over `(row, block)`, `nb = cols / 32`):
+//! - `scales[row * nb + b]`: the block's `d`, widened from f16 to f32 so the hot
+//!   loop never converts halves (costs 2 bytes per block of extra bandwidth);
+//! - `mins[row * nb + b]`: Q4_1's `m`, widened the same way (empty otherwise);
+//! - `quants[(row * nb + b) * quant_bytes ..]`: the block's `qs` bytes verbatim
+//!   (16 nibble-packed bytes for Q4_x, 32 `i8` for Q8_0), so the nibble order is
+//!   GGML's: byte `j` holds weight `j` (low) and weight `j + 16` (high).
+//!
+//! Splitting headers from quants keeps every quant block 16- or 32-byte strided,
+//! which lets the SIMD loads stay inside one cache line.
+
+use half::f16;
+
+use crate::activation::QuantizedActivations;
+use crate::error::KernelError;
+use crate::format::{QuantKind, BLOCK};
+use crate::kernel::{self, Backend};
+
+/// A quantized `rows × cols` weight matrix (`rows` output features, `cols`
+/// input features), immutable after load and therefore `Send + Sync`.
+#[derive(Debug, Clone)]
+pub struct PackedMatrix {
+    pub(crate) kind: QuantKind,
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    pub(crate) scales: Vec<f32>,
+    pub(crate) mins: Vec<f32>,
+    pub(crate) quants: Vec<u8>,
+}
+
+impl PackedMatrix {
+    /// Repacks a GGML tensor's raw bytes. `raw` must hold exactly
+    /// `rows * cols / 32` blocks of `kind`, each row's blocks contiguous.
+    pub fn from_ggml(
+        kind: QuantKind,
+        raw: &[u8],
+        rows: usize,
+        cols: usize,
+    ) -> Result<Self, KernelError> {
+        if cols % BLOCK != 0 {
+            return Err(KernelError::ColsNotBlockMultiple { cols });
+        }
+        let overflow = KernelError::SizeOverflow { rows, cols };
+        let blocks = rows.checked_mul(cols / BLOCK).ok_or(overflow.clone())?;
+        let expected = blocks.checked_mul(kind.block_bytes()).ok_or(overflow)?;
+        if raw.len() != expected {
+            return Err(KernelError::RawLength {
+                kind,
+                rows,
+                cols,
+                expected,
+                actual: raw.len(),
+            });
+        }
+
+        let header = kind.header_bytes();
+        let mut scales = Vec::with_capacity(blocks);
+        let mut mins = Vec::with_capacity(if kind == QuantKind::Q4_1 { blocks } else { 0 });
+        let mut quants = Vec::with_capacity(blocks * kind.quant_bytes());
+        for block in raw.chunks_exact(kind.block_bytes()) {
+            scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
+            if kind == QuantKind::Q4_1 {
+                mins.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
+            }
+            quants.extend_from_slice(&block[header..]);
+        }
+        Ok(Self {
+            kind,
+            rows,
+            cols,
+            scales,
+            mins,
+            quants,
+        })
+    }
+
+    /// The quantization format the matrix was loaded from.
+    pub fn kind(&self) -> QuantKind {
+        self.kind
+    }
+
+    /// Output features (weight rows).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Input features (weights per row).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// Blocks per row.
+    pub(crate) fn blocks_per_row(&self) -> usize {
+        self.cols / BLOCK
+    }
+
+    /// `out (m × rows, row-major) = x (m × cols, row-major) · Wᵀ`.
+    ///
+    /// Activations are quantized to 8 bits per 32-value block, once per call.
+    /// The result for a row of `x` is bit-identical whatever the other rows,
+    /// its position, `m` or the thread split. Runs on rayon's global pool.
+    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        self.matmul_on(kernel::backend(), x, m, out)
+    }
+
+    /// `matmul` on an explicit backend, so tests can cover both.
+    pub(crate) fn matmul_on(
+        &self,
+        backend: Backend,
+        x: &[f32],
+        m: usize,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        let cols = self.cols;
+        let expected_in = m
+            .checked_mul(cols)
+            .ok_or(KernelError::SizeOverflow { rows: m, cols })?;
+        if x.len() != expected_in {
+            return Err(KernelError::InputLength {
+                m,
+                cols,
+                expected: expected_in,
+                actual: x.len(),
+            });
+        }
+        let expected_out = m.checked_mul(self.rows).ok_or(KernelError::SizeOverflow {
+            rows: m,
+            cols: self.rows,
+        })?;
+        if out.len() != expected_out {
+            return Err(KernelError::OutputLength {
+                expected: expected_out,
+                actual: out.len(),
+            });
+        }
+        let quantized = QuantizedActivations::new(x, m, cols);
+        kernel::matmul(self, &quantized, m, out, backend);
+        Ok(())
+    }
+
+    /// Dequantizes one row into `out` (`cols` long), e.g. for an embedding lookup.
+    pub fn dequantize_row(&self, row: usize, out: &mut [f32]) -> Result<(), KernelError> {
+        if row >= self.rows {
+            return Err(KernelError::RowOutOfRange {
+                row,
+                rows: self.rows,
+            });
+        }
+        if out.len() != self.cols {
+            return Err(KernelError::OutputLength {
+                expected: self.cols,
+                actual: out.len(),
+            });
+        }
+        self.fill_row(row, out);
+        Ok(())
+    }
+
+    /// Dequantizes the whole matrix (`rows × cols`, row-major).
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0.0; self.rows * self.cols];
+        if self.cols > 0 {
+            for (row, dst) in out.chunks_exact_mut(self.cols).enumerate() {
+                self.fill_row(row, dst);
+            }
+        }
+        out
+    }
+
+    /// Dequantizes `row` into `out`; the caller has checked both bounds.
+    fn fill_row(&self, row: usize, out: &mut [f32]) {
+        let nb = self.blocks_per_row();
+        let qb = self.kind.quant_bytes();
+        for (b, dst) in out.chunks_exact_mut(BLOCK).enumerate() {
+            let idx = row * nb + b;
+            let d = self.scales[idx];
+            let qs = &self.quants[idx * qb..(idx + 1) * qb];
+            match self.kind {
+                QuantKind::Q4_0 => {
+                    for (j, &q) in qs.iter().enumerate() {
+                        dst[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
+                        dst[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+                    }
+                }
+                QuantKind::Q4_1 => {
+                    let m = self.mins[idx];
+                    for (j, &q) in qs.iter().enumerate() {
+                        dst[j] = (q & 0x0F) as f32 * d + m;
+                        dst[j + 16] = (q >> 4) as f32 * d + m;
+                    }
+                }
+                QuantKind::Q8_0 => {
+                    for (w, &q) in dst.iter_mut().zip(qs) {
+                        *w = q as i8 as f32 * d;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::*;
+
+    fn f16_bytes(v: f32) -> [u8; 2] {
+        f16::from_f32(v).to_le_bytes()
+    }
+
+    /// Nibble bytes whose low nibble counts up and high nibble counts down:
+    /// weight j has nibble j, weight j + 16 has nibble 15 - j.
+    fn ramp_nibbles() -> Vec<u8> {
+        (0u8..16).map(|j| j | ((15 - j) << 4)).collect()
+    }
+
+    fn dequantized(kind: QuantKind, block: &[u8]) -> Vec<f32> {
+        PackedMatrix::from_ggml(kind, block, 1, 32)
+            .unwrap()
+            .dequantize()
+    }
+
+    #[test]
+    fn dequantizes_hand_built_q4_0_block() {
+        let mut block = f16_bytes(0.5).to_vec();
+        block.extend(ramp_nibbles());
+        let w = dequantized(QuantKind::Q4_0, &block);
+        // (nibble - 8) * 0.5
+        assert_eq!(&w[..4], &[-4.0, -3.5, -3.0, -2.5]);
+        assert_eq!(w[15], 3.5);
+        assert_eq!(&w[16..18], &[3.5, 3.0]);
+        assert_eq!(w[31], -4.0);
+    }
+
+    #[test]
+    fn dequantizes_hand_built_q4_1_block() {
+        let mut block = f16_bytes(0.25).to_vec();
+        block.extend(f16_bytes(-1.5));
+        block.extend(ramp_nibbles());
+        let w = dequantized(QuantKind::Q4_1, &block);
+        // nibble * 0.25 - 1.5
+        assert_eq!(&w[..3], &[-1.5, -1.25, -1.0]);
+        assert_eq!(w[15], 2.25);
+        assert_eq!(w[16], 2.25);
+        assert_eq!(w[31], -1.5);
+    }
+
+    #[test]
+    fn dequantizes_hand_built_q8_0_block() {
+        let mut block = f16_bytes(0.125).to_vec();
+        // -128, -120, ..., 120 as two's-complement bytes.
+        block.extend((0..32).map(|j| (j * 8 - 128) as i8 as u8));
+        let w = dequantized(QuantKind::Q8_0, &block);
+        assert_eq!(&w[..3], &[-16.0, -15.0, -14.0]);
+        assert_eq!(w[16], 0.0);
+        assert_eq!(w[31], 15.0);
+    }
+
+    #[test]
+    fn rows_and_blocks_keep_their_order() {
+        // Two rows of two Q8_0 blocks, each block constant with its own scale.
+        let mut raw = Vec::new();
+        for (d, q) in [(1.0, 1i8), (2.0, 2), (3.0, 3), (4.0, -4)] {
+            raw.extend(f16_bytes(d));
+            raw.extend([q as u8; 32]);
+        }
+        let w = PackedMatrix::from_ggml(QuantKind::Q8_0, &raw, 2, 64).unwrap();
+        let mut row = vec![0.0; 64];
+        w.dequantize_row(1, &mut row).unwrap();
+        assert_eq!(
+            (row[0], row[31], row[32], row[63]),
+            (9.0, 9.0, -16.0, -16.0)
+        );
+        let all = w.dequantize();
+        assert_eq!((all[0], all[32], all[64]), (1.0, 4.0, 9.0));
+    }
+
+    #[test]
+    fn rejects_bad_shapes() {
+        let kind = QuantKind::Q4_0;
+        assert_eq!(
+            PackedMatrix::from_ggml(kind, &[0; 18], 1, 33).unwrap_err(),
+            KernelError::ColsNotBlockMultiple { cols: 33 }
+        );
+        assert_eq!(
+            PackedMatrix::from_ggml(kind, &[0; 35], 1, 64).unwrap_err(),
+            KernelError::RawLength {
+                kind,
+                rows: 1,
+                cols: 64,
+                expected: 36,
+                actual: 35
+            }
+        );
+        assert_eq!(
+            PackedMatrix::from_ggml(kind, &[], usize::MAX, 64).unwrap_err(),
+            KernelError::SizeOverflow {
+                rows: usize::MAX,
+                cols: 64
+            }
+        );
+    }
+
+    #[test]
+    fn dequantize_row_checks_bounds() {
+        let w = PackedMatrix::from_ggml(QuantKind::Q4_1, &[0; 40], 2, 32).unwrap();
+        assert_eq!(
+            w.dequantize_row(2, &mut [0.0; 32]),
+            Err(KernelError::RowOutOfRange { row: 2, rows: 2 })
+        );
+        assert_eq!(
+            w.dequantize_row(0, &mut [0.0; 31]),
+            Err(KernelError::OutputLength {
+                expected: 32,
+                actual: 31
+            })
+        );
+    }
+
+    #[test]
+    fn is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync>() {}
+        assert_send_sync::<PackedMatrix>();
+    }
+}

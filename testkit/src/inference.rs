@@ -1,0 +1,190 @@
+//! The real inference server as a child process: the release binary that
+//! `make test` builds, on a loopback port it picks itself (`--port 0`),
+//! waited on until `/health` says the model is loaded, stopped on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use crate::client::try_request;
+use crate::gateway::workspace_root;
+
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+const LOAD_TIMEOUT: Duration = Duration::from_secs(120);
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The file name of the embedded default model in the project's cache.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// `MAAS_INFERENCE_SERVER`, or the `serve`-profile build `make test` makes.
+pub fn find_inference_server() -> Option<PathBuf> {
+    let path = std::env::var_os("MAAS_INFERENCE_SERVER").map_or_else(
+        || workspace_root().join("target/serve/inference-server"),
+        PathBuf::from,
+    );
+    path.is_file().then_some(path)
+}
+
+pub fn inference_server_binary() -> PathBuf {
+    find_inference_server().unwrap_or_else(|| {
+        panic!(
+            "no inference server: set MAAS_INFERENCE_SERVER or run `make test`, which builds {:?}",
+            workspace_root().join("target/serve/inference-server")
+        )
+    })
+}
+
+/// The embedded default model (`MAAS_MODEL_DIR` or `.cache/models`).
+pub fn default_model() -> PathBuf {
+    let dir = std::env::var_os("MAAS_MODEL_DIR")
+        .map_or_else(|| workspace_root().join(".cache/models"), PathBuf::from);
+    let path = dir.join(DEFAULT_MODEL_FILE);
+    assert!(
+        path.is_file(),
+        "no model at {path:?}: run `make test` (or `make model`), which fetches it"
+    );
+    path
+}
+
+pub struct InferenceServer {
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+static SERVERS: AtomicUsize = AtomicUsize::new(0);
+
+impl InferenceServer {
+    /// Starts the server with the default model plus `args`, and waits until
+    /// it serves. Panics with the server's log when it does not come up.
+    pub fn start(args: &[&str]) -> Self {
+        Self::try_start(args).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    pub fn try_start(args: &[&str]) -> Result<Self, String> {
+        let model = default_model();
+        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+        let log =
+            std::env::temp_dir().join(format!("maas-inference-{}-{n}.log", std::process::id()));
+        let stderr =
+            std::fs::File::create(&log).map_err(|e| format!("cannot create {log:?}: {e}"))?;
+        let mut child = Command::new(inference_server_binary())
+            .args([
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "0",
+                "--model-id",
+                "smollm2-135m-instruct",
+            ])
+            .arg("--model")
+            .arg(&model)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(stderr)
+            .spawn()
+            .map_err(|e| format!("cannot start the inference server: {e}"))?;
+
+        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.strip_prefix("listening on http://") {
+                    let _ = tx.send(addr.trim().to_string());
+                }
+            }
+        });
+        let mut server = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
+        };
+        match rx.recv_timeout(LISTEN_TIMEOUT).map(|a| a.parse()) {
+            Ok(Ok(addr)) => server.addr = addr,
+            Ok(Err(e)) => return Err(server.failure(format!("unreadable address: {e}"))),
+            Err(_) => return Err(server.failure("no `listening on` line".into())),
+        }
+        match server.wait_loaded() {
+            Ok(()) => Ok(server),
+            Err(why) => Err(server.failure(why)),
+        }
+    }
+
+    fn wait_loaded(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + LOAD_TIMEOUT;
+        loop {
+            if let Ok(r) = try_request("GET", &self.url("/health"), &[], None) {
+                if r.status == 200 {
+                    return Ok(());
+                }
+            }
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("exited with {status}"));
+            }
+            if Instant::now() > deadline {
+                return Err("model not loaded in time".into());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn failure(&mut self, why: String) -> String {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        format!(
+            "inference server did not come up: {why}\n--- its log ---\n{}",
+            self.log()
+        )
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The server's log so far (stderr).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the exit (graceful shutdown).
+    pub fn terminate(&mut self) -> ExitStatus {
+        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
+            // SAFETY: kill(2) on our own unreaped child.
+            unsafe {
+                libc::kill(pid, libc::SIGTERM);
+            }
+        }
+        let deadline = Instant::now() + TERMINATE_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                return self.child.wait().unwrap_or_else(|e| panic!("wait: {e}"));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for InferenceServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
