@@ -42,17 +42,30 @@ fn activations(m: usize, cols: usize) -> Vec<f32> {
         .collect()
 }
 
-fn bench_shape(c: &mut Criterion, kind: QuantKind, rows: usize, cols: usize) {
-    let w = match PackedMatrix::from_ggml(kind, &ggml_bytes(kind, rows, cols), rows, cols) {
+fn packed(kind: QuantKind, rows: usize, cols: usize) -> PackedMatrix {
+    match PackedMatrix::from_ggml(kind, &ggml_bytes(kind, rows, cols), rows, cols) {
         Ok(w) => w,
         Err(e) => panic!("bench matrix: {e}"),
-    };
-    let dense = w.dequantize();
-    let mut group = c.benchmark_group(format!("{kind}_{rows}x{cols}"));
+    }
+}
+
+fn short_group<'a>(
+    c: &'a mut Criterion,
+    name: String,
+) -> criterion::BenchmarkGroup<'a, criterion::measurement::WallTime> {
+    let mut group = c.benchmark_group(name);
     group
         .sample_size(10)
         .warm_up_time(Duration::from_millis(500))
         .measurement_time(Duration::from_secs(2));
+    group
+}
+
+/// One matrix, called repeatedly: it stays in cache (L2 for the Q4 shapes).
+fn bench_shape(c: &mut Criterion, kind: QuantKind, rows: usize, cols: usize) {
+    let w = packed(kind, rows, cols);
+    let dense = w.dequantize();
+    let mut group = short_group(c, format!("{kind}_{rows}x{cols}"));
     for m in [1, 8] {
         let x = activations(m, cols);
         let mut out = vec![0.0; m * rows];
@@ -68,11 +81,34 @@ fn bench_shape(c: &mut Criterion, kind: QuantKind, rows: usize, cols: usize) {
     group.finish();
 }
 
+/// A decode step streams every layer's weights from DRAM (SmolLM2-135M's
+/// quantized weights are several times the L3), so cycle through enough
+/// copies of the matrix that none is still cached when its turn comes.
+fn bench_cold(c: &mut Criterion, kind: QuantKind, rows: usize, cols: usize, copies: usize) {
+    let ws: Vec<PackedMatrix> = (0..copies).map(|_| packed(kind, rows, cols)).collect();
+    let mut group = short_group(c, format!("{kind}_{rows}x{cols}_cold"));
+    for m in [1, 8] {
+        let x = activations(m, cols);
+        let mut out = vec![0.0; m * rows];
+        group.throughput(Throughput::Elements(m as u64));
+        let mut next = 0;
+        group.bench_with_input(BenchmarkId::new("kernel", m), &m, |b, &m| {
+            b.iter(|| {
+                next = (next + 1) % ws.len();
+                ws[next].matmul(black_box(&x), m, &mut out)
+            })
+        });
+    }
+    group.finish();
+}
+
 fn matmul(c: &mut Criterion) {
     eprintln!("kernel backend: {:?}", maas_kernels::backend());
     // MLP up/gate (1536 × 576) and down (576 × 1536) projections.
     bench_shape(c, QuantKind::Q4_1, 1536, 576);
     bench_shape(c, QuantKind::Q4_1, 576, 1536);
+    // 64 copies: 35 MB of Q4_1, past this machine's 32 MB L3.
+    bench_cold(c, QuantKind::Q4_1, 1536, 576, 64);
     // Tied embedding used as the LM head: 49152 × 576.
     bench_shape(c, QuantKind::Q8_0, 49152, 576);
 }

@@ -156,9 +156,20 @@ impl Linear {
             Self::Candle {
                 matmul, cols, bias, ..
             } => {
-                let xs = Tensor::from_slice(x, (m, *cols), &Device::Cpu)?;
-                let ys = xs.apply(matmul)?.flatten_all()?.to_vec1::<f32>()?;
-                out.copy_from_slice(&ys);
+                // candle's dense (F32/F16) matmul picks its blocking from the
+                // row count, so a row's result would depend on its batch;
+                // feeding rows one at a time keeps batching bit-exact. Its
+                // quantized path already works row by row.
+                let dense = matches!(matmul, QMatMul::Tensor(_) | QMatMul::TensorF16(_));
+                let per_call = if dense { 1 } else { m.max(1) };
+                for (xs, ys) in x
+                    .chunks(per_call * cols)
+                    .zip(out.chunks_mut(per_call * rows))
+                {
+                    let t = Tensor::from_slice(xs, (xs.len() / cols, *cols), &Device::Cpu)?;
+                    let result = t.apply(matmul)?.flatten_all()?.to_vec1::<f32>()?;
+                    ys.copy_from_slice(&result);
+                }
                 bias
             }
         };

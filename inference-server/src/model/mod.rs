@@ -275,3 +275,6 @@ impl Model {
             .map_err(|e| ModelError::Forward(e.to_string()))
     }
 }
+
+#[cfg(test)]
+mod tests;

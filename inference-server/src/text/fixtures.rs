@@ -1,14 +1,13 @@
 //! Test fixtures: a hand-made byte-level vocabulary that runs anywhere, and
 //! the real SmolLM2 GGUF when it is on disk (tests skip with a message when
-//! it is not). The `MetadataSource` impl for candle's `gguf_file::Content`
-//! here is the one the model loader needs.
+//! it is not).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::gguf_file;
 
-use super::spec::{MetadataSource, MetadataValue, TokenizerSpec};
+use super::spec::{MetadataSource, TokenizerSpec};
 use super::tokenizer::{is_printable_byte, TextTokenizer};
 
 pub const ENDOFTEXT: u32 = 0;

@@ -10,7 +10,7 @@ mod stop;
 mod tokenizer;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::IncrementalDecoder;

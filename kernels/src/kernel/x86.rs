@@ -155,7 +155,7 @@ unsafe fn accumulate_block<const K: u8, const R: usize>(
     };
     let dw = _mm256_broadcast_ss(&*ops.scales.add(b));
     let ones = _mm256_set1_epi16(1);
-    for r in 0..R {
+    for (r, acc) in acc.iter_mut().enumerate() {
         let xv = _mm256_loadu_si256(ops.xq[r].add(b * BLOCK).cast());
         let xv = if K == KIND_Q8_0 {
             _mm256_sign_epi8(xv, signs)
@@ -167,7 +167,7 @@ unsafe fn accumulate_block<const K: u8, const R: usize>(
         // no shuffle (d_w · d_x first would be a scalar product plus a register
         // broadcast per output).
         let dx = _mm256_broadcast_ss(&*ops.xd[r].add(b));
-        acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), dx), dw, acc[r]);
+        *acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), dx), dw, *acc);
     }
 }
 

@@ -1,0 +1,367 @@
+//! The real loader and forward pass on a tiny random-weight GGUF written by
+//! candle in the test: numerics against candle's own llama implementation,
+//! and the batching invariants the engine relies on.
+
+use std::io::Cursor;
+use std::path::PathBuf;
+
+use candle_core::quantized::gguf_file::{self, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+
+use super::*;
+use crate::text::fixtures::tiny_spec;
+
+const HIDDEN: usize = 64;
+const HEADS: usize = 4;
+const KV_HEADS: usize = 2;
+const FFN: usize = 96;
+const LAYERS: usize = 2;
+const CONTEXT: usize = 128;
+
+/// Deterministic pseudo-random weights (no global RNG: reruns are identical).
+fn weights(seed: u64, len: usize, scale: f32) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 2.0 * scale
+        })
+        .collect()
+}
+
+fn qtensor(seed: u64, dims: &[usize], dtype: GgmlDType, scale: f32) -> QTensor {
+    let len = dims.iter().product();
+    let t = Tensor::from_vec(weights(seed, len, scale), dims, &Device::Cpu).unwrap();
+    QTensor::quantize(&t, dtype).unwrap()
+}
+
+/// A two-layer llama with every block format the loader handles: Q4_1 and
+/// Q4_0 through the packed kernels, Q8_0 for the tied embedding, F32 through
+/// candle's fallback.
+pub(crate) fn tiny_gguf() -> PathBuf {
+    let spec = tiny_spec();
+    let vocab = spec.tokens.len();
+    let head_dim = HIDDEN / HEADS;
+    let u32v = |v: usize| Value::U32(v as u32);
+    let mut metadata: Vec<(String, Value)> = vec![
+        ("general.architecture".into(), Value::String("llama".into())),
+        ("llama.block_count".into(), u32v(LAYERS)),
+        ("llama.embedding_length".into(), u32v(HIDDEN)),
+        ("llama.feed_forward_length".into(), u32v(FFN)),
+        ("llama.attention.head_count".into(), u32v(HEADS)),
+        ("llama.attention.head_count_kv".into(), u32v(KV_HEADS)),
+        ("llama.context_length".into(), u32v(CONTEXT)),
+        ("llama.rope.dimension_count".into(), u32v(head_dim)),
+        ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
+        (
+            "llama.attention.layer_norm_rms_epsilon".into(),
+            Value::F32(1e-5),
+        ),
+        (
+            "tokenizer.ggml.model".into(),
+            Value::String(spec.model.clone()),
+        ),
+        ("tokenizer.ggml.pre".into(), Value::String("smollm".into())),
+        (
+            "tokenizer.ggml.tokens".into(),
+            Value::Array(spec.tokens.iter().cloned().map(Value::String).collect()),
+        ),
+        (
+            "tokenizer.ggml.token_type".into(),
+            Value::Array(spec.token_types.iter().map(|t| Value::I32(*t)).collect()),
+        ),
+        (
+            "tokenizer.ggml.merges".into(),
+            Value::Array(spec.merges.iter().cloned().map(Value::String).collect()),
+        ),
+        ("tokenizer.ggml.bos_token_id".into(), u32v(1)),
+        ("tokenizer.ggml.eos_token_id".into(), u32v(2)),
+    ];
+    metadata.push((
+        "tokenizer.chat_template".into(),
+        Value::String("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into()),
+    ));
+
+    let mut tensors: Vec<(String, QTensor)> = vec![
+        (
+            "token_embd.weight".into(),
+            qtensor(1, &[vocab, HIDDEN], GgmlDType::Q8_0, 1.0),
+        ),
+        (
+            "output_norm.weight".into(),
+            qtensor(2, &[HIDDEN], GgmlDType::F32, 1.0),
+        ),
+    ];
+    let kv = KV_HEADS * head_dim;
+    for l in 0..LAYERS {
+        let s = 100 * (l as u64 + 1);
+        let p = |n: &str| format!("blk.{l}.{n}.weight");
+        let q4 = if l == 0 {
+            GgmlDType::Q4_1
+        } else {
+            GgmlDType::Q4_0
+        };
+        tensors.extend([
+            (p("attn_norm"), qtensor(s, &[HIDDEN], GgmlDType::F32, 1.0)),
+            (p("attn_q"), qtensor(s + 1, &[HIDDEN, HIDDEN], q4, 0.3)),
+            (p("attn_k"), qtensor(s + 2, &[kv, HIDDEN], q4, 0.3)),
+            (p("attn_v"), qtensor(s + 3, &[kv, HIDDEN], q4, 0.3)),
+            (
+                p("attn_output"),
+                qtensor(s + 4, &[HIDDEN, HIDDEN], GgmlDType::F32, 0.2),
+            ),
+            (
+                p("ffn_norm"),
+                qtensor(s + 5, &[HIDDEN], GgmlDType::F32, 1.0),
+            ),
+            (p("ffn_gate"), qtensor(s + 6, &[FFN, HIDDEN], q4, 0.2)),
+            (p("ffn_up"), qtensor(s + 7, &[FFN, HIDDEN], q4, 0.2)),
+            (
+                p("ffn_down"),
+                qtensor(s + 8, &[HIDDEN, FFN], GgmlDType::Q8_0, 0.2),
+            ),
+        ]);
+    }
+
+    let mut bytes = Cursor::new(Vec::new());
+    let md: Vec<(&str, &Value)> = metadata.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    gguf_file::write(&mut bytes, &md, &ts).unwrap();
+    let path = std::env::temp_dir().join(format!(
+        "maas-tiny-{}-{:?}.gguf",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    std::fs::write(&path, bytes.into_inner()).unwrap();
+    path
+}
+
+fn load() -> LoadedModel {
+    let path = tiny_gguf();
+    let loaded = load_gguf(&path, None).unwrap();
+    std::fs::remove_file(path).unwrap();
+    loaded
+}
+
+/// Feeds `prompt` (in chunks of `chunk`), then `decode` more tokens (the
+/// argmax each time); returns every step's logits.
+fn run_alone(model: &Model, prompt: &[u32], chunk: usize, decode: usize) -> Vec<Vec<f32>> {
+    let mut cache = model.new_cache(prompt.len() + decode);
+    let mut scratch = Scratch::default();
+    let mut out = Vec::new();
+    for (i, piece) in prompt.chunks(chunk).enumerate() {
+        let last = (i + 1) * chunk >= prompt.len();
+        let mut batch = [StepInput {
+            tokens: piece,
+            cache: &mut cache,
+            logits: last,
+        }];
+        out.extend(model.forward(&mut batch, &mut scratch).unwrap());
+    }
+    for _ in 0..decode {
+        let next = crate::sampling::argmax(out.last().unwrap());
+        let mut batch = [StepInput {
+            tokens: &[next],
+            cache: &mut cache,
+            logits: true,
+        }];
+        out.extend(model.forward(&mut batch, &mut scratch).unwrap());
+    }
+    out
+}
+
+#[test]
+fn logits_agree_with_candles_llama_on_the_same_file() {
+    let path = tiny_gguf();
+    let ours = load_gguf(&path, None).unwrap();
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let mut reference = candle_transformers::models::quantized_llama::ModelWeights::from_gguf(
+        content,
+        &mut file,
+        &Device::Cpu,
+    )
+    .unwrap();
+    std::fs::remove_file(&path).unwrap();
+
+    let prompt: Vec<u32> = vec![1, 40, 77, 120, 9, 200, 33];
+    let input = Tensor::new(prompt.as_slice(), &Device::Cpu)
+        .unwrap()
+        .unsqueeze(0)
+        .unwrap();
+    let expected: Vec<f32> = reference
+        .forward(&input, 0)
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .to_vec1()
+        .unwrap();
+    let got = run_alone(&ours.model, &prompt, prompt.len(), 0).remove(0);
+
+    assert_eq!(got.len(), expected.len());
+    let diff: f32 = got
+        .iter()
+        .zip(&expected)
+        .map(|(a, b)| (a - b).powi(2))
+        .sum::<f32>()
+        .sqrt();
+    let norm: f32 = expected.iter().map(|b| b * b).sum::<f32>().sqrt();
+    // Both quantize activations to 8 bits for the integer dot products, in
+    // different blockings; anything structural (RoPE layout, GQA mapping,
+    // norms) would be off by far more.
+    assert!(diff / norm < 0.02, "relative error {}", diff / norm);
+}
+
+#[test]
+fn chunked_prefill_gives_bit_identical_logits() {
+    let loaded = load();
+    let prompt: Vec<u32> = (0..23).map(|i| (i * 37 % 260) as u32).collect();
+    let whole = run_alone(&loaded.model, &prompt, prompt.len(), 4);
+    for chunk in [1, 5, 8] {
+        assert!(
+            run_alone(&loaded.model, &prompt, chunk, 4) == whole,
+            "chunk {chunk} differs"
+        );
+    }
+}
+
+#[test]
+fn a_sequence_computes_the_same_alone_and_inside_a_batch() {
+    let loaded = load();
+    let model = &loaded.model;
+    let a: Vec<u32> = vec![1, 50, 60, 70, 80];
+    let b: Vec<u32> = vec![1, 90, 91];
+    let decode = 6;
+    let alone_a = run_alone(model, &a, a.len(), decode);
+    let alone_b = run_alone(model, &b, b.len(), decode);
+
+    // Together: A prefills with B, then both decode in shared steps while a
+    // third sequence prefills in chunks beside them.
+    let c: Vec<u32> = (0..30).map(|i| (i * 7 % 250) as u32).collect();
+    let (mut ca, mut cb, mut cc) = (
+        model.new_cache(20),
+        model.new_cache(20),
+        model.new_cache(40),
+    );
+    let mut scratch = Scratch::default();
+    let mut batch = [
+        StepInput {
+            tokens: &a,
+            cache: &mut ca,
+            logits: true,
+        },
+        StepInput {
+            tokens: &b,
+            cache: &mut cb,
+            logits: true,
+        },
+    ];
+    let first = model.forward(&mut batch, &mut scratch).unwrap();
+    let (mut got_a, mut got_b) = (vec![first[0].clone()], vec![first[1].clone()]);
+    for step in 0..decode {
+        let na = crate::sampling::argmax(got_a.last().unwrap());
+        let nb = crate::sampling::argmax(got_b.last().unwrap());
+        let piece = &c[step * 5..step * 5 + 5];
+        let mut batch = [
+            StepInput {
+                tokens: piece,
+                cache: &mut cc,
+                logits: false,
+            },
+            StepInput {
+                tokens: &[nb],
+                cache: &mut cb,
+                logits: true,
+            },
+            StepInput {
+                tokens: &[na],
+                cache: &mut ca,
+                logits: true,
+            },
+        ];
+        let rows = model.forward(&mut batch, &mut scratch).unwrap();
+        got_b.push(rows[0].clone());
+        got_a.push(rows[1].clone());
+    }
+    assert!(got_a == alone_a, "A differs in a batch");
+    assert!(got_b == alone_b, "B differs in a batch");
+}
+
+#[test]
+fn the_loader_reads_shape_and_tokenizer_from_the_file() {
+    let loaded = load();
+    let cfg = loaded.model.config();
+    assert_eq!(
+        (
+            cfg.layers,
+            cfg.hidden,
+            cfg.heads,
+            cfg.kv_heads,
+            cfg.head_dim
+        ),
+        (LAYERS, HIDDEN, HEADS, KV_HEADS, 16)
+    );
+    assert_eq!(cfg.rope_style, RopeStyle::Interleaved);
+    assert_eq!(loaded.model.max_positions(), CONTEXT);
+    assert_eq!(loaded.model.vocab_size(), tiny_spec().tokens.len());
+    assert_eq!(loaded.tokenizer.eos_token_id(), Some(2));
+    assert!(loaded.chat_template.is_some());
+    let path = tiny_gguf();
+    let capped = load_gguf(&path, Some(16)).unwrap();
+    std::fs::remove_file(path).unwrap();
+    assert_eq!(
+        capped.model.max_positions(),
+        16,
+        "--context caps the positions"
+    );
+}
+
+#[test]
+fn steps_past_the_context_or_the_vocabulary_are_errors_not_panics() {
+    let loaded = load();
+    let model = &loaded.model;
+    let mut scratch = Scratch::default();
+    let long: Vec<u32> = vec![5; CONTEXT + 1];
+    let mut cache = model.new_cache(long.len());
+    let mut batch = [StepInput {
+        tokens: &long,
+        cache: &mut cache,
+        logits: true,
+    }];
+    assert!(matches!(
+        model.forward(&mut batch, &mut scratch),
+        Err(ModelError::Forward(_))
+    ));
+    let mut cache = model.new_cache(1);
+    let mut batch = [StepInput {
+        tokens: &[100_000],
+        cache: &mut cache,
+        logits: true,
+    }];
+    assert!(matches!(
+        model.forward(&mut batch, &mut scratch),
+        Err(ModelError::Forward(_))
+    ));
+}
+
+#[test]
+fn unreadable_or_foreign_files_are_refused_with_their_reason() {
+    let path = std::env::temp_dir().join(format!("maas-not-gguf-{}", std::process::id()));
+    std::fs::write(&path, b"definitely not a gguf file").unwrap();
+    let err = load_gguf(&path, None).err().unwrap().to_string();
+    std::fs::remove_file(&path).unwrap();
+    assert!(err.contains("not a readable GGUF file"), "{err}");
+    let err = load_gguf(std::path::Path::new("/nonexistent.gguf"), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.contains("cannot read model file /nonexistent.gguf"),
+        "{err}"
+    );
+}
