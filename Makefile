@@ -13,6 +13,7 @@ export MAAS_NOOP_WASM := $(CURDIR)/$(NOOP_WASM)
 INFERENCE_SERVER := target/serve/inference-server
 export MAAS_INFERENCE_SERVER := $(CURDIR)/$(INFERENCE_SERVER)
 export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
+export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
 .PHONY: run test bench lint fmt setup model wasm host server clean-cache
 
@@ -29,6 +30,7 @@ test: setup wasm server
 bench: setup wasm host server
 	$(CARGO) bench -p maas-benches --locked
 	./benches/load.sh
+	./benches/inference.sh
 
 ## lint: formatting and clippy on the host and the wasm target
 lint:
@@ -43,6 +45,7 @@ setup:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || { echo "==> rustup target add $(WASM_TARGET)"; rustup target add $(WASM_TARGET); }
 	@./scripts/fetch-envoy.sh
 	@./scripts/fetch-model.sh
+	@./scripts/python-env.sh
 
 ## model: the embedded default GGUF (SmolLM2-135M-Instruct Q4_1) into .cache/models
 model:

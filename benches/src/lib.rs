@@ -8,5 +8,9 @@
 //!   renders the Envoy bootstraps from the one gateway template, and
 //!   [`load::report`] turns the raw measurements into the table of medians,
 //!   ratios and targets.
+//! - `benches/inference.sh`: the inference server's prefill, single-stream
+//!   decode and batched throughput; [`inference`] is its report, the
+//!   `inference-bench` example its client.
 
+pub mod inference;
 pub mod load;

@@ -77,6 +77,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         architecture = %loaded.model.config().architecture,
         layers = loaded.model.config().layers,
         context,
+        kernels = ?maas_kernels::backend(),
         "model loaded"
     );
     let engine = Engine::start(
@@ -84,6 +85,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         EngineConfig {
             limits: config.limits,
             shutdown_grace: config.shutdown_grace,
+            threads: config.threads,
         },
         metrics,
     )

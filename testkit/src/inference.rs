@@ -188,3 +188,25 @@ impl Drop for InferenceServer {
         let _ = std::fs::remove_file(&self.log);
     }
 }
+
+/// A Python interpreter that can `import openai`, for the example scripts:
+/// `MAAS_PYTHON` (set by `make test` to the pinned environment in
+/// `.cache/python`), which then must work; else `python3` when it happens to
+/// have the package; else `None`, and the caller skips with a message.
+pub fn python_with_openai() -> Option<PathBuf> {
+    let imports = |python: &PathBuf| {
+        Command::new(python)
+            .args(["-c", "import openai"])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if let Some(python) = std::env::var_os("MAAS_PYTHON").map(PathBuf::from) {
+        assert!(
+            imports(&python),
+            "MAAS_PYTHON={python:?} cannot import openai: run scripts/python-env.sh (make test does)"
+        );
+        return Some(python);
+    }
+    let fallback = PathBuf::from("python3");
+    imports(&fallback).then_some(fallback)
+}

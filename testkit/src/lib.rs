@@ -27,5 +27,5 @@ pub use client::{get, post_json, request, try_request, ClientError, Response};
 pub use envoy::{validate, validate_yaml, Gateway, GatewayBuilder, StartError};
 pub use eventually::eventually;
 pub use gateway::{gateway_template, render_gateway, workspace_root, GatewaySpec, RenderError};
-pub use inference::{default_model, inference_server_binary, InferenceServer};
+pub use inference::{default_model, inference_server_binary, python_with_openai, InferenceServer};
 pub use mock_upstream::{MockUpstream, RecordedRequest};

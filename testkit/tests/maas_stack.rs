@@ -356,22 +356,17 @@ fn missing_artifacts_point_at_make() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("usage: maas-stack"));
 }
 
-/// `examples/openai_client.py` against a started stack, when the `openai`
-/// package is importable (it is not a dependency of the build).
+/// `examples/openai_client.py` against a started stack, with the pinned
+/// `openai` environment `make test` builds.
 #[test]
 fn the_openai_python_example_runs_against_the_stack() {
-    let python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-    let importable = Command::new(&python)
-        .args(["-c", "import openai"])
-        .output()
-        .is_ok_and(|output| output.status.success());
-    if !importable {
+    let Some(python) = maas_testkit::python_with_openai() else {
         eprintln!(
-            "skipping the_openai_python_example_runs_against_the_stack: \
-             `{python} -c 'import openai'` fails (pip install openai to run it)"
+            "skipping the_openai_python_example_runs_against_the_stack: no python with \
+             `openai` (run scripts/python-env.sh, or set MAAS_PYTHON)"
         );
         return;
-    }
+    };
     require_artifacts();
     let stack = Runner::start(&demo_config());
     let output = Command::new(&python)

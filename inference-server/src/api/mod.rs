@@ -308,6 +308,7 @@ async fn generate(
                 sampling: g.sampling,
                 seed: g.seed,
                 stop: g.stop,
+                ignore_eos: g.ignore_eos,
             },
             events: tx,
             permit,

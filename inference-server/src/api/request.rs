@@ -24,6 +24,9 @@ pub struct GenerationFields {
     best_of: Option<i64>,
     logprobs: Option<serde_json::Value>,
     echo: Option<bool>,
+    /// vLLM's extension: keep generating through end-of-sequence tokens
+    /// (benchmarks need fixed-length completions).
+    ignore_eos: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -49,6 +52,7 @@ pub struct Generation {
     pub stop: Vec<String>,
     pub stream: bool,
     pub include_usage: bool,
+    pub ignore_eos: bool,
 }
 
 /// OpenAI accepts at most four stop sequences.
@@ -161,6 +165,7 @@ impl GenerationFields {
             stop,
             stream,
             include_usage,
+            ignore_eos: self.ignore_eos.unwrap_or(false),
         })
     }
 }

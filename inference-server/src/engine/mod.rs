@@ -58,6 +58,7 @@ pub struct GenerationParams {
     pub sampling: SamplingParams,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
+    pub ignore_eos: bool,
 }
 
 pub struct Submission {
@@ -66,6 +67,16 @@ pub struct Submission {
     pub events: mpsc::UnboundedSender<Event>,
     pub permit: OwnedSemaphorePermit,
     pub received: Instant,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Limits(#[from] LimitsError),
+    #[error("cannot start the compute pool: {0}")]
+    Pool(#[from] rayon::ThreadPoolBuildError),
+    #[error("cannot start the engine thread: {0}")]
+    Thread(#[from] std::io::Error),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -81,6 +92,8 @@ pub struct EngineConfig {
     pub limits: SchedulerLimits,
     /// How long running sequences may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
+    /// Compute threads for the forward pass (`None`: one per core).
+    pub threads: Option<usize>,
 }
 
 /// The HTTP side's view of the engine. Cheap to clone.
@@ -114,8 +127,16 @@ impl Engine {
         loaded: Arc<LoadedModel>,
         config: EngineConfig,
         metrics: Arc<Metrics>,
-    ) -> Result<Self, LimitsError> {
+    ) -> Result<Self, StartError> {
         let scheduler = Scheduler::new(config.limits)?;
+        // The forward pass runs inside this pool (see `Worker::step`), so the
+        // ~200 matmuls of a step split their work among threads already in
+        // the pool instead of each paying a hand-off from the engine thread.
+        let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("compute-{i}"));
+        if let Some(n) = config.threads {
+            pool = pool.num_threads(n);
+        }
+        let pool = pool.build()?;
         let capacity = config.limits.max_running + config.limits.max_waiting;
         let (tx, rx) = mpsc::unbounded_channel();
         let shutting_down = Arc::new(AtomicBool::new(false));
@@ -126,11 +147,11 @@ impl Engine {
             metrics,
             shutting_down.clone(),
             config.shutdown_grace,
+            pool,
         );
         let thread = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || worker.run())
-            .map_err(|_| LimitsError::Zero("engine thread"))?;
+            .spawn(move || worker.run())?;
         Ok(Self {
             handle: EngineHandle {
                 inner: Arc::new(Shared {

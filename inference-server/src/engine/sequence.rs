@@ -20,6 +20,7 @@ pub(super) struct Sequence {
     /// The last sampled token: the next step's input.
     pub last_token: u32,
     max_new_tokens: usize,
+    ignore_eos: bool,
     generated: usize,
     decoder: IncrementalDecoder,
     stops: StopMatcher,
@@ -36,6 +37,7 @@ pub(super) struct SequenceParts {
     pub sampler: Sampler,
     pub max_new_tokens: usize,
     pub stop: Vec<String>,
+    pub ignore_eos: bool,
     pub events: mpsc::UnboundedSender<Event>,
     pub received: Instant,
     pub permit: OwnedSemaphorePermit,
@@ -49,6 +51,7 @@ impl Sequence {
             sampler: p.sampler,
             last_token: 0,
             max_new_tokens: p.max_new_tokens,
+            ignore_eos: p.ignore_eos,
             generated: 0,
             decoder: IncrementalDecoder::new(tokenizer),
             stops: StopMatcher::new(p.stop),
@@ -94,7 +97,7 @@ impl Sequence {
         self.last_token = token;
         metrics.generated_tokens.add(1);
 
-        if tokenizer.stop_token_ids().contains(&token) {
+        if !self.ignore_eos && tokenizer.stop_token_ids().contains(&token) {
             self.flush();
             return Some(FinishReason::Stop);
         }

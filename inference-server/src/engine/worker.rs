@@ -25,6 +25,7 @@ pub(super) struct Worker {
     sequences: BTreeMap<SeqId, Sequence>,
     next_id: u64,
     scratch: Scratch,
+    pool: rayon::ThreadPool,
 }
 
 impl Worker {
@@ -35,6 +36,7 @@ impl Worker {
         metrics: Arc<Metrics>,
         shutting_down: Arc<AtomicBool>,
         grace: Duration,
+        pool: rayon::ThreadPool,
     ) -> Self {
         Self {
             loaded,
@@ -47,6 +49,7 @@ impl Worker {
             sequences: BTreeMap::new(),
             next_id: 0,
             scratch: Scratch::default(),
+            pool,
         }
     }
 
@@ -108,6 +111,7 @@ impl Worker {
                 sampler: Sampler::new(s.params.sampling, seed),
                 max_new_tokens: s.params.max_new_tokens,
                 stop: s.params.stop,
+                ignore_eos: s.params.ignore_eos,
                 events: s.events,
                 received: s.received,
                 permit: s.permit,
@@ -214,7 +218,8 @@ impl Worker {
                 logits,
             });
         }
-        let result = self.loaded.model.forward(&mut inputs, &mut self.scratch);
+        let (model, scratch) = (&self.loaded.model, &mut self.scratch);
+        let result = self.pool.install(|| model.forward(&mut inputs, scratch));
         drop(inputs);
 
         let rows = match result {

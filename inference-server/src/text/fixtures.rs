@@ -7,7 +7,7 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::gguf_file;
 
-use super::spec::{MetadataSource, TokenizerSpec};
+use super::spec::TokenizerSpec;
 use super::tokenizer::{is_printable_byte, TextTokenizer};
 
 pub const ENDOFTEXT: u32 = 0;

@@ -6,4 +6,5 @@ mod api;
 mod batching;
 mod errors;
 mod lifecycle;
+mod python;
 mod support;

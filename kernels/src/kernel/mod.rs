@@ -48,9 +48,11 @@ fn detect() -> Backend {
 }
 
 /// Chunks below this much work (weights × (activation rows + 2), a rough count
-/// of multiply-adds plus the cost of streaming the weights) run on one thread:
-/// waking the pool costs a few microseconds, about as much as this work.
-const MIN_CHUNK_WORK: usize = 1 << 19;
+/// of multiply-adds plus the cost of streaming the weights; 2²⁰ is about
+/// 10–20 µs on one AVX2 core) run on one thread: handing work to the pool
+/// from outside it costs several microseconds, more on a loaded machine. Below
+/// it, SmolLM2's 576×576 and smaller projections run inline at m = 1.
+const MIN_CHUNK_WORK: usize = 1 << 20;
 
 /// Chunks per pool thread when there is enough work, so a slow thread (or one
 /// busy with something else) does not hold up the whole call.

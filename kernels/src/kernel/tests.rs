@@ -196,7 +196,7 @@ proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
 
     /// A row's output is the same bits alone or at any position of any batch,
-    /// under any chunk split (which also reshapes the register tiles).
+    /// under any chunk split, and in every register-tile position.
     #[test]
     fn row_result_is_independent_of_batch(
         kind in prop::sample::select(KINDS.to_vec()),

@@ -1,0 +1,165 @@
+//! Drives the real inference server (the `serve` build, the embedded
+//! SmolLM2 model) with streaming clients and prints the report of
+//! `maas_benches::inference`. Run by `benches/inference.sh` (`make bench`).
+//!
+//! Bounded: one warm-up, 5 prefill runs, 3 single-stream runs, one round per
+//! concurrency level, 128 generated tokens per request.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Instant;
+
+use maas_benches::inference::{Report, Round, Timing};
+use maas_testkit::InferenceServer;
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2-135m-instruct";
+const GENERATED: usize = 128;
+
+/// About 200 tokens of ordinary English.
+const LONG_PROMPT: &str = "The history of the printing press begins long before Gutenberg. \
+Woodblock printing spread across East Asia for centuries, and movable type made of clay and \
+later metal appeared in China and Korea. In fifteenth-century Europe, a goldsmith from Mainz \
+combined a screw press adapted from wine making, an oil-based ink, and a hand mould that cast \
+uniform metal letters quickly. The result was a system in which a page could be set, inked and \
+pressed hundreds of times a day. Within fifty years presses operated in more than two hundred \
+cities, and millions of books had been printed. Scholars argue about the consequences: the \
+spread of literacy, the standardisation of languages, the speed of the Reformation and of the \
+scientific revolution. What is clear is that information became cheaper to copy than ever \
+before, and that this change reshaped religion, politics and science. Summarise this passage.";
+
+const TOPICS: [&str; 16] = [
+    "a lighthouse keeper", "a robot gardener", "a lost cat", "a mountain village",
+    "a time traveller", "a chess prodigy", "an old library", "a desert caravan",
+    "a deep-sea diver", "a city at night", "a young inventor", "a haunted ship",
+    "a winter festival", "a retired pilot", "a talking river", "a clockmaker",
+];
+
+fn main() {
+    let server = InferenceServer::start(&["--max-running", "16", "--max-queued", "64"]);
+    let addr = server.addr();
+    eprintln!("inference-bench: server at {addr}");
+
+    stream(addr, &request("Say hello.", 16));
+
+    let prefill: Vec<Timing> = (0..5).map(|_| stream(addr, &request(LONG_PROMPT, 1))).collect();
+    let prompt_tokens = prefill[0].prompt_tokens;
+    // One generated token: the time to it is prefill plus one sampling step.
+    let prefill_rates = prefill
+        .iter()
+        .map(|t| t.prompt_tokens as f64 / (t.done - t.sent).as_secs_f64())
+        .collect();
+
+    let single: Vec<Timing> = (0..3)
+        .map(|i| stream(addr, &request(&story(i), GENERATED)))
+        .collect();
+    let single_decode_rates = single.iter().map(Timing::decode_rate).collect();
+
+    let mut rounds = Vec::new();
+    for streams in [1, 4, 8, 16] {
+        let timings = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..streams)
+                .map(|i| scope.spawn(move || stream(addr, &request(&story(i), GENERATED))))
+                .collect();
+            handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+        });
+        let round = Round { streams, timings };
+        eprintln!("inference-bench: {streams} streams: {:.1} decode tokens/s", round.decode_rate());
+        rounds.push(round);
+    }
+
+    let report = Report {
+        prefill_rates,
+        prompt_tokens,
+        single_decode_rates,
+        rounds,
+    };
+    println!("{}", report.markdown());
+}
+
+fn story(i: usize) -> String {
+    format!("Write a long story about {}.", TOPICS[i % TOPICS.len()])
+}
+
+fn request(prompt: &str, max_tokens: usize) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": true,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    })
+}
+
+/// One streamed chat completion over a raw HTTP/1.1 connection, timing the
+/// events as they arrive (a buffering client would hide the first token).
+fn stream(addr: SocketAddr, body: &Value) -> Timing {
+    let body = body.to_string();
+    let sent = Instant::now();
+    let mut sock = TcpStream::connect(addr).expect("connect");
+    sock.set_nodelay(true).expect("nodelay");
+    write!(
+        sock,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut reader = BufReader::new(sock);
+    let mut line = String::new();
+    reader.read_line(&mut line).expect("status line");
+    assert!(line.starts_with("HTTP/1.1 200"), "bench request failed: {line}");
+    loop {
+        line.clear();
+        reader.read_line(&mut line).expect("header");
+        if line == "\r\n" {
+            break;
+        }
+    }
+
+    let mut first_token = None;
+    let mut token_times = Vec::new();
+    let mut usage = None;
+    let mut pending = String::new();
+    loop {
+        // Chunked transfer coding: a hex size line, the data, CRLF.
+        line.clear();
+        reader.read_line(&mut line).expect("chunk size");
+        let size = usize::from_str_radix(line.trim(), 16).expect("chunk size is hex");
+        if size == 0 {
+            break;
+        }
+        let mut data = vec![0u8; size + 2];
+        reader.read_exact(&mut data).expect("chunk");
+        pending.push_str(&String::from_utf8_lossy(&data[..size]));
+        while let Some(end) = pending.find("\n\n") {
+            let event: String = pending.drain(..end + 2).collect();
+            let Some(payload) = event.trim().strip_prefix("data: ") else { continue };
+            if payload == "[DONE]" {
+                continue;
+            }
+            let chunk: Value = serde_json::from_str(payload).expect("chunk is JSON");
+            let text = chunk["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+            if !text.is_empty() {
+                let now = Instant::now();
+                first_token.get_or_insert(now);
+                token_times.push(now);
+            }
+            if !chunk["usage"].is_null() {
+                usage = Some(chunk["usage"].clone());
+            }
+        }
+    }
+    let done = Instant::now();
+    let usage = usage.expect("the stream reported usage");
+    let count = |k: &str| usage[k].as_u64().expect("usage count") as usize;
+    Timing {
+        sent,
+        first_token: first_token.unwrap_or(done),
+        done,
+        prompt_tokens: count("prompt_tokens"),
+        completion_tokens: count("completion_tokens"),
+        token_times,
+    }
+}

@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The inference server under streaming load: prefill rate (~200-token prompt),
+# decode rate of one stream, and aggregate throughput at 1, 4, 8 and 16
+# concurrent streams, all in one run against the `serve` build and the
+# embedded SmolLM2-135M-Instruct. Prints a markdown report (also written to
+# target/inference-bench/report.md); BENCHMARKS.md records the latest.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+cd "$ROOT"
+CARGO=${CARGO:-cargo}
+"$ROOT/scripts/fetch-model.sh"
+if [ -z "${SKIP_BUILD:-}" ]; then
+  "$CARGO" build --profile serve --locked -p inference-server -p maas-benches --example inference-bench
+fi
+export MAAS_INFERENCE_SERVER=${MAAS_INFERENCE_SERVER:-$ROOT/target/serve/inference-server}
+mkdir -p target/inference-bench
+echo "==> inference bench ($(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
+"$ROOT/target/serve/examples/inference-bench" | tee target/inference-bench/report.md

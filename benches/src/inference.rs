@@ -1,0 +1,225 @@
+//! The inference server benchmark's typed half: per-request timings as a
+//! streaming client sees them, and the report (medians, percentiles, the
+//! batching ratio) that `make bench` prints and BENCHMARKS.md records.
+
+use std::fmt::Write;
+use std::time::{Duration, Instant};
+
+/// One streamed completion as the client saw it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Timing {
+    pub sent: Instant,
+    /// First event carrying text.
+    pub first_token: Instant,
+    pub done: Instant,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    /// Arrival of every event that carried text (one per token, except
+    /// where UTF-8 reassembly merges two).
+    pub token_times: Vec<Instant>,
+}
+
+impl Timing {
+    pub fn ttft(&self) -> Duration {
+        self.first_token - self.sent
+    }
+
+    /// Tokens per second after the first one arrived: the decode rate.
+    pub fn decode_rate(&self) -> f64 {
+        let secs = (self.done - self.first_token).as_secs_f64();
+        if secs <= 0.0 || self.completion_tokens < 2 {
+            return 0.0;
+        }
+        (self.completion_tokens - 1) as f64 / secs
+    }
+}
+
+/// A round of `streams` concurrent requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Round {
+    pub streams: usize,
+    pub timings: Vec<Timing>,
+}
+
+impl Round {
+    /// Generated tokens over the round's wall time (first request sent to
+    /// last response done): what the server delivers in total, prefill
+    /// included, measured the same way at every concurrency.
+    pub fn aggregate_rate(&self) -> f64 {
+        let (Some(start), Some(end)) = (
+            self.timings.iter().map(|t| t.sent).min(),
+            self.timings.iter().map(|t| t.done).max(),
+        ) else {
+            return 0.0;
+        };
+        let tokens: usize = self.timings.iter().map(|t| t.completion_tokens).sum();
+        tokens as f64 / (end - start).as_secs_f64().max(f64::MIN_POSITIVE)
+    }
+
+    /// Steady-state decode throughput: tokens arriving while every stream
+    /// of the round is decoding (after the last first token, before the
+    /// first stream ends), per second. Prompt processing is outside the
+    /// window, so this is the decode rate batching is meant to multiply.
+    pub fn decode_rate(&self) -> f64 {
+        let (Some(from), Some(to)) = (
+            self.timings.iter().map(|t| t.first_token).max(),
+            self.timings.iter().map(|t| t.done).min(),
+        ) else {
+            return 0.0;
+        };
+        if to <= from {
+            return 0.0;
+        }
+        let tokens = self
+            .timings
+            .iter()
+            .flat_map(|t| &t.token_times)
+            .filter(|at| **at > from && **at <= to)
+            .count();
+        tokens as f64 / (to - from).as_secs_f64()
+    }
+
+    pub fn ttfts(&self) -> Vec<f64> {
+        self.timings.iter().map(|t| t.ttft().as_secs_f64()).collect()
+    }
+}
+
+/// The `p`-th percentile (0–100) by nearest rank; 0 for no samples.
+pub fn percentile(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let rank = ((p / 100.0) * v.len() as f64).ceil().max(1.0) as usize;
+    v[rank.min(v.len()) - 1]
+}
+
+pub fn median(values: &[f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// Prompt tokens per second of lone requests with a ~200-token prompt.
+    pub prefill_rates: Vec<f64>,
+    pub prompt_tokens: usize,
+    /// Decode tokens per second of lone streams.
+    pub single_decode_rates: Vec<f64>,
+    pub rounds: Vec<Round>,
+}
+
+impl Report {
+    pub fn round(&self, streams: usize) -> Option<&Round> {
+        self.rounds.iter().find(|r| r.streams == streams)
+    }
+
+    /// Aggregate decode rate at 8 streams over the single stream's, both by
+    /// [`Round::decode_rate`] in the same run. The target: at least 2.
+    pub fn batching_gain(&self) -> Option<f64> {
+        Some(self.round(8)?.decode_rate() / self.round(1)?.decode_rate())
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(out, "| measure | value |\n|---|---|");
+        let _ = writeln!(
+            out,
+            "| prefill, {}-token prompt (median of {}) | {:.0} tokens/s |",
+            self.prompt_tokens,
+            self.prefill_rates.len(),
+            median(&self.prefill_rates)
+        );
+        let _ = writeln!(
+            out,
+            "| decode, 1 stream (median of {}) | {:.1} tokens/s |",
+            self.single_decode_rates.len(),
+            median(&self.single_decode_rates)
+        );
+        let _ = writeln!(
+            out,
+            "\n| streams | aggregate decode tokens/s (all streams decoding) | aggregate tokens/s (wall, prefill included) | per-stream decode tokens/s (median) | TTFT p50 | TTFT p99 |\n|---:|---:|---:|---:|---:|---:|"
+        );
+        for r in &self.rounds {
+            let ttft = r.ttfts();
+            let decode: Vec<f64> = r.timings.iter().map(Timing::decode_rate).collect();
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.0} ms | {:.0} ms |",
+                r.streams,
+                r.decode_rate(),
+                r.aggregate_rate(),
+                median(&decode),
+                percentile(&ttft, 50.0) * 1e3,
+                percentile(&ttft, 99.0) * 1e3
+            );
+        }
+        if let Some(gain) = self.batching_gain() {
+            let verdict = if gain >= 2.0 { "meets" } else { "misses" };
+            let _ = writeln!(
+                out,
+                "\nBatching gain: aggregate decode at 8 streams / 1 stream = **{gain:.2}×** ({verdict} the 2× target)"
+            );
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `tokens` evenly spaced from the first token to done.
+    fn timing(start: Instant, first_ms: u64, done_ms: u64, tokens: usize) -> Timing {
+        let at = |ms: f64| start + Duration::from_secs_f64(ms / 1e3);
+        let step = (done_ms - first_ms) as f64 / (tokens.max(2) - 1) as f64;
+        Timing {
+            sent: start,
+            first_token: at(first_ms as f64),
+            done: at(done_ms as f64),
+            prompt_tokens: 10,
+            completion_tokens: tokens,
+            token_times: (0..tokens).map(|i| at(first_ms as f64 + i as f64 * step)).collect(),
+        }
+    }
+
+    #[test]
+    fn rates_and_percentiles() {
+        let t0 = Instant::now();
+        let t = timing(t0, 100, 1100, 11);
+        assert!((t.decode_rate() - 10.0).abs() < 1e-6);
+        let round = Round {
+            streams: 2,
+            timings: vec![t, timing(t0, 200, 2000, 29)],
+        };
+        assert!((round.aggregate_rate() - 20.0).abs() < 1e-9);
+        // Window 200..1100 ms: 9 of the first stream's tokens, 900/1800·28
+        // of the second's (spaced 1800/28 ms apart).
+        let in_window = 9 + 14;
+        assert!((round.decode_rate() - in_window as f64 / 0.9).abs() < 1.5, "{}", round.decode_rate());
+        assert_eq!(percentile(&[3.0, 1.0, 2.0, 4.0], 50.0), 2.0);
+        assert_eq!(percentile(&[3.0, 1.0, 2.0, 4.0], 99.0), 4.0);
+        assert_eq!(percentile(&[], 50.0), 0.0);
+    }
+
+    #[test]
+    fn the_report_states_the_batching_gain_against_the_target() {
+        let t0 = Instant::now();
+        let round = |streams, tokens| Round {
+            streams,
+            timings: vec![timing(t0, 10, 1000, tokens)],
+        };
+        let report = Report {
+            prefill_rates: vec![1000.0],
+            prompt_tokens: 200,
+            single_decode_rates: vec![50.0],
+            rounds: vec![round(1, 50), round(8, 150)],
+        };
+        // One stream per round, so the decode window is that stream's own.
+        let gain = report.batching_gain().unwrap();
+        assert!((gain - 3.04).abs() < 0.01, "{gain}");
+        let md = report.markdown();
+        assert!(md.contains("**3.04×** (meets the 2× target)"), "{md}");
+        assert!(md.contains("| 8 | 150.0 | 150.0 |"), "{md}");
+    }
+}
