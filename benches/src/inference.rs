@@ -220,6 +220,6 @@ mod tests {
         assert!((gain - 3.04).abs() < 0.01, "{gain}");
         let md = report.markdown();
         assert!(md.contains("**3.04×** (meets the 2× target)"), "{md}");
-        assert!(md.contains("| 8 | 150.0 | 150.0 |"), "{md}");
+        assert!(md.contains("| 8 | 150.5 | 150.0 |"), "{md}");
     }
 }
