@@ -15,11 +15,15 @@ export MAAS_INFERENCE_SERVER := $(CURDIR)/$(INFERENCE_SERVER)
 export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
 export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
-.PHONY: run test bench lint fmt setup model wasm host server clean-cache
+.PHONY: run serve test bench lint fmt setup model wasm host server clean-cache
 
-## run: Envoy + the gateway filter in front of the local OpenAI-shaped upstream
-run: setup wasm host
+## run: Envoy + the gateway filter in front of the inference server (SmolLM2-135M-Instruct)
+run: setup wasm host server
 	./target/release/maas-stack --config envoy/filter-config.json $(ARGS)
+
+## serve: the inference server alone on 127.0.0.1:8000 (the embedded model)
+serve: setup server
+	./$(INFERENCE_SERVER) $(ARGS)
 
 ## test: every unit, property and integration test (real Envoy, real filter)
 test: setup wasm server

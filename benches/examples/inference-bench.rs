@@ -29,10 +29,22 @@ scientific revolution. What is clear is that information became cheaper to copy 
 before, and that this change reshaped religion, politics and science. Summarise this passage.";
 
 const TOPICS: [&str; 16] = [
-    "a lighthouse keeper", "a robot gardener", "a lost cat", "a mountain village",
-    "a time traveller", "a chess prodigy", "an old library", "a desert caravan",
-    "a deep-sea diver", "a city at night", "a young inventor", "a haunted ship",
-    "a winter festival", "a retired pilot", "a talking river", "a clockmaker",
+    "a lighthouse keeper",
+    "a robot gardener",
+    "a lost cat",
+    "a mountain village",
+    "a time traveller",
+    "a chess prodigy",
+    "an old library",
+    "a desert caravan",
+    "a deep-sea diver",
+    "a city at night",
+    "a young inventor",
+    "a haunted ship",
+    "a winter festival",
+    "a retired pilot",
+    "a talking river",
+    "a clockmaker",
 ];
 
 fn main() {
@@ -42,7 +54,9 @@ fn main() {
 
     stream(addr, &request("Say hello.", 16));
 
-    let prefill: Vec<Timing> = (0..5).map(|_| stream(addr, &request(LONG_PROMPT, 1))).collect();
+    let prefill: Vec<Timing> = (0..5)
+        .map(|_| stream(addr, &request(LONG_PROMPT, 1)))
+        .collect();
     let prompt_tokens = prefill[0].prompt_tokens;
     // One generated token: the time to it is prefill plus one sampling step.
     let prefill_rates = prefill
@@ -61,10 +75,16 @@ fn main() {
             let handles: Vec<_> = (0..streams)
                 .map(|i| scope.spawn(move || stream(addr, &request(&story(i), GENERATED))))
                 .collect();
-            handles.into_iter().map(|h| h.join().expect("client thread")).collect()
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("client thread"))
+                .collect()
         });
         let round = Round { streams, timings };
-        eprintln!("inference-bench: {streams} streams: {:.1} decode tokens/s", round.decode_rate());
+        eprintln!(
+            "inference-bench: {streams} streams: {:.1} decode tokens/s",
+            round.decode_rate()
+        );
         rounds.push(round);
     }
 
@@ -109,7 +129,10 @@ fn stream(addr: SocketAddr, body: &Value) -> Timing {
     let mut reader = BufReader::new(sock);
     let mut line = String::new();
     reader.read_line(&mut line).expect("status line");
-    assert!(line.starts_with("HTTP/1.1 200"), "bench request failed: {line}");
+    assert!(
+        line.starts_with("HTTP/1.1 200"),
+        "bench request failed: {line}"
+    );
     loop {
         line.clear();
         reader.read_line(&mut line).expect("header");
@@ -135,12 +158,16 @@ fn stream(addr: SocketAddr, body: &Value) -> Timing {
         pending.push_str(&String::from_utf8_lossy(&data[..size]));
         while let Some(end) = pending.find("\n\n") {
             let event: String = pending.drain(..end + 2).collect();
-            let Some(payload) = event.trim().strip_prefix("data: ") else { continue };
+            let Some(payload) = event.trim().strip_prefix("data: ") else {
+                continue;
+            };
             if payload == "[DONE]" {
                 continue;
             }
             let chunk: Value = serde_json::from_str(payload).expect("chunk is JSON");
-            let text = chunk["choices"][0]["delta"]["content"].as_str().unwrap_or("");
+            let text = chunk["choices"][0]["delta"]["content"]
+                .as_str()
+                .unwrap_or("");
             if !text.is_empty() {
                 let now = Instant::now();
                 first_token.get_or_insert(now);

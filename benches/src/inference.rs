@@ -80,7 +80,10 @@ impl Round {
     }
 
     pub fn ttfts(&self) -> Vec<f64> {
-        self.timings.iter().map(|t| t.ttft().as_secs_f64()).collect()
+        self.timings
+            .iter()
+            .map(|t| t.ttft().as_secs_f64())
+            .collect()
     }
 }
 
@@ -179,7 +182,9 @@ mod tests {
             done: at(done_ms as f64),
             prompt_tokens: 10,
             completion_tokens: tokens,
-            token_times: (0..tokens).map(|i| at(first_ms as f64 + i as f64 * step)).collect(),
+            token_times: (0..tokens)
+                .map(|i| at(first_ms as f64 + i as f64 * step))
+                .collect(),
         }
     }
 
@@ -196,7 +201,11 @@ mod tests {
         // Window 200..1100 ms: 9 of the first stream's tokens, 900/1800·28
         // of the second's (spaced 1800/28 ms apart).
         let in_window = 9 + 14;
-        assert!((round.decode_rate() - in_window as f64 / 0.9).abs() < 1.5, "{}", round.decode_rate());
+        assert!(
+            (round.decode_rate() - in_window as f64 / 0.9).abs() < 1.5,
+            "{}",
+            round.decode_rate()
+        );
         assert_eq!(percentile(&[3.0, 1.0, 2.0, 4.0], 50.0), 2.0);
         assert_eq!(percentile(&[3.0, 1.0, 2.0, 4.0], 99.0), 4.0);
         assert_eq!(percentile(&[], 50.0), 0.0);

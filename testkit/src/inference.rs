@@ -38,11 +38,17 @@ pub fn inference_server_binary() -> PathBuf {
     })
 }
 
-/// The embedded default model (`MAAS_MODEL_DIR` or `.cache/models`).
-pub fn default_model() -> PathBuf {
+/// Where the embedded default model belongs (`MAAS_MODEL_DIR` or
+/// `.cache/models`), whether or not it is there yet.
+pub fn default_model_path() -> PathBuf {
     let dir = std::env::var_os("MAAS_MODEL_DIR")
         .map_or_else(|| workspace_root().join(".cache/models"), PathBuf::from);
-    let path = dir.join(DEFAULT_MODEL_FILE);
+    dir.join(DEFAULT_MODEL_FILE)
+}
+
+/// The embedded default model; panics with the command that fetches it.
+pub fn default_model() -> PathBuf {
+    let path = default_model_path();
     assert!(
         path.is_file(),
         "no model at {path:?}: run `make test` (or `make model`), which fetches it"
@@ -54,39 +60,76 @@ pub struct InferenceServer {
     child: Child,
     addr: SocketAddr,
     log: PathBuf,
+    keep_log: bool,
 }
 
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
+
+/// How to start a server beyond [`InferenceServer::start`]'s defaults.
+#[derive(Debug, Clone)]
+pub struct InferenceLaunch {
+    /// 0: any free port (read back from the server's `listening on` line).
+    pub port: u16,
+    pub model: PathBuf,
+    pub model_id: String,
+    /// Where its log (stderr) goes; `None`: a temporary file removed on drop.
+    pub log: Option<PathBuf>,
+    pub args: Vec<String>,
+}
+
+impl InferenceLaunch {
+    /// The embedded default model on any free port.
+    pub fn default_model() -> Self {
+        Self {
+            port: 0,
+            model: default_model(),
+            model_id: "smollm2-135m-instruct".into(),
+            log: None,
+            args: Vec::new(),
+        }
+    }
+}
 
 impl InferenceServer {
     /// Starts the server with the default model plus `args`, and waits until
     /// it serves. Panics with the server's log when it does not come up.
     pub fn start(args: &[&str]) -> Self {
-        Self::try_start(args).unwrap_or_else(|e| panic!("{e}"))
+        let mut launch = InferenceLaunch::default_model();
+        launch.args = args.iter().map(|a| a.to_string()).collect();
+        Self::launch(&launch).unwrap_or_else(|e| panic!("{e}"))
     }
 
-    pub fn try_start(args: &[&str]) -> Result<Self, String> {
-        let model = default_model();
-        let n = SERVERS.fetch_add(1, Ordering::Relaxed);
-        let log =
-            std::env::temp_dir().join(format!("maas-inference-{}-{n}.log", std::process::id()));
+    /// Starts a server and waits until `/health` says the model is loaded;
+    /// `Err` carries the reason and the server's log.
+    pub fn launch(launch: &InferenceLaunch) -> Result<Self, String> {
+        let (log, keep_log) = match &launch.log {
+            Some(path) => (path.clone(), true),
+            None => {
+                let n = SERVERS.fetch_add(1, Ordering::Relaxed);
+                (
+                    std::env::temp_dir()
+                        .join(format!("maas-inference-{}-{n}.log", std::process::id())),
+                    false,
+                )
+            }
+        };
         let stderr =
             std::fs::File::create(&log).map_err(|e| format!("cannot create {log:?}: {e}"))?;
-        let mut child = Command::new(inference_server_binary())
-            .args([
-                "--host",
-                "127.0.0.1",
-                "--port",
-                "0",
-                "--model-id",
-                "smollm2-135m-instruct",
-            ])
+        let mut command = Command::new(inference_server_binary());
+        command
+            .args(["--host", "127.0.0.1", "--port", &launch.port.to_string()])
+            .args(["--model-id", &launch.model_id])
             .arg("--model")
-            .arg(&model)
-            .args(args)
+            .arg(&launch.model)
+            .args(&launch.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(stderr)
+            .stderr(stderr);
+        // Its own process group: a terminal's Ctrl-C reaches only the
+        // supervisor (maas-stack), which stops the stack in order.
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        crate::child::die_with_parent(&mut command);
+        let mut child = command
             .spawn()
             .map_err(|e| format!("cannot start the inference server: {e}"))?;
 
@@ -103,6 +146,7 @@ impl InferenceServer {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             log,
+            keep_log,
         };
         match rx.recv_timeout(LISTEN_TIMEOUT).map(|a| a.parse()) {
             Ok(Ok(addr)) => server.addr = addr,
@@ -154,6 +198,10 @@ impl InferenceServer {
         self.child.id()
     }
 
+    pub fn log_path(&self) -> &std::path::Path {
+        &self.log
+    }
+
     /// The server's log so far (stderr).
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
@@ -185,7 +233,9 @@ impl Drop for InferenceServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.log);
+        if !self.keep_log {
+            let _ = std::fs::remove_file(&self.log);
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //!
 //! Everything binds `127.0.0.1` port 0, so tests run in parallel.
 
+mod child;
 pub mod client;
 pub mod envoy;
 pub mod eventually;
@@ -27,5 +28,7 @@ pub use client::{get, post_json, request, try_request, ClientError, Response};
 pub use envoy::{validate, validate_yaml, Gateway, GatewayBuilder, StartError};
 pub use eventually::eventually;
 pub use gateway::{gateway_template, render_gateway, workspace_root, GatewaySpec, RenderError};
-pub use inference::{default_model, inference_server_binary, python_with_openai, InferenceServer};
+pub use inference::{
+    default_model, inference_server_binary, python_with_openai, InferenceLaunch, InferenceServer,
+};
 pub use mock_upstream::{MockUpstream, RecordedRequest};

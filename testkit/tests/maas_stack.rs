@@ -69,6 +69,7 @@ impl Runner {
             .arg(config)
             .args(["--listen-port", &listen.to_string()])
             .args(["--admin-port", &admin.to_string()])
+            .args(["--upstream-port", "0"])
             .arg("--state-dir")
             .arg(dir.join("state"))
             .envs(env.iter().copied())
@@ -180,6 +181,16 @@ fn process_exists(pid: libc::pid_t) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// The inference server's pid, from the banner's upstream line.
+fn inference_pid(banner: &str) -> libc::pid_t {
+    banner
+        .split("inference server, pid ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no inference server pid in the banner:\n{banner}"))
+}
+
 fn bearer(key: &str) -> String {
     format!("Bearer {key}")
 }
@@ -217,13 +228,20 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
         .collect();
     assert!(ids.contains(&json!(MODEL)), "{ids:?}");
 
+    // The real model answers through the gateway.
+    let question = "What is the capital of France? Answer in one word.";
     let chat = post_json(
         &stack.url("/v1/chat/completions"),
         &[("authorization", &free)],
-        &json!({ "model": MODEL, "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 8 }),
+        &json!({ "model": MODEL, "messages": [{ "role": "user", "content": question }], "max_tokens": 16, "temperature": 0 }),
     );
     assert_eq!(chat.status, 200, "{}", chat.text());
-    let usage = &chat.json()["usage"];
+    let answer = chat.json();
+    let content = answer["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(content.contains("Paris"), "{answer}");
+    let usage = answer["usage"].clone();
     assert!(
         usage["total_tokens"].as_u64().is_some_and(|t| t > 0),
         "{usage}"
@@ -239,22 +257,35 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
     assert_eq!(revoked.json()["error"]["code"], "invalid_api_key");
 
     let audit_log = stack.state("audit.log");
-    eventually(Duration::from_secs(10), || {
+    let record = eventually(Duration::from_secs(10), || {
         let text = std::fs::read_to_string(&audit_log).unwrap_or_default();
         text.lines()
             .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-            .find(|record| record["key_id"] == "demo-free")
-            .ok_or_else(|| format!("no demo-free record in {audit_log:?}:\n{text}"))
+            .find(|record| {
+                record["key_id"] == "demo-free" && record["path"] == "/v1/chat/completions"
+            })
+            .ok_or_else(|| format!("no demo-free completion in {audit_log:?}:\n{text}"))
     });
+    // The gateway charged exactly what the model server reported.
+    for field in ["prompt_tokens", "completion_tokens", "total_tokens"] {
+        assert_eq!(record[field], usage[field], "{field}: {record}");
+    }
+    assert_eq!(record["usage"], "reported", "{record}");
 
     let envoy = stack.envoy_pid();
     assert!(process_exists(envoy));
+    let inference = inference_pid(&banner);
+    assert!(process_exists(inference));
     stack.signal(libc::SIGTERM);
     let status = stack.wait_exit(EXIT_TIMEOUT);
     assert!(status.success(), "{status}\n{}", stack.output());
     assert!(
         !process_exists(envoy),
         "Envoy (pid {envoy}) outlived maas-stack"
+    );
+    assert!(
+        !process_exists(inference),
+        "the inference server (pid {inference}) outlived maas-stack"
     );
     assert!(try_request("GET", &stack.url("/v1/models"), &[], None).is_err());
     assert!(

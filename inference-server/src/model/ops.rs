@@ -151,7 +151,11 @@ fn attention_with(
     let width = heads * head_dim;
     // The query heads sharing a KV head are done together, so each cached
     // key and value is read once per group rather than once per head.
-    for (i, (q_row, out_row)) in q.chunks_exact(width).zip(out.chunks_exact_mut(width)).enumerate() {
+    for (i, (q_row, out_row)) in q
+        .chunks_exact(width)
+        .zip(out.chunks_exact_mut(width))
+        .enumerate()
+    {
         let visible = start + i + 1;
         for kv in 0..kv_heads {
             let heads_of = kv * group..(kv + 1) * group;
@@ -160,7 +164,8 @@ fn attention_with(
             for p in 0..visible {
                 let k = &keys[p * kv_width + kv * head_dim..][..head_dim];
                 for (g, h) in heads_of.clone().enumerate() {
-                    scores[g * visible + p] = dot(&q_row[h * head_dim..(h + 1) * head_dim], k) * scale;
+                    scores[g * visible + p] =
+                        dot(&q_row[h * head_dim..(h + 1) * head_dim], k) * scale;
                 }
             }
             for row in scores.chunks_exact_mut(visible) {
@@ -219,7 +224,8 @@ mod simd {
 
     pub fn available() -> bool {
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
-        *AVAILABLE.get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
+        *AVAILABLE
+            .get_or_init(|| is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"))
     }
 
     /// # Safety
@@ -255,7 +261,12 @@ mod simd {
         let mut i = 0;
         while i < lanes {
             // SAFETY: i + 8 <= lanes <= both lengths.
-            let (x, y) = unsafe { (_mm256_loadu_ps(a.as_ptr().add(i)), _mm256_loadu_ps(b.as_ptr().add(i))) };
+            let (x, y) = unsafe {
+                (
+                    _mm256_loadu_ps(a.as_ptr().add(i)),
+                    _mm256_loadu_ps(b.as_ptr().add(i)),
+                )
+            };
             acc = _mm256_fmadd_ps(x, y, acc);
             i += 8;
         }
@@ -280,7 +291,10 @@ mod simd {
             // SAFETY: i + 8 <= lanes <= both lengths.
             unsafe {
                 let o = out.as_mut_ptr().add(i);
-                _mm256_storeu_ps(o, _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)));
+                _mm256_storeu_ps(
+                    o,
+                    _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.as_ptr().add(i)), _mm256_loadu_ps(o)),
+                );
             }
             i += 8;
         }

@@ -8,7 +8,9 @@ use maas_testkit::{python_with_openai, workspace_root, InferenceServer};
 #[test]
 fn the_openai_python_client_works_unchanged() {
     let Some(python) = python_with_openai() else {
-        eprintln!("skipping: no python with `openai` (run scripts/python-env.sh, or set MAAS_PYTHON)");
+        eprintln!(
+            "skipping: no python with `openai` (run scripts/python-env.sh, or set MAAS_PYTHON)"
+        );
         return;
     };
     let server = InferenceServer::start(&[]);
@@ -18,7 +20,11 @@ fn the_openai_python_client_works_unchanged() {
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     for line in [
         "model: smollm2-135m-instruct",
         "finish: stop",
@@ -28,6 +34,14 @@ fn the_openai_python_client_works_unchanged() {
     ] {
         assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
     }
-    assert!(stdout.lines().any(|l| l.starts_with("answer:") && l.contains("Paris")), "{stdout}");
-    assert!(stdout.contains("stream usage: {'completion_tokens'"), "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("answer:") && l.contains("Paris")),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("stream usage: {'completion_tokens'"),
+        "{stdout}"
+    );
 }

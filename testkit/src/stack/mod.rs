@@ -33,12 +33,15 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub use envoy_child::Ready;
-pub use options::{parse_args, StackOptions, UsageError, USAGE};
+pub use options::{parse_args, StackOptions, UpstreamChoice, UsageError, USAGE};
 pub use signals::StopSignals;
 
 use crate::envoy::{find_envoy_binary, find_filter_wasm, ENVOY_VERSION};
 use crate::gateway::{
     gateway_template_path, render_gateway, workspace_root, GatewaySpec, RenderError,
+};
+use crate::inference::{
+    default_model_path, find_inference_server, InferenceLaunch, InferenceServer,
 };
 use envoy_child::{EnvoyChild, EnvoyFiles};
 use upstream::{start_mock, Upstream};
@@ -80,6 +83,12 @@ pub enum StackError {
         flag: &'static str,
         source: io::Error,
     },
+    #[error("no inference server at {}: run `make run`, which builds it first (`make server` only builds it), or set MAAS_INFERENCE_SERVER", path.display())]
+    MissingInferenceServer { path: PathBuf },
+    #[error("no model at {}: run `make model` (scripts/fetch-model.sh) for the embedded default, or pass --model FILE.gguf", path.display())]
+    MissingModel { path: PathBuf },
+    #[error("the inference server did not start: {0}")]
+    Inference(String),
     #[error("--upstream {given:?}: {reason}")]
     Upstream { given: String, reason: String },
     #[error("cannot render the Envoy bootstrap: {0}")]
@@ -169,29 +178,36 @@ impl Stack {
         for (port, role, flag) in ports {
             ensure_free(port, role, flag)?;
         }
-        let upstream = match &options.upstream {
-            Some(given) => Upstream::External(upstream::resolve(given).map_err(|reason| {
-                StackError::Upstream {
-                    given: given.clone(),
-                    reason,
-                }
-            })?),
-            None => Upstream::Mock(start_mock(options.upstream_port).map_err(|source| {
-                port_error(
-                    options.upstream_port,
-                    "mock upstream",
-                    "--upstream-port",
-                    source,
-                )
-            })?),
-        };
-
         let dir = &options.state_dir;
         std::fs::create_dir_all(dir).map_err(|source| StackError::Io {
             action: "create the state directory",
             path: dir.clone(),
             source,
         })?;
+        let upstream = match &options.upstream {
+            UpstreamChoice::External(given) => {
+                Upstream::External(upstream::resolve(given).map_err(|reason| {
+                    StackError::Upstream {
+                        given: given.clone(),
+                        reason,
+                    }
+                })?)
+            }
+            UpstreamChoice::Mock => {
+                Upstream::Mock(start_mock(options.upstream_port).map_err(|source| {
+                    port_error(
+                        options.upstream_port,
+                        "mock upstream",
+                        "--upstream-port",
+                        source,
+                    )
+                })?)
+            }
+            UpstreamChoice::Inference { model } => {
+                ensure_free(options.upstream_port, "inference server", "--upstream-port")?;
+                Upstream::Inference(start_inference(options, model.as_deref(), dir, &models)?)
+            }
+        };
         let files = EnvoyFiles::in_dir(dir);
         let audit_log = dir.join("audit.log");
         let template_path = gateway_template_path();
@@ -287,6 +303,11 @@ impl Stack {
     /// Stops Envoy (SIGTERM, then SIGKILL after a grace period), then the upstream.
     pub fn shutdown(mut self) -> Option<ExitStatus> {
         let status = self.envoy.terminate();
+        // With Envoy gone no request can reach it; SIGTERM lets it log its
+        // own orderly stop.
+        if let Upstream::Inference(server) = &mut self.upstream {
+            server.terminate();
+        }
         let _ = std::fs::remove_file(&self.pid_file);
         let _ = std::fs::remove_file(&self.files.admin_address);
         status
@@ -437,6 +458,39 @@ fn configured_models(config: &Value) -> Vec<String> {
 /// Fails when `127.0.0.1:port` cannot be bound now, naming the flag that
 /// moves it. Envoy binds with `SO_REUSEADDR` as `std` does, so this sees what
 /// Envoy would; a port taken in between is caught from Envoy's log instead.
+/// The inference server on `--upstream-port`, serving the configuration's
+/// first model name (the gateway routes every configured model to it), its
+/// log in the state directory. Waits until the model is loaded.
+fn start_inference(
+    options: &StackOptions,
+    model: Option<&Path>,
+    dir: &Path,
+    models: &[String],
+) -> Result<InferenceServer, StackError> {
+    let binary = find_inference_server().ok_or_else(|| StackError::MissingInferenceServer {
+        path: std::env::var_os("MAAS_INFERENCE_SERVER").map_or_else(
+            || workspace_root().join("target/serve/inference-server"),
+            PathBuf::from,
+        ),
+    })?;
+    let model = model.map_or_else(default_model_path, Path::to_path_buf);
+    if !model.is_file() {
+        return Err(StackError::MissingModel { path: model });
+    }
+    let launch = InferenceLaunch {
+        port: options.upstream_port,
+        model,
+        model_id: models
+            .first()
+            .cloned()
+            .unwrap_or_else(|| "smollm2-135m-instruct".into()),
+        log: Some(dir.join("inference.log")),
+        args: Vec::new(),
+    };
+    debug_assert!(binary.is_file());
+    InferenceServer::launch(&launch).map_err(StackError::Inference)
+}
+
 fn ensure_free(port: u16, role: &'static str, flag: &'static str) -> Result<(), StackError> {
     if port == 0 {
         return Ok(());

@@ -8,17 +8,34 @@ use crate::gateway::workspace_root;
 
 pub const USAGE: &str = "\
 usage: maas-stack [--config FILE] [--listen-port 8080] [--admin-port 9901]
-                  [--upstream-port 0 | --upstream HOST:PORT] [--state-dir DIR]
+                  [--model FILE.gguf | --mock | --upstream HOST:PORT]
+                  [--upstream-port 8000] [--state-dir DIR]
 
-Runs Envoy with the MaaS filter in front of an OpenAI-shaped upstream, in the
-foreground, until Ctrl-C (SIGINT) or SIGTERM.
+Runs Envoy with the MaaS filter in front of the inference server (the embedded
+SmolLM2-135M-Instruct unless --model says otherwise), in the foreground, until
+Ctrl-C (SIGINT) or SIGTERM.
 
   --config FILE         filter configuration (default envoy/filter-config.json)
   --listen-port N       gateway listener on 127.0.0.1 (default 8080; 0 = any free port)
   --admin-port N        Envoy admin on 127.0.0.1 (default 9901; 0 = any free port)
-  --upstream-port N     port of the built-in mock upstream (default 0 = any free port)
-  --upstream HOST:PORT  an existing OpenAI-compatible server instead of the mock
-  --state-dir DIR       envoy.yaml, envoy.log, audit.log go here (default .cache/run)";
+  --model FILE.gguf     the GGUF the inference server loads (default: the embedded model)
+  --mock                testkit's OpenAI-shaped mock instead of the inference server
+  --upstream-port N     port of the built-in upstream (default 8000; 0 = any free port)
+  --upstream HOST:PORT  an existing OpenAI-compatible server instead of a built-in one
+  --state-dir DIR       envoy.yaml, envoy.log, audit.log, inference.log go here
+                        (default .cache/run)";
+
+/// Which model server the gateway routes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamChoice {
+    /// The workspace's inference server, started by the stack; `None`: the
+    /// embedded default model.
+    Inference { model: Option<PathBuf> },
+    /// testkit's OpenAI-shaped mock, in-process.
+    Mock,
+    /// An existing server (`HOST:PORT`), resolved at start.
+    External(String),
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StackOptions {
@@ -26,10 +43,9 @@ pub struct StackOptions {
     pub config: PathBuf,
     pub listen_port: u16,
     pub admin_port: u16,
-    /// Where the mock upstream listens; unused with [`Self::upstream`].
+    /// Where a built-in upstream listens; unused with an external one.
     pub upstream_port: u16,
-    /// An existing server (`HOST:PORT`) instead of the mock; resolved at start.
-    pub upstream: Option<String>,
+    pub upstream: UpstreamChoice,
     pub state_dir: PathBuf,
 }
 
@@ -40,8 +56,8 @@ impl Default for StackOptions {
             config: root.join("envoy/filter-config.json"),
             listen_port: 8080,
             admin_port: 9901,
-            upstream_port: 0,
-            upstream: None,
+            upstream_port: 8000,
+            upstream: UpstreamChoice::Inference { model: None },
             state_dir: root.join(".cache/run"),
         }
     }
@@ -60,6 +76,7 @@ pub enum UsageError {
 pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions, UsageError> {
     let mut options = StackOptions::default();
     let mut upstream_port_given = false;
+    let mut chosen: Option<String> = None;
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         // `--flag=value` and `--flag value` both work.
@@ -86,22 +103,42 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
                 if text.trim().is_empty() {
                     return Err(UsageError::Invalid("--upstream needs HOST:PORT".into()));
                 }
-                options.upstream = Some(text);
+                choose(
+                    &mut options,
+                    &mut chosen,
+                    &flag,
+                    UpstreamChoice::External(text),
+                )?;
+            }
+            "--mock" => choose(&mut options, &mut chosen, &flag, UpstreamChoice::Mock)?,
+            "--model" => {
+                let model = Some(absolute(&value()?));
+                choose(
+                    &mut options,
+                    &mut chosen,
+                    &flag,
+                    UpstreamChoice::Inference { model },
+                )?;
             }
             "--state-dir" => options.state_dir = absolute(&value()?),
             "-h" | "--help" => return Err(UsageError::Help),
             other => return Err(UsageError::Invalid(format!("unknown argument {other:?}"))),
         }
     }
-    if upstream_port_given && options.upstream.is_some() {
+    if upstream_port_given && matches!(options.upstream, UpstreamChoice::External(_)) {
         return Err(UsageError::Invalid(
-            "--upstream-port places the built-in mock; it has no meaning with --upstream".into(),
+            "--upstream-port places a built-in upstream; it has no meaning with --upstream".into(),
         ));
     }
+    // An external upstream leaves the built-in port unused.
+    let upstream_port = match options.upstream {
+        UpstreamChoice::External(_) => 0,
+        _ => options.upstream_port,
+    };
     let fixed = [
         ("--listen-port", options.listen_port),
         ("--admin-port", options.admin_port),
-        ("--upstream-port", options.upstream_port),
+        ("--upstream-port", upstream_port),
     ];
     for (index, (flag, port)) in fixed.iter().enumerate() {
         if let Some((other, _)) = fixed[index + 1..]
@@ -114,6 +151,23 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
         }
     }
     Ok(options)
+}
+
+/// `--model`, `--mock` and `--upstream` each pick the upstream: one of them.
+fn choose(
+    options: &mut StackOptions,
+    chosen: &mut Option<String>,
+    flag: &str,
+    choice: UpstreamChoice,
+) -> Result<(), UsageError> {
+    if let Some(earlier) = chosen.as_deref().filter(|earlier| *earlier != flag) {
+        return Err(UsageError::Invalid(format!(
+            "{earlier} and {flag} both choose the upstream; give one"
+        )));
+    }
+    *chosen = Some(flag.to_owned());
+    options.upstream = choice;
+    Ok(())
 }
 
 fn port(flag: &str, text: &str) -> Result<u16, UsageError> {
@@ -138,8 +192,8 @@ mod tests {
         let options = parse(&[]).expect("no arguments are fine");
         assert_eq!(options.listen_port, 8080);
         assert_eq!(options.admin_port, 9901);
-        assert_eq!(options.upstream_port, 0);
-        assert_eq!(options.upstream, None);
+        assert_eq!(options.upstream_port, 8000);
+        assert_eq!(options.upstream, UpstreamChoice::Inference { model: None });
         assert!(options.config.ends_with("envoy/filter-config.json"));
         assert!(options.state_dir.ends_with(".cache/run"));
         assert!(options.config.is_absolute() && options.state_dir.is_absolute());
@@ -162,7 +216,20 @@ mod tests {
         assert!(options.config.is_absolute() && options.config.ends_with("my.json"));
         assert_eq!(options.listen_port, 18080);
         assert_eq!(options.admin_port, 0);
-        assert_eq!(options.upstream.as_deref(), Some("127.0.0.1:8000"));
+        assert_eq!(
+            options.upstream,
+            UpstreamChoice::External("127.0.0.1:8000".into())
+        );
+        let model = parse(&["--model", "m.gguf"]).expect("valid").upstream;
+        assert!(
+            matches!(model, UpstreamChoice::Inference { model: Some(p) } if p.is_absolute() && p.ends_with("m.gguf"))
+        );
+        assert_eq!(
+            parse(&["--mock"]).expect("valid").upstream,
+            UpstreamChoice::Mock
+        );
+        // The built-in port is free for others when an external server is used.
+        assert!(parse(&["--upstream", "h:1", "--listen-port", "8000"]).is_ok());
         assert_eq!(options.state_dir, PathBuf::from("/tmp/s"));
     }
 
@@ -179,6 +246,14 @@ mod tests {
             (
                 &["--upstream", "127.0.0.1:1", "--upstream-port", "9"],
                 "no meaning with --upstream",
+            ),
+            (
+                &["--mock", "--model", "m.gguf"],
+                "--mock and --model both choose the upstream",
+            ),
+            (
+                &["--upstream", "h:1", "--mock"],
+                "--upstream and --mock both choose",
             ),
             (
                 &["--admin-port", "8080"],

@@ -1,6 +1,6 @@
-//! The model server the gateway routes to: testkit's OpenAI-shaped mock,
-//! served in-process on a port of the user's choosing, or an existing server
-//! given as `HOST:PORT` (later, the real inference server).
+//! The model server the gateway routes to: the workspace's inference server
+//! (a child process, the default), testkit's OpenAI-shaped mock served
+//! in-process, or an existing server given as `HOST:PORT`.
 //!
 //! The mock is [`MockUpstream`] bound to the chosen port with a bounded
 //! request log, so a long session does not grow its memory.
@@ -9,7 +9,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::MockUpstream;
+use crate::{InferenceServer, MockUpstream};
 
 /// The mock keeps this many requests for `GET /__mock/requests`, no more, so
 /// a long session does not grow its memory.
@@ -17,6 +17,7 @@ pub const MOCK_RECORD_LIMIT: usize = 1000;
 const MOCK_WORKERS: usize = 2;
 
 pub enum Upstream {
+    Inference(InferenceServer),
     Mock(MockUpstream),
     External(SocketAddr),
 }
@@ -24,6 +25,7 @@ pub enum Upstream {
 impl Upstream {
     pub fn addr(&self) -> SocketAddr {
         match self {
+            Self::Inference(server) => server.addr(),
             Self::Mock(mock) => mock.addr(),
             Self::External(addr) => *addr,
         }
@@ -32,6 +34,12 @@ impl Upstream {
     /// For the banner.
     pub fn describe(&self) -> String {
         match self {
+            Self::Inference(server) => format!(
+                "http://{} (inference server, pid {}; log {})",
+                server.addr(),
+                server.pid(),
+                server.log_path().display()
+            ),
             Self::Mock(mock) => format!(
                 "http://{} (testkit's OpenAI-shaped mock; every completion is \"tok tok …\")",
                 mock.addr()
@@ -43,7 +51,7 @@ impl Upstream {
     /// Whether something accepts connections there (always true for the mock).
     pub fn reachable(&self) -> bool {
         match self {
-            Self::Mock(_) => true,
+            Self::Inference(_) | Self::Mock(_) => true,
             Self::External(addr) => {
                 TcpStream::connect_timeout(addr, Duration::from_secs(1)).is_ok()
             }
