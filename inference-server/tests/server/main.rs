@@ -2,6 +2,9 @@
 //! SmolLM2-135M-Instruct GGUF, loopback ports. Each test starts its own
 //! server (loading takes well under a second) so tests stay independent.
 
+// Test support code may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 mod api;
 mod batching;
 mod errors;
