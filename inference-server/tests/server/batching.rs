@@ -4,7 +4,7 @@
 use std::io::Read;
 use std::time::Duration;
 
-use maas_testkit::{eventually, InferenceServer};
+use maas_testkit::InferenceServer;
 use serde_json::json;
 
 use crate::support::*;
@@ -60,30 +60,11 @@ fn eight_concurrent_streams_each_get_their_solo_greedy_text() {
 #[test]
 fn a_client_that_hangs_up_frees_its_slot() {
     let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
-    let long = chat_body(
-        "Write a very long essay about the history of Europe.",
-        json!({"max_tokens": 4000, "stream": true}),
-    );
-    let sock = open_stream(&server, &long);
-    eventually(Duration::from_secs(10), || {
-        match metric(&server, "inference_running_sequences") {
-            1.0 => Ok(()),
-            n => Err(format!("running {n}")),
-        }
-    });
+    let sock = open_stream(&server, &endless_stream());
+    await_metric(&server, "inference_running_sequences", 1.0);
     drop(sock);
-    eventually(Duration::from_secs(10), || {
-        let cancelled = metric(
-            &server,
-            &format!("inference_requests_total{{model=\"{MODEL}\",outcome=\"cancelled\"}}"),
-        );
-        let running = metric(&server, "inference_running_sequences");
-        if cancelled == 1.0 && running == 0.0 {
-            Ok(())
-        } else {
-            Err(format!("cancelled {cancelled}, running {running}"))
-        }
-    });
+    await_metric(&server, &outcome("cancelled"), 1.0);
+    await_metric(&server, "inference_running_sequences", 0.0);
     // The one slot serves the next request at once.
     let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
     assert_eq!(r.status, 200, "{}", r.text());
@@ -92,12 +73,8 @@ fn a_client_that_hangs_up_frees_its_slot() {
 #[test]
 fn a_full_queue_answers_503_with_retry_after_at_once() {
     let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
-    let long = chat_body(
-        "Write a very long essay about the history of Europe.",
-        json!({"max_tokens": 4000, "stream": true}),
-    );
-    let running = open_stream(&server, &long);
-    let queued = open_stream(&server, &long);
+    let running = open_stream(&server, &endless_stream());
+    let queued = open_stream(&server, &endless_stream());
     let started = std::time::Instant::now();
     let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
     assert!(
@@ -109,21 +86,8 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
     let e = r.json();
     assert_eq!(e["error"]["code"], "server_overloaded");
     assert_eq!(e["error"]["type"], "server_error");
-    assert_eq!(
-        metric(
-            &server,
-            &format!(
-                "inference_requests_total{{model=\"{MODEL}\",outcome=\"rejected_queue_full\"}}"
-            )
-        ),
-        1.0
-    );
-    eventually(Duration::from_secs(10), || {
-        match metric(&server, "inference_queue_depth") {
-            1.0 => Ok(()),
-            n => Err(format!("queue depth {n}")),
-        }
-    });
+    assert_eq!(metric(&server, &outcome("rejected_queue_full")), 1.0);
+    await_metric(&server, "inference_queue_depth", 1.0);
     drop(running);
     // The queued stream is admitted once the running one is gone.
     let mut queued = queued;

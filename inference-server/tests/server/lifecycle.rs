@@ -37,10 +37,7 @@ fn sigterm_lets_running_streams_finish_then_exits_cleanly() {
 #[test]
 fn the_grace_deadline_cuts_streams_with_an_error_event() {
     let mut server = InferenceServer::start(&["--shutdown-grace-secs", "1"]);
-    let long = chat_body(
-        "Write a very long essay about the history of Europe.",
-        json!({"max_tokens": 4000, "stream": true}),
-    );
+    let long = endless_stream();
     let sock = open_stream(&server, &long);
     let reader = std::thread::spawn(move || read_to_end(sock));
     let status = server.terminate();

@@ -4,7 +4,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use maas_testkit::{post_json, InferenceServer, Response};
+use maas_testkit::{eventually, post_json, InferenceServer, Response};
 use serde_json::{json, Value};
 
 pub const MODEL: &str = "smollm2-135m-instruct";
@@ -121,4 +121,26 @@ pub fn metric(server: &InferenceServer, series: &str) -> f64 {
         })
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no {series} in:\n{text}"))
+}
+
+/// Waits (up to 10 s) until a `/metrics` series reads `want`: gauges settle
+/// after the engine's next step.
+pub fn await_metric(server: &InferenceServer, series: &str, want: f64) {
+    eventually(Duration::from_secs(10), || match metric(server, series) {
+        v if v == want => Ok(()),
+        v => Err(format!("{series} is {v}, waiting for {want}")),
+    });
+}
+
+/// `outcome`'s series of `inference_requests_total`.
+pub fn outcome(name: &str) -> String {
+    format!("inference_requests_total{{model=\"{MODEL}\",outcome=\"{name}\"}}")
+}
+
+/// A streamed request that runs for minutes unless something stops it.
+pub fn endless_stream() -> Value {
+    chat_body(
+        "Write a very long essay about the history of Europe.",
+        json!({"max_tokens": 4000, "stream": true}),
+    )
 }
