@@ -147,9 +147,12 @@ impl Scheduler {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// Queues a sequence whose prompt has `prompt_len` (≥ 1) tokens.
+    /// Queues a sequence whose prompt has `prompt_len` (≥ 1) tokens. The
+    /// bound is on running + waiting together: requests that arrive between
+    /// two steps wait here even when free slots will take them at the next.
     pub fn enqueue(&mut self, id: SeqId, prompt_len: usize) -> Result<(), QueueFull> {
-        if self.waiting.len() >= self.limits.max_waiting {
+        let capacity = self.limits.max_running + self.limits.max_waiting;
+        if self.running.len() + self.waiting.len() >= capacity {
             return Err(QueueFull(self.waiting.len()));
         }
         self.waiting.push_back((id, prompt_len.max(1)));
@@ -295,12 +298,14 @@ mod tests {
     #[test]
     fn admission_is_fifo_and_bounded_by_running_slots() {
         let mut s = Scheduler::new(limits(2, 64, 16)).unwrap();
-        for id in 1..=4 {
+        // Two running slots and four queue places: six may be in.
+        for id in 1..=6 {
             s.enqueue(SeqId(id), 2).unwrap();
         }
-        assert_eq!(s.enqueue(SeqId(9), 2), Err(QueueFull(4)));
+        assert_eq!(s.enqueue(SeqId(9), 2), Err(QueueFull(6)));
         assert_eq!(s.plan().admitted, vec![SeqId(1), SeqId(2)]);
-        assert_eq!((s.running(), s.waiting()), (2, 2));
+        assert_eq!((s.running(), s.waiting()), (2, 4));
+        assert_eq!(s.enqueue(SeqId(9), 2), Err(QueueFull(4)));
         assert!(s.plan().admitted.is_empty());
         // A finished sequence frees its slot for the oldest waiter.
         assert!(s.retire(SeqId(1)));

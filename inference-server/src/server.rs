@@ -13,6 +13,9 @@ use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::model::load_gguf;
 
+/// How long past the engine's grace period open connections may linger.
+const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error("cannot listen on {addr}: {source}")]
@@ -101,18 +104,29 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     });
 
     // The signal ends the accept loop; in-flight responses finish (or are cut
-    // by the engine's grace deadline) before `serve` returns.
+    // by the engine's grace deadline) before `serve` returns. A client that
+    // stops reading could hold its connection open forever, so the drain
+    // itself has a deadline too.
+    let signalled = Arc::new(tokio::sync::Notify::new());
     let shutdown = tokio::spawn({
-        let handle = handle.clone();
+        let (handle, signalled) = (handle.clone(), signalled.clone());
         async move {
             shutdown_signal().await;
             tracing::info!("shutting down: no new requests; finishing running ones");
             handle.shutdown();
+            signalled.notify_one();
         }
     });
-    let served = server
-        .await
-        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    let drain = config.shutdown_grace + DRAIN_MARGIN;
+    let mut server = server;
+    let served = tokio::select! {
+        served = &mut server => served.map_err(|e| std::io::Error::other(e.to_string()))?,
+        () = async { signalled.notified().await; tokio::time::sleep(drain).await } => {
+            tracing::warn!(seconds = drain.as_secs(), "connections still open after the drain deadline; closing them");
+            server.abort();
+            Ok(())
+        }
+    };
     shutdown.abort();
     handle.shutdown();
     let _ = tokio::task::spawn_blocking(move || engine.thread.join()).await;

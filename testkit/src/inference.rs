@@ -207,15 +207,20 @@ impl InferenceServer {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Sends SIGTERM and waits for the exit (graceful shutdown).
-    pub fn terminate(&mut self) -> ExitStatus {
+    /// Sends SIGTERM (graceful shutdown) without waiting.
+    pub fn signal_term(&self) {
         if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own unreaped child.
+            // SAFETY: kill(2) on our own child, which is reaped only by
+            // `wait_exit`/`Drop` (after which no signal is sent).
             unsafe {
                 libc::kill(pid, libc::SIGTERM);
             }
         }
-        let deadline = Instant::now() + TERMINATE_TIMEOUT;
+    }
+
+    /// Waits for the process to exit; kills it after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
         loop {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return status;
@@ -226,6 +231,12 @@ impl InferenceServer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// Sends SIGTERM and waits for the exit.
+    pub fn terminate(&mut self) -> ExitStatus {
+        self.signal_term();
+        self.wait_exit(TERMINATE_TIMEOUT)
     }
 }
 

@@ -26,7 +26,7 @@ pub use request::{
 };
 use response::{Meta, Shape};
 
-use crate::engine::{EngineHandle, Event, GenerationParams, Submission, SubmitError};
+use crate::engine::{EngineHandle, Event, Failure, GenerationParams, Submission, SubmitError};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
 
@@ -332,6 +332,13 @@ async fn generate(
     }
 }
 
+fn failure_error(failure: &Failure) -> ApiError {
+    match failure {
+        Failure::Unavailable(m) => ApiError::unavailable("generation_failed", m.clone()),
+        Failure::Internal(m) => ApiError::internal(m.clone()),
+    }
+}
+
 /// Waits for the whole completion. If the client goes away meanwhile, this
 /// future is dropped with its receiver, and the engine retires the sequence.
 async fn collect(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
@@ -342,9 +349,7 @@ async fn collect(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<R
             Event::Finished { reason, usage } => {
                 return Ok(axum::Json(meta.full(&text, reason, usage)).into_response());
             }
-            Event::Failed(message) => {
-                return Err(ApiError::unavailable("generation_failed", message))
-            }
+            Event::Failed(failure) => return Err(failure_error(&failure)),
         }
     }
     Err(ApiError::internal(
@@ -392,12 +397,17 @@ fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: boo
                 }
                 // Headers are gone already: report in-band, as OpenAI does,
                 // and end without [DONE] so clients see an incomplete stream.
-                Some(Event::Failed(message)) => {
-                    let e = ApiError::unavailable("generation_failed", message);
+                Some(Event::Failed(failure)) => {
+                    let _ = send(response::sse(&failure_error(&failure).body())).await;
+                    return;
+                }
+                // The engine went away without ending the sequence: say so,
+                // rather than end the stream as if it were complete.
+                None => {
+                    let e = ApiError::internal("The engine stopped before the response finished.");
                     let _ = send(response::sse(&e.body())).await;
                     return;
                 }
-                None => return,
             };
             if send(frame).await.is_err() {
                 return;

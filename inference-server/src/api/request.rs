@@ -27,6 +27,14 @@ pub struct GenerationFields {
     /// vLLM's extension: keep generating through end-of-sequence tokens
     /// (benchmarks need fixed-length completions).
     ignore_eos: Option<bool>,
+    // Accepted only at their neutral values: a client relying on them must
+    // hear that this server does not do them, not get plain text back.
+    tools: Option<serde_json::Value>,
+    functions: Option<serde_json::Value>,
+    response_format: Option<serde_json::Value>,
+    logit_bias: Option<serde_json::Value>,
+    presence_penalty: Option<f64>,
+    frequency_penalty: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +65,19 @@ pub struct Generation {
 
 /// OpenAI accepts at most four stop sequences.
 const MAX_STOPS: usize = 4;
+/// Longer stop strings only cost the engine time (the matcher holds back up
+/// to one stop's length of text) and no real use needs them.
+const MAX_STOP_BYTES: usize = 256;
+
+fn is_empty_value(v: &Option<serde_json::Value>) -> bool {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        Some(_) => false,
+    }
+}
 
 impl GenerationFields {
     fn validate(self) -> Result<Generation, ApiError> {
@@ -87,6 +108,39 @@ impl GenerationFields {
                 Some("echo"),
                 "`echo` is not supported by this server.",
             ));
+        }
+        for (value, param) in [
+            (&self.tools, "tools"),
+            (&self.functions, "functions"),
+            (&self.logit_bias, "logit_bias"),
+        ] {
+            if !is_empty_value(value) {
+                return Err(ApiError::invalid(
+                    Some(param),
+                    format!("`{param}` is not supported by this server."),
+                ));
+            }
+        }
+        let text_format = match &self.response_format {
+            None | Some(serde_json::Value::Null) => true,
+            Some(f) => f.get("type").and_then(|t| t.as_str()) == Some("text"),
+        };
+        if !text_format {
+            return Err(ApiError::invalid(
+                Some("response_format"),
+                "Only `{\"type\": \"text\"}` is supported for `response_format`.",
+            ));
+        }
+        for (value, param) in [
+            (self.presence_penalty, "presence_penalty"),
+            (self.frequency_penalty, "frequency_penalty"),
+        ] {
+            if value.is_some_and(|v| v != 0.0) {
+                return Err(ApiError::invalid(
+                    Some(param),
+                    format!("`{param}` other than 0 is not supported by this server."),
+                ));
+            }
         }
         let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
             (Some(v), _) => Some((v, "max_completion_tokens")),
@@ -147,7 +201,19 @@ impl GenerationFields {
                 "`stop` sequences must not be empty.",
             ));
         }
+        if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+            return Err(ApiError::invalid(
+                Some("stop"),
+                format!("`stop` sequences may be at most {MAX_STOP_BYTES} bytes long."),
+            ));
+        }
         let stream = self.stream.unwrap_or(false);
+        if self.stream_options.is_some() && !stream {
+            return Err(ApiError::invalid(
+                Some("stream_options"),
+                "`stream_options` is only allowed when `stream` is true.",
+            ));
+        }
         let include_usage = self
             .stream_options
             .and_then(|o| o.include_usage)
@@ -330,7 +396,8 @@ mod tests {
                 {"role":"user","content":[{"type":"text","text":"Hi"},{"type":"text","text":"!"}]}],
                 "max_completion_tokens":5,"max_tokens":9,"temperature":0,"top_p":0.5,"top_k":3,
                 "seed":-1,"stop":"\n","stream":true,"stream_options":{"include_usage":true},"n":1,
-                "user":"ignored","logprobs":false}"#,
+                "user":"ignored","logprobs":false,"tools":[],"presence_penalty":0,
+                "response_format":{"type":"text"}}"#,
         )
         .unwrap();
         assert_eq!(r.messages[0].role, "system");
@@ -413,6 +480,31 @@ mod tests {
                 r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true}"#,
                 Some("logprobs"),
                 "not supported",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
+                Some("tools"),
+                "not supported",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
+                Some("response_format"),
+                "text",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"presence_penalty":0.5}"#,
+                Some("presence_penalty"),
+                "other than 0",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,
+                Some("stream_options"),
+                "only allowed",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
+                Some("stop"),
+                "at most 256 bytes",
             ),
             (r#"{"model":"m","messages":"hi"}"#, None, "does not match"),
             (r#"{"model":"m","#, None, "not valid JSON"),

@@ -47,9 +47,25 @@ pub enum Event {
         reason: FinishReason,
         usage: Usage,
     },
-    /// The engine could not finish the sequence (shutdown deadline, model
-    /// error); what was streamed so far stands.
-    Failed(String),
+    /// The engine could not finish the sequence; what was streamed so far
+    /// stands.
+    Failed(Failure),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Failure {
+    /// Shutdown refused or cut it: the client may retry elsewhere (503).
+    Unavailable(String),
+    /// The model or the engine failed on it (500).
+    Internal(String),
+}
+
+impl Failure {
+    pub fn message(&self) -> &str {
+        match self {
+            Self::Unavailable(m) | Self::Internal(m) => m,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -151,7 +167,16 @@ impl Engine {
         );
         let thread = std::thread::Builder::new()
             .name("engine".into())
-            .spawn(move || worker.run())?;
+            .spawn(move || {
+                // A panic here leaves every sequence's state unknown: exit
+                // so the supervisor restarts the server, rather than keep
+                // answering /health with a dead engine.
+                if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| worker.run())).is_err()
+                {
+                    tracing::error!("the engine thread panicked; exiting");
+                    std::process::exit(70);
+                }
+            })?;
         Ok(Self {
             handle: EngineHandle {
                 inner: Arc::new(Shared {
@@ -202,3 +227,6 @@ impl EngineHandle {
         self.inner.shutting_down.load(Ordering::SeqCst)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::{Event, FinishReason, Usage};
+use super::{Event, Failure, FinishReason, Usage};
 use crate::metrics::Metrics;
 use crate::model::SequenceCache;
 use crate::sampling::Sampler;
@@ -15,7 +15,8 @@ use crate::text::{IncrementalDecoder, StopMatcher, StopOutcome, TextTokenizer};
 
 pub(super) struct Sequence {
     pub prompt: Vec<u32>,
-    pub cache: SequenceCache,
+    /// Reserved when the scheduler admits the sequence, not while it waits.
+    pub cache: Option<SequenceCache>,
     pub sampler: Sampler,
     /// The last sampled token: the next step's input.
     pub last_token: u32,
@@ -27,13 +28,12 @@ pub(super) struct Sequence {
     events: mpsc::UnboundedSender<Event>,
     received: Instant,
     last_token_at: Option<Instant>,
-    // Held until the sequence ends: its release admits the next request.
-    _permit: OwnedSemaphorePermit,
+    /// Held until the sequence ends: its release admits the next request.
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 pub(super) struct SequenceParts {
     pub prompt: Vec<u32>,
-    pub cache: SequenceCache,
     pub sampler: Sampler,
     pub max_new_tokens: usize,
     pub stop: Vec<String>,
@@ -47,7 +47,7 @@ impl Sequence {
     pub fn new(p: SequenceParts, tokenizer: Arc<TextTokenizer>) -> Self {
         Self {
             prompt: p.prompt,
-            cache: p.cache,
+            cache: None,
             sampler: p.sampler,
             last_token: 0,
             max_new_tokens: p.max_new_tokens,
@@ -58,7 +58,7 @@ impl Sequence {
             events: p.events,
             received: p.received,
             last_token_at: None,
-            _permit: p.permit,
+            permit: Some(p.permit),
         }
     }
 
@@ -72,6 +72,10 @@ impl Sequence {
             prompt_tokens: self.prompt.len(),
             completion_tokens: self.generated,
         }
+    }
+
+    pub fn max_new_tokens(&self) -> usize {
+        self.max_new_tokens
     }
 
     pub fn received(&self) -> Instant {
@@ -141,14 +145,22 @@ impl Sequence {
         }
     }
 
-    pub fn finish(&self, reason: FinishReason) {
+    /// The slot is free before the client hears the end, so a client that
+    /// resubmits at once is not refused by its own finished request.
+    pub fn finish(&mut self, reason: FinishReason) {
+        self.permit = None;
         let _ = self.events.send(Event::Finished {
             reason,
             usage: self.usage(),
         });
     }
 
-    pub fn fail(&self, message: &str) {
-        let _ = self.events.send(Event::Failed(message.to_string()));
+    pub fn fail(&mut self, failure: Failure) {
+        self.permit = None;
+        let _ = self.events.send(Event::Failed(failure));
+    }
+
+    pub fn kv_bytes(&self) -> usize {
+        self.cache.as_ref().map_or(0, SequenceCache::resident_bytes)
     }
 }

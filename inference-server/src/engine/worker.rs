@@ -8,7 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::sequence::{Sequence, SequenceParts};
-use super::{Command, FinishReason, Submission};
+use super::{Command, Failure, FinishReason, Submission};
 use crate::metrics::Metrics;
 use crate::model::{LoadedModel, Scratch, StepInput};
 use crate::sampling::Sampler;
@@ -62,6 +62,7 @@ impl Worker {
             // Plan before winding down: requests accepted before the signal
             // still take the free slots; only those left waiting are refused.
             let plan = self.scheduler.plan();
+            self.reserve_caches(&plan);
             if self.shutting_down.load(Ordering::SeqCst) && self.wind_down() {
                 break;
             }
@@ -102,11 +103,19 @@ impl Worker {
         let id = SeqId(self.next_id);
         self.next_id += 1;
         let seed = s.params.seed.unwrap_or_else(|| entropy(id));
-        let capacity = s.prompt.len() + s.params.max_new_tokens;
         let prompt_len = s.prompt.len();
-        let seq = Sequence::new(
+        // The API checks these; the engine does not trust its callers to, so
+        // a bad submission fails alone instead of its whole batch.
+        let fits = prompt_len
+            .checked_add(s.params.max_new_tokens)
+            .is_some_and(|end| end <= self.loaded.model.max_positions());
+        let problem = match (prompt_len, fits) {
+            (0, _) => Some("the prompt is empty"),
+            (_, false) => Some("the prompt and the completion budget exceed the context"),
+            _ => None,
+        };
+        let mut seq = Sequence::new(
             SequenceParts {
-                cache: self.loaded.model.new_cache(capacity),
                 prompt: s.prompt,
                 sampler: Sampler::new(s.params.sampling, seed),
                 max_new_tokens: s.params.max_new_tokens,
@@ -118,14 +127,36 @@ impl Worker {
             },
             self.loaded.tokenizer.clone(),
         );
+        if let Some(problem) = problem {
+            seq.fail(Failure::Internal(problem.to_string()));
+            self.metrics.requests_failed.add(1);
+            return;
+        }
         if let Err(full) = self.scheduler.enqueue(id, prompt_len) {
             // The admission permits bound the queue, so this is a
             // misconfiguration rather than load; fail loudly, not silently.
-            seq.fail(&full.to_string());
+            seq.fail(Failure::Unavailable(full.to_string()));
             self.metrics.requests_failed.add(1);
             return;
         }
         self.sequences.insert(id, seq);
+    }
+
+    /// KV caches are reserved at admission: a queued request holds none.
+    fn reserve_caches(&mut self, plan: &Plan) {
+        for id in &plan.admitted {
+            let Some(seq) = self.sequences.get_mut(id) else {
+                continue;
+            };
+            let capacity = seq.prompt.len() + seq.max_new_tokens();
+            match self.loaded.model.new_cache(capacity) {
+                Ok(cache) => seq.cache = Some(cache),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refusing a request: no memory for its KV cache");
+                    self.end_with_failure(*id, Failure::Internal(e.to_string()));
+                }
+            }
+        }
     }
 
     fn retire_abandoned(&mut self) {
@@ -150,28 +181,36 @@ impl Worker {
             .get_or_insert_with(|| Instant::now() + self.grace);
         let waiting: Vec<SeqId> = self.scheduler.waiting_ids().collect();
         for id in waiting {
-            self.end_with_failure(id, "the server is shutting down");
+            self.end_with_failure(
+                id,
+                Failure::Unavailable("the server is shutting down".into()),
+            );
         }
         if Instant::now() >= deadline {
             let running: Vec<SeqId> = self.sequences.keys().copied().collect();
             for id in running {
-                self.end_with_failure(id, "the server shut down before the response finished");
+                self.end_with_failure(
+                    id,
+                    Failure::Unavailable(
+                        "the server shut down before the response finished".into(),
+                    ),
+                );
             }
         }
         self.scheduler.is_idle()
     }
 
-    fn end_with_failure(&mut self, id: SeqId, message: &str) {
+    fn end_with_failure(&mut self, id: SeqId, failure: Failure) {
         self.scheduler.retire(id);
-        if let Some(seq) = self.sequences.remove(&id) {
-            seq.fail(message);
+        if let Some(mut seq) = self.sequences.remove(&id) {
+            seq.fail(failure);
             self.metrics.requests_failed.add(1);
         }
     }
 
     fn end(&mut self, id: SeqId, reason: FinishReason) {
         self.scheduler.retire(id);
-        if let Some(seq) = self.sequences.remove(&id) {
+        if let Some(mut seq) = self.sequences.remove(&id) {
             seq.finish(reason);
             self.metrics
                 .request_seconds
@@ -193,10 +232,13 @@ impl Worker {
             let Some(w) = work.get(id) else { continue };
             let Sequence {
                 prompt,
-                cache,
+                cache: Some(cache),
                 last_token,
                 ..
-            } = seq;
+            } = seq
+            else {
+                continue;
+            };
             let (tokens, logits) = match *w {
                 Work::Prefill {
                     start,
@@ -227,7 +269,10 @@ impl Worker {
             Err(e) => {
                 tracing::error!(error = %e, "forward step failed; failing its sequences");
                 for id in work.keys() {
-                    self.end_with_failure(*id, "the model failed on this request");
+                    self.end_with_failure(
+                        *id,
+                        Failure::Internal("the model failed on this request".into()),
+                    );
                 }
                 return;
             }
@@ -255,11 +300,7 @@ impl Worker {
             .queue_depth
             .set(self.scheduler.waiting() as u64);
         self.metrics.running.set(self.scheduler.running() as u64);
-        let kv: usize = self
-            .sequences
-            .values()
-            .map(|s| s.cache.resident_bytes())
-            .sum();
+        let kv: usize = self.sequences.values().map(Sequence::kv_bytes).sum();
         self.metrics.kv_cache_bytes.set(kv as u64);
     }
 }

@@ -8,6 +8,7 @@
 //! or concatenates.
 
 use super::config::ModelConfig;
+use super::ModelError;
 
 pub struct SequenceCache {
     keys: Vec<Vec<f32>>,
@@ -17,19 +18,35 @@ pub struct SequenceCache {
 }
 
 impl SequenceCache {
-    pub fn new(config: &ModelConfig, capacity_tokens: usize) -> Self {
+    /// Reserves room for `capacity_tokens` positions. A failed reservation
+    /// (an address-space limit, strict overcommit) is an error for this
+    /// sequence, never an abort of the process.
+    pub fn new(config: &ModelConfig, capacity_tokens: usize) -> Result<Self, ModelError> {
         let kv_width = config.kv_width();
-        let reserve = || {
+        let floats = capacity_tokens.checked_mul(kv_width).ok_or_else(|| {
+            ModelError::Forward(format!(
+                "a KV cache for {capacity_tokens} positions overflows"
+            ))
+        })?;
+        let reserve = || -> Result<Vec<Vec<f32>>, ModelError> {
             (0..config.layers)
-                .map(|_| Vec::with_capacity(capacity_tokens * kv_width))
+                .map(|_| {
+                    let mut v = Vec::new();
+                    v.try_reserve_exact(floats).map_err(|e| {
+                        ModelError::Forward(format!(
+                            "cannot reserve a KV cache for {capacity_tokens} positions: {e}"
+                        ))
+                    })?;
+                    Ok(v)
+                })
                 .collect()
         };
-        Self {
-            keys: reserve(),
-            values: reserve(),
+        Ok(Self {
+            keys: reserve()?,
+            values: reserve()?,
             kv_width,
             len: 0,
-        }
+        })
     }
 
     /// Positions already cached (the next token's position).

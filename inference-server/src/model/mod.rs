@@ -125,7 +125,7 @@ impl Model {
         self.rope.positions()
     }
 
-    pub fn new_cache(&self, capacity_tokens: usize) -> SequenceCache {
+    pub fn new_cache(&self, capacity_tokens: usize) -> Result<SequenceCache, ModelError> {
         SequenceCache::new(&self.config, capacity_tokens)
     }
 
@@ -277,4 +277,4 @@ impl Model {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -151,7 +151,7 @@ fn load() -> LoadedModel {
 /// Feeds `prompt` (in chunks of `chunk`), then `decode` more tokens (the
 /// argmax each time); returns every step's logits.
 fn run_alone(model: &Model, prompt: &[u32], chunk: usize, decode: usize) -> Vec<Vec<f32>> {
-    let mut cache = model.new_cache(prompt.len() + decode);
+    let mut cache = model.new_cache(prompt.len() + decode).unwrap();
     let mut scratch = Scratch::default();
     let mut out = Vec::new();
     for (i, piece) in prompt.chunks(chunk).enumerate() {
@@ -244,9 +244,9 @@ fn a_sequence_computes_the_same_alone_and_inside_a_batch() {
     // third sequence prefills in chunks beside them.
     let c: Vec<u32> = (0..30).map(|i| (i * 7 % 250) as u32).collect();
     let (mut ca, mut cb, mut cc) = (
-        model.new_cache(20),
-        model.new_cache(20),
-        model.new_cache(40),
+        model.new_cache(20).unwrap(),
+        model.new_cache(20).unwrap(),
+        model.new_cache(40).unwrap(),
     );
     let mut scratch = Scratch::default();
     let mut batch = [
@@ -327,7 +327,7 @@ fn steps_past_the_context_or_the_vocabulary_are_errors_not_panics() {
     let model = &loaded.model;
     let mut scratch = Scratch::default();
     let long: Vec<u32> = vec![5; CONTEXT + 1];
-    let mut cache = model.new_cache(long.len());
+    let mut cache = model.new_cache(long.len()).unwrap();
     let mut batch = [StepInput {
         tokens: &long,
         cache: &mut cache,
@@ -337,7 +337,7 @@ fn steps_past_the_context_or_the_vocabulary_are_errors_not_panics() {
         model.forward(&mut batch, &mut scratch),
         Err(ModelError::Forward(_))
     ));
-    let mut cache = model.new_cache(1);
+    let mut cache = model.new_cache(1).unwrap();
     let mut batch = [StepInput {
         tokens: &[100_000],
         cache: &mut cache,

@@ -104,7 +104,12 @@ fn stop_strings_end_the_text_before_them_plain_and_streamed() {
 
     // Streamed, the held-back prefix of a multi-character stop must not leak
     // either: the two characters before "5" (", " or ".\n") recur earlier.
-    let stop = &full[cut - 2..=cut];
+    let start = full[..cut]
+        .char_indices()
+        .rev()
+        .nth(1)
+        .map_or(0, |(i, _)| i);
+    let stop = &full[start..=cut];
     let cut = full.find(stop).unwrap();
     let r = chat(
         &server,

@@ -71,6 +71,20 @@ fn a_client_that_hangs_up_frees_its_slot() {
 }
 
 #[test]
+fn a_non_streaming_client_that_hangs_up_frees_its_slot_too() {
+    let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
+    let mut body = endless_stream();
+    body["stream"] = json!(false);
+    let sock = send_raw(&server, &body);
+    await_metric(&server, "inference_running_sequences", 1.0);
+    drop(sock);
+    await_metric(&server, &outcome("cancelled"), 1.0);
+    await_metric(&server, "inference_running_sequences", 0.0);
+    let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
+
+#[test]
 fn a_full_queue_answers_503_with_retry_after_at_once() {
     let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
     let running = open_stream(&server, &endless_stream());

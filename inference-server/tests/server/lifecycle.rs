@@ -5,7 +5,9 @@ use std::io::Read;
 use std::net::TcpStream;
 use std::process::Command;
 
-use maas_testkit::{inference_server_binary, InferenceServer};
+use std::time::Duration;
+
+use maas_testkit::{eventually, inference_server_binary, try_request, InferenceServer};
 use serde_json::json;
 
 use crate::support::*;
@@ -27,7 +29,17 @@ fn sigterm_lets_running_streams_finish_then_exits_cleanly() {
         ),
     );
     let reader = std::thread::spawn(move || read_to_end(sock));
-    let status = server.terminate();
+    server.signal_term();
+    // New work is refused at once: the listener closes (or, on a connection
+    // already open, the answer is 503).
+    eventually(Duration::from_secs(10), || {
+        match try_request("GET", &server.url("/health"), &[], None) {
+            Err(_) => Ok(()),
+            Ok(r) if r.status == 503 => Ok(()),
+            Ok(r) => Err(format!("health still {} during shutdown", r.status)),
+        }
+    });
+    let status = server.wait_exit(Duration::from_secs(60));
     assert!(status.success(), "{status}\n{}", server.log());
     let rest = reader.join().unwrap();
     assert!(rest.contains("data: [DONE]"), "stream was cut: {rest}");

@@ -83,9 +83,9 @@ pub fn parse_stream(r: &Response) -> Stream {
     s
 }
 
-/// Opens a streaming request on a raw socket and returns it once the first
-/// `data:` event has arrived, so a test can hang up mid-stream.
-pub fn open_stream(server: &InferenceServer, body: &Value) -> TcpStream {
+/// Sends a chat request on a raw socket and returns the socket without
+/// reading, so a test can hang up whenever it likes.
+pub fn send_raw(server: &InferenceServer, body: &Value) -> TcpStream {
     let mut sock = TcpStream::connect(server.addr()).expect("connect");
     sock.set_read_timeout(Some(Duration::from_secs(60)))
         .unwrap();
@@ -96,6 +96,13 @@ pub fn open_stream(server: &InferenceServer, body: &Value) -> TcpStream {
         body.len()
     )
     .unwrap();
+    sock
+}
+
+/// Opens a streaming request on a raw socket and returns it once the first
+/// `data:` event has arrived, so a test can hang up mid-stream.
+pub fn open_stream(server: &InferenceServer, body: &Value) -> TcpStream {
+    let mut sock = send_raw(server, body);
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
     while !String::from_utf8_lossy(&seen).contains("data: ") {

@@ -1,0 +1,187 @@
+//! The engine on a tiny random-weight model (no model file needed): events,
+//! usage, a hung-up client retiring its sequence and returning its permit,
+//! and shutdown.
+
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use super::*;
+use crate::model::{load_gguf, tests::tiny_gguf};
+
+fn engine(max_running: usize, max_waiting: usize) -> (Engine, Arc<Metrics>) {
+    let path = tiny_gguf();
+    let loaded = Arc::new(load_gguf(&path, None).unwrap());
+    std::fs::remove_file(path).unwrap();
+    let metrics = Arc::new(Metrics::default());
+    let config = EngineConfig {
+        limits: SchedulerLimits {
+            max_running,
+            max_waiting,
+            max_batch_tokens: 64,
+            prefill_chunk: 8,
+        },
+        shutdown_grace: Duration::from_secs(5),
+        threads: Some(1),
+    };
+    (
+        Engine::start(loaded, config, metrics.clone()).unwrap(),
+        metrics,
+    )
+}
+
+fn submit(
+    handle: &EngineHandle,
+    prompt: Vec<u32>,
+    max_new_tokens: usize,
+) -> mpsc::UnboundedReceiver<Event> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    submit_to(handle, prompt, max_new_tokens, tx);
+    rx
+}
+
+fn submit_to(
+    handle: &EngineHandle,
+    prompt: Vec<u32>,
+    max_new_tokens: usize,
+    tx: mpsc::UnboundedSender<Event>,
+) {
+    handle
+        .submit(Submission {
+            prompt,
+            params: GenerationParams {
+                max_new_tokens,
+                sampling: SamplingParams {
+                    temperature: 0.0,
+                    ..SamplingParams::default()
+                },
+                seed: None,
+                stop: Vec::new(),
+                // Random weights emit end-of-sequence whenever they like.
+                ignore_eos: true,
+            },
+            events: tx,
+            permit: handle.admit().unwrap(),
+            received: Instant::now(),
+        })
+        .unwrap();
+}
+
+/// Every event until the end one.
+fn drain(rx: &mut mpsc::UnboundedReceiver<Event>) -> (String, Event) {
+    let mut text = String::new();
+    loop {
+        match rx
+            .blocking_recv()
+            .expect("the engine ends every sequence with an event")
+        {
+            Event::Text(t) => text.push_str(&t),
+            end => return (text, end),
+        }
+    }
+}
+
+#[test]
+fn a_sequence_streams_text_then_finishes_with_exact_usage() {
+    let (engine, metrics) = engine(4, 4);
+    let mut rx = submit(
+        &engine.handle,
+        vec![1, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130],
+        7,
+    );
+    let (_, end) = drain(&mut rx);
+    assert_eq!(
+        end,
+        Event::Finished {
+            reason: FinishReason::Length,
+            usage: Usage {
+                prompt_tokens: 11,
+                completion_tokens: 7
+            }
+        }
+    );
+    assert_eq!(
+        metrics.prompt_tokens.get(),
+        11,
+        "a chunked prompt is counted once"
+    );
+    assert_eq!(metrics.generated_tokens.get(), 7);
+    engine.handle.shutdown();
+    engine.thread.join().unwrap();
+}
+
+#[test]
+fn a_hung_up_client_is_retired_and_its_permit_returned() {
+    let (engine, metrics) = engine(1, 1);
+    let handle = engine.handle.clone();
+    // The client is gone before the engine sees its request (receiver
+    // dropped first, so the outcome does not race the tiny model's speed).
+    let (tx, rx) = mpsc::unbounded_channel();
+    drop(rx);
+    submit_to(&handle, vec![1, 2, 3], 100, tx);
+    let mut next = submit(&handle, vec![1, 5], 3);
+    let (_, end) = drain(&mut next);
+    assert!(matches!(end, Event::Finished { .. }), "{end:?}");
+    assert_eq!(metrics.requests_cancelled.get(), 1);
+    // Both permits (one running slot, one queue place) are back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let held = loop {
+        match (handle.admit(), handle.admit()) {
+            (Ok(a), Ok(b)) => break (a, b),
+            _ => assert!(Instant::now() < deadline, "permits were not returned"),
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(matches!(handle.admit(), Err(SubmitError::Full(2))));
+    drop(held);
+    handle.shutdown();
+    engine.thread.join().unwrap();
+}
+
+#[test]
+fn a_submission_beyond_the_context_fails_alone() {
+    let (engine, _) = engine(4, 4);
+    let handle = engine.handle.clone();
+    let mut good = submit(&handle, vec![1, 2, 3], 5);
+    // The tiny model has 128 positions; the API would refuse this, the
+    // engine must not trust that and fail it without touching the other.
+    let mut bad = submit(&handle, vec![1, 2, 3], 200);
+    assert!(matches!(
+        drain(&mut bad).1,
+        Event::Failed(Failure::Internal(_))
+    ));
+    assert!(matches!(
+        drain(&mut good).1,
+        Event::Finished {
+            reason: FinishReason::Length,
+            ..
+        }
+    ));
+    handle.shutdown();
+    engine.thread.join().unwrap();
+}
+
+#[test]
+fn shutdown_fails_queued_requests_and_finishes_running_ones() {
+    let (engine, _) = engine(1, 4);
+    let handle = engine.handle.clone();
+    let mut running = submit(&handle, vec![1, 2, 3], 20);
+    let mut queued = submit(&handle, vec![1, 4], 20);
+    // Let the engine admit the first one before the signal.
+    let first = running.blocking_recv();
+    assert!(
+        matches!(first, Some(Event::Text(_)) | Some(Event::Finished { .. })),
+        "{first:?}"
+    );
+    handle.shutdown();
+    assert!(matches!(handle.admit(), Err(SubmitError::ShuttingDown)));
+    assert!(matches!(drain(&mut queued).1, Event::Failed(_)));
+    assert!(matches!(
+        drain(&mut running).1,
+        Event::Finished {
+            reason: FinishReason::Length,
+            ..
+        }
+    ));
+    engine.thread.join().unwrap();
+}
