@@ -3,6 +3,10 @@
 //! `cargo bench -p maas-kernels --bench matmul`. What matters is the ratios:
 //! kernel vs reference in the same run, and m = 8 vs m = 1 (batching gain).
 
+// A bench binary, not library code: failing to build its fixed input is a bug
+// in the bench and should stop it.
+#![allow(clippy::panic)]
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -14,48 +14,123 @@ use crate::format::BLOCK;
 const PARALLEL_MIN_VALUES: usize = 1 << 16;
 
 /// `m` activation rows quantized per 32-value block to `i8` in `[-127, 127]`.
+///
+/// Layout of `q` ("pair-interleaved", see `half_offsets`): within a row,
+/// blocks `2p` and `2p + 1` occupy bytes `64p .. 64p + 64` as
+/// `[2p: 0..16][2p+1: 0..16][2p: 16..32][2p+1: 16..32]`, so one 32-byte load
+/// gives the same half of two consecutive blocks (the x86 kernel reduces two
+/// blocks with one integer dot product that way). An odd row's last block
+/// stays in natural order.
 pub(crate) struct QuantizedActivations {
     /// Blocks per row.
     pub(crate) nb: usize,
-    /// `q[(row * nb + b) * 32 ..]`: the block's quantized values.
+    /// `q[row * nb * 32 ..]`: the row's quantized values, pair-interleaved.
     pub(crate) q: Vec<i8>,
     /// `d[row * nb + b]`: the block's scale, `max|x| / 127`.
     pub(crate) d: Vec<f32>,
     /// `s[row * nb + b]`: `d * sum(q)`, the block's (quantized) sum, which
     /// Q4_1's per-block minimum multiplies.
     pub(crate) s: Vec<f32>,
+    /// `dv[(row * pairs + p) * 8 ..]` with `pairs = nb.div_ceil(2)`: block
+    /// `2p`'s `d` four times then block `2p + 1`'s four times, the lane pattern
+    /// of the x86 kernel's paired dot products (an odd row's last block: its
+    /// `d` eight times).
+    pub(crate) dv: Vec<f32>,
+    /// `q` with 128 added (each byte's top bit flipped), as unsigned bytes in
+    /// `1..=255`, same layout; empty unless asked for (`new`'s `unsigned`).
+    /// The AVX-VNNI Q8_0 kernel multiplies these by the signed weights.
+    pub(crate) qu: Vec<u8>,
+}
+
+/// Offsets within a row of `q` of block `b`'s values `0..16` and `16..32`
+/// (see `QuantizedActivations`' layout).
+#[inline(always)]
+pub(crate) fn half_offsets(nb: usize, b: usize) -> (usize, usize) {
+    let lo = (b & !1) * BLOCK + (b & 1) * (BLOCK / 2);
+    if (b | 1) < nb {
+        (lo, lo + BLOCK)
+    } else {
+        (lo, lo + BLOCK / 2)
+    }
 }
 
 impl QuantizedActivations {
-    /// Quantizes `x` (`m × cols`, row-major, `cols` a multiple of 32).
-    pub(crate) fn new(x: &[f32], m: usize, cols: usize) -> Self {
+    /// Quantizes `x` (`m × cols`, row-major, `cols` a multiple of 32), and
+    /// fills `qu` if `unsigned`.
+    pub(crate) fn new(x: &[f32], m: usize, cols: usize, unsigned: bool) -> Self {
         let nb = cols / BLOCK;
         let mut q = vec![0i8; m * cols];
         let mut d = vec![0f32; m * nb];
         let mut s = vec![0f32; m * nb];
+        let pairs = nb.div_ceil(2);
+        let mut dv = vec![0f32; m * pairs * 8];
         if nb == 0 {
-            return Self { nb, q, d, s };
+            let qu = Vec::new();
+            return Self {
+                nb,
+                q,
+                d,
+                s,
+                dv,
+                qu,
+            };
         }
         if m * cols >= PARALLEL_MIN_VALUES {
             x.par_chunks_exact(cols)
                 .zip(q.par_chunks_exact_mut(cols))
                 .zip(d.par_chunks_exact_mut(nb).zip(s.par_chunks_exact_mut(nb)))
-                .for_each(|((x, q), (d, s))| quantize_row(x, q, d, s));
+                .zip(dv.par_chunks_exact_mut(pairs * 8))
+                .for_each(|(((x, q), (d, s)), dv)| quantize_row(x, q, d, s, dv));
         } else {
             x.chunks_exact(cols)
                 .zip(q.chunks_exact_mut(cols))
                 .zip(d.chunks_exact_mut(nb).zip(s.chunks_exact_mut(nb)))
-                .for_each(|((x, q), (d, s))| quantize_row(x, q, d, s));
+                .zip(dv.chunks_exact_mut(pairs * 8))
+                .for_each(|(((x, q), (d, s)), dv)| quantize_row(x, q, d, s, dv));
         }
-        Self { nb, q, d, s }
+        let qu = if unsigned {
+            q.iter().map(|&v| v as u8 ^ 0x80).collect()
+        } else {
+            Vec::new()
+        };
+        Self {
+            nb,
+            q,
+            d,
+            s,
+            dv,
+            qu,
+        }
+    }
+
+    /// Block `b` of `row`: its quantized values `0..16` and `16..32`.
+    pub(crate) fn block_halves(&self, row: usize, b: usize) -> (&[i8], &[i8]) {
+        let (lo, hi) = half_offsets(self.nb, b);
+        let q = &self.q[row * self.nb * BLOCK..];
+        (&q[lo..][..BLOCK / 2], &q[hi..][..BLOCK / 2])
     }
 }
 
-/// Quantizes one activation row, block by block.
-fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32]) {
-    let blocks = x.chunks_exact(BLOCK).zip(q.chunks_exact_mut(BLOCK));
-    for ((x, q), (d, s)) in blocks.zip(d.iter_mut().zip(s.iter_mut())) {
-        quantize_block(x, q, d, s);
+/// Quantizes one activation row, block by block, into the pair-interleaved
+/// layout.
+fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], dv: &mut [f32]) {
+    let nb = d.len();
+    let mut block = [0i8; BLOCK];
+    for (b, (x, (d, s))) in x
+        .chunks_exact(BLOCK)
+        .zip(d.iter_mut().zip(s.iter_mut()))
+        .enumerate()
+    {
+        quantize_block(x, &mut block, d, s);
+        let (lo, hi) = half_offsets(nb, b);
+        q[lo..lo + BLOCK / 2].copy_from_slice(&block[..BLOCK / 2]);
+        q[hi..hi + BLOCK / 2].copy_from_slice(&block[BLOCK / 2..]);
+    }
+    for (p, lanes) in dv.chunks_exact_mut(8).enumerate() {
+        let first = d[2 * p];
+        let second = d.get(2 * p + 1).copied().unwrap_or(first);
+        lanes[..4].fill(first);
+        lanes[4..].fill(second);
     }
 }
 

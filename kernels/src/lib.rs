@@ -8,7 +8,8 @@
 //!
 //! Guarantee: the output for a row of `x` is bit-identical regardless of the
 //! batch it is in (size, neighbours, position) and of the thread split. AVX2 +
-//! FMA is detected at runtime (`backend()`); other CPUs use a portable kernel.
+//! FMA (and AVX-VNNI, used when present) is detected at runtime (`backend()`);
+//! other CPUs use a portable kernel.
 
 mod activation;
 mod error;

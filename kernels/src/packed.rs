@@ -14,7 +14,6 @@
 
 use half::f16;
 
-use crate::activation::QuantizedActivations;
 use crate::error::KernelError;
 use crate::format::{QuantKind, BLOCK};
 use crate::kernel::{self, Backend};
@@ -40,7 +39,7 @@ impl PackedMatrix {
         rows: usize,
         cols: usize,
     ) -> Result<Self, KernelError> {
-        if cols % BLOCK != 0 {
+        if !cols.is_multiple_of(BLOCK) {
             return Err(KernelError::ColsNotBlockMultiple { cols });
         }
         let overflow = KernelError::SizeOverflow { rows, cols };
@@ -136,8 +135,7 @@ impl PackedMatrix {
                 actual: out.len(),
             });
         }
-        let quantized = QuantizedActivations::new(x, m, cols);
-        kernel::matmul(self, &quantized, m, out, backend);
+        kernel::matmul(self, x, m, out, backend);
         Ok(())
     }
 

@@ -54,7 +54,7 @@ pub(crate) fn random_activations(m: usize, cols: usize, seed: u64, outliers: boo
     (0..m * cols)
         .map(|_| {
             let v = rng.uniform(-2.0, 2.0);
-            if outliers && rng.next_u64() % 97 == 0 {
+            if outliers && rng.next_u64().is_multiple_of(97) {
                 v * 8.0
             } else {
                 v

@@ -7,7 +7,10 @@
 //! height. Tile shapes, chunk boundaries and threads therefore only decide *where*
 //! an element is computed, never *how*, so a row of `x` yields the same bits
 //! alone or inside any batch. The backend (AVX2 or portable) is chosen once per
-//! process; the two backends are not bit-identical to each other.
+//! process; the two backends are not bit-identical to each other. Within the
+//! AVX2 backend, AVX-VNNI's `vpdpbusd` replaces `vpmaddubsw` + `vpmaddwd` where
+//! the CPU has it; the integer dot products are exact either way, so the two
+//! x86 kernels give the same bits (the tests check this).
 
 mod portable;
 #[cfg(test)]
@@ -20,12 +23,14 @@ use std::sync::OnceLock;
 use rayon::prelude::*;
 
 use crate::activation::QuantizedActivations;
+use crate::format::QuantKind;
 use crate::packed::PackedMatrix;
 
 /// The instruction set the kernels run on, detected once per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// x86-64 with AVX2 and FMA: 32-byte integer dot products per block.
+    /// x86-64 with AVX2 and FMA: 32-byte integer dot products per block
+    /// pair, with AVX-VNNI's `vpdpbusd` where the CPU has it (same bits).
     Avx2,
     /// Plain Rust for any other CPU; LLVM vectorizes it for the baseline target.
     Portable,
@@ -47,6 +52,51 @@ fn detect() -> Backend {
     Backend::Portable
 }
 
+/// The kernel `compute_rows` runs: the public `Backend`, refined by optional
+/// instructions within it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kernel {
+    /// AVX2 + FMA.
+    Avx2,
+    /// AVX2 + FMA with AVX-VNNI's 256-bit `vpdpbusd` for the integer dots.
+    AvxVnni,
+    /// Plain Rust.
+    Portable,
+}
+
+impl Kernel {
+    /// Whether the kernel wants `QuantizedActivations::qu` for `kind`.
+    pub(crate) fn unsigned_activations(self, kind: QuantKind) -> bool {
+        self == Kernel::AvxVnni && kind == QuantKind::Q8_0
+    }
+}
+
+/// The kernel for `backend` on this CPU, detected once per process.
+pub(crate) fn kernel_for(backend: Backend) -> Kernel {
+    match backend {
+        Backend::Avx2 => {
+            static VNNI: OnceLock<bool> = OnceLock::new();
+            if *VNNI.get_or_init(detect_vnni) {
+                Kernel::AvxVnni
+            } else {
+                Kernel::Avx2
+            }
+        }
+        Backend::Portable => Kernel::Portable,
+    }
+}
+
+fn detect_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avxvnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Chunks below this much work (weights × (activation rows + 2), a rough count
 /// of multiply-adds plus the cost of streaming the weights; 2²⁰ is about
 /// 10–20 µs on one AVX2 core) run on one thread: handing work to the pool
@@ -58,16 +108,13 @@ const MIN_CHUNK_WORK: usize = 1 << 20;
 /// busy with something else) does not hold up the whole call.
 const CHUNKS_PER_THREAD: usize = 4;
 
-/// Computes `out = x · Wᵀ` for already-validated shapes.
-pub(crate) fn matmul(
-    w: &PackedMatrix,
-    x: &QuantizedActivations,
-    m: usize,
-    out: &mut [f32],
-    backend: Backend,
-) {
+/// Computes `out = x · Wᵀ` for already-validated shapes: quantizes `x`
+/// once, then runs the kernel.
+pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32], backend: Backend) {
+    let kernel = kernel_for(backend);
+    let x = QuantizedActivations::new(x, m, w.cols, kernel.unsigned_activations(w.kind));
     let chunk_rows = chunk_rows(w.rows, w.cols, m, rayon::current_num_threads());
-    matmul_split(w, x, m, out, backend, chunk_rows);
+    matmul_split(w, &x, m, out, kernel, chunk_rows);
 }
 
 /// `matmul` with an explicit chunk size (tests use odd ones to prove the split
@@ -77,7 +124,7 @@ pub(crate) fn matmul_split(
     x: &QuantizedActivations,
     m: usize,
     out: &mut [f32],
-    backend: Backend,
+    kernel: Kernel,
     chunk_rows: usize,
 ) {
     let n = w.rows;
@@ -95,11 +142,11 @@ pub(crate) fn matmul_split(
         &mut transposed
     };
     if chunk_rows >= n {
-        compute_rows(w, x, m, 0, dst, backend);
+        compute_rows(w, x, m, 0, dst, kernel);
     } else {
         dst.par_chunks_mut(chunk_rows * m)
             .enumerate()
-            .for_each(|(c, dst)| compute_rows(w, x, m, c * chunk_rows, dst, backend));
+            .for_each(|(c, dst)| compute_rows(w, x, m, c * chunk_rows, dst, kernel));
     }
     if m > 1 {
         for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
@@ -126,15 +173,22 @@ fn compute_rows(
     m: usize,
     n0: usize,
     dst: &mut [f32],
-    backend: Backend,
+    kernel: Kernel,
 ) {
     let job = RowJob { w, x, m, n0 };
-    match backend {
+    match kernel {
         #[cfg(target_arch = "x86_64")]
-        Backend::Avx2 => {
-            // SAFETY: `Backend::Avx2` is only ever produced by `detect` after
-            // confirming AVX2 and FMA at runtime (tests construct it the same way).
+        Kernel::Avx2 => {
+            // SAFETY: `Kernel::Avx2` comes from `Backend::Avx2`, which `detect`
+            // only produces after confirming AVX2 and FMA at runtime (tests
+            // construct both the same way).
             unsafe { x86::compute_rows(&job, dst) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::AvxVnni => {
+            // SAFETY: as above, and `kernel_for` only picks it after
+            // `detect_vnni` confirmed AVX-VNNI (tests likewise).
+            unsafe { x86::compute_rows_vnni(&job, dst) }
         }
         _ => portable::compute_rows(&job, dst),
     }
@@ -148,9 +202,10 @@ pub(crate) struct RowJob<'a> {
     pub(crate) n0: usize,
 }
 
-/// Activation rows per register tile: each unpacked weight block and each
-/// scale load is shared by this many rows. With two 8-lane accumulators per
-/// row (see `x86`), four rows fill half the AVX2 register file.
+/// Activation rows per register tile: each unpacked weight block pair and its
+/// scales are shared by this many rows (one 8-lane accumulator per row, see
+/// `x86`). Eight rows fit the register file too but measured no faster (the
+/// pair unpack is a handful of instructions, and eight rows spill a little).
 pub(crate) const ROW_TILE: usize = 4;
 
 /// The register tiles covering `m` activation rows: `(first row, rows)` with

@@ -43,9 +43,10 @@ fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
         }
         for (r, acc) in acc.iter_mut().enumerate().take(rows) {
             let xi = (i0 + r) * nb + b;
+            let (lo, hi) = x.block_halves(i0 + r, b);
             let isum: i32 = weights
                 .iter()
-                .zip(&x.q[xi * BLOCK..][..BLOCK])
+                .zip(lo.iter().chain(hi))
                 .map(|(&a, &b)| a as i32 * b as i32)
                 .sum();
             *acc += w.scales[idx] * x.d[xi] * isum as f32;

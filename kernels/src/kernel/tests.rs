@@ -8,11 +8,14 @@ use crate::testdata::{random_activations, random_ggml};
 
 const KINDS: [QuantKind; 3] = [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0];
 
-/// The backends this machine can run.
-fn backends() -> Vec<Backend> {
-    let mut all = vec![Backend::Portable];
+/// The kernels this machine can run.
+fn kernels() -> Vec<Kernel> {
+    let mut all = vec![Kernel::Portable];
     if detect() == Backend::Avx2 {
-        all.push(Backend::Avx2);
+        all.push(Kernel::Avx2);
+        if detect_vnni() {
+            all.push(Kernel::AvxVnni);
+        }
     }
     all
 }
@@ -21,17 +24,17 @@ fn matrix(kind: QuantKind, rows: usize, cols: usize, seed: u64) -> PackedMatrix 
     PackedMatrix::from_ggml(kind, &random_ggml(kind, rows, cols, seed), rows, cols).unwrap()
 }
 
-fn run(w: &PackedMatrix, backend: Backend, x: &[f32], m: usize) -> Vec<f32> {
-    let mut out = vec![f32::NAN; m * w.rows()];
-    w.matmul_on(backend, x, m, &mut out).unwrap();
-    out
+fn run(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
+    let chunk = chunk_rows(w.rows, w.cols, m, rayon::current_num_threads());
+    run_split(w, kernel, x, m, chunk)
 }
 
 /// Like `run` but with an explicit chunk size.
-fn run_split(w: &PackedMatrix, backend: Backend, x: &[f32], m: usize, chunk: usize) -> Vec<f32> {
+fn run_split(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize, chunk: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
-    let quantized = QuantizedActivations::new(x, m, w.cols());
-    matmul_split(w, &quantized, m, &mut out, backend, chunk);
+    let unsigned = kernel.unsigned_activations(w.kind());
+    let quantized = QuantizedActivations::new(x, m, w.cols(), unsigned);
+    matmul_split(w, &quantized, m, &mut out, kernel, chunk);
     out
 }
 
@@ -66,12 +69,12 @@ fn check_numerics(kind: QuantKind, rows: usize, cols: usize, ms: &[usize], x: &[
         let want = reference_matmul(&dense, rows, cols, x, m);
         let want_norm: f32 = want.iter().map(|b| b * b).sum::<f32>().sqrt();
         let scale = want_norm.max(typical_norm(&dense, x, cols));
-        for backend in backends() {
-            let got = run(&w, backend, x, m);
+        for kernel in kernels() {
+            let got = run(&w, kernel, x, m);
             let err = relative_error(&got, &want) * want_norm / scale;
             assert!(
                 err < limit,
-                "{kind} {rows}x{cols} m={m} {backend:?}: relative error {err}"
+                "{kind} {rows}x{cols} m={m} {kernel:?}: relative error {err}"
             );
         }
     }
@@ -81,7 +84,7 @@ fn check_numerics(kind: QuantKind, rows: usize, cols: usize, ms: &[usize], x: &[
 fn matches_f32_reference_on_dequantized_weights() {
     const MS: [usize; 8] = [1, 2, 3, 7, 8, 9, 16, 33];
     for kind in KINDS {
-        for cols in [32, 576, 1536] {
+        for cols in [32, 96, 576, 1536] {
             let x = random_activations(33, cols, cols as u64, false);
             for rows in [1, 5, 192, 576] {
                 check_numerics(kind, rows, cols, &MS, &x, 1e-2);
@@ -108,10 +111,74 @@ fn backends_agree_to_rounding() {
     for kind in KINDS {
         let w = matrix(kind, 67, 576, 7);
         let x = random_activations(5, 576, 8, true);
-        let simd = run(&w, Backend::Avx2, &x, 5);
-        let portable = run(&w, Backend::Portable, &x, 5);
+        let simd = run(&w, Kernel::Avx2, &x, 5);
+        let portable = run(&w, Kernel::Portable, &x, 5);
         let err = relative_error(&simd, &portable);
         assert!(err < 1e-5, "{kind}: backends differ by {err}");
+    }
+}
+
+/// The AVX-VNNI kernel computes the same exact integer lane sums as the AVX2
+/// one, so the two give the same bits (odd and even block counts, every tile
+/// height).
+#[test]
+fn vnni_and_avx2_kernels_agree_bitwise() {
+    if !kernels().contains(&Kernel::AvxVnni) {
+        return;
+    }
+    for kind in KINDS {
+        for cols in [32, 64, 96, 576] {
+            let w = matrix(kind, 37, cols, cols as u64);
+            let x = random_activations(17, cols, 9, true);
+            for m in [1, 2, 5, 8, 9, 17] {
+                let x = &x[..m * cols];
+                let avx2 = bits(&run(&w, Kernel::Avx2, x, m));
+                assert_eq!(
+                    avx2,
+                    bits(&run(&w, Kernel::AvxVnni, x, m)),
+                    "{kind} {cols} {m}"
+                );
+                // Without the unsigned copy the VNNI entry falls back to AVX2.
+                let mut out = vec![f32::NAN; m * w.rows()];
+                let plain = QuantizedActivations::new(x, m, cols, false);
+                matmul_split(&w, &plain, m, &mut out, Kernel::AvxVnni, 5);
+                assert_eq!(avx2, bits(&out), "{kind} {cols} {m} without qu");
+            }
+        }
+    }
+}
+
+/// Extreme integer operands: Q8_0 weights of -128 and 127 against activations
+/// quantized to ±127, where a saturating or wrapping sum would show.
+#[test]
+fn extreme_values_match_reference() {
+    let cols = 96;
+    let mut raw = Vec::new();
+    for b in 0..cols / 32 {
+        raw.extend(half::f16::from_f32(0.5).to_le_bytes());
+        raw.extend((0..32).map(|j| if (j + b) % 3 == 0 { 0x80u8 } else { 0x7F }));
+    }
+    let w = PackedMatrix::from_ggml(QuantKind::Q8_0, &raw, 1, cols).unwrap();
+    let dense = w.dequantize();
+    // Row 0 matches every weight's sign (all products +127·128 or +127·127),
+    // row 1 is all +1.
+    let mut x: Vec<f32> = (0..cols)
+        .map(|j| {
+            if (j % 32 + j / 32) % 3 == 0 {
+                -1.0
+            } else {
+                1.0
+            }
+        })
+        .collect();
+    x.extend([1.0; 96]);
+    let want = reference_matmul(&dense, 1, cols, &x, 2);
+    for kernel in kernels() {
+        let got = run(&w, kernel, &x, 2);
+        assert!(
+            relative_error(&got, &want) < 1e-5,
+            "{kernel:?}: {got:?} vs {want:?}"
+        );
     }
 }
 
@@ -119,10 +186,8 @@ fn backends_agree_to_rounding() {
 fn all_zero_activations_give_zero() {
     for kind in KINDS {
         let w = matrix(kind, 9, 64, 3);
-        for backend in backends() {
-            assert!(run(&w, backend, &[0.0; 3 * 64], 3)
-                .iter()
-                .all(|&v| v == 0.0));
+        for kernel in kernels() {
+            assert!(run(&w, kernel, &[0.0; 3 * 64], 3).iter().all(|&v| v == 0.0));
         }
     }
 }
@@ -174,7 +239,11 @@ fn thread_count_does_not_change_bits() {
             .num_threads(threads)
             .build()
             .unwrap();
-        pool.install(|| run(&w, backend(), &x, 5))
+        pool.install(|| {
+            let mut out = vec![f32::NAN; 5 * w.rows()];
+            w.matmul(&x, 5, &mut out).unwrap();
+            out
+        })
     };
     let one = in_pool(1);
     let three = in_pool(3);
@@ -185,7 +254,7 @@ fn thread_count_does_not_change_bits() {
 fn small_matrices_run_as_one_chunk() {
     assert!(chunk_rows(192, 576, 1, 16) >= 192);
     let big = chunk_rows(49152, 576, 1, 2);
-    assert!(big < 49152 && big % 4 == 0);
+    assert!(big < 49152 && big.is_multiple_of(4));
 }
 
 fn bits(v: &[f32]) -> Vec<u32> {
@@ -201,7 +270,7 @@ proptest! {
     fn row_result_is_independent_of_batch(
         kind in prop::sample::select(KINDS.to_vec()),
         rows in 1usize..40,
-        cols in prop::sample::select(vec![32usize, 96, 576]),
+        cols in prop::sample::select(vec![32usize, 64, 96, 160, 576]),
         m in 1usize..=40,
         position in any::<prop::sample::Index>(),
         chunk in prop::sample::select(vec![1usize, 3, 4, 7, 64]),
@@ -212,9 +281,9 @@ proptest! {
         let row = random_activations(1, cols, seed ^ 1, true);
         let mut batch = random_activations(m, cols, seed ^ 2, true);
         batch[position * cols..(position + 1) * cols].copy_from_slice(&row);
-        for backend in backends() {
-            let alone = run(&w, backend, &row, 1);
-            let batched = run_split(&w, backend, &batch, m, chunk);
+        for kernel in kernels() {
+            let alone = run(&w, kernel, &row, 1);
+            let batched = run_split(&w, kernel, &batch, m, chunk);
             prop_assert_eq!(
                 bits(&alone),
                 bits(&batched[position * rows..(position + 1) * rows])

@@ -1,23 +1,37 @@
-//! AVX2 + FMA kernel (llama.cpp's `ggml_vec_dot_q4_0_q8_0` family, extended to
-//! a register tile of up to `ROW_TILE` activation rows per weight row).
+//! AVX2 + FMA kernels (llama.cpp's `ggml_vec_dot_q4_0_q8_0` family, extended to
+//! a register tile of up to `ROW_TILE` activation rows per weight row), with an
+//! AVX-VNNI variant.
 //!
-//! Per block: the weight block is unpacked once into 32 bytes, then for each
-//! activation row `_mm256_maddubs_epi16` + `_mm256_madd_epi16` give eight exact
-//! `i32` partial dots, which are converted, scaled by the activation block's
-//! `d` and fused-multiply-added with the weight block's `d` into that output's
-//! accumulator. Integer sums cannot overflow: |pair| ≤ 2·128·127 < 2¹⁵ for
-//! Q8_0, 2·15·127 for Q4 nibbles.
+//! Blocks are taken in pairs `(2p, 2p + 1)`. One integer dot product covers
+//! both: register A holds values `0..16` of block `2p` in its low 128 bits and
+//! values `0..16` of block `2p + 1` in its high 128 bits, register B the same
+//! for values `16..32`. Summing the products of A and of B per 32-bit lane
+//! (`vpmaddubsw` ×2 + `vpaddw` + `vpmaddwd` on AVX2, two chained `vpdpbusd`
+//! on AVX-VNNI) leaves block `2p`'s partial dots in lanes 0–3 and block
+//! `2p + 1`'s in lanes 4–7, so one convert, one multiply by the activation
+//! scales (`QuantizedActivations::dv`, already in that lane pattern) and one
+//! FMA with the weight scales serve two blocks. The activations are stored
+//! pair-interleaved so A and B are plain loads; Q4 weights come that way
+//! naturally (a 32-byte load holds two nibble-packed blocks, low nibbles are
+//! values `0..16`), Q8_0 weights take two lane permutes per pair and tile.
+//! A row whose block count is odd handles its last block alone, all 8 lanes.
 //!
-//! Each output has two 8-lane accumulators, one for even and one for odd
-//! blocks, so even a single row has two independent FMA chains; they are added
-//! and reduced in a fixed order at the end. The tile height never enters an
-//! output's arithmetic.
+//! Each output has one 8-lane accumulator (even blocks in lanes 0–3, odd in
+//! 4–7, so one FMA chain link per two blocks), reduced in a fixed order at
+//! the end; the tile height never enters an output's arithmetic.
+//!
+//! The integer lane sums are exact on both paths and identical between them,
+//! so the AVX2 and AVX-VNNI kernels produce the same bits: `vpmaddubsw`'s
+//! saturating 16-bit pair sums never saturate here (|pair| ≤ 2·128·127 <
+//! 2¹⁵ for Q8_0 with the sign moved onto x, and the two halves are widened
+//! separately; 4·15·127 for the Q4 nibbles, whose two halves are added in 16
+//! bits), and `vpdpbusd` sums the same four products per lane in 32 bits.
 //!
 //! Both Q4 kinds multiply the raw unsigned nibbles (no per-row sign fix-up)
 //! and add the block offset afterwards as `Σ_b min_b · s_x[b]`, where `s_x` is
 //! the activation block's sum (`QuantizedActivations::s`): Q4_1's `min` is
 //! stored, Q4_0's is `-8·d`. Q8_0 moves the weights' sign onto the activations
-//! so that maddubs sees `|w|` as its unsigned operand.
+//! so that the unsigned operand is `|w|` (≤ 128).
 //!
 //! Weight rows are walked one at a time: streaming several rows in lockstep
 //! measured much slower for matrices that do not fit in cache (it defeats the
@@ -29,55 +43,109 @@ use std::arch::x86_64::*;
 use super::{row_tiles, RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q8_0};
 use crate::format::{QuantKind, BLOCK};
 
-/// Fills `dst` for one chunk.
+/// Fills `dst` for one chunk with the AVX2 kernel.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 pub(crate) unsafe fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
     match job.w.kind {
-        QuantKind::Q4_0 => walk::<KIND_Q4_0>(job, dst),
-        QuantKind::Q4_1 => walk::<KIND_Q4_1>(job, dst),
-        QuantKind::Q8_0 => walk::<KIND_Q8_0>(job, dst),
+        QuantKind::Q4_0 => walk_avx2::<KIND_Q4_0>(job, dst),
+        QuantKind::Q4_1 => walk_avx2::<KIND_Q4_1>(job, dst),
+        QuantKind::Q8_0 => walk_avx2::<KIND_Q8_0>(job, dst),
+    }
+}
+
+/// Fills `dst` for one chunk with the AVX-VNNI kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and AVX-VNNI.
+pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
+    if job.w.kind == QuantKind::Q8_0 && job.x.qu.len() != job.x.q.len() {
+        // Quantized without the unsigned copy: the AVX2 kernel gives the same
+        // bits without it.
+        return compute_rows(job, dst);
+    }
+    match job.w.kind {
+        QuantKind::Q4_0 => walk_vnni::<KIND_Q4_0>(job, dst),
+        QuantKind::Q4_1 => walk_vnni::<KIND_Q4_1>(job, dst),
+        QuantKind::Q8_0 => walk_vnni::<KIND_Q8_0>(job, dst),
     }
 }
 
 /// # Safety
 /// AVX2 and FMA must be available.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn walk<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
+unsafe fn walk_avx2<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
     for n in 0..dst.len() / job.m {
         for (i0, rows) in row_tiles(job.m) {
             match rows {
-                4 => tile::<K, 4>(job, n, i0, dst),
-                3 => tile::<K, 3>(job, n, i0, dst),
-                2 => tile::<K, 2>(job, n, i0, dst),
-                _ => tile::<K, 1>(job, n, i0, dst),
+                4 => tile_avx2::<K, 4>(job, n, i0, dst),
+                3 => tile_avx2::<K, 3>(job, n, i0, dst),
+                2 => tile_avx2::<K, 2>(job, n, i0, dst),
+                _ => tile_avx2::<K, 1>(job, n, i0, dst),
             }
         }
     }
 }
 
-/// Pointers to one weight row and a tile of `R` activation rows.
-struct Operands<const R: usize> {
-    scales: *const f32,
-    mins: *const f32,
-    quants: *const u8,
-    xq: [*const i8; R],
-    xd: [*const f32; R],
-    xs: [*const f32; R],
+/// # Safety
+/// AVX2, FMA and AVX-VNNI must be available.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+unsafe fn walk_vnni<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
+    for n in 0..dst.len() / job.m {
+        for (i0, rows) in row_tiles(job.m) {
+            match rows {
+                4 => tile_vnni::<K, 4>(job, n, i0, dst),
+                3 => tile_vnni::<K, 3>(job, n, i0, dst),
+                2 => tile_vnni::<K, 2>(job, n, i0, dst),
+                _ => tile_vnni::<K, 1>(job, n, i0, dst),
+            }
+        }
+    }
+}
+
+/// `tile` compiled for AVX2 + FMA. Each tile height is its own function
+/// (not inlined into the walk) so that its register allocation is its own.
+///
+/// # Safety
+/// As for `tile`, with AVX2 and FMA available.
+#[target_feature(enable = "avx2,fma")]
+#[inline(never)]
+unsafe fn tile_avx2<const K: u8, const R: usize>(
+    job: &RowJob<'_>,
+    n: usize,
+    i0: usize,
+    dst: &mut [f32],
+) {
+    tile::<K, false, R>(job, n, i0, dst)
+}
+
+/// `tile` compiled for AVX2 + FMA + AVX-VNNI.
+///
+/// # Safety
+/// As for `tile`, with AVX2, FMA and AVX-VNNI available.
+#[target_feature(enable = "avx2,fma,avxvnni")]
+#[inline(never)]
+unsafe fn tile_vnni<const K: u8, const R: usize>(
+    job: &RowJob<'_>,
+    n: usize,
+    i0: usize,
+    dst: &mut [f32],
+) {
+    tile::<K, true, R>(job, n, i0, dst)
 }
 
 /// Computes the outputs for weight row `n0 + n` (chunk-local `n`) and
 /// activation rows `i0 .. i0 + R`.
 ///
 /// # Safety
-/// AVX2 and FMA must be available; weight row `n0 + n` and activation rows
-/// `i0 .. i0 + R` must exist and `dst` must be `[rows][m]` with `n < rows`.
-/// `compute_rows`' caller guarantees the ranges; the array lengths are fixed by
-/// `PackedMatrix::from_ggml` and `QuantizedActivations::new`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn tile<const K: u8, const R: usize>(
+/// The target features of the calling `tile_*` (`V`: AVX-VNNI); weight row `n0 + n` and
+/// activation rows `i0 .. i0 + R` must exist and `dst` must be `[rows][m]`
+/// with `n < rows`. `compute_rows`' caller guarantees the ranges; the array
+/// lengths are fixed by `PackedMatrix::from_ggml` and
+/// `QuantizedActivations::new`.
+#[inline(always)]
+unsafe fn tile<const K: u8, const V: bool, const R: usize>(
     job: &RowJob<'_>,
     n: usize,
     i0: usize,
@@ -85,89 +153,198 @@ unsafe fn tile<const K: u8, const R: usize>(
 ) {
     let (w, x, m) = (job.w, job.x, job.m);
     let nb = x.nb;
+    let pairs = nb / 2;
     let row = job.n0 + n;
     debug_assert!(row < w.rows && i0 + R <= m && (n + 1) * m <= dst.len());
+    debug_assert!(x.dv.len() == m * nb.div_ceil(2) * 8);
 
     // Raw pointers so the block loop carries no bounds checks.
-    let mut ops = Operands::<R> {
-        scales: w.scales.as_ptr().add(row * nb),
-        mins: w.mins.as_ptr(),
-        quants: w.quants.as_ptr().add(row * nb * w.kind.quant_bytes()),
-        xq: [x.q.as_ptr(); R],
-        xd: [x.d.as_ptr(); R],
-        xs: [x.s.as_ptr(); R],
+    let scales = w.scales.as_ptr().add(row * nb);
+    let quants = w.quants.as_ptr().add(row * nb * w.kind.quant_bytes());
+    // The VNNI Q8_0 path reads the unsigned copy `qu` (see `Q8_0 on VNNI`
+    // below); `compute_rows_vnni` checked that it is there.
+    let unsigned = V && K == KIND_Q8_0;
+    let base = if unsigned {
+        x.qu.as_ptr().cast::<i8>()
+    } else {
+        x.q.as_ptr()
     };
-    if K == KIND_Q4_1 {
-        ops.mins = ops.mins.add(row * nb);
-    }
+    let mut xq = [base; R];
+    let mut xd = [x.dv.as_ptr(); R];
     for r in 0..R {
-        ops.xq[r] = ops.xq[r].add((i0 + r) * nb * BLOCK);
-        ops.xd[r] = ops.xd[r].add((i0 + r) * nb);
-        ops.xs[r] = ops.xs[r].add((i0 + r) * nb);
+        xq[r] = xq[r].add((i0 + r) * nb * BLOCK);
+        xd[r] = xd[r].add((i0 + r) * nb.div_ceil(2) * 8);
     }
 
-    let mut even = [_mm256_setzero_ps(); R];
-    let mut odd = [_mm256_setzero_ps(); R];
-    let mut b = 0;
-    while b + 2 <= nb {
-        accumulate_block::<K, R>(&ops, b, &mut even);
-        accumulate_block::<K, R>(&ops, b + 1, &mut odd);
-        b += 2;
+    let mut acc = [_mm256_setzero_ps(); R];
+    let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
+    for p in 0..pairs {
+        let b = 2 * p;
+        let (wa, wb, sa, sb) = unpack_pair::<K, V>(quants, b);
+        // Q8_0 on VNNI: the activations come as x + 128 (unsigned) and the
+        // weights signed, so the sum starts at -128·Σw per lane, computed
+        // once per tile (exact: |128·Σw| ≤ 2¹⁷ over a lane's 8 weights).
+        let init = if unsigned {
+            let c = _mm256_set1_epi8(-128);
+            let sum = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), c, sa);
+            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(sum, c, sb))
+        } else {
+            _mm256_setzero_si256()
+        };
+        // [d_w(b) ×4, d_w(b+1) ×4]: one 8-byte load and a lane permute.
+        let two = std::ptr::read_unaligned(scales.add(b).cast::<i64>());
+        let dw = _mm256_permutevar8x32_ps(
+            _mm256_castps128_ps256(_mm_castsi128_ps(_mm_cvtsi64_si128(two))),
+            spread,
+        );
+        for r in 0..R {
+            let xa = _mm256_loadu_si256(xq[r].add(b * BLOCK).cast());
+            let xb = _mm256_loadu_si256(xq[r].add(b * BLOCK + 32).cast());
+            let dot = if unsigned {
+                let a = _mm256_dpbusd_avx_epi32(init, xa, sa);
+                _mm256_dpbusd_avx_epi32(a, xb, sb)
+            } else if K == KIND_Q8_0 {
+                let (xa, xb) = (_mm256_sign_epi8(xa, sa), _mm256_sign_epi8(xb, sb));
+                dot_pair::<K, V>(wa, xa, wb, xb)
+            } else {
+                dot_pair::<K, V>(wa, xa, wb, xb)
+            };
+            // (dot · d_x) · d_w: the activation scales are a full-width load
+            // already in the lane pattern, the weight scales are shared by
+            // the tile.
+            let dx = _mm256_loadu_ps(xd[r].add(p * 8));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), dx), dw, acc[r]);
+        }
     }
-    if b < nb {
-        accumulate_block::<K, R>(&ops, b, &mut even);
+    if !nb.is_multiple_of(2) {
+        let b = nb - 1;
+        let (weights, signs) = unpack_single::<K>(quants, b);
+        let init = if unsigned {
+            let c = _mm256_set1_epi8(-128);
+            let sum = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), c, signs);
+            _mm256_sub_epi32(_mm256_setzero_si256(), sum)
+        } else {
+            _mm256_setzero_si256()
+        };
+        let dw = _mm256_broadcast_ss(&*scales.add(b));
+        for r in 0..R {
+            let xv = _mm256_loadu_si256(xq[r].add(b * BLOCK).cast());
+            let dot = if unsigned {
+                _mm256_dpbusd_avx_epi32(init, xv, signs)
+            } else if K == KIND_Q8_0 {
+                dot_single::<V>(weights, _mm256_sign_epi8(xv, signs))
+            } else {
+                dot_single::<V>(weights, xv)
+            };
+            let dx = _mm256_loadu_ps(xd[r].add(pairs * 8));
+            acc[r] = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), dx), dw, acc[r]);
+        }
     }
 
     let out = dst.as_mut_ptr().add(n * m + i0);
-    for r in 0..R {
-        let mut v = hsum(_mm256_add_ps(even[r], odd[r]));
+    for (r, acc) in acc.iter().enumerate() {
+        let mut v = hsum(*acc);
         // The Q4 offset term Σ_b min_b · s_x[b], a dot product over blocks;
         // Q4_0's min is -8·d, and scaling by -8 is exact.
+        let xs = x.s.as_ptr().add((i0 + r) * nb);
         if K == KIND_Q4_1 {
-            v += dot_f32(ops.mins, ops.xs[r], nb);
+            v += dot_f32(w.mins.as_ptr().add(row * nb), xs, nb);
         } else if K == KIND_Q4_0 {
-            v += -8.0 * dot_f32(ops.scales, ops.xs[r], nb);
+            v += -8.0 * dot_f32(scales, xs, nb);
         }
         *out.add(r) = v;
     }
 }
 
-/// Adds block `b`'s contribution for every row of the tile to `acc`.
+/// Blocks `b` and `b + 1` of a weight row as the unsigned operands `(A, B)`
+/// of the paired dot product, plus (Q8_0) the signed values `(A, B)` whose
+/// signs go onto the activations (on VNNI, the signed values are the
+/// operands and the unsigned ones are not computed).
 ///
 /// # Safety
-/// As for `tile`, and `b < nb`.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
-unsafe fn accumulate_block<const K: u8, const R: usize>(
-    ops: &Operands<R>,
+/// AVX2 must be available; `b + 1` must be a block of the row at `quants`.
+#[inline(always)]
+unsafe fn unpack_pair<const K: u8, const V: bool>(
+    quants: *const u8,
     b: usize,
-    acc: &mut [__m256; R],
-) {
-    // Q4 nibbles stay unsigned (0..=15) and are maddubs' unsigned operand as
-    // they are; Q8_0 weights go in as |w| with their sign moved onto x.
-    let (weights, signs) = if K == KIND_Q8_0 {
-        let q = _mm256_loadu_si256(ops.quants.add(b * 32).cast());
+) -> (__m256i, __m256i, __m256i, __m256i) {
+    if K == KIND_Q8_0 {
+        let first = _mm256_loadu_si256(quants.add(b * 32).cast());
+        let second = _mm256_loadu_si256(quants.add(b * 32 + 32).cast());
+        let sa = _mm256_permute2x128_si256(first, second, 0x20);
+        let sb = _mm256_permute2x128_si256(first, second, 0x31);
+        if V {
+            return (sa, sb, sa, sb);
+        }
+        (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb)
+    } else {
+        // Two nibble-packed blocks: byte j of a block holds values j (low
+        // nibble) and j + 16 (high nibble).
+        let packed = _mm256_loadu_si256(quants.add(b * 16).cast());
+        let low = _mm256_set1_epi8(0x0F);
+        let wa = _mm256_and_si256(packed, low);
+        let wb = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
+        (wa, wb, wa, wb)
+    }
+}
+
+/// Block `b` alone, in natural order: the unsigned operand and (Q8_0) the
+/// signed values.
+///
+/// # Safety
+/// AVX2 must be available; `b` must be a block of the row at `quants`.
+#[inline(always)]
+unsafe fn unpack_single<const K: u8>(quants: *const u8, b: usize) -> (__m256i, __m256i) {
+    if K == KIND_Q8_0 {
+        let q = _mm256_loadu_si256(quants.add(b * 32).cast());
         (_mm256_sign_epi8(q, q), q)
     } else {
-        let packed = _mm_loadu_si128(ops.quants.add(b * 16).cast());
+        let packed = _mm_loadu_si128(quants.add(b * 16).cast());
         let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-        (_mm256_and_si256(both, _mm256_set1_epi8(0x0F)), both)
-    };
-    let dw = _mm256_broadcast_ss(&*ops.scales.add(b));
-    let ones = _mm256_set1_epi16(1);
-    for (r, acc) in acc.iter_mut().enumerate() {
-        let xv = _mm256_loadu_si256(ops.xq[r].add(b * BLOCK).cast());
-        let xv = if K == KIND_Q8_0 {
-            _mm256_sign_epi8(xv, signs)
+        let weights = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+        (weights, weights)
+    }
+}
+
+/// Per 32-bit lane: the sum of the four byte products of `wa·xa` plus those of
+/// `wb·xb` (`w` unsigned, `x` signed), exactly.
+///
+/// # Safety
+/// AVX2, and AVX-VNNI if `V`.
+#[inline(always)]
+unsafe fn dot_pair<const K: u8, const V: bool>(
+    wa: __m256i,
+    xa: __m256i,
+    wb: __m256i,
+    xb: __m256i,
+) -> __m256i {
+    if V {
+        let a = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), wa, xa);
+        _mm256_dpbusd_avx_epi32(a, wb, xb)
+    } else {
+        let ones = _mm256_set1_epi16(1);
+        let a = _mm256_maddubs_epi16(wa, xa);
+        let b = _mm256_maddubs_epi16(wb, xb);
+        if K == KIND_Q8_0 {
+            // Pair sums up to 2·128·127: widen each before adding.
+            _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(b, ones))
         } else {
-            xv
-        };
-        let dot = _mm256_madd_epi16(_mm256_maddubs_epi16(weights, xv), ones);
-        // (dot · d_x) · d_w: both scales arrive as broadcast loads, which cost
-        // no shuffle (d_w · d_x first would be a scalar product plus a register
-        // broadcast per output).
-        let dx = _mm256_broadcast_ss(&*ops.xd[r].add(b));
-        *acc = _mm256_fmadd_ps(_mm256_mul_ps(_mm256_cvtepi32_ps(dot), dx), dw, *acc);
+            // Nibble pair sums are at most 2·15·127; two of them fit in i16.
+            _mm256_madd_epi16(_mm256_add_epi16(a, b), ones)
+        }
+    }
+}
+
+/// Per 32-bit lane: the sum of the four byte products of `w·x`, exactly.
+///
+/// # Safety
+/// AVX2, and AVX-VNNI if `V`.
+#[inline(always)]
+unsafe fn dot_single<const V: bool>(w: __m256i, x: __m256i) -> __m256i {
+    if V {
+        _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), w, x)
+    } else {
+        _mm256_madd_epi16(_mm256_maddubs_epi16(w, x), _mm256_set1_epi16(1))
     }
 }
 
@@ -176,8 +353,7 @@ unsafe fn accumulate_block<const K: u8, const R: usize>(
 ///
 /// # Safety
 /// AVX2 and FMA must be available and both pointers valid for `len` reads.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
+#[inline(always)]
 unsafe fn dot_f32(a: *const f32, b: *const f32, len: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut i = 0;
@@ -197,8 +373,7 @@ unsafe fn dot_f32(a: *const f32, b: *const f32, len: usize) -> f32 {
 ///
 /// # Safety
 /// AVX2 must be available.
-#[target_feature(enable = "avx2,fma")]
-#[inline]
+#[inline(always)]
 unsafe fn hsum(v: __m256) -> f32 {
     let quad = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
     let pair = _mm_add_ps(quad, _mm_movehl_ps(quad, quad));
