@@ -30,9 +30,10 @@ test: setup wasm server
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
 
-## bench: criterion hot paths, then the whole-system load comparison
+## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server
 bench: setup wasm host server
 	$(CARGO) bench -p maas-benches --locked
+	$(CARGO) bench -p maas-kernels --locked --bench matmul
 	./benches/load.sh
 	./benches/inference.sh
 
