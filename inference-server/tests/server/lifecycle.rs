@@ -90,3 +90,51 @@ fn invalid_limits_are_refused_at_start() {
         "{err}"
     );
 }
+
+#[test]
+fn until_the_model_is_loaded_health_and_requests_say_loading() {
+    // A FIFO as the model file: opening it blocks until a writer appears,
+    // which here is never, so the server stays in its loading phase.
+    let dir = std::env::temp_dir().join(format!("maas-loading-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let fifo = dir.join("model.gguf");
+    let _ = std::fs::remove_file(&fifo);
+    assert!(Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success());
+    let mut child = Command::new(inference_server_binary())
+        .args(["--port", "0", "--model"])
+        .arg(&fifo)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let addr = line
+        .trim()
+        .strip_prefix("listening on ")
+        .unwrap()
+        .to_string();
+
+    let health = maas_testkit::get(&format!("{addr}/health"));
+    assert_eq!(health.status, 503);
+    assert_eq!(health.json()["status"], "loading");
+    let r = maas_testkit::post_json(
+        &format!("{addr}/v1/chat/completions"),
+        &[],
+        &chat_body("hi", json!({})),
+    );
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "model_loading");
+
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
