@@ -1,0 +1,234 @@
+//! API keys: `sk-maas-<id>-<secret>`.
+//!
+//! The id (12 characters, lowercase base32) names the key everywhere — in
+//! listings, audit records, revocations, the gateway's metrics — and is not
+//! secret. The secret (40 base62 characters, ~238 bits from the OS) is shown
+//! once, at creation. The database keeps only a per-key random salt and
+//! `SHA-256(salt ‖ id ‖ 0x00 ‖ secret)`. The fixed prefix lets secret
+//! scanners recognise a leaked key.
+
+use std::fmt;
+
+use sha2::{Digest, Sha256};
+
+pub const PREFIX: &str = "sk-maas-";
+pub const ID_LEN: usize = 12;
+pub const SECRET_LEN: usize = 40;
+const SALT_LEN: usize = 16;
+
+const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
+const SECRET_ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum KeyError {
+    #[error("an API key starts with `{PREFIX}`")]
+    Prefix,
+    #[error("an API key is `{PREFIX}<id>-<secret>` with a {ID_LEN}-character id and a {SECRET_LEN}-character secret")]
+    Shape,
+    #[error("the operating system's random source failed: {0}")]
+    Random(String),
+    #[error("stored digest is malformed: {0}")]
+    Stored(&'static str),
+}
+
+/// A freshly minted key: the plaintext exists only here, to be shown once.
+pub struct MintedKey {
+    pub id: String,
+    pub plaintext: String,
+    pub digest: StoredDigest,
+}
+
+impl fmt::Debug for MintedKey {
+    /// Never prints the secret.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MintedKey")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the database stores for a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredDigest {
+    pub salt: [u8; SALT_LEN],
+    pub hash: [u8; 32],
+}
+
+/// A key as presented by a client, split but not yet verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresentedKey<'a> {
+    pub id: &'a str,
+    secret: &'a str,
+}
+
+fn random_string(len: usize, alphabet: &[u8]) -> Result<String, KeyError> {
+    // Rejection sampling keeps every character uniform over the alphabet.
+    let limit = 256 - (256 % alphabet.len());
+    let mut out = String::with_capacity(len);
+    let mut buf = [0u8; 64];
+    while out.len() < len {
+        getrandom::fill(&mut buf).map_err(|e| KeyError::Random(e.to_string()))?;
+        for b in buf {
+            if (b as usize) < limit && out.len() < len {
+                out.push(char::from(alphabet[b as usize % alphabet.len()]));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn hash(salt: &[u8; SALT_LEN], id: &str, secret: &str) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(salt);
+    h.update(id.as_bytes());
+    h.update([0u8]);
+    h.update(secret.as_bytes());
+    h.finalize().into()
+}
+
+/// Mints a new key from the OS random source.
+pub fn mint() -> Result<MintedKey, KeyError> {
+    let id = random_string(ID_LEN, ID_ALPHABET)?;
+    let secret = random_string(SECRET_LEN, SECRET_ALPHABET)?;
+    let mut salt = [0u8; SALT_LEN];
+    getrandom::fill(&mut salt).map_err(|e| KeyError::Random(e.to_string()))?;
+    let digest = StoredDigest {
+        salt,
+        hash: hash(&salt, &id, &secret),
+    };
+    Ok(MintedKey {
+        plaintext: format!("{PREFIX}{id}-{secret}"),
+        id,
+        digest,
+    })
+}
+
+/// Splits a presented key; checks only its shape.
+pub fn parse(plaintext: &str) -> Result<PresentedKey<'_>, KeyError> {
+    let rest = plaintext.strip_prefix(PREFIX).ok_or(KeyError::Prefix)?;
+    let (id, secret) = rest.split_once('-').ok_or(KeyError::Shape)?;
+    let valid = id.len() == ID_LEN
+        && secret.len() == SECRET_LEN
+        && id.bytes().all(|b| ID_ALPHABET.contains(&b))
+        && secret.bytes().all(|b| SECRET_ALPHABET.contains(&b));
+    if !valid {
+        return Err(KeyError::Shape);
+    }
+    Ok(PresentedKey { id, secret })
+}
+
+impl StoredDigest {
+    /// Whether `key` is the key this digest was made from, compared in
+    /// constant time.
+    pub fn verify(&self, key: &PresentedKey<'_>) -> bool {
+        let candidate = hash(&self.salt, key.id, key.secret);
+        candidate
+            .iter()
+            .zip(self.hash.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0
+    }
+
+    pub fn salt_hex(&self) -> String {
+        hex(&self.salt)
+    }
+
+    pub fn hash_hex(&self) -> String {
+        hex(&self.hash)
+    }
+
+    pub fn from_hex(salt: &str, hash: &str) -> Result<Self, KeyError> {
+        Ok(Self {
+            salt: unhex(salt).ok_or(KeyError::Stored("salt"))?,
+            hash: unhex(hash).ok_or(KeyError::Stored("hash"))?,
+        })
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, o) in out.iter_mut().enumerate() {
+        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn minted_keys_have_the_documented_shape_and_verify() {
+        let k = mint().unwrap();
+        assert!(k.plaintext.starts_with("sk-maas-"));
+        assert_eq!(k.plaintext.len(), PREFIX.len() + ID_LEN + 1 + SECRET_LEN);
+        let presented = parse(&k.plaintext).unwrap();
+        assert_eq!(presented.id, k.id);
+        assert!(k.digest.verify(&presented));
+        assert!(!format!("{k:?}").contains(&k.plaintext[PREFIX.len() + ID_LEN + 1..]));
+    }
+
+    #[test]
+    fn keys_are_unique_and_digests_salted() {
+        let (a, b) = (mint().unwrap(), mint().unwrap());
+        assert_ne!(a.id, b.id);
+        assert_ne!(a.plaintext, b.plaintext);
+        assert_ne!(a.digest.salt, b.digest.salt);
+    }
+
+    #[test]
+    fn a_changed_secret_or_a_foreign_digest_does_not_verify() {
+        let k = mint().unwrap();
+        let mut wrong = k.plaintext.clone();
+        let last = wrong.pop().unwrap();
+        wrong.push(if last == 'a' { 'b' } else { 'a' });
+        assert!(!k.digest.verify(&parse(&wrong).unwrap()));
+        let other = mint().unwrap();
+        assert!(!other.digest.verify(&parse(&k.plaintext).unwrap()));
+    }
+
+    #[test]
+    fn the_digest_round_trips_through_hex() {
+        let k = mint().unwrap();
+        let back = StoredDigest::from_hex(&k.digest.salt_hex(), &k.digest.hash_hex()).unwrap();
+        assert_eq!(back, k.digest);
+        assert_eq!(
+            StoredDigest::from_hex("zz", &k.digest.hash_hex()),
+            Err(KeyError::Stored("salt"))
+        );
+    }
+
+    #[test]
+    fn malformed_keys_are_named() {
+        assert_eq!(parse("sk-other-abc"), Err(KeyError::Prefix));
+        assert_eq!(parse("sk-maas-short-secret"), Err(KeyError::Shape));
+        let k = mint().unwrap();
+        assert_eq!(
+            parse(
+                &k.plaintext
+                    .to_uppercase()
+                    .replacen("SK-MAAS-", "sk-maas-", 1)
+            ),
+            Err(KeyError::Shape)
+        );
+        assert_eq!(parse(&format!("{}x", k.plaintext)), Err(KeyError::Shape));
+    }
+
+    proptest! {
+        /// No input makes the parser panic, and only well-formed keys pass.
+        #[test]
+        fn parse_never_panics(s in ".{0,80}") {
+            if let Ok(k) = parse(&s) {
+                prop_assert_eq!(k.id.len(), ID_LEN);
+            }
+        }
+    }
+}

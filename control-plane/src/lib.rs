@@ -1,0 +1,11 @@
+//! The control plane of the MaaS gateway: it owns subscriptions and API keys
+//! (stored in SQLite or PostgreSQL), lets developers mint and revoke their
+//! own keys, feeds the gateway filter the current key set, and reports usage.
+//!
+//! - [`apikey`]: the key format users see (`sk-maas-<id>-<secret>`) and the
+//!   salted digest that is all the database keeps.
+//! - [`subscription`]: what a subscription may use and at what rates,
+//!   validated with the filter's own configuration parser.
+
+pub mod apikey;
+pub mod subscription;
