@@ -6,6 +6,8 @@
 //!   salted digest that is all the database keeps.
 //! - [`subscription`]: what a subscription may use and at what rates,
 //!   validated with the filter's own configuration parser.
+//! - [`oidc`]: OIDC bearer tokens checked against the issuer's JWKS.
 
 pub mod apikey;
+pub mod oidc;
 pub mod subscription;
