@@ -7,7 +7,12 @@
 //! - [`subscription`]: what a subscription may use and at what rates,
 //!   validated with the filter's own configuration parser.
 //! - [`oidc`]: OIDC bearer tokens checked against the issuer's JWKS.
+//! - [`store`]: subscriptions, keys, the audit log and the change counter
+//!   key sync reads, in SQLite or PostgreSQL through one query layer.
+//! - [`api`]: the self-service HTTP API.
 
+pub mod api;
 pub mod apikey;
 pub mod oidc;
+pub mod store;
 pub mod subscription;

@@ -1,0 +1,83 @@
+//! Every refusal of the control plane's API, with its one status and an
+//! OpenAI-style body (`{"error": {"message", "type", "code"}}`), so clients
+//! of the gateway and of the control plane parse errors the same way.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+use crate::store::StoreError;
+use crate::subscription::SpecError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("missing or invalid credentials")]
+    Unauthenticated,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("the database failed; the change was not made")]
+    Database(#[source] StoreError),
+}
+
+impl ApiError {
+    fn parts(&self) -> (StatusCode, &'static str, &'static str) {
+        match self {
+            Self::Unauthenticated => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_credentials",
+            ),
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "permission_error", "forbidden"),
+            Self::NotFound(_) => (StatusCode::NOT_FOUND, "invalid_request_error", "not_found"),
+            Self::Invalid(_) => (
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "invalid_value",
+            ),
+            Self::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
+            Self::Database(_) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "database_unavailable",
+            ),
+        }
+    }
+}
+
+impl From<SpecError> for ApiError {
+    fn from(e: SpecError) -> Self {
+        Self::Invalid(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::UnknownSubscription(name) => {
+                Self::Invalid(format!("unknown subscription {name:?}"))
+            }
+            StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::InUse { subscription, keys } => Self::Conflict(format!(
+                "subscription {subscription:?} still has {keys} keys; revoke them first"
+            )),
+            other => Self::Database(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        if let Self::Database(e) = &self {
+            tracing::error!(error = %e, "database error");
+        }
+        let (status, kind, code) = self.parts();
+        let body = json!({"error": {"message": self.to_string(), "type": kind, "code": code}});
+        (status, axum::Json(body)).into_response()
+    }
+}

@@ -1,0 +1,307 @@
+//! The self-service HTTP API, under `/maas-api` (the path the gateway routes
+//! to the control plane):
+//!
+//! - `POST /maas-api/v1/api-keys`: mint a key for a subscription the caller's
+//!   groups allow (administrators: any); the plaintext is in this response
+//!   only.
+//! - `GET /maas-api/v1/api-keys`: the caller's keys (administrators: all, or
+//!   `?owner=`), never secrets.
+//! - `DELETE /maas-api/v1/api-keys/{id}`: revoke one of the caller's keys.
+//! - `GET /maas-api/v1/subscriptions`: what the caller may use;
+//!   `PUT /maas-api/v1/subscriptions/{name}`: create or replace (administrators).
+//!
+//! Every change is written to the audit log by the store, in the same
+//! transaction as the change.
+
+mod auth;
+mod error;
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+pub use auth::{Authenticator, Caller};
+pub use error::ApiError;
+
+use crate::apikey;
+use crate::store::{KeyRow, Store, SubscriptionRow};
+use crate::subscription::SubscriptionSpec;
+
+pub struct AppState {
+    pub store: Store,
+    pub auth: Authenticator,
+}
+
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/maas-api/v1/api-keys", get(list_keys).post(create_key))
+        .route("/maas-api/v1/api-keys/{id}", delete(revoke_key))
+        .route("/maas-api/v1/subscriptions", get(list_subscriptions))
+        .route("/maas-api/v1/subscriptions/{name}", put(put_subscription))
+        .route(
+            "/maas-api/health",
+            get(|| async { Json(json!({"status": "ok"})) }),
+        )
+        .fallback(|| async { ApiError::NotFound("unknown path".into()) })
+        .with_state(state)
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Bodies are parsed here rather than by axum's `Json`, so a malformed one
+/// gets a 400 in the API's own error shape.
+fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("request body: {e}")))
+}
+
+/// `expires_in`: seconds, or a number with `s`, `m`, `h` or `d`.
+fn parse_lifetime(v: &Value) -> Result<i64, ApiError> {
+    const MAX: i64 = 366 * 86_400;
+    let secs = match v {
+        Value::Number(n) => n.as_i64(),
+        Value::String(s) => {
+            let (digits, unit) =
+                s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
+            let mult = match unit {
+                "" | "s" => Some(1),
+                "m" => Some(60),
+                "h" => Some(3600),
+                "d" => Some(86_400),
+                _ => None,
+            };
+            digits
+                .parse::<i64>()
+                .ok()
+                .zip(mult)
+                .and_then(|(n, m)| n.checked_mul(m))
+        }
+        _ => None,
+    };
+    match secs {
+        Some(s) if (1..=MAX).contains(&s) => Ok(s),
+        _ => Err(ApiError::Invalid(format!(
+            "expires_in: {v} is not a lifetime between 1 s and 366 d (seconds, or e.g. \"30d\", \"12h\")"
+        ))),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateKey {
+    name: String,
+    subscription: String,
+    #[serde(default)]
+    expires_in: Option<Value>,
+    #[serde(default)]
+    labels: std::collections::BTreeMap<String, String>,
+    /// Administrators may mint for someone else.
+    #[serde(default)]
+    owner: Option<String>,
+}
+
+const MAX_LABELS: usize = 16;
+
+fn key_json(k: &KeyRow, now: i64) -> Value {
+    let status = if k.revoked_at.is_some() {
+        "revoked"
+    } else if k.expires_at.is_some_and(|e| e <= now) {
+        "expired"
+    } else {
+        "active"
+    };
+    json!({
+        "id": k.id,
+        "name": k.name,
+        "owner": k.owner,
+        "subscription": k.subscription,
+        "labels": k.labels,
+        "created_at": k.created_at,
+        "expires_at": k.expires_at,
+        "revoked_at": k.revoked_at,
+        "status": status,
+    })
+}
+
+async fn create_key(
+    State(app): State<Arc<AppState>>,
+    Caller(who): Caller,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: CreateKey = parse(&body)?;
+    if req.name.trim().is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control)
+    {
+        return Err(ApiError::Invalid(
+            "name: 1–128 characters without control characters".into(),
+        ));
+    }
+    if req.labels.len() > MAX_LABELS
+        || req
+            .labels
+            .iter()
+            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
+    {
+        return Err(ApiError::Invalid(format!(
+            "labels: at most {MAX_LABELS}, keys 1–64 and values up to 256 bytes"
+        )));
+    }
+    let owner = match req.owner {
+        Some(o) if who.admin => o,
+        Some(_) => {
+            return Err(ApiError::Forbidden(
+                "only administrators mint keys for others".into(),
+            ))
+        }
+        None => who.subject.clone(),
+    };
+    let sub = app
+        .store
+        .get_subscription(&req.subscription)
+        .await?
+        .ok_or_else(|| ApiError::Invalid(format!("unknown subscription {:?}", req.subscription)))?;
+    let spec: SubscriptionSpec = serde_json::from_value(sub.spec.clone())
+        .map_err(|e| ApiError::Database(crate::store::StoreError::Corrupt(e.to_string())))?;
+    if !who.admin && !spec.admits_any(&who.groups) {
+        return Err(ApiError::Forbidden(format!(
+            "your groups may not use subscription {:?}",
+            req.subscription
+        )));
+    }
+    let created_at = now();
+    let expires_at = match &req.expires_in {
+        Some(v) => Some(created_at + parse_lifetime(v)?),
+        None => None,
+    };
+    let minted = apikey::mint().map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let row = KeyRow {
+        id: minted.id.clone(),
+        owner,
+        subscription: req.subscription,
+        name: req.name,
+        labels: req.labels,
+        salt: minted.digest.salt_hex(),
+        hash: minted.digest.hash_hex(),
+        created_at,
+        expires_at,
+        revoked_at: None,
+        version: 0,
+    };
+    app.store.insert_key(&row, &who.subject).await?;
+    let mut body = key_json(&row, created_at);
+    body["key"] = json!(minted.plaintext);
+    Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+struct ListQuery {
+    owner: Option<String>,
+}
+
+async fn list_keys(
+    State(app): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Query(q): Query<ListQuery>,
+) -> Result<Response, ApiError> {
+    let owner = match (who.admin, q.owner) {
+        (true, owner) => owner,
+        (false, Some(o)) if o != who.subject => {
+            return Err(ApiError::Forbidden(
+                "you may list only your own keys".into(),
+            ))
+        }
+        (false, _) => Some(who.subject.clone()),
+    };
+    let now = now();
+    let keys = app.store.list_keys(owner.as_deref()).await?;
+    let data: Vec<Value> = keys.iter().map(|k| key_json(k, now)).collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+async fn revoke_key(
+    State(app): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    // Someone else's key reads as absent: ids are not secret, but which
+    // exist is nobody else's business.
+    let not_found = || ApiError::NotFound(format!("no key {id:?}"));
+    let key = app.store.get_key(&id).await?.ok_or_else(not_found)?;
+    if !who.admin && key.owner != who.subject {
+        return Err(not_found());
+    }
+    let revoked = app
+        .store
+        .revoke_key(&id, now(), &who.subject)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(key_json(&revoked, now())).into_response())
+}
+
+fn subscription_json(row: &SubscriptionRow) -> Value {
+    let mut v = row.spec.clone();
+    v["created_at"] = json!(row.created_at);
+    v["updated_at"] = json!(row.updated_at);
+    v
+}
+
+async fn list_subscriptions(
+    State(app): State<Arc<AppState>>,
+    Caller(who): Caller,
+) -> Result<Response, ApiError> {
+    let rows = app.store.list_subscriptions().await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .filter(|row| {
+            who.admin
+                || serde_json::from_value::<SubscriptionSpec>(row.spec.clone())
+                    .is_ok_and(|s| s.admits_any(&who.groups))
+        })
+        .map(subscription_json)
+        .collect();
+    Ok(Json(json!({"object": "list", "data": data})).into_response())
+}
+
+async fn put_subscription(
+    State(app): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Path(name): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    if !who.admin {
+        return Err(ApiError::Forbidden(
+            "only administrators change subscriptions".into(),
+        ));
+    }
+    let spec = SubscriptionSpec::from_json(&body)?;
+    if spec.name != name {
+        return Err(ApiError::Invalid(format!(
+            "name: the body says {:?}, the path {name:?}",
+            spec.name
+        )));
+    }
+    let now = now();
+    let row = SubscriptionRow {
+        name: spec.name.clone(),
+        spec: serde_json::to_value(&spec).map_err(|e| ApiError::Invalid(e.to_string()))?,
+        created_at: now,
+        updated_at: now,
+        version: 0,
+    };
+    app.store.put_subscription(&row, &who.subject).await?;
+    let stored = app
+        .store
+        .get_subscription(&name)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(name.clone()))?;
+    Ok(Json(subscription_json(&stored)).into_response())
+}

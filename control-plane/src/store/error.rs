@@ -1,0 +1,52 @@
+//! The one error type of the store. Each variant is a distinct outcome the
+//! API layer maps to exactly one response (not found, conflict, server
+//! error), so callers never parse messages.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A key names a subscription that does not exist.
+    #[error("unknown subscription {0:?}")]
+    UnknownSubscription(String),
+
+    /// A row with this identity already exists (duplicate key id).
+    #[error("already exists: {0:?}")]
+    Conflict(String),
+
+    /// The subscription cannot be deleted while keys (revoked ones included)
+    /// still reference it.
+    #[error("subscription {subscription:?} is still referenced by {keys} key(s)")]
+    InUse { subscription: String, keys: usize },
+
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+
+    #[error("schema migration failed")]
+    Migrate(#[source] sqlx::migrate::MigrateError),
+
+    /// A stored value could not be decoded (bad JSON, negative version):
+    /// someone wrote to the tables behind the store's back.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+
+    /// A value could not be encoded as JSON for storage.
+    #[error("cannot encode {what} as JSON")]
+    Encode {
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(e: sqlx::Error) -> Self {
+        StoreError::Database(e)
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for StoreError {
+    fn from(e: sqlx::migrate::MigrateError) -> Self {
+        StoreError::Migrate(e)
+    }
+}

@@ -1,0 +1,57 @@
+//! Persistent state of the control plane: subscriptions, API keys (salted
+//! hashes only), the audit log, and the version stream the gateway filter
+//! syncs from.
+//!
+//! One code path serves SQLite and PostgreSQL through sqlx's `Any` driver:
+//! the SQL is written to run unchanged on both, values are always bound
+//! (`$1`, `$2`, … — both drivers accept them), never spliced into the text,
+//! and sqlx only accepts `'static` SQL strings here, which enforces that.
+//!
+//! Invariants:
+//! - every change gets the next value of one counter as its `version`, and
+//!   versions become visible in increasing order (see `version`);
+//! - every change writes exactly one audit row, in its own transaction, whose
+//!   `seq` is that version; a refused or no-op call writes nothing;
+//! - keys are never deleted, only revoked; a subscription cannot be deleted
+//!   while any key references it.
+
+mod audit;
+mod error;
+mod keys;
+mod migrate;
+mod rows;
+mod subscriptions;
+mod sync;
+mod version;
+
+#[cfg(test)]
+mod tests;
+
+use sqlx::any::AnyPoolOptions;
+use sqlx::AnyPool;
+
+pub use error::StoreError;
+pub use rows::{AuditRow, Changes, KeyRow, SubscriptionRow};
+
+/// Handle to the database; cheap to clone (a shared pool).
+#[derive(Clone, Debug)]
+pub struct Store {
+    pool: AnyPool,
+}
+
+impl Store {
+    /// Opens `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies
+    /// pending migrations.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        // Idempotent; must run before the first `Any` connection.
+        sqlx::any::install_default_drivers();
+        let pool = AnyPoolOptions::new().connect(url).await?;
+        migrate::migrator().run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    /// Closes every pooled connection; later calls fail.
+    pub async fn close(&self) {
+        self.pool.close().await;
+    }
+}

@@ -1,0 +1,479 @@
+//! The cases of the suite, each written once against `&Store`.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde_json::json;
+
+use crate::store::{KeyRow, Store, StoreError, SubscriptionRow};
+
+fn subscription(name: &str, at: i64) -> SubscriptionRow {
+    SubscriptionRow {
+        name: name.to_owned(),
+        spec: json!({
+            "models": ["llama-3-8b", "mistral-7b"],
+            "limits": { "tokens_per_minute": 1000 },
+            "unlimited": false,
+        }),
+        created_at: at,
+        updated_at: at,
+        version: 0,
+    }
+}
+
+fn key(id: &str, owner: &str, sub: &str, created_at: i64) -> KeyRow {
+    KeyRow {
+        id: id.to_owned(),
+        owner: owner.to_owned(),
+        subscription: sub.to_owned(),
+        name: format!("key {id}"),
+        labels: BTreeMap::from([("team".to_owned(), "ml".to_owned())]),
+        salt: format!("salt-of-{id}"),
+        hash: format!("{:0>64}", id.len()),
+        created_at,
+        expires_at: Some(created_at + 3600),
+        revoked_at: None,
+        version: 0,
+    }
+}
+
+pub async fn subscription_round_trip(store: &Store) {
+    assert_eq!(store.get_subscription("gold").await.unwrap(), None);
+    let mut gold = subscription("gold", 100);
+    gold.version = store.put_subscription(&gold, "admin").await.unwrap();
+    assert!(gold.version > 0);
+    assert_eq!(
+        store.get_subscription("gold").await.unwrap(),
+        Some(gold.clone())
+    );
+
+    let silver = subscription("silver", 50);
+    store.put_subscription(&silver, "admin").await.unwrap();
+    let names: Vec<String> = store
+        .list_subscriptions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["gold", "silver"]);
+}
+
+pub async fn upsert_bumps_version_and_keeps_created_at(store: &Store) {
+    let first = store
+        .put_subscription(&subscription("gold", 100), "admin")
+        .await
+        .unwrap();
+    let mut update = subscription("gold", 999);
+    update.updated_at = 200;
+    update.spec = json!({ "models": ["only-this"], "unlimited": true });
+    let second = store.put_subscription(&update, "admin").await.unwrap();
+    assert!(second > first, "{second} > {first}");
+
+    let got = store.get_subscription("gold").await.unwrap().unwrap();
+    assert_eq!(got.created_at, 100, "created_at is kept");
+    assert_eq!(got.updated_at, 200);
+    assert_eq!(got.spec, update.spec);
+    assert_eq!(got.version, second);
+}
+
+pub async fn key_round_trip(store: &Store) {
+    store
+        .put_subscription(&subscription("gold", 100), "admin")
+        .await
+        .unwrap();
+    assert_eq!(store.get_key("k1").await.unwrap(), None);
+    let mut k = key("k1", "alice", "gold", 150);
+    k.labels.insert("env".to_owned(), "prod".to_owned());
+    k.version = store.insert_key(&k, "alice").await.unwrap();
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(k.clone()));
+
+    // NULL timestamps survive too.
+    let mut forever = key("k2", "alice", "gold", 160);
+    forever.expires_at = None;
+    forever.labels.clear();
+    forever.version = store.insert_key(&forever, "alice").await.unwrap();
+    assert_eq!(store.get_key("k2").await.unwrap(), Some(forever));
+}
+
+pub async fn unknown_subscription_is_refused(store: &Store) {
+    let err = store
+        .insert_key(&key("k1", "alice", "nope", 1), "alice")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::UnknownSubscription(s) if s == "nope"),
+        "{err:?}"
+    );
+    // Nothing was written, not even the version bump or an audit row.
+    assert_eq!(store.get_key("k1").await.unwrap(), None);
+    assert_eq!(store.changes_since(0).await.unwrap().version, 0);
+    assert!(store.audit(10).await.unwrap().is_empty());
+}
+
+pub async fn duplicate_key_id_is_conflict(store: &Store) {
+    store
+        .put_subscription(&subscription("gold", 100), "admin")
+        .await
+        .unwrap();
+    let original = key("k1", "alice", "gold", 1);
+    store.insert_key(&original, "alice").await.unwrap();
+    let before = store.changes_since(0).await.unwrap().version;
+
+    let err = store
+        .insert_key(&key("k1", "mallory", "gold", 2), "mallory")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::Conflict(id) if id == "k1"),
+        "{err:?}"
+    );
+    assert_eq!(store.get_key("k1").await.unwrap().unwrap().owner, "alice");
+    assert_eq!(store.changes_since(0).await.unwrap().version, before);
+}
+
+pub async fn list_keys_by_owner(store: &Store) {
+    store
+        .put_subscription(&subscription("gold", 100), "admin")
+        .await
+        .unwrap();
+    for (id, owner, at) in [("a1", "alice", 1), ("b1", "bob", 2), ("a2", "alice", 3)] {
+        store
+            .insert_key(&key(id, owner, "gold", at), owner)
+            .await
+            .unwrap();
+    }
+    let ids = |keys: Vec<KeyRow>| keys.into_iter().map(|k| k.id).collect::<Vec<_>>();
+    assert_eq!(
+        ids(store.list_keys(Some("alice")).await.unwrap()),
+        ["a1", "a2"]
+    );
+    assert_eq!(ids(store.list_keys(Some("bob")).await.unwrap()), ["b1"]);
+    assert!(store.list_keys(Some("carol")).await.unwrap().is_empty());
+    assert_eq!(
+        ids(store.list_keys(None).await.unwrap()),
+        ["a1", "b1", "a2"]
+    );
+}
+
+pub async fn revoke_is_idempotent(store: &Store) {
+    store
+        .put_subscription(&subscription("gold", 100), "admin")
+        .await
+        .unwrap();
+    let created = store
+        .insert_key(&key("k1", "alice", "gold", 1), "alice")
+        .await
+        .unwrap();
+    assert_eq!(store.revoke_key("missing", 5, "alice").await.unwrap(), None);
+
+    let first = store.revoke_key("k1", 500, "alice").await.unwrap().unwrap();
+    assert_eq!(first.revoked_at, Some(500));
+    assert!(first.version > created);
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(first.clone()));
+
+    let second = store.revoke_key("k1", 600, "admin").await.unwrap().unwrap();
+    assert_eq!(second, first, "second revocation changes nothing");
+    assert_eq!(store.get_key("k1").await.unwrap(), Some(first.clone()));
+    assert_eq!(store.changes_since(0).await.unwrap().version, first.version);
+    let revokes = store
+        .audit(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|a| a.action == "key.revoke");
+    assert_eq!(revokes.count(), 1);
+}
+
+pub async fn changes_since_returns_exactly_what_changed(store: &Store) {
+    let empty = store.changes_since(0).await.unwrap();
+    assert_eq!(empty.version, 0);
+    assert!(empty.keys.is_empty() && empty.subscriptions.is_empty());
+
+    let v_gold = store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    let v_temp = store
+        .put_subscription(&subscription("temp", 1), "admin")
+        .await
+        .unwrap();
+    let v_k1 = store
+        .insert_key(&key("k1", "alice", "gold", 2), "alice")
+        .await
+        .unwrap();
+    let v_k2 = store
+        .insert_key(&key("k2", "bob", "gold", 3), "bob")
+        .await
+        .unwrap();
+    assert!(
+        v_gold < v_temp && v_temp < v_k1 && v_k1 < v_k2,
+        "strictly increasing"
+    );
+
+    let full = store.changes_since(0).await.unwrap();
+    assert_eq!(full.version, v_k2);
+    assert_eq!(
+        full.keys.iter().map(|k| k.id.as_str()).collect::<Vec<_>>(),
+        ["k1", "k2"]
+    );
+    let subs: Vec<&str> = full.subscriptions.iter().map(|s| s.name.as_str()).collect();
+    assert_eq!(subs, ["gold", "temp"]);
+
+    // Only what came after V, and nothing at all once caught up.
+    let after_k1 = store.changes_since(v_k1).await.unwrap();
+    assert_eq!(
+        after_k1
+            .keys
+            .iter()
+            .map(|k| k.id.as_str())
+            .collect::<Vec<_>>(),
+        ["k2"]
+    );
+    assert!(after_k1.subscriptions.is_empty());
+    let caught_up = store.changes_since(full.version).await.unwrap();
+    assert_eq!(caught_up.version, full.version);
+    assert!(caught_up.keys.is_empty() && caught_up.subscriptions.is_empty());
+    assert!(caught_up.deleted_subscriptions.is_empty());
+
+    // A revocation and a deletion show up, and nothing else.
+    let revoked = store.revoke_key("k1", 10, "alice").await.unwrap().unwrap();
+    assert!(store.delete_subscription("temp", "admin").await.unwrap());
+    let next = store.changes_since(full.version).await.unwrap();
+    assert!(next.version > revoked.version && revoked.version > full.version);
+    assert_eq!(next.keys, [revoked]);
+    assert!(next.subscriptions.is_empty());
+    assert_eq!(next.deleted_subscriptions, ["temp"]);
+
+    // Re-creating a deleted subscription replaces its tombstone.
+    let v_again = store
+        .put_subscription(&subscription("temp", 20), "admin")
+        .await
+        .unwrap();
+    let again = store.changes_since(next.version).await.unwrap();
+    assert_eq!(again.version, v_again);
+    assert_eq!(
+        again
+            .subscriptions
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect::<Vec<_>>(),
+        ["temp"]
+    );
+    assert!(again.deleted_subscriptions.is_empty());
+    assert!(store
+        .changes_since(0)
+        .await
+        .unwrap()
+        .deleted_subscriptions
+        .is_empty());
+
+    // A client ahead of the store gets nothing and the store's version.
+    let ahead = store.changes_since(u64::MAX).await.unwrap();
+    assert_eq!(ahead.version, v_again);
+    assert!(ahead.keys.is_empty() && ahead.subscriptions.is_empty());
+}
+
+pub async fn delete_subscription_refused_while_keys_exist(store: &Store) {
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    store
+        .insert_key(&key("k1", "alice", "gold", 2), "alice")
+        .await
+        .unwrap();
+    let before = store.changes_since(0).await.unwrap().version;
+
+    let err = store
+        .delete_subscription("gold", "admin")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::InUse { subscription, keys: 1 } if subscription == "gold"),
+        "{err:?}"
+    );
+    // Revoked keys still reference it.
+    store.revoke_key("k1", 3, "alice").await.unwrap();
+    let err = store
+        .delete_subscription("gold", "admin")
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::InUse { keys: 1, .. }), "{err:?}");
+    assert!(store.get_subscription("gold").await.unwrap().is_some());
+
+    store
+        .put_subscription(&subscription("spare", 1), "admin")
+        .await
+        .unwrap();
+    assert!(store.delete_subscription("spare", "admin").await.unwrap());
+    assert_eq!(store.get_subscription("spare").await.unwrap(), None);
+    let after = store.changes_since(0).await.unwrap().version;
+    assert!(
+        !store.delete_subscription("spare", "admin").await.unwrap(),
+        "already gone"
+    );
+    assert_eq!(
+        store.changes_since(0).await.unwrap().version,
+        after,
+        "no-op bumps nothing"
+    );
+    assert!(after > before);
+}
+
+pub async fn audit_rows_in_order_without_secrets(store: &Store) {
+    let k = key("k1", "alice", "gold", 2);
+    store
+        .put_subscription(&subscription("gold", 1), "root")
+        .await
+        .unwrap();
+    store
+        .put_subscription(&subscription("gold", 1), "root")
+        .await
+        .unwrap();
+    store.insert_key(&k, "alice").await.unwrap();
+    store.revoke_key("k1", 3, "bob").await.unwrap();
+    store
+        .put_subscription(&subscription("spare", 1), "root")
+        .await
+        .unwrap();
+    store.delete_subscription("spare", "root").await.unwrap();
+
+    let log = store.audit(100).await.unwrap();
+    let got: Vec<(&str, &str, &str)> = log
+        .iter()
+        .rev()
+        .map(|a| (a.action.as_str(), a.actor.as_str(), a.target.as_str()))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("subscription.put", "root", "gold"),
+            ("subscription.put", "root", "gold"),
+            ("key.create", "alice", "k1"),
+            ("key.revoke", "bob", "k1"),
+            ("subscription.put", "root", "spare"),
+            ("subscription.delete", "root", "spare"),
+        ]
+    );
+    assert!(
+        log.windows(2).all(|w| w[0].seq > w[1].seq),
+        "newest first, strictly ordered"
+    );
+    assert_eq!(
+        log[0].seq,
+        store.changes_since(0).await.unwrap().version as i64
+    );
+    assert!(log.iter().all(|a| a.at > 1_600_000_000), "wall-clock time");
+    assert_eq!(log[5].detail["created"], json!(true));
+    assert_eq!(log[4].detail["created"], json!(false));
+    assert_eq!(log[3].detail["labels"], json!({ "team": "ml" }));
+
+    for row in &log {
+        let text = row.detail.to_string();
+        assert!(
+            !text.contains(&k.salt) && !text.contains(&k.hash),
+            "secret in {text}"
+        );
+        assert!(
+            !text.contains("salt") && !text.contains("hash"),
+            "secret field in {text}"
+        );
+    }
+    assert_eq!(store.audit(2).await.unwrap(), log[..2]);
+}
+
+pub async fn hostile_strings_are_stored_verbatim(store: &Store) {
+    let hostile = [
+        "'; DROP TABLE api_keys; --",
+        "O'Brien \"quoted\" `back` \\slash",
+        "名前 🚀 naïve Ünïcödé",
+        "$1 ?1 :name @p %s {}",
+        "tab\tnew\nline",
+    ];
+    for (i, s) in hostile.iter().enumerate() {
+        let mut sub = subscription(s, 1);
+        sub.spec = json!({ "cost_center": s, "models": [s] });
+        sub.version = store.put_subscription(&sub, s).await.unwrap();
+        assert_eq!(store.get_subscription(s).await.unwrap(), Some(sub));
+
+        let mut k = key(&format!("{s}#{i}"), s, s, 10);
+        k.name = s.to_string();
+        k.labels = BTreeMap::from([
+            (s.to_string(), s.to_string()),
+            ("plain".into(), s.to_string()),
+        ]);
+        k.version = store.insert_key(&k, s).await.unwrap();
+        assert_eq!(store.get_key(&k.id).await.unwrap(), Some(k.clone()));
+        assert_eq!(store.list_keys(Some(s)).await.unwrap(), [k.clone()]);
+        let audit = store.audit(1).await.unwrap();
+        assert_eq!(
+            (audit[0].actor.as_str(), audit[0].target.as_str()),
+            (*s, k.id.as_str())
+        );
+    }
+    // The tables are all still there.
+    assert_eq!(store.list_keys(None).await.unwrap().len(), hostile.len());
+    assert_eq!(
+        store.list_subscriptions().await.unwrap().len(),
+        hostile.len()
+    );
+    // A quote in a lookup is just a character, not a wildcard or a terminator.
+    assert_eq!(store.get_key("' OR '1'='1").await.unwrap(), None);
+}
+
+pub async fn concurrent_inserts_get_distinct_versions(store: &Store) {
+    const TASKS: usize = 6;
+    const PER_TASK: usize = 5;
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+
+    let mut tasks = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let mut versions = Vec::new();
+            for i in 0..PER_TASK {
+                let k = key(&format!("t{t}-k{i}"), &format!("owner{t}"), "gold", 1);
+                versions.push(store.insert_key(&k, "load").await.unwrap());
+            }
+            versions
+        });
+    }
+    let mut all = Vec::new();
+    while let Some(versions) = tasks.join_next().await {
+        let versions = versions.unwrap();
+        assert!(
+            versions.windows(2).all(|w| w[0] < w[1]),
+            "increasing within a task"
+        );
+        all.extend(versions);
+    }
+    let distinct: HashSet<u64> = all.iter().copied().collect();
+    assert_eq!(distinct.len(), TASKS * PER_TASK, "distinct versions");
+
+    let changes = store.changes_since(0).await.unwrap();
+    assert_eq!(changes.version, *all.iter().max().unwrap());
+    assert_eq!(changes.keys.len(), TASKS * PER_TASK);
+    assert_eq!(store.audit(1000).await.unwrap().len(), TASKS * PER_TASK + 1);
+}
+
+pub async fn reopen_keeps_data(store: &Store, url: &str) {
+    let v = store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    let again = Store::connect(url).await.unwrap();
+    assert_eq!(
+        again
+            .get_subscription("gold")
+            .await
+            .unwrap()
+            .unwrap()
+            .version,
+        v
+    );
+    assert_eq!(again.changes_since(0).await.unwrap().version, v);
+    again.close().await;
+}

@@ -1,0 +1,69 @@
+//! The store's suite: each case in `cases` is one generic async fn taking a
+//! `&Store`, and `for_each_backend!` turns it into a test per backend, so
+//! SQLite and PostgreSQL are held to exactly the same behaviour.
+
+mod backend;
+mod cases;
+
+/// For each case, `sqlite::<case>` (always runs) and `postgres::<case>`
+/// (runs when `MAAS_TEST_POSTGRES_URL` is set, passes trivially otherwise).
+macro_rules! for_each_backend {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = super::backend::TestStore::sqlite().await;
+                    super::cases::$case(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let Some(db) = super::backend::TestStore::postgres().await else {
+                        eprintln!("skipped: {} not set", super::backend::POSTGRES_URL_VAR);
+                        return;
+                    };
+                    super::cases::$case(&db.store).await;
+                    db.finish().await;
+                }
+            )*
+        }
+    };
+}
+
+for_each_backend!(
+    subscription_round_trip,
+    upsert_bumps_version_and_keeps_created_at,
+    key_round_trip,
+    unknown_subscription_is_refused,
+    duplicate_key_id_is_conflict,
+    list_keys_by_owner,
+    revoke_is_idempotent,
+    changes_since_returns_exactly_what_changed,
+    delete_subscription_refused_while_keys_exist,
+    audit_rows_in_order_without_secrets,
+    hostile_strings_are_stored_verbatim,
+    concurrent_inserts_get_distinct_versions,
+);
+
+/// Reopening runs the migrator again over an up-to-date schema: it must be a
+/// no-op that keeps the data (every restart of the control plane does this).
+#[tokio::test]
+async fn reopening_keeps_data_sqlite() {
+    let db = backend::TestStore::sqlite().await;
+    cases::reopen_keeps_data(&db.store, &db.url).await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn reopening_keeps_data_postgres() {
+    let Some(db) = backend::TestStore::postgres().await else {
+        return;
+    };
+    cases::reopen_keeps_data(&db.store, &db.url).await;
+    db.finish().await;
+}

@@ -1,0 +1,354 @@
+//! The self-service API over real HTTP: the control plane's router on a
+//! loopback port with a SQLite database in a temp dir, called with the admin
+//! token and with OIDC tokens from the local test issuer.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use maas_control_plane::api::{router, AppState, Authenticator};
+use maas_control_plane::oidc::{OidcSettings, TokenVerifier};
+use maas_control_plane::store::Store;
+use maas_testkit::{request, Response};
+use serde_json::{json, Value};
+
+const ADMIN: &str = "admin-token-for-tests";
+const ISSUER_KEY: &[u8] = include_bytes!("fixtures/issuer.key.pem");
+const FORGER_KEY: &[u8] = include_bytes!("fixtures/forger.key.pem");
+const JWKS: &[u8] = include_bytes!("fixtures/jwks.json");
+const ISS: &str = "https://issuer.test";
+
+struct ControlPlane {
+    addr: SocketAddr,
+    _dir: TempDir,
+    _runtime: tokio::runtime::Runtime,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl ControlPlane {
+    fn start() -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("maas-cp-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("maas.db").display());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let addr = runtime.block_on(async {
+            let store = Store::connect(&url).await.unwrap();
+            let oidc = TokenVerifier::new(
+                OidcSettings {
+                    issuer: ISS.into(),
+                    audience: "maas".into(),
+                    groups_claim: "groups".into(),
+                    admin_groups: vec!["maas-admins".into()],
+                },
+                JWKS,
+            )
+            .unwrap();
+            let state = Arc::new(AppState {
+                store,
+                auth: Authenticator::new(Some(ADMIN), Some(oidc)),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, router(state)).await });
+            addr
+        });
+        Self {
+            addr,
+            _dir: TempDir(dir),
+            _runtime: runtime,
+        }
+    }
+
+    fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        let body = body.map(Value::to_string);
+        request(
+            method,
+            &format!("http://{}{path}", self.addr),
+            &headers,
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
+    fn subscription(&self, spec: Value) -> Response {
+        let name = spec["name"].as_str().unwrap().to_string();
+        self.call(
+            "PUT",
+            &format!("/maas-api/v1/subscriptions/{name}"),
+            Some(ADMIN),
+            Some(&spec),
+        )
+    }
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+fn token_with(key: &[u8], subject: &str, groups: &[&str], exp: u64) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-issuer-1".into());
+    let claims = json!({"iss": ISS, "aud": "maas", "sub": subject, "exp": exp, "groups": groups});
+    encode(&header, &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+}
+
+fn token(subject: &str, groups: &[&str]) -> String {
+    token_with(ISSUER_KEY, subject, groups, now() + 600)
+}
+
+fn setup() -> ControlPlane {
+    let cp = ControlPlane::start();
+    for spec in [
+        json!({"name": "team-a", "models": ["smollm2-135m-instruct"], "limits": {"tokens": ["20000/min"]}, "groups": ["team-a"], "cost_center": "CC-1"}),
+        json!({"name": "team-b", "models": ["other-model"], "limits": "unlimited", "groups": ["team-b"]}),
+    ] {
+        let r = cp.subscription(spec);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    cp
+}
+
+#[test]
+fn a_developer_mints_lists_and_revokes_their_own_key() {
+    let cp = setup();
+    let alice = token("alice", &["team-a"]);
+    let r = cp.call(
+        "POST",
+        "/maas-api/v1/api-keys",
+        Some(&alice),
+        Some(&json!({"name": "laptop", "subscription": "team-a", "expires_in": "30d", "labels": {"env": "dev"}})),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    let created = r.json();
+    let key = created["key"].as_str().unwrap();
+    assert!(key.starts_with(&format!("sk-maas-{}-", created["id"].as_str().unwrap())));
+    assert_eq!(created["owner"], "alice");
+    assert_eq!(created["status"], "active");
+    let expires = created["expires_at"].as_i64().unwrap() - created["created_at"].as_i64().unwrap();
+    assert_eq!(expires, 30 * 86_400);
+
+    let listed = cp
+        .call("GET", "/maas-api/v1/api-keys", Some(&alice), None)
+        .json();
+    assert_eq!(listed["data"].as_array().unwrap().len(), 1);
+    assert!(
+        !listed.to_string().contains(&key[20..]),
+        "listings never carry the secret"
+    );
+    assert!(listed["data"][0].get("key").is_none() && listed["data"][0].get("hash").is_none());
+
+    let id = created["id"].as_str().unwrap();
+    let r = cp.call(
+        "DELETE",
+        &format!("/maas-api/v1/api-keys/{id}"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["status"], "revoked");
+}
+
+#[test]
+fn callers_stay_inside_their_groups_and_their_own_keys() {
+    let cp = setup();
+    let alice = token("alice", &["team-a"]);
+    let bob = token("bob", &["team-b"]);
+    // Alice may not mint on team-b's subscription.
+    let r = cp.call(
+        "POST",
+        "/maas-api/v1/api-keys",
+        Some(&alice),
+        Some(&json!({"name": "x", "subscription": "team-b"})),
+    );
+    assert_eq!(r.status, 403, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "forbidden");
+    // She sees only the subscriptions her groups allow.
+    let subs = cp
+        .call("GET", "/maas-api/v1/subscriptions", Some(&alice), None)
+        .json();
+    let names: Vec<&str> = subs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["team-a"]);
+
+    let bobs = cp
+        .call(
+            "POST",
+            "/maas-api/v1/api-keys",
+            Some(&bob),
+            Some(&json!({"name": "ci", "subscription": "team-b"})),
+        )
+        .json();
+    let id = bobs["id"].as_str().unwrap();
+    // Alice can neither list nor revoke Bob's key; it reads as absent.
+    assert_eq!(
+        cp.call("GET", "/maas-api/v1/api-keys?owner=bob", Some(&alice), None)
+            .status,
+        403
+    );
+    let r = cp.call(
+        "DELETE",
+        &format!("/maas-api/v1/api-keys/{id}"),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(r.status, 404, "{}", r.text());
+    // The administrator sees and may revoke everything.
+    let all = cp
+        .call("GET", "/maas-api/v1/api-keys", Some(ADMIN), None)
+        .json();
+    assert_eq!(all["data"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        cp.call(
+            "DELETE",
+            &format!("/maas-api/v1/api-keys/{id}"),
+            Some(ADMIN),
+            None
+        )
+        .status,
+        200
+    );
+    // Only administrators change subscriptions.
+    let r = cp.call(
+        "PUT",
+        "/maas-api/v1/subscriptions/team-a",
+        Some(&alice),
+        Some(&json!({"name": "team-a", "models": ["m"], "limits": "unlimited"})),
+    );
+    assert_eq!(r.status, 403);
+}
+
+#[test]
+fn missing_forged_and_expired_credentials_get_401() {
+    let cp = setup();
+    let forged = token_with(FORGER_KEY, "mallory", &["maas-admins"], now() + 600);
+    let expired = token_with(ISSUER_KEY, "alice", &["team-a"], now() - 3600);
+    for bearer in [
+        None,
+        Some("wrong-admin-token"),
+        Some(forged.as_str()),
+        Some(expired.as_str()),
+    ] {
+        let r = cp.call("GET", "/maas-api/v1/api-keys", bearer, None);
+        assert_eq!(r.status, 401, "{bearer:?}: {}", r.text());
+        assert_eq!(r.json()["error"]["type"], "authentication_error");
+    }
+    // An admin-group token administers.
+    let admin = token("carol", &["maas-admins"]);
+    assert_eq!(
+        cp.call("GET", "/maas-api/v1/api-keys", Some(&admin), None)
+            .status,
+        200
+    );
+}
+
+#[test]
+fn bad_input_gets_400_and_changes_nothing() {
+    let cp = setup();
+    let alice = token("alice", &["team-a"]);
+    let post = |body: &str| {
+        request(
+            "POST",
+            &format!("http://{}/maas-api/v1/api-keys", cp.addr),
+            &[
+                ("content-type", "application/json"),
+                ("authorization", &format!("Bearer {alice}")),
+            ],
+            Some(body.as_bytes()),
+        )
+    };
+    for (body, needle) in [
+        ("{\"name\": ", "request body"),
+        (
+            r#"{"name": "x", "subscription": "nope"}"#,
+            "unknown subscription",
+        ),
+        (
+            r#"{"name": "x", "subscription": "team-a", "expires_in": "-5d"}"#,
+            "expires_in",
+        ),
+        (
+            r#"{"name": "x", "subscription": "team-a", "expires_in": "10y"}"#,
+            "expires_in",
+        ),
+        (r#"{"name": "", "subscription": "team-a"}"#, "name"),
+        (
+            r#"{"name": "x", "subscription": "team-a", "colour": "red"}"#,
+            "colour",
+        ),
+    ] {
+        let r = post(body);
+        assert_eq!(r.status, 400, "{body}: {}", r.text());
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(needle),
+            "{body}: {}",
+            r.text()
+        );
+    }
+    for (spec, needle) in [
+        (
+            json!({"name": "x'; DROP TABLE api_keys; --", "models": ["m"], "limits": "unlimited"}),
+            "not a valid name",
+        ),
+        (
+            json!({"name": "neg", "models": ["m"], "limits": {"tokens": ["-5/min"]}}),
+            "limits.tokens[0]",
+        ),
+    ] {
+        let name = spec["name"].as_str().unwrap();
+        let path = format!(
+            "/maas-api/v1/subscriptions/{}",
+            name.replace(' ', "%20")
+                .replace('\'', "%27")
+                .replace(';', "%3B")
+        );
+        let r = cp.call("PUT", &path, Some(ADMIN), Some(&spec));
+        assert_eq!(r.status, 400, "{spec}: {}", r.text());
+        assert!(r.text().contains(needle), "{}", r.text());
+    }
+    // Nothing was created by any of it.
+    assert!(cp
+        .call("GET", "/maas-api/v1/api-keys", Some(ADMIN), None)
+        .json()["data"]
+        .as_array()
+        .unwrap()
+        .is_empty());
+    let subs = cp
+        .call("GET", "/maas-api/v1/subscriptions", Some(ADMIN), None)
+        .json();
+    assert_eq!(subs["data"].as_array().unwrap().len(), 2);
+}
