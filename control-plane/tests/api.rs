@@ -8,13 +8,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use maas_control_plane::api::{router, AppState, Authenticator};
+use maas_control_plane::api::{router, token_digest, AppState, Authenticator};
 use maas_control_plane::oidc::{OidcSettings, TokenVerifier};
 use maas_control_plane::store::Store;
 use maas_testkit::{request, Response};
 use serde_json::{json, Value};
 
 const ADMIN: &str = "admin-token-for-tests";
+const GATEWAY: &str = "gateway-token-for-tests";
 const ISSUER_KEY: &[u8] = include_bytes!("fixtures/issuer.key.pem");
 const FORGER_KEY: &[u8] = include_bytes!("fixtures/forger.key.pem");
 const JWKS: &[u8] = include_bytes!("fixtures/jwks.json");
@@ -60,7 +61,11 @@ impl ControlPlane {
             .unwrap();
             let state = Arc::new(AppState {
                 store,
-                auth: Authenticator::new(Some(ADMIN), Some(oidc)),
+                auth: Authenticator::new(
+                    Some(token_digest(ADMIN)),
+                    Some(token_digest(GATEWAY)),
+                    Some(oidc),
+                ),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -351,4 +356,85 @@ fn bad_input_gets_400_and_changes_nothing() {
         .call("GET", "/maas-api/v1/subscriptions", Some(ADMIN), None)
         .json();
     assert_eq!(subs["data"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn the_gateway_syncs_keys_incrementally() {
+    let cp = setup();
+    let full = cp.call("GET", "/maas-api/v1/sync", Some(GATEWAY), None);
+    assert_eq!(full.status, 200, "{}", full.text());
+    let full = full.json();
+    assert_eq!(full["full"], true);
+    assert_eq!(full["subscriptions"].as_array().unwrap().len(), 2);
+    let v0 = full["version"].as_u64().unwrap();
+
+    // Nothing changed: 304.
+    assert_eq!(
+        cp.call(
+            "GET",
+            &format!("/maas-api/v1/sync?since={v0}"),
+            Some(GATEWAY),
+            None
+        )
+        .status,
+        304
+    );
+
+    let alice = token("alice", &["team-a"]);
+    let created = cp
+        .call(
+            "POST",
+            "/maas-api/v1/api-keys",
+            Some(&alice),
+            Some(&json!({"name": "k", "subscription": "team-a"})),
+        )
+        .json();
+    let delta = cp
+        .call(
+            "GET",
+            &format!("/maas-api/v1/sync?since={v0}"),
+            Some(GATEWAY),
+            None,
+        )
+        .json();
+    assert_eq!(delta["full"], false);
+    assert!(delta["subscriptions"].as_array().unwrap().is_empty());
+    let keys = delta["keys"].as_array().unwrap();
+    assert_eq!(keys.len(), 1);
+    assert_eq!(keys[0]["id"], created["id"]);
+    assert_eq!(keys[0]["revoked"], false);
+    assert_eq!(keys[0]["sha256"].as_str().unwrap().len(), 64);
+    assert!(!delta
+        .to_string()
+        .contains(&created["key"].as_str().unwrap()[20..]));
+
+    let v1 = delta["version"].as_u64().unwrap();
+    let id = created["id"].as_str().unwrap();
+    cp.call(
+        "DELETE",
+        &format!("/maas-api/v1/api-keys/{id}"),
+        Some(&alice),
+        None,
+    );
+    let revoked = cp
+        .call(
+            "GET",
+            &format!("/maas-api/v1/sync?since={v1}"),
+            Some(GATEWAY),
+            None,
+        )
+        .json();
+    assert_eq!(revoked["keys"][0]["revoked"], true);
+
+    // A version the store never reached (a reset database): everything again.
+    let reset = cp
+        .call("GET", "/maas-api/v1/sync?since=999999", Some(GATEWAY), None)
+        .json();
+    assert_eq!(reset["full"], true);
+    // Only the gateway (or an administrator) reads the key set.
+    assert_eq!(
+        cp.call("GET", "/maas-api/v1/sync", Some(&alice), None)
+            .status,
+        401
+    );
 }

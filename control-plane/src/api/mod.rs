@@ -9,6 +9,9 @@
 //! - `DELETE /maas-api/v1/api-keys/{id}`: revoke one of the caller's keys.
 //! - `GET /maas-api/v1/subscriptions`: what the caller may use;
 //!   `PUT /maas-api/v1/subscriptions/{name}`: create or replace (administrators).
+//! - `GET /maas-api/v1/sync?since=V`: for the gateway filter (its own token):
+//!   what changed after version `V` (keys as salted digests, subscriptions in
+//!   the filter's configuration shape), or 304 when nothing did.
 //!
 //! Every change is written to the audit log by the store, in the same
 //! transaction as the change.
@@ -27,7 +30,7 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use auth::{Authenticator, Caller};
+pub use auth::{token_digest, Authenticator, Caller, GatewayCaller};
 pub use error::ApiError;
 
 use crate::apikey;
@@ -45,6 +48,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/maas-api/v1/api-keys/{id}", delete(revoke_key))
         .route("/maas-api/v1/subscriptions", get(list_subscriptions))
         .route("/maas-api/v1/subscriptions/{name}", put(put_subscription))
+        .route("/maas-api/v1/sync", get(sync))
         .route(
             "/maas-api/health",
             get(|| async { Json(json!({"status": "ok"})) }),
@@ -304,4 +308,62 @@ async fn put_subscription(
         .await?
         .ok_or_else(|| ApiError::NotFound(name.clone()))?;
     Ok(Json(subscription_json(&stored)).into_response())
+}
+
+#[derive(Deserialize)]
+struct SyncQuery {
+    #[serde(default)]
+    since: u64,
+}
+
+/// Incremental key sync. The response's `version` is the next `since`; a
+/// `since` the store has never reached (a reset database) gets everything
+/// with `"full": true`, so the gateway replaces rather than merges.
+async fn sync(
+    State(app): State<Arc<AppState>>,
+    _gateway: GatewayCaller,
+    Query(q): Query<SyncQuery>,
+) -> Result<Response, ApiError> {
+    let mut changes = app.store.changes_since(q.since).await?;
+    let mut full = q.since == 0;
+    if q.since > changes.version {
+        changes = app.store.changes_since(0).await?;
+        full = true;
+    }
+    if !full && changes.version == q.since {
+        return Ok(StatusCode::NOT_MODIFIED.into_response());
+    }
+    let subscriptions: Vec<Value> = changes
+        .subscriptions
+        .iter()
+        .filter_map(|row| {
+            let spec: SubscriptionSpec = serde_json::from_value(row.spec.clone()).ok()?;
+            let mut v = spec.filter_json();
+            v["name"] = json!(spec.name);
+            Some(v)
+        })
+        .collect();
+    let keys: Vec<Value> = changes
+        .keys
+        .iter()
+        .map(|k| {
+            json!({
+                "id": k.id,
+                "owner": k.owner,
+                "subscription": k.subscription,
+                "salt": k.salt,
+                "sha256": k.hash,
+                "expires_at": k.expires_at,
+                "revoked": k.revoked_at.is_some(),
+            })
+        })
+        .collect();
+    Ok(Json(json!({
+        "version": changes.version,
+        "full": full,
+        "subscriptions": subscriptions,
+        "deleted_subscriptions": changes.deleted_subscriptions,
+        "keys": keys,
+    }))
+    .into_response())
 }
