@@ -13,6 +13,9 @@
 
 pub mod api;
 pub mod apikey;
+pub mod cli;
 pub mod oidc;
+pub mod serve;
 pub mod store;
 pub mod subscription;
+pub mod tokens;

@@ -1,0 +1,313 @@
+//! `maas-control-plane`: `serve` runs the control plane; the other verbs
+//! administer one over its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use maas_control_plane::cli::{table, CliError, Client};
+use maas_control_plane::oidc::OidcSettings;
+use maas_control_plane::serve::{serve, ServeConfig};
+use serde_json::{json, Value};
+
+#[derive(Parser)]
+#[command(
+    name = "maas-control-plane",
+    version,
+    about = "MaaS control plane: subscriptions, API keys, key sync, showback"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane.
+    Serve(ServeArgs),
+    /// Mint, list and revoke API keys.
+    Key {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        verb: KeyVerb,
+    },
+    /// Create, replace and list subscriptions.
+    Subscription {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        verb: SubscriptionVerb,
+    },
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, default_value = "127.0.0.1:8090")]
+    listen: SocketAddr,
+    /// Tokens and the default SQLite database live here.
+    #[arg(long, default_value = ".cache/control-plane")]
+    data_dir: PathBuf,
+    /// `sqlite://FILE?mode=rwc` or `postgres://…` (default: SQLite in the data dir).
+    #[arg(long, env = "MAAS_DATABASE_URL")]
+    database_url: Option<String>,
+    /// OIDC issuer (`iss`) whose tokens the API accepts.
+    #[arg(long, requires_all = ["oidc_audience", "oidc_jwks"])]
+    oidc_issuer: Option<String>,
+    #[arg(long)]
+    oidc_audience: Option<String>,
+    /// The issuer's JWKS, as a file.
+    #[arg(long)]
+    oidc_jwks: Option<PathBuf>,
+    #[arg(long, default_value = "groups")]
+    oidc_groups_claim: String,
+    /// Members of this group administer the control plane (repeatable).
+    #[arg(long)]
+    oidc_admin_group: Vec<String>,
+}
+
+#[derive(Args)]
+struct Remote {
+    #[arg(
+        long,
+        env = "MAAS_CONTROL_PLANE_URL",
+        default_value = "http://127.0.0.1:8090",
+        global = true
+    )]
+    url: String,
+    /// Default: the admin token in .cache/control-plane/admin-token.
+    #[arg(long, env = "MAAS_ADMIN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print the API's JSON instead of a table.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum KeyVerb {
+    Create {
+        #[arg(long)]
+        subscription: String,
+        #[arg(long)]
+        name: String,
+        /// Seconds, or e.g. 30d, 12h.
+        #[arg(long)]
+        expires_in: Option<String>,
+        #[arg(long)]
+        owner: Option<String>,
+        /// KEY=VALUE (repeatable).
+        #[arg(long = "label")]
+        labels: Vec<String>,
+    },
+    List {
+        #[arg(long)]
+        owner: Option<String>,
+    },
+    Revoke {
+        id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum SubscriptionVerb {
+    /// Create or replace from a JSON file.
+    Apply {
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    List,
+}
+
+const KEY_COLUMNS: &[(&str, &str)] = &[
+    ("id", "ID"),
+    ("name", "NAME"),
+    ("owner", "OWNER"),
+    ("subscription", "SUBSCRIPTION"),
+    ("status", "STATUS"),
+    ("expires_at", "EXPIRES"),
+];
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve(args) => run_serve(args),
+        Command::Key { remote, verb } => client(&remote).and_then(|c| key(&c, &remote, verb)),
+        Command::Subscription { remote, verb } => {
+            client(&remote).and_then(|c| subscription(&c, &remote, verb))
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("maas-control-plane: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run_serve(args: ServeArgs) -> Result<(), String> {
+    let oidc = match (args.oidc_issuer, args.oidc_audience, args.oidc_jwks) {
+        (Some(issuer), Some(audience), Some(jwks)) => Some((
+            OidcSettings {
+                issuer,
+                audience,
+                groups_claim: args.oidc_groups_claim,
+                admin_groups: args.oidc_admin_group,
+            },
+            jwks,
+        )),
+        _ => None,
+    };
+    let config = ServeConfig {
+        listen: args.listen,
+        data_dir: args.data_dir,
+        database_url: args.database_url,
+        oidc,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    runtime.block_on(serve(config)).map_err(|e| e.to_string())
+}
+
+fn client(remote: &Remote) -> Result<Client, String> {
+    let token = match &remote.token {
+        Some(t) => t.clone(),
+        None => std::fs::read_to_string(".cache/control-plane/admin-token")
+            .map(|t| t.trim().to_string())
+            .map_err(|_| "no token: pass --token or set MAAS_ADMIN_TOKEN".to_string())?,
+    };
+    Ok(Client::new(&remote.url, &token))
+}
+
+fn print(remote: &Remote, value: &Value, human: impl FnOnce(&Value) -> String) {
+    if remote.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(value).unwrap_or_default()
+        );
+    } else {
+        println!("{}", human(value));
+    }
+}
+
+fn list(value: &Value) -> &[Value] {
+    value["data"].as_array().map_or(&[], Vec::as_slice)
+}
+
+fn key(c: &Client, remote: &Remote, verb: KeyVerb) -> Result<(), String> {
+    let err = |e: CliError| e.to_string();
+    match verb {
+        KeyVerb::Create {
+            subscription,
+            name,
+            expires_in,
+            owner,
+            labels,
+        } => {
+            let mut label_map = serde_json::Map::new();
+            for l in labels {
+                let (k, v) = l
+                    .split_once('=')
+                    .ok_or_else(|| format!("--label {l:?}: expected KEY=VALUE"))?;
+                label_map.insert(k.to_string(), json!(v));
+            }
+            let mut body = json!({"subscription": subscription, "name": name, "labels": label_map});
+            if let Some(e) = expires_in {
+                body["expires_in"] = json!(e);
+            }
+            if let Some(o) = owner {
+                body["owner"] = json!(o);
+            }
+            let created = c
+                .call("POST", "/maas-api/v1/api-keys", Some(&body))
+                .map_err(err)?;
+            print(remote, &created, |v| {
+                format!(
+                    "{}\n\nkey (shown once): {}",
+                    table(std::slice::from_ref(v), KEY_COLUMNS),
+                    v["key"].as_str().unwrap_or("")
+                )
+            });
+        }
+        KeyVerb::List { owner } => {
+            let path = match owner {
+                Some(o) => format!("/maas-api/v1/api-keys?owner={}", urlencode(&o)),
+                None => "/maas-api/v1/api-keys".into(),
+            };
+            let keys = c.call("GET", &path, None).map_err(err)?;
+            print(remote, &keys, |v| table(list(v), KEY_COLUMNS));
+        }
+        KeyVerb::Revoke { id } => {
+            let revoked = c
+                .call(
+                    "DELETE",
+                    &format!("/maas-api/v1/api-keys/{}", urlencode(&id)),
+                    None,
+                )
+                .map_err(err)?;
+            print(remote, &revoked, |v| {
+                table(std::slice::from_ref(v), KEY_COLUMNS)
+            });
+        }
+    }
+    Ok(())
+}
+
+fn subscription(c: &Client, remote: &Remote, verb: SubscriptionVerb) -> Result<(), String> {
+    let err = |e: CliError| e.to_string();
+    let columns: &[(&str, &str)] = &[
+        ("name", "NAME"),
+        ("models", "MODELS"),
+        ("limits", "LIMITS"),
+        ("cost_center", "COST CENTER"),
+    ];
+    match verb {
+        SubscriptionVerb::Apply { file } => {
+            let text =
+                std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", file.display()))?;
+            let spec: Value =
+                serde_json::from_slice(&text).map_err(|e| format!("{}: {e}", file.display()))?;
+            let name = spec["name"]
+                .as_str()
+                .ok_or_else(|| format!("{}: `name` is required", file.display()))?;
+            let stored = c
+                .call(
+                    "PUT",
+                    &format!("/maas-api/v1/subscriptions/{}", urlencode(name)),
+                    Some(&spec),
+                )
+                .map_err(err)?;
+            print(remote, &stored, |v| table(std::slice::from_ref(v), columns));
+        }
+        SubscriptionVerb::List => {
+            let subs = c
+                .call("GET", "/maas-api/v1/subscriptions", None)
+                .map_err(err)?;
+            print(remote, &subs, |v| table(list(v), columns));
+        }
+    }
+    Ok(())
+}
+
+/// Percent-encodes everything but unreserved characters.
+fn urlencode(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                char::from(b).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,135 @@
+//! Running the control plane: open the database (migrations run on
+//! connect), load or create the admin and gateway tokens, load the OIDC
+//! issuer's JWKS when configured, and serve until SIGTERM/SIGINT.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use crate::api::{router, token_digest, AppState, Authenticator};
+use crate::oidc::{OidcSettings, TokenVerifier};
+use crate::store::Store;
+use crate::tokens;
+
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Default: SQLite at `<data_dir>/maas.db`.
+    pub database_url: Option<String>,
+    pub oidc: Option<(OidcSettings, PathBuf)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Token(#[from] tokens::TokenFileError),
+    #[error("cannot read the OIDC key set {0}: {1}")]
+    JwksFile(PathBuf, std::io::Error),
+    #[error("OIDC key set {0}: {1}")]
+    Jwks(PathBuf, crate::oidc::JwksError),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("server: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let url = config.database_url.clone().unwrap_or_else(|| {
+        format!(
+            "sqlite://{}?mode=rwc",
+            config.data_dir.join("maas.db").display()
+        )
+    });
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| tokens::TokenFileError::Write(config.data_dir.clone(), e))?;
+    let store = Store::connect(&url).await?;
+    let (admin, new_admin) =
+        tokens::load_or_create(&config.data_dir, "admin-token", "maas-admin-")?;
+    let (gateway, _) = tokens::load_or_create(&config.data_dir, "gateway-token", "maas-gateway-")?;
+    if new_admin {
+        // Printed once; afterwards it is in the (owner-only) data directory.
+        println!(
+            "admin token (also in {}): {admin}",
+            config.data_dir.join("admin-token").display()
+        );
+    }
+    let oidc = match &config.oidc {
+        Some((settings, jwks_path)) => {
+            let jwks =
+                std::fs::read(jwks_path).map_err(|e| ServeError::JwksFile(jwks_path.clone(), e))?;
+            Some(
+                TokenVerifier::new(settings.clone(), &jwks)
+                    .map_err(|e| ServeError::Jwks(jwks_path.clone(), e))?,
+            )
+        }
+        None => None,
+    };
+    let state = Arc::new(AppState {
+        store,
+        auth: Authenticator::new(
+            Some(token_digest(&admin)),
+            Some(token_digest(&gateway)),
+            oidc,
+        ),
+    });
+    let listener = tokio::net::TcpListener::bind(config.listen)
+        .await
+        .map_err(|e| ServeError::Bind(config.listen, e))?;
+    let bound = listener.local_addr()?;
+    println!("listening on http://{bound}");
+    tracing::info!(addr = %bound, database = %redact(&url), "control plane serving");
+    axum::serve(listener, router(state.clone()))
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+    state.store.close().await;
+    Ok(())
+}
+
+/// A database URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let creds = &url[scheme + 3..at];
+            match creds.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
+            }
+            return;
+        }
+    }
+    let _ = ctrl_c.await;
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_redacted_from_logged_urls() {
+        assert_eq!(
+            super::redact("postgres://maas:s3cret@db:5432/maas"),
+            "postgres://maas:***@db:5432/maas"
+        );
+        assert_eq!(
+            super::redact("sqlite:///data/maas.db?mode=rwc"),
+            "sqlite:///data/maas.db?mode=rwc"
+        );
+    }
+}

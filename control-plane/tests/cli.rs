@@ -1,0 +1,163 @@
+//! The `maas-control-plane` binary as an administrator uses it: `serve` on
+//! a loopback port with SQLite in a temp dir, then the CLI verbs against it.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_maas-control-plane");
+
+struct Served {
+    child: Child,
+    url: String,
+    dir: PathBuf,
+    first_lines: Vec<String>,
+}
+
+impl Drop for Served {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn serve(name: &str) -> Served {
+    let dir = std::env::temp_dir().join(format!("maas-cp-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut child = Command::new(BIN)
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .env_remove("MAAS_DATABASE_URL")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut first_lines = Vec::new();
+    let url = loop {
+        let line = lines.next().expect("serve printed nothing").unwrap();
+        first_lines.push(line.clone());
+        if let Some(addr) = line.strip_prefix("listening on ") {
+            break addr.to_string();
+        }
+    };
+    Served {
+        child,
+        url,
+        dir,
+        first_lines,
+    }
+}
+
+fn run(served: &Served, args: &[&str]) -> (bool, String, String) {
+    let token = std::fs::read_to_string(served.dir.join("admin-token")).unwrap();
+    let out = Command::new(BIN)
+        .args(args)
+        .args(["--url", &served.url, "--token", token.trim()])
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn an_administrator_manages_subscriptions_and_keys_from_the_cli() {
+    let s = serve("admin");
+    // The admin token is printed once, at first start.
+    assert!(
+        s.first_lines.iter().any(|l| l.starts_with("admin token")),
+        "{:?}",
+        s.first_lines
+    );
+
+    let spec = write(
+        &s.dir,
+        "team.json",
+        r#"{"name": "team-a", "models": ["smollm2-135m-instruct"], "limits": {"tokens": ["20000/min"]}, "cost_center": "CC-7"}"#,
+    );
+    let (ok, out, err) = run(&s, &["subscription", "apply", "-f", spec.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    assert!(out.contains("team-a") && out.contains("CC-7"), "{out}");
+
+    let (ok, out, err) = run(
+        &s,
+        &[
+            "key",
+            "create",
+            "--subscription",
+            "team-a",
+            "--name",
+            "ci",
+            "--expires-in",
+            "7d",
+            "--owner",
+            "bob",
+            "--label",
+            "env=ci",
+        ],
+    );
+    assert!(ok, "{err}");
+    let key = out
+        .lines()
+        .find_map(|l| l.strip_prefix("key (shown once): "))
+        .unwrap()
+        .to_string();
+    assert!(key.starts_with("sk-maas-"), "{out}");
+
+    let (ok, out, _) = run(&s, &["key", "list", "--json"]);
+    assert!(ok);
+    let listed: Value = serde_json::from_str(&out).unwrap();
+    let row = &listed["data"][0];
+    assert_eq!(row["owner"], "bob");
+    assert_eq!(row["labels"]["env"], "ci");
+    assert!(!out.contains(&key[20..]), "listings never carry the secret");
+
+    let id = row["id"].as_str().unwrap().to_string();
+    let (ok, out, _) = run(&s, &["key", "revoke", &id]);
+    assert!(ok);
+    assert!(out.contains("revoked"), "{out}");
+    let (_, table, _) = run(&s, &["key", "list"]);
+    assert!(table.starts_with("ID"), "a table for people: {table}");
+}
+
+#[test]
+fn cli_errors_are_the_apis_messages() {
+    let s = serve("errors");
+    let (ok, _, err) = run(
+        &s,
+        &["key", "create", "--subscription", "nope", "--name", "x"],
+    );
+    assert!(!ok);
+    assert!(
+        err.contains("400") && err.contains("unknown subscription"),
+        "{err}"
+    );
+    let bad = write(
+        &s.dir,
+        "bad.json",
+        r#"{"name": "neg", "models": ["m"], "limits": {"tokens": ["-1/min"]}}"#,
+    );
+    let (ok, _, err) = run(&s, &["subscription", "apply", "-f", bad.to_str().unwrap()]);
+    assert!(!ok);
+    assert!(err.contains("limits.tokens[0]"), "{err}");
+    let out = Command::new(BIN)
+        .args(["key", "list", "--url", &s.url, "--token", "wrong"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
+}
