@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# A throwaway PostgreSQL for the control plane's store tests, from Debian's
+# package: `scripts/postgres.sh start` prints a connection URL on stdout
+# (progress goes to stderr); `scripts/postgres.sh stop` stops it. Data lives
+# in .cache/postgres and listens on loopback only.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dir="$root/.cache/postgres"
+data="$dir/data"
+port=${MAAS_TEST_POSTGRES_PORT:-54329}
+
+pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+
+# initdb and postgres refuse to run as root: run them as `postgres` then.
+as_pg() {
+  if [ "$(id -u)" = 0 ]; then su postgres -s /bin/bash -c "$*"; else bash -c "$*"; fi
+}
+
+case "${1:-start}" in
+  stop)
+    bin=$(pgbin)
+    [ -n "$bin" ] && [ -f "$data/postmaster.pid" ] && as_pg "'$bin/pg_ctl' -D '$data' -m fast -w stop" >&2 || true
+    exit 0
+    ;;
+  start) ;;
+  *) echo "usage: $0 [start|stop]" >&2; exit 2 ;;
+esac
+
+if [ -z "$(pgbin)" ]; then
+  echo "==> installing PostgreSQL (Debian package postgresql)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql; } >&2
+fi
+bin=$(pgbin)
+[ -n "$bin" ] || { echo "no PostgreSQL binaries after installing" >&2; exit 1; }
+
+mkdir -p "$dir"
+if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
+if [ ! -f "$data/PG_VERSION" ]; then
+  echo "==> initdb $data" >&2
+  as_pg "'$bin/initdb' -D '$data' -U postgres --auth=trust -E UTF8" >/dev/null
+fi
+if ! as_pg "'$bin/pg_ctl' -D '$data' status" >/dev/null 2>&1; then
+  echo "==> starting PostgreSQL on 127.0.0.1:$port" >&2
+  as_pg "'$bin/pg_ctl' -D '$data' -l '$dir/postgres.log' -w -o \"-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='$data'\" start" >&2
+fi
+echo "postgres://postgres@127.0.0.1:$port/postgres"
