@@ -1,0 +1,152 @@
+//! The shipped Grafana dashboard queries only series that exist: every
+//! `maas_*` name and label it uses is one the filter emits (as Envoy's
+//! stats tags turn the filter's metric names into Prometheus series), and
+//! every `inference_*` name is one the server's `/metrics` serves.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+
+use maas_filter::config::{Config, Quantity};
+use maas_filter::keys::AuthFailure;
+use maas_filter::metrics::{Metric, Outcome};
+use serde_json::Value;
+
+/// Prometheus name and label keys of a filter metric, from its Envoy stat
+/// name `maas.<what>.<label>=.=<value>;.;…`.
+fn series(stat: &str) -> (String, BTreeSet<String>) {
+    let rest = stat.strip_prefix("maas.").unwrap();
+    let (what, tags) = rest.split_once('.').unwrap_or((rest, ""));
+    let labels = tags
+        .split(";.;")
+        .filter_map(|t| t.split_once("=.=").map(|(k, _)| k.to_string()))
+        .collect();
+    (format!("maas_{what}"), labels)
+}
+
+fn filter_series() -> Vec<(String, BTreeSet<String>)> {
+    let config = Config::from_json(
+        br#"{"models": ["m"], "subscriptions": {"s": {"models": ["m"], "limits": "unlimited"}}}"#,
+    )
+    .unwrap();
+    let (sub, model) = (0, Some(0));
+    [
+        Metric::Requests {
+            subscription: sub,
+            model,
+            outcome: Outcome::Ok,
+        },
+        Metric::PromptTokens {
+            subscription: sub,
+            model,
+        },
+        Metric::CompletionTokens {
+            subscription: sub,
+            model,
+        },
+        Metric::TotalTokens {
+            subscription: sub,
+            model,
+        },
+        Metric::EstimatedUsage {
+            subscription: sub,
+            model,
+        },
+        Metric::RateLimited {
+            subscription: sub,
+            kind: Quantity::Tokens,
+        },
+        Metric::AuthFailures {
+            reason: AuthFailure::Revoked,
+        },
+        Metric::SettleErrors,
+        Metric::ModelListings,
+    ]
+    .iter()
+    .map(|m| series(&m.name(&config)))
+    .collect()
+}
+
+/// What `inference-server`'s `/metrics` serves (kept in step with its
+/// metrics module; its own tests read these names over HTTP).
+const INFERENCE: &[&str] = &[
+    "inference_queue_depth",
+    "inference_running_sequences",
+    "inference_kv_cache_bytes",
+    "inference_requests_total",
+    "inference_prompt_tokens_total",
+    "inference_generated_tokens_total",
+    "inference_batch_tokens_bucket",
+    "inference_batch_sequences_bucket",
+    "inference_step_seconds_bucket",
+    "inference_time_to_first_token_seconds_bucket",
+    "inference_inter_token_latency_seconds_bucket",
+    "inference_request_seconds_bucket",
+];
+
+fn exprs(dashboard: &Value) -> Vec<String> {
+    dashboard["panels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|p| p["targets"].as_array().unwrap().iter())
+        .map(|t| t["expr"].as_str().unwrap().to_string())
+        .collect()
+}
+
+fn identifiers(expr: &str) -> Vec<String> {
+    expr.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+        .filter(|w| w.starts_with("maas_") || w.starts_with("inference_"))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The label keys in `by (…)` clauses.
+fn grouped_labels(expr: &str) -> Vec<String> {
+    expr.match_indices("by (")
+        .flat_map(|(i, _)| {
+            let rest = &expr[i + 4..];
+            rest[..rest.find(')').unwrap()]
+                .split(',')
+                .map(|l| l.trim().to_string())
+                .collect::<Vec<_>>()
+        })
+        .filter(|l| l != "le")
+        .collect()
+}
+
+#[test]
+fn the_dashboard_queries_only_series_that_exist() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../dashboards/maas-showback.json"
+    ))
+    .unwrap();
+    let dashboard: Value = serde_json::from_str(&text).unwrap();
+    let filter = filter_series();
+    let all = exprs(&dashboard);
+    assert!(all.len() >= 8, "{all:?}");
+    for expr in &all {
+        let names = identifiers(expr);
+        assert!(!names.is_empty(), "{expr}");
+        for name in &names {
+            if name.starts_with("maas_") {
+                let (_, labels) = filter
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .unwrap_or_else(|| panic!("{expr}: the filter has no {name}"));
+                for label in grouped_labels(expr) {
+                    assert!(
+                        labels.contains(&label),
+                        "{expr}: {name} has no label {label} ({labels:?})"
+                    );
+                }
+            } else {
+                assert!(
+                    INFERENCE.contains(&name.as_str()),
+                    "{expr}: the server has no {name}"
+                );
+            }
+        }
+    }
+}
