@@ -16,6 +16,7 @@ pub mod apikey;
 pub mod cli;
 pub mod oidc;
 pub mod serve;
+pub mod showback;
 pub mod store;
 pub mod subscription;
 pub mod tokens;

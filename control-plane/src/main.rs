@@ -40,6 +40,14 @@ enum Command {
         #[command(subcommand)]
         verb: SubscriptionVerb,
     },
+    /// Tokens and requests per subscription and model.
+    Usage {
+        #[command(flatten)]
+        remote: Remote,
+        /// How far back, e.g. 24h, 7d (default 24h).
+        #[arg(long, default_value = "24h")]
+        since: String,
+    },
 }
 
 #[derive(Args)]
@@ -65,6 +73,12 @@ struct ServeArgs {
     /// Members of this group administer the control plane (repeatable).
     #[arg(long)]
     oidc_admin_group: Vec<String>,
+    /// A gateway's Envoy admin URL whose usage counters are sampled
+    /// (repeatable: one per gateway replica).
+    #[arg(long)]
+    envoy_admin: Vec<String>,
+    #[arg(long, default_value_t = 15)]
+    usage_interval_secs: u64,
 }
 
 #[derive(Args)]
@@ -143,6 +157,9 @@ fn main() -> ExitCode {
         Command::Subscription { remote, verb } => {
             client(&remote).and_then(|c| subscription(&c, &remote, verb))
         }
+        Command::Usage { remote, since } => {
+            client(&remote).and_then(|c| usage(&c, &remote, &since))
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -171,6 +188,8 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         data_dir: args.data_dir,
         database_url: args.database_url,
         oidc,
+        gateways: args.envoy_admin,
+        usage_interval: std::time::Duration::from_secs(args.usage_interval_secs.max(1)),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -297,6 +316,42 @@ fn subscription(c: &Client, remote: &Remote, verb: SubscriptionVerb) -> Result<(
             print(remote, &subs, |v| table(list(v), columns));
         }
     }
+    Ok(())
+}
+
+fn usage(c: &Client, remote: &Remote, since: &str) -> Result<(), String> {
+    let (digits, unit) = since.split_at(
+        since
+            .trim_end_matches(|ch: char| ch.is_ascii_alphabetic())
+            .len(),
+    );
+    let mult = match unit {
+        "s" => 1,
+        "m" => 60,
+        "h" => 3600,
+        "d" => 86_400,
+        _ => return Err(format!("--since {since:?}: expected e.g. 24h or 7d")),
+    };
+    let secs: i64 = digits
+        .parse::<i64>()
+        .ok()
+        .and_then(|n| n.checked_mul(mult))
+        .filter(|s| *s > 0)
+        .ok_or_else(|| format!("--since {since:?}: expected e.g. 24h or 7d"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64);
+    let path = format!("/maas-api/v1/usage?from={}&to={}", now - secs, now + 1);
+    let rows = c.call("GET", &path, None).map_err(|e| e.to_string())?;
+    let columns: &[(&str, &str)] = &[
+        ("subscription", "SUBSCRIPTION"),
+        ("model", "MODEL"),
+        ("requests", "REQUESTS"),
+        ("prompt_tokens", "PROMPT"),
+        ("completion_tokens", "COMPLETION"),
+        ("total_tokens", "TOTAL"),
+    ];
+    print(remote, &rows, |v| table(list(v), columns));
     Ok(())
 }
 

@@ -18,6 +18,9 @@ pub struct ServeConfig {
     /// Default: SQLite at `<data_dir>/maas.db`.
     pub database_url: Option<String>,
     pub oidc: Option<(OidcSettings, PathBuf)>,
+    /// Envoy admin base URLs whose `maas_*` counters are sampled for showback.
+    pub gateways: Vec<String>,
+    pub usage_interval: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -67,6 +70,13 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
+    if !config.gateways.is_empty() {
+        tokio::spawn(crate::showback::sampler::run(
+            store.clone(),
+            config.gateways.clone(),
+            config.usage_interval,
+        ));
+    }
     let state = Arc::new(AppState {
         store,
         auth: Authenticator::new(

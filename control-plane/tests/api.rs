@@ -23,8 +23,9 @@ const ISS: &str = "https://issuer.test";
 
 struct ControlPlane {
     addr: SocketAddr,
+    store: Store,
     _dir: TempDir,
-    _runtime: tokio::runtime::Runtime,
+    runtime: tokio::runtime::Runtime,
 }
 
 struct TempDir(std::path::PathBuf);
@@ -47,8 +48,9 @@ impl ControlPlane {
             .enable_all()
             .build()
             .unwrap();
-        let addr = runtime.block_on(async {
+        let (addr, store) = runtime.block_on(async {
             let store = Store::connect(&url).await.unwrap();
+            let handle = store.clone();
             let oidc = TokenVerifier::new(
                 OidcSettings {
                     issuer: ISS.into(),
@@ -70,12 +72,13 @@ impl ControlPlane {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
             tokio::spawn(async move { axum::serve(listener, router(state)).await });
-            addr
+            (addr, handle)
         });
         Self {
             addr,
+            store,
             _dir: TempDir(dir),
-            _runtime: runtime,
+            runtime,
         }
     }
 
@@ -437,4 +440,62 @@ fn the_gateway_syncs_keys_incrementally() {
             .status,
         401
     );
+}
+
+#[test]
+fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
+    use maas_control_plane::showback::Usage;
+    use maas_control_plane::store::UsageRow;
+    let cp = setup();
+    let row = |sub: &str, model: &str, requests, prompt, completion| UsageRow {
+        subscription: sub.into(),
+        model: model.into(),
+        usage: Usage {
+            requests,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        },
+    };
+    let bucket = (now() as i64 / 60) * 60;
+    cp.runtime
+        .block_on(cp.store.add_usage(
+            bucket,
+            &[
+                row("team-a", "smollm2-135m-instruct", 3, 100, 40),
+                row("team-b", "other-model", 1, 9, 1),
+            ],
+        ))
+        .unwrap();
+    cp.runtime
+        .block_on(
+            cp.store
+                .add_usage(bucket, &[row("team-a", "smollm2-135m-instruct", 1, 10, 5)]),
+        )
+        .unwrap();
+
+    let alice = token("alice", &["team-a"]);
+    let mine = cp
+        .call("GET", "/maas-api/v1/usage", Some(&alice), None)
+        .json();
+    assert_eq!(
+        mine["data"],
+        json!([{"subscription": "team-a", "model": "smollm2-135m-instruct", "requests": 4,
+                "prompt_tokens": 110, "completion_tokens": 45, "total_tokens": 155}])
+    );
+    let all = cp
+        .call("GET", "/maas-api/v1/usage", Some(ADMIN), None)
+        .json();
+    assert_eq!(all["data"].as_array().unwrap().len(), 2);
+    // A range before the usage is empty; a reversed one is refused.
+    let before = cp
+        .call(
+            "GET",
+            &format!("/maas-api/v1/usage?from=0&to={bucket}"),
+            Some(ADMIN),
+            None,
+        )
+        .json();
+    assert!(before["data"].as_array().unwrap().is_empty());
+    let r = cp.call("GET", "/maas-api/v1/usage?from=10&to=5", Some(ADMIN), None);
+    assert_eq!(r.status, 400, "{}", r.text());
 }

@@ -132,6 +132,15 @@ fn an_administrator_manages_subscriptions_and_keys_from_the_cli() {
     assert!(out.contains("revoked"), "{out}");
     let (_, table, _) = run(&s, &["key", "list"]);
     assert!(table.starts_with("ID"), "a table for people: {table}");
+    // No gateway sampled yet: usage is an empty table, not an error.
+    let (ok, out, err) = run(&s, &["usage", "--since", "7d"]);
+    assert!(ok, "{err}");
+    assert_eq!(
+        out.trim(),
+        "SUBSCRIPTION  MODEL  REQUESTS  PROMPT  COMPLETION  TOTAL"
+    );
+    let (ok, _, err) = run(&s, &["usage", "--since", "soon"]);
+    assert!(!ok && err.contains("--since"), "{err}");
 }
 
 #[test]

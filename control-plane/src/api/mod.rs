@@ -9,6 +9,9 @@
 //! - `DELETE /maas-api/v1/api-keys/{id}`: revoke one of the caller's keys.
 //! - `GET /maas-api/v1/subscriptions`: what the caller may use;
 //!   `PUT /maas-api/v1/subscriptions/{name}`: create or replace (administrators).
+//! - `GET /maas-api/v1/usage?from=T&to=T`: tokens and requests per
+//!   subscription and model over a time range (Unix seconds; default the
+//!   last 24 hours), for the subscriptions the caller may use.
 //! - `GET /maas-api/v1/sync?since=V`: for the gateway filter (its own token):
 //!   what changed after version `V` (keys as salted digests, subscriptions in
 //!   the filter's configuration shape), or 304 when nothing did.
@@ -49,6 +52,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/maas-api/v1/subscriptions", get(list_subscriptions))
         .route("/maas-api/v1/subscriptions/{name}", put(put_subscription))
         .route("/maas-api/v1/sync", get(sync))
+        .route("/maas-api/v1/usage", get(usage))
         .route(
             "/maas-api/health",
             get(|| async { Json(json!({"status": "ok"})) }),
@@ -366,4 +370,56 @@ async fn sync(
         "keys": keys,
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+struct UsageQuery {
+    from: Option<i64>,
+    to: Option<i64>,
+}
+
+async fn usage(
+    State(app): State<Arc<AppState>>,
+    Caller(who): Caller,
+    Query(q): Query<UsageQuery>,
+) -> Result<Response, ApiError> {
+    let to = q.to.unwrap_or_else(|| now() + 1);
+    let from = q.from.unwrap_or(to - 86_400);
+    if from >= to {
+        return Err(ApiError::Invalid(format!(
+            "from ({from}) must be before to ({to})"
+        )));
+    }
+    let visible: Option<Vec<String>> = if who.admin {
+        None
+    } else {
+        Some(
+            app.store
+                .list_subscriptions()
+                .await?
+                .into_iter()
+                .filter(|row| {
+                    serde_json::from_value::<SubscriptionSpec>(row.spec.clone())
+                        .is_ok_and(|s| s.admits_any(&who.groups))
+                })
+                .map(|row| row.name)
+                .collect(),
+        )
+    };
+    let rows = app.store.usage(from, to).await?;
+    let data: Vec<Value> = rows
+        .iter()
+        .filter(|r| visible.as_ref().is_none_or(|v| v.contains(&r.subscription)))
+        .map(|r| {
+            json!({
+                "subscription": r.subscription,
+                "model": r.model,
+                "requests": r.usage.requests,
+                "prompt_tokens": r.usage.prompt_tokens,
+                "completion_tokens": r.usage.completion_tokens,
+                "total_tokens": r.usage.prompt_tokens + r.usage.completion_tokens,
+            })
+        })
+        .collect();
+    Ok(Json(json!({"object": "list", "from": from, "to": to, "data": data})).into_response())
 }

@@ -15,8 +15,10 @@ use sqlx::SqlSafeStr;
 
 /// (version, description, SQL) in the `NNNN_description.sql` naming of
 /// `sqlx migrate`, so the sqlx CLI sees the same versions.
-pub(super) const MIGRATIONS: &[(i64, &str, &str)] =
-    &[(1, "init", include_str!("../../migrations/0001_init.sql"))];
+pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (1, "init", include_str!("../../migrations/0001_init.sql")),
+    (2, "usage", include_str!("../../migrations/0002_usage.sql")),
+];
 
 pub(super) fn migrator() -> Migrator {
     Migrator::with_migrations(

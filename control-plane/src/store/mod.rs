@@ -22,6 +22,7 @@ mod migrate;
 mod rows;
 mod subscriptions;
 mod sync;
+mod usage;
 mod version;
 
 #[cfg(test)]
@@ -32,6 +33,7 @@ use sqlx::AnyPool;
 
 pub use error::StoreError;
 pub use rows::{AuditRow, Changes, KeyRow, SubscriptionRow};
+pub use usage::UsageRow;
 
 /// Handle to the database; cheap to clone (a shared pool).
 #[derive(Clone, Debug)]

@@ -477,3 +477,51 @@ pub async fn reopen_keeps_data(store: &Store, url: &str) {
     assert_eq!(again.changes_since(0).await.unwrap().version, v);
     again.close().await;
 }
+
+pub async fn usage_adds_up_per_bucket_and_sums_over_a_range(store: &Store) {
+    use crate::showback::Usage;
+    use crate::store::UsageRow;
+    let row = |sub: &str, model: &str, requests, prompt, completion| UsageRow {
+        subscription: sub.into(),
+        model: model.into(),
+        usage: Usage {
+            requests,
+            prompt_tokens: prompt,
+            completion_tokens: completion,
+        },
+    };
+    store
+        .add_usage(60, &[row("a", "m1", 1, 10, 5), row("b", "m1", 2, 20, 0)])
+        .await
+        .unwrap();
+    // The same bucket again adds, rather than replaces.
+    store
+        .add_usage(60, &[row("a", "m1", 1, 1, 1)])
+        .await
+        .unwrap();
+    store
+        .add_usage(
+            120,
+            &[
+                row("a", "m1", 4, 40, 4),
+                row("a", "it's \"quoted\"", 1, 1, 1),
+            ],
+        )
+        .await
+        .unwrap();
+    let all = store.usage(0, 1_000).await.unwrap();
+    assert_eq!(
+        all,
+        vec![
+            row("a", "it's \"quoted\"", 1, 1, 1),
+            row("a", "m1", 6, 51, 10),
+            row("b", "m1", 2, 20, 0),
+        ]
+    );
+    // [from, to) by bucket start.
+    assert_eq!(
+        store.usage(60, 120).await.unwrap(),
+        vec![row("a", "m1", 2, 11, 6), row("b", "m1", 2, 20, 0)]
+    );
+    assert!(store.usage(200, 300).await.unwrap().is_empty());
+}

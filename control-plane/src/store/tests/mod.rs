@@ -48,6 +48,7 @@ for_each_backend!(
     audit_rows_in_order_without_secrets,
     hostile_strings_are_stored_verbatim,
     concurrent_inserts_get_distinct_versions,
+    usage_adds_up_per_bucket_and_sums_over_a_range,
 );
 
 /// Reopening runs the migrator again over an up-to-date schema: it must be a

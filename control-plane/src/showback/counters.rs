@@ -1,0 +1,173 @@
+//! The gateway filter's usage counters as Envoy exposes them
+//! (`/stats/prometheus`), and the usage between two readings.
+//!
+//! Envoy's counters are cumulative per process. A reading lower than the
+//! previous one means the gateway restarted, so its whole value is new usage.
+
+use std::collections::BTreeMap;
+
+/// Usage of one subscription on one model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Admitted requests (every outcome the filter charged).
+    pub requests: u64,
+    pub prompt_tokens: u64,
+    pub completion_tokens: u64,
+}
+
+pub type UsageKey = (String, String);
+
+/// Outcomes of `maas_requests_total` that were admitted and charged; refusals
+/// (`rate_limited`, `rejected`, `limiter_error`) cost nothing.
+const CHARGED: &[&str] = &["ok", "upstream_error", "incomplete"];
+
+/// Reads the per-(subscription, model) counters out of an exposition text.
+pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
+    let mut out: BTreeMap<UsageKey, Usage> = BTreeMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
+        let Some((name, labels, value)) = split_sample(line) else {
+            continue;
+        };
+        let field: fn(&mut Usage) -> &mut u64 = match name {
+            "maas_requests_total" if labels.get("outcome").is_some_and(|o| CHARGED.contains(o)) => {
+                |u| &mut u.requests
+            }
+            "maas_prompt_tokens_total" => |u| &mut u.prompt_tokens,
+            "maas_completion_tokens_total" => |u| &mut u.completion_tokens,
+            _ => continue,
+        };
+        let (Some(sub), Some(model)) = (labels.get("subscription"), labels.get("model")) else {
+            continue;
+        };
+        let entry = out.entry((sub.to_string(), model.to_string())).or_default();
+        *field(entry) += value;
+    }
+    out
+}
+
+/// `name{k="v",...} value`; values are Envoy's integer counters.
+fn split_sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, u64)> {
+    let (series, value) = line.rsplit_once(' ')?;
+    let value = value
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)? as u64;
+    let (name, labels) = match series.split_once('{') {
+        Some((name, rest)) => (name, rest.strip_suffix('}')?),
+        None => (series, ""),
+    };
+    let mut map = BTreeMap::new();
+    for pair in labels.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=')?;
+        map.insert(k.trim(), v.trim().strip_prefix('"')?.strip_suffix('"')?);
+    }
+    Some((name, map, value))
+}
+
+/// Usage between two readings of one gateway, per key.
+pub fn delta(
+    previous: &BTreeMap<UsageKey, Usage>,
+    current: &BTreeMap<UsageKey, Usage>,
+) -> BTreeMap<UsageKey, Usage> {
+    let restarted = current.iter().any(|(k, now)| {
+        previous.get(k).is_some_and(|before| {
+            now.requests < before.requests
+                || now.prompt_tokens < before.prompt_tokens
+                || now.completion_tokens < before.completion_tokens
+        })
+    });
+    current
+        .iter()
+        .map(|(k, now)| {
+            let before = if restarted {
+                Usage::default()
+            } else {
+                previous.get(k).copied().unwrap_or_default()
+            };
+            let d = Usage {
+                requests: now.requests - before.requests,
+                prompt_tokens: now.prompt_tokens - before.prompt_tokens,
+                completion_tokens: now.completion_tokens - before.completion_tokens,
+            };
+            (k.clone(), d)
+        })
+        .filter(|(_, d)| *d != Usage::default())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TEXT: &str = r#"# TYPE maas_requests_total counter
+maas_requests_total{subscription="free",model="m1",outcome="ok"} 7
+maas_requests_total{subscription="free",model="m1",outcome="incomplete"} 1
+maas_requests_total{subscription="free",model="m1",outcome="rate_limited"} 50
+maas_prompt_tokens_total{subscription="free",model="m1"} 300
+maas_completion_tokens_total{subscription="free",model="m1"} 120
+maas_total_tokens_total{subscription="free",model="m1"} 420
+maas_prompt_tokens_total{subscription="team-a",model="m2"} 5
+envoy_cluster_upstream_rq{envoy_cluster_name="x"} 9
+"#;
+
+    fn key(s: &str, m: &str) -> UsageKey {
+        (s.into(), m.into())
+    }
+
+    #[test]
+    fn reads_charged_requests_and_tokens_per_subscription_and_model() {
+        let r = read(TEXT);
+        assert_eq!(
+            r[&key("free", "m1")],
+            Usage {
+                requests: 8,
+                prompt_tokens: 300,
+                completion_tokens: 120
+            }
+        );
+        assert_eq!(
+            r[&key("team-a", "m2")],
+            Usage {
+                requests: 0,
+                prompt_tokens: 5,
+                completion_tokens: 0
+            }
+        );
+        assert_eq!(r.len(), 2);
+    }
+
+    #[test]
+    fn deltas_count_new_usage_and_survive_a_gateway_restart() {
+        let before = read(TEXT);
+        let after = read(
+            &TEXT
+                .replace("} 300", "} 350")
+                .replace("outcome=\"ok\"} 7", "outcome=\"ok\"} 9"),
+        );
+        let d = delta(&before, &after);
+        assert_eq!(
+            d[&key("free", "m1")],
+            Usage {
+                requests: 2,
+                prompt_tokens: 50,
+                completion_tokens: 0
+            }
+        );
+        assert!(
+            !d.contains_key(&key("team-a", "m2")),
+            "unchanged series are not usage"
+        );
+        // The gateway restarted: counters start again from zero.
+        let restarted = read("maas_prompt_tokens_total{subscription=\"free\",model=\"m1\"} 10\n");
+        assert_eq!(
+            delta(&before, &restarted)[&key("free", "m1")].prompt_tokens,
+            10
+        );
+    }
+
+    #[test]
+    fn malformed_lines_are_skipped() {
+        let r = read("maas_prompt_tokens_total{subscription=\"a\",model=\"b\" 1\nmaas_prompt_tokens_total{subscription=\"a\",model=\"b\"} NaN\nmaas_prompt_tokens_total 4\n");
+        assert!(r.is_empty());
+    }
+}

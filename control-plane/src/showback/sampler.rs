@@ -1,0 +1,142 @@
+//! Reads each gateway's counters at a fixed interval and stores the usage
+//! since the previous reading. The first reading of a gateway only sets its
+//! baseline: usage between the control plane's last reading before a
+//! restart and its first after is not counted (a gap of one interval).
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::Duration;
+
+use super::counters::{delta, read, Usage, UsageKey};
+use crate::store::{Store, UsageRow};
+
+/// Buckets are one minute: fine enough for a day's chart, coarse enough
+/// that a month is ~43,000 rows per subscription and model at most.
+pub const BUCKET_SECS: i64 = 60;
+
+#[derive(Default)]
+pub struct Sampler {
+    last: HashMap<String, BTreeMap<UsageKey, Usage>>,
+}
+
+/// A gateway's counters at one reading, not yet the baseline.
+pub struct Reading {
+    gateway: String,
+    counters: BTreeMap<UsageKey, Usage>,
+}
+
+impl Sampler {
+    /// Usage on `gateway` since its previous reading (none on the first).
+    /// The reading becomes the baseline only once [`Sampler::commit`]ted,
+    /// after the usage is stored: a failed write is counted next time.
+    pub fn observe(&self, gateway: &str, exposition: &str) -> (Vec<UsageRow>, Reading) {
+        let counters = read(exposition);
+        let rows = match self.last.get(gateway) {
+            Some(previous) => delta(previous, &counters)
+                .into_iter()
+                .map(|((subscription, model), usage)| UsageRow {
+                    subscription,
+                    model,
+                    usage,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
+        (
+            rows,
+            Reading {
+                gateway: gateway.to_string(),
+                counters,
+            },
+        )
+    }
+
+    pub fn commit(&mut self, reading: Reading) {
+        self.last.insert(reading.gateway, reading.counters);
+    }
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Samples `gateways` (Envoy admin base URLs) every `interval`, forever.
+pub async fn run(store: Store, gateways: Vec<String>, interval: Duration) {
+    let mut sampler = Sampler::default();
+    let agent = ureq::AgentBuilder::new()
+        .timeout(Duration::from_secs(5))
+        .build();
+    let mut tick = tokio::time::interval(interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        for gateway in &gateways {
+            let url = format!("{}/stats/prometheus", gateway.trim_end_matches('/'));
+            let agent = agent.clone();
+            let fetched = tokio::task::spawn_blocking(move || {
+                agent
+                    .get(&url)
+                    .call()
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.into_string().map_err(|e| e.to_string()))
+            })
+            .await;
+            let text = match fetched {
+                Ok(Ok(text)) => text,
+                Ok(Err(e)) => {
+                    tracing::warn!(gateway = %gateway, error = %e, "cannot read the gateway's counters");
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "sampler task failed");
+                    continue;
+                }
+            };
+            let (rows, reading) = sampler.observe(gateway, &text);
+            let bucket = now() - now().rem_euclid(BUCKET_SECS);
+            if rows.is_empty() {
+                sampler.commit(reading);
+                continue;
+            }
+            match store.add_usage(bucket, &rows).await {
+                Ok(()) => sampler.commit(reading),
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot store usage; it is counted with the next reading")
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_reading_is_a_baseline_then_differences_count() {
+        let mut s = Sampler::default();
+        let at =
+            |n: u64| format!("maas_prompt_tokens_total{{subscription=\"a\",model=\"m\"}} {n}\n");
+        let step = |s: &mut Sampler, gw: &str, n: u64, commit: bool| {
+            let (rows, reading) = s.observe(gw, &at(n));
+            if commit {
+                s.commit(reading);
+            }
+            rows.first().map_or(0, |r| r.usage.prompt_tokens)
+        };
+        assert_eq!(
+            step(&mut s, "gw1", 100, true),
+            0,
+            "the first reading is a baseline"
+        );
+        assert_eq!(step(&mut s, "gw1", 130, true), 30);
+        // A reading whose usage could not be stored is not the baseline:
+        // its usage comes with the next one.
+        assert_eq!(step(&mut s, "gw1", 150, false), 20);
+        assert_eq!(step(&mut s, "gw1", 170, true), 40);
+        // Each gateway has its own baseline.
+        assert_eq!(step(&mut s, "gw2", 500, true), 0);
+        assert_eq!(step(&mut s, "gw2", 501, true), 1);
+    }
+}
