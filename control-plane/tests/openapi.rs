@@ -20,6 +20,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/maas-api/v1/sync"),
     ("get", "/maas-api/v1/usage"),
     ("get", "/maas-api/health"),
+    ("get", "/maas-api/ui"),
 ];
 
 fn documented() -> Vec<(String, String)> {

@@ -12,6 +12,8 @@
 //! - `GET /maas-api/v1/usage?from=T&to=T`: tokens and requests per
 //!   subscription and model over a time range (Unix seconds; default the
 //!   last 24 hours), for the subscriptions the caller may use.
+//! - `GET /maas-api/ui`: the showback page (one self-contained HTML file;
+//!   it asks for a token and reads `/v1/usage` with it).
 //! - `GET /maas-api/v1/sync?since=V`: for the gateway filter (its own token):
 //!   what changed after version `V` (keys as salted digests, subscriptions in
 //!   the filter's configuration shape), or 304 when nothing did.
@@ -53,6 +55,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/maas-api/v1/subscriptions/{name}", put(put_subscription))
         .route("/maas-api/v1/sync", get(sync))
         .route("/maas-api/v1/usage", get(usage))
+        .route("/maas-api/ui", get(page))
         .route(
             "/maas-api/health",
             get(|| async { Json(json!({"status": "ok"})) }),
@@ -422,4 +425,22 @@ async fn usage(
         })
         .collect();
     Ok(Json(json!({"object": "list", "from": from, "to": to, "data": data})).into_response())
+}
+
+/// Served as is: no build step, no external assets, nothing secret in it.
+const PAGE: &str = include_str!("page.html");
+
+async fn page() -> Response {
+    (
+        [
+            (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            // The page talks only to this origin and loads nothing else.
+            (
+                axum::http::header::CONTENT_SECURITY_POLICY,
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+            ),
+        ],
+        PAGE,
+    )
+        .into_response()
 }

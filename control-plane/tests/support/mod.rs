@@ -1,0 +1,145 @@
+//! The control plane's router on a loopback port with a SQLite database in
+//! a temp dir, and tokens from the local test issuer: what the API tests
+//! and the page test share.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+use maas_control_plane::api::{router, token_digest, AppState, Authenticator};
+use maas_control_plane::oidc::{OidcSettings, TokenVerifier};
+use maas_control_plane::store::Store;
+use maas_testkit::{request, Response};
+use serde_json::{json, Value};
+
+pub const ADMIN: &str = "admin-token-for-tests";
+pub const GATEWAY: &str = "gateway-token-for-tests";
+pub const ISSUER_KEY: &[u8] = include_bytes!("../fixtures/issuer.key.pem");
+pub const FORGER_KEY: &[u8] = include_bytes!("../fixtures/forger.key.pem");
+const JWKS: &[u8] = include_bytes!("../fixtures/jwks.json");
+const ISS: &str = "https://issuer.test";
+
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    pub store: Store,
+    _dir: TempDir,
+    pub runtime: tokio::runtime::Runtime,
+}
+
+struct TempDir(std::path::PathBuf);
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+impl ControlPlane {
+    pub fn start() -> Self {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("maas-cp-test-{}-{n}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("maas.db").display());
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let (addr, store) = runtime.block_on(async {
+            let store = Store::connect(&url).await.unwrap();
+            let handle = store.clone();
+            let oidc = TokenVerifier::new(
+                OidcSettings {
+                    issuer: ISS.into(),
+                    audience: "maas".into(),
+                    groups_claim: "groups".into(),
+                    admin_groups: vec!["maas-admins".into()],
+                },
+                JWKS,
+            )
+            .unwrap();
+            let state = Arc::new(AppState {
+                store,
+                auth: Authenticator::new(
+                    Some(token_digest(ADMIN)),
+                    Some(token_digest(GATEWAY)),
+                    Some(oidc),
+                ),
+            });
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move { axum::serve(listener, router(state)).await });
+            (addr, handle)
+        });
+        Self {
+            addr,
+            store,
+            _dir: TempDir(dir),
+            runtime,
+        }
+    }
+
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: Option<&str>,
+        body: Option<&Value>,
+    ) -> Response {
+        let auth = bearer.map(|b| format!("Bearer {b}"));
+        let mut headers = vec![("content-type", "application/json")];
+        if let Some(a) = &auth {
+            headers.push(("authorization", a));
+        }
+        let body = body.map(Value::to_string);
+        request(
+            method,
+            &format!("http://{}{path}", self.addr),
+            &headers,
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
+    pub fn subscription(&self, spec: Value) -> Response {
+        let name = spec["name"].as_str().unwrap().to_string();
+        self.call(
+            "PUT",
+            &format!("/maas-api/v1/subscriptions/{name}"),
+            Some(ADMIN),
+            Some(&spec),
+        )
+    }
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+pub fn token_with(key: &[u8], subject: &str, groups: &[&str], exp: u64) -> String {
+    let mut header = Header::new(Algorithm::RS256);
+    header.kid = Some("test-issuer-1".into());
+    let claims = json!({"iss": ISS, "aud": "maas", "sub": subject, "exp": exp, "groups": groups});
+    encode(&header, &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+}
+
+pub fn token(subject: &str, groups: &[&str]) -> String {
+    token_with(ISSUER_KEY, subject, groups, now() + 600)
+}
+
+pub fn setup() -> ControlPlane {
+    let cp = ControlPlane::start();
+    for spec in [
+        json!({"name": "team-a", "models": ["smollm2-135m-instruct"], "limits": {"tokens": ["20000/min"]}, "groups": ["team-a"], "cost_center": "CC-1"}),
+        json!({"name": "team-b", "models": ["other-model"], "limits": "unlimited", "groups": ["team-b"]}),
+    ] {
+        let r = cp.subscription(spec);
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    cp
+}
