@@ -310,18 +310,9 @@ fn the_gateway_syncs_keys_incrementally() {
 
 #[test]
 fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
-    use maas_control_plane::showback::Usage;
     use maas_control_plane::store::UsageRow;
     let cp = setup();
-    let row = |sub: &str, model: &str, requests, prompt, completion| UsageRow {
-        subscription: sub.into(),
-        model: model.into(),
-        usage: Usage {
-            requests,
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-        },
-    };
+    let row = UsageRow::new;
     let bucket = (now() as i64 / 60) * 60;
     cp.runtime
         .block_on(cp.store.add_usage(

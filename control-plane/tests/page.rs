@@ -11,7 +11,6 @@ mod support;
 use std::path::PathBuf;
 use std::process::Command;
 
-use maas_control_plane::showback::Usage;
 use maas_control_plane::store::UsageRow;
 use support::*;
 
@@ -66,15 +65,7 @@ fn the_showback_page_renders_usage_per_subscription_and_model() {
         return;
     };
     let cp = setup();
-    let row = |sub: &str, model: &str, requests, prompt, completion| UsageRow {
-        subscription: sub.into(),
-        model: model.into(),
-        usage: Usage {
-            requests,
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-        },
-    };
+    let row = UsageRow::new;
     let bucket = (now() as i64 / 60) * 60;
     cp.runtime
         .block_on(cp.store.add_usage(

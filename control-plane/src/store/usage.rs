@@ -15,6 +15,26 @@ pub struct UsageRow {
     pub usage: Usage,
 }
 
+impl UsageRow {
+    pub fn new(
+        subscription: &str,
+        model: &str,
+        requests: u64,
+        prompt_tokens: u64,
+        completion_tokens: u64,
+    ) -> Self {
+        Self {
+            subscription: subscription.into(),
+            model: model.into(),
+            usage: Usage {
+                requests,
+                prompt_tokens,
+                completion_tokens,
+            },
+        }
+    }
+}
+
 fn to_db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }

@@ -479,17 +479,8 @@ pub async fn reopen_keeps_data(store: &Store, url: &str) {
 }
 
 pub async fn usage_adds_up_per_bucket_and_sums_over_a_range(store: &Store) {
-    use crate::showback::Usage;
     use crate::store::UsageRow;
-    let row = |sub: &str, model: &str, requests, prompt, completion| UsageRow {
-        subscription: sub.into(),
-        model: model.into(),
-        usage: Usage {
-            requests,
-            prompt_tokens: prompt,
-            completion_tokens: completion,
-        },
-    };
+    let row = UsageRow::new;
     store
         .add_usage(60, &[row("a", "m1", 1, 10, 5), row("b", "m1", 2, 20, 0)])
         .await
