@@ -314,21 +314,11 @@ fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
     let cp = setup();
     let row = UsageRow::new;
     let bucket = (now() as i64 / 60) * 60;
-    cp.runtime
-        .block_on(cp.store.add_usage(
-            bucket,
-            &[
-                row("team-a", "smollm2-135m-instruct", 3, 100, 40),
-                row("team-b", "other-model", 1, 9, 1),
-            ],
-        ))
-        .unwrap();
-    cp.runtime
-        .block_on(
-            cp.store
-                .add_usage(bucket, &[row("team-a", "smollm2-135m-instruct", 1, 10, 5)]),
-        )
-        .unwrap();
+    cp.add_usage(&[
+        row("team-a", "smollm2-135m-instruct", 3, 100, 40),
+        row("team-b", "other-model", 1, 9, 1),
+    ]);
+    cp.add_usage(&[row("team-a", "smollm2-135m-instruct", 1, 10, 5)]);
 
     let alice = token("alice", &["team-a"]);
     let mine = cp

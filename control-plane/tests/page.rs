@@ -66,16 +66,10 @@ fn the_showback_page_renders_usage_per_subscription_and_model() {
     };
     let cp = setup();
     let row = UsageRow::new;
-    let bucket = (now() as i64 / 60) * 60;
-    cp.runtime
-        .block_on(cp.store.add_usage(
-            bucket,
-            &[
-                row("team-a", "smollm2-135m-instruct", 12, 12_345, 678),
-                row("team-b", "other-model", 3, 400, 100),
-            ],
-        ))
-        .unwrap();
+    cp.add_usage(&[
+        row("team-a", "smollm2-135m-instruct", 12, 12_345, 678),
+        row("team-b", "other-model", 3, 400, 100),
+    ]);
 
     let profile = std::env::temp_dir().join(format!("maas-chromium-{}", std::process::id()));
     let url = format!("http://{}/maas-api/ui#token={ADMIN}", cp.addr);

@@ -103,6 +103,14 @@ impl ControlPlane {
         )
     }
 
+    /// Usage in the current minute's bucket, as the sampler would add it.
+    pub fn add_usage(&self, rows: &[maas_control_plane::store::UsageRow]) {
+        let bucket = (now() as i64 / 60) * 60;
+        self.runtime
+            .block_on(self.store.add_usage(bucket, rows))
+            .unwrap();
+    }
+
     pub fn subscription(&self, spec: Value) -> Response {
         let name = spec["name"].as_str().unwrap().to_string();
         self.call(
