@@ -1,23 +1,19 @@
-//! API keys: `sk-maas-<id>-<secret>`.
+//! API keys: `sk-maas-<id>-<secret>`, minted here from the OS random
+//! source.
 //!
 //! The id (12 characters, lowercase base32) names the key everywhere — in
 //! listings, audit records, revocations, the gateway's metrics — and is not
-//! secret. The secret (40 base62 characters, ~238 bits from the OS) is shown
-//! once, at creation. The database keeps only a per-key random salt and
+//! secret. The secret (40 base62 characters, ~238 bits) is shown once, at
+//! creation. The database keeps only a per-key random salt and
 //! `SHA-256(salt ‖ id ‖ 0x00 ‖ secret)`. The fixed prefix lets secret
-//! scanners recognise a leaked key.
+//! scanners recognise a leaked key. Format and digest are the gateway
+//! filter's own definitions (`maas_filter::managed_keys`), so what is minted
+//! here is what the gateway accepts.
 
 use std::fmt;
 
-use sha2::{Digest, Sha256};
-
-pub const PREFIX: &str = "sk-maas-";
-pub const ID_LEN: usize = 12;
-pub const SECRET_LEN: usize = 40;
-const SALT_LEN: usize = 16;
-
-const ID_ALPHABET: &[u8] = b"abcdefghijklmnopqrstuvwxyz234567";
-const SECRET_ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+use maas_filter::managed_keys::{salted_digest, ID_ALPHABET, SECRET_ALPHABET};
+pub use maas_filter::managed_keys::{ID_LEN, PREFIX, SALT_LEN, SECRET_LEN};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -54,12 +50,7 @@ pub struct StoredDigest {
     pub hash: [u8; 32],
 }
 
-/// A key as presented by a client, split but not yet verified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct PresentedKey<'a> {
-    pub id: &'a str,
-    secret: &'a str,
-}
+pub use maas_filter::managed_keys::PresentedKey;
 
 fn random_string(len: usize, alphabet: &[u8]) -> Result<String, KeyError> {
     // Rejection sampling keeps every character uniform over the alphabet.
@@ -78,12 +69,7 @@ fn random_string(len: usize, alphabet: &[u8]) -> Result<String, KeyError> {
 }
 
 fn hash(salt: &[u8; SALT_LEN], id: &str, secret: &str) -> [u8; 32] {
-    let mut h = Sha256::new();
-    h.update(salt);
-    h.update(id.as_bytes());
-    h.update([0u8]);
-    h.update(secret.as_bytes());
-    h.finalize().into()
+    *salted_digest(salt, id, secret).as_bytes()
 }
 
 /// Mints a new key from the OS random source.
@@ -105,28 +91,18 @@ pub fn mint() -> Result<MintedKey, KeyError> {
 
 /// Splits a presented key; checks only its shape.
 pub fn parse(plaintext: &str) -> Result<PresentedKey<'_>, KeyError> {
-    let rest = plaintext.strip_prefix(PREFIX).ok_or(KeyError::Prefix)?;
-    let (id, secret) = rest.split_once('-').ok_or(KeyError::Shape)?;
-    let valid = id.len() == ID_LEN
-        && secret.len() == SECRET_LEN
-        && id.bytes().all(|b| ID_ALPHABET.contains(&b))
-        && secret.bytes().all(|b| SECRET_ALPHABET.contains(&b));
-    if !valid {
-        return Err(KeyError::Shape);
+    if !plaintext.starts_with(PREFIX) {
+        return Err(KeyError::Prefix);
     }
-    Ok(PresentedKey { id, secret })
+    maas_filter::managed_keys::parse(plaintext).ok_or(KeyError::Shape)
 }
 
 impl StoredDigest {
     /// Whether `key` is the key this digest was made from, compared in
     /// constant time.
     pub fn verify(&self, key: &PresentedKey<'_>) -> bool {
-        let candidate = hash(&self.salt, key.id, key.secret);
-        candidate
-            .iter()
-            .zip(self.hash.iter())
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        key.digest(&self.salt)
+            .ct_eq(&maas_filter::keys::KeyDigest::from_bytes(self.hash))
     }
 
     pub fn salt_hex(&self) -> String {

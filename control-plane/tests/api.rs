@@ -277,6 +277,15 @@ fn the_gateway_syncs_keys_incrementally() {
         .to_string()
         .contains(&created["key"].as_str().unwrap()[20..]));
 
+    // The gateway filter's own parser reads this response, and the minted
+    // plaintext verifies against the digest it carries.
+    let parsed = maas_filter::managed_keys::parse_sync(delta.to_string().as_bytes()).unwrap();
+    let plaintext = created["key"].as_str().unwrap();
+    let presented = maas_filter::managed_keys::parse(plaintext).unwrap();
+    assert!(parsed.keys[0].verify(&presented));
+    let record = maas_filter::managed_keys::ManagedKey::decode(&parsed.keys[0].encode()).unwrap();
+    assert!(record.verify(&presented) && record.subscription == "team-a" && !record.revoked);
+
     let v1 = delta["version"].as_u64().unwrap();
     let id = created["id"].as_str().unwrap();
     cp.call(

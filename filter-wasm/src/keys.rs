@@ -22,6 +22,14 @@ impl std::fmt::Debug for KeyDigest {
 }
 
 impl KeyDigest {
+    pub fn from_bytes(bytes: [u8; 32]) -> KeyDigest {
+        KeyDigest(bytes)
+    }
+
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        &self.0
+    }
+
     pub fn of(key: &str) -> KeyDigest {
         KeyDigest(Sha256::digest(key.as_bytes()).into())
     }

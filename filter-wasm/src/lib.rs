@@ -19,6 +19,7 @@ pub mod gateway;
 pub mod host;
 pub mod keys;
 pub mod limits;
+pub mod managed_keys;
 pub mod metrics;
 pub mod ratelimit_headers;
 pub mod request;
