@@ -12,6 +12,7 @@
 
 use std::fmt;
 
+use maas_filter::keys::{decode_hex, encode_hex};
 use maas_filter::managed_keys::{salted_digest, ID_ALPHABET, SECRET_ALPHABET};
 pub use maas_filter::managed_keys::{ID_LEN, PREFIX, SALT_LEN, SECRET_LEN};
 
@@ -106,34 +107,19 @@ impl StoredDigest {
     }
 
     pub fn salt_hex(&self) -> String {
-        hex(&self.salt)
+        encode_hex(&self.salt)
     }
 
     pub fn hash_hex(&self) -> String {
-        hex(&self.hash)
+        encode_hex(&self.hash)
     }
 
     pub fn from_hex(salt: &str, hash: &str) -> Result<Self, KeyError> {
         Ok(Self {
-            salt: unhex(salt).ok_or(KeyError::Stored("salt"))?,
-            hash: unhex(hash).ok_or(KeyError::Stored("hash"))?,
+            salt: decode_hex(salt).ok_or(KeyError::Stored("salt"))?,
+            hash: decode_hex(hash).ok_or(KeyError::Stored("hash"))?,
         })
     }
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 #[cfg(test)]

@@ -66,7 +66,9 @@ pub fn table(items: &[Value], columns: &[(&str, &str)]) -> String {
     let cell = |item: &Value, key: &str| match &item[key] {
         Value::Null => "-".to_string(),
         Value::String(s) => s.clone(),
-        Value::Number(n) if key.ends_with("_at") => n.as_i64().map_or_else(|| n.to_string(), utc),
+        Value::Number(n) if key.ends_with("_at") => {
+            n.as_i64().map_or_else(|| n.to_string(), crate::time::utc)
+        }
         Value::Array(items) => items
             .iter()
             .map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string))
@@ -97,26 +99,6 @@ pub fn table(items: &[Value], columns: &[(&str, &str)]) -> String {
     out.join("\n")
 }
 
-/// Unix seconds as `YYYY-MM-DD HH:MM` UTC (Howard Hinnant's civil-from-days).
-fn utc(secs: i64) -> String {
-    let days = secs.div_euclid(86_400);
-    let rem = secs.rem_euclid(86_400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02} {:02}:{:02}",
-        rem / 3600,
-        rem % 3600 / 60
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,7 +120,5 @@ mod tests {
             table(&items, &columns),
             "ID   STATUS   EXPIRES           MODELS\nabc  active   -                 m1,m2\na    revoked  2026-11-23 14:12"
         );
-        assert_eq!(utc(0), "1970-01-01 00:00");
-        assert_eq!(utc(951_782_400), "2000-02-29 00:00");
     }
 }

@@ -19,4 +19,5 @@ pub mod serve;
 pub mod showback;
 pub mod store;
 pub mod subscription;
+pub mod time;
 pub mod tokens;

@@ -320,27 +320,13 @@ fn subscription(c: &Client, remote: &Remote, verb: SubscriptionVerb) -> Result<(
 }
 
 fn usage(c: &Client, remote: &Remote, since: &str) -> Result<(), String> {
-    let (digits, unit) = since.split_at(
-        since
-            .trim_end_matches(|ch: char| ch.is_ascii_alphabetic())
-            .len(),
-    );
-    let mult = match unit {
-        "s" => 1,
-        "m" => 60,
-        "h" => 3600,
-        "d" => 86_400,
-        _ => return Err(format!("--since {since:?}: expected e.g. 24h or 7d")),
-    };
-    let secs: i64 = digits
-        .parse::<i64>()
-        .ok()
-        .and_then(|n| n.checked_mul(mult))
+    // A unit is required here: a bare number reads too easily as hours.
+    let secs = Some(since)
+        .filter(|s| s.ends_with(|c: char| c.is_ascii_alphabetic()))
+        .and_then(maas_control_plane::time::parse_duration_secs)
         .filter(|s| *s > 0)
         .ok_or_else(|| format!("--since {since:?}: expected e.g. 24h or 7d"))?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64);
+    let now = maas_control_plane::time::unix_now();
     let path = format!("/maas-api/v1/usage?from={}&to={}", now - secs, now + 1);
     let rows = c.call("GET", &path, None).map_err(|e| e.to_string())?;
     let columns: &[(&str, &str)] = &[

@@ -6,10 +6,11 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::api::{router, token_digest, AppState, Authenticator};
+use crate::api::{router, AppState, Authenticator};
 use crate::oidc::{OidcSettings, TokenVerifier};
 use crate::store::Store;
 use crate::tokens;
+use maas_filter::keys::KeyDigest;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -80,8 +81,8 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
     let state = Arc::new(AppState {
         store,
         auth: Authenticator::new(
-            Some(token_digest(&admin)),
-            Some(token_digest(&gateway)),
+            Some(KeyDigest::of(&admin)),
+            Some(KeyDigest::of(&gateway)),
             oidc,
         ),
     });

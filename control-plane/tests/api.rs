@@ -322,7 +322,8 @@ fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
     use maas_control_plane::store::UsageRow;
     let cp = setup();
     let row = UsageRow::new;
-    let bucket = (now() as i64 / 60) * 60;
+    let bucket =
+        maas_control_plane::showback::sampler::bucket_start(maas_control_plane::time::unix_now());
     cp.add_usage(&[
         row("team-a", "smollm2-135m-instruct", 3, 100, 40),
         row("team-b", "other-model", 1, 9, 1),

@@ -6,8 +6,9 @@
 
 use std::sync::Arc;
 
-use maas_control_plane::api::{router, token_digest, AppState, Authenticator};
+use maas_control_plane::api::{router, AppState, Authenticator};
 use maas_control_plane::store::Store;
+use maas_filter::keys::KeyDigest;
 use serde_json::Value;
 
 /// The routes `api::router` serves, as (method, OpenAPI path).
@@ -57,7 +58,7 @@ fn every_documented_operation_is_routed() {
     let addr = runtime.block_on(async {
         let state = Arc::new(AppState {
             store: Store::connect(&url).await.unwrap(),
-            auth: Authenticator::new(Some(token_digest("t")), None, None),
+            auth: Authenticator::new(Some(KeyDigest::of("t")), None, None),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

@@ -35,21 +35,11 @@ impl KeyDigest {
     }
 
     pub fn from_hex(hex: &str) -> Option<KeyDigest> {
-        let bytes = hex.as_bytes();
-        if bytes.len() != 64 {
-            return None;
-        }
-        let mut out = [0u8; 32];
-        for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-            let hi = (pair.first()?).to_ascii_lowercase();
-            let lo = (pair.get(1)?).to_ascii_lowercase();
-            *slot = (hex_value(hi)? << 4) | hex_value(lo)?;
-        }
-        Some(KeyDigest(out))
+        decode_hex(hex).map(KeyDigest)
     }
 
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        encode_hex(&self.0)
     }
 
     /// Constant-time equality: no early exit on the first differing byte.
@@ -60,6 +50,26 @@ impl KeyDigest {
             .fold(0u8, |acc, (a, b)| acc | (a ^ b))
             == 0
     }
+}
+
+/// Lowercase hex of `bytes`.
+pub fn encode_hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Exactly `2·N` hex digits (either case) as `N` bytes.
+pub fn decode_hex<const N: usize>(hex: &str) -> Option<[u8; N]> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 2 * N {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (slot, pair) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hi = (pair.first()?).to_ascii_lowercase();
+        let lo = (pair.get(1)?).to_ascii_lowercase();
+        *slot = (hex_value(hi)? << 4) | hex_value(lo)?;
+    }
+    Some(out)
 }
 
 fn hex_value(c: u8) -> Option<u8> {

@@ -13,7 +13,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::keys::KeyDigest;
+use crate::keys::{decode_hex, KeyDigest};
 
 pub const PREFIX: &str = "sk-maas-";
 pub const ID_LEN: usize = 12;
@@ -191,17 +191,6 @@ struct RawKey {
     revoked: bool,
 }
 
-fn unhex<const N: usize>(s: &str) -> Option<[u8; N]> {
-    if s.len() != 2 * N {
-        return None;
-    }
-    let mut out = [0u8; N];
-    for (i, o) in out.iter_mut().enumerate() {
-        *o = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
 pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
     let raw: RawSync = serde_json::from_slice(body).map_err(|e| SyncError::Json(e.to_string()))?;
     let keys = raw
@@ -218,7 +207,7 @@ pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
                 return Err(bad("id", "not a managed key id"));
             }
             Ok(ManagedKey {
-                salt: unhex(&k.salt).ok_or_else(|| bad("salt", "not 16 hex bytes"))?,
+                salt: decode_hex(&k.salt).ok_or_else(|| bad("salt", "not 16 hex bytes"))?,
                 digest: KeyDigest::from_hex(&k.sha256)
                     .ok_or_else(|| bad("sha256", "not 32 hex bytes"))?,
                 expires_at: k.expires_at.map(|e| u64::try_from(e).unwrap_or(0)),

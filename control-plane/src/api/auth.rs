@@ -7,34 +7,30 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use sha2::{Digest, Sha256};
+use maas_filter::keys::KeyDigest;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::oidc::{Identity, TokenVerifier};
 
 pub struct Authenticator {
-    admin_token_sha256: Option<[u8; 32]>,
-    gateway_token_sha256: Option<[u8; 32]>,
+    admin_token_sha256: Option<KeyDigest>,
+    gateway_token_sha256: Option<KeyDigest>,
     oidc: Option<TokenVerifier>,
 }
 
-/// SHA-256 of a bearer token, as the authenticator keeps it.
-pub fn token_digest(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
-fn matches(expected: Option<&[u8; 32]>, bearer: &str) -> bool {
-    let given = token_digest(bearer);
-    expected.is_some_and(|e| given.iter().zip(e).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
+/// The filter's key digest serves bearer tokens too: SHA-256, compared in
+/// constant time.
+fn matches(expected: Option<&KeyDigest>, bearer: &str) -> bool {
+    expected.is_some_and(|e| e.ct_eq(&KeyDigest::of(bearer)))
 }
 
 impl Authenticator {
     /// `admin`: the administrator token's digest; `gateway`: the digest of
-    /// the token the gateway filter syncs keys with.
+    /// the token the gateway filter syncs keys with (`KeyDigest::of`).
     pub fn new(
-        admin: Option<[u8; 32]>,
-        gateway: Option<[u8; 32]>,
+        admin: Option<KeyDigest>,
+        gateway: Option<KeyDigest>,
         oidc: Option<TokenVerifier>,
     ) -> Self {
         Self {

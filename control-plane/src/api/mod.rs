@@ -35,12 +35,13 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use auth::{token_digest, Authenticator, Caller, GatewayCaller};
+pub use auth::{Authenticator, Caller, GatewayCaller};
 pub use error::ApiError;
 
 use crate::apikey;
 use crate::store::{KeyRow, Store, SubscriptionRow};
 use crate::subscription::SubscriptionSpec;
+use crate::time::{parse_duration_secs, unix_now};
 
 pub struct AppState {
     pub store: Store,
@@ -64,12 +65,6 @@ pub fn router(state: Arc<AppState>) -> Router {
         .with_state(state)
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
-}
-
 /// Bodies are parsed here rather than by axum's `Json`, so a malformed one
 /// gets a 400 in the API's own error shape.
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -81,22 +76,7 @@ fn parse_lifetime(v: &Value) -> Result<i64, ApiError> {
     const MAX: i64 = 366 * 86_400;
     let secs = match v {
         Value::Number(n) => n.as_i64(),
-        Value::String(s) => {
-            let (digits, unit) =
-                s.split_at(s.trim_end_matches(|c: char| c.is_ascii_alphabetic()).len());
-            let mult = match unit {
-                "" | "s" => Some(1),
-                "m" => Some(60),
-                "h" => Some(3600),
-                "d" => Some(86_400),
-                _ => None,
-            };
-            digits
-                .parse::<i64>()
-                .ok()
-                .zip(mult)
-                .and_then(|(n, m)| n.checked_mul(m))
-        }
+        Value::String(s) => parse_duration_secs(s),
         _ => None,
     };
     match secs {
@@ -188,7 +168,7 @@ async fn create_key(
             req.subscription
         )));
     }
-    let created_at = now();
+    let created_at = unix_now();
     let expires_at = match &req.expires_in {
         Some(v) => Some(created_at + parse_lifetime(v)?),
         None => None,
@@ -232,7 +212,7 @@ async fn list_keys(
         }
         (false, _) => Some(who.subject.clone()),
     };
-    let now = now();
+    let now = unix_now();
     let keys = app.store.list_keys(owner.as_deref()).await?;
     let data: Vec<Value> = keys.iter().map(|k| key_json(k, now)).collect();
     Ok(Json(json!({"object": "list", "data": data})).into_response())
@@ -252,10 +232,10 @@ async fn revoke_key(
     }
     let revoked = app
         .store
-        .revoke_key(&id, now(), &who.subject)
+        .revoke_key(&id, unix_now(), &who.subject)
         .await?
         .ok_or_else(not_found)?;
-    Ok(Json(key_json(&revoked, now())).into_response())
+    Ok(Json(key_json(&revoked, unix_now())).into_response())
 }
 
 fn subscription_json(row: &SubscriptionRow) -> Value {
@@ -300,7 +280,7 @@ async fn put_subscription(
             spec.name
         )));
     }
-    let now = now();
+    let now = unix_now();
     let row = SubscriptionRow {
         name: spec.name.clone(),
         spec: serde_json::to_value(&spec).map_err(|e| ApiError::Invalid(e.to_string()))?,
@@ -386,7 +366,7 @@ async fn usage(
     Caller(who): Caller,
     Query(q): Query<UsageQuery>,
 ) -> Result<Response, ApiError> {
-    let to = q.to.unwrap_or_else(|| now() + 1);
+    let to = q.to.unwrap_or_else(|| unix_now() + 1);
     let from = q.from.unwrap_or(to - 86_400);
     if from >= to {
         return Err(ApiError::Invalid(format!(

@@ -55,10 +55,9 @@ impl Sampler {
     }
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+/// The start of the bucket that holds `t` (Unix seconds).
+pub fn bucket_start(t: i64) -> i64 {
+    t - t.rem_euclid(BUCKET_SECS)
 }
 
 /// Samples `gateways` (Envoy admin base URLs) every `interval`, forever.
@@ -94,7 +93,7 @@ pub async fn run(store: Store, gateways: Vec<String>, interval: Duration) {
                 }
             };
             let (rows, reading) = sampler.observe(gateway, &text);
-            let bucket = now() - now().rem_euclid(BUCKET_SECS);
+            let bucket = bucket_start(crate::time::unix_now());
             if rows.is_empty() {
                 sampler.commit(reading);
                 continue;

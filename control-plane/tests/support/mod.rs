@@ -8,9 +8,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use maas_control_plane::api::{router, token_digest, AppState, Authenticator};
+use maas_control_plane::api::{router, AppState, Authenticator};
 use maas_control_plane::oidc::{OidcSettings, TokenVerifier};
 use maas_control_plane::store::Store;
+use maas_filter::keys::KeyDigest;
 use maas_testkit::{request, Response};
 use serde_json::{json, Value};
 
@@ -64,8 +65,8 @@ impl ControlPlane {
             let state = Arc::new(AppState {
                 store,
                 auth: Authenticator::new(
-                    Some(token_digest(ADMIN)),
-                    Some(token_digest(GATEWAY)),
+                    Some(KeyDigest::of(ADMIN)),
+                    Some(KeyDigest::of(GATEWAY)),
                     Some(oidc),
                 ),
             });
