@@ -1,13 +1,15 @@
 //! What every child process the harness spawns shares: on Linux it gets
 //! SIGTERM if its parent dies without cleaning up (`PR_SET_PDEATHSIG`), so no
-//! orphan keeps ports or memory. The signal fires when the *thread* that
-//! spawned the child exits: spawn from a thread that outlives the child.
+//! orphan keeps ports or memory (the signal fires when the *thread* that
+//! spawned the child exits: spawn from a thread that outlives the child);
+//! and it is stopped the same way: SIGTERM, a grace period, then SIGKILL.
 
 #[cfg(target_os = "linux")]
 use std::io;
 #[cfg(target_os = "linux")]
 use std::os::unix::process::CommandExt as _;
-use std::process::Command;
+use std::process::{Child, Command, ExitStatus};
+use std::time::{Duration, Instant};
 
 #[cfg(target_os = "linux")]
 pub(crate) fn die_with_parent(command: &mut Command) {
@@ -30,3 +32,38 @@ pub(crate) fn die_with_parent(command: &mut Command) {
 
 #[cfg(not(target_os = "linux"))]
 pub(crate) fn die_with_parent(_command: &mut Command) {}
+
+/// Sends SIGTERM to a child that has not been reaped.
+pub(crate) fn signal_term(child: &Child) {
+    if let Ok(pid) = libc::pid_t::try_from(child.id()) {
+        // SAFETY: kill(2) on our own child; it is reaped only by `wait`
+        // (here or in the caller), after which no signal is sent.
+        unsafe {
+            libc::kill(pid, libc::SIGTERM);
+        }
+    }
+}
+
+/// Waits up to `grace` for the child to exit, then kills it; how it ended
+/// (`None` only if it cannot be waited for at all).
+pub(crate) fn wait_or_kill(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + grace;
+    while Instant::now() < deadline {
+        if let Ok(Some(status)) = child.try_wait() {
+            return Some(status);
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // An error means it already exited; wait reaps it either way.
+    let _ = child.kill();
+    child.wait().ok()
+}
+
+/// SIGTERM unless it already exited, up to `grace` to stop, then SIGKILL.
+pub(crate) fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+    if let Ok(Some(status)) = child.try_wait() {
+        return Some(status);
+    }
+    signal_term(child);
+    wait_or_kill(child, grace)
+}

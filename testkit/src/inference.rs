@@ -209,28 +209,13 @@ impl InferenceServer {
 
     /// Sends SIGTERM (graceful shutdown) without waiting.
     pub fn signal_term(&self) {
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child, which is reaped only by
-            // `wait_exit`/`Drop` (after which no signal is sent).
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-        }
+        crate::child::signal_term(&self.child);
     }
 
     /// Waits for the process to exit; kills it after `timeout`.
     pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                return self.child.wait().unwrap_or_else(|e| panic!("wait: {e}"));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        crate::child::wait_or_kill(&mut self.child, timeout)
+            .unwrap_or_else(|| panic!("cannot wait for the inference server"))
     }
 
     /// Sends SIGTERM and waits for the exit.

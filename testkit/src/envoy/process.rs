@@ -108,26 +108,7 @@ impl EnvoyProcess {
 
     /// Stops Envoy now; what `Drop` does.
     pub fn terminate(&mut self) {
-        if self.exit_status().is_some() {
-            return;
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) with a pid we spawned and have not reaped (try_wait
-            // above saw it running), so it cannot name another process.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + TERMINATE_GRACE;
-            while Instant::now() < deadline {
-                if self.exit_status().is_some() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        // Errors here mean it already exited; nothing is left to stop.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        crate::child::terminate(&mut self.child, TERMINATE_GRACE);
     }
 }
 

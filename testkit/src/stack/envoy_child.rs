@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::child::die_with_parent;
 
@@ -105,26 +105,7 @@ impl EnvoyChild {
 
     /// SIGTERM, up to [`TERMINATE_GRACE`] to exit, then SIGKILL. Returns how it ended.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
-        if let Some(status) = self.exit_status() {
-            return Some(status);
-        }
-        if let Ok(pid) = libc::pid_t::try_from(self.child.id()) {
-            // SAFETY: kill(2) on our own child, which try_wait just saw running
-            // and which is not reaped until we wait, so the pid is still ours.
-            unsafe {
-                libc::kill(pid, libc::SIGTERM);
-            }
-            let deadline = Instant::now() + TERMINATE_GRACE;
-            while Instant::now() < deadline {
-                if let Some(status) = self.exit_status() {
-                    return Some(status);
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-        // An error means it already exited; wait reaps it either way.
-        let _ = self.child.kill();
-        self.child.wait().ok()
+        crate::child::terminate(&mut self.child, TERMINATE_GRACE)
     }
 }
 
