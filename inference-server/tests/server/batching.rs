@@ -57,31 +57,31 @@ fn eight_concurrent_streams_each_get_their_solo_greedy_text() {
     );
 }
 
-#[test]
-fn a_client_that_hangs_up_frees_its_slot() {
+/// With one slot, a request that `hang_up` abandons mid-generation is
+/// retired (counted as cancelled) and the slot serves the next request.
+fn assert_hang_up_frees_the_slot(hang_up: impl FnOnce(&InferenceServer) -> std::net::TcpStream) {
     let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
-    let sock = open_stream(&server, &endless_stream());
+    let sock = hang_up(&server);
     await_metric(&server, "inference_running_sequences", 1.0);
     drop(sock);
     await_metric(&server, &outcome("cancelled"), 1.0);
     await_metric(&server, "inference_running_sequences", 0.0);
-    // The one slot serves the next request at once.
     let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
     assert_eq!(r.status, 200, "{}", r.text());
 }
 
 #[test]
+fn a_client_that_hangs_up_frees_its_slot() {
+    assert_hang_up_frees_the_slot(|server| open_stream(server, &endless_stream()));
+}
+
+#[test]
 fn a_non_streaming_client_that_hangs_up_frees_its_slot_too() {
-    let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
-    let mut body = endless_stream();
-    body["stream"] = json!(false);
-    let sock = send_raw(&server, &body);
-    await_metric(&server, "inference_running_sequences", 1.0);
-    drop(sock);
-    await_metric(&server, &outcome("cancelled"), 1.0);
-    await_metric(&server, "inference_running_sequences", 0.0);
-    let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
-    assert_eq!(r.status, 200, "{}", r.text());
+    assert_hang_up_frees_the_slot(|server| {
+        let mut body = endless_stream();
+        body["stream"] = json!(false);
+        send_raw(server, &body)
+    });
 }
 
 #[test]
