@@ -170,6 +170,11 @@ impl SubscriptionSpec {
         if let Some(m) = &self.max_tokens {
             v["max_tokens"] = json!(m);
         }
+        // The gateway maps token holders to subscriptions by the same
+        // groups that may mint keys here.
+        if !self.groups.is_empty() {
+            v["groups"] = json!(self.groups);
+        }
         v
     }
 

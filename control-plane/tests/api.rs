@@ -303,6 +303,38 @@ fn the_gateway_syncs_keys_incrementally() {
         )
         .json();
     assert_eq!(revoked["keys"][0]["revoked"], true);
+    assert!(revoked["keys"][0]["version"].as_u64().unwrap() > keys[0]["version"].as_u64().unwrap());
+
+    // One key on demand, with its subscription, for a gateway that has
+    // never seen it.
+    let one = cp.call(
+        "GET",
+        &format!("/maas-api/v1/sync/keys/{id}"),
+        Some(GATEWAY),
+        None,
+    );
+    assert_eq!(one.status, 200, "{}", one.text());
+    let one = maas_filter::managed_keys::parse_sync(one.text().as_bytes()).unwrap();
+    assert_eq!((one.version, one.keys.len()), (0, 1));
+    assert!(one.keys[0].revoked && one.keys[0].verify(&presented));
+    assert_eq!(one.subscriptions[0]["name"], "team-a");
+    let absent = cp.call(
+        "GET",
+        "/maas-api/v1/sync/keys/aaaaaaaaaaaa",
+        Some(GATEWAY),
+        None,
+    );
+    assert_eq!(absent.status, 404);
+    assert_eq!(
+        cp.call(
+            "GET",
+            &format!("/maas-api/v1/sync/keys/{id}"),
+            Some(&alice),
+            None
+        )
+        .status,
+        401
+    );
 
     // A version the store never reached (a reset database): everything again.
     let reset = cp

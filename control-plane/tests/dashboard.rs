@@ -29,31 +29,32 @@ fn filter_series() -> Vec<(String, BTreeSet<String>)> {
         br#"{"models": ["m"], "subscriptions": {"s": {"models": ["m"], "limits": "unlimited"}}}"#,
     )
     .unwrap();
-    let (sub, model) = (0, Some(0));
+    let sub = || std::rc::Rc::clone(&config.subscriptions[0].name);
+    let model = Some(0);
     [
         Metric::Requests {
-            subscription: sub,
+            subscription: sub(),
             model,
             outcome: Outcome::Ok,
         },
         Metric::PromptTokens {
-            subscription: sub,
+            subscription: sub(),
             model,
         },
         Metric::CompletionTokens {
-            subscription: sub,
+            subscription: sub(),
             model,
         },
         Metric::TotalTokens {
-            subscription: sub,
+            subscription: sub(),
             model,
         },
         Metric::EstimatedUsage {
-            subscription: sub,
+            subscription: sub(),
             model,
         },
         Metric::RateLimited {
-            subscription: sub,
+            subscription: sub(),
             kind: Quantity::Tokens,
         },
         Metric::AuthFailures {
@@ -61,9 +62,13 @@ fn filter_series() -> Vec<(String, BTreeSet<String>)> {
         },
         Metric::SettleErrors,
         Metric::ModelListings,
+        Metric::KeySyncs { result: "changed" },
+        Metric::KeyLookups { result: "found" },
+        Metric::KeySyncAgeSeconds,
+        Metric::Subscriptions,
     ]
     .iter()
-    .map(|m| series(&m.name(&config)))
+    .map(|m| series(&m.name(&config.models)))
     .collect()
 }
 

@@ -19,6 +19,7 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/maas-api/v1/subscriptions"),
     ("put", "/maas-api/v1/subscriptions/{name}"),
     ("get", "/maas-api/v1/sync"),
+    ("get", "/maas-api/v1/sync/keys/{id}"),
     ("get", "/maas-api/v1/usage"),
     ("get", "/maas-api/health"),
     ("get", "/maas-api/ui"),

@@ -33,6 +33,7 @@ use crate::keys::{ApiKey, KeyDigest, KeyStore};
 use crate::limits::{LimitGroup, Rate};
 use serde::Deserialize;
 use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::rc::Rc;
 
 fn default_max_body_bytes() -> usize {
     1024 * 1024
@@ -66,6 +67,91 @@ struct RawConfig {
     subscriptions: BTreeMap<String, RawSubscription>,
     #[serde(default)]
     keys: Vec<RawKey>,
+    /// Where managed keys and subscriptions come from (see `key_sync`).
+    #[serde(default)]
+    control_plane: Option<RawControlPlane>,
+    /// Identities verified by Envoy's `jwt_authn` filter (placed before
+    /// this one), mapped to subscriptions by their groups.
+    #[serde(default)]
+    oidc: Option<Oidc>,
+}
+
+fn default_metadata_namespace() -> String {
+    "envoy.filters.http.jwt_authn".to_string()
+}
+
+fn default_payload_key() -> String {
+    "jwt_payload".to_string()
+}
+
+fn default_user_claim() -> String {
+    "sub".to_string()
+}
+
+fn default_groups_claim() -> String {
+    "groups".to_string()
+}
+
+/// Where the verified token's claims are and which of them matter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Oidc {
+    /// The dynamic-metadata namespace `jwt_authn` writes to.
+    #[serde(default = "default_metadata_namespace")]
+    pub metadata_namespace: String,
+    /// `jwt_authn`'s `payload_in_metadata`.
+    #[serde(default = "default_payload_key")]
+    pub payload_key: String,
+    /// The claim naming the user (audit records, `x-maas-user`).
+    #[serde(default = "default_user_claim")]
+    pub user_claim: String,
+    /// The claim listing the user's groups (a list or one string).
+    #[serde(default = "default_groups_claim")]
+    pub groups_claim: String,
+}
+
+fn default_sync_interval_ms() -> u64 {
+    250
+}
+
+fn default_call_timeout_ms() -> u64 {
+    2000
+}
+
+fn default_lookups_per_second() -> u64 {
+    20
+}
+
+fn default_negative_cache_ms() -> u64 {
+    1000
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawControlPlane {
+    /// The Envoy cluster that reaches the control plane.
+    cluster: String,
+    /// `:authority` of the calls (the control plane does not look at it, a
+    /// mesh's routing may).
+    #[serde(default)]
+    authority: Option<String>,
+    /// The control plane's gateway token (its `gateway-token` file).
+    token: String,
+    /// How often the gateway asks for changes. A revoked key stops working
+    /// within about this long (plus one round trip).
+    #[serde(default = "default_sync_interval_ms")]
+    sync_interval_ms: u64,
+    /// Deadline of one sync or lookup call.
+    #[serde(default = "default_call_timeout_ms")]
+    timeout_ms: u64,
+    /// Lookups of never-seen key ids, for all workers together: a client
+    /// sending random ids cannot turn the gateway into a load generator
+    /// against the control plane.
+    #[serde(default = "default_lookups_per_second")]
+    lookups_per_second: u64,
+    /// How long "no such key" from a lookup is remembered.
+    #[serde(default = "default_negative_cache_ms")]
+    negative_cache_ms: u64,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +166,10 @@ struct RawSubscription {
     key_limits: Option<RawLimits>,
     #[serde(default)]
     max_tokens: Option<MaxTokensPolicy>,
+    /// OIDC groups whose members use this subscription with a bearer token
+    /// instead of a key (see `oidc`).
+    #[serde(default)]
+    groups: Vec<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -206,12 +296,21 @@ impl ScopeLimits {
 
 #[derive(Debug)]
 pub struct Subscription {
-    pub name: String,
+    /// Shared with the metrics that carry it as a label.
+    pub name: Rc<str>,
     /// Sorted, so `/v1/models` lists them in a stable order.
     pub models: Vec<String>,
     pub limits: ScopeLimits,
+    /// The limits each key of the subscription gets on its own, as a
+    /// template: [`Subscription::key_limits_for`] gives a key its counter.
+    pub key_limits: Option<ScopeLimits>,
     pub max_tokens: Option<MaxTokensPolicy>,
+    /// OIDC groups that use this subscription (sorted).
+    pub groups: Vec<String>,
 }
+
+/// Counter prefix of a `key_limits` template; replaced by the key's own.
+const KEY_TEMPLATE_PREFIX: &str = "maas/key/-";
 
 impl Subscription {
     pub fn allows(&self, model: &str) -> bool {
@@ -219,6 +318,46 @@ impl Subscription {
             .binary_search_by(|m| m.as_str().cmp(model))
             .is_ok()
     }
+
+    /// The per-key limits of key `id` under this subscription.
+    pub fn key_limits_for(&self, id: &str) -> ScopeLimits {
+        self.own_limits(&format!("maas/key/{id}"), &format!("key {id}"))
+    }
+
+    /// The same per-key limits for a token-authenticated user: each user
+    /// counts like one key.
+    pub fn user_limits_for(&self, user: &str) -> ScopeLimits {
+        self.own_limits(&format!("maas/user/{user}"), &format!("user {user}"))
+    }
+
+    fn own_limits(&self, prefix: &str, scope: &str) -> ScopeLimits {
+        match &self.key_limits {
+            None => ScopeLimits::unlimited(prefix, scope),
+            Some(t) => {
+                let layout = t
+                    .group
+                    .counter_key
+                    .strip_prefix(KEY_TEMPLATE_PREFIX)
+                    .unwrap_or_default();
+                let mut limits = t.clone();
+                limits.group.counter_key = format!("{prefix}{layout}");
+                limits.scope = scope.to_string();
+                limits
+            }
+        }
+    }
+}
+
+/// The control plane the filter syncs managed keys and subscriptions from.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    pub cluster: String,
+    pub authority: String,
+    pub token: String,
+    pub sync_interval_ms: u64,
+    pub timeout_ms: u64,
+    pub lookups_per_second: u64,
+    pub negative_cache_ms: u64,
 }
 
 #[derive(Debug)]
@@ -228,8 +367,11 @@ pub struct Config {
     pub prompt_bytes_per_token: u64,
     /// Every model the gateway routes, sorted.
     pub models: Vec<String>,
-    pub subscriptions: Vec<Subscription>,
+    /// Configured here; the control plane may add and override them.
+    pub subscriptions: Vec<Rc<Subscription>>,
     pub keys: KeyStore,
+    pub control_plane: Option<ControlPlane>,
+    pub oidc: Option<Oidc>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -299,46 +441,15 @@ impl Config {
         }
 
         let mut subscriptions = Vec::with_capacity(raw.subscriptions.len());
-        let mut key_limit_templates = Vec::with_capacity(raw.subscriptions.len());
         for (name, sub) in &raw.subscriptions {
             let field = format!("subscriptions.{name}");
-            check_name(&field, name, &[])?;
-            let mut sub_models = Vec::with_capacity(sub.models.len());
-            for (i, m) in sub.models.iter().enumerate() {
-                if !models.contains(m) {
-                    return Err(err(
-                        format!("{field}.models[{i}]"),
-                        format!("model {m:?} is not in the top-level `models` list"),
-                    ));
-                }
-                sub_models.push(m.clone());
-            }
-            sub_models.sort();
-            sub_models.dedup();
-            if let Some(policy) = &sub.max_tokens {
-                if policy.cap == 0 {
-                    return Err(err(format!("{field}.max_tokens.cap"), "must be at least 1"));
-                }
-            }
-            let scope = format!("subscription {name}");
-            let limits = limit_rules(
-                &format!("{field}.limits"),
-                &sub.limits,
-                &format!("maas/sub/{name}"),
-                &scope,
-            )?;
-            // Validate the per-key template once, here, so a bad one is
-            // reported at the subscription rather than at every key.
-            if let Some(tmpl) = &sub.key_limits {
-                limit_rules(&format!("{field}.key_limits"), tmpl, "maas/key/-", "key")?;
-            }
-            key_limit_templates.push(sub.key_limits.as_ref());
-            subscriptions.push(Subscription {
-                name: name.clone(),
-                models: sub_models,
-                limits,
-                max_tokens: sub.max_tokens,
-            });
+            subscriptions.push(Rc::new(build_subscription(
+                &field,
+                name,
+                sub,
+                &models,
+                UnknownModels::Refuse,
+            )?));
         }
 
         let mut keys = Vec::with_capacity(raw.keys.len());
@@ -363,7 +474,7 @@ impl Config {
             }
             let sub_index = subscriptions
                 .iter()
-                .position(|s| s.name == k.subscription)
+                .position(|s| *s.name == *k.subscription)
                 .ok_or_else(|| {
                     err(
                         format!("{field}.subscription"),
@@ -386,27 +497,15 @@ impl Config {
                     )
                 })?),
             };
-            let template = match &k.limits {
-                Some(own) => Some((format!("{field}.limits"), own)),
-                None => key_limit_templates
-                    .get(sub_index)
-                    .copied()
-                    .flatten()
-                    .map(|t| {
-                        (
-                            format!("{field}.limits (from its subscription's key_limits)"),
-                            t,
-                        )
-                    }),
-            };
-            let limits = match template {
-                Some((f, t)) => limit_rules(
-                    &f,
-                    t,
+            let limits = match (&k.limits, subscriptions.get(sub_index)) {
+                (Some(own), _) => limit_rules(
+                    &format!("{field}.limits"),
+                    own,
                     &format!("maas/key/{}", k.id),
                     &format!("key {}", k.id),
                 )?,
-                None => {
+                (None, Some(sub)) => sub.key_limits_for(&k.id),
+                (None, None) => {
                     ScopeLimits::unlimited(&format!("maas/key/{}", k.id), &format!("key {}", k.id))
                 }
             };
@@ -417,7 +516,7 @@ impl Config {
                 digest,
                 expires_at,
                 revoked: k.revoked,
-                limits,
+                limits: Rc::new(limits),
             });
         }
         let keys = KeyStore::new(keys).map_err(|dup| {
@@ -427,7 +526,22 @@ impl Config {
             )
         })?;
 
+        let control_plane = raw.control_plane.map(|c| control_plane(&c)).transpose()?;
+
+        if let Some(o) = &raw.oidc {
+            for (field, value) in [
+                ("oidc.metadata_namespace", &o.metadata_namespace),
+                ("oidc.payload_key", &o.payload_key),
+                ("oidc.user_claim", &o.user_claim),
+                ("oidc.groups_claim", &o.groups_claim),
+            ] {
+                check_name(field, value, &[])?;
+            }
+        }
+
         Ok(Config {
+            oidc: raw.oidc,
+            control_plane,
             max_body_bytes: raw.max_body_bytes,
             default_max_tokens: raw.default_max_tokens,
             prompt_bytes_per_token: raw.prompt_bytes_per_token,
@@ -443,9 +557,141 @@ impl Config {
         self.subscriptions
             .iter()
             .map(|s| &s.limits)
-            .chain(self.keys.iter().map(|k| &k.limits))
+            .chain(self.keys.iter().map(|k| &*k.limits))
             .filter(|l| !l.is_empty())
     }
+}
+
+/// What a subscription naming a model the gateway does not route gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum UnknownModels {
+    /// In the configuration: a typo, refused.
+    Refuse,
+    /// From the control plane, which serves many gateways: not routed here,
+    /// left out.
+    Skip,
+}
+
+fn build_subscription(
+    field: &str,
+    name: &str,
+    sub: &RawSubscription,
+    models: &BTreeSet<String>,
+    unknown: UnknownModels,
+) -> Result<Subscription, ConfigError> {
+    check_name(field, name, &[])?;
+    let mut sub_models = Vec::with_capacity(sub.models.len());
+    for (i, m) in sub.models.iter().enumerate() {
+        if models.contains(m) {
+            sub_models.push(m.clone());
+        } else if unknown == UnknownModels::Refuse {
+            return Err(err(
+                format!("{field}.models[{i}]"),
+                format!("model {m:?} is not in the top-level `models` list"),
+            ));
+        }
+    }
+    sub_models.sort();
+    sub_models.dedup();
+    if let Some(policy) = &sub.max_tokens {
+        if policy.cap == 0 {
+            return Err(err(format!("{field}.max_tokens.cap"), "must be at least 1"));
+        }
+    }
+    let scope = format!("subscription {name}");
+    let limits = limit_rules(
+        &format!("{field}.limits"),
+        &sub.limits,
+        &format!("maas/sub/{name}"),
+        &scope,
+    )?;
+    // Validated once, here, so a bad template is reported at the
+    // subscription rather than at every key.
+    let key_limits = sub
+        .key_limits
+        .as_ref()
+        .map(|t| {
+            limit_rules(
+                &format!("{field}.key_limits"),
+                t,
+                KEY_TEMPLATE_PREFIX,
+                "key",
+            )
+        })
+        .transpose()?
+        .filter(|l| !l.is_empty());
+    let mut groups = sub.groups.clone();
+    for (i, g) in groups.iter().enumerate() {
+        if g.is_empty() || g.len() > 256 || g.chars().any(char::is_control) {
+            return Err(err(
+                format!("{field}.groups[{i}]"),
+                "must be 1 to 256 characters without control characters",
+            ));
+        }
+    }
+    groups.sort();
+    groups.dedup();
+    Ok(Subscription {
+        name: Rc::from(name),
+        models: sub_models,
+        limits,
+        key_limits,
+        max_tokens: sub.max_tokens,
+        groups,
+    })
+}
+
+/// A subscription as the control plane sends it: the configuration's shape
+/// plus `name`. Models this gateway does not route are left out.
+pub fn synced_subscription(
+    value: &serde_json::Value,
+    models: &[String],
+) -> Result<Subscription, ConfigError> {
+    let name = value
+        .get("name")
+        .and_then(|n| n.as_str())
+        .ok_or_else(|| err("name", "a synced subscription needs a string `name`"))?
+        .to_string();
+    let mut spec = value.clone();
+    if let Some(map) = spec.as_object_mut() {
+        map.remove("name");
+    }
+    let field = format!("subscriptions.{name}");
+    let raw: RawSubscription =
+        serde_json::from_value(spec).map_err(|e| err(&field, e.to_string()))?;
+    let models: BTreeSet<String> = models.iter().cloned().collect();
+    build_subscription(&field, &name, &raw, &models, UnknownModels::Skip)
+}
+
+fn control_plane(raw: &RawControlPlane) -> Result<ControlPlane, ConfigError> {
+    check_name("control_plane.cluster", &raw.cluster, &[':'])?;
+    if raw.token.trim().is_empty() || raw.token.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(err(
+            "control_plane.token",
+            "must be the control plane's gateway token (printable ASCII, no spaces)",
+        ));
+    }
+    let authority = raw.authority.clone().unwrap_or_else(|| raw.cluster.clone());
+    check_name("control_plane.authority", &authority, &[':'])?;
+    let range = |field: &str, value: u64, lo: u64, hi: u64| {
+        if (lo..=hi).contains(&value) {
+            Ok(value)
+        } else {
+            Err(err(
+                format!("control_plane.{field}"),
+                format!("must be between {lo} and {hi}"),
+            ))
+        }
+    };
+    Ok(ControlPlane {
+        cluster: raw.cluster.clone(),
+        authority,
+        token: raw.token.clone(),
+        sync_interval_ms: range("sync_interval_ms", raw.sync_interval_ms, 50, 600_000)?,
+        timeout_ms: range("timeout_ms", raw.timeout_ms, 10, 60_000)?,
+        lookups_per_second: range("lookups_per_second", raw.lookups_per_second, 0, 100_000)?,
+        negative_cache_ms: range("negative_cache_ms", raw.negative_cache_ms, 0, 600_000)?,
+    })
 }
 
 fn limit_rules(
@@ -603,7 +849,7 @@ mod tests {
         assert_eq!(c.default_max_tokens, 4096);
         assert_eq!(c.models, vec!["m1", "org/m2:q4"]);
         let free = &c.subscriptions[0];
-        assert_eq!(free.name, "free");
+        assert_eq!(&*free.name, "free");
         assert_eq!(free.limits.len(), 3);
         assert_eq!(
             free.limits.group.counter_key,

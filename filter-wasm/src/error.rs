@@ -63,6 +63,10 @@ pub enum GatewayError {
     LimiterUnavailable,
     #[error("The gateway has no valid configuration.")]
     Unconfigured,
+    #[error("This API key could not be verified because the control plane is unreachable; try again shortly.")]
+    KeyLookupUnavailable,
+    #[error("Your identity ({subject}) belongs to no group that has a subscription here.")]
+    NoSubscription { subject: String },
 }
 
 #[derive(Serialize)]
@@ -91,7 +95,10 @@ impl GatewayError {
             | GatewayError::BadRequest(_)
             | GatewayError::MaxTokensTooLarge { .. } => 400,
             GatewayError::RateLimited { .. } | GatewayError::RequestTooLarge { .. } => 429,
-            GatewayError::LimiterUnavailable | GatewayError::Unconfigured => 503,
+            GatewayError::NoSubscription { .. } => 403,
+            GatewayError::LimiterUnavailable
+            | GatewayError::Unconfigured
+            | GatewayError::KeyLookupUnavailable => 503,
         }
     }
 
@@ -100,7 +107,10 @@ impl GatewayError {
         match self {
             GatewayError::RateLimited { kind, .. } => kind.as_str(),
             GatewayError::RequestTooLarge { .. } => "tokens",
-            GatewayError::LimiterUnavailable | GatewayError::Unconfigured => "server_error",
+            GatewayError::LimiterUnavailable
+            | GatewayError::Unconfigured
+            | GatewayError::KeyLookupUnavailable => "server_error",
+            GatewayError::NoSubscription { .. } => "permission_denied",
             _ => "invalid_request_error",
         }
     }
@@ -124,6 +134,8 @@ impl GatewayError {
             GatewayError::RequestTooLarge { .. } => "request_too_large",
             GatewayError::LimiterUnavailable => "limiter_unavailable",
             GatewayError::Unconfigured => "gateway_unconfigured",
+            GatewayError::KeyLookupUnavailable => "key_lookup_unavailable",
+            GatewayError::NoSubscription { .. } => "no_subscription",
         }
     }
 
@@ -149,7 +161,9 @@ impl GatewayError {
             GatewayError::RateLimited {
                 retry_after_secs, ..
             } => vec![("retry-after", retry_after_secs.to_string())],
-            GatewayError::LimiterUnavailable => vec![("retry-after", "1".to_string())],
+            GatewayError::LimiterUnavailable | GatewayError::KeyLookupUnavailable => {
+                vec![("retry-after", "1".to_string())]
+            }
             _ => Vec::new(),
         }
     }
@@ -253,6 +267,20 @@ mod tests {
                 503,
                 "server_error",
                 "gateway_unconfigured",
+            ),
+            (
+                GatewayError::KeyLookupUnavailable,
+                503,
+                "server_error",
+                "key_lookup_unavailable",
+            ),
+            (
+                GatewayError::NoSubscription {
+                    subject: "alice".into(),
+                },
+                403,
+                "permission_denied",
+                "no_subscription",
             ),
         ];
         for (err, status, kind, code) in cases {

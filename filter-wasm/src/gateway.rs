@@ -15,13 +15,17 @@
 //!   tokens never exceed its limit as long as the model honours `max_tokens`.
 
 use crate::audit::{AuditRecord, UsageSource};
-use crate::config::{CapMode, Config, Quantity, ScopeLimits};
+use crate::claims;
+use crate::config::{synced_subscription, CapMode, Config, Quantity, ScopeLimits, Subscription};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
+use crate::key_sync::{self, Lookup};
 use crate::keys::{presented_key, AuthFailure};
 use crate::limits::{self, Hold, ReserveError};
+use crate::managed_keys::{self, ManagedKey, PresentedKey};
 use crate::metrics::{Metric, ModelId, Outcome};
+use crate::policy::Policy;
 use crate::ratelimit_headers::RateLimitHeaders;
 use crate::request::{parse_completion_request, rewrite_completion_request, BodyRewrite};
 use crate::sse::SseUsageParser;
@@ -47,10 +51,34 @@ const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
 /// Bytes per token assumed when charging an estimate (OpenAI's rule of thumb).
 const ESTIMATE_BYTES_PER_TOKEN: u64 = 4;
 
-#[derive(Debug, Clone, Copy)]
+/// Who is calling, and under which subscription.
+#[derive(Debug, Clone)]
 struct Identity {
-    key: usize,
-    subscription: usize,
+    /// `None` for a token holder.
+    key_id: Option<String>,
+    user: String,
+    subscription: Rc<Subscription>,
+    /// Limits of the key alone (empty when it has none).
+    key_limits: Rc<ScopeLimits>,
+}
+
+/// The result of checking a presented API key.
+enum KeyCheck {
+    Found(Identity),
+    Refused(AuthFailure),
+    /// A managed key id this gateway has never seen: ask the control plane.
+    Lookup(String),
+}
+
+/// A request held at its headers while the control plane is asked about
+/// its key.
+#[derive(Debug)]
+struct PendingLookup {
+    key: String,
+    end_of_stream: bool,
+    content_length: Option<u64>,
+    /// The buffered body's size, once the client has sent all of it.
+    body_size: Option<usize>,
 }
 
 /// What was reserved at admission, settled exactly once: one hold per scope
@@ -63,16 +91,10 @@ struct Admission {
 
 /// The scopes whose limits a key's request counts against: its subscription
 /// and the key itself, those that have limits. Admission and settlement both
-/// derive them from the (immutable) configuration, so they pair up.
-fn limited_scopes<'c>(config: &'c Config, identity: &Identity) -> Vec<&'c ScopeLimits> {
-    let subscription = config
-        .subscriptions
-        .get(identity.subscription)
-        .map(|s| &s.limits);
-    let key = config.keys.get(identity.key).map(|k| &k.limits);
-    [subscription, key]
+/// derive them from the identity the stream holds, so they pair up.
+fn limited_scopes(identity: &Identity) -> Vec<&ScopeLimits> {
+    [&identity.subscription.limits, &*identity.key_limits]
         .into_iter()
-        .flatten()
         .filter(|l| !l.is_empty())
         .collect()
 }
@@ -89,11 +111,13 @@ enum ResponseReader {
 
 pub struct Stream {
     config: Rc<Config>,
+    policy: Rc<Policy>,
     start_ms: u64,
     method: String,
     path: String,
     request_id: Option<String>,
     identity: Option<Identity>,
+    pending: Option<PendingLookup>,
     endpoint: Option<Endpoint>,
     model: Option<String>,
     model_id: ModelId,
@@ -111,14 +135,17 @@ pub struct Stream {
 }
 
 impl Stream {
-    pub fn new(config: Rc<Config>) -> Stream {
+    /// `policy`: the subscriptions in force when the request starts.
+    pub fn new(config: Rc<Config>, policy: Rc<Policy>) -> Stream {
         Stream {
             config,
+            policy,
             start_ms: 0,
             method: String::new(),
             path: String::new(),
             request_id: None,
             identity: None,
+            pending: None,
             endpoint: None,
             model: None,
             model_id: None,
@@ -175,32 +202,271 @@ impl Stream {
             host.set_request_header(name, None);
         }
 
-        let presented = presented_key(authorization.as_deref(), x_api_key.as_deref());
-        let now_secs = self.start_ms / 1000;
-        let authenticated = match presented {
-            None => Err(AuthFailure::Missing),
-            Some(k) => self.config.keys.authenticate(k, now_secs),
-        };
-        let (key_index, key) = match authenticated {
-            Ok(found) => found,
-            Err(reason) => {
-                host.add_metric(Metric::AuthFailures { reason }, 1);
-                let err = match reason {
-                    AuthFailure::Missing => GatewayError::MissingKey,
-                    _ => GatewayError::InvalidKey,
-                };
+        match self.token_identity(host) {
+            Some(Ok(identity)) => {
+                return self.identified(host, identity, end_of_stream, content_length)
+            }
+            Some(Err(err)) => {
+                host.add_metric(
+                    Metric::AuthFailures {
+                        reason: AuthFailure::NoSubscription,
+                    },
+                    1,
+                );
                 return self.refuse(host, Outcome::Rejected, &err);
             }
-        };
-        self.identity = Some(Identity {
-            key: key_index,
-            subscription: key.subscription,
-        });
-        host.set_request_header("x-maas-key-id", Some(&key.id));
-        host.set_request_header("x-maas-user", Some(&key.owner));
-        if let Some(sub) = self.config.subscriptions.get(key.subscription) {
-            host.set_request_header("x-maas-subscription", Some(&sub.name));
+            None => {}
         }
+        let Some(presented) = presented_key(authorization.as_deref(), x_api_key.as_deref()) else {
+            return self.refuse_auth(host, AuthFailure::Missing);
+        };
+        match self.check_key(host, presented) {
+            KeyCheck::Found(identity) => {
+                self.identified(host, identity, end_of_stream, content_length)
+            }
+            KeyCheck::Refused(reason) => self.refuse_auth(host, reason),
+            KeyCheck::Lookup(id) => {
+                let budget = self
+                    .config
+                    .control_plane
+                    .as_ref()
+                    .map_or(0, |c| c.lookups_per_second);
+                if !key_sync::take_lookup_budget(host.counters(), budget, self.start_ms / 1000) {
+                    host.add_metric(
+                        Metric::KeyLookups {
+                            result: "throttled",
+                        },
+                        1,
+                    );
+                    return self.refuse_auth(host, AuthFailure::Unknown);
+                }
+                if !host.dispatch_key_lookup(&id) {
+                    host.add_metric(Metric::KeyLookups { result: "failed" }, 1);
+                    return self.refuse(
+                        host,
+                        Outcome::Rejected,
+                        &GatewayError::KeyLookupUnavailable,
+                    );
+                }
+                self.pending = Some(PendingLookup {
+                    key: presented.to_string(),
+                    end_of_stream,
+                    content_length,
+                    body_size: None,
+                });
+                Flow::Pause
+            }
+        }
+    }
+
+    /// The identity of a token `jwt_authn` verified (`None`: no token, or
+    /// OIDC not configured); its groups pick the subscription.
+    fn token_identity(&self, host: &dyn StreamHost) -> Option<Result<Identity, GatewayError>> {
+        let oidc = self.config.oidc.as_ref()?;
+        let user = claims::as_string(&host.token_claim(&oidc.user_claim)?)?;
+        // It becomes a header value: refuse what could not be one.
+        if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+            return None;
+        }
+        let groups = host
+            .token_claim(&oidc.groups_claim)
+            .map(|b| claims::as_string_list(&b))
+            .unwrap_or_default();
+        Some(match self.policy.subscription_for_groups(&groups) {
+            Some(sub) => Ok(Identity {
+                key_id: None,
+                key_limits: Rc::new(sub.user_limits_for(&user)),
+                user,
+                subscription: Rc::clone(sub),
+            }),
+            None => Err(GatewayError::NoSubscription { subject: user }),
+        })
+    }
+
+    fn refuse_auth(&mut self, host: &dyn StreamHost, reason: AuthFailure) -> Flow {
+        host.add_metric(Metric::AuthFailures { reason }, 1);
+        let err = match reason {
+            AuthFailure::Missing => GatewayError::MissingKey,
+            _ => GatewayError::InvalidKey,
+        };
+        self.refuse(host, Outcome::Rejected, &err)
+    }
+
+    /// Configuration keys first (one hash lookup), then managed keys in
+    /// shared data.
+    fn check_key(&self, host: &dyn StreamHost, presented: &str) -> KeyCheck {
+        let now_secs = self.start_ms / 1000;
+        match self.config.keys.authenticate(presented, now_secs) {
+            Ok((_, key)) => {
+                let subscription = self
+                    .config
+                    .subscriptions
+                    .get(key.subscription)
+                    .and_then(|s| self.policy.subscription(&s.name));
+                return match subscription {
+                    Some(sub) => KeyCheck::Found(Identity {
+                        key_id: Some(key.id.clone()),
+                        user: key.owner.clone(),
+                        subscription: Rc::clone(sub),
+                        key_limits: Rc::clone(&key.limits),
+                    }),
+                    None => KeyCheck::Refused(AuthFailure::Unknown),
+                };
+            }
+            Err(AuthFailure::Unknown) => {}
+            Err(reason) => return KeyCheck::Refused(reason),
+        }
+        let Some(managed) = managed_keys::parse(presented) else {
+            return KeyCheck::Refused(AuthFailure::Unknown);
+        };
+        if self.config.control_plane.is_none() {
+            return KeyCheck::Refused(AuthFailure::Unknown);
+        }
+        let epoch = self.policy.state.epoch;
+        match key_sync::lookup(host.counters(), managed.id, epoch, self.start_ms) {
+            Ok(Lookup::Found(record)) => self.managed_identity(&record, &managed, None),
+            Ok(Lookup::Absent) => KeyCheck::Refused(AuthFailure::Unknown),
+            Ok(Lookup::Unknown) => KeyCheck::Lookup(managed.id.to_string()),
+            Err(e) => {
+                host.warn(&format!("managed key store unavailable: {e}"));
+                KeyCheck::Refused(AuthFailure::Unknown)
+            }
+        }
+    }
+
+    /// `extra`: the key's subscription as a lookup answer carried it, for a
+    /// subscription so new the sync has not brought it yet.
+    fn managed_identity(
+        &self,
+        record: &ManagedKey,
+        presented: &PresentedKey<'_>,
+        extra: Option<Subscription>,
+    ) -> KeyCheck {
+        if !record.verify(presented) {
+            return KeyCheck::Refused(AuthFailure::Unknown);
+        }
+        if record.revoked {
+            return KeyCheck::Refused(AuthFailure::Revoked);
+        }
+        if record.expires_at.is_some_and(|t| self.start_ms / 1000 >= t) {
+            return KeyCheck::Refused(AuthFailure::Expired);
+        }
+        let subscription = match self.policy.subscription(&record.subscription) {
+            Some(s) => Rc::clone(s),
+            None => match extra {
+                Some(s) if *s.name == *record.subscription => Rc::new(s),
+                _ => return KeyCheck::Refused(AuthFailure::Unknown),
+            },
+        };
+        KeyCheck::Found(Identity {
+            key_id: Some(record.id.clone()),
+            user: record.owner.clone(),
+            key_limits: Rc::new(subscription.key_limits_for(&record.id)),
+            subscription,
+        })
+    }
+
+    /// The control plane's answer about a pending key (`None`: the call
+    /// failed or timed out). Resumes, or refuses, the held request.
+    pub fn on_key_lookup(&mut self, host: &dyn StreamHost, status: Option<u32>, body: &[u8]) {
+        let Some(pending) = self.pending.take() else {
+            return;
+        };
+        if self.replied {
+            return;
+        }
+        let Some(presented) = managed_keys::parse(&pending.key) else {
+            return;
+        };
+        let now_ms = host.now_ms();
+        let negative_ms = self
+            .config
+            .control_plane
+            .as_ref()
+            .map_or(0, |c| c.negative_cache_ms);
+        let check = match status {
+            Some(200) => {
+                let delta = managed_keys::parse_sync(body).ok();
+                let found = delta
+                    .as_ref()
+                    .and_then(|d| d.keys.iter().find(|k| k.id == presented.id));
+                match found {
+                    Some(record) => {
+                        if let Err(e) =
+                            key_sync::record_lookup(host.counters(), presented.id, Some(record), 0)
+                        {
+                            host.warn(&format!("could not store a looked-up key: {e}"));
+                        }
+                        host.add_metric(Metric::KeyLookups { result: "found" }, 1);
+                        let extra = delta.as_ref().and_then(|d| {
+                            let v = d.subscriptions.iter().find(|v| {
+                                v.get("name").and_then(|n| n.as_str())
+                                    == Some(record.subscription.as_str())
+                            })?;
+                            synced_subscription(v, &self.config.models).ok()
+                        });
+                        self.managed_identity(record, &presented, extra)
+                    }
+                    None => {
+                        host.add_metric(Metric::KeyLookups { result: "failed" }, 1);
+                        return self.fail_lookup(host);
+                    }
+                }
+            }
+            Some(404) => {
+                let until = now_ms.saturating_add(negative_ms);
+                if let Err(e) = key_sync::record_lookup(host.counters(), presented.id, None, until)
+                {
+                    host.warn(&format!("could not remember an unknown key: {e}"));
+                }
+                host.add_metric(Metric::KeyLookups { result: "absent" }, 1);
+                KeyCheck::Refused(AuthFailure::Unknown)
+            }
+            _ => {
+                host.add_metric(Metric::KeyLookups { result: "failed" }, 1);
+                return self.fail_lookup(host);
+            }
+        };
+        let flow = match check {
+            KeyCheck::Found(identity) => self.identified(
+                host,
+                identity,
+                pending.end_of_stream,
+                pending.content_length,
+            ),
+            KeyCheck::Refused(reason) => self.refuse_auth(host, reason),
+            KeyCheck::Lookup(_) => self.refuse_auth(host, AuthFailure::Unknown),
+        };
+        let flow = match (flow, pending.body_size) {
+            (Flow::Pause, Some(size)) if self.awaiting_body() => {
+                self.on_request_body(host, size, true)
+            }
+            (flow, _) => flow,
+        };
+        if flow == Flow::Continue && !self.replied {
+            host.resume_request();
+        }
+    }
+
+    fn fail_lookup(&mut self, host: &dyn StreamHost) {
+        self.refuse(host, Outcome::Rejected, &GatewayError::KeyLookupUnavailable);
+    }
+
+    /// The request's identity is known: assert it upstream, then route by
+    /// endpoint.
+    fn identified(
+        &mut self,
+        host: &dyn StreamHost,
+        identity: Identity,
+        end_of_stream: bool,
+        content_length: Option<u64>,
+    ) -> Flow {
+        if let Some(id) = &identity.key_id {
+            host.set_request_header("x-maas-key-id", Some(id));
+        }
+        host.set_request_header("x-maas-user", Some(&identity.user));
+        host.set_request_header("x-maas-subscription", Some(&identity.subscription.name));
+        self.identity = Some(identity);
 
         let endpoint = match Endpoint::classify(&self.method, &self.path) {
             Ok(e) => e,
@@ -230,6 +496,22 @@ impl Stream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
+        if self.replied {
+            return Flow::Continue;
+        }
+        if let Some(pending) = &mut self.pending {
+            // Held until the key lookup answers; the body waits with it.
+            if body_size > self.config.max_body_bytes {
+                let err = GatewayError::BodyTooLarge {
+                    limit: self.config.max_body_bytes,
+                };
+                return self.refuse(host, Outcome::Rejected, &err);
+            }
+            if end_of_stream {
+                pending.body_size = Some(body_size);
+            }
+            return Flow::Buffer;
+        }
         if !self.awaiting_body() {
             return Flow::Continue;
         }
@@ -377,18 +659,13 @@ impl Stream {
             None if self.status.is_some_and(|s| (200..300).contains(&s)) => Outcome::Ok,
             None => Outcome::UpstreamError,
         };
-        let config = Rc::clone(&self.config);
-        let key = self.identity.as_ref().and_then(|i| config.keys.get(i.key));
-        let subscription = self
-            .identity
-            .as_ref()
-            .and_then(|i| config.subscriptions.get(i.subscription));
-        if let Some(i) = &self.identity {
+        let identity = self.identity.as_ref();
+        if let Some(i) = identity {
             // Requests refused at the endpoint (unknown path) still count
             // against their subscription's request metric.
             host.add_metric(
                 Metric::Requests {
-                    subscription: i.subscription as u32,
+                    subscription: Rc::clone(&i.subscription.name),
                     model: self.model_id,
                     outcome,
                 },
@@ -404,9 +681,9 @@ impl Stream {
             request_id: self.request_id.as_deref(),
             method: &self.method,
             path: &self.path,
-            key_id: key.map(|k| k.id.as_str()),
-            user: key.map(|k| k.owner.as_str()),
-            subscription: subscription.map(|s| s.name.as_str()),
+            key_id: identity.and_then(|i| i.key_id.as_deref()),
+            user: identity.map(|i| i.user.as_str()),
+            subscription: identity.map(|i| &*i.subscription.name),
             model: self.model.as_deref(),
             stream: self.streaming,
             status: self.status,
@@ -429,11 +706,9 @@ impl Stream {
         let config = Rc::clone(&self.config);
         let identity = self
             .identity
+            .clone()
             .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
-        let subscription = config
-            .subscriptions
-            .get(identity.subscription)
-            .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
+        let subscription = Rc::clone(&identity.subscription);
 
         let request = parse_completion_request(body).map_err(|e| rejected(e.into()))?;
         let model = request.model.as_ref();
@@ -507,7 +782,7 @@ impl Stream {
         // arrays multiply them.
         let worst_case =
             prompt_estimate.saturating_add(effective.saturating_mul(request.completions()));
-        let scopes = limited_scopes(&config, &identity);
+        let scopes = limited_scopes(&identity);
         let amounts: Vec<Vec<u64>> = scopes.iter().map(|l| l.amounts(1, worst_case)).collect();
         let wants: Vec<(&limits::LimitGroup, &[u64])> = scopes
             .iter()
@@ -536,7 +811,7 @@ impl Stream {
                 };
                 host.add_metric(
                     Metric::RateLimited {
-                        subscription: identity.subscription as u32,
+                        subscription: Rc::clone(&subscription.name),
                         kind,
                     },
                     1,
@@ -634,50 +909,52 @@ impl Stream {
             }
         };
         let now_secs = now_ms / 1000;
-        let config = Rc::clone(&self.config);
-        let scopes = self
-            .identity
-            .as_ref()
-            .map(|i| limited_scopes(&config, i))
-            .unwrap_or_default();
-        for (scope, hold) in scopes.into_iter().zip(admission.holds) {
+        let Some(identity) = self.identity.as_ref() else {
+            self.charged = Some((usage, source));
+            return;
+        };
+        for (scope, hold) in limited_scopes(identity).into_iter().zip(admission.holds) {
             let actual = scope.amounts(1, usage.total_tokens);
             if let Err(e) = limits::settle(host.counters(), now_secs, hold, &actual) {
                 host.add_metric(Metric::SettleErrors, 1);
                 host.warn(&format!("could not settle a reservation: {e}"));
             }
         }
-        if let Some(i) = &self.identity {
-            let (subscription, model) = (i.subscription as u32, self.model_id);
-            host.add_metric(
+        let (model, name) = (self.model_id, &identity.subscription.name);
+        let sub = || Rc::clone(name);
+        let estimated = u64::from(source == UsageSource::Estimated);
+        for (metric, value) in [
+            (
                 Metric::PromptTokens {
-                    subscription,
+                    subscription: sub(),
                     model,
                 },
                 usage.prompt_tokens,
-            );
-            host.add_metric(
+            ),
+            (
                 Metric::CompletionTokens {
-                    subscription,
+                    subscription: sub(),
                     model,
                 },
                 usage.completion_tokens,
-            );
-            host.add_metric(
+            ),
+            (
                 Metric::TotalTokens {
-                    subscription,
+                    subscription: sub(),
                     model,
                 },
                 usage.total_tokens,
-            );
-            if source == UsageSource::Estimated {
-                host.add_metric(
-                    Metric::EstimatedUsage {
-                        subscription,
-                        model,
-                    },
-                    1,
-                );
+            ),
+            (
+                Metric::EstimatedUsage {
+                    subscription: sub(),
+                    model,
+                },
+                estimated,
+            ),
+        ] {
+            if value > 0 || !matches!(metric, Metric::EstimatedUsage { .. }) {
+                host.add_metric(metric, value);
             }
         }
         self.charged = Some((usage, source));
@@ -704,8 +981,7 @@ impl Stream {
     fn allowed_models(&self) -> &[String] {
         self.identity
             .as_ref()
-            .and_then(|i| self.config.subscriptions.get(i.subscription))
-            .map_or(&[], |s| s.models.as_slice())
+            .map_or(&[], |i| i.subscription.models.as_slice())
     }
 
     fn list_models(&mut self, host: &dyn StreamHost) -> Flow {

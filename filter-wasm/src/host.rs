@@ -47,6 +47,15 @@ pub trait StreamHost {
     fn set_audit_record(&self, record: &[u8]);
 
     fn counters(&self) -> &dyn CounterStore;
+    /// Asks the control plane about managed key `id`; the answer comes back
+    /// through `Stream::on_key_lookup`. False if the call could not be made.
+    fn dispatch_key_lookup(&self, id: &str) -> bool;
+    /// Lets a request held by the filter go on.
+    fn resume_request(&self);
+    /// A claim of the token `jwt_authn` verified for this request, in the
+    /// encoding `crate::claims` reads; `None` when there is no verified
+    /// token or it lacks the claim.
+    fn token_claim(&self, claim: &str) -> Option<Vec<u8>>;
     fn add_metric(&self, metric: Metric, value: u64);
     fn warn(&self, message: &str);
 }

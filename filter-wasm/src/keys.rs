@@ -10,6 +10,7 @@
 use crate::config::ScopeLimits;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::rc::Rc;
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct KeyDigest([u8; 32]);
@@ -91,7 +92,7 @@ pub struct ApiKey {
     pub expires_at: Option<u64>,
     pub revoked: bool,
     /// Limits that count this key alone.
-    pub limits: ScopeLimits,
+    pub limits: Rc<ScopeLimits>,
 }
 
 /// Why a key was refused. The client always sees the same 401; the reason only
@@ -102,6 +103,8 @@ pub enum AuthFailure {
     Unknown,
     Expired,
     Revoked,
+    /// A verified token whose groups map to no subscription.
+    NoSubscription,
 }
 
 impl AuthFailure {
@@ -111,6 +114,7 @@ impl AuthFailure {
             AuthFailure::Unknown => "unknown",
             AuthFailure::Expired => "expired",
             AuthFailure::Revoked => "revoked",
+            AuthFailure::NoSubscription => "no_subscription",
         }
     }
 }
@@ -197,7 +201,10 @@ mod tests {
             digest: KeyDigest::of(secret),
             expires_at,
             revoked,
-            limits: crate::config::ScopeLimits::unlimited("maas/key/test", "key test"),
+            limits: Rc::new(crate::config::ScopeLimits::unlimited(
+                "maas/key/test",
+                "key test",
+            )),
         }
     }
 

@@ -12,15 +12,18 @@
 //! with proxy-wasm hostcalls and the unit tests implement with a fake.
 
 pub mod audit;
+pub mod claims;
 pub mod config;
 pub mod endpoint;
 pub mod error;
 pub mod gateway;
 pub mod host;
+pub mod key_sync;
 pub mod keys;
 pub mod limits;
 pub mod managed_keys;
 pub mod metrics;
+pub mod policy;
 pub mod ratelimit_headers;
 pub mod request;
 pub mod sse;

@@ -66,6 +66,9 @@ pub struct ManagedKey {
     /// Unix seconds.
     pub expires_at: Option<u64>,
     pub revoked: bool,
+    /// The control plane's change number of this key: of two records of
+    /// one key the higher is newer, whichever arrived last.
+    pub version: u64,
 }
 
 impl ManagedKey {
@@ -74,8 +77,9 @@ impl ManagedKey {
         key.id == self.id && key.digest(&self.salt).ct_eq(&self.digest)
     }
 
-    /// The shared-data value: `1 ‖ salt ‖ digest ‖ flags ‖ expires (u64 LE)
-    /// ‖ owner ‖ subscription ‖ id`, strings as u16-LE length + bytes.
+    /// The shared-data value: `2 ‖ salt ‖ digest ‖ flags ‖ expires (u64 LE)
+    /// ‖ version (u64 LE) ‖ owner ‖ subscription ‖ id`, strings as u16-LE
+    /// length + bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut out =
             Vec::with_capacity(64 + self.owner.len() + self.subscription.len() + self.id.len());
@@ -84,6 +88,7 @@ impl ManagedKey {
         out.extend_from_slice(self.digest.as_bytes());
         out.push(u8::from(self.revoked) | (u8::from(self.expires_at.is_some()) << 1));
         out.extend_from_slice(&self.expires_at.unwrap_or(0).to_le_bytes());
+        out.extend_from_slice(&self.version.to_le_bytes());
         for s in [&self.owner, &self.subscription, &self.id] {
             let len = u16::try_from(s.len()).unwrap_or(u16::MAX);
             out.extend_from_slice(&len.to_le_bytes());
@@ -102,6 +107,7 @@ impl ManagedKey {
         let digest = KeyDigest::from_bytes(r.take(32)?.try_into().ok()?);
         let flags = *r.take(1)?.first()?;
         let expires = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
+        let version = u64::from_le_bytes(r.take(8)?.try_into().ok()?);
         let owner = r.string()?;
         let subscription = r.string()?;
         let id = r.string()?;
@@ -116,11 +122,12 @@ impl ManagedKey {
             digest,
             expires_at: (flags & 2 != 0).then_some(expires),
             revoked: flags & 1 != 0,
+            version,
         })
     }
 }
 
-const RECORD_VERSION: u8 = 1;
+const RECORD_VERSION: u8 = 2;
 
 struct Reader<'a>(&'a [u8]);
 
@@ -189,6 +196,8 @@ struct RawKey {
     expires_at: Option<i64>,
     #[serde(default)]
     revoked: bool,
+    #[serde(default)]
+    version: u64,
 }
 
 pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
@@ -215,6 +224,7 @@ pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
                 owner: k.owner,
                 subscription: k.subscription,
                 revoked: k.revoked,
+                version: k.version,
             })
         })
         .collect::<Result<_, _>>()?;
@@ -245,6 +255,7 @@ mod tests {
             digest: p.digest(&SALT),
             expires_at: Some(1_900_000_000),
             revoked: false,
+            version: 3,
         }
     }
 
@@ -281,7 +292,7 @@ mod tests {
             "subscriptions": [{"name": "team-a", "models": ["m"], "limits": "unlimited"}],
             "deleted_subscriptions": ["old"],
             "keys": [{"id": k.id, "owner": "alice", "subscription": "team-a",
-                      "salt": "07".repeat(16), "sha256": k.digest.to_hex(), "expires_at": 1_900_000_000, "revoked": false}]
+                      "salt": "07".repeat(16), "sha256": k.digest.to_hex(), "expires_at": 1_900_000_000, "revoked": false, "version": 3}]
         });
         let d = parse_sync(body.to_string().as_bytes()).unwrap();
         assert_eq!((d.version, d.full), (9, false));

@@ -1,6 +1,6 @@
-//! The filter's Prometheus-visible counters. A [`Metric`] is a small `Copy`
-//! key (indices into the configuration, not strings) so recording one costs
-//! no allocation; the host turns each distinct key into an Envoy metric once
+//! The filter's Prometheus-visible counters. A [`Metric`] is a small key (a
+//! shared subscription name, a model index) so recording one costs no
+//! allocation; the host turns each distinct key into an Envoy metric once
 //! per VM and caches its id.
 //!
 //! Names follow Istio's tag convention (`maas.<what>.<label>=.=<value>;.;`),
@@ -9,9 +9,10 @@
 //! words, so a client cannot grow the metric set by sending made-up model
 //! names.
 
-use crate::config::{Config, Quantity};
+use crate::config::Quantity;
 use crate::keys::AuthFailure;
 use std::fmt::Write;
+use std::rc::Rc;
 
 /// Why a request ended the way it did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -43,11 +44,12 @@ impl Outcome {
     }
 }
 
-/// Index of a configured subscription / model (`None`: not a configured model).
-pub type SubscriptionId = u32;
+/// A subscription's name (shared with the subscription itself).
+pub type SubscriptionId = Rc<str>;
+/// Index of a configured model (`None`: not a configured model).
 pub type ModelId = Option<u32>;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Metric {
     Requests {
         subscription: SubscriptionId,
@@ -82,24 +84,40 @@ pub enum Metric {
     SettleErrors,
     /// `/v1/models` and `/v1/models/{id}` answered by the filter.
     ModelListings,
+    /// Calls to the control plane's sync, by result (`changed`,
+    /// `not_modified`, `failed`).
+    KeySyncs {
+        result: &'static str,
+    },
+    /// Lookups of never-seen managed key ids, by result (`found`, `absent`,
+    /// `failed`, `throttled`).
+    KeyLookups {
+        result: &'static str,
+    },
+    /// Gauge: seconds since the control plane last answered a sync.
+    KeySyncAgeSeconds,
+    /// Gauge: subscriptions in force (configured and synced).
+    Subscriptions,
 }
 
 impl Metric {
+    /// Gauges are set, counters are added to.
+    pub fn is_gauge(&self) -> bool {
+        matches!(self, Metric::KeySyncAgeSeconds | Metric::Subscriptions)
+    }
+
     /// The Envoy stat name, e.g.
     /// `maas.requests_total.subscription=.=free;.;model=.=m1;.;outcome=.=ok;.;`.
-    pub fn name(&self, config: &Config) -> String {
-        let sub = |i: SubscriptionId| {
-            config
-                .subscriptions
-                .get(i as usize)
-                .map_or("unknown", |s| s.name.as_str())
-        };
+    /// `models` is the configuration's (sorted) model list.
+    pub fn name(&self, models: &[String]) -> String {
+        let sub = |s: &SubscriptionId| -> String { s.to_string() };
         let model = |m: ModelId| {
-            m.and_then(|i| config.models.get(i as usize))
+            m.and_then(|i| models.get(i as usize))
                 .map_or("unknown", |s| s.as_str())
+                .to_string()
         };
         let mut out = String::with_capacity(96);
-        let (what, labels): (&str, Vec<(&str, &str)>) = match *self {
+        let (what, labels): (&str, Vec<(&str, String)>) = match self {
             Metric::Requests {
                 subscription,
                 model: m,
@@ -108,8 +126,8 @@ impl Metric {
                 "requests_total",
                 vec![
                     ("subscription", sub(subscription)),
-                    ("model", model(m)),
-                    ("outcome", outcome.as_str()),
+                    ("model", model(*m)),
+                    ("outcome", outcome.as_str().to_string()),
                 ],
             ),
             Metric::PromptTokens {
@@ -117,41 +135,50 @@ impl Metric {
                 model: m,
             } => (
                 "prompt_tokens_total",
-                vec![("subscription", sub(subscription)), ("model", model(m))],
+                vec![("subscription", sub(subscription)), ("model", model(*m))],
             ),
             Metric::CompletionTokens {
                 subscription,
                 model: m,
             } => (
                 "completion_tokens_total",
-                vec![("subscription", sub(subscription)), ("model", model(m))],
+                vec![("subscription", sub(subscription)), ("model", model(*m))],
             ),
             Metric::TotalTokens {
                 subscription,
                 model: m,
             } => (
                 "total_tokens_total",
-                vec![("subscription", sub(subscription)), ("model", model(m))],
+                vec![("subscription", sub(subscription)), ("model", model(*m))],
             ),
             Metric::EstimatedUsage {
                 subscription,
                 model: m,
             } => (
                 "estimated_usage_total",
-                vec![("subscription", sub(subscription)), ("model", model(m))],
+                vec![("subscription", sub(subscription)), ("model", model(*m))],
             ),
             Metric::RateLimited { subscription, kind } => (
                 "rate_limited_total",
                 vec![
                     ("subscription", sub(subscription)),
-                    ("reason", kind.as_str()),
+                    ("reason", kind.as_str().to_string()),
                 ],
             ),
-            Metric::AuthFailures { reason } => {
-                ("auth_failures_total", vec![("reason", reason.as_str())])
-            }
+            Metric::AuthFailures { reason } => (
+                "auth_failures_total",
+                vec![("reason", reason.as_str().to_string())],
+            ),
             Metric::SettleErrors => ("settle_errors_total", Vec::new()),
             Metric::ModelListings => ("model_listings_total", Vec::new()),
+            Metric::KeySyncs { result } => {
+                ("key_syncs_total", vec![("result", result.to_string())])
+            }
+            Metric::KeyLookups { result } => {
+                ("key_lookups_total", vec![("result", result.to_string())])
+            }
+            Metric::KeySyncAgeSeconds => ("key_sync_age_seconds", Vec::new()),
+            Metric::Subscriptions => ("subscriptions", Vec::new()),
         };
         out.push_str("maas.");
         out.push_str(what);
@@ -170,20 +197,14 @@ impl Metric {
 mod tests {
     use super::*;
 
-    fn config() -> Config {
-        Config::from_json(
-            br#"{"models":["m1"],"subscriptions":{"free":{"models":["m1"],"limits":"unlimited"}}}"#,
-        )
-        .unwrap()
-    }
-
     #[test]
     fn names_embed_labels_in_istio_form() {
-        let c = config();
+        let models = ["m1".to_string()];
+        let free: SubscriptionId = Rc::from("free");
         let table = [
             (
                 Metric::Requests {
-                    subscription: 0,
+                    subscription: free.clone(),
                     model: Some(0),
                     outcome: Outcome::Ok,
                 },
@@ -191,14 +212,14 @@ mod tests {
             ),
             (
                 Metric::TotalTokens {
-                    subscription: 0,
+                    subscription: free.clone(),
                     model: None,
                 },
                 "maas.total_tokens_total.subscription=.=free;.;model=.=unknown;.;",
             ),
             (
                 Metric::RateLimited {
-                    subscription: 0,
+                    subscription: free.clone(),
                     kind: Quantity::Tokens,
                 },
                 "maas.rate_limited_total.subscription=.=free;.;reason=.=tokens;.;",
@@ -210,9 +231,13 @@ mod tests {
                 "maas.auth_failures_total.reason=.=revoked;.;",
             ),
             (Metric::SettleErrors, "maas.settle_errors_total"),
+            (
+                Metric::KeyLookups { result: "absent" },
+                "maas.key_lookups_total.result=.=absent;.;",
+            ),
         ];
         for (m, want) in table {
-            assert_eq!(m.name(&c), want);
+            assert_eq!(m.name(&models), want);
         }
     }
 }

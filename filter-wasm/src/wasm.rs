@@ -9,19 +9,22 @@
 //! phases and replies at most once, so none of those are reachable from
 //! input. Header values are read as bytes (see `header_map`).
 
-use crate::config::Config;
+use crate::config::{Config, ControlPlane};
 use crate::error::GatewayError;
 use crate::gateway::Stream;
 use crate::host::{Flow, StreamHost};
+use crate::key_sync;
 use crate::limits::{self, Cas, CounterStore, StoreError};
+use crate::managed_keys;
 use crate::metrics::Metric;
+use crate::policy::Policy;
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-use std::time::UNIX_EPOCH;
+use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
@@ -33,16 +36,193 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct VmState {
     config: Option<Rc<Config>>,
+    /// The subscriptions in force; rebuilt when the sync state moves.
+    policy: Rc<Policy>,
     /// Envoy metric ids, defined on first use.
     metric_ids: RefCell<HashMap<Metric, u32>>,
+}
+
+impl VmState {
+    /// Rebuilds the policy if another VM (or this one) applied a sync since.
+    /// One small shared-data read when nothing changed.
+    fn refresh_policy(&mut self) {
+        let Some(config) = self.config.clone() else {
+            return;
+        };
+        if config.control_plane.is_none() {
+            return;
+        }
+        let Ok(state) = key_sync::read_state(&SharedData) else {
+            return;
+        };
+        let current = self.policy.state;
+        if (state.version, state.epoch) == (current.version, current.epoch) {
+            return;
+        }
+        let synced = key_sync::read_subscriptions(&SharedData).unwrap_or_default();
+        let policy = Policy::with_synced(&config, state, &synced, &mut |w| {
+            log(LogLevel::Warn, &format!("maas-gateway: {w}"))
+        });
+        for scope in policy.subscription_limits() {
+            let _ = limits::ensure_counter(&SharedData, &scope.group);
+        }
+        self.policy = Rc::new(policy);
+    }
 }
 
 #[derive(Default)]
 struct GatewayRoot {
     vm: Rc<RefCell<VmState>>,
+    configured_ms: u64,
+    /// The sync call this VM has in flight.
+    sync_token: Option<u32>,
+    /// When this VM last logged a sync failure (one line per interval).
+    last_warning_ms: Cell<u64>,
 }
 
-impl Context for GatewayRoot {}
+impl GatewayRoot {
+    fn control_plane(&self) -> Option<ControlPlane> {
+        self.vm.borrow().config.as_ref()?.control_plane.clone()
+    }
+
+    fn host(&self) -> EnvoyHost {
+        EnvoyHost {
+            vm: Rc::clone(&self.vm),
+        }
+    }
+
+    fn warn_sync(&self, now_ms: u64, interval_ms: u64, message: &str) {
+        if now_ms.saturating_sub(self.last_warning_ms.get()) >= interval_ms.max(1000) {
+            self.last_warning_ms.set(now_ms);
+            log(
+                LogLevel::Warn,
+                &format!("maas-gateway: key sync: {message}"),
+            );
+        }
+    }
+
+    fn start_sync(&mut self, cp: &ControlPlane, now_ms: u64) {
+        // Held past the call's deadline, so a VM that dies mid-call only
+        // delays the next sync by that much.
+        let hold = cp.timeout_ms.saturating_add(cp.sync_interval_ms);
+        if !key_sync::try_acquire_lease(&SharedData, now_ms, hold) {
+            return;
+        }
+        let since = key_sync::read_state(&SharedData).map_or(0, |s| s.version);
+        let path = format!("/maas-api/v1/sync?since={since}");
+        match control_plane_call(cp, &path) {
+            Ok(token) => self.sync_token = Some(token),
+            Err(e) => {
+                self.host()
+                    .add_metric(Metric::KeySyncs { result: "failed" }, 1);
+                self.warn_sync(
+                    now_ms,
+                    cp.sync_interval_ms,
+                    &format!("cannot call the control plane: {e:?}"),
+                );
+                let _ = key_sync::schedule_next(
+                    &SharedData,
+                    now_ms.saturating_add(cp.sync_interval_ms),
+                );
+            }
+        }
+    }
+
+    fn finish_sync(&mut self, cp: &ControlPlane, body_size: usize) {
+        let now_ms = now_ms();
+        let host = self.host();
+        let status = call_status();
+        let result = match status {
+            Some(200) => {
+                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+                match managed_keys::parse_sync(&body) {
+                    Ok(delta) => key_sync::apply(&SharedData, &delta, now_ms)
+                        .map(|_| "changed")
+                        .map_err(|e| e.to_string()),
+                    Err(e) => Err(e.to_string()),
+                }
+            }
+            Some(304) => key_sync::confirm(&SharedData, now_ms)
+                .map(|_| "not_modified")
+                .map_err(|e| e.to_string()),
+            other => Err(format!("control plane answered {other:?}")),
+        };
+        match result {
+            Ok(r) => host.add_metric(Metric::KeySyncs { result: r }, 1),
+            Err(e) => {
+                host.add_metric(Metric::KeySyncs { result: "failed" }, 1);
+                self.warn_sync(now_ms, cp.sync_interval_ms, &e);
+            }
+        }
+        let _ = key_sync::schedule_next(&SharedData, now_ms.saturating_add(cp.sync_interval_ms));
+        self.vm.borrow_mut().refresh_policy();
+    }
+
+    fn record_gauges(&self, now_ms: u64) {
+        let host = self.host();
+        let state = key_sync::read_state(&SharedData).unwrap_or_default();
+        let age = state
+            .age_secs(now_ms)
+            .unwrap_or_else(|| now_ms.saturating_sub(self.configured_ms) / 1000);
+        host.set_gauge(Metric::KeySyncAgeSeconds, age);
+        let subscriptions = self.vm.borrow().policy.len() as u64;
+        host.set_gauge(Metric::Subscriptions, subscriptions);
+    }
+}
+
+fn now_ms() -> u64 {
+    hostcalls::get_current_time()
+        .ok()
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A GET to the control plane with the gateway's token.
+fn control_plane_call(cp: &ControlPlane, path: &str) -> Result<u32, Status> {
+    let bearer = format!("Bearer {}", cp.token);
+    hostcalls::dispatch_http_call(
+        &cp.cluster,
+        vec![
+            (":method", "GET"),
+            (":path", path),
+            (":authority", &cp.authority),
+            ("authorization", &bearer),
+        ],
+        None,
+        Vec::new(),
+        Duration::from_millis(cp.timeout_ms),
+    )
+}
+
+/// The `:status` of the HTTP call response being delivered (`None`: the
+/// call failed without one, e.g. a timeout or a reset).
+fn call_status() -> Option<u32> {
+    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+        .ok()
+        .flatten()
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+}
+
+impl Context for GatewayRoot {
+    fn on_http_call_response(
+        &mut self,
+        token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        if self.sync_token != Some(token_id) {
+            return;
+        }
+        self.sync_token = None;
+        if let Some(cp) = self.control_plane() {
+            self.finish_sync(&cp, body_size);
+        }
+    }
+}
 
 impl RootContext for GatewayRoot {
     fn on_configure(&mut self, _plugin_configuration_size: usize) -> bool {
@@ -82,20 +262,52 @@ impl RootContext for GatewayRoot {
                 );
             }
         }
+        let policy = Policy::from_config(&config);
+        if let Some(cp) = &config.control_plane {
+            // Every VM ticks; the sync lease lets one of them call per interval.
+            let period = Duration::from_millis((cp.sync_interval_ms / 2).max(50));
+            if let Err(e) = hostcalls::set_tick_period(period) {
+                log(
+                    LogLevel::Critical,
+                    &format!("maas-gateway: cannot start the key sync timer: {e:?}"),
+                );
+                return false;
+            }
+        }
+        self.configured_ms = now_ms();
         let mut vm = self.vm.borrow_mut();
         vm.config = Some(Rc::new(config));
+        vm.policy = Rc::new(policy);
         vm.metric_ids.borrow_mut().clear();
+        vm.refresh_policy();
         true
+    }
+
+    fn on_tick(&mut self) {
+        let Some(cp) = self.control_plane() else {
+            return;
+        };
+        let now = now_ms();
+        if self.sync_token.is_none() {
+            self.start_sync(&cp, now);
+        }
+        self.vm.borrow_mut().refresh_policy();
+        self.record_gauges(now);
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would abort the VM (the SDK panics on it); a VM
         // without a valid configuration fails closed instead.
-        let Some(config) = self.vm.borrow().config.clone() else {
-            return Some(Box::new(Unconfigured));
+        self.vm.borrow_mut().refresh_policy();
+        let (config, policy) = {
+            let vm = self.vm.borrow();
+            let Some(config) = vm.config.clone() else {
+                return Some(Box::new(Unconfigured));
+            };
+            (config, Rc::clone(&vm.policy))
         };
         Some(Box::new(GatewayHttp {
-            stream: Stream::new(config),
+            stream: Stream::new(config, policy),
             host: EnvoyHost {
                 vm: Rc::clone(&self.vm),
             },
@@ -137,7 +349,21 @@ fn action(flow: Flow) -> Action {
     }
 }
 
-impl Context for GatewayHttp {}
+impl Context for GatewayHttp {
+    fn on_http_call_response(
+        &mut self,
+        _token_id: u32,
+        _num_headers: usize,
+        body_size: usize,
+        _num_trailers: usize,
+    ) {
+        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        self.stream.on_key_lookup(&self.host, call_status(), &body);
+    }
+}
 
 impl HttpContext for GatewayHttp {
     fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
@@ -179,6 +405,32 @@ struct EnvoyHost {
     vm: Rc<RefCell<VmState>>,
 }
 
+impl EnvoyHost {
+    /// The Envoy id of `metric`, defined on first use.
+    fn metric_id(&self, metric: Metric) -> Option<u32> {
+        let vm = self.vm.borrow();
+        let config = vm.config.as_ref()?;
+        let mut ids = vm.metric_ids.borrow_mut();
+        if let Some(id) = ids.get(&metric) {
+            return Some(*id);
+        }
+        let kind = if metric.is_gauge() {
+            MetricType::Gauge
+        } else {
+            MetricType::Counter
+        };
+        let id = hostcalls::define_metric(kind, &metric.name(&config.models)).ok()?;
+        ids.insert(metric, id);
+        Some(id)
+    }
+
+    fn set_gauge(&self, metric: Metric, value: u64) {
+        if let Some(id) = self.metric_id(metric) {
+            let _ = hostcalls::record_metric(id, value);
+        }
+    }
+}
+
 fn log(level: LogLevel, message: &str) {
     let _ = hostcalls::log(level, message);
 }
@@ -197,10 +449,7 @@ fn header_map(map: MapType) -> Vec<(String, String)> {
 
 impl StreamHost for EnvoyHost {
     fn now_ms(&self) -> u64 {
-        hostcalls::get_current_time()
-            .ok()
-            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-            .map_or(0, |d| d.as_millis() as u64)
+        now_ms()
     }
 
     fn request_headers(&self) -> Vec<(String, String)> {
@@ -257,22 +506,47 @@ impl StreamHost for EnvoyHost {
     }
 
     fn add_metric(&self, metric: Metric, value: u64) {
-        let vm = self.vm.borrow();
-        let Some(config) = vm.config.as_ref() else {
-            return;
+        if let Some(id) = self.metric_id(metric) {
+            let _ = hostcalls::increment_metric(id, value.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    fn dispatch_key_lookup(&self, id: &str) -> bool {
+        let cp = self
+            .vm
+            .borrow()
+            .config
+            .as_ref()
+            .and_then(|c| c.control_plane.clone());
+        let Some(cp) = cp else {
+            return false;
         };
-        let mut ids = vm.metric_ids.borrow_mut();
-        let id = match ids.get(&metric) {
-            Some(id) => *id,
-            None => match hostcalls::define_metric(MetricType::Counter, &metric.name(config)) {
-                Ok(id) => {
-                    ids.insert(metric, id);
-                    id
-                }
-                Err(_) => return,
-            },
-        };
-        let _ = hostcalls::increment_metric(id, value.min(i64::MAX as u64) as i64);
+        match control_plane_call(&cp, &format!("/maas-api/v1/sync/keys/{id}")) {
+            Ok(_) => true,
+            Err(e) => {
+                log(
+                    LogLevel::Warn,
+                    &format!("maas-gateway: key lookup not sent: {e:?}"),
+                );
+                false
+            }
+        }
+    }
+
+    fn resume_request(&self) {
+        let _ = hostcalls::resume_http_request();
+    }
+
+    fn token_claim(&self, claim: &str) -> Option<Vec<u8>> {
+        let oidc = self.vm.borrow().config.as_ref()?.oidc.clone()?;
+        let path = vec![
+            "metadata",
+            "filter_metadata",
+            oidc.metadata_namespace.as_str(),
+            oidc.payload_key.as_str(),
+            claim,
+        ];
+        hostcalls::get_property(path).ok().flatten()
     }
 
     fn warn(&self, message: &str) {

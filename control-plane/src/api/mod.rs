@@ -17,6 +17,9 @@
 //! - `GET /maas-api/v1/sync?since=V`: for the gateway filter (its own token):
 //!   what changed after version `V` (keys as salted digests, subscriptions in
 //!   the filter's configuration shape), or 304 when nothing did.
+//! - `GET /maas-api/v1/sync/keys/{id}`: for the gateway filter: one key (and
+//!   its subscription) in the sync answer's shape, or 404; how a key minted
+//!   a moment ago works before the next sync brings it.
 //!
 //! Every change is written to the audit log by the store, in the same
 //! transaction as the change.
@@ -55,6 +58,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/maas-api/v1/subscriptions", get(list_subscriptions))
         .route("/maas-api/v1/subscriptions/{name}", put(put_subscription))
         .route("/maas-api/v1/sync", get(sync))
+        .route("/maas-api/v1/sync/keys/{id}", get(sync_key))
         .route("/maas-api/v1/usage", get(usage))
         .route("/maas-api/ui", get(page))
         .route(
@@ -323,34 +327,59 @@ async fn sync(
     let subscriptions: Vec<Value> = changes
         .subscriptions
         .iter()
-        .filter_map(|row| {
-            let spec: SubscriptionSpec = serde_json::from_value(row.spec.clone()).ok()?;
-            let mut v = spec.filter_json();
-            v["name"] = json!(spec.name);
-            Some(v)
-        })
+        .filter_map(synced_subscription)
         .collect();
-    let keys: Vec<Value> = changes
-        .keys
-        .iter()
-        .map(|k| {
-            json!({
-                "id": k.id,
-                "owner": k.owner,
-                "subscription": k.subscription,
-                "salt": k.salt,
-                "sha256": k.hash,
-                "expires_at": k.expires_at,
-                "revoked": k.revoked_at.is_some(),
-            })
-        })
-        .collect();
+    let keys: Vec<Value> = changes.keys.iter().map(synced_key).collect();
     Ok(Json(json!({
         "version": changes.version,
         "full": full,
         "subscriptions": subscriptions,
         "deleted_subscriptions": changes.deleted_subscriptions,
         "keys": keys,
+    }))
+    .into_response())
+}
+
+/// A subscription as the filter reads it: its configuration shape plus `name`.
+fn synced_subscription(row: &SubscriptionRow) -> Option<Value> {
+    let spec: SubscriptionSpec = serde_json::from_value(row.spec.clone()).ok()?;
+    let mut v = spec.filter_json();
+    v["name"] = json!(spec.name);
+    Some(v)
+}
+
+fn synced_key(k: &KeyRow) -> Value {
+    json!({
+        "id": k.id,
+        "owner": k.owner,
+        "subscription": k.subscription,
+        "salt": k.salt,
+        "sha256": k.hash,
+        "expires_at": k.expires_at,
+        "revoked": k.revoked_at.is_some(),
+        "version": k.version,
+    })
+}
+
+/// One key for a gateway that has never seen it. `version` 0: this answer
+/// does not advance the gateway's sync position.
+async fn sync_key(
+    State(app): State<Arc<AppState>>,
+    _gateway: GatewayCaller,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let key = app
+        .store
+        .get_key(&id)
+        .await?
+        .ok_or_else(|| ApiError::NotFound(format!("no key {id:?}")))?;
+    let subscription = app.store.get_subscription(&key.subscription).await?;
+    Ok(Json(json!({
+        "version": 0,
+        "full": false,
+        "deleted_subscriptions": [],
+        "keys": [synced_key(&key)],
+        "subscriptions": subscription.as_ref().and_then(synced_subscription).into_iter().collect::<Vec<_>>(),
     }))
     .into_response())
 }

@@ -22,6 +22,13 @@ struct FakeHost {
     audit: RefCell<Option<serde_json::Value>>,
     store: MemoryStore,
     metrics: RefCell<HashMap<String, u64>>,
+    /// Key ids the filter asked the control plane about.
+    lookups: RefCell<Vec<String>>,
+    /// Whether a lookup call can be made (the cluster exists).
+    lookups_fail: Cell<bool>,
+    resumed: Cell<u32>,
+    /// Claims of a token jwt_authn verified, as Envoy encodes them.
+    claims: RefCell<HashMap<String, Vec<u8>>>,
 }
 
 impl FakeHost {
@@ -94,8 +101,18 @@ impl StreamHost for FakeHost {
         &self.store
     }
     fn add_metric(&self, metric: Metric, value: u64) {
-        let name = metric.name(&config());
+        let name = metric.name(&config().models);
         *self.metrics.borrow_mut().entry(name).or_default() += value;
+    }
+    fn dispatch_key_lookup(&self, id: &str) -> bool {
+        self.lookups.borrow_mut().push(id.to_string());
+        !self.lookups_fail.get()
+    }
+    fn resume_request(&self) {
+        self.resumed.set(self.resumed.get() + 1);
+    }
+    fn token_claim(&self, claim: &str) -> Option<Vec<u8>> {
+        self.claims.borrow().get(claim).cloned()
     }
     fn warn(&self, _message: &str) {}
 }
@@ -143,17 +160,27 @@ fn config() -> Config {
 
 struct Harness {
     config: Rc<Config>,
+    policy: RefCell<Rc<Policy>>,
     host: FakeHost,
 }
 
 impl Harness {
     fn new() -> Harness {
+        Harness::with_config(config())
+    }
+
+    fn with_config(config: Config) -> Harness {
         let host = FakeHost::default();
         host.now_ms.set(1_700_000_000_000);
         Harness {
-            config: Rc::new(config()),
+            policy: RefCell::new(Rc::new(Policy::from_config(&config))),
+            config: Rc::new(config),
             host,
         }
+    }
+
+    fn stream(&self) -> Stream {
+        Stream::new(Rc::clone(&self.config), Rc::clone(&self.policy.borrow()))
     }
 
     /// Sends a request through the request-side callbacks; returns the stream
@@ -167,7 +194,7 @@ impl Harness {
             .collect();
         *self.host.request_body.borrow_mut() = body.as_bytes().to_vec();
         *self.host.reply.borrow_mut() = None;
-        let mut s = Stream::new(Rc::clone(&self.config));
+        let mut s = self.stream();
         if s.on_request_headers(&self.host, body.is_empty()) == Flow::Pause
             && !body.is_empty()
             && self.replied().is_none()
@@ -621,7 +648,7 @@ fn completion_requests_ending_in_trailers_are_refused() {
     ];
     *h.host.request_body.borrow_mut() = br#"{"model":"m1"}"#.to_vec();
     // Headers without end of stream, a body chunk without it, then trailers.
-    let mut s = Stream::new(Rc::clone(&h.config));
+    let mut s = h.stream();
     assert_eq!(s.on_request_headers(&h.host, false), Flow::Pause);
     assert_eq!(s.on_request_body(&h.host, 14, false), Flow::Buffer);
     s.on_request_trailers(&h.host);
@@ -675,3 +702,6 @@ fn budgets_multiply_by_choices_and_both_fields_get_the_reserved_value() {
         assert_eq!(h.replied().unwrap().0, 400, "{zero}");
     }
 }
+
+mod managed;
+mod oidc;

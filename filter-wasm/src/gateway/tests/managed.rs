@@ -1,0 +1,234 @@
+//! Keys minted by the control plane: found in shared data after a sync,
+//! looked up once when never seen, refused once revoked.
+
+use super::*;
+use crate::key_sync;
+use crate::managed_keys::{parse_sync, salted_digest};
+
+const SALT: [u8; 16] = [9; 16];
+const ID: &str = "abcdefgh2345";
+const SECRET: &str = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcd";
+
+fn managed_key() -> String {
+    format!("sk-maas-{ID}-{SECRET}")
+}
+
+fn key_json(revoked: bool, version: u64) -> serde_json::Value {
+    serde_json::json!({
+        "id": ID, "owner": "erin", "subscription": "team-a",
+        "salt": crate::keys::encode_hex(&SALT),
+        "sha256": salted_digest(&SALT, ID, SECRET).to_hex(),
+        "revoked": revoked, "version": version
+    })
+}
+
+fn team_a() -> serde_json::Value {
+    serde_json::json!({
+        "name": "team-a", "models": ["m1", "not-routed-here"],
+        "limits": {"tokens": ["500/min"]},
+        "key_limits": {"requests": ["2/min"]}
+    })
+}
+
+fn harness() -> Harness {
+    let mut v = config_json();
+    v["control_plane"] = serde_json::json!({
+        "cluster": "maas-control-plane", "token": "gw-token",
+        "lookups_per_second": 2, "negative_cache_ms": 5000
+    });
+    Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap())
+}
+
+impl Harness {
+    /// Applies a sync answer as the root context would, and rebuilds the
+    /// policy the next request starts with.
+    fn sync(&self, body: serde_json::Value) {
+        let delta = parse_sync(body.to_string().as_bytes()).unwrap();
+        let state = key_sync::apply(&self.host.store, &delta, self.host.now_ms.get()).unwrap();
+        let synced = key_sync::read_subscriptions(&self.host.store).unwrap();
+        let policy = Policy::with_synced(&self.config, state, &synced, &mut |w| panic!("{w}"));
+        *self.policy.borrow_mut() = Rc::new(policy);
+    }
+
+    fn managed_chat(&self, body: &str) -> Stream {
+        self.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", &format!("Bearer {}", managed_key()))],
+            body,
+        )
+    }
+}
+
+const CHAT: &str = r#"{"model":"m1","max_tokens":10,"messages":[]}"#;
+
+#[test]
+fn a_synced_key_is_admitted_under_its_synced_subscription() {
+    let h = harness();
+    h.sync(serde_json::json!({"version": 3, "full": true,
+        "subscriptions": [team_a()], "keys": [key_json(false, 2)]}));
+    let mut s = h.managed_chat(CHAT);
+    assert!(h.replied().is_none(), "{:?}", h.replied());
+    assert!(
+        h.host.lookups.borrow().is_empty(),
+        "no lookup for a synced key"
+    );
+    let hdr = |n: &str| h.host.request_header(n);
+    assert_eq!(hdr("x-maas-key-id").as_deref(), Some(ID));
+    assert_eq!(hdr("x-maas-user").as_deref(), Some("erin"));
+    assert_eq!(hdr("x-maas-subscription").as_deref(), Some("team-a"));
+    assert!(h.host.store.get("maas/sub/team-a/t60").unwrap().is_some());
+    h.respond_json(
+        &mut s,
+        200,
+        r#"{"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#,
+    );
+    assert_eq!(
+        h.metric("maas.total_tokens_total.subscription=.=team-a;.;model=.=m1;.;"),
+        12
+    );
+    // The per-key template applies to this key alone: 2 requests a minute.
+    h.managed_chat(CHAT);
+    assert!(h.replied().is_none());
+    h.managed_chat(CHAT);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 429);
+    assert!(body["error"]["message"].as_str().unwrap().contains(ID));
+}
+
+#[test]
+fn a_revocation_synced_later_refuses_the_key_and_an_older_lookup_cannot_undo_it() {
+    let h = harness();
+    h.sync(serde_json::json!({"version": 3, "full": true,
+        "subscriptions": [team_a()], "keys": [key_json(false, 2)]}));
+    h.sync(serde_json::json!({"version": 4, "keys": [key_json(true, 4)]}));
+    h.managed_chat(CHAT);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(h.metric("maas.auth_failures_total.reason=.=revoked;.;"), 1);
+    let stale = serde_json::json!({"version": 0, "keys": [key_json(false, 2)]});
+    let delta = parse_sync(stale.to_string().as_bytes()).unwrap();
+    key_sync::record_lookup(&h.host.store, ID, delta.keys.first(), 0).unwrap();
+    h.managed_chat(CHAT);
+    assert_eq!(h.replied().unwrap().0, 401, "still revoked");
+}
+
+#[test]
+fn a_wrong_secret_for_a_known_id_is_refused() {
+    let h = harness();
+    h.sync(serde_json::json!({"version": 3, "full": true,
+        "subscriptions": [team_a()], "keys": [key_json(false, 2)]}));
+    let forged = format!("sk-maas-{ID}-{}", "x".repeat(40));
+    h.request("GET", "/v1/models", &[("x-api-key", &forged)], "");
+    assert_eq!(h.replied().unwrap().0, 401);
+    assert!(h.host.lookups.borrow().is_empty());
+}
+
+#[test]
+fn a_never_seen_key_is_held_looked_up_once_and_then_admitted() {
+    let h = harness();
+    h.sync(serde_json::json!({"version": 3, "full": true, "subscriptions": [team_a()]}));
+    let mut s = h.stream();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "POST".into()),
+        (":path".into(), "/v1/chat/completions".into()),
+        ("authorization".into(), format!("Bearer {}", managed_key())),
+    ];
+    *h.host.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
+    assert_eq!(s.on_request_headers(&h.host, false), Flow::Pause);
+    assert_eq!(*h.host.lookups.borrow(), [ID]);
+    // The body arrives while the control plane is being asked.
+    assert_eq!(s.on_request_body(&h.host, CHAT.len(), true), Flow::Buffer);
+    assert_eq!(h.host.resumed.get(), 0);
+    let answer = serde_json::json!({"version": 0, "keys": [key_json(false, 5)],
+        "subscriptions": [team_a()]});
+    s.on_key_lookup(&h.host, Some(200), answer.to_string().as_bytes());
+    assert!(h.replied().is_none(), "{:?}", h.replied());
+    assert_eq!(h.host.resumed.get(), 1, "the held request goes on");
+    assert_eq!(h.host.request_header("x-maas-model").as_deref(), Some("m1"));
+    assert_eq!(h.metric("maas.key_lookups_total.result=.=found;.;"), 1);
+    // Stored: the next request needs no lookup.
+    h.managed_chat(CHAT);
+    assert!(h.replied().is_none());
+    assert_eq!(h.host.lookups.borrow().len(), 1);
+}
+
+#[test]
+fn a_key_of_a_subscription_not_yet_synced_uses_the_lookups_copy() {
+    let h = harness();
+    let mut s = h.stream();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/v1/models".into()),
+        ("x-api-key".into(), managed_key()),
+    ];
+    assert_eq!(s.on_request_headers(&h.host, true), Flow::Pause);
+    let answer = serde_json::json!({"version": 0, "keys": [key_json(false, 5)],
+        "subscriptions": [team_a()]});
+    s.on_key_lookup(&h.host, Some(200), answer.to_string().as_bytes());
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body["data"][0]["id"], "m1", "only the models routed here");
+    assert_eq!(body["data"].as_array().unwrap().len(), 1);
+}
+
+#[test]
+fn an_unknown_key_is_refused_and_remembered() {
+    let h = harness();
+    let mut s = h.stream();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/v1/models".into()),
+        ("x-api-key".into(), managed_key()),
+    ];
+    assert_eq!(s.on_request_headers(&h.host, true), Flow::Pause);
+    s.on_key_lookup(&h.host, Some(404), b"{}");
+    assert_eq!(h.replied().unwrap().0, 401);
+    h.request("GET", "/v1/models", &[("x-api-key", &managed_key())], "");
+    assert_eq!(h.replied().unwrap().0, 401);
+    assert_eq!(
+        h.host.lookups.borrow().len(),
+        1,
+        "the absence was remembered"
+    );
+    assert_eq!(h.metric("maas.key_lookups_total.result=.=absent;.;"), 1);
+}
+
+#[test]
+fn an_unreachable_control_plane_gets_503_and_lookups_are_bounded() {
+    let h = harness();
+    let mut s = h.stream();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "GET".into()),
+        (":path".into(), "/v1/models".into()),
+        ("x-api-key".into(), managed_key()),
+    ];
+    s.on_request_headers(&h.host, true);
+    s.on_key_lookup(&h.host, None, b"");
+    let (status, headers, body) = h.replied().unwrap();
+    assert_eq!(status, 503);
+    assert_eq!(body["error"]["code"], "key_lookup_unavailable");
+    assert!(headers.iter().any(|(k, v)| k == "retry-after" && v == "1"));
+    // Two lookups a second for the whole gateway: the third id is refused
+    // without a call.
+    for id in ["bbbbbbbbbbbb", "cccccccccccc"] {
+        let key = format!("sk-maas-{id}-{SECRET}");
+        h.request("GET", "/v1/models", &[("x-api-key", &key)], "");
+    }
+    assert_eq!(h.host.lookups.borrow().len(), 2);
+    assert_eq!(h.metric("maas.key_lookups_total.result=.=throttled;.;"), 1);
+    assert_eq!(h.replied().unwrap().0, 401);
+    h.host.lookups_fail.set(true);
+    h.host.now_ms.set(h.host.now_ms.get() + 1000);
+    h.request("GET", "/v1/models", &[("x-api-key", &managed_key())], "");
+    assert_eq!(h.replied().unwrap().0, 503, "the call could not be made");
+}
+
+#[test]
+fn without_a_control_plane_managed_keys_are_simply_unknown() {
+    let h = Harness::new();
+    h.request("GET", "/v1/models", &[("x-api-key", &managed_key())], "");
+    assert_eq!(h.replied().unwrap().0, 401);
+    assert!(h.host.lookups.borrow().is_empty());
+}

@@ -1,0 +1,477 @@
+//! Managed keys and synced subscriptions in Envoy's shared data, where every
+//! worker's VM finds them.
+//!
+//! Layout (all under `maas/`):
+//! - `sync/state`: the [`SyncState`] — the control plane's version last
+//!   applied, the full-resync epoch, and when the control plane last answered.
+//! - `sync/lease`: when the next sync call is due. Every VM ticks; the one
+//!   that moves this forward with a CAS write makes the call, so the control
+//!   plane sees one caller per gateway, not one per worker.
+//! - `sync/subscriptions`: the synced subscriptions, one JSON object by name.
+//! - `mkey/<id>`: one entry per managed key id: the key's record, or a
+//!   remembered "the control plane has no such key" with its expiry.
+//! - `lookup`: the rate counter bounding lookups of never-seen ids.
+//!
+//! Invariants:
+//! - A key's entry only moves forward: a write carrying an older key version
+//!   than the stored one keeps the stored record (a slow lookup answer cannot
+//!   undo a revocation the sync already wrote).
+//! - A full resync bumps the epoch and rewrites every key it lists; an entry
+//!   of an older epoch is a key the control plane no longer lists and reads
+//!   as unknown. The state is written last, so a VM that sees a new epoch
+//!   finds every record of it.
+//! - Nothing here panics on corrupted bytes: an unreadable entry reads as
+//!   absent and the next write replaces it.
+
+use crate::limits::{self, CounterStore, LimitGroup, Rate, ReserveError, StoreError};
+use crate::managed_keys::{ManagedKey, SyncDelta};
+use serde_json::{Map, Value};
+
+pub const STATE_KEY: &str = "maas/sync/state";
+pub const LEASE_KEY: &str = "maas/sync/lease";
+pub const SUBSCRIPTIONS_KEY: &str = "maas/sync/subscriptions";
+const LOOKUP_COUNTER: &str = "maas/lookup";
+const MAX_CAS_ATTEMPTS: u32 = 16;
+
+pub fn key_entry(id: &str) -> String {
+    format!("maas/mkey/{id}")
+}
+
+/// What the gateway knows of the control plane's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SyncState {
+    /// The control plane's version last applied; the next `since`.
+    pub version: u64,
+    /// Full resyncs applied; key entries of older epochs are void.
+    pub epoch: u32,
+    /// When the control plane last answered (ms since the epoch); 0: never.
+    pub last_ok_ms: u64,
+}
+
+impl SyncState {
+    fn encode(&self) -> [u8; 20] {
+        let mut out = [0u8; 20];
+        out[..8].copy_from_slice(&self.version.to_le_bytes());
+        out[8..12].copy_from_slice(&self.epoch.to_le_bytes());
+        out[12..].copy_from_slice(&self.last_ok_ms.to_le_bytes());
+        out
+    }
+
+    fn decode(bytes: &[u8]) -> Option<SyncState> {
+        let bytes: &[u8; 20] = bytes.try_into().ok()?;
+        let (version, rest) = bytes.split_at(8);
+        let (epoch, last) = rest.split_at(4);
+        Some(SyncState {
+            version: u64::from_le_bytes(version.try_into().ok()?),
+            epoch: u32::from_le_bytes(epoch.try_into().ok()?),
+            last_ok_ms: u64::from_le_bytes(last.try_into().ok()?),
+        })
+    }
+
+    /// Seconds since the control plane last answered (`None`: it never has).
+    pub fn age_secs(&self, now_ms: u64) -> Option<u64> {
+        (self.last_ok_ms > 0).then(|| now_ms.saturating_sub(self.last_ok_ms) / 1000)
+    }
+}
+
+pub fn read_state(store: &dyn CounterStore) -> Result<SyncState, StoreError> {
+    Ok(store
+        .get(STATE_KEY)?
+        .and_then(|(bytes, _)| SyncState::decode(&bytes))
+        .unwrap_or_default())
+}
+
+fn write_state(store: &dyn CounterStore, state: &SyncState) -> Result<(), StoreError> {
+    store.set(STATE_KEY, &state.encode(), None)
+}
+
+/// Claims the next sync call if it is due at `now_ms`: true for exactly one
+/// caller, which then owns it until `now_ms + hold_ms` (its call's deadline)
+/// or until it calls [`schedule_next`].
+pub fn try_acquire_lease(store: &dyn CounterStore, now_ms: u64, hold_ms: u64) -> bool {
+    let (due, cas) = match store.get(LEASE_KEY) {
+        Ok(Some((bytes, cas))) => {
+            let due = <[u8; 8]>::try_from(bytes.as_slice()).map_or(0, u64::from_le_bytes);
+            (due, Some(cas))
+        }
+        Ok(None) => (0, None),
+        Err(_) => return false,
+    };
+    if now_ms < due {
+        return false;
+    }
+    let until = now_ms.saturating_add(hold_ms).to_le_bytes();
+    store.set(LEASE_KEY, &until, cas).is_ok()
+}
+
+/// Sets when the next sync call is due.
+pub fn schedule_next(store: &dyn CounterStore, at_ms: u64) -> Result<(), StoreError> {
+    store.set(LEASE_KEY, &at_ms.to_le_bytes(), None)
+}
+
+/// An `mkey/<id>` entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Entry {
+    Key {
+        epoch: u32,
+        key: ManagedKey,
+    },
+    /// The control plane said it has no such key; believed until `until_ms`.
+    Absent {
+        until_ms: u64,
+    },
+}
+
+impl Entry {
+    fn encode(&self) -> Vec<u8> {
+        match self {
+            Entry::Key { epoch, key } => {
+                let record = key.encode();
+                let mut out = Vec::with_capacity(5 + record.len());
+                out.push(b'K');
+                out.extend_from_slice(&epoch.to_le_bytes());
+                out.extend_from_slice(&record);
+                out
+            }
+            Entry::Absent { until_ms } => {
+                let mut out = vec![b'N'];
+                out.extend_from_slice(&until_ms.to_le_bytes());
+                out
+            }
+        }
+    }
+
+    fn decode(bytes: &[u8]) -> Option<Entry> {
+        let (&tag, rest) = bytes.split_first()?;
+        match tag {
+            b'K' if rest.len() > 4 => {
+                let (epoch, record) = rest.split_at(4);
+                Some(Entry::Key {
+                    epoch: u32::from_le_bytes(epoch.try_into().ok()?),
+                    key: ManagedKey::decode(record)?,
+                })
+            }
+            b'N' => Some(Entry::Absent {
+                until_ms: u64::from_le_bytes(rest.try_into().ok()?),
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What shared data says of a managed key id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup {
+    Found(ManagedKey),
+    /// The control plane recently said there is no such key.
+    Absent,
+    /// Never seen (or void since a full resync): ask the control plane.
+    Unknown,
+}
+
+pub fn lookup(
+    store: &dyn CounterStore,
+    id: &str,
+    epoch: u32,
+    now_ms: u64,
+) -> Result<Lookup, StoreError> {
+    let entry = store
+        .get(&key_entry(id))?
+        .and_then(|(bytes, _)| Entry::decode(&bytes));
+    Ok(match entry {
+        Some(Entry::Key { epoch: e, key }) if e >= epoch => Lookup::Found(key),
+        Some(Entry::Absent { until_ms }) if now_ms < until_ms => Lookup::Absent,
+        _ => Lookup::Unknown,
+    })
+}
+
+/// Writes `key` unless the stored record of the same key is newer; a
+/// stored newer record still moves up to `epoch`.
+fn put_key(store: &dyn CounterStore, key: &ManagedKey, epoch: u32) -> Result<(), StoreError> {
+    let name = key_entry(&key.id);
+    for _ in 0..MAX_CAS_ATTEMPTS {
+        let current = store.get(&name)?;
+        let (stored, cas) = match &current {
+            Some((bytes, cas)) => (Entry::decode(bytes), Some(*cas)),
+            None => (None, None),
+        };
+        let next = match stored {
+            Some(Entry::Key {
+                epoch: old_epoch,
+                key: old,
+            }) if old.version > key.version => {
+                if old_epoch >= epoch {
+                    return Ok(());
+                }
+                Entry::Key { epoch, key: old }
+            }
+            _ => Entry::Key {
+                epoch,
+                key: key.clone(),
+            },
+        };
+        match store.set(&name, &next.encode(), cas) {
+            Err(StoreError::CasMismatch) => continue,
+            other => return other,
+        }
+    }
+    Err(StoreError::Contended {
+        key: name,
+        attempts: MAX_CAS_ATTEMPTS,
+    })
+}
+
+/// Applies one sync answer and returns the new state. Subscriptions and
+/// keys are written before the state that announces them.
+pub fn apply(
+    store: &dyn CounterStore,
+    delta: &SyncDelta,
+    now_ms: u64,
+) -> Result<SyncState, StoreError> {
+    let previous = read_state(store)?;
+    let epoch = if delta.full {
+        previous.epoch.wrapping_add(1)
+    } else {
+        previous.epoch
+    };
+    for key in &delta.keys {
+        put_key(store, key, epoch)?;
+    }
+    let changes_subscriptions =
+        delta.full || !delta.subscriptions.is_empty() || !delta.deleted_subscriptions.is_empty();
+    if changes_subscriptions {
+        let mut synced = if delta.full {
+            Map::new()
+        } else {
+            read_subscriptions(store)?
+        };
+        for name in &delta.deleted_subscriptions {
+            synced.remove(name);
+        }
+        for sub in &delta.subscriptions {
+            if let Some(name) = sub.get("name").and_then(Value::as_str) {
+                synced.insert(name.to_string(), sub.clone());
+            }
+        }
+        let bytes = serde_json::to_vec(&synced).unwrap_or_default();
+        store.set(SUBSCRIPTIONS_KEY, &bytes, None)?;
+    }
+    let state = SyncState {
+        version: delta.version,
+        epoch,
+        last_ok_ms: now_ms,
+    };
+    write_state(store, &state)?;
+    Ok(state)
+}
+
+/// "Nothing changed" from the control plane: it is alive.
+pub fn confirm(store: &dyn CounterStore, now_ms: u64) -> Result<SyncState, StoreError> {
+    let mut state = read_state(store)?;
+    state.last_ok_ms = now_ms;
+    write_state(store, &state)?;
+    Ok(state)
+}
+
+/// The synced subscriptions by name, as the control plane sent them.
+pub fn read_subscriptions(store: &dyn CounterStore) -> Result<Map<String, Value>, StoreError> {
+    Ok(store
+        .get(SUBSCRIPTIONS_KEY)?
+        .and_then(|(bytes, _)| serde_json::from_slice(&bytes).ok())
+        .unwrap_or_default())
+}
+
+/// Records the answer to a lookup of key `id`: its record (at the current
+/// epoch, so it counts at once), or that there is none until `absent_until_ms`.
+pub fn record_lookup(
+    store: &dyn CounterStore,
+    id: &str,
+    found: Option<&ManagedKey>,
+    absent_until_ms: u64,
+) -> Result<(), StoreError> {
+    match found {
+        Some(key) => put_key(store, key, read_state(store)?.epoch),
+        None => {
+            let entry = Entry::Absent {
+                until_ms: absent_until_ms,
+            };
+            store.set(&key_entry(id), &entry.encode(), None)
+        }
+    }
+}
+
+/// Takes one lookup from the gateway-wide budget of `per_second`.
+pub fn take_lookup_budget(store: &dyn CounterStore, per_second: u64, now_secs: u64) -> bool {
+    if per_second == 0 {
+        return false;
+    }
+    let rate = Rate {
+        amount: per_second,
+        window_secs: 1,
+    };
+    let group = LimitGroup {
+        counter_key: LOOKUP_COUNTER.to_string(),
+        rates: vec![rate],
+    };
+    // The hold is never settled: a lookup spent is spent.
+    match limits::reserve(store, now_secs, &[(&group, &[1])]) {
+        Ok(_) => true,
+        Err(ReserveError::Denied(_) | ReserveError::Store(_)) => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::KeyDigest;
+    use crate::limits::MemoryStore;
+    use serde_json::json;
+
+    fn key(id: &str, version: u64, revoked: bool) -> ManagedKey {
+        ManagedKey {
+            id: id.into(),
+            owner: "alice".into(),
+            subscription: "team-a".into(),
+            salt: [1; 16],
+            digest: KeyDigest::of(id),
+            expires_at: None,
+            revoked,
+            version,
+        }
+    }
+
+    fn delta(version: u64, full: bool, keys: Vec<ManagedKey>) -> SyncDelta {
+        SyncDelta {
+            version,
+            full,
+            keys,
+            subscriptions: Vec::new(),
+            deleted_subscriptions: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_sync_makes_its_keys_findable_and_records_its_version() {
+        let s = MemoryStore::default();
+        let state = apply(
+            &s,
+            &delta(5, true, vec![key("aaaaaaaaaaaa", 5, false)]),
+            1000,
+        )
+        .unwrap();
+        assert_eq!(state, read_state(&s).unwrap());
+        assert_eq!((state.version, state.epoch, state.last_ok_ms), (5, 1, 1000));
+        assert_eq!(
+            lookup(&s, "aaaaaaaaaaaa", state.epoch, 0).unwrap(),
+            Lookup::Found(key("aaaaaaaaaaaa", 5, false))
+        );
+        assert_eq!(
+            lookup(&s, "bbbbbbbbbbbb", state.epoch, 0).unwrap(),
+            Lookup::Unknown
+        );
+        assert_eq!(state.age_secs(4500), Some(3));
+        assert_eq!(SyncState::default().age_secs(4500), None);
+    }
+
+    #[test]
+    fn an_older_record_never_replaces_a_newer_one() {
+        let s = MemoryStore::default();
+        apply(&s, &delta(7, true, vec![key("aaaaaaaaaaaa", 7, true)]), 0).unwrap();
+        // A lookup answer fetched before the revocation arrives after it.
+        record_lookup(&s, "aaaaaaaaaaaa", Some(&key("aaaaaaaaaaaa", 3, false)), 0).unwrap();
+        let Lookup::Found(k) = lookup(&s, "aaaaaaaaaaaa", 1, 0).unwrap() else {
+            panic!("record lost")
+        };
+        assert!(k.revoked, "the revocation stands");
+        // A full resync listing the stale version still carries the record
+        // into the new epoch.
+        apply(&s, &delta(8, true, vec![key("aaaaaaaaaaaa", 3, false)]), 0).unwrap();
+        let Lookup::Found(k) = lookup(&s, "aaaaaaaaaaaa", 2, 0).unwrap() else {
+            panic!("record lost in the new epoch")
+        };
+        assert!(k.revoked);
+    }
+
+    #[test]
+    fn a_full_resync_voids_keys_it_does_not_list() {
+        let s = MemoryStore::default();
+        apply(&s, &delta(2, true, vec![key("aaaaaaaaaaaa", 1, false)]), 0).unwrap();
+        apply(&s, &delta(3, false, vec![key("bbbbbbbbbbbb", 3, false)]), 0).unwrap();
+        let state = apply(&s, &delta(9, true, vec![key("bbbbbbbbbbbb", 3, false)]), 0).unwrap();
+        assert_eq!(
+            lookup(&s, "aaaaaaaaaaaa", state.epoch, 0).unwrap(),
+            Lookup::Unknown
+        );
+        assert!(matches!(
+            lookup(&s, "bbbbbbbbbbbb", state.epoch, 0).unwrap(),
+            Lookup::Found(_)
+        ));
+    }
+
+    #[test]
+    fn subscriptions_merge_and_delete_and_full_replaces() {
+        let s = MemoryStore::default();
+        let mut d = delta(1, true, vec![]);
+        d.subscriptions = vec![
+            json!({"name": "a", "models": [], "limits": "unlimited"}),
+            json!({"name": "b", "models": [], "limits": "unlimited"}),
+        ];
+        apply(&s, &d, 0).unwrap();
+        let mut d = delta(2, false, vec![]);
+        d.deleted_subscriptions = vec!["a".into()];
+        d.subscriptions = vec![json!({"name": "c", "models": [], "limits": "unlimited"})];
+        apply(&s, &d, 0).unwrap();
+        let names: Vec<String> = read_subscriptions(&s).unwrap().keys().cloned().collect();
+        assert_eq!(names, ["b", "c"]);
+        let mut d = delta(3, true, vec![]);
+        d.subscriptions = vec![json!({"name": "z", "models": [], "limits": "unlimited"})];
+        apply(&s, &d, 0).unwrap();
+        let names: Vec<String> = read_subscriptions(&s).unwrap().keys().cloned().collect();
+        assert_eq!(names, ["z"]);
+    }
+
+    #[test]
+    fn absence_is_remembered_until_it_expires() {
+        let s = MemoryStore::default();
+        record_lookup(&s, "cccccccccccc", None, 2000).unwrap();
+        assert_eq!(lookup(&s, "cccccccccccc", 0, 1999).unwrap(), Lookup::Absent);
+        assert_eq!(
+            lookup(&s, "cccccccccccc", 0, 2000).unwrap(),
+            Lookup::Unknown
+        );
+    }
+
+    #[test]
+    fn one_caller_wins_the_lease_until_it_expires_or_is_rescheduled() {
+        let s = MemoryStore::default();
+        assert!(try_acquire_lease(&s, 1000, 500));
+        assert!(!try_acquire_lease(&s, 1200, 500), "held");
+        assert!(
+            try_acquire_lease(&s, 1500, 500),
+            "the holder's deadline passed"
+        );
+        schedule_next(&s, 2250).unwrap();
+        assert!(!try_acquire_lease(&s, 2249, 500));
+        assert!(try_acquire_lease(&s, 2250, 500));
+    }
+
+    #[test]
+    fn the_lookup_budget_is_per_second_for_everyone() {
+        let s = MemoryStore::default();
+        let taken = (0..5).filter(|_| take_lookup_budget(&s, 3, 100)).count();
+        assert_eq!(taken, 3);
+        assert!(take_lookup_budget(&s, 3, 101), "a new second");
+        assert!(!take_lookup_budget(&s, 0, 102), "0 disables lookups");
+    }
+
+    #[test]
+    fn corrupted_entries_read_as_unknown() {
+        let s = MemoryStore::default();
+        for bytes in [&b""[..], b"K", b"Kxxxxgarbage", b"N12", b"Q"] {
+            s.set(&key_entry("dddddddddddd"), bytes, None).unwrap();
+            assert_eq!(lookup(&s, "dddddddddddd", 0, 0).unwrap(), Lookup::Unknown);
+        }
+        s.set(STATE_KEY, b"short", None).unwrap();
+        assert_eq!(read_state(&s).unwrap(), SyncState::default());
+    }
+}
