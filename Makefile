@@ -12,6 +12,7 @@ export MAAS_FILTER_WASM := $(CURDIR)/$(FILTER_WASM)
 export MAAS_NOOP_WASM := $(CURDIR)/$(NOOP_WASM)
 INFERENCE_SERVER := target/serve/inference-server
 export MAAS_INFERENCE_SERVER := $(CURDIR)/$(INFERENCE_SERVER)
+export MAAS_CONTROL_PLANE := $(CURDIR)/target/serve/maas-control-plane
 export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
 export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
@@ -59,9 +60,10 @@ model:
 wasm:
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p maas-filter -p maas-noop-filter
 
-# One optimised build of the inference server, shared by tests, benches and run.
+# One optimised build of the inference server and the control plane, shared
+# by tests, benches and run.
 server:
-	$(CARGO) build --profile serve --locked -p inference-server
+	$(CARGO) build --profile serve --locked -p inference-server -p maas-control-plane
 
 host:
 	$(CARGO) build --release --locked -p maas-testkit --bins

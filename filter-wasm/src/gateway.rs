@@ -324,6 +324,13 @@ impl Stream {
         }
         let epoch = self.policy.state.epoch;
         match key_sync::lookup(host.counters(), managed.id, epoch, self.start_ms) {
+            // A key of a subscription this gateway has not synced yet: the
+            // lookup answer carries the subscription too.
+            Ok(Lookup::Found(record))
+                if self.policy.subscription(&record.subscription).is_none() =>
+            {
+                KeyCheck::Lookup(managed.id.to_string())
+            }
             Ok(Lookup::Found(record)) => self.managed_identity(&record, &managed, None),
             Ok(Lookup::Absent) => KeyCheck::Refused(AuthFailure::Unknown),
             Ok(Lookup::Unknown) => KeyCheck::Lookup(managed.id.to_string()),

@@ -67,3 +67,39 @@ pub(crate) fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus
     signal_term(child);
     wait_or_kill(child, grace)
 }
+
+/// Spawns `command` (stdout piped) and waits up to `timeout` for the
+/// `listening on http://ADDR` line the project's servers print once bound.
+/// On failure the child is killed and reaped.
+pub(crate) fn spawn_announcing(
+    command: &mut Command,
+    timeout: Duration,
+) -> Result<(Child, std::net::SocketAddr), String> {
+    use std::io::{BufRead, BufReader};
+    command.stdout(std::process::Stdio::piped());
+    let mut child = command.spawn().map_err(|e| format!("cannot start: {e}"))?;
+    let Some(stdout) = child.stdout.take() else {
+        let _ = child.kill();
+        let _ = child.wait();
+        return Err("no stdout pipe".into());
+    };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        // Read to the end, so the child never blocks on a full pipe.
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Some(addr) = line.strip_prefix("listening on http://") {
+                let _ = tx.send(addr.trim().to_string());
+            }
+        }
+    });
+    let fail = |child: &mut Child, why: String| {
+        let _ = child.kill();
+        let _ = child.wait();
+        Err(why)
+    };
+    match rx.recv_timeout(timeout).map(|a| a.parse()) {
+        Ok(Ok(addr)) => Ok((child, addr)),
+        Ok(Err(e)) => fail(&mut child, format!("unreadable address: {e}")),
+        Err(_) => fail(&mut child, "no `listening on` line".into()),
+    }
+}

@@ -31,7 +31,27 @@ pub struct GatewaySpec {
     pub access_log_path: PathBuf,
     /// Model name as the filter writes it into `x-maas-model`, and its upstream.
     pub models: Vec<(String, SocketAddr)>,
+    /// The control plane (`None`: the discard port; see the template).
+    pub control_plane: Option<SocketAddr>,
+    /// Verify OIDC bearer tokens on model traffic.
+    pub oidc: Option<OidcSpec>,
 }
+
+/// An OIDC issuer whose tokens Envoy's `jwt_authn` verifies.
+#[derive(Debug, Clone)]
+pub struct OidcSpec {
+    /// The `iss` tokens must carry.
+    pub issuer: String,
+    /// The issuer's JWKS document (JSON text).
+    pub jwks: String,
+}
+
+/// Where `/maas-api/*` goes when there is no control plane: nothing listens
+/// on the discard port, so it answers 503.
+const NO_CONTROL_PLANE: SocketAddr = SocketAddr::V4(std::net::SocketAddrV4::new(
+    std::net::Ipv4Addr::LOCALHOST,
+    9,
+));
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RenderError {
@@ -62,6 +82,7 @@ const CLUSTER_NAME_MODEL_CHARS: usize = 48;
 /// Fills `template` from `spec`. Lines whose first non-blank character is `#`
 /// are comments and copied as they are, placeholders included.
 pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, RenderError> {
+    let control_plane = spec.control_plane.unwrap_or(NO_CONTROL_PLANE);
     let values = [
         ("LISTEN_PORT", spec.listen_port.to_string()),
         ("ADMIN_PORT", spec.admin_port.to_string()),
@@ -76,6 +97,12 @@ pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, Rend
             "ACCESS_LOG_PATH",
             path_literal("ACCESS_LOG_PATH", &spec.access_log_path)?,
         ),
+        (
+            "CONTROL_PLANE_ADDRESS",
+            string_literal(&control_plane.ip().to_string()),
+        ),
+        ("CONTROL_PLANE_PORT", control_plane.port().to_string()),
+        ("OIDC_FILTER", oidc_filter(spec.oidc.as_ref())),
         ("MODEL_ROUTES", model_routes(&spec.models)?),
         ("MODEL_CLUSTERS", model_clusters(&spec.models)),
     ];
@@ -173,11 +200,43 @@ fn model_routes(models: &[(String, SocketAddr)]) -> Result<String, RenderError> 
     Ok(block.join("\n"))
 }
 
+/// Indentation of entries under `http_filters:`.
+const FILTER_INDENT: &str = "          ";
+
+/// Envoy's `jwt_authn` for `spec`, or nothing. Tokens are optional here on
+/// purpose (`allow_missing_or_failed`): a request without a valid token is
+/// not refused by Envoy but reaches the filter with no claims, where it
+/// needs an API key like any other; so a forged token gets the filter's
+/// OpenAI-shaped 401, and API keys in `Authorization: Bearer` keep working.
+fn oidc_filter(spec: Option<&OidcSpec>) -> String {
+    let Some(spec) = spec else {
+        return String::new();
+    };
+    let i = FILTER_INDENT;
+    format!(
+        "{i}- name: envoy.filters.http.jwt_authn\n\
+         {i}  typed_config:\n\
+         {i}    \"@type\": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication\n\
+         {i}    providers:\n\
+         {i}      oidc:\n\
+         {i}        issuer: {}\n\
+         {i}        local_jwks: {{ inline_string: {} }}\n\
+         {i}        forward: false\n\
+         {i}        payload_in_metadata: jwt_payload\n\
+         {i}    rules:\n\
+         {i}    - match: {{ prefix: \"/v1/\" }}\n\
+         {i}      requires:\n\
+         {i}        requires_any:\n\
+         {i}          requirements:\n\
+         {i}          - provider_name: oidc\n\
+         {i}          - allow_missing_or_failed: {{}}",
+        string_literal(&spec.issuer),
+        string_literal(&spec.jwks),
+    )
+}
+
 fn model_clusters(models: &[(String, SocketAddr)]) -> String {
-    if models.is_empty() {
-        // `clusters:` with nothing under it would be null, not an empty list.
-        return format!("{CLUSTER_INDENT}[]");
-    }
+    // The template's control-plane cluster keeps `clusters:` a list.
     let mut block = String::new();
     for (index, (model, upstream)) in models.iter().enumerate() {
         let name = cluster_name(model, index);
@@ -231,6 +290,8 @@ mod tests {
 
     fn spec(models: &[(&str, &str)]) -> GatewaySpec {
         GatewaySpec {
+            control_plane: None,
+            oidc: None,
             listen_port: 0,
             admin_port: 9901,
             wasm_path: "/tmp/with space/maas_filter.wasm".into(),
@@ -270,9 +331,14 @@ mod tests {
         assert!(rendered.contains(
             "\n              - match: { prefix: \"/\", headers: [{ name: x-maas-model, string_match: { exact: \"m2\" } }] }\n                route: { cluster: model_m2_1, timeout: 600s }\n"
         ));
-        assert!(rendered.contains(
-            "\n  clusters:\n  - name: model_m1_0\n    type: STATIC\n    connect_timeout: 2s\n"
-        ));
+        assert!(rendered
+            .contains("\n  - name: model_m1_0\n    type: STATIC\n    connect_timeout: 2s\n"));
+        // No control plane: its route and cluster lead to the discard port.
+        assert!(rendered.contains("socket_address: { address: \"127.0.0.1\", port_value: 9 }"));
+        assert!(
+            !code_lines(&rendered).any(|l| l.contains("jwt_authn")),
+            "no issuer, no token check"
+        );
         assert!(rendered.contains("socket_address: { address: \"127.0.0.1\", port_value: 8002 }"));
         assert!(rendered.ends_with('\n'));
     }
@@ -326,10 +392,10 @@ mod tests {
     }
 
     #[test]
-    fn no_models_render_an_empty_cluster_list() {
+    fn no_models_render_no_model_clusters() {
         let rendered =
             render_gateway("  clusters:\n{{MODEL_CLUSTERS}}\n", &spec(&[])).expect("renders");
-        assert_eq!(rendered, "  clusters:\n  []\n");
+        assert_eq!(rendered, "  clusters:\n\n");
     }
 
     #[test]

@@ -2,12 +2,10 @@
 //! `make test` builds, on a loopback port it picks itself (`--port 0`),
 //! waited on until `/health` says the model is loaded, stopped on drop.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::client::try_request;
@@ -123,36 +121,24 @@ impl InferenceServer {
             .arg(&launch.model)
             .args(&launch.args)
             .stdin(Stdio::null())
-            .stdout(Stdio::piped())
             .stderr(stderr);
         // Its own process group: a terminal's Ctrl-C reaches only the
         // supervisor (maas-stack), which stops the stack in order.
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
         crate::child::die_with_parent(&mut command);
-        let mut child = command
-            .spawn()
-            .map_err(|e| format!("cannot start the inference server: {e}"))?;
-
-        let stdout = child.stdout.take().ok_or("no stdout pipe")?;
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(addr) = line.strip_prefix("listening on http://") {
-                    let _ = tx.send(addr.trim().to_string());
-                }
-            }
-        });
+        let (child, addr) =
+            crate::child::spawn_announcing(&mut command, LISTEN_TIMEOUT).map_err(|why| {
+                format!(
+                    "inference server did not come up: {why}\n--- its log ---\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })?;
         let mut server = Self {
             child,
-            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            addr,
             log,
             keep_log,
         };
-        match rx.recv_timeout(LISTEN_TIMEOUT).map(|a| a.parse()) {
-            Ok(Ok(addr)) => server.addr = addr,
-            Ok(Err(e)) => return Err(server.failure(format!("unreadable address: {e}"))),
-            Err(_) => return Err(server.failure("no `listening on` line".into())),
-        }
         match server.wait_loaded() {
             Ok(()) => Ok(server),
             Err(why) => Err(server.failure(why)),

@@ -7,6 +7,7 @@
 //! - [`envoy`]: runs that bootstrap in a real Envoy with the filter, waits until
 //!   it serves, reads its admin API, metrics and access log, and stops it on drop.
 //! - [`inference`]: the real inference server binary on a loopback port.
+//! - [`control_plane`]: the real control plane binary on a loopback port.
 //! - [`stack`]: the local stack `make run` starts (the `maas-stack` binary):
 //!   the upstream and Envoy with the filter, in the foreground.
 //! - [`client`], [`eventually()`], [`prometheus`]: what tests use to talk to
@@ -16,6 +17,7 @@
 
 mod child;
 pub mod client;
+pub mod control_plane;
 pub mod envoy;
 pub mod eventually;
 pub mod gateway;
@@ -25,9 +27,14 @@ pub mod prometheus;
 pub mod stack;
 
 pub use client::{get, post_json, request, try_request, ClientError, Response};
+pub use control_plane::{
+    control_plane_binary, ControlPlaneLaunch, ControlPlaneOidc, ControlPlaneProcess,
+};
 pub use envoy::{validate, validate_yaml, Gateway, GatewayBuilder, StartError};
 pub use eventually::eventually;
-pub use gateway::{gateway_template, render_gateway, workspace_root, GatewaySpec, RenderError};
+pub use gateway::{
+    gateway_template, render_gateway, workspace_root, GatewaySpec, OidcSpec, RenderError,
+};
 pub use inference::{
     default_model, inference_server_binary, python_with_openai, InferenceLaunch, InferenceServer,
 };

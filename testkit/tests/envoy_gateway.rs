@@ -23,6 +23,8 @@ fn passthrough_gateway() -> maas_testkit::GatewayBuilder {
 fn shipped_template_validates() {
     envoy_binary();
     let spec = GatewaySpec {
+        control_plane: None,
+        oidc: None,
         listen_port: 8080,
         admin_port: 9901,
         wasm_path: passthrough_wasm_file().expect("write the passthrough module"),
@@ -40,6 +42,8 @@ fn shipped_template_validates() {
     validate_yaml(&rendered).unwrap_or_else(|error| panic!("{error}\n{rendered}"));
 
     let no_models = GatewaySpec {
+        control_plane: None,
+        oidc: None,
         models: Vec::new(),
         ..spec
     };

@@ -129,6 +129,8 @@ pub fn render_variant(
         Filter::None => PathBuf::from("/nonexistent/no-filter.wasm"),
     };
     let spec = GatewaySpec {
+        control_plane: None,
+        oidc: None,
         listen_port: 0,
         admin_port: 0,
         wasm_path,

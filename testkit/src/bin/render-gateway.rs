@@ -24,6 +24,8 @@ struct Args {
 
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut spec = GatewaySpec {
+        control_plane: None,
+        oidc: None,
         listen_port: 8080,
         admin_port: 9901,
         wasm_path: workspace_root().join("target/wasm32-wasip1/release/maas_filter.wasm"),

@@ -36,7 +36,7 @@ pub use passthrough::{passthrough_wasm_file, PASSTHROUGH_WASM};
 
 use crate::client::{self, Response};
 use crate::eventually::eventually;
-use crate::gateway::{gateway_template, render_gateway, GatewaySpec, RenderError};
+use crate::gateway::{gateway_template, render_gateway, GatewaySpec, OidcSpec, RenderError};
 pub(crate) use process::probe;
 pub use process::Ready;
 use process::{log_tail, EnvoyProcess, Launch, NotReady};
@@ -82,6 +82,8 @@ pub struct GatewayBuilder {
     template: Option<String>,
     wasm_path: Option<PathBuf>,
     envoy_binary: Option<PathBuf>,
+    control_plane: Option<SocketAddr>,
+    oidc: Option<OidcSpec>,
 }
 
 impl Default for GatewayBuilder {
@@ -98,6 +100,8 @@ impl Default for GatewayBuilder {
             template: None,
             wasm_path: None,
             envoy_binary: None,
+            control_plane: None,
+            oidc: None,
         }
     }
 }
@@ -112,6 +116,22 @@ impl GatewayBuilder {
     /// Routes requests the filter tags with `x-maas-model: <name>` to `upstream`.
     pub fn model(mut self, name: impl Into<String>, upstream: SocketAddr) -> Self {
         self.models.push((name.into(), upstream));
+        self
+    }
+
+    /// The control plane: the filter's sync cluster and `/maas-api/*`.
+    pub fn control_plane(mut self, addr: SocketAddr) -> Self {
+        self.control_plane = Some(addr);
+        self
+    }
+
+    /// Verify OIDC bearer tokens from `issuer` (signed by a key in `jwks`)
+    /// with Envoy's `jwt_authn` before the filter.
+    pub fn oidc(mut self, issuer: impl Into<String>, jwks: impl Into<String>) -> Self {
+        self.oidc = Some(OidcSpec {
+            issuer: issuer.into(),
+            jwks: jwks.into(),
+        });
         self
     }
 
@@ -183,6 +203,8 @@ impl GatewayBuilder {
             source,
         })?;
         let spec = GatewaySpec {
+            control_plane: self.control_plane,
+            oidc: self.oidc,
             listen_port: self.listen_port,
             admin_port: self.admin_port,
             wasm_path,

@@ -218,6 +218,8 @@ impl Stack {
                 source,
             })?;
         let spec = GatewaySpec {
+            control_plane: None,
+            oidc: None,
             listen_port: options.listen_port,
             admin_port: options.admin_port,
             wasm_path,

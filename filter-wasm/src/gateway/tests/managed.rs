@@ -171,6 +171,13 @@ fn a_key_of_a_subscription_not_yet_synced_uses_the_lookups_copy() {
     assert_eq!(status, 200);
     assert_eq!(body["data"][0]["id"], "m1", "only the models routed here");
     assert_eq!(body["data"].as_array().unwrap().len(), 1);
+    // Until the sync brings the subscription, each request asks again
+    // rather than refusing a valid key.
+    let mut s = h.request("GET", "/v1/models", &[("x-api-key", &managed_key())], "");
+    assert!(h.replied().is_none(), "held, not refused");
+    assert_eq!(h.host.lookups.borrow().len(), 2);
+    s.on_key_lookup(&h.host, Some(200), answer.to_string().as_bytes());
+    assert_eq!(h.replied().unwrap().0, 200);
 }
 
 #[test]

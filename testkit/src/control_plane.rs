@@ -1,0 +1,227 @@
+//! The real control plane as a child process: the binary `make test` builds,
+//! on a loopback port it picks itself, with its data directory (tokens, and
+//! the SQLite database unless a PostgreSQL URL is given) kept across
+//! restarts of the same launch, so a test can kill it and bring it back.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::client::{request, try_request, Response};
+use crate::gateway::workspace_root;
+
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `MAAS_CONTROL_PLANE`, or the `serve`-profile build `make test` makes.
+pub fn find_control_plane() -> Option<PathBuf> {
+    let path = std::env::var_os("MAAS_CONTROL_PLANE").map_or_else(
+        || workspace_root().join("target/serve/maas-control-plane"),
+        PathBuf::from,
+    );
+    path.is_file().then_some(path)
+}
+
+pub fn control_plane_binary() -> PathBuf {
+    find_control_plane().unwrap_or_else(|| {
+        panic!(
+            "no control plane: set MAAS_CONTROL_PLANE or run `make test`, which builds {:?}",
+            workspace_root().join("target/serve/maas-control-plane")
+        )
+    })
+}
+
+/// An OIDC issuer the control plane's API trusts.
+#[derive(Debug, Clone)]
+pub struct ControlPlaneOidc {
+    pub issuer: String,
+    pub audience: String,
+    pub jwks_file: PathBuf,
+    pub admin_group: String,
+}
+
+/// How to start a control plane.
+#[derive(Debug, Clone, Default)]
+pub struct ControlPlaneLaunch {
+    /// 0: any free port.
+    pub port: u16,
+    /// Tokens and (by default) the SQLite database; kept across restarts.
+    pub data_dir: PathBuf,
+    /// A PostgreSQL (or SQLite) URL instead of the data directory's SQLite.
+    pub database_url: Option<String>,
+    pub oidc: Option<ControlPlaneOidc>,
+    /// Envoy admin URLs whose usage counters are sampled.
+    pub envoy_admin: Vec<String>,
+    pub usage_interval_secs: Option<u64>,
+    /// Where its log (stderr) goes; default `<data_dir>/control-plane.log`.
+    pub log: Option<PathBuf>,
+}
+
+pub struct ControlPlaneProcess {
+    child: Child,
+    addr: SocketAddr,
+    launch: ControlPlaneLaunch,
+}
+
+impl ControlPlaneProcess {
+    /// Starts the control plane and waits until `/maas-api/health` answers.
+    pub fn launch(launch: &ControlPlaneLaunch) -> Result<Self, String> {
+        std::fs::create_dir_all(&launch.data_dir)
+            .map_err(|e| format!("cannot create {:?}: {e}", launch.data_dir))?;
+        let log = launch.log_path();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot open {log:?}: {e}"))?;
+        let mut command = Command::new(control_plane_binary());
+        command
+            .arg("serve")
+            .args(["--listen", &format!("127.0.0.1:{}", launch.port)])
+            .arg("--data-dir")
+            .arg(&launch.data_dir)
+            .env_remove("MAAS_DATABASE_URL")
+            .stdin(Stdio::null())
+            .stderr(stderr);
+        if let Some(url) = &launch.database_url {
+            command.args(["--database-url", url]);
+        }
+        if let Some(oidc) = &launch.oidc {
+            command
+                .args(["--oidc-issuer", &oidc.issuer])
+                .args(["--oidc-audience", &oidc.audience])
+                .arg("--oidc-jwks")
+                .arg(&oidc.jwks_file)
+                .args(["--oidc-admin-group", &oidc.admin_group]);
+        }
+        for admin in &launch.envoy_admin {
+            command.args(["--envoy-admin", admin]);
+        }
+        if let Some(secs) = launch.usage_interval_secs {
+            command.args(["--usage-interval-secs", &secs.to_string()]);
+        }
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        crate::child::die_with_parent(&mut command);
+        let (child, addr) =
+            crate::child::spawn_announcing(&mut command, LISTEN_TIMEOUT).map_err(|why| {
+                format!(
+                    "control plane did not come up: {why}\n--- its log ---\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })?;
+        let process = Self {
+            child,
+            addr,
+            launch: launch.clone(),
+        };
+        process.wait_healthy()?;
+        Ok(process)
+    }
+
+    fn wait_healthy(&self) -> Result<(), String> {
+        let deadline = Instant::now() + LISTEN_TIMEOUT;
+        while Instant::now() < deadline {
+            if try_request("GET", &self.url("/maas-api/health"), &[], None)
+                .is_ok_and(|r| r.status == 200)
+            {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Err("control plane not healthy in time".into())
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The admin token it created in its data directory at first start.
+    pub fn admin_token(&self) -> String {
+        self.token("admin-token")
+    }
+
+    /// The token the gateway filter syncs with.
+    pub fn gateway_token(&self) -> String {
+        self.token("gateway-token")
+    }
+
+    fn token(&self, name: &str) -> String {
+        let path = self.launch.data_dir.join(name);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("cannot read {path:?}: {e}"))
+            .trim()
+            .to_string()
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.launch.data_dir
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.launch.log_path()).unwrap_or_default()
+    }
+
+    /// Calls its API with a bearer token and a JSON body.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        bearer: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Response {
+        let auth = format!("Bearer {bearer}");
+        let body = body.map(serde_json::Value::to_string);
+        request(
+            method,
+            &self.url(path),
+            &[
+                ("authorization", auth.as_str()),
+                ("content-type", "application/json"),
+            ],
+            body.as_deref().map(str::as_bytes),
+        )
+    }
+
+    /// Kills it outright (no graceful shutdown), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The same launch again, on the same port and data directory.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let mut launch = self.launch.clone();
+        launch.port = self.addr.port();
+        *self = Self::launch(&launch)?;
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        crate::child::terminate(&mut self.child, TERMINATE_TIMEOUT)
+    }
+}
+
+impl ControlPlaneLaunch {
+    fn log_path(&self) -> PathBuf {
+        self.log
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("control-plane.log"))
+    }
+}
+
+impl Drop for ControlPlaneProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
