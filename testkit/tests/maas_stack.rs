@@ -72,6 +72,9 @@ impl Runner {
             .args(["--upstream-port", "0"])
             .arg("--state-dir")
             .arg(dir.join("state"))
+            .args(["--control-plane-port", "0"])
+            .arg("--control-plane-dir")
+            .arg(dir.join("control-plane"))
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout file"))
@@ -181,14 +184,28 @@ fn process_exists(pid: libc::pid_t) -> bool {
     unsafe { libc::kill(pid, 0) == 0 }
 }
 
+/// A child's pid from the banner: the number after `marker`.
+fn banner_pid(banner: &str, marker: &str) -> libc::pid_t {
+    banner
+        .split(marker)
+        .nth(1)
+        .and_then(|rest| rest.split([';', ')']).next())
+        .and_then(|pid| pid.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {marker:?} in the banner:\n{banner}"))
+}
+
 /// The inference server's pid, from the banner's upstream line.
 fn inference_pid(banner: &str) -> libc::pid_t {
+    banner_pid(banner, "inference server, pid ")
+}
+
+/// The demo key the control plane minted, from the banner.
+fn demo_key(banner: &str) -> String {
     banner
-        .split("inference server, pid ")
-        .nth(1)
-        .and_then(|rest| rest.split(';').next())
-        .and_then(|pid| pid.trim().parse().ok())
-        .unwrap_or_else(|| panic!("no inference server pid in the banner:\n{banner}"))
+        .lines()
+        .find_map(|line| line.trim().strip_prefix("KEY="))
+        .unwrap_or_else(|| panic!("no KEY= line in the banner:\n{banner}"))
+        .to_string()
 }
 
 fn bearer(key: &str) -> String {
@@ -211,7 +228,31 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
         banner.contains(&stack.state("audit.log").display().to_string()),
         "{banner}"
     );
-    assert!(banner.contains(&format!("KEY={FREE_KEY}")), "{banner}");
+    // The control plane minted a demo key, which works at once; the
+    // configuration's own keys work beside it.
+    let minted = demo_key(&banner);
+    assert!(
+        minted.starts_with("sk-maas-") && minted != FREE_KEY,
+        "{banner}"
+    );
+    let r = request(
+        "GET",
+        &stack.url("/v1/models"),
+        &[("authorization", &bearer(&minted))],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    // Its API through the gateway, with the admin token it created.
+    let admin_token = std::fs::read_to_string(stack.dir.join("control-plane/admin-token"))
+        .expect("the admin token");
+    let subs = request(
+        "GET",
+        &stack.url("/maas-api/v1/subscriptions"),
+        &[("authorization", &bearer(admin_token.trim()))],
+        None,
+    );
+    assert_eq!(subs.status, 200, "{}", subs.text());
+    assert!(subs.text().contains("\"demo\""), "{}", subs.text());
 
     let models = request(
         "GET",
@@ -276,6 +317,8 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
     assert!(process_exists(envoy));
     let inference = inference_pid(&banner);
     assert!(process_exists(inference));
+    let control_plane = banner_pid(&banner, "control plane, pid ");
+    assert!(process_exists(control_plane));
     stack.signal(libc::SIGTERM);
     let status = stack.wait_exit(EXIT_TIMEOUT);
     assert!(status.success(), "{status}\n{}", stack.output());
@@ -286,6 +329,10 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
     assert!(
         !process_exists(inference),
         "the inference server (pid {inference}) outlived maas-stack"
+    );
+    assert!(
+        !process_exists(control_plane),
+        "the control plane (pid {control_plane}) outlived maas-stack"
     );
     assert!(try_request("GET", &stack.url("/v1/models"), &[], None).is_err());
     assert!(

@@ -1,13 +1,16 @@
 //! The local stack behind `make run` (the `maas-stack` binary): the
-//! OpenAI-shaped upstream, and Envoy with the release filter in front of it,
-//! configured from the same template and renderer the tests use.
+//! inference server (or another upstream), the control plane, and Envoy with
+//! the release filter in front of them, configured from the same template and
+//! renderer the tests use.
 //!
 //! ```text
-//! Stack::launch(&options)   upstream up, <state-dir>/envoy.yaml written, Envoy spawned
+//! Stack::launch(&options)   upstream up, control plane up with the demo
+//!                           subscription and key, <state-dir>/envoy.yaml
+//!                           written, Envoy spawned
 //!   .wait_ready(..)         admin /ready is 200 and the gateway listener is bound
 //!   .banner(ready)          URLs, files, curl commands
 //!   .exited()               polled while serving: Envoy died on its own?
-//!   .shutdown()             Envoy stopped first, then the upstream
+//!   .shutdown()             Envoy stopped first, then the control plane, then the upstream
 //! ```
 //!
 //! Every failure is a [`StackError`] that says what to do next: which `make`
@@ -17,6 +20,7 @@
 //! The state directory keeps `envoy.yaml`, `envoy.log`, `envoy.stdio.log`,
 //! `envoy.pid` and `audit.log` (appended to across runs, like any audit trail).
 
+mod demo;
 mod envoy_child;
 mod envoy_log;
 mod options;
@@ -32,10 +36,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
+pub use demo::{DEMO_OWNER, DEMO_SUBSCRIPTION};
 pub use envoy_child::Ready;
-pub use options::{parse_args, StackOptions, UpstreamChoice, UsageError, USAGE};
+pub use options::{
+    parse_args, ControlPlaneOptions, StackOptions, UpstreamChoice, UsageError, USAGE,
+};
 pub use signals::StopSignals;
 
+use crate::control_plane::{find_control_plane, ControlPlaneLaunch, ControlPlaneProcess};
 use crate::envoy::{find_envoy_binary, find_filter_wasm, ENVOY_VERSION};
 use crate::gateway::{
     gateway_template_path, render_gateway, workspace_root, GatewaySpec, RenderError,
@@ -46,8 +54,9 @@ use crate::inference::{
 use envoy_child::{EnvoyChild, EnvoyFiles};
 use upstream::{start_mock, Upstream};
 
-/// The first demo key of the README (subscription `free`). The banner only
-/// prints it; whether it works depends on the configuration in use.
+/// The first demo key of the README (subscription `free`, in
+/// `envoy/filter-config.json`). The banner prints it when there is no control
+/// plane to mint one; whether it works depends on the configuration in use.
 pub const DEMO_KEY: &str = "sk-maas-demo-free-7f3c9a1e5b2d";
 
 /// Envoy with the V8 filter starts in about a second; a loaded machine needs more.
@@ -89,6 +98,10 @@ pub enum StackError {
     MissingModel { path: PathBuf },
     #[error("the inference server did not start: {0}")]
     Inference(String),
+    #[error("no control plane at {}: run `make run`, which builds it first (`make server` only builds it), set MAAS_CONTROL_PLANE, or pass --no-control-plane", path.display())]
+    MissingControlPlane { path: PathBuf },
+    #[error("the control plane did not start: {0}")]
+    ControlPlane(String),
     #[error("--upstream {given:?}: {reason}")]
     Upstream { given: String, reason: String },
     #[error("cannot render the Envoy bootstrap: {0}")]
@@ -140,6 +153,8 @@ impl fmt::Display for Phase {
 /// A started stack. Fields drop in order: Envoy before the upstream it routes to.
 pub struct Stack {
     envoy: EnvoyChild,
+    control_plane: Option<ControlPlaneProcess>,
+    demo_key: Option<String>,
     upstream: Upstream,
     files: EnvoyFiles,
     audit_log: PathBuf,
@@ -168,7 +183,7 @@ impl Stack {
             ),
         })?;
         let wasm_path = std::path::absolute(&wasm_path).unwrap_or(wasm_path);
-        let filter_config = read_filter_config(&options.config)?;
+        let mut filter_config = read_filter_config(&options.config)?;
         let models = configured_models(&filter_config);
 
         let ports = [
@@ -208,6 +223,19 @@ impl Stack {
                 Upstream::Inference(start_inference(options, model.as_deref(), dir, &models)?)
             }
         };
+        let (control_plane, demo_key) = match &options.control_plane {
+            Some(cp_options) => {
+                let cp = start_control_plane(cp_options, options.admin_port)?;
+                let key = demo::ensure_demo(&cp, &models).map_err(StackError::ControlPlane)?;
+                // The filter syncs keys from it with the token it created.
+                filter_config["control_plane"] = json!({
+                    "cluster": "maas-control-plane",
+                    "token": cp.gateway_token(),
+                });
+                (Some(cp), Some(key))
+            }
+            None => (None, None),
+        };
         let files = EnvoyFiles::in_dir(dir);
         let audit_log = dir.join("audit.log");
         let template_path = gateway_template_path();
@@ -218,7 +246,7 @@ impl Stack {
                 source,
             })?;
         let spec = GatewaySpec {
-            control_plane: None,
+            control_plane: control_plane.as_ref().map(ControlPlaneProcess::addr),
             oidc: None,
             listen_port: options.listen_port,
             admin_port: options.admin_port,
@@ -248,6 +276,8 @@ impl Stack {
         let _ = std::fs::write(&pid_file, format!("{}\n", envoy.pid()));
         Ok(Self {
             envoy,
+            control_plane,
+            demo_key,
             upstream,
             files,
             audit_log,
@@ -302,9 +332,13 @@ impl Stack {
         }
     }
 
-    /// Stops Envoy (SIGTERM, then SIGKILL after a grace period), then the upstream.
+    /// Stops Envoy (SIGTERM, then SIGKILL after a grace period), then the
+    /// control plane, then the upstream.
     pub fn shutdown(mut self) -> Option<ExitStatus> {
         let status = self.envoy.terminate();
+        if let Some(cp) = &mut self.control_plane {
+            cp.terminate();
+        }
         // With Envoy gone no request can reach it; SIGTERM lets it log its
         // own orderly stop.
         if let Upstream::Inference(server) = &mut self.upstream {
@@ -391,14 +425,37 @@ impl fmt::Display for Banner<'_> {
         writeln!(f, "  models     {models}")?;
         writeln!(f, "  audit log  {}", stack.audit_log.display())?;
         writeln!(f, "  envoy log  {}", stack.files.log.display())?;
+        if let Some(cp) = &stack.control_plane {
+            writeln!(
+                f,
+                "  control    {gateway}/maas-api/v1  (control plane, pid {}; showback page: {gateway}/maas-api/ui)",
+                cp.pid()
+            )?;
+            writeln!(
+                f,
+                "             admin token in {}",
+                cp.data_dir().join("admin-token").display()
+            )?;
+        }
         writeln!(f)?;
-        writeln!(f, "Try it with the README's demo key:")?;
-        writeln!(f, "  KEY={DEMO_KEY}")?;
+        match &stack.demo_key {
+            Some(key) => {
+                writeln!(
+                    f,
+                    "Try it with the demo key (subscription `{DEMO_SUBSCRIPTION}`, minted by the control plane):"
+                )?;
+                writeln!(f, "  KEY={key}")?;
+            }
+            None => {
+                writeln!(f, "Try it with the README's demo key:")?;
+                writeln!(f, "  KEY={DEMO_KEY}")?;
+            }
+        }
         for command in curl_commands(&gateway, stack.models.first().map(String::as_str)) {
             writeln!(f, "  {command}")?;
         }
         writeln!(f)?;
-        write!(f, "Ctrl-C stops Envoy and the upstream.")
+        write!(f, "Ctrl-C stops Envoy, the control plane and the upstream.")
     }
 }
 
@@ -491,6 +548,33 @@ fn start_inference(
     };
     debug_assert!(binary.is_file());
     InferenceServer::launch(&launch).map_err(StackError::Inference)
+}
+
+/// The control plane on its port, sampling this gateway's usage counters
+/// when the admin port is known in advance.
+fn start_control_plane(
+    options: &ControlPlaneOptions,
+    admin_port: u16,
+) -> Result<ControlPlaneProcess, StackError> {
+    if find_control_plane().is_none() {
+        return Err(StackError::MissingControlPlane {
+            path: std::env::var_os("MAAS_CONTROL_PLANE").map_or_else(
+                || workspace_root().join("target/serve/maas-control-plane"),
+                PathBuf::from,
+            ),
+        });
+    }
+    ensure_free(options.port, "control plane", "--control-plane-port")?;
+    let launch = ControlPlaneLaunch {
+        port: options.port,
+        data_dir: options.data_dir.clone(),
+        envoy_admin: (admin_port != 0)
+            .then(|| format!("http://127.0.0.1:{admin_port}"))
+            .into_iter()
+            .collect(),
+        ..ControlPlaneLaunch::default()
+    };
+    ControlPlaneProcess::launch(&launch).map_err(StackError::ControlPlane)
 }
 
 fn ensure_free(port: u16, role: &'static str, flag: &'static str) -> Result<(), StackError> {

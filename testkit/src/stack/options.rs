@@ -7,23 +7,30 @@ use std::path::{Path, PathBuf};
 use crate::gateway::workspace_root;
 
 pub const USAGE: &str = "\
-usage: maas-stack [--config FILE] [--listen-port 8080] [--admin-port 9901]
+usage: maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]
                   [--model FILE.gguf | --mock | --upstream HOST:PORT]
                   [--upstream-port 8000] [--state-dir DIR]
+                  [--control-plane-port 8090] [--control-plane-dir DIR]
+                  [--no-control-plane]
 
 Runs Envoy with the MaaS filter in front of the inference server (the embedded
-SmolLM2-135M-Instruct unless --model says otherwise), in the foreground, until
-Ctrl-C (SIGINT) or SIGTERM.
+SmolLM2-135M-Instruct unless --model says otherwise), and the control plane
+(SQLite) it syncs keys from, in the foreground, until Ctrl-C (SIGINT) or
+SIGTERM. Creates a demo subscription and key on the way.
 
   --config FILE         filter configuration (default envoy/filter-config.json)
-  --listen-port N       gateway listener on 127.0.0.1 (default 8080; 0 = any free port)
+  --listen-port N       gateway listener on 127.0.0.1 (default 10000; 0 = any free port)
   --admin-port N        Envoy admin on 127.0.0.1 (default 9901; 0 = any free port)
   --model FILE.gguf     the GGUF the inference server loads (default: the embedded model)
   --mock                testkit's OpenAI-shaped mock instead of the inference server
   --upstream-port N     port of the built-in upstream (default 8000; 0 = any free port)
   --upstream HOST:PORT  an existing OpenAI-compatible server instead of a built-in one
   --state-dir DIR       envoy.yaml, envoy.log, audit.log, inference.log go here
-                        (default .cache/run)";
+                        (default .cache/run)
+  --control-plane-port N  the control plane on 127.0.0.1 (default 8090; 0 = any free port)
+  --control-plane-dir DIR its tokens and SQLite database (default .cache/control-plane,
+                        where `maas-control-plane key ...` finds the admin token)
+  --no-control-plane    only the keys in the filter configuration";
 
 /// Which model server the gateway routes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -47,6 +54,14 @@ pub struct StackOptions {
     pub upstream_port: u16,
     pub upstream: UpstreamChoice,
     pub state_dir: PathBuf,
+    /// `None`: no control plane (`--no-control-plane`).
+    pub control_plane: Option<ControlPlaneOptions>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlPlaneOptions {
+    pub port: u16,
+    pub data_dir: PathBuf,
 }
 
 impl Default for StackOptions {
@@ -54,11 +69,15 @@ impl Default for StackOptions {
         let root = workspace_root();
         Self {
             config: root.join("envoy/filter-config.json"),
-            listen_port: 8080,
+            listen_port: 10000,
             admin_port: 9901,
             upstream_port: 8000,
             upstream: UpstreamChoice::Inference { model: None },
             state_dir: root.join(".cache/run"),
+            control_plane: Some(ControlPlaneOptions {
+                port: 8090,
+                data_dir: root.join(".cache/control-plane"),
+            }),
         }
     }
 }
@@ -77,6 +96,8 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
     let mut options = StackOptions::default();
     let mut upstream_port_given = false;
     let mut chosen: Option<String> = None;
+    let mut control_plane = options.control_plane.take();
+    let mut no_control_plane = false;
     let mut args = args.into_iter();
     while let Some(flag) = args.next() {
         // `--flag=value` and `--flag value` both work.
@@ -121,10 +142,26 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
                 )?;
             }
             "--state-dir" => options.state_dir = absolute(&value()?),
+            "--control-plane-port" => {
+                let p = port(&flag, &value()?)?;
+                control_plane.get_or_insert_with(default_control_plane).port = p;
+            }
+            "--control-plane-dir" => {
+                let dir = absolute(&value()?);
+                control_plane
+                    .get_or_insert_with(default_control_plane)
+                    .data_dir = dir;
+            }
+            "--no-control-plane" => no_control_plane = true,
             "-h" | "--help" => return Err(UsageError::Help),
             other => return Err(UsageError::Invalid(format!("unknown argument {other:?}"))),
         }
     }
+    options.control_plane = if no_control_plane {
+        None
+    } else {
+        control_plane
+    };
     if upstream_port_given && matches!(options.upstream, UpstreamChoice::External(_)) {
         return Err(UsageError::Invalid(
             "--upstream-port places a built-in upstream; it has no meaning with --upstream".into(),
@@ -135,10 +172,12 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
         UpstreamChoice::External(_) => 0,
         _ => options.upstream_port,
     };
+    let control_plane_port = options.control_plane.as_ref().map_or(0, |c| c.port);
     let fixed = [
         ("--listen-port", options.listen_port),
         ("--admin-port", options.admin_port),
         ("--upstream-port", upstream_port),
+        ("--control-plane-port", control_plane_port),
     ];
     for (index, (flag, port)) in fixed.iter().enumerate() {
         if let Some((other, _)) = fixed[index + 1..]
@@ -151,6 +190,15 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
         }
     }
     Ok(options)
+}
+
+fn default_control_plane() -> ControlPlaneOptions {
+    StackOptions::default()
+        .control_plane
+        .unwrap_or_else(|| ControlPlaneOptions {
+            port: 8090,
+            data_dir: workspace_root().join(".cache/control-plane"),
+        })
 }
 
 /// `--model`, `--mock` and `--upstream` each pick the upstream: one of them.
@@ -190,8 +238,11 @@ mod tests {
     #[test]
     fn defaults_match_make_run() {
         let options = parse(&[]).expect("no arguments are fine");
-        assert_eq!(options.listen_port, 8080);
+        assert_eq!(options.listen_port, 10000);
         assert_eq!(options.admin_port, 9901);
+        let cp = options.control_plane.expect("a control plane by default");
+        assert_eq!(cp.port, 8090);
+        assert!(cp.data_dir.ends_with(".cache/control-plane") && cp.data_dir.is_absolute());
         assert_eq!(options.upstream_port, 8000);
         assert_eq!(options.upstream, UpstreamChoice::Inference { model: None });
         assert!(options.config.ends_with("envoy/filter-config.json"));
@@ -231,6 +282,15 @@ mod tests {
         // The built-in port is free for others when an external server is used.
         assert!(parse(&["--upstream", "h:1", "--listen-port", "8000"]).is_ok());
         assert_eq!(options.state_dir, PathBuf::from("/tmp/s"));
+        let cp = parse(&["--control-plane-port=0", "--control-plane-dir", "/tmp/cp"])
+            .expect("valid")
+            .control_plane
+            .expect("kept");
+        assert_eq!((cp.port, cp.data_dir), (0, PathBuf::from("/tmp/cp")));
+        assert_eq!(
+            parse(&["--no-control-plane"]).expect("valid").control_plane,
+            None
+        );
     }
 
     #[test]
@@ -256,12 +316,16 @@ mod tests {
                 "--upstream and --mock both choose",
             ),
             (
-                &["--admin-port", "8080"],
-                "--listen-port and --admin-port are both 8080",
+                &["--admin-port", "10000"],
+                "--listen-port and --admin-port are both 10000",
             ),
             (
                 &["--upstream-port", "9901"],
                 "--admin-port and --upstream-port are both 9901",
+            ),
+            (
+                &["--control-plane-port", "8000"],
+                "--upstream-port and --control-plane-port are both 8000",
             ),
         ] {
             match parse(args) {

@@ -1,0 +1,76 @@
+//! What the stack sets up on its control plane so a user can try the
+//! gateway at once: a `demo` subscription for the configured models and one
+//! key for it. The key is kept (owner-only) in the control plane's data
+//! directory, so a restart reuses it instead of minting another.
+
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use crate::control_plane::ControlPlaneProcess;
+
+pub const DEMO_SUBSCRIPTION: &str = "demo";
+pub const DEMO_OWNER: &str = "demo@localhost";
+const KEY_FILE: &str = "demo-key";
+
+/// The demo key: the remembered one while it is still active, else a new one.
+pub fn ensure_demo(cp: &ControlPlaneProcess, models: &[String]) -> Result<String, String> {
+    let admin = cp.admin_token();
+    let spec = json!({
+        "name": DEMO_SUBSCRIPTION,
+        "models": models,
+        "limits": {"requests": ["60/min"], "tokens": ["100000/hour"]},
+        "max_tokens": {"cap": 512, "mode": "clamp"},
+        "cost_center": "demo"
+    });
+    let path = format!("/maas-api/v1/subscriptions/{DEMO_SUBSCRIPTION}");
+    let r = cp.call("PUT", &path, &admin, Some(&spec));
+    if r.status != 200 {
+        return Err(format!(
+            "creating the demo subscription: {} {}",
+            r.status,
+            r.text()
+        ));
+    }
+    let file = cp.data_dir().join(KEY_FILE);
+    if let Some(key) = remembered(cp, &admin, &file) {
+        return Ok(key);
+    }
+    let body = json!({"name": "demo", "subscription": DEMO_SUBSCRIPTION, "owner": DEMO_OWNER});
+    let r = cp.call("POST", "/maas-api/v1/api-keys", &admin, Some(&body));
+    let key = (r.status == 201)
+        .then(|| r.json()["key"].as_str().map(str::to_string))
+        .flatten()
+        .ok_or_else(|| format!("minting the demo key: {} {}", r.status, r.text()))?;
+    write_private(&file, &key).map_err(|e| format!("cannot keep the demo key in {file:?}: {e}"))?;
+    Ok(key)
+}
+
+/// The key in `file` if the control plane still lists it as active.
+fn remembered(cp: &ControlPlaneProcess, admin: &str, file: &Path) -> Option<String> {
+    let key = std::fs::read_to_string(file).ok()?.trim().to_string();
+    let id = key.strip_prefix("sk-maas-")?.split('-').next()?.to_string();
+    let listed = cp.call(
+        "GET",
+        &format!("/maas-api/v1/api-keys?owner={DEMO_OWNER}"),
+        admin,
+        None,
+    );
+    let active = listed.json()["data"]
+        .as_array()?
+        .iter()
+        .any(|k: &Value| k["id"] == id.as_str() && k["status"] == "active");
+    active.then_some(key)
+}
+
+fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)?;
+    writeln!(f, "{text}")
+}
