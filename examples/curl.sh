@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The gateway as a client sees it, against `make run` (Envoy + the filter on
-# 127.0.0.1:8080 with the demo configuration envoy/filter-config.json):
+# 127.0.0.1:10000 with the demo configuration envoy/filter-config.json):
 #
 #   make run                 # in one terminal
 #   ./examples/curl.sh       # in another
@@ -9,11 +9,11 @@
 # The last section spends the free tier's per-key request budget (5 requests
 # per 10 s), so a second run within 10 s starts out rate limited.
 #
-# GATEWAY (default http://127.0.0.1:8080) points it at another local port.
+# GATEWAY (default http://127.0.0.1:10000) points it at another local port.
 
 set -euo pipefail
 
-GATEWAY=${GATEWAY:-http://127.0.0.1:8080}
+GATEWAY=${GATEWAY:-http://127.0.0.1:10000}
 case "$GATEWAY" in
   http://127.0.0.1:*|http://localhost:*|http://\[::1\]:*) ;;
   *) echo "GATEWAY must be a loopback http:// URL with a port, not $GATEWAY" >&2; exit 2 ;;

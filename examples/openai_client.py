@@ -11,8 +11,9 @@ an API key from the gateway's configuration. It lists the models the key's
 subscription may use, asks for one chat completion, then streams one and
 prints the usage the gateway accounted for.
 
-Environment: MAAS_BASE_URL (default http://127.0.0.1:8080/v1), MAAS_API_KEY
-(default: the README's demo key of the `free` subscription), MAAS_MODEL
+Environment: MAAS_BASE_URL (default http://127.0.0.1:10000/v1), MAAS_API_KEY
+(default: the demo key `make run` minted, kept in .cache/control-plane/demo-key;
+else the README's static demo key of the `free` subscription), MAAS_MODEL
 (default: the first model the key may use).
 """
 
@@ -24,8 +25,17 @@ try:
 except ImportError:
     sys.exit("this example needs the official OpenAI client: pip install openai")
 
-BASE_URL = os.environ.get("MAAS_BASE_URL", "http://127.0.0.1:8080/v1")
-API_KEY = os.environ.get("MAAS_API_KEY", "sk-maas-demo-free-7f3c9a1e5b2d")
+BASE_URL = os.environ.get("MAAS_BASE_URL", "http://127.0.0.1:10000/v1")
+def default_key() -> str:
+    demo = os.path.join(os.path.dirname(__file__), "..", ".cache", "control-plane", "demo-key")
+    try:
+        with open(demo, encoding="utf-8") as f:
+            return f.read().strip()
+    except OSError:
+        return "sk-maas-demo-free-7f3c9a1e5b2d"
+
+
+API_KEY = os.environ.get("MAAS_API_KEY") or default_key()
 
 
 def main() -> None:

@@ -463,3 +463,33 @@ fn the_openai_python_example_runs_against_the_stack() {
     assert!(stdout.contains(MODEL), "{stdout}");
     assert!(stdout.contains("stream usage:"), "{stdout}");
 }
+
+/// `examples/self-service.sh` against a started stack: mint, use at once,
+/// spend the quota, revoke, read the usage.
+#[test]
+fn the_self_service_example_runs_against_the_stack() {
+    require_artifacts();
+    let stack = Runner::start(&demo_config());
+    let output = Command::new("bash")
+        .arg(workspace_root().join("examples/self-service.sh"))
+        .env("GATEWAY", &stack.gateway)
+        .env("MAAS_CONTROL_PLANE_DIR", stack.dir.join("control-plane"))
+        .output()
+        .expect("run the example (needs bash and curl)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    for expected in [
+        "\"key\":\"sk-maas-",
+        "HTTP 429",
+        "rate_limit_exceeded",
+        "HTTP 401 after",
+        "quota-demo",
+    ] {
+        assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
+    }
+}

@@ -1,4 +1,4 @@
-//! `maas-stack [--config FILE] [--listen-port 8080] [--admin-port 9901]
+//! `maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]
 //! [--upstream-port 0 | --upstream HOST:PORT] [--state-dir .cache/run]`: what
 //! `make run` runs. Starts the OpenAI-shaped upstream and Envoy with the
 //! release filter in front of it, prints where they are, and stays in the
