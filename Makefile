@@ -31,12 +31,13 @@ test: setup wasm server
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
 
-## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server
+## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server, key sync at 100k keys
 bench: setup wasm host server
 	$(CARGO) bench -p maas-benches --locked
 	$(CARGO) bench -p maas-kernels --locked --bench matmul
 	./benches/load.sh
 	./benches/inference.sh
+	$(CARGO) run --release --locked -p maas-benches --example key-sync-bench
 
 ## lint: formatting and clippy on the host and the wasm target
 lint:

@@ -264,8 +264,10 @@ impl RootContext for GatewayRoot {
         }
         let policy = Policy::from_config(&config);
         if let Some(cp) = &config.control_plane {
-            // Every VM ticks; the sync lease lets one of them call per interval.
-            let period = Duration::from_millis((cp.sync_interval_ms / 2).max(50));
+            // Every VM ticks; the sync lease lets one of them call per
+            // interval. A sync starts at the first tick after it is due, so
+            // ticks a fifth of the interval apart keep it at most that late.
+            let period = Duration::from_millis((cp.sync_interval_ms / 5).max(20));
             if let Err(e) = hostcalls::set_tick_period(period) {
                 log(
                     LogLevel::Critical,
