@@ -204,13 +204,22 @@ fn main() {
     // at once would always land at the start of an interval (the worst
     // case). A pseudo-random pause spreads them over the sync cycle.
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-    for (id, key) in keys.iter().filter(|(id, _)| *id != probe_id).take(revocations) {
+    for (id, key) in keys
+        .iter()
+        .filter(|(id, _)| *id != probe_id)
+        .take(revocations)
+    {
         let auth = format!("Bearer {key}");
         let ok = synced.request("GET", "/v1/models", &[("authorization", &auth)], None);
         assert_eq!(ok.status, 200);
         seed = seed.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
         std::thread::sleep(Duration::from_millis((seed >> 33) % (2 * SYNC_INTERVAL_MS)));
-        let r = cp.call("DELETE", &format!("/maas-api/v1/api-keys/{id}"), &admin, None);
+        let r = cp.call(
+            "DELETE",
+            &format!("/maas-api/v1/api-keys/{id}"),
+            &admin,
+            None,
+        );
         assert_eq!(r.status, 200, "{}", r.text());
         let t = Instant::now();
         loop {
@@ -218,7 +227,10 @@ fn main() {
             if r.status == 401 {
                 break;
             }
-            assert!(t.elapsed() < Duration::from_secs(10), "revocation not applied");
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "revocation not applied"
+            );
             std::thread::sleep(Duration::from_millis(1));
         }
         latencies.push(t.elapsed().as_secs_f64() * 1000.0);

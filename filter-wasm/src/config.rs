@@ -118,6 +118,10 @@ fn default_call_timeout_ms() -> u64 {
     2000
 }
 
+fn default_sync_page_keys() -> u64 {
+    2000
+}
+
 fn default_lookups_per_second() -> u64 {
     20
 }
@@ -144,6 +148,10 @@ struct RawControlPlane {
     /// Deadline of one sync or lookup call.
     #[serde(default = "default_call_timeout_ms")]
     timeout_ms: u64,
+    /// Keys per sync answer: a full sync of many keys comes in pages, so no
+    /// single callback parses (and holds in wasm memory) all of them.
+    #[serde(default = "default_sync_page_keys")]
+    sync_page_keys: u64,
     /// Lookups of never-seen key ids, for all workers together: a client
     /// sending random ids cannot turn the gateway into a load generator
     /// against the control plane.
@@ -356,6 +364,7 @@ pub struct ControlPlane {
     pub token: String,
     pub sync_interval_ms: u64,
     pub timeout_ms: u64,
+    pub sync_page_keys: u64,
     pub lookups_per_second: u64,
     pub negative_cache_ms: u64,
 }
@@ -689,6 +698,7 @@ fn control_plane(raw: &RawControlPlane) -> Result<ControlPlane, ConfigError> {
         token: raw.token.clone(),
         sync_interval_ms: range("sync_interval_ms", raw.sync_interval_ms, 50, 600_000)?,
         timeout_ms: range("timeout_ms", raw.timeout_ms, 10, 60_000)?,
+        sync_page_keys: range("sync_page_keys", raw.sync_page_keys, 1, 50_000)?,
         lookups_per_second: range("lookups_per_second", raw.lookups_per_second, 0, 100_000)?,
         negative_cache_ms: range("negative_cache_ms", raw.negative_cache_ms, 0, 600_000)?,
     })

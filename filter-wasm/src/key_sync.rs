@@ -16,10 +16,12 @@
 //! - A key's entry only moves forward: a write carrying an older key version
 //!   than the stored one keeps the stored record (a slow lookup answer cannot
 //!   undo a revocation the sync already wrote).
-//! - A full resync bumps the epoch and rewrites every key it lists; an entry
-//!   of an older epoch is a key the control plane no longer lists and reads
-//!   as unknown. The state is written last, so a VM that sees a new epoch
-//!   finds every record of it.
+//! - A full resync writes every key it lists under the next epoch, page by
+//!   page, and makes that epoch current with its last page; from then an
+//!   entry of an older epoch is a key the control plane no longer lists and
+//!   reads as unknown. Until then both epochs count, so no valid key is
+//!   refused mid-resync. The state is written last, so a VM that sees a new
+//!   epoch finds every record of it.
 //! - Nothing here panics on corrupted bytes: an unreadable entry reads as
 //!   absent and the next write replaces it.
 
@@ -44,28 +46,53 @@ pub struct SyncState {
     pub version: u64,
     /// Full resyncs applied; key entries of older epochs are void.
     pub epoch: u32,
+    /// The epoch a full resync in progress writes (0: none).
+    pub resync_epoch: u32,
     /// When the control plane last answered (ms since the epoch); 0: never.
     pub last_ok_ms: u64,
 }
 
 impl SyncState {
-    fn encode(&self) -> [u8; 20] {
-        let mut out = [0u8; 20];
+    fn encode(&self) -> [u8; 24] {
+        let mut out = [0u8; 24];
         out[..8].copy_from_slice(&self.version.to_le_bytes());
         out[8..12].copy_from_slice(&self.epoch.to_le_bytes());
-        out[12..].copy_from_slice(&self.last_ok_ms.to_le_bytes());
+        out[12..16].copy_from_slice(&self.resync_epoch.to_le_bytes());
+        out[16..].copy_from_slice(&self.last_ok_ms.to_le_bytes());
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<SyncState> {
-        let bytes: &[u8; 20] = bytes.try_into().ok()?;
-        let (version, rest) = bytes.split_at(8);
-        let (epoch, last) = rest.split_at(4);
+        let bytes: &[u8; 24] = bytes.try_into().ok()?;
+        let u32_at = |at: usize| {
+            bytes
+                .get(at..at + 4)?
+                .try_into()
+                .ok()
+                .map(u32::from_le_bytes)
+        };
+        let u64_at = |at: usize| {
+            bytes
+                .get(at..at + 8)?
+                .try_into()
+                .ok()
+                .map(u64::from_le_bytes)
+        };
         Some(SyncState {
-            version: u64::from_le_bytes(version.try_into().ok()?),
-            epoch: u32::from_le_bytes(epoch.try_into().ok()?),
-            last_ok_ms: u64::from_le_bytes(last.try_into().ok()?),
+            version: u64_at(0)?,
+            epoch: u32_at(8)?,
+            resync_epoch: u32_at(12)?,
+            last_ok_ms: u64_at(16)?,
         })
+    }
+
+    /// The epoch new key records are written under.
+    fn write_epoch(&self) -> u32 {
+        if self.resync_epoch != 0 {
+            self.resync_epoch
+        } else {
+            self.epoch
+        }
     }
 
     /// Seconds since the control plane last answered (`None`: it never has).
@@ -229,10 +256,11 @@ pub fn apply(
     now_ms: u64,
 ) -> Result<SyncState, StoreError> {
     let previous = read_state(store)?;
+    // A full answer (re)starts a resync; its later pages continue it.
     let epoch = if delta.full {
-        previous.epoch.wrapping_add(1)
+        previous.epoch.max(previous.resync_epoch).wrapping_add(1)
     } else {
-        previous.epoch
+        previous.write_epoch()
     };
     for key in &delta.keys {
         put_key(store, key, epoch)?;
@@ -256,10 +284,20 @@ pub fn apply(
         let bytes = serde_json::to_vec(&synced).unwrap_or_default();
         store.set(SUBSCRIPTIONS_KEY, &bytes, None)?;
     }
-    let state = SyncState {
-        version: delta.version,
-        epoch,
-        last_ok_ms: now_ms,
+    let state = if delta.more {
+        SyncState {
+            version: delta.version,
+            epoch: previous.epoch,
+            resync_epoch: if epoch == previous.epoch { 0 } else { epoch },
+            last_ok_ms: now_ms,
+        }
+    } else {
+        SyncState {
+            version: delta.version,
+            epoch,
+            resync_epoch: 0,
+            last_ok_ms: now_ms,
+        }
     };
     write_state(store, &state)?;
     Ok(state)
@@ -290,7 +328,8 @@ pub fn record_lookup(
     absent_until_ms: u64,
 ) -> Result<(), StoreError> {
     match found {
-        Some(key) => put_key(store, key, read_state(store)?.epoch),
+        // Under the epoch a resync in progress writes, so it outlives it.
+        Some(key) => put_key(store, key, read_state(store)?.write_epoch()),
         None => {
             let entry = Entry::Absent {
                 until_ms: absent_until_ms,
@@ -344,6 +383,7 @@ mod tests {
         SyncDelta {
             version,
             full,
+            more: false,
             keys,
             subscriptions: Vec::new(),
             deleted_subscriptions: Vec::new(),
@@ -361,6 +401,7 @@ mod tests {
         .unwrap();
         assert_eq!(state, read_state(&s).unwrap());
         assert_eq!((state.version, state.epoch, state.last_ok_ms), (5, 1, 1000));
+        assert_eq!(state.resync_epoch, 0);
         assert_eq!(
             lookup(&s, "aaaaaaaaaaaa", state.epoch, 0).unwrap(),
             Lookup::Found(key("aaaaaaaaaaaa", 5, false))
@@ -406,6 +447,41 @@ mod tests {
             lookup(&s, "bbbbbbbbbbbb", state.epoch, 0).unwrap(),
             Lookup::Found(_)
         ));
+    }
+
+    #[test]
+    fn a_paged_resync_keeps_old_keys_valid_until_its_last_page() {
+        let s = MemoryStore::default();
+        let a = || key("aaaaaaaaaaaa", 1, false);
+        let b = || key("bbbbbbbbbbbb", 2, false);
+        let c = || key("cccccccccccc", 3, false);
+        let st = apply(&s, &delta(2, true, vec![a(), b()]), 0).unwrap();
+        assert_eq!(st.epoch, 1);
+        // The database was reset: a new full resync lists b and c, in two pages.
+        let mut page = delta(2, true, vec![b()]);
+        page.more = true;
+        let mid = apply(&s, &page, 0).unwrap();
+        assert_eq!((mid.epoch, mid.resync_epoch), (1, 2));
+        for id in ["aaaaaaaaaaaa", "bbbbbbbbbbbb"] {
+            assert!(
+                matches!(lookup(&s, id, mid.epoch, 0).unwrap(), Lookup::Found(_)),
+                "{id} mid-resync"
+            );
+        }
+        // A lookup during the resync is written under the new epoch.
+        record_lookup(&s, "dddddddddddd", Some(&key("dddddddddddd", 4, false)), 0).unwrap();
+        let done = apply(&s, &delta(3, false, vec![c()]), 0).unwrap();
+        assert_eq!((done.epoch, done.resync_epoch), (2, 0));
+        assert_eq!(
+            lookup(&s, "aaaaaaaaaaaa", done.epoch, 0).unwrap(),
+            Lookup::Unknown
+        );
+        for id in ["bbbbbbbbbbbb", "cccccccccccc", "dddddddddddd"] {
+            assert!(
+                matches!(lookup(&s, id, done.epoch, 0).unwrap(), Lookup::Found(_)),
+                "{id} after"
+            );
+        }
     }
 
     #[test]

@@ -152,8 +152,11 @@ impl<'a> Reader<'a> {
 pub struct SyncDelta {
     /// The next `since`.
     pub version: u64,
-    /// Replace the key set rather than merge into it.
+    /// Replace the key set rather than merge into it (a full resync, which
+    /// may span several pages).
     pub full: bool,
+    /// Another page follows: ask again at once, from `version`.
+    pub more: bool,
     pub keys: Vec<ManagedKey>,
     /// Subscriptions in the filter configuration's shape, plus `name`.
     pub subscriptions: Vec<serde_json::Value>,
@@ -177,6 +180,8 @@ struct RawSync {
     version: u64,
     #[serde(default)]
     full: bool,
+    #[serde(default)]
+    more: bool,
     #[serde(default)]
     keys: Vec<RawKey>,
     #[serde(default)]
@@ -231,6 +236,7 @@ pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
     Ok(SyncDelta {
         version: raw.version,
         full: raw.full,
+        more: raw.more,
         keys,
         subscriptions: raw.subscriptions,
         deleted_subscriptions: raw.deleted_subscriptions,

@@ -115,6 +115,7 @@ mod tests {
         let state = SyncState {
             version: 4,
             epoch: 1,
+            resync_epoch: 0,
             last_ok_ms: 9,
         };
         let p = Policy::with_synced(&c, state, &synced, &mut |w| warnings.push(w));

@@ -109,7 +109,10 @@ impl GatewayRoot {
             return;
         }
         let since = key_sync::read_state(&SharedData).map_or(0, |s| s.version);
-        let path = format!("/maas-api/v1/sync?since={since}");
+        let path = format!(
+            "/maas-api/v1/sync?since={since}&limit={}",
+            cp.sync_page_keys
+        );
         match control_plane_call(cp, &path) {
             Ok(token) => self.sync_token = Some(token),
             Err(e) => {
@@ -132,6 +135,7 @@ impl GatewayRoot {
         let now_ms = now_ms();
         let host = self.host();
         let status = call_status();
+        let mut more = false;
         let result = match status {
             Some(200) => {
                 let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
@@ -139,9 +143,12 @@ impl GatewayRoot {
                     .flatten()
                     .unwrap_or_default();
                 match managed_keys::parse_sync(&body) {
-                    Ok(delta) => key_sync::apply(&SharedData, &delta, now_ms)
-                        .map(|_| "changed")
-                        .map_err(|e| e.to_string()),
+                    Ok(delta) => {
+                        more = delta.more;
+                        key_sync::apply(&SharedData, &delta, now_ms)
+                            .map(|_| "changed")
+                            .map_err(|e| e.to_string())
+                    }
                     Err(e) => Err(e.to_string()),
                 }
             }
@@ -153,12 +160,20 @@ impl GatewayRoot {
         match result {
             Ok(r) => host.add_metric(Metric::KeySyncs { result: r }, 1),
             Err(e) => {
+                more = false;
                 host.add_metric(Metric::KeySyncs { result: "failed" }, 1);
                 self.warn_sync(now_ms, cp.sync_interval_ms, &e);
             }
         }
-        let _ = key_sync::schedule_next(&SharedData, now_ms.saturating_add(cp.sync_interval_ms));
         self.vm.borrow_mut().refresh_policy();
+        if more {
+            // The next page at once: this VM still holds the lease.
+            let _ = key_sync::schedule_next(&SharedData, now_ms);
+            self.start_sync(cp, now_ms);
+        } else {
+            let next = now_ms.saturating_add(cp.sync_interval_ms);
+            let _ = key_sync::schedule_next(&SharedData, next);
+        }
     }
 
     fn record_gauges(&self, now_ms: u64) {

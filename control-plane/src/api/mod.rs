@@ -305,20 +305,27 @@ async fn put_subscription(
 struct SyncQuery {
     #[serde(default)]
     since: u64,
+    /// Keys per page (at most [`MAX_SYNC_PAGE`]); default: all.
+    limit: Option<usize>,
 }
+
+/// The largest page of keys one sync answer carries (about 12 MB of JSON).
+const MAX_SYNC_PAGE: usize = 50_000;
 
 /// Incremental key sync. The response's `version` is the next `since`; a
 /// `since` the store has never reached (a reset database) gets everything
-/// with `"full": true`, so the gateway replaces rather than merges.
+/// with `"full": true`, so the gateway replaces rather than merges. Keys come
+/// in pages of `limit`; `"more": true` asks for the next page at once.
 async fn sync(
     State(app): State<Arc<AppState>>,
     _gateway: GatewayCaller,
     Query(q): Query<SyncQuery>,
 ) -> Result<Response, ApiError> {
-    let mut changes = app.store.changes_since(q.since).await?;
+    let limit = Some(q.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE));
+    let mut changes = app.store.changes_page(q.since, limit).await?;
     let mut full = q.since == 0;
     if q.since > changes.version {
-        changes = app.store.changes_since(0).await?;
+        changes = app.store.changes_page(0, limit).await?;
         full = true;
     }
     if !full && changes.version == q.since {
@@ -336,6 +343,7 @@ async fn sync(
         "subscriptions": subscriptions,
         "deleted_subscriptions": changes.deleted_subscriptions,
         "keys": keys,
+        "more": changes.more,
     }))
     .into_response())
 }
@@ -377,6 +385,7 @@ async fn sync_key(
     Ok(Json(json!({
         "version": 0,
         "full": false,
+        "more": false,
         "deleted_subscriptions": [],
         "keys": [synced_key(&key)],
         "subscriptions": subscription.as_ref().and_then(synced_subscription).into_iter().collect::<Vec<_>>(),

@@ -85,6 +85,8 @@ pub struct Changes {
     pub subscriptions: Vec<SubscriptionRow>,
     /// Names of subscriptions deleted (and not re-created), in version order.
     pub deleted_subscriptions: Vec<String>,
+    /// Another page of keys follows (see `Store::changes_page`).
+    pub more: bool,
 }
 
 pub(super) fn subscription_from_row(row: &AnyRow) -> Result<SubscriptionRow, StoreError> {

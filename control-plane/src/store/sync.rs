@@ -1,7 +1,10 @@
-//! Incremental sync for the gateway filter: "what changed after version V".
+//! Incremental sync for the gateway filter: "what changed after version V",
+//! in pages of at most N keys.
 //!
-//! Invariant: applying `changes_since(V)` on top of the state at V yields the
-//! state at `Changes::version` or later, and never loses a change. The reads
+//! Invariant: applying `changes_page(V, n)` on top of the state at V yields
+//! the state at `Changes::version` or later for keys (and the latest state
+//! for subscriptions, which every page carries whole: they are few, and a
+//! key must never arrive before its subscription), and never loses a change. The reads
 //! are bounded by the counter value read first: every version at or below it
 //! has committed (see `version`), so nothing at or below it can appear later.
 //! A row changed again after the counter read is left out and comes back in
@@ -20,6 +23,17 @@ impl Store {
     /// was replaced) returns nothing and the store's lower version, which the
     /// caller should treat as a reason to resync from 0.
     pub async fn changes_since(&self, since: u64) -> Result<Changes, StoreError> {
+        self.changes_page(since, None).await
+    }
+
+    /// [`Store::changes_since`] with at most `max_keys` keys: the oldest
+    /// changes first; `more` says another page follows, to be asked for
+    /// with `since` = this page's `version`.
+    pub async fn changes_page(
+        &self,
+        since: u64,
+        max_keys: Option<usize>,
+    ) -> Result<Changes, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let upto = version::current(&mut conn).await?;
         if upto <= since {
@@ -30,17 +44,33 @@ impl Store {
         }
         let (lo, hi) = (version_to_db(since), version_to_db(upto));
 
-        let keys = sqlx::query(
+        // One more than asked for tells whether another page follows.
+        let fetch = max_keys.map_or(i64::MAX, |n| {
+            i64::try_from(n.max(1)).unwrap_or(i64::MAX - 1) + 1
+        });
+        let mut keys = sqlx::query(
             "SELECT id, owner, subscription, name, labels, salt, hash, created_at, expires_at, revoked_at, version \
-             FROM api_keys WHERE version > $1 AND version <= $2 ORDER BY version",
+             FROM api_keys WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3",
         )
         .bind(lo)
         .bind(hi)
+        .bind(fetch)
         .fetch_all(&mut *conn)
         .await?
         .iter()
         .map(key_from_row)
         .collect::<Result<Vec<_>, _>>()?;
+        let mut version = upto;
+        let mut more = false;
+        if let Some(n) = max_keys.map(|n| n.max(1)) {
+            if keys.len() > n {
+                keys.truncate(n);
+                // Versions are unique per change, so every key change up to
+                // the page's last one is in it.
+                version = keys.last().map_or(upto, |k| k.version);
+                more = true;
+            }
+        }
 
         let subscriptions = sqlx::query(
             "SELECT name, spec, created_at, updated_at, version \
@@ -67,10 +97,11 @@ impl Store {
         .collect::<Result<Vec<_>, _>>()?;
 
         Ok(Changes {
-            version: upto,
+            version,
             keys,
             subscriptions,
             deleted_subscriptions,
+            more,
         })
     }
 }

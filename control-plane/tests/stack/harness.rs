@@ -89,7 +89,9 @@ impl Stack {
                     "cluster": "maas-control-plane",
                     "token": cp.gateway_token(),
                     "sync_interval_ms": SYNC_INTERVAL_MS,
-                    "timeout_ms": 1000
+                    "timeout_ms": 1000,
+                    // Small pages, so a sync of a few keys takes several.
+                    "sync_page_keys": 2
                 },
                 "oidc": {}
             }))

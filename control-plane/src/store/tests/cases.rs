@@ -516,3 +516,46 @@ pub async fn usage_adds_up_per_bucket_and_sums_over_a_range(store: &Store) {
     );
     assert!(store.usage(200, 300).await.unwrap().is_empty());
 }
+
+pub async fn changes_are_paged_without_loss(store: &Store) {
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    for (i, id) in ["p1", "p2", "p3", "p4", "p5"].iter().enumerate() {
+        store
+            .insert_key(&key(id, "alice", "gold", i as i64), "alice")
+            .await
+            .unwrap();
+    }
+    let mut since = 0;
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut subscriptions = Vec::new();
+    loop {
+        let page = store.changes_page(since, Some(2)).await.unwrap();
+        assert!(page.version > since);
+        pages.push(page.keys.iter().map(|k| k.id.clone()).collect());
+        subscriptions.push(page.subscriptions.len());
+        since = page.version;
+        if pages.len() == 1 {
+            // A change made between pages comes in a later page.
+            store.revoke_key("p1", 10, "alice").await.unwrap();
+        }
+        if !page.more {
+            assert!(page
+                .keys
+                .iter()
+                .any(|k| k.id == "p1" && k.revoked_at.is_some()));
+            break;
+        }
+    }
+    assert_eq!(pages, [["p1", "p2"], ["p3", "p4"], ["p5", "p1"]]);
+    assert_eq!(
+        subscriptions,
+        [1, 0, 0],
+        "the subscription comes with the first page"
+    );
+    let caught_up = store.changes_page(since, Some(2)).await.unwrap();
+    assert!(caught_up.keys.is_empty() && !caught_up.more);
+    assert_eq!(caught_up.version, since);
+}

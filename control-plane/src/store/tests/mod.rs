@@ -44,6 +44,7 @@ for_each_backend!(
     list_keys_by_owner,
     revoke_is_idempotent,
     changes_since_returns_exactly_what_changed,
+    changes_are_paged_without_loss,
     delete_subscription_refused_while_keys_exist,
     audit_rows_in_order_without_secrets,
     hostile_strings_are_stored_verbatim,
