@@ -170,8 +170,7 @@ fn main() {
     let pages = eventually(Duration::from_secs(300), || {
         let stats = synced.admin_get("/stats/prometheus");
         let count = |result| {
-            prometheus::metric(&stats, "maas_key_syncs_total", &[("result", result)])
-                .unwrap_or(0.0)
+            prometheus::metric(&stats, "maas_key_syncs_total", &[("result", result)]).unwrap_or(0.0)
         };
         if count("not_modified") >= 1.0 {
             Ok(count("changed"))

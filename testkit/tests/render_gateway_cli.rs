@@ -27,6 +27,15 @@ fn renders_the_shipped_template_to_stdout() {
         "18080",
         "--wasm",
         "/opt/maas_filter.wasm",
+        "--control-plane",
+        "127.0.0.1:8090",
+        "--oidc-issuer",
+        "https://issuer.test",
+        "--oidc-jwks",
+        maas_testkit::workspace_root()
+            .join("control-plane/tests/fixtures/jwks.json")
+            .to_str()
+            .expect("utf-8"),
     ]);
     std::fs::remove_dir_all(&dir).expect("cleanup");
     assert!(
@@ -43,6 +52,8 @@ fn renders_the_shipped_template_to_stdout() {
     // The last `=` splits name from address, so a name may contain `=`.
     assert!(yaml.contains(r#"exact: "org/m=2""#));
     assert!(yaml.contains("cluster: model_org_m_2_1,"));
+    assert!(yaml.contains(r#"socket_address: { address: "127.0.0.1", port_value: 8090 }"#));
+    assert!(yaml.contains(r#"issuer: "https://issuer.test""#));
 }
 
 #[test]
@@ -56,6 +67,14 @@ fn reports_bad_arguments() {
         assert!(!output.status.success(), "{args:?}");
         assert!(!output.stderr.is_empty(), "{args:?}");
     }
+    let config = maas_testkit::workspace_root().join("envoy/filter-config.json");
+    let output = render(&[
+        "--filter-config",
+        config.to_str().expect("utf-8"),
+        "--oidc-issuer",
+        "https://x",
+    ]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("go together"));
     let output = render(&["--model", "m1=localhost:80"]);
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(

@@ -2,19 +2,25 @@
 //! writes the Envoy bootstrap for `make run` from the same template and
 //! renderer the tests use.
 //!
-//! Options: `--listen-port N` (default 8080), `--admin-port N` (default 9901),
+//! Options: `--listen-port N` (default 10000), `--admin-port N` (default 9901),
 //! `--wasm PATH` (default: the release filter), `--access-log PATH` (default
-//! /dev/stdout), `--template PATH` (default envoy/gateway.template.yaml),
-//! `--out PATH` (default stdout).
+//! /dev/stdout), `--control-plane HOST:PORT` (the filter's key sync and
+//! `/maas-api/*`), `--oidc-issuer URL --oidc-jwks FILE` (verify OIDC bearer
+//! tokens on model traffic), `--template PATH` (default
+//! envoy/gateway.template.yaml), `--out PATH` (default stdout).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use maas_testkit::gateway::{gateway_template_path, render_gateway, workspace_root, GatewaySpec};
+use maas_testkit::gateway::{
+    gateway_template_path, render_gateway, workspace_root, GatewaySpec, OidcSpec,
+};
 
-const USAGE: &str = "usage: render-gateway --filter-config FILE --model NAME=HOST:PORT [--model ...] \
-[--listen-port 8080] [--admin-port 9901] [--wasm PATH] [--access-log PATH] [--template PATH] [--out PATH]";
+const USAGE: &str =
+    "usage: render-gateway --filter-config FILE --model NAME=HOST:PORT [--model ...] \
+[--listen-port 10000] [--admin-port 9901] [--wasm PATH] [--access-log PATH] \
+[--control-plane HOST:PORT] [--oidc-issuer URL --oidc-jwks FILE] [--template PATH] [--out PATH]";
 
 struct Args {
     spec: GatewaySpec,
@@ -26,7 +32,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut spec = GatewaySpec {
         control_plane: None,
         oidc: None,
-        listen_port: 8080,
+        listen_port: 10000,
         admin_port: 9901,
         wasm_path: workspace_root().join("target/wasm32-wasip1/release/maas_filter.wasm"),
         filter_config: serde_json::Value::Null,
@@ -34,6 +40,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         models: Vec::new(),
     };
     let (mut template, mut out, mut have_config) = (gateway_template_path(), None, false);
+    let (mut issuer, mut jwks) = (None, None);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -55,6 +62,20 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 })?;
                 spec.models.push((name.to_owned(), addr));
             }
+            "--control-plane" => {
+                let text = value()?;
+                spec.control_plane = Some(text.parse().map_err(|_| {
+                    format!("--control-plane {text:?} is not HOST:PORT (an IP address)")
+                })?);
+            }
+            "--oidc-issuer" => issuer = Some(value()?),
+            "--oidc-jwks" => {
+                let path = value()?;
+                jwks = Some(
+                    std::fs::read_to_string(&path)
+                        .map_err(|e| format!("cannot read {path}: {e}"))?,
+                );
+            }
             "--listen-port" => spec.listen_port = port(&value()?)?,
             "--admin-port" => spec.admin_port = port(&value()?)?,
             "--wasm" => spec.wasm_path = absolute(value()?),
@@ -68,6 +89,11 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if !have_config {
         return Err("--filter-config is required".into());
     }
+    spec.oidc = match (issuer, jwks) {
+        (Some(issuer), Some(jwks)) => Some(OidcSpec { issuer, jwks }),
+        (None, None) => None,
+        _ => return Err("--oidc-issuer and --oidc-jwks go together".into()),
+    };
     Ok(Args {
         spec,
         template,
