@@ -45,6 +45,16 @@ pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
     out
 }
 
+/// Envoy's `envoy_server_uptime` (seconds since that Envoy started).
+pub fn uptime_secs(text: &str) -> Option<u64> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(split_sample)
+        .find(|(name, ..)| *name == "envoy_server_uptime")
+        .map(|(_, _, value)| value)
+}
+
 /// `name{k="v",...} value`; values are Envoy's integer counters.
 fn split_sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, u64)> {
     let (series, value) = line.rsplit_once(' ')?;

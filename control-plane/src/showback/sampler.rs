@@ -1,20 +1,23 @@
 //! Reads each gateway's counters at a fixed interval and stores the usage
-//! since the previous reading. The first reading of a gateway only sets its
-//! baseline: usage between the control plane's last reading before a
+//! since the previous reading. The first reading of a gateway that started
+//! after this sampler counts everything it has (nobody else can have counted
+//! it); the first reading of one that was already running only sets its
+//! baseline, so usage between the control plane's last reading before a
 //! restart and its first after is not counted (a gap of one interval).
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
 
-use super::counters::{delta, read, Usage, UsageKey};
+use super::counters::{delta, read, uptime_secs, Usage, UsageKey};
 use crate::store::{Store, UsageRow};
 
 /// Buckets are one minute: fine enough for a day's chart, coarse enough
 /// that a month is ~43,000 rows per subscription and model at most.
 pub const BUCKET_SECS: i64 = 60;
 
-#[derive(Default)]
 pub struct Sampler {
+    /// Unix seconds when sampling started.
+    started: i64,
     last: HashMap<String, BTreeMap<UsageKey, Usage>>,
 }
 
@@ -25,13 +28,28 @@ pub struct Reading {
 }
 
 impl Sampler {
-    /// Usage on `gateway` since its previous reading (none on the first).
-    /// The reading becomes the baseline only once [`Sampler::commit`]ted,
-    /// after the usage is stored: a failed write is counted next time.
-    pub fn observe(&self, gateway: &str, exposition: &str) -> (Vec<UsageRow>, Reading) {
+    /// A sampler starting at `now` (Unix seconds).
+    pub fn new(now: i64) -> Self {
+        Self {
+            started: now,
+            last: HashMap::new(),
+        }
+    }
+
+    /// Usage on `gateway` since its previous reading; on the first, all of
+    /// it if the gateway started after this sampler, else none. The reading
+    /// becomes the baseline only once [`Sampler::commit`]ted, after the
+    /// usage is stored: a failed write is counted next time.
+    pub fn observe(&self, gateway: &str, exposition: &str, now: i64) -> (Vec<UsageRow>, Reading) {
         let counters = read(exposition);
-        let rows = match self.last.get(gateway) {
-            Some(previous) => delta(previous, &counters)
+        let started_since = |uptime: u64| now.saturating_sub(self.started) >= uptime as i64;
+        let previous = match self.last.get(gateway) {
+            Some(previous) => Some(previous.clone()),
+            None if uptime_secs(exposition).is_some_and(started_since) => Some(BTreeMap::new()),
+            None => None,
+        };
+        let rows = match previous {
+            Some(previous) => delta(&previous, &counters)
                 .into_iter()
                 .map(|((subscription, model), usage)| UsageRow {
                     subscription,
@@ -62,7 +80,7 @@ pub fn bucket_start(t: i64) -> i64 {
 
 /// Samples `gateways` (Envoy admin base URLs) every `interval`, forever.
 pub async fn run(store: Store, gateways: Vec<String>, interval: Duration) {
-    let mut sampler = Sampler::default();
+    let mut sampler = Sampler::new(crate::time::unix_now());
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(5))
         .build();
@@ -92,8 +110,9 @@ pub async fn run(store: Store, gateways: Vec<String>, interval: Duration) {
                     continue;
                 }
             };
-            let (rows, reading) = sampler.observe(gateway, &text);
-            let bucket = bucket_start(crate::time::unix_now());
+            let now = crate::time::unix_now();
+            let (rows, reading) = sampler.observe(gateway, &text, now);
+            let bucket = bucket_start(now);
             if rows.is_empty() {
                 sampler.commit(reading);
                 continue;
@@ -114,11 +133,15 @@ mod tests {
 
     #[test]
     fn the_first_reading_is_a_baseline_then_differences_count() {
-        let mut s = Sampler::default();
-        let at =
-            |n: u64| format!("maas_prompt_tokens_total{{subscription=\"a\",model=\"m\"}} {n}\n");
+        let mut s = Sampler::new(1000);
+        // The gateways have been up longer than the sampler.
+        let at = |n: u64| {
+            format!(
+                "envoy_server_uptime 5000\nmaas_prompt_tokens_total{{subscription=\"a\",model=\"m\"}} {n}\n"
+            )
+        };
         let step = |s: &mut Sampler, gw: &str, n: u64, commit: bool| {
-            let (rows, reading) = s.observe(gw, &at(n));
+            let (rows, reading) = s.observe(gw, &at(n), 1010);
             if commit {
                 s.commit(reading);
             }
@@ -137,5 +160,21 @@ mod tests {
         // Each gateway has its own baseline.
         assert_eq!(step(&mut s, "gw2", 500, true), 0);
         assert_eq!(step(&mut s, "gw2", 501, true), 1);
+    }
+
+    #[test]
+    fn a_gateway_started_after_the_sampler_counts_from_zero() {
+        let s = Sampler::new(1000);
+        let text =
+            "envoy_server_uptime 8\nmaas_prompt_tokens_total{subscription=\"a\",model=\"m\"} 42\n";
+        let (rows, _) = s.observe("gw", text, 1010);
+        assert_eq!(rows.first().map(|r| r.usage.prompt_tokens), Some(42));
+        // Without an uptime it cannot tell: a baseline, as before.
+        let (rows, _) = s.observe(
+            "gw",
+            "maas_prompt_tokens_total{subscription=\"a\",model=\"m\"} 42\n",
+            1010,
+        );
+        assert!(rows.is_empty());
     }
 }
