@@ -398,13 +398,20 @@ impl Stream {
                     .as_ref()
                     .and_then(|d| d.keys.iter().find(|k| k.id == presented.id));
                 match found {
-                    Some(record) => {
+                    Some(answer) => {
                         if let Err(e) =
-                            key_sync::record_lookup(host.counters(), presented.id, Some(record), 0)
+                            key_sync::record_lookup(host.counters(), presented.id, Some(answer), 0)
                         {
                             host.warn(&format!("could not store a looked-up key: {e}"));
                         }
                         host.add_metric(Metric::KeyLookups { result: "found" }, 1);
+                        // What is stored now, if newer than the answer (a
+                        // revocation the sync wrote meanwhile), decides.
+                        let stored = key_sync::lookup(host.counters(), presented.id, 0, now_ms);
+                        let record = match &stored {
+                            Ok(Lookup::Found(r)) if r.version > answer.version => r,
+                            _ => answer,
+                        };
                         let extra = delta.as_ref().and_then(|d| {
                             let v = d.subscriptions.iter().find(|v| {
                                 v.get("name").and_then(|n| n.as_str())
@@ -547,6 +554,11 @@ impl Stream {
     /// Trailers end a request body without an end-of-stream body callback;
     /// letting such a request through would skip admission, so it is refused.
     pub fn on_request_trailers(&mut self, host: &dyn StreamHost) -> Flow {
+        // A request held for its key lookup must not be released by its
+        // trailers either: Envoy would forward it unauthenticated.
+        if self.pending.is_some() && !self.replied {
+            return self.refuse(host, Outcome::Rejected, &GatewayError::TrailersUnsupported);
+        }
         if !self.awaiting_body() {
             return Flow::Continue;
         }

@@ -8,8 +8,10 @@
 //!   that moves this forward with a CAS write makes the call, so the control
 //!   plane sees one caller per gateway, not one per worker.
 //! - `sync/subscriptions`: the synced subscriptions, one JSON object by name.
-//! - `mkey/<id>`: one entry per managed key id: the key's record, or a
-//!   remembered "the control plane has no such key" with its expiry.
+//! - `mkey/<id>`: one entry per managed key id the control plane has.
+//! - `mkey-absent/<slot>`: a remembered "the control plane has no such key"
+//!   (the id and until when), in a fixed number of slots by the id's hash: a
+//!   client sending made-up ids can evict older answers, never grow the map.
 //! - `lookup`: the rate counter bounding lookups of never-seen ids.
 //!
 //! Invariants:
@@ -33,10 +35,19 @@ pub const STATE_KEY: &str = "maas/sync/state";
 pub const LEASE_KEY: &str = "maas/sync/lease";
 pub const SUBSCRIPTIONS_KEY: &str = "maas/sync/subscriptions";
 const LOOKUP_COUNTER: &str = "maas/lookup";
+const ABSENT_SLOTS: u64 = 4096;
 const MAX_CAS_ATTEMPTS: u32 = 16;
 
 pub fn key_entry(id: &str) -> String {
     format!("maas/mkey/{id}")
+}
+
+fn absent_slot(id: &str) -> String {
+    // FNV-1a: stable across VMs and builds, and the id is not secret.
+    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    format!("maas/mkey-absent/{}", hash % ABSENT_SLOTS)
 }
 
 /// What the gateway knows of the control plane's state.
@@ -136,53 +147,33 @@ pub fn schedule_next(store: &dyn CounterStore, at_ms: u64) -> Result<(), StoreEr
     store.set(LEASE_KEY, &at_ms.to_le_bytes(), None)
 }
 
-/// An `mkey/<id>` entry.
+/// An `mkey/<id>` entry: the key's record and the epoch it was written in.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Entry {
-    Key {
-        epoch: u32,
-        key: ManagedKey,
-    },
-    /// The control plane said it has no such key; believed until `until_ms`.
-    Absent {
-        until_ms: u64,
-    },
+struct Entry {
+    epoch: u32,
+    key: ManagedKey,
 }
 
 impl Entry {
     fn encode(&self) -> Vec<u8> {
-        match self {
-            Entry::Key { epoch, key } => {
-                let record = key.encode();
-                let mut out = Vec::with_capacity(5 + record.len());
-                out.push(b'K');
-                out.extend_from_slice(&epoch.to_le_bytes());
-                out.extend_from_slice(&record);
-                out
-            }
-            Entry::Absent { until_ms } => {
-                let mut out = vec![b'N'];
-                out.extend_from_slice(&until_ms.to_le_bytes());
-                out
-            }
-        }
+        let record = self.key.encode();
+        let mut out = Vec::with_capacity(5 + record.len());
+        out.push(b'K');
+        out.extend_from_slice(&self.epoch.to_le_bytes());
+        out.extend_from_slice(&record);
+        out
     }
 
     fn decode(bytes: &[u8]) -> Option<Entry> {
         let (&tag, rest) = bytes.split_first()?;
-        match tag {
-            b'K' if rest.len() > 4 => {
-                let (epoch, record) = rest.split_at(4);
-                Some(Entry::Key {
-                    epoch: u32::from_le_bytes(epoch.try_into().ok()?),
-                    key: ManagedKey::decode(record)?,
-                })
-            }
-            b'N' => Some(Entry::Absent {
-                until_ms: u64::from_le_bytes(rest.try_into().ok()?),
-            }),
-            _ => None,
+        if tag != b'K' || rest.len() <= 4 {
+            return None;
         }
+        let (epoch, record) = rest.split_at(4);
+        Some(Entry {
+            epoch: u32::from_le_bytes(epoch.try_into().ok()?),
+            key: ManagedKey::decode(record)?,
+        })
     }
 }
 
@@ -205,34 +196,48 @@ pub fn lookup(
     let entry = store
         .get(&key_entry(id))?
         .and_then(|(bytes, _)| Entry::decode(&bytes));
-    Ok(match entry {
-        Some(Entry::Key { epoch: e, key }) if e >= epoch => Lookup::Found(key),
-        Some(Entry::Absent { until_ms }) if now_ms < until_ms => Lookup::Absent,
-        _ => Lookup::Unknown,
+    if let Some(Entry { epoch: e, key }) = entry {
+        if e >= epoch {
+            return Ok(Lookup::Found(key));
+        }
+    }
+    let absent = store.get(&absent_slot(id))?.is_some_and(|(bytes, _)| {
+        let (stored_id, until) = bytes.split_at(bytes.len().saturating_sub(8));
+        let until = <[u8; 8]>::try_from(until).map_or(0, u64::from_le_bytes);
+        stored_id == id.as_bytes() && now_ms < until
+    });
+    Ok(if absent {
+        Lookup::Absent
+    } else {
+        Lookup::Unknown
     })
 }
 
-/// Writes `key` unless the stored record of the same key is newer; a
-/// stored newer record still moves up to `epoch`.
+/// Writes `key` unless the stored record of the same key is newer, under
+/// the later of the two epochs (a record never moves back to an older
+/// version, nor to an older epoch).
 fn put_key(store: &dyn CounterStore, key: &ManagedKey, epoch: u32) -> Result<(), StoreError> {
     let name = key_entry(&key.id);
     for _ in 0..MAX_CAS_ATTEMPTS {
-        let current = store.get(&name)?;
-        let (stored, cas) = match &current {
-            Some((bytes, cas)) => (Entry::decode(bytes), Some(*cas)),
+        let (stored, cas) = match store.get(&name)? {
+            Some((bytes, cas)) => (Entry::decode(&bytes), Some(cas)),
             None => (None, None),
         };
         let next = match stored {
-            Some(Entry::Key {
-                epoch: old_epoch,
-                key: old,
-            }) if old.version > key.version => {
-                if old_epoch >= epoch {
+            Some(old) if old.key.version > key.version => {
+                if old.epoch >= epoch {
                     return Ok(());
                 }
-                Entry::Key { epoch, key: old }
+                Entry {
+                    epoch,
+                    key: old.key,
+                }
             }
-            _ => Entry::Key {
+            Some(old) => Entry {
+                epoch: epoch.max(old.epoch),
+                key: key.clone(),
+            },
+            None => Entry {
                 epoch,
                 key: key.clone(),
             },
@@ -331,10 +336,9 @@ pub fn record_lookup(
         // Under the epoch a resync in progress writes, so it outlives it.
         Some(key) => put_key(store, key, read_state(store)?.write_epoch()),
         None => {
-            let entry = Entry::Absent {
-                until_ms: absent_until_ms,
-            };
-            store.set(&key_entry(id), &entry.encode(), None)
+            let mut value = id.as_bytes().to_vec();
+            value.extend_from_slice(&absent_until_ms.to_le_bytes());
+            store.set(&absent_slot(id), &value, None)
         }
     }
 }
@@ -549,5 +553,39 @@ mod tests {
         }
         s.set(STATE_KEY, b"short", None).unwrap();
         assert_eq!(read_state(&s).unwrap(), SyncState::default());
+    }
+
+    #[test]
+    fn absence_never_hides_a_key_and_slots_are_per_id() {
+        let s = MemoryStore::default();
+        record_lookup(&s, "cccccccccccc", None, 2000).unwrap();
+        // Another id, whatever slot it lands in, does not read as absent.
+        assert_eq!(lookup(&s, "dddddddddddd", 0, 0).unwrap(), Lookup::Unknown);
+        // A late "no such key" for a key the sync has since brought.
+        apply(&s, &delta(3, true, vec![key("eeeeeeeeeeee", 3, true)]), 0).unwrap();
+        record_lookup(&s, "eeeeeeeeeeee", None, u64::MAX).unwrap();
+        assert!(matches!(lookup(&s, "eeeeeeeeeeee", 1, 0).unwrap(), Lookup::Found(k) if k.revoked));
+    }
+
+    #[test]
+    fn made_up_ids_fill_a_bounded_number_of_slots() {
+        let slots: std::collections::HashSet<String> = (0..20_000u32)
+            .map(|i| absent_slot(&format!("{i:012}")))
+            .collect();
+        assert!(slots.len() <= ABSENT_SLOTS as usize);
+    }
+
+    #[test]
+    fn a_stale_epoch_never_demotes_a_record() {
+        let s = MemoryStore::default();
+        let k = key("gggggggggggg", 5, false);
+        let st = apply(&s, &delta(5, true, vec![k.clone()]), 0).unwrap();
+        // A lookup that read the epoch before the resync writes the same
+        // version under the old one.
+        put_key(&s, &k, st.epoch - 1).unwrap();
+        assert!(matches!(
+            lookup(&s, "gggggggggggg", st.epoch, 0).unwrap(),
+            Lookup::Found(_)
+        ));
     }
 }

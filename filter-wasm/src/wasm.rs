@@ -131,31 +131,25 @@ impl GatewayRoot {
         }
     }
 
-    fn finish_sync(&mut self, cp: &ControlPlane, body_size: usize) {
+    fn finish_sync(&mut self, cp: &ControlPlane, response: Option<(u32, Vec<u8>)>) {
         let now_ms = now_ms();
         let host = self.host();
-        let status = call_status();
         let mut more = false;
-        let result = match status {
-            Some(200) => {
-                let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-                match managed_keys::parse_sync(&body) {
-                    Ok(delta) => {
-                        more = delta.more;
-                        key_sync::apply(&SharedData, &delta, now_ms)
-                            .map(|_| "changed")
-                            .map_err(|e| e.to_string())
-                    }
-                    Err(e) => Err(e.to_string()),
+        let result = match response {
+            Some((200, body)) => match managed_keys::parse_sync(&body) {
+                Ok(delta) => {
+                    more = delta.more;
+                    key_sync::apply(&SharedData, &delta, now_ms)
+                        .map(|_| "changed")
+                        .map_err(|e| e.to_string())
                 }
-            }
-            Some(304) => key_sync::confirm(&SharedData, now_ms)
+                Err(e) => Err(e.to_string()),
+            },
+            Some((304, _)) => key_sync::confirm(&SharedData, now_ms)
                 .map(|_| "not_modified")
                 .map_err(|e| e.to_string()),
-            other => Err(format!("control plane answered {other:?}")),
+            Some((status, _)) => Err(format!("control plane answered {status}")),
+            None => Err("no answer from the control plane".to_string()),
         };
         match result {
             Ok(r) => host.add_metric(Metric::KeySyncs { result: r }, 1),
@@ -212,20 +206,34 @@ fn control_plane_call(cp: &ControlPlane, path: &str) -> Result<u32, Status> {
     )
 }
 
-/// The `:status` of the HTTP call response being delivered (`None`: the
-/// call failed without one, e.g. a timeout or a reset).
-fn call_status() -> Option<u32> {
-    hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
+/// The `:status` and body of the HTTP call response being delivered;
+/// `None` when the call failed without a response (timeout, reset, a body
+/// over Envoy's buffer limit). Envoy then reports no headers, and reading
+/// the absent map would make the SDK abort the VM, so it is not read.
+fn call_response(num_headers: usize, body_size: usize) -> Option<(u32, Vec<u8>)> {
+    if num_headers == 0 {
+        return None;
+    }
+    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
         .ok()
         .flatten()
-        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())
+        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())?;
+    let body = if body_size == 0 {
+        Vec::new()
+    } else {
+        hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
+            .ok()
+            .flatten()
+            .unwrap_or_default()
+    };
+    Some((status, body))
 }
 
 impl Context for GatewayRoot {
     fn on_http_call_response(
         &mut self,
         token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
@@ -234,7 +242,7 @@ impl Context for GatewayRoot {
         }
         self.sync_token = None;
         if let Some(cp) = self.control_plane() {
-            self.finish_sync(&cp, body_size);
+            self.finish_sync(&cp, call_response(num_headers, body_size));
         }
     }
 }
@@ -370,15 +378,16 @@ impl Context for GatewayHttp {
     fn on_http_call_response(
         &mut self,
         _token_id: u32,
-        _num_headers: usize,
+        num_headers: usize,
         body_size: usize,
         _num_trailers: usize,
     ) {
-        let body = hostcalls::get_buffer(BufferType::HttpCallResponseBody, 0, body_size)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
-        self.stream.on_key_lookup(&self.host, call_status(), &body);
+        let response = call_response(num_headers, body_size);
+        let (status, body) = match &response {
+            Some((status, body)) => (Some(*status), body.as_slice()),
+            None => (None, &[][..]),
+        };
+        self.stream.on_key_lookup(&self.host, status, body);
     }
 }
 

@@ -42,6 +42,9 @@ pub struct GatewaySpec {
 pub struct OidcSpec {
     /// The `iss` tokens must carry.
     pub issuer: String,
+    /// The `aud` tokens must carry: a token the issuer minted for another
+    /// application is not accepted here.
+    pub audience: String,
     /// The issuer's JWKS document (JSON text).
     pub jwks: String,
 }
@@ -118,6 +121,14 @@ pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, Rend
         if line.trim_start().starts_with('#') {
             out.push_str(line);
             continue;
+        }
+        // A line that is only a placeholder with nothing to put there
+        // (OIDC_FILTER without an issuer) disappears rather than leave a gap.
+        let whole = line.trim();
+        if let Some(name) = whole.strip_prefix("{{").and_then(|r| r.strip_suffix("}}")) {
+            if lookup(name) == Some("") {
+                continue;
+            }
         }
         let mut rest = line;
         while let Some(start) = rest.find("{{") {
@@ -220,6 +231,7 @@ fn oidc_filter(spec: Option<&OidcSpec>) -> String {
          {i}    providers:\n\
          {i}      oidc:\n\
          {i}        issuer: {}\n\
+         {i}        audiences: [ {} ]\n\
          {i}        local_jwks: {{ inline_string: {} }}\n\
          {i}        forward: false\n\
          {i}        payload_in_metadata: jwt_payload\n\
@@ -231,6 +243,7 @@ fn oidc_filter(spec: Option<&OidcSpec>) -> String {
          {i}          - provider_name: oidc\n\
          {i}          - allow_missing_or_failed: {{}}",
         string_literal(&spec.issuer),
+        string_literal(&spec.audience),
         string_literal(&spec.jwks),
     )
 }
@@ -395,7 +408,7 @@ mod tests {
     fn no_models_render_no_model_clusters() {
         let rendered =
             render_gateway("  clusters:\n{{MODEL_CLUSTERS}}\n", &spec(&[])).expect("renders");
-        assert_eq!(rendered, "  clusters:\n\n");
+        assert_eq!(rendered, "  clusters:\n");
     }
 
     #[test]

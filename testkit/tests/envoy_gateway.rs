@@ -41,9 +41,25 @@ fn shipped_template_validates() {
     let rendered = render_gateway(&gateway_template(), &spec).expect("renders");
     validate_yaml(&rendered).unwrap_or_else(|error| panic!("{error}\n{rendered}"));
 
+    // With a control plane and an OIDC issuer (the test issuer's JWKS).
+    let jwks = std::fs::read_to_string(
+        maas_testkit::workspace_root().join("control-plane/tests/fixtures/jwks.json"),
+    )
+    .expect("the test issuer's JWKS");
+    let full = GatewaySpec {
+        control_plane: Some("127.0.0.1:8090".parse().expect("addr")),
+        oidc: Some(maas_testkit::OidcSpec {
+            issuer: "https://issuer.test".into(),
+            audience: "maas".into(),
+            jwks,
+        }),
+        ..spec.clone()
+    };
+    let rendered = render_gateway(&gateway_template(), &full).expect("renders");
+    assert!(rendered.contains("- name: envoy.filters.http.jwt_authn"));
+    validate_yaml(&rendered).unwrap_or_else(|error| panic!("{error}\n{rendered}"));
+
     let no_models = GatewaySpec {
-        control_plane: None,
-        oidc: None,
         models: Vec::new(),
         ..spec
     };

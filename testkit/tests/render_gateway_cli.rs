@@ -31,6 +31,8 @@ fn renders_the_shipped_template_to_stdout() {
         "127.0.0.1:8090",
         "--oidc-issuer",
         "https://issuer.test",
+        "--oidc-audience",
+        "maas",
         "--oidc-jwks",
         maas_testkit::workspace_root()
             .join("control-plane/tests/fixtures/jwks.json")
@@ -54,6 +56,7 @@ fn renders_the_shipped_template_to_stdout() {
     assert!(yaml.contains("cluster: model_org_m_2_1,"));
     assert!(yaml.contains(r#"socket_address: { address: "127.0.0.1", port_value: 8090 }"#));
     assert!(yaml.contains(r#"issuer: "https://issuer.test""#));
+    assert!(yaml.contains(r#"audiences: [ "maas" ]"#));
 }
 
 #[test]

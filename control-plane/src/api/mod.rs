@@ -328,7 +328,10 @@ async fn sync(
         changes = app.store.changes_page(0, limit).await?;
         full = true;
     }
-    if !full && changes.version == q.since {
+    // Nothing changed, or nothing exists yet (an empty store has nothing
+    // to resync, and a gateway asking from 0 again and again would otherwise
+    // start a new epoch every time).
+    if changes.version == q.since && (!full || q.since == 0) {
         return Ok(StatusCode::NOT_MODIFIED.into_response());
     }
     let subscriptions: Vec<Value> = changes

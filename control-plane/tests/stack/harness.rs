@@ -100,6 +100,7 @@ impl Stack {
             .control_plane(cp.addr())
             .oidc(
                 ISSUER,
+                "maas",
                 std::fs::read_to_string(fixtures().join("jwks.json")).unwrap(),
             )
             .concurrency(2)

@@ -5,8 +5,8 @@
 //! Options: `--listen-port N` (default 10000), `--admin-port N` (default 9901),
 //! `--wasm PATH` (default: the release filter), `--access-log PATH` (default
 //! /dev/stdout), `--control-plane HOST:PORT` (the filter's key sync and
-//! `/maas-api/*`), `--oidc-issuer URL --oidc-jwks FILE` (verify OIDC bearer
-//! tokens on model traffic), `--template PATH` (default
+//! `/maas-api/*`), `--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE`
+//! (verify OIDC bearer tokens on model traffic), `--template PATH` (default
 //! envoy/gateway.template.yaml), `--out PATH` (default stdout).
 
 use std::net::SocketAddr;
@@ -20,7 +20,8 @@ use maas_testkit::gateway::{
 const USAGE: &str =
     "usage: render-gateway --filter-config FILE --model NAME=HOST:PORT [--model ...] \
 [--listen-port 10000] [--admin-port 9901] [--wasm PATH] [--access-log PATH] \
-[--control-plane HOST:PORT] [--oidc-issuer URL --oidc-jwks FILE] [--template PATH] [--out PATH]";
+[--control-plane HOST:PORT] [--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE] \
+[--template PATH] [--out PATH]";
 
 struct Args {
     spec: GatewaySpec,
@@ -40,7 +41,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         models: Vec::new(),
     };
     let (mut template, mut out, mut have_config) = (gateway_template_path(), None, false);
-    let (mut issuer, mut jwks) = (None, None);
+    let (mut issuer, mut audience, mut jwks) = (None, None, None);
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -69,6 +70,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 })?);
             }
             "--oidc-issuer" => issuer = Some(value()?),
+            "--oidc-audience" => audience = Some(value()?),
             "--oidc-jwks" => {
                 let path = value()?;
                 jwks = Some(
@@ -89,10 +91,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     if !have_config {
         return Err("--filter-config is required".into());
     }
-    spec.oidc = match (issuer, jwks) {
-        (Some(issuer), Some(jwks)) => Some(OidcSpec { issuer, jwks }),
-        (None, None) => None,
-        _ => return Err("--oidc-issuer and --oidc-jwks go together".into()),
+    spec.oidc = match (issuer, audience, jwks) {
+        (Some(issuer), Some(audience), Some(jwks)) => Some(OidcSpec {
+            issuer,
+            audience,
+            jwks,
+        }),
+        (None, None, None) => None,
+        _ => return Err("--oidc-issuer, --oidc-audience and --oidc-jwks go together".into()),
     };
     Ok(Args {
         spec,

@@ -125,11 +125,17 @@ impl GatewayBuilder {
         self
     }
 
-    /// Verify OIDC bearer tokens from `issuer` (signed by a key in `jwks`)
-    /// with Envoy's `jwt_authn` before the filter.
-    pub fn oidc(mut self, issuer: impl Into<String>, jwks: impl Into<String>) -> Self {
+    /// Verify OIDC bearer tokens from `issuer` for `audience` (signed by a
+    /// key in `jwks`) with Envoy's `jwt_authn` before the filter.
+    pub fn oidc(
+        mut self,
+        issuer: impl Into<String>,
+        audience: impl Into<String>,
+        jwks: impl Into<String>,
+    ) -> Self {
         self.oidc = Some(OidcSpec {
             issuer: issuer.into(),
+            audience: audience.into(),
             jwks: jwks.into(),
         });
         self

@@ -50,6 +50,20 @@ impl Harness {
         *self.policy.borrow_mut() = Rc::new(policy);
     }
 
+    /// Request headers with the managed key, through `on_request_headers`,
+    /// which holds them while it asks the control plane; the stream returned
+    /// plays the rest.
+    fn held(&self, method: &str, path: &str, end_of_stream: bool) -> Stream {
+        *self.host.request_headers.borrow_mut() = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+            ("authorization".into(), format!("Bearer {}", managed_key())),
+        ];
+        let mut s = self.stream();
+        assert_eq!(s.on_request_headers(&self.host, end_of_stream), Flow::Pause);
+        s
+    }
+
     fn managed_chat(&self, body: &str) -> Stream {
         self.request(
             "POST",
@@ -129,14 +143,8 @@ fn a_wrong_secret_for_a_known_id_is_refused() {
 fn a_never_seen_key_is_held_looked_up_once_and_then_admitted() {
     let h = harness();
     h.sync(serde_json::json!({"version": 3, "full": true, "subscriptions": [team_a()]}));
-    let mut s = h.stream();
-    *h.host.request_headers.borrow_mut() = vec![
-        (":method".into(), "POST".into()),
-        (":path".into(), "/v1/chat/completions".into()),
-        ("authorization".into(), format!("Bearer {}", managed_key())),
-    ];
     *h.host.request_body.borrow_mut() = CHAT.as_bytes().to_vec();
-    assert_eq!(s.on_request_headers(&h.host, false), Flow::Pause);
+    let mut s = h.held("POST", "/v1/chat/completions", false);
     assert_eq!(*h.host.lookups.borrow(), [ID]);
     // The body arrives while the control plane is being asked.
     assert_eq!(s.on_request_body(&h.host, CHAT.len(), true), Flow::Buffer);
@@ -157,13 +165,7 @@ fn a_never_seen_key_is_held_looked_up_once_and_then_admitted() {
 #[test]
 fn a_key_of_a_subscription_not_yet_synced_uses_the_lookups_copy() {
     let h = harness();
-    let mut s = h.stream();
-    *h.host.request_headers.borrow_mut() = vec![
-        (":method".into(), "GET".into()),
-        (":path".into(), "/v1/models".into()),
-        ("x-api-key".into(), managed_key()),
-    ];
-    assert_eq!(s.on_request_headers(&h.host, true), Flow::Pause);
+    let mut s = h.held("GET", "/v1/models", true);
     let answer = serde_json::json!({"version": 0, "keys": [key_json(false, 5)],
         "subscriptions": [team_a()]});
     s.on_key_lookup(&h.host, Some(200), answer.to_string().as_bytes());
@@ -183,13 +185,7 @@ fn a_key_of_a_subscription_not_yet_synced_uses_the_lookups_copy() {
 #[test]
 fn an_unknown_key_is_refused_and_remembered() {
     let h = harness();
-    let mut s = h.stream();
-    *h.host.request_headers.borrow_mut() = vec![
-        (":method".into(), "GET".into()),
-        (":path".into(), "/v1/models".into()),
-        ("x-api-key".into(), managed_key()),
-    ];
-    assert_eq!(s.on_request_headers(&h.host, true), Flow::Pause);
+    let mut s = h.held("GET", "/v1/models", true);
     s.on_key_lookup(&h.host, Some(404), b"{}");
     assert_eq!(h.replied().unwrap().0, 401);
     h.request("GET", "/v1/models", &[("x-api-key", &managed_key())], "");
@@ -205,13 +201,7 @@ fn an_unknown_key_is_refused_and_remembered() {
 #[test]
 fn an_unreachable_control_plane_gets_503_and_lookups_are_bounded() {
     let h = harness();
-    let mut s = h.stream();
-    *h.host.request_headers.borrow_mut() = vec![
-        (":method".into(), "GET".into()),
-        (":path".into(), "/v1/models".into()),
-        ("x-api-key".into(), managed_key()),
-    ];
-    s.on_request_headers(&h.host, true);
+    let mut s = h.held("GET", "/v1/models", true);
     s.on_key_lookup(&h.host, None, b"");
     let (status, headers, body) = h.replied().unwrap();
     assert_eq!(status, 503);
@@ -238,4 +228,33 @@ fn without_a_control_plane_managed_keys_are_simply_unknown() {
     h.request("GET", "/v1/models", &[("x-api-key", &managed_key())], "");
     assert_eq!(h.replied().unwrap().0, 401);
     assert!(h.host.lookups.borrow().is_empty());
+}
+
+#[test]
+fn trailers_cannot_release_a_request_held_for_its_key() {
+    let h = harness();
+    let mut s = h.held("POST", "/v1/chat/completions", false);
+    assert_eq!(s.on_request_body(&h.host, 10, false), Flow::Buffer);
+    assert_eq!(s.on_request_trailers(&h.host), Flow::Pause);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "unsupported_trailers");
+    // The answer arriving later changes nothing.
+    let answer = serde_json::json!({"version": 0, "keys": [key_json(false, 5)],
+        "subscriptions": [team_a()]});
+    s.on_key_lookup(&h.host, Some(200), answer.to_string().as_bytes());
+    assert_eq!(h.host.resumed.get(), 0);
+    assert_eq!(h.replied().unwrap().0, 400);
+}
+
+#[test]
+fn a_lookup_answer_older_than_the_stored_record_does_not_admit() {
+    let h = harness();
+    h.sync(serde_json::json!({"version": 3, "full": true, "subscriptions": [team_a()]}));
+    let mut s = h.held("GET", "/v1/models", true);
+    // The sync brings the revocation while the lookup is in flight.
+    h.sync(serde_json::json!({"version": 4, "keys": [key_json(true, 4)]}));
+    let stale = serde_json::json!({"version": 0, "keys": [key_json(false, 2)]});
+    s.on_key_lookup(&h.host, Some(200), stale.to_string().as_bytes());
+    assert_eq!(h.replied().unwrap().0, 401);
 }
