@@ -2,8 +2,10 @@
 # The inference server under streaming load: prefill rate (~200-token prompt),
 # decode rate of one stream, and aggregate throughput at 1, 4, 8 and 16
 # concurrent streams, all in one run against the `serve` build and the
-# embedded SmolLM2-135M-Instruct. Prints a markdown report (also written to
-# target/inference-bench/report.md); BENCHMARKS.md records the latest.
+# embedded SmolLM2-135M-Instruct; then the same suite against llama.cpp's
+# llama-server (built once by scripts/llama-cpp.sh, ~11 min, cached; PEER=none
+# skips it) and the comparison with ratios. Prints a markdown report (also
+# written to target/inference-bench/report.md); BENCHMARKS.md records the latest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -13,6 +15,10 @@ if [ -z "${SKIP_BUILD:-}" ]; then
   "$CARGO" build --profile serve --locked -p inference-server -p maas-benches --example inference-bench
 fi
 export MAAS_INFERENCE_SERVER=${MAAS_INFERENCE_SERVER:-$ROOT/target/serve/inference-server}
+if [ "${PEER:-llama.cpp}" = llama.cpp ]; then
+  MAAS_LLAMA_SERVER=$("$ROOT/scripts/llama-cpp.sh" | tail -n 1)
+  export MAAS_LLAMA_SERVER
+fi
 mkdir -p target/inference-bench
 echo "==> inference bench ($(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs))"
 "$ROOT/target/serve/examples/inference-bench" | tee target/inference-bench/report.md

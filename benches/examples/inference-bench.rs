@@ -2,15 +2,25 @@
 //! SmolLM2 model) with streaming clients and prints the report of
 //! `maas_benches::inference`. Run by `benches/inference.sh` (`make bench`).
 //!
+//! With `MAAS_LLAMA_SERVER` set (the script sets it from
+//! `scripts/llama-cpp.sh`), the same suite, client and prompts then run
+//! against llama.cpp's `llama-server` on the same model and thread count,
+//! one server after the other on the same cores (`-np` equal to the round's
+//! streams, so "8 streams" is `llama-server -np 8`), and a comparison with
+//! ratios against the targets is printed, with the memory bound measured on
+//! this machine.
+//!
 //! Bounded: one warm-up, 5 prefill runs, 3 single-stream runs, one round per
 //! concurrency level, 128 generated tokens per request.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::time::Instant;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
 
-use maas_benches::inference::{Report, Round, Timing};
-use maas_testkit::InferenceServer;
+use maas_benches::inference::{Comparison, Report, Round, Timing};
+use maas_testkit::{default_model, InferenceServer};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";
@@ -48,10 +58,36 @@ const TOPICS: [&str; 16] = [
 ];
 
 fn main() {
-    let server = InferenceServer::start(&["--max-running", "16", "--max-queued", "64"]);
-    let addr = server.addr();
-    eprintln!("inference-bench: server at {addr}");
+    let ours = {
+        let server = InferenceServer::start(&["--max-running", "16", "--max-queued", "64"]);
+        let addr = server.addr();
+        eprintln!("inference-bench: our server at {addr}");
+        suite("ours", &mut |_| addr)
+    };
+    println!("{}", ours.markdown());
 
+    let Some(binary) = std::env::var_os("MAAS_LLAMA_SERVER").map(PathBuf::from) else {
+        return;
+    };
+    let model = default_model();
+    let mut peer = LlamaServer::new(binary, model.clone());
+    let report = suite("llama.cpp", &mut |slots| peer.serve(slots));
+    drop(peer);
+    let comparison = Comparison {
+        ours,
+        peer: report,
+        peer_name: "llama.cpp".into(),
+        bytes_per_step: std::fs::metadata(&model).map_or(0, |m| m.len()),
+        read_bandwidth: read_bandwidth(),
+    };
+    println!("\n### Side by side with llama.cpp\n");
+    println!("{}", comparison.markdown());
+}
+
+/// The whole measurement against one server; `server_for(n)` gives the
+/// address of a server ready for `n` concurrent streams.
+fn suite(name: &str, server_for: &mut dyn FnMut(usize) -> SocketAddr) -> Report {
+    let addr = server_for(1);
     stream(addr, &request("Say hello.", 16));
 
     let prefill: Vec<Timing> = (0..5)
@@ -71,6 +107,7 @@ fn main() {
 
     let mut rounds = Vec::new();
     for streams in [1, 4, 8, 16] {
+        let addr = server_for(streams);
         let timings = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..streams)
                 .map(|i| scope.spawn(move || stream(addr, &request(&story(i), GENERATED))))
@@ -82,19 +119,131 @@ fn main() {
         });
         let round = Round { streams, timings };
         eprintln!(
-            "inference-bench: {streams} streams: {:.1} decode tokens/s",
+            "inference-bench: {name}: {streams} streams: {:.1} decode tokens/s",
             round.decode_rate()
         );
         rounds.push(round);
     }
 
-    let report = Report {
+    Report {
         prefill_rates,
         prompt_tokens,
         single_decode_rates,
         rounds,
+    }
+}
+
+/// llama.cpp's server on the same model and thread count, restarted with
+/// `-np` = the streams of the round.
+struct LlamaServer {
+    binary: PathBuf,
+    model: PathBuf,
+    running: Option<(Child, usize, SocketAddr)>,
+}
+
+impl LlamaServer {
+    fn new(binary: PathBuf, model: PathBuf) -> Self {
+        Self {
+            binary,
+            model,
+            running: None,
+        }
+    }
+
+    fn serve(&mut self, slots: usize) -> SocketAddr {
+        if let Some((_, n, addr)) = &self.running {
+            if *n == slots {
+                return *addr;
+            }
+        }
+        self.stop();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let log_dir = Path::new("target/inference-bench");
+        let _ = std::fs::create_dir_all(log_dir);
+        let log = std::fs::File::create(log_dir.join("llama-server.log")).expect("log file");
+        let child = Command::new(&self.binary)
+            .arg("-m")
+            .arg(&self.model)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
+            .args(["-np", &slots.to_string()])
+            // Each slot gets 2,048 tokens of context, as ours admits.
+            .args(["-c", &(slots * 2048).to_string()])
+            // The file's own chat template, as our server renders it.
+            .arg("--jinja")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start llama-server");
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let deadline = Instant::now() + Duration::from_secs(120);
+        while !healthy(addr) {
+            assert!(
+                Instant::now() < deadline,
+                "llama-server did not become ready (see target/inference-bench/llama-server.log)"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        eprintln!("inference-bench: llama-server -np {slots} at {addr}");
+        self.running = Some((child, slots, addr));
+        addr
+    }
+
+    fn stop(&mut self) {
+        if let Some((mut child, ..)) = self.running.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for LlamaServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn healthy(addr: SocketAddr) -> bool {
+    let Ok(mut sock) = TcpStream::connect(addr) else {
+        return false;
     };
-    println!("{}", report.markdown());
+    let _ = write!(
+        sock,
+        "GET /health HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
+    );
+    let mut line = String::new();
+    BufReader::new(sock).read_line(&mut line).is_ok() && line.starts_with("HTTP/1.1 200")
+}
+
+/// Read bandwidth of this machine with every core reading its share of a
+/// buffer larger than the caches: what one decode step's weight reads are
+/// bounded by. Best of three passes.
+fn read_bandwidth() -> f64 {
+    const BYTES: usize = 512 << 20;
+    let words = vec![1u64; BYTES / 8];
+    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let chunk = words.len().div_ceil(threads);
+    (0..3)
+        .map(|_| {
+            let start = Instant::now();
+            let total: u64 = std::thread::scope(|scope| {
+                let handles: Vec<_> = words
+                    .chunks(chunk)
+                    .map(|part| {
+                        scope.spawn(move || part.iter().fold(0u64, |a, w| a.wrapping_add(*w)))
+                    })
+                    .collect();
+                handles.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+            });
+            assert_eq!(total as usize, words.len());
+            BYTES as f64 / start.elapsed().as_secs_f64()
+        })
+        .fold(0.0, f64::max)
 }
 
 fn story(i: usize) -> String {
@@ -110,6 +259,10 @@ fn request(prompt: &str, max_tokens: usize) -> Value {
         "ignore_eos": true,
         "stream": true,
         "stream_options": {"include_usage": true},
+        // llama-server would otherwise reuse the previous request's prompt
+        // from its cache and skip the prefill being measured; ours has no
+        // prompt cache and ignores the field.
+        "cache_prompt": false,
     })
 }
 

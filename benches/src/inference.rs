@@ -168,6 +168,138 @@ impl Report {
     }
 }
 
+/// Our server against a peer (llama.cpp's `llama-server`), measured by the
+/// same client with the same prompts in one run, and the targets.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Comparison {
+    pub ours: Report,
+    pub peer: Report,
+    pub peer_name: String,
+    /// Weight bytes a decode step reads (the model file, near enough).
+    pub bytes_per_step: u64,
+    /// Memory read bandwidth measured on this machine, bytes per second.
+    pub read_bandwidth: f64,
+}
+
+/// One line of the comparison: a measure, both values, their ratio, and the
+/// target the ratio must reach (if any).
+struct Line {
+    measure: String,
+    ours: f64,
+    peer: f64,
+    unit: &'static str,
+    target: Option<f64>,
+    /// For latencies lower is better: the ratio is peer / ours.
+    lower_is_better: bool,
+}
+
+impl Line {
+    fn ratio(&self) -> f64 {
+        let (num, den) = if self.lower_is_better {
+            (self.peer, self.ours)
+        } else {
+            (self.ours, self.peer)
+        };
+        if den > 0.0 {
+            num / den
+        } else {
+            0.0
+        }
+    }
+}
+
+impl Comparison {
+    fn lines(&self) -> Vec<Line> {
+        let rate = |measure: String, ours: f64, peer: f64, target| Line {
+            measure,
+            ours,
+            peer,
+            unit: "tokens/s",
+            target,
+            lower_is_better: false,
+        };
+        let mut lines = vec![
+            rate(
+                format!("prefill, {}-token prompt", self.ours.prompt_tokens),
+                median(&self.ours.prefill_rates),
+                median(&self.peer.prefill_rates),
+                Some(1.0),
+            ),
+            rate(
+                "decode, 1 stream".into(),
+                median(&self.ours.single_decode_rates),
+                median(&self.peer.single_decode_rates),
+                Some(1.5),
+            ),
+        ];
+        for ours in &self.ours.rounds {
+            let Some(peer) = self.peer.round(ours.streams) else {
+                continue;
+            };
+            if ours.streams > 1 {
+                lines.push(rate(
+                    format!("aggregate decode, {} streams", ours.streams),
+                    ours.decode_rate(),
+                    peer.decode_rate(),
+                    (ours.streams == 8).then_some(2.0),
+                ));
+            }
+            for p in [50.0, 99.0] {
+                lines.push(Line {
+                    measure: format!("TTFT p{p:.0}, {} streams", ours.streams),
+                    ours: percentile(&ours.ttfts(), p) * 1e3,
+                    peer: percentile(&peer.ttfts(), p) * 1e3,
+                    unit: "ms",
+                    target: None,
+                    lower_is_better: true,
+                });
+            }
+        }
+        lines
+    }
+
+    /// Decode steps per second the memory allows at one stream.
+    pub fn memory_bound(&self) -> f64 {
+        self.read_bandwidth / self.bytes_per_step.max(1) as f64
+    }
+
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| measure | ours | {} | ours vs {} | target |\n|---|---:|---:|---:|---|",
+            self.peer_name, self.peer_name
+        );
+        for l in self.lines() {
+            let verdict = match l.target {
+                Some(t) if l.ratio() >= t => format!("≥ {t}× (met)"),
+                Some(t) => format!("≥ {t}× (**missed**)"),
+                None => String::new(),
+            };
+            let ratio = if l.lower_is_better {
+                format!("{:.2}× faster", l.ratio())
+            } else {
+                format!("{:.2}×", l.ratio())
+            };
+            let _ = writeln!(
+                out,
+                "| {} | {:.1} {} | {:.1} {} | {ratio} | {verdict} |",
+                l.measure, l.ours, l.unit, l.peer, l.unit
+            );
+        }
+        let bound = self.memory_bound();
+        let single = median(&self.ours.single_decode_rates);
+        let _ = writeln!(
+            out,
+            "\nMemory bound at one stream: {:.1} MB of weights per step at {:.1} GB/s measured read bandwidth = {bound:.0} steps/s; ours decodes {single:.1} tokens/s, **{:.0} % of the bound**.",
+            self.bytes_per_step as f64 / 1e6,
+            self.read_bandwidth / 1e9,
+            100.0 * single / bound.max(f64::MIN_POSITIVE)
+        );
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -230,5 +362,49 @@ mod tests {
         let md = report.markdown();
         assert!(md.contains("**3.04×** (meets the 2× target)"), "{md}");
         assert!(md.contains("| 8 | 150.5 | 150.0 |"), "{md}");
+    }
+
+    #[test]
+    fn the_comparison_states_ratios_against_the_targets() {
+        let t0 = Instant::now();
+        let report = |prefill: f64, single: f64, tokens8| Report {
+            prefill_rates: vec![prefill],
+            prompt_tokens: 200,
+            single_decode_rates: vec![single],
+            rounds: vec![
+                Round {
+                    streams: 1,
+                    timings: vec![timing(t0, 10, 1000, 50)],
+                },
+                Round {
+                    streams: 8,
+                    timings: vec![timing(t0, 20, 1000, tokens8)],
+                },
+            ],
+        };
+        let c = Comparison {
+            ours: report(600.0, 160.0, 300),
+            peer: report(500.0, 100.0, 100),
+            peer_name: "llama.cpp".into(),
+            bytes_per_step: 100_000_000,
+            read_bandwidth: 20e9,
+        };
+        let md = c.markdown();
+        assert!(md.contains("| prefill, 200-token prompt | 600.0 tokens/s | 500.0 tokens/s | 1.20× | ≥ 1× (met) |"), "{md}");
+        assert!(
+            md.contains(
+                "| decode, 1 stream | 160.0 tokens/s | 100.0 tokens/s | 1.60× | ≥ 1.5× (met) |"
+            ),
+            "{md}"
+        );
+        assert!(md.contains("aggregate decode, 8 streams"), "{md}");
+        assert!(md.contains("≥ 2× (met)"), "{md}");
+        assert!(md.contains("= 200 steps/s"), "{md}");
+        assert!(md.contains("**80 % of the bound**"), "{md}");
+        let slower = Comparison {
+            peer: report(900.0, 100.0, 100),
+            ..c
+        };
+        assert!(slower.markdown().contains("≥ 1× (**missed**)"));
     }
 }

@@ -196,7 +196,12 @@ impl Model {
 
             s.attn.clear();
             s.attn.resize(n * q_width, 0.0);
-            let mut jobs = Vec::with_capacity(batch.len());
+            // One job per sequence; a decoding sequence (one query row) is
+            // split further by KV head when there are fewer sequences than
+            // threads, so a lone stream's attention is not one core's work.
+            let split = batch.len() < rayon::current_num_threads();
+            let head_width = q_width / cfg.kv_heads;
+            let mut jobs = Vec::with_capacity(batch.len() * cfg.kv_heads);
             let (mut q_rest, mut out_rest) = (&s.q[..], &mut s.attn[..]);
             for input in batch.iter() {
                 let t = input.tokens.len();
@@ -206,12 +211,18 @@ impl Model {
                 out_rest = out_tail;
                 let start = input.cache.len();
                 let (keys, values) = input.cache.layer(layer, start + t);
-                jobs.push((q, out, keys, values, start));
+                if split && t == 1 {
+                    for (kv, out) in out.chunks_exact_mut(head_width).enumerate() {
+                        jobs.push((kv..kv + 1, q, out, keys, values, start));
+                    }
+                } else {
+                    jobs.push((0..cfg.kv_heads, q, out, keys, values, start));
+                }
             }
             jobs.into_par_iter().for_each_init(
                 Vec::new,
-                |scores, (q, out, keys, values, start)| {
-                    ops::attention(&shape, q, keys, values, start, out, scores)
+                |scores, (kv, q, out, keys, values, start)| {
+                    ops::attention_heads(&shape, kv, q, keys, values, start, out, scores)
                 },
             );
 

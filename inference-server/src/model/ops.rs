@@ -97,7 +97,10 @@ impl RopeTable {
 /// Causal attention of `queries` (tokens at positions `start..start + t`)
 /// over one sequence's cached keys and values for positions `0..start + t`.
 ///
-/// * `q`: `t × heads × head_dim`; `out`: same shape.
+/// * `q`: `t × heads × head_dim`; `out`: the same rows, holding only the
+///   query heads of `kv` (the KV heads a call covers), so calls for disjoint `kv` ranges write disjoint slices
+///   and can run in parallel. Each head's arithmetic is the same whatever the
+///   range, so the split never changes a bit.
 /// * `keys`, `values`: `positions × kv_heads × head_dim` (the cache layout).
 pub struct AttentionShape {
     pub heads: usize,
@@ -105,8 +108,11 @@ pub struct AttentionShape {
     pub head_dim: usize,
 }
 
-pub fn attention(
+/// Attention for the query heads of KV heads `kv` (see [`AttentionShape`]).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_heads(
     shape: &AttentionShape,
+    kv: std::ops::Range<usize>,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -117,10 +123,10 @@ pub fn attention(
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         // SAFETY: the CPU has AVX2 and FMA (checked at run time).
-        unsafe { simd::attention(shape, q, keys, values, start, out, scores) };
+        unsafe { simd::attention(shape, kv, q, keys, values, start, out, scores) };
         return;
     }
-    attention_with(shape, q, keys, values, start, out, scores, dot, axpy);
+    attention_with(shape, kv, q, keys, values, start, out, scores, dot, axpy);
 }
 
 /// The attention loop, generic over its two inner products so the portable
@@ -131,6 +137,7 @@ pub fn attention(
 #[inline(always)]
 fn attention_with(
     shape: &AttentionShape,
+    kv_range: std::ops::Range<usize>,
     q: &[f32],
     keys: &[f32],
     values: &[f32],
@@ -149,15 +156,17 @@ fn attention_with(
     let kv_width = kv_heads * head_dim;
     let scale = 1.0 / (head_dim as f32).sqrt();
     let width = heads * head_dim;
+    let first_head = kv_range.start * group;
+    let out_width = kv_range.len() * group * head_dim;
     // The query heads sharing a KV head are done together, so each cached
     // key and value is read once per group rather than once per head.
     for (i, (q_row, out_row)) in q
         .chunks_exact(width)
-        .zip(out.chunks_exact_mut(width))
+        .zip(out.chunks_exact_mut(out_width.max(1)))
         .enumerate()
     {
         let visible = start + i + 1;
-        for kv in 0..kv_heads {
+        for kv in kv_range.clone() {
             let heads_of = kv * group..(kv + 1) * group;
             scores.clear();
             scores.resize(group * visible, 0.0);
@@ -178,7 +187,8 @@ fn attention_with(
                 let inv = 1.0 / sum;
                 row.iter_mut().for_each(|s| *s *= inv);
             }
-            let outs = &mut out_row[heads_of.start * head_dim..heads_of.end * head_dim];
+            let outs = &mut out_row
+                [(heads_of.start - first_head) * head_dim..(heads_of.end - first_head) * head_dim];
             outs.fill(0.0);
             for p in 0..visible {
                 let v = &values[p * kv_width + kv * head_dim..][..head_dim];
@@ -231,8 +241,10 @@ mod simd {
     /// # Safety
     /// The CPU must support AVX2 and FMA.
     #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
     pub unsafe fn attention(
         shape: &AttentionShape,
+        kv: std::ops::Range<usize>,
         q: &[f32],
         keys: &[f32],
         values: &[f32],
@@ -242,6 +254,7 @@ mod simd {
     ) {
         super::attention_with(
             shape,
+            kv,
             q,
             keys,
             values,
@@ -307,6 +320,28 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// All heads at once.
+    fn attention(
+        shape: &AttentionShape,
+        q: &[f32],
+        keys: &[f32],
+        values: &[f32],
+        start: usize,
+        out: &mut [f32],
+        scores: &mut Vec<f32>,
+    ) {
+        attention_heads(
+            shape,
+            0..shape.kv_heads,
+            q,
+            keys,
+            values,
+            start,
+            out,
+            scores,
+        );
+    }
 
     #[test]
     fn rms_norm_scales_rows_independently() {
@@ -379,6 +414,47 @@ mod tests {
         );
         assert_eq!(out[0], 2.0);
         assert!((out[1] - 3.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn attention_split_by_kv_head_gives_the_same_bits() {
+        let shape = AttentionShape {
+            heads: 6,
+            kv_heads: 3,
+            head_dim: 16,
+        };
+        let (positions, width, kv_width) = (11, 6 * 16, 3 * 16);
+        let wave = |n: usize, k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
+        let (q, keys, values) = (
+            wave(width, 0.37),
+            wave(positions * kv_width, 0.11),
+            wave(positions * kv_width, 0.23),
+        );
+        let mut whole = vec![0.0; width];
+        attention(
+            &shape,
+            &q,
+            &keys,
+            &values,
+            positions - 1,
+            &mut whole,
+            &mut Vec::new(),
+        );
+        let mut split = vec![0.0; width];
+        for (kv, out) in split.chunks_exact_mut(width / 3).enumerate() {
+            attention_heads(
+                &shape,
+                kv..kv + 1,
+                &q,
+                &keys,
+                &values,
+                positions - 1,
+                out,
+                &mut Vec::new(),
+            );
+        }
+        let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        assert_eq!(bits(&whole), bits(&split));
     }
 
     #[test]

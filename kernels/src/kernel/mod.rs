@@ -9,8 +9,10 @@
 //! alone or inside any batch. The backend (AVX2 or portable) is chosen once per
 //! process; the two backends are not bit-identical to each other. Within the
 //! AVX2 backend, AVX-VNNI's `vpdpbusd` replaces `vpmaddubsw` + `vpmaddwd` where
-//! the CPU has it; the integer dot products are exact either way, so the two
-//! x86 kernels give the same bits (the tests check this).
+//! the CPU has it, and AVX-512 VNNI takes four blocks per step where it has
+//! that too; the integer dot products are exact either way and the float
+//! steps are the same, so the three x86 kernels give the same bits (the tests
+//! check this).
 
 mod portable;
 #[cfg(test)]
@@ -60,6 +62,8 @@ pub(crate) enum Kernel {
     Avx2,
     /// AVX2 + FMA with AVX-VNNI's 256-bit `vpdpbusd` for the integer dots.
     AvxVnni,
+    /// AvxVnni with AVX-512 VNNI doing four blocks per step (same bits).
+    Avx512Vnni,
     /// Plain Rust.
     Portable,
 }
@@ -67,7 +71,7 @@ pub(crate) enum Kernel {
 impl Kernel {
     /// Whether the kernel wants `QuantizedActivations::qu` for `kind`.
     pub(crate) fn unsigned_activations(self, kind: QuantKind) -> bool {
-        self == Kernel::AvxVnni && kind == QuantKind::Q8_0
+        matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && kind == QuantKind::Q8_0
     }
 }
 
@@ -75,12 +79,12 @@ impl Kernel {
 pub(crate) fn kernel_for(backend: Backend) -> Kernel {
     match backend {
         Backend::Avx2 => {
-            static VNNI: OnceLock<bool> = OnceLock::new();
-            if *VNNI.get_or_init(detect_vnni) {
-                Kernel::AvxVnni
-            } else {
-                Kernel::Avx2
-            }
+            static KERNEL: OnceLock<Kernel> = OnceLock::new();
+            *KERNEL.get_or_init(|| match (detect_vnni(), detect_avx512_vnni()) {
+                (true, true) => Kernel::Avx512Vnni,
+                (true, false) => Kernel::AvxVnni,
+                _ => Kernel::Avx2,
+            })
         }
         Backend::Portable => Kernel::Portable,
     }
@@ -97,12 +101,33 @@ fn detect_vnni() -> bool {
     }
 }
 
+/// AVX-512 F/BW/VNNI, used on top of AVX-VNNI (whose 256-bit code handles
+/// the tails); a CPU with one but not the other keeps the 256-bit kernel.
+fn detect_avx512_vnni() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        is_x86_feature_detected!("avx512f")
+            && is_x86_feature_detected!("avx512bw")
+            && is_x86_feature_detected!("avx512vnni")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
 /// Chunks below this much work (weights × (activation rows + 2), a rough count
 /// of multiply-adds plus the cost of streaming the weights; 2²⁰ is about
 /// 10–20 µs on one AVX2 core) run on one thread: handing work to the pool
 /// from outside it costs several microseconds, more on a loaded machine. Below
 /// it, SmolLM2's 576×576 and smaller projections run inline at m = 1.
 const MIN_CHUNK_WORK: usize = 1 << 20;
+
+/// Work (as `MIN_CHUNK_WORK` counts it) per chunk of a one- or two-row
+/// matmul, at least: about 3–5 µs, worth a hand-off to a spinning worker.
+/// Such a matmul is split into that many equal chunks, at most one per
+/// thread.
+const EVEN_SPLIT_WORK: usize = 1 << 18;
 
 /// Chunks per pool thread when there is enough work, so a slow thread (or one
 /// busy with something else) does not hold up the whole call.
@@ -161,6 +186,14 @@ pub(crate) fn matmul_split(
 /// enough to give every thread several chunks.
 fn chunk_rows(n: usize, cols: usize, m: usize, threads: usize) -> usize {
     let row_work = (cols * (m + 2)).max(1);
+    // Decoding one or two streams, a matmul is tens of microseconds: one
+    // equal chunk per thread, so no thread waits on another's extra chunk
+    // (the threshold split 960 rows 607/353). Bigger batches keep several
+    // chunks per thread, which absorbs a thread the OS takes away.
+    if m <= 2 {
+        let chunks = (n * row_work / EVEN_SPLIT_WORK).clamp(1, threads.max(1));
+        return n.div_ceil(chunks);
+    }
     let min_rows = MIN_CHUNK_WORK.div_ceil(row_work);
     let balanced = n.div_ceil(threads.max(1) * CHUNKS_PER_THREAD);
     min_rows.max(balanced)
@@ -189,6 +222,12 @@ fn compute_rows(
             // SAFETY: as above, and `kernel_for` only picks it after
             // `detect_vnni` confirmed AVX-VNNI (tests likewise).
             unsafe { x86::compute_rows_vnni(&job, dst) }
+        }
+        #[cfg(target_arch = "x86_64")]
+        Kernel::Avx512Vnni => {
+            // SAFETY: as above, and `kernel_for` only picks it after
+            // `detect_avx512_vnni` confirmed AVX-512 F/BW/VNNI too.
+            unsafe { x86::compute_rows_avx512(&job, dst) }
         }
         _ => portable::compute_rows(&job, dst),
     }

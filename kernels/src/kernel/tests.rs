@@ -15,6 +15,9 @@ fn kernels() -> Vec<Kernel> {
         all.push(Kernel::Avx2);
         if detect_vnni() {
             all.push(Kernel::AvxVnni);
+            if detect_avx512_vnni() {
+                all.push(Kernel::Avx512Vnni);
+            }
         }
     }
     all
@@ -127,7 +130,9 @@ fn vnni_and_avx2_kernels_agree_bitwise() {
         return;
     }
     for kind in KINDS {
-        for cols in [32, 64, 96, 576] {
+        // Block counts 1, 2, 3, 4, 5, 7, 18, 48: every mix of quads, a
+        // leftover pair and an odd last block.
+        for cols in [32, 64, 96, 128, 160, 224, 576, 1536] {
             let w = matrix(kind, 37, cols, cols as u64);
             let x = random_activations(17, cols, 9, true);
             for m in [1, 2, 5, 8, 9, 17] {
@@ -138,6 +143,13 @@ fn vnni_and_avx2_kernels_agree_bitwise() {
                     bits(&run(&w, Kernel::AvxVnni, x, m)),
                     "{kind} {cols} {m}"
                 );
+                if kernels().contains(&Kernel::Avx512Vnni) {
+                    assert_eq!(
+                        avx2,
+                        bits(&run(&w, Kernel::Avx512Vnni, x, m)),
+                        "{kind} {cols} {m} avx-512"
+                    );
+                }
                 // Without the unsigned copy the VNNI entry falls back to AVX2.
                 let mut out = vec![f32::NAN; m * w.rows()];
                 let plain = QuantizedActivations::new(x, m, cols, false);

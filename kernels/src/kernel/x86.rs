@@ -1,6 +1,6 @@
 //! AVX2 + FMA kernels (llama.cpp's `ggml_vec_dot_q4_0_q8_0` family, extended to
 //! a register tile of up to `ROW_TILE` activation rows per weight row), with an
-//! AVX-VNNI variant.
+//! AVX-VNNI variant and an AVX-512 VNNI one.
 //!
 //! Blocks are taken in pairs `(2p, 2p + 1)`. One integer dot product covers
 //! both: register A holds values `0..16` of block `2p` in its low 128 bits and
@@ -36,6 +36,15 @@
 //! Weight rows are walked one at a time: streaming several rows in lockstep
 //! measured much slower for matrices that do not fit in cache (it defeats the
 //! hardware stream prefetcher).
+//!
+//! The AVX-512 kernel takes blocks four at a time (two pairs): one 64-byte
+//! weight load and one `vpdpbusd` on 512 bits do the integer work of two
+//! pairs, which at one activation row is what bounds the 256-bit kernels.
+//! Its lanes hold exactly the two pairs' 256-bit lanes side by side, and it
+//! converts, scales and then accumulates them with the same two 256-bit FMAs
+//! in the same order as the 256-bit kernels do pair by pair, so it produces
+//! the same bits too. Leftover pairs and an odd last block go through the
+//! 256-bit AVX-VNNI code.
 
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
@@ -70,6 +79,125 @@ pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
         QuantKind::Q4_1 => walk_vnni::<KIND_Q4_1>(job, dst),
         QuantKind::Q8_0 => walk_vnni::<KIND_Q8_0>(job, dst),
     }
+}
+
+/// Fills `dst` for one chunk with the AVX-512 VNNI kernel.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA, AVX-VNNI, AVX-512 F/BW and AVX-512 VNNI.
+pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
+    if job.w.kind == QuantKind::Q8_0 && job.x.qu.len() != job.x.q.len() {
+        return compute_rows(job, dst);
+    }
+    match job.w.kind {
+        QuantKind::Q4_0 => walk_512::<KIND_Q4_0>(job, dst),
+        QuantKind::Q4_1 => walk_512::<KIND_Q4_1>(job, dst),
+        QuantKind::Q8_0 => walk_512::<KIND_Q8_0>(job, dst),
+    }
+}
+
+/// # Safety
+/// As for `compute_rows_avx512`.
+#[target_feature(enable = "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni")]
+unsafe fn walk_512<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
+    for n in 0..dst.len() / job.m {
+        for (i0, rows) in row_tiles(job.m) {
+            match rows {
+                4 => tile_512::<K, 4>(job, n, i0, dst),
+                3 => tile_512::<K, 3>(job, n, i0, dst),
+                2 => tile_512::<K, 2>(job, n, i0, dst),
+                _ => tile_512::<K, 1>(job, n, i0, dst),
+            }
+        }
+    }
+}
+
+/// `tile` with the AVX-512 quad loop in front.
+///
+/// # Safety
+/// As for `tile`, with the features of `compute_rows_avx512`.
+#[target_feature(enable = "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[inline(never)]
+unsafe fn tile_512<const K: u8, const R: usize>(
+    job: &RowJob<'_>,
+    n: usize,
+    i0: usize,
+    dst: &mut [f32],
+) {
+    tile::<K, true, true, R>(job, n, i0, dst)
+}
+
+/// Pairs `0 .. 2·(pairs / 2)` of a tile, four blocks per step on 512 bits,
+/// accumulated exactly as the 256-bit loop would (see the module docs).
+/// Returns the first pair left for the 256-bit loop.
+///
+/// # Safety
+/// As for `tile`, with the features of `compute_rows_avx512`; `xq`/`xd` as
+/// `tile` sets them up (unsigned activations for Q8_0).
+#[target_feature(enable = "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn quads<const K: u8, const R: usize>(
+    quants: *const u8,
+    scales: *const f32,
+    pairs: usize,
+    xq: &[*const i8; R],
+    xd: &[*const f32; R],
+    acc: &mut [__m256; R],
+) -> usize {
+    let zero = _mm512_setzero_si512();
+    let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
+    let quads = pairs / 2;
+    for q in 0..quads {
+        let b = 4 * q;
+        // 128-bit lanes: [A(b, b+1) lo, hi, A(b+2, b+3) lo, hi] and the
+        // same for B, as two pairs' 256-bit operands side by side.
+        let (wa, wb) = if K == KIND_Q8_0 {
+            let z0 = _mm512_loadu_si512(quants.add(b * 32).cast());
+            let z1 = _mm512_loadu_si512(quants.add(b * 32 + 64).cast());
+            (
+                _mm512_shuffle_i64x2::<0b10_00_10_00>(z0, z1),
+                _mm512_shuffle_i64x2::<0b11_01_11_01>(z0, z1),
+            )
+        } else {
+            let packed = _mm512_loadu_si512(quants.add(b * 16).cast());
+            let low = _mm512_set1_epi8(0x0F);
+            (
+                _mm512_and_si512(packed, low),
+                _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low),
+            )
+        };
+        // Q8_0: unsigned activations (x + 128) against signed weights, the
+        // sum starting at -128·Σw per lane (as in the 256-bit VNNI kernel).
+        let init = if K == KIND_Q8_0 {
+            let c = _mm512_set1_epi8(-128);
+            let sum = _mm512_dpbusd_epi32(zero, c, wa);
+            _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(sum, c, wb))
+        } else {
+            zero
+        };
+        let four = _mm_loadu_ps(scales.add(b));
+        let dw = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(four));
+        let dw_lo = _mm512_castps512_ps256(dw);
+        let dw_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(dw)));
+        for r in 0..R {
+            let l0 = _mm512_loadu_si512(xq[r].add(b * BLOCK).cast());
+            let l1 = _mm512_loadu_si512(xq[r].add(b * BLOCK + 64).cast());
+            let xa = _mm512_shuffle_i64x2::<0b01_00_01_00>(l0, l1);
+            let xb = _mm512_shuffle_i64x2::<0b11_10_11_10>(l0, l1);
+            let dot = if K == KIND_Q8_0 {
+                _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, xa, wa), xb, wb)
+            } else {
+                _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, wa, xa), wb, xb)
+            };
+            let dx = _mm512_loadu_ps(xd[r].add(2 * q * 8));
+            let t = _mm512_mul_ps(_mm512_cvtepi32_ps(dot), dx);
+            let t_lo = _mm512_castps512_ps256(t);
+            let t_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(t)));
+            acc[r] = _mm256_fmadd_ps(t_lo, dw_lo, acc[r]);
+            acc[r] = _mm256_fmadd_ps(t_hi, dw_hi, acc[r]);
+        }
+    }
+    2 * quads
 }
 
 /// # Safety
@@ -117,7 +245,7 @@ unsafe fn tile_avx2<const K: u8, const R: usize>(
     i0: usize,
     dst: &mut [f32],
 ) {
-    tile::<K, false, R>(job, n, i0, dst)
+    tile::<K, false, false, R>(job, n, i0, dst)
 }
 
 /// `tile` compiled for AVX2 + FMA + AVX-VNNI.
@@ -132,20 +260,21 @@ unsafe fn tile_vnni<const K: u8, const R: usize>(
     i0: usize,
     dst: &mut [f32],
 ) {
-    tile::<K, true, R>(job, n, i0, dst)
+    tile::<K, true, false, R>(job, n, i0, dst)
 }
 
 /// Computes the outputs for weight row `n0 + n` (chunk-local `n`) and
 /// activation rows `i0 .. i0 + R`.
 ///
 /// # Safety
-/// The target features of the calling `tile_*` (`V`: AVX-VNNI); weight row `n0 + n` and
+/// The target features of the calling `tile_*` (`V`: AVX-VNNI; `W`: AVX-512
+/// VNNI too, which implies `V`); weight row `n0 + n` and
 /// activation rows `i0 .. i0 + R` must exist and `dst` must be `[rows][m]`
 /// with `n < rows`. `compute_rows`' caller guarantees the ranges; the array
 /// lengths are fixed by `PackedMatrix::from_ggml` and
 /// `QuantizedActivations::new`.
 #[inline(always)]
-unsafe fn tile<const K: u8, const V: bool, const R: usize>(
+unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
     job: &RowJob<'_>,
     n: usize,
     i0: usize,
@@ -177,8 +306,13 @@ unsafe fn tile<const K: u8, const V: bool, const R: usize>(
     }
 
     let mut acc = [_mm256_setzero_ps(); R];
+    let first = if W {
+        quads::<K, R>(quants, scales, pairs, &xq, &xd, &mut acc)
+    } else {
+        0
+    };
     let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
-    for p in 0..pairs {
+    for p in first..pairs {
         let b = 2 * p;
         let (wa, wb, sa, sb) = unpack_pair::<K, V>(quants, b);
         // Q8_0 on VNNI: the activations come as x + 128 (unsigned) and the

@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# The peer for the inference benchmarks: llama.cpp's `llama-server`, built
+# from the source PyPI's llama-cpp-python 0.3.36 sdist bundles under
+# vendor/llama.cpp (pinned by sha256, downloaded once into .cache/downloads),
+# with cmake and ninja from Debian. The build (about 11 minutes on 2 cores)
+# is cached in .cache/llama.cpp/0.3.36/; a finished build is reused as is.
+# Prints the path of llama-server on the last line of stdout; progress goes
+# to stderr. Only `make bench` uses it: tests never do.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+version=0.3.36
+file="llama_cpp_python-$version.tar.gz"
+sha256=832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e
+url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58c1258a8f6521aae45ca773a59fe7cf3/$file"
+downloads="$root/.cache/downloads"
+dir="$root/.cache/llama.cpp/$version"
+server="$dir/build/bin/llama-server"
+
+if [ -x "$server" ] && [ -f "$dir/.built" ]; then
+  echo "$server"
+  exit 0
+fi
+
+missing=()
+command -v cmake >/dev/null || missing+=(cmake)
+command -v ninja >/dev/null || missing+=(ninja-build)
+command -v g++ >/dev/null || missing+=(g++)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "==> installing ${missing[*]} (Debian packages)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"; } >&2
+fi
+
+mkdir -p "$downloads"
+if [ ! -f "$downloads/$file" ]; then
+  echo "==> downloading llama-cpp-python $version (sdist, 77 MB)" >&2
+  curl --fail --location --progress-bar --max-time 900 -o "$downloads/$file.part" "$url" >&2
+  mv "$downloads/$file.part" "$downloads/$file"
+fi
+echo "==> verifying $file" >&2
+echo "$sha256  $downloads/$file" | sha256sum --check --quiet >&2 || {
+  echo "checksum mismatch for $file; removing it" >&2
+  rm -f "$downloads/$file"
+  exit 1
+}
+
+src="$dir/src"
+if [ ! -f "$src/CMakeLists.txt" ]; then
+  echo "==> extracting vendor/llama.cpp" >&2
+  rm -rf "$src" "$dir/extract"
+  mkdir -p "$dir/extract"
+  tar -xzf "$downloads/$file" -C "$dir/extract" "llama_cpp_python-$version/vendor/llama.cpp"
+  mv "$dir/extract/llama_cpp_python-$version/vendor/llama.cpp" "$src"
+  rm -rf "$dir/extract"
+fi
+
+echo "==> building llama-server (native CPU, about 11 minutes on 2 cores; cached afterwards)" >&2
+cmake -S "$src" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+  -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
+cmake --build "$dir/build" --target llama-server -j "$(nproc)" >&2
+touch "$dir/.built"
+echo "$server"
