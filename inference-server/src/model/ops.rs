@@ -382,8 +382,9 @@ mod tests {
             head_dim: 2,
         };
         let mut out = vec![0.0; 4];
-        attention(
+        attention_heads(
             &shape,
+            0..shape.kv_heads,
             &[1.0, 0.0, 0.0, 1.0],
             &[5.0, 5.0],
             &[7.0, -1.0],
@@ -403,8 +404,9 @@ mod tests {
         };
         // Two queries; the first must ignore the second position's value.
         let mut out = vec![0.0; 2];
-        attention(
+        attention_heads(
             &shape,
+            0..shape.kv_heads,
             &[1.0, 1.0],
             &[0.0, 0.0],
             &[2.0, 4.0],
@@ -431,8 +433,9 @@ mod tests {
             wave(positions * kv_width, 0.23),
         );
         let mut whole = vec![0.0; width];
-        attention(
+        attention_heads(
             &shape,
+            0..shape.kv_heads,
             &q,
             &keys,
             &values,

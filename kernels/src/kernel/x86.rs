@@ -96,37 +96,6 @@ pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
     }
 }
 
-/// # Safety
-/// As for `compute_rows_avx512`.
-#[target_feature(enable = "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni")]
-unsafe fn walk_512<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
-    for n in 0..dst.len() / job.m {
-        for (i0, rows) in row_tiles(job.m) {
-            match rows {
-                4 => tile_512::<K, 4>(job, n, i0, dst),
-                3 => tile_512::<K, 3>(job, n, i0, dst),
-                2 => tile_512::<K, 2>(job, n, i0, dst),
-                _ => tile_512::<K, 1>(job, n, i0, dst),
-            }
-        }
-    }
-}
-
-/// `tile` with the AVX-512 quad loop in front.
-///
-/// # Safety
-/// As for `tile`, with the features of `compute_rows_avx512`.
-#[target_feature(enable = "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni")]
-#[inline(never)]
-unsafe fn tile_512<const K: u8, const R: usize>(
-    job: &RowJob<'_>,
-    n: usize,
-    i0: usize,
-    dst: &mut [f32],
-) {
-    tile::<K, true, true, R>(job, n, i0, dst)
-}
-
 /// Pairs `0 .. 2·(pairs / 2)` of a tile, four blocks per step on 512 bits,
 /// accumulated exactly as the 256-bit loop would (see the module docs).
 /// Returns the first pair left for the 256-bit loop.
@@ -200,68 +169,52 @@ unsafe fn quads<const K: u8, const R: usize>(
     2 * quads
 }
 
-/// # Safety
-/// AVX2 and FMA must be available.
-#[target_feature(enable = "avx2,fma")]
-unsafe fn walk_avx2<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
-    for n in 0..dst.len() / job.m {
-        for (i0, rows) in row_tiles(job.m) {
-            match rows {
-                4 => tile_avx2::<K, 4>(job, n, i0, dst),
-                3 => tile_avx2::<K, 3>(job, n, i0, dst),
-                2 => tile_avx2::<K, 2>(job, n, i0, dst),
-                _ => tile_avx2::<K, 1>(job, n, i0, dst),
+/// Defines a walk over a chunk's weight rows and the tile function it calls,
+/// compiled for `$features`, with `tile`'s `V` (AVX-VNNI) and `W` (AVX-512)
+/// switches. Each tile height is its own function (not inlined into the
+/// walk) so that its register allocation is its own.
+macro_rules! kernel_variant {
+    ($walk:ident, $tile:ident, $features:literal, $v:literal, $w:literal) => {
+        /// # Safety
+        /// The CPU must support the features this function is compiled for.
+        #[target_feature(enable = $features)]
+        unsafe fn $walk<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
+            for n in 0..dst.len() / job.m {
+                for (i0, rows) in row_tiles(job.m) {
+                    match rows {
+                        4 => $tile::<K, 4>(job, n, i0, dst),
+                        3 => $tile::<K, 3>(job, n, i0, dst),
+                        2 => $tile::<K, 2>(job, n, i0, dst),
+                        _ => $tile::<K, 1>(job, n, i0, dst),
+                    }
+                }
             }
         }
-    }
-}
 
-/// # Safety
-/// AVX2, FMA and AVX-VNNI must be available.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-unsafe fn walk_vnni<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
-    for n in 0..dst.len() / job.m {
-        for (i0, rows) in row_tiles(job.m) {
-            match rows {
-                4 => tile_vnni::<K, 4>(job, n, i0, dst),
-                3 => tile_vnni::<K, 3>(job, n, i0, dst),
-                2 => tile_vnni::<K, 2>(job, n, i0, dst),
-                _ => tile_vnni::<K, 1>(job, n, i0, dst),
-            }
+        /// # Safety
+        /// As for `tile`, with the features this function is compiled for.
+        #[target_feature(enable = $features)]
+        #[inline(never)]
+        unsafe fn $tile<const K: u8, const R: usize>(
+            job: &RowJob<'_>,
+            n: usize,
+            i0: usize,
+            dst: &mut [f32],
+        ) {
+            tile::<K, $v, $w, R>(job, n, i0, dst)
         }
-    }
+    };
 }
 
-/// `tile` compiled for AVX2 + FMA. Each tile height is its own function
-/// (not inlined into the walk) so that its register allocation is its own.
-///
-/// # Safety
-/// As for `tile`, with AVX2 and FMA available.
-#[target_feature(enable = "avx2,fma")]
-#[inline(never)]
-unsafe fn tile_avx2<const K: u8, const R: usize>(
-    job: &RowJob<'_>,
-    n: usize,
-    i0: usize,
-    dst: &mut [f32],
-) {
-    tile::<K, false, false, R>(job, n, i0, dst)
-}
-
-/// `tile` compiled for AVX2 + FMA + AVX-VNNI.
-///
-/// # Safety
-/// As for `tile`, with AVX2, FMA and AVX-VNNI available.
-#[target_feature(enable = "avx2,fma,avxvnni")]
-#[inline(never)]
-unsafe fn tile_vnni<const K: u8, const R: usize>(
-    job: &RowJob<'_>,
-    n: usize,
-    i0: usize,
-    dst: &mut [f32],
-) {
-    tile::<K, true, false, R>(job, n, i0, dst)
-}
+kernel_variant!(walk_avx2, tile_avx2, "avx2,fma", false, false);
+kernel_variant!(walk_vnni, tile_vnni, "avx2,fma,avxvnni", true, false);
+kernel_variant!(
+    walk_512,
+    tile_512,
+    "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni",
+    true,
+    true
+);
 
 /// Computes the outputs for weight row `n0 + n` (chunk-local `n`) and
 /// activation rows `i0 .. i0 + R`.
