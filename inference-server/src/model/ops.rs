@@ -321,28 +321,6 @@ mod simd {
 mod tests {
     use super::*;
 
-    /// All heads at once.
-    fn attention(
-        shape: &AttentionShape,
-        q: &[f32],
-        keys: &[f32],
-        values: &[f32],
-        start: usize,
-        out: &mut [f32],
-        scores: &mut Vec<f32>,
-    ) {
-        attention_heads(
-            shape,
-            0..shape.kv_heads,
-            q,
-            keys,
-            values,
-            start,
-            out,
-            scores,
-        );
-    }
-
     #[test]
     fn rms_norm_scales_rows_independently() {
         let x = [3.0, 4.0, 0.0, 0.0, 1.0, 1.0];
