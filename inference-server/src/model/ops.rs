@@ -126,26 +126,76 @@ pub fn attention_heads(
         unsafe { simd::attention(shape, kv, q, keys, values, start, out, scores) };
         return;
     }
-    attention_with(shape, kv, q, keys, values, start, out, scores, dot, axpy);
+    attention_with(shape, kv, q, keys, values, start, out, scores, &Portable);
 }
 
-/// The attention loop, generic over its two inner products so the portable
+/// One KV head's cached keys or values for positions `0..visible`:
+/// `data` starts at the head's first element and holds one position every
+/// `stride` values.
+#[derive(Clone, Copy)]
+struct HeadRows<'a> {
+    data: &'a [f32],
+    stride: usize,
+    head_dim: usize,
+    visible: usize,
+}
+
+impl HeadRows<'_> {
+    fn row(&self, p: usize) -> &[f32] {
+        &self.data[p * self.stride..][..self.head_dim]
+    }
+}
+
+/// The two inner loops of attention for one KV head and the query heads
+/// that share it.
+trait AttentionInner {
+    /// `scores[g · visible + p] = scale · q_g · k_p`.
+    fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32]);
+    /// `out_g = Σ_p scores[g · visible + p] · v_p`.
+    fn weighted_sum(&self, scores: &[f32], values: HeadRows<'_>, out: &mut [f32]);
+}
+
+/// Scalar loops LLVM vectorises for the baseline target.
+struct Portable;
+
+impl AttentionInner for Portable {
+    fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32]) {
+        let visible = keys.visible;
+        for p in 0..visible {
+            let k = keys.row(p);
+            for (g, qh) in q.chunks_exact(keys.head_dim).enumerate() {
+                scores[g * visible + p] = dot(qh, k) * scale;
+            }
+        }
+    }
+
+    fn weighted_sum(&self, scores: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
+        out.fill(0.0);
+        for p in 0..values.visible {
+            let v = values.row(p);
+            for (g, oh) in out.chunks_exact_mut(values.head_dim).enumerate() {
+                axpy(oh, scores[g * values.visible + p], v);
+            }
+        }
+    }
+}
+
+/// The attention loop, generic over its two inner loops so the portable
 /// and the AVX2 build share it. Per query, per head: scores in position
 /// order, a max-subtracted softmax, then the weighted sum of values — a fixed
 /// order, whatever else is in the batch.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attention_with(
+fn attention_with<'a>(
     shape: &AttentionShape,
     kv_range: std::ops::Range<usize>,
     q: &[f32],
-    keys: &[f32],
-    values: &[f32],
+    keys: &'a [f32],
+    values: &'a [f32],
     start: usize,
     out: &mut [f32],
     scores: &mut Vec<f32>,
-    dot: impl Fn(&[f32], &[f32]) -> f32,
-    axpy: impl Fn(&mut [f32], f32, &[f32]),
+    inner: &impl AttentionInner,
 ) {
     let AttentionShape {
         heads,
@@ -170,13 +220,14 @@ fn attention_with(
             let heads_of = kv * group..(kv + 1) * group;
             scores.clear();
             scores.resize(group * visible, 0.0);
-            for p in 0..visible {
-                let k = &keys[p * kv_width + kv * head_dim..][..head_dim];
-                for (g, h) in heads_of.clone().enumerate() {
-                    scores[g * visible + p] =
-                        dot(&q_row[h * head_dim..(h + 1) * head_dim], k) * scale;
-                }
-            }
+            let q_group = &q_row[heads_of.start * head_dim..heads_of.end * head_dim];
+            let rows = |data: &'a [f32]| HeadRows {
+                data: &data[kv * head_dim..],
+                stride: kv_width,
+                head_dim,
+                visible,
+            };
+            inner.scores(q_group, rows(keys), scale, scores);
             for row in scores.chunks_exact_mut(visible) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
@@ -189,13 +240,7 @@ fn attention_with(
             }
             let outs = &mut out_row
                 [(heads_of.start - first_head) * head_dim..(heads_of.end - first_head) * head_dim];
-            outs.fill(0.0);
-            for p in 0..visible {
-                let v = &values[p * kv_width + kv * head_dim..][..head_dim];
-                for (g, oh) in outs.chunks_exact_mut(head_dim).enumerate() {
-                    axpy(oh, scores[g * visible + p], v);
-                }
-            }
+            inner.weighted_sum(scores, rows(values), outs);
         }
     }
 }
@@ -230,7 +275,7 @@ mod simd {
     use std::arch::x86_64::*;
     use std::sync::OnceLock;
 
-    use super::AttentionShape;
+    use super::{AttentionShape, HeadRows};
 
     pub fn available() -> bool {
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -252,18 +297,122 @@ mod simd {
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) {
-        super::attention_with(
-            shape,
-            kv,
-            q,
-            keys,
-            values,
-            start,
-            out,
-            scores,
-            |a, b| unsafe { dot(a, b) },
-            |o, w, v| unsafe { axpy(o, w, v) },
-        );
+        super::attention_with(shape, kv, q, keys, values, start, out, scores, &Avx2);
+    }
+
+    /// AVX2/FMA inner loops. For 64-dimensional heads (SmolLM2, Llama-style
+    /// small models) the query and the output stay in registers: scores come
+    /// four positions at a time with one shuffle-and-add reduction for the
+    /// four, and the weighted sum accumulates a head's 64 outputs in eight
+    /// registers instead of loading and storing them per position. Other
+    /// head sizes use the same loops as the portable path with AVX2 dots.
+    struct Avx2;
+
+    const D: usize = 64;
+
+    impl super::AttentionInner for Avx2 {
+        fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32]) {
+            let (head_dim, visible) = (keys.head_dim, keys.visible);
+            assert!(scores.len() >= q.len() / head_dim * visible);
+            assert!(visible == 0 || keys.data.len() >= (visible - 1) * keys.stride + head_dim);
+            for (g, qh) in q.chunks_exact(head_dim).enumerate() {
+                let row = &mut scores[g * visible..(g + 1) * visible];
+                // SAFETY: AVX2/FMA are present (this type is only used from
+                // `attention`); the asserts above bound every key read.
+                unsafe {
+                    if head_dim == D {
+                        scores_64(qh, keys.data, keys.stride, scale, row);
+                    } else {
+                        for (p, s) in row.iter_mut().enumerate() {
+                            *s = dot(qh, keys.row(p)) * scale;
+                        }
+                    }
+                }
+            }
+        }
+
+        fn weighted_sum(&self, scores: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
+            let (head_dim, visible) = (values.head_dim, values.visible);
+            assert!(visible == 0 || values.data.len() >= (visible - 1) * values.stride + head_dim);
+            for (g, oh) in out.chunks_exact_mut(head_dim).enumerate() {
+                let weights = &scores[g * visible..(g + 1) * visible];
+                // SAFETY: as in `scores`; the assert bounds every value read.
+                unsafe {
+                    if head_dim == D {
+                        weighted_sum_64(weights, values.data, values.stride, oh);
+                    } else {
+                        oh.fill(0.0);
+                        for (p, w) in weights.iter().enumerate() {
+                            axpy(oh, *w, values.row(p));
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `q.len() == 64`; key `p` (64 values at `p · stride`)
+    /// exists for every `p < row.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn scores_64(q: &[f32], keys: &[f32], stride: usize, scale: f32, row: &mut [f32]) {
+        debug_assert_eq!(q.len(), D);
+        let qv: [__m256; 8] =
+            std::array::from_fn(|j| unsafe { _mm256_loadu_ps(q.as_ptr().add(8 * j)) });
+        let dot8 = |k: *const f32| unsafe {
+            // Two chains, summed once: the same order for every position.
+            let mut a = _mm256_mul_ps(qv[0], _mm256_loadu_ps(k));
+            let mut b = _mm256_mul_ps(qv[1], _mm256_loadu_ps(k.add(8)));
+            for j in (2..8).step_by(2) {
+                a = _mm256_fmadd_ps(qv[j], _mm256_loadu_ps(k.add(8 * j)), a);
+                b = _mm256_fmadd_ps(qv[j + 1], _mm256_loadu_ps(k.add(8 * j + 8)), b);
+            }
+            _mm256_add_ps(a, b)
+        };
+        let base = keys.as_ptr();
+        let scale4 = _mm_set1_ps(scale);
+        let mut p = 0;
+        while p + 4 <= row.len() {
+            let s0 = dot8(base.add(p * stride));
+            let s1 = dot8(base.add((p + 1) * stride));
+            let s2 = dot8(base.add((p + 2) * stride));
+            let s3 = dot8(base.add((p + 3) * stride));
+            // [Σs0, Σs1, Σs2, Σs3] in one reduction.
+            let h01 = _mm256_hadd_ps(s0, s1);
+            let h23 = _mm256_hadd_ps(s2, s3);
+            let h = _mm256_hadd_ps(h01, h23);
+            let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            _mm_storeu_ps(row.as_mut_ptr().add(p), _mm_mul_ps(sums, scale4));
+            p += 4;
+        }
+        while p < row.len() {
+            let s = dot8(base.add(p * stride));
+            let h = _mm256_hadd_ps(s, s);
+            let h = _mm256_hadd_ps(h, h);
+            let sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            *row.get_unchecked_mut(p) = _mm_cvtss_f32(sum) * scale;
+            p += 1;
+        }
+    }
+
+    /// # Safety
+    /// AVX2 and FMA; `out.len() == 64`; value `p` (64 values at
+    /// `p · stride`) exists for every `p < weights.len()`.
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn weighted_sum_64(weights: &[f32], values: &[f32], stride: usize, out: &mut [f32]) {
+        debug_assert_eq!(out.len(), D);
+        let mut acc = [_mm256_setzero_ps(); 8];
+        let base = values.as_ptr();
+        for (p, w) in weights.iter().enumerate() {
+            let wv = _mm256_set1_ps(*w);
+            let v = base.add(p * stride);
+            for (j, a) in acc.iter_mut().enumerate() {
+                *a = _mm256_fmadd_ps(wv, _mm256_loadu_ps(v.add(8 * j)), *a);
+            }
+        }
+        for (j, a) in acc.iter().enumerate() {
+            _mm256_storeu_ps(out.as_mut_ptr().add(8 * j), *a);
+        }
     }
 
     #[target_feature(enable = "avx2,fma")]
@@ -436,6 +585,46 @@ mod tests {
         }
         let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
         assert_eq!(bits(&whole), bits(&split));
+    }
+
+    /// The AVX2 loops (registers-resident for 64-dimensional heads, plain
+    /// otherwise) agree with the portable ones.
+    #[test]
+    fn simd_attention_matches_the_portable_loops() {
+        for head_dim in [64, 48] {
+            let shape = AttentionShape {
+                heads: 9,
+                kv_heads: 3,
+                head_dim,
+            };
+            let (t, start) = (3, 14);
+            let positions = start + t;
+            let (width, kv_width) = (9 * head_dim, 3 * head_dim);
+            let wave =
+                |n: usize, k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
+            let (q, k, v) = (
+                wave(t * width, 0.37),
+                wave(positions * kv_width, 0.11),
+                wave(positions * kv_width, 0.23),
+            );
+            let (mut portable, mut fast) = (vec![0.0; t * width], vec![0.0; t * width]);
+            let s = start;
+            attention_with(
+                &shape,
+                0..3,
+                &q,
+                &k,
+                &v,
+                s,
+                &mut portable,
+                &mut vec![],
+                &Portable,
+            );
+            attention_heads(&shape, 0..3, &q, &k, &v, s, &mut fast, &mut vec![]);
+            for (a, b) in portable.iter().zip(&fast) {
+                assert!((a - b).abs() < 1e-5, "head_dim {head_dim}: {a} vs {b}");
+            }
+        }
     }
 
     #[test]
