@@ -20,7 +20,9 @@ const PARALLEL_MIN_VALUES: usize = 1 << 16;
 /// `[2p: 0..16][2p+1: 0..16][2p: 16..32][2p+1: 16..32]`, so one 32-byte load
 /// gives the same half of two consecutive blocks (the x86 kernel reduces two
 /// blocks with one integer dot product that way). An odd row's last block
-/// stays in natural order.
+/// stays in natural order. With `quads` (the AVX-512 kernel's layout), each
+/// group of four blocks `4k .. 4k + 4` also swaps its middle 32 bytes, so the
+/// same half of all four blocks is one 64-byte load.
 pub(crate) struct QuantizedActivations {
     /// Blocks per row.
     pub(crate) nb: usize,
@@ -40,24 +42,42 @@ pub(crate) struct QuantizedActivations {
     /// `1..=255`, same layout; empty unless asked for (`new`'s `unsigned`).
     /// The AVX-VNNI Q8_0 kernel multiplies these by the signed weights.
     pub(crate) qu: Vec<u8>,
+    /// Whether `q` (and `qu`) are in the four-block layout.
+    pub(crate) quads: bool,
 }
 
 /// Offsets within a row of `q` of block `b`'s values `0..16` and `16..32`
 /// (see `QuantizedActivations`' layout).
 #[inline(always)]
-pub(crate) fn half_offsets(nb: usize, b: usize) -> (usize, usize) {
+pub(crate) fn half_offsets(nb: usize, b: usize, quads: bool) -> (usize, usize) {
     let lo = (b & !1) * BLOCK + (b & 1) * (BLOCK / 2);
-    if (b | 1) < nb {
+    let (lo, hi) = if (b | 1) < nb {
         (lo, lo + BLOCK)
     } else {
         (lo, lo + BLOCK / 2)
+    };
+    if quads && b < nb / 4 * 4 {
+        (quad_swap(lo), quad_swap(hi))
+    } else {
+        (lo, hi)
+    }
+}
+
+/// Where byte offset `o` of the pair layout lands in the four-block layout:
+/// bytes 32..64 and 64..96 of each 128-byte group trade places.
+#[inline(always)]
+fn quad_swap(o: usize) -> usize {
+    match o % 128 {
+        32..64 => o + 32,
+        64..96 => o - 32,
+        _ => o,
     }
 }
 
 impl QuantizedActivations {
     /// Quantizes `x` (`m × cols`, row-major, `cols` a multiple of 32), and
-    /// fills `qu` if `unsigned`.
-    pub(crate) fn new(x: &[f32], m: usize, cols: usize, unsigned: bool) -> Self {
+    /// fills `qu` if `unsigned`; `quads` picks the four-block layout.
+    pub(crate) fn new(x: &[f32], m: usize, cols: usize, unsigned: bool, quads: bool) -> Self {
         let nb = cols / BLOCK;
         let mut q = vec![0i8; m * cols];
         let mut d = vec![0f32; m * nb];
@@ -73,6 +93,7 @@ impl QuantizedActivations {
                 s,
                 dv,
                 qu,
+                quads,
             };
         }
         if m * cols >= PARALLEL_MIN_VALUES {
@@ -88,6 +109,14 @@ impl QuantizedActivations {
                 .zip(dv.chunks_exact_mut(pairs * 8))
                 .for_each(|(((x, q), (d, s)), dv)| quantize_row(x, q, d, s, dv));
         }
+        if quads {
+            for row in q.chunks_exact_mut(cols) {
+                for group in row.chunks_exact_mut(4 * BLOCK) {
+                    let (first, rest) = group.split_at_mut(2 * BLOCK);
+                    first[BLOCK..].swap_with_slice(&mut rest[..BLOCK]);
+                }
+            }
+        }
         let qu = if unsigned {
             q.iter().map(|&v| v as u8 ^ 0x80).collect()
         } else {
@@ -100,12 +129,13 @@ impl QuantizedActivations {
             s,
             dv,
             qu,
+            quads,
         }
     }
 
     /// Block `b` of `row`: its quantized values `0..16` and `16..32`.
     pub(crate) fn block_halves(&self, row: usize, b: usize) -> (&[i8], &[i8]) {
-        let (lo, hi) = half_offsets(self.nb, b);
+        let (lo, hi) = half_offsets(self.nb, b, self.quads);
         let q = &self.q[row * self.nb * BLOCK..];
         (&q[lo..][..BLOCK / 2], &q[hi..][..BLOCK / 2])
     }
@@ -122,7 +152,7 @@ fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], dv: &mut 
         .enumerate()
     {
         quantize_block(x, &mut block, d, s);
-        let (lo, hi) = half_offsets(nb, b);
+        let (lo, hi) = half_offsets(nb, b, false);
         q[lo..lo + BLOCK / 2].copy_from_slice(&block[..BLOCK / 2]);
         q[hi..hi + BLOCK / 2].copy_from_slice(&block[BLOCK / 2..]);
     }
@@ -151,4 +181,37 @@ fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
     }
     *d = scale;
     *s = scale * sum as f32;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The four-block layout holds the same blocks as the pair layout, and
+    /// `block_halves` finds them in either (every block count up to 11).
+    #[test]
+    fn both_layouts_hold_the_same_blocks() {
+        for nb in 1..=11 {
+            let cols = nb * BLOCK;
+            let x: Vec<f32> = (0..2 * cols)
+                .map(|i| ((i * 37) % 101) as f32 - 50.0)
+                .collect();
+            let pairs = QuantizedActivations::new(&x, 2, cols, true, false);
+            let quads = QuantizedActivations::new(&x, 2, cols, true, true);
+            for row in 0..2 {
+                for b in 0..nb {
+                    assert_eq!(
+                        pairs.block_halves(row, b),
+                        quads.block_halves(row, b),
+                        "{nb} {b}"
+                    );
+                }
+            }
+            let flipped: Vec<u8> = quads.q.iter().map(|&v| v as u8 ^ 0x80).collect();
+            assert_eq!(quads.qu, flipped);
+            if nb >= 4 {
+                assert_ne!(pairs.q, quads.q, "{nb}: a full group is rearranged");
+            }
+        }
+    }
 }

@@ -73,6 +73,11 @@ impl Kernel {
     pub(crate) fn unsigned_activations(self, kind: QuantKind) -> bool {
         matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && kind == QuantKind::Q8_0
     }
+
+    /// Whether the kernel wants the activations in the four-block layout.
+    pub(crate) fn quad_activations(self) -> bool {
+        self == Kernel::Avx512Vnni
+    }
 }
 
 /// The kernel for `backend` on this CPU, detected once per process.
@@ -137,7 +142,8 @@ const CHUNKS_PER_THREAD: usize = 4;
 /// once, then runs the kernel.
 pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32], backend: Backend) {
     let kernel = kernel_for(backend);
-    let x = QuantizedActivations::new(x, m, w.cols, kernel.unsigned_activations(w.kind));
+    let unsigned = kernel.unsigned_activations(w.kind);
+    let x = QuantizedActivations::new(x, m, w.cols, unsigned, kernel.quad_activations());
     let chunk_rows = chunk_rows(w.rows, w.cols, m, rayon::current_num_threads());
     matmul_split(w, &x, m, out, kernel, chunk_rows);
 }

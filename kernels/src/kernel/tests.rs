@@ -36,7 +36,7 @@ fn run(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
 fn run_split(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize, chunk: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
     let unsigned = kernel.unsigned_activations(w.kind());
-    let quantized = QuantizedActivations::new(x, m, w.cols(), unsigned);
+    let quantized = QuantizedActivations::new(x, m, w.cols(), unsigned, kernel.quad_activations());
     matmul_split(w, &quantized, m, &mut out, kernel, chunk);
     out
 }
@@ -152,7 +152,7 @@ fn vnni_and_avx2_kernels_agree_bitwise() {
                 }
                 // Without the unsigned copy the VNNI entry falls back to AVX2.
                 let mut out = vec![f32::NAN; m * w.rows()];
-                let plain = QuantizedActivations::new(x, m, cols, false);
+                let plain = QuantizedActivations::new(x, m, cols, false, false);
                 matmul_split(&w, &plain, m, &mut out, Kernel::AvxVnni, 5);
                 assert_eq!(avx2, bits(&out), "{kind} {cols} {m} without qu");
             }

@@ -86,8 +86,15 @@ pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX2, FMA, AVX-VNNI, AVX-512 F/BW and AVX-512 VNNI.
 pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
-    if job.w.kind == QuantKind::Q8_0 && job.x.qu.len() != job.x.q.len() {
-        return compute_rows(job, dst);
+    // Activations not made for this kernel (the pair layout, or Q8_0
+    // without the unsigned copy) go to the 256-bit kernel, which reads them.
+    let unsigned_missing = job.w.kind == QuantKind::Q8_0 && job.x.qu.len() != job.x.q.len();
+    if !job.x.quads || unsigned_missing {
+        debug_assert!(
+            !job.x.quads,
+            "four-block activations need the AVX-512 kernel"
+        );
+        return compute_rows_vnni(job, dst);
     }
     match job.w.kind {
         QuantKind::Q4_0 => walk_512::<KIND_Q4_0>(job, dst),
@@ -149,10 +156,9 @@ unsafe fn quads<const K: u8, const R: usize>(
         let dw_lo = _mm512_castps512_ps256(dw);
         let dw_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(dw)));
         for r in 0..R {
-            let l0 = _mm512_loadu_si512(xq[r].add(b * BLOCK).cast());
-            let l1 = _mm512_loadu_si512(xq[r].add(b * BLOCK + 64).cast());
-            let xa = _mm512_shuffle_i64x2::<0b01_00_01_00>(l0, l1);
-            let xb = _mm512_shuffle_i64x2::<0b11_10_11_10>(l0, l1);
+            // The four-block layout: one load per half of all four blocks.
+            let xa = _mm512_loadu_si512(xq[r].add(b * BLOCK).cast());
+            let xb = _mm512_loadu_si512(xq[r].add(b * BLOCK + 64).cast());
             let dot = if K == KIND_Q8_0 {
                 _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, xa, wa), xb, wb)
             } else {
