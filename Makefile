@@ -31,7 +31,7 @@ test: setup wasm server
 	$(CARGO) test --workspace --all-targets --locked
 	$(CARGO) test --workspace --doc --locked
 
-## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server, key sync at 100k keys
+## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server side by side with llama.cpp, key sync at 100k keys
 bench: setup wasm host server
 	$(CARGO) bench -p maas-benches --locked
 	$(CARGO) bench -p maas-kernels --locked --bench matmul
