@@ -234,20 +234,20 @@ fn the_gateway_syncs_keys_incrementally() {
     assert_eq!(full.status, 200, "{}", full.text());
     let full = full.json();
     assert_eq!(full["full"], true);
+    let store = full["store"].as_str().unwrap().to_string();
+    assert_eq!(store.len(), 32, "the database's id");
     assert_eq!(full["subscriptions"].as_array().unwrap().len(), 2);
     let v0 = full["version"].as_u64().unwrap();
 
-    // Nothing changed: 304.
-    assert_eq!(
-        cp.call(
-            "GET",
-            &format!("/maas-api/v1/sync?since={v0}"),
-            Some(GATEWAY),
-            None
-        )
-        .status,
-        304
+    // Nothing changed: 304, still naming the database.
+    let unchanged = cp.call(
+        "GET",
+        &format!("/maas-api/v1/sync?since={v0}"),
+        Some(GATEWAY),
+        None,
     );
+    assert_eq!(unchanged.status, 304);
+    assert_eq!(unchanged.header("x-maas-store"), Some(store.as_str()));
 
     let alice = token("alice", &["team-a"]);
     let created = cp

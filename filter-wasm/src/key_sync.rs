@@ -61,20 +61,37 @@ pub struct SyncState {
     pub resync_epoch: u32,
     /// When the control plane last answered (ms since the epoch); 0: never.
     pub last_ok_ms: u64,
+    /// [`store_tag`] of the database the keys come from (0: not known).
+    pub store_tag: u32,
+}
+
+/// A short, non-zero tag of a control plane database's id.
+pub fn store_tag(id: &str) -> u32 {
+    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
+        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
+    });
+    hash.max(1)
+}
+
+/// Whether an answer tagged `answer` comes from another database than the
+/// one `state` synced from.
+fn other_store(state: &SyncState, answer: u32) -> bool {
+    state.store_tag != 0 && answer != 0 && state.store_tag != answer
 }
 
 impl SyncState {
-    fn encode(&self) -> [u8; 24] {
-        let mut out = [0u8; 24];
+    fn encode(&self) -> [u8; 28] {
+        let mut out = [0u8; 28];
         out[..8].copy_from_slice(&self.version.to_le_bytes());
         out[8..12].copy_from_slice(&self.epoch.to_le_bytes());
         out[12..16].copy_from_slice(&self.resync_epoch.to_le_bytes());
-        out[16..].copy_from_slice(&self.last_ok_ms.to_le_bytes());
+        out[16..24].copy_from_slice(&self.last_ok_ms.to_le_bytes());
+        out[24..].copy_from_slice(&self.store_tag.to_le_bytes());
         out
     }
 
     fn decode(bytes: &[u8]) -> Option<SyncState> {
-        let bytes: &[u8; 24] = bytes.try_into().ok()?;
+        let bytes: &[u8; 28] = bytes.try_into().ok()?;
         let u32_at = |at: usize| {
             bytes
                 .get(at..at + 4)?
@@ -94,6 +111,7 @@ impl SyncState {
             epoch: u32_at(8)?,
             resync_epoch: u32_at(12)?,
             last_ok_ms: u64_at(16)?,
+            store_tag: u32_at(24)?,
         })
     }
 
@@ -253,14 +271,30 @@ fn put_key(store: &dyn CounterStore, key: &ManagedKey, epoch: u32) -> Result<(),
     })
 }
 
-/// Applies one sync answer and returns the new state. Subscriptions and
-/// keys are written before the state that announces them.
+/// What applying a sync answer did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Applied {
+    /// The answer is in; the state it leaves.
+    Synced(SyncState),
+    /// The answer comes from another database than the keys do (restored or
+    /// replaced): nothing was applied, and the next sync asks from 0, which
+    /// starts a full resync.
+    OtherStore,
+}
+
+/// Applies one sync answer. Subscriptions and keys are written before the
+/// state that announces them.
 pub fn apply(
     store: &dyn CounterStore,
     delta: &SyncDelta,
     now_ms: u64,
-) -> Result<SyncState, StoreError> {
+) -> Result<Applied, StoreError> {
     let previous = read_state(store)?;
+    let tag = delta.store.as_deref().map_or(0, store_tag);
+    if !delta.full && other_store(&previous, tag) {
+        restart(store, previous, now_ms)?;
+        return Ok(Applied::OtherStore);
+    }
     // A full answer (re)starts a resync; its later pages continue it.
     let epoch = if delta.full {
         previous.epoch.max(previous.resync_epoch).wrapping_add(1)
@@ -289,12 +323,14 @@ pub fn apply(
         let bytes = serde_json::to_vec(&synced).unwrap_or_default();
         store.set(SUBSCRIPTIONS_KEY, &bytes, None)?;
     }
+    let store_tag = if tag != 0 { tag } else { previous.store_tag };
     let state = if delta.more {
         SyncState {
             version: delta.version,
             epoch: previous.epoch,
             resync_epoch: if epoch == previous.epoch { 0 } else { epoch },
             last_ok_ms: now_ms,
+            store_tag,
         }
     } else {
         SyncState {
@@ -302,18 +338,37 @@ pub fn apply(
             epoch,
             resync_epoch: 0,
             last_ok_ms: now_ms,
+            store_tag,
         }
     };
     write_state(store, &state)?;
-    Ok(state)
+    Ok(Applied::Synced(state))
 }
 
-/// "Nothing changed" from the control plane: it is alive.
-pub fn confirm(store: &dyn CounterStore, now_ms: u64) -> Result<SyncState, StoreError> {
+/// "Nothing changed" from the control plane (its answer tagged with its
+/// database, `store_id`, when it says): it is alive.
+pub fn confirm(
+    store: &dyn CounterStore,
+    now_ms: u64,
+    store_id: Option<&str>,
+) -> Result<Applied, StoreError> {
     let mut state = read_state(store)?;
+    if other_store(&state, store_id.map_or(0, store_tag)) {
+        restart(store, state, now_ms)?;
+        return Ok(Applied::OtherStore);
+    }
     state.last_ok_ms = now_ms;
     write_state(store, &state)?;
-    Ok(state)
+    Ok(Applied::Synced(state))
+}
+
+/// Makes the next sync ask from 0. The keys stay in force until the full
+/// resync that follows replaces them.
+fn restart(store: &dyn CounterStore, mut state: SyncState, now_ms: u64) -> Result<(), StoreError> {
+    state.version = 0;
+    state.resync_epoch = 0;
+    state.last_ok_ms = now_ms;
+    write_state(store, &state)
 }
 
 /// The synced subscriptions by name, as the control plane sent them.
@@ -383,8 +438,17 @@ mod tests {
         }
     }
 
+    /// `apply` that must sync.
+    fn synced(s: &MemoryStore, d: &SyncDelta, now_ms: u64) -> SyncState {
+        match apply(s, d, now_ms).unwrap() {
+            Applied::Synced(state) => state,
+            Applied::OtherStore => panic!("refused as another store"),
+        }
+    }
+
     fn delta(version: u64, full: bool, keys: Vec<ManagedKey>) -> SyncDelta {
         SyncDelta {
+            store: None,
             version,
             full,
             more: false,
@@ -397,12 +461,11 @@ mod tests {
     #[test]
     fn a_sync_makes_its_keys_findable_and_records_its_version() {
         let s = MemoryStore::default();
-        let state = apply(
+        let state = synced(
             &s,
             &delta(5, true, vec![key("aaaaaaaaaaaa", 5, false)]),
             1000,
-        )
-        .unwrap();
+        );
         assert_eq!(state, read_state(&s).unwrap());
         assert_eq!((state.version, state.epoch, state.last_ok_ms), (5, 1, 1000));
         assert_eq!(state.resync_epoch, 0);
@@ -421,7 +484,7 @@ mod tests {
     #[test]
     fn an_older_record_never_replaces_a_newer_one() {
         let s = MemoryStore::default();
-        apply(&s, &delta(7, true, vec![key("aaaaaaaaaaaa", 7, true)]), 0).unwrap();
+        synced(&s, &delta(7, true, vec![key("aaaaaaaaaaaa", 7, true)]), 0);
         // A lookup answer fetched before the revocation arrives after it.
         record_lookup(&s, "aaaaaaaaaaaa", Some(&key("aaaaaaaaaaaa", 3, false)), 0).unwrap();
         let Lookup::Found(k) = lookup(&s, "aaaaaaaaaaaa", 1, 0).unwrap() else {
@@ -430,7 +493,7 @@ mod tests {
         assert!(k.revoked, "the revocation stands");
         // A full resync listing the stale version still carries the record
         // into the new epoch.
-        apply(&s, &delta(8, true, vec![key("aaaaaaaaaaaa", 3, false)]), 0).unwrap();
+        synced(&s, &delta(8, true, vec![key("aaaaaaaaaaaa", 3, false)]), 0);
         let Lookup::Found(k) = lookup(&s, "aaaaaaaaaaaa", 2, 0).unwrap() else {
             panic!("record lost in the new epoch")
         };
@@ -440,9 +503,9 @@ mod tests {
     #[test]
     fn a_full_resync_voids_keys_it_does_not_list() {
         let s = MemoryStore::default();
-        apply(&s, &delta(2, true, vec![key("aaaaaaaaaaaa", 1, false)]), 0).unwrap();
-        apply(&s, &delta(3, false, vec![key("bbbbbbbbbbbb", 3, false)]), 0).unwrap();
-        let state = apply(&s, &delta(9, true, vec![key("bbbbbbbbbbbb", 3, false)]), 0).unwrap();
+        synced(&s, &delta(2, true, vec![key("aaaaaaaaaaaa", 1, false)]), 0);
+        synced(&s, &delta(3, false, vec![key("bbbbbbbbbbbb", 3, false)]), 0);
+        let state = synced(&s, &delta(9, true, vec![key("bbbbbbbbbbbb", 3, false)]), 0);
         assert_eq!(
             lookup(&s, "aaaaaaaaaaaa", state.epoch, 0).unwrap(),
             Lookup::Unknown
@@ -459,12 +522,12 @@ mod tests {
         let a = || key("aaaaaaaaaaaa", 1, false);
         let b = || key("bbbbbbbbbbbb", 2, false);
         let c = || key("cccccccccccc", 3, false);
-        let st = apply(&s, &delta(2, true, vec![a(), b()]), 0).unwrap();
+        let st = synced(&s, &delta(2, true, vec![a(), b()]), 0);
         assert_eq!(st.epoch, 1);
         // The database was reset: a new full resync lists b and c, in two pages.
         let mut page = delta(2, true, vec![b()]);
         page.more = true;
-        let mid = apply(&s, &page, 0).unwrap();
+        let mid = synced(&s, &page, 0);
         assert_eq!((mid.epoch, mid.resync_epoch), (1, 2));
         for id in ["aaaaaaaaaaaa", "bbbbbbbbbbbb"] {
             assert!(
@@ -474,7 +537,7 @@ mod tests {
         }
         // A lookup during the resync is written under the new epoch.
         record_lookup(&s, "dddddddddddd", Some(&key("dddddddddddd", 4, false)), 0).unwrap();
-        let done = apply(&s, &delta(3, false, vec![c()]), 0).unwrap();
+        let done = synced(&s, &delta(3, false, vec![c()]), 0);
         assert_eq!((done.epoch, done.resync_epoch), (2, 0));
         assert_eq!(
             lookup(&s, "aaaaaaaaaaaa", done.epoch, 0).unwrap(),
@@ -496,16 +559,16 @@ mod tests {
             json!({"name": "a", "models": [], "limits": "unlimited"}),
             json!({"name": "b", "models": [], "limits": "unlimited"}),
         ];
-        apply(&s, &d, 0).unwrap();
+        synced(&s, &d, 0);
         let mut d = delta(2, false, vec![]);
         d.deleted_subscriptions = vec!["a".into()];
         d.subscriptions = vec![json!({"name": "c", "models": [], "limits": "unlimited"})];
-        apply(&s, &d, 0).unwrap();
+        synced(&s, &d, 0);
         let names: Vec<String> = read_subscriptions(&s).unwrap().keys().cloned().collect();
         assert_eq!(names, ["b", "c"]);
         let mut d = delta(3, true, vec![]);
         d.subscriptions = vec![json!({"name": "z", "models": [], "limits": "unlimited"})];
-        apply(&s, &d, 0).unwrap();
+        synced(&s, &d, 0);
         let names: Vec<String> = read_subscriptions(&s).unwrap().keys().cloned().collect();
         assert_eq!(names, ["z"]);
     }
@@ -562,7 +625,7 @@ mod tests {
         // Another id, whatever slot it lands in, does not read as absent.
         assert_eq!(lookup(&s, "dddddddddddd", 0, 0).unwrap(), Lookup::Unknown);
         // A late "no such key" for a key the sync has since brought.
-        apply(&s, &delta(3, true, vec![key("eeeeeeeeeeee", 3, true)]), 0).unwrap();
+        synced(&s, &delta(3, true, vec![key("eeeeeeeeeeee", 3, true)]), 0);
         record_lookup(&s, "eeeeeeeeeeee", None, u64::MAX).unwrap();
         assert!(matches!(lookup(&s, "eeeeeeeeeeee", 1, 0).unwrap(), Lookup::Found(k) if k.revoked));
     }
@@ -579,13 +642,61 @@ mod tests {
     fn a_stale_epoch_never_demotes_a_record() {
         let s = MemoryStore::default();
         let k = key("gggggggggggg", 5, false);
-        let st = apply(&s, &delta(5, true, vec![k.clone()]), 0).unwrap();
+        let st = synced(&s, &delta(5, true, vec![k.clone()]), 0);
         // A lookup that read the epoch before the resync writes the same
         // version under the old one.
         put_key(&s, &k, st.epoch - 1).unwrap();
         assert!(matches!(
             lookup(&s, "gggggggggggg", st.epoch, 0).unwrap(),
             Lookup::Found(_)
+        ));
+    }
+
+    #[test]
+    fn an_answer_from_another_database_restarts_the_sync_from_zero() {
+        let s = MemoryStore::default();
+        let mut first = delta(40, true, vec![key("aaaaaaaaaaaa", 3, false)]);
+        first.store = Some("db-one".into());
+        let st = synced(&s, &first, 0);
+        assert_eq!(st.store_tag, store_tag("db-one"));
+        // A restored database, already past version 40, answers incrementally.
+        let mut other = delta(55, false, vec![key("bbbbbbbbbbbb", 50, false)]);
+        other.store = Some("db-two".into());
+        assert_eq!(apply(&s, &other, 5).unwrap(), Applied::OtherStore);
+        let after = read_state(&s).unwrap();
+        assert_eq!(after.version, 0, "the next sync asks from 0");
+        assert_eq!(
+            lookup(&s, "bbbbbbbbbbbb", after.epoch, 0).unwrap(),
+            Lookup::Unknown
+        );
+        assert!(
+            matches!(
+                lookup(&s, "aaaaaaaaaaaa", after.epoch, 0).unwrap(),
+                Lookup::Found(_)
+            ),
+            "the old keys stay in force until the resync replaces them"
+        );
+        // A 304 from it says the same.
+        assert_eq!(
+            confirm(&s, 6, Some("db-one")).unwrap(),
+            Applied::Synced(read_state(&s).unwrap())
+        );
+        // The full resync from the new database takes over.
+        let mut full = delta(55, true, vec![key("bbbbbbbbbbbb", 50, false)]);
+        full.store = Some("db-two".into());
+        let st = synced(&s, &full, 7);
+        assert_eq!(st.store_tag, store_tag("db-two"));
+        assert_eq!(
+            lookup(&s, "aaaaaaaaaaaa", st.epoch, 0).unwrap(),
+            Lookup::Unknown
+        );
+        assert_eq!(confirm(&s, 8, Some("db-one")).unwrap(), Applied::OtherStore);
+        // Answers that name no database are taken as they come.
+        let mut unnamed = delta(0, false, vec![]);
+        unnamed.version = 60;
+        assert!(matches!(
+            apply(&s, &unnamed, 9).unwrap(),
+            Applied::Synced(_)
         ));
     }
 }

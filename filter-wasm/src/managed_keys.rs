@@ -150,6 +150,9 @@ impl<'a> Reader<'a> {
 /// One answer of the control plane's `GET /maas-api/v1/sync?since=V`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SyncDelta {
+    /// The id of the database the answer comes from (`None` from a control
+    /// plane that does not say).
+    pub store: Option<String>,
     /// The next `since`.
     pub version: u64,
     /// Replace the key set rather than merge into it (a full resync, which
@@ -177,6 +180,8 @@ pub enum SyncError {
 
 #[derive(Deserialize)]
 struct RawSync {
+    #[serde(default)]
+    store: Option<String>,
     version: u64,
     #[serde(default)]
     full: bool,
@@ -234,6 +239,7 @@ pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
         })
         .collect::<Result<_, _>>()?;
     Ok(SyncDelta {
+        store: raw.store,
         version: raw.version,
         full: raw.full,
         more: raw.more,

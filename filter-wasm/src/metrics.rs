@@ -85,7 +85,8 @@ pub enum Metric {
     /// `/v1/models` and `/v1/models/{id}` answered by the filter.
     ModelListings,
     /// Calls to the control plane's sync, by result (`changed`,
-    /// `not_modified`, `failed`).
+    /// `not_modified`, `failed`, `other_store`: an answer from another
+    /// database than the keys came from, which restarts the sync from 0).
     KeySyncs {
         result: &'static str,
     },

@@ -140,14 +140,16 @@ impl GatewayRoot {
                 Ok(delta) => {
                     more = delta.more;
                     key_sync::apply(&SharedData, &delta, now_ms)
-                        .map(|_| "changed")
+                        .map(|applied| outcome(applied, "changed", &mut more))
                         .map_err(|e| e.to_string())
                 }
                 Err(e) => Err(e.to_string()),
             },
-            Some((304, _)) => key_sync::confirm(&SharedData, now_ms)
-                .map(|_| "not_modified")
-                .map_err(|e| e.to_string()),
+            Some((304, _)) => {
+                key_sync::confirm(&SharedData, now_ms, call_header("x-maas-store").as_deref())
+                    .map(|applied| outcome(applied, "not_modified", &mut more))
+                    .map_err(|e| e.to_string())
+            }
             Some((status, _)) => Err(format!("control plane answered {status}")),
             None => Err("no answer from the control plane".to_string()),
         };
@@ -179,6 +181,18 @@ impl GatewayRoot {
         host.set_gauge(Metric::KeySyncAgeSeconds, age);
         let subscriptions = self.vm.borrow().policy.len() as u64;
         host.set_gauge(Metric::Subscriptions, subscriptions);
+    }
+}
+
+/// The metric label of a sync answer's result; an answer from another
+/// database makes the next call (a full resync) go at once.
+fn outcome(applied: key_sync::Applied, synced: &'static str, more: &mut bool) -> &'static str {
+    match applied {
+        key_sync::Applied::Synced(_) => synced,
+        key_sync::Applied::OtherStore => {
+            *more = true;
+            "other_store"
+        }
     }
 }
 
@@ -214,10 +228,7 @@ fn call_response(num_headers: usize, body_size: usize) -> Option<(u32, Vec<u8>)>
     if num_headers == 0 {
         return None;
     }
-    let status = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, ":status")
-        .ok()
-        .flatten()
-        .and_then(|v| std::str::from_utf8(&v).ok()?.parse().ok())?;
+    let status = call_header(":status")?.parse().ok()?;
     let body = if body_size == 0 {
         Vec::new()
     } else {
@@ -227,6 +238,15 @@ fn call_response(num_headers: usize, body_size: usize) -> Option<(u32, Vec<u8>)>
             .unwrap_or_default()
     };
     Some((status, body))
+}
+
+/// A header of the HTTP call response being delivered (call only when the
+/// response has headers; see `call_response`).
+fn call_header(name: &str) -> Option<String> {
+    let value = hostcalls::get_map_value_bytes(MapType::HttpCallResponseHeaders, name)
+        .ok()
+        .flatten()?;
+    String::from_utf8(value).ok()
 }
 
 impl Context for GatewayRoot {

@@ -309,6 +309,10 @@ struct SyncQuery {
     limit: Option<usize>,
 }
 
+/// Names the database a sync answer comes from (also in its body): a
+/// gateway that sees another one than it synced from resyncs from scratch.
+const STORE_HEADER: &str = "x-maas-store";
+
 /// The largest page of keys one sync answer carries (about 12 MB of JSON).
 const MAX_SYNC_PAGE: usize = 50_000;
 
@@ -331,8 +335,9 @@ async fn sync(
     // Nothing changed, or nothing exists yet (an empty store has nothing
     // to resync, and a gateway asking from 0 again and again would otherwise
     // start a new epoch every time).
+    let store = [(STORE_HEADER, app.store.identity().to_string())];
     if changes.version == q.since && (!full || q.since == 0) {
-        return Ok(StatusCode::NOT_MODIFIED.into_response());
+        return Ok((StatusCode::NOT_MODIFIED, store).into_response());
     }
     let subscriptions: Vec<Value> = changes
         .subscriptions
@@ -340,15 +345,19 @@ async fn sync(
         .filter_map(synced_subscription)
         .collect();
     let keys: Vec<Value> = changes.keys.iter().map(synced_key).collect();
-    Ok(Json(json!({
+    Ok((
+        store,
+        Json(json!({
+        "store": app.store.identity(),
         "version": changes.version,
         "full": full,
         "subscriptions": subscriptions,
         "deleted_subscriptions": changes.deleted_subscriptions,
         "keys": keys,
         "more": changes.more,
-    }))
-    .into_response())
+        })),
+    )
+        .into_response())
 }
 
 /// A subscription as the filter reads it: its configuration shape plus `name`.
@@ -386,6 +395,7 @@ async fn sync_key(
         .ok_or_else(|| ApiError::NotFound(format!("no key {id:?}")))?;
     let subscription = app.store.get_subscription(&key.subscription).await?;
     Ok(Json(json!({
+        "store": app.store.identity(),
         "version": 0,
         "full": false,
         "more": false,

@@ -18,6 +18,11 @@ use sqlx::SqlSafeStr;
 pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
     (1, "init", include_str!("../../migrations/0001_init.sql")),
     (2, "usage", include_str!("../../migrations/0002_usage.sql")),
+    (
+        3,
+        "store_identity",
+        include_str!("../../migrations/0003_store_identity.sql"),
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

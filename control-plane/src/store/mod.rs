@@ -39,6 +39,7 @@ pub use usage::UsageRow;
 #[derive(Clone, Debug)]
 pub struct Store {
     pool: AnyPool,
+    identity: std::sync::Arc<str>,
 }
 
 impl Store {
@@ -49,11 +50,35 @@ impl Store {
         sqlx::any::install_default_drivers();
         let pool = AnyPoolOptions::new().connect(url).await?;
         migrate::migrator().run(&pool).await?;
-        Ok(Store { pool })
+        let identity = identity(&pool).await?;
+        Ok(Store { pool, identity })
+    }
+
+    /// The database's random id, fixed at its creation (see
+    /// `0003_store_identity.sql`): sync answers carry it.
+    pub fn identity(&self) -> &str {
+        &self.identity
     }
 
     /// Closes every pooled connection; later calls fail.
     pub async fn close(&self) {
         self.pool.close().await;
     }
+}
+
+/// Reads the database's id, creating it on first use. Replicas starting at
+/// once on a new PostgreSQL database race to insert; the one row wins and
+/// every replica reads it.
+async fn identity(pool: &AnyPool) -> Result<std::sync::Arc<str>, StoreError> {
+    let mut fresh = [0u8; 16];
+    getrandom::fill(&mut fresh).map_err(|e| StoreError::Corrupt(format!("no randomness: {e}")))?;
+    let fresh: String = fresh.iter().map(|b| format!("{b:02x}")).collect();
+    sqlx::query("INSERT INTO store_identity (one, id) VALUES (1, $1) ON CONFLICT (one) DO NOTHING")
+        .bind(fresh)
+        .execute(pool)
+        .await?;
+    let id: String = sqlx::query_scalar("SELECT id FROM store_identity WHERE one = 1")
+        .fetch_one(pool)
+        .await?;
+    Ok(id.into())
 }

@@ -466,6 +466,12 @@ pub async fn reopen_keeps_data(store: &Store, url: &str) {
         .unwrap();
     let again = Store::connect(url).await.unwrap();
     assert_eq!(
+        again.identity(),
+        store.identity(),
+        "the id is the database's"
+    );
+    assert_eq!(store.identity().len(), 32);
+    assert_eq!(
         again
             .get_subscription("gold")
             .await

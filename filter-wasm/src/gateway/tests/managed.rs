@@ -44,7 +44,11 @@ impl Harness {
     /// policy the next request starts with.
     fn sync(&self, body: serde_json::Value) {
         let delta = parse_sync(body.to_string().as_bytes()).unwrap();
-        let state = key_sync::apply(&self.host.store, &delta, self.host.now_ms.get()).unwrap();
+        let key_sync::Applied::Synced(state) =
+            key_sync::apply(&self.host.store, &delta, self.host.now_ms.get()).unwrap()
+        else {
+            panic!("refused as another store");
+        };
         let synced = key_sync::read_subscriptions(&self.host.store).unwrap();
         let policy = Policy::with_synced(&self.config, state, &synced, &mut |w| panic!("{w}"));
         *self.policy.borrow_mut() = Rc::new(policy);
