@@ -23,7 +23,7 @@ pub mod eventually;
 pub mod gateway;
 pub mod inference;
 pub mod mock_upstream;
-pub mod prometheus;
+pub use maas_prometheus_text as prometheus;
 pub mod stack;
 
 pub use client::{get, post_json, request, try_request, ClientError, Response};

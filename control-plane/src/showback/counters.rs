@@ -24,19 +24,27 @@ const CHARGED: &[&str] = &["ok", "upstream_error", "incomplete"];
 /// Reads the per-(subscription, model) counters out of an exposition text.
 pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
     let mut out: BTreeMap<UsageKey, Usage> = BTreeMap::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.starts_with('#')) {
-        let Some((name, labels, value)) = split_sample(line) else {
+    for sample in maas_prometheus_text::parse(text) {
+        let (name, value) = (sample.name.as_str(), count(sample.value));
+        let label = |key: &str| {
+            sample
+                .labels
+                .iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.as_str())
+        };
+        let Some(value) = value else {
             continue;
         };
         let field: fn(&mut Usage) -> &mut u64 = match name {
-            "maas_requests_total" if labels.get("outcome").is_some_and(|o| CHARGED.contains(o)) => {
+            "maas_requests_total" if label("outcome").is_some_and(|o| CHARGED.contains(&o)) => {
                 |u| &mut u.requests
             }
             "maas_prompt_tokens_total" => |u| &mut u.prompt_tokens,
             "maas_completion_tokens_total" => |u| &mut u.completion_tokens,
             _ => continue,
         };
-        let (Some(sub), Some(model)) = (labels.get("subscription"), labels.get("model")) else {
+        let (Some(sub), Some(model)) = (label("subscription"), label("model")) else {
             continue;
         };
         let entry = out.entry((sub.to_string(), model.to_string())).or_default();
@@ -47,31 +55,15 @@ pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
 
 /// Envoy's `envoy_server_uptime` (seconds since that Envoy started).
 pub fn uptime_secs(text: &str) -> Option<u64> {
-    text.lines()
-        .map(str::trim)
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(split_sample)
-        .find(|(name, ..)| *name == "envoy_server_uptime")
-        .map(|(_, _, value)| value)
+    maas_prometheus_text::parse(text)
+        .into_iter()
+        .find(|s| s.name == "envoy_server_uptime")
+        .and_then(|s| count(s.value))
 }
 
-/// `name{k="v",...} value`; values are Envoy's integer counters.
-fn split_sample(line: &str) -> Option<(&str, BTreeMap<&str, &str>, u64)> {
-    let (series, value) = line.rsplit_once(' ')?;
-    let value = value
-        .parse::<f64>()
-        .ok()
-        .filter(|v| v.is_finite() && *v >= 0.0)? as u64;
-    let (name, labels) = match series.split_once('{') {
-        Some((name, rest)) => (name, rest.strip_suffix('}')?),
-        None => (series, ""),
-    };
-    let mut map = BTreeMap::new();
-    for pair in labels.split(',').filter(|p| !p.is_empty()) {
-        let (k, v) = pair.split_once('=')?;
-        map.insert(k.trim(), v.trim().strip_prefix('"')?.strip_suffix('"')?);
-    }
-    Some((name, map, value))
+/// A counter's value as the integer Envoy keeps; anything else is not one.
+fn count(value: f64) -> Option<u64> {
+    (value.is_finite() && value >= 0.0).then_some(value as u64)
 }
 
 /// Usage between two readings of one gateway, per key.

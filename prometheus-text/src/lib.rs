@@ -1,5 +1,6 @@
 //! Reads the Prometheus text exposition format, as served by Envoy's
-//! `/stats/prometheus`, so tests can assert on single series.
+//! `/stats/prometheus`: the control plane's showback reads the filter's
+//! counters with it, and the tests assert on single series.
 
 /// One series line: `name{label="value",...} value`.
 #[derive(Debug, Clone, PartialEq)]
