@@ -103,3 +103,26 @@ pub(crate) fn spawn_announcing(
         Err(_) => fail(&mut child, "no `listening on` line".into()),
     }
 }
+
+/// Polls `url` until it answers 200. `Err` names why not: the child exited
+/// first, or `timeout` passed (`what` says what was awaited).
+pub(crate) fn wait_healthy(
+    child: &mut Child,
+    url: &str,
+    timeout: Duration,
+    what: &str,
+) -> Result<(), String> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if crate::client::try_request("GET", url, &[], None).is_ok_and(|r| r.status == 200) {
+            return Ok(());
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            return Err(format!("exited with {status}"));
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{what} not ready in {timeout:?}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

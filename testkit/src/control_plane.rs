@@ -6,30 +6,21 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client::{request, try_request, Response};
-use crate::gateway::workspace_root;
+use crate::artifacts::CONTROL_PLANE;
+use crate::client::{request, Response};
 
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `MAAS_CONTROL_PLANE`, or the `serve`-profile build `make test` makes.
 pub fn find_control_plane() -> Option<PathBuf> {
-    let path = std::env::var_os("MAAS_CONTROL_PLANE").map_or_else(
-        || workspace_root().join("target/serve/maas-control-plane"),
-        PathBuf::from,
-    );
-    path.is_file().then_some(path)
+    CONTROL_PLANE.find()
 }
 
 pub fn control_plane_binary() -> PathBuf {
-    find_control_plane().unwrap_or_else(|| {
-        panic!(
-            "no control plane: set MAAS_CONTROL_PLANE or run `make test`, which builds {:?}",
-            workspace_root().join("target/serve/maas-control-plane")
-        )
-    })
+    CONTROL_PLANE.require()
 }
 
 /// An OIDC issuer the control plane's API trusts.
@@ -110,26 +101,21 @@ impl ControlPlaneProcess {
                     std::fs::read_to_string(&log).unwrap_or_default()
                 )
             })?;
-        let process = Self {
+        let mut process = Self {
             child,
             addr,
             launch: launch.clone(),
         };
-        process.wait_healthy()?;
+        let url = process.url("/maas-api/health");
+        crate::child::wait_healthy(&mut process.child, &url, LISTEN_TIMEOUT, "the API").map_err(
+            |why| {
+                format!(
+                    "control plane did not come up: {why}\n--- its log ---\n{}",
+                    process.log()
+                )
+            },
+        )?;
         Ok(process)
-    }
-
-    fn wait_healthy(&self) -> Result<(), String> {
-        let deadline = Instant::now() + LISTEN_TIMEOUT;
-        while Instant::now() < deadline {
-            if try_request("GET", &self.url("/maas-api/health"), &[], None)
-                .is_ok_and(|r| r.status == 200)
-            {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Err("control plane not healthy in time".into())
     }
 
     pub fn addr(&self) -> SocketAddr {

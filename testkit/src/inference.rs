@@ -6,9 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::client::try_request;
+use crate::artifacts::INFERENCE_SERVER;
 use crate::gateway::workspace_root;
 
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -20,20 +20,11 @@ pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
 
 /// `MAAS_INFERENCE_SERVER`, or the `serve`-profile build `make test` makes.
 pub fn find_inference_server() -> Option<PathBuf> {
-    let path = std::env::var_os("MAAS_INFERENCE_SERVER").map_or_else(
-        || workspace_root().join("target/serve/inference-server"),
-        PathBuf::from,
-    );
-    path.is_file().then_some(path)
+    INFERENCE_SERVER.find()
 }
 
 pub fn inference_server_binary() -> PathBuf {
-    find_inference_server().unwrap_or_else(|| {
-        panic!(
-            "no inference server: set MAAS_INFERENCE_SERVER or run `make test`, which builds {:?}",
-            workspace_root().join("target/serve/inference-server")
-        )
-    })
+    INFERENCE_SERVER.require()
 }
 
 /// Where the embedded default model belongs (`MAAS_MODEL_DIR` or
@@ -146,21 +137,8 @@ impl InferenceServer {
     }
 
     fn wait_loaded(&mut self) -> Result<(), String> {
-        let deadline = Instant::now() + LOAD_TIMEOUT;
-        loop {
-            if let Ok(r) = try_request("GET", &self.url("/health"), &[], None) {
-                if r.status == 200 {
-                    return Ok(());
-                }
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Err(format!("exited with {status}"));
-            }
-            if Instant::now() > deadline {
-                return Err("model not loaded in time".into());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let url = self.url("/health");
+        crate::child::wait_healthy(&mut self.child, &url, LOAD_TIMEOUT, "the model")
     }
 
     fn failure(&mut self, why: String) -> String {

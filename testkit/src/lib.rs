@@ -15,6 +15,7 @@
 //!
 //! Everything binds `127.0.0.1` port 0, so tests run in parallel.
 
+pub mod artifacts;
 mod child;
 pub mod client;
 pub mod control_plane;

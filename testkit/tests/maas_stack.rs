@@ -434,6 +434,20 @@ fn missing_artifacts_point_at_make() {
     assert!(String::from_utf8_lossy(&output.stderr).contains("usage: maas-stack"));
 }
 
+/// Runs an example script to its end; its stdout, after asserting it
+/// succeeded (its output and stderr in the message otherwise).
+fn run_example(command: &mut Command) -> String {
+    let output = command.output().expect("run the example");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "{}\n{stdout}\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout
+}
+
 /// `examples/openai_client.py` against a started stack, with the pinned
 /// `openai` environment `make test` builds.
 #[test]
@@ -447,18 +461,11 @@ fn the_openai_python_example_runs_against_the_stack() {
     };
     require_artifacts();
     let stack = Runner::start(&demo_config());
-    let output = Command::new(&python)
-        .arg(workspace_root().join("examples/openai_client.py"))
-        .env("MAAS_BASE_URL", stack.url("/v1"))
-        .env("MAAS_API_KEY", FREE_KEY)
-        .output()
-        .expect("run the example");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_example(
+        Command::new(&python)
+            .arg(workspace_root().join("examples/openai_client.py"))
+            .env("MAAS_BASE_URL", stack.url("/v1"))
+            .env("MAAS_API_KEY", FREE_KEY),
     );
     assert!(stdout.contains(MODEL), "{stdout}");
     assert!(stdout.contains("stream usage:"), "{stdout}");
@@ -470,18 +477,11 @@ fn the_openai_python_example_runs_against_the_stack() {
 fn the_self_service_example_runs_against_the_stack() {
     require_artifacts();
     let stack = Runner::start(&demo_config());
-    let output = Command::new("bash")
-        .arg(workspace_root().join("examples/self-service.sh"))
-        .env("GATEWAY", &stack.gateway)
-        .env("MAAS_CONTROL_PLANE_DIR", stack.dir.join("control-plane"))
-        .output()
-        .expect("run the example (needs bash and curl)");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "{}\n{stdout}\n{}",
-        output.status,
-        String::from_utf8_lossy(&output.stderr)
+    let stdout = run_example(
+        Command::new("bash")
+            .arg(workspace_root().join("examples/self-service.sh"))
+            .env("GATEWAY", &stack.gateway)
+            .env("MAAS_CONTROL_PLANE_DIR", stack.dir.join("control-plane")),
     );
     for expected in [
         "\"key\":\"sk-maas-",

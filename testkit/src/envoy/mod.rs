@@ -16,7 +16,6 @@
 //! is stopped (SIGTERM, then SIGKILL) and its scratch directory removed on
 //! drop. When a test panics the directory is kept and Envoy's log tail printed.
 
-mod artifacts;
 mod passthrough;
 mod process;
 mod scratch_dir;
@@ -29,7 +28,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-pub use artifacts::{
+pub use crate::artifacts::{
     envoy_binary, filter_wasm, find_envoy_binary, find_filter_wasm, ENVOY_VERSION,
 };
 pub use passthrough::{passthrough_wasm_file, PASSTHROUGH_WASM};

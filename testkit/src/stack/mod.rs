@@ -43,14 +43,10 @@ pub use options::{
 };
 pub use signals::StopSignals;
 
-use crate::control_plane::{find_control_plane, ControlPlaneLaunch, ControlPlaneProcess};
-use crate::envoy::{find_envoy_binary, find_filter_wasm, ENVOY_VERSION};
-use crate::gateway::{
-    gateway_template_path, render_gateway, workspace_root, GatewaySpec, RenderError,
-};
-use crate::inference::{
-    default_model_path, find_inference_server, InferenceLaunch, InferenceServer,
-};
+use crate::artifacts::{CONTROL_PLANE, ENVOY, ENVOY_VERSION, FILTER_WASM, INFERENCE_SERVER};
+use crate::control_plane::{ControlPlaneLaunch, ControlPlaneProcess};
+use crate::gateway::{gateway_template_path, render_gateway, GatewaySpec, RenderError};
+use crate::inference::{default_model_path, InferenceLaunch, InferenceServer};
 use envoy_child::{EnvoyChild, EnvoyFiles};
 use upstream::{start_mock, Upstream};
 
@@ -169,18 +165,11 @@ impl Stack {
     /// Call from the thread that outlives the stack: Envoy is told to stop
     /// when the thread that spawned it exits (see the `envoy_child` module).
     pub fn launch(options: &StackOptions) -> Result<Self, StackError> {
-        let root = workspace_root();
-        let envoy_binary = find_envoy_binary().ok_or_else(|| StackError::MissingEnvoy {
-            path: std::env::var_os("MAAS_ENVOY").map_or_else(
-                || root.join(format!(".cache/envoy/{ENVOY_VERSION}/envoy/_bin/envoy")),
-                PathBuf::from,
-            ),
-        })?;
-        let wasm_path = find_filter_wasm().ok_or_else(|| StackError::MissingWasm {
-            path: std::env::var_os("MAAS_FILTER_WASM").map_or_else(
-                || root.join("target/wasm32-wasip1/release/maas_filter.wasm"),
-                PathBuf::from,
-            ),
+        let envoy_binary = ENVOY
+            .find()
+            .ok_or_else(|| StackError::MissingEnvoy { path: ENVOY.path() })?;
+        let wasm_path = FILTER_WASM.find().ok_or_else(|| StackError::MissingWasm {
+            path: FILTER_WASM.path(),
         })?;
         let wasm_path = std::path::absolute(&wasm_path).unwrap_or(wasm_path);
         let mut filter_config = read_filter_config(&options.config)?;
@@ -526,12 +515,11 @@ fn start_inference(
     dir: &Path,
     models: &[String],
 ) -> Result<InferenceServer, StackError> {
-    let binary = find_inference_server().ok_or_else(|| StackError::MissingInferenceServer {
-        path: std::env::var_os("MAAS_INFERENCE_SERVER").map_or_else(
-            || workspace_root().join("target/serve/inference-server"),
-            PathBuf::from,
-        ),
-    })?;
+    let binary = INFERENCE_SERVER
+        .find()
+        .ok_or_else(|| StackError::MissingInferenceServer {
+            path: INFERENCE_SERVER.path(),
+        })?;
     let model = model.map_or_else(default_model_path, Path::to_path_buf);
     if !model.is_file() {
         return Err(StackError::MissingModel { path: model });
@@ -556,12 +544,9 @@ fn start_control_plane(
     options: &ControlPlaneOptions,
     admin_port: u16,
 ) -> Result<ControlPlaneProcess, StackError> {
-    if find_control_plane().is_none() {
+    if CONTROL_PLANE.find().is_none() {
         return Err(StackError::MissingControlPlane {
-            path: std::env::var_os("MAAS_CONTROL_PLANE").map_or_else(
-                || workspace_root().join("target/serve/maas-control-plane"),
-                PathBuf::from,
-            ),
+            path: CONTROL_PLANE.path(),
         });
     }
     ensure_free(options.port, "control plane", "--control-plane-port")?;
