@@ -42,12 +42,16 @@ pub fn key_entry(id: &str) -> String {
     format!("maas/mkey/{id}")
 }
 
-fn absent_slot(id: &str) -> String {
-    // FNV-1a: stable across VMs and builds, and the id is not secret.
-    let hash = id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+/// FNV-1a: the same in every VM and build; what it hashes (key ids,
+/// database ids) is not secret.
+fn fnv1a(text: &str) -> u64 {
+    text.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
         (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    });
-    format!("maas/mkey-absent/{}", hash % ABSENT_SLOTS)
+    })
+}
+
+fn absent_slot(id: &str) -> String {
+    format!("maas/mkey-absent/{}", fnv1a(id) % ABSENT_SLOTS)
 }
 
 /// What the gateway knows of the control plane's state.
@@ -67,10 +71,8 @@ pub struct SyncState {
 
 /// A short, non-zero tag of a control plane database's id.
 pub fn store_tag(id: &str) -> u32 {
-    let hash = id.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    hash.max(1)
+    let hash = fnv1a(id);
+    ((hash ^ (hash >> 32)) as u32).max(1)
 }
 
 /// Whether an answer tagged `answer` comes from another database than the

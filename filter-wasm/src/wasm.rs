@@ -81,8 +81,10 @@ struct GatewayRoot {
 }
 
 impl GatewayRoot {
-    fn control_plane(&self) -> Option<ControlPlane> {
-        self.vm.borrow().config.as_ref()?.control_plane.clone()
+    /// The configuration (a reference count, not a copy), which holds the
+    /// control plane's settings.
+    fn config(&self) -> Option<Rc<Config>> {
+        self.vm.borrow().config.clone()
     }
 
     fn host(&self) -> EnvoyHost {
@@ -261,8 +263,10 @@ impl Context for GatewayRoot {
             return;
         }
         self.sync_token = None;
-        if let Some(cp) = self.control_plane() {
-            self.finish_sync(&cp, call_response(num_headers, body_size));
+        if let Some(config) = self.config() {
+            if let Some(cp) = &config.control_plane {
+                self.finish_sync(cp, call_response(num_headers, body_size));
+            }
         }
     }
 }
@@ -329,12 +333,15 @@ impl RootContext for GatewayRoot {
     }
 
     fn on_tick(&mut self) {
-        let Some(cp) = self.control_plane() else {
+        let Some(config) = self.config() else {
+            return;
+        };
+        let Some(cp) = &config.control_plane else {
             return;
         };
         let now = now_ms();
         if self.sync_token.is_none() {
-            self.start_sync(&cp, now);
+            self.start_sync(cp, now);
         }
         self.vm.borrow_mut().refresh_policy();
         self.record_gauges(now);
@@ -558,16 +565,11 @@ impl StreamHost for EnvoyHost {
     }
 
     fn dispatch_key_lookup(&self, id: &str) -> bool {
-        let cp = self
-            .vm
-            .borrow()
-            .config
-            .as_ref()
-            .and_then(|c| c.control_plane.clone());
-        let Some(cp) = cp else {
+        let config = self.vm.borrow().config.clone();
+        let Some(cp) = config.as_ref().and_then(|c| c.control_plane.as_ref()) else {
             return false;
         };
-        match control_plane_call(&cp, &format!("/maas-api/v1/sync/keys/{id}")) {
+        match control_plane_call(cp, &format!("/maas-api/v1/sync/keys/{id}")) {
             Ok(_) => true,
             Err(e) => {
                 log(
