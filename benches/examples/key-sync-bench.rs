@@ -20,6 +20,7 @@
 
 use std::time::{Duration, Instant};
 
+use maas_benches::inference::percentile;
 use maas_control_plane::apikey;
 use maas_control_plane::store::{KeyRow, Store, SubscriptionRow};
 use maas_testkit::{
@@ -60,11 +61,6 @@ fn usage(pid: u32) -> (u64, f64) {
     // SAFETY: sysconf has no preconditions.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
     (rss, ticks as f64 / hz)
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
 }
 
 fn main() {
