@@ -8,6 +8,7 @@
 //!   it serves, reads its admin API, metrics and access log, and stops it on drop.
 //! - [`inference`]: the real inference server binary on a loopback port.
 //! - [`control_plane`]: the real control plane binary on a loopback port.
+//! - [`artifacts`]: where those binaries and the filter module are found.
 //! - [`stack`]: the local stack `make run` starts (the `maas-stack` binary):
 //!   the upstream and Envoy with the filter, in the foreground.
 //! - [`client`], [`eventually()`], [`prometheus`]: what tests use to talk to
