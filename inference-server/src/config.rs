@@ -57,6 +57,37 @@ pub struct Args {
     /// Compute threads (default: all cores).
     #[arg(long)]
     pub threads: Option<usize>,
+    /// Where the forward pass runs: `cpu` (our quantized kernels), `cuda` or
+    /// `cuda:N` (candle on GPU N; needs a build with `--features cuda`), or
+    /// `candle-cpu` (the GPU code path on candle's CPU backend: slower, for
+    /// checking that path on a machine without a GPU).
+    #[arg(long, default_value = "cpu")]
+    pub device: DeviceChoice,
+}
+
+/// `--device`, parsed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceChoice {
+    Cpu,
+    CandleCpu,
+    Cuda(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(Self::Cpu),
+            "candle-cpu" => Ok(Self::CandleCpu),
+            "cuda" => Ok(Self::Cuda(0)),
+            _ => s
+                .strip_prefix("cuda:")
+                .and_then(|n| n.parse().ok())
+                .map(Self::Cuda)
+                .ok_or_else(|| format!("{s:?}: expected cpu, candle-cpu, cuda or cuda:N")),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -73,6 +104,10 @@ pub enum ConfigError {
     DefaultModelMissing(PathBuf),
     #[error("model file {0} does not exist")]
     ModelMissing(PathBuf),
+    #[error(
+        "--device cuda: this build has no CUDA support; build with `make server-cuda` (cargo build --features cuda)"
+    )]
+    NoCuda,
 }
 
 #[derive(Debug, Clone)]
@@ -86,6 +121,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
     pub threads: Option<usize>,
+    pub device: DeviceChoice,
 }
 
 /// Where the embedded default lives: `$MAAS_MODEL_DIR`, else the cache of the
@@ -117,6 +153,9 @@ impl Args {
         }
         if self.context.is_some_and(|c| c < 2) {
             return Err(ConfigError::Context);
+        }
+        if matches!(self.device, DeviceChoice::Cuda(_)) && !cfg!(feature = "cuda") {
+            return Err(ConfigError::NoCuda);
         }
         let (model_path, model_id) = match self.model {
             Some(path) => {
@@ -153,6 +192,7 @@ impl Args {
             max_body_bytes: self.max_body_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             threads: self.threads,
+            device: self.device,
         })
     }
 }

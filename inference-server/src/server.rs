@@ -5,13 +5,15 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use candle_core::Device;
+
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Ready};
-use crate::config::ServerConfig;
+use crate::config::{DeviceChoice, ServerConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
-use crate::model::load_gguf;
+use crate::model::{load_gguf_on, ModelError, Placement};
 
 /// How long past the engine's grace period open connections may linger.
 const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -63,16 +65,27 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let path = config.model_path.clone();
     let context = config.context;
     let started = std::time::Instant::now();
-    let loaded = tokio::task::spawn_blocking(move || load_gguf(&path, context))
-        .await
-        .map_err(|e| ServeError::Load {
-            path: config.model_path.display().to_string(),
-            message: e.to_string(),
-        })?
-        .map_err(|e| ServeError::Load {
-            path: config.model_path.display().to_string(),
-            message: e.to_string(),
-        })?;
+    let device = config.device;
+    let loaded = tokio::task::spawn_blocking(move || {
+        let placement =
+            match device {
+                DeviceChoice::Cpu => Placement::Host,
+                DeviceChoice::CandleCpu => Placement::Device(Device::Cpu),
+                DeviceChoice::Cuda(n) => Placement::Device(Device::new_cuda(n).map_err(|e| {
+                    ModelError::Forward(format!("cannot open CUDA device {n}: {e}"))
+                })?),
+            };
+        load_gguf_on(&path, context, &placement)
+    })
+    .await
+    .map_err(|e| ServeError::Load {
+        path: config.model_path.display().to_string(),
+        message: e.to_string(),
+    })?
+    .map_err(|e| ServeError::Load {
+        path: config.model_path.display().to_string(),
+        message: e.to_string(),
+    })?;
     let loaded = Arc::new(loaded);
     let context = loaded.model.max_positions();
     tracing::info!(
@@ -80,7 +93,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         architecture = %loaded.model.config().architecture,
         layers = loaded.model.config().layers,
         context,
-        kernels = ?maas_kernels::backend(),
+        device = %loaded.model.placement(),
         "model loaded"
     );
     let engine = Engine::start(

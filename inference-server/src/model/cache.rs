@@ -10,14 +10,14 @@
 use super::config::ModelConfig;
 use super::ModelError;
 
-pub struct SequenceCache {
+pub struct HostCache {
     keys: Vec<Vec<f32>>,
     values: Vec<Vec<f32>>,
     kv_width: usize,
     len: usize,
 }
 
-impl SequenceCache {
+impl HostCache {
     /// Reserves room for `capacity_tokens` positions. A failed reservation
     /// (an address-space limit, strict overcommit) is an error for this
     /// sequence, never an abort of the process.

@@ -39,7 +39,7 @@ fn packed_kind(dtype: GgmlDType) -> Option<QuantKind> {
 }
 
 /// GGUF stores a linear weight as `[out, in]` with `in` contiguous.
-fn dims(name: &str, t: &QTensor) -> Result<(usize, usize), ModelError> {
+pub(super) fn dims(name: &str, t: &QTensor) -> Result<(usize, usize), ModelError> {
     match t.shape().dims() {
         [rows, cols] => Ok((*rows, *cols)),
         other => Err(ModelError::tensor(

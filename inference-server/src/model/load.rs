@@ -11,9 +11,10 @@ use candle_core::quantized::QTensor;
 use candle_core::Device;
 
 use super::config::ModelConfig;
-use super::linear::{Linear, WeightPart};
+use super::device::{self, DeviceBlock, DeviceLinear, DeviceModel, DeviceWeights};
+use super::linear::{dims, Linear, WeightPart};
 use super::ops::RopeTable;
-use super::{Block, Embedding, Model, ModelError};
+use super::{Block, Embedding, HostModel, Model, ModelError};
 use crate::text::{ChatTemplate, MetadataSource, MetadataValue, TextTokenizer, TokenizerSpec};
 
 pub struct LoadedModel {
@@ -24,6 +25,16 @@ pub struct LoadedModel {
     pub chat_template: Option<ChatTemplate>,
 }
 
+/// Where the forward pass runs.
+#[derive(Debug, Clone)]
+pub enum Placement {
+    /// Our packed kernels on the CPU (the default).
+    Host,
+    /// candle tensors on this device (a GPU under `--features cuda`; tests
+    /// use candle's CPU device).
+    Device(Device),
+}
+
 struct Reader {
     content: Content,
     file: BufReader<File>,
@@ -32,8 +43,12 @@ struct Reader {
 
 impl Reader {
     fn tensor(&mut self, name: &str) -> Result<QTensor, ModelError> {
+        self.tensor_on(name, &Device::Cpu)
+    }
+
+    fn tensor_on(&mut self, name: &str, device: &Device) -> Result<QTensor, ModelError> {
         self.content
-            .tensor(&mut self.file, name, &Device::Cpu)
+            .tensor(&mut self.file, name, device)
             .map_err(|e| ModelError::tensor(name, format!("cannot read from {}: {e}", self.path)))
     }
 
@@ -78,10 +93,19 @@ fn to_vector(name: &str, t: &QTensor, len: usize) -> Result<Vec<f32>, ModelError
     Ok(v)
 }
 
-/// Loads a GGUF model. `max_positions` caps the RoPE table (and so every
-/// sequence's length) below the model's trained context when the operator
-/// asks for less.
+/// Loads a GGUF model for the host kernels. `max_positions` caps the RoPE
+/// table (and so every sequence's length) below the model's trained context
+/// when the operator asks for less.
 pub fn load_gguf(path: &Path, max_positions: Option<usize>) -> Result<LoadedModel, ModelError> {
+    load_gguf_on(path, max_positions, &Placement::Host)
+}
+
+/// Loads a GGUF model for `placement`.
+pub fn load_gguf_on(
+    path: &Path,
+    max_positions: Option<usize>,
+    placement: &Placement,
+) -> Result<LoadedModel, ModelError> {
     let display = path.display().to_string();
     let io = |source| ModelError::Io {
         path: display.clone(),
@@ -113,6 +137,42 @@ pub fn load_gguf(path: &Path, max_positions: Option<usize>) -> Result<LoadedMode
         file,
         path: display,
     };
+    let positions = max_positions
+        .unwrap_or(config.context_length)
+        .min(config.context_length);
+    let rope = RopeTable::new(
+        config.head_dim,
+        config.rope_theta,
+        positions,
+        config.rope_style,
+    );
+    let model = match placement {
+        Placement::Host => Model::Host(host_model(&mut r, config, rope)?),
+        Placement::Device(d) => Model::Device(device_model(&mut r, config, &rope, d)?),
+    };
+    if spec.tokens.len() > model.vocab_size() {
+        return Err(ModelError::metadata(
+            "tokenizer.ggml.tokens",
+            &format!(
+                "{} tokens but the output layer has {} rows",
+                spec.tokens.len(),
+                model.vocab_size()
+            ),
+        ));
+    }
+    Ok(LoadedModel {
+        model,
+        tokenizer: Arc::new(tokenizer),
+        chat_template,
+    })
+}
+
+/// Weights for [`HostModel`]: layers stacked and repacked for our kernels.
+fn host_model(
+    r: &mut Reader,
+    config: ModelConfig,
+    rope: RopeTable,
+) -> Result<HostModel, ModelError> {
     let cfg = &config;
     let q_width = cfg.heads * cfg.head_dim;
     let mut blocks = Vec::with_capacity(cfg.layers);
@@ -182,33 +242,116 @@ pub fn load_gguf(path: &Path, max_positions: Option<usize>) -> Result<LoadedMode
             }
         },
     };
-    if spec.tokens.len() > vocab {
-        return Err(ModelError::metadata(
-            "tokenizer.ggml.tokens",
-            &format!(
-                "{} tokens but the output layer has {vocab} rows",
-                spec.tokens.len()
+    Ok(HostModel {
+        config,
+        vocab,
+        embedding,
+        blocks,
+        norm,
+        lm_head,
+        rope,
+    })
+}
+
+/// The same weights for [`DeviceModel`]: each linear keeps its GGUF block
+/// format on the device (Q, K and V stay separate: the device has no packed
+/// layout to share), norms and the embedding table are dequantized.
+fn device_model(
+    r: &mut Reader,
+    config: ModelConfig,
+    rope: &RopeTable,
+    device: &Device,
+) -> Result<DeviceModel, ModelError> {
+    let cfg = &config;
+    let q_width = cfg.heads * cfg.head_dim;
+    let kv = cfg.kv_width();
+    let mut blocks = Vec::with_capacity(cfg.layers);
+    for i in 0..cfg.layers {
+        let p = format!("blk.{i}");
+        let mut linear = |name: &str, rows: usize, cols: usize| {
+            device_linear(r, &format!("{p}.{name}"), rows, cols, device)
+        };
+        let q = linear("attn_q", q_width, cfg.hidden)?;
+        let k = linear("attn_k", kv, cfg.hidden)?;
+        let v = linear("attn_v", kv, cfg.hidden)?;
+        let out = linear("attn_output", cfg.hidden, q_width)?;
+        let gate = linear("ffn_gate", cfg.ffn, cfg.hidden)?;
+        let up = linear("ffn_up", cfg.ffn, cfg.hidden)?;
+        let down = linear("ffn_down", cfg.hidden, cfg.ffn)?;
+        let mut norm = |name: &str| -> Result<_, ModelError> {
+            device::vector(
+                &r.vector(&format!("{p}.{name}.weight"), cfg.hidden)?,
+                device,
+            )
+        };
+        blocks.push(DeviceBlock {
+            attn_norm: norm("attn_norm")?,
+            ffn_norm: norm("ffn_norm")?,
+            q,
+            k,
+            v,
+            out,
+            gate,
+            up,
+            down,
+        });
+    }
+    let norm = device::vector(&r.vector("output_norm.weight", cfg.hidden)?, device)?;
+    let embedding_weight = r.tensor_on("token_embd.weight", device)?;
+    let (vocab, _) = dims("token_embd.weight", &embedding_weight)?;
+    let embedding = device::dense(&embedding_weight, device)?;
+    if embedding.dims() != [vocab, cfg.hidden] {
+        return Err(ModelError::tensor(
+            "token_embd.weight",
+            format!(
+                "shape {:?}, expected [{vocab}, {}]",
+                embedding.dims(),
+                cfg.hidden
             ),
         ));
     }
-
-    let positions = max_positions
-        .unwrap_or(cfg.context_length)
-        .min(cfg.context_length);
-    let rope = RopeTable::new(cfg.head_dim, cfg.rope_theta, positions, cfg.rope_style);
-    Ok(LoadedModel {
-        model: Model {
-            config,
+    // Tied models reuse the embedding as the output projection.
+    let output = if r.content.tensor_infos.contains_key("output.weight") {
+        "output"
+    } else {
+        "token_embd"
+    };
+    let lm_head = device_linear(r, output, vocab, cfg.hidden, device)?;
+    DeviceModel::new(
+        device.clone(),
+        config,
+        DeviceWeights {
             vocab,
             embedding,
             blocks,
             norm,
             lm_head,
-            rope,
         },
-        tokenizer: Arc::new(tokenizer),
-        chat_template,
-    })
+        rope,
+    )
+}
+
+fn device_linear(
+    r: &mut Reader,
+    name: &str,
+    rows: usize,
+    cols: usize,
+    device: &Device,
+) -> Result<DeviceLinear, ModelError> {
+    let weight_name = format!("{name}.weight");
+    let weight = r.tensor_on(&weight_name, device)?;
+    let (r_rows, r_cols) = dims(&weight_name, &weight)?;
+    if (r_rows, r_cols) != (rows, cols) {
+        return Err(ModelError::tensor(
+            &weight_name,
+            format!("shape [{r_rows}, {r_cols}], expected [{rows}, {cols}]"),
+        ));
+    }
+    let bias = r
+        .optional_vector(&format!("{name}.bias"), rows)?
+        .map(|b| device::vector(&b, device))
+        .transpose()?;
+    DeviceLinear::new(weight, bias)
 }
 
 fn matmul_weights(matmul: candle_core::quantized::QMatMul) -> Result<Vec<f32>, ModelError> {

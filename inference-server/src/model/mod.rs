@@ -6,9 +6,14 @@
 //! This forward is written on row-major `f32` buffers: linear layers take all
 //! of a step's tokens as one `[tokens, hidden]` matrix, RoPE rotates each row
 //! at its own position, and attention runs per sequence over its own cache.
+//!
+//! Two implementations serve that contract: [`HostModel`] (our own quantized
+//! kernels on the CPU, the default) and [`DeviceModel`] (candle tensors on an
+//! accelerator, `--device cuda`). [`Model`] is whichever one was loaded.
 
 mod cache;
 mod config;
+mod device;
 mod linear;
 mod load;
 mod ops;
@@ -16,10 +21,11 @@ mod ops;
 use rayon::prelude::*;
 use thiserror::Error;
 
-pub use cache::SequenceCache;
+pub use cache::HostCache;
 pub use config::{ModelConfig, RopeStyle};
+pub use device::{DeviceCache, DeviceModel, DeviceStep};
 pub use linear::Linear;
-pub use load::{load_gguf, LoadedModel};
+pub use load::{load_gguf, load_gguf_on, LoadedModel, Placement};
 use maas_kernels::PackedMatrix;
 use ops::{AttentionShape, RopeTable};
 
@@ -78,7 +84,124 @@ enum Embedding {
     Dense(Vec<f32>),
 }
 
-pub struct Model {
+/// The loaded model, on the host or on a device.
+// One per process, never moved after load: the variants' size gap costs nothing.
+#[allow(clippy::large_enum_variant)]
+pub enum Model {
+    Host(HostModel),
+    Device(DeviceModel),
+}
+
+/// One sequence's KV cache, kept where its model runs.
+pub enum SequenceCache {
+    Host(HostCache),
+    Device(DeviceCache),
+}
+
+impl SequenceCache {
+    /// Positions already cached (the next token's position).
+    pub fn len(&self) -> usize {
+        match self {
+            Self::Host(c) => c.len(),
+            Self::Device(c) => c.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes this cache holds now (host RAM or device memory).
+    pub fn resident_bytes(&self) -> usize {
+        match self {
+            Self::Host(c) => c.resident_bytes(),
+            Self::Device(c) => c.resident_bytes(),
+        }
+    }
+}
+
+impl Model {
+    pub fn config(&self) -> &ModelConfig {
+        match self {
+            Self::Host(m) => &m.config,
+            Self::Device(m) => m.config(),
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            Self::Host(m) => m.vocab,
+            Self::Device(m) => m.vocab_size(),
+        }
+    }
+
+    /// The most positions any sequence may reach (the RoPE table's length).
+    pub fn max_positions(&self) -> usize {
+        match self {
+            Self::Host(m) => m.rope.positions(),
+            Self::Device(m) => m.max_positions(),
+        }
+    }
+
+    /// Where the forward pass runs, for logs.
+    pub fn placement(&self) -> String {
+        match self {
+            Self::Host(_) => format!("cpu ({:?} kernels)", maas_kernels::backend()),
+            Self::Device(m) => format!("candle {:?}", m.device().location()),
+        }
+    }
+
+    pub fn new_cache(&self, capacity_tokens: usize) -> Result<SequenceCache, ModelError> {
+        Ok(match self {
+            Self::Host(m) => SequenceCache::Host(HostCache::new(&m.config, capacity_tokens)?),
+            Self::Device(m) => SequenceCache::Device(m.new_cache(capacity_tokens)?),
+        })
+    }
+
+    /// Runs every input's tokens through the model, appends them to each
+    /// input's cache, and returns the logits (one `vocab`-wide row per input
+    /// that asked, in input order).
+    pub fn forward(
+        &self,
+        batch: &mut [StepInput<'_>],
+        s: &mut Scratch,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
+        let misplaced = || ModelError::Forward("a KV cache from another device".into());
+        match self {
+            Self::Host(m) => {
+                let mut steps = Vec::with_capacity(batch.len());
+                for input in batch.iter_mut() {
+                    let SequenceCache::Host(cache) = &mut *input.cache else {
+                        return Err(misplaced());
+                    };
+                    steps.push(StepInput {
+                        tokens: input.tokens,
+                        cache,
+                        logits: input.logits,
+                    });
+                }
+                m.forward(&mut steps, s)
+            }
+            Self::Device(m) => {
+                let mut steps = Vec::with_capacity(batch.len());
+                for input in batch.iter_mut() {
+                    let SequenceCache::Device(cache) = &mut *input.cache else {
+                        return Err(misplaced());
+                    };
+                    steps.push(DeviceStep {
+                        tokens: input.tokens,
+                        cache,
+                        logits: input.logits,
+                    });
+                }
+                m.forward(&mut steps)
+            }
+        }
+    }
+}
+
+/// The default model: our packed kernels over row-major `f32` buffers.
+pub struct HostModel {
     config: ModelConfig,
     vocab: usize,
     embedding: Embedding,
@@ -90,9 +213,9 @@ pub struct Model {
 
 /// One sequence's share of a step: the tokens to feed (a prefill chunk or the
 /// last sampled token) and whether to return logits for its last token.
-pub struct StepInput<'a> {
+pub struct StepInput<'a, C = SequenceCache> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut SequenceCache,
+    pub cache: &'a mut C,
     pub logits: bool,
 }
 
@@ -111,30 +234,14 @@ pub struct Scratch {
     logits: Vec<f32>,
 }
 
-impl Model {
-    pub fn config(&self) -> &ModelConfig {
-        &self.config
-    }
-
-    pub fn vocab_size(&self) -> usize {
-        self.vocab
-    }
-
-    /// The most positions any sequence may reach (the RoPE table's length).
-    pub fn max_positions(&self) -> usize {
+impl HostModel {
+    fn max_positions(&self) -> usize {
         self.rope.positions()
     }
 
-    pub fn new_cache(&self, capacity_tokens: usize) -> Result<SequenceCache, ModelError> {
-        SequenceCache::new(&self.config, capacity_tokens)
-    }
-
-    /// Runs every input's tokens through the model, appends them to each
-    /// input's cache, and returns the logits (one `vocab`-wide row per input
-    /// that asked, in input order).
-    pub fn forward(
+    fn forward(
         &self,
-        batch: &mut [StepInput<'_>],
+        batch: &mut [StepInput<'_, HostCache>],
         s: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = &self.config;

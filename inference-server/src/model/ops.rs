@@ -67,6 +67,11 @@ impl RopeTable {
         self.cos.len() / self.half.max(1)
     }
 
+    /// The cos and sin tables (`positions × half`, row-major) and `half`.
+    pub fn tables(&self) -> (&[f32], &[f32], usize) {
+        (&self.cos, &self.sin, self.half)
+    }
+
     /// Rotates every head of one token's row in place at `pos`.
     pub fn apply(&self, row: &mut [f32], pos: usize) {
         let half = self.half;

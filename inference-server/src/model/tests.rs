@@ -230,18 +230,18 @@ fn chunked_prefill_gives_bit_identical_logits() {
     }
 }
 
-#[test]
-fn a_sequence_computes_the_same_alone_and_inside_a_batch() {
-    let loaded = load();
-    let model = &loaded.model;
+/// Logits of two sequences run alone and then together (A prefills with B,
+/// then both decode in shared steps while a third sequence prefills in
+/// chunks beside them): `[(alone_a, batched_a), (alone_b, batched_b)]`.
+type Runs = Vec<(Vec<Vec<f32>>, Vec<Vec<f32>>)>;
+
+fn alone_and_batched(model: &Model) -> Runs {
     let a: Vec<u32> = vec![1, 50, 60, 70, 80];
     let b: Vec<u32> = vec![1, 90, 91];
     let decode = 6;
     let alone_a = run_alone(model, &a, a.len(), decode);
     let alone_b = run_alone(model, &b, b.len(), decode);
 
-    // Together: A prefills with B, then both decode in shared steps while a
-    // third sequence prefills in chunks beside them.
     let c: Vec<u32> = (0..30).map(|i| (i * 7 % 250) as u32).collect();
     let (mut ca, mut cb, mut cc) = (
         model.new_cache(20).unwrap(),
@@ -288,8 +288,15 @@ fn a_sequence_computes_the_same_alone_and_inside_a_batch() {
         got_b.push(rows[0].clone());
         got_a.push(rows[1].clone());
     }
-    assert!(got_a == alone_a, "A differs in a batch");
-    assert!(got_b == alone_b, "B differs in a batch");
+    vec![(alone_a, got_a), (alone_b, got_b)]
+}
+
+#[test]
+fn a_sequence_computes_the_same_alone_and_inside_a_batch() {
+    let loaded = load();
+    for (i, (alone, batched)) in alone_and_batched(&loaded.model).iter().enumerate() {
+        assert!(alone == batched, "sequence {i} differs in a batch");
+    }
 }
 
 #[test]
@@ -364,4 +371,117 @@ fn unreadable_or_foreign_files_are_refused_with_their_reason() {
         err.contains("cannot read model file /nonexistent.gguf"),
         "{err}"
     );
+}
+
+/// The device path (candle tensors), on candle's CPU backend: the same
+/// model, so the same logits as the host path up to the two paths'
+/// different activation quantization, and the same batching contract.
+mod device {
+    use super::*;
+
+    fn load_on_device() -> LoadedModel {
+        let path = tiny_gguf();
+        let loaded = load_gguf_on(&path, None, &Placement::Device(Device::Cpu)).unwrap();
+        std::fs::remove_file(path).unwrap();
+        assert!(matches!(loaded.model, Model::Device(_)));
+        loaded
+    }
+
+    fn relative_error(got: &[f32], expected: &[f32]) -> f32 {
+        assert_eq!(got.len(), expected.len());
+        let diff: f32 = got
+            .iter()
+            .zip(expected)
+            .map(|(a, b)| (a - b).powi(2))
+            .sum::<f32>()
+            .sqrt();
+        diff / expected.iter().map(|b| b * b).sum::<f32>().sqrt()
+    }
+
+    #[test]
+    fn logits_agree_with_the_host_path_through_prefill_and_decode() {
+        let host = load();
+        let device = load_on_device();
+        let prompt: Vec<u32> = (0..23).map(|i| (i * 37 % 260) as u32).collect();
+        // The host path's greedy continuation drives both, so every step
+        // compares the same positions even if one argmax were a near tie.
+        let expected = run_alone(&host.model, &prompt, 8, 6);
+        let mut cache = device.model.new_cache(prompt.len() + 6).unwrap();
+        let mut scratch = Scratch::default();
+        let mut feed = |tokens: &[u32], logits: bool| {
+            let mut batch = [StepInput {
+                tokens,
+                cache: &mut cache,
+                logits,
+            }];
+            device.model.forward(&mut batch, &mut scratch).unwrap()
+        };
+        let mut got = Vec::new();
+        for (i, piece) in prompt.chunks(8).enumerate() {
+            got.extend(feed(piece, (i + 1) * 8 >= prompt.len()));
+        }
+        for step in expected.iter().take(6) {
+            got.extend(feed(&[crate::sampling::argmax(step)], true));
+        }
+        assert_eq!(got.len(), expected.len());
+        for (step, (g, e)) in got.iter().zip(&expected).enumerate() {
+            let err = relative_error(g, e);
+            assert!(err < 0.02, "step {step}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn a_sequence_decodes_the_same_tokens_alone_and_inside_a_batch() {
+        let loaded = load_on_device();
+        for (i, (alone, batched)) in alone_and_batched(&loaded.model).iter().enumerate() {
+            assert_eq!(alone.len(), batched.len());
+            for (step, (a, b)) in alone.iter().zip(batched).enumerate() {
+                assert_eq!(
+                    crate::sampling::argmax(a),
+                    crate::sampling::argmax(b),
+                    "sequence {i} step {step}: greedy token differs in a batch"
+                );
+                let err = relative_error(b, a);
+                assert!(err < 1e-4, "sequence {i} step {step}: relative error {err}");
+            }
+        }
+    }
+
+    #[test]
+    fn steps_past_the_cache_the_context_or_the_vocabulary_are_errors() {
+        let loaded = load_on_device();
+        let model = &loaded.model;
+        let mut scratch = Scratch::default();
+        let mut step = |tokens: &[u32], capacity: usize| {
+            let mut cache = model.new_cache(capacity).unwrap();
+            let mut batch = [StepInput {
+                tokens,
+                cache: &mut cache,
+                logits: true,
+            }];
+            model.forward(&mut batch, &mut scratch)
+        };
+        let long = vec![5; CONTEXT + 1];
+        assert!(matches!(
+            step(&long, long.len()),
+            Err(ModelError::Forward(_))
+        ));
+        assert!(matches!(step(&[5, 6, 7], 2), Err(ModelError::Forward(_))));
+        assert!(matches!(step(&[100_000], 1), Err(ModelError::Forward(_))));
+        assert!(step(&[5, 6], 2).is_ok());
+    }
+
+    #[test]
+    fn a_host_cache_is_refused_by_the_device_model() {
+        let host = load();
+        let device = load_on_device();
+        let mut cache = host.model.new_cache(4).unwrap();
+        let mut batch = [StepInput {
+            tokens: &[5],
+            cache: &mut cache,
+            logits: true,
+        }];
+        let err = device.model.forward(&mut batch, &mut Scratch::default());
+        assert!(matches!(err, Err(ModelError::Forward(_))));
+    }
 }

@@ -7,6 +7,7 @@
 
 mod api;
 mod batching;
+mod device;
 mod errors;
 mod lifecycle;
 mod python;

@@ -1,0 +1,333 @@
+//! The forward pass on candle tensors, for accelerators (`--device cuda`).
+//!
+//! The same model and the same batching contract as the host path: one step
+//! feeds every sequence's tokens through each linear layer as one matrix,
+//! RoPE rotates each row at its own position, and each sequence attends over
+//! its own cache. Written with candle ops, it runs wherever candle has a
+//! backend. Weights stay in their GGUF block formats on the device and go
+//! through candle's quantized matmul kernels (one launch per layer for the
+//! whole batch). Tests run it on candle's CPU device against the host path;
+//! `--features cuda` runs the same code on a GPU.
+
+use candle_core::quantized::{QMatMul, QTensor};
+use candle_core::{DType, Device, Tensor};
+
+use super::config::{ModelConfig, RopeStyle};
+use super::ops::RopeTable;
+use super::ModelError;
+
+/// One linear weight on the device, with its optional bias.
+pub struct DeviceLinear {
+    matmul: QMatMul,
+    bias: Option<Tensor>,
+}
+
+impl DeviceLinear {
+    pub fn new(weight: QTensor, bias: Option<Tensor>) -> Result<Self, ModelError> {
+        Ok(Self {
+            matmul: QMatMul::from_qtensor(weight)?,
+            bias,
+        })
+    }
+
+    fn forward(&self, x: &Tensor) -> Result<Tensor, ModelError> {
+        let y = x.apply(&self.matmul)?;
+        Ok(match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        })
+    }
+}
+
+pub struct DeviceBlock {
+    pub attn_norm: Tensor,
+    pub q: DeviceLinear,
+    pub k: DeviceLinear,
+    pub v: DeviceLinear,
+    pub out: DeviceLinear,
+    pub ffn_norm: Tensor,
+    pub gate: DeviceLinear,
+    pub up: DeviceLinear,
+    pub down: DeviceLinear,
+}
+
+/// A model's weights, loaded onto one device.
+pub struct DeviceWeights {
+    pub vocab: usize,
+    /// `[vocab, hidden]`, dequantized: a step gathers its tokens' rows.
+    pub embedding: Tensor,
+    pub blocks: Vec<DeviceBlock>,
+    pub norm: Tensor,
+    pub lm_head: DeviceLinear,
+}
+
+pub struct DeviceModel {
+    device: Device,
+    config: ModelConfig,
+    w: DeviceWeights,
+    /// `[positions, head_dim / 2]`, from the host path's table.
+    cos: Tensor,
+    sin: Tensor,
+    positions: usize,
+}
+
+/// One sequence's keys and values on the device: per layer one
+/// `[kv_heads, capacity, head_dim]` tensor, allocated whole at admission (so
+/// running out of device memory refuses the request instead of failing a
+/// step) and written in place as positions arrive.
+pub struct DeviceCache {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    capacity: usize,
+    len: usize,
+    bytes: usize,
+}
+
+impl DeviceCache {
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Device memory the cache holds (all of it is reserved at admission).
+    pub fn resident_bytes(&self) -> usize {
+        self.bytes
+    }
+}
+
+/// One sequence's share of a device step (see [`super::StepInput`]).
+pub struct DeviceStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut DeviceCache,
+    pub logits: bool,
+}
+
+impl DeviceModel {
+    pub(super) fn new(
+        device: Device,
+        config: ModelConfig,
+        w: DeviceWeights,
+        rope: &RopeTable,
+    ) -> Result<Self, ModelError> {
+        let (cos, sin, half) = rope.tables();
+        let positions = rope.positions();
+        let cos = Tensor::from_slice(cos, (positions, half), &device)?;
+        let sin = Tensor::from_slice(sin, (positions, half), &device)?;
+        Ok(Self {
+            device,
+            config,
+            w,
+            cos,
+            sin,
+            positions,
+        })
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.positions
+    }
+
+    pub fn config(&self) -> &ModelConfig {
+        &self.config
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        self.w.vocab
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    pub fn new_cache(&self, capacity_tokens: usize) -> Result<DeviceCache, ModelError> {
+        let cfg = &self.config;
+        let shape = (cfg.kv_heads, capacity_tokens, cfg.head_dim);
+        let alloc = || -> Result<Vec<Tensor>, ModelError> {
+            (0..cfg.layers)
+                .map(|_| {
+                    Tensor::zeros(shape, DType::F32, &self.device).map_err(|e| {
+                        ModelError::Forward(format!(
+                            "cannot allocate a KV cache for {capacity_tokens} positions: {e}"
+                        ))
+                    })
+                })
+                .collect()
+        };
+        Ok(DeviceCache {
+            keys: alloc()?,
+            values: alloc()?,
+            capacity: capacity_tokens,
+            len: 0,
+            bytes: 2 * cfg.layers * capacity_tokens * cfg.kv_width() * 4,
+        })
+    }
+
+    /// Runs every input's tokens through the model, appends them to each
+    /// input's cache, and returns the logits (one `vocab`-wide row per input
+    /// that asked, in input order).
+    pub fn forward(&self, batch: &mut [DeviceStep<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+        let cfg = &self.config;
+        let mut positions = Vec::new();
+        let mut ids = Vec::new();
+        for input in batch.iter() {
+            let start = input.cache.len;
+            let end = start + input.tokens.len();
+            if end > self.positions {
+                return Err(ModelError::Forward(format!(
+                    "position {end} beyond the model's {} positions",
+                    self.positions
+                )));
+            }
+            if end > input.cache.capacity {
+                return Err(ModelError::Forward(format!(
+                    "position {end} beyond the sequence's cache of {}",
+                    input.cache.capacity
+                )));
+            }
+            if let Some(&bad) = input.tokens.iter().find(|&&t| t as usize >= self.w.vocab) {
+                return Err(ModelError::Forward(format!(
+                    "token id {bad} outside the vocabulary of {}",
+                    self.w.vocab
+                )));
+            }
+            positions.extend((start..end).map(|p| p as u32));
+            ids.extend_from_slice(input.tokens);
+        }
+        let n = ids.len();
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let ids = Tensor::from_vec(ids, n, &self.device)?;
+        let at = Tensor::from_vec(positions, n, &self.device)?;
+        let half = cfg.head_dim / 2;
+        // Each token is its own "batch" entry for RoPE: one row of angles
+        // per token, at that token's position.
+        let cos = self.cos.index_select(&at, 0)?.reshape((n, 1, half))?;
+        let sin = self.sin.index_select(&at, 0)?.reshape((n, 1, half))?;
+        let rope = |x: Tensor, heads: usize| -> Result<Tensor, ModelError> {
+            let x = x.reshape((n, heads, 1, cfg.head_dim))?;
+            let rotated = match cfg.rope_style {
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+            };
+            Ok(rotated.reshape((n, heads * cfg.head_dim))?)
+        };
+
+        let mut x = self.w.embedding.index_select(&ids, 0)?;
+        for (layer, block) in self.w.blocks.iter().enumerate() {
+            let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps)?;
+            let q = rope(block.q.forward(&h)?, cfg.heads)?;
+            let k = rope(block.k.forward(&h)?, cfg.kv_heads)?;
+            let v = block.v.forward(&h)?;
+            let mut outs = Vec::with_capacity(batch.len());
+            let mut offset = 0;
+            for input in batch.iter_mut() {
+                let t = input.tokens.len();
+                outs.push(self.attend(
+                    layer,
+                    input.cache,
+                    &q.narrow(0, offset, t)?,
+                    &k.narrow(0, offset, t)?,
+                    &v.narrow(0, offset, t)?,
+                )?);
+                offset += t;
+            }
+            let attn = Tensor::cat(&outs, 0)?;
+            x = (x + block.out.forward(&attn)?)?;
+
+            let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
+            let act = (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
+            x = (x + block.down.forward(&act)?)?;
+        }
+
+        let mut last = Vec::new();
+        let mut offset = 0;
+        for input in batch.iter_mut() {
+            let t = input.tokens.len();
+            if input.logits {
+                last.push((offset + t - 1) as u32);
+            }
+            offset += t;
+            input.cache.len += t;
+        }
+        if last.is_empty() {
+            return Ok(Vec::new());
+        }
+        let rows = last.len();
+        let last = Tensor::from_vec(last, rows, &self.device)?;
+        let h = candle_nn::ops::rms_norm(&x.index_select(&last, 0)?, &self.w.norm, cfg.rms_eps)?;
+        let logits = self.w.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        Ok(logits.to_vec2::<f32>()?)
+    }
+
+    /// Causal attention of one sequence's `t` new tokens (`q`: `[t, heads ×
+    /// head_dim]`, `k`/`v`: `[t, kv_width]`) over its cache, after storing
+    /// the new keys and values at positions `len..len + t`.
+    fn attend(
+        &self,
+        layer: usize,
+        cache: &mut DeviceCache,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+    ) -> Result<Tensor, ModelError> {
+        let cfg = &self.config;
+        let (t, hd) = (q.dim(0)?, cfg.head_dim);
+        let (heads, kv_heads) = (cfg.heads, cfg.kv_heads);
+        let group = heads / kv_heads;
+        let start = cache.len;
+        let visible = start + t;
+        let by_head = |x: &Tensor, heads: usize| -> Result<Tensor, ModelError> {
+            Ok(x.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?)
+        };
+        cache.keys[layer].slice_set(&by_head(k, kv_heads)?, 1, start)?;
+        cache.values[layer].slice_set(&by_head(v, kv_heads)?, 1, start)?;
+        let keys = cache.keys[layer].narrow(1, 0, visible)?.contiguous()?;
+        let values = cache.values[layer].narrow(1, 0, visible)?.contiguous()?;
+
+        // Query head h reads KV head h / group, so the heads of one group
+        // stack into one `[group × t, head_dim]` matrix per KV head.
+        let q = by_head(q, heads)?.reshape((kv_heads, group * t, hd))?;
+        let scale = 1.0 / (hd as f64).sqrt();
+        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        if t > 1 {
+            // Token j (position start + j) sees positions 0..=start + j.
+            let mask: Vec<f32> = (0..t)
+                .flat_map(|j| {
+                    (0..visible).map(move |p| {
+                        if p <= start + j {
+                            0.0
+                        } else {
+                            f32::NEG_INFINITY
+                        }
+                    })
+                })
+                .collect();
+            let mask = Tensor::from_vec(mask, (t, visible), &self.device)?;
+            scores = scores
+                .reshape((kv_heads, group, t, visible))?
+                .broadcast_add(&mask)?
+                .reshape((kv_heads, group * t, visible))?;
+        }
+        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
+        Ok(probs
+            .matmul(&values)?
+            .reshape((heads, t, hd))?
+            .transpose(0, 1)?
+            .contiguous()?
+            .reshape((t, heads * hd))?)
+    }
+}
+
+/// Rows of a dequantized `[rows, cols]` weight as an f32 tensor on `device`.
+pub(super) fn dense(t: &QTensor, device: &Device) -> Result<Tensor, ModelError> {
+    Ok(t.dequantize(device)?.to_dtype(DType::F32)?)
+}
+
+/// `[len]` f32 vector on `device` (norm weights, biases).
+pub(super) fn vector(values: &[f32], device: &Device) -> Result<Tensor, ModelError> {
+    Ok(Tensor::from_slice(values, values.len(), device)?)
+}

@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# Builds the inference server with `--features cuda` into target/cuda/serve/.
+#
+# * nvcc comes from scripts/cuda-toolkit.sh (pinned PyPI wheels, cached).
+# * candle's kernels are compiled for CUDA_COMPUTE_CAP (default 90: H100 and
+#   H200); set it for other GPUs (80 for A100, 89 for L4/L40S). That step
+#   takes over 15 minutes on 2 cores; target/cuda caches it.
+# * cudarc links the driver and CUDA's math libraries by name. Building needs
+#   only their link interface, so this script generates link stubs (the
+#   symbols cudarc's object code references, each library under its real
+#   soname) into the toolkit's lib/stubs, the place a CUDA toolkit keeps its
+#   own. At run time the real libraries must be on the loader path: the
+#   driver's libcuda.so.1, and libcublas.so.13, libcublasLt.so.13,
+#   libcurand.so.10, libnvrtc.so.13 from a CUDA 13 install (or the PyPI
+#   wheels nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc with
+#   LD_LIBRARY_PATH pointing at their lib/ folders).
+# Not part of `make test`: the default build and every test run without it.
+set -euo pipefail
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+toolkit=$(./scripts/cuda-toolkit.sh | tail -n 1)
+export PATH="$toolkit/bin:$PATH"
+export CUDA_ROOT="$toolkit"
+export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
+target="$root/target/cuda"
+build=(cargo build --profile serve --locked -p inference-server --features cuda --target-dir "$target")
+
+echo "==> compiling the library (candle's CUDA kernels for sm_$CUDA_COMPUTE_CAP: over 15 minutes on 2 cores the first time)" >&2
+"${build[@]}" --lib
+
+rlib=$(ls -t "$target"/serve/deps/libcudarc-*.rlib | head -n 1)
+stubs="$toolkit/lib/stubs"
+if [ ! -f "$stubs/.from" ] || [ "$(cat "$stubs/.from")" != "$rlib" ] || [ "$rlib" -nt "$stubs/.from" ]; then
+  echo "==> generating link stubs from $(basename "$rlib")" >&2
+  rm -rf "$stubs"
+  mkdir -p "$stubs"
+  symbols=$(nm --undefined-only --format=just-symbols "$rlib" 2>/dev/null | sort -u)
+  # library, soname, symbol pattern (first match wins: cublasLt before cublas)
+  while read -r lib soname pattern; do
+    src="$stubs/$lib.c"
+    : >"$src"
+    for s in $(grep -E "$pattern" <<<"$symbols" || true); do
+      echo "void $s(void) {}" >>"$src"
+    done
+    symbols=$(grep -vE "$pattern" <<<"$symbols" || true)
+    gcc -shared -fPIC -Wl,-soname,"$soname" -o "$stubs/lib$lib.so" "$src"
+    echo "    lib$lib.so ($soname): $(wc -l <"$src") symbols" >&2
+  done <<'EOF'
+nvrtc libnvrtc.so.13 ^nvrtc
+cublasLt libcublasLt.so.13 ^cublasLt
+cublas libcublas.so.13 ^cublas
+curand libcurand.so.10 ^curand
+cuda libcuda.so.1 ^cu[A-Z]
+EOF
+  echo "$rlib" >"$stubs/.from"
+fi
+
+echo "==> linking inference-server with CUDA" >&2
+"${build[@]}"
+echo "$target/serve/inference-server"
