@@ -73,14 +73,8 @@ impl CrdCatalog {
                     file: file.clone(),
                     what,
                 };
-                let group = doc
-                    .pointer("/spec/group")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| malformed("spec.group"))?;
-                let kind = doc
-                    .pointer("/spec/names/kind")
-                    .and_then(Value::as_str)
-                    .ok_or_else(|| malformed("spec.names.kind"))?;
+                let group = text(&doc, "/spec/group", &file, "spec.group")?;
+                let kind = text(&doc, "/spec/names/kind", &file, "spec.names.kind")?;
                 let versions = doc
                     .pointer("/spec/versions")
                     .and_then(Value::as_array)
@@ -89,17 +83,14 @@ impl CrdCatalog {
                     if version.get("served").and_then(Value::as_bool) == Some(false) {
                         continue;
                     }
-                    let name = version
-                        .get("name")
-                        .and_then(Value::as_str)
-                        .ok_or_else(|| malformed("spec.versions[].name"))?;
+                    let name = text(version, "/name", &file, "spec.versions[].name")?;
                     let schema = version
                         .pointer("/schema/openAPIV3Schema")
                         .ok_or_else(|| malformed("spec.versions[].schema.openAPIV3Schema"))?;
                     let api_version = format!("{group}/{name}");
                     let validator = jsonschema::options()
                         .with_draft(jsonschema::Draft::Draft4)
-                        .build(&to_json_schema(schema))
+                        .build(&resource_schema(schema))
                         .map_err(|e| CrdError::Schema {
                             api_version: api_version.clone(),
                             kind: kind.to_string(),
@@ -146,6 +137,22 @@ impl CrdCatalog {
     }
 }
 
+/// The string at `pointer` of a CRD, or why the CRD is malformed.
+fn text<'a>(
+    value: &'a Value,
+    pointer: &str,
+    file: &Path,
+    what: &'static str,
+) -> Result<&'a str, CrdError> {
+    value
+        .pointer(pointer)
+        .and_then(Value::as_str)
+        .ok_or_else(|| CrdError::Malformed {
+            file: file.to_path_buf(),
+            what,
+        })
+}
+
 fn str_at<'a>(value: &'a Value, pointer: &str) -> &'a str {
     value.pointer(pointer).and_then(Value::as_str).unwrap_or("")
 }
@@ -165,6 +172,32 @@ fn yaml_files(dir: &Path) -> Result<Vec<PathBuf>, CrdError> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The schema of a whole resource: the CRD's, plus the fields every object
+/// has, which the API server accepts whether a CRD declares them or not
+/// (Istio's CRDs declare only `spec` and `status`).
+fn resource_schema(crd_schema: &Value) -> Value {
+    let mut schema = to_json_schema(crd_schema);
+    if let Some(props) = schema
+        .as_object_mut()
+        .map(|m| {
+            m.entry("properties")
+                .or_insert_with(|| Value::Object(Map::new()))
+        })
+        .and_then(Value::as_object_mut)
+    {
+        for (field, kind) in [
+            ("apiVersion", "string"),
+            ("kind", "string"),
+            ("metadata", "object"),
+        ] {
+            props
+                .entry(field)
+                .or_insert_with(|| serde_json::json!({ "type": kind }));
+        }
+    }
+    schema
 }
 
 /// A structural schema in JSON Schema draft 4 terms (see the module docs).
@@ -282,7 +315,11 @@ mod tests {
             ),
         ];
         for (schema, instance, valid) in cases {
-            assert_eq!(check(schema.clone(), instance.clone()), valid, "{schema} ∋ {instance}");
+            assert_eq!(
+                check(schema.clone(), instance.clone()),
+                valid,
+                "{schema} ∋ {instance}"
+            );
         }
     }
 }

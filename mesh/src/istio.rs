@@ -21,7 +21,7 @@
 //! Istio mutual TLS with the workload's certificate, so they work with
 //! `STRICT` peer authentication.
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
 use maas_filter::config::{Config, ConfigError};
 
@@ -47,13 +47,14 @@ pub const FILTER_PRIORITY: i64 = -10;
 /// rule's route `<namespace>.<name>.0`.
 pub const API_ROUTE: &str = "maas-api";
 
-/// The checked-in rendering (`istio/generated/`, `istio/wasmplugin/`) uses
+/// The checked-in rendering (`istio/gateway/`, `istio/sidecar/`, `istio/wasmplugin/`) uses
 /// these: a module URL and checksum no proxy will accept, and a token no
 /// control plane has, so an unrendered checkout fails closed instead of
 /// running with guessable values. `render-istio` replaces all three.
 pub mod placeholder {
     pub const WASM_URL: &str = "https://wasm.example.com/maas/v0.1.0/maas_filter.wasm";
-    pub const WASM_SHA256: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+    pub const WASM_SHA256: &str =
+        "0000000000000000000000000000000000000000000000000000000000000000";
     pub const GATEWAY_TOKEN: &str = "maas-gateway-REPLACE-ME";
 }
 
@@ -105,10 +106,15 @@ fn url_host(url: &str) -> Result<UrlHost, RenderError> {
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
     if authority.contains('@') {
-        return Err(bad("credentials in the URL would be in every proxy's configuration"));
+        return Err(bad(
+            "credentials in the URL would be in every proxy's configuration",
+        ));
     }
     let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) => (host, port.parse().map_err(|_| bad("the port is not a number"))?),
+        Some((host, port)) => (
+            host,
+            port.parse().map_err(|_| bad("the port is not a number"))?,
+        ),
         None => (authority, if tls { 443 } else { 80 }),
     };
     if host.is_empty() || !rest[authority.len()..].starts_with('/') {
@@ -193,10 +199,30 @@ impl Placement {
     }
 }
 
-/// The `config` of the wasm filter in the local bootstrap template. The
-/// template's `{{PLACEHOLDERS}}` are not YAML: whole-line ones (generated
-/// blocks) are dropped and inline ones quoted before parsing.
-pub fn template_filter_config(template: &str) -> Result<Value, RenderError> {
+/// What the mesh takes from the local bootstrap template.
+#[derive(Debug, Clone)]
+pub struct TemplateSettings {
+    /// The wasm filter's `config`.
+    pub wasm: Value,
+    /// The HTTP connection manager's path handling, which the filter's
+    /// exact path checks rely on.
+    pub path_handling: Map<String, Value>,
+    /// The listener's buffer limit, above the filter's body cap so an
+    /// oversized body gets the filter's 413, not Envoy's.
+    pub buffer_limit: Option<Value>,
+}
+
+/// HCM fields mirrored into the mesh.
+const PATH_HANDLING: [&str; 3] = [
+    "normalize_path",
+    "merge_slashes",
+    "path_with_escaped_slashes_action",
+];
+
+/// Reads [`TemplateSettings`] from the local bootstrap template. Its
+/// `{{PLACEHOLDERS}}` are not YAML: whole-line ones (generated blocks) are
+/// dropped and inline ones quoted before parsing.
+pub fn template_settings(template: &str) -> Result<TemplateSettings, RenderError> {
     let mut yaml = String::with_capacity(template.len());
     for line in template.lines() {
         let trimmed = line.trim();
@@ -220,27 +246,54 @@ pub fn template_filter_config(template: &str) -> Result<Value, RenderError> {
     let bootstrap: Value =
         serde_yaml_ng::from_str(&yaml).map_err(|e| RenderError::Template(e.to_string()))?;
     let mut found = Vec::new();
-    collect_wasm_configs(&bootstrap, &mut found);
-    match found.as_slice() {
-        [config] => Ok((*config).clone()),
-        [] => Err(RenderError::Template("no envoy.filters.http.wasm filter".into())),
-        _ => Err(RenderError::Template("more than one wasm filter".into())),
-    }
+    collect_typed(&bootstrap, WASM_TYPE, &mut found);
+    let wasm = match found.as_slice() {
+        [filter] => filter
+            .get("config")
+            .cloned()
+            .ok_or_else(|| RenderError::Template("the wasm filter has no config".into()))?,
+        [] => {
+            return Err(RenderError::Template(
+                "no envoy.filters.http.wasm filter".into(),
+            ))
+        }
+        _ => return Err(RenderError::Template("more than one wasm filter".into())),
+    };
+    let mut hcms = Vec::new();
+    collect_typed(&bootstrap, HCM_TYPE, &mut hcms);
+    let path_handling = hcms
+        .first()
+        .map(|hcm| {
+            PATH_HANDLING
+                .iter()
+                .filter_map(|k| Some((k.to_string(), hcm.get(*k)?.clone())))
+                .collect()
+        })
+        .unwrap_or_default();
+    let buffer_limit = bootstrap
+        .pointer("/static_resources/listeners/0/per_connection_buffer_limit_bytes")
+        .cloned();
+    Ok(TemplateSettings {
+        wasm,
+        path_handling,
+        buffer_limit,
+    })
 }
 
+const HCM_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager";
 const WASM_TYPE: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm";
 
-fn collect_wasm_configs<'a>(value: &'a Value, out: &mut Vec<&'a Value>) {
+/// Every object whose `@type` is `type_url`, in document order.
+fn collect_typed<'a>(value: &'a Value, type_url: &str, out: &mut Vec<&'a Value>) {
     match value {
         Value::Object(map) => {
-            if map.get("@type").and_then(Value::as_str) == Some(WASM_TYPE) {
-                if let Some(config) = map.get("config") {
-                    out.push(config);
-                }
+            if map.get("@type").and_then(Value::as_str) == Some(type_url) {
+                out.push(value);
             }
-            map.values().for_each(|v| collect_wasm_configs(v, out));
+            map.values().for_each(|v| collect_typed(v, type_url, out));
         }
-        Value::Array(list) => list.iter().for_each(|v| collect_wasm_configs(v, out)),
+        Value::Array(list) => list.iter().for_each(|v| collect_typed(v, type_url, out)),
         _ => {}
     }
 }
@@ -331,7 +384,12 @@ fn disable_on_api_route(filter_name: &str, settings: &MeshSettings) -> Value {
 }
 
 /// The `EnvoyFilter` inserting the wasm filter before the router.
-pub fn filter_envoy_filter(placement: Placement, settings: &MeshSettings, wasm_config: &Value) -> Value {
+pub fn filter_envoy_filter(
+    placement: Placement,
+    settings: &MeshSettings,
+    template: &TemplateSettings,
+    wasm_config: &Value,
+) -> Value {
     let mut patches = vec![json!({
         "applyTo": "HTTP_FILTER",
         "match": {
@@ -353,18 +411,53 @@ pub fn filter_envoy_filter(placement: Placement, settings: &MeshSettings, wasm_c
             }
         }
     })];
+    if !template.path_handling.is_empty() {
+        let mut hcm = template.path_handling.clone();
+        hcm.insert("@type".into(), json!(HCM_TYPE));
+        patches.push(json!({
+            "applyTo": "NETWORK_FILTER",
+            "match": {
+                "context": placement.listener_context(),
+                "listener": { "filterChain": { "filter": {
+                    "name": "envoy.filters.network.http_connection_manager"
+                } } }
+            },
+            "patch": { "operation": "MERGE", "value": { "typed_config": hcm } },
+        }));
+    }
+    if let Some(limit) = &template.buffer_limit {
+        patches.push(json!({
+            "applyTo": "LISTENER",
+            "match": { "context": placement.listener_context() },
+            "patch": { "operation": "MERGE", "value": { "per_connection_buffer_limit_bytes": limit } },
+        }));
+    }
     if placement == Placement::Gateway {
         patches.push(disable_on_api_route(HTTP_FILTER_NAME, settings));
+    }
+    let name = format!("maas-filter-{}", placement.label());
+    envoy_filter(&name, placement, settings, Some(FILTER_PRIORITY), patches)
+}
+
+fn envoy_filter(
+    name: &str,
+    placement: Placement,
+    settings: &MeshSettings,
+    priority: Option<i64>,
+    patches: Vec<Value>,
+) -> Value {
+    let mut spec = json!({
+        "workloadSelector": { "labels": placement.selector(settings) },
+        "configPatches": patches,
+    });
+    if let Some(priority) = priority {
+        spec["priority"] = json!(priority);
     }
     json!({
         "apiVersion": "networking.istio.io/v1alpha3",
         "kind": "EnvoyFilter",
-        "metadata": metadata(&format!("maas-filter-{}", placement.label()), settings),
-        "spec": {
-            "workloadSelector": { "labels": placement.selector(settings) },
-            "priority": FILTER_PRIORITY,
-            "configPatches": patches,
-        }
+        "metadata": metadata(name, settings),
+        "spec": spec,
     })
 }
 
@@ -433,15 +526,19 @@ pub fn clusters(settings: &MeshSettings) -> Result<Vec<Value>, RenderError> {
         &settings.service_host(&settings.control_plane),
         settings.control_plane_port,
     );
-    control_plane["transport_socket"] =
-        istio_mtls(settings, &settings.control_plane, settings.control_plane_port);
+    control_plane["transport_socket"] = istio_mtls(
+        settings,
+        &settings.control_plane,
+        settings.control_plane_port,
+    );
 
     let mut limitador = dns_cluster(
         LIMITADOR_CLUSTER,
         &settings.service_host(&settings.limitador),
         settings.limitador_port,
     );
-    limitador["transport_socket"] = istio_mtls(settings, &settings.limitador, settings.limitador_port);
+    limitador["transport_socket"] =
+        istio_mtls(settings, &settings.limitador, settings.limitador_port);
     limitador["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -466,7 +563,10 @@ pub fn clusters(settings: &MeshSettings) -> Result<Vec<Value>, RenderError> {
 }
 
 /// The `EnvoyFilter` adding [`clusters`] to the proxies of `placement`.
-pub fn clusters_envoy_filter(placement: Placement, settings: &MeshSettings) -> Result<Value, RenderError> {
+pub fn clusters_envoy_filter(
+    placement: Placement,
+    settings: &MeshSettings,
+) -> Result<Value, RenderError> {
     let patches: Vec<Value> = clusters(settings)?
         .into_iter()
         .map(|cluster| {
@@ -477,15 +577,8 @@ pub fn clusters_envoy_filter(placement: Placement, settings: &MeshSettings) -> R
             })
         })
         .collect();
-    Ok(json!({
-        "apiVersion": "networking.istio.io/v1alpha3",
-        "kind": "EnvoyFilter",
-        "metadata": metadata(&format!("maas-clusters-{}", placement.label()), settings),
-        "spec": {
-            "workloadSelector": { "labels": placement.selector(settings) },
-            "configPatches": patches,
-        }
-    }))
+    let name = format!("maas-clusters-{}", placement.label());
+    Ok(envoy_filter(&name, placement, settings, None, patches))
 }
 
 /// The `WasmPlugin` alternative on the gateway. Istio's WasmPlugin has no
@@ -493,7 +586,10 @@ pub fn clusters_envoy_filter(placement: Placement, settings: &MeshSettings) -> R
 /// completion request's body before the headers go upstream: see
 /// istio/wasmplugin/README.md before using it.
 pub fn wasm_plugin(settings: &MeshSettings, template: &Value, filter_config: &Value) -> Value {
-    let root_id = template.get("root_id").cloned().unwrap_or(json!(HTTP_FILTER_NAME));
+    let root_id = template
+        .get("root_id")
+        .cloned()
+        .unwrap_or(json!(HTTP_FILTER_NAME));
     json!({
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
@@ -530,41 +626,42 @@ pub struct RenderedFile {
 
 /// Every generated manifest: the filter and its clusters for each
 /// placement, and the WasmPlugin alternative.
-pub fn render(template: &str, local_filter_config: &[u8], settings: &MeshSettings) -> Result<Vec<RenderedFile>, RenderError> {
+pub fn render(
+    template: &str,
+    local_filter_config: &[u8],
+    settings: &MeshSettings,
+) -> Result<Vec<RenderedFile>, RenderError> {
     check_sha256(&settings.wasm.sha256)?;
     url_host(&settings.wasm.url)?;
-    let template_config = template_filter_config(template)?;
+    let template = template_settings(template)?;
     let filter_config = mesh_filter_config(local_filter_config, settings)?;
-    let wasm = wasm_config(&template_config, &filter_config, &settings.wasm);
+    let wasm = wasm_config(&template.wasm, &filter_config, &settings.wasm);
     let mut files = Vec::new();
     for (placement, path) in [
-        (Placement::Gateway, "generated/gateway-filter.yaml"),
-        (Placement::Sidecar, "generated/sidecar-filter.yaml"),
+        (Placement::Gateway, "gateway/envoyfilters.yaml"),
+        (Placement::Sidecar, "sidecar/envoyfilters.yaml"),
     ] {
         files.push(RenderedFile {
             path,
             docs: vec![
-                filter_envoy_filter(placement, settings, &wasm),
+                filter_envoy_filter(placement, settings, &template, &wasm),
                 clusters_envoy_filter(placement, settings)?,
             ],
         });
     }
     // The WasmPlugin's filter is named `<namespace>.<name>` by Istio.
     let plugin_filter = format!("{}.{HTTP_FILTER_NAME}", settings.namespace);
-    let mut route_patch = json!({
-        "apiVersion": "networking.istio.io/v1alpha3",
-        "kind": "EnvoyFilter",
-        "metadata": metadata("maas-plugin-api-route", settings),
-        "spec": {
-            "workloadSelector": { "labels": Placement::Gateway.selector(settings) },
-            "configPatches": [disable_on_api_route(&plugin_filter, settings)],
-        }
-    });
-    route_patch["spec"]["priority"] = json!(FILTER_PRIORITY);
+    let route_patch = envoy_filter(
+        "maas-plugin-api-route",
+        Placement::Gateway,
+        settings,
+        Some(FILTER_PRIORITY),
+        vec![disable_on_api_route(&plugin_filter, settings)],
+    );
     files.push(RenderedFile {
         path: "wasmplugin/wasmplugin.yaml",
         docs: vec![
-            wasm_plugin(settings, &template_config, &filter_config),
+            wasm_plugin(settings, &template.wasm, &filter_config),
             route_patch,
             clusters_envoy_filter(Placement::Gateway, settings)?,
         ],
@@ -581,13 +678,27 @@ mod tests {
         let host = |url: &str| url_host(url).map_err(|e| e.to_string());
         assert_eq!(
             host("https://wasm.example.com/maas/v1/maas_filter.wasm"),
-            Ok(UrlHost { tls: true, host: "wasm.example.com".into(), port: 443 })
+            Ok(UrlHost {
+                tls: true,
+                host: "wasm.example.com".into(),
+                port: 443
+            })
         );
         assert_eq!(
             host("http://files.maas.svc.cluster.local:8080/m.wasm"),
-            Ok(UrlHost { tls: false, host: "files.maas.svc.cluster.local".into(), port: 8080 })
+            Ok(UrlHost {
+                tls: false,
+                host: "files.maas.svc.cluster.local".into(),
+                port: 8080
+            })
         );
-        for bad in ["ftp://x/m.wasm", "https://x", "https://u:p@x/m.wasm", "https://x:y/m", "https:///m"] {
+        for bad in [
+            "ftp://x/m.wasm",
+            "https://x",
+            "https://u:p@x/m.wasm",
+            "https://x:y/m",
+            "https:///m",
+        ] {
             assert!(host(bad).is_err(), "{bad}");
         }
     }
@@ -601,16 +712,23 @@ static_resources:
     filters:
 {{OIDC_FILTER}}
     - typed_config:
+        \"@type\": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+        merge_slashes: true
+    - typed_config:
         \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
         config:
           root_id: r
           fail_open: false
           configuration: { value: {{FILTER_CONFIG}} }
 ";
-        let config = template_filter_config(template).unwrap();
-        assert_eq!(config["root_id"], "r");
-        assert_eq!(config["fail_open"], false);
-        assert!(template_filter_config("a: 1").is_err());
+        let settings = template_settings(template).unwrap();
+        assert_eq!(settings.wasm["root_id"], "r");
+        assert_eq!(settings.wasm["fail_open"], false);
+        assert_eq!(
+            settings.path_handling.get("merge_slashes"),
+            Some(&json!(true))
+        );
+        assert!(template_settings("a: 1").is_err());
     }
 
     #[test]

@@ -17,7 +17,9 @@
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use maas_filter::config::{synced_subscription, Config, ConfigError, Quantity, ScopeLimits, Subscription};
+use maas_filter::config::{
+    synced_subscription, Config, ConfigError, Quantity, ScopeLimits, Subscription,
+};
 use maas_filter::limits::Rate;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -159,7 +161,12 @@ impl LimitSource {
             let models: Vec<String> = item
                 .get("models")
                 .and_then(Value::as_array)
-                .map(|m| m.iter().filter_map(Value::as_str).map(String::from).collect())
+                .map(|m| {
+                    m.iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect()
+                })
                 .unwrap_or_default();
             subscriptions.push(Rc::new(synced_subscription(&Value::Object(spec), &models)?));
         }
@@ -234,7 +241,13 @@ fn limits_for(source: &LimitSource, quantity: Quantity) -> Result<Map<String, Va
     for sub in &source.subscriptions {
         let name = &*sub.name;
         let of_sub = predicate(format!("{sub_header} == {}", cel_string(name)));
-        if let Some(l) = limit(&format!("subscription {name}"), &sub.limits, quantity, vec![of_sub.clone()], &sub_header)? {
+        if let Some(l) = limit(
+            &format!("subscription {name}"),
+            &sub.limits,
+            quantity,
+            vec![of_sub.clone()],
+            &sub_header,
+        )? {
             out.insert(format!("{name}-{suffix}"), l);
         }
         let Some(template) = &sub.key_limits else {
@@ -262,8 +275,17 @@ fn limits_for(source: &LimitSource, quantity: Quantity) -> Result<Map<String, Va
         }
     }
     for key in &source.key_overrides {
-        let when = vec![predicate(format!("{key_header} == {}", cel_string(&key.id)))];
-        if let Some(l) = limit(&format!("key {}", key.id), &key.limits, quantity, when, &key_header)? {
+        let when = vec![predicate(format!(
+            "{key_header} == {}",
+            cel_string(&key.id)
+        ))];
+        if let Some(l) = limit(
+            &format!("key {}", key.id),
+            &key.limits,
+            quantity,
+            when,
+            &key_header,
+        )? {
             out.insert(format!("key-{}-{suffix}", key.id), l);
         }
     }
@@ -276,8 +298,18 @@ fn limits_for(source: &LimitSource, quantity: Quantity) -> Result<Map<String, Va
 pub fn policies(source: &LimitSource, target: &PolicyTarget) -> Result<Vec<Value>, PolicyError> {
     let mut out = Vec::new();
     for (api_version, kind, name, quantity) in [
-        ("kuadrant.io/v1alpha1", "TokenRateLimitPolicy", "maas-subscription-tokens", Quantity::Tokens),
-        ("kuadrant.io/v1", "RateLimitPolicy", "maas-subscription-requests", Quantity::Requests),
+        (
+            "kuadrant.io/v1alpha1",
+            "TokenRateLimitPolicy",
+            "maas-subscription-tokens",
+            Quantity::Tokens,
+        ),
+        (
+            "kuadrant.io/v1",
+            "RateLimitPolicy",
+            "maas-subscription-requests",
+            Quantity::Requests,
+        ),
     ] {
         let limits = limits_for(source, quantity)?;
         if limits.is_empty() {
@@ -339,12 +371,21 @@ mod tests {
             let rate: Rate = text.parse().unwrap();
             assert_eq!(
                 kuadrant_rate("t", &rate).unwrap(),
-                KuadrantRate { limit, window: window.to_string() },
+                KuadrantRate {
+                    limit,
+                    window: window.to_string()
+                },
                 "{text}"
             );
         }
-        let huge = Rate { amount: u64::MAX, window_secs: 60 };
-        assert!(matches!(kuadrant_rate("t", &huge), Err(PolicyError::LimitTooLarge { .. })));
+        let huge = Rate {
+            amount: u64::MAX,
+            window_secs: 60,
+        };
+        assert!(matches!(
+            kuadrant_rate("t", &huge),
+            Err(PolicyError::LimitTooLarge { .. })
+        ));
     }
 
     fn demo() -> LimitSource {
@@ -368,7 +409,10 @@ mod tests {
     }
 
     fn target() -> PolicyTarget {
-        PolicyTarget { gateway: "maas-gateway".into(), namespace: "maas".into() }
+        PolicyTarget {
+            gateway: "maas-gateway".into(),
+            namespace: "maas".into(),
+        }
     }
 
     #[test]
@@ -379,7 +423,11 @@ mod tests {
 
         let tokens = &docs[0]["spec"]["limits"];
         let names: Vec<&String> = tokens.as_object().unwrap().keys().collect();
-        assert_eq!(names, ["free-tokens", "key-k2-tokens"], "unlimited `internal` has none");
+        assert_eq!(
+            names,
+            ["free-tokens", "key-k2-tokens"],
+            "unlimited `internal` has none"
+        );
         assert_eq!(
             tokens["free-tokens"]["rates"],
             json!([{"limit": 20000, "window": "1m"}, {"limit": 1000000, "window": "24h"}])
@@ -392,7 +440,10 @@ mod tests {
             tokens["free-tokens"]["counters"],
             json!([{"expression": "request.headers['x-maas-subscription']"}])
         );
-        assert_eq!(tokens["key-k2-tokens"]["rates"], json!([{"limit": 100, "window": "1h"}]));
+        assert_eq!(
+            tokens["key-k2-tokens"]["rates"],
+            json!([{"limit": 100, "window": "1h"}])
+        );
 
         let requests = &docs[1]["spec"]["limits"];
         let per_key = &requests["free-per-key-requests"];
@@ -410,7 +461,10 @@ mod tests {
             requests["free-per-user-requests"]["counters"],
             json!([{"expression": "request.headers['x-maas-user']"}])
         );
-        assert!(requests.get("key-k2-requests").is_none(), "k2 has no request limit of its own");
+        assert!(
+            requests.get("key-k2-requests").is_none(),
+            "k2 has no request limit of its own"
+        );
     }
 
     #[test]

@@ -11,7 +11,11 @@ use maas_mesh::kuadrant::{self, LimitSource, PolicyTarget};
 use maas_mesh::manifest;
 
 #[derive(Parser)]
-#[command(name = "maas-mesh", version, about = "The MaaS gateway in an Istio mesh, with Kuadrant")]
+#[command(
+    name = "maas-mesh",
+    version,
+    about = "The MaaS gateway in an Istio mesh, with Kuadrant"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -62,7 +66,7 @@ struct RenderIstio {
     inference_app: String,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
-    /// The istio/ directory; files go to generated/ and wasmplugin/ in it.
+    /// The istio/ directory; files go to its gateway/, sidecar/ and wasmplugin/.
     #[arg(long, default_value = "istio")]
     out: PathBuf,
 }
@@ -72,7 +76,11 @@ struct KuadrantPolicies {
     #[command(flatten)]
     common: Common,
     /// The filter's configuration JSON (its `subscriptions` and `keys`).
-    #[arg(long, conflicts_with = "subscriptions", required_unless_present = "subscriptions")]
+    #[arg(
+        long,
+        conflicts_with = "subscriptions",
+        required_unless_present = "subscriptions"
+    )]
     filter_config: Option<PathBuf>,
     /// The control plane's `GET /maas-api/v1/subscriptions` answer, saved.
     #[arg(long)]
@@ -180,7 +188,9 @@ fn validate(args: &Validate) -> Result<bool, String> {
                 "{}: {} {}",
                 file.display(),
                 doc["kind"].as_str().unwrap_or("?"),
-                doc.pointer("/metadata/name").and_then(|v| v.as_str()).unwrap_or("?")
+                doc.pointer("/metadata/name")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("?")
             );
             match catalog.validate(&doc) {
                 Verdict::Valid => println!("ok       {what}"),

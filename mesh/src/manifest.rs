@@ -81,7 +81,10 @@ mod tests {
             serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "data": {"k": "line1\nline2\n"}}),
         ];
         let text = to_yaml_stream("generated\n\nby a test", &docs).unwrap();
-        assert!(text.starts_with("# generated\n#\n# by a test\n---\n"), "{text}");
+        assert!(
+            text.starts_with("# generated\n#\n# by a test\n---\n"),
+            "{text}"
+        );
         assert_eq!(parse_documents(&format!("---\n{text}---\n")).unwrap(), docs);
         let (index, _) = parse_documents("a: 1\n---\nb: [\n").unwrap_err();
         assert_eq!(index, 1);
