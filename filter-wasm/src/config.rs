@@ -29,6 +29,7 @@
 //! }
 //! ```
 
+use crate::global_limits::{FailureMode, GlobalRate, Limiter};
 use crate::keys::{ApiKey, KeyDigest, KeyStore};
 use crate::limits::{LimitGroup, Rate};
 use serde::Deserialize;
@@ -74,6 +75,43 @@ struct RawConfig {
     /// this one), mapped to subscriptions by their groups.
     #[serde(default)]
     oidc: Option<Oidc>,
+    /// The rate limiter service that keeps `global` limits (see
+    /// `global_limits`).
+    #[serde(default)]
+    limiter: Option<RawLimiter>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimiter {
+    cluster: String,
+    #[serde(default = "default_limiter_domain")]
+    domain: String,
+    /// Kuadrant's wasm-shim default: a limiter slower than this is down.
+    #[serde(default = "default_limiter_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default)]
+    failure_mode: FailureMode,
+    #[serde(default = "default_true")]
+    reservations: bool,
+    #[serde(default = "default_reservation_ttl_ms")]
+    reservation_ttl_ms: u64,
+}
+
+fn default_limiter_domain() -> String {
+    "maas".to_string()
+}
+
+fn default_limiter_timeout_ms() -> u64 {
+    20
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_reservation_ttl_ms() -> u64 {
+    600_000
 }
 
 fn default_metadata_namespace() -> String {
@@ -191,9 +229,39 @@ enum RawLimits {
 #[serde(deny_unknown_fields)]
 struct RawRates {
     #[serde(default)]
-    requests: Vec<String>,
+    requests: Vec<RawRate>,
     #[serde(default)]
-    tokens: Vec<String>,
+    tokens: Vec<RawRate>,
+}
+
+/// `"20000/min"` (kept in this Envoy's shared data) or
+/// `{"rate": "20000/min", "mode": "global"}` (kept by the limiter service).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum RawRate {
+    Local(String),
+    Spec(RawRateSpec),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateSpec {
+    rate: String,
+    #[serde(default)]
+    mode: LimitMode,
+    #[serde(default)]
+    failure_mode: Option<FailureMode>,
+}
+
+/// Where a limit's counter lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum LimitMode {
+    /// Shared data: exact across one Envoy's workers.
+    #[default]
+    Local,
+    /// The limiter service: shared by every gateway that uses it.
+    Global,
 }
 
 #[derive(Debug, Deserialize)]
@@ -272,6 +340,8 @@ pub struct ScopeLimits {
     pub quantities: Vec<Quantity>,
     /// For messages: "subscription free" or "key alice-1".
     pub scope: String,
+    /// Limits kept by the limiter service instead of `group`.
+    pub global: Vec<GlobalRate>,
 }
 
 impl ScopeLimits {
@@ -284,11 +354,18 @@ impl ScopeLimits {
             },
             quantities: Vec::new(),
             scope: scope.to_string(),
+            global: Vec::new(),
         }
     }
 
+    /// No local limits (global ones may remain: see [`Self::global`]).
     pub fn is_empty(&self) -> bool {
         self.quantities.is_empty()
+    }
+
+    /// The global limits counting `quantity`.
+    pub fn global_of(&self, quantity: Quantity) -> impl Iterator<Item = &GlobalRate> {
+        self.global.iter().filter(move |g| g.quantity == quantity)
     }
 
     pub fn len(&self) -> usize {
@@ -381,6 +458,7 @@ pub struct Config {
     pub keys: KeyStore,
     pub control_plane: Option<ControlPlane>,
     pub oidc: Option<Oidc>,
+    pub limiter: Option<Limiter>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -507,12 +585,24 @@ impl Config {
                 })?),
             };
             let limits = match (&k.limits, subscriptions.get(sub_index)) {
-                (Some(own), _) => limit_rules(
-                    &format!("{field}.limits"),
-                    own,
-                    &format!("maas/key/{}", k.id),
-                    &format!("key {}", k.id),
-                )?,
+                (Some(own), _) => {
+                    let own = limit_rules(
+                        &format!("{field}.limits"),
+                        own,
+                        &format!("maas/key/{}", k.id),
+                        &format!("key {}", k.id),
+                    )?;
+                    // The limiter's limits are per subscription (one
+                    // counter per key); a single key's override has no
+                    // limit there to count against.
+                    if !own.global.is_empty() {
+                        return Err(err(
+                            format!("{field}.limits"),
+                            "a key's own limits are local; give the subscription global key_limits instead",
+                        ));
+                    }
+                    own
+                }
                 (None, Some(sub)) => sub.key_limits_for(&k.id),
                 (None, None) => {
                     ScopeLimits::unlimited(&format!("maas/key/{}", k.id), &format!("key {}", k.id))
@@ -536,6 +626,19 @@ impl Config {
         })?;
 
         let control_plane = raw.control_plane.map(|c| control_plane(&c)).transpose()?;
+        let limiter = raw.limiter.as_ref().map(limiter).transpose()?;
+        if limiter.is_none() {
+            let global = subscriptions.iter().find(|s| {
+                !s.limits.global.is_empty()
+                    || s.key_limits.as_ref().is_some_and(|k| !k.global.is_empty())
+            });
+            if let Some(s) = global {
+                return Err(err(
+                    format!("subscriptions.{}", s.name),
+                    "has global limits but no `limiter` is configured",
+                ));
+            }
+        }
 
         if let Some(o) = &raw.oidc {
             for (field, value) in [
@@ -551,6 +654,7 @@ impl Config {
         Ok(Config {
             oidc: raw.oidc,
             control_plane,
+            limiter,
             max_body_bytes: raw.max_body_bytes,
             default_max_tokens: raw.default_max_tokens,
             prompt_bytes_per_token: raw.prompt_bytes_per_token,
@@ -628,7 +732,7 @@ fn build_subscription(
             )
         })
         .transpose()?
-        .filter(|l| !l.is_empty());
+        .filter(|l| !l.is_empty() || !l.global.is_empty());
     let mut groups = sub.groups.clone();
     for (i, g) in groups.iter().enumerate() {
         if g.is_empty() || g.len() > 256 || g.chars().any(char::is_control) {
@@ -704,6 +808,28 @@ fn control_plane(raw: &RawControlPlane) -> Result<ControlPlane, ConfigError> {
     })
 }
 
+fn limiter(raw: &RawLimiter) -> Result<Limiter, ConfigError> {
+    check_name("limiter.cluster", &raw.cluster, &[':', '|'])?;
+    check_name("limiter.domain", &raw.domain, &[])?;
+    if !(1..=60_000).contains(&raw.timeout_ms) {
+        return Err(err("limiter.timeout_ms", "must be between 1 and 60000"));
+    }
+    if !(1_000..=86_400_000).contains(&raw.reservation_ttl_ms) {
+        return Err(err(
+            "limiter.reservation_ttl_ms",
+            "must be between 1000 and 86400000",
+        ));
+    }
+    Ok(Limiter {
+        cluster: raw.cluster.clone(),
+        domain: raw.domain.clone(),
+        timeout_ms: raw.timeout_ms,
+        failure_mode: raw.failure_mode,
+        reservations: raw.reservations,
+        reservation_ttl_ms: raw.reservation_ttl_ms,
+    })
+}
+
 fn limit_rules(
     field: &str,
     raw: &RawLimits,
@@ -731,8 +857,12 @@ fn limit_rules(
     ] {
         let name = quantity.as_str();
         let mut windows = HashSet::new();
-        for (i, text) in list.iter().enumerate() {
+        for (i, raw_rate) in list.iter().enumerate() {
             let f = format!("{field}.{name}[{i}]");
+            let (text, mode, failure_mode) = match raw_rate {
+                RawRate::Local(text) => (text, LimitMode::Local, None),
+                RawRate::Spec(s) => (&s.rate, s.mode, s.failure_mode),
+            };
             let rate: Rate = text.parse().map_err(|e| err(&f, format!("{e}")))?;
             if !windows.insert(rate.window_secs) {
                 return Err(err(
@@ -740,11 +870,26 @@ fn limit_rules(
                     format!("a second {name} limit with the same window as {text:?}"),
                 ));
             }
-            rules.group.rates.push(rate);
-            rules.quantities.push(quantity);
+            match mode {
+                LimitMode::Local if failure_mode.is_some() => {
+                    return Err(err(
+                        format!("{f}.failure_mode"),
+                        "only a global limit has a failure mode",
+                    ))
+                }
+                LimitMode::Local => {
+                    rules.group.rates.push(rate);
+                    rules.quantities.push(quantity);
+                }
+                LimitMode::Global => rules.global.push(GlobalRate {
+                    quantity,
+                    rate,
+                    failure_mode,
+                }),
+            }
         }
     }
-    if rules.is_empty() {
+    if rules.is_empty() && rules.global.is_empty() {
         return Err(err(
             field,
             "no limits given; write \"unlimited\" if that is intended",

@@ -19,6 +19,7 @@ use crate::claims;
 use crate::config::{synced_subscription, CapMode, Config, Quantity, ScopeLimits, Subscription};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
+use crate::global_limits::{self, Caller, FailureMode, Method, Verdict};
 use crate::host::{Flow, StreamHost};
 use crate::key_sync::{self, Lookup};
 use crate::keys::{presented_key, AuthFailure};
@@ -89,6 +90,25 @@ struct Admission {
     body_bytes: u64,
 }
 
+/// A call to the limiter an admitted request waits on.
+#[derive(Debug)]
+struct LimiterCall {
+    token: u32,
+    method: Method,
+    quantity: Quantity,
+    failure_mode: FailureMode,
+}
+
+/// The global side of an admission: calls in flight, then what the token
+/// call granted, settled with one call when the response ends.
+#[derive(Debug, Default)]
+struct GlobalAdmission {
+    pending: Vec<LimiterCall>,
+    /// Tokens were admitted by the limiter: `Some(id)` a reservation to
+    /// commit, `None` (no reservations) usage to report.
+    tokens: Option<Option<String>>,
+}
+
 /// The scopes whose limits a key's request counts against: its subscription
 /// and the key itself, those that have limits. Admission and settlement both
 /// derive them from the identity the stream holds, so they pair up.
@@ -125,6 +145,7 @@ pub struct Stream {
     strip_usage: bool,
     reserved_tokens: u64,
     admission: Option<Admission>,
+    global: Option<GlobalAdmission>,
     headers: RateLimitHeaders,
     replied: bool,
     status: Option<u32>,
@@ -153,6 +174,7 @@ impl Stream {
             strip_usage: false,
             reserved_tokens: 0,
             admission: None,
+            global: None,
             headers: RateLimitHeaders::default(),
             replied: false,
             status: None,
@@ -540,8 +562,298 @@ impl Stream {
         }
         let body = host.request_body(body_size).unwrap_or_default();
         match self.admit(host, &body) {
+            // Held until the limiter answers (`on_limiter_response`).
+            Ok(()) if self.awaiting_limiter() => Flow::Pause,
             Ok(()) => Flow::Continue,
-            Err((outcome, err)) => self.refuse(host, outcome, &err),
+            Err((outcome, err)) => {
+                self.abandon_admission(host);
+                self.refuse(host, outcome, &err)
+            }
+        }
+    }
+
+    fn awaiting_limiter(&self) -> bool {
+        self.global.as_ref().is_some_and(|g| !g.pending.is_empty())
+    }
+
+    /// Who the limiter counts: the same descriptor at admission and at
+    /// settlement.
+    fn caller(&self) -> Option<(String, String, String)> {
+        let identity = self.identity.as_ref()?;
+        let key = match &identity.key_id {
+            Some(id) => id.clone(),
+            None => format!("user:{}", identity.user),
+        };
+        let model = self.model.clone().unwrap_or_default();
+        Some((identity.subscription.name.to_string(), key, model))
+    }
+
+    /// Asks the limiter about the request's global limits, one call per
+    /// quantity that has any. Errors only when a limit that fails closed
+    /// cannot even be asked.
+    fn start_global(&mut self, host: &dyn StreamHost, worst_case: u64) -> Result<(), GatewayError> {
+        let Some(identity) = self.identity.as_ref() else {
+            return Ok(());
+        };
+        let scopes = [&identity.subscription.limits, &*identity.key_limits];
+        let mut wanted = Vec::new();
+        for quantity in [Quantity::Requests, Quantity::Tokens] {
+            let mut rates = scopes.iter().flat_map(|s| s.global_of(quantity)).peekable();
+            if rates.peek().is_none() {
+                continue;
+            }
+            let Some(limiter) = self.config.limiter.as_ref() else {
+                // Synced subscriptions may name global limits a gateway
+                // without a limiter cannot keep: fail closed.
+                return Err(GatewayError::LimiterUnavailable);
+            };
+            let deny =
+                rates.any(|r| r.failure_mode.unwrap_or(limiter.failure_mode) == FailureMode::Deny);
+            let mode = if deny {
+                FailureMode::Deny
+            } else {
+                FailureMode::Allow
+            };
+            wanted.push((quantity, mode));
+        }
+        let Some(limiter) = self.config.limiter.clone() else {
+            return Ok(());
+        };
+        let Some((subscription, key, model)) = self.caller() else {
+            return Ok(());
+        };
+        let caller = Caller {
+            subscription: &subscription,
+            key: &key,
+            model: &model,
+        };
+        let mut global = GlobalAdmission::default();
+        for (quantity, failure_mode) in wanted {
+            let call = global_limits::admission_call(
+                &limiter,
+                &caller,
+                quantity,
+                quantity.of(1, worst_case),
+            );
+            match host.dispatch_limiter(
+                &limiter.cluster,
+                call.method,
+                &call.message,
+                limiter.timeout_ms,
+                false,
+            ) {
+                Some(token) => global.pending.push(LimiterCall {
+                    token,
+                    method: call.method,
+                    quantity,
+                    failure_mode,
+                }),
+                None => {
+                    self.limiter_failed(host, "the call could not be dispatched");
+                    if failure_mode == FailureMode::Deny {
+                        // Calls already sent may still reserve: their
+                        // answers release what they took (see
+                        // `on_limiter_response`).
+                        self.global = Some(global);
+                        return Err(GatewayError::LimiterUnavailable);
+                    }
+                }
+            }
+        }
+        self.global = Some(global);
+        Ok(())
+    }
+
+    fn limiter_failed(&self, host: &dyn StreamHost, why: &str) {
+        host.add_metric(Metric::LimiterCalls { result: "failed" }, 1);
+        host.warn_throttled(
+            "limiter",
+            &format!("maas-gateway: rate limiter unavailable for global limits: {why}"),
+        );
+    }
+
+    /// The limiter's answer to one admission call. The request goes on
+    /// when every call allowed it (or failed open), and is refused at the
+    /// first refusal or closed failure.
+    pub fn on_limiter_response(
+        &mut self,
+        host: &dyn StreamHost,
+        token: u32,
+        grpc_status: Option<u32>,
+        body: &[u8],
+    ) {
+        let Some(global) = self.global.as_mut() else {
+            return;
+        };
+        let Some(at) = global.pending.iter().position(|c| c.token == token) else {
+            return;
+        };
+        let call = global.pending.remove(at);
+        let verdict = global_limits::verdict(call.method, grpc_status, body);
+        if let Verdict::Allowed { reservation } = &verdict {
+            host.add_metric(Metric::LimiterCalls { result: "ok" }, 1);
+            if call.quantity == Quantity::Tokens {
+                global.tokens = Some(reservation.clone());
+            }
+        }
+        if self.replied {
+            // Refused meanwhile: give back what this call took.
+            self.release_global(host);
+            return;
+        }
+        match verdict {
+            Verdict::Allowed { .. } => {}
+            Verdict::OverLimit {
+                limit,
+                remaining,
+                reset_after_secs,
+            } => {
+                host.add_metric(
+                    Metric::LimiterCalls {
+                        result: "over_limit",
+                    },
+                    1,
+                );
+                let err =
+                    self.global_denial(host, call.quantity, limit, remaining, reset_after_secs);
+                self.abandon_admission(host);
+                self.refuse(host, Outcome::RateLimited, &err);
+                return;
+            }
+            Verdict::Failed(why) => {
+                self.limiter_failed(host, &why);
+                if call.failure_mode == FailureMode::Deny {
+                    self.abandon_admission(host);
+                    self.refuse(
+                        host,
+                        Outcome::LimiterError,
+                        &GatewayError::LimiterUnavailable,
+                    );
+                    return;
+                }
+            }
+        }
+        if !self.awaiting_limiter() {
+            host.resume_request();
+        }
+    }
+
+    /// The 429 for a global limit: the limiter's numbers where it gave
+    /// them, else the tightest configured global limit of that quantity.
+    fn global_denial(
+        &self,
+        host: &dyn StreamHost,
+        quantity: Quantity,
+        limit: Option<u64>,
+        remaining: Option<u64>,
+        reset_after_secs: Option<u64>,
+    ) -> GatewayError {
+        let identity = self.identity.as_ref();
+        let tightest = identity.and_then(|i| {
+            [&i.subscription.limits, &*i.key_limits]
+                .into_iter()
+                .flat_map(|s| s.global_of(quantity).map(move |g| (s, g)))
+                .min_by_key(|(_, g)| g.rate.amount)
+        });
+        if let Some(i) = identity {
+            host.add_metric(
+                Metric::RateLimited {
+                    subscription: Rc::clone(&i.subscription.name),
+                    kind: quantity,
+                },
+                1,
+            );
+        }
+        let (scope, window, configured) = match tightest {
+            Some((s, g)) => (
+                format!("{} (global)", s.scope),
+                crate::ratelimit_headers::format_duration(g.rate.window_secs),
+                Some(g.rate),
+            ),
+            None => ("global".to_string(), String::new(), None),
+        };
+        let requested = match quantity {
+            Quantity::Requests => 1,
+            Quantity::Tokens => self.reserved_tokens,
+        };
+        let limit = limit.or(configured.map(|r| r.amount)).unwrap_or(0);
+        if quantity == Quantity::Tokens && requested > limit && limit > 0 {
+            return GatewayError::RequestTooLarge {
+                scope,
+                window,
+                limit,
+                requested,
+            };
+        }
+        GatewayError::RateLimited {
+            kind: quantity,
+            scope,
+            window,
+            limit,
+            remaining: remaining.unwrap_or(0),
+            requested,
+            retry_after_secs: reset_after_secs
+                .or(configured.map(|r| r.window_secs))
+                .unwrap_or(1)
+                .max(1),
+        }
+    }
+
+    /// A request refused after admission gives back everything it held:
+    /// local holds settle to nothing, a global reservation commits 0.
+    fn abandon_admission(&mut self, host: &dyn StreamHost) {
+        if let Some(admission) = self.admission.take() {
+            let now_secs = host.now_ms() / 1000;
+            if let Some(identity) = self.identity.as_ref() {
+                for (scope, hold) in limited_scopes(identity).into_iter().zip(admission.holds) {
+                    let nothing = scope.amounts(0, 0);
+                    if let Err(e) = limits::settle(host.counters(), now_secs, hold, &nothing) {
+                        host.add_metric(Metric::SettleErrors, 1);
+                        host.warn(&format!("could not release a reservation: {e}"));
+                    }
+                }
+            }
+        }
+        self.reserved_tokens = 0;
+        self.release_global(host);
+    }
+
+    /// Commits 0 for a granted global reservation (it would otherwise hold
+    /// its tokens until its TTL).
+    fn release_global(&mut self, host: &dyn StreamHost) {
+        let granted = self.global.as_mut().and_then(|g| g.tokens.take());
+        if let Some(Some(reservation)) = granted {
+            self.settle_global(host, Some(reservation), 0);
+        }
+    }
+
+    /// One settlement call for the request's global token admission.
+    fn settle_global(&self, host: &dyn StreamHost, reservation: Option<String>, actual: u64) {
+        let (Some(limiter), Some((subscription, key, model))) =
+            (self.config.limiter.as_ref(), self.caller())
+        else {
+            return;
+        };
+        if !global_limits::needs_settlement(reservation.as_deref(), actual) {
+            return;
+        }
+        let caller = Caller {
+            subscription: &subscription,
+            key: &key,
+            model: &model,
+        };
+        let call = global_limits::settlement_call(limiter, &caller, reservation.as_deref(), actual);
+        if host
+            .dispatch_limiter(
+                &limiter.cluster,
+                call.method,
+                &call.message,
+                limiter.timeout_ms.max(1000),
+                true,
+            )
+            .is_none()
+        {
+            self.limiter_failed(host, "a settlement could not be dispatched");
         }
     }
 
@@ -872,6 +1184,18 @@ impl Stream {
             }
         }
         self.admission = Some(Admission { holds, body_bytes });
+        self.reserved_tokens = self.reserved_tokens.max(
+            if scopes
+                .iter()
+                .any(|l| l.global_of(Quantity::Tokens).next().is_some())
+            {
+                worst_case
+            } else {
+                0
+            },
+        );
+        self.start_global(host, worst_case)
+            .map_err(|e| (Outcome::LimiterError, e))?;
 
         if let Some(new_body) = rewritten {
             host.replace_request_body(body.len(), &new_body);
@@ -938,6 +1262,9 @@ impl Stream {
                 host.add_metric(Metric::SettleErrors, 1);
                 host.warn(&format!("could not settle a reservation: {e}"));
             }
+        }
+        if let Some(granted) = self.global.as_mut().and_then(|g| g.tokens.take()) {
+            self.settle_global(host, granted, usage.total_tokens);
         }
         let (model, name) = (self.model_id, &identity.subscription.name);
         let sub = || Rc::clone(name);

@@ -6,6 +6,7 @@
 //! defined) are swallowed by the implementation and logged there: the request
 //! path has no better answer to them than carrying on.
 
+use crate::global_limits::Method;
 use crate::limits::CounterStore;
 use crate::metrics::Metric;
 
@@ -56,6 +57,23 @@ pub trait StreamHost {
     /// encoding `crate::claims` reads; `None` when there is no verified
     /// token or it lacks the claim.
     fn token_claim(&self, claim: &str) -> Option<Vec<u8>>;
+    /// Sends `message` to the rate limiter's `method` through Envoy's gRPC
+    /// client on `cluster`; the answer comes back through
+    /// `Stream::on_limiter_response` with the returned token. A `detached`
+    /// call belongs to the VM, not this stream: it completes even if the
+    /// stream ends first, and its answer is not delivered (settlements).
+    /// `None` if the call could not be made.
+    fn dispatch_limiter(
+        &self,
+        cluster: &str,
+        method: Method,
+        message: &[u8],
+        timeout_ms: u64,
+        detached: bool,
+    ) -> Option<u32>;
     fn add_metric(&self, metric: Metric, value: u64);
     fn warn(&self, message: &str);
+    /// Logs `message` at most once per few seconds per `topic` (per worker):
+    /// a dependency that is down must not write one line per request.
+    fn warn_throttled(&self, topic: &'static str, message: &str);
 }

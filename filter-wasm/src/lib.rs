@@ -17,6 +17,7 @@ pub mod config;
 pub mod endpoint;
 pub mod error;
 pub mod gateway;
+pub mod global_limits;
 pub mod host;
 pub mod key_sync;
 pub mod keys;

@@ -95,6 +95,12 @@ pub enum Metric {
     KeyLookups {
         result: &'static str,
     },
+    /// Calls to the rate limiter service for global limits, by result
+    /// (`ok`, `over_limit`, `failed`: no usable answer, after which the
+    /// limit's failure mode decides).
+    LimiterCalls {
+        result: &'static str,
+    },
     /// Gauge: seconds since the control plane last answered a sync.
     KeySyncAgeSeconds,
     /// Gauge: subscriptions in force (configured and synced).
@@ -178,6 +184,9 @@ impl Metric {
             Metric::KeyLookups { result } => {
                 ("key_lookups_total", vec![("result", result.to_string())])
             }
+            Metric::LimiterCalls { result } => {
+                ("limiter_calls_total", vec![("result", result.to_string())])
+            }
             Metric::KeySyncAgeSeconds => ("key_sync_age_seconds", Vec::new()),
             Metric::Subscriptions => ("subscriptions", Vec::new()),
         };
@@ -235,6 +244,10 @@ mod tests {
             (
                 Metric::KeyLookups { result: "absent" },
                 "maas.key_lookups_total.result=.=absent;.;",
+            ),
+            (
+                Metric::LimiterCalls { result: "failed" },
+                "maas.limiter_calls_total.result=.=failed;.;",
             ),
         ];
         for (m, want) in table {

@@ -12,6 +12,7 @@
 use crate::config::{Config, ControlPlane};
 use crate::error::GatewayError;
 use crate::gateway::Stream;
+use crate::global_limits::Method;
 use crate::host::{Flow, StreamHost};
 use crate::key_sync;
 use crate::limits::{self, Cas, CounterStore, StoreError};
@@ -28,7 +29,11 @@ use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(GatewayRoot::default()) });
+    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
+        let root = GatewayRoot::default();
+        root.vm.borrow_mut().root_id = context_id;
+        Box::new(root)
+    });
 }}
 
 /// Per-VM state shared by the root context and its HTTP contexts (one VM
@@ -40,7 +45,15 @@ struct VmState {
     policy: Rc<Policy>,
     /// Envoy metric ids, defined on first use.
     metric_ids: RefCell<HashMap<Metric, u32>>,
+    /// The root context's id: calls that must outlive a stream are made on
+    /// its behalf.
+    root_id: u32,
+    /// When each throttled warning topic last logged.
+    warned_ms: RefCell<HashMap<&'static str, u64>>,
 }
+
+/// How often a throttled warning topic may log, per worker.
+const WARN_INTERVAL_MS: u64 = 10_000;
 
 impl VmState {
     /// Rebuilds the policy if another VM (or this one) applied a sync since.
@@ -88,8 +101,10 @@ impl GatewayRoot {
     }
 
     fn host(&self) -> EnvoyHost {
+        let root_id = self.vm.borrow().root_id;
         EnvoyHost {
             vm: Rc::clone(&self.vm),
+            context_id: root_id,
         }
     }
 
@@ -347,7 +362,7 @@ impl RootContext for GatewayRoot {
         self.record_gauges(now);
     }
 
-    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would abort the VM (the SDK panics on it); a VM
         // without a valid configuration fails closed instead.
         self.vm.borrow_mut().refresh_policy();
@@ -362,6 +377,7 @@ impl RootContext for GatewayRoot {
             stream: Stream::new(config, policy),
             host: EnvoyHost {
                 vm: Rc::clone(&self.vm),
+                context_id,
             },
         }))
     }
@@ -416,6 +432,19 @@ impl Context for GatewayHttp {
         };
         self.stream.on_key_lookup(&self.host, status, body);
     }
+
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, response_size: usize) {
+        let body = if status_code == 0 && response_size > 0 {
+            hostcalls::get_buffer(BufferType::GrpcReceiveBuffer, 0, response_size)
+                .ok()
+                .flatten()
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        self.stream
+            .on_limiter_response(&self.host, token_id, Some(status_code), &body);
+    }
 }
 
 impl HttpContext for GatewayHttp {
@@ -456,6 +485,8 @@ impl HttpContext for GatewayHttp {
 
 struct EnvoyHost {
     vm: Rc<RefCell<VmState>>,
+    /// The context this host acts for (an HTTP stream, or the root).
+    context_id: u32,
 }
 
 impl EnvoyHost {
@@ -597,8 +628,59 @@ impl StreamHost for EnvoyHost {
         hostcalls::get_property(path).ok().flatten()
     }
 
+    fn dispatch_limiter(
+        &self,
+        cluster: &str,
+        method: Method,
+        message: &[u8],
+        timeout_ms: u64,
+        detached: bool,
+    ) -> Option<u32> {
+        // Envoy cancels a context's calls when the context goes away; a
+        // settlement made as the stream ends must survive it, so it is made
+        // on the root context's behalf. (The SDK still routes its answer to
+        // this stream, which ignores a token it does not wait for.)
+        let root_id = self.vm.borrow().root_id;
+        if detached && hostcalls::set_effective_context(root_id).is_err() {
+            return None;
+        }
+        let grpc = method.grpc();
+        let sent = hostcalls::dispatch_grpc_call(
+            cluster,
+            grpc.service,
+            grpc.method,
+            Vec::new(),
+            Some(message),
+            Duration::from_millis(timeout_ms),
+        );
+        if detached {
+            let _ = hostcalls::set_effective_context(self.context_id);
+        }
+        match sent {
+            Ok(token) => Some(token),
+            Err(e) => {
+                self.warn_throttled(
+                    "limiter-dispatch",
+                    &format!("maas-gateway: call to the rate limiter not sent: {e:?}"),
+                );
+                None
+            }
+        }
+    }
+
     fn warn(&self, message: &str) {
         log(LogLevel::Warn, message);
+    }
+
+    fn warn_throttled(&self, topic: &'static str, message: &str) {
+        let now = now_ms();
+        let vm = self.vm.borrow();
+        let mut warned = vm.warned_ms.borrow_mut();
+        let last = warned.entry(topic).or_insert(0);
+        if now.saturating_sub(*last) >= WARN_INTERVAL_MS {
+            *last = now;
+            log(LogLevel::Warn, message);
+        }
     }
 }
 

@@ -29,6 +29,22 @@ struct FakeHost {
     resumed: Cell<u32>,
     /// Claims of a token jwt_authn verified, as Envoy encodes them.
     claims: RefCell<HashMap<String, Vec<u8>>>,
+    /// Calls to the rate limiter, in order.
+    limiter_calls: RefCell<Vec<SentCall>>,
+    /// Whether a limiter call can be made.
+    limiter_down: Cell<bool>,
+    throttled_warnings: RefCell<Vec<String>>,
+}
+
+/// A call the filter made to the rate limiter.
+#[derive(Debug, Clone)]
+struct SentCall {
+    token: u32,
+    cluster: String,
+    method: Method,
+    message: Vec<u8>,
+    timeout_ms: u64,
+    detached: bool,
 }
 
 impl FakeHost {
@@ -114,7 +130,35 @@ impl StreamHost for FakeHost {
     fn token_claim(&self, claim: &str) -> Option<Vec<u8>> {
         self.claims.borrow().get(claim).cloned()
     }
+    fn dispatch_limiter(
+        &self,
+        cluster: &str,
+        method: Method,
+        message: &[u8],
+        timeout_ms: u64,
+        detached: bool,
+    ) -> Option<u32> {
+        if self.limiter_down.get() {
+            return None;
+        }
+        let mut calls = self.limiter_calls.borrow_mut();
+        let token = 100 + calls.len() as u32;
+        calls.push(SentCall {
+            token,
+            cluster: cluster.to_string(),
+            method,
+            message: message.to_vec(),
+            timeout_ms,
+            detached,
+        });
+        Some(token)
+    }
     fn warn(&self, _message: &str) {}
+    fn warn_throttled(&self, topic: &'static str, message: &str) {
+        self.throttled_warnings
+            .borrow_mut()
+            .push(format!("{topic}: {message}"));
+    }
 }
 
 use crate::limits::CounterStore;
@@ -703,5 +747,6 @@ fn budgets_multiply_by_choices_and_both_fields_get_the_reserved_value() {
     }
 }
 
+mod global;
 mod managed;
 mod oidc;

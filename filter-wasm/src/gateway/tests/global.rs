@@ -1,0 +1,305 @@
+//! Global limits through a fake limiter: the request waits for the
+//! limiter's answers, is refused on any refusal (giving back what it held),
+//! and settles a token reservation with one detached commit.
+
+use super::*;
+use maas_ratelimit_proto::{
+    CommitRequest, DescriptorStatus, Message, RateLimit, RateLimitRequest, RateLimitResponse,
+    ReserveRequest, ReserveResponse,
+};
+
+/// `free` keeps its local request limit and gains global ones; `metered`'s
+/// token limit is global and fails open.
+fn harness(reservations: bool) -> Harness {
+    let mut v = config_json();
+    v["limiter"] = serde_json::json!({
+        "cluster": "limitador", "domain": "maas-test", "timeout_ms": 50,
+        "reservations": reservations
+    });
+    v["subscriptions"]["free"]["limits"] = serde_json::json!({
+        "requests": ["3/min", {"rate": "100/hour", "mode": "global"}],
+        "tokens": [{"rate": "5000/hour", "mode": "global"}]
+    });
+    v["subscriptions"]["metered"]["limits"] = serde_json::json!({
+        "tokens": [{"rate": "1000/min", "mode": "global", "failure_mode": "allow"}]
+    });
+    Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap())
+}
+
+const BODY: &str = r#"{"model":"m1","max_tokens":10,"messages":[]}"#;
+const USAGE: &str = r#"{"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
+
+impl Harness {
+    fn calls(&self) -> Vec<SentCall> {
+        self.host.limiter_calls.borrow().clone()
+    }
+
+    fn answer(&self, s: &mut Stream, call: &SentCall, status: u32, body: Vec<u8>) {
+        s.on_limiter_response(&self.host, call.token, Some(status), &body);
+    }
+}
+
+fn entries(d: &maas_ratelimit_proto::RateLimitDescriptor) -> Vec<(String, String)> {
+    d.entries
+        .iter()
+        .map(|e| (e.key.clone(), e.value.clone()))
+        .collect()
+}
+
+fn ok_reserve(id: &str) -> Vec<u8> {
+    ReserveResponse {
+        code: Code::Ok as i32,
+        reservation_id: id.into(),
+    }
+    .encode_to_vec()
+}
+
+fn rls(code: Code) -> Vec<u8> {
+    RateLimitResponse::with_code(code).encode_to_vec()
+}
+
+use maas_ratelimit_proto::Code;
+
+#[test]
+fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
+    let h = harness(true);
+    let mut s = h.chat(BODY);
+    assert!(h.replied().is_none());
+    assert_eq!(h.host.resumed.get(), 0, "held until the limiter answers");
+    let calls = h.calls();
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    let (requests, tokens) = (&calls[0], &calls[1]);
+    assert_eq!(
+        (requests.method, tokens.method),
+        (Method::ShouldRateLimit, Method::Reserve)
+    );
+    assert!(calls
+        .iter()
+        .all(|c| c.cluster == "limitador" && c.timeout_ms == 50 && !c.detached));
+
+    let rl = RateLimitRequest::decode(&requests.message[..]).unwrap();
+    assert_eq!((rl.domain.as_str(), rl.hits_addend), ("maas-test", 1));
+    assert_eq!(
+        entries(&rl.descriptors[0]),
+        [
+            ("subscription".into(), "free".into()),
+            ("key".into(), "alice-1".into()),
+            ("quantity".into(), "requests".into()),
+            ("model".into(), "m1".into()),
+        ]
+    );
+    let reserve = ReserveRequest::decode(&tokens.message[..]).unwrap();
+    // The worst case: the body's bytes (1 byte per token) plus max_tokens.
+    assert_eq!(reserve.amount, BODY.len() as u64 + 10);
+    assert_eq!(reserve.ttl.unwrap().seconds, 600);
+    assert_eq!(entries(&reserve.descriptors[0])[2].1, "tokens");
+    // The local request limit was taken as usual.
+    assert_eq!(h.used(REQ), 1);
+
+    h.answer(&mut s, requests, 0, rls(Code::Ok));
+    assert_eq!(h.host.resumed.get(), 0, "one answer of two");
+    h.answer(&mut s, tokens, 0, ok_reserve("r-1"));
+    assert_eq!(h.host.resumed.get(), 1);
+
+    h.respond_json(&mut s, 200, USAGE);
+    let calls = h.calls();
+    assert_eq!(calls.len(), 3);
+    let commit = &calls[2];
+    assert_eq!(commit.method, Method::Commit);
+    assert!(commit.detached, "a settlement must outlive the stream");
+    let commit = CommitRequest::decode(&commit.message[..]).unwrap();
+    assert_eq!(
+        (commit.reservation_id.as_str(), commit.actual_amount),
+        ("r-1", 12)
+    );
+    assert_eq!(h.metric("maas.limiter_calls_total.result=.=ok;.;"), 2);
+    // Settling twice (on_log after the response's end) sends nothing more.
+    s.on_log(&h.host);
+    assert_eq!(h.calls().len(), 3);
+}
+
+#[test]
+fn over_a_global_limit_is_a_429_that_gives_back_every_hold() {
+    let h = harness(true);
+    let mut s = h.chat(BODY);
+    let calls = h.calls();
+    // The request limit refuses with the limiter's numbers...
+    let over = RateLimitResponse {
+        overall_code: Code::OverLimit as i32,
+        statuses: vec![DescriptorStatus {
+            code: Code::OverLimit as i32,
+            current_limit: Some(RateLimit {
+                requests_per_unit: 100,
+                unit: 0,
+                name: String::new(),
+            }),
+            limit_remaining: 0,
+            duration_until_reset: Some(maas_ratelimit_proto::Duration {
+                seconds: 42,
+                nanos: 0,
+            }),
+        }],
+        ..Default::default()
+    };
+    h.answer(&mut s, &calls[0], 0, over.encode_to_vec());
+    let (status, headers, body) = h.replied().unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["type"], "requests", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("global"),
+        "{body}"
+    );
+    assert!(
+        headers.contains(&("retry-after".into(), "42".into())),
+        "{headers:?}"
+    );
+    assert_eq!(h.used(REQ), 0, "the local request hold is released");
+    assert_eq!(h.host.resumed.get(), 0);
+
+    // ...and the token reservation granted afterwards is given back.
+    h.answer(&mut s, &calls[1], 0, ok_reserve("r-9"));
+    let calls = h.calls();
+    let release = CommitRequest::decode(&calls[2].message[..]).unwrap();
+    assert_eq!(
+        (release.reservation_id.as_str(), release.actual_amount),
+        ("r-9", 0)
+    );
+    s.on_log(&h.host);
+    assert_eq!(
+        h.calls().len(),
+        3,
+        "nothing is charged for a refused request"
+    );
+    assert_eq!(h.audit()["outcome"], "rate_limited");
+}
+
+#[test]
+fn a_token_reservation_refused_gives_429_with_the_configured_window() {
+    let h = harness(true);
+    let mut s = h.chat(BODY);
+    let calls = h.calls();
+    h.answer(&mut s, &calls[0], 0, rls(Code::Ok));
+    let refused = ReserveResponse {
+        code: Code::OverLimit as i32,
+        reservation_id: String::new(),
+    };
+    h.answer(&mut s, &calls[1], 0, refused.encode_to_vec());
+    let (status, headers, body) = h.replied().unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["type"], "tokens");
+    assert!(
+        headers.contains(&("retry-after".into(), "3600".into())),
+        "{headers:?}"
+    );
+    assert_eq!(h.used(REQ), 0);
+}
+
+#[test]
+fn an_unreachable_limiter_denies_by_default_and_allows_where_configured() {
+    let h = harness(true);
+    h.host.limiter_down.set(true);
+    h.chat(BODY);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("limiter_unavailable"))
+    );
+    assert_eq!(h.used(REQ), 0);
+    assert_eq!(h.metric("maas.limiter_calls_total.result=.=failed;.;"), 1);
+    assert_eq!(h.host.throttled_warnings.borrow().len(), 1);
+
+    // A timeout (Envoy answers with a gRPC status) on a fail-open limit
+    // lets the request through uncounted there.
+    h.host.limiter_down.set(false);
+    let mut s = h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-metered")],
+        BODY,
+    );
+    let calls = h.calls();
+    let reserve = calls.last().unwrap();
+    assert_eq!(reserve.method, Method::Reserve);
+    h.answer(&mut s, reserve, 4, Vec::new());
+    assert!(h.replied().is_none(), "{:?}", h.replied());
+    assert_eq!(h.host.resumed.get(), 1);
+    h.respond_json(&mut s, 200, USAGE);
+    assert_eq!(
+        h.calls().len(),
+        calls.len(),
+        "no reservation, nothing to commit"
+    );
+
+    // The same failure on a fail-closed limit refuses.
+    let mut s = h.chat(BODY);
+    let calls = h.calls();
+    h.answer(&mut s, &calls[calls.len() - 2], 14, Vec::new());
+    assert_eq!(h.replied().unwrap().0, 503);
+}
+
+#[test]
+fn without_reservations_it_checks_the_worst_case_and_reports_the_usage() {
+    let h = harness(false);
+    let mut s = h.chat(BODY);
+    let calls = h.calls();
+    assert_eq!(calls[1].method, Method::CheckRateLimit);
+    let check = RateLimitRequest::decode(&calls[1].message[..]).unwrap();
+    assert_eq!(check.hits_addend as usize, BODY.len() + 10);
+    h.answer(&mut s, &calls[0], 0, rls(Code::Ok));
+    h.answer(&mut s, &calls[1], 0, rls(Code::Ok));
+    assert_eq!(h.host.resumed.get(), 1);
+    h.respond_json(&mut s, 200, USAGE);
+    let report = h.calls()[2].clone();
+    assert_eq!(report.method, Method::Report);
+    assert!(report.detached);
+    assert_eq!(
+        RateLimitRequest::decode(&report.message[..])
+            .unwrap()
+            .hits_addend,
+        12
+    );
+}
+
+#[test]
+fn answers_for_other_tokens_or_after_the_end_change_nothing() {
+    let h = harness(true);
+    let mut s = h.chat(BODY);
+    s.on_limiter_response(&h.host, 9999, Some(0), &rls(Code::OverLimit));
+    assert!(h.replied().is_none());
+    // A garbled answer is a failure, and the limit fails closed.
+    let calls = h.calls();
+    h.answer(&mut s, &calls[0], 0, vec![0xff, 0xff, 0xff]);
+    assert_eq!(h.replied().unwrap().0, 503);
+}
+
+#[test]
+fn global_limits_are_validated_at_load() {
+    let bad = |patch: &dyn Fn(&mut serde_json::Value)| {
+        let mut v = config_json();
+        patch(&mut v);
+        Config::from_json(v.to_string().as_bytes()).unwrap_err()
+    };
+    let e = bad(&|v| {
+        v["subscriptions"]["free"]["limits"] =
+            serde_json::json!({"tokens": [{"rate": "10/min", "mode": "global"}]});
+    });
+    assert!(e.reason.contains("no `limiter`"), "{e}");
+    let e = bad(&|v| {
+        v["subscriptions"]["free"]["limits"] =
+            serde_json::json!({"tokens": [{"rate": "10/min", "failure_mode": "allow"}]});
+    });
+    assert_eq!(e.field, "subscriptions.free.limits.tokens[0].failure_mode");
+    let e = bad(&|v| {
+        v["limiter"] = serde_json::json!({"cluster": "limitador", "timeout_ms": 0});
+    });
+    assert_eq!(e.field, "limiter.timeout_ms");
+    let e = bad(&|v| {
+        v["limiter"] = serde_json::json!({"cluster": "limitador"});
+        v["keys"][0]["limits"] =
+            serde_json::json!({"tokens": [{"rate": "10/min", "mode": "global"}]});
+    });
+    assert_eq!(e.field, "keys[0].limits");
+}
