@@ -29,19 +29,35 @@ build=(cargo build --profile serve --locked -p inference-server --features cuda 
 echo "==> compiling the library (candle's CUDA kernels for sm_$CUDA_COMPUTE_CAP: over 15 minutes on 2 cores the first time)" >&2
 "${build[@]}" --lib
 
-rlib=$(ls -t "$target"/serve/deps/libcudarc-*.rlib | head -n 1)
 stubs="$toolkit/lib/stubs"
-if [ ! -f "$stubs/.from" ] || [ "$(cat "$stubs/.from")" != "$rlib" ] || [ "$rlib" -nt "$stubs/.from" ]; then
-  echo "==> generating link stubs from $(basename "$rlib")" >&2
-  rm -rf "$stubs"
+# The release profile's LTO leaves the dependencies as LLVM bitcode, which
+# binutils cannot read; the linker's own list of what it could not resolve
+# is the exact set of symbols the stubs must define.
+if [ ! -f "$stubs/.complete" ]; then
+  echo "==> finding the CUDA symbols the binary links" >&2
   mkdir -p "$stubs"
-  symbols=$(nm --undefined-only --format=just-symbols "$rlib" 2>/dev/null | sort -u)
+  # Empty libraries first: without them the linker stops at `-lcuda`
+  # before it lists any symbol.
+  for lib in nvrtc cublasLt cublas curand cuda; do
+    echo >"$stubs/empty.c"
+    gcc -shared -fPIC -o "$stubs/lib$lib.so" "$stubs/empty.c"
+  done
+  rm -f "$stubs/empty.c"
+  log="$target/link-attempt.log"
+  "${build[@]}" >"$log" 2>&1 || true
+  symbols=$(grep -oE "undefined reference to .[A-Za-z0-9_]+'" "$log" | sed -E "s/.*to .([A-Za-z0-9_]+)'/\1/" | sort -u)
+  if [ -z "$symbols" ] && ! grep -q "Finished" "$log"; then
+    echo "the build failed for another reason than missing CUDA libraries:" >&2
+    tail -n 40 "$log" >&2
+    exit 1
+  fi
+  echo "==> generating link stubs into $stubs" >&2
   # library, soname, symbol pattern (first match wins: cublasLt before cublas)
   while read -r lib soname pattern; do
     src="$stubs/$lib.c"
     : >"$src"
-    for s in $(grep -E "$pattern" <<<"$symbols" || true); do
-      echo "void $s(void) {}" >>"$src"
+    for sym in $(grep -E "$pattern" <<<"$symbols" || true); do
+      echo "void $sym(void) {}" >>"$src"
     done
     symbols=$(grep -vE "$pattern" <<<"$symbols" || true)
     gcc -shared -fPIC -Wl,-soname,"$soname" -o "$stubs/lib$lib.so" "$src"
@@ -51,9 +67,13 @@ nvrtc libnvrtc.so.13 ^nvrtc
 cublasLt libcublasLt.so.13 ^cublasLt
 cublas libcublas.so.13 ^cublas
 curand libcurand.so.10 ^curand
-cuda libcuda.so.1 ^cu[A-Z]
+cuda libcuda.so.1 ^cu
 EOF
-  echo "$rlib" >"$stubs/.from"
+  if [ -n "$symbols" ]; then
+    echo "unresolved symbols outside the CUDA libraries: $symbols" >&2
+    exit 1
+  fi
+  touch "$stubs/.complete"
 fi
 
 echo "==> linking inference-server with CUDA" >&2

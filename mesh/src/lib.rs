@@ -19,11 +19,11 @@ pub mod manifest;
 
 /// The identity the filter publishes for the layers after it (Kuadrant's
 /// wasm-shim, the model server): request headers it sets itself after
-/// removing any a client sent, and the same values as dynamic metadata.
+/// removing any a client sent. (Envoy gives a wasm filter no call to write
+/// dynamic metadata; the audit record in filter state `wasm.maas_audit`
+/// carries the same identity for access logs.)
 pub mod identity {
     pub const SUBSCRIPTION_HEADER: &str = "x-maas-subscription";
     pub const KEY_ID_HEADER: &str = "x-maas-key-id";
     pub const USER_HEADER: &str = "x-maas-user";
-    /// Dynamic-metadata namespace; keys `subscription`, `key_id`, `user`.
-    pub const METADATA_NAMESPACE: &str = "maas";
 }

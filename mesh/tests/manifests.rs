@@ -493,6 +493,7 @@ fn the_mesh_filter_settings_agree_with_the_local_bootstrap() {
             "127.0.0.1:8000".parse().unwrap(),
         )],
         control_plane: None,
+        limiter: None,
         oidc: None,
     };
     let bootstrap = maas_testkit::render_gateway(&maas_testkit::gateway_template(), &spec).unwrap();

@@ -33,6 +33,8 @@ pub struct GatewaySpec {
     pub models: Vec<(String, SocketAddr)>,
     /// The control plane (`None`: the discard port; see the template).
     pub control_plane: Option<SocketAddr>,
+    /// The rate limiter for global limits (cluster `limitador`).
+    pub limiter: Option<SocketAddr>,
     /// Verify OIDC bearer tokens on model traffic.
     pub oidc: Option<OidcSpec>,
 }
@@ -106,6 +108,7 @@ pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, Rend
         ),
         ("CONTROL_PLANE_PORT", control_plane.port().to_string()),
         ("OIDC_FILTER", oidc_filter(spec.oidc.as_ref())),
+        ("LIMITER_CLUSTER", limiter_cluster(spec.limiter)),
         ("MODEL_ROUTES", model_routes(&spec.models)?),
         ("MODEL_CLUSTERS", model_clusters(&spec.models)),
     ];
@@ -153,6 +156,21 @@ pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, Rend
         out.push_str(rest);
     }
     Ok(out)
+}
+
+/// The cluster the filter's `limiter.cluster` names, speaking gRPC (HTTP/2)
+/// to the limiter.
+pub const LIMITER_CLUSTER: &str = "limitador";
+
+fn limiter_cluster(limiter: Option<SocketAddr>) -> String {
+    let Some(addr) = limiter else {
+        return String::new();
+    };
+    format!(
+        "  - name: {LIMITER_CLUSTER}\n    type: STATIC\n    connect_timeout: 1s\n    typed_extension_protocol_options:\n      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n        \"@type\": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n        explicit_http_config:\n          http2_protocol_options: {{}}\n    load_assignment:\n      cluster_name: {LIMITER_CLUSTER}\n      endpoints:\n      - lb_endpoints:\n        - endpoint:\n            address:\n              socket_address: {{ address: {}, port_value: {} }}\n",
+        string_literal(&addr.ip().to_string()),
+        addr.port()
+    )
 }
 
 fn is_placeholder_name(name: &str) -> bool {
@@ -304,6 +322,7 @@ mod tests {
     fn spec(models: &[(&str, &str)]) -> GatewaySpec {
         GatewaySpec {
             control_plane: None,
+            limiter: None,
             oidc: None,
             listen_port: 0,
             admin_port: 9901,

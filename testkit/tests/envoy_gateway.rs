@@ -24,6 +24,7 @@ fn shipped_template_validates() {
     envoy_binary();
     let spec = GatewaySpec {
         control_plane: None,
+        limiter: None,
         oidc: None,
         listen_port: 8080,
         admin_port: 9901,
@@ -48,6 +49,7 @@ fn shipped_template_validates() {
     .expect("the test issuer's JWKS");
     let full = GatewaySpec {
         control_plane: Some("127.0.0.1:8090".parse().expect("addr")),
+        limiter: Some("127.0.0.1:8081".parse().expect("addr")),
         oidc: Some(maas_testkit::OidcSpec {
             issuer: "https://issuer.test".into(),
             audience: "maas".into(),
@@ -57,6 +59,7 @@ fn shipped_template_validates() {
     };
     let rendered = render_gateway(&gateway_template(), &full).expect("renders");
     assert!(rendered.contains("- name: envoy.filters.http.jwt_authn"));
+    assert!(rendered.contains("- name: limitador"));
     validate_yaml(&rendered).unwrap_or_else(|error| panic!("{error}\n{rendered}"));
 
     let no_models = GatewaySpec {

@@ -130,6 +130,7 @@ pub fn render_variant(
     };
     let spec = GatewaySpec {
         control_plane: None,
+        limiter: None,
         oidc: None,
         listen_port: 0,
         admin_port: 0,

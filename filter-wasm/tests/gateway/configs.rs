@@ -12,6 +12,7 @@ fn render(config: serde_json::Value) -> String {
     let up: SocketAddr = "127.0.0.1:8000".parse().unwrap();
     let spec = GatewaySpec {
         control_plane: None,
+        limiter: None,
         oidc: None,
         listen_port: 8080,
         admin_port: 9901,

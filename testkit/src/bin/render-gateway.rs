@@ -5,7 +5,8 @@
 //! Options: `--listen-port N` (default 10000), `--admin-port N` (default 9901),
 //! `--wasm PATH` (default: the release filter), `--access-log PATH` (default
 //! /dev/stdout), `--control-plane HOST:PORT` (the filter's key sync and
-//! `/maas-api/*`), `--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE`
+//! `/maas-api/*`), `--limiter HOST:PORT` (the `limitador` cluster the
+//! filter's global limits call), `--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE`
 //! (verify OIDC bearer tokens on model traffic), `--template PATH` (default
 //! envoy/gateway.template.yaml), `--out PATH` (default stdout).
 
@@ -20,7 +21,7 @@ use maas_testkit::gateway::{
 const USAGE: &str =
     "usage: render-gateway --filter-config FILE --model NAME=HOST:PORT [--model ...] \
 [--listen-port 10000] [--admin-port 9901] [--wasm PATH] [--access-log PATH] \
-[--control-plane HOST:PORT] [--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE] \
+[--control-plane HOST:PORT] [--limiter HOST:PORT] [--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE] \
 [--template PATH] [--out PATH]";
 
 struct Args {
@@ -32,6 +33,7 @@ struct Args {
 fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     let mut spec = GatewaySpec {
         control_plane: None,
+        limiter: None,
         oidc: None,
         listen_port: 10000,
         admin_port: 9901,
@@ -68,6 +70,13 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
                 spec.control_plane = Some(text.parse().map_err(|_| {
                     format!("--control-plane {text:?} is not HOST:PORT (an IP address)")
                 })?);
+            }
+            "--limiter" => {
+                let text = value()?;
+                spec.limiter =
+                    Some(text.parse().map_err(|_| {
+                        format!("--limiter {text:?} is not HOST:PORT (an IP address)")
+                    })?);
             }
             "--oidc-issuer" => issuer = Some(value()?),
             "--oidc-audience" => audience = Some(value()?),

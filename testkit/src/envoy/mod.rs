@@ -82,6 +82,7 @@ pub struct GatewayBuilder {
     wasm_path: Option<PathBuf>,
     envoy_binary: Option<PathBuf>,
     control_plane: Option<SocketAddr>,
+    limiter: Option<SocketAddr>,
     oidc: Option<OidcSpec>,
 }
 
@@ -100,6 +101,7 @@ impl Default for GatewayBuilder {
             wasm_path: None,
             envoy_binary: None,
             control_plane: None,
+            limiter: None,
             oidc: None,
         }
     }
@@ -119,6 +121,13 @@ impl GatewayBuilder {
     }
 
     /// The control plane: the filter's sync cluster and `/maas-api/*`.
+    /// The rate limiter the filter's global limits call (cluster
+    /// `limitador`).
+    pub fn limiter(mut self, addr: SocketAddr) -> Self {
+        self.limiter = Some(addr);
+        self
+    }
+
     pub fn control_plane(mut self, addr: SocketAddr) -> Self {
         self.control_plane = Some(addr);
         self
@@ -209,6 +218,7 @@ impl GatewayBuilder {
         })?;
         let spec = GatewaySpec {
             control_plane: self.control_plane,
+            limiter: self.limiter,
             oidc: self.oidc,
             listen_port: self.listen_port,
             admin_port: self.admin_port,

@@ -236,6 +236,7 @@ impl Stack {
             })?;
         let spec = GatewaySpec {
             control_plane: control_plane.as_ref().map(ControlPlaneProcess::addr),
+            limiter: None,
             oidc: None,
             listen_port: options.listen_port,
             admin_port: options.admin_port,
