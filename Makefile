@@ -13,10 +13,12 @@ export MAAS_NOOP_WASM := $(CURDIR)/$(NOOP_WASM)
 INFERENCE_SERVER := target/serve/inference-server
 export MAAS_INFERENCE_SERVER := $(CURDIR)/$(INFERENCE_SERVER)
 export MAAS_CONTROL_PLANE := $(CURDIR)/target/serve/maas-control-plane
+export MAAS_LIMITER := $(CURDIR)/target/serve/maas-limiter
+export MAAS_REDIS_SERVER := $(CURDIR)/.cache/redis/7.0.15/bin/redis-server
 export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
 export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
-.PHONY: run serve test bench lint fmt setup model wasm host server clean-cache
+.PHONY: run serve test bench lint fmt setup model wasm host server server-cuda clean-cache
 
 ## run: Envoy + the gateway filter in front of the inference server (SmolLM2-135M-Instruct)
 run: setup wasm host server
@@ -53,6 +55,7 @@ setup:
 	@./scripts/fetch-envoy.sh
 	@./scripts/fetch-model.sh
 	@./scripts/python-env.sh
+	@./scripts/redis.sh
 
 ## model: the embedded default GGUF (SmolLM2-135M-Instruct Q4_1) into .cache/models
 model:
@@ -61,10 +64,14 @@ model:
 wasm:
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p maas-filter -p maas-noop-filter
 
-# One optimised build of the inference server and the control plane, shared
-# by tests, benches and run.
+# One optimised build of the inference server, the control plane and the
+# rate limiter, shared by tests, benches and run.
 server:
-	$(CARGO) build --profile serve --locked -p inference-server -p maas-control-plane
+	$(CARGO) build --profile serve --locked -p inference-server -p maas-control-plane -p maas-limiter
+
+## server-cuda: the inference server with the GPU path (--features cuda) into target/cuda/serve/ (nvcc from pinned PyPI wheels; CUDA_COMPUTE_CAP, default 90; not needed by test or run)
+server-cuda:
+	./scripts/build-cuda.sh
 
 host:
 	$(CARGO) build --release --locked -p maas-testkit --bins

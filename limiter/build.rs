@@ -36,8 +36,18 @@ fn main() {
             "RateLimitRequest",
             "RateLimitResponse",
         ))
-        .method(unary("report", "Report", "RateLimitRequest", "RateLimitResponse"))
-        .method(unary("reserve", "Reserve", "ReserveRequest", "ReserveResponse"))
+        .method(unary(
+            "report",
+            "Report",
+            "RateLimitRequest",
+            "RateLimitResponse",
+        ))
+        .method(unary(
+            "reserve",
+            "Reserve",
+            "ReserveRequest",
+            "ReserveResponse",
+        ))
         .method(unary("commit", "Commit", "CommitRequest", "CommitResponse"))
         .build();
     Builder::new()

@@ -90,10 +90,15 @@ impl Engine {
                     url: redacted(url),
                     reason,
                 };
+                let late = || failed(format!("no answer in {REDIS_CONNECT_TIMEOUT:?}"));
+                tokio::time::timeout(REDIS_CONNECT_TIMEOUT, probe(url))
+                    .await
+                    .map_err(|_| late())?
+                    .map_err(|e| failed(e.to_string()))?;
                 let redis =
                     tokio::time::timeout(REDIS_CONNECT_TIMEOUT, AsyncRedisStorage::new(url))
                         .await
-                        .map_err(|_| failed(format!("no answer in {REDIS_CONNECT_TIMEOUT:?}")))?
+                        .map_err(|_| late())?
                         .map_err(|e| failed(e.to_string()))?;
                 let limiter = AsyncRateLimiterBuilder::new(AsyncStorage::with_counter_storage(
                     Box::new(redis),
@@ -169,6 +174,14 @@ impl Engine {
             Limiter::Redis(_) => "redis",
         }
     }
+}
+
+/// One PING over a plain connection: fails at once with the real cause.
+async fn probe(url: &str) -> redis::RedisResult<()> {
+    let mut connection = redis::Client::open(url)?
+        .get_multiplexed_async_connection()
+        .await?;
+    redis::cmd("PING").query_async::<()>(&mut connection).await
 }
 
 /// `url` without its password, for messages and logs.

@@ -57,6 +57,8 @@ enum StartError {
     Bind(SocketAddr, std::io::Error),
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error("cannot handle SIGTERM/SIGINT: {0}")]
+    Signals(std::io::Error),
     #[error("gRPC server failed: {0}")]
     Serve(#[from] tonic::transport::Error),
 }
@@ -99,6 +101,7 @@ async fn serve(args: Args) -> Result<(), StartError> {
     let storage_name = engine.storage_name();
     let service = RateLimitService::new(Arc::new(engine));
 
+    let shutdown = shutdown_signal()?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| StartError::Bind(args.listen, e))?;
@@ -119,24 +122,25 @@ async fn serve(args: Args) -> Result<(), StartError> {
         .add_service(service.kuadrant())
         .serve_with_incoming_shutdown(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
-            shutdown_signal(),
+            shutdown,
         )
         .await?;
     tracing::info!("maas-limiter stopped");
     Ok(())
 }
 
-/// SIGINT or SIGTERM.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    if let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-    {
+/// Resolves at SIGINT or SIGTERM. The handlers are installed here, before
+/// the listener is announced, so a signal sent as soon as a supervisor sees
+/// it listening is never taken for the default (death).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>, StartError> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut terminate = signal(SignalKind::terminate()).map_err(StartError::Signals)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(StartError::Signals)?;
+    Ok(async move {
         tokio::select! {
-            _ = ctrl_c => {}
-            _ = term.recv() => {}
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
         }
-    } else {
-        let _ = ctrl_c.await;
-    }
-    tracing::info!("shutting down: finishing the calls in flight");
+        tracing::info!("shutting down: finishing the calls in flight");
+    })
 }

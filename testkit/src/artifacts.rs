@@ -1,8 +1,9 @@
 //! Where the build products the harness runs are found: Envoy, the filter
-//! module, the inference server and the control plane. Each comes from
-//! `make test` (it fetches Envoy and builds the rest) at a fixed place under
-//! the workspace, or from the environment variable named here; a missing one
-//! gets a message pointing at both rather than a bare ENOENT.
+//! module, the inference server, the control plane, the rate limiter and
+//! Redis. Each comes from `make test` (it fetches Envoy and Redis and builds
+//! the rest) at a fixed place under the workspace, or from the environment
+//! variable named here; a missing one gets a message pointing at both rather
+//! than a bare ENOENT.
 
 use std::path::PathBuf;
 
@@ -17,6 +18,16 @@ macro_rules! envoy_version {
 
 /// The Envoy release the project is tested against.
 pub const ENVOY_VERSION: &str = envoy_version!();
+
+/// The Redis release `scripts/redis.sh` installs, as a literal for `concat!`.
+macro_rules! redis_version {
+    () => {
+        "7.0.15"
+    };
+}
+
+/// The Redis release the limiter is tested against.
+pub const REDIS_VERSION: &str = redis_version!();
 
 /// A build product: the variable that points at it, and where `make test`
 /// puts it otherwise.
@@ -58,6 +69,24 @@ pub const CONTROL_PLANE: Artifact = Artifact {
     relative: "target/serve/maas-control-plane",
     what: "control plane",
     made_by: "builds",
+};
+
+pub const LIMITER: Artifact = Artifact {
+    env: "MAAS_LIMITER",
+    relative: "target/serve/maas-limiter",
+    what: "rate limiter",
+    made_by: "builds",
+};
+
+pub const REDIS_SERVER: Artifact = Artifact {
+    env: "MAAS_REDIS_SERVER",
+    relative: concat!(".cache/redis/", redis_version!(), "/bin/redis-server"),
+    what: "Redis server",
+    made_by: concat!(
+        "installs Debian's Redis ",
+        redis_version!(),
+        " (scripts/redis.sh) into"
+    ),
 };
 
 impl Artifact {

@@ -8,6 +8,8 @@
 //!   it serves, reads its admin API, metrics and access log, and stops it on drop.
 //! - [`inference`]: the real inference server binary on a loopback port.
 //! - [`control_plane`]: the real control plane binary on a loopback port.
+//! - [`limiter`], [`redis`]: the real rate limiter binary and a throwaway
+//!   Redis on loopback ports; [`ratelimit_client`] talks gRPC to a limiter.
 //! - [`artifacts`]: where those binaries and the filter module are found.
 //! - [`stack`]: the local stack `make run` starts (the `maas-stack` binary):
 //!   the upstream and Envoy with the filter, in the foreground.
@@ -24,8 +26,11 @@ pub mod envoy;
 pub mod eventually;
 pub mod gateway;
 pub mod inference;
+pub mod limiter;
 pub mod mock_upstream;
 pub use maas_prometheus_text as prometheus;
+pub mod ratelimit_client;
+pub mod redis;
 pub mod stack;
 
 pub use client::{get, post_json, request, try_request, ClientError, Response};
@@ -40,4 +45,7 @@ pub use gateway::{
 pub use inference::{
     default_model, inference_server_binary, python_with_openai, InferenceLaunch, InferenceServer,
 };
+pub use limiter::{limiter_binary, LimiterLaunch, LimiterProcess};
 pub use mock_upstream::{MockUpstream, RecordedRequest};
+pub use ratelimit_client::{GrpcCode, GrpcStatus, RateLimitClient};
+pub use redis::{redis_server_binary, RedisProcess};

@@ -1,0 +1,466 @@
+//! `maas-limiter` as gateways use it: the binary cargo just built, on a
+//! loopback port, with a real `redis-server` (or its memory), driven over
+//! gRPC with the shared messages. Each test has its own Redis and limiter.
+
+// Test helpers, not only #[test] bodies, may fail by panicking.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use maas_ratelimit_proto::{
+    Code, CommitRequest, RateLimitDescriptor, RateLimitRequest, RateLimitResponse, RateLimitUnit,
+    ReserveRequest,
+};
+use maas_testkit::{GrpcCode, LimiterLaunch, LimiterProcess, RateLimitClient, RedisProcess};
+
+/// 10 hits a minute per user of model `m`, in namespace `maas`.
+const LIMITS: &str = r#"
+- namespace: maas
+  name: per-user
+  max_value: 10
+  seconds: 60
+  conditions: ["descriptors[0].model == 'm'"]
+  variables: ["descriptors[0].user"]
+"#;
+
+/// A private folder for one test's files.
+fn test_dir(test: &str) -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join("limiter")
+        .join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn launch(test: &str, limits: &str, redis: Option<&RedisProcess>) -> LimiterLaunch {
+    let file = test_dir(test).join("limits.yaml");
+    std::fs::write(&file, limits).unwrap();
+    LimiterLaunch {
+        redis_url: redis.map(RedisProcess::url),
+        binary: Some(env!("CARGO_BIN_EXE_maas-limiter").into()),
+        ..LimiterLaunch::new(file)
+    }
+}
+
+/// Redis and a limiter on it, with [`LIMITS`].
+fn with_redis(test: &str) -> (RedisProcess, LimiterProcess, RateLimitClient) {
+    let redis = RedisProcess::start().unwrap();
+    let limiter = LimiterProcess::launch(&launch(test, LIMITS, Some(&redis))).unwrap();
+    let client = limiter.client();
+    (redis, limiter, client)
+}
+
+fn user(name: &str) -> Vec<RateLimitDescriptor> {
+    vec![RateLimitDescriptor::new([("model", "m"), ("user", name)])]
+}
+
+fn hits(user_name: &str, hits: u32) -> RateLimitRequest {
+    RateLimitRequest::new("maas", user(user_name), hits)
+}
+
+fn reserve(user_name: &str, amount: u64, ttl: Option<Duration>) -> ReserveRequest {
+    ReserveRequest {
+        domain: "maas".into(),
+        descriptors: user(user_name),
+        amount,
+        ttl: ttl.map(Into::into),
+    }
+}
+
+fn commit(user_name: &str, id: &str, actual: u64) -> CommitRequest {
+    CommitRequest {
+        domain: "maas".into(),
+        descriptors: user(user_name),
+        reservation_id: id.into(),
+        actual_amount: actual,
+    }
+}
+
+fn remaining(response: &RateLimitResponse) -> u32 {
+    assert_eq!(response.statuses.len(), 1, "{response:?}");
+    response.statuses[0].limit_remaining
+}
+
+/// Would `n` more hits for `user_name` be allowed? (spends nothing)
+fn fits(client: &RateLimitClient, user_name: &str, n: u32) -> bool {
+    let code = client
+        .check_rate_limit(&hits(user_name, n))
+        .unwrap()
+        .overall_code();
+    assert_ne!(code, Code::Unknown);
+    code == Code::Ok
+}
+
+#[test]
+fn should_rate_limit_counts_hits_and_answers_over_limit_with_statuses() {
+    let (_redis, _limiter, client) = with_redis("should_rate_limit");
+
+    let first = client.should_rate_limit(&hits("alice", 4)).unwrap();
+    assert_eq!(first.overall_code(), Code::Ok);
+    assert_eq!(remaining(&first), 6);
+    assert_eq!(
+        remaining(&client.should_rate_limit(&hits("alice", 4)).unwrap()),
+        2
+    );
+
+    let over = client.should_rate_limit(&hits("alice", 4)).unwrap();
+    assert_eq!(over.overall_code(), Code::OverLimit);
+    let status = &over.statuses[0];
+    assert_eq!(status.code(), Code::OverLimit);
+    assert_eq!(status.limit_remaining, 2, "a refused call counts nothing");
+    let limit = status.current_limit.as_ref().unwrap();
+    assert_eq!(
+        (limit.requests_per_unit, limit.unit(), limit.name.as_str()),
+        (10, RateLimitUnit::Minute, "per-user")
+    );
+    let reset = status.duration_until_reset.unwrap().to_std().unwrap();
+    assert!(
+        reset > Duration::ZERO && reset <= Duration::from_secs(60),
+        "{reset:?}"
+    );
+
+    // An unset addend counts as one hit, as Envoy sends it.
+    assert_eq!(
+        remaining(&client.should_rate_limit(&hits("alice", 0)).unwrap()),
+        1
+    );
+    assert_eq!(
+        remaining(&client.should_rate_limit(&hits("alice", 1)).unwrap()),
+        0
+    );
+    assert_eq!(
+        client
+            .should_rate_limit(&hits("alice", 0))
+            .unwrap()
+            .overall_code(),
+        Code::OverLimit
+    );
+
+    // Another user has a counter of their own; another model has no limit.
+    assert_eq!(
+        remaining(&client.should_rate_limit(&hits("bob", 1)).unwrap()),
+        9
+    );
+    let other_model = RateLimitRequest::new(
+        "maas",
+        vec![RateLimitDescriptor::new([
+            ("model", "x"),
+            ("user", "alice"),
+        ])],
+        100,
+    );
+    let free = client.should_rate_limit(&other_model).unwrap();
+    assert_eq!(free.overall_code(), Code::Ok);
+    assert!(free.statuses.is_empty());
+}
+
+#[test]
+fn check_rate_limit_spends_nothing() {
+    let (_redis, _limiter, client) = with_redis("check_spends_nothing");
+    for _ in 0..20 {
+        let answer = client.check_rate_limit(&hits("alice", 5)).unwrap();
+        assert_eq!((answer.overall_code(), remaining(&answer)), (Code::Ok, 10));
+    }
+    assert!(fits(&client, "alice", 10));
+    assert!(!fits(&client, "alice", 11));
+    // The whole budget is still there to spend.
+    assert_eq!(
+        client
+            .should_rate_limit(&hits("alice", 10))
+            .unwrap()
+            .overall_code(),
+        Code::Ok
+    );
+    assert!(!fits(&client, "alice", 1));
+    assert!(!fits(&client, "alice", 0), "an addend of 0 checks one hit");
+}
+
+#[test]
+fn report_adds_without_checking() {
+    let (_redis, _limiter, client) = with_redis("report_adds");
+    assert_eq!(
+        client.report(&hits("alice", 7)).unwrap().overall_code(),
+        Code::Ok
+    );
+    assert!(fits(&client, "alice", 3));
+    assert!(!fits(&client, "alice", 4));
+    // An addend of 0 reports one, as Limitador does.
+    client.report(&hits("alice", 0)).unwrap();
+    assert!(fits(&client, "alice", 2));
+    assert!(!fits(&client, "alice", 3));
+    // Report is after the fact: it counts past the limit.
+    assert_eq!(
+        client.report(&hits("alice", 50)).unwrap().overall_code(),
+        Code::Ok
+    );
+    let answer = client.check_rate_limit(&hits("alice", 1)).unwrap();
+    assert_eq!(
+        (answer.overall_code(), remaining(&answer)),
+        (Code::OverLimit, 0)
+    );
+}
+
+#[test]
+fn reserve_never_exceeds_the_limit_counting_live_holds() {
+    let (redis, _limiter, client) = with_redis("reserve_holds");
+    let first = client.reserve(&reserve("alice", 6, None)).unwrap();
+    assert_eq!(first.code(), Code::Ok);
+    assert!(!first.reservation_id.is_empty());
+
+    let refused = client.reserve(&reserve("alice", 5, None)).unwrap();
+    assert_eq!(refused.code(), Code::OverLimit);
+    assert!(refused.reservation_id.is_empty(), "no id without a hold");
+
+    let second = client.reserve(&reserve("alice", 4, None)).unwrap();
+    assert_eq!(second.code(), Code::Ok);
+    assert_ne!(second.reservation_id, first.reservation_id);
+    assert_eq!(
+        client.reserve(&reserve("alice", 1, None)).unwrap().code(),
+        Code::OverLimit
+    );
+
+    // Holds are per counter: another user is untouched.
+    assert_eq!(
+        client.reserve(&reserve("bob", 10, None)).unwrap().code(),
+        Code::Ok
+    );
+
+    // The holds live in Redis: a second limiter on it sees them.
+    let other =
+        LimiterProcess::launch(&launch("reserve_holds_other", LIMITS, Some(&redis))).unwrap();
+    assert_eq!(
+        other
+            .client()
+            .reserve(&reserve("alice", 1, None))
+            .unwrap()
+            .code(),
+        Code::OverLimit
+    );
+}
+
+#[test]
+fn commit_applies_the_real_amount_and_releases_the_hold() {
+    let (_redis, _limiter, client) = with_redis("commit_releases");
+    let held = client.reserve(&reserve("alice", 8, None)).unwrap();
+    assert_eq!(held.code(), Code::Ok);
+    assert_eq!(
+        client.reserve(&reserve("alice", 3, None)).unwrap().code(),
+        Code::OverLimit
+    );
+
+    let committed = client
+        .commit(&commit("alice", &held.reservation_id, 3))
+        .unwrap();
+    assert!(committed.reservation_released);
+    // 3 counted, the other 5 held are free again.
+    assert!(fits(&client, "alice", 7));
+    assert!(!fits(&client, "alice", 8));
+    assert_eq!(
+        client.reserve(&reserve("alice", 7, None)).unwrap().code(),
+        Code::Ok
+    );
+
+    // A second commit of the same id finds no hold, and counts like Report.
+    let again = client
+        .commit(&commit("alice", &held.reservation_id, 2))
+        .unwrap();
+    assert!(!again.reservation_released);
+    assert!(fits(&client, "alice", 5));
+    assert!(!fits(&client, "alice", 6));
+
+    // No id at all: a plain report of the amount.
+    let unheld = client.commit(&commit("bob", "", 4)).unwrap();
+    assert!(!unheld.reservation_released);
+    assert!(fits(&client, "bob", 6) && !fits(&client, "bob", 7));
+}
+
+#[test]
+fn an_expired_hold_frees_its_capacity_and_its_commit_counts_like_report() {
+    let (_redis, _limiter, client) = with_redis("expired_hold");
+    let held = client
+        .reserve(&reserve("alice", 10, Some(Duration::from_millis(300))))
+        .unwrap();
+    assert_eq!(held.code(), Code::Ok);
+    assert_eq!(
+        client.reserve(&reserve("alice", 1, None)).unwrap().code(),
+        Code::OverLimit
+    );
+
+    std::thread::sleep(Duration::from_millis(500));
+    let later = client.reserve(&reserve("alice", 1, None)).unwrap();
+    assert_eq!(later.code(), Code::Ok, "the expired hold no longer counts");
+
+    let late = client
+        .commit(&commit("alice", &held.reservation_id, 4))
+        .unwrap();
+    assert!(!late.reservation_released);
+    // The 4 are counted all the same (the live hold of 1 is not a count).
+    assert!(fits(&client, "alice", 6));
+    assert!(!fits(&client, "alice", 7));
+}
+
+#[test]
+fn counters_and_holds_survive_a_limiter_restart_with_redis() {
+    let (_redis, mut limiter, client) = with_redis("restart_redis");
+    assert_eq!(
+        client
+            .should_rate_limit(&hits("alice", 10))
+            .unwrap()
+            .overall_code(),
+        Code::Ok
+    );
+    assert_eq!(
+        client.reserve(&reserve("bob", 10, None)).unwrap().code(),
+        Code::Ok
+    );
+    let port = limiter.addr().port();
+
+    limiter.restart().unwrap();
+    assert_eq!(limiter.addr().port(), port);
+    let client = limiter.client();
+    assert_eq!(
+        client
+            .should_rate_limit(&hits("alice", 1))
+            .unwrap()
+            .overall_code(),
+        Code::OverLimit
+    );
+    assert_eq!(
+        client.reserve(&reserve("bob", 1, None)).unwrap().code(),
+        Code::OverLimit
+    );
+}
+
+#[test]
+fn counters_do_not_survive_a_restart_in_memory() {
+    let mut limiter = LimiterProcess::launch(&launch("restart_memory", LIMITS, None)).unwrap();
+    let client = limiter.client();
+    assert_eq!(
+        client
+            .should_rate_limit(&hits("alice", 10))
+            .unwrap()
+            .overall_code(),
+        Code::Ok
+    );
+    assert_eq!(
+        client
+            .should_rate_limit(&hits("alice", 1))
+            .unwrap()
+            .overall_code(),
+        Code::OverLimit
+    );
+
+    limiter.restart().unwrap();
+    let answer = limiter
+        .client()
+        .should_rate_limit(&hits("alice", 1))
+        .unwrap();
+    assert_eq!((answer.overall_code(), remaining(&answer)), (Code::Ok, 9));
+}
+
+#[test]
+fn limiters_on_one_redis_share_counters() {
+    let (redis, _first, first) = with_redis("shared_counters");
+    let second =
+        LimiterProcess::launch(&launch("shared_counters_other", LIMITS, Some(&redis))).unwrap();
+    assert_eq!(
+        first
+            .should_rate_limit(&hits("alice", 6))
+            .unwrap()
+            .overall_code(),
+        Code::Ok
+    );
+    let answer = second
+        .client()
+        .should_rate_limit(&hits("alice", 5))
+        .unwrap();
+    assert_eq!(
+        (answer.overall_code(), remaining(&answer)),
+        (Code::OverLimit, 4)
+    );
+    assert_eq!(
+        second
+            .client()
+            .should_rate_limit(&hits("alice", 4))
+            .unwrap()
+            .overall_code(),
+        Code::Ok
+    );
+    assert!(!fits(&first, "alice", 1));
+}
+
+#[test]
+fn an_unknown_domain_is_unlimited_and_an_empty_one_unknown() {
+    let (_redis, _limiter, client) = with_redis("domains");
+    let nobody = RateLimitRequest::new("nobody", user("alice"), 1_000_000);
+    let answer = client.should_rate_limit(&nobody).unwrap();
+    assert_eq!(answer.overall_code(), Code::Ok);
+    assert!(answer.statuses.is_empty());
+    assert_eq!(
+        client.check_rate_limit(&nobody).unwrap().overall_code(),
+        Code::Ok
+    );
+    let unheld = client
+        .reserve(&ReserveRequest {
+            domain: "nobody".into(),
+            ..reserve("alice", 5, None)
+        })
+        .unwrap();
+    assert_eq!(
+        (unheld.code(), unheld.reservation_id.as_str()),
+        (Code::Ok, "")
+    );
+
+    let empty = RateLimitRequest::new("", user("alice"), 1);
+    assert_eq!(
+        client.should_rate_limit(&empty).unwrap().overall_code(),
+        Code::Unknown
+    );
+    assert_eq!(client.report(&empty).unwrap().overall_code(), Code::Unknown);
+    let status = client
+        .commit(&CommitRequest {
+            domain: String::new(),
+            ..commit("alice", "", 1)
+        })
+        .unwrap_err();
+    assert_eq!(status.code(), GrpcCode::InvalidArgument);
+}
+
+#[test]
+fn a_bad_configuration_exits_non_zero_naming_the_problem() {
+    let cases = [
+        ("- namespace: maas\n  max_value: 1\n  seconds: 60\n  condition: []\n", None, "unknown field `condition`"),
+        ("- namespace: maas\n  max_value: 1\n  seconds: 0\n", None, "limit #1, `seconds`: must be at least 1"),
+        ("- namespace: maas\n  max_value: 1\n  seconds: 60\n  conditions: [\"descriptors[0].m ==\"]\n", None, "`conditions`"),
+        (LIMITS, Some("redis://127.0.0.1:1"), "cannot connect to Redis at redis://127.0.0.1:1"),
+    ];
+    for (index, (limits, redis, wanted)) in cases.into_iter().enumerate() {
+        let mut launch = launch(&format!("bad_config_{index}"), limits, None);
+        launch.redis_url = redis.map(str::to_string);
+        let output = launch.command().output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "case {index} started: {stderr}");
+        assert!(
+            stderr.contains(wanted),
+            "case {index}: {stderr:?} lacks {wanted:?}"
+        );
+        assert!(
+            output.stdout.is_empty(),
+            "case {index} announced a listener"
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_it_cleanly() {
+    let mut limiter = LimiterProcess::launch(&launch("sigterm", LIMITS, None)).unwrap();
+    let status = limiter.terminate().unwrap();
+    assert!(status.success(), "{status:?}\n{}", limiter.log());
+    assert!(
+        limiter.log().contains("maas-limiter stopped"),
+        "{}",
+        limiter.log()
+    );
+}

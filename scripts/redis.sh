@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# Installs Debian's Redis server into .cache/redis/ (git-ignored), once and
+# without root: `apt-get download` of pinned .debs (sha256 checked), unpacked
+# with `dpkg-deb -x`, and a wrapper at .cache/redis/$REDIS_VERSION/bin/redis-server
+# that finds the unpacked libraries. The limiter's tests and the local stack
+# run it on loopback with persistence off.
+#
+# Debian ships the server binary in redis-tools (redis-server is a symlink to
+# redis-check-rdb, which runs as the server unless called by that name), so
+# the redis-server package itself (config and init files) is not needed.
+set -euo pipefail
+
+REDIS_VERSION=7.0.15
+# Debian revisions of 7.0.15 for bookworm, newest first, each with the
+# sha256 of its redis-tools .deb: the security archive keeps only its newest
+# revision, so the older one (bookworm's main) is the fallback.
+REDIS_TOOLS=(
+  "5:7.0.15-1~deb12u10 f791cfcbf3054832bd6e786546acb0d4e046888f8e63bcf567c1c65fbfaf69e2"
+  "5:7.0.15-1~deb12u7 3c8cd27847c6a06b6f6c29e7415a9057462a89661e3a8e2eb8dd5b2d7830bb40"
+)
+# Libraries redis-tools links that a minimal image lacks.
+LIBS=(
+  "libjemalloc2=5.3.0-1 a4117c23c5c8acf6c9678a6cb086f000b79476369da7efe8a78a70826956ad3d"
+  "liblzf1=3.6-3 9854b0866201b63e04f1e446f45f01ef4a6f72c61f2250b75f944f6046cc7e8c"
+)
+
+root=$(cd "$(dirname "$0")/.." && pwd)
+dest="$root/.cache/redis/$REDIS_VERSION"
+bin="$dest/bin/redis-server"
+
+if [ -x "$bin" ]; then
+  exit 0
+fi
+if [ "$(dpkg --print-architecture 2>/dev/null)" != amd64 ]; then
+  echo "scripts/redis.sh pins amd64 packages; install redis-server $REDIS_VERSION and set MAAS_REDIS_SERVER" >&2
+  exit 1
+fi
+
+downloads="$root/.cache/downloads/redis"
+mkdir -p "$downloads"
+
+# Downloads PACKAGE=VERSION into $downloads unless a .deb with that sha256 is
+# there already; prints its path. Fails without leaving a bad file behind.
+fetch_deb() {
+  local spec=$1 sha256=$2 cached
+  for cached in "$downloads"/*.deb; do
+    [ -f "$cached" ] && echo "$sha256  $cached" | sha256sum --check --quiet >/dev/null 2>&1 && {
+      echo "$cached"
+      return 0
+    }
+  done
+  echo "==> apt-get download $spec" >&2
+  local tmp
+  tmp=$(mktemp -d "$downloads/get.XXXXXX")
+  if ! (cd "$tmp" && apt-get download -q "$spec" >&2); then
+    rm -rf "$tmp"
+    return 1
+  fi
+  local deb
+  deb=$(ls "$tmp"/*.deb)
+  if ! echo "$sha256  $deb" | sha256sum --check --quiet >&2; then
+    echo "checksum mismatch for $spec; removing it" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  mv "$deb" "$downloads/"
+  rmdir "$tmp"
+  echo "$downloads/$(basename "$deb")"
+}
+
+fetch_tools() {
+  local entry version sha256
+  for entry in "${REDIS_TOOLS[@]}"; do
+    read -r version sha256 <<<"$entry"
+    fetch_deb "redis-tools=$version" "$sha256" && return 0
+  done
+  return 1
+}
+
+# apt-get download needs package lists; a fresh image may have none (or
+# only older ones): refresh them once, as root or through sudo, and retry.
+refreshed=no
+refresh_lists() {
+  [ "$refreshed" = yes ] && return 1
+  refreshed=yes
+  echo "==> apt-get update (package lists for apt-get download)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2; else sudo apt-get update -qq >&2; fi
+}
+
+debs=()
+tools=$(fetch_tools) || { refresh_lists && tools=$(fetch_tools); } || {
+  echo "no pinned redis-tools revision of $REDIS_VERSION could be downloaded; see scripts/redis.sh" >&2
+  exit 1
+}
+debs+=("$tools")
+for entry in "${LIBS[@]}"; do
+  read -r spec sha256 <<<"$entry"
+  deb=$(fetch_deb "$spec" "$sha256") || { refresh_lists && deb=$(fetch_deb "$spec" "$sha256"); } || {
+    echo "cannot download $spec; see scripts/redis.sh" >&2
+    exit 1
+  }
+  debs+=("$deb")
+done
+
+echo "==> unpacking Redis $REDIS_VERSION into $dest" >&2
+mkdir -p "$(dirname "$dest")"
+tmp=$(mktemp -d "$(dirname "$dest")/unpack.XXXXXX")
+for deb in "${debs[@]}"; do
+  dpkg-deb -x "$deb" "$tmp"
+done
+mkdir -p "$tmp/bin"
+# Relative to the wrapper, so the cache folder can move.
+cat >"$tmp/bin/redis-server" <<'WRAPPER'
+#!/usr/bin/env bash
+# Debian's redis-server, unpacked without root (scripts/redis.sh): its
+# libraries lie beside it; the name it runs under makes it the server.
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export LD_LIBRARY_PATH="$here/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+exec -a redis-server "$here/usr/bin/redis-check-rdb" "$@"
+WRAPPER
+cat >"$tmp/bin/redis-cli" <<'WRAPPER'
+#!/usr/bin/env bash
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+export LD_LIBRARY_PATH="$here/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+exec "$here/usr/bin/redis-cli" "$@"
+WRAPPER
+chmod +x "$tmp/bin/redis-server" "$tmp/bin/redis-cli"
+rm -rf "$dest"
+mv "$tmp" "$dest"
+"$bin" --version

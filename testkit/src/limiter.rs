@@ -1,0 +1,159 @@
+//! The real rate limiter (`maas-limiter`) as a child process: the binary
+//! `make test` builds, on a loopback port it picks itself (or a given one),
+//! with a limits file and, optionally, a Redis. It can be killed and brought
+//! back on the same port, as a crash and a redeploy would.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::Duration;
+
+use crate::artifacts::LIMITER;
+use crate::ratelimit_client::RateLimitClient;
+
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
+const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `MAAS_LIMITER`, or the `serve`-profile build `make test` makes.
+pub fn limiter_binary() -> PathBuf {
+    LIMITER.require()
+}
+
+/// How to start a limiter.
+#[derive(Debug, Clone, Default)]
+pub struct LimiterLaunch {
+    /// 0: any free port.
+    pub port: u16,
+    /// Limitador's limits file.
+    pub limits: PathBuf,
+    /// Counters and holds in this Redis; in the limiter's memory when `None`.
+    pub redis_url: Option<String>,
+    /// `--max-hold-secs`; the limiter's default (60) when `None`.
+    pub max_hold_secs: Option<u64>,
+    /// Where its log (stderr) goes; default: the limits file's path plus `.log`.
+    pub log: Option<PathBuf>,
+    /// The binary; [`limiter_binary`] when `None` (the limiter's own tests
+    /// pass the one cargo just built).
+    pub binary: Option<PathBuf>,
+}
+
+impl LimiterLaunch {
+    /// A launch of `limits`, in memory, on any free port.
+    pub fn new(limits: impl Into<PathBuf>) -> Self {
+        Self {
+            limits: limits.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The same launch, with counters in `redis_url`.
+    pub fn with_redis(mut self, redis_url: impl Into<String>) -> Self {
+        self.redis_url = Some(redis_url.into());
+        self
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.log.clone().unwrap_or_else(|| {
+            let mut path = self.limits.clone().into_os_string();
+            path.push(".log");
+            path.into()
+        })
+    }
+
+    /// The command line, without spawning it (also for tests that expect
+    /// it to refuse a configuration).
+    pub fn command(&self) -> Command {
+        let binary = self.binary.clone().unwrap_or_else(limiter_binary);
+        let mut command = Command::new(binary);
+        command
+            .args(["--listen", &format!("127.0.0.1:{}", self.port)])
+            .arg("--limits")
+            .arg(&self.limits)
+            .stdin(Stdio::null());
+        if let Some(url) = &self.redis_url {
+            command.args(["--redis", url]);
+        }
+        if let Some(secs) = self.max_hold_secs {
+            command.args(["--max-hold-secs", &secs.to_string()]);
+        }
+        command
+    }
+}
+
+pub struct LimiterProcess {
+    child: Child,
+    addr: SocketAddr,
+    launch: LimiterLaunch,
+}
+
+impl LimiterProcess {
+    /// Starts the limiter and waits until it listens (its limits loaded and
+    /// its storage reached).
+    pub fn launch(launch: &LimiterLaunch) -> Result<Self, String> {
+        let log = launch.log_path();
+        let stderr = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| format!("cannot open {log:?}: {e}"))?;
+        let mut command = launch.command();
+        command.stderr(stderr);
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
+        crate::child::die_with_parent(&mut command);
+        let (child, addr) =
+            crate::child::spawn_announcing(&mut command, LISTEN_TIMEOUT).map_err(|why| {
+                format!(
+                    "limiter did not come up: {why}\n--- its log ---\n{}",
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                )
+            })?;
+        Ok(Self {
+            child,
+            addr,
+            launch: launch.clone(),
+        })
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// A client of it (connects at the first call).
+    pub fn client(&self) -> RateLimitClient {
+        RateLimitClient::new(self.addr).unwrap_or_else(|why| panic!("{why}"))
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.launch.log_path()).unwrap_or_default()
+    }
+
+    /// Kills it outright (no graceful shutdown), as a crash would.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The same launch again, on the same port.
+    pub fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        let mut launch = self.launch.clone();
+        launch.port = self.addr.port();
+        *self = Self::launch(&launch)?;
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after a grace period.
+    pub fn terminate(&mut self) -> Option<ExitStatus> {
+        crate::child::terminate(&mut self.child, TERMINATE_TIMEOUT)
+    }
+}
+
+impl Drop for LimiterProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
