@@ -17,6 +17,7 @@ use limitador::reservation::{CommitResult, ReservationId, ReservationLimits, Res
 use limitador::storage::redis::AsyncRedisStorage;
 use limitador::storage::AsyncStorage;
 use limitador::{AsyncRateLimiter, AsyncRateLimiterBuilder, CheckResult, RateLimiterBuilder};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 pub use limitador::errors::LimitadorError;
 
@@ -25,6 +26,9 @@ const MEMORY_COUNTERS: u64 = 100_000;
 
 /// How long to try reaching Redis at start before giving up.
 const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one Redis connection attempt or command may take.
+const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Where the counters live.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -90,16 +94,10 @@ impl Engine {
                     url: redacted(url),
                     reason,
                 };
-                let late = || failed(format!("no answer in {REDIS_CONNECT_TIMEOUT:?}"));
-                tokio::time::timeout(REDIS_CONNECT_TIMEOUT, probe(url))
+                let redis = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect(url))
                     .await
-                    .map_err(|_| late())?
+                    .map_err(|_| failed(format!("no answer in {REDIS_CONNECT_TIMEOUT:?}")))?
                     .map_err(|e| failed(e.to_string()))?;
-                let redis =
-                    tokio::time::timeout(REDIS_CONNECT_TIMEOUT, AsyncRedisStorage::new(url))
-                        .await
-                        .map_err(|_| late())?
-                        .map_err(|e| failed(e.to_string()))?;
                 let limiter = AsyncRateLimiterBuilder::new(AsyncStorage::with_counter_storage(
                     Box::new(redis),
                 ))
@@ -176,12 +174,18 @@ impl Engine {
     }
 }
 
-/// One PING over a plain connection: fails at once with the real cause.
-async fn probe(url: &str) -> redis::RedisResult<()> {
-    let mut connection = redis::Client::open(url)?
-        .get_multiplexed_async_connection()
-        .await?;
-    redis::cmd("PING").query_async::<()>(&mut connection).await
+/// Limitador's Redis storage over a connection manager that gives up fast:
+/// its defaults retry a lost connection for about 13 s and wait for an
+/// answer forever, holding every call that long, where a gateway's deadline
+/// is milliseconds. Failing within about a second answers UNAVAILABLE
+/// instead, and a later call reconnects.
+async fn connect(url: &str) -> redis::RedisResult<AsyncRedisStorage> {
+    let config = ConnectionManagerConfig::new()
+        .set_number_of_retries(1)
+        .set_connection_timeout(REDIS_CALL_TIMEOUT)
+        .set_response_timeout(REDIS_CALL_TIMEOUT);
+    let manager = ConnectionManager::new_with_config(redis::Client::open(url)?, config).await?;
+    AsyncRedisStorage::new_with_conn_manager(manager).await
 }
 
 /// `url` without its password, for messages and logs.

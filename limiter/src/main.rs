@@ -41,8 +41,9 @@ struct Args {
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
     /// The longest a Reserve holds capacity uncommitted (seconds); also the
-    /// hold of a Reserve that sets no `ttl`.
-    #[arg(long, value_name = "SECS", default_value_t = 60,
+    /// hold of a Reserve that sets no `ttl`. The default matches the gateway
+    /// filter's `reservation_ttl_ms` (a streamed completion may run minutes).
+    #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_hold_secs: u64,
 }

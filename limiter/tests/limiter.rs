@@ -93,6 +93,22 @@ fn fits(client: &RateLimitClient, user_name: &str, n: u32) -> bool {
     code == Code::Ok
 }
 
+/// ShouldRateLimit `n` hits for `user_name`: its overall code.
+fn spend(client: &RateLimitClient, user_name: &str, n: u32) -> Code {
+    client
+        .should_rate_limit(&hits(user_name, n))
+        .unwrap()
+        .overall_code()
+}
+
+/// Reserve `amount` for `user_name` with the limiter's hold: its code.
+fn reserve_code(client: &RateLimitClient, user_name: &str, amount: u64) -> Code {
+    client
+        .reserve(&reserve(user_name, amount, None))
+        .unwrap()
+        .code()
+}
+
 #[test]
 fn should_rate_limit_counts_hits_and_answers_over_limit_with_statuses() {
     let (_redis, _limiter, client) = with_redis("should_rate_limit");
@@ -130,13 +146,7 @@ fn should_rate_limit_counts_hits_and_answers_over_limit_with_statuses() {
         remaining(&client.should_rate_limit(&hits("alice", 1)).unwrap()),
         0
     );
-    assert_eq!(
-        client
-            .should_rate_limit(&hits("alice", 0))
-            .unwrap()
-            .overall_code(),
-        Code::OverLimit
-    );
+    assert_eq!(spend(&client, "alice", 0), Code::OverLimit);
 
     // Another user has a counter of their own; another model has no limit.
     assert_eq!(
@@ -166,13 +176,7 @@ fn check_rate_limit_spends_nothing() {
     assert!(fits(&client, "alice", 10));
     assert!(!fits(&client, "alice", 11));
     // The whole budget is still there to spend.
-    assert_eq!(
-        client
-            .should_rate_limit(&hits("alice", 10))
-            .unwrap()
-            .overall_code(),
-        Code::Ok
-    );
+    assert_eq!(spend(&client, "alice", 10), Code::Ok);
     assert!(!fits(&client, "alice", 1));
     assert!(!fits(&client, "alice", 0), "an addend of 0 checks one hit");
 }
@@ -216,16 +220,10 @@ fn reserve_never_exceeds_the_limit_counting_live_holds() {
     let second = client.reserve(&reserve("alice", 4, None)).unwrap();
     assert_eq!(second.code(), Code::Ok);
     assert_ne!(second.reservation_id, first.reservation_id);
-    assert_eq!(
-        client.reserve(&reserve("alice", 1, None)).unwrap().code(),
-        Code::OverLimit
-    );
+    assert_eq!(reserve_code(&client, "alice", 1), Code::OverLimit);
 
     // Holds are per counter: another user is untouched.
-    assert_eq!(
-        client.reserve(&reserve("bob", 10, None)).unwrap().code(),
-        Code::Ok
-    );
+    assert_eq!(reserve_code(&client, "bob", 10), Code::Ok);
 
     // The holds live in Redis: a second limiter on it sees them.
     let other =
@@ -245,10 +243,7 @@ fn commit_applies_the_real_amount_and_releases_the_hold() {
     let (_redis, _limiter, client) = with_redis("commit_releases");
     let held = client.reserve(&reserve("alice", 8, None)).unwrap();
     assert_eq!(held.code(), Code::Ok);
-    assert_eq!(
-        client.reserve(&reserve("alice", 3, None)).unwrap().code(),
-        Code::OverLimit
-    );
+    assert_eq!(reserve_code(&client, "alice", 3), Code::OverLimit);
 
     let committed = client
         .commit(&commit("alice", &held.reservation_id, 3))
@@ -257,10 +252,7 @@ fn commit_applies_the_real_amount_and_releases_the_hold() {
     // 3 counted, the other 5 held are free again.
     assert!(fits(&client, "alice", 7));
     assert!(!fits(&client, "alice", 8));
-    assert_eq!(
-        client.reserve(&reserve("alice", 7, None)).unwrap().code(),
-        Code::Ok
-    );
+    assert_eq!(reserve_code(&client, "alice", 7), Code::Ok);
 
     // A second commit of the same id finds no hold, and counts like Report.
     let again = client
@@ -283,10 +275,7 @@ fn an_expired_hold_frees_its_capacity_and_its_commit_counts_like_report() {
         .reserve(&reserve("alice", 10, Some(Duration::from_millis(300))))
         .unwrap();
     assert_eq!(held.code(), Code::Ok);
-    assert_eq!(
-        client.reserve(&reserve("alice", 1, None)).unwrap().code(),
-        Code::OverLimit
-    );
+    assert_eq!(reserve_code(&client, "alice", 1), Code::OverLimit);
 
     std::thread::sleep(Duration::from_millis(500));
     let later = client.reserve(&reserve("alice", 1, None)).unwrap();
@@ -304,53 +293,23 @@ fn an_expired_hold_frees_its_capacity_and_its_commit_counts_like_report() {
 #[test]
 fn counters_and_holds_survive_a_limiter_restart_with_redis() {
     let (_redis, mut limiter, client) = with_redis("restart_redis");
-    assert_eq!(
-        client
-            .should_rate_limit(&hits("alice", 10))
-            .unwrap()
-            .overall_code(),
-        Code::Ok
-    );
-    assert_eq!(
-        client.reserve(&reserve("bob", 10, None)).unwrap().code(),
-        Code::Ok
-    );
+    assert_eq!(spend(&client, "alice", 10), Code::Ok);
+    assert_eq!(reserve_code(&client, "bob", 10), Code::Ok);
     let port = limiter.addr().port();
 
     limiter.restart().unwrap();
     assert_eq!(limiter.addr().port(), port);
     let client = limiter.client();
-    assert_eq!(
-        client
-            .should_rate_limit(&hits("alice", 1))
-            .unwrap()
-            .overall_code(),
-        Code::OverLimit
-    );
-    assert_eq!(
-        client.reserve(&reserve("bob", 1, None)).unwrap().code(),
-        Code::OverLimit
-    );
+    assert_eq!(spend(&client, "alice", 1), Code::OverLimit);
+    assert_eq!(reserve_code(&client, "bob", 1), Code::OverLimit);
 }
 
 #[test]
 fn counters_do_not_survive_a_restart_in_memory() {
     let mut limiter = LimiterProcess::launch(&launch("restart_memory", LIMITS, None)).unwrap();
     let client = limiter.client();
-    assert_eq!(
-        client
-            .should_rate_limit(&hits("alice", 10))
-            .unwrap()
-            .overall_code(),
-        Code::Ok
-    );
-    assert_eq!(
-        client
-            .should_rate_limit(&hits("alice", 1))
-            .unwrap()
-            .overall_code(),
-        Code::OverLimit
-    );
+    assert_eq!(spend(&client, "alice", 10), Code::Ok);
+    assert_eq!(spend(&client, "alice", 1), Code::OverLimit);
 
     limiter.restart().unwrap();
     let answer = limiter
@@ -365,13 +324,7 @@ fn limiters_on_one_redis_share_counters() {
     let (redis, _first, first) = with_redis("shared_counters");
     let second =
         LimiterProcess::launch(&launch("shared_counters_other", LIMITS, Some(&redis))).unwrap();
-    assert_eq!(
-        first
-            .should_rate_limit(&hits("alice", 6))
-            .unwrap()
-            .overall_code(),
-        Code::Ok
-    );
+    assert_eq!(spend(&first, "alice", 6), Code::Ok);
     let answer = second
         .client()
         .should_rate_limit(&hits("alice", 5))
@@ -460,6 +413,52 @@ fn sigterm_stops_it_cleanly() {
     assert!(status.success(), "{status:?}\n{}", limiter.log());
     assert!(
         limiter.log().contains("maas-limiter stopped"),
+        "{}",
+        limiter.log()
+    );
+}
+
+#[test]
+fn a_lost_redis_answers_unavailable_within_seconds() {
+    let (mut redis, limiter, client) = with_redis("redis_lost");
+    assert_eq!(spend(&client, "alice", 1), Code::Ok);
+    redis.kill();
+    type Call<'a> = Box<dyn Fn() -> Result<(), maas_testkit::GrpcStatus> + 'a>;
+    let calls: [(&str, Call); 5] = [
+        (
+            "ShouldRateLimit",
+            Box::new(|| client.should_rate_limit(&hits("alice", 1)).map(drop)),
+        ),
+        (
+            "CheckRateLimit",
+            Box::new(|| client.check_rate_limit(&hits("alice", 1)).map(drop)),
+        ),
+        (
+            "Report",
+            Box::new(|| client.report(&hits("alice", 1)).map(drop)),
+        ),
+        (
+            "Reserve",
+            Box::new(|| client.reserve(&reserve("alice", 1, None)).map(drop)),
+        ),
+        (
+            "Commit",
+            Box::new(|| client.commit(&commit("alice", "", 1)).map(drop)),
+        ),
+    ];
+    for (method, call) in calls {
+        let started = std::time::Instant::now();
+        let status = call().unwrap_err();
+        assert_eq!(status.code(), GrpcCode::Unavailable, "{method}: {status:?}");
+        // Not the client's 5 s deadline: the limiter gives up on Redis itself.
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{method} took {:?}",
+            started.elapsed()
+        );
+    }
+    assert!(
+        limiter.log().contains("limits storage failed"),
         "{}",
         limiter.log()
     );

@@ -28,7 +28,7 @@ pub struct LimiterLaunch {
     pub limits: PathBuf,
     /// Counters and holds in this Redis; in the limiter's memory when `None`.
     pub redis_url: Option<String>,
-    /// `--max-hold-secs`; the limiter's default (60) when `None`.
+    /// `--max-hold-secs`; the limiter's default (600) when `None`.
     pub max_hold_secs: Option<u64>,
     /// Where its log (stderr) goes; default: the limits file's path plus `.log`.
     pub log: Option<PathBuf>,
