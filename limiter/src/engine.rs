@@ -1,12 +1,20 @@
 //! Limitador's engine behind one type, whichever storage holds the counters:
 //!
-//! - in memory: fast, exact, and private to this process, so lost at exit and
-//!   not shared with another limiter;
+//! - in memory: fast, exact, and private to this process, so not shared with
+//!   another limiter and lost at exit: after a restart every limit starts
+//!   afresh, and a gateway's commit of a hold made before it only counts its
+//!   amount (as `Report` does);
 //! - Redis: counters *and* reserve holds live in Redis, so every limiter that
 //!   points at the same Redis (one per gateway, or a replicated pool) shares
 //!   them, and a limiter restart loses nothing. Reserve is one Lua script
 //!   (atomic); ShouldRateLimit reads then increments, so concurrent calls
 //!   near a limit may pass it by a few hits, as with Limitador.
+//!
+//! Holds are Limitador's reservations: a hold of `amount` is admitted when
+//! every matching counter's value plus its live holds plus `amount` stays
+//! within the limit, all counters or none; it ends at its commit, its TTL
+//! (capped by `max_hold`), or its counter's window, whichever comes first.
+//! The tests below pin those rules on the in-memory storage.
 //!
 //! Limits come from the limits file and never change while running.
 
@@ -200,7 +208,148 @@ pub fn redacted(url: &str) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::redacted;
+    use super::*;
+    use crate::request::Subject;
+    use limitador::limit::Expression;
+    use maas_ratelimit_proto::RateLimitDescriptor;
+
+    /// `max` per minute per `descriptors[0].user`, holds capped at `max_hold`.
+    async fn memory(max: u64, max_hold: Duration) -> Engine {
+        let limit = Limit::new(
+            "ns",
+            max,
+            60,
+            Vec::new(),
+            vec![Expression::parse("descriptors[0].user").unwrap()],
+        );
+        Engine::start(&Storage::Memory, vec![limit], max_hold)
+            .await
+            .unwrap()
+    }
+
+    fn user(name: &str) -> Subject {
+        Subject::new("ns".into(), &[RateLimitDescriptor::new([("user", name)])]).unwrap()
+    }
+
+    /// Reserves `amount` for `name`: the hold's id, or `None` when refused.
+    async fn hold(
+        engine: &Engine,
+        name: &str,
+        amount: u64,
+        ttl: Option<Duration>,
+    ) -> Option<ReservationId> {
+        let subject = user(name);
+        let result = engine
+            .reserve(&subject.namespace, &subject.context(), amount, ttl)
+            .await
+            .unwrap();
+        assert_eq!(result.limited, result.reservation_id.is_none());
+        result.reservation_id
+    }
+
+    async fn commit(engine: &Engine, name: &str, id: Option<&ReservationId>, actual: u64) -> bool {
+        let subject = user(name);
+        engine
+            .commit(&subject.namespace, &subject.context(), id, actual)
+            .await
+            .unwrap()
+            .reservation_released
+    }
+
+    async fn fits(engine: &Engine, name: &str, delta: u64) -> bool {
+        let subject = user(name);
+        !engine
+            .check(&subject.namespace, &subject.context(), delta)
+            .await
+            .unwrap()
+            .limited
+    }
+
+    const MINUTE: Duration = Duration::from_secs(60);
+
+    #[tokio::test]
+    async fn holds_count_against_the_limit_until_committed() {
+        let engine = memory(10, MINUTE).await;
+        let first = hold(&engine, "a", 6, None).await.unwrap();
+        assert!(hold(&engine, "a", 5, None).await.is_none());
+        assert!(hold(&engine, "a", 4, None).await.is_some());
+        assert!(hold(&engine, "a", 1, None).await.is_none());
+        assert!(
+            hold(&engine, "b", 10, None).await.is_some(),
+            "holds are per counter"
+        );
+
+        // The commit counts 2 and frees the 6 held; the other hold (4) stays.
+        assert!(commit(&engine, "a", Some(&first), 2).await);
+        assert!(hold(&engine, "a", 4, None).await.is_some());
+        assert!(hold(&engine, "a", 1, None).await.is_none());
+        // Holds are not counts: a check sees only the 2 committed.
+        assert!(fits(&engine, "a", 8).await && !fits(&engine, "a", 9).await);
+    }
+
+    #[tokio::test]
+    async fn a_hold_expires_and_a_late_commit_counts_like_report() {
+        let engine = memory(10, MINUTE).await;
+        let id = hold(&engine, "a", 10, Some(Duration::from_millis(50)))
+            .await
+            .unwrap();
+        assert!(hold(&engine, "a", 1, None).await.is_none());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(
+            hold(&engine, "a", 3, None).await.is_some(),
+            "the expired hold is gone"
+        );
+        assert!(
+            !commit(&engine, "a", Some(&id), 4).await,
+            "nothing left to release"
+        );
+        assert!(
+            fits(&engine, "a", 6).await && !fits(&engine, "a", 7).await,
+            "the 4 counted"
+        );
+        // And the live hold of 3 still counts against further holds.
+        assert!(hold(&engine, "a", 4, None).await.is_none());
+        assert!(hold(&engine, "a", 3, None).await.is_some());
+    }
+
+    #[tokio::test]
+    async fn max_hold_caps_a_requested_ttl_and_is_the_default() {
+        let engine = memory(10, Duration::from_millis(50)).await;
+        assert!(hold(&engine, "a", 10, Some(MINUTE)).await.is_some());
+        assert!(hold(&engine, "b", 10, None).await.is_some());
+        tokio::time::sleep(Duration::from_millis(80)).await;
+        assert!(hold(&engine, "a", 10, None).await.is_some());
+        assert!(hold(&engine, "b", 10, None).await.is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_holds_never_pass_the_limit() {
+        let engine = std::sync::Arc::new(memory(100, MINUTE).await);
+        let tasks: Vec<_> = (0..60)
+            .map(|_| {
+                let engine = std::sync::Arc::clone(&engine);
+                tokio::spawn(async move { hold(&engine, "a", 3, None).await.is_some() })
+            })
+            .collect();
+        let mut granted = 0;
+        for task in tasks {
+            granted += u64::from(task.await.unwrap());
+        }
+        // 33 holds of 3 fit in 100; a 34th would make 102.
+        assert_eq!(granted, 33);
+    }
+
+    #[tokio::test]
+    async fn an_amount_of_zero_holds_nothing() {
+        let engine = memory(1, MINUTE).await;
+        let subject = user("a");
+        let result = engine
+            .reserve(&subject.namespace, &subject.context(), 0, None)
+            .await
+            .unwrap();
+        assert!(!result.limited && result.reservation_id.is_none());
+        assert!(hold(&engine, "a", 1, None).await.is_some());
+    }
 
     #[test]
     fn redacts_credentials_only() {
