@@ -156,3 +156,24 @@ fn tempfile_dir() -> std::path::PathBuf {
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
+
+/// A `limiter.cluster` Envoy does not have is a refusal (the default failure
+/// mode), request after request: the worker's VM must not abort on it.
+#[test]
+fn a_limiter_cluster_missing_from_envoy_fails_closed_without_killing_the_filter() {
+    let upstream = maas_testkit::MockUpstream::start();
+    let gateway = Gateway::builder()
+        .filter_config(filter_config())
+        .model(MODEL, upstream.addr())
+        .start();
+    for _ in 0..3 {
+        let r = chat(&gateway);
+        assert_eq!(r.status, 503, "{}", r.text());
+        assert_eq!(r.json()["error"]["code"], "limiter_unavailable");
+    }
+    // Each answer is the filter's own JSON (a VM that aborted would leave
+    // Envoy's bare 503), and each refusal is counted.
+    let failed = gateway.metric("maas_limiter_calls_total", &[("result", "failed")]);
+    assert_eq!(failed, Some(3.0), "{}", gateway.prometheus());
+    assert_eq!(upstream.requests().len(), 0, "nothing reached the model");
+}
