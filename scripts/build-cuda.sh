@@ -29,13 +29,16 @@ build=(cargo build --profile serve --locked -p inference-server --features cuda 
 echo "==> compiling the library (candle's CUDA kernels for sm_$CUDA_COMPUTE_CAP: over 15 minutes on 2 cores the first time)" >&2
 "${build[@]}" --lib
 
-stubs="$toolkit/lib/stubs"
+# cudarc's build script searches the toolkit's lib/ (it exists from the
+# start; a stubs/ folder made later would not be seen without rerunning it).
+stubs="$toolkit/lib"
 # The release profile's LTO leaves the dependencies as LLVM bitcode, which
 # binutils cannot read; the linker's own list of what it could not resolve
 # is the exact set of symbols the stubs must define.
-if [ ! -f "$stubs/.complete" ]; then
+if [ ! -f "$stubs/.stubs-complete" ]; then
   echo "==> finding the CUDA symbols the binary links" >&2
-  mkdir -p "$stubs"
+  # The CUDA runtime is in the wheels; only its unversioned link name is not.
+  ln -sf libcudart.so.13 "$stubs/libcudart.so"
   # Empty libraries first: without them the linker stops at `-lcuda`
   # before it lists any symbol.
   for lib in nvrtc cublasLt cublas curand cuda; do
@@ -44,8 +47,13 @@ if [ ! -f "$stubs/.complete" ]; then
   done
   rm -f "$stubs/empty.c"
   log="$target/link-attempt.log"
-  "${build[@]}" >"$log" 2>&1 || true
-  symbols=$(grep -oE "undefined reference to .[A-Za-z0-9_]+'" "$log" | sed -E "s/.*to .([A-Za-z0-9_]+)'/\1/" | sort -u)
+  # lld stops listing after 20 errors unless told otherwise; the flag goes
+  # to this one link only (`cargo rustc`), so nothing else rebuilds.
+  cargo rustc --profile serve --locked -p inference-server --features cuda \
+    --target-dir "$target" --bin inference-server -- -C link-arg=-Wl,--error-limit=0 \
+    >"$log" 2>&1 || true
+  symbols=$({ grep -oE "undefined (reference to|symbol:) .?[A-Za-z0-9_]+" "$log" || true; } |
+    sed -E "s/^undefined (reference to .|symbol: )//" | sort -u)
   if [ -z "$symbols" ] && ! grep -q "Finished" "$log"; then
     echo "the build failed for another reason than missing CUDA libraries:" >&2
     tail -n 40 "$log" >&2
@@ -73,7 +81,7 @@ EOF
     echo "unresolved symbols outside the CUDA libraries: $symbols" >&2
     exit 1
   fi
-  touch "$stubs/.complete"
+  touch "$stubs/.stubs-complete"
 fi
 
 echo "==> linking inference-server with CUDA" >&2
