@@ -318,8 +318,33 @@ pub fn mesh_filter_config(local: &[u8], settings: &MeshSettings) -> Result<Value
     );
     control_plane.insert("token".into(), json!(settings.gateway_token));
     map.insert("control_plane".into(), Value::Object(control_plane));
+    // Global limits call the Limitador the EnvoyFilter adds a cluster for.
+    if let Some(limiter) = map.get_mut("limiter").and_then(Value::as_object_mut) {
+        limiter.insert("cluster".into(), json!(LIMITADOR_CLUSTER));
+    }
     Config::from_json(config.to_string().as_bytes())?;
     Ok(config)
+}
+
+/// Limitador's limits for the configuration's global limits, as the
+/// ConfigMap its Deployment mounts: rendered by the filter's own
+/// `limitador_limits`, so the limits match the descriptors it sends.
+fn limitador_limits_config_map(filter_config: &Value) -> Result<Value, RenderError> {
+    let config = Config::from_json(filter_config.to_string().as_bytes())?;
+    let domain = config
+        .limiter
+        .as_ref()
+        .map_or("maas", |l| l.domain.as_str());
+    let limits = maas_filter::global_limits::limitador_limits(
+        domain,
+        config.subscriptions.iter().map(|s| &**s),
+    );
+    Ok(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": { "name": "limitador-limits" },
+        "data": { "limits.yaml": limits },
+    }))
 }
 
 fn check_sha256(sha: &str) -> Result<(), RenderError> {
@@ -658,6 +683,10 @@ pub fn render(
         Some(FILTER_PRIORITY),
         vec![disable_on_api_route(&plugin_filter, settings)],
     );
+    files.push(RenderedFile {
+        path: "base/limitador-limits.yaml",
+        docs: vec![limitador_limits_config_map(&filter_config)?],
+    });
     files.push(RenderedFile {
         path: "wasmplugin/wasmplugin.yaml",
         docs: vec![

@@ -178,7 +178,7 @@ impl LimitSource {
 }
 
 fn same_rates(a: &ScopeLimits, b: &ScopeLimits) -> bool {
-    a.quantities == b.quantities && a.group.rates == b.group.rates
+    a.quantities == b.quantities && a.group.rates == b.group.rates && a.global == b.global
 }
 
 /// Where the policies attach.
@@ -213,12 +213,16 @@ fn limit(
     when: Vec<Value>,
     counter: &str,
 ) -> Result<Option<Value>, PolicyError> {
+    // Kuadrant's counters are shared by every gateway either way, so local
+    // and global rates of the filter both become rates here.
     let rates = limits
         .quantities
         .iter()
         .zip(&limits.group.rates)
         .filter(|(q, _)| **q == quantity)
-        .map(|(_, rate)| kuadrant_rate(scope, rate))
+        .map(|(_, rate)| rate)
+        .chain(limits.global_of(quantity).map(|g| &g.rate))
+        .map(|rate| kuadrant_rate(scope, rate))
         .collect::<Result<Vec<_>, _>>()?;
     if rates.is_empty() {
         return Ok(None);

@@ -73,6 +73,7 @@ impl Runner {
             .arg("--state-dir")
             .arg(dir.join("state"))
             .args(["--control-plane-port", "0"])
+            .args(["--limiter-port", "0"])
             .arg("--control-plane-dir")
             .arg(dir.join("control-plane"))
             .envs(env.iter().copied())
@@ -312,6 +313,20 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
         assert_eq!(record[field], usage[field], "{field}: {record}");
     }
     assert_eq!(record["usage"], "reported", "{record}");
+    // `free`'s daily token limit is global: the stack's limiter admitted
+    // that completion (one reservation, committed after it).
+    let metrics = request(
+        "GET",
+        &format!("{}/stats/prometheus", stack.admin),
+        &[],
+        None,
+    )
+    .text();
+    let reserved =
+        maas_testkit::prometheus::metric(&metrics, "maas_limiter_calls_total", &[("result", "ok")]);
+    assert!(reserved.is_some_and(|n| n >= 1.0), "{metrics}");
+    let limiter = banner_pid(&banner, "global limits, pid ");
+    assert!(process_exists(limiter));
 
     let envoy = stack.envoy_pid();
     assert!(process_exists(envoy));
@@ -333,6 +348,10 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
     assert!(
         !process_exists(control_plane),
         "the control plane (pid {control_plane}) outlived maas-stack"
+    );
+    assert!(
+        !process_exists(limiter),
+        "the limiter (pid {limiter}) outlived maas-stack"
     );
     assert!(try_request("GET", &stack.url("/v1/models"), &[], None).is_err());
     assert!(

@@ -23,6 +23,7 @@
 mod demo;
 mod envoy_child;
 mod envoy_log;
+mod limiter;
 mod options;
 mod signals;
 mod upstream;
@@ -98,6 +99,8 @@ pub enum StackError {
     MissingControlPlane { path: PathBuf },
     #[error("the control plane did not start: {0}")]
     ControlPlane(String),
+    #[error("the rate limiter for the configuration's global limits did not start: {0} (`make run` builds maas-limiter and installs Redis; `make server` and `make setup` do each)")]
+    Limiter(String),
     #[error("--upstream {given:?}: {reason}")]
     Upstream { given: String, reason: String },
     #[error("cannot render the Envoy bootstrap: {0}")]
@@ -150,6 +153,7 @@ impl fmt::Display for Phase {
 pub struct Stack {
     envoy: EnvoyChild,
     control_plane: Option<ControlPlaneProcess>,
+    limiter: Option<limiter::LocalLimiter>,
     demo_key: Option<String>,
     upstream: Upstream,
     files: EnvoyFiles,
@@ -225,6 +229,7 @@ impl Stack {
             }
             None => (None, None),
         };
+        let limiter = limiter::start(&filter_config, options.limiter_port, dir)?;
         let files = EnvoyFiles::in_dir(dir);
         let audit_log = dir.join("audit.log");
         let template_path = gateway_template_path();
@@ -236,7 +241,7 @@ impl Stack {
             })?;
         let spec = GatewaySpec {
             control_plane: control_plane.as_ref().map(ControlPlaneProcess::addr),
-            limiter: None,
+            limiter: limiter.as_ref().map(|l| l.process.addr()),
             oidc: None,
             listen_port: options.listen_port,
             admin_port: options.admin_port,
@@ -267,6 +272,7 @@ impl Stack {
         Ok(Self {
             envoy,
             control_plane,
+            limiter,
             demo_key,
             upstream,
             files,
@@ -328,6 +334,9 @@ impl Stack {
         let status = self.envoy.terminate();
         if let Some(cp) = &mut self.control_plane {
             cp.terminate();
+        }
+        if let Some(limiter) = &mut self.limiter {
+            limiter.process.terminate();
         }
         // With Envoy gone no request can reach it; SIGTERM lets it log its
         // own orderly stop.
@@ -427,6 +436,16 @@ impl fmt::Display for Banner<'_> {
                 cp.data_dir().join("admin-token").display()
             )?;
         }
+        if let Some(limiter) = &stack.limiter {
+            writeln!(
+                f,
+                "  limiter    {}  (maas-limiter for the global limits, pid {}; Redis on port {}; limits {})",
+                limiter.process.addr(),
+                limiter.process.pid(),
+                limiter.redis.port(),
+                limiter.limits.display()
+            )?;
+        }
         writeln!(f)?;
         match &stack.demo_key {
             Some(key) => {
@@ -445,7 +464,10 @@ impl fmt::Display for Banner<'_> {
             writeln!(f, "  {command}")?;
         }
         writeln!(f)?;
-        write!(f, "Ctrl-C stops Envoy, the control plane and the upstream.")
+        write!(
+            f,
+            "Ctrl-C stops Envoy, the control plane, the rate limiter and the upstream."
+        )
     }
 }
 

@@ -11,7 +11,7 @@ usage: maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]
                   [--model FILE.gguf | --mock | --upstream HOST:PORT]
                   [--upstream-port 8000] [--state-dir DIR]
                   [--control-plane-port 8090] [--control-plane-dir DIR]
-                  [--no-control-plane]
+                  [--no-control-plane] [--limiter-port 8081]
 
 Runs Envoy with the MaaS filter in front of the inference server (the embedded
 SmolLM2-135M-Instruct unless --model says otherwise), and the control plane
@@ -30,7 +30,9 @@ SIGTERM. Creates a demo subscription and key on the way.
   --control-plane-port N  the control plane on 127.0.0.1 (default 8090; 0 = any free port)
   --control-plane-dir DIR its tokens and SQLite database (default .cache/control-plane,
                         where `maas-control-plane key ...` finds the admin token)
-  --no-control-plane    only the keys in the filter configuration";
+  --no-control-plane    only the keys in the filter configuration
+  --limiter-port N      maas-limiter (with Redis) for the configuration's global
+                        limits, when it has a `limiter` block (default 8081)";
 
 /// Which model server the gateway routes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,6 +58,8 @@ pub struct StackOptions {
     pub state_dir: PathBuf,
     /// `None`: no control plane (`--no-control-plane`).
     pub control_plane: Option<ControlPlaneOptions>,
+    /// Where the rate limiter listens when the configuration has global limits.
+    pub limiter_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -78,6 +82,7 @@ impl Default for StackOptions {
                 port: 8090,
                 data_dir: root.join(".cache/control-plane"),
             }),
+            limiter_port: 8081,
         }
     }
 }
@@ -153,6 +158,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
                     .data_dir = dir;
             }
             "--no-control-plane" => no_control_plane = true,
+            "--limiter-port" => options.limiter_port = port(&flag, &value()?)?,
             "-h" | "--help" => return Err(UsageError::Help),
             other => return Err(UsageError::Invalid(format!("unknown argument {other:?}"))),
         }
@@ -178,6 +184,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
         ("--admin-port", options.admin_port),
         ("--upstream-port", upstream_port),
         ("--control-plane-port", control_plane_port),
+        ("--limiter-port", options.limiter_port),
     ];
     for (index, (flag, port)) in fixed.iter().enumerate() {
         if let Some((other, _)) = fixed[index + 1..]

@@ -1,0 +1,56 @@
+//! The rate limiter behind the configuration's `global` limits: Redis and
+//! `maas-limiter`, with a limits file rendered from the same filter
+//! configuration, so the counters the filter's descriptors name exist.
+
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::{ensure_free, StackError};
+use crate::limiter::{LimiterLaunch, LimiterProcess};
+use crate::redis::RedisProcess;
+
+/// Runs while the stack does; dropped after Envoy (see `Stack`'s fields).
+pub struct LocalLimiter {
+    pub process: LimiterProcess,
+    pub redis: RedisProcess,
+    pub limits: PathBuf,
+}
+
+/// Starts the limiter when `config` has a `limiter` block; `None` otherwise.
+/// A configuration the filter would refuse starts nothing here: Envoy then
+/// names the problem (`StackError::FilterConfigRejected`).
+pub fn start(config: &Value, port: u16, dir: &Path) -> Result<Option<LocalLimiter>, StackError> {
+    if config.get("limiter").is_none() {
+        return Ok(None);
+    }
+    let Ok(parsed) = maas_filter::config::Config::from_json(config.to_string().as_bytes()) else {
+        return Ok(None);
+    };
+    let Some(limiter) = &parsed.limiter else {
+        return Ok(None);
+    };
+    ensure_free(port, "rate limiter", "--limiter-port")?;
+    let limits = dir.join("limits.yaml");
+    let text = maas_filter::global_limits::limitador_limits(
+        &limiter.domain,
+        parsed.subscriptions.iter().map(|s| &**s),
+    );
+    std::fs::write(&limits, text).map_err(|source| StackError::Io {
+        action: "write",
+        path: limits.clone(),
+        source,
+    })?;
+    let redis = RedisProcess::start().map_err(StackError::Limiter)?;
+    let launch = LimiterLaunch {
+        port,
+        log: Some(dir.join("limiter.log")),
+        ..LimiterLaunch::new(&limits).with_redis(redis.url())
+    };
+    let process = LimiterProcess::launch(&launch).map_err(StackError::Limiter)?;
+    Ok(Some(LocalLimiter {
+        process,
+        redis,
+        limits,
+    }))
+}
