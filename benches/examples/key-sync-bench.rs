@@ -25,6 +25,7 @@ use maas_control_plane::apikey;
 use maas_control_plane::store::{KeyRow, Store, SubscriptionRow};
 use maas_testkit::{
     eventually, prometheus, ControlPlaneLaunch, ControlPlaneProcess, Gateway, MockUpstream,
+    Restartable,
 };
 use serde_json::json;
 

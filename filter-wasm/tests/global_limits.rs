@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use maas_filter::config::Config;
 use maas_filter::global_limits::limitador_limits;
-use maas_testkit::{Gateway, InferenceServer, LimiterLaunch, LimiterProcess, RedisProcess};
+use maas_testkit::{
+    Gateway, InferenceServer, LimiterLaunch, LimiterProcess, RedisProcess, Restartable,
+};
 use serde_json::{json, Value};
 
 const MODEL: &str = "smollm2-135m-instruct";

@@ -12,7 +12,9 @@ use maas_ratelimit_proto::{
     Code, CommitRequest, RateLimitDescriptor, RateLimitRequest, RateLimitResponse, RateLimitUnit,
     ReserveRequest,
 };
-use maas_testkit::{GrpcCode, LimiterLaunch, LimiterProcess, RateLimitClient, RedisProcess};
+use maas_testkit::{
+    GrpcCode, LimiterLaunch, LimiterProcess, RateLimitClient, RedisProcess, Restartable,
+};
 
 /// 10 hits a minute per user of model `m`, in namespace `maas`.
 const LIMITS: &str = r#"

@@ -126,3 +126,35 @@ pub(crate) fn wait_healthy(
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// A server the tests start from a launch description and can crash and
+/// bring back on the same port, its state (a database, Redis) kept.
+pub trait Restartable: Sized {
+    type Launch: Clone;
+    /// How long `terminate` waits after SIGTERM before SIGKILL.
+    const GRACE: Duration = Duration::from_secs(10);
+
+    fn start(launch: &Self::Launch) -> Result<Self, String>;
+    fn child_mut(&mut self) -> &mut Child;
+    /// The launch that started it, pinned to the port it got.
+    fn relaunch(&self) -> Self::Launch;
+
+    /// Kills it outright (no graceful shutdown), as a crash would.
+    fn kill(&mut self) {
+        let child = self.child_mut();
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// The same launch again, on the same port.
+    fn restart(&mut self) -> Result<(), String> {
+        self.kill();
+        *self = Self::start(&self.relaunch())?;
+        Ok(())
+    }
+
+    /// SIGTERM, then SIGKILL after [`Self::GRACE`].
+    fn terminate(&mut self) -> Option<ExitStatus> {
+        terminate(self.child_mut(), Self::GRACE)
+    }
+}

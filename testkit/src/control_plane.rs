@@ -5,14 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::artifacts::CONTROL_PLANE;
+use crate::child::Restartable;
 use crate::client::{request, Response};
 
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
-const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `MAAS_CONTROL_PLANE`, or the `serve`-profile build `make test` makes.
 pub fn find_control_plane() -> Option<PathBuf> {
@@ -176,26 +176,6 @@ impl ControlPlaneProcess {
             body.as_deref().map(str::as_bytes),
         )
     }
-
-    /// Kills it outright (no graceful shutdown), as a crash would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-
-    /// The same launch again, on the same port and data directory.
-    pub fn restart(&mut self) -> Result<(), String> {
-        self.kill();
-        let mut launch = self.launch.clone();
-        launch.port = self.addr.port();
-        *self = Self::launch(&launch)?;
-        Ok(())
-    }
-
-    /// SIGTERM, then SIGKILL after a grace period.
-    pub fn terminate(&mut self) -> Option<ExitStatus> {
-        crate::child::terminate(&mut self.child, TERMINATE_TIMEOUT)
-    }
 }
 
 impl ControlPlaneLaunch {
@@ -203,6 +183,24 @@ impl ControlPlaneLaunch {
         self.log
             .clone()
             .unwrap_or_else(|| self.data_dir.join("control-plane.log"))
+    }
+}
+
+impl Restartable for ControlPlaneProcess {
+    type Launch = ControlPlaneLaunch;
+
+    fn start(launch: &ControlPlaneLaunch) -> Result<Self, String> {
+        Self::launch(launch)
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    fn relaunch(&self) -> ControlPlaneLaunch {
+        let mut launch = self.launch.clone();
+        launch.port = self.addr.port();
+        launch
     }
 }
 

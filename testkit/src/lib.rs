@@ -20,6 +20,7 @@
 
 pub mod artifacts;
 mod child;
+pub use child::Restartable;
 pub mod client;
 pub mod control_plane;
 pub mod envoy;

@@ -5,14 +5,14 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use crate::artifacts::LIMITER;
+use crate::child::Restartable;
 use crate::ratelimit_client::RateLimitClient;
 
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
-const TERMINATE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// `MAAS_LIMITER`, or the `serve`-profile build `make test` makes.
 pub fn limiter_binary() -> PathBuf {
@@ -130,25 +130,23 @@ impl LimiterProcess {
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.launch.log_path()).unwrap_or_default()
     }
+}
 
-    /// Kills it outright (no graceful shutdown), as a crash would.
-    pub fn kill(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+impl Restartable for LimiterProcess {
+    type Launch = LimiterLaunch;
+
+    fn start(launch: &LimiterLaunch) -> Result<Self, String> {
+        Self::launch(launch)
     }
 
-    /// The same launch again, on the same port.
-    pub fn restart(&mut self) -> Result<(), String> {
-        self.kill();
+    fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    fn relaunch(&self) -> LimiterLaunch {
         let mut launch = self.launch.clone();
         launch.port = self.addr.port();
-        *self = Self::launch(&launch)?;
-        Ok(())
-    }
-
-    /// SIGTERM, then SIGKILL after a grace period.
-    pub fn terminate(&mut self) -> Option<ExitStatus> {
-        crate::child::terminate(&mut self.child, TERMINATE_TIMEOUT)
+        launch
     }
 }
 

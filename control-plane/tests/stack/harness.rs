@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use maas_testkit::{
     ControlPlaneLaunch, ControlPlaneOidc, ControlPlaneProcess, Gateway, InferenceServer, Response,
+    Restartable,
 };
 use serde_json::{json, Value};
 use sqlx::migrate::MigrateDatabase;

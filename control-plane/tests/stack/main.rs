@@ -18,7 +18,7 @@ mod support;
 use std::time::Duration;
 
 use harness::{Backend, Stack, MODEL, OTHER_MODEL, SYNC_INTERVAL_MS};
-use maas_testkit::{eventually, prometheus};
+use maas_testkit::{eventually, prometheus, Restartable};
 use serde_json::{json, Value};
 use support::{now, token, token_with, FORGER_KEY, ISSUER_KEY};
 

@@ -20,41 +20,10 @@ const PROMPTS: [&str; 8] = [
     "Why is the sky blue?",
 ];
 
-fn streamed_text(server: &InferenceServer, prompt: &str) -> String {
-    let r = chat(
-        server,
-        &chat_body(prompt, json!({"max_tokens": 48, "stream": true})),
-    );
-    let s = parse_stream(&r);
-    assert!(s.done);
-    s.text
-}
-
 #[test]
 fn eight_concurrent_streams_each_get_their_solo_greedy_text() {
     let server = InferenceServer::start(&[]);
-    let alone: Vec<String> = PROMPTS.iter().map(|p| streamed_text(&server, p)).collect();
-    let together: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = PROMPTS
-            .iter()
-            .map(|p| {
-                let server = &server;
-                scope.spawn(move || streamed_text(server, p))
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().unwrap()).collect()
-    });
-    for ((prompt, a), t) in PROMPTS.iter().zip(&alone).zip(&together) {
-        assert_eq!(a, t, "{prompt:?} changed when batched");
-    }
-    // And they really shared steps: some forward passes carried several
-    // sequences (the first bucket counts single-sequence steps).
-    let steps = metric(&server, "inference_batch_sequences_count");
-    let single = metric(&server, "inference_batch_sequences_bucket{le=\"1\"}");
-    assert!(
-        single < steps,
-        "no step batched more than one sequence ({single} of {steps})"
-    );
+    assert_batching_changes_nothing(&server, &PROMPTS, 48);
 }
 
 /// With one slot, a request that `hang_up` abandons mid-generation is

@@ -151,3 +151,44 @@ pub fn endless_stream() -> Value {
         json!({"max_tokens": 4000, "stream": true}),
     )
 }
+
+/// The streamed completion's text for `prompt` (greedy, `max_tokens`).
+pub fn streamed_text(server: &InferenceServer, prompt: &str, max_tokens: u32) -> String {
+    let r = chat(
+        server,
+        &chat_body(prompt, json!({"max_tokens": max_tokens, "stream": true})),
+    );
+    let s = parse_stream(&r);
+    assert!(s.done);
+    s.text
+}
+
+/// Asserts that every prompt streams the same text alone and all at once,
+/// and that the server really batched them: some steps carried several
+/// sequences (the histogram's first bucket counts single-sequence steps).
+pub fn assert_batching_changes_nothing(
+    server: &InferenceServer,
+    prompts: &[&str],
+    max_tokens: u32,
+) {
+    let alone: Vec<String> = prompts
+        .iter()
+        .map(|p| streamed_text(server, p, max_tokens))
+        .collect();
+    let together: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = prompts
+            .iter()
+            .map(|p| scope.spawn(move || streamed_text(server, p, max_tokens)))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for ((prompt, a), t) in prompts.iter().zip(&alone).zip(&together) {
+        assert_eq!(a, t, "{prompt:?} changed when batched");
+    }
+    let steps = metric(server, "inference_batch_sequences_count");
+    let single = metric(server, "inference_batch_sequences_bucket{le=\"1\"}");
+    assert!(
+        single < steps,
+        "no step batched more than one sequence ({single} of {steps})"
+    );
+}

@@ -45,6 +45,7 @@ pub use options::{
 pub use signals::StopSignals;
 
 use crate::artifacts::{CONTROL_PLANE, ENVOY, ENVOY_VERSION, FILTER_WASM, INFERENCE_SERVER};
+use crate::child::Restartable;
 use crate::control_plane::{ControlPlaneLaunch, ControlPlaneProcess};
 use crate::gateway::{gateway_template_path, render_gateway, GatewaySpec, RenderError};
 use crate::inference::{default_model_path, InferenceLaunch, InferenceServer};
