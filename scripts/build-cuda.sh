@@ -35,7 +35,9 @@ stubs="$toolkit/lib"
 # The release profile's LTO leaves the dependencies as LLVM bitcode, which
 # binutils cannot read; the linker's own list of what it could not resolve
 # is the exact set of symbols the stubs must define.
-if [ ! -f "$stubs/.stubs-complete" ]; then
+# The stubs hold for the cudarc and candle versions they were made for.
+stamp=$(grep -A1 -E '^name = "(cudarc|candle-[a-z]+)"' Cargo.lock | sha256sum | cut -c1-16)
+if [ "$(cat "$stubs/.stubs-complete" 2>/dev/null)" != "$stamp" ]; then
   echo "==> finding the CUDA symbols the binary links" >&2
   # The CUDA runtime is in the wheels; only its unversioned link name is not.
   ln -sf libcudart.so.13 "$stubs/libcudart.so"
@@ -81,7 +83,7 @@ EOF
     echo "unresolved symbols outside the CUDA libraries: $symbols" >&2
     exit 1
   fi
-  touch "$stubs/.stubs-complete"
+  echo "$stamp" >"$stubs/.stubs-complete"
 fi
 
 echo "==> linking inference-server with CUDA" >&2

@@ -14,6 +14,11 @@ downloads="$root/.cache/downloads"
 dir="$root/.cache/cuda/$version"
 toolkit="$dir/nvidia/cu13"
 
+if [ "$(uname -m)" != x86_64 ]; then
+  echo "the pinned CUDA wheels are for x86_64 Linux; this machine is $(uname -m)" >&2
+  exit 1
+fi
+
 if [ -x "$toolkit/bin/nvcc" ] && [ -f "$dir/.unpacked" ]; then
   echo "$toolkit"
   exit 0

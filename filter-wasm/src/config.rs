@@ -110,8 +110,11 @@ fn default_true() -> bool {
     true
 }
 
+/// Long enough for nearly every generation; one that runs longer is still
+/// counted exactly (a late commit counts as a report), only without its
+/// hold for the rest of its run.
 fn default_reservation_ttl_ms() -> u64 {
-    600_000
+    120_000
 }
 
 fn default_metadata_namespace() -> String {
@@ -254,7 +257,7 @@ struct RawRateSpec {
 }
 
 /// Where a limit's counter lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
 #[serde(rename_all = "lowercase")]
 enum LimitMode {
     /// Shared data: exact across one Envoy's workers.
@@ -593,12 +596,24 @@ impl Config {
                         &format!("key {}", k.id),
                     )?;
                     // The limiter's limits are per subscription (one
-                    // counter per key); a single key's override has no
-                    // limit there to count against.
+                    // counter per key): a single key's override has no
+                    // limit there to count against, and under global
+                    // key_limits the limiter would still count the key
+                    // against them.
                     if !own.global.is_empty() {
                         return Err(err(
                             format!("{field}.limits"),
                             "a key's own limits are local; give the subscription global key_limits instead",
+                        ));
+                    }
+                    let sub_global = subscriptions
+                        .get(sub_index)
+                        .and_then(|s| s.key_limits.as_ref())
+                        .is_some_and(|k| !k.global.is_empty());
+                    if sub_global {
+                        return Err(err(
+                            format!("{field}.limits"),
+                            "the subscription's key_limits are global, and the limiter applies them to every key: a key cannot override them",
                         ));
                     }
                     own
@@ -628,11 +643,7 @@ impl Config {
         let control_plane = raw.control_plane.map(|c| control_plane(&c)).transpose()?;
         let limiter = raw.limiter.as_ref().map(limiter).transpose()?;
         if limiter.is_none() {
-            let global = subscriptions.iter().find(|s| {
-                !s.limits.global.is_empty()
-                    || s.key_limits.as_ref().is_some_and(|k| !k.global.is_empty())
-            });
-            if let Some(s) = global {
+            if let Some(s) = subscriptions.iter().find(|s| has_global(s)) {
                 return Err(err(
                     format!("subscriptions.{}", s.name),
                     "has global limits but no `limiter` is configured",
@@ -773,7 +784,24 @@ pub fn synced_subscription(
     let raw: RawSubscription =
         serde_json::from_value(spec).map_err(|e| err(&field, e.to_string()))?;
     let models: BTreeSet<String> = models.iter().cloned().collect();
-    build_subscription(&field, &name, &raw, &models, UnknownModels::Skip)
+    let sub = build_subscription(&field, &name, &raw, &models, UnknownModels::Skip)?;
+    // The limiter's limits file is rendered from the configuration; a
+    // global limit arriving from the control plane would have no limit there.
+    if has_global(&sub) {
+        return Err(err(
+            &field,
+            "global limits are set in the gateway's configuration, not synced",
+        ));
+    }
+    Ok(sub)
+}
+
+fn has_global(sub: &Subscription) -> bool {
+    !sub.limits.global.is_empty()
+        || sub
+            .key_limits
+            .as_ref()
+            .is_some_and(|k| !k.global.is_empty())
 }
 
 fn control_plane(raw: &RawControlPlane) -> Result<ControlPlane, ConfigError> {
@@ -864,7 +892,9 @@ fn limit_rules(
                 RawRate::Spec(s) => (&s.rate, s.mode, s.failure_mode),
             };
             let rate: Rate = text.parse().map_err(|e| err(&f, format!("{e}")))?;
-            if !windows.insert(rate.window_secs) {
+            // A local and a global limit may share a window (a per-gateway
+            // burst limit under a shared cap); two of one kind may not.
+            if !windows.insert((mode, rate.window_secs)) {
                 return Err(err(
                     f,
                     format!("a second {name} limit with the same window as {text:?}"),

@@ -99,11 +99,22 @@ struct LimiterCall {
     failure_mode: FailureMode,
 }
 
-/// The global side of an admission: calls in flight, then what the token
-/// call granted, settled with one call when the response ends.
+/// An admission call not yet made.
+#[derive(Debug)]
+struct QueuedCall {
+    quantity: Quantity,
+    amount: u64,
+    failure_mode: FailureMode,
+}
+
+/// The global side of an admission: calls made one at a time, then what
+/// the token call granted, settled with one call when the response ends.
 #[derive(Debug, Default)]
 struct GlobalAdmission {
-    pending: Vec<LimiterCall>,
+    /// Still to ask, the next one last.
+    queue: Vec<QueuedCall>,
+    /// The call in flight.
+    pending: Option<LimiterCall>,
     /// Tokens were admitted by the limiter: `Some(id)` a reservation to
     /// commit, `None` (no reservations) usage to report.
     tokens: Option<Option<String>>,
@@ -573,7 +584,7 @@ impl Stream {
     }
 
     fn awaiting_limiter(&self) -> bool {
-        self.global.as_ref().is_some_and(|g| !g.pending.is_empty())
+        self.global.as_ref().is_some_and(|g| g.pending.is_some())
     }
 
     /// Who the limiter counts: the same descriptor at admission and at
@@ -588,23 +599,25 @@ impl Stream {
         Some((identity.subscription.name.to_string(), key, model))
     }
 
-    /// Asks the limiter about the request's global limits, one call per
-    /// quantity that has any. Errors only when a limit that fails closed
-    /// cannot even be asked.
+    /// Asks the limiter about the request's global limits: one call per
+    /// quantity that has any, one at a time, tokens first. A token
+    /// reservation can be given back (commit 0) if the request limit then
+    /// refuses; a request hit counted by `ShouldRateLimit` cannot, so it is
+    /// asked last, once nothing else can refuse the request.
     fn start_global(&mut self, host: &dyn StreamHost, worst_case: u64) -> Result<(), GatewayError> {
         let Some(identity) = self.identity.as_ref() else {
             return Ok(());
         };
         let scopes = [&identity.subscription.limits, &*identity.key_limits];
-        let mut wanted = Vec::new();
+        let mut queue = Vec::new();
         for quantity in [Quantity::Requests, Quantity::Tokens] {
             let mut rates = scopes.iter().flat_map(|s| s.global_of(quantity)).peekable();
             if rates.peek().is_none() {
                 continue;
             }
             let Some(limiter) = self.config.limiter.as_ref() else {
-                // Synced subscriptions may name global limits a gateway
-                // without a limiter cannot keep: fail closed.
+                // Validation refuses global limits without a limiter; fail
+                // closed should one arrive some other way.
                 return Err(GatewayError::LimiterUnavailable);
             };
             let deny =
@@ -614,12 +627,26 @@ impl Stream {
             } else {
                 FailureMode::Allow
             };
-            wanted.push((quantity, mode));
+            // Popped from the end: requests pushed first are asked last.
+            queue.push(QueuedCall {
+                quantity,
+                amount: quantity.of(1, worst_case),
+                failure_mode: mode,
+            });
         }
-        let Some(limiter) = self.config.limiter.clone() else {
-            return Ok(());
-        };
-        let Some((subscription, key, model)) = self.caller() else {
+        self.global = Some(GlobalAdmission {
+            queue,
+            ..GlobalAdmission::default()
+        });
+        self.next_global(host)
+    }
+
+    /// Dispatches the next queued call, if any. Errors when a call that
+    /// fails closed cannot even be made.
+    fn next_global(&mut self, host: &dyn StreamHost) -> Result<(), GatewayError> {
+        let (Some(limiter), Some((subscription, key, model))) =
+            (self.config.limiter.clone(), self.caller())
+        else {
             return Ok(());
         };
         let caller = Caller {
@@ -627,40 +654,35 @@ impl Stream {
             key: &key,
             model: &model,
         };
-        let mut global = GlobalAdmission::default();
-        for (quantity, failure_mode) in wanted {
-            let call = global_limits::admission_call(
-                &limiter,
-                &caller,
-                quantity,
-                quantity.of(1, worst_case),
-            );
-            match host.dispatch_limiter(
+        while let Some(next) = self.global.as_mut().and_then(|g| g.queue.pop()) {
+            let call = global_limits::admission_call(&limiter, &caller, next.quantity, next.amount);
+            let sent = host.dispatch_limiter(
                 &limiter.cluster,
                 call.method,
                 &call.message,
                 limiter.timeout_ms,
                 false,
-            ) {
-                Some(token) => global.pending.push(LimiterCall {
-                    token,
-                    method: call.method,
-                    quantity,
-                    failure_mode,
-                }),
+            );
+            match sent {
+                Some(token) => {
+                    if let Some(g) = self.global.as_mut() {
+                        g.pending = Some(LimiterCall {
+                            token,
+                            method: call.method,
+                            quantity: next.quantity,
+                            failure_mode: next.failure_mode,
+                        });
+                    }
+                    return Ok(());
+                }
                 None => {
                     self.limiter_failed(host, "the call could not be dispatched");
-                    if failure_mode == FailureMode::Deny {
-                        // Calls already sent may still reserve: their
-                        // answers release what they took (see
-                        // `on_limiter_response`).
-                        self.global = Some(global);
+                    if next.failure_mode == FailureMode::Deny {
                         return Err(GatewayError::LimiterUnavailable);
                     }
                 }
             }
         }
-        self.global = Some(global);
         Ok(())
     }
 
@@ -672,9 +694,9 @@ impl Stream {
         );
     }
 
-    /// The limiter's answer to one admission call. The request goes on
-    /// when every call allowed it (or failed open), and is refused at the
-    /// first refusal or closed failure.
+    /// The limiter's answer to the admission call in flight. The request
+    /// goes on when every call allowed it (or failed open), and is refused
+    /// at the first refusal or closed failure, giving back what it held.
     pub fn on_limiter_response(
         &mut self,
         host: &dyn StreamHost,
@@ -685,24 +707,43 @@ impl Stream {
         let Some(global) = self.global.as_mut() else {
             return;
         };
-        let Some(at) = global.pending.iter().position(|c| c.token == token) else {
+        if global.pending.as_ref().is_none_or(|c| c.token != token) {
+            return;
+        }
+        let Some(call) = global.pending.take() else {
             return;
         };
-        let call = global.pending.remove(at);
         let verdict = global_limits::verdict(call.method, grpc_status, body);
         if let Verdict::Allowed { reservation } = &verdict {
             host.add_metric(Metric::LimiterCalls { result: "ok" }, 1);
             if call.quantity == Quantity::Tokens {
-                global.tokens = Some(reservation.clone());
+                global.tokens = match (reservation, self.config.limiter.as_ref()) {
+                    (Some(id), _) => Some(Some(id.clone())),
+                    // Reservations asked for, none made: no limit matched
+                    // the descriptor (a limits file behind the
+                    // configuration); nothing to commit.
+                    (None, Some(l)) if l.reservations => {
+                        host.warn_throttled(
+                            "limiter-unmatched",
+                            "maas-gateway: the limiter has no limit for a global token limit's descriptor; is its limits file rendered from this configuration?",
+                        );
+                        None
+                    }
+                    (None, _) => Some(None),
+                };
             }
         }
-        if self.replied {
-            // Refused meanwhile: give back what this call took.
+        if self.admission.is_none() || self.replied {
+            // The request ended while the call was in flight (Envoy gave
+            // up on it, or it was settled): give back what the call took.
             self.release_global(host);
             return;
         }
-        match verdict {
-            Verdict::Allowed { .. } => {}
+        let refusal = match verdict {
+            Verdict::Allowed { .. } => self
+                .next_global(host)
+                .err()
+                .map(|e| (Outcome::LimiterError, e)),
             Verdict::OverLimit {
                 limit,
                 remaining,
@@ -716,24 +757,18 @@ impl Stream {
                 );
                 let err =
                     self.global_denial(host, call.quantity, limit, remaining, reset_after_secs);
-                self.abandon_admission(host);
-                self.refuse(host, Outcome::RateLimited, &err);
-                return;
+                Some((Outcome::RateLimited, err))
             }
             Verdict::Failed(why) => {
                 self.limiter_failed(host, &why);
-                if call.failure_mode == FailureMode::Deny {
-                    self.abandon_admission(host);
-                    self.refuse(
-                        host,
-                        Outcome::LimiterError,
-                        &GatewayError::LimiterUnavailable,
-                    );
-                    return;
-                }
+                (call.failure_mode == FailureMode::Deny)
+                    .then_some((Outcome::LimiterError, GatewayError::LimiterUnavailable))
             }
-        }
-        if !self.awaiting_limiter() {
+        };
+        if let Some((outcome, err)) = refusal {
+            self.abandon_admission(host);
+            self.refuse(host, outcome, &err);
+        } else if !self.awaiting_limiter() {
             host.resume_request();
         }
     }
@@ -983,7 +1018,7 @@ impl Stream {
     pub fn on_log(&mut self, host: &dyn StreamHost) {
         let now_ms = host.now_ms();
         // Anything still reserved never saw its response end.
-        self.settle(host, now_ms);
+        self.settle_or_abandon(host, now_ms);
         let outcome = match self.refusal {
             Some((outcome, _)) => outcome,
             None if !self.response_complete => Outcome::Incomplete,
@@ -1184,16 +1219,13 @@ impl Stream {
             }
         }
         self.admission = Some(Admission { holds, body_bytes });
-        self.reserved_tokens = self.reserved_tokens.max(
-            if scopes
-                .iter()
-                .any(|l| l.global_of(Quantity::Tokens).next().is_some())
-            {
-                worst_case
-            } else {
-                0
-            },
-        );
+        // `scopes` leaves out scopes whose limits are all global.
+        let global_tokens = [&subscription.limits, &*identity.key_limits]
+            .iter()
+            .any(|l| l.global_of(Quantity::Tokens).next().is_some());
+        if global_tokens {
+            self.reserved_tokens = worst_case;
+        }
         self.start_global(host, worst_case)
             .map_err(|e| (Outcome::LimiterError, e))?;
 
@@ -1219,7 +1251,18 @@ impl Stream {
 
     fn end_response(&mut self, host: &dyn StreamHost) {
         self.response_complete = true;
-        self.settle(host, host.now_ms());
+        self.settle_or_abandon(host, host.now_ms());
+    }
+
+    /// A request still waiting for the limiter never reached the model
+    /// (Envoy answered or the client left): nothing is charged, and holds
+    /// are given back. Otherwise it is settled.
+    fn settle_or_abandon(&mut self, host: &dyn StreamHost, now_ms: u64) {
+        if self.awaiting_limiter() {
+            self.abandon_admission(host);
+        } else {
+            self.settle(host, now_ms);
+        }
     }
 
     /// Charges the admitted request once: its reported usage, or an estimate.

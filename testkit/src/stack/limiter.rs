@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{ensure_free, StackError};
+use crate::gateway::LIMITER_CLUSTER;
 use crate::limiter::{LimiterLaunch, LimiterProcess};
 use crate::redis::RedisProcess;
 
@@ -30,6 +31,12 @@ pub fn start(config: &Value, port: u16, dir: &Path) -> Result<Option<LocalLimite
     let Some(limiter) = &parsed.limiter else {
         return Ok(None);
     };
+    if limiter.cluster != LIMITER_CLUSTER {
+        return Err(StackError::Limiter(format!(
+            "the configuration's limiter.cluster is {:?}, but the local bootstrap names the limiter's cluster {LIMITER_CLUSTER:?}",
+            limiter.cluster
+        )));
+    }
     ensure_free(port, "rate limiter", "--limiter-port")?;
     let limits = dir.join("limits.yaml");
     let text = maas_filter::global_limits::limitador_limits(

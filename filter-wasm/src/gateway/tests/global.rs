@@ -66,39 +66,39 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
     let mut s = h.chat(BODY);
     assert!(h.replied().is_none());
     assert_eq!(h.host.resumed.get(), 0, "held until the limiter answers");
+    // Tokens first: a reservation can be given back if the request limit
+    // refuses; a request hit cannot.
     let calls = h.calls();
-    assert_eq!(calls.len(), 2, "{calls:?}");
-    let (requests, tokens) = (&calls[0], &calls[1]);
-    assert_eq!(
-        (requests.method, tokens.method),
-        (Method::ShouldRateLimit, Method::Reserve)
-    );
-    assert!(calls
-        .iter()
-        .all(|c| c.cluster == "limitador" && c.timeout_ms == 50 && !c.detached));
-
-    let rl = RateLimitRequest::decode(&requests.message[..]).unwrap();
-    assert_eq!((rl.domain.as_str(), rl.hits_addend), ("maas-test", 1));
-    assert_eq!(
-        entries(&rl.descriptors[0]),
-        [
-            ("subscription".into(), "free".into()),
-            ("key".into(), "alice-1".into()),
-            ("quantity".into(), "requests".into()),
-            ("model".into(), "m1".into()),
-        ]
-    );
+    assert_eq!(calls.len(), 1, "{calls:?}");
+    let tokens = &calls[0];
+    assert_eq!(tokens.method, Method::Reserve);
+    assert!(tokens.cluster == "limitador" && tokens.timeout_ms == 50 && !tokens.detached);
     let reserve = ReserveRequest::decode(&tokens.message[..]).unwrap();
     // The worst case: the body's bytes (1 byte per token) plus max_tokens.
     assert_eq!(reserve.amount, BODY.len() as u64 + 10);
-    assert_eq!(reserve.ttl.unwrap().seconds, 600);
-    assert_eq!(entries(&reserve.descriptors[0])[2].1, "tokens");
+    assert_eq!(reserve.domain, "maas-test");
+    assert_eq!(reserve.ttl.unwrap().seconds, 120);
+    assert_eq!(
+        entries(&reserve.descriptors[0]),
+        [
+            ("subscription".into(), "free".into()),
+            ("key".into(), "alice-1".into()),
+            ("quantity".into(), "tokens".into()),
+            ("model".into(), "m1".into()),
+        ]
+    );
     // The local request limit was taken as usual.
     assert_eq!(h.used(REQ), 1);
 
-    h.answer(&mut s, requests, 0, rls(Code::Ok));
-    assert_eq!(h.host.resumed.get(), 0, "one answer of two");
     h.answer(&mut s, tokens, 0, ok_reserve("r-1"));
+    assert_eq!(h.host.resumed.get(), 0, "one answer of two");
+    let calls = h.calls();
+    let requests = &calls[1];
+    assert_eq!(requests.method, Method::ShouldRateLimit);
+    let rl = RateLimitRequest::decode(&requests.message[..]).unwrap();
+    assert_eq!((rl.domain.as_str(), rl.hits_addend), ("maas-test", 1));
+    assert_eq!(entries(&rl.descriptors[0])[2].1, "requests");
+    h.answer(&mut s, requests, 0, rls(Code::Ok));
     assert_eq!(h.host.resumed.get(), 1);
 
     h.respond_json(&mut s, 200, USAGE);
@@ -119,11 +119,10 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
 }
 
 #[test]
-fn over_a_global_limit_is_a_429_that_gives_back_every_hold() {
+fn a_global_request_limit_refusing_gives_back_the_token_reservation_and_the_local_hold() {
     let h = harness(true);
     let mut s = h.chat(BODY);
-    let calls = h.calls();
-    // The request limit refuses with the limiter's numbers...
+    h.answer(&mut s, &h.calls()[0], 0, ok_reserve("r-9"));
     let over = RateLimitResponse {
         overall_code: Code::OverLimit as i32,
         statuses: vec![DescriptorStatus {
@@ -141,28 +140,21 @@ fn over_a_global_limit_is_a_429_that_gives_back_every_hold() {
         }],
         ..Default::default()
     };
-    h.answer(&mut s, &calls[0], 0, over.encode_to_vec());
+    h.answer(&mut s, &h.calls()[1], 0, over.encode_to_vec());
     let (status, headers, body) = h.replied().unwrap();
     assert_eq!(status, 429);
     assert_eq!(body["error"]["type"], "requests", "{body}");
-    assert!(
-        body["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("global"),
-        "{body}"
-    );
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("global"), "{body}");
     assert!(
         headers.contains(&("retry-after".into(), "42".into())),
         "{headers:?}"
     );
     assert_eq!(h.used(REQ), 0, "the local request hold is released");
     assert_eq!(h.host.resumed.get(), 0);
-
-    // ...and the token reservation granted afterwards is given back.
-    h.answer(&mut s, &calls[1], 0, ok_reserve("r-9"));
     let calls = h.calls();
     let release = CommitRequest::decode(&calls[2].message[..]).unwrap();
+    assert!(calls[2].detached);
     assert_eq!(
         (release.reservation_id.as_str(), release.actual_amount),
         ("r-9", 0)
@@ -177,16 +169,14 @@ fn over_a_global_limit_is_a_429_that_gives_back_every_hold() {
 }
 
 #[test]
-fn a_token_reservation_refused_gives_429_with_the_configured_window() {
+fn a_refused_token_reservation_never_spends_a_request_hit() {
     let h = harness(true);
     let mut s = h.chat(BODY);
-    let calls = h.calls();
-    h.answer(&mut s, &calls[0], 0, rls(Code::Ok));
     let refused = ReserveResponse {
         code: Code::OverLimit as i32,
         reservation_id: String::new(),
     };
-    h.answer(&mut s, &calls[1], 0, refused.encode_to_vec());
+    h.answer(&mut s, &h.calls()[0], 0, refused.encode_to_vec());
     let (status, headers, body) = h.replied().unwrap();
     assert_eq!(status, 429);
     assert_eq!(body["error"]["type"], "tokens");
@@ -195,6 +185,36 @@ fn a_token_reservation_refused_gives_429_with_the_configured_window() {
         "{headers:?}"
     );
     assert_eq!(h.used(REQ), 0);
+    assert_eq!(h.calls().len(), 1, "ShouldRateLimit was never asked");
+}
+
+#[test]
+fn a_request_beyond_a_global_token_limit_is_too_large_not_retryable() {
+    let mut v = config_json();
+    v["limiter"] = serde_json::json!({"cluster": "limitador"});
+    v["subscriptions"]["metered"]["limits"] =
+        serde_json::json!({"tokens": [{"rate": "50/min", "mode": "global"}]});
+    let h = Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap());
+    let mut s = h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-metered")],
+        BODY,
+    );
+    let refused = ReserveResponse {
+        code: Code::OverLimit as i32,
+        reservation_id: String::new(),
+    };
+    h.answer(&mut s, &h.calls()[0], 0, refused.encode_to_vec());
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 429);
+    assert_eq!(body["error"]["code"], "request_too_large", "{body}");
+    s.on_log(&h.host);
+    assert_eq!(
+        h.audit()["reserved_tokens"],
+        0,
+        "refused: nothing stays reserved"
+    );
 }
 
 #[test]
@@ -236,7 +256,7 @@ fn an_unreachable_limiter_denies_by_default_and_allows_where_configured() {
     // The same failure on a fail-closed limit refuses.
     let mut s = h.chat(BODY);
     let calls = h.calls();
-    h.answer(&mut s, &calls[calls.len() - 2], 14, Vec::new());
+    h.answer(&mut s, calls.last().unwrap(), 14, Vec::new());
     assert_eq!(h.replied().unwrap().0, 503);
 }
 
@@ -244,12 +264,12 @@ fn an_unreachable_limiter_denies_by_default_and_allows_where_configured() {
 fn without_reservations_it_checks_the_worst_case_and_reports_the_usage() {
     let h = harness(false);
     let mut s = h.chat(BODY);
-    let calls = h.calls();
-    assert_eq!(calls[1].method, Method::CheckRateLimit);
-    let check = RateLimitRequest::decode(&calls[1].message[..]).unwrap();
-    assert_eq!(check.hits_addend as usize, BODY.len() + 10);
-    h.answer(&mut s, &calls[0], 0, rls(Code::Ok));
-    h.answer(&mut s, &calls[1], 0, rls(Code::Ok));
+    let check = h.calls()[0].clone();
+    assert_eq!(check.method, Method::CheckRateLimit);
+    let request = RateLimitRequest::decode(&check.message[..]).unwrap();
+    assert_eq!(request.hits_addend as usize, BODY.len() + 10);
+    h.answer(&mut s, &check, 0, rls(Code::Ok));
+    h.answer(&mut s, &h.calls()[1], 0, rls(Code::Ok));
     assert_eq!(h.host.resumed.get(), 1);
     h.respond_json(&mut s, 200, USAGE);
     let report = h.calls()[2].clone();
@@ -264,12 +284,34 @@ fn without_reservations_it_checks_the_worst_case_and_reports_the_usage() {
 }
 
 #[test]
-fn answers_for_other_tokens_or_after_the_end_change_nothing() {
+fn a_request_that_ends_while_the_limiter_is_asked_is_not_charged() {
+    let h = harness(true);
+    let mut s = h.chat(BODY);
+    let reserve = h.calls()[0].clone();
+    // The client leaves (or Envoy answers by itself) before the limiter.
+    s.on_log(&h.host);
+    assert_eq!(h.used(REQ), 0, "the local hold is given back");
+    assert_eq!(h.audit()["total_tokens"], 0);
+    assert_eq!(h.calls().len(), 1, "nothing to commit yet");
+    // A grant that arrives afterwards is released, and nothing resumes.
+    h.answer(&mut s, &reserve, 0, ok_reserve("r-late"));
+    let calls = h.calls();
+    assert_eq!(calls.len(), 2);
+    let release = CommitRequest::decode(&calls[1].message[..]).unwrap();
+    assert_eq!(
+        (release.reservation_id.as_str(), release.actual_amount),
+        ("r-late", 0)
+    );
+    assert_eq!(h.host.resumed.get(), 0);
+    assert!(h.replied().is_none());
+}
+
+#[test]
+fn answers_for_other_tokens_change_nothing_and_garbled_ones_fail_closed() {
     let h = harness(true);
     let mut s = h.chat(BODY);
     s.on_limiter_response(&h.host, 9999, Some(0), &rls(Code::OverLimit));
     assert!(h.replied().is_none());
-    // A garbled answer is a failure, and the limit fails closed.
     let calls = h.calls();
     h.answer(&mut s, &calls[0], 0, vec![0xff, 0xff, 0xff]);
     assert_eq!(h.replied().unwrap().0, 503);
@@ -302,4 +344,27 @@ fn global_limits_are_validated_at_load() {
             serde_json::json!({"tokens": [{"rate": "10/min", "mode": "global"}]});
     });
     assert_eq!(e.field, "keys[0].limits");
+    // Under global key_limits a key cannot have its own: the limiter
+    // would count it against the subscription's per-key limit anyway.
+    let e = bad(&|v| {
+        v["limiter"] = serde_json::json!({"cluster": "limitador"});
+        v["subscriptions"]["free"]["key_limits"] =
+            serde_json::json!({"requests": [{"rate": "10/min", "mode": "global"}]});
+        v["keys"][0]["limits"] = serde_json::json!({"requests": ["5/min"]});
+    });
+    assert_eq!(e.field, "keys[0].limits");
+    assert!(e.reason.contains("global"), "{e}");
+    // A local and a global limit may share a window; two local ones not.
+    let mut ok = config_json();
+    ok["limiter"] = serde_json::json!({"cluster": "limitador"});
+    ok["subscriptions"]["free"]["limits"] =
+        serde_json::json!({"tokens": ["100/min", {"rate": "1000/min", "mode": "global"}]});
+    Config::from_json(ok.to_string().as_bytes()).unwrap();
+    // Global limits come from the configuration, not from a sync.
+    let synced = serde_json::json!({
+        "name": "team", "models": ["m1"],
+        "limits": {"tokens": [{"rate": "10/min", "mode": "global"}]}
+    });
+    let e = crate::config::synced_subscription(&synced, &["m1".to_string()]).unwrap_err();
+    assert!(e.reason.contains("not synced"), "{e}");
 }
