@@ -44,24 +44,28 @@ fn qtensor(seed: u64, dims: &[usize], dtype: GgmlDType, scale: f32) -> QTensor {
 /// Q4_0 through the packed kernels, Q8_0 for the tied embedding, F32 through
 /// candle's fallback.
 pub(crate) fn tiny_gguf() -> PathBuf {
+    tiny_gguf_of("llama")
+}
+
+/// The same tiny model as architecture `arch`: `qwen2` adds Q/K/V biases and
+/// rotates halves instead of adjacent pairs.
+pub(crate) fn tiny_gguf_of(arch: &str) -> PathBuf {
     let spec = tiny_spec();
     let vocab = spec.tokens.len();
     let head_dim = HIDDEN / HEADS;
     let u32v = |v: usize| Value::U32(v as u32);
+    let key = |k: &str| format!("{arch}.{k}");
     let mut metadata: Vec<(String, Value)> = vec![
-        ("general.architecture".into(), Value::String("llama".into())),
-        ("llama.block_count".into(), u32v(LAYERS)),
-        ("llama.embedding_length".into(), u32v(HIDDEN)),
-        ("llama.feed_forward_length".into(), u32v(FFN)),
-        ("llama.attention.head_count".into(), u32v(HEADS)),
-        ("llama.attention.head_count_kv".into(), u32v(KV_HEADS)),
-        ("llama.context_length".into(), u32v(CONTEXT)),
-        ("llama.rope.dimension_count".into(), u32v(head_dim)),
-        ("llama.rope.freq_base".into(), Value::F32(10_000.0)),
-        (
-            "llama.attention.layer_norm_rms_epsilon".into(),
-            Value::F32(1e-5),
-        ),
+        ("general.architecture".into(), Value::String(arch.into())),
+        (key("block_count"), u32v(LAYERS)),
+        (key("embedding_length"), u32v(HIDDEN)),
+        (key("feed_forward_length"), u32v(FFN)),
+        (key("attention.head_count"), u32v(HEADS)),
+        (key("attention.head_count_kv"), u32v(KV_HEADS)),
+        (key("context_length"), u32v(CONTEXT)),
+        (key("rope.dimension_count"), u32v(head_dim)),
+        (key("rope.freq_base"), Value::F32(10_000.0)),
+        (key("attention.layer_norm_rms_epsilon"), Value::F32(1e-5)),
         (
             "tokenizer.ggml.model".into(),
             Value::String(spec.model.clone()),
@@ -126,6 +130,14 @@ pub(crate) fn tiny_gguf() -> PathBuf {
                 qtensor(s + 8, &[HIDDEN, FFN], GgmlDType::Q8_0, 0.2),
             ),
         ]);
+        if arch == "qwen2" {
+            let b = |n: &str| format!("blk.{l}.{n}.bias");
+            tensors.extend([
+                (b("attn_q"), qtensor(s + 9, &[HIDDEN], GgmlDType::F32, 0.5)),
+                (b("attn_k"), qtensor(s + 10, &[kv], GgmlDType::F32, 0.5)),
+                (b("attn_v"), qtensor(s + 11, &[kv], GgmlDType::F32, 0.5)),
+            ]);
+        }
     }
 
     let mut bytes = Cursor::new(Vec::new());
@@ -133,7 +145,7 @@ pub(crate) fn tiny_gguf() -> PathBuf {
     let ts: Vec<(&str, &QTensor)> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
     gguf_file::write(&mut bytes, &md, &ts).unwrap();
     let path = std::env::temp_dir().join(format!(
-        "maas-tiny-{}-{:?}.gguf",
+        "maas-tiny-{arch}-{}-{:?}.gguf",
         std::process::id(),
         std::thread::current().id()
     ));
@@ -380,10 +392,13 @@ mod device {
     use super::*;
 
     fn load_on_device() -> LoadedModel {
-        let path = tiny_gguf();
-        let loaded = load_gguf_on(&path, None, &Placement::Device(Device::Cpu)).unwrap();
+        load_arch("llama", &Placement::Device(Device::Cpu))
+    }
+
+    fn load_arch(arch: &str, placement: &Placement) -> LoadedModel {
+        let path = tiny_gguf_of(arch);
+        let loaded = load_gguf_on(&path, None, placement).unwrap();
         std::fs::remove_file(path).unwrap();
-        assert!(matches!(loaded.model, Model::Device(_)));
         loaded
     }
 
@@ -400,8 +415,23 @@ mod device {
 
     #[test]
     fn logits_agree_with_the_host_path_through_prefill_and_decode() {
-        let host = load();
-        let device = load_on_device();
+        for arch in ["llama", "qwen2"] {
+            let host = load_arch(arch, &Placement::Host);
+            let device = load_arch(arch, &Placement::Device(Device::Cpu));
+            assert!(matches!(device.model, Model::Device(_)));
+            assert_eq!(
+                device.model.config().rope_style,
+                if arch == "qwen2" {
+                    RopeStyle::Halves
+                } else {
+                    RopeStyle::Interleaved
+                }
+            );
+            agree(arch, &host, &device);
+        }
+    }
+
+    fn agree(arch: &str, host: &LoadedModel, device: &LoadedModel) {
         let prompt: Vec<u32> = (0..23).map(|i| (i * 37 % 260) as u32).collect();
         // The host path's greedy continuation drives both, so every step
         // compares the same positions even if one argmax were a near tie.
@@ -426,7 +456,7 @@ mod device {
         assert_eq!(got.len(), expected.len());
         for (step, (g, e)) in got.iter().zip(&expected).enumerate() {
             let err = relative_error(g, e);
-            assert!(err < 0.02, "step {step}: relative error {err}");
+            assert!(err < 0.02, "{arch} step {step}: relative error {err}");
         }
     }
 
