@@ -510,9 +510,12 @@ impl Stream {
     ) -> Flow {
         if let Some(id) = &identity.key_id {
             host.set_request_header("x-maas-key-id", Some(id));
+            host.publish_identity("key_id", id);
         }
         host.set_request_header("x-maas-user", Some(&identity.user));
         host.set_request_header("x-maas-subscription", Some(&identity.subscription.name));
+        host.publish_identity("user", &identity.user);
+        host.publish_identity("subscription", &identity.subscription.name);
         self.identity = Some(identity);
 
         let endpoint = match Endpoint::classify(&self.method, &self.path) {

@@ -46,6 +46,11 @@ pub trait StreamHost {
 
     /// Publishes the audit record where the access log reads it.
     fn set_audit_record(&self, record: &[u8]);
+    /// Publishes one part of the resolved identity (`subscription`,
+    /// `key_id`, `user`) for the filters after this one, beside the
+    /// request headers: Envoy's filter state `wasm.maas_<name>` (Envoy lets a
+    /// wasm filter write filter state, not dynamic metadata).
+    fn publish_identity(&self, name: &str, value: &str);
 
     fn counters(&self) -> &dyn CounterStore;
     /// Asks the control plane about managed key `id`; the answer comes back

@@ -585,6 +585,11 @@ impl StreamHost for EnvoyHost {
         let _ = hostcalls::set_property(vec!["maas_audit"], Some(record));
     }
 
+    fn publish_identity(&self, name: &str, value: &str) {
+        let key = format!("maas_{name}");
+        let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
+    }
+
     fn counters(&self) -> &dyn CounterStore {
         &SharedData
     }

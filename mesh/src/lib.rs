@@ -19,9 +19,9 @@ pub mod manifest;
 
 /// The identity the filter publishes for the layers after it (Kuadrant's
 /// wasm-shim, the model server): request headers it sets itself after
-/// removing any a client sent. (Envoy gives a wasm filter no call to write
-/// dynamic metadata; the audit record in filter state `wasm.maas_audit`
-/// carries the same identity for access logs.)
+/// removing any a client sent, and the same values as Envoy filter state
+/// `wasm.maas_subscription`, `wasm.maas_key_id`, `wasm.maas_user` (a wasm
+/// filter can write filter state, not dynamic metadata).
 pub mod identity {
     pub const SUBSCRIPTION_HEADER: &str = "x-maas-subscription";
     pub const KEY_ID_HEADER: &str = "x-maas-key-id";

@@ -34,6 +34,8 @@ struct FakeHost {
     /// Whether a limiter call can be made.
     limiter_down: Cell<bool>,
     throttled_warnings: RefCell<Vec<String>>,
+    /// Filter state the filter published (`maas_<name>`).
+    published: RefCell<HashMap<String, String>>,
 }
 
 /// A call the filter made to the rate limiter.
@@ -109,6 +111,11 @@ impl StreamHost for FakeHost {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         *self.reply.borrow_mut() = Some((status, headers, body.to_vec()));
+    }
+    fn publish_identity(&self, name: &str, value: &str) {
+        self.published
+            .borrow_mut()
+            .insert(format!("maas_{name}"), value.to_string());
     }
     fn set_audit_record(&self, record: &[u8]) {
         *self.audit.borrow_mut() = Some(serde_json::from_slice(record).unwrap());
@@ -362,6 +369,19 @@ fn identity_headers_are_the_filters_own() {
     assert_eq!(hdr("x-maas-user").as_deref(), Some("alice"));
     assert_eq!(hdr("x-maas-key-id").as_deref(), Some("alice-1"));
     assert_eq!(hdr("x-maas-model").as_deref(), Some("m1"));
+    let published = h.host.published.borrow().clone();
+    assert_eq!(
+        published.get("maas_subscription").map(String::as_str),
+        Some("free")
+    );
+    assert_eq!(
+        published.get("maas_user").map(String::as_str),
+        Some("alice")
+    );
+    assert_eq!(
+        published.get("maas_key_id").map(String::as_str),
+        Some("alice-1")
+    );
     h.respond_json(
         &mut s,
         200,

@@ -122,3 +122,36 @@ fn non_utf8_credentials_are_refused_without_harm() {
     );
     assert_eq!(ok.status, 200);
 }
+
+/// The same identity in Envoy's filter state, for filters after ours (a wasm
+/// filter can write filter state, not dynamic metadata): read back here
+/// through the access log, as any later filter or logger would.
+#[test]
+fn identity_is_published_in_filter_state_for_later_filters() {
+    let audit = "%FILTER_STATE(wasm.maas_audit:PLAIN)%";
+    let template = maas_testkit::gateway_template();
+    assert!(template.contains(audit));
+    let template = template.replace(
+        audit,
+        "%FILTER_STATE(wasm.maas_subscription:PLAIN)% %FILTER_STATE(wasm.maas_key_id:PLAIN)% %FILTER_STATE(wasm.maas_user:PLAIN)%",
+    );
+    let upstream = maas_testkit::MockUpstream::start();
+    let gateway = maas_testkit::Gateway::builder()
+        .filter_config(base_config())
+        .model("m1", upstream.addr())
+        .template(template)
+        .start();
+    let r = gateway.post_json(
+        "/v1/chat/completions",
+        &[("authorization", &format!("Bearer {FREE_KEY}"))],
+        &chat_body("m1", 8),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    eventually(Duration::from_secs(5), || {
+        let log = gateway.access_log_text();
+        log.lines()
+            .any(|l| l.trim() == "free free-1 alice@example.com")
+            .then_some(())
+            .ok_or(format!("not in the access log yet: {log:?}"))
+    });
+}
