@@ -8,10 +8,16 @@
 #   maas    Envoy + our filter as shipped (opt-level 3): auth, limits,
 #           accounting, metrics, audit line; limits too high to reject anything
 #   maas-s  the same filter built with opt-level "s", to choose the profile
+#   maas-global  the shipped filter with the same limits made global: kept by
+#           a real maas-limiter on a real redis-server, which this script
+#           starts (`load-bench limiter`); per request one ShouldRateLimit and
+#           one Reserve through Envoy's gRPC client before the upstream, one
+#           Commit after the response
 #
-# All four run the bootstrap rendered from envoy/gateway.template.yaml (see
+# All five run the bootstrap rendered from envoy/gateway.template.yaml (see
 # benches/src/load/variants.rs) at the same time, each Envoy with one worker,
-# pinned to core 0. The upstream (testkit's mock-upstream) and wrk share core 1.
+# pinned to core 0. The upstream (testkit's mock-upstream), the limiter, Redis
+# and wrk share core 1, so core 0's CPU time is Envoy's alone.
 # Workloads: a chat completion with a JSON answer ("plain") and a streamed one
 # ("stream": 16 content events + finish + [DONE]; our filter also asks the
 # upstream for the usage event and strips it before the client). On loopback
@@ -21,19 +27,25 @@
 # and write, as with a real model: WORKLOADS="plain stream stream-events".
 #
 # Each round runs every workload x variant (interleaved: none, noop, maas,
-# maas-s, none, ...) twice: at saturation (requests/s, and Envoy's CPU time per
-# request from /proc/PID/stat) and at a fixed rate well below saturation
+# maas-s, maas-global, none, ...) twice: at saturation (requests/s, and
+# Envoy's CPU time per request from /proc/PID/stat) and at a fixed rate below saturation
 # (~3,400 req/s: 40 connections, each pausing 10 ms between requests, through
 # wrk's delay() hook; p50/p99 latency, and CPU per request with every variant
-# at the same rate). Any non-2xx answer or socket error stops the run: a 401
-# or 429 from the filter would make its numbers meaningless.
+# at the same rate). The limiter's and Redis's CPU time is recorded per run
+# too: they share core 1 with wrk and the upstream, so they can be what limits
+# maas-global. Any non-2xx answer or socket error stops the run: a 401 or 429
+# from the filter, or a 503 from a limiter that did not answer (the variant
+# fails closed), would make its numbers meaningless.
 #
-# Usage: ./benches/load.sh   (`make bench` runs it after criterion; ~4.5 min)
+# Usage: ./benches/load.sh   (`make bench` runs it after criterion; ~5.5 min,
+#   of which maas-global ~1 min)
 # Knobs (environment): WORKLOADS="plain stream" ROUNDS=3 SAT_SECONDS=5
 #   SAT_CONNECTIONS=32 EVENTS_SAT_CONNECTIONS=160 (stream-events: each response
 #   takes ~18 ms, so saturating Envoy needs more connections)
 #   PACED_SECONDS=4 PACED_CONNECTIONS=40 PACE_MS=10 WARMUP_SECONDS=2
 #   PROXY_CORE=0 LOAD_CORE=1 SKIP_BUILD=1 LOAD_BENCH_DIR=target/load-bench
+#   MAAS_LIMITER=target/serve/maas-limiter
+#   MAAS_REDIS_SERVER=.cache/redis/7.0.15/bin/redis-server (scripts/redis.sh)
 # Output: the Markdown table on stdout, and in $LOAD_BENCH_DIR/summary.md
 # (raw rows in results.tsv).
 set -euo pipefail
@@ -53,6 +65,9 @@ PROXY_CORE=${PROXY_CORE:-0}
 LOAD_CORE=${LOAD_CORE:-1}
 WORK=${LOAD_BENCH_DIR:-$ROOT/target/load-bench}
 ENVOY=${MAAS_ENVOY:-$ROOT/.cache/envoy/1.40.0/envoy/_bin/envoy}
+# Exported: testkit's harness in `load-bench limiter` starts these.
+export MAAS_LIMITER=${MAAS_LIMITER:-$ROOT/target/serve/maas-limiter}
+export MAAS_REDIS_SERVER=${MAAS_REDIS_SERVER:-$ROOT/.cache/redis/7.0.15/bin/redis-server}
 CARGO=${CARGO:-cargo}
 
 WASM_DIR=target/wasm32-wasip1/release
@@ -63,7 +78,7 @@ FILTER_S_WASM=$ROOT/$OPT_S_DIR/wasm32-wasip1/release/maas_filter.wasm
 MOCK_UPSTREAM=$ROOT/target/release/mock-upstream
 LOAD_BENCH=$ROOT/target/release/examples/load-bench
 
-VARIANTS=(none noop maas maas-s)
+VARIANTS=(none noop maas maas-s maas-global)
 read -r -a WORKLOADS <<<"${WORKLOADS:-plain stream}"
 BENCH_KEY=sk-maas-bench-3f9e2c71d0a84b56
 MODEL=bench-model   # load::variants::BENCH_MODEL
@@ -106,6 +121,9 @@ fi
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   [ -x "$ENVOY" ] || ./scripts/fetch-envoy.sh
+  [ -x "$MAAS_REDIS_SERVER" ] || ./scripts/redis.sh
+  say "$CARGO build --profile serve --locked -p maas-limiter"
+  "$CARGO" build --profile serve --locked -p maas-limiter
   say "$CARGO build --release --locked -p maas-testkit --bins -p maas-benches --example load-bench"
   "$CARGO" build --release --locked -p maas-testkit --bins -p maas-benches --example load-bench
   say "$CARGO build --release --locked --target wasm32-wasip1 -p maas-filter -p maas-noop-filter"
@@ -114,8 +132,9 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   CARGO_PROFILE_RELEASE_OPT_LEVEL=s "$CARGO" build --release --locked --target wasm32-wasip1 \
     -p maas-filter --target-dir "$OPT_S_DIR"
 fi
-for file in "$ENVOY" "$MOCK_UPSTREAM" "$LOAD_BENCH" "$FILTER_WASM" "$NOOP_WASM" "$FILTER_S_WASM"; do
-  [ -f "$file" ] || die "missing $file (run without SKIP_BUILD=1, or make setup wasm host)"
+for file in "$ENVOY" "$MOCK_UPSTREAM" "$LOAD_BENCH" "$FILTER_WASM" "$NOOP_WASM" "$FILTER_S_WASM" \
+  "$MAAS_LIMITER" "$MAAS_REDIS_SERVER"; do
+  [ -f "$file" ] || die "missing $file (run without SKIP_BUILD=1, or make setup wasm host server)"
 done
 
 # Cleared on every run; a non-empty folder that is not ours is left alone.
@@ -126,22 +145,39 @@ rm -rf "$WORK"
 mkdir -p "$WORK"
 START_SECONDS=$SECONDS
 
-# --- upstream ------------------------------------------------------------------
+# --- upstream and limiter --------------------------------------------------------
+announced() { # FILE PREFIX TENTHS → the HOST:PORT after "PREFIX " in FILE, waiting up to TENTHS × 0.1 s
+  local addr="" _
+  for _ in $(seq "$3"); do
+    addr=$(sed -n "s/^$2 //p" "$1")
+    [ -n "$addr" ] && break
+    sleep 0.1
+  done
+  printf '%s' "$addr"
+}
 say "mock-upstream on core $LOAD_CORE"
 taskset -c "$LOAD_CORE" "$MOCK_UPSTREAM" --host 127.0.0.1 --port 0 >"$WORK/upstream.out" 2>&1 &
 CHILDREN+=($!)
-UPSTREAM=""
-for _ in $(seq 100); do
-  UPSTREAM=$(sed -n 's/^mock-upstream listening on //p' "$WORK/upstream.out")
-  [ -n "$UPSTREAM" ] && break
-  sleep 0.1
-done
+UPSTREAM=$(announced "$WORK/upstream.out" 'mock-upstream listening on' 100)
 [ -n "$UPSTREAM" ] || die "mock-upstream did not start: $(cat "$WORK/upstream.out")"
 
-# --- the four gateways ---------------------------------------------------------
-"$LOAD_BENCH" render --out-dir "$WORK" --upstream "$UPSTREAM" --key "$BENCH_KEY" \
+# Redis and the limiter inherit the affinity of `load-bench limiter`, which
+# keeps them until it gets SIGTERM (cleanup) and writes $WORK/limits.yaml.
+say "maas-limiter (Redis storage) and redis-server on core $LOAD_CORE"
+taskset -c "$LOAD_CORE" "$LOAD_BENCH" limiter --out-dir "$WORK" --key "$BENCH_KEY" >"$WORK/limiter.out" 2>&1 &
+LIMITER_HOST=$!
+CHILDREN+=($!)
+LIMITER=$(announced "$WORK/limiter.out" 'limiter listening on' 600)
+[ -n "$LIMITER" ] || die "the limiter did not start: $(cat "$WORK/limiter.out" "$WORK/limiter.log" 2>/dev/null)"
+# Their CPU time is measured per run, like Envoy's (the host only sleeps).
+read -r -a LIMITER_SIDE <<<"$(ps -o pid= --ppid "$LIMITER_HOST" | tr '\n' ' ')"
+[ "${#LIMITER_SIDE[@]}" = 2 ] || die "expected redis-server and maas-limiter under pid $LIMITER_HOST, found: ${LIMITER_SIDE[*]}"
+
+# --- the gateways ----------------------------------------------------------------
+"$LOAD_BENCH" render --out-dir "$WORK" --upstream "$UPSTREAM" --key "$BENCH_KEY" --limiter "$LIMITER" \
   --variant none=none --variant "noop=$NOOP_WASM" \
-  --variant "maas=$FILTER_WASM" --variant "maas-s=$FILTER_S_WASM"
+  --variant "maas=$FILTER_WASM" --variant "maas-s=$FILTER_S_WASM" \
+  --variant "maas-global=global:$FILTER_WASM"
 
 declare -A PID PORT
 for v in "${VARIANTS[@]}"; do
@@ -228,15 +264,30 @@ for v in "${VARIANTS[@]}"; do
     *) [ "${vms:-0}" -gt 0 ] || die "$v: Envoy runs no wasm VM" ;;
   esac
 done
-say "smoke check passed: ${VARIANTS[*]} answer 200; wasm VMs only where expected; our filter refuses a wrong key"
+# The global variant really asked the limiter, and every call succeeded.
+limiter_calls() { # variant → "OK FAILED_OR_OVER_LIMIT" from the filter's maas_limiter_calls_total
+  curl -s -m 5 "http://$(cat "$WORK/$1.admin")/stats?filter=limiter_calls_total" |
+    awk -F': ' '$1 ~ /result=\.=ok;/ { ok += $2; next } $1 ~ /result=/ { bad += $2 } END { print ok + 0, bad + 0 }'
+}
+read -r calls_ok calls_bad <<<"$(limiter_calls maas-global)"
+[ "$calls_ok" -gt 0 ] && [ "$calls_bad" = 0 ] ||
+  die "maas-global: $calls_ok limiter calls ok, $calls_bad failed or over limit: $(curl -s -m 5 "http://$(cat "$WORK/maas-global.admin")/stats?filter=limiter")"
+say "smoke check passed: ${VARIANTS[*]} answer 200; wasm VMs only where expected; our filter refuses a wrong key; maas-global made $calls_ok limiter calls"
 
 # --- measuring -----------------------------------------------------------------
 CLK_TCK=$(getconf CLK_TCK)
 RESULTS=$WORK/results.tsv
-printf 'round\tworkload\tvariant\tmode\trequests\tduration_us\tcpu_ticks\tclk_tck\tp50_us\tp99_us\tcore0_busy_pct\tcore1_busy_pct\n' >"$RESULTS"
+printf 'round\tworkload\tvariant\tmode\trequests\tduration_us\tcpu_ticks\tclk_tck\tp50_us\tp99_us\tcore0_busy_pct\tcore1_busy_pct\tlimiter_cpu_ticks\n' >"$RESULTS"
 
 proc_cpu_ticks() { # utime+stime of the whole process; fields after "(comm)"
   sed 's/^.*) //' "/proc/$1/stat" | awk '{ print $12 + $13 }'
+}
+limiter_side_ticks() { # the limiter's and Redis's utime+stime
+  local pid total=0
+  for pid in "${LIMITER_SIDE[@]}"; do
+    total=$((total + $(proc_cpu_ticks "$pid")))
+  done
+  echo "$total"
 }
 core_ticks() { # "busy total" jiffies of one core
   awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
@@ -256,15 +307,17 @@ run() {
     seconds=$PACED_SECONDS connections=$PACED_CONNECTIONS pace=$PACE_MS
   fi
   [ "$round" = 0 ] && seconds=$WARMUP_SECONDS
-  local cpu0 c0 c1 out
+  local cpu0 lim0 c0 c1 out
   cpu0=$(proc_cpu_ticks "${PID[$v]}")
+  lim0=$(limiter_side_ticks)
   c0=$(core_ticks "$PROXY_CORE")
   c1=$(core_ticks "$LOAD_CORE")
   out=$(LOAD_PACE_MS=$pace taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" -d"${seconds}s" --timeout 5s \
     -s "$WORK/$w.lua" "http://127.0.0.1:${PORT[$v]}/v1/chat/completions" 2>&1) ||
     die "wrk failed against $v: $out"
-  local cpu1 c0b c1b
+  local cpu1 lim1 c0b c1b
   cpu1=$(proc_cpu_ticks "${PID[$v]}")
+  lim1=$(limiter_side_ticks)
   c0b=$(core_ticks "$PROXY_CORE")
   c1b=$(core_ticks "$LOAD_CORE")
   : >"$WORK/$v.access.log"   # the audit trail would grow by ~2 MB a run
@@ -281,13 +334,14 @@ run() {
   fi
   [ "$round" = 0 ] && return 0
   local ticks=$((cpu1 - cpu0))
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$mode" \
+  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$round" "$w" "$v" "$mode" \
     "${r[requests]}" "${r[duration_us]}" "$ticks" "$CLK_TCK" "${r[p50_us]}" "${r[p99_us]}" \
-    "$(busy_pct "$c0" "$c0b")" "$(busy_pct "$c1" "$c1b")" >>"$RESULTS"
+    "$(busy_pct "$c0" "$c0b")" "$(busy_pct "$c1" "$c1b")" "$((lim1 - lim0))" >>"$RESULTS"
   awk -v n="${r[requests]}" -v d="${r[duration_us]}" -v t="$ticks" -v hz="$CLK_TCK" \
     -v p50="${r[p50_us]}" -v p99="${r[p99_us]}" -v tag="round $round  $w  $v  $mode" \
-    'BEGIN { printf "    %-34s %7.0f req/s  %6.1f µs CPU/req  p50 %.2f ms  p99 %.2f ms\n",
-      tag, n / (d / 1e6), t / hz * 1e6 / n, p50 / 1000, p99 / 1000 }' >&2
+    -v lim="$((lim1 - lim0))" \
+    'BEGIN { printf "    %-40s %7.0f req/s  %6.1f µs CPU/req  p50 %.2f ms  p99 %.2f ms  limiter %.1f µs/req\n",
+      tag, n / (d / 1e6), t / hz * 1e6 / n, p50 / 1000, p99 / 1000, lim / hz * 1e6 / n }' >&2
 }
 
 say "warm-up: ${WARMUP_SECONDS}s per variant and workload"
@@ -316,10 +370,12 @@ events_shape=""
     "$("$ENVOY" --version 2>/dev/null | sed -n 's/.*version: [^/]*\/\([0-9.]*\)\/.*/\1/p' | head -n 1)" \
     "$(nproc --all) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))" \
     "$ROUNDS" "$((SECONDS - START_SECONDS))"
-  "$LOAD_BENCH" report --results "$RESULTS" --baseline none --empty noop --filter maas --filter maas-s \
+  "$LOAD_BENCH" report --results "$RESULTS" --baseline none --empty noop \
+    --filter maas --filter maas-s --filter maas-global \
     --label "none=no filter" --label "noop=empty wasm filter" \
     --label "maas=maas-filter (opt-level 3)" --label 'maas-s=maas-filter (opt-level "s")' \
-    --saturation "wrk -t1 -c$SAT_CONNECTIONS -d${SAT_SECONDS}s$events_shape; Envoy --concurrency 1 on core $PROXY_CORE, wrk and the upstream on core $LOAD_CORE" \
+    --label "maas-global=maas-filter, global limits (maas-limiter, Redis)" \
+    --saturation "wrk -t1 -c$SAT_CONNECTIONS -d${SAT_SECONDS}s$events_shape; Envoy --concurrency 1 on core $PROXY_CORE, wrk, the upstream, the limiter and Redis on core $LOAD_CORE" \
     --paced "wrk -t1 -c$PACED_CONNECTIONS -d${PACED_SECONDS}s, each connection pausing ${PACE_MS} ms between requests"
 } >"$WORK/summary.md"
 cat "$WORK/summary.md"

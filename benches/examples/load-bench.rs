@@ -1,11 +1,20 @@
 //! The typed half of `benches/load.sh`
 //! (`cargo build --release -p maas-benches --example load-bench`):
 //!
-//! `load-bench render --out-dir DIR --upstream HOST:PORT --key KEY --variant NAME=none|NAME=MODULE.wasm…`
-//!   writes `DIR/filter-config.json` (our filter's benchmark configuration,
-//!   one key: KEY) and one Envoy bootstrap per variant, `DIR/NAME.yaml`,
-//!   rendered from `envoy/gateway.template.yaml` (access log `DIR/NAME.access.log`,
-//!   listener and admin on ephemeral ports).
+//! `load-bench render --out-dir DIR --upstream HOST:PORT --key KEY [--limiter HOST:PORT] --variant NAME=none|NAME=MODULE.wasm|NAME=global:MODULE.wasm…`
+//!   writes our filter's benchmark configuration (one key: KEY) as
+//!   `DIR/filter-config.json`, and `DIR/filter-config.global.json` when a
+//!   variant's limits are global, and one Envoy bootstrap per variant,
+//!   `DIR/NAME.yaml`, rendered from `envoy/gateway.template.yaml` (access log
+//!   `DIR/NAME.access.log`, listener and admin on ephemeral ports; global
+//!   variants reach the limiter at `--limiter`).
+//!
+//! `load-bench limiter --out-dir DIR --key KEY`
+//!   writes `DIR/limits.yaml` (the global configuration's limits), starts a
+//!   `redis-server` and a `maas-limiter` on it (testkit's harness: loopback,
+//!   ephemeral ports), prints `limiter listening on HOST:PORT` and keeps
+//!   both until it gets SIGTERM, SIGINT or SIGHUP. Both inherit its CPU
+//!   affinity, so `taskset` on this command pins them.
 //!
 //! `load-bench report --results FILE --baseline NAME --empty NAME --filter NAME… [--label NAME=TEXT…] [--saturation TEXT] [--paced TEXT]`
 //!   prints the Markdown table of medians, costs against the baselines and
@@ -13,19 +22,26 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use maas_benches::load::report::{self, Roles, RunShape};
-use maas_benches::load::variants::{bench_filter_config, render_variant, Variant};
-use maas_testkit::gateway::gateway_template_path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
-const USAGE: &str = "usage:\n  load-bench render --out-dir DIR --upstream HOST:PORT --key KEY --variant NAME=none|NAME=PATH [--variant ...]\n  load-bench report --results FILE --baseline NAME --empty NAME --filter NAME [--filter ...] [--label NAME=TEXT ...] [--saturation TEXT] [--paced TEXT]";
+use maas_benches::load::report::{self, Roles, RunShape};
+use maas_benches::load::variants::{
+    bench_filter_config, bench_limits_file, render_variant, LimitMode, Variant,
+};
+use maas_testkit::gateway::gateway_template_path;
+use maas_testkit::{LimiterLaunch, LimiterProcess, RedisProcess};
+
+const USAGE: &str = "usage:\n  load-bench render --out-dir DIR --upstream HOST:PORT --key KEY [--limiter HOST:PORT] --variant NAME=none|NAME=PATH|NAME=global:PATH [--variant ...]\n  load-bench limiter --out-dir DIR --key KEY\n  load-bench report --results FILE --baseline NAME --empty NAME --filter NAME [--filter ...] [--label NAME=TEXT ...] [--saturation TEXT] [--paced TEXT]";
 
 fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let outcome = match args.next().as_deref() {
         Some("render") => render(args),
+        Some("limiter") => limiter(args),
         Some("report") => report(args),
         _ => Err(String::new()),
     };
@@ -51,18 +67,30 @@ fn pairs(mut args: impl Iterator<Item = String>) -> Result<Vec<(String, String)>
     Ok(pairs)
 }
 
+fn socket_addr(flag: &str, value: &str) -> Result<SocketAddr, String> {
+    value
+        .parse()
+        .map_err(|_| format!("{flag} {value:?} is not IP:PORT"))
+}
+
+/// An absolute path: Envoy resolves relative ones against its own working
+/// directory.
+fn absolute(dir: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(dir).map_err(|e| format!("{dir:?}: {e}"))
+}
+
+fn write(path: PathBuf, text: String) -> Result<(), String> {
+    std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
+}
+
 fn render(args: impl Iterator<Item = String>) -> Result<(), String> {
     let (mut out_dir, mut upstream, mut key, mut variants) = (None, None, None, Vec::new());
+    let mut limiter = None;
     for (flag, value) in pairs(args)? {
         match flag.as_str() {
             "--out-dir" => out_dir = Some(PathBuf::from(value)),
-            "--upstream" => {
-                upstream = Some(
-                    value
-                        .parse::<SocketAddr>()
-                        .map_err(|_| format!("--upstream {value:?} is not IP:PORT"))?,
-                )
-            }
+            "--upstream" => upstream = Some(socket_addr(&flag, &value)?),
+            "--limiter" => limiter = Some(socket_addr(&flag, &value)?),
             "--key" => key = Some(value),
             "--variant" => variants.push(value.parse::<Variant>().map_err(|e| e.to_string())?),
             other => return Err(format!("render: unknown argument {other:?}")),
@@ -74,23 +102,77 @@ fn render(args: impl Iterator<Item = String>) -> Result<(), String> {
     if variants.is_empty() {
         return Err("render needs at least one --variant".into());
     }
-    // Envoy resolves relative paths against its own working directory.
-    let out_dir = std::path::absolute(&out_dir).map_err(|e| format!("{out_dir:?}: {e}"))?;
+    let out_dir = absolute(&out_dir)?;
     let template_path = gateway_template_path();
     let template = std::fs::read_to_string(&template_path)
         .map_err(|e| format!("cannot read {}: {e}", template_path.display()))?;
-    let config = bench_filter_config(&key);
-    let write = |name: &str, text: String| {
-        let path = out_dir.join(name);
-        std::fs::write(&path, text).map_err(|e| format!("cannot write {}: {e}", path.display()))
-    };
-    write("filter-config.json", format!("{config:#}\n"))?;
+    for (limits, name) in [
+        (LimitMode::Local, "filter-config.json"),
+        (LimitMode::Global, "filter-config.global.json"),
+    ] {
+        if limits == LimitMode::Local || variants.iter().any(|v| v.limits() == limits) {
+            let config = bench_filter_config(&key, limits);
+            write(out_dir.join(name), format!("{config:#}\n"))?;
+        }
+    }
     for variant in &variants {
         let access_log = out_dir.join(format!("{}.access.log", variant.name));
-        let bootstrap = render_variant(&template, variant, &config, upstream, &access_log)
+        let bootstrap = render_variant(&template, variant, &key, upstream, limiter, &access_log)
             .map_err(|e| format!("variant {}: {e}", variant.name))?;
-        write(&format!("{}.yaml", variant.name), bootstrap)?;
+        write(out_dir.join(format!("{}.yaml", variant.name)), bootstrap)?;
     }
+    Ok(())
+}
+
+/// Set by the signal handler; the main thread polls it.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn request_stop(_signal: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn limiter(args: impl Iterator<Item = String>) -> Result<(), String> {
+    let (mut out_dir, mut key) = (None, None);
+    for (flag, value) in pairs(args)? {
+        match flag.as_str() {
+            "--out-dir" => out_dir = Some(PathBuf::from(value)),
+            "--key" => key = Some(value),
+            other => return Err(format!("limiter: unknown argument {other:?}")),
+        }
+    }
+    let (Some(out_dir), Some(key)) = (out_dir, key) else {
+        return Err("limiter needs --out-dir and --key".into());
+    };
+    let out_dir = absolute(&out_dir)?;
+    let limits = out_dir.join("limits.yaml");
+    write(
+        limits.clone(),
+        bench_limits_file(&key).map_err(|e| e.to_string())?,
+    )?;
+    // A handler rather than the default action, installed before anything
+    // is spawned: the default would end this process without dropping the
+    // children (they would still get SIGTERM from PR_SET_PDEATHSIG, but
+    // Redis's folder would stay). Children start with default handlers.
+    for signal in [libc::SIGTERM, libc::SIGINT, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic, which is
+        // async-signal-safe.
+        unsafe {
+            libc::signal(signal, request_stop as *const () as libc::sighandler_t);
+        }
+    }
+    let redis = RedisProcess::start()?;
+    let launch = LimiterLaunch {
+        log: Some(out_dir.join("limiter.log")),
+        ..LimiterLaunch::new(&limits).with_redis(redis.url())
+    };
+    let limiter = LimiterProcess::launch(&launch)?;
+    println!("limiter listening on {}", limiter.addr());
+    while !STOP.load(Ordering::SeqCst) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // The limiter before its storage, so it never sees Redis vanish.
+    drop(limiter);
+    drop(redis);
     Ok(())
 }
 

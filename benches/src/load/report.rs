@@ -8,13 +8,15 @@
 //! Proxy CPU per request (Envoy's utime+stime over the run, divided by the
 //! requests wrk completed) is the figure to trust on a shared machine:
 //! requests per second also move when a neighbour takes the proxy's core,
-//! CPU per request much less.
+//! CPU per request much less. The rate limiter and its Redis are measured the
+//! same way in every run (idle but for a variant with global limits), since
+//! they share the load core and can be what holds its throughput.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 /// The header `load.sh` writes, in order.
-pub const COLUMNS: [&str; 12] = [
+pub const COLUMNS: [&str; 13] = [
     "round",
     "workload",
     "variant",
@@ -27,6 +29,7 @@ pub const COLUMNS: [&str; 12] = [
     "p99_us",
     "core0_busy_pct",
     "core1_busy_pct",
+    "limiter_cpu_ticks",
 ];
 
 /// Targets from the issue.
@@ -59,6 +62,8 @@ pub struct Sample {
     pub p99_us: f64,
     pub core0_busy_pct: f64,
     pub core1_busy_pct: f64,
+    /// The limiter's and Redis's utime+stime over the run, in clock ticks.
+    pub limiter_cpu_ticks: u64,
 }
 
 impl Sample {
@@ -72,6 +77,11 @@ impl Sample {
 
     pub fn cpu_us_per_request(&self) -> f64 {
         self.cpu_secs() * 1e6 / self.requests.max(1) as f64
+    }
+
+    pub fn limiter_cpu_us_per_request(&self) -> f64 {
+        self.limiter_cpu_ticks as f64 / self.clk_tck.max(1) as f64 * 1e6
+            / self.requests.max(1) as f64
     }
 
     /// Envoy's CPU time over the wall time: near 100 % at saturation unless
@@ -154,6 +164,7 @@ pub fn parse_results(text: &str) -> Result<Vec<Sample>, ReportError> {
             p99_us: real(9)?,
             core0_busy_pct: real(10)?,
             core1_busy_pct: real(11)?,
+            limiter_cpu_ticks: int(12)?,
         };
         if sample.requests == 0 {
             return Err(row("no request completed".into()));
@@ -215,24 +226,48 @@ pub struct Medians {
     pub proxy_share_pct: f64,
     pub core0_busy_pct: f64,
     pub core1_busy_pct: f64,
+    pub limiter_cpu_us_per_request: f64,
 }
 
 impl Medians {
-    /// What held the saturation throughput: the proxy (Envoy had its core),
-    /// the load side (wrk and the upstream filled core 1 first), or a
-    /// neighbour process taking core 0.
-    pub fn bottleneck(&self) -> &'static str {
-        if self.proxy_share_pct >= DISTURBED_SHARE_PCT {
-            "proxy"
-        } else if self.core1_busy_pct >= LOAD_SIDE_BUSY_PCT {
-            "load side"
+    pub fn bottleneck(&self) -> Bottleneck {
+        Bottleneck::of(self.proxy_share_pct, self.core1_busy_pct)
+    }
+}
+
+/// What held a saturation run's throughput.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Bottleneck {
+    /// Envoy had its core.
+    Proxy,
+    /// Core 1 (wrk, the upstream, and the limiter with Redis for a variant
+    /// with global limits) filled up first.
+    LoadSide,
+    /// Envoy idled and so did core 1: a neighbour process took core 0.
+    Neighbour,
+}
+
+impl Bottleneck {
+    pub fn of(proxy_share_pct: f64, core1_busy_pct: f64) -> Self {
+        if proxy_share_pct >= DISTURBED_SHARE_PCT {
+            Self::Proxy
+        } else if core1_busy_pct >= LOAD_SIDE_BUSY_PCT {
+            Self::LoadSide
         } else {
-            "neighbour on core 0"
+            Self::Neighbour
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Self::Proxy => "proxy",
+            Self::LoadSide => "load side",
+            Self::Neighbour => "neighbour on core 0",
         }
     }
 }
 
-/// Core 1 this busy while Envoy idles: wrk and the upstream are the bottleneck.
+/// Core 1 this busy while Envoy idles: the load side is the bottleneck.
 pub const LOAD_SIDE_BUSY_PCT: f64 = 90.0;
 
 fn runs<'a>(
@@ -272,6 +307,7 @@ fn medians(
         proxy_share_pct: of(Sample::proxy_share_pct),
         core0_busy_pct: of(|s| s.core0_busy_pct),
         core1_busy_pct: of(|s| s.core1_busy_pct),
+        limiter_cpu_us_per_request: of(Sample::limiter_cpu_us_per_request),
     })
 }
 
@@ -378,22 +414,23 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
     let _ = writeln!(out, "**Saturation** ({})\n", shape.saturation);
     let _ = writeln!(
         out,
-        "| workload | variant | req/s | proxy CPU µs/req | Envoy's share of core 0 | core 0 busy | core 1 busy | limited by |"
+        "| workload | variant | req/s | proxy CPU µs/req | Envoy's share of core 0 | core 0 busy | core 1 busy | limiter + Redis CPU µs/req | limited by |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|---|");
     for &workload in &workloads {
         for &variant in &variants {
             let m = get(workload, variant, Mode::Saturation);
             let _ = writeln!(
                 out,
-                "| {workload} | {} | {:.0} | {:.1} | {:.0} % | {:.0} % | {:.0} % | {} |",
+                "| {workload} | {} | {:.0} | {:.1} | {:.0} % | {:.0} % | {:.0} % | {:.1} | {} |",
                 roles.label(variant),
                 m.requests_per_sec,
                 m.cpu_us_per_request,
                 m.proxy_share_pct,
                 m.core0_busy_pct,
                 m.core1_busy_pct,
-                m.bottleneck()
+                m.limiter_cpu_us_per_request,
+                m.bottleneck().describe()
             );
         }
     }
@@ -401,20 +438,22 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
     let _ = writeln!(out, "\n**Fixed rate** ({})\n", shape.paced);
     let _ = writeln!(
         out,
-        "| workload | variant | req/s | p50 ms | p99 ms | proxy CPU µs/req |"
+        "| workload | variant | req/s | p50 ms | p99 ms | proxy CPU µs/req | core 1 busy | limiter + Redis CPU µs/req |"
     );
-    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|");
+    let _ = writeln!(out, "|---|---|---:|---:|---:|---:|---:|---:|");
     for &workload in &workloads {
         for &variant in &variants {
             let m = get(workload, variant, Mode::Paced);
             let _ = writeln!(
                 out,
-                "| {workload} | {} | {:.0} | {:.3} | {:.3} | {:.1} |",
+                "| {workload} | {} | {:.0} | {:.3} | {:.3} | {:.1} | {:.0} % | {:.1} |",
                 roles.label(variant),
                 m.requests_per_sec,
                 m.p50_us / 1000.0,
                 m.p99_us / 1000.0,
-                m.cpu_us_per_request
+                m.cpu_us_per_request,
+                m.core1_busy_pct,
+                m.limiter_cpu_us_per_request
             );
         }
     }
@@ -462,18 +501,27 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
         for other in others {
             let _ = writeln!(
                 out,
-                "\n**{} vs {}**, paired by round (saturation; negative: {} cheaper)\n",
+                "\n**{} vs {}**, paired by round (CPU and req/s at saturation, latency at the fixed rate; \
+                 negative: {} cheaper or faster)\n",
                 roles.label(other),
                 roles.label(shipped),
                 roles.label(other)
             );
             let _ = writeln!(
                 out,
-                "| workload | CPU µs/req difference per round | median | req/s ratio per round | median |"
+                "| workload | CPU µs/req difference per round | median | req/s ratio per round | median | p50 ms difference (median) | p99 ms difference (median) |"
             );
-            let _ = writeln!(out, "|---|---|---:|---|---:|");
+            let _ = writeln!(out, "|---|---|---:|---|---:|---:|---:|");
             for &workload in &workloads {
-                let (cpu, rps) = paired(samples, workload, shipped, other);
+                let pair = |mode, figure| paired(samples, workload, shipped, other, mode, figure);
+                let cpu = pair(Mode::Saturation, |a, b| {
+                    b.cpu_us_per_request() - a.cpu_us_per_request()
+                });
+                let rps = pair(Mode::Saturation, |a, b| {
+                    b.requests_per_sec() / a.requests_per_sec()
+                });
+                let p50 = pair(Mode::Paced, |a, b| (b.p50_us - a.p50_us) / 1000.0);
+                let p99 = pair(Mode::Paced, |a, b| (b.p99_us - a.p99_us) / 1000.0);
                 let list = |values: &[f64], fmt: fn(f64) -> String| {
                     values
                         .iter()
@@ -483,11 +531,13 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
                 };
                 let _ = writeln!(
                     out,
-                    "| {workload} | {} | {:+.1} | {} | {:.3} |",
+                    "| {workload} | {} | {:+.1} | {} | {:.3} | {:+.3} | {:+.3} |",
                     list(&cpu, |v| format!("{v:+.1}")),
                     median(&cpu),
                     list(&rps, |v| format!("{v:.3}")),
-                    median(&rps)
+                    median(&rps),
+                    median(&p50),
+                    median(&p99)
                 );
             }
         }
@@ -507,7 +557,7 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
         let _ = write!(out, "---:|");
     }
     let _ = writeln!(out);
-    let mut disturbed = 0;
+    let (mut disturbed, mut load_side) = (0, 0);
     for &workload in &workloads {
         for &round in &rounds {
             let _ = write!(out, "| {workload} | {round} |");
@@ -515,11 +565,16 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
                 match runs(samples, workload, variant, Mode::Saturation).find(|s| s.round == round)
                 {
                     Some(s) => {
-                        let flag = if s.proxy_share_pct() < DISTURBED_SHARE_PCT {
-                            disturbed += 1;
-                            " ⚠"
-                        } else {
-                            ""
+                        let flag = match Bottleneck::of(s.proxy_share_pct(), s.core1_busy_pct) {
+                            Bottleneck::Proxy => "",
+                            Bottleneck::LoadSide => {
+                                load_side += 1;
+                                " †"
+                            }
+                            Bottleneck::Neighbour => {
+                                disturbed += 1;
+                                " ⚠"
+                            }
                         };
                         let _ = write!(
                             out,
@@ -543,23 +598,32 @@ pub fn render(samples: &[Sample], roles: &Roles, shape: &RunShape) -> Result<Str
              their req/s understate the proxy; CPU per request is still comparable."
         );
     }
+    if load_side > 0 {
+        let _ = writeln!(
+            out,
+            "\n† {load_side} saturation run(s) filled core 1 (the load side) before Envoy its core: \
+             their req/s are the load side's; Envoy, not saturated, spends more CPU per request."
+        );
+    }
     Ok(out)
 }
 
-/// Per round: `other − shipped` proxy CPU µs/request and `other / shipped`
-/// requests per second, for rounds that have both.
-fn paired(samples: &[Sample], workload: &str, shipped: &str, other: &str) -> (Vec<f64>, Vec<f64>) {
-    let mut cpu = Vec::new();
-    let mut rps = Vec::new();
-    for a in runs(samples, workload, shipped, Mode::Saturation) {
-        if let Some(b) =
-            runs(samples, workload, other, Mode::Saturation).find(|b| b.round == a.round)
-        {
-            cpu.push(b.cpu_us_per_request() - a.cpu_us_per_request());
-            rps.push(b.requests_per_sec() / a.requests_per_sec());
-        }
-    }
-    (cpu, rps)
+/// Per round that has both runs in `mode`: `figure(shipped's, other's)`.
+fn paired(
+    samples: &[Sample],
+    workload: &str,
+    shipped: &str,
+    other: &str,
+    mode: Mode,
+    figure: fn(&Sample, &Sample) -> f64,
+) -> Vec<f64> {
+    runs(samples, workload, shipped, mode)
+        .filter_map(|a| {
+            runs(samples, workload, other, mode)
+                .find(|b| b.round == a.round)
+                .map(|b| figure(a, b))
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -574,7 +638,7 @@ mod tests {
         requests: u64,
         ticks: u64,
     ) -> String {
-        format!("{round}\t{workload}\t{variant}\t{mode}\t{requests}\t5000000\t{ticks}\t100\t400.5\t900\t99.5\t80\n")
+        format!("{round}\t{workload}\t{variant}\t{mode}\t{requests}\t5000000\t{ticks}\t100\t400.5\t900\t99.5\t80\t0\n")
     }
 
     fn results(rows: &[String]) -> String {
@@ -630,6 +694,7 @@ mod tests {
             proxy_share_pct: 100.0,
             core0_busy_pct: 100.0,
             core1_busy_pct: 50.0,
+            limiter_cpu_us_per_request: 0.0,
         };
         let (none, empty) = (m(6400.0, 156.0), m(5500.0, 182.0));
         let cost = FilterCost::new(&none, &empty, &m(4200.0, 238.0));
@@ -661,12 +726,22 @@ mod tests {
                     ));
                 }
             }
+            // Held by core 1 (a 70 % share, core 1 95 % busy, 240 µs of
+            // limiter CPU a request), 1.2 ms slower.
+            rows.push(
+                row(round, "plain", "maas-global", "saturation", 20_000, 350)
+                    .replace("\t80\t0\n", "\t95\t480\n"),
+            );
+            rows.push(
+                row(round, "plain", "maas-global", "paced", 20_000, 300)
+                    .replace("\t400.5\t900\t", "\t1600.5\t3100\t"),
+            );
         }
         let samples = parse_results(&results(&rows)).unwrap();
         let roles = Roles {
             baseline: "none".into(),
             empty: "noop".into(),
-            filters: vec!["maas".into(), "maas-s".into()],
+            filters: vec!["maas".into(), "maas-s".into(), "maas-global".into()],
             labels: [("maas".to_owned(), "ours".to_owned())]
                 .into_iter()
                 .collect(),
@@ -677,7 +752,11 @@ mod tests {
         };
         let text = render(&samples, &roles, &shape).unwrap();
         assert!(
-            text.contains("| plain | ours | 5000 | 200.8 | 100 % | 100 % | 80 % | proxy |"),
+            text.contains("| plain | ours | 5000 | 200.8 | 100 % | 100 % | 80 % | 0.0 | proxy |"),
+            "{text}"
+        );
+        assert!(
+            text.contains("| plain | ours | 5000 | 0.401 | 0.900 | 200.8 | 80 % | 0.0 |"),
             "{text}"
         );
         assert!(
@@ -687,12 +766,28 @@ mod tests {
             "{text}"
         );
         assert!(
-            text.contains("| plain | +4.0, +4.0, +4.0 | +4.0 |"),
+            text.contains("| plain | +4.0, +4.0, +4.0 | +4.0 | 1.000, 1.000, 1.000 | 1.000 | +0.000 | +0.000 |"),
+            "{text}"
+        );
+        // maas-global against the shipped build: 175 µs vs 200.4–201.2 µs,
+        // 4000 vs 5000 req/s, +1.2 ms p50 and +2.2 ms p99 at the fixed rate.
+        assert!(
+            text.contains("| plain | -25.4, -25.8, -26.2 | -25.8 | 0.800, 0.800, 0.800 | 0.800 | +1.200 | +2.200 |"),
             "{text}"
         );
         assert!(
-            text.contains("⚠"),
+            text.contains(
+                "| plain | maas-global | 4000 | 175.0 | 70 % | 100 % | 95 % | 240.0 | load side |"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("⚠") && text.contains("⚠ 3 saturation run(s)"),
             "the 78 % share of `none` is flagged: {text}"
+        );
+        assert!(
+            text.contains(" 175.0 (70 %) † |") && text.contains("† 3 saturation run(s)"),
+            "maas-global's runs are marked as held by core 1: {text}"
         );
         let missing = Roles {
             empty: "absent".into(),

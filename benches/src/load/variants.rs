@@ -8,6 +8,13 @@
 //! - [`Filter::Wasm`]: the template's wasm entry pointing at that module. The
 //!   empty filter ignores the configuration it is handed; ours reads it.
 //!
+//! A wasm variant's limits are [`LimitMode::Local`] (shared data) or
+//! [`LimitMode::Global`]: the same rates kept by a rate limiter, so its
+//! bootstrap also gets the template's `limitador` cluster and its filter
+//! configuration a `limiter` block. The limiter's limits file is rendered from
+//! that same configuration ([`bench_limits_file`]), so every descriptor the
+//! filter sends matches a limit.
+//!
 //! Routes match on `x-maas-model`, which our filter strips and sets again, so
 //! a load generator that sends the header itself gets the same route through
 //! every variant.
@@ -16,12 +23,26 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use maas_filter::config::Config;
+use maas_filter::global_limits::limitador_limits;
 use maas_filter::keys::KeyDigest;
-use maas_testkit::gateway::{render_gateway, GatewaySpec, RenderError};
+use maas_testkit::gateway::{render_gateway, GatewaySpec, RenderError, LIMITER_CLUSTER};
 use serde_json::{json, Value};
 
 /// The one model the benchmark routes.
 pub const BENCH_MODEL: &str = "bench-model";
+
+/// The limiter namespace of the benchmark's global limits.
+pub const BENCH_LIMITER_DOMAIN: &str = "maas-bench";
+
+/// Deadline of an admission call in the global variant. Production keeps
+/// 20 ms; here a neighbour that stalls the load core for that long would turn
+/// into a 503 and abort the run, while a call that answers in time costs the
+/// same whatever its deadline.
+pub const BENCH_LIMITER_TIMEOUT_MS: u64 = 1000;
+
+/// A wasm variant's module path is `global:PATH` when its limits are global.
+const GLOBAL_PREFIX: &str = "global:";
 
 /// The template's wasm filter entry, as it appears in `http_filters`.
 const WASM_FILTER_ENTRY: &str = "- name: envoy.filters.http.wasm";
@@ -31,11 +52,22 @@ const ROUTER_FILTER_NAME: &str = "envoy.filters.http.router";
 pub enum Filter {
     /// No wasm filter at all.
     None,
-    /// This wasm module in the template's filter slot.
-    Wasm(PathBuf),
+    /// This wasm module in the template's filter slot, its limits kept there.
+    Wasm { module: PathBuf, limits: LimitMode },
 }
 
-/// One gateway under test: `NAME=none` or `NAME=PATH/TO/MODULE.wasm`.
+/// Where our filter keeps the benchmark's limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitMode {
+    /// Envoy's shared data (`"100000000/min"`).
+    Local,
+    /// The rate limiter (`{"rate": "100000000/min", "mode": "global"}`),
+    /// reached through the `limitador` cluster.
+    Global,
+}
+
+/// One gateway under test: `NAME=none`, `NAME=PATH/TO/MODULE.wasm` or
+/// `NAME=global:PATH/TO/MODULE.wasm`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Variant {
     /// `[a-z0-9-]+`: it names files and table rows.
@@ -45,7 +77,7 @@ pub struct Variant {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VariantError {
-    #[error("variant {0:?}: expected NAME=none or NAME=PATH")]
+    #[error("variant {0:?}: expected NAME=none, NAME=PATH or NAME=global:PATH")]
     Syntax(String),
     #[error("variant name {0:?}: use lowercase letters, digits and '-' only")]
     BadName(String),
@@ -53,6 +85,10 @@ pub enum VariantError {
     WasmEntryCount { found: usize },
     #[error("removing the wasm filter left no {ROUTER_FILTER_NAME} in the bootstrap")]
     RouterLost,
+    #[error("variant {0:?} has global limits but no limiter address was given")]
+    NoLimiter(String),
+    #[error("the benchmark's filter configuration is refused: {0}")]
+    FilterConfig(String),
     #[error(transparent)]
     Render(#[from] RenderError),
 }
@@ -73,7 +109,17 @@ impl FromStr for Variant {
         }
         let filter = match filter {
             "none" => Filter::None,
-            path => Filter::Wasm(PathBuf::from(path)),
+            path => match path.strip_prefix(GLOBAL_PREFIX) {
+                Some("") => return Err(VariantError::Syntax(text.to_owned())),
+                Some(module) => Filter::Wasm {
+                    module: PathBuf::from(module),
+                    limits: LimitMode::Global,
+                },
+                None => Filter::Wasm {
+                    module: PathBuf::from(path),
+                    limits: LimitMode::Local,
+                },
+            },
         };
         Ok(Self {
             name: name.to_owned(),
@@ -82,13 +128,33 @@ impl FromStr for Variant {
     }
 }
 
+impl Variant {
+    /// How its filter keeps limits; `Local` for no filter.
+    pub fn limits(&self) -> LimitMode {
+        match self.filter {
+            Filter::Wasm { limits, .. } => limits,
+            Filter::None => LimitMode::Local,
+        }
+    }
+}
+
 /// Our filter's configuration for the benchmark: shaped like the demo's
 /// `free` subscription (two token limits and a request limit on the
 /// subscription, a request limit per key, a `max_tokens` cap), so every
 /// request reserves and settles four counters, but with amounts no benchmark
 /// reaches: a 401 or 429 would invalidate the numbers. One key, `key`.
-pub fn bench_filter_config(key: &str) -> Value {
-    json!({
+///
+/// With [`LimitMode::Global`] the same four rates are global, so a request
+/// costs one `ShouldRateLimit` (both request counters) and one `Reserve`
+/// (both token counters) before it goes upstream, and one `Commit` after.
+/// The limiter's failure mode stays `deny`: a limiter that does not answer
+/// makes a 503, which stops the run instead of passing requests uncounted.
+pub fn bench_filter_config(key: &str, limits: LimitMode) -> Value {
+    let rate = |rate: &str| match limits {
+        LimitMode::Local => json!(rate),
+        LimitMode::Global => json!({ "rate": rate, "mode": "global" }),
+    };
+    let mut config = json!({
         "max_body_bytes": 1_048_576,
         "default_max_tokens": 1024,
         "prompt_bytes_per_token": 1,
@@ -97,10 +163,10 @@ pub fn bench_filter_config(key: &str) -> Value {
             "bench": {
                 "models": [BENCH_MODEL],
                 "limits": {
-                    "requests": ["100000000/min"],
-                    "tokens": ["100000000000/min", "100000000000000/day"]
+                    "requests": [rate("100000000/min")],
+                    "tokens": [rate("100000000000/min"), rate("100000000000000/day")]
                 },
-                "key_limits": { "requests": ["100000000/10s"] },
+                "key_limits": { "requests": [rate("100000000/10s")] },
                 "max_tokens": { "cap": 512, "mode": "clamp" }
             }
         },
@@ -110,39 +176,69 @@ pub fn bench_filter_config(key: &str) -> Value {
             "subscription": "bench",
             "sha256": KeyDigest::of(key).to_hex()
         }]
-    })
+    });
+    if limits == LimitMode::Global {
+        config["limiter"] = json!({
+            "cluster": LIMITER_CLUSTER,
+            "domain": BENCH_LIMITER_DOMAIN,
+            "timeout_ms": BENCH_LIMITER_TIMEOUT_MS
+        });
+    }
+    config
+}
+
+/// The limiter's limits file (Limitador's YAML) for the global
+/// configuration of `key`, rendered by the filter crate from the parsed
+/// configuration, as a deployment would.
+pub fn bench_limits_file(key: &str) -> Result<String, VariantError> {
+    let config = bench_filter_config(key, LimitMode::Global);
+    let parsed = Config::from_json(config.to_string().as_bytes())
+        .map_err(|e| VariantError::FilterConfig(e.to_string()))?;
+    Ok(limitador_limits(
+        BENCH_LIMITER_DOMAIN,
+        parsed.subscriptions.iter().map(|s| &**s),
+    ))
 }
 
 /// The bootstrap for `variant`: listener and admin on ephemeral loopback
 /// ports (read them back from the admin API), [`BENCH_MODEL`] routed to
-/// `upstream`.
+/// `upstream`, our filter configured by [`bench_filter_config`] for `key`.
+/// Only a variant with global limits gets the `limitador` cluster, pointing
+/// at `limiter`; the others do not need it.
 pub fn render_variant(
     template: &str,
     variant: &Variant,
-    filter_config: &Value,
+    key: &str,
     upstream: SocketAddr,
+    limiter: Option<SocketAddr>,
     access_log: &Path,
 ) -> Result<String, VariantError> {
     let wasm_path = match &variant.filter {
-        Filter::Wasm(path) => path.clone(),
+        Filter::Wasm { module, .. } => module.clone(),
         // Rendered, then removed with the entry that names it.
         Filter::None => PathBuf::from("/nonexistent/no-filter.wasm"),
     };
+    let limiter = match variant.limits() {
+        LimitMode::Local => None,
+        LimitMode::Global => {
+            Some(limiter.ok_or_else(|| VariantError::NoLimiter(variant.name.clone()))?)
+        }
+    };
     let spec = GatewaySpec {
         control_plane: None,
-        limiter: None,
+        limiter,
         oidc: None,
         listen_port: 0,
         admin_port: 0,
         wasm_path,
-        filter_config: filter_config.clone(),
+        filter_config: bench_filter_config(key, variant.limits()),
         access_log_path: access_log.to_owned(),
         models: vec![(BENCH_MODEL.to_owned(), upstream)],
     };
     let bootstrap = render_gateway(template, &spec)?;
     match variant.filter {
         Filter::None => remove_wasm_filter(&bootstrap),
-        Filter::Wasm(_) => Ok(bootstrap),
+        Filter::Wasm { .. } => Ok(bootstrap),
     }
 }
 
@@ -189,6 +285,21 @@ mod tests {
         "127.0.0.1:18000".parse().unwrap()
     }
 
+    fn limiter() -> SocketAddr {
+        "127.0.0.1:18081".parse().unwrap()
+    }
+
+    fn render(variant: &str, limiter: Option<SocketAddr>) -> Result<String, VariantError> {
+        render_variant(
+            &gateway_template(),
+            &variant.parse().unwrap(),
+            "sk-test",
+            upstream(),
+            limiter,
+            Path::new("/tmp/access.log"),
+        )
+    }
+
     #[test]
     fn variants_parse() {
         assert_eq!(
@@ -202,34 +313,39 @@ mod tests {
             "maas-s=/x/y.wasm".parse(),
             Ok(Variant {
                 name: "maas-s".into(),
-                filter: Filter::Wasm("/x/y.wasm".into())
+                filter: Filter::Wasm {
+                    module: "/x/y.wasm".into(),
+                    limits: LimitMode::Local
+                }
             })
         );
-        for bad in ["none", "=none", "a=", "A=none", "a b=none", "a/b=x.wasm"] {
+        assert_eq!(
+            "maas-global=global:/x/y.wasm".parse(),
+            Ok(Variant {
+                name: "maas-global".into(),
+                filter: Filter::Wasm {
+                    module: "/x/y.wasm".into(),
+                    limits: LimitMode::Global
+                }
+            })
+        );
+        for bad in [
+            "none",
+            "=none",
+            "a=",
+            "A=none",
+            "a b=none",
+            "a/b=x.wasm",
+            "a=global:",
+        ] {
             assert!(bad.parse::<Variant>().is_err(), "{bad}");
         }
     }
 
     #[test]
     fn the_none_variant_keeps_everything_but_the_wasm_filter() {
-        let config = bench_filter_config("sk-test");
-        let log = Path::new("/tmp/access.log");
-        let with = render_variant(
-            &gateway_template(),
-            &"ours=/m/maas_filter.wasm".parse().unwrap(),
-            &config,
-            upstream(),
-            log,
-        )
-        .unwrap();
-        let without = render_variant(
-            &gateway_template(),
-            &"none=none".parse().unwrap(),
-            &config,
-            upstream(),
-            log,
-        )
-        .unwrap();
+        let with = render("ours=/m/maas_filter.wasm", None).unwrap();
+        let without = render("none=none", None).unwrap();
         assert!(with.contains("envoy.filters.http.wasm"));
         assert!(with.contains("/m/maas_filter.wasm"));
         assert!(!without.contains("- name: envoy.filters.http.wasm"));
@@ -278,9 +394,64 @@ mod tests {
     }
 
     #[test]
-    fn the_bench_config_is_accepted_by_the_filter() {
-        let config = bench_filter_config("sk-maas-bench");
-        let parsed = maas_filter::config::Config::from_json(config.to_string().as_bytes());
-        assert!(parsed.is_ok(), "{:?}", parsed.err());
+    fn only_the_global_variant_gets_the_limiter_cluster_and_block() {
+        let local = render("maas=/m/maas_filter.wasm", Some(limiter())).unwrap();
+        assert!(
+            !local.contains(&format!("- name: {LIMITER_CLUSTER}")),
+            "{local}"
+        );
+        let global = render("maas-global=global:/m/maas_filter.wasm", Some(limiter())).unwrap();
+        assert!(global.contains(&format!("- name: {LIMITER_CLUSTER}")));
+        assert!(global.contains("port_value: 18081"));
+        // The filter configuration is embedded as a JSON string.
+        assert!(global.contains(r#"\"mode\":\"global\""#), "{global}");
+        // Envoy validates the cluster in testkit's template test; the
+        // module path here does not exist.
+        assert_eq!(
+            render("maas-global=global:/m/maas_filter.wasm", None),
+            Err(VariantError::NoLimiter("maas-global".into()))
+        );
+    }
+
+    #[test]
+    fn the_bench_configs_are_accepted_by_the_filter() {
+        let parse = |limits| {
+            let config = bench_filter_config("sk-maas-bench", limits);
+            Config::from_json(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
+        };
+        let local = parse(LimitMode::Local);
+        assert!(local.limiter.is_none());
+        let global = parse(LimitMode::Global);
+        let limiter = global.limiter.as_ref().unwrap();
+        assert_eq!(
+            (limiter.cluster.as_str(), limiter.domain.as_str()),
+            (LIMITER_CLUSTER, BENCH_LIMITER_DOMAIN)
+        );
+        // Every rate of the local configuration, and only those, is global.
+        for (local, global) in local.subscriptions.iter().zip(&global.subscriptions) {
+            assert!(local.limits.global.is_empty());
+            assert_eq!(global.limits.global.len(), 3);
+            assert_eq!(global.key_limits.as_ref().unwrap().global.len(), 1);
+        }
+    }
+
+    #[test]
+    fn the_limits_file_has_one_limit_per_global_rate() {
+        let yaml = bench_limits_file("sk-maas-bench").unwrap();
+        assert_eq!(
+            yaml.matches("- namespace: maas-bench\n").count(),
+            4,
+            "{yaml}"
+        );
+        for limit in [
+            "bench subscription requests 100000000/60s",
+            "bench subscription tokens 100000000000/60s",
+            "bench subscription tokens 100000000000000/86400s",
+            "bench key requests 100000000/10s",
+        ] {
+            assert!(yaml.contains(limit), "{limit}: {yaml}");
+        }
+        // Only the per-key limit counts each key apart.
+        assert_eq!(yaml.matches("descriptors[0].key").count(), 1, "{yaml}");
     }
 }
