@@ -718,22 +718,21 @@ impl Stream {
         };
         let verdict = global_limits::verdict(call.method, grpc_status, body);
         if let Verdict::Allowed { reservation } = &verdict {
-            host.add_metric(Metric::LimiterCalls { result: "ok" }, 1);
-            if call.quantity == Quantity::Tokens {
-                global.tokens = match (reservation, self.config.limiter.as_ref()) {
-                    (Some(id), _) => Some(Some(id.clone())),
-                    // Reservations asked for, none made: no limit matched
-                    // the descriptor (a limits file behind the
-                    // configuration); nothing to commit.
-                    (None, Some(l)) if l.reservations => {
-                        host.warn_throttled(
-                            "limiter-unmatched",
-                            "maas-gateway: the limiter has no limit for a global token limit's descriptor; is its limits file rendered from this configuration?",
-                        );
-                        None
-                    }
-                    (None, _) => Some(None),
-                };
+            let reserving = self.config.limiter.as_ref().is_some_and(|l| l.reservations);
+            // Reservations asked for, none made: no limit matched the
+            // descriptor (a limits file behind the configuration). Let it
+            // through, but make the drift visible.
+            let unmatched = call.quantity == Quantity::Tokens && reserving && reservation.is_none();
+            let result = if unmatched { "unmatched" } else { "ok" };
+            host.add_metric(Metric::LimiterCalls { result }, 1);
+            if unmatched {
+                host.warn_throttled(
+                    "limiter-unmatched",
+                    "maas-gateway: the limiter has no limit for a global token limit's descriptor; is its limits file rendered from this configuration?",
+                );
+            } else if call.quantity == Quantity::Tokens {
+                // `None` without reservations: usage to report at the end.
+                global.tokens = Some(reservation.clone());
             }
         }
         if self.admission.is_none() || self.replied {

@@ -220,11 +220,10 @@ pub fn verdict(method: Method, grpc_status: Option<u32>, body: &[u8]) -> Verdict
     }
     match method {
         Method::Reserve => match ReserveResponse::decode(body) {
-            Ok(r) if r.code == Code::Ok as i32 && !r.reservation_id.is_empty() => {
-                Verdict::Allowed {
-                    reservation: Some(r.reservation_id),
-                }
-            }
+            // OK without an id: nothing matched, so nothing is held.
+            Ok(r) if r.code == Code::Ok as i32 => Verdict::Allowed {
+                reservation: (!r.reservation_id.is_empty()).then_some(r.reservation_id),
+            },
             Ok(r) if r.code == Code::OverLimit as i32 => Verdict::OverLimit {
                 limit: None,
                 remaining: None,

@@ -97,7 +97,9 @@ pub enum Metric {
     },
     /// Calls to the rate limiter service for global limits, by result
     /// (`ok`, `over_limit`, `failed`: no usable answer, after which the
-    /// limit's failure mode decides).
+    /// limit's failure mode decides; `unmatched`: a reservation granted with
+    /// no limit behind it, i.e. a limits file out of step with the
+    /// configuration).
     LimiterCalls {
         result: &'static str,
     },

@@ -368,3 +368,25 @@ fn global_limits_are_validated_at_load() {
     let e = crate::config::synced_subscription(&synced, &["m1".to_string()]).unwrap_err();
     assert!(e.reason.contains("not synced"), "{e}");
 }
+
+#[test]
+fn a_reservation_granted_without_a_limit_behind_it_is_let_through_and_flagged() {
+    let h = harness(true);
+    let mut s = h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-metered")],
+        BODY,
+    );
+    // What a limiter answers when its limits file has no limit for the
+    // descriptor: OK, and no reservation to commit.
+    h.answer(&mut s, &h.calls()[0], 0, ok_reserve(""));
+    assert_eq!(h.host.resumed.get(), 1);
+    assert_eq!(
+        h.metric("maas.limiter_calls_total.result=.=unmatched;.;"),
+        1
+    );
+    assert_eq!(h.host.throttled_warnings.borrow().len(), 1);
+    h.respond_json(&mut s, 200, USAGE);
+    assert_eq!(h.calls().len(), 1, "nothing to commit");
+}
