@@ -11,8 +11,17 @@ use std::os::unix::process::CommandExt as _;
 use std::process::{Child, Command, ExitStatus};
 use std::time::{Duration, Instant};
 
+/// How every child the harness spawns is started: in its own process group
+/// (a terminal's Ctrl-C reaches only the supervisor, which stops children in
+/// order) and dying with the harness.
+pub(crate) fn supervised(command: &mut Command) -> &mut Command {
+    std::os::unix::process::CommandExt::process_group(command, 0);
+    die_with_parent(command);
+    command
+}
+
 #[cfg(target_os = "linux")]
-pub(crate) fn die_with_parent(command: &mut Command) {
+fn die_with_parent(command: &mut Command) {
     let parent = std::process::id();
     // SAFETY: the closure runs between fork and exec and only makes
     // async-signal-safe system calls (prctl, getppid); it does not allocate.
@@ -31,7 +40,7 @@ pub(crate) fn die_with_parent(command: &mut Command) {
 }
 
 #[cfg(not(target_os = "linux"))]
-pub(crate) fn die_with_parent(_command: &mut Command) {}
+fn die_with_parent(_command: &mut Command) {}
 
 /// Sends SIGTERM to a child that has not been reaped.
 pub(crate) fn signal_term(child: &Child) {
@@ -68,10 +77,33 @@ pub(crate) fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus
     wait_or_kill(child, grace)
 }
 
-/// Spawns `command` (stdout piped) and waits up to `timeout` for the
-/// `listening on http://ADDR` line the project's servers print once bound.
-/// On failure the child is killed and reaped.
-pub(crate) fn spawn_announcing(
+/// Why server `what` did not come up, with its log (`log`'s contents).
+pub(crate) fn not_up(what: &str, why: &str, log: &str) -> String {
+    format!("{what} did not come up: {why}\n--- its log ---\n{log}")
+}
+
+/// Spawns one of the project's servers ([`supervised`]) and waits up to
+/// `timeout` for the `listening on http://ADDR` line it prints once bound. On
+/// failure the child is killed and reaped, and the error shows `what` and
+/// its `log` file.
+pub(crate) fn spawn_server(
+    command: &mut Command,
+    timeout: Duration,
+    what: &str,
+    log: &std::path::Path,
+) -> Result<(Child, std::net::SocketAddr), String> {
+    spawn_announcing(supervised(command), timeout).map_err(|why| {
+        not_up(
+            what,
+            &why,
+            &std::fs::read_to_string(log).unwrap_or_default(),
+        )
+    })
+}
+
+/// Spawns `command` (stdout piped) and waits up to `timeout` for its
+/// `listening on http://ADDR` line. On failure the child is killed and reaped.
+fn spawn_announcing(
     command: &mut Command,
     timeout: Duration,
 ) -> Result<(Child, std::net::SocketAddr), String> {

@@ -92,29 +92,16 @@ impl ControlPlaneProcess {
         if let Some(secs) = launch.usage_interval_secs {
             command.args(["--usage-interval-secs", &secs.to_string()]);
         }
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        crate::child::die_with_parent(&mut command);
         let (child, addr) =
-            crate::child::spawn_announcing(&mut command, LISTEN_TIMEOUT).map_err(|why| {
-                format!(
-                    "control plane did not come up: {why}\n--- its log ---\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })?;
+            crate::child::spawn_server(&mut command, LISTEN_TIMEOUT, "control plane", &log)?;
         let mut process = Self {
             child,
             addr,
             launch: launch.clone(),
         };
         let url = process.url("/maas-api/health");
-        crate::child::wait_healthy(&mut process.child, &url, LISTEN_TIMEOUT, "the API").map_err(
-            |why| {
-                format!(
-                    "control plane did not come up: {why}\n--- its log ---\n{}",
-                    process.log()
-                )
-            },
-        )?;
+        crate::child::wait_healthy(&mut process.child, &url, LISTEN_TIMEOUT, "the API")
+            .map_err(|why| crate::child::not_up("control plane", &why, &process.log()))?;
         Ok(process)
     }
 

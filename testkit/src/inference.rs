@@ -113,17 +113,8 @@ impl InferenceServer {
             .args(&launch.args)
             .stdin(Stdio::null())
             .stderr(stderr);
-        // Its own process group: a terminal's Ctrl-C reaches only the
-        // supervisor (maas-stack), which stops the stack in order.
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        crate::child::die_with_parent(&mut command);
         let (child, addr) =
-            crate::child::spawn_announcing(&mut command, LISTEN_TIMEOUT).map_err(|why| {
-                format!(
-                    "inference server did not come up: {why}\n--- its log ---\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })?;
+            crate::child::spawn_server(&mut command, LISTEN_TIMEOUT, "inference server", &log)?;
         let mut server = Self {
             child,
             addr,
@@ -144,10 +135,7 @@ impl InferenceServer {
     fn failure(&mut self, why: String) -> String {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        format!(
-            "inference server did not come up: {why}\n--- its log ---\n{}",
-            self.log()
-        )
+        crate::child::not_up("inference server", &why, &self.log())
     }
 
     pub fn addr(&self) -> SocketAddr {

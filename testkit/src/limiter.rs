@@ -98,15 +98,8 @@ impl LimiterProcess {
             .map_err(|e| format!("cannot open {log:?}: {e}"))?;
         let mut command = launch.command();
         command.stderr(stderr);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        crate::child::die_with_parent(&mut command);
         let (child, addr) =
-            crate::child::spawn_announcing(&mut command, LISTEN_TIMEOUT).map_err(|why| {
-                format!(
-                    "limiter did not come up: {why}\n--- its log ---\n{}",
-                    std::fs::read_to_string(&log).unwrap_or_default()
-                )
-            })?;
+            crate::child::spawn_server(&mut command, LISTEN_TIMEOUT, "limiter", &log)?;
         Ok(Self {
             child,
             addr,

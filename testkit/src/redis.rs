@@ -56,9 +56,7 @@ impl RedisProcess {
             .stdin(Stdio::null())
             .stdout(log.try_clone().map_err(|e| e.to_string())?)
             .stderr(log);
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        crate::child::die_with_parent(&mut command);
-        let child = command
+        let child = crate::child::supervised(&mut command)
             .spawn()
             .map_err(|e| format!("cannot start {:?}: {e}", redis_server_binary()))?;
         let mut redis = Self { child, port, dir };

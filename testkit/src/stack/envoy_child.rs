@@ -9,12 +9,11 @@
 
 use std::fs::File;
 use std::io;
-use std::os::unix::process::CommandExt as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::child::die_with_parent;
+use crate::child::supervised;
 
 /// Envoy stops in milliseconds on SIGTERM; this is for a wedged one.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
@@ -81,11 +80,9 @@ impl EnvoyChild {
             .args(["--file-flush-interval-msec", "1000"])
             .stdin(Stdio::null())
             .stdout(stdio.try_clone()?)
-            .stderr(stdio)
-            .process_group(0);
-        die_with_parent(&mut command);
+            .stderr(stdio);
         Ok(Self {
-            child: command.spawn()?,
+            child: supervised(&mut command).spawn()?,
         })
     }
 
