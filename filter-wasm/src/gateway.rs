@@ -592,14 +592,17 @@ impl Stream {
 
     /// Who the limiter counts: the same descriptor at admission and at
     /// settlement.
-    fn caller(&self) -> Option<(String, String, String)> {
+    fn caller(&self) -> Option<Caller> {
         let identity = self.identity.as_ref()?;
         let key = match &identity.key_id {
             Some(id) => id.clone(),
             None => format!("user:{}", identity.user),
         };
-        let model = self.model.clone().unwrap_or_default();
-        Some((identity.subscription.name.to_string(), key, model))
+        Some(Caller {
+            subscription: identity.subscription.name.to_string(),
+            key,
+            model: self.model.clone().unwrap_or_default(),
+        })
     }
 
     /// Asks the limiter about the request's global limits: one call per
@@ -647,18 +650,12 @@ impl Stream {
     /// Dispatches the next queued call, if any. Errors when a call that
     /// fails closed cannot even be made.
     fn next_global(&mut self, host: &dyn StreamHost) -> Result<(), GatewayError> {
-        let (Some(limiter), Some((subscription, key, model))) =
-            (self.config.limiter.clone(), self.caller())
-        else {
+        let config = Rc::clone(&self.config);
+        let (Some(limiter), Some(caller)) = (config.limiter.as_ref(), self.caller()) else {
             return Ok(());
         };
-        let caller = Caller {
-            subscription: &subscription,
-            key: &key,
-            model: &model,
-        };
         while let Some(next) = self.global.as_mut().and_then(|g| g.queue.pop()) {
-            let call = global_limits::admission_call(&limiter, &caller, next.quantity, next.amount);
+            let call = global_limits::admission_call(limiter, &caller, next.quantity, next.amount);
             let sent = host.dispatch_limiter(
                 &limiter.cluster,
                 call.method,
@@ -866,19 +863,12 @@ impl Stream {
 
     /// One settlement call for the request's global token admission.
     fn settle_global(&self, host: &dyn StreamHost, reservation: Option<String>, actual: u64) {
-        let (Some(limiter), Some((subscription, key, model))) =
-            (self.config.limiter.as_ref(), self.caller())
-        else {
+        let (Some(limiter), Some(caller)) = (self.config.limiter.as_ref(), self.caller()) else {
             return;
         };
         if !global_limits::needs_settlement(reservation.as_deref(), actual) {
             return;
         }
-        let caller = Caller {
-            subscription: &subscription,
-            key: &key,
-            model: &model,
-        };
         let call = global_limits::settlement_call(limiter, &caller, reservation.as_deref(), actual);
         if host
             .dispatch_limiter(

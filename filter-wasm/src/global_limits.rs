@@ -69,11 +69,11 @@ pub struct GlobalRate {
 
 /// Who a call is about: one descriptor, the same for every call of a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Caller<'a> {
-    pub subscription: &'a str,
+pub struct Caller {
+    pub subscription: String,
     /// The key id, or `user:<name>` for a token holder (each counts like a key).
-    pub key: &'a str,
-    pub model: &'a str,
+    pub key: String,
+    pub model: String,
 }
 
 /// Descriptor entry names; the limits file's CEL reads them as
@@ -83,12 +83,12 @@ pub const ENTRY_KEY: &str = "key";
 pub const ENTRY_QUANTITY: &str = "quantity";
 pub const ENTRY_MODEL: &str = "model";
 
-pub fn descriptor(caller: &Caller<'_>, quantity: Quantity) -> RateLimitDescriptor {
+pub fn descriptor(caller: &Caller, quantity: Quantity) -> RateLimitDescriptor {
     RateLimitDescriptor::new([
-        (ENTRY_SUBSCRIPTION, caller.subscription),
-        (ENTRY_KEY, caller.key),
+        (ENTRY_SUBSCRIPTION, caller.subscription.as_str()),
+        (ENTRY_KEY, caller.key.as_str()),
         (ENTRY_QUANTITY, quantity.as_str()),
-        (ENTRY_MODEL, caller.model),
+        (ENTRY_MODEL, caller.model.as_str()),
     ])
 }
 
@@ -128,12 +128,7 @@ fn hits(amount: u64) -> u32 {
 }
 
 /// The admission call for `quantity` with the request's `amount` of it.
-pub fn admission_call(
-    limiter: &Limiter,
-    caller: &Caller<'_>,
-    quantity: Quantity,
-    amount: u64,
-) -> Call {
+pub fn admission_call(limiter: &Limiter, caller: &Caller, quantity: Quantity, amount: u64) -> Call {
     let descriptors = vec![descriptor(caller, quantity)];
     let domain = limiter.domain.clone();
     match quantity {
@@ -164,7 +159,7 @@ pub fn admission_call(
 /// without reservations, report) the `actual` tokens.
 pub fn settlement_call(
     limiter: &Limiter,
-    caller: &Caller<'_>,
+    caller: &Caller,
     reservation: Option<&str>,
     actual: u64,
 ) -> Call {

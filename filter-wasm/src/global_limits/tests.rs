@@ -15,9 +15,9 @@ fn limiter(reservations: bool) -> Limiter {
 #[test]
 fn rls_amounts_beyond_32_bits_are_clamped_not_wrapped() {
     let caller = Caller {
-        subscription: "s",
-        key: "k",
-        model: "m",
+        subscription: "s".into(),
+        key: "k".into(),
+        model: "m".into(),
     };
     let call = admission_call(&limiter(false), &caller, Quantity::Tokens, u64::MAX);
     let request = RateLimitRequest::decode(&call.message[..]).unwrap();
