@@ -99,11 +99,7 @@ impl DeviceCache {
 }
 
 /// One sequence's share of a device step (see [`super::StepInput`]).
-pub struct DeviceStep<'a> {
-    pub tokens: &'a [u32],
-    pub cache: &'a mut DeviceCache,
-    pub logits: bool,
-}
+pub type DeviceStep<'a> = super::StepInput<'a, DeviceCache>;
 
 impl DeviceModel {
     pub(super) fn new(

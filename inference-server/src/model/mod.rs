@@ -111,6 +111,20 @@ impl SequenceCache {
         self.len() == 0
     }
 
+    fn host(&mut self) -> Option<&mut HostCache> {
+        match self {
+            Self::Host(c) => Some(c),
+            Self::Device(_) => None,
+        }
+    }
+
+    fn device(&mut self) -> Option<&mut DeviceCache> {
+        match self {
+            Self::Device(c) => Some(c),
+            Self::Host(_) => None,
+        }
+    }
+
     /// Bytes this cache holds now (host RAM or device memory).
     pub fn resident_bytes(&self) -> usize {
         match self {
@@ -166,37 +180,30 @@ impl Model {
         batch: &mut [StepInput<'_>],
         s: &mut Scratch,
     ) -> Result<Vec<Vec<f32>>, ModelError> {
-        let misplaced = || ModelError::Forward("a KV cache from another device".into());
         match self {
-            Self::Host(m) => {
-                let mut steps = Vec::with_capacity(batch.len());
-                for input in batch.iter_mut() {
-                    let SequenceCache::Host(cache) = &mut *input.cache else {
-                        return Err(misplaced());
-                    };
-                    steps.push(StepInput {
-                        tokens: input.tokens,
-                        cache,
-                        logits: input.logits,
-                    });
-                }
-                m.forward(&mut steps, s)
-            }
-            Self::Device(m) => {
-                let mut steps = Vec::with_capacity(batch.len());
-                for input in batch.iter_mut() {
-                    let SequenceCache::Device(cache) = &mut *input.cache else {
-                        return Err(misplaced());
-                    };
-                    steps.push(DeviceStep {
-                        tokens: input.tokens,
-                        cache,
-                        logits: input.logits,
-                    });
-                }
-                m.forward(&mut steps)
-            }
+            Self::Host(m) => m.forward(&mut Self::caches(batch, SequenceCache::host)?, s),
+            Self::Device(m) => m.forward(&mut Self::caches(batch, SequenceCache::device)?),
         }
+    }
+
+    /// The batch with each cache as the model's own kind; a cache of the
+    /// other kind is an error.
+    fn caches<'b, C>(
+        batch: &'b mut [StepInput<'_>],
+        kind: fn(&mut SequenceCache) -> Option<&mut C>,
+    ) -> Result<Vec<StepInput<'b, C>>, ModelError> {
+        batch
+            .iter_mut()
+            .map(|input| {
+                Ok(StepInput {
+                    tokens: input.tokens,
+                    cache: kind(input.cache).ok_or_else(|| {
+                        ModelError::Forward("a KV cache from another device".into())
+                    })?,
+                    logits: input.logits,
+                })
+            })
+            .collect()
     }
 }
 
