@@ -163,7 +163,7 @@ fn limiter(args: impl Iterator<Item = String>) -> Result<(), String> {
     let redis = RedisProcess::start()?;
     let launch = LimiterLaunch {
         log: Some(out_dir.join("limiter.log")),
-        ..LimiterLaunch::new(&limits).with_redis(redis.url())
+        ..LimiterLaunch::new(&limits).with_redis(&redis)
     };
     let limiter = LimiterProcess::launch(&launch)?;
     println!("limiter listening on {}", limiter.addr());

@@ -65,7 +65,7 @@ fn a_global_token_limit_holds_across_two_gateways_and_a_limiter_restart() {
 
     let redis = RedisProcess::start().unwrap();
     let mut limiter =
-        LimiterProcess::launch(&LimiterLaunch::new(&limits).with_redis(redis.url())).unwrap();
+        LimiterProcess::launch(&LimiterLaunch::new(&limits).with_redis(&redis)).unwrap();
     let server = InferenceServer::start(&[]);
     let gateways: Vec<Gateway> = (0..2)
         .map(|_| {

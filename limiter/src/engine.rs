@@ -42,8 +42,12 @@ const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Storage {
     Memory,
-    /// `redis://host:port[/db]`.
-    Redis(String),
+    /// `redis://host:port[/db]`, and the password to `AUTH` with (read from
+    /// a file or the environment, never part of the URL on a command line).
+    Redis {
+        url: String,
+        password: Option<String>,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -97,12 +101,12 @@ impl Engine {
                     .map_err(|e| EngineError::Limits(e.to_string()))?;
                 Limiter::Memory(limiter)
             }
-            Storage::Redis(url) => {
+            Storage::Redis { url, password } => {
                 let failed = |reason: String| EngineError::Redis {
                     url: redacted(url),
                     reason,
                 };
-                let redis = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect(url))
+                let redis = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect(url, password))
                     .await
                     .map_err(|_| failed(format!("no answer in {REDIS_CONNECT_TIMEOUT:?}")))?
                     .map_err(|e| failed(e.to_string()))?;
@@ -187,12 +191,17 @@ impl Engine {
 /// answer forever, holding every call that long, where a gateway's deadline
 /// is milliseconds. Failing within about a second answers UNAVAILABLE
 /// instead, and a later call reconnects.
-async fn connect(url: &str) -> redis::RedisResult<AsyncRedisStorage> {
+async fn connect(url: &str, password: &Option<String>) -> redis::RedisResult<AsyncRedisStorage> {
+    use redis::IntoConnectionInfo as _;
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(1)
         .set_connection_timeout(REDIS_CALL_TIMEOUT)
         .set_response_timeout(REDIS_CALL_TIMEOUT);
-    let manager = ConnectionManager::new_with_config(redis::Client::open(url)?, config).await?;
+    let mut info = url.into_connection_info()?;
+    if password.is_some() {
+        info.redis.password.clone_from(password);
+    }
+    let manager = ConnectionManager::new_with_config(redis::Client::open(info)?, config).await?;
     AsyncRedisStorage::new_with_conn_manager(manager).await
 }
 

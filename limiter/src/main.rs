@@ -11,6 +11,7 @@
 
 mod engine;
 mod limits_file;
+mod redis_password;
 mod request;
 mod service;
 mod statuses;
@@ -40,6 +41,11 @@ struct Args {
     /// without it they live in this process's memory.
     #[arg(long, value_name = "URL")]
     redis: Option<String>,
+    /// A file holding the Redis password (one line), e.g. a mounted Secret;
+    /// or set MAAS_LIMITER_REDIS_PASSWORD. Never in the URL: a command line
+    /// is readable by every local user.
+    #[arg(long, value_name = "FILE")]
+    redis_password_file: Option<PathBuf>,
     /// The longest a Reserve holds capacity uncommitted (seconds); also the
     /// hold of a Reserve that sets no `ttl`. The default matches the gateway
     /// filter's `reservation_ttl_ms` (a streamed completion may run minutes).
@@ -54,6 +60,8 @@ enum StartError {
     Limits(#[from] LimitsFileError),
     #[error(transparent)]
     Engine(#[from] EngineError),
+    #[error(transparent)]
+    Password(#[from] redis_password::PasswordError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
     #[error("cannot start the async runtime: {0}")]
@@ -93,8 +101,13 @@ async fn serve(args: Args) -> Result<(), StartError> {
         .iter()
         .map(|l| l.namespace().as_ref().to_string())
         .collect();
+    let password = redis_password::resolve(
+        args.redis.as_deref(),
+        args.redis_password_file.as_deref(),
+        std::env::var(redis_password::PASSWORD_ENV).ok(),
+    )?;
     let storage = match args.redis {
-        Some(url) => Storage::Redis(url),
+        Some(url) => Storage::Redis { url, password },
         None => Storage::Memory,
     };
     let count = limits.len();

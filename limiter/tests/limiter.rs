@@ -39,10 +39,13 @@ fn test_dir(test: &str) -> PathBuf {
 fn launch(test: &str, limits: &str, redis: Option<&RedisProcess>) -> LimiterLaunch {
     let file = test_dir(test).join("limits.yaml");
     std::fs::write(&file, limits).unwrap();
-    LimiterLaunch {
-        redis_url: redis.map(RedisProcess::url),
+    let launch = LimiterLaunch {
         binary: Some(env!("CARGO_BIN_EXE_maas-limiter").into()),
         ..LimiterLaunch::new(file)
+    };
+    match redis {
+        Some(redis) => launch.with_redis(redis),
+        None => launch,
     }
 }
 
@@ -390,6 +393,7 @@ fn a_bad_configuration_exits_non_zero_naming_the_problem() {
         ("- namespace: maas\n  max_value: 1\n  seconds: 0\n", None, "limit #1, `seconds`: must be at least 1"),
         ("- namespace: maas\n  max_value: 1\n  seconds: 60\n  conditions: [\"descriptors[0].m ==\"]\n", None, "`conditions`"),
         (LIMITS, Some("redis://127.0.0.1:1"), "cannot connect to Redis at redis://127.0.0.1:1"),
+        (LIMITS, Some("redis://:hunter2@127.0.0.1:1"), "the URL carries a password"),
     ];
     for (index, (limits, redis, wanted)) in cases.into_iter().enumerate() {
         let mut launch = launch(&format!("bad_config_{index}"), limits, None);
@@ -397,6 +401,7 @@ fn a_bad_configuration_exits_non_zero_naming_the_problem() {
         let output = launch.command().output().unwrap();
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success(), "case {index} started: {stderr}");
+        assert!(!stderr.contains("hunter2"), "case {index}: {stderr}");
         assert!(
             stderr.contains(wanted),
             "case {index}: {stderr:?} lacks {wanted:?}"
@@ -406,6 +411,71 @@ fn a_bad_configuration_exits_non_zero_naming_the_problem() {
             "case {index} announced a listener"
         );
     }
+}
+
+/// Redis runs with a password: a local user without it can neither read nor
+/// reset the counters, and the limiter needs it, from a file or the
+/// environment, without it ever showing on its command line or in its log.
+#[test]
+fn redis_needs_the_password_and_it_stays_secret() {
+    let (redis, limiter, client) = with_redis("redis_password");
+    assert_eq!(spend(&client, "alice", 1), Code::Ok);
+    for command in [
+        &b"FLUSHALL\r\n"[..],
+        b"KEYS *\r\n",
+        b"CONFIG GET requirepass\r\n",
+    ] {
+        let answer = redis.call_raw(&[command]).unwrap();
+        assert!(answer.starts_with("-NOAUTH"), "{answer}");
+    }
+    let cmdline = std::fs::read(format!("/proc/{}/cmdline", limiter.pid())).unwrap();
+    let cmdline = String::from_utf8_lossy(&cmdline);
+    assert!(cmdline.contains("--redis-password-file"), "{cmdline}");
+    assert!(!cmdline.contains(redis.password()), "{cmdline}");
+    assert!(!limiter.log().contains(redis.password()));
+    use std::os::unix::fs::PermissionsExt as _;
+    let mode = std::fs::metadata(redis.password_file())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    // Without the password, or with a wrong one, it refuses to start.
+    let wrong = test_dir("redis_password_bad_file").join("password");
+    std::fs::write(&wrong, "not-the-password\n").unwrap();
+    for (name, file) in [("none", None), ("wrong", Some(wrong))] {
+        let mut launch = launch(&format!("redis_password_{name}"), LIMITS, Some(&redis));
+        launch.redis_password_file = file;
+        let output = launch.command().output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            !output.status.success(),
+            "{name}: started without the password"
+        );
+        assert!(
+            stderr.contains("cannot connect to Redis"),
+            "{name}: {stderr}"
+        );
+        assert!(!stderr.contains("not-the-password"), "{name}: {stderr}");
+    }
+
+    // The environment works as well as the file.
+    let mut from_env = launch("redis_password_env", LIMITS, Some(&redis));
+    from_env.redis_password_file = None;
+    let mut command = from_env.command();
+    command.env("MAAS_LIMITER_REDIS_PASSWORD", redis.password());
+    let mut child = command
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    use std::io::BufRead as _;
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(line.starts_with("listening on "), "{line:?}");
 }
 
 #[test]

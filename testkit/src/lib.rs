@@ -29,6 +29,7 @@ pub mod gateway;
 pub mod inference;
 pub mod limiter;
 pub mod mock_upstream;
+pub mod private_file;
 pub use maas_prometheus_text as prometheus;
 pub mod ratelimit_client;
 pub mod redis;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use crate::artifacts::LIMITER;
 use crate::child::Restartable;
 use crate::ratelimit_client::RateLimitClient;
+use crate::redis::RedisProcess;
 
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -28,6 +29,8 @@ pub struct LimiterLaunch {
     pub limits: PathBuf,
     /// Counters and holds in this Redis; in the limiter's memory when `None`.
     pub redis_url: Option<String>,
+    /// The file holding that Redis's password (`--redis-password-file`).
+    pub redis_password_file: Option<PathBuf>,
     /// `--max-hold-secs`; the limiter's default (600) when `None`.
     pub max_hold_secs: Option<u64>,
     /// Where its log (stderr) goes; default: the limits file's path plus `.log`.
@@ -46,9 +49,10 @@ impl LimiterLaunch {
         }
     }
 
-    /// The same launch, with counters in `redis_url`.
-    pub fn with_redis(mut self, redis_url: impl Into<String>) -> Self {
-        self.redis_url = Some(redis_url.into());
+    /// The same launch, with counters in `redis` (its URL and password file).
+    pub fn with_redis(mut self, redis: &RedisProcess) -> Self {
+        self.redis_url = Some(redis.url());
+        self.redis_password_file = Some(redis.password_file());
         self
     }
 
@@ -72,6 +76,9 @@ impl LimiterLaunch {
             .stdin(Stdio::null());
         if let Some(url) = &self.redis_url {
             command.args(["--redis", url]);
+        }
+        if let Some(file) = &self.redis_password_file {
+            command.arg("--redis-password-file").arg(file);
         }
         if let Some(secs) = self.max_hold_secs {
             command.args(["--max-hold-secs", &secs.to_string()]);

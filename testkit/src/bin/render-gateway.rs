@@ -143,7 +143,8 @@ fn main() -> ExitCode {
             render_gateway(&template, &args.spec).map_err(|error| error.to_string())
         });
     let written = rendered.and_then(|text| match &args.out {
-        Some(path) => std::fs::write(path, text)
+        // The bootstrap may hold the control plane's gateway token.
+        Some(path) => maas_testkit::private_file::write_private(path, text)
             .map_err(|error| format!("cannot write {}: {error}", path.display())),
         None => {
             print!("{text}");

@@ -36,6 +36,7 @@ pub use passthrough::{passthrough_wasm_file, PASSTHROUGH_WASM};
 use crate::client::{self, Response};
 use crate::eventually::eventually;
 use crate::gateway::{gateway_template, render_gateway, GatewaySpec, OidcSpec, RenderError};
+use crate::private_file::write_private;
 pub(crate) use process::probe;
 pub use process::Ready;
 use process::{log_tail, EnvoyProcess, Launch, NotReady};
@@ -228,7 +229,8 @@ impl GatewayBuilder {
             models: self.models,
         };
         let config_path = dir.join("gateway.yaml");
-        std::fs::write(&config_path, render_gateway(&template, &spec)?).map_err(|source| {
+        // The bootstrap holds the control plane's gateway token.
+        write_private(&config_path, render_gateway(&template, &spec)?).map_err(|source| {
             StartError::Io {
                 path: config_path.clone(),
                 source,

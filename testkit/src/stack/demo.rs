@@ -5,9 +5,10 @@
 
 use std::path::Path;
 
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::control_plane::ControlPlaneProcess;
+use crate::private_file::write_private;
 
 pub const DEMO_SUBSCRIPTION: &str = "demo";
 pub const DEMO_OWNER: &str = "demo@localhost";
@@ -36,13 +37,31 @@ pub fn ensure_demo(cp: &ControlPlaneProcess, models: &[String]) -> Result<String
     if let Some(key) = remembered(cp, &admin, &file) {
         return Ok(key);
     }
+    // The plaintext of any other demo key is lost with the file: revoke
+    // them, so restarts never pile keys up against `max_keys_per_owner`.
+    for id in active_demo_keys(cp, &admin) {
+        let r = cp.call(
+            "DELETE",
+            &format!("/maas-api/v1/api-keys/{id}"),
+            &admin,
+            None,
+        );
+        if !(200..300).contains(&r.status) {
+            return Err(format!(
+                "revoking the old demo key {id}: {} {}",
+                r.status,
+                r.text()
+            ));
+        }
+    }
     let body = json!({"name": "demo", "subscription": DEMO_SUBSCRIPTION, "owner": DEMO_OWNER});
     let r = cp.call("POST", "/maas-api/v1/api-keys", &admin, Some(&body));
     let key = (r.status == 201)
         .then(|| r.json()["key"].as_str().map(str::to_string))
         .flatten()
         .ok_or_else(|| format!("minting the demo key: {} {}", r.status, r.text()))?;
-    write_private(&file, &key).map_err(|e| format!("cannot keep the demo key in {file:?}: {e}"))?;
+    write_private(&file, format!("{key}\n"))
+        .map_err(|e| format!("cannot keep the demo key in {file:?}: {e}"))?;
     Ok(key)
 }
 
@@ -50,27 +69,23 @@ pub fn ensure_demo(cp: &ControlPlaneProcess, models: &[String]) -> Result<String
 fn remembered(cp: &ControlPlaneProcess, admin: &str, file: &Path) -> Option<String> {
     let key = std::fs::read_to_string(file).ok()?.trim().to_string();
     let id = key.strip_prefix("sk-maas-")?.split('-').next()?.to_string();
+    active_demo_keys(cp, admin).contains(&id).then_some(key)
+}
+
+/// Ids of the demo owner's active keys in the demo subscription.
+fn active_demo_keys(cp: &ControlPlaneProcess, admin: &str) -> Vec<String> {
     let listed = cp.call(
         "GET",
         &format!("/maas-api/v1/api-keys?owner={DEMO_OWNER}"),
         admin,
         None,
     );
-    let active = listed.json()["data"]
-        .as_array()?
-        .iter()
-        .any(|k: &Value| k["id"] == id.as_str() && k["status"] == "active");
-    active.then_some(key)
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    use std::os::unix::fs::OpenOptionsExt as _;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)?;
-    writeln!(f, "{text}")
+    let data = listed.json()["data"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    data.iter()
+        .filter(|k| k["status"] == "active" && k["subscription"] == DEMO_SUBSCRIPTION)
+        .filter_map(|k| k["id"].as_str().map(str::to_string))
+        .collect()
 }

@@ -52,7 +52,7 @@ pub fn start(config: &Value, port: u16, dir: &Path) -> Result<Option<LocalLimite
     let launch = LimiterLaunch {
         port,
         log: Some(dir.join("limiter.log")),
-        ..LimiterLaunch::new(&limits).with_redis(redis.url())
+        ..LimiterLaunch::new(&limits).with_redis(&redis)
     };
     let process = LimiterProcess::launch(&launch).map_err(StackError::Limiter)?;
     Ok(Some(LocalLimiter {

@@ -49,6 +49,7 @@ use crate::child::Restartable;
 use crate::control_plane::{ControlPlaneLaunch, ControlPlaneProcess};
 use crate::gateway::{gateway_template_path, render_gateway, GatewaySpec, RenderError};
 use crate::inference::{default_model_path, InferenceLaunch, InferenceServer};
+use crate::private_file::write_private;
 use envoy_child::{EnvoyChild, EnvoyFiles};
 use upstream::{start_mock, Upstream};
 
@@ -254,7 +255,8 @@ impl Stack {
                 .map(|model| (model.clone(), upstream.addr()))
                 .collect(),
         };
-        std::fs::write(&files.bootstrap, render_gateway(&template, &spec)?).map_err(|source| {
+        // The bootstrap holds the control plane's gateway token.
+        write_private(&files.bootstrap, render_gateway(&template, &spec)?).map_err(|source| {
             StackError::Io {
                 action: "write",
                 path: files.bootstrap.clone(),
