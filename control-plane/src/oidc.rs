@@ -135,6 +135,10 @@ impl TokenVerifier {
             .filter(|s| !s.is_empty())
             .ok_or_else(|| TokenError::Claims("`sub` is missing".into()))?
             .to_string();
+        // The gateway refuses the same subjects (it sends them upstream as a
+        // header); the reserved namespace keeps the administrator apart.
+        maas_filter::keys::check_subject(&subject)
+            .map_err(|e| TokenError::Claims(format!("`sub` {e}")))?;
         let groups = groups_at(&claims, &self.settings.groups_claim);
         let admin = groups
             .iter()
@@ -254,6 +258,22 @@ mod tests {
         );
         assert_eq!(v.verify("not.a.jwt"), Err(TokenError::Malformed));
         assert_eq!(v.verify(""), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn subjects_the_gateway_could_not_assert_or_that_are_reserved_are_refused() {
+        let v = verifier();
+        for sub in ["maas:admin", "a\r\nx-maas-user: root", &"x".repeat(300)] {
+            let t = token(ISSUER_KEY, "test-issuer-1", claims(json!({"sub": sub})));
+            assert!(
+                matches!(v.verify(&t), Err(TokenError::Claims(ref m)) if m.starts_with("`sub`")),
+                "{sub:?}"
+            );
+        }
+        // A subject that merely reads "admin" is an ordinary user.
+        let t = token(ISSUER_KEY, "test-issuer-1", claims(json!({"sub": "admin"})));
+        let id = v.verify(&t).unwrap();
+        assert_eq!((id.subject.as_str(), id.admin), ("admin", false));
     }
 
     #[test]

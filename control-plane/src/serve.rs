@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use crate::api::{router, AppState, Authenticator};
 use crate::oidc::{OidcSettings, TokenVerifier};
-use crate::store::Store;
+use crate::store::{redacted_url, Store};
 use crate::tokens;
 use maas_filter::keys::KeyDigest;
 
@@ -91,26 +91,12 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         .map_err(|e| ServeError::Bind(config.listen, e))?;
     let bound = listener.local_addr()?;
     println!("listening on http://{bound}");
-    tracing::info!(addr = %bound, database = %redact(&url), "control plane serving");
+    tracing::info!(addr = %bound, database = %redacted_url(&url), "control plane serving");
     axum::serve(listener, router(state.clone()))
         .with_graceful_shutdown(shutdown_signal())
         .await?;
     state.store.close().await;
     Ok(())
-}
-
-/// A database URL without its password, for logs.
-fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let creds = &url[scheme + 3..at];
-            match creds.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
-    }
 }
 
 async fn shutdown_signal() {
@@ -128,19 +114,4 @@ async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn passwords_are_redacted_from_logged_urls() {
-        assert_eq!(
-            super::redact("postgres://maas:s3cret@db:5432/maas"),
-            "postgres://maas:***@db:5432/maas"
-        );
-        assert_eq!(
-            super::redact("sqlite:///data/maas.db?mode=rwc"),
-            "sqlite:///data/maas.db?mode=rwc"
-        );
-    }
 }

@@ -5,6 +5,7 @@
 //! gateway can enforce, with the filter's error messages (which name the
 //! field) for what it cannot.
 
+use maas_filter::config::DEFAULT_MAX_KEYS_PER_OWNER;
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -15,9 +16,18 @@ pub struct SubscriptionSpec {
     pub name: String,
     pub models: Vec<String>,
     pub limits: LimitsSpec,
-    /// Applied to each key of the subscription separately.
+    /// Applied to each key of the subscription separately, or to each
+    /// owner's keys together (`key_limits_per`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub key_limits: Option<LimitsSpec>,
+    /// `"key"` (default) or `"owner"`: see the filter's `KeyLimitsPer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_limits_per: Option<String>,
+    /// The most live keys one owner may hold here; default
+    /// [`DEFAULT_MAX_KEYS_PER_OWNER`] (why: at the constant). Enforced when
+    /// a key is minted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_keys_per_owner: Option<u64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_tokens: Option<MaxTokensSpec>,
     /// For showback: who pays.
@@ -167,6 +177,14 @@ impl SubscriptionSpec {
         if let Some(k) = &self.key_limits {
             v["key_limits"] = json!(k);
         }
+        if let Some(per) = &self.key_limits_per {
+            v["key_limits_per"] = json!(per);
+        }
+        // Not the gateway's to enforce, but its parser is the one judge of
+        // what is valid.
+        if let Some(max) = self.max_keys_per_owner {
+            v["max_keys_per_owner"] = json!(max);
+        }
         if let Some(m) = &self.max_tokens {
             v["max_tokens"] = json!(m);
         }
@@ -176,6 +194,12 @@ impl SubscriptionSpec {
             v["groups"] = json!(self.groups);
         }
         v
+    }
+
+    /// How many live keys one owner may hold in this subscription.
+    pub fn max_keys_per_owner(&self) -> u64 {
+        self.max_keys_per_owner
+            .unwrap_or(DEFAULT_MAX_KEYS_PER_OWNER)
     }
 
     /// Whether a member of `groups` may mint keys for this subscription.
@@ -199,6 +223,8 @@ mod tests {
             "models": ["smollm2-135m-instruct"],
             "limits": {"requests": ["10/min"], "tokens": ["20000/min", "1000000/day"]},
             "key_limits": {"requests": ["5/10s"]},
+            "key_limits_per": "owner",
+            "max_keys_per_owner": 3,
             "max_tokens": {"cap": 512, "mode": "reject"},
             "cost_center": "CC-1234 Research",
             "groups": ["ml-team"],
@@ -206,9 +232,13 @@ mod tests {
         .unwrap();
         let again = spec(serde_json::to_value(&s).unwrap()).unwrap();
         assert_eq!(again, s);
+        assert_eq!(s.max_keys_per_owner(), 3);
+        assert_eq!(s.filter_json()["key_limits_per"], "owner");
         assert!(s.admits_any(&["other".into(), "ml-team".into()]));
         assert!(!s.admits_any(&["other".into()]));
-        assert!(spec(json!({"name": "internal", "models": ["m"], "limits": "unlimited"})).is_ok());
+        let internal =
+            spec(json!({"name": "internal", "models": ["m"], "limits": "unlimited"})).unwrap();
+        assert_eq!(internal.max_keys_per_owner(), DEFAULT_MAX_KEYS_PER_OWNER);
     }
 
     #[test]
@@ -263,6 +293,21 @@ mod tests {
                 json!({"name": "a", "models": ["m"], "limits": "unlimited", "color": "red"}),
                 "(document)",
                 "color",
+            ),
+            (
+                json!({"name": "a", "models": ["m"], "limits": "unlimited", "max_keys_per_owner": 0}),
+                "max_keys_per_owner",
+                "between 1 and 1000",
+            ),
+            (
+                json!({"name": "a", "models": ["m"], "limits": "unlimited", "max_keys_per_owner": 100000}),
+                "max_keys_per_owner",
+                "between 1 and 1000",
+            ),
+            (
+                json!({"name": "a", "models": ["m"], "limits": "unlimited", "key_limits_per": "team"}),
+                "(document)",
+                "expected `key` or `owner`",
             ),
         ] {
             let e = spec(body.clone()).unwrap_err();

@@ -40,12 +40,7 @@ fn a_developer_mints_lists_and_revokes_their_own_key() {
     assert!(listed["data"][0].get("key").is_none() && listed["data"][0].get("hash").is_none());
 
     let id = created["id"].as_str().unwrap();
-    let r = cp.call(
-        "DELETE",
-        &format!("/maas-api/v1/api-keys/{id}"),
-        Some(&alice),
-        None,
-    );
+    let r = cp.revoke(id, &alice);
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.json()["status"], "revoked");
 }
@@ -91,28 +86,14 @@ fn callers_stay_inside_their_groups_and_their_own_keys() {
             .status,
         403
     );
-    let r = cp.call(
-        "DELETE",
-        &format!("/maas-api/v1/api-keys/{id}"),
-        Some(&alice),
-        None,
-    );
+    let r = cp.revoke(id, &alice);
     assert_eq!(r.status, 404, "{}", r.text());
     // The administrator sees and may revoke everything.
     let all = cp
         .call("GET", "/maas-api/v1/api-keys", Some(ADMIN), None)
         .json();
     assert_eq!(all["data"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        cp.call(
-            "DELETE",
-            &format!("/maas-api/v1/api-keys/{id}"),
-            Some(ADMIN),
-            None
-        )
-        .status,
-        200
-    );
+    assert_eq!(cp.revoke(id, ADMIN).status, 200);
     // Only administrators change subscriptions.
     let r = cp.call(
         "PUT",
@@ -165,10 +146,6 @@ fn bad_input_gets_400_and_changes_nothing() {
     for (body, needle) in [
         ("{\"name\": ", "request body"),
         (
-            r#"{"name": "x", "subscription": "nope"}"#,
-            "unknown subscription",
-        ),
-        (
             r#"{"name": "x", "subscription": "team-a", "expires_in": "-5d"}"#,
             "expires_in",
         ),
@@ -215,12 +192,7 @@ fn bad_input_gets_400_and_changes_nothing() {
         assert!(r.text().contains(needle), "{}", r.text());
     }
     // Nothing was created by any of it.
-    assert!(cp
-        .call("GET", "/maas-api/v1/api-keys", Some(ADMIN), None)
-        .json()["data"]
-        .as_array()
-        .unwrap()
-        .is_empty());
+    assert!(cp.all_keys().is_empty());
     let subs = cp
         .call("GET", "/maas-api/v1/subscriptions", Some(ADMIN), None)
         .json();
@@ -280,6 +252,9 @@ fn the_gateway_syncs_keys_incrementally() {
     // The gateway filter's own parser reads this response, and the minted
     // plaintext verifies against the digest it carries.
     let parsed = maas_filter::managed_keys::parse_sync(delta.to_string().as_bytes()).unwrap();
+    // The owner travels with the key: the gateway's `x-maas-user`, and its
+    // counter under `key_limits_per: "owner"`.
+    assert_eq!(parsed.keys[0].owner, "alice");
     let plaintext = created["key"].as_str().unwrap();
     let presented = maas_filter::managed_keys::parse(plaintext).unwrap();
     assert!(parsed.keys[0].verify(&presented));
@@ -288,12 +263,7 @@ fn the_gateway_syncs_keys_incrementally() {
 
     let v1 = delta["version"].as_u64().unwrap();
     let id = created["id"].as_str().unwrap();
-    cp.call(
-        "DELETE",
-        &format!("/maas-api/v1/api-keys/{id}"),
-        Some(&alice),
-        None,
-    );
+    cp.revoke(id, &alice);
     let revoked = cp
         .call(
             "GET",
@@ -387,4 +357,136 @@ fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
     assert!(before["data"].as_array().unwrap().is_empty());
     let r = cp.call("GET", "/maas-api/v1/usage?from=10&to=5", Some(ADMIN), None);
     assert_eq!(r.status, 400, "{}", r.text());
+}
+
+#[test]
+fn unknown_and_forbidden_subscriptions_answer_alike() {
+    let cp = setup();
+    let alice = token("alice", &["team-a"]);
+    // team-b exists but is not alice's; nope does not exist.
+    let forbidden = cp.mint(&alice, json!({"name": "x", "subscription": "team-b"}));
+    let unknown = cp.mint(&alice, json!({"name": "x", "subscription": "nope"}));
+    assert_eq!(forbidden.status, 403, "{}", forbidden.text());
+    assert_eq!(unknown.status, forbidden.status);
+    assert_eq!(unknown.text(), forbidden.text());
+    assert!(!forbidden.text().contains("team-b"), "{}", forbidden.text());
+    // An administrator, who sees every subscription, is told which is wrong.
+    let r = cp.mint(ADMIN, json!({"name": "x", "subscription": "nope"}));
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert!(r.text().contains("unknown subscription"), "{}", r.text());
+}
+
+#[test]
+fn an_owner_holds_at_most_max_keys_per_owner_live_keys() {
+    let cp = setup();
+    let r = cp.subscription(
+        json!({"name": "capped", "models": ["m"], "limits": "unlimited",
+        "groups": ["team-a"], "max_keys_per_owner": 2}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    let alice = token("alice", &["team-a"]);
+    let body = json!({"name": "k", "subscription": "capped"});
+    let first = cp.mint(&alice, body.clone());
+    assert_eq!(first.status, 201, "{}", first.text());
+    assert_eq!(cp.mint(&alice, body.clone()).status, 201);
+    let refused = cp.mint(&alice, body.clone());
+    assert_eq!(refused.status, 409, "{}", refused.text());
+    let error = &refused.json()["error"];
+    assert_eq!(error["code"], "too_many_keys");
+    assert_eq!(error["type"], "invalid_request_error");
+    let message = error["message"].as_str().unwrap();
+    assert!(
+        message.contains("max_keys_per_owner") && message.contains('2'),
+        "{message}"
+    );
+    // An administrator minting for alice counts against her cap too; bob
+    // has his own.
+    let r = cp.mint(
+        ADMIN,
+        json!({"name": "k", "subscription": "capped", "owner": "alice"}),
+    );
+    assert_eq!(r.status, 409, "{}", r.text());
+    let r = cp.mint(
+        ADMIN,
+        json!({"name": "k", "subscription": "capped", "owner": "bob"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+    // A revoked key frees its place.
+    let id = first.json()["id"].as_str().unwrap().to_string();
+    let r = cp.revoke(&id, &alice);
+    assert_eq!(r.status, 200);
+    assert_eq!(cp.mint(&alice, body).status, 201);
+}
+
+#[test]
+fn an_administrator_names_only_owners_a_token_subject_could_be() {
+    let cp = setup();
+    for owner in ["bob\r\nx-maas-subscription: gold", "", "maas:admin"] {
+        let r = cp.mint(
+            ADMIN,
+            json!({"name": "k", "subscription": "team-a", "owner": owner}),
+        );
+        assert_eq!(r.status, 400, "{owner:?}: {}", r.text());
+        assert!(
+            r.json()["error"]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with("owner:"),
+            "{}",
+            r.text()
+        );
+    }
+    assert!(cp.all_keys().is_empty());
+}
+
+#[test]
+fn a_token_whose_subject_is_admin_is_not_the_administrator() {
+    let cp = setup();
+    let own = cp
+        .mint(ADMIN, json!({"name": "ops", "subscription": "team-a"}))
+        .json();
+    assert_eq!(own["owner"], "maas:admin");
+    let id = own["id"].as_str().unwrap();
+
+    let impostor = token("admin", &["team-a"]);
+    // An ordinary user: none of the administrator's keys are theirs.
+    let listed = cp
+        .call("GET", "/maas-api/v1/api-keys", Some(&impostor), None)
+        .json();
+    assert!(listed["data"].as_array().unwrap().is_empty(), "{listed}");
+    let r = cp.call(
+        "GET",
+        "/maas-api/v1/api-keys?owner=maas:admin",
+        Some(&impostor),
+        None,
+    );
+    assert_eq!(r.status, 403);
+    let r = cp.revoke(id, &impostor);
+    assert_eq!(r.status, 404, "{}", r.text());
+    let r = cp.subscription_as(
+        &impostor,
+        json!({"name": "team-a", "models": ["m"], "limits": "unlimited"}),
+    );
+    assert_eq!(r.status, 403);
+    // Its own key is its own, under its own name.
+    let r = cp.mint(&impostor, json!({"name": "k", "subscription": "team-a"}));
+    assert_eq!(r.json()["owner"], "admin");
+    // Claiming the administrator's identity outright is no token at all.
+    let r = cp.call(
+        "GET",
+        "/maas-api/v1/api-keys",
+        Some(&token("maas:admin", &["maas-admins"])),
+        None,
+    );
+    assert_eq!(r.status, 401);
+    // The administrator's key is untouched.
+    let all = cp
+        .call(
+            "GET",
+            "/maas-api/v1/api-keys?owner=maas:admin",
+            Some(ADMIN),
+            None,
+        )
+        .json();
+    assert_eq!(all["data"][0]["status"], "active");
 }

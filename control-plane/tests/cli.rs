@@ -170,3 +170,90 @@ fn cli_errors_are_the_apis_messages() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("401"));
 }
+
+const SECRET: &str = "hunter2";
+
+/// `serve --database-url URL` in a fresh data directory.
+fn serve_with_database(name: &str, url: &str) -> (Command, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("maas-cp-cli-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut command = Command::new(BIN);
+    command
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(&dir)
+        .args(["--database-url", url])
+        .env("RUST_LOG", "info");
+    (command, dir)
+}
+
+#[test]
+fn a_database_that_cannot_be_opened_is_named_without_its_password() {
+    // Both refused at once, before any connection: sqlx knows no
+    // `password` for SQLite, and no port 99999.
+    for url in [
+        format!("sqlite:///nonexistent/maas.db?mode=rwc&password={SECRET}"),
+        format!("postgres://maas:{SECRET}@127.0.0.1:99999/maas?password={SECRET}&sslmode=disable"),
+    ] {
+        let (mut command, dir) = serve_with_database("bad-db", &url);
+        let out = command.output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let printed = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{url}: {printed}");
+        assert!(printed.contains("cannot open the database"), "{printed}");
+        assert!(printed.contains("***"), "the URL, redacted: {printed}");
+        assert!(!printed.contains(SECRET), "{printed}");
+    }
+}
+
+/// Needs a PostgreSQL server (`MAAS_TEST_POSTGRES_URL`, as the store suite):
+/// its trust authentication accepts any password, so the control plane
+/// starts and logs the URL it serves from.
+#[test]
+fn the_startup_log_names_the_database_without_its_password() {
+    let base = std::env::var("MAAS_TEST_POSTGRES_URL").unwrap_or_else(|_| {
+        panic!(
+            "MAAS_TEST_POSTGRES_URL is not set: this test needs a PostgreSQL server. `make test` starts one; \
+             by hand: export MAAS_TEST_POSTGRES_URL=$(./scripts/postgres.sh start)"
+        )
+    });
+    let (server, _) = base.rsplit_once('/').expect("a database URL");
+    let (scheme, host) = server.split_once("://").unwrap();
+    let (user, host) = host.split_once('@').unwrap();
+    let db = format!("maas_cli_log_{}", std::process::id());
+    let plain = format!("{scheme}://{user}@{host}/{db}");
+    let url = format!("{scheme}://{user}:{SECRET}@{host}/{db}?password={SECRET}");
+    sqlx::any::install_default_drivers();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(<sqlx::Any as sqlx::migrate::MigrateDatabase>::create_database(&plain))
+        .unwrap();
+
+    let (mut command, dir) = serve_with_database("log", &url);
+    let mut child = command
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seen = Vec::new();
+    for line in BufReader::new(child.stderr.take().unwrap()).lines() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        if line.contains("control plane serving") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    rt.block_on(<sqlx::Any as sqlx::migrate::MigrateDatabase>::force_drop_database(&plain))
+        .unwrap();
+
+    let log = seen.join("\n");
+    let serving = seen.last().unwrap();
+    assert!(serving.contains("control plane serving"), "{log}");
+    assert!(serving.contains(&db) && serving.contains("***"), "{log}");
+    assert!(!log.contains(SECRET), "{log}");
+}

@@ -14,18 +14,18 @@ use std::process::Command;
 use maas_control_plane::store::UsageRow;
 use support::*;
 
-/// `MAAS_CHROMIUM` (then required: CI sets it), else Debian's path if present.
-fn chromium() -> Option<PathBuf> {
-    if let Some(path) = std::env::var_os("MAAS_CHROMIUM") {
-        let path = PathBuf::from(path);
-        assert!(
-            path.is_file(),
-            "MAAS_CHROMIUM={path:?} does not exist: run scripts/chromium.sh"
-        );
-        return Some(path);
-    }
-    let debian = PathBuf::from("/usr/bin/chromium");
-    debian.is_file().then_some(debian)
+/// `MAAS_CHROMIUM` (`make test` sets it from scripts/chromium.sh), else
+/// Debian's path; the test fails, saying how to get one, when neither is
+/// there: it never passes without a browser.
+fn chromium() -> PathBuf {
+    let path = std::env::var_os("MAAS_CHROMIUM")
+        .map_or_else(|| PathBuf::from("/usr/bin/chromium"), PathBuf::from);
+    assert!(
+        path.is_file(),
+        "no Chromium at {path:?}: this test needs a browser. `make test` installs Debian's \
+         (scripts/chromium.sh); by hand: export MAAS_CHROMIUM=$(./scripts/chromium.sh)"
+    );
+    path
 }
 
 fn headless(
@@ -58,12 +58,7 @@ fn headless(
 
 #[test]
 fn the_showback_page_renders_usage_per_subscription_and_model() {
-    let Some(browser) = chromium() else {
-        eprintln!(
-            "skipping: no chromium (scripts/chromium.sh installs Debian's; CI sets MAAS_CHROMIUM)"
-        );
-        return;
-    };
+    let browser = chromium();
     let cp = setup();
     let row = UsageRow::new;
     cp.add_usage(&[

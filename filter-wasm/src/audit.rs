@@ -12,9 +12,12 @@ use serde::Serialize;
 pub enum UsageSource {
     /// The model's own `usage`.
     Reported,
-    /// No usage arrived (error, cut stream, disconnect): bytes and chunks
-    /// were counted instead.
+    /// No usage arrived (cut stream, disconnect): the reservation's prompt
+    /// bound and the streamed text were charged instead (`estimate`).
     Estimated,
+    /// An error status before any output (the request never reached a
+    /// model, or the model server refused it): no tokens charged.
+    None,
 }
 
 #[derive(Debug, Serialize)]

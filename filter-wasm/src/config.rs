@@ -17,6 +17,8 @@
 //!       "models": ["smollm2-135m-instruct"],
 //!       "limits": { "requests": ["10/min"], "tokens": ["20000/min", "1000000/day"] },
 //!       "key_limits": { "requests": ["5/min"] },
+//!       "key_limits_per": "key",
+//!       "max_keys_per_owner": 10,
 //!       "max_tokens": { "cap": 512, "mode": "clamp" }
 //!     },
 //!     "internal": { "models": ["smollm2-135m-instruct"], "limits": "unlimited" }
@@ -62,6 +64,7 @@ struct RawConfig {
     /// upper bound for byte-level BPE tokenizers (every token covers at least
     /// one byte, and the JSON framing outweighs chat-template tokens), so no
     /// prompt can overshoot a token limit. Larger values reserve less but may.
+    /// A response without usage is charged by the same bound (`estimate`).
     #[serde(default = "default_prompt_bytes_per_token")]
     prompt_bytes_per_token: u64,
     models: Vec<String>,
@@ -210,15 +213,52 @@ struct RawSubscription {
     /// Shared by all keys of the subscription. Required: say `"unlimited"`
     /// explicitly rather than forget a limit.
     limits: RawLimits,
-    /// Applied to each key of the subscription separately.
+    /// Applied to each key of the subscription separately, or to each
+    /// owner's keys together (`key_limits_per`).
     #[serde(default)]
     key_limits: Option<RawLimits>,
+    #[serde(default)]
+    key_limits_per: KeyLimitsPer,
+    /// The most live (neither revoked nor expired) keys one owner may hold
+    /// in this subscription. The control plane enforces it when it mints;
+    /// the gateway only validates it, so the two agree on what is valid.
+    #[serde(default = "default_max_keys_per_owner")]
+    max_keys_per_owner: u64,
     #[serde(default)]
     max_tokens: Option<MaxTokensPolicy>,
     /// OIDC groups whose members use this subscription with a bearer token
     /// instead of a key (see `oidc`).
     #[serde(default)]
     groups: Vec<String>,
+}
+
+/// Enough for a person's laptop, CI, a few services and a rotation (old
+/// and new key live together); few enough that per-key limits times keys
+/// stays near the per-key limits. With `key_limits_per: "owner"` the count
+/// no longer multiplies limits and only bounds key sprawl.
+pub const DEFAULT_MAX_KEYS_PER_OWNER: u64 = 10;
+
+/// A cap above this is a typo, or a wish for no cap, which per-owner
+/// limits express better.
+pub const MAX_KEYS_PER_OWNER_LIMIT: u64 = 1000;
+
+fn default_max_keys_per_owner() -> u64 {
+    DEFAULT_MAX_KEYS_PER_OWNER
+}
+
+/// Whom a subscription's `key_limits` count.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyLimitsPer {
+    /// Each key has its own counters (`maas/key/<id>`; limiter descriptor
+    /// `key: <id>`): an owner with N keys gets N times the limits, up to
+    /// `max_keys_per_owner`.
+    #[default]
+    Key,
+    /// All keys of one owner share the owner's counters, the ones the
+    /// owner's OIDC token counts against too (`maas/user/<owner>`;
+    /// descriptor `key: user:<owner>`): more keys buy no more.
+    Owner,
 }
 
 #[derive(Debug, Deserialize)]
@@ -389,9 +429,11 @@ pub struct Subscription {
     /// Sorted, so `/v1/models` lists them in a stable order.
     pub models: Vec<String>,
     pub limits: ScopeLimits,
-    /// The limits each key of the subscription gets on its own, as a
-    /// template: [`Subscription::key_limits_for`] gives a key its counter.
+    /// The limits each key (or owner, see `key_limits_per`) of the
+    /// subscription gets on its own, as a template:
+    /// [`Subscription::holder_limits`] gives a request its counter.
     pub key_limits: Option<ScopeLimits>,
+    pub key_limits_per: KeyLimitsPer,
     pub max_tokens: Option<MaxTokensPolicy>,
     /// OIDC groups that use this subscription (sorted).
     pub groups: Vec<String>,
@@ -400,11 +442,46 @@ pub struct Subscription {
 /// Counter prefix of a `key_limits` template; replaced by the key's own.
 const KEY_TEMPLATE_PREFIX: &str = "maas/key/-";
 
+/// Whose `key_limits` a request counts against.
+enum Holder<'a> {
+    Key(&'a str),
+    User(&'a str),
+}
+
 impl Subscription {
     pub fn allows(&self, model: &str) -> bool {
         self.models
             .binary_search_by(|m| m.as_str().cmp(model))
             .is_ok()
+    }
+
+    /// The `key_limits` a request counts against: those of key `key_id`,
+    /// or, for a token holder (`key_id` `None`) and for any key under
+    /// `key_limits_per: "owner"`, those of user `user` (the key's owner).
+    pub fn holder_limits(&self, key_id: Option<&str>, user: &str) -> ScopeLimits {
+        match self.holder(key_id, user) {
+            Holder::Key(id) => self.key_limits_for(id),
+            Holder::User(user) => self.user_limits_for(user),
+        }
+    }
+
+    /// The limiter descriptor's `key` entry for the same holder as
+    /// [`Subscription::holder_limits`]: the key id, or `user:<name>` (key
+    /// ids never contain ':').
+    pub fn holder_descriptor(&self, key_id: Option<&str>, user: &str) -> String {
+        match self.holder(key_id, user) {
+            Holder::Key(id) => id.to_string(),
+            Holder::User(user) => format!("user:{user}"),
+        }
+    }
+
+    /// The one place that decides who a request's own limits count, so the
+    /// local counter and the limiter's descriptor cannot disagree.
+    fn holder<'a>(&self, key_id: Option<&'a str>, user: &'a str) -> Holder<'a> {
+        match (key_id, self.key_limits_per) {
+            (Some(id), KeyLimitsPer::Key) => Holder::Key(id),
+            _ => Holder::User(user),
+        }
     }
 
     /// The per-key limits of key `id` under this subscription.
@@ -618,7 +695,7 @@ impl Config {
                     }
                     own
                 }
-                (None, Some(sub)) => sub.key_limits_for(&k.id),
+                (None, Some(sub)) => sub.holder_limits(Some(&k.id), &k.owner),
                 (None, None) => {
                     ScopeLimits::unlimited(&format!("maas/key/{}", k.id), &format!("key {}", k.id))
                 }
@@ -722,6 +799,12 @@ fn build_subscription(
             return Err(err(format!("{field}.max_tokens.cap"), "must be at least 1"));
         }
     }
+    if !(1..=MAX_KEYS_PER_OWNER_LIMIT).contains(&sub.max_keys_per_owner) {
+        return Err(err(
+            format!("{field}.max_keys_per_owner"),
+            format!("must be between 1 and {MAX_KEYS_PER_OWNER_LIMIT}"),
+        ));
+    }
     let scope = format!("subscription {name}");
     let limits = limit_rules(
         &format!("{field}.limits"),
@@ -760,6 +843,7 @@ fn build_subscription(
         models: sub_models,
         limits,
         key_limits,
+        key_limits_per: sub.key_limits_per,
         max_tokens: sub.max_tokens,
         groups,
     })
@@ -1101,6 +1185,14 @@ mod tests {
             (|v| v["models"] = json!(["a;b"]), "models[0]"),
             (|v| v["models"] = json!([]), "models"),
             (|v| v["max_body_bytes"] = json!(0), "max_body_bytes"),
+            (
+                |v| v["subscriptions"]["free"]["max_keys_per_owner"] = json!(0),
+                "subscriptions.free.max_keys_per_owner",
+            ),
+            (
+                |v| v["subscriptions"]["free"]["max_keys_per_owner"] = json!(1001),
+                "subscriptions.free.max_keys_per_owner",
+            ),
         ];
         for (mutate, field) in cases {
             let mut v = base();
@@ -1118,6 +1210,53 @@ mod tests {
         assert!(e.reason.contains("limit"), "{e}");
         let e = Config::from_json(b"{not json").unwrap_err();
         assert_eq!(e.field, "(document)");
+    }
+
+    #[test]
+    fn key_limits_count_per_key_or_per_owner() {
+        let mut v = base();
+        v["keys"][1] = json!({"id": "k3", "owner": "alice", "subscription": "free",
+                               "sha256": HASH.replace('2', "3")});
+        let keys = |c: &Config| -> Vec<String> {
+            c.keys
+                .iter()
+                .map(|k| k.limits.group.counter_key.clone())
+                .collect()
+        };
+        // Default: one counter per key, and the limiter counts each key.
+        let c = load(&v).unwrap();
+        let free = &c.subscriptions[0];
+        assert_eq!(free.key_limits_per, KeyLimitsPer::Key);
+        assert_eq!(keys(&c), ["maas/key/k1/r60", "maas/key/k3/r60"]);
+        assert_eq!(free.holder_descriptor(Some("k1"), "alice"), "k1");
+        assert_eq!(free.holder_descriptor(None, "alice"), "user:alice");
+        // Per owner: alice's keys share her counter, the one her token uses.
+        v["subscriptions"]["free"]["key_limits_per"] = json!("owner");
+        let c = load(&v).unwrap();
+        let free = &c.subscriptions[0];
+        assert_eq!(keys(&c), ["maas/user/alice/r60", "maas/user/alice/r60"]);
+        assert_eq!(
+            free.holder_limits(None, "alice").group.counter_key,
+            "maas/user/alice/r60"
+        );
+        assert_eq!(free.holder_descriptor(Some("k1"), "alice"), "user:alice");
+        assert_eq!(free.holder_limits(Some("k1"), "alice").scope, "user alice");
+        // Anything else is refused, naming the field.
+        v["subscriptions"]["free"]["key_limits_per"] = json!("team");
+        let e = load(&v).unwrap_err();
+        assert!(e.reason.contains("team"), "{e}");
+    }
+
+    #[test]
+    fn max_keys_per_owner_defaults_and_is_bounded() {
+        let mut v = base();
+        assert!(load(&v).is_ok(), "default {DEFAULT_MAX_KEYS_PER_OWNER}");
+        for (cap, ok) in [(1, true), (MAX_KEYS_PER_OWNER_LIMIT, true), (0, false)] {
+            v["subscriptions"]["free"]["max_keys_per_owner"] = json!(cap);
+            assert_eq!(load(&v).is_ok(), ok, "{cap}");
+        }
+        v["subscriptions"]["free"]["max_keys_per_owner"] = json!(-1);
+        assert!(load(&v).is_err());
     }
 
     #[test]

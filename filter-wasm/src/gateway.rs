@@ -19,10 +19,11 @@ use crate::claims;
 use crate::config::{synced_subscription, CapMode, Config, Quantity, ScopeLimits, Subscription};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
+use crate::estimate::{SeenOutput, UsageBounds};
 use crate::global_limits::{self, Caller, FailureMode, Method, Verdict};
 use crate::host::{Flow, StreamHost};
 use crate::key_sync::{self, Lookup};
-use crate::keys::{presented_key, AuthFailure};
+use crate::keys::{self, presented_key, AuthFailure};
 use crate::limits::{self, Hold, ReserveError};
 use crate::managed_keys::{self, ManagedKey, PresentedKey};
 use crate::metrics::{Metric, ModelId, Outcome};
@@ -49,8 +50,6 @@ pub const OWNED_REQUEST_HEADERS: [&str; 6] = [
 const MAX_JSON_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 /// One SSE event larger than this is not inspected.
 const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
-/// Bytes per token assumed when charging an estimate (OpenAI's rule of thumb).
-const ESTIMATE_BYTES_PER_TOKEN: u64 = 4;
 
 /// Who is calling, and under which subscription.
 #[derive(Debug, Clone)]
@@ -87,7 +86,8 @@ struct PendingLookup {
 #[derive(Debug)]
 struct Admission {
     holds: Vec<Hold>,
-    body_bytes: u64,
+    /// What the reservation was made for: the charge when no usage comes.
+    bounds: UsageBounds,
 }
 
 /// A call to the limiter an admitted request waits on.
@@ -136,6 +136,8 @@ enum ResponseReader {
     Json {
         buf: Vec<u8>,
         overflowed: bool,
+        /// Body bytes received, kept or not (the estimate's text).
+        seen: u64,
     },
     Sse(Box<SseUsageParser>),
 }
@@ -297,8 +299,10 @@ impl Stream {
     fn token_identity(&self, host: &dyn StreamHost) -> Option<Result<Identity, GatewayError>> {
         let oidc = self.config.oidc.as_ref()?;
         let user = claims::as_string(&host.token_claim(&oidc.user_claim)?)?;
-        // It becomes a header value: refuse what could not be one.
-        if user.is_empty() || user.len() > 256 || user.chars().any(char::is_control) {
+        // It becomes a header value and a counter name, and must not pass
+        // for one of the control plane's own identities (whose keys count
+        // under the same name): the control plane's rule for subjects.
+        if keys::check_subject(&user).is_err() {
             return None;
         }
         let groups = host
@@ -308,7 +312,7 @@ impl Stream {
         Some(match self.policy.subscription_for_groups(&groups) {
             Some(sub) => Ok(Identity {
                 key_id: None,
-                key_limits: Rc::new(sub.user_limits_for(&user)),
+                key_limits: Rc::new(sub.holder_limits(None, &user)),
                 user,
                 subscription: Rc::clone(sub),
             }),
@@ -391,6 +395,11 @@ impl Stream {
         if record.expires_at.is_some_and(|t| self.start_ms / 1000 >= t) {
             return KeyCheck::Refused(AuthFailure::Expired);
         }
+        // The control plane validates owners when it mints; one stored
+        // before it did must still never reach a header.
+        if keys::check_user_name(&record.owner).is_err() {
+            return KeyCheck::Refused(AuthFailure::Unknown);
+        }
         let subscription = match self.policy.subscription(&record.subscription) {
             Some(s) => Rc::clone(s),
             None => match extra {
@@ -401,7 +410,7 @@ impl Stream {
         KeyCheck::Found(Identity {
             key_id: Some(record.id.clone()),
             user: record.owner.clone(),
-            key_limits: Rc::new(subscription.key_limits_for(&record.id)),
+            key_limits: Rc::new(subscription.holder_limits(Some(&record.id), &record.owner)),
             subscription,
         })
     }
@@ -594,13 +603,11 @@ impl Stream {
     /// settlement.
     fn caller(&self) -> Option<Caller> {
         let identity = self.identity.as_ref()?;
-        let key = match &identity.key_id {
-            Some(id) => id.clone(),
-            None => format!("user:{}", identity.user),
-        };
         Some(Caller {
             subscription: identity.subscription.name.to_string(),
-            key,
+            key: identity
+                .subscription
+                .holder_descriptor(identity.key_id.as_deref(), &identity.user),
             model: self.model.clone().unwrap_or_default(),
         })
     }
@@ -880,7 +887,7 @@ impl Stream {
             )
             .is_none()
         {
-            self.limiter_failed(host, "a settlement could not be dispatched");
+            self.limiter_failed(host, "a settlement could not be queued");
         }
     }
 
@@ -951,6 +958,7 @@ impl Stream {
                 (true, false) => ResponseReader::Json {
                     buf: Vec::new(),
                     overflowed: false,
+                    seen: 0,
                 },
             };
         }
@@ -971,7 +979,12 @@ impl Stream {
         }
         match &mut self.reader {
             ResponseReader::Skip => {}
-            ResponseReader::Json { buf, overflowed } => {
+            ResponseReader::Json {
+                buf,
+                overflowed,
+                seen,
+            } => {
+                *seen = seen.saturating_add(body_size as u64);
                 if !*overflowed && body_size > 0 {
                     if buf.len().saturating_add(body_size) > MAX_JSON_RESPONSE_BYTES {
                         *overflowed = true;
@@ -1134,12 +1147,14 @@ impl Stream {
             None
         };
 
-        let body_bytes = body.len() as u64;
-        let prompt_estimate = body_bytes.div_ceil(config.prompt_bytes_per_token);
         // `max_tokens` bounds each completion; `n`, `best_of` and prompt
         // arrays multiply them.
-        let worst_case =
-            prompt_estimate.saturating_add(effective.saturating_mul(request.completions()));
+        let bounds = UsageBounds {
+            prompt: (body.len() as u64).div_ceil(config.prompt_bytes_per_token),
+            completion: effective.saturating_mul(request.completions()),
+            bytes_per_token: config.prompt_bytes_per_token,
+        };
+        let worst_case = bounds.prompt.saturating_add(bounds.completion);
         let scopes = limited_scopes(&identity);
         let amounts: Vec<Vec<u64>> = scopes.iter().map(|l| l.amounts(1, worst_case)).collect();
         let wants: Vec<(&limits::LimitGroup, &[u64])> = scopes
@@ -1210,7 +1225,7 @@ impl Stream {
                 self.headers.observe(*quantity, held.state);
             }
         }
-        self.admission = Some(Admission { holds, body_bytes });
+        self.admission = Some(Admission { holds, bounds });
         // `scopes` leaves out scopes whose limits are all global.
         let global_tokens = [&subscription.limits, &*identity.key_limits]
             .iter()
@@ -1266,24 +1281,34 @@ impl Stream {
             ResponseReader::Json {
                 buf,
                 overflowed: false,
+                ..
             } if self.response_complete => parse_json_usage(buf),
             ResponseReader::Sse(parser) => parser.usage(),
             _ => None,
         };
+        // An error status is answered before any output: by Envoy when the
+        // request never reached a model (connect failure, no healthy host),
+        // or by the model server refusing it (loading, overloaded, invalid)
+        // before its prompt was computed. No tokens are charged for it, as
+        // providers bill none; it still counts as a request. A response that
+        // started as a success and broke off is a cut stream, estimated.
+        let refused_by_upstream = self.status.is_some_and(|s| !(200..300).contains(&s));
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
+            None if refused_by_upstream => (Usage::default(), UsageSource::None),
             None => {
-                let prompt = admission.body_bytes.div_ceil(ESTIMATE_BYTES_PER_TOKEN);
-                let completion = match &self.reader {
-                    ResponseReader::Sse(parser) => parser.content_events(),
-                    _ => 0,
+                let seen = match &self.reader {
+                    ResponseReader::Sse(parser) => SeenOutput {
+                        content_events: parser.content_events(),
+                        text_bytes: parser.text_bytes(),
+                    },
+                    ResponseReader::Json { seen, .. } => SeenOutput {
+                        content_events: 0,
+                        text_bytes: *seen,
+                    },
+                    ResponseReader::Skip => SeenOutput::default(),
                 };
-                let usage = Usage {
-                    prompt_tokens: prompt,
-                    completion_tokens: completion,
-                    total_tokens: prompt.saturating_add(completion),
-                };
-                (usage, UsageSource::Estimated)
+                (admission.bounds.estimate(seen), UsageSource::Estimated)
             }
         };
         let now_secs = now_ms / 1000;

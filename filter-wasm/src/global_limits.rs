@@ -27,7 +27,7 @@ use maas_ratelimit_proto::{
 };
 use serde::Deserialize;
 
-use crate::config::{Quantity, Subscription};
+use crate::config::{KeyLimitsPer, Quantity, Subscription};
 use crate::limits::Rate;
 
 /// What an unreachable or failing limiter means for a request.
@@ -71,7 +71,9 @@ pub struct GlobalRate {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Caller {
     pub subscription: String,
-    /// The key id, or `user:<name>` for a token holder (each counts like a key).
+    /// The key id, or `user:<name>` for a token holder and for a key whose
+    /// subscription counts `key_limits` per owner (the owner's name): see
+    /// `Subscription::holder_descriptor`.
     pub key: String,
     pub model: String,
 }
@@ -249,8 +251,9 @@ pub fn verdict(method: Method, grpc_status: Option<u32>, body: &[u8]) -> Verdict
 }
 
 /// The limiter's limits file (Limitador's YAML format) for every global
-/// limit of `subscriptions`: per subscription one limit per rate, and per
-/// key one counter per key (`variables`) for `key_limits`.
+/// limit of `subscriptions`: per subscription one limit per rate, and for
+/// `key_limits` one counter per descriptor `key` (`variables`), which is per
+/// key, or per owner under `key_limits_per: "owner"`.
 pub fn limitador_limits<'a>(
     domain: &str,
     subscriptions: impl IntoIterator<Item = &'a Subscription>,
@@ -258,9 +261,13 @@ pub fn limitador_limits<'a>(
     let mut out = String::new();
     for sub in subscriptions {
         let name = &*sub.name;
+        let holder = match sub.key_limits_per {
+            KeyLimitsPer::Key => "key",
+            KeyLimitsPer::Owner => "owner",
+        };
         let scopes = [
             (Some(&sub.limits), "subscription", false),
-            (sub.key_limits.as_ref(), "key", true),
+            (sub.key_limits.as_ref(), holder, true),
         ];
         for (limits, scope, per_key) in scopes {
             let Some(limits) = limits else { continue };

@@ -65,9 +65,11 @@ pub trait StreamHost {
     /// Sends `message` to the rate limiter's `method` through Envoy's gRPC
     /// client on `cluster`; the answer comes back through
     /// `Stream::on_limiter_response` with the returned token. A `detached`
-    /// call belongs to the VM, not this stream: it completes even if the
-    /// stream ends first, and its answer is not delivered (settlements).
-    /// `None` if the call could not be made.
+    /// call belongs to the VM, not this stream (settlements): it is queued
+    /// for the root context, which sends it and retries it until the
+    /// limiter counts it (`crate::settlement_outbox`), even after the stream
+    /// ended; its answer is not delivered here. `None` if the call could not
+    /// be made (or, detached, kept).
     fn dispatch_limiter(
         &self,
         cluster: &str,

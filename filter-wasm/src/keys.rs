@@ -173,6 +173,51 @@ impl KeyStore {
     }
 }
 
+/// The longest user name (an OIDC subject, a key's owner) the gateway
+/// asserts; OpenID Connect's own bound on `sub` is 255 ASCII characters.
+pub const MAX_USER_LEN: usize = 256;
+
+/// Names in this namespace are the control plane's own identities (its
+/// administrator token acts as `maas:admin`). No token subject and no owner
+/// an administrator types may take one, so an identity provider that issues
+/// `sub: "maas:admin"` (or `"admin"`) gets nobody else's rights or keys.
+pub const RESERVED_USER_PREFIX: &str = "maas:";
+
+/// Why a user name was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum UserNameError {
+    #[error("must be 1 to {MAX_USER_LEN} bytes")]
+    Length,
+    #[error("must not contain control characters (it is sent as the `x-maas-user` header)")]
+    Control,
+    #[error("must not start with `{RESERVED_USER_PREFIX}`, which names the control plane's own identities")]
+    Reserved,
+}
+
+/// A name the gateway may send upstream as `x-maas-user` and count limits
+/// under (`maas/user/<name>`): a key's owner as the control plane stored it,
+/// its own identities included.
+pub fn check_user_name(name: &str) -> Result<(), UserNameError> {
+    if name.is_empty() || name.len() > MAX_USER_LEN {
+        return Err(UserNameError::Length);
+    }
+    if name.chars().any(char::is_control) {
+        return Err(UserNameError::Control);
+    }
+    Ok(())
+}
+
+/// A name a caller claims: an OIDC token's subject (at the gateway and at
+/// the control plane) or an owner an administrator mints a key for. The
+/// same as [`check_user_name`], outside the reserved namespace.
+pub fn check_subject(name: &str) -> Result<(), UserNameError> {
+    check_user_name(name)?;
+    if name.starts_with(RESERVED_USER_PREFIX) {
+        return Err(UserNameError::Reserved);
+    }
+    Ok(())
+}
+
 /// The key a client presented: `Authorization: Bearer <key>` (scheme is
 /// case-insensitive) or else `x-api-key: <key>`. Blank values count as absent.
 pub fn presented_key<'a>(
@@ -254,6 +299,29 @@ mod tests {
             key("b", "same", false, None),
         ]);
         assert_eq!(err.unwrap_err(), 1);
+    }
+
+    #[test]
+    fn user_names_and_subjects() {
+        use UserNameError::*;
+        let long = "x".repeat(MAX_USER_LEN + 1);
+        type Verdict = Result<(), UserNameError>;
+        let table: [(&str, Verdict, Verdict); 9] = [
+            ("alice", Ok(()), Ok(())),
+            ("alice@example.com", Ok(()), Ok(())),
+            ("admin", Ok(()), Ok(())),
+            ("Zoë 名前", Ok(()), Ok(())),
+            ("", Err(Length), Err(Length)),
+            (&long, Err(Length), Err(Length)),
+            ("a\r\nx-maas-user: root", Err(Control), Err(Control)),
+            ("tab\there", Err(Control), Err(Control)),
+            ("maas:admin", Ok(()), Err(Reserved)),
+        ];
+        for (name, user, subject) in table {
+            assert_eq!(check_user_name(name), user, "{name:?}");
+            assert_eq!(check_subject(name), subject, "{name:?}");
+        }
+        assert!(check_subject(&"x".repeat(MAX_USER_LEN)).is_ok());
     }
 
     #[test]

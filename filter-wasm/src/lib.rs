@@ -16,6 +16,7 @@ pub mod claims;
 pub mod config;
 pub mod endpoint;
 pub mod error;
+pub mod estimate;
 pub mod gateway;
 pub mod global_limits;
 pub mod host;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod policy;
 pub mod ratelimit_headers;
 pub mod request;
+pub mod settlement_outbox;
 pub mod sse;
 pub mod usage;
 

@@ -99,7 +99,8 @@ pub enum Metric {
     /// (`ok`, `over_limit`, `failed`: no usable answer, after which the
     /// limit's failure mode decides; `unmatched`: a reservation granted with
     /// no limit behind it, i.e. a limits file out of step with the
-    /// configuration).
+    /// configuration; for settlements: `settled`, `settle_retry`: an attempt
+    /// failed and will be repeated, `settle_dropped`: given up or not kept).
     LimiterCalls {
         result: &'static str,
     },
@@ -107,12 +108,17 @@ pub enum Metric {
     KeySyncAgeSeconds,
     /// Gauge: subscriptions in force (configured and synced).
     Subscriptions,
+    /// Gauge: settlements waiting for the rate limiter in this worker.
+    SettlementsWaiting,
 }
 
 impl Metric {
     /// Gauges are set, counters are added to.
     pub fn is_gauge(&self) -> bool {
-        matches!(self, Metric::KeySyncAgeSeconds | Metric::Subscriptions)
+        matches!(
+            self,
+            Metric::KeySyncAgeSeconds | Metric::Subscriptions | Metric::SettlementsWaiting
+        )
     }
 
     /// The Envoy stat name, e.g.
@@ -191,6 +197,7 @@ impl Metric {
             }
             Metric::KeySyncAgeSeconds => ("key_sync_age_seconds", Vec::new()),
             Metric::Subscriptions => ("subscriptions", Vec::new()),
+            Metric::SettlementsWaiting => ("limiter_settlements_waiting", Vec::new()),
         };
         out.push_str("maas.");
         out.push_str(what);

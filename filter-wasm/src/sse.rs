@@ -50,6 +50,9 @@ pub struct SseUsageParser {
     pending_lf: PendingLf,
     usage: Option<Usage>,
     content_events: u64,
+    /// Bytes of generated text in those events (what a cut stream is
+    /// charged by when it never reports usage).
+    text_bytes: u64,
     saw_done: bool,
 }
 
@@ -105,6 +108,7 @@ impl SseUsageParser {
             pending_lf: PendingLf::None,
             usage: None,
             content_events: 0,
+            text_bytes: 0,
             saw_done: false,
         }
     }
@@ -168,6 +172,11 @@ impl SseUsageParser {
     /// Data events with a non-empty `choices` array.
     pub fn content_events(&self) -> u64 {
         self.content_events
+    }
+
+    /// Bytes of generated text seen so far (see [`generated_text_bytes`]).
+    pub fn text_bytes(&self) -> u64 {
+        self.text_bytes
     }
 
     /// Whether `data: [DONE]` was seen.
@@ -402,9 +411,13 @@ impl SseUsageParser {
             return Action::Forward;
         };
         let [choices, usage] = fields.values;
-        let has_choices = choices.is_some_and(non_empty_array);
-        if has_choices {
+        let choices = choices.filter(|raw| non_empty_array(raw));
+        let has_choices = choices.is_some();
+        if let Some(choices) = choices {
             self.content_events = self.content_events.saturating_add(1);
+            self.text_bytes = self
+                .text_bytes
+                .saturating_add(generated_text_bytes(choices));
         }
         let Some(usage) = usage.filter(|raw| raw.get() != "null") else {
             return Action::Forward;
@@ -500,6 +513,68 @@ fn non_empty_array(raw: &RawValue) -> bool {
         Some(inner) => !inner.trim_start().starts_with(']'),
         None => false,
     }
+}
+
+/// The generated text in a chunk's `choices`, in bytes (decoded from JSON):
+/// chat `delta.content`, `delta.reasoning_content`, `delta.refusal` and
+/// each tool call's function name and arguments; completions' `text`.
+/// Choices of another shape count their raw JSON length, an upper bound,
+/// so an unexpected shape cannot make a cut stream cheaper.
+pub fn generated_text_bytes(choices: &RawValue) -> u64 {
+    use std::borrow::Cow;
+
+    #[derive(serde::Deserialize)]
+    struct Choice<'a> {
+        #[serde(borrow, default)]
+        text: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        delta: Option<Delta<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Delta<'a> {
+        #[serde(borrow, default)]
+        content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        reasoning_content: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        refusal: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        tool_calls: Option<Vec<ToolCall<'a>>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct ToolCall<'a> {
+        #[serde(borrow, default)]
+        function: Option<Function<'a>>,
+    }
+    #[derive(serde::Deserialize)]
+    struct Function<'a> {
+        #[serde(borrow, default)]
+        name: Option<Cow<'a, str>>,
+        #[serde(borrow, default)]
+        arguments: Option<Cow<'a, str>>,
+    }
+
+    let len = |s: &Option<Cow<'_, str>>| s.as_deref().map_or(0, str::len) as u64;
+    let Ok(choices) = serde_json::from_str::<Vec<Choice<'_>>>(choices.get()) else {
+        return choices.get().len() as u64;
+    };
+    choices
+        .iter()
+        .map(|choice| {
+            let delta = choice.delta.as_ref().map_or(0, |d| {
+                let calls = d
+                    .tool_calls
+                    .iter()
+                    .flatten()
+                    .filter_map(|c| c.function.as_ref());
+                len(&d.content)
+                    + len(&d.reasoning_content)
+                    + len(&d.refusal)
+                    + calls.map(|f| len(&f.name) + len(&f.arguments)).sum::<u64>()
+            });
+            len(&choice.text) + delta
+        })
+        .sum()
 }
 
 /// Splits a complete raw event into lines and their terminators.
@@ -897,6 +972,41 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn generated_text_is_measured_in_decoded_bytes() {
+        let odd = r#"[{"index":0,"delta":{"content":["odd"]}}]"#;
+        let cases: [(&str, u64); 9] = [
+            (r#"[{"index":0,"delta":{"content":"12345"}}]"#, 5),
+            (r#"[{"index":0,"delta":{"content":"\u00e9\n"}}]"#, 3),
+            (r#"[{"index":0,"delta":{"content":"\u0030\u0031"}}]"#, 2),
+            (
+                r#"[{"index":0,"delta":{"role":"assistant","content":null}}]"#,
+                0,
+            ),
+            (
+                r#"[{"index":0,"delta":{"reasoning_content":"abc","content":"d"}}]"#,
+                4,
+            ),
+            (r#"[{"index":0,"delta":{"refusal":"no"}}]"#, 2),
+            (
+                r#"[{"index":0,"delta":{"tool_calls":[{"index":0,"id":"c1","type":"function","function":{"name":"f","arguments":"{\"a\":1}"}}]}}]"#,
+                1 + 7,
+            ),
+            (r#"[{"index":0,"text":"ab"},{"index":1,"text":"cde"}]"#, 5),
+            (odd, odd.len() as u64),
+        ];
+        for (choices, bytes) in cases {
+            let raw: Box<RawValue> = serde_json::from_str(choices).unwrap();
+            assert_eq!(generated_text_bytes(&raw), bytes, "{choices}");
+        }
+        // Through the parser: a chunk of digits counts each digit.
+        let mut parser = SseUsageParser::new(false, 1 << 20);
+        let digits = r#"data: {"choices":[{"index":0,"delta":{"content":"0123456789"}}]}"#;
+        parser.feed(format!("{ROLE}\n\n{digits}\n\n{HELLO}\n\n").as_bytes());
+        assert_eq!(parser.content_events(), 3);
+        assert_eq!(parser.text_bytes(), 10 + "Hello \"usage\" é".len() as u64);
     }
 
     #[test]

@@ -12,13 +12,14 @@
 use crate::config::{Config, ControlPlane};
 use crate::error::GatewayError;
 use crate::gateway::Stream;
-use crate::global_limits::Method;
+use crate::global_limits::{Call, Method};
 use crate::host::{Flow, StreamHost};
 use crate::key_sync;
 use crate::limits::{self, Cas, CounterStore, StoreError};
 use crate::managed_keys;
 use crate::metrics::Metric;
 use crate::policy::Policy;
+use crate::settlement_outbox::{Attempt, Outbox};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
@@ -29,10 +30,8 @@ use std::time::{Duration, UNIX_EPOCH};
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
-    proxy_wasm::set_root_context(|context_id| -> Box<dyn RootContext> {
-        let root = GatewayRoot::default();
-        root.vm.borrow_mut().root_id = context_id;
-        Box::new(root)
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> {
+        Box::new(GatewayRoot::default())
     });
 }}
 
@@ -45,15 +44,22 @@ struct VmState {
     policy: Rc<Policy>,
     /// Envoy metric ids, defined on first use.
     metric_ids: RefCell<HashMap<Metric, u32>>,
-    /// The root context's id: calls that must outlive a stream are made on
-    /// its behalf.
-    root_id: u32,
+    /// Settlements the root context delivers to the rate limiter.
+    outbox: Outbox,
+    /// The root's tick period (0: none), restored after a settlement
+    /// shortened it.
+    tick_ms: u64,
+    /// A settlement shortened the tick period to deliver it at once.
+    nudged: bool,
     /// When each throttled warning topic last logged.
     warned_ms: RefCell<HashMap<&'static str, u64>>,
 }
 
 /// How often a throttled warning topic may log, per worker.
 const WARN_INTERVAL_MS: u64 = 10_000;
+/// Tick period when settlements are delivered: how long a finished
+/// request's global hold may outlive it.
+const SETTLEMENT_TICK_MS: u64 = 50;
 
 impl VmState {
     /// Rebuilds the policy if another VM (or this one) applied a sync since.
@@ -101,10 +107,8 @@ impl GatewayRoot {
     }
 
     fn host(&self) -> EnvoyHost {
-        let root_id = self.vm.borrow().root_id;
         EnvoyHost {
             vm: Rc::clone(&self.vm),
-            context_id: root_id,
         }
     }
 
@@ -189,8 +193,64 @@ impl GatewayRoot {
         }
     }
 
+    /// Sends the settlements that are due. Made from the root context, so
+    /// the calls outlive the streams that settled and their answers come
+    /// back here (`on_grpc_call_response`).
+    fn flush_settlements(&self, now_ms: u64) {
+        let due = self.vm.borrow_mut().outbox.take_due(now_ms);
+        for settlement in due {
+            let grpc = settlement.call.method.grpc();
+            let sent = hostcalls::dispatch_grpc_call(
+                &settlement.cluster,
+                grpc.service,
+                grpc.method,
+                Vec::new(),
+                Some(&settlement.call.message),
+                Duration::from_millis(settlement.timeout_ms),
+            );
+            let attempt = {
+                let mut vm = self.vm.borrow_mut();
+                match sent {
+                    Ok(token) => {
+                        vm.outbox.sent(token, settlement);
+                        continue;
+                    }
+                    Err(_) => vm.outbox.not_sent(settlement, now_ms),
+                }
+            };
+            self.report_settlement(attempt);
+        }
+    }
+
+    fn report_settlement(&self, attempt: Attempt) {
+        let host = self.host();
+        let (result, problem) = match attempt {
+            Attempt::Unknown => return,
+            Attempt::Settled => ("settled", None),
+            Attempt::Retrying { attempts } => (
+                "settle_retry",
+                Some(format!("a settlement failed ({attempts} attempts), retrying")),
+            ),
+            Attempt::GaveUp { attempts } => (
+                "settle_dropped",
+                Some(format!(
+                    "a settlement was given up after {attempts} attempts: its usage is not counted globally"
+                )),
+            ),
+        };
+        host.add_metric(Metric::LimiterCalls { result }, 1);
+        if let Some(problem) = problem {
+            host.warn_throttled(
+                "limiter-settlement",
+                &format!("maas-gateway: rate limiter: {problem}"),
+            );
+        }
+    }
+
     fn record_gauges(&self, now_ms: u64) {
         let host = self.host();
+        let waiting = self.vm.borrow().outbox.len() as u64;
+        host.set_gauge(Metric::SettlementsWaiting, waiting);
         let state = key_sync::read_state(&SharedData).unwrap_or_default();
         let age = state
             .age_secs(now_ms)
@@ -267,6 +327,15 @@ fn call_header(name: &str) -> Option<String> {
 }
 
 impl Context for GatewayRoot {
+    fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
+        let attempt = self
+            .vm
+            .borrow_mut()
+            .outbox
+            .answered(token_id, status_code == 0, now_ms());
+        self.report_settlement(attempt);
+    }
+
     fn on_http_call_response(
         &mut self,
         token_id: u32,
@@ -325,15 +394,25 @@ impl RootContext for GatewayRoot {
             }
         }
         let policy = Policy::from_config(&config);
-        if let Some(cp) = &config.control_plane {
-            // Every VM ticks; the sync lease lets one of them call per
-            // interval. A sync starts at the first tick after it is due, so
-            // ticks a fifth of the interval apart keep it at most that late.
-            let period = Duration::from_millis((cp.sync_interval_ms / 5).max(20));
-            if let Err(e) = hostcalls::set_tick_period(period) {
+        // Every VM ticks; the sync lease lets one of them call per interval.
+        // A sync starts at the first tick after it is due, so ticks a fifth
+        // of the interval apart keep it at most that late. Settlements go
+        // out at the next tick too, their holds kept meanwhile.
+        let sync_period = config
+            .control_plane
+            .as_ref()
+            .map(|cp| (cp.sync_interval_ms / 5).max(20));
+        let settle_period = config.limiter.as_ref().map(|_| SETTLEMENT_TICK_MS);
+        let period = match (sync_period, settle_period) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        self.vm.borrow_mut().tick_ms = period.unwrap_or(0);
+        if let Some(period) = period {
+            if let Err(e) = hostcalls::set_tick_period(Duration::from_millis(period)) {
                 log(
                     LogLevel::Critical,
-                    &format!("maas-gateway: cannot start the key sync timer: {e:?}"),
+                    &format!("maas-gateway: cannot start the timer: {e:?}"),
                 );
                 return false;
             }
@@ -351,10 +430,21 @@ impl RootContext for GatewayRoot {
         let Some(config) = self.config() else {
             return;
         };
+        let now = now_ms();
+        self.flush_settlements(now);
+        let restore = {
+            let mut vm = self.vm.borrow_mut();
+            std::mem::take(&mut vm.nudged).then_some(vm.tick_ms)
+        };
+        if let Some(period) = restore {
+            let _ = hostcalls::set_tick_period(Duration::from_millis(period));
+        }
         let Some(cp) = &config.control_plane else {
+            if config.limiter.is_some() {
+                self.record_gauges(now);
+            }
             return;
         };
-        let now = now_ms();
         if self.sync_token.is_none() {
             self.start_sync(cp, now);
         }
@@ -362,7 +452,7 @@ impl RootContext for GatewayRoot {
         self.record_gauges(now);
     }
 
-    fn create_http_context(&self, context_id: u32) -> Option<Box<dyn HttpContext>> {
+    fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
         // Returning None would abort the VM (the SDK panics on it); a VM
         // without a valid configuration fails closed instead.
         self.vm.borrow_mut().refresh_policy();
@@ -377,7 +467,6 @@ impl RootContext for GatewayRoot {
             stream: Stream::new(config, policy),
             host: EnvoyHost {
                 vm: Rc::clone(&self.vm),
-                context_id,
             },
         }))
     }
@@ -485,8 +574,6 @@ impl HttpContext for GatewayHttp {
 
 struct EnvoyHost {
     vm: Rc<RefCell<VmState>>,
-    /// The context this host acts for (an HTTP stream, or the root).
-    context_id: u32,
 }
 
 impl EnvoyHost {
@@ -641,13 +728,45 @@ impl StreamHost for EnvoyHost {
         timeout_ms: u64,
         detached: bool,
     ) -> Option<u32> {
-        // Envoy cancels a context's calls when the context goes away; a
-        // settlement made as the stream ends must survive it, so it is made
-        // on the root context's behalf. (The SDK still routes its answer to
-        // this stream, which ignores a token it does not wait for.)
-        let root_id = self.vm.borrow().root_id;
-        if detached && hostcalls::set_effective_context(root_id).is_err() {
-            return None;
+        // Envoy cancels a context's calls when the context goes away, and the
+        // SDK routes a call's answer to the context that made it: a
+        // settlement, made as the stream ends, goes to the root context's
+        // outbox, which sends it and retries it until the limiter counts it.
+        if detached {
+            let call = Call {
+                method,
+                message: message.to_vec(),
+            };
+            let kept = {
+                let mut vm = self.vm.borrow_mut();
+                let kept = vm.outbox.push(cluster, call, timeout_ms, now_ms());
+                let nudge = kept.is_ok() && !vm.nudged;
+                vm.nudged |= nudge;
+                kept.map(|()| nudge)
+            };
+            return match kept {
+                Ok(nudge) => {
+                    // Called from a stream, this sets the root's period
+                    // (Envoy keeps one timer per root context): the root
+                    // sends the settlement about a millisecond from now,
+                    // then restores its period, so a hold outlives its
+                    // request by no more than that.
+                    if nudge {
+                        let _ = hostcalls::set_tick_period(Duration::from_millis(1));
+                    }
+                    Some(0)
+                }
+                Err(full) => {
+                    self.add_metric(
+                        Metric::LimiterCalls {
+                            result: "settle_dropped",
+                        },
+                        1,
+                    );
+                    self.warn_throttled("limiter-outbox", &format!("maas-gateway: {full}"));
+                    None
+                }
+            };
         }
         let grpc = method.grpc();
         let sent = hostcalls::dispatch_grpc_call(
@@ -658,9 +777,6 @@ impl StreamHost for EnvoyHost {
             Some(message),
             Duration::from_millis(timeout_ms),
         );
-        if detached {
-            let _ = hostcalls::set_effective_context(self.context_id);
-        }
         match sent {
             Ok(token) => Some(token),
             Err(e) => {

@@ -11,8 +11,12 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use maas_filter::config::Config;
 use maas_filter::global_limits::limitador_limits;
+use std::time::Duration;
+
+use maas_ratelimit_proto::{Code, RateLimitDescriptor, RateLimitRequest};
 use maas_testkit::{
-    Gateway, InferenceServer, LimiterLaunch, LimiterProcess, RedisProcess, Restartable,
+    eventually, Gateway, InferenceServer, LimiterLaunch, LimiterProcess, MockUpstream,
+    RedisProcess, Restartable,
 };
 use serde_json::{json, Value};
 
@@ -79,7 +83,7 @@ fn a_global_token_limit_holds_across_two_gateways_and_a_limiter_restart() {
         .collect();
 
     // Both gateways spend the one budget at the same time until each is
-    // refused a few times in a row.
+    // refused a few times in a row, 100 ms apart.
     let admitted_tokens = AtomicU64::new(0);
     let admitted: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = gateways
@@ -104,6 +108,11 @@ fn a_global_token_limit_holds_across_two_gateways_and_a_limiter_restart() {
                                 if refusals == 3 {
                                     break;
                                 }
+                                // A request that just ended may still hold
+                                // its worst case for a moment (its commit
+                                // goes out from the root context's next
+                                // tick): a refusal counts when it persists.
+                                std::thread::sleep(Duration::from_millis(100));
                             }
                             other => panic!("unexpected {other}: {}", r.text()),
                         }
@@ -178,4 +187,106 @@ fn a_limiter_cluster_missing_from_envoy_fails_closed_without_killing_the_filter(
     let failed = gateway.metric("maas_limiter_calls_total", &[("result", "failed")]);
     assert_eq!(failed, Some(3.0), "{}", gateway.prometheus());
     assert_eq!(upstream.requests().len(), 0, "nothing reached the model");
+}
+
+/// A request that ends while the limiter is down still has its usage
+/// counted globally: its settlement waits in the filter and is sent again
+/// until the restarted limiter takes it. Without that, the usage would be
+/// lost (its hold expiring) and later requests could pass the limit by it.
+#[test]
+fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
+    const LIMIT: u64 = 2_000;
+    let mut config = filter_config();
+    config["subscriptions"]["shared"]["limits"]["tokens"][0]["rate"] =
+        json!(format!("{LIMIT}/hour"));
+    // Holds expire fast, so what the limiter counts afterwards is only
+    // what was committed.
+    config["limiter"]["reservation_ttl_ms"] = json!(1_000);
+    let parsed = Config::from_json(config.to_string().as_bytes()).unwrap();
+    let dir = tempfile_dir().join("settle-outage");
+    std::fs::create_dir_all(&dir).unwrap();
+    let limits = dir.join("limits.yaml");
+    std::fs::write(
+        &limits,
+        limitador_limits("maas-e2e", parsed.subscriptions.iter().map(|s| &**s)),
+    )
+    .unwrap();
+    let redis = RedisProcess::start().unwrap();
+    let mut limiter =
+        LimiterProcess::launch(&LimiterLaunch::new(&limits).with_redis(&redis)).unwrap();
+    let upstream = MockUpstream::start();
+    let gateway = Gateway::builder()
+        .filter_config(config)
+        .model(MODEL, upstream.addr())
+        .limiter(limiter.addr())
+        .start();
+
+    // Admitted while the limiter is up; the model answers two seconds
+    // later, when the limiter is gone.
+    let answer = std::thread::scope(|scope| {
+        let request = scope.spawn(|| {
+            gateway.request(
+                "POST",
+                "/v1/chat/completions",
+                &[
+                    ("authorization", &format!("Bearer {KEY}")),
+                    ("content-type", "application/json"),
+                    ("x-mock-delay-ms", "2000"),
+                    ("x-mock-completion-tokens", "40"),
+                ],
+                Some(
+                    json!({"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+                        .to_string()
+                        .as_bytes(),
+                ),
+            )
+        });
+        eventually(Duration::from_secs(10), || {
+            match gateway.metric("maas_limiter_calls_total", &[("result", "ok")]) {
+                Some(n) if n >= 1.0 => Ok(()),
+                other => Err(format!("not admitted by the limiter yet: {other:?}")),
+            }
+        });
+        limiter.kill();
+        request.join().unwrap()
+    });
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let charged = gateway.await_access_log(1)[0]["total_tokens"]
+        .as_u64()
+        .unwrap();
+    assert!(charged > 40, "charged {charged}");
+    // The settlement failed at least once, and waits.
+    eventually(Duration::from_secs(10), || {
+        match gateway.metric("maas_limiter_calls_total", &[("result", "settle_retry")]) {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("no failed settlement yet: {other:?}")),
+        }
+    });
+    limiter.restart().unwrap();
+    eventually(Duration::from_secs(20), || {
+        match gateway.metric("maas_limiter_calls_total", &[("result", "settled")]) {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!(
+                "not settled yet: {other:?}\n{}",
+                gateway.prometheus()
+            )),
+        }
+    });
+
+    // The limiter now counts exactly what the gateway charged.
+    std::thread::sleep(Duration::from_millis(1_100));
+    let client = limiter.client();
+    let check = |hits: u64| {
+        let descriptor = RateLimitDescriptor::new([
+            ("subscription", "shared"),
+            ("key", "team-1"),
+            ("quantity", "tokens"),
+            ("model", MODEL),
+        ]);
+        let request = RateLimitRequest::new("maas-e2e", vec![descriptor], hits as u32);
+        client.check_rate_limit(&request).unwrap().overall_code()
+    };
+    assert_eq!(check(LIMIT - charged), Code::Ok);
+    assert_eq!(check(LIMIT - charged + 1), Code::OverLimit);
+    drop(redis);
 }

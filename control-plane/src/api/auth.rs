@@ -13,6 +13,13 @@ use super::error::ApiError;
 use super::AppState;
 use crate::oidc::{Identity, TokenVerifier};
 
+/// Who the administrator token acts as: in the namespace no OIDC subject may
+/// enter ([`maas_filter::keys::check_subject`]), so a token with `sub:
+/// "admin"` (or `"maas:admin"`) is never taken for the administrator, and
+/// never sees or revokes the keys it minted for itself. The gateway accepts
+/// it as a key's owner like any other.
+pub const ADMIN_SUBJECT: &str = "maas:admin";
+
 pub struct Authenticator {
     admin_token_sha256: Option<KeyDigest>,
     gateway_token_sha256: Option<KeyDigest>,
@@ -49,7 +56,7 @@ impl Authenticator {
     pub fn identify(&self, bearer: &str) -> Result<Identity, ApiError> {
         if matches(self.admin_token_sha256.as_ref(), bearer) {
             return Ok(Identity {
-                subject: "admin".into(),
+                subject: ADMIN_SUBJECT.into(),
                 groups: Vec::new(),
                 admin: true,
             });
@@ -107,5 +114,18 @@ impl FromRequestParts<std::sync::Arc<AppState>> for GatewayCaller {
         } else {
             Err(ApiError::Unauthenticated)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ADMIN_SUBJECT;
+    use maas_filter::keys::{check_subject, check_user_name, UserNameError};
+
+    #[test]
+    fn the_admin_identity_is_no_subject_a_token_can_claim() {
+        assert_eq!(check_subject(ADMIN_SUBJECT), Err(UserNameError::Reserved));
+        // Yet it is a valid owner for the gateway's `x-maas-user`.
+        assert_eq!(check_user_name(ADMIN_SUBJECT), Ok(()));
     }
 }

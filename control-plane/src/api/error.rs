@@ -21,6 +21,15 @@ pub enum ApiError {
     Invalid(String),
     #[error("{0}")]
     Conflict(String),
+    /// The owner holds the subscription's `max_keys_per_owner` live keys.
+    /// 409, not 429: waiting does not help (until a key expires), revoking
+    /// one does; not 403: the caller may use the subscription.
+    #[error("{owner:?} already holds {max} live keys in subscription {subscription:?}, its max_keys_per_owner; revoke one first")]
+    TooManyKeys {
+        owner: String,
+        subscription: String,
+        max: u64,
+    },
     #[error("the database failed; the change was not made")]
     Database(#[source] StoreError),
 }
@@ -41,6 +50,11 @@ impl ApiError {
                 "invalid_value",
             ),
             Self::Conflict(_) => (StatusCode::CONFLICT, "invalid_request_error", "conflict"),
+            Self::TooManyKeys { .. } => (
+                StatusCode::CONFLICT,
+                "invalid_request_error",
+                "too_many_keys",
+            ),
             Self::Database(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 "server_error",
@@ -63,6 +77,15 @@ impl From<StoreError> for ApiError {
                 Self::Invalid(format!("unknown subscription {name:?}"))
             }
             StoreError::Conflict(what) => Self::Conflict(what),
+            StoreError::TooManyKeys {
+                owner,
+                subscription,
+                max,
+            } => Self::TooManyKeys {
+                owner,
+                subscription,
+                max,
+            },
             StoreError::InUse { subscription, keys } => Self::Conflict(format!(
                 "subscription {subscription:?} still has {keys} keys; revoke them first"
             )),

@@ -2,8 +2,10 @@
 //! to the control plane):
 //!
 //! - `POST /maas-api/v1/api-keys`: mint a key for a subscription the caller's
-//!   groups allow (administrators: any); the plaintext is in this response
-//!   only.
+//!   groups allow (administrators: any), up to the subscription's
+//!   `max_keys_per_owner` live keys per owner; the plaintext is in this
+//!   response only. A subscription that does not exist and one the caller
+//!   may not use get the same 403, so callers cannot probe which exist.
 //! - `GET /maas-api/v1/api-keys`: the caller's keys (administrators: all, or
 //!   `?owner=`), never secrets.
 //! - `DELETE /maas-api/v1/api-keys/{id}`: revoke one of the caller's keys.
@@ -38,10 +40,11 @@ use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-pub use auth::{Authenticator, Caller, GatewayCaller};
+pub use auth::{Authenticator, Caller, GatewayCaller, ADMIN_SUBJECT};
 pub use error::ApiError;
 
 use crate::apikey;
+use crate::oidc::Identity;
 use crate::store::{KeyRow, Store, SubscriptionRow};
 use crate::subscription::SubscriptionSpec;
 use crate::time::{parse_duration_secs, unix_now};
@@ -151,7 +154,13 @@ async fn create_key(
         )));
     }
     let owner = match req.owner {
-        Some(o) if who.admin => o,
+        // The rule OIDC subjects follow: it becomes `x-maas-user` at the
+        // gateway, and may not pass for the administrator.
+        Some(o) if who.admin => {
+            maas_filter::keys::check_subject(&o)
+                .map_err(|e| ApiError::Invalid(format!("owner: {e}")))?;
+            o
+        }
         Some(_) => {
             return Err(ApiError::Forbidden(
                 "only administrators mint keys for others".into(),
@@ -159,19 +168,7 @@ async fn create_key(
         }
         None => who.subject.clone(),
     };
-    let sub = app
-        .store
-        .get_subscription(&req.subscription)
-        .await?
-        .ok_or_else(|| ApiError::Invalid(format!("unknown subscription {:?}", req.subscription)))?;
-    let spec: SubscriptionSpec = serde_json::from_value(sub.spec.clone())
-        .map_err(|e| ApiError::Database(crate::store::StoreError::Corrupt(e.to_string())))?;
-    if !who.admin && !spec.admits_any(&who.groups) {
-        return Err(ApiError::Forbidden(format!(
-            "your groups may not use subscription {:?}",
-            req.subscription
-        )));
-    }
+    let spec = usable_subscription(&app, &who, &req.subscription).await?;
     let created_at = unix_now();
     let expires_at = match &req.expires_in {
         Some(v) => Some(created_at + parse_lifetime(v)?),
@@ -191,10 +188,39 @@ async fn create_key(
         revoked_at: None,
         version: 0,
     };
-    app.store.insert_key(&row, &who.subject).await?;
+    app.store
+        .insert_key_within(&row, &who.subject, spec.max_keys_per_owner())
+        .await?;
     let mut body = key_json(&row, created_at);
     body["key"] = json!(minted.plaintext);
     Ok((StatusCode::CREATED, Json(body)).into_response())
+}
+
+/// The subscription `name`, if `who` may mint keys for it. To anyone but
+/// an administrator, one that does not exist reads exactly like one their
+/// groups do not allow: the same status and body.
+async fn usable_subscription(
+    app: &AppState,
+    who: &Identity,
+    name: &str,
+) -> Result<SubscriptionSpec, ApiError> {
+    let row = app.store.get_subscription(name).await?;
+    let spec = match row {
+        Some(row) => Some(
+            serde_json::from_value::<SubscriptionSpec>(row.spec).map_err(|e| {
+                ApiError::Database(crate::store::StoreError::Corrupt(e.to_string()))
+            })?,
+        ),
+        None => None,
+    };
+    match spec {
+        Some(spec) if who.admin || spec.admits_any(&who.groups) => Ok(spec),
+        None if who.admin => Err(ApiError::Invalid(format!("unknown subscription {name:?}"))),
+        // Not even the name asked for: the body is byte for byte the same.
+        _ => Err(ApiError::Forbidden(
+            "subscription: none by that name that your groups may use".into(),
+        )),
+    }
 }
 
 #[derive(Deserialize)]

@@ -14,10 +14,24 @@ pub enum StoreError {
     #[error("already exists: {0:?}")]
     Conflict(String),
 
+    /// The owner already holds the most live keys the subscription allows.
+    #[error("{owner:?} already holds {max} live keys in subscription {subscription:?}")]
+    TooManyKeys {
+        owner: String,
+        subscription: String,
+        max: u64,
+    },
+
     /// The subscription cannot be deleted while keys (revoked ones included)
     /// still reference it.
     #[error("subscription {subscription:?} is still referenced by {keys} key(s)")]
     InUse { subscription: String, keys: usize },
+
+    /// The database could not be opened. `url` is redacted
+    /// ([`super::redacted_url`]); the driver's message never holds the
+    /// password.
+    #[error("cannot open the database {url}: {error}")]
+    Connect { url: String, error: sqlx::Error },
 
     #[error("database error")]
     Database(#[source] sqlx::Error),

@@ -1,5 +1,10 @@
 //! API keys: create, read, list by owner, revoke. Keys are never deleted, so
 //! a revocation reaches the filter through incremental sync like any change.
+//!
+//! Invariant: with a cap ([`Store::insert_key_within`]) an owner never holds
+//! more live keys (neither revoked nor expired) in a subscription than the
+//! cap, however many mints race: the count is taken inside the writing
+//! transaction, after the version bump that serialises writers.
 
 use serde_json::json;
 use sqlx::error::ErrorKind;
@@ -11,6 +16,27 @@ use super::{version, Store, StoreError};
 impl Store {
     /// Stores a new key and returns its version. `k.version` is ignored.
     pub async fn insert_key(&self, k: &KeyRow, actor: &str) -> Result<u64, StoreError> {
+        self.insert(k, actor, None).await
+    }
+
+    /// [`Store::insert_key`], refused with [`StoreError::TooManyKeys`] when
+    /// `k.owner` already holds `max_live` keys in `k.subscription` that are
+    /// neither revoked nor expired at `k.created_at`.
+    pub async fn insert_key_within(
+        &self,
+        k: &KeyRow,
+        actor: &str,
+        max_live: u64,
+    ) -> Result<u64, StoreError> {
+        self.insert(k, actor, Some(max_live)).await
+    }
+
+    async fn insert(
+        &self,
+        k: &KeyRow,
+        actor: &str,
+        max_live: Option<u64>,
+    ) -> Result<u64, StoreError> {
         let labels = to_json("key labels", &k.labels)?;
         let mut tx = self.pool.begin().await?;
         let version = version::next(&mut tx).await?;
@@ -35,6 +61,31 @@ impl Store {
             .is_some();
         if id_taken {
             return Err(StoreError::Conflict(k.id.clone()));
+        }
+
+        if let Some(max) = max_live {
+            // Race-free: every writer bumped the counter first and holds its
+            // lock (the row lock on PostgreSQL, the write lock on SQLite)
+            // until commit, so no other mint can commit between this count
+            // and the insert.
+            let live: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM api_keys \
+                 WHERE owner = $1 AND subscription = $2 AND revoked_at IS NULL \
+                 AND (expires_at IS NULL OR expires_at > $3)",
+            )
+            .bind(k.owner.as_str())
+            .bind(k.subscription.as_str())
+            .bind(k.created_at)
+            .fetch_one(&mut *tx)
+            .await?;
+            if u64::try_from(live).unwrap_or(0) >= max {
+                // Dropping `tx` rolls the version bump back.
+                return Err(StoreError::TooManyKeys {
+                    owner: k.owner.clone(),
+                    subscription: k.subscription.clone(),
+                    max,
+                });
+            }
         }
 
         let inserted = sqlx::query(

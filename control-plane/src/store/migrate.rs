@@ -23,12 +23,24 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "store_identity",
         include_str!("../../migrations/0003_store_identity.sql"),
     ),
+    (
+        4,
+        "admin_identity",
+        include_str!("../../migrations/0004_admin_identity.sql"),
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {
+    migrator_through(i64::MAX)
+}
+
+/// The migrations up to version `last`: tests build a database as an older
+/// release left it, then open it with [`migrator`].
+pub(super) fn migrator_through(last: i64) -> Migrator {
     Migrator::with_migrations(
         MIGRATIONS
             .iter()
+            .filter(|(version, _, _)| *version <= last)
             .map(|&(version, description, sql)| {
                 Migration::new(
                     version,

@@ -16,6 +16,7 @@
 //!   while any key references it.
 
 mod audit;
+mod database_url;
 mod error;
 mod keys;
 mod migrate;
@@ -31,6 +32,7 @@ mod tests;
 use sqlx::any::AnyPoolOptions;
 use sqlx::AnyPool;
 
+pub use database_url::redacted as redacted_url;
 pub use error::StoreError;
 pub use rows::{AuditRow, Changes, KeyRow, SubscriptionRow};
 pub use usage::UsageRow;
@@ -44,12 +46,30 @@ pub struct Store {
 
 impl Store {
     /// Opens `url` (`sqlite://path?mode=rwc` or `postgres://…`) and applies
-    /// pending migrations.
+    /// pending migrations. An error names the URL without its password.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        Self::open(url, migrate::migrator()).await
+    }
+
+    /// A store whose schema stops at migration `last`: a database as an
+    /// older release left it, for testing the migrations after it.
+    #[cfg(test)]
+    pub(crate) async fn connect_through(url: &str, last: i64) -> Result<Self, StoreError> {
+        Self::open(url, migrate::migrator_through(last)).await
+    }
+
+    async fn open(url: &str, migrator: sqlx::migrate::Migrator) -> Result<Self, StoreError> {
         // Idempotent; must run before the first `Any` connection.
         sqlx::any::install_default_drivers();
-        let pool = AnyPoolOptions::new().connect(url).await?;
-        migrate::migrator().run(&pool).await?;
+        let pool =
+            AnyPoolOptions::new()
+                .connect(url)
+                .await
+                .map_err(|error| StoreError::Connect {
+                    url: redacted_url(url),
+                    error,
+                })?;
+        migrator.run(&pool).await?;
         let identity = identity(&pool).await?;
         Ok(Store { pool, identity })
     }

@@ -1,5 +1,6 @@
 //! The whole product on loopback: the real control plane (SQLite, or a
-//! fresh PostgreSQL database when `MAAS_TEST_POSTGRES_URL` is set), the real
+//! fresh PostgreSQL database on the server `MAAS_TEST_POSTGRES_URL` names,
+//! which the PostgreSQL scenarios require; `make test` starts one), the real
 //! inference server with SmolLM2, and Envoy with the filter syncing keys from
 //! the control plane and verifying OIDC tokens from the test issuer.
 
@@ -50,14 +51,19 @@ fn unique(prefix: &str) -> String {
 }
 
 impl Stack {
-    /// `None` for PostgreSQL when no server is configured (the caller
-    /// skips). `sampled`: the control plane samples the gateway's usage
-    /// counters every second.
-    pub fn start(backend: Backend, sampled: bool) -> Option<Stack> {
+    /// Fails the test, saying how to get one, when PostgreSQL is wanted and
+    /// no server is configured. `sampled`: the control plane samples the
+    /// gateway's usage counters every second.
+    pub fn start(backend: Backend, sampled: bool) -> Stack {
         let postgres = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
-                let base = std::env::var(POSTGRES_URL_VAR).ok()?;
+                let base = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+                    panic!(
+                        "{POSTGRES_URL_VAR} is not set: the PostgreSQL scenarios need a server. \
+                         `make test` starts one; by hand: export {POSTGRES_URL_VAR}=$(./scripts/postgres.sh start)"
+                    )
+                });
                 let (root, _) = base.rsplit_once('/').expect("a database URL");
                 let url = format!("{root}/{}", unique("maas_e2e"));
                 sqlx::any::install_default_drivers();
@@ -145,7 +151,7 @@ impl Stack {
                 other => Err(format!("subscriptions in force: {other:?}")),
             }
         });
-        Some(stack)
+        stack
     }
 
     /// The control plane's API, through the gateway's `/maas-api` route.

@@ -113,11 +113,39 @@ impl ControlPlane {
     }
 
     pub fn subscription(&self, spec: Value) -> Response {
+        self.subscription_as(ADMIN, spec)
+    }
+
+    /// `POST /api-keys` with `bearer`'s rights.
+    pub fn mint(&self, bearer: &str, body: Value) -> Response {
+        self.call("POST", "/maas-api/v1/api-keys", Some(bearer), Some(&body))
+    }
+
+    /// Every key, as the administrator lists them.
+    pub fn all_keys(&self) -> Vec<Value> {
+        let listed = self
+            .call("GET", "/maas-api/v1/api-keys", Some(ADMIN), None)
+            .json();
+        listed["data"].as_array().cloned().unwrap_or_default()
+    }
+
+    /// `DELETE /api-keys/{id}` with `bearer`'s rights.
+    pub fn revoke(&self, id: &str, bearer: &str) -> Response {
+        self.call(
+            "DELETE",
+            &format!("/maas-api/v1/api-keys/{id}"),
+            Some(bearer),
+            None,
+        )
+    }
+
+    /// `PUT` a subscription with `bearer`'s rights.
+    pub fn subscription_as(&self, bearer: &str, spec: Value) -> Response {
         let name = spec["name"].as_str().unwrap().to_string();
         self.call(
             "PUT",
             &format!("/maas-api/v1/subscriptions/{name}"),
-            Some(ADMIN),
+            Some(bearer),
             Some(&spec),
         )
     }

@@ -638,7 +638,8 @@ fn disconnect_before_the_response_charges_an_estimate_once() {
     s.on_response_body(&h.host, chunk.len(), false);
     // The client goes away: Envoy calls on_log without an end of stream.
     s.on_log(&h.host);
-    let expected = (body.len() as u64).div_ceil(4) + 3;
+    // The prompt's reserved bound (one byte a token), three events of one byte.
+    let expected = body.len() as u64 + 3;
     assert_eq!(h.used(TOK), expected);
     let a = h.audit();
     assert_eq!(a["usage"], "estimated");
@@ -673,14 +674,74 @@ fn streamed_usage_is_read_and_stripped_when_not_asked_for() {
     assert_eq!(h.audit()["usage"], "reported");
 }
 
+/// An error status comes before any output (Envoy's own 503 when the model
+/// is down, the server refusing while it loads): no tokens are charged, the
+/// request still counts, and nothing stays reserved.
 #[test]
-fn upstream_errors_charge_an_estimate() {
+fn upstream_errors_charge_no_tokens() {
     let h = Harness::new();
     let body = r#"{"model":"m1","max_tokens":50}"#;
-    let mut s = h.chat(body);
-    h.respond_json(&mut s, 503, r#"{"error":{"message":"down"}}"#);
-    assert_eq!(h.used(TOK), (body.len() as u64).div_ceil(4));
-    assert_eq!(h.audit()["outcome"], "upstream_error");
+    for status in [502, 503, 400] {
+        let mut s = h.chat(body);
+        h.respond_json(&mut s, status, r#"{"error":{"message":"down"}}"#);
+        assert_eq!(h.used(TOK), 0, "{status}");
+        let a = h.audit();
+        assert_eq!(a["outcome"], "upstream_error", "{status}");
+        assert_eq!(a["usage"], "none", "{status}");
+        assert_eq!(a["total_tokens"], 0, "{status}");
+    }
+}
+
+/// A prompt that tokenises badly, cut after one event of digits: the
+/// estimate charges the prompt's reserved bound and every digit, not a
+/// quarter of the body and one token per event.
+#[test]
+fn a_cut_stream_pays_its_prompt_bound_and_its_text() {
+    let h = Harness::new();
+    // Within the harness's 1000-token limit.
+    let digits = "0123456789".repeat(80);
+    let body = format!(
+        r#"{{"model":"m1","max_tokens":50,"stream":true,"messages":[{{"role":"user","content":"{digits}"}}]}}"#
+    );
+    let mut s = h.chat(&body);
+    *h.host.response_headers.borrow_mut() = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+    ];
+    s.on_response_headers(&h.host, false);
+    let chunk = "data: {\"choices\":[{\"delta\":{\"content\":\"0123456789\"}}]}\n\n";
+    *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
+    s.on_response_body(&h.host, chunk.len(), false);
+    s.on_log(&h.host);
+    assert_eq!(h.used(TOK), body.len() as u64 + 10);
+    let a = h.audit();
+    assert_eq!(a["prompt_tokens"], body.len() as u64);
+    assert_eq!(a["completion_tokens"], 10);
+    assert!(a["total_tokens"].as_u64() <= a["reserved_tokens"].as_u64());
+}
+
+/// A plain JSON response cut before its end: its bytes so far count as its
+/// text, within the completion's reservation.
+#[test]
+fn a_cut_json_response_pays_for_what_arrived_up_to_its_reservation() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":50}"#;
+    for (sent, completion) in [(20usize, 20u64), (400, 50)] {
+        let mut s = h.chat(body);
+        *h.host.response_headers.borrow_mut() = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "application/json".into()),
+        ];
+        s.on_response_headers(&h.host, false);
+        let partial = "x".repeat(sent);
+        *h.host.response_chunk.borrow_mut() = partial.as_bytes().to_vec();
+        s.on_response_body(&h.host, sent, false);
+        s.on_log(&h.host);
+        let a = h.audit();
+        assert_eq!(a["usage"], "estimated");
+        assert_eq!(a["completion_tokens"], completion, "{sent} bytes");
+        assert_eq!(a["prompt_tokens"], body.len() as u64);
+    }
 }
 
 #[test]

@@ -143,7 +143,7 @@ fn stream_usage_is_read_and_hidden_unless_asked_for() {
 }
 
 #[test]
-fn cut_streams_and_errors_are_charged_an_estimate() {
+fn cut_streams_are_charged_their_prompt_bound_and_text() {
     let s = Stack::start(base_config());
     let body = streamed("m1", None);
     let body_len = body.to_string().len() as u64;
@@ -156,20 +156,63 @@ fn cut_streams_and_errors_are_charged_an_estimate() {
         ],
     );
     assert!(r.body_error.is_some() || r.sse_data().last().map(String::as_str) != Some("[DONE]"));
-    let err = s.chat(FREE_KEY, &chat_body("m1", 10), &[("x-mock-status", "502")]);
-    assert_eq!(err.status, 502);
 
-    let log = audit_for(&s, 2);
-    let cut = log.iter().find(|a| a["stream"] == true).unwrap();
+    let log = audit_for(&s, 1);
+    let cut = &log[0];
     assert_eq!(cut["usage"], "estimated");
-    assert_eq!(cut["completion_tokens"], 3, "one token per streamed chunk");
-    assert_eq!(cut["prompt_tokens"], body_len.div_ceil(4));
-    let failed = log.iter().find(|a| a["status"] == 502).unwrap();
-    assert_eq!(failed["usage"], "estimated");
-    assert_eq!(failed["outcome"], "upstream_error");
+    // Three content events of "tok " each: their text's bytes (one token
+    // per byte, `prompt_bytes_per_token`'s default) outweigh one per event,
+    // up to the completion's reservation (`max_tokens` 10).
+    let text = maas_testkit::mock_upstream::TOKEN_TEXT.len() as u64;
+    assert_eq!(cut["completion_tokens"], (3 * text).min(10));
+    // The prompt is charged the bound it was reserved with.
+    assert_eq!(cut["prompt_tokens"], body_len);
     assert_eq!(
         s.metric("maas_estimated_usage_total", &[("subscription", "free")]),
-        2.0
+        1.0
+    );
+}
+
+/// An error status comes before any output: the upstream's own (a 502
+/// here), or Envoy's when no model answers at all. Neither computed a
+/// prompt, so neither is charged tokens; both count as requests.
+#[test]
+fn errors_before_any_output_charge_no_tokens() {
+    let s = Stack::start(base_config());
+    let err = s.chat(FREE_KEY, &chat_body("m1", 10), &[("x-mock-status", "502")]);
+    assert_eq!(err.status, 502);
+    // m2's cluster points at a port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = closed.local_addr().unwrap();
+    drop(closed);
+    let gateway = maas_testkit::Gateway::builder()
+        .filter_config(base_config())
+        .model("m1", dead)
+        .model("m2", dead)
+        .start();
+    let down = gateway.post_json(
+        "/v1/chat/completions",
+        &[("authorization", &format!("Bearer {FREE_KEY}"))],
+        &chat_body("m1", 10),
+    );
+    assert_eq!(down.status, 503, "{}", down.text());
+
+    for record in [
+        audit_for(&s, 1).remove(0),
+        gateway.await_access_log(1).remove(0),
+    ] {
+        assert_eq!(record["outcome"], "upstream_error", "{record}");
+        assert_eq!(record["usage"], "none", "{record}");
+        assert_eq!(record["total_tokens"], 0, "{record}");
+    }
+    let labels = [("subscription", "free"), ("model", "m1")];
+    assert_eq!(s.metric("maas_total_tokens_total", &labels), 0.0);
+    assert_eq!(
+        s.metric(
+            "maas_requests_total",
+            &[("subscription", "free"), ("outcome", "upstream_error")]
+        ),
+        1.0
     );
 }
 

@@ -1,6 +1,7 @@
-//! Stores to run the suite against: a fresh SQLite file always, and a fresh
-//! PostgreSQL database per test when `MAAS_TEST_POSTGRES_URL` is set (e.g.
-//! `postgres://postgres@127.0.0.1:5432/postgres`), so tests never share state.
+//! Stores to run the suite against: a fresh SQLite file, and a fresh
+//! PostgreSQL database per test on the server `MAAS_TEST_POSTGRES_URL` names
+//! (e.g. `postgres://postgres@127.0.0.1:5432/postgres`; `make test` starts
+//! one), so tests never share state.
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -26,9 +27,17 @@ enum Cleanup {
 
 impl TestStore {
     pub async fn sqlite() -> TestStore {
+        Self::sqlite_through(i64::MAX).await
+    }
+
+    /// A fresh SQLite store whose schema stops at migration `last`, as an
+    /// older release left it.
+    pub async fn sqlite_through(last: i64) -> TestStore {
         let file = TempFile(std::env::temp_dir().join(format!("{}.sqlite", unique_name())));
         let url = format!("sqlite://{}?mode=rwc", file.0.display());
-        let store = Store::connect(&url).await.expect("open sqlite store");
+        let store = Store::connect_through(&url, last)
+            .await
+            .expect("open sqlite store");
         TestStore {
             store,
             url,
@@ -36,21 +45,28 @@ impl TestStore {
         }
     }
 
-    /// `None` when no server is configured: the Postgres half of the suite
-    /// then passes without running, as CI without a database expects.
-    pub async fn postgres() -> Option<TestStore> {
-        let base = std::env::var(POSTGRES_URL_VAR).ok()?;
+    /// A fresh database on the configured server; fails the test, saying
+    /// how to get one, when none is configured.
+    pub async fn postgres() -> TestStore {
+        Self::postgres_through(i64::MAX).await
+    }
+
+    /// [`TestStore::postgres`] with the schema up to migration `last`.
+    pub async fn postgres_through(last: i64) -> TestStore {
+        let base = postgres_url();
         let url = with_database(&base, &unique_name());
         sqlx::any::install_default_drivers();
         Any::create_database(&url)
             .await
             .expect("create test database");
-        let store = Store::connect(&url).await.expect("open postgres store");
-        Some(TestStore {
+        let store = Store::connect_through(&url, last)
+            .await
+            .expect("open postgres store");
+        TestStore {
             store,
             url,
             cleanup: Cleanup::Postgres,
-        })
+        }
     }
 
     /// Drops the database. Not run when a test fails, which leaves the
@@ -120,4 +136,14 @@ fn with_database_replaces_only_the_path() {
     for (base, want) in cases {
         assert_eq!(with_database(base, "t"), want, "{base}");
     }
+}
+
+/// The server the PostgreSQL half of the suite runs on: required.
+pub fn postgres_url() -> String {
+    std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
+        panic!(
+            "{POSTGRES_URL_VAR} is not set: this test needs a PostgreSQL server. `make test` starts one; \
+             by hand: export {POSTGRES_URL_VAR}=$(./scripts/postgres.sh start)"
+        )
+    })
 }

@@ -565,3 +565,115 @@ pub async fn changes_are_paged_without_loss(store: &Store) {
     assert!(caught_up.keys.is_empty() && !caught_up.more);
     assert_eq!(caught_up.version, since);
 }
+
+pub async fn key_cap_counts_live_keys_of_one_owner_in_one_subscription(store: &Store) {
+    for name in ["gold", "silver"] {
+        store
+            .put_subscription(&subscription(name, 1), "admin")
+            .await
+            .unwrap();
+    }
+    let mint = |id: &str, owner: &str, sub: &str, at: i64| {
+        let k = key(id, owner, sub, at);
+        async move { store.insert_key_within(&k, "test", 2).await }
+    };
+    mint("a1", "alice", "gold", 100).await.unwrap();
+    mint("a2", "alice", "gold", 100).await.unwrap();
+    let before = store.changes_since(0).await.unwrap().version;
+    let err = mint("a3", "alice", "gold", 100).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::TooManyKeys { owner, subscription, max: 2 }
+            if owner == "alice" && subscription == "gold"),
+        "{err:?}"
+    );
+    // Refused: nothing written, no version spent.
+    assert_eq!(store.get_key("a3").await.unwrap(), None);
+    assert_eq!(store.changes_since(0).await.unwrap().version, before);
+    // Other owners and other subscriptions have their own count.
+    mint("b1", "bob", "gold", 100).await.unwrap();
+    mint("a4", "alice", "silver", 100).await.unwrap();
+    // A revoked key no longer counts, nor does an expired one (`key`
+    // expires an hour after it was made).
+    store.revoke_key("a1", 200, "alice").await.unwrap();
+    mint("a5", "alice", "gold", 200).await.unwrap();
+    assert!(mint("a6", "alice", "gold", 200).await.is_err());
+    mint("a7", "alice", "gold", 100 + 3600).await.unwrap();
+    // The uncapped insert (administration, benches) is unchanged.
+    store
+        .insert_key(&key("a8", "alice", "gold", 100), "admin")
+        .await
+        .unwrap();
+}
+
+pub async fn concurrent_mints_never_exceed_the_cap(store: &Store) {
+    const CAP: u64 = 3;
+    const MINTS: usize = 12;
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..MINTS {
+        let store = store.clone();
+        tasks.spawn(async move {
+            let k = key(&format!("k{i}"), "alice", "gold", 10);
+            store.insert_key_within(&k, "alice", CAP).await
+        });
+    }
+    let (mut minted, mut refused) = (0, 0);
+    while let Some(result) = tasks.join_next().await {
+        match result.unwrap() {
+            Ok(_) => minted += 1,
+            Err(StoreError::TooManyKeys { .. }) => refused += 1,
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    assert_eq!((minted, refused), (CAP as usize, MINTS - CAP as usize));
+    assert_eq!(
+        store.list_keys(Some("alice")).await.unwrap().len(),
+        CAP as usize
+    );
+}
+
+/// `store` is at migration 3, when the administrator token acted as
+/// "admin"; `url` opens it with every migration.
+pub async fn keys_of_the_old_admin_identity_move_to_the_new_one(store: &Store, url: &str) {
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    for (id, owner) in [("a1", "admin"), ("b1", "bob"), ("a2", "admin")] {
+        store
+            .insert_key(&key(id, owner, "gold", 1), "admin")
+            .await
+            .unwrap();
+    }
+    let before = store.changes_since(0).await.unwrap().version;
+
+    let migrated = Store::connect(url).await.unwrap();
+    for id in ["a1", "a2"] {
+        let k = migrated.get_key(id).await.unwrap().unwrap();
+        assert_eq!(k.owner, crate::api::ADMIN_SUBJECT, "{id}");
+    }
+    assert_eq!(migrated.get_key("b1").await.unwrap().unwrap().owner, "bob");
+    assert!(migrated.list_keys(Some("admin")).await.unwrap().is_empty());
+    // Gateways learn the new owners through sync: one new version each.
+    let changes = migrated.changes_since(before).await.unwrap();
+    assert_eq!(changes.version, before + 2);
+    let versions: Vec<(String, u64)> = changes
+        .keys
+        .iter()
+        .map(|k| (k.id.clone(), k.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [("a1".into(), before + 1), ("a2".into(), before + 2)]
+    );
+    // And the counter goes on from there.
+    let next = migrated
+        .insert_key(&key("c1", "carol", "gold", 2), "carol")
+        .await
+        .unwrap();
+    assert_eq!(next, before + 3);
+    migrated.close().await;
+}

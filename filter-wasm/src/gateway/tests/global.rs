@@ -390,3 +390,24 @@ fn a_reservation_granted_without_a_limit_behind_it_is_let_through_and_flagged() 
     h.respond_json(&mut s, 200, USAGE);
     assert_eq!(h.calls().len(), 1, "nothing to commit");
 }
+
+#[test]
+fn per_owner_key_limits_reach_the_limiter_as_the_owner() {
+    // The descriptor's `key` is what the limiter's `key_limits` count by.
+    for (per, key) in [("key", "alice-1"), ("owner", "user:alice")] {
+        let mut v = config_json();
+        v["limiter"] = serde_json::json!({"cluster": "limitador"});
+        v["subscriptions"]["free"]["key_limits"] =
+            serde_json::json!({"tokens": [{"rate": "5000/hour", "mode": "global"}]});
+        v["subscriptions"]["free"]["key_limits_per"] = serde_json::json!(per);
+        let h = Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap());
+        h.chat(BODY);
+        let calls = h.calls();
+        let reserve = ReserveRequest::decode(&calls[0].message[..]).unwrap();
+        assert_eq!(
+            entries(&reserve.descriptors[0])[1],
+            ("key".into(), key.into()),
+            "{per}"
+        );
+    }
+}

@@ -262,3 +262,59 @@ fn a_lookup_answer_older_than_the_stored_record_does_not_admit() {
     s.on_key_lookup(&h.host, Some(200), stale.to_string().as_bytes());
     assert_eq!(h.replied().unwrap().0, 401);
 }
+
+/// A second key of erin's, in the same subscription.
+const ID2: &str = "bcdefgh23456";
+
+fn second_key_json() -> serde_json::Value {
+    let mut k = key_json(false, 3);
+    k["id"] = serde_json::json!(ID2);
+    k["sha256"] = serde_json::json!(salted_digest(&SALT, ID2, SECRET).to_hex());
+    k
+}
+
+#[test]
+fn key_limits_count_each_key_or_each_owners_keys_together() {
+    // team-a's key_limits allow 2 requests a minute. Erin sends two on her
+    // first key and one on her second.
+    for (per, second_key_status) in [("key", None), ("owner", Some(429))] {
+        let h = harness();
+        let mut sub = team_a();
+        sub["key_limits_per"] = serde_json::json!(per);
+        h.sync(
+            serde_json::json!({"version": 3, "full": true, "subscriptions": [sub],
+            "keys": [key_json(false, 2), second_key_json()]}),
+        );
+        h.managed_chat(CHAT);
+        h.managed_chat(CHAT);
+        assert!(h.replied().is_none(), "{per}: {:?}", h.replied());
+        let second = format!("sk-maas-{ID2}-{SECRET}");
+        h.request(
+            "POST",
+            "/v1/chat/completions",
+            &[("authorization", &format!("Bearer {second}"))],
+            CHAT,
+        );
+        let replied = h.replied();
+        assert_eq!(replied.as_ref().map(|r| r.0), second_key_status, "{per}");
+        if let Some((_, _, body)) = replied {
+            // The owner's budget, named as hers.
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.contains("user erin"), "{message}");
+        }
+    }
+}
+
+#[test]
+fn a_key_whose_owner_could_not_be_a_header_is_refused() {
+    // Stored before the control plane validated owners: refused, never
+    // sent upstream as `x-maas-user`.
+    let h = harness();
+    let mut key = key_json(false, 2);
+    key["owner"] = serde_json::json!("erin\r\nx-maas-subscription: gold");
+    h.sync(serde_json::json!({"version": 3, "full": true,
+        "subscriptions": [team_a()], "keys": [key]}));
+    h.managed_chat(CHAT);
+    assert_eq!(h.replied().unwrap().0, 401);
+    assert_eq!(h.host.request_header("x-maas-user"), None);
+}

@@ -4,11 +4,18 @@
 use super::*;
 
 fn harness() -> Harness {
+    harness_with(|_| {})
+}
+
+/// `free` is for students and allows each holder 1 request a minute;
+/// `change` adjusts the configuration further.
+fn harness_with(change: impl FnOnce(&mut serde_json::Value)) -> Harness {
     let mut v = config_json();
     v["oidc"] = serde_json::json!({});
     v["subscriptions"]["free"]["groups"] = serde_json::json!(["students"]);
     v["subscriptions"]["metered"]["groups"] = serde_json::json!(["ml-team", "students"]);
     v["subscriptions"]["free"]["key_limits"] = serde_json::json!({"requests": ["1/min"]});
+    change(&mut v);
     Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap())
 }
 
@@ -127,4 +134,34 @@ fn claims_are_ignored_when_oidc_is_not_configured() {
     verified(&h, "alice", &["students"]);
     token_chat(&h);
     assert_eq!(h.replied().unwrap().0, 401);
+}
+
+#[test]
+fn per_owner_key_limits_are_shared_by_the_owners_keys_and_token() {
+    // alice has key alice-1 (in `free`) and a token.
+    for (per, key_status) in [("key", None), ("owner", Some(429))] {
+        let h = harness_with(|v| {
+            v["subscriptions"]["free"]["key_limits_per"] = serde_json::json!(per);
+        });
+        verified(&h, "alice", &["students"]);
+        token_chat(&h);
+        assert!(h.replied().is_none(), "{per}: {:?}", h.replied());
+        h.host.claims.borrow_mut().clear();
+        h.chat(CHAT);
+        assert_eq!(h.replied().map(|r| r.0), key_status, "{per}");
+    }
+}
+
+#[test]
+fn a_subject_in_the_control_planes_namespace_is_nobody() {
+    // `maas:admin` is the control plane's administrator; a token claiming
+    // it gets no identity (and so no key's budget or header): its bearer
+    // token is then just an invalid key.
+    let h = harness();
+    verified(&h, "maas:admin", &["students"]);
+    token_chat(&h);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 401);
+    assert_eq!(body["error"]["code"], "invalid_api_key");
+    assert_eq!(h.host.request_header("x-maas-user"), None);
 }

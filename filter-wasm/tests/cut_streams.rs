@@ -1,0 +1,124 @@
+//! A cut stream is charged at least what the model did, on the real stack:
+//! Envoy with the release filter in front of the real inference server.
+//!
+//! The attack this closes: a prompt built to tokenise badly (digits, one
+//! token each in SmolLM2) sent as a stream and cut after the first event,
+//! so no usage ever arrives. The gateway then charges an estimate, and the
+//! estimate must not fall below the prompt tokens the server computed
+//! (its own `inference_prompt_tokens_total`), nor above the reservation.
+
+// Test code may unwrap: a failure there is a test failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use maas_testkit::{get, prometheus, Gateway, InferenceServer};
+use serde_json::{json, Value};
+
+const MODEL: &str = "smollm2-135m-instruct";
+const KEY: &str = "sk-cut-stream-key";
+const MAX_TOKENS: u64 = 64;
+
+fn server_prompt_tokens(server: &InferenceServer) -> f64 {
+    let text = get(&server.url("/metrics")).text();
+    prometheus::metric(&text, "inference_prompt_tokens_total", &[]).unwrap_or(0.0)
+}
+
+/// Some `data:` event carries non-empty `delta.content`.
+fn has_generated_text(stream: &str) -> bool {
+    stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .any(|event| {
+            event["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|text| !text.is_empty())
+        })
+}
+
+#[test]
+fn a_cut_stream_is_charged_at_least_the_prompt_the_server_computed() {
+    let server = InferenceServer::start(&[]);
+    let gateway = Gateway::builder()
+        .filter_config(json!({
+            "models": [MODEL],
+            "subscriptions": {
+                "team": {"models": [MODEL], "limits": {"tokens": ["10000000/day"]}}
+            },
+            "keys": [{
+                "id": "team-1", "owner": "team", "subscription": "team",
+                "sha256": maas_filter::keys::KeyDigest::of(KEY).to_hex()
+            }]
+        }))
+        .model(MODEL, server.addr())
+        .start();
+
+    // About 1,200 prompt tokens in about 1.3 KB: a bytes/4 estimate would
+    // charge a quarter of them.
+    let digits: String = "0123456789".repeat(120);
+    let body = json!({
+        "model": MODEL,
+        "stream": true,
+        "max_tokens": MAX_TOKENS,
+        "messages": [{"role": "user", "content": format!("Repeat: {digits}")}]
+    })
+    .to_string();
+    let before = server_prompt_tokens(&server);
+
+    let mut conn = TcpStream::connect(gateway.addr()).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    // Read until the first generated text (the role event comes before
+    // the prefill ends), then hang up: the whole prompt was computed.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !has_generated_text(&String::from_utf8_lossy(&seen)) {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended before any content:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    let head = String::from_utf8_lossy(&seen);
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    drop(conn);
+
+    let record = gateway.await_access_log(1).remove(0);
+    assert_eq!(record["usage"], "estimated", "{record}");
+    assert_eq!(record["outcome"], "incomplete", "{record}");
+    // The server counts prompt tokens when a prefill step ends, before the
+    // token it samples is sent: all of them are counted by now.
+    let computed = (server_prompt_tokens(&server) - before) as u64;
+    assert!(
+        computed >= digits.len() as u64,
+        "one token per digit was the premise; the server counted {computed}"
+    );
+    let prompt = record["prompt_tokens"].as_u64().unwrap();
+    let total = record["total_tokens"].as_u64().unwrap();
+    assert!(
+        prompt >= computed,
+        "charged {prompt} prompt tokens for {computed} the server computed: {record}"
+    );
+    assert!(
+        total > prompt,
+        "the first event's text is charged too: {record}"
+    );
+    // Never past what was reserved for it.
+    assert!(
+        total <= body.len() as u64 + MAX_TOKENS,
+        "charged {total}, reserved {}",
+        body.len() as u64 + MAX_TOKENS
+    );
+}
