@@ -18,7 +18,7 @@ export MAAS_REDIS_SERVER := $(CURDIR)/.cache/redis/7.0.15/bin/redis-server
 export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
 export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
-.PHONY: run serve test bench lint fmt setup model wasm host server server-cuda clean-cache
+.PHONY: run serve test bench lint fmt toolchain setup model wasm host server server-cuda clean-cache
 
 ## run: Envoy + the gateway filter in front of the inference server (SmolLM2-135M-Instruct)
 run: setup wasm host server
@@ -28,21 +28,21 @@ run: setup wasm host server
 serve: setup server
 	./$(INFERENCE_SERVER) $(ARGS)
 
-## test: every unit, property and integration test (real Envoy, real filter)
+## test: every unit, property and integration test (real Envoy, real filter, real PostgreSQL and Chromium, which it starts and installs itself: scripts/test.sh)
 test: setup wasm server
-	$(CARGO) test --workspace --all-targets --locked
-	$(CARGO) test --workspace --doc --locked
+	CARGO=$(CARGO) ./scripts/test.sh $(ARGS)
 
-## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server side by side with llama.cpp, key sync at 100k keys
+## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server side by side with llama.cpp, key sync at 100k keys, the soak under faults (ledgers compared)
 bench: setup wasm host server
 	$(CARGO) bench -p maas-benches --locked
 	$(CARGO) bench -p maas-kernels --locked --bench matmul
 	./benches/load.sh
 	./benches/inference.sh
 	$(CARGO) run --release --locked -p maas-benches --example key-sync-bench
+	./benches/soak.sh
 
 ## lint: formatting and clippy on the host and the wasm target
-lint:
+lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 	$(CARGO) clippy -p maas-filter --target $(WASM_TARGET) --release --locked -- -D warnings
@@ -50,8 +50,13 @@ lint:
 fmt:
 	$(CARGO) fmt --all
 
-setup:
+# The wasm target, rustfmt and clippy (lint needs all three; a minimal
+# toolchain has none of them).
+toolchain:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || { echo "==> rustup target add $(WASM_TARGET)"; rustup target add $(WASM_TARGET); }
+	@for c in rustfmt clippy; do rustup component list --installed | grep -q "^$$c" || { echo "==> rustup component add $$c"; rustup component add $$c; }; done
+
+setup: toolchain
 	@./scripts/fetch-envoy.sh
 	@./scripts/fetch-model.sh
 	@./scripts/python-env.sh

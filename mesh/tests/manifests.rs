@@ -75,23 +75,15 @@ fn named<'a>(docs: &[&'a Value], name: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no resource named {name}"))
 }
 
-/// The CRDs, or `None` (with a message) when the directory is absent.
-fn catalog() -> Option<&'static CrdCatalog> {
-    static CATALOG: OnceLock<Option<CrdCatalog>> = OnceLock::new();
-    CATALOG
-        .get_or_init(|| {
-            let dir = std::env::var_os("MAAS_CRDS_DIR")
-                .map_or_else(|| root().join("../shared/crds"), PathBuf::from);
-            if !dir.is_dir() {
-                eprintln!(
-                    "SKIPPED: no CRD schemas at {} (set MAAS_CRDS_DIR to a directory of CRD YAML files)",
-                    dir.display()
-                );
-                return None;
-            }
-            Some(CrdCatalog::load(&dir).unwrap_or_else(|e| panic!("{e}")))
-        })
-        .as_ref()
+/// The CRDs: `third_party/crds` (pinned upstream schemas, see its README),
+/// or the directory `MAAS_CRDS_DIR` names.
+fn catalog() -> &'static CrdCatalog {
+    static CATALOG: OnceLock<CrdCatalog> = OnceLock::new();
+    CATALOG.get_or_init(|| {
+        let dir = std::env::var_os("MAAS_CRDS_DIR")
+            .map_or_else(|| root().join("third_party/crds"), PathBuf::from);
+        CrdCatalog::load(&dir).unwrap_or_else(|e| panic!("CRD schemas at {}: {e}", dir.display()))
+    })
 }
 
 /// The API group of an apiVersion ("" for the core group).
@@ -156,7 +148,7 @@ fn kustomizations_cover_every_manifest_exactly() {
 
 #[test]
 fn custom_resources_match_their_crds() {
-    let Some(catalog) = catalog() else { return };
+    let catalog = catalog();
     let mut checked = BTreeSet::new();
     for (path, doc) in resources().into_iter().filter(|(_, d)| !is_builtin(d)) {
         let what = format!(
@@ -191,7 +183,7 @@ fn custom_resources_match_their_crds() {
 
 #[test]
 fn broken_manifests_fail_validation() {
-    let Some(catalog) = catalog() else { return };
+    let catalog = catalog();
     type Breakage = (&'static str, &'static str, fn(&mut Value));
     let breakages: [Breakage; 7] = [
         ("EnvoyFilter", "an unknown enum value", |d| {
@@ -678,10 +670,7 @@ fn checked_in_files_are_the_current_rendering() {
 
 #[test]
 fn envoy_accepts_the_patched_filter_and_clusters() {
-    let Some(_) = maas_testkit::artifacts::ENVOY.find() else {
-        eprintln!("SKIPPED: no Envoy binary (set MAAS_ENVOY or run `make test`)");
-        return;
-    };
+    maas_testkit::artifacts::ENVOY.require();
     let gateway = named(&of_kind("EnvoyFilter"), "maas-filter-gateway");
     let clusters = named(&of_kind("EnvoyFilter"), "maas-clusters-gateway");
     let patch = |applies: &str| -> Value {
@@ -740,7 +729,7 @@ fn wasmplugin_still_cannot_allow_stop_iteration_at_headers() {
     // istio/wasmplugin/README.md warns that Istio's WasmPlugin cannot set
     // allow_on_headers_stop_iteration. When the CRD learns it, this fails:
     // set it in istio::wasm_plugin and drop the warning.
-    let Some(catalog) = catalog() else { return };
+    let catalog = catalog();
     let mut plugin = of_kind("WasmPlugin")[0].clone();
     for field in [
         "allowOnHeadersStopIteration",

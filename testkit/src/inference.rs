@@ -1,6 +1,9 @@
 //! The real inference server as a child process: the release binary that
 //! `make test` builds, on a loopback port it picks itself (`--port 0`),
-//! waited on until `/health` says the model is loaded, stopped on drop.
+//! waited on until `/health` says the model is loaded, stopped on drop. It
+//! can be killed and brought back on the same port ([`Restartable`]), as a
+//! crash and a redeploy would; its counters (`/metrics`) start from zero
+//! again.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,6 +12,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::artifacts::INFERENCE_SERVER;
+use crate::child::Restartable;
 use crate::gateway::workspace_root;
 
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -50,6 +54,7 @@ pub struct InferenceServer {
     addr: SocketAddr,
     log: PathBuf,
     keep_log: bool,
+    launch: InferenceLaunch,
 }
 
 static SERVERS: AtomicUsize = AtomicUsize::new(0);
@@ -120,6 +125,7 @@ impl InferenceServer {
             addr,
             log,
             keep_log,
+            launch: launch.clone(),
         };
         match server.wait_loaded() {
             Ok(()) => Ok(server),
@@ -177,6 +183,24 @@ impl InferenceServer {
     }
 }
 
+impl Restartable for InferenceServer {
+    type Launch = InferenceLaunch;
+
+    fn start(launch: &InferenceLaunch) -> Result<Self, String> {
+        Self::launch(launch)
+    }
+
+    fn child_mut(&mut self) -> &mut Child {
+        &mut self.child
+    }
+
+    fn relaunch(&self) -> InferenceLaunch {
+        let mut launch = self.launch.clone();
+        launch.port = self.addr.port();
+        launch
+    }
+}
+
 impl Drop for InferenceServer {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -190,8 +214,8 @@ impl Drop for InferenceServer {
 /// A Python interpreter that can `import openai`, for the example scripts:
 /// `MAAS_PYTHON` (set by `make test` to the pinned environment in
 /// `.cache/python`), which then must work; else `python3` when it happens to
-/// have the package; else `None`, and the caller skips with a message.
-pub fn python_with_openai() -> Option<PathBuf> {
+/// have the package; else the test fails, saying how to get one.
+pub fn python_with_openai() -> PathBuf {
     let imports = |python: &PathBuf| {
         Command::new(python)
             .args(["-c", "import openai"])
@@ -203,8 +227,13 @@ pub fn python_with_openai() -> Option<PathBuf> {
             imports(&python),
             "MAAS_PYTHON={python:?} cannot import openai: run scripts/python-env.sh (make test does)"
         );
-        return Some(python);
+        return python;
     }
     let fallback = PathBuf::from("python3");
-    imports(&fallback).then_some(fallback)
+    assert!(
+        imports(&fallback),
+        "no python that can import openai: `make test` sets MAAS_PYTHON to the pinned environment \
+         (scripts/python-env.sh); by hand: ./scripts/python-env.sh && export MAAS_PYTHON=$PWD/.cache/python/bin/python"
+    );
+    fallback
 }

@@ -220,9 +220,7 @@ mod tests {
 
     #[test]
     fn real_model_template_renders_chatml_with_default_system_prompt() {
-        let Some(spec) = fixtures::smollm_spec() else {
-            return;
-        };
+        let spec = fixtures::smollm_spec();
         let source = spec.chat_template.as_deref().unwrap();
         let template = ChatTemplate::new(source, None, None).unwrap();
         let rendered = template

@@ -99,25 +99,21 @@ fn gguf_path() -> Option<PathBuf> {
     Some(crate::config::default_model_path()).filter(|p| p.is_file())
 }
 
-/// Read once per test binary: the vocabulary is 49k strings.
-pub fn smollm_spec() -> Option<&'static TokenizerSpec> {
-    static SPEC: OnceLock<Option<TokenizerSpec>> = OnceLock::new();
-    let spec = SPEC.get_or_init(|| {
-        let path = gguf_path()?;
+/// Read once per test binary: the vocabulary is 49k strings. The test
+/// fails, saying how to get the file, when it is missing.
+pub fn smollm_spec() -> &'static TokenizerSpec {
+    static SPEC: OnceLock<TokenizerSpec> = OnceLock::new();
+    SPEC.get_or_init(|| {
+        let path = gguf_path().unwrap_or_else(|| {
+            panic!("{GGUF_NAME} not found: `make test` fetches it (scripts/fetch-model.sh), or set TEXT_TEST_GGUF to its path")
+        });
         let mut file = std::fs::File::open(&path).unwrap();
         let content = gguf_file::Content::read(&mut file).unwrap();
-        Some(TokenizerSpec::from_metadata(&content).unwrap())
-    });
-    if spec.is_none() {
-        eprintln!("skipping: {GGUF_NAME} not found (set TEXT_TEST_GGUF to its path)");
-    }
-    spec.as_ref()
+        TokenizerSpec::from_metadata(&content).unwrap()
+    })
 }
 
-pub fn smollm_tokenizer() -> Option<Arc<TextTokenizer>> {
+pub fn smollm_tokenizer() -> Arc<TextTokenizer> {
     static TOKENIZER: OnceLock<Arc<TextTokenizer>> = OnceLock::new();
-    let spec = smollm_spec()?;
-    Some(Arc::clone(TOKENIZER.get_or_init(|| {
-        Arc::new(TextTokenizer::from_spec(spec).unwrap())
-    })))
+    Arc::clone(TOKENIZER.get_or_init(|| Arc::new(TextTokenizer::from_spec(smollm_spec()).unwrap())))
 }

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# `make test`: every suite, with what the suites need started here, so a
+# fresh machine runs them all and none passes without running:
+# - a throwaway PostgreSQL (scripts/postgres.sh) for the control plane's
+#   store and end-to-end suites, unless MAAS_TEST_POSTGRES_URL names one;
+#   stopped afterwards when this script started it;
+# - Debian's Chromium (scripts/chromium.sh) for the showback page's browser
+#   test, unless MAAS_CHROMIUM names one.
+# Extra arguments go to `cargo test` (e.g. `make test ARGS='-p maas-limiter'`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo=${CARGO:-cargo}
+
+if [ -z "${MAAS_TEST_POSTGRES_URL:-}" ]; then
+  MAAS_TEST_POSTGRES_URL=$(./scripts/postgres.sh start)
+  trap './scripts/postgres.sh stop' EXIT
+fi
+export MAAS_TEST_POSTGRES_URL
+if [ -z "${MAAS_CHROMIUM:-}" ]; then
+  MAAS_CHROMIUM=$(./scripts/chromium.sh)
+fi
+export MAAS_CHROMIUM
+echo "==> PostgreSQL for the store tests: $MAAS_TEST_POSTGRES_URL; Chromium: $MAAS_CHROMIUM"
+
+if [ $# -gt 0 ]; then
+  "$cargo" test --locked "$@"
+else
+  "$cargo" test --workspace --all-targets --locked
+  "$cargo" test --workspace --doc --locked
+fi
