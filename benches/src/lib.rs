@@ -11,6 +11,11 @@
 //! - `benches/inference.sh`: the inference server's prefill, single-stream
 //!   decode and batched throughput; [`inference`] is its report, the
 //!   `inference-bench` example its client.
+//! - `benches/soak.sh`: the bounded soak under faults (the limiter, Redis,
+//!   the control plane and the inference server killed and restarted during
+//!   mixed traffic), ending in a comparison of the ledgers; [`soak`] is its
+//!   plan, clients and comparison, the `soak` example the process owner.
 
 pub mod inference;
 pub mod load;
+pub mod soak;

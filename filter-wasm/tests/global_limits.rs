@@ -55,21 +55,27 @@ fn chat(gateway: &Gateway) -> maas_testkit::Response {
     )
 }
 
-#[test]
-fn a_global_token_limit_holds_across_two_gateways_and_a_limiter_restart() {
-    let config = filter_config();
+/// Redis and a limiter on it, with the limits file rendered from `config`
+/// (in a folder of its own, `name`).
+fn start_limiter(config: &Value, name: &str) -> (RedisProcess, LimiterProcess) {
     let parsed = Config::from_json(config.to_string().as_bytes()).unwrap();
-    let dir = tempfile_dir();
+    let dir = tempfile_dir().join(name);
+    std::fs::create_dir_all(&dir).unwrap();
     let limits = dir.join("limits.yaml");
     std::fs::write(
         &limits,
         limitador_limits("maas-e2e", parsed.subscriptions.iter().map(|s| &**s)),
     )
     .unwrap();
-
     let redis = RedisProcess::start().unwrap();
-    let mut limiter =
-        LimiterProcess::launch(&LimiterLaunch::new(&limits).with_redis(&redis)).unwrap();
+    let limiter = LimiterProcess::launch(&LimiterLaunch::new(&limits).with_redis(&redis)).unwrap();
+    (redis, limiter)
+}
+
+#[test]
+fn a_global_token_limit_holds_across_two_gateways_and_a_limiter_restart() {
+    let config = filter_config();
+    let (redis, mut limiter) = start_limiter(&config, "shared");
     let server = InferenceServer::start(&[]);
     let gateways: Vec<Gateway> = (0..2)
         .map(|_| {
@@ -202,18 +208,7 @@ fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
     // Holds expire fast, so what the limiter counts afterwards is only
     // what was committed.
     config["limiter"]["reservation_ttl_ms"] = json!(1_000);
-    let parsed = Config::from_json(config.to_string().as_bytes()).unwrap();
-    let dir = tempfile_dir().join("settle-outage");
-    std::fs::create_dir_all(&dir).unwrap();
-    let limits = dir.join("limits.yaml");
-    std::fs::write(
-        &limits,
-        limitador_limits("maas-e2e", parsed.subscriptions.iter().map(|s| &**s)),
-    )
-    .unwrap();
-    let redis = RedisProcess::start().unwrap();
-    let mut limiter =
-        LimiterProcess::launch(&LimiterLaunch::new(&limits).with_redis(&redis)).unwrap();
+    let (redis, mut limiter) = start_limiter(&config, "settle-outage");
     let upstream = MockUpstream::start();
     let gateway = Gateway::builder()
         .filter_config(config)
