@@ -20,7 +20,8 @@ if [ -z "${MAAS_CHROMIUM:-}" ]; then
   MAAS_CHROMIUM=$(./scripts/chromium.sh)
 fi
 export MAAS_CHROMIUM
-echo "==> PostgreSQL for the store tests: $MAAS_TEST_POSTGRES_URL; Chromium: $MAAS_CHROMIUM"
+# The server without any credentials a user put in the URL.
+echo "==> PostgreSQL for the store tests: ${MAAS_TEST_POSTGRES_URL##*@}; Chromium: $MAAS_CHROMIUM"
 
 if [ $# -gt 0 ]; then
   "$cargo" test --locked "$@"

@@ -256,7 +256,7 @@ pub enum KeyLimitsPer {
     #[default]
     Key,
     /// All keys of one owner share the owner's counters, the ones the
-    /// owner's OIDC token counts against too (`maas/user/<owner>`;
+    /// owner's OIDC token counts against too (`maas/user/<subscription>/<owner>`;
     /// descriptor `key: user:<owner>`): more keys buy no more.
     Owner,
 }
@@ -492,7 +492,12 @@ impl Subscription {
     /// The same per-key limits for a token-authenticated user: each user
     /// counts like one key.
     pub fn user_limits_for(&self, user: &str) -> ScopeLimits {
-        self.own_limits(&format!("maas/user/{user}"), &format!("user {user}"))
+        // Per subscription: a user of two subscriptions gets each one's
+        // per-key budget, as a key would.
+        self.own_limits(
+            &format!("maas/user/{}/{user}", self.name),
+            &format!("user {user}"),
+        )
     }
 
     fn own_limits(&self, prefix: &str, scope: &str) -> ScopeLimits {
@@ -1234,10 +1239,13 @@ mod tests {
         v["subscriptions"]["free"]["key_limits_per"] = json!("owner");
         let c = load(&v).unwrap();
         let free = &c.subscriptions[0];
-        assert_eq!(keys(&c), ["maas/user/alice/r60", "maas/user/alice/r60"]);
+        assert_eq!(
+            keys(&c),
+            ["maas/user/free/alice/r60", "maas/user/free/alice/r60"]
+        );
         assert_eq!(
             free.holder_limits(None, "alice").group.counter_key,
-            "maas/user/alice/r60"
+            "maas/user/free/alice/r60"
         );
         assert_eq!(free.holder_descriptor(Some("k1"), "alice"), "user:alice");
         assert_eq!(free.holder_limits(Some("k1"), "alice").scope, "user alice");

@@ -17,6 +17,29 @@
 
 use crate::usage::Usage;
 
+/// Whether an error answer came before any model computed the request, so
+/// it is charged nothing: Envoy answered because no model could be reached
+/// (connect failure, no healthy host, circuit breaker, no cluster), or the
+/// model server itself refused it (a 4xx, or 429/503: overloaded, loading).
+/// Anything else (a timeout, a reset mid-request, another 5xx, or details
+/// unknown) may have followed the prompt's computation: estimated.
+pub fn answered_before_any_model(status: u32, code_details: Option<&str>) -> bool {
+    match code_details {
+        Some("via_upstream") => (400..500).contains(&status) || status == 503,
+        Some(details) => {
+            matches!(
+                details,
+                "no_healthy_upstream"
+                    | "cluster_not_found"
+                    | "route_not_found"
+                    | "maintenance_mode"
+            ) || details.contains("connection_failure")
+                || details.contains("{overflow")
+        }
+        None => false,
+    }
+}
+
 /// The bounds a request was admitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageBounds {
@@ -84,6 +107,38 @@ mod tests {
                 "{content_events} {text_bytes}"
             );
             assert_eq!(usage.total_tokens, 16_000 + completion);
+        }
+    }
+
+    #[test]
+    fn only_answers_no_model_computed_are_free() {
+        let cases = [
+            (503, Some("via_upstream"), true),
+            (429, Some("via_upstream"), true),
+            (400, Some("via_upstream"), true),
+            (500, Some("via_upstream"), false),
+            (502, Some("via_upstream"), false),
+            (504, Some("via_upstream"), false),
+            (503, Some("upstream_reset_before_response_started{connection_failure}"), true),
+            (
+                503,
+                Some("upstream_reset_before_response_started{connection_failure,delayed_connect_error:_Connection_refused}"),
+                true,
+            ),
+            (503, Some("no_healthy_upstream"), true),
+            (503, Some("upstream_reset_before_response_started{overflow}"), true),
+            // The model may have computed before these.
+            (504, Some("upstream_response_timeout"), false),
+            (503, Some("upstream_reset_before_response_started{remote_reset}"), false),
+            (503, Some("upstream_reset_after_response_started{remote_reset}"), false),
+            (503, None, false),
+        ];
+        for (status, details, free) in cases {
+            assert_eq!(
+                answered_before_any_model(status, details),
+                free,
+                "{status} {details:?}"
+            );
         }
     }
 

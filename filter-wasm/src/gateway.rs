@@ -19,7 +19,7 @@ use crate::claims;
 use crate::config::{synced_subscription, CapMode, Config, Quantity, ScopeLimits, Subscription};
 use crate::endpoint::Endpoint;
 use crate::error::GatewayError;
-use crate::estimate::{SeenOutput, UsageBounds};
+use crate::estimate::{answered_before_any_model, SeenOutput, UsageBounds};
 use crate::global_limits::{self, Caller, FailureMode, Method, Verdict};
 use crate::host::{Flow, StreamHost};
 use crate::key_sync::{self, Lookup};
@@ -48,6 +48,8 @@ pub const OWNED_REQUEST_HEADERS: [&str; 6] = [
 /// A JSON response larger than this is passed through without reading its
 /// usage (and charged by estimate) rather than held in memory.
 const MAX_JSON_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// The least time a settlement call is given (see `settle_global`).
+const SETTLEMENT_TIMEOUT_MS: u64 = 5_000;
 /// One SSE event larger than this is not inspected.
 const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
 
@@ -204,6 +206,11 @@ impl Stream {
         let mut x_api_key = None;
         let mut content_length = None;
         let mut to_remove: Vec<&'static str> = Vec::new();
+        // Envoy obeys `x-envoy-*` request headers (timeouts, retries) from
+        // callers it deems internal (any pod, with `use_remote_address`):
+        // a caller could cut its own request short after the prompt was
+        // computed, or have it retried, and pay once. Only Envoy sets them.
+        let mut envoy_controls: Vec<String> = Vec::new();
         for (name, value) in host.request_headers() {
             match name.as_str() {
                 ":method" => self.method = value,
@@ -217,6 +224,7 @@ impl Stream {
                 "accept-encoding" if !to_remove.contains(&"accept-encoding") => {
                     to_remove.push("accept-encoding")
                 }
+                _ if name.starts_with("x-envoy-") => envoy_controls.push(name),
                 _ => {
                     let Some(owned) = OWNED_REQUEST_HEADERS.iter().find(|h| **h == name) else {
                         continue;
@@ -235,6 +243,9 @@ impl Stream {
         // Removing only the headers present saves a host call per absent one.
         for name in to_remove {
             host.set_request_header(name, None);
+        }
+        for name in envoy_controls {
+            host.set_request_header(&name, None);
         }
 
         match self.token_identity(host) {
@@ -882,7 +893,10 @@ impl Stream {
                 &limiter.cluster,
                 call.method,
                 &call.message,
-                limiter.timeout_ms.max(1000),
+                // Longer than the limiter's own worst case (a Redis call and
+                // its retry, about 2 s), so a slow answer is not taken for a
+                // failure and sent again.
+                limiter.timeout_ms.max(SETTLEMENT_TIMEOUT_MS),
                 true,
             )
             .is_none()
@@ -1286,13 +1300,14 @@ impl Stream {
             ResponseReader::Sse(parser) => parser.usage(),
             _ => None,
         };
-        // An error status is answered before any output: by Envoy when the
-        // request never reached a model (connect failure, no healthy host),
-        // or by the model server refusing it (loading, overloaded, invalid)
-        // before its prompt was computed. No tokens are charged for it, as
-        // providers bill none; it still counts as a request. A response that
-        // started as a success and broke off is a cut stream, estimated.
-        let refused_by_upstream = self.status.is_some_and(|s| !(200..300).contains(&s));
+        // An error answered before any model computed the request (Envoy
+        // could not reach one; the model server refused it) is charged no
+        // tokens, as providers bill none; it still counts as a request. Any
+        // other error, and a success that broke off, is estimated.
+        let refused_by_upstream = self.status.is_some_and(|s| {
+            !(200..300).contains(&s)
+                && answered_before_any_model(s, host.response_code_details().as_deref())
+        });
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
             None if refused_by_upstream => (Usage::default(), UsageSource::None),

@@ -62,6 +62,10 @@ pub trait StreamHost {
     /// encoding `crate::claims` reads; `None` when there is no verified
     /// token or it lacks the claim.
     fn token_claim(&self, claim: &str) -> Option<Vec<u8>>;
+    /// Envoy's `response.code_details`: `via_upstream` for a response the
+    /// upstream sent, else why Envoy answered itself (e.g.
+    /// `upstream_reset_before_response_started{connection_failure}`).
+    fn response_code_details(&self) -> Option<String>;
     /// Sends `message` to the rate limiter's `method` through Envoy's gRPC
     /// client on `cluster`; the answer comes back through
     /// `Stream::on_limiter_response` with the returned token. A `detached`

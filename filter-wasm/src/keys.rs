@@ -195,7 +195,7 @@ pub enum UserNameError {
 }
 
 /// A name the gateway may send upstream as `x-maas-user` and count limits
-/// under (`maas/user/<name>`): a key's owner as the control plane stored it,
+/// under (`maas/user/<subscription>/<name>`): a key's owner as the control plane stored it,
 /// its own identities included.
 pub fn check_user_name(name: &str) -> Result<(), UserNameError> {
     if name.is_empty() || name.len() > MAX_USER_LEN {

@@ -32,6 +32,12 @@ pub const MAX_AGE_MS: u64 = 10 * 60 * 1000;
 /// Wait before the first retry; doubled per failure up to [`MAX_BACKOFF_MS`].
 const FIRST_BACKOFF_MS: u64 = 250;
 const MAX_BACKOFF_MS: u64 = 8_000;
+/// Settlements sent per tick at most, so a limiter coming back after an
+/// outage is not hit by a whole backlog at once (nor a tick stalled by it).
+pub const MAX_SENDS_PER_TICK: usize = 200;
+/// gRPC statuses no retry can change (a malformed call, a limiter without
+/// the method): given up at once.
+const PERMANENT_GRPC_STATUSES: [u32; 3] = [3, 5, 12];
 
 /// One settlement and its attempts so far.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -91,14 +97,26 @@ impl Outbox {
         Ok(())
     }
 
-    /// Removes and returns the settlements due by `now_ms`, oldest first;
-    /// each must come back through [`Outbox::sent`] or [`Outbox::not_sent`].
+    /// Removes and returns the settlements due by `now_ms`, oldest first,
+    /// at most [`MAX_SENDS_PER_TICK`]; each must come back through
+    /// [`Outbox::sent`] or [`Outbox::not_sent`].
     pub fn take_due(&mut self, now_ms: u64) -> Vec<Settlement> {
-        let (due, later): (VecDeque<_>, VecDeque<_>) = std::mem::take(&mut self.waiting)
-            .into_iter()
-            .partition(|s| s.next_ms <= now_ms);
+        let mut due = Vec::new();
+        let mut later = VecDeque::with_capacity(self.waiting.len());
+        for s in std::mem::take(&mut self.waiting) {
+            if s.next_ms <= now_ms && due.len() < MAX_SENDS_PER_TICK {
+                due.push(s);
+            } else {
+                later.push_back(s);
+            }
+        }
         self.waiting = later;
-        due.into()
+        due
+    }
+
+    /// Some settlement is waiting out a backoff: the limiter is failing.
+    pub fn retrying(&self) -> bool {
+        self.waiting.iter().any(|s| s.attempts > 0)
     }
 
     /// The settlement went out as call `token`; its answer decides.
@@ -111,11 +129,15 @@ impl Outbox {
         self.failed(settlement, now_ms)
     }
 
-    /// The limiter's answer (or Envoy's failure) to call `token`.
-    pub fn answered(&mut self, token: u32, ok: bool, now_ms: u64) -> Attempt {
+    /// The limiter's answer (or Envoy's failure) to call `token`: its gRPC
+    /// status, 0 for OK.
+    pub fn answered(&mut self, token: u32, grpc_status: u32, now_ms: u64) -> Attempt {
         match self.in_flight.remove(&token) {
             None => Attempt::Unknown,
-            Some(_) if ok => Attempt::Settled,
+            Some(_) if grpc_status == 0 => Attempt::Settled,
+            Some(settlement) if PERMANENT_GRPC_STATUSES.contains(&grpc_status) => Attempt::GaveUp {
+                attempts: settlement.attempts.saturating_add(1),
+            },
             Some(settlement) => self.failed(settlement, now_ms),
         }
     }
@@ -176,8 +198,8 @@ mod tests {
         assert_eq!(due[0].call, call(1));
         outbox.sent(7, due[0].clone());
         assert_eq!(outbox.len(), 1, "in flight still counts");
-        assert_eq!(outbox.answered(8, true, 5), Attempt::Unknown);
-        assert_eq!(outbox.answered(7, true, 5), Attempt::Settled);
+        assert_eq!(outbox.answered(8, 0, 5), Attempt::Unknown);
+        assert_eq!(outbox.answered(7, 0, 5), Attempt::Settled);
         assert!(outbox.is_empty());
     }
 
@@ -194,7 +216,7 @@ mod tests {
         {
             let tokens = send_all(&mut outbox, now, &mut token);
             assert_eq!(tokens.len(), 1, "attempt {attempt} due at {now}");
-            let result = outbox.answered(tokens[0], false, now);
+            let result = outbox.answered(tokens[0], 14, now);
             assert_eq!(
                 result,
                 Attempt::Retrying {
@@ -208,7 +230,7 @@ mod tests {
             now += wait;
         }
         let tokens = send_all(&mut outbox, now, &mut token);
-        assert_eq!(outbox.answered(tokens[0], true, now), Attempt::Settled);
+        assert_eq!(outbox.answered(tokens[0], 0, now), Attempt::Settled);
         assert!(outbox.is_empty());
     }
 
@@ -222,13 +244,29 @@ mod tests {
     }
 
     #[test]
+    fn a_call_no_retry_can_fix_is_given_up_at_once_and_retries_are_visible() {
+        let mut outbox = Outbox::default();
+        for n in 0..2 {
+            outbox.push("limitador", call(n), 1000, 0).unwrap();
+        }
+        let mut due = outbox.take_due(0).into_iter();
+        outbox.sent(1, due.next().unwrap());
+        outbox.sent(2, due.next().unwrap());
+        assert!(!outbox.retrying());
+        assert_eq!(outbox.answered(1, 12, 0), Attempt::GaveUp { attempts: 1 });
+        assert_eq!(outbox.answered(2, 14, 0), Attempt::Retrying { attempts: 1 });
+        assert!(outbox.retrying());
+        assert_eq!(outbox.len(), 1);
+    }
+
+    #[test]
     fn an_old_settlement_is_given_up_and_counted() {
         let mut outbox = Outbox::default();
         outbox.push("limitador", call(1), 1000, 0).unwrap();
         let s = outbox.take_due(0).remove(0);
         outbox.sent(1, s);
         assert_eq!(
-            outbox.answered(1, false, MAX_AGE_MS),
+            outbox.answered(1, 14, MAX_AGE_MS),
             Attempt::GaveUp { attempts: 1 }
         );
         assert!(outbox.is_empty());
@@ -246,12 +284,14 @@ mod tests {
         let due = outbox.take_due(10);
         assert_eq!(due.len(), 11, "only those queued by then");
         assert!(due.iter().zip(0u8..).all(|(s, i)| s.call == call(i)));
+        let batch = outbox.take_due(5_000);
+        assert_eq!(batch.len(), MAX_SENDS_PER_TICK, "a bounded batch");
         // Taken ones still count until they come back.
-        for (token, s) in (0u32..).zip(due) {
+        for (token, s) in (0u32..).zip(due.into_iter().chain(batch)) {
             outbox.sent(token, s);
         }
         assert_eq!(outbox.push("l", call(0), 1, 0), Err(Full));
-        assert_eq!(outbox.answered(0, true, 20), Attempt::Settled);
+        assert_eq!(outbox.answered(0, 0, 20), Attempt::Settled);
         assert!(outbox.push("l", call(0), 1, 20).is_ok());
     }
 }

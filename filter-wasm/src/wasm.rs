@@ -332,7 +332,7 @@ impl Context for GatewayRoot {
             .vm
             .borrow_mut()
             .outbox
-            .answered(token_id, status_code == 0, now_ms());
+            .answered(token_id, status_code, now_ms());
         self.report_settlement(attempt);
     }
 
@@ -720,6 +720,13 @@ impl StreamHost for EnvoyHost {
         hostcalls::get_property(path).ok().flatten()
     }
 
+    fn response_code_details(&self) -> Option<String> {
+        let bytes = hostcalls::get_property(vec!["response", "code_details"])
+            .ok()
+            .flatten()?;
+        String::from_utf8(bytes).ok()
+    }
+
     fn dispatch_limiter(
         &self,
         cluster: &str,
@@ -740,7 +747,9 @@ impl StreamHost for EnvoyHost {
             let kept = {
                 let mut vm = self.vm.borrow_mut();
                 let kept = vm.outbox.push(cluster, call, timeout_ms, now_ms());
-                let nudge = kept.is_ok() && !vm.nudged;
+                // While the limiter is failing, settlements go at the
+                // normal tick instead: no 1 ms ticks through an outage.
+                let nudge = kept.is_ok() && !vm.nudged && !vm.outbox.retrying();
                 vm.nudged |= nudge;
                 kept.map(|()| nudge)
             };

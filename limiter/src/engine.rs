@@ -38,8 +38,8 @@ const REDIS_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long one Redis connection attempt or command may take.
 const REDIS_CALL_TIMEOUT: Duration = Duration::from_secs(1);
 
-/// Where the counters live.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the counters live. `Debug` hides the password.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Storage {
     Memory,
     /// `redis://host:port[/db]`, and the password to `AUTH` with (read from
@@ -48,6 +48,19 @@ pub enum Storage {
         url: String,
         password: Option<String>,
     },
+}
+
+impl std::fmt::Debug for Storage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Storage::Memory => f.write_str("Memory"),
+            Storage::Redis { url, password } => f
+                .debug_struct("Redis")
+                .field("url", &redacted(url))
+                .field("password", &password.as_ref().map(|_| "***"))
+                .finish(),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -358,6 +371,19 @@ mod tests {
             .unwrap();
         assert!(!result.limited && result.reservation_id.is_none());
         assert!(hold(&engine, "a", 1, None).await.is_some());
+    }
+
+    #[test]
+    fn storage_debug_hides_the_password() {
+        let storage = Storage::Redis {
+            url: "redis://127.0.0.1:6379".into(),
+            password: Some("hunter2".into()),
+        };
+        let shown = format!("{storage:?}");
+        assert!(
+            !shown.contains("hunter2") && shown.contains("***"),
+            "{shown}"
+        );
     }
 
     #[test]

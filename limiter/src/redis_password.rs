@@ -63,16 +63,22 @@ fn read_file(path: &Path) -> Result<String, PasswordError> {
     Ok(password.to_string())
 }
 
-/// `scheme://[user]:password@host…`: a password between `:` and `@` in the
-/// authority.
+/// `scheme://[user]:password@host…` (a password between `:` and `@` in the
+/// authority), or a `pass`/`password` query parameter (`redis+unix://`).
 fn url_has_password(url: &str) -> bool {
     let Some((_, rest)) = url.split_once("://") else {
         return false;
     };
     let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    authority
+    let in_userinfo = authority
         .rsplit_once('@')
-        .is_some_and(|(userinfo, _)| userinfo.contains(':'))
+        .is_some_and(|(userinfo, _)| userinfo.contains(':'));
+    let query = rest.split_once('?').map_or("", |(_, q)| q);
+    let in_query = query.split('&').any(|pair| {
+        let name = pair.split('=').next().unwrap_or_default();
+        name.eq_ignore_ascii_case("pass") || name.eq_ignore_ascii_case("password")
+    });
+    in_userinfo || in_query
 }
 
 #[cfg(test)]
@@ -98,6 +104,9 @@ mod tests {
             ("redis://:secret@10.0.0.1:6379/2", true),
             ("rediss://user:p@ss@host", true),
             ("redis://host/0?x=a:b@c", false),
+            ("redis+unix:///run/redis.sock?db=0&pass=secret", true),
+            ("redis+unix:///run/redis.sock?Password=secret", true),
+            ("redis+unix:///run/redis.sock?db=1", false),
         ];
         for (url, refused) in cases {
             assert_eq!(url_has_password(url), refused, "{url}");

@@ -36,6 +36,8 @@ struct FakeHost {
     throttled_warnings: RefCell<Vec<String>>,
     /// Filter state the filter published (`maas_<name>`).
     published: RefCell<HashMap<String, String>>,
+    /// `response.code_details` (None: not known).
+    code_details: RefCell<Option<String>>,
 }
 
 /// A call the filter made to the rate limiter.
@@ -136,6 +138,9 @@ impl StreamHost for FakeHost {
     }
     fn token_claim(&self, claim: &str) -> Option<Vec<u8>> {
         self.claims.borrow().get(claim).cloned()
+    }
+    fn response_code_details(&self) -> Option<String> {
+        self.code_details.borrow().clone()
     }
     fn dispatch_limiter(
         &self,
@@ -681,7 +686,16 @@ fn streamed_usage_is_read_and_stripped_when_not_asked_for() {
 fn upstream_errors_charge_no_tokens() {
     let h = Harness::new();
     let body = r#"{"model":"m1","max_tokens":50}"#;
-    for status in [502, 503, 400] {
+    let refused = [
+        (503, "via_upstream"),
+        (400, "via_upstream"),
+        (
+            503,
+            "upstream_reset_before_response_started{connection_failure}",
+        ),
+    ];
+    for (status, details) in refused {
+        *h.host.code_details.borrow_mut() = Some(details.into());
         let mut s = h.chat(body);
         h.respond_json(&mut s, status, r#"{"error":{"message":"down"}}"#);
         assert_eq!(h.used(TOK), 0, "{status}");
@@ -690,6 +704,65 @@ fn upstream_errors_charge_no_tokens() {
         assert_eq!(a["usage"], "none", "{status}");
         assert_eq!(a["total_tokens"], 0, "{status}");
     }
+}
+
+/// An error that may have followed the prompt's computation (Envoy's
+/// timeout, a reset mid-request, the server's 500) is estimated: the prompt
+/// bound, with no output seen.
+#[test]
+fn errors_after_a_model_may_have_computed_are_estimated() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":50}"#;
+    let estimated = [
+        (504, Some("upstream_response_timeout")),
+        (
+            503,
+            Some("upstream_reset_before_response_started{remote_reset}"),
+        ),
+        (500, Some("via_upstream")),
+        (503, None),
+    ];
+    for (status, details) in estimated {
+        // A fresh minute each: the subscription allows 3 requests a minute.
+        h.host.now_ms.set(h.host.now_ms.get() + 60_000);
+        *h.host.code_details.borrow_mut() = details.map(str::to_string);
+        let before = h.used(TOK);
+        let mut s = h.chat(body);
+        h.respond_json(&mut s, status, r#"{"error":{"message":"gone"}}"#);
+        let a = h.audit();
+        assert_eq!(a["usage"], "estimated", "{status} {details:?}");
+        assert_eq!(
+            a["prompt_tokens"],
+            body.len() as u64,
+            "{status} {details:?}"
+        );
+        assert_eq!(h.used(TOK) - before, body.len() as u64);
+    }
+}
+
+/// Envoy obeys `x-envoy-*` request headers from internal callers (a
+/// timeout of the caller's choosing, retries): none reaches the router.
+#[test]
+fn callers_cannot_steer_envoy_with_x_envoy_headers() {
+    let h = Harness::new();
+    h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-envoy-upstream-rq-timeout-ms", "100"),
+            ("x-envoy-retry-on", "5xx"),
+            ("x-envoy-max-retries", "5"),
+            ("x-request-id", "kept"),
+        ],
+        r#"{"model":"m1","max_tokens":5}"#,
+    );
+    let sent = h.host.request_headers.borrow().clone();
+    assert!(
+        sent.iter().all(|(name, _)| !name.starts_with("x-envoy-")),
+        "{sent:?}"
+    );
+    assert!(sent.iter().any(|(name, _)| name == "x-request-id"));
 }
 
 /// A prompt that tokenises badly, cut after one event of digits: the

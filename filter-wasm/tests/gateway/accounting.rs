@@ -173,14 +173,15 @@ fn cut_streams_are_charged_their_prompt_bound_and_text() {
     );
 }
 
-/// An error status comes before any output: the upstream's own (a 502
-/// here), or Envoy's when no model answers at all. Neither computed a
-/// prompt, so neither is charged tokens; both count as requests.
+/// An error answered before any model computed the request: the model
+/// server's own 503 (overloaded, loading), or Envoy's when no model answers
+/// at all. Neither is charged tokens; both count as requests. The server's
+/// 500 may have followed the computation: estimated.
 #[test]
-fn errors_before_any_output_charge_no_tokens() {
+fn errors_before_any_model_computed_charge_no_tokens() {
     let s = Stack::start(base_config());
-    let err = s.chat(FREE_KEY, &chat_body("m1", 10), &[("x-mock-status", "502")]);
-    assert_eq!(err.status, 502);
+    let err = s.chat(FREE_KEY, &chat_body("m1", 10), &[("x-mock-status", "503")]);
+    assert_eq!(err.status, 503);
     // m2's cluster points at a port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let dead = closed.local_addr().unwrap();
@@ -207,12 +208,22 @@ fn errors_before_any_output_charge_no_tokens() {
     }
     let labels = [("subscription", "free"), ("model", "m1")];
     assert_eq!(s.metric("maas_total_tokens_total", &labels), 0.0);
+    let body = chat_body("m1", 10);
+    let failed = s.chat(FREE_KEY, &body, &[("x-mock-status", "500")]);
+    assert_eq!(failed.status, 500);
+    let record = audit_for(&s, 2).remove(1);
+    assert_eq!(record["usage"], "estimated", "{record}");
+    assert_eq!(
+        record["prompt_tokens"],
+        body.to_string().len() as u64,
+        "{record}"
+    );
     assert_eq!(
         s.metric(
             "maas_requests_total",
             &[("subscription", "free"), ("outcome", "upstream_error")]
         ),
-        1.0
+        2.0
     );
 }
 

@@ -1,6 +1,6 @@
 //! Test fixtures: a hand-made byte-level vocabulary that runs anywhere, and
-//! the real SmolLM2 GGUF when it is on disk (tests skip with a message when
-//! it is not).
+//! the real SmolLM2 GGUF (`make test` fetches it; a test that needs it fails,
+//! saying how to get it, when it is not on disk).
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
