@@ -679,7 +679,6 @@ impl Stream {
                 call.method,
                 &call.message,
                 limiter.timeout_ms,
-                false,
             );
             match sent {
                 Some(token) => {
@@ -888,19 +887,11 @@ impl Stream {
             return;
         }
         let call = global_limits::settlement_call(limiter, &caller, reservation.as_deref(), actual);
-        if host
-            .dispatch_limiter(
-                &limiter.cluster,
-                call.method,
-                &call.message,
-                // Longer than the limiter's own worst case (a Redis call and
-                // its retry, about 2 s), so a slow answer is not taken for a
-                // failure and sent again.
-                limiter.timeout_ms.max(SETTLEMENT_TIMEOUT_MS),
-                true,
-            )
-            .is_none()
-        {
+        // Longer than the limiter's own worst case (a Redis call and its
+        // retry, about 2 s), so a slow answer is not taken for a failure and
+        // sent again.
+        let timeout_ms = limiter.timeout_ms.max(SETTLEMENT_TIMEOUT_MS);
+        if !host.queue_settlement(&limiter.cluster, call, timeout_ms) {
             self.limiter_failed(host, "a settlement could not be queued");
         }
     }
@@ -1303,14 +1294,11 @@ impl Stream {
         // An error answered before any model computed the request (Envoy
         // could not reach one; the model server refused it) is charged no
         // tokens, as providers bill none; it still counts as a request. Any
-        // other error, and a success that broke off, is estimated.
-        let refused_by_upstream = self.status.is_some_and(|s| {
-            !(200..300).contains(&s)
-                && answered_before_any_model(s, host.response_code_details().as_deref())
-        });
+        // other error, and a success that broke off, is estimated. (A guard:
+        // Envoy is asked only when no usage came.)
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
-            None if refused_by_upstream => (Usage::default(), UsageSource::None),
+            None if self.answered_before_any_model(host) => (Usage::default(), UsageSource::None),
             None => {
                 let seen = match &self.reader {
                     ResponseReader::Sse(parser) => SeenOutput {
@@ -1379,6 +1367,15 @@ impl Stream {
             }
         }
         self.charged = Some((usage, source));
+    }
+
+    /// The response is an error no model computed (see
+    /// [`answered_before_any_model`]).
+    fn answered_before_any_model(&self, host: &dyn StreamHost) -> bool {
+        self.status.is_some_and(|s| {
+            !(200..300).contains(&s)
+                && answered_before_any_model(s, host.response_code_details().as_deref())
+        })
     }
 
     fn refuse(&mut self, host: &dyn StreamHost, outcome: Outcome, err: &GatewayError) -> Flow {

@@ -6,7 +6,7 @@
 //! defined) are swallowed by the implementation and logged there: the request
 //! path has no better answer to them than carrying on.
 
-use crate::global_limits::Method;
+use crate::global_limits::{Call, Method};
 use crate::limits::CounterStore;
 use crate::metrics::Metric;
 
@@ -68,20 +68,20 @@ pub trait StreamHost {
     fn response_code_details(&self) -> Option<String>;
     /// Sends `message` to the rate limiter's `method` through Envoy's gRPC
     /// client on `cluster`; the answer comes back through
-    /// `Stream::on_limiter_response` with the returned token. A `detached`
-    /// call belongs to the VM, not this stream (settlements): it is queued
-    /// for the root context, which sends it and retries it until the
-    /// limiter counts it (`crate::settlement_outbox`), even after the stream
-    /// ended; its answer is not delivered here. `None` if the call could not
-    /// be made (or, detached, kept).
+    /// `Stream::on_limiter_response` with the returned token. `None` if the
+    /// call could not be made.
     fn dispatch_limiter(
         &self,
         cluster: &str,
         method: Method,
         message: &[u8],
         timeout_ms: u64,
-        detached: bool,
     ) -> Option<u32>;
+    /// Hands a settlement to the VM: the root context sends it and retries
+    /// it until the limiter counts it (`crate::settlement_outbox`), even
+    /// after this stream ended; its answer is not delivered here. False if
+    /// it could not be kept.
+    fn queue_settlement(&self, cluster: &str, call: Call, timeout_ms: u64) -> bool;
     fn add_metric(&self, metric: Metric, value: u64);
     fn warn(&self, message: &str);
     /// Logs `message` at most once per few seconds per `topic` (per worker):

@@ -208,17 +208,13 @@ impl GatewayRoot {
                 Some(&settlement.call.message),
                 Duration::from_millis(settlement.timeout_ms),
             );
-            let attempt = {
-                let mut vm = self.vm.borrow_mut();
-                match sent {
-                    Ok(token) => {
-                        vm.outbox.sent(token, settlement);
-                        continue;
-                    }
-                    Err(_) => vm.outbox.not_sent(settlement, now_ms),
+            match sent {
+                Ok(token) => self.vm.borrow_mut().outbox.sent(token, settlement),
+                Err(_) => {
+                    let attempt = self.vm.borrow_mut().outbox.not_sent(settlement, now_ms);
+                    self.report_settlement(attempt);
                 }
-            };
-            self.report_settlement(attempt);
+            }
         }
     }
 
@@ -247,10 +243,9 @@ impl GatewayRoot {
         }
     }
 
+    /// The key sync's gauges.
     fn record_gauges(&self, now_ms: u64) {
         let host = self.host();
-        let waiting = self.vm.borrow().outbox.len() as u64;
-        host.set_gauge(Metric::SettlementsWaiting, waiting);
         let state = key_sync::read_state(&SharedData).unwrap_or_default();
         let age = state
             .age_secs(now_ms)
@@ -439,10 +434,11 @@ impl RootContext for GatewayRoot {
         if let Some(period) = restore {
             let _ = hostcalls::set_tick_period(Duration::from_millis(period));
         }
+        if config.limiter.is_some() {
+            let waiting = self.vm.borrow().outbox.len() as u64;
+            self.host().set_gauge(Metric::SettlementsWaiting, waiting);
+        }
         let Some(cp) = &config.control_plane else {
-            if config.limiter.is_some() {
-                self.record_gauges(now);
-            }
             return;
         };
         if self.sync_token.is_none() {
@@ -733,50 +729,7 @@ impl StreamHost for EnvoyHost {
         method: Method,
         message: &[u8],
         timeout_ms: u64,
-        detached: bool,
     ) -> Option<u32> {
-        // Envoy cancels a context's calls when the context goes away, and the
-        // SDK routes a call's answer to the context that made it: a
-        // settlement, made as the stream ends, goes to the root context's
-        // outbox, which sends it and retries it until the limiter counts it.
-        if detached {
-            let call = Call {
-                method,
-                message: message.to_vec(),
-            };
-            let kept = {
-                let mut vm = self.vm.borrow_mut();
-                let kept = vm.outbox.push(cluster, call, timeout_ms, now_ms());
-                // While the limiter is failing, settlements go at the
-                // normal tick instead: no 1 ms ticks through an outage.
-                let nudge = kept.is_ok() && !vm.nudged && !vm.outbox.retrying();
-                vm.nudged |= nudge;
-                kept.map(|()| nudge)
-            };
-            return match kept {
-                Ok(nudge) => {
-                    // Called from a stream, this sets the root's period
-                    // (Envoy keeps one timer per root context): the root
-                    // sends the settlement about a millisecond from now,
-                    // then restores its period, so a hold outlives its
-                    // request by no more than that.
-                    if nudge {
-                        let _ = hostcalls::set_tick_period(Duration::from_millis(1));
-                    }
-                    Some(0)
-                }
-                Err(full) => {
-                    self.add_metric(
-                        Metric::LimiterCalls {
-                            result: "settle_dropped",
-                        },
-                        1,
-                    );
-                    self.warn_throttled("limiter-outbox", &format!("maas-gateway: {full}"));
-                    None
-                }
-            };
-        }
         let grpc = method.grpc();
         let sent = hostcalls::dispatch_grpc_call(
             cluster,
@@ -794,6 +747,45 @@ impl StreamHost for EnvoyHost {
                     &format!("maas-gateway: call to the rate limiter not sent: {e:?}"),
                 );
                 None
+            }
+        }
+    }
+
+    /// Envoy cancels a context's calls when the context goes away, and the
+    /// SDK routes a call's answer to the context that made it: a settlement,
+    /// made as the stream ends, goes to the root context's outbox, which
+    /// sends it and retries it until the limiter counts it.
+    fn queue_settlement(&self, cluster: &str, call: Call, timeout_ms: u64) -> bool {
+        let kept = {
+            let mut vm = self.vm.borrow_mut();
+            let kept = vm.outbox.push(cluster, call, timeout_ms, now_ms());
+            // While the limiter is failing, settlements go at the normal
+            // tick instead: no 1 ms ticks through an outage.
+            let nudge = kept.is_ok() && !vm.nudged && !vm.outbox.retrying();
+            vm.nudged |= nudge;
+            kept.map(|()| nudge)
+        };
+        match kept {
+            Ok(nudge) => {
+                // Called from a stream, this sets the root's period (Envoy
+                // keeps one timer per root context): the root sends the
+                // settlement about a millisecond from now, then restores
+                // its period, so a hold outlives its request by no more
+                // than that.
+                if nudge {
+                    let _ = hostcalls::set_tick_period(Duration::from_millis(1));
+                }
+                true
+            }
+            Err(full) => {
+                self.add_metric(
+                    Metric::LimiterCalls {
+                        result: "settle_dropped",
+                    },
+                    1,
+                );
+                self.warn_throttled("limiter-outbox", &format!("maas-gateway: {full}"));
+                false
             }
         }
     }

@@ -204,15 +204,13 @@ async fn usable_subscription(
     who: &Identity,
     name: &str,
 ) -> Result<SubscriptionSpec, ApiError> {
-    let row = app.store.get_subscription(name).await?;
-    let spec = match row {
-        Some(row) => Some(
-            serde_json::from_value::<SubscriptionSpec>(row.spec).map_err(|e| {
-                ApiError::Database(crate::store::StoreError::Corrupt(e.to_string()))
-            })?,
-        ),
-        None => None,
-    };
+    let spec = app
+        .store
+        .get_subscription(name)
+        .await?
+        .map(|row| serde_json::from_value::<SubscriptionSpec>(row.spec))
+        .transpose()
+        .map_err(|e| ApiError::Database(crate::store::StoreError::Corrupt(e.to_string())))?;
     match spec {
         Some(spec) if who.admin || spec.admits_any(&who.groups) => Ok(spec),
         None if who.admin => Err(ApiError::Invalid(format!("unknown subscription {name:?}"))),

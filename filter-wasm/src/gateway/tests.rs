@@ -2,6 +2,7 @@
 //! the order Envoy makes them, with shared counters that outlive streams.
 
 use super::*;
+use crate::global_limits::Call;
 use crate::keys::KeyDigest;
 use crate::limits::MemoryStore;
 use std::cell::{Cell, RefCell};
@@ -78,6 +79,34 @@ impl FakeHost {
     }
 }
 
+impl FakeHost {
+    /// Records a call to the limiter (a settlement is `detached`); `None`
+    /// while the limiter is down.
+    fn record_limiter_call(
+        &self,
+        cluster: &str,
+        method: Method,
+        message: &[u8],
+        timeout_ms: u64,
+        detached: bool,
+    ) -> Option<u32> {
+        if self.limiter_down.get() {
+            return None;
+        }
+        let mut calls = self.limiter_calls.borrow_mut();
+        let token = 100 + calls.len() as u32;
+        calls.push(SentCall {
+            token,
+            cluster: cluster.to_string(),
+            method,
+            message: message.to_vec(),
+            timeout_ms,
+            detached,
+        });
+        Some(token)
+    }
+}
+
 impl StreamHost for FakeHost {
     fn now_ms(&self) -> u64 {
         self.now_ms.get()
@@ -148,22 +177,12 @@ impl StreamHost for FakeHost {
         method: Method,
         message: &[u8],
         timeout_ms: u64,
-        detached: bool,
     ) -> Option<u32> {
-        if self.limiter_down.get() {
-            return None;
-        }
-        let mut calls = self.limiter_calls.borrow_mut();
-        let token = 100 + calls.len() as u32;
-        calls.push(SentCall {
-            token,
-            cluster: cluster.to_string(),
-            method,
-            message: message.to_vec(),
-            timeout_ms,
-            detached,
-        });
-        Some(token)
+        self.record_limiter_call(cluster, method, message, timeout_ms, false)
+    }
+    fn queue_settlement(&self, cluster: &str, call: Call, timeout_ms: u64) -> bool {
+        self.record_limiter_call(cluster, call.method, &call.message, timeout_ms, true)
+            .is_some()
     }
     fn warn(&self, _message: &str) {}
     fn warn_throttled(&self, topic: &'static str, message: &str) {
