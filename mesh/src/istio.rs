@@ -5,7 +5,7 @@
 //! filter calls; or a `WasmPlugin` instead.
 //!
 //! One source: the wasm filter's settings (`name`, `root_id`, `vm_id`,
-//! runtime, `fail_open: false`, `allow_on_headers_stop_iteration`) are read
+//! runtime, `failure_policy: FAIL_CLOSED`, `allow_on_headers_stop_iteration`) are read
 //! from `envoy/gateway.template.yaml`, the bootstrap every local run and
 //! test uses, and the filter configuration is the same JSON the local
 //! Envoy gets, with only `control_plane` added (the cluster and token of the
@@ -29,8 +29,8 @@ use crate::manifest::ManifestError;
 
 /// The cluster the filter's `control_plane.cluster` names (as locally).
 pub const CONTROL_PLANE_CLUSTER: &str = "maas-control-plane";
-/// The cluster for Limitador's gRPC (h2) service, for the filter's global
-/// limits.
+/// The cluster for the limiter's gRPC (h2) service, for the filter's global
+/// limits (the local bootstrap's name for it).
 pub const LIMITADOR_CLUSTER: &str = "limitador";
 /// The cluster Envoy fetches the module through.
 pub const WASM_SOURCE_CLUSTER: &str = "maas-wasm-source";
@@ -46,6 +46,58 @@ pub const FILTER_PRIORITY: i64 = -10;
 /// Name of the `HTTPRoute` that serves `/maas-api/`; Istio names its only
 /// rule's route `<namespace>.<name>.0`.
 pub const API_ROUTE: &str = "maas-api";
+/// Name of the `HTTPRoute` that serves the models (and the target of the
+/// Kuadrant policies, which must not count `/maas-api/`).
+pub const MODELS_ROUTE: &str = "maas-models";
+/// The header the filter routes completions by, after reading the body.
+pub const MODEL_HEADER: &str = "x-maas-model";
+
+/// The oldest Istio the rendering works on. The filter needs Envoy's
+/// `allow_on_headers_stop_iteration` (Envoy >= 1.35) to read a completion's
+/// body before its headers go upstream; istiod <= 1.27 does not know the
+/// field and drops it from an EnvoyFilter patch with only a webhook
+/// warning, and completions then stall until they time out.
+pub const ISTIO_FLOOR: IstioVersion = IstioVersion {
+    major: 1,
+    minor: 28,
+};
+
+/// An Istio release, `major.minor` (a patch level is accepted and ignored).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct IstioVersion {
+    pub major: u32,
+    pub minor: u32,
+}
+
+impl std::str::FromStr for IstioVersion {
+    type Err = RenderError;
+
+    fn from_str(text: &str) -> Result<Self, RenderError> {
+        let bad = || RenderError::IstioVersion(text.to_string());
+        let mut parts = text.trim().trim_start_matches('v').split('.');
+        let mut number = || -> Result<u32, RenderError> {
+            parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)
+        };
+        Ok(IstioVersion {
+            major: number()?,
+            minor: number()?,
+        })
+    }
+}
+
+impl std::fmt::Display for IstioVersion {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.major, self.minor)
+    }
+}
+
+/// Refuses an Istio older than [`ISTIO_FLOOR`], saying why.
+pub fn check_istio_version(version: IstioVersion) -> Result<(), RenderError> {
+    if version < ISTIO_FLOOR {
+        return Err(RenderError::IstioTooOld(version));
+    }
+    Ok(())
+}
 
 /// The checked-in rendering (`istio/gateway/`, `istio/sidecar/`, `istio/wasmplugin/`) uses
 /// these: a module URL and checksum no proxy will accept, and a token no
@@ -72,6 +124,16 @@ pub enum RenderError {
     WasmUrl { url: String, reason: &'static str },
     #[error(transparent)]
     Manifest(#[from] ManifestError),
+    #[error("--istio-version {0:?}: expected major.minor, e.g. 1.28")]
+    IstioVersion(String),
+    #[error(
+        "Istio {0} is older than {ISTIO_FLOOR}: its istiod drops the filter's \
+         allow_on_headers_stop_iteration from the EnvoyFilter (only a webhook warning), \
+         and every completion stalls"
+    )]
+    IstioTooOld(IstioVersion),
+    #[error("the filter's failure_policy {0:?} is not FAIL_CLOSED, FAIL_OPEN or FAIL_RELOAD")]
+    FailurePolicy(String),
 }
 
 /// Where the module is published.
@@ -82,7 +144,17 @@ pub struct WasmModule {
     pub url: String,
     /// Hex SHA-256 of the module; Envoy refuses other bytes.
     pub sha256: String,
+    /// The CA bundle, on the proxy, that an `https://` source's certificate
+    /// must chain to: the checksum guards the module, the certificate
+    /// guards against a source that answers for another host.
+    pub ca_file: String,
+    /// For the WasmPlugin alone: the module as an OCI artifact
+    /// (`oci://…@sha256:…`, from `make images`), which Istio's agent pulls.
+    pub oci: Option<String>,
 }
+
+/// The system trust store in Istio's proxy images.
+pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
 
 /// Where the URL points, for the cluster that fetches it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,14 +211,57 @@ pub struct MeshSettings {
     /// Service (and service account) of the control plane, and its port.
     pub control_plane: String,
     pub control_plane_port: u16,
-    /// Service (and service account) of Limitador, and its gRPC port.
-    pub limitador: String,
-    pub limitador_port: u16,
+    /// Service (and service account) of the limiter (`maas-limiter`, which
+    /// implements the Reserve/Commit the filter's token limits need), and
+    /// its gRPC port.
+    pub limiter: String,
+    pub limiter_port: u16,
+    /// The inference server's port (its Service shares `inference_app`).
+    pub inference_port: u16,
+    /// Service (and pod label) of the limiter's Redis, and its port.
+    pub redis: String,
+    pub redis_port: u16,
     /// The mesh's trust domain, for the SPIFFE ids the clusters verify.
     pub trust_domain: String,
     /// The control plane's gateway token (its `gateway-token`).
     pub gateway_token: String,
     pub wasm: WasmModule,
+    /// Keep the `keys` of the local configuration (its demo keys, one
+    /// unlimited, whose plaintext is in the README) in the mesh's copy.
+    /// Off by default: the mesh's keys come from the control plane.
+    pub keep_config_keys: bool,
+    /// The Istio release it is for, checked against [`ISTIO_FLOOR`] when
+    /// given.
+    pub istio_version: Option<IstioVersion>,
+}
+
+/// The names `istio/base` uses, and the placeholders of the checked-in
+/// rendering.
+impl Default for MeshSettings {
+    fn default() -> Self {
+        MeshSettings {
+            namespace: "maas".into(),
+            gateway: "maas-gateway".into(),
+            inference_app: "maas-inference-server".into(),
+            inference_port: 8000,
+            control_plane: "maas-control-plane".into(),
+            control_plane_port: 8090,
+            limiter: "maas-limiter".into(),
+            limiter_port: 8081,
+            redis: "redis".into(),
+            redis_port: 6379,
+            trust_domain: "cluster.local".into(),
+            gateway_token: placeholder::GATEWAY_TOKEN.into(),
+            wasm: WasmModule {
+                url: placeholder::WASM_URL.into(),
+                sha256: placeholder::WASM_SHA256.into(),
+                ca_file: SYSTEM_CA_FILE.into(),
+                oci: None,
+            },
+            keep_config_keys: false,
+            istio_version: None,
+        }
+    }
 }
 
 impl MeshSettings {
@@ -167,7 +282,7 @@ pub enum Placement {
 }
 
 impl Placement {
-    fn label(self) -> &'static str {
+    pub fn label(self) -> &'static str {
         match self {
             Placement::Gateway => "gateway",
             Placement::Sidecar => "sidecar",
@@ -180,6 +295,20 @@ impl Placement {
                 json!({ "gateway.networking.k8s.io/gateway-name": settings.gateway })
             }
             Placement::Sidecar => json!({ "app.kubernetes.io/name": settings.inference_app }),
+        }
+    }
+
+    /// Where an EnvoyFilter of this placement applies. Istio documents
+    /// `targetRefs` for Gateway API gateways (it follows the Gateway, not
+    /// labels its controller happens to set); sidecars are selected by
+    /// their pods' labels.
+    fn attach(self, settings: &MeshSettings) -> (&'static str, Value) {
+        match self {
+            Placement::Gateway => ("targetRefs", gateway_target(settings)),
+            Placement::Sidecar => (
+                "workloadSelector",
+                json!({ "labels": self.selector(settings) }),
+            ),
         }
     }
 
@@ -318,6 +447,9 @@ pub fn mesh_filter_config(local: &[u8], settings: &MeshSettings) -> Result<Value
     );
     control_plane.insert("token".into(), json!(settings.gateway_token));
     map.insert("control_plane".into(), Value::Object(control_plane));
+    if !settings.keep_config_keys {
+        map.remove("keys");
+    }
     // Global limits call the Limitador the EnvoyFilter adds a cluster for.
     if let Some(limiter) = map.get_mut("limiter").and_then(Value::as_object_mut) {
         limiter.insert("cluster".into(), json!(LIMITADOR_CLUSTER));
@@ -326,10 +458,10 @@ pub fn mesh_filter_config(local: &[u8], settings: &MeshSettings) -> Result<Value
     Ok(config)
 }
 
-/// Limitador's limits for the configuration's global limits, as the
-/// ConfigMap its Deployment mounts: rendered by the filter's own
+/// The limiter's limits (Limitador's limits-file format) for the
+/// configuration's global limits, as the ConfigMap its Deployment mounts: rendered by the filter's own
 /// `limitador_limits`, so the limits match the descriptors it sends.
-fn limitador_limits_config_map(filter_config: &Value) -> Result<Value, RenderError> {
+fn limiter_limits_config_map(filter_config: &Value) -> Result<Value, RenderError> {
     let config = Config::from_json(filter_config.to_string().as_bytes())?;
     let domain = config
         .limiter
@@ -342,7 +474,7 @@ fn limitador_limits_config_map(filter_config: &Value) -> Result<Value, RenderErr
     Ok(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": { "name": "limitador-limits" },
+        "metadata": { "name": "maas-limiter-limits" },
         "data": { "limits.yaml": limits },
     }))
 }
@@ -385,7 +517,20 @@ fn metadata(name: &str, settings: &MeshSettings) -> Value {
 
 /// `typed_per_filter_config` that turns the filter off on the `/maas-api/`
 /// route: the control plane authenticates its own callers (as locally).
-fn disable_on_api_route(filter_name: &str, settings: &MeshSettings) -> Value {
+fn disable_on_api_route(filter_names: &[String], settings: &MeshSettings) -> Value {
+    let per_filter: Map<String, Value> = filter_names
+        .iter()
+        .map(|name| {
+            (
+                name.clone(),
+                json!({
+                    "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
+                    "disabled": true,
+                    "is_optional": true,
+                }),
+            )
+        })
+        .collect();
     json!({
         "applyTo": "HTTP_ROUTE",
         "match": {
@@ -396,14 +541,7 @@ fn disable_on_api_route(filter_name: &str, settings: &MeshSettings) -> Value {
         },
         "patch": {
             "operation": "MERGE",
-            "value": {
-                "typed_per_filter_config": {
-                    filter_name: {
-                        "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig",
-                        "disabled": true,
-                    }
-                }
-            }
+            "value": { "typed_per_filter_config": per_filter }
         }
     })
 }
@@ -458,7 +596,10 @@ pub fn filter_envoy_filter(
         }));
     }
     if placement == Placement::Gateway {
-        patches.push(disable_on_api_route(HTTP_FILTER_NAME, settings));
+        patches.push(disable_on_api_route(
+            &[HTTP_FILTER_NAME.to_string()],
+            settings,
+        ));
     }
     let name = format!("maas-filter-{}", placement.label());
     envoy_filter(&name, placement, settings, Some(FILTER_PRIORITY), patches)
@@ -471,10 +612,8 @@ fn envoy_filter(
     priority: Option<i64>,
     patches: Vec<Value>,
 ) -> Value {
-    let mut spec = json!({
-        "workloadSelector": { "labels": placement.selector(settings) },
-        "configPatches": patches,
-    });
+    let (key, target) = placement.attach(settings);
+    let mut spec = json!({ key: target, "configPatches": patches });
     if let Some(priority) = priority {
         spec["priority"] = json!(priority);
     }
@@ -489,7 +628,7 @@ fn envoy_filter(
 /// Istio mutual TLS to a workload of the mesh, as Istio's own clusters do
 /// it: the proxy's certificate and roots from its SDS (`sds-grpc`), the
 /// peer verified by its service account's SPIFFE id.
-fn istio_mtls(settings: &MeshSettings, service: &str, port: u16) -> Value {
+fn istio_mtls(settings: &MeshSettings, service: &str, port: u16, h2: bool) -> Value {
     let sds = |name: &str| {
         json!({
             "name": name,
@@ -509,7 +648,13 @@ fn istio_mtls(settings: &MeshSettings, service: &str, port: u16) -> Value {
             "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
             "sni": format!("outbound_.{port}_._.{}", settings.service_host(service)),
             "common_tls_context": {
-                "alpn_protocols": ["istio-peer-exchange", "istio"],
+                // Istio's own ALPN for in-mesh clusters, with `h2` for an
+                // HTTP/2 one (its ALPNInMeshH2WithMxc).
+                "alpn_protocols": if h2 {
+                    json!(["istio-peer-exchange", "istio", "h2"])
+                } else {
+                    json!(["istio-peer-exchange", "istio"])
+                },
                 "tls_certificate_sds_secret_configs": [sds("default")],
                 "combined_validation_context": {
                     "default_validation_context": {
@@ -555,16 +700,17 @@ pub fn clusters(settings: &MeshSettings) -> Result<Vec<Value>, RenderError> {
         settings,
         &settings.control_plane,
         settings.control_plane_port,
+        false,
     );
 
-    let mut limitador = dns_cluster(
+    let mut limiter = dns_cluster(
         LIMITADOR_CLUSTER,
-        &settings.service_host(&settings.limitador),
-        settings.limitador_port,
+        &settings.service_host(&settings.limiter),
+        settings.limiter_port,
     );
-    limitador["transport_socket"] =
-        istio_mtls(settings, &settings.limitador, settings.limitador_port);
-    limitador["typed_extension_protocol_options"] = json!({
+    limiter["transport_socket"] =
+        istio_mtls(settings, &settings.limiter, settings.limiter_port, true);
+    limiter["typed_extension_protocol_options"] = json!({
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
             "explicit_http_config": { "http2_protocol_options": {} },
@@ -574,17 +720,24 @@ pub fn clusters(settings: &MeshSettings) -> Result<Vec<Value>, RenderError> {
     let source = url_host(&settings.wasm.url)?;
     let mut wasm_source = dns_cluster(WASM_SOURCE_CLUSTER, &source.host, source.port);
     if source.tls {
-        // No CA check is needed for integrity: Envoy refuses any bytes whose
-        // SHA-256 is not the pinned one.
+        // The checksum already refuses other bytes; the certificate check
+        // keeps a proxy from talking to whoever answers for the host.
         wasm_source["transport_socket"] = json!({
             "name": "envoy.transport_sockets.tls",
             "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
                 "sni": source.host,
+                "common_tls_context": { "validation_context": {
+                    "trusted_ca": { "filename": settings.wasm.ca_file },
+                    "match_typed_subject_alt_names": [{
+                        "san_type": "DNS",
+                        "matcher": { "exact": source.host },
+                    }],
+                } },
             }
         });
     }
-    Ok(vec![control_plane, limitador, wasm_source])
+    Ok(vec![control_plane, limiter, wasm_source])
 }
 
 /// The `EnvoyFilter` adding [`clusters`] to the proxies of `placement`.
@@ -610,42 +763,135 @@ pub fn clusters_envoy_filter(
 /// `allow_on_headers_stop_iteration`, which the filter needs to read a
 /// completion request's body before the headers go upstream: see
 /// istio/wasmplugin/README.md before using it.
-pub fn wasm_plugin(settings: &MeshSettings, template: &Value, filter_config: &Value) -> Value {
+pub fn wasm_plugin(
+    settings: &MeshSettings,
+    template: &Value,
+    filter_config: &Value,
+) -> Result<Value, RenderError> {
     let root_id = template
         .get("root_id")
         .cloned()
         .unwrap_or(json!(HTTP_FILTER_NAME));
-    json!({
+    // An OCI artifact (`make images`) is pinned by its manifest digest in
+    // the reference, which is what Istio compares `sha256` with.
+    let (plugin_url, plugin_sha256) = match &settings.wasm.oci {
+        Some(reference) => {
+            let digest = reference
+                .strip_prefix("oci://")
+                .and_then(|r| r.split_once("@sha256:"))
+                .map(|(_, digest)| digest)
+                .filter(|d| check_sha256(d).is_ok())
+                .ok_or_else(|| RenderError::WasmUrl {
+                    url: reference.clone(),
+                    reason: "expected oci://REGISTRY/REPOSITORY@sha256:<64 hex>",
+                })?;
+            (reference.clone(), digest.to_string())
+        }
+        None => (
+            settings.wasm.url.clone(),
+            settings.wasm.sha256.to_ascii_lowercase(),
+        ),
+    };
+    Ok(json!({
         "apiVersion": "extensions.istio.io/v1alpha1",
         "kind": "WasmPlugin",
         "metadata": metadata(HTTP_FILTER_NAME, settings),
         "spec": {
-            "targetRefs": [{
-                "group": "gateway.networking.k8s.io",
-                "kind": "Gateway",
-                "name": settings.gateway,
-            }],
+            "targetRefs": gateway_target(settings),
             "type": "HTTP",
-            "url": settings.wasm.url,
-            "sha256": settings.wasm.sha256.to_ascii_lowercase(),
+            "url": plugin_url,
+            "sha256": plugin_sha256,
             // After Istio's authentication (jwt_authn, whose claims the
             // filter reads), before its authorization and Kuadrant (STATS).
             "phase": "AUTHZ",
-            "failStrategy": if template.get("fail_open").and_then(Value::as_bool) == Some(true) {
-                "FAIL_OPEN"
-            } else {
-                "FAIL_CLOSE"
-            },
+            "failStrategy": fail_strategy(template)?,
             "pluginName": root_id,
             "pluginConfig": filter_config,
         }
+    }))
+}
+
+/// The Gateway API gateway, as `targetRefs`.
+fn gateway_target(settings: &MeshSettings) -> Value {
+    json!([{
+        "group": "gateway.networking.k8s.io",
+        "kind": "Gateway",
+        "name": settings.gateway,
+    }])
+}
+
+/// The WasmPlugin's `failStrategy` for the template's `failure_policy`.
+/// The template must not use the deprecated `fail_open`, which Envoy
+/// ignores once `failure_policy` is set and may drop.
+fn fail_strategy(template: &Value) -> Result<&'static str, RenderError> {
+    if template.get("fail_open").is_some() {
+        return Err(RenderError::Template(
+            "the wasm filter sets the deprecated fail_open; use failure_policy".into(),
+        ));
+    }
+    match template.get("failure_policy").and_then(Value::as_str) {
+        Some("FAIL_CLOSED") | None => Ok("FAIL_CLOSE"),
+        Some("FAIL_OPEN") => Ok("FAIL_OPEN"),
+        Some("FAIL_RELOAD") => Ok("FAIL_RELOAD"),
+        Some(other) => Err(RenderError::FailurePolicy(other.to_string())),
+    }
+}
+
+/// The names Istio gives a WasmPlugin's HTTP filter in the chain, which
+/// the `/maas-api/` route must name to turn it off: Istio 1.24 to 1.29
+/// name it `extensions.istio.io/wasmplugin/<ns>.<name>`; from 1.30
+/// WasmPlugins are translated to TrafficExtensions, named
+/// `extensions.istio.io/trafficextension/<ns>.<name>~istio-translated-wasmplugin`.
+/// Both are listed, each `is_optional`, so one rendering serves every
+/// Istio from the floor on: Envoy ignores the one that names no filter.
+pub fn wasm_plugin_filter_names(settings: &MeshSettings) -> [String; 2] {
+    let plugin = format!("{}.{HTTP_FILTER_NAME}", settings.namespace);
+    [
+        format!("extensions.istio.io/wasmplugin/{plugin}"),
+        format!("extensions.istio.io/trafficextension/{plugin}~istio-translated-wasmplugin"),
+    ]
+}
+
+/// The `maas-models` HTTPRoute. On the gateway the filter reads the model
+/// from the body and sets `x-maas-model`, one rule per model. With the
+/// filter in the sidecars nothing at the ingress reads the body, so the
+/// route sends every `/v1/` request to the inference server, whose sidecar
+/// filter does the rest.
+pub fn models_route(placement: Placement, settings: &MeshSettings, models: &[String]) -> Value {
+    let backend = json!([{ "name": settings.inference_app, "port": settings.inference_port }]);
+    let path = json!({ "type": "PathPrefix", "value": "/v1/" });
+    let rules: Vec<Value> = match placement {
+        Placement::Gateway => models
+            .iter()
+            .map(|model| {
+                json!({
+                    "matches": [{
+                        "path": path,
+                        "headers": [{ "name": MODEL_HEADER, "value": model }],
+                    }],
+                    "backendRefs": backend,
+                })
+            })
+            .collect(),
+        Placement::Sidecar => {
+            vec![json!({ "matches": [{ "path": path }], "backendRefs": backend })]
+        }
+    };
+    json!({
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": metadata(MODELS_ROUTE, settings),
+        "spec": {
+            "parentRefs": [{ "name": settings.gateway }],
+            "rules": rules,
+        },
     })
 }
 
 /// One rendered file, relative to the `istio/` directory.
 #[derive(Debug)]
 pub struct RenderedFile {
-    pub path: &'static str,
+    pub path: String,
     pub docs: Vec<Value>,
 }
 
@@ -658,49 +904,85 @@ pub fn render(
 ) -> Result<Vec<RenderedFile>, RenderError> {
     check_sha256(&settings.wasm.sha256)?;
     url_host(&settings.wasm.url)?;
+    if let Some(version) = settings.istio_version {
+        check_istio_version(version)?;
+    }
     let template = template_settings(template)?;
     let filter_config = mesh_filter_config(local_filter_config, settings)?;
     let wasm = wasm_config(&template.wasm, &filter_config, &settings.wasm);
+    let models = Config::from_json(filter_config.to_string().as_bytes())?.models;
     let mut files = Vec::new();
-    for (placement, path) in [
-        (Placement::Gateway, "gateway/envoyfilters.yaml"),
-        (Placement::Sidecar, "sidecar/envoyfilters.yaml"),
+    for (placement, dir) in [
+        (Placement::Gateway, "gateway"),
+        (Placement::Sidecar, "sidecar"),
     ] {
         files.push(RenderedFile {
-            path,
+            path: format!("{dir}/envoyfilters.yaml"),
             docs: vec![
                 filter_envoy_filter(placement, settings, &template, &wasm),
                 clusters_envoy_filter(placement, settings)?,
             ],
         });
+        files.extend(placement_files(dir, placement, settings, &models));
     }
-    // The WasmPlugin's filter is named `<namespace>.<name>` by Istio.
-    let plugin_filter = format!("{}.{HTTP_FILTER_NAME}", settings.namespace);
     let route_patch = envoy_filter(
         "maas-plugin-api-route",
         Placement::Gateway,
         settings,
         Some(FILTER_PRIORITY),
-        vec![disable_on_api_route(&plugin_filter, settings)],
+        vec![disable_on_api_route(
+            &wasm_plugin_filter_names(settings),
+            settings,
+        )],
     );
     files.push(RenderedFile {
-        path: "base/limitador-limits.yaml",
-        docs: vec![limitador_limits_config_map(&filter_config)?],
+        path: "base/limiter-limits.yaml".into(),
+        docs: vec![limiter_limits_config_map(&filter_config)?],
     });
     files.push(RenderedFile {
-        path: "wasmplugin/wasmplugin.yaml",
+        path: "wasmplugin/wasmplugin.yaml".into(),
         docs: vec![
-            wasm_plugin(settings, &template.wasm, &filter_config),
+            wasm_plugin(settings, &template.wasm, &filter_config)?,
             route_patch,
             clusters_envoy_filter(Placement::Gateway, settings)?,
         ],
     });
+    files.extend(placement_files(
+        "wasmplugin",
+        Placement::Gateway,
+        settings,
+        &models,
+    ));
     Ok(files)
 }
 
+/// What each placement adds besides the filter: who may call what, and
+/// the route to the models.
+fn placement_files(
+    dir: &str,
+    placement: Placement,
+    settings: &MeshSettings,
+    models: &[String],
+) -> [RenderedFile; 2] {
+    [
+        RenderedFile {
+            path: format!("{dir}/access.yaml"),
+            docs: crate::access::access_manifests(placement, settings),
+        },
+        RenderedFile {
+            path: format!("{dir}/routes.yaml"),
+            docs: vec![models_route(placement, settings, models)],
+        },
+    ]
+}
+
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
+
+    pub(crate) fn settings() -> MeshSettings {
+        MeshSettings::default()
+    }
 
     #[test]
     fn module_urls_name_the_cluster_that_fetches_them() {
@@ -747,17 +1029,31 @@ static_resources:
         \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm
         config:
           root_id: r
-          fail_open: false
+          failure_policy: FAIL_CLOSED
           configuration: { value: {{FILTER_CONFIG}} }
 ";
         let settings = template_settings(template).unwrap();
         assert_eq!(settings.wasm["root_id"], "r");
-        assert_eq!(settings.wasm["fail_open"], false);
+        assert_eq!(settings.wasm["failure_policy"], "FAIL_CLOSED");
         assert_eq!(
             settings.path_handling.get("merge_slashes"),
             Some(&json!(true))
         );
         assert!(template_settings("a: 1").is_err());
+    }
+
+    #[test]
+    fn the_wasmplugin_pulls_an_oci_artifact_pinned_by_digest() {
+        let mut s = settings();
+        let digest = "ab".repeat(32);
+        s.wasm.oci = Some(format!(
+            "oci://registry.example.com/maas/maas-filter@sha256:{digest}"
+        ));
+        let plugin = wasm_plugin(&s, &json!({}), &json!({})).unwrap();
+        assert_eq!(plugin["spec"]["url"], json!(s.wasm.oci));
+        assert_eq!(plugin["spec"]["sha256"], json!(digest));
+        s.wasm.oci = Some("oci://registry.example.com/maas/maas-filter:0.1.0".into());
+        assert!(wasm_plugin(&s, &json!({}), &json!({})).is_err());
     }
 
     #[test]

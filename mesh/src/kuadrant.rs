@@ -1,7 +1,17 @@
 //! Kuadrant policies that carry the same limits as the filter's
 //! subscriptions, for platform teams that want Kuadrant (Limitador) to own
 //! them: a `TokenRateLimitPolicy` for token limits and a `RateLimitPolicy`
-//! for request limits, both attached to the gateway.
+//! for request limits, both attached to the models' `HTTPRoute`. Not to the
+//! Gateway: the filter is off on `/maas-api/`, so client-sent `x-maas-*`
+//! headers survive there, and a policy on the whole Gateway would let an
+//! anonymous client spend the shared counters (or a victim's per-key one).
+//!
+//! Kuadrant >= v1.5.0 ([`KUADRANT_FLOOR`]): up to v1.4 Kuadrant attaches its
+//! wasm-shim through a WasmPlugin, which Istio places ahead of every
+//! EnvoyFilter patch "before the router"; the shim then runs before the
+//! filter, finds none of the identity headers, and the policies count
+//! nothing. From v1.5.0 both are EnvoyFilter patches before the router,
+//! and ours, applied first (`istio::FILTER_PRIORITY`), runs first.
 //!
 //! Every limit selects its requests by the identity the filter publishes
 //! (the `x-maas-*` headers, which it strips from clients first), so the
@@ -25,6 +35,10 @@ use serde::Serialize;
 use serde_json::{json, Map, Value};
 
 use crate::identity;
+
+/// The oldest Kuadrant whose wasm-shim runs after the filter (see the
+/// module documentation).
+pub const KUADRANT_FLOOR: &str = "v1.5.0";
 
 /// The largest `limit` a Kubernetes integer field holds.
 pub const MAX_LIMIT: u64 = i64::MAX as u64;
@@ -184,14 +198,32 @@ fn same_rates(a: &ScopeLimits, b: &ScopeLimits) -> bool {
 /// Where the policies attach.
 #[derive(Debug, Clone)]
 pub struct PolicyTarget {
-    /// The Gateway API `Gateway` they target.
-    pub gateway: String,
+    /// The `HTTPRoute` of the models (`istio::MODELS_ROUTE`).
+    pub route: String,
     pub namespace: String,
 }
 
 /// CEL for `request.headers['<name>']`.
 fn header(name: &str) -> String {
     format!("request.headers['{name}']")
+}
+
+/// CEL: the request has the header. Every predicate that reads a header,
+/// and every limit whose counter does, checks this first: indexing a
+/// missing key is an evaluation error in CEL, which Kuadrant would log on
+/// every request without the header; `false && error` is `false`.
+fn has_header(name: &str) -> String {
+    format!("'{name}' in request.headers")
+}
+
+/// CEL: the header is present and equals `value`.
+fn header_is(name: &str, value: &str) -> String {
+    format!(
+        "{} && {} == {}",
+        has_header(name),
+        header(name),
+        cel_string(value)
+    )
 }
 
 /// A CEL string literal. Names the filter accepts never need escaping; this
@@ -240,11 +272,11 @@ fn limits_for(source: &LimitSource, quantity: Quantity) -> Result<Map<String, Va
     let sub_header = header(identity::SUBSCRIPTION_HEADER);
     let key_header = header(identity::KEY_ID_HEADER);
     let user_header = header(identity::USER_HEADER);
-    let has_key = format!("'{}' in request.headers", identity::KEY_ID_HEADER);
+    let has_key = has_header(identity::KEY_ID_HEADER);
     let mut out = Map::new();
     for sub in &source.subscriptions {
         let name = &*sub.name;
-        let of_sub = predicate(format!("{sub_header} == {}", cel_string(name)));
+        let of_sub = predicate(header_is(identity::SUBSCRIPTION_HEADER, name));
         if let Some(l) = limit(
             &format!("subscription {name}"),
             &sub.limits,
@@ -264,25 +296,28 @@ fn limits_for(source: &LimitSource, quantity: Quantity) -> Result<Map<String, Va
             .map(|k| k.id.as_str())
             .collect();
         let mut per_key = vec![of_sub.clone(), predicate(has_key.clone())];
-        per_key.extend(
-            own.iter()
-                .map(|id| predicate(format!("{key_header} != {}", cel_string(id)))),
-        );
+        per_key.extend(own.iter().map(|id| {
+            predicate(format!(
+                "!({has_key}) || {key_header} != {}",
+                cel_string(id)
+            ))
+        }));
         let scope = format!("subscription {name} key_limits");
         if let Some(l) = limit(&scope, template, quantity, per_key, &key_header)? {
             out.insert(format!("{name}-per-key-{suffix}"), l);
         }
         // Token callers (OIDC) have no key: the filter counts them per user.
-        let per_user = vec![of_sub, predicate(format!("!({has_key})"))];
+        let per_user = vec![
+            of_sub,
+            predicate(format!("!({has_key})")),
+            predicate(has_header(identity::USER_HEADER)),
+        ];
         if let Some(l) = limit(&scope, template, quantity, per_user, &user_header)? {
             out.insert(format!("{name}-per-user-{suffix}"), l);
         }
     }
     for key in &source.key_overrides {
-        let when = vec![predicate(format!(
-            "{key_header} == {}",
-            cel_string(&key.id)
-        ))];
+        let when = vec![predicate(header_is(identity::KEY_ID_HEADER, &key.id))];
         if let Some(l) = limit(
             &format!("key {}", key.id),
             &key.limits,
@@ -330,8 +365,8 @@ pub fn policies(source: &LimitSource, target: &PolicyTarget) -> Result<Vec<Value
             "spec": {
                 "targetRef": {
                     "group": "gateway.networking.k8s.io",
-                    "kind": "Gateway",
-                    "name": target.gateway,
+                    "kind": "HTTPRoute",
+                    "name": target.route,
                 },
                 "limits": limits,
             },
@@ -414,7 +449,7 @@ mod tests {
 
     fn target() -> PolicyTarget {
         PolicyTarget {
-            gateway: "maas-gateway".into(),
+            route: "maas-models".into(),
             namespace: "maas".into(),
         }
     }
@@ -438,7 +473,7 @@ mod tests {
         );
         assert_eq!(
             tokens["free-tokens"]["when"],
-            json!([{"predicate": "request.headers['x-maas-subscription'] == 'free'"}])
+            json!([{"predicate": "'x-maas-subscription' in request.headers && request.headers['x-maas-subscription'] == 'free'"}])
         );
         assert_eq!(
             tokens["free-tokens"]["counters"],
@@ -460,7 +495,7 @@ mod tests {
         assert!(per_key["when"]
             .as_array()
             .unwrap()
-            .contains(&json!({"predicate": "request.headers['x-maas-key-id'] != 'k2'"})));
+            .contains(&json!({"predicate": "!('x-maas-key-id' in request.headers) || request.headers['x-maas-key-id'] != 'k2'"})));
         assert_eq!(
             requests["free-per-user-requests"]["counters"],
             json!([{"expression": "request.headers['x-maas-user']"}])

@@ -9,9 +9,13 @@
 //!   the filter's own parser before anything is written.
 //! - [`kuadrant`] renders `TokenRateLimitPolicy`/`RateLimitPolicy` resources
 //!   equivalent to the subscriptions' limits.
+//! - [`access`] renders who may call what: mutual TLS, an
+//!   `AuthorizationPolicy` and a `NetworkPolicy` per workload, and the trust
+//!   table of the README, from one table of grants.
 //! - [`crd`] validates resources against their CRDs' OpenAPI schemas offline.
 //! - [`manifest`] reads and writes multi-document YAML.
 
+pub mod access;
 pub mod crd;
 pub mod istio;
 pub mod kuadrant;

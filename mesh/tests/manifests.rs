@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use maas_filter::config::Config;
 use maas_mesh::crd::{CrdCatalog, Verdict};
-use maas_mesh::istio::{self, placeholder, MeshSettings, WasmModule};
+use maas_mesh::istio::{self, MeshSettings};
 use maas_mesh::kuadrant::{self, LimitSource, PolicyTarget};
 use maas_mesh::manifest;
 use serde_json::{json, Value};
@@ -61,6 +61,34 @@ fn resources() -> Vec<(&'static Path, &'static Value)> {
         .collect()
 }
 
+/// What `kubectl apply -k istio/<dir>` applies: the kustomization's
+/// resources, directories followed (istio/ uses no patches).
+fn applied(dir: &str) -> Vec<&'static Value> {
+    let mut out = Vec::new();
+    let mut stack = vec![istio_dir().join(dir).canonicalize().unwrap()];
+    while let Some(dir) = stack.pop() {
+        let relative = dir
+            .strip_prefix(istio_dir().canonicalize().unwrap())
+            .unwrap();
+        let kustomization = &manifests()[&relative.join("kustomization.yaml")][0];
+        for entry in kustomization["resources"].as_array().unwrap() {
+            let target = dir.join(entry.as_str().unwrap()).canonicalize().unwrap();
+            if target.is_dir() {
+                stack.push(target);
+            } else {
+                let relative = target
+                    .strip_prefix(istio_dir().canonicalize().unwrap())
+                    .unwrap();
+                out.extend(manifests()[relative].iter());
+            }
+        }
+    }
+    out
+}
+
+/// The three ways to install the stack.
+const PLACEMENTS: [&str; 3] = [".", "sidecar", "wasmplugin"];
+
 fn of_kind(kind: &str) -> Vec<&'static Value> {
     resources()
         .into_iter()
@@ -95,7 +123,7 @@ fn group(api_version: &str) -> &str {
 fn is_builtin(resource: &Value) -> bool {
     matches!(
         group(resource["apiVersion"].as_str().unwrap_or("")),
-        "" | "apps"
+        "" | "apps" | "networking.k8s.io"
     )
 }
 
@@ -173,6 +201,8 @@ fn custom_resources_match_their_crds() {
         "TokenRateLimitPolicy",
         "RateLimitPolicy",
         "AuthPolicy",
+        "PeerAuthentication",
+        "AuthorizationPolicy",
     ] {
         assert!(
             checked.contains(kind),
@@ -320,8 +350,9 @@ fn the_inference_server_is_probed_on_health_and_loads_the_fetched_model() {
     let config: Value =
         serde_json::from_slice(&std::fs::read(root().join("envoy/filter-config.json")).unwrap())
             .unwrap();
-    let routed: Vec<&Value> = of_kind("HTTPRoute")
-        .iter()
+    let routed: Vec<&Value> = applied(".")
+        .into_iter()
+        .filter(|d| d["kind"] == "HTTPRoute")
         .flat_map(|r| r["spec"]["rules"].as_array().unwrap())
         .flat_map(|rule| rule["matches"].as_array().unwrap())
         .filter_map(|m| m["headers"].as_array())
@@ -376,7 +407,7 @@ fn services_reach_container_ports_and_volumes_exist() {
         }
     }
     // Every Secret, ConfigMap and claim a pod mounts is in the manifests,
-    // except the tokens Secret the README has the operator create.
+    // except the secrets the README has the operator create.
     let defined: BTreeSet<(String, String)> = resources()
         .iter()
         .map(|(_, d)| {
@@ -405,7 +436,7 @@ fn services_reach_container_ports_and_volumes_exist() {
                 reference.0.to_string(),
                 reference.1.as_str().unwrap().to_string(),
             );
-            if key.1 == "maas-control-plane-tokens" {
+            if ["maas-control-plane-tokens", "maas-redis"].contains(&key.1.as_str()) {
                 continue;
             }
             assert!(
@@ -463,11 +494,16 @@ fn the_embedded_configuration_is_the_local_one_and_the_filter_accepts_it() {
             .remove("control_plane")
             .unwrap();
         assert_eq!(control_plane["cluster"], istio::CONTROL_PLANE_CLUSTER);
-        assert_eq!(
-            config,
-            local_filter_config(),
-            "the mesh runs another configuration"
+        // The mesh's keys are minted through the control plane: the local
+        // demo keys (one unlimited, its plaintext in the README) stay out.
+        assert!(
+            config.get("keys").is_none(),
+            "the mesh ships configured keys: {}",
+            config["keys"]
         );
+        let mut local = local_filter_config();
+        local.as_object_mut().unwrap().remove("keys");
+        assert_eq!(config, local, "the mesh runs another configuration");
     }
 }
 
@@ -499,7 +535,8 @@ fn the_mesh_filter_settings_agree_with_the_local_bootstrap() {
         .find(|f| f["name"] == "envoy.filters.http.wasm")
         .map(|f| &f["typed_config"]["config"])
         .unwrap();
-    assert_eq!(local["fail_open"], false);
+    assert_eq!(local["failure_policy"], "FAIL_CLOSED");
+    assert!(local.get("fail_open").is_none(), "fail_open is deprecated");
     assert_eq!(local["allow_on_headers_stop_iteration"], true);
     for filter in filter_envoy_filters() {
         let mesh = wasm_config_of(filter);
@@ -579,10 +616,12 @@ fn the_clusters_the_filter_names_are_added_where_it_runs() {
             &of_kind("EnvoyFilter"),
             &format!("maas-clusters-{placement}"),
         );
-        assert_eq!(
-            filter["spec"]["workloadSelector"], clusters["spec"]["workloadSelector"],
-            "{placement}: the clusters go to other proxies than the filter"
-        );
+        for attach in ["workloadSelector", "targetRefs"] {
+            assert_eq!(
+                filter["spec"][attach], clusters["spec"][attach],
+                "{placement}: the clusters go to other proxies than the filter"
+            );
+        }
         let added: BTreeSet<&str> = clusters["spec"]["configPatches"]
             .as_array()
             .unwrap()
@@ -608,11 +647,17 @@ fn the_clusters_the_filter_names_are_added_where_it_runs() {
             );
         }
     }
-    // The gateway's pods are the ones Istio deploys for our Gateway.
+    // On the gateway, the filter follows our Gateway API Gateway by
+    // targetRefs (not by a label its controller happens to set).
     let gateway = named(&of_kind("EnvoyFilter"), "maas-filter-gateway");
+    assert!(gateway["spec"].get("workloadSelector").is_none());
     assert_eq!(
-        gateway["spec"]["workloadSelector"]["labels"]["gateway.networking.k8s.io/gateway-name"],
-        of_kind("Gateway")[0]["metadata"]["name"]
+        gateway["spec"]["targetRefs"],
+        json!([{
+            "group": "gateway.networking.k8s.io",
+            "kind": "Gateway",
+            "name": of_kind("Gateway")[0]["metadata"]["name"],
+        }])
     );
     let sidecar = named(&of_kind("EnvoyFilter"), "maas-filter-sidecar");
     let inference = named(&of_kind("Deployment"), "maas-inference-server");
@@ -624,33 +669,15 @@ fn the_clusters_the_filter_names_are_added_where_it_runs() {
     }
 }
 
-fn placeholder_settings() -> MeshSettings {
-    MeshSettings {
-        namespace: "maas".into(),
-        gateway: "maas-gateway".into(),
-        inference_app: "maas-inference-server".into(),
-        control_plane: "maas-control-plane".into(),
-        control_plane_port: 8090,
-        limitador: "limitador".into(),
-        limitador_port: 8081,
-        trust_domain: "cluster.local".into(),
-        gateway_token: placeholder::GATEWAY_TOKEN.into(),
-        wasm: WasmModule {
-            url: placeholder::WASM_URL.into(),
-            sha256: placeholder::WASM_SHA256.into(),
-        },
-    }
-}
-
 #[test]
 fn checked_in_files_are_the_current_rendering() {
     let regenerate = "run `cargo run -p maas-mesh -- render-istio` and \
          `cargo run -p maas-mesh -- kuadrant-policies --filter-config envoy/filter-config.json --out istio/kuadrant/subscription-limits.yaml`";
     let template = std::fs::read_to_string(root().join("envoy/gateway.template.yaml")).unwrap();
     let config = std::fs::read(root().join("envoy/filter-config.json")).unwrap();
-    for file in istio::render(&template, &config, &placeholder_settings()).unwrap() {
+    for file in istio::render(&template, &config, &MeshSettings::default()).unwrap() {
         assert_eq!(
-            manifests().get(Path::new(file.path)),
+            manifests().get(Path::new(&file.path)),
             Some(&file.docs),
             "istio/{} is stale: {regenerate}",
             file.path
@@ -658,7 +685,7 @@ fn checked_in_files_are_the_current_rendering() {
     }
     let source = LimitSource::from_filter_config(&config).unwrap();
     let target = PolicyTarget {
-        gateway: "maas-gateway".into(),
+        route: istio::MODELS_ROUTE.into(),
         namespace: "maas".into(),
     };
     assert_eq!(
@@ -694,8 +721,14 @@ fn envoy_accepts_the_patched_filter_and_clusters() {
     ]);
     let mut api_route = json!({"match": {"prefix": "/maas-api/"}, "route": {"cluster": istio::CONTROL_PLANE_CLUSTER}});
     api_route["typed_per_filter_config"] = patch("HTTP_ROUTE")["typed_per_filter_config"].clone();
-    hcm["route_config"] =
-        json!({"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [api_route]}]});
+    // The WasmPlugin variant's override names filters this chain does not
+    // have (Istio's names for a WasmPlugin): Envoy must still take it.
+    let mut plugin_route = json!({"match": {"prefix": "/maas-api/v2/"}, "route": {"cluster": istio::CONTROL_PLANE_CLUSTER}});
+    plugin_route["typed_per_filter_config"] =
+        named(&of_kind("EnvoyFilter"), "maas-plugin-api-route")["spec"]["configPatches"][0]
+            ["patch"]["value"]["typed_per_filter_config"]
+            .clone();
+    hcm["route_config"] = json!({"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [plugin_route, api_route]}]});
     let mut listener = json!({
         "name": "gateway",
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
@@ -741,5 +774,551 @@ fn wasmplugin_still_cannot_allow_stop_iteration_at_headers() {
             "WasmPlugin now has `{field}`"
         );
         plugin["spec"].as_object_mut().unwrap().remove(field);
+    }
+}
+
+fn labels_within(selector: &Value, labels: &Value) -> bool {
+    selector
+        .as_object()
+        .is_some_and(|s| !s.is_empty() && s.iter().all(|(k, v)| &labels[k] == v))
+}
+
+/// The port a Service sends to on its pods, as a number.
+fn container_port(deployments: &[&Value], service: &Value, port: &Value) -> u64 {
+    let target = &port["targetPort"];
+    deployments
+        .iter()
+        .flat_map(|d| {
+            d["spec"]["template"]["spec"]["containers"]
+                .as_array()
+                .unwrap()
+        })
+        .flat_map(|c| c["ports"].as_array().unwrap())
+        .find(|p| &p["name"] == target || &p["containerPort"] == target)
+        .and_then(|p| p["containerPort"].as_u64())
+        .unwrap_or_else(|| {
+            panic!(
+                "{}: no container port {target}",
+                service["metadata"]["name"]
+            )
+        })
+}
+
+#[test]
+fn every_service_answers_only_its_named_callers_in_every_placement() {
+    for placement in PLACEMENTS {
+        let docs = applied(placement);
+        let kind =
+            |k: &str| -> Vec<&Value> { docs.iter().copied().filter(|d| d["kind"] == k).collect() };
+        let strict: Vec<&Value> = kind("PeerAuthentication")
+            .into_iter()
+            .filter(|p| {
+                p["spec"].get("selector").is_none() && p["spec"]["mtls"]["mode"] == "STRICT"
+            })
+            .collect();
+        assert_eq!(
+            strict.len(),
+            1,
+            "{placement}: no namespace-wide STRICT mutual TLS"
+        );
+        let deployments = kind("Deployment");
+        let services = kind("Service");
+        assert!(
+            services.len() >= 4,
+            "{placement}: {} services",
+            services.len()
+        );
+        for service in services {
+            let name = service["metadata"]["name"].as_str().unwrap();
+            let selector = &service["spec"]["selector"];
+            let pods: Vec<&Value> = deployments
+                .iter()
+                .copied()
+                .filter(|d| labels_within(selector, &d["spec"]["template"]["metadata"]["labels"]))
+                .collect();
+            let pod_labels = &pods[0]["spec"]["template"]["metadata"]["labels"];
+            for port in service["spec"]["ports"].as_array().unwrap() {
+                let number = container_port(&pods, service, port);
+                // Istio: an ALLOW policy on the pods; every rule that opens
+                // this port names the principals it allows.
+                let rules: Vec<&Value> = kind("AuthorizationPolicy")
+                    .into_iter()
+                    .filter(|p| p["spec"]["action"] == "ALLOW")
+                    .filter(|p| labels_within(&p["spec"]["selector"]["matchLabels"], pod_labels))
+                    .flat_map(|p| p["spec"]["rules"].as_array().unwrap())
+                    .filter(|r| {
+                        r["to"].as_array().unwrap().iter().any(|t| {
+                            t["operation"]["ports"]
+                                .as_array()
+                                .unwrap()
+                                .contains(&json!(number.to_string()))
+                        })
+                    })
+                    .collect();
+                assert!(!rules.is_empty(), "{placement}: nothing allows callers of {name}:{number}; Istio would let anyone");
+                for rule in &rules {
+                    let principals = rule["from"][0]["source"]["principals"].as_array().unwrap();
+                    assert!(
+                        !principals.is_empty()
+                            && principals
+                                .iter()
+                                .all(|p| p.as_str().is_some_and(|p| !p.is_empty())),
+                        "{placement}: {name}: a rule without principals: {rule}"
+                    );
+                }
+                // Kubernetes: a NetworkPolicy on the pods, ingress to this
+                // port only from named peers.
+                let ingress: Vec<&Value> = kind("NetworkPolicy")
+                    .into_iter()
+                    .filter(|p| labels_within(&p["spec"]["podSelector"]["matchLabels"], pod_labels))
+                    .flat_map(|p| p["spec"]["ingress"].as_array().unwrap())
+                    .filter(|i| {
+                        i["ports"]
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .any(|p| p["port"] == number)
+                    })
+                    .collect();
+                assert!(!ingress.is_empty(), "{placement}: no NetworkPolicy opens {name}:{number} to anyone (or it is open to all)");
+                for rule in ingress {
+                    assert!(
+                        rule["from"].as_array().is_some_and(|f| !f.is_empty()),
+                        "{placement}: {name}: an ingress rule from everywhere"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The principals allowed to call a workload, by the pod label it has.
+fn principals_of(placement: &str, app: &str) -> BTreeSet<String> {
+    applied(placement)
+        .into_iter()
+        .filter(|d| {
+            d["kind"] == "AuthorizationPolicy"
+                && d["spec"]["selector"]["matchLabels"]["app.kubernetes.io/name"] == app
+        })
+        .flat_map(|p| p["spec"]["rules"].as_array().unwrap())
+        .flat_map(|r| r["from"][0]["source"]["principals"].as_array().unwrap())
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn the_callers_are_the_real_ones() {
+    let sa = |name: &str| format!("cluster.local/ns/maas/sa/{name}");
+    let gateway = sa(&maas_mesh::access::gateway_service_account("maas-gateway"));
+    for placement in [".", "wasmplugin"] {
+        assert_eq!(
+            principals_of(placement, "maas-inference-server"),
+            BTreeSet::from([gateway.clone()]),
+            "{placement}"
+        );
+        assert_eq!(
+            principals_of(placement, "maas-limiter"),
+            BTreeSet::from([gateway.clone()]),
+            "{placement}"
+        );
+        assert_eq!(
+            principals_of(placement, "maas-control-plane"),
+            BTreeSet::from([gateway.clone()]),
+            "{placement}"
+        );
+    }
+    // With the filter in the inference pods' sidecars, those pods call the
+    // limiter and the sync API, and the filter guards the server itself.
+    let inference = sa("maas-inference-server");
+    assert_eq!(
+        principals_of("sidecar", "maas-inference-server"),
+        BTreeSet::from(["*".to_string()])
+    );
+    assert_eq!(
+        principals_of("sidecar", "maas-limiter"),
+        BTreeSet::from([inference.clone()])
+    );
+    assert_eq!(
+        principals_of("sidecar", "maas-control-plane"),
+        BTreeSet::from([gateway, inference])
+    );
+    for placement in PLACEMENTS {
+        assert_eq!(
+            principals_of(placement, "redis"),
+            BTreeSet::from([sa("maas-limiter")]),
+            "{placement}"
+        );
+        // Clients never reach the sync API through the gateway's route.
+        let deny = applied(placement)
+            .into_iter()
+            .find(|d| d["kind"] == "AuthorizationPolicy" && d["spec"]["action"] == "DENY")
+            .unwrap_or_else(|| panic!("{placement}: the gateway forwards the sync API"));
+        assert_eq!(deny["spec"]["targetRefs"][0]["name"], "maas-gateway");
+        assert_eq!(
+            deny["spec"]["rules"][0]["to"][0]["operation"]["paths"],
+            json!(maas_mesh::access::SYNC_PATHS)
+        );
+    }
+    // The service accounts the principals name exist, and run the pods.
+    for placement in PLACEMENTS {
+        for deployment in applied(placement)
+            .into_iter()
+            .filter(|d| d["kind"] == "Deployment")
+        {
+            let account = &deployment["spec"]["template"]["spec"]["serviceAccountName"];
+            assert_eq!(
+                account, &deployment["metadata"]["name"],
+                "{placement}: {}",
+                deployment["metadata"]["name"]
+            );
+        }
+    }
+}
+
+#[test]
+fn redis_asks_for_the_password_the_limiter_reads() {
+    let redis = named(&of_kind("Deployment"), "redis");
+    let limiter = named(&of_kind("Deployment"), "maas-limiter");
+    let secret_of = |d: &Value| -> String {
+        d["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find_map(|v| v.pointer("/secret/secretName"))
+            .unwrap()
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    assert_eq!(secret_of(redis), "maas-redis");
+    assert_eq!(secret_of(limiter), "maas-redis");
+    let script = redis["spec"]["template"]["spec"]["containers"][0]["args"][0]
+        .as_str()
+        .unwrap();
+    assert!(script.contains("requirepass"), "{script}");
+    let args = limiter["spec"]["template"]["spec"]["containers"][0]["args"].to_string();
+    assert!(
+        args.contains("--redis-password-file=/etc/maas/redis/password"),
+        "{args}"
+    );
+    assert!(!args.contains("@redis"), "a password in the URL: {args}");
+}
+
+#[test]
+fn the_mesh_limiter_implements_the_reservations_the_filter_uses() {
+    // Limitador has no Reserve/Commit (v2.0.0 not even Kuadrant's
+    // service): with reservations on, the limiter must be maas-limiter.
+    let filter = named(&of_kind("EnvoyFilter"), "maas-filter-gateway");
+    let config = Config::from_json(
+        wasm_config_of(filter)["configuration"]["value"]
+            .as_str()
+            .unwrap()
+            .as_bytes(),
+    )
+    .unwrap();
+    let limiter = config
+        .limiter
+        .as_ref()
+        .expect("the mesh's configuration has global limits");
+    assert!(limiter.reservations, "the shipped configuration reserves");
+    let clusters = named(&of_kind("EnvoyFilter"), "maas-clusters-gateway");
+    let cluster = clusters["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["patch"]["value"])
+        .find(|c| c["name"] == limiter.cluster)
+        .unwrap();
+    let host = cluster
+        .pointer(
+            "/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/address",
+        )
+        .unwrap();
+    let service = host.as_str().unwrap().split('.').next().unwrap();
+    let deployment = named(&of_kind("Deployment"), service);
+    let image = deployment["spec"]["template"]["spec"]["containers"][0]["image"]
+        .as_str()
+        .unwrap();
+    assert!(
+        image.starts_with("maas-limiter:"),
+        "{service} runs {image}, which has no Reserve/Commit"
+    );
+    assert!(resources()
+        .iter()
+        .all(|(_, d)| !d.to_string().contains("quay.io/kuadrant/limitador")));
+    // gRPC over h2 needs h2 in the ALPN Istio's inbound listener picks from.
+    assert_eq!(
+        cluster["transport_socket"]["typed_config"]["common_tls_context"]["alpn_protocols"],
+        json!(["istio-peer-exchange", "istio", "h2"])
+    );
+}
+
+#[test]
+fn completions_route_in_each_placement() {
+    let models: Vec<Value> = local_filter_config()["models"].as_array().unwrap().clone();
+    let route_of = |placement: &str| -> &Value {
+        let routes: Vec<&Value> = applied(placement)
+            .into_iter()
+            .filter(|d| d["kind"] == "HTTPRoute" && d["metadata"]["name"] == istio::MODELS_ROUTE)
+            .collect();
+        assert_eq!(routes.len(), 1, "{placement}");
+        routes[0]
+    };
+    for placement in [".", "wasmplugin"] {
+        let headers: Vec<&Value> = route_of(placement)["spec"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| &r["matches"][0]["headers"][0]["value"])
+            .collect();
+        assert_eq!(headers, models.iter().collect::<Vec<_>>(), "{placement}");
+    }
+    // No filter at the ingress sets x-maas-model when the filter is in the
+    // sidecars: the route must not ask for it.
+    let sidecar = route_of("sidecar");
+    for rule in sidecar["spec"]["rules"].as_array().unwrap() {
+        for m in rule["matches"].as_array().unwrap() {
+            assert!(
+                m.get("headers").is_none(),
+                "the sidecar placement's route needs a header nothing sets: {m}"
+            );
+            assert_eq!(m["path"]["value"], "/v1/");
+        }
+    }
+    // And on /maas-api/, where no filter strips them, the identity headers
+    // are removed before the control plane.
+    let api = named(&of_kind("HTTPRoute"), istio::API_ROUTE);
+    let removed = &api["spec"]["rules"][0]["filters"][0]["requestHeaderModifier"]["remove"];
+    for header in [
+        "x-maas-subscription",
+        "x-maas-key-id",
+        "x-maas-user",
+        "x-maas-model",
+    ] {
+        assert!(
+            removed.as_array().unwrap().contains(&json!(header)),
+            "{header}"
+        );
+    }
+}
+
+#[test]
+fn the_wasmplugin_variant_turns_itself_off_on_the_api_route_by_istios_names() {
+    let patch = named(&of_kind("EnvoyFilter"), "maas-plugin-api-route");
+    let names: BTreeSet<&String> = patch["spec"]["configPatches"][0]["patch"]["value"]
+        ["typed_per_filter_config"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .collect();
+    let want = [
+        "extensions.istio.io/wasmplugin/maas.maas-gateway".to_string(),
+        "extensions.istio.io/trafficextension/maas.maas-gateway~istio-translated-wasmplugin"
+            .to_string(),
+    ];
+    assert_eq!(names, want.iter().collect());
+}
+
+#[test]
+fn the_istio_floor_is_checked_and_stated() {
+    let template = std::fs::read_to_string(root().join("envoy/gateway.template.yaml")).unwrap();
+    let config = std::fs::read(root().join("envoy/filter-config.json")).unwrap();
+    let render = |version: &str| {
+        let settings = MeshSettings {
+            istio_version: Some(version.parse().unwrap()),
+            ..MeshSettings::default()
+        };
+        istio::render(&template, &config, &settings)
+    };
+    let err = render("1.27.3").unwrap_err().to_string();
+    assert!(err.contains("allow_on_headers_stop_iteration"), "{err}");
+    render("1.28").unwrap();
+    render("1.30.1").unwrap();
+    assert!("1.x".parse::<istio::IstioVersion>().is_err());
+    // maas-mesh says it, and so does the walkthrough.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_maas-mesh"))
+        .args(["render-istio", "--istio-version", "1.26", "--out"])
+        .arg(std::env::temp_dir().join("maas-mesh-floor"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("older than 1.28"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let readme = std::fs::read_to_string(istio_dir().join("README.md")).unwrap();
+    assert!(
+        readme.contains("Istio ≥ 1.28"),
+        "istio/README.md does not state the Istio floor"
+    );
+    assert!(
+        readme.contains("Kuadrant ≥ v1.5.0"),
+        "istio/README.md does not state the Kuadrant floor"
+    );
+}
+
+#[test]
+fn the_readme_carries_the_trust_table() {
+    let readme = std::fs::read_to_string(istio_dir().join("README.md")).unwrap();
+    let table = maas_mesh::access::markdown_table(&MeshSettings::default());
+    assert!(
+        readme.contains(&table),
+        "istio/README.md's trust table is stale; it is:\n{table}"
+    );
+}
+
+#[test]
+fn kuadrant_policies_count_only_model_traffic_and_never_error_on_a_missing_header() {
+    for kind in ["TokenRateLimitPolicy", "RateLimitPolicy", "AuthPolicy"] {
+        for policy in of_kind(kind) {
+            assert_eq!(
+                policy["spec"]["targetRef"]["kind"], "HTTPRoute",
+                "{kind}: counts /maas-api/ too"
+            );
+            assert_eq!(
+                policy["spec"]["targetRef"]["name"],
+                istio::MODELS_ROUTE,
+                "{kind}"
+            );
+        }
+    }
+    let header_reads = |cel: &str| -> Vec<String> {
+        cel.split("request.headers['")
+            .skip(1)
+            .map(|rest| rest.split('\'').next().unwrap().to_string())
+            .collect()
+    };
+    for kind in ["TokenRateLimitPolicy", "RateLimitPolicy"] {
+        for (name, limit) in of_kind(kind)[0]["spec"]["limits"].as_object().unwrap() {
+            let when: Vec<&str> = limit["when"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|w| w["predicate"].as_str().unwrap())
+                .collect();
+            let guarded = |header: &str| {
+                when.iter()
+                    .any(|p| *p == format!("'{header}' in request.headers"))
+            };
+            for predicate in &when {
+                for header in header_reads(predicate) {
+                    let guard = format!("'{header}' in request.headers");
+                    let at = predicate
+                        .find(&format!("request.headers['{header}']"))
+                        .unwrap();
+                    assert!(
+                        predicate[..at].contains(&guard) || guarded(&header),
+                        "{kind} {name}: `{predicate}` errors without {header}"
+                    );
+                }
+            }
+            for counter in limit["counters"].as_array().unwrap() {
+                for header in header_reads(counter["expression"].as_str().unwrap()) {
+                    let in_when = when
+                        .iter()
+                        .any(|p| p.starts_with(&format!("'{header}' in request.headers")));
+                    assert!(
+                        in_when,
+                        "{kind} {name}: its counter reads {header} without a guard"
+                    );
+                }
+            }
+        }
+    }
+    let generated =
+        std::fs::read_to_string(istio_dir().join("kuadrant/subscription-limits.yaml")).unwrap();
+    assert!(
+        generated.contains("Kuadrant >= v1.5.0"),
+        "the policies do not state the Kuadrant floor"
+    );
+}
+
+#[test]
+fn stats_failure_policy_and_module_source_are_what_istio_and_envoy_expect() {
+    // Envoy names a wasm filter's metrics wasmcustom.<name>.
+    let gateway = &of_kind("Gateway")[0];
+    let config: Value = serde_json::from_str(
+        gateway["spec"]["infrastructure"]["annotations"]["proxy.istio.io/config"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        config["proxyStatsMatcher"]["inclusionPrefixes"],
+        json!(["wasmcustom.maas."])
+    );
+    for filter in filter_envoy_filters() {
+        let wasm = wasm_config_of(filter);
+        assert!(wasm.get("fail_open").is_none(), "deprecated fail_open");
+        assert_eq!(wasm["failure_policy"], "FAIL_CLOSED");
+    }
+    assert_eq!(
+        of_kind("WasmPlugin")[0]["spec"]["failStrategy"],
+        "FAIL_CLOSE"
+    );
+    // An https module source is verified against the system trust store.
+    let clusters = named(&of_kind("EnvoyFilter"), "maas-clusters-gateway");
+    let source = clusters["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| &p["patch"]["value"])
+        .find(|c| c["name"] == istio::WASM_SOURCE_CLUSTER)
+        .unwrap();
+    let validation =
+        &source["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"];
+    assert_eq!(validation["trusted_ca"]["filename"], istio::SYSTEM_CA_FILE);
+    assert_eq!(
+        validation["match_typed_subject_alt_names"][0]["matcher"]["exact"],
+        "wasm.example.com"
+    );
+}
+
+#[test]
+fn the_stats_matcher_selects_the_filters_metrics_as_envoy_names_them() {
+    maas_testkit::artifacts::ENVOY.require();
+    maas_testkit::artifacts::FILTER_WASM.require();
+    let gateway = maas_testkit::Gateway::builder()
+        .filter_config(local_filter_config())
+        .start();
+    // An unknown key: the filter counts the refusal.
+    let refused = gateway.request(
+        "GET",
+        "/v1/models",
+        &[("authorization", "Bearer sk-nope")],
+        None,
+    );
+    assert_eq!(refused.status, 401);
+    let stats = gateway.admin_get("/stats");
+    let prefixes = of_kind("Gateway")[0]["spec"]["infrastructure"]["annotations"]
+        ["proxy.istio.io/config"]
+        .as_str()
+        .map(|c| {
+            serde_json::from_str::<Value>(c).unwrap()["proxyStatsMatcher"]["inclusionPrefixes"]
+                .clone()
+        })
+        .unwrap();
+    let prefixes: Vec<&str> = prefixes
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap())
+        .collect();
+    let filter_stats: Vec<&str> = stats
+        .lines()
+        .filter_map(|l| l.split(':').next())
+        .filter(|name| name.contains("auth_failures_total") || name.contains("requests_total"))
+        .collect();
+    assert!(
+        !filter_stats.is_empty(),
+        "no filter metric in /stats:\n{stats}"
+    );
+    for name in filter_stats {
+        assert!(
+            prefixes.iter().any(|p| name.starts_with(p)),
+            "Istio would drop {name}: the matcher's prefixes are {prefixes:?}"
+        );
     }
 }
