@@ -18,7 +18,7 @@ export MAAS_REDIS_SERVER := $(CURDIR)/.cache/redis/7.0.15/bin/redis-server
 export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
 export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
-.PHONY: run serve test bench lint fmt toolchain setup model wasm host server server-cuda clean-cache
+.PHONY: run serve test bench lint fmt toolchain setup model wasm host server server-cuda images clean-cache
 
 ## run: Envoy + the gateway filter in front of the inference server (SmolLM2-135M-Instruct)
 run: setup wasm host server
@@ -80,6 +80,17 @@ server-cuda:
 
 host:
 	$(CARGO) build --release --locked -p maas-testkit --bins
+
+# Where `make images` says to push the images, and their tag.
+REGISTRY ?= registry.example.com/maas
+IMAGE_TAG ?= 0.1.0
+
+## images: container images of the inference server (plain and with SmolLM2), the control plane and maas-limiter, and the filter as a Wasm OCI artifact, written as OCI layouts and archives in target/images with a kustomization pinning istio/ to their digests; no container daemon (REGISTRY, IMAGE_TAG; push with skopeo: images/README.md)
+images: setup wasm server
+	$(CARGO) run --release --locked -p maas-images -- build --registry $(REGISTRY) --tag $(IMAGE_TAG) \
+		--inference-server $(MAAS_INFERENCE_SERVER) --control-plane $(MAAS_CONTROL_PLANE) \
+		--limiter $(MAAS_LIMITER) --filter-wasm $(MAAS_FILTER_WASM) \
+		--model $(MAAS_MODEL_DIR)/SmolLM2-135M-Instruct.Q4_1.gguf --out target/images --istio istio
 
 clean-cache:
 	rm -rf .cache
