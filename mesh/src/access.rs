@@ -19,6 +19,12 @@ use crate::istio::{MeshSettings, Placement};
 /// `/maas-api/` route.
 pub const SYNC_PATHS: [&str; 2] = ["/maas-api/v1/sync", "/maas-api/v1/sync/*"];
 
+/// The sidecar's metrics ports (Istio's merged metrics, Envoy's own
+/// Prometheus endpoint), which Prometheus scrapes. Istio does not route
+/// them through the inbound chain, so no AuthorizationPolicy applies; a
+/// NetworkPolicy that isolates a pod would drop them unless it opens them.
+pub const METRICS_PORTS: [u16; 2] = [15020, 15090];
+
 /// A workload of the mesh: its Service, service account and pod label
 /// `app.kubernetes.io/name` share one name.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -251,10 +257,21 @@ pub fn network_policies(grants: &[Grant], settings: &MeshSettings) -> Vec<Value>
                 "spec": {
                     "podSelector": { "matchLabels": { "app.kubernetes.io/name": workload.name } },
                     "policyTypes": ["Ingress"],
-                    "ingress": [{
-                        "from": from,
-                        "ports": [{ "protocol": "TCP", "port": workload.port }],
-                    }],
+                    "ingress": [
+                        {
+                            "from": from,
+                            "ports": [{ "protocol": "TCP", "port": workload.port }],
+                        },
+                        {
+                            "from": [{ "namespaceSelector": { "matchLabels": {
+                                "kubernetes.io/metadata.name": settings.monitoring_namespace,
+                            } } }],
+                            "ports": METRICS_PORTS
+                                .iter()
+                                .map(|port| json!({ "protocol": "TCP", "port": port }))
+                                .collect::<Vec<_>>(),
+                        },
+                    ],
                 },
             })
         })
@@ -366,11 +383,21 @@ mod tests {
             .find(|p| p["metadata"]["name"] == "redis")
             .unwrap();
         assert_eq!(
-            redis["spec"]["ingress"],
-            json!([{
+            redis["spec"]["ingress"][0],
+            json!({
                 "from": [{ "podSelector": { "matchLabels": { "app.kubernetes.io/name": "maas-limiter" } } }],
                 "ports": [{ "protocol": "TCP", "port": 6379 }],
-            }])
+            })
+        );
+        // Prometheus, from its namespace, reaches the metrics ports only.
+        assert_eq!(
+            redis["spec"]["ingress"][1]["from"],
+            json!([{ "namespaceSelector": { "matchLabels": {
+                "kubernetes.io/metadata.name": "istio-system" } } }])
+        );
+        assert_eq!(
+            redis["spec"]["ingress"][1]["ports"],
+            json!([{ "protocol": "TCP", "port": 15020 }, { "protocol": "TCP", "port": 15090 }])
         );
     }
 }

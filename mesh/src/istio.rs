@@ -223,6 +223,9 @@ pub struct MeshSettings {
     pub redis_port: u16,
     /// The mesh's trust domain, for the SPIFFE ids the clusters verify.
     pub trust_domain: String,
+    /// Where Prometheus runs: the NetworkPolicies let it scrape the
+    /// proxies' metrics ports of every workload.
+    pub monitoring_namespace: String,
     /// The control plane's gateway token (its `gateway-token`).
     pub gateway_token: String,
     pub wasm: WasmModule,
@@ -251,6 +254,7 @@ impl Default for MeshSettings {
             redis: "redis".into(),
             redis_port: 6379,
             trust_domain: "cluster.local".into(),
+            monitoring_namespace: "istio-system".into(),
             gateway_token: placeholder::GATEWAY_TOKEN.into(),
             wasm: WasmModule {
                 url: placeholder::WASM_URL.into(),
@@ -546,6 +550,36 @@ fn disable_on_api_route(filter_names: &[String], settings: &MeshSettings) -> Val
     })
 }
 
+/// The listener settings the filter relies on, as the local bootstrap has
+/// them: the connection manager's path normalisation (the filter's exact
+/// path checks, and the gateway's DENY of the sync paths, see a path as the
+/// router will) and the buffer limit above the filter's body cap.
+fn listener_patches(placement: Placement, template: &TemplateSettings) -> Vec<Value> {
+    let mut patches = Vec::new();
+    if !template.path_handling.is_empty() {
+        let mut hcm = template.path_handling.clone();
+        hcm.insert("@type".into(), json!(HCM_TYPE));
+        patches.push(json!({
+            "applyTo": "NETWORK_FILTER",
+            "match": {
+                "context": placement.listener_context(),
+                "listener": { "filterChain": { "filter": {
+                    "name": "envoy.filters.network.http_connection_manager"
+                } } }
+            },
+            "patch": { "operation": "MERGE", "value": { "typed_config": hcm } },
+        }));
+    }
+    if let Some(limit) = &template.buffer_limit {
+        patches.push(json!({
+            "applyTo": "LISTENER",
+            "match": { "context": placement.listener_context() },
+            "patch": { "operation": "MERGE", "value": { "per_connection_buffer_limit_bytes": limit } },
+        }));
+    }
+    patches
+}
+
 /// The `EnvoyFilter` inserting the wasm filter before the router.
 pub fn filter_envoy_filter(
     placement: Placement,
@@ -574,27 +608,7 @@ pub fn filter_envoy_filter(
             }
         }
     })];
-    if !template.path_handling.is_empty() {
-        let mut hcm = template.path_handling.clone();
-        hcm.insert("@type".into(), json!(HCM_TYPE));
-        patches.push(json!({
-            "applyTo": "NETWORK_FILTER",
-            "match": {
-                "context": placement.listener_context(),
-                "listener": { "filterChain": { "filter": {
-                    "name": "envoy.filters.network.http_connection_manager"
-                } } }
-            },
-            "patch": { "operation": "MERGE", "value": { "typed_config": hcm } },
-        }));
-    }
-    if let Some(limit) = &template.buffer_limit {
-        patches.push(json!({
-            "applyTo": "LISTENER",
-            "match": { "context": placement.listener_context() },
-            "patch": { "operation": "MERGE", "value": { "per_connection_buffer_limit_bytes": limit } },
-        }));
-    }
+    patches.extend(listener_patches(placement, template));
     if placement == Placement::Gateway {
         patches.push(disable_on_api_route(
             &[HTTP_FILTER_NAME.to_string()],
@@ -838,8 +852,9 @@ fn fail_strategy(template: &Value) -> Result<&'static str, RenderError> {
 }
 
 /// The names Istio gives a WasmPlugin's HTTP filter in the chain, which
-/// the `/maas-api/` route must name to turn it off: Istio 1.24 to 1.29
-/// name it `extensions.istio.io/wasmplugin/<ns>.<name>`; from 1.30
+/// the `/maas-api/` route must name to turn it off: Istio 1.26 to 1.29
+/// name it `extensions.istio.io/wasmplugin/<ns>.<name>` (1.22 to 1.25
+/// spelt it `extenstions.`, below the floor); from 1.30
 /// WasmPlugins are translated to TrafficExtensions, named
 /// `extensions.istio.io/trafficextension/<ns>.<name>~istio-translated-wasmplugin`.
 /// Both are listed, each `is_optional`, so one rendering serves every
@@ -925,15 +940,19 @@ pub fn render(
         });
         files.extend(placement_files(dir, placement, settings, &models));
     }
+    // What the WasmPlugin cannot say: the listener settings, and the
+    // filter off on /maas-api/.
+    let mut plugin_patches = listener_patches(Placement::Gateway, &template);
+    plugin_patches.push(disable_on_api_route(
+        &wasm_plugin_filter_names(settings),
+        settings,
+    ));
     let route_patch = envoy_filter(
-        "maas-plugin-api-route",
+        "maas-plugin-gateway",
         Placement::Gateway,
         settings,
         Some(FILTER_PRIORITY),
-        vec![disable_on_api_route(
-            &wasm_plugin_filter_names(settings),
-            settings,
-        )],
+        plugin_patches,
     );
     files.push(RenderedFile {
         path: "base/limiter-limits.yaml".into(),

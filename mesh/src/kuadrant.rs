@@ -210,8 +210,11 @@ fn header(name: &str) -> String {
 
 /// CEL: the request has the header. Every predicate that reads a header,
 /// and every limit whose counter does, checks this first: indexing a
-/// missing key is an evaluation error in CEL, which Kuadrant would log on
-/// every request without the header; `false && error` is `false`.
+/// missing key is an evaluation error in CEL, and Kuadrant's wasm-shim
+/// merges a policy's limits into one rate-limit action whose error fails
+/// the whole action open (its default failure mode is `allow`), so one
+/// unguarded read would skip every limit of the policy for that request.
+/// The shim evaluates `&&` left to right and stops at `false`.
 fn has_header(name: &str) -> String {
     format!("'{name}' in request.headers")
 }

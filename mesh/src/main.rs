@@ -67,6 +67,10 @@ struct RenderIstio {
     inference_app: String,
     #[arg(long, default_value = "cluster.local")]
     trust_domain: String,
+    /// The namespace Prometheus scrapes from (the NetworkPolicies open the
+    /// proxies' metrics ports 15020 and 15090 to it, and nothing else).
+    #[arg(long, default_value = "istio-system")]
+    monitoring_namespace: String,
     /// The CA bundle, on the proxies, that an https:// module source's
     /// certificate must chain to.
     #[arg(long, default_value = istio::SYSTEM_CA_FILE)]
@@ -141,6 +145,7 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
         gateway: args.common.gateway.clone(),
         inference_app: args.inference_app.clone(),
         trust_domain: args.trust_domain.clone(),
+        monitoring_namespace: args.monitoring_namespace.clone(),
         gateway_token,
         wasm: WasmModule {
             url: args.wasm_url.clone(),

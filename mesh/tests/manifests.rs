@@ -725,9 +725,7 @@ fn envoy_accepts_the_patched_filter_and_clusters() {
     // have (Istio's names for a WasmPlugin): Envoy must still take it.
     let mut plugin_route = json!({"match": {"prefix": "/maas-api/v2/"}, "route": {"cluster": istio::CONTROL_PLANE_CLUSTER}});
     plugin_route["typed_per_filter_config"] =
-        named(&of_kind("EnvoyFilter"), "maas-plugin-api-route")["spec"]["configPatches"][0]
-            ["patch"]["value"]["typed_per_filter_config"]
-            .clone();
+        route_override(named(&of_kind("EnvoyFilter"), "maas-plugin-gateway")).clone();
     hcm["route_config"] = json!({"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [plugin_route, api_route]}]});
     let mut listener = json!({
         "name": "gateway",
@@ -890,6 +888,17 @@ fn every_service_answers_only_its_named_callers_in_every_placement() {
             }
         }
     }
+}
+
+/// The per-filter overrides of an EnvoyFilter's HTTP_ROUTE patch.
+fn route_override(filter: &Value) -> &Value {
+    filter["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["applyTo"] == "HTTP_ROUTE")
+        .map(|p| &p["patch"]["value"]["typed_per_filter_config"])
+        .unwrap()
 }
 
 /// The principals allowed to call a workload, by the pod label it has.
@@ -1104,13 +1113,28 @@ fn completions_route_in_each_placement() {
 
 #[test]
 fn the_wasmplugin_variant_turns_itself_off_on_the_api_route_by_istios_names() {
-    let patch = named(&of_kind("EnvoyFilter"), "maas-plugin-api-route");
-    let names: BTreeSet<&String> = patch["spec"]["configPatches"][0]["patch"]["value"]
-        ["typed_per_filter_config"]
-        .as_object()
-        .unwrap()
-        .keys()
-        .collect();
+    // And its gateway normalises paths as the filter's does, so the DENY
+    // of the sync paths sees what the router will.
+    let patch_of = |filter: &Value, apply_to: &str| -> Value {
+        filter["spec"]["configPatches"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|p| p["applyTo"] == apply_to)
+            .map(|p| p["patch"].clone())
+            .unwrap_or_else(|| panic!("no {apply_to} patch"))
+    };
+    let gateway = named(&of_kind("EnvoyFilter"), "maas-filter-gateway");
+    let plugin = named(&of_kind("EnvoyFilter"), "maas-plugin-gateway");
+    for apply_to in ["NETWORK_FILTER", "LISTENER"] {
+        assert_eq!(
+            patch_of(plugin, apply_to),
+            patch_of(gateway, apply_to),
+            "{apply_to}"
+        );
+    }
+    let plugin = named(&of_kind("EnvoyFilter"), "maas-plugin-gateway");
+    let names: BTreeSet<&String> = route_override(plugin).as_object().unwrap().keys().collect();
     let want = [
         "extensions.istio.io/wasmplugin/maas.maas-gateway".to_string(),
         "extensions.istio.io/trafficextension/maas.maas-gateway~istio-translated-wasmplugin"
@@ -1249,6 +1273,15 @@ fn stats_failure_policy_and_module_source_are_what_istio_and_envoy_expect() {
         config["proxyStatsMatcher"]["inclusionPrefixes"],
         json!(["wasmcustom.maas."])
     );
+    // The sidecar placement's filter runs in the inference pods' proxies.
+    let inference = named(&of_kind("Deployment"), "maas-inference-server");
+    let pod_config: Value = serde_json::from_str(
+        inference["spec"]["template"]["metadata"]["annotations"]["proxy.istio.io/config"]
+            .as_str()
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(pod_config, config);
     for filter in filter_envoy_filters() {
         let wasm = wasm_config_of(filter);
         assert!(wasm.get("fail_open").is_none(), "deprecated fail_open");
