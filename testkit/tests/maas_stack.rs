@@ -55,6 +55,10 @@ struct Runner {
 
 impl Runner {
     fn spawn(config: &Path, env: &[(&str, &str)]) -> Self {
+        Self::spawn_with(config, &[], env)
+    }
+
+    fn spawn_with(config: &Path, args: &[String], env: &[(&str, &str)]) -> Self {
         static NEXT: AtomicU64 = AtomicU64::new(0);
         let dir = std::env::temp_dir().join(format!(
             "maas-stack-test-{}-{}",
@@ -76,6 +80,7 @@ impl Runner {
             .args(["--limiter-port", "0"])
             .arg("--control-plane-dir")
             .arg(dir.join("control-plane"))
+            .args(args)
             .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(std::fs::File::create(dir.join("stdout")).expect("stdout file"))
@@ -93,7 +98,11 @@ impl Runner {
     /// Spawns and waits until the gateway answers HTTP and maas-stack has
     /// printed its ready banner.
     fn start(config: &Path) -> Self {
-        let mut runner = Self::spawn(config, &[]);
+        Self::start_with(config, &[])
+    }
+
+    fn start_with(config: &Path, args: &[String]) -> Self {
+        let mut runner = Self::spawn_with(config, args, &[]);
         let url = runner.url("/v1/models");
         eventually(START_TIMEOUT, || {
             if let Some(status) = runner.child.try_wait().expect("try_wait") {
@@ -522,4 +531,71 @@ fn the_self_service_example_runs_against_the_stack() {
     ] {
         assert!(stdout.contains(expected), "{expected:?} missing:\n{stdout}");
     }
+}
+
+#[test]
+fn several_models_each_get_their_own_server_and_route() {
+    require_artifacts();
+    let model = maas_testkit::default_model();
+    // The configured model and a second one, each its own server process.
+    let args: Vec<String> = [MODEL, "second"]
+        .iter()
+        .flat_map(|id| ["--model".to_string(), format!("{id}={}", model.display())])
+        .collect();
+    let stack = Runner::start_with(&demo_config(), &args);
+    let banner = stack.stdout();
+    let pids: Vec<libc::pid_t> = banner
+        .split("inference server, pid ")
+        .skip(1)
+        .map(|rest| rest.split(';').next().unwrap().trim().parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2, "{banner}");
+    assert_ne!(pids[0], pids[1]);
+    assert!(pids.iter().all(|pid| process_exists(*pid)));
+    for id in [MODEL, "second"] {
+        assert!(banner.contains(&format!("model {id};")), "{banner}");
+    }
+
+    // The demo subscription grants both; each answer comes from its own server.
+    let demo = bearer(&demo_key(&banner));
+    let listed = request(
+        "GET",
+        &stack.url("/v1/models"),
+        &[("authorization", &demo)],
+        None,
+    );
+    assert_eq!(listed.status, 200, "{}", listed.text());
+    let ids: Vec<String> = listed.json()["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        ids.contains(&MODEL.to_string()) && ids.contains(&"second".to_string()),
+        "{ids:?}"
+    );
+    for id in [MODEL, "second"] {
+        let body =
+            json!({"model": id, "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+        let r = post_json(
+            &stack.url("/v1/chat/completions"),
+            &[("authorization", &demo)],
+            &body,
+        );
+        assert_eq!(r.status, 200, "{id}: {}", r.text());
+        assert_eq!(r.json()["model"], id, "answered by another server");
+    }
+    // The configuration's own `free` subscription names only the first: for
+    // its keys the second does not exist (OpenAI's answer, which does not
+    // reveal models a caller may not use).
+    let free = bearer(FREE_KEY);
+    let body = json!({"model": "second", "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 4});
+    let refused = post_json(
+        &stack.url("/v1/chat/completions"),
+        &[("authorization", &free)],
+        &body,
+    );
+    assert_eq!(refused.status, 404, "{}", refused.text());
+    assert_eq!(refused.json()["error"]["code"], "model_not_found");
 }

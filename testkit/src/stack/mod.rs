@@ -40,7 +40,7 @@ use serde_json::{json, Value};
 pub use demo::{DEMO_OWNER, DEMO_SUBSCRIPTION};
 pub use envoy_child::Ready;
 pub use options::{
-    parse_args, ControlPlaneOptions, StackOptions, UpstreamChoice, UsageError, USAGE,
+    parse_args, ControlPlaneOptions, ModelArg, StackOptions, UpstreamChoice, UsageError, USAGE,
 };
 pub use signals::StopSignals;
 
@@ -97,6 +97,8 @@ pub enum StackError {
     MissingModel { path: PathBuf },
     #[error("the inference server did not start: {0}")]
     Inference(String),
+    #[error("two --model files are both served as {id:?}: give one of them another id (--model ID=FILE.gguf)")]
+    DuplicateModel { id: String },
     #[error("no control plane at {}: run `make run`, which builds it first (`make server` only builds it), set MAAS_CONTROL_PLANE, or pass --no-control-plane", path.display())]
     MissingControlPlane { path: PathBuf },
     #[error("the control plane did not start: {0}")]
@@ -179,7 +181,7 @@ impl Stack {
         })?;
         let wasm_path = std::path::absolute(&wasm_path).unwrap_or(wasm_path);
         let mut filter_config = read_filter_config(&options.config)?;
-        let models = configured_models(&filter_config);
+        let mut models = configured_models(&filter_config);
 
         let ports = [
             (options.listen_port, "gateway listener", "--listen-port"),
@@ -213,9 +215,23 @@ impl Stack {
                     )
                 })?)
             }
-            UpstreamChoice::Inference { model } => {
+            UpstreamChoice::Inference { models: given } => {
                 ensure_free(options.upstream_port, "inference server", "--upstream-port")?;
-                Upstream::Inference(start_inference(options, model.as_deref(), dir, &models)?)
+                let served = served_models(given, &models)?;
+                // Every served model is routed: the gateway learns the ids
+                // the configuration did not list (the demo subscription
+                // grants them all; the configuration's own subscriptions
+                // keep the models they name).
+                // Served ones first: the banner's examples use the first.
+                let mut routed: Vec<String> = served.iter().map(|(id, _)| id.clone()).collect();
+                for model in models {
+                    if !routed.contains(&model) {
+                        routed.push(model);
+                    }
+                }
+                models = routed;
+                filter_config["models"] = json!(models);
+                Upstream::Inference(start_inference(options, &served, dir)?)
             }
         };
         let (control_plane, demo_key) = match &options.control_plane {
@@ -252,7 +268,7 @@ impl Stack {
             access_log_path: audit_log.clone(),
             models: models
                 .iter()
-                .map(|model| (model.clone(), upstream.addr()))
+                .map(|model| (model.clone(), upstream.route(model)))
                 .collect(),
         };
         // The bootstrap holds the control plane's gateway token.
@@ -343,8 +359,10 @@ impl Stack {
         }
         // With Envoy gone no request can reach it; SIGTERM lets it log its
         // own orderly stop.
-        if let Upstream::Inference(server) = &mut self.upstream {
-            server.terminate();
+        if let Upstream::Inference(servers) = &mut self.upstream {
+            for (_, server) in servers {
+                server.terminate();
+            }
         }
         let _ = std::fs::remove_file(&self.pid_file);
         let _ = std::fs::remove_file(&self.files.admin_address);
@@ -532,36 +550,83 @@ fn configured_models(config: &Value) -> Vec<String> {
 /// Fails when `127.0.0.1:port` cannot be bound now, naming the flag that
 /// moves it. Envoy binds with `SO_REUSEADDR` as `std` does, so this sees what
 /// Envoy would; a port taken in between is caught from Envoy's log instead.
-/// The inference server on `--upstream-port`, serving the configuration's
-/// first model name (the gateway routes every configured model to it), its
-/// log in the state directory. Waits until the model is loaded.
-fn start_inference(
-    options: &StackOptions,
-    model: Option<&Path>,
-    dir: &Path,
-    models: &[String],
-) -> Result<InferenceServer, StackError> {
-    let binary = INFERENCE_SERVER
-        .find()
-        .ok_or_else(|| StackError::MissingInferenceServer {
-            path: INFERENCE_SERVER.path(),
-        })?;
-    let model = model.map_or_else(default_model_path, Path::to_path_buf);
-    if !model.is_file() {
-        return Err(StackError::MissingModel { path: model });
-    }
-    let launch = InferenceLaunch {
-        port: options.upstream_port,
-        model,
-        model_id: models
+/// The model ids and files to serve. None given: the embedded model, as the
+/// configuration's first model. One without an id: the configuration's first
+/// model too (so `--model FILE` swaps the model behind the demo setup).
+/// Several: each under its id, or its file name (lowercase, without
+/// `.gguf`); two under one id are refused.
+fn served_models(
+    given: &[ModelArg],
+    configured: &[String],
+) -> Result<Vec<(String, PathBuf)>, StackError> {
+    let first = || {
+        configured
             .first()
             .cloned()
-            .unwrap_or_else(|| "smollm2-135m-instruct".into()),
-        log: Some(dir.join("inference.log")),
-        args: Vec::new(),
+            .unwrap_or_else(|| "smollm2-135m-instruct".into())
     };
-    debug_assert!(binary.is_file());
-    InferenceServer::launch(&launch).map_err(StackError::Inference)
+    let served: Vec<(String, PathBuf)> = match given {
+        [] => vec![(first(), default_model_path())],
+        [ModelArg { path, id: None }] => vec![(first(), path.clone())],
+        _ => given
+            .iter()
+            .map(|model| {
+                let id = model.id.clone().unwrap_or_else(|| {
+                    model
+                        .path
+                        .file_stem()
+                        .map(|stem| stem.to_string_lossy().to_lowercase())
+                        .unwrap_or_default()
+                });
+                (id, model.path.clone())
+            })
+            .collect(),
+    };
+    for (index, (id, _)) in served.iter().enumerate() {
+        if served[..index].iter().any(|(other, _)| other == id) {
+            return Err(StackError::DuplicateModel { id: id.clone() });
+        }
+    }
+    Ok(served)
+}
+
+/// One inference server per model, the first on `--upstream-port`, the others
+/// on free ports; logs in the state directory. Waits until each has loaded
+/// its model.
+fn start_inference(
+    options: &StackOptions,
+    served: &[(String, PathBuf)],
+    dir: &Path,
+) -> Result<Vec<(String, InferenceServer)>, StackError> {
+    if INFERENCE_SERVER.find().is_none() {
+        return Err(StackError::MissingInferenceServer {
+            path: INFERENCE_SERVER.path(),
+        });
+    }
+    if let Some((_, missing)) = served.iter().find(|(_, path)| !path.is_file()) {
+        return Err(StackError::MissingModel {
+            path: missing.clone(),
+        });
+    }
+    let mut servers = Vec::with_capacity(served.len());
+    for (index, (id, model)) in served.iter().enumerate() {
+        let log = if served.len() == 1 {
+            dir.join("inference.log")
+        } else {
+            dir.join(format!("inference-{id}.log"))
+        };
+        let launch = InferenceLaunch {
+            port: if index == 0 { options.upstream_port } else { 0 },
+            model: model.clone(),
+            model_id: id.clone(),
+            log: Some(log),
+            args: Vec::new(),
+        };
+        // Servers already started stop when `servers` drops.
+        let server = InferenceServer::launch(&launch).map_err(StackError::Inference)?;
+        servers.push((id.clone(), server));
+    }
+    Ok(servers)
 }
 
 /// The control plane on its port, sampling this gateway's usage counters
@@ -629,6 +694,39 @@ mod tests {
         );
         assert!(commands[2].contains(r#""stream":true"#));
         assert_eq!(curl_commands("http://x", None).len(), 1);
+    }
+
+    #[test]
+    fn each_model_file_is_served_under_one_id() {
+        let arg = |path: &str, id: Option<&str>| ModelArg {
+            path: PathBuf::from(path),
+            id: id.map(str::to_string),
+        };
+        let configured = vec!["smollm2-135m-instruct".to_string()];
+        let ids = |given: &[ModelArg]| -> Vec<String> {
+            served_models(given, &configured)
+                .expect("served")
+                .into_iter()
+                .map(|(id, _)| id)
+                .collect()
+        };
+        assert_eq!(ids(&[]), ["smollm2-135m-instruct"]);
+        assert_eq!(
+            ids(&[arg("/m/Other.gguf", None)]),
+            ["smollm2-135m-instruct"]
+        );
+        assert_eq!(
+            ids(&[
+                arg("/m/Gemma-3-270M.Q4_K_M.gguf", None),
+                arg("/m/s.gguf", Some("small"))
+            ]),
+            ["gemma-3-270m.q4_k_m", "small"]
+        );
+        let twice = served_models(
+            &[arg("/a/m.gguf", None), arg("/b/m.gguf", None)],
+            &configured,
+        );
+        assert!(matches!(twice, Err(StackError::DuplicateModel { id }) if id == "m"));
     }
 
     #[test]

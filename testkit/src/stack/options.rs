@@ -8,7 +8,7 @@ use crate::gateway::workspace_root;
 
 pub const USAGE: &str = "\
 usage: maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]
-                  [--model FILE.gguf | --mock | --upstream HOST:PORT]
+                  [--model [ID=]FILE.gguf ... | --mock | --upstream HOST:PORT]
                   [--upstream-port 8000] [--state-dir DIR]
                   [--control-plane-port 8090] [--control-plane-dir DIR]
                   [--no-control-plane] [--limiter-port 8081]
@@ -21,7 +21,11 @@ SIGTERM. Creates a demo subscription and key on the way.
   --config FILE         filter configuration (default envoy/filter-config.json)
   --listen-port N       gateway listener on 127.0.0.1 (default 10000; 0 = any free port)
   --admin-port N        Envoy admin on 127.0.0.1 (default 9901; 0 = any free port)
-  --model FILE.gguf     the GGUF the inference server loads (default: the embedded model)
+  --model [ID=]FILE.gguf  a GGUF for an inference server of its own, served as ID
+                        (default: the configuration's first model for one file, the
+                        file's name for several); repeat for several models, each
+                        routed to its server and added to the configuration's
+                        models (default: the embedded model)
   --mock                testkit's OpenAI-shaped mock instead of the inference server
   --upstream-port N     port of the built-in upstream (default 8000; 0 = any free port)
   --upstream HOST:PORT  an existing OpenAI-compatible server instead of a built-in one
@@ -34,12 +38,48 @@ SIGTERM. Creates a demo subscription and key on the way.
   --limiter-port N      maas-limiter (with Redis) for the configuration's global
                         limits, when it has a `limiter` block (default 8081)";
 
+/// One `--model`: a GGUF file and the id it is served as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelArg {
+    pub path: PathBuf,
+    /// `None`: decided at launch (see [`UpstreamChoice::Inference`]).
+    pub id: Option<String>,
+}
+
+impl ModelArg {
+    /// `ID=FILE` or `FILE`. The text before the first `=` is an id only when
+    /// it is one the filter accepts (`[A-Za-z0-9._:-]`) and not a path, so a
+    /// file name with `=` in it still reads as a file.
+    fn parse(text: &str) -> ModelArg {
+        if let Some((id, file)) = text.split_once('=') {
+            let is_id = !id.is_empty()
+                && !file.is_empty()
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
+                && !id.ends_with(".gguf");
+            if is_id {
+                return ModelArg {
+                    path: absolute(file),
+                    id: Some(id.to_string()),
+                };
+            }
+        }
+        ModelArg {
+            path: absolute(text),
+            id: None,
+        }
+    }
+}
+
 /// Which model server the gateway routes to.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamChoice {
-    /// The workspace's inference server, started by the stack; `None`: the
-    /// embedded default model.
-    Inference { model: Option<PathBuf> },
+    /// The workspace's inference server, one per model, started by the stack;
+    /// none given: the embedded default model. A lone model without an id is
+    /// served as the configuration's first model; several are served under
+    /// their ids or file names.
+    Inference { models: Vec<ModelArg> },
     /// testkit's OpenAI-shaped mock, in-process.
     Mock,
     /// An existing server (`HOST:PORT`), resolved at start.
@@ -76,7 +116,7 @@ impl Default for StackOptions {
             listen_port: 10000,
             admin_port: 9901,
             upstream_port: 8000,
-            upstream: UpstreamChoice::Inference { model: None },
+            upstream: UpstreamChoice::Inference { models: Vec::new() },
             state_dir: root.join(".cache/run"),
             control_plane: Some(ControlPlaneOptions {
                 port: 8090,
@@ -138,12 +178,18 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
             }
             "--mock" => choose(&mut options, &mut chosen, &flag, UpstreamChoice::Mock)?,
             "--model" => {
-                let model = Some(absolute(&value()?));
+                let model = ModelArg::parse(&value()?);
+                let mut models =
+                    match std::mem::replace(&mut options.upstream, UpstreamChoice::Mock) {
+                        UpstreamChoice::Inference { models } if chosen.is_some() => models,
+                        _ => Vec::new(),
+                    };
+                models.push(model);
                 choose(
                     &mut options,
                     &mut chosen,
                     &flag,
-                    UpstreamChoice::Inference { model },
+                    UpstreamChoice::Inference { models },
                 )?;
             }
             "--state-dir" => options.state_dir = absolute(&value()?),
@@ -251,7 +297,10 @@ mod tests {
         assert_eq!(cp.port, 8090);
         assert!(cp.data_dir.ends_with(".cache/control-plane") && cp.data_dir.is_absolute());
         assert_eq!(options.upstream_port, 8000);
-        assert_eq!(options.upstream, UpstreamChoice::Inference { model: None });
+        assert_eq!(
+            options.upstream,
+            UpstreamChoice::Inference { models: Vec::new() }
+        );
         assert!(options.config.ends_with("envoy/filter-config.json"));
         assert!(options.state_dir.ends_with(".cache/run"));
         assert!(options.config.is_absolute() && options.state_dir.is_absolute());
@@ -280,7 +329,34 @@ mod tests {
         );
         let model = parse(&["--model", "m.gguf"]).expect("valid").upstream;
         assert!(
-            matches!(model, UpstreamChoice::Inference { model: Some(p) } if p.is_absolute() && p.ends_with("m.gguf"))
+            matches!(&model, UpstreamChoice::Inference { models } if models.len() == 1
+                && models[0].path.is_absolute() && models[0].path.ends_with("m.gguf")
+                && models[0].id.is_none())
+        );
+        // Several, with and without ids; a path with `=` is still a path.
+        let UpstreamChoice::Inference { models } = parse(&[
+            "--model",
+            "gemma=/m/g.gguf",
+            "--model=/m/s.gguf",
+            "--model",
+            "/m/a=b.gguf",
+        ])
+        .expect("valid")
+        .upstream
+        else {
+            panic!("not the inference server")
+        };
+        let got: Vec<(String, Option<&str>)> = models
+            .iter()
+            .map(|m| (m.path.display().to_string(), m.id.as_deref()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("/m/g.gguf".to_string(), Some("gemma")),
+                ("/m/s.gguf".to_string(), None),
+                ("/m/a=b.gguf".to_string(), None),
+            ]
         );
         assert_eq!(
             parse(&["--mock"]).expect("valid").upstream,

@@ -17,15 +17,23 @@ pub const MOCK_RECORD_LIMIT: usize = 1000;
 const MOCK_WORKERS: usize = 2;
 
 pub enum Upstream {
-    Inference(InferenceServer),
+    /// One server per model id; never empty.
+    Inference(Vec<(String, InferenceServer)>),
     Mock(MockUpstream),
     External(SocketAddr),
 }
 
 impl Upstream {
-    pub fn addr(&self) -> SocketAddr {
+    /// Where the gateway sends `model`: its own inference server, else the
+    /// first one (it serves every configured model no other server names).
+    pub fn route(&self, model: &str) -> SocketAddr {
         match self {
-            Self::Inference(server) => server.addr(),
+            Self::Inference(servers) => servers
+                .iter()
+                .find(|(id, _)| id == model)
+                .or(servers.first())
+                .map(|(_, server)| server.addr())
+                .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
             Self::Mock(mock) => mock.addr(),
             Self::External(addr) => *addr,
         }
@@ -34,12 +42,18 @@ impl Upstream {
     /// For the banner.
     pub fn describe(&self) -> String {
         match self {
-            Self::Inference(server) => format!(
-                "http://{} (inference server, pid {}; log {})",
-                server.addr(),
-                server.pid(),
-                server.log_path().display()
-            ),
+            Self::Inference(servers) => servers
+                .iter()
+                .map(|(id, server)| {
+                    format!(
+                        "http://{} (inference server, pid {}; model {id}; log {})",
+                        server.addr(),
+                        server.pid(),
+                        server.log_path().display()
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join("\n             "),
             Self::Mock(mock) => format!(
                 "http://{} (testkit's OpenAI-shaped mock; every completion is \"tok tok …\")",
                 mock.addr()
