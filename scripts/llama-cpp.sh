@@ -4,8 +4,15 @@
 # vendor/llama.cpp (pinned by sha256, downloaded once into .cache/downloads),
 # with cmake and ninja from Debian. The build (about 11 minutes on 2 cores)
 # is cached in .cache/llama.cpp/0.3.36/; a finished build is reused as is.
-# Prints the path of llama-server on the last line of stdout; progress goes
-# to stderr. Only `make bench` uses it: tests never do.
+# Prints the path of llama-server on the last line of stdout (llama-quantize,
+# built beside it, is in the same directory); progress goes to stderr.
+#
+# Native CPU features, but never AMX: on a VM whose cpuid advertises AMX
+# while the kernel does not grant the tile state (seen on a Sapphire Rapids
+# VM), a -march=native build dies with SIGILL in its AMX kernels at warm-up.
+# Our kernels use no AMX either, so the comparison stays like for like. GCC
+# keeps explicit -mno-* flags over what -march=native implies, whatever
+# their order on the command line.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -16,8 +23,11 @@ url="https://files.pythonhosted.org/packages/ec/e9/e7de2b0463ea3ffbf0ede6cb21b58
 downloads="$root/.cache/downloads"
 dir="$root/.cache/llama.cpp/$version"
 server="$dir/build/bin/llama-server"
+# Bumped when the build's flags or targets change, so a cached older build
+# is rebuilt.
+built="$dir/.built-noamx-quantize"
 
-if [ -x "$server" ] && [ -f "$dir/.built" ]; then
+if [ -x "$server" ] && [ -f "$built" ]; then
   echo "$server"
   exit 0
 fi
@@ -55,10 +65,16 @@ if [ ! -f "$src/CMakeLists.txt" ]; then
   rm -rf "$dir/extract"
 fi
 
-echo "==> building llama-server (native CPU, about 11 minutes on 2 cores; cached afterwards)" >&2
+no_amx=""
+case "$(uname -m)" in
+  x86_64) no_amx="-mno-amx-tile -mno-amx-int8 -mno-amx-bf16" ;;
+esac
+echo "==> building llama-server and llama-quantize (native CPU without AMX, about 11 minutes on 2 cores; cached afterwards)" >&2
 cmake -S "$src" -B "$dir/build" -G Ninja -DCMAKE_BUILD_TYPE=Release \
-  -DGGML_NATIVE=ON -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
-  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON >&2
-cmake --build "$dir/build" --target llama-server -j "$(nproc)" >&2
-touch "$dir/.built"
+  -DGGML_NATIVE=ON -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF \
+  -DCMAKE_C_FLAGS="$no_amx" -DCMAKE_CXX_FLAGS="$no_amx" \
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF \
+  -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_TOOLS=ON >&2
+cmake --build "$dir/build" --target llama-server llama-quantize -j "$(nproc)" >&2
+touch "$built"
 echo "$server"

@@ -165,7 +165,7 @@ impl LlamaServer {
         let log_dir = Path::new("target/inference-bench");
         let _ = std::fs::create_dir_all(log_dir);
         let log = std::fs::File::create(log_dir.join("llama-server.log")).expect("log file");
-        let child = Command::new(&self.binary)
+        let mut child = Command::new(&self.binary)
             .arg("-m")
             .arg(&self.model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
@@ -183,6 +183,18 @@ impl LlamaServer {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         let deadline = Instant::now() + Duration::from_secs(120);
         while !healthy(addr) {
+            // A peer that died (a SIGILL in a kernel the CPU lacks, a bad
+            // flag) is reported at once, with its log, not waited out.
+            if let Ok(Some(status)) = child.try_wait() {
+                let log = std::fs::read_to_string(log_dir.join("llama-server.log"))
+                    .unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                panic!(
+                    "llama-server exited ({status}) before it was ready; the end of \
+                     target/inference-bench/llama-server.log:\n{}",
+                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                );
+            }
             assert!(
                 Instant::now() < deadline,
                 "llama-server did not become ready (see target/inference-bench/llama-server.log)"
