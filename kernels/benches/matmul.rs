@@ -1,7 +1,10 @@
 //! Batched quantized matmul vs the naive f32 reference, on SmolLM2-135M shapes.
 //!
 //! `cargo bench -p maas-kernels --bench matmul`. What matters is the ratios:
-//! kernel vs reference in the same run, and m = 8 vs m = 1 (batching gain).
+//! kernel vs reference in the same run, m = 8 vs m = 1 (batching gain), and
+//! each repacked kind vs Q4_1 on the same shape (they run as 32-weight
+//! blocks: Q4_K in Q4_1's layout, Q5_0/Q5_1/Q5_K/Q6_K in Q8_0's byte
+//! layout).
 
 // A bench binary, not library code: failing to build its fixed input is a bug
 // in the bench and should stop it.
@@ -26,16 +29,24 @@ fn noise(len: usize, seed: u64) -> impl Iterator<Item = u64> {
 }
 
 fn ggml_bytes(kind: QuantKind, rows: usize, cols: usize) -> Vec<u8> {
-    let blocks = rows * cols / 32;
+    let blocks = rows * cols / kind.block_weights();
     let mut raw = Vec::with_capacity(blocks * kind.block_bytes());
     let mut bytes = noise(blocks * kind.block_bytes(), 42);
+    let half = |v: f32| f16::from_f32(v).to_le_bytes();
     for _ in 0..blocks {
-        raw.extend_from_slice(&f16::from_f32(0.01).to_le_bytes());
-        if kind == QuantKind::Q4_1 {
-            raw.extend_from_slice(&f16::from_f32(-0.08).to_le_bytes());
-        }
-        let quants = kind.block_bytes() - raw.len() % kind.block_bytes();
+        // The f16 header fields (Q6_K's `d` is a trailer), then noise for
+        // the quants and the K-quants' integer scales.
+        let (head, tail): (Vec<u8>, Vec<u8>) = match kind {
+            QuantKind::Q4_1 | QuantKind::Q5_1 => ([half(0.01), half(-0.08)].concat(), vec![]),
+            QuantKind::Q4_K | QuantKind::Q5_K => ([half(0.0003), half(0.002)].concat(), vec![]),
+            QuantKind::Q6_K => (vec![], half(0.0002).to_vec()),
+            QuantKind::Q3_K => (vec![], half(0.0005).to_vec()),
+            _ => (half(0.01).to_vec(), vec![]),
+        };
+        let quants = kind.block_bytes() - head.len() - tail.len();
+        raw.extend(head);
         raw.extend(bytes.by_ref().take(quants).map(|v| v as u8));
+        raw.extend(tail);
     }
     raw
 }
@@ -123,6 +134,24 @@ fn matmul(c: &mut Criterion) {
     bench_cold(c, QuantKind::Q4_1, 1536, 576, 64);
     // Tied embedding used as the LM head: 49152 × 576.
     bench_shape(c, QuantKind::Q8_0, 49152, 576);
+    // llama.cpp writes Q5_0 (for Q4_K) and Q5_1 (for Q5_K) where a row is
+    // not whole 256-weight super-blocks, e.g. SmolLM2's up/gate projections.
+    bench_shape(c, QuantKind::Q5_0, 1536, 576);
+    bench_shape(c, QuantKind::Q5_1, 1536, 576);
+    // K-quants need whole 256-weight rows, which of SmolLM2's matrices only
+    // the MLP down projection (576 × 1536) has; Q4_1 above is the baseline.
+    for kind in [
+        QuantKind::Q3_K,
+        QuantKind::Q4_K,
+        QuantKind::Q5_K,
+        QuantKind::Q6_K,
+    ] {
+        bench_shape(c, kind, 576, 1536);
+    }
+    // Streamed from DRAM: 32 copies of 1536 × 1536 (Q4_K: 57 MB).
+    for kind in [QuantKind::Q4_1, QuantKind::Q4_K, QuantKind::Q6_K] {
+        bench_cold(c, kind, 1536, 1536, 32);
+    }
 }
 
 criterion_group!(benches, matmul);

@@ -6,9 +6,10 @@ use crate::format::QuantKind;
 /// A shape or buffer-length mismatch detected before any work is done.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KernelError {
-    /// GGML blocks hold 32 weights, so a row must be a whole number of blocks.
-    #[error("column count {cols} is not a multiple of the 32-weight block size")]
-    ColsNotBlockMultiple { cols: usize },
+    /// A row must be a whole number of the format's blocks (32 weights, 256
+    /// for the K-quants).
+    #[error("column count {cols} is not a multiple of the {block}-weight block size")]
+    ColsNotBlockMultiple { cols: usize, block: usize },
 
     /// `rows * cols` (or the byte size derived from it) does not fit in `usize`.
     #[error("a {rows}x{cols} matrix is too large to address")]

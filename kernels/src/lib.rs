@@ -1,4 +1,6 @@
-//! Batched quantized matrix kernels for GGML Q4_0 / Q4_1 / Q8_0 weights.
+//! Batched quantized matrix kernels for GGML Q4_0 / Q4_1 / Q5_0 / Q5_1 / Q8_0
+//! weights and the Q3_K / Q4_K / Q5_K / Q6_K K-quants (repacked into
+//! 32-weight blocks).
 //!
 //! `PackedMatrix::matmul` computes `x · Wᵀ` for a batch of activation rows
 //! (continuous-batching decode steps, prefill chunks) while reading each
@@ -15,13 +17,15 @@ mod activation;
 mod error;
 mod format;
 mod kernel;
+mod kquant;
 mod packed;
+mod q5;
 mod reference;
 #[cfg(test)]
 mod testdata;
 
 pub use error::KernelError;
-pub use format::{QuantKind, BLOCK};
+pub use format::{QuantKind, BLOCK, SUPER_BLOCK};
 pub use kernel::{backend, Backend};
 pub use packed::PackedMatrix;
 pub use reference::reference_matmul;

@@ -1,22 +1,30 @@
 //! `PackedMatrix`: a GGML weight matrix repacked once at load into the layout
 //! the kernels stream.
 //!
-//! Layout (all arrays row-major over `(row, block)`, `nb = cols / 32`):
-//! - `scales[row * nb + b]`: the block's `d`, widened from f16 to f32 so the hot
+//! Layout (all arrays row-major over `(row, block)`, `nb = cols / 32`; the
+//! K-quants' 256-weight super-blocks become eight such blocks, see `kquant`):
+//! - `scales[row * nb + b]`: the block's scale, widened to f32 so the hot
 //!   loop never converts halves (costs 2 bytes per block of extra bandwidth);
-//! - `mins[row * nb + b]`: Q4_1's `m`, widened the same way (empty otherwise);
-//! - `quants[(row * nb + b) * quant_bytes ..]`: the block's `qs` bytes verbatim
-//!   (16 nibble-packed bytes for Q4_x, 32 `i8` for Q8_0), so the nibble order is
-//!   GGML's: byte `j` holds weight `j` (low) and weight `j + 16` (high).
+//!   for Q3_K and Q6_K the super-block's `d`, repeated for its eight blocks;
+//! - `sub_scales[(row * nb + b) * 2 ..]`: Q3_K's and Q6_K's 8-bit scales of the block's
+//!   two 16-weight halves, kept as integers so the kernels apply them inside
+//!   the integer dot product (empty for the other kinds);
+//! - `mins[row * nb + b]`: the additive min of Q4_1 and Q5_1 (`m`), Q4_K and Q5_K
+//!   (`-dmin·mn`), widened the same way (empty otherwise);
+//! - `quants[(row * nb + b) * quant_bytes ..]`: 16 nibble-packed bytes for
+//!   Q4_0/Q4_1/Q4_K, in GGML's Q4 order (byte `j` holds weight `j` low and
+//!   weight `j + 16` high); 32 bytes, one per weight, otherwise: `i8` for
+//!   Q8_0, Q5_0 (`q5 - 16`), Q3_K (`q3 - 4`) and Q6_K (`q6 - 32`), `u8` in
+//!   `0..=31` for Q5_1
+//!   and Q5_K.
 //!
 //! Splitting headers from quants keeps every quant block 16- or 32-byte strided,
 //! which lets the SIMD loads stay inside one cache line.
 
-use half::f16;
-
 use crate::error::KernelError;
-use crate::format::{QuantKind, BLOCK};
+use crate::format::{f16_at, QuantKind, BLOCK};
 use crate::kernel::{self, Backend};
+use crate::{kquant, q5};
 
 /// A quantized `rows × cols` weight matrix (`rows` output features, `cols`
 /// input features), immutable after load and therefore `Send + Sync`.
@@ -27,24 +35,27 @@ pub struct PackedMatrix {
     pub(crate) cols: usize,
     pub(crate) scales: Vec<f32>,
     pub(crate) mins: Vec<f32>,
+    pub(crate) sub_scales: Vec<i8>,
     pub(crate) quants: Vec<u8>,
 }
 
 impl PackedMatrix {
     /// Repacks a GGML tensor's raw bytes. `raw` must hold exactly
-    /// `rows * cols / 32` blocks of `kind`, each row's blocks contiguous.
+    /// `rows * cols / kind.block_weights()` blocks of `kind`, each row's
+    /// blocks contiguous (the GGUF tensor data as is).
     pub fn from_ggml(
         kind: QuantKind,
         raw: &[u8],
         rows: usize,
         cols: usize,
     ) -> Result<Self, KernelError> {
-        if !cols.is_multiple_of(BLOCK) {
-            return Err(KernelError::ColsNotBlockMultiple { cols });
+        let block = kind.block_weights();
+        if !cols.is_multiple_of(block) {
+            return Err(KernelError::ColsNotBlockMultiple { cols, block });
         }
         let overflow = KernelError::SizeOverflow { rows, cols };
-        let blocks = rows.checked_mul(cols / BLOCK).ok_or(overflow.clone())?;
-        let expected = blocks.checked_mul(kind.block_bytes()).ok_or(overflow)?;
+        let raw_blocks = rows.checked_mul(cols / block).ok_or(overflow.clone())?;
+        let expected = raw_blocks.checked_mul(kind.block_bytes()).ok_or(overflow)?;
         if raw.len() != expected {
             return Err(KernelError::RawLength {
                 kind,
@@ -55,25 +66,32 @@ impl PackedMatrix {
             });
         }
 
-        let header = kind.header_bytes();
-        let mut scales = Vec::with_capacity(blocks);
-        let mut mins = Vec::with_capacity(if kind == QuantKind::Q4_1 { blocks } else { 0 });
-        let mut quants = Vec::with_capacity(blocks * kind.quant_bytes());
-        for block in raw.chunks_exact(kind.block_bytes()) {
-            scales.push(f16::from_le_bytes([block[0], block[1]]).to_f32());
-            if kind == QuantKind::Q4_1 {
-                mins.push(f16::from_le_bytes([block[2], block[3]]).to_f32());
-            }
-            quants.extend_from_slice(&block[header..]);
-        }
-        Ok(Self {
+        let blocks = rows * (cols / BLOCK);
+        let mut w = Self {
             kind,
             rows,
             cols,
-            scales,
-            mins,
-            quants,
-        })
+            scales: Vec::with_capacity(blocks),
+            mins: Vec::with_capacity(if kind.has_mins() { blocks } else { 0 }),
+            sub_scales: Vec::with_capacity(blocks * kind.sub_scales_per_block()),
+            quants: Vec::with_capacity(blocks * kind.quant_bytes()),
+        };
+        for block in raw.chunks_exact(kind.block_bytes()) {
+            if kind.is_k_quant() {
+                kquant::repack_super_block(block, &mut w);
+                continue;
+            }
+            if !kind.copies_quants() {
+                q5::repack_block(block, &mut w);
+                continue;
+            }
+            w.scales.push(f16_at(block, 0));
+            if kind == QuantKind::Q4_1 {
+                w.mins.push(f16_at(block, 2));
+            }
+            w.quants.extend_from_slice(&block[kind.header_bytes()..]);
+        }
+        Ok(w)
     }
 
     /// The quantization format the matrix was loaded from.
@@ -171,32 +189,43 @@ impl PackedMatrix {
     /// Dequantizes `row` into `out`; the caller has checked both bounds.
     fn fill_row(&self, row: usize, out: &mut [f32]) {
         let nb = self.blocks_per_row();
-        let qb = self.kind.quant_bytes();
         for (b, dst) in out.chunks_exact_mut(BLOCK).enumerate() {
             let idx = row * nb + b;
             let d = self.scales[idx];
-            let qs = &self.quants[idx * qb..(idx + 1) * qb];
-            match self.kind {
-                QuantKind::Q4_0 => {
-                    for (j, &q) in qs.iter().enumerate() {
-                        dst[j] = ((q & 0x0F) as i32 - 8) as f32 * d;
-                        dst[j + 16] = ((q >> 4) as i32 - 8) as f32 * d;
+            let q = self.block_values(idx);
+            for (j, (w, &q)) in dst.iter_mut().zip(&q).enumerate() {
+                *w = match self.kind {
+                    QuantKind::Q4_0 => (q as i32 - 8) as f32 * d,
+                    // ggml's order: (d · sc) · q, both products exact.
+                    QuantKind::Q3_K | QuantKind::Q6_K => {
+                        q as f32 * (d * self.sub_scales[2 * idx + j / (BLOCK / 2)] as f32)
                     }
-                }
-                QuantKind::Q4_1 => {
-                    let m = self.mins[idx];
-                    for (j, &q) in qs.iter().enumerate() {
-                        dst[j] = (q & 0x0F) as f32 * d + m;
-                        dst[j + 16] = (q >> 4) as f32 * d + m;
-                    }
-                }
-                QuantKind::Q8_0 => {
-                    for (w, &q) in dst.iter_mut().zip(qs) {
-                        *w = q as i8 as f32 * d;
-                    }
-                }
+                    kind if kind.has_mins() => q as f32 * d + self.mins[idx],
+                    _ => q as f32 * d,
+                };
             }
         }
+    }
+
+    /// Block `idx`'s 32 quants as the kernels multiply them: Q4 nibbles
+    /// unsigned (`0..=15`, the offset is applied separately), the byte
+    /// layouts as stored.
+    pub(crate) fn block_values(&self, idx: usize) -> [i8; BLOCK] {
+        let qb = self.kind.quant_bytes();
+        let qs = &self.quants[idx * qb..][..qb];
+        let mut values = [0i8; BLOCK];
+        if qb == BLOCK {
+            for (v, &q) in values.iter_mut().zip(qs) {
+                *v = q as i8;
+            }
+        } else {
+            let (lo, hi) = values.split_at_mut(BLOCK / 2);
+            for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(qs) {
+                *lo = (q & 0x0F) as i8;
+                *hi = (q >> 4) as i8;
+            }
+        }
+        values
     }
 }
 
@@ -282,7 +311,10 @@ mod tests {
         let kind = QuantKind::Q4_0;
         assert_eq!(
             PackedMatrix::from_ggml(kind, &[0; 18], 1, 33).unwrap_err(),
-            KernelError::ColsNotBlockMultiple { cols: 33 }
+            KernelError::ColsNotBlockMultiple {
+                cols: 33,
+                block: 32
+            }
         );
         assert_eq!(
             PackedMatrix::from_ggml(kind, &[0; 35], 1, 64).unwrap_err(),
@@ -301,6 +333,19 @@ mod tests {
                 cols: 64
             }
         );
+    }
+
+    #[test]
+    fn k_quants_need_whole_super_blocks() {
+        assert_eq!(
+            PackedMatrix::from_ggml(QuantKind::Q6_K, &[0; 210], 1, 576).unwrap_err(),
+            KernelError::ColsNotBlockMultiple {
+                cols: 576,
+                block: 256
+            }
+        );
+        let w = PackedMatrix::from_ggml(QuantKind::Q5_K, &[0; 2 * 176], 1, 512).unwrap();
+        assert_eq!((w.rows(), w.cols(), w.blocks_per_row()), (1, 512, 16));
     }
 
     #[test]

@@ -69,14 +69,16 @@ pub(crate) enum Kernel {
 }
 
 impl Kernel {
-    /// Whether the kernel wants `QuantizedActivations::qu` for `kind`.
+    /// Whether the kernel wants `QuantizedActivations::qu` for `kind`: the
+    /// VNNI kernels multiply Q8_0's signed weights by unsigned activations.
     pub(crate) fn unsigned_activations(self, kind: QuantKind) -> bool {
-        matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && kind == QuantKind::Q8_0
+        matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && kind_id(kind) == KIND_Q8_0
     }
 
-    /// Whether the kernel wants the activations in the four-block layout.
-    pub(crate) fn quad_activations(self) -> bool {
-        self == Kernel::Avx512Vnni
+    /// Whether the kernel wants the activations in the four-block layout
+    /// (Q6_K's sub-scales run on the 256-bit code, in the pair layout).
+    pub(crate) fn quad_activations(self, kind: QuantKind) -> bool {
+        self == Kernel::Avx512Vnni && !sub_scaled(kind_id(kind))
     }
 }
 
@@ -143,7 +145,8 @@ const CHUNKS_PER_THREAD: usize = 4;
 pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32], backend: Backend) {
     let kernel = kernel_for(backend);
     let unsigned = kernel.unsigned_activations(w.kind);
-    let x = QuantizedActivations::new(x, m, w.cols, unsigned, kernel.quad_activations());
+    let quads = kernel.quad_activations(w.kind);
+    let x = QuantizedActivations::new(x, m, w.cols, unsigned, quads);
     let chunk_rows = chunk_rows(w.rows, w.cols, m, rayon::current_num_threads());
     matmul_split(w, &x, m, out, kernel, chunk_rows);
 }
@@ -261,8 +264,46 @@ pub(crate) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
         .map(move |i0| (i0, (m - i0).min(ROW_TILE)))
 }
 
-/// `QuantKind` as a const-generic parameter (enums cannot be one on stable), so
-/// each kernel is compiled once per format with the format branches folded away.
+/// The packed layout as a const-generic parameter (enums cannot be one on
+/// stable), so each kernel is compiled once per layout with the branches
+/// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q5_0
+/// into Q8_0's, Q5_1 into Q5_K's and Q3_K into Q6_K's.
 pub(crate) const KIND_Q4_0: u8 = 0;
 pub(crate) const KIND_Q4_1: u8 = 1;
 pub(crate) const KIND_Q8_0: u8 = 2;
+/// Unsigned bytes `0..=31`, a scale and a min per block.
+pub(crate) const KIND_Q5_K: u8 = 3;
+/// Signed bytes (`-32..=31`), a scale per block and an 8-bit sub-scale per
+/// 16 weights.
+pub(crate) const KIND_Q6_K: u8 = 4;
+
+/// The kernel layout `kind` is packed in.
+pub(crate) const fn kind_id(kind: QuantKind) -> u8 {
+    match kind {
+        QuantKind::Q4_0 => KIND_Q4_0,
+        QuantKind::Q4_1 | QuantKind::Q4_K => KIND_Q4_1,
+        QuantKind::Q8_0 | QuantKind::Q5_0 => KIND_Q8_0,
+        QuantKind::Q5_1 | QuantKind::Q5_K => KIND_Q5_K,
+        QuantKind::Q3_K | QuantKind::Q6_K => KIND_Q6_K,
+    }
+}
+
+/// One byte per weight (otherwise two nibbles per byte).
+pub(crate) const fn byte_quants(k: u8) -> bool {
+    matches!(k, KIND_Q8_0 | KIND_Q5_K | KIND_Q6_K)
+}
+
+/// Signed weights (otherwise unsigned, with an offset term per block).
+pub(crate) const fn signed(k: u8) -> bool {
+    matches!(k, KIND_Q8_0 | KIND_Q6_K)
+}
+
+/// A stored min per block (otherwise Q4_0's `-8·d`, or no offset).
+pub(crate) const fn has_mins(k: u8) -> bool {
+    matches!(k, KIND_Q4_1 | KIND_Q5_K)
+}
+
+/// An 8-bit sub-scale per 16 weights, applied in the integer dot product.
+pub(crate) const fn sub_scaled(k: u8) -> bool {
+    k == KIND_Q6_K
+}

@@ -1,8 +1,9 @@
 //! Portable kernel: the same row tiles and per-block integer dot products as
 //! the AVX2 kernel, in plain Rust for CPUs without AVX2/FMA or other arches.
 //! Each output accumulates `d_w · d_x · isum` block by block in order (one
-//! accumulator, so not bit-identical to the AVX2 kernel), then adds the Q4
-//! offset term `Σ_b min_b · s_x[b]` as the AVX2 kernel does.
+//! accumulator, so not bit-identical to the AVX2 kernel; Q6_K's `isum`
+//! weights its two 16-weight halves by their sub-scales), then adds the offset term
+//! `Σ_b min_b · s_x[b]` of the unsigned layouts as the AVX2 kernel does.
 
 use super::{row_tiles, RowJob, ROW_TILE};
 use crate::format::{QuantKind, BLOCK};
@@ -21,34 +22,25 @@ pub(crate) fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
 fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
     let (w, x, m) = (job.w, job.x, job.m);
     let nb = x.nb;
-    let qb = w.kind.quant_bytes();
     let row = job.n0 + n;
     let mut acc = [0f32; ROW_TILE];
-    let mut weights = [0i8; BLOCK];
 
     for b in 0..nb {
         let idx = row * nb + b;
-        let q = &w.quants[idx * qb..][..qb];
-        if w.kind == QuantKind::Q8_0 {
-            for (dst, &src) in weights.iter_mut().zip(q) {
-                *dst = src as i8;
-            }
-        } else {
-            // Unsigned nibbles, 0..=15; the offset is added after the loop.
-            let (lo, hi) = weights.split_at_mut(BLOCK / 2);
-            for ((lo, hi), &src) in lo.iter_mut().zip(hi).zip(q) {
-                *lo = (src & 0x0F) as i8;
-                *hi = (src >> 4) as i8;
-            }
-        }
+        let weights = w.block_values(idx);
+        let (w_lo, w_hi) = weights.split_at(BLOCK / 2);
+        let spb = w.kind.sub_scales_per_block();
+        let sub = &w.sub_scales[spb * idx..][..spb];
         for (r, acc) in acc.iter_mut().enumerate().take(rows) {
             let xi = (i0 + r) * nb + b;
             let (lo, hi) = x.block_halves(i0 + r, b);
-            let isum: i32 = weights
-                .iter()
-                .zip(lo.iter().chain(hi))
-                .map(|(&a, &b)| a as i32 * b as i32)
-                .sum();
+            let dot = |w: &[i8], x: &[i8]| -> i32 {
+                w.iter().zip(x).map(|(&a, &b)| a as i32 * b as i32).sum()
+            };
+            let isum = match sub {
+                [a, b] => *a as i32 * dot(w_lo, lo) + *b as i32 * dot(w_hi, hi),
+                _ => dot(w_lo, lo) + dot(w_hi, hi),
+            };
             *acc += w.scales[idx] * x.d[xi] * isum as f32;
         }
     }
@@ -60,11 +52,11 @@ fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
                 let scales = &w.scales[row * nb..][..nb];
                 -8.0 * scales.iter().zip(xs).map(|(d, s)| d * s).sum::<f32>()
             }
-            QuantKind::Q4_1 => {
+            kind if kind.has_mins() => {
                 let mins = &w.mins[row * nb..][..nb];
                 mins.iter().zip(xs).map(|(m, s)| m * s).sum::<f32>()
             }
-            QuantKind::Q8_0 => 0.0,
+            _ => 0.0,
         };
         dst[n * m + i0 + r] = acc + offset;
     }

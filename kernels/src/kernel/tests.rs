@@ -6,7 +6,27 @@ use crate::format::QuantKind;
 use crate::reference::reference_matmul;
 use crate::testdata::{random_activations, random_ggml};
 
-const KINDS: [QuantKind; 3] = [QuantKind::Q4_0, QuantKind::Q4_1, QuantKind::Q8_0];
+const KINDS: [QuantKind; 9] = QuantKind::ALL;
+
+/// SmolLM2's hidden size for the 32-weight kinds; the K-quants need whole
+/// 256-weight super-blocks, so the nearest such width.
+fn model_cols(kind: QuantKind) -> usize {
+    if kind.block_weights() == 32 {
+        576
+    } else {
+        768
+    }
+}
+
+/// The widths of `candidates` that `kind` can hold.
+fn widths(kind: QuantKind, candidates: &[usize]) -> Vec<usize> {
+    let block = kind.block_weights();
+    candidates
+        .iter()
+        .copied()
+        .filter(|c| c.is_multiple_of(block))
+        .collect()
+}
 
 /// The kernels this machine can run.
 fn kernels() -> Vec<Kernel> {
@@ -36,7 +56,8 @@ fn run(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
 fn run_split(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize, chunk: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
     let unsigned = kernel.unsigned_activations(w.kind());
-    let quantized = QuantizedActivations::new(x, m, w.cols(), unsigned, kernel.quad_activations());
+    let quads = kernel.quad_activations(w.kind());
+    let quantized = QuantizedActivations::new(x, m, w.cols(), unsigned, quads);
     matmul_split(w, &quantized, m, &mut out, kernel, chunk);
     out
 }
@@ -83,11 +104,19 @@ fn check_numerics(kind: QuantKind, rows: usize, cols: usize, ms: &[usize], x: &[
     }
 }
 
+/// The bound: activations are quantized to 8 bits per 32 values (step
+/// `max|x|/127`, error uniform within ±half a step), so each product carries
+/// a relative error of about `1/(127·√3)·(max|x|/rms x)` ≈ 0.4 % for these
+/// uniform activations, and the errors of a row's products are independent,
+/// so the output's relative error is of the same order; 1 % leaves margin.
+/// The weights' own quantization does not enter: the reference uses the same
+/// dequantized weights.
 #[test]
 fn matches_f32_reference_on_dequantized_weights() {
     const MS: [usize; 8] = [1, 2, 3, 7, 8, 9, 16, 33];
     for kind in KINDS {
-        for cols in [32, 96, 576, 1536] {
+        // Rows 1, 5 and 192 are not multiples of the row tile or the chunk.
+        for cols in widths(kind, &[32, 96, 256, 576, 768, 1536]) {
             let x = random_activations(33, cols, cols as u64, false);
             for rows in [1, 5, 192, 576] {
                 check_numerics(kind, rows, cols, &MS, &x, 1e-2);
@@ -101,8 +130,9 @@ fn matches_f32_reference_on_dequantized_weights() {
 #[test]
 fn tolerates_activation_outliers() {
     for kind in KINDS {
-        let x = random_activations(9, 576, 5, true);
-        check_numerics(kind, 192, 576, &[1, 9], &x, 3e-2);
+        let cols = model_cols(kind);
+        let x = random_activations(9, cols, 5, true);
+        check_numerics(kind, 192, cols, &[1, 9], &x, 3e-2);
     }
 }
 
@@ -112,8 +142,9 @@ fn backends_agree_to_rounding() {
         return;
     }
     for kind in KINDS {
-        let w = matrix(kind, 67, 576, 7);
-        let x = random_activations(5, 576, 8, true);
+        let cols = model_cols(kind);
+        let w = matrix(kind, 67, cols, 7);
+        let x = random_activations(5, cols, 8, true);
         let simd = run(&w, Kernel::Avx2, &x, 5);
         let portable = run(&w, Kernel::Portable, &x, 5);
         let err = relative_error(&simd, &portable);
@@ -131,8 +162,8 @@ fn vnni_and_avx2_kernels_agree_bitwise() {
     }
     for kind in KINDS {
         // Block counts 1, 2, 3, 4, 5, 7, 18, 48: every mix of quads, a
-        // leftover pair and an odd last block.
-        for cols in [32, 64, 96, 128, 160, 224, 576, 1536] {
+        // leftover pair and an odd last block (K-quants: 8, 16, 24, 48).
+        for cols in widths(kind, &[32, 64, 96, 128, 160, 224, 256, 512, 576, 768, 1536]) {
             let w = matrix(kind, 37, cols, cols as u64);
             let x = random_activations(17, cols, 9, true);
             for m in [1, 2, 5, 8, 9, 17] {
@@ -150,11 +181,16 @@ fn vnni_and_avx2_kernels_agree_bitwise() {
                         "{kind} {cols} {m} avx-512"
                     );
                 }
-                // Without the unsigned copy the VNNI entry falls back to AVX2.
+                // Without the unsigned copy the VNNI entry falls back to AVX2
+                // (and so does AVX-512 VNNI without the four-block layout).
                 let mut out = vec![f32::NAN; m * w.rows()];
                 let plain = QuantizedActivations::new(x, m, cols, false, false);
                 matmul_split(&w, &plain, m, &mut out, Kernel::AvxVnni, 5);
                 assert_eq!(avx2, bits(&out), "{kind} {cols} {m} without qu");
+                if kernels().contains(&Kernel::Avx512Vnni) {
+                    matmul_split(&w, &plain, m, &mut out, Kernel::Avx512Vnni, 5);
+                    assert_eq!(avx2, bits(&out), "{kind} {cols} {m} avx-512 without qu");
+                }
             }
         }
     }
@@ -194,12 +230,45 @@ fn extreme_values_match_reference() {
     }
 }
 
+/// Extreme K-quant operands, where an i16 pair sum would saturate first:
+/// every Q5_K quant 31 and Q6_K quants of -32 and 31 (with scales of ±127
+/// and -128), against activations carrying each weight's sign (all products
+/// of one sign, at the largest magnitude) and against all +1.
+#[test]
+fn extreme_k_quant_blocks_match_reference() {
+    let d = half::f16::from_f32(0.001).to_le_bytes();
+    let mut q5 = [d, d].concat();
+    q5.extend([0xFF; 176 - 4]);
+    let mut q6: Vec<u8> = (0..192)
+        .map(|i| if i % 3 == 0 { 0x00 } else { 0xFF })
+        .collect();
+    q6.extend((0..16).map(|i| [0x7Fu8, 0x81, 0x80][i % 3]));
+    q6.extend(d);
+    for (kind, block) in [(QuantKind::Q5_K, q5), (QuantKind::Q6_K, q6)] {
+        let raw = [block.clone(), block].concat();
+        let w = PackedMatrix::from_ggml(kind, &raw, 1, 512).unwrap();
+        let dense = w.dequantize();
+        let mut x: Vec<f32> = dense.iter().map(|v| v.signum()).collect();
+        x.extend([1.0; 512]);
+        let want = reference_matmul(&dense, 1, 512, &x, 2);
+        for kernel in kernels() {
+            let got = run(&w, kernel, &x, 2);
+            assert!(
+                relative_error(&got, &want) < 1e-5,
+                "{kind} {kernel:?}: {got:?} vs {want:?}"
+            );
+        }
+    }
+}
+
 #[test]
 fn all_zero_activations_give_zero() {
     for kind in KINDS {
-        let w = matrix(kind, 9, 64, 3);
+        let cols = 2 * kind.block_weights();
+        let w = matrix(kind, 9, cols, 3);
         for kernel in kernels() {
-            assert!(run(&w, kernel, &[0.0; 3 * 64], 3).iter().all(|&v| v == 0.0));
+            let out = run(&w, kernel, &vec![0.0; 3 * cols], 3);
+            assert!(out.iter().all(|&v| v == 0.0), "{kind} {kernel:?}");
         }
     }
 }
@@ -282,12 +351,13 @@ proptest! {
     fn row_result_is_independent_of_batch(
         kind in prop::sample::select(KINDS.to_vec()),
         rows in 1usize..40,
-        cols in prop::sample::select(vec![32usize, 64, 96, 160, 576]),
+        blocks in prop::sample::select(vec![1usize, 2, 3, 5, 18]),
         m in 1usize..=40,
         position in any::<prop::sample::Index>(),
         chunk in prop::sample::select(vec![1usize, 3, 4, 7, 64]),
         seed in any::<u64>(),
     ) {
+        let cols = blocks * kind.block_weights();
         let w = matrix(kind, rows, cols, seed);
         let position = position.index(m);
         let row = random_activations(1, cols, seed ^ 1, true);

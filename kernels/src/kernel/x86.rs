@@ -33,6 +33,18 @@
 //! stored, Q4_0's is `-8·d`. Q8_0 moves the weights' sign onto the activations
 //! so that the unsigned operand is `|w|` (≤ 128).
 //!
+//! The other kinds reuse these paths through their packed layouts (see
+//! `q5` and `kquant`): Q5_0 is Q8_0 (`|w| ≤ 16`); Q4_K is Q4_1; Q5_1 and
+//! Q5_K are Q4_1's arithmetic on Q8_0's byte layout
+//! (unsigned `0..=31`, so `vpmaddubsw` pair sums stay below 2·31·127 and two
+//! still fit in i16); Q6_K is Q8_0's AVX2 path (`|w| ≤ 32`) with `vpmaddwd`
+//! multiplying the pair sums by the 16-weight sub-scale instead of by 1
+//! (|sum| ≤ 2·2·32·127·128 < 2²², exact), on every x86 kernel: VNNI's
+//! `vpdpbusd` cannot scale, and the AVX-512 kernel runs Q6_K (and Q3_K) on
+//! 256 bits. (Measured against per-16 f32 scales with two `vpdpbusd` and two
+//! FMAs per block pair: 5–10 % slower on an AVX-512 VNNI machine, fewer
+//! instructions on plain AVX2, and one exact integer path for all three.)
+//!
 //! Weight rows are walked one at a time: streaming several rows in lockstep
 //! measured much slower for matrices that do not fit in cache (it defeats the
 //! hardware stream prefetcher).
@@ -49,19 +61,31 @@
 #[cfg(target_arch = "x86_64")]
 use std::arch::x86_64::*;
 
-use super::{row_tiles, RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q8_0};
-use crate::format::{QuantKind, BLOCK};
+use super::{
+    byte_quants, has_mins, kind_id, row_tiles, signed, sub_scaled, RowJob, KIND_Q4_0, KIND_Q4_1,
+    KIND_Q5_K, KIND_Q6_K, KIND_Q8_0,
+};
+use crate::format::BLOCK;
+
+/// Calls `$walk::<K>` with the layout constant of `$kind`.
+macro_rules! by_layout {
+    ($walk:ident, $kind:expr, $job:expr, $dst:expr) => {
+        match kind_id($kind) {
+            KIND_Q4_0 => $walk::<KIND_Q4_0>($job, $dst),
+            KIND_Q4_1 => $walk::<KIND_Q4_1>($job, $dst),
+            KIND_Q8_0 => $walk::<KIND_Q8_0>($job, $dst),
+            KIND_Q5_K => $walk::<KIND_Q5_K>($job, $dst),
+            _ => $walk::<KIND_Q6_K>($job, $dst),
+        }
+    };
+}
 
 /// Fills `dst` for one chunk with the AVX2 kernel.
 ///
 /// # Safety
 /// The CPU must support AVX2 and FMA.
 pub(crate) unsafe fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
-    match job.w.kind {
-        QuantKind::Q4_0 => walk_avx2::<KIND_Q4_0>(job, dst),
-        QuantKind::Q4_1 => walk_avx2::<KIND_Q4_1>(job, dst),
-        QuantKind::Q8_0 => walk_avx2::<KIND_Q8_0>(job, dst),
-    }
+    by_layout!(walk_avx2, job.w.kind, job, dst)
 }
 
 /// Fills `dst` for one chunk with the AVX-VNNI kernel.
@@ -69,16 +93,18 @@ pub(crate) unsafe fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX2, FMA and AVX-VNNI.
 pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
-    if job.w.kind == QuantKind::Q8_0 && job.x.qu.len() != job.x.q.len() {
+    if unsigned_missing(job) {
         // Quantized without the unsigned copy: the AVX2 kernel gives the same
         // bits without it.
         return compute_rows(job, dst);
     }
-    match job.w.kind {
-        QuantKind::Q4_0 => walk_vnni::<KIND_Q4_0>(job, dst),
-        QuantKind::Q4_1 => walk_vnni::<KIND_Q4_1>(job, dst),
-        QuantKind::Q8_0 => walk_vnni::<KIND_Q8_0>(job, dst),
-    }
+    by_layout!(walk_vnni, job.w.kind, job, dst)
+}
+
+/// Whether Q8_0's activations lack the unsigned copy `qu` that the VNNI
+/// kernels multiply its signed weights by.
+fn unsigned_missing(job: &RowJob<'_>) -> bool {
+    kind_id(job.w.kind) == KIND_Q8_0 && job.x.qu.len() != job.x.q.len()
 }
 
 /// Fills `dst` for one chunk with the AVX-512 VNNI kernel.
@@ -86,21 +112,17 @@ pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
 /// # Safety
 /// The CPU must support AVX2, FMA, AVX-VNNI, AVX-512 F/BW and AVX-512 VNNI.
 pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
-    // Activations not made for this kernel (the pair layout, or Q8_0
-    // without the unsigned copy) go to the 256-bit kernel, which reads them.
-    let unsigned_missing = job.w.kind == QuantKind::Q8_0 && job.x.qu.len() != job.x.q.len();
-    if !job.x.quads || unsigned_missing {
+    // Activations not made for this kernel (the pair layout, which Q6_K
+    // always gets, or Q8_0 without the unsigned copy) go to the 256-bit
+    // kernel, which reads them.
+    if !job.x.quads || unsigned_missing(job) || sub_scaled(kind_id(job.w.kind)) {
         debug_assert!(
             !job.x.quads,
             "four-block activations need the AVX-512 kernel"
         );
         return compute_rows_vnni(job, dst);
     }
-    match job.w.kind {
-        QuantKind::Q4_0 => walk_512::<KIND_Q4_0>(job, dst),
-        QuantKind::Q4_1 => walk_512::<KIND_Q4_1>(job, dst),
-        QuantKind::Q8_0 => walk_512::<KIND_Q8_0>(job, dst),
-    }
+    by_layout!(walk_512, job.w.kind, job, dst)
 }
 
 /// Pairs `0 .. 2·(pairs / 2)` of a tile, four blocks per step on 512 bits,
@@ -120,6 +142,7 @@ unsafe fn quads<const K: u8, const R: usize>(
     xd: &[*const f32; R],
     acc: &mut [__m256; R],
 ) -> usize {
+    debug_assert!(!sub_scaled(K), "Q6_K's sub-scales are 256-bit only");
     let zero = _mm512_setzero_si512();
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let quads = pairs / 2;
@@ -127,7 +150,7 @@ unsafe fn quads<const K: u8, const R: usize>(
         let b = 4 * q;
         // 128-bit lanes: [A(b, b+1) lo, hi, A(b+2, b+3) lo, hi] and the
         // same for B, as two pairs' 256-bit operands side by side.
-        let (wa, wb) = if K == KIND_Q8_0 {
+        let (wa, wb) = if byte_quants(K) {
             let z0 = _mm512_loadu_si512(quants.add(b * 32).cast());
             let z1 = _mm512_loadu_si512(quants.add(b * 32 + 64).cast());
             (
@@ -249,6 +272,12 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
     // Raw pointers so the block loop carries no bounds checks.
     let scales = w.scales.as_ptr().add(row * nb);
     let quants = w.quants.as_ptr().add(row * nb * w.kind.quant_bytes());
+    // Only Q6_K has sub-scales (the empty array must not be offset).
+    let subs = if sub_scaled(K) {
+        w.sub_scales.as_ptr().add(row * nb * 2)
+    } else {
+        w.sub_scales.as_ptr()
+    };
     // The VNNI Q8_0 path reads the unsigned copy `qu` (see `Q8_0 on VNNI`
     // below); `compute_rows_vnni` checked that it is there.
     let unsigned = V && K == KIND_Q8_0;
@@ -284,6 +313,12 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
         } else {
             _mm256_setzero_si256()
         };
+        // Q6_K: the sub-scales of halves A and B in A's and B's lane pattern.
+        let (sub_a, sub_b) = if sub_scaled(K) {
+            sub_scales_pair(subs.add(2 * b))
+        } else {
+            (_mm256_setzero_si256(), _mm256_setzero_si256())
+        };
         // [d_w(b) ×4, d_w(b+1) ×4]: one 8-byte load and a lane permute.
         let two = std::ptr::read_unaligned(scales.add(b).cast::<i64>());
         let dw = _mm256_permutevar8x32_ps(
@@ -296,7 +331,11 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
             let dot = if unsigned {
                 let a = _mm256_dpbusd_avx_epi32(init, xa, sa);
                 _mm256_dpbusd_avx_epi32(a, xb, sb)
-            } else if K == KIND_Q8_0 {
+            } else if sub_scaled(K) {
+                let a = _mm256_maddubs_epi16(wa, _mm256_sign_epi8(xa, sa));
+                let b = _mm256_maddubs_epi16(wb, _mm256_sign_epi8(xb, sb));
+                _mm256_add_epi32(_mm256_madd_epi16(a, sub_a), _mm256_madd_epi16(b, sub_b))
+            } else if signed(K) {
                 let (xa, xb) = (_mm256_sign_epi8(xa, sa), _mm256_sign_epi8(xb, sb));
                 dot_pair::<K, V>(wa, xa, wb, xb)
             } else {
@@ -310,6 +349,8 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
         }
     }
     if !nb.is_multiple_of(2) {
+        // Only the 32-weight kinds get here: a K-quant row has 8k blocks.
+        debug_assert!(!sub_scaled(K));
         let b = nb - 1;
         let (weights, signs) = unpack_single::<K>(quants, b);
         let init = if unsigned {
@@ -324,7 +365,7 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
             let xv = _mm256_loadu_si256(xq[r].add(b * BLOCK).cast());
             let dot = if unsigned {
                 _mm256_dpbusd_avx_epi32(init, xv, signs)
-            } else if K == KIND_Q8_0 {
+            } else if signed(K) {
                 dot_single::<V>(weights, _mm256_sign_epi8(xv, signs))
             } else {
                 dot_single::<V>(weights, xv)
@@ -337,10 +378,10 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
     let out = dst.as_mut_ptr().add(n * m + i0);
     for (r, acc) in acc.iter().enumerate() {
         let mut v = hsum(*acc);
-        // The Q4 offset term Σ_b min_b · s_x[b], a dot product over blocks;
-        // Q4_0's min is -8·d, and scaling by -8 is exact.
+        // The offset term of the unsigned layouts, Σ_b min_b · s_x[b], a dot
+        // product over blocks; Q4_0's min is -8·d, and scaling by -8 is exact.
         let xs = x.s.as_ptr().add((i0 + r) * nb);
-        if K == KIND_Q4_1 {
+        if has_mins(K) {
             v += dot_f32(w.mins.as_ptr().add(row * nb), xs, nb);
         } else if K == KIND_Q4_0 {
             v += -8.0 * dot_f32(scales, xs, nb);
@@ -349,10 +390,34 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
     }
 }
 
+/// Q6_K's sub-scales `[a(b), b(b), a(b+1), b(b+1)]` at `s` as the i16
+/// multipliers of `vpmaddwd` for halves A and B of the block pair: `a(b)`
+/// in every i16 of the low 128 bits and `a(b+1)` in the high ones, and the
+/// same for B.
+///
+/// # Safety
+/// AVX2 must be available and `s` valid for four reads.
+#[inline(always)]
+unsafe fn sub_scales_pair(s: *const i8) -> (__m256i, __m256i) {
+    let four = _mm_cvtepi8_epi16(_mm_cvtsi32_si128(std::ptr::read_unaligned(s.cast::<i32>())));
+    let both = _mm256_broadcastsi128_si256(four);
+    // i16 `k` of `four` is bytes 2k, 2k + 1: A takes i16 0 (low 128 bits)
+    // and 2 (high), B i16 1 and 3.
+    let a = _mm256_setr_epi8(
+        0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, //
+        4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5, 4, 5,
+    );
+    let b = _mm256_setr_epi8(
+        2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, //
+        6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7, 6, 7,
+    );
+    (_mm256_shuffle_epi8(both, a), _mm256_shuffle_epi8(both, b))
+}
+
 /// Blocks `b` and `b + 1` of a weight row as the unsigned operands `(A, B)`
-/// of the paired dot product, plus (Q8_0) the signed values `(A, B)` whose
-/// signs go onto the activations (on VNNI, the signed values are the
-/// operands and the unsigned ones are not computed).
+/// of the paired dot product, plus the signed values `(A, B)` of the signed
+/// layouts, whose signs go onto the activations (for Q8_0 on VNNI, the
+/// signed values are the operands and the unsigned ones are not computed).
 ///
 /// # Safety
 /// AVX2 must be available; `b + 1` must be a block of the row at `quants`.
@@ -361,12 +426,13 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
     quants: *const u8,
     b: usize,
 ) -> (__m256i, __m256i, __m256i, __m256i) {
-    if K == KIND_Q8_0 {
+    if byte_quants(K) {
         let first = _mm256_loadu_si256(quants.add(b * 32).cast());
         let second = _mm256_loadu_si256(quants.add(b * 32 + 32).cast());
         let sa = _mm256_permute2x128_si256(first, second, 0x20);
         let sb = _mm256_permute2x128_si256(first, second, 0x31);
-        if V {
+        // VNNI multiplies Q8_0's signed values directly; Q5_K's are unsigned.
+        if (V && K == KIND_Q8_0) || !signed(K) {
             return (sa, sb, sa, sb);
         }
         (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb)
@@ -381,16 +447,20 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
     }
 }
 
-/// Block `b` alone, in natural order: the unsigned operand and (Q8_0) the
-/// signed values.
+/// Block `b` alone, in natural order: the unsigned operand and the values
+/// (signed for the signed layouts).
 ///
 /// # Safety
 /// AVX2 must be available; `b` must be a block of the row at `quants`.
 #[inline(always)]
 unsafe fn unpack_single<const K: u8>(quants: *const u8, b: usize) -> (__m256i, __m256i) {
-    if K == KIND_Q8_0 {
+    if byte_quants(K) {
         let q = _mm256_loadu_si256(quants.add(b * 32).cast());
-        (_mm256_sign_epi8(q, q), q)
+        if signed(K) {
+            (_mm256_sign_epi8(q, q), q)
+        } else {
+            (q, q)
+        }
     } else {
         let packed = _mm_loadu_si128(quants.add(b * 16).cast());
         let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
@@ -422,7 +492,8 @@ unsafe fn dot_pair<const K: u8, const V: bool>(
             // Pair sums up to 2·128·127: widen each before adding.
             _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(b, ones))
         } else {
-            // Nibble pair sums are at most 2·15·127; two of them fit in i16.
+            // Nibble pair sums are at most 2·15·127 (Q5_K's 2·31·127); two of
+            // them fit in i16.
             _mm256_madd_epi16(_mm256_add_epi16(a, b), ones)
         }
     }
