@@ -1,13 +1,38 @@
 #!/usr/bin/env bash
-# A virtual environment with the official OpenAI Python client, for the
-# example scripts and the tests that run them. Exactly the versions and
-# hashes in examples/requirements.txt (pip --require-hashes), once, cached in
-# .cache/python; reinstalled when that file changes.
+# Pinned Python virtual environments, each built once from a requirements file
+# with hashes (pip --require-hashes, wheels only) and rebuilt when that file
+# changes:
+#
+#   scripts/python-env.sh            .cache/python: the official OpenAI client,
+#                                    for the example scripts and the tests that
+#                                    run them (examples/requirements.txt)
+#   scripts/python-env.sh reference  .cache/python-reference: transformers, to
+#                                    regenerate the tokenizer and chat-template
+#                                    reference data the tests read
+#                                    (inference-server/tests/tokenizer_reference/)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-venv="$root/.cache/python"
-requirements="$root/examples/requirements.txt"
+
+case "${1:-examples}" in
+  examples)
+    venv="$root/.cache/python"
+    requirements="$root/examples/requirements.txt"
+    what="the examples (.cache/python: openai client, pinned with hashes)"
+    check="import openai; print('    openai', openai.__version__)"
+    ;;
+  reference)
+    venv="$root/.cache/python-reference"
+    requirements="$root/inference-server/tests/tokenizer_reference/requirements.txt"
+    what="tokenizer reference data (.cache/python-reference: transformers, pinned with hashes)"
+    check="import transformers, tokenizers; print('    transformers', transformers.__version__, 'tokenizers', tokenizers.__version__)"
+    ;;
+  *)
+    echo "usage: $0 [examples|reference]" >&2
+    exit 2
+    ;;
+esac
+
 stamp="$venv/.requirements.sha256"
 want=$(sha256sum "$requirements" | cut -d' ' -f1)
 
@@ -15,10 +40,10 @@ if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; the
   exit 0
 fi
 
-echo "==> python environment for the examples (.cache/python: openai client, pinned with hashes)"
+echo "==> python environment for $what"
 rm -rf "$venv"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --progress-bar on \
   --require-hashes --only-binary=:all: --no-deps -r "$requirements"
-"$venv/bin/python" -c "import openai; print('    openai', openai.__version__)"
+"$venv/bin/python" -c "$check"
 echo "$want" > "$stamp"

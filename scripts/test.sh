@@ -5,7 +5,9 @@
 #   store and end-to-end suites, unless MAAS_TEST_POSTGRES_URL names one;
 #   stopped afterwards when this script started it;
 # - Debian's Chromium (scripts/chromium.sh) for the showback page's browser
-#   test, unless MAAS_CHROMIUM names one.
+#   test, unless MAAS_CHROMIUM names one;
+# - the Gemma 3 270M Q4_K_M file (scripts/fetch-gemma.sh, pinned, cached) for
+#   the SentencePiece tokenizer and gemma3 tests.
 # Extra arguments go to `cargo test` (e.g. `make test ARGS='-p maas-limiter'`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -20,6 +22,7 @@ if [ -z "${MAAS_CHROMIUM:-}" ]; then
   MAAS_CHROMIUM=$(./scripts/chromium.sh)
 fi
 export MAAS_CHROMIUM
+./scripts/fetch-gemma.sh
 # The server without any credentials a user put in the URL.
 echo "==> PostgreSQL for the store tests: ${MAAS_TEST_POSTGRES_URL##*@}; Chromium: $MAAS_CHROMIUM"
 

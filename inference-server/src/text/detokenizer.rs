@@ -15,6 +15,9 @@ use super::tokenizer::TextTokenizer;
 pub struct IncrementalDecoder {
     tokenizer: Arc<TextTokenizer>,
     pending: Vec<u8>,
+    /// No token has produced bytes yet: the one that does may begin with
+    /// the tokenizer's prefix space, which `decode` drops.
+    at_start: bool,
 }
 
 impl IncrementalDecoder {
@@ -22,6 +25,7 @@ impl IncrementalDecoder {
         IncrementalDecoder {
             tokenizer,
             pending: Vec::new(),
+            at_start: true,
         }
     }
 
@@ -29,7 +33,10 @@ impl IncrementalDecoder {
     /// ids outside the vocabulary (models may pad their output layer past the
     /// vocabulary) add nothing, as in `decode`.
     pub fn push(&mut self, id: u32) -> String {
-        if let Some(bytes) = self.tokenizer.token_bytes(id) {
+        if let Some(mut bytes) = self.tokenizer.token_bytes(id).filter(|b| !b.is_empty()) {
+            if std::mem::take(&mut self.at_start) && self.tokenizer.strips_leading_space() {
+                bytes = bytes.strip_prefix(b" ").unwrap_or(bytes);
+            }
             self.pending.extend_from_slice(bytes);
         }
         self.take_complete()
@@ -127,6 +134,16 @@ mod tests {
         assert_eq!(decoder.push(byte(0x9F)), "");
         assert_eq!(decoder.finish(), "\u{FFFD}");
         assert_eq!(decoder.finish(), "");
+    }
+
+    #[test]
+    fn drops_the_prefix_space_once_like_decode() {
+        let tokenizer = Arc::new(fixtures::tiny_sp_tokenizer());
+        let ids = tokenizer.encode("hello world").unwrap();
+        let pieces = stream(&tokenizer, &ids);
+        // BOS adds nothing, `▁hello` loses its prefix, `▁world` keeps its space.
+        assert_eq!(pieces, ["", "hello", " world", ""]);
+        assert_eq!(pieces.concat(), tokenizer.decode(&ids).unwrap());
     }
 
     #[test]

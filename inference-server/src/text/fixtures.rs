@@ -1,5 +1,5 @@
-//! Test fixtures: a hand-made byte-level vocabulary that runs anywhere, and
-//! the real SmolLM2 GGUF (`make test` fetches it; a test that needs it fails,
+//! Test fixtures: hand-made byte-level and SentencePiece vocabularies that
+//! run anywhere, and the real SmolLM2 GGUF (`make test` fetches it; a test that needs it fails,
 //! saying how to get it, when it is not on disk).
 
 use std::path::PathBuf;
@@ -7,8 +7,9 @@ use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::gguf_file;
 
+use super::byte_level::is_printable_byte;
 use super::spec::TokenizerSpec;
-use super::tokenizer::{is_printable_byte, TextTokenizer};
+use super::tokenizer::TextTokenizer;
 
 pub const ENDOFTEXT: u32 = 0;
 pub const IM_START: u32 = 1;
@@ -69,9 +70,76 @@ pub fn tiny_spec() -> TokenizerSpec {
             .collect(),
         bos_token_id: Some(IM_START),
         eos_token_id: Some(IM_END),
-        add_bos_token: false,
-        chat_template: None,
+        ..TokenizerSpec::default()
     }
+}
+
+/// SentencePiece ids of the tiny vocabulary below.
+pub const BOS: u32 = 1;
+pub const EOS: u32 = 2;
+/// Pieces of the tiny SentencePiece vocabulary after its 3 control and 256
+/// byte tokens, with scores chosen so that `▁hello` and `▁world` are reached
+/// through `ll`, `▁h`, `llo`, `ello` (and `or`, `ld`, `▁w`, `orld`).
+const SP_PIECES: &[(&str, f32)] = &[
+    ("▁", -10.0),
+    ("h", -10.0),
+    ("e", -10.0),
+    ("l", -10.0),
+    ("o", -10.0),
+    ("w", -10.0),
+    ("r", -10.0),
+    ("d", -10.0),
+    ("ll", -1.0),
+    ("or", -1.0),
+    ("ld", -1.0),
+    ("▁h", -2.0),
+    ("▁w", -2.0),
+    ("llo", -3.0),
+    ("orld", -3.0),
+    ("ello", -4.0),
+    ("▁hello", -5.0),
+    ("▁world", -5.0),
+];
+
+/// `<unk> <s> </s>`, `<0x00>`..`<0xFF>`, then [`SP_PIECES`]; no merges (a
+/// SentencePiece file has none), `add_space_prefix` left to the default.
+pub fn tiny_sp_spec() -> TokenizerSpec {
+    let mut tokens: Vec<String> = ["<unk>", "<s>", "</s>"].map(String::from).to_vec();
+    let mut token_types = vec![2, 3, 3];
+    let mut scores = vec![0.0, 0.0, 0.0];
+    tokens.extend((0..=u8::MAX).map(|b| format!("<0x{b:02X}>")));
+    token_types.extend([6; 256]);
+    scores.extend([0.0; 256]);
+    for (piece, score) in SP_PIECES {
+        tokens.push((*piece).to_owned());
+        token_types.push(1);
+        scores.push(*score);
+    }
+    TokenizerSpec {
+        architecture: Some("llama".into()),
+        model: "llama".into(),
+        tokens,
+        token_types,
+        scores,
+        bos_token_id: Some(BOS),
+        eos_token_id: Some(EOS),
+        unknown_token_id: Some(0),
+        add_bos_token: true,
+        ..TokenizerSpec::default()
+    }
+}
+
+pub fn tiny_sp_tokenizer() -> TextTokenizer {
+    TextTokenizer::from_spec(&tiny_sp_spec()).unwrap()
+}
+
+/// Id of a token of the tiny SentencePiece vocabulary, by its stored text.
+pub fn sp_id(text: &str) -> u32 {
+    tiny_sp_spec()
+        .tokens
+        .iter()
+        .position(|t| t == text)
+        .unwrap() as u32
 }
 
 pub fn tiny_tokenizer() -> TextTokenizer {

@@ -1,10 +1,12 @@
 //! Text processing around the model: GGUF tokenizer metadata, byte-level BPE
-//! encoding and decoding, chat templates, streaming detokenization and stop
-//! strings. Nothing here knows about tensors or HTTP.
+//! and SentencePiece encoding and decoding, chat templates, streaming
+//! detokenization and stop strings. Nothing here knows about tensors or HTTP.
 
+mod byte_level;
 mod chat_template;
 mod detokenizer;
 mod error;
+mod sentencepiece;
 mod spec;
 mod stop;
 mod tokenizer;

@@ -1,11 +1,16 @@
-//! Byte-level BPE tokenizer built from GGUF metadata.
+//! The tokenizer built from GGUF metadata, whatever the vocabulary format.
 //!
-//! Encoding goes through Hugging Face `tokenizers` (BPE model, pre-tokenizer
-//! chosen by `tokenizer.ggml.pre`, control tokens registered as special added
-//! tokens so `<|im_start|>` in the text is one id). Decoding does not: every
-//! id is mapped once, at load, to the raw bytes it stands for, and `decode`
-//! and the incremental decoder both read that table, so the streamed text and
-//! the final text can never disagree.
+//! Encoding goes through Hugging Face `tokenizers`: the format's module
+//! (`byte_level` for `gpt2`, `sentencepiece` for `llama`) builds the model as
+//! transformers' GGUF converter does, and this one registers control tokens
+//! as special added tokens so `<|im_start|>` in the text is one id, and adds
+//! BOS/EOS as the file asks. The ids equal transformers' for the same file
+//! (checked against reference data in `tests/tokenizer_reference.rs`).
+//!
+//! Decoding does not go through `tokenizers`: every id is mapped once, at
+//! load, to the raw bytes it stands for, and `decode` and the incremental
+//! decoder both read that table, so the streamed text and the final text can
+//! never disagree.
 //!
 //! Invariant: `token_bytes(id)` is `None` exactly for tokens that carry no text
 //! (control, unknown, unused), and those are what `decode` skips.
@@ -13,18 +18,14 @@
 use std::collections::HashSet;
 
 use ahash::AHashMap;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
 use super::error::TextError;
-use super::spec::{TokenizerSpec, KEY_BOS, KEY_EOS, KEY_MERGES, KEY_TOKEN_TYPE};
+use super::spec::{TokenizerSpec, KEY_BOS, KEY_EOS, KEY_TOKEN_TYPE};
+use super::{byte_level, sentencepiece};
 
 /// llama.cpp's `llama_token_type` values, as stored in `tokenizer.ggml.token_type`.
-mod token_type {
+pub(super) mod token_type {
     pub const UNDEFINED: i32 = 0;
     pub const NORMAL: i32 = 1;
     pub const UNKNOWN: i32 = 2;
@@ -56,7 +57,18 @@ pub struct TextTokenizer {
     bos_token_id: Option<u32>,
     eos_token_id: Option<u32>,
     add_bos_token: bool,
+    add_eos_token: bool,
+    strip_leading_space: bool,
     stop_token_ids: Vec<u32>,
+}
+
+/// What a vocabulary format contributes to a [`TextTokenizer`]: the encoding
+/// model (with its normalizer and pre-tokenizer, no added tokens yet), the
+/// bytes each id stands for, and whether decoding drops a leading space.
+pub(super) struct Vocabulary {
+    pub tokenizer: Tokenizer,
+    pub bytes: Vec<Option<Box<[u8]>>>,
+    pub strip_leading_space: bool,
 }
 
 impl std::fmt::Debug for TextTokenizer {
@@ -66,6 +78,8 @@ impl std::fmt::Debug for TextTokenizer {
             .field("bos_token_id", &self.bos_token_id)
             .field("eos_token_id", &self.eos_token_id)
             .field("add_bos_token", &self.add_bos_token)
+            .field("add_eos_token", &self.add_eos_token)
+            .field("strip_leading_space", &self.strip_leading_space)
             .field("stop_token_ids", &self.stop_token_ids)
             .finish_non_exhaustive()
     }
@@ -73,13 +87,6 @@ impl std::fmt::Debug for TextTokenizer {
 
 impl TextTokenizer {
     pub fn from_spec(spec: &TokenizerSpec) -> Result<Self, TextError> {
-        if spec.model != "gpt2" {
-            return Err(TextError::Unsupported {
-                what: "model",
-                name: spec.model.clone(),
-            });
-        }
-        let pre_tokenizer = pre_tokenizer(spec.pre.as_deref())?;
         let types = token_types(spec)?;
         let vocab_size = spec.tokens.len();
         let bos_token_id = checked_id(KEY_BOS, spec.bos_token_id, vocab_size)?;
@@ -90,17 +97,27 @@ impl TextTokenizer {
                 "add_bos_token is set but there is no bos_token_id",
             ));
         }
-
-        let vocab = vocab(&spec.tokens)?;
-        let merges = merges(&spec.merges, &vocab)?;
-        let model = BPE::builder()
-            .vocab_and_merges(vocab, merges)
-            .build()
-            .map_err(TextError::Tokenizer)?;
-
-        let mut inner = Tokenizer::new(model);
-        inner.with_pre_tokenizer(Some(pre_tokenizer));
-        let (special_tokens, user_tokens) = added_tokens(&spec.tokens, &types);
+        if spec.add_eos_token && eos_token_id.is_none() {
+            return Err(TextError::invalid(
+                KEY_EOS,
+                "add_eos_token is set but there is no eos_token_id",
+            ));
+        }
+        let Vocabulary {
+            tokenizer: mut inner,
+            bytes,
+            strip_leading_space,
+        } = match spec.model.as_str() {
+            "gpt2" => byte_level::build(spec, &types)?,
+            "llama" => sentencepiece::build(spec, &types)?,
+            other => {
+                return Err(TextError::Unsupported {
+                    what: "model",
+                    name: other.to_owned(),
+                })
+            }
+        };
+        let (special_tokens, user_tokens) = added_tokens(&inner, &spec.tokens, &types);
         inner
             .add_special_tokens(special_tokens)
             .map_err(TextError::Tokenizer)?;
@@ -112,13 +129,6 @@ impl TextTokenizer {
             .iter()
             .map(|&t| matches!(t, token_type::CONTROL | token_type::UNKNOWN))
             .collect();
-        let byte_level = ByteLevelDecoder::new();
-        let bytes = spec
-            .tokens
-            .iter()
-            .zip(&types)
-            .map(|(text, &t)| token_to_bytes(text, t, &byte_level))
-            .collect();
         let stop_token_ids = stop_token_ids(&spec.tokens, &special, eos_token_id);
 
         Ok(TextTokenizer {
@@ -128,6 +138,8 @@ impl TextTokenizer {
             bos_token_id,
             eos_token_id,
             add_bos_token: spec.add_bos_token,
+            add_eos_token: spec.add_eos_token,
+            strip_leading_space,
             stop_token_ids,
         })
     }
@@ -139,15 +151,19 @@ impl TextTokenizer {
             .inner
             .encode_fast(text, false)
             .map_err(TextError::Tokenizer)?;
-        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        let mut ids = Vec::with_capacity(encoding.len() + 2);
         if self.add_bos_token {
             ids.extend(self.bos_token_id);
         }
         ids.extend_from_slice(encoding.get_ids());
+        if self.add_eos_token {
+            ids.extend(self.eos_token_id);
+        }
         Ok(ids)
     }
 
-    /// Skips special tokens; invalid UTF-8 (a sequence cut mid-character)
+    /// Skips special tokens, and drops the space a SentencePiece prefix put
+    /// before the first word (`strips_leading_space`); invalid UTF-8 (a sequence cut mid-character)
     /// becomes U+FFFD.
     pub fn decode(&self, ids: &[u32]) -> Result<String, TextError> {
         let mut out = Vec::new();
@@ -161,6 +177,9 @@ impl TextTokenizer {
                 })?;
             out.extend_from_slice(piece.as_deref().unwrap_or_default());
         }
+        if self.strip_leading_space && out.first() == Some(&b' ') {
+            out.remove(0);
+        }
         Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
@@ -168,6 +187,13 @@ impl TextTokenizer {
     /// `None` for tokens without text and for ids outside the vocabulary.
     pub fn token_bytes(&self, id: u32) -> Option<&[u8]> {
         self.bytes.get(id as usize)?.as_deref()
+    }
+
+    /// Whether `decode` drops one leading space: the tokenizer writes one
+    /// before the text (SentencePiece `add_space_prefix`), so the first
+    /// decoded space is its own, not the text's.
+    pub fn strips_leading_space(&self) -> bool {
+        self.strip_leading_space
     }
 
     pub fn is_special(&self, id: u32) -> bool {
@@ -196,22 +222,6 @@ impl TextTokenizer {
     /// template writes, e.g. `<|im_end|>`.
     pub fn token_text(&self, id: u32) -> Option<String> {
         self.inner.id_to_token(id)
-    }
-}
-
-fn pre_tokenizer(pre: Option<&str>) -> Result<PreTokenizerWrapper, TextError> {
-    let byte_level = ByteLevel::new(false, true, true);
-    match pre {
-        // No name: assume GPT-2's own split, which the byte-level format
-        // comes from (llama.cpp instead guesses a generic regex and warns).
-        None | Some("gpt2") => Ok(byte_level.into()),
-        Some("smollm") => {
-            Ok(Sequence::new(vec![Digits::new(true).into(), byte_level.into()]).into())
-        }
-        Some(other) => Err(TextError::Unsupported {
-            what: "pre-tokenizer",
-            name: other.to_owned(),
-        }),
     }
 }
 
@@ -250,48 +260,29 @@ fn checked_id(key: &str, id: Option<u32>, vocab_size: usize) -> Result<Option<u3
     }
 }
 
-fn vocab(tokens: &[String]) -> Result<AHashMap<String, u32>, TextError> {
+pub(super) fn vocab(tokens: &[String]) -> Result<AHashMap<String, u32>, TextError> {
     let mut vocab = AHashMap::with_capacity(tokens.len());
     for (id, token) in tokens.iter().enumerate() {
         let id = u32::try_from(id)
             .map_err(|_| TextError::invalid(super::spec::KEY_TOKENS, "more than 2^32 tokens"))?;
-        // Some converters repeat a string (padding entries); the first id
-        // wins for encoding, and every id still decodes through `bytes`.
-        vocab.entry(token.clone()).or_insert(id);
+        // Some converters repeat a string (padding entries); the last id
+        // wins for encoding, as in transformers' GGUF converter (a dict
+        // built in order), and every id still decodes through `bytes`.
+        vocab.insert(token.clone(), id);
     }
     Ok(vocab)
 }
 
-/// Checked here rather than left to `BPE::build` so the error names the index.
-fn merges(
-    merges: &[String],
-    vocab: &AHashMap<String, u32>,
-) -> Result<Vec<(String, String)>, TextError> {
-    merges
-        .iter()
-        .enumerate()
-        .map(|(i, merge)| {
-            let field = || format!("{KEY_MERGES}[{i}]");
-            let (left, right) = merge
-                .split_once(' ')
-                .filter(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains(' '))
-                .ok_or_else(|| TextError::invalid(field(), "expected 'left right'"))?;
-            for part in [left.to_owned(), right.to_owned(), format!("{left}{right}")] {
-                if !vocab.contains_key(&part) {
-                    return Err(TextError::invalid(
-                        field(),
-                        format!("'{part}' is not in the vocabulary"),
-                    ));
-                }
-            }
-            Ok((left.to_owned(), right.to_owned()))
-        })
-        .collect()
-}
-
 /// Control and unknown tokens match as special strings; user-defined tokens
-/// match as ordinary added tokens (they are text, and decode as such).
-fn added_tokens(tokens: &[String], types: &[i32]) -> (Vec<AddedToken>, Vec<AddedToken>) {
+/// match as ordinary added tokens (they are text, and decode as such) when
+/// the model knows them under that spelling: Gemma's runs of spaces are
+/// user-defined but respelled for the model (`sentencepiece.rs`), and
+/// transformers leaves them to the model too.
+fn added_tokens(
+    model: &Tokenizer,
+    tokens: &[String],
+    types: &[i32],
+) -> (Vec<AddedToken>, Vec<AddedToken>) {
     let mut special = Vec::new();
     let mut user = Vec::new();
     for (text, &t) in tokens.iter().zip(types) {
@@ -299,7 +290,7 @@ fn added_tokens(tokens: &[String], types: &[i32]) -> (Vec<AddedToken>, Vec<Added
             token_type::CONTROL | token_type::UNKNOWN => {
                 special.push(AddedToken::from(text.clone(), true).normalized(false));
             }
-            token_type::USER_DEFINED => {
+            token_type::USER_DEFINED if model.token_to_id(text).is_some() => {
                 user.push(AddedToken::from(text.clone(), false).normalized(false));
             }
             _ => {}
@@ -308,67 +299,10 @@ fn added_tokens(tokens: &[String], types: &[i32]) -> (Vec<AddedToken>, Vec<Added
     (special, user)
 }
 
-fn token_to_bytes(text: &str, t: i32, byte_level: &ByteLevelDecoder) -> Option<Box<[u8]>> {
-    match t {
-        token_type::CONTROL | token_type::UNKNOWN | token_type::UNUSED => None,
-        // llama.cpp stores user-defined tokens as plain text, not byte-level.
-        token_type::USER_DEFINED => Some(text.as_bytes().into()),
-        token_type::BYTE => match parse_byte_token(text) {
-            Some(b) => Some([b].into()),
-            None => Some(byte_level.decode(text).into()),
-        },
-        _ => Some(byte_level.decode(text).into()),
-    }
-}
-
 /// `<0xAB>` → 0xAB (SentencePiece-style byte tokens).
-fn parse_byte_token(text: &str) -> Option<u8> {
+pub(super) fn parse_byte_token(text: &str) -> Option<u8> {
     let hex = text.strip_prefix("<0x")?.strip_suffix('>')?;
     u8::from_str_radix(hex, 16).ok()
-}
-
-/// Inverse of GPT-2's `bytes_to_unicode`: printable Latin-1 bytes stand for
-/// themselves, and the n-th of the other 68 bytes (in byte order) was moved
-/// to U+0100 + n so that every token is printable text.
-pub(crate) struct ByteLevelDecoder {
-    /// Indexed by code point, U+0000..U+0143.
-    table: Vec<Option<u8>>,
-}
-
-impl ByteLevelDecoder {
-    pub(crate) fn new() -> Self {
-        let mut table = vec![None; 0x144];
-        let mut shifted = 0x100;
-        for b in 0..=u8::MAX {
-            let slot = if is_printable_byte(b) {
-                usize::from(b)
-            } else {
-                shifted += 1;
-                shifted - 1
-            };
-            if let Some(entry) = table.get_mut(slot) {
-                *entry = Some(b);
-            }
-        }
-        ByteLevelDecoder { table }
-    }
-
-    pub(crate) fn decode(&self, text: &str) -> Vec<u8> {
-        let mut out = Vec::with_capacity(text.len());
-        for c in text.chars() {
-            match self.table.get(c as usize).copied().flatten() {
-                Some(b) => out.push(b),
-                // Not byte-level encoded (should not happen in a gpt2 vocab):
-                // keep the character as text rather than losing it.
-                None => out.extend_from_slice(c.encode_utf8(&mut [0; 4]).as_bytes()),
-            }
-        }
-        out
-    }
-}
-
-pub(crate) fn is_printable_byte(b: u8) -> bool {
-    matches!(b, 0x21..=0x7E | 0xA1..=0xAC | 0xAE..=0xFF)
 }
 
 fn stop_token_ids(tokens: &[String], special: &[bool], eos: Option<u32>) -> Vec<u32> {
@@ -389,6 +323,7 @@ fn stop_token_ids(tokens: &[String], special: &[bool], eos: Option<u32>) -> Vec<
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::text::byte_level::ByteLevelDecoder;
     use crate::text::fixtures::{self, tiny_id, tiny_spec, tiny_tokenizer, IM_END, IM_START};
 
     #[test]
@@ -491,12 +426,12 @@ mod tests {
         let cases: Vec<(TokenizerSpec, &str)> =
             vec![
             (
-                TokenizerSpec { model: "llama".into(), ..tiny_spec() },
-                "unsupported tokenizer model 'llama'",
+                TokenizerSpec { model: "t5".into(), ..tiny_spec() },
+                "unsupported tokenizer model 't5'",
             ),
             (
-                TokenizerSpec { pre: Some("qwen2".into()), ..tiny_spec() },
-                "unsupported tokenizer pre-tokenizer 'qwen2'",
+                TokenizerSpec { pre: Some("deepseek-coder".into()), ..tiny_spec() },
+                "unsupported tokenizer pre-tokenizer 'deepseek-coder'",
             ),
             (
                 TokenizerSpec {
