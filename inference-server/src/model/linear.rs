@@ -1,10 +1,10 @@
 //! Linear layers over quantized GGUF weights, applied to all tokens of a step
 //! at once (`[tokens, in] -> [tokens, out]`).
 //!
-//! The common GGML block formats go through `maas-kernels`, which reads every
-//! weight block once per call for all rows; anything else (K-quants, F16, F32)
-//! falls back to candle's `QMatMul`, which is correct but re-streams weights
-//! per row.
+//! The GGML block formats (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0 and the K-quants
+//! Q3_K to Q6_K) go through `maas-kernels`, which reads every weight block
+//! once per call for all rows; anything else (Q2_K, F16, F32) falls back to
+//! candle's `QMatMul`, which is correct but re-streams weights per row.
 
 use candle_core::quantized::{GgmlDType, QMatMul, QTensor};
 use candle_core::{Device, Tensor};
@@ -29,11 +29,17 @@ pub enum Linear {
     },
 }
 
-fn packed_kind(dtype: GgmlDType) -> Option<QuantKind> {
+pub(super) fn packed_kind(dtype: GgmlDType) -> Option<QuantKind> {
     match dtype {
         GgmlDType::Q4_0 => Some(QuantKind::Q4_0),
         GgmlDType::Q4_1 => Some(QuantKind::Q4_1),
         GgmlDType::Q8_0 => Some(QuantKind::Q8_0),
+        GgmlDType::Q5_0 => Some(QuantKind::Q5_0),
+        GgmlDType::Q5_1 => Some(QuantKind::Q5_1),
+        GgmlDType::Q3K => Some(QuantKind::Q3_K),
+        GgmlDType::Q4K => Some(QuantKind::Q4_K),
+        GgmlDType::Q5K => Some(QuantKind::Q5_K),
+        GgmlDType::Q6K => Some(QuantKind::Q6_K),
         _ => None,
     }
 }

@@ -10,10 +10,11 @@ use candle_core::quantized::gguf_file::{Content, Value};
 use candle_core::quantized::QTensor;
 use candle_core::Device;
 
-use super::config::ModelConfig;
+use super::config::{Family, ModelConfig};
 use super::device::{self, DeviceBlock, DeviceLinear, DeviceModel, DeviceWeights};
 use super::linear::{dims, Linear, WeightPart};
-use super::ops::RopeTable;
+use super::ops::{self, RopeTable};
+use super::projection::Projection;
 use super::{Block, Embedding, HostModel, Model, ModelError};
 use crate::text::{ChatTemplate, MetadataSource, MetadataValue, TextTokenizer, TokenizerSpec};
 
@@ -42,6 +43,44 @@ struct Reader {
 }
 
 impl Reader {
+    fn open(path: &Path) -> Result<Self, ModelError> {
+        let display = path.display().to_string();
+        let mut file = BufReader::new(File::open(path).map_err(|source| ModelError::Io {
+            path: display.clone(),
+            source,
+        })?);
+        let content = Content::read(&mut file).map_err(|e| ModelError::Metadata {
+            key: display.clone(),
+            problem: format!("not a readable GGUF file: {e}"),
+        })?;
+        Ok(Self {
+            content,
+            file,
+            path: display,
+        })
+    }
+
+    /// The forward pass, checked against the metadata.
+    fn model(
+        &mut self,
+        max_positions: Option<usize>,
+        placement: &Placement,
+    ) -> Result<Model, ModelError> {
+        let config = ModelConfig::from_metadata(&self.content.metadata)?;
+        let positions = max_positions
+            .unwrap_or(config.context_length)
+            .min(config.context_length);
+        let ropes = rope_tables(self, &config, positions)?;
+        Ok(match placement {
+            Placement::Host => Model::Host(host_model(self, config, ropes)?),
+            Placement::Device(d) => Model::Device(device_model(self, config, &ropes, d)?),
+        })
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.content.tensor_infos.contains_key(name)
+    }
+
     fn tensor(&mut self, name: &str) -> Result<QTensor, ModelError> {
         self.tensor_on(name, &Device::Cpu)
     }
@@ -53,7 +92,7 @@ impl Reader {
     }
 
     fn optional(&mut self, name: &str) -> Result<Option<QTensor>, ModelError> {
-        if self.content.tensor_infos.contains_key(name) {
+        if self.has(name) {
             self.tensor(name).map(Some)
         } else {
             Ok(None)
@@ -100,25 +139,25 @@ pub fn load_gguf(path: &Path, max_positions: Option<usize>) -> Result<LoadedMode
     load_gguf_on(path, max_positions, &Placement::Host)
 }
 
+/// Loads only the forward pass of a GGUF model (no tokenizer): for tools
+/// and tests that feed token ids, e.g. to compare with another runtime.
+pub fn load_model(
+    path: &Path,
+    max_positions: Option<usize>,
+    placement: &Placement,
+) -> Result<Model, ModelError> {
+    Reader::open(path)?.model(max_positions, placement)
+}
+
 /// Loads a GGUF model for `placement`.
 pub fn load_gguf_on(
     path: &Path,
     max_positions: Option<usize>,
     placement: &Placement,
 ) -> Result<LoadedModel, ModelError> {
-    let display = path.display().to_string();
-    let io = |source| ModelError::Io {
-        path: display.clone(),
-        source,
-    };
-    let mut file = BufReader::new(File::open(path).map_err(io)?);
-    let content = Content::read(&mut file).map_err(|e| ModelError::Metadata {
-        key: display.clone(),
-        problem: format!("not a readable GGUF file: {e}"),
-    })?;
-    let config = ModelConfig::from_metadata(&content.metadata)?;
-    let spec =
-        TokenizerSpec::from_metadata(&content).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
+    let mut r = Reader::open(path)?;
+    let spec = TokenizerSpec::from_metadata(&r.content)
+        .map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     let tokenizer =
         TextTokenizer::from_spec(&spec).map_err(|e| ModelError::Tokenizer(e.to_string()))?;
     let chat_template = match &spec.chat_template {
@@ -131,25 +170,7 @@ pub fn load_gguf_on(
         }
         None => None,
     };
-
-    let mut r = Reader {
-        content,
-        file,
-        path: display,
-    };
-    let positions = max_positions
-        .unwrap_or(config.context_length)
-        .min(config.context_length);
-    let rope = RopeTable::new(
-        config.head_dim,
-        config.rope_theta,
-        positions,
-        config.rope_style,
-    );
-    let model = match placement {
-        Placement::Host => Model::Host(host_model(&mut r, config, rope)?),
-        Placement::Device(d) => Model::Device(device_model(&mut r, config, &rope, d)?),
-    };
+    let model = r.model(max_positions, placement)?;
     if spec.tokens.len() > model.vocab_size() {
         return Err(ModelError::metadata(
             "tokenizer.ggml.tokens",
@@ -167,28 +188,59 @@ pub fn load_gguf_on(
     })
 }
 
-/// Weights for [`HostModel`]: layers stacked and repacked for our kernels.
+/// The RoPE tables the layers use: the global one first, then the local
+/// layers' one when the model has sliding-window layers. Llama 3.x files
+/// carry per-pair frequency factors as `rope_freqs.weight`.
+fn rope_tables(
+    r: &mut Reader,
+    cfg: &ModelConfig,
+    positions: usize,
+) -> Result<Vec<RopeTable>, ModelError> {
+    const FACTORS: &str = "rope_freqs.weight";
+    let factors = match cfg.family {
+        Family::Llama => r.optional_vector(FACTORS, cfg.head_dim / 2)?,
+        Family::Gemma3 if r.has(FACTORS) => {
+            return Err(ModelError::tensor(
+                FACTORS,
+                format!("not supported for {}", cfg.architecture),
+            ))
+        }
+        Family::Gemma3 => None,
+    };
+    let table = |params| {
+        let freqs = ops::rope_frequencies(cfg.head_dim, params, factors.as_deref());
+        RopeTable::new(&freqs, positions, cfg.rope_style)
+    };
+    let mut tables = vec![table(cfg.rope)];
+    if let Some(sw) = &cfg.sliding_window {
+        tables.push(table(sw.local_rope));
+    }
+    Ok(tables)
+}
+
+/// Weights for [`HostModel`]: projections packed for our kernels where their
+/// format allows (see [`Projection`]).
 fn host_model(
     r: &mut Reader,
     config: ModelConfig,
-    rope: RopeTable,
+    ropes: Vec<RopeTable>,
 ) -> Result<HostModel, ModelError> {
     let cfg = &config;
-    let q_width = cfg.heads * cfg.head_dim;
+    let q_width = cfg.q_width();
     let mut blocks = Vec::with_capacity(cfg.layers);
     for i in 0..cfg.layers {
         let p = format!("blk.{i}");
-        let qkv = Linear::stacked(vec![
+        let qkv = Projection::new(vec![
             r.part(&format!("{p}.attn_q"), q_width)?,
             r.part(&format!("{p}.attn_k"), cfg.kv_width())?,
             r.part(&format!("{p}.attn_v"), cfg.kv_width())?,
         ])?;
-        let out = Linear::stacked(vec![r.part(&format!("{p}.attn_output"), cfg.hidden)?])?;
-        let gate_up = Linear::stacked(vec![
+        let out = Projection::new(vec![r.part(&format!("{p}.attn_output"), cfg.hidden)?])?;
+        let gate_up = Projection::new(vec![
             r.part(&format!("{p}.ffn_gate"), cfg.ffn)?,
             r.part(&format!("{p}.ffn_up"), cfg.ffn)?,
         ])?;
-        let down = Linear::stacked(vec![r.part(&format!("{p}.ffn_down"), cfg.hidden)?])?;
+        let down = Projection::new(vec![r.part(&format!("{p}.ffn_down"), cfg.hidden)?])?;
         check_shape(
             &format!("{p}.attn_qkv"),
             &qkv,
@@ -203,13 +255,38 @@ fn host_model(
             cfg.hidden,
         )?;
         check_shape(&format!("{p}.ffn_down"), &down, cfg.hidden, cfg.ffn)?;
+        let mut norm = |name: &str, len: usize| r.vector(&format!("{p}.{name}.weight"), len);
+        let qk_norm = if cfg.qk_norm {
+            Some((
+                norm("attn_q_norm", cfg.head_dim)?,
+                norm("attn_k_norm", cfg.head_dim)?,
+            ))
+        } else {
+            None
+        };
+        let gemma = cfg.family == Family::Gemma3;
+        let (post_attn_norm, post_ffn_norm) = if gemma {
+            (
+                Some(norm("post_attention_norm", cfg.hidden)?),
+                Some(norm("post_ffw_norm", cfg.hidden)?),
+            )
+        } else {
+            (None, None)
+        };
+        let (window, _) = cfg.layer_attention(i);
         blocks.push(Block {
-            attn_norm: r.vector(&format!("{p}.attn_norm.weight"), cfg.hidden)?,
+            attn_norm: norm("attn_norm", cfg.hidden)?,
             qkv,
+            qk_norm,
             out,
-            ffn_norm: r.vector(&format!("{p}.ffn_norm.weight"), cfg.hidden)?,
+            post_attn_norm,
+            ffn_norm: norm("ffn_norm", cfg.hidden)?,
             gate_up,
             down,
+            post_ffn_norm,
+            window,
+            // Local layers use the second table (see `rope_tables`).
+            rope: usize::from(window.is_some()),
         });
     }
     let norm = r.vector("output_norm.weight", cfg.hidden)?;
@@ -221,7 +298,12 @@ fn host_model(
     };
     let lm_head = Linear::stacked(vec![("output.weight".to_string(), output, None)])?;
     let vocab = lm_head.rows();
-    check_shape("output.weight", &lm_head, vocab, cfg.hidden)?;
+    if lm_head.cols() != cfg.hidden {
+        return Err(ModelError::tensor(
+            "output.weight",
+            format!("{} columns, expected {}", lm_head.cols(), cfg.hidden),
+        ));
+    }
     let embedding = match (&lm_head, tied) {
         (Linear::Packed { .. }, true) => Embedding::Output,
         _ => match Linear::stacked(vec![(
@@ -249,7 +331,7 @@ fn host_model(
         blocks,
         norm,
         lm_head,
-        rope,
+        ropes,
     })
 }
 
@@ -259,11 +341,26 @@ fn host_model(
 fn device_model(
     r: &mut Reader,
     config: ModelConfig,
-    rope: &RopeTable,
+    ropes: &[RopeTable],
     device: &Device,
 ) -> Result<DeviceModel, ModelError> {
     let cfg = &config;
-    let q_width = cfg.heads * cfg.head_dim;
+    // The device forward is llama-shaped only; what it lacks is refused here
+    // rather than computed wrongly.
+    if cfg.family != Family::Llama || cfg.qk_norm || cfg.final_logit_softcap.is_some() {
+        return Err(ModelError::metadata(
+            "general.architecture",
+            &format!(
+                "{} runs on the host only (per-head Q/K norms, Gemma blocks and \
+                 logit soft-capping are not in the device forward pass)",
+                cfg.architecture
+            ),
+        ));
+    }
+    let rope = ropes
+        .first()
+        .ok_or_else(|| ModelError::Forward("no RoPE table".into()))?;
+    let q_width = cfg.q_width();
     let kv = cfg.kv_width();
     let mut blocks = Vec::with_capacity(cfg.layers);
     for i in 0..cfg.layers {
@@ -366,7 +463,7 @@ fn matmul_weights(matmul: candle_core::quantized::QMatMul) -> Result<Vec<f32>, M
         .to_vec1::<f32>()?)
 }
 
-fn check_shape(name: &str, l: &Linear, rows: usize, cols: usize) -> Result<(), ModelError> {
+fn check_shape(name: &str, l: &Projection, rows: usize, cols: usize) -> Result<(), ModelError> {
     if l.rows() != rows || l.cols() != cols {
         return Err(ModelError::tensor(
             name,

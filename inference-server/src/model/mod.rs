@@ -1,5 +1,8 @@
-//! A llama-family decoder over GGUF weights that runs one forward pass for
-//! many sequences at once, each at its own position over its own KV cache.
+//! A decoder over GGUF weights (llama-shaped blocks, and Gemma 3's) that
+//! runs one forward pass for many sequences at once, each at its own
+//! position over its own KV cache. Sliding-window layers (Gemma 3) read only
+//! their window, but their cache keeps every position like the global
+//! layers' (simple, and the admission budget already counts them).
 //!
 //! candle's `quantized_llama::ModelWeights` keeps one KV cache per layer and
 //! one position for the whole batch, so it cannot serve continuous batching.
@@ -17,17 +20,19 @@ mod device;
 mod linear;
 mod load;
 mod ops;
+mod projection;
 
 use rayon::prelude::*;
 use thiserror::Error;
 
 pub use cache::HostCache;
-pub use config::{ModelConfig, RopeStyle};
+pub use config::{Family, ModelConfig, RopeParams, RopeStyle, SlidingWindow};
 pub use device::{DeviceCache, DeviceModel, DeviceStep};
 pub use linear::Linear;
-pub use load::{load_gguf, load_gguf_on, LoadedModel, Placement};
+pub use load::{load_gguf, load_gguf_on, load_model, LoadedModel, Placement};
 use maas_kernels::PackedMatrix;
 use ops::{AttentionShape, RopeTable};
+use projection::Projection;
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -38,7 +43,10 @@ pub enum ModelError {
     },
     #[error("model metadata {key}: {problem}")]
     Metadata { key: String, problem: String },
-    #[error("unsupported model architecture {0:?} (supported: llama, mistral, qwen2)")]
+    #[error(
+        "unsupported model architecture {0:?} (supported: {supported})",
+        supported = config::supported_architectures()
+    )]
     UnsupportedArchitecture(String),
     #[error("tensor {name}: {problem}")]
     Tensor { name: String, problem: String },
@@ -68,13 +76,22 @@ impl ModelError {
 
 struct Block {
     attn_norm: Vec<f32>,
-    /// Q, K and V stacked: one pass over the normalised activations.
-    qkv: Linear,
-    out: Linear,
+    /// Q, K and V side by side: one pass over the normalised activations.
+    qkv: Projection,
+    /// Per-head RMSNorm weights of queries and keys (Qwen 3, Gemma 3).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
+    out: Projection,
+    /// Gemma 3 normalises each branch's output again before the residual add.
+    post_attn_norm: Option<Vec<f32>>,
     ffn_norm: Vec<f32>,
-    /// Gate and up projections stacked, for the same reason.
-    gate_up: Linear,
-    down: Linear,
+    /// Gate and up projections side by side, for the same reason.
+    gate_up: Projection,
+    down: Projection,
+    post_ffn_norm: Option<Vec<f32>>,
+    /// Sliding window of this layer (`None`: global attention).
+    window: Option<usize>,
+    /// Index of this layer's table in [`HostModel::ropes`].
+    rope: usize,
 }
 
 enum Embedding {
@@ -152,7 +169,7 @@ impl Model {
     /// The most positions any sequence may reach (the RoPE table's length).
     pub fn max_positions(&self) -> usize {
         match self {
-            Self::Host(m) => m.rope.positions(),
+            Self::Host(m) => m.max_positions(),
             Self::Device(m) => m.max_positions(),
         }
     }
@@ -207,6 +224,24 @@ impl Model {
     }
 }
 
+/// `x += branch`, or `x += rms_norm(branch)` when the block normalises its
+/// branch outputs (Gemma 3); `normed` is scratch.
+fn residual_add(
+    x: &mut [f32],
+    branch: &[f32],
+    post_norm: &Option<Vec<f32>>,
+    eps: f32,
+    normed: &mut Vec<f32>,
+) {
+    match post_norm {
+        Some(weight) => {
+            ops::rms_norm(branch, weight, eps, normed);
+            ops::add_assign(x, normed);
+        }
+        None => ops::add_assign(x, branch),
+    }
+}
+
 /// The default model: our packed kernels over row-major `f32` buffers.
 pub struct HostModel {
     config: ModelConfig,
@@ -215,7 +250,8 @@ pub struct HostModel {
     blocks: Vec<Block>,
     norm: Vec<f32>,
     lm_head: Linear,
-    rope: RopeTable,
+    /// The global layers' table first, then the local layers' (Gemma 3).
+    ropes: Vec<RopeTable>,
 }
 
 /// One sequence's share of a step: the tokens to feed (a prefill chunk or the
@@ -237,13 +273,14 @@ pub struct Scratch {
     proj: Vec<f32>,
     gate_up: Vec<f32>,
     act: Vec<f32>,
+    part: Vec<f32>,
     last: Vec<f32>,
     logits: Vec<f32>,
 }
 
 impl HostModel {
     fn max_positions(&self) -> usize {
-        self.rope.positions()
+        self.ropes.first().map_or(0, RopeTable::positions)
     }
 
     fn forward(
@@ -253,7 +290,7 @@ impl HostModel {
     ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = &self.config;
         let hidden = cfg.hidden;
-        let q_width = cfg.heads * cfg.head_dim;
+        let q_width = cfg.q_width();
         let kv_width = cfg.kv_width();
         let qkv_width = q_width + 2 * kv_width;
 
@@ -280,21 +317,34 @@ impl HostModel {
         for (row, token) in s.x.chunks_exact_mut(hidden).zip(tokens) {
             self.embed(token, row)?;
         }
+        if cfg.family == Family::Gemma3 {
+            // Gemma scales its embeddings by sqrt(hidden) (in f32, as
+            // llama.cpp does).
+            ops::scale(&mut s.x, (hidden as f32).sqrt());
+        }
 
-        let shape = AttentionShape {
-            heads: cfg.heads,
-            kv_heads: cfg.kv_heads,
-            head_dim: cfg.head_dim,
-        };
         for (layer, block) in self.blocks.iter().enumerate() {
+            let shape = AttentionShape {
+                heads: cfg.heads,
+                kv_heads: cfg.kv_heads,
+                head_dim: cfg.head_dim,
+                scale: cfg.attention_scale,
+                window: block.window,
+            };
+            let rope = &self.ropes[block.rope];
             ops::rms_norm(&s.x, &block.attn_norm, cfg.rms_eps, &mut s.normed);
-            block.qkv.forward(&s.normed, n, &mut s.qkv)?;
+            block.qkv.forward(&s.normed, n, &mut s.qkv, &mut s.part)?;
 
             s.q.clear();
             for (row, &pos) in s.qkv.chunks_exact_mut(qkv_width).zip(&positions) {
                 let (q, kv) = row.split_at_mut(q_width);
-                self.rope.apply(q, pos);
-                self.rope.apply(&mut kv[..kv_width], pos);
+                let k = &mut kv[..kv_width];
+                if let Some((q_norm, k_norm)) = &block.qk_norm {
+                    ops::rms_norm_in_place(q, q_norm, cfg.rms_eps);
+                    ops::rms_norm_in_place(k, k_norm, cfg.rms_eps);
+                }
+                rope.apply(q, pos);
+                rope.apply(k, pos);
                 s.q.extend_from_slice(q);
             }
             let mut rows = s.qkv.chunks_exact(qkv_width);
@@ -340,14 +390,31 @@ impl HostModel {
                 },
             );
 
-            block.out.forward(&s.attn, n, &mut s.proj)?;
-            ops::add_assign(&mut s.x, &s.proj);
+            block.out.forward(&s.attn, n, &mut s.proj, &mut s.part)?;
+            residual_add(
+                &mut s.x,
+                &s.proj,
+                &block.post_attn_norm,
+                cfg.rms_eps,
+                &mut s.normed,
+            );
 
             ops::rms_norm(&s.x, &block.ffn_norm, cfg.rms_eps, &mut s.normed);
-            block.gate_up.forward(&s.normed, n, &mut s.gate_up)?;
-            ops::swiglu(&s.gate_up, cfg.ffn, &mut s.act);
-            block.down.forward(&s.act, n, &mut s.proj)?;
-            ops::add_assign(&mut s.x, &s.proj);
+            block
+                .gate_up
+                .forward(&s.normed, n, &mut s.gate_up, &mut s.part)?;
+            match cfg.family {
+                Family::Llama => ops::swiglu(&s.gate_up, cfg.ffn, &mut s.act),
+                Family::Gemma3 => ops::geglu(&s.gate_up, cfg.ffn, &mut s.act),
+            }
+            block.down.forward(&s.act, n, &mut s.proj, &mut s.part)?;
+            residual_add(
+                &mut s.x,
+                &s.proj,
+                &block.post_ffn_norm,
+                cfg.rms_eps,
+                &mut s.normed,
+            );
         }
 
         s.last.clear();
@@ -368,6 +435,9 @@ impl HostModel {
         }
         ops::rms_norm(&s.last, &self.norm, cfg.rms_eps, &mut s.normed);
         self.lm_head.forward(&s.normed, m, &mut s.logits)?;
+        if let Some(cap) = cfg.final_logit_softcap {
+            ops::softcap(&mut s.logits, cap);
+        }
         Ok(s.logits
             .chunks_exact(self.vocab)
             .map(<[f32]>::to_vec)

@@ -3,7 +3,7 @@
 //! depends on which other tokens share the step: a greedy sequence decodes the
 //! same alone and inside any batch.
 
-use super::config::RopeStyle;
+use super::config::{RopeParams, RopeStyle};
 
 /// `out[r] = x[r] / rms(x[r]) * weight` for each row of width `weight.len()`.
 pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
@@ -17,6 +17,29 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut Vec<f32>) {
             *d = v * scale * w;
         }
     }
+}
+
+/// [`rms_norm`] in place: each `weight.len()`-wide slice of `x` (one head's
+/// query or key, for the per-head norms of Qwen 3 and Gemma 3).
+pub fn rms_norm_in_place(x: &mut [f32], weight: &[f32], eps: f32) {
+    let width = weight.len();
+    for row in x.chunks_exact_mut(width) {
+        let mean_sq = row.iter().map(|v| v * v).sum::<f32>() / width as f32;
+        let scale = 1.0 / (mean_sq + eps).sqrt();
+        row.iter_mut()
+            .zip(weight)
+            .for_each(|(v, w)| *v = *v * scale * w);
+    }
+}
+
+/// `x[i] *= by`.
+pub fn scale(x: &mut [f32], by: f32) {
+    x.iter_mut().for_each(|v| *v *= by);
+}
+
+/// `cap · tanh(x / cap)`: Gemma's final logit soft-capping.
+pub fn softcap(x: &mut [f32], cap: f32) {
+    x.iter_mut().for_each(|v| *v = cap * (*v / cap).tanh());
 }
 
 /// `x[i] += y[i]`.
@@ -33,6 +56,33 @@ pub fn swiglu(gate_up: &[f32], ffn: usize, out: &mut Vec<f32>) {
     }
 }
 
+/// GELU-gated MLP on a stacked `[gate | up]` row: `out = gelu(gate) * up`,
+/// with GELU's tanh approximation (Gemma's `gelu_pytorch_tanh`, ggml's
+/// `gelu`).
+pub fn geglu(gate_up: &[f32], ffn: usize, out: &mut Vec<f32>) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    out.clear();
+    for row in gate_up.chunks_exact(2 * ffn) {
+        let (gate, up) = row.split_at(ffn);
+        out.extend(gate.iter().zip(up).map(|(g, u)| {
+            let inner = SQRT_2_OVER_PI * (g + 0.044715 * g * g * g);
+            0.5 * g * (1.0 + inner.tanh()) * u
+        }));
+    }
+}
+
+/// The rotation frequency of each of a head's `head_dim / 2` pairs, as
+/// llama.cpp's `ggml_rope_ext` computes it: `scale · base^(-2i/d) / factor[i]`
+/// (`factors`: Llama 3.x's `rope_freqs.weight`, one per pair).
+pub fn rope_frequencies(head_dim: usize, params: RopeParams, factors: Option<&[f32]>) -> Vec<f32> {
+    (0..head_dim / 2)
+        .map(|i| {
+            let factor = factors.and_then(|f| f.get(i)).copied().unwrap_or(1.0);
+            params.scale / (params.base.powf((2 * i) as f32 / head_dim as f32) * factor)
+        })
+        .collect()
+}
+
 /// Precomputed rotation angles, one row of `head_dim / 2` (cos, sin) pairs per
 /// position, for every position the server admits.
 pub struct RopeTable {
@@ -43,13 +93,14 @@ pub struct RopeTable {
 }
 
 impl RopeTable {
-    pub fn new(head_dim: usize, theta: f32, positions: usize, style: RopeStyle) -> Self {
-        let half = head_dim / 2;
+    /// A table for `positions` positions of pairs rotating at `freqs` (see
+    /// [`rope_frequencies`]).
+    pub fn new(freqs: &[f32], positions: usize, style: RopeStyle) -> Self {
+        let half = freqs.len();
         let mut cos = Vec::with_capacity(positions * half);
         let mut sin = Vec::with_capacity(positions * half);
         for pos in 0..positions {
-            for i in 0..half {
-                let freq = 1.0 / theta.powf((2 * i) as f32 / head_dim as f32);
+            for &freq in freqs {
                 let angle = pos as f32 * freq;
                 cos.push(angle.cos());
                 sin.push(angle.sin());
@@ -107,10 +158,14 @@ impl RopeTable {
 ///   and can run in parallel. Each head's arithmetic is the same whatever the
 ///   range, so the split never changes a bit.
 /// * `keys`, `values`: `positions × kv_heads × head_dim` (the cache layout).
+/// * `scale` multiplies the scores; `window`, when set, limits each query to
+///   the last `window` positions, itself included (sliding-window layers).
 pub struct AttentionShape {
     pub heads: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    pub scale: f32,
+    pub window: Option<usize>,
 }
 
 /// Attention for the query heads of KV heads `kv` (see [`AttentionShape`]).
@@ -206,10 +261,11 @@ fn attention_with<'a>(
         heads,
         kv_heads,
         head_dim,
+        scale,
+        window,
     } = *shape;
     let group = heads / kv_heads;
     let kv_width = kv_heads * head_dim;
-    let scale = 1.0 / (head_dim as f32).sqrt();
     let width = heads * head_dim;
     let first_head = kv_range.start * group;
     let out_width = kv_range.len() * group * head_dim;
@@ -220,14 +276,17 @@ fn attention_with<'a>(
         .zip(out.chunks_exact_mut(out_width.max(1)))
         .enumerate()
     {
-        let visible = start + i + 1;
+        let end = start + i + 1;
+        // A sliding window hides the oldest positions: the rows start later.
+        let first = window.map_or(0, |w| end.saturating_sub(w));
+        let visible = end - first;
         for kv in kv_range.clone() {
             let heads_of = kv * group..(kv + 1) * group;
             scores.clear();
             scores.resize(group * visible, 0.0);
             let q_group = &q_row[heads_of.start * head_dim..heads_of.end * head_dim];
             let rows = |data: &'a [f32]| HeadRows {
-                data: &data[kv * head_dim..],
+                data: &data[first * kv_width + kv * head_dim..],
                 stride: kv_width,
                 head_dim,
                 visible,
@@ -488,7 +547,11 @@ mod tests {
     #[test]
     fn rope_at_position_zero_is_identity_and_preserves_norm() {
         for style in [RopeStyle::Interleaved, RopeStyle::Halves] {
-            let table = RopeTable::new(4, 10_000.0, 8, style);
+            let params = RopeParams {
+                base: 10_000.0,
+                scale: 1.0,
+            };
+            let table = RopeTable::new(&rope_frequencies(4, params, None), 8, style);
             let mut row = vec![1.0, 2.0, 3.0, 4.0];
             table.apply(&mut row, 0);
             assert_eq!(row, vec![1.0, 2.0, 3.0, 4.0]);
@@ -500,7 +563,7 @@ mod tests {
 
     #[test]
     fn interleaved_rope_rotates_adjacent_pairs() {
-        let table = RopeTable::new(2, 1.0, 2, RopeStyle::Interleaved);
+        let table = RopeTable::new(&[1.0], 2, RopeStyle::Interleaved);
         let mut row = vec![1.0, 0.0];
         table.apply(&mut row, 1);
         assert!((row[0] - 1f32.cos()).abs() < 1e-6 && (row[1] - 1f32.sin()).abs() < 1e-6);
@@ -512,6 +575,8 @@ mod tests {
             heads: 2,
             kv_heads: 1,
             head_dim: 2,
+            scale: 1.0 / 2f32.sqrt(),
+            window: None,
         };
         let mut out = vec![0.0; 4];
         attention_heads(
@@ -533,6 +598,8 @@ mod tests {
             heads: 1,
             kv_heads: 1,
             head_dim: 1,
+            scale: 1.0,
+            window: None,
         };
         // Two queries; the first must ignore the second position's value.
         let mut out = vec![0.0; 2];
@@ -556,6 +623,8 @@ mod tests {
             heads: 6,
             kv_heads: 3,
             head_dim: 16,
+            scale: 0.25,
+            window: Some(5),
         };
         let (positions, width, kv_width) = (11, 6 * 16, 3 * 16);
         let wave = |n: usize, k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
@@ -601,6 +670,8 @@ mod tests {
                 heads: 9,
                 kv_heads: 3,
                 head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window: Some(9),
             };
             let (t, start) = (3, 14);
             let positions = start + t;
@@ -630,6 +701,51 @@ mod tests {
                 assert!((a - b).abs() < 1e-5, "head_dim {head_dim}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn a_sliding_window_hides_positions_older_than_the_window() {
+        let shape = AttentionShape {
+            heads: 1,
+            kv_heads: 1,
+            head_dim: 1,
+            scale: 1.0,
+            window: Some(2),
+        };
+        // Zero keys: uniform weights over what is visible. The third query
+        // (position 2) sees positions 1 and 2 only.
+        let mut out = vec![0.0; 3];
+        attention_heads(
+            &shape,
+            0..1,
+            &[1.0, 1.0, 1.0],
+            &[0.0; 3],
+            &[2.0, 4.0, 8.0],
+            0,
+            &mut out,
+            &mut Vec::new(),
+        );
+        assert_eq!(out, vec![2.0, 3.0, 6.0]);
+    }
+
+    #[test]
+    fn rope_frequencies_apply_scale_and_per_pair_factors() {
+        let params = RopeParams {
+            base: 10_000.0,
+            scale: 0.5,
+        };
+        let f = rope_frequencies(4, params, Some(&[1.0, 4.0]));
+        assert!((f[0] - 0.5).abs() < 1e-7);
+        assert!((f[1] - 0.5 / (100.0 * 4.0)).abs() < 1e-9);
+    }
+
+    #[test]
+    fn geglu_uses_the_tanh_approximation() {
+        let mut out = Vec::new();
+        geglu(&[1.0, -3.0, 2.0, 1.0], 2, &mut out);
+        // gelu_tanh(1) = 0.841192, gelu_tanh(-3) = -0.003637
+        assert!((out[0] - 0.841_192 * 2.0).abs() < 1e-5, "{}", out[0]);
+        assert!((out[1] + 0.003_637).abs() < 1e-5, "{}", out[1]);
     }
 
     #[test]

@@ -47,12 +47,26 @@ pub(crate) fn tiny_gguf() -> PathBuf {
     tiny_gguf_of("llama")
 }
 
+/// Architectures the tiny model is written as (see [`tiny_gguf_of`]).
+const ARCHITECTURES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "gemma3"];
+
 /// The same tiny model as architecture `arch`: `qwen2` adds Q/K/V biases and
-/// rotates halves instead of adjacent pairs.
-pub(crate) fn tiny_gguf_of(arch: &str) -> PathBuf {
+/// rotates halves instead of adjacent pairs; `qwen3` has per-head Q/K norms
+/// and a head size of its own; `gemma3` adds Gemma's sandwich norms, a
+/// sliding window on its first layer and Q5_0 attention weights (projected
+/// part by part); `llama3` is llama with Llama 3.x RoPE factors and linear
+/// scaling.
+pub(crate) fn tiny_gguf_of(variant: &str) -> PathBuf {
+    let arch = if variant == "llama3" {
+        "llama"
+    } else {
+        variant
+    };
     let spec = tiny_spec();
     let vocab = spec.tokens.len();
-    let head_dim = HIDDEN / HEADS;
+    let own_head = matches!(arch, "qwen3" | "gemma3");
+    let head_dim = if own_head { 24 } else { HIDDEN / HEADS };
+    let q_width = HEADS * head_dim;
     let u32v = |v: usize| Value::U32(v as u32);
     let key = |k: &str| format!("{arch}.{k}");
     let mut metadata: Vec<(String, Value)> = vec![
@@ -86,6 +100,18 @@ pub(crate) fn tiny_gguf_of(arch: &str) -> PathBuf {
         ("tokenizer.ggml.bos_token_id".into(), u32v(1)),
         ("tokenizer.ggml.eos_token_id".into(), u32v(2)),
     ];
+    match variant {
+        "qwen3" | "gemma3" => {
+            metadata.push((key("attention.key_length"), u32v(head_dim)));
+            metadata.push((key("attention.value_length"), u32v(head_dim)));
+        }
+        "llama3" => metadata.push((key("rope.scaling.factor"), Value::F32(2.0))),
+        _ => {}
+    }
+    if arch == "gemma3" {
+        metadata.push((key("attention.sliding_window"), u32v(6)));
+        metadata.push((key("attention.sliding_window_pattern"), u32v(2)));
+    }
     metadata.push((
         "tokenizer.chat_template".into(),
         Value::String("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into()),
@@ -110,14 +136,19 @@ pub(crate) fn tiny_gguf_of(arch: &str) -> PathBuf {
         } else {
             GgmlDType::Q4_0
         };
+        let qk = if arch == "gemma3" {
+            GgmlDType::Q5_0
+        } else {
+            q4
+        };
         tensors.extend([
             (p("attn_norm"), qtensor(s, &[HIDDEN], GgmlDType::F32, 1.0)),
-            (p("attn_q"), qtensor(s + 1, &[HIDDEN, HIDDEN], q4, 0.3)),
-            (p("attn_k"), qtensor(s + 2, &[kv, HIDDEN], q4, 0.3)),
+            (p("attn_q"), qtensor(s + 1, &[q_width, HIDDEN], qk, 0.3)),
+            (p("attn_k"), qtensor(s + 2, &[kv, HIDDEN], qk, 0.3)),
             (p("attn_v"), qtensor(s + 3, &[kv, HIDDEN], q4, 0.3)),
             (
                 p("attn_output"),
-                qtensor(s + 4, &[HIDDEN, HIDDEN], GgmlDType::F32, 0.2),
+                qtensor(s + 4, &[HIDDEN, q_width], GgmlDType::F32, 0.2),
             ),
             (
                 p("ffn_norm"),
@@ -138,6 +169,38 @@ pub(crate) fn tiny_gguf_of(arch: &str) -> PathBuf {
                 (b("attn_v"), qtensor(s + 11, &[kv], GgmlDType::F32, 0.5)),
             ]);
         }
+        if own_head {
+            tensors.extend([
+                (
+                    p("attn_q_norm"),
+                    qtensor(s + 12, &[head_dim], GgmlDType::F32, 1.0),
+                ),
+                (
+                    p("attn_k_norm"),
+                    qtensor(s + 13, &[head_dim], GgmlDType::F32, 1.0),
+                ),
+            ]);
+        }
+        if arch == "gemma3" {
+            tensors.extend([
+                (
+                    p("post_attention_norm"),
+                    qtensor(s + 14, &[HIDDEN], GgmlDType::F32, 1.0),
+                ),
+                (
+                    p("post_ffw_norm"),
+                    qtensor(s + 15, &[HIDDEN], GgmlDType::F32, 1.0),
+                ),
+            ]);
+        }
+    }
+    if variant == "llama3" {
+        let factors: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 + i as f32).collect();
+        let t = Tensor::from_vec(factors, head_dim / 2, &Device::Cpu).unwrap();
+        tensors.push((
+            "rope_freqs.weight".into(),
+            QTensor::quantize(&t, GgmlDType::F32).unwrap(),
+        ));
     }
 
     let mut bytes = Cursor::new(Vec::new());
@@ -305,10 +368,79 @@ fn alone_and_batched(model: &Model) -> Runs {
 
 #[test]
 fn a_sequence_computes_the_same_alone_and_inside_a_batch() {
-    let loaded = load();
-    for (i, (alone, batched)) in alone_and_batched(&loaded.model).iter().enumerate() {
-        assert!(alone == batched, "sequence {i} differs in a batch");
+    for variant in ARCHITECTURES {
+        let path = tiny_gguf_of(variant);
+        let loaded = load_gguf(&path, None).unwrap();
+        std::fs::remove_file(path).unwrap();
+        for (i, (alone, batched)) in alone_and_batched(&loaded.model).iter().enumerate() {
+            assert!(
+                alone == batched,
+                "{variant}: sequence {i} differs in a batch"
+            );
+        }
+        let prompt: Vec<u32> = (0..23).map(|i| (i * 37 % 260) as u32).collect();
+        let whole = run_alone(&loaded.model, &prompt, prompt.len(), 4);
+        assert!(
+            run_alone(&loaded.model, &prompt, 5, 4) == whole,
+            "{variant}: chunked prefill differs"
+        );
     }
+}
+
+/// What each variant's metadata turns into: the block family, head size,
+/// per-head norms, windows per layer and RoPE parameters.
+#[test]
+fn the_new_architectures_read_their_shape_from_the_metadata() {
+    let config = |variant: &str| {
+        let path = tiny_gguf_of(variant);
+        let loaded = load_gguf(&path, None).unwrap();
+        std::fs::remove_file(path).unwrap();
+        loaded.model.config().clone()
+    };
+    let qwen3 = config("qwen3");
+    assert_eq!((qwen3.head_dim, qwen3.q_width()), (24, 96));
+    assert!(qwen3.qk_norm && qwen3.sliding_window.is_none());
+    assert_eq!(qwen3.rope_style, RopeStyle::Halves);
+
+    let gemma = config("gemma3");
+    assert_eq!(gemma.family, Family::Gemma3);
+    assert!((gemma.attention_scale - 1.0 / 24f32.sqrt()).abs() < 1e-7);
+    let sw = gemma.sliding_window.clone().unwrap();
+    assert_eq!((sw.window, sw.local.clone()), (6, vec![true, false]));
+    assert_eq!(gemma.layer_attention(0).0, Some(6));
+    assert_eq!(gemma.layer_attention(1).0, None);
+    assert_eq!(gemma.layer_attention(0).1.base, 10_000.0);
+
+    let llama3 = config("llama3");
+    assert_eq!(llama3.rope.scale, 0.5);
+}
+
+/// A file declaring what the forward pass cannot compute is refused at
+/// load, naming the key.
+#[test]
+fn unsupported_rope_scaling_and_architectures_are_refused_by_name() {
+    let mut md = std::collections::HashMap::new();
+    md.insert(
+        "general.architecture".to_string(),
+        Value::String("phi3".into()),
+    );
+    let err = ModelConfig::from_metadata(&md).unwrap_err().to_string();
+    assert!(
+        err.contains("\"phi3\"") && err.contains("gemma3") && err.contains("qwen3"),
+        "{err}"
+    );
+
+    let path = tiny_gguf_of("llama");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    std::fs::remove_file(&path).unwrap();
+    let mut md = content.metadata;
+    md.insert(
+        "llama.rope.scaling.type".into(),
+        Value::String("yarn".into()),
+    );
+    let err = ModelConfig::from_metadata(&md).unwrap_err().to_string();
+    assert!(err.contains("llama.rope.scaling.type"), "{err}");
 }
 
 #[test]
@@ -457,6 +589,22 @@ mod device {
         for (step, (g, e)) in got.iter().zip(&expected).enumerate() {
             let err = relative_error(g, e);
             assert!(err < 0.02, "{arch} step {step}: relative error {err}");
+        }
+    }
+
+    #[test]
+    fn llama3_rope_factors_agree_and_gemma_and_qwen3_are_refused() {
+        let host = load_arch("llama3", &Placement::Host);
+        let device = load_arch("llama3", &Placement::Device(Device::Cpu));
+        agree("llama3", &host, &device);
+        for arch in ["qwen3", "gemma3"] {
+            let path = tiny_gguf_of(arch);
+            let err = load_gguf_on(&path, None, &Placement::Device(Device::Cpu))
+                .err()
+                .unwrap()
+                .to_string();
+            std::fs::remove_file(path).unwrap();
+            assert!(err.contains("runs on the host only"), "{arch}: {err}");
         }
     }
 
