@@ -186,8 +186,8 @@ impl LlamaServer {
             // A peer that died (a SIGILL in a kernel the CPU lacks, a bad
             // flag) is reported at once, with its log, not waited out.
             if let Ok(Some(status)) = child.try_wait() {
-                let log = std::fs::read_to_string(log_dir.join("llama-server.log"))
-                    .unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(log_dir.join("llama-server.log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(20).collect();
                 panic!(
                     "llama-server exited ({status}) before it was ready; the end of \
