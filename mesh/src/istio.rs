@@ -465,8 +465,7 @@ pub fn mesh_filter_config(local: &[u8], settings: &MeshSettings) -> Result<Value
 /// The limiter's limits (Limitador's limits-file format) for the
 /// configuration's global limits, as the ConfigMap its Deployment mounts: rendered by the filter's own
 /// `limitador_limits`, so the limits match the descriptors it sends.
-fn limiter_limits_config_map(filter_config: &Value) -> Result<Value, RenderError> {
-    let config = Config::from_json(filter_config.to_string().as_bytes())?;
+fn limiter_limits_config_map(config: &Config) -> Value {
     let domain = config
         .limiter
         .as_ref()
@@ -475,12 +474,12 @@ fn limiter_limits_config_map(filter_config: &Value) -> Result<Value, RenderError
         domain,
         config.subscriptions.iter().map(|s| &**s),
     );
-    Ok(json!({
+    json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": { "name": "maas-limiter-limits" },
         "data": { "limits.yaml": limits },
-    }))
+    })
 }
 
 fn check_sha256(sha: &str) -> Result<(), RenderError> {
@@ -925,7 +924,10 @@ pub fn render(
     let template = template_settings(template)?;
     let filter_config = mesh_filter_config(local_filter_config, settings)?;
     let wasm = wasm_config(&template.wasm, &filter_config, &settings.wasm);
-    let models = Config::from_json(filter_config.to_string().as_bytes())?.models;
+    // Parsed once more, as the filter will: the limits and the models'
+    // route are rendered from what it reads.
+    let parsed = Config::from_json(filter_config.to_string().as_bytes())?;
+    let models = &parsed.models;
     let mut files = Vec::new();
     for (placement, dir) in [
         (Placement::Gateway, "gateway"),
@@ -938,7 +940,7 @@ pub fn render(
                 clusters_envoy_filter(placement, settings)?,
             ],
         });
-        files.extend(placement_files(dir, placement, settings, &models));
+        files.extend(placement_files(dir, placement, settings, models));
     }
     // What the WasmPlugin cannot say: the listener settings, and the
     // filter off on /maas-api/.
@@ -956,7 +958,7 @@ pub fn render(
     );
     files.push(RenderedFile {
         path: "base/limiter-limits.yaml".into(),
-        docs: vec![limiter_limits_config_map(&filter_config)?],
+        docs: vec![limiter_limits_config_map(&parsed)],
     });
     files.push(RenderedFile {
         path: "wasmplugin/wasmplugin.yaml".into(),
@@ -970,7 +972,7 @@ pub fn render(
         "wasmplugin",
         Placement::Gateway,
         settings,
-        &models,
+        models,
     ));
     Ok(files)
 }

@@ -447,15 +447,36 @@ fn services_reach_container_ports_and_volumes_exist() {
     }
 }
 
-/// The Wasm `config` of an EnvoyFilter's HTTP_FILTER patch.
-fn wasm_config_of(envoy_filter: &Value) -> &Value {
+/// The `patch` of an EnvoyFilter's first config patch applying to `apply_to`.
+fn patch_of<'a>(envoy_filter: &'a Value, apply_to: &str) -> &'a Value {
     envoy_filter["spec"]["configPatches"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|p| p["applyTo"] == "HTTP_FILTER")
-        .map(|p| &p["patch"]["value"]["typed_config"]["config"])
+        .find(|p| p["applyTo"] == apply_to)
+        .map(|p| &p["patch"])
+        .unwrap_or_else(|| {
+            panic!(
+                "no {apply_to} patch in {}",
+                envoy_filter["metadata"]["name"]
+            )
+        })
+}
+
+/// The Wasm `config` of an EnvoyFilter's HTTP_FILTER patch.
+fn wasm_config_of(envoy_filter: &Value) -> &Value {
+    &patch_of(envoy_filter, "HTTP_FILTER")["value"]["typed_config"]["config"]
+}
+
+/// The cluster named `name` that an EnvoyFilter adds.
+fn added_cluster<'a>(envoy_filter: &'a Value, name: &str) -> &'a Value {
+    envoy_filter["spec"]["configPatches"]
+        .as_array()
         .unwrap()
+        .iter()
+        .map(|p| &p["patch"]["value"])
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no cluster {name} in {}", envoy_filter["metadata"]["name"]))
 }
 
 fn filter_envoy_filters() -> Vec<&'static Value> {
@@ -551,14 +572,7 @@ fn the_mesh_filter_settings_agree_with_the_local_bootstrap() {
         assert_eq!(code["http_uri"]["cluster"], istio::WASM_SOURCE_CLUSTER);
         assert!(code["sha256"].as_str().is_some_and(|s| s.len() == 64));
 
-        let patches = filter["spec"]["configPatches"].as_array().unwrap();
-        let merged = |apply_to: &str| {
-            patches
-                .iter()
-                .find(|p| p["applyTo"] == apply_to)
-                .map(|p| &p["patch"]["value"])
-                .unwrap_or_else(|| panic!("no {apply_to} patch"))
-        };
+        let merged = |apply_to: &str| &patch_of(filter, apply_to)["value"];
         for key in [
             "normalize_path",
             "merge_slashes",
@@ -700,15 +714,7 @@ fn envoy_accepts_the_patched_filter_and_clusters() {
     maas_testkit::artifacts::ENVOY.require();
     let gateway = named(&of_kind("EnvoyFilter"), "maas-filter-gateway");
     let clusters = named(&of_kind("EnvoyFilter"), "maas-clusters-gateway");
-    let patch = |applies: &str| -> Value {
-        gateway["spec"]["configPatches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["applyTo"] == applies)
-            .map(|p| p["patch"]["value"].clone())
-            .unwrap()
-    };
+    let patch = |applies: &str| -> Value { patch_of(gateway, applies)["value"].clone() };
     // What Istio would build from the patches: its HCM with our path
     // handling and the filter before the router, our route override, our
     // clusters, plus the SDS cluster every istio-proxy has.
@@ -892,13 +898,7 @@ fn every_service_answers_only_its_named_callers_in_every_placement() {
 
 /// The per-filter overrides of an EnvoyFilter's HTTP_ROUTE patch.
 fn route_override(filter: &Value) -> &Value {
-    filter["spec"]["configPatches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|p| p["applyTo"] == "HTTP_ROUTE")
-        .map(|p| &p["patch"]["value"]["typed_per_filter_config"])
-        .unwrap()
+    &patch_of(filter, "HTTP_ROUTE")["value"]["typed_per_filter_config"]
 }
 
 /// The principals allowed to call a workload, by the pod label it has.
@@ -1031,13 +1031,7 @@ fn the_mesh_limiter_implements_the_reservations_the_filter_uses() {
         .expect("the mesh's configuration has global limits");
     assert!(limiter.reservations, "the shipped configuration reserves");
     let clusters = named(&of_kind("EnvoyFilter"), "maas-clusters-gateway");
-    let cluster = clusters["spec"]["configPatches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["patch"]["value"])
-        .find(|c| c["name"] == limiter.cluster)
-        .unwrap();
+    let cluster = added_cluster(clusters, &limiter.cluster);
     let host = cluster
         .pointer(
             "/load_assignment/endpoints/0/lb_endpoints/0/endpoint/address/socket_address/address",
@@ -1115,15 +1109,6 @@ fn completions_route_in_each_placement() {
 fn the_wasmplugin_variant_turns_itself_off_on_the_api_route_by_istios_names() {
     // And its gateway normalises paths as the filter's does, so the DENY
     // of the sync paths sees what the router will.
-    let patch_of = |filter: &Value, apply_to: &str| -> Value {
-        filter["spec"]["configPatches"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|p| p["applyTo"] == apply_to)
-            .map(|p| p["patch"].clone())
-            .unwrap_or_else(|| panic!("no {apply_to} patch"))
-    };
     let gateway = named(&of_kind("EnvoyFilter"), "maas-filter-gateway");
     let plugin = named(&of_kind("EnvoyFilter"), "maas-plugin-gateway");
     for apply_to in ["NETWORK_FILTER", "LISTENER"] {
@@ -1293,13 +1278,7 @@ fn stats_failure_policy_and_module_source_are_what_istio_and_envoy_expect() {
     );
     // An https module source is verified against the system trust store.
     let clusters = named(&of_kind("EnvoyFilter"), "maas-clusters-gateway");
-    let source = clusters["spec"]["configPatches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| &p["patch"]["value"])
-        .find(|c| c["name"] == istio::WASM_SOURCE_CLUSTER)
-        .unwrap();
+    let source = added_cluster(clusters, istio::WASM_SOURCE_CLUSTER);
     let validation =
         &source["transport_socket"]["typed_config"]["common_tls_context"]["validation_context"];
     assert_eq!(validation["trusted_ca"]["filename"], istio::SYSTEM_CA_FILE);
