@@ -45,6 +45,7 @@ bench: setup wasm host server
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+	$(CARGO) clippy -p inference-server --test llama_cpp_reference --locked -- -D warnings
 	$(CARGO) clippy -p maas-filter --target $(WASM_TARGET) --release --locked -- -D warnings
 
 fmt:

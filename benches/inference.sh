@@ -1,16 +1,29 @@
 #!/usr/bin/env bash
 # The inference server under streaming load: prefill rate (~200-token prompt),
 # decode rate of one stream, and aggregate throughput at 1, 4, 8 and 16
-# concurrent streams, all in one run against the `serve` build and the
-# embedded SmolLM2-135M-Instruct; then the same suite against llama.cpp's
-# llama-server (built once by scripts/llama-cpp.sh, ~11 min, cached; PEER=none
-# skips it) and the comparison with ratios. Prints a markdown report (also
-# written to target/inference-bench/report.md); BENCHMARKS.md records the latest.
+# concurrent streams, all in one run against the `serve` build, then the same
+# suite against llama.cpp's llama-server (built once by scripts/llama-cpp.sh,
+# ~11 min, cached; PEER=none skips it) and the comparison with ratios; for
+# every format: the embedded SmolLM2-135M-Instruct Q4_1, its Q4_K_M, Q5_K_M,
+# Q6_K and Q8_0 requantizations (scripts/reference-models.sh) and Gemma 3
+# 270M Q4_K_M (MAAS_BENCH_MODELS="a.gguf b.gguf" picks others), ending with
+# one table of every format. Prints a markdown report (also written to
+# target/inference-bench/report.md); BENCHMARKS.md records the latest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 CARGO=${CARGO:-cargo}
 "$ROOT/scripts/fetch-model.sh"
+if [ -z "${MAAS_BENCH_MODELS:-}" ]; then
+  reference=$("$ROOT/scripts/reference-models.sh" | tail -n 1)
+  models="$ROOT/.cache/models"
+  MAAS_BENCH_MODELS="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
+  for format in Q4_K_M Q5_K_M Q6_K Q8_0; do
+    MAAS_BENCH_MODELS+=" $reference/SmolLM2-135M-Instruct.$format.gguf"
+  done
+  MAAS_BENCH_MODELS+=" $models/gemma-3-270m-q4_k_m.gguf"
+fi
+export MAAS_BENCH_MODELS
 if [ -z "${SKIP_BUILD:-}" ]; then
   "$CARGO" build --profile serve --locked -p inference-server -p maas-benches --example inference-bench
 fi

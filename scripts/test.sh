@@ -7,7 +7,12 @@
 # - Debian's Chromium (scripts/chromium.sh) for the showback page's browser
 #   test, unless MAAS_CHROMIUM names one;
 # - the Gemma 3 270M Q4_K_M file (scripts/fetch-gemma.sh, pinned, cached) for
-#   the SentencePiece tokenizer and gemma3 tests.
+#   the SentencePiece tokenizer and gemma3 tests;
+# - llama.cpp's llama-server and llama-quantize (scripts/llama-cpp.sh, about
+#   11 minutes on 2 cores the first time, cached) and the files it makes
+#   (scripts/reference-models.sh) for the comparison with llama.cpp, which
+#   runs last, on its own, in the optimized `serve` profile (its forward
+#   passes would take many minutes unoptimized).
 # Extra arguments go to `cargo test` (e.g. `make test ARGS='-p maas-limiter'`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +28,7 @@ if [ -z "${MAAS_CHROMIUM:-}" ]; then
 fi
 export MAAS_CHROMIUM
 ./scripts/fetch-gemma.sh
+./scripts/reference-models.sh >/dev/null
 # The server without any credentials a user put in the URL.
 echo "==> PostgreSQL for the store tests: ${MAAS_TEST_POSTGRES_URL##*@}; Chromium: $MAAS_CHROMIUM"
 
@@ -31,4 +37,5 @@ if [ $# -gt 0 ]; then
 else
   "$cargo" test --workspace --all-targets --locked
   "$cargo" test --workspace --doc --locked
+  "$cargo" test --profile serve --locked -p inference-server --test llama_cpp_reference
 fi

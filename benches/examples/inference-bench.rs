@@ -1,6 +1,10 @@
-//! Drives the real inference server (the `serve` build, the embedded
-//! SmolLM2 model) with streaming clients and prints the report of
-//! `maas_benches::inference`. Run by `benches/inference.sh` (`make bench`).
+//! Drives the real inference server (the `serve` build) with streaming
+//! clients and prints the report of `maas_benches::inference`, for each
+//! model in `MAAS_BENCH_MODELS` (space-separated GGUF paths; default: the
+//! embedded SmolLM2 Q4_1), then a table with one row per file. Run by
+//! `benches/inference.sh` (`make bench`), which lists every format: the
+//! embedded Q4_1, its Q4_K_M, Q5_K_M, Q6_K and Q8_0 requantizations, and
+//! Gemma 3 270M Q4_K_M.
 //!
 //! With `MAAS_LLAMA_SERVER` set (the script sets it from
 //! `scripts/llama-cpp.sh`), the same suite, client and prompts then run
@@ -19,11 +23,10 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use maas_benches::inference::{Comparison, Report, Round, Timing};
-use maas_testkit::{default_model, InferenceServer};
+use maas_benches::inference::{Comparison, FormatTable, Report, Round, Timing};
+use maas_testkit::{default_model, InferenceLaunch, InferenceServer};
 use serde_json::{json, Value};
 
-const MODEL: &str = "smollm2-135m-instruct";
 const GENERATED: usize = 128;
 
 /// About 200 tokens of ordinary English.
@@ -58,35 +61,65 @@ const TOPICS: [&str; 16] = [
 ];
 
 fn main() {
+    let models: Vec<PathBuf> = std::env::var("MAAS_BENCH_MODELS")
+        .map(|list| list.split_whitespace().map(PathBuf::from).collect())
+        .unwrap_or_else(|_| vec![default_model()]);
+    let peer_binary = std::env::var_os("MAAS_LLAMA_SERVER").map(PathBuf::from);
+    let mut table = FormatTable::default();
+    for model in &models {
+        let name = model
+            .file_stem()
+            .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned());
+        println!("\n## {name}\n");
+        if let Some(comparison) = bench_model(model, &name, peer_binary.as_deref()) {
+            table.rows.push((name, comparison));
+        }
+    }
+    if !table.rows.is_empty() {
+        println!("\n## Every format side by side with llama.cpp\n");
+        println!("{}", table.markdown());
+    }
+}
+
+/// Our server, then llama.cpp's if `peer_binary`, on `model`; prints both
+/// reports and the comparison.
+fn bench_model(model: &Path, name: &str, peer_binary: Option<&Path>) -> Option<Comparison> {
     let ours = {
-        let server = InferenceServer::start(&["--max-running", "16", "--max-queued", "64"]);
+        let launch = InferenceLaunch {
+            model: model.to_path_buf(),
+            model_id: name.to_string(),
+            args: ["--max-running", "16", "--max-queued", "64"]
+                .map(String::from)
+                .to_vec(),
+            ..InferenceLaunch::default_model()
+        };
+        let server = InferenceServer::launch(&launch).unwrap_or_else(|e| panic!("{e}"));
         let addr = server.addr();
-        eprintln!("inference-bench: our server at {addr}");
-        suite("ours", &mut |_| addr)
+        eprintln!("inference-bench: our server at {addr} on {name}");
+        suite("ours", name, &mut |_| addr)
     };
     println!("{}", ours.markdown());
 
-    let Some(binary) = std::env::var_os("MAAS_LLAMA_SERVER").map(PathBuf::from) else {
-        return;
-    };
-    let model = default_model();
-    let mut peer = LlamaServer::new(binary, model.clone());
-    let report = suite("llama.cpp", &mut |slots| peer.serve(slots));
+    let binary = peer_binary?;
+    let mut peer = LlamaServer::new(binary.to_path_buf(), model.to_path_buf());
+    let report = suite("llama.cpp", name, &mut |slots| peer.serve(slots));
     drop(peer);
     let comparison = Comparison {
         ours,
         peer: report,
         peer_name: "llama.cpp".into(),
-        bytes_per_step: std::fs::metadata(&model).map_or(0, |m| m.len()),
+        bytes_per_step: std::fs::metadata(model).map_or(0, |m| m.len()),
         read_bandwidth: read_bandwidth(),
     };
     println!("\n### Side by side with llama.cpp\n");
     println!("{}", comparison.markdown());
+    Some(comparison)
 }
 
 /// The whole measurement against one server; `server_for(n)` gives the
 /// address of a server ready for `n` concurrent streams.
-fn suite(name: &str, server_for: &mut dyn FnMut(usize) -> SocketAddr) -> Report {
+fn suite(name: &str, model: &str, server_for: &mut dyn FnMut(usize) -> SocketAddr) -> Report {
+    let request = |prompt: &str, max_tokens| request(model, prompt, max_tokens);
     let addr = server_for(1);
     stream(addr, &request("Say hello.", 16));
 
@@ -110,7 +143,10 @@ fn suite(name: &str, server_for: &mut dyn FnMut(usize) -> SocketAddr) -> Report 
         let addr = server_for(streams);
         let timings = std::thread::scope(|scope| {
             let handles: Vec<_> = (0..streams)
-                .map(|i| scope.spawn(move || stream(addr, &request(&story(i), GENERATED))))
+                .map(|i| {
+                    let body = request(&story(i), GENERATED);
+                    scope.spawn(move || stream(addr, &body))
+                })
                 .collect();
             handles
                 .into_iter()
@@ -262,9 +298,9 @@ fn story(i: usize) -> String {
     format!("Write a long story about {}.", TOPICS[i % TOPICS.len()])
 }
 
-fn request(prompt: &str, max_tokens: usize) -> Value {
+fn request(model: &str, prompt: &str, max_tokens: usize) -> Value {
     json!({
-        "model": MODEL,
+        "model": model,
         "messages": [{"role": "user", "content": prompt}],
         "max_tokens": max_tokens,
         "temperature": 0,

@@ -300,6 +300,64 @@ impl Comparison {
     }
 }
 
+/// One row per model file (format), each a [`Comparison`] from the same
+/// run: the per-format table of `make bench`, with the targets on every row.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct FormatTable {
+    /// The file's name and its comparison.
+    pub rows: Vec<(String, Comparison)>,
+}
+
+impl FormatTable {
+    pub fn markdown(&self) -> String {
+        let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "| file | MB | decode, 1 stream: ours / llama.cpp | ratio (≥ 1.5×) | aggregate, 8 streams: ours / llama.cpp | ratio (≥ 2×) | aggregate, 16 streams: ratio | prefill: ratio | TTFT p50, 1 stream: ours / llama.cpp |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
+        let verdict = |ratio: f64, target: f64| {
+            if ratio >= target {
+                format!("{ratio:.2}×")
+            } else {
+                format!("**{ratio:.2}×** (missed)")
+            }
+        };
+        for (name, c) in &self.rows {
+            let single = (
+                median(&c.ours.single_decode_rates),
+                median(&c.peer.single_decode_rates),
+            );
+            let aggregate = |streams| {
+                let rate = |r: &Report| r.round(streams).map_or(0.0, Round::decode_rate);
+                (rate(&c.ours), rate(&c.peer))
+            };
+            let ratio = |(ours, peer): (f64, f64)| if peer > 0.0 { ours / peer } else { 0.0 };
+            let (eight, sixteen) = (aggregate(8), aggregate(16));
+            let prefill = (median(&c.ours.prefill_rates), median(&c.peer.prefill_rates));
+            let ttft = |r: &Report| {
+                r.round(1)
+                    .map_or(0.0, |r| percentile(&r.ttfts(), 50.0) * 1e3)
+            };
+            let _ = writeln!(
+                out,
+                "| {name} | {:.0} | {:.1} / {:.1} | {} | {:.1} / {:.1} | {} | {:.2}× | {:.2}× | {:.0} / {:.0} ms |",
+                c.bytes_per_step as f64 / 1e6,
+                single.0,
+                single.1,
+                verdict(ratio(single), 1.5),
+                eight.0,
+                eight.1,
+                verdict(ratio(eight), 2.0),
+                ratio(sixteen),
+                ratio(prefill),
+                ttft(&c.ours),
+                ttft(&c.peer),
+            );
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,10 +422,10 @@ mod tests {
         assert!(md.contains("| 8 | 150.5 | 150.0 |"), "{md}");
     }
 
-    #[test]
-    fn the_comparison_states_ratios_against_the_targets() {
-        let t0 = Instant::now();
-        let report = |prefill: f64, single: f64, tokens8| Report {
+    /// A run with the given prefill and single-stream rates, one lone
+    /// stream and a round of 8 that decoded `tokens8` tokens.
+    fn report(t0: Instant, prefill: f64, single: f64, tokens8: usize) -> Report {
+        Report {
             prefill_rates: vec![prefill],
             prompt_tokens: 200,
             single_decode_rates: vec![single],
@@ -381,7 +439,13 @@ mod tests {
                     timings: vec![timing(t0, 20, 1000, tokens8)],
                 },
             ],
-        };
+        }
+    }
+
+    #[test]
+    fn the_comparison_states_ratios_against_the_targets() {
+        let t0 = Instant::now();
+        let report = |prefill, single, tokens8| report(t0, prefill, single, tokens8);
         let c = Comparison {
             ours: report(600.0, 160.0, 300),
             peer: report(500.0, 100.0, 100),
@@ -406,5 +470,46 @@ mod tests {
             ..c
         };
         assert!(slower.markdown().contains("≥ 1× (**missed**)"));
+    }
+
+    #[test]
+    fn the_format_table_has_a_row_per_file_with_its_targets() {
+        let t0 = Instant::now();
+        let report = |single, tokens8| report(t0, 500.0, single, tokens8);
+        let comparison = |ours: Report, peer: Report| Comparison {
+            ours,
+            peer,
+            peer_name: "llama.cpp".into(),
+            bytes_per_step: 98_000_000,
+            read_bandwidth: 20e9,
+        };
+        let table = FormatTable {
+            rows: vec![
+                (
+                    "SmolLM2.Q4_1".into(),
+                    comparison(report(160.0, 300), report(100.0, 100)),
+                ),
+                (
+                    "SmolLM2.Q6_K".into(),
+                    comparison(report(100.0, 100), report(100.0, 100)),
+                ),
+            ],
+        };
+        let md = table.markdown();
+        let rows: Vec<&str> = md.lines().skip(2).collect();
+        assert_eq!(rows.len(), 2, "{md}");
+        assert!(
+            rows[0].starts_with("| SmolLM2.Q4_1 | 98 | 160.0 / 100.0 | 1.60× |"),
+            "{md}"
+        );
+        assert!(!rows[0].contains("missed"), "{md}");
+        assert!(
+            rows[1].starts_with("| SmolLM2.Q6_K | 98 | 100.0 / 100.0 | **1.00×** (missed) |"),
+            "{md}"
+        );
+        assert!(
+            rows[1].contains("| **1.00×** (missed) | 0.00× | 1.00× |"),
+            "{md}"
+        );
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::model::{load_gguf, tests::tiny_gguf};
+use crate::model::{load_gguf, tiny::tiny_gguf};
 
 fn engine(max_running: usize, max_waiting: usize) -> (Engine, Arc<Metrics>) {
     let path = tiny_gguf();

@@ -472,4 +472,6 @@ impl HostModel {
 }
 
 #[cfg(test)]
-pub(crate) mod tests;
+mod tests;
+#[cfg(any(test, feature = "test-models"))]
+pub mod tiny;

@@ -1,6 +1,10 @@
 //! Test fixtures: hand-made byte-level and SentencePiece vocabularies that
 //! run anywhere, and the real SmolLM2 GGUF (`make test` fetches it; a test that needs it fails,
-//! saying how to get it, when it is not on disk).
+//! saying how to get it, when it is not on disk). Built for tests only
+//! (`cfg(test)` or the `test-models` feature).
+
+// Test fixtures: a failure here is the calling test's failure.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};

@@ -11,8 +11,8 @@ mod spec;
 mod stop;
 mod tokenizer;
 
-#[cfg(test)]
-pub(crate) mod fixtures;
+#[cfg(any(test, feature = "test-models"))]
+pub mod fixtures;
 
 pub use chat_template::{ChatMessage, ChatTemplate};
 pub use detokenizer::IncrementalDecoder;
