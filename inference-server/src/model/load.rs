@@ -15,6 +15,7 @@ use super::device::{self, DeviceBlock, DeviceLinear, DeviceModel, DeviceWeights}
 use super::linear::{dims, Linear, WeightPart};
 use super::ops::{self, RopeTable};
 use super::projection::Projection;
+use super::tensor_types;
 use super::{Block, Embedding, HostModel, Model, ModelError};
 use crate::text::{ChatTemplate, MetadataSource, MetadataValue, TextTokenizer, TokenizerSpec};
 
@@ -49,10 +50,25 @@ impl Reader {
             path: display.clone(),
             source,
         })?);
-        let content = Content::read(&mut file).map_err(|e| ModelError::Metadata {
-            key: display.clone(),
-            problem: format!("not a readable GGUF file: {e}"),
-        })?;
+        let content = match Content::read(&mut file) {
+            Ok(content) => content,
+            Err(e) => {
+                return Err(match tensor_types::first_unsupported(&mut file) {
+                    Some((name, id)) => ModelError::Tensor {
+                        name,
+                        problem: format!(
+                            "its type {} is not one this server runs (supported: {})",
+                            tensor_types::name(id),
+                            tensor_types::supported_names()
+                        ),
+                    },
+                    None => ModelError::Metadata {
+                        key: display.clone(),
+                        problem: format!("not a readable GGUF file: {e}"),
+                    },
+                })
+            }
+        };
         Ok(Self {
             content,
             file,

@@ -471,6 +471,7 @@ impl HostModel {
     }
 }
 
+mod tensor_types;
 #[cfg(test)]
 mod tests;
 #[cfg(any(test, feature = "test-models"))]

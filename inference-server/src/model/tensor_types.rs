@@ -1,0 +1,226 @@
+//! Which tensor of a GGUF file has a type this server cannot run, by name.
+//!
+//! candle's GGUF reader stops at the first tensor type it does not know with
+//! "unknown dtype for tensor 20", naming neither the tensor nor the type. A
+//! user who brought an IQ-quant or a ternary file deserves "tensor
+//! blk.0.attn_q.weight is IQ4_NL": this module walks the header's tensor
+//! table itself (GGUF v2/v3, every length bounded by the file's size) to say
+//! so, and is consulted only after candle refused a file.
+
+use std::io::{self, Read, Seek, SeekFrom};
+
+/// ggml's type names by id (ggml.h `enum ggml_type`; ids 4, 5 and 31-33 are
+/// retired).
+const NAMES: &[(u32, &str)] = &[
+    (0, "F32"),
+    (1, "F16"),
+    (2, "Q4_0"),
+    (3, "Q4_1"),
+    (6, "Q5_0"),
+    (7, "Q5_1"),
+    (8, "Q8_0"),
+    (9, "Q8_1"),
+    (10, "Q2_K"),
+    (11, "Q3_K"),
+    (12, "Q4_K"),
+    (13, "Q5_K"),
+    (14, "Q6_K"),
+    (15, "Q8_K"),
+    (16, "IQ2_XXS"),
+    (17, "IQ2_XS"),
+    (18, "IQ3_XXS"),
+    (19, "IQ1_S"),
+    (20, "IQ4_NL"),
+    (21, "IQ3_S"),
+    (22, "IQ2_S"),
+    (23, "IQ4_XS"),
+    (24, "I8"),
+    (25, "I16"),
+    (26, "I32"),
+    (27, "I64"),
+    (28, "F64"),
+    (29, "IQ1_M"),
+    (30, "BF16"),
+    (34, "TQ1_0"),
+    (35, "TQ2_0"),
+    (39, "MXFP4"),
+];
+
+/// The ids candle's GGUF reader (and so this server) loads.
+pub(crate) const SUPPORTED: &[u32] = &[0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 30];
+
+/// ggml's name for type `id`, or `type N` for an id ggml does not define.
+pub(crate) fn name(id: u32) -> String {
+    NAMES
+        .iter()
+        .find(|(i, _)| *i == id)
+        .map_or_else(|| format!("type {id}"), |(_, n)| (*n).to_string())
+}
+
+/// The supported types' names, for error messages.
+pub(crate) fn supported_names() -> String {
+    SUPPORTED
+        .iter()
+        .map(|&id| name(id))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The first tensor (name, type id) in `file`'s header whose type is not in
+/// [`SUPPORTED`]; `None` when all are, or the header cannot be walked (the
+/// caller then reports the reader's own error).
+pub(crate) fn first_unsupported(file: &mut (impl Read + Seek)) -> Option<(String, u32)> {
+    let size = file.seek(SeekFrom::End(0)).ok()?;
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut header = Header { file, size };
+    header.walk().ok().flatten()
+}
+
+struct Header<'a, R> {
+    file: &'a mut R,
+    size: u64,
+}
+
+impl<R: Read + Seek> Header<'_, R> {
+    fn walk(&mut self) -> io::Result<Option<(String, u32)>> {
+        if self.bytes(4)? != b"GGUF" || !matches!(self.u32()?, 2 | 3) {
+            return Ok(None);
+        }
+        let tensors = self.u64()?;
+        let entries = self.u64()?;
+        for _ in 0..entries {
+            self.skip_string()?;
+            let kind = self.u32()?;
+            self.skip_value(kind)?;
+        }
+        for _ in 0..tensors {
+            let name = String::from_utf8_lossy(&self.string()?).into_owned();
+            let dims = self.u32()?;
+            self.skip(8 * u64::from(dims))?;
+            let kind = self.u32()?;
+            self.skip(8)?;
+            if !SUPPORTED.contains(&kind) {
+                return Ok(Some((name, kind)));
+            }
+        }
+        Ok(None)
+    }
+
+    fn skip_value(&mut self, kind: u32) -> io::Result<()> {
+        match kind {
+            0 | 1 | 7 => self.skip(1),
+            2 | 3 => self.skip(2),
+            4..=6 => self.skip(4),
+            10..=12 => self.skip(8),
+            8 => self.skip_string(),
+            9 => {
+                let item = self.u32()?;
+                let len = self.u64()?;
+                match item {
+                    // Fixed-size items: one bounded skip.
+                    0 | 1 | 7 => self.skip(len),
+                    2 | 3 => self.skip(len.saturating_mul(2)),
+                    4..=6 => self.skip(len.saturating_mul(4)),
+                    10..=12 => self.skip(len.saturating_mul(8)),
+                    _ => {
+                        // Each item takes at least 8 bytes (a string's length).
+                        self.check(len.saturating_mul(8))?;
+                        (0..len).try_for_each(|_| self.skip_value(item))
+                    }
+                }
+            }
+            _ => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "unknown value type",
+            )),
+        }
+    }
+
+    fn string(&mut self) -> io::Result<Vec<u8>> {
+        let len = self.u64()?;
+        self.bytes(len)
+    }
+
+    fn skip_string(&mut self) -> io::Result<()> {
+        let len = self.u64()?;
+        self.skip(len)
+    }
+
+    /// Fails unless `n` more bytes lie within the file.
+    fn check(&mut self, n: u64) -> io::Result<()> {
+        let at = self.file.stream_position()?;
+        if at.saturating_add(n) > self.size {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, n: u64) -> io::Result<()> {
+        self.check(n)?;
+        let n = i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
+        self.file.seek(SeekFrom::Current(n)).map(drop)
+    }
+
+    fn bytes(&mut self, n: u64) -> io::Result<Vec<u8>> {
+        self.check(n)?;
+        let mut buf = vec![0; usize::try_from(n).map_err(|_| io::ErrorKind::InvalidData)?];
+        self.file.read_exact(&mut buf)?;
+        Ok(buf)
+    }
+
+    fn u32(&mut self) -> io::Result<u32> {
+        let mut b = [0; 4];
+        self.file.read_exact(&mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    fn u64(&mut self) -> io::Result<u64> {
+        let mut b = [0; 8];
+        self.file.read_exact(&mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Cursor;
+
+    use super::*;
+    use crate::model::tiny::tiny_gguf;
+
+    /// The tiny model with `tensor`'s type id replaced by `id`.
+    fn with_type(tensor: &str, id: u32) -> Vec<u8> {
+        let path = tiny_gguf();
+        let mut bytes = std::fs::read(&path).unwrap();
+        std::fs::remove_file(path).unwrap();
+        let at = bytes
+            .windows(tensor.len())
+            .position(|w| w == tensor.as_bytes())
+            .unwrap()
+            + tensor.len();
+        let dims = u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        let kind = at + 4 + 8 * dims;
+        bytes[kind..kind + 4].copy_from_slice(&id.to_le_bytes());
+        bytes
+    }
+
+    #[test]
+    fn the_first_unsupported_tensor_is_named_with_its_type() {
+        let bytes = with_type("blk.1.ffn_up.weight", 20);
+        assert_eq!(
+            first_unsupported(&mut Cursor::new(bytes)),
+            Some(("blk.1.ffn_up.weight".into(), 20))
+        );
+        assert_eq!(name(20), "IQ4_NL");
+        assert_eq!(name(77), "type 77");
+    }
+
+    #[test]
+    fn a_supported_file_has_none_and_a_truncated_header_gives_up_quietly() {
+        let bytes = with_type("blk.1.ffn_up.weight", 12);
+        assert_eq!(first_unsupported(&mut Cursor::new(bytes.clone())), None);
+        for len in [0, 3, 24, 200, 2000] {
+            assert_eq!(first_unsupported(&mut Cursor::new(&bytes[..len])), None);
+        }
+    }
+}
