@@ -86,13 +86,20 @@ impl QuantKind {
         self.block_weights() == SUPER_BLOCK
     }
 
-    /// Bytes of packed quants per 32 weights: nibbles for the 4-bit kinds,
-    /// one byte per weight for the others (see `PackedMatrix`).
+    /// Bytes of packed quants per 32 weights: nibbles for the 4-bit kinds
+    /// and Q5_0 (whose fifth bits are kept apart, see `has_high_bits`), one
+    /// byte per weight for the others (see `PackedMatrix`).
     pub(crate) const fn quant_bytes(self) -> usize {
         match self {
-            Self::Q4_0 | Self::Q4_1 | Self::Q4_K => 16,
-            Self::Q5_0 | Self::Q5_1 | Self::Q8_0 | Self::Q3_K | Self::Q5_K | Self::Q6_K => 32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q4_K | Self::Q5_0 => 16,
+            Self::Q5_1 | Self::Q8_0 | Self::Q3_K | Self::Q5_K | Self::Q6_K => 32,
         }
+    }
+
+    /// Whether the packed form keeps GGML's 32-bit word of fifth bits per
+    /// block next to the nibbles (Q5_0: the kernels spread it per block).
+    pub(crate) const fn has_high_bits(self) -> bool {
+        matches!(self, Self::Q5_0)
     }
 
     /// Whether `PackedMatrix` copies the raw quants as they are (otherwise
@@ -113,6 +120,14 @@ impl QuantKind {
             Self::Q3_K | Self::Q6_K => 2,
             _ => 0,
         }
+    }
+
+    /// Whether the packed block scale (and min) is a GGML f16 field as it is,
+    /// so the packed form keeps it in 16 bits: every kind but Q4_K and
+    /// Q5_K, whose per-block factors `d·sc` and `-dmin·mn` need an f32 (an
+    /// 11-bit significand times a 6-bit integer).
+    pub(crate) const fn half_scales(self) -> bool {
+        !matches!(self, Self::Q4_K | Self::Q5_K)
     }
 
     /// Whether the packed form stores a per-block additive min.

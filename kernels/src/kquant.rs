@@ -42,13 +42,17 @@ pub(crate) fn repack_super_block(raw: &[u8], w: &mut PackedMatrix) {
     match kind {
         QuantKind::Q6_K => {
             // ql(128) qh(64) scales(16) d.
-            w.scales.extend([f16_at(raw, 208); SUB_BLOCKS]);
+            for _ in 0..SUB_BLOCKS {
+                w.scales.push_f16_at(raw, 208);
+            }
             w.sub_scales
                 .extend(raw[192..208].iter().map(|&sc| sc as i8));
         }
         QuantKind::Q3_K => {
             // hmask(32) qs(64) scales(12) d.
-            w.scales.extend([f16_at(raw, 108); SUB_BLOCKS]);
+            for _ in 0..SUB_BLOCKS {
+                w.scales.push_f16_at(raw, 108);
+            }
             w.sub_scales
                 .extend(q3_scales(&raw[96..108]).map(|sc| sc - 32));
         }
@@ -57,8 +61,8 @@ pub(crate) fn repack_super_block(raw: &[u8], w: &mut PackedMatrix) {
             let (d, dmin) = (f16_at(raw, 0), f16_at(raw, 2));
             for j in 0..SUB_BLOCKS {
                 let (sc, mn) = scale_min(&raw[4..16], j);
-                w.scales.push(d * sc as f32);
-                w.mins.push(-(dmin * mn as f32));
+                w.scales.push_f32(d * sc as f32);
+                w.mins.push_f32(-(dmin * mn as f32));
             }
         }
     }

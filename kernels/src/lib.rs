@@ -15,6 +15,7 @@
 
 mod activation;
 mod error;
+mod factors;
 mod format;
 mod kernel;
 mod kquant;

@@ -3,26 +3,32 @@
 //!
 //! Layout (all arrays row-major over `(row, block)`, `nb = cols / 32`; the
 //! K-quants' 256-weight super-blocks become eight such blocks, see `kquant`):
-//! - `scales[row * nb + b]`: the block's scale, widened to f32 so the hot
-//!   loop never converts halves (costs 2 bytes per block of extra bandwidth);
-//!   for Q3_K and Q6_K the super-block's `d`, repeated for its eight blocks;
+//! - `scales[row * nb + b]`: the block's scale, the GGML f16 as it is (the
+//!   kernels widen two or four per step with one F16C convert, shared by the
+//!   row tile), or an f32 for Q4_K and Q5_K, whose `d·sc` needs one (see
+//!   `BlockFactors`); for Q3_K and Q6_K the super-block's `d`, repeated for
+//!   its eight blocks;
 //! - `sub_scales[(row * nb + b) * 2 ..]`: Q3_K's and Q6_K's 8-bit scales of the block's
 //!   two 16-weight halves, kept as integers so the kernels apply them inside
 //!   the integer dot product (empty for the other kinds);
 //! - `mins[row * nb + b]`: the additive min of Q4_1 and Q5_1 (`m`), Q4_K and Q5_K
-//!   (`-dmin·mn`), widened the same way (empty otherwise);
+//!   (`-dmin·mn`), stored the same way (empty otherwise);
+//! - `high_bits[row * nb + b]`: Q5_0's fifth bits as GGML stores them (bit
+//!   `j` for weight `j`; empty for the other kinds);
 //! - `quants[(row * nb + b) * quant_bytes ..]`: 16 nibble-packed bytes for
-//!   Q4_0/Q4_1/Q4_K, in GGML's Q4 order (byte `j` holds weight `j` low and
-//!   weight `j + 16` high); 32 bytes, one per weight, otherwise: `i8` for
-//!   Q8_0, Q5_0 (`q5 - 16`), Q3_K (`q3 - 4`) and Q6_K (`q6 - 32`), `u8` in
-//!   `0..=31` for Q5_1
-//!   and Q5_K.
+//!   Q4_0/Q4_1/Q4_K and Q5_0's low four bits, in GGML's Q4 order (byte `j`
+//!   holds weight `j` low and weight `j + 16` high); 32 bytes, one per
+//!   weight, otherwise: `i8` for Q8_0, Q3_K (`q3 - 4`) and Q6_K (`q6 - 32`),
+//!   `u8` in `0..=31` for Q5_1 and Q5_K.
+//!
+//! So Q4_0, Q4_1, Q5_0 and Q8_0 take exactly their GGUF bytes in memory.
 //!
 //! Splitting headers from quants keeps every quant block 16- or 32-byte strided,
 //! which lets the SIMD loads stay inside one cache line.
 
 use crate::error::KernelError;
-use crate::format::{f16_at, QuantKind, BLOCK};
+use crate::factors::BlockFactors;
+use crate::format::{QuantKind, BLOCK};
 use crate::kernel::{self, Backend};
 use crate::{kquant, q5};
 
@@ -33,9 +39,10 @@ pub struct PackedMatrix {
     pub(crate) kind: QuantKind,
     pub(crate) rows: usize,
     pub(crate) cols: usize,
-    pub(crate) scales: Vec<f32>,
-    pub(crate) mins: Vec<f32>,
+    pub(crate) scales: BlockFactors,
+    pub(crate) mins: BlockFactors,
     pub(crate) sub_scales: Vec<i8>,
+    pub(crate) high_bits: Vec<u32>,
     pub(crate) quants: Vec<u8>,
 }
 
@@ -71,9 +78,13 @@ impl PackedMatrix {
             kind,
             rows,
             cols,
-            scales: Vec::with_capacity(blocks),
-            mins: Vec::with_capacity(if kind.has_mins() { blocks } else { 0 }),
+            scales: BlockFactors::with_capacity(kind.half_scales(), blocks),
+            mins: BlockFactors::with_capacity(
+                kind.half_scales(),
+                if kind.has_mins() { blocks } else { 0 },
+            ),
             sub_scales: Vec::with_capacity(blocks * kind.sub_scales_per_block()),
+            high_bits: Vec::with_capacity(if kind.has_high_bits() { blocks } else { 0 }),
             quants: Vec::with_capacity(blocks * kind.quant_bytes()),
         };
         for block in raw.chunks_exact(kind.block_bytes()) {
@@ -85,9 +96,9 @@ impl PackedMatrix {
                 q5::repack_block(block, &mut w);
                 continue;
             }
-            w.scales.push(f16_at(block, 0));
+            w.scales.push_f16_at(block, 0);
             if kind == QuantKind::Q4_1 {
-                w.mins.push(f16_at(block, 2));
+                w.mins.push_f16_at(block, 2);
             }
             w.quants.extend_from_slice(&block[kind.header_bytes()..]);
         }
@@ -107,6 +118,15 @@ impl PackedMatrix {
     /// Input features (weights per row).
     pub fn cols(&self) -> usize {
         self.cols
+    }
+
+    /// Bytes the packed weights occupy in memory (their arrays' lengths).
+    pub fn resident_bytes(&self) -> usize {
+        self.scales.bytes()
+            + self.mins.bytes()
+            + self.sub_scales.len()
+            + 4 * self.high_bits.len()
+            + self.quants.len()
     }
 
     /// Blocks per row.
@@ -191,7 +211,7 @@ impl PackedMatrix {
         let nb = self.blocks_per_row();
         for (b, dst) in out.chunks_exact_mut(BLOCK).enumerate() {
             let idx = row * nb + b;
-            let d = self.scales[idx];
+            let d = self.scales.get(idx);
             let q = self.block_values(idx);
             for (j, (w, &q)) in dst.iter_mut().zip(&q).enumerate() {
                 *w = match self.kind {
@@ -200,7 +220,7 @@ impl PackedMatrix {
                     QuantKind::Q3_K | QuantKind::Q6_K => {
                         q as f32 * (d * self.sub_scales[2 * idx + j / (BLOCK / 2)] as f32)
                     }
-                    kind if kind.has_mins() => q as f32 * d + self.mins[idx],
+                    kind if kind.has_mins() => q as f32 * d + self.mins.get(idx),
                     _ => q as f32 * d,
                 };
             }
@@ -208,8 +228,8 @@ impl PackedMatrix {
     }
 
     /// Block `idx`'s 32 quants as the kernels multiply them: Q4 nibbles
-    /// unsigned (`0..=15`, the offset is applied separately), the byte
-    /// layouts as stored.
+    /// unsigned (`0..=15`, the offset is applied separately), Q5_0's signed
+    /// (`q5 - 16`), the byte layouts as stored.
     pub(crate) fn block_values(&self, idx: usize) -> [i8; BLOCK] {
         let qb = self.kind.quant_bytes();
         let qs = &self.quants[idx * qb..][..qb];
@@ -223,6 +243,11 @@ impl PackedMatrix {
             for ((lo, hi), &q) in lo.iter_mut().zip(hi).zip(qs) {
                 *lo = (q & 0x0F) as i8;
                 *hi = (q >> 4) as i8;
+            }
+        }
+        if let Some(&high) = self.high_bits.get(idx) {
+            for (j, v) in values.iter_mut().enumerate() {
+                *v = (*v | (((high >> j) & 1) << 4) as i8) - 16;
             }
         }
         values
@@ -362,6 +387,19 @@ mod tests {
                 actual: 31
             })
         );
+    }
+
+    /// The f16 kinds keep GGML's bytes per block; Q4_K keeps f32 factors.
+    #[test]
+    fn resident_bytes_match_the_ggml_blocks() {
+        let q4_1 = PackedMatrix::from_ggml(QuantKind::Q4_1, &[0; 40], 2, 32).unwrap();
+        assert_eq!(q4_1.resident_bytes(), 40);
+        let q8_0 = PackedMatrix::from_ggml(QuantKind::Q8_0, &[0; 34], 1, 32).unwrap();
+        assert_eq!(q8_0.resident_bytes(), 34);
+        let q4_k = PackedMatrix::from_ggml(QuantKind::Q4_K, &[0; 144], 1, 256).unwrap();
+        assert_eq!(q4_k.resident_bytes(), 8 * (4 + 4 + 16));
+        let q5_0 = PackedMatrix::from_ggml(QuantKind::Q5_0, &[0; 22], 1, 32).unwrap();
+        assert_eq!(q5_0.resident_bytes(), 22);
     }
 
     #[test]

@@ -4,40 +4,49 @@
 //! fallback for Q4_K is Q5_0, for Q5_K Q5_1; e.g. every 576-wide matrix of
 //! SmolLM2).
 //!
-//! The fifth bits are spread into one byte per weight, so the blocks run on
-//! the existing byte layouts: Q5_0 as Q8_0 (signed `q - 16`, scale `d`), Q5_1
-//! as Q5_K (unsigned `0..=31`, scale `d` and min `m`). Both dequantize to
-//! exactly ggml's values (`(q - 16)·d` and `q·d + m` are the same products).
+//! Q5_0 keeps its bytes as they are (scale, the 32-bit word of fifth bits,
+//! the nibbles in Q4 order): the kernels spread the fifth bits per block
+//! (llama.cpp's `bytes_from_bits_32`) and run Q8_0's signed arithmetic on
+//! `q - 16`, so its weights take their GGUF size in memory. Q5_1, rarer,
+//! has its fifth bits spread into one byte per weight and runs on Q5_K's
+//! byte layout (unsigned `0..=31`, scale `d` and min `m`). Both dequantize
+//! to exactly ggml's values (`(q - 16)·d` and `q·d + m` are the same
+//! products).
 
-use crate::format::{f16_at, QuantKind, BLOCK};
+use crate::format::{QuantKind, BLOCK};
 use crate::packed::PackedMatrix;
 
 /// Appends one raw Q5_0 or Q5_1 block (`w.kind`) to `w`'s packed arrays.
 pub(crate) fn repack_block(raw: &[u8], w: &mut PackedMatrix) {
     debug_assert_eq!(raw.len(), w.kind.block_bytes());
-    w.scales.push(f16_at(raw, 0));
+    w.scales.push_f16_at(raw, 0);
     let at = if w.kind == QuantKind::Q5_1 {
-        w.mins.push(f16_at(raw, 2));
+        w.mins.push_f16_at(raw, 2);
         4
     } else {
         2
     };
     let qh = u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
     let qs = &raw[at + 4..];
+    if w.kind == QuantKind::Q5_0 {
+        w.high_bits.push(qh);
+        w.quants.extend_from_slice(qs);
+        return;
+    }
     // Weight `j` is nibble `j % 16` of `qs` (low for j < 16) with bit `j` of
     // `qh` on top.
-    let offset = if w.kind == QuantKind::Q5_0 { 16 } else { 0 };
     w.quants.extend((0..BLOCK).map(|j| {
         let byte = qs[j % 16];
         let low = if j < 16 { byte & 0x0F } else { byte >> 4 };
         let high = ((qh >> j) & 1) as u8;
-        ((low | high << 4) as i8 - offset) as u8
+        low | high << 4
     }));
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::f16_at;
     use crate::testdata::assert_repack_is_exact;
 
     /// ggml's `dequantize_row_q5_0` / `_q5_1` for one block, transcribed

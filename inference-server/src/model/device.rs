@@ -13,7 +13,7 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{ModelConfig, RopeStyle};
-use super::ops::RopeTable;
+use super::ops::Rope;
 use super::ModelError;
 
 /// One linear weight on the device, with its optional bias.
@@ -106,12 +106,12 @@ impl DeviceModel {
         device: Device,
         config: ModelConfig,
         w: DeviceWeights,
-        rope: &RopeTable,
+        rope: &Rope,
     ) -> Result<Self, ModelError> {
         let (cos, sin, half) = rope.tables();
         let positions = rope.positions();
-        let cos = Tensor::from_slice(cos, (positions, half), &device)?;
-        let sin = Tensor::from_slice(sin, (positions, half), &device)?;
+        let cos = Tensor::from_vec(cos, (positions, half), &device)?;
+        let sin = Tensor::from_vec(sin, (positions, half), &device)?;
         Ok(Self {
             device,
             config,

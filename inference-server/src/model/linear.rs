@@ -102,13 +102,20 @@ impl Linear {
         if let Some(kind) =
             packed_kind(dtype).filter(|_| parts.iter().all(|(_, t, _)| t.dtype() == dtype))
         {
-            let mut raw = Vec::new();
-            for (name, t, _) in &parts {
-                let data = t
-                    .data()
-                    .map_err(|e| ModelError::tensor(name, e.to_string()))?;
-                raw.extend_from_slice(&data);
-            }
+            let mut data = parts
+                .iter()
+                .map(|(name, t, _)| {
+                    t.data()
+                        .map_err(|e| ModelError::tensor(name, e.to_string()))
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            // A lone weight (the embedding, hundreds of MB) is packed from
+            // the tensor's own bytes; only stacked parts are concatenated.
+            let raw = if data.len() == 1 {
+                data.remove(0)
+            } else {
+                data.concat().into()
+            };
             let matrix = PackedMatrix::from_ggml(kind, &raw, rows, cols)
                 .map_err(|e| ModelError::tensor(first_name, e.to_string()))?;
             return Ok(Self::Packed { matrix, bias });

@@ -31,7 +31,7 @@ pub use device::{DeviceCache, DeviceModel, DeviceStep};
 pub use linear::Linear;
 pub use load::{load_gguf, load_gguf_on, load_model, LoadedModel, Placement};
 use maas_kernels::PackedMatrix;
-use ops::{AttentionShape, RopeTable};
+use ops::{AttentionShape, Rope, RopeAngles};
 use projection::Projection;
 
 #[derive(Debug, Error)]
@@ -90,7 +90,7 @@ struct Block {
     post_ffn_norm: Option<Vec<f32>>,
     /// Sliding window of this layer (`None`: global attention).
     window: Option<usize>,
-    /// Index of this layer's table in [`HostModel::ropes`].
+    /// Index of this layer's RoPE in [`HostModel::ropes`].
     rope: usize,
 }
 
@@ -166,7 +166,7 @@ impl Model {
         }
     }
 
-    /// The most positions any sequence may reach (the RoPE table's length).
+    /// The most positions any sequence may reach (those its RoPE covers).
     pub fn max_positions(&self) -> usize {
         match self {
             Self::Host(m) => m.max_positions(),
@@ -251,7 +251,7 @@ pub struct HostModel {
     norm: Vec<f32>,
     lm_head: Linear,
     /// The global layers' table first, then the local layers' (Gemma 3).
-    ropes: Vec<RopeTable>,
+    ropes: Vec<Rope>,
 }
 
 /// One sequence's share of a step: the tokens to feed (a prefill chunk or the
@@ -276,11 +276,13 @@ pub struct Scratch {
     part: Vec<f32>,
     last: Vec<f32>,
     logits: Vec<f32>,
+    /// The step's rotation angles, one per entry of [`HostModel::ropes`].
+    angles: Vec<RopeAngles>,
 }
 
 impl HostModel {
     fn max_positions(&self) -> usize {
-        self.ropes.first().map_or(0, RopeTable::positions)
+        self.ropes.first().map_or(0, Rope::positions)
     }
 
     fn forward(
@@ -323,6 +325,11 @@ impl HostModel {
             ops::scale(&mut s.x, (hidden as f32).sqrt());
         }
 
+        s.angles.resize_with(self.ropes.len(), RopeAngles::default);
+        for (angles, rope) in s.angles.iter_mut().zip(&self.ropes) {
+            angles.fill(rope, &positions);
+        }
+
         for (layer, block) in self.blocks.iter().enumerate() {
             let shape = AttentionShape {
                 heads: cfg.heads,
@@ -331,20 +338,20 @@ impl HostModel {
                 scale: cfg.attention_scale,
                 window: block.window,
             };
-            let rope = &self.ropes[block.rope];
+            let (rope, angles) = (&self.ropes[block.rope], &s.angles[block.rope]);
             ops::rms_norm(&s.x, &block.attn_norm, cfg.rms_eps, &mut s.normed);
             block.qkv.forward(&s.normed, n, &mut s.qkv, &mut s.part)?;
 
             s.q.clear();
-            for (row, &pos) in s.qkv.chunks_exact_mut(qkv_width).zip(&positions) {
+            for (i, row) in s.qkv.chunks_exact_mut(qkv_width).enumerate() {
                 let (q, kv) = row.split_at_mut(q_width);
                 let k = &mut kv[..kv_width];
                 if let Some((q_norm, k_norm)) = &block.qk_norm {
                     ops::rms_norm_in_place(q, q_norm, cfg.rms_eps);
                     ops::rms_norm_in_place(k, k_norm, cfg.rms_eps);
                 }
-                rope.apply(q, pos);
-                rope.apply(k, pos);
+                rope.apply(q, angles.row(i));
+                rope.apply(k, angles.row(i));
                 s.q.extend_from_slice(q);
             }
             let mut rows = s.qkv.chunks_exact(qkv_width);

@@ -83,51 +83,58 @@ pub fn rope_frequencies(head_dim: usize, params: RopeParams, factors: Option<&[f
         .collect()
 }
 
-/// Precomputed rotation angles, one row of `head_dim / 2` (cos, sin) pairs per
-/// position, for every position the server admits.
-pub struct RopeTable {
-    half: usize,
+/// Rotary position embedding for positions `0..positions`: each pair's
+/// frequency; the angles' cos and sin are computed per step for that step's
+/// positions ([`RopeAngles`]) rather than tabulated for every position the
+/// server admits, which would cost `positions × head_dim × 4` bytes per
+/// table resident for the process's life (64 MB for Gemma 3's two at its
+/// 32k context) to save a few microseconds a step. The arithmetic is the
+/// table's (`pos as f32 * freq`, then `cos`, `sin`), so the bits are too.
+pub struct Rope {
     style: RopeStyle,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    freqs: Vec<f32>,
+    positions: usize,
 }
 
-impl RopeTable {
-    /// A table for `positions` positions of pairs rotating at `freqs` (see
-    /// [`rope_frequencies`]).
+impl Rope {
+    /// Pairs rotating at `freqs` (see [`rope_frequencies`]), for
+    /// `positions` positions.
     pub fn new(freqs: &[f32], positions: usize, style: RopeStyle) -> Self {
-        let half = freqs.len();
-        let mut cos = Vec::with_capacity(positions * half);
-        let mut sin = Vec::with_capacity(positions * half);
-        for pos in 0..positions {
-            for &freq in freqs {
-                let angle = pos as f32 * freq;
-                cos.push(angle.cos());
-                sin.push(angle.sin());
-            }
-        }
         Self {
-            half,
             style,
-            cos,
-            sin,
+            freqs: freqs.to_vec(),
+            positions,
         }
     }
 
     pub fn positions(&self) -> usize {
-        self.cos.len() / self.half.max(1)
+        self.positions
     }
 
-    /// The cos and sin tables (`positions × half`, row-major) and `half`.
-    pub fn tables(&self) -> (&[f32], &[f32], usize) {
-        (&self.cos, &self.sin, self.half)
+    /// Appends the cos and sin of every pair's angle at `pos`.
+    fn push_angles(&self, pos: usize, cos: &mut Vec<f32>, sin: &mut Vec<f32>) {
+        for &freq in &self.freqs {
+            let angle = pos as f32 * freq;
+            cos.push(angle.cos());
+            sin.push(angle.sin());
+        }
     }
 
-    /// Rotates every head of one token's row in place at `pos`.
-    pub fn apply(&self, row: &mut [f32], pos: usize) {
-        let half = self.half;
-        let cos = &self.cos[pos * half..(pos + 1) * half];
-        let sin = &self.sin[pos * half..(pos + 1) * half];
+    /// The cos and sin tables for every position (`positions × half`,
+    /// row-major) and `half`: the device path keeps them in device memory.
+    pub fn tables(&self) -> (Vec<f32>, Vec<f32>, usize) {
+        let len = self.positions * self.freqs.len();
+        let (mut cos, mut sin) = (Vec::with_capacity(len), Vec::with_capacity(len));
+        for pos in 0..self.positions {
+            self.push_angles(pos, &mut cos, &mut sin);
+        }
+        (cos, sin, self.freqs.len())
+    }
+
+    /// Rotates every head of one token's row in place by the angles of its
+    /// position (a row of [`RopeAngles`] filled by this rope).
+    pub fn apply(&self, row: &mut [f32], (cos, sin): (&[f32], &[f32])) {
+        let half = self.freqs.len();
         for head in row.chunks_exact_mut(2 * half) {
             match self.style {
                 RopeStyle::Interleaved => {
@@ -147,6 +154,32 @@ impl RopeTable {
                 }
             }
         }
+    }
+}
+
+/// One step's rotation angles: a row of `half` cos and sin values per token.
+#[derive(Default)]
+pub struct RopeAngles {
+    half: usize,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl RopeAngles {
+    /// The angles of `rope` at each of `positions`, in order.
+    pub fn fill(&mut self, rope: &Rope, positions: &[usize]) {
+        self.half = rope.freqs.len();
+        self.cos.clear();
+        self.sin.clear();
+        for &pos in positions {
+            rope.push_angles(pos, &mut self.cos, &mut self.sin);
+        }
+    }
+
+    /// Token `i`'s row, as [`Rope::apply`] takes it.
+    pub fn row(&self, i: usize) -> (&[f32], &[f32]) {
+        let range = i * self.half..(i + 1) * self.half;
+        (&self.cos[range.clone()], &self.sin[range])
     }
 }
 
@@ -551,21 +584,42 @@ mod tests {
                 base: 10_000.0,
                 scale: 1.0,
             };
-            let table = RopeTable::new(&rope_frequencies(4, params, None), 8, style);
+            let rope = Rope::new(&rope_frequencies(4, params, None), 8, style);
+            let mut angles = RopeAngles::default();
+            angles.fill(&rope, &[0, 5]);
             let mut row = vec![1.0, 2.0, 3.0, 4.0];
-            table.apply(&mut row, 0);
+            rope.apply(&mut row, angles.row(0));
             assert_eq!(row, vec![1.0, 2.0, 3.0, 4.0]);
-            table.apply(&mut row, 5);
+            rope.apply(&mut row, angles.row(1));
             let norm: f32 = row.iter().map(|v| v * v).sum();
             assert!((norm - 30.0).abs() < 1e-4, "{style:?}: {norm}");
         }
     }
 
+    /// The per-step angles are the device path's table rows, bit for bit.
+    #[test]
+    fn step_angles_are_the_table_rows() {
+        let params = RopeParams {
+            base: 10_000.0,
+            scale: 1.0,
+        };
+        let rope = Rope::new(&rope_frequencies(8, params, None), 16, RopeStyle::Halves);
+        let (cos, sin, half) = rope.tables();
+        let mut angles = RopeAngles::default();
+        angles.fill(&rope, &[3, 15]);
+        for (i, pos) in [3, 15].into_iter().enumerate() {
+            let range = pos * half..(pos + 1) * half;
+            assert_eq!(angles.row(i), (&cos[range.clone()], &sin[range]));
+        }
+    }
+
     #[test]
     fn interleaved_rope_rotates_adjacent_pairs() {
-        let table = RopeTable::new(&[1.0], 2, RopeStyle::Interleaved);
+        let rope = Rope::new(&[1.0], 2, RopeStyle::Interleaved);
+        let mut angles = RopeAngles::default();
+        angles.fill(&rope, &[1]);
         let mut row = vec![1.0, 0.0];
-        table.apply(&mut row, 1);
+        rope.apply(&mut row, angles.row(0));
         assert!((row[0] - 1f32.cos()).abs() < 1e-6 && (row[1] - 1f32.sin()).abs() < 1e-6);
     }
 

@@ -31,7 +31,7 @@ use crate::packed::PackedMatrix;
 /// The instruction set the kernels run on, detected once per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Backend {
-    /// x86-64 with AVX2 and FMA: 32-byte integer dot products per block
+    /// x86-64 with AVX2, FMA and F16C: 32-byte integer dot products per block
     /// pair, with AVX-VNNI's `vpdpbusd` where the CPU has it (same bits).
     Avx2,
     /// Plain Rust for any other CPU; LLVM vectorizes it for the baseline target.
@@ -47,7 +47,11 @@ pub fn backend() -> Backend {
 fn detect() -> Backend {
     #[cfg(target_arch = "x86_64")]
     {
-        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") {
+        // F16C widens the packed f16 block scales; every AVX2 CPU has it.
+        if is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+        {
             return Backend::Avx2;
         }
     }
@@ -72,13 +76,15 @@ impl Kernel {
     /// Whether the kernel wants `QuantizedActivations::qu` for `kind`: the
     /// VNNI kernels multiply Q8_0's signed weights by unsigned activations.
     pub(crate) fn unsigned_activations(self, kind: QuantKind) -> bool {
-        matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && kind_id(kind) == KIND_Q8_0
+        matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && q8_arithmetic(kind_id(kind))
     }
 
     /// Whether the kernel wants the activations in the four-block layout
-    /// (Q6_K's sub-scales run on the 256-bit code, in the pair layout).
+    /// (Q6_K's sub-scales and Q5_0's fifth bits run on the 256-bit code, in
+    /// the pair layout).
     pub(crate) fn quad_activations(self, kind: QuantKind) -> bool {
-        self == Kernel::Avx512Vnni && !sub_scaled(kind_id(kind))
+        let k = kind_id(kind);
+        self == Kernel::Avx512Vnni && !sub_scaled(k) && k != KIND_Q5_0
     }
 }
 
@@ -222,7 +228,7 @@ fn compute_rows(
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             // SAFETY: `Kernel::Avx2` comes from `Backend::Avx2`, which `detect`
-            // only produces after confirming AVX2 and FMA at runtime (tests
+            // only produces after confirming AVX2, FMA and F16C at runtime (tests
             // construct both the same way).
             unsafe { x86::compute_rows(&job, dst) }
         }
@@ -266,8 +272,8 @@ pub(crate) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// The packed layout as a const-generic parameter (enums cannot be one on
 /// stable), so each kernel is compiled once per layout with the branches
-/// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q5_0
-/// into Q8_0's, Q5_1 into Q5_K's and Q3_K into Q6_K's.
+/// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q5_1
+/// into Q5_K's and Q3_K into Q6_K's.
 pub(crate) const KIND_Q4_0: u8 = 0;
 pub(crate) const KIND_Q4_1: u8 = 1;
 pub(crate) const KIND_Q8_0: u8 = 2;
@@ -276,13 +282,17 @@ pub(crate) const KIND_Q5_K: u8 = 3;
 /// Signed bytes (`-32..=31`), a scale per block and an 8-bit sub-scale per
 /// 16 weights.
 pub(crate) const KIND_Q6_K: u8 = 4;
+/// Q4 nibbles plus a word of fifth bits per block, signed (`q5 - 16`) once
+/// unpacked: Q8_0's arithmetic.
+pub(crate) const KIND_Q5_0: u8 = 5;
 
 /// The kernel layout `kind` is packed in.
 pub(crate) const fn kind_id(kind: QuantKind) -> u8 {
     match kind {
         QuantKind::Q4_0 => KIND_Q4_0,
         QuantKind::Q4_1 | QuantKind::Q4_K => KIND_Q4_1,
-        QuantKind::Q8_0 | QuantKind::Q5_0 => KIND_Q8_0,
+        QuantKind::Q8_0 => KIND_Q8_0,
+        QuantKind::Q5_0 => KIND_Q5_0,
         QuantKind::Q5_1 | QuantKind::Q5_K => KIND_Q5_K,
         QuantKind::Q3_K | QuantKind::Q6_K => KIND_Q6_K,
     }
@@ -295,7 +305,13 @@ pub(crate) const fn byte_quants(k: u8) -> bool {
 
 /// Signed weights (otherwise unsigned, with an offset term per block).
 pub(crate) const fn signed(k: u8) -> bool {
-    matches!(k, KIND_Q8_0 | KIND_Q6_K)
+    matches!(k, KIND_Q8_0 | KIND_Q6_K | KIND_Q5_0)
+}
+
+/// Q8_0's arithmetic once unpacked: signed weights without sub-scales,
+/// multiplied by unsigned activations on VNNI.
+pub(crate) const fn q8_arithmetic(k: u8) -> bool {
+    matches!(k, KIND_Q8_0 | KIND_Q5_0)
 }
 
 /// A stored min per block (otherwise Q4_0's `-8·d`, or no offset).

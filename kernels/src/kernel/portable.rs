@@ -41,7 +41,7 @@ fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
                 [a, b] => *a as i32 * dot(w_lo, lo) + *b as i32 * dot(w_hi, hi),
                 _ => dot(w_lo, lo) + dot(w_hi, hi),
             };
-            *acc += w.scales[idx] * x.d[xi] * isum as f32;
+            *acc += w.scales.get(idx) * x.d[xi] * isum as f32;
         }
     }
 
@@ -49,12 +49,12 @@ fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
         let xs = &x.s[(i0 + r) * nb..][..nb];
         let offset = match w.kind {
             QuantKind::Q4_0 => {
-                let scales = &w.scales[row * nb..][..nb];
-                -8.0 * scales.iter().zip(xs).map(|(d, s)| d * s).sum::<f32>()
+                let scales = (row * nb..).map(|i| w.scales.get(i));
+                -8.0 * scales.zip(xs).map(|(d, s)| d * s).sum::<f32>()
             }
             kind if kind.has_mins() => {
-                let mins = &w.mins[row * nb..][..nb];
-                mins.iter().zip(xs).map(|(m, s)| m * s).sum::<f32>()
+                let mins = (row * nb..).map(|i| w.mins.get(i));
+                mins.zip(xs).map(|(m, s)| m * s).sum::<f32>()
             }
             _ => 0.0,
         };

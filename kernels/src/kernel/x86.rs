@@ -34,7 +34,8 @@
 //! so that the unsigned operand is `|w|` (≤ 128).
 //!
 //! The other kinds reuse these paths through their packed layouts (see
-//! `q5` and `kquant`): Q5_0 is Q8_0 (`|w| ≤ 16`); Q4_K is Q4_1; Q5_1 and
+//! `q5` and `kquant`): Q5_0 is Q8_0 (`|w| ≤ 16`) once its nibbles and fifth
+//! bits are unpacked (256-bit code only); Q4_K is Q4_1; Q5_1 and
 //! Q5_K are Q4_1's arithmetic on Q8_0's byte layout
 //! (unsigned `0..=31`, so `vpmaddubsw` pair sums stay below 2·31·127 and two
 //! still fit in i16); Q6_K is Q8_0's AVX2 path (`|w| ≤ 32`) with `vpmaddwd`
@@ -62,20 +63,25 @@
 use std::arch::x86_64::*;
 
 use super::{
-    byte_quants, has_mins, kind_id, row_tiles, signed, sub_scaled, RowJob, KIND_Q4_0, KIND_Q4_1,
-    KIND_Q5_K, KIND_Q6_K, KIND_Q8_0,
+    byte_quants, has_mins, kind_id, q8_arithmetic, row_tiles, signed, sub_scaled, RowJob,
+    KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_K, KIND_Q6_K, KIND_Q8_0,
 };
 use crate::format::BLOCK;
 
-/// Calls `$walk::<K>` with the layout constant of `$kind`.
+/// Calls `$walk::<K, H>` with the layout constant of `$kind` and whether
+/// its block scales and mins are f16 (`H`; only Q4_K and Q5_K, in the
+/// Q4_1 and Q5_K layouts, have f32 ones).
 macro_rules! by_layout {
     ($walk:ident, $kind:expr, $job:expr, $dst:expr) => {
-        match kind_id($kind) {
-            KIND_Q4_0 => $walk::<KIND_Q4_0>($job, $dst),
-            KIND_Q4_1 => $walk::<KIND_Q4_1>($job, $dst),
-            KIND_Q8_0 => $walk::<KIND_Q8_0>($job, $dst),
-            KIND_Q5_K => $walk::<KIND_Q5_K>($job, $dst),
-            _ => $walk::<KIND_Q6_K>($job, $dst),
+        match (kind_id($kind), $kind.half_scales()) {
+            (KIND_Q4_0, _) => $walk::<KIND_Q4_0, true>($job, $dst),
+            (KIND_Q4_1, true) => $walk::<KIND_Q4_1, true>($job, $dst),
+            (KIND_Q4_1, false) => $walk::<KIND_Q4_1, false>($job, $dst),
+            (KIND_Q8_0, _) => $walk::<KIND_Q8_0, true>($job, $dst),
+            (KIND_Q5_0, _) => $walk::<KIND_Q5_0, true>($job, $dst),
+            (KIND_Q5_K, true) => $walk::<KIND_Q5_K, true>($job, $dst),
+            (KIND_Q5_K, false) => $walk::<KIND_Q5_K, false>($job, $dst),
+            _ => $walk::<KIND_Q6_K, true>($job, $dst),
         }
     };
 }
@@ -83,7 +89,7 @@ macro_rules! by_layout {
 /// Fills `dst` for one chunk with the AVX2 kernel.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA.
+/// The CPU must support AVX2, FMA and F16C.
 pub(crate) unsafe fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
     by_layout!(walk_avx2, job.w.kind, job, dst)
 }
@@ -91,7 +97,7 @@ pub(crate) unsafe fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
 /// Fills `dst` for one chunk with the AVX-VNNI kernel.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA and AVX-VNNI.
+/// The CPU must support AVX2, FMA, F16C and AVX-VNNI.
 pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
     if unsigned_missing(job) {
         // Quantized without the unsigned copy: the AVX2 kernel gives the same
@@ -104,18 +110,20 @@ pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
 /// Whether Q8_0's activations lack the unsigned copy `qu` that the VNNI
 /// kernels multiply its signed weights by.
 fn unsigned_missing(job: &RowJob<'_>) -> bool {
-    kind_id(job.w.kind) == KIND_Q8_0 && job.x.qu.len() != job.x.q.len()
+    q8_arithmetic(kind_id(job.w.kind)) && job.x.qu.len() != job.x.q.len()
 }
 
 /// Fills `dst` for one chunk with the AVX-512 VNNI kernel.
 ///
 /// # Safety
-/// The CPU must support AVX2, FMA, AVX-VNNI, AVX-512 F/BW and AVX-512 VNNI.
+/// The CPU must support AVX2, FMA, F16C, AVX-VNNI, AVX-512 F/BW and AVX-512
+/// VNNI.
 pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
-    // Activations not made for this kernel (the pair layout, which Q6_K
-    // always gets, or Q8_0 without the unsigned copy) go to the 256-bit
+    // Activations not made for this kernel (the pair layout, which Q6_K and
+    // Q5_0 always get, or Q8_0 without the unsigned copy) go to the 256-bit
     // kernel, which reads them.
-    if !job.x.quads || unsigned_missing(job) || sub_scaled(kind_id(job.w.kind)) {
+    let k = kind_id(job.w.kind);
+    if !job.x.quads || unsigned_missing(job) || sub_scaled(k) || k == KIND_Q5_0 {
         debug_assert!(
             !job.x.quads,
             "four-block activations need the AVX-512 kernel"
@@ -132,11 +140,11 @@ pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
 /// # Safety
 /// As for `tile`, with the features of `compute_rows_avx512`; `xq`/`xd` as
 /// `tile` sets them up (unsigned activations for Q8_0).
-#[target_feature(enable = "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[target_feature(enable = "avx2,fma,f16c,avxvnni,avx512f,avx512bw,avx512vnni")]
 #[inline]
-unsafe fn quads<const K: u8, const R: usize>(
+unsafe fn quads<const K: u8, const H: bool, const R: usize>(
     quants: *const u8,
-    scales: *const f32,
+    scales: *const u8,
     pairs: usize,
     xq: &[*const i8; R],
     xd: &[*const f32; R],
@@ -174,7 +182,11 @@ unsafe fn quads<const K: u8, const R: usize>(
         } else {
             zero
         };
-        let four = _mm_loadu_ps(scales.add(b));
+        let four = if H {
+            _mm_cvtph_ps(_mm_loadl_epi64(scales.add(2 * b).cast()))
+        } else {
+            _mm_loadu_ps(scales.add(4 * b).cast())
+        };
         let dw = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(four));
         let dw_lo = _mm512_castps512_ps256(dw);
         let dw_hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(dw)));
@@ -207,14 +219,15 @@ macro_rules! kernel_variant {
         /// # Safety
         /// The CPU must support the features this function is compiled for.
         #[target_feature(enable = $features)]
-        unsafe fn $walk<const K: u8>(job: &RowJob<'_>, dst: &mut [f32]) {
+        unsafe fn $walk<const K: u8, const H: bool>(job: &RowJob<'_>, dst: &mut [f32]) {
+            debug_assert_eq!(job.w.scales.is_half(), H);
             for n in 0..dst.len() / job.m {
                 for (i0, rows) in row_tiles(job.m) {
                     match rows {
-                        4 => $tile::<K, 4>(job, n, i0, dst),
-                        3 => $tile::<K, 3>(job, n, i0, dst),
-                        2 => $tile::<K, 2>(job, n, i0, dst),
-                        _ => $tile::<K, 1>(job, n, i0, dst),
+                        4 => $tile::<K, H, 4>(job, n, i0, dst),
+                        3 => $tile::<K, H, 3>(job, n, i0, dst),
+                        2 => $tile::<K, H, 2>(job, n, i0, dst),
+                        _ => $tile::<K, H, 1>(job, n, i0, dst),
                     }
                 }
             }
@@ -224,29 +237,29 @@ macro_rules! kernel_variant {
         /// As for `tile`, with the features this function is compiled for.
         #[target_feature(enable = $features)]
         #[inline(never)]
-        unsafe fn $tile<const K: u8, const R: usize>(
+        unsafe fn $tile<const K: u8, const H: bool, const R: usize>(
             job: &RowJob<'_>,
             n: usize,
             i0: usize,
             dst: &mut [f32],
         ) {
-            tile::<K, $v, $w, R>(job, n, i0, dst)
+            tile::<K, H, $v, $w, R>(job, n, i0, dst)
         }
     };
 }
 
-kernel_variant!(walk_avx2, tile_avx2, "avx2,fma", false, false);
-kernel_variant!(walk_vnni, tile_vnni, "avx2,fma,avxvnni", true, false);
+kernel_variant!(walk_avx2, tile_avx2, "avx2,fma,f16c", false, false);
+kernel_variant!(walk_vnni, tile_vnni, "avx2,fma,f16c,avxvnni", true, false);
 kernel_variant!(
     walk_512,
     tile_512,
-    "avx2,fma,avxvnni,avx512f,avx512bw,avx512vnni",
+    "avx2,fma,f16c,avxvnni,avx512f,avx512bw,avx512vnni",
     true,
     true
 );
 
 /// Computes the outputs for weight row `n0 + n` (chunk-local `n`) and
-/// activation rows `i0 .. i0 + R`.
+/// activation rows `i0 .. i0 + R`; `H`: the row's scales and mins are f16.
 ///
 /// # Safety
 /// The target features of the calling `tile_*` (`V`: AVX-VNNI; `W`: AVX-512
@@ -256,7 +269,7 @@ kernel_variant!(
 /// lengths are fixed by `PackedMatrix::from_ggml` and
 /// `QuantizedActivations::new`.
 #[inline(always)]
-unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
+unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R: usize>(
     job: &RowJob<'_>,
     n: usize,
     i0: usize,
@@ -270,7 +283,13 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
     debug_assert!(x.dv.len() == m * nb.div_ceil(2) * 8);
 
     // Raw pointers so the block loop carries no bounds checks.
-    let scales = w.scales.as_ptr().add(row * nb);
+    let scales = w.scales.ptr_at(row * nb);
+    // Only Q5_0 has fifth bits (the empty array must not be offset).
+    let high = if K == KIND_Q5_0 {
+        w.high_bits.as_ptr().add(row * nb)
+    } else {
+        w.high_bits.as_ptr()
+    };
     let quants = w.quants.as_ptr().add(row * nb * w.kind.quant_bytes());
     // Only Q6_K has sub-scales (the empty array must not be offset).
     let subs = if sub_scaled(K) {
@@ -280,7 +299,7 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
     };
     // The VNNI Q8_0 path reads the unsigned copy `qu` (see `Q8_0 on VNNI`
     // below); `compute_rows_vnni` checked that it is there.
-    let unsigned = V && K == KIND_Q8_0;
+    let unsigned = V && q8_arithmetic(K);
     let base = if unsigned {
         x.qu.as_ptr().cast::<i8>()
     } else {
@@ -294,15 +313,17 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
     }
 
     let mut acc = [_mm256_setzero_ps(); R];
-    let first = if W {
-        quads::<K, R>(quants, scales, pairs, &xq, &xd, &mut acc)
+    // Q5_0's fifth bits are spread on 256 bits only (`compute_rows_avx512`
+    // sends it there; this keeps the 512-bit loop from being compiled for it).
+    let first = if W && K != KIND_Q5_0 {
+        quads::<K, H, R>(quants, scales, pairs, &xq, &xd, &mut acc)
     } else {
         0
     };
     let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     for p in first..pairs {
         let b = 2 * p;
-        let (wa, wb, sa, sb) = unpack_pair::<K, V>(quants, b);
+        let (wa, wb, sa, sb) = unpack_pair::<K, V>(quants, high, b);
         // Q8_0 on VNNI: the activations come as x + 128 (unsigned) and the
         // weights signed, so the sum starts at -128·Σw per lane, computed
         // once per tile (exact: |128·Σw| ≤ 2¹⁷ over a lane's 8 weights).
@@ -319,12 +340,16 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
         } else {
             (_mm256_setzero_si256(), _mm256_setzero_si256())
         };
-        // [d_w(b) ×4, d_w(b+1) ×4]: one 8-byte load and a lane permute.
-        let two = std::ptr::read_unaligned(scales.add(b).cast::<i64>());
-        let dw = _mm256_permutevar8x32_ps(
-            _mm256_castps128_ps256(_mm_castsi128_ps(_mm_cvtsi64_si128(two))),
-            spread,
-        );
+        // [d_w(b) ×4, d_w(b+1) ×4]: one 4-byte load and a convert (or one
+        // 8-byte load) and a lane permute.
+        let two = if H {
+            let halves = std::ptr::read_unaligned(scales.add(2 * b).cast::<i32>());
+            _mm_cvtph_ps(_mm_cvtsi32_si128(halves))
+        } else {
+            let singles = std::ptr::read_unaligned(scales.add(4 * b).cast::<i64>());
+            _mm_castsi128_ps(_mm_cvtsi64_si128(singles))
+        };
+        let dw = _mm256_permutevar8x32_ps(_mm256_castps128_ps256(two), spread);
         for r in 0..R {
             let xa = _mm256_loadu_si256(xq[r].add(b * BLOCK).cast());
             let xb = _mm256_loadu_si256(xq[r].add(b * BLOCK + 32).cast());
@@ -352,7 +377,7 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
         // Only the 32-weight kinds get here: a K-quant row has 8k blocks.
         debug_assert!(!sub_scaled(K));
         let b = nb - 1;
-        let (weights, signs) = unpack_single::<K>(quants, b);
+        let (weights, signs) = unpack_single::<K>(quants, high, b);
         let init = if unsigned {
             let c = _mm256_set1_epi8(-128);
             let sum = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), c, signs);
@@ -360,7 +385,7 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
         } else {
             _mm256_setzero_si256()
         };
-        let dw = _mm256_broadcast_ss(&*scales.add(b));
+        let dw = _mm256_set1_ps(factor::<H>(scales, b));
         for r in 0..R {
             let xv = _mm256_loadu_si256(xq[r].add(b * BLOCK).cast());
             let dot = if unsigned {
@@ -382,9 +407,9 @@ unsafe fn tile<const K: u8, const V: bool, const W: bool, const R: usize>(
         // product over blocks; Q4_0's min is -8·d, and scaling by -8 is exact.
         let xs = x.s.as_ptr().add((i0 + r) * nb);
         if has_mins(K) {
-            v += dot_f32(w.mins.as_ptr().add(row * nb), xs, nb);
+            v += dot_factors::<H>(w.mins.ptr_at(row * nb), xs, nb);
         } else if K == KIND_Q4_0 {
-            v += -8.0 * dot_f32(scales, xs, nb);
+            v += -8.0 * dot_factors::<H>(scales, xs, nb);
         }
         *out.add(r) = v;
     }
@@ -416,23 +441,46 @@ unsafe fn sub_scales_pair(s: *const i8) -> (__m256i, __m256i) {
 
 /// Blocks `b` and `b + 1` of a weight row as the unsigned operands `(A, B)`
 /// of the paired dot product, plus the signed values `(A, B)` of the signed
-/// layouts, whose signs go onto the activations (for Q8_0 on VNNI, the
-/// signed values are the operands and the unsigned ones are not computed).
+/// layouts, whose signs go onto the activations (for Q8_0 and Q5_0 on VNNI,
+/// the signed values are the operands and the unsigned ones are not
+/// computed).
 ///
 /// # Safety
-/// AVX2 must be available; `b + 1` must be a block of the row at `quants`.
+/// AVX2 must be available; `b + 1` must be a block of the row at `quants`
+/// (and at `high`, for Q5_0).
 #[inline(always)]
 unsafe fn unpack_pair<const K: u8, const V: bool>(
     quants: *const u8,
+    high: *const u32,
     b: usize,
 ) -> (__m256i, __m256i, __m256i, __m256i) {
+    if K == KIND_Q5_0 {
+        // Q4's nibble pair, then `q5 - 16`: -16 (0xF0 on a nibble) where
+        // the fifth bit is clear, the nibble itself where it is set.
+        let packed = _mm256_loadu_si256(quants.add(b * 16).cast());
+        let low = _mm256_set1_epi8(0x0F);
+        let minus = _mm256_set1_epi8(0xF0_u8 as i8);
+        let (ha, hb) = fifth_bits_pair(high.add(b));
+        let sa = _mm256_or_si256(
+            _mm256_and_si256(packed, low),
+            _mm256_andnot_si256(ha, minus),
+        );
+        let sb = _mm256_or_si256(
+            _mm256_and_si256(_mm256_srli_epi16(packed, 4), low),
+            _mm256_andnot_si256(hb, minus),
+        );
+        if V {
+            return (sa, sb, sa, sb);
+        }
+        return (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb);
+    }
     if byte_quants(K) {
         let first = _mm256_loadu_si256(quants.add(b * 32).cast());
         let second = _mm256_loadu_si256(quants.add(b * 32 + 32).cast());
         let sa = _mm256_permute2x128_si256(first, second, 0x20);
         let sb = _mm256_permute2x128_si256(first, second, 0x31);
         // VNNI multiplies Q8_0's signed values directly; Q5_K's are unsigned.
-        if (V && K == KIND_Q8_0) || !signed(K) {
+        if (V && q8_arithmetic(K)) || !signed(K) {
             return (sa, sb, sa, sb);
         }
         (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb)
@@ -447,13 +495,65 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
     }
 }
 
+/// Q5_0's fifth bits of blocks `b` and `b + 1` (the words at `high`) in the
+/// pair layout of `unpack_pair`, as bytes 0xFF (set) or 0 (clear): A holds
+/// bits `0..16` of each block, B bits `16..32` (llama.cpp's
+/// `bytes_from_bits_32`, with the bytes picked for the pair).
+///
+/// # Safety
+/// AVX2 must be available and `high` valid for two reads.
+#[inline(always)]
+unsafe fn fifth_bits_pair(high: *const u32) -> (__m256i, __m256i) {
+    let both = _mm256_set1_epi64x(std::ptr::read_unaligned(high.cast::<i64>()));
+    // Byte `k` of a word covers weights `8k .. 8k + 8`; block `b`'s word is
+    // bytes 0–3 of each 64-bit lane, block `b + 1`'s bytes 4–7. Each 8-byte
+    // run of a mask repeats the index of the byte it copies.
+    const RUN: i64 = 0x0101_0101_0101_0101;
+    let pick_a = _mm256_setr_epi64x(0, RUN, 4 * RUN, 5 * RUN);
+    let pick_b = _mm256_setr_epi64x(2 * RUN, 3 * RUN, 6 * RUN, 7 * RUN);
+    (
+        bits_to_bytes(_mm256_shuffle_epi8(both, pick_a)),
+        bits_to_bytes(_mm256_shuffle_epi8(both, pick_b)),
+    )
+}
+
+/// Byte `i` of `bytes` (each a copy of the byte holding its bit) becomes
+/// 0xFF if its bit `i % 8` is set, else 0.
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline(always)]
+unsafe fn bits_to_bytes(bytes: __m256i) -> __m256i {
+    // Every bit but bit `i % 8` set: all ones exactly when that bit was.
+    let others = _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe);
+    _mm256_cmpeq_epi8(_mm256_or_si256(bytes, others), _mm256_set1_epi8(-1))
+}
+
 /// Block `b` alone, in natural order: the unsigned operand and the values
 /// (signed for the signed layouts).
 ///
 /// # Safety
-/// AVX2 must be available; `b` must be a block of the row at `quants`.
+/// AVX2 must be available; `b` must be a block of the row at `quants` (and
+/// at `high`, for Q5_0).
 #[inline(always)]
-unsafe fn unpack_single<const K: u8>(quants: *const u8, b: usize) -> (__m256i, __m256i) {
+unsafe fn unpack_single<const K: u8>(
+    quants: *const u8,
+    high: *const u32,
+    b: usize,
+) -> (__m256i, __m256i) {
+    if K == KIND_Q5_0 {
+        let packed = _mm_loadu_si128(quants.add(b * 16).cast());
+        let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
+        let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+        // Byte `i / 8` of the word for weight `i`, as in `fifth_bits_pair`.
+        const RUN: i64 = 0x0101_0101_0101_0101;
+        let pick = _mm256_setr_epi64x(0, RUN, 2 * RUN, 3 * RUN);
+        let word = _mm256_set1_epi32(std::ptr::read_unaligned(high.add(b)) as i32);
+        let set = bits_to_bytes(_mm256_shuffle_epi8(word, pick));
+        let minus = _mm256_set1_epi8(0xF0_u8 as i8);
+        let q = _mm256_or_si256(nibbles, _mm256_andnot_si256(set, minus));
+        return (_mm256_sign_epi8(q, q), q);
+    }
     if byte_quants(K) {
         let q = _mm256_loadu_si256(quants.add(b * 32).cast());
         if signed(K) {
@@ -488,7 +588,7 @@ unsafe fn dot_pair<const K: u8, const V: bool>(
         let ones = _mm256_set1_epi16(1);
         let a = _mm256_maddubs_epi16(wa, xa);
         let b = _mm256_maddubs_epi16(wb, xb);
-        if K == KIND_Q8_0 {
+        if q8_arithmetic(K) {
             // Pair sums up to 2·128·127: widen each before adding.
             _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(b, ones))
         } else {
@@ -512,22 +612,42 @@ unsafe fn dot_single<const V: bool>(w: __m256i, x: __m256i) -> __m256i {
     }
 }
 
-/// `Σ a[i] · b[i]` over `len` values, eight lanes then the tail, in a fixed
-/// order.
+/// Factor `i` of the block factors at `a` (f16 if `H`, else f32), widened.
 ///
 /// # Safety
-/// AVX2 and FMA must be available and both pointers valid for `len` reads.
+/// F16C must be available and `a` valid for factor `i`.
 #[inline(always)]
-unsafe fn dot_f32(a: *const f32, b: *const f32, len: usize) -> f32 {
+unsafe fn factor<const H: bool>(a: *const u8, i: usize) -> f32 {
+    if H {
+        let half = std::ptr::read_unaligned(a.add(2 * i).cast::<u16>());
+        _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(half))))
+    } else {
+        std::ptr::read_unaligned(a.add(4 * i).cast::<f32>())
+    }
+}
+
+/// `Σ a[i] · b[i]` over `len` values, eight lanes then the tail, in a fixed
+/// order; `a` are block factors (f16 if `H`, widened exactly, else f32).
+///
+/// # Safety
+/// AVX2, FMA and F16C must be available and both pointers valid for `len`
+/// reads.
+#[inline(always)]
+unsafe fn dot_factors<const H: bool>(a: *const u8, b: *const f32, len: usize) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let mut i = 0;
     while i + 8 <= len {
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.add(i)), _mm256_loadu_ps(b.add(i)), acc);
+        let eight = if H {
+            _mm256_cvtph_ps(_mm_loadu_si128(a.add(2 * i).cast()))
+        } else {
+            _mm256_loadu_ps(a.add(4 * i).cast())
+        };
+        acc = _mm256_fmadd_ps(eight, _mm256_loadu_ps(b.add(i)), acc);
         i += 8;
     }
     let mut sum = hsum(acc);
     while i < len {
-        sum += *a.add(i) * *b.add(i);
+        sum += factor::<H>(a, i) * *b.add(i);
         i += 1;
     }
     sum
