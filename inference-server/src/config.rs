@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::scheduler::{LimitsError, SchedulerLimits};
+use crate::text::ChatTemplate;
 
 /// The embedded default: SmolLM2-135M-Instruct (Q4_1), fetched into the
 /// project's cache by `make model` (scripts/fetch-model.sh).
@@ -63,6 +64,33 @@ pub struct Args {
     /// checking that path on a machine without a GPU).
     #[arg(long, default_value = "cpu")]
     pub device: DeviceChoice,
+    /// A Jinja chat template for /v1/chat/completions, used instead of the
+    /// file's `tokenizer.chat_template` (or the built-in one for its
+    /// architecture). Checked at start: one that does not parse stops the
+    /// server.
+    #[arg(long, value_name = "FILE")]
+    pub chat_template: Option<PathBuf>,
+}
+
+/// `--chat-template`, read and parsed once at start.
+#[derive(Debug, Clone)]
+pub struct ChatTemplateFile {
+    pub path: PathBuf,
+    pub source: String,
+}
+
+impl ChatTemplateFile {
+    fn read(path: PathBuf) -> Result<Self, ConfigError> {
+        let refuse = |reason: String| ConfigError::ChatTemplate {
+            path: path.clone(),
+            reason,
+        };
+        let source = std::fs::read_to_string(&path).map_err(|e| refuse(e.to_string()))?;
+        // The special tokens come from the model, loaded later; parsing
+        // does not need them.
+        ChatTemplate::new(&source, None, None).map_err(|e| refuse(e.to_string()))?;
+        Ok(Self { path, source })
+    }
 }
 
 /// `--device`, parsed.
@@ -108,6 +136,8 @@ pub enum ConfigError {
         "--device cuda: this build has no CUDA support; build with `make server-cuda` (cargo build --features cuda)"
     )]
     NoCuda,
+    #[error("--chat-template {}: {reason}", path.display())]
+    ChatTemplate { path: PathBuf, reason: String },
 }
 
 #[derive(Debug, Clone)]
@@ -122,6 +152,7 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     pub threads: Option<usize>,
     pub device: DeviceChoice,
+    pub chat_template: Option<ChatTemplateFile>,
 }
 
 /// Where the embedded default lives: `$MAAS_MODEL_DIR`, else the cache of the
@@ -193,6 +224,7 @@ impl Args {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             threads: self.threads,
             device: self.device,
+            chat_template: self.chat_template.map(ChatTemplateFile::read).transpose()?,
         })
     }
 }

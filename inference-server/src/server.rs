@@ -10,10 +10,14 @@ use candle_core::Device;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Ready};
-use crate::config::{DeviceChoice, ServerConfig};
+use crate::config::{ChatTemplateFile, DeviceChoice, ServerConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
-use crate::model::{load_gguf_on, ModelError, Placement};
+use crate::model::{load_gguf_on, LoadedModel, Placement};
+use crate::model_file::ModelFile;
+use crate::text::{
+    choose_chat_template, ChatTemplate, TemplateCandidates, TemplateOrigin, TextError,
+};
 
 /// How long past the engine's grace period open connections may linger.
 const DRAIN_MARGIN: std::time::Duration = std::time::Duration::from_secs(5);
@@ -62,35 +66,41 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         }
     });
 
+    let model_path = config.model_path.display().to_string();
+    let load_error = |message: String| ServeError::Load {
+        path: model_path.clone(),
+        message,
+    };
     let path = config.model_path.clone();
     let context = config.context;
     let started = std::time::Instant::now();
     let device = config.device;
-    let loaded = tokio::task::spawn_blocking(move || {
-        let placement =
-            match device {
-                DeviceChoice::Cpu => Placement::Host,
-                DeviceChoice::CandleCpu => Placement::Device(Device::Cpu),
-                DeviceChoice::Cuda(n) => Placement::Device(Device::new_cuda(n).map_err(|e| {
-                    ModelError::Forward(format!("cannot open CUDA device {n}: {e}"))
-                })?),
-            };
-        load_gguf_on(&path, context, &placement)
+    let (mut loaded, file) = tokio::task::spawn_blocking(move || {
+        let placement = match device {
+            DeviceChoice::Cpu => Placement::Host,
+            DeviceChoice::CandleCpu => Placement::Device(Device::Cpu),
+            DeviceChoice::Cuda(n) => Placement::Device(
+                Device::new_cuda(n).map_err(|e| format!("cannot open CUDA device {n}: {e}"))?,
+            ),
+        };
+        // The header, for /health: milliseconds, once. Read before the
+        // model, whose loader hands the heap it freed back to the OS; a
+        // file it cannot read is reported by the loader, which says more.
+        let file = ModelFile::inspect(&path);
+        let loaded = load_gguf_on(&path, context, &placement).map_err(|e| e.to_string())?;
+        Ok::<_, String>((loaded, file.map_err(|e| e.to_string())?))
     })
     .await
-    .map_err(|e| ServeError::Load {
-        path: config.model_path.display().to_string(),
-        message: e.to_string(),
-    })?
-    .map_err(|e| ServeError::Load {
-        path: config.model_path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| load_error(e.to_string()))?
+    .map_err(load_error)?;
+    let chat_template = chat_template(config.chat_template.as_ref(), &mut loaded)
+        .map_err(|e| load_error(format!("chat template: {e}")))?;
     let loaded = Arc::new(loaded);
     let context = loaded.model.max_positions();
     tracing::info!(
         seconds = started.elapsed().as_secs_f32(),
         architecture = %loaded.model.config().architecture,
+        format = file.format.as_deref().unwrap_or("unstated"),
         layers = loaded.model.config().layers,
         context,
         device = %loaded.model.placement(),
@@ -105,15 +115,14 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         },
         metrics,
     )
-    .map_err(|e| ServeError::Load {
-        path: config.model_path.display().to_string(),
-        message: e.to_string(),
-    })?;
+    .map_err(|e| load_error(e.to_string()))?;
     let handle = engine.handle.clone();
     let _ = app.ready.set(Ready {
         engine: engine.handle,
         loaded,
         context,
+        chat_template,
+        file,
     });
 
     // The signal ends the accept loop; in-flight responses finish (or are cut
@@ -145,6 +154,46 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let _ = tokio::task::spawn_blocking(move || engine.thread.join()).await;
     served?;
     Ok(())
+}
+
+/// The template chats use, chosen once: `--chat-template`, else the file's,
+/// else the built-in one for the architecture. It moves out of `loaded`,
+/// whose own field nothing reads after this.
+fn chat_template(
+    option: Option<&ChatTemplateFile>,
+    loaded: &mut LoadedModel,
+) -> Result<Option<(ChatTemplate, TemplateOrigin)>, TextError> {
+    let architecture = loaded.model.config().architecture.clone();
+    let token = |id: Option<u32>| id.and_then(|id| loaded.tokenizer.token_text(id));
+    let (bos_token, eos_token) = (
+        token(loaded.tokenizer.bos_token_id()),
+        token(loaded.tokenizer.eos_token_id()),
+    );
+    let file = loaded.chat_template.take();
+    let file_had_one = file.is_some();
+    let chosen = choose_chat_template(TemplateCandidates {
+        option: option.map(|o| o.source.as_str()),
+        file,
+        architecture: &architecture,
+        bos_token,
+        eos_token,
+    })?;
+    match chosen.as_ref().map(|(_, origin)| origin) {
+        Some(TemplateOrigin::Option) => tracing::info!(
+            path = %option.map_or_else(String::new, |o| o.path.display().to_string()),
+            overrides_the_file = file_had_one,
+            "using the chat template from --chat-template"
+        ),
+        Some(TemplateOrigin::File) => {}
+        Some(TemplateOrigin::Builtin) => tracing::info!(
+            "no chat template in the file; using the built-in {architecture} template"
+        ),
+        None => tracing::warn!(
+            "no chat template in the file and none built in for {architecture}; \
+             /v1/chat/completions will refuse requests (pass --chat-template FILE)"
+        ),
+    }
+    Ok(chosen)
 }
 
 async fn shutdown_signal() {

@@ -1,6 +1,7 @@
 //! The OpenAI-compatible HTTP API.
 
 mod error;
+mod health;
 mod request;
 mod response;
 
@@ -11,7 +12,7 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
@@ -29,6 +30,8 @@ use response::{Meta, Shape};
 use crate::engine::{EngineHandle, Event, Failure, GenerationParams, Submission, SubmitError};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
+use crate::model_file::ModelFile;
+use crate::text::{ChatTemplate, TemplateOrigin, TextError, TextTokenizer};
 
 /// The engine and model, once loading has finished.
 pub struct Ready {
@@ -36,6 +39,11 @@ pub struct Ready {
     pub loaded: Arc<LoadedModel>,
     /// The longest sequence (prompt + completion) the server admits.
     pub context: usize,
+    /// What chats are rendered with, chosen once at start, and where it
+    /// came from; `None`: chat requests are refused.
+    pub chat_template: Option<(ChatTemplate, TemplateOrigin)>,
+    /// The model file's format and size, for `/health`.
+    pub file: ModelFile,
 }
 
 pub struct AppState {
@@ -80,7 +88,7 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
-        .route("/health", get(health))
+        .route("/health", get(health::health))
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .fallback(|req: Request| async move { ApiError::not_found(req.uri().path()) })
@@ -91,22 +99,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-async fn health(State(app): State<Arc<AppState>>) -> Response {
-    match app.ready.get() {
-        Some(r) if r.engine.is_shutting_down() => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "shutting_down"})),
-        )
-            .into_response(),
-        Some(_) => axum::Json(json!({"status": "ok"})).into_response(),
-        None => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(json!({"status": "loading"})),
-        )
-            .into_response(),
-    }
 }
 
 async fn metrics(State(app): State<Arc<AppState>>) -> Response {
@@ -177,7 +169,7 @@ async fn chat_completions(
         let req = parse_chat(&body)?;
         let ready = app.ready()?;
         check_model(&app, &req.generation)?;
-        let template = ready.loaded.chat_template.as_ref().ok_or_else(|| {
+        let (template, _) = ready.chat_template.as_ref().ok_or_else(|| {
             ApiError::invalid(
                 None,
                 "This model has no chat template; use /v1/completions.",
@@ -189,7 +181,7 @@ async fn chat_completions(
                 format!("The chat template refused the messages: {e}."),
             )
         })?;
-        let tokens = tokenize(ready, text).await?;
+        let tokens = tokenize(ready, text, TextTokenizer::encode_chat).await?;
         generate(&app, ready, tokens, req.generation, Shape::Chat, received).await
     }
     .await;
@@ -204,7 +196,7 @@ async fn completions(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         let ready = app.ready()?;
         check_model(&app, &req.generation)?;
         let tokens = match req.prompt {
-            Prompt::Text(text) => tokenize(ready, text).await?,
+            Prompt::Text(text) => tokenize(ready, text, TextTokenizer::encode).await?,
             Prompt::Tokens(ids) => {
                 let vocab = ready.loaded.model.vocab_size();
                 if let Some(bad) = ids.iter().find(|id| **id as usize >= vocab) {
@@ -238,9 +230,13 @@ fn check_model(app: &AppState, g: &Generation) -> Result<(), ApiError> {
 }
 
 /// Tokenizing a large prompt takes milliseconds: keep it off the I/O threads.
-async fn tokenize(ready: &Ready, text: String) -> Result<Vec<u32>, ApiError> {
+async fn tokenize(
+    ready: &Ready,
+    text: String,
+    encode: fn(&TextTokenizer, &str) -> Result<Vec<u32>, TextError>,
+) -> Result<Vec<u32>, ApiError> {
     let tokenizer = ready.loaded.tokenizer.clone();
-    tokio::task::spawn_blocking(move || tokenizer.encode(&text))
+    tokio::task::spawn_blocking(move || encode(&tokenizer, &text))
         .await
         .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
         .map_err(|e| ApiError::invalid(None, format!("The prompt could not be tokenized: {e}.")))

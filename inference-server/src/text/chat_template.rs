@@ -6,6 +6,11 @@
 //!
 //! The template is parsed once in `new`, so a broken template fails at model
 //! load rather than on the first request.
+//!
+//! Which template a server uses is decided once at start ([`choose_chat_template`]): the
+//! operator's `--chat-template` file, else the GGUF's own, else the one this
+//! crate carries for the architecture (Gemma 3 files often ship without one),
+//! else none, and chat requests are refused.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -19,6 +24,68 @@ use super::error::TextError;
 
 /// No file extension, so minijinja applies no HTML auto-escaping.
 const TEMPLATE_NAME: &str = "chat_template";
+
+/// The families' published templates, by `general.architecture`, for files
+/// that carry none. tests/chat_template_reference.rs renders each against
+/// transformers' `apply_chat_template`.
+const BUILTIN: &[(&str, &str)] = &[("gemma3", include_str!("chat_templates/gemma3.jinja"))];
+
+/// The template this crate carries for `architecture`, if any.
+pub fn builtin_template(architecture: &str) -> Option<&'static str> {
+    BUILTIN
+        .iter()
+        .find(|(arch, _)| *arch == architecture)
+        .map(|(_, source)| *source)
+}
+
+/// Where the template in use came from, highest precedence first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TemplateOrigin {
+    /// The operator's `--chat-template FILE`.
+    Option,
+    /// The GGUF's `tokenizer.chat_template`.
+    File,
+    /// [`builtin_template`] for the file's architecture.
+    Builtin,
+}
+
+/// What [`choose_chat_template`] chooses from.
+pub struct TemplateCandidates<'a> {
+    /// The `--chat-template` file's text.
+    pub option: Option<&'a str>,
+    /// The GGUF's template, already parsed.
+    pub file: Option<ChatTemplate>,
+    pub architecture: &'a str,
+    pub bos_token: Option<String>,
+    pub eos_token: Option<String>,
+}
+
+/// The template to serve chats with and where it came from; `None` when
+/// there is none to use.
+pub fn choose_chat_template(
+    candidates: TemplateCandidates<'_>,
+) -> Result<Option<(ChatTemplate, TemplateOrigin)>, TextError> {
+    let TemplateCandidates {
+        option,
+        file,
+        architecture,
+        bos_token,
+        eos_token,
+    } = candidates;
+    if let Some(source) = option {
+        return ChatTemplate::new(source, bos_token, eos_token)
+            .map(|t| Some((t, TemplateOrigin::Option)));
+    }
+    if let Some(template) = file {
+        return Ok(Some((template, TemplateOrigin::File)));
+    }
+    match builtin_template(architecture) {
+        Some(source) => ChatTemplate::new(source, bos_token, eos_token)
+            .map(|t| Some((t, TemplateOrigin::Builtin))),
+        None => Ok(None),
+    }
+}
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChatMessage {
@@ -216,6 +283,65 @@ mod tests {
     fn is_send_and_sync() {
         fn assert_send_sync<T: Send + Sync>() {}
         assert_send_sync::<ChatTemplate>();
+    }
+
+    fn candidates<'a>(
+        option: Option<&'a str>,
+        file: Option<&str>,
+        architecture: &'a str,
+    ) -> TemplateCandidates<'a> {
+        TemplateCandidates {
+            option,
+            file: file.map(|s| ChatTemplate::new(s, None, None).unwrap()),
+            architecture,
+            bos_token: Some("<bos>".into()),
+            eos_token: Some("<eos>".into()),
+        }
+    }
+
+    #[test]
+    fn the_option_beats_the_file_which_beats_the_builtin() {
+        let hi = [ChatMessage::new("user", "hi")];
+        let chosen = |c| {
+            let (t, origin) = choose_chat_template(c).unwrap().unwrap();
+            (t.render(&hi, false).unwrap(), origin)
+        };
+        assert_eq!(
+            chosen(candidates(Some("opt"), Some("file"), "gemma3")),
+            ("opt".to_string(), TemplateOrigin::Option)
+        );
+        assert_eq!(
+            chosen(candidates(None, Some("file"), "gemma3")),
+            ("file".to_string(), TemplateOrigin::File)
+        );
+        assert_eq!(
+            chosen(candidates(None, None, "gemma3")),
+            (
+                "<bos><start_of_turn>user\nhi<end_of_turn>\n".to_string(),
+                TemplateOrigin::Builtin
+            )
+        );
+        assert!(choose_chat_template(candidates(None, None, "llama"))
+            .unwrap()
+            .is_none());
+        assert!(matches!(
+            choose_chat_template(candidates(Some("{% if %}"), None, "llama")),
+            Err(TextError::TemplateSyntax(_))
+        ));
+    }
+
+    #[test]
+    fn gemma_folds_the_system_message_into_the_first_user_turn() {
+        let source = builtin_template("gemma3").unwrap();
+        let template = ChatTemplate::new(source, Some("<bos>".into()), None).unwrap();
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Hi"),
+        ];
+        assert_eq!(
+            template.render(&messages, true).unwrap(),
+            "<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\n"
+        );
     }
 
     #[test]

@@ -14,7 +14,10 @@ mod tokenizer;
 #[cfg(any(test, feature = "test-models"))]
 pub mod fixtures;
 
-pub use chat_template::{ChatMessage, ChatTemplate};
+pub use chat_template::{
+    builtin_template, choose_chat_template, ChatMessage, ChatTemplate, TemplateCandidates,
+    TemplateOrigin,
+};
 pub use detokenizer::IncrementalDecoder;
 pub use error::TextError;
 pub use spec::{MetadataSource, MetadataValue, TokenizerSpec};

@@ -162,6 +162,22 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// Encodes a chat template's output. Templates that write the BOS token
+    /// themselves (Gemma 3, Llama 3) would get a second one from
+    /// `add_bos_token`; as llama.cpp does, the written one is dropped and
+    /// the model's added, so a prompt starts with exactly one.
+    pub fn encode_chat(&self, rendered: &str) -> Result<Vec<u32>, TextError> {
+        let written_bos = self
+            .bos_token_id
+            .filter(|_| self.add_bos_token)
+            .and_then(|id| self.token_text(id))
+            .filter(|bos| !bos.is_empty() && rendered.starts_with(bos.as_str()));
+        match written_bos {
+            Some(bos) => self.encode(&rendered[bos.len()..]),
+            None => self.encode(rendered),
+        }
+    }
+
     /// Skips special tokens, and drops the space a SentencePiece prefix put
     /// before the first word (`strips_leading_space`); invalid UTF-8 (a sequence cut mid-character)
     /// becomes U+FFFD.
@@ -419,6 +435,26 @@ mod tests {
         let tokenizer = TextTokenizer::from_spec(&spec).unwrap();
         assert_eq!(tokenizer.encode("he").unwrap(), [IM_START, tiny_id("he")]);
         assert_eq!(tokenizer.bos_token_id(), Some(IM_START));
+    }
+
+    #[test]
+    fn a_chat_prompt_starts_with_one_bos_whoever_writes_it() {
+        let adds = TextTokenizer::from_spec(&TokenizerSpec {
+            add_bos_token: true,
+            ..tiny_spec()
+        })
+        .unwrap();
+        let written = "<|im_start|>he";
+        let one = [IM_START, tiny_id("he")];
+        assert_eq!(adds.encode_chat(written).unwrap(), one);
+        assert_eq!(adds.encode_chat("he").unwrap(), one);
+        // Plain completions keep what the client sent.
+        assert_eq!(
+            adds.encode(written).unwrap(),
+            [IM_START, IM_START, tiny_id("he")]
+        );
+        let leaves = TextTokenizer::from_spec(&tiny_spec()).unwrap();
+        assert_eq!(leaves.encode_chat(written).unwrap(), one);
     }
 
     #[test]

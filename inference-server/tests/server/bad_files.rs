@@ -3,19 +3,12 @@
 //! status 1 and a message naming the problem, never a panic or a server
 //! that listens without a model.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
-use maas_testkit::{default_model, inference_server_binary};
+use maas_testkit::inference_server_binary;
 
-/// A copy of the embedded model changed by `edit`, in a fresh file.
-fn edited_model(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
-    let mut bytes = std::fs::read(default_model()).unwrap();
-    edit(&mut bytes);
-    let path = std::env::temp_dir().join(format!("maas-{name}-{}.gguf", std::process::id()));
-    std::fs::write(&path, bytes).unwrap();
-    path
-}
+use crate::support::edited_model;
 
 /// Starts the server on `model`; returns its stderr after asserting it
 /// exited with status 1 without panicking.

@@ -8,8 +8,10 @@
 mod api;
 mod bad_files;
 mod batching;
+mod chat_templates;
 mod device;
 mod errors;
+mod health;
 mod lifecycle;
 mod python;
 mod support;

@@ -4,10 +4,62 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use maas_testkit::{eventually, post_json, InferenceServer, Response};
+use std::path::PathBuf;
+
+use maas_testkit::inference::default_model_path;
+use maas_testkit::{
+    default_model, eventually, post_json, InferenceLaunch, InferenceServer, Response,
+};
 use serde_json::{json, Value};
 
 pub const MODEL: &str = "smollm2-135m-instruct";
+pub const GEMMA: &str = "gemma-3-270m";
+
+/// Gemma 3 270M (Q4_K_M), beside the embedded model; a test that needs it
+/// fails, naming the script that fetches it, rather than skipping.
+pub fn gemma_model() -> PathBuf {
+    let path = default_model_path().with_file_name("gemma-3-270m-q4_k_m.gguf");
+    assert!(
+        path.is_file(),
+        "no Gemma 3 file at {path:?}: fetch it with scripts/fetch-gemma.sh (`make test` does)"
+    );
+    path
+}
+
+/// A server on the Gemma 3 file plus `args`.
+pub fn gemma_server(args: &[&str]) -> InferenceServer {
+    let launch = InferenceLaunch {
+        model: gemma_model(),
+        model_id: GEMMA.into(),
+        args: args.iter().map(|a| a.to_string()).collect(),
+        ..InferenceLaunch::default_model()
+    };
+    InferenceServer::launch(&launch).unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// A copy of the embedded model changed by `edit`, in a fresh file.
+pub fn edited_model(name: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {
+    let mut bytes = std::fs::read(default_model()).unwrap();
+    edit(&mut bytes);
+    let path = std::env::temp_dir().join(format!("maas-{name}-{}.gguf", std::process::id()));
+    std::fs::write(&path, bytes).unwrap();
+    path
+}
+
+/// The usage's prompt tokens and the text of a successful response.
+pub fn tokens_and_text(r: &Response) -> (u64, String) {
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    let choice = &body["choices"][0];
+    let text = choice["message"]["content"]
+        .as_str()
+        .or(choice["text"].as_str())
+        .unwrap_or_else(|| panic!("no text: {body}"));
+    (
+        body["usage"]["prompt_tokens"].as_u64().unwrap(),
+        text.to_string(),
+    )
+}
 
 pub fn chat_body(content: &str, extra: Value) -> Value {
     let mut body = json!({
