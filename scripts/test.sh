@@ -37,5 +37,9 @@ if [ $# -gt 0 ]; then
 else
   "$cargo" test --workspace --all-targets --locked
   "$cargo" test --workspace --doc --locked
-  "$cargo" test --profile serve --locked -p inference-server --test llama_cpp_reference
+  # One test at a time: each runs llama-server and our model on every core,
+  # and two at once push a long F32 Gemma completion past the client's
+  # timeout.
+  "$cargo" test --profile serve --locked -p inference-server --test llama_cpp_reference \
+    -- --test-threads=1
 fi

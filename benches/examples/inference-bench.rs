@@ -84,6 +84,7 @@ fn main() {
 /// Our server, then llama.cpp's if `peer_binary`, on `model`; prints both
 /// reports and the comparison.
 fn bench_model(model: &Path, name: &str, peer_binary: Option<&Path>) -> Option<Comparison> {
+    let mut template = None;
     let ours = {
         let launch = InferenceLaunch {
             model: model.to_path_buf(),
@@ -95,13 +96,22 @@ fn bench_model(model: &Path, name: &str, peer_binary: Option<&Path>) -> Option<C
         };
         let server = InferenceServer::launch(&launch).unwrap_or_else(|e| panic!("{e}"));
         let addr = server.addr();
+        // A file without a template gets our built-in one by architecture;
+        // llama.cpp is given the same file, so both render the same prompt.
+        let health = maas_testkit::get(&format!("http://{addr}/health")).json();
+        if health["chat_template"] == "builtin" {
+            let arch = health["architecture"].as_str().unwrap_or_default();
+            template = Some(Path::new(env!("CARGO_MANIFEST_DIR")).join(format!(
+                "../inference-server/src/text/chat_templates/{arch}.jinja"
+            )));
+        }
         eprintln!("inference-bench: our server at {addr} on {name}");
         suite("ours", name, &mut |_| addr)
     };
     println!("{}", ours.markdown());
 
     let binary = peer_binary?;
-    let mut peer = LlamaServer::new(binary.to_path_buf(), model.to_path_buf());
+    let mut peer = LlamaServer::new(binary.to_path_buf(), model.to_path_buf(), template);
     let report = suite("llama.cpp", name, &mut |slots| peer.serve(slots));
     drop(peer);
     let comparison = Comparison {
@@ -174,14 +184,17 @@ fn suite(name: &str, model: &str, server_for: &mut dyn FnMut(usize) -> SocketAdd
 struct LlamaServer {
     binary: PathBuf,
     model: PathBuf,
+    /// `--chat-template-file` where the model file has none.
+    template: Option<PathBuf>,
     running: Option<(Child, usize, SocketAddr)>,
 }
 
 impl LlamaServer {
-    fn new(binary: PathBuf, model: PathBuf) -> Self {
+    fn new(binary: PathBuf, model: PathBuf, template: Option<PathBuf>) -> Self {
         Self {
             binary,
             model,
+            template,
             running: None,
         }
     }
@@ -201,7 +214,11 @@ impl LlamaServer {
         let log_dir = Path::new("target/inference-bench");
         let _ = std::fs::create_dir_all(log_dir);
         let log = std::fs::File::create(log_dir.join("llama-server.log")).expect("log file");
-        let mut child = Command::new(&self.binary)
+        let mut command = Command::new(&self.binary);
+        if let Some(template) = &self.template {
+            command.arg("--chat-template-file").arg(template);
+        }
+        let mut child = command
             .arg("-m")
             .arg(&self.model)
             .args(["--host", "127.0.0.1", "--port", &port.to_string()])
