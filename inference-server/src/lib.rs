@@ -6,7 +6,6 @@ pub mod config;
 pub mod engine;
 pub mod metrics;
 pub mod model;
-pub mod model_file;
 pub mod sampling;
 pub mod scheduler;
 pub mod server;

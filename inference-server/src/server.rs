@@ -14,7 +14,6 @@ use crate::config::{ChatTemplateFile, DeviceChoice, ServerConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::model::{load_gguf_on, LoadedModel, Placement};
-use crate::model_file::ModelFile;
 use crate::text::{
     choose_chat_template, ChatTemplate, TemplateCandidates, TemplateOrigin, TextError,
 };
@@ -75,7 +74,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let context = config.context;
     let started = std::time::Instant::now();
     let device = config.device;
-    let (mut loaded, file) = tokio::task::spawn_blocking(move || {
+    let mut loaded = tokio::task::spawn_blocking(move || {
         let placement = match device {
             DeviceChoice::Cpu => Placement::Host,
             DeviceChoice::CandleCpu => Placement::Device(Device::Cpu),
@@ -83,12 +82,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
                 Device::new_cuda(n).map_err(|e| format!("cannot open CUDA device {n}: {e}"))?,
             ),
         };
-        // The header, for /health: milliseconds, once. Read before the
-        // model, whose loader hands the heap it freed back to the OS; a
-        // file it cannot read is reported by the loader, which says more.
-        let file = ModelFile::inspect(&path);
-        let loaded = load_gguf_on(&path, context, &placement).map_err(|e| e.to_string())?;
-        Ok::<_, String>((loaded, file.map_err(|e| e.to_string())?))
+        load_gguf_on(&path, context, &placement).map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| load_error(e.to_string()))?
@@ -100,7 +94,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     tracing::info!(
         seconds = started.elapsed().as_secs_f32(),
         architecture = %loaded.model.config().architecture,
-        format = file.format.as_deref().unwrap_or("unstated"),
+        format = loaded.file.format.as_deref().unwrap_or("unstated"),
         layers = loaded.model.config().layers,
         context,
         device = %loaded.model.placement(),
@@ -122,7 +116,6 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         loaded,
         context,
         chat_template,
-        file,
     });
 
     // The signal ends the accept loop; in-flight responses finish (or are cut

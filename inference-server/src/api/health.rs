@@ -12,7 +12,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Serialize;
 
 use super::AppState;
-use crate::model_file::ModelFile;
+use crate::model::ModelFile;
 use crate::text::TemplateOrigin;
 
 #[derive(Debug, Serialize)]
@@ -49,7 +49,7 @@ pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
     let body = Health {
         status,
         model: &app.model_id,
-        file: ready.map(|r| &r.file),
+        file: ready.map(|r| &r.loaded.file),
         chat_template: ready.map(|r| r.chat_template.as_ref().map(|(_, origin)| *origin)),
         memory: Memory {
             resident_bytes: resident_bytes(),

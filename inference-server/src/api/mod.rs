@@ -30,7 +30,6 @@ use response::{Meta, Shape};
 use crate::engine::{EngineHandle, Event, Failure, GenerationParams, Submission, SubmitError};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
-use crate::model_file::ModelFile;
 use crate::text::{ChatTemplate, TemplateOrigin, TextError, TextTokenizer};
 
 /// The engine and model, once loading has finished.
@@ -42,8 +41,6 @@ pub struct Ready {
     /// What chats are rendered with, chosen once at start, and where it
     /// came from; `None`: chat requests are refused.
     pub chat_template: Option<(ChatTemplate, TemplateOrigin)>,
-    /// The model file's format and size, for `/health`.
-    pub file: ModelFile,
 }
 
 pub struct AppState {

@@ -12,6 +12,7 @@ use candle_core::Device;
 
 use super::config::{Family, ModelConfig};
 use super::device::{self, DeviceBlock, DeviceLinear, DeviceModel, DeviceWeights};
+use super::file::ModelFile;
 use super::linear::{dims, Linear, WeightPart};
 use super::ops::{self, Rope};
 use super::projection::Projection;
@@ -25,6 +26,8 @@ pub struct LoadedModel {
     /// `None` when the file has no `tokenizer.chat_template`: chat requests
     /// are then refused rather than formatted with a guessed template.
     pub chat_template: Option<ChatTemplate>,
+    /// What the file is (format, tensor types, size), for `/health`.
+    pub file: ModelFile,
 }
 
 /// Where the forward pass runs.
@@ -41,15 +44,19 @@ struct Reader {
     content: Content,
     file: BufReader<File>,
     path: String,
+    file_bytes: u64,
 }
 
 impl Reader {
     fn open(path: &Path) -> Result<Self, ModelError> {
         let display = path.display().to_string();
-        let mut file = BufReader::new(File::open(path).map_err(|source| ModelError::Io {
+        let io = |source| ModelError::Io {
             path: display.clone(),
             source,
-        })?);
+        };
+        let file = File::open(path).map_err(io)?;
+        let file_bytes = file.metadata().map_err(io)?.len();
+        let mut file = BufReader::new(file);
         let content = match Content::read(&mut file) {
             Ok(content) => content,
             Err(e) => {
@@ -73,6 +80,7 @@ impl Reader {
             content,
             file,
             path: display,
+            file_bytes,
         })
     }
 
@@ -213,6 +221,7 @@ fn read_gguf(
         model,
         tokenizer: Arc::new(tokenizer),
         chat_template,
+        file: ModelFile::from_header(&r.content, r.file_bytes),
     })
 }
 

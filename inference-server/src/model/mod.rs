@@ -17,6 +17,7 @@
 mod cache;
 mod config;
 mod device;
+mod file;
 mod linear;
 mod load;
 mod ops;
@@ -28,6 +29,7 @@ use thiserror::Error;
 pub use cache::HostCache;
 pub use config::{Family, ModelConfig, RopeParams, RopeStyle, SlidingWindow};
 pub use device::{DeviceCache, DeviceModel, DeviceStep};
+pub use file::{file_type_name, ModelFile};
 pub use linear::Linear;
 pub use load::{load_gguf, load_gguf_on, load_model, LoadedModel, Placement};
 use maas_kernels::PackedMatrix;

@@ -1,4 +1,5 @@
-//! Which tensor of a GGUF file has a type this server cannot run, by name.
+//! ggml's tensor types by name (the one table of them), and which tensor of
+//! a GGUF file has a type this server cannot run.
 //!
 //! candle's GGUF reader stops at the first tensor type it does not know with
 //! "unknown dtype for tensor 20", naming neither the tensor nor the type. A
@@ -8,6 +9,8 @@
 //! so, and is consulted only after candle refused a file.
 
 use std::io::{self, Read, Seek, SeekFrom};
+
+use candle_core::quantized::GgmlDType;
 
 /// ggml's type names by id (ggml.h `enum ggml_type`; ids 4, 5 and 31-33 are
 /// retired).
@@ -46,28 +49,76 @@ const NAMES: &[(u32, &str)] = &[
     (39, "MXFP4"),
 ];
 
-/// The ids candle's GGUF reader (and so this server) loads.
-pub(crate) const SUPPORTED: &[u32] = &[0, 1, 2, 3, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 30];
+/// The types candle's GGUF reader (and so this server) loads.
+const LOADED: [GgmlDType; 15] = [
+    GgmlDType::F32,
+    GgmlDType::F16,
+    GgmlDType::BF16,
+    GgmlDType::Q4_0,
+    GgmlDType::Q4_1,
+    GgmlDType::Q5_0,
+    GgmlDType::Q5_1,
+    GgmlDType::Q8_0,
+    GgmlDType::Q8_1,
+    GgmlDType::Q2K,
+    GgmlDType::Q3K,
+    GgmlDType::Q4K,
+    GgmlDType::Q5K,
+    GgmlDType::Q6K,
+    GgmlDType::Q8K,
+];
+
+/// ggml's id for a type candle loads (candle keeps its own map, `to_u32`,
+/// private to its crate).
+const fn id(t: GgmlDType) -> u32 {
+    match t {
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
+    }
+}
+
+fn supported(ggml_id: u32) -> bool {
+    LOADED.iter().any(|&t| id(t) == ggml_id)
+}
+
+fn known(id: u32) -> Option<&'static str> {
+    NAMES.iter().find(|(i, _)| *i == id).map(|(_, n)| *n)
+}
 
 /// ggml's name for type `id`, or `type N` for an id ggml does not define.
 pub(crate) fn name(id: u32) -> String {
-    NAMES
-        .iter()
-        .find(|(i, _)| *i == id)
-        .map_or_else(|| format!("type {id}"), |(_, n)| (*n).to_string())
+    known(id).map_or_else(|| format!("type {id}"), str::to_string)
+}
+
+/// ggml's name for a type candle loaded (`Q4_K`, where candle's `Debug`
+/// says `Q4K`).
+pub(crate) fn dtype_name(t: GgmlDType) -> &'static str {
+    // Every loaded type is in the table (tested).
+    known(id(t)).unwrap_or("unknown")
 }
 
 /// The supported types' names, for error messages.
 pub(crate) fn supported_names() -> String {
-    SUPPORTED
-        .iter()
-        .map(|&id| name(id))
-        .collect::<Vec<_>>()
-        .join(", ")
+    let mut ids: Vec<u32> = LOADED.iter().map(|&t| id(t)).collect();
+    ids.sort_unstable();
+    ids.into_iter().map(name).collect::<Vec<_>>().join(", ")
 }
 
 /// The first tensor (name, type id) in `file`'s header whose type is not in
-/// [`SUPPORTED`]; `None` when all are, or the header cannot be walked (the
+/// [`LOADED`]; `None` when all are, or the header cannot be walked (the
 /// caller then reports the reader's own error).
 pub(crate) fn first_unsupported(file: &mut (impl Read + Seek)) -> Option<(String, u32)> {
     let size = file.seek(SeekFrom::End(0)).ok()?;
@@ -99,7 +150,7 @@ impl<R: Read + Seek> Header<'_, R> {
             self.skip(8 * u64::from(dims))?;
             let kind = self.u32()?;
             self.skip(8)?;
-            if !SUPPORTED.contains(&kind) {
+            if !supported(kind) {
                 return Ok(Some((name, kind)));
             }
         }
@@ -222,5 +273,16 @@ mod tests {
         for len in [0, 3, 24, 200, 2000] {
             assert_eq!(first_unsupported(&mut Cursor::new(&bytes[..len])), None);
         }
+    }
+
+    #[test]
+    fn every_loaded_type_has_its_ggml_name() {
+        for t in LOADED {
+            assert_ne!(dtype_name(t), "unknown", "{t:?}");
+        }
+        assert_eq!(dtype_name(GgmlDType::Q4K), "Q4_K");
+        assert_eq!(dtype_name(GgmlDType::Q6K), "Q6_K");
+        assert_eq!(dtype_name(GgmlDType::BF16), "BF16");
+        assert!(supported_names().starts_with("F32, F16, Q4_0, Q4_1, Q5_0"));
     }
 }

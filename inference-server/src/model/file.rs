@@ -2,17 +2,16 @@
 //! its quantization under llama.cpp's name (`general.file_type`, e.g.
 //! `Q4_K_M`), how many tensors it holds of each ggml type, and its size.
 //!
-//! Read once at load from the file's header (metadata and tensor table, no
-//! tensor data), so a health check costs nothing.
+//! Built by the loader from the header it reads anyway (metadata and tensor
+//! table, no tensor data), so neither loading nor a health check reads it
+//! twice.
 
 use std::collections::BTreeMap;
-use std::fs::File;
-use std::io::BufReader;
-use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
-use candle_core::quantized::GgmlDType;
 use serde::Serialize;
+
+use super::tensor_types;
 
 const KEY_ARCHITECTURE: &str = "general.architecture";
 const KEY_FILE_TYPE: &str = "general.file_type";
@@ -71,40 +70,13 @@ pub struct ModelFile {
     pub file_bytes: u64,
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum ModelFileError {
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
-    #[error("{path}: not a readable GGUF header: {message}")]
-    Header { path: String, message: String },
-}
-
 impl ModelFile {
-    /// Reads the header of the GGUF file at `path`.
-    pub fn inspect(path: &Path) -> Result<Self, ModelFileError> {
-        let display = || path.display().to_string();
-        let io = |source| ModelFileError::Io {
-            path: display(),
-            source,
-        };
-        let file = File::open(path).map_err(io)?;
-        let file_bytes = file.metadata().map_err(io)?.len();
-        let content =
-            Content::read(&mut BufReader::new(file)).map_err(|e| ModelFileError::Header {
-                path: display(),
-                message: e.to_string(),
-            })?;
-        Ok(Self::from_header(&content, file_bytes))
-    }
-
-    fn from_header(content: &Content, file_bytes: u64) -> Self {
+    /// Describes the file whose header is `content`.
+    pub(crate) fn from_header(content: &Content, file_bytes: u64) -> Self {
         let mut tensor_types = BTreeMap::new();
         for info in content.tensor_infos.values() {
             *tensor_types
-                .entry(ggml_type_name(info.ggml_dtype))
+                .entry(tensor_types::dtype_name(info.ggml_dtype))
                 .or_insert(0) += 1;
         }
         let md = &content.metadata;
@@ -145,28 +117,6 @@ pub fn file_type_name(n: u64) -> String {
         .iter()
         .find(|(id, _)| u64::from(*id) == n)
         .map_or_else(|| format!("unknown({n})"), |(_, name)| (*name).to_string())
-}
-
-/// ggml's name for a tensor type (`ggml_type_name`), which candle's `Debug`
-/// spells differently for the k-quants (`Q4K` for `Q4_K`).
-pub fn ggml_type_name(t: GgmlDType) -> &'static str {
-    match t {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
-    }
 }
 
 #[cfg(test)]
@@ -214,7 +164,7 @@ mod tests {
     #[test]
     fn the_tiny_model_is_described_from_its_header() {
         let path = crate::model::tiny::tiny_gguf();
-        let file = ModelFile::inspect(&path).unwrap();
+        let file = crate::model::load_gguf(&path, None).unwrap().file;
         let bytes = std::fs::metadata(&path).unwrap().len();
         std::fs::remove_file(&path).unwrap();
         assert_eq!(file.architecture.as_deref(), Some("llama"));
@@ -222,12 +172,5 @@ mod tests {
         for dtype in ["Q4_1", "Q4_0", "Q8_0", "F32"] {
             assert!(file.tensor_types.contains_key(dtype), "{file:?}");
         }
-    }
-
-    #[test]
-    fn k_quants_take_ggml_names() {
-        assert_eq!(ggml_type_name(GgmlDType::Q4K), "Q4_K");
-        assert_eq!(ggml_type_name(GgmlDType::Q6K), "Q6_K");
-        assert_eq!(ggml_type_name(GgmlDType::Q8_0), "Q8_0");
     }
 }
