@@ -80,7 +80,7 @@ server-cuda:
 	./scripts/build-cuda.sh
 
 host:
-	$(CARGO) build --release --locked -p maas-testkit --bins
+	$(CARGO) build --release --locked -p maas-stack -p maas-testkit --bins
 
 # Where `make images` says to push the images, and their tag.
 REGISTRY ?= registry.example.com/maas

@@ -17,6 +17,9 @@
 //! Bounded: one warm-up, 5 prefill runs, 3 single-stream runs, one round per
 //! concurrency level, 128 generated tokens per request.
 
+// A bench, not shipped code: a failed setup ends the run at once.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

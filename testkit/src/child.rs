@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 /// How every child the harness spawns is started: in its own process group
 /// (a terminal's Ctrl-C reaches only the supervisor, which stops children in
 /// order) and dying with the harness.
-pub(crate) fn supervised(command: &mut Command) -> &mut Command {
+pub fn supervised(command: &mut Command) -> &mut Command {
     std::os::unix::process::CommandExt::process_group(command, 0);
     die_with_parent(command);
     command
@@ -69,7 +69,7 @@ pub(crate) fn wait_or_kill(child: &mut Child, grace: Duration) -> Option<ExitSta
 }
 
 /// SIGTERM unless it already exited, up to `grace` to stop, then SIGKILL.
-pub(crate) fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
+pub fn terminate(child: &mut Child, grace: Duration) -> Option<ExitStatus> {
     if let Ok(Some(status)) = child.try_wait() {
         return Some(status);
     }

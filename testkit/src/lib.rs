@@ -3,7 +3,7 @@
 //! - [`mock_upstream`]: an OpenAI-shaped model server on a loopback port,
 //!   steered per request by `x-mock-*` headers (also the `mock-upstream` binary).
 //! - [`gateway`]: renders `envoy/gateway.template.yaml` into an Envoy bootstrap
-//!   (also the `render-gateway` binary, for rendering a bootstrap by hand).
+//!   (also behind the `maas-stack` crate's `render-gateway` binary).
 //! - [`envoy`]: runs that bootstrap in a real Envoy with the filter, waits until
 //!   it serves, reads its admin API, metrics and access log, and stops it on drop.
 //! - [`inference`]: the real inference server binary on a loopback port.
@@ -11,15 +11,21 @@
 //! - [`limiter`], [`redis`]: the real rate limiter binary and a throwaway
 //!   Redis on loopback ports; [`ratelimit_client`] talks gRPC to a limiter.
 //! - [`artifacts`]: where those binaries and the filter module are found.
-//! - [`stack`]: the local stack `make run` starts (the `maas-stack` binary):
-//!   the upstream and Envoy with the filter, in the foreground.
+//! - [`child`]: supervision of the processes all of the above start (spawn,
+//!   wait until healthy, terminate), also used by the local stack runner
+//!   (the `maas-stack` crate, which `make run` starts).
 //! - [`client`], [`eventually()`], [`prometheus`]: what tests use to talk to
 //!   both and to assert on state that settles asynchronously.
 //!
 //! Everything binds `127.0.0.1` port 0, so tests run in parallel.
 
+// The workspace denies panics in shipped code; this crate is test harness,
+// where a failed setup or an assertion helper (`eventually`) must fail the
+// test at once, so it may panic.
+#![allow(clippy::panic, clippy::unwrap_used, clippy::expect_used)]
+
 pub mod artifacts;
-mod child;
+pub mod child;
 pub use child::Restartable;
 pub mod client;
 pub mod control_plane;
@@ -33,7 +39,6 @@ pub mod private_file;
 pub use maas_prometheus_text as prometheus;
 pub mod ratelimit_client;
 pub mod redis;
-pub mod stack;
 
 pub use client::{get, post_json, request, try_request, ClientError, Response};
 pub use control_plane::{

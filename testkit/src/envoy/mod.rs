@@ -37,7 +37,7 @@ use crate::client::{self, Response};
 use crate::eventually::eventually;
 use crate::gateway::{gateway_template, render_gateway, GatewaySpec, OidcSpec, RenderError};
 use crate::private_file::write_private;
-pub(crate) use process::probe;
+pub use process::probe;
 pub use process::Ready;
 use process::{log_tail, EnvoyProcess, Launch, NotReady};
 use scratch_dir::ScratchDir;

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::child::supervised;
+use maas_testkit::child::supervised;
 
 /// Envoy stops in milliseconds on SIGTERM; this is for a wedged one.
 const TERMINATE_GRACE: Duration = Duration::from_secs(5);
@@ -48,7 +48,7 @@ impl EnvoyFiles {
     }
 }
 
-pub use crate::envoy::Ready;
+pub use maas_testkit::envoy::Ready;
 
 pub struct EnvoyChild {
     child: Child,
@@ -97,12 +97,12 @@ impl EnvoyChild {
 
     /// One readiness check (the same one the test harness makes).
     pub fn probe(&self, files: &EnvoyFiles) -> Result<Ready, String> {
-        crate::envoy::probe(&files.admin_address, LISTENER_NAME)
+        maas_testkit::envoy::probe(&files.admin_address, LISTENER_NAME)
     }
 
     /// SIGTERM, up to [`TERMINATE_GRACE`] to exit, then SIGKILL. Returns how it ended.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
-        crate::child::terminate(&mut self.child, TERMINATE_GRACE)
+        maas_testkit::child::terminate(&mut self.child, TERMINATE_GRACE)
     }
 }
 

@@ -1,5 +1,7 @@
-//! The `render-gateway` binary `make run` uses: same renderer, options on the
-//! command line.
+//! The `render-gateway` binary: the renderer `make run` and the tests use,
+//! with its options on the command line.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::process::Command;
 

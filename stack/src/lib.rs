@@ -1,7 +1,10 @@
-//! The local stack behind `make run` (the `maas-stack` binary): the
-//! inference server (or another upstream), the control plane, and Envoy with
-//! the release filter in front of them, configured from the same template and
-//! renderer the tests use.
+//! The local stack behind `make run` (the `maas-stack` binary): an
+//! inference server per model (or another upstream), the control plane,
+//! Redis and the limiter when the configuration has global limits, and Envoy
+//! with the release filter in front of them, configured from the same
+//! template and renderer the tests use. A product, not test harness: it
+//! reuses the harness's process supervision (`maas_testkit`) because tests
+//! start the same processes the same way.
 //!
 //! ```text
 //! Stack::launch(&options)   upstream up, control plane up with the demo
@@ -44,13 +47,13 @@ pub use options::{
 };
 pub use signals::StopSignals;
 
-use crate::artifacts::{CONTROL_PLANE, ENVOY, ENVOY_VERSION, FILTER_WASM, INFERENCE_SERVER};
-use crate::child::Restartable;
-use crate::control_plane::{ControlPlaneLaunch, ControlPlaneProcess};
-use crate::gateway::{gateway_template_path, render_gateway, GatewaySpec, RenderError};
-use crate::inference::{default_model_path, InferenceLaunch, InferenceServer};
-use crate::private_file::write_private;
 use envoy_child::{EnvoyChild, EnvoyFiles};
+use maas_testkit::artifacts::{CONTROL_PLANE, ENVOY, ENVOY_VERSION, FILTER_WASM, INFERENCE_SERVER};
+use maas_testkit::child::Restartable;
+use maas_testkit::control_plane::{ControlPlaneLaunch, ControlPlaneProcess};
+use maas_testkit::gateway::{gateway_template_path, render_gateway, GatewaySpec, RenderError};
+use maas_testkit::inference::{default_model_path, InferenceLaunch, InferenceServer};
+use maas_testkit::private_file::write_private;
 use upstream::{start_mock, Upstream};
 
 /// The first demo key of the README (subscription `free`, in

@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use crate::gateway::workspace_root;
+use maas_testkit::gateway::workspace_root;
 
 pub const USAGE: &str = "\
 usage: maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]

@@ -1,17 +1,16 @@
-//! `maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]
-//! [--upstream-port 0 | --upstream HOST:PORT] [--state-dir .cache/run]`: what
-//! `make run` runs. Starts the OpenAI-shaped upstream and Envoy with the
-//! release filter in front of it, prints where they are, and stays in the
-//! foreground until SIGINT or SIGTERM, then stops Envoy and the upstream.
-//! Exits non-zero, with Envoy's log, if Envoy fails to start or exits on its
-//! own. The work is in [`maas_testkit::stack`].
-
+//! `maas-stack [options]` (see `--help`): what `make run` runs. Starts the
+//! inference server for each model (or the mock, or names an existing
+//! upstream), the control plane the gateway syncs keys from, Redis and the
+//! limiter when the configuration has global limits, and Envoy with the
+//! release filter in front of them; prints where they are and a working key,
+//! and stays in the foreground until SIGINT or SIGTERM, then stops Envoy
+//! first and the rest after it. Exits non-zero, with Envoy's log, if Envoy
+//! fails to start or exits on its own. The work is in the [`maas_stack`]
+//! library.
 use std::process::ExitCode;
 use std::time::Duration;
 
-use maas_testkit::stack::{
-    parse_args, Stack, StackError, StopSignals, UsageError, READY_TIMEOUT, USAGE,
-};
+use maas_stack::{parse_args, Stack, StackError, StopSignals, UsageError, READY_TIMEOUT, USAGE};
 
 /// How often Envoy is checked for having exited on its own.
 const WATCH_INTERVAL: Duration = Duration::from_millis(200);

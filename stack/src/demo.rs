@@ -7,8 +7,8 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::control_plane::ControlPlaneProcess;
-use crate::private_file::write_private;
+use maas_testkit::control_plane::ControlPlaneProcess;
+use maas_testkit::private_file::write_private;
 
 pub const DEMO_SUBSCRIPTION: &str = "demo";
 pub const DEMO_OWNER: &str = "demo@localhost";

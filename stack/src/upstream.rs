@@ -9,7 +9,7 @@ use std::io;
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
-use crate::{InferenceServer, MockUpstream};
+use maas_testkit::{InferenceServer, MockUpstream};
 
 /// The mock keeps this many requests for `GET /__mock/requests`, no more, so
 /// a long session does not grow its memory.
@@ -118,7 +118,7 @@ mod tests {
         let mock = start_mock(0).expect("starts");
         let addr = mock.addr();
         let upstream = Upstream::Mock(mock);
-        let response = crate::client::get(&format!("http://{addr}/v1/models"));
+        let response = maas_testkit::client::get(&format!("http://{addr}/v1/models"));
         assert_eq!(response.status, 200);
         drop(upstream);
         assert!(TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err());

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::{ensure_free, StackError};
-use crate::gateway::LIMITER_CLUSTER;
-use crate::limiter::{LimiterLaunch, LimiterProcess};
-use crate::redis::RedisProcess;
+use maas_testkit::gateway::LIMITER_CLUSTER;
+use maas_testkit::limiter::{LimiterLaunch, LimiterProcess};
+use maas_testkit::redis::RedisProcess;
 
 /// Runs while the stack does; dropped after Envoy (see `Stack`'s fields).
 pub struct LocalLimiter {

@@ -7,6 +7,8 @@
 //! Needs the release filter and Envoy, which `make test` provides; without
 //! them these tests fail (they never pass silently).
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
