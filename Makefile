@@ -5,11 +5,9 @@ SHELL := /bin/bash
 CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 FILTER_WASM := target/$(WASM_TARGET)/release/maas_filter.wasm
-NOOP_WASM := target/$(WASM_TARGET)/release/maas_noop_filter.wasm
 ENVOY := .cache/envoy/1.40.0/envoy/_bin/envoy
 export MAAS_ENVOY := $(CURDIR)/$(ENVOY)
 export MAAS_FILTER_WASM := $(CURDIR)/$(FILTER_WASM)
-export MAAS_NOOP_WASM := $(CURDIR)/$(NOOP_WASM)
 INFERENCE_SERVER := target/serve/inference-server
 export MAAS_INFERENCE_SERVER := $(CURDIR)/$(INFERENCE_SERVER)
 export MAAS_CONTROL_PLANE := $(CURDIR)/target/serve/maas-control-plane
@@ -20,7 +18,7 @@ export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
 .PHONY: run serve test bench lint fmt toolchain setup model wasm host server server-cuda images clean-cache
 
-## run: Envoy + the gateway filter in front of the inference server (SmolLM2-135M-Instruct)
+## run: the whole stack: Envoy + the gateway filter in front of the inference server (SmolLM2-135M-Instruct), the control plane, the limiter and Redis; prints a working key
 run: setup wasm host server
 	./target/release/maas-stack --config envoy/filter-config.json $(ARGS)
 

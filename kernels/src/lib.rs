@@ -10,8 +10,9 @@
 //!
 //! Guarantee: the output for a row of `x` is bit-identical regardless of the
 //! batch it is in (size, neighbours, position) and of the thread split. AVX2 +
-//! FMA (and AVX-VNNI, used when present) is detected at runtime (`backend()`);
-//! other CPUs use a portable kernel.
+//! FMA + F16C is detected at run time (`backend()`), refined to AVX-VNNI or
+//! AVX-512 VNNI when present (the same bits on all three); other CPUs use a
+//! portable kernel.
 
 mod activation;
 mod error;

@@ -13,7 +13,7 @@
 //!   .wait_ready(..)         admin /ready is 200 and the gateway listener is bound
 //!   .banner(ready)          URLs, files, curl commands
 //!   .exited()               polled while serving: Envoy died on its own?
-//!   .shutdown()             Envoy stopped first, then the control plane, then the upstream
+//!   .shutdown()             Envoy stopped first, then the control plane, the limiter, the upstream
 //! ```
 //!
 //! Every failure is a [`StackError`] that says what to do next: which `make`

@@ -56,7 +56,7 @@ fn main() -> ExitCode {
 
     loop {
         if let Some(signal) = signals.wait(WATCH_INTERVAL) {
-            eprintln!("maas-stack: {signal} received; stopping Envoy and the upstream");
+            eprintln!("maas-stack: {signal} received; stopping Envoy, then the control plane, the limiter and the upstream");
             stack.shutdown();
             eprintln!("maas-stack: stopped");
             return ExitCode::SUCCESS;
