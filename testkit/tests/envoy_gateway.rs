@@ -4,6 +4,8 @@
 //! not the filter. They need the Envoy binary (`make test` fetches it) and
 //! fail, with that hint, without it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::time::{Duration, Instant};
 
 use maas_testkit::envoy::{envoy_binary, passthrough_wasm_file};

@@ -1,5 +1,7 @@
 //! The mock upstream over real loopback HTTP, as the gateway will see it.
 
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
