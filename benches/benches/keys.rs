@@ -6,8 +6,8 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use maas_filter::auth::keys::KeyDigest;
 use maas_filter::config::Config;
-use maas_filter::keys::KeyDigest;
 
 fn config_with_keys(n: usize) -> Config {
     let keys: Vec<serde_json::Value> = (0..n)

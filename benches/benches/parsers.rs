@@ -8,9 +8,11 @@
 use std::hint::black_box;
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use maas_filter::request::{parse_completion_request, rewrite_completion_request, BodyRewrite};
-use maas_filter::sse::SseUsageParser;
-use maas_filter::usage::parse_json_usage;
+use maas_filter::openai::request::{
+    parse_completion_request, rewrite_completion_request, BodyRewrite,
+};
+use maas_filter::openai::sse::SseUsageParser;
+use maas_filter::openai::usage::parse_json_usage;
 use serde_json::Value;
 
 /// A ~1 KB chat completion request, the shape an OpenAI SDK sends.

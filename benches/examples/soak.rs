@@ -80,7 +80,7 @@ fn start_stack(plan: &Plan, dir: &Path) -> Result<Stack, String> {
         plan.filter_config("placeholder").to_string().as_bytes(),
     )
     .map_err(|e| format!("the plan's filter configuration: {e}"))?;
-    let text = maas_filter::global_limits::limitador_limits(
+    let text = maas_filter::limits::global_limits::limitador_limits(
         DOMAIN,
         parsed.subscriptions.iter().map(|s| &**s),
     );
@@ -118,7 +118,7 @@ fn start_stack(plan: &Plan, dir: &Path) -> Result<Stack, String> {
         };
         let id = match client.static_id {
             Some(id) => id.to_string(),
-            None => maas_filter::managed_keys::parse(&key)
+            None => maas_filter::auth::managed_keys::parse(&key)
                 .map(|k| k.id.to_string())
                 .ok_or_else(|| format!("the control plane minted an odd key: {key}"))?,
         };

@@ -7,14 +7,14 @@
 //! creation. The database keeps only a per-key random salt and
 //! `SHA-256(salt ‖ id ‖ 0x00 ‖ secret)`. The fixed prefix lets secret
 //! scanners recognise a leaked key. Format and digest are the gateway
-//! filter's own definitions (`maas_filter::managed_keys`), so what is minted
+//! filter's own definitions (`maas_filter::auth::managed_keys`), so what is minted
 //! here is what the gateway accepts.
 
 use std::fmt;
 
-use maas_filter::keys::{decode_hex, encode_hex};
-use maas_filter::managed_keys::{salted_digest, ID_ALPHABET, SECRET_ALPHABET};
-pub use maas_filter::managed_keys::{ID_LEN, PREFIX, SALT_LEN, SECRET_LEN};
+use maas_filter::auth::keys::{decode_hex, encode_hex};
+use maas_filter::auth::managed_keys::{salted_digest, ID_ALPHABET, SECRET_ALPHABET};
+pub use maas_filter::auth::managed_keys::{ID_LEN, PREFIX, SALT_LEN, SECRET_LEN};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum KeyError {
@@ -51,7 +51,7 @@ pub struct StoredDigest {
     pub hash: [u8; 32],
 }
 
-pub use maas_filter::managed_keys::PresentedKey;
+pub use maas_filter::auth::managed_keys::PresentedKey;
 
 fn random_string(len: usize, alphabet: &[u8]) -> Result<String, KeyError> {
     // Rejection sampling keeps every character uniform over the alphabet.
@@ -95,7 +95,7 @@ pub fn parse(plaintext: &str) -> Result<PresentedKey<'_>, KeyError> {
     if !plaintext.starts_with(PREFIX) {
         return Err(KeyError::Prefix);
     }
-    maas_filter::managed_keys::parse(plaintext).ok_or(KeyError::Shape)
+    maas_filter::auth::managed_keys::parse(plaintext).ok_or(KeyError::Shape)
 }
 
 impl StoredDigest {
@@ -103,7 +103,7 @@ impl StoredDigest {
     /// constant time.
     pub fn verify(&self, key: &PresentedKey<'_>) -> bool {
         key.digest(&self.salt)
-            .ct_eq(&maas_filter::keys::KeyDigest::from_bytes(self.hash))
+            .ct_eq(&maas_filter::auth::keys::KeyDigest::from_bytes(self.hash))
     }
 
     pub fn salt_hex(&self) -> String {

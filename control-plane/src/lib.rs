@@ -18,6 +18,7 @@ pub mod oidc;
 pub mod serve;
 pub mod showback;
 pub mod store;
+pub mod strict_json;
 pub mod subscription;
 pub mod time;
 pub mod tokens;

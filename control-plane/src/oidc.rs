@@ -137,7 +137,7 @@ impl TokenVerifier {
             .to_string();
         // The gateway refuses the same subjects (it sends them upstream as a
         // header); the reserved namespace keeps the administrator apart.
-        maas_filter::keys::check_subject(&subject)
+        maas_filter::auth::keys::check_subject(&subject)
             .map_err(|e| TokenError::Claims(format!("`sub` {e}")))?;
         let groups = groups_at(&claims, &self.settings.groups_claim);
         let admin = groups

@@ -10,7 +10,7 @@ use crate::api::{router, AppState, Authenticator};
 use crate::oidc::{OidcSettings, TokenVerifier};
 use crate::store::{redacted_url, Store};
 use crate::tokens;
-use maas_filter::keys::KeyDigest;
+use maas_filter::auth::keys::KeyDigest;
 
 #[derive(Debug, Clone)]
 pub struct ServeConfig {

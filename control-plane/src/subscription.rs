@@ -5,63 +5,68 @@
 //! gateway can enforce, with the filter's error messages (which name the
 //! field) for what it cannot.
 
-use maas_filter::config::DEFAULT_MAX_KEYS_PER_OWNER;
-use serde::{Deserialize, Serialize};
-use serde_json::json;
+use maas_filter::config::raw::RawSubscription;
+use serde::de::Error as _;
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{json, Value};
 
-/// As written by an administrator (`subscription apply -f FILE`, the API).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+use crate::strict_json::StrictValue;
+
+/// As written by an administrator (`subscription apply -f FILE`, the API),
+/// stored, and served: the gateway filter's own subscription schema
+/// ([`RawSubscription`]: models, limits, key limits, caps, groups) under a
+/// `name`, plus what only the control plane reads (`cost_center`). One
+/// definition, so the two cannot drift apart.
+///
+/// Unknown fields are refused, naming the field: the fields of this struct
+/// are taken out first and the rest must be exactly the filter's schema,
+/// which denies unknown fields (serde's `deny_unknown_fields` does not work
+/// through `flatten`, hence the hand-written `Deserialize`). Repeated keys
+/// are refused at any depth, as a derived struct refuses them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SubscriptionSpec {
     pub name: String,
-    pub models: Vec<String>,
-    pub limits: LimitsSpec,
-    /// Applied to each key of the subscription separately, or to each
-    /// owner's keys together (`key_limits_per`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_limits: Option<LimitsSpec>,
-    /// `"key"` (default) or `"owner"`: see the filter's `KeyLimitsPer`.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub key_limits_per: Option<String>,
-    /// The most live keys one owner may hold here; default
-    /// [`DEFAULT_MAX_KEYS_PER_OWNER`] (why: at the constant). Enforced when
-    /// a key is minted.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_keys_per_owner: Option<u64>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub max_tokens: Option<MaxTokensSpec>,
+    /// What the gateway enforces. Its `groups` are also the OIDC groups
+    /// whose members may mint keys here (administrators always may; empty:
+    /// administrators only).
+    #[serde(flatten)]
+    pub gateway: RawSubscription,
     /// For showback: who pays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cost_center: Option<String>,
-    /// OIDC groups whose members may mint keys for it (administrators always
-    /// may). Empty: administrators only.
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub groups: Vec<String>,
 }
 
-/// `"unlimited"`, or rates such as `{"requests": ["10/min"], "tokens": ["20000/min"]}`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum LimitsSpec {
-    Keyword(String),
-    Rates(RatesSpec),
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RatesSpec {
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub requests: Vec<String>,
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tokens: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MaxTokensSpec {
-    pub cap: u64,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub mode: Option<String>,
+impl<'de> Deserialize<'de> for SubscriptionSpec {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let Value::Object(mut fields) = StrictValue::deserialize(deserializer)?.0 else {
+            return Err(D::Error::custom("expected a subscription object"));
+        };
+        let name = match fields.remove("name") {
+            Some(Value::String(name)) => name,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "name: expected a string, got {other}"
+                )))
+            }
+            None => return Err(D::Error::missing_field("name")),
+        };
+        let cost_center = match fields.remove("cost_center") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(cc)) => Some(cc),
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "cost_center: expected a string, got {other}"
+                )))
+            }
+        };
+        let gateway =
+            RawSubscription::deserialize(Value::Object(fields)).map_err(D::Error::custom)?;
+        Ok(SubscriptionSpec {
+            name,
+            gateway,
+            cost_center,
+        })
+    }
 }
 
 /// Why a subscription was refused; `field` is a path into the document.
@@ -129,12 +134,13 @@ impl SubscriptionSpec {
 
     pub fn validate(&self) -> Result<(), SpecError> {
         check_name("name", &self.name)?;
-        if self.models.is_empty() {
+        let models = &self.gateway.models;
+        if models.is_empty() {
             return Err(error("models", "at least one model is required"));
         }
-        for (i, m) in self.models.iter().enumerate() {
+        for (i, m) in models.iter().enumerate() {
             check_text(&format!("models[{i}]"), m, MAX_MODEL)?;
-            if self.models[..i].contains(m) {
+            if models[..i].contains(m) {
                 return Err(error(
                     format!("models[{i}]"),
                     format!("{m:?} is listed twice"),
@@ -149,68 +155,43 @@ impl SubscriptionSpec {
                 ));
             }
         }
-        for (i, g) in self.groups.iter().enumerate() {
+        for (i, g) in self.gateway.groups.iter().enumerate() {
             check_text(&format!("groups[{i}]"), g, MAX_MODEL)?;
         }
-        // The rest (rates, caps) is the filter's to judge.
-        let filter_view = self.filter_json();
-        let config = json!({
-            "models": self.models,
-            "subscriptions": { &self.name: filter_view },
-        });
-        maas_filter::config::Config::from_json(config.to_string().as_bytes()).map_err(|e| {
-            let prefix = format!("subscriptions.{}.", self.name);
+        // The rest (rates, caps) is the filter's to judge, by the rules its
+        // configuration and its sync apply.
+        maas_filter::config::validate_served(&self.name, &self.gateway).map_err(|e| {
+            let prefix = format!("subscriptions.{}", self.name);
             match e.field.strip_prefix(&prefix) {
-                Some(field) => error(field, e.reason),
+                Some("") => error("(document)", e.reason),
+                Some(field) => error(field.trim_start_matches('.'), e.reason),
                 None => error(e.field, e.reason),
             }
         })?;
         Ok(())
     }
 
-    /// The subscription as the filter's configuration spells it.
-    pub fn filter_json(&self) -> serde_json::Value {
-        let mut v = json!({
-            "models": self.models,
-            "limits": self.limits,
-        });
-        if let Some(k) = &self.key_limits {
-            v["key_limits"] = json!(k);
-        }
-        if let Some(per) = &self.key_limits_per {
-            v["key_limits_per"] = json!(per);
-        }
-        // Not the gateway's to enforce, but its parser is the one judge of
-        // what is valid.
-        if let Some(max) = self.max_keys_per_owner {
-            v["max_keys_per_owner"] = json!(max);
-        }
-        if let Some(m) = &self.max_tokens {
-            v["max_tokens"] = json!(m);
-        }
-        // The gateway maps token holders to subscriptions by the same
-        // groups that may mint keys here.
-        if !self.groups.is_empty() {
-            v["groups"] = json!(self.groups);
-        }
-        v
+    /// The subscription as the filter's configuration spells it: its own
+    /// schema, without the control plane's fields.
+    pub fn filter_json(&self) -> Value {
+        json!(self.gateway)
     }
 
     /// How many live keys one owner may hold in this subscription.
     pub fn max_keys_per_owner(&self) -> u64 {
-        self.max_keys_per_owner
-            .unwrap_or(DEFAULT_MAX_KEYS_PER_OWNER)
+        self.gateway.max_keys_per_owner()
     }
 
     /// Whether a member of `groups` may mint keys for this subscription.
     pub fn admits_any(&self, groups: &[String]) -> bool {
-        groups.iter().any(|g| self.groups.contains(g))
+        groups.iter().any(|g| self.gateway.groups.contains(g))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use maas_filter::subscription::DEFAULT_MAX_KEYS_PER_OWNER;
 
     fn spec(body: serde_json::Value) -> Result<SubscriptionSpec, SpecError> {
         SubscriptionSpec::from_json(body.to_string().as_bytes())
@@ -314,5 +295,86 @@ mod tests {
             assert!(e.field.starts_with(field), "{body}: {e}");
             assert!(e.to_string().contains(needle), "{body}: {e}");
         }
+    }
+
+    #[test]
+    fn unknown_fields_are_refused_at_every_level_naming_them() {
+        for (body, needle) in [
+            (
+                json!({"name": "a", "models": ["m"], "limits": "unlimited", "limit": "x"}),
+                "unknown field `limit`",
+            ),
+            (
+                json!({"name": "a", "models": ["m"], "limits": "unlimited",
+                       "max_tokens": {"cap": 5, "mood": "clamp"}}),
+                "unknown field `mood`",
+            ),
+            (
+                json!({"models": ["m"], "limits": "unlimited"}),
+                "missing field `name`",
+            ),
+            (
+                json!({"name": "a", "models": ["m"], "limits": "unlimited", "cost_center": 7}),
+                "cost_center: expected a string",
+            ),
+        ] {
+            let e = spec(body.clone()).unwrap_err();
+            assert_eq!(e.field, "(document)", "{body}: {e}");
+            assert!(e.reason.contains(needle), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn repeated_keys_are_refused_as_a_derived_struct_refuses_them() {
+        for body in [
+            r#"{"name": "a", "models": ["m"], "limits": "unlimited", "name": "b"}"#,
+            r#"{"name": "a", "models": ["m"], "limits": {"tokens": [], "tokens": ["1/s"]}}"#,
+            r#"{"name": "a", "models": ["m"], "limits": "unlimited", "max_tokens": null, "max_tokens": {"cap": 1}}"#,
+        ] {
+            let e = SubscriptionSpec::from_json(body.as_bytes()).unwrap_err();
+            assert_eq!(e.field, "(document)", "{body}: {e}");
+            assert!(e.reason.contains("duplicate field"), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn an_explicit_null_is_not_taken_for_a_default() {
+        for body in [
+            json!({"name": "a", "models": ["m"], "limits": "unlimited", "key_limits_per": null}),
+            json!({"name": "a", "models": ["m"], "limits": "unlimited", "max_keys_per_owner": null}),
+            json!({"name": "a", "models": ["m"], "limits": "unlimited", "max_tokens": {"cap": 5, "mode": null}}),
+        ] {
+            let e = spec(body.clone()).unwrap_err();
+            assert!(e.reason.contains("invalid type: null"), "{body}: {e}");
+        }
+    }
+
+    #[test]
+    fn the_stored_form_is_the_written_one_and_the_gateway_gets_its_own_fields() {
+        let written = json!({
+            "name": "team-a",
+            "models": ["m"],
+            "limits": {"tokens": ["20000/min"]},
+            "max_tokens": {"cap": 512},
+            "cost_center": "CC-1",
+            "groups": ["ml-team"],
+        });
+        let s = spec(written.clone()).unwrap();
+        // Absent optional fields stay absent: nothing is filled in on the way.
+        assert_eq!(serde_json::to_value(&s).unwrap(), written);
+        let mut gateway = written;
+        if let Some(map) = gateway.as_object_mut() {
+            map.remove("name");
+            map.remove("cost_center");
+        }
+        assert_eq!(s.filter_json(), gateway);
+    }
+
+    #[test]
+    fn global_limits_are_the_gateways_configuration_not_the_control_planes() {
+        let e = spec(json!({"name": "a", "models": ["m"],
+                            "limits": {"tokens": [{"rate": "5/min", "mode": "global"}]}}))
+        .unwrap_err();
+        assert!(e.reason.contains("not synced"), "{e}");
     }
 }

@@ -251,14 +251,15 @@ fn the_gateway_syncs_keys_incrementally() {
 
     // The gateway filter's own parser reads this response, and the minted
     // plaintext verifies against the digest it carries.
-    let parsed = maas_filter::managed_keys::parse_sync(delta.to_string().as_bytes()).unwrap();
+    let parsed = maas_filter::auth::managed_keys::parse_sync(delta.to_string().as_bytes()).unwrap();
     // The owner travels with the key: the gateway's `x-maas-user`, and its
     // counter under `key_limits_per: "owner"`.
     assert_eq!(parsed.keys[0].owner, "alice");
     let plaintext = created["key"].as_str().unwrap();
-    let presented = maas_filter::managed_keys::parse(plaintext).unwrap();
+    let presented = maas_filter::auth::managed_keys::parse(plaintext).unwrap();
     assert!(parsed.keys[0].verify(&presented));
-    let record = maas_filter::managed_keys::ManagedKey::decode(&parsed.keys[0].encode()).unwrap();
+    let record =
+        maas_filter::auth::managed_keys::ManagedKey::decode(&parsed.keys[0].encode()).unwrap();
     assert!(record.verify(&presented) && record.subscription == "team-a" && !record.revoked);
 
     let v1 = delta["version"].as_u64().unwrap();
@@ -284,7 +285,7 @@ fn the_gateway_syncs_keys_incrementally() {
         None,
     );
     assert_eq!(one.status, 200, "{}", one.text());
-    let one = maas_filter::managed_keys::parse_sync(one.text().as_bytes()).unwrap();
+    let one = maas_filter::auth::managed_keys::parse_sync(one.text().as_bytes()).unwrap();
     assert_eq!((one.version, one.keys.len()), (0, 1));
     assert!(one.keys[0].revoked && one.keys[0].verify(&presented));
     assert_eq!(one.subscriptions[0]["name"], "team-a");

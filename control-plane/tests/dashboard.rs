@@ -7,9 +7,10 @@
 
 use std::collections::BTreeSet;
 
-use maas_filter::config::{Config, Quantity};
-use maas_filter::keys::AuthFailure;
+use maas_filter::auth::keys::AuthFailure;
+use maas_filter::config::Config;
 use maas_filter::metrics::{Metric, Outcome};
+use maas_filter::subscription::Quantity;
 use serde_json::Value;
 
 /// Prometheus name and label keys of a filter metric, from its Envoy stat

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use maas_control_plane::api::{router, AppState, Authenticator};
 use maas_control_plane::store::Store;
-use maas_filter::keys::KeyDigest;
+use maas_filter::auth::keys::KeyDigest;
 use serde_json::Value;
 
 /// The routes `api::router` serves, as (method, OpenAPI path).

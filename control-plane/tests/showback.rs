@@ -10,7 +10,7 @@ use std::time::Duration;
 use maas_control_plane::showback::sampler;
 use maas_control_plane::showback::Usage;
 use maas_control_plane::store::{Store, UsageRow};
-use maas_filter::keys::KeyDigest;
+use maas_filter::auth::keys::KeyDigest;
 use maas_testkit::{eventually, Gateway, MockUpstream};
 use serde_json::json;
 

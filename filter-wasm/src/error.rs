@@ -5,8 +5,8 @@
 //! Unknown, expired and revoked keys share one variant on purpose: the caller
 //! must not learn which of the three it hit (the reason goes to metrics only).
 
-use crate::config::Quantity;
-use crate::request::RequestError;
+use crate::openai::request::RequestError;
+use crate::subscription::Quantity;
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

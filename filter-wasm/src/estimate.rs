@@ -15,7 +15,7 @@
 //!   what the model did, as long as a token is at least
 //!   `prompt_bytes_per_token` bytes of text.
 
-use crate::usage::Usage;
+use crate::openai::usage::Usage;
 
 /// Whether an error answer came before any model computed the request, so
 /// it is charged nothing: Envoy answered because no model could be reached
@@ -62,6 +62,11 @@ pub struct SeenOutput {
 }
 
 impl UsageBounds {
+    /// Tokens the request can cost at most: what its reservation holds.
+    pub fn worst_case(&self) -> u64 {
+        self.prompt.saturating_add(self.completion)
+    }
+
     /// The charge for a request whose response reported no usage.
     pub fn estimate(&self, seen: SeenOutput) -> Usage {
         let by_bytes = seen.text_bytes.div_ceil(self.bytes_per_token.max(1));

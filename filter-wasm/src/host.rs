@@ -1,12 +1,15 @@
-//! The boundary between the request state machine and Envoy. [`crate::wasm`]
-//! implements it with proxy-wasm hostcalls; unit tests implement it with an
-//! in-memory fake, so the whole request flow is tested on the host target.
+//! The boundary between the filter's logic and Envoy, as two traits:
+//! [`StreamHost`] for one request's state machine ([`crate::gateway`]) and
+//! [`SyncHost`] for the root context's key sync
+//! ([`crate::auth::key_sync::driver`]). `crate::wasm` implements both with
+//! proxy-wasm hostcalls; unit tests implement them with in-memory fakes, so
+//! the whole request flow and the sync loop are tested on the host target.
 //!
 //! Host failures (a header that cannot be set, a metric that cannot be
 //! defined) are swallowed by the implementation and logged there: the request
 //! path has no better answer to them than carrying on.
 
-use crate::global_limits::{Call, Method};
+use crate::limits::global_limits::{Call, Method};
 use crate::limits::CounterStore;
 use crate::metrics::Metric;
 
@@ -59,7 +62,7 @@ pub trait StreamHost {
     /// Lets a request held by the filter go on.
     fn resume_request(&self);
     /// A claim of the token `jwt_authn` verified for this request, in the
-    /// encoding `crate::claims` reads; `None` when there is no verified
+    /// encoding `crate::auth::claims` reads; `None` when there is no verified
     /// token or it lacks the claim.
     fn token_claim(&self, claim: &str) -> Option<Vec<u8>>;
     /// Envoy's `response.code_details`: `via_upstream` for a response the
@@ -78,7 +81,7 @@ pub trait StreamHost {
         timeout_ms: u64,
     ) -> Option<u32>;
     /// Hands a settlement to the VM: the root context sends it and retries
-    /// it until the limiter counts it (`crate::settlement_outbox`), even
+    /// it until the limiter counts it (`crate::limits::settlement_outbox`), even
     /// after this stream ended; its answer is not delivered here. False if
     /// it could not be kept.
     fn queue_settlement(&self, cluster: &str, call: Call, timeout_ms: u64) -> bool;
@@ -87,4 +90,21 @@ pub trait StreamHost {
     /// Logs `message` at most once per few seconds per `topic` (per worker):
     /// a dependency that is down must not write one line per request.
     fn warn_throttled(&self, topic: &'static str, message: &str);
+}
+
+/// What the key sync needs of the root context: shared data, a call to the
+/// control plane, and a way to report. Its answer comes back through
+/// `KeySync::on_response`.
+pub trait SyncHost {
+    /// Envoy's shared data, where the sync state, its lease and the keys live.
+    fn store(&self) -> &dyn CounterStore;
+    /// GETs `path` from the control plane with the gateway's token; the
+    /// call's token, or why it could not be made.
+    fn call_control_plane(&self, path: &str) -> Result<u32, String>;
+    /// The sync state in shared data may have moved: rebuild what this VM
+    /// derives from it (the subscriptions in force).
+    fn sync_applied(&self);
+    fn add_metric(&self, metric: Metric, value: u64);
+    fn set_gauge(&self, metric: Metric, value: u64);
+    fn warn(&self, message: &str);
 }

@@ -6,31 +6,34 @@
 //! and token limit, and settles the reservation with the real `usage` the model
 //! reports (plain JSON or a server-sent-event stream).
 //!
-//! Layout: everything except [`wasm`] is pure logic that builds and is tested
-//! on the host target. [`gateway`] is the per-request state machine; it talks to
-//! Envoy only through the [`host::StreamHost`] trait, which [`wasm`] implements
-//! with proxy-wasm hostcalls and the unit tests implement with a fake.
+//! Layout, by what each room is about; everything except `wasm` is pure
+//! logic that builds and is tested on the host target:
+//! - [`subscription`]: the domain types (subscriptions, their limits), which
+//!   the parser builds and everything else reads;
+//! - [`config`]: the configuration, raw (serde) → validated;
+//! - [`auth`]: keys, managed keys and their sync, token claims;
+//! - [`limits`]: local counters, global limits, rate-limit headers;
+//! - [`openai`]: the OpenAI wire format (endpoints, request, usage, SSE);
+//! - [`gateway`]: the per-request state machine, one file per phase;
+//! - [`host`]: the boundary to Envoy, as traits ([`host::StreamHost`] for a
+//!   request, [`host::SyncHost`] for the root context's key sync), which
+//!   `wasm` implements with proxy-wasm hostcalls and the unit tests with
+//!   fakes;
+//! - [`audit`], [`error`], [`estimate`], [`metrics`], [`policy`]: what the
+//!   request path reports and charges, shared by the phases.
 
 pub mod audit;
-pub mod claims;
+pub mod auth;
 pub mod config;
-pub mod endpoint;
 pub mod error;
 pub mod estimate;
 pub mod gateway;
-pub mod global_limits;
 pub mod host;
-pub mod key_sync;
-pub mod keys;
 pub mod limits;
-pub mod managed_keys;
 pub mod metrics;
+pub mod openai;
 pub mod policy;
-pub mod ratelimit_headers;
-pub mod request;
-pub mod settlement_outbox;
-pub mod sse;
-pub mod usage;
+pub mod subscription;
 
 // Compiled on the host too (proxy-wasm links there), so clippy and the
 // type checker see the glue; only the wasm32 build is ever loaded by Envoy.

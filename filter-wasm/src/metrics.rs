@@ -9,8 +9,8 @@
 //! words, so a client cannot grow the metric set by sending made-up model
 //! names.
 
-use crate::config::Quantity;
-use crate::keys::AuthFailure;
+use crate::auth::keys::AuthFailure;
+use crate::subscription::Quantity;
 use std::fmt::Write;
 use std::rc::Rc;
 

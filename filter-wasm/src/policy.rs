@@ -1,11 +1,13 @@
 //! The subscriptions in force: the configuration's, overridden and extended
-//! by those the control plane synced (see [`crate::key_sync`]). Each VM keeps
+//! by those the control plane synced (see [`crate::auth::key_sync`]). Each VM keeps
 //! one [`Policy`] and rebuilds it when the sync state's version moves; a
 //! request holds the one it started with, so its admission and its
 //! settlement see the same limits.
 
-use crate::config::{synced_subscription, Config, ScopeLimits, Subscription};
-use crate::key_sync::SyncState;
+use crate::auth::key_sync::{self, SyncState};
+use crate::config::{synced_subscription, Config};
+use crate::limits::{self, CounterStore};
+use crate::subscription::{ScopeLimits, Subscription};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -49,6 +51,29 @@ impl Policy {
             }
         }
         policy
+    }
+
+    /// The policy to use from now: `None` while the sync state in `store`
+    /// is still the one this policy reflects (one small read), else the
+    /// policy rebuilt from the synced subscriptions there, with the
+    /// counters of their limits created.
+    pub fn refreshed(
+        &self,
+        config: &Config,
+        store: &dyn CounterStore,
+        warn: &mut dyn FnMut(String),
+    ) -> Option<Policy> {
+        config.control_plane.as_ref()?;
+        let state = key_sync::read_state(store).ok()?;
+        if (state.version, state.epoch) == (self.state.version, self.state.epoch) {
+            return None;
+        }
+        let synced = key_sync::read_subscriptions(store).unwrap_or_default();
+        let policy = Policy::with_synced(config, state, &synced, warn);
+        for scope in policy.subscription_limits() {
+            let _ = limits::ensure_counter(store, &scope.group);
+        }
+        Some(policy)
     }
 
     pub fn subscription(&self, name: &str) -> Option<&Rc<Subscription>> {

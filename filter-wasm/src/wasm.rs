@@ -1,6 +1,7 @@
 //! The thin proxy-wasm layer: root and HTTP contexts that hand every callback
-//! to [`crate::gateway::Stream`], and the [`StreamHost`] / [`CounterStore`]
-//! implementations over hostcalls. Nothing here decides anything.
+//! to [`crate::gateway::Stream`] (a request) or [`KeySync`] (the key sync),
+//! and the [`StreamHost`] / [`SyncHost`] / [`CounterStore`] implementations
+//! over hostcalls. Nothing here decides anything.
 //!
 //! Hostcalls are used directly rather than through the SDK's trait defaults,
 //! which unwrap their results. The SDK's hostcalls themselves still panic on
@@ -9,21 +10,20 @@
 //! phases and replies at most once, so none of those are reachable from
 //! input. Header values are read as bytes (see `header_map`).
 
+use crate::auth::key_sync::driver::{KeySync, SyncAnswer};
 use crate::config::{Config, ControlPlane};
 use crate::error::GatewayError;
 use crate::gateway::Stream;
-use crate::global_limits::{Call, Method};
-use crate::host::{Flow, StreamHost};
-use crate::key_sync;
+use crate::host::{Flow, StreamHost, SyncHost};
+use crate::limits::global_limits::{Call, Method};
+use crate::limits::settlement_outbox::{Attempt, Outbox};
 use crate::limits::{self, Cas, CounterStore, StoreError};
-use crate::managed_keys;
 use crate::metrics::Metric;
 use crate::policy::Policy;
-use crate::settlement_outbox::{Attempt, Outbox};
 use proxy_wasm::hostcalls;
 use proxy_wasm::traits::{Context, HttpContext, RootContext};
 use proxy_wasm::types::{Action, BufferType, ContextType, LogLevel, MapType, MetricType, Status};
-use std::cell::{Cell, RefCell};
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::rc::Rc;
 use std::time::{Duration, UNIX_EPOCH};
@@ -68,24 +68,10 @@ impl VmState {
         let Some(config) = self.config.clone() else {
             return;
         };
-        if config.control_plane.is_none() {
-            return;
+        let mut warn = |w: String| log(LogLevel::Warn, &format!("maas-gateway: {w}"));
+        if let Some(policy) = self.policy.refreshed(&config, &SharedData, &mut warn) {
+            self.policy = Rc::new(policy);
         }
-        let Ok(state) = key_sync::read_state(&SharedData) else {
-            return;
-        };
-        let current = self.policy.state;
-        if (state.version, state.epoch) == (current.version, current.epoch) {
-            return;
-        }
-        let synced = key_sync::read_subscriptions(&SharedData).unwrap_or_default();
-        let policy = Policy::with_synced(&config, state, &synced, &mut |w| {
-            log(LogLevel::Warn, &format!("maas-gateway: {w}"))
-        });
-        for scope in policy.subscription_limits() {
-            let _ = limits::ensure_counter(&SharedData, &scope.group);
-        }
-        self.policy = Rc::new(policy);
     }
 }
 
@@ -93,10 +79,7 @@ impl VmState {
 struct GatewayRoot {
     vm: Rc<RefCell<VmState>>,
     configured_ms: u64,
-    /// The sync call this VM has in flight.
-    sync_token: Option<u32>,
-    /// When this VM last logged a sync failure (one line per interval).
-    last_warning_ms: Cell<u64>,
+    sync: KeySync,
 }
 
 impl GatewayRoot {
@@ -109,87 +92,6 @@ impl GatewayRoot {
     fn host(&self) -> EnvoyHost {
         EnvoyHost {
             vm: Rc::clone(&self.vm),
-        }
-    }
-
-    fn warn_sync(&self, now_ms: u64, interval_ms: u64, message: &str) {
-        if now_ms.saturating_sub(self.last_warning_ms.get()) >= interval_ms.max(1000) {
-            self.last_warning_ms.set(now_ms);
-            log(
-                LogLevel::Warn,
-                &format!("maas-gateway: key sync: {message}"),
-            );
-        }
-    }
-
-    fn start_sync(&mut self, cp: &ControlPlane, now_ms: u64) {
-        // Held past the call's deadline, so a VM that dies mid-call only
-        // delays the next sync by that much.
-        let hold = cp.timeout_ms.saturating_add(cp.sync_interval_ms);
-        if !key_sync::try_acquire_lease(&SharedData, now_ms, hold) {
-            return;
-        }
-        let since = key_sync::read_state(&SharedData).map_or(0, |s| s.version);
-        let path = format!(
-            "/maas-api/v1/sync?since={since}&limit={}",
-            cp.sync_page_keys
-        );
-        match control_plane_call(cp, &path) {
-            Ok(token) => self.sync_token = Some(token),
-            Err(e) => {
-                self.host()
-                    .add_metric(Metric::KeySyncs { result: "failed" }, 1);
-                self.warn_sync(
-                    now_ms,
-                    cp.sync_interval_ms,
-                    &format!("cannot call the control plane: {e:?}"),
-                );
-                let _ = key_sync::schedule_next(
-                    &SharedData,
-                    now_ms.saturating_add(cp.sync_interval_ms),
-                );
-            }
-        }
-    }
-
-    fn finish_sync(&mut self, cp: &ControlPlane, response: Option<(u32, Vec<u8>)>) {
-        let now_ms = now_ms();
-        let host = self.host();
-        let mut more = false;
-        let result = match response {
-            Some((200, body)) => match managed_keys::parse_sync(&body) {
-                Ok(delta) => {
-                    more = delta.more;
-                    key_sync::apply(&SharedData, &delta, now_ms)
-                        .map(|applied| outcome(applied, "changed", &mut more))
-                        .map_err(|e| e.to_string())
-                }
-                Err(e) => Err(e.to_string()),
-            },
-            Some((304, _)) => {
-                key_sync::confirm(&SharedData, now_ms, call_header("x-maas-store").as_deref())
-                    .map(|applied| outcome(applied, "not_modified", &mut more))
-                    .map_err(|e| e.to_string())
-            }
-            Some((status, _)) => Err(format!("control plane answered {status}")),
-            None => Err("no answer from the control plane".to_string()),
-        };
-        match result {
-            Ok(r) => host.add_metric(Metric::KeySyncs { result: r }, 1),
-            Err(e) => {
-                more = false;
-                host.add_metric(Metric::KeySyncs { result: "failed" }, 1);
-                self.warn_sync(now_ms, cp.sync_interval_ms, &e);
-            }
-        }
-        self.vm.borrow_mut().refresh_policy();
-        if more {
-            // The next page at once: this VM still holds the lease.
-            let _ = key_sync::schedule_next(&SharedData, now_ms);
-            self.start_sync(cp, now_ms);
-        } else {
-            let next = now_ms.saturating_add(cp.sync_interval_ms);
-            let _ = key_sync::schedule_next(&SharedData, next);
         }
     }
 
@@ -246,25 +148,9 @@ impl GatewayRoot {
     /// The key sync's gauges.
     fn record_gauges(&self, now_ms: u64) {
         let host = self.host();
-        let state = key_sync::read_state(&SharedData).unwrap_or_default();
-        let age = state
-            .age_secs(now_ms)
-            .unwrap_or_else(|| now_ms.saturating_sub(self.configured_ms) / 1000);
-        host.set_gauge(Metric::KeySyncAgeSeconds, age);
+        self.sync.record_age(&host, self.configured_ms, now_ms);
         let subscriptions = self.vm.borrow().policy.len() as u64;
         host.set_gauge(Metric::Subscriptions, subscriptions);
-    }
-}
-
-/// The metric label of a sync answer's result; an answer from another
-/// database makes the next call (a full resync) go at once.
-fn outcome(applied: key_sync::Applied, synced: &'static str, more: &mut bool) -> &'static str {
-    match applied {
-        key_sync::Applied::Synced(_) => synced,
-        key_sync::Applied::OtherStore => {
-            *more = true;
-            "other_store"
-        }
     }
 }
 
@@ -338,15 +224,21 @@ impl Context for GatewayRoot {
         body_size: usize,
         _num_trailers: usize,
     ) {
-        if self.sync_token != Some(token_id) {
+        if !self.sync.expects(token_id) {
             return;
         }
-        self.sync_token = None;
-        if let Some(config) = self.config() {
-            if let Some(cp) = &config.control_plane {
-                self.finish_sync(cp, call_response(num_headers, body_size));
-            }
-        }
+        let config = self.config();
+        let Some(cp) = config.as_ref().and_then(|c| c.control_plane.as_ref()) else {
+            self.sync.abandon();
+            return;
+        };
+        let answer = call_response(num_headers, body_size).map(|(status, body)| SyncAnswer {
+            status,
+            body,
+            store_id: call_header("x-maas-store"),
+        });
+        let host = self.host();
+        self.sync.on_response(&host, cp, answer, now_ms());
     }
 }
 
@@ -441,9 +333,8 @@ impl RootContext for GatewayRoot {
         let Some(cp) = &config.control_plane else {
             return;
         };
-        if self.sync_token.is_none() {
-            self.start_sync(cp, now);
-        }
+        let host = self.host();
+        self.sync.on_tick(&host, cp, now);
         self.vm.borrow_mut().refresh_policy();
         self.record_gauges(now);
     }
@@ -591,10 +482,54 @@ impl EnvoyHost {
         Some(id)
     }
 
+    /// Both hosts count metrics this way (inherent, so calls on an
+    /// `EnvoyHost` need not name a trait).
+    fn add_metric(&self, metric: Metric, value: u64) {
+        if let Some(id) = self.metric_id(metric) {
+            let _ = hostcalls::increment_metric(id, value.min(i64::MAX as u64) as i64);
+        }
+    }
+
+    fn warn(&self, message: &str) {
+        log(LogLevel::Warn, message);
+    }
+
+    /// A GET to the control plane, when one is configured.
+    fn control_plane_get(&self, path: &str) -> Result<u32, String> {
+        let config = self.vm.borrow().config.clone();
+        let Some(cp) = config.as_ref().and_then(|c| c.control_plane.as_ref()) else {
+            return Err("no control plane configured".to_string());
+        };
+        control_plane_call(cp, path).map_err(|e| format!("{e:?}"))
+    }
+}
+
+/// The root context's side: the key sync's calls and reports.
+impl SyncHost for EnvoyHost {
+    fn store(&self) -> &dyn CounterStore {
+        &SharedData
+    }
+
+    fn call_control_plane(&self, path: &str) -> Result<u32, String> {
+        self.control_plane_get(path)
+    }
+
+    fn sync_applied(&self) {
+        self.vm.borrow_mut().refresh_policy();
+    }
+
+    fn add_metric(&self, metric: Metric, value: u64) {
+        EnvoyHost::add_metric(self, metric, value);
+    }
+
     fn set_gauge(&self, metric: Metric, value: u64) {
         if let Some(id) = self.metric_id(metric) {
             let _ = hostcalls::record_metric(id, value);
         }
+    }
+
+    fn warn(&self, message: &str) {
+        EnvoyHost::warn(self, message);
     }
 }
 
@@ -678,22 +613,16 @@ impl StreamHost for EnvoyHost {
     }
 
     fn add_metric(&self, metric: Metric, value: u64) {
-        if let Some(id) = self.metric_id(metric) {
-            let _ = hostcalls::increment_metric(id, value.min(i64::MAX as u64) as i64);
-        }
+        EnvoyHost::add_metric(self, metric, value);
     }
 
     fn dispatch_key_lookup(&self, id: &str) -> bool {
-        let config = self.vm.borrow().config.clone();
-        let Some(cp) = config.as_ref().and_then(|c| c.control_plane.as_ref()) else {
-            return false;
-        };
-        match control_plane_call(cp, &format!("/maas-api/v1/sync/keys/{id}")) {
+        match self.control_plane_get(&format!("/maas-api/v1/sync/keys/{id}")) {
             Ok(_) => true,
             Err(e) => {
                 log(
                     LogLevel::Warn,
-                    &format!("maas-gateway: key lookup not sent: {e:?}"),
+                    &format!("maas-gateway: key lookup not sent: {e}"),
                 );
                 false
             }
@@ -791,7 +720,7 @@ impl StreamHost for EnvoyHost {
     }
 
     fn warn(&self, message: &str) {
-        log(LogLevel::Warn, message);
+        EnvoyHost::warn(self, message);
     }
 
     fn warn_throttled(&self, topic: &'static str, message: &str) {

@@ -50,7 +50,7 @@ fn a_cut_stream_is_charged_at_least_the_prompt_the_server_computed() {
             },
             "keys": [{
                 "id": "team-1", "owner": "team", "subscription": "team",
-                "sha256": maas_filter::keys::KeyDigest::of(KEY).to_hex()
+                "sha256": maas_filter::auth::keys::KeyDigest::of(KEY).to_hex()
             }]
         }))
         .model(MODEL, server.addr())

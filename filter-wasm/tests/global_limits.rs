@@ -10,7 +10,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use maas_filter::config::Config;
-use maas_filter::global_limits::limitador_limits;
+use maas_filter::limits::global_limits::limitador_limits;
 use std::time::Duration;
 
 use maas_ratelimit_proto::{Code, RateLimitDescriptor, RateLimitRequest};
@@ -38,7 +38,7 @@ fn filter_config() -> Value {
         },
         "keys": [{
             "id": "team-1", "owner": "team", "subscription": "shared",
-            "sha256": maas_filter::keys::KeyDigest::of(KEY).to_hex()
+            "sha256": maas_filter::auth::keys::KeyDigest::of(KEY).to_hex()
         }]
     })
 }

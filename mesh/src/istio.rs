@@ -470,7 +470,7 @@ fn limiter_limits_config_map(config: &Config) -> Value {
         .limiter
         .as_ref()
         .map_or("maas", |l| l.domain.as_str());
-    let limits = maas_filter::global_limits::limitador_limits(
+    let limits = maas_filter::limits::global_limits::limitador_limits(
         domain,
         config.subscriptions.iter().map(|s| &**s),
     );

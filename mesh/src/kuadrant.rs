@@ -27,10 +27,9 @@
 use std::collections::BTreeSet;
 use std::rc::Rc;
 
-use maas_filter::config::{
-    synced_subscription, Config, ConfigError, Quantity, ScopeLimits, Subscription,
-};
+use maas_filter::config::{synced_subscription, Config, ConfigError};
 use maas_filter::limits::Rate;
+use maas_filter::subscription::{Quantity, ScopeLimits, Subscription};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 

@@ -39,7 +39,7 @@ pub fn start(config: &Value, port: u16, dir: &Path) -> Result<Option<LocalLimite
     }
     ensure_free(port, "rate limiter", "--limiter-port")?;
     let limits = dir.join("limits.yaml");
-    let text = maas_filter::global_limits::limitador_limits(
+    let text = maas_filter::limits::global_limits::limitador_limits(
         &limiter.domain,
         parsed.subscriptions.iter().map(|s| &**s),
     );

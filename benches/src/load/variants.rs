@@ -23,9 +23,9 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
+use maas_filter::auth::keys::KeyDigest;
 use maas_filter::config::Config;
-use maas_filter::global_limits::limitador_limits;
-use maas_filter::keys::KeyDigest;
+use maas_filter::limits::global_limits::limitador_limits;
 use maas_testkit::gateway::{render_gateway, GatewaySpec, RenderError, LIMITER_CLUSTER};
 use serde_json::{json, Value};
 

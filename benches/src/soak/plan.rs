@@ -19,7 +19,7 @@ pub const DOMAIN: &str = "maas-soak";
 pub const RESERVATION_TTL_MS: u64 = 15_000;
 
 /// What a limit counts (the filter's own type).
-pub use maas_filter::config::Quantity;
+pub use maas_filter::subscription::Quantity;
 
 /// One rate: `amount` per fixed window of `window_secs`. Local rates have
 /// windows aligned to the Unix epoch (the filter's shared-data ledger);
@@ -301,7 +301,7 @@ impl Plan {
                 let (id, key) = (c.static_id?, c.static_key()?);
                 Some(json!({
                     "id": id, "owner": c.owner, "subscription": c.subscription,
-                    "sha256": maas_filter::keys::KeyDigest::of(&key).to_hex(),
+                    "sha256": maas_filter::auth::keys::KeyDigest::of(&key).to_hex(),
                 }))
             })
             .collect();
@@ -362,7 +362,7 @@ mod tests {
         let config = plan.filter_config("token");
         let parsed = maas_filter::config::Config::from_json(config.to_string().as_bytes())
             .unwrap_or_else(|e| panic!("{e}: {config}"));
-        let limits = maas_filter::global_limits::limitador_limits(
+        let limits = maas_filter::limits::global_limits::limitador_limits(
             DOMAIN,
             parsed.subscriptions.iter().map(|s| &**s),
         );

@@ -7,14 +7,14 @@
 
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
-use maas_filter::keys::KeyDigest;
+use maas_filter::auth::keys::KeyDigest;
 
 use super::error::ApiError;
 use super::AppState;
 use crate::oidc::{Identity, TokenVerifier};
 
 /// Who the administrator token acts as: in the namespace no OIDC subject may
-/// enter ([`maas_filter::keys::check_subject`]), so a token with `sub:
+/// enter ([`maas_filter::auth::keys::check_subject`]), so a token with `sub:
 /// "admin"` (or `"maas:admin"`) is never taken for the administrator, and
 /// never sees or revokes the keys it minted for itself. The gateway accepts
 /// it as a key's owner like any other.
@@ -120,7 +120,7 @@ impl FromRequestParts<std::sync::Arc<AppState>> for GatewayCaller {
 #[cfg(test)]
 mod tests {
     use super::ADMIN_SUBJECT;
-    use maas_filter::keys::{check_subject, check_user_name, UserNameError};
+    use maas_filter::auth::keys::{check_subject, check_user_name, UserNameError};
 
     #[test]
     fn the_admin_identity_is_no_subject_a_token_can_claim() {

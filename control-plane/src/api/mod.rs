@@ -157,7 +157,7 @@ async fn create_key(
         // The rule OIDC subjects follow: it becomes `x-maas-user` at the
         // gateway, and may not pass for the administrator.
         Some(o) if who.admin => {
-            maas_filter::keys::check_subject(&o)
+            maas_filter::auth::keys::check_subject(&o)
                 .map_err(|e| ApiError::Invalid(format!("owner: {e}")))?;
             o
         }

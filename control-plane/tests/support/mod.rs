@@ -11,7 +11,7 @@ use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use maas_control_plane::api::{router, AppState, Authenticator};
 use maas_control_plane::oidc::{OidcSettings, TokenVerifier};
 use maas_control_plane::store::Store;
-use maas_filter::keys::KeyDigest;
+use maas_filter::auth::keys::KeyDigest;
 use maas_testkit::{request, Response};
 use serde_json::{json, Value};
 

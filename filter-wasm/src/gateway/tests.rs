@@ -2,9 +2,12 @@
 //! the order Envoy makes them, with shared counters that outlive streams.
 
 use super::*;
-use crate::global_limits::Call;
-use crate::keys::KeyDigest;
-use crate::limits::MemoryStore;
+use crate::auth::keys::KeyDigest;
+use crate::host::StreamHost;
+use crate::limits::global_limits::{Call, Method};
+use crate::limits::{self, MemoryStore};
+use crate::metrics::Metric;
+use crate::subscription::Quantity;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 

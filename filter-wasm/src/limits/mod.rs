@@ -33,6 +33,14 @@
 //!
 //! Everything here is pure logic over the [`CounterStore`] trait; [`MemoryStore`] is the
 //! host-target double for tests and benches.
+//!
+//! Beside the local ledger: [`global_limits`] (limits a rate limiter service keeps,
+//! shared by many gateways), [`settlement_outbox`] (its settlements on their way, retried
+//! from the root context) and [`ratelimit_headers`] (what a client is told of its limits).
+
+pub mod global_limits;
+pub mod ratelimit_headers;
+pub mod settlement_outbox;
 
 mod counter;
 mod ledger;

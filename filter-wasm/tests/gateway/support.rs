@@ -1,7 +1,7 @@
 //! Shared set-up: a gateway with a known configuration in front of one mock
 //! upstream, and the demo keys the tests present.
 
-use maas_filter::keys::KeyDigest;
+use maas_filter::auth::keys::KeyDigest;
 use maas_testkit::{Gateway, MockUpstream, Response};
 use serde_json::{json, Value};
 

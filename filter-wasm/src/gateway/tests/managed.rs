@@ -2,8 +2,8 @@
 //! looked up once when never seen, refused once revoked.
 
 use super::*;
-use crate::key_sync;
-use crate::managed_keys::{parse_sync, salted_digest};
+use crate::auth::key_sync;
+use crate::auth::managed_keys::{parse_sync, salted_digest};
 
 const SALT: [u8; 16] = [9; 16];
 const ID: &str = "abcdefgh2345";
@@ -16,7 +16,7 @@ fn managed_key() -> String {
 fn key_json(revoked: bool, version: u64) -> serde_json::Value {
     serde_json::json!({
         "id": ID, "owner": "erin", "subscription": "team-a",
-        "salt": crate::keys::encode_hex(&SALT),
+        "salt": crate::auth::keys::encode_hex(&SALT),
         "sha256": salted_digest(&SALT, ID, SECRET).to_hex(),
         "revoked": revoked, "version": version
     })

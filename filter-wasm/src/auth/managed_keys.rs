@@ -13,7 +13,7 @@
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::keys::{decode_hex, KeyDigest};
+use crate::auth::keys::{decode_hex, KeyDigest};
 
 pub const PREFIX: &str = "sk-maas-";
 pub const ID_LEN: usize = 12;

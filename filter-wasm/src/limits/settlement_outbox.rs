@@ -23,7 +23,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::global_limits::Call;
+use crate::limits::global_limits::Call;
 
 /// Settlements one VM keeps at most.
 pub const CAPACITY: usize = 10_000;
@@ -170,7 +170,7 @@ impl Outbox {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::global_limits::Method;
+    use crate::limits::global_limits::Method;
 
     fn call(n: u8) -> Call {
         Call {

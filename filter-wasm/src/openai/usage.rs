@@ -10,7 +10,7 @@
 
 use serde_json::value::RawValue;
 
-use crate::request::object_fields;
+use crate::openai::request::object_fields;
 
 /// Tokens consumed by one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

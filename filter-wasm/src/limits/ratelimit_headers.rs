@@ -3,8 +3,8 @@
 //! limits of one kind, the headers report the one with the least room left,
 //! which is the one a client must pace itself by.
 
-use crate::config::Quantity;
 use crate::limits::LimitState;
+use crate::subscription::Quantity;
 
 /// The tightest limit of each kind, as seen right after admission.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

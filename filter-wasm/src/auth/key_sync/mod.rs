@@ -14,6 +14,9 @@
 //!   client sending made-up ids can evict older answers, never grow the map.
 //! - `lookup`: the rate counter bounding lookups of never-seen ids.
 //!
+//! The call loop that fills it (lease, paging, answers, rescheduling) is
+//! [`driver`]'s; this module only reads and writes shared data.
+//!
 //! Invariants:
 //! - A key's entry only moves forward: a write carrying an older key version
 //!   than the stored one keeps the stored record (a slow lookup answer cannot
@@ -27,9 +30,11 @@
 //! - Nothing here panics on corrupted bytes: an unreadable entry reads as
 //!   absent and the next write replaces it.
 
+use crate::auth::managed_keys::{ManagedKey, SyncDelta};
 use crate::limits::{self, CounterStore, LimitGroup, Rate, ReserveError, StoreError};
-use crate::managed_keys::{ManagedKey, SyncDelta};
 use serde_json::{Map, Value};
+
+pub mod driver;
 
 pub const STATE_KEY: &str = "maas/sync/state";
 pub const LEASE_KEY: &str = "maas/sync/lease";
@@ -423,7 +428,7 @@ pub fn take_lookup_budget(store: &dyn CounterStore, per_second: u64, now_secs: u
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::KeyDigest;
+    use crate::auth::keys::KeyDigest;
     use crate::limits::MemoryStore;
     use serde_json::json;
 

@@ -7,7 +7,7 @@
 //! the way a password hash would be; it also lets the lookup be one hash-map
 //! probe per request.
 
-use crate::config::ScopeLimits;
+use crate::subscription::ScopeLimits;
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -246,7 +246,7 @@ mod tests {
             digest: KeyDigest::of(secret),
             expires_at,
             revoked,
-            limits: Rc::new(crate::config::ScopeLimits::unlimited(
+            limits: Rc::new(crate::subscription::ScopeLimits::unlimited(
                 "maas/key/test",
                 "key test",
             )),

@@ -25,21 +25,8 @@ use maas_ratelimit_proto::{
     Code, CommitRequest, Duration, Message, RateLimitDescriptor, RateLimitRequest,
     RateLimitResponse, ReserveRequest, ReserveResponse,
 };
-use serde::Deserialize;
 
-use crate::config::{KeyLimitsPer, Quantity, Subscription};
-use crate::limits::Rate;
-
-/// What an unreachable or failing limiter means for a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum FailureMode {
-    /// Refuse with 503: a limit that cannot be checked is not granted.
-    #[default]
-    Deny,
-    /// Let the request through uncounted by that limiter.
-    Allow,
-}
+use crate::subscription::{FailureMode, KeyLimitsPer, Quantity, Subscription};
 
 /// The rate limiter service, as the `limiter` block configures it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -56,15 +43,6 @@ pub struct Limiter {
     /// How long a reservation holds if its commit never arrives (a gateway
     /// that died mid-request); longer than the longest generation.
     pub reservation_ttl_ms: u64,
-}
-
-/// One configured global limit of a scope.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GlobalRate {
-    pub quantity: Quantity,
-    pub rate: Rate,
-    /// `None`: the limiter's default.
-    pub failure_mode: Option<FailureMode>,
 }
 
 /// Who a call is about: one descriptor, the same for every call of a request.

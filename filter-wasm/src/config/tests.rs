@@ -1,0 +1,236 @@
+//! The configuration parser and validator, through `Config::from_json`:
+//! a full document loads, and each kind of mistake names its field.
+
+use super::validate::parse_rfc3339_utc;
+use super::*;
+use crate::subscription::{
+    CapMode, KeyLimitsPer, Quantity, ScopeLimits, DEFAULT_MAX_KEYS_PER_OWNER,
+    MAX_KEYS_PER_OWNER_LIMIT,
+};
+use serde_json::json;
+
+const HASH: &str = "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae";
+
+fn base() -> serde_json::Value {
+    json!({
+        "models": ["m1", "org/m2:q4"],
+        "subscriptions": {
+            "free": {
+                "models": ["m1"],
+                "limits": {"requests": ["10/min"], "tokens": ["20000/min", "1000000/day"]},
+                "key_limits": {"requests": ["5/min"]},
+                "max_tokens": {"cap": 512}
+            },
+            "gold": {"models": ["m1", "org/m2:q4"], "limits": "unlimited"}
+        },
+        "keys": [
+            {"id": "k1", "owner": "alice", "subscription": "free", "sha256": HASH,
+             "expires_at": "2027-01-01T00:00:00Z"},
+            {"id": "k2", "owner": "bob", "subscription": "gold",
+             "sha256": HASH.replace('2', "3"), "revoked": true}
+        ]
+    })
+}
+
+fn load(v: &serde_json::Value) -> Result<Config, ConfigError> {
+    Config::from_json(v.to_string().as_bytes())
+}
+
+#[test]
+fn loads_a_full_configuration() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.max_body_bytes, 1 << 20);
+    assert_eq!(c.default_max_tokens, 4096);
+    assert_eq!(c.models, vec!["m1", "org/m2:q4"]);
+    let free = &c.subscriptions[0];
+    assert_eq!(&*free.name, "free");
+    assert_eq!(free.limits.len(), 3);
+    assert_eq!(
+        free.limits.group.counter_key,
+        "maas/sub/free/r60.t60.t86400"
+    );
+    assert_eq!(free.limits.quantities[1], Quantity::Tokens);
+    assert_eq!(free.limits.group.rates[1].window_secs, 60);
+    assert_eq!(free.limits.group.rates[2].window_secs, 86_400);
+    assert_eq!(free.max_tokens.unwrap().mode, CapMode::Clamp);
+    assert!(c.subscriptions[1].limits.is_empty());
+    let k1 = c.keys.iter().next().unwrap();
+    assert_eq!(k1.expires_at, Some(1_798_761_600));
+    assert_eq!(k1.limits.len(), 1, "inherits the subscription's key_limits");
+    assert_eq!(k1.limits.group.counter_key, "maas/key/k1/r60");
+    assert_eq!(k1.limits.quantities, [Quantity::Requests]);
+    assert_eq!(c.all_limits().count(), 2, "one counter per limited scope");
+    assert_eq!(c.all_limits().map(ScopeLimits::len).sum::<usize>(), 4);
+}
+
+#[test]
+fn errors_name_the_field() {
+    type Mutation = fn(&mut serde_json::Value);
+    let cases: Vec<(Mutation, &str)> = vec![
+        (
+            |v| v["subscriptions"]["free"]["limits"]["tokens"][1] = json!("5/fortnight"),
+            "subscriptions.free.limits.tokens[1]",
+        ),
+        (
+            |v| v["subscriptions"]["free"]["limits"] = json!("infinite"),
+            "subscriptions.free.limits",
+        ),
+        (
+            |v| v["subscriptions"]["free"]["limits"] = json!({}),
+            "subscriptions.free.limits",
+        ),
+        (
+            |v| v["subscriptions"]["free"]["limits"]["requests"] = json!(["1/min", "2/60s"]),
+            "subscriptions.free.limits.requests[1]",
+        ),
+        (
+            |v| v["subscriptions"]["free"]["models"] = json!(["nope"]),
+            "subscriptions.free.models[0]",
+        ),
+        (
+            |v| v["subscriptions"]["free"]["max_tokens"]["cap"] = json!(0),
+            "subscriptions.free.max_tokens.cap",
+        ),
+        (|v| v["keys"][0]["sha256"] = json!("abc"), "keys[0].sha256"),
+        (
+            |v| v["keys"][0]["subscription"] = json!("silver"),
+            "keys[0].subscription",
+        ),
+        (
+            |v| v["keys"][0]["expires_at"] = json!("tomorrow"),
+            "keys[0].expires_at",
+        ),
+        (|v| v["keys"][1]["id"] = json!("k1"), "keys[1].id"),
+        (|v| v["keys"][1]["sha256"] = json!(HASH), "keys[1].sha256"),
+        (
+            |v| v["keys"][0]["owner"] = json!("a\r\nx-maas-user: root"),
+            "keys[0].owner",
+        ),
+        (|v| v["keys"][0]["id"] = json!("k;1"), "keys[0].id"),
+        (|v| v["models"] = json!(["a;b"]), "models[0]"),
+        (|v| v["models"] = json!([]), "models"),
+        (|v| v["max_body_bytes"] = json!(0), "max_body_bytes"),
+        (
+            |v| v["subscriptions"]["free"]["max_keys_per_owner"] = json!(0),
+            "subscriptions.free.max_keys_per_owner",
+        ),
+        (
+            |v| v["subscriptions"]["free"]["max_keys_per_owner"] = json!(1001),
+            "subscriptions.free.max_keys_per_owner",
+        ),
+    ];
+    for (mutate, field) in cases {
+        let mut v = base();
+        mutate(&mut v);
+        let e = load(&v).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
+}
+
+#[test]
+fn unknown_fields_are_rejected_with_their_name() {
+    let mut v = base();
+    v["subscriptions"]["free"]["limit"] = json!("unlimited");
+    let e = load(&v).unwrap_err();
+    assert!(e.reason.contains("limit"), "{e}");
+    let e = Config::from_json(b"{not json").unwrap_err();
+    assert_eq!(e.field, "(document)");
+}
+
+#[test]
+fn key_limits_count_per_key_or_per_owner() {
+    let mut v = base();
+    v["keys"][1] = json!({"id": "k3", "owner": "alice", "subscription": "free",
+                           "sha256": HASH.replace('2', "3")});
+    let keys = |c: &Config| -> Vec<String> {
+        c.keys
+            .iter()
+            .map(|k| k.limits.group.counter_key.clone())
+            .collect()
+    };
+    // Default: one counter per key, and the limiter counts each key.
+    let c = load(&v).unwrap();
+    let free = &c.subscriptions[0];
+    assert_eq!(free.key_limits_per, KeyLimitsPer::Key);
+    assert_eq!(keys(&c), ["maas/key/k1/r60", "maas/key/k3/r60"]);
+    assert_eq!(free.holder_descriptor(Some("k1"), "alice"), "k1");
+    assert_eq!(free.holder_descriptor(None, "alice"), "user:alice");
+    // Per owner: alice's keys share her counter, the one her token uses.
+    v["subscriptions"]["free"]["key_limits_per"] = json!("owner");
+    let c = load(&v).unwrap();
+    let free = &c.subscriptions[0];
+    assert_eq!(
+        keys(&c),
+        ["maas/user/free/alice/r60", "maas/user/free/alice/r60"]
+    );
+    assert_eq!(
+        free.holder_limits(None, "alice").group.counter_key,
+        "maas/user/free/alice/r60"
+    );
+    assert_eq!(free.holder_descriptor(Some("k1"), "alice"), "user:alice");
+    assert_eq!(free.holder_limits(Some("k1"), "alice").scope, "user alice");
+    // Anything else is refused, naming the field.
+    v["subscriptions"]["free"]["key_limits_per"] = json!("team");
+    let e = load(&v).unwrap_err();
+    assert!(e.reason.contains("team"), "{e}");
+}
+
+#[test]
+fn max_keys_per_owner_defaults_and_is_bounded() {
+    let mut v = base();
+    assert!(load(&v).is_ok(), "default {DEFAULT_MAX_KEYS_PER_OWNER}");
+    for (cap, ok) in [(1, true), (MAX_KEYS_PER_OWNER_LIMIT, true), (0, false)] {
+        v["subscriptions"]["free"]["max_keys_per_owner"] = json!(cap);
+        assert_eq!(load(&v).is_ok(), ok, "{cap}");
+    }
+    v["subscriptions"]["free"]["max_keys_per_owner"] = json!(-1);
+    assert!(load(&v).is_err());
+}
+
+#[test]
+fn key_limits_can_be_overridden_per_key() {
+    let mut v = base();
+    v["keys"][0]["limits"] = json!({"tokens": ["100/10s"]});
+    let c = load(&v).unwrap();
+    let k1 = c.keys.iter().next().unwrap();
+    assert_eq!(k1.limits.len(), 1);
+    assert_eq!(k1.limits.quantities, [Quantity::Tokens]);
+    assert_eq!(k1.limits.group.rates[0].window_secs, 10);
+    assert_eq!(k1.limits.group.counter_key, "maas/key/k1/t10");
+}
+
+#[test]
+fn counter_keys_name_the_window_layout() {
+    // Reordering a scope's limits must not read old windows under the
+    // wrong rates: the key changes with the layout, not with amounts.
+    let key_of = |limits: serde_json::Value| {
+        let mut v = base();
+        v["subscriptions"]["free"]["limits"] = limits;
+        load(&v).unwrap().subscriptions[0]
+            .limits
+            .group
+            .counter_key
+            .clone()
+    };
+    let a = key_of(json!({"tokens": ["100/min", "1000/day"]}));
+    let b = key_of(json!({"tokens": ["1000/day", "100/min"]}));
+    let c = key_of(json!({"tokens": ["500/min", "9000/day"]}));
+    assert_ne!(a, b);
+    assert_eq!(a, c);
+}
+
+#[test]
+fn rfc3339_parsing() {
+    for (s, want) in [
+        ("1970-01-01T00:00:00Z", Some(0)),
+        ("2000-02-29T12:00:00Z", Some(951_825_600)),
+        ("2027-01-01T00:00:00.123Z", Some(1_798_761_600)),
+        ("2001-02-29T00:00:00Z", None),
+        ("2027-01-01T00:00:00+02:00", None),
+        ("2027-1-01T00:00:00Z", None),
+        ("2027-01-01", None),
+        ("", None),
+    ] {
+        assert_eq!(parse_rfc3339_utc(s), want, "{s}");
+    }
+}

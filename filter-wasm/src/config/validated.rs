@@ -1,0 +1,78 @@
+//! The validated configuration the filter runs on: built once per VM at
+//! `on_configure` from the raw form ([`super::raw`]) by
+//! [`super::validate`], and read-only afterwards (shared as `Rc<Config>`).
+//!
+//! Invariants: every name in it is safe in a header, a metric name and a
+//! shared-data key; `models` and each subscription's `models` are sorted;
+//! every key's `subscription` indexes `subscriptions`.
+
+use super::raw::{Oidc, RawConfig};
+use crate::auth::keys::KeyStore;
+use crate::limits::global_limits::Limiter;
+use crate::subscription::{ScopeLimits, Subscription};
+use std::rc::Rc;
+
+/// The control plane the filter syncs managed keys and subscriptions from.
+#[derive(Debug, Clone)]
+pub struct ControlPlane {
+    pub cluster: String,
+    pub authority: String,
+    pub token: String,
+    pub sync_interval_ms: u64,
+    pub timeout_ms: u64,
+    pub sync_page_keys: u64,
+    pub lookups_per_second: u64,
+    pub negative_cache_ms: u64,
+}
+
+#[derive(Debug)]
+pub struct Config {
+    pub max_body_bytes: usize,
+    pub default_max_tokens: u64,
+    pub prompt_bytes_per_token: u64,
+    /// Every model the gateway routes, sorted.
+    pub models: Vec<String>,
+    /// Configured here; the control plane may add and override them.
+    pub subscriptions: Vec<Rc<Subscription>>,
+    pub keys: KeyStore,
+    pub control_plane: Option<ControlPlane>,
+    pub oidc: Option<Oidc>,
+    pub limiter: Option<Limiter>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid filter configuration: {field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+/// A [`ConfigError`] for `field`.
+pub(super) fn err(field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        field: field.into(),
+        reason: reason.into(),
+    }
+}
+
+impl Config {
+    /// Parses and validates a configuration document. A configuration error
+    /// makes Envoy refuse the plugin: a gateway that starts with a
+    /// half-understood policy is worse than one that does not start.
+    pub fn from_json(bytes: &[u8]) -> Result<Config, ConfigError> {
+        // serde's message names the unknown or mistyped field.
+        let raw: RawConfig =
+            serde_json::from_slice(bytes).map_err(|e| err("(document)", e.to_string()))?;
+        Config::try_from(raw)
+    }
+
+    /// Every scope with limits (one counter each) the configuration enforces,
+    /// for creating the counters before traffic arrives.
+    pub fn all_limits(&self) -> impl Iterator<Item = &ScopeLimits> {
+        self.subscriptions
+            .iter()
+            .map(|s| &s.limits)
+            .chain(self.keys.iter().map(|k| &*k.limits))
+            .filter(|l| !l.is_empty())
+    }
+}

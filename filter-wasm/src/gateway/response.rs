@@ -1,0 +1,143 @@
+//! The response phases: rate-limit headers on the way out, and the
+//! reported usage read from the body (one JSON document, or a server-sent
+//! event stream, from which the usage event is removed when the client did
+//! not ask for it). A response the filter cannot read is still settled, by
+//! estimate.
+//!
+//! Invariant: memory held per response is bounded
+//! ([`MAX_JSON_RESPONSE_BYTES`], one SSE event of [`MAX_SSE_EVENT_BYTES`]).
+
+use super::Stream;
+use crate::host::{Flow, StreamHost};
+use crate::openai::sse::SseUsageParser;
+
+/// A JSON response larger than this is passed through without reading its
+/// usage (and charged by estimate) rather than held in memory.
+const MAX_JSON_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+/// One SSE event larger than this is not inspected.
+const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
+
+pub(super) enum ResponseReader {
+    /// Not read: not admitted, an error status, or an encoding we cannot parse.
+    Skip,
+    Json {
+        buf: Vec<u8>,
+        overflowed: bool,
+        /// Body bytes received, kept or not (the estimate's text).
+        seen: u64,
+    },
+    Sse(Box<SseUsageParser>),
+}
+
+impl Stream {
+    pub fn on_response_headers(&mut self, host: &dyn StreamHost, end_of_stream: bool) -> Flow {
+        if self.replied {
+            return Flow::Continue;
+        }
+        let (mut encoded, mut sse) = (false, false);
+        for (name, value) in host.response_headers() {
+            match name.as_str() {
+                ":status" => self.response.status = value.parse().ok(),
+                "content-encoding" => encoded = !value.eq_ignore_ascii_case("identity"),
+                "content-type" => {
+                    sse = value
+                        .trim_start()
+                        .get(..17)
+                        .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+                }
+                _ => {}
+            }
+        }
+        for (name, value) in self.headers.to_headers() {
+            host.set_response_header(name, Some(&value));
+        }
+        if self.admission.is_some() {
+            let ok = self
+                .response
+                .status
+                .is_some_and(|s| (200..300).contains(&s));
+            self.response.reader = match (ok && !encoded, sse) {
+                (false, _) => ResponseReader::Skip,
+                (true, true) => {
+                    if self.completion.strip_usage {
+                        // The filter rewrites the stream; a declared length
+                        // would no longer hold.
+                        host.set_response_header("content-length", None);
+                    }
+                    ResponseReader::Sse(Box::new(SseUsageParser::new(
+                        self.completion.strip_usage,
+                        MAX_SSE_EVENT_BYTES,
+                    )))
+                }
+                (true, false) => ResponseReader::Json {
+                    buf: Vec::new(),
+                    overflowed: false,
+                    seen: 0,
+                },
+            };
+        }
+        if end_of_stream {
+            self.end_response(host);
+        }
+        Flow::Continue
+    }
+
+    pub fn on_response_body(
+        &mut self,
+        host: &dyn StreamHost,
+        body_size: usize,
+        end_of_stream: bool,
+    ) -> Flow {
+        if self.replied || self.admission.is_none() {
+            return Flow::Continue;
+        }
+        match &mut self.response.reader {
+            ResponseReader::Skip => {}
+            ResponseReader::Json {
+                buf,
+                overflowed,
+                seen,
+            } => {
+                *seen = seen.saturating_add(body_size as u64);
+                if !*overflowed && body_size > 0 {
+                    if buf.len().saturating_add(body_size) > MAX_JSON_RESPONSE_BYTES {
+                        *overflowed = true;
+                        *buf = Vec::new();
+                    } else if let Some(chunk) = host.response_body(body_size) {
+                        buf.extend_from_slice(&chunk);
+                    }
+                }
+            }
+            ResponseReader::Sse(parser) => {
+                let chunk = if body_size > 0 {
+                    host.response_body(body_size).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                let mut out = parser.feed(&chunk);
+                if end_of_stream {
+                    if let Some(rest) = parser.finish() {
+                        out.get_or_insert_with(Vec::new).extend_from_slice(&rest);
+                    }
+                }
+                if let Some(out) = out {
+                    if out != chunk {
+                        host.replace_response_body(body_size, &out);
+                    }
+                }
+            }
+        }
+        if end_of_stream {
+            self.end_response(host);
+        }
+        Flow::Continue
+    }
+
+    /// Response trailers end the response: settle with what was read.
+    pub fn on_response_trailers(&mut self, host: &dyn StreamHost) -> Flow {
+        if !self.replied && self.admission.is_some() {
+            self.end_response(host);
+        }
+        Flow::Continue
+    }
+}

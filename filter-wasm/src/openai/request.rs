@@ -1,0 +1,704 @@
+//! The OpenAI completion request body, as the gateway sees it.
+//!
+//! The body is walked once: the top-level object's keys are matched after
+//! unescaping (so `"mo\u0064el"` is `model`, as the upstream will read it),
+//! the handful of fields the gateway needs are kept as borrowed raw JSON and
+//! typed afterwards, and every other value is skipped without allocating.
+//!
+//! Invariants:
+//! - A body that names one of the fields we read (`model`, `max_tokens`,
+//!   `max_completion_tokens`, `stream`, `stream_options`) twice is rejected:
+//!   a gateway that charges or routes on the first `model` while the upstream
+//!   serves the last one would be a bypass.
+//! - [`rewrite_completion_request`] edits values in place and copies every
+//!   other byte of the body unchanged, so what the upstream receives is what the
+//!   client sent plus the gateway's limits; its output reads back through
+//!   [`parse_completion_request`] with the new values.
+//!
+//! The object walker ([`object_fields`]) is shared with the usage and SSE
+//! parsers, which read response bodies the same way.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::marker::PhantomData;
+
+use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
+use serde_json::value::RawValue;
+
+/// The fields of a completion request that the gateway acts on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CompletionRequest<'a> {
+    /// `model`: a non-empty string, borrowed from the body unless it was escaped.
+    pub model: Cow<'a, str>,
+    /// `max_tokens` (legacy name, still the one most servers read).
+    pub max_tokens: Option<u64>,
+    /// `max_completion_tokens` (current OpenAI name).
+    pub max_completion_tokens: Option<u64>,
+    /// `stream`; absent or null means false.
+    pub stream: bool,
+    /// `stream_options.include_usage == true`.
+    pub include_usage: bool,
+    /// Completions generated per prompt: the larger of `n` and `best_of`
+    /// (each a positive integer; absent means 1). `max_tokens` bounds each.
+    pub choices: u64,
+    /// Prompts in the request: `/v1/completions` takes an array of prompts
+    /// (an array of token ids is one prompt); anything else is one.
+    pub prompts: u64,
+}
+
+impl CompletionRequest<'_> {
+    /// How many completions of up to `max_tokens` each the request can make.
+    pub fn completions(&self) -> u64 {
+        self.choices.saturating_mul(self.prompts)
+    }
+
+    /// The completion budget the client asked for. This is the one home of
+    /// the rule for the two budget fields, `max_tokens` and
+    /// `max_completion_tokens`:
+    /// - one set: it is the budget;
+    /// - both set: the smaller wins; and since servers disagree on which
+    ///   field they read (vLLM and SGLang prefer `max_completion_tokens`),
+    ///   when the two differ the body is rewritten so that both carry the
+    ///   value reserved ([`Self::budget_fields_disagree`] says when;
+    ///   [`rewrite_completion_request`] sets every field present).
+    pub fn requested_max_tokens(&self) -> Option<u64> {
+        match (self.max_tokens, self.max_completion_tokens) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Both budget fields are set, to different values: the body must be
+    /// rewritten so both carry the reserved one (the rule is
+    /// [`Self::requested_max_tokens`]'s).
+    pub fn budget_fields_disagree(&self) -> bool {
+        matches!(
+            (self.max_tokens, self.max_completion_tokens),
+            (Some(a), Some(b)) if a != b
+        )
+    }
+
+    /// A budget of 0 is refused rather than reserved as nothing: servers
+    /// differ in how they read it (some take it as "no limit").
+    pub fn check_budget_fields(&self) -> Result<(), RequestError> {
+        for (field, value) in [
+            ("max_tokens", self.max_tokens),
+            ("max_completion_tokens", self.max_completion_tokens),
+        ] {
+            if value == Some(0) {
+                return Err(RequestError::InvalidField {
+                    field,
+                    expected: "a positive integer or null",
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Why a request body was refused. Every variant is a client error (400,
+/// OpenAI `invalid_request_error`).
+#[derive(Debug, Clone, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    /// The body is not valid JSON (or has bytes after the object).
+    #[error("malformed JSON body: {message}")]
+    Malformed {
+        /// serde_json's message, including the position.
+        message: String,
+        /// 1-based line of the error (0 when unknown).
+        line: usize,
+        /// 1-based column of the error (0 when unknown).
+        column: usize,
+    },
+    /// Valid JSON, but not an object.
+    #[error("request body must be a JSON object")]
+    NotAnObject,
+    /// No `model` (or `"model": null`).
+    #[error("missing required field `model`")]
+    MissingModel,
+    /// A field the gateway reads has the wrong type or an out-of-range value.
+    #[error("invalid `{field}`: expected {expected}")]
+    InvalidField {
+        field: &'static str,
+        expected: &'static str,
+    },
+    /// A field the gateway reads appears more than once.
+    #[error("duplicate field `{0}`")]
+    DuplicateField(String),
+}
+
+impl From<serde_json::Error> for RequestError {
+    fn from(err: serde_json::Error) -> Self {
+        RequestError::Malformed {
+            message: err.to_string(),
+            line: err.line(),
+            column: err.column(),
+        }
+    }
+}
+
+impl From<ObjectError> for RequestError {
+    fn from(err: ObjectError) -> Self {
+        match err {
+            ObjectError::NotAnObject => RequestError::NotAnObject,
+            ObjectError::Malformed(err) => err.into(),
+        }
+    }
+}
+
+/// Top-level fields read from a request, in the order of [`RequestFields`].
+const FIELDS: [&str; 8] = [
+    "model",
+    "max_tokens",
+    "max_completion_tokens",
+    "stream",
+    "stream_options",
+    "n",
+    "best_of",
+    "prompt",
+];
+const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
+const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
+
+const EXPECT_MODEL: &str = "a non-empty string";
+const EXPECT_COUNT: &str = "a non-negative integer or null";
+const EXPECT_BOOL: &str = "a boolean or null";
+const EXPECT_OBJECT: &str = "an object or null";
+const EXPECT_POSITIVE: &str = "a positive integer or null";
+const EXPECT_PROMPT: &str = "a string, an array of strings, or an array of token arrays";
+
+/// The raw values of [`FIELDS`], checked for duplicates.
+struct RequestFields<'a> {
+    model: Option<&'a RawValue>,
+    max_tokens: Option<&'a RawValue>,
+    max_completion_tokens: Option<&'a RawValue>,
+    stream: Option<&'a RawValue>,
+    stream_options: Option<&'a RawValue>,
+    n: Option<&'a RawValue>,
+    best_of: Option<&'a RawValue>,
+    prompt: Option<&'a RawValue>,
+    /// Entries in the top-level object, ours or not.
+    entries: usize,
+}
+
+impl<'a> RequestFields<'a> {
+    fn read(body: &'a [u8]) -> Result<Self, RequestError> {
+        let fields = object_fields(body, &FIELDS)?;
+        if let Some(index) = fields.duplicate {
+            let name = FIELDS.get(index).copied().unwrap_or_default();
+            return Err(RequestError::DuplicateField(name.to_owned()));
+        }
+        let [model, max_tokens, max_completion_tokens, stream, stream_options, n, best_of, prompt] =
+            fields.values;
+        Ok(RequestFields {
+            model,
+            max_tokens,
+            max_completion_tokens,
+            stream,
+            stream_options,
+            n,
+            best_of,
+            prompt,
+            entries: fields.entries,
+        })
+    }
+}
+
+/// Parses the fields the gateway needs from an OpenAI completion (or chat
+/// completion) request body. The body is walked once; `model` is borrowed
+/// from it when it contains no escapes.
+pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, RequestError> {
+    let fields = RequestFields::read(body)?;
+    let model = match fields.model {
+        None => return Err(RequestError::MissingModel),
+        Some(raw) => parse_model(raw)?,
+    };
+    let include_usage = match fields.stream_options {
+        None => false,
+        Some(raw) => {
+            let include = stream_options(raw)?.and_then(|options| {
+                let [include_usage] = options.values;
+                include_usage
+            });
+            typed::<Option<bool>>(include, INCLUDE_USAGE_PATH, EXPECT_BOOL)?.unwrap_or(false)
+        }
+    };
+    Ok(CompletionRequest {
+        model,
+        max_tokens: typed(fields.max_tokens, "max_tokens", EXPECT_COUNT)?,
+        max_completion_tokens: typed(
+            fields.max_completion_tokens,
+            "max_completion_tokens",
+            EXPECT_COUNT,
+        )?,
+        stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
+        include_usage,
+        choices: positive(fields.n, "n")?.max(positive(fields.best_of, "best_of")?),
+        prompts: prompt_count(fields.prompt)?,
+    })
+}
+
+/// A positive count (`n`, `best_of`); absent or null is 1.
+fn positive(raw: Option<&RawValue>, field: &'static str) -> Result<u64, RequestError> {
+    match typed::<Option<u64>>(raw, field, EXPECT_POSITIVE)? {
+        None => Ok(1),
+        Some(0) => Err(RequestError::InvalidField {
+            field,
+            expected: EXPECT_POSITIVE,
+        }),
+        Some(count) => Ok(count),
+    }
+}
+
+/// How many prompts `prompt` holds: a string or a token array is one; an
+/// array of strings or of token arrays is one per element.
+fn prompt_count(raw: Option<&RawValue>) -> Result<u64, RequestError> {
+    let Some(raw) = raw else {
+        return Ok(1);
+    };
+    let invalid = RequestError::InvalidField {
+        field: "prompt",
+        expected: EXPECT_PROMPT,
+    };
+    let text = raw.get();
+    match text.as_bytes().first() {
+        Some(b'[') => {
+            let items: Vec<&RawValue> = serde_json::from_str(text).map_err(|_| invalid.clone())?;
+            let tokens = items.first().is_some_and(|item| {
+                item.get()
+                    .starts_with(|c: char| c == '-' || c.is_ascii_digit())
+            });
+            Ok(if tokens {
+                1
+            } else {
+                (items.len() as u64).max(1)
+            })
+        }
+        Some(b'"') | Some(b'n') => Ok(1),
+        _ => Err(invalid),
+    }
+}
+
+fn parse_model(raw: &RawValue) -> Result<Cow<'_, str>, RequestError> {
+    let invalid = RequestError::InvalidField {
+        field: "model",
+        expected: EXPECT_MODEL,
+    };
+    match serde_json::from_str::<ModelName<'_>>(raw.get()) {
+        Ok(ModelName(None)) => Err(RequestError::MissingModel),
+        Ok(ModelName(Some(name))) if name.is_empty() => Err(invalid),
+        Ok(ModelName(Some(name))) => Ok(name),
+        Err(_) => Err(invalid),
+    }
+}
+
+/// Types an already-validated raw value; absent is `T::default()`.
+fn typed<'a, T>(
+    raw: Option<&'a RawValue>,
+    field: &'static str,
+    expected: &'static str,
+) -> Result<T, RequestError>
+where
+    T: serde::Deserialize<'a> + Default,
+{
+    match raw {
+        None => Ok(T::default()),
+        Some(raw) => serde_json::from_str(raw.get())
+            .map_err(|_| RequestError::InvalidField { field, expected }),
+    }
+}
+
+/// `stream_options`: `None` for null, its `include_usage` otherwise.
+fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 1>>, RequestError> {
+    if raw.get() == "null" {
+        return Ok(None);
+    }
+    let options = object_fields(raw.get().as_bytes(), &INCLUDE_USAGE).map_err(|err| match err {
+        ObjectError::NotAnObject => RequestError::InvalidField {
+            field: "stream_options",
+            expected: EXPECT_OBJECT,
+        },
+        ObjectError::Malformed(err) => err.into(),
+    })?;
+    if options.duplicate.is_some() {
+        return Err(RequestError::DuplicateField(INCLUDE_USAGE_PATH.to_owned()));
+    }
+    Ok(Some(options))
+}
+
+/// What the gateway changes in a request before forwarding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct BodyRewrite {
+    /// Cap the completion: every `max_tokens` / `max_completion_tokens`
+    /// present gets this value; when neither is, `max_tokens` is added.
+    pub max_tokens: Option<u64>,
+    /// Make the upstream report usage on streams
+    /// (`stream_options.include_usage = true`).
+    pub force_include_usage: bool,
+}
+
+/// Returns `body` with `rewrite` applied. Values are replaced in place and
+/// new entries are inserted right after the opening brace; every other byte
+/// (other entries, whitespace, key spelling) is copied unchanged.
+///
+/// The body is expected to have passed [`parse_completion_request`]; this
+/// re-checks only what it relies on (a JSON object, no duplicate fields,
+/// `stream_options` an object or null when it must be edited).
+pub fn rewrite_completion_request(
+    body: &[u8],
+    rewrite: &BodyRewrite,
+) -> Result<Vec<u8>, RequestError> {
+    let fields = RequestFields::read(body)?;
+    // At most one edit per slot: [top-level insertion, max_tokens,
+    // max_completion_tokens, stream_options]. No allocation for the list.
+    let mut edits: [Option<Edit>; 4] = [None; 4];
+    let mut insert = TopInsert {
+        max_tokens: None,
+        stream_options: false,
+    };
+
+    if let Some(n) = rewrite.max_tokens {
+        match (fields.max_tokens, fields.max_completion_tokens) {
+            (None, None) => insert.max_tokens = Some(n),
+            (a, b) => {
+                edits[1] = a
+                    .map(|raw| Edit::replace(body, raw, Text::Count(n)))
+                    .transpose()?;
+                edits[2] = b
+                    .map(|raw| Edit::replace(body, raw, Text::Count(n)))
+                    .transpose()?;
+            }
+        }
+    }
+
+    if rewrite.force_include_usage {
+        edits[3] = match fields.stream_options {
+            None => {
+                insert.stream_options = true;
+                None
+            }
+            Some(raw) => match stream_options(raw)? {
+                None => Some(Edit::replace(body, raw, Text::StreamOptions)?),
+                Some(ObjectFields {
+                    values: [include_usage],
+                    entries,
+                    ..
+                }) => match include_usage {
+                    Some(value) => Some(Edit::replace(body, value, Text::True)?),
+                    None => {
+                        // `raw` starts with its `{`: insert just after it.
+                        let at = offset_in(body, raw.get())?.saturating_add(1);
+                        Some(Edit::insert(
+                            at,
+                            Text::IncludeUsageEntry { comma: entries > 0 },
+                        ))
+                    }
+                },
+            },
+        };
+    }
+
+    if insert.max_tokens.is_some() || insert.stream_options {
+        let at = body
+            .iter()
+            .position(|b| *b == b'{')
+            .ok_or_else(internal_error)?
+            .saturating_add(1);
+        edits[0] = Some(Edit::insert(
+            at,
+            Text::Top {
+                insert,
+                comma: fields.entries > 0,
+            },
+        ));
+    }
+
+    edits.sort_unstable_by_key(|edit| edit.map(|e| e.start));
+    let mut out = Vec::with_capacity(body.len().saturating_add(64));
+    let mut cursor = 0;
+    for edit in edits.iter().flatten() {
+        let kept = body.get(cursor..edit.start).ok_or_else(internal_error)?;
+        out.extend_from_slice(kept);
+        edit.text.write(&mut out);
+        cursor = edit.end;
+    }
+    out.extend_from_slice(body.get(cursor..).ok_or_else(internal_error)?);
+    Ok(out)
+}
+
+/// Offsets come from slices of `body` itself, so they are always in range;
+/// this error exists so that a broken invariant is an error, not a panic.
+fn internal_error() -> RequestError {
+    RequestError::Malformed {
+        message: "internal error: rewrite offset out of range".to_owned(),
+        line: 0,
+        column: 0,
+    }
+}
+
+/// Byte offset of `inner` within `outer`; `inner` must be a subslice
+/// (raw values borrowed from the body are).
+fn offset_in(outer: &[u8], inner: &str) -> Result<usize, RequestError> {
+    let start = (inner.as_ptr() as usize)
+        .checked_sub(outer.as_ptr() as usize)
+        .ok_or_else(internal_error)?;
+    match start.checked_add(inner.len()) {
+        Some(end) if end <= outer.len() => Ok(start),
+        _ => Err(internal_error()),
+    }
+}
+
+/// Replace `body[start..end]` with `text` (an insertion when start == end).
+#[derive(Clone, Copy)]
+struct Edit {
+    start: usize,
+    end: usize,
+    text: Text,
+}
+
+impl Edit {
+    fn replace(body: &[u8], raw: &RawValue, text: Text) -> Result<Edit, RequestError> {
+        let start = offset_in(body, raw.get())?;
+        Ok(Edit {
+            start,
+            end: start.saturating_add(raw.get().len()),
+            text,
+        })
+    }
+
+    fn insert(at: usize, text: Text) -> Edit {
+        Edit {
+            start: at,
+            end: at,
+            text,
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+struct TopInsert {
+    max_tokens: Option<u64>,
+    stream_options: bool,
+}
+
+#[derive(Clone, Copy)]
+enum Text {
+    Count(u64),
+    True,
+    /// Replaces a null `stream_options`.
+    StreamOptions,
+    /// Inserted after the `{` of an existing `stream_options`.
+    IncludeUsageEntry {
+        comma: bool,
+    },
+    /// Inserted after the top-level `{`.
+    Top {
+        insert: TopInsert,
+        comma: bool,
+    },
+}
+
+const STREAM_OPTIONS_VALUE: &[u8] = br#"{"include_usage":true}"#;
+
+impl Text {
+    fn write(&self, out: &mut Vec<u8>) {
+        match *self {
+            Text::Count(n) => push_u64(out, n),
+            Text::True => out.extend_from_slice(b"true"),
+            Text::StreamOptions => out.extend_from_slice(STREAM_OPTIONS_VALUE),
+            Text::IncludeUsageEntry { comma } => {
+                out.extend_from_slice(br#""include_usage":true"#);
+                if comma {
+                    out.push(b',');
+                }
+            }
+            Text::Top { insert, comma } => {
+                let mut first = true;
+                if let Some(n) = insert.max_tokens {
+                    out.extend_from_slice(br#""max_tokens":"#);
+                    push_u64(out, n);
+                    first = false;
+                }
+                if insert.stream_options {
+                    if !first {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(br#""stream_options":"#);
+                    out.extend_from_slice(STREAM_OPTIONS_VALUE);
+                }
+                if comma {
+                    out.push(b',');
+                }
+            }
+        }
+    }
+}
+
+/// Appends the decimal digits of `n` (no allocation, no formatting machinery).
+fn push_u64(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20]; // u64::MAX has 20 digits
+    let mut len = 0;
+    for slot in digits.iter_mut().rev() {
+        // `n % 10 < 10`, so neither the cast nor the addition can overflow.
+        *slot = b'0' + (n % 10) as u8;
+        n /= 10;
+        len += 1;
+        if n == 0 {
+            break;
+        }
+    }
+    let start = digits.len().saturating_sub(len);
+    out.extend_from_slice(digits.get(start..).unwrap_or_default());
+}
+
+// ---------------------------------------------------------------------------
+// Top-level object walking, shared with the usage and SSE parsers.
+// ---------------------------------------------------------------------------
+
+/// The raw values of the requested keys of one JSON object.
+#[derive(Debug)]
+pub(crate) struct ObjectFields<'a, const N: usize> {
+    /// `values[i]` is the value of `names[i]`, borrowed from the input
+    /// (the last one when the key is repeated).
+    pub(crate) values: [Option<&'a RawValue>; N],
+    /// Index of the first requested key seen more than once.
+    pub(crate) duplicate: Option<usize>,
+    /// Number of entries in the object, requested or not.
+    pub(crate) entries: usize,
+}
+
+/// Why [`object_fields`] could not read an object.
+#[derive(Debug)]
+pub(crate) enum ObjectError {
+    /// Valid JSON, but not an object.
+    NotAnObject,
+    /// Not valid JSON, or trailing bytes after the value.
+    Malformed(serde_json::Error),
+}
+
+/// Walks the JSON object in `json` once and returns the raw values of the
+/// keys in `names`. Keys are compared after unescaping; values of other keys
+/// are skipped without allocating (serde's `IgnoredAny`). Raw values borrow
+/// from `json`, so their offsets in it can be recovered.
+pub(crate) fn object_fields<'a, const N: usize>(
+    json: &'a [u8],
+    names: &[&str; N],
+) -> Result<ObjectFields<'a, N>, ObjectError> {
+    let first = json
+        .iter()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'));
+    if first != Some(&b'{') {
+        // Error path only: tell "valid JSON, wrong type" from "not JSON".
+        return Err(match serde_json::from_slice::<IgnoredAny>(json) {
+            Ok(_) => ObjectError::NotAnObject,
+            Err(err) => ObjectError::Malformed(err),
+        });
+    }
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let fields = de
+        .deserialize_map(FieldsVisitor {
+            names,
+            marker: PhantomData,
+        })
+        .map_err(ObjectError::Malformed)?;
+    de.end().map_err(ObjectError::Malformed)?;
+    Ok(fields)
+}
+
+struct FieldsVisitor<'n, 'a, const N: usize> {
+    names: &'n [&'n str; N],
+    marker: PhantomData<&'a ()>,
+}
+
+impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, 'de, N> {
+    type Value = ObjectFields<'de, N>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut fields = ObjectFields {
+            values: [None; N],
+            duplicate: None,
+            entries: 0,
+        };
+        while let Some(key) = map.next_key_seed(KeyIndex(self.names.as_slice()))? {
+            fields.entries = fields.entries.saturating_add(1);
+            match key.and_then(|index| fields.values.get_mut(index).map(|slot| (index, slot))) {
+                Some((index, slot)) => {
+                    if slot.is_some() && fields.duplicate.is_none() {
+                        fields.duplicate = Some(index);
+                    }
+                    *slot = Some(map.next_value::<&'de RawValue>()?);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(fields)
+    }
+}
+
+/// Deserializes a key into its index in a name list, without allocating:
+/// serde_json hands escaped keys to `visit_str` from its scratch buffer.
+struct KeyIndex<'n>(&'n [&'n str]);
+
+impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
+    type Value = Option<usize>;
+
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_str(self)
+    }
+}
+
+impl Visitor<'_> for KeyIndex<'_> {
+    type Value = Option<usize>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an object key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
+        Ok(self.0.iter().position(|name| *name == key))
+    }
+}
+
+/// `model`: a string (borrowed when unescaped) or null.
+struct ModelName<'a>(Option<Cow<'a, str>>);
+
+impl<'de> serde::Deserialize<'de> for ModelName<'de> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_any(ModelNameVisitor)
+    }
+}
+
+struct ModelNameVisitor;
+
+impl<'de> Visitor<'de> for ModelNameVisitor {
+    type Value = ModelName<'de>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(EXPECT_MODEL)
+    }
+
+    fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Self::Value, E> {
+        Ok(ModelName(Some(Cow::Borrowed(v))))
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(ModelName(Some(Cow::Owned(v.to_owned()))))
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(ModelName(None))
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests;
