@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::scheduler::{LimitsError, SchedulerLimits};
+use crate::engine::scheduler::{LimitsError, SchedulerLimits};
 use crate::text::ChatTemplate;
 
 /// The embedded default: SmolLM2-135M-Instruct (Q4_1), fetched into the

@@ -304,7 +304,7 @@ impl Ours<'_> {
     fn greedy(&self, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f64>>) {
         let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
         self.steps(prompt, n, |_, logits| {
-            let next = inference_server::sampling::argmax(logits);
+            let next = inference_server::engine::sampling::argmax(logits);
             tokens.push(next);
             logprobs.push(log_softmax(logits));
             next

@@ -1,9 +1,13 @@
-//! The OpenAI-compatible HTTP API.
+//! The OpenAI-compatible HTTP API. A handler reads the body, parses it
+//! (`request`), validates it against the model (`validation`, the one place
+//! lengths and budgets are checked), takes an admission permit and hands the
+//! engine a [`Submission`]; `response` shapes what comes back.
 
 mod error;
 mod health;
 mod request;
 mod response;
+mod validation;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,15 +26,14 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 pub use error::ApiError;
-pub use request::{
-    parse_chat, parse_completion, ChatRequest, CompletionRequest, Generation, Prompt,
-};
+pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
 use response::{Meta, Shape};
+pub use validation::{Generation, ValidRequest};
 
-use crate::engine::{EngineHandle, Event, Failure, GenerationParams, Submission, SubmitError};
+use crate::engine::{EngineHandle, Event, Failure, Submission, SubmitError};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
-use crate::text::{ChatTemplate, TemplateOrigin, TextError, TextTokenizer};
+use crate::text::{ChatTemplate, TemplateOrigin};
 
 /// The engine and model, once loading has finished.
 pub struct Ready {
@@ -165,21 +168,8 @@ async fn chat_completions(
         let body = read_body(&app, &headers, body).await?;
         let req = parse_chat(&body)?;
         let ready = app.ready()?;
-        check_model(&app, &req.generation)?;
-        let (template, _) = ready.chat_template.as_ref().ok_or_else(|| {
-            ApiError::invalid(
-                None,
-                "This model has no chat template; use /v1/completions.",
-            )
-        })?;
-        let text = template.render(&req.messages, true).map_err(|e| {
-            ApiError::invalid(
-                Some("messages"),
-                format!("The chat template refused the messages: {e}."),
-            )
-        })?;
-        let tokens = tokenize(ready, text, TextTokenizer::encode_chat).await?;
-        generate(&app, ready, tokens, req.generation, Shape::Chat, received).await
+        let valid = validation::chat(req, &app.model_id, ready).await?;
+        generate(&app, ready, valid, Shape::Chat, received).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
@@ -191,97 +181,21 @@ async fn completions(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         let body = read_body(&app, &headers, body).await?;
         let req = parse_completion(&body)?;
         let ready = app.ready()?;
-        check_model(&app, &req.generation)?;
-        let tokens = match req.prompt {
-            Prompt::Text(text) => tokenize(ready, text, TextTokenizer::encode).await?,
-            Prompt::Tokens(ids) => {
-                let vocab = ready.loaded.model.vocab_size();
-                if let Some(bad) = ids.iter().find(|id| **id as usize >= vocab) {
-                    return Err(ApiError::invalid(
-                        Some("prompt"),
-                        format!("Token id {bad} is outside the vocabulary of {vocab}."),
-                    ));
-                }
-                ids
-            }
-        };
-        generate(
-            &app,
-            ready,
-            tokens,
-            req.generation,
-            Shape::Completion,
-            received,
-        )
-        .await
+        let valid = validation::completion(req, &app.model_id, ready).await?;
+        generate(&app, ready, valid, Shape::Completion, received).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
-fn check_model(app: &AppState, g: &Generation) -> Result<(), ApiError> {
-    if g.model != app.model_id {
-        return Err(ApiError::model_not_found(&g.model));
-    }
-    Ok(())
-}
-
-/// Tokenizing a large prompt takes milliseconds: keep it off the I/O threads.
-async fn tokenize(
-    ready: &Ready,
-    text: String,
-    encode: fn(&TextTokenizer, &str) -> Result<Vec<u32>, TextError>,
-) -> Result<Vec<u32>, ApiError> {
-    let tokenizer = ready.loaded.tokenizer.clone();
-    tokio::task::spawn_blocking(move || encode(&tokenizer, &text))
-        .await
-        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
-        .map_err(|e| ApiError::invalid(None, format!("The prompt could not be tokenized: {e}.")))
-}
-
+/// Admits a validated request and answers with what the engine sends back.
 async fn generate(
     app: &Arc<AppState>,
     ready: &Ready,
-    prompt: Vec<u32>,
-    g: Generation,
+    valid: ValidRequest,
     shape: Shape,
     received: Instant,
 ) -> Result<Response, ApiError> {
-    let param = Some(match shape {
-        Shape::Chat => "messages",
-        Shape::Completion => "prompt",
-    });
-    if prompt.is_empty() {
-        return Err(ApiError::invalid(param, "The prompt is empty."));
-    }
-    let context = ready.context;
-    let room = context.saturating_sub(prompt.len());
-    let max_new_tokens = match g.max_tokens {
-        Some(n) if n > room => {
-            return Err(ApiError::invalid(
-                param,
-                format!(
-                    "This model's maximum context length is {context} tokens. However, you requested {} tokens ({} in the prompt, {n} for the completion). Please reduce the prompt or the completion length.",
-                    prompt.len().saturating_add(n),
-                    prompt.len()
-                ),
-            )
-            .with_code("context_length_exceeded"))
-        }
-        Some(n) => n,
-        None if room == 0 => {
-            return Err(ApiError::invalid(
-                param,
-                format!(
-                    "This model's maximum context length is {context} tokens, and the prompt alone has {} tokens.",
-                    prompt.len()
-                ),
-            )
-            .with_code("context_length_exceeded"))
-        }
-        None => room,
-    };
-
     let permit = ready.engine.admit().map_err(|e| match e {
         SubmitError::Full(capacity) => {
             app.metrics.requests_rejected_full.add(1);
@@ -295,14 +209,8 @@ async fn generate(
     ready
         .engine
         .submit(Submission {
-            prompt,
-            params: GenerationParams {
-                max_new_tokens,
-                sampling: g.sampling,
-                seed: g.seed,
-                stop: g.stop,
-                ignore_eos: g.ignore_eos,
-            },
+            prompt: valid.prompt,
+            params: valid.params,
             events: tx,
             permit,
             received,
@@ -318,8 +226,8 @@ async fn generate(
         model: app.model_id.clone(),
         shape,
     };
-    if g.stream {
-        Ok(stream(meta, rx, g.include_usage))
+    if valid.stream {
+        Ok(stream(meta, rx, valid.include_usage))
     } else {
         collect(meta, rx).await
     }

@@ -1,239 +1,54 @@
-//! Parsing and validating OpenAI request bodies. Everything a request can get
-//! wrong is found here, before it takes an engine slot, and named precisely.
+//! The OpenAI request bodies, parsed once into typed structs: valid JSON,
+//! the required fields, one prompt, text-only messages in known roles. What
+//! the values may be is checked in [`super::validation`], which these parsers
+//! call for the generation fields.
 
 use serde::Deserialize;
 
 use super::error::ApiError;
-use crate::sampling::SamplingParams;
+use super::validation::{self, Generation};
 use crate::text::ChatMessage;
 
-/// The fields both endpoints share.
+/// The fields both endpoints share, as sent.
 #[derive(Debug, Default, Deserialize)]
-pub struct GenerationFields {
-    pub model: Option<String>,
-    max_tokens: Option<i64>,
-    max_completion_tokens: Option<i64>,
-    temperature: Option<f64>,
-    top_p: Option<f64>,
-    top_k: Option<i64>,
-    seed: Option<i64>,
-    stop: Option<StopField>,
-    stream: Option<bool>,
-    stream_options: Option<StreamOptions>,
-    n: Option<i64>,
-    best_of: Option<i64>,
-    logprobs: Option<serde_json::Value>,
-    echo: Option<bool>,
+pub(super) struct GenerationFields {
+    pub(super) model: Option<String>,
+    pub(super) max_tokens: Option<i64>,
+    pub(super) max_completion_tokens: Option<i64>,
+    pub(super) temperature: Option<f64>,
+    pub(super) top_p: Option<f64>,
+    pub(super) top_k: Option<i64>,
+    pub(super) seed: Option<i64>,
+    pub(super) stop: Option<StopField>,
+    pub(super) stream: Option<bool>,
+    pub(super) stream_options: Option<StreamOptions>,
+    pub(super) n: Option<i64>,
+    pub(super) best_of: Option<i64>,
+    pub(super) logprobs: Option<serde_json::Value>,
+    pub(super) echo: Option<bool>,
     /// vLLM's extension: keep generating through end-of-sequence tokens
     /// (benchmarks need fixed-length completions).
-    ignore_eos: Option<bool>,
+    pub(super) ignore_eos: Option<bool>,
     // Accepted only at their neutral values: a client relying on them must
     // hear that this server does not do them, not get plain text back.
-    tools: Option<serde_json::Value>,
-    functions: Option<serde_json::Value>,
-    response_format: Option<serde_json::Value>,
-    logit_bias: Option<serde_json::Value>,
-    presence_penalty: Option<f64>,
-    frequency_penalty: Option<f64>,
+    pub(super) tools: Option<serde_json::Value>,
+    pub(super) functions: Option<serde_json::Value>,
+    pub(super) response_format: Option<serde_json::Value>,
+    pub(super) logit_bias: Option<serde_json::Value>,
+    pub(super) presence_penalty: Option<f64>,
+    pub(super) frequency_penalty: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
 #[serde(untagged)]
-enum StopField {
+pub(super) enum StopField {
     One(String),
     Many(Vec<String>),
 }
 
 #[derive(Debug, Default, Deserialize)]
-struct StreamOptions {
-    include_usage: Option<bool>,
-}
-
-/// What a request asks of generation, validated.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Generation {
-    pub model: String,
-    /// `None`: as many as fit in the context.
-    pub max_tokens: Option<usize>,
-    pub sampling: SamplingParams,
-    pub seed: Option<u64>,
-    pub stop: Vec<String>,
-    pub stream: bool,
-    pub include_usage: bool,
-    pub ignore_eos: bool,
-}
-
-/// OpenAI accepts at most four stop sequences.
-const MAX_STOPS: usize = 4;
-/// Longer stop strings only cost the engine time (the matcher holds back up
-/// to one stop's length of text) and no real use needs them.
-const MAX_STOP_BYTES: usize = 256;
-
-fn is_empty_value(v: &Option<serde_json::Value>) -> bool {
-    use serde_json::Value;
-    match v {
-        None | Some(Value::Null) => true,
-        Some(Value::Array(a)) => a.is_empty(),
-        Some(Value::Object(o)) => o.is_empty(),
-        Some(_) => false,
-    }
-}
-
-impl GenerationFields {
-    fn validate(self) -> Result<Generation, ApiError> {
-        let model = match self.model {
-            Some(m) if !m.is_empty() => m,
-            _ => return Err(ApiError::invalid(Some("model"), "`model` is required.")),
-        };
-        for (value, param) in [(self.n, "n"), (self.best_of, "best_of")] {
-            if let Some(v) = value.filter(|v| *v != 1) {
-                return Err(ApiError::invalid(
-                    Some(param),
-                    format!("`{param}` must be 1 (this server returns one choice per request); got {v}."),
-                ));
-            }
-        }
-        let wants_logprobs = match &self.logprobs {
-            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
-            Some(_) => true,
-        };
-        if wants_logprobs {
-            return Err(ApiError::invalid(
-                Some("logprobs"),
-                "`logprobs` is not supported by this server.",
-            ));
-        }
-        if self.echo == Some(true) {
-            return Err(ApiError::invalid(
-                Some("echo"),
-                "`echo` is not supported by this server.",
-            ));
-        }
-        for (value, param) in [
-            (&self.tools, "tools"),
-            (&self.functions, "functions"),
-            (&self.logit_bias, "logit_bias"),
-        ] {
-            if !is_empty_value(value) {
-                return Err(ApiError::invalid(
-                    Some(param),
-                    format!("`{param}` is not supported by this server."),
-                ));
-            }
-        }
-        let text_format = match &self.response_format {
-            None | Some(serde_json::Value::Null) => true,
-            Some(f) => f.get("type").and_then(|t| t.as_str()) == Some("text"),
-        };
-        if !text_format {
-            return Err(ApiError::invalid(
-                Some("response_format"),
-                "Only `{\"type\": \"text\"}` is supported for `response_format`.",
-            ));
-        }
-        for (value, param) in [
-            (self.presence_penalty, "presence_penalty"),
-            (self.frequency_penalty, "frequency_penalty"),
-        ] {
-            if value.is_some_and(|v| v != 0.0) {
-                return Err(ApiError::invalid(
-                    Some(param),
-                    format!("`{param}` other than 0 is not supported by this server."),
-                ));
-            }
-        }
-        let max_tokens = match (self.max_completion_tokens, self.max_tokens) {
-            (Some(v), _) => Some((v, "max_completion_tokens")),
-            (None, Some(v)) => Some((v, "max_tokens")),
-            (None, None) => None,
-        };
-        let max_tokens = match max_tokens {
-            Some((v, param)) if v < 1 => {
-                return Err(ApiError::invalid(
-                    Some(param),
-                    format!("`{param}` must be at least 1; got {v}."),
-                ))
-            }
-            Some((v, _)) => Some(usize::try_from(v).unwrap_or(usize::MAX)),
-            None => None,
-        };
-        let temperature = self.temperature.unwrap_or(1.0);
-        if !(0.0..=2.0).contains(&temperature) {
-            return Err(ApiError::invalid(
-                Some("temperature"),
-                format!("`temperature` must be between 0 and 2; got {temperature}."),
-            ));
-        }
-        let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
-            return Err(ApiError::invalid(
-                Some("top_p"),
-                format!("`top_p` must be in (0, 1]; got {top_p}."),
-            ));
-        }
-        // vLLM's convention: -1 and 0 both mean "no top-k".
-        let top_k = match self.top_k.unwrap_or(0) {
-            k if k < -1 => {
-                return Err(ApiError::invalid(
-                    Some("top_k"),
-                    format!("`top_k` must be -1, 0 (disabled) or positive; got {k}."),
-                ))
-            }
-            k => usize::try_from(k).unwrap_or(0),
-        };
-        let stop = match self.stop {
-            None => Vec::new(),
-            Some(StopField::One(s)) => vec![s],
-            Some(StopField::Many(v)) => v,
-        };
-        if stop.len() > MAX_STOPS {
-            return Err(ApiError::invalid(
-                Some("stop"),
-                format!(
-                    "`stop` takes at most {MAX_STOPS} sequences; got {}.",
-                    stop.len()
-                ),
-            ));
-        }
-        if stop.iter().any(String::is_empty) {
-            return Err(ApiError::invalid(
-                Some("stop"),
-                "`stop` sequences must not be empty.",
-            ));
-        }
-        if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
-            return Err(ApiError::invalid(
-                Some("stop"),
-                format!("`stop` sequences may be at most {MAX_STOP_BYTES} bytes long."),
-            ));
-        }
-        let stream = self.stream.unwrap_or(false);
-        if self.stream_options.is_some() && !stream {
-            return Err(ApiError::invalid(
-                Some("stream_options"),
-                "`stream_options` is only allowed when `stream` is true.",
-            ));
-        }
-        let include_usage = self
-            .stream_options
-            .and_then(|o| o.include_usage)
-            .unwrap_or(false);
-        Ok(Generation {
-            model,
-            max_tokens,
-            sampling: SamplingParams {
-                temperature: temperature as f32,
-                top_p: top_p as f32,
-                top_k,
-            },
-            // Negative seeds are valid in OpenAI's API; keep their bits.
-            seed: self.seed.map(|s| s as u64),
-            stop,
-            stream,
-            include_usage,
-            ignore_eos: self.ignore_eos.unwrap_or(false),
-        })
-    }
+pub(super) struct StreamOptions {
+    pub(super) include_usage: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -311,7 +126,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let body: ChatBody = parse_json(body)?;
-    let generation = body.fields.validate()?;
+    let generation = validation::generation(body.fields)?;
     let messages = body
         .messages
         .ok_or_else(|| ApiError::invalid(Some("messages"), "`messages` is required."))?;
@@ -368,7 +183,7 @@ fn message(index: usize, m: MessageBody) -> Result<ChatMessage, ApiError> {
 
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     let body: CompletionBody = parse_json(body)?;
-    let generation = body.fields.validate()?;
+    let generation = validation::generation(body.fields)?;
     let one = || ApiError::invalid(Some("prompt"), "This server takes one prompt per request.");
     let prompt = match body.prompt {
         None => return Err(ApiError::invalid(Some("prompt"), "`prompt` is required.")),
@@ -384,6 +199,7 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::sampling::SamplingParams;
 
     fn chat(body: &str) -> Result<ChatRequest, ApiError> {
         parse_chat(body.as_bytes())
@@ -403,7 +219,7 @@ mod tests {
         assert_eq!(r.messages[0].role, "system");
         assert_eq!(r.messages[1].content, "Hi!");
         let g = r.generation;
-        assert_eq!(g.max_tokens, Some(5), "max_completion_tokens wins");
+        assert_eq!(g.max_tokens, Some(5), "the smaller budget wins");
         assert_eq!(
             g.sampling,
             SamplingParams {
@@ -418,53 +234,25 @@ mod tests {
     }
 
     #[test]
-    fn bad_inputs_name_their_parameter() {
+    fn bad_bodies_name_their_parameter() {
         for (body, param, needle) in [
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
-                Some("n"),
-                "must be 1",
-            ),
             (
                 r#"{"model":"m","messages":[]}"#,
                 Some("messages"),
                 "must not be empty",
             ),
             (r#"{"model":"m"}"#, Some("messages"), "required"),
+            // The generation fields are checked by `validation` as the body
+            // is parsed (its tests cover each one).
             (
                 r#"{"messages":[{"role":"user","content":"x"}]}"#,
                 Some("model"),
                 "required",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"max_tokens":0}"#,
-                Some("max_tokens"),
-                "at least 1",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"temperature":3}"#,
-                Some("temperature"),
-                "between 0 and 2",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_p":0}"#,
-                Some("top_p"),
-                "(0, 1]",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"top_k":-5}"#,
-                Some("top_k"),
-                "disabled",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":["a","b","c","d","e"]}"#,
-                Some("stop"),
-                "at most 4",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":""}"#,
-                Some("stop"),
-                "empty",
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+                Some("n"),
+                "must be 1",
             ),
             (
                 r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
@@ -475,36 +263,6 @@ mod tests {
                 r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,
                 Some("messages"),
                 "only text",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"logprobs":true}"#,
-                Some("logprobs"),
-                "not supported",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"tools":[{"type":"function"}]}"#,
-                Some("tools"),
-                "not supported",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":{"type":"json_object"}}"#,
-                Some("response_format"),
-                "text",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"presence_penalty":0.5}"#,
-                Some("presence_penalty"),
-                "other than 0",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stream_options":{"include_usage":true}}"#,
-                Some("stream_options"),
-                "only allowed",
-            ),
-            (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"stop":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}"#,
-                Some("stop"),
-                "at most 256 bytes",
             ),
             (r#"{"model":"m","messages":"hi"}"#, None, "does not match"),
             (r#"{"model":"m","#, None, "not valid JSON"),

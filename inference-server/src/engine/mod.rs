@@ -1,8 +1,11 @@
 //! The engine owns the model on its own thread. HTTP handlers validate a
 //! request, take an admission permit and hand the engine a [`Submission`]
-//! carrying its own event channel; the engine schedules every live sequence
-//! into one batched forward per step and streams each token back as text.
+//! carrying its own event channel; it never sees HTTP types. The engine
+//! schedules every live sequence into one batched forward per step and
+//! streams each token back as text.
 
+pub mod sampling;
+pub mod scheduler;
 mod sequence;
 mod worker;
 
@@ -14,8 +17,8 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
-use crate::sampling::SamplingParams;
-use crate::scheduler::{LimitsError, Scheduler, SchedulerLimits};
+use sampling::SamplingParams;
+use scheduler::{LimitsError, Scheduler, SchedulerLimits};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum FinishReason {
@@ -70,6 +73,7 @@ impl Failure {
 
 #[derive(Debug, Clone)]
 pub struct GenerationParams {
+    /// At least 1; with the prompt, within the model's positions.
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
     pub seed: Option<u64>,
@@ -77,6 +81,10 @@ pub struct GenerationParams {
     pub ignore_eos: bool,
 }
 
+/// A request for the engine, validated by its sender (the API's
+/// `validation`): a non-empty prompt of ids in the vocabulary, and a budget
+/// that fits after it in the model's positions. The engine trusts this and
+/// does not check it again (only debug builds assert it).
 pub struct Submission {
     pub prompt: Vec<u32>,
     pub params: GenerationParams,

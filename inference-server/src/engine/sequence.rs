@@ -7,10 +7,10 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
+use super::sampling::Sampler;
 use super::{Event, Failure, FinishReason, Usage};
 use crate::metrics::Metrics;
 use crate::model::SequenceCache;
-use crate::sampling::Sampler;
 use crate::text::{IncrementalDecoder, StopMatcher, StopOutcome, TextTokenizer};
 
 pub(super) struct Sequence {

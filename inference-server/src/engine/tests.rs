@@ -139,29 +139,6 @@ fn a_hung_up_client_is_retired_and_its_permit_returned() {
 }
 
 #[test]
-fn a_submission_beyond_the_context_fails_alone() {
-    let (engine, _) = engine(4, 4);
-    let handle = engine.handle.clone();
-    let mut good = submit(&handle, vec![1, 2, 3], 5);
-    // The tiny model has 128 positions; the API would refuse this, the
-    // engine must not trust that and fail it without touching the other.
-    let mut bad = submit(&handle, vec![1, 2, 3], 200);
-    assert!(matches!(
-        drain(&mut bad).1,
-        Event::Failed(Failure::Internal(_))
-    ));
-    assert!(matches!(
-        drain(&mut good).1,
-        Event::Finished {
-            reason: FinishReason::Length,
-            ..
-        }
-    ));
-    handle.shutdown();
-    engine.thread.join().unwrap();
-}
-
-#[test]
 fn shutdown_fails_queued_requests_and_finishes_running_ones() {
     let (engine, _) = engine(1, 4);
     let handle = engine.handle.clone();

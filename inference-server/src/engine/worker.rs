@@ -7,12 +7,12 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
+use super::sampling::Sampler;
+use super::scheduler::{Plan, Scheduler, SeqId, Work};
 use super::sequence::{Sequence, SequenceParts};
 use super::{Command, Failure, FinishReason, Submission};
 use crate::metrics::Metrics;
 use crate::model::{LoadedModel, Scratch, StepInput};
-use crate::sampling::Sampler;
-use crate::scheduler::{Plan, Scheduler, SeqId, Work};
 
 pub(super) struct Worker {
     loaded: Arc<LoadedModel>,
@@ -104,16 +104,15 @@ impl Worker {
         self.next_id += 1;
         let seed = s.params.seed.unwrap_or_else(|| entropy(id));
         let prompt_len = s.prompt.len();
-        // The API checks these; the engine does not trust its callers to, so
-        // a bad submission fails alone instead of its whole batch.
-        let fits = prompt_len
-            .checked_add(s.params.max_new_tokens)
-            .is_some_and(|end| end <= self.loaded.model.max_positions());
-        let problem = match (prompt_len, fits) {
-            (0, _) => Some("the prompt is empty"),
-            (_, false) => Some("the prompt and the completion budget exceed the context"),
-            _ => None,
-        };
+        // Submissions come validated (see `Submission`); not checked again.
+        debug_assert!(
+            prompt_len > 0
+                && s.params.max_new_tokens > 0
+                && prompt_len
+                    .checked_add(s.params.max_new_tokens)
+                    .is_some_and(|end| end <= self.loaded.model.max_positions()),
+            "an unvalidated submission reached the engine"
+        );
         let mut seq = Sequence::new(
             SequenceParts {
                 prompt: s.prompt,
@@ -127,11 +126,6 @@ impl Worker {
             },
             self.loaded.tokenizer.clone(),
         );
-        if let Some(problem) = problem {
-            seq.fail(Failure::Internal(problem.to_string()));
-            self.metrics.requests_failed.add(1);
-            return;
-        }
         if let Err(full) = self.scheduler.enqueue(id, prompt_len) {
             // The admission permits bound the queue, so this is a
             // misconfiguration rather than load; fail loudly, not silently.

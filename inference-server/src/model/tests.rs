@@ -32,7 +32,7 @@ fn run_alone(model: &Model, prompt: &[u32], chunk: usize, decode: usize) -> Vec<
         out.extend(model.forward(&mut batch, &mut scratch).unwrap());
     }
     for _ in 0..decode {
-        let next = crate::sampling::argmax(out.last().unwrap());
+        let next = crate::engine::sampling::argmax(out.last().unwrap());
         let mut batch = [StepInput {
             tokens: &[next],
             cache: &mut cache,
@@ -132,8 +132,8 @@ fn alone_and_batched(model: &Model) -> Runs {
     let first = model.forward(&mut batch, &mut scratch).unwrap();
     let (mut got_a, mut got_b) = (vec![first[0].clone()], vec![first[1].clone()]);
     for step in 0..decode {
-        let na = crate::sampling::argmax(got_a.last().unwrap());
-        let nb = crate::sampling::argmax(got_b.last().unwrap());
+        let na = crate::engine::sampling::argmax(got_a.last().unwrap());
+        let nb = crate::engine::sampling::argmax(got_b.last().unwrap());
         let piece = &c[step * 5..step * 5 + 5];
         let mut batch = [
             StepInput {
@@ -376,7 +376,7 @@ mod device {
             got.extend(feed(piece, (i + 1) * 8 >= prompt.len()));
         }
         for step in expected.iter().take(6) {
-            got.extend(feed(&[crate::sampling::argmax(step)], true));
+            got.extend(feed(&[crate::engine::sampling::argmax(step)], true));
         }
         assert_eq!(got.len(), expected.len());
         for (step, (g, e)) in got.iter().zip(&expected).enumerate() {
@@ -408,8 +408,8 @@ mod device {
             assert_eq!(alone.len(), batched.len());
             for (step, (a, b)) in alone.iter().zip(batched).enumerate() {
                 assert_eq!(
-                    crate::sampling::argmax(a),
-                    crate::sampling::argmax(b),
+                    crate::engine::sampling::argmax(a),
+                    crate::engine::sampling::argmax(b),
                     "sequence {i} step {step}: greedy token differs in a batch"
                 );
                 let err = relative_error(b, a);

@@ -1,0 +1,494 @@
+//! The one place a request becomes work the engine can run, as TGI's
+//! `validation.rs` turns a request into a `ValidGenerateRequest` once.
+//!
+//! Two stages, both here, each refusal an OpenAI-style 400 naming its
+//! parameter:
+//! - [`generation`], as the body is parsed: the fields on their own
+//!   (unsupported features refused, ranges checked, defaults applied, the
+//!   completion budget read). It needs no model, so a bad request hears 400
+//!   even while the model loads.
+//! - [`chat`] / [`completion`], once the model is ready: the model id, the
+//!   prompt rendered and tokenised (or its ids checked against the
+//!   vocabulary), then its length against the context.
+//!
+//! **The completion budget.** `max_tokens` and `max_completion_tokens` both
+//! set it, each must be at least 1, and when both are set the smaller wins.
+//! The gateway applies the same rule (`maas_filter`'s `requested_max_tokens`)
+//! and rewrites both fields to it, so what it reserved is what runs here. No
+//! budget: whatever the context leaves after the prompt.
+//!
+//! A [`ValidRequest`] guarantees: a non-empty prompt of ids inside the
+//! vocabulary, a budget of at least 1, and prompt plus budget within the
+//! context. The engine trusts this and checks none of it again.
+
+use super::error::ApiError;
+use super::request::{ChatRequest, CompletionRequest, GenerationFields, Prompt, StopField};
+use super::Ready;
+use crate::engine::sampling::SamplingParams;
+use crate::engine::GenerationParams;
+use crate::text::{TextError, TextTokenizer};
+
+/// What a request asks of generation, its fields checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    pub model: String,
+    /// The completion budget asked for (the rule is the module's); `None`:
+    /// as many as fit in the context.
+    pub max_tokens: Option<usize>,
+    pub sampling: SamplingParams,
+    pub seed: Option<u64>,
+    pub stop: Vec<String>,
+    pub stream: bool,
+    pub include_usage: bool,
+    pub ignore_eos: bool,
+}
+
+/// A request checked against the model: what the engine runs, and how the
+/// client wants the answer.
+#[derive(Debug, Clone)]
+pub struct ValidRequest {
+    pub prompt: Vec<u32>,
+    pub params: GenerationParams,
+    pub stream: bool,
+    pub include_usage: bool,
+}
+
+/// OpenAI accepts at most four stop sequences.
+const MAX_STOPS: usize = 4;
+/// Longer stop strings only cost the engine time (the matcher holds back up
+/// to one stop's length of text) and no real use needs them.
+const MAX_STOP_BYTES: usize = 256;
+
+fn is_empty_value(v: &Option<serde_json::Value>) -> bool {
+    use serde_json::Value;
+    match v {
+        None | Some(Value::Null) => true,
+        Some(Value::Array(a)) => a.is_empty(),
+        Some(Value::Object(o)) => o.is_empty(),
+        Some(_) => false,
+    }
+}
+
+/// The first stage: the body's fields on their own.
+pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
+    let model = match f.model {
+        Some(m) if !m.is_empty() => m,
+        _ => return Err(ApiError::invalid(Some("model"), "`model` is required.")),
+    };
+    for (value, param) in [(f.n, "n"), (f.best_of, "best_of")] {
+        if let Some(v) = value.filter(|v| *v != 1) {
+            return Err(ApiError::invalid(
+                Some(param),
+                format!(
+                    "`{param}` must be 1 (this server returns one choice per request); got {v}."
+                ),
+            ));
+        }
+    }
+    let wants_logprobs = match &f.logprobs {
+        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
+        Some(_) => true,
+    };
+    if wants_logprobs {
+        return Err(ApiError::invalid(
+            Some("logprobs"),
+            "`logprobs` is not supported by this server.",
+        ));
+    }
+    if f.echo == Some(true) {
+        return Err(ApiError::invalid(
+            Some("echo"),
+            "`echo` is not supported by this server.",
+        ));
+    }
+    for (value, param) in [
+        (&f.tools, "tools"),
+        (&f.functions, "functions"),
+        (&f.logit_bias, "logit_bias"),
+    ] {
+        if !is_empty_value(value) {
+            return Err(ApiError::invalid(
+                Some(param),
+                format!("`{param}` is not supported by this server."),
+            ));
+        }
+    }
+    let text_format = match &f.response_format {
+        None | Some(serde_json::Value::Null) => true,
+        Some(v) => v.get("type").and_then(|t| t.as_str()) == Some("text"),
+    };
+    if !text_format {
+        return Err(ApiError::invalid(
+            Some("response_format"),
+            "Only `{\"type\": \"text\"}` is supported for `response_format`.",
+        ));
+    }
+    for (value, param) in [
+        (f.presence_penalty, "presence_penalty"),
+        (f.frequency_penalty, "frequency_penalty"),
+    ] {
+        if value.is_some_and(|v| v != 0.0) {
+            return Err(ApiError::invalid(
+                Some(param),
+                format!("`{param}` other than 0 is not supported by this server."),
+            ));
+        }
+    }
+    let max_tokens = completion_budget(f.max_tokens, f.max_completion_tokens)?;
+    let temperature = f.temperature.unwrap_or(1.0);
+    if !(0.0..=2.0).contains(&temperature) {
+        return Err(ApiError::invalid(
+            Some("temperature"),
+            format!("`temperature` must be between 0 and 2; got {temperature}."),
+        ));
+    }
+    let top_p = f.top_p.unwrap_or(1.0);
+    if !(top_p > 0.0 && top_p <= 1.0) {
+        return Err(ApiError::invalid(
+            Some("top_p"),
+            format!("`top_p` must be in (0, 1]; got {top_p}."),
+        ));
+    }
+    // vLLM's convention: -1 and 0 both mean "no top-k".
+    let top_k = match f.top_k.unwrap_or(0) {
+        k if k < -1 => {
+            return Err(ApiError::invalid(
+                Some("top_k"),
+                format!("`top_k` must be -1, 0 (disabled) or positive; got {k}."),
+            ))
+        }
+        k => usize::try_from(k).unwrap_or(0),
+    };
+    let stop = match f.stop {
+        None => Vec::new(),
+        Some(StopField::One(s)) => vec![s],
+        Some(StopField::Many(v)) => v,
+    };
+    if stop.len() > MAX_STOPS {
+        return Err(ApiError::invalid(
+            Some("stop"),
+            format!(
+                "`stop` takes at most {MAX_STOPS} sequences; got {}.",
+                stop.len()
+            ),
+        ));
+    }
+    if stop.iter().any(String::is_empty) {
+        return Err(ApiError::invalid(
+            Some("stop"),
+            "`stop` sequences must not be empty.",
+        ));
+    }
+    if stop.iter().any(|s| s.len() > MAX_STOP_BYTES) {
+        return Err(ApiError::invalid(
+            Some("stop"),
+            format!("`stop` sequences may be at most {MAX_STOP_BYTES} bytes long."),
+        ));
+    }
+    let stream = f.stream.unwrap_or(false);
+    if f.stream_options.is_some() && !stream {
+        return Err(ApiError::invalid(
+            Some("stream_options"),
+            "`stream_options` is only allowed when `stream` is true.",
+        ));
+    }
+    let include_usage = f
+        .stream_options
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    Ok(Generation {
+        model,
+        max_tokens,
+        sampling: SamplingParams {
+            temperature: temperature as f32,
+            top_p: top_p as f32,
+            top_k,
+        },
+        // Negative seeds are valid in OpenAI's API; keep their bits.
+        seed: f.seed.map(|s| s as u64),
+        stop,
+        stream,
+        include_usage,
+        ignore_eos: f.ignore_eos.unwrap_or(false),
+    })
+}
+
+/// The module's budget rule: each field set must be at least 1, and the
+/// smaller of the two wins.
+fn completion_budget(
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+) -> Result<Option<usize>, ApiError> {
+    let mut budget: Option<usize> = None;
+    for (value, param) in [
+        (max_completion_tokens, "max_completion_tokens"),
+        (max_tokens, "max_tokens"),
+    ] {
+        let Some(v) = value else { continue };
+        if v < 1 {
+            return Err(ApiError::invalid(
+                Some(param),
+                format!("`{param}` must be at least 1; got {v}."),
+            ));
+        }
+        let v = usize::try_from(v).unwrap_or(usize::MAX);
+        budget = Some(budget.map_or(v, |b| b.min(v)));
+    }
+    Ok(budget)
+}
+
+/// The second stage for a chat: rendered with the model's template,
+/// tokenised, and fitted to the context.
+pub(super) async fn chat(
+    req: ChatRequest,
+    model_id: &str,
+    ready: &Ready,
+) -> Result<ValidRequest, ApiError> {
+    check_model(model_id, &req.generation)?;
+    let (template, _) = ready.chat_template.as_ref().ok_or_else(|| {
+        ApiError::invalid(
+            None,
+            "This model has no chat template; use /v1/completions.",
+        )
+    })?;
+    let text = template.render(&req.messages, true).map_err(|e| {
+        ApiError::invalid(
+            Some("messages"),
+            format!("The chat template refused the messages: {e}."),
+        )
+    })?;
+    let prompt = tokenize(ready, text, TextTokenizer::encode_chat).await?;
+    fit(prompt, req.generation, ready.context, "messages")
+}
+
+/// The second stage for a completion: its text tokenised, or its ids checked
+/// against the vocabulary, and fitted to the context.
+pub(super) async fn completion(
+    req: CompletionRequest,
+    model_id: &str,
+    ready: &Ready,
+) -> Result<ValidRequest, ApiError> {
+    check_model(model_id, &req.generation)?;
+    let prompt = match req.prompt {
+        Prompt::Text(text) => tokenize(ready, text, TextTokenizer::encode).await?,
+        Prompt::Tokens(ids) => {
+            let vocab = ready.loaded.model.vocab_size();
+            if let Some(bad) = ids.iter().find(|id| **id as usize >= vocab) {
+                return Err(ApiError::invalid(
+                    Some("prompt"),
+                    format!("Token id {bad} is outside the vocabulary of {vocab}."),
+                ));
+            }
+            ids
+        }
+    };
+    fit(prompt, req.generation, ready.context, "prompt")
+}
+
+fn check_model(model_id: &str, g: &Generation) -> Result<(), ApiError> {
+    if g.model != model_id {
+        return Err(ApiError::model_not_found(&g.model));
+    }
+    Ok(())
+}
+
+/// Tokenizing a large prompt takes milliseconds: keep it off the I/O threads.
+async fn tokenize(
+    ready: &Ready,
+    text: String,
+    encode: fn(&TextTokenizer, &str) -> Result<Vec<u32>, TextError>,
+) -> Result<Vec<u32>, ApiError> {
+    let tokenizer = ready.loaded.tokenizer.clone();
+    tokio::task::spawn_blocking(move || encode(&tokenizer, &text))
+        .await
+        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
+        .map_err(|e| ApiError::invalid(None, format!("The prompt could not be tokenized: {e}.")))
+}
+
+/// Lengths: a prompt, and room for the budget after it in the `context`
+/// (the model's positions, capped by `--context`); no budget asked: the
+/// rest of the context. `param` names the prompt's field in refusals.
+fn fit(
+    prompt: Vec<u32>,
+    g: Generation,
+    context: usize,
+    param: &'static str,
+) -> Result<ValidRequest, ApiError> {
+    if prompt.is_empty() {
+        return Err(ApiError::invalid(Some(param), "The prompt is empty."));
+    }
+    let room = context.saturating_sub(prompt.len());
+    let max_new_tokens = match g.max_tokens {
+        Some(n) if n > room => {
+            return Err(ApiError::invalid(
+                Some(param),
+                format!(
+                    "This model's maximum context length is {context} tokens. However, you requested {} tokens ({} in the prompt, {n} for the completion). Please reduce the prompt or the completion length.",
+                    prompt.len().saturating_add(n),
+                    prompt.len()
+                ),
+            )
+            .with_code("context_length_exceeded"))
+        }
+        Some(n) => n,
+        None if room == 0 => {
+            return Err(ApiError::invalid(
+                Some(param),
+                format!(
+                    "This model's maximum context length is {context} tokens, and the prompt alone has {} tokens.",
+                    prompt.len()
+                ),
+            )
+            .with_code("context_length_exceeded"))
+        }
+        None => room,
+    };
+    Ok(ValidRequest {
+        prompt,
+        params: GenerationParams {
+            max_new_tokens,
+            sampling: g.sampling,
+            seed: g.seed,
+            stop: g.stop,
+            ignore_eos: g.ignore_eos,
+        },
+        stream: g.stream,
+        include_usage: g.include_usage,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(extra: &str) -> Result<Generation, ApiError> {
+        let body = format!(r#"{{"model":"m"{extra}}}"#);
+        generation(serde_json::from_str(&body).unwrap())
+    }
+
+    #[test]
+    fn the_smaller_budget_wins_and_each_field_alone_is_the_budget() {
+        for (extra, budget) in [
+            (r#","max_tokens":9,"max_completion_tokens":5"#, Some(5)),
+            (r#","max_tokens":5,"max_completion_tokens":9"#, Some(5)),
+            (r#","max_tokens":7,"max_completion_tokens":7"#, Some(7)),
+            (r#","max_tokens":7"#, Some(7)),
+            (r#","max_completion_tokens":7"#, Some(7)),
+            (r#","max_tokens":null,"max_completion_tokens":3"#, Some(3)),
+            ("", None),
+        ] {
+            assert_eq!(fields(extra).unwrap().max_tokens, budget, "{extra}");
+        }
+    }
+
+    #[test]
+    fn a_budget_below_one_is_refused_naming_its_field() {
+        for (extra, param) in [
+            (r#","max_tokens":0"#, "max_tokens"),
+            (r#","max_tokens":-3"#, "max_tokens"),
+            (r#","max_completion_tokens":0"#, "max_completion_tokens"),
+            (r#","max_completion_tokens":-1"#, "max_completion_tokens"),
+            // With both set, the smaller one is the budget: a bad one of
+            // the two is refused whichever it is.
+            (r#","max_tokens":0,"max_completion_tokens":5"#, "max_tokens"),
+            (
+                r#","max_tokens":5,"max_completion_tokens":0"#,
+                "max_completion_tokens",
+            ),
+        ] {
+            let e = fields(extra).unwrap_err();
+            assert_eq!(e.status, 400, "{extra}");
+            assert_eq!(e.param, Some(param), "{extra}");
+            assert!(e.message.contains("at least 1"), "{extra}: {}", e.message);
+        }
+    }
+
+    #[test]
+    fn bad_fields_name_their_parameter() {
+        for (extra, param, needle) in [
+            (r#","best_of":3"#, "best_of", "must be 1"),
+            (r#","temperature":3"#, "temperature", "between 0 and 2"),
+            (r#","top_p":0"#, "top_p", "(0, 1]"),
+            (r#","top_k":-5"#, "top_k", "disabled"),
+            (r#","stop":["a","b","c","d","e"]"#, "stop", "at most 4"),
+            (r#","stop":"""#, "stop", "empty"),
+            (r#","logprobs":true"#, "logprobs", "not supported"),
+            (r#","echo":true"#, "echo", "not supported"),
+            (
+                r#","tools":[{"type":"function"}]"#,
+                "tools",
+                "not supported",
+            ),
+            (
+                r#","response_format":{"type":"json_object"}"#,
+                "response_format",
+                "text",
+            ),
+            (
+                r#","presence_penalty":0.5"#,
+                "presence_penalty",
+                "other than 0",
+            ),
+            (
+                r#","stream_options":{"include_usage":true}"#,
+                "stream_options",
+                "only allowed",
+            ),
+        ] {
+            let e = fields(extra).unwrap_err();
+            assert_eq!(e.status, 400, "{extra}");
+            assert_eq!(e.param, Some(param), "{extra}: {}", e.message);
+            assert!(e.message.contains(needle), "{extra}: {}", e.message);
+        }
+        let long = format!(r#","stop":"{}""#, "x".repeat(MAX_STOP_BYTES + 1));
+        let e = fields(&long).unwrap_err();
+        assert_eq!(e.param, Some("stop"));
+        assert!(e.message.contains("at most 256 bytes"), "{}", e.message);
+    }
+
+    fn asking(max_tokens: Option<usize>) -> Generation {
+        Generation {
+            max_tokens,
+            ..fields("").unwrap()
+        }
+    }
+
+    #[test]
+    fn the_budget_must_fit_the_context_after_the_prompt() {
+        // (prompt length, budget asked, context) -> budget run, or refused.
+        for (prompt, asked, context, run) in [
+            (3, Some(5), 8, Some(5)),
+            (3, Some(6), 8, None),
+            (3, None, 8, Some(5)),
+            (8, None, 8, None),
+            (9, Some(1), 8, None),
+        ] {
+            let got = fit(vec![1; prompt], asking(asked), context, "prompt");
+            match run {
+                Some(n) => {
+                    let valid = got.unwrap();
+                    assert_eq!(valid.params.max_new_tokens, n);
+                    assert_eq!(valid.prompt.len(), prompt);
+                }
+                None => {
+                    let e = got.unwrap_err();
+                    assert_eq!(e.status, 400);
+                    assert_eq!(e.param, Some("prompt"));
+                    assert_eq!(e.code, Some("context_length_exceeded"));
+                    assert!(
+                        e.message.contains("maximum context length is 8 tokens"),
+                        "{}",
+                        e.message
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn an_empty_prompt_is_refused_naming_the_prompt_field() {
+        let e = fit(Vec::new(), asking(Some(1)), 8, "messages").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param), (400, Some("messages")));
+        assert!(e.message.contains("empty"), "{}", e.message);
+    }
+}
