@@ -43,7 +43,7 @@ bench: setup wasm host server
 lint: toolchain
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
-	$(CARGO) clippy -p inference-server --test llama_cpp_reference --locked -- -D warnings
+	$(CARGO) clippy -p maas-inference-server --test llama_cpp_reference --locked -- -D warnings
 	$(CARGO) clippy -p maas-filter --target $(WASM_TARGET) --release --locked -- -D warnings
 
 fmt:
@@ -71,7 +71,7 @@ wasm:
 # One optimised build of the inference server, the control plane and the
 # rate limiter, shared by tests, benches and run.
 server:
-	$(CARGO) build --profile serve --locked -p inference-server -p maas-control-plane -p maas-limiter
+	$(CARGO) build --profile serve --locked -p maas-inference-server -p maas-control-plane -p maas-limiter
 
 ## server-cuda: the inference server with the GPU path (--features cuda) into target/cuda/serve/ (nvcc from pinned PyPI wheels; CUDA_COMPUTE_CAP, default 90; not needed by test or run)
 server-cuda:

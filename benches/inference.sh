@@ -25,7 +25,7 @@ if [ -z "${MAAS_BENCH_MODELS:-}" ]; then
 fi
 export MAAS_BENCH_MODELS
 if [ -z "${SKIP_BUILD:-}" ]; then
-  "$CARGO" build --profile serve --locked -p inference-server -p maas-benches --example inference-bench
+  "$CARGO" build --profile serve --locked -p maas-inference-server -p maas-benches --example inference-bench
 fi
 export MAAS_INFERENCE_SERVER=${MAAS_INFERENCE_SERVER:-$ROOT/target/serve/inference-server}
 if [ "${PEER:-llama.cpp}" = llama.cpp ]; then

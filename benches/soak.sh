@@ -47,8 +47,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   [ -x "$MAAS_ENVOY" ] || ./scripts/fetch-envoy.sh
   [ -x "$MAAS_REDIS_SERVER" ] || ./scripts/redis.sh
   [ -f "$MAAS_MODEL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf" ] || ./scripts/fetch-model.sh
-  say "$CARGO build --profile serve --locked -p inference-server -p maas-control-plane -p maas-limiter"
-  "$CARGO" build --profile serve --locked -p inference-server -p maas-control-plane -p maas-limiter
+  say "$CARGO build --profile serve --locked -p maas-inference-server -p maas-control-plane -p maas-limiter"
+  "$CARGO" build --profile serve --locked -p maas-inference-server -p maas-control-plane -p maas-limiter
   say "$CARGO build --release --locked --target wasm32-wasip1 -p maas-filter"
   "$CARGO" build --release --locked --target wasm32-wasip1 -p maas-filter
   say "$CARGO build --release --locked -p maas-benches --example soak"

@@ -24,7 +24,7 @@ export PATH="$toolkit/bin:$PATH"
 export CUDA_ROOT="$toolkit"
 export CUDA_COMPUTE_CAP="${CUDA_COMPUTE_CAP:-90}"
 target="$root/target/cuda"
-build=(cargo build --profile serve --locked -p inference-server --features cuda --target-dir "$target")
+build=(cargo build --profile serve --locked -p maas-inference-server --features cuda --target-dir "$target")
 
 echo "==> compiling the library (candle's CUDA kernels for sm_$CUDA_COMPUTE_CAP: over 15 minutes on 2 cores the first time)" >&2
 "${build[@]}" --lib
@@ -51,7 +51,7 @@ if [ "$(cat "$stubs/.stubs-complete" 2>/dev/null)" != "$stamp" ]; then
   log="$target/link-attempt.log"
   # lld stops listing after 20 errors unless told otherwise; the flag goes
   # to this one link only (`cargo rustc`), so nothing else rebuilds.
-  cargo rustc --profile serve --locked -p inference-server --features cuda \
+  cargo rustc --profile serve --locked -p maas-inference-server --features cuda \
     --target-dir "$target" --bin inference-server -- -C link-arg=-Wl,--error-limit=0 \
     >"$log" 2>&1 || true
   symbols=$({ grep -oE "undefined (reference to|symbol:) .?[A-Za-z0-9_]+" "$log" || true; } |

@@ -40,6 +40,6 @@ else
   # One test at a time: each runs llama-server and our model on every core,
   # and two at once push a long F32 Gemma completion past the client's
   # timeout.
-  "$cargo" test --profile serve --locked -p inference-server --test llama_cpp_reference \
+  "$cargo" test --profile serve --locked -p maas-inference-server --test llama_cpp_reference \
     -- --test-threads=1
 fi

@@ -1,5 +1,5 @@
 use clap::Parser;
-use inference_server::config::Args;
+use maas_inference_server::config::Args;
 use tracing_subscriber::EnvFilter;
 
 fn main() -> std::process::ExitCode {
@@ -36,7 +36,7 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(inference_server::server::serve(config)) {
+    match runtime.block_on(maas_inference_server::server::serve(config)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("inference-server: {e}");

@@ -16,7 +16,7 @@
 
 use std::collections::BTreeMap;
 
-use inference_server::text::{ChatMessage, ChatTemplate, TextError};
+use maas_inference_server::text::{ChatMessage, ChatTemplate, TextError};
 use serde::Deserialize;
 
 const TEMPLATES: &[(&str, &str)] = &[

@@ -44,8 +44,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use inference_server::model::tiny::{self, Weights};
-use inference_server::model::{load_model, Model, Placement, Scratch, StepInput};
+use maas_inference_server::model::tiny::{self, Weights};
+use maas_inference_server::model::{load_model, Model, Placement, Scratch, StepInput};
 use serde_json::{json, Value as Json};
 
 const CONTINUATION: usize = 64;
@@ -304,7 +304,7 @@ impl Ours<'_> {
     fn greedy(&self, prompt: &[u32], n: usize) -> (Vec<u32>, Vec<Vec<f64>>) {
         let (mut tokens, mut logprobs) = (Vec::new(), Vec::new());
         self.steps(prompt, n, |_, logits| {
-            let next = inference_server::engine::sampling::argmax(logits);
+            let next = maas_inference_server::engine::sampling::argmax(logits);
             tokens.push(next);
             logprobs.push(log_softmax(logits));
             next

@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use candle_core::quantized::gguf_file;
-use inference_server::text::{IncrementalDecoder, TextTokenizer, TokenizerSpec};
+use maas_inference_server::text::{IncrementalDecoder, TextTokenizer, TokenizerSpec};
 use serde::Deserialize;
 
 #[derive(Deserialize)]

@@ -36,7 +36,7 @@ use super::redis_counters::subscription_counter;
 /// much (milliseconds are truncated on both sides).
 const SKEW_MS: u64 = 5;
 
-/// The audit record fields the soak reads (`filter-wasm/src/audit.rs`).
+/// The audit record fields the soak reads (`filter/src/audit.rs`).
 #[derive(Debug, Clone)]
 pub struct AuditLine {
     pub start_ms: u64,
