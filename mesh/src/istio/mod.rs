@@ -27,6 +27,13 @@ use maas_filter::config::{Config, ConfigError};
 
 use crate::manifest::ManifestError;
 
+mod clusters;
+mod version;
+
+use clusters::url_host;
+pub use clusters::{clusters, clusters_envoy_filter};
+pub use version::{check_istio_version, IstioVersion, ISTIO_FLOOR};
+
 /// The cluster the filter's `control_plane.cluster` names (as locally).
 pub const CONTROL_PLANE_CLUSTER: &str = "maas-control-plane";
 /// The cluster for the limiter's gRPC (h2) service, for the filter's global
@@ -51,53 +58,6 @@ pub const API_ROUTE: &str = "maas-api";
 pub const MODELS_ROUTE: &str = "maas-models";
 /// The header the filter routes completions by, after reading the body.
 pub const MODEL_HEADER: &str = "x-maas-model";
-
-/// The oldest Istio the rendering works on. The filter needs Envoy's
-/// `allow_on_headers_stop_iteration` (Envoy >= 1.35) to read a completion's
-/// body before its headers go upstream; istiod <= 1.27 does not know the
-/// field and drops it from an EnvoyFilter patch with only a webhook
-/// warning, and completions then stall until they time out.
-pub const ISTIO_FLOOR: IstioVersion = IstioVersion {
-    major: 1,
-    minor: 28,
-};
-
-/// An Istio release, `major.minor` (a patch level is accepted and ignored).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub struct IstioVersion {
-    pub major: u32,
-    pub minor: u32,
-}
-
-impl std::str::FromStr for IstioVersion {
-    type Err = RenderError;
-
-    fn from_str(text: &str) -> Result<Self, RenderError> {
-        let bad = || RenderError::IstioVersion(text.to_string());
-        let mut parts = text.trim().trim_start_matches('v').split('.');
-        let mut number = || -> Result<u32, RenderError> {
-            parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)
-        };
-        Ok(IstioVersion {
-            major: number()?,
-            minor: number()?,
-        })
-    }
-}
-
-impl std::fmt::Display for IstioVersion {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}.{}", self.major, self.minor)
-    }
-}
-
-/// Refuses an Istio older than [`ISTIO_FLOOR`], saying why.
-pub fn check_istio_version(version: IstioVersion) -> Result<(), RenderError> {
-    if version < ISTIO_FLOOR {
-        return Err(RenderError::IstioTooOld(version));
-    }
-    Ok(())
-}
 
 /// The checked-in rendering (`istio/gateway/`, `istio/sidecar/`, `istio/wasmplugin/`) uses
 /// these: a module URL and checksum no proxy will accept, and a token no
@@ -155,49 +115,6 @@ pub struct WasmModule {
 
 /// The system trust store in Istio's proxy images.
 pub const SYSTEM_CA_FILE: &str = "/etc/ssl/certs/ca-certificates.crt";
-
-/// Where the URL points, for the cluster that fetches it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct UrlHost {
-    tls: bool,
-    host: String,
-    port: u16,
-}
-
-fn url_host(url: &str) -> Result<UrlHost, RenderError> {
-    let bad = |reason| RenderError::WasmUrl {
-        url: url.to_string(),
-        reason,
-    };
-    let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
-        (true, rest)
-    } else if let Some(rest) = url.strip_prefix("http://") {
-        (false, rest)
-    } else {
-        return Err(bad("must start with http:// or https://"));
-    };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
-    if authority.contains('@') {
-        return Err(bad(
-            "credentials in the URL would be in every proxy's configuration",
-        ));
-    }
-    let (host, port) = match authority.rsplit_once(':') {
-        Some((host, port)) => (
-            host,
-            port.parse().map_err(|_| bad("the port is not a number"))?,
-        ),
-        None => (authority, if tls { 443 } else { 80 }),
-    };
-    if host.is_empty() || !rest[authority.len()..].starts_with('/') {
-        return Err(bad("expected scheme://host[:port]/path"));
-    }
-    Ok(UrlHost {
-        tls,
-        host: host.to_string(),
-        port,
-    })
-}
 
 /// Everything a rendering depends on besides the two files it reads.
 #[derive(Debug, Clone)]
@@ -638,140 +555,6 @@ fn envoy_filter(
     })
 }
 
-/// Istio mutual TLS to a workload of the mesh, as Istio's own clusters do
-/// it: the proxy's certificate and roots from its SDS (`sds-grpc`), the
-/// peer verified by its service account's SPIFFE id.
-fn istio_mtls(settings: &MeshSettings, service: &str, port: u16, h2: bool) -> Value {
-    let sds = |name: &str| {
-        json!({
-            "name": name,
-            "sds_config": {
-                "api_config_source": {
-                    "api_type": "GRPC",
-                    "transport_api_version": "V3",
-                    "grpc_services": [{ "envoy_grpc": { "cluster_name": "sds-grpc" } }],
-                },
-                "resource_api_version": "V3",
-            }
-        })
-    };
-    json!({
-        "name": "envoy.transport_sockets.tls",
-        "typed_config": {
-            "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-            "sni": format!("outbound_.{port}_._.{}", settings.service_host(service)),
-            "common_tls_context": {
-                // Istio's own ALPN for in-mesh clusters, with `h2` for an
-                // HTTP/2 one (its ALPNInMeshH2WithMxc).
-                "alpn_protocols": if h2 {
-                    json!(["istio-peer-exchange", "istio", "h2"])
-                } else {
-                    json!(["istio-peer-exchange", "istio"])
-                },
-                "tls_certificate_sds_secret_configs": [sds("default")],
-                "combined_validation_context": {
-                    "default_validation_context": {
-                        "match_typed_subject_alt_names": [{
-                            "san_type": "URI",
-                            "matcher": { "exact": format!(
-                                "spiffe://{}/ns/{}/sa/{service}",
-                                settings.trust_domain, settings.namespace
-                            ) },
-                        }]
-                    },
-                    "validation_context_sds_secret_config": sds("ROOTCA"),
-                }
-            }
-        }
-    })
-}
-
-fn dns_cluster(name: &str, host: &str, port: u16) -> Value {
-    json!({
-        "name": name,
-        "type": "STRICT_DNS",
-        "connect_timeout": "1s",
-        "lb_policy": "ROUND_ROBIN",
-        "load_assignment": {
-            "cluster_name": name,
-            "endpoints": [{ "lb_endpoints": [{ "endpoint": { "address": {
-                "socket_address": { "address": host, "port_value": port }
-            } } }] }],
-        }
-    })
-}
-
-/// The clusters the filter calls: the control plane (HTTP/1.1), Limitador
-/// (gRPC over h2), and where the module is fetched from.
-pub fn clusters(settings: &MeshSettings) -> Result<Vec<Value>, RenderError> {
-    let mut control_plane = dns_cluster(
-        CONTROL_PLANE_CLUSTER,
-        &settings.service_host(&settings.control_plane),
-        settings.control_plane_port,
-    );
-    control_plane["transport_socket"] = istio_mtls(
-        settings,
-        &settings.control_plane,
-        settings.control_plane_port,
-        false,
-    );
-
-    let mut limiter = dns_cluster(
-        LIMITADOR_CLUSTER,
-        &settings.service_host(&settings.limiter),
-        settings.limiter_port,
-    );
-    limiter["transport_socket"] =
-        istio_mtls(settings, &settings.limiter, settings.limiter_port, true);
-    limiter["typed_extension_protocol_options"] = json!({
-        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": { "http2_protocol_options": {} },
-        }
-    });
-
-    let source = url_host(&settings.wasm.url)?;
-    let mut wasm_source = dns_cluster(WASM_SOURCE_CLUSTER, &source.host, source.port);
-    if source.tls {
-        // The checksum already refuses other bytes; the certificate check
-        // keeps a proxy from talking to whoever answers for the host.
-        wasm_source["transport_socket"] = json!({
-            "name": "envoy.transport_sockets.tls",
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
-                "sni": source.host,
-                "common_tls_context": { "validation_context": {
-                    "trusted_ca": { "filename": settings.wasm.ca_file },
-                    "match_typed_subject_alt_names": [{
-                        "san_type": "DNS",
-                        "matcher": { "exact": source.host },
-                    }],
-                } },
-            }
-        });
-    }
-    Ok(vec![control_plane, limiter, wasm_source])
-}
-
-/// The `EnvoyFilter` adding [`clusters`] to the proxies of `placement`.
-pub fn clusters_envoy_filter(
-    placement: Placement,
-    settings: &MeshSettings,
-) -> Result<Value, RenderError> {
-    let patches: Vec<Value> = clusters(settings)?
-        .into_iter()
-        .map(|cluster| {
-            json!({
-                "applyTo": "CLUSTER",
-                "match": { "context": placement.cluster_context() },
-                "patch": { "operation": "ADD", "value": cluster },
-            })
-        })
-        .collect();
-    let name = format!("maas-clusters-{}", placement.label());
-    Ok(envoy_filter(&name, placement, settings, None, patches))
-}
-
 /// The `WasmPlugin` alternative on the gateway. Istio's WasmPlugin has no
 /// `allow_on_headers_stop_iteration`, which the filter needs to read a
 /// completion request's body before the headers go upstream: see
@@ -999,6 +782,7 @@ fn placement_files(
 
 #[cfg(test)]
 pub(crate) mod tests {
+    use super::clusters::UrlHost;
     use super::*;
 
     pub(crate) fn settings() -> MeshSettings {
