@@ -10,8 +10,9 @@
 //! phases and replies at most once, so none of those are reachable from
 //! input. Header values are read as bytes (see `header_map`).
 
+use crate::auth::control_plane::ControlPlane;
 use crate::auth::key_sync::driver::{KeySync, SyncAnswer};
-use crate::config::{Config, ControlPlane};
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::gateway::Stream;
 use crate::host::{Flow, StreamHost, SyncHost};

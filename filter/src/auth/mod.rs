@@ -8,6 +8,7 @@
 //! [`crate::host::SyncHost`], so the host target tests all of it.
 
 pub mod claims;
+pub mod control_plane;
 pub mod key_sync;
 pub mod keys;
 pub mod managed_keys;

@@ -47,7 +47,7 @@ mod validated;
 
 pub use raw::Oidc;
 pub use validate::{synced_subscription, validate_served};
-pub use validated::{Config, ConfigError, ControlPlane};
+pub use validated::{Config, ConfigError};
 
 #[cfg(test)]
 mod tests;

@@ -11,7 +11,8 @@ use super::raw::{
     LimitMode, RawConfig, RawControlPlane, RawExpiry, RawKey, RawLimiter, RawLimits, RawRate,
     RawSubscription,
 };
-use super::validated::{err, Config, ConfigError, ControlPlane};
+use super::validated::{err, Config, ConfigError};
+use crate::auth::control_plane::ControlPlane;
 use crate::auth::keys::{ApiKey, KeyDigest, KeyStore};
 use crate::limits::global_limits::Limiter;
 use crate::limits::Rate;

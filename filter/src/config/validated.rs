@@ -7,23 +7,11 @@
 //! every key's `subscription` indexes `subscriptions`.
 
 use super::raw::{Oidc, RawConfig};
+use crate::auth::control_plane::ControlPlane;
 use crate::auth::keys::KeyStore;
 use crate::limits::global_limits::Limiter;
 use crate::subscription::{ScopeLimits, Subscription};
 use std::rc::Rc;
-
-/// The control plane the filter syncs managed keys and subscriptions from.
-#[derive(Debug, Clone)]
-pub struct ControlPlane {
-    pub cluster: String,
-    pub authority: String,
-    pub token: String,
-    pub sync_interval_ms: u64,
-    pub timeout_ms: u64,
-    pub sync_page_keys: u64,
-    pub lookups_per_second: u64,
-    pub negative_cache_ms: u64,
-}
 
 #[derive(Debug)]
 pub struct Config {

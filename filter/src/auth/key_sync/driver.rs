@@ -15,8 +15,8 @@
 //!   (and at least a second apart).
 
 use super::{apply, confirm, read_state, schedule_next, try_acquire_lease, Applied};
+use crate::auth::control_plane::ControlPlane;
 use crate::auth::managed_keys::parse_sync;
-use crate::config::ControlPlane;
 use crate::host::SyncHost;
 use crate::metrics::Metric;
 
