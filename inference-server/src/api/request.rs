@@ -225,7 +225,8 @@ mod tests {
             SamplingParams {
                 temperature: 0.0,
                 top_p: 0.5,
-                top_k: 3
+                top_k: 3,
+                ..SamplingParams::default()
             }
         );
         assert_eq!(g.seed, Some(u64::MAX));

@@ -36,6 +36,9 @@ pub struct Generation {
     /// as many as fit in the context.
     pub max_tokens: Option<usize>,
     pub sampling: SamplingParams,
+    /// `(token, bias)`, sorted, each token once; ids not yet checked
+    /// against the vocabulary.
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub stream: bool,
@@ -53,6 +56,9 @@ pub struct ValidRequest {
     pub include_usage: bool,
 }
 
+/// More would only cost each step's sampling time; OpenAI's clients send a
+/// handful (OpenAI documents no limit; this is generous).
+const MAX_LOGIT_BIAS: usize = 1024;
 /// OpenAI accepts at most four stop sequences.
 const MAX_STOPS: usize = 4;
 /// Longer stop strings only cost the engine time (the matcher holds back up
@@ -101,11 +107,7 @@ pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
             "`echo` is not supported by this server.",
         ));
     }
-    for (value, param) in [
-        (&f.tools, "tools"),
-        (&f.functions, "functions"),
-        (&f.logit_bias, "logit_bias"),
-    ] {
+    for (value, param) in [(&f.tools, "tools"), (&f.functions, "functions")] {
         if !is_empty_value(value) {
             return Err(ApiError::invalid(
                 Some(param),
@@ -123,17 +125,20 @@ pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
             "Only `{\"type\": \"text\"}` is supported for `response_format`.",
         ));
     }
-    for (value, param) in [
-        (f.presence_penalty, "presence_penalty"),
-        (f.frequency_penalty, "frequency_penalty"),
-    ] {
-        if value.is_some_and(|v| v != 0.0) {
-            return Err(ApiError::invalid(
+    let penalty = |value: Option<f64>, param: &'static str| {
+        let v = value.unwrap_or(0.0);
+        if (-2.0..=2.0).contains(&v) {
+            Ok(v as f32)
+        } else {
+            Err(ApiError::invalid(
                 Some(param),
-                format!("`{param}` other than 0 is not supported by this server."),
-            ));
+                format!("`{param}` must be between -2 and 2; got {v}."),
+            ))
         }
-    }
+    };
+    let presence_penalty = penalty(f.presence_penalty, "presence_penalty")?;
+    let frequency_penalty = penalty(f.frequency_penalty, "frequency_penalty")?;
+    let logit_bias = logit_bias(f.logit_bias)?;
     let max_tokens = completion_budget(f.max_tokens, f.max_completion_tokens)?;
     let temperature = f.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
@@ -203,7 +208,10 @@ pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
             temperature: temperature as f32,
             top_p: top_p as f32,
             top_k,
+            presence_penalty,
+            frequency_penalty,
         },
+        logit_bias,
         // Negative seeds are valid in OpenAI's API; keep their bits.
         seed: f.seed.map(|s| s as u64),
         stop,
@@ -211,6 +219,50 @@ pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
         include_usage,
         ignore_eos: f.ignore_eos.unwrap_or(false),
     })
+}
+
+/// OpenAI's `logit_bias`: token ids (as JSON object keys) to a bias in
+/// [-100, 100] added to their logits. Ids are checked against the model's
+/// vocabulary in the second stage ([`check_against_model`]).
+fn logit_bias(value: Option<serde_json::Value>) -> Result<Vec<(u32, f32)>, ApiError> {
+    use serde_json::Value;
+    let bad = |message: String| ApiError::invalid(Some("logit_bias"), message);
+    let entries = match value {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Object(entries)) => entries,
+        Some(other) => {
+            return Err(bad(format!(
+                "`logit_bias` must be an object of token ids to biases; got {other}."
+            )))
+        }
+    };
+    if entries.len() > MAX_LOGIT_BIAS {
+        return Err(bad(format!(
+            "`logit_bias` takes at most {MAX_LOGIT_BIAS} tokens; got {}.",
+            entries.len()
+        )));
+    }
+    let mut biases = Vec::with_capacity(entries.len());
+    for (key, bias) in entries {
+        let token = key
+            .parse::<u32>()
+            .map_err(|_| bad(format!("`logit_bias` keys are token ids; got {key:?}.")))?;
+        let bias = bias
+            .as_f64()
+            .filter(|b| (-100.0..=100.0).contains(b))
+            .ok_or_else(|| {
+                bad(format!(
+                    "`logit_bias` values must be numbers between -100 and 100; got {bias} for token {token}."
+                ))
+            })?;
+        biases.push((token, bias as f32));
+    }
+    // Object keys are distinct strings, but "7" and "07" name one token.
+    biases.sort_unstable_by_key(|&(token, _)| token);
+    if let Some(w) = biases.windows(2).find(|w| w[0].0 == w[1].0) {
+        return Err(bad(format!("`logit_bias` names token {} twice.", w[0].0)));
+    }
+    Ok(biases)
 }
 
 /// The module's budget rule: each field set must be at least 1, and the
@@ -244,7 +296,7 @@ pub(super) async fn chat(
     model_id: &str,
     ready: &Ready,
 ) -> Result<ValidRequest, ApiError> {
-    check_model(model_id, &req.generation)?;
+    check_against_model(model_id, &req.generation, ready)?;
     let (template, _) = ready.chat_template.as_ref().ok_or_else(|| {
         ApiError::invalid(
             None,
@@ -268,7 +320,7 @@ pub(super) async fn completion(
     model_id: &str,
     ready: &Ready,
 ) -> Result<ValidRequest, ApiError> {
-    check_model(model_id, &req.generation)?;
+    check_against_model(model_id, &req.generation, ready)?;
     let prompt = match req.prompt {
         Prompt::Text(text) => tokenize(ready, text, TextTokenizer::encode).await?,
         Prompt::Tokens(ids) => {
@@ -285,9 +337,18 @@ pub(super) async fn completion(
     fit(prompt, req.generation, ready.context, "prompt")
 }
 
-fn check_model(model_id: &str, g: &Generation) -> Result<(), ApiError> {
+/// What the first stage could not check without the model: its id, and the
+/// token ids `logit_bias` names.
+fn check_against_model(model_id: &str, g: &Generation, ready: &Ready) -> Result<(), ApiError> {
     if g.model != model_id {
         return Err(ApiError::model_not_found(&g.model));
+    }
+    let vocab = ready.loaded.model.vocab_size();
+    if let Some((bad, _)) = g.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+        return Err(ApiError::invalid(
+            Some("logit_bias"),
+            format!("Token id {bad} is outside the vocabulary of {vocab}."),
+        ));
     }
     Ok(())
 }
@@ -348,6 +409,7 @@ fn fit(
         params: GenerationParams {
             max_new_tokens,
             sampling: g.sampling,
+            logit_bias: g.logit_bias,
             seed: g.seed,
             stop: g.stop,
             ignore_eos: g.ignore_eos,
@@ -425,10 +487,20 @@ mod tests {
                 "text",
             ),
             (
-                r#","presence_penalty":0.5"#,
+                r#","presence_penalty":2.5"#,
                 "presence_penalty",
-                "other than 0",
+                "between -2 and 2",
             ),
+            (
+                r#","frequency_penalty":-3"#,
+                "frequency_penalty",
+                "between -2 and 2",
+            ),
+            (r#","logit_bias":[1]"#, "logit_bias", "an object"),
+            (r#","logit_bias":{"x":1}"#, "logit_bias", "token ids"),
+            (r#","logit_bias":{"5":101}"#, "logit_bias", "-100 and 100"),
+            (r#","logit_bias":{"5":"1"}"#, "logit_bias", "-100 and 100"),
+            (r#","logit_bias":{"5":1,"05":2}"#, "logit_bias", "twice"),
             (
                 r#","stream_options":{"include_usage":true}"#,
                 "stream_options",
@@ -444,6 +516,25 @@ mod tests {
         let e = fields(&long).unwrap_err();
         assert_eq!(e.param, Some("stop"));
         assert!(e.message.contains("at most 256 bytes"), "{}", e.message);
+    }
+
+    #[test]
+    fn penalties_and_logit_bias_are_read_into_the_sampling() {
+        let g = fields(
+            r#","presence_penalty":-0.5,"frequency_penalty":2,"logit_bias":{"17":-100,"3":7.5}"#,
+        )
+        .unwrap();
+        assert_eq!(g.sampling.presence_penalty, -0.5);
+        assert_eq!(g.sampling.frequency_penalty, 2.0);
+        assert_eq!(g.logit_bias, vec![(3, 7.5), (17, -100.0)]);
+        let none = fields(r#","logit_bias":null,"presence_penalty":null"#).unwrap();
+        assert!(none.logit_bias.is_empty());
+        assert_eq!(none.sampling, SamplingParams::default());
+        let too_many: Vec<String> = (0..=MAX_LOGIT_BIAS)
+            .map(|i| format!(r#""{i}":1"#))
+            .collect();
+        let e = fields(&format!(r#","logit_bias":{{{}}}"#, too_many.join(","))).unwrap_err();
+        assert!(e.message.contains("at most 1024"), "{}", e.message);
     }
 
     fn asking(max_tokens: Option<usize>) -> Generation {

@@ -76,6 +76,9 @@ pub struct GenerationParams {
     /// At least 1; with the prompt, within the model's positions.
     pub max_new_tokens: usize,
     pub sampling: SamplingParams,
+    /// `(token, bias)` added to the logits, each token once, inside the
+    /// vocabulary.
+    pub logit_bias: Vec<(u32, f32)>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,

@@ -1,6 +1,14 @@
 //! Picks the next token from a row of logits: greedy at temperature 0,
 //! otherwise temperature, top-k and top-p (nucleus) sampling from a seeded
 //! ChaCha stream, so the same seed and prompt give the same output.
+//!
+//! Before either, the logits are adjusted as OpenAI and vLLM document it:
+//! `logit_bias` is added to its tokens, and for every token the sequence has
+//! generated so far (not its prompt, as vLLM), `frequency_penalty` ×
+//! (times generated) + `presence_penalty` (once generated) is subtracted.
+//! Temperature divides the adjusted logits.
+
+use std::collections::HashMap;
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -13,31 +21,48 @@ pub struct SamplingParams {
     pub top_p: f32,
     /// 0 keeps every token.
     pub top_k: usize,
+    /// Subtracted once from the logit of every token generated so far.
+    pub presence_penalty: f32,
+    /// Subtracted from a token's logit for each time it was generated.
+    pub frequency_penalty: f32,
 }
 
 impl Default for SamplingParams {
-    /// OpenAI's defaults: temperature 1, no truncation.
+    /// OpenAI's defaults: temperature 1, no truncation, no penalties.
     fn default() -> Self {
         Self {
             temperature: 1.0,
             top_p: 1.0,
             top_k: 0,
+            presence_penalty: 0.0,
+            frequency_penalty: 0.0,
         }
     }
 }
 
 pub struct Sampler {
     params: SamplingParams,
+    /// `(token, bias)`, each token once, every id inside the vocabulary.
+    logit_bias: Vec<(u32, f32)>,
+    /// How often each token was generated, kept only under a penalty.
+    generated: HashMap<u32, u32>,
     rng: ChaCha8Rng,
     candidates: Vec<(u32, f32)>,
+    /// The adjusted copy of a step's logits, when there is anything to adjust.
+    adjusted: Vec<f32>,
 }
 
 impl Sampler {
-    pub fn new(params: SamplingParams, seed: u64) -> Self {
+    /// `logit_bias` must hold each token at most once, inside the
+    /// vocabulary (the API checks both).
+    pub fn new(params: SamplingParams, logit_bias: Vec<(u32, f32)>, seed: u64) -> Self {
         Self {
             params,
+            logit_bias,
+            generated: HashMap::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             candidates: Vec::new(),
+            adjusted: Vec::new(),
         }
     }
 
@@ -45,7 +70,46 @@ impl Sampler {
         self.params.temperature <= f32::EPSILON || self.params.top_k == 1
     }
 
+    fn penalised(&self) -> bool {
+        self.params.presence_penalty != 0.0 || self.params.frequency_penalty != 0.0
+    }
+
+    /// The next token, which the sampler then counts as generated.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
+        let token = if self.logit_bias.is_empty() && !self.penalised() {
+            self.choose(logits)
+        } else {
+            let mut adjusted = std::mem::take(&mut self.adjusted);
+            adjusted.clear();
+            adjusted.extend_from_slice(logits);
+            self.adjust(&mut adjusted);
+            let token = self.choose(&adjusted);
+            self.adjusted = adjusted;
+            token
+        };
+        if self.penalised() {
+            *self.generated.entry(token).or_insert(0) += 1;
+        }
+        token
+    }
+
+    /// Adds the biases and subtracts the penalties; ids outside `logits`
+    /// are skipped (the API refuses them, this keeps the engine total).
+    fn adjust(&self, logits: &mut [f32]) {
+        for &(token, bias) in &self.logit_bias {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l += bias;
+            }
+        }
+        let p = &self.params;
+        for (&token, &count) in &self.generated {
+            if let Some(l) = logits.get_mut(token as usize) {
+                *l -= p.frequency_penalty * count as f32 + p.presence_penalty;
+            }
+        }
+    }
+
+    fn choose(&mut self, logits: &[f32]) -> u32 {
         if self.is_greedy() {
             return argmax(logits);
         }
@@ -127,12 +191,17 @@ mod tests {
             temperature,
             top_p,
             top_k,
+            ..SamplingParams::default()
         }
+    }
+
+    fn sampler(params: SamplingParams, seed: u64) -> Sampler {
+        Sampler::new(params, Vec::new(), seed)
     }
 
     #[test]
     fn greedy_takes_the_first_maximum() {
-        let mut s = Sampler::new(params(0.0, 1.0, 0), 1);
+        let mut s = sampler(params(0.0, 1.0, 0), 1);
         assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
     }
 
@@ -140,7 +209,7 @@ mod tests {
     fn same_seed_same_sequence_different_seed_differs() {
         let logits: Vec<f32> = (0..100).map(|i| (i % 7) as f32 * 0.3).collect();
         let run = |seed| {
-            let mut s = Sampler::new(SamplingParams::default(), seed);
+            let mut s = sampler(SamplingParams::default(), seed);
             (0..50).map(|_| s.sample(&logits)).collect::<Vec<_>>()
         };
         assert_eq!(run(42), run(42));
@@ -150,9 +219,9 @@ mod tests {
     #[test]
     fn top_k_one_is_greedy_and_top_k_limits_choices() {
         let logits = [1.0, 5.0, 4.0, 3.0];
-        let mut s = Sampler::new(params(1.0, 1.0, 1), 7);
+        let mut s = sampler(params(1.0, 1.0, 1), 7);
         assert!((0..20).all(|_| s.sample(&logits) == 1));
-        let mut s = Sampler::new(params(5.0, 1.0, 2), 7);
+        let mut s = sampler(params(5.0, 1.0, 2), 7);
         assert!((0..200).all(|_| matches!(s.sample(&logits), 1 | 2)));
     }
 
@@ -160,14 +229,14 @@ mod tests {
     fn top_p_keeps_only_the_nucleus() {
         // Token 0 holds ~88% of the mass: top_p 0.5 must always pick it.
         let logits = [4.0, 2.0, 1.0, 0.0];
-        let mut s = Sampler::new(params(1.0, 0.5, 0), 3);
+        let mut s = sampler(params(1.0, 0.5, 0), 3);
         assert!((0..200).all(|_| s.sample(&logits) == 0));
     }
 
     #[test]
     fn sampling_follows_the_distribution() {
         let logits = [0.0, (3.0f32).ln()]; // p = 0.25, 0.75
-        let mut s = Sampler::new(params(1.0, 1.0, 0), 11);
+        let mut s = sampler(params(1.0, 1.0, 0), 11);
         let ones = (0..4000).filter(|_| s.sample(&logits) == 1).count();
         assert!((2800..3200).contains(&ones), "{ones}");
     }
@@ -175,7 +244,59 @@ mod tests {
     #[test]
     fn non_finite_logits_are_never_sampled() {
         let logits = [f32::NEG_INFINITY, 0.0, f32::NAN];
-        let mut s = Sampler::new(params(1.0, 0.9, 0), 5);
+        let mut s = sampler(params(1.0, 0.9, 0), 5);
         assert!((0..50).all(|_| s.sample(&logits) == 1));
+    }
+
+    #[test]
+    fn logit_bias_forces_and_bans_tokens_greedy_or_not() {
+        let logits = [2.0, 1.0, 0.5];
+        let mut s = Sampler::new(params(0.0, 1.0, 0), vec![(2, 100.0)], 1);
+        assert!((0..5).all(|_| s.sample(&logits) == 2), "+100 forces");
+        let mut s = Sampler::new(params(0.0, 1.0, 0), vec![(0, -100.0)], 1);
+        assert_eq!(s.sample(&logits), 1, "-100 bans the greedy choice");
+        let mut s = Sampler::new(params(1.0, 1.0, 0), vec![(0, -100.0), (1, -100.0)], 9);
+        assert!((0..200).all(|_| s.sample(&logits) == 2));
+    }
+
+    #[test]
+    fn penalties_count_what_was_generated() {
+        // Greedy over fixed logits: token 0 leads token 1 by 1.0.
+        let logits = [3.0, 2.0, 0.0];
+        // A frequency penalty of 0.6: 0 once (3.0 - 0.6 = 2.4 > 2.0), then
+        // twice (1.8 < 2.0): 1 takes over until it is penalised too.
+        let frequency = SamplingParams {
+            frequency_penalty: 0.6,
+            ..params(0.0, 1.0, 0)
+        };
+        let mut s = sampler(frequency, 1);
+        let got: Vec<u32> = (0..4).map(|_| s.sample(&logits)).collect();
+        assert_eq!(got, [0, 0, 1, 0]);
+        // A presence penalty subtracts once, however often: 0, then 1
+        // (3.0 - 1.5 < 2.0), then 0 again (1.5 vs 0.5).
+        let presence = SamplingParams {
+            presence_penalty: 1.5,
+            ..params(0.0, 1.0, 0)
+        };
+        let mut s = sampler(presence, 1);
+        let got: Vec<u32> = (0..4).map(|_| s.sample(&logits)).collect();
+        assert_eq!(got, [0, 1, 0, 0]);
+        // A negative penalty encourages repetition.
+        let repeat = SamplingParams {
+            frequency_penalty: -1.0,
+            ..params(0.0, 1.0, 0)
+        };
+        let mut s = sampler(repeat, 1);
+        assert!((0..5).all(|_| s.sample(&[2.0, 2.5]) == 1));
+    }
+
+    #[test]
+    fn adjustments_apply_before_temperature() {
+        // Without the bias token 1 holds 75 %; a bias of -ln 3 makes the two
+        // even, and temperature 0.5 then keeps them even.
+        let logits = [0.0, (3.0f32).ln()];
+        let mut s = Sampler::new(params(0.5, 1.0, 0), vec![(1, -(3.0f32).ln())], 11);
+        let ones = (0..4000).filter(|_| s.sample(&logits) == 1).count();
+        assert!((1800..2200).contains(&ones), "{ones}");
     }
 }

@@ -55,6 +55,7 @@ fn submit_to(
                     temperature: 0.0,
                     ..SamplingParams::default()
                 },
+                logit_bias: Vec::new(),
                 seed: None,
                 stop: Vec::new(),
                 // Random weights emit end-of-sequence whenever they like.

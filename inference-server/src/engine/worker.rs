@@ -116,7 +116,7 @@ impl Worker {
         let mut seq = Sequence::new(
             SequenceParts {
                 prompt: s.prompt,
-                sampler: Sampler::new(s.params.sampling, seed),
+                sampler: Sampler::new(s.params.sampling, s.params.logit_bias, seed),
                 max_new_tokens: s.params.max_new_tokens,
                 stop: s.params.stop,
                 ignore_eos: s.params.ignore_eos,

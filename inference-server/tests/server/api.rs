@@ -1,7 +1,7 @@
 //! What an OpenAI client sees: answers, sampling controls, usage, streams.
 
 use maas_testkit::{get, InferenceServer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -62,6 +62,55 @@ fn usage_counts_match_the_reference_tokenizer() {
     );
     assert_eq!(body["choices"][0]["finish_reason"], "length");
     assert_eq!(body["object"], "text_completion");
+}
+
+#[test]
+fn logit_bias_and_penalties_steer_a_greedy_answer() {
+    let server = InferenceServer::start(&[]);
+    let text = |prompt: &str, extra: Value| {
+        let mut body = json!({"model": MODEL, "prompt": prompt, "temperature": 0, "max_tokens": 8});
+        merge(&mut body, extra);
+        tokens_and_text(&completion(&server, &body)).1
+    };
+    // A bias of +100 makes one token win every step: eight of it.
+    let forced = json!({"logit_bias": {"1000": 100}});
+    let one = text(
+        "The capital of France is",
+        merge_into(json!({"max_tokens": 1}), &forced),
+    );
+    let eight = text("The capital of France is", forced);
+    assert!(!one.is_empty());
+    assert_eq!(eight, one.repeat(8));
+    assert_ne!(text("The capital of France is", json!({})), eight);
+    // A count the model continues greedily; a frequency penalty makes it
+    // leave the pattern.
+    let count = "1 1 1 1 1 1 1 1 1 1 1 1";
+    let plain = text(count, json!({}));
+    let penalised = text(
+        count,
+        json!({"frequency_penalty": 2, "presence_penalty": 1}),
+    );
+    assert_ne!(plain, penalised, "the penalties changed nothing: {plain:?}");
+    // An id the model does not have is refused before anything runs.
+    let r = completion(
+        &server,
+        &json!({"model": MODEL, "prompt": "x", "logit_bias": {"4000000": 5}}),
+    );
+    assert_eq!(r.status, 400, "{}", r.text());
+    let e = &r.json()["error"];
+    assert_eq!(e["param"], "logit_bias", "{e}");
+    assert!(
+        e["message"]
+            .as_str()
+            .unwrap()
+            .contains("outside the vocabulary"),
+        "{e}"
+    );
+}
+
+fn merge_into(mut body: Value, extra: &Value) -> Value {
+    merge(&mut body, extra.clone());
+    body
 }
 
 #[test]
