@@ -618,6 +618,17 @@ impl StreamHost for EnvoyHost {
     }
 
     fn dispatch_key_lookup(&self, id: &str) -> bool {
+        // Without a control plane there is nothing to ask, and nothing to
+        // warn about: the key is simply unknown.
+        let configured = self
+            .vm
+            .borrow()
+            .config
+            .as_ref()
+            .is_some_and(|c| c.control_plane.is_some());
+        if !configured {
+            return false;
+        }
         match self.control_plane_get(&format!("/maas-api/v1/sync/keys/{id}")) {
             Ok(_) => true,
             Err(e) => {
