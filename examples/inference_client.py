@@ -66,6 +66,16 @@ def main() -> None:
 
     print("seeded twice, same text:", sample(7) == sample(7))
 
+    # logit_bias takes token ids; +100 makes one token win every step.
+    forced = [
+        client.completions.create(
+            model=model, prompt="Once upon a time", max_tokens=n, temperature=0,
+            logit_bias={"1000": 100}, frequency_penalty=0.5, presence_penalty=0.5,
+        ).choices[0].text
+        for n in (1, 3)
+    ]
+    print("logit_bias forces one token:", forced[1] == forced[0] * 3)
+
     try:
         client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}], n=2

@@ -25,6 +25,7 @@ fn the_openai_python_client_works_unchanged() {
         "finish: stop",
         "'prompt_tokens': 42",
         "seeded twice, same text: True",
+        "logit_bias forces one token: True",
         "n=2 refused: 400",
     ] {
         assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
