@@ -27,7 +27,7 @@ use tokio_stream::wrappers::ReceiverStream;
 
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
-use response::{Meta, Shape};
+use response::{LogprobsWriter, Meta, Shape};
 pub use validation::{Generation, ValidRequest};
 
 use crate::engine::{EngineHandle, Event, Failure, Submission, SubmitError};
@@ -205,6 +205,10 @@ async fn generate(
             ApiError::unavailable("shutting_down", "The server is shutting down.")
         }
     })?;
+    let logprobs = valid
+        .params
+        .logprobs
+        .map(|_| LogprobsWriter::new(ready.loaded.tokenizer.clone(), shape));
     let (tx, rx) = mpsc::unbounded_channel();
     ready
         .engine
@@ -227,9 +231,9 @@ async fn generate(
         shape,
     };
     if valid.stream {
-        Ok(stream(meta, rx, valid.include_usage))
+        Ok(stream(meta, rx, valid.include_usage, logprobs))
     } else {
-        collect(meta, rx).await
+        collect(meta, rx, logprobs).await
     }
 }
 
@@ -242,13 +246,20 @@ fn failure_error(failure: &Failure) -> ApiError {
 
 /// Waits for the whole completion. If the client goes away meanwhile, this
 /// future is dropped with its receiver, and the engine retires the sequence.
-async fn collect(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Response, ApiError> {
+async fn collect(
+    meta: Meta,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    mut logprobs: Option<LogprobsWriter>,
+) -> Result<Response, ApiError> {
     let mut text = String::new();
+    let mut entries = Vec::new();
     while let Some(event) = rx.recv().await {
         match event {
+            Event::Logprobs(lp) => entries.push(lp),
             Event::Text(t) => text.push_str(&t),
             Event::Finished { reason, usage } => {
-                return Ok(axum::Json(meta.full(&text, reason, usage)).into_response());
+                let logprobs = logprobs.as_mut().map(|w| w.render(&entries));
+                return Ok(axum::Json(meta.full(&text, reason, usage, logprobs)).into_response());
             }
             Event::Failed(failure) => return Err(failure_error(&failure)),
         }
@@ -261,7 +272,15 @@ async fn collect(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>) -> Result<R
 /// Streams the completion as server-sent events. A writer task turns engine
 /// events into chunks; it also watches the body, so a client that hangs up
 /// drops the engine's receiver at once and frees its slot at the next step.
-fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: bool) -> Response {
+/// Log-probabilities ride on the chunk that carries their token's text, or
+/// the closing chunk for tokens whose text never came (held back, then cut
+/// by a stop string).
+fn stream(
+    meta: Meta,
+    mut rx: mpsc::UnboundedReceiver<Event>,
+    include_usage: bool,
+    mut logprobs: Option<LogprobsWriter>,
+) -> Response {
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let send = |frame: Bytes| body_tx.send(Ok(frame));
@@ -270,24 +289,40 @@ fn stream(meta: Meta, mut rx: mpsc::UnboundedReceiver<Event>, include_usage: boo
             true,
             None,
             include_usage,
+            None,
         )))
         .await
         .is_err()
         {
             return;
         }
+        let mut pending = Vec::new();
+        let mut take = |pending: &mut Vec<_>| {
+            let rendered = logprobs.as_mut().map(|w| w.render(pending));
+            pending.clear();
+            rendered
+        };
         loop {
             let event = tokio::select! {
                 event = rx.recv() => event,
                 () = body_tx.closed() => return,
             };
             let frame = match event {
-                Some(Event::Text(t)) => {
-                    response::sse(&meta.chunk(Some(&t), false, None, include_usage))
+                Some(Event::Logprobs(lp)) => {
+                    pending.push(lp);
+                    continue;
                 }
+                Some(Event::Text(t)) => response::sse(&meta.chunk(
+                    Some(&t),
+                    false,
+                    None,
+                    include_usage,
+                    take(&mut pending),
+                )),
                 Some(Event::Finished { reason, usage }) => {
+                    let rest = (!pending.is_empty()).then(|| take(&mut pending)).flatten();
                     let mut frames =
-                        response::sse(&meta.chunk(None, false, Some(reason), include_usage))
+                        response::sse(&meta.chunk(None, false, Some(reason), include_usage, rest))
                             .to_vec();
                     if include_usage {
                         frames.extend_from_slice(&response::sse(&meta.usage_chunk(usage)));

@@ -6,6 +6,7 @@
 use serde::Deserialize;
 
 use super::error::ApiError;
+use super::response::Shape;
 use super::validation::{self, Generation};
 use crate::text::ChatMessage;
 
@@ -24,7 +25,9 @@ pub(super) struct GenerationFields {
     pub(super) stream_options: Option<StreamOptions>,
     pub(super) n: Option<i64>,
     pub(super) best_of: Option<i64>,
+    /// Chat: a boolean; completions: how many alternatives.
     pub(super) logprobs: Option<serde_json::Value>,
+    pub(super) top_logprobs: Option<serde_json::Value>,
     pub(super) echo: Option<bool>,
     /// vLLM's extension: keep generating through end-of-sequence tokens
     /// (benchmarks need fixed-length completions).
@@ -126,7 +129,7 @@ fn parse_json<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, ApiError> {
 
 pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
     let body: ChatBody = parse_json(body)?;
-    let generation = validation::generation(body.fields)?;
+    let generation = validation::generation(body.fields, Shape::Chat)?;
     let messages = body
         .messages
         .ok_or_else(|| ApiError::invalid(Some("messages"), "`messages` is required."))?;
@@ -183,7 +186,7 @@ fn message(index: usize, m: MessageBody) -> Result<ChatMessage, ApiError> {
 
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
     let body: CompletionBody = parse_json(body)?;
-    let generation = validation::generation(body.fields)?;
+    let generation = validation::generation(body.fields, Shape::Completion)?;
     let one = || ApiError::invalid(Some("prompt"), "This server takes one prompt per request.");
     let prompt = match body.prompt {
         None => return Err(ApiError::invalid(Some("prompt"), "`prompt` is required.")),

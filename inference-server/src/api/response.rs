@@ -1,9 +1,13 @@
 //! Response bodies in OpenAI's shapes: whole responses and SSE chunks for
 //! `chat.completion(.chunk)` and `text_completion`.
 
+use std::sync::Arc;
+
 use serde_json::{json, Value};
 
+use crate::engine::sampling::TokenLogprobs;
 use crate::engine::{FinishReason, Usage};
+use crate::text::TextTokenizer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -28,19 +32,105 @@ pub fn usage_json(u: Usage) -> Value {
     })
 }
 
+/// Turns the engine's log-probabilities into each endpoint's JSON: chat's
+/// `{"content": [{token, logprob, bytes, top_logprobs}], "refusal": null}`,
+/// completions' `{tokens, token_logprobs, top_logprobs, text_offset}`. A
+/// token's `token` is its bytes as UTF-8 (lossy for a piece of a
+/// character, which `bytes` then gives exactly); a token without text (a
+/// special one) is named as the vocabulary writes it. Completions'
+/// `text_offset` counts characters of the tokens before, across chunks.
+pub struct LogprobsWriter {
+    tokenizer: Arc<TextTokenizer>,
+    shape: Shape,
+    offset: usize,
+}
+
+impl LogprobsWriter {
+    pub fn new(tokenizer: Arc<TextTokenizer>, shape: Shape) -> Self {
+        Self {
+            tokenizer,
+            shape,
+            offset: 0,
+        }
+    }
+
+    fn piece(&self, id: u32) -> (String, Vec<u8>) {
+        match self.tokenizer.token_bytes(id) {
+            Some(bytes) => (String::from_utf8_lossy(bytes).into_owned(), bytes.to_vec()),
+            None => {
+                let text = self.tokenizer.token_text(id).unwrap_or_default();
+                let bytes = text.as_bytes().to_vec();
+                (text, bytes)
+            }
+        }
+    }
+
+    pub fn render(&mut self, entries: &[TokenLogprobs]) -> Value {
+        match self.shape {
+            Shape::Chat => {
+                let entry = |id: u32, logprob: f32| {
+                    let (token, bytes) = self.piece(id);
+                    json!({"token": token, "logprob": logprob, "bytes": bytes})
+                };
+                let content: Vec<Value> = entries
+                    .iter()
+                    .map(|e| {
+                        let mut v = entry(e.token, e.logprob);
+                        v["top_logprobs"] = e.top.iter().map(|&(id, lp)| entry(id, lp)).collect();
+                        v
+                    })
+                    .collect();
+                json!({"content": content, "refusal": null})
+            }
+            Shape::Completion => {
+                let (mut tokens, mut logprobs, mut tops, mut offsets) =
+                    (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for e in entries {
+                    let (token, _) = self.piece(e.token);
+                    offsets.push(self.offset);
+                    self.offset += token.chars().count();
+                    tokens.push(token);
+                    logprobs.push(e.logprob);
+                    let top: serde_json::Map<String, Value> = e
+                        .top
+                        .iter()
+                        .map(|&(id, lp)| (self.piece(id).0, json!(lp)))
+                        .collect();
+                    tops.push(top);
+                }
+                json!({
+                    "tokens": tokens,
+                    "token_logprobs": logprobs,
+                    "top_logprobs": tops,
+                    "text_offset": offsets,
+                })
+            }
+        }
+    }
+}
+
 impl Meta {
-    pub fn full(&self, text: &str, reason: FinishReason, usage: Usage) -> Value {
+    /// A whole response; `logprobs` is the rendered log-probabilities when
+    /// the request asked for them.
+    pub fn full(
+        &self,
+        text: &str,
+        reason: FinishReason,
+        usage: Usage,
+        logprobs: Option<Value>,
+    ) -> Value {
+        let logprobs = logprobs.unwrap_or(Value::Null);
         let choice = match self.shape {
             Shape::Chat => json!({
                 "index": 0,
                 "message": {"role": "assistant", "content": text},
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason.as_str(),
             }),
             Shape::Completion => json!({
                 "index": 0,
                 "text": text,
-                "logprobs": null,
+                "logprobs": logprobs,
                 "finish_reason": reason.as_str(),
             }),
         };
@@ -63,8 +153,10 @@ impl Meta {
         first: bool,
         finish: Option<FinishReason>,
         include_usage: bool,
+        logprobs: Option<Value>,
     ) -> Value {
         let finish = finish.map(FinishReason::as_str);
+        let logprobs = logprobs.unwrap_or(Value::Null);
         let (object, choice) = match self.shape {
             Shape::Chat => {
                 let mut delta = serde_json::Map::new();
@@ -76,12 +168,12 @@ impl Meta {
                 }
                 (
                     "chat.completion.chunk",
-                    json!({"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish}),
+                    json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
                 )
             }
             Shape::Completion => (
                 "text_completion",
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": null, "finish_reason": finish}),
+                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}),
             ),
         };
         let mut chunk = json!({
@@ -132,14 +224,14 @@ mod tests {
 
     #[test]
     fn chat_chunks_open_with_the_role_and_carry_usage_null_when_asked() {
-        let c = meta(Shape::Chat).chunk(Some(""), true, None, true);
+        let c = meta(Shape::Chat).chunk(Some(""), true, None, true, None);
         assert_eq!(
             c["choices"][0]["delta"],
             json!({"role": "assistant", "content": ""})
         );
         assert_eq!(c["usage"], Value::Null);
         assert!(c.as_object().unwrap().contains_key("usage"));
-        let end = meta(Shape::Chat).chunk(None, false, Some(FinishReason::Length), false);
+        let end = meta(Shape::Chat).chunk(None, false, Some(FinishReason::Length), false, None);
         assert_eq!(end["choices"][0]["delta"], json!({}));
         assert_eq!(end["choices"][0]["finish_reason"], "length");
         assert!(!end.as_object().unwrap().contains_key("usage"));
@@ -151,7 +243,7 @@ mod tests {
             prompt_tokens: 3,
             completion_tokens: 4,
         };
-        let r = meta(Shape::Completion).full("hi", FinishReason::Stop, usage);
+        let r = meta(Shape::Completion).full("hi", FinishReason::Stop, usage, None);
         assert_eq!(r["object"], "text_completion");
         assert_eq!(r["choices"][0]["text"], "hi");
         assert_eq!(r["usage"]["total_tokens"], 7);

@@ -23,6 +23,7 @@
 
 use super::error::ApiError;
 use super::request::{ChatRequest, CompletionRequest, GenerationFields, Prompt, StopField};
+use super::response::Shape;
 use super::Ready;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::GenerationParams;
@@ -39,6 +40,8 @@ pub struct Generation {
     /// `(token, bias)`, sorted, each token once; ids not yet checked
     /// against the vocabulary.
     pub logit_bias: Vec<(u32, f32)>,
+    /// `Some(k)`: each token's log-probability and the `k` most likely.
+    pub logprobs: Option<usize>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub stream: bool,
@@ -59,6 +62,8 @@ pub struct ValidRequest {
 /// More would only cost each step's sampling time; OpenAI's clients send a
 /// handful (OpenAI documents no limit; this is generous).
 const MAX_LOGIT_BIAS: usize = 1024;
+/// OpenAI's limit for chat, vLLM's default for both endpoints.
+const MAX_TOP_LOGPROBS: usize = 20;
 /// OpenAI accepts at most four stop sequences.
 const MAX_STOPS: usize = 4;
 /// Longer stop strings only cost the engine time (the matcher holds back up
@@ -76,7 +81,7 @@ fn is_empty_value(v: &Option<serde_json::Value>) -> bool {
 }
 
 /// The first stage: the body's fields on their own.
-pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
+pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation, ApiError> {
     let model = match f.model {
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::invalid(Some("model"), "`model` is required.")),
@@ -91,16 +96,7 @@ pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
             ));
         }
     }
-    let wants_logprobs = match &f.logprobs {
-        None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => false,
-        Some(_) => true,
-    };
-    if wants_logprobs {
-        return Err(ApiError::invalid(
-            Some("logprobs"),
-            "`logprobs` is not supported by this server.",
-        ));
-    }
+    let logprobs = logprobs(shape, f.logprobs, f.top_logprobs)?;
     if f.echo == Some(true) {
         return Err(ApiError::invalid(
             Some("echo"),
@@ -212,6 +208,7 @@ pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
             frequency_penalty,
         },
         logit_bias,
+        logprobs,
         // Negative seeds are valid in OpenAI's API; keep their bits.
         seed: f.seed.map(|s| s as u64),
         stop,
@@ -219,6 +216,60 @@ pub(super) fn generation(f: GenerationFields) -> Result<Generation, ApiError> {
         include_usage,
         ignore_eos: f.ignore_eos.unwrap_or(false),
     })
+}
+
+/// Log-probabilities asked for, as each endpoint spells it: chat
+/// `logprobs: true` with `top_logprobs: 0..=20`; completions `logprobs: N`,
+/// the alternatives wanted, up to 20 (OpenAI's limit is 5, vLLM's 20).
+fn logprobs(
+    shape: Shape,
+    logprobs: Option<serde_json::Value>,
+    top_logprobs: Option<serde_json::Value>,
+) -> Result<Option<usize>, ApiError> {
+    use serde_json::Value;
+    let top = |value: &Value, param: &'static str| {
+        value
+            .as_u64()
+            .filter(|k| *k <= MAX_TOP_LOGPROBS as u64)
+            .map(|k| k as usize)
+            .ok_or_else(|| {
+                ApiError::invalid(
+                    Some(param),
+                    format!(
+                        "`{param}` must be an integer from 0 to {MAX_TOP_LOGPROBS}; got {value}."
+                    ),
+                )
+            })
+    };
+    let top_logprobs = top_logprobs.filter(|v| !v.is_null());
+    match shape {
+        Shape::Chat => match logprobs.unwrap_or(Value::Null) {
+            Value::Bool(true) => top_logprobs
+                .map_or(Ok(0), |v| top(&v, "top_logprobs"))
+                .map(Some),
+            Value::Bool(false) | Value::Null if top_logprobs.is_some() => Err(ApiError::invalid(
+                Some("top_logprobs"),
+                "`top_logprobs` needs `logprobs: true`.",
+            )),
+            Value::Bool(false) | Value::Null => Ok(None),
+            other => Err(ApiError::invalid(
+                Some("logprobs"),
+                format!("`logprobs` must be true or false for chat completions; got {other}."),
+            )),
+        },
+        Shape::Completion => {
+            if top_logprobs.is_some() {
+                return Err(ApiError::invalid(
+                    Some("top_logprobs"),
+                    "`top_logprobs` is a chat field; completions take `logprobs: N`.",
+                ));
+            }
+            match logprobs {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => top(&v, "logprobs").map(Some),
+            }
+        }
+    }
 }
 
 /// OpenAI's `logit_bias`: token ids (as JSON object keys) to a bias in
@@ -410,6 +461,7 @@ fn fit(
             max_new_tokens,
             sampling: g.sampling,
             logit_bias: g.logit_bias,
+            logprobs: g.logprobs,
             seed: g.seed,
             stop: g.stop,
             ignore_eos: g.ignore_eos,
@@ -425,7 +477,7 @@ mod tests {
 
     fn fields(extra: &str) -> Result<Generation, ApiError> {
         let body = format!(r#"{{"model":"m"{extra}}}"#);
-        generation(serde_json::from_str(&body).unwrap())
+        generation(serde_json::from_str(&body).unwrap(), Shape::Chat)
     }
 
     #[test]
@@ -474,7 +526,17 @@ mod tests {
             (r#","top_k":-5"#, "top_k", "disabled"),
             (r#","stop":["a","b","c","d","e"]"#, "stop", "at most 4"),
             (r#","stop":"""#, "stop", "empty"),
-            (r#","logprobs":true"#, "logprobs", "not supported"),
+            (r#","logprobs":1"#, "logprobs", "true or false"),
+            (
+                r#","top_logprobs":2"#,
+                "top_logprobs",
+                "needs `logprobs: true`",
+            ),
+            (
+                r#","logprobs":true,"top_logprobs":21"#,
+                "top_logprobs",
+                "from 0 to 20",
+            ),
             (r#","echo":true"#, "echo", "not supported"),
             (
                 r#","tools":[{"type":"function"}]"#,
@@ -535,6 +597,34 @@ mod tests {
             .collect();
         let e = fields(&format!(r#","logit_bias":{{{}}}"#, too_many.join(","))).unwrap_err();
         assert!(e.message.contains("at most 1024"), "{}", e.message);
+    }
+
+    #[test]
+    fn each_endpoint_asks_for_logprobs_its_own_way() {
+        let chat = |extra: &str| fields(extra).map(|g| g.logprobs);
+        assert_eq!(chat("").unwrap(), None);
+        assert_eq!(chat(r#","logprobs":false"#).unwrap(), None);
+        assert_eq!(chat(r#","logprobs":true"#).unwrap(), Some(0));
+        assert_eq!(
+            chat(r#","logprobs":true,"top_logprobs":20"#).unwrap(),
+            Some(20)
+        );
+        let completion = |extra: &str| {
+            let body = format!(r#"{{"model":"m"{extra}}}"#);
+            generation(serde_json::from_str(&body).unwrap(), Shape::Completion).map(|g| g.logprobs)
+        };
+        assert_eq!(completion("").unwrap(), None);
+        assert_eq!(completion(r#","logprobs":0"#).unwrap(), Some(0));
+        assert_eq!(completion(r#","logprobs":5"#).unwrap(), Some(5));
+        for (extra, param) in [
+            (r#","logprobs":true"#, "logprobs"),
+            (r#","logprobs":21"#, "logprobs"),
+            (r#","logprobs":-1"#, "logprobs"),
+            (r#","top_logprobs":3"#, "top_logprobs"),
+        ] {
+            let e = completion(extra).unwrap_err();
+            assert_eq!(e.param, Some(param), "{extra}: {}", e.message);
+        }
     }
 
     fn asking(max_tokens: Option<usize>) -> Generation {

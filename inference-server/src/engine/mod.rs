@@ -45,6 +45,10 @@ pub struct Usage {
 /// characters, never part of a stop string), then exactly one end event.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
+    /// A generated token's log-probabilities, when the request asked for
+    /// them: sent before the text it adds (which may come later, when a
+    /// character or a possible stop string is held back).
+    Logprobs(sampling::TokenLogprobs),
     Text(String),
     Finished {
         reason: FinishReason,
@@ -79,6 +83,9 @@ pub struct GenerationParams {
     /// `(token, bias)` added to the logits, each token once, inside the
     /// vocabulary.
     pub logit_bias: Vec<(u32, f32)>,
+    /// `Some(k)`: report each token's log-probability and the `k` most
+    /// likely tokens'.
+    pub logprobs: Option<usize>,
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,

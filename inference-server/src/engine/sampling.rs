@@ -7,6 +7,13 @@
 //! generated so far (not its prompt, as vLLM), `frequency_penalty` ×
 //! (times generated) + `presence_penalty` (once generated) is subtracted.
 //! Temperature divides the adjusted logits.
+//!
+//! Log-probabilities, when asked for, are the log-softmax of those adjusted
+//! logits at temperature 1, before top-k and top-p: what the model (with
+//! the request's biases and penalties) gives each token, whatever the
+//! sampling then does with it, so a greedy request gets them too. vLLM's
+//! default (`raw_logprobs`) is the same without biases and penalties;
+//! OpenAI does not say.
 
 use std::collections::HashMap;
 
@@ -37,6 +44,58 @@ impl Default for SamplingParams {
             presence_penalty: 0.0,
             frequency_penalty: 0.0,
         }
+    }
+}
+
+/// One generated token's log-probability and the most likely alternatives
+/// (`top`: most likely first; ties by lower id).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TokenLogprobs {
+    pub token: u32,
+    pub logprob: f32,
+    pub top: Vec<(u32, f32)>,
+}
+
+/// The log-softmax of `logits` at `token`, and its `top` most likely
+/// tokens. Non-finite logits count as impossible (`-inf`).
+pub fn logprobs(logits: &[f32], token: u32, top: usize) -> TokenLogprobs {
+    let max = logits
+        .iter()
+        .copied()
+        .filter(|l| l.is_finite())
+        .fold(f32::NEG_INFINITY, f32::max);
+    let sum: f64 = logits
+        .iter()
+        .filter(|l| l.is_finite())
+        .map(|&l| f64::from(l - max).exp())
+        .sum();
+    let log_total = max + sum.ln() as f32;
+    let logprob_of = |l: f32| {
+        if l.is_finite() {
+            l - log_total
+        } else {
+            f32::NEG_INFINITY
+        }
+    };
+    // `top` is at most 20: a sorted insertion into a short list beats
+    // sorting the vocabulary.
+    let mut best: Vec<(u32, f32)> = Vec::with_capacity(top + 1);
+    if top > 0 {
+        for (i, &l) in logits.iter().enumerate() {
+            if !l.is_finite() || (best.len() == top && l <= best[top - 1].1) {
+                continue;
+            }
+            let at = best.partition_point(|&(_, b)| b >= l);
+            best.insert(at, (i as u32, l));
+            best.truncate(top);
+        }
+    }
+    TokenLogprobs {
+        token,
+        logprob: logits
+            .get(token as usize)
+            .map_or(f32::NEG_INFINITY, |&l| logprob_of(l)),
+        top: best.into_iter().map(|(i, l)| (i, logprob_of(l))).collect(),
     }
 }
 
@@ -76,21 +135,33 @@ impl Sampler {
 
     /// The next token, which the sampler then counts as generated.
     pub fn sample(&mut self, logits: &[f32]) -> u32 {
-        let token = if self.logit_bias.is_empty() && !self.penalised() {
-            self.choose(logits)
+        self.sample_with_logprobs(logits, None).0
+    }
+
+    /// [`Sampler::sample`], and with `top: Some(k)` the token's
+    /// log-probability and the `k` most likely tokens' (see the module).
+    pub fn sample_with_logprobs(
+        &mut self,
+        logits: &[f32],
+        top: Option<usize>,
+    ) -> (u32, Option<TokenLogprobs>) {
+        let (token, logprobs) = if self.logit_bias.is_empty() && !self.penalised() {
+            let token = self.choose(logits);
+            (token, top.map(|k| logprobs(logits, token, k)))
         } else {
             let mut adjusted = std::mem::take(&mut self.adjusted);
             adjusted.clear();
             adjusted.extend_from_slice(logits);
             self.adjust(&mut adjusted);
             let token = self.choose(&adjusted);
+            let lp = top.map(|k| logprobs(&adjusted, token, k));
             self.adjusted = adjusted;
-            token
+            (token, lp)
         };
         if self.penalised() {
             *self.generated.entry(token).or_insert(0) += 1;
         }
-        token
+        (token, logprobs)
     }
 
     /// Adds the biases and subtracts the penalties; ids outside `logits`
@@ -298,5 +369,54 @@ mod tests {
         let mut s = Sampler::new(params(0.5, 1.0, 0), vec![(1, -(3.0f32).ln())], 11);
         let ones = (0..4000).filter(|_| s.sample(&logits) == 1).count();
         assert!((1800..2200).contains(&ones), "{ones}");
+    }
+
+    #[test]
+    fn logprobs_are_the_log_softmax_and_the_top_tokens_in_order() {
+        let logits = [1.0f32, 3.0, f32::NEG_INFINITY, 3.0, -2.0, f32::NAN];
+        let finite: Vec<f64> = logits
+            .iter()
+            .filter(|l| l.is_finite())
+            .map(|&l| f64::from(l))
+            .collect();
+        let total: f64 = finite.iter().map(|l| l.exp()).sum();
+        let expect = |l: f32| (f64::from(l).exp() / total).ln() as f32;
+        let lp = logprobs(&logits, 0, 3);
+        assert!((lp.logprob - expect(1.0)).abs() < 1e-6, "{lp:?}");
+        // Most likely first, ties by the lower id; impossible tokens never.
+        let ids: Vec<u32> = lp.top.iter().map(|t| t.0).collect();
+        assert_eq!(ids, [1, 3, 0]);
+        for (id, l) in &lp.top {
+            assert!((l - expect(logits[*id as usize])).abs() < 1e-6);
+        }
+        let probability: f32 = logits
+            .iter()
+            .enumerate()
+            .map(|(i, _)| logprobs(&logits, i as u32, 0).logprob.exp())
+            .sum();
+        assert!((probability - 1.0).abs() < 1e-5, "{probability}");
+        assert_eq!(logprobs(&logits, 2, 0).logprob, f32::NEG_INFINITY);
+        assert!(logprobs(&logits, 0, 0).top.is_empty());
+        assert_eq!(logprobs(&logits, 0, 20).top.len(), 4);
+    }
+
+    #[test]
+    fn logprobs_come_from_the_adjusted_logits_at_temperature_one() {
+        let logits = [0.0f32, 0.0];
+        // Greedy with a bias of ln 3 on token 1: it is chosen, with p = 3/4.
+        let mut s = Sampler::new(params(0.0, 1.0, 0), vec![(1, (3.0f32).ln())], 1);
+        let (token, lp) = s.sample_with_logprobs(&logits, Some(1));
+        let lp = lp.unwrap();
+        assert_eq!(token, 1);
+        assert!((lp.logprob - 0.75f32.ln()).abs() < 1e-6, "{lp:?}");
+        assert_eq!(lp.top[0].0, 1);
+        // Temperature changes the sampling, not the reported distribution.
+        let mut s = sampler(params(0.3, 1.0, 0), 1);
+        let (token, lp) = s.sample_with_logprobs(&[1.0, 2.0], Some(2));
+        let lp = lp.unwrap();
+        let expect = [1.0f32, 2.0].map(|l| l - (1.0f32.exp() + 2.0f32.exp()).ln());
+        assert!((lp.logprob - expect[token as usize]).abs() < 1e-6);
+        assert!((lp.top[0].1 - expect[1]).abs() < 1e-6);
+        assert_eq!(s.sample_with_logprobs(&[1.0, 2.0], None).1, None);
     }
 }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
-use super::sampling::Sampler;
+use super::sampling::{Sampler, TokenLogprobs};
 use super::{Event, Failure, FinishReason, Usage};
 use crate::metrics::Metrics;
 use crate::model::SequenceCache;
@@ -20,6 +20,9 @@ pub(super) struct Sequence {
     pub sampler: Sampler,
     /// The last sampled token: the next step's input.
     pub last_token: u32,
+    /// `Some(k)`: each token's log-probabilities go to the client, with
+    /// the `k` most likely tokens'.
+    pub logprobs: Option<usize>,
     max_new_tokens: usize,
     ignore_eos: bool,
     generated: usize,
@@ -36,6 +39,7 @@ pub(super) struct SequenceParts {
     pub prompt: Vec<u32>,
     pub sampler: Sampler,
     pub max_new_tokens: usize,
+    pub logprobs: Option<usize>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
     pub events: mpsc::UnboundedSender<Event>,
@@ -50,6 +54,7 @@ impl Sequence {
             cache: None,
             sampler: p.sampler,
             last_token: 0,
+            logprobs: p.logprobs,
             max_new_tokens: p.max_new_tokens,
             ignore_eos: p.ignore_eos,
             generated: 0,
@@ -82,10 +87,12 @@ impl Sequence {
         self.received
     }
 
-    /// Takes a sampled token; returns why the sequence ends, if it does.
+    /// Takes a sampled token (with its log-probabilities when asked for);
+    /// returns why the sequence ends, if it does.
     pub fn accept(
         &mut self,
         token: u32,
+        logprobs: Option<TokenLogprobs>,
         tokenizer: &TextTokenizer,
         metrics: &Metrics,
     ) -> Option<FinishReason> {
@@ -104,6 +111,11 @@ impl Sequence {
         if !self.ignore_eos && tokenizer.stop_token_ids().contains(&token) {
             self.flush();
             return Some(FinishReason::Stop);
+        }
+        // The end-of-sequence token above is not part of the answer, so it
+        // has no entry, as it has no text.
+        if let Some(lp) = logprobs {
+            let _ = self.events.send(Event::Logprobs(lp));
         }
         let piece = self.decoder.push(token);
         if self.emit(&piece) {

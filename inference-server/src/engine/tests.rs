@@ -56,6 +56,7 @@ fn submit_to(
                     ..SamplingParams::default()
                 },
                 logit_bias: Vec::new(),
+                logprobs: None,
                 seed: None,
                 stop: Vec::new(),
                 // Random weights emit end-of-sequence whenever they like.

@@ -118,6 +118,7 @@ impl Worker {
                 prompt: s.prompt,
                 sampler: Sampler::new(s.params.sampling, s.params.logit_bias, seed),
                 max_new_tokens: s.params.max_new_tokens,
+                logprobs: s.params.logprobs,
                 stop: s.params.stop,
                 ignore_eos: s.params.ignore_eos,
                 events: s.events,
@@ -277,8 +278,8 @@ impl Worker {
             let Some(seq) = self.sequences.get_mut(&id) else {
                 continue;
             };
-            let token = seq.sampler.sample(&logits);
-            if let Some(reason) = seq.accept(token, &tokenizer, &self.metrics) {
+            let (token, logprobs) = seq.sampler.sample_with_logprobs(&logits, seq.logprobs);
+            if let Some(reason) = seq.accept(token, logprobs, &tokenizer, &self.metrics) {
                 self.end(id, reason);
             }
         }

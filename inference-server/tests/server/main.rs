@@ -13,5 +13,6 @@ mod device;
 mod errors;
 mod health;
 mod lifecycle;
+mod logprobs;
 mod python;
 mod support;
