@@ -76,6 +76,17 @@ def main() -> None:
     ]
     print("logit_bias forces one token:", forced[1] == forced[0] * 3)
 
+    scored = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Name a colour."}],
+        max_tokens=4, temperature=0, logprobs=True, top_logprobs=2,
+    ).choices[0]
+    entries = scored.logprobs.content
+    print(
+        "logprobs spell the answer:",
+        "".join(e.token for e in entries) == scored.message.content
+        and all(len(e.top_logprobs) == 2 and e.logprob <= 0 for e in entries),
+    )
+
     try:
         client.chat.completions.create(
             model=model, messages=[{"role": "user", "content": "hi"}], n=2

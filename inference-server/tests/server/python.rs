@@ -26,6 +26,7 @@ fn the_openai_python_client_works_unchanged() {
         "'prompt_tokens': 42",
         "seeded twice, same text: True",
         "logit_bias forces one token: True",
+        "logprobs spell the answer: True",
         "n=2 refused: 400",
     ] {
         assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
