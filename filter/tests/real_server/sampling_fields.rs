@@ -3,31 +3,12 @@
 //! streamed event several times larger, and penalties and biases change what
 //! is generated; the charge must still be the usage the server reported.
 
-// Test code may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
-use maas_testkit::{Gateway, InferenceServer};
+use maas_testkit::InferenceServer;
 use serde_json::{json, Value};
 
-const MODEL: &str = "smollm2-135m-instruct";
+use super::{gateway, MODEL};
 const KEY: &str = "sk-sampling-fields-key";
 const AUTH: &str = "Bearer sk-sampling-fields-key";
-
-fn gateway(server: &InferenceServer) -> Gateway {
-    Gateway::builder()
-        .filter_config(json!({
-            "models": [MODEL],
-            "subscriptions": {
-                "team": {"models": [MODEL], "limits": {"tokens": ["10000000/day"]}}
-            },
-            "keys": [{
-                "id": "team-1", "owner": "team", "subscription": "team",
-                "sha256": maas_filter::auth::keys::KeyDigest::of(KEY).to_hex()
-            }]
-        }))
-        .model(MODEL, server.addr())
-        .start()
-}
 
 /// The audit record's charge, as `(prompt, completion)`.
 fn charged(record: &Value) -> (u64, u64) {
@@ -48,7 +29,7 @@ fn usage_of(usage: &Value) -> (u64, u64) {
 #[test]
 fn logprobs_penalties_and_biases_are_charged_the_reported_usage() {
     let server = InferenceServer::start(&[]);
-    let gateway = gateway(&server);
+    let gateway = gateway(&server, KEY);
     let sampling = json!({
         "logprobs": true, "top_logprobs": 20,
         "frequency_penalty": 0.7, "presence_penalty": 0.3,

@@ -7,17 +7,15 @@
 //! estimate must not fall below the prompt tokens the server computed
 //! (its own `inference_prompt_tokens_total`), nor above the reservation.
 
-// Test code may unwrap: a failure there is a test failure.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
-
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::Duration;
 
-use maas_testkit::{get, prometheus, Gateway, InferenceServer};
+use maas_testkit::{get, prometheus, InferenceServer};
 use serde_json::{json, Value};
 
-const MODEL: &str = "smollm2-135m-instruct";
+use super::{gateway, MODEL};
+
 const KEY: &str = "sk-cut-stream-key";
 const MAX_TOKENS: u64 = 64;
 
@@ -42,19 +40,7 @@ fn has_generated_text(stream: &str) -> bool {
 #[test]
 fn a_cut_stream_is_charged_at_least_the_prompt_the_server_computed() {
     let server = InferenceServer::start(&[]);
-    let gateway = Gateway::builder()
-        .filter_config(json!({
-            "models": [MODEL],
-            "subscriptions": {
-                "team": {"models": [MODEL], "limits": {"tokens": ["10000000/day"]}}
-            },
-            "keys": [{
-                "id": "team-1", "owner": "team", "subscription": "team",
-                "sha256": maas_filter::auth::keys::KeyDigest::of(KEY).to_hex()
-            }]
-        }))
-        .model(MODEL, server.addr())
-        .start();
+    let gateway = gateway(&server, KEY);
 
     // About 1,200 prompt tokens in about 1.3 KB: a bytes/4 estimate would
     // charge a quarter of them.
