@@ -5,9 +5,8 @@
 //! on `m`, on the other rows or on the thread split — which is the first half of
 //! the crate's determinism guarantee (the kernels provide the second half).
 
-use rayon::prelude::*;
-
 use crate::format::BLOCK;
+use crate::team;
 
 /// Below this many activation values, quantizing on the calling thread is
 /// cheaper than handing work to the pool.
@@ -97,11 +96,15 @@ impl QuantizedActivations {
             };
         }
         if m * cols >= PARALLEL_MIN_VALUES {
-            x.par_chunks_exact(cols)
-                .zip(q.par_chunks_exact_mut(cols))
-                .zip(d.par_chunks_exact_mut(nb).zip(s.par_chunks_exact_mut(nb)))
-                .zip(dv.par_chunks_exact_mut(pairs * 8))
-                .for_each(|(((x, q), (d, s)), dv)| quantize_row(x, q, d, s, dv));
+            let mut rows: Vec<_> = x
+                .chunks_exact(cols)
+                .zip(q.chunks_exact_mut(cols))
+                .zip(d.chunks_exact_mut(nb).zip(s.chunks_exact_mut(nb)))
+                .zip(dv.chunks_exact_mut(pairs * 8))
+                .collect();
+            team::for_each_mut(&mut rows, |(((x, q), (d, s)), dv)| {
+                quantize_row(x, q, d, s, dv)
+            });
         } else {
             x.chunks_exact(cols)
                 .zip(q.chunks_exact_mut(cols))

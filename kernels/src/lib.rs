@@ -6,7 +6,8 @@
 //! (continuous-batching decode steps, prefill chunks) while reading each
 //! weight block once per call: activations are quantized to 8 bits per block
 //! (llama.cpp's Q8_0/Q8_1 scheme), every unpacked weight block is used for a
-//! register tile of rows, and weight rows are split across rayon's global pool.
+//! register tile of rows, and weight rows are split across the current compute
+//! `team::Team` (rayon's global pool outside one).
 //!
 //! Guarantee: the output for a row of `x` is bit-identical regardless of the
 //! batch it is in (size, neighbours, position) and of the thread split. AVX2 +
@@ -23,6 +24,7 @@ mod kquant;
 mod packed;
 mod q5;
 mod reference;
+pub mod team;
 #[cfg(test)]
 mod testdata;
 

@@ -138,7 +138,8 @@ impl PackedMatrix {
     ///
     /// Activations are quantized to 8 bits per 32-value block, once per call.
     /// The result for a row of `x` is bit-identical whatever the other rows,
-    /// its position, `m` or the thread split. Runs on rayon's global pool.
+    /// its position, `m` or the thread split. Runs on the current compute team
+    /// (`crate::team`), or rayon's global pool outside one.
     pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) -> Result<(), KernelError> {
         self.matmul_on(kernel::backend(), x, m, out)
     }

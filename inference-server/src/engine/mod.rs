@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use maas_kernels::team::Team;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::metrics::Metrics;
@@ -107,8 +108,8 @@ pub struct Submission {
 pub enum StartError {
     #[error(transparent)]
     Limits(#[from] LimitsError),
-    #[error("cannot start the compute pool: {0}")]
-    Pool(#[from] rayon::ThreadPoolBuildError),
+    #[error("cannot start the compute threads: {0}")]
+    Team(std::io::Error),
     #[error("cannot start the engine thread: {0}")]
     Thread(#[from] std::io::Error),
 }
@@ -163,14 +164,14 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
         let scheduler = Scheduler::new(config.limits)?;
-        // The forward pass runs inside this pool (see `Worker::step`), so the
-        // ~200 matmuls of a step split their work among threads already in
-        // the pool instead of each paying a hand-off from the engine thread.
-        let mut pool = rayon::ThreadPoolBuilder::new().thread_name(|i| format!("compute-{i}"));
-        if let Some(n) = config.threads {
-            pool = pool.num_threads(n);
-        }
-        let pool = pool.build()?;
+        // The forward pass runs with this team installed (see
+        // `Worker::step`): the engine thread and the team's workers share the
+        // step's ~120 parallel regions, the workers spinning between them
+        // rather than sleeping (see `maas_kernels::team` for why).
+        let threads = config
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let team = Team::new(threads).map_err(StartError::Team)?;
         let capacity = config.limits.max_running + config.limits.max_waiting;
         let (tx, rx) = mpsc::unbounded_channel();
         let shutting_down = Arc::new(AtomicBool::new(false));
@@ -181,7 +182,7 @@ impl Engine {
             metrics,
             shutting_down.clone(),
             config.shutdown_grace,
-            pool,
+            team,
         );
         let thread = std::thread::Builder::new()
             .name("engine".into())

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use maas_kernels::team::Team;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
 use super::sampling::Sampler;
@@ -25,7 +26,7 @@ pub(super) struct Worker {
     sequences: BTreeMap<SeqId, Sequence>,
     next_id: u64,
     scratch: Scratch,
-    pool: rayon::ThreadPool,
+    team: Team,
 }
 
 impl Worker {
@@ -36,7 +37,7 @@ impl Worker {
         metrics: Arc<Metrics>,
         shutting_down: Arc<AtomicBool>,
         grace: Duration,
-        pool: rayon::ThreadPool,
+        team: Team,
     ) -> Self {
         Self {
             loaded,
@@ -49,7 +50,7 @@ impl Worker {
             sequences: BTreeMap::new(),
             next_id: 0,
             scratch: Scratch::default(),
-            pool,
+            team,
         }
     }
 
@@ -256,7 +257,7 @@ impl Worker {
             });
         }
         let (model, scratch) = (&self.loaded.model, &mut self.scratch);
-        let result = self.pool.install(|| model.forward(&mut inputs, scratch));
+        let result = self.team.install(|| model.forward(&mut inputs, scratch));
         drop(inputs);
 
         let rows = match result {

@@ -23,7 +23,6 @@ mod load;
 mod ops;
 mod projection;
 
-use rayon::prelude::*;
 use thiserror::Error;
 
 pub use cache::HostCache;
@@ -32,9 +31,15 @@ pub use device::{DeviceCache, DeviceModel, DeviceStep};
 pub use file::{file_type_name, ModelFile};
 pub use linear::Linear;
 pub use load::{load_gguf, load_gguf_on, load_model, LoadedModel, Placement};
-use maas_kernels::PackedMatrix;
+use maas_kernels::{team, PackedMatrix};
 use ops::{AttentionShape, Rope, RopeAngles};
 use projection::Projection;
+
+thread_local! {
+    /// Each compute thread's attention-score buffer, reused across layers
+    /// and steps (it grows to the longest context seen).
+    static SCORES: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+}
 
 #[derive(Debug, Error)]
 pub enum ModelError {
@@ -372,7 +377,7 @@ impl HostModel {
             // One job per sequence; a decoding sequence (one query row) is
             // split further by KV head when there are fewer sequences than
             // threads, so a lone stream's attention is not one core's work.
-            let split = batch.len() < rayon::current_num_threads();
+            let split = batch.len() < team::threads();
             let head_width = q_width / cfg.kv_heads;
             let mut jobs = Vec::with_capacity(batch.len() * cfg.kv_heads);
             let (mut q_rest, mut out_rest) = (&s.q[..], &mut s.attn[..]);
@@ -392,12 +397,11 @@ impl HostModel {
                     jobs.push((0..cfg.kv_heads, q, out, keys, values, start));
                 }
             }
-            jobs.into_par_iter().for_each_init(
-                Vec::new,
-                |scores, (kv, q, out, keys, values, start)| {
-                    ops::attention_heads(&shape, kv, q, keys, values, start, out, scores)
-                },
-            );
+            team::for_each_mut(&mut jobs, |(kv, q, out, keys, values, start)| {
+                SCORES.with_borrow_mut(|scores| {
+                    ops::attention_heads(&shape, kv.clone(), q, keys, values, *start, out, scores)
+                })
+            });
 
             block.out.forward(&s.attn, n, &mut s.proj, &mut s.part)?;
             residual_add(

@@ -1,5 +1,6 @@
 //! The batched matmul: quantize the activations once, split the weight rows
-//! into chunks for rayon's global pool, and run a register-tiled kernel on each.
+//! into chunks for the compute team (`crate::team`), and run a register-tiled
+//! kernel on each.
 //!
 //! Determinism: every output element `(i, n)` is produced by one call to a tile
 //! kernel that walks the blocks of weight row `n` in order with its own
@@ -22,11 +23,10 @@ mod x86;
 
 use std::sync::OnceLock;
 
-use rayon::prelude::*;
-
 use crate::activation::QuantizedActivations;
 use crate::format::QuantKind;
 use crate::packed::PackedMatrix;
+use crate::team;
 
 /// The instruction set the kernels run on, detected once per process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -153,7 +153,7 @@ pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32], bac
     let unsigned = kernel.unsigned_activations(w.kind);
     let quads = kernel.quad_activations(w.kind);
     let x = QuantizedActivations::new(x, m, w.cols, unsigned, quads);
-    let chunk_rows = chunk_rows(w.rows, w.cols, m, rayon::current_num_threads());
+    let chunk_rows = chunk_rows(w.rows, w.cols, m, team::threads());
     matmul_split(w, &x, m, out, kernel, chunk_rows);
 }
 
@@ -184,9 +184,9 @@ pub(crate) fn matmul_split(
     if chunk_rows >= n {
         compute_rows(w, x, m, 0, dst, kernel);
     } else {
-        dst.par_chunks_mut(chunk_rows * m)
-            .enumerate()
-            .for_each(|(c, dst)| compute_rows(w, x, m, c * chunk_rows, dst, kernel));
+        team::for_each_chunk_mut(dst, chunk_rows * m, |c, dst| {
+            compute_rows(w, x, m, c * chunk_rows, dst, kernel)
+        });
     }
     if m > 1 {
         for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
