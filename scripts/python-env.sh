@@ -3,7 +3,8 @@
 # with hashes (pip --require-hashes, wheels only) and rebuilt when that file
 # changes:
 #
-#   scripts/python-env.sh            .cache/python: the official OpenAI client,
+#   scripts/python-env.sh            .cache/python: the official OpenAI client
+#                                    and the jsonschema validator,
 #                                    for the example scripts and the tests that
 #                                    run them (examples/requirements.txt)
 #   scripts/python-env.sh reference  .cache/python-reference: transformers, to
@@ -18,8 +19,8 @@ case "${1:-examples}" in
   examples)
     venv="$root/.cache/python"
     requirements="$root/examples/requirements.txt"
-    what="the examples (.cache/python: openai client, pinned with hashes)"
-    check="import openai; print('    openai', openai.__version__)"
+    what="the examples (.cache/python: openai client and jsonschema, pinned with hashes)"
+    check="from importlib.metadata import version; print('    openai', version('openai'), 'jsonschema', version('jsonschema'))"
     ;;
   reference)
     venv="$root/.cache/python-reference"

@@ -116,6 +116,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         loaded,
         context,
         chat_template,
+        grammars: Default::default(),
     });
 
     // The signal ends the accept loop; in-flight responses finish (or are cut

@@ -211,28 +211,29 @@ impl Drop for InferenceServer {
     }
 }
 
-/// A Python interpreter that can `import openai`, for the example scripts:
+/// A Python interpreter that can `import openai` and `jsonschema` (the
+/// pinned `examples/requirements.txt`), for the example scripts:
 /// `MAAS_PYTHON` (set by `make test` to the pinned environment in
 /// `.cache/python`), which then must work; else `python3` when it happens to
 /// have the package; else the test fails, saying how to get one.
 pub fn python_with_openai() -> PathBuf {
     let imports = |python: &PathBuf| {
         Command::new(python)
-            .args(["-c", "import openai"])
+            .args(["-c", "import openai, jsonschema"])
             .output()
             .is_ok_and(|o| o.status.success())
     };
     if let Some(python) = std::env::var_os("MAAS_PYTHON").map(PathBuf::from) {
         assert!(
             imports(&python),
-            "MAAS_PYTHON={python:?} cannot import openai: run scripts/python-env.sh (make test does)"
+            "MAAS_PYTHON={python:?} cannot import openai and jsonschema: run scripts/python-env.sh (make test does)"
         );
         return python;
     }
     let fallback = PathBuf::from("python3");
     assert!(
         imports(&fallback),
-        "no python that can import openai: `make test` sets MAAS_PYTHON to the pinned environment \
+        "no python that can import openai and jsonschema: `make test` sets MAAS_PYTHON to the pinned environment \
          (scripts/python-env.sh); by hand: ./scripts/python-env.sh && export MAAS_PYTHON=$PWD/.cache/python/bin/python"
     );
     fallback

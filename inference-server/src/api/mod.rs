@@ -30,6 +30,7 @@ pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, 
 use response::{LogprobsWriter, Meta, Shape};
 pub use validation::{Generation, ValidRequest};
 
+use crate::engine::grammar::Grammars;
 use crate::engine::{EngineHandle, Event, Failure, Submission, SubmitError};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
@@ -44,6 +45,9 @@ pub struct Ready {
     /// What chats are rendered with, chosen once at start, and where it
     /// came from; `None`: chat requests are refused.
     pub chat_template: Option<(ChatTemplate, TemplateOrigin)>,
+    /// The response-format compiler over this model's vocabulary, built
+    /// by the first request with a `response_format` (see `validation`).
+    pub grammars: Arc<OnceLock<Result<Grammars, String>>>,
 }
 
 pub struct AppState {
@@ -207,6 +211,7 @@ async fn generate(
     })?;
     let logprobs = valid
         .params
+        .decoding
         .logprobs
         .map(|_| LogprobsWriter::new(ready.loaded.tokenizer.clone(), shape));
     let (tx, rx) = mpsc::unbounded_channel();

@@ -224,7 +224,7 @@ mod tests {
         let g = r.generation;
         assert_eq!(g.max_tokens, Some(5), "the smaller budget wins");
         assert_eq!(
-            g.sampling,
+            g.decoding.sampling,
             SamplingParams {
                 temperature: 0.0,
                 top_p: 0.5,
@@ -232,8 +232,8 @@ mod tests {
                 ..SamplingParams::default()
             }
         );
-        assert_eq!(g.seed, Some(u64::MAX));
-        assert_eq!(g.stop, vec!["\n".to_string()]);
+        assert_eq!(g.decoding.seed, Some(u64::MAX));
+        assert_eq!(g.decoding.stop, vec!["\n".to_string()]);
         assert!(g.stream && g.include_usage);
     }
 

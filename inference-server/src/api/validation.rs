@@ -25,8 +25,9 @@ use super::error::ApiError;
 use super::request::{ChatRequest, CompletionRequest, GenerationFields, Prompt, StopField};
 use super::response::Shape;
 use super::Ready;
+use crate::engine::grammar::{GrammarError, Grammars, ResponseFormat};
 use crate::engine::sampling::SamplingParams;
-use crate::engine::GenerationParams;
+use crate::engine::{Constraint, Decoding, GenerationParams};
 use crate::text::{TextError, TextTokenizer};
 
 /// What a request asks of generation, its fields checked.
@@ -36,22 +37,17 @@ pub struct Generation {
     /// The completion budget asked for (the rule is the module's); `None`:
     /// as many as fit in the context.
     pub max_tokens: Option<usize>,
-    pub sampling: SamplingParams,
-    /// `(token, bias)`, sorted, each token once; ids not yet checked
-    /// against the vocabulary.
-    pub logit_bias: Vec<(u32, f32)>,
-    /// `Some(k)`: each token's log-probability and the `k` most likely.
-    pub logprobs: Option<usize>,
-    pub seed: Option<u64>,
-    pub stop: Vec<String>,
+    /// `logit_bias` sorted, its ids not yet checked against the vocabulary.
+    pub decoding: Decoding,
+    /// `response_format` other than text; compiled in the second stage.
+    pub format: Option<ResponseFormat>,
     pub stream: bool,
     pub include_usage: bool,
-    pub ignore_eos: bool,
 }
 
 /// A request checked against the model: what the engine runs, and how the
 /// client wants the answer.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct ValidRequest {
     pub prompt: Vec<u32>,
     pub params: GenerationParams,
@@ -111,16 +107,7 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
             ));
         }
     }
-    let text_format = match &f.response_format {
-        None | Some(serde_json::Value::Null) => true,
-        Some(v) => v.get("type").and_then(|t| t.as_str()) == Some("text"),
-    };
-    if !text_format {
-        return Err(ApiError::invalid(
-            Some("response_format"),
-            "Only `{\"type\": \"text\"}` is supported for `response_format`.",
-        ));
-    }
+    let format = response_format(f.response_format)?;
     let penalty = |value: Option<f64>, param: &'static str| {
         let v = value.unwrap_or(0.0);
         if (-2.0..=2.0).contains(&v) {
@@ -200,22 +187,91 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
     Ok(Generation {
         model,
         max_tokens,
-        sampling: SamplingParams {
-            temperature: temperature as f32,
-            top_p: top_p as f32,
-            top_k,
-            presence_penalty,
-            frequency_penalty,
+        decoding: Decoding {
+            sampling: SamplingParams {
+                temperature: temperature as f32,
+                top_p: top_p as f32,
+                top_k,
+                presence_penalty,
+                frequency_penalty,
+            },
+            logit_bias,
+            logprobs,
+            // Negative seeds are valid in OpenAI's API; keep their bits.
+            seed: f.seed.map(|s| s as u64),
+            stop,
+            ignore_eos: f.ignore_eos.unwrap_or(false),
         },
-        logit_bias,
-        logprobs,
-        // Negative seeds are valid in OpenAI's API; keep their bits.
-        seed: f.seed.map(|s| s as u64),
-        stop,
+        format,
         stream,
         include_usage,
-        ignore_eos: f.ignore_eos.unwrap_or(false),
     })
+}
+
+/// OpenAI's `response_format`: `text` (the default), `json_object`, or
+/// `json_schema` with its `name`, `schema` and optional `strict` (always
+/// enforced here: the output is constrained whatever `strict` says, as in
+/// vLLM). The schema is compiled in the second stage.
+fn response_format(value: Option<serde_json::Value>) -> Result<Option<ResponseFormat>, ApiError> {
+    use serde_json::Value;
+    let bad = |param: &'static str, message: String| ApiError::invalid(Some(param), message);
+    let value = match value {
+        None | Some(Value::Null) => return Ok(None),
+        Some(v) => v,
+    };
+    match value.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(ResponseFormat::JsonObject)),
+        Some("json_schema") => {
+            let spec = value.get("json_schema").and_then(Value::as_object).ok_or_else(|| {
+                bad(
+                    "response_format.json_schema",
+                    "`response_format.json_schema` must be an object with `name` and `schema`."
+                        .into(),
+                )
+            })?;
+            match spec.get("name").and_then(Value::as_str) {
+                Some(name)
+                    if (1..=64).contains(&name.len())
+                        && name
+                            .bytes()
+                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {}
+                _ => {
+                    return Err(bad(
+                        "response_format.json_schema.name",
+                        "`response_format.json_schema.name` must be 1 to 64 letters, digits, `_` or `-`."
+                            .into(),
+                    ))
+                }
+            }
+            if let Some(strict) = spec.get("strict").filter(|s| !s.is_null() && !s.is_boolean()) {
+                return Err(bad(
+                    "response_format.json_schema.strict",
+                    format!("`response_format.json_schema.strict` must be true or false; got {strict}."),
+                ));
+            }
+            match spec.get("schema") {
+                Some(schema @ (Value::Object(_) | Value::Bool(true))) => {
+                    Ok(Some(ResponseFormat::JsonSchema(schema.clone())))
+                }
+                Some(other) => Err(bad(
+                    "response_format.json_schema.schema",
+                    format!("`response_format.json_schema.schema` must be a JSON schema object; got {other}."),
+                )),
+                None => Err(bad(
+                    "response_format.json_schema.schema",
+                    "`response_format.json_schema.schema` is required.".into(),
+                )),
+            }
+        }
+        _ => Err(bad(
+            "response_format",
+            format!(
+                "`response_format.type` must be \"text\", \"json_object\" or \"json_schema\"; got {}.",
+                value.get("type").unwrap_or(&Value::Null)
+            ),
+        )),
+    }
 }
 
 /// Log-probabilities asked for, as each endpoint spells it: chat
@@ -361,7 +417,8 @@ pub(super) async fn chat(
         )
     })?;
     let prompt = tokenize(ready, text, TextTokenizer::encode_chat).await?;
-    fit(prompt, req.generation, ready.context, "messages")
+    let grammar = compile(ready, req.generation.format.as_ref()).await?;
+    fit(prompt, req.generation, grammar, ready.context, "messages")
 }
 
 /// The second stage for a completion: its text tokenised, or its ids checked
@@ -385,7 +442,8 @@ pub(super) async fn completion(
             ids
         }
     };
-    fit(prompt, req.generation, ready.context, "prompt")
+    let grammar = compile(ready, req.generation.format.as_ref()).await?;
+    fit(prompt, req.generation, grammar, ready.context, "prompt")
 }
 
 /// What the first stage could not check without the model: its id, and the
@@ -395,7 +453,12 @@ fn check_against_model(model_id: &str, g: &Generation, ready: &Ready) -> Result<
         return Err(ApiError::model_not_found(&g.model));
     }
     let vocab = ready.loaded.model.vocab_size();
-    if let Some((bad, _)) = g.logit_bias.iter().find(|(id, _)| *id as usize >= vocab) {
+    if let Some((bad, _)) = g
+        .decoding
+        .logit_bias
+        .iter()
+        .find(|(id, _)| *id as usize >= vocab)
+    {
         return Err(ApiError::invalid(
             Some("logit_bias"),
             format!("Token id {bad} is outside the vocabulary of {vocab}."),
@@ -417,12 +480,49 @@ async fn tokenize(
         .map_err(|e| ApiError::invalid(None, format!("The prompt could not be tokenized: {e}.")))
 }
 
+/// The response format compiled over the model's vocabulary (the compiler
+/// itself built on first use), off the I/O threads: a large schema takes
+/// milliseconds. A schema the grammar engine refuses is the client's 400.
+async fn compile(
+    ready: &Ready,
+    format: Option<&ResponseFormat>,
+) -> Result<Option<Constraint>, ApiError> {
+    let Some(format) = format.cloned() else {
+        return Ok(None);
+    };
+    let grammars = ready.grammars.clone();
+    let tokenizer = ready.loaded.tokenizer.clone();
+    let compiled = tokio::task::spawn_blocking(move || {
+        let grammars = grammars
+            .get_or_init(|| Grammars::new(tokenizer).map_err(|e| e.to_string()))
+            .as_ref()
+            .map_err(|e| ApiError::internal(format!("constrained decoding is unavailable: {e}")))?;
+        grammars.compile(&format).map_err(|e| match e {
+            GrammarError::Compile(message) => {
+                let param = match format {
+                    ResponseFormat::JsonObject => "response_format",
+                    ResponseFormat::JsonSchema(_) => "response_format.json_schema.schema",
+                };
+                ApiError::invalid(
+                    Some(param),
+                    format!("The schema cannot be enforced: {message}"),
+                )
+            }
+            other => ApiError::internal(other.to_string()),
+        })
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("schema compiler task failed: {e}")))??;
+    Ok(Some(compiled))
+}
+
 /// Lengths: a prompt, and room for the budget after it in the `context`
 /// (the model's positions, capped by `--context`); no budget asked: the
 /// rest of the context. `param` names the prompt's field in refusals.
 fn fit(
     prompt: Vec<u32>,
     g: Generation,
+    grammar: Option<Constraint>,
     context: usize,
     param: &'static str,
 ) -> Result<ValidRequest, ApiError> {
@@ -459,12 +559,8 @@ fn fit(
         prompt,
         params: GenerationParams {
             max_new_tokens,
-            sampling: g.sampling,
-            logit_bias: g.logit_bias,
-            logprobs: g.logprobs,
-            seed: g.seed,
-            stop: g.stop,
-            ignore_eos: g.ignore_eos,
+            decoding: g.decoding,
+            grammar,
         },
         stream: g.stream,
         include_usage: g.include_usage,
@@ -478,6 +574,26 @@ mod tests {
     fn fields(extra: &str) -> Result<Generation, ApiError> {
         let body = format!(r#"{{"model":"m"{extra}}}"#);
         generation(serde_json::from_str(&body).unwrap(), Shape::Chat)
+    }
+
+    #[test]
+    fn response_formats_are_read_and_text_is_no_format() {
+        let format = |extra: &str| fields(extra).unwrap().format;
+        assert_eq!(format(""), None);
+        assert_eq!(format(r#","response_format":null"#), None);
+        assert_eq!(format(r#","response_format":{"type":"text"}"#), None);
+        assert_eq!(
+            format(r#","response_format":{"type":"json_object"}"#),
+            Some(ResponseFormat::JsonObject)
+        );
+        assert_eq!(
+            format(
+                r#","response_format":{"type":"json_schema","json_schema":{"name":"w-1","strict":true,"schema":{"type":"object"}}}"#
+            ),
+            Some(ResponseFormat::JsonSchema(
+                serde_json::json!({"type": "object"})
+            ))
+        );
     }
 
     #[test]
@@ -544,9 +660,39 @@ mod tests {
                 "not supported",
             ),
             (
-                r#","response_format":{"type":"json_object"}"#,
+                r#","response_format":{"type":"xml"}"#,
                 "response_format",
-                "text",
+                "\"json_schema\"; got \"xml\"",
+            ),
+            (
+                r#","response_format":{"type":"json_schema"}"#,
+                "response_format.json_schema",
+                "an object with `name`",
+            ),
+            (
+                r#","response_format":{"type":"json_schema","json_schema":{"schema":{}}}"#,
+                "response_format.json_schema.name",
+                "1 to 64",
+            ),
+            (
+                r#","response_format":{"type":"json_schema","json_schema":{"name":"a b","schema":{}}}"#,
+                "response_format.json_schema.name",
+                "1 to 64",
+            ),
+            (
+                r#","response_format":{"type":"json_schema","json_schema":{"name":"a"}}"#,
+                "response_format.json_schema.schema",
+                "is required",
+            ),
+            (
+                r#","response_format":{"type":"json_schema","json_schema":{"name":"a","schema":[1]}}"#,
+                "response_format.json_schema.schema",
+                "a JSON schema object",
+            ),
+            (
+                r#","response_format":{"type":"json_schema","json_schema":{"name":"a","schema":{},"strict":"yes"}}"#,
+                "response_format.json_schema.strict",
+                "true or false",
             ),
             (
                 r#","presence_penalty":2.5"#,
@@ -586,12 +732,12 @@ mod tests {
             r#","presence_penalty":-0.5,"frequency_penalty":2,"logit_bias":{"17":-100,"3":7.5}"#,
         )
         .unwrap();
-        assert_eq!(g.sampling.presence_penalty, -0.5);
-        assert_eq!(g.sampling.frequency_penalty, 2.0);
-        assert_eq!(g.logit_bias, vec![(3, 7.5), (17, -100.0)]);
+        assert_eq!(g.decoding.sampling.presence_penalty, -0.5);
+        assert_eq!(g.decoding.sampling.frequency_penalty, 2.0);
+        assert_eq!(g.decoding.logit_bias, vec![(3, 7.5), (17, -100.0)]);
         let none = fields(r#","logit_bias":null,"presence_penalty":null"#).unwrap();
-        assert!(none.logit_bias.is_empty());
-        assert_eq!(none.sampling, SamplingParams::default());
+        assert!(none.decoding.logit_bias.is_empty());
+        assert_eq!(none.decoding.sampling, SamplingParams::default());
         let too_many: Vec<String> = (0..=MAX_LOGIT_BIAS)
             .map(|i| format!(r#""{i}":1"#))
             .collect();
@@ -601,7 +747,7 @@ mod tests {
 
     #[test]
     fn each_endpoint_asks_for_logprobs_its_own_way() {
-        let chat = |extra: &str| fields(extra).map(|g| g.logprobs);
+        let chat = |extra: &str| fields(extra).map(|g| g.decoding.logprobs);
         assert_eq!(chat("").unwrap(), None);
         assert_eq!(chat(r#","logprobs":false"#).unwrap(), None);
         assert_eq!(chat(r#","logprobs":true"#).unwrap(), Some(0));
@@ -611,7 +757,8 @@ mod tests {
         );
         let completion = |extra: &str| {
             let body = format!(r#"{{"model":"m"{extra}}}"#);
-            generation(serde_json::from_str(&body).unwrap(), Shape::Completion).map(|g| g.logprobs)
+            generation(serde_json::from_str(&body).unwrap(), Shape::Completion)
+                .map(|g| g.decoding.logprobs)
         };
         assert_eq!(completion("").unwrap(), None);
         assert_eq!(completion(r#","logprobs":0"#).unwrap(), Some(0));
@@ -644,7 +791,7 @@ mod tests {
             (8, None, 8, None),
             (9, Some(1), 8, None),
         ] {
-            let got = fit(vec![1; prompt], asking(asked), context, "prompt");
+            let got = fit(vec![1; prompt], asking(asked), None, context, "prompt");
             match run {
                 Some(n) => {
                     let valid = got.unwrap();
@@ -668,7 +815,7 @@ mod tests {
 
     #[test]
     fn an_empty_prompt_is_refused_naming_the_prompt_field() {
-        let e = fit(Vec::new(), asking(Some(1)), 8, "messages").unwrap_err();
+        let e = fit(Vec::new(), asking(Some(1)), None, 8, "messages").unwrap_err();
         assert_eq!((e.status.as_u16(), e.param), (400, Some("messages")));
         assert!(e.message.contains("empty"), "{}", e.message);
     }

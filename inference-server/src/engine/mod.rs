@@ -4,6 +4,7 @@
 //! schedules every live sequence into one batched forward per step and
 //! streams each token back as text.
 
+pub mod grammar;
 pub mod sampling;
 pub mod scheduler;
 mod sequence;
@@ -18,6 +19,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
+pub use grammar::Constraint;
 use sampling::SamplingParams;
 use scheduler::{LimitsError, Scheduler, SchedulerLimits};
 
@@ -76,13 +78,13 @@ impl Failure {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct GenerationParams {
-    /// At least 1; with the prompt, within the model's positions.
-    pub max_new_tokens: usize,
+/// How each token is chosen and when generation stops, as a request asks:
+/// one list, carried from the API's first validation stage to the sequence.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decoding {
     pub sampling: SamplingParams,
-    /// `(token, bias)` added to the logits, each token once, inside the
-    /// vocabulary.
+    /// `(token, bias)` added to the logits, each token once (inside the
+    /// vocabulary once the API's second stage has checked it).
     pub logit_bias: Vec<(u32, f32)>,
     /// `Some(k)`: report each token's log-probability and the `k` most
     /// likely tokens'.
@@ -90,6 +92,16 @@ pub struct GenerationParams {
     pub seed: Option<u64>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+}
+
+#[derive(Debug)]
+pub struct GenerationParams {
+    /// At least 1; with the prompt, within the model's positions.
+    pub max_new_tokens: usize,
+    pub decoding: Decoding,
+    /// The response format's grammar, compiled for this request: each
+    /// step's tokens are masked to those it allows.
+    pub grammar: Option<Constraint>,
 }
 
 /// A request for the engine, validated by its sender (the API's

@@ -8,7 +8,7 @@ use std::time::Instant;
 use tokio::sync::{mpsc, OwnedSemaphorePermit};
 
 use super::sampling::{Sampler, TokenLogprobs};
-use super::{Event, Failure, FinishReason, Usage};
+use super::{Constraint, Event, Failure, FinishReason, Usage};
 use crate::metrics::Metrics;
 use crate::model::SequenceCache;
 use crate::text::{IncrementalDecoder, StopMatcher, StopOutcome, TextTokenizer};
@@ -23,6 +23,9 @@ pub(super) struct Sequence {
     /// `Some(k)`: each token's log-probabilities go to the client, with
     /// the `k` most likely tokens'.
     pub logprobs: Option<usize>,
+    /// The response format's constraint: masks the logits of every token
+    /// sampled, and is told each token chosen.
+    pub grammar: Option<Constraint>,
     max_new_tokens: usize,
     ignore_eos: bool,
     generated: usize,
@@ -40,6 +43,7 @@ pub(super) struct SequenceParts {
     pub sampler: Sampler,
     pub max_new_tokens: usize,
     pub logprobs: Option<usize>,
+    pub grammar: Option<Constraint>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
     pub events: mpsc::UnboundedSender<Event>,
@@ -55,6 +59,7 @@ impl Sequence {
             sampler: p.sampler,
             last_token: 0,
             logprobs: p.logprobs,
+            grammar: p.grammar,
             max_new_tokens: p.max_new_tokens,
             ignore_eos: p.ignore_eos,
             generated: 0,

@@ -51,16 +51,16 @@ fn submit_to(
             prompt,
             params: GenerationParams {
                 max_new_tokens,
-                sampling: SamplingParams {
-                    temperature: 0.0,
-                    ..SamplingParams::default()
+                decoding: Decoding {
+                    sampling: SamplingParams {
+                        temperature: 0.0,
+                        ..SamplingParams::default()
+                    },
+                    // Random weights emit end-of-sequence whenever they like.
+                    ignore_eos: true,
+                    ..Decoding::default()
                 },
-                logit_bias: Vec::new(),
-                logprobs: None,
-                seed: None,
-                stop: Vec::new(),
-                // Random weights emit end-of-sequence whenever they like.
-                ignore_eos: true,
+                grammar: None,
             },
             events: tx,
             permit: handle.admit().unwrap(),

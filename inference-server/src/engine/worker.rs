@@ -8,6 +8,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use maas_kernels::team::Team;
 use tokio::sync::mpsc::{self, error::TryRecvError};
 
+use super::grammar::GrammarError;
 use super::sampling::Sampler;
 use super::scheduler::{Plan, Scheduler, SeqId, Work};
 use super::sequence::{Sequence, SequenceParts};
@@ -103,7 +104,8 @@ impl Worker {
     fn register(&mut self, s: Submission) {
         let id = SeqId(self.next_id);
         self.next_id += 1;
-        let seed = s.params.seed.unwrap_or_else(|| entropy(id));
+        let d = s.params.decoding;
+        let seed = d.seed.unwrap_or_else(|| entropy(id));
         let prompt_len = s.prompt.len();
         // Submissions come validated (see `Submission`); not checked again.
         debug_assert!(
@@ -117,11 +119,12 @@ impl Worker {
         let mut seq = Sequence::new(
             SequenceParts {
                 prompt: s.prompt,
-                sampler: Sampler::new(s.params.sampling, s.params.logit_bias, seed),
+                sampler: Sampler::new(d.sampling, d.logit_bias, seed),
                 max_new_tokens: s.params.max_new_tokens,
-                logprobs: s.params.logprobs,
-                stop: s.params.stop,
-                ignore_eos: s.params.ignore_eos,
+                logprobs: d.logprobs,
+                stop: d.stop,
+                ignore_eos: d.ignore_eos,
+                grammar: s.params.grammar,
                 events: s.events,
                 received: s.received,
                 permit: s.permit,
@@ -204,6 +207,14 @@ impl Worker {
         }
     }
 
+    /// The grammar engine failed mid-generation (it ran out of its step
+    /// budget on a pathological schema, say): the request ends with a 500
+    /// rather than with output the schema does not allow.
+    fn fail_grammar(&mut self, id: SeqId, e: GrammarError) {
+        tracing::warn!(error = %e, "constrained decoding failed; failing the request");
+        self.end_with_failure(id, Failure::Internal(e.to_string()));
+    }
+
     fn end(&mut self, id: SeqId, reason: FinishReason) {
         self.scheduler.retire(id);
         if let Some(mut seq) = self.sequences.remove(&id) {
@@ -223,6 +234,7 @@ impl Worker {
         let work: HashMap<SeqId, Work> = plan.work.iter().map(|w| (w.id(), *w)).collect();
         let mut inputs = Vec::with_capacity(work.len());
         let mut sampled = Vec::new();
+        let mut grammars = Vec::new();
         let mut prompt_tokens = 0;
         for (id, seq) in self.sequences.iter_mut() {
             let Some(w) = work.get(id) else { continue };
@@ -230,6 +242,7 @@ impl Worker {
                 prompt,
                 cache: Some(cache),
                 last_token,
+                grammar,
                 ..
             } = seq
             else {
@@ -249,6 +262,7 @@ impl Worker {
             };
             if logits {
                 sampled.push(*id);
+                grammars.extend(grammar.as_mut());
             }
             inputs.push(StepInput {
                 tokens,
@@ -256,8 +270,23 @@ impl Worker {
                 logits,
             });
         }
-        let (model, scratch) = (&self.loaded.model, &mut self.scratch);
-        let result = self.team.install(|| model.forward(&mut inputs, scratch));
+        let (model, scratch, team) = (&self.loaded.model, &mut self.scratch, &self.team);
+        let mut forward = || team.install(|| model.forward(&mut inputs, scratch));
+        // The grammar masks for this step's tokens depend only on tokens
+        // already chosen: computed on their own thread while the forward
+        // pass runs, so constrained decoding costs the step little time.
+        let result = if grammars.is_empty() {
+            forward()
+        } else {
+            std::thread::scope(|scope| {
+                let masks = scope.spawn(|| grammars.iter_mut().for_each(|g| g.prepare()));
+                let result = forward();
+                // A panic there leaves the masks unset; `mask_logits` then
+                // computes them itself.
+                let _ = masks.join();
+                result
+            })
+        };
         drop(inputs);
 
         let rows = match result {
@@ -279,9 +308,32 @@ impl Worker {
             let Some(seq) = self.sequences.get_mut(&id) else {
                 continue;
             };
+            let mut logits = logits;
+            if let Some(grammar) = seq.grammar.as_mut() {
+                if let Err(e) = grammar.mask_logits(&mut logits) {
+                    self.fail_grammar(id, e);
+                    continue;
+                }
+            }
             let (token, logprobs) = seq.sampler.sample_with_logprobs(&logits, seq.logprobs);
-            if let Some(reason) = seq.accept(token, logprobs, &tokenizer, &self.metrics) {
-                self.end(id, reason);
+            let grammar_done = match seq
+                .grammar
+                .as_mut()
+                .map(|g| g.commit(token).map(|()| g.is_finished()))
+            {
+                Some(Err(e)) => {
+                    self.fail_grammar(id, e);
+                    continue;
+                }
+                Some(Ok(done)) => done,
+                None => false,
+            };
+            match seq.accept(token, logprobs, &tokenizer, &self.metrics) {
+                Some(reason) => self.end(id, reason),
+                // The grammar is complete (its end-of-sequence was taken
+                // though `ignore_eos` is set, or nothing can follow).
+                None if grammar_done => self.end(id, FinishReason::Stop),
+                None => {}
             }
         }
         self.metrics.batch_tokens.observe(plan.tokens() as f64);

@@ -147,19 +147,26 @@ impl TextTokenizer {
     /// Special-token strings in `text` become their ids: the chat template's
     /// output contains them on purpose.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, TextError> {
-        let encoding = self
-            .inner
-            .encode_fast(text, false)
-            .map_err(TextError::Tokenizer)?;
-        let mut ids = Vec::with_capacity(encoding.len() + 2);
+        let plain = self.encode_plain(text)?;
+        let mut ids = Vec::with_capacity(plain.len() + 2);
         if self.add_bos_token {
             ids.extend(self.bos_token_id);
         }
-        ids.extend_from_slice(encoding.get_ids());
+        ids.extend_from_slice(&plain);
         if self.add_eos_token {
             ids.extend(self.eos_token_id);
         }
         Ok(ids)
+    }
+
+    /// `encode` without the BOS and EOS the model adds around a prompt: the
+    /// ids of a piece of text inside a generation.
+    pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TextError> {
+        let encoding = self
+            .inner
+            .encode_fast(text, false)
+            .map_err(TextError::Tokenizer)?;
+        Ok(encoding.get_ids().to_vec())
     }
 
     /// Encodes a chat template's output. Templates that write the BOS token
