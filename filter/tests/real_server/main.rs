@@ -8,6 +8,7 @@
 
 mod cut_streams;
 mod sampling_fields;
+mod structured_outputs;
 
 use maas_testkit::{Gateway, InferenceServer};
 use serde_json::json;

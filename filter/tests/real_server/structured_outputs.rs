@@ -1,0 +1,112 @@
+//! Structured-output requests through the real stack: a JSON schema makes
+//! the request body several kilobytes larger (the reservation's prompt bound
+//! reads the body) and the constrained answer ends the moment the document
+//! is complete; the charge must still be the usage the server reported,
+//! whole and streamed.
+
+use maas_testkit::InferenceServer;
+use serde_json::{json, Map, Value};
+
+use super::{gateway, MODEL};
+const KEY: &str = "sk-structured-outputs-key";
+const AUTH: &str = "Bearer sk-structured-outputs-key";
+
+fn charged(record: &Value) -> (u64, u64) {
+    assert_eq!(record["usage"], "reported", "{record}");
+    (
+        record["prompt_tokens"].as_u64().unwrap(),
+        record["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+fn usage_of(usage: &Value) -> (u64, u64) {
+    (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+/// A schema with many optional properties (a large body) and two required
+/// ones the answer must hold.
+fn schema() -> Value {
+    let mut properties = Map::new();
+    properties.insert("city".into(), json!({"type": "string", "maxLength": 16}));
+    properties.insert("unit".into(), json!({"enum": ["celsius", "fahrenheit"]}));
+    for i in 0..150 {
+        properties.insert(
+            format!("optional_field_{i}"),
+            json!({"type": "integer", "minimum": 0, "maximum": 9, "description": "never needed"}),
+        );
+    }
+    json!({"type": "object", "properties": properties, "required": ["city", "unit"]})
+}
+
+fn check(answer: &str) {
+    let v: Value = serde_json::from_str(answer).unwrap_or_else(|e| panic!("{e}: {answer:?}"));
+    assert!(v["city"].as_str().is_some_and(|c| c.len() <= 16), "{v}");
+    assert!(
+        ["celsius", "fahrenheit"].contains(&v["unit"].as_str().unwrap()),
+        "{v}"
+    );
+}
+
+#[test]
+fn json_schema_answers_are_valid_and_charged_the_reported_usage() {
+    let server = InferenceServer::start(&[]);
+    let gateway = gateway(&server, KEY);
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "response_format": {"type": "json_schema",
+                            "json_schema": {"name": "weather", "strict": true, "schema": schema()}},
+        "temperature": 0, "max_tokens": 200,
+    });
+    assert!(body.to_string().len() > 10_000);
+
+    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop", "{answer}");
+    check(answer["choices"][0]["message"]["content"].as_str().unwrap());
+    let record = gateway.await_access_log(1).remove(0);
+    assert_eq!(charged(&record), usage_of(&answer["usage"]));
+
+    // Streamed, usage not asked for: the gateway asks, charges it, and
+    // strips it from what the client sees.
+    body["stream"] = json!(true);
+    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events: Vec<Value> = r
+        .sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect();
+    assert!(events
+        .iter()
+        .all(|e| e.get("usage").is_none_or(Value::is_null)));
+    let text: String = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    check(&text);
+    let record = gateway.await_access_log(2).remove(1);
+    let (_, completion) = charged(&record);
+    // The same greedy request: the same tokens as the whole answer.
+    assert_eq!(completion, usage_of(&answer["usage"]).1, "{record}");
+
+    // A schema the server cannot enforce: its 400 reaches the client, and
+    // the refused request is charged nothing.
+    body["stream"] = json!(false);
+    body["response_format"]["json_schema"]["schema"] = json!({"type": "strng"});
+    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(
+        r.json()["error"]["param"],
+        "response_format.json_schema.schema"
+    );
+    let record = gateway.await_access_log(3).remove(2);
+    assert_eq!(record["usage"], "none", "{record}");
+    assert_eq!(record["prompt_tokens"], 0, "{record}");
+    assert_eq!(record["completion_tokens"], 0, "{record}");
+}
