@@ -10,8 +10,8 @@ mod cut_streams;
 mod sampling_fields;
 mod structured_outputs;
 
-use maas_testkit::{Gateway, InferenceServer};
-use serde_json::json;
+use maas_testkit::{Gateway, InferenceServer, Response};
+use serde_json::{json, Value};
 
 pub const MODEL: &str = "smollm2-135m-instruct";
 
@@ -31,4 +31,31 @@ pub fn gateway(server: &InferenceServer, key: &str) -> Gateway {
         }))
         .model(MODEL, server.addr())
         .start()
+}
+
+/// The audit record's charge, as `(prompt, completion)`; it must come from
+/// the usage the server reported.
+pub fn charged(record: &Value) -> (u64, u64) {
+    assert_eq!(record["usage"], "reported", "{record}");
+    (
+        record["prompt_tokens"].as_u64().unwrap(),
+        record["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+/// An OpenAI `usage` object as `(prompt, completion)`.
+pub fn usage_of(usage: &Value) -> (u64, u64) {
+    (
+        usage["prompt_tokens"].as_u64().unwrap(),
+        usage["completion_tokens"].as_u64().unwrap(),
+    )
+}
+
+/// A streamed answer's JSON events, `[DONE]` left out.
+pub fn sse_events(r: &Response) -> Vec<Value> {
+    r.sse_data()
+        .iter()
+        .filter(|d| *d != "[DONE]")
+        .map(|d| serde_json::from_str(d).unwrap())
+        .collect()
 }

@@ -6,25 +6,9 @@
 use maas_testkit::InferenceServer;
 use serde_json::{json, Value};
 
-use super::{gateway, MODEL};
+use super::{charged, gateway, sse_events, usage_of, MODEL};
 const KEY: &str = "sk-sampling-fields-key";
 const AUTH: &str = "Bearer sk-sampling-fields-key";
-
-/// The audit record's charge, as `(prompt, completion)`.
-fn charged(record: &Value) -> (u64, u64) {
-    assert_eq!(record["usage"], "reported", "{record}");
-    (
-        record["prompt_tokens"].as_u64().unwrap(),
-        record["completion_tokens"].as_u64().unwrap(),
-    )
-}
-
-fn usage_of(usage: &Value) -> (u64, u64) {
-    (
-        usage["prompt_tokens"].as_u64().unwrap(),
-        usage["completion_tokens"].as_u64().unwrap(),
-    )
-}
 
 #[test]
 fn logprobs_penalties_and_biases_are_charged_the_reported_usage() {
@@ -58,12 +42,7 @@ fn logprobs_penalties_and_biases_are_charged_the_reported_usage() {
     body["stream_options"] = json!({"include_usage": true});
     let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
     assert_eq!(r.status, 200, "{}", r.text());
-    let events: Vec<Value> = r
-        .sse_data()
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events: Vec<Value> = sse_events(&r);
     let entries: usize = events
         .iter()
         .filter_map(|e| e["choices"][0]["logprobs"]["content"].as_array())

@@ -1,4 +1,5 @@
-//! Structured-output requests through the real stack: a JSON schema makes
+//! Structured-output and tool-calling requests through the real stack: a
+//! JSON schema or a tool list makes
 //! the request body several kilobytes larger (the reservation's prompt bound
 //! reads the body) and the constrained answer ends the moment the document
 //! is complete; the charge must still be the usage the server reported,
@@ -7,24 +8,9 @@
 use maas_testkit::InferenceServer;
 use serde_json::{json, Map, Value};
 
-use super::{gateway, MODEL};
+use super::{charged, gateway, sse_events, usage_of, MODEL};
 const KEY: &str = "sk-structured-outputs-key";
 const AUTH: &str = "Bearer sk-structured-outputs-key";
-
-fn charged(record: &Value) -> (u64, u64) {
-    assert_eq!(record["usage"], "reported", "{record}");
-    (
-        record["prompt_tokens"].as_u64().unwrap(),
-        record["completion_tokens"].as_u64().unwrap(),
-    )
-}
-
-fn usage_of(usage: &Value) -> (u64, u64) {
-    (
-        usage["prompt_tokens"].as_u64().unwrap(),
-        usage["completion_tokens"].as_u64().unwrap(),
-    )
-}
 
 /// A schema with many optional properties (a large body) and two required
 /// ones the answer must hold.
@@ -76,12 +62,7 @@ fn json_schema_answers_are_valid_and_charged_the_reported_usage() {
     body["stream"] = json!(true);
     let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
     assert_eq!(r.status, 200, "{}", r.text());
-    let events: Vec<Value> = r
-        .sse_data()
-        .iter()
-        .filter(|d| *d != "[DONE]")
-        .map(|d| serde_json::from_str(d).unwrap())
-        .collect();
+    let events: Vec<Value> = sse_events(&r);
     assert!(events
         .iter()
         .all(|e| e.get("usage").is_none_or(Value::is_null)));
@@ -109,4 +90,48 @@ fn json_schema_answers_are_valid_and_charged_the_reported_usage() {
     assert_eq!(record["usage"], "none", "{record}");
     assert_eq!(record["prompt_tokens"], 0, "{record}");
     assert_eq!(record["completion_tokens"], 0, "{record}");
+}
+
+#[test]
+fn forced_tool_calls_are_charged_the_reported_usage_whole_and_streamed() {
+    let server = InferenceServer::start(&[]);
+    let gateway = gateway(&server, KEY);
+    let parameters = json!({"type": "object", "additionalProperties": false,
+        "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]});
+    let mut body = json!({
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
+        "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}],
+        "tool_choice": "required", "temperature": 0, "max_tokens": 100,
+    });
+    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let answer = r.json();
+    let choice = &answer["choices"][0];
+    assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
+    let call = &choice["message"]["tool_calls"][0]["function"];
+    assert_eq!(call["name"], "get_weather");
+    let arguments: Value = serde_json::from_str(call["arguments"].as_str().unwrap()).unwrap();
+    assert!(arguments["city"].is_string(), "{arguments}");
+    let record = gateway.await_access_log(1).remove(0);
+    assert_eq!(charged(&record), usage_of(&answer["usage"]));
+
+    // Streamed: no content deltas, the call in a `tool_calls` delta; the
+    // gateway still finds the usage it asked for.
+    body["stream"] = json!(true);
+    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let events: Vec<Value> = sse_events(&r);
+    let streamed: Vec<&Value> = events
+        .iter()
+        .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].as_array())
+        .flatten()
+        .collect();
+    assert_eq!(streamed.len(), 1, "{events:?}");
+    assert_eq!(streamed[0]["function"], *call);
+    assert!(events
+        .iter()
+        .any(|e| e["choices"][0]["finish_reason"] == "tool_calls"));
+    let record = gateway.await_access_log(2).remove(1);
+    assert_eq!(charged(&record), usage_of(&answer["usage"]), "{record}");
 }

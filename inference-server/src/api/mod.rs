@@ -7,6 +7,8 @@ mod error;
 mod health;
 mod request;
 mod response;
+mod tool_calls;
+mod tools;
 mod validation;
 
 use std::convert::Infallible;
@@ -28,7 +30,7 @@ use tokio_stream::wrappers::ReceiverStream;
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
 use response::{LogprobsWriter, Meta, Shape};
-pub use validation::{Generation, ValidRequest};
+pub use validation::{Generation, ToolCallParsing, ValidRequest};
 
 use crate::engine::grammar::Grammars;
 use crate::engine::{EngineHandle, Event, Failure, Submission, SubmitError};
@@ -235,10 +237,11 @@ async fn generate(
         model: app.model_id.clone(),
         shape,
     };
+    let tools = valid.tool_calls;
     if valid.stream {
-        Ok(stream(meta, rx, valid.include_usage, logprobs))
+        Ok(stream(meta, rx, valid.include_usage, logprobs, tools))
     } else {
-        collect(meta, rx, logprobs).await
+        collect(meta, rx, logprobs, tools).await
     }
 }
 
@@ -255,6 +258,7 @@ async fn collect(
     meta: Meta,
     mut rx: mpsc::UnboundedReceiver<Event>,
     mut logprobs: Option<LogprobsWriter>,
+    tools: Option<ToolCallParsing>,
 ) -> Result<Response, ApiError> {
     let mut text = String::new();
     let mut entries = Vec::new();
@@ -264,7 +268,11 @@ async fn collect(
             Event::Text(t) => text.push_str(&t),
             Event::Finished { reason, usage } => {
                 let logprobs = logprobs.as_mut().map(|w| w.render(&entries));
-                return Ok(axum::Json(meta.full(&text, reason, usage, logprobs)).into_response());
+                let mut full = meta.full(&text, reason, usage, logprobs);
+                if let Some(parsed) = tools.as_ref().and_then(|t| t.calls_in(&text)) {
+                    meta.answered_with_calls(&mut full, &parsed);
+                }
+                return Ok(axum::Json(full).into_response());
             }
             Event::Failed(failure) => return Err(failure_error(&failure)),
         }
@@ -280,11 +288,18 @@ async fn collect(
 /// Log-probabilities ride on the chunk that carries their token's text, or
 /// the closing chunk for tokens whose text never came (held back, then cut
 /// by a stop string).
+///
+/// With tools, text that may be the start of a tool call is held back; at
+/// the end, calls found in it go out as one `delta.tool_calls` chunk (each
+/// call's index, id, name and whole arguments) before the closing chunk's
+/// `finish_reason: "tool_calls"`, and held text that was no call goes out as
+/// content.
 fn stream(
     meta: Meta,
     mut rx: mpsc::UnboundedReceiver<Event>,
     include_usage: bool,
     mut logprobs: Option<LogprobsWriter>,
+    tools: Option<ToolCallParsing>,
 ) -> Response {
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
@@ -302,6 +317,7 @@ fn stream(
             return;
         }
         let mut pending = Vec::new();
+        let mut held = String::new();
         let mut take = |pending: &mut Vec<_>| {
             let rendered = logprobs.as_mut().map(|w| w.render(pending));
             pending.clear();
@@ -317,18 +333,55 @@ fn stream(
                     pending.push(lp);
                     continue;
                 }
-                Some(Event::Text(t)) => response::sse(&meta.chunk(
-                    Some(&t),
-                    false,
-                    None,
-                    include_usage,
-                    take(&mut pending),
-                )),
+                Some(Event::Text(t)) => {
+                    let t = match &tools {
+                        None => t,
+                        Some(tools) => {
+                            held.push_str(&t);
+                            let ready = tools.sendable(&held);
+                            if ready == 0 {
+                                continue;
+                            }
+                            held.drain(..ready).collect()
+                        }
+                    };
+                    response::sse(&meta.chunk(
+                        Some(&t),
+                        false,
+                        None,
+                        include_usage,
+                        take(&mut pending),
+                    ))
+                }
                 Some(Event::Finished { reason, usage }) => {
+                    let mut frames = Vec::new();
+                    let parsed = tools.as_ref().and_then(|t| t.calls_in(&held));
+                    let leftover = match &parsed {
+                        Some(p) => p.content.clone().unwrap_or_default(),
+                        None => std::mem::take(&mut held),
+                    };
+                    if !leftover.is_empty() {
+                        let lp = take(&mut pending);
+                        frames.extend_from_slice(&response::sse(&meta.chunk(
+                            Some(&leftover),
+                            false,
+                            None,
+                            include_usage,
+                            lp,
+                        )));
+                    }
+                    if let Some(p) = &parsed {
+                        let mut chunk = meta.chunk(None, false, None, include_usage, None);
+                        chunk["choices"][0]["delta"]["tool_calls"] =
+                            meta.tool_calls(&p.tool_calls, true);
+                        frames.extend_from_slice(&response::sse(&chunk));
+                    }
                     let rest = (!pending.is_empty()).then(|| take(&mut pending)).flatten();
-                    let mut frames =
-                        response::sse(&meta.chunk(None, false, Some(reason), include_usage, rest))
-                            .to_vec();
+                    let mut closing = meta.chunk(None, false, Some(reason), include_usage, rest);
+                    if parsed.is_some() {
+                        closing["choices"][0]["finish_reason"] = json!("tool_calls");
+                    }
+                    frames.extend_from_slice(&response::sse(&closing));
                     if include_usage {
                         frames.extend_from_slice(&response::sse(&meta.usage_chunk(usage)));
                     }

@@ -32,9 +32,11 @@ pub(super) struct GenerationFields {
     /// vLLM's extension: keep generating through end-of-sequence tokens
     /// (benchmarks need fixed-length completions).
     pub(super) ignore_eos: Option<bool>,
-    // Accepted only at their neutral values: a client relying on them must
-    // hear that this server does not do them, not get plain text back.
     pub(super) tools: Option<serde_json::Value>,
+    pub(super) tool_choice: Option<serde_json::Value>,
+    pub(super) parallel_tool_calls: Option<bool>,
+    // Accepted only at its neutral value: a client relying on the
+    // deprecated field must hear that this server does not do it.
     pub(super) functions: Option<serde_json::Value>,
     pub(super) response_format: Option<serde_json::Value>,
     pub(super) logit_bias: Option<serde_json::Value>,
@@ -66,6 +68,10 @@ struct MessageBody {
     role: String,
     #[serde(default)]
     content: Option<Content>,
+    #[serde(default)]
+    tool_calls: Option<Vec<serde_json::Value>>,
+    #[serde(default)]
+    tool_call_id: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -152,13 +158,13 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
 
 fn message(index: usize, m: MessageBody) -> Result<ChatMessage, ApiError> {
     let role = match m.role.as_str() {
-        "system" | "user" | "assistant" => m.role,
+        "system" | "user" | "assistant" | "tool" => m.role,
         // OpenAI's newer name for system instructions.
         "developer" => "system".to_string(),
         other => {
             return Err(ApiError::invalid(
                 Some("messages"),
-                format!("messages[{index}].role: unsupported role {other:?} (use system, developer, user or assistant)."),
+                format!("messages[{index}].role: unsupported role {other:?} (use system, developer, user, assistant or tool)."),
             ))
         }
     };
@@ -181,7 +187,62 @@ fn message(index: usize, m: MessageBody) -> Result<ChatMessage, ApiError> {
             text
         }
     };
-    Ok(ChatMessage { role, content })
+    if role == "tool" && m.tool_call_id.is_none() {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            format!("messages[{index}]: a `tool` message needs the `tool_call_id` it answers."),
+        ));
+    }
+    let tool_calls = match m.tool_calls {
+        Some(calls) if role != "assistant" => {
+            if calls.is_empty() {
+                None
+            } else {
+                return Err(ApiError::invalid(
+                    Some("messages"),
+                    format!("messages[{index}]: only assistant messages carry `tool_calls`."),
+                ));
+            }
+        }
+        Some(calls) if !calls.is_empty() => Some(
+            calls
+                .into_iter()
+                .enumerate()
+                .map(|(j, call)| earlier_call(index, j, call))
+                .collect::<Result<_, _>>()?,
+        ),
+        _ => None,
+    };
+    Ok(ChatMessage {
+        tool_calls,
+        tool_call_id: m.tool_call_id,
+        ..ChatMessage::new(role, content)
+    })
+}
+
+/// An assistant's earlier call as templates read it: OpenAI's shape, its
+/// `arguments` string parsed into the object it holds (templates write it
+/// with `tojson`; a string that is not JSON is kept as it is).
+fn earlier_call(
+    index: usize,
+    j: usize,
+    mut call: serde_json::Value,
+) -> Result<serde_json::Value, ApiError> {
+    let name_ok = call["function"]["name"]
+        .as_str()
+        .is_some_and(|n| !n.is_empty());
+    if !name_ok {
+        return Err(ApiError::invalid(
+            Some("messages"),
+            format!("messages[{index}].tool_calls[{j}].function.name is required."),
+        ));
+    }
+    if let Some(text) = call["function"]["arguments"].as_str() {
+        if let Ok(parsed) = serde_json::from_str::<serde_json::Value>(text) {
+            call["function"]["arguments"] = parsed;
+        }
+    }
+    Ok(call)
 }
 
 pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
@@ -259,9 +320,24 @@ mod tests {
                 "must be 1",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+                r#"{"model":"m","messages":[{"role":"function","content":"x"}]}"#,
                 Some("messages"),
                 "unsupported role",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"tool","content":"x"}]}"#,
+                Some("messages"),
+                "needs the `tool_call_id`",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x","tool_calls":[{"id":"1"}]}]}"#,
+                Some("messages"),
+                "only assistant messages",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"assistant","tool_calls":[{"id":"1","function":{}}]}]}"#,
+                Some("messages"),
+                "function.name is required",
             ),
             (
                 r#"{"model":"m","messages":[{"role":"user","content":[{"type":"image_url"}]}]}"#,

@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::tool_calls::{ParsedOutput, ToolCall};
 use crate::engine::sampling::TokenLogprobs;
 use crate::engine::{FinishReason, Usage};
 use crate::text::TextTokenizer;
@@ -187,6 +188,40 @@ impl Meta {
             chunk["usage"] = Value::Null;
         }
         chunk
+    }
+
+    /// OpenAI's `tool_calls` for the calls read from an answer, with ids
+    /// unique to this response; streamed deltas also carry each call's
+    /// `index`.
+    pub fn tool_calls(&self, calls: &[ToolCall], streamed: bool) -> Value {
+        let stem = self.id.rsplit('-').next().unwrap_or(&self.id);
+        calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| {
+                let mut v = json!({
+                    "id": format!("call_{stem}_{i}"),
+                    "type": "function",
+                    "function": {"name": c.name, "arguments": c.arguments},
+                });
+                if streamed {
+                    v["index"] = json!(i);
+                }
+                v
+            })
+            .collect()
+    }
+
+    /// A whole chat answer whose text held tool calls: the calls, the text
+    /// outside them as `content` (`null` when none), and `finish_reason`
+    /// `tool_calls`.
+    pub fn answered_with_calls(&self, full: &mut Value, parsed: &ParsedOutput) {
+        full["choices"][0]["message"] = json!({
+            "role": "assistant",
+            "content": parsed.content,
+            "tool_calls": self.tool_calls(&parsed.tool_calls, false),
+        });
+        full["choices"][0]["finish_reason"] = json!("tool_calls");
     }
 
     /// The last data chunk when the client asked for usage: no choices.

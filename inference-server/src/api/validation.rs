@@ -24,6 +24,8 @@
 use super::error::ApiError;
 use super::request::{ChatRequest, CompletionRequest, GenerationFields, Prompt, StopField};
 use super::response::Shape;
+use super::tool_calls::{self, ParsedOutput, ToolCallFormat};
+use super::tools::{self, ToolChoice, Tools};
 use super::Ready;
 use crate::engine::grammar::{GrammarError, Grammars, ResponseFormat};
 use crate::engine::sampling::SamplingParams;
@@ -41,8 +43,34 @@ pub struct Generation {
     pub decoding: Decoding,
     /// `response_format` other than text; compiled in the second stage.
     pub format: Option<ResponseFormat>,
+    /// Chat only.
+    pub tools: Option<Tools>,
     pub stream: bool,
     pub include_usage: bool,
+}
+
+/// How a chat answer is read back for tool calls.
+#[derive(Debug, Clone)]
+pub struct ToolCallParsing {
+    pub format: ToolCallFormat,
+    pub names: Vec<String>,
+    /// The grammar forcing a call (`required` or a named function).
+    pub forced: Option<String>,
+}
+
+impl ToolCallParsing {
+    /// The calls in a finished answer, if it made any.
+    pub fn calls_in(&self, text: &str) -> Option<ParsedOutput> {
+        let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
+        let parsed = tool_calls::parse(self.format, text, &names);
+        (!parsed.tool_calls.is_empty()).then_some(parsed)
+    }
+
+    /// How much of `held` (text not yet streamed) can go out as content
+    /// now: all of it unless it may be, or contain, the start of a call.
+    pub fn sendable(&self, held: &str) -> usize {
+        tool_calls::hold_from(self.format, held).unwrap_or(held.len())
+    }
 }
 
 /// A request checked against the model: what the engine runs, and how the
@@ -51,6 +79,8 @@ pub struct Generation {
 pub struct ValidRequest {
     pub prompt: Vec<u32>,
     pub params: GenerationParams,
+    /// Parse the answer for tool calls, in this format, of these tools.
+    pub tool_calls: Option<ToolCallParsing>,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -99,15 +129,29 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
             "`echo` is not supported by this server.",
         ));
     }
-    for (value, param) in [(&f.tools, "tools"), (&f.functions, "functions")] {
-        if !is_empty_value(value) {
-            return Err(ApiError::invalid(
-                Some(param),
-                format!("`{param}` is not supported by this server."),
-            ));
-        }
+    if !is_empty_value(&f.functions) {
+        return Err(ApiError::invalid(
+            Some("functions"),
+            "`functions` (deprecated by OpenAI) is not supported; use `tools`.",
+        ));
+    }
+    let tools = tools::parse(f.tools, f.tool_choice, f.parallel_tool_calls)?;
+    if shape == Shape::Completion && tools.is_some() {
+        return Err(ApiError::invalid(
+            Some("tools"),
+            "`tools` is a chat field; use /v1/chat/completions.",
+        ));
     }
     let format = response_format(f.response_format)?;
+    let forced = tools
+        .as_ref()
+        .is_some_and(|t| matches!(t.choice, ToolChoice::Required | ToolChoice::Named(_)));
+    if forced && format.is_some() {
+        return Err(ApiError::invalid(
+            Some("response_format"),
+            "`response_format` cannot be combined with a `tool_choice` that forces a call.",
+        ));
+    }
     let penalty = |value: Option<f64>, param: &'static str| {
         let v = value.unwrap_or(0.0);
         if (-2.0..=2.0).contains(&v) {
@@ -203,6 +247,7 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
             ignore_eos: f.ignore_eos.unwrap_or(false),
         },
         format,
+        tools,
         stream,
         include_usage,
     })
@@ -410,15 +455,38 @@ pub(super) async fn chat(
             "This model has no chat template; use /v1/completions.",
         )
     })?;
-    let text = template.render(&req.messages, true).map_err(|e| {
+    let active = req.generation.tools.as_ref().filter(|t| t.active());
+    let (rendered, format) = match active {
+        None => (template.render(&req.messages, true), None),
+        Some(t) if template.renders_tools() => (
+            template.render_with_tools(&req.messages, Some(&t.template_value()), true),
+            Some(ToolCallFormat::for_template(template.source())),
+        ),
+        Some(t) => (
+            template.render(&tools::hermes_messages(t, &req.messages), true),
+            Some(ToolCallFormat::Hermes),
+        ),
+    };
+    let parsing = active.zip(format).map(|(t, format)| ToolCallParsing {
+        format,
+        names: t.names().into_iter().map(str::to_string).collect(),
+        forced: tools::forced_call_grammar(t, format),
+    });
+    let text = rendered.map_err(|e| {
         ApiError::invalid(
             Some("messages"),
             format!("The chat template refused the messages: {e}."),
         )
     })?;
     let prompt = tokenize(ready, text, TextTokenizer::encode_chat).await?;
-    let grammar = compile(ready, req.generation.format.as_ref()).await?;
-    fit(prompt, req.generation, grammar, ready.context, "messages")
+    let format = match parsing.as_ref().and_then(|p| p.forced.clone()) {
+        Some(lark) => Some(ResponseFormat::ToolCall(lark)),
+        None => req.generation.format.clone(),
+    };
+    let grammar = compile(ready, format.as_ref()).await?;
+    let mut valid = fit(prompt, req.generation, grammar, ready.context, "messages")?;
+    valid.tool_calls = parsing;
+    Ok(valid)
 }
 
 /// The second stage for a completion: its text tokenised, or its ids checked
@@ -502,6 +570,7 @@ async fn compile(
                 let param = match format {
                     ResponseFormat::JsonObject => "response_format",
                     ResponseFormat::JsonSchema(_) => "response_format.json_schema.schema",
+                    ResponseFormat::ToolCall(_) => "tools",
                 };
                 ApiError::invalid(
                     Some(param),
@@ -562,6 +631,7 @@ fn fit(
             decoding: g.decoding,
             grammar,
         },
+        tool_calls: None,
         stream: g.stream,
         include_usage: g.include_usage,
     })
@@ -574,6 +644,20 @@ mod tests {
     fn fields(extra: &str) -> Result<Generation, ApiError> {
         let body = format!(r#"{{"model":"m"{extra}}}"#);
         generation(serde_json::from_str(&body).unwrap(), Shape::Chat)
+    }
+
+    #[test]
+    fn tools_belong_to_chat_and_a_forced_call_excludes_a_response_format() {
+        let tools = r#","tools":[{"type":"function","function":{"name":"f"}}]"#;
+        let body = format!(r#"{{"model":"m"{tools}}}"#);
+        let e = generation(serde_json::from_str(&body).unwrap(), Shape::Completion).unwrap_err();
+        assert_eq!(e.param, Some("tools"));
+        assert!(fields(tools).unwrap().tools.is_some());
+        let e = fields(&format!(
+            r#"{tools},"tool_choice":"required","response_format":{{"type":"json_object"}}"#
+        ))
+        .unwrap_err();
+        assert_eq!(e.param, Some("response_format"));
     }
 
     #[test]
@@ -657,8 +741,9 @@ mod tests {
             (
                 r#","tools":[{"type":"function"}]"#,
                 "tools",
-                "not supported",
+                "must be an object with a `name`",
             ),
+            (r#","functions":[{"name":"f"}]"#, "functions", "use `tools`"),
             (
                 r#","response_format":{"type":"xml"}"#,
                 "response_format",

@@ -28,6 +28,9 @@ pub enum ResponseFormat {
     JsonObject,
     /// `{"type": "json_schema", "json_schema": {"schema": …}}`.
     JsonSchema(Value),
+    /// A Lark grammar (llguidance's dialect) forcing a tool call: the
+    /// API's `tools` with `tool_choice` `required` or a named function.
+    ToolCall(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -63,18 +66,14 @@ impl Grammars {
 
     /// A fresh constraint for one request.
     pub fn compile(&self, format: &ResponseFormat) -> Result<Constraint, GrammarError> {
-        let mut schema = match format {
-            ResponseFormat::JsonObject => json!({"type": "object"}),
-            ResponseFormat::JsonSchema(schema) => schema.clone(),
+        let grammar = match format {
+            ResponseFormat::JsonObject => compact(json!({"type": "object"})),
+            ResponseFormat::JsonSchema(schema) => compact(schema.clone()),
+            ResponseFormat::ToolCall(lark) => TopLevelGrammar::from_lark(lark.clone()),
         };
-        if let Some(object) = schema.as_object_mut() {
-            object.entry("x-guidance").or_insert_with(|| {
-                json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-            });
-        }
         let parser = self
             .factory
-            .create_parser(TopLevelGrammar::from_json_schema(schema))
+            .create_parser(grammar)
             .map_err(|e| GrammarError::Compile(e.to_string()))?;
         let matcher = Matcher::new(Ok(parser));
         if let Some(e) = matcher.get_error() {
@@ -85,6 +84,17 @@ impl Grammars {
             mask: None,
         })
     }
+}
+
+/// A JSON-schema grammar writing compact JSON unless the schema's own
+/// `x-guidance` says otherwise (see the module).
+fn compact(mut schema: Value) -> TopLevelGrammar {
+    if let Some(object) = schema.as_object_mut() {
+        object.entry("x-guidance").or_insert_with(
+            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
+        );
+    }
+    TopLevelGrammar::from_json_schema(schema)
 }
 
 /// One sequence's grammar state.

@@ -87,10 +87,20 @@ pub fn choose_chat_template(
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// One message as chat templates read it (Hugging Face's convention):
+/// fields a message lacks are absent, not `none`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChatMessage {
     pub role: String,
     pub content: String,
+    /// An assistant's earlier calls, OpenAI's shape with each `arguments`
+    /// parsed into an object where it is JSON (templates write it with
+    /// `tojson`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_calls: Option<Vec<serde_json::Value>>,
+    /// A `tool` message: the call it answers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tool_call_id: Option<String>,
 }
 
 impl ChatMessage {
@@ -98,12 +108,15 @@ impl ChatMessage {
         ChatMessage {
             role: role.into(),
             content: content.into(),
+            tool_calls: None,
+            tool_call_id: None,
         }
     }
 }
 
 pub struct ChatTemplate {
     env: Environment<'static>,
+    source: String,
     bos_token: Option<String>,
     eos_token: Option<String>,
 }
@@ -156,6 +169,7 @@ impl ChatTemplate {
             .map_err(TextError::TemplateSyntax)?;
         Ok(ChatTemplate {
             env,
+            source: source.to_owned(),
             bos_token,
             eos_token,
         })
@@ -166,8 +180,34 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
+        self.render_with_tools(messages, None, add_generation_prompt)
+    }
+
+    /// Whether the template renders a `tools` list itself (otherwise the
+    /// API describes the tools in a system message).
+    pub fn renders_tools(&self) -> bool {
+        self.source.contains("tools")
+    }
+
+    /// The template's source text (the API reads which tool-call format
+    /// the model family uses from it).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// `render` with `tools` (OpenAI's shape) in the context, as Hugging
+    /// Face's `apply_chat_template(tools=…)` passes them.
+    pub fn render_with_tools(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
         let mut ctx = BTreeMap::new();
         ctx.insert("messages", Value::from(Serde(messages)));
+        if let Some(tools) = tools {
+            ctx.insert("tools", Value::from(Serde(tools)));
+        }
         ctx.insert("add_generation_prompt", Value::from(add_generation_prompt));
         // Absent rather than `none`, which would render as the text "none".
         if let Some(bos) = &self.bos_token {

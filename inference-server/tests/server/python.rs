@@ -76,3 +76,22 @@ fn every_structured_output_validates_against_its_schema() {
         "{stdout}"
     );
 }
+
+/// `examples/tool_calling.py`: a weather tool with `tool_choice`
+/// `required` and with a named function (greedy and sampled), streamed
+/// `delta.tool_calls`, a second turn with the tool's result, and `auto`;
+/// every call's arguments checked against the function's schema with
+/// `jsonschema`.
+#[test]
+fn tool_calls_are_made_streamed_and_answered() {
+    let stdout = run_example("tool_calling.py");
+    for line in [
+        "required: tool_calls [(",
+        "named: tool_calls get_time",
+        "streamed: tool_calls [(",
+        "second turn: ",
+        "auto: ",
+    ] {
+        assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
+    }
+}

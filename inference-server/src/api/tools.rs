@@ -1,0 +1,442 @@
+//! OpenAI function calling on the request side: `tools`, `tool_choice` and
+//! `parallel_tool_calls` checked once; the tools given to the chat template
+//! the way Hugging Face passes them (or, for a template that does not render
+//! tools, described in a system message in the Hermes format most small
+//! models are tuned on); and, for `required` or a named function, the
+//! grammar that forces a call whose arguments validate against the
+//! function's schema. Parsing the model's answer back into `tool_calls` is
+//! `tool_calls`.
+
+use serde_json::{json, Value};
+
+use super::error::ApiError;
+use super::tool_calls::ToolCallFormat;
+use crate::text::ChatMessage;
+
+/// OpenAI's limit.
+const MAX_TOOLS: usize = 128;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tool {
+    pub name: String,
+    pub description: Option<String>,
+    /// A JSON schema for the arguments object.
+    pub parameters: Value,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToolChoice {
+    /// The model answers in text; the tools are not shown to it.
+    None,
+    /// The model may call tools or answer in text.
+    Auto,
+    /// The model must call one of the tools (enforced by the grammar).
+    Required,
+    /// The model must call this tool (enforced by the grammar).
+    Named(String),
+}
+
+/// The tools of a chat request, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tools {
+    pub tools: Vec<Tool>,
+    pub choice: ToolChoice,
+    pub parallel: bool,
+}
+
+impl Tools {
+    pub fn names(&self) -> Vec<&str> {
+        self.tools.iter().map(|t| t.name.as_str()).collect()
+    }
+
+    /// Whether the model sees the tools and its answer is parsed for calls.
+    pub fn active(&self) -> bool {
+        self.choice != ToolChoice::None
+    }
+
+    /// The tools as chat templates read them (Hugging Face's convention,
+    /// OpenAI's shape).
+    pub fn template_value(&self) -> Vec<Value> {
+        self.tools
+            .iter()
+            .map(|t| {
+                let mut function = json!({"name": t.name, "parameters": t.parameters});
+                if let Some(d) = &t.description {
+                    function["description"] = json!(d);
+                }
+                json!({"type": "function", "function": function})
+            })
+            .collect()
+    }
+}
+
+/// The first validation stage for the three fields.
+pub fn parse(
+    tools: Option<Value>,
+    tool_choice: Option<Value>,
+    parallel: Option<bool>,
+) -> Result<Option<Tools>, ApiError> {
+    let bad = |param: &'static str, message: String| ApiError::invalid(Some(param), message);
+    let list = match tools {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(list)) => list,
+        Some(other) => {
+            return Err(bad(
+                "tools",
+                format!("`tools` must be an array; got {other}."),
+            ))
+        }
+    };
+    if list.is_empty() {
+        return match tool_choice.filter(|c| !c.is_null()) {
+            None => Ok(None),
+            Some(Value::String(s)) if s == "none" => Ok(None),
+            Some(_) => Err(bad(
+                "tool_choice",
+                "`tool_choice` is only allowed when `tools` are given.".into(),
+            )),
+        };
+    }
+    if list.len() > MAX_TOOLS {
+        return Err(bad(
+            "tools",
+            format!(
+                "`tools` takes at most {MAX_TOOLS} functions; got {}.",
+                list.len()
+            ),
+        ));
+    }
+    let mut parsed: Vec<Tool> = Vec::with_capacity(list.len());
+    for (i, tool) in list.iter().enumerate() {
+        if tool.get("type").and_then(Value::as_str) != Some("function") {
+            return Err(bad(
+                "tools",
+                format!("tools[{i}].type must be \"function\"."),
+            ));
+        }
+        let function = tool
+            .get("function")
+            .and_then(Value::as_object)
+            .ok_or_else(|| {
+                bad(
+                    "tools",
+                    format!("tools[{i}].function must be an object with a `name`."),
+                )
+            })?;
+        let name = match function.get("name").and_then(Value::as_str) {
+            Some(n) if valid_name(n) => n.to_string(),
+            _ => {
+                return Err(bad(
+                    "tools",
+                    format!(
+                        "tools[{i}].function.name must be 1 to 64 letters, digits, `_` or `-`."
+                    ),
+                ))
+            }
+        };
+        if parsed.iter().any(|t| t.name == name) {
+            return Err(bad(
+                "tools",
+                format!("tools[{i}]: the function {name:?} is given twice."),
+            ));
+        }
+        let parameters = match function.get("parameters") {
+            None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
+            Some(p @ Value::Object(_)) => p.clone(),
+            Some(other) => {
+                return Err(bad(
+                    "tools",
+                    format!(
+                        "tools[{i}].function.parameters must be a JSON schema object; got {other}."
+                    ),
+                ))
+            }
+        };
+        let description = function
+            .get("description")
+            .and_then(Value::as_str)
+            .map(str::to_string);
+        parsed.push(Tool {
+            name,
+            description,
+            parameters,
+        });
+    }
+    let choice = match tool_choice {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "none" => ToolChoice::None,
+            "auto" => ToolChoice::Auto,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(bad(
+                    "tool_choice",
+                    format!("`tool_choice` must be \"none\", \"auto\", \"required\" or a named function; got {other:?}."),
+                ))
+            }
+        },
+        Some(v) => {
+            let name = v
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| v.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(|| {
+                    bad(
+                        "tool_choice",
+                        format!("`tool_choice` must be a string or {{\"type\": \"function\", \"function\": {{\"name\": …}}}}; got {v}."),
+                    )
+                })?;
+            if !parsed.iter().any(|t| t.name == name) {
+                return Err(bad(
+                    "tool_choice",
+                    format!("`tool_choice` names {name:?}, which is not among `tools`."),
+                ));
+            }
+            ToolChoice::Named(name.to_string())
+        }
+    };
+    Ok(Some(Tools {
+        tools: parsed,
+        choice,
+        parallel: parallel.unwrap_or(true),
+    }))
+}
+
+fn valid_name(name: &str) -> bool {
+    (1..=64).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+/// For a template that does not render `tools`: the messages with the tools
+/// described in the system message (Qwen 2.5's own wording of the Hermes
+/// format), earlier calls written as `<tool_call>` blocks in the assistant's
+/// text, and tool results as `<tool_response>` blocks in a user turn (many
+/// templates refuse a `tool` role).
+pub fn hermes_messages(tools: &Tools, messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut prompt = String::from(
+        "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
+         You are provided with function signatures within <tools></tools> XML tags:\n<tools>",
+    );
+    for tool in tools.template_value() {
+        prompt.push('\n');
+        prompt.push_str(&tool.to_string());
+    }
+    prompt.push_str(
+        "\n</tools>\n\nFor each function call, return a json object with function name and \
+         arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
+         {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
+    );
+    let mut out = Vec::with_capacity(messages.len() + 1);
+    match messages.first() {
+        Some(first) if first.role == "system" => out.push(ChatMessage::new(
+            "system",
+            format!("{}\n\n{prompt}", first.content),
+        )),
+        _ => {
+            out.push(ChatMessage::new("system", prompt));
+        }
+    }
+    let skip = usize::from(messages.first().is_some_and(|m| m.role == "system"));
+    for m in &messages[skip..] {
+        match m.role.as_str() {
+            "tool" => out.push(ChatMessage::new(
+                "user",
+                format!("<tool_response>\n{}\n</tool_response>", m.content),
+            )),
+            "assistant" if m.tool_calls.is_some() => {
+                let mut content = m.content.clone();
+                for call in m.tool_calls.iter().flatten() {
+                    let function = &call["function"];
+                    let block = format!(
+                        "{{\"name\": {}, \"arguments\": {}}}",
+                        function["name"], function["arguments"]
+                    );
+                    if !content.is_empty() {
+                        content.push('\n');
+                    }
+                    content.push_str(&format!("<tool_call>\n{block}\n</tool_call>"));
+                }
+                out.push(ChatMessage::new("assistant", content));
+            }
+            _ => out.push(ChatMessage::new(m.role.clone(), m.content.clone())),
+        }
+    }
+    out
+}
+
+/// The grammar (llguidance's Lark dialect) that forces a call of one of the
+/// tools `choice` allows, in `format`, its arguments valid for the tool's
+/// schema; `None` when the choice forces nothing.
+pub fn forced_call_grammar(tools: &Tools, format: ToolCallFormat) -> Option<String> {
+    let allowed: Vec<&Tool> = match &tools.choice {
+        ToolChoice::Required => tools.tools.iter().collect(),
+        ToolChoice::Named(name) => tools.tools.iter().filter(|t| &t.name == name).collect(),
+        ToolChoice::None | ToolChoice::Auto => return None,
+    };
+    let arguments_key = match format {
+        ToolCallFormat::Llama3Json => "parameters",
+        ToolCallFormat::Hermes | ToolCallFormat::Mistral => "arguments",
+    };
+    let calls: Vec<Value> = allowed
+        .iter()
+        .map(|t| {
+            json!({
+                "type": "object",
+                "properties": {"name": {"const": t.name}, arguments_key: t.parameters},
+                "required": ["name", arguments_key],
+                "additionalProperties": false,
+            })
+        })
+        .collect();
+    let schema = json!({
+        "anyOf": calls,
+        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
+    });
+    let call = match format {
+        ToolCallFormat::Hermes => r#""<tool_call>\n" call "\n</tool_call>""#,
+        ToolCallFormat::Llama3Json => "call",
+        ToolCallFormat::Mistral => r#""[TOOL_CALLS][" call "]""#,
+    };
+    Some(format!("start: {call}\ncall: %json {schema}\n"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn weather() -> Value {
+        json!([{"type": "function", "function": {
+            "name": "get_weather", "description": "Weather for a city.",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}},
+                           "required": ["city"]}}}])
+    }
+
+    #[test]
+    fn tools_and_choices_are_read() {
+        let t = parse(Some(weather()), None, None).unwrap().unwrap();
+        assert_eq!(t.choice, ToolChoice::Auto);
+        assert!(t.parallel && t.active());
+        assert_eq!(t.names(), ["get_weather"]);
+        for (choice, want) in [
+            (json!("none"), ToolChoice::None),
+            (json!("required"), ToolChoice::Required),
+            (
+                json!({"type": "function", "function": {"name": "get_weather"}}),
+                ToolChoice::Named("get_weather".into()),
+            ),
+        ] {
+            assert_eq!(
+                parse(Some(weather()), Some(choice), Some(false))
+                    .unwrap()
+                    .unwrap()
+                    .choice,
+                want
+            );
+        }
+        assert_eq!(parse(None, None, None).unwrap(), None);
+        assert_eq!(
+            parse(Some(json!([])), Some(json!("none")), None).unwrap(),
+            None
+        );
+    }
+
+    #[test]
+    fn bad_tools_are_refused_naming_the_field() {
+        for (tools, choice, param, says) in [
+            (json!({}), None, "tools", "an array"),
+            (
+                json!([{"type": "retrieval"}]),
+                None,
+                "tools",
+                "\"function\"",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "a b"}}]),
+                None,
+                "tools",
+                "1 to 64",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f", "parameters": []}}]),
+                None,
+                "tools",
+                "JSON schema object",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f"}},
+                       {"type": "function", "function": {"name": "f"}}]),
+                None,
+                "tools",
+                "twice",
+            ),
+            (
+                weather(),
+                Some(json!("always")),
+                "tool_choice",
+                "\"required\"",
+            ),
+            (
+                weather(),
+                Some(json!({"type": "function", "function": {"name": "nope"}})),
+                "tool_choice",
+                "not among",
+            ),
+            (
+                json!([]),
+                Some(json!("required")),
+                "tool_choice",
+                "only allowed",
+            ),
+        ] {
+            let e = parse(Some(tools.clone()), choice, None).unwrap_err();
+            assert_eq!(e.param, Some(param), "{tools}");
+            assert!(e.message.contains(says), "{}", e.message);
+        }
+    }
+
+    #[test]
+    fn a_template_without_tools_gets_them_in_the_system_message() {
+        let t = parse(Some(weather()), None, None).unwrap().unwrap();
+        let call = json!({"id": "call_1", "type": "function",
+                          "function": {"name": "get_weather", "arguments": {"city": "Paris"}}});
+        let messages = [
+            ChatMessage::new("user", "Weather in Paris?"),
+            ChatMessage {
+                tool_calls: Some(vec![call]),
+                ..ChatMessage::new("assistant", "")
+            },
+            ChatMessage {
+                tool_call_id: Some("call_1".into()),
+                ..ChatMessage::new("tool", "18 C")
+            },
+        ];
+        let out = hermes_messages(&t, &messages);
+        assert_eq!(out[0].role, "system");
+        assert!(out[0].content.contains("<tools>\n{"), "{}", out[0].content);
+        assert!(out[0].content.contains("\"name\":\"get_weather\""));
+        assert_eq!(out[1].content, "Weather in Paris?");
+        assert_eq!(
+            out[2].content,
+            "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\"}}\n</tool_call>"
+        );
+        assert_eq!(
+            (out[3].role.as_str(), out[3].content.as_str()),
+            ("user", "<tool_response>\n18 C\n</tool_response>")
+        );
+    }
+
+    #[test]
+    fn the_forced_grammar_names_only_the_allowed_tools() {
+        let mut t = parse(Some(weather()), Some(json!("required")), None)
+            .unwrap()
+            .unwrap();
+        let g = forced_call_grammar(&t, ToolCallFormat::Hermes).unwrap();
+        assert!(g.starts_with("start: \"<tool_call>\\n\" call"), "{g}");
+        assert!(g.contains("{\"const\":\"get_weather\"}"), "{g}");
+        t.choice = ToolChoice::Auto;
+        assert_eq!(forced_call_grammar(&t, ToolCallFormat::Hermes), None);
+    }
+}
