@@ -56,13 +56,18 @@ pub struct ToolCallParsing {
     pub names: Vec<String>,
     /// The grammar forcing a call (`required` or a named function).
     pub forced: Option<String>,
+    /// `parallel_tool_calls`: false keeps only the first call.
+    pub parallel: bool,
 }
 
 impl ToolCallParsing {
     /// The calls in a finished answer, if it made any.
     pub fn calls_in(&self, text: &str) -> Option<ParsedOutput> {
         let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
-        let parsed = tool_calls::parse(self.format, text, &names);
+        let mut parsed = tool_calls::parse(self.format, text, &names);
+        if !self.parallel {
+            parsed.tool_calls.truncate(1);
+        }
         (!parsed.tool_calls.is_empty()).then_some(parsed)
     }
 
@@ -471,6 +476,7 @@ pub(super) async fn chat(
         format,
         names: t.names().into_iter().map(str::to_string).collect(),
         forced: tools::forced_call_grammar(t, format),
+        parallel: t.parallel,
     });
     let text = rendered.map_err(|e| {
         ApiError::invalid(
@@ -644,6 +650,22 @@ mod tests {
     fn fields(extra: &str) -> Result<Generation, ApiError> {
         let body = format!(r#"{{"model":"m"{extra}}}"#);
         generation(serde_json::from_str(&body).unwrap(), Shape::Chat)
+    }
+
+    #[test]
+    fn parallel_tool_calls_false_keeps_the_first_call() {
+        let text = "<tool_call>{\"name\": \"a\", \"arguments\": {}}</tool_call>\n<tool_call>{\"name\": \"b\", \"arguments\": {}}</tool_call>";
+        let mut parsing = ToolCallParsing {
+            format: ToolCallFormat::Hermes,
+            names: vec!["a".into(), "b".into()],
+            forced: None,
+            parallel: true,
+        };
+        assert_eq!(parsing.calls_in(text).unwrap().tool_calls.len(), 2);
+        parsing.parallel = false;
+        let calls = parsing.calls_in(text).unwrap().tool_calls;
+        assert_eq!((calls.len(), calls[0].name.as_str()), (1, "a"));
+        assert!(parsing.calls_in("no calls").is_none());
     }
 
     #[test]
