@@ -7,8 +7,10 @@
 # every format: the embedded SmolLM2-135M-Instruct Q4_1, its Q4_K_M, Q5_K_M,
 # Q6_K and Q8_0 requantizations (scripts/reference-models.sh) and Gemma 3
 # 270M Q4_K_M (MAAS_BENCH_MODELS="a.gguf b.gguf" picks others), ending with
-# one table of every format. Prints a markdown report (also written to
-# target/inference-bench/report.md); BENCHMARKS.md records the latest.
+# one table of every format; and, on our server alone, the cost of
+# constrained decoding (json_schema streams against plain ones). Prints a
+# markdown report (also written to target/inference-bench/report.md);
+# BENCHMARKS.md records the latest.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"

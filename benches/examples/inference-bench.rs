@@ -109,9 +109,11 @@ fn bench_model(model: &Path, name: &str, peer_binary: Option<&Path>) -> Option<C
             )));
         }
         eprintln!("inference-bench: our server at {addr} on {name}");
-        suite("ours", name, &mut |_| addr)
+        let report = suite("ours", name, &mut |_| addr);
+        println!("{}", report.markdown());
+        println!("{}", constrained(addr, name));
+        report
     };
-    println!("{}", ours.markdown());
 
     let binary = peer_binary?;
     let mut peer = LlamaServer::new(binary.to_path_buf(), model.to_path_buf(), template);
@@ -180,6 +182,56 @@ fn suite(name: &str, model: &str, server_for: &mut dyn FnMut(usize) -> SocketAdd
         single_decode_rates,
         rounds,
     }
+}
+
+/// The cost of constrained decoding: aggregate decode with every stream's
+/// tokens masked by a JSON schema (llguidance, masks computed beside the
+/// forward pass) against the same number of plain streams, on one server in
+/// one run. The schema's answer is long (twelve strings of 20–40
+/// characters), so most of each stream is decoding under the mask.
+fn constrained(addr: SocketAddr, model: &str) -> String {
+    let schema = json!({
+        "type": "object", "additionalProperties": false, "required": ["items"],
+        "properties": {"items": {"type": "array", "minItems": 12, "maxItems": 12,
+            "items": {"type": "string", "minLength": 20, "maxLength": 40}}},
+    });
+    let mut out = String::from(
+        "### Constrained decoding (response_format json_schema)\n\n| streams | plain: aggregate decode tokens/s | json_schema: aggregate decode tokens/s | ratio |\n|---:|---:|---:|---:|\n",
+    );
+    for streams in [1, 4, 8] {
+        let round = |constrain: bool| {
+            let timings = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..streams)
+                    .map(|i| {
+                        let mut body = request(
+                            model,
+                            &format!("List twelve facts about {}.", TOPICS[i % TOPICS.len()]),
+                            160,
+                        );
+                        if constrain {
+                            body["response_format"] = json!({"type": "json_schema",
+                                "json_schema": {"name": "facts", "schema": schema}});
+                            body["max_tokens"] = json!(400);
+                            body["ignore_eos"] = json!(false);
+                        }
+                        scope.spawn(move || stream(addr, &body))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("client thread"))
+                    .collect()
+            });
+            Round { streams, timings }.decode_rate()
+        };
+        let (plain, masked) = (round(false), round(true));
+        eprintln!("inference-bench: constrained, {streams} streams: {plain:.1} plain, {masked:.1} json_schema");
+        out.push_str(&format!(
+            "| {streams} | {plain:.1} | {masked:.1} | {:.2}× |\n",
+            masked / plain.max(f64::MIN_POSITIVE)
+        ));
+    }
+    out
 }
 
 /// llama.cpp's server on the same model and thread count, restarted with
