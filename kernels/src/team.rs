@@ -19,6 +19,7 @@
 
 use std::any::Any;
 use std::cell::Cell;
+use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
@@ -72,9 +73,13 @@ unsafe impl Send for Job {}
 
 /// A fixed set of compute threads; the thread that calls `install` is one of
 /// them.
+///
+/// Not `Sync`: one thread runs a team's regions at a time (two callers
+/// would overwrite each other's job while workers still run it).
 pub struct Team {
     shared: Arc<Shared>,
     workers: Vec<JoinHandle<()>>,
+    not_sync: PhantomData<Cell<()>>,
 }
 
 thread_local! {
@@ -111,7 +116,11 @@ impl Team {
                     .spawn(move || work(&shared))?,
             );
         }
-        Ok(Self { shared, workers })
+        Ok(Self {
+            shared,
+            workers,
+            not_sync: PhantomData,
+        })
     }
 
     /// Threads in the team, the caller included.
@@ -167,15 +176,14 @@ impl Team {
         while s.busy.load(Ordering::Acquire) != 0 {
             std::hint::spin_loop();
         }
-        if let Err(payload) = mine {
-            resume_unwind(payload);
-        }
-        if let Some(payload) = s
+        // Taken whatever happened here, so a worker's panic is never
+        // re-raised by a later region.
+        let theirs = s
             .panicked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .take()
-        {
+            .take();
+        if let Some(payload) = mine.err().or(theirs) {
             resume_unwind(payload);
         }
     }

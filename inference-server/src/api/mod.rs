@@ -318,6 +318,7 @@ fn stream(
         }
         let mut pending = Vec::new();
         let mut held = String::new();
+        let mut sent_content = false;
         let mut take = |pending: &mut Vec<_>| {
             let rendered = logprobs.as_mut().map(|w| w.render(pending));
             pending.clear();
@@ -338,11 +339,13 @@ fn stream(
                         None => t,
                         Some(tools) => {
                             held.push_str(&t);
-                            let ready = tools.sendable(&held);
+                            let ready = tools.sendable(&held, sent_content);
                             if ready == 0 {
                                 continue;
                             }
-                            held.drain(..ready).collect()
+                            let out: String = held.drain(..ready).collect();
+                            sent_content |= !out.trim().is_empty();
+                            out
                         }
                     };
                     response::sse(&meta.chunk(
@@ -355,7 +358,9 @@ fn stream(
                 }
                 Some(Event::Finished { reason, usage }) => {
                     let mut frames = Vec::new();
-                    let parsed = tools.as_ref().and_then(|t| t.calls_in(&held));
+                    let parsed = tools
+                        .as_ref()
+                        .and_then(|t| t.calls_in_held(&held, sent_content));
                     let leftover = match &parsed {
                         Some(p) => p.content.clone().unwrap_or_default(),
                         None => std::mem::take(&mut held),

@@ -280,32 +280,38 @@ pub fn forced_call_grammar(tools: &Tools, format: ToolCallFormat) -> Option<Stri
         ToolCallFormat::Llama3Json => "parameters",
         ToolCallFormat::Hermes | ToolCallFormat::Mistral => "arguments",
     };
-    let calls: Vec<Value> = allowed
-        .iter()
-        .map(|t| {
-            json!({
-                "type": "object",
-                "properties": {"name": {"const": t.name}, arguments_key: t.parameters},
-                "required": ["name", arguments_key],
-                "additionalProperties": false,
-            })
-        })
-        .collect();
-    let schema = json!({
-        "anyOf": calls,
-        "x-guidance": {"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "},
-    });
     let call = match format {
         ToolCallFormat::Hermes => r#""<tool_call>\n" call "\n</tool_call>""#,
         ToolCallFormat::Llama3Json => "call",
         ToolCallFormat::Mistral => r#""[TOOL_CALLS][" call "]""#,
     };
-    Some(format!("start: {call}\ncall: %json {schema}\n"))
+    let alternatives: Vec<String> = (0..allowed.len()).map(|i| format!("c{i}")).collect();
+    let mut lark = format!("start: {call}\ncall: {}\n", alternatives.join(" | "));
+    // Each tool's arguments are their own `%json` root, so a `$ref` inside
+    // `parameters` resolves against that tool's schema as the client wrote
+    // it (one combined schema would move its `$defs`).
+    for (i, tool) in allowed.iter().enumerate() {
+        let mut parameters = tool.parameters.clone();
+        if let Some(object) = parameters.as_object_mut() {
+            object.entry("x-guidance").or_insert_with(|| {
+                json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
+            });
+        }
+        // Names are letters, digits, `_` and `-` (checked in `parse`), so
+        // they need no escaping inside the Lark string.
+        lark.push_str(&format!(
+            "c{i}: \"{{\\\"name\\\": \\\"{}\\\", \\\"{arguments_key}\\\": \" a{i} \"}}\"\na{i}: %json {parameters}\n",
+            tool.name
+        ));
+    }
+    Some(lark)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::grammar::{Grammars, ResponseFormat};
+    use crate::text::fixtures::smollm_tokenizer;
 
     fn weather() -> Value {
         json!([{"type": "function", "function": {
@@ -435,8 +441,41 @@ mod tests {
             .unwrap();
         let g = forced_call_grammar(&t, ToolCallFormat::Hermes).unwrap();
         assert!(g.starts_with("start: \"<tool_call>\\n\" call"), "{g}");
-        assert!(g.contains("{\"const\":\"get_weather\"}"), "{g}");
+        assert!(
+            g.contains(r#"c0: "{\"name\": \"get_weather\", \"arguments\": " a0 "}""#),
+            "{g}"
+        );
         t.choice = ToolChoice::Auto;
         assert_eq!(forced_call_grammar(&t, ToolCallFormat::Hermes), None);
+    }
+
+    #[test]
+    fn forced_grammars_compile_in_every_format_with_refs_in_parameters() {
+        let tools = json!([
+            {"type": "function", "function": {"name": "book", "parameters": {
+                "$defs": {"day": {"type": "string", "maxLength": 8}},
+                "type": "object", "properties": {"day": {"$ref": "#/$defs/day"}},
+                "required": ["day"]}}},
+            weather()[0]
+        ]);
+        let grammars = Grammars::new(smollm_tokenizer()).unwrap();
+        for choice in [
+            json!("required"),
+            json!({"type": "function", "function": {"name": "book"}}),
+        ] {
+            let t = parse(Some(tools.clone()), Some(choice), None)
+                .unwrap()
+                .unwrap();
+            for format in [
+                ToolCallFormat::Hermes,
+                ToolCallFormat::Llama3Json,
+                ToolCallFormat::Mistral,
+            ] {
+                let g = forced_call_grammar(&t, format).unwrap();
+                if let Err(e) = grammars.compile(&ResponseFormat::ToolCall(g.clone())) {
+                    panic!("{format:?}: {e}\n{g}");
+                }
+            }
+        }
     }
 }

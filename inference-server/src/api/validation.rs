@@ -73,8 +73,25 @@ impl ToolCallParsing {
 
     /// How much of `held` (text not yet streamed) can go out as content
     /// now: all of it unless it may be, or contain, the start of a call.
-    pub fn sendable(&self, held: &str) -> usize {
+    /// `sent_content`: text other than whitespace has gone out already.
+    pub fn sendable(&self, held: &str, sent_content: bool) -> usize {
+        if sent_content && self.calls_only_first() {
+            return held.len();
+        }
         tool_calls::hold_from(self.format, held).unwrap_or(held.len())
+    }
+
+    /// The calls in what a stream held back to its end (see `sendable`).
+    pub fn calls_in_held(&self, held: &str, sent_content: bool) -> Option<ParsedOutput> {
+        if sent_content && self.calls_only_first() {
+            return None;
+        }
+        self.calls_in(held)
+    }
+
+    /// Llama 3's calls are the whole answer: after text, none can come.
+    fn calls_only_first(&self) -> bool {
+        self.format == ToolCallFormat::Llama3Json
     }
 }
 

@@ -148,7 +148,10 @@ impl Sequence {
 
     /// Ends the text: bytes of an unfinished character, then anything the
     /// stop matcher held back as a possible stop prefix.
-    fn flush(&mut self) {
+    /// Sends what the UTF-8 decoder and the stop matcher still hold: the
+    /// sequence ends without a token that would have flushed them (its
+    /// grammar completed).
+    pub fn flush(&mut self) {
         let rest = self.decoder.finish();
         if !self.emit(&rest) {
             let held = self.stops.finish();

@@ -332,7 +332,10 @@ impl Worker {
                 Some(reason) => self.end(id, reason),
                 // The grammar is complete (its end-of-sequence was taken
                 // though `ignore_eos` is set, or nothing can follow).
-                None if grammar_done => self.end(id, FinishReason::Stop),
+                None if grammar_done => {
+                    seq.flush();
+                    self.end(id, FinishReason::Stop);
+                }
                 None => {}
             }
         }

@@ -407,13 +407,34 @@ fn check_sha256(sha: &str) -> Result<(), RenderError> {
     }
 }
 
+/// `value` with every object's keys in sorted order, so the embedded JSON
+/// text is the same whether or not serde_json keeps insertion order (its
+/// `preserve_order` feature, which any crate in a build can switch on: the
+/// inference server's grammar engine does).
+fn sorted_keys(value: &Value) -> Value {
+    match value {
+        Value::Object(map) => {
+            let mut entries: Vec<_> = map.iter().collect();
+            entries.sort_unstable_by(|a, b| a.0.cmp(b.0));
+            Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k.clone(), sorted_keys(v)))
+                    .collect(),
+            )
+        }
+        Value::Array(items) => Value::Array(items.iter().map(sorted_keys).collect()),
+        other => other.clone(),
+    }
+}
+
 /// The template's wasm `config` with the mesh's configuration and the
 /// module fetched by URL.
 fn wasm_config(template: &Value, filter_config: &Value, wasm: &WasmModule) -> Value {
     let mut config = template.clone();
     config["configuration"] = json!({
         "@type": "type.googleapis.com/google.protobuf.StringValue",
-        "value": filter_config.to_string(),
+        "value": sorted_keys(filter_config).to_string(),
     });
     config["vm_config"]["code"] = json!({
         "remote": {
