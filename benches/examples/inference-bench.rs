@@ -156,19 +156,13 @@ fn suite(name: &str, model: &str, server_for: &mut dyn FnMut(usize) -> SocketAdd
     let mut rounds = Vec::new();
     for streams in [1, 4, 8, 16] {
         let addr = server_for(streams);
-        let timings = std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..streams)
-                .map(|i| {
-                    let body = request(&story(i), GENERATED);
-                    scope.spawn(move || stream(addr, &body))
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("client thread"))
-                .collect()
-        });
-        let round = Round { streams, timings };
+        let bodies = (0..streams)
+            .map(|i| request(&story(i), GENERATED))
+            .collect();
+        let round = Round {
+            streams,
+            timings: concurrently(addr, bodies),
+        };
         eprintln!(
             "inference-bench: {name}: {streams} streams: {:.1} decode tokens/s",
             round.decode_rate()
@@ -200,29 +194,27 @@ fn constrained(addr: SocketAddr, model: &str) -> String {
     );
     for streams in [1, 4, 8] {
         let round = |constrain: bool| {
-            let timings = std::thread::scope(|scope| {
-                let handles: Vec<_> = (0..streams)
-                    .map(|i| {
-                        let mut body = request(
-                            model,
-                            &format!("List twelve facts about {}.", TOPICS[i % TOPICS.len()]),
-                            160,
-                        );
-                        if constrain {
-                            body["response_format"] = json!({"type": "json_schema",
-                                "json_schema": {"name": "facts", "schema": schema}});
-                            body["max_tokens"] = json!(400);
-                            body["ignore_eos"] = json!(false);
-                        }
-                        scope.spawn(move || stream(addr, &body))
-                    })
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("client thread"))
-                    .collect()
-            });
-            Round { streams, timings }.decode_rate()
+            let bodies = (0..streams)
+                .map(|i| {
+                    let mut body = request(
+                        model,
+                        &format!("List twelve facts about {}.", TOPICS[i % TOPICS.len()]),
+                        160,
+                    );
+                    if constrain {
+                        body["response_format"] = json!({"type": "json_schema",
+                            "json_schema": {"name": "facts", "schema": schema}});
+                        body["max_tokens"] = json!(400);
+                        body["ignore_eos"] = json!(false);
+                    }
+                    body
+                })
+                .collect();
+            Round {
+                streams,
+                timings: concurrently(addr, bodies),
+            }
+            .decode_rate()
         };
         let (plain, masked) = (round(false), round(true));
         eprintln!("inference-bench: constrained, {streams} streams: {plain:.1} plain, {masked:.1} json_schema");
@@ -232,6 +224,21 @@ fn constrained(addr: SocketAddr, model: &str) -> String {
         ));
     }
     out
+}
+
+/// Streams every body at once, one client thread each; their timings in
+/// order.
+fn concurrently(addr: SocketAddr, bodies: Vec<Value>) -> Vec<Timing> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = bodies
+            .iter()
+            .map(|body| scope.spawn(move || stream(addr, body)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("client thread"))
+            .collect()
+    })
 }
 
 /// llama.cpp's server on the same model and thread count, restarted with

@@ -11,6 +11,7 @@ use serde_json::{json, Value};
 
 use super::error::ApiError;
 use super::tool_calls::ToolCallFormat;
+use crate::engine::grammar;
 use crate::text::ChatMessage;
 
 /// OpenAI's limit.
@@ -203,7 +204,9 @@ pub fn parse(
     }))
 }
 
-fn valid_name(name: &str) -> bool {
+/// OpenAI's rule for function and schema names: 1 to 64 letters, digits,
+/// `_` or `-`.
+pub(super) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
             .bytes()
@@ -292,11 +295,7 @@ pub fn forced_call_grammar(tools: &Tools, format: ToolCallFormat) -> Option<Stri
     // it (one combined schema would move its `$defs`).
     for (i, tool) in allowed.iter().enumerate() {
         let mut parameters = tool.parameters.clone();
-        if let Some(object) = parameters.as_object_mut() {
-            object.entry("x-guidance").or_insert_with(|| {
-                json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "})
-            });
-        }
+        grammar::compact_json(&mut parameters);
         // Names are letters, digits, `_` and `-` (checked in `parse`), so
         // they need no escaping inside the Lark string.
         lark.push_str(&format!(

@@ -298,11 +298,7 @@ fn response_format(value: Option<serde_json::Value>) -> Result<Option<ResponseFo
                 )
             })?;
             match spec.get("name").and_then(Value::as_str) {
-                Some(name)
-                    if (1..=64).contains(&name.len())
-                        && name
-                            .bytes()
-                            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-') => {}
+                Some(name) if tools::valid_name(name) => {}
                 _ => {
                     return Err(bad(
                         "response_format.json_schema.name",

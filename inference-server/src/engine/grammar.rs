@@ -86,15 +86,21 @@ impl Grammars {
     }
 }
 
-/// A JSON-schema grammar writing compact JSON unless the schema's own
-/// `x-guidance` says otherwise (see the module).
+/// A JSON-schema grammar writing compact JSON (see `compact_json`).
 fn compact(mut schema: Value) -> TopLevelGrammar {
+    compact_json(&mut schema);
+    TopLevelGrammar::from_json_schema(schema)
+}
+
+/// Asks llguidance for compact JSON (`", "`, `": "`, no other whitespace)
+/// from `schema`, unless its own `x-guidance` options say otherwise (see
+/// the module for why).
+pub fn compact_json(schema: &mut Value) {
     if let Some(object) = schema.as_object_mut() {
         object.entry("x-guidance").or_insert_with(
             || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
         );
     }
-    TopLevelGrammar::from_json_schema(schema)
 }
 
 /// One sequence's grammar state.
