@@ -7,8 +7,8 @@ Start the server first (`make serve`, or `target/serve/inference-server`), then:
 
 (`make test` builds that environment from examples/requirements.txt.) The
 script lists the models, asks a question greedily, streams a reply with usage,
-shows that a seed makes sampling reproducible, and that an unsupported
-parameter comes back as a clean 400.
+shows that a seed makes sampling reproducible, asks for three choices at once
+(`n`), and shows that an unsupported parameter comes back as a clean 400.
 
 Environment: INFERENCE_BASE_URL (default http://127.0.0.1:8000/v1).
 """
@@ -59,12 +59,25 @@ def main() -> None:
     print("stream:", "".join(pieces).replace("\n", " "))
     print("stream usage:", usage.model_dump() if usage else None)
 
-    def sample(seed: int) -> str:
+    def sample(seed: int, n: int = 1):
         return client.completions.create(
-            model=model, prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=seed
-        ).choices[0].text
+            model=model, prompt="Once upon a time", max_tokens=16, temperature=1.0, seed=seed, n=n
+        )
 
-    print("seeded twice, same text:", sample(7) == sample(7))
+    print("seeded twice, same text:", sample(7).choices[0].text == sample(7).choices[0].text)
+
+    # n choices share one prefill; choice i samples with seed + i.
+    three = sample(7, n=3)
+    texts = [c.text for c in sorted(three.choices, key=lambda c: c.index)]
+    alone = [sample(7 + i) for i in range(3)]
+    print("n=3 indices:", sorted(c.index for c in three.choices))
+    print("n=3 choice i is seed 7+i:", texts == [a.choices[0].text for a in alone])
+    print("n=3 texts differ:", len(set(texts)) > 1)
+    print(
+        "n=3 usage is all choices':",
+        three.usage.prompt_tokens == alone[0].usage.prompt_tokens
+        and three.usage.completion_tokens == sum(a.usage.completion_tokens for a in alone),
+    )
 
     # logit_bias takes token ids; +100 makes one token win every step.
     forced = [
@@ -88,12 +101,10 @@ def main() -> None:
     )
 
     try:
-        client.chat.completions.create(
-            model=model, messages=[{"role": "user", "content": "hi"}], n=2
-        )
-        print("n=2: accepted (unexpected)")
+        client.completions.create(model=model, prompt="hi", best_of=2)
+        print("best_of=2: accepted (unexpected)")
     except openai.BadRequestError as e:
-        print("n=2 refused:", e.status_code, e.body.get("message") if isinstance(e.body, dict) else e.body)
+        print("best_of=2 refused:", e.status_code, e.body.get("param") if isinstance(e.body, dict) else e.body)
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Function calling with the official `openai` Python client: a weather tool
 with `tool_choice: "required"` and with a named function, whole and streamed,
-then a second turn carrying the tool's result.
+three sampled choices at once (`n`), then a second turn carrying the tool's
+result.
 
 Start the server first (`make serve`), then:
 
@@ -82,6 +83,18 @@ def main() -> None:
             tool_choice={"type": "function", "function": {"name": "get_time"}})
         check(reply.choices[0].message.tool_calls, {"get_time"})
     print("named:", reply.choices[0].finish_reason, reply.choices[0].message.tool_calls[0].function.name)
+
+    # Three sampled choices at once (n), each forced to a call: every call
+    # valid, every id unique in the response.
+    reply = client.chat.completions.create(model=model, messages=QUESTION, tools=TOOLS, n=3,
+                                           tool_choice="required", temperature=1.0, seed=5,
+                                           max_tokens=128)
+    ids = []
+    for choice in reply.choices:
+        check(choice.message.tool_calls, SCHEMAS)
+        assert choice.finish_reason == "tool_calls", choice
+        ids += [c.id for c in choice.message.tool_calls]
+    print("n=3:", sorted(c.index for c in reply.choices), "ids unique:", len(set(ids)) == len(ids))
 
     # Streamed: the deltas carry index, id, name and arguments.
     calls = {}

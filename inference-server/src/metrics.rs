@@ -156,7 +156,7 @@ impl Metrics {
 
         let _ = writeln!(
             out,
-            "# HELP inference_requests_total Requests that ended, by outcome.\n# TYPE inference_requests_total counter"
+            "# HELP inference_requests_total Requests that ended, by outcome (a request for n choices counts each; rejected_queue_full counts requests).\n# TYPE inference_requests_total counter"
         );
         for (outcome, c) in [
             ("stop", &self.requests_finished_stop),

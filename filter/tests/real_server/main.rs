@@ -6,6 +6,7 @@
 // Test code may unwrap: a failure there is a test failure.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod choices;
 mod cut_streams;
 mod sampling_fields;
 mod structured_outputs;
@@ -49,6 +50,28 @@ pub fn usage_of(usage: &Value) -> (u64, u64) {
         usage["prompt_tokens"].as_u64().unwrap(),
         usage["completion_tokens"].as_u64().unwrap(),
     )
+}
+
+/// A chat request through the gateway as `auth`, which must succeed.
+pub fn chat_ok(gateway: &Gateway, auth: &str, body: &Value) -> Response {
+    let r = gateway.post_json("/v1/chat/completions", &[("authorization", auth)], body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    r
+}
+
+/// `body` streamed without asking for usage: the events the client sees.
+/// The gateway asks the server for usage, to charge it, and must strip it.
+pub fn streamed_without_usage(gateway: &Gateway, auth: &str, body: &Value) -> Vec<Value> {
+    let mut body = body.clone();
+    body["stream"] = json!(true);
+    let events = sse_events(&chat_ok(gateway, auth, &body));
+    assert!(
+        events
+            .iter()
+            .all(|e| e.get("usage").is_none_or(Value::is_null)),
+        "the usage the gateway asked for reached the client: {events:?}"
+    );
+    events
 }
 
 /// A streamed answer's JSON events, `[DONE]` left out.

@@ -6,7 +6,7 @@
 use maas_testkit::InferenceServer;
 use serde_json::{json, Value};
 
-use super::{charged, gateway, sse_events, usage_of, MODEL};
+use super::{charged, chat_ok, gateway, sse_events, usage_of, MODEL};
 const KEY: &str = "sk-sampling-fields-key";
 const AUTH: &str = "Bearer sk-sampling-fields-key";
 
@@ -26,9 +26,7 @@ fn logprobs_penalties_and_biases_are_charged_the_reported_usage() {
     body.as_object_mut()
         .unwrap()
         .extend(sampling.as_object().unwrap().clone());
-    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let answer = r.json();
+    let answer = chat_ok(&gateway, AUTH, &body).json();
     assert!(!answer["choices"][0]["logprobs"]["content"]
         .as_array()
         .unwrap()

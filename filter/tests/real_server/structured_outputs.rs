@@ -8,7 +8,7 @@
 use maas_testkit::InferenceServer;
 use serde_json::{json, Map, Value};
 
-use super::{charged, gateway, sse_events, usage_of, MODEL};
+use super::{charged, chat_ok, gateway, streamed_without_usage, usage_of, MODEL};
 const KEY: &str = "sk-structured-outputs-key";
 const AUTH: &str = "Bearer sk-structured-outputs-key";
 
@@ -49,9 +49,7 @@ fn json_schema_answers_are_valid_and_charged_the_reported_usage() {
     });
     assert!(body.to_string().len() > 10_000);
 
-    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let answer = r.json();
+    let answer = chat_ok(&gateway, AUTH, &body).json();
     assert_eq!(answer["choices"][0]["finish_reason"], "stop", "{answer}");
     check(answer["choices"][0]["message"]["content"].as_str().unwrap());
     let record = gateway.await_access_log(1).remove(0);
@@ -59,13 +57,7 @@ fn json_schema_answers_are_valid_and_charged_the_reported_usage() {
 
     // Streamed, usage not asked for: the gateway asks, charges it, and
     // strips it from what the client sees.
-    body["stream"] = json!(true);
-    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let events: Vec<Value> = sse_events(&r);
-    assert!(events
-        .iter()
-        .all(|e| e.get("usage").is_none_or(Value::is_null)));
+    let events = streamed_without_usage(&gateway, AUTH, &body);
     let text: String = events
         .iter()
         .filter_map(|e| e["choices"][0]["delta"]["content"].as_str())
@@ -78,7 +70,6 @@ fn json_schema_answers_are_valid_and_charged_the_reported_usage() {
 
     // A schema the server cannot enforce: its 400 reaches the client, and
     // the refused request is charged nothing.
-    body["stream"] = json!(false);
     body["response_format"]["json_schema"]["schema"] = json!({"type": "strng"});
     let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
     assert_eq!(r.status, 400, "{}", r.text());
@@ -98,15 +89,13 @@ fn forced_tool_calls_are_charged_the_reported_usage_whole_and_streamed() {
     let gateway = gateway(&server, KEY);
     let parameters = json!({"type": "object", "additionalProperties": false,
         "properties": {"city": {"type": "string", "maxLength": 16}}, "required": ["city"]});
-    let mut body = json!({
+    let body = json!({
         "model": MODEL,
         "messages": [{"role": "user", "content": "What is the weather in Paris?"}],
         "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": parameters}}],
         "tool_choice": "required", "temperature": 0, "max_tokens": 100,
     });
-    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let answer = r.json();
+    let answer = chat_ok(&gateway, AUTH, &body).json();
     let choice = &answer["choices"][0];
     assert_eq!(choice["finish_reason"], "tool_calls", "{answer}");
     let call = &choice["message"]["tool_calls"][0]["function"];
@@ -118,10 +107,7 @@ fn forced_tool_calls_are_charged_the_reported_usage_whole_and_streamed() {
 
     // Streamed: no content deltas, the call in a `tool_calls` delta; the
     // gateway still finds the usage it asked for.
-    body["stream"] = json!(true);
-    let r = gateway.post_json("/v1/chat/completions", &[("authorization", AUTH)], &body);
-    assert_eq!(r.status, 200, "{}", r.text());
-    let events: Vec<Value> = sse_events(&r);
+    let events = streamed_without_usage(&gateway, AUTH, &body);
     let streamed: Vec<&Value> = events
         .iter()
         .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].as_array())

@@ -7,11 +7,11 @@ mod error;
 mod health;
 mod request;
 mod response;
+mod stream;
 mod tool_calls;
 mod tools;
 mod validation;
 
-use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -25,7 +25,6 @@ use axum::Router;
 use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
@@ -33,7 +32,7 @@ use response::{LogprobsWriter, Meta, Shape};
 pub use validation::{Generation, ToolCallParsing, ValidRequest};
 
 use crate::engine::grammar::Grammars;
-use crate::engine::{EngineHandle, Event, Failure, Submission, SubmitError};
+use crate::engine::{ChoiceOutput, EngineHandle, Event, Failure, Submission, SubmitError, Usage};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
 use crate::text::{ChatTemplate, TemplateOrigin};
@@ -202,7 +201,7 @@ async fn generate(
     shape: Shape,
     received: Instant,
 ) -> Result<Response, ApiError> {
-    let permit = ready.engine.admit().map_err(|e| match e {
+    let permits = ready.engine.admit(valid.n).map_err(|e| match e {
         SubmitError::Full(capacity) => {
             app.metrics.requests_rejected_full.add(1);
             ApiError::overloaded(capacity)
@@ -211,38 +210,54 @@ async fn generate(
             ApiError::unavailable("shutting_down", "The server is shutting down.")
         }
     })?;
-    let logprobs = valid
-        .params
-        .decoding
-        .logprobs
-        .map(|_| LogprobsWriter::new(ready.loaded.tokenizer.clone(), shape));
-    let (tx, rx) = mpsc::unbounded_channel();
+    let wants_logprobs = valid.params.decoding.logprobs.is_some();
+    let (choices, receivers): (Vec<_>, Vec<_>) = permits
+        .into_iter()
+        .map(|permit| {
+            let (events, rx) = mpsc::unbounded_channel();
+            (ChoiceOutput { events, permit }, rx)
+        })
+        .unzip();
     ready
         .engine
         .submit(Submission {
             prompt: valid.prompt,
             params: valid.params,
-            events: tx,
-            permit,
+            choices,
             received,
         })
         .map_err(|_| ApiError::unavailable("shutting_down", "The server is shutting down."))?;
 
-    let meta = Meta {
-        id: app.response_id(match shape {
-            Shape::Chat => "chatcmpl",
-            Shape::Completion => "cmpl",
-        }),
-        created: unix_now(),
-        model: app.model_id.clone(),
-        shape,
+    let answer = Answer {
+        meta: Meta {
+            id: app.response_id(match shape {
+                Shape::Chat => "chatcmpl",
+                Shape::Completion => "cmpl",
+            }),
+            created: unix_now(),
+            model: app.model_id.clone(),
+            shape,
+        },
+        logprobs: wants_logprobs
+            .then(|| LogprobsWriter::new(ready.loaded.tokenizer.clone(), shape)),
+        tools: valid.tool_calls,
     };
-    let tools = valid.tool_calls;
     if valid.stream {
-        Ok(stream(meta, rx, valid.include_usage, logprobs, tools))
+        Ok(stream::stream(answer, receivers, valid.include_usage))
     } else {
-        collect(meta, rx, logprobs, tools).await
+        collect(answer, receivers).await
     }
+}
+
+/// How the engine's events become a response: what every chunk and choice
+/// shares, and how each choice's answer is read.
+struct Answer {
+    meta: Meta,
+    /// When the request asked for log-probabilities: a fresh writer, one
+    /// copy per choice.
+    logprobs: Option<LogprobsWriter>,
+    /// Parse each answer for tool calls.
+    tools: Option<ToolCallParsing>,
 }
 
 fn failure_error(failure: &Failure) -> ApiError {
@@ -252,172 +267,56 @@ fn failure_error(failure: &Failure) -> ApiError {
     }
 }
 
-/// Waits for the whole completion. If the client goes away meanwhile, this
-/// future is dropped with its receiver, and the engine retires the sequence.
-async fn collect(
-    meta: Meta,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    mut logprobs: Option<LogprobsWriter>,
-    tools: Option<ToolCallParsing>,
-) -> Result<Response, ApiError> {
-    let mut text = String::new();
-    let mut entries = Vec::new();
-    while let Some(event) = rx.recv().await {
-        match event {
-            Event::Logprobs(lp) => entries.push(lp),
-            Event::Text(t) => text.push_str(&t),
-            Event::Finished { reason, usage } => {
-                let logprobs = logprobs.as_mut().map(|w| w.render(&entries));
-                let mut full = meta.full(&text, reason, usage, logprobs);
-                if let Some(parsed) = tools.as_ref().and_then(|t| t.calls_in(&text)) {
-                    meta.answered_with_calls(&mut full, &parsed);
-                }
-                return Ok(axum::Json(full).into_response());
-            }
-            Event::Failed(failure) => return Err(failure_error(&failure)),
-        }
-    }
-    Err(ApiError::internal(
-        "The engine stopped before the response finished.",
-    ))
+fn engine_stopped() -> ApiError {
+    ApiError::internal("The engine stopped before the response finished.")
 }
 
-/// Streams the completion as server-sent events. A writer task turns engine
-/// events into chunks; it also watches the body, so a client that hangs up
-/// drops the engine's receiver at once and frees its slot at the next step.
-/// Log-probabilities ride on the chunk that carries their token's text, or
-/// the closing chunk for tokens whose text never came (held back, then cut
-/// by a stop string).
-///
-/// With tools, text that may be the start of a tool call is held back; at
-/// the end, calls found in it go out as one `delta.tool_calls` chunk (each
-/// call's index, id, name and whole arguments) before the closing chunk's
-/// `finish_reason: "tool_calls"`, and held text that was no call goes out as
-/// content.
-fn stream(
-    meta: Meta,
-    mut rx: mpsc::UnboundedReceiver<Event>,
-    include_usage: bool,
-    mut logprobs: Option<LogprobsWriter>,
-    tools: Option<ToolCallParsing>,
-) -> Response {
-    let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    tokio::spawn(async move {
-        let send = |frame: Bytes| body_tx.send(Ok(frame));
-        if send(response::sse(&meta.chunk(
-            Some(""),
-            true,
-            None,
-            include_usage,
-            None,
-        )))
-        .await
-        .is_err()
-        {
-            return;
-        }
-        let mut pending = Vec::new();
-        let mut held = String::new();
-        let mut sent_content = false;
-        let mut take = |pending: &mut Vec<_>| {
-            let rendered = logprobs.as_mut().map(|w| w.render(pending));
-            pending.clear();
-            rendered
-        };
-        loop {
-            let event = tokio::select! {
-                event = rx.recv() => event,
-                () = body_tx.closed() => return,
-            };
-            let frame = match event {
-                Some(Event::Logprobs(lp)) => {
-                    pending.push(lp);
-                    continue;
-                }
-                Some(Event::Text(t)) => {
-                    let t = match &tools {
-                        None => t,
-                        Some(tools) => {
-                            held.push_str(&t);
-                            let ready = tools.sendable(&held, sent_content);
-                            if ready == 0 {
-                                continue;
-                            }
-                            let out: String = held.drain(..ready).collect();
-                            sent_content |= !out.trim().is_empty();
-                            out
-                        }
-                    };
-                    response::sse(&meta.chunk(
-                        Some(&t),
-                        false,
-                        None,
-                        include_usage,
-                        take(&mut pending),
-                    ))
-                }
-                Some(Event::Finished { reason, usage }) => {
-                    let mut frames = Vec::new();
-                    let parsed = tools
-                        .as_ref()
-                        .and_then(|t| t.calls_in_held(&held, sent_content));
-                    let leftover = match &parsed {
-                        Some(p) => p.content.clone().unwrap_or_default(),
-                        None => std::mem::take(&mut held),
-                    };
-                    if !leftover.is_empty() {
-                        let lp = take(&mut pending);
-                        frames.extend_from_slice(&response::sse(&meta.chunk(
-                            Some(&leftover),
-                            false,
-                            None,
-                            include_usage,
-                            lp,
-                        )));
+/// The usage of all choices: the prompt once, every choice's completion.
+fn total_usage(usages: impl IntoIterator<Item = Usage>) -> Usage {
+    usages.into_iter().fold(
+        Usage {
+            prompt_tokens: 0,
+            completion_tokens: 0,
+        },
+        |total, u| Usage {
+            prompt_tokens: u.prompt_tokens,
+            completion_tokens: total.completion_tokens + u.completion_tokens,
+        },
+    )
+}
+
+/// Waits for every choice to finish. If the client goes away meanwhile,
+/// this future is dropped with the receivers, and the engine retires the
+/// sequences.
+async fn collect(
+    answer: Answer,
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
+) -> Result<Response, ApiError> {
+    let mut choices = Vec::with_capacity(receivers.len());
+    let mut usages = Vec::with_capacity(receivers.len());
+    // The channels are unbounded: choices finishing in any order wait
+    // in theirs while an earlier one is read.
+    for (index, mut rx) in receivers.into_iter().enumerate() {
+        let mut logprobs = answer.logprobs.clone();
+        let mut text = String::new();
+        let mut entries = Vec::new();
+        let (choice, usage) = loop {
+            match rx.recv().await.ok_or_else(engine_stopped)? {
+                Event::Logprobs(lp) => entries.push(lp),
+                Event::Text(t) => text.push_str(&t),
+                Event::Finished { reason, usage } => {
+                    let logprobs = logprobs.as_mut().map(|w| w.render(&entries));
+                    let mut choice = answer.meta.choice(index, &text, reason, logprobs);
+                    if let Some(parsed) = answer.tools.as_ref().and_then(|t| t.calls_in(&text)) {
+                        answer.meta.answered_with_calls(&mut choice, &parsed);
                     }
-                    if let Some(p) = &parsed {
-                        let mut chunk = meta.chunk(None, false, None, include_usage, None);
-                        chunk["choices"][0]["delta"]["tool_calls"] =
-                            meta.tool_calls(&p.tool_calls, true);
-                        frames.extend_from_slice(&response::sse(&chunk));
-                    }
-                    let rest = (!pending.is_empty()).then(|| take(&mut pending)).flatten();
-                    let mut closing = meta.chunk(None, false, Some(reason), include_usage, rest);
-                    if parsed.is_some() {
-                        closing["choices"][0]["finish_reason"] = json!("tool_calls");
-                    }
-                    frames.extend_from_slice(&response::sse(&closing));
-                    if include_usage {
-                        frames.extend_from_slice(&response::sse(&meta.usage_chunk(usage)));
-                    }
-                    frames.extend_from_slice(response::DONE.as_bytes());
-                    let _ = send(Bytes::from(frames)).await;
-                    return;
+                    break (choice, usage);
                 }
-                // Headers are gone already: report in-band, as OpenAI does,
-                // and end without [DONE] so clients see an incomplete stream.
-                Some(Event::Failed(failure)) => {
-                    let _ = send(response::sse(&failure_error(&failure).body())).await;
-                    return;
-                }
-                // The engine went away without ending the sequence: say so,
-                // rather than end the stream as if it were complete.
-                None => {
-                    let e = ApiError::internal("The engine stopped before the response finished.");
-                    let _ = send(response::sse(&e.body())).await;
-                    return;
-                }
-            };
-            if send(frame).await.is_err() {
-                return;
+                Event::Failed(failure) => return Err(failure_error(&failure)),
             }
-        }
-    });
-    Response::builder()
-        .header(header::CONTENT_TYPE, "text/event-stream")
-        .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(ReceiverStream::new(body_rx)))
-        .unwrap_or_else(|_| {
-            ApiError::internal("could not build the stream response").into_response()
-        })
+        };
+        choices.push(choice);
+        usages.push(usage);
+    }
+    Ok(axum::Json(answer.meta.full(choices, total_usage(usages))).into_response())
 }

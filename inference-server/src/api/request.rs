@@ -315,9 +315,19 @@ mod tests {
                 "required",
             ),
             (
-                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":2}"#,
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":0}"#,
                 Some("n"),
-                "must be 1",
+                "between 1 and 128",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":129}"#,
+                Some("n"),
+                "between 1 and 128",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"best_of":2}"#,
+                Some("best_of"),
+                "use `n`",
             ),
             (
                 r#"{"model":"m","messages":[{"role":"function","content":"x"}]}"#,

@@ -40,6 +40,7 @@ pub fn usage_json(u: Usage) -> Value {
 /// character, which `bytes` then gives exactly); a token without text (a
 /// special one) is named as the vocabulary writes it. Completions'
 /// `text_offset` counts characters of the tokens before, across chunks.
+#[derive(Clone)]
 pub struct LogprobsWriter {
     tokenizer: Arc<TextTokenizer>,
     shape: Shape,
@@ -111,36 +112,41 @@ impl LogprobsWriter {
 }
 
 impl Meta {
-    /// A whole response; `logprobs` is the rendered log-probabilities when
-    /// the request asked for them.
-    pub fn full(
+    /// One choice of a whole response; `logprobs` is the rendered
+    /// log-probabilities when the request asked for them.
+    pub fn choice(
         &self,
+        index: usize,
         text: &str,
         reason: FinishReason,
-        usage: Usage,
         logprobs: Option<Value>,
     ) -> Value {
         let logprobs = logprobs.unwrap_or(Value::Null);
-        let choice = match self.shape {
+        match self.shape {
             Shape::Chat => json!({
-                "index": 0,
+                "index": index,
                 "message": {"role": "assistant", "content": text},
                 "logprobs": logprobs,
                 "finish_reason": reason.as_str(),
             }),
             Shape::Completion => json!({
-                "index": 0,
+                "index": index,
                 "text": text,
                 "logprobs": logprobs,
                 "finish_reason": reason.as_str(),
             }),
-        };
+        }
+    }
+
+    /// A whole response: its choices in index order, and the usage of all
+    /// of them.
+    pub fn full(&self, choices: Vec<Value>, usage: Usage) -> Value {
         json!({
             "id": self.id,
             "object": match self.shape { Shape::Chat => "chat.completion", Shape::Completion => "text_completion" },
             "created": self.created,
             "model": self.model,
-            "choices": [choice],
+            "choices": choices,
             "usage": usage_json(usage),
         })
     }
@@ -150,6 +156,7 @@ impl Meta {
     /// `"usage": null`, as OpenAI's do, until the final usage chunk.
     pub fn chunk(
         &self,
+        index: usize,
         text: Option<&str>,
         first: bool,
         finish: Option<FinishReason>,
@@ -169,12 +176,12 @@ impl Meta {
                 }
                 (
                     "chat.completion.chunk",
-                    json!({"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
+                    json!({"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish}),
                 )
             }
             Shape::Completion => (
                 "text_completion",
-                json!({"index": 0, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}),
+                json!({"index": index, "text": text.unwrap_or(""), "logprobs": logprobs, "finish_reason": finish}),
             ),
         };
         let mut chunk = json!({
@@ -190,17 +197,17 @@ impl Meta {
         chunk
     }
 
-    /// OpenAI's `tool_calls` for the calls read from an answer, with ids
-    /// unique to this response; streamed deltas also carry each call's
-    /// `index`.
-    pub fn tool_calls(&self, calls: &[ToolCall], streamed: bool) -> Value {
+    /// OpenAI's `tool_calls` for the calls read from choice `choice`'s
+    /// answer, with ids unique to this response; streamed deltas also carry
+    /// each call's `index`.
+    pub fn tool_calls(&self, choice: usize, calls: &[ToolCall], streamed: bool) -> Value {
         let stem = self.id.rsplit('-').next().unwrap_or(&self.id);
         calls
             .iter()
             .enumerate()
             .map(|(i, c)| {
                 let mut v = json!({
-                    "id": format!("call_{stem}_{i}"),
+                    "id": format!("call_{stem}_{choice}_{i}"),
                     "type": "function",
                     "function": {"name": c.name, "arguments": c.arguments},
                 });
@@ -212,16 +219,17 @@ impl Meta {
             .collect()
     }
 
-    /// A whole chat answer whose text held tool calls: the calls, the text
+    /// A whole chat choice whose text held tool calls: the calls, the text
     /// outside them as `content` (`null` when none), and `finish_reason`
     /// `tool_calls`.
-    pub fn answered_with_calls(&self, full: &mut Value, parsed: &ParsedOutput) {
-        full["choices"][0]["message"] = json!({
+    pub fn answered_with_calls(&self, choice: &mut Value, parsed: &ParsedOutput) {
+        let index = choice["index"].as_u64().unwrap_or(0) as usize;
+        choice["message"] = json!({
             "role": "assistant",
             "content": parsed.content,
-            "tool_calls": self.tool_calls(&parsed.tool_calls, false),
+            "tool_calls": self.tool_calls(index, &parsed.tool_calls, false),
         });
-        full["choices"][0]["finish_reason"] = json!("tool_calls");
+        choice["finish_reason"] = json!("tool_calls");
     }
 
     /// The last data chunk when the client asked for usage: no choices.
@@ -259,14 +267,15 @@ mod tests {
 
     #[test]
     fn chat_chunks_open_with_the_role_and_carry_usage_null_when_asked() {
-        let c = meta(Shape::Chat).chunk(Some(""), true, None, true, None);
+        let c = meta(Shape::Chat).chunk(0, Some(""), true, None, true, None);
         assert_eq!(
             c["choices"][0]["delta"],
             json!({"role": "assistant", "content": ""})
         );
         assert_eq!(c["usage"], Value::Null);
         assert!(c.as_object().unwrap().contains_key("usage"));
-        let end = meta(Shape::Chat).chunk(None, false, Some(FinishReason::Length), false, None);
+        let end = meta(Shape::Chat).chunk(2, None, false, Some(FinishReason::Length), false, None);
+        assert_eq!(end["choices"][0]["index"], 2);
         assert_eq!(end["choices"][0]["delta"], json!({}));
         assert_eq!(end["choices"][0]["finish_reason"], "length");
         assert!(!end.as_object().unwrap().contains_key("usage"));
@@ -278,7 +287,8 @@ mod tests {
             prompt_tokens: 3,
             completion_tokens: 4,
         };
-        let r = meta(Shape::Completion).full("hi", FinishReason::Stop, usage, None);
+        let m = meta(Shape::Completion);
+        let r = m.full(vec![m.choice(0, "hi", FinishReason::Stop, None)], usage);
         assert_eq!(r["object"], "text_completion");
         assert_eq!(r["choices"][0]["text"], "hi");
         assert_eq!(r["usage"]["total_tokens"], 7);

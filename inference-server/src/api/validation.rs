@@ -45,6 +45,8 @@ pub struct Generation {
     pub format: Option<ResponseFormat>,
     /// Chat only.
     pub tools: Option<Tools>,
+    /// Choices asked for (`n`), at least 1.
+    pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -103,6 +105,8 @@ pub struct ValidRequest {
     pub params: GenerationParams,
     /// Parse the answer for tool calls, in this format, of these tools.
     pub tool_calls: Option<ToolCallParsing>,
+    /// Choices to sample from the one prompt (`n`), at least 1.
+    pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
 }
@@ -112,6 +116,9 @@ pub struct ValidRequest {
 const MAX_LOGIT_BIAS: usize = 1024;
 /// OpenAI's limit for chat, vLLM's default for both endpoints.
 const MAX_TOP_LOGPROBS: usize = 20;
+/// OpenAI's own bound on `n`; the server's running sequences bound it
+/// further (see `check_against_model`).
+const MAX_CHOICES: i64 = 128;
 /// OpenAI accepts at most four stop sequences.
 const MAX_STOPS: usize = 4;
 /// Longer stop strings only cost the engine time (the matcher holds back up
@@ -134,15 +141,23 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::invalid(Some("model"), "`model` is required.")),
     };
-    for (value, param) in [(f.n, "n"), (f.best_of, "best_of")] {
-        if let Some(v) = value.filter(|v| *v != 1) {
+    let n = match f.n {
+        None => 1,
+        Some(n @ 1..=MAX_CHOICES) => n as usize,
+        Some(n) => {
             return Err(ApiError::invalid(
-                Some(param),
-                format!(
-                    "`{param}` must be 1 (this server returns one choice per request); got {v}."
-                ),
-            ));
+                Some("n"),
+                format!("`n` must be between 1 and {MAX_CHOICES}; got {n}."),
+            ))
         }
+    };
+    if let Some(v) = f.best_of.filter(|v| *v != 1) {
+        return Err(ApiError::invalid(
+            Some("best_of"),
+            format!(
+                "`best_of` must be 1 (this server returns every choice it samples; use `n`); got {v}."
+            ),
+        ));
     }
     let logprobs = logprobs(shape, f.logprobs, f.top_logprobs)?;
     if f.echo == Some(true) {
@@ -270,6 +285,7 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
         },
         format,
         tools,
+        n,
         stream,
         include_usage,
     })
@@ -533,11 +549,22 @@ pub(super) async fn completion(
     fit(prompt, req.generation, grammar, ready.context, "prompt")
 }
 
-/// What the first stage could not check without the model: its id, and the
-/// token ids `logit_bias` names.
+/// What the first stage could not check without the model: its id, the
+/// token ids `logit_bias` names, and `n` against the sequences the engine
+/// runs at once (a request's choices run together).
 fn check_against_model(model_id: &str, g: &Generation, ready: &Ready) -> Result<(), ApiError> {
     if g.model != model_id {
         return Err(ApiError::model_not_found(&g.model));
+    }
+    let most = ready.engine.max_choices();
+    if g.n > most {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!(
+                "`n` is {}, but this server runs at most {most} sequences at once (--max-running).",
+                g.n
+            ),
+        ));
     }
     let vocab = ready.loaded.model.vocab_size();
     if let Some((bad, _)) = g
@@ -651,6 +678,7 @@ fn fit(
             grammar,
         },
         tool_calls: None,
+        n: g.n,
         stream: g.stream,
         include_usage: g.include_usage,
     })

@@ -148,6 +148,15 @@ impl Constraint {
         Ok(())
     }
 
+    /// An independent copy of this state (another choice of the same
+    /// request, continuing from the same point).
+    pub fn fork(&self) -> Self {
+        Self {
+            matcher: self.matcher.deep_clone(),
+            mask: self.mask.clone(),
+        }
+    }
+
     /// Tells the grammar the token chosen.
     pub fn commit(&mut self, token: u32) -> Result<(), GrammarError> {
         self.mask = None;

@@ -108,12 +108,25 @@ pub struct GenerationParams {
 /// `validation`): a non-empty prompt of ids in the vocabulary, and a budget
 /// that fits after it in the model's positions. The engine trusts this and
 /// does not check it again (only debug builds assert it).
+///
+/// Several `choices` (OpenAI's `n`) share one prefill: the prompt is run
+/// once, its KV cache copied for each further choice, and every choice
+/// samples its first token from the same logits. Choice `i` samples with
+/// the seed plus `i`, so choice 0 is what the same request with `n: 1`
+/// gives.
 pub struct Submission {
     pub prompt: Vec<u32>,
     pub params: GenerationParams,
+    /// At least one, at most the engine's running sequences.
+    pub choices: Vec<ChoiceOutput>,
+    pub received: Instant,
+}
+
+/// Where one choice's events go, and the admission slot it holds until it
+/// ends.
+pub struct ChoiceOutput {
     pub events: mpsc::UnboundedSender<Event>,
     pub permit: OwnedSemaphorePermit,
-    pub received: Instant,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -160,6 +173,7 @@ struct Shared {
     submissions: mpsc::UnboundedSender<Command>,
     permits: Arc<Semaphore>,
     capacity: usize,
+    max_running: usize,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -214,6 +228,7 @@ impl Engine {
                     submissions: tx,
                     permits: Arc::new(Semaphore::new(capacity)),
                     capacity,
+                    max_running: config.limits.max_running,
                     shutting_down,
                 }),
             },
@@ -223,17 +238,29 @@ impl Engine {
 }
 
 impl EngineHandle {
-    /// Takes a slot among `max running + max queued`, or says why not at once:
-    /// a full server answers 503 instead of holding the client.
-    pub fn admit(&self) -> Result<OwnedSemaphorePermit, SubmitError> {
+    /// Takes a slot per choice among `max running + max queued`, or says
+    /// why not at once: a full server answers 503 instead of holding the
+    /// client.
+    pub fn admit(&self, choices: usize) -> Result<Vec<OwnedSemaphorePermit>, SubmitError> {
         if self.is_shutting_down() {
             return Err(SubmitError::ShuttingDown);
         }
-        match self.inner.permits.clone().try_acquire_owned() {
-            Ok(p) => Ok(p),
-            Err(TryAcquireError::NoPermits) => Err(SubmitError::Full(self.inner.capacity)),
-            Err(TryAcquireError::Closed) => Err(SubmitError::ShuttingDown),
-        }
+        let wanted =
+            u32::try_from(choices.max(1)).map_err(|_| SubmitError::Full(self.inner.capacity))?;
+        let mut all = match self.inner.permits.clone().try_acquire_many_owned(wanted) {
+            Ok(p) => p,
+            Err(TryAcquireError::NoPermits) => return Err(SubmitError::Full(self.inner.capacity)),
+            Err(TryAcquireError::Closed) => return Err(SubmitError::ShuttingDown),
+        };
+        // One permit each, so a choice that ends frees its own slot.
+        let mut permits: Vec<_> = (1..wanted).filter_map(|_| all.split(1)).collect();
+        permits.push(all);
+        Ok(permits)
+    }
+
+    /// The most choices one request may ask for: they run at once.
+    pub fn max_choices(&self) -> usize {
+        self.inner.max_running
     }
 
     pub fn submit(&self, s: Submission) -> Result<(), SubmitError> {

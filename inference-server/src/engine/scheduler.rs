@@ -5,6 +5,10 @@
 //! decoding sequence contributes its one token first (so a long prompt never
 //! stalls running streams by more than one chunk), and the remaining budget
 //! goes to prompt chunks in admission order.
+//!
+//! A request for several choices (`n`) is one group: admitted when it has a
+//! slot for every choice, prefilled once as its first sequence, and then
+//! [`Scheduler::fork`]ed into one decoding sequence per choice.
 
 use std::collections::VecDeque;
 
@@ -106,18 +110,31 @@ impl Plan {
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("the queue is full ({0} waiting)")]
-pub struct QueueFull(pub usize);
+pub enum EnqueueError {
+    #[error("the queue is full ({0} waiting)")]
+    Full(usize),
+    #[error("{width} choices can never run at once: at most {max_running} sequences run")]
+    TooWide { width: usize, max_running: usize },
+}
+
+struct Waiting {
+    id: SeqId,
+    prompt_len: usize,
+    /// Running slots the sequence takes when admitted: one per choice.
+    width: usize,
+}
 
 struct Running {
     id: SeqId,
     prompt_len: usize,
     fed: usize,
+    /// Slots held: the choices it will fork into, until it does.
+    slots: usize,
 }
 
 pub struct Scheduler {
     limits: SchedulerLimits,
-    waiting: VecDeque<(SeqId, usize)>,
+    waiting: VecDeque<Waiting>,
     running: Vec<Running>,
 }
 
@@ -139,24 +156,65 @@ impl Scheduler {
         self.waiting.len()
     }
 
+    /// Running slots taken (a group not yet forked holds one per choice).
     pub fn running(&self) -> usize {
-        self.running.len()
+        self.running.iter().map(|r| r.slots).sum()
     }
 
     pub fn is_idle(&self) -> bool {
         self.waiting.is_empty() && self.running.is_empty()
     }
 
-    /// Queues a sequence whose prompt has `prompt_len` (≥ 1) tokens. The
-    /// bound is on running + waiting together: requests that arrive between
-    /// two steps wait here even when free slots will take them at the next.
-    pub fn enqueue(&mut self, id: SeqId, prompt_len: usize) -> Result<(), QueueFull> {
-        let capacity = self.limits.max_running + self.limits.max_waiting;
-        if self.running.len() + self.waiting.len() >= capacity {
-            return Err(QueueFull(self.waiting.len()));
+    /// Queues a sequence whose prompt has `prompt_len` (≥ 1) tokens, for
+    /// `width` (≥ 1) choices. The bound is on running + waiting slots
+    /// together: requests that arrive between two steps wait here even when
+    /// free slots will take them at the next.
+    pub fn enqueue(
+        &mut self,
+        id: SeqId,
+        prompt_len: usize,
+        width: usize,
+    ) -> Result<(), EnqueueError> {
+        let width = width.max(1);
+        if width > self.limits.max_running {
+            return Err(EnqueueError::TooWide {
+                width,
+                max_running: self.limits.max_running,
+            });
         }
-        self.waiting.push_back((id, prompt_len.max(1)));
+        let capacity = self.limits.max_running + self.limits.max_waiting;
+        let queued: usize = self.waiting.iter().map(|w| w.width).sum();
+        if self.running() + queued + width > capacity {
+            return Err(EnqueueError::Full(self.waiting.len()));
+        }
+        self.waiting.push_back(Waiting {
+            id,
+            prompt_len: prompt_len.max(1),
+            width,
+        });
         Ok(())
+    }
+
+    /// A group's prompt is in its cache and its first token sampled: each
+    /// of `choices` now decodes on its own, in a slot the group held
+    /// (slots of choices that went away are freed). Returns whether the
+    /// group was running with its prompt fed and room for them.
+    pub fn fork(&mut self, id: SeqId, choices: &[SeqId]) -> bool {
+        let Some(group) = self.running.iter_mut().find(|r| r.id == id) else {
+            return false;
+        };
+        if group.fed < group.prompt_len || choices.len() >= group.slots {
+            return false;
+        }
+        group.slots = 1;
+        let prompt_len = group.prompt_len;
+        self.running.extend(choices.iter().map(|&id| Running {
+            id,
+            prompt_len,
+            fed: prompt_len,
+            slots: 1,
+        }));
+        true
     }
 
     /// Forgets a sequence, waiting or running (finished, failed or its
@@ -166,7 +224,7 @@ impl Scheduler {
             self.running.remove(i);
             return true;
         }
-        if let Some(i) = self.waiting.iter().position(|(w, _)| *w == id) {
+        if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
             self.waiting.remove(i);
             return true;
         }
@@ -175,23 +233,26 @@ impl Scheduler {
 
     /// Waiting sequences, oldest first (e.g. to fail them at shutdown).
     pub fn waiting_ids(&self) -> impl Iterator<Item = SeqId> + '_ {
-        self.waiting.iter().map(|(id, _)| *id)
+        self.waiting.iter().map(|w| w.id)
     }
 
     /// Decides the next step and records the prompt progress it makes: the
     /// caller must run exactly this work (or retire the sequences it fails).
     pub fn plan(&mut self) -> Plan {
         let mut plan = Plan::default();
-        while self.running.len() < self.limits.max_running {
-            let Some((id, prompt_len)) = self.waiting.pop_front() else {
-                break;
-            };
+        // Oldest first: a wide group at the head waits for its slots
+        // rather than be overtaken by narrower requests behind it.
+        let mut free = self.limits.max_running - self.running();
+        while let Some(w) = self.waiting.front().filter(|w| w.width <= free) {
+            free -= w.width;
+            plan.admitted.push(w.id);
             self.running.push(Running {
-                id,
-                prompt_len,
+                id: w.id,
+                prompt_len: w.prompt_len,
                 fed: 0,
+                slots: w.width,
             });
-            plan.admitted.push(id);
+            self.waiting.pop_front();
         }
 
         let mut budget = self.limits.max_batch_tokens;
@@ -271,9 +332,9 @@ mod tests {
     #[test]
     fn a_long_prompt_is_chunked_and_decodes_are_never_starved() {
         let mut s = Scheduler::new(limits(4, 10, 8)).unwrap();
-        s.enqueue(SeqId(1), 3).unwrap();
+        s.enqueue(SeqId(1), 3, 1).unwrap();
         assert_eq!(s.plan().work, vec![prefill(1, 0, 3, true)]);
-        s.enqueue(SeqId(2), 20).unwrap();
+        s.enqueue(SeqId(2), 20, 1).unwrap();
         // Sequence 1 decodes every step while 2's prompt goes in chunks.
         let p = s.plan();
         assert_eq!(p.admitted, vec![SeqId(2)]);
@@ -300,12 +361,12 @@ mod tests {
         let mut s = Scheduler::new(limits(2, 64, 16)).unwrap();
         // Two running slots and four queue places: six may be in.
         for id in 1..=6 {
-            s.enqueue(SeqId(id), 2).unwrap();
+            s.enqueue(SeqId(id), 2, 1).unwrap();
         }
-        assert_eq!(s.enqueue(SeqId(9), 2), Err(QueueFull(6)));
+        assert_eq!(s.enqueue(SeqId(9), 2, 1), Err(EnqueueError::Full(6)));
         assert_eq!(s.plan().admitted, vec![SeqId(1), SeqId(2)]);
         assert_eq!((s.running(), s.waiting()), (2, 4));
-        assert_eq!(s.enqueue(SeqId(9), 2), Err(QueueFull(4)));
+        assert_eq!(s.enqueue(SeqId(9), 2, 1), Err(EnqueueError::Full(4)));
         assert!(s.plan().admitted.is_empty());
         // A finished sequence frees its slot for the oldest waiter.
         assert!(s.retire(SeqId(1)));
@@ -320,8 +381,8 @@ mod tests {
     #[test]
     fn prefill_budget_goes_to_the_oldest_prompt_first() {
         let mut s = Scheduler::new(limits(3, 10, 10)).unwrap();
-        s.enqueue(SeqId(1), 8).unwrap();
-        s.enqueue(SeqId(2), 8).unwrap();
+        s.enqueue(SeqId(1), 8, 1).unwrap();
+        s.enqueue(SeqId(2), 8, 1).unwrap();
         assert_eq!(
             s.plan().work,
             vec![prefill(1, 0, 8, true), prefill(2, 0, 2, false)]
@@ -335,8 +396,8 @@ mod tests {
     #[test]
     fn a_retired_waiting_sequence_is_never_admitted() {
         let mut s = Scheduler::new(limits(1, 8, 8)).unwrap();
-        s.enqueue(SeqId(1), 1).unwrap();
-        s.enqueue(SeqId(2), 1).unwrap();
+        s.enqueue(SeqId(1), 1, 1).unwrap();
+        s.enqueue(SeqId(2), 1, 1).unwrap();
         s.plan();
         assert!(s.retire(SeqId(2)));
         assert!(!s.retire(SeqId(2)));
@@ -345,29 +406,94 @@ mod tests {
         assert!(s.is_idle());
     }
 
+    #[test]
+    fn a_group_waits_for_a_slot_per_choice_then_forks_into_decoders() {
+        let mut s = Scheduler::new(limits(4, 16, 8)).unwrap();
+        assert_eq!(
+            s.enqueue(SeqId(9), 2, 5),
+            Err(EnqueueError::TooWide {
+                width: 5,
+                max_running: 4
+            })
+        );
+        s.enqueue(SeqId(1), 2, 1).unwrap();
+        s.enqueue(SeqId(2), 4, 3).unwrap();
+        s.enqueue(SeqId(3), 2, 1).unwrap();
+        // 1 and the group of three fill the four slots; 3 waits behind them.
+        let p = s.plan();
+        assert_eq!(p.admitted, vec![SeqId(1), SeqId(2)]);
+        assert_eq!(p.work, vec![prefill(1, 0, 2, true), prefill(2, 0, 4, true)]);
+        assert_eq!((s.running(), s.waiting()), (4, 1));
+        // The group's prompt is fed once; its choices then decode alone.
+        assert!(s.fork(SeqId(2), &[SeqId(20), SeqId(21)]));
+        assert!(!s.fork(SeqId(2), &[SeqId(22)]), "forked twice");
+        assert_eq!(
+            s.plan().work,
+            vec![
+                Work::Decode { id: SeqId(1) },
+                Work::Decode { id: SeqId(2) },
+                Work::Decode { id: SeqId(20) },
+                Work::Decode { id: SeqId(21) },
+            ]
+        );
+        // A choice that went away before the fork frees its slot.
+        s.retire(SeqId(1));
+        s.retire(SeqId(21));
+        let p = s.plan();
+        assert_eq!(p.admitted, vec![SeqId(3)]);
+        assert_eq!(s.running(), 3);
+    }
+
+    #[test]
+    fn a_wide_group_at_the_head_is_not_overtaken() {
+        let mut s = Scheduler::new(limits(3, 16, 8)).unwrap();
+        s.enqueue(SeqId(1), 2, 2).unwrap();
+        s.enqueue(SeqId(2), 2, 3).unwrap();
+        s.enqueue(SeqId(3), 2, 1).unwrap();
+        assert_eq!(s.plan().admitted, vec![SeqId(1)]);
+        // One slot is free, but the group of three came first.
+        assert!(s.plan().admitted.is_empty());
+        assert!(s.retire(SeqId(1)));
+        assert_eq!(s.plan().admitted, vec![SeqId(2)]);
+    }
+
+    #[test]
+    fn the_queue_bound_counts_a_slot_per_choice() {
+        // Three running slots and four queue places: seven slots in all.
+        let mut s = Scheduler::new(limits(3, 8, 8)).unwrap();
+        s.enqueue(SeqId(1), 2, 3).unwrap();
+        s.enqueue(SeqId(2), 2, 3).unwrap();
+        assert_eq!(s.enqueue(SeqId(3), 2, 2), Err(EnqueueError::Full(2)));
+        s.enqueue(SeqId(3), 2, 1).unwrap();
+    }
+
     proptest! {
         /// Whatever arrives, a step stays within its budgets, every decoding
-        /// sequence is in every step, and each prompt is fed exactly once, in
-        /// order.
+        /// sequence is in every step, each prompt is fed exactly once, in
+        /// order, and a group's choices decode only after its prefill.
         #[test]
         fn plans_respect_budgets_and_feed_each_prompt_once(
-            prompts in proptest::collection::vec(1usize..50, 1..12),
-            running in 1usize..6,
+            requests in proptest::collection::vec((1usize..50, 1usize..4), 1..12),
+            running in 3usize..6,
             extra in 0usize..40,
             chunk in 1usize..30,
         ) {
             let tokens = running + extra.max(chunk);
+            let slots: usize = requests.iter().map(|r| r.1).sum();
             let mut s = Scheduler::new(SchedulerLimits {
                 max_running: running,
-                max_waiting: prompts.len(),
+                max_waiting: slots,
                 max_batch_tokens: tokens,
                 prefill_chunk: chunk.min(tokens),
             }).unwrap();
-            for (i, len) in prompts.iter().enumerate() {
-                s.enqueue(SeqId(i as u64), *len).unwrap();
+            for (i, (len, width)) in requests.iter().enumerate() {
+                s.enqueue(SeqId(i as u64), *len, *width).unwrap();
             }
+            let prompts: Vec<usize> = requests.iter().map(|r| r.0).collect();
+            // Choice `c` of request `i` (c ≥ 1) is sequence 1000 * c + i.
+            let request_of = |id: SeqId| (id.0 % 1000) as usize;
             let mut fed = vec![0usize; prompts.len()];
-            let mut decodes = vec![0usize; prompts.len()];
+            let mut decodes = std::collections::HashMap::new();
             for _ in 0..10_000 {
                 if s.is_idle() {
                     break;
@@ -383,13 +509,20 @@ mod tests {
                             prop_assert!(len <= chunk);
                             fed[i] += len;
                             prop_assert_eq!(completes, fed[i] == prompts[i]);
+                            if completes {
+                                let choices: Vec<SeqId> = (1..requests[i].1)
+                                    .map(|c| SeqId(1000 * c as u64 + id.0))
+                                    .collect();
+                                prop_assert!(s.fork(id, &choices));
+                            }
                         }
                         Work::Decode { id } => {
-                            let i = id.0 as usize;
+                            let i = request_of(id);
                             prop_assert_eq!(fed[i], prompts[i]);
-                            decodes[i] += 1;
+                            let n = decodes.entry(id).or_insert(0usize);
+                            *n += 1;
                             // Each sequence generates three tokens, then ends.
-                            if decodes[i] == 3 {
+                            if *n == 3 {
                                 s.retire(id);
                             }
                         }
@@ -398,6 +531,8 @@ mod tests {
             }
             prop_assert!(s.is_idle());
             prop_assert_eq!(fed, prompts);
+            // Every choice of every request decoded.
+            prop_assert_eq!(decodes.len(), slots);
         }
     }
 }

@@ -46,27 +46,56 @@ fn submit_to(
     max_new_tokens: usize,
     tx: mpsc::UnboundedSender<Event>,
 ) {
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    };
+    submit_choices(handle, prompt, max_new_tokens, greedy, None, vec![tx]);
+}
+
+/// One request with a choice per channel.
+fn submit_choices(
+    handle: &EngineHandle,
+    prompt: Vec<u32>,
+    max_new_tokens: usize,
+    sampling: SamplingParams,
+    seed: Option<u64>,
+    events: Vec<mpsc::UnboundedSender<Event>>,
+) {
+    let permits = handle.admit(events.len()).unwrap();
     handle
         .submit(Submission {
             prompt,
             params: GenerationParams {
                 max_new_tokens,
                 decoding: Decoding {
-                    sampling: SamplingParams {
-                        temperature: 0.0,
-                        ..SamplingParams::default()
-                    },
+                    sampling,
+                    seed,
                     // Random weights emit end-of-sequence whenever they like.
                     ignore_eos: true,
                     ..Decoding::default()
                 },
                 grammar: None,
             },
-            events: tx,
-            permit: handle.admit().unwrap(),
+            choices: events
+                .into_iter()
+                .zip(permits)
+                .map(|(events, permit)| ChoiceOutput { events, permit })
+                .collect(),
             received: Instant::now(),
         })
         .unwrap();
+}
+
+/// Each choice's whole text and end, for `n` choices sampled with `seed`.
+fn choices(handle: &EngineHandle, prompt: &[u32], n: usize, seed: u64) -> Vec<(String, Event)> {
+    let sampling = SamplingParams {
+        temperature: 1.0,
+        ..SamplingParams::default()
+    };
+    let (txs, rxs): (Vec<_>, Vec<_>) = (0..n).map(|_| mpsc::unbounded_channel()).unzip();
+    submit_choices(handle, prompt.to_vec(), 8, sampling, Some(seed), txs);
+    rxs.into_iter().map(|mut rx| drain(&mut rx)).collect()
 }
 
 /// Every event until the end one.
@@ -113,6 +142,51 @@ fn a_sequence_streams_text_then_finishes_with_exact_usage() {
 }
 
 #[test]
+fn choices_share_one_prefill_and_each_samples_with_its_own_seed() {
+    let (engine, metrics) = engine(4, 4);
+    let prompt = [1, 40, 50, 60, 70, 80, 90, 100, 110, 120, 130];
+    let three = choices(&engine.handle, &prompt, 3, 7);
+    assert_eq!(
+        metrics.prompt_tokens.get(),
+        11,
+        "the prompt of three choices is run once"
+    );
+    for (_, end) in &three {
+        assert_eq!(
+            *end,
+            Event::Finished {
+                reason: FinishReason::Length,
+                usage: Usage {
+                    prompt_tokens: 11,
+                    completion_tokens: 8
+                }
+            }
+        );
+    }
+    // Choice i is what one choice seeded with 7 + i gives: the copied cache
+    // holds what the choice's own prefill would have.
+    for (i, (text, _)) in three.iter().enumerate() {
+        let alone = choices(&engine.handle, &prompt, 1, 7 + i as u64);
+        assert_eq!(*text, alone[0].0, "choice {i}");
+    }
+    assert!(
+        three[0].0 != three[1].0 || three[1].0 != three[2].0,
+        "three seeds sampled the same text: {three:?}"
+    );
+    // Every choice's slot is back: four running plus four queued.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while engine.handle.admit(8).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "a choice's permit was not returned"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    engine.handle.shutdown();
+    engine.thread.join().unwrap();
+}
+
+#[test]
 fn a_hung_up_client_is_retired_and_its_permit_returned() {
     let (engine, metrics) = engine(1, 1);
     let handle = engine.handle.clone();
@@ -128,13 +202,13 @@ fn a_hung_up_client_is_retired_and_its_permit_returned() {
     // Both permits (one running slot, one queue place) are back.
     let deadline = Instant::now() + Duration::from_secs(10);
     let held = loop {
-        match (handle.admit(), handle.admit()) {
+        match (handle.admit(1), handle.admit(1)) {
             (Ok(a), Ok(b)) => break (a, b),
             _ => assert!(Instant::now() < deadline, "permits were not returned"),
         }
         std::thread::sleep(Duration::from_millis(5));
     };
-    assert!(matches!(handle.admit(), Err(SubmitError::Full(2))));
+    assert!(matches!(handle.admit(1), Err(SubmitError::Full(2))));
     drop(held);
     handle.shutdown();
     engine.thread.join().unwrap();
@@ -153,7 +227,7 @@ fn shutdown_fails_queued_requests_and_finishes_running_ones() {
         "{first:?}"
     );
     handle.shutdown();
-    assert!(matches!(handle.admit(), Err(SubmitError::ShuttingDown)));
+    assert!(matches!(handle.admit(1), Err(SubmitError::ShuttingDown)));
     assert!(matches!(drain(&mut queued).1, Event::Failed(_)));
     assert!(matches!(
         drain(&mut running).1,

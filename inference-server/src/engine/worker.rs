@@ -25,6 +25,9 @@ pub(super) struct Worker {
     grace: Duration,
     deadline: Option<Instant>,
     sequences: BTreeMap<SeqId, Sequence>,
+    /// A request's first sequence → its other choices, until its prefill
+    /// ends and they fork from it (see `Submission`).
+    followers: HashMap<SeqId, Vec<SeqId>>,
     next_id: u64,
     scratch: Scratch,
     team: Team,
@@ -49,6 +52,7 @@ impl Worker {
             grace,
             deadline: None,
             sequences: BTreeMap::new(),
+            followers: HashMap::new(),
             next_id: 0,
             scratch: Scratch::default(),
             team,
@@ -101,44 +105,103 @@ impl Worker {
         }
     }
 
+    /// One sequence per choice; only the first is scheduled until its
+    /// prefill ends (see `fork`).
     fn register(&mut self, s: Submission) {
-        let id = SeqId(self.next_id);
-        self.next_id += 1;
+        let first = SeqId(self.next_id);
         let d = s.params.decoding;
-        let seed = d.seed.unwrap_or_else(|| entropy(id));
+        let seed = d.seed.unwrap_or_else(|| entropy(first));
         let prompt_len = s.prompt.len();
         // Submissions come validated (see `Submission`); not checked again.
         debug_assert!(
             prompt_len > 0
+                && !s.choices.is_empty()
                 && s.params.max_new_tokens > 0
                 && prompt_len
                     .checked_add(s.params.max_new_tokens)
                     .is_some_and(|end| end <= self.loaded.model.max_positions()),
             "an unvalidated submission reached the engine"
         );
-        let mut seq = Sequence::new(
-            SequenceParts {
-                prompt: s.prompt,
-                sampler: Sampler::new(d.sampling, d.logit_bias, seed),
-                max_new_tokens: s.params.max_new_tokens,
-                logprobs: d.logprobs,
-                stop: d.stop,
-                ignore_eos: d.ignore_eos,
-                grammar: s.params.grammar,
-                events: s.events,
-                received: s.received,
-                permit: s.permit,
-            },
-            self.loaded.tokenizer.clone(),
-        );
-        if let Err(full) = self.scheduler.enqueue(id, prompt_len) {
-            // The admission permits bound the queue, so this is a
-            // misconfiguration rather than load; fail loudly, not silently.
-            seq.fail(Failure::Unavailable(full.to_string()));
-            self.metrics.requests_failed.add(1);
+        let width = s.choices.len();
+        // The other choices copy the first's grammar state when they fork.
+        let mut grammar = s.params.grammar;
+        let mut group = Vec::with_capacity(width);
+        for (i, out) in s.choices.into_iter().enumerate() {
+            let id = SeqId(self.next_id);
+            self.next_id += 1;
+            let seq = Sequence::new(
+                SequenceParts {
+                    prompt: s.prompt.clone(),
+                    sampler: Sampler::new(
+                        d.sampling,
+                        d.logit_bias.clone(),
+                        seed.wrapping_add(i as u64),
+                    ),
+                    max_new_tokens: s.params.max_new_tokens,
+                    logprobs: d.logprobs,
+                    stop: d.stop.clone(),
+                    ignore_eos: d.ignore_eos,
+                    grammar: grammar.take(),
+                    events: out.events,
+                    received: s.received,
+                    permit: out.permit,
+                },
+                self.loaded.tokenizer.clone(),
+            );
+            group.push((id, seq));
+        }
+        if let Err(e) = self.scheduler.enqueue(first, prompt_len, width) {
+            // The admission permits bound the queue and the API bounds `n`,
+            // so this is a misconfiguration rather than load; fail loudly.
+            for (_, mut seq) in group {
+                seq.fail(Failure::Unavailable(e.to_string()));
+                self.metrics.requests_failed.add(1);
+            }
             return;
         }
-        self.sequences.insert(id, seq);
+        if width > 1 {
+            let others = group[1..].iter().map(|(id, _)| *id).collect();
+            self.followers.insert(first, others);
+        }
+        self.sequences.extend(group);
+    }
+
+    /// A request's prompt is in its first sequence's cache: its other
+    /// choices get copies of that cache and of its grammar state, and
+    /// decode on their own from the next step. Returns those that did (a
+    /// copy that finds no memory fails its choice alone).
+    fn fork(&mut self, first: SeqId, others: Vec<SeqId>) -> Vec<SeqId> {
+        let Some(Sequence {
+            cache: Some(cache),
+            grammar,
+            ..
+        }) = self.sequences.get(&first)
+        else {
+            return Vec::new();
+        };
+        let copies: Vec<_> = others
+            .into_iter()
+            .filter(|id| self.sequences.contains_key(id))
+            .map(|id| (id, cache.fork(), grammar.as_ref().map(|g| g.fork())))
+            .collect();
+        let mut forked = Vec::with_capacity(copies.len());
+        for (id, cache, grammar) in copies {
+            match cache {
+                Ok(cache) => {
+                    if let Some(seq) = self.sequences.get_mut(&id) {
+                        seq.cache = Some(cache);
+                        seq.grammar = grammar;
+                        forked.push(id);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "failing a choice: no memory for its KV cache");
+                    self.fail_alone(id, Failure::Internal(e.to_string()));
+                }
+            }
+        }
+        self.scheduler.fork(first, &forked);
+        forked
     }
 
     /// KV caches are reserved at admission: a queued request holds none.
@@ -166,9 +229,15 @@ impl Worker {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            self.scheduler.retire(id);
-            self.sequences.remove(&id);
-            self.metrics.requests_cancelled.add(1);
+            // Choices still waiting on this prefill go with it: they are the
+            // same client's.
+            let others = self.followers.remove(&id).unwrap_or_default();
+            for id in std::iter::once(id).chain(others) {
+                self.scheduler.retire(id);
+                if self.sequences.remove(&id).is_some() {
+                    self.metrics.requests_cancelled.add(1);
+                }
+            }
         }
     }
 
@@ -199,7 +268,15 @@ impl Worker {
         self.scheduler.is_idle()
     }
 
+    /// Fails a sequence, and the choices still waiting on its prefill.
     fn end_with_failure(&mut self, id: SeqId, failure: Failure) {
+        for other in self.followers.remove(&id).unwrap_or_default() {
+            self.fail_alone(other, failure.clone());
+        }
+        self.fail_alone(id, failure);
+    }
+
+    fn fail_alone(&mut self, id: SeqId, failure: Failure) {
         self.scheduler.retire(id);
         if let Some(mut seq) = self.sequences.remove(&id) {
             seq.fail(failure);
@@ -303,47 +380,57 @@ impl Worker {
             }
         };
         self.metrics.prompt_tokens.add(prompt_tokens as u64);
-        let tokenizer = self.loaded.tokenizer.clone();
         for (id, logits) in sampled.into_iter().zip(rows) {
-            let Some(seq) = self.sequences.get_mut(&id) else {
-                continue;
-            };
-            let mut logits = logits;
-            if let Some(grammar) = seq.grammar.as_mut() {
-                if let Err(e) = grammar.mask_logits(&mut logits) {
-                    self.fail_grammar(id, e);
-                    continue;
+            // A request's other choices start from the same logits.
+            if let Some(others) = self.followers.remove(&id) {
+                for other in self.fork(id, others) {
+                    self.sample(other, logits.clone());
                 }
             }
-            let (token, logprobs) = seq.sampler.sample_with_logprobs(&logits, seq.logprobs);
-            let grammar_done = match seq
-                .grammar
-                .as_mut()
-                .map(|g| g.commit(token).map(|()| g.is_finished()))
-            {
-                Some(Err(e)) => {
-                    self.fail_grammar(id, e);
-                    continue;
-                }
-                Some(Ok(done)) => done,
-                None => false,
-            };
-            match seq.accept(token, logprobs, &tokenizer, &self.metrics) {
-                Some(reason) => self.end(id, reason),
-                // The grammar is complete (its end-of-sequence was taken
-                // though `ignore_eos` is set, or nothing can follow).
-                None if grammar_done => {
-                    seq.flush();
-                    self.end(id, FinishReason::Stop);
-                }
-                None => {}
-            }
+            self.sample(id, logits);
         }
         self.metrics.batch_tokens.observe(plan.tokens() as f64);
         self.metrics.batch_sequences.observe(plan.work.len() as f64);
         self.metrics
             .step_seconds
             .observe_duration(started.elapsed());
+    }
+
+    /// Masks a sequence's logits by its grammar, samples its next token and
+    /// passes it on; ends the sequence when that token does.
+    fn sample(&mut self, id: SeqId, mut logits: Vec<f32>) {
+        let Some(seq) = self.sequences.get_mut(&id) else {
+            return;
+        };
+        if let Some(grammar) = seq.grammar.as_mut() {
+            if let Err(e) = grammar.mask_logits(&mut logits) {
+                self.fail_grammar(id, e);
+                return;
+            }
+        }
+        let (token, logprobs) = seq.sampler.sample_with_logprobs(&logits, seq.logprobs);
+        let grammar_done = match seq
+            .grammar
+            .as_mut()
+            .map(|g| g.commit(token).map(|()| g.is_finished()))
+        {
+            Some(Err(e)) => {
+                self.fail_grammar(id, e);
+                return;
+            }
+            Some(Ok(done)) => done,
+            None => false,
+        };
+        match seq.accept(token, logprobs, &self.loaded.tokenizer, &self.metrics) {
+            Some(reason) => self.end(id, reason),
+            // The grammar is complete (its end-of-sequence was taken
+            // though `ignore_eos` is set, or nothing can follow).
+            None if grammar_done => {
+                seq.flush();
+                self.end(id, FinishReason::Stop);
+            }
+            None => {}
+        }
     }
 
     fn publish_gauges(&self) {

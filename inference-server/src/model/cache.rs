@@ -49,6 +49,30 @@ impl HostCache {
         })
     }
 
+    /// A copy holding the same positions, with room for as many more as
+    /// this one: what another choice of the same request continues from
+    /// instead of computing the prompt again.
+    pub fn fork(&self) -> Result<Self, ModelError> {
+        let copy = |layers: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, ModelError> {
+            layers
+                .iter()
+                .map(|v| {
+                    let mut copy = Vec::new();
+                    copy.try_reserve_exact(v.capacity())
+                        .map_err(|e| ModelError::Forward(format!("cannot copy a KV cache: {e}")))?;
+                    copy.extend_from_slice(v);
+                    Ok(copy)
+                })
+                .collect()
+        };
+        Ok(Self {
+            keys: copy(&self.keys)?,
+            values: copy(&self.values)?,
+            kv_width: self.kv_width,
+            len: self.len,
+        })
+    }
+
     /// Positions already cached (the next token's position).
     pub fn len(&self) -> usize {
         self.len

@@ -96,6 +96,26 @@ impl DeviceCache {
     pub fn resident_bytes(&self) -> usize {
         self.bytes
     }
+
+    /// A copy on the device (see `HostCache::fork`).
+    pub fn fork(&self) -> Result<Self, ModelError> {
+        let copy = |layers: &[Tensor]| -> Result<Vec<Tensor>, ModelError> {
+            layers
+                .iter()
+                .map(|t| {
+                    t.copy()
+                        .map_err(|e| ModelError::Forward(format!("cannot copy a KV cache: {e}")))
+                })
+                .collect()
+        };
+        Ok(Self {
+            keys: copy(&self.keys)?,
+            values: copy(&self.values)?,
+            capacity: self.capacity,
+            len: self.len,
+            bytes: self.bytes,
+        })
+    }
 }
 
 /// One sequence's share of a device step (see [`super::StepInput`]).

@@ -156,6 +156,15 @@ impl SequenceCache {
             Self::Device(c) => c.resident_bytes(),
         }
     }
+
+    /// A copy of the positions cached so far, where this one lives, with
+    /// the same room to grow.
+    pub fn fork(&self) -> Result<Self, ModelError> {
+        Ok(match self {
+            Self::Host(c) => Self::Host(c.fork()?),
+            Self::Device(c) => Self::Device(c.fork()?),
+        })
+    }
 }
 
 impl Model {

@@ -39,8 +39,8 @@ fn invalid_requests_get_400_naming_the_problem() {
     assert_error(&r, 400, None, "not valid JSON");
     let r = chat(&server, &json!({"model": MODEL}));
     assert_error(&r, 400, Some("messages"), "required");
-    let r = chat(&server, &chat_body("hi", json!({"n": 2})));
-    assert_error(&r, 400, Some("n"), "must be 1");
+    let r = chat(&server, &chat_body("hi", json!({"n": 17})));
+    assert_error(&r, 400, Some("n"), "at most 16 sequences at once");
     let r = chat(&server, &chat_body("hi", json!({"temperature": -1})));
     assert_error(&r, 400, Some("temperature"), "between 0 and 2");
     let r = chat(&server, &chat_body("hi", json!({"max_tokens": 0})));

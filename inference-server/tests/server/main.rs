@@ -9,6 +9,7 @@ mod api;
 mod bad_files;
 mod batching;
 mod chat_templates;
+mod choices;
 mod device;
 mod errors;
 mod health;

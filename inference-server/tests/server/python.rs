@@ -34,7 +34,11 @@ fn the_openai_python_client_works_unchanged() {
         "seeded twice, same text: True",
         "logit_bias forces one token: True",
         "logprobs spell the answer: True",
-        "n=2 refused: 400",
+        "n=3 indices: [0, 1, 2]",
+        "n=3 choice i is seed 7+i: True",
+        "n=3 texts differ: True",
+        "n=3 usage is all choices': True",
+        "best_of=2 refused: 400 best_of",
     ] {
         assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
     }
@@ -78,7 +82,8 @@ fn every_structured_output_validates_against_its_schema() {
 }
 
 /// `examples/tool_calling.py`: a weather tool with `tool_choice`
-/// `required` and with a named function (greedy and sampled), streamed
+/// `required` and with a named function (greedy and sampled), three
+/// sampled choices each forced to a valid call, streamed
 /// `delta.tool_calls`, a second turn with the tool's result, and `auto`;
 /// every call's arguments checked against the function's schema with
 /// `jsonschema`.
@@ -88,6 +93,7 @@ fn tool_calls_are_made_streamed_and_answered() {
     for line in [
         "required: tool_calls [(",
         "named: tool_calls get_time",
+        "n=3: [0, 1, 2] ids unique: True",
         "streamed: tool_calls [(",
         "second turn: ",
         "auto: ",
