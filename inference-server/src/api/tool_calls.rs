@@ -71,6 +71,17 @@ impl ToolCallFormat {
         }
     }
 
+    /// The marker texts of this format's calls: the parser must see them,
+    /// so where a vocabulary has one as a special token the detokenizer
+    /// writes it (see `TextTokenizer::special_token_id`).
+    pub fn markers(self) -> &'static [&'static str] {
+        match self {
+            Self::Hermes => &[HERMES_OPEN, HERMES_CLOSE],
+            Self::Llama3Json => &[PYTHON_TAG],
+            Self::Mistral => &[MISTRAL_OPEN, MISTRAL_ARGS, MISTRAL_CALL_ID],
+        }
+    }
+
     /// Every text that opens a call.
     fn openers(self) -> &'static [&'static str] {
         match self {

@@ -272,8 +272,14 @@ pub fn hermes_messages(tools: &Tools, messages: &[ChatMessage]) -> Vec<ChatMessa
 
 /// The grammar (llguidance's Lark dialect) that forces a call of one of the
 /// tools `choice` allows, in `format`, its arguments valid for the tool's
-/// schema; `None` when the choice forces nothing.
-pub fn forced_call_grammar(tools: &Tools, format: ToolCallFormat) -> Option<String> {
+/// schema; `None` when the choice forces nothing. `special` gives the id of
+/// a marker the vocabulary has as a special token: the grammar names that
+/// token, since no text can ever match one.
+pub fn forced_call_grammar(
+    tools: &Tools,
+    format: ToolCallFormat,
+    special: &dyn Fn(&str) -> Option<u32>,
+) -> Option<String> {
     let allowed: Vec<&Tool> = match &tools.choice {
         ToolChoice::Required => tools.tools.iter().collect(),
         ToolChoice::Named(name) => tools.tools.iter().filter(|t| &t.name == name).collect(),
@@ -283,10 +289,16 @@ pub fn forced_call_grammar(tools: &Tools, format: ToolCallFormat) -> Option<Stri
         ToolCallFormat::Llama3Json => "parameters",
         ToolCallFormat::Hermes | ToolCallFormat::Mistral => "arguments",
     };
+    let marker =
+        |text: &str| special(text).map_or_else(|| format!("{text:?}"), |id| format!("<[{id}]>"));
     let call = match format {
-        ToolCallFormat::Hermes => r#""<tool_call>\n" call "\n</tool_call>""#,
-        ToolCallFormat::Llama3Json => "call",
-        ToolCallFormat::Mistral => r#""[TOOL_CALLS][" call "]""#,
+        ToolCallFormat::Hermes => format!(
+            r#"{} "\n" call "\n" {}"#,
+            marker("<tool_call>"),
+            marker("</tool_call>")
+        ),
+        ToolCallFormat::Llama3Json => "call".into(),
+        ToolCallFormat::Mistral => format!(r#"{} "[" call "]""#, marker("[TOOL_CALLS]")),
     };
     let alternatives: Vec<String> = (0..allowed.len()).map(|i| format!("c{i}")).collect();
     let mut lark = format!("start: {call}\ncall: {}\n", alternatives.join(" | "));
@@ -438,14 +450,20 @@ mod tests {
         let mut t = parse(Some(weather()), Some(json!("required")), None)
             .unwrap()
             .unwrap();
-        let g = forced_call_grammar(&t, ToolCallFormat::Hermes).unwrap();
-        assert!(g.starts_with("start: \"<tool_call>\\n\" call"), "{g}");
+        let g = forced_call_grammar(&t, ToolCallFormat::Hermes, &|_| None).unwrap();
+        assert!(
+            g.starts_with("start: \"<tool_call>\" \"\\n\" call \"\\n\" \"</tool_call>\""),
+            "{g}"
+        );
         assert!(
             g.contains(r#"c0: "{\"name\": \"get_weather\", \"arguments\": " a0 "}""#),
             "{g}"
         );
         t.choice = ToolChoice::Auto;
-        assert_eq!(forced_call_grammar(&t, ToolCallFormat::Hermes), None);
+        assert_eq!(
+            forced_call_grammar(&t, ToolCallFormat::Hermes, &|_| None),
+            None
+        );
     }
 
     #[test]
@@ -470,11 +488,38 @@ mod tests {
                 ToolCallFormat::Llama3Json,
                 ToolCallFormat::Mistral,
             ] {
-                let g = forced_call_grammar(&t, format).unwrap();
+                let g = forced_call_grammar(&t, format, &|_| None).unwrap();
                 if let Err(e) = grammars.compile(&ResponseFormat::ToolCall(g.clone())) {
                     panic!("{format:?}: {e}\n{g}");
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_marker_that_is_a_special_token_is_forced_as_that_token() {
+        let t = parse(Some(weather()), Some(json!("required")), None)
+            .unwrap()
+            .unwrap();
+        // Pretend SmolLM2's `<|im_start|>` is the vocabulary's `<tool_call>`.
+        let tokenizer = smollm_tokenizer();
+        let im_start = tokenizer.special_token_id("<|im_start|>").unwrap();
+        let special = |m: &str| (m == "<tool_call>").then_some(im_start);
+        let g = forced_call_grammar(&t, ToolCallFormat::Hermes, &special).unwrap();
+        assert!(g.starts_with(&format!("start: <[{im_start}]> ")), "{g}");
+        let mut constraint = Grammars::new(tokenizer.clone())
+            .unwrap()
+            .compile(&ResponseFormat::ToolCall(g))
+            .unwrap();
+        let mut logits = vec![0.0; tokenizer.vocab_size()];
+        constraint.mask_logits(&mut logits).unwrap();
+        let allowed: Vec<usize> = (0..logits.len())
+            .filter(|&i| logits[i].is_finite())
+            .collect();
+        assert_eq!(
+            allowed,
+            [im_start as usize],
+            "only the marker token may open the call"
+        );
     }
 }

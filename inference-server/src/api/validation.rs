@@ -501,12 +501,19 @@ pub(super) async fn chat(
             Some(ToolCallFormat::Hermes),
         ),
     };
+    let tokenizer = &ready.loaded.tokenizer;
+    let special = |marker: &str| tokenizer.special_token_id(marker);
     let parsing = active.zip(format).map(|(t, format)| ToolCallParsing {
         format,
         names: t.names().into_iter().map(str::to_string).collect(),
-        forced: tools::forced_call_grammar(t, format),
+        forced: tools::forced_call_grammar(t, format, &special),
         parallel: t.parallel,
     });
+    // The parser reads the format's markers in the answer's text, even
+    // where the vocabulary has them as control tokens.
+    let shown_special: Vec<u32> = format
+        .map(|f| f.markers().iter().filter_map(|m| special(m)).collect())
+        .unwrap_or_default();
     let text = rendered.map_err(|e| {
         ApiError::invalid(
             Some("messages"),
@@ -521,6 +528,7 @@ pub(super) async fn chat(
     let grammar = compile(ready, format.as_ref()).await?;
     let mut valid = fit(prompt, req.generation, grammar, ready.context, "messages")?;
     valid.tool_calls = parsing;
+    valid.params.shown_special = shown_special;
     Ok(valid)
 }
 
@@ -676,6 +684,7 @@ fn fit(
             max_new_tokens,
             decoding: g.decoding,
             grammar,
+            shown_special: Vec::new(),
         },
         tool_calls: None,
         n: g.n,

@@ -102,6 +102,10 @@ pub struct GenerationParams {
     /// The response format's grammar, compiled for this request: each
     /// step's tokens are masked to those it allows.
     pub grammar: Option<Constraint>,
+    /// Special tokens the answer's text includes, spelled out (a tool-call
+    /// format's markers, where the vocabulary has them as control tokens);
+    /// every other special token adds no text.
+    pub shown_special: Vec<u32>,
 }
 
 /// A request for the engine, validated by its sender (the API's

@@ -46,6 +46,8 @@ pub(super) struct SequenceParts {
     pub grammar: Option<Constraint>,
     pub stop: Vec<String>,
     pub ignore_eos: bool,
+    /// Special tokens written as text (see `GenerationParams`).
+    pub shown_special: Vec<u32>,
     pub events: mpsc::UnboundedSender<Event>,
     pub received: Instant,
     pub permit: OwnedSemaphorePermit,
@@ -63,7 +65,7 @@ impl Sequence {
             max_new_tokens: p.max_new_tokens,
             ignore_eos: p.ignore_eos,
             generated: 0,
-            decoder: IncrementalDecoder::new(tokenizer),
+            decoder: IncrementalDecoder::new(tokenizer).showing(p.shown_special),
             stops: StopMatcher::new(p.stop),
             events: p.events,
             received: p.received,

@@ -76,6 +76,7 @@ fn submit_choices(
                     ..Decoding::default()
                 },
                 grammar: None,
+                shown_special: Vec::new(),
             },
             choices: events
                 .into_iter()

@@ -141,6 +141,7 @@ impl Worker {
                     logprobs: d.logprobs,
                     stop: d.stop.clone(),
                     ignore_eos: d.ignore_eos,
+                    shown_special: s.params.shown_special.clone(),
                     grammar: grammar.take(),
                     events: out.events,
                     received: s.received,

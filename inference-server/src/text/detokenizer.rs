@@ -14,6 +14,8 @@ use super::tokenizer::TextTokenizer;
 #[derive(Debug)]
 pub struct IncrementalDecoder {
     tokenizer: Arc<TextTokenizer>,
+    /// Special tokens written as their text rather than dropped.
+    shown: Vec<u32>,
     pending: Vec<u8>,
     /// No token has produced bytes yet: the one that does may begin with
     /// the tokenizer's prefix space, which `decode` drops.
@@ -24,16 +26,31 @@ impl IncrementalDecoder {
     pub fn new(tokenizer: Arc<TextTokenizer>) -> Self {
         IncrementalDecoder {
             tokenizer,
+            shown: Vec::new(),
             pending: Vec::new(),
             at_start: true,
         }
     }
 
-    /// Returns the text this token completes, often empty. Special tokens and
-    /// ids outside the vocabulary (models may pad their output layer past the
+    /// Also writes these special tokens, as their text: a tool-call format's
+    /// markers when they are control tokens (Mistral's `[TOOL_CALLS]`), so
+    /// the answer's parser sees them, as llama.cpp keeps them when tools are
+    /// in play.
+    pub fn showing(mut self, special: Vec<u32>) -> Self {
+        self.shown = special;
+        self
+    }
+
+    /// Returns the text this token completes, often empty. Special tokens
+    /// (other than those it shows) and ids outside the vocabulary (models may pad their output layer past the
     /// vocabulary) add nothing, as in `decode`.
     pub fn push(&mut self, id: u32) -> String {
-        if let Some(mut bytes) = self.tokenizer.token_bytes(id).filter(|b| !b.is_empty()) {
+        if self.shown.contains(&id) {
+            if let Some(text) = self.tokenizer.token_text(id) {
+                self.at_start = false;
+                self.pending.extend_from_slice(text.as_bytes());
+            }
+        } else if let Some(mut bytes) = self.tokenizer.token_bytes(id).filter(|b| !b.is_empty()) {
             if std::mem::take(&mut self.at_start) && self.tokenizer.strips_leading_space() {
                 bytes = bytes.strip_prefix(b" ").unwrap_or(bytes);
             }
@@ -116,6 +133,23 @@ mod tests {
         ids.extend(tokenizer.encode("hi").unwrap());
         ids.extend([fixtures::IM_END, 1_000_000]);
         assert_eq!(stream(&tokenizer, &ids).concat(), "hi");
+    }
+
+    #[test]
+    fn shows_the_special_tokens_it_is_asked_to() {
+        let tokenizer = Arc::new(fixtures::tiny_tokenizer());
+        assert_eq!(
+            tokenizer.special_token_id("<|im_start|>"),
+            Some(fixtures::IM_START)
+        );
+        assert_eq!(tokenizer.special_token_id("hi"), None, "not special");
+        let mut decoder =
+            IncrementalDecoder::new(Arc::clone(&tokenizer)).showing(vec![fixtures::IM_START]);
+        let mut ids = vec![fixtures::IM_START];
+        ids.extend(tokenizer.encode("hi").unwrap());
+        ids.push(fixtures::IM_END);
+        let text: String = ids.iter().map(|&id| decoder.push(id)).collect();
+        assert_eq!(text + &decoder.finish(), "<|im_start|>hi");
     }
 
     #[test]

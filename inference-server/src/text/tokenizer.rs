@@ -223,6 +223,14 @@ impl TextTokenizer {
         self.special.get(id as usize).copied().unwrap_or(false)
     }
 
+    /// The special (control) token spelled `text`, if the vocabulary has
+    /// one: e.g. Mistral's `[TOOL_CALLS]`, which is text in other models.
+    pub fn special_token_id(&self, text: &str) -> Option<u32> {
+        self.inner
+            .token_to_id(text)
+            .filter(|&id| self.is_special(id))
+    }
+
     pub fn bos_token_id(&self) -> Option<u32> {
         self.bos_token_id
     }
