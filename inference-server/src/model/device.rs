@@ -6,13 +6,16 @@
 //! its own cache. Written with candle ops, it runs wherever candle has a
 //! backend. Weights stay in their GGUF block formats on the device and go
 //! through candle's quantized matmul kernels (one launch per layer for the
-//! whole batch). Tests run it on candle's CPU device against the host path;
-//! `--features cuda` runs the same code on a GPU.
+//! whole batch). Every architecture the host path runs runs here too:
+//! per-head Q/K norms (Qwen 3, Gemma 3), Gemma's sandwich norms, GELU MLP,
+//! embedding scale and sliding-window layers with their own RoPE. Tests run
+//! it on candle's CPU device against the host path; `--features cuda` runs
+//! the same code on a GPU.
 
 use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
-use super::config::{ModelConfig, RopeStyle};
+use super::config::{Family, ModelConfig, RopeStyle};
 use super::ops::Rope;
 use super::ModelError;
 
@@ -44,11 +47,21 @@ pub struct DeviceBlock {
     pub q: DeviceLinear,
     pub k: DeviceLinear,
     pub v: DeviceLinear,
+    /// Per-head RMSNorm weights of queries and keys (`[head_dim]` each).
+    pub qk_norm: Option<(Tensor, Tensor)>,
     pub out: DeviceLinear,
+    /// Gemma's norm of the attention output before the residual add.
+    pub post_attn_norm: Option<Tensor>,
     pub ffn_norm: Tensor,
     pub gate: DeviceLinear,
     pub up: DeviceLinear,
     pub down: DeviceLinear,
+    /// Gemma's norm of the MLP output before the residual add.
+    pub post_ffn_norm: Option<Tensor>,
+    /// Sliding window of this layer (`None`: global attention).
+    pub window: Option<usize>,
+    /// Index of this layer's RoPE in the model's tables.
+    pub rope: usize,
 }
 
 /// A model's weights, loaded onto one device.
@@ -65,9 +78,9 @@ pub struct DeviceModel {
     device: Device,
     config: ModelConfig,
     w: DeviceWeights,
-    /// `[positions, head_dim / 2]`, from the host path's table.
-    cos: Tensor,
-    sin: Tensor,
+    /// Per RoPE (global, then local layers'), `[positions, head_dim / 2]`
+    /// cos and sin, from the host path's tables.
+    ropes: Vec<(Tensor, Tensor)>,
     positions: usize,
 }
 
@@ -126,18 +139,27 @@ impl DeviceModel {
         device: Device,
         config: ModelConfig,
         w: DeviceWeights,
-        rope: &Rope,
+        ropes: &[Rope],
     ) -> Result<Self, ModelError> {
-        let (cos, sin, half) = rope.tables();
-        let positions = rope.positions();
-        let cos = Tensor::from_vec(cos, (positions, half), &device)?;
-        let sin = Tensor::from_vec(sin, (positions, half), &device)?;
+        let positions = ropes
+            .first()
+            .ok_or_else(|| ModelError::Forward("no RoPE".into()))?
+            .positions();
+        let ropes = ropes
+            .iter()
+            .map(|rope| {
+                let (cos, sin, half) = rope.tables();
+                Ok((
+                    Tensor::from_vec(cos, (positions, half), &device)?,
+                    Tensor::from_vec(sin, (positions, half), &device)?,
+                ))
+            })
+            .collect::<Result<_, ModelError>>()?;
         Ok(Self {
             device,
             config,
             w,
-            cos,
-            sin,
+            ropes,
             positions,
         })
     }
@@ -220,23 +242,51 @@ impl DeviceModel {
         let at = Tensor::from_vec(positions, n, &self.device)?;
         let half = cfg.head_dim / 2;
         // Each token is its own "batch" entry for RoPE: one row of angles
-        // per token, at that token's position.
-        let cos = self.cos.index_select(&at, 0)?.reshape((n, 1, half))?;
-        let sin = self.sin.index_select(&at, 0)?.reshape((n, 1, half))?;
-        let rope = |x: Tensor, heads: usize| -> Result<Tensor, ModelError> {
-            let x = x.reshape((n, heads, 1, cfg.head_dim))?;
+        // per token, at that token's position, from each table.
+        let angles = self
+            .ropes
+            .iter()
+            .map(|(cos, sin)| {
+                Ok((
+                    cos.index_select(&at, 0)?.reshape((n, 1, half))?,
+                    sin.index_select(&at, 0)?.reshape((n, 1, half))?,
+                ))
+            })
+            .collect::<Result<Vec<_>, ModelError>>()?;
+        // Queries and keys per head: normed (Qwen 3, Gemma 3), then rotated.
+        let heads_of = |x: Tensor, heads: usize, norm: Option<&Tensor>, rope: usize| {
+            let mut x = x.reshape((n, heads, 1, cfg.head_dim))?;
+            if let Some(w) = norm {
+                x = candle_nn::ops::rms_norm(&x, w, cfg.rms_eps)?;
+            }
+            let (cos, sin) = &angles[rope];
             let rotated = match cfg.rope_style {
-                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, &cos, &sin)?,
-                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, &cos, &sin)?,
+                RopeStyle::Interleaved => candle_nn::rotary_emb::rope_i(&x, cos, sin)?,
+                RopeStyle::Halves => candle_nn::rotary_emb::rope(&x, cos, sin)?,
             };
-            Ok(rotated.reshape((n, heads * cfg.head_dim))?)
+            Ok::<_, ModelError>(rotated.reshape((n, heads * cfg.head_dim))?)
+        };
+        let gemma = cfg.family == Family::Gemma3;
+        // `x + norm(y)` for Gemma's sandwich norms, else `x + y`.
+        let residual = |x: Tensor, y: Tensor, post: &Option<Tensor>| match post {
+            Some(w) => Ok::<_, ModelError>((x + candle_nn::ops::rms_norm(&y, w, cfg.rms_eps)?)?),
+            None => Ok((x + y)?),
         };
 
         let mut x = self.w.embedding.index_select(&ids, 0)?;
+        if gemma {
+            // Gemma scales its embeddings by sqrt(hidden), taken in f32 as
+            // on the host.
+            x = (x * f64::from((cfg.hidden as f32).sqrt()))?;
+        }
         for (layer, block) in self.w.blocks.iter().enumerate() {
             let h = candle_nn::ops::rms_norm(&x, &block.attn_norm, cfg.rms_eps)?;
-            let q = rope(block.q.forward(&h)?, cfg.heads)?;
-            let k = rope(block.k.forward(&h)?, cfg.kv_heads)?;
+            let (q_norm, k_norm) = match &block.qk_norm {
+                Some((q, k)) => (Some(q), Some(k)),
+                None => (None, None),
+            };
+            let q = heads_of(block.q.forward(&h)?, cfg.heads, q_norm, block.rope)?;
+            let k = heads_of(block.k.forward(&h)?, cfg.kv_heads, k_norm, block.rope)?;
             let v = block.v.forward(&h)?;
             let mut outs = Vec::with_capacity(batch.len());
             let mut offset = 0;
@@ -244,6 +294,7 @@ impl DeviceModel {
                 let t = input.tokens.len();
                 outs.push(self.attend(
                     layer,
+                    block.window,
                     input.cache,
                     &q.narrow(0, offset, t)?,
                     &k.narrow(0, offset, t)?,
@@ -252,11 +303,18 @@ impl DeviceModel {
                 offset += t;
             }
             let attn = Tensor::cat(&outs, 0)?;
-            x = (x + block.out.forward(&attn)?)?;
+            x = residual(x, block.out.forward(&attn)?, &block.post_attn_norm)?;
 
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
-            let act = (candle_nn::ops::silu(&block.gate.forward(&h)?)? * block.up.forward(&h)?)?;
-            x = (x + block.down.forward(&act)?)?;
+            let gate = block.gate.forward(&h)?;
+            // Gemma's GELU is the tanh approximation, which candle's `gelu` is.
+            let gate = if gemma {
+                gate.gelu()?
+            } else {
+                candle_nn::ops::silu(&gate)?
+            };
+            let act = (gate * block.up.forward(&h)?)?;
+            x = residual(x, block.down.forward(&act)?, &block.post_ffn_norm)?;
         }
 
         let mut last = Vec::new();
@@ -275,16 +333,21 @@ impl DeviceModel {
         let rows = last.len();
         let last = Tensor::from_vec(last, rows, &self.device)?;
         let h = candle_nn::ops::rms_norm(&x.index_select(&last, 0)?, &self.w.norm, cfg.rms_eps)?;
-        let logits = self.w.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        let mut logits = self.w.lm_head.forward(&h)?.to_dtype(DType::F32)?;
+        if let Some(cap) = cfg.final_logit_softcap {
+            logits = ((logits / f64::from(cap))?.tanh()? * f64::from(cap))?;
+        }
         Ok(logits.to_vec2::<f32>()?)
     }
 
     /// Causal attention of one sequence's `t` new tokens (`q`: `[t, heads ×
     /// head_dim]`, `k`/`v`: `[t, kv_width]`) over its cache, after storing
-    /// the new keys and values at positions `len..len + t`.
+    /// the new keys and values at positions `len..len + t`; with a `window`,
+    /// each query sees only the last `window` positions, itself included.
     fn attend(
         &self,
         layer: usize,
+        window: Option<usize>,
         cache: &mut DeviceCache,
         q: &Tensor,
         k: &Tensor,
@@ -295,26 +358,33 @@ impl DeviceModel {
         let (heads, kv_heads) = (cfg.heads, cfg.kv_heads);
         let group = heads / kv_heads;
         let start = cache.len;
-        let visible = start + t;
+        let end = start + t;
         let by_head = |x: &Tensor, heads: usize| -> Result<Tensor, ModelError> {
             Ok(x.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?)
         };
         cache.keys[layer].slice_set(&by_head(k, kv_heads)?, 1, start)?;
         cache.values[layer].slice_set(&by_head(v, kv_heads)?, 1, start)?;
-        let keys = cache.keys[layer].narrow(1, 0, visible)?.contiguous()?;
-        let values = cache.values[layer].narrow(1, 0, visible)?.contiguous()?;
+        // The oldest position any of these queries sees.
+        let first = window.map_or(0, |w| (start + 1).saturating_sub(w));
+        let visible = end - first;
+        let keys = cache.keys[layer].narrow(1, first, visible)?.contiguous()?;
+        let values = cache.values[layer]
+            .narrow(1, first, visible)?
+            .contiguous()?;
 
         // Query head h reads KV head h / group, so the heads of one group
         // stack into one `[group × t, head_dim]` matrix per KV head.
         let q = by_head(q, heads)?.reshape((kv_heads, group * t, hd))?;
-        let scale = 1.0 / (hd as f64).sqrt();
-        let mut scores = (q.matmul(&keys.t()?)? * scale)?;
+        let mut scores = (q.matmul(&keys.t()?)? * f64::from(cfg.attention_scale))?;
         if t > 1 {
-            // Token j (position start + j) sees positions 0..=start + j.
+            // Token j (position start + j) sees positions up to its own,
+            // and within its window.
             let mask: Vec<f32> = (0..t)
                 .flat_map(|j| {
-                    (0..visible).map(move |p| {
-                        if p <= start + j {
+                    let at = start + j;
+                    (first..end).map(move |p| {
+                        let seen = p <= at && window.is_none_or(|w| at - p < w);
+                        if seen {
                             0.0
                         } else {
                             f32::NEG_INFINITY

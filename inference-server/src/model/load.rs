@@ -271,6 +271,53 @@ fn ropes(r: &mut Reader, cfg: &ModelConfig, positions: usize) -> Result<Vec<Rope
     Ok(ropes)
 }
 
+/// A block's norm weights and attention kind, read the same for both paths.
+struct BlockNorms {
+    attn: Vec<f32>,
+    ffn: Vec<f32>,
+    /// Per-head Q/K norms (Qwen 3, Gemma 3).
+    qk: Option<(Vec<f32>, Vec<f32>)>,
+    /// Gemma's sandwich norms, on the attention and MLP outputs.
+    post_attn: Option<Vec<f32>>,
+    post_ffn: Option<Vec<f32>>,
+    window: Option<usize>,
+    /// Which RoPE the layer uses: local layers the second (see `ropes`).
+    rope: usize,
+}
+
+impl BlockNorms {
+    fn read(r: &mut Reader, cfg: &ModelConfig, layer: usize) -> Result<Self, ModelError> {
+        let mut norm =
+            |name: &str, len: usize| r.vector(&format!("blk.{layer}.{name}.weight"), len);
+        let qk = if cfg.qk_norm {
+            Some((
+                norm("attn_q_norm", cfg.head_dim)?,
+                norm("attn_k_norm", cfg.head_dim)?,
+            ))
+        } else {
+            None
+        };
+        let (post_attn, post_ffn) = if cfg.family == Family::Gemma3 {
+            (
+                Some(norm("post_attention_norm", cfg.hidden)?),
+                Some(norm("post_ffw_norm", cfg.hidden)?),
+            )
+        } else {
+            (None, None)
+        };
+        let (window, _) = cfg.layer_attention(layer);
+        Ok(Self {
+            attn: norm("attn_norm", cfg.hidden)?,
+            ffn: norm("ffn_norm", cfg.hidden)?,
+            qk,
+            post_attn,
+            post_ffn,
+            window,
+            rope: usize::from(window.is_some()),
+        })
+    }
+}
+
 /// Weights for [`HostModel`]: projections packed for our kernels where their
 /// format allows (see [`Projection`]).
 fn host_model(
@@ -308,38 +355,19 @@ fn host_model(
             cfg.hidden,
         )?;
         check_shape(&format!("{p}.ffn_down"), &down, cfg.hidden, cfg.ffn)?;
-        let mut norm = |name: &str, len: usize| r.vector(&format!("{p}.{name}.weight"), len);
-        let qk_norm = if cfg.qk_norm {
-            Some((
-                norm("attn_q_norm", cfg.head_dim)?,
-                norm("attn_k_norm", cfg.head_dim)?,
-            ))
-        } else {
-            None
-        };
-        let gemma = cfg.family == Family::Gemma3;
-        let (post_attn_norm, post_ffn_norm) = if gemma {
-            (
-                Some(norm("post_attention_norm", cfg.hidden)?),
-                Some(norm("post_ffw_norm", cfg.hidden)?),
-            )
-        } else {
-            (None, None)
-        };
-        let (window, _) = cfg.layer_attention(i);
+        let n = BlockNorms::read(r, cfg, i)?;
         blocks.push(Block {
-            attn_norm: norm("attn_norm", cfg.hidden)?,
+            attn_norm: n.attn,
             qkv,
-            qk_norm,
+            qk_norm: n.qk,
             out,
-            post_attn_norm,
-            ffn_norm: norm("ffn_norm", cfg.hidden)?,
+            post_attn_norm: n.post_attn,
+            ffn_norm: n.ffn,
             gate_up,
             down,
-            post_ffn_norm,
-            window,
-            // Local layers use the second table (see `rope_tables`).
-            rope: usize::from(window.is_some()),
+            post_ffn_norm: n.post_ffn,
+            window: n.window,
+            rope: n.rope,
         });
     }
     let norm = r.vector("output_norm.weight", cfg.hidden)?;
@@ -398,21 +426,6 @@ fn device_model(
     device: &Device,
 ) -> Result<DeviceModel, ModelError> {
     let cfg = &config;
-    // The device forward is llama-shaped only; what it lacks is refused here
-    // rather than computed wrongly.
-    if cfg.family != Family::Llama || cfg.qk_norm || cfg.final_logit_softcap.is_some() {
-        return Err(ModelError::metadata(
-            "general.architecture",
-            &format!(
-                "{} runs on the host only (per-head Q/K norms, Gemma blocks and \
-                 logit soft-capping are not in the device forward pass)",
-                cfg.architecture
-            ),
-        ));
-    }
-    let rope = ropes
-        .first()
-        .ok_or_else(|| ModelError::Forward("no RoPE".into()))?;
     let q_width = cfg.q_width();
     let kv = cfg.kv_width();
     let mut blocks = Vec::with_capacity(cfg.layers);
@@ -428,22 +441,25 @@ fn device_model(
         let gate = linear("ffn_gate", cfg.ffn, cfg.hidden)?;
         let up = linear("ffn_up", cfg.ffn, cfg.hidden)?;
         let down = linear("ffn_down", cfg.hidden, cfg.ffn)?;
-        let mut norm = |name: &str| -> Result<_, ModelError> {
-            device::vector(
-                &r.vector(&format!("{p}.{name}.weight"), cfg.hidden)?,
-                device,
-            )
-        };
+        let n = BlockNorms::read(r, cfg, i)?;
+        let on_device = |v: &[f32]| device::vector(v, device);
+        let pair =
+            |(q, k): &(Vec<f32>, Vec<f32>)| Ok::<_, ModelError>((on_device(q)?, on_device(k)?));
         blocks.push(DeviceBlock {
-            attn_norm: norm("attn_norm")?,
-            ffn_norm: norm("ffn_norm")?,
+            attn_norm: on_device(&n.attn)?,
+            ffn_norm: on_device(&n.ffn)?,
             q,
             k,
             v,
+            qk_norm: n.qk.as_ref().map(pair).transpose()?,
             out,
+            post_attn_norm: n.post_attn.as_deref().map(on_device).transpose()?,
             gate,
             up,
             down,
+            post_ffn_norm: n.post_ffn.as_deref().map(on_device).transpose()?,
+            window: n.window,
+            rope: n.rope,
         });
     }
     let norm = device::vector(&r.vector("output_norm.weight", cfg.hidden)?, device)?;
@@ -477,7 +493,7 @@ fn device_model(
             norm,
             lm_head,
         },
-        rope,
+        ropes,
     )
 }
 
