@@ -96,7 +96,9 @@ def main() -> None:
         ids += [c.id for c in choice.message.tool_calls]
     print("n=3:", sorted(c.index for c in reply.choices), "ids unique:", len(set(ids)) == len(ids))
 
-    # Streamed: the deltas carry index, id, name and arguments.
+    # Streamed: a call's first delta carries its index, id and name, the
+    # next ones fragments of its arguments as the model writes them; the
+    # client puts them together by index.
     calls = {}
     finish = None
     for chunk in client.chat.completions.create(model=model, messages=QUESTION, tools=TOOLS,
@@ -106,16 +108,19 @@ def main() -> None:
             continue
         delta = chunk.choices[0].delta
         for d in delta.tool_calls or []:
-            call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": ""})
+            call = calls.setdefault(d.index, {"id": None, "name": "", "arguments": "", "fragments": 0})
             call["id"] = d.id or call["id"]
             call["name"] += (d.function.name or "") if d.function else ""
-            call["arguments"] += (d.function.arguments or "") if d.function else ""
+            fragment = (d.function.arguments or "") if d.function else ""
+            call["arguments"] += fragment
+            call["fragments"] += bool(fragment)
         finish = chunk.choices[0].finish_reason or finish
     assert calls and finish == "tool_calls", (calls, finish)
     for call in calls.values():
         assert call["id"] and call["name"] in SCHEMAS, call
         jsonschema.validate(json.loads(call["arguments"]), SCHEMAS[call["name"]])
     print("streamed:", finish, [(c["name"], c["arguments"]) for c in calls.values()])
+    print("streamed argument fragments:", calls[0]["fragments"])
 
     # The second turn: the assistant's call and the tool's result go back;
     # tool_choice "none" asks for a text answer.

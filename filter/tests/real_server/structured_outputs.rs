@@ -105,16 +105,29 @@ fn forced_tool_calls_are_charged_the_reported_usage_whole_and_streamed() {
     let record = gateway.await_access_log(1).remove(0);
     assert_eq!(charged(&record), usage_of(&answer["usage"]));
 
-    // Streamed: no content deltas, the call in a `tool_calls` delta; the
+    // Streamed: the call in `tool_calls` deltas, its name in the first and
+    // its arguments in fragments that add up to the whole answer's; the
     // gateway still finds the usage it asked for.
     let events = streamed_without_usage(&gateway, AUTH, &body);
-    let streamed: Vec<&Value> = events
+    let mut calls: Vec<(String, String)> = Vec::new();
+    for delta in events
         .iter()
         .filter_map(|e| e["choices"][0]["delta"]["tool_calls"].as_array())
         .flatten()
-        .collect();
-    assert_eq!(streamed.len(), 1, "{events:?}");
-    assert_eq!(streamed[0]["function"], *call);
+    {
+        let index = delta["index"].as_u64().unwrap() as usize;
+        if index == calls.len() {
+            calls.push(Default::default());
+        }
+        let (name, arguments) = &mut calls[index];
+        name.push_str(delta["function"]["name"].as_str().unwrap_or_default());
+        arguments.push_str(delta["function"]["arguments"].as_str().unwrap_or_default());
+    }
+    let whole = (
+        call["name"].as_str().unwrap().to_owned(),
+        call["arguments"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(calls, [whole], "{events:?}");
     assert!(events
         .iter()
         .any(|e| e["choices"][0]["finish_reason"] == "tool_calls"));

@@ -25,6 +25,8 @@ use axum::Router;
 use http_body_util::{BodyExt, Limited};
 use serde_json::json;
 use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+use tokio_stream::{StreamExt, StreamMap};
 
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
@@ -32,6 +34,7 @@ use response::{LogprobsWriter, Meta, Shape};
 pub use validation::{Generation, ToolCallParsing, ValidRequest};
 
 use crate::engine::grammar::Grammars;
+use crate::engine::sampling::TokenLogprobs;
 use crate::engine::{ChoiceOutput, EngineHandle, Event, Failure, Submission, SubmitError, Usage};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
@@ -210,6 +213,11 @@ async fn generate(
             ApiError::unavailable("shutting_down", "The server is shutting down.")
         }
     })?;
+    if permits.len() != valid.n {
+        return Err(ApiError::internal(
+            "the engine gave fewer admission slots than choices",
+        ));
+    }
     let wants_logprobs = valid.params.decoding.logprobs.is_some();
     let (choices, receivers): (Vec<_>, Vec<_>) = permits
         .into_iter()
@@ -285,38 +293,62 @@ fn total_usage(usages: impl IntoIterator<Item = Usage>) -> Usage {
     )
 }
 
-/// Waits for every choice to finish. If the client goes away meanwhile,
-/// this future is dropped with the receivers, and the engine retires the
-/// sequences.
+/// Every choice's events as one stream, each with its choice's index.
+fn by_choice(
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
+) -> StreamMap<usize, UnboundedReceiverStream<Event>> {
+    receivers
+        .into_iter()
+        .map(UnboundedReceiverStream::new)
+        .enumerate()
+        .collect()
+}
+
+/// Waits for every choice to finish, reading them as they come: the first
+/// failure answers at once (dropping the receivers cancels the other
+/// choices at the engine's next step). If the client goes away meanwhile,
+/// this future is dropped with the receivers, with the same effect.
 async fn collect(
     answer: Answer,
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
 ) -> Result<Response, ApiError> {
-    let mut choices = Vec::with_capacity(receivers.len());
-    let mut usages = Vec::with_capacity(receivers.len());
-    // The channels are unbounded: choices finishing in any order wait
-    // in theirs while an earlier one is read.
-    for (index, mut rx) in receivers.into_iter().enumerate() {
-        let mut logprobs = answer.logprobs.clone();
-        let mut text = String::new();
-        let mut entries = Vec::new();
-        let (choice, usage) = loop {
-            match rx.recv().await.ok_or_else(engine_stopped)? {
-                Event::Logprobs(lp) => entries.push(lp),
-                Event::Text(t) => text.push_str(&t),
-                Event::Finished { reason, usage } => {
-                    let logprobs = logprobs.as_mut().map(|w| w.render(&entries));
-                    let mut choice = answer.meta.choice(index, &text, reason, logprobs);
-                    if let Some(parsed) = answer.tools.as_ref().and_then(|t| t.calls_in(&text)) {
-                        answer.meta.answered_with_calls(&mut choice, &parsed);
-                    }
-                    break (choice, usage);
-                }
-                Event::Failed(failure) => return Err(failure_error(&failure)),
-            }
-        };
-        choices.push(choice);
-        usages.push(usage);
+    struct Choice {
+        text: String,
+        entries: Vec<TokenLogprobs>,
+        done: Option<(serde_json::Value, Usage)>,
     }
-    Ok(axum::Json(answer.meta.full(choices, total_usage(usages))).into_response())
+    let mut choices: Vec<Choice> = (0..receivers.len())
+        .map(|_| Choice {
+            text: String::new(),
+            entries: Vec::new(),
+            done: None,
+        })
+        .collect();
+    let mut events = by_choice(receivers);
+    let mut left = choices.len();
+    while left > 0 {
+        let (index, event) = events.next().await.ok_or_else(engine_stopped)?;
+        let choice = &mut choices[index];
+        match event {
+            Event::Logprobs(lp) => choice.entries.push(lp),
+            Event::Text(t) => choice.text.push_str(&t),
+            Event::Finished { reason, usage } => {
+                let logprobs = answer
+                    .logprobs
+                    .clone()
+                    .map(|mut w| w.render(&choice.entries));
+                let mut rendered = answer.meta.choice(index, &choice.text, reason, logprobs);
+                if let Some(parsed) = answer.tools.as_ref().and_then(|t| t.calls_in(&choice.text)) {
+                    answer
+                        .meta
+                        .answered_with_calls(index, &mut rendered, &parsed);
+                }
+                choice.done = Some((rendered, usage));
+                left -= 1;
+            }
+            Event::Failed(failure) => return Err(failure_error(&failure)),
+        }
+    }
+    let (rendered, usages): (Vec<_>, Vec<_>) = choices.into_iter().filter_map(|c| c.done).unzip();
+    Ok(axum::Json(answer.meta.full(rendered, total_usage(usages))).into_response())
 }

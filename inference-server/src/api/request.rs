@@ -330,6 +330,11 @@ mod tests {
                 "use `n`",
             ),
             (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"n":3,"best_of":2}"#,
+                Some("best_of"),
+                "at least `n`",
+            ),
+            (
                 r#"{"model":"m","messages":[{"role":"function","content":"x"}]}"#,
                 Some("messages"),
                 "unsupported role",

@@ -198,36 +198,56 @@ impl Meta {
     }
 
     /// OpenAI's `tool_calls` for the calls read from choice `choice`'s
-    /// answer, with ids unique to this response; streamed deltas also carry
-    /// each call's `index`.
-    pub fn tool_calls(&self, choice: usize, calls: &[ToolCall], streamed: bool) -> Value {
-        let stem = self.id.rsplit('-').next().unwrap_or(&self.id);
+    /// whole answer, with ids unique to this response.
+    pub fn tool_calls(&self, choice: usize, calls: &[ToolCall]) -> Value {
         calls
             .iter()
             .enumerate()
             .map(|(i, c)| {
-                let mut v = json!({
-                    "id": format!("call_{stem}_{choice}_{i}"),
+                json!({
+                    "id": self.call_id(choice, i),
                     "type": "function",
                     "function": {"name": c.name, "arguments": c.arguments},
-                });
-                if streamed {
-                    v["index"] = json!(i);
-                }
-                v
+                })
             })
             .collect()
+    }
+
+    /// One streamed `delta.tool_calls` entry of call `i` in choice
+    /// `choice`: its first (`name` given) with the id, type and name a whole
+    /// answer would give it, later ones with only the next characters of
+    /// its arguments.
+    pub fn tool_call_delta(
+        &self,
+        choice: usize,
+        i: usize,
+        name: Option<&str>,
+        arguments: &str,
+    ) -> Value {
+        match name {
+            Some(name) => json!({
+                "index": i,
+                "id": self.call_id(choice, i),
+                "type": "function",
+                "function": {"name": name, "arguments": arguments},
+            }),
+            None => json!({"index": i, "function": {"arguments": arguments}}),
+        }
+    }
+
+    fn call_id(&self, choice: usize, i: usize) -> String {
+        let stem = self.id.rsplit('-').next().unwrap_or(&self.id);
+        format!("call_{stem}_{choice}_{i}")
     }
 
     /// A whole chat choice whose text held tool calls: the calls, the text
     /// outside them as `content` (`null` when none), and `finish_reason`
     /// `tool_calls`.
-    pub fn answered_with_calls(&self, choice: &mut Value, parsed: &ParsedOutput) {
-        let index = choice["index"].as_u64().unwrap_or(0) as usize;
+    pub fn answered_with_calls(&self, index: usize, choice: &mut Value, parsed: &ParsedOutput) {
         choice["message"] = json!({
             "role": "assistant",
             "content": parsed.content,
-            "tool_calls": self.tool_calls(index, &parsed.tool_calls, false),
+            "tool_calls": self.tool_calls(index, &parsed.tool_calls),
         });
         choice["finish_reason"] = json!("tool_calls");
     }

@@ -7,15 +7,19 @@
 //! carrying its `index`; the usage chunk (all choices' completions, the
 //! prompt once) and `[DONE]` follow the last choice's end.
 //!
-//! Log-probabilities ride on the chunk that carries their token's text, or
-//! the closing chunk for tokens whose text never came (held back, then cut
-//! by a stop string).
+//! Log-probabilities ride on the first chunk sent once their tokens came:
+//! the one carrying their text, or a later one where their text was held
+//! back or sends nothing (a call's markers); the closing chunk carries those
+//! left (text held, then cut by a stop string).
 //!
-//! With tools, text that may be the start of a tool call is held back; at a
-//! choice's end, calls found in it go out as one `delta.tool_calls` chunk
-//! (each call's index, id, name and whole arguments) before the closing
-//! chunk's `finish_reason: "tool_calls"`, and held text that was no call
-//! goes out as content.
+//! With tools, each choice's text is read for calls as it comes
+//! (`tool_calls::ToolCallStream`): text that may start a call is held back,
+//! a call's first `delta.tool_calls` entry (its index, id, type and name)
+//! goes out once its name is read, and entries with its arguments' next
+//! characters follow as the model writes them. At the choice's end, held
+//! text is read whole: its calls go out whole, text that was no call as
+//! content, then the closing chunk, with `finish_reason: "tool_calls"` when
+//! the answer made calls and none was cut short.
 
 use std::convert::Infallible;
 
@@ -28,6 +32,7 @@ use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
 use tokio_stream::{StreamExt, StreamMap};
 
 use super::response::{self, LogprobsWriter};
+use super::tool_calls::{Streamed, ToolCallStream};
 use super::{engine_stopped, failure_error, total_usage, Answer, ApiError};
 use crate::engine::sampling::TokenLogprobs;
 use crate::engine::{Event, FinishReason, Usage};
@@ -38,10 +43,8 @@ struct Choice {
     logprobs: Option<LogprobsWriter>,
     /// Log-probabilities of tokens whose text has not gone out yet.
     pending: Vec<TokenLogprobs>,
-    /// Text held back as a possible tool call.
-    held: String,
-    /// Text other than whitespace has gone out.
-    sent_content: bool,
+    /// With tools: the answer read for calls.
+    calls: Option<ToolCallStream>,
 }
 
 impl Choice {
@@ -51,70 +54,66 @@ impl Choice {
         rendered
     }
 
-    /// The chunk for a piece of text, unless all of it is held back.
+    /// The chunks for a piece of text, unless all of it is held back.
     fn text(&mut self, a: &Answer, text: String, include_usage: bool) -> Option<Bytes> {
-        let text = match &a.tools {
-            None => text,
-            Some(tools) => {
-                self.held.push_str(&text);
-                let ready = tools.sendable(&self.held, self.sent_content);
-                if ready == 0 {
-                    return None;
-                }
-                let out: String = self.held.drain(..ready).collect();
-                self.sent_content |= !out.trim().is_empty();
-                out
-            }
+        let pieces = match &mut self.calls {
+            None => vec![Streamed::Content(text)],
+            Some(calls) => calls.push(&text),
         };
-        let logprobs = self.take_logprobs();
-        Some(response::sse(&a.meta.chunk(
-            self.index,
-            Some(&text),
-            false,
-            None,
-            include_usage,
-            logprobs,
-        )))
+        let frames = self.frames(a, pieces, include_usage);
+        (!frames.is_empty()).then(|| Bytes::from(frames))
     }
 
-    /// The choice's last chunks: held text, its tool calls, then its
-    /// `finish_reason`.
-    fn finish(&mut self, a: &Answer, reason: FinishReason, include_usage: bool) -> Vec<u8> {
+    /// A chunk per piece; the first carries the log-probabilities waiting,
+    /// those of the tokens that wrote it.
+    fn frames(&mut self, a: &Answer, pieces: Vec<Streamed>, include_usage: bool) -> Vec<u8> {
         let mut frames = Vec::new();
-        let parsed = a
-            .tools
-            .as_ref()
-            .and_then(|t| t.calls_in_held(&self.held, self.sent_content));
-        let leftover = match &parsed {
-            Some(p) => p.content.clone().unwrap_or_default(),
-            None => std::mem::take(&mut self.held),
-        };
-        if !leftover.is_empty() {
-            let lp = self.take_logprobs();
-            frames.extend_from_slice(&response::sse(&a.meta.chunk(
-                self.index,
-                Some(&leftover),
-                false,
-                None,
-                include_usage,
-                lp,
-            )));
-        }
-        if let Some(p) = &parsed {
-            let mut chunk = a
-                .meta
-                .chunk(self.index, None, false, None, include_usage, None);
-            chunk["choices"][0]["delta"]["tool_calls"] =
-                a.meta.tool_calls(self.index, &p.tool_calls, true);
+        for (n, piece) in pieces.into_iter().enumerate() {
+            let logprobs = if n == 0 { self.take_logprobs() } else { None };
+            let chunk = match piece {
+                Streamed::Content(text) => a.meta.chunk(
+                    self.index,
+                    Some(&text),
+                    false,
+                    None,
+                    include_usage,
+                    logprobs,
+                ),
+                Streamed::Call {
+                    index,
+                    name,
+                    arguments,
+                } => {
+                    let call =
+                        a.meta
+                            .tool_call_delta(self.index, index, name.as_deref(), &arguments);
+                    let mut chunk =
+                        a.meta
+                            .chunk(self.index, None, false, None, include_usage, logprobs);
+                    chunk["choices"][0]["delta"]["tool_calls"] = json!([call]);
+                    chunk
+                }
+            };
             frames.extend_from_slice(&response::sse(&chunk));
         }
+        frames
+    }
+
+    /// The choice's last chunks: what was held back, then its
+    /// `finish_reason`.
+    fn finish(&mut self, a: &Answer, reason: FinishReason, include_usage: bool) -> Vec<u8> {
+        let (held, called) = match &mut self.calls {
+            None => (Vec::new(), false),
+            Some(calls) => (calls.finish(), calls.ends_with_calls()),
+        };
+        let mut frames = self.frames(a, held, include_usage);
         let rest = (!self.pending.is_empty())
             .then(|| self.take_logprobs())
             .flatten();
         let mut closing = a
             .meta
             .chunk(self.index, None, false, Some(reason), include_usage, rest);
-        if parsed.is_some() {
+        if called {
             closing["choices"][0]["finish_reason"] = json!("tool_calls");
         }
         frames.extend_from_slice(&response::sse(&closing));
@@ -136,8 +135,7 @@ pub(super) fn stream(
                 index,
                 logprobs: answer.logprobs.clone(),
                 pending: Vec::new(),
-                held: String::new(),
-                sent_content: false,
+                calls: answer.tools.as_ref().map(|t| t.stream()),
             })
             .collect();
         let opening: Vec<u8> = choices

@@ -6,14 +6,24 @@
 //! Invariants: an answer is either all text or its calls plus the text
 //! outside them; what is not a well-formed call of a known tool leaves the
 //! whole answer as text (never lost, never turned into an invented call).
-//! While streaming, [`hold_from`] holds back every byte from which a call may
-//! still begin, so no part of a call is ever sent as content.
+//! A call's `arguments` are the model's JSON without the whitespace between
+//! tokens, so that streamed fragments ([`ToolCallStream`]) add up to the
+//! same text. While streaming, [`hold_from`] holds back every byte from
+//! which a call may still begin, so no part of a call is ever sent as
+//! content.
 //!
 //! The items are `pub` inside this private module rather than `pub(crate)`:
 //! `validation::ToolCallParsing`, which the crate exports, carries a
 //! [`ToolCallFormat`] and returns a [`ParsedOutput`].
 
-use serde_json::{Map, Value};
+use std::collections::HashMap;
+
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+mod streaming;
+
+pub use streaming::{Streamed, ToolCallStream};
 
 /// Hermes' call block.
 const HERMES_OPEN: &str = "<tool_call>";
@@ -102,8 +112,8 @@ impl ToolCallFormat {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ToolCall {
     pub name: String,
-    /// The arguments object as compact JSON text; `{}` when the model gave
-    /// none.
+    /// The arguments object as compact JSON text, the model's own less the
+    /// whitespace between tokens; `{}` when the model gave none.
     pub arguments: String,
 }
 
@@ -171,41 +181,102 @@ fn non_empty(text: &str) -> Option<String> {
 /// One call object: a string `name` among the known tools, and arguments
 /// (under `arguments`, else `parameters`) that are an object, or a JSON
 /// string holding one; absent, `null` or an empty string read as `{}`.
-fn call(value: &Value, known: &[&str]) -> Option<ToolCall> {
-    let object = value.as_object()?;
-    let name = object.get("name")?.as_str()?;
-    if !known.contains(&name) {
-        return None;
-    }
+/// Read as raw JSON, so the arguments keep the model's own text (see
+/// [`arguments`]).
+fn call(value: &RawValue, known: &[&str]) -> Option<ToolCall> {
+    let object: HashMap<String, &RawValue> = serde_json::from_str(value.get()).ok()?;
+    let name: String = serde_json::from_str(object.get("name")?.get()).ok()?;
     let given = object
         .get("arguments")
-        .filter(|v| !v.is_null())
+        .filter(|v| v.get() != "null")
         .or_else(|| object.get("parameters"));
-    let arguments = match given {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(Value::String(s)) if s.trim().is_empty() => Value::Object(Map::new()),
-        Some(Value::String(s)) => serde_json::from_str(s).ok()?,
-        Some(other) => other.clone(),
-    };
-    if !arguments.is_object() {
+    named_call(&name, given.map(|v| v.get()), known)
+}
+
+fn named_call(name: &str, given: Option<&str>, known: &[&str]) -> Option<ToolCall> {
+    if !known.contains(&name) {
         return None;
     }
     Some(ToolCall {
         name: name.to_owned(),
-        arguments: serde_json::to_string(&arguments).ok()?,
+        arguments: arguments(given)?,
     })
+}
+
+/// A call's arguments as they go out, from their raw JSON: the object's
+/// text without the whitespace between tokens (keys in the model's order,
+/// strings and numbers as it wrote them), which a stream can send as the
+/// model writes it and still end with the same text; `None` when they are
+/// not an object.
+fn arguments(given: Option<&str>) -> Option<String> {
+    match given {
+        None | Some("null") => Some("{}".to_owned()),
+        Some(raw) if raw.starts_with('"') => string_arguments(raw),
+        Some(raw) => raw.starts_with('{').then(|| compact(raw)),
+    }
+}
+
+/// Arguments given as a JSON string (`raw`, quotes and all) holding an
+/// object, or nothing.
+fn string_arguments(raw: &str) -> Option<String> {
+    let text: String = serde_json::from_str(raw).ok()?;
+    if text.trim().is_empty() {
+        return Some("{}".to_owned());
+    }
+    serde_json::from_str::<Value>(&text)
+        .ok()?
+        .is_object()
+        .then(|| compact(&text))
+}
+
+/// Drops the whitespace between a JSON text's tokens, one char at a time,
+/// so that arguments read whole and arguments streamed are the same text.
+#[derive(Debug, Default, Clone)]
+struct Compactor {
+    in_string: bool,
+    escaped: bool,
+}
+
+impl Compactor {
+    /// Whether `c`, the next char of a valid JSON text, stays.
+    fn keep(&mut self, c: char) -> bool {
+        if self.in_string {
+            match (self.escaped, c) {
+                (true, _) => self.escaped = false,
+                (false, '\\') => self.escaped = true,
+                (false, '"') => self.in_string = false,
+                _ => {}
+            }
+            return true;
+        }
+        self.in_string = c == '"';
+        !is_json_space(c)
+    }
+}
+
+fn compact(json: &str) -> String {
+    let mut compactor = Compactor::default();
+    json.chars().filter(|&c| compactor.keep(c)).collect()
+}
+
+/// Whitespace as JSON has it (narrower than `char::is_whitespace`).
+fn is_json_space(c: char) -> bool {
+    matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
 /// The calls in one JSON value: an object is one call, an array a list of
 /// them (not empty). `None` if any of them is not a call.
-fn push_calls(value: &Value, known: &[&str], calls: &mut Vec<ToolCall>) -> Option<()> {
-    match value {
-        Value::Array(items) if !items.is_empty() => {
-            for item in items {
-                calls.push(call(item, known)?);
-            }
+fn push_calls(value: &RawValue, known: &[&str], calls: &mut Vec<ToolCall>) -> Option<()> {
+    if value.get().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(value.get()).ok()?;
+        if items.is_empty() {
+            return None;
         }
-        _ => calls.push(call(value, known)?),
+        for item in items {
+            calls.push(call(item, known)?);
+        }
+    } else {
+        calls.push(call(value, known)?);
     }
     Some(())
 }
@@ -226,7 +297,7 @@ fn hermes(text: &str, known: &[&str]) -> Option<ParsedOutput> {
             (_, Some(open)) => (block.get(..open)?, block.get(open..)?),
             (_, None) => (block, ""),
         };
-        push_calls(&serde_json::from_str(json.trim()).ok()?, known, &mut calls)?;
+        push_calls(serde_json::from_str(json.trim()).ok()?, known, &mut calls)?;
         rest = after;
     }
     content.push_str(rest);
@@ -244,8 +315,8 @@ fn llama3(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     }
     let mut calls = Vec::new();
     while !rest.is_empty() {
-        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<Value>();
-        calls.push(call(&values.next()?.ok()?, known)?);
+        let mut values = serde_json::Deserializer::from_str(rest).into_iter::<&RawValue>();
+        calls.push(call(values.next()?.ok()?, known)?);
         rest = rest.get(values.byte_offset()..)?.trim_start();
         if !rest.is_empty() {
             // The next call, after `;`; a trailing `;` ends the list.
@@ -264,15 +335,13 @@ fn mistral(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     for segment in after.split(MISTRAL_OPEN) {
         let segment = segment.trim();
         if segment.starts_with('[') || segment.starts_with('{') {
-            push_calls(&serde_json::from_str(segment).ok()?, known, &mut calls)?;
+            push_calls(serde_json::from_str(segment).ok()?, known, &mut calls)?;
         } else {
             // `name[ARGS]{…}`, maybe `name[CALL_ID]id[ARGS]{…}`.
             let (head, args) = segment.split_once(MISTRAL_ARGS)?;
             let name = head.split_once(MISTRAL_CALL_ID).map_or(head, |(n, _)| n);
-            let mut object = Map::new();
-            object.insert("name".into(), Value::String(name.trim().to_owned()));
-            object.insert("arguments".into(), serde_json::from_str(args.trim()).ok()?);
-            calls.push(call(&Value::Object(object), known)?);
+            let args: &RawValue = serde_json::from_str(args.trim()).ok()?;
+            calls.push(named_call(name.trim(), Some(args.get()), known)?);
         }
     }
     Some(ParsedOutput {
@@ -286,6 +355,7 @@ mod tests {
     use super::ToolCallFormat::{Hermes, Llama3Json, Mistral};
     use super::*;
     use proptest::prelude::*;
+    use serde_json::Map;
 
     const KNOWN: &[&str] = &["get_weather", "get_time"];
 
@@ -471,6 +541,25 @@ mod tests {
             [(
                 "get_weather",
                 r#"{"city":"Zürich 東京","days":[1,2],"opts":{"unit":"c"}}"#
+            )]
+        );
+    }
+
+    /// What a stream can send as it comes: the model's text, keys in its
+    /// order, strings and numbers as written, less the whitespace between
+    /// tokens (not inside strings).
+    #[test]
+    fn arguments_keep_the_models_text_less_whitespace() {
+        let p = parse(
+            Hermes,
+            r#"<tool_call>{"name": "get_time", "arguments": { "z" : 1.50, "a": "\u00e9 \"q\"  }", "n": [ 1, -2E3 ] }}</tool_call>"#,
+            KNOWN,
+        );
+        assert_eq!(
+            calls(&p),
+            [(
+                "get_time",
+                r#"{"z":1.50,"a":"\u00e9 \"q\"  }","n":[1,-2E3]}"#
             )]
         );
     }

@@ -73,27 +73,10 @@ impl ToolCallParsing {
         (!parsed.tool_calls.is_empty()).then_some(parsed)
     }
 
-    /// How much of `held` (text not yet streamed) can go out as content
-    /// now: all of it unless it may be, or contain, the start of a call.
-    /// `sent_content`: text other than whitespace has gone out already.
-    pub fn sendable(&self, held: &str, sent_content: bool) -> usize {
-        if sent_content && self.calls_only_first() {
-            return held.len();
-        }
-        tool_calls::hold_from(self.format, held).unwrap_or(held.len())
-    }
-
-    /// The calls in what a stream held back to its end (see `sendable`).
-    pub fn calls_in_held(&self, held: &str, sent_content: bool) -> Option<ParsedOutput> {
-        if sent_content && self.calls_only_first() {
-            return None;
-        }
-        self.calls_in(held)
-    }
-
-    /// Llama 3's calls are the whole answer: after text, none can come.
-    fn calls_only_first(&self) -> bool {
-        self.format == ToolCallFormat::Llama3Json
+    /// A reader for one streamed answer, sending its calls as they are
+    /// written (see `tool_calls::ToolCallStream`).
+    pub fn stream(&self) -> tool_calls::ToolCallStream {
+        tool_calls::ToolCallStream::new(self.format, self.names.clone(), !self.parallel)
     }
 }
 
@@ -151,13 +134,25 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
             ))
         }
     };
-    if let Some(v) = f.best_of.filter(|v| *v != 1) {
-        return Err(ApiError::invalid(
-            Some("best_of"),
-            format!(
-                "`best_of` must be 1 (this server returns every choice it samples; use `n`); got {v}."
-            ),
-        ));
+    // `best_of` equal to `n` asks for nothing more than `n` does; above it,
+    // OpenAI would sample more and return the likeliest, which this server
+    // does not do.
+    match f.best_of {
+        Some(b) if b < n as i64 => {
+            return Err(ApiError::invalid(
+                Some("best_of"),
+                format!("`best_of` ({b}) must be at least `n` ({n})."),
+            ))
+        }
+        Some(b) if b > n as i64 => {
+            return Err(ApiError::invalid(
+                Some("best_of"),
+                format!(
+                    "`best_of` above `n` is not supported (this server returns every choice it samples; use `n`); got {b}."
+                ),
+            ))
+        }
+        _ => {}
     }
     let logprobs = logprobs(shape, f.logprobs, f.top_logprobs)?;
     if f.echo == Some(true) {
@@ -792,7 +787,8 @@ mod tests {
     #[test]
     fn bad_fields_name_their_parameter() {
         for (extra, param, needle) in [
-            (r#","best_of":3"#, "best_of", "must be 1"),
+            (r#","best_of":3"#, "best_of", "above `n`"),
+            (r#","n":2,"best_of":1"#, "best_of", "at least `n`"),
             (r#","temperature":3"#, "temperature", "between 0 and 2"),
             (r#","top_p":0"#, "top_p", "(0, 1]"),
             (r#","top_k":-5"#, "top_k", "disabled"),

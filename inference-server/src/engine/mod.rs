@@ -145,7 +145,7 @@ pub enum StartError {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SubmitError {
-    #[error("the server is at capacity: {0} requests running or queued")]
+    #[error("the server is at capacity: {0} choices running or queued")]
     Full(usize),
     #[error("the server is shutting down")]
     ShuttingDown,

@@ -436,12 +436,37 @@ mod tests {
                 Work::Decode { id: SeqId(21) },
             ]
         );
-        // A choice that went away before the fork frees its slot.
+        // A choice that ends frees its slot for the next waiter.
         s.retire(SeqId(1));
         s.retire(SeqId(21));
         let p = s.plan();
         assert_eq!(p.admitted, vec![SeqId(3)]);
         assert_eq!(s.running(), 3);
+    }
+
+    #[test]
+    fn a_choice_gone_before_the_fork_frees_its_slot_at_the_fork() {
+        let mut s = Scheduler::new(limits(3, 16, 8)).unwrap();
+        s.enqueue(SeqId(1), 2, 3).unwrap();
+        s.enqueue(SeqId(2), 2, 1).unwrap();
+        assert_eq!(s.plan().admitted, vec![SeqId(1)]);
+        assert!(!s.fork(SeqId(9), &[]), "no such group");
+        // One of the two other choices went away: one slot comes free.
+        assert!(s.fork(SeqId(1), &[SeqId(10)]));
+        assert_eq!(s.running(), 2);
+        let p = s.plan();
+        assert_eq!(p.admitted, vec![SeqId(2)]);
+        assert_eq!(s.running(), 3);
+    }
+
+    #[test]
+    fn a_group_forks_only_once_its_prompt_is_fed() {
+        let mut s = Scheduler::new(limits(3, 16, 4)).unwrap();
+        s.enqueue(SeqId(1), 6, 2).unwrap();
+        assert_eq!(s.plan().work, vec![prefill(1, 0, 4, false)]);
+        assert!(!s.fork(SeqId(1), &[SeqId(10)]), "prompt not yet fed");
+        assert_eq!(s.plan().work, vec![prefill(1, 4, 2, true)]);
+        assert!(s.fork(SeqId(1), &[SeqId(10)]));
     }
 
     #[test]
@@ -467,16 +492,28 @@ mod tests {
         s.enqueue(SeqId(3), 2, 1).unwrap();
     }
 
+    /// Limits, then requests of `(prompt length, choices, one choice hangs
+    /// up before the fork)` that fit them.
+    fn limits_and_requests(
+    ) -> impl Strategy<Value = (usize, usize, usize, Vec<(usize, usize, bool)>)> {
+        (1usize..6).prop_flat_map(|running| {
+            (
+                Just(running),
+                0usize..40,
+                1usize..30,
+                proptest::collection::vec((1usize..50, 1..=running, any::<bool>()), 1..12),
+            )
+        })
+    }
+
     proptest! {
         /// Whatever arrives, a step stays within its budgets, every decoding
         /// sequence is in every step, each prompt is fed exactly once, in
-        /// order, and a group's choices decode only after its prefill.
+        /// order, a group's choices decode only after its prefill, and slots
+        /// of choices gone before the fork come back.
         #[test]
         fn plans_respect_budgets_and_feed_each_prompt_once(
-            requests in proptest::collection::vec((1usize..50, 1usize..4), 1..12),
-            running in 3usize..6,
-            extra in 0usize..40,
-            chunk in 1usize..30,
+            (running, extra, chunk, requests) in limits_and_requests(),
         ) {
             let tokens = running + extra.max(chunk);
             let slots: usize = requests.iter().map(|r| r.1).sum();
@@ -486,14 +523,14 @@ mod tests {
                 max_batch_tokens: tokens,
                 prefill_chunk: chunk.min(tokens),
             }).unwrap();
-            for (i, (len, width)) in requests.iter().enumerate() {
+            for (i, (len, width, _)) in requests.iter().enumerate() {
                 s.enqueue(SeqId(i as u64), *len, *width).unwrap();
             }
-            let prompts: Vec<usize> = requests.iter().map(|r| r.0).collect();
             // Choice `c` of request `i` (c ≥ 1) is sequence 1000 * c + i.
             let request_of = |id: SeqId| (id.0 % 1000) as usize;
-            let mut fed = vec![0usize; prompts.len()];
+            let mut fed = vec![0usize; requests.len()];
             let mut decodes = std::collections::HashMap::new();
+            let mut expected = 0;
             for _ in 0..10_000 {
                 if s.is_idle() {
                     break;
@@ -501,24 +538,30 @@ mod tests {
                 let plan = s.plan();
                 prop_assert!(plan.tokens() <= tokens);
                 prop_assert!(s.running() <= running);
+                prop_assert!(plan.work.len() <= running);
                 for w in &plan.work {
                     match *w {
                         Work::Prefill { id, start, len, completes } => {
                             let i = id.0 as usize;
+                            let (prompt, width, one_gone) = requests[i];
                             prop_assert_eq!(start, fed[i]);
                             prop_assert!(len <= chunk);
                             fed[i] += len;
-                            prop_assert_eq!(completes, fed[i] == prompts[i]);
+                            prop_assert_eq!(completes, fed[i] == prompt);
                             if completes {
-                                let choices: Vec<SeqId> = (1..requests[i].1)
+                                let mut choices: Vec<SeqId> = (1..width)
                                     .map(|c| SeqId(1000 * c as u64 + id.0))
                                     .collect();
+                                if one_gone {
+                                    choices.pop();
+                                }
+                                expected += 1 + choices.len();
                                 prop_assert!(s.fork(id, &choices));
                             }
                         }
                         Work::Decode { id } => {
                             let i = request_of(id);
-                            prop_assert_eq!(fed[i], prompts[i]);
+                            prop_assert_eq!(fed[i], requests[i].0);
                             let n = decodes.entry(id).or_insert(0usize);
                             *n += 1;
                             // Each sequence generates three tokens, then ends.
@@ -530,9 +573,9 @@ mod tests {
                 }
             }
             prop_assert!(s.is_idle());
-            prop_assert_eq!(fed, prompts);
-            // Every choice of every request decoded.
-            prop_assert_eq!(decodes.len(), slots);
+            prop_assert_eq!(fed, requests.iter().map(|r| r.0).collect::<Vec<_>>());
+            // Every choice that stayed decoded.
+            prop_assert_eq!(decodes.len(), expected);
         }
     }
 }

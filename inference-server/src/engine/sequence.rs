@@ -33,6 +33,9 @@ pub(super) struct Sequence {
     stops: StopMatcher,
     events: mpsc::UnboundedSender<Event>,
     received: Instant,
+    /// This sequence's latencies are its request's (its first choice): the
+    /// other choices' first tokens come in the same step.
+    pub timed: bool,
     last_token_at: Option<Instant>,
     /// Held until the sequence ends: its release admits the next request.
     permit: Option<OwnedSemaphorePermit>,
@@ -50,6 +53,8 @@ pub(super) struct SequenceParts {
     pub shown_special: Vec<u32>,
     pub events: mpsc::UnboundedSender<Event>,
     pub received: Instant,
+    /// The request's first choice (see `Sequence::timed`).
+    pub timed: bool,
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -69,6 +74,7 @@ impl Sequence {
             stops: StopMatcher::new(p.stop),
             events: p.events,
             received: p.received,
+            timed: p.timed,
             last_token_at: None,
             permit: Some(p.permit),
         }
@@ -105,9 +111,10 @@ impl Sequence {
     ) -> Option<FinishReason> {
         let now = Instant::now();
         match self.last_token_at {
-            None => metrics
+            None if self.timed => metrics
                 .time_to_first_token
                 .observe_duration(now - self.received),
+            None => {}
             Some(t) => metrics.inter_token_latency.observe_duration(now - t),
         }
         self.last_token_at = Some(now);

@@ -188,6 +188,74 @@ fn choices_share_one_prefill_and_each_samples_with_its_own_seed() {
 }
 
 #[test]
+fn a_choice_gone_before_the_prefill_takes_its_request_with_it() {
+    let (engine, metrics) = engine(2, 2);
+    let handle = engine.handle.clone();
+    let greedy = SamplingParams {
+        temperature: 0.0,
+        ..SamplingParams::default()
+    };
+    // The second choice's receiver is gone before the engine sees the
+    // request (so the outcome does not race the tiny model's speed).
+    let (first_tx, mut first_rx) = mpsc::unbounded_channel();
+    let (gone_tx, gone_rx) = mpsc::unbounded_channel();
+    drop(gone_rx);
+    submit_choices(
+        &handle,
+        vec![1, 2, 3],
+        50,
+        greedy,
+        None,
+        vec![first_tx, gone_tx],
+    );
+    assert_eq!(
+        first_rx.blocking_recv(),
+        None,
+        "the first choice is cancelled with it, before any token"
+    );
+    // The engine counts the cancellations just after it drops the channels.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while metrics.requests_cancelled.get() < 2 {
+        assert!(Instant::now() < deadline, "both choices count as cancelled");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert_eq!(metrics.requests_cancelled.get(), 2);
+    assert_eq!(metrics.prompt_tokens.get(), 0, "nothing was prefilled");
+    // Both slots are back, in the permits and in the scheduler: a request
+    // for two choices runs.
+    let two = choices(&handle, &[1, 5], 2, 9);
+    assert!(
+        two.iter()
+            .all(|(_, end)| matches!(end, Event::Finished { .. })),
+        "{two:?}"
+    );
+    handle.shutdown();
+    engine.thread.join().unwrap();
+}
+
+#[test]
+fn shutdown_fails_every_choice_of_a_waiting_request() {
+    let (engine, _) = engine(2, 4);
+    let handle = engine.handle.clone();
+    let mut running = submit(&handle, vec![1, 2, 3], 120);
+    // Let the engine admit the first one before the rest arrive.
+    assert!(matches!(running.blocking_recv(), Some(Event::Text(_))));
+    // Two choices need both slots: they wait behind the running one.
+    let sampling = SamplingParams::default();
+    let (txs, mut rxs): (Vec<_>, Vec<_>) = (0..2).map(|_| mpsc::unbounded_channel()).unzip();
+    submit_choices(&handle, vec![1, 4], 20, sampling, Some(1), txs);
+    handle.shutdown();
+    for rx in &mut rxs {
+        assert!(matches!(
+            drain(rx).1,
+            Event::Failed(Failure::Unavailable(_))
+        ));
+    }
+    assert!(matches!(drain(&mut running).1, Event::Finished { .. }));
+    engine.thread.join().unwrap();
+}
+
+#[test]
 fn a_hung_up_client_is_retired_and_its_permit_returned() {
     let (engine, metrics) = engine(1, 1);
     let handle = engine.handle.clone();

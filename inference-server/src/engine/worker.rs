@@ -12,9 +12,9 @@ use super::grammar::GrammarError;
 use super::sampling::Sampler;
 use super::scheduler::{Plan, Scheduler, SeqId, Work};
 use super::sequence::{Sequence, SequenceParts};
-use super::{Command, Failure, FinishReason, Submission};
+use super::{Command, Constraint, Failure, FinishReason, Submission};
 use crate::metrics::Metrics;
-use crate::model::{LoadedModel, Scratch, StepInput};
+use crate::model::{LoadedModel, ModelError, Scratch, StepInput};
 
 pub(super) struct Worker {
     loaded: Arc<LoadedModel>,
@@ -145,6 +145,7 @@ impl Worker {
                     grammar: grammar.take(),
                     events: out.events,
                     received: s.received,
+                    timed: i == 0,
                     permit: out.permit,
                 },
                 self.loaded.tokenizer.clone(),
@@ -168,55 +169,78 @@ impl Worker {
     }
 
     /// A request's prompt is in its first sequence's cache: its other
-    /// choices get copies of that cache and of its grammar state, and
-    /// decode on their own from the next step. Returns those that did (a
-    /// copy that finds no memory fails its choice alone).
+    /// choices copy it into theirs (reserved with the first's, at
+    /// admission) with its grammar state, and decode on their own from the
+    /// next step. Returns those that did.
     fn fork(&mut self, first: SeqId, others: Vec<SeqId>) -> Vec<SeqId> {
-        let Some(Sequence {
-            cache: Some(cache),
-            grammar,
-            ..
-        }) = self.sequences.get(&first)
+        let Some((cache, grammar)) = self
+            .sequences
+            .get_mut(&first)
+            .and_then(|s| Some((s.cache.take()?, s.grammar.as_ref().map(Constraint::fork))))
         else {
+            // Unreachable: the first is sampled right after this, with its
+            // cache. Fail the choices rather than leave them waiting.
+            for id in others {
+                self.fail_alone(id, Failure::Internal("a choice lost its prefill".into()));
+            }
             return Vec::new();
         };
-        let copies: Vec<_> = others
-            .into_iter()
-            .filter(|id| self.sequences.contains_key(id))
-            .map(|id| (id, cache.fork(), grammar.as_ref().map(|g| g.fork())))
-            .collect();
-        let mut forked = Vec::with_capacity(copies.len());
-        for (id, cache, grammar) in copies {
-            match cache {
-                Ok(cache) => {
-                    if let Some(seq) = self.sequences.get_mut(&id) {
-                        seq.cache = Some(cache);
-                        seq.grammar = grammar;
-                        forked.push(id);
-                    }
+        let mut forked = Vec::with_capacity(others.len());
+        let mut failed = Vec::new();
+        for id in others {
+            let Some(seq) = self.sequences.get_mut(&id) else {
+                continue;
+            };
+            let copied = match seq.cache.as_mut() {
+                Some(own) => own.copy_prefix(&cache),
+                None => Err(ModelError::Forward("no KV cache was reserved".into())),
+            };
+            match copied {
+                Ok(()) => {
+                    seq.grammar = grammar.as_ref().map(Constraint::fork);
+                    forked.push(id);
                 }
-                Err(e) => {
-                    tracing::warn!(error = %e, "failing a choice: no memory for its KV cache");
-                    self.fail_alone(id, Failure::Internal(e.to_string()));
-                }
+                Err(e) => failed.push((id, e)),
             }
         }
-        self.scheduler.fork(first, &forked);
+        if let Some(seq) = self.sequences.get_mut(&first) {
+            seq.cache = Some(cache);
+        }
+        for (id, e) in failed {
+            tracing::error!(error = %e, "failing a choice: its prompt could not be copied");
+            self.fail_alone(id, Failure::Internal(e.to_string()));
+        }
+        if !self.scheduler.fork(first, &forked) {
+            for id in forked.drain(..) {
+                self.fail_alone(
+                    id,
+                    Failure::Internal("the scheduler lost the request".into()),
+                );
+            }
+        }
         forked
     }
 
-    /// KV caches are reserved at admission: a queued request holds none.
+    /// KV caches are reserved at admission, for every choice of a request:
+    /// a queued request holds none, and one that cannot have them all is
+    /// refused whole before any work is done.
     fn reserve_caches(&mut self, plan: &Plan) {
-        for id in &plan.admitted {
-            let Some(seq) = self.sequences.get_mut(id) else {
-                continue;
-            };
-            let capacity = seq.prompt.len() + seq.max_new_tokens();
-            match self.loaded.model.new_cache(capacity) {
-                Ok(cache) => seq.cache = Some(cache),
-                Err(e) => {
-                    tracing::warn!(error = %e, "refusing a request: no memory for its KV cache");
-                    self.end_with_failure(*id, Failure::Internal(e.to_string()));
+        for first in &plan.admitted {
+            let group: Vec<SeqId> = std::iter::once(*first)
+                .chain(self.followers.get(first).into_iter().flatten().copied())
+                .collect();
+            for id in group {
+                let Some(seq) = self.sequences.get_mut(&id) else {
+                    continue;
+                };
+                let capacity = seq.prompt.len() + seq.max_new_tokens();
+                match self.loaded.model.new_cache(capacity) {
+                    Ok(cache) => seq.cache = Some(cache),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "refusing a request: no memory for its KV caches");
+                        self.end_with_failure(*first, Failure::Internal(e.to_string()));
+                        break;
+                    }
                 }
             }
         }
@@ -230,10 +254,16 @@ impl Worker {
             .map(|(id, _)| *id)
             .collect();
         for id in gone {
-            // Choices still waiting on this prefill go with it: they are the
-            // same client's.
-            let others = self.followers.remove(&id).unwrap_or_default();
-            for id in std::iter::once(id).chain(others) {
+            // Until the fork, a request's choices go together, whichever
+            // hung up first: they are the same client's, and its scheduler
+            // slots are held as one.
+            let first = self
+                .followers
+                .iter()
+                .find(|(_, others)| others.contains(&id))
+                .map_or(id, |(first, _)| *first);
+            let others = self.followers.remove(&first).unwrap_or_default();
+            for id in std::iter::once(first).chain(others) {
                 self.scheduler.retire(id);
                 if self.sequences.remove(&id).is_some() {
                     self.metrics.requests_cancelled.add(1);
@@ -297,9 +327,11 @@ impl Worker {
         self.scheduler.retire(id);
         if let Some(mut seq) = self.sequences.remove(&id) {
             seq.finish(reason);
-            self.metrics
-                .request_seconds
-                .observe_duration(seq.received().elapsed());
+            if seq.timed {
+                self.metrics
+                    .request_seconds
+                    .observe_duration(seq.received().elapsed());
+            }
             match reason {
                 FinishReason::Stop => self.metrics.requests_finished_stop.add(1),
                 FinishReason::Length => self.metrics.requests_finished_length.add(1),

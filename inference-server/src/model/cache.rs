@@ -49,28 +49,21 @@ impl HostCache {
         })
     }
 
-    /// A copy holding the same positions, with room for as many more as
-    /// this one: what another choice of the same request continues from
-    /// instead of computing the prompt again.
-    pub fn fork(&self) -> Result<Self, ModelError> {
-        let copy = |layers: &[Vec<f32>]| -> Result<Vec<Vec<f32>>, ModelError> {
-            layers
-                .iter()
-                .map(|v| {
-                    let mut copy = Vec::new();
-                    copy.try_reserve_exact(v.capacity())
-                        .map_err(|e| ModelError::Forward(format!("cannot copy a KV cache: {e}")))?;
-                    copy.extend_from_slice(v);
-                    Ok(copy)
-                })
-                .collect()
-        };
-        Ok(Self {
-            keys: copy(&self.keys)?,
-            values: copy(&self.values)?,
-            kv_width: self.kv_width,
-            len: self.len,
-        })
+    /// Takes `from`'s positions (this cache, reserved as large, holds none
+    /// yet): another choice of the same request continues from them instead
+    /// of computing the prompt again. Within the reserved room, so nothing
+    /// is allocated.
+    pub fn copy_prefix(&mut self, from: &HostCache) {
+        for (to, from) in self
+            .keys
+            .iter_mut()
+            .zip(&from.keys)
+            .chain(self.values.iter_mut().zip(&from.values))
+        {
+            to.clear();
+            to.extend_from_slice(from);
+        }
+        self.len = from.len;
     }
 
     /// Positions already cached (the next token's position).

@@ -106,6 +106,16 @@ const SUPPORTED: &[Arch] = &[
         rope_style: RopeStyle::Halves,
         qk_norm: true,
     },
+    // Phi-3 (and Phi-4, written as phi3) stacks Q, K and V in one
+    // `attn_qkv` and gate and up in one `ffn_up`; the loader reads them as
+    // written. Its `attention.sliding_window` is ignored, as llama.cpp
+    // ignores it (its converters do not say which layers slide).
+    Arch {
+        name: "phi3",
+        family: Family::Llama,
+        rope_style: RopeStyle::Halves,
+        qk_norm: false,
+    },
     Arch {
         name: "gemma3",
         family: Family::Gemma3,

@@ -42,19 +42,46 @@ impl DeviceLinear {
     }
 }
 
+/// Projections of the same input whose outputs a block takes apart: one
+/// matrix each, or one stacked matrix (Phi-3's `attn_qkv`, and its `ffn_up`
+/// holding gate and up) whose output columns are split at these widths.
+pub enum DeviceProjections {
+    Separate(Vec<DeviceLinear>),
+    Stacked(DeviceLinear, Vec<usize>),
+}
+
+impl DeviceProjections {
+    fn forward(&self, x: &Tensor) -> Result<Vec<Tensor>, ModelError> {
+        match self {
+            Self::Separate(linears) => linears.iter().map(|l| l.forward(x)).collect(),
+            Self::Stacked(linear, widths) => {
+                let y = linear.forward(x)?;
+                let mut at = 0;
+                widths
+                    .iter()
+                    .map(|&w| {
+                        let part = y.narrow(1, at, w)?.contiguous()?;
+                        at += w;
+                        Ok(part)
+                    })
+                    .collect()
+            }
+        }
+    }
+}
+
 pub struct DeviceBlock {
     pub attn_norm: Tensor,
-    pub q: DeviceLinear,
-    pub k: DeviceLinear,
-    pub v: DeviceLinear,
+    /// Queries, keys and values.
+    pub qkv: DeviceProjections,
     /// Per-head RMSNorm weights of queries and keys (`[head_dim]` each).
     pub qk_norm: Option<(Tensor, Tensor)>,
     pub out: DeviceLinear,
     /// Gemma's norm of the attention output before the residual add.
     pub post_attn_norm: Option<Tensor>,
     pub ffn_norm: Tensor,
-    pub gate: DeviceLinear,
-    pub up: DeviceLinear,
+    /// The MLP's gate and up projections.
+    pub gate_up: DeviceProjections,
     pub down: DeviceLinear,
     /// Gemma's norm of the MLP output before the residual add.
     pub post_ffn_norm: Option<Tensor>,
@@ -110,24 +137,27 @@ impl DeviceCache {
         self.bytes
     }
 
-    /// A copy on the device (see `HostCache::fork`).
-    pub fn fork(&self) -> Result<Self, ModelError> {
-        let copy = |layers: &[Tensor]| -> Result<Vec<Tensor>, ModelError> {
-            layers
-                .iter()
-                .map(|t| {
-                    t.copy()
-                        .map_err(|e| ModelError::Forward(format!("cannot copy a KV cache: {e}")))
-                })
-                .collect()
-        };
-        Ok(Self {
-            keys: copy(&self.keys)?,
-            values: copy(&self.values)?,
-            capacity: self.capacity,
-            len: self.len,
-            bytes: self.bytes,
-        })
+    /// Takes `from`'s positions into this cache (see
+    /// `HostCache::copy_prefix`), device to device.
+    pub fn copy_prefix(&mut self, from: &DeviceCache) -> Result<(), ModelError> {
+        if from.len > self.capacity {
+            return Err(ModelError::Forward(format!(
+                "cannot copy {} positions into a cache of {}",
+                from.len, self.capacity
+            )));
+        }
+        if from.len > 0 {
+            for (to, from_t) in self
+                .keys
+                .iter_mut()
+                .zip(&from.keys)
+                .chain(self.values.iter_mut().zip(&from.values))
+            {
+                to.slice_set(&from_t.narrow(1, 0, from.len)?, 1, 0)?;
+            }
+        }
+        self.len = from.len;
+        Ok(())
     }
 }
 
@@ -285,9 +315,9 @@ impl DeviceModel {
                 Some((q, k)) => (Some(q), Some(k)),
                 None => (None, None),
             };
-            let q = heads_of(block.q.forward(&h)?, cfg.heads, q_norm, block.rope)?;
-            let k = heads_of(block.k.forward(&h)?, cfg.kv_heads, k_norm, block.rope)?;
-            let v = block.v.forward(&h)?;
+            let [q, k, v] = projected::<3>(&block.qkv, &h)?;
+            let q = heads_of(q, cfg.heads, q_norm, block.rope)?;
+            let k = heads_of(k, cfg.kv_heads, k_norm, block.rope)?;
             let mut outs = Vec::with_capacity(batch.len());
             let mut offset = 0;
             for input in batch.iter_mut() {
@@ -306,14 +336,14 @@ impl DeviceModel {
             x = residual(x, block.out.forward(&attn)?, &block.post_attn_norm)?;
 
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
-            let gate = block.gate.forward(&h)?;
+            let [gate, up] = projected::<2>(&block.gate_up, &h)?;
             // Gemma's GELU is the tanh approximation, which candle's `gelu` is.
             let gate = if gemma {
                 gate.gelu()?
             } else {
                 candle_nn::ops::silu(&gate)?
             };
-            let act = (gate * block.up.forward(&h)?)?;
+            let act = (gate * up)?;
             x = residual(x, block.down.forward(&act)?, &block.post_ffn_norm)?;
         }
 
@@ -406,6 +436,22 @@ impl DeviceModel {
             .contiguous()?
             .reshape((t, heads * hd))?)
     }
+}
+
+/// The `N` outputs of `projections` applied to `x`.
+fn projected<const N: usize>(
+    projections: &DeviceProjections,
+    x: &Tensor,
+) -> Result<[Tensor; N], ModelError> {
+    projections
+        .forward(x)?
+        .try_into()
+        .map_err(|parts: Vec<Tensor>| {
+            ModelError::Forward(format!(
+                "{} projections where {N} were expected",
+                parts.len()
+            ))
+        })
 }
 
 /// Rows of a dequantized `[rows, cols]` weight as an f32 tensor on `device`.

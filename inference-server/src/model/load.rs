@@ -11,7 +11,9 @@ use candle_core::quantized::QTensor;
 use candle_core::Device;
 
 use super::config::{Family, ModelConfig};
-use super::device::{self, DeviceBlock, DeviceLinear, DeviceModel, DeviceWeights};
+use super::device::{
+    self, DeviceBlock, DeviceLinear, DeviceModel, DeviceProjections, DeviceWeights,
+};
 use super::file::ModelFile;
 use super::linear::{dims, Linear, WeightPart};
 use super::ops::{self, Rope};
@@ -91,6 +93,9 @@ impl Reader {
         placement: &Placement,
     ) -> Result<Model, ModelError> {
         let config = ModelConfig::from_metadata(&self.content.metadata)?;
+        if let Some((name, what)) = UNAPPLIED.iter().find(|(name, _)| self.has(name)) {
+            return Err(ModelError::tensor(name, format!("{what} is not supported")));
+        }
         let positions = max_positions
             .unwrap_or(config.context_length)
             .min(config.context_length);
@@ -271,6 +276,44 @@ fn ropes(r: &mut Reader, cfg: &ModelConfig, positions: usize) -> Result<Vec<Rope
     Ok(ropes)
 }
 
+/// Tensors that change what a model computes and that neither path
+/// applies: a file carrying one is refused by that name rather than run
+/// wrongly.
+const UNAPPLIED: &[(&str, &str)] = &[
+    (
+        "rope_factors_long.weight",
+        "LongRoPE scaling (Phi-3's 128k-context files)",
+    ),
+    ("output.bias", "a bias on the output projection"),
+];
+
+/// How a block's projections are written: one matrix each (most files), or
+/// Phi-3's two stacks, `attn_qkv` (`[q | k | v]` rows) and `ffn_up` holding
+/// `[gate | up]` (no `ffn_gate`), which both paths use as stacked.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stacking {
+    Separate,
+    Stacked,
+}
+
+impl Stacking {
+    fn qkv(r: &Reader, block: &str) -> Self {
+        if r.has(&format!("{block}.attn_qkv.weight")) {
+            Self::Stacked
+        } else {
+            Self::Separate
+        }
+    }
+
+    fn gate_up(r: &Reader, block: &str) -> Self {
+        if r.has(&format!("{block}.ffn_gate.weight")) {
+            Self::Separate
+        } else {
+            Self::Stacked
+        }
+    }
+}
+
 /// A block's norm weights and attention kind, read the same for both paths.
 struct BlockNorms {
     attn: Vec<f32>,
@@ -330,16 +373,24 @@ fn host_model(
     let mut blocks = Vec::with_capacity(cfg.layers);
     for i in 0..cfg.layers {
         let p = format!("blk.{i}");
-        let qkv = Projection::new(vec![
-            r.part(&format!("{p}.attn_q"), q_width)?,
-            r.part(&format!("{p}.attn_k"), cfg.kv_width())?,
-            r.part(&format!("{p}.attn_v"), cfg.kv_width())?,
-        ])?;
+        let qkv = Projection::new(match Stacking::qkv(r, &p) {
+            Stacking::Separate => vec![
+                r.part(&format!("{p}.attn_q"), q_width)?,
+                r.part(&format!("{p}.attn_k"), cfg.kv_width())?,
+                r.part(&format!("{p}.attn_v"), cfg.kv_width())?,
+            ],
+            Stacking::Stacked => {
+                vec![r.part(&format!("{p}.attn_qkv"), q_width + 2 * cfg.kv_width())?]
+            }
+        })?;
         let out = Projection::new(vec![r.part(&format!("{p}.attn_output"), cfg.hidden)?])?;
-        let gate_up = Projection::new(vec![
-            r.part(&format!("{p}.ffn_gate"), cfg.ffn)?,
-            r.part(&format!("{p}.ffn_up"), cfg.ffn)?,
-        ])?;
+        let gate_up = Projection::new(match Stacking::gate_up(r, &p) {
+            Stacking::Separate => vec![
+                r.part(&format!("{p}.ffn_gate"), cfg.ffn)?,
+                r.part(&format!("{p}.ffn_up"), cfg.ffn)?,
+            ],
+            Stacking::Stacked => vec![r.part(&format!("{p}.ffn_up"), 2 * cfg.ffn)?],
+        })?;
         let down = Projection::new(vec![r.part(&format!("{p}.ffn_down"), cfg.hidden)?])?;
         check_shape(
             &format!("{p}.attn_qkv"),
@@ -431,15 +482,32 @@ fn device_model(
     let mut blocks = Vec::with_capacity(cfg.layers);
     for i in 0..cfg.layers {
         let p = format!("blk.{i}");
+        let (qkv_stacking, gate_up_stacking) = (Stacking::qkv(r, &p), Stacking::gate_up(r, &p));
         let mut linear = |name: &str, rows: usize, cols: usize| {
             device_linear(r, &format!("{p}.{name}"), rows, cols, device)
         };
-        let q = linear("attn_q", q_width, cfg.hidden)?;
-        let k = linear("attn_k", kv, cfg.hidden)?;
-        let v = linear("attn_v", kv, cfg.hidden)?;
+        let qkv = match qkv_stacking {
+            Stacking::Separate => DeviceProjections::Separate(vec![
+                linear("attn_q", q_width, cfg.hidden)?,
+                linear("attn_k", kv, cfg.hidden)?,
+                linear("attn_v", kv, cfg.hidden)?,
+            ]),
+            Stacking::Stacked => DeviceProjections::Stacked(
+                linear("attn_qkv", q_width + 2 * kv, cfg.hidden)?,
+                vec![q_width, kv, kv],
+            ),
+        };
         let out = linear("attn_output", cfg.hidden, q_width)?;
-        let gate = linear("ffn_gate", cfg.ffn, cfg.hidden)?;
-        let up = linear("ffn_up", cfg.ffn, cfg.hidden)?;
+        let gate_up = match gate_up_stacking {
+            Stacking::Separate => DeviceProjections::Separate(vec![
+                linear("ffn_gate", cfg.ffn, cfg.hidden)?,
+                linear("ffn_up", cfg.ffn, cfg.hidden)?,
+            ]),
+            Stacking::Stacked => DeviceProjections::Stacked(
+                linear("ffn_up", 2 * cfg.ffn, cfg.hidden)?,
+                vec![cfg.ffn, cfg.ffn],
+            ),
+        };
         let down = linear("ffn_down", cfg.hidden, cfg.ffn)?;
         let n = BlockNorms::read(r, cfg, i)?;
         let on_device = |v: &[f32]| device::vector(v, device);
@@ -448,14 +516,11 @@ fn device_model(
         blocks.push(DeviceBlock {
             attn_norm: on_device(&n.attn)?,
             ffn_norm: on_device(&n.ffn)?,
-            q,
-            k,
-            v,
+            qkv,
             qk_norm: n.qk.as_ref().map(pair).transpose()?,
             out,
             post_attn_norm: n.post_attn.as_deref().map(on_device).transpose()?,
-            gate,
-            up,
+            gate_up,
             down,
             post_ffn_norm: n.post_ffn.as_deref().map(on_device).transpose()?,
             window: n.window,

@@ -157,13 +157,19 @@ impl SequenceCache {
         }
     }
 
-    /// A copy of the positions cached so far, where this one lives, with
-    /// the same room to grow.
-    pub fn fork(&self) -> Result<Self, ModelError> {
-        Ok(match self {
-            Self::Host(c) => Self::Host(c.fork()?),
-            Self::Device(c) => Self::Device(c.fork()?),
-        })
+    /// Takes `from`'s positions into this empty cache, reserved at least as
+    /// large, where both live (see `HostCache::copy_prefix`).
+    pub fn copy_prefix(&mut self, from: &SequenceCache) -> Result<(), ModelError> {
+        match (self, from) {
+            (Self::Host(to), Self::Host(from)) => {
+                to.copy_prefix(from);
+                Ok(())
+            }
+            (Self::Device(to), Self::Device(from)) => to.copy_prefix(from),
+            _ => Err(ModelError::Forward(
+                "a KV cache cannot be copied between the host and a device".into(),
+            )),
+        }
     }
 }
 

@@ -215,11 +215,11 @@ fn unsupported_rope_scaling_and_architectures_are_refused_by_name() {
     let mut md = std::collections::HashMap::new();
     md.insert(
         "general.architecture".to_string(),
-        Value::String("phi3".into()),
+        Value::String("phi2".into()),
     );
     let err = ModelConfig::from_metadata(&md).unwrap_err().to_string();
     assert!(
-        err.contains("\"phi3\"") && err.contains("gemma3") && err.contains("qwen3"),
+        err.contains("\"phi2\"") && err.contains("phi3") && err.contains("qwen3"),
         "{err}"
     );
 
@@ -234,6 +234,50 @@ fn unsupported_rope_scaling_and_architectures_are_refused_by_name() {
     );
     let err = ModelConfig::from_metadata(&md).unwrap_err().to_string();
     assert!(err.contains("llama.rope.scaling.type"), "{err}");
+}
+
+/// Tensors that would change the computation and that the forward pass
+/// does not apply (Phi-3 128k's LongRoPE factors, an output bias) are
+/// refused by name, not ignored.
+#[test]
+fn tensors_the_forward_pass_does_not_apply_are_refused_by_name() {
+    for extra in ["rope_factors_long.weight", "output.bias"] {
+        let path = tiny_gguf_of("phi3");
+        let mut file = std::fs::File::open(&path).unwrap();
+        let content = gguf_file::Content::read(&mut file).unwrap();
+        let mut tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+            .tensor_infos
+            .keys()
+            .map(|name| {
+                let t = content.tensor(&mut file, name, &Device::Cpu).unwrap();
+                (name.clone(), t)
+            })
+            .collect();
+        let values = Tensor::zeros(8, candle_core::DType::F32, &Device::Cpu).unwrap();
+        tensors.push((
+            extra.into(),
+            candle_core::quantized::QTensor::quantize(
+                &values,
+                candle_core::quantized::GgmlDType::F32,
+            )
+            .unwrap(),
+        ));
+        let md: Vec<(&str, &Value)> = content
+            .metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v))
+            .collect();
+        let ts: Vec<_> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+        let mut out = std::fs::File::create(&path).unwrap();
+        gguf_file::write(&mut out, &md, &ts).unwrap();
+        drop(out);
+        let err = load_gguf(&path, None).err().unwrap().to_string();
+        std::fs::remove_file(&path).unwrap();
+        assert!(
+            err.contains(extra) && err.contains("not supported"),
+            "{err}"
+        );
+    }
 }
 
 #[test]

@@ -64,14 +64,17 @@ pub fn tiny_gguf() -> PathBuf {
 }
 
 /// Architectures the tiny model is written as (see [`tiny_gguf_of`]).
-pub const ARCHITECTURES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "gemma3"];
+pub const ARCHITECTURES: &[&str] = &["llama", "llama3", "qwen2", "qwen3", "gemma3", "phi3"];
 
 /// The same tiny model as architecture `arch`: `qwen2` adds Q/K/V biases and
 /// rotates halves instead of adjacent pairs; `qwen3` has per-head Q/K norms
 /// and a head size of its own; `gemma3` adds Gemma's sandwich norms, a
 /// sliding window on its first layer and Q5_0 attention weights (projected
 /// part by part); `llama3` is llama with Llama 3.x RoPE factors and linear
-/// scaling.
+/// scaling; `phi3` stacks Q, K and V in `attn_qkv` and gate and up in
+/// `ffn_up`, rotates halves, has its own output matrix (llama.cpp requires
+/// one) and a sliding window in its metadata that llama.cpp, and so we,
+/// ignore.
 pub fn tiny_gguf_of(variant: &str) -> PathBuf {
     write(variant, Weights::Mixed)
 }
@@ -139,6 +142,9 @@ pub fn write(variant: &str, weights: Weights) -> PathBuf {
         metadata.push((key("attention.sliding_window"), u32v(6)));
         metadata.push((key("attention.sliding_window_pattern"), u32v(2)));
     }
+    if arch == "phi3" {
+        metadata.push((key("attention.sliding_window"), u32v(6)));
+    }
     metadata.push((
         "tokenizer.chat_template".into(),
         Value::String("{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}".into()),
@@ -171,9 +177,6 @@ pub fn write(variant: &str, weights: Weights) -> PathBuf {
         let q4 = matrix(q4);
         tensors.extend([
             (p("attn_norm"), qtensor(s, &[HIDDEN], GgmlDType::F32, 1.0)),
-            (p("attn_q"), qtensor(s + 1, &[q_width, HIDDEN], qk, 0.3)),
-            (p("attn_k"), qtensor(s + 2, &[kv, HIDDEN], qk, 0.3)),
-            (p("attn_v"), qtensor(s + 3, &[kv, HIDDEN], q4, 0.3)),
             (
                 p("attn_output"),
                 qtensor(s + 4, &[HIDDEN, q_width], GgmlDType::F32, 0.2),
@@ -182,13 +185,28 @@ pub fn write(variant: &str, weights: Weights) -> PathBuf {
                 p("ffn_norm"),
                 qtensor(s + 5, &[HIDDEN], GgmlDType::F32, 1.0),
             ),
-            (p("ffn_gate"), qtensor(s + 6, &[FFN, HIDDEN], q4, 0.2)),
-            (p("ffn_up"), qtensor(s + 7, &[FFN, HIDDEN], q4, 0.2)),
             (
                 p("ffn_down"),
                 qtensor(s + 8, &[HIDDEN, FFN], matrix(GgmlDType::Q8_0), 0.2),
             ),
         ]);
+        if arch == "phi3" {
+            tensors.extend([
+                (
+                    p("attn_qkv"),
+                    qtensor(s + 1, &[q_width + 2 * kv, HIDDEN], q4, 0.3),
+                ),
+                (p("ffn_up"), qtensor(s + 7, &[2 * FFN, HIDDEN], q4, 0.2)),
+            ]);
+        } else {
+            tensors.extend([
+                (p("attn_q"), qtensor(s + 1, &[q_width, HIDDEN], qk, 0.3)),
+                (p("attn_k"), qtensor(s + 2, &[kv, HIDDEN], qk, 0.3)),
+                (p("attn_v"), qtensor(s + 3, &[kv, HIDDEN], q4, 0.3)),
+                (p("ffn_gate"), qtensor(s + 6, &[FFN, HIDDEN], q4, 0.2)),
+                (p("ffn_up"), qtensor(s + 7, &[FFN, HIDDEN], q4, 0.2)),
+            ]);
+        }
         if arch == "qwen2" {
             let b = |n: &str| format!("blk.{l}.{n}.bias");
             tensors.extend([
@@ -221,6 +239,12 @@ pub fn write(variant: &str, weights: Weights) -> PathBuf {
                 ),
             ]);
         }
+    }
+    if arch == "phi3" {
+        tensors.push((
+            "output.weight".into(),
+            qtensor(3, &[vocab, HIDDEN], matrix(GgmlDType::Q8_0), 1.0),
+        ));
     }
     if variant == "llama3" {
         let factors: Vec<f32> = (0..head_dim / 2).map(|i| 1.0 + i as f32).collect();

@@ -97,6 +97,11 @@ fn streamed_choices_carry_their_index_and_end_with_the_usage_of_all() {
         );
     }
     assert_eq!(s.usage.unwrap(), whole["usage"]);
+    // The usage of both comes once, last, after both choices finished.
+    let last = s.chunks.last().unwrap();
+    assert_eq!(last["choices"], json!([]), "{last}");
+    assert_eq!(last["usage"], whole["usage"]);
+    assert_eq!(s.chunks.iter().filter(|c| !c["usage"].is_null()).count(), 1);
 }
 
 #[test]

@@ -84,9 +84,9 @@ fn every_structured_output_validates_against_its_schema() {
 /// `examples/tool_calling.py`: a weather tool with `tool_choice`
 /// `required` and with a named function (greedy and sampled), three
 /// sampled choices each forced to a valid call, streamed
-/// `delta.tool_calls`, a second turn with the tool's result, and `auto`;
-/// every call's arguments checked against the function's schema with
-/// `jsonschema`.
+/// `delta.tool_calls` (the arguments in several fragments), a second turn
+/// with the tool's result, and `auto`; every call's arguments checked
+/// against the function's schema with `jsonschema`.
 #[test]
 fn tool_calls_are_made_streamed_and_answered() {
     let stdout = run_example("tool_calling.py");
@@ -100,4 +100,12 @@ fn tool_calls_are_made_streamed_and_answered() {
     ] {
         assert!(stdout.contains(line), "{line:?} not in:\n{stdout}");
     }
+    // The streamed call's arguments came as the model wrote them, not
+    // whole at the end.
+    let fragments: usize = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("streamed argument fragments: "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no fragment count in:\n{stdout}"));
+    assert!(fragments > 1, "{stdout}");
 }
