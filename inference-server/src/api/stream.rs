@@ -28,12 +28,12 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::{ReceiverStream, UnboundedReceiverStream};
-use tokio_stream::{StreamExt, StreamMap};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::StreamExt;
 
 use super::response::{self, LogprobsWriter};
 use super::tool_calls::{Streamed, ToolCallStream};
-use super::{engine_stopped, failure_error, total_usage, Answer, ApiError};
+use super::{by_choice, engine_stopped, failure_error, total_usage, Answer, ApiError};
 use crate::engine::sampling::TokenLogprobs;
 use crate::engine::{Event, FinishReason, Usage};
 
@@ -154,11 +154,7 @@ pub(super) fn stream(
         if send(Bytes::from(opening)).await.is_err() {
             return;
         }
-        let mut events: StreamMap<usize, UnboundedReceiverStream<Event>> = receivers
-            .into_iter()
-            .map(UnboundedReceiverStream::new)
-            .enumerate()
-            .collect();
+        let mut events = by_choice(receivers);
         let mut usages: Vec<Option<Usage>> = vec![None; choices.len()];
         loop {
             let next = tokio::select! {

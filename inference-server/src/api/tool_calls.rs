@@ -21,7 +21,10 @@ use std::collections::HashMap;
 use serde_json::value::RawValue;
 use serde_json::Value;
 
+mod json_scan;
 mod streaming;
+
+use json_scan::compact;
 
 pub use streaming::{Streamed, ToolCallStream};
 
@@ -227,41 +230,6 @@ fn string_arguments(raw: &str) -> Option<String> {
         .ok()?
         .is_object()
         .then(|| compact(&text))
-}
-
-/// Drops the whitespace between a JSON text's tokens, one char at a time,
-/// so that arguments read whole and arguments streamed are the same text.
-#[derive(Debug, Default, Clone)]
-struct Compactor {
-    in_string: bool,
-    escaped: bool,
-}
-
-impl Compactor {
-    /// Whether `c`, the next char of a valid JSON text, stays.
-    fn keep(&mut self, c: char) -> bool {
-        if self.in_string {
-            match (self.escaped, c) {
-                (true, _) => self.escaped = false,
-                (false, '\\') => self.escaped = true,
-                (false, '"') => self.in_string = false,
-                _ => {}
-            }
-            return true;
-        }
-        self.in_string = c == '"';
-        !is_json_space(c)
-    }
-}
-
-fn compact(json: &str) -> String {
-    let mut compactor = Compactor::default();
-    json.chars().filter(|&c| compactor.keep(c)).collect()
-}
-
-/// Whitespace as JSON has it (narrower than `char::is_whitespace`).
-fn is_json_space(c: char) -> bool {
-    matches!(c, ' ' | '\t' | '\n' | '\r')
 }
 
 /// The calls in one JSON value: an object is one call, an array a list of
