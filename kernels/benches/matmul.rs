@@ -138,6 +138,11 @@ fn matmul(c: &mut Criterion) {
     // not whole 256-weight super-blocks, e.g. SmolLM2's up/gate projections.
     bench_shape(c, QuantKind::Q5_0, 1536, 576);
     bench_shape(c, QuantKind::Q5_1, 1536, 576);
+    // ... and streamed from DRAM, as a decode step reads them, beside Q4_1's
+    // and Q8_0's copies above and below (64 copies: 39–42 MB of Q5).
+    for kind in [QuantKind::Q5_0, QuantKind::Q5_1, QuantKind::Q8_0] {
+        bench_cold(c, kind, 1536, 576, 64);
+    }
     // K-quants need whole 256-weight rows, which of SmolLM2's matrices only
     // the MLP down projection (576 × 1536) has; Q4_1 above is the baseline.
     for kind in [

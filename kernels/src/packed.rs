@@ -13,15 +13,16 @@
 //!   the integer dot product (empty for the other kinds);
 //! - `mins[row * nb + b]`: the additive min of Q4_1 and Q5_1 (`m`), Q4_K and Q5_K
 //!   (`-dmin·mn`), stored the same way (empty otherwise);
-//! - `high_bits[row * nb + b]`: Q5_0's fifth bits as GGML stores them (bit
-//!   `j` for weight `j`; empty for the other kinds);
+//! - `high_bits[row * nb + b]`: Q5_0's and Q5_1's fifth bits as GGML stores
+//!   them (bit `j` for weight `j`; empty for the other kinds);
 //! - `quants[(row * nb + b) * quant_bytes ..]`: 16 nibble-packed bytes for
-//!   Q4_0/Q4_1/Q4_K and Q5_0's low four bits, in GGML's Q4 order (byte `j`
-//!   holds weight `j` low and weight `j + 16` high); 32 bytes, one per
+//!   Q4_0/Q4_1/Q4_K and Q5_0/Q5_1's low four bits, in GGML's Q4 order (byte
+//!   `j` holds weight `j` low and weight `j + 16` high); 32 bytes, one per
 //!   weight, otherwise: `i8` for Q8_0, Q3_K (`q3 - 4`) and Q6_K (`q6 - 32`),
-//!   `u8` in `0..=31` for Q5_1 and Q5_K.
+//!   `u8` in `0..=31` for Q5_K.
 //!
-//! So Q4_0, Q4_1, Q5_0 and Q8_0 take exactly their GGUF bytes in memory.
+//! So Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 take exactly their GGUF bytes in
+//! memory.
 //!
 //! Splitting headers from quants keeps every quant block 16- or 32-byte strided,
 //! which lets the SIMD loads stay inside one cache line.
@@ -215,13 +216,14 @@ impl PackedMatrix {
             let d = self.scales.get(idx);
             let q = self.block_values(idx);
             for (j, (w, &q)) in dst.iter_mut().zip(&q).enumerate() {
-                *w = match self.kind {
-                    QuantKind::Q4_0 => (q as i32 - 8) as f32 * d,
+                *w = match (self.kind, self.kind.scale_offset()) {
+                    // `q + offset` is a small integer, exact in f32.
+                    (_, Some(offset)) => (q as f32 + offset) * d,
                     // ggml's order: (d · sc) · q, both products exact.
-                    QuantKind::Q3_K | QuantKind::Q6_K => {
+                    (QuantKind::Q3_K | QuantKind::Q6_K, _) => {
                         q as f32 * (d * self.sub_scales[2 * idx + j / (BLOCK / 2)] as f32)
                     }
-                    kind if kind.has_mins() => q as f32 * d + self.mins.get(idx),
+                    (kind, _) if kind.has_mins() => q as f32 * d + self.mins.get(idx),
                     _ => q as f32 * d,
                 };
             }
@@ -229,8 +231,8 @@ impl PackedMatrix {
     }
 
     /// Block `idx`'s 32 quants as the kernels multiply them: Q4 nibbles
-    /// unsigned (`0..=15`, the offset is applied separately), Q5_0's signed
-    /// (`q5 - 16`), the byte layouts as stored.
+    /// unsigned (`0..=15`), Q5_0/Q5_1's with their fifth bits (`0..=31`; the
+    /// offset is applied separately), the byte layouts as stored.
     pub(crate) fn block_values(&self, idx: usize) -> [i8; BLOCK] {
         let qb = self.kind.quant_bytes();
         let qs = &self.quants[idx * qb..][..qb];
@@ -248,7 +250,7 @@ impl PackedMatrix {
         }
         if let Some(&high) = self.high_bits.get(idx) {
             for (j, v) in values.iter_mut().enumerate() {
-                *v = (*v | (((high >> j) & 1) << 4) as i8) - 16;
+                *v |= (((high >> j) & 1) << 4) as i8;
             }
         }
         values
@@ -401,6 +403,8 @@ mod tests {
         assert_eq!(q4_k.resident_bytes(), 8 * (4 + 4 + 16));
         let q5_0 = PackedMatrix::from_ggml(QuantKind::Q5_0, &[0; 22], 1, 32).unwrap();
         assert_eq!(q5_0.resident_bytes(), 22);
+        let q5_1 = PackedMatrix::from_ggml(QuantKind::Q5_1, &[0; 48], 2, 32).unwrap();
+        assert_eq!(q5_1.resident_bytes(), 48);
     }
 
     #[test]

@@ -2,18 +2,18 @@
 //! [u8; 4] qh; [u8; 16] qs`), which llama.cpp writes for the matrices of a
 //! K-quant model whose rows are not whole 256-weight super-blocks (its
 //! fallback for Q4_K is Q5_0, for Q5_K Q5_1; e.g. every 576-wide matrix of
-//! SmolLM2).
+//! SmolLM2 and every 640-wide one of Gemma 3 270M).
 //!
-//! Q5_0 keeps its bytes as they are (scale, the 32-bit word of fifth bits,
-//! the nibbles in Q4 order): the kernels spread the fifth bits per block
-//! (llama.cpp's `bytes_from_bits_32`) and run Q8_0's signed arithmetic on
-//! `q - 16`, so its weights take their GGUF size in memory. Q5_1, rarer,
-//! has its fifth bits spread into one byte per weight and runs on Q5_K's
-//! byte layout (unsigned `0..=31`, scale `d` and min `m`). Both dequantize
-//! to exactly ggml's values (`(q - 16)·d` and `q·d + m` are the same
-//! products).
+//! Both keep their bytes as they are: the scale (and Q5_1's min), the
+//! 32-bit word of fifth bits, the nibbles in Q4 order. The kernels spread
+//! the fifth bits per block (a byte mask on AVX-512, llama.cpp's
+//! `bytes_from_bits_32` on AVX2) onto the nibbles and multiply the unsigned
+//! `q5` in `0..=31`, adding the block's offset afterwards as the Q4 kinds
+//! do: Q5_1's stored min `m`, Q5_0's `-16·d` (Q4_0's `-8·d`). So their
+//! weights take their GGUF size in memory, and dequantize to exactly
+//! ggml's values (`(q - 16)·d` and `q·d + m`).
 
-use crate::format::{QuantKind, BLOCK};
+use crate::format::QuantKind;
 use crate::packed::PackedMatrix;
 
 /// Appends one raw Q5_0 or Q5_1 block (`w.kind`) to `w`'s packed arrays.
@@ -27,20 +27,8 @@ pub(crate) fn repack_block(raw: &[u8], w: &mut PackedMatrix) {
         2
     };
     let qh = u32::from_le_bytes([raw[at], raw[at + 1], raw[at + 2], raw[at + 3]]);
-    let qs = &raw[at + 4..];
-    if w.kind == QuantKind::Q5_0 {
-        w.high_bits.push(qh);
-        w.quants.extend_from_slice(qs);
-        return;
-    }
-    // Weight `j` is nibble `j % 16` of `qs` (low for j < 16) with bit `j` of
-    // `qh` on top.
-    w.quants.extend((0..BLOCK).map(|j| {
-        let byte = qs[j % 16];
-        let low = if j < 16 { byte & 0x0F } else { byte >> 4 };
-        let high = ((qh >> j) & 1) as u8;
-        low | high << 4
-    }));
+    w.high_bits.push(qh);
+    w.quants.extend_from_slice(&raw[at + 4..]);
 }
 
 #[cfg(test)]

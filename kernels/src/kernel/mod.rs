@@ -80,11 +80,9 @@ impl Kernel {
     }
 
     /// Whether the kernel wants the activations in the four-block layout
-    /// (Q6_K's sub-scales and Q5_0's fifth bits run on the 256-bit code, in
-    /// the pair layout).
+    /// (Q6_K's sub-scales run on the 256-bit code, in the pair layout).
     pub(crate) fn quad_activations(self, kind: QuantKind) -> bool {
-        let k = kind_id(kind);
-        self == Kernel::Avx512Vnni && !sub_scaled(k) && k != KIND_Q5_0
+        self == Kernel::Avx512Vnni && !sub_scaled(kind_id(kind))
     }
 }
 
@@ -272,8 +270,8 @@ pub(crate) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// The packed layout as a const-generic parameter (enums cannot be one on
 /// stable), so each kernel is compiled once per layout with the branches
-/// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q5_1
-/// into Q5_K's and Q3_K into Q6_K's.
+/// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q3_K
+/// into Q6_K's.
 pub(crate) const KIND_Q4_0: u8 = 0;
 pub(crate) const KIND_Q4_1: u8 = 1;
 pub(crate) const KIND_Q8_0: u8 = 2;
@@ -282,9 +280,11 @@ pub(crate) const KIND_Q5_K: u8 = 3;
 /// Signed bytes (`-32..=31`), a scale per block and an 8-bit sub-scale per
 /// 16 weights.
 pub(crate) const KIND_Q6_K: u8 = 4;
-/// Q4 nibbles plus a word of fifth bits per block, signed (`q5 - 16`) once
-/// unpacked: Q8_0's arithmetic.
+/// Q4 nibbles plus a word of fifth bits per block, unsigned (`0..=31`) once
+/// spread: Q4_0's arithmetic with a zero point of 16.
 pub(crate) const KIND_Q5_0: u8 = 5;
+/// Q5_0's layout with a stored min per block: Q4_1's arithmetic.
+pub(crate) const KIND_Q5_1: u8 = 6;
 
 /// The kernel layout `kind` is packed in.
 pub(crate) const fn kind_id(kind: QuantKind) -> u8 {
@@ -293,7 +293,8 @@ pub(crate) const fn kind_id(kind: QuantKind) -> u8 {
         QuantKind::Q4_1 | QuantKind::Q4_K => KIND_Q4_1,
         QuantKind::Q8_0 => KIND_Q8_0,
         QuantKind::Q5_0 => KIND_Q5_0,
-        QuantKind::Q5_1 | QuantKind::Q5_K => KIND_Q5_K,
+        QuantKind::Q5_1 => KIND_Q5_1,
+        QuantKind::Q5_K => KIND_Q5_K,
         QuantKind::Q3_K | QuantKind::Q6_K => KIND_Q6_K,
     }
 }
@@ -303,20 +304,26 @@ pub(crate) const fn byte_quants(k: u8) -> bool {
     matches!(k, KIND_Q8_0 | KIND_Q5_K | KIND_Q6_K)
 }
 
+/// A word of fifth bits per block on top of the nibbles.
+pub(crate) const fn fifth_bits(k: u8) -> bool {
+    matches!(k, KIND_Q5_0 | KIND_Q5_1)
+}
+
 /// Signed weights (otherwise unsigned, with an offset term per block).
 pub(crate) const fn signed(k: u8) -> bool {
-    matches!(k, KIND_Q8_0 | KIND_Q6_K | KIND_Q5_0)
+    matches!(k, KIND_Q8_0 | KIND_Q6_K)
 }
 
-/// Q8_0's arithmetic once unpacked: signed weights without sub-scales,
-/// multiplied by unsigned activations on VNNI.
+/// Q8_0's arithmetic: signed weights without sub-scales, multiplied by
+/// unsigned activations on VNNI.
 pub(crate) const fn q8_arithmetic(k: u8) -> bool {
-    matches!(k, KIND_Q8_0 | KIND_Q5_0)
+    k == KIND_Q8_0
 }
 
-/// A stored min per block (otherwise Q4_0's `-8·d`, or no offset).
+/// A stored min per block (otherwise a zero point times the scale, see
+/// `QuantKind::scale_offset`, or no offset).
 pub(crate) const fn has_mins(k: u8) -> bool {
-    matches!(k, KIND_Q4_1 | KIND_Q5_K)
+    matches!(k, KIND_Q4_1 | KIND_Q5_K | KIND_Q5_1)
 }
 
 /// An 8-bit sub-scale per 16 weights, applied in the integer dot product.

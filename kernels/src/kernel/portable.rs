@@ -6,7 +6,7 @@
 //! `Σ_b min_b · s_x[b]` of the unsigned layouts as the AVX2 kernel does.
 
 use super::{row_tiles, RowJob, ROW_TILE};
-use crate::format::{QuantKind, BLOCK};
+use crate::format::BLOCK;
 
 /// Fills `dst` for one chunk.
 pub(crate) fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
@@ -47,16 +47,16 @@ fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
 
     for (r, acc) in acc.iter().enumerate().take(rows) {
         let xs = &x.s[(i0 + r) * nb..][..nb];
-        let offset = match w.kind {
-            QuantKind::Q4_0 => {
-                let scales = (row * nb..).map(|i| w.scales.get(i));
-                -8.0 * scales.zip(xs).map(|(d, s)| d * s).sum::<f32>()
-            }
-            kind if kind.has_mins() => {
-                let mins = (row * nb..).map(|i| w.mins.get(i));
-                mins.zip(xs).map(|(m, s)| m * s).sum::<f32>()
-            }
-            _ => 0.0,
+        // The unsigned kinds' zero point (Q4_0's -8·d, Q5_0's -16·d) or
+        // stored min, per block.
+        let offset = if let Some(offset) = w.kind.scale_offset() {
+            let scales = (row * nb..).map(|i| w.scales.get(i));
+            offset * scales.zip(xs).map(|(d, s)| d * s).sum::<f32>()
+        } else if w.kind.has_mins() {
+            let mins = (row * nb..).map(|i| w.mins.get(i));
+            mins.zip(xs).map(|(m, s)| m * s).sum::<f32>()
+        } else {
+            0.0
         };
         dst[n * m + i0 + r] = acc + offset;
     }

@@ -230,12 +230,13 @@ fn extreme_values_match_reference() {
     }
 }
 
-/// Extreme K-quant operands, where an i16 pair sum would saturate first:
-/// every Q5_K quant 31 and Q6_K quants of -32 and 31 (with scales of ±127
-/// and -128), against activations carrying each weight's sign (all products
-/// of one sign, at the largest magnitude) and against all +1.
+/// Extreme 5- and 6-bit operands, where an i16 pair sum would saturate
+/// first: every Q5_0, Q5_1 and Q5_K quant 31 and Q6_K quants of -32 and 31
+/// (with scales of ±127 and -128), against activations carrying each
+/// weight's sign (all products of one sign, at the largest magnitude) and
+/// against all +1.
 #[test]
-fn extreme_k_quant_blocks_match_reference() {
+fn extreme_five_and_six_bit_blocks_match_reference() {
     let d = half::f16::from_f32(0.001).to_le_bytes();
     let mut q5 = [d, d].concat();
     q5.extend([0xFF; 176 - 4]);
@@ -244,7 +245,15 @@ fn extreme_k_quant_blocks_match_reference() {
         .collect();
     q6.extend((0..16).map(|i| [0x7Fu8, 0x81, 0x80][i % 3]));
     q6.extend(d);
-    for (kind, block) in [(QuantKind::Q5_K, q5), (QuantKind::Q6_K, q6)] {
+    // Eight 32-weight blocks (256 weights, as one K-quant super-block).
+    let q5_0 = [d.to_vec(), vec![0xFF; 20]].concat().repeat(8);
+    let q5_1 = [d.to_vec(), d.to_vec(), vec![0xFF; 20]].concat().repeat(8);
+    for (kind, block) in [
+        (QuantKind::Q5_0, q5_0),
+        (QuantKind::Q5_1, q5_1),
+        (QuantKind::Q5_K, q5),
+        (QuantKind::Q6_K, q6),
+    ] {
         let raw = [block.clone(), block].concat();
         let w = PackedMatrix::from_ggml(kind, &raw, 1, 512).unwrap();
         let dense = w.dequantize();

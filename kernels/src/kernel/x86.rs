@@ -34,11 +34,12 @@
 //! so that the unsigned operand is `|w|` (≤ 128).
 //!
 //! The other kinds reuse these paths through their packed layouts (see
-//! `q5` and `kquant`): Q5_0 is Q8_0 (`|w| ≤ 16`) once its nibbles and fifth
-//! bits are unpacked (256-bit code only); Q4_K is Q4_1; Q5_1 and
-//! Q5_K are Q4_1's arithmetic on Q8_0's byte layout
-//! (unsigned `0..=31`, so `vpmaddubsw` pair sums stay below 2·31·127 and two
-//! still fit in i16); Q6_K is Q8_0's AVX2 path (`|w| ≤ 32`) with `vpmaddwd`
+//! `q5` and `kquant`): Q5_0 and Q5_1 are Q4_0 and Q4_1 once their fifth
+//! bits are added to the nibbles (unsigned `0..=31`, so `vpmaddubsw` pair
+//! sums stay below 2·31·128 and two still fit in i16; Q5_0's zero point is
+//! 16 where Q4_0's is 8), spread from their 32-bit words with a byte mask
+//! on AVX-512 and with llama.cpp's `bytes_from_bits_32` on 256 bits; Q4_K
+//! is Q4_1; Q5_K is Q4_1's arithmetic on Q8_0's byte layout; Q6_K is Q8_0's AVX2 path (`|w| ≤ 32`) with `vpmaddwd`
 //! multiplying the pair sums by the 16-weight sub-scale instead of by 1
 //! (|sum| ≤ 2·2·32·127·128 < 2²², exact), on every x86 kernel: VNNI's
 //! `vpdpbusd` cannot scale, and the AVX-512 kernel runs Q6_K (and Q3_K) on
@@ -63,8 +64,8 @@
 use std::arch::x86_64::*;
 
 use super::{
-    byte_quants, has_mins, kind_id, q8_arithmetic, row_tiles, signed, sub_scaled, RowJob,
-    KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_K, KIND_Q6_K, KIND_Q8_0,
+    byte_quants, fifth_bits, has_mins, kind_id, q8_arithmetic, row_tiles, signed, sub_scaled,
+    RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q5_K, KIND_Q6_K, KIND_Q8_0,
 };
 use crate::format::BLOCK;
 
@@ -79,6 +80,7 @@ macro_rules! by_layout {
             (KIND_Q4_1, false) => $walk::<KIND_Q4_1, false>($job, $dst),
             (KIND_Q8_0, _) => $walk::<KIND_Q8_0, true>($job, $dst),
             (KIND_Q5_0, _) => $walk::<KIND_Q5_0, true>($job, $dst),
+            (KIND_Q5_1, _) => $walk::<KIND_Q5_1, true>($job, $dst),
             (KIND_Q5_K, true) => $walk::<KIND_Q5_K, true>($job, $dst),
             (KIND_Q5_K, false) => $walk::<KIND_Q5_K, false>($job, $dst),
             _ => $walk::<KIND_Q6_K, true>($job, $dst),
@@ -119,11 +121,10 @@ fn unsigned_missing(job: &RowJob<'_>) -> bool {
 /// The CPU must support AVX2, FMA, F16C, AVX-VNNI, AVX-512 F/BW and AVX-512
 /// VNNI.
 pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
-    // Activations not made for this kernel (the pair layout, which Q6_K and
-    // Q5_0 always get, or Q8_0 without the unsigned copy) go to the 256-bit
+    // Activations not made for this kernel (the pair layout, which Q6_K
+    // always gets, or Q8_0 without the unsigned copy) go to the 256-bit
     // kernel, which reads them.
-    let k = kind_id(job.w.kind);
-    if !job.x.quads || unsigned_missing(job) || sub_scaled(k) || k == KIND_Q5_0 {
+    if !job.x.quads || unsigned_missing(job) || sub_scaled(kind_id(job.w.kind)) {
         debug_assert!(
             !job.x.quads,
             "four-block activations need the AVX-512 kernel"
@@ -144,6 +145,7 @@ pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
 #[inline]
 unsafe fn quads<const K: u8, const H: bool, const R: usize>(
     quants: *const u8,
+    high: *const u32,
     scales: *const u8,
     pairs: usize,
     xq: &[*const i8; R],
@@ -168,10 +170,18 @@ unsafe fn quads<const K: u8, const H: bool, const R: usize>(
         } else {
             let packed = _mm512_loadu_si512(quants.add(b * 16).cast());
             let low = _mm512_set1_epi8(0x0F);
-            (
-                _mm512_and_si512(packed, low),
-                _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low),
-            )
+            let wa = _mm512_and_si512(packed, low);
+            let wb = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
+            if fifth_bits(K) {
+                let (ka, kb) = fifth_bit_masks(high.add(b));
+                let sixteen = _mm512_set1_epi8(16);
+                (
+                    _mm512_mask_add_epi8(wa, ka, wa, sixteen),
+                    _mm512_mask_add_epi8(wb, kb, wb, sixteen),
+                )
+            } else {
+                (wa, wb)
+            }
         };
         // Q8_0: unsigned activations (x + 128) against signed weights, the
         // sum starting at -128·Σw per lane (as in the 256-bit VNNI kernel).
@@ -208,6 +218,27 @@ unsafe fn quads<const K: u8, const H: bool, const R: usize>(
         }
     }
     2 * quads
+}
+
+/// The fifth bits of blocks `b .. b + 4` (the words at `high`) as byte
+/// masks over `quads`' operands A and B: A holds values `0..16` of each
+/// block (bits `0..16` of its word), B values `16..32`.
+///
+/// # Safety
+/// As for `quads`; `high` valid for four reads.
+#[target_feature(enable = "avx2,fma,f16c,avxvnni,avx512f,avx512bw,avx512vnni")]
+#[inline]
+unsafe fn fifth_bit_masks(high: *const u32) -> (__mmask64, __mmask64) {
+    let words = _mm_loadu_si128(high.cast());
+    // The low halves of the four words, then the high halves.
+    let halves = _mm_shuffle_epi8(
+        words,
+        _mm_setr_epi8(0, 1, 4, 5, 8, 9, 12, 13, 2, 3, 6, 7, 10, 11, 14, 15),
+    );
+    (
+        _mm_cvtsi128_si64(halves) as u64,
+        _mm_extract_epi64::<1>(halves) as u64,
+    )
 }
 
 /// Defines a walk over a chunk's weight rows and the tile function it calls,
@@ -284,8 +315,9 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
 
     // Raw pointers so the block loop carries no bounds checks.
     let scales = w.scales.ptr_at(row * nb);
-    // Only Q5_0 has fifth bits (the empty array must not be offset).
-    let high = if K == KIND_Q5_0 {
+    // Only Q5_0 and Q5_1 have fifth bits (the empty array must not be
+    // offset).
+    let high = if fifth_bits(K) {
         w.high_bits.as_ptr().add(row * nb)
     } else {
         w.high_bits.as_ptr()
@@ -313,10 +345,8 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     }
 
     let mut acc = [_mm256_setzero_ps(); R];
-    // Q5_0's fifth bits are spread on 256 bits only (`compute_rows_avx512`
-    // sends it there; this keeps the 512-bit loop from being compiled for it).
-    let first = if W && K != KIND_Q5_0 {
-        quads::<K, H, R>(quants, scales, pairs, &xq, &xd, &mut acc)
+    let first = if W {
+        quads::<K, H, R>(quants, high, scales, pairs, &xq, &xd, &mut acc)
     } else {
         0
     };
@@ -404,12 +434,13 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     for (r, acc) in acc.iter().enumerate() {
         let mut v = hsum(*acc);
         // The offset term of the unsigned layouts, Σ_b min_b · s_x[b], a dot
-        // product over blocks; Q4_0's min is -8·d, and scaling by -8 is exact.
+        // product over blocks; Q4_0's min is -8·d, Q5_0's -16·d, and scaling
+        // by a power of two is exact.
         let xs = x.s.as_ptr().add((i0 + r) * nb);
         if has_mins(K) {
             v += dot_factors::<H>(w.mins.ptr_at(row * nb), xs, nb);
-        } else if K == KIND_Q4_0 {
-            v += -8.0 * dot_factors::<H>(scales, xs, nb);
+        } else if let Some(zero_point) = w.kind.scale_offset() {
+            v += zero_point * dot_factors::<H>(scales, xs, nb);
         }
         *out.add(r) = v;
     }
@@ -441,38 +472,31 @@ unsafe fn sub_scales_pair(s: *const i8) -> (__m256i, __m256i) {
 
 /// Blocks `b` and `b + 1` of a weight row as the unsigned operands `(A, B)`
 /// of the paired dot product, plus the signed values `(A, B)` of the signed
-/// layouts, whose signs go onto the activations (for Q8_0 and Q5_0 on VNNI,
+/// layouts, whose signs go onto the activations (for Q8_0 on VNNI,
 /// the signed values are the operands and the unsigned ones are not
 /// computed).
 ///
 /// # Safety
 /// AVX2 must be available; `b + 1` must be a block of the row at `quants`
-/// (and at `high`, for Q5_0).
+/// (and at `high`, for Q5_0 and Q5_1).
 #[inline(always)]
 unsafe fn unpack_pair<const K: u8, const V: bool>(
     quants: *const u8,
     high: *const u32,
     b: usize,
 ) -> (__m256i, __m256i, __m256i, __m256i) {
-    if K == KIND_Q5_0 {
-        // Q4's nibble pair, then `q5 - 16`: -16 (0xF0 on a nibble) where
-        // the fifth bit is clear, the nibble itself where it is set.
+    if fifth_bits(K) {
+        // Q4's nibble pair with 16 added where the fifth bit is set.
         let packed = _mm256_loadu_si256(quants.add(b * 16).cast());
         let low = _mm256_set1_epi8(0x0F);
-        let minus = _mm256_set1_epi8(0xF0_u8 as i8);
+        let sixteen = _mm256_set1_epi8(16);
         let (ha, hb) = fifth_bits_pair(high.add(b));
-        let sa = _mm256_or_si256(
-            _mm256_and_si256(packed, low),
-            _mm256_andnot_si256(ha, minus),
-        );
-        let sb = _mm256_or_si256(
+        let wa = _mm256_or_si256(_mm256_and_si256(packed, low), _mm256_and_si256(ha, sixteen));
+        let wb = _mm256_or_si256(
             _mm256_and_si256(_mm256_srli_epi16(packed, 4), low),
-            _mm256_andnot_si256(hb, minus),
+            _mm256_and_si256(hb, sixteen),
         );
-        if V {
-            return (sa, sb, sa, sb);
-        }
-        return (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb);
+        return (wa, wb, wa, wb);
     }
     if byte_quants(K) {
         let first = _mm256_loadu_si256(quants.add(b * 32).cast());
@@ -495,7 +519,7 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
     }
 }
 
-/// Q5_0's fifth bits of blocks `b` and `b + 1` (the words at `high`) in the
+/// The fifth bits of blocks `b` and `b + 1` (the words at `high`) in the
 /// pair layout of `unpack_pair`, as bytes 0xFF (set) or 0 (clear): A holds
 /// bits `0..16` of each block, B bits `16..32` (llama.cpp's
 /// `bytes_from_bits_32`, with the bytes picked for the pair).
@@ -534,14 +558,14 @@ unsafe fn bits_to_bytes(bytes: __m256i) -> __m256i {
 ///
 /// # Safety
 /// AVX2 must be available; `b` must be a block of the row at `quants` (and
-/// at `high`, for Q5_0).
+/// at `high`, for Q5_0 and Q5_1).
 #[inline(always)]
 unsafe fn unpack_single<const K: u8>(
     quants: *const u8,
     high: *const u32,
     b: usize,
 ) -> (__m256i, __m256i) {
-    if K == KIND_Q5_0 {
+    if fifth_bits(K) {
         let packed = _mm_loadu_si128(quants.add(b * 16).cast());
         let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
         let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
@@ -550,9 +574,8 @@ unsafe fn unpack_single<const K: u8>(
         let pick = _mm256_setr_epi64x(0, RUN, 2 * RUN, 3 * RUN);
         let word = _mm256_set1_epi32(std::ptr::read_unaligned(high.add(b)) as i32);
         let set = bits_to_bytes(_mm256_shuffle_epi8(word, pick));
-        let minus = _mm256_set1_epi8(0xF0_u8 as i8);
-        let q = _mm256_or_si256(nibbles, _mm256_andnot_si256(set, minus));
-        return (_mm256_sign_epi8(q, q), q);
+        let q = _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+        return (q, q);
     }
     if byte_quants(K) {
         let q = _mm256_loadu_si256(quants.add(b * 32).cast());
