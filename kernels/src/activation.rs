@@ -171,6 +171,18 @@ fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], dv: &mut 
 /// and truncating cast (no libm `roundf` call on baseline x86-64).
 #[inline(always)]
 fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
+    #[cfg(target_arch = "x86_64")]
+    if crate::kernel::backend() == crate::kernel::Backend::Avx2 {
+        // SAFETY: `Backend::Avx2` is only detected with AVX2 and FMA present.
+        return unsafe { x86::quantize_block(x, q, d, s) };
+    }
+    quantize_block_portable(x, q, d, s);
+}
+
+/// `quantize_block` in plain Rust, the definition the AVX2 version follows
+/// step for step (same bits for any finite input).
+#[inline(always)]
+fn quantize_block_portable(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
     let amax = x.iter().fold(0f32, |acc, v| acc.max(v.abs()));
     let scale = amax / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
@@ -186,9 +198,118 @@ fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
     *s = scale * sum as f32;
 }
 
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use std::arch::x86_64::*;
+
+    use crate::format::BLOCK;
+
+    /// `quantize_block_portable` on 256 bits: the same max, scale, products,
+    /// rounding and clamp, so the same bits (the block was a fifth of the
+    /// serial work between the matmuls of a batched step as scalar code).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2 and FMA.
+    #[target_feature(enable = "avx2,fma")]
+    pub(super) unsafe fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
+        assert!(x.len() == BLOCK && q.len() == BLOCK);
+        let p = x.as_ptr();
+        let v = [0, 8, 16, 24].map(|i| _mm256_loadu_ps(p.add(i)));
+        let sign = _mm256_set1_ps(-0.0);
+        // `f32::max` ignores a NaN operand; `maxps` returns its second
+        // operand when either is NaN, so the running max goes second.
+        let amax = v.iter().fold(_mm256_setzero_ps(), |acc, &vi| {
+            _mm256_max_ps(_mm256_andnot_ps(sign, vi), acc)
+        });
+        let four = _mm_max_ps(
+            _mm256_castps256_ps128(amax),
+            _mm256_extractf128_ps::<1>(amax),
+        );
+        let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
+        let amax = _mm_cvtss_f32(_mm_max_ss(two, _mm_movehdup_ps(two)));
+        let scale = amax / 127.0;
+        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let (half, top, bottom) = (
+            _mm256_set1_ps(0.5),
+            _mm256_set1_epi32(127),
+            _mm256_set1_epi32(-127),
+        );
+        let ints = v.map(|vi| {
+            let r = _mm256_mul_ps(vi, inv);
+            let away = _mm256_or_ps(half, _mm256_and_ps(r, sign));
+            let t = _mm256_cvttps_epi32(_mm256_add_ps(r, away));
+            _mm256_max_epi32(_mm256_min_epi32(t, top), bottom)
+        });
+        let total = _mm256_add_epi32(
+            _mm256_add_epi32(ints[0], ints[1]),
+            _mm256_add_epi32(ints[2], ints[3]),
+        );
+        let four = _mm_add_epi32(
+            _mm256_castsi256_si128(total),
+            _mm256_extracti128_si256::<1>(total),
+        );
+        let two = _mm_add_epi32(four, _mm_unpackhi_epi64(four, four));
+        let sum = _mm_cvtsi128_si32(_mm_add_epi32(two, _mm_shuffle_epi32::<1>(two)));
+        // The packs work per 128-bit lane: 4-byte groups come out as
+        // [v0 0..4, v1 0..4, v2 0..4, v3 0..4, v0 4..8, v1 4..8, ...].
+        let words = _mm256_packs_epi16(
+            _mm256_packs_epi32(ints[0], ints[1]),
+            _mm256_packs_epi32(ints[2], ints[3]),
+        );
+        let bytes = _mm256_permutevar8x32_epi32(words, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(q.as_mut_ptr().cast(), bytes);
+        *d = scale;
+        *s = scale * sum as f32;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The AVX2 block quantizer gives the portable one's bits: random
+    /// blocks, ties at ±0.5 steps, zeros, a NaN-free extreme block.
+    #[test]
+    fn simd_and_portable_blocks_agree() {
+        if crate::kernel::backend() != crate::kernel::Backend::Avx2 {
+            return;
+        }
+        let mut blocks: Vec<Vec<f32>> = (0..200u32)
+            .map(|seed| {
+                (0..BLOCK as u32)
+                    .map(|i| {
+                        let h = (seed * 2_654_435_761).wrapping_add(i * 40_503) % 20_001;
+                        (h as f32 - 10_000.0) * (1.0 + seed as f32) * 1e-3
+                    })
+                    .collect()
+            })
+            .collect();
+        // 127 at the max makes every k + 0.5 a tie before the rounding.
+        blocks.push((0..BLOCK).map(|i| i as f32 - 15.5).collect());
+        blocks.push(
+            (0..BLOCK)
+                .map(|i| if i == 0 { 127.0 } else { i as f32 + 0.5 })
+                .collect(),
+        );
+        blocks.push(vec![0.0; BLOCK]);
+        blocks.push(
+            (0..BLOCK)
+                .map(|i| if i % 2 == 0 { f32::MAX } else { -1e30 })
+                .collect(),
+        );
+        for x in &blocks {
+            let (mut q1, mut d1, mut s1) = ([0i8; BLOCK], 0f32, 0f32);
+            let (mut q2, mut d2, mut s2) = ([0i8; BLOCK], 0f32, 0f32);
+            quantize_block_portable(x, &mut q1, &mut d1, &mut s1);
+            // SAFETY: the backend check above found AVX2 and FMA.
+            unsafe { x86::quantize_block(x, &mut q2, &mut d2, &mut s2) };
+            assert_eq!(
+                (q1, d1.to_bits(), s1.to_bits()),
+                (q2, d2.to_bits(), s2.to_bits()),
+                "{x:?}"
+            );
+        }
+    }
 
     /// The four-block layout holds the same blocks as the pair layout, and
     /// `block_halves` finds them in either (every block count up to 11).

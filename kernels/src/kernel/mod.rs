@@ -196,20 +196,28 @@ pub(crate) fn matmul_split(
 }
 
 /// Weight rows per parallel chunk: big enough to amortize scheduling, small
-/// enough to give every thread several chunks.
+/// enough to give every thread several chunks, and equal, a whole number of
+/// them per thread, so that no thread is left waiting at the end of a
+/// matmul for the other's extra chunk (at 8 streams on 2 threads, the
+/// uneven split of the former sizing, e.g. 182 + 182 rows against 182 + 30
+/// for a 576-row projection, kept a thread spinning for a quarter of the
+/// step).
 fn chunk_rows(n: usize, cols: usize, m: usize, threads: usize) -> usize {
-    let row_work = (cols * (m + 2)).max(1);
+    let threads = threads.max(1);
+    let work = n * (cols * (m + 2)).max(1);
     // Decoding one or two streams, a matmul is tens of microseconds: one
-    // equal chunk per thread, so no thread waits on another's extra chunk
-    // (the threshold split 960 rows 607/353). Bigger batches keep several
-    // chunks per thread, which absorbs a thread the OS takes away.
+    // equal chunk per thread (the threshold split 960 rows 607/353).
     if m <= 2 {
-        let chunks = (n * row_work / EVEN_SPLIT_WORK).clamp(1, threads.max(1));
+        let chunks = (work / EVEN_SPLIT_WORK).clamp(1, threads);
         return n.div_ceil(chunks);
     }
-    let min_rows = MIN_CHUNK_WORK.div_ceil(row_work);
-    let balanced = n.div_ceil(threads.max(1) * CHUNKS_PER_THREAD);
-    min_rows.max(balanced)
+    // Bigger batches keep several chunks per thread, which absorbs a thread
+    // the OS takes away.
+    let chunks = (work / MIN_CHUNK_WORK).min(threads * CHUNKS_PER_THREAD);
+    if chunks < threads {
+        return n.div_ceil(chunks.max(1));
+    }
+    n.div_ceil(chunks - chunks % threads)
 }
 
 /// Fills `dst` (`[rows][m]`) for weight rows `n0 .. n0 + dst.len() / m`.

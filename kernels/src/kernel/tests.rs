@@ -347,6 +347,31 @@ fn small_matrices_run_as_one_chunk() {
     assert!(big < 49152 && big.is_multiple_of(4));
 }
 
+/// Batched matmuls split into equal chunks, the same number per thread.
+#[test]
+fn batched_chunks_are_even_across_threads() {
+    for (n, cols, m, threads) in [
+        (576, 576, 8, 2),
+        (960, 576, 8, 2),
+        (3072, 576, 8, 2),
+        (576, 1536, 16, 2),
+        (49152, 576, 8, 4),
+        (960, 576, 16, 3),
+    ] {
+        let rows = chunk_rows(n, cols, m, threads);
+        let chunks = n.div_ceil(rows);
+        assert!(rows < n, "{n}x{cols} m={m}: one chunk");
+        assert!(
+            chunks.is_multiple_of(threads),
+            "{n}x{cols} m={m}: {chunks} chunks"
+        );
+        assert!(
+            n - (chunks - 1) * rows > rows / 2,
+            "{n}x{cols} m={m}: short last chunk"
+        );
+    }
+}
+
 fn bits(v: &[f32]) -> Vec<u32> {
     v.iter().map(|f| f.to_bits()).collect()
 }
