@@ -278,7 +278,7 @@ mod tests {
             .map(|seed| {
                 (0..BLOCK as u32)
                     .map(|i| {
-                        let h = (seed * 2_654_435_761).wrapping_add(i * 40_503) % 20_001;
+                        let h = seed.wrapping_mul(2_654_435_761).wrapping_add(i * 40_503) % 20_001;
                         (h as f32 - 10_000.0) * (1.0 + seed as f32) * 1e-3
                     })
                     .collect()

@@ -169,29 +169,54 @@ pub(crate) fn matmul_split(
     if m == 0 || n == 0 {
         return;
     }
+    assert_eq!(out.len(), m * n, "matmul output of the wrong size");
     let chunk_rows = chunk_rows.max(1);
-    // Kernels write weight-row-major (`[n][m]`) so each chunk owns one
-    // contiguous slice; for m == 1 that already is the output layout.
-    let mut transposed = Vec::new();
-    let dst: &mut [f32] = if m == 1 {
-        out
-    } else {
-        transposed.resize(n * m, 0.0);
-        &mut transposed
+    // Each chunk writes its own columns of every output row, in place (a
+    // transposed buffer copied back afterwards was serial work between the
+    // matmuls of a batched step).
+    let out = Output {
+        ptr: out.as_mut_ptr(),
+        len: out.len(),
+        stride: n,
     };
     if chunk_rows >= n {
-        compute_rows(w, x, m, 0, dst, kernel);
+        compute_rows(w, x, m, 0..n, out, kernel);
     } else {
-        team::for_each_chunk_mut(dst, chunk_rows * m, |c, dst| {
-            compute_rows(w, x, m, c * chunk_rows, dst, kernel)
+        team::for_each(n.div_ceil(chunk_rows), |c| {
+            let n0 = c * chunk_rows;
+            compute_rows(w, x, m, n0..n.min(n0 + chunk_rows), out, kernel)
         });
     }
-    if m > 1 {
-        for (i, out_row) in out.chunks_exact_mut(n).enumerate() {
-            for (o, t) in out_row.iter_mut().zip(transposed[i..].iter().step_by(m)) {
-                *o = *t;
-            }
-        }
+}
+
+/// The `m × n` output of a matmul as the chunks share it: output `(i, j)`
+/// (activation row `i`, weight row `j`) at `ptr + i · stride + j`. Each
+/// chunk writes only the columns of its own weight rows, so no two write
+/// the same element; `matmul_split` holds the `&mut` borrow of the buffer
+/// until every chunk has returned.
+#[derive(Clone, Copy)]
+pub(crate) struct Output {
+    ptr: *mut f32,
+    len: usize,
+    stride: usize,
+}
+
+// SAFETY: see `Output`: the chunks on other threads write disjoint elements
+// of a buffer that outlives them.
+unsafe impl Send for Output {}
+// SAFETY: as above.
+unsafe impl Sync for Output {}
+
+impl Output {
+    /// Writes output `(i, j)`.
+    ///
+    /// # Safety
+    /// `(i, j)` must be inside the matrix, and no other thread may write it.
+    #[inline(always)]
+    pub(crate) unsafe fn set(self, i: usize, j: usize, value: f32) {
+        let at = i * self.stride + j;
+        debug_assert!(j < self.stride && at < self.len);
+        *self.ptr.add(at) = value;
     }
 }
 
@@ -220,46 +245,57 @@ fn chunk_rows(n: usize, cols: usize, m: usize, threads: usize) -> usize {
     n.div_ceil(chunks - chunks % threads)
 }
 
-/// Fills `dst` (`[rows][m]`) for weight rows `n0 .. n0 + dst.len() / m`.
+/// Fills the columns `rows` (weight rows) of `out` for all `m` rows.
 fn compute_rows(
     w: &PackedMatrix,
     x: &QuantizedActivations,
     m: usize,
-    n0: usize,
-    dst: &mut [f32],
+    rows: std::ops::Range<usize>,
+    out: Output,
     kernel: Kernel,
 ) {
-    let job = RowJob { w, x, m, n0 };
+    debug_assert!(rows.end <= w.rows && out.len == m * w.rows);
+    let job = RowJob {
+        w,
+        x,
+        m,
+        n0: rows.start,
+        rows: rows.len(),
+        out,
+    };
     match kernel {
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx2 => {
             // SAFETY: `Kernel::Avx2` comes from `Backend::Avx2`, which `detect`
             // only produces after confirming AVX2, FMA and F16C at runtime (tests
             // construct both the same way).
-            unsafe { x86::compute_rows(&job, dst) }
+            unsafe { x86::compute_rows(&job) }
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::AvxVnni => {
             // SAFETY: as above, and `kernel_for` only picks it after
             // `detect_vnni` confirmed AVX-VNNI (tests likewise).
-            unsafe { x86::compute_rows_vnni(&job, dst) }
+            unsafe { x86::compute_rows_vnni(&job) }
         }
         #[cfg(target_arch = "x86_64")]
         Kernel::Avx512Vnni => {
             // SAFETY: as above, and `kernel_for` only picks it after
             // `detect_avx512_vnni` confirmed AVX-512 F/BW/VNNI too.
-            unsafe { x86::compute_rows_avx512(&job, dst) }
+            unsafe { x86::compute_rows_avx512(&job) }
         }
-        _ => portable::compute_rows(&job, dst),
+        _ => portable::compute_rows(&job),
     }
 }
 
-/// One chunk of work: weight rows starting at `n0`, all `m` activation rows.
+/// One chunk of work: weight rows `n0 .. n0 + rows`, all `m` activation
+/// rows, written into those columns of `out`.
 pub(crate) struct RowJob<'a> {
     pub(crate) w: &'a PackedMatrix,
     pub(crate) x: &'a QuantizedActivations,
     pub(crate) m: usize,
     pub(crate) n0: usize,
+    pub(crate) rows: usize,
+    pub(crate) out: Output,
 }
 
 /// Activation rows per register tile: each unpacked weight block pair and its

@@ -8,19 +8,19 @@
 use super::{row_tiles, RowJob, ROW_TILE};
 use crate::format::BLOCK;
 
-/// Fills `dst` for one chunk.
-pub(crate) fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
-    for n in 0..dst.len() / job.m {
+/// Fills one chunk's outputs.
+pub(crate) fn compute_rows(job: &RowJob<'_>) {
+    for n in 0..job.rows {
         for (i0, rows) in row_tiles(job.m) {
-            tile(job, n, i0, rows, dst);
+            tile(job, n, i0, rows);
         }
     }
 }
 
 /// Computes the outputs for weight row `n0 + n` (chunk-local `n`) and
 /// activation rows `i0 .. i0 + rows`.
-fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
-    let (w, x, m) = (job.w, job.x, job.m);
+fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize) {
+    let (w, x) = (job.w, job.x);
     let nb = x.nb;
     let row = job.n0 + n;
     let mut acc = [0f32; ROW_TILE];
@@ -58,6 +58,8 @@ fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize, dst: &mut [f32]) {
         } else {
             0.0
         };
-        dst[n * m + i0 + r] = acc + offset;
+        // SAFETY: `(i0 + r, row)` is in the matrix (`row_tiles`, the
+        // chunk's rows) and this chunk's alone (see `Output`).
+        unsafe { job.out.set(i0 + r, row, acc + offset) };
     }
 }

@@ -73,40 +73,40 @@ use crate::format::BLOCK;
 /// its block scales and mins are f16 (`H`; only Q4_K and Q5_K, in the
 /// Q4_1 and Q5_K layouts, have f32 ones).
 macro_rules! by_layout {
-    ($walk:ident, $kind:expr, $job:expr, $dst:expr) => {
+    ($walk:ident, $kind:expr, $job:expr) => {
         match (kind_id($kind), $kind.half_scales()) {
-            (KIND_Q4_0, _) => $walk::<KIND_Q4_0, true>($job, $dst),
-            (KIND_Q4_1, true) => $walk::<KIND_Q4_1, true>($job, $dst),
-            (KIND_Q4_1, false) => $walk::<KIND_Q4_1, false>($job, $dst),
-            (KIND_Q8_0, _) => $walk::<KIND_Q8_0, true>($job, $dst),
-            (KIND_Q5_0, _) => $walk::<KIND_Q5_0, true>($job, $dst),
-            (KIND_Q5_1, _) => $walk::<KIND_Q5_1, true>($job, $dst),
-            (KIND_Q5_K, true) => $walk::<KIND_Q5_K, true>($job, $dst),
-            (KIND_Q5_K, false) => $walk::<KIND_Q5_K, false>($job, $dst),
-            _ => $walk::<KIND_Q6_K, true>($job, $dst),
+            (KIND_Q4_0, _) => $walk::<KIND_Q4_0, true>($job),
+            (KIND_Q4_1, true) => $walk::<KIND_Q4_1, true>($job),
+            (KIND_Q4_1, false) => $walk::<KIND_Q4_1, false>($job),
+            (KIND_Q8_0, _) => $walk::<KIND_Q8_0, true>($job),
+            (KIND_Q5_0, _) => $walk::<KIND_Q5_0, true>($job),
+            (KIND_Q5_1, _) => $walk::<KIND_Q5_1, true>($job),
+            (KIND_Q5_K, true) => $walk::<KIND_Q5_K, true>($job),
+            (KIND_Q5_K, false) => $walk::<KIND_Q5_K, false>($job),
+            _ => $walk::<KIND_Q6_K, true>($job),
         }
     };
 }
 
-/// Fills `dst` for one chunk with the AVX2 kernel.
+/// Fills one chunk's outputs with the AVX2 kernel.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA and F16C.
-pub(crate) unsafe fn compute_rows(job: &RowJob<'_>, dst: &mut [f32]) {
-    by_layout!(walk_avx2, job.w.kind, job, dst)
+pub(crate) unsafe fn compute_rows(job: &RowJob<'_>) {
+    by_layout!(walk_avx2, job.w.kind, job)
 }
 
-/// Fills `dst` for one chunk with the AVX-VNNI kernel.
+/// Fills one chunk's outputs with the AVX-VNNI kernel.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C and AVX-VNNI.
-pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>, dst: &mut [f32]) {
+pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>) {
     if unsigned_missing(job) {
         // Quantized without the unsigned copy: the AVX2 kernel gives the same
         // bits without it.
-        return compute_rows(job, dst);
+        return compute_rows(job);
     }
-    by_layout!(walk_vnni, job.w.kind, job, dst)
+    by_layout!(walk_vnni, job.w.kind, job)
 }
 
 /// Whether Q8_0's activations lack the unsigned copy `qu` that the VNNI
@@ -115,12 +115,12 @@ fn unsigned_missing(job: &RowJob<'_>) -> bool {
     q8_arithmetic(kind_id(job.w.kind)) && job.x.qu.len() != job.x.q.len()
 }
 
-/// Fills `dst` for one chunk with the AVX-512 VNNI kernel.
+/// Fills one chunk's outputs with the AVX-512 VNNI kernel.
 ///
 /// # Safety
 /// The CPU must support AVX2, FMA, F16C, AVX-VNNI, AVX-512 F/BW and AVX-512
 /// VNNI.
-pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
+pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>) {
     // Activations not made for this kernel (the pair layout, which Q6_K
     // always gets, or Q8_0 without the unsigned copy) go to the 256-bit
     // kernel, which reads them.
@@ -129,9 +129,9 @@ pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>, dst: &mut [f32]) {
             !job.x.quads,
             "four-block activations need the AVX-512 kernel"
         );
-        return compute_rows_vnni(job, dst);
+        return compute_rows_vnni(job);
     }
-    by_layout!(walk_512, job.w.kind, job, dst)
+    by_layout!(walk_512, job.w.kind, job)
 }
 
 /// Pairs `0 .. 2·(pairs / 2)` of a tile, four blocks per step on 512 bits,
@@ -250,15 +250,15 @@ macro_rules! kernel_variant {
         /// # Safety
         /// The CPU must support the features this function is compiled for.
         #[target_feature(enable = $features)]
-        unsafe fn $walk<const K: u8, const H: bool>(job: &RowJob<'_>, dst: &mut [f32]) {
+        unsafe fn $walk<const K: u8, const H: bool>(job: &RowJob<'_>) {
             debug_assert_eq!(job.w.scales.is_half(), H);
-            for n in 0..dst.len() / job.m {
+            for n in 0..job.rows {
                 for (i0, rows) in row_tiles(job.m) {
                     match rows {
-                        4 => $tile::<K, H, 4>(job, n, i0, dst),
-                        3 => $tile::<K, H, 3>(job, n, i0, dst),
-                        2 => $tile::<K, H, 2>(job, n, i0, dst),
-                        _ => $tile::<K, H, 1>(job, n, i0, dst),
+                        4 => $tile::<K, H, 4>(job, n, i0),
+                        3 => $tile::<K, H, 3>(job, n, i0),
+                        2 => $tile::<K, H, 2>(job, n, i0),
+                        _ => $tile::<K, H, 1>(job, n, i0),
                     }
                 }
             }
@@ -272,9 +272,8 @@ macro_rules! kernel_variant {
             job: &RowJob<'_>,
             n: usize,
             i0: usize,
-            dst: &mut [f32],
         ) {
-            tile::<K, H, $v, $w, R>(job, n, i0, dst)
+            tile::<K, H, $v, $w, R>(job, n, i0)
         }
     };
 }
@@ -295,8 +294,8 @@ kernel_variant!(
 /// # Safety
 /// The target features of the calling `tile_*` (`V`: AVX-VNNI; `W`: AVX-512
 /// VNNI too, which implies `V`); weight row `n0 + n` and
-/// activation rows `i0 .. i0 + R` must exist and `dst` must be `[rows][m]`
-/// with `n < rows`. `compute_rows`' caller guarantees the ranges; the array
+/// activation rows `i0 .. i0 + R` must exist, with `n < job.rows` (so the
+/// outputs are this chunk's). `compute_rows`' caller guarantees the ranges; the array
 /// lengths are fixed by `PackedMatrix::from_ggml` and
 /// `QuantizedActivations::new`.
 #[inline(always)]
@@ -304,13 +303,12 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     job: &RowJob<'_>,
     n: usize,
     i0: usize,
-    dst: &mut [f32],
 ) {
     let (w, x, m) = (job.w, job.x, job.m);
     let nb = x.nb;
     let pairs = nb / 2;
     let row = job.n0 + n;
-    debug_assert!(row < w.rows && i0 + R <= m && (n + 1) * m <= dst.len());
+    debug_assert!(row < w.rows && i0 + R <= m && n < job.rows);
     debug_assert!(x.dv.len() == m * nb.div_ceil(2) * 8);
 
     // Raw pointers so the block loop carries no bounds checks.
@@ -430,7 +428,6 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
         }
     }
 
-    let out = dst.as_mut_ptr().add(n * m + i0);
     for (r, acc) in acc.iter().enumerate() {
         let mut v = hsum(*acc);
         // The offset term of the unsigned layouts, Σ_b min_b · s_x[b], a dot
@@ -442,7 +439,7 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
         } else if let Some(zero_point) = w.kind.scale_offset() {
             v += zero_point * dot_factors::<H>(scales, xs, nb);
         }
-        *out.add(r) = v;
+        job.out.set(i0 + r, row, v);
     }
 }
 
