@@ -3,8 +3,8 @@
 //! `cargo bench -p maas-kernels --bench matmul`. What matters is the ratios:
 //! kernel vs reference in the same run, m = 8 vs m = 1 (batching gain), and
 //! each repacked kind vs Q4_1 on the same shape (they run as 32-weight
-//! blocks: Q4_K in Q4_1's layout, Q5_0 as nibbles plus fifth bits unpacked
-//! per block, Q5_1/Q5_K/Q6_K in Q8_0's byte layout).
+//! blocks: Q4_K in Q4_1's layout, Q5_0/Q5_1 as nibbles plus fifth bits
+//! spread per block, Q5_K/Q6_K in Q8_0's byte layout).
 
 // A bench binary, not library code: failing to build its fixed input is a bug
 // in the bench and should stop it.
