@@ -74,15 +74,14 @@ pub(crate) enum Kernel {
 
 impl Kernel {
     /// Whether the kernel wants `QuantizedActivations::qu` for `kind`: the
-    /// VNNI kernels multiply Q8_0's signed weights by unsigned activations.
+    /// VNNI kernels multiply signed weights by unsigned activations.
     pub(crate) fn unsigned_activations(self, kind: QuantKind) -> bool {
-        matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && q8_arithmetic(kind_id(kind))
+        matches!(self, Kernel::AvxVnni | Kernel::Avx512Vnni) && vnni_unsigned(kind_id(kind))
     }
 
-    /// Whether the kernel wants the activations in the four-block layout
-    /// (Q6_K's sub-scales run on the 256-bit code, in the pair layout).
-    pub(crate) fn quad_activations(self, kind: QuantKind) -> bool {
-        self == Kernel::Avx512Vnni && !sub_scaled(kind_id(kind))
+    /// Whether the kernel wants the activations in the four-block layout.
+    pub(crate) fn quad_activations(self, _kind: QuantKind) -> bool {
+        self == Kernel::Avx512Vnni
     }
 }
 
@@ -373,4 +372,11 @@ pub(crate) const fn has_mins(k: u8) -> bool {
 /// An 8-bit sub-scale per 16 weights, applied in the integer dot product.
 pub(crate) const fn sub_scaled(k: u8) -> bool {
     k == KIND_Q6_K
+}
+
+/// Signed weights that the VNNI kernels multiply by unsigned activations
+/// (`x + 128`, `QuantizedActivations::qu`), the sum starting at `-128·Σw`:
+/// `vpdpbusd` takes its unsigned operand first.
+pub(crate) const fn vnni_unsigned(k: u8) -> bool {
+    q8_arithmetic(k) || sub_scaled(k)
 }

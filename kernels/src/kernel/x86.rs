@@ -39,13 +39,15 @@
 //! sums stay below 2·31·128 and two still fit in i16; Q5_0's zero point is
 //! 16 where Q4_0's is 8), spread from their 32-bit words with a byte mask
 //! on AVX-512 and with llama.cpp's `bytes_from_bits_32` on 256 bits; Q4_K
-//! is Q4_1; Q5_K is Q4_1's arithmetic on Q8_0's byte layout; Q6_K is Q8_0's AVX2 path (`|w| ≤ 32`) with `vpmaddwd`
-//! multiplying the pair sums by the 16-weight sub-scale instead of by 1
-//! (|sum| ≤ 2·2·32·127·128 < 2²², exact), on every x86 kernel: VNNI's
-//! `vpdpbusd` cannot scale, and the AVX-512 kernel runs Q6_K (and Q3_K) on
-//! 256 bits. (Measured against per-16 f32 scales with two `vpdpbusd` and two
-//! FMAs per block pair: 5–10 % slower on an AVX-512 VNNI machine, fewer
-//! instructions on plain AVX2, and one exact integer path for all three.)
+//! is Q4_1; Q5_K is Q4_1's arithmetic on Q8_0's byte layout. Q6_K (and
+//! Q3_K) is Q8_0's path (`|w| ≤ 32`) with each lane's sum of four products
+//! multiplied by its 16 weights' sub-scale before the two halves are added:
+//! by `vpmaddwd` on AVX2 (the pair sums times the sub-scale instead of 1),
+//! by `vpmulld` after `vpdpbusd` on VNNI, on 256 and 512 bits; the lane
+//! values are exact (|sum| ≤ 2·2·32·127·128 < 2²²) and identical on every
+//! kernel. (Measured on an AVX-512 VNNI machine: `vpmulld` on 512 bits
+//! 5–20 % faster than `vpmaddwd` on 256, `cargo bench --bench matmul --
+//! Q6_K`; per-16 f32 scales with two FMAs per pair were 5–10 % slower.)
 //!
 //! Weight rows are walked one at a time: streaming several rows in lockstep
 //! measured much slower for matrices that do not fit in cache (it defeats the
@@ -65,7 +67,8 @@ use std::arch::x86_64::*;
 
 use super::{
     byte_quants, fifth_bits, has_mins, kind_id, q8_arithmetic, row_tiles, signed, sub_scaled,
-    RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q5_K, KIND_Q6_K, KIND_Q8_0,
+    vnni_unsigned, RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q5_K, KIND_Q6_K,
+    KIND_Q8_0,
 };
 use crate::format::BLOCK;
 
@@ -109,10 +112,10 @@ pub(crate) unsafe fn compute_rows_vnni(job: &RowJob<'_>) {
     by_layout!(walk_vnni, job.w.kind, job)
 }
 
-/// Whether Q8_0's activations lack the unsigned copy `qu` that the VNNI
-/// kernels multiply its signed weights by.
+/// Whether the activations lack the unsigned copy `qu` that the VNNI
+/// kernels multiply signed weights by (Q8_0's, Q6_K's).
 fn unsigned_missing(job: &RowJob<'_>) -> bool {
-    q8_arithmetic(kind_id(job.w.kind)) && job.x.qu.len() != job.x.q.len()
+    vnni_unsigned(kind_id(job.w.kind)) && job.x.qu.len() != job.x.q.len()
 }
 
 /// Fills one chunk's outputs with the AVX-512 VNNI kernel.
@@ -121,10 +124,10 @@ fn unsigned_missing(job: &RowJob<'_>) -> bool {
 /// The CPU must support AVX2, FMA, F16C, AVX-VNNI, AVX-512 F/BW and AVX-512
 /// VNNI.
 pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>) {
-    // Activations not made for this kernel (the pair layout, which Q6_K
-    // always gets, or Q8_0 without the unsigned copy) go to the 256-bit
-    // kernel, which reads them.
-    if !job.x.quads || unsigned_missing(job) || sub_scaled(kind_id(job.w.kind)) {
+    // Activations not made for this kernel (the pair layout, or signed
+    // weights without the unsigned copy) go to the 256-bit kernel, which
+    // reads them.
+    if !job.x.quads || unsigned_missing(job) {
         debug_assert!(
             !job.x.quads,
             "four-block activations need the AVX-512 kernel"
@@ -140,19 +143,20 @@ pub(crate) unsafe fn compute_rows_avx512(job: &RowJob<'_>) {
 ///
 /// # Safety
 /// As for `tile`, with the features of `compute_rows_avx512`; `xq`/`xd` as
-/// `tile` sets them up (unsigned activations for Q8_0).
+/// `tile` sets them up (unsigned activations for Q8_0 and Q6_K).
 #[target_feature(enable = "avx2,fma,f16c,avxvnni,avx512f,avx512bw,avx512vnni")]
 #[inline]
+#[allow(clippy::too_many_arguments)] // the row's arrays, then the tile's
 unsafe fn quads<const K: u8, const H: bool, const R: usize>(
     quants: *const u8,
     high: *const u32,
+    subs: *const i8,
     scales: *const u8,
     pairs: usize,
     xq: &[*const i8; R],
     xd: &[*const f32; R],
     acc: &mut [__m256; R],
 ) -> usize {
-    debug_assert!(!sub_scaled(K), "Q6_K's sub-scales are 256-bit only");
     let zero = _mm512_setzero_si512();
     let spread = _mm512_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3);
     let quads = pairs / 2;
@@ -183,14 +187,41 @@ unsafe fn quads<const K: u8, const H: bool, const R: usize>(
                 (wa, wb)
             }
         };
-        // Q8_0: unsigned activations (x + 128) against signed weights, the
-        // sum starting at -128·Σw per lane (as in the 256-bit VNNI kernel).
-        let init = if K == KIND_Q8_0 {
-            let c = _mm512_set1_epi8(-128);
+        // Q8_0 and Q6_K: unsigned activations (x + 128) against signed
+        // weights, the sum starting at -128·Σw per lane (as in the 256-bit
+        // VNNI kernel); Q6_K keeps halves A and B apart for their
+        // sub-scales.
+        let c = _mm512_set1_epi8(-128);
+        let (init, init_b) = if K == KIND_Q8_0 {
             let sum = _mm512_dpbusd_epi32(zero, c, wa);
-            _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(sum, c, wb))
+            (
+                _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(sum, c, wb)),
+                zero,
+            )
+        } else if sub_scaled(K) {
+            (
+                _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c, wa)),
+                _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(zero, c, wb)),
+            )
         } else {
-            zero
+            (zero, zero)
+        };
+        // Q6_K: the sub-scales of the four blocks' halves A and B, one per
+        // 32-bit lane of the operand they scale.
+        let (sub_a, sub_b) = if sub_scaled(K) {
+            let eight = _mm512_cvtepi8_epi32(_mm_loadl_epi64(subs.add(2 * b).cast()));
+            (
+                _mm512_permutexvar_epi32(
+                    _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 4, 4, 4, 4, 6, 6, 6, 6),
+                    eight,
+                ),
+                _mm512_permutexvar_epi32(
+                    _mm512_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3, 5, 5, 5, 5, 7, 7, 7, 7),
+                    eight,
+                ),
+            )
+        } else {
+            (zero, zero)
         };
         let four = if H {
             _mm_cvtph_ps(_mm_loadl_epi64(scales.add(2 * b).cast()))
@@ -206,6 +237,12 @@ unsafe fn quads<const K: u8, const H: bool, const R: usize>(
             let xb = _mm512_loadu_si512(xq[r].add(b * BLOCK + 64).cast());
             let dot = if K == KIND_Q8_0 {
                 _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, xa, wa), xb, wb)
+            } else if sub_scaled(K) {
+                // Per lane, sub-scale × the exact sum of four products: the
+                // integer `vpmaddwd` computes on 256 bits.
+                let a = _mm512_dpbusd_epi32(init, xa, wa);
+                let b = _mm512_dpbusd_epi32(init_b, xb, wb);
+                _mm512_add_epi32(_mm512_mullo_epi32(a, sub_a), _mm512_mullo_epi32(b, sub_b))
             } else {
                 _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(zero, wa, xa), wb, xb)
             };
@@ -327,9 +364,9 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     } else {
         w.sub_scales.as_ptr()
     };
-    // The VNNI Q8_0 path reads the unsigned copy `qu` (see `Q8_0 on VNNI`
-    // below); `compute_rows_vnni` checked that it is there.
-    let unsigned = V && q8_arithmetic(K);
+    // The VNNI Q8_0 and Q6_K paths read the unsigned copy `qu` (see `Q8_0
+    // on VNNI` below); `compute_rows_vnni` checked that it is there.
+    let unsigned = V && vnni_unsigned(K);
     let base = if unsigned {
         x.qu.as_ptr().cast::<i8>()
     } else {
@@ -344,7 +381,7 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
 
     let mut acc = [_mm256_setzero_ps(); R];
     let first = if W {
-        quads::<K, H, R>(quants, high, scales, pairs, &xq, &xd, &mut acc)
+        quads::<K, H, R>(quants, high, subs, scales, pairs, &xq, &xd, &mut acc)
     } else {
         0
     };
@@ -352,21 +389,32 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     for p in first..pairs {
         let b = 2 * p;
         let (wa, wb, sa, sb) = unpack_pair::<K, V>(quants, high, b);
-        // Q8_0 on VNNI: the activations come as x + 128 (unsigned) and the
-        // weights signed, so the sum starts at -128·Σw per lane, computed
-        // once per tile (exact: |128·Σw| ≤ 2¹⁷ over a lane's 8 weights).
-        let init = if unsigned {
-            let c = _mm256_set1_epi8(-128);
-            let sum = _mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), c, sa);
-            _mm256_sub_epi32(_mm256_setzero_si256(), _mm256_dpbusd_avx_epi32(sum, c, sb))
+        // Q8_0 and Q6_K on VNNI: the activations come as x + 128
+        // (unsigned) and the weights signed, so the sum starts at -128·Σw
+        // per lane, computed once per tile (exact: |128·Σw| ≤ 2¹⁷ over a
+        // lane's 8 weights); Q6_K keeps halves A and B apart.
+        let zero = _mm256_setzero_si256();
+        let c = _mm256_set1_epi8(-128);
+        let (init, init_b) = if unsigned && sub_scaled(K) {
+            (
+                _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(zero, c, sa)),
+                _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(zero, c, sb)),
+            )
+        } else if unsigned {
+            let sum = _mm256_dpbusd_avx_epi32(zero, c, sa);
+            (
+                _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(sum, c, sb)),
+                zero,
+            )
         } else {
-            _mm256_setzero_si256()
+            (zero, zero)
         };
-        // Q6_K: the sub-scales of halves A and B in A's and B's lane pattern.
+        // Q6_K: the sub-scales of halves A and B in A's and B's lane
+        // pattern, as i16 pairs for `vpmaddwd` or, on VNNI, as i32 lanes.
         let (sub_a, sub_b) = if sub_scaled(K) {
-            sub_scales_pair(subs.add(2 * b))
+            sub_scales_pair::<V>(subs.add(2 * b))
         } else {
-            (_mm256_setzero_si256(), _mm256_setzero_si256())
+            (zero, zero)
         };
         // [d_w(b) ×4, d_w(b+1) ×4]: one 4-byte load and a convert (or one
         // 8-byte load) and a lane permute.
@@ -381,7 +429,11 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
         for r in 0..R {
             let xa = _mm256_loadu_si256(xq[r].add(b * BLOCK).cast());
             let xb = _mm256_loadu_si256(xq[r].add(b * BLOCK + 32).cast());
-            let dot = if unsigned {
+            let dot = if unsigned && sub_scaled(K) {
+                let a = _mm256_dpbusd_avx_epi32(init, xa, sa);
+                let b = _mm256_dpbusd_avx_epi32(init_b, xb, sb);
+                _mm256_add_epi32(_mm256_mullo_epi32(a, sub_a), _mm256_mullo_epi32(b, sub_b))
+            } else if unsigned {
                 let a = _mm256_dpbusd_avx_epi32(init, xa, sa);
                 _mm256_dpbusd_avx_epi32(a, xb, sb)
             } else if sub_scaled(K) {
@@ -443,16 +495,24 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     }
 }
 
-/// Q6_K's sub-scales `[a(b), b(b), a(b+1), b(b+1)]` at `s` as the i16
-/// multipliers of `vpmaddwd` for halves A and B of the block pair: `a(b)`
-/// in every i16 of the low 128 bits and `a(b+1)` in the high ones, and the
-/// same for B.
+/// Q6_K's sub-scales `[a(b), b(b), a(b+1), b(b+1)]` at `s` for halves A
+/// and B of the block pair: `a(b)` in every lane of the low 128 bits and
+/// `a(b+1)` in the high ones, and the same for B; as i32 lanes if `V` (the
+/// VNNI kernels' `vpmulld`), else as the i16 multipliers of `vpmaddwd`.
 ///
 /// # Safety
 /// AVX2 must be available and `s` valid for four reads.
 #[inline(always)]
-unsafe fn sub_scales_pair(s: *const i8) -> (__m256i, __m256i) {
-    let four = _mm_cvtepi8_epi16(_mm_cvtsi32_si128(std::ptr::read_unaligned(s.cast::<i32>())));
+unsafe fn sub_scales_pair<const V: bool>(s: *const i8) -> (__m256i, __m256i) {
+    let word = _mm_cvtsi32_si128(std::ptr::read_unaligned(s.cast::<i32>()));
+    if V {
+        let four = _mm256_cvtepi8_epi32(word);
+        return (
+            _mm256_permutevar8x32_epi32(four, _mm256_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2)),
+            _mm256_permutevar8x32_epi32(four, _mm256_setr_epi32(1, 1, 1, 1, 3, 3, 3, 3)),
+        );
+    }
+    let four = _mm_cvtepi8_epi16(word);
     let both = _mm256_broadcastsi128_si256(four);
     // i16 `k` of `four` is bytes 2k, 2k + 1: A takes i16 0 (low 128 bits)
     // and 2 (high), B i16 1 and 3.
