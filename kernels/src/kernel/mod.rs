@@ -80,7 +80,7 @@ impl Kernel {
     }
 
     /// Whether the kernel wants the activations in the four-block layout.
-    pub(crate) fn quad_activations(self, _kind: QuantKind) -> bool {
+    pub(crate) fn quad_activations(self) -> bool {
         self == Kernel::Avx512Vnni
     }
 }
@@ -148,7 +148,7 @@ const CHUNKS_PER_THREAD: usize = 4;
 pub(crate) fn matmul(w: &PackedMatrix, x: &[f32], m: usize, out: &mut [f32], backend: Backend) {
     let kernel = kernel_for(backend);
     let unsigned = kernel.unsigned_activations(w.kind);
-    let quads = kernel.quad_activations(w.kind);
+    let quads = kernel.quad_activations();
     let x = QuantizedActivations::new(x, m, w.cols, unsigned, quads);
     let chunk_rows = chunk_rows(w.rows, w.cols, m, team::threads());
     matmul_split(w, &x, m, out, kernel, chunk_rows);

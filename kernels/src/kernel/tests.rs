@@ -56,7 +56,7 @@ fn run(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize) -> Vec<f32> {
 fn run_split(w: &PackedMatrix, kernel: Kernel, x: &[f32], m: usize, chunk: usize) -> Vec<f32> {
     let mut out = vec![f32::NAN; m * w.rows()];
     let unsigned = kernel.unsigned_activations(w.kind());
-    let quads = kernel.quad_activations(w.kind());
+    let quads = kernel.quad_activations();
     let quantized = QuantizedActivations::new(x, m, w.cols(), unsigned, quads);
     matmul_split(w, &quantized, m, &mut out, kernel, chunk);
     out
