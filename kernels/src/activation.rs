@@ -95,6 +95,7 @@ impl QuantizedActivations {
                 quads,
             };
         }
+        let quantize = block_quantizer();
         if m * cols >= PARALLEL_MIN_VALUES {
             let mut rows: Vec<_> = x
                 .chunks_exact(cols)
@@ -103,14 +104,14 @@ impl QuantizedActivations {
                 .zip(dv.chunks_exact_mut(pairs * 8))
                 .collect();
             team::for_each_mut(&mut rows, |(((x, q), (d, s)), dv)| {
-                quantize_row(x, q, d, s, dv)
+                quantize_row(quantize, x, q, d, s, dv)
             });
         } else {
             x.chunks_exact(cols)
                 .zip(q.chunks_exact_mut(cols))
                 .zip(d.chunks_exact_mut(nb).zip(s.chunks_exact_mut(nb)))
                 .zip(dv.chunks_exact_mut(pairs * 8))
-                .for_each(|(((x, q), (d, s)), dv)| quantize_row(x, q, d, s, dv));
+                .for_each(|(((x, q), (d, s)), dv)| quantize_row(quantize, x, q, d, s, dv));
         }
         if quads {
             for row in q.chunks_exact_mut(cols) {
@@ -144,9 +145,16 @@ impl QuantizedActivations {
     }
 }
 
-/// Quantizes one activation row, block by block, into the pair-interleaved
-/// layout.
-fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], dv: &mut [f32]) {
+/// Quantizes one activation row, block by block with `quantize`, into the
+/// pair-interleaved layout.
+fn quantize_row(
+    quantize: BlockQuantizer,
+    x: &[f32],
+    q: &mut [i8],
+    d: &mut [f32],
+    s: &mut [f32],
+    dv: &mut [f32],
+) {
     let nb = d.len();
     let mut block = [0i8; BLOCK];
     for (b, (x, (d, s))) in x
@@ -154,7 +162,7 @@ fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], dv: &mut 
         .zip(d.iter_mut().zip(s.iter_mut()))
         .enumerate()
     {
-        quantize_block(x, &mut block, d, s);
+        quantize(x, &mut block, d, s);
         let (lo, hi) = half_offsets(nb, b, false);
         q[lo..lo + BLOCK / 2].copy_from_slice(&block[..BLOCK / 2]);
         q[hi..hi + BLOCK / 2].copy_from_slice(&block[BLOCK / 2..]);
@@ -167,21 +175,25 @@ fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], s: &mut [f32], dv: &mut 
     }
 }
 
-/// Quantizes one 32-value block. Rounds half away from zero with a plain add
-/// and truncating cast (no libm `roundf` call on baseline x86-64).
-#[inline(always)]
-fn quantize_block(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
+/// Quantizes one 32-value block into `q`, its scale `d` and sum `s`.
+type BlockQuantizer = fn(&[f32], &mut [i8], &mut f32, &mut f32);
+
+/// The block quantizer for this CPU, looked up once per matmul rather than
+/// per block: the AVX2 one where the kernels' backend is AVX2, else the
+/// portable one (same bits).
+fn block_quantizer() -> BlockQuantizer {
     #[cfg(target_arch = "x86_64")]
     if crate::kernel::backend() == crate::kernel::Backend::Avx2 {
         // SAFETY: `Backend::Avx2` is only detected with AVX2 and FMA present.
-        return unsafe { x86::quantize_block(x, q, d, s) };
+        return |x, q, d, s| unsafe { x86::quantize_block(x, q, d, s) };
     }
-    quantize_block_portable(x, q, d, s);
+    quantize_block_portable
 }
 
-/// `quantize_block` in plain Rust, the definition the AVX2 version follows
-/// step for step (same bits for any finite input).
-#[inline(always)]
+/// Quantizes one 32-value block in plain Rust, the definition the AVX2
+/// version follows step for step (same bits for any finite input). Rounds
+/// half away from zero with a plain add and truncating cast (no libm
+/// `roundf` call on baseline x86-64).
 fn quantize_block_portable(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
     let amax = x.iter().fold(0f32, |acc, v| acc.max(v.abs()));
     let scale = amax / 127.0;
