@@ -744,7 +744,8 @@ mod tests {
         }
     }
 
-    fn any_format() -> impl Strategy<Value = ToolCallFormat> {
+    /// Any of the formats the parsers read (the streaming tests' too).
+    pub(super) fn any_format() -> impl Strategy<Value = ToolCallFormat> {
         prop_oneof![Just(Hermes), Just(Llama3Json), Just(Mistral)]
     }
 

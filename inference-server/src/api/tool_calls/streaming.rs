@@ -736,6 +736,7 @@ impl Arguments {
 #[cfg(test)]
 mod tests {
     use super::super::non_empty;
+    use super::super::tests::any_format;
     use super::ToolCallFormat::{Hermes, Llama3Json, Mistral};
     use super::*;
     use proptest::prelude::*;
@@ -1170,10 +1171,6 @@ mod tests {
             Mistral if name_first => format!("[TOOL_CALLS]{name}[ARGS]{args}"),
             Mistral => format!("[TOOL_CALLS][{object}]"),
         }
-    }
-
-    fn any_format() -> impl Strategy<Value = ToolCallFormat> {
-        prop_oneof![Just(Hermes), Just(Llama3Json), Just(Mistral)]
     }
 
     fn json_value() -> impl Strategy<Value = Value> {
