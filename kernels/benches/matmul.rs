@@ -134,6 +134,9 @@ fn matmul(c: &mut Criterion) {
     bench_cold(c, QuantKind::Q4_1, 1536, 576, 64);
     // Tied embedding used as the LM head: 49152 × 576.
     bench_shape(c, QuantKind::Q8_0, 49152, 576);
+    // Gemma 3 270M's tied head, 262144 × 640 (178 MB, past any L3 alone):
+    // short rows of 20 blocks, most of its file and of its decode step.
+    bench_cold(c, QuantKind::Q8_0, 262_144, 640, 1);
     // llama.cpp writes Q5_0 (for Q4_K) and Q5_1 (for Q5_K) where a row is
     // not whole 256-weight super-blocks, e.g. SmolLM2's up/gate projections.
     bench_shape(c, QuantKind::Q5_0, 1536, 576);
