@@ -56,12 +56,14 @@ pub fn swiglu(gate_up: &[f32], ffn: usize, out: &mut Vec<f32>) {
 
 /// GELU-gated MLP on a stacked `[gate | up]` row: `out = gelu(gate) * up`,
 /// with GELU's tanh approximation (Gemma's `gelu_pytorch_tanh`, ggml's
-/// `gelu`).
+/// `gelu`), written as `g · σ(2u)`: `(1 + tanh u) / 2` is `1 / (1 + e^{-2u})`,
+/// and one libm `expf` costs a third of a `tanhf` (which was 6 % of a
+/// Gemma 3 step at 8 streams).
 pub fn geglu(gate_up: &[f32], ffn: usize, out: &mut Vec<f32>) {
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    const TWO_SQRT_2_OVER_PI: f32 = 2.0 * 0.797_884_6;
     gated(gate_up, ffn, out, |g| {
-        let inner = SQRT_2_OVER_PI * (g + 0.044715 * g * g * g);
-        0.5 * g * (1.0 + inner.tanh())
+        let twice_inner = TWO_SQRT_2_OVER_PI * (g + 0.044715 * g * g * g);
+        g / (1.0 + (-twice_inner).exp())
     });
 }
 
@@ -829,6 +831,27 @@ mod tests {
         // gelu_tanh(1) = 0.841192, gelu_tanh(-3) = -0.003637
         assert!((out[0] - 0.841_192 * 2.0).abs() < 1e-5, "{}", out[0]);
         assert!((out[1] + 0.003_637).abs() < 1e-5, "{}", out[1]);
+        // The sigmoid form against the tanh one, out to where e^{-2u}
+        // overflows (a gate of -1e4 or -1e30 is -0, not NaN).
+        let gates: Vec<f32> = (-400..=400)
+            .map(|i| i as f32 * 0.05)
+            .chain([-1e30, -1e4, -60.0, 60.0, 1e4, 1e30])
+            .collect();
+        let gate_up: Vec<f32> = gates
+            .iter()
+            .copied()
+            .chain(gates.iter().map(|_| 1.0))
+            .collect();
+        geglu(&gate_up, gates.len(), &mut out);
+        for (&g, &got) in gates.iter().zip(&out) {
+            let inner = 0.797_884_6 * (g + 0.044715 * g * g * g);
+            let want = 0.5 * g * (1.0 + f64::from(inner).tanh() as f32);
+            assert!(got.is_finite(), "gelu({g}) = {got}");
+            assert!(
+                (got - want).abs() <= 1e-6 * want.abs().max(1.0),
+                "gelu({g}) = {got}, want {want}"
+            );
+        }
     }
 
     /// Split over the team or not, every value is its own row's.
