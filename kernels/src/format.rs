@@ -87,20 +87,21 @@ impl QuantKind {
     }
 
     /// Bytes of packed quants per 32 weights: nibbles for the 4-bit kinds
-    /// and Q5_0/Q5_1 (whose fifth bits are kept apart, see `has_high_bits`),
-    /// one byte per weight for the others (see `PackedMatrix`).
+    /// and the 5-bit ones (whose fifth bits are kept apart, see
+    /// `has_high_bits`), one byte per weight for the others (see
+    /// `PackedMatrix`).
     pub(crate) const fn quant_bytes(self) -> usize {
         match self {
-            Self::Q4_0 | Self::Q4_1 | Self::Q4_K | Self::Q5_0 | Self::Q5_1 => 16,
-            Self::Q8_0 | Self::Q3_K | Self::Q5_K | Self::Q6_K => 32,
+            Self::Q4_0 | Self::Q4_1 | Self::Q4_K | Self::Q5_0 | Self::Q5_1 | Self::Q5_K => 16,
+            Self::Q8_0 | Self::Q3_K | Self::Q6_K => 32,
         }
     }
 
-    /// Whether the packed form keeps GGML's 32-bit word of fifth bits per
-    /// block next to the nibbles (Q5_0, Q5_1: the kernels spread it per
-    /// block).
+    /// Whether the packed form keeps a 32-bit word of fifth bits per block
+    /// next to the nibbles (Q5_0, Q5_1 as GGML stores it; Q5_K repacked so):
+    /// the kernels spread it per block.
     pub(crate) const fn has_high_bits(self) -> bool {
-        matches!(self, Self::Q5_0 | Self::Q5_1)
+        matches!(self, Self::Q5_0 | Self::Q5_1 | Self::Q5_K)
     }
 
     /// The zero point of the unsigned kinds without a stored min, as a

@@ -8,7 +8,9 @@
 //! tiles and the activations keep their per-32 Q8 quantization:
 //! - Q4_K → Q4_1's layout (nibble-packed, byte `j` = values `j` and `j + 16`),
 //!   the f32 scale `d·sc` and min `-dmin·mn` per block: Q4_1's arithmetic;
-//! - Q5_K → one unsigned byte per weight (`0..=31`), scale and min;
+//! - Q5_K → Q5_1's layout (Q4_1's nibbles plus a 32-bit word whose bit `j`
+//!   is weight `j`'s fifth bit), the f32 scale and min as for Q4_K: Q5_1's
+//!   arithmetic, 7 bits per weight where a byte per weight took 10;
 //! - Q6_K → one signed byte per weight (`q6 - 32`, `-32..=31`), `d` per
 //!   block and the two 8-bit sub-scales as they are; Q3_K → the same layout
 //!   (`q3 - 4` and sub-scales `sc - 32`): the kernels fold the sub-scales
@@ -67,10 +69,18 @@ pub(crate) fn repack_super_block(raw: &[u8], w: &mut PackedMatrix) {
         }
     }
     for block in values.chunks_exact(BLOCK) {
-        if kind == QuantKind::Q4_K {
+        if matches!(kind, QuantKind::Q4_K | QuantKind::Q5_K) {
             let (lo, hi) = block.split_at(BLOCK / 2);
-            w.quants
-                .extend(lo.iter().zip(hi).map(|(&l, &h)| l as u8 | (h as u8) << 4));
+            w.quants.extend(
+                lo.iter()
+                    .zip(hi)
+                    .map(|(&l, &h)| (l as u8 & 0x0F) | (h as u8) << 4),
+            );
+            if kind == QuantKind::Q5_K {
+                let word = (block.iter().enumerate())
+                    .fold(0u32, |word, (j, &v)| word | u32::from(v as u8 >> 4) << j);
+                w.high_bits.push(word);
+            }
         } else {
             w.quants.extend(block.iter().map(|&v| v as u8));
         }

@@ -14,12 +14,13 @@
 //! - `mins[row * nb + b]`: the additive min of Q4_1 and Q5_1 (`m`), Q4_K and Q5_K
 //!   (`-dmin·mn`), stored the same way (empty otherwise);
 //! - `high_bits[row * nb + b]`: Q5_0's and Q5_1's fifth bits as GGML stores
-//!   them (bit `j` for weight `j`; empty for the other kinds);
+//!   them, and Q5_K's in the same order (bit `j` for weight `j`; empty for
+//!   the other kinds);
 //! - `quants[(row * nb + b) * quant_bytes ..]`: 16 nibble-packed bytes for
-//!   Q4_0/Q4_1/Q4_K and Q5_0/Q5_1's low four bits, in GGML's Q4 order (byte
-//!   `j` holds weight `j` low and weight `j + 16` high); 32 bytes, one per
-//!   weight, otherwise: `i8` for Q8_0, Q3_K (`q3 - 4`) and Q6_K (`q6 - 32`),
-//!   `u8` in `0..=31` for Q5_K.
+//!   Q4_0/Q4_1/Q4_K and Q5_0/Q5_1/Q5_K's low four bits, in GGML's Q4 order
+//!   (byte `j` holds weight `j` low and weight `j + 16` high); 32 bytes, one
+//!   per weight, otherwise: `i8` for Q8_0, Q3_K (`q3 - 4`) and Q6_K
+//!   (`q6 - 32`).
 //!
 //! So Q4_0, Q4_1, Q5_0, Q5_1 and Q8_0 take exactly their GGUF bytes in
 //! memory.

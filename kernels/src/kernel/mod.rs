@@ -313,13 +313,11 @@ pub(crate) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
 
 /// The packed layout as a const-generic parameter (enums cannot be one on
 /// stable), so each kernel is compiled once per layout with the branches
-/// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q3_K
-/// into Q6_K's.
+/// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q5_K
+/// into Q5_1's, Q3_K into Q6_K's.
 pub(crate) const KIND_Q4_0: u8 = 0;
 pub(crate) const KIND_Q4_1: u8 = 1;
 pub(crate) const KIND_Q8_0: u8 = 2;
-/// Unsigned bytes `0..=31`, a scale and a min per block.
-pub(crate) const KIND_Q5_K: u8 = 3;
 /// Signed bytes (`-32..=31`), a scale per block and an 8-bit sub-scale per
 /// 16 weights.
 pub(crate) const KIND_Q6_K: u8 = 4;
@@ -336,15 +334,14 @@ pub(crate) const fn kind_id(kind: QuantKind) -> u8 {
         QuantKind::Q4_1 | QuantKind::Q4_K => KIND_Q4_1,
         QuantKind::Q8_0 => KIND_Q8_0,
         QuantKind::Q5_0 => KIND_Q5_0,
-        QuantKind::Q5_1 => KIND_Q5_1,
-        QuantKind::Q5_K => KIND_Q5_K,
+        QuantKind::Q5_1 | QuantKind::Q5_K => KIND_Q5_1,
         QuantKind::Q3_K | QuantKind::Q6_K => KIND_Q6_K,
     }
 }
 
 /// One byte per weight (otherwise two nibbles per byte).
 pub(crate) const fn byte_quants(k: u8) -> bool {
-    matches!(k, KIND_Q8_0 | KIND_Q5_K | KIND_Q6_K)
+    matches!(k, KIND_Q8_0 | KIND_Q6_K)
 }
 
 /// A word of fifth bits per block on top of the nibbles.
@@ -366,7 +363,7 @@ pub(crate) const fn q8_arithmetic(k: u8) -> bool {
 /// A stored min per block (otherwise a zero point times the scale, see
 /// `QuantKind::scale_offset`, or no offset).
 pub(crate) const fn has_mins(k: u8) -> bool {
-    matches!(k, KIND_Q4_1 | KIND_Q5_K | KIND_Q5_1)
+    matches!(k, KIND_Q4_1 | KIND_Q5_1)
 }
 
 /// An 8-bit sub-scale per 16 weights, applied in the integer dot product.

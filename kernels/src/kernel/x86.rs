@@ -39,7 +39,7 @@
 //! sums stay below 2·31·128 and two still fit in i16; Q5_0's zero point is
 //! 16 where Q4_0's is 8), spread from their 32-bit words with a byte mask
 //! on AVX-512 and with llama.cpp's `bytes_from_bits_32` on 256 bits; Q4_K
-//! is Q4_1; Q5_K is Q4_1's arithmetic on Q8_0's byte layout. Q6_K (and
+//! is Q4_1 and Q5_K is Q5_1 (with f32 factors). Q6_K (and
 //! Q3_K) is Q8_0's path (`|w| ≤ 32`) with each lane's sum of four products
 //! multiplied by its 16 weights' sub-scale before the two halves are added:
 //! by `vpmaddwd` on AVX2 (the pair sums times the sub-scale instead of 1),
@@ -67,14 +67,13 @@ use std::arch::x86_64::*;
 
 use super::{
     byte_quants, fifth_bits, has_mins, kind_id, q8_arithmetic, row_tiles, signed, sub_scaled,
-    vnni_unsigned, RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q5_K, KIND_Q6_K,
-    KIND_Q8_0,
+    vnni_unsigned, RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q6_K, KIND_Q8_0,
 };
 use crate::format::BLOCK;
 
 /// Calls `$walk::<K, H>` with the layout constant of `$kind` and whether
 /// its block scales and mins are f16 (`H`; only Q4_K and Q5_K, in the
-/// Q4_1 and Q5_K layouts, have f32 ones).
+/// Q4_1 and Q5_1 layouts, have f32 ones).
 macro_rules! by_layout {
     ($walk:ident, $kind:expr, $job:expr) => {
         match (kind_id($kind), $kind.half_scales()) {
@@ -83,9 +82,8 @@ macro_rules! by_layout {
             (KIND_Q4_1, false) => $walk::<KIND_Q4_1, false>($job),
             (KIND_Q8_0, _) => $walk::<KIND_Q8_0, true>($job),
             (KIND_Q5_0, _) => $walk::<KIND_Q5_0, true>($job),
-            (KIND_Q5_1, _) => $walk::<KIND_Q5_1, true>($job),
-            (KIND_Q5_K, true) => $walk::<KIND_Q5_K, true>($job),
-            (KIND_Q5_K, false) => $walk::<KIND_Q5_K, false>($job),
+            (KIND_Q5_1, true) => $walk::<KIND_Q5_1, true>($job),
+            (KIND_Q5_1, false) => $walk::<KIND_Q5_1, false>($job),
             _ => $walk::<KIND_Q6_K, true>($job),
         }
     };
@@ -623,8 +621,8 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
         let second = _mm256_loadu_si256(quants.add(b * 32 + 32).cast());
         let sa = _mm256_permute2x128_si256(first, second, 0x20);
         let sb = _mm256_permute2x128_si256(first, second, 0x31);
-        // VNNI multiplies Q8_0's signed values directly; Q5_K's are unsigned.
-        if (V && q8_arithmetic(K)) || !signed(K) {
+        // VNNI multiplies Q8_0's signed values directly.
+        if V && q8_arithmetic(K) {
             return (sa, sb, sa, sb);
         }
         (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb)
@@ -735,7 +733,7 @@ unsafe fn dot_pair<const K: u8, const V: bool>(
             // Pair sums up to 2·128·127: widen each before adding.
             _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(b, ones))
         } else {
-            // Nibble pair sums are at most 2·15·127 (Q5_K's 2·31·127); two of
+            // Nibble pair sums are at most 2·15·127 (Q5's 2·31·127); two of
             // them fit in i16.
             _mm256_madd_epi16(_mm256_add_epi16(a, b), ones)
         }
