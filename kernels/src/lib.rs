@@ -30,6 +30,6 @@ mod testdata;
 
 pub use error::KernelError;
 pub use format::{QuantKind, BLOCK, SUPER_BLOCK};
-pub use kernel::{backend, Backend};
+pub use kernel::{backend, instruction_set, Backend};
 pub use packed::PackedMatrix;
 pub use reference::reference_matmul;

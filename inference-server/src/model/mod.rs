@@ -199,7 +199,7 @@ impl Model {
     /// Where the forward pass runs, for logs.
     pub fn placement(&self) -> String {
         match self {
-            Self::Host(_) => format!("cpu ({:?} kernels)", maas_kernels::backend()),
+            Self::Host(_) => format!("cpu ({} kernels)", maas_kernels::instruction_set()),
             Self::Device(m) => format!("candle {:?}", m.device().location()),
         }
     }

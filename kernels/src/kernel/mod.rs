@@ -58,6 +58,17 @@ fn detect() -> Backend {
     Backend::Portable
 }
 
+/// The instructions the matmuls run on in this process, for logs and health
+/// reports: `backend()` refined by the optional extensions the kernels use.
+pub fn instruction_set() -> &'static str {
+    match kernel_for(backend()) {
+        Kernel::Avx512Vnni => "AVX-512 VNNI",
+        Kernel::AvxVnni => "AVX-VNNI",
+        Kernel::Avx2 => "AVX2",
+        Kernel::Portable => "portable",
+    }
+}
+
 /// The kernel `compute_rows` runs: the public `Backend`, refined by optional
 /// instructions within it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
