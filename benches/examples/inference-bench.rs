@@ -379,11 +379,11 @@ fn read_bandwidth() -> f64 {
 /// prefetched.
 fn sum_prefetched(words: &[u64]) -> u64 {
     const PIECE: usize = 4096 / 8;
-    let pieces: Vec<&[u64]> = words.chunks(PIECE).collect();
+    let mut pieces = words.chunks(PIECE).peekable();
     let mut total = 0u64;
-    for (i, piece) in pieces.iter().enumerate() {
+    while let Some(piece) = pieces.next() {
         #[cfg(target_arch = "x86_64")]
-        if let Some(next) = pieces.get(i + 1) {
+        if let Some(next) = pieces.peek() {
             for line in next.chunks(8) {
                 // SAFETY: a prefetch of a valid address has no effect but
                 // on the caches.
@@ -394,8 +394,6 @@ fn sum_prefetched(words: &[u64]) -> u64 {
                 };
             }
         }
-        #[cfg(not(target_arch = "x86_64"))]
-        let _ = i;
         total = piece.iter().fold(total, |a, w| a.wrapping_add(*w));
     }
     total

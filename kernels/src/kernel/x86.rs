@@ -70,6 +70,7 @@ use super::{
     vnni_unsigned, RowJob, KIND_Q4_0, KIND_Q4_1, KIND_Q5_0, KIND_Q5_1, KIND_Q6_K, KIND_Q8_0,
 };
 use crate::format::BLOCK;
+use crate::packed::PackedMatrix;
 
 /// Calls `$walk::<K, H>` with the layout constant of `$kind` and whether
 /// its block scales and mins are f16 (`H`; only Q4_K and Q5_K, in the
@@ -328,8 +329,41 @@ const PREFETCH_BYTES: usize = 4096;
 
 /// The weight rows a walk asks for ahead of the one it computes.
 fn rows_ahead(job: &RowJob<'_>) -> usize {
-    let row_bytes = job.w.cols / BLOCK * job.w.kind.quant_bytes();
+    let row_bytes = job.w.blocks_per_row() * job.w.kind.quant_bytes();
     (PREFETCH_BYTES / row_bytes.max(1)).max(1)
+}
+
+/// Where one weight row's arrays start, as raw pointers so the block loops
+/// carry no bounds checks. The arrays a kind lacks are empty and are not
+/// offset.
+struct RowArrays {
+    quants: *const u8,
+    scales: *const u8,
+    mins: *const u8,
+    high: *const u32,
+    subs: *const i8,
+}
+
+impl RowArrays {
+    /// # Safety
+    /// `row < w.rows`, and `K` is `w.kind`'s layout.
+    #[inline(always)]
+    unsafe fn of<const K: u8>(w: &PackedMatrix, row: usize) -> Self {
+        let nb = w.blocks_per_row();
+        Self {
+            quants: w.quants.as_ptr().add(row * nb * w.kind.quant_bytes()),
+            scales: w.scales.ptr_at(row * nb),
+            mins: w.mins.ptr_at(if has_mins(K) { row * nb } else { 0 }),
+            high: w
+                .high_bits
+                .as_ptr()
+                .add(if fifth_bits(K) { row * nb } else { 0 }),
+            subs: w
+                .sub_scales
+                .as_ptr()
+                .add(if sub_scaled(K) { row * nb * 2 } else { 0 }),
+        }
+    }
 }
 
 /// Asks the caches for every array of weight row `n0 + n`, if it is this
@@ -342,21 +376,19 @@ unsafe fn prefetch_row<const K: u8, const H: bool>(job: &RowJob<'_>, n: usize) {
     if n >= job.rows {
         return;
     }
-    let w = job.w;
-    let nb = w.cols / BLOCK;
-    let row = job.n0 + n;
+    let nb = job.w.blocks_per_row();
+    let arrays = RowArrays::of::<K>(job.w, job.n0 + n);
     let factor_bytes = if H { 2 } else { 4 };
-    let quant_bytes = nb * w.kind.quant_bytes();
-    prefetch_lines(w.quants.as_ptr().add(row * quant_bytes), quant_bytes);
-    prefetch_lines(w.scales.ptr_at(row * nb), nb * factor_bytes);
+    prefetch_lines(arrays.quants, nb * job.w.kind.quant_bytes());
+    prefetch_lines(arrays.scales, nb * factor_bytes);
     if has_mins(K) {
-        prefetch_lines(w.mins.ptr_at(row * nb), nb * factor_bytes);
+        prefetch_lines(arrays.mins, nb * factor_bytes);
     }
     if fifth_bits(K) {
-        prefetch_lines(w.high_bits.as_ptr().add(row * nb).cast(), nb * 4);
+        prefetch_lines(arrays.high.cast(), nb * 4);
     }
     if sub_scaled(K) {
-        prefetch_lines(w.sub_scales.as_ptr().add(row * nb * 2).cast(), nb * 2);
+        prefetch_lines(arrays.subs.cast(), nb * 2);
     }
 }
 
@@ -409,22 +441,8 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     debug_assert!(row < w.rows && i0 + R <= m && n < job.rows);
     debug_assert!(x.dv.len() == m * nb.div_ceil(2) * 8);
 
-    // Raw pointers so the block loop carries no bounds checks.
-    let scales = w.scales.ptr_at(row * nb);
-    // Only Q5_0 and Q5_1 have fifth bits (the empty array must not be
-    // offset).
-    let high = if fifth_bits(K) {
-        w.high_bits.as_ptr().add(row * nb)
-    } else {
-        w.high_bits.as_ptr()
-    };
-    let quants = w.quants.as_ptr().add(row * nb * w.kind.quant_bytes());
-    // Only Q6_K has sub-scales (the empty array must not be offset).
-    let subs = if sub_scaled(K) {
-        w.sub_scales.as_ptr().add(row * nb * 2)
-    } else {
-        w.sub_scales.as_ptr()
-    };
+    let arrays = RowArrays::of::<K>(w, row);
+    let (quants, scales, high, subs) = (arrays.quants, arrays.scales, arrays.high, arrays.subs);
     // The VNNI Q8_0 and Q6_K paths read the unsigned copy `qu` (see `Q8_0
     // on VNNI` below); `compute_rows_vnni` checked that it is there.
     let unsigned = V && vnni_unsigned(K);
@@ -548,7 +566,7 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
         // by a power of two is exact.
         let xs = x.s.as_ptr().add((i0 + r) * nb);
         if has_mins(K) {
-            v += dot_factors::<H>(w.mins.ptr_at(row * nb), xs, nb);
+            v += dot_factors::<H>(arrays.mins, xs, nb);
         } else if let Some(zero_point) = w.kind.scale_offset() {
             v += zero_point * dot_factors::<H>(scales, xs, nb);
         }
