@@ -4,17 +4,17 @@
 //! by `tokenizer.ggml.pre`.
 
 use ahash::AHashMap;
-use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{SplitDelimiterBehavior, Tokenizer};
+use tokenizers::SplitDelimiterBehavior;
 
+use super::bpe::{BpeOptions, FlatBpe};
 use super::error::TextError;
 use super::spec::{TokenizerSpec, KEY_MERGES};
-use super::tokenizer::{parse_byte_token, token_type, Vocabulary};
+use super::tokenizer::{parse_byte_token, token_type, Pipeline, Vocabulary};
 
 /// The split of Llama 3 and the vocabularies derived from it, as
 /// transformers' GGUF converter and llama.cpp spell it.
@@ -26,11 +26,9 @@ pub(super) fn build(spec: &TokenizerSpec, types: &[i32]) -> Result<Vocabulary, T
     let pre_tokenizer = pre_tokenizer(spec.pre.as_deref())?;
     let vocab = super::tokenizer::vocab(&spec.tokens)?;
     let merges = merges(&spec.merges, &vocab)?;
-    let model = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(TextError::Tokenizer)?;
-    let mut tokenizer = Tokenizer::new(model);
+    drop(vocab);
+    let model = FlatBpe::new(&spec.tokens, merges, BpeOptions::default())?;
+    let mut tokenizer = Pipeline::new(model);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     let byte_level = ByteLevelDecoder::new();
     let bytes = spec
@@ -79,10 +77,10 @@ fn regex_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper, TextError> {
 }
 
 /// Checked here rather than left to `BPE::build` so the error names the index.
-fn merges(
-    merges: &[String],
+fn merges<'a>(
+    merges: &'a [String],
     vocab: &AHashMap<String, u32>,
-) -> Result<Vec<(String, String)>, TextError> {
+) -> Result<Vec<(&'a str, &'a str)>, TextError> {
     merges
         .iter()
         .enumerate()
@@ -100,7 +98,7 @@ fn merges(
                     ));
                 }
             }
-            Ok((left.to_owned(), right.to_owned()))
+            Ok((left, right))
         })
         .collect()
 }

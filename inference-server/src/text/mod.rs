@@ -2,6 +2,7 @@
 //! and SentencePiece encoding and decoding, chat templates, streaming
 //! detokenization and stop strings. Nothing here knows about tensors or HTTP.
 
+mod bpe;
 mod byte_level;
 mod chat_template;
 mod detokenizer;

@@ -15,13 +15,12 @@
 //! its score.
 
 use ahash::{AHashMap, AHashSet};
-use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
-use tokenizers::Tokenizer;
 
+use super::bpe::{BpeOptions, FlatBpe};
 use super::error::TextError;
 use super::spec::{TokenizerSpec, KEY_MERGES, KEY_SCORES, KEY_UNK};
-use super::tokenizer::{parse_byte_token, token_type, Vocabulary};
+use super::tokenizer::{parse_byte_token, token_type, Pipeline, Vocabulary};
 
 const SPACE: char = '▁';
 
@@ -61,15 +60,13 @@ pub(super) fn build(spec: &TokenizerSpec, types: &[i32]) -> Result<Vocabulary, T
     } else {
         listed_merges(&spec.merges)?
     };
-
-    let mut builder = BPE::builder()
-        .vocab_and_merges(vocab.clone(), merges)
-        .fuse_unk(true)
-        .byte_fallback(true);
-    if let Some(unk) = unknown_token(spec, &tokens, &vocab)? {
-        builder = builder.unk_token(unk);
-    }
-    let model = builder.build().map_err(TextError::Tokenizer)?;
+    let options = BpeOptions {
+        byte_fallback: true,
+        unk_token: unknown_token(spec, &tokens, &vocab)?,
+        fuse_unk: true,
+    };
+    drop(vocab);
+    let model = FlatBpe::new(&tokens, merges, options)?;
 
     let prefix = spec
         .add_space_prefix
@@ -81,7 +78,7 @@ pub(super) fn build(spec: &TokenizerSpec, types: &[i32]) -> Result<Vocabulary, T
     } else {
         PrependScheme::Never
     };
-    let mut tokenizer = Tokenizer::new(model);
+    let mut tokenizer = Pipeline::new(model);
     tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE, scheme, false)));
 
     let bytes = spec
@@ -135,11 +132,11 @@ fn priorities(spec: &TokenizerSpec, family: Family) -> Result<Vec<f64>, TextErro
 /// and the ids of the parts. This is transformers' `generate_merges` step for
 /// step (lengths in characters), because BPE breaks ties between equal
 /// priorities by rank, and only the same order gives the same ids.
-fn derive_merges(
-    tokens: &[String],
+fn derive_merges<'a>(
+    tokens: &'a [String],
     vocab: &AHashMap<String, u32>,
     priority: &[f64],
-) -> Vec<(String, String)> {
+) -> Vec<(&'a str, &'a str)> {
     struct Candidate<'a> {
         left: &'a str,
         right: &'a str,
@@ -185,24 +182,18 @@ fn derive_merges(
             .then(b.left_chars.cmp(&a.left_chars))
             .then(b.right_chars.cmp(&a.right_chars))
     });
-    candidates
-        .into_iter()
-        .map(|c| (c.left.to_owned(), c.right.to_owned()))
-        .collect()
+    candidates.into_iter().map(|c| (c.left, c.right)).collect()
 }
 
 /// A file that does list merges is taken at its word, as transformers does.
-fn listed_merges(merges: &[String]) -> Result<Vec<(String, String)>, TextError> {
+fn listed_merges(merges: &[String]) -> Result<Vec<(&str, &str)>, TextError> {
     merges
         .iter()
         .enumerate()
         .map(|(i, merge)| {
-            merge
-                .split_once(' ')
-                .map(|(l, r)| (l.to_owned(), r.to_owned()))
-                .ok_or_else(|| {
-                    TextError::invalid(format!("{KEY_MERGES}[{i}]"), "expected 'left right'")
-                })
+            merge.split_once(' ').ok_or_else(|| {
+                TextError::invalid(format!("{KEY_MERGES}[{i}]"), "expected 'left right'")
+            })
         })
         .collect()
 }
@@ -348,11 +339,7 @@ mod tests {
         // part, then file order decides.
         let priority = [0.0, 0.0, 0.0, -1.0, -1.0, 5.0];
         let merges = derive_merges(&tokens, &vocab, &priority);
-        let pairs: Vec<(&str, &str)> = merges
-            .iter()
-            .map(|(l, r)| (l.as_str(), r.as_str()))
-            .collect();
-        assert_eq!(pairs, [("ab", "c"), ("a", "bc"), ("a", "b"), ("b", "c")]);
+        assert_eq!(merges, [("ab", "c"), ("a", "bc"), ("a", "b"), ("b", "c")]);
     }
 
     #[test]

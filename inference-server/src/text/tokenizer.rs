@@ -18,8 +18,12 @@
 use std::collections::HashSet;
 
 use ahash::AHashMap;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::{
+    AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
+    TokenizerImpl,
+};
 
+use super::bpe::FlatBpe;
 use super::error::TextError;
 use super::spec::{TokenizerSpec, KEY_BOS, KEY_EOS, KEY_TOKEN_TYPE};
 use super::{byte_level, sentencepiece};
@@ -49,8 +53,18 @@ const END_OF_TURN_TOKENS: &[&str] = &[
     "</s>",
 ];
 
+/// `tokenizers`' pipeline (normalizer, pre-tokenizer, added tokens) around
+/// the BPE model of `bpe`.
+pub(super) type Pipeline = TokenizerImpl<
+    FlatBpe,
+    NormalizerWrapper,
+    PreTokenizerWrapper,
+    PostProcessorWrapper,
+    DecoderWrapper,
+>;
+
 pub struct TextTokenizer {
-    inner: Tokenizer,
+    inner: Pipeline,
     /// Raw bytes per id; `None` for tokens without text.
     bytes: TokenBytes,
     special: Vec<bool>,
@@ -109,7 +123,7 @@ impl TokenBytes {
 /// model (with its normalizer and pre-tokenizer, no added tokens yet), the
 /// bytes each id stands for, and whether decoding drops a leading space.
 pub(super) struct Vocabulary {
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Pipeline,
     pub bytes: Vec<Option<Box<[u8]>>>,
     pub strip_leading_space: bool,
 }
@@ -352,7 +366,7 @@ pub(super) fn vocab(tokens: &[String]) -> Result<AHashMap<String, u32>, TextErro
 /// user-defined but respelled for the model (`sentencepiece.rs`), and
 /// transformers leaves them to the model too.
 fn added_tokens(
-    model: &Tokenizer,
+    model: &Pipeline,
     tokens: &[String],
     types: &[i32],
 ) -> (Vec<AddedToken>, Vec<AddedToken>) {
