@@ -77,7 +77,8 @@ impl std::fmt::Debug for FlatBpe {
 impl FlatBpe {
     /// `tokens[id]` is token `id`'s text; a text listed twice is found as
     /// its last id. Every part of every merge, and their concatenation, must
-    /// be a token (the error names the first that is not).
+    /// be a token (the error names the first that is not, and its merge's
+    /// index).
     pub fn new<'a>(
         tokens: &[String],
         merges: impl IntoIterator<Item = (&'a str, &'a str), IntoIter: ExactSizeIterator>,
@@ -85,15 +86,18 @@ impl FlatBpe {
     ) -> Result<Self, TextError> {
         let strings = Strings::new(tokens)?;
         let index = TextIndex::new(&strings);
-        let id_of = |text: &str| {
-            index.get(&strings, text).ok_or_else(|| {
-                TextError::invalid(KEY_MERGES, format!("{text:?} is not in the vocabulary"))
-            })
-        };
         let mut joined = String::new();
         let merges = merges.into_iter();
         let mut rules = Vec::with_capacity(merges.len());
         for (rank, (left, right)) in merges.enumerate() {
+            let id_of = |text: &str| {
+                index.get(&strings, text).ok_or_else(|| {
+                    TextError::invalid(
+                        format!("{KEY_MERGES}[{rank}]"),
+                        format!("'{text}' is not in the vocabulary"),
+                    )
+                })
+            };
             joined.clear();
             joined.push_str(left);
             joined.push_str(right);
@@ -114,7 +118,7 @@ impl FlatBpe {
         });
         let unk = match &options.unk_token {
             Some(text) => Some(index.get(&strings, text).ok_or_else(|| {
-                TextError::invalid(KEY_UNK, format!("{text:?} is not in the vocabulary"))
+                TextError::invalid(KEY_UNK, format!("'{text}' is not in the vocabulary"))
             })?),
             None => None,
         };
@@ -594,7 +598,10 @@ mod tests {
     fn a_merge_outside_the_vocabulary_is_refused_by_name() {
         let tokens = owned(&["a", "b"]);
         let err = FlatBpe::new(&tokens, [("a", "b")], BpeOptions::default()).unwrap_err();
-        assert!(err.to_string().contains("\"ab\""), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "tokenizer.ggml.merges[0]: 'ab' is not in the vocabulary"
+        );
         let err = FlatBpe::new(
             &tokens,
             [],

@@ -3,7 +3,6 @@
 //! alphabet, the merges are in the file, and the pre-tokenizer split is named
 //! by `tokenizer.ggml.pre`.
 
-use ahash::AHashMap;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
 use tokenizers::pre_tokenizers::digits::Digits;
 use tokenizers::pre_tokenizers::sequence::Sequence;
@@ -24,10 +23,7 @@ const QWEN2_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}
 
 pub(super) fn build(spec: &TokenizerSpec, types: &[i32]) -> Result<Vocabulary, TextError> {
     let pre_tokenizer = pre_tokenizer(spec.pre.as_deref())?;
-    let vocab = super::tokenizer::vocab(&spec.tokens)?;
-    let merges = merges(&spec.merges, &vocab)?;
-    drop(vocab);
-    let model = FlatBpe::new(&spec.tokens, merges, BpeOptions::default())?;
+    let model = FlatBpe::new(&spec.tokens, merges(&spec.merges)?, BpeOptions::default())?;
     let mut tokenizer = Pipeline::new(model);
     tokenizer.with_pre_tokenizer(Some(pre_tokenizer));
     let byte_level = ByteLevelDecoder::new();
@@ -76,11 +72,9 @@ fn regex_then_bytes(pattern: &str) -> Result<PreTokenizerWrapper, TextError> {
     Ok(Sequence::new(vec![split.into(), bytes.into()]).into())
 }
 
-/// Checked here rather than left to `BPE::build` so the error names the index.
-fn merges<'a>(
-    merges: &'a [String],
-    vocab: &AHashMap<String, u32>,
-) -> Result<Vec<(&'a str, &'a str)>, TextError> {
+/// The `left right` pairs, checked for shape here; `FlatBpe::new` checks that
+/// each part is a token, naming the merge's index as this does.
+fn merges(merges: &[String]) -> Result<Vec<(&str, &str)>, TextError> {
     merges
         .iter()
         .enumerate()
@@ -90,14 +84,6 @@ fn merges<'a>(
                 .split_once(' ')
                 .filter(|(l, r)| !l.is_empty() && !r.is_empty() && !r.contains(' '))
                 .ok_or_else(|| TextError::invalid(field(), "expected 'left right'"))?;
-            for part in [left.to_owned(), right.to_owned(), format!("{left}{right}")] {
-                if !vocab.contains_key(&part) {
-                    return Err(TextError::invalid(
-                        field(),
-                        format!("'{part}' is not in the vocabulary"),
-                    ));
-                }
-            }
             Ok((left, right))
         })
         .collect()
