@@ -42,8 +42,7 @@ pub(super) struct BpeOptions {
 }
 
 pub(super) struct FlatBpe {
-    strings: Strings,
-    index: TextIndex,
+    texts: TokenTexts,
     merges: MergeIndex,
     /// `<0xAB>`'s id for each byte, when byte fallback is on and the
     /// vocabulary has the token.
@@ -66,7 +65,7 @@ struct MergeRule {
 impl std::fmt::Debug for FlatBpe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FlatBpe")
-            .field("tokens", &self.strings.len())
+            .field("tokens", &self.texts.len())
             .field("merges", &self.merges.len())
             .field("byte_fallback", &self.byte_tokens.is_some())
             .field("unk", &self.unk)
@@ -75,23 +74,28 @@ impl std::fmt::Debug for FlatBpe {
 }
 
 impl FlatBpe {
-    /// `tokens[id]` is token `id`'s text; a text listed twice is found as
-    /// its last id. Every part of every merge, and their concatenation, must
-    /// be a token (the error names the first that is not, and its merge's
-    /// index).
+    /// `tokens[id]` is token `id`'s text (see `TokenTexts::new`).
     pub fn new<'a>(
         tokens: &[String],
         merges: impl IntoIterator<Item = (&'a str, &'a str), IntoIter: ExactSizeIterator>,
         options: BpeOptions,
     ) -> Result<Self, TextError> {
-        let strings = Strings::new(tokens)?;
-        let index = TextIndex::new(&strings);
+        Self::with_texts(TokenTexts::new(tokens)?, merges, options)
+    }
+
+    /// Every part of every merge, and their concatenation, must be a token
+    /// (the error names the first that is not, and its merge's index).
+    pub fn with_texts<'a>(
+        texts: TokenTexts,
+        merges: impl IntoIterator<Item = (&'a str, &'a str), IntoIter: ExactSizeIterator>,
+        options: BpeOptions,
+    ) -> Result<Self, TextError> {
         let mut joined = String::new();
         let merges = merges.into_iter();
         let mut rules = Vec::with_capacity(merges.len());
         for (rank, (left, right)) in merges.enumerate() {
             let id_of = |text: &str| {
-                index.get(&strings, text).ok_or_else(|| {
+                texts.id(text).ok_or_else(|| {
                     TextError::invalid(
                         format!("{KEY_MERGES}[{rank}]"),
                         format!("'{text}' is not in the vocabulary"),
@@ -112,24 +116,23 @@ impl FlatBpe {
         let byte_tokens = options.byte_fallback.then(|| {
             let mut ids = Box::new([None; 256]);
             for (b, id) in ids.iter_mut().enumerate() {
-                *id = index.get(&strings, &format!("<0x{b:02X}>"));
+                *id = texts.id(&format!("<0x{b:02X}>"));
             }
             ids
         });
         let unk = match &options.unk_token {
-            Some(text) => Some(index.get(&strings, text).ok_or_else(|| {
+            Some(text) => Some(texts.id(text).ok_or_else(|| {
                 TextError::invalid(KEY_UNK, format!("'{text}' is not in the vocabulary"))
             })?),
             None => None,
         };
         let ascii = std::array::from_fn(|c| {
             let c = char::from(c as u8);
-            index.get(&strings, c.encode_utf8(&mut [0; 4]))
+            texts.id(c.encode_utf8(&mut [0; 4]))
         });
         Ok(Self {
             ascii,
-            strings,
-            index,
+            texts,
             merges: MergeIndex::new(rules),
             byte_tokens,
             unk,
@@ -149,7 +152,7 @@ impl FlatBpe {
             let text = &word[at..at + c.len_utf8()];
             let id = match self.ascii.get(c as usize) {
                 Some(&id) => id,
-                None => self.index.get(&self.strings, text),
+                None => self.texts.id(text),
             };
             if let Some(id) = id {
                 symbols.extend(unknown.take());
@@ -248,7 +251,7 @@ impl Model for FlatBpe {
                 at += s.len;
                 Token::new(
                     s.id,
-                    self.strings.get(s.id).unwrap_or_default().to_owned(),
+                    self.texts.text(s.id).unwrap_or_default().to_owned(),
                     (start, at),
                 )
             })
@@ -256,23 +259,23 @@ impl Model for FlatBpe {
     }
 
     fn token_to_id(&self, token: &str) -> Option<u32> {
-        self.index.get(&self.strings, token)
+        self.texts.id(token)
     }
 
     fn id_to_token(&self, id: u32) -> Option<String> {
-        self.strings.get(id).map(str::to_owned)
+        self.texts.text(id).map(str::to_owned)
     }
 
     fn get_vocab(&self) -> HashMap<String, u32> {
-        (0..self.strings.len() as u32)
-            .filter_map(|id| self.strings.get(id).map(|t| (t.to_owned(), id)))
+        (0..self.texts.len() as u32)
+            .filter_map(|id| self.texts.text(id).map(|t| (t.to_owned(), id)))
             .filter(|(t, id)| self.token_to_id(t) == Some(*id))
             .collect()
     }
 
     /// Distinct texts, as `tokenizers`' `BPE` counts its map.
     fn get_vocab_size(&self) -> usize {
-        self.index.distinct
+        self.texts.index.distinct
     }
 
     fn save(&self, _folder: &Path, _prefix: Option<&str>) -> tokenizers::Result<Vec<PathBuf>> {
@@ -404,6 +407,35 @@ impl MergeIndex {
 
     fn len(&self) -> usize {
         self.len
+    }
+}
+
+/// The vocabulary's texts both ways: id → text from one buffer, text → id
+/// through a table of ids. A text listed twice is found as its last id, as
+/// in transformers' GGUF converter (a dict built in order); every id still
+/// has its own text.
+pub(super) struct TokenTexts {
+    strings: Strings,
+    index: TextIndex,
+}
+
+impl TokenTexts {
+    pub fn new(tokens: &[String]) -> Result<Self, TextError> {
+        let strings = Strings::new(tokens)?;
+        let index = TextIndex::new(&strings);
+        Ok(Self { strings, index })
+    }
+
+    pub fn id(&self, text: &str) -> Option<u32> {
+        self.index.get(&self.strings, text)
+    }
+
+    fn text(&self, id: u32) -> Option<&str> {
+        self.strings.get(id)
+    }
+
+    fn len(&self) -> usize {
+        self.strings.len()
     }
 }
 

@@ -14,10 +14,10 @@
 //! `▁▁`, and merge priority follows the token's position in the file, not
 //! its score.
 
-use ahash::{AHashMap, AHashSet};
+use ahash::AHashSet;
 use tokenizers::pre_tokenizers::metaspace::{Metaspace, PrependScheme};
 
-use super::bpe::{BpeOptions, FlatBpe};
+use super::bpe::{BpeOptions, FlatBpe, TokenTexts};
 use super::error::TextError;
 use super::spec::{TokenizerSpec, KEY_MERGES, KEY_SCORES, KEY_UNK};
 use super::tokenizer::{parse_byte_token, token_type, Pipeline, Vocabulary};
@@ -53,20 +53,19 @@ pub(super) fn build(spec: &TokenizerSpec, types: &[i32]) -> Result<Vocabulary, T
         Family::Gemma => spec.tokens.iter().map(|t| respell_spaces(t)).collect(),
         Family::Llama => spec.tokens.clone(),
     };
-    let vocab = super::tokenizer::vocab(&tokens)?;
+    let texts = TokenTexts::new(&tokens)?;
     let merges = if spec.merges.is_empty() {
         let priority = priorities(spec, family)?;
-        derive_merges(&tokens, &vocab, &priority)
+        derive_merges(&tokens, &texts, &priority)
     } else {
         listed_merges(&spec.merges)?
     };
     let options = BpeOptions {
         byte_fallback: true,
-        unk_token: unknown_token(spec, &tokens, &vocab)?,
+        unk_token: unknown_token(spec, &tokens, &texts)?,
         fuse_unk: true,
     };
-    drop(vocab);
-    let model = FlatBpe::new(&tokens, merges, options)?;
+    let model = FlatBpe::with_texts(texts, merges, options)?;
 
     let prefix = spec
         .add_space_prefix
@@ -134,7 +133,7 @@ fn priorities(spec: &TokenizerSpec, family: Family) -> Result<Vec<f64>, TextErro
 /// priorities by rank, and only the same order gives the same ids.
 fn derive_merges<'a>(
     tokens: &'a [String],
-    vocab: &AHashMap<String, u32>,
+    texts: &TokenTexts,
     priority: &[f64],
 ) -> Vec<(&'a str, &'a str)> {
     struct Candidate<'a> {
@@ -152,14 +151,14 @@ fn derive_merges<'a>(
         if !seen.insert(token.as_str()) {
             continue;
         }
-        let Some(&id) = vocab.get(token) else {
+        let Some(id) = texts.id(token) else {
             continue;
         };
         let score = priority.get(id as usize).copied().unwrap_or(f64::MIN);
         let mut local: Vec<(u32, u32, Candidate<'_>)> = Vec::new();
         for (at, _) in token.char_indices().skip(1) {
             let (left, right) = token.split_at(at);
-            if let (Some(&l), Some(&r)) = (vocab.get(left), vocab.get(right)) {
+            if let (Some(l), Some(r)) = (texts.id(left), texts.id(right)) {
                 local.push((
                     l,
                     r,
@@ -203,7 +202,7 @@ fn listed_merges(merges: &[String]) -> Result<Vec<(&str, &str)>, TextError> {
 fn unknown_token(
     spec: &TokenizerSpec,
     tokens: &[String],
-    vocab: &AHashMap<String, u32>,
+    texts: &TokenTexts,
 ) -> Result<Option<String>, TextError> {
     match spec.unknown_token_id {
         Some(id) => tokens.get(id as usize).cloned().map(Some).ok_or_else(|| {
@@ -212,7 +211,7 @@ fn unknown_token(
                 format!("{id} is outside the vocabulary of {} tokens", tokens.len()),
             )
         }),
-        None => Ok(vocab.contains_key("<unk>").then(|| "<unk>".to_owned())),
+        None => Ok(texts.id("<unk>").is_some().then(|| "<unk>".to_owned())),
     }
 }
 
@@ -334,11 +333,11 @@ mod tests {
         let tokens: Vec<String> = ["a", "b", "c", "ab", "bc", "abc"]
             .map(String::from)
             .to_vec();
-        let vocab = crate::text::tokenizer::vocab(&tokens).unwrap();
+        let texts = TokenTexts::new(&tokens).unwrap();
         // `abc` outranks everything; `ab` and `bc` tie, so the longer left
         // part, then file order decides.
         let priority = [0.0, 0.0, 0.0, -1.0, -1.0, 5.0];
-        let merges = derive_merges(&tokens, &vocab, &priority);
+        let merges = derive_merges(&tokens, &texts, &priority);
         assert_eq!(merges, [("ab", "c"), ("a", "bc"), ("a", "b"), ("b", "c")]);
     }
 

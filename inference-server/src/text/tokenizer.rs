@@ -17,7 +17,6 @@
 
 use std::collections::HashSet;
 
-use ahash::AHashMap;
 use tokenizers::{
     AddedToken, DecoderWrapper, NormalizerWrapper, PostProcessorWrapper, PreTokenizerWrapper,
     TokenizerImpl,
@@ -345,19 +344,6 @@ fn checked_id(key: &str, id: Option<u32>, vocab_size: usize) -> Result<Option<u3
         )),
         _ => Ok(id),
     }
-}
-
-pub(super) fn vocab(tokens: &[String]) -> Result<AHashMap<String, u32>, TextError> {
-    let mut vocab = AHashMap::with_capacity(tokens.len());
-    for (id, token) in tokens.iter().enumerate() {
-        let id = u32::try_from(id)
-            .map_err(|_| TextError::invalid(super::spec::KEY_TOKENS, "more than 2^32 tokens"))?;
-        // Some converters repeat a string (padding entries); the last id
-        // wins for encoding, as in transformers' GGUF converter (a dict
-        // built in order), and every id still decodes through `bytes`.
-        vocab.insert(token.clone(), id);
-    }
-    Ok(vocab)
 }
 
 /// Control and unknown tokens match as special strings; user-defined tokens
