@@ -85,6 +85,28 @@ fn logits_agree_with_candles_llama_on_the_same_file() {
     assert!(diff / norm < 0.02, "relative error {}", diff / norm);
 }
 
+/// The host path caches keys and values in f16: two bytes an element,
+/// half of what the f32 cache held.
+#[test]
+fn the_host_cache_holds_two_bytes_per_cached_element() {
+    let loaded = load();
+    let prompt: Vec<u32> = vec![1, 40, 77, 120, 9];
+    let mut cache = loaded.model.new_cache(prompt.len() + 1).unwrap();
+    let mut batch = [StepInput {
+        tokens: &prompt,
+        cache: &mut cache,
+        logits: true,
+    }];
+    loaded
+        .model
+        .forward(&mut batch, &mut Scratch::default())
+        .unwrap();
+    let cfg = loaded.model.config();
+    // Keys and values, every layer, every position.
+    let elements = 2 * cfg.layers * prompt.len() * cfg.kv_width();
+    assert_eq!(cache.resident_bytes(), 2 * elements);
+}
+
 #[test]
 fn chunked_prefill_gives_bit_identical_logits() {
     let loaded = load();
