@@ -285,7 +285,11 @@ impl Ours<'_> {
                 cache: &mut cache,
                 logits: true,
             }];
-            let logits = self.model.forward(&mut batch, &mut scratch).unwrap();
+            let logits = self
+                .model
+                .forward(&mut batch, &mut scratch)
+                .unwrap()
+                .into_rows();
             feed = vec![next(step, &logits[0])];
         }
     }

@@ -243,19 +243,47 @@ impl Sampler {
 }
 
 /// The highest logit; the lowest id wins ties, so greedy is deterministic.
+/// NaNs are never chosen unless every logit is one (then 0).
+///
+/// Two passes that the compiler vectorizes: the maximum over independent
+/// lanes, then the first lane block holding it. A one-pass scalar search
+/// carried a compare-and-branch per logit: with Gemma 3's 262,144-entry
+/// vocabulary, 4 % of an eight-stream step, run on the engine thread while
+/// the compute team waits.
 pub fn argmax(logits: &[f32]) -> u32 {
-    let mut best = 0;
-    for (i, l) in logits.iter().enumerate() {
-        if *l > logits[best] {
-            best = i;
+    const LANES: usize = 16;
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let blocks = logits.chunks_exact(LANES);
+    let tail = blocks.remainder();
+    for block in blocks {
+        for (m, &l) in lanes.iter_mut().zip(block) {
+            // `>` rather than `f32::max`: a NaN never replaces the lane.
+            *m = if l > *m { l } else { *m };
         }
     }
-    best as u32
+    let max = lanes
+        .into_iter()
+        .chain(tail.iter().copied())
+        .fold(f32::NEG_INFINITY, |m, l| if l > m { l } else { m });
+    if max == f32::NEG_INFINITY {
+        // Every logit is -inf or NaN: the first -inf, if any.
+        return logits.iter().position(|&l| l == max).unwrap_or(0) as u32;
+    }
+    let block = logits
+        .chunks(LANES)
+        .position(|block| block.iter().fold(false, |hit, &l| hit | (l == max)))
+        .unwrap_or(0);
+    let first = logits[block * LANES..]
+        .iter()
+        .position(|&l| l == max)
+        .unwrap_or(0);
+    (block * LANES + first) as u32
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn params(temperature: f32, top_p: f32, top_k: usize) -> SamplingParams {
         SamplingParams {
@@ -274,6 +302,46 @@ mod tests {
     fn greedy_takes_the_first_maximum() {
         let mut s = sampler(params(0.0, 1.0, 0), 1);
         assert_eq!(s.sample(&[0.1, 3.0, 3.0, -1.0]), 1);
+    }
+
+    /// The first finite-or-infinite maximum, by a plain scan.
+    fn first_max(logits: &[f32]) -> u32 {
+        let mut best: Option<usize> = None;
+        for (i, &l) in logits.iter().enumerate() {
+            if !l.is_nan() && best.is_none_or(|b| l > logits[b]) {
+                best = Some(i);
+            }
+        }
+        best.unwrap_or(0) as u32
+    }
+
+    proptest! {
+        /// Lengths around the 16-lane blocks, few distinct values (so ties
+        /// are common), NaNs and infinities anywhere.
+        #[test]
+        fn argmax_is_the_first_maximum(
+            logits in prop::collection::vec(
+                prop_oneof![
+                    8 => (-3i8..3).prop_map(f32::from),
+                    1 => Just(f32::NAN),
+                    1 => Just(f32::NEG_INFINITY),
+                    1 => Just(f32::INFINITY),
+                ],
+                0..70,
+            )
+        ) {
+            prop_assert_eq!(argmax(&logits), first_max(&logits));
+        }
+    }
+
+    #[test]
+    fn argmax_of_a_large_vocabulary() {
+        let mut logits: Vec<f32> = (0..262_144).map(|i| ((i * 7919) % 1000) as f32).collect();
+        logits[200_003] = 1e9;
+        logits[250_000] = 1e9;
+        assert_eq!(argmax(&logits), 200_003);
+        logits[5] = f32::NAN;
+        assert_eq!(argmax(&logits), 200_003);
     }
 
     #[test]

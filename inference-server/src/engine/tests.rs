@@ -287,7 +287,10 @@ fn a_hung_up_client_is_retired_and_its_permit_returned() {
 fn shutdown_fails_queued_requests_and_finishes_running_ones() {
     let (engine, _) = engine(1, 4);
     let handle = engine.handle.clone();
-    let mut running = submit(&handle, vec![1, 2, 3], 20);
+    // Long enough (the tiny model's whole context) that it is still running
+    // when the signal comes: at 20 tokens an optimised build finished it
+    // first, and the queued request then ran instead of failing.
+    let mut running = submit(&handle, vec![1, 2, 3], 120);
     let mut queued = submit(&handle, vec![1, 4], 20);
     // Let the engine admit the first one before the signal.
     let first = running.blocking_recv();

@@ -399,8 +399,8 @@ impl Worker {
         };
         drop(inputs);
 
-        let rows = match result {
-            Ok(rows) => rows,
+        let mut logits = match result {
+            Ok(logits) => logits,
             Err(e) => {
                 tracing::error!(error = %e, "forward step failed; failing its sequences");
                 for id in work.keys() {
@@ -413,15 +413,17 @@ impl Worker {
             }
         };
         self.metrics.prompt_tokens.add(prompt_tokens as u64);
-        for (id, logits) in sampled.into_iter().zip(rows) {
+        for (row, id) in sampled.into_iter().enumerate().take(logits.len()) {
+            let logits = logits.row_mut(row);
             // A request's other choices start from the same logits.
             if let Some(others) = self.followers.remove(&id) {
                 for other in self.fork(id, others) {
-                    self.sample(other, logits.clone());
+                    self.sample(other, &mut logits.to_vec());
                 }
             }
             self.sample(id, logits);
         }
+        self.scratch.recycle(logits);
         self.metrics.batch_tokens.observe(plan.tokens() as f64);
         self.metrics.batch_sequences.observe(plan.work.len() as f64);
         self.metrics
@@ -431,17 +433,17 @@ impl Worker {
 
     /// Masks a sequence's logits by its grammar, samples its next token and
     /// passes it on; ends the sequence when that token does.
-    fn sample(&mut self, id: SeqId, mut logits: Vec<f32>) {
+    fn sample(&mut self, id: SeqId, logits: &mut [f32]) {
         let Some(seq) = self.sequences.get_mut(&id) else {
             return;
         };
         if let Some(grammar) = seq.grammar.as_mut() {
-            if let Err(e) = grammar.mask_logits(&mut logits) {
+            if let Err(e) = grammar.mask_logits(logits) {
                 self.fail_grammar(id, e);
                 return;
             }
         }
-        let (token, logprobs) = seq.sampler.sample_with_logprobs(&logits, seq.logprobs);
+        let (token, logprobs) = seq.sampler.sample_with_logprobs(logits, seq.logprobs);
         let grammar_done = match seq
             .grammar
             .as_mut()

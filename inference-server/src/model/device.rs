@@ -17,7 +17,7 @@ use candle_core::{DType, Device, Tensor};
 
 use super::config::{Family, ModelConfig, RopeStyle};
 use super::ops::Rope;
-use super::ModelError;
+use super::{Logits, ModelError};
 
 /// One linear weight on the device, with its optional bias.
 pub struct DeviceLinear {
@@ -236,7 +236,7 @@ impl DeviceModel {
     /// Runs every input's tokens through the model, appends them to each
     /// input's cache, and returns the logits (one `vocab`-wide row per input
     /// that asked, in input order).
-    pub fn forward(&self, batch: &mut [DeviceStep<'_>]) -> Result<Vec<Vec<f32>>, ModelError> {
+    pub fn forward(&self, batch: &mut [DeviceStep<'_>]) -> Result<Logits, ModelError> {
         let cfg = &self.config;
         let mut positions = Vec::new();
         let mut ids = Vec::new();
@@ -266,7 +266,7 @@ impl DeviceModel {
         }
         let n = ids.len();
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(Logits::new(Vec::new(), self.w.vocab));
         }
         let ids = Tensor::from_vec(ids, n, &self.device)?;
         let at = Tensor::from_vec(positions, n, &self.device)?;
@@ -358,7 +358,7 @@ impl DeviceModel {
             input.cache.len += t;
         }
         if last.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Logits::new(Vec::new(), self.w.vocab));
         }
         let rows = last.len();
         let last = Tensor::from_vec(last, rows, &self.device)?;
@@ -367,7 +367,10 @@ impl DeviceModel {
         if let Some(cap) = cfg.final_logit_softcap {
             logits = ((logits / f64::from(cap))?.tanh()? * f64::from(cap))?;
         }
-        Ok(logits.to_vec2::<f32>()?)
+        Ok(Logits::new(
+            logits.flatten_all()?.to_vec1::<f32>()?,
+            self.w.vocab,
+        ))
     }
 
     /// Causal attention of one sequence's `t` new tokens (`q`: `[t, heads ×

@@ -29,7 +29,7 @@ fn run_alone(model: &Model, prompt: &[u32], chunk: usize, decode: usize) -> Vec<
             cache: &mut cache,
             logits: last,
         }];
-        out.extend(model.forward(&mut batch, &mut scratch).unwrap());
+        out.extend(model.forward(&mut batch, &mut scratch).unwrap().into_rows());
     }
     for _ in 0..decode {
         let next = crate::engine::sampling::argmax(out.last().unwrap());
@@ -38,7 +38,7 @@ fn run_alone(model: &Model, prompt: &[u32], chunk: usize, decode: usize) -> Vec<
             cache: &mut cache,
             logits: true,
         }];
-        out.extend(model.forward(&mut batch, &mut scratch).unwrap());
+        out.extend(model.forward(&mut batch, &mut scratch).unwrap().into_rows());
     }
     out
 }
@@ -151,7 +151,7 @@ fn alone_and_batched(model: &Model) -> Runs {
             logits: true,
         },
     ];
-    let first = model.forward(&mut batch, &mut scratch).unwrap();
+    let first = model.forward(&mut batch, &mut scratch).unwrap().into_rows();
     let (mut got_a, mut got_b) = (vec![first[0].clone()], vec![first[1].clone()]);
     for step in 0..decode {
         let na = crate::engine::sampling::argmax(got_a.last().unwrap());
@@ -174,7 +174,7 @@ fn alone_and_batched(model: &Model) -> Runs {
                 logits: true,
             },
         ];
-        let rows = model.forward(&mut batch, &mut scratch).unwrap();
+        let rows = model.forward(&mut batch, &mut scratch).unwrap().into_rows();
         got_b.push(rows[0].clone());
         got_a.push(rows[1].clone());
     }
@@ -434,7 +434,11 @@ mod device {
                 cache: &mut cache,
                 logits,
             }];
-            device.model.forward(&mut batch, &mut scratch).unwrap()
+            device
+                .model
+                .forward(&mut batch, &mut scratch)
+                .unwrap()
+                .into_rows()
         };
         let mut got = Vec::new();
         for (i, piece) in prompt.chunks(8).enumerate() {
