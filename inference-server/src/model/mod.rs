@@ -323,10 +323,6 @@ impl Logits {
         (0..self.len()).map(|i| self.row(i))
     }
 
-    pub fn last(&self) -> Option<&[f32]> {
-        self.len().checked_sub(1).map(|i| self.row(i))
-    }
-
     /// The rows as vectors of their own.
     pub fn into_rows(self) -> Vec<Vec<f32>> {
         self.iter().map(<[f32]>::to_vec).collect()

@@ -523,20 +523,14 @@ mod simd {
             let s1 = dot8(base.add((p + 1) * stride));
             let s2 = dot8(base.add((p + 2) * stride));
             let s3 = dot8(base.add((p + 3) * stride));
-            // [Σs0, Σs1, Σs2, Σs3] in one reduction.
-            let h01 = _mm256_hadd_ps(s0, s1);
-            let h23 = _mm256_hadd_ps(s2, s3);
-            let h = _mm256_hadd_ps(h01, h23);
-            let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            _mm_storeu_ps(row.as_mut_ptr().add(p), _mm_mul_ps(sums, scale4));
+            _mm_storeu_ps(
+                row.as_mut_ptr().add(p),
+                _mm_mul_ps(sum4([s0, s1, s2, s3]), scale4),
+            );
             p += 4;
         }
         while p < row.len() {
-            let s = dot8(base.add(p * stride));
-            let h = _mm256_hadd_ps(s, s);
-            let h = _mm256_hadd_ps(h, h);
-            let sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            *row.get_unchecked_mut(p) = _mm_cvtss_f32(sum) * scale;
+            *row.get_unchecked_mut(p) = sum1(dot8(base.add(p * stride))) * scale;
             p += 1;
         }
     }
@@ -555,9 +549,7 @@ mod simd {
         let base = keys.as_ptr();
         let mut p = 0;
         while p + 4 <= row.len() {
-            let [s0, s1, s2, s3] = dots_wide::<4>(q, base.add(p * stride), stride);
-            let h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
-            let sums = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
+            let sums = sum4(dots_wide::<4>(q, base.add(p * stride), stride));
             _mm_storeu_ps(
                 row.as_mut_ptr().add(p),
                 _mm_mul_ps(sums, _mm_set1_ps(scale)),
@@ -566,12 +558,36 @@ mod simd {
         }
         while p < row.len() {
             let [s] = dots_wide::<1>(q, base.add(p * stride), stride);
-            let h = _mm256_hadd_ps(s, s);
-            let h = _mm256_hadd_ps(h, h);
-            let sum = _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1));
-            *row.get_unchecked_mut(p) = _mm_cvtss_f32(sum) * scale;
+            *row.get_unchecked_mut(p) = sum1(s) * scale;
             p += 1;
         }
+    }
+
+    /// The lane sums of four positions' eight-lane dots, `[Σs0, Σs1, Σs2,
+    /// Σs3]`, in one reduction; each in the order `sum1` takes.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn sum4([s0, s1, s2, s3]: [__m256; 4]) -> __m128 {
+        let h = _mm256_hadd_ps(_mm256_hadd_ps(s0, s1), _mm256_hadd_ps(s2, s3));
+        _mm_add_ps(_mm256_castps256_ps128(h), _mm256_extractf128_ps(h, 1))
+    }
+
+    /// The lane sum of one position's eight-lane dot, as `sum4` sums each.
+    ///
+    /// # Safety
+    /// AVX2.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    #[inline]
+    unsafe fn sum1(s: __m256) -> f32 {
+        let h = _mm256_hadd_ps(s, s);
+        let h = _mm256_hadd_ps(h, h);
+        _mm_cvtss_f32(_mm_add_ps(
+            _mm256_castps256_ps128(h),
+            _mm256_extractf128_ps(h, 1),
+        ))
     }
 
     /// `q` against the `N` keys at `keys + i · stride`, as eight-lane sums:
