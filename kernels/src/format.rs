@@ -104,14 +104,14 @@ impl QuantKind {
         matches!(self, Self::Q5_0 | Self::Q5_1 | Self::Q5_K)
     }
 
-    /// The zero point of the unsigned kinds without a stored min, as a
-    /// multiple of the block scale: a Q4_0 weight is `(q - 8)·d`, a Q5_0
-    /// one `(q - 16)·d`. The kernels multiply the unsigned `q` and add
-    /// `offset · d · Σx` per block.
-    pub(crate) const fn scale_offset(self) -> Option<f32> {
+    /// The zero point of the kinds without a stored min: a Q4_0 weight is
+    /// `(q - 8)·d`, a Q5_0 one `(q - 16)·d`. The kernels multiply the
+    /// centred `q - zero point` (signed, as Q8_0's bytes), so these kinds
+    /// need no offset term.
+    pub(crate) const fn zero_point(self) -> Option<i8> {
         match self {
-            Self::Q4_0 => Some(-8.0),
-            Self::Q5_0 => Some(-16.0),
+            Self::Q4_0 => Some(8),
+            Self::Q5_0 => Some(16),
             _ => None,
         }
     }

@@ -217,23 +217,23 @@ impl PackedMatrix {
             let d = self.scales.get(idx);
             let q = self.block_values(idx);
             for (j, (w, &q)) in dst.iter_mut().zip(&q).enumerate() {
-                *w = match (self.kind, self.kind.scale_offset()) {
-                    // `q + offset` is a small integer, exact in f32.
-                    (_, Some(offset)) => (q as f32 + offset) * d,
+                *w = match self.kind {
                     // ggml's order: (d · sc) · q, both products exact.
-                    (QuantKind::Q3_K | QuantKind::Q6_K, _) => {
+                    QuantKind::Q3_K | QuantKind::Q6_K => {
                         q as f32 * (d * self.sub_scales[2 * idx + j / (BLOCK / 2)] as f32)
                     }
-                    (kind, _) if kind.has_mins() => q as f32 * d + self.mins.get(idx),
+                    kind if kind.has_mins() => q as f32 * d + self.mins.get(idx),
+                    // Q4_0 and Q5_0's `q` is already centred.
                     _ => q as f32 * d,
                 };
             }
         }
     }
 
-    /// Block `idx`'s 32 quants as the kernels multiply them: Q4 nibbles
-    /// unsigned (`0..=15`), Q5_0/Q5_1's with their fifth bits (`0..=31`; the
-    /// offset is applied separately), the byte layouts as stored.
+    /// Block `idx`'s 32 quants as the kernels multiply them: Q4_1's nibbles
+    /// unsigned (`0..=15`), Q5_1's with their fifth bits (`0..=31`; the min
+    /// is applied separately), Q4_0's and Q5_0's centred on their zero
+    /// point (`-8..=7`, `-16..=15`), the byte layouts as stored.
     pub(crate) fn block_values(&self, idx: usize) -> [i8; BLOCK] {
         let qb = self.kind.quant_bytes();
         let qs = &self.quants[idx * qb..][..qb];
@@ -252,6 +252,11 @@ impl PackedMatrix {
         if let Some(&high) = self.high_bits.get(idx) {
             for (j, v) in values.iter_mut().enumerate() {
                 *v |= (((high >> j) & 1) << 4) as i8;
+            }
+        }
+        if let Some(zero) = self.kind.zero_point() {
+            for v in &mut values {
+                *v -= zero;
             }
         }
         values

@@ -7,11 +7,11 @@
 //! Both keep their bytes as they are: the scale (and Q5_1's min), the
 //! 32-bit word of fifth bits, the nibbles in Q4 order. The kernels spread
 //! the fifth bits per block (a byte mask on AVX-512, llama.cpp's
-//! `bytes_from_bits_32` on AVX2) onto the nibbles and multiply the unsigned
-//! `q5` in `0..=31`, adding the block's offset afterwards as the Q4 kinds
-//! do: Q5_1's stored min `m`, Q5_0's `-16·d` (Q4_0's `-8·d`). So their
-//! weights take their GGUF size in memory, and dequantize to exactly
-//! ggml's values (`(q - 16)·d` and `q·d + m`).
+//! `bytes_from_bits_32` on AVX2) onto the nibbles: Q5_1's unsigned `q5` in
+//! `0..=31` gets its stored min `m` added afterwards as Q4_1's nibbles do,
+//! Q5_0's is centred to `q5 - 16` and multiplied as a signed value, as
+//! Q8_0's bytes are. So their weights take their GGUF size in memory, and
+//! dequantize to exactly ggml's values (`(q - 16)·d` and `q·d + m`).
 
 use crate::format::QuantKind;
 use crate::packed::PackedMatrix;

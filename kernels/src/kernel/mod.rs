@@ -326,16 +326,19 @@ pub(crate) fn row_tiles(m: usize) -> impl Iterator<Item = (usize, usize)> {
 /// stable), so each kernel is compiled once per layout with the branches
 /// folded away. Q4_K packs into Q4_1's layout and runs as `KIND_Q4_1`, Q5_K
 /// into Q5_1's, Q3_K into Q6_K's.
+/// Nibbles centred on 8 (`-8..=7` once unpacked): Q8_0's arithmetic.
 pub(crate) const KIND_Q4_0: u8 = 0;
+/// Unsigned nibbles and a stored min per block.
 pub(crate) const KIND_Q4_1: u8 = 1;
 pub(crate) const KIND_Q8_0: u8 = 2;
 /// Signed bytes (`-32..=31`), a scale per block and an 8-bit sub-scale per
 /// 16 weights.
 pub(crate) const KIND_Q6_K: u8 = 4;
-/// Q4 nibbles plus a word of fifth bits per block, unsigned (`0..=31`) once
-/// spread: Q4_0's arithmetic with a zero point of 16.
+/// Q4 nibbles plus a word of fifth bits per block, centred on 16
+/// (`-16..=15`) once spread: Q8_0's arithmetic, as Q4_0.
 pub(crate) const KIND_Q5_0: u8 = 5;
-/// Q5_0's layout with a stored min per block: Q4_1's arithmetic.
+/// Q5_0's layout, unsigned (`0..=31`), with a stored min per block: Q4_1's
+/// arithmetic.
 pub(crate) const KIND_Q5_1: u8 = 6;
 
 /// The kernel layout `kind` is packed in.
@@ -360,19 +363,18 @@ pub(crate) const fn fifth_bits(k: u8) -> bool {
     matches!(k, KIND_Q5_0 | KIND_Q5_1)
 }
 
-/// Signed weights (otherwise unsigned, with an offset term per block).
+/// Signed weights (otherwise unsigned, with a stored min per block).
 pub(crate) const fn signed(k: u8) -> bool {
-    matches!(k, KIND_Q8_0 | KIND_Q6_K)
+    matches!(k, KIND_Q8_0 | KIND_Q6_K | KIND_Q4_0 | KIND_Q5_0)
 }
 
 /// Q8_0's arithmetic: signed weights without sub-scales, multiplied by
-/// unsigned activations on VNNI.
+/// unsigned activations on VNNI (Q4_0 and Q5_0 once unpacked and centred).
 pub(crate) const fn q8_arithmetic(k: u8) -> bool {
-    k == KIND_Q8_0
+    matches!(k, KIND_Q8_0 | KIND_Q4_0 | KIND_Q5_0)
 }
 
-/// A stored min per block (otherwise a zero point times the scale, see
-/// `QuantKind::scale_offset`, or no offset).
+/// A stored min per block (otherwise signed weights and no offset).
 pub(crate) const fn has_mins(k: u8) -> bool {
     matches!(k, KIND_Q4_1 | KIND_Q5_1)
 }

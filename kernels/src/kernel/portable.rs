@@ -3,7 +3,7 @@
 //! Each output accumulates `d_w · d_x · isum` block by block in order (one
 //! accumulator, so not bit-identical to the AVX2 kernel; Q6_K's `isum`
 //! weights its two 16-weight halves by their sub-scales), then adds the offset term
-//! `Σ_b min_b · s_x[b]` of the unsigned layouts as the AVX2 kernel does.
+//! `Σ_b min_b · s_x[b]` of the layouts with stored mins as the AVX2 kernel does.
 
 use super::{row_tiles, RowJob, ROW_TILE};
 use crate::format::BLOCK;
@@ -47,12 +47,8 @@ fn tile(job: &RowJob<'_>, n: usize, i0: usize, rows: usize) {
 
     for (r, acc) in acc.iter().enumerate().take(rows) {
         let xs = &x.s[(i0 + r) * nb..][..nb];
-        // The unsigned kinds' zero point (Q4_0's -8·d, Q5_0's -16·d) or
-        // stored min, per block.
-        let offset = if let Some(offset) = w.kind.scale_offset() {
-            let scales = (row * nb..).map(|i| w.scales.get(i));
-            offset * scales.zip(xs).map(|(d, s)| d * s).sum::<f32>()
-        } else if w.kind.has_mins() {
+        // The stored min of the unsigned kinds, per block.
+        let offset = if w.kind.has_mins() {
             let mins = (row * nb..).map(|i| w.mins.get(i));
             mins.zip(xs).map(|(m, s)| m * s).sum::<f32>()
         } else {

@@ -28,17 +28,23 @@
 //! separately; 4·15·127 for the Q4 nibbles, whose two halves are added in 16
 //! bits), and `vpdpbusd` sums the same four products per lane in 32 bits.
 //!
-//! Both Q4 kinds multiply the raw unsigned nibbles (no per-row sign fix-up)
-//! and add the block offset afterwards as `Σ_b min_b · s_x[b]`, where `s_x` is
-//! the activation block's sum (`QuantizedActivations::s`): Q4_1's `min` is
-//! stored, Q4_0's is `-8·d`. Q8_0 moves the weights' sign onto the activations
-//! so that the unsigned operand is `|w|` (≤ 128).
+//! Q4_1 multiplies the raw unsigned nibbles (no per-row sign fix-up) and
+//! adds the block offset afterwards as `Σ_b min_b · s_x[b]`, where `s_x` is
+//! the activation block's sum (`QuantizedActivations::s`). The signed kinds
+//! (Q8_0, and Q4_0 and Q5_0 centred on their zero points 8 and 16 as they
+//! are unpacked) need no offset term: AVX2 moves the weights' sign onto the
+//! activations so that the unsigned operand is `|w|` (≤ 128), and the VNNI
+//! kernels multiply `x + 128` by the signed weights from a sum started at
+//! `-128·Σw`, computed once per block pair and shared by the tile's rows.
+//! (Q5_0 once ran as Q4_0's unsigned layout with an offset term of
+//! `-16·d·s_x` per block and output: centred, 1536 × 576 at eight rows
+//! went from 105/99 to 91/90 µs, `cargo bench --bench matmul`.)
 //!
 //! The other kinds reuse these paths through their packed layouts (see
 //! `q5` and `kquant`): Q5_0 and Q5_1 are Q4_0 and Q4_1 once their fifth
-//! bits are added to the nibbles (unsigned `0..=31`, so `vpmaddubsw` pair
-//! sums stay below 2·31·128 and two still fit in i16; Q5_0's zero point is
-//! 16 where Q4_0's is 8), spread from their 32-bit words with a byte mask
+//! bits are added to the nibbles (Q5_1's unsigned `0..=31`, so
+//! `vpmaddubsw` pair sums stay below 2·31·128 and two still fit in i16;
+//! Q5_0's `-16..=15`), spread from their 32-bit words with a byte mask
 //! on AVX-512 and with llama.cpp's `bytes_from_bits_32` on 256 bits; Q4_K
 //! is Q4_1 and Q5_K is Q5_1 (with f32 factors). Q6_K (and
 //! Q3_K) is Q8_0's path (`|w| ≤ 32`) with each lane's sum of four products
@@ -185,23 +191,35 @@ unsafe fn quads<const K: u8, const H: bool, const R: usize>(
             let low = _mm512_set1_epi8(0x0F);
             let wa = _mm512_and_si512(packed, low);
             let wb = _mm512_and_si512(_mm512_srli_epi16::<4>(packed), low);
-            if fifth_bits(K) {
+            let sixteen = _mm512_set1_epi8(16);
+            if fifth_bits(K) && signed(K) {
+                // Q5_0 centred: `nibble + 16·bit - 16`, i.e. 16 taken off
+                // where the fifth bit is clear.
                 let (ka, kb) = fifth_bit_masks(high.add(b));
-                let sixteen = _mm512_set1_epi8(16);
+                (
+                    _mm512_mask_sub_epi8(wa, !ka, wa, sixteen),
+                    _mm512_mask_sub_epi8(wb, !kb, wb, sixteen),
+                )
+            } else if fifth_bits(K) {
+                let (ka, kb) = fifth_bit_masks(high.add(b));
                 (
                     _mm512_mask_add_epi8(wa, ka, wa, sixteen),
                     _mm512_mask_add_epi8(wb, kb, wb, sixteen),
                 )
+            } else if signed(K) {
+                // Q4_0 centred.
+                let eight = _mm512_set1_epi8(8);
+                (_mm512_sub_epi8(wa, eight), _mm512_sub_epi8(wb, eight))
             } else {
                 (wa, wb)
             }
         };
-        // Q8_0 and Q6_K: unsigned activations (x + 128) against signed
+        // The signed kinds: unsigned activations (x + 128) against signed
         // weights, the sum starting at -128·Σw per lane (as in the 256-bit
         // VNNI kernel); Q6_K keeps halves A and B apart for their
         // sub-scales.
         let c = _mm512_set1_epi8(-128);
-        let (init, init_b) = if K == KIND_Q8_0 {
+        let (init, init_b) = if q8_arithmetic(K) {
             let sum = _mm512_dpbusd_epi32(zero, c, wa);
             (
                 _mm512_sub_epi32(zero, _mm512_dpbusd_epi32(sum, c, wb)),
@@ -242,7 +260,7 @@ unsafe fn quads<const K: u8, const H: bool, const R: usize>(
             // The four-block layout: one load per half of all four blocks.
             let xa = _mm512_loadu_si512(xq[r].add(b * BLOCK).cast());
             let xb = _mm512_loadu_si512(xq[r].add(b * BLOCK + 64).cast());
-            let dot = if K == KIND_Q8_0 {
+            let dot = if q8_arithmetic(K) {
                 _mm512_dpbusd_epi32(_mm512_dpbusd_epi32(init, xa, wa), xb, wb)
             } else if sub_scaled(K) {
                 // Per lane, sub-scale × the exact sum of four products: the
@@ -516,13 +534,9 @@ unsafe fn tile<const K: u8, const H: bool, const V: bool, const W: bool, const R
     for (r, (even, odd)) in even.iter().zip(&odd).enumerate() {
         let mut v = hsum(_mm256_add_ps(*even, *odd));
         // The offset term of the unsigned layouts, Σ_b min_b · s_x[b], a dot
-        // product over blocks; Q4_0's min is -8·d, Q5_0's -16·d, and scaling
-        // by a power of two is exact.
-        let xs = x.s.as_ptr().add((i0 + r) * nb);
+        // product over blocks.
         if has_mins(K) {
-            v += dot_factors::<H>(arrays.mins, xs, nb);
-        } else if let Some(zero_point) = w.kind.scale_offset() {
-            v += zero_point * dot_factors::<H>(scales, xs, nb);
+            v += dot_factors::<H>(arrays.mins, x.s.as_ptr().add((i0 + r) * nb), nb);
         }
         job.out.set(i0 + r, row, v);
     }
@@ -545,7 +559,7 @@ unsafe fn pair<const K: u8, const H: bool, const V: bool, const R: usize>(
     let spread = _mm256_setr_epi32(0, 0, 0, 0, 1, 1, 1, 1);
     let b = 2 * p;
     let (wa, wb, sa, sb) = unpack_pair::<K, V>(quants, high, b);
-    // Q8_0 and Q6_K on VNNI: the activations come as x + 128
+    // The signed kinds on VNNI: the activations come as x + 128
     // (unsigned) and the weights signed, so the sum starts at -128·Σw
     // per lane, computed once per tile (exact: |128·Σw| ≤ 2¹⁷ over a
     // lane's 8 weights); Q6_K keeps halves A and B apart.
@@ -657,29 +671,13 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
     high: *const u32,
     b: usize,
 ) -> (__m256i, __m256i, __m256i, __m256i) {
-    if fifth_bits(K) {
-        // Q4's nibble pair with 16 added where the fifth bit is set.
-        let packed = _mm256_loadu_si256(quants.add(b * 16).cast());
-        let low = _mm256_set1_epi8(0x0F);
-        let sixteen = _mm256_set1_epi8(16);
-        let (ha, hb) = fifth_bits_pair(high.add(b));
-        let wa = _mm256_or_si256(_mm256_and_si256(packed, low), _mm256_and_si256(ha, sixteen));
-        let wb = _mm256_or_si256(
-            _mm256_and_si256(_mm256_srli_epi16(packed, 4), low),
-            _mm256_and_si256(hb, sixteen),
-        );
-        return (wa, wb, wa, wb);
-    }
-    if byte_quants(K) {
+    let (sa, sb) = if byte_quants(K) {
         let first = _mm256_loadu_si256(quants.add(b * 32).cast());
         let second = _mm256_loadu_si256(quants.add(b * 32 + 32).cast());
-        let sa = _mm256_permute2x128_si256(first, second, 0x20);
-        let sb = _mm256_permute2x128_si256(first, second, 0x31);
-        // VNNI multiplies Q8_0's signed values directly.
-        if V && q8_arithmetic(K) {
-            return (sa, sb, sa, sb);
-        }
-        (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb)
+        (
+            _mm256_permute2x128_si256(first, second, 0x20),
+            _mm256_permute2x128_si256(first, second, 0x31),
+        )
     } else {
         // Two nibble-packed blocks: byte j of a block holds values j (low
         // nibble) and j + 16 (high nibble).
@@ -687,8 +685,37 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
         let low = _mm256_set1_epi8(0x0F);
         let wa = _mm256_and_si256(packed, low);
         let wb = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-        (wa, wb, wa, wb)
+        if fifth_bits(K) {
+            // Q5_1: 16 added where the fifth bit is set; Q5_0 centred,
+            // 16 taken off where it is clear.
+            let (ha, hb) = fifth_bits_pair(high.add(b));
+            let sixteen = _mm256_set1_epi8(16);
+            if signed(K) {
+                (
+                    _mm256_sub_epi8(wa, _mm256_andnot_si256(ha, sixteen)),
+                    _mm256_sub_epi8(wb, _mm256_andnot_si256(hb, sixteen)),
+                )
+            } else {
+                (
+                    _mm256_or_si256(wa, _mm256_and_si256(ha, sixteen)),
+                    _mm256_or_si256(wb, _mm256_and_si256(hb, sixteen)),
+                )
+            }
+        } else if signed(K) {
+            // Q4_0 centred.
+            let eight = _mm256_set1_epi8(8);
+            (_mm256_sub_epi8(wa, eight), _mm256_sub_epi8(wb, eight))
+        } else {
+            (wa, wb)
+        }
+    };
+    // VNNI multiplies the signed kinds' values directly (Q6_K's too, see
+    // `pair`); AVX2 multiplies their magnitudes by the activations with
+    // the weights' signs moved onto them.
+    if signed(K) && !(V && q8_arithmetic(K)) {
+        return (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb);
     }
+    (sa, sb, sa, sb)
 }
 
 /// The fifth bits of blocks `b` and `b + 1` (the words at `high`) in the
@@ -737,30 +764,35 @@ unsafe fn unpack_single<const K: u8>(
     high: *const u32,
     b: usize,
 ) -> (__m256i, __m256i) {
-    if fifth_bits(K) {
-        let packed = _mm_loadu_si128(quants.add(b * 16).cast());
-        let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-        let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-        // Byte `i / 8` of the word for weight `i`, as in `fifth_bits_pair`.
-        const RUN: i64 = 0x0101_0101_0101_0101;
-        let pick = _mm256_setr_epi64x(0, RUN, 2 * RUN, 3 * RUN);
-        let word = _mm256_set1_epi32(std::ptr::read_unaligned(high.add(b)) as i32);
-        let set = bits_to_bytes(_mm256_shuffle_epi8(word, pick));
-        let q = _mm256_or_si256(nibbles, _mm256_and_si256(set, _mm256_set1_epi8(16)));
-        return (q, q);
-    }
-    if byte_quants(K) {
-        let q = _mm256_loadu_si256(quants.add(b * 32).cast());
-        if signed(K) {
-            (_mm256_sign_epi8(q, q), q)
-        } else {
-            (q, q)
-        }
+    let q = if byte_quants(K) {
+        _mm256_loadu_si256(quants.add(b * 32).cast())
     } else {
         let packed = _mm_loadu_si128(quants.add(b * 16).cast());
         let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
-        let weights = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-        (weights, weights)
+        let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
+        if fifth_bits(K) {
+            // Byte `i / 8` of the word for weight `i`, as in
+            // `fifth_bits_pair`; Q5_0 and Q5_1 as `unpack_pair` spreads them.
+            const RUN: i64 = 0x0101_0101_0101_0101;
+            let pick = _mm256_setr_epi64x(0, RUN, 2 * RUN, 3 * RUN);
+            let word = _mm256_set1_epi32(std::ptr::read_unaligned(high.add(b)) as i32);
+            let set = bits_to_bytes(_mm256_shuffle_epi8(word, pick));
+            let sixteen = _mm256_set1_epi8(16);
+            if signed(K) {
+                _mm256_sub_epi8(nibbles, _mm256_andnot_si256(set, sixteen))
+            } else {
+                _mm256_or_si256(nibbles, _mm256_and_si256(set, sixteen))
+            }
+        } else if signed(K) {
+            _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8))
+        } else {
+            nibbles
+        }
+    };
+    if signed(K) {
+        (_mm256_sign_epi8(q, q), q)
+    } else {
+        (q, q)
     }
 }
 
@@ -783,12 +815,12 @@ unsafe fn dot_pair<const K: u8, const V: bool>(
         let ones = _mm256_set1_epi16(1);
         let a = _mm256_maddubs_epi16(wa, xa);
         let b = _mm256_maddubs_epi16(wb, xb);
-        if q8_arithmetic(K) {
+        if byte_quants(K) {
             // Pair sums up to 2·128·127: widen each before adding.
             _mm256_add_epi32(_mm256_madd_epi16(a, ones), _mm256_madd_epi16(b, ones))
         } else {
-            // Nibble pair sums are at most 2·15·127 (Q5's 2·31·127); two of
-            // them fit in i16.
+            // Nibble pair sums are at most 2·15·127 (Q5's 2·31·127, the
+            // centred kinds' 2·16·127); two of them fit in i16.
             _mm256_madd_epi16(_mm256_add_epi16(a, b), ones)
         }
     }
