@@ -6,6 +6,7 @@
 //! must not learn which of the three it hit (the reason goes to metrics only).
 
 use crate::openai::request::RequestError;
+use crate::providers::ProviderError;
 use crate::subscription::Quantity;
 use serde::Serialize;
 
@@ -67,6 +68,9 @@ pub enum GatewayError {
     KeyLookupUnavailable,
     #[error("Your identity ({subject}) belongs to no group that has a subscription here.")]
     NoSubscription { subject: String },
+    /// A request an external provider cannot take, or its failure.
+    #[error("{0}")]
+    Provider(ProviderError),
 }
 
 #[derive(Serialize)]
@@ -99,6 +103,7 @@ impl GatewayError {
             GatewayError::LimiterUnavailable
             | GatewayError::Unconfigured
             | GatewayError::KeyLookupUnavailable => 503,
+            GatewayError::Provider(e) => e.status(),
         }
     }
 
@@ -111,6 +116,7 @@ impl GatewayError {
             | GatewayError::Unconfigured
             | GatewayError::KeyLookupUnavailable => "server_error",
             GatewayError::NoSubscription { .. } => "permission_denied",
+            GatewayError::Provider(e) => e.error_type(),
             _ => "invalid_request_error",
         }
     }
@@ -136,6 +142,7 @@ impl GatewayError {
             GatewayError::Unconfigured => "gateway_unconfigured",
             GatewayError::KeyLookupUnavailable => "key_lookup_unavailable",
             GatewayError::NoSubscription { .. } => "no_subscription",
+            GatewayError::Provider(e) => e.code(),
         }
     }
 
@@ -147,6 +154,7 @@ impl GatewayError {
             GatewayError::BadRequest(RequestError::InvalidField { field, .. }) => Some(field),
             GatewayError::BadRequest(RequestError::DuplicateField(_)) => None,
             GatewayError::MaxTokensTooLarge { .. } => Some("max_tokens"),
+            GatewayError::Provider(e) => e.param(),
             _ => None,
         }
     }

@@ -20,12 +20,13 @@ use crate::openai::usage::Usage;
 /// Whether an error answer came before any model computed the request, so
 /// it is charged nothing: Envoy answered because no model could be reached
 /// (connect failure, no healthy host, circuit breaker, no cluster), or the
-/// model server itself refused it (a 4xx, or 429/503: overloaded, loading).
+/// model server itself refused it (a 4xx, or 429/503: overloaded, loading;
+/// 529 is Anthropic's "overloaded").
 /// Anything else (a timeout, a reset mid-request, another 5xx, or details
 /// unknown) may have followed the prompt's computation: estimated.
 pub fn answered_before_any_model(status: u32, code_details: Option<&str>) -> bool {
     match code_details {
-        Some("via_upstream") => (400..500).contains(&status) || status == 503,
+        Some("via_upstream") => (400..500).contains(&status) || matches!(status, 503 | 529),
         Some(details) => {
             matches!(
                 details,
@@ -120,6 +121,7 @@ mod tests {
         let cases = [
             (503, Some("via_upstream"), true),
             (429, Some("via_upstream"), true),
+            (529, Some("via_upstream"), true),
             (400, Some("via_upstream"), true),
             (500, Some("via_upstream"), false),
             (502, Some("via_upstream"), false),

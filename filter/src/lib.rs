@@ -14,6 +14,8 @@
 //! - [`auth`]: keys, managed keys and their sync, token claims;
 //! - [`limits`]: local counters, global limits, rate-limit headers;
 //! - [`openai`]: the OpenAI wire format (endpoints, request, usage, SSE);
+//! - [`providers`]: external providers' wire formats and how their
+//!   failures reach the client (Anthropic's Messages API, translated);
 //! - [`gateway`]: the per-request state machine, one file per phase;
 //! - [`host`]: the boundary to Envoy, as traits ([`host::StreamHost`] for a
 //!   request, [`host::SyncHost`] for the root context's key sync), which
@@ -33,6 +35,7 @@ pub mod limits;
 pub mod metrics;
 pub mod openai;
 pub mod policy;
+pub mod providers;
 pub mod subscription;
 
 // Compiled on the host too (proxy-wasm links there), so clippy and the

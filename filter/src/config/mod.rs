@@ -22,6 +22,13 @@
 //!   "default_max_tokens": 4096,
 //!   "prompt_bytes_per_token": 1,
 //!   "models": ["smollm2-135m-instruct"],
+//!   "providers": [
+//!     { "name": "openai", "kind": "openai-compatible" },
+//!     { "name": "azure-east", "kind": "azure-openai", "api_version": "2024-10-21" }
+//!   ],
+//!   "external_models": [
+//!     { "id": "gpt-4o", "provider": "azure-east", "model": "gpt-4o-prod" }
+//!   ],
 //!   "subscriptions": {
 //!     "free": {
 //!       "models": ["smollm2-135m-instruct"],
@@ -47,7 +54,7 @@ mod validated;
 
 pub use raw::Oidc;
 pub use validate::{synced_subscription, validate_served};
-pub use validated::{Config, ConfigError};
+pub use validated::{Config, ConfigError, ExternalModel};
 
 #[cfg(test)]
 mod tests;

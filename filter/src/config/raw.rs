@@ -9,6 +9,7 @@
 //! [`RawSubscription`] is also the control plane's schema of a subscription,
 //! so it (and what it holds) is public and serialisable.
 
+use crate::providers::ProviderKind;
 use crate::subscription::{CapMode, FailureMode, KeyLimitsPer, DEFAULT_MAX_KEYS_PER_OWNER};
 use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
@@ -42,7 +43,16 @@ pub(super) struct RawConfig {
     /// A response without usage is charged by the same bound (`estimate`).
     #[serde(default = "default_prompt_bytes_per_token")]
     pub(super) prompt_bytes_per_token: u64,
+    /// Models served by the gateway's own model servers, by id.
+    #[serde(default)]
     pub(super) models: Vec<String>,
+    /// External providers the gateway routes to (`external_models`). Their
+    /// addresses and credentials are Envoy's: never in this document.
+    #[serde(default)]
+    pub(super) providers: Vec<RawProvider>,
+    /// Public model ids served by an external provider.
+    #[serde(default)]
+    pub(super) external_models: Vec<RawExternalModel>,
     pub(super) subscriptions: BTreeMap<String, RawSubscription>,
     #[serde(default)]
     pub(super) keys: Vec<RawKey>,
@@ -57,6 +67,28 @@ pub(super) struct RawConfig {
     /// `global_limits`).
     #[serde(default)]
     pub(super) limiter: Option<RawLimiter>,
+}
+
+/// An external provider as the filter needs to know it: how its API
+/// differs from OpenAI's on the wire.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawProvider {
+    pub(super) name: String,
+    pub(super) kind: ProviderKind,
+    /// Azure OpenAI's `api-version` query parameter (required there).
+    #[serde(default)]
+    pub(super) api_version: Option<String>,
+}
+
+/// A public model id mapped to a provider's model (for Azure OpenAI, its
+/// deployment name).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawExternalModel {
+    pub(super) id: String,
+    pub(super) provider: String,
+    pub(super) model: String,
 }
 
 #[derive(Debug, Deserialize)]

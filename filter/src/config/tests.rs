@@ -234,3 +234,99 @@ fn rfc3339_parsing() {
         assert_eq!(parse_rfc3339_utc(s), want, "{s}");
     }
 }
+
+fn with_providers() -> serde_json::Value {
+    let mut v = base();
+    v["providers"] = json!([
+        {"name": "openai", "kind": "openai-compatible"},
+        {"name": "azure-east", "kind": "azure-openai", "api_version": "2024-10-21"}
+    ]);
+    v["external_models"] = json!([
+        {"id": "gpt-4o", "provider": "azure-east", "model": "gpt-4o-prod"},
+        {"id": "openai/gpt-4.1-mini", "provider": "openai", "model": "gpt-4.1-mini"}
+    ]);
+    v["subscriptions"]["gold"]["models"] = json!(["m1", "gpt-4o", "openai/gpt-4.1-mini"]);
+    v
+}
+
+#[test]
+fn external_models_are_routed_models_mapped_to_their_provider() {
+    let c = load(&with_providers()).unwrap();
+    assert_eq!(
+        c.models,
+        ["gpt-4o", "m1", "openai/gpt-4.1-mini", "org/m2:q4"]
+    );
+    let azure = &c.external["gpt-4o"];
+    assert_eq!(azure.upstream_model, "gpt-4o-prod");
+    assert_eq!(
+        azure
+            .upstream_path(&crate::openai::endpoint::Endpoint::ChatCompletions)
+            .as_deref(),
+        Some("/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21")
+    );
+    let openai = &c.external["openai/gpt-4.1-mini"];
+    assert_eq!(openai.provider, "openai");
+    assert_eq!(
+        openai.upstream_path(&crate::openai::endpoint::Endpoint::Completions),
+        None
+    );
+    assert!(!c.external.contains_key("m1"));
+}
+
+/// A change that breaks one field of a configuration.
+type Breakage = fn(&mut serde_json::Value);
+
+#[test]
+fn provider_mistakes_name_their_field() {
+    let cases: [(&str, Breakage); 8] = [
+        ("providers[1].api_version", |v| {
+            v["providers"][1]
+                .as_object_mut()
+                .unwrap()
+                .remove("api_version");
+        }),
+        ("providers[0].api_version", |v| {
+            v["providers"][0]["api_version"] = json!("2024-10-21");
+        }),
+        ("providers[1].name", |v| {
+            v["providers"][1]["name"] = json!("openai")
+        }),
+        ("providers[0].name", |v| {
+            v["providers"][0]["name"] = json!("open ai")
+        }),
+        ("external_models[0].provider", |v| {
+            v["external_models"][0]["provider"] = json!("nobody")
+        }),
+        ("external_models[0].id", |v| {
+            v["external_models"][0]["id"] = json!("m1")
+        }),
+        ("external_models[1].id", |v| {
+            v["external_models"][1]["id"] = json!("gpt-4o")
+        }),
+        ("external_models[0].model", |v| {
+            v["external_models"][0]["model"] = json!("../admin")
+        }),
+    ];
+    for (field, break_it) in cases {
+        let mut v = with_providers();
+        break_it(&mut v);
+        let e = load(&v).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
+    let mut v = with_providers();
+    v["providers"][0]["kind"] = json!("bedrock");
+    let e = load(&v).unwrap_err();
+    assert!(e.reason.contains("unknown variant `bedrock`"), "{e}");
+}
+
+#[test]
+fn a_configuration_of_external_models_alone_is_enough() {
+    let mut v = with_providers();
+    v["models"] = json!([]);
+    v["subscriptions"] = json!({"gold": {"models": ["gpt-4o"], "limits": "unlimited"}});
+    v["keys"] = json!([]);
+    assert_eq!(load(&v).unwrap().models, ["gpt-4o", "openai/gpt-4.1-mini"]);
+    v["external_models"] = json!([]);
+    v["subscriptions"] = json!({});
+    assert_eq!(load(&v).unwrap_err().field, "models");
+}

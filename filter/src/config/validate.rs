@@ -8,19 +8,20 @@
 //! plane ([`validate_served`]), so the two cannot disagree on what is valid.
 
 use super::raw::{
-    LimitMode, RawConfig, RawControlPlane, RawExpiry, RawKey, RawLimiter, RawLimits, RawRate,
-    RawSubscription,
+    LimitMode, RawConfig, RawControlPlane, RawExpiry, RawExternalModel, RawKey, RawLimiter,
+    RawLimits, RawProvider, RawRate, RawSubscription,
 };
-use super::validated::{err, Config, ConfigError};
+use super::validated::{err, Config, ConfigError, ExternalModel};
 use crate::auth::control_plane::ControlPlane;
 use crate::auth::keys::{ApiKey, KeyDigest, KeyStore};
 use crate::limits::global_limits::Limiter;
 use crate::limits::Rate;
+use crate::providers::ProviderKind;
 use crate::subscription::{
     GlobalRate, MaxTokensPolicy, Quantity, ScopeLimits, Subscription, KEY_TEMPLATE_PREFIX,
     MAX_KEYS_PER_OWNER_LIMIT,
 };
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::rc::Rc;
 
 impl TryFrom<RawConfig> for Config {
@@ -36,7 +37,11 @@ impl TryFrom<RawConfig> for Config {
         if raw.prompt_bytes_per_token == 0 {
             return Err(err("prompt_bytes_per_token", "must be at least 1"));
         }
-        let models = routed_models(&raw.models)?;
+        let mut models = routed_models(&raw.models)?;
+        let external = external_models(&raw.providers, &raw.external_models, &mut models)?;
+        if models.is_empty() {
+            return Err(err("models", "at least one model is required"));
+        }
 
         let mut subscriptions = Vec::with_capacity(raw.subscriptions.len());
         for (name, sub) in &raw.subscriptions {
@@ -100,6 +105,7 @@ impl TryFrom<RawConfig> for Config {
             default_max_tokens: raw.default_max_tokens,
             prompt_bytes_per_token: raw.prompt_bytes_per_token,
             models: models.into_iter().collect(),
+            external,
             subscriptions,
             keys,
         })
@@ -137,10 +143,82 @@ fn routed_models(raw: &[String]) -> Result<BTreeSet<String>, ConfigError> {
             ));
         }
     }
-    if models.is_empty() {
-        return Err(err("models", "at least one model is required"));
-    }
     Ok(models)
+}
+
+/// `providers` and `external_models`: each provider named once and usable
+/// for its kind, each external id new to `models` (to which it is added)
+/// and mapped to a configured provider.
+fn external_models(
+    providers: &[RawProvider],
+    raw: &[RawExternalModel],
+    models: &mut BTreeSet<String>,
+) -> Result<BTreeMap<String, Rc<ExternalModel>>, ConfigError> {
+    let mut by_name = BTreeMap::new();
+    for (i, p) in providers.iter().enumerate() {
+        let field = format!("providers[{i}]");
+        check_name(&format!("{field}.name"), &p.name, &[])?;
+        match (p.kind, &p.api_version) {
+            (ProviderKind::AzureOpenAi, None) => {
+                return Err(err(
+                    format!("{field}.api_version"),
+                    "required for kind azure-openai (e.g. \"2024-10-21\")",
+                ))
+            }
+            (ProviderKind::AzureOpenAi, Some(v)) => {
+                check_name(&format!("{field}.api_version"), v, &[])?
+            }
+            (_, Some(_)) => {
+                return Err(err(
+                    format!("{field}.api_version"),
+                    "only kind azure-openai takes an api_version",
+                ))
+            }
+            (ProviderKind::Anthropic | ProviderKind::OpenAiCompatible, None) => {}
+        }
+        if by_name.insert(p.name.as_str(), p).is_some() {
+            return Err(err(
+                format!("{field}.name"),
+                format!("duplicate provider {:?}", p.name),
+            ));
+        }
+    }
+    let mut external = BTreeMap::new();
+    for (i, m) in raw.iter().enumerate() {
+        let field = format!("external_models[{i}]");
+        check_name(&format!("{field}.id"), &m.id, &['/', ':'])?;
+        let provider = by_name.get(m.provider.as_str()).ok_or_else(|| {
+            err(
+                format!("{field}.provider"),
+                format!("no provider named {:?} in `providers`", m.provider),
+            )
+        })?;
+        // An Azure deployment name is a segment of the upstream path.
+        let extra: &[char] = match provider.kind {
+            ProviderKind::AzureOpenAi => &[],
+            _ => &['/', ':'],
+        };
+        check_name(&format!("{field}.model"), &m.model, extra)?;
+        if !models.insert(m.id.clone()) {
+            return Err(err(
+                format!("{field}.id"),
+                format!(
+                    "model {:?} is already routed (listed twice, or also in `models`)",
+                    m.id
+                ),
+            ));
+        }
+        external.insert(
+            m.id.clone(),
+            Rc::new(ExternalModel {
+                provider: provider.name.clone(),
+                kind: provider.kind,
+                upstream_model: m.model.clone(),
+                api_version: provider.api_version.clone(),
+            }),
+        );
+    }
+    Ok(external)
 }
 
 /// One configured key (`field`: `keys[i]`; its id already checked), with

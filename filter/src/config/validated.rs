@@ -10,16 +10,55 @@ use super::raw::{Oidc, RawConfig};
 use crate::auth::control_plane::ControlPlane;
 use crate::auth::keys::KeyStore;
 use crate::limits::global_limits::Limiter;
+use crate::openai::endpoint::Endpoint;
+use crate::providers::ProviderKind;
 use crate::subscription::{ScopeLimits, Subscription};
+use std::collections::BTreeMap;
 use std::rc::Rc;
+
+/// A public model id served by an external provider: what the request
+/// path changes before it goes there (Envoy routes it by `x-maas-model`
+/// to the provider's cluster, which holds the address, TLS and credential).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExternalModel {
+    pub provider: String,
+    pub kind: ProviderKind,
+    /// The provider's name for the model (Azure: the deployment), written
+    /// into the request body's `model`.
+    pub upstream_model: String,
+    /// Azure OpenAI's `api-version`.
+    pub api_version: Option<String>,
+}
+
+impl ExternalModel {
+    /// The upstream path for a request to `endpoint`, when the provider's
+    /// differs from the gateway's.
+    pub fn upstream_path(&self, endpoint: &Endpoint) -> Option<String> {
+        let operation = match endpoint {
+            Endpoint::ChatCompletions => "chat/completions",
+            Endpoint::Completions => "completions",
+            Endpoint::ListModels | Endpoint::RetrieveModel(_) => return None,
+        };
+        match self.kind {
+            ProviderKind::OpenAiCompatible | ProviderKind::Anthropic => None,
+            ProviderKind::AzureOpenAi => Some(format!(
+                "/openai/deployments/{}/{operation}?api-version={}",
+                self.upstream_model,
+                self.api_version.as_deref().unwrap_or_default()
+            )),
+        }
+    }
+}
 
 #[derive(Debug)]
 pub struct Config {
     pub max_body_bytes: usize,
     pub default_max_tokens: u64,
     pub prompt_bytes_per_token: u64,
-    /// Every model the gateway routes, sorted.
+    /// Every model the gateway routes (local and external), sorted.
     pub models: Vec<String>,
+    /// The models of `models` that an external provider serves, by id.
+    pub external: BTreeMap<String, Rc<ExternalModel>>,
     /// Configured here; the control plane may add and override them.
     pub subscriptions: Vec<Rc<Subscription>>,
     pub keys: KeyStore,

@@ -10,12 +10,18 @@
 //! 4. [`Stream::reserve_local`]: the worst case reserved against every local
 //!    limit, all or nothing;
 //! 5. `start_global` (see `global`): the same asked of the rate limiter;
-//! 6. [`forward`]: the rewritten body and `x-maas-model` go upstream.
+//! 6. [`forward`]: the rewritten body (for an external provider with its
+//!    name for the model; for Anthropic, translated into a Messages
+//!    request: see `provider`), its path (Azure's deployment path,
+//!    Anthropic's `/v1/messages`) and
+//!    `x-maas-model` go upstream; Envoy routes on that header to the
+//!    model's cluster, which for a provider adds TLS and its credential.
 //!
 //! Invariant: what is reserved is what the upstream is allowed: the body
 //! carries the reserved completion budget whenever the client's differs
 //! from it, or named none.
 
+use super::provider::{self, Outbound};
 use super::{limited_scopes, Admission, Identity, Stream};
 use crate::error::GatewayError;
 use crate::estimate::UsageBounds;
@@ -26,6 +32,7 @@ use crate::metrics::{Metric, Outcome};
 use crate::openai::request::{
     parse_completion_request, rewrite_completion_request, BodyRewrite, CompletionRequest,
 };
+use crate::providers::anthropic;
 use crate::subscription::{CapMode, Quantity, ScopeLimits, Subscription};
 use std::rc::Rc;
 
@@ -106,7 +113,17 @@ impl Stream {
         self.completion.streaming = request.stream;
         let budget = self.completion_budget(&request, &identity.subscription)?;
         self.completion.strip_usage = request.stream && !request.include_usage;
-        let rewritten = self.rewritten_body(body, budget.rewrite.then_some(budget.effective))?;
+        let provider = self.config.external.get(request.model.as_ref()).cloned();
+        let upstream_model = provider.as_ref().map(|e| e.upstream_model.as_str());
+        let rewritten = self.rewritten_body(
+            body,
+            budget.rewrite.then_some(budget.effective),
+            upstream_model,
+        )?;
+        let outbound =
+            provider::outbound(provider.as_deref(), self.endpoint.as_ref(), body, rewritten)
+                .map_err(rejected)?;
+        self.completion.provider = provider;
 
         // `max_tokens` bounds each completion; `n`, `best_of` and prompt
         // arrays multiply them.
@@ -127,7 +144,7 @@ impl Stream {
         }
         self.start_global(host, worst_case)
             .map_err(|e| (Outcome::LimiterError, e))?;
-        forward(host, body, rewritten.as_deref(), &request.model);
+        forward(host, body, &outbound, &request.model);
         Ok(())
     }
 
@@ -188,21 +205,24 @@ impl Stream {
         })
     }
 
-    /// Step 3: the body with the budget written in and, on a stream whose
+    /// Step 3: the body with the budget written in, on a stream whose
     /// client did not ask for usage, usage asked for (the response phase
-    /// strips it again). `None`: the body goes as it came.
+    /// strips it again), and for an external provider its name for the
+    /// model. `None`: the body goes as it came.
     fn rewritten_body(
         &self,
         body: &[u8],
         max_tokens: Option<u64>,
+        model: Option<&str>,
     ) -> Result<Option<Vec<u8>>, Refusal> {
         let force_include_usage = self.completion.strip_usage;
-        if max_tokens.is_none() && !force_include_usage {
+        if max_tokens.is_none() && !force_include_usage && model.is_none() {
             return Ok(None);
         }
         let rewrite = BodyRewrite {
             max_tokens,
             force_include_usage,
+            model,
         };
         rewrite_completion_request(body, &rewrite)
             .map(Some)
@@ -314,12 +334,20 @@ fn local_denial(
     }
 }
 
-/// Step 6: the upstream gets the rewritten body, and the model header that
-/// routes it.
-fn forward(host: &dyn StreamHost, body: &[u8], rewritten: Option<&[u8]>, model: &str) {
-    if let Some(new_body) = rewritten {
+/// Step 6: the upstream gets the rewritten body, the provider's path
+/// where it differs (Azure OpenAI), and the model header that routes it.
+fn forward(host: &dyn StreamHost, body: &[u8], outbound: &Outbound, model: &str) {
+    if let Some(new_body) = &outbound.body {
         host.replace_request_body(body.len(), new_body);
         host.set_request_header("content-length", Some(&new_body.len().to_string()));
+    }
+    if let Some(path) = &outbound.path {
+        host.set_request_header(":path", Some(path));
+    }
+    if outbound.anthropic {
+        host.set_request_header("anthropic-version", Some(anthropic::API_VERSION));
+        // What comes back is translated, so it must come back readable.
+        host.set_request_header("accept-encoding", None);
     }
     // Setting a request header makes Envoy re-evaluate the route, so each
     // model can have its own cluster.

@@ -20,10 +20,13 @@ use crate::subscription::Subscription;
 use std::rc::Rc;
 
 /// Headers the filter owns on the way upstream: credentials it consumes and
-/// identity it asserts. Client-sent values are always dropped.
-const OWNED_REQUEST_HEADERS: [&str; 6] = [
+/// identity it asserts. Client-sent values are always dropped. `api-key`
+/// (Azure OpenAI's credential header) is not ours, but a client's value
+/// must never reach a provider: only the credential Envoy injects does.
+const OWNED_REQUEST_HEADERS: [&str; 7] = [
     "authorization",
     "x-api-key",
+    "api-key",
     "x-maas-subscription",
     "x-maas-key-id",
     "x-maas-user",

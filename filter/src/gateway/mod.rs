@@ -31,11 +31,12 @@ mod admit;
 mod auth;
 mod global;
 mod models;
+mod provider;
 mod response;
 mod settle;
 
 use crate::audit::UsageSource;
-use crate::config::Config;
+use crate::config::{Config, ExternalModel};
 use crate::error::GatewayError;
 use crate::estimate::UsageBounds;
 use crate::host::{Flow, StreamHost};
@@ -103,12 +104,16 @@ struct CompletionFacts {
     /// the usage event is removed before the client sees it.
     strip_usage: bool,
     reserved_tokens: u64,
+    /// The external provider serving the model, if one does.
+    provider: Option<Rc<ExternalModel>>,
 }
 
 /// The response as far as it has come.
 struct ResponseState {
     status: Option<u32>,
     reader: ResponseReader,
+    /// What stands between the provider's body and `reader`.
+    translation: provider::Translation,
     /// The response ended (or the filter answered itself).
     complete: bool,
     /// What the request was charged, once settled.
@@ -152,6 +157,7 @@ impl Stream {
             response: ResponseState {
                 status: None,
                 reader: ResponseReader::Skip,
+                translation: provider::Translation::None,
                 complete: false,
                 charged: None,
             },

@@ -76,10 +76,16 @@ impl Stream {
                 },
             };
         }
+        let flow = match (self.admission.is_some(), self.response.status) {
+            (true, Some(status)) => {
+                self.start_translation(host, status, encoded, sse, end_of_stream)
+            }
+            _ => Flow::Continue,
+        };
         if end_of_stream {
             self.end_response(host);
         }
-        Flow::Continue
+        flow
     }
 
     pub fn on_response_body(
@@ -90,6 +96,9 @@ impl Stream {
     ) -> Flow {
         if self.replied || self.admission.is_none() {
             return Flow::Continue;
+        }
+        if let Some(flow) = self.translate_body(host, body_size, end_of_stream) {
+            return flow;
         }
         match &mut self.response.reader {
             ResponseReader::Skip => {}
@@ -114,13 +123,7 @@ impl Stream {
                 } else {
                     Vec::new()
                 };
-                let mut out = parser.feed(&chunk);
-                if end_of_stream {
-                    if let Some(rest) = parser.finish() {
-                        out.get_or_insert_with(Vec::new).extend_from_slice(&rest);
-                    }
-                }
-                if let Some(out) = out {
+                if let Some(out) = read_sse(parser, &chunk, end_of_stream) {
                     if out != chunk {
                         host.replace_response_body(body_size, &out);
                     }
@@ -140,4 +143,16 @@ impl Stream {
         }
         Flow::Continue
     }
+}
+
+/// Feeds one chunk of an event stream to its usage reader; the bytes to
+/// forward in its place (strip mode), or `None` to forward it as it is.
+pub(super) fn read_sse(parser: &mut SseUsageParser, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
+    let mut out = parser.feed(chunk);
+    if end {
+        if let Some(rest) = parser.finish() {
+            out.get_or_insert_with(Vec::new).extend_from_slice(&rest);
+        }
+    }
+    out
 }

@@ -926,3 +926,4 @@ fn budgets_multiply_by_choices_and_both_fields_get_the_reserved_value() {
 mod global;
 mod managed;
 mod oidc;
+mod providers;

@@ -328,13 +328,16 @@ fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 1>>, Request
 
 /// What the gateway changes in a request before forwarding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct BodyRewrite {
+pub struct BodyRewrite<'a> {
     /// Cap the completion: every `max_tokens` / `max_completion_tokens`
     /// present gets this value; when neither is, `max_tokens` is added.
     pub max_tokens: Option<u64>,
     /// Make the upstream report usage on streams
     /// (`stream_options.include_usage = true`).
     pub force_include_usage: bool,
+    /// The model's name upstream, where it differs from the public id (an
+    /// external provider's model or deployment).
+    pub model: Option<&'a str>,
 }
 
 /// Returns `body` with `rewrite` applied. Values are replaced in place and
@@ -346,12 +349,13 @@ pub struct BodyRewrite {
 /// `stream_options` an object or null when it must be edited).
 pub fn rewrite_completion_request(
     body: &[u8],
-    rewrite: &BodyRewrite,
+    rewrite: &BodyRewrite<'_>,
 ) -> Result<Vec<u8>, RequestError> {
     let fields = RequestFields::read(body)?;
     // At most one edit per slot: [top-level insertion, max_tokens,
-    // max_completion_tokens, stream_options]. No allocation for the list.
-    let mut edits: [Option<Edit>; 4] = [None; 4];
+    // max_completion_tokens, stream_options, model]. No allocation for the
+    // list.
+    let mut edits: [Option<Edit<'_>>; 5] = [None; 5];
     let mut insert = TopInsert {
         max_tokens: None,
         stream_options: false,
@@ -396,6 +400,11 @@ pub fn rewrite_completion_request(
                 },
             },
         };
+    }
+
+    if let Some(model) = rewrite.model {
+        let raw = fields.model.ok_or(RequestError::MissingModel)?;
+        edits[4] = Some(Edit::replace(body, raw, Text::Str(model))?);
     }
 
     if insert.max_tokens.is_some() || insert.stream_options {
@@ -450,14 +459,14 @@ fn offset_in(outer: &[u8], inner: &str) -> Result<usize, RequestError> {
 
 /// Replace `body[start..end]` with `text` (an insertion when start == end).
 #[derive(Clone, Copy)]
-struct Edit {
+struct Edit<'a> {
     start: usize,
     end: usize,
-    text: Text,
+    text: Text<'a>,
 }
 
-impl Edit {
-    fn replace(body: &[u8], raw: &RawValue, text: Text) -> Result<Edit, RequestError> {
+impl<'a> Edit<'a> {
+    fn replace(body: &[u8], raw: &RawValue, text: Text<'a>) -> Result<Self, RequestError> {
         let start = offset_in(body, raw.get())?;
         Ok(Edit {
             start,
@@ -466,7 +475,7 @@ impl Edit {
         })
     }
 
-    fn insert(at: usize, text: Text) -> Edit {
+    fn insert(at: usize, text: Text<'a>) -> Self {
         Edit {
             start: at,
             end: at,
@@ -482,8 +491,10 @@ struct TopInsert {
 }
 
 #[derive(Clone, Copy)]
-enum Text {
+enum Text<'a> {
     Count(u64),
+    /// A JSON string.
+    Str(&'a str),
     True,
     /// Replaces a null `stream_options`.
     StreamOptions,
@@ -500,10 +511,14 @@ enum Text {
 
 const STREAM_OPTIONS_VALUE: &[u8] = br#"{"include_usage":true}"#;
 
-impl Text {
+impl Text<'_> {
     fn write(&self, out: &mut Vec<u8>) {
         match *self {
             Text::Count(n) => push_u64(out, n),
+            // Writing a string into a Vec cannot fail.
+            Text::Str(text) => {
+                let _ = serde_json::to_writer(&mut *out, text);
+            }
             Text::True => out.extend_from_slice(b"true"),
             Text::StreamOptions => out.extend_from_slice(STREAM_OPTIONS_VALUE),
             Text::IncludeUsageEntry { comma } => {

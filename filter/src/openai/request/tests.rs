@@ -318,6 +318,7 @@ fn deep_nesting_is_skipped_without_recursion() {
     let rewrite = BodyRewrite {
         max_tokens: Some(1),
         force_include_usage: true,
+        model: None,
     };
     let out = rewrite_completion_request(body.as_bytes(), &rewrite).unwrap();
     assert_eq!(
@@ -377,17 +378,28 @@ fn requested_max_tokens_is_the_smaller() {
 fn rewrites_in_place() {
     let cap = |n| BodyRewrite {
         max_tokens: Some(n),
-        force_include_usage: false,
+        ..BodyRewrite::default()
     };
     let usage = BodyRewrite {
-        max_tokens: None,
         force_include_usage: true,
+        ..BodyRewrite::default()
     };
     let both = BodyRewrite {
         max_tokens: Some(64),
         force_include_usage: true,
+        ..BodyRewrite::default()
+    };
+    let renamed = BodyRewrite {
+        model: Some("gpt-4o-prod"),
+        ..BodyRewrite::default()
     };
     let cases: &[(&str, &str, BodyRewrite, &str)] = &[
+        (
+            "a provider's name for the model",
+            r#"{"model" : "gpt-4o", "n":1}"#,
+            renamed,
+            r#"{"model" : "gpt-4o-prod", "n":1}"#,
+        ),
         (
             "nothing to do",
             r#"{ "model" : "m" }"#,
@@ -472,6 +484,7 @@ fn rewrite_refuses_what_parse_refuses_for_its_fields() {
     let both = BodyRewrite {
         max_tokens: Some(1),
         force_include_usage: true,
+        model: None,
     };
     let cases: &[(&str, RequestError)] = &[
         (
@@ -622,13 +635,13 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse_completion_request(&body);
-        let _ = rewrite_completion_request(&body, &BodyRewrite { max_tokens: Some(1), force_include_usage: true });
+        let _ = rewrite_completion_request(&body, &BodyRewrite { max_tokens: Some(1), force_include_usage: true, model: None });
     }
 
     #[test]
     fn json_like_bytes_never_panic(body in r#"[{}\[\]",:0-9a-z\\ -]{0,64}"#) {
         let _ = parse_completion_request(body.as_bytes());
-        let _ = rewrite_completion_request(body.as_bytes(), &BodyRewrite { max_tokens: Some(1), force_include_usage: true });
+        let _ = rewrite_completion_request(body.as_bytes(), &BodyRewrite { max_tokens: Some(1), force_include_usage: true, model: None });
     }
 
     #[test]
@@ -646,11 +659,12 @@ proptest! {
         body in valid_body(),
         max_tokens in prop::option::of(any::<u64>()),
         force_include_usage in any::<bool>(),
+        model in prop::option::of("[a-zA-Z0-9./:\"\\\\-]{1,24}"),
     ) {
-        let rewrite = BodyRewrite { max_tokens, force_include_usage };
+        let rewrite = BodyRewrite { max_tokens, force_include_usage, model: model.as_deref() };
         let out = rewrite_completion_request(body.text.as_bytes(), &rewrite).unwrap();
         let req = parse_completion_request(&out).unwrap();
-        prop_assert_eq!(&req.model, "gpt-4o");
+        prop_assert_eq!(&req.model, model.as_deref().unwrap_or("gpt-4o"));
         prop_assert_eq!(req.stream, body.stream);
         prop_assert_eq!(req.include_usage, body.include_usage || force_include_usage);
         match max_tokens {

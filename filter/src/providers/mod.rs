@@ -1,0 +1,293 @@
+//! External model providers behind the gateway: what differs between them
+//! on the wire, as pure functions of bodies and statuses.
+//!
+//! The gateway's own contract with clients is OpenAI's chat completions API.
+//! A provider of kind [`ProviderKind::OpenAiCompatible`] or
+//! [`ProviderKind::AzureOpenAi`] speaks it already (Azure differs only in
+//! its path and credential header, which are Envoy's business); an
+//! [`ProviderKind::Anthropic`] provider speaks the Messages API, which
+//! [`anthropic`] translates both ways: the request, the JSON response, the
+//! event stream and the errors.
+//!
+//! Credentials are not here: Envoy injects them upstream of this filter (its
+//! credential injector, from an SDS secret), so no provider key is ever in
+//! the filter's configuration, memory or logs.
+//!
+//! How a provider's failure reaches the client is [`upstream_failure`]'s
+//! rule, one for every kind: the client sees what it can act on (its
+//! request was bad, it should slow down, the model is unavailable), never
+//! the provider's verdict on the gateway's own credential as if it were the
+//! client's.
+
+pub mod anthropic;
+
+use crate::error::GatewayError;
+
+/// The wire protocol a provider speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProviderKind {
+    /// OpenAI's API as it is: OpenAI itself, vLLM, TGI, llama.cpp, the
+    /// OpenAI-compatible endpoints of Bedrock and others.
+    #[serde(rename = "openai-compatible")]
+    OpenAiCompatible,
+    /// Azure OpenAI: OpenAI's bodies under
+    /// `/openai/deployments/{deployment}/chat/completions?api-version=…`.
+    #[serde(rename = "azure-openai")]
+    AzureOpenAi,
+    /// Anthropic's Messages API, translated.
+    Anthropic,
+}
+
+impl ProviderKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProviderKind::OpenAiCompatible => "openai-compatible",
+            ProviderKind::AzureOpenAi => "azure-openai",
+            ProviderKind::Anthropic => "anthropic",
+        }
+    }
+
+    /// Whether request and response bodies are translated (otherwise they
+    /// pass as OpenAI's, the model name aside).
+    pub fn translates(self) -> bool {
+        self == ProviderKind::Anthropic
+    }
+}
+
+/// Why a request to a provider could not be made or answered as OpenAI's
+/// API would answer it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The request uses something the provider's API cannot express; sent
+    /// anyway it would be answered differently from what was asked.
+    #[error("`{field}` is not supported for this model (provider kind {kind}): {why}")]
+    Unsupported {
+        field: &'static str,
+        kind: &'static str,
+        why: &'static str,
+    },
+    /// A field translation reads has the wrong type (serde's words).
+    #[error("invalid request body: {0}")]
+    BadRequest(String),
+    /// The request is valid OpenAI but malformed where translation reads it.
+    #[error("invalid `{field}`: {expected}")]
+    InvalidField {
+        field: &'static str,
+        expected: &'static str,
+    },
+    /// The provider answered with an error (already mapped, see
+    /// [`upstream_failure`]).
+    #[error("{message}")]
+    Upstream {
+        status: u32,
+        error_type: &'static str,
+        code: &'static str,
+        message: String,
+    },
+    /// The provider's answer could not be read as its API documents it.
+    #[error("the model provider sent a response the gateway could not read: {0}")]
+    UnreadableResponse(String),
+}
+
+impl ProviderError {
+    pub fn status(&self) -> u32 {
+        match self {
+            ProviderError::Unsupported { .. }
+            | ProviderError::BadRequest(_)
+            | ProviderError::InvalidField { .. } => 400,
+            ProviderError::Upstream { status, .. } => *status,
+            ProviderError::UnreadableResponse(_) => 502,
+        }
+    }
+
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ProviderError::Unsupported { .. }
+            | ProviderError::BadRequest(_)
+            | ProviderError::InvalidField { .. } => "invalid_request_error",
+            ProviderError::Upstream { error_type, .. } => error_type,
+            ProviderError::UnreadableResponse(_) => "upstream_error",
+        }
+    }
+
+    pub fn code(&self) -> &'static str {
+        match self {
+            ProviderError::Unsupported { .. } => "unsupported_parameter",
+            ProviderError::InvalidField { .. } | ProviderError::BadRequest(_) => "invalid_value",
+            ProviderError::Upstream { code, .. } => code,
+            ProviderError::UnreadableResponse(_) => "bad_upstream_response",
+        }
+    }
+
+    pub fn param(&self) -> Option<&'static str> {
+        match self {
+            ProviderError::Unsupported { field, .. }
+            | ProviderError::InvalidField { field, .. } => Some(field),
+            _ => None,
+        }
+    }
+
+    /// The OpenAI-shaped body (`{"error":{"message","type","param","code"}}`),
+    /// written where every refusal's is.
+    pub fn body(&self) -> Vec<u8> {
+        GatewayError::Provider(self.clone()).body()
+    }
+}
+
+/// The `message` of a provider's error body: OpenAI's
+/// (`{"error":{"message",…}}`) and Anthropic's
+/// (`{"type":"error","error":{"type","message"}}`) put it in the same place.
+pub fn error_message(body: &[u8]) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        error: Detail,
+    }
+    #[derive(serde::Deserialize)]
+    struct Detail {
+        message: String,
+    }
+    serde_json::from_slice::<Envelope>(body)
+        .ok()
+        .map(|e| e.error.message)
+}
+
+/// What the client is told when a provider answers `status` (≥ 400) with
+/// `message` (the provider's own words, or empty).
+///
+/// - 400, 404 on a request, 413, 422: the client's request was refused;
+///   the status passes through (404 becomes 502: the gateway, not the
+///   client, named the provider's model).
+/// - 401, 403: the provider refused the gateway's credential. That is not
+///   the client's key failing, so it is a 502, and the message says whose
+///   credential it was.
+/// - 429: the provider's own rate limit: 429, so the client backs off.
+/// - 408, 5xx and anything else: 502, or 503 for "overloaded" (503, 529).
+pub fn upstream_failure(status: u32, message: &str) -> ProviderError {
+    let said = |what: &str| {
+        if message.is_empty() {
+            what.to_string()
+        } else {
+            format!("{what}: {message}")
+        }
+    };
+    let (status, error_type, code, message) = match status {
+        400 | 413 | 422 => (
+            status,
+            "invalid_request_error",
+            "provider_rejected_request",
+            said("the model provider rejected the request"),
+        ),
+        401 | 403 => (
+            502,
+            "upstream_error",
+            "provider_credential_rejected",
+            said("the model provider rejected the gateway's credential for it; tell the platform team"),
+        ),
+        404 => (
+            502,
+            "upstream_error",
+            "provider_model_not_found",
+            said("the model provider does not know the model this gateway maps to"),
+        ),
+        429 => (
+            429,
+            "rate_limit_error",
+            "provider_rate_limited",
+            said("the model provider's rate limit was reached; retry shortly"),
+        ),
+        503 | 529 => (
+            503,
+            "upstream_error",
+            "provider_overloaded",
+            said("the model provider is overloaded; retry shortly"),
+        ),
+        _ => (
+            502,
+            "upstream_error",
+            "provider_error",
+            said(&format!("the model provider failed ({status})")),
+        ),
+    };
+    ProviderError::Upstream {
+        status,
+        error_type,
+        code,
+        message,
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn kinds_are_spelt_in_configuration_as_they_are_reported() {
+        for kind in [
+            ProviderKind::OpenAiCompatible,
+            ProviderKind::AzureOpenAi,
+            ProviderKind::Anthropic,
+        ] {
+            let parsed: ProviderKind =
+                serde_json::from_value(serde_json::Value::from(kind.as_str())).unwrap();
+            assert_eq!(parsed, kind);
+        }
+    }
+
+    #[test]
+    fn provider_failures_map_to_what_the_client_can_act_on() {
+        let cases = [
+            (400, 400, "invalid_request_error"),
+            (401, 502, "upstream_error"),
+            (403, 502, "upstream_error"),
+            (404, 502, "upstream_error"),
+            (413, 413, "invalid_request_error"),
+            (429, 429, "rate_limit_error"),
+            (500, 502, "upstream_error"),
+            (503, 503, "upstream_error"),
+            (529, 503, "upstream_error"),
+            (504, 502, "upstream_error"),
+        ];
+        for (provider, client, kind) in cases {
+            let e = upstream_failure(provider, "why");
+            assert_eq!((e.status(), e.error_type()), (client, kind), "{provider}");
+            let body: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+            let message = body["error"]["message"].as_str().unwrap();
+            assert!(message.ends_with(": why"), "{provider}: {message}");
+            assert_eq!(body["error"]["code"], e.code());
+        }
+    }
+
+    #[test]
+    fn a_rejected_credential_is_not_reported_as_the_clients() {
+        let e = upstream_failure(401, "invalid x-api-key");
+        assert_eq!(e.status(), 502);
+        assert!(e.to_string().contains("gateway's credential"), "{e}");
+    }
+
+    #[test]
+    fn error_bodies_of_either_shape_give_their_message() {
+        let anthropic = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#;
+        assert_eq!(error_message(anthropic).as_deref(), Some("Overloaded"));
+        let openai = br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+        assert_eq!(
+            error_message(openai).as_deref(),
+            Some("Incorrect API key provided")
+        );
+        assert_eq!(error_message(b"<html>502</html>"), None);
+    }
+
+    #[test]
+    fn unsupported_fields_name_the_field() {
+        let e = ProviderError::Unsupported {
+            field: "tools",
+            kind: "anthropic",
+            why: "not translated yet",
+        };
+        let body: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
+        assert_eq!(body["error"]["param"], "tools");
+        assert_eq!(body["error"]["code"], "unsupported_parameter");
+        assert_eq!(e.status(), 400);
+    }
+}
