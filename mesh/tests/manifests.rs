@@ -544,6 +544,8 @@ fn the_mesh_filter_settings_agree_with_the_local_bootstrap() {
         control_plane: None,
         limiter: None,
         oidc: None,
+        providers: Vec::new(),
+        credential_sds_dir: None,
     };
     let bootstrap = maas_testkit::render_gateway(&maas_testkit::gateway_template(), &spec).unwrap();
     let bootstrap: Value = serde_yaml_ng::from_str(&bootstrap).unwrap();

@@ -264,6 +264,8 @@ impl Stack {
             control_plane: control_plane.as_ref().map(ControlPlaneProcess::addr),
             limiter: limiter.as_ref().map(|l| l.process.addr()),
             oidc: None,
+            providers: Vec::new(),
+            credential_sds_dir: None,
             listen_port: options.listen_port,
             admin_port: options.admin_port,
             wasm_path,

@@ -8,8 +8,13 @@
 //! replaced or rendering fails naming it; strings (paths, the filter
 //! configuration, model names) are written as JSON string literals, which are
 //! valid YAML double-quoted scalars, so no value can break the YAML structure;
-//! each model gets one route and one cluster whose name is unique and made of
-//! `[a-z0-9_-]` only.
+//! each local model gets one route and one cluster, each external provider
+//! ([`provider`]) one cluster and one route per model it serves, and every
+//! cluster name is unique and made of `[a-z0-9_-]` only; a model id is routed
+//! to exactly one place (listed twice, or both local and a provider's, is a
+//! [`RenderError`]).
+
+mod provider;
 
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -17,6 +22,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
+
+pub use provider::{
+    credential_sds_path, write_credential_sds, CredentialSpec, ProviderSpec, SYSTEM_TRUST_STORE,
+};
 
 /// Everything the template leaves open.
 #[derive(Debug, Clone)]
@@ -31,6 +40,11 @@ pub struct GatewaySpec {
     pub access_log_path: PathBuf,
     /// Model name as the filter writes it into `x-maas-model`, and its upstream.
     pub models: Vec<(String, SocketAddr)>,
+    /// Models served by external providers over TLS, with our credential.
+    pub providers: Vec<ProviderSpec>,
+    /// Where [`write_credential_sds`] wrote the providers' credential SDS
+    /// files, which the bootstrap points Envoy at; needed only with providers.
+    pub credential_sds_dir: Option<PathBuf>,
     /// The control plane (`None`: the discard port; see the template).
     pub control_plane: Option<SocketAddr>,
     /// The rate limiter for global limits (cluster `limitador`).
@@ -71,6 +85,17 @@ pub enum RenderError {
     DuplicateModel(String),
     #[error("a model name is empty")]
     EmptyModelName,
+    #[error("model {model:?} is both a local model and provider {provider:?}'s")]
+    ModelClash { model: String, provider: String },
+    #[error("provider {provider:?} would share cluster {cluster} with another provider")]
+    DuplicateProvider { provider: String, cluster: String },
+    #[error("provider {provider:?}: {field} is empty")]
+    InvalidProvider {
+        provider: String,
+        field: &'static str,
+    },
+    #[error("providers need a directory for their credential SDS files (credential_sds_dir)")]
+    NoCredentialSdsDir,
 }
 
 /// Indentation of the generated blocks, matching where the template places
@@ -87,6 +112,7 @@ const CLUSTER_NAME_MODEL_CHARS: usize = 48;
 /// Fills `template` from `spec`. Lines whose first non-blank character is `#`
 /// are comments and copied as they are, placeholders included.
 pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, RenderError> {
+    check_model_ids(&spec.models, &spec.providers)?;
     let control_plane = spec.control_plane.unwrap_or(NO_CONTROL_PLANE);
     let values = [
         ("LISTEN_PORT", spec.listen_port.to_string()),
@@ -109,8 +135,15 @@ pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, Rend
         ("CONTROL_PLANE_PORT", control_plane.port().to_string()),
         ("OIDC_FILTER", oidc_filter(spec.oidc.as_ref())),
         ("LIMITER_CLUSTER", limiter_cluster(spec.limiter)),
-        ("MODEL_ROUTES", model_routes(&spec.models)?),
-        ("MODEL_CLUSTERS", model_clusters(&spec.models)),
+        ("MODEL_ROUTES", model_routes(&spec.models, &spec.providers)),
+        (
+            "MODEL_CLUSTERS",
+            model_clusters(
+                &spec.models,
+                &spec.providers,
+                spec.credential_sds_dir.as_deref(),
+            )?,
+        ),
     ];
     let lookup = |name: &str| {
         values
@@ -180,7 +213,8 @@ fn is_placeholder_name(name: &str) -> bool {
             .all(|byte| byte.is_ascii_alphanumeric() || byte == b'_')
 }
 
-fn string_literal(text: &str) -> String {
+/// `text` as a JSON string literal: also a valid YAML double-quoted scalar.
+pub(crate) fn string_literal(text: &str) -> String {
     Value::from(text).to_string()
 }
 
@@ -193,40 +227,80 @@ fn path_literal(placeholder: &'static str, path: &Path) -> Result<String, Render
         })
 }
 
-/// `model_<name reduced to [a-z0-9_-]>_<index>`: the index keeps names that
-/// reduce alike (`A.b` and `a_b`) apart.
-pub fn cluster_name(model: &str, index: usize) -> String {
-    let safe: String = model
-        .chars()
+/// `name` lowercased, cut to [`CLUSTER_NAME_MODEL_CHARS`] and reduced to
+/// `[a-z0-9_-]`, for cluster (and so stat) names.
+fn safe_name(name: &str) -> String {
+    name.chars()
         .take(CLUSTER_NAME_MODEL_CHARS)
         .map(|c| match c.to_ascii_lowercase() {
             c @ ('a'..='z' | '0'..='9' | '_' | '-') => c,
             _ => '_',
         })
-        .collect();
-    format!("model_{safe}_{index}")
+        .collect()
 }
 
-fn model_routes(models: &[(String, SocketAddr)]) -> Result<String, RenderError> {
-    let mut seen = HashSet::new();
-    let mut block = Vec::with_capacity(models.len() * 2);
-    for (index, (model, _)) in models.iter().enumerate() {
+/// `model_<name reduced to [a-z0-9_-]>_<index>`: the index keeps names that
+/// reduce alike (`A.b` and `a_b`) apart.
+pub fn cluster_name(model: &str, index: usize) -> String {
+    format!("model_{}_{index}", safe_name(model))
+}
+
+/// Every model id, local or a provider's, is routed to one place: a second
+/// route for the same id could never match, so it is refused instead.
+fn check_model_ids(
+    models: &[(String, SocketAddr)],
+    providers: &[ProviderSpec],
+) -> Result<(), RenderError> {
+    provider::check(providers)?;
+    let mut local = HashSet::new();
+    for (model, _) in models {
         if model.is_empty() {
             return Err(RenderError::EmptyModelName);
         }
-        if !seen.insert(model.as_str()) {
+        if !local.insert(model.as_str()) {
             return Err(RenderError::DuplicateModel(model.clone()));
         }
-        block.push(format!(
-            "{ROUTE_INDENT}- match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: {} }} }}] }}",
-            string_literal(model)
-        ));
+    }
+    let mut external = HashSet::new();
+    for provider in providers {
+        for model in &provider.models {
+            if model.is_empty() {
+                return Err(RenderError::EmptyModelName);
+            }
+            if local.contains(model.as_str()) {
+                return Err(RenderError::ModelClash {
+                    model: model.clone(),
+                    provider: provider.name.clone(),
+                });
+            }
+            if !external.insert(model.as_str()) {
+                return Err(RenderError::DuplicateModel(model.clone()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A route entry's first line: requests the filter tagged with `model`.
+fn route_match(model: &str) -> String {
+    format!(
+        "{ROUTE_INDENT}- match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: {} }} }}] }}",
+        string_literal(model)
+    )
+}
+
+/// Local models' routes, then the providers'; ids are checked already.
+fn model_routes(models: &[(String, SocketAddr)], providers: &[ProviderSpec]) -> String {
+    let mut block = Vec::with_capacity(models.len() * 2);
+    for (index, (model, _)) in models.iter().enumerate() {
+        block.push(route_match(model));
         block.push(format!(
             "{ROUTE_INDENT}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT} }}",
             cluster_name(model, index)
         ));
     }
-    Ok(block.join("\n"))
+    block.extend(provider::routes(providers));
+    block.join("\n")
 }
 
 /// Indentation of entries under `http_filters:`.
@@ -266,7 +340,11 @@ fn oidc_filter(spec: Option<&OidcSpec>) -> String {
     )
 }
 
-fn model_clusters(models: &[(String, SocketAddr)]) -> String {
+fn model_clusters(
+    models: &[(String, SocketAddr)],
+    providers: &[ProviderSpec],
+    credential_sds_dir: Option<&Path>,
+) -> Result<String, RenderError> {
     // The template's control-plane cluster keeps `clusters:` a list.
     let mut block = String::new();
     for (index, (model, upstream)) in models.iter().enumerate() {
@@ -288,9 +366,10 @@ fn model_clusters(models: &[(String, SocketAddr)]) -> String {
             upstream.port(),
         );
     }
+    provider::clusters(providers, credential_sds_dir, &mut block)?;
     // The template supplies the line break after the placeholder.
     block.truncate(block.trim_end().len());
-    block
+    Ok(block)
 }
 
 /// The repository root: `MAAS_ROOT` if set, else the parent of this crate.
@@ -333,6 +412,8 @@ mod tests {
                 .iter()
                 .map(|(name, addr)| ((*name).to_owned(), addr.parse().expect("test address")))
                 .collect(),
+            providers: Vec::new(),
+            credential_sds_dir: None,
         }
     }
 
@@ -454,6 +535,150 @@ mod tests {
             render_gateway(template, &spec(&[])).expect("renders"),
             template
         );
+    }
+
+    fn with_providers(models: &[(&str, &str)], providers: Vec<ProviderSpec>) -> GatewaySpec {
+        GatewaySpec {
+            providers,
+            credential_sds_dir: Some("/run/maas sds".into()),
+            ..spec(models)
+        }
+    }
+
+    #[test]
+    fn a_provider_renders_its_routes_tls_cluster_and_credential_injector() {
+        let mut openai = provider::tests::provider("OpenAI", &["gpt-4o", "o1"]);
+        openai.credential.header = "authorization".into();
+        openai.credential.value_prefix = Some("Bearer ".into());
+        let mut azure = provider::tests::provider("azure", &["gpt-35"]);
+        azure.address = "10.0.0.7".into();
+        azure.host = "x.openai.azure.com".into();
+        azure.ca_file = Some("/etc/maas/azure-ca.pem".into());
+        azure.http2 = false;
+        let rendered = render_gateway(
+            &gateway_template(),
+            &with_providers(&[("m1", "127.0.0.1:8001")], vec![openai, azure]),
+        )
+        .expect("renders");
+
+        let route = |model: &str, cluster: &str, host: &str| {
+            format!(
+                "\n              - match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: \"{model}\" }} }}] }}\n                route: {{ cluster: {cluster}, timeout: 600s, host_rewrite_literal: \"{host}\" }}\n                request_headers_to_remove: [x-maas-user, x-maas-key-id, x-maas-subscription, x-maas-model, authorization, x-api-key, api-key]\n"
+            )
+        };
+        for (model, cluster, host) in [
+            ("gpt-4o", "provider_openai", "api.provider.test"),
+            ("o1", "provider_openai", "api.provider.test"),
+            ("gpt-35", "provider_azure", "x.openai.azure.com"),
+        ] {
+            assert!(
+                rendered.contains(&route(model, cluster, host)),
+                "{model}:\n{rendered}"
+            );
+        }
+        // The local model keeps its route, before the providers'.
+        assert!(rendered.contains("route: { cluster: model_m1_0, timeout: 600s }"));
+
+        let cluster = |name: &str| {
+            let start = rendered
+                .find(&format!("\n  - name: {name}\n"))
+                .unwrap_or_else(|| panic!("no cluster {name}:\n{rendered}"));
+            let rest = &rendered[start + 1..];
+            let end = rest[1..]
+                .find("\n  - name: ")
+                .map_or(rest.len(), |end| end + 1);
+            rest[..end].to_owned()
+        };
+        let openai = cluster("provider_openai");
+        for expected in [
+            "    type: STRICT_DNS\n    dns_lookup_family: V4_PREFERRED\n",
+            "socket_address: { address: \"api.provider.test\", port_value: 443 }",
+            "name: envoy.transport_sockets.tls",
+            "sni: \"api.provider.test\"",
+            "trusted_ca: { filename: \"/etc/ssl/certs/ca-certificates.crt\" }",
+            "- san_type: DNS\n              matcher: { exact: \"api.provider.test\" }",
+            "http2_protocol_options: {}",
+            "overwrite: true",
+            "name: envoy.http.injected_credentials.generic",
+            "header: \"authorization\"\n                header_value_prefix: \"Bearer \"\n",
+            "name: \"provider_openai_credential\"",
+            "path_config_source: { path: \"/run/maas sds/provider_openai_credential.sds.yaml\" }",
+        ] {
+            assert!(openai.contains(expected), "{expected}:\n{openai}");
+        }
+        // The codec is the last upstream filter, after the injector.
+        let injector = openai.find("- name: envoy.filters.http.credential_injector");
+        let codec = openai.find("- name: envoy.filters.http.upstream_codec");
+        assert!(injector.is_some() && injector < codec, "{openai}");
+
+        let azure = cluster("provider_azure");
+        for expected in [
+            "    type: STATIC\n",
+            "socket_address: { address: \"10.0.0.7\", port_value: 443 }",
+            "sni: \"x.openai.azure.com\"",
+            "trusted_ca: { filename: \"/etc/maas/azure-ca.pem\" }",
+            "matcher: { exact: \"x.openai.azure.com\" }",
+            "http_protocol_options: {}",
+            "header: \"api-key\"\n                credential:\n",
+        ] {
+            assert!(azure.contains(expected), "{expected}:\n{azure}");
+        }
+        // The renderer never reads the secret, nor names the secret file:
+        // only the SDS file does.
+        assert!(!rendered.contains("sk-do-not-print"));
+        for line in code_lines(&rendered) {
+            assert!(
+                !line.contains("{{") || line.contains("NOT_A_PLACEHOLDER"),
+                "unfilled: {line}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_model_id_is_routed_to_one_place_only() {
+        let p = provider::tests::provider;
+        let cases = [
+            (
+                with_providers(&[("m", "127.0.0.1:1")], vec![p("x", &["m"])]),
+                RenderError::ModelClash {
+                    model: "m".into(),
+                    provider: "x".into(),
+                },
+            ),
+            (
+                with_providers(&[], vec![p("x", &["e"]), p("y", &["e"])]),
+                RenderError::DuplicateModel("e".into()),
+            ),
+            (
+                with_providers(&[], vec![p("x", &["e", "e"])]),
+                RenderError::DuplicateModel("e".into()),
+            ),
+            (
+                with_providers(&[], vec![p("x", &[""])]),
+                RenderError::EmptyModelName,
+            ),
+            (
+                with_providers(&[], vec![p("Open AI", &[]), p("open_ai", &[])]),
+                RenderError::DuplicateProvider {
+                    provider: "open_ai".into(),
+                    cluster: "provider_open_ai".into(),
+                },
+            ),
+            (
+                GatewaySpec {
+                    credential_sds_dir: None,
+                    ..with_providers(&[], vec![p("x", &["e"])])
+                },
+                RenderError::NoCredentialSdsDir,
+            ),
+        ];
+        for (spec, expected) in cases {
+            assert_eq!(
+                render_gateway(&gateway_template(), &spec).err(),
+                Some(expected.clone()),
+                "{expected}"
+            );
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`control_plane`]: the real control plane binary on a loopback port.
 //! - [`limiter`], [`redis`]: the real rate limiter binary and a throwaway
 //!   Redis on loopback ports; [`ratelimit_client`] talks gRPC to a limiter.
+//! - [`test_ca`]: a throwaway CA and server certificates (the `openssl`
+//!   CLI) for TLS tests; [`envoy::TlsFront`] serves one in front of a mock.
 //! - [`artifacts`]: where those binaries and the filter module are found.
 //! - [`child`]: supervision of the processes all of the above start (spawn,
 //!   wait until healthy, terminate), also used by the local stack runner
@@ -39,6 +41,7 @@ pub mod private_file;
 pub use maas_prometheus_text as prometheus;
 pub mod ratelimit_client;
 pub mod redis;
+pub mod test_ca;
 
 pub use client::{get, post_json, request, try_request, ClientError, Response};
 pub use control_plane::{
@@ -47,7 +50,8 @@ pub use control_plane::{
 pub use envoy::{validate, validate_yaml, Gateway, GatewayBuilder, StartError};
 pub use eventually::eventually;
 pub use gateway::{
-    gateway_template, render_gateway, workspace_root, GatewaySpec, OidcSpec, RenderError,
+    credential_sds_path, gateway_template, render_gateway, workspace_root, write_credential_sds,
+    CredentialSpec, GatewaySpec, OidcSpec, ProviderSpec, RenderError,
 };
 pub use inference::{
     default_model, inference_server_binary, python_with_openai, InferenceLaunch, InferenceServer,
@@ -56,3 +60,4 @@ pub use limiter::{limiter_binary, LimiterLaunch, LimiterProcess};
 pub use mock_upstream::{MockUpstream, RecordedRequest};
 pub use ratelimit_client::{GrpcCode, GrpcStatus, RateLimitClient};
 pub use redis::{redis_server_binary, RedisProcess};
+pub use test_ca::{ServerCert, TestCa};

@@ -28,6 +28,8 @@ fn shipped_template_validates() {
         control_plane: None,
         limiter: None,
         oidc: None,
+        providers: Vec::new(),
+        credential_sds_dir: None,
         listen_port: 8080,
         admin_port: 9901,
         wasm_path: passthrough_wasm_file().expect("write the passthrough module"),

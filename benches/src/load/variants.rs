@@ -228,6 +228,8 @@ pub fn render_variant(
         control_plane: None,
         limiter,
         oidc: None,
+        providers: Vec::new(),
+        credential_sds_dir: None,
         listen_port: 0,
         admin_port: 0,
         wasm_path,

@@ -14,6 +14,8 @@ fn render(config: serde_json::Value) -> String {
         control_plane: None,
         limiter: None,
         oidc: None,
+        providers: Vec::new(),
+        credential_sds_dir: None,
         listen_port: 8080,
         admin_port: 9901,
         wasm_path: maas_testkit::envoy::filter_wasm(),

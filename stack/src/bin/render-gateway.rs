@@ -35,6 +35,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
         control_plane: None,
         limiter: None,
         oidc: None,
+        providers: Vec::new(),
+        credential_sds_dir: None,
         listen_port: 10000,
         admin_port: 9901,
         wasm_path: workspace_root().join("target/wasm32-wasip1/release/maas_filter.wasm"),

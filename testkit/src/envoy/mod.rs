@@ -19,6 +19,7 @@
 mod passthrough;
 mod process;
 mod scratch_dir;
+mod tls_front;
 
 use std::io;
 use std::net::SocketAddr;
@@ -32,15 +33,19 @@ pub use crate::artifacts::{
     envoy_binary, filter_wasm, find_envoy_binary, find_filter_wasm, ENVOY_VERSION,
 };
 pub use passthrough::{passthrough_wasm_file, PASSTHROUGH_WASM};
+pub use scratch_dir::ScratchDir;
+pub use tls_front::TlsFront;
 
 use crate::client::{self, Response};
 use crate::eventually::eventually;
-use crate::gateway::{gateway_template, render_gateway, GatewaySpec, OidcSpec, RenderError};
+use crate::gateway::{
+    gateway_template, render_gateway, write_credential_sds, GatewaySpec, OidcSpec, ProviderSpec,
+    RenderError,
+};
 use crate::private_file::write_private;
 pub use process::probe;
 pub use process::Ready;
 use process::{log_tail, EnvoyProcess, Launch, NotReady};
-use scratch_dir::ScratchDir;
 
 /// Envoy with a V8 wasm VM starts in about a second; a loaded CI box needs more.
 const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -74,6 +79,7 @@ pub enum StartError {
 pub struct GatewayBuilder {
     filter_config: Value,
     models: Vec<(String, SocketAddr)>,
+    providers: Vec<ProviderSpec>,
     concurrency: u32,
     listen_port: u16,
     admin_port: u16,
@@ -92,6 +98,7 @@ impl Default for GatewayBuilder {
         Self {
             filter_config: Value::Object(serde_json::Map::new()),
             models: Vec::new(),
+            providers: Vec::new(),
             // One worker keeps tests cheap and their ordering easy to reason about.
             concurrency: 1,
             listen_port: 0,
@@ -118,6 +125,13 @@ impl GatewayBuilder {
     /// Routes requests the filter tags with `x-maas-model: <name>` to `upstream`.
     pub fn model(mut self, name: impl Into<String>, upstream: SocketAddr) -> Self {
         self.models.push((name.into(), upstream));
+        self
+    }
+
+    /// Routes the provider's models to it over TLS, with its credential
+    /// injected by Envoy (see [`ProviderSpec`]).
+    pub fn provider(mut self, provider: ProviderSpec) -> Self {
+        self.providers.push(provider);
         self
     }
 
@@ -217,7 +231,13 @@ impl GatewayBuilder {
             path: std::env::temp_dir(),
             source,
         })?;
+        write_credential_sds(dir.path(), &self.providers).map_err(|source| StartError::Io {
+            path: dir.path().to_owned(),
+            source,
+        })?;
         let spec = GatewaySpec {
+            providers: self.providers,
+            credential_sds_dir: Some(dir.path().to_owned()),
             control_plane: self.control_plane,
             limiter: self.limiter,
             oidc: self.oidc,
