@@ -9,6 +9,9 @@
 //!   only when `stream_options.include_usage` is true (the other chunks then
 //!   carry `"usage": null`, as OpenAI does; without it they have no `usage`
 //!   field), then `data: [DONE]`.
+//! - `POST /v1/messages`: the same completion in Anthropic's Messages API
+//!   (see `anthropic`): `anthropic-version` and `max_tokens` required, a
+//!   `message` or its event stream, errors in Anthropic's shape.
 //! - `GET /v1/models`: one model, `mock-model`.
 //! - `GET|DELETE /__mock/requests`: the request log as JSON / clear it.
 //! - anything else: 404 with an OpenAI error body.
@@ -22,6 +25,7 @@
 //!
 //! Every request except the control path is recorded before it is answered.
 
+mod anthropic;
 mod behaviour;
 mod body;
 mod openai;

@@ -256,6 +256,7 @@ impl Completion {
             ),
             usage: (usage_requested && self.reports_usage)
                 .then(|| self.event(json!([]), Some(self.usage()), true)),
+            done: Bytes::from_static(StreamEvents::DONE),
             content_events: self.completion_tokens,
         }
     }
@@ -270,11 +271,33 @@ pub struct StreamEvents {
     pub finish: Bytes,
     /// The usage chunk, when the client asked for it and the test did not omit it.
     pub usage: Option<Bytes>,
+    /// The stream's last event (OpenAI's `data: [DONE]`).
+    pub done: Bytes,
     pub content_events: u64,
 }
 
 impl StreamEvents {
     pub const DONE: &'static [u8] = b"data: [DONE]\n\n";
+
+    /// The events of another API's stream in the same frames: `first` and
+    /// `rest` content events, then `finish`, `usage` if any, and `done`.
+    pub fn new(
+        first: Bytes,
+        rest: Bytes,
+        finish: Bytes,
+        usage: Option<Bytes>,
+        done: Bytes,
+        content_events: u64,
+    ) -> Self {
+        Self {
+            first,
+            rest,
+            finish,
+            usage,
+            done,
+            content_events,
+        }
+    }
 
     /// The `index`th content event (0-based).
     pub fn content(&self, index: u64) -> Bytes {

@@ -22,6 +22,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
+use super::anthropic;
 use super::behaviour::Behaviour;
 use super::body::{FrameResult, MockBody};
 use super::openai::{
@@ -135,12 +136,23 @@ async fn handle(
     if let Some(delay) = behaviour.delay {
         tokio::time::sleep(delay).await;
     }
+    let messages_api = parts.uri.path() == "/v1/messages";
     if let Some(status) = behaviour.status {
+        if messages_api {
+            return Ok(anthropic_error(status, "mock failure"));
+        }
         let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         return Ok(error(status, "mock failure", "server_error", None));
     }
 
     let response = match (&parts.method, parts.uri.path()) {
+        (&Method::POST, "/v1/messages") => {
+            if parts.headers.contains_key(anthropic::VERSION_HEADER) {
+                messages(&body, &behaviour, &state)
+            } else {
+                anthropic_error(400, "anthropic-version: header is required")
+            }
+        }
         (&Method::POST, "/v1/chat/completions") => {
             completion(Endpoint::ChatCompletions, &body, &behaviour, &state)
         }
@@ -210,7 +222,11 @@ fn completion(
         return json(StatusCode::OK, plan.body());
     }
 
-    let events = plan.stream(request.include_usage());
+    stream_response(plan.stream(request.include_usage()), behaviour)
+}
+
+/// A `text/event-stream` response sending `events` one frame each.
+fn stream_response(events: StreamEvents, behaviour: &Behaviour) -> Response<MockBody> {
     // Small buffer: the sender should not run far ahead of a slow reader.
     let (sender, receiver) = mpsc::channel(8);
     tokio::spawn(send_stream(
@@ -227,6 +243,25 @@ fn completion(
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     response
+}
+
+/// Anthropic's `POST /v1/messages`: a `message`, or its event stream.
+fn messages(body: &[u8], behaviour: &Behaviour, state: &State) -> Response<MockBody> {
+    let request = match anthropic::MessagesRequest::parse(body) {
+        Ok(request) => request,
+        Err(invalid) => return anthropic_error(400, &format!("invalid request body: {invalid}")),
+    };
+    let serial = state.serial.fetch_add(1, Ordering::Relaxed);
+    let plan = anthropic::Message::plan(&request, behaviour, serial);
+    if !request.stream {
+        return json(StatusCode::OK, plan.body());
+    }
+    stream_response(plan.stream(), behaviour)
+}
+
+fn anthropic_error(status: u16, message: &str) -> Response<MockBody> {
+    let code = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json(code, anthropic::error_body(status, message))
 }
 
 /// Feeds one event per body frame, pausing `delay` between events.
@@ -284,7 +319,7 @@ async fn send_stream(mut sender: EventSender, events: StreamEvents, cut_after: O
             return;
         }
     }
-    sender.send(Bytes::from_static(StreamEvents::DONE)).await;
+    sender.send(events.done.clone()).await;
 }
 
 fn plain(status: StatusCode, body: MockBody) -> Response<MockBody> {
