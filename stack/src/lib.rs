@@ -24,6 +24,7 @@
 //! `envoy.pid` and `audit.log` (appended to across runs, like any audit trail).
 
 mod demo;
+mod demo_provider;
 mod envoy_child;
 mod envoy_log;
 mod limiter;
@@ -41,17 +42,21 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 
 pub use demo::{DEMO_OWNER, DEMO_SUBSCRIPTION};
+pub use demo_provider::DEMO_EXTERNAL_MODEL;
 pub use envoy_child::Ready;
 pub use options::{
     parse_args, ControlPlaneOptions, ModelArg, StackOptions, UpstreamChoice, UsageError, USAGE,
 };
 pub use signals::StopSignals;
 
+use demo_provider::DemoProvider;
 use envoy_child::{EnvoyChild, EnvoyFiles};
 use maas_testkit::artifacts::{CONTROL_PLANE, ENVOY, ENVOY_VERSION, FILTER_WASM, INFERENCE_SERVER};
 use maas_testkit::child::Restartable;
 use maas_testkit::control_plane::{ControlPlaneLaunch, ControlPlaneProcess};
-use maas_testkit::gateway::{gateway_template_path, render_gateway, GatewaySpec, RenderError};
+use maas_testkit::gateway::{
+    gateway_template_path, render_gateway, write_credential_sds, GatewaySpec, RenderError,
+};
 use maas_testkit::inference::{default_model_path, InferenceLaunch, InferenceServer};
 use maas_testkit::private_file::write_private;
 use upstream::{start_mock, Upstream};
@@ -167,7 +172,10 @@ pub struct Stack {
     audit_log: PathBuf,
     pid_file: PathBuf,
     config_path: PathBuf,
+    /// Every routed model id, local and external.
     models: Vec<String>,
+    /// The demo's external model's stand-in, or why it did not start.
+    demo_provider: Option<Result<DemoProvider, String>>,
     ports: [(u16, &'static str, &'static str); 2],
 }
 
@@ -237,10 +245,26 @@ impl Stack {
                 Upstream::Inference(start_inference(options, &served, dir)?)
             }
         };
+        // The demo's external model, unless the configuration has providers.
+        let demo_provider =
+            if options.demo_provider && !demo_provider::has_providers(&filter_config) {
+                let started = DemoProvider::start(&envoy_binary, dir);
+                if started.is_ok() {
+                    demo_provider::add_to_filter_config(&mut filter_config);
+                }
+                Some(started)
+            } else {
+                None
+            };
+        // Granted by the demo subscription beside the local models.
+        let mut granted = models.clone();
+        if let Some(Ok(_)) = &demo_provider {
+            granted.push(DEMO_EXTERNAL_MODEL.to_owned());
+        }
         let (control_plane, demo_key) = match &options.control_plane {
             Some(cp_options) => {
                 let cp = start_control_plane(cp_options, options.admin_port)?;
-                let key = demo::ensure_demo(&cp, &models).map_err(StackError::ControlPlane)?;
+                let key = demo::ensure_demo(&cp, &granted).map_err(StackError::ControlPlane)?;
                 // The filter syncs keys from it with the token it created.
                 filter_config["control_plane"] = json!({
                     "cluster": "maas-control-plane",
@@ -264,8 +288,11 @@ impl Stack {
             control_plane: control_plane.as_ref().map(ControlPlaneProcess::addr),
             limiter: limiter.as_ref().map(|l| l.process.addr()),
             oidc: None,
-            providers: Vec::new(),
-            credential_sds_dir: None,
+            providers: match &demo_provider {
+                Some(Ok(provider)) => vec![provider.spec()],
+                _ => Vec::new(),
+            },
+            credential_sds_dir: Some(dir.clone()),
             listen_port: options.listen_port,
             admin_port: options.admin_port,
             wasm_path,
@@ -276,6 +303,13 @@ impl Stack {
                 .map(|model| (model.clone(), upstream.route(model)))
                 .collect(),
         };
+        // Each provider's SDS file names its secret file; Envoy wants them
+        // before it starts.
+        write_credential_sds(dir, &spec.providers).map_err(|source| StackError::Io {
+            action: "write the providers' SDS files into",
+            path: dir.clone(),
+            source,
+        })?;
         // The bootstrap holds the control plane's gateway token.
         write_private(&files.bootstrap, render_gateway(&template, &spec)?).map_err(|source| {
             StackError::Io {
@@ -303,7 +337,8 @@ impl Stack {
             audit_log,
             pid_file,
             config_path: options.config.clone(),
-            models,
+            models: granted,
+            demo_provider,
             ports,
         })
     }
@@ -448,6 +483,14 @@ impl fmt::Display for Banner<'_> {
             stack.models.join(", ")
         };
         writeln!(f, "  models     {models}")?;
+        match &stack.demo_provider {
+            Some(Ok(provider)) => writeln!(f, "  provider   {}", provider.describe())?,
+            Some(Err(why)) => writeln!(
+                f,
+                "  provider   (the demo's external model is not served: {why})"
+            )?,
+            None => {}
+        }
         writeln!(f, "  audit log  {}", stack.audit_log.display())?;
         writeln!(f, "  envoy log  {}", stack.files.log.display())?;
         if let Some(cp) = &stack.control_plane {
@@ -488,6 +531,12 @@ impl fmt::Display for Banner<'_> {
         }
         for command in curl_commands(&gateway, stack.models.first().map(String::as_str)) {
             writeln!(f, "  {command}")?;
+        }
+        if let Some(Ok(_)) = &stack.demo_provider {
+            writeln!(f, "The external model, through the same key (translated to and from Anthropic's API):")?;
+            if let Some(command) = curl_commands(&gateway, Some(DEMO_EXTERNAL_MODEL)).get(1) {
+                writeln!(f, "  {command}")?;
+            }
         }
         writeln!(f)?;
         write!(

@@ -11,7 +11,7 @@ usage: maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]
                   [--model [ID=]FILE.gguf ... | --mock | --upstream HOST:PORT]
                   [--upstream-port 8000] [--state-dir DIR]
                   [--control-plane-port 8090] [--control-plane-dir DIR]
-                  [--no-control-plane] [--limiter-port 8081]
+                  [--no-control-plane] [--limiter-port 8081] [--no-demo-provider]
 
 Runs Envoy with the MaaS filter in front of the inference server (the embedded
 SmolLM2-135M-Instruct unless --model says otherwise), and the control plane
@@ -36,7 +36,10 @@ SIGTERM. Creates a demo subscription and key on the way.
                         where `maas-control-plane key ...` finds the admin token)
   --no-control-plane    only the keys in the filter configuration
   --limiter-port N      maas-limiter (with Redis) for the configuration's global
-                        limits, when it has a `limiter` block (default 8081)";
+                        limits, when it has a `limiter` block (default 8081)
+  --no-demo-provider    without the demo's external model (claude-demo, served by a
+                        local stand-in for Anthropic over TLS); it is only added when
+                        the configuration names no `providers` of its own";
 
 /// One `--model`: a GGUF file and the id it is served as.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +103,8 @@ pub struct StackOptions {
     pub control_plane: Option<ControlPlaneOptions>,
     /// Where the rate limiter listens when the configuration has global limits.
     pub limiter_port: u16,
+    /// Serve the demo's external model (see `demo_provider`).
+    pub demo_provider: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -123,6 +128,7 @@ impl Default for StackOptions {
                 data_dir: root.join(".cache/control-plane"),
             }),
             limiter_port: 8081,
+            demo_provider: true,
         }
     }
 }
@@ -204,6 +210,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
                     .data_dir = dir;
             }
             "--no-control-plane" => no_control_plane = true,
+            "--no-demo-provider" => options.demo_provider = false,
             "--limiter-port" => options.limiter_port = port(&flag, &value()?)?,
             "-h" | "--help" => return Err(UsageError::Help),
             other => return Err(UsageError::Invalid(format!("unknown argument {other:?}"))),
@@ -374,6 +381,8 @@ mod tests {
             parse(&["--no-control-plane"]).expect("valid").control_plane,
             None
         );
+        assert!(parse(&[]).expect("valid").demo_provider);
+        assert!(!parse(&["--no-demo-provider"]).expect("valid").demo_provider);
     }
 
     #[test]

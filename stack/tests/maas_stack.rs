@@ -15,6 +15,7 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use maas_stack::DEMO_EXTERNAL_MODEL;
 use maas_testkit::envoy::{find_envoy_binary, find_filter_wasm};
 use maas_testkit::{eventually, post_json, request, try_request, workspace_root};
 use serde_json::{json, Value};
@@ -254,6 +255,38 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
         None,
     );
     assert_eq!(r.status, 200, "{}", r.text());
+    // The demo key is granted the demo's external model too, served by a
+    // stand-in Anthropic provider over TLS and translated both ways.
+    let listed: Vec<Value> = r.json()["data"]
+        .as_array()
+        .expect("a model list")
+        .iter()
+        .map(|model| model["id"].clone())
+        .collect();
+    assert!(listed.contains(&json!(MODEL)), "{listed:?}");
+    assert!(listed.contains(&json!(DEMO_EXTERNAL_MODEL)), "{listed:?}");
+    assert!(banner.contains("stand-in Anthropic provider"), "{banner}");
+    let external = post_json(
+        &stack.url("/v1/chat/completions"),
+        &[("authorization", &bearer(&minted))],
+        &json!({ "model": DEMO_EXTERNAL_MODEL, "messages": [{ "role": "user", "content": "Hi" }], "max_tokens": 4 }),
+    );
+    assert_eq!(external.status, 200, "{}", external.text());
+    let answer = external.json();
+    assert_eq!(answer["object"], "chat.completion", "{answer}");
+    assert_eq!(answer["model"], DEMO_EXTERNAL_MODEL, "{answer}");
+    assert!(
+        answer["choices"][0]["message"]["content"]
+            .as_str()
+            .is_some_and(|text| text.starts_with("tok ")),
+        "{answer}"
+    );
+    assert!(
+        answer["usage"]["total_tokens"]
+            .as_u64()
+            .is_some_and(|t| t > 0),
+        "{answer}"
+    );
     // Its API through the gateway, with the admin token it created.
     let admin_token = std::fs::read_to_string(stack.dir.join("control-plane/admin-token"))
         .expect("the admin token");

@@ -31,7 +31,14 @@ impl TestCa {
     /// A new CA whose subject is `CN=<common_name>`. Panics, saying why, if
     /// `openssl` is missing or fails.
     pub fn create(common_name: &str) -> TestCa {
-        let dir = ScratchDir::create().expect("a scratch dir for the test CA");
+        Self::try_create(common_name).unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`Self::create`] for a caller that goes on without TLS (the local
+    /// stack's demo provider): why it failed instead of a panic.
+    pub fn try_create(common_name: &str) -> Result<TestCa, String> {
+        let dir = ScratchDir::create()
+            .map_err(|error| format!("cannot make a directory for the CA: {error}"))?;
         let cert = dir.join("ca.crt");
         let key = dir.join("ca.key");
         run(openssl(&["req", "-x509"])
@@ -42,8 +49,8 @@ impl TestCa {
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
-            .arg(&cert));
-        TestCa { cert, key, dir }
+            .arg(&cert))?;
+        Ok(TestCa { cert, key, dir })
     }
 
     /// The CA certificate (PEM): what a client that trusts this CA is given.
@@ -58,6 +65,12 @@ impl TestCa {
 
     /// A server certificate for `dns_name`, signed by this CA.
     pub fn issue(&self, dns_name: &str) -> ServerCert {
+        self.try_issue(dns_name)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`Self::issue`], failing with why instead of panicking.
+    pub fn try_issue(&self, dns_name: &str) -> Result<ServerCert, String> {
         let stem = dns_name.replace(|c: char| !c.is_ascii_alphanumeric(), "_");
         let file = |extension: &str| self.dir.join(&format!("{stem}.{extension}"));
         let (key, csr, cert, extensions) = (file("key"), file("csr"), file("crt"), file("ext"));
@@ -69,14 +82,14 @@ impl TestCa {
                  basicConstraints=critical,CA:FALSE\n"
             ),
         )
-        .unwrap_or_else(|error| panic!("cannot write {extensions:?}: {error}"));
+        .map_err(|error| format!("cannot write {extensions:?}: {error}"))?;
         run(openssl(&["req", "-new"])
             .args(NEW_P256_KEY)
             .args(["-subj", &format!("/CN={dns_name}")])
             .arg("-keyout")
             .arg(&key)
             .arg("-out")
-            .arg(&csr));
+            .arg(&csr))?;
         run(
             openssl(&["x509", "-req", "-CAcreateserial", "-days", VALID_DAYS])
                 .arg("-in")
@@ -89,8 +102,8 @@ impl TestCa {
                 .arg(&extensions)
                 .arg("-out")
                 .arg(&cert),
-        );
-        ServerCert { cert, key }
+        )?;
+        Ok(ServerCert { cert, key })
     }
 }
 
@@ -109,20 +122,22 @@ fn openssl(args: &[&str]) -> Command {
     command
 }
 
-/// Runs an `openssl` command; panics with its output if it fails, or with
-/// a hint if `openssl` is not installed.
-fn run(command: &mut Command) {
-    let output = command.output().unwrap_or_else(|error| {
-        panic!(
-            "the TLS tests make their certificates with the `openssl` command, which \
-             could not be run ({error}); install OpenSSL's command-line tool"
+/// Runs an `openssl` command: its output if it fails, or a hint if
+/// `openssl` is not installed.
+fn run(command: &mut Command) -> Result<(), String> {
+    let output = command.output().map_err(|error| {
+        format!(
+            "certificates are made with the `openssl` command, which could not be run \
+             ({error}); install OpenSSL's command-line tool"
         )
-    });
-    assert!(
-        output.status.success(),
+    })?;
+    if output.status.success() {
+        return Ok(());
+    }
+    Err(format!(
         "{command:?} failed ({}):\n{}{}",
         output.status,
         String::from_utf8_lossy(&output.stdout),
         String::from_utf8_lossy(&output.stderr)
-    );
+    ))
 }

@@ -35,15 +35,28 @@ impl TlsFront {
     /// forwards every request to `upstream` over plain HTTP/1.1. Panics with
     /// Envoy's log tail if it does not come up.
     pub fn start(cert_chain: &Path, key: &Path, upstream: SocketAddr) -> TlsFront {
-        let dir = ScratchDir::create().expect("a scratch dir for the TLS front");
+        Self::try_start(&envoy_binary(), cert_chain, key, upstream)
+            .unwrap_or_else(|error| panic!("{error}"))
+    }
+
+    /// [`Self::start`] with a given Envoy binary, failing with why (and
+    /// Envoy's log tail) instead of panicking: for the local stack's demo
+    /// provider, which goes on without it.
+    pub fn try_start(
+        binary: &Path,
+        cert_chain: &Path,
+        key: &Path,
+        upstream: SocketAddr,
+    ) -> Result<TlsFront, String> {
+        let dir = ScratchDir::create()
+            .map_err(|error| format!("cannot make a directory for the TLS front: {error}"))?;
         let config = dir.join("tls-front.yaml");
         std::fs::write(&config, bootstrap(cert_chain, key, upstream))
-            .unwrap_or_else(|error| panic!("cannot write {config:?}: {error}"));
+            .map_err(|error| format!("cannot write {config:?}: {error}"))?;
         let admin_address_file = dir.join("admin.txt");
         let log_files: [PathBuf; 2] = [dir.join("envoy.log"), dir.join("stdio.log")];
-        let binary = envoy_binary();
         let mut process = EnvoyProcess::spawn(&Launch {
-            binary: &binary,
+            binary,
             config: &config,
             concurrency: 1,
             log_level: "warning",
@@ -51,24 +64,24 @@ impl TlsFront {
             log_file: &log_files[0],
             stdio_file: &log_files[1],
         })
-        .unwrap_or_else(|error| panic!("cannot start {binary:?}: {error}"));
+        .map_err(|error| format!("cannot start {binary:?}: {error}"))?;
         match process.wait_ready(&admin_address_file, LISTENER_NAME, READY_TIMEOUT) {
-            Ok(ready) => TlsFront {
+            Ok(ready) => Ok(TlsFront {
                 process,
                 addr: ready.listener,
                 admin_addr: ready.admin,
                 _dir: dir,
-            },
+            }),
             Err(not_ready) => {
                 process.terminate();
                 let reason = match not_ready {
                     NotReady::Exited(status) => format!("exited ({status})"),
                     NotReady::TimedOut { last } => format!("not ready: {last}"),
                 };
-                panic!(
+                Err(format!(
                     "TLS front {reason}\n{}",
                     log_tail(&log_files, LOG_TAIL_LINES)
-                );
+                ))
             }
         }
     }
