@@ -6,7 +6,9 @@
 //!   filter's settings come from `envoy/gateway.template.yaml` and its
 //!   configuration from the same JSON the local Envoy uses, so the mesh and
 //!   local configurations cannot drift apart; the configuration is checked by
-//!   the filter's own parser before anything is written.
+//!   the filter's own parser before anything is written. Its `providers`
+//!   module renders what the gateway needs for external model providers
+//!   (ServiceEntry, DestinationRule, route, credential injector, mounts).
 //! - [`kuadrant`] renders `TokenRateLimitPolicy`/`RateLimitPolicy` resources
 //!   equivalent to the subscriptions' limits.
 //! - [`access`] renders who may call what: mutual TLS, an

@@ -28,6 +28,7 @@ use maas_filter::config::{Config, ConfigError};
 use crate::manifest::ManifestError;
 
 mod clusters;
+pub mod providers;
 mod version;
 
 use clusters::url_host;
@@ -731,7 +732,14 @@ pub fn render(
     // Parsed once more, as the filter will: the limits and the models'
     // route are rendered from what it reads.
     let parsed = Config::from_json(filter_config.to_string().as_bytes())?;
-    let models = &parsed.models;
+    // External models have their own route (`providers::render`).
+    let local_models: Vec<String> = parsed
+        .models
+        .iter()
+        .filter(|m| !parsed.external.contains_key(*m))
+        .cloned()
+        .collect();
+    let models = &local_models;
     let mut files = Vec::new();
     for (placement, dir) in [
         (Placement::Gateway, "gateway"),
