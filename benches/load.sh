@@ -13,8 +13,17 @@
 #           starts (`load-bench limiter`); per request one ShouldRateLimit and
 #           one Reserve through Envoy's gRPC client before the upstream, one
 #           Commit after the response
+#   maas-ext     the shipped filter with the model served by an external
+#           OpenAI-compatible provider: the same upstream behind a
+#           TLS-terminating Envoy (`load-bench provider`, a throwaway CA),
+#           reached through the provider cluster the gateway renders for real
+#           providers (TLS verified, HTTP/2, the credential injected by
+#           Envoy's credential injector)
+#   maas-anthropic  the same with an Anthropic provider: the filter
+#           translates the request into a Messages request and the JSON
+#           answer or event stream back (the mock speaks the Messages API)
 #
-# All five run the bootstrap rendered from envoy/gateway.template.yaml (see
+# All seven run the bootstrap rendered from envoy/gateway.template.yaml (see
 # benches/src/load/variants.rs) at the same time, each Envoy with one worker,
 # pinned to core 0. The upstream (testkit's mock-upstream), the limiter, Redis
 # and wrk share core 1, so core 0's CPU time is Envoy's alone.
@@ -37,8 +46,8 @@
 # from the filter, or a 503 from a limiter that did not answer (the variant
 # fails closed), would make its numbers meaningless.
 #
-# Usage: ./benches/load.sh   (`make bench` runs it after criterion; ~5.5 min,
-#   of which maas-global ~1 min)
+# Usage: ./benches/load.sh   (`make bench` runs it after criterion; ~8 min,
+#   of which maas-global, maas-ext and maas-anthropic ~1 min each)
 # Knobs (environment): WORKLOADS="plain stream" ROUNDS=3 SAT_SECONDS=5
 #   SAT_CONNECTIONS=32 EVENTS_SAT_CONNECTIONS=160 (stream-events: each response
 #   takes ~18 ms, so saturating Envoy needs more connections)
@@ -78,7 +87,7 @@ FILTER_S_WASM=$ROOT/$OPT_S_DIR/wasm32-wasip1/release/maas_filter.wasm
 MOCK_UPSTREAM=$ROOT/target/release/mock-upstream
 LOAD_BENCH=$ROOT/target/release/examples/load-bench
 
-VARIANTS=(none noop maas maas-s maas-global)
+VARIANTS=(none noop maas maas-s maas-global maas-ext maas-anthropic)
 read -r -a WORKLOADS <<<"${WORKLOADS:-plain stream}"
 BENCH_KEY=sk-maas-bench-3f9e2c71d0a84b56
 MODEL=bench-model   # load::variants::BENCH_MODEL
@@ -173,11 +182,23 @@ LIMITER=$(announced "$WORK/limiter.out" 'limiter listening on' 600)
 read -r -a LIMITER_SIDE <<<"$(ps -o pid= --ppid "$LIMITER_HOST" | tr '\n' ' ')"
 [ "${#LIMITER_SIDE[@]}" = 2 ] || die "expected redis-server and maas-limiter under pid $LIMITER_HOST, found: ${LIMITER_SIDE[*]}"
 
+# The provider variants' stand-in: the same upstream behind TLS, on the load
+# core too (its Envoy inherits the affinity).
+say "stand-in provider (TLS front) on core $LOAD_CORE"
+MAAS_ENVOY=$ENVOY taskset -c "$LOAD_CORE" "$LOAD_BENCH" provider --out-dir "$WORK" --upstream "$UPSTREAM" \
+  >"$WORK/provider.out" 2>&1 &
+CHILDREN+=($!)
+PROVIDER=$(announced "$WORK/provider.out" 'provider listening on' 300)
+[ -n "$PROVIDER" ] || die "the stand-in provider did not start: $(cat "$WORK/provider.out")"
+
 # --- the gateways ----------------------------------------------------------------
 "$LOAD_BENCH" render --out-dir "$WORK" --upstream "$UPSTREAM" --key "$BENCH_KEY" --limiter "$LIMITER" \
+  --provider "$PROVIDER" \
   --variant none=none --variant "noop=$NOOP_WASM" \
   --variant "maas=$FILTER_WASM" --variant "maas-s=$FILTER_S_WASM" \
-  --variant "maas-global=global:$FILTER_WASM"
+  --variant "maas-global=global:$FILTER_WASM" \
+  --variant "maas-ext=provider:openai-compatible:$FILTER_WASM" \
+  --variant "maas-anthropic=provider:anthropic:$FILTER_WASM"
 
 declare -A PID PORT
 for v in "${VARIANTS[@]}"; do
@@ -266,8 +287,9 @@ for v in "${VARIANTS[@]}"; do
 done
 # The global variant really asked the limiter, and every call succeeded.
 limiter_calls() { # variant → "OK FAILED_OR_OVER_LIMIT" from the filter's maas_limiter_calls_total
+  # (`settled`: a commit the settlement outbox delivered)
   curl -s -m 5 "http://$(cat "$WORK/$1.admin")/stats?filter=limiter_calls_total" |
-    awk -F': ' '$1 ~ /result=\.=ok;/ { ok += $2; next } $1 ~ /result=/ { bad += $2 } END { print ok + 0, bad + 0 }'
+    awk -F': ' '$1 ~ /result=\.=(ok|settled);/ { ok += $2; next } $1 ~ /result=/ { bad += $2 } END { print ok + 0, bad + 0 }'
 }
 read -r calls_ok calls_bad <<<"$(limiter_calls maas-global)"
 [ "$calls_ok" -gt 0 ] && [ "$calls_bad" = 0 ] ||
@@ -371,10 +393,12 @@ events_shape=""
     "$(nproc --all) cores ($(sed -n 's/^model name[[:space:]]*: //p' /proc/cpuinfo | head -n 1))" \
     "$ROUNDS" "$((SECONDS - START_SECONDS))"
   "$LOAD_BENCH" report --results "$RESULTS" --baseline none --empty noop \
-    --filter maas --filter maas-s --filter maas-global \
+    --filter maas --filter maas-s --filter maas-global --filter maas-ext --filter maas-anthropic \
     --label "none=no filter" --label "noop=empty wasm filter" \
     --label "maas=maas-filter (opt-level 3)" --label 'maas-s=maas-filter (opt-level "s")' \
     --label "maas-global=maas-filter, global limits (maas-limiter, Redis)" \
+    --label "maas-ext=maas-filter, external OpenAI-compatible provider (TLS, injected credential)" \
+    --label "maas-anthropic=maas-filter, external Anthropic provider (TLS, translated)" \
     --saturation "wrk -t1 -c$SAT_CONNECTIONS -d${SAT_SECONDS}s$events_shape; Envoy --concurrency 1 on core $PROXY_CORE, wrk, the upstream, the limiter and Redis on core $LOAD_CORE" \
     --paced "wrk -t1 -c$PACED_CONNECTIONS -d${PACED_SECONDS}s, each connection pausing ${PACE_MS} ms between requests"
 } >"$WORK/summary.md"

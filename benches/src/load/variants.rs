@@ -18,6 +18,14 @@
 //! Routes match on `x-maas-model`, which our filter strips and sets again, so
 //! a load generator that sends the header itself gets the same route through
 //! every variant.
+//!
+//! A wasm variant may route the model to an external provider instead
+//! ([`Route::Provider`]): the same upstream behind a TLS-terminating Envoy
+//! ([`BenchProvider`]), reached through the provider cluster the gateway
+//! renders for real providers (TLS verified against the bench's CA, the
+//! credential injected by Envoy), with the filter translating for
+//! Anthropic's kind. What that costs next to a local model is the
+//! comparison.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -26,7 +34,10 @@ use std::str::FromStr;
 use maas_filter::auth::keys::KeyDigest;
 use maas_filter::config::Config;
 use maas_filter::limits::global_limits::limitador_limits;
-use maas_testkit::gateway::{render_gateway, GatewaySpec, RenderError, LIMITER_CLUSTER};
+use maas_filter::providers::ProviderKind;
+use maas_testkit::gateway::{
+    render_gateway, CredentialSpec, GatewaySpec, ProviderSpec, RenderError, LIMITER_CLUSTER,
+};
 use serde_json::{json, Value};
 
 /// The one model the benchmark routes.
@@ -43,6 +54,9 @@ pub const BENCH_LIMITER_TIMEOUT_MS: u64 = 1000;
 
 /// A wasm variant's module path is `global:PATH` when its limits are global.
 const GLOBAL_PREFIX: &str = "global:";
+/// … and `provider:KIND:PATH` when an external provider of that kind
+/// serves its model.
+const PROVIDER_PREFIX: &str = "provider:";
 
 /// The template's wasm filter entry, as it appears in `http_filters`.
 const WASM_FILTER_ENTRY: &str = "- name: envoy.filters.http.wasm";
@@ -52,9 +66,37 @@ const ROUTER_FILTER_NAME: &str = "envoy.filters.http.router";
 pub enum Filter {
     /// No wasm filter at all.
     None,
-    /// This wasm module in the template's filter slot, its limits kept there.
-    Wasm { module: PathBuf, limits: LimitMode },
+    /// This wasm module in the template's filter slot, its limits kept
+    /// there, the model routed by `route`.
+    Wasm {
+        module: PathBuf,
+        limits: LimitMode,
+        route: Route,
+    },
 }
+
+/// Where a wasm variant's model is served.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The upstream, over plain HTTP, as a local model server.
+    Local,
+    /// The upstream behind TLS as an external provider of this kind.
+    Provider(ProviderKind),
+}
+
+/// The stand-in provider of the provider variants: the upstream behind a
+/// TLS front (`load-bench provider`), its CA and the credential's file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BenchProvider {
+    pub addr: SocketAddr,
+    pub ca_file: PathBuf,
+    pub secret_file: PathBuf,
+}
+
+/// The provider's name in the filter's and Envoy's configuration.
+pub const BENCH_PROVIDER: &str = "bench-provider";
+/// The stand-in provider's host name (its certificate's SAN, the SNI).
+pub const BENCH_PROVIDER_HOST: &str = "provider.bench.internal";
 
 /// Where our filter keeps the benchmark's limits.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,8 +119,10 @@ pub struct Variant {
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum VariantError {
-    #[error("variant {0:?}: expected NAME=none, NAME=PATH or NAME=global:PATH")]
+    #[error("variant {0:?}: expected NAME=none, NAME=PATH, NAME=global:PATH or NAME=provider:KIND:PATH (KIND openai-compatible, azure-openai or anthropic)")]
     Syntax(String),
+    #[error("variant {0:?} routes to a provider but no provider was given")]
+    NoProvider(String),
     #[error("variant name {0:?}: use lowercase letters, digits and '-' only")]
     BadName(String),
     #[error("the template has {found} wasm filter entries (`{WASM_FILTER_ENTRY}`); expected exactly one")]
@@ -107,19 +151,27 @@ impl FromStr for Variant {
         {
             return Err(VariantError::BadName(name.to_owned()));
         }
-        let filter = match filter {
-            "none" => Filter::None,
-            path => match path.strip_prefix(GLOBAL_PREFIX) {
-                Some("") => return Err(VariantError::Syntax(text.to_owned())),
-                Some(module) => Filter::Wasm {
-                    module: PathBuf::from(module),
-                    limits: LimitMode::Global,
-                },
-                None => Filter::Wasm {
-                    module: PathBuf::from(path),
-                    limits: LimitMode::Local,
-                },
-            },
+        let syntax = || VariantError::Syntax(text.to_owned());
+        let wasm = |module: &str, limits, route| {
+            if module.is_empty() {
+                return Err(syntax());
+            }
+            Ok(Filter::Wasm {
+                module: PathBuf::from(module),
+                limits,
+                route,
+            })
+        };
+        let filter = if filter == "none" {
+            Filter::None
+        } else if let Some(module) = filter.strip_prefix(GLOBAL_PREFIX) {
+            wasm(module, LimitMode::Global, Route::Local)?
+        } else if let Some(rest) = filter.strip_prefix(PROVIDER_PREFIX) {
+            let (kind, module) = rest.split_once(':').ok_or_else(syntax)?;
+            let kind: ProviderKind = serde_json::from_value(json!(kind)).map_err(|_| syntax())?;
+            wasm(module, LimitMode::Local, Route::Provider(kind))?
+        } else {
+            wasm(filter, LimitMode::Local, Route::Local)?
         };
         Ok(Self {
             name: name.to_owned(),
@@ -136,6 +188,14 @@ impl Variant {
             Filter::None => LimitMode::Local,
         }
     }
+
+    /// Where its model is served; `Local` for no filter.
+    pub fn route(&self) -> Route {
+        match self.filter {
+            Filter::Wasm { route, .. } => route,
+            Filter::None => Route::Local,
+        }
+    }
 }
 
 /// Our filter's configuration for the benchmark: shaped like the demo's
@@ -149,7 +209,10 @@ impl Variant {
 /// (both token counters) before it goes upstream, and one `Commit` after.
 /// The limiter's failure mode stays `deny`: a limiter that does not answer
 /// makes a 503, which stops the run instead of passing requests uncounted.
-pub fn bench_filter_config(key: &str, limits: LimitMode) -> Value {
+///
+/// With [`Route::Provider`] the model is an external model of that kind
+/// instead of a local one (the provider calls it `bench-upstream-model`).
+pub fn bench_filter_config(key: &str, limits: LimitMode, route: Route) -> Value {
     let rate = |rate: &str| match limits {
         LimitMode::Local => json!(rate),
         LimitMode::Global => json!({ "rate": rate, "mode": "global" }),
@@ -177,6 +240,16 @@ pub fn bench_filter_config(key: &str, limits: LimitMode) -> Value {
             "sha256": KeyDigest::of(key).to_hex()
         }]
     });
+    if let Route::Provider(kind) = route {
+        config["models"] = json!([]);
+        config["providers"] = json!([{ "name": BENCH_PROVIDER, "kind": kind.as_str() }]);
+        if kind == ProviderKind::AzureOpenAi {
+            config["providers"][0]["api_version"] = json!("2024-10-21");
+        }
+        config["external_models"] = json!([
+            { "id": BENCH_MODEL, "provider": BENCH_PROVIDER, "model": "bench-upstream-model" }
+        ]);
+    }
     if limits == LimitMode::Global {
         config["limiter"] = json!({
             "cluster": LIMITER_CLUSTER,
@@ -191,7 +264,7 @@ pub fn bench_filter_config(key: &str, limits: LimitMode) -> Value {
 /// configuration of `key`, rendered by the filter crate from the parsed
 /// configuration, as a deployment would.
 pub fn bench_limits_file(key: &str) -> Result<String, VariantError> {
-    let config = bench_filter_config(key, LimitMode::Global);
+    let config = bench_filter_config(key, LimitMode::Global, Route::Local);
     let parsed = Config::from_json(config.to_string().as_bytes())
         .map_err(|e| VariantError::FilterConfig(e.to_string()))?;
     Ok(limitador_limits(
@@ -204,13 +277,18 @@ pub fn bench_limits_file(key: &str) -> Result<String, VariantError> {
 /// ports (read them back from the admin API), [`BENCH_MODEL`] routed to
 /// `upstream`, our filter configured by [`bench_filter_config`] for `key`.
 /// Only a variant with global limits gets the `limitador` cluster, pointing
-/// at `limiter`; the others do not need it.
+/// at `limiter`; the others do not need it. A provider variant routes the
+/// model to `provider` instead, with its credential's SDS file in
+/// `sds_dir` (written by the caller, [`maas_testkit::write_credential_sds`]).
+#[allow(clippy::too_many_arguments)] // the bench's fixed inputs, then the variant's
 pub fn render_variant(
     template: &str,
     variant: &Variant,
     key: &str,
     upstream: SocketAddr,
     limiter: Option<SocketAddr>,
+    provider: Option<&BenchProvider>,
+    sds_dir: &Path,
     access_log: &Path,
 ) -> Result<String, VariantError> {
     let wasm_path = match &variant.filter {
@@ -224,23 +302,56 @@ pub fn render_variant(
             Some(limiter.ok_or_else(|| VariantError::NoLimiter(variant.name.clone()))?)
         }
     };
+    let (models, providers) = match variant.route() {
+        Route::Local => (vec![(BENCH_MODEL.to_owned(), upstream)], Vec::new()),
+        Route::Provider(kind) => {
+            let provider =
+                provider.ok_or_else(|| VariantError::NoProvider(variant.name.clone()))?;
+            (Vec::new(), vec![bench_provider_spec(provider, kind)])
+        }
+    };
     let spec = GatewaySpec {
         control_plane: None,
         limiter,
         oidc: None,
-        providers: Vec::new(),
-        credential_sds_dir: None,
+        providers,
+        credential_sds_dir: Some(sds_dir.to_owned()),
         listen_port: 0,
         admin_port: 0,
         wasm_path,
-        filter_config: bench_filter_config(key, variant.limits()),
+        filter_config: bench_filter_config(key, variant.limits(), variant.route()),
         access_log_path: access_log.to_owned(),
-        models: vec![(BENCH_MODEL.to_owned(), upstream)],
+        models,
     };
     let bootstrap = render_gateway(template, &spec)?;
     match variant.filter {
         Filter::None => remove_wasm_filter(&bootstrap),
         Filter::Wasm { .. } => Ok(bootstrap),
+    }
+}
+
+/// The provider cluster for `provider`, with the header each kind reads its
+/// key from.
+pub fn bench_provider_spec(provider: &BenchProvider, kind: ProviderKind) -> ProviderSpec {
+    let (header, prefix) = match kind {
+        ProviderKind::OpenAiCompatible => ("authorization", Some("Bearer ".to_owned())),
+        ProviderKind::AzureOpenAi => ("api-key", None),
+        ProviderKind::Anthropic => ("x-api-key", None),
+    };
+    ProviderSpec {
+        name: BENCH_PROVIDER.into(),
+        address: provider.addr.ip().to_string(),
+        port: provider.addr.port(),
+        host: BENCH_PROVIDER_HOST.into(),
+        ca_file: Some(provider.ca_file.clone()),
+        credential: CredentialSpec {
+            header: header.into(),
+            value_prefix: prefix,
+            secret_file: provider.secret_file.clone(),
+        },
+        models: vec![BENCH_MODEL.into()],
+        // As the real APIs speak it.
+        http2: true,
     }
 }
 
@@ -298,8 +409,18 @@ mod tests {
             "sk-test",
             upstream(),
             limiter,
+            Some(&provider()),
+            Path::new("/tmp/sds"),
             Path::new("/tmp/access.log"),
         )
+    }
+
+    fn provider() -> BenchProvider {
+        BenchProvider {
+            addr: "127.0.0.1:18443".parse().unwrap(),
+            ca_file: "/tmp/provider-ca.pem".into(),
+            secret_file: "/tmp/provider.key".into(),
+        }
     }
 
     #[test]
@@ -317,7 +438,8 @@ mod tests {
                 name: "maas-s".into(),
                 filter: Filter::Wasm {
                     module: "/x/y.wasm".into(),
-                    limits: LimitMode::Local
+                    limits: LimitMode::Local,
+                    route: Route::Local,
                 }
             })
         );
@@ -327,7 +449,19 @@ mod tests {
                 name: "maas-global".into(),
                 filter: Filter::Wasm {
                     module: "/x/y.wasm".into(),
-                    limits: LimitMode::Global
+                    limits: LimitMode::Global,
+                    route: Route::Local,
+                }
+            })
+        );
+        assert_eq!(
+            "maas-anthropic=provider:anthropic:/x/y.wasm".parse(),
+            Ok(Variant {
+                name: "maas-anthropic".into(),
+                filter: Filter::Wasm {
+                    module: "/x/y.wasm".into(),
+                    limits: LimitMode::Local,
+                    route: Route::Provider(ProviderKind::Anthropic),
                 }
             })
         );
@@ -339,6 +473,9 @@ mod tests {
             "a b=none",
             "a/b=x.wasm",
             "a=global:",
+            "a=provider:anthropic:",
+            "a=provider:bedrock:/x.wasm",
+            "a=provider:/x.wasm",
         ] {
             assert!(bad.parse::<Variant>().is_err(), "{bad}");
         }
@@ -416,11 +553,58 @@ mod tests {
     }
 
     #[test]
+    fn a_provider_variant_routes_its_model_to_the_provider_over_tls() {
+        let yaml = render(
+            "maas-anthropic=provider:anthropic:/m/maas_filter.wasm",
+            None,
+        )
+        .unwrap();
+        assert!(yaml.contains("provider_bench-provider"), "{yaml}");
+        assert!(yaml.contains(BENCH_PROVIDER_HOST), "{yaml}");
+        assert!(
+            yaml.contains("envoy.filters.http.credential_injector"),
+            "{yaml}"
+        );
+        assert!(
+            !yaml.contains("model_bench-model"),
+            "no local route: {yaml}"
+        );
+        let mut without = "maas-ext=provider:openai-compatible:/m.wasm"
+            .parse::<Variant>()
+            .unwrap();
+        without.name = "maas-ext".into();
+        assert_eq!(
+            render_variant(
+                &gateway_template(),
+                &without,
+                "k",
+                upstream(),
+                None,
+                None,
+                Path::new("/tmp"),
+                Path::new("/tmp/a.log")
+            ),
+            Err(VariantError::NoProvider("maas-ext".into()))
+        );
+    }
+
+    #[test]
     fn the_bench_configs_are_accepted_by_the_filter() {
         let parse = |limits| {
-            let config = bench_filter_config("sk-maas-bench", limits);
+            let config = bench_filter_config("sk-maas-bench", limits, Route::Local);
             Config::from_json(config.to_string().as_bytes()).unwrap_or_else(|e| panic!("{e}"))
         };
+        for kind in [
+            ProviderKind::OpenAiCompatible,
+            ProviderKind::AzureOpenAi,
+            ProviderKind::Anthropic,
+        ] {
+            let config =
+                bench_filter_config("sk-maas-bench", LimitMode::Local, Route::Provider(kind));
+            let parsed = Config::from_json(config.to_string().as_bytes())
+                .unwrap_or_else(|e| panic!("{kind:?}: {e}"));
+            assert_eq!(parsed.external[BENCH_MODEL].kind, kind);
+        }
         let local = parse(LimitMode::Local);
         assert!(local.limiter.is_none());
         let global = parse(LimitMode::Global);
