@@ -239,7 +239,7 @@ fn no_credential_is_rendered_or_accepted() {
     for (file, body) in sds["data"].as_object().unwrap() {
         let body = body.as_str().unwrap();
         assert!(
-            body.contains(&format!("filename: {}/", providers::SECRET_DIR)),
+            body.contains(&format!("filename: \"{}/", providers::SECRET_DIR)),
             "{file}: {body}"
         );
     }

@@ -135,6 +135,25 @@ impl ProviderError {
     }
 }
 
+/// The file-based SDS resource through which Envoy's credential injector
+/// reads a provider's key: a generic secret named `secret_name` whose value
+/// is the content of `secret_file`. It holds the file's path, never the key;
+/// the local bootstrap (testkit) and the mesh (`maas-mesh`) both write it
+/// from here. Values are JSON string literals, which YAML reads as
+/// double-quoted scalars.
+pub fn credential_sds(secret_name: &str, secret_file: &str) -> String {
+    let quoted = |text: &str| serde_json::Value::from(text).to_string();
+    format!(
+        "resources:\n\
+         - \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  \
+           name: {}\n  \
+           generic_secret:\n    \
+             secret: {{ filename: {} }}\n",
+        quoted(secret_name),
+        quoted(secret_file),
+    )
+}
+
 /// The `message` of a provider's error body: OpenAI's
 /// (`{"error":{"message",…}}`) and Anthropic's
 /// (`{"type":"error","error":{"type","message"}}`) put it in the same place.

@@ -39,6 +39,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use maas_filter::config::{Config, ConfigError};
+use maas_filter::providers::credential_sds;
 
 use super::{gateway_target, metadata, MeshSettings, MODEL_HEADER, SYSTEM_CA_FILE};
 
@@ -568,15 +569,7 @@ fn sds_config_map(mesh: &MeshProviders, settings: &MeshSettings) -> Value {
         .providers
         .iter()
         .map(|provider| {
-            let sds = format!(
-                "resources:\n\
-                 - \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  \
-                   name: {}\n  \
-                   generic_secret:\n    \
-                     secret: {{ filename: {} }}\n",
-                provider.secret_name(),
-                provider.credential_path(),
-            );
+            let sds = credential_sds(&provider.secret_name(), &provider.credential_path());
             (provider.sds_file(), json!(sds))
         })
         .collect();

@@ -21,6 +21,8 @@
 //!   headers are removed before a request leaves for a third party.
 
 use std::collections::HashSet;
+
+use maas_filter::providers::credential_sds;
 use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
@@ -114,15 +116,7 @@ pub fn write_credential_sds(dir: &Path, providers: &[ProviderSpec]) -> io::Resul
                 )
             })?;
             let path = credential_sds_path(dir, provider);
-            let sds = format!(
-                "resources:\n\
-                 - \"@type\": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret\n  \
-                   name: {}\n  \
-                   generic_secret:\n    \
-                     secret: {{ filename: {} }}\n",
-                string_literal(&secret_name(&provider.name)),
-                string_literal(secret_file),
-            );
+            let sds = credential_sds(&secret_name(&provider.name), secret_file);
             std::fs::write(&path, sds)?;
             Ok(path)
         })
