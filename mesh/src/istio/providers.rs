@@ -617,14 +617,42 @@ fn gateway_parameters(
         "volumes": volumes,
         "containers": [{ "name": "istio-proxy", "volumeMounts": mounts }],
     } } } });
-    let deployment =
-        serde_yaml_ng::to_string(&overlay).map_err(|e| ProvidersError::Yaml(e.to_string()))?;
+    let deployment = serde_yaml_ng::to_string(&sorted_keys(&overlay))
+        .map_err(|e| ProvidersError::Yaml(e.to_string()))?;
     Ok(json!({
         "apiVersion": "v1",
         "kind": "ConfigMap",
         "metadata": metadata(GATEWAY_PARAMETERS, settings),
         "data": { "deployment": deployment },
     }))
+}
+
+/// `value` as YAML with every mapping's keys sorted. The overlay is text
+/// inside a ConfigMap, so its key order is part of the rendering; a
+/// `serde_json::Value` keeps insertion order when any crate of the build
+/// turns on serde_json's `preserve_order` (feature unification does in a
+/// workspace build) and sorted order otherwise, so the order is fixed here.
+fn sorted_keys(value: &Value) -> serde_yaml_ng::Value {
+    match value {
+        Value::Object(fields) => {
+            let mut keys: Vec<&String> = fields.keys().collect();
+            keys.sort();
+            let mut mapping = serde_yaml_ng::Mapping::new();
+            for key in keys {
+                mapping.insert(key.as_str().into(), sorted_keys(&fields[key.as_str()]));
+            }
+            serde_yaml_ng::Value::Mapping(mapping)
+        }
+        Value::Array(items) => {
+            serde_yaml_ng::Value::Sequence(items.iter().map(sorted_keys).collect())
+        }
+        Value::String(text) => text.as_str().into(),
+        Value::Bool(flag) => (*flag).into(),
+        Value::Number(number) => {
+            serde_yaml_ng::to_value(number).unwrap_or(serde_yaml_ng::Value::Null)
+        }
+        Value::Null => serde_yaml_ng::Value::Null,
+    }
 }
 
 /// The merge patch that makes the Gateway use [`GATEWAY_PARAMETERS`]
