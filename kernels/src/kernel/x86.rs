@@ -685,29 +685,12 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
         let low = _mm256_set1_epi8(0x0F);
         let wa = _mm256_and_si256(packed, low);
         let wb = _mm256_and_si256(_mm256_srli_epi16(packed, 4), low);
-        if fifth_bits(K) {
-            // Q5_1: 16 added where the fifth bit is set; Q5_0 centred,
-            // 16 taken off where it is clear.
-            let (ha, hb) = fifth_bits_pair(high.add(b));
-            let sixteen = _mm256_set1_epi8(16);
-            if signed(K) {
-                (
-                    _mm256_sub_epi8(wa, _mm256_andnot_si256(ha, sixteen)),
-                    _mm256_sub_epi8(wb, _mm256_andnot_si256(hb, sixteen)),
-                )
-            } else {
-                (
-                    _mm256_or_si256(wa, _mm256_and_si256(ha, sixteen)),
-                    _mm256_or_si256(wb, _mm256_and_si256(hb, sixteen)),
-                )
-            }
-        } else if signed(K) {
-            // Q4_0 centred.
-            let eight = _mm256_set1_epi8(8);
-            (_mm256_sub_epi8(wa, eight), _mm256_sub_epi8(wb, eight))
+        let (ha, hb) = if fifth_bits(K) {
+            fifth_bits_pair(high.add(b))
         } else {
-            (wa, wb)
-        }
+            (_mm256_setzero_si256(), _mm256_setzero_si256())
+        };
+        (nibble_values::<K>(wa, ha), nibble_values::<K>(wb, hb))
     };
     // VNNI multiplies the signed kinds' values directly (Q6_K's too, see
     // `pair`); AVX2 multiplies their magnitudes by the activations with
@@ -716,6 +699,24 @@ unsafe fn unpack_pair<const K: u8, const V: bool>(
         return (_mm256_sign_epi8(sa, sa), _mm256_sign_epi8(sb, sb), sa, sb);
     }
     (sa, sb, sa, sb)
+}
+
+/// Nibbles (`0..=15` per byte) as the kernels multiply them: Q5_1's with 16
+/// added where the fifth bit is set, Q5_0's centred (16 taken off where it
+/// is clear), Q4_0's centred on 8, Q4_1's as they are. `set`: the fifth
+/// bits as bytes 0xFF or 0 (`bits_to_bytes`), read only for the Q5 kinds.
+///
+/// # Safety
+/// AVX2 must be available.
+#[inline(always)]
+unsafe fn nibble_values<const K: u8>(nibbles: __m256i, set: __m256i) -> __m256i {
+    let sixteen = _mm256_set1_epi8(16);
+    match (fifth_bits(K), signed(K)) {
+        (true, true) => _mm256_sub_epi8(nibbles, _mm256_andnot_si256(set, sixteen)),
+        (true, false) => _mm256_or_si256(nibbles, _mm256_and_si256(set, sixteen)),
+        (false, true) => _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8)),
+        (false, false) => nibbles,
+    }
 }
 
 /// The fifth bits of blocks `b` and `b + 1` (the words at `high`) in the
@@ -770,24 +771,16 @@ unsafe fn unpack_single<const K: u8>(
         let packed = _mm_loadu_si128(quants.add(b * 16).cast());
         let both = _mm256_set_m128i(_mm_srli_epi16(packed, 4), packed);
         let nibbles = _mm256_and_si256(both, _mm256_set1_epi8(0x0F));
-        if fifth_bits(K) {
-            // Byte `i / 8` of the word for weight `i`, as in
-            // `fifth_bits_pair`; Q5_0 and Q5_1 as `unpack_pair` spreads them.
+        let set = if fifth_bits(K) {
+            // Byte `i / 8` of the word for weight `i`, as in `fifth_bits_pair`.
             const RUN: i64 = 0x0101_0101_0101_0101;
             let pick = _mm256_setr_epi64x(0, RUN, 2 * RUN, 3 * RUN);
             let word = _mm256_set1_epi32(std::ptr::read_unaligned(high.add(b)) as i32);
-            let set = bits_to_bytes(_mm256_shuffle_epi8(word, pick));
-            let sixteen = _mm256_set1_epi8(16);
-            if signed(K) {
-                _mm256_sub_epi8(nibbles, _mm256_andnot_si256(set, sixteen))
-            } else {
-                _mm256_or_si256(nibbles, _mm256_and_si256(set, sixteen))
-            }
-        } else if signed(K) {
-            _mm256_sub_epi8(nibbles, _mm256_set1_epi8(8))
+            bits_to_bytes(_mm256_shuffle_epi8(word, pick))
         } else {
-            nibbles
-        }
+            _mm256_setzero_si256()
+        };
+        nibble_values::<K>(nibbles, set)
     };
     if signed(K) {
         (_mm256_sign_epi8(q, q), q)
