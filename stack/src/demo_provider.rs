@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::{json, Value};
 
+use maas_filter::providers::ProviderKind;
 use maas_testkit::envoy::TlsFront;
 use maas_testkit::private_file::write_private;
 use maas_testkit::{CredentialSpec, MockUpstream, ProviderSpec, TestCa};
@@ -28,6 +29,8 @@ const HOST: &str = "anthropic.demo.internal";
 /// What the stand-in calls the model (the filter writes it into the
 /// Messages request).
 const UPSTREAM_MODEL: &str = "claude-mock-1";
+/// What the stand-in speaks (testkit's mock answers it at `/v1/messages`).
+const KIND: ProviderKind = ProviderKind::Anthropic;
 /// The stand-in keeps this many requests, no more.
 const RECORD_LIMIT: usize = 100;
 
@@ -68,6 +71,7 @@ impl DemoProvider {
 
     /// The gateway's provider cluster for it.
     pub fn spec(&self) -> ProviderSpec {
+        let (header, prefix) = KIND.credential_header();
         ProviderSpec {
             name: PROVIDER.into(),
             address: self.front.addr().ip().to_string(),
@@ -75,8 +79,8 @@ impl DemoProvider {
             host: HOST.into(),
             ca_file: Some(self.ca.cert().to_owned()),
             credential: CredentialSpec {
-                header: "x-api-key".into(),
-                value_prefix: None,
+                header: header.into(),
+                value_prefix: prefix.map(str::to_owned),
                 secret_file: self.secret_file.clone(),
             },
             models: vec![DEMO_EXTERNAL_MODEL.into()],
@@ -96,7 +100,7 @@ impl DemoProvider {
 
 /// The filter configuration's half: the provider and its model.
 pub fn add_to_filter_config(config: &mut Value) {
-    config["providers"] = json!([{ "name": PROVIDER, "kind": "anthropic" }]);
+    config["providers"] = json!([{ "name": PROVIDER, "kind": KIND.as_str() }]);
     config["external_models"] = json!([
         { "id": DEMO_EXTERNAL_MODEL, "provider": PROVIDER, "model": UPSTREAM_MODEL }
     ]);

@@ -333,11 +333,7 @@ pub fn render_variant(
 /// The provider cluster for `provider`, with the header each kind reads its
 /// key from.
 pub fn bench_provider_spec(provider: &BenchProvider, kind: ProviderKind) -> ProviderSpec {
-    let (header, prefix) = match kind {
-        ProviderKind::OpenAiCompatible => ("authorization", Some("Bearer ".to_owned())),
-        ProviderKind::AzureOpenAi => ("api-key", None),
-        ProviderKind::Anthropic => ("x-api-key", None),
-    };
+    let (header, prefix) = kind.credential_header();
     ProviderSpec {
         name: BENCH_PROVIDER.into(),
         address: provider.addr.ip().to_string(),
@@ -346,7 +342,7 @@ pub fn bench_provider_spec(provider: &BenchProvider, kind: ProviderKind) -> Prov
         ca_file: Some(provider.ca_file.clone()),
         credential: CredentialSpec {
             header: header.into(),
-            value_prefix: prefix,
+            value_prefix: prefix.map(str::to_owned),
             secret_file: provider.secret_file.clone(),
         },
         models: vec![BENCH_MODEL.into()],

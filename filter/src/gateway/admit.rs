@@ -114,7 +114,12 @@ impl Stream {
         let budget = self.completion_budget(&request, &identity.subscription)?;
         self.completion.strip_usage = request.stream && !request.include_usage;
         let provider = self.config.external.get(request.model.as_ref()).cloned();
-        let upstream_model = provider.as_ref().map(|e| e.upstream_model.as_str());
+        // A translating provider's request is written anew with its name
+        // for the model (`provider::outbound`): no rename pass before that.
+        let upstream_model = provider
+            .as_ref()
+            .filter(|e| !e.kind.translates())
+            .map(|e| e.upstream_model.as_str());
         let rewritten = self.rewritten_body(
             body,
             budget.rewrite.then_some(budget.effective),

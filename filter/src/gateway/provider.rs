@@ -16,7 +16,9 @@ use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::openai::endpoint::Endpoint;
 use crate::providers::anthropic::{self, StreamTranslator};
-use crate::providers::{error_message, upstream_failure, ProviderError, ProviderKind};
+use crate::providers::{
+    error_message, upstream_failure, write_error_event, ProviderError, ProviderKind,
+};
 
 /// The longest line of a provider's event stream that is translated (as
 /// [`super::response`]'s own limit on one event).
@@ -185,9 +187,7 @@ impl Stream {
                             // The client already has a 200: the failure goes
                             // into the stream, as a provider's error event.
                             *failed = true;
-                            translated.extend_from_slice(b"data: ");
-                            translated.extend_from_slice(&e.body());
-                            translated.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+                            write_error_event(&e, &mut translated);
                         }
                     }
                 }

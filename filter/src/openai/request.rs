@@ -62,10 +62,7 @@ impl CompletionRequest<'_> {
     ///   value reserved ([`Self::budget_fields_disagree`] says when;
     ///   [`rewrite_completion_request`] sets every field present).
     pub fn requested_max_tokens(&self) -> Option<u64> {
-        match (self.max_tokens, self.max_completion_tokens) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        requested_budget(self.max_tokens, self.max_completion_tokens)
     }
 
     /// Both budget fields are set, to different values: the body must be
@@ -93,6 +90,19 @@ impl CompletionRequest<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// The rule of [`CompletionRequest::requested_max_tokens`] on the two
+/// fields' values, for a reader of the body that is not this one (a
+/// provider's translation).
+pub fn requested_budget(
+    max_tokens: Option<u64>,
+    max_completion_tokens: Option<u64>,
+) -> Option<u64> {
+    match (max_tokens, max_completion_tokens) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 

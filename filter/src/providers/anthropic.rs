@@ -31,6 +31,7 @@ use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 use super::ProviderError;
+use crate::openai::request::requested_budget;
 
 /// The `anthropic-version` header value the translation follows.
 pub const API_VERSION: &str = "2023-06-01";
@@ -116,12 +117,8 @@ pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>,
             ));
         }
     }
-    let max_tokens = match (request.max_tokens, request.max_completion_tokens) {
-        (Some(a), Some(b)) => a.min(b),
-        (a, b) => a
-            .or(b)
-            .ok_or_else(|| invalid("max_tokens", "a positive integer"))?,
-    };
+    let max_tokens = requested_budget(request.max_tokens, request.max_completion_tokens)
+        .ok_or_else(|| invalid("max_tokens", "a positive integer"))?;
 
     let mut system = Vec::new();
     let mut messages = Vec::new();
@@ -650,10 +647,7 @@ impl StreamTranslator {
                     "invalid_request_error" => 400,
                     _ => 500,
                 };
-                let error = super::upstream_failure(status, &message);
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&error.body());
-                out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
+                super::write_error_event(&super::upstream_failure(status, &message), out);
                 self.stopped = true;
             }
             // ping, content_block_stop, and event types added later.

@@ -48,6 +48,16 @@ impl ProviderKind {
         }
     }
 
+    /// The request header the provider reads its key from, and the prefix
+    /// written before the key (what Envoy's credential injector is given).
+    pub fn credential_header(self) -> (&'static str, Option<&'static str>) {
+        match self {
+            ProviderKind::OpenAiCompatible => ("authorization", Some("Bearer ")),
+            ProviderKind::AzureOpenAi => ("api-key", None),
+            ProviderKind::Anthropic => ("x-api-key", None),
+        }
+    }
+
     /// Whether request and response bodies are translated (otherwise they
     /// pass as OpenAI's, the model name aside).
     pub fn translates(self) -> bool {
@@ -152,6 +162,14 @@ pub fn credential_sds(secret_name: &str, secret_file: &str) -> String {
         quoted(secret_name),
         quoted(secret_file),
     )
+}
+
+/// Ends an OpenAI event stream with `error` as its last event, then
+/// `[DONE]`: how a provider's failure after the 200 reaches the client.
+pub fn write_error_event(error: &ProviderError, out: &mut Vec<u8>) {
+    out.extend_from_slice(b"data: ");
+    out.extend_from_slice(&error.body());
+    out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
 }
 
 /// The `message` of a provider's error body: OpenAI's
