@@ -118,8 +118,11 @@ impl Runner {
                 .map(drop)
                 .map_err(|error| error.to_string())?;
             // The listener can answer before maas-stack has seen Envoy ready;
-            // its banner is the signal that it has.
-            if runner.stdout().contains(&format!("{}/v1", runner.gateway)) {
+            // its banner is the signal that it has, read once its last line
+            // is there.
+            let banner = runner.stdout();
+            if banner.contains(&format!("{}/v1", runner.gateway)) && banner.contains("Ctrl-C stops")
+            {
                 Ok(())
             } else {
                 Err("gateway answers; waiting for the maas-stack banner".to_string())

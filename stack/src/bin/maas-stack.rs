@@ -52,7 +52,10 @@ fn main() -> ExitCode {
             return failed(&error);
         }
     };
-    println!("{}", stack.banner(ready));
+    // Rendered first and written at once: formatted straight into stdout,
+    // its line buffer would let a reader see the banner line by line.
+    let banner = stack.banner(ready).to_string();
+    println!("{banner}");
 
     loop {
         if let Some(signal) = signals.wait(WATCH_INTERVAL) {
