@@ -41,6 +41,14 @@ pub struct AuditRecord<'a> {
     pub total_tokens: u64,
     pub usage: Option<UsageSource>,
     pub latency_ms: u64,
+    /// The external provider that answered, when one did (a model's own
+    /// server leaves it out).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backend: Option<&'a str>,
+    /// Upstream attempts, when Envoy made more than one (a model's
+    /// fallbacks): the last is the one that answered and was charged.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub attempts: Option<u32>,
 }
 
 impl AuditRecord<'_> {

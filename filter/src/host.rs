@@ -69,6 +69,10 @@ pub trait StreamHost {
     /// upstream sent, else why Envoy answered itself (e.g.
     /// `upstream_reset_before_response_started{connection_failure}`).
     fn response_code_details(&self) -> Option<String>;
+
+    /// How many upstream attempts Envoy made for this request (a retry on
+    /// a model's fallback is one more); `None` when not known.
+    fn upstream_attempts(&self) -> Option<u32>;
     /// Sends `message` to the rate limiter's `method` through Envoy's gRPC
     /// client on `cluster`; the answer comes back through
     /// `Stream::on_limiter_response` with the returned token. `None` if the

@@ -17,6 +17,8 @@
 //! - [`providers`]: external providers' wire formats and how their
 //!   failures reach the client (Anthropic's Messages API, translated);
 //! - [`gateway`]: the per-request state machine, one file per phase;
+//! - [`backend`]: the second role, an upstream filter of a provider's
+//!   cluster, which makes each attempt the provider's own;
 //! - [`host`]: the boundary to Envoy, as traits ([`host::StreamHost`] for a
 //!   request, [`host::SyncHost`] for the root context's key sync), which
 //!   `wasm` implements with proxy-wasm hostcalls and the unit tests with
@@ -26,6 +28,7 @@
 
 pub mod audit;
 pub mod auth;
+pub mod backend;
 pub mod config;
 pub mod error;
 pub mod estimate;

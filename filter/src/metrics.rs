@@ -110,6 +110,13 @@ pub enum Metric {
     Subscriptions,
     /// Gauge: settlements waiting for the rate limiter in this worker.
     SettlementsWaiting,
+    /// Answers from an external provider, one per attempt (the backend
+    /// role, [`crate::backend`]), by provider and by the status class the
+    /// client would be given (`2xx`, `4xx`, `429`, `5xx`).
+    ProviderResponses {
+        provider: Rc<str>,
+        status: &'static str,
+    },
 }
 
 impl Metric {
@@ -198,6 +205,13 @@ impl Metric {
             Metric::KeySyncAgeSeconds => ("key_sync_age_seconds", Vec::new()),
             Metric::Subscriptions => ("subscriptions", Vec::new()),
             Metric::SettlementsWaiting => ("limiter_settlements_waiting", Vec::new()),
+            Metric::ProviderResponses { provider, status } => (
+                "provider_responses_total",
+                vec![
+                    ("provider", provider.to_string()),
+                    ("status", status.to_string()),
+                ],
+            ),
         };
         out.push_str("maas.");
         out.push_str(what);

@@ -12,6 +12,7 @@
 
 use crate::auth::control_plane::ControlPlane;
 use crate::auth::key_sync::driver::{KeySync, SyncAnswer};
+use crate::backend::{BackendConfig, BackendStream};
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::gateway::Stream;
@@ -41,6 +42,9 @@ proxy_wasm::main! {{
 #[derive(Default)]
 struct VmState {
     config: Option<Rc<Config>>,
+    /// Set instead of `config` when this VM is a provider cluster's
+    /// upstream filter ([`crate::backend`]).
+    backend: Option<Rc<BackendConfig>>,
     /// The subscriptions in force; rebuilt when the sync state moves.
     policy: Rc<Policy>,
     /// Envoy metric ids, defined on first use.
@@ -262,6 +266,20 @@ impl RootContext for GatewayRoot {
                 return false;
             }
         };
+        if BackendConfig::is_backend_document(&bytes) {
+            return match BackendConfig::from_json(&bytes) {
+                Ok(backend) => {
+                    let mut vm = self.vm.borrow_mut();
+                    vm.backend = Some(Rc::new(backend));
+                    vm.metric_ids.borrow_mut().clear();
+                    true
+                }
+                Err(e) => {
+                    log(LogLevel::Critical, &format!("maas-gateway (backend): {e}"));
+                    false
+                }
+            };
+        }
         let config = match Config::from_json(&bytes) {
             Ok(c) => c,
             Err(e) => {
@@ -341,6 +359,13 @@ impl RootContext for GatewayRoot {
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
+        let backend = self.vm.borrow().backend.clone();
+        if let Some(backend) = backend {
+            return Some(Box::new(BackendHttp {
+                stream: BackendStream::new(backend),
+                host: self.host(),
+            }));
+        }
         // Returning None would abort the VM (the SDK panics on it); a VM
         // without a valid configuration fails closed instead.
         self.vm.borrow_mut().refresh_policy();
@@ -385,6 +410,38 @@ impl HttpContext for Unconfigured {
 struct GatewayHttp {
     stream: Stream,
     host: EnvoyHost,
+}
+
+/// An attempt through a provider's cluster (the backend role).
+struct BackendHttp {
+    stream: BackendStream,
+    host: EnvoyHost,
+}
+
+impl Context for BackendHttp {}
+
+impl HttpContext for BackendHttp {
+    fn on_http_request_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(self.stream.on_request_headers(&self.host, end_of_stream))
+    }
+
+    fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.stream
+                .on_request_body(&self.host, body_size, end_of_stream),
+        )
+    }
+
+    fn on_http_response_headers(&mut self, _num_headers: usize, end_of_stream: bool) -> Action {
+        action(self.stream.on_response_headers(&self.host, end_of_stream))
+    }
+
+    fn on_http_response_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
+        action(
+            self.stream
+                .on_response_body(&self.host, body_size, end_of_stream),
+        )
+    }
 }
 
 fn action(flow: Flow) -> Action {
@@ -468,7 +525,8 @@ impl EnvoyHost {
     /// The Envoy id of `metric`, defined on first use.
     fn metric_id(&self, metric: Metric) -> Option<u32> {
         let vm = self.vm.borrow();
-        let config = vm.config.as_ref()?;
+        // The backend role has no gateway configuration and no model labels.
+        let models = vm.config.as_ref().map_or(&[][..], |c| c.models.as_slice());
         let mut ids = vm.metric_ids.borrow_mut();
         if let Some(id) = ids.get(&metric) {
             return Some(*id);
@@ -478,7 +536,7 @@ impl EnvoyHost {
         } else {
             MetricType::Counter
         };
-        let id = hostcalls::define_metric(kind, &metric.name(&config.models)).ok()?;
+        let id = hostcalls::define_metric(kind, &metric.name(models)).ok()?;
         ids.insert(metric, id);
         Some(id)
     }
@@ -662,6 +720,15 @@ impl StreamHost for EnvoyHost {
             .ok()
             .flatten()?;
         String::from_utf8(bytes).ok()
+    }
+
+    fn upstream_attempts(&self) -> Option<u32> {
+        let bytes = hostcalls::get_property(vec!["upstream", "request_attempt_count"])
+            .ok()
+            .flatten()?;
+        // Envoy hands integers over as 8 little-endian bytes.
+        let raw: [u8; 8] = bytes.get(..8)?.try_into().ok()?;
+        u32::try_from(u64::from_le_bytes(raw)).ok()
     }
 
     fn dispatch_limiter(

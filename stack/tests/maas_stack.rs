@@ -459,13 +459,28 @@ fn a_bad_filter_configuration_is_explained_from_envoys_log() {
     let path = dir.join("filter-config.json");
     std::fs::write(&path, config.to_string()).expect("write");
 
+    // Without providers the configuration reaches Envoy, whose refusal is
+    // read back from its log.
+    let mut stack = Runner::spawn_with(&path, &["--no-demo-provider".to_string()], &[]);
+    let status = stack.wait_exit(START_TIMEOUT);
+    assert!(!status.success(), "{status}");
+    let stderr = stack.stderr();
+    assert!(
+        stderr.contains("Envoy refused the filter configuration")
+            && stderr.contains("invalid filter configuration: subscriptions.free.limits.tokens[1]")
+            && stderr.contains("fortnight"),
+        "{stderr}"
+    );
+
+    // With the demo's provider, the bootstrap's renderer reads the
+    // configuration for the backend roles first, and says the same sooner.
     let mut stack = Runner::spawn(&path, &[]);
     let status = stack.wait_exit(START_TIMEOUT);
     let _ = std::fs::remove_dir_all(&dir);
     assert!(!status.success(), "{status}");
     let stderr = stack.stderr();
     assert!(
-        stderr.contains("Envoy refused the filter configuration")
+        stderr.contains("cannot render the Envoy bootstrap")
             && stderr.contains("invalid filter configuration: subscriptions.free.limits.tokens[1]")
             && stderr.contains("fortnight"),
         "{stderr}"

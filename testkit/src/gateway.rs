@@ -14,13 +14,16 @@
 //! to exactly one place (listed twice, or both local and a provider's, is a
 //! [`RenderError`]).
 
+mod failover;
 mod provider;
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use maas_filter::backend::BackendConfig;
+use maas_filter::config::Config;
 use serde_json::Value;
 
 pub use provider::{
@@ -96,6 +99,71 @@ pub enum RenderError {
     },
     #[error("providers need a directory for their credential SDS files (credential_sds_dir)")]
     NoCredentialSdsDir,
+    #[error("the filter configuration, read for the providers' backend roles: {0}")]
+    FilterConfig(String),
+    #[error("model {model:?}: fallback provider {provider:?} has no ProviderSpec")]
+    UnknownFallback { model: String, provider: String },
+}
+
+/// What the providers' clusters and the failover routes take from the
+/// filter's own configuration, so Envoy's side cannot disagree with it.
+struct Backends {
+    /// Each provider's backend document, by provider name.
+    documents: BTreeMap<String, Value>,
+    chains: Vec<failover::Chain>,
+}
+
+impl Backends {
+    fn of(spec: &GatewaySpec) -> Result<Backends, RenderError> {
+        let none = Backends {
+            documents: BTreeMap::new(),
+            chains: Vec::new(),
+        };
+        // Without providers nothing needs the filter's view (and tests of
+        // refused configurations render those too).
+        if spec.providers.is_empty() {
+            return Ok(none);
+        }
+        let config = Config::from_json(spec.filter_config.to_string().as_bytes())
+            .map_err(|e| RenderError::FilterConfig(e.to_string()))?;
+        let documents = spec
+            .providers
+            .iter()
+            .filter_map(|p| {
+                BackendConfig::document_for(&config, &p.name).map(|doc| (p.name.clone(), doc))
+            })
+            .collect();
+        let mut chains = Vec::new();
+        for (model, fallbacks) in &config.fallbacks {
+            let first = match spec.models.iter().position(|(m, _)| m == model) {
+                Some(index) => cluster_name(model, index),
+                None => spec
+                    .providers
+                    .iter()
+                    .find(|p| p.models.contains(model))
+                    .map(|p| provider::cluster_name(&p.name))
+                    .ok_or_else(|| RenderError::UnknownFallback {
+                        model: model.clone(),
+                        provider: "(the model's own)".into(),
+                    })?,
+            };
+            let mut clusters = vec![first];
+            for fallback in fallbacks {
+                if !spec.providers.iter().any(|p| p.name == fallback.provider) {
+                    return Err(RenderError::UnknownFallback {
+                        model: model.clone(),
+                        provider: fallback.provider.clone(),
+                    });
+                }
+                clusters.push(provider::cluster_name(&fallback.provider));
+            }
+            chains.push(failover::Chain {
+                model: model.clone(),
+                clusters,
+            });
+        }
+        Ok(Backends { documents, chains })
+    }
 }
 
 /// Indentation of the generated blocks, matching where the template places
@@ -113,11 +181,13 @@ const CLUSTER_NAME_MODEL_CHARS: usize = 48;
 /// are comments and copied as they are, placeholders included.
 pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, RenderError> {
     check_model_ids(&spec.models, &spec.providers)?;
+    let backends = Backends::of(spec)?;
+    let wasm_path = path_literal("WASM_PATH", &spec.wasm_path)?;
     let control_plane = spec.control_plane.unwrap_or(NO_CONTROL_PLANE);
     let values = [
         ("LISTEN_PORT", spec.listen_port.to_string()),
         ("ADMIN_PORT", spec.admin_port.to_string()),
-        ("WASM_PATH", path_literal("WASM_PATH", &spec.wasm_path)?),
+        ("WASM_PATH", wasm_path.clone()),
         // The filter reads a string: encode the configuration as JSON text,
         // then that text as a string literal.
         (
@@ -135,14 +205,13 @@ pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, Rend
         ("CONTROL_PLANE_PORT", control_plane.port().to_string()),
         ("OIDC_FILTER", oidc_filter(spec.oidc.as_ref())),
         ("LIMITER_CLUSTER", limiter_cluster(spec.limiter)),
-        ("MODEL_ROUTES", model_routes(&spec.models, &spec.providers)),
+        (
+            "MODEL_ROUTES",
+            model_routes(&spec.models, &spec.providers, &backends.chains),
+        ),
         (
             "MODEL_CLUSTERS",
-            model_clusters(
-                &spec.models,
-                &spec.providers,
-                spec.credential_sds_dir.as_deref(),
-            )?,
+            model_clusters(spec, &wasm_path, &backends.documents)?,
         ),
     ];
     let lookup = |name: &str| {
@@ -289,17 +358,28 @@ fn route_match(model: &str) -> String {
     )
 }
 
-/// Local models' routes, then the providers'; ids are checked already.
-fn model_routes(models: &[(String, SocketAddr)], providers: &[ProviderSpec]) -> String {
+/// Local models' routes, then the providers', then the failover routes of
+/// models with fallbacks (which replace their plain route); ids are
+/// checked already.
+fn model_routes(
+    models: &[(String, SocketAddr)],
+    providers: &[ProviderSpec],
+    chains: &[failover::Chain],
+) -> String {
+    let chained: HashSet<&str> = chains.iter().map(|c| c.model.as_str()).collect();
     let mut block = Vec::with_capacity(models.len() * 2);
     for (index, (model, _)) in models.iter().enumerate() {
+        if chained.contains(model.as_str()) {
+            continue;
+        }
         block.push(route_match(model));
         block.push(format!(
             "{ROUTE_INDENT}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT} }}",
             cluster_name(model, index)
         ));
     }
-    block.extend(provider::routes(providers));
+    block.extend(provider::routes(providers, &chained));
+    block.extend(failover::routes(chains));
     block.join("\n")
 }
 
@@ -341,13 +421,13 @@ fn oidc_filter(spec: Option<&OidcSpec>) -> String {
 }
 
 fn model_clusters(
-    models: &[(String, SocketAddr)],
-    providers: &[ProviderSpec],
-    credential_sds_dir: Option<&Path>,
+    spec: &GatewaySpec,
+    wasm_path: &str,
+    documents: &BTreeMap<String, Value>,
 ) -> Result<String, RenderError> {
     // The template's control-plane cluster keeps `clusters:` a list.
     let mut block = String::new();
-    for (index, (model, upstream)) in models.iter().enumerate() {
+    for (index, (model, upstream)) in spec.models.iter().enumerate() {
         let name = cluster_name(model, index);
         let i = CLUSTER_INDENT;
         let _ = write!(
@@ -366,7 +446,13 @@ fn model_clusters(
             upstream.port(),
         );
     }
-    provider::clusters(providers, credential_sds_dir, &mut block)?;
+    provider::clusters(
+        &spec.providers,
+        spec.credential_sds_dir.as_deref(),
+        wasm_path,
+        documents,
+        &mut block,
+    )?;
     // The template supplies the line break after the placeholder.
     block.truncate(block.trim_end().len());
     Ok(block)
@@ -537,10 +623,30 @@ mod tests {
         );
     }
 
+    /// A spec whose filter configuration names the providers (each
+    /// OpenAI-compatible) and their models (each id once, under its own
+    /// name), as a valid one must for the backend roles to be rendered.
     fn with_providers(models: &[(&str, &str)], providers: Vec<ProviderSpec>) -> GatewaySpec {
+        let mut seen = HashSet::new();
+        let external: Vec<Value> = providers
+            .iter()
+            .flat_map(|p| p.models.iter().map(move |m| (p, m)))
+            .filter(|(_, m)| !m.is_empty() && seen.insert(m.as_str()))
+            .map(
+                |(p, m)| serde_json::json!({"id": m, "provider": p.name, "model": "upstream-name"}),
+            )
+            .collect();
+        let names: HashSet<&str> = providers.iter().map(|p| p.name.as_str()).collect();
+        let filter_config = serde_json::json!({
+            "models": models.iter().map(|(m, _)| m).collect::<Vec<_>>(),
+            "providers": names.iter().map(|n| serde_json::json!({"name": n, "kind": "openai-compatible"})).collect::<Vec<_>>(),
+            "external_models": external,
+            "subscriptions": {},
+        });
         GatewaySpec {
             providers,
             credential_sds_dir: Some("/run/maas sds".into()),
+            filter_config,
             ..spec(models)
         }
     }
@@ -561,18 +667,18 @@ mod tests {
         )
         .expect("renders");
 
-        let route = |model: &str, cluster: &str, host: &str| {
+        let route = |model: &str, cluster: &str| {
             format!(
-                "\n              - match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: \"{model}\" }} }}] }}\n                route: {{ cluster: {cluster}, timeout: 600s, host_rewrite_literal: \"{host}\" }}\n                request_headers_to_remove: [x-maas-user, x-maas-key-id, x-maas-subscription, x-maas-model, authorization, x-api-key, api-key]\n"
+                "\n              - match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: \"{model}\" }} }}] }}\n                route: {{ cluster: {cluster}, timeout: 600s, auto_host_rewrite: true }}\n                request_headers_to_remove: [x-maas-user, x-maas-key-id, x-maas-subscription, x-maas-model, authorization, x-api-key, api-key]\n"
             )
         };
-        for (model, cluster, host) in [
-            ("gpt-4o", "provider_openai", "api.provider.test"),
-            ("o1", "provider_openai", "api.provider.test"),
-            ("gpt-35", "provider_azure", "x.openai.azure.com"),
+        for (model, cluster) in [
+            ("gpt-4o", "provider_openai"),
+            ("o1", "provider_openai"),
+            ("gpt-35", "provider_azure"),
         ] {
             assert!(
-                rendered.contains(&route(model, cluster, host)),
+                rendered.contains(&route(model, cluster)),
                 "{model}:\n{rendered}"
             );
         }
@@ -603,13 +709,24 @@ mod tests {
             "header: \"authorization\"\n                header_value_prefix: \"Bearer \"\n",
             "name: \"provider_openai_credential\"",
             "path_config_source: { path: \"/run/maas sds/provider_openai_credential.sds.yaml\" }",
+            // The `Host` the route rewrites to.
+            "hostname: \"api.provider.test\"",
+            // The backend role, with this provider's document.
+            "vm_id: maas-backend",
+            "filename: \"/tmp/with space/maas_filter.wasm\"",
+            r#"value: "{\"backend\":{\"kind\":\"openai-compatible\",\"models\":{\"gpt-4o\":\"upstream-name\",\"o1\":\"upstream-name\"},\"provider\":\"OpenAI\"}}""#,
         ] {
             assert!(openai.contains(expected), "{expected}:\n{openai}");
         }
-        // The codec is the last upstream filter, after the injector.
+        // The backend role makes the request final, then the injector sets
+        // the key, and the codec is last.
+        let backend = openai.find("- name: envoy.filters.http.wasm");
         let injector = openai.find("- name: envoy.filters.http.credential_injector");
         let codec = openai.find("- name: envoy.filters.http.upstream_codec");
-        assert!(injector.is_some() && injector < codec, "{openai}");
+        assert!(
+            backend.is_some() && backend < injector && injector < codec,
+            "{openai}"
+        );
 
         let azure = cluster("provider_azure");
         for expected in [
@@ -679,6 +796,70 @@ mod tests {
                 "{expected}"
             );
         }
+    }
+
+    #[test]
+    fn a_model_with_fallbacks_gets_one_route_that_picks_each_attempts_cluster() {
+        let openai = provider::tests::provider("openai", &["gpt-4o"]);
+        let anthropic = provider::tests::provider("anthropic", &[]);
+        let mut spec = with_providers(&[("m1", "127.0.0.1:8001")], vec![openai, anthropic]);
+        spec.filter_config["fallbacks"] = serde_json::json!({
+            "m1": [{"provider": "openai", "model": "m1-remote"}],
+            "gpt-4o": [{"provider": "anthropic", "model": "claude"}, ]
+        });
+        let rendered = render_gateway(&gateway_template(), &spec).expect("renders");
+        let routes: Vec<&str> = rendered
+            .split("\n              - match: ")
+            .filter(|r| r.starts_with("{ prefix: \"/\", headers: [{ name: x-maas-model"))
+            .collect();
+        // One route per model id, the chained ones included.
+        assert_eq!(routes.len(), 2, "{rendered}");
+        let chain = |model: &str| {
+            *routes
+                .iter()
+                .find(|r| r.contains(&format!("exact: \"{model}\"")))
+                .unwrap_or_else(|| panic!("no route for {model}"))
+        };
+        let m1 = chain("m1");
+        for expected in [
+            "refresh_cluster_on_retry: true",
+            "num_retries: 1",
+            "retriable_status_codes: [429]",
+            "header_name: x-envoy-attempt-count",
+            "\"1\": { action: { name: \"provider_openai\"",
+            "on_no_match: { action: { name: \"model_m1_0\"",
+            "auto_host_rewrite: true",
+        ] {
+            assert!(m1.contains(expected), "{expected}:\n{m1}");
+        }
+        let gpt = chain("gpt-4o");
+        assert!(
+            gpt.contains("on_no_match: { action: { name: \"provider_openai\""),
+            "{gpt}"
+        );
+        assert!(
+            gpt.contains("\"1\": { action: { name: \"provider_anthropic\""),
+            "{gpt}"
+        );
+        // The fallback provider's cluster has its backend role even though
+        // no model is its own.
+        assert!(
+            rendered.contains(r#"\"provider\":\"anthropic\""#),
+            "{rendered}"
+        );
+
+        spec.providers.pop();
+        spec.filter_config["providers"] = serde_json::json!([
+            {"name": "openai", "kind": "openai-compatible"},
+            {"name": "anthropic", "kind": "anthropic"}
+        ]);
+        assert_eq!(
+            render_gateway(&gateway_template(), &spec).err(),
+            Some(RenderError::UnknownFallback {
+                model: "gpt-4o".into(),
+                provider: "anthropic".into()
+            })
+        );
     }
 
     #[test]

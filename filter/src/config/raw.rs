@@ -53,6 +53,10 @@ pub(super) struct RawConfig {
     /// Public model ids served by an external provider.
     #[serde(default)]
     pub(super) external_models: Vec<RawExternalModel>,
+    /// Per model id (local or external): providers to try, in order, when
+    /// the model's own backend fails before answering.
+    #[serde(default)]
+    pub(super) fallbacks: BTreeMap<String, Vec<RawBackend>>,
     pub(super) subscriptions: BTreeMap<String, RawSubscription>,
     #[serde(default)]
     pub(super) keys: Vec<RawKey>,
@@ -87,6 +91,14 @@ pub(super) struct RawProvider {
 #[serde(deny_unknown_fields)]
 pub(super) struct RawExternalModel {
     pub(super) id: String,
+    pub(super) provider: String,
+    pub(super) model: String,
+}
+
+/// One fallback backend: a provider and its name for the model.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawBackend {
     pub(super) provider: String,
     pub(super) model: String,
 }

@@ -320,6 +320,75 @@ fn provider_mistakes_name_their_field() {
 }
 
 #[test]
+fn fallbacks_chain_a_models_backends_in_order() {
+    let mut v = with_providers();
+    v["providers"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"name": "anthropic", "kind": "anthropic"}));
+    v["fallbacks"] = json!({
+        "m1": [{"provider": "openai", "model": "gpt-4.1-mini"}],
+        "gpt-4o": [
+            {"provider": "anthropic", "model": "claude-sonnet-4-5"},
+            {"provider": "openai", "model": "gpt-4o"}
+        ]
+    });
+    let c = load(&v).unwrap();
+    let chain = |model: &str| -> Vec<(String, String)> {
+        c.backends(model)
+            .map(|b| (b.provider.clone(), b.upstream_model.clone()))
+            .collect()
+    };
+    // A local model's chain starts with its own server, which is not a
+    // provider; an external one's with its own provider.
+    assert_eq!(chain("m1"), [("openai".into(), "gpt-4.1-mini".into())]);
+    assert_eq!(
+        chain("gpt-4o"),
+        [
+            ("azure-east".into(), "gpt-4o-prod".into()),
+            ("anthropic".into(), "claude-sonnet-4-5".into()),
+            ("openai".into(), "gpt-4o".into()),
+        ]
+    );
+    assert_eq!(chain("org/m2:q4"), []);
+}
+
+#[test]
+fn fallback_mistakes_name_their_field() {
+    let cases: [(&str, serde_json::Value); 5] = [
+        (
+            "fallbacks.nope",
+            json!({"nope": [{"provider": "openai", "model": "x"}]}),
+        ),
+        ("fallbacks.m1", json!({"m1": []})),
+        (
+            "fallbacks.m1[0].provider",
+            json!({"m1": [{"provider": "nobody", "model": "x"}]}),
+        ),
+        (
+            "fallbacks.gpt-4o[0].provider",
+            json!({"gpt-4o": [{"provider": "azure-east", "model": "again"}]}),
+        ),
+        (
+            "fallbacks.m1[1].provider",
+            json!({"m1": [{"provider": "openai", "model": "a"}, {"provider": "openai", "model": "b"}]}),
+        ),
+    ];
+    for (field, fallbacks) in cases {
+        let mut v = with_providers();
+        v["fallbacks"] = fallbacks;
+        let e = load(&v).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+    }
+    let mut v = with_providers();
+    v["fallbacks"] = json!({"m1": [{"provider": "openai", "model": "x", "weight": 2}]});
+    assert!(load(&v)
+        .unwrap_err()
+        .reason
+        .contains("unknown field `weight`"));
+}
+
+#[test]
 fn a_configuration_of_external_models_alone_is_enough() {
     let mut v = with_providers();
     v["models"] = json!([]);

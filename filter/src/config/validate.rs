@@ -8,8 +8,8 @@
 //! plane ([`validate_served`]), so the two cannot disagree on what is valid.
 
 use super::raw::{
-    LimitMode, RawConfig, RawControlPlane, RawExpiry, RawExternalModel, RawKey, RawLimiter,
-    RawLimits, RawProvider, RawRate, RawSubscription,
+    LimitMode, RawBackend, RawConfig, RawControlPlane, RawExpiry, RawExternalModel, RawKey,
+    RawLimiter, RawLimits, RawProvider, RawRate, RawSubscription,
 };
 use super::validated::{err, Config, ConfigError, ExternalModel};
 use crate::auth::control_plane::ControlPlane;
@@ -38,7 +38,9 @@ impl TryFrom<RawConfig> for Config {
             return Err(err("prompt_bytes_per_token", "must be at least 1"));
         }
         let mut models = routed_models(&raw.models)?;
-        let external = external_models(&raw.providers, &raw.external_models, &mut models)?;
+        let providers = providers(&raw.providers)?;
+        let external = external_models(&providers, &raw.external_models, &mut models)?;
+        let fallbacks = fallbacks(&providers, &raw.fallbacks, &models, &external)?;
         if models.is_empty() {
             return Err(err("models", "at least one model is required"));
         }
@@ -106,6 +108,7 @@ impl TryFrom<RawConfig> for Config {
             prompt_bytes_per_token: raw.prompt_bytes_per_token,
             models: models.into_iter().collect(),
             external,
+            fallbacks,
             subscriptions,
             keys,
         })
@@ -146,14 +149,8 @@ fn routed_models(raw: &[String]) -> Result<BTreeSet<String>, ConfigError> {
     Ok(models)
 }
 
-/// `providers` and `external_models`: each provider named once and usable
-/// for its kind, each external id new to `models` (to which it is added)
-/// and mapped to a configured provider.
-fn external_models(
-    providers: &[RawProvider],
-    raw: &[RawExternalModel],
-    models: &mut BTreeSet<String>,
-) -> Result<BTreeMap<String, Rc<ExternalModel>>, ConfigError> {
+/// `providers`: each named once and usable for its kind.
+fn providers(providers: &[RawProvider]) -> Result<BTreeMap<&str, &RawProvider>, ConfigError> {
     let mut by_name = BTreeMap::new();
     for (i, p) in providers.iter().enumerate() {
         let field = format!("providers[{i}]");
@@ -183,22 +180,48 @@ fn external_models(
             ));
         }
     }
+    Ok(by_name)
+}
+
+/// A backend at `field` (`.provider`, `.model`): a configured provider and
+/// a model name it can take (an Azure deployment name is a path segment).
+fn backend(
+    by_name: &BTreeMap<&str, &RawProvider>,
+    field: &str,
+    provider: &str,
+    model: &str,
+) -> Result<ExternalModel, ConfigError> {
+    let p = by_name.get(provider).ok_or_else(|| {
+        err(
+            format!("{field}.provider"),
+            format!("no provider named {provider:?} in `providers`"),
+        )
+    })?;
+    let extra: &[char] = match p.kind {
+        ProviderKind::AzureOpenAi => &[],
+        _ => &['/', ':'],
+    };
+    check_name(&format!("{field}.model"), model, extra)?;
+    Ok(ExternalModel {
+        provider: p.name.clone(),
+        kind: p.kind,
+        upstream_model: model.to_string(),
+        api_version: p.api_version.clone(),
+    })
+}
+
+/// `external_models`: each id new to `models` (to which it is added) and
+/// mapped to a configured provider.
+fn external_models(
+    by_name: &BTreeMap<&str, &RawProvider>,
+    raw: &[RawExternalModel],
+    models: &mut BTreeSet<String>,
+) -> Result<BTreeMap<String, Rc<ExternalModel>>, ConfigError> {
     let mut external = BTreeMap::new();
     for (i, m) in raw.iter().enumerate() {
         let field = format!("external_models[{i}]");
         check_name(&format!("{field}.id"), &m.id, &['/', ':'])?;
-        let provider = by_name.get(m.provider.as_str()).ok_or_else(|| {
-            err(
-                format!("{field}.provider"),
-                format!("no provider named {:?} in `providers`", m.provider),
-            )
-        })?;
-        // An Azure deployment name is a segment of the upstream path.
-        let extra: &[char] = match provider.kind {
-            ProviderKind::AzureOpenAi => &[],
-            _ => &['/', ':'],
-        };
-        check_name(&format!("{field}.model"), &m.model, extra)?;
+        let backend = backend(by_name, &field, &m.provider, &m.model)?;
         if !models.insert(m.id.clone()) {
             return Err(err(
                 format!("{field}.id"),
@@ -208,17 +231,53 @@ fn external_models(
                 ),
             ));
         }
-        external.insert(
-            m.id.clone(),
-            Rc::new(ExternalModel {
-                provider: provider.name.clone(),
-                kind: provider.kind,
-                upstream_model: m.model.clone(),
-                api_version: provider.api_version.clone(),
-            }),
-        );
+        external.insert(m.id.clone(), Rc::new(backend));
     }
     Ok(external)
+}
+
+/// `fallbacks`: for a routed model, providers tried in order after its
+/// own backend (local or `external_models`), each provider once per model.
+/// Any kind may follow any other: each attempt is made its provider's own
+/// by that provider's cluster (the backend role).
+fn fallbacks(
+    by_name: &BTreeMap<&str, &RawProvider>,
+    raw: &BTreeMap<String, Vec<RawBackend>>,
+    models: &BTreeSet<String>,
+    external: &BTreeMap<String, Rc<ExternalModel>>,
+) -> Result<BTreeMap<String, Vec<Rc<ExternalModel>>>, ConfigError> {
+    let mut out = BTreeMap::new();
+    for (id, backends) in raw {
+        let field = format!("fallbacks.{id}");
+        if !models.contains(id) {
+            return Err(err(
+                field,
+                "not a routed model (list it in `models` or `external_models`)",
+            ));
+        }
+        if backends.is_empty() {
+            return Err(err(field, "must list at least one backend"));
+        }
+        let mut seen: BTreeSet<&str> = external
+            .get(id)
+            .map(|p| p.provider.as_str())
+            .into_iter()
+            .collect();
+        let mut chain = Vec::with_capacity(backends.len());
+        for (i, b) in backends.iter().enumerate() {
+            let field = format!("{field}[{i}]");
+            let fallback = backend(by_name, &field, &b.provider, &b.model)?;
+            if !seen.insert(b.provider.as_str()) {
+                return Err(err(
+                    format!("{field}.provider"),
+                    format!("provider {:?} is already in this model's chain", b.provider),
+                ));
+            }
+            chain.push(Rc::new(fallback));
+        }
+        out.insert(id.clone(), chain);
+    }
+    Ok(out)
 }
 
 /// One configured key (`field`: `keys[i]`; its id already checked), with

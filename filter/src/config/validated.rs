@@ -59,6 +59,10 @@ pub struct Config {
     pub models: Vec<String>,
     /// The models of `models` that an external provider serves, by id.
     pub external: BTreeMap<String, Rc<ExternalModel>>,
+    /// Per model id: the providers tried, in order, when its own backend
+    /// fails before answering (Envoy's retries, each attempt made its
+    /// provider's own by the backend role, [`crate::backend`]).
+    pub fallbacks: BTreeMap<String, Vec<Rc<ExternalModel>>>,
     /// Configured here; the control plane may add and override them.
     pub subscriptions: Vec<Rc<Subscription>>,
     pub keys: KeyStore,
@@ -91,6 +95,16 @@ impl Config {
         let raw: RawConfig =
             serde_json::from_slice(bytes).map_err(|e| err("(document)", e.to_string()))?;
         Config::try_from(raw)
+    }
+
+    /// The external backends of `model`, in the order they are tried: its
+    /// provider (when it is not local), then its fallbacks.
+    pub fn backends<'a>(&'a self, model: &str) -> impl Iterator<Item = &'a ExternalModel> {
+        self.external
+            .get(model)
+            .into_iter()
+            .chain(self.fallbacks.get(model).into_iter().flatten())
+            .map(|m| &**m)
     }
 
     /// Every scope with limits (one counter each) the configuration enforces,

@@ -5,23 +5,23 @@
 //!    subscription allows;
 //! 2. [`Stream::completion_budget`]: the completion budget to reserve, after
 //!    the subscription's cap, and whether the body must carry it;
-//! 3. [`Stream::rewritten_body`]: the body the upstream gets (budget, usage
-//!    asked for on a stream);
+//! 3. `provider::check_backends`: every external backend of the model can
+//!    take the request; [`Stream::rewritten_body`]: the body the upstream
+//!    gets (budget, usage asked for on a stream);
 //! 4. [`Stream::reserve_local`]: the worst case reserved against every local
 //!    limit, all or nothing;
 //! 5. `start_global` (see `global`): the same asked of the rate limiter;
-//! 6. [`forward`]: the rewritten body (for an external provider with its
-//!    name for the model; for Anthropic, translated into a Messages
-//!    request: see `provider`), its path (Azure's deployment path,
-//!    Anthropic's `/v1/messages`) and
-//!    `x-maas-model` go upstream; Envoy routes on that header to the
-//!    model's cluster, which for a provider adds TLS and its credential.
+//! 6. [`forward`]: the rewritten body and `x-maas-model` go upstream; Envoy
+//!    routes on that header to the model's cluster, or for a model with
+//!    fallbacks to each attempt's; a provider's cluster makes the request
+//!    its own (the backend role, [`crate::backend`]), adds TLS and its
+//!    credential.
 //!
 //! Invariant: what is reserved is what the upstream is allowed: the body
 //! carries the reserved completion budget whenever the client's differs
 //! from it, or named none.
 
-use super::provider::{self, Outbound};
+use super::provider;
 use super::{limited_scopes, Admission, Identity, Stream};
 use crate::error::GatewayError;
 use crate::estimate::UsageBounds;
@@ -32,7 +32,6 @@ use crate::metrics::{Metric, Outcome};
 use crate::openai::request::{
     parse_completion_request, rewrite_completion_request, BodyRewrite, CompletionRequest,
 };
-use crate::providers::anthropic;
 use crate::subscription::{CapMode, Quantity, ScopeLimits, Subscription};
 use std::rc::Rc;
 
@@ -113,22 +112,15 @@ impl Stream {
         self.completion.streaming = request.stream;
         let budget = self.completion_budget(&request, &identity.subscription)?;
         self.completion.strip_usage = request.stream && !request.include_usage;
-        let provider = self.config.external.get(request.model.as_ref()).cloned();
-        // A translating provider's request is written anew with its name
-        // for the model (`provider::outbound`): no rename pass before that.
-        let upstream_model = provider
-            .as_ref()
-            .filter(|e| !e.kind.translates())
-            .map(|e| e.upstream_model.as_str());
-        let rewritten = self.rewritten_body(
-            body,
-            budget.rewrite.then_some(budget.effective),
-            upstream_model,
-        )?;
-        let outbound =
-            provider::outbound(provider.as_deref(), self.endpoint.as_ref(), body, rewritten)
-                .map_err(rejected)?;
-        self.completion.provider = provider;
+        let rewritten = self.rewritten_body(body, budget.rewrite.then_some(budget.effective))?;
+        let outgoing = rewritten.as_deref().unwrap_or(body);
+        provider::check_backends(
+            &self.config,
+            &request.model,
+            self.endpoint.as_ref(),
+            outgoing,
+        )
+        .map_err(rejected)?;
 
         // `max_tokens` bounds each completion; `n`, `best_of` and prompt
         // arrays multiply them.
@@ -149,7 +141,7 @@ impl Stream {
         }
         self.start_global(host, worst_case)
             .map_err(|e| (Outcome::LimiterError, e))?;
-        forward(host, body, &outbound, &request.model);
+        forward(host, body, rewritten.as_deref(), &request.model);
         Ok(())
     }
 
@@ -210,24 +202,22 @@ impl Stream {
         })
     }
 
-    /// Step 3: the body with the budget written in, on a stream whose
+    /// Step 3: the body with the budget written in and, on a stream whose
     /// client did not ask for usage, usage asked for (the response phase
-    /// strips it again), and for an external provider its name for the
-    /// model. `None`: the body goes as it came.
+    /// strips it again). `None`: the body goes as it came.
     fn rewritten_body(
         &self,
         body: &[u8],
         max_tokens: Option<u64>,
-        model: Option<&str>,
     ) -> Result<Option<Vec<u8>>, Refusal> {
         let force_include_usage = self.completion.strip_usage;
-        if max_tokens.is_none() && !force_include_usage && model.is_none() {
+        if max_tokens.is_none() && !force_include_usage {
             return Ok(None);
         }
         let rewrite = BodyRewrite {
             max_tokens,
             force_include_usage,
-            model,
+            model: None,
         };
         rewrite_completion_request(body, &rewrite)
             .map(Some)
@@ -339,20 +329,12 @@ fn local_denial(
     }
 }
 
-/// Step 6: the upstream gets the rewritten body, the provider's path
-/// where it differs (Azure OpenAI), and the model header that routes it.
-fn forward(host: &dyn StreamHost, body: &[u8], outbound: &Outbound, model: &str) {
-    if let Some(new_body) = &outbound.body {
+/// Step 6: the upstream gets the rewritten body and the model header that
+/// routes it.
+fn forward(host: &dyn StreamHost, body: &[u8], rewritten: Option<&[u8]>, model: &str) {
+    if let Some(new_body) = rewritten {
         host.replace_request_body(body.len(), new_body);
         host.set_request_header("content-length", Some(&new_body.len().to_string()));
-    }
-    if let Some(path) = &outbound.path {
-        host.set_request_header(":path", Some(path));
-    }
-    if outbound.anthropic {
-        host.set_request_header("anthropic-version", Some(anthropic::API_VERSION));
-        // What comes back is translated, so it must come back readable.
-        host.set_request_header("accept-encoding", None);
     }
     // Setting a request header makes Envoy re-evaluate the route, so each
     // model can have its own cluster.

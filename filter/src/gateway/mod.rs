@@ -36,7 +36,7 @@ mod response;
 mod settle;
 
 use crate::audit::UsageSource;
-use crate::config::{Config, ExternalModel};
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::estimate::UsageBounds;
 use crate::host::{Flow, StreamHost};
@@ -104,16 +104,18 @@ struct CompletionFacts {
     /// the usage event is removed before the client sees it.
     strip_usage: bool,
     reserved_tokens: u64,
-    /// The external provider serving the model, if one does.
-    provider: Option<Rc<ExternalModel>>,
 }
 
 /// The response as far as it has come.
 struct ResponseState {
     status: Option<u32>,
     reader: ResponseReader,
-    /// What stands between the provider's body and `reader`.
-    translation: provider::Translation,
+    /// The external provider that answered (the backend role's
+    /// `x-maas-backend`); `None`: the model's own server, or no answer.
+    backend: Option<String>,
+    /// The provider's own status, when the backend role answered the
+    /// client with another (`x-maas-provider-status`).
+    provider_status: Option<u32>,
     /// The response ended (or the filter answered itself).
     complete: bool,
     /// What the request was charged, once settled.
@@ -157,7 +159,8 @@ impl Stream {
             response: ResponseState {
                 status: None,
                 reader: ResponseReader::Skip,
-                translation: provider::Translation::None,
+                backend: None,
+                provider_status: None,
                 complete: false,
                 charged: None,
             },

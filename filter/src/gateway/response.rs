@@ -8,8 +8,9 @@
 //! ([`MAX_JSON_RESPONSE_BYTES`], one SSE event of [`MAX_SSE_EVENT_BYTES`]).
 
 use super::Stream;
+use crate::backend::{BACKEND_HEADER, PROVIDER_STATUS_HEADER};
 use crate::host::{Flow, StreamHost};
-use crate::openai::sse::SseUsageParser;
+use crate::openai::sse::{is_event_stream, SseUsageParser};
 
 /// A JSON response larger than this is passed through without reading its
 /// usage (and charged by estimate) rather than held in memory.
@@ -39,13 +40,22 @@ impl Stream {
             match name.as_str() {
                 ":status" => self.response.status = value.parse().ok(),
                 "content-encoding" => encoded = !value.eq_ignore_ascii_case("identity"),
-                "content-type" => {
-                    sse = value
-                        .trim_start()
-                        .get(..17)
-                        .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
-                }
+                "content-type" => sse = is_event_stream(&value),
+                BACKEND_HEADER => self.response.backend = Some(value),
+                PROVIDER_STATUS_HEADER => self.response.provider_status = value.parse().ok(),
                 _ => {}
+            }
+        }
+        // Which provider answered, and how, is the audit record's and the
+        // settlement's, not the client's; and only the backend role tells a
+        // provider's status.
+        if self.response.backend.is_some() {
+            host.set_response_header(BACKEND_HEADER, None);
+        }
+        if self.response.provider_status.is_some() {
+            host.set_response_header(PROVIDER_STATUS_HEADER, None);
+            if self.response.backend.is_none() {
+                self.response.provider_status = None;
             }
         }
         for (name, value) in self.headers.to_headers() {
@@ -76,16 +86,10 @@ impl Stream {
                 },
             };
         }
-        let flow = match (self.admission.is_some(), self.response.status) {
-            (true, Some(status)) => {
-                self.start_translation(host, status, encoded, sse, end_of_stream)
-            }
-            _ => Flow::Continue,
-        };
         if end_of_stream {
             self.end_response(host);
         }
-        flow
+        Flow::Continue
     }
 
     pub fn on_response_body(
@@ -96,9 +100,6 @@ impl Stream {
     ) -> Flow {
         if self.replied || self.admission.is_none() {
             return Flow::Continue;
-        }
-        if let Some(flow) = self.translate_body(host, body_size, end_of_stream) {
-            return flow;
         }
         match &mut self.response.reader {
             ResponseReader::Skip => {}
@@ -147,7 +148,7 @@ impl Stream {
 
 /// Feeds one chunk of an event stream to its usage reader; the bytes to
 /// forward in its place (strip mode), or `None` to forward it as it is.
-pub(super) fn read_sse(parser: &mut SseUsageParser, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
+fn read_sse(parser: &mut SseUsageParser, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
     let mut out = parser.feed(chunk);
     if end {
         if let Some(rest) = parser.finish() {

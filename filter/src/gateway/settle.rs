@@ -70,6 +70,8 @@ impl Stream {
             total_tokens: usage.total_tokens,
             usage: source,
             latency_ms: now_ms.saturating_sub(self.request.start_ms),
+            backend: self.response.backend.as_deref(),
+            attempts: host.upstream_attempts().filter(|&n| n > 1),
         };
         host.set_audit_record(&record.to_json());
     }
@@ -185,7 +187,11 @@ impl Stream {
     /// The response is an error no model computed (see
     /// [`answered_before_any_model`]).
     fn answered_before_any_model(&self, host: &dyn StreamHost) -> bool {
-        self.response.status.is_some_and(|s| {
+        // A provider's own status, where the backend role mapped it to
+        // another (a refused credential is the client's 502, and cost the
+        // provider nothing).
+        let status = self.response.provider_status.or(self.response.status);
+        status.is_some_and(|s| {
             !(200..300).contains(&s)
                 && answered_before_any_model(s, host.response_code_details().as_deref())
         })

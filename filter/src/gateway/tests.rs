@@ -42,6 +42,8 @@ struct FakeHost {
     published: RefCell<HashMap<String, String>>,
     /// `response.code_details` (None: not known).
     code_details: RefCell<Option<String>>,
+    /// `upstream.request_attempt_count` (None: not known).
+    attempts: Cell<Option<u32>>,
 }
 
 /// A call the filter made to the rate limiter.
@@ -173,6 +175,9 @@ impl StreamHost for FakeHost {
     }
     fn response_code_details(&self) -> Option<String> {
         self.code_details.borrow().clone()
+    }
+    fn upstream_attempts(&self) -> Option<u32> {
+        self.attempts.get()
     }
     fn dispatch_limiter(
         &self,

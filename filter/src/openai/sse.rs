@@ -24,6 +24,14 @@ use crate::openai::usage::Usage;
 
 /// Observes usage in a streamed completion and, in strip mode, removes it
 /// from what the client receives.
+/// Whether a `content-type` value is an event stream's.
+pub fn is_event_stream(content_type: &str) -> bool {
+    content_type
+        .trim_start()
+        .get(..17)
+        .is_some_and(|t| t.eq_ignore_ascii_case("text/event-stream"))
+}
+
 #[derive(Debug)]
 pub struct SseUsageParser {
     strip: bool,

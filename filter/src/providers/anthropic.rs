@@ -84,6 +84,13 @@ struct ChatMessage {
     tool_calls: Option<Value>,
 }
 
+/// Anthropic serves chat only: `/v1/completions` has no counterpart.
+pub const CHAT_ONLY: ProviderError = ProviderError::Unsupported {
+    field: "model",
+    kind: "anthropic",
+    why: "this model has a chat API only; use /v1/chat/completions",
+};
+
 /// An OpenAI chat request body as a Messages request body for
 /// `upstream_model`.
 pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>, ProviderError> {

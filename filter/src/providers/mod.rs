@@ -23,8 +23,12 @@ pub mod anthropic;
 
 use crate::error::GatewayError;
 
+/// Where providers read their keys (OpenAI's, Anthropic's, Azure's): no
+/// client's value, and no other provider's, may reach a provider.
+pub const CREDENTIAL_HEADERS: [&str; 3] = ["authorization", "x-api-key", "api-key"];
+
 /// The wire protocol a provider speaks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ProviderKind {
     /// OpenAI's API as it is: OpenAI itself, vLLM, TGI, llama.cpp, the
@@ -98,6 +102,10 @@ pub enum ProviderError {
     /// The provider's answer could not be read as its API documents it.
     #[error("the model provider sent a response the gateway could not read: {0}")]
     UnreadableResponse(String),
+    /// A provider's cluster was sent a model it is not configured for: the
+    /// gateway's configuration and Envoy's are out of step.
+    #[error("the gateway is not configured to send this model to this provider")]
+    NotServed,
 }
 
 impl ProviderError {
@@ -107,7 +115,7 @@ impl ProviderError {
             | ProviderError::BadRequest(_)
             | ProviderError::InvalidField { .. } => 400,
             ProviderError::Upstream { status, .. } => *status,
-            ProviderError::UnreadableResponse(_) => 502,
+            ProviderError::UnreadableResponse(_) | ProviderError::NotServed => 502,
         }
     }
 
@@ -117,7 +125,7 @@ impl ProviderError {
             | ProviderError::BadRequest(_)
             | ProviderError::InvalidField { .. } => "invalid_request_error",
             ProviderError::Upstream { error_type, .. } => error_type,
-            ProviderError::UnreadableResponse(_) => "upstream_error",
+            ProviderError::UnreadableResponse(_) | ProviderError::NotServed => "upstream_error",
         }
     }
 
@@ -127,6 +135,7 @@ impl ProviderError {
             ProviderError::InvalidField { .. } | ProviderError::BadRequest(_) => "invalid_value",
             ProviderError::Upstream { code, .. } => code,
             ProviderError::UnreadableResponse(_) => "bad_upstream_response",
+            ProviderError::NotServed => "provider_not_configured",
         }
     }
 

@@ -20,8 +20,9 @@
 //!   (`x-maas-user`, …) and any credential a client sent in the usual
 //!   headers are removed before a request leaves for a third party.
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, HashSet};
 
+use maas_filter::backend::envoy::FILTER_NAME;
 use maas_filter::providers::credential_sds;
 use std::fmt::Write as _;
 use std::io;
@@ -152,18 +153,22 @@ pub(super) fn check(providers: &[ProviderSpec]) -> Result<(), RenderError> {
     Ok(())
 }
 
-/// One route per provider model, in the shape of the local models' routes,
-/// plus the `Host` rewrite and the removal of [`REMOVED_HEADERS`].
-pub(super) fn routes(providers: &[ProviderSpec]) -> Vec<String> {
+/// One route per provider model (but those in `chained`, which get a
+/// failover route), in the shape of the local models' routes, plus the
+/// `Host` rewrite (the endpoint's host name) and the removal of
+/// [`REMOVED_HEADERS`].
+pub(super) fn routes(providers: &[ProviderSpec], chained: &HashSet<&str>) -> Vec<String> {
     let indent = ROUTE_INDENT;
     let mut block = Vec::new();
     for provider in providers {
         for model in &provider.models {
+            if chained.contains(model.as_str()) {
+                continue;
+            }
             block.push(route_match(model));
             block.push(format!(
-                "{indent}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT}, host_rewrite_literal: {} }}",
+                "{indent}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT}, auto_host_rewrite: true }}",
                 cluster_name(&provider.name),
-                string_literal(&provider.host),
             ));
             block.push(format!(
                 "{indent}  request_headers_to_remove: {REMOVED_HEADERS}"
@@ -173,10 +178,38 @@ pub(super) fn routes(providers: &[ProviderSpec]) -> Vec<String> {
     block
 }
 
-/// The providers' clusters, appended to `block` (the template's cluster list).
+/// The backend role in a provider's cluster: the filter's module again,
+/// configured with the provider's backend document, ahead of the
+/// credential injector, so the key is set after the request is final.
+fn backend_filter(wasm_path: &str, document: &serde_json::Value) -> String {
+    format!(
+        "- name: envoy.filters.http.wasm\n\
+         \x20 typed_config:\n\
+         \x20   \"@type\": type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm\n\
+         \x20   config:\n\
+         \x20     name: {FILTER_NAME}\n\
+         \x20     root_id: {FILTER_NAME}\n\
+         \x20     failure_policy: FAIL_CLOSED\n\
+         \x20     allow_on_headers_stop_iteration: true\n\
+         \x20     configuration:\n\
+         \x20       \"@type\": type.googleapis.com/google.protobuf.StringValue\n\
+         \x20       value: {}\n\
+         \x20     vm_config:\n\
+         \x20       vm_id: {FILTER_NAME}\n\
+         \x20       runtime: envoy.wasm.runtime.v8\n\
+         \x20       code: {{ local: {{ filename: {wasm_path} }} }}\n",
+        string_literal(&document.to_string()),
+    )
+}
+
+/// The providers' clusters, appended to `block` (the template's cluster
+/// list). `documents`: each provider's backend document, by name (a
+/// provider no model uses has none, and gets no backend role).
 pub(super) fn clusters(
     providers: &[ProviderSpec],
     sds_dir: Option<&Path>,
+    wasm_path: &str,
+    documents: &BTreeMap<String, serde_json::Value>,
     block: &mut String,
 ) -> Result<(), RenderError> {
     if providers.is_empty() {
@@ -209,6 +242,15 @@ pub(super) fn clusters(
             .unwrap_or_default();
         let sds_path = path_literal("provider SDS file", &credential_sds_path(sds_dir, provider))?;
         let host = string_literal(&provider.host);
+        let backend = documents
+            .get(&provider.name)
+            .map(|doc| {
+                backend_filter(wasm_path, doc)
+                    .lines()
+                    .map(|l| format!("      {l}\n"))
+                    .collect::<String>()
+            })
+            .unwrap_or_default();
         let lines = format!(
             "- name: {name}\n\
              \x20 {discovery}\n\
@@ -218,6 +260,7 @@ pub(super) fn clusters(
              \x20   endpoints:\n\
              \x20   - lb_endpoints:\n\
              \x20     - endpoint:\n\
+             \x20         hostname: {host}\n\
              \x20         address:\n\
              \x20           socket_address: {{ address: {address}, port_value: {port} }}\n\
              \x20 transport_socket:\n\
@@ -239,6 +282,7 @@ pub(super) fn clusters(
              \x20     # Upstream filters: they run once this cluster is chosen, after\n\
              \x20     # every listener filter, the wasm filter included.\n\
              \x20     http_filters:\n\
+             {backend}\
              \x20     - name: envoy.filters.http.credential_injector\n\
              \x20       typed_config:\n\
              \x20         \"@type\": type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector\n\

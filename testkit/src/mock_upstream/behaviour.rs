@@ -23,7 +23,10 @@ pub struct Behaviour {
     pub prompt_tokens: Option<u64>,
     /// `x-mock-omit-usage`: leave `usage` out of the body / the usage chunk.
     pub omit_usage: bool,
-    /// `x-mock-status`: fail with this status and an OpenAI error body.
+    /// `x-mock-status`: fail with this status and an OpenAI error body
+    /// (with `x-mock-status-host`, only when the request's `Host` is that
+    /// one: of two providers on one request, the first fails, the next
+    /// answers).
     pub status: Option<u16>,
     /// `x-mock-cut-after`: abort a stream after this many content events.
     pub cut_after: Option<u64>,
@@ -56,6 +59,10 @@ impl Behaviour {
                     })
             })
             .transpose()?;
+        // Failing is meant for another host: this one answers.
+        let elsewhere = value(headers, "x-mock-status-host")?
+            .is_some_and(|host| headers.get("host").and_then(|h| h.to_str().ok()) != Some(host));
+        let status = status.filter(|_| !elsewhere);
         let completion_tokens = number(headers, "x-mock-completion-tokens")?;
         if let Some(tokens) = completion_tokens.filter(|t| *t > MAX_COMPLETION_TOKENS) {
             return Err(BehaviourError {

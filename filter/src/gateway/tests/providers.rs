@@ -1,8 +1,11 @@
-//! Models served by external providers: the request goes out under the
-//! provider's name, path and (for Anthropic) wire format, and what comes
-//! back is OpenAI's again before it is read, charged and forwarded.
+//! Models served by external providers, with both of the filter's roles on
+//! one fake host as Envoy chains them: the gateway role (downstream) admits
+//! and charges; the backend role (the provider cluster's upstream filter,
+//! once per attempt) makes the request the provider's own and its answer
+//! OpenAI's again, before the gateway role reads, charges and forwards it.
 
 use super::*;
+use crate::backend::{BackendConfig, BackendStream};
 
 fn with_providers() -> serde_json::Value {
     let mut json = config_json();
@@ -16,6 +19,9 @@ fn with_providers() -> serde_json::Value {
         {"id": "far/llama", "provider": "vllm-far", "model": "meta-llama/Llama-3.1-8B-Instruct"},
         {"id": "claude", "provider": "anthropic", "model": "claude-sonnet-4-5"}
     ]);
+    json["fallbacks"] = serde_json::json!({
+        "claude": [{"provider": "vllm-far", "model": "qwen3-32b"}]
+    });
     json["subscriptions"]["free"]["models"] =
         serde_json::json!(["m1", "gpt-4o", "far/llama", "claude"]);
     json
@@ -25,40 +31,87 @@ fn harness() -> Harness {
     Harness::with_config(Config::from_json(with_providers().to_string().as_bytes()).unwrap())
 }
 
-fn header(h: &Harness, name: &str) -> Option<String> {
-    h.host
-        .response_headers
-        .borrow()
-        .iter()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.clone())
+/// One attempt through `provider`'s cluster: the backend role on the
+/// request as it stands (Envoy hands each attempt the same header map, and
+/// a fresh copy of the body the gateway role forwarded).
+fn attempt(h: &Harness, provider: &str) -> BackendStream {
+    let doc = BackendConfig::document_for(&h.config, provider).unwrap();
+    let config = BackendConfig::from_json(doc.to_string().as_bytes()).unwrap();
+    let mut b = BackendStream::new(Rc::new(config));
+    assert_eq!(b.on_request_headers(&h.host, false), Flow::Pause);
+    let len = h.host.request_body.borrow().len();
+    assert_eq!(b.on_request_body(&h.host, len, true), Flow::Continue);
+    b
 }
 
-fn respond_headers(h: &Harness, s: &mut Stream, status: u32, content_type: &str) -> Flow {
+fn header(h: &Harness, name: &str) -> Option<String> {
+    h.host.response_header(name)
+}
+
+fn set_response_headers(h: &Harness, status: u32, content_type: &str) {
     *h.host.response_headers.borrow_mut() = vec![
         (":status".into(), status.to_string()),
         ("content-type".into(), content_type.into()),
         ("content-length".into(), "999".into()),
     ];
-    s.on_response_headers(&h.host, false)
 }
 
-/// Plays a held (buffered) body as Envoy does: Buffer until the end, then
-/// the whole body once.
-fn respond_held(h: &Harness, s: &mut Stream, body: &str) -> Vec<u8> {
+/// Response headers through the backend role, then (once it lets them go)
+/// the gateway role. Returns the backend role's flow.
+fn respond_headers(
+    h: &Harness,
+    s: &mut Stream,
+    b: &mut BackendStream,
+    status: u32,
+    content_type: &str,
+) -> Flow {
+    set_response_headers(h, status, content_type);
+    let flow = b.on_response_headers(&h.host, false);
+    if flow == Flow::Continue {
+        s.on_response_headers(&h.host, false);
+    }
+    flow
+}
+
+/// Plays a body the backend role holds, as Envoy does: Buffer until the
+/// end, then the whole body once; then the gateway role gets the headers
+/// and the body the backend role made. Returns what the client gets.
+fn respond_held(h: &Harness, s: &mut Stream, b: &mut BackendStream, body: &str) -> Vec<u8> {
     let (first, _) = body.split_at(body.len() / 2);
     *h.host.response_chunk.borrow_mut() = first.as_bytes().to_vec();
     assert_eq!(
-        s.on_response_body(&h.host, first.len(), false),
+        b.on_response_body(&h.host, first.len(), false),
         Flow::Buffer
     );
     *h.host.response_chunk.borrow_mut() = body.as_bytes().to_vec();
     assert_eq!(
-        s.on_response_body(&h.host, body.len(), true),
+        b.on_response_body(&h.host, body.len(), true),
         Flow::Continue
     );
+    s.on_response_headers(&h.host, false);
+    let len = h.host.response_chunk.borrow().len();
+    assert_eq!(s.on_response_body(&h.host, len, true), Flow::Continue);
     s.on_log(&h.host);
     h.host.response_chunk.borrow().clone()
+}
+
+/// Plays a streamed body chunk by chunk through both roles; returns what
+/// the client gets.
+fn respond_streamed(h: &Harness, s: &mut Stream, b: &mut BackendStream, chunks: &[&str]) -> String {
+    let mut seen = Vec::new();
+    for (i, chunk) in chunks.iter().enumerate() {
+        *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
+        let last = i + 1 == chunks.len();
+        assert_eq!(
+            b.on_response_body(&h.host, chunk.len(), last),
+            Flow::Continue
+        );
+        let len = h.host.response_chunk.borrow().len();
+        assert_eq!(s.on_response_body(&h.host, len, last), Flow::Continue);
+        seen.extend(h.host.response_chunk.borrow().iter());
+    }
+    s.on_log(&h.host);
+    String::from_utf8(seen).unwrap()
 }
 
 const CLAUDE_ANSWER: &str = r#"{"id":"msg_01","type":"message","role":"assistant",
@@ -80,6 +133,16 @@ fn an_anthropic_model_is_asked_in_messages_and_answers_in_chat_completions() {
         r#"{"model":"claude","max_tokens":10,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]}"#,
     );
     assert!(h.replied().is_none());
+    // The gateway role forwards OpenAI's request, routed by model.
+    assert_eq!(
+        h.host.request_header("x-maas-model").as_deref(),
+        Some("claude")
+    );
+    assert_eq!(
+        h.host.request_header(":path").as_deref(),
+        Some("/v1/chat/completions")
+    );
+    let mut b = attempt(&h, "anthropic");
     let hdr = |n: &str| h.host.request_header(n);
     assert_eq!(hdr(":path").as_deref(), Some("/v1/messages"));
     assert_eq!(hdr("anthropic-version").as_deref(), Some("2023-06-01"));
@@ -89,19 +152,22 @@ fn an_anthropic_model_is_asked_in_messages_and_answers_in_chat_completions() {
         None,
         "only Envoy's injected credential goes out"
     );
-    assert_eq!(hdr("x-maas-model").as_deref(), Some("claude"));
     let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
     assert_eq!(
         sent,
         serde_json::json!({"model": "claude-sonnet-4-5", "max_tokens": 10, "system": "Be brief.",
                            "messages": [{"role": "user", "content": "Hi"}]})
     );
+    assert_eq!(
+        hdr("content-length"),
+        Some(h.host.request_body.borrow().len().to_string())
+    );
 
     assert_eq!(
-        respond_headers(&h, &mut s, 200, "application/json"),
+        respond_headers(&h, &mut s, &mut b, 200, "application/json"),
         Flow::Pause
     );
-    let out = respond_held(&h, &mut s, CLAUDE_ANSWER);
+    let out = respond_held(&h, &mut s, &mut b, CLAUDE_ANSWER);
     let answer: serde_json::Value = serde_json::from_slice(&out).unwrap();
     assert_eq!(answer["object"], "chat.completion");
     assert_eq!(answer["model"], "claude");
@@ -109,20 +175,33 @@ fn an_anthropic_model_is_asked_in_messages_and_answers_in_chat_completions() {
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!(header(&h, "content-length"), Some(out.len().to_string()));
     assert_eq!(header(&h, ":status").as_deref(), Some("200"));
+    assert_eq!(
+        header(&h, "x-maas-backend"),
+        None,
+        "which provider answered is the audit record's"
+    );
     // Charged what the provider reported, cache reads included.
     assert_eq!(h.used(TOK), 18);
-    assert_eq!(h.audit()["usage"], "reported");
+    let audit = h.audit();
+    assert_eq!(audit["usage"], "reported");
+    assert_eq!(audit["backend"], "anthropic");
+    assert!(audit.get("attempts").is_none(), "{audit}");
+    assert_eq!(
+        h.metric("maas.provider_responses_total.provider=.=anthropic;.;status=.=2xx;.;"),
+        1
+    );
 }
 
 #[test]
 fn an_anthropic_stream_is_translated_and_its_usage_charged_and_stripped() {
     let h = harness();
     let mut s = h.chat(r#"{"model":"claude","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"Hi"}]}"#);
+    let mut b = attempt(&h, "anthropic");
     let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
     assert_eq!(sent["stream"], true);
     assert!(sent.get("stream_options").is_none(), "{sent}");
     assert_eq!(
-        respond_headers(&h, &mut s, 200, "text/event-stream"),
+        respond_headers(&h, &mut s, &mut b, 200, "text/event-stream"),
         Flow::Continue
     );
     assert_eq!(header(&h, "content-length"), None);
@@ -147,18 +226,7 @@ fn an_anthropic_stream_is_translated_and_its_usage_charged_and_stripped() {
             "\n\n",
         ),
     ];
-    let mut seen = Vec::new();
-    for (i, chunk) in events.iter().enumerate() {
-        *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
-        let last = i + 1 == events.len();
-        assert_eq!(
-            s.on_response_body(&h.host, chunk.len(), last),
-            Flow::Continue
-        );
-        seen.extend(h.host.response_chunk.borrow().iter());
-    }
-    s.on_log(&h.host);
-    let text = String::from_utf8(seen).unwrap();
+    let text = respond_streamed(&h, &mut s, &mut b, &events);
     let data: Vec<&str> = text
         .split("\n\n")
         .filter(|e| !e.is_empty())
@@ -193,6 +261,7 @@ fn a_providers_failure_reaches_the_client_as_what_it_can_act_on() {
     let cases = [
         (
             "claude",
+            "anthropic",
             401,
             r#"{"type":"error","error":{"type":"authentication_error","message":"invalid x-api-key"}}"#,
             502,
@@ -200,6 +269,7 @@ fn a_providers_failure_reaches_the_client_as_what_it_can_act_on() {
         ),
         (
             "claude",
+            "anthropic",
             529,
             r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
             503,
@@ -207,6 +277,7 @@ fn a_providers_failure_reaches_the_client_as_what_it_can_act_on() {
         ),
         (
             "far/llama",
+            "vllm-far",
             429,
             r#"{"error":{"message":"slow down","type":"rate_limit","code":null}}"#,
             429,
@@ -214,24 +285,33 @@ fn a_providers_failure_reaches_the_client_as_what_it_can_act_on() {
         ),
         (
             "gpt-4o",
+            "azure-east",
             403,
             r#"{"error":{"code":"PermissionDenied","message":"denied"}}"#,
             502,
             "provider_credential_rejected",
         ),
-        ("claude", 500, "<html>oops</html>", 502, "provider_error"),
+        (
+            "claude",
+            "anthropic",
+            500,
+            "<html>oops</html>",
+            502,
+            "provider_error",
+        ),
     ];
-    for (model, status, body, client_status, code) in cases {
+    for (model, provider, status, body, client_status, code) in cases {
         let h = harness();
         *h.host.code_details.borrow_mut() = Some("via_upstream".into());
         let mut s = h.chat(&format!(
             r#"{{"model":"{model}","max_tokens":5,"messages":[{{"role":"user","content":"x"}}]}}"#
         ));
+        let mut b = attempt(&h, provider);
         assert_eq!(
-            respond_headers(&h, &mut s, status, "application/json"),
+            respond_headers(&h, &mut s, &mut b, status, "application/json"),
             Flow::Pause
         );
-        let out = respond_held(&h, &mut s, body);
+        let out = respond_held(&h, &mut s, &mut b, body);
         let error: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(error["error"]["code"], code, "{model} {status}");
         assert_eq!(
@@ -269,15 +349,30 @@ fn what_a_provider_cannot_take_is_refused_before_anything_is_reserved() {
 }
 
 #[test]
+fn a_fallbacks_limits_bind_its_model_even_when_the_first_backend_could_serve() {
+    // `gpt-4o` is Azure's; were Anthropic its fallback, a request Anthropic
+    // cannot take would be refused up front rather than fail over into a 400.
+    let mut json = with_providers();
+    json["fallbacks"] = serde_json::json!({
+        "far/llama": [{"provider": "anthropic", "model": "claude-haiku-4-5"}]
+    });
+    let h = Harness::with_config(Config::from_json(json.to_string().as_bytes()).unwrap());
+    h.chat(r#"{"model":"far/llama","max_tokens":5,"tools":[{"type":"function","function":{"name":"f"}}],"messages":[{"role":"user","content":"x"}]}"#);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(
+        (status, body["error"]["param"].as_str()),
+        (400, Some("tools"))
+    );
+    assert_eq!(h.used(REQ), 0);
+}
+
+#[test]
 fn a_stream_the_gateway_cannot_read_ends_in_an_error_event() {
     let h = harness();
     let mut s = h.chat(r#"{"model":"claude","max_tokens":50,"stream":true,"messages":[{"role":"user","content":"Hi"}]}"#);
-    respond_headers(&h, &mut s, 200, "text/event-stream");
-    let chunk = "data: {not an event}\n\n";
-    *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
-    s.on_response_body(&h.host, chunk.len(), true);
-    s.on_log(&h.host);
-    let out = String::from_utf8(h.host.response_chunk.borrow().clone()).unwrap();
+    let mut b = attempt(&h, "anthropic");
+    respond_headers(&h, &mut s, &mut b, 200, "text/event-stream");
+    let out = respond_streamed(&h, &mut s, &mut b, &["data: {not an event}\n\n"]);
     assert!(out.contains("bad_upstream_response"), "{out}");
     assert!(out.ends_with("data: [DONE]\n\n"), "{out}");
     // Nothing was reported: the request is charged by estimate.
@@ -285,9 +380,77 @@ fn a_stream_the_gateway_cannot_read_ends_in_an_error_event() {
 }
 
 #[test]
+fn a_second_attempt_goes_out_as_its_own_providers_request_and_is_charged_once() {
+    let h = harness();
+    *h.host.code_details.borrow_mut() = Some("via_upstream".into());
+    let mut s =
+        h.chat(r#"{"model":"claude","max_tokens":20,"messages":[{"role":"user","content":"Hi"}]}"#);
+    let forwarded = h.host.request_body.borrow().clone();
+
+    // Attempt 1: Anthropic, whose key Envoy injects after the backend role.
+    let mut first = attempt(&h, "anthropic");
+    h.host
+        .set_request_header("x-api-key", Some("sk-ant-gateway"));
+    set_response_headers(&h, 529, "application/json");
+    assert_eq!(first.on_response_headers(&h.host, false), Flow::Pause);
+    let overloaded =
+        r#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+    *h.host.response_chunk.borrow_mut() = overloaded.as_bytes().to_vec();
+    first.on_response_body(&h.host, overloaded.len(), true);
+    // Envoy's retry policy sees 503 and tries the next backend; the client
+    // never sees this answer.
+    assert_eq!(header(&h, ":status").as_deref(), Some("503"));
+
+    // Attempt 2: the same header map, a fresh copy of the forwarded body.
+    *h.host.request_body.borrow_mut() = forwarded;
+    let mut second = attempt(&h, "vllm-far");
+    let hdr = |n: &str| h.host.request_header(n);
+    assert_eq!(
+        hdr("x-api-key"),
+        None,
+        "attempt 1's provider key must not reach attempt 2's provider"
+    );
+    assert_eq!(hdr("anthropic-version"), None);
+    assert_eq!(hdr(":path").as_deref(), Some("/v1/chat/completions"));
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(sent["model"], "qwen3-32b");
+    assert_eq!(sent["messages"][0]["content"], "Hi");
+
+    h.host.attempts.set(Some(2));
+    assert_eq!(
+        respond_headers(&h, &mut s, &mut second, 200, "application/json"),
+        Flow::Continue
+    );
+    let answer = r#"{"id":"c1","object":"chat.completion","model":"qwen3-32b","choices":[{"index":0,"message":{"role":"assistant","content":"Hello"},"finish_reason":"stop"}],"usage":{"prompt_tokens":9,"completion_tokens":2,"total_tokens":11}}"#;
+    *h.host.response_chunk.borrow_mut() = answer.as_bytes().to_vec();
+    assert_eq!(
+        second.on_response_body(&h.host, answer.len(), true),
+        Flow::Continue
+    );
+    s.on_response_body(&h.host, answer.len(), true);
+    s.on_log(&h.host);
+
+    assert_eq!(
+        h.used(TOK),
+        11,
+        "charged once, for the attempt that answered"
+    );
+    assert_eq!(h.used(REQ), 1);
+    let audit = h.audit();
+    assert_eq!(audit["backend"], "vllm-far");
+    assert_eq!(audit["attempts"], 2);
+    assert_eq!(audit["status"], 200);
+    let m = |p: &str, c: &str| {
+        h.metric(&format!(
+            "maas.provider_responses_total.provider=.={p};.;status=.={c};.;"
+        ))
+    };
+    assert_eq!((m("anthropic", "5xx"), m("vllm-far", "2xx")), (1, 1));
+}
+
+#[test]
 fn external_models_go_out_under_their_providers_name_and_path() {
     let h = harness();
-
     let _azure = h.request(
         "POST",
         "/v1/chat/completions?debug=1",
@@ -301,21 +464,27 @@ fn external_models_go_out_under_their_providers_name_and_path() {
     let hdr = |n: &str| h.host.request_header(n);
     assert_eq!(hdr("x-maas-model").as_deref(), Some("gpt-4o"));
     assert_eq!(
-        hdr(":path").as_deref(),
-        Some("/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21")
-    );
-    assert_eq!(
         hdr("api-key"),
         None,
         "a client's provider credential is dropped"
     );
     assert_eq!(hdr("authorization"), None);
+    let _b = attempt(&h, "azure-east");
+    assert_eq!(
+        hdr(":path").as_deref(),
+        Some("/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21")
+    );
     let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
     assert_eq!(sent["model"], "gpt-4o-prod");
     assert_eq!(sent["max_tokens"], 10);
     assert_eq!(
         h.host.request_body.borrow().len().to_string(),
         hdr("content-length").unwrap()
+    );
+    assert_eq!(
+        hdr("x-maas-user"),
+        None,
+        "our caller's identity is no provider's business"
     );
 
     let h = harness();
@@ -330,6 +499,7 @@ fn external_models_go_out_under_their_providers_name_and_path() {
         h.host.request_header("x-maas-model").as_deref(),
         Some("far/llama")
     );
+    let _b = attempt(&h, "vllm-far");
     // An OpenAI-compatible provider keeps the gateway's path.
     assert_eq!(
         h.host.request_header(":path").as_deref(),
@@ -347,4 +517,22 @@ fn external_models_go_out_under_their_providers_name_and_path() {
         r#"{"model":"gpt-4o","max_tokens":10}"#,
     );
     assert_eq!(h.replied().unwrap().0, 404);
+}
+
+#[test]
+fn a_model_a_provider_is_not_configured_for_is_answered_502_by_the_backend_role() {
+    let h = harness();
+    let _s = h.chat(r#"{"model":"m1","max_tokens":5,"messages":[]}"#);
+    let doc = BackendConfig::document_for(&h.config, "anthropic").unwrap();
+    let mut b = BackendStream::new(Rc::new(
+        BackendConfig::from_json(doc.to_string().as_bytes()).unwrap(),
+    ));
+    b.on_request_headers(&h.host, false);
+    let len = h.host.request_body.borrow().len();
+    assert_eq!(b.on_request_body(&h.host, len, true), Flow::Pause);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (502, Some("provider_not_configured"))
+    );
 }
