@@ -8,7 +8,9 @@
 //!   local configurations cannot drift apart; the configuration is checked by
 //!   the filter's own parser before anything is written. Its `providers`
 //!   module renders what the gateway needs for external model providers
-//!   (ServiceEntry, DestinationRule, route, credential injector, mounts).
+//!   (ServiceEntry, DestinationRule, route, the filter's backend role and
+//!   the credential injector in each provider's cluster, the failover
+//!   routes of models with fallbacks, mounts).
 //! - [`kuadrant`] renders `TokenRateLimitPolicy`/`RateLimitPolicy` resources
 //!   equivalent to the subscriptions' limits.
 //! - [`access`] renders who may call what: mutual TLS, an

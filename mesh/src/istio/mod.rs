@@ -733,13 +733,7 @@ pub fn render(
     // route are rendered from what it reads.
     let parsed = Config::from_json(filter_config.to_string().as_bytes())?;
     // External models have their own route (`providers::render`).
-    let local_models: Vec<String> = parsed
-        .models
-        .iter()
-        .filter(|m| !parsed.external.contains_key(*m))
-        .cloned()
-        .collect();
-    let models = &local_models;
+    let models = &local_models(&parsed);
     let mut files = Vec::new();
     for (placement, dir) in [
         (Placement::Gateway, "gateway"),
@@ -787,6 +781,20 @@ pub fn render(
         models,
     ));
     Ok(files)
+}
+
+/// The models the inference server serves: the configuration's models but
+/// the external ones, in order. On the gateway, the `maas-models` rule of
+/// each is its index here, so Istio names its route
+/// `<namespace>.maas-models.<index>` (which `providers` patches for a
+/// local model with fallbacks).
+fn local_models(config: &Config) -> Vec<String> {
+    config
+        .models
+        .iter()
+        .filter(|m| !config.external.contains_key(*m))
+        .cloned()
+        .collect()
 }
 
 /// What each placement adds besides the filter: who may call what, and

@@ -10,8 +10,10 @@
 //! Secret), a rule per external model in the `maas-providers` `HTTPRoute`
 //! (matched on `x-maas-model`, `Host` rewritten, identity and credential
 //! headers removed, a `Hostname` backend), and a `CLUSTER` patch in one
-//! `EnvoyFilter` that gives the provider's cluster Envoy's credential
-//! injector as an upstream HTTP filter.
+//! `EnvoyFilter` that gives the provider's cluster two upstream HTTP
+//! filters: the filter's backend role ([`backend`]), which makes each
+//! attempt that provider's own, then Envoy's credential injector. Models
+//! with fallbacks get a patch of their route ([`failover`]).
 //!
 //! Invariants:
 //! - No credential value is ever an input, so none can be in the output: the
@@ -41,11 +43,21 @@ use serde_json::{json, Value};
 use maas_filter::config::{Config, ConfigError};
 use maas_filter::providers::credential_sds;
 
-use super::{gateway_target, metadata, MeshSettings, MODEL_HEADER, SYSTEM_CA_FILE};
+use super::{
+    gateway_target, metadata, template_settings, MeshSettings, RenderError, MODEL_HEADER,
+    SYSTEM_CA_FILE,
+};
+
+mod backend;
+mod failover;
+
+pub use backend::BACKEND_FILTER_NAME;
+pub use failover::{ATTEMPT_HEADER, FAILOVER_ENVOY_FILTER, RETRY_ON};
 
 /// The `HTTPRoute` of the external models (beside `maas-models`).
 pub const PROVIDERS_ROUTE: &str = "maas-providers";
-/// The `EnvoyFilter` adding the credential injector to the providers' clusters.
+/// The `EnvoyFilter` adding the backend role and the credential injector to
+/// the providers' clusters.
 pub const INJECTOR_ENVOY_FILTER: &str = "maas-provider-credentials";
 /// The ConfigMap of the SDS files, mounted at [`SDS_DIR`].
 pub const SDS_CONFIG_MAP: &str = "maas-provider-sds";
@@ -117,6 +129,20 @@ pub enum ProvidersError {
     NoProviders,
     #[error("cannot write the gateway's Deployment overlay: {0}")]
     Yaml(String),
+    #[error(transparent)]
+    Render(#[from] RenderError),
+    #[error(
+        "the module is given only as the OCI artifact {0:?}: the backend role is an upstream \
+         filter of each provider's cluster, whose code Envoy fetches itself, and only Istio's \
+         agent (for a WasmPlugin) pulls OCI images; pass --wasm-url with an http(s) URL that \
+         serves the same module and --wasm-sha256 with its SHA-256"
+    )]
+    OciModule(String),
+    #[error(
+        "fallbacks of model {0:?}: the model has no rule in maas-models or maas-providers to \
+         patch"
+    )]
+    UnroutedFallbackModel(String),
 }
 
 /// The providers file: how the mesh reaches each provider the filter
@@ -327,6 +353,8 @@ fn k8s_name(name: &str) -> String {
 struct FilterProviders {
     /// Provider name → the external model ids it serves, in order.
     providers: BTreeMap<String, Vec<String>>,
+    /// The configuration as the filter reads it.
+    config: Config,
 }
 
 impl FilterProviders {
@@ -348,18 +376,25 @@ impl FilterProviders {
                 .or_default()
                 .push(id.clone());
         }
-        Ok(FilterProviders { providers })
+        Ok(FilterProviders {
+            providers,
+            config: parsed,
+        })
     }
 }
 
 /// Everything the mesh needs for the providers of `filter_config`, as
 /// described by `mesh`, in the gateway's namespace: refused unless both
-/// name the same providers.
+/// name the same providers. `template`: the local bootstrap, whose wasm
+/// filter settings the backend role takes (as the gateway role does).
 pub fn render(
+    template: &str,
     filter_config: &[u8],
     mesh: &MeshProviders,
     settings: &MeshSettings,
 ) -> Result<Vec<Value>, ProvidersError> {
+    backend::check_module(&settings.wasm)?;
+    let template = template_settings(template)?;
     let filter = FilterProviders::read(filter_config)?;
     if filter.providers.is_empty() {
         return Err(ProvidersError::NoProviders);
@@ -382,16 +417,48 @@ pub fn render(
     {
         return Err(ProvidersError::NotInFilterConfig(extra.name.clone()));
     }
+    let routed = routed_models(&filter, mesh);
+    let by_name: BTreeMap<&str, &MeshProvider> = mesh
+        .providers
+        .iter()
+        .map(|p| (p.name.as_str(), p))
+        .collect();
+    let chains = failover::chains(&filter.config, &routed, &by_name, settings)?;
     let mut docs = Vec::new();
     for provider in &mesh.providers {
         docs.push(service_entry(provider, settings));
         docs.push(destination_rule(provider, settings));
     }
-    docs.push(route(&filter, mesh, settings));
-    docs.push(injector_envoy_filter(mesh, settings));
+    docs.push(route(&routed, settings));
+    docs.push(injector_envoy_filter(
+        &filter.config,
+        mesh,
+        &template.wasm,
+        settings,
+    ));
+    docs.extend(failover::failover_envoy_filter(&chains, settings));
     docs.push(sds_config_map(mesh, settings));
     docs.push(gateway_parameters(mesh, settings)?);
     Ok(docs)
+}
+
+/// Every external model with its provider, in the order of the
+/// `maas-providers` rules (rule *i* is Istio's route `<ns>.maas-providers.<i>`).
+fn routed_models<'a>(
+    filter: &'a FilterProviders,
+    mesh: &'a MeshProviders,
+) -> Vec<(&'a str, &'a MeshProvider)> {
+    mesh.providers
+        .iter()
+        .flat_map(|provider| {
+            filter
+                .providers
+                .get(&provider.name)
+                .into_iter()
+                .flatten()
+                .map(move |model| (model.as_str(), provider))
+        })
+        .collect()
 }
 
 /// The external host, visible only in the gateway's namespace.
@@ -445,11 +512,13 @@ fn destination_rule(provider: &MeshProvider, settings: &MeshSettings) -> Value {
 }
 
 /// One rule per external model, in the shape of `maas-models`' rules.
-fn route(filter: &FilterProviders, mesh: &MeshProviders, settings: &MeshSettings) -> Value {
-    let mut rules = Vec::new();
-    for provider in &mesh.providers {
-        for model in filter.providers.get(&provider.name).into_iter().flatten() {
-            rules.push(json!({
+/// The `Host` rewrite is the first backend's; a model with fallbacks has
+/// its route patched to take each attempt's ([`failover`]).
+fn route(routed: &[(&str, &MeshProvider)], settings: &MeshSettings) -> Value {
+    let rules: Vec<Value> = routed
+        .iter()
+        .map(|(model, provider)| {
+            json!({
                 "matches": [{
                     "path": { "type": "PathPrefix", "value": "/v1/" },
                     "headers": [{ "name": MODEL_HEADER, "value": model }],
@@ -470,9 +539,9 @@ fn route(filter: &FilterProviders, mesh: &MeshProviders, settings: &MeshSettings
                     "name": provider.host,
                     "port": ORIGINATION_PORT,
                 }],
-            }));
-        }
-    }
+            })
+        })
+        .collect();
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
@@ -484,9 +553,15 @@ fn route(filter: &FilterProviders, mesh: &MeshProviders, settings: &MeshSettings
     })
 }
 
-/// Envoy's credential injector as an upstream filter of each provider's
-/// cluster (`outbound|80||<host>`), reading the key through file SDS.
-fn injector_envoy_filter(mesh: &MeshProviders, settings: &MeshSettings) -> Value {
+/// The backend role then Envoy's credential injector as upstream filters of
+/// each provider's cluster (`outbound|80||<host>`), the key read through
+/// file SDS. `wasm`: the template's wasm filter `config`.
+fn injector_envoy_filter(
+    config: &Config,
+    mesh: &MeshProviders,
+    wasm: &Value,
+    settings: &MeshSettings,
+) -> Value {
     let patches: Vec<Value> = mesh
         .providers
         .iter()
@@ -515,6 +590,32 @@ fn injector_envoy_filter(mesh: &MeshProviders, settings: &MeshSettings) -> Value
             } else {
                 json!({ "http_protocol_options": {} })
             };
+            let injector = json!({
+                "name": "envoy.filters.http.credential_injector",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
+                    // Replace whatever a client sent in this header.
+                    "overwrite": true,
+                    "credential": {
+                        "name": "envoy.http.injected_credentials.generic",
+                        "typed_config": generic,
+                    },
+                },
+            });
+            let codec = json!({
+                "name": "envoy.filters.http.upstream_codec",
+                "typed_config": {
+                    "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
+                },
+            });
+            // Upstream filters run once the cluster is chosen, after the
+            // gateway role; the backend role runs before the injector, so
+            // neither role ever sees the key.
+            let filters: Vec<Value> =
+                backend::backend_filter(config, &provider.name, wasm, &settings.wasm)
+                    .into_iter()
+                    .chain([injector, codec])
+                    .collect();
             json!({
                 "applyTo": "CLUSTER",
                 "match": {
@@ -527,28 +628,7 @@ fn injector_envoy_filter(mesh: &MeshProviders, settings: &MeshSettings) -> Value
                         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
                             "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
                             "explicit_http_config": protocol,
-                            // Upstream filters run once the cluster is chosen,
-                            // after the wasm filter: it never sees the key.
-                            "http_filters": [
-                                {
-                                    "name": "envoy.filters.http.credential_injector",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.credential_injector.v3.CredentialInjector",
-                                        // Replace whatever a client sent in this header.
-                                        "overwrite": true,
-                                        "credential": {
-                                            "name": "envoy.http.injected_credentials.generic",
-                                            "typed_config": generic,
-                                        },
-                                    },
-                                },
-                                {
-                                    "name": "envoy.filters.http.upstream_codec",
-                                    "typed_config": {
-                                        "@type": "type.googleapis.com/envoy.extensions.filters.http.upstream_codec.v3.UpstreamCodec",
-                                    },
-                                },
-                            ],
+                            "http_filters": filters,
                         }
                     } },
                 },
