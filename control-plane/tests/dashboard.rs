@@ -32,19 +32,24 @@ fn filter_series() -> Vec<(String, BTreeSet<String>)> {
     .unwrap();
     let sub = || std::rc::Rc::clone(&config.subscriptions[0].name);
     let model = Some(0);
+    // A key holder's series: the usage counters carry its key id.
+    let key = || Some(std::rc::Rc::from("k1"));
     [
         Metric::Requests {
             subscription: sub(),
             model,
             outcome: Outcome::Ok,
+            key: key(),
         },
         Metric::PromptTokens {
             subscription: sub(),
             model,
+            key: key(),
         },
         Metric::CompletionTokens {
             subscription: sub(),
             model,
+            key: key(),
         },
         Metric::TotalTokens {
             subscription: sub(),
