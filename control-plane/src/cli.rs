@@ -31,6 +31,30 @@ impl Client {
     }
 
     pub fn call(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let (url, response) = self.send(method, path, body)?;
+        response.into_json().map_err(|e| CliError::Unreachable {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// `GET path` answered as text (e.g. CSV), not JSON.
+    pub fn text(&self, path: &str) -> Result<String, CliError> {
+        let (url, response) = self.send("GET", path, None)?;
+        response.into_string().map_err(|e| CliError::Unreachable {
+            url,
+            reason: e.to_string(),
+        })
+    }
+
+    /// The response to a call that succeeded, with its URL; an API error
+    /// with the message of its OpenAI-style body.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<(String, ureq::Response), CliError> {
         let url = format!("{}{path}", self.base);
         let request = self
             .agent
@@ -41,10 +65,7 @@ impl Client {
             None => request.call(),
         };
         match result {
-            Ok(r) => r.into_json().map_err(|e| CliError::Unreachable {
-                url,
-                reason: e.to_string(),
-            }),
+            Ok(r) => Ok((url, r)),
             Err(ureq::Error::Status(status, r)) => {
                 let body: Value = r.into_json().unwrap_or(Value::Null);
                 let message = body["error"]["message"]

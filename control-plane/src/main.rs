@@ -40,13 +40,62 @@ enum Command {
         #[command(subcommand)]
         verb: SubscriptionVerb,
     },
-    /// Tokens and requests per subscription and model.
+    /// Tokens, requests and cost per subscription and model (or any
+    /// grouping), or use against each subscription's limits.
     Usage {
         #[command(flatten)]
         remote: Remote,
-        /// How far back, e.g. 24h, 7d (default 24h).
-        #[arg(long, default_value = "24h")]
-        since: String,
+        #[command(flatten)]
+        report: UsageArgs,
+    },
+    /// Set, list and remove model prices (per million tokens).
+    Price {
+        #[command(flatten)]
+        remote: Remote,
+        #[command(subcommand)]
+        verb: PriceVerb,
+    },
+}
+
+#[derive(Args)]
+struct UsageArgs {
+    /// How far back, e.g. 24h, 7d (default 24h).
+    #[arg(long, default_value = "24h")]
+    since: String,
+    /// Comma-separated: day, subscription, model, key, owner, cost_center
+    /// (default subscription,model).
+    #[arg(long)]
+    group_by: Option<String>,
+    #[arg(long)]
+    subscription: Option<String>,
+    #[arg(long)]
+    owner: Option<String>,
+    /// Print the API's CSV.
+    #[arg(long, conflicts_with = "limits")]
+    csv: bool,
+    /// Use in each limit's current window instead of a report.
+    #[arg(long)]
+    limits: bool,
+}
+
+#[derive(Subcommand)]
+enum PriceVerb {
+    /// Create or replace a model's price.
+    Set {
+        model: String,
+        /// ISO 4217 code, e.g. USD.
+        #[arg(long)]
+        currency: String,
+        /// Per million prompt (input) tokens, e.g. 0.15.
+        #[arg(long)]
+        prompt: String,
+        /// Per million completion (output) tokens.
+        #[arg(long)]
+        completion: String,
+    },
+    List,
+    Delete {
+        model: String,
     },
 }
 
@@ -157,9 +206,10 @@ fn main() -> ExitCode {
         Command::Subscription { remote, verb } => {
             client(&remote).and_then(|c| subscription(&c, &remote, verb))
         }
-        Command::Usage { remote, since } => {
-            client(&remote).and_then(|c| usage(&c, &remote, &since))
+        Command::Usage { remote, report } => {
+            client(&remote).and_then(|c| usage(&c, &remote, &report))
         }
+        Command::Price { remote, verb } => client(&remote).and_then(|c| price(&c, &remote, verb)),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -319,25 +369,118 @@ fn subscription(c: &Client, remote: &Remote, verb: SubscriptionVerb) -> Result<(
     Ok(())
 }
 
-fn usage(c: &Client, remote: &Remote, since: &str) -> Result<(), String> {
+fn usage(c: &Client, remote: &Remote, args: &UsageArgs) -> Result<(), String> {
+    let err = |e: CliError| e.to_string();
+    if args.limits {
+        let limits = c
+            .call("GET", "/maas-api/v1/usage/limits", None)
+            .map_err(err)?;
+        let columns: &[(&str, &str)] = &[
+            ("subscription", "SUBSCRIPTION"),
+            ("quantity", "QUANTITY"),
+            ("limit", "LIMIT"),
+            ("window_start", "WINDOW_START"),
+            ("used", "USED"),
+            ("remaining", "REMAINING"),
+        ];
+        print(remote, &limits, |v| table(list(v), columns));
+        return Ok(());
+    }
     // A unit is required here: a bare number reads too easily as hours.
-    let secs = Some(since)
+    let since = &args.since;
+    let secs = Some(since.as_str())
         .filter(|s| s.ends_with(|c: char| c.is_ascii_alphabetic()))
         .and_then(maas_control_plane::time::parse_duration_secs)
         .filter(|s| *s > 0)
         .ok_or_else(|| format!("--since {since:?}: expected e.g. 24h or 7d"))?;
     let now = maas_control_plane::time::unix_now();
-    let path = format!("/maas-api/v1/usage?from={}&to={}", now - secs, now + 1);
-    let rows = c.call("GET", &path, None).map_err(|e| e.to_string())?;
-    let columns: &[(&str, &str)] = &[
-        ("subscription", "SUBSCRIPTION"),
-        ("model", "MODEL"),
+    let mut path = format!("/maas-api/v1/usage?from={}&to={}", now - secs, now + 1);
+    for (name, value) in [
+        ("group_by", &args.group_by),
+        ("subscription", &args.subscription),
+        ("owner", &args.owner),
+    ] {
+        if let Some(v) = value {
+            path.push_str(&format!("&{name}={}", urlencode(v)));
+        }
+    }
+    if args.csv {
+        path.push_str("&format=csv");
+        print!("{}", c.text(&path).map_err(err)?);
+        return Ok(());
+    }
+    let rows = c.call("GET", &path, None).map_err(err)?;
+    // The grouping's columns, then the tally's.
+    let dims: Vec<String> = rows["group_by"]
+        .as_array()
+        .map(|d| {
+            d.iter()
+                .filter_map(|v| v.as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default();
+    let titles: Vec<String> = dims.iter().map(|d| d.to_uppercase()).collect();
+    let mut columns: Vec<(&str, &str)> = dims
+        .iter()
+        .zip(&titles)
+        .map(|(d, t)| (d.as_str(), t.as_str()))
+        .collect();
+    columns.extend([
         ("requests", "REQUESTS"),
         ("prompt_tokens", "PROMPT"),
         ("completion_tokens", "COMPLETION"),
         ("total_tokens", "TOTAL"),
+        ("cost", "COST"),
+    ]);
+    print(remote, &rows, |v| {
+        let currency = v["currency"]
+            .as_str()
+            .map_or(String::new(), |c| format!("\n(cost in {c})"));
+        format!("{}{currency}", table(list(v), &columns))
+    });
+    Ok(())
+}
+
+fn price(c: &Client, remote: &Remote, verb: PriceVerb) -> Result<(), String> {
+    let err = |e: CliError| e.to_string();
+    let columns: &[(&str, &str)] = &[
+        ("model", "MODEL"),
+        ("currency", "CURRENCY"),
+        ("prompt_per_million", "PROMPT/1M"),
+        ("completion_per_million", "COMPLETION/1M"),
     ];
-    print(remote, &rows, |v| table(list(v), columns));
+    match verb {
+        PriceVerb::Set {
+            model,
+            currency,
+            prompt,
+            completion,
+        } => {
+            let body = json!({"currency": currency, "prompt_per_million": prompt, "completion_per_million": completion});
+            let stored = c
+                .call(
+                    "PUT",
+                    &format!("/maas-api/v1/prices/{}", urlencode(&model)),
+                    Some(&body),
+                )
+                .map_err(err)?;
+            print(remote, &stored, |v| table(std::slice::from_ref(v), columns));
+        }
+        PriceVerb::List => {
+            let prices = c.call("GET", "/maas-api/v1/prices", None).map_err(err)?;
+            print(remote, &prices, |v| table(list(v), columns));
+        }
+        PriceVerb::Delete { model } => {
+            let deleted = c
+                .call(
+                    "DELETE",
+                    &format!("/maas-api/v1/prices/{}", urlencode(&model)),
+                    None,
+                )
+                .map_err(err)?;
+            print(remote, &deleted, |_| format!("price of {model} removed"));
+        }
+    }
     Ok(())
 }
 

@@ -123,6 +123,11 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// A model name as subscriptions and prices spell it.
+pub(crate) fn check_model_name(field: &str, model: &str) -> Result<(), SpecError> {
+    check_text(field, model, MAX_MODEL)
+}
+
 impl SubscriptionSpec {
     /// Parses and validates a JSON document.
     pub fn from_json(bytes: &[u8]) -> Result<Self, SpecError> {
@@ -139,7 +144,7 @@ impl SubscriptionSpec {
             return Err(error("models", "at least one model is required"));
         }
         for (i, m) in models.iter().enumerate() {
-            check_text(&format!("models[{i}]"), m, MAX_MODEL)?;
+            check_model_name(&format!("models[{i}]"), m)?;
             if models[..i].contains(m) {
                 return Err(error(
                     format!("models[{i}]"),

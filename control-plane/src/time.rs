@@ -1,6 +1,6 @@
 //! Time as the control plane reads and writes it: Unix seconds now,
 //! durations as people type them (`90`, `15m`, `12h`, `30d`), and UTC dates
-//! for tables.
+//! for tables and reports.
 
 /// Seconds since the Unix epoch (0 if the clock is before it).
 pub fn unix_now() -> i64 {
@@ -46,6 +46,13 @@ pub fn utc(secs: i64) -> String {
     )
 }
 
+/// Unix seconds as the UTC date `YYYY-MM-DD`.
+pub fn utc_date(secs: i64) -> String {
+    let mut date = utc(secs);
+    date.truncate(10);
+    date
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -65,5 +72,6 @@ mod tests {
     fn dates_are_utc() {
         assert_eq!(utc(0), "1970-01-01 00:00");
         assert_eq!(utc(951_782_400), "2000-02-29 00:00");
+        assert_eq!(utc_date(951_868_799), "2000-02-29");
     }
 }

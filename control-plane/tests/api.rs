@@ -339,8 +339,10 @@ fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
         .json();
     assert_eq!(
         mine["data"],
+        // The original fields, and (no price set) no cost.
         json!([{"subscription": "team-a", "model": "smollm2-135m-instruct", "requests": 4,
-                "prompt_tokens": 110, "completion_tokens": 45, "total_tokens": 155}])
+                "prompt_tokens": 110, "completion_tokens": 45, "total_tokens": 155,
+                "cost": null, "unpriced_tokens": 155, "price": null}])
     );
     let all = cp
         .call("GET", "/maas-api/v1/usage", Some(ADMIN), None)

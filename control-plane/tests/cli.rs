@@ -137,10 +137,52 @@ fn an_administrator_manages_subscriptions_and_keys_from_the_cli() {
     assert!(ok, "{err}");
     assert_eq!(
         out.trim(),
-        "SUBSCRIPTION  MODEL  REQUESTS  PROMPT  COMPLETION  TOTAL"
+        "SUBSCRIPTION  MODEL  REQUESTS  PROMPT  COMPLETION  TOTAL  COST"
     );
     let (ok, _, err) = run(&s, &["usage", "--since", "soon"]);
     assert!(!ok && err.contains("--since"), "{err}");
+    let (ok, out, err) = run(
+        &s,
+        &["usage", "--since", "7d", "--group-by", "day,key", "--csv"],
+    );
+    assert!(ok, "{err}");
+    assert_eq!(
+        out,
+        "day,key,requests,prompt_tokens,completion_tokens,total_tokens,cost,currency,unpriced_tokens\r\n"
+    );
+    let (ok, out, err) = run(&s, &["usage", "--limits"]);
+    assert!(ok, "{err}");
+    assert!(out.starts_with("SUBSCRIPTION  QUANTITY  LIMIT"), "{out}");
+
+    // Prices: set (validated by the API, naming the field), list, remove.
+    let set = |currency: &str| {
+        run(
+            &s,
+            &[
+                "price",
+                "set",
+                "m1",
+                "--currency",
+                currency,
+                "--prompt",
+                "0.15",
+                "--completion",
+                "0.6",
+            ],
+        )
+    };
+    let (ok, _, err) = set("usd");
+    assert!(!ok && err.contains("currency:"), "{err}");
+    let (ok, out, err) = set("USD");
+    assert!(ok, "{err}");
+    assert!(out.contains("m1") && out.contains("0.15"), "{out}");
+    let (_, out, _) = run(&s, &["price", "list"]);
+    assert!(
+        out.starts_with("MODEL  CURRENCY") && out.contains("0.6"),
+        "{out}"
+    );
+    let (ok, _, err) = run(&s, &["price", "delete", "m1"]);
+    assert!(ok, "{err}");
 }
 
 #[test]

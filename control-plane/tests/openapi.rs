@@ -21,6 +21,11 @@ const SERVED: &[(&str, &str)] = &[
     ("get", "/maas-api/v1/sync"),
     ("get", "/maas-api/v1/sync/keys/{id}"),
     ("get", "/maas-api/v1/usage"),
+    ("get", "/maas-api/v1/usage/limits"),
+    ("get", "/maas-api/v1/prices"),
+    ("put", "/maas-api/v1/prices/{model}"),
+    ("delete", "/maas-api/v1/prices/{model}"),
+    ("get", "/metrics"),
     ("get", "/maas-api/health"),
     ("get", "/maas-api/ui"),
 ];
@@ -67,7 +72,10 @@ fn every_documented_operation_is_routed() {
         addr
     });
     for (method, path) in documented() {
-        let concrete = path.replace("{id}", "someid").replace("{name}", "somename");
+        let concrete = path
+            .replace("{id}", "someid")
+            .replace("{name}", "somename")
+            .replace("{model}", "somemodel");
         let r = maas_testkit::request(
             &method.to_uppercase(),
             &format!("http://{addr}{concrete}"),

@@ -1,7 +1,7 @@
 //! Showback through the real gateway: Envoy with the filter in front of the
 //! OpenAI-shaped test upstream, the control plane's sampler reading Envoy's
 //! `/stats/prometheus`, usage landing in the database exactly as the
-//! responses reported it.
+//! responses reported it, under the caller's key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -76,6 +76,15 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
     });
     assert_eq!(rows[0].subscription, "team-a");
     assert_eq!(rows[0].model, "m1");
+    // Per key: the filter's `key` label, through Envoy's stats tags. k1 is
+    // a key of the gateway's configuration, not one this store minted, so
+    // it has no owner here.
+    let detail = runtime.block_on(store.usage_detail(0, i64::MAX)).unwrap();
+    let keys: Vec<(&str, &str, Usage)> = detail
+        .iter()
+        .map(|d| (d.key.as_str(), d.owner.as_str(), d.usage))
+        .collect();
+    assert_eq!(keys, [("k1", "", expected)]);
     drop(runtime);
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -5,9 +5,15 @@
 //!
 //! Names follow Istio's tag convention (`maas.<what>.<label>=.=<value>;.;`),
 //! which `envoy/gateway.template.yaml`'s `stats_tags` turn into labels.
-//! Labels only ever take configured values (subscriptions, models) or fixed
-//! words, so a client cannot grow the metric set by sending made-up model
-//! names.
+//! Labels only ever take configured values (subscriptions, models, key ids
+//! the configuration or the control plane issued) or fixed words, so a
+//! client cannot grow the metric set by sending made-up model names.
+//!
+//! The usage counters showback reads (requests, prompt and completion
+//! tokens) carry the caller's key id, so the control plane can break usage
+//! down by key and owner. A token holder (OIDC) has no key and no `key`
+//! label: their subject is free text, which must never reach a stat name
+//! (a `;.;` in it would forge labels).
 
 use crate::auth::keys::AuthFailure;
 use crate::subscription::Quantity;
@@ -48,6 +54,8 @@ impl Outcome {
 pub type SubscriptionId = Rc<str>;
 /// Index of a configured model (`None`: not a configured model).
 pub type ModelId = Option<u32>;
+/// The caller's key id, shared with its identity (`None`: a token holder).
+pub type KeyId = Option<Rc<str>>;
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Metric {
@@ -55,14 +63,17 @@ pub enum Metric {
         subscription: SubscriptionId,
         model: ModelId,
         outcome: Outcome,
+        key: KeyId,
     },
     PromptTokens {
         subscription: SubscriptionId,
         model: ModelId,
+        key: KeyId,
     },
     CompletionTokens {
         subscription: SubscriptionId,
         model: ModelId,
+        key: KeyId,
     },
     TotalTokens {
         subscription: SubscriptionId,
@@ -144,27 +155,39 @@ impl Metric {
                 subscription,
                 model: m,
                 outcome,
+                key,
             } => (
                 "requests_total",
-                vec![
-                    ("subscription", sub(subscription)),
-                    ("model", model(*m)),
-                    ("outcome", outcome.as_str().to_string()),
-                ],
+                with_key(
+                    vec![
+                        ("subscription", sub(subscription)),
+                        ("model", model(*m)),
+                        ("outcome", outcome.as_str().to_string()),
+                    ],
+                    key,
+                ),
             ),
             Metric::PromptTokens {
                 subscription,
                 model: m,
+                key,
             } => (
                 "prompt_tokens_total",
-                vec![("subscription", sub(subscription)), ("model", model(*m))],
+                with_key(
+                    vec![("subscription", sub(subscription)), ("model", model(*m))],
+                    key,
+                ),
             ),
             Metric::CompletionTokens {
                 subscription,
                 model: m,
+                key,
             } => (
                 "completion_tokens_total",
-                vec![("subscription", sub(subscription)), ("model", model(*m))],
+                with_key(
+                    vec![("subscription", sub(subscription)), ("model", model(*m))],
+                    key,
+                ),
             ),
             Metric::TotalTokens {
                 subscription,
@@ -226,6 +249,15 @@ impl Metric {
     }
 }
 
+/// `labels` and, for a key holder, the key id last: series of a key
+/// holder extend the name a token holder's series have.
+fn with_key<'a>(mut labels: Vec<(&'a str, String)>, key: &KeyId) -> Vec<(&'a str, String)> {
+    if let Some(id) = key {
+        labels.push(("key", id.to_string()));
+    }
+    labels
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,8 +272,34 @@ mod tests {
                     subscription: free.clone(),
                     model: Some(0),
                     outcome: Outcome::Ok,
+                    key: None,
                 },
                 "maas.requests_total.subscription=.=free;.;model=.=m1;.;outcome=.=ok;.;",
+            ),
+            (
+                Metric::Requests {
+                    subscription: free.clone(),
+                    model: Some(0),
+                    outcome: Outcome::RateLimited,
+                    key: Some(Rc::from("alice-1")),
+                },
+                "maas.requests_total.subscription=.=free;.;model=.=m1;.;outcome=.=rate_limited;.;key=.=alice-1;.;",
+            ),
+            (
+                Metric::PromptTokens {
+                    subscription: free.clone(),
+                    model: Some(0),
+                    key: Some(Rc::from("k2")),
+                },
+                "maas.prompt_tokens_total.subscription=.=free;.;model=.=m1;.;key=.=k2;.;",
+            ),
+            (
+                Metric::CompletionTokens {
+                    subscription: free.clone(),
+                    model: None,
+                    key: None,
+                },
+                "maas.completion_tokens_total.subscription=.=free;.;model=.=unknown;.;",
             ),
             (
                 Metric::TotalTokens {

@@ -1,6 +1,6 @@
 //! What the stack sets up on its control plane so a user can try the
-//! gateway at once: a `demo` subscription for the configured models and one
-//! key for it. The key is kept (owner-only) in the control plane's data
+//! gateway at once: a `demo` subscription for the configured models, a
+//! price for each of them (so showback shows money), and one key for it. The key is kept (owner-only) in the control plane's data
 //! directory, so a restart reuses it instead of minting another.
 
 use std::path::Path;
@@ -12,6 +12,12 @@ use maas_testkit::private_file::write_private;
 
 pub const DEMO_SUBSCRIPTION: &str = "demo";
 pub const DEMO_OWNER: &str = "demo@localhost";
+
+/// Illustrative prices (USD per million prompt and completion tokens): the
+/// stand-in external model at an external provider's list-price level, and
+/// the local models at a small internal rate for the hardware they use.
+const EXTERNAL_PRICE: (&str, &str) = ("3", "15");
+const LOCAL_PRICE: (&str, &str) = ("0.05", "0.1");
 const KEY_FILE: &str = "demo-key";
 
 /// The demo key: the remembered one while it is still active, else a new one.
@@ -32,6 +38,23 @@ pub fn ensure_demo(cp: &ControlPlaneProcess, models: &[String]) -> Result<String
             r.status,
             r.text()
         ));
+    }
+    for model in models {
+        let (prompt, completion) = if model == crate::demo_provider::DEMO_EXTERNAL_MODEL {
+            EXTERNAL_PRICE
+        } else {
+            LOCAL_PRICE
+        };
+        let price = json!({"currency": "USD", "prompt_per_million": prompt, "completion_per_million": completion});
+        let r = cp.call(
+            "PUT",
+            &format!("/maas-api/v1/prices/{model}"),
+            &admin,
+            Some(&price),
+        );
+        if r.status != 200 {
+            return Err(format!("pricing {model}: {} {}", r.status, r.text()));
+        }
     }
     let file = cp.data_dir().join(KEY_FILE);
     if let Some(key) = remembered(cp, &admin, &file) {

@@ -301,6 +301,24 @@ fn make_run_serves_the_demo_configuration_until_sigterm() {
     );
     assert_eq!(subs.status, 200, "{}", subs.text());
     assert!(subs.text().contains("\"demo\""), "{}", subs.text());
+    // Every demo model is priced, so showback shows money.
+    let prices = request(
+        "GET",
+        &stack.url("/maas-api/v1/prices"),
+        &[("authorization", &bearer(admin_token.trim()))],
+        None,
+    );
+    assert_eq!(prices.status, 200, "{}", prices.text());
+    let priced: Vec<Value> = prices.json()["data"]
+        .as_array()
+        .expect("a price list")
+        .iter()
+        .map(|p| p["model"].clone())
+        .collect();
+    assert!(
+        priced.contains(&json!(MODEL)) && priced.contains(&json!("claude-demo")),
+        "{priced:?}"
+    );
 
     let models = request(
         "GET",

@@ -77,6 +77,7 @@ impl From<StoreError> for ApiError {
                 Self::Invalid(format!("unknown subscription {name:?}"))
             }
             StoreError::Conflict(what) => Self::Conflict(what),
+            e @ StoreError::OtherCurrency { .. } => Self::Conflict(e.to_string()),
             StoreError::TooManyKeys {
                 owner,
                 subscription,

@@ -11,11 +11,17 @@
 //! - `DELETE /maas-api/v1/api-keys/{id}`: revoke one of the caller's keys.
 //! - `GET /maas-api/v1/subscriptions`: what the caller may use;
 //!   `PUT /maas-api/v1/subscriptions/{name}`: create or replace (administrators).
-//! - `GET /maas-api/v1/usage?from=T&to=T`: tokens and requests per
-//!   subscription and model over a time range (Unix seconds; default the
-//!   last 24 hours), for the subscriptions the caller may use.
+//! - `GET /maas-api/v1/usage?from=T&to=T`: tokens, requests and cost over
+//!   a time range (Unix seconds; default the last 24 hours), for the
+//!   subscriptions the caller may use, per subscription and model or any
+//!   `group_by` of day, subscription, model, key, owner and cost center,
+//!   filtered, as JSON or CSV; `GET /maas-api/v1/usage/limits`: use in each
+//!   limit's current window against the limit (see [`usage`]).
+//! - `GET /maas-api/v1/prices`, `PUT|DELETE /maas-api/v1/prices/{model}`:
+//!   what each model costs per million tokens (changed by administrators).
 //! - `GET /maas-api/ui`: the showback page (one self-contained HTML file;
 //!   it asks for a token and reads `/v1/usage` with it).
+//! - `GET /metrics`: the prices as Prometheus gauges, for dashboards.
 //! - `GET /maas-api/v1/sync?since=V`: for the gateway filter (its own token):
 //!   what changed after version `V` (keys as salted digests, subscriptions in
 //!   the filter's configuration shape), or 304 when nothing did.
@@ -28,6 +34,8 @@
 
 mod auth;
 mod error;
+mod prices;
+mod usage;
 
 use std::sync::Arc;
 
@@ -42,6 +50,7 @@ use serde_json::{json, Value};
 
 pub use auth::{Authenticator, Caller, GatewayCaller, ADMIN_SUBJECT};
 pub use error::ApiError;
+pub use prices::price_exposition;
 
 use crate::apikey;
 use crate::oidc::Identity;
@@ -62,7 +71,14 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/maas-api/v1/subscriptions/{name}", put(put_subscription))
         .route("/maas-api/v1/sync", get(sync))
         .route("/maas-api/v1/sync/keys/{id}", get(sync_key))
-        .route("/maas-api/v1/usage", get(usage))
+        .route("/maas-api/v1/usage", get(usage::usage))
+        .route("/maas-api/v1/usage/limits", get(usage::usage_limits))
+        .route("/maas-api/v1/prices", get(prices::list_prices))
+        .route(
+            "/maas-api/v1/prices/{model}",
+            put(prices::put_price).delete(prices::delete_price),
+        )
+        .route("/metrics", get(prices::metrics))
         .route("/maas-api/ui", get(page))
         .route(
             "/maas-api/health",
@@ -428,58 +444,6 @@ async fn sync_key(
         "subscriptions": subscription.as_ref().and_then(synced_subscription).into_iter().collect::<Vec<_>>(),
     }))
     .into_response())
-}
-
-#[derive(Deserialize)]
-struct UsageQuery {
-    from: Option<i64>,
-    to: Option<i64>,
-}
-
-async fn usage(
-    State(app): State<Arc<AppState>>,
-    Caller(who): Caller,
-    Query(q): Query<UsageQuery>,
-) -> Result<Response, ApiError> {
-    let to = q.to.unwrap_or_else(|| unix_now() + 1);
-    let from = q.from.unwrap_or(to - 86_400);
-    if from >= to {
-        return Err(ApiError::Invalid(format!(
-            "from ({from}) must be before to ({to})"
-        )));
-    }
-    let visible: Option<Vec<String>> = if who.admin {
-        None
-    } else {
-        Some(
-            app.store
-                .list_subscriptions()
-                .await?
-                .into_iter()
-                .filter(|row| {
-                    serde_json::from_value::<SubscriptionSpec>(row.spec.clone())
-                        .is_ok_and(|s| s.admits_any(&who.groups))
-                })
-                .map(|row| row.name)
-                .collect(),
-        )
-    };
-    let rows = app.store.usage(from, to).await?;
-    let data: Vec<Value> = rows
-        .iter()
-        .filter(|r| visible.as_ref().is_none_or(|v| v.contains(&r.subscription)))
-        .map(|r| {
-            json!({
-                "subscription": r.subscription,
-                "model": r.model,
-                "requests": r.usage.requests,
-                "prompt_tokens": r.usage.prompt_tokens,
-                "completion_tokens": r.usage.completion_tokens,
-                "total_tokens": r.usage.prompt_tokens + r.usage.completion_tokens,
-            })
-        })
-        .collect();
-    Ok(Json(json!({"object": "list", "from": from, "to": to, "data": data})).into_response())
 }
 
 /// Served as is: no build step, no external assets, nothing secret in it.

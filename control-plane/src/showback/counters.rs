@@ -1,6 +1,10 @@
 //! The gateway filter's usage counters as Envoy exposes them
 //! (`/stats/prometheus`), and the usage between two readings.
 //!
+//! A series is a subscription, a model and the caller's key id (the `key`
+//! label; none for token holders, and none on counters a filter older than
+//! that label wrote, which therefore read as usage without a key).
+//!
 //! Envoy's counters are cumulative per process. A reading lower than the
 //! previous one means the gateway restarted, so its whole value is new usage.
 
@@ -15,13 +19,30 @@ pub struct Usage {
     pub completion_tokens: u64,
 }
 
-pub type UsageKey = (String, String);
+impl std::ops::AddAssign for Usage {
+    fn add_assign(&mut self, other: Usage) {
+        self.requests = self.requests.saturating_add(other.requests);
+        self.prompt_tokens = self.prompt_tokens.saturating_add(other.prompt_tokens);
+        self.completion_tokens = self
+            .completion_tokens
+            .saturating_add(other.completion_tokens);
+    }
+}
+
+/// One series of the filter's usage counters: a subscription's use of a
+/// model through one key (`key` empty: a token holder, who has none).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct UsageKey {
+    pub subscription: String,
+    pub model: String,
+    pub key: String,
+}
 
 /// Outcomes of `maas_requests_total` that were admitted and charged; refusals
 /// (`rate_limited`, `rejected`, `limiter_error`) cost nothing.
 const CHARGED: &[&str] = &["ok", "upstream_error", "incomplete"];
 
-/// Reads the per-(subscription, model) counters out of an exposition text.
+/// Reads the per-(subscription, model, key) counters out of an exposition text.
 pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
     let mut out: BTreeMap<UsageKey, Usage> = BTreeMap::new();
     for sample in maas_prometheus_text::parse(text) {
@@ -47,7 +68,12 @@ pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
         let (Some(sub), Some(model)) = (label("subscription"), label("model")) else {
             continue;
         };
-        let entry = out.entry((sub.to_string(), model.to_string())).or_default();
+        let key = UsageKey {
+            subscription: sub.to_string(),
+            model: model.to_string(),
+            key: label("key").unwrap_or_default().to_string(),
+        };
+        let entry = out.entry(key).or_default();
         *field(entry) += value;
     }
     out
@@ -113,7 +139,15 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 9
 "#;
 
     fn key(s: &str, m: &str) -> UsageKey {
-        (s.into(), m.into())
+        keyed(s, m, "")
+    }
+
+    fn keyed(s: &str, m: &str, k: &str) -> UsageKey {
+        UsageKey {
+            subscription: s.into(),
+            model: m.into(),
+            key: k.into(),
+        }
     }
 
     #[test]
@@ -165,6 +199,28 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 9
             delta(&before, &restarted)[&key("free", "m1")].prompt_tokens,
             10
         );
+    }
+
+    #[test]
+    fn each_key_is_its_own_series() {
+        let r = read(
+            r#"maas_prompt_tokens_total{subscription="free",model="m1",key="k1"} 10
+maas_prompt_tokens_total{subscription="free",model="m1",key="k2"} 20
+maas_requests_total{subscription="free",model="m1",outcome="ok",key="k2"} 3
+maas_prompt_tokens_total{subscription="free",model="m1"} 5
+"#,
+        );
+        assert_eq!(r[&keyed("free", "m1", "k1")].prompt_tokens, 10);
+        assert_eq!(
+            r[&keyed("free", "m1", "k2")],
+            Usage {
+                requests: 3,
+                prompt_tokens: 20,
+                completion_tokens: 0
+            }
+        );
+        assert_eq!(r[&key("free", "m1")].prompt_tokens, 5);
+        assert_eq!(r.len(), 3);
     }
 
     #[test]

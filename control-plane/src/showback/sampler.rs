@@ -51,9 +51,10 @@ impl Sampler {
         let rows = match previous {
             Some(previous) => delta(&previous, &counters)
                 .into_iter()
-                .map(|((subscription, model), usage)| UsageRow {
-                    subscription,
-                    model,
+                .map(|(series, usage)| UsageRow {
+                    subscription: series.subscription,
+                    model: series.model,
+                    key: series.key,
                     usage,
                 })
                 .collect(),

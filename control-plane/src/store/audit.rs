@@ -18,6 +18,8 @@ pub(super) enum AuditAction {
     SubscriptionDelete,
     KeyCreate,
     KeyRevoke,
+    PricePut,
+    PriceDelete,
 }
 
 impl AuditAction {
@@ -27,6 +29,8 @@ impl AuditAction {
             AuditAction::SubscriptionDelete => "subscription.delete",
             AuditAction::KeyCreate => "key.create",
             AuditAction::KeyRevoke => "key.revoke",
+            AuditAction::PricePut => "price.put",
+            AuditAction::PriceDelete => "price.delete",
         }
     }
 }

@@ -27,6 +27,14 @@ pub enum StoreError {
     #[error("subscription {subscription:?} is still referenced by {keys} key(s)")]
     InUse { subscription: String, keys: usize },
 
+    /// A price in another currency than the prices already stored.
+    #[error("prices are kept in one currency: {model:?} is priced in {existing}, not {currency}")]
+    OtherCurrency {
+        currency: String,
+        model: String,
+        existing: String,
+    },
+
     /// The database could not be opened. `url` is redacted
     /// ([`super::redacted_url`]); the driver's message never holds the
     /// password.

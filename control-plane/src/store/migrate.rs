@@ -28,6 +28,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "admin_identity",
         include_str!("../../migrations/0004_admin_identity.sql"),
     ),
+    (
+        5,
+        "showback_keys_and_prices",
+        include_str!("../../migrations/0005_showback_keys_and_prices.sql"),
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

@@ -20,6 +20,7 @@ mod database_url;
 mod error;
 mod keys;
 mod migrate;
+mod prices;
 mod rows;
 mod subscriptions;
 mod sync;
@@ -35,7 +36,7 @@ use sqlx::AnyPool;
 pub use database_url::redacted as redacted_url;
 pub use error::StoreError;
 pub use rows::{AuditRow, Changes, KeyRow, SubscriptionRow};
-pub use usage::UsageRow;
+pub use usage::{UsageDetail, UsageRow};
 
 /// Handle to the database; cheap to clone (a shared pool).
 #[derive(Clone, Debug)]

@@ -210,7 +210,7 @@ impl Stream {
                     .and_then(|s| self.policy.subscription(&s.name));
                 return match subscription {
                     Some(sub) => KeyCheck::Found(Identity {
-                        key_id: Some(key.id.clone()),
+                        key_id: Some(Rc::from(key.id.as_str())),
                         user: key.owner.clone(),
                         subscription: Rc::clone(sub),
                         key_limits: Rc::clone(&key.limits),
@@ -279,7 +279,7 @@ impl Stream {
             },
         };
         KeyCheck::Found(Identity {
-            key_id: Some(record.id.clone()),
+            key_id: Some(Rc::from(record.id.as_str())),
             user: record.owner.clone(),
             key_limits: Rc::new(subscription.holder_limits(Some(&record.id), &record.owner)),
             subscription,

@@ -55,8 +55,9 @@ use std::rc::Rc;
 /// Who is calling, and under which subscription.
 #[derive(Debug, Clone)]
 struct Identity {
-    /// `None` for a token holder.
-    key_id: Option<String>,
+    /// `None` for a token holder. Shared with the usage metrics that carry
+    /// it as a label, so recording them allocates nothing.
+    key_id: Option<Rc<str>>,
     user: String,
     subscription: Rc<Subscription>,
     /// Limits of the key alone (empty when it has none).

@@ -43,6 +43,7 @@ impl Stream {
                     subscription: Rc::clone(&i.subscription.name),
                     model: self.completion.model_id,
                     outcome,
+                    key: i.key_id.clone(),
                 },
                 1,
             );
@@ -146,12 +147,14 @@ impl Stream {
         }
         let (model, name) = (self.completion.model_id, &identity.subscription.name);
         let sub = || Rc::clone(name);
+        let key = || identity.key_id.clone();
         let estimated = u64::from(source == UsageSource::Estimated);
         for (metric, value) in [
             (
                 Metric::PromptTokens {
                     subscription: sub(),
                     model,
+                    key: key(),
                 },
                 usage.prompt_tokens,
             ),
@@ -159,6 +162,7 @@ impl Stream {
                 Metric::CompletionTokens {
                     subscription: sub(),
                     model,
+                    key: key(),
                 },
                 usage.completion_tokens,
             ),

@@ -604,7 +604,7 @@ fn bad_bodies_and_models() {
     assert_eq!(h.used(REQ), 0, "refused requests are not charged");
     assert_eq!(
         h.metric(
-            "maas.requests_total.subscription=.=free;.;model=.=unknown;.;outcome=.=rejected;.;"
+            "maas.requests_total.subscription=.=free;.;model=.=unknown;.;outcome=.=rejected;.;key=.=alice-1;.;"
         ),
         4
     );

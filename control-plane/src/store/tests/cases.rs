@@ -677,3 +677,147 @@ pub async fn keys_of_the_old_admin_identity_move_to_the_new_one(store: &Store, u
     assert_eq!(next, before + 3);
     migrated.close().await;
 }
+
+pub async fn usage_is_kept_per_key_and_detailed_per_day_with_owners(store: &Store) {
+    use crate::store::{UsageDetail, UsageRow};
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    store
+        .insert_key(&key("k1", "alice", "gold", 1), "admin")
+        .await
+        .unwrap();
+    let row = UsageRow::new;
+    let day = 86_400;
+    store
+        .add_usage(
+            day + 60,
+            &[
+                row("gold", "m1", 1, 10, 5).through_key("k1"),
+                row("gold", "m1", 1, 7, 0).through_key("static-key"),
+                row("gold", "m1", 1, 1, 1),
+            ],
+        )
+        .await
+        .unwrap();
+    store
+        .add_usage(day + 120, &[row("gold", "m1", 2, 20, 2).through_key("k1")])
+        .await
+        .unwrap();
+    store
+        .add_usage(2 * day, &[row("gold", "m1", 1, 100, 0).through_key("k1")])
+        .await
+        .unwrap();
+    // Per subscription and model, as before: every key together.
+    assert_eq!(
+        store.usage(0, 3 * day).await.unwrap(),
+        vec![row("gold", "m1", 6, 138, 8)]
+    );
+    let detail = |d: i64, k: &str, owner: &str, usage: UsageRow| UsageDetail {
+        day: d,
+        subscription: "gold".into(),
+        model: "m1".into(),
+        key: k.into(),
+        owner: owner.into(),
+        usage: usage.usage,
+    };
+    assert_eq!(
+        store.usage_detail(0, 3 * day).await.unwrap(),
+        vec![
+            // No key (token holders), and a key this store did not mint:
+            // no owner.
+            detail(day, "", "", row("", "", 1, 1, 1)),
+            detail(day, "k1", "alice", row("", "", 3, 30, 7)),
+            detail(day, "static-key", "", row("", "", 1, 7, 0)),
+            detail(2 * day, "k1", "alice", row("", "", 1, 100, 0)),
+        ]
+    );
+    // A limit's window: from a bucket on.
+    let since = store.usage_since("gold", day + 120).await.unwrap();
+    assert_eq!((since.requests, since.prompt_tokens), (3, 120));
+    let none = store.usage_since("other", 0).await.unwrap();
+    assert_eq!(none, crate::showback::Usage::default());
+}
+
+pub async fn prices_are_stored_in_one_currency_and_audited(store: &Store) {
+    use crate::showback::price::{Micros, Price};
+    let price = |model: &str, currency: &str, p: u64| Price {
+        model: model.into(),
+        currency: currency.into(),
+        prompt: Micros(p),
+        completion: Micros(2 * p),
+    };
+    store
+        .put_price(&price("m1", "USD", 150_000), 10, "admin")
+        .await
+        .unwrap();
+    store
+        .put_price(&price("m2", "USD", 1), 10, "admin")
+        .await
+        .unwrap();
+    // Replacing one changes it; the only model priced may change currency.
+    store
+        .put_price(&price("m1", "USD", 200_000), 11, "admin")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.list_prices().await.unwrap(),
+        vec![price("m1", "USD", 200_000), price("m2", "USD", 1)]
+    );
+    let other = store.put_price(&price("m3", "EUR", 1), 12, "admin").await;
+    assert!(
+        matches!(&other, Err(StoreError::OtherCurrency { existing, .. }) if existing == "USD"),
+        "{other:?}"
+    );
+    assert!(store.delete_price("m2", "admin").await.unwrap());
+    assert!(!store.delete_price("m2", "admin").await.unwrap());
+    store
+        .put_price(&price("m1", "EUR", 1), 13, "admin")
+        .await
+        .unwrap();
+    let audit = store.audit(10).await.unwrap();
+    let actions: Vec<(&str, &str)> = audit
+        .iter()
+        .map(|a| (a.action.as_str(), a.target.as_str()))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            ("price.put", "m1"),
+            ("price.delete", "m2"),
+            ("price.put", "m1"),
+            ("price.put", "m2"),
+            ("price.put", "m1"),
+        ]
+    );
+}
+
+/// Usage an older release stored (no key column) survives migration 5,
+/// under no key.
+pub async fn usage_before_keys_were_counted_survives_migration_5(store: &Store, url: &str) {
+    sqlx::query(
+        "INSERT INTO usage_buckets (bucket_start, subscription, model, requests, prompt_tokens, completion_tokens) \
+         VALUES (60, 'gold', 'm1', 2, 30, 4)",
+    )
+    .execute(&store.pool)
+    .await
+    .unwrap();
+    let migrated = Store::connect(url).await.unwrap();
+    let detail = migrated.usage_detail(0, 120).await.unwrap();
+    assert_eq!(detail.len(), 1);
+    assert_eq!(
+        (detail[0].key.as_str(), detail[0].usage.prompt_tokens),
+        ("", 30)
+    );
+    // New usage lands beside it, per key.
+    migrated
+        .add_usage(
+            60,
+            &[crate::store::UsageRow::new("gold", "m1", 1, 1, 1).through_key("k9")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(migrated.usage_detail(0, 120).await.unwrap().len(), 2);
+    migrated.close().await;
+}

@@ -50,6 +50,8 @@ for_each_backend!(
     usage_adds_up_per_bucket_and_sums_over_a_range,
     key_cap_counts_live_keys_of_one_owner_in_one_subscription,
     concurrent_mints_never_exceed_the_cap,
+    usage_is_kept_per_key_and_detailed_per_day_with_owners,
+    prices_are_stored_in_one_currency_and_audited,
 );
 
 /// Reopening runs the migrator again over an up-to-date schema: it must be a
@@ -81,5 +83,20 @@ async fn old_admin_keys_move_sqlite() {
 async fn old_admin_keys_move_postgres() {
     let db = backend::TestStore::postgres_through(3).await;
     cases::keys_of_the_old_admin_identity_move_to_the_new_one(&db.store, &db.url).await;
+    db.finish().await;
+}
+
+/// Migration 5 on a database an older release left: its usage stays.
+#[tokio::test]
+async fn old_usage_survives_sqlite() {
+    let db = backend::TestStore::sqlite_through(4).await;
+    cases::usage_before_keys_were_counted_survives_migration_5(&db.store, &db.url).await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn old_usage_survives_postgres() {
+    let db = backend::TestStore::postgres_through(4).await;
+    cases::usage_before_keys_were_counted_survives_migration_5(&db.store, &db.url).await;
     db.finish().await;
 }
