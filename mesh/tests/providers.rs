@@ -743,6 +743,7 @@ fn the_mesh_and_the_local_gateway_agree_on_backend_roles_and_failover() {
                     .map(|m| m["id"].as_str().unwrap().to_string())
                     .collect(),
                 http2: p.http2,
+                timeout: None,
             })
             .collect(),
         credential_sds_dir: Some("/run/maas-sds".into()),

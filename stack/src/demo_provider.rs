@@ -85,6 +85,7 @@ impl DemoProvider {
             },
             models: vec![DEMO_EXTERNAL_MODEL.into()],
             http2: true,
+            timeout: None,
         }
     }
 

@@ -31,6 +31,11 @@ struct StandIn {
 /// The gateway with one local-looking id, `claude`, served by an Anthropic
 /// provider as `claude-test-model`.
 fn start() -> StandIn {
+    start_with_timeout(None)
+}
+
+/// [`start`], with the provider's request timeout.
+fn start_with_timeout(timeout: Option<std::time::Duration>) -> StandIn {
     envoy_binary();
     let ca = TestCa::create("maas test anthropic CA");
     let cert = ca.issue(HOST);
@@ -66,6 +71,7 @@ fn start() -> StandIn {
             },
             models: vec!["claude".into()],
             http2: true,
+            timeout,
         })
         .start();
     StandIn {
@@ -224,4 +230,27 @@ fn the_providers_failures_become_openai_errors_the_client_can_act_on() {
     assert_eq!(response.status, 400);
     assert_eq!(response.json()["error"]["param"], "tools");
     assert_eq!(s.upstream.requests().len(), cases.len());
+}
+
+#[test]
+fn a_provider_slower_than_its_timeout_is_answered_504_in_openai_shape_and_charged_by_estimate() {
+    let s = start_with_timeout(Some(std::time::Duration::from_millis(500)));
+    // Had the provider's answer been waited for, it would be a 200.
+    let response = chat(&s, question(false), &[("x-mock-delay-ms", "5000")]);
+    assert_eq!(response.status, 504, "{}", response.text());
+    let body = response.json();
+    assert_eq!(body["error"]["type"], "upstream_error", "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("response_timeout"),
+        "{body}"
+    );
+    // The provider had the prompt and may have computed it: the reservation
+    // is settled by estimate, not let go.
+    let record = s.gateway.await_access_log(1).pop().unwrap();
+    assert_eq!(record["status"], 504);
+    assert_eq!(record["usage"], "estimated", "{record}");
+    assert!(record["total_tokens"].as_u64().unwrap() > 0, "{record}");
 }

@@ -60,6 +60,7 @@ fn provider(
         credential,
         models: models.iter().map(|m| (*m).to_owned()).collect(),
         http2: true,
+        timeout: None,
     }
 }
 

@@ -127,6 +127,7 @@ fn provider(case: &Case, front: SocketAddr, host: &str, ca: &Path, secret: &Path
         },
         models: vec![case.model.into()],
         http2: case.http2,
+        timeout: None,
     }
 }
 

@@ -348,6 +348,7 @@ pub fn bench_provider_spec(provider: &BenchProvider, kind: ProviderKind) -> Prov
         models: vec![BENCH_MODEL.into()],
         // As the real APIs speak it.
         http2: true,
+        timeout: None,
     }
 }
 

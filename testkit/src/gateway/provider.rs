@@ -53,6 +53,11 @@ pub struct ProviderSpec {
     pub models: Vec<String>,
     /// HTTP/2 to the provider; HTTP/1.1 otherwise.
     pub http2: bool,
+    /// How long a request to this provider may take, its whole answer
+    /// included (Envoy's route timeout; past it the client gets an
+    /// OpenAI-shaped 504). `None`: the gateway's (600 s, for long streams).
+    /// A model with fallbacks keeps the gateway's for its attempts together.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// How the provider expects our key.
@@ -166,8 +171,12 @@ pub(super) fn routes(providers: &[ProviderSpec], chained: &HashSet<&str>) -> Vec
                 continue;
             }
             block.push(route_match(model));
+            let timeout = provider.timeout.map_or_else(
+                || ROUTE_TIMEOUT.to_string(),
+                |t| format!("{}.{:03}s", t.as_secs(), t.subsec_millis()),
+            );
             block.push(format!(
-                "{indent}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT}, auto_host_rewrite: true }}",
+                "{indent}  route: {{ cluster: {}, timeout: {timeout}, auto_host_rewrite: true }}",
                 cluster_name(&provider.name),
             ));
             block.push(format!(
@@ -336,6 +345,7 @@ pub(super) mod tests {
             },
             models: models.iter().map(|m| (*m).to_owned()).collect(),
             http2: true,
+            timeout: None,
         }
     }
 
