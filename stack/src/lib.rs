@@ -29,6 +29,7 @@ mod envoy_child;
 mod envoy_log;
 mod limiter;
 mod options;
+pub mod providers_file;
 mod signals;
 mod upstream;
 

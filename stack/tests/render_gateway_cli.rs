@@ -87,3 +87,96 @@ fn reports_bad_arguments() {
         "{stderr}"
     );
 }
+
+#[test]
+fn renders_external_providers_from_a_providers_file_and_envoy_accepts_it() {
+    let dir = maas_testkit::envoy::ScratchDir::create().expect("dir");
+    let config = dir.path().join("filter.json");
+    std::fs::write(
+        &config,
+        serde_json::json!({
+            "models": ["m1"],
+            "providers": [
+                {"name": "openai", "kind": "openai-compatible"},
+                {"name": "anthropic", "kind": "anthropic"}
+            ],
+            "external_models": [{"id": "gpt-4o", "provider": "openai", "model": "gpt-4o-2024-08-06"}],
+            "fallbacks": {"gpt-4o": [{"provider": "anthropic", "model": "claude-sonnet-4-5"}]},
+            "subscriptions": {}
+        })
+        .to_string(),
+    )
+    .expect("config");
+    let providers = dir.path().join("providers.json");
+    std::fs::write(
+        &providers,
+        r#"[{"name": "openai", "host": "api.openai.com", "secret_file": "/etc/maas/openai.key"},
+            {"name": "anthropic", "host": "api.anthropic.com", "timeout_secs": 120,
+             "secret_file": "/etc/maas/anthropic.key"}]"#,
+    )
+    .expect("providers");
+    let sds = dir.path().join("sds");
+    let out = dir.path().join("envoy.yaml");
+    let output = render(&[
+        "--filter-config",
+        config.to_str().expect("utf-8"),
+        "--model",
+        "m1=127.0.0.1:8000",
+        "--providers",
+        providers.to_str().expect("utf-8"),
+        "--credential-sds-dir",
+        sds.to_str().expect("utf-8"),
+        "--out",
+        out.to_str().expect("utf-8"),
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let yaml = std::fs::read_to_string(&out).expect("bootstrap");
+    assert!(yaml.contains("- name: provider_openai\n"), "{yaml}");
+    assert!(yaml.contains(r#"sni: "api.anthropic.com""#));
+    // The kind decides the header: Anthropic's key goes in x-api-key.
+    assert!(yaml.contains(r#"header: "x-api-key""#));
+    assert!(yaml.contains("refresh_cluster_on_retry: true"));
+    assert!(
+        !yaml.contains("/etc/maas/anthropic.key"),
+        "only the SDS file names the key file"
+    );
+    let sds_file = std::fs::read_to_string(sds.join("provider_anthropic_credential.sds.yaml"))
+        .expect("SDS file written");
+    assert!(
+        sds_file.contains(r#"filename: "/etc/maas/anthropic.key""#),
+        "{sds_file}"
+    );
+    maas_testkit::envoy::validate(&out).expect("Envoy accepts the bootstrap");
+
+    // Out of step with the filter configuration: refused, naming what.
+    std::fs::write(
+        &providers,
+        r#"[{"name": "openai", "host": "api.openai.com", "secret_file": "/k"}]"#,
+    )
+    .expect("providers");
+    let output = render(&[
+        "--filter-config",
+        config.to_str().expect("utf-8"),
+        "--providers",
+        providers.to_str().expect("utf-8"),
+        "--credential-sds-dir",
+        sds.to_str().expect("utf-8"),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("no entry for provider \"anthropic\""),
+        "{stderr}"
+    );
+    let output = render(&[
+        "--filter-config",
+        config.to_str().expect("utf-8"),
+        "--providers",
+        providers.to_str().expect("utf-8"),
+    ]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains("go together"));
+}

@@ -7,7 +7,11 @@
 //! /dev/stdout), `--control-plane HOST:PORT` (the filter's key sync and
 //! `/maas-api/*`), `--limiter HOST:PORT` (the `limitador` cluster the
 //! filter's global limits call), `--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE`
-//! (verify OIDC bearer tokens on model traffic), `--template PATH` (default
+//! (verify OIDC bearer tokens on model traffic), `--providers FILE
+//! --credential-sds-dir DIR` (the filter configuration's external providers:
+//! where each is and which file holds its key; the SDS file that points
+//! Envoy's credential injector at each key file is written into DIR; see
+//! `maas_stack::providers_file`), `--template PATH` (default
 //! envoy/gateway.template.yaml), `--out PATH` (default stdout).
 
 use std::net::SocketAddr;
@@ -15,14 +19,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use maas_testkit::gateway::{
-    gateway_template_path, render_gateway, workspace_root, GatewaySpec, OidcSpec,
+    gateway_template_path, render_gateway, workspace_root, write_credential_sds, GatewaySpec,
+    OidcSpec,
 };
 
 const USAGE: &str =
     "usage: render-gateway --filter-config FILE --model NAME=HOST:PORT [--model ...] \
 [--listen-port 10000] [--admin-port 9901] [--wasm PATH] [--access-log PATH] \
 [--control-plane HOST:PORT] [--limiter HOST:PORT] [--oidc-issuer URL --oidc-audience AUD --oidc-jwks FILE] \
-[--template PATH] [--out PATH]";
+[--providers FILE --credential-sds-dir DIR] [--template PATH] [--out PATH]";
 
 struct Args {
     spec: GatewaySpec,
@@ -46,6 +51,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     };
     let (mut template, mut out, mut have_config) = (gateway_template_path(), None, false);
     let (mut issuer, mut audience, mut jwks) = (None, None, None);
+    let mut providers_file: Option<PathBuf> = None;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
         match flag.as_str() {
@@ -93,6 +99,8 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
             "--admin-port" => spec.admin_port = port(&value()?)?,
             "--wasm" => spec.wasm_path = absolute(value()?),
             "--access-log" => spec.access_log_path = absolute(value()?),
+            "--providers" => providers_file = Some(value()?.into()),
+            "--credential-sds-dir" => spec.credential_sds_dir = Some(absolute(value()?)),
             "--template" => template = value()?.into(),
             "--out" => out = Some(value()?.into()),
             "-h" | "--help" => return Err(String::new()),
@@ -101,6 +109,14 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Args, String> {
     }
     if !have_config {
         return Err("--filter-config is required".into());
+    }
+    match (&providers_file, &spec.credential_sds_dir) {
+        (Some(file), Some(_)) => {
+            spec.providers = maas_stack::providers_file::read(file, &spec.filter_config)
+                .map_err(|e| e.to_string())?;
+        }
+        (None, None) => {}
+        _ => return Err("--providers and --credential-sds-dir go together".into()),
     }
     spec.oidc = match (issuer, audience, jwks) {
         (Some(issuer), Some(audience), Some(jwks)) => Some(OidcSpec {
@@ -139,6 +155,20 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Envoy's credential injectors read the providers' SDS files, which
+    // name the key files; written first, so the bootstrap never points at
+    // a file that is not there.
+    if let Some(dir) = &args.spec.credential_sds_dir {
+        if let Err(error) = std::fs::create_dir_all(dir)
+            .and_then(|()| write_credential_sds(dir, &args.spec.providers))
+        {
+            eprintln!(
+                "render-gateway: cannot write the SDS files into {}: {error}",
+                dir.display()
+            );
+            return ExitCode::FAILURE;
+        }
+    }
     let rendered = std::fs::read_to_string(&args.template)
         .map_err(|error| format!("cannot read {}: {error}", args.template.display()))
         .and_then(|template| {
