@@ -14,6 +14,10 @@
 #   libcurand.so.10, libnvrtc.so.13 from a CUDA 13 install (or the PyPI
 #   wheels nvidia-cublas, nvidia-curand, nvidia-cuda-nvrtc with
 #   LD_LIBRARY_PATH pointing at their lib/ folders).
+# * The PTX the binary embeds must load on the oldest driver we support: the
+#   R580 branch (CUDA 13.0), which takes PTX ISA `.version` 9.0 at most. The
+#   build fails, naming the offending version, if any embedded PTX is newer
+#   (MAX_PTX_VERSION overrides the ceiling for a newer fleet).
 # Not part of `make test`: the default build and every test run without it.
 set -euo pipefail
 
@@ -88,4 +92,7 @@ fi
 
 echo "==> linking inference-server with CUDA" >&2
 "${build[@]}"
-echo "$target/serve/inference-server"
+binary="$target/serve/inference-server"
+
+./scripts/ptx-check.sh "$binary" >&2
+echo "$binary"

@@ -1,15 +1,22 @@
 #!/usr/bin/env bash
 # The CUDA compiler for `--features cuda` builds of the inference server:
-# nvcc 13.4 from NVIDIA's PyPI wheels (no system CUDA needed; cudarc 0.19
-# accepts up to 13.4). Each wheel is pinned by version and sha256, downloaded
-# once into .cache/downloads and unpacked into .cache/cuda/13.4.92/, which is
-# laid out like a CUDA toolkit (bin/nvcc, nvvm/, include/, lib/).
+# nvcc 13.0 from NVIDIA's PyPI wheels (no system CUDA needed). Each wheel is
+# pinned by version and sha256, downloaded once into .cache/downloads and
+# unpacked into .cache/cuda/13.0.88/, which is laid out like a CUDA toolkit
+# (bin/nvcc, nvvm/, include/, lib/).
+#
+# Why 13.0 and not a newer nvcc: candle's kernels are embedded as PTX, which
+# the driver compiles when they load, and a driver loads PTX only up to its
+# own ISA version. nvcc 13.0 writes `.version 9.0`, which the R580 driver
+# branch (CUDA 13.0, what H100/H200 hosts run today) accepts; nvcc 13.4
+# wrote 9.4, which it refuses (../shared/gpu-kit). scripts/build-cuda.sh
+# checks every PTX the binary embeds against that ceiling.
 # Prints the toolkit root on the last line of stdout; progress goes to stderr.
 # Only `make server-cuda` uses it: the default build and the tests never do.
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
-version=13.4.92
+version=13.0.88
 downloads="$root/.cache/downloads"
 dir="$root/.cache/cuda/$version"
 toolkit="$dir/nvidia/cu13"
@@ -24,14 +31,14 @@ if [ -x "$toolkit/bin/nvcc" ] && [ -f "$dir/.unpacked" ]; then
   exit 0
 fi
 
-# wheel name, sha256. CCCL (libcu++, CUB, Thrust headers) is versioned apart
-# from the compiler; 13.3.5.0.6 is the newest final release at the pin.
+# wheel name, sha256. The runtime and CCCL (libcu++, CUB, Thrust headers)
+# are versioned apart from the compiler; these are the 13.0 releases.
 wheels=(
-  "nvidia_cuda_nvcc-13.4.92-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl a1f3bfb27299e060b444d5df1f4bcd762501326cf0fd3141ed61756816ab9a0e"
-  "nvidia_nvvm-13.4.92-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl e4c81cb321dd9743bcf871c5e7e8fecd7f05dea607944426e102bdda8d49e137"
-  "nvidia_cuda_crt-13.4.92-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 731ce3de11df8add8306404417a1edaede225dbe27eb233aed37c8de9d4fe720"
-  "nvidia_cuda_runtime-13.4.92-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 9641f797da20ce1dd8e779b6e96d08cf9ba564cec8e8225458811ee26423f3a5"
-  "nvidia_cuda_cccl-13.3.5.0.6-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl d5230098fa2df5021e1a00c0c4eee41797671a91119d31e892463e5ccf3ee326"
+  "nvidia_cuda_nvcc-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 56fe502eb77625a12f25172caa3cdddb4e4c8ba2c8c17dba44b164761b380f03"
+  "nvidia_nvvm-13.0.88-py3-none-manylinux2010_x86_64.manylinux_2_12_x86_64.whl c5f41ffeb6466944a026dfa5317d7d85355c119bbec279205d22f1869d1054e0"
+  "nvidia_cuda_crt-13.0.88-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 2c8043c7c9e02492716426e9919fc78d2c5b3b2a7a768a88e952676b08aa55a4"
+  "nvidia_cuda_runtime-13.0.96-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl 7f82250d7782aa23b6cfe765ecc7db554bd3c2870c43f3d1821f1d18aebf0548"
+  "nvidia_cuda_cccl-13.0.85-py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64.whl e0da7ad981f3a8aff08241b5bfc1af868742a63e2762f53a5171c492ef242649"
 )
 
 command -v unzip >/dev/null || {
