@@ -714,10 +714,24 @@ mod tests {
             // The backend role, with this provider's document.
             "vm_id: maas-backend",
             "filename: \"/tmp/with space/maas_filter.wasm\"",
-            r#"value: "{\"backend\":{\"kind\":\"openai-compatible\",\"models\":{\"gpt-4o\":\"upstream-name\",\"o1\":\"upstream-name\"},\"provider\":\"OpenAI\"}}""#,
         ] {
             assert!(openai.contains(expected), "{expected}:\n{openai}");
         }
+        // The backend role's document (compared as JSON: its key order
+        // follows serde_json's features, which the workspace unifies).
+        let document = openai
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("value: "))
+            .and_then(|literal| serde_json::from_str::<String>(literal).ok())
+            .and_then(|text| serde_json::from_str::<Value>(&text).ok());
+        assert_eq!(
+            document,
+            Some(
+                serde_json::json!({"backend": {"provider": "OpenAI", "kind": "openai-compatible",
+                "models": {"gpt-4o": "upstream-name", "o1": "upstream-name"}}})
+            ),
+            "{openai}"
+        );
         // The backend role makes the request final, then the injector sets
         // the key, and the codec is last.
         let backend = openai.find("- name: envoy.filters.http.wasm");

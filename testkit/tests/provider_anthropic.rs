@@ -240,6 +240,7 @@ fn a_provider_slower_than_its_timeout_is_answered_504_in_openai_shape_and_charge
     assert_eq!(response.status, 504, "{}", response.text());
     let body = response.json();
     assert_eq!(body["error"]["type"], "upstream_error", "{body}");
+    assert_eq!(body["error"]["code"], "upstream_timeout", "{body}");
     assert!(
         body["error"]["message"]
             .as_str()

@@ -184,6 +184,7 @@ fn upstream_failures_are_openai_shaped() {
     );
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.json()["error"]["type"], "upstream_error");
+    assert_eq!(r.json()["error"]["code"], "upstream_unavailable");
 
     // A model server error passes through with its own status and body.
     let r = gateway.post_json(

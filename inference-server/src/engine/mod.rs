@@ -5,6 +5,7 @@
 //! streams each token back as text.
 
 pub mod grammar;
+pub mod kv_blocks;
 pub mod sampling;
 pub mod scheduler;
 mod sequence;
