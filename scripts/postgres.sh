@@ -37,12 +37,24 @@ bin=$(pgbin)
 
 mkdir -p "$dir"
 if [ "$(id -u)" = 0 ]; then chown postgres "$dir"; fi
-if [ ! -f "$data/PG_VERSION" ]; then
+initdb() {
   echo "==> initdb $data" >&2
   as_pg "'$bin/initdb' -D '$data' -U postgres --auth=trust -E UTF8" >/dev/null
-fi
+}
+start() {
+  as_pg "'$bin/pg_ctl' -D '$data' -l '$dir/postgres.log' -w -o \"-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='$data'\" start" >&2
+}
+[ -f "$data/PG_VERSION" ] || initdb
 if ! as_pg "'$bin/pg_ctl' -D '$data' status" >/dev/null 2>&1; then
   echo "==> starting PostgreSQL on 127.0.0.1:$port" >&2
-  as_pg "'$bin/pg_ctl' -D '$data' -l '$dir/postgres.log' -w -o \"-c listen_addresses=127.0.0.1 -p $port -c unix_socket_directories='$data'\" start" >&2
+  # The data is throwaway: one that cannot start (a killed server, a copied
+  # cache) is made anew rather than failing every store test.
+  start || {
+    echo "==> the data in $data does not start (tail of $dir/postgres.log below); making it anew" >&2
+    tail -n 5 "$dir/postgres.log" >&2 || true
+    rm -rf "$data"
+    initdb
+    start
+  }
 fi
 echo "postgres://postgres@127.0.0.1:$port/postgres"
