@@ -153,6 +153,26 @@ impl Metrics {
             "Bytes held by running sequences' KV caches.",
             self.kv_cache_bytes.get(),
         );
+        // The same two gauges under the names of the Gateway API Inference
+        // Extension's model-server protocol (vLLM's), which its endpoint
+        // picker reads to balance replicas by queue.
+        for (name, help, v) in [
+            (
+                "vllm:num_requests_waiting",
+                "Requests waiting for a running slot (model-server protocol).",
+                self.queue_depth.get(),
+            ),
+            (
+                "vllm:num_requests_running",
+                "Sequences prefilling or decoding (model-server protocol).",
+                self.running.get(),
+            ),
+        ] {
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model_name=\"{model}\"}} {v}"
+            );
+        }
 
         let _ = writeln!(
             out,
@@ -227,6 +247,24 @@ impl Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn queue_and_running_are_also_under_the_model_server_protocols_names() {
+        let m = Metrics::default();
+        m.queue_depth.set(3);
+        m.running.set(5);
+        let text = m.render("smol");
+        assert!(text.contains("inference_queue_depth 3\n"), "{text}");
+        assert!(
+            text.contains("vllm:num_requests_waiting{model_name=\"smol\"} 3\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("vllm:num_requests_running{model_name=\"smol\"} 5\n"),
+            "{text}"
+        );
+        assert!(text.contains("# TYPE vllm:num_requests_waiting gauge\n"));
+    }
 
     #[test]
     fn histogram_buckets_are_cumulative() {

@@ -259,6 +259,14 @@ fn models_health_and_metrics_describe_the_server() {
         ),
         prompt
     );
+    // The Inference Extension's model-server protocol names, for its
+    // endpoint picker.
+    for name in ["vllm:num_requests_waiting", "vllm:num_requests_running"] {
+        assert_eq!(
+            metric(&server, &format!("{name}{{model_name=\"{MODEL}\"}}")),
+            0.0
+        );
+    }
     for name in [
         "inference_queue_depth",
         "inference_running_sequences",
