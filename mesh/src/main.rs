@@ -7,7 +7,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use maas_mesh::crd::{CrdCatalog, Verdict};
 use maas_mesh::istio::providers::{self, MeshProviders};
-use maas_mesh::istio::{self, placeholder, IstioVersion, MeshSettings, WasmModule, ISTIO_FLOOR};
+use maas_mesh::istio::{
+    self, placeholder, EndpointPicker, IstioVersion, MeshSettings, WasmModule, ISTIO_FLOOR,
+};
 use maas_mesh::kuadrant::KUADRANT_FLOOR;
 use maas_mesh::kuadrant::{self, LimitSource, PolicyTarget};
 use maas_mesh::manifest;
@@ -94,6 +96,13 @@ struct RenderIstio {
     /// the ones minted through the control plane.
     #[arg(long)]
     keep_config_keys: bool,
+    /// `EPP_SERVICE[:PORT]` (port 9002 unless given): render an
+    /// InferencePool over the inference server's pods, whose endpoint
+    /// picker is that Service, and route the models to the pool instead of
+    /// the Service. The EPP is installed from the Gateway API Inference
+    /// Extension's chart (docs/mesh.md).
+    #[arg(long, value_name = "EPP_SERVICE[:PORT]")]
+    inference_pool: Option<EndpointPicker>,
     /// The istio/ directory; files go to its gateway/, sidecar/ and wasmplugin/.
     #[arg(long, default_value = "istio")]
     out: PathBuf,
@@ -202,6 +211,7 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
         },
         keep_config_keys: args.keep_config_keys,
         istio_version: args.istio_version,
+        inference_pool: args.inference_pool.clone(),
         ..MeshSettings::default()
     };
     let template = String::from_utf8_lossy(&read(&args.envoy_template)?).into_owned();
@@ -238,6 +248,16 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
             "warning: --keep-config-keys: the configuration's keys ({}) are in the mesh's \
              filter configuration; mint keys through the control plane instead",
             args.filter_config.display()
+        );
+    }
+    if let Some(picker) = &settings.inference_pool {
+        eprintln!(
+            "note: --inference-pool: {} routes to the InferencePool {}, whose endpoint picker \
+             is the Service {picker} in {}; install it from the Gateway API Inference \
+             Extension's chart (docs/mesh.md)",
+            istio::MODELS_ROUTE,
+            settings.inference_app,
+            settings.namespace
         );
     }
     for file in files {

@@ -1336,3 +1336,121 @@ fn the_stats_matcher_selects_the_filters_metrics_as_envoy_names_them() {
         );
     }
 }
+
+/// `render-istio --inference-pool`: every placement's routes.yaml gets an
+/// `InferencePool` that passes its CRD and selects the inference server's
+/// pods on their serving port, and `maas-models` sends each rule to it;
+/// without the flag the rules keep the Service.
+#[test]
+fn the_inference_pool_is_opt_in_and_matches_the_inference_server() {
+    let template = std::fs::read_to_string(root().join("envoy/gateway.template.yaml")).unwrap();
+    let config = std::fs::read(root().join("envoy/filter-config.json")).unwrap();
+    let routes_of = |settings: &MeshSettings| -> Vec<(String, Vec<Value>)> {
+        istio::render(&template, &config, settings)
+            .unwrap()
+            .into_iter()
+            .filter(|f| f.path.ends_with("/routes.yaml"))
+            .map(|f| (f.path, f.docs))
+            .collect()
+    };
+    let rule_backends = |route: &Value| -> Vec<Value> {
+        route["spec"]["rules"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|r| r["backendRefs"].clone())
+            .collect()
+    };
+
+    let plain = routes_of(&MeshSettings::default());
+    assert_eq!(plain.len(), PLACEMENTS.len());
+    for (path, docs) in &plain {
+        assert_eq!(docs.len(), 1, "{path}: only maas-models without the flag");
+        for backends in rule_backends(&docs[0]) {
+            assert_eq!(
+                backends,
+                json!([{ "name": "maas-inference-server", "port": 8000 }]),
+                "{path}"
+            );
+        }
+    }
+
+    let settings = MeshSettings {
+        inference_pool: Some("maas-epp".parse().unwrap()),
+        ..MeshSettings::default()
+    };
+    let server = named(&of_kind("Deployment"), "maas-inference-server");
+    let pod_labels = &server["spec"]["template"]["metadata"]["labels"];
+    let service = named(&of_kind("Service"), "maas-inference-server");
+    let serving_port = container_port(&[server], service, &service["spec"]["ports"][0]);
+    let pooled = routes_of(&settings);
+    assert_eq!(pooled.len(), PLACEMENTS.len());
+    for (path, docs) in &pooled {
+        let [pool, route] = docs.as_slice() else {
+            panic!("{path}: expected the pool and maas-models, got {docs:?}");
+        };
+        for doc in [pool, route] {
+            match catalog().validate(doc) {
+                Verdict::Valid => {}
+                other => panic!("{path}: {} is not valid: {other:?}", doc["kind"]),
+            }
+        }
+        assert_eq!(pool["kind"], "InferencePool");
+        assert_eq!(pool["metadata"]["namespace"], "maas");
+        let selector = &pool["spec"]["selector"]["matchLabels"];
+        assert!(labels_within(selector, pod_labels), "{path}: {selector}");
+        assert_eq!(
+            pool["spec"]["targetPorts"],
+            json!([{ "number": serving_port }])
+        );
+        assert_eq!(
+            pool["spec"]["endpointPickerRef"]["name"], "maas-epp",
+            "{path}"
+        );
+        assert_eq!(
+            pool["spec"]["endpointPickerRef"]["port"],
+            json!({ "number": 9002 })
+        );
+        assert_eq!(route["metadata"]["name"], istio::MODELS_ROUTE);
+        let plain_route = &plain.iter().find(|(p, _)| p == path).unwrap().1[0];
+        // The same rules in the same order (Istio's route names, which the
+        // failover patches target), only the backend changed.
+        assert_eq!(
+            route["spec"]["rules"].as_array().unwrap().len(),
+            plain_route["spec"]["rules"].as_array().unwrap().len()
+        );
+        for backends in rule_backends(route) {
+            assert_eq!(
+                backends,
+                json!([{
+                    "group": "inference.networking.k8s.io",
+                    "kind": "InferencePool",
+                    "name": pool["metadata"]["name"],
+                }]),
+                "{path}"
+            );
+        }
+    }
+
+    // The CLI refuses a bad value and says which part is wrong.
+    for (value, reason) in [
+        (
+            "maas-epp:0",
+            "the EPP port must be a number from 1 to 65535",
+        ),
+        ("Maas_EPP", "the EPP Service name must be"),
+    ] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_maas-mesh"))
+            .args(["render-istio", "--inference-pool", value, "--out"])
+            .arg(std::env::temp_dir().join("maas-mesh-inference-pool"))
+            .current_dir(root())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{value}: {stderr}");
+        assert!(
+            stderr.contains(&format!("--inference-pool {value:?}: {reason}")),
+            "{value}: {stderr}"
+        );
+    }
+}

@@ -28,11 +28,13 @@ use maas_filter::config::{Config, ConfigError};
 use crate::manifest::ManifestError;
 
 mod clusters;
+pub mod inference_pool;
 pub mod providers;
 mod version;
 
 use clusters::url_host;
 pub use clusters::{clusters, clusters_envoy_filter};
+pub use inference_pool::{EndpointPicker, EndpointPickerError};
 pub use version::{check_istio_version, IstioVersion, ISTIO_FLOOR};
 
 /// The cluster the filter's `control_plane.cluster` names (as locally).
@@ -154,6 +156,10 @@ pub struct MeshSettings {
     /// The Istio release it is for, checked against [`ISTIO_FLOOR`] when
     /// given.
     pub istio_version: Option<IstioVersion>,
+    /// Balance the models' route over the inference server's replicas
+    /// with GIE's endpoint picker (an `InferencePool`) instead of the
+    /// Service. Off by default.
+    pub inference_pool: Option<EndpointPicker>,
 }
 
 /// The names `istio/base` uses, and the placeholders of the checked-in
@@ -182,6 +188,7 @@ impl Default for MeshSettings {
             },
             keep_config_keys: false,
             istio_version: None,
+            inference_pool: None,
         }
     }
 }
@@ -675,9 +682,11 @@ pub fn wasm_plugin_filter_names(settings: &MeshSettings) -> [String; 2] {
 /// from the body and sets `x-maas-model`, one rule per model. With the
 /// filter in the sidecars nothing at the ingress reads the body, so the
 /// route sends every `/v1/` request to the inference server, whose sidecar
-/// filter does the rest.
+/// filter does the rest. With [`MeshSettings::inference_pool`] every rule's
+/// backend is the `InferencePool` instead of the Service; the rules, and so
+/// Istio's route names, stay the same.
 pub fn models_route(placement: Placement, settings: &MeshSettings, models: &[String]) -> Value {
-    let backend = json!([{ "name": settings.inference_app, "port": settings.inference_port }]);
+    let backend = inference_pool::models_backend(settings);
     let path = json!({ "type": "PathPrefix", "value": "/v1/" });
     let rules: Vec<Value> = match placement {
         Placement::Gateway => models
@@ -798,13 +807,19 @@ fn local_models(config: &Config) -> Vec<String> {
 }
 
 /// What each placement adds besides the filter: who may call what, and
-/// the route to the models.
+/// the route to the models (with the pool it goes to, if any: each
+/// placement is applied on its own, so each carries its pool).
 fn placement_files(
     dir: &str,
     placement: Placement,
     settings: &MeshSettings,
     models: &[String],
 ) -> [RenderedFile; 2] {
+    let mut routes = Vec::new();
+    if let Some(picker) = &settings.inference_pool {
+        routes.push(inference_pool::inference_pool(settings, picker));
+    }
+    routes.push(models_route(placement, settings, models));
     [
         RenderedFile {
             path: format!("{dir}/access.yaml"),
@@ -812,7 +827,7 @@ fn placement_files(
         },
         RenderedFile {
             path: format!("{dir}/routes.yaml"),
-            docs: vec![models_route(placement, settings, models)],
+            docs: routes,
         },
     ]
 }
