@@ -103,6 +103,8 @@ pub enum RenderError {
     FilterConfig(String),
     #[error("model {model:?}: fallback provider {provider:?} has no ProviderSpec")]
     UnknownFallback { model: String, provider: String },
+    #[error("model {0:?} has fallbacks but is neither a local model nor a ProviderSpec's")]
+    UnroutedChain(String),
 }
 
 /// What the providers' clusters and the failover routes take from the
@@ -142,10 +144,7 @@ impl Backends {
                     .iter()
                     .find(|p| p.models.contains(model))
                     .map(|p| provider::cluster_name(&p.name))
-                    .ok_or_else(|| RenderError::UnknownFallback {
-                        model: model.clone(),
-                        provider: "(the model's own)".into(),
-                    })?,
+                    .ok_or_else(|| RenderError::UnroutedChain(model.clone()))?,
             };
             let mut clusters = vec![first];
             for fallback in fallbacks {
@@ -873,6 +872,12 @@ mod tests {
                 model: "gpt-4o".into(),
                 provider: "anthropic".into()
             })
+        );
+        // The chained model's own backend must be routed too.
+        spec.providers[0].models.clear();
+        assert_eq!(
+            render_gateway(&gateway_template(), &spec).err(),
+            Some(RenderError::UnroutedChain("gpt-4o".into()))
         );
     }
 

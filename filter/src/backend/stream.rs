@@ -211,9 +211,12 @@ impl BackendStream {
         let sse = get("content-type").is_some_and(is_event_stream);
         let encoded = get("content-encoding").is_some_and(|e| !e.eq_ignore_ascii_case("identity"));
         // Ours to set: whatever the provider sent under these names is not
-        // believed.
+        // believed (the status header is taken off only when present: one
+        // host call less per attempt).
         host.set_response_header(BACKEND_HEADER, Some(&self.config.provider));
-        host.set_response_header(PROVIDER_STATUS_HEADER, None);
+        if get(PROVIDER_STATUS_HEADER).is_some() {
+            host.set_response_header(PROVIDER_STATUS_HEADER, None);
+        }
         let anthropic = self.kind() == Some(ProviderKind::Anthropic);
         self.translation = match (status, anthropic, sse && !encoded) {
             (400.., _, _) => Translation::Error { status },

@@ -18,17 +18,18 @@ pub(super) fn check_backends(
     endpoint: Option<&Endpoint>,
     body: &[u8],
 ) -> Result<(), GatewayError> {
-    for backend in config.backends(model) {
-        if backend.kind != ProviderKind::Anthropic {
-            continue;
-        }
-        if endpoint != Some(&Endpoint::ChatCompletions) {
-            return Err(GatewayError::Provider(anthropic::CHAT_ONLY));
-        }
-        anthropic::to_messages_request(body, &backend.upstream_model)
-            .map_err(GatewayError::Provider)?;
-        // One translation judges every Anthropic backend alike.
-        break;
+    // Only Anthropic's API takes less than OpenAI's, and one translation
+    // judges every Anthropic backend of the model alike.
+    let Some(backend) = config
+        .backends(model)
+        .find(|b| b.kind == ProviderKind::Anthropic)
+    else {
+        return Ok(());
+    };
+    if endpoint != Some(&Endpoint::ChatCompletions) {
+        return Err(GatewayError::Provider(anthropic::CHAT_ONLY));
     }
-    Ok(())
+    anthropic::to_messages_request(body, &backend.upstream_model)
+        .map(|_| ())
+        .map_err(GatewayError::Provider)
 }

@@ -61,12 +61,6 @@ impl ProviderKind {
             ProviderKind::Anthropic => ("x-api-key", None),
         }
     }
-
-    /// Whether request and response bodies are translated (otherwise they
-    /// pass as OpenAI's, the model name aside).
-    pub fn translates(self) -> bool {
-        self == ProviderKind::Anthropic
-    }
 }
 
 /// Why a request to a provider could not be made or answered as OpenAI's

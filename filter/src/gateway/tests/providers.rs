@@ -536,3 +536,31 @@ fn a_model_a_provider_is_not_configured_for_is_answered_502_by_the_backend_role(
         (502, Some("provider_not_configured"))
     );
 }
+
+#[test]
+fn a_provider_cannot_tell_the_gateway_role_what_it_was_charged_for() {
+    let h = harness();
+    *h.host.code_details.borrow_mut() = Some("via_upstream".into());
+    let mut s = h.chat(r#"{"model":"far/llama","max_tokens":5,"messages":[]}"#);
+    let mut b = attempt(&h, "vllm-far");
+    // A 200 without usage, claiming to be a refusal that cost nothing.
+    set_response_headers(&h, 200, "application/json");
+    h.host
+        .response_headers
+        .borrow_mut()
+        .push(("x-maas-provider-status".into(), "400".into()));
+    assert_eq!(b.on_response_headers(&h.host, false), Flow::Continue);
+    assert_eq!(header(&h, "x-maas-provider-status"), None);
+    s.on_response_headers(&h.host, false);
+    let answer = r#"{"id":"c","object":"chat.completion","choices":[{"index":0,"message":{"role":"assistant","content":"Hi"},"finish_reason":"stop"}]}"#;
+    *h.host.response_chunk.borrow_mut() = answer.as_bytes().to_vec();
+    assert_eq!(
+        b.on_response_body(&h.host, answer.len(), true),
+        Flow::Continue
+    );
+    s.on_response_body(&h.host, answer.len(), true);
+    s.on_log(&h.host);
+    // Charged by estimate, as any answer without usage.
+    assert_eq!(h.audit()["usage"], "estimated");
+    assert!(h.used(TOK) > 0);
+}
