@@ -260,12 +260,21 @@ fn models_health_and_metrics_describe_the_server() {
         prompt
     );
     // The Inference Extension's model-server protocol names, for its
-    // endpoint picker.
-    for name in ["vllm:num_requests_waiting", "vllm:num_requests_running"] {
-        assert_eq!(
-            metric(&server, &format!("{name}{{model_name=\"{MODEL}\"}}")),
-            0.0
-        );
+    // endpoint picker: the same gauges, read from one scrape (other tests
+    // share this server, so the values move between scrapes).
+    let text = maas_testkit::get(&server.url("/metrics")).text();
+    let value = |series: &str| -> Option<f64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    for (ours, protocol) in [
+        ("inference_queue_depth", "vllm:num_requests_waiting"),
+        ("inference_running_sequences", "vllm:num_requests_running"),
+    ] {
+        let protocol = format!("{protocol}{{model_name=\"{MODEL}\"}}");
+        assert!(value(ours).is_some(), "no {ours} in:\n{text}");
+        assert_eq!(value(&protocol), value(ours), "{protocol} in:\n{text}");
     }
     for name in [
         "inference_queue_depth",
