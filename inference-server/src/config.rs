@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::engine::scheduler::{LimitsError, SchedulerLimits};
+use crate::engine::KvCacheConfig;
 use crate::text::ChatTemplate;
 
 /// The embedded default: SmolLM2-135M-Instruct (Q4_1), fetched into the
@@ -49,6 +50,21 @@ pub struct Args {
     /// Longest sequence (prompt + completion). Default: the model's context.
     #[arg(long)]
     pub context: Option<usize>,
+    /// Memory for the KV cache, shared by every sequence in blocks: a
+    /// number of bytes, or with KiB, MiB or GiB. Pages are committed as
+    /// blocks are first written. Default: 4 GiB, or one whole context if
+    /// that is more. It must hold at least one sequence of the whole
+    /// context.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub kv_cache_memory: Option<u64>,
+    /// Positions per KV block: the unit of allocation and of prefix
+    /// sharing.
+    #[arg(long, default_value_t = 16)]
+    pub block_size: usize,
+    /// Do not reuse the KV blocks of prompts that start alike (automatic
+    /// prefix caching, on by default).
+    #[arg(long)]
+    pub no_prefix_caching: bool,
     /// Largest accepted request body.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
@@ -126,6 +142,8 @@ pub enum ConfigError {
     NoQueue,
     #[error("--context must be at least 2")]
     Context,
+    #[error("--block-size must be between 1 and 1024, not {0}")]
+    BlockSize(usize),
     #[error(
         "the default model is not at {0}; fetch it with `make model` (scripts/fetch-model.sh), or pass --model PATH.gguf"
     )]
@@ -147,6 +165,7 @@ pub struct ServerConfig {
     pub model_path: PathBuf,
     pub model_id: String,
     pub limits: SchedulerLimits,
+    pub kv: KvCacheConfig,
     pub context: Option<usize>,
     pub max_body_bytes: usize,
     pub shutdown_grace: Duration,
@@ -185,6 +204,9 @@ impl Args {
         if self.context.is_some_and(|c| c < 2) {
             return Err(ConfigError::Context);
         }
+        if !(1..=1024).contains(&self.block_size) {
+            return Err(ConfigError::BlockSize(self.block_size));
+        }
         if matches!(self.device, DeviceChoice::Cuda(_)) && !cfg!(feature = "cuda") {
             return Err(ConfigError::NoCuda);
         }
@@ -219,6 +241,11 @@ impl Args {
             model_path,
             model_id,
             limits,
+            kv: KvCacheConfig {
+                memory: self.kv_cache_memory,
+                block_tokens: self.block_size,
+                prefix_caching: !self.no_prefix_caching,
+            },
             context: self.context,
             max_body_bytes: self.max_body_bytes,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
@@ -226,5 +253,49 @@ impl Args {
             device: self.device,
             chat_template: self.chat_template.map(ChatTemplateFile::read).transpose()?,
         })
+    }
+}
+
+/// A size in bytes: a number, optionally followed by KiB, MiB or GiB (or
+/// K, M, G, as powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (digits, unit) = text.split_at(split);
+    let shift = match unit.trim() {
+        "" | "B" => 0,
+        "K" | "KiB" => 10,
+        "M" | "MiB" => 20,
+        "G" | "GiB" => 30,
+        other => {
+            return Err(format!(
+                "unknown unit {other:?} (use a number of bytes, or KiB, MiB or GiB)"
+            ))
+        }
+    };
+    digits
+        .parse::<u64>()
+        .ok()
+        .and_then(|n| n.checked_mul(1 << shift))
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{text:?} is not a size (e.g. 512MiB, 4GiB)"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units_and_refuse_the_rest() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("512MiB"), Ok(512 << 20));
+        assert_eq!(parse_size("4GiB"), Ok(4 << 30));
+        assert_eq!(parse_size("64K"), Ok(64 << 10));
+        assert!(parse_size("4 GB").unwrap_err().contains("unknown unit"));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("MiB").is_err());
+        assert!(parse_size("99999999999999GiB").is_err());
     }
 }

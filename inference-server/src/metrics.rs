@@ -32,6 +32,29 @@ impl Gauge {
 
 /// A cumulative histogram with fixed upper bounds; the sum is kept in
 /// micro-units so it stays an integer.
+/// A gauge of a fraction (0 to 1), kept as the f64's bits.
+#[derive(Default)]
+pub struct Ratio(AtomicU64);
+
+impl Ratio {
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Relaxed);
+    }
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Relaxed))
+    }
+}
+
+/// How the KV cache is laid out, fixed at start (`vllm:cache_config_info`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheConfig {
+    pub blocks: usize,
+    pub block_tokens: usize,
+    pub prefix_caching: bool,
+    /// The element type of the cached keys and values.
+    pub dtype: &'static str,
+}
+
 pub struct Histogram {
     bounds: &'static [f64],
     buckets: Vec<AtomicU64>,
@@ -91,6 +114,15 @@ pub struct Metrics {
     pub queue_depth: Gauge,
     pub running: Gauge,
     pub kv_cache_bytes: Gauge,
+    /// KV blocks held by sequences, as a share of all of them.
+    pub kv_cache_usage: Ratio,
+    pub cache_config: std::sync::OnceLock<CacheConfig>,
+    /// Running sequences sent back to the queue for KV blocks.
+    pub preemptions: Counter,
+    /// Prompt tokens looked up in the prefix cache at admission, and those
+    /// found there (their prefill skipped).
+    pub prefix_cache_queries: Counter,
+    pub prefix_cache_hits: Counter,
     pub requests_finished_stop: Counter,
     pub requests_finished_length: Counter,
     pub requests_cancelled: Counter,
@@ -112,6 +144,11 @@ impl Default for Metrics {
             queue_depth: Gauge::default(),
             running: Gauge::default(),
             kv_cache_bytes: Gauge::default(),
+            kv_cache_usage: Ratio::default(),
+            cache_config: std::sync::OnceLock::new(),
+            preemptions: Counter::default(),
+            prefix_cache_queries: Counter::default(),
+            prefix_cache_hits: Counter::default(),
             requests_finished_stop: Counter::default(),
             requests_finished_length: Counter::default(),
             requests_cancelled: Counter::default(),
@@ -150,27 +187,62 @@ impl Metrics {
         gauge(
             &mut out,
             "inference_kv_cache_bytes",
-            "Bytes held by running sequences' KV caches.",
+            "Bytes of KV cache held by running sequences.",
             self.kv_cache_bytes.get(),
         );
-        // The same two gauges under the names of the Gateway API Inference
-        // Extension's model-server protocol (vLLM's), which its endpoint
-        // picker reads to balance replicas by queue.
-        for (name, help, v) in [
+        // Under the names of the Gateway API Inference Extension's
+        // model-server protocol (vLLM's), which its endpoint picker reads
+        // to balance replicas by queue and KV use.
+        let usage = self.kv_cache_usage.get();
+        for (name, kind, help, v) in [
             (
                 "vllm:num_requests_waiting",
+                "gauge",
                 "Requests waiting for a running slot (model-server protocol).",
-                self.queue_depth.get(),
+                self.queue_depth.get().to_string(),
             ),
             (
                 "vllm:num_requests_running",
+                "gauge",
                 "Sequences prefilling or decoding (model-server protocol).",
-                self.running.get(),
+                self.running.get().to_string(),
+            ),
+            (
+                "vllm:kv_cache_usage_perc",
+                "gauge",
+                "KV-cache blocks held by sequences, 0 to 1 (model-server protocol).",
+                usage.to_string(),
+            ),
+            (
+                "vllm:num_preemptions_total",
+                "counter",
+                "Running sequences sent back to the queue to free KV blocks (computed again when readmitted).",
+                self.preemptions.get().to_string(),
+            ),
+            (
+                "vllm:prefix_cache_queries_total",
+                "counter",
+                "Prompt tokens looked up in the prefix cache.",
+                self.prefix_cache_queries.get().to_string(),
+            ),
+            (
+                "vllm:prefix_cache_hits_total",
+                "counter",
+                "Prompt tokens found in the prefix cache (not computed again).",
+                self.prefix_cache_hits.get().to_string(),
             ),
         ] {
             let _ = writeln!(
                 out,
-                "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{model_name=\"{model}\"}} {v}"
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name}{{model_name=\"{model}\"}} {v}"
+            );
+        }
+        if let Some(c) = self.cache_config.get() {
+            let prefix = if c.prefix_caching { "True" } else { "False" };
+            let _ = writeln!(
+                out,
+                "# HELP vllm:cache_config_info The KV cache's layout (model-server protocol): block_size in tokens, num_gpu_blocks the blocks of the cache wherever it lives.\n# TYPE vllm:cache_config_info gauge\nvllm:cache_config_info{{block_size=\"{}\",num_gpu_blocks=\"{}\",enable_prefix_caching=\"{prefix}\",cache_dtype=\"{}\"}} 1",
+                c.block_tokens, c.blocks, c.dtype
             );
         }
 

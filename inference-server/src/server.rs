@@ -104,6 +104,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         loaded.clone(),
         EngineConfig {
             limits: config.limits,
+            kv: config.kv,
             shutdown_grace: config.shutdown_grace,
             threads: config.threads,
         },

@@ -285,10 +285,12 @@ fn total_usage(usages: impl IntoIterator<Item = Usage>) -> Usage {
         Usage {
             prompt_tokens: 0,
             completion_tokens: 0,
+            cached_tokens: 0,
         },
         |total, u| Usage {
             prompt_tokens: u.prompt_tokens,
             completion_tokens: total.completion_tokens + u.completion_tokens,
+            cached_tokens: u.cached_tokens,
         },
     )
 }

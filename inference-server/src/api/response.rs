@@ -30,6 +30,8 @@ pub fn usage_json(u: Usage) -> Value {
         "prompt_tokens": u.prompt_tokens,
         "completion_tokens": u.completion_tokens,
         "total_tokens": u.prompt_tokens + u.completion_tokens,
+        // As OpenAI reports it: prompt tokens served from the prefix cache.
+        "prompt_tokens_details": {"cached_tokens": u.cached_tokens},
     })
 }
 
@@ -306,12 +308,14 @@ mod tests {
         let usage = Usage {
             prompt_tokens: 3,
             completion_tokens: 4,
+            cached_tokens: 2,
         };
         let m = meta(Shape::Completion);
         let r = m.full(vec![m.choice(0, "hi", FinishReason::Stop, None)], usage);
         assert_eq!(r["object"], "text_completion");
         assert_eq!(r["choices"][0]["text"], "hi");
         assert_eq!(r["usage"]["total_tokens"], 7);
+        assert_eq!(r["usage"]["prompt_tokens_details"]["cached_tokens"], 2);
         assert_eq!(meta(Shape::Chat).usage_chunk(usage)["choices"], json!([]));
     }
 }

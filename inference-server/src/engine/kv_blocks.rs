@@ -28,8 +28,7 @@ use std::collections::hash_map::DefaultHasher;
 use std::collections::{BTreeMap, HashMap};
 use std::hash::{Hash, Hasher};
 
-/// A block's number in the pool.
-pub type BlockId = u32;
+pub use crate::model::BlockId;
 
 /// A committed block's name: its tokens hashed together with its
 /// predecessor's name (`None` for a sequence's first block).
@@ -94,6 +93,9 @@ pub struct BlockPool {
     evictable: BTreeMap<(u64, BlockId), ()>,
     by_name: HashMap<BlockName, BlockId>,
     clock: u64,
+    /// Off: no block is named, so nothing is ever found (`--no-prefix-caching`,
+    /// and a device's sequences, which keep their own caches).
+    prefix_caching: bool,
 }
 
 impl BlockPool {
@@ -108,7 +110,14 @@ impl BlockPool {
             evictable: BTreeMap::new(),
             by_name: HashMap::new(),
             clock: 0,
+            prefix_caching: true,
         }
+    }
+
+    /// The same pool with prefix caching off.
+    pub fn without_prefix_caching(mut self) -> BlockPool {
+        self.prefix_caching = false;
+        self
     }
 
     pub fn block_tokens(&self) -> usize {
@@ -178,12 +187,11 @@ impl BlockPool {
         table.committed = table.blocks.len();
         table.last_name = parent.filter(|_| table.committed > 0);
         let cached_tokens = table.committed * self.block_tokens;
-        for _ in 0..fresh {
-            let id = self
-                .take_free()
-                .ok_or(BlockError::OutOfBlocks { needed: 1, free: 0 })?;
-            table.blocks.push(id);
-        }
+        // Cannot run short: the hits are held now, so none is evicted, and
+        // `fresh` more were counted free above.
+        table
+            .blocks
+            .extend(std::iter::from_fn(|| self.take_free()).take(fresh));
         Ok(Admitted {
             table,
             cached_tokens,
@@ -217,6 +225,11 @@ impl BlockPool {
     /// another sequence already committed under the same name stays
     /// unnamed here (the two hold equal keys and values; one name suffices).
     pub fn commit(&mut self, table: &mut BlockTable, tokens: &[u32], cached: usize) {
+        if !self.prefix_caching {
+            // Counted as committed (a fork shares them) but never named.
+            table.committed = (cached / self.block_tokens).min(table.blocks.len());
+            return;
+        }
         let full = (cached.min(tokens.len()) / self.block_tokens).min(table.blocks.len());
         let mut parent = table.last_name;
         for index in table.committed..full {
@@ -235,6 +248,36 @@ impl BlockPool {
             table.committed = full;
             table.last_name = parent;
         }
+    }
+
+    /// A table for another choice of the same request, forked from
+    /// `table` once its prompt is cached: its committed blocks are shared,
+    /// every other block (the prompt's unfinished last one) gets a fresh
+    /// block. Returns the new table and the `(from, to)` block copies the
+    /// cache must make. All or nothing.
+    pub fn share(
+        &mut self,
+        table: &BlockTable,
+    ) -> Result<(BlockTable, Vec<(BlockId, BlockId)>), BlockError> {
+        let fresh = table.blocks.len() - table.committed;
+        if fresh > self.free() {
+            return Err(BlockError::OutOfBlocks {
+                needed: fresh,
+                free: self.free(),
+            });
+        }
+        let mut shared = table.clone();
+        for &id in &table.blocks[..table.committed] {
+            self.hold(id);
+        }
+        let mut copies = Vec::with_capacity(fresh);
+        for slot in &mut shared.blocks[table.committed..] {
+            // Counted free above.
+            let Some(id) = self.take_free() else { break };
+            copies.push((*slot, id));
+            *slot = id;
+        }
+        Ok((shared, copies))
     }
 
     /// Gives back every block of `table` (a sequence finished, or was
@@ -401,6 +444,30 @@ mod tests {
     }
 
     #[test]
+    fn a_fork_shares_the_committed_blocks_and_copies_the_rest() {
+        let mut pool = BlockPool::new(6, 4);
+        let p: Vec<u32> = (0..10).collect();
+        let mut a = pool.admit(&p, 10).unwrap();
+        pool.commit(&mut a.table, &p, 10);
+        let (b, copies) = pool.share(&a.table).unwrap();
+        assert_eq!(b.blocks[..2], a.table.blocks[..2]);
+        assert_eq!(copies, vec![(a.table.blocks[2], b.blocks[2])]);
+        pool.check(&[&a.table, &b]);
+        // Two blocks left: two more forks fit, the next does not.
+        let (c, _) = pool.share(&a.table).unwrap();
+        let (d, _) = pool.share(&a.table).unwrap();
+        assert_eq!(
+            pool.share(&a.table).map(|_| ()),
+            Err(BlockError::OutOfBlocks { needed: 1, free: 0 })
+        );
+        pool.check(&[&a.table, &b, &c, &d]);
+        for t in [a.table, b, c, d] {
+            pool.release(t);
+        }
+        pool.check(&[]);
+    }
+
+    #[test]
     fn eviction_takes_the_least_recently_released_named_block() {
         let mut pool = BlockPool::new(4, 2);
         let old = [1, 2, 3];
@@ -450,6 +517,7 @@ mod tests {
         Decode { seq: usize, tokens: usize },
         Finish { seq: usize },
         Preempt { seq: usize },
+        Fork { seq: usize },
     }
 
     fn op() -> impl Strategy<Value = Op> {
@@ -459,6 +527,7 @@ mod tests {
             (0usize..8, 1usize..6).prop_map(|(seq, tokens)| Op::Decode { seq, tokens }),
             (0usize..8).prop_map(|seq| Op::Finish { seq }),
             (0usize..8).prop_map(|seq| Op::Preempt { seq }),
+            (0usize..8).prop_map(|seq| Op::Fork { seq }),
         ]
     }
 
@@ -501,6 +570,15 @@ mod tests {
                         let r = running.swap_remove(seq);
                         pool.release(r.table);
                         preempted.push(r.tokens);
+                    }
+                    Op::Fork { seq } if seq < running.len() => {
+                        if let Ok((table, copies)) = pool.share(&running[seq].table) {
+                            let from = &running[seq].table;
+                            // Only what is not committed is copied.
+                            prop_assert_eq!(copies.len(), from.blocks.len() - from.committed);
+                            let tokens = running[seq].tokens.clone();
+                            running.push(Running { table, tokens });
+                        }
                     }
                     _ => {}
                 }

@@ -18,9 +18,10 @@ use std::time::{Duration, Instant};
 use maas_kernels::team::Team;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
-use crate::metrics::Metrics;
-use crate::model::LoadedModel;
+use crate::metrics::{CacheConfig, Metrics};
+use crate::model::{HostKv, LoadedModel, Model, ModelError};
 pub use grammar::Constraint;
+use kv_blocks::BlockPool;
 use sampling::SamplingParams;
 use scheduler::{LimitsError, Scheduler, SchedulerLimits};
 
@@ -43,6 +44,10 @@ impl FinishReason {
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// Leading prompt tokens found in the prefix cache (OpenAI's
+    /// `prompt_tokens_details.cached_tokens`): counted in `prompt_tokens`,
+    /// not computed again.
+    pub cached_tokens: usize,
 }
 
 /// What a request's channel receives, in order: text pieces (whole UTF-8
@@ -142,6 +147,19 @@ pub enum StartError {
     Team(std::io::Error),
     #[error("cannot start the engine thread: {0}")]
     Thread(#[from] std::io::Error),
+    #[error(
+        "--kv-cache-memory {memory} bytes holds {blocks} blocks of {block_tokens} positions, but one sequence of the whole context ({context} positions) needs {needed} blocks ({needed_bytes} bytes): raise --kv-cache-memory or lower --context"
+    )]
+    KvTooSmall {
+        memory: u64,
+        blocks: usize,
+        block_tokens: usize,
+        context: usize,
+        needed: usize,
+        needed_bytes: u64,
+    },
+    #[error(transparent)]
+    KvMemory(#[from] ModelError),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,9 +170,61 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
+/// The KV cache's size and layout (`--kv-cache-memory`, `--block-size`,
+/// `--no-prefix-caching`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvCacheConfig {
+    /// Bytes for every sequence's keys and values; `None`: the default
+    /// (see [`KvCacheConfig::blocks`]).
+    pub memory: Option<u64>,
+    pub block_tokens: usize,
+    pub prefix_caching: bool,
+}
+
+impl KvCacheConfig {
+    /// The default budget: as much as vLLM's CPU backend takes by default.
+    pub const DEFAULT_MEMORY: u64 = 4 << 30;
+
+    /// How many blocks the memory holds for `model`, checked to hold one
+    /// sequence of its whole context (so any admitted request can always
+    /// finish, if need be alone).
+    pub fn blocks(&self, model: &Model) -> Result<usize, StartError> {
+        let block_bytes = HostKv::block_bytes(model.config(), self.block_tokens).max(1) as u64;
+        let context = model.max_positions();
+        let needed = context.div_ceil(self.block_tokens);
+        let needed_bytes = needed as u64 * block_bytes;
+        let memory = self
+            .memory
+            .unwrap_or_else(|| Self::DEFAULT_MEMORY.max(needed_bytes));
+        let blocks = usize::try_from(memory / block_bytes).unwrap_or(usize::MAX);
+        if blocks < needed {
+            return Err(StartError::KvTooSmall {
+                memory,
+                blocks,
+                block_tokens: self.block_tokens,
+                context,
+                needed,
+                needed_bytes,
+            });
+        }
+        Ok(blocks)
+    }
+}
+
+impl Default for KvCacheConfig {
+    fn default() -> Self {
+        Self {
+            memory: None,
+            block_tokens: 16,
+            prefix_caching: true,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct EngineConfig {
     pub limits: SchedulerLimits,
+    pub kv: KvCacheConfig,
     /// How long running sequences may take to finish after shutdown starts.
     pub shutdown_grace: Duration,
     /// Compute threads for the forward pass (`None`: one per core).
@@ -194,7 +264,30 @@ impl Engine {
         config: EngineConfig,
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
-        let scheduler = Scheduler::new(config.limits)?;
+        let blocks = config.kv.blocks(&loaded.model)?;
+        let device = matches!(loaded.model, Model::Device(_));
+        // A device's sequences keep their own contiguous caches (the blocks
+        // only budget admission there), so nothing can be shared between
+        // them: no prefix caching on a device yet.
+        let prefix_caching = config.kv.prefix_caching && !device;
+        let mut pool = BlockPool::new(blocks, config.kv.block_tokens);
+        if !prefix_caching {
+            pool = pool.without_prefix_caching();
+        }
+        let kv = loaded.model.new_host_kv(blocks, config.kv.block_tokens)?;
+        let _ = metrics.cache_config.set(CacheConfig {
+            blocks,
+            block_tokens: config.kv.block_tokens,
+            prefix_caching,
+            dtype: if device { "float32" } else { "float16" },
+        });
+        tracing::info!(
+            blocks,
+            block_tokens = config.kv.block_tokens,
+            prefix_caching,
+            "KV cache"
+        );
+        let scheduler = Scheduler::new(config.limits, pool)?;
         // The forward pass runs with this team installed (see
         // `Worker::step`): the engine thread and the team's workers share the
         // step's ~120 parallel regions, the workers spinning between them
@@ -214,6 +307,7 @@ impl Engine {
             shutting_down.clone(),
             config.shutdown_grace,
             team,
+            kv,
         );
         let thread = std::thread::Builder::new()
             .name("engine".into())

@@ -10,16 +10,20 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::sampling::{Sampler, TokenLogprobs};
 use super::{Constraint, Event, Failure, FinishReason, Usage};
 use crate::metrics::Metrics;
-use crate::model::SequenceCache;
+use crate::model::DeviceCache;
 use crate::text::{IncrementalDecoder, StopMatcher, StopOutcome, TextTokenizer};
 
 pub(super) struct Sequence {
-    pub prompt: Vec<u32>,
-    /// Reserved when the scheduler admits the sequence, not while it waits.
-    pub cache: Option<SequenceCache>,
+    /// The prompt, then every token sampled: the last one is the next
+    /// step's input, and after a preemption all of them are fed again.
+    pub tokens: Vec<u32>,
+    prompt_len: usize,
+    /// On a device, the sequence's own cache, reserved when the scheduler
+    /// admits it (the host model's caches are blocks the scheduler holds).
+    pub device: Option<DeviceCache>,
+    /// Prompt tokens its first admission found in the prefix cache.
+    pub cached_tokens: Option<usize>,
     pub sampler: Sampler,
-    /// The last sampled token: the next step's input.
-    pub last_token: u32,
     /// `Some(k)`: each token's log-probabilities go to the client, with
     /// the `k` most likely tokens'.
     pub logprobs: Option<usize>,
@@ -61,10 +65,11 @@ pub(super) struct SequenceParts {
 impl Sequence {
     pub fn new(p: SequenceParts, tokenizer: Arc<TextTokenizer>) -> Self {
         Self {
-            prompt: p.prompt,
-            cache: None,
+            prompt_len: p.prompt.len(),
+            tokens: p.prompt,
+            device: None,
+            cached_tokens: None,
             sampler: p.sampler,
-            last_token: 0,
             logprobs: p.logprobs,
             grammar: p.grammar,
             max_new_tokens: p.max_new_tokens,
@@ -87,9 +92,18 @@ impl Sequence {
 
     pub fn usage(&self) -> Usage {
         Usage {
-            prompt_tokens: self.prompt.len(),
+            prompt_tokens: self.prompt_len,
             completion_tokens: self.generated,
+            cached_tokens: self.cached_tokens.unwrap_or(0),
         }
+    }
+
+    pub fn tokens(&self) -> &[u32] {
+        &self.tokens
+    }
+
+    pub fn generated(&self) -> usize {
+        self.generated
     }
 
     pub fn max_new_tokens(&self) -> usize {
@@ -119,7 +133,7 @@ impl Sequence {
         }
         self.last_token_at = Some(now);
         self.generated += 1;
-        self.last_token = token;
+        self.tokens.push(token);
         metrics.generated_tokens.add(1);
 
         if !self.ignore_eos && tokenizer.stop_token_ids().contains(&token) {
@@ -189,7 +203,9 @@ impl Sequence {
         let _ = self.events.send(Event::Failed(failure));
     }
 
+    /// Bytes of its own device cache (none on the host: blocks are counted
+    /// by the pool).
     pub fn kv_bytes(&self) -> usize {
-        self.cache.as_ref().map_or(0, SequenceCache::resident_bytes)
+        self.device.as_ref().map_or(0, DeviceCache::resident_bytes)
     }
 }

@@ -7,9 +7,17 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::model::{load_gguf, tiny::tiny_gguf};
+use crate::model::{load_gguf, tiny::tiny_gguf, HostKv};
 
 fn engine(max_running: usize, max_waiting: usize) -> (Engine, Arc<Metrics>) {
+    engine_with(max_running, max_waiting, KvCacheConfig::default())
+}
+
+fn engine_with(
+    max_running: usize,
+    max_waiting: usize,
+    kv: KvCacheConfig,
+) -> (Engine, Arc<Metrics>) {
     let path = tiny_gguf();
     let loaded = Arc::new(load_gguf(&path, None).unwrap());
     std::fs::remove_file(path).unwrap();
@@ -21,6 +29,7 @@ fn engine(max_running: usize, max_waiting: usize) -> (Engine, Arc<Metrics>) {
             max_batch_tokens: 64,
             prefill_chunk: 8,
         },
+        kv,
         shutdown_grace: Duration::from_secs(5),
         threads: Some(1),
     };
@@ -128,7 +137,8 @@ fn a_sequence_streams_text_then_finishes_with_exact_usage() {
             reason: FinishReason::Length,
             usage: Usage {
                 prompt_tokens: 11,
-                completion_tokens: 7
+                completion_tokens: 7,
+                cached_tokens: 0,
             }
         }
     );
@@ -159,7 +169,8 @@ fn choices_share_one_prefill_and_each_samples_with_its_own_seed() {
                 reason: FinishReason::Length,
                 usage: Usage {
                     prompt_tokens: 11,
-                    completion_tokens: 8
+                    completion_tokens: 8,
+                    cached_tokens: 0,
                 }
             }
         );
@@ -174,6 +185,15 @@ fn choices_share_one_prefill_and_each_samples_with_its_own_seed() {
         three[0].0 != three[1].0 || three[1].0 != three[2].0,
         "three seeds sampled the same text: {three:?}"
     );
+    // A prompt of two full blocks and part of a third: the choices share
+    // the full ones and copy the third, and still sample what they would
+    // alone.
+    let long: Vec<u32> = (0..37).map(|i| 1 + i * 7 % 250).collect();
+    let forked = choices(&engine.handle, &long, 3, 11);
+    for (i, (text, _)) in forked.iter().enumerate() {
+        let alone = choices(&engine.handle, &long, 1, 11 + i as u64);
+        assert_eq!(*text, alone[0].0, "choice {i} of a long prompt");
+    }
     // Every choice's slot is back: four running plus four queued.
     let deadline = Instant::now() + Duration::from_secs(10);
     while engine.handle.admit(8).is_err() {
@@ -309,4 +329,100 @@ fn shutdown_fails_queued_requests_and_finishes_running_ones() {
         }
     ));
     engine.thread.join().unwrap();
+}
+
+/// Greedy text and end event of one request, alone on its engine's queue.
+fn greedy(handle: &EngineHandle, prompt: Vec<u32>, max_new_tokens: usize) -> (String, Event) {
+    drain(&mut submit(handle, prompt, max_new_tokens))
+}
+
+/// KV memory for exactly `blocks` blocks of 16 positions of the tiny model.
+fn kv_blocks(blocks: usize) -> KvCacheConfig {
+    let path = tiny_gguf();
+    let loaded = load_gguf(&path, None).unwrap();
+    std::fs::remove_file(path).unwrap();
+    let block = HostKv::block_bytes(loaded.model.config(), 16) as u64;
+    KvCacheConfig {
+        memory: Some(block * blocks as u64),
+        ..KvCacheConfig::default()
+    }
+}
+
+#[test]
+fn a_burst_beyond_the_kv_memory_waits_or_is_preempted_and_every_request_finishes() {
+    // Eight blocks: one sequence of the whole context (128 positions), and
+    // each request here needs five (40 prompt + 40 generated positions), so
+    // two at once must preempt.
+    let (small, metrics) = engine_with(6, 8, kv_blocks(8));
+    let (large, _) = engine(6, 8);
+    let prompts: Vec<Vec<u32>> = (0..6u32)
+        .map(|r| (0..40).map(|i| 1 + (r * 31 + i * 7) % 250).collect())
+        .collect();
+    let mut rxs: Vec<_> = prompts
+        .iter()
+        .map(|p| submit(&small.handle, p.clone(), 40))
+        .collect();
+    for (r, rx) in rxs.iter_mut().enumerate() {
+        let (text, end) = drain(rx);
+        assert_eq!(
+            end,
+            Event::Finished {
+                reason: FinishReason::Length,
+                usage: Usage {
+                    prompt_tokens: 40,
+                    completion_tokens: 40,
+                    cached_tokens: 0,
+                }
+            },
+            "request {r}"
+        );
+        // Computed again after a preemption, a sequence goes on with the
+        // tokens it would have had with memory to spare.
+        let (alone, _) = greedy(&large.handle, prompts[r].clone(), 40);
+        assert_eq!(text, alone, "request {r}");
+    }
+    assert!(metrics.preemptions.get() > 0, "no request was preempted");
+    assert_eq!(metrics.requests_failed.get(), 0);
+    for e in [small, large] {
+        e.handle.shutdown();
+        e.thread.join().unwrap();
+    }
+}
+
+#[test]
+fn a_shared_prefix_is_found_in_the_cache_and_changes_no_token() {
+    let (cached, metrics) = engine(4, 4);
+    let (uncached, _) = engine_with(
+        4,
+        4,
+        KvCacheConfig {
+            prefix_caching: false,
+            ..KvCacheConfig::default()
+        },
+    );
+    let system: Vec<u32> = (0..40).map(|i| 1 + i * 13 % 250).collect();
+    let ask = |question: &[u32]| system.iter().chain(question).copied().collect::<Vec<u32>>();
+    for (n, question) in [[200u32, 201, 202], [210, 211, 212]].iter().enumerate() {
+        let (text, end) = greedy(&cached.handle, ask(question), 12);
+        let Event::Finished { usage, .. } = end else {
+            panic!("{end:?}")
+        };
+        // The first request finds nothing; the second the two full blocks
+        // of the shared 40 tokens (the third also holds the question).
+        assert_eq!(
+            usage.cached_tokens,
+            if n == 0 { 0 } else { 32 },
+            "request {n}"
+        );
+        assert_eq!(usage.prompt_tokens, 43);
+        let (reference, end) = greedy(&uncached.handle, ask(question), 12);
+        assert!(matches!(end, Event::Finished { usage, .. } if usage.cached_tokens == 0));
+        assert_eq!(text, reference, "request {n}");
+    }
+    assert_eq!(metrics.prefix_cache_hits.get(), 32);
+    assert_eq!(metrics.prefix_cache_queries.get(), 86);
+    for e in [cached, uncached] {
+        e.handle.shutdown();
+        e.thread.join().unwrap();
+    }
 }

@@ -14,7 +14,7 @@ use super::scheduler::{Plan, Scheduler, SeqId, Work};
 use super::sequence::{Sequence, SequenceParts};
 use super::{Command, Constraint, Failure, FinishReason, Submission};
 use crate::metrics::Metrics;
-use crate::model::{LoadedModel, ModelError, Scratch, StepInput};
+use crate::model::{CacheSlot, HostKv, LoadedModel, ModelError, Scratch, StepInput};
 
 pub(super) struct Worker {
     loaded: Arc<LoadedModel>,
@@ -31,9 +31,14 @@ pub(super) struct Worker {
     next_id: u64,
     scratch: Scratch,
     team: Team,
+    /// The host model's KV memory, in the blocks the scheduler hands out
+    /// (empty for a device model: its sequences hold their own caches).
+    kv: HostKv,
 }
 
 impl Worker {
+    // Each is a different part of the engine the thread takes over.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         loaded: Arc<LoadedModel>,
         scheduler: Scheduler,
@@ -42,6 +47,7 @@ impl Worker {
         shutting_down: Arc<AtomicBool>,
         grace: Duration,
         team: Team,
+        kv: HostKv,
     ) -> Self {
         Self {
             loaded,
@@ -56,6 +62,7 @@ impl Worker {
             next_id: 0,
             scratch: Scratch::default(),
             team,
+            kv,
         }
     }
 
@@ -67,8 +74,11 @@ impl Worker {
             self.retire_abandoned();
             // Plan before winding down: requests accepted before the signal
             // still take the free slots; only those left waiting are refused.
-            let plan = self.scheduler.plan();
-            self.reserve_caches(&plan);
+            let sequences = &self.sequences;
+            let plan = self
+                .scheduler
+                .plan(&|id| sequences.get(&id).map_or(&[][..], Sequence::tokens));
+            self.admit(&plan);
             if self.shutting_down.load(Ordering::SeqCst) && self.wind_down() {
                 break;
             }
@@ -169,78 +179,113 @@ impl Worker {
     }
 
     /// A request's prompt is in its first sequence's cache: its other
-    /// choices copy it into theirs (reserved with the first's, at
-    /// admission) with its grammar state, and decode on their own from the
-    /// next step. Returns those that did.
+    /// choices take its full blocks and a copy of its unfinished last one
+    /// (on a device, a copy of its cache) with its grammar state, and
+    /// decode on their own from the next step. Returns those that did.
     fn fork(&mut self, first: SeqId, others: Vec<SeqId>) -> Vec<SeqId> {
-        let Some((cache, grammar)) = self
-            .sequences
-            .get_mut(&first)
-            .and_then(|s| Some((s.cache.take()?, s.grammar.as_ref().map(Constraint::fork))))
-        else {
+        let Some(group) = self.sequences.get_mut(&first) else {
+            return Vec::new();
+        };
+        let grammar = group.grammar.as_ref().map(Constraint::fork);
+        let device = group.device.take();
+        let prompt = group.tokens().to_vec();
+        let others: Vec<SeqId> = others
+            .into_iter()
+            .filter(|id| self.sequences.contains_key(id))
+            .collect();
+        let Some(copies) = self.scheduler.fork(first, &others, &prompt) else {
             // Unreachable: the first is sampled right after this, with its
-            // cache. Fail the choices rather than leave them waiting.
+            // prompt fed. Fail the choices rather than leave them waiting.
+            if let Some(group) = self.sequences.get_mut(&first) {
+                group.device = device;
+            }
             for id in others {
                 self.fail_alone(id, Failure::Internal("a choice lost its prefill".into()));
             }
             return Vec::new();
         };
+        for (from, to) in copies {
+            self.kv.copy_block(from, to);
+        }
+        let cached_tokens = self.sequences.get(&first).and_then(|s| s.cached_tokens);
         let mut forked = Vec::with_capacity(others.len());
         let mut failed = Vec::new();
         for id in others {
-            let Some(seq) = self.sequences.get_mut(&id) else {
+            if self.scheduler.blocks(id).is_none() {
+                failed.push((
+                    id,
+                    ModelError::Forward("no KV blocks for the choice".into()),
+                ));
                 continue;
-            };
-            let copied = match seq.cache.as_mut() {
-                Some(own) => own.copy_prefix(&cache),
-                None => Err(ModelError::Forward("no KV cache was reserved".into())),
+            }
+            let copied = match &device {
+                Some(from) => self
+                    .loaded
+                    .model
+                    .new_device_cache(prompt.len() + self.sequences[&id].max_new_tokens())
+                    .and_then(|mut own| own.copy_prefix(from).map(|()| Some(own))),
+                None => Ok(None),
             };
             match copied {
-                Ok(()) => {
-                    seq.grammar = grammar.as_ref().map(Constraint::fork);
+                Ok(own) => {
+                    if let Some(seq) = self.sequences.get_mut(&id) {
+                        seq.device = own;
+                        seq.grammar = grammar.as_ref().map(Constraint::fork);
+                        seq.cached_tokens = cached_tokens;
+                    }
                     forked.push(id);
                 }
                 Err(e) => failed.push((id, e)),
             }
         }
-        if let Some(seq) = self.sequences.get_mut(&first) {
-            seq.cache = Some(cache);
+        if let Some(group) = self.sequences.get_mut(&first) {
+            group.device = device;
         }
         for (id, e) in failed {
             tracing::error!(error = %e, "failing a choice: its prompt could not be copied");
             self.fail_alone(id, Failure::Internal(e.to_string()));
         }
-        if !self.scheduler.fork(first, &forked) {
-            for id in forked.drain(..) {
-                self.fail_alone(
-                    id,
-                    Failure::Internal("the scheduler lost the request".into()),
-                );
-            }
-        }
         forked
     }
 
-    /// KV caches are reserved at admission, for every choice of a request:
-    /// a queued request holds none, and one that cannot have them all is
-    /// refused whole before any work is done.
-    fn reserve_caches(&mut self, plan: &Plan) {
-        for first in &plan.admitted {
-            let group: Vec<SeqId> = std::iter::once(*first)
-                .chain(self.followers.get(first).into_iter().flatten().copied())
-                .collect();
-            for id in group {
-                let Some(seq) = self.sequences.get_mut(&id) else {
-                    continue;
-                };
-                let capacity = seq.prompt.len() + seq.max_new_tokens();
-                match self.loaded.model.new_cache(capacity) {
-                    Ok(cache) => seq.cache = Some(cache),
-                    Err(e) => {
-                        tracing::warn!(error = %e, "refusing a request: no memory for its KV caches");
-                        self.end_with_failure(*first, Failure::Internal(e.to_string()));
-                        break;
-                    }
+    /// Sequences the scheduler admitted, refused or preempted. A device
+    /// sequence's cache is reserved at admission for its whole budget (the
+    /// host's blocks come from the scheduler); one that cannot have it is
+    /// refused whole, with its choices, before any work is done.
+    fn admit(&mut self, plan: &Plan) {
+        for &id in &plan.refused {
+            let blocks = self.scheduler.pool().total();
+            self.end_with_failure(
+                id,
+                Failure::Unavailable(format!(
+                    "the prompt needs more KV cache than the server has ({blocks} blocks)"
+                )),
+            );
+        }
+        for &id in &plan.preempted {
+            self.metrics.preemptions.add(1);
+            if let Some(seq) = self.sequences.get_mut(&id) {
+                seq.device = None;
+            }
+        }
+        for a in &plan.admitted {
+            self.metrics.prefix_cache_queries.add(a.tokens as u64);
+            self.metrics.prefix_cache_hits.add(a.cached_tokens as u64);
+            let Some(seq) = self.sequences.get_mut(&a.id) else {
+                continue;
+            };
+            // A preempted sequence's cached tokens are its first
+            // admission's: usage reports what the prompt found.
+            seq.cached_tokens.get_or_insert(a.cached_tokens);
+            if !matches!(self.loaded.model, crate::model::Model::Device(_)) {
+                continue;
+            }
+            let capacity = seq.tokens().len() + seq.max_new_tokens() - seq.generated();
+            match self.loaded.model.new_device_cache(capacity) {
+                Ok(cache) => seq.device = Some(cache),
+                Err(e) => {
+                    tracing::warn!(error = %e, "refusing a request: no memory for its KV cache");
+                    self.end_with_failure(a.id, Failure::Internal(e.to_string()));
                 }
             }
         }
@@ -264,10 +309,12 @@ impl Worker {
                 .map_or(id, |(first, _)| *first);
             let others = self.followers.remove(&first).unwrap_or_default();
             for id in std::iter::once(first).chain(others) {
-                self.scheduler.retire(id);
-                if self.sequences.remove(&id).is_some() {
+                if let Some(seq) = self.sequences.remove(&id) {
+                    // Every step planned for it ran: its blocks are good.
+                    self.scheduler.finish(id, seq.tokens());
                     self.metrics.requests_cancelled.add(1);
                 }
+                self.scheduler.retire(id);
             }
         }
     }
@@ -324,6 +371,9 @@ impl Worker {
     }
 
     fn end(&mut self, id: SeqId, reason: FinishReason) {
+        if let Some(seq) = self.sequences.get(&id) {
+            self.scheduler.finish(id, seq.tokens());
+        }
         self.scheduler.retire(id);
         if let Some(mut seq) = self.sequences.remove(&id) {
             seq.finish(reason);
@@ -348,17 +398,8 @@ impl Worker {
         let mut prompt_tokens = 0;
         for (id, seq) in self.sequences.iter_mut() {
             let Some(w) = work.get(id) else { continue };
-            let Sequence {
-                prompt,
-                cache: Some(cache),
-                last_token,
-                grammar,
-                ..
-            } = seq
-            else {
-                continue;
-            };
-            let (tokens, logits) = match *w {
+            let all = seq.tokens.as_slice();
+            let (start, tokens, logits) = match *w {
                 Work::Prefill {
                     start,
                     len,
@@ -366,13 +407,19 @@ impl Worker {
                     ..
                 } => {
                     prompt_tokens += len;
-                    (&prompt[start..start + len], completes)
+                    (start, &all[start..start + len], completes)
                 }
-                Work::Decode { .. } => (std::slice::from_ref(&*last_token), true),
+                Work::Decode { .. } => (all.len() - 1, &all[all.len() - 1..], true),
+            };
+            let cache = match (seq.device.as_mut(), self.scheduler.blocks(*id)) {
+                (Some(cache), _) => CacheSlot::Device(cache),
+                (None, Some(blocks)) => CacheSlot::Host { blocks, start },
+                // Unreachable: planned work is for running sequences.
+                (None, None) => continue,
             };
             if logits {
                 sampled.push(*id);
-                grammars.extend(grammar.as_mut());
+                grammars.extend(seq.grammar.as_mut());
             }
             inputs.push(StepInput {
                 tokens,
@@ -380,8 +427,13 @@ impl Worker {
                 logits,
             });
         }
-        let (model, scratch, team) = (&self.loaded.model, &mut self.scratch, &self.team);
-        let mut forward = || team.install(|| model.forward(&mut inputs, scratch));
+        let (model, scratch, team, kv) = (
+            &self.loaded.model,
+            &mut self.scratch,
+            &self.team,
+            &mut self.kv,
+        );
+        let mut forward = || team.install(|| model.forward(&mut inputs, kv, scratch));
         // The grammar masks for this step's tokens depend only on tokens
         // already chosen: computed on their own thread while the forward
         // pass runs, so constrained decoding costs the step little time.
@@ -473,8 +525,16 @@ impl Worker {
             .queue_depth
             .set(self.scheduler.waiting() as u64);
         self.metrics.running.set(self.scheduler.running() as u64);
-        let kv: usize = self.sequences.values().map(Sequence::kv_bytes).sum();
+        let pool = self.scheduler.pool();
+        let held = pool.total() - pool.free();
+        let kv = match &self.loaded.model {
+            crate::model::Model::Host(_) => {
+                held * HostKv::block_bytes(self.loaded.model.config(), pool.block_tokens())
+            }
+            crate::model::Model::Device(_) => self.sequences.values().map(Sequence::kv_bytes).sum(),
+        };
         self.metrics.kv_cache_bytes.set(kv as u64);
+        self.metrics.kv_cache_usage.set(pool.usage());
     }
 }
 

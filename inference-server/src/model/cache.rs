@@ -1,4 +1,5 @@
-//! One sequence's keys and values for every layer, in f16.
+//! The host's KV memory: every sequence's keys and values, every layer, in
+//! fixed-size blocks of f16 (PagedAttention's layout, on the CPU).
 //!
 //! Half precision, as llama.cpp's default cache and vLLM's (the model's
 //! dtype) keep them: at 8 streams and a few hundred positions a decode step
@@ -6,12 +7,17 @@
 //! traffic and the memory. The rounding is far below what the 8-bit
 //! activations of the matmuls already cost.
 //!
-//! Layout per layer: `positions × kv_heads × head_dim`, so appending a token is
-//! a contiguous copy and the buffer only ever grows at its end. The capacity
-//! for the sequence's whole budget (prompt + max new tokens) is reserved at
-//! admission: the kernel commits pages only as they are written, so a large
-//! reservation costs address space, not memory, and no step ever reallocates
-//! or concatenates.
+//! Layout per layer: `block × position × kv_heads × head_dim`. A sequence
+//! names its blocks in position order (its block table, kept by the
+//! engine's `kv_blocks::BlockPool`); within a block positions are
+//! contiguous, so attention reads runs of `block_tokens` positions at the
+//! same stride as a contiguous cache. Blocks are shared between sequences
+//! whose prompts start alike (prefix caching) and copied only when a
+//! request's choices fork mid-block.
+//!
+//! The memory is sized once at start (`--kv-cache-memory`) and taken from
+//! the allocator zeroed, so the kernel commits pages only as blocks are
+//! first written: a large budget costs address space until it is used.
 
 use half::f16;
 use half::slice::HalfFloatSliceExt;
@@ -19,34 +25,72 @@ use half::slice::HalfFloatSliceExt;
 use super::config::ModelConfig;
 use super::ModelError;
 
-pub struct HostCache {
+/// A block's number in the KV memory.
+pub type BlockId = u32;
+
+pub struct HostKv {
     keys: Vec<Vec<f16>>,
     values: Vec<Vec<f16>>,
     kv_width: usize,
-    len: usize,
+    block_tokens: usize,
+    blocks: usize,
 }
 
-impl HostCache {
-    /// Reserves room for `capacity_tokens` positions. A failed reservation
-    /// (an address-space limit, strict overcommit) is an error for this
-    /// sequence, never an abort of the process.
-    pub fn new(config: &ModelConfig, capacity_tokens: usize) -> Result<Self, ModelError> {
+/// Where one sequence's cached keys and values of one layer are: its
+/// blocks, in position order, within the layer's memory.
+#[derive(Clone, Copy)]
+pub struct KvBlocks<'a> {
+    pub keys: &'a [f16],
+    pub values: &'a [f16],
+    pub blocks: &'a [BlockId],
+    pub block_tokens: usize,
+}
+
+impl<'a> KvBlocks<'a> {
+    /// One contiguous run of positions (`keys.len() / kv_width` of them):
+    /// a single block as long as the whole cache.
+    #[cfg(test)]
+    pub fn contiguous(keys: &'a [f16], values: &'a [f16], kv_width: usize) -> Self {
+        const FIRST: [BlockId; 1] = [0];
+        KvBlocks {
+            keys,
+            values,
+            blocks: &FIRST,
+            block_tokens: (keys.len() / kv_width.max(1)).max(1),
+        }
+    }
+}
+
+impl HostKv {
+    /// Bytes one block takes: keys and values of `block_tokens` positions
+    /// in every layer.
+    pub fn block_bytes(config: &ModelConfig, block_tokens: usize) -> usize {
+        2 * config.layers * block_tokens * config.kv_width() * std::mem::size_of::<f16>()
+    }
+
+    /// Memory for `blocks` blocks of `block_tokens` positions. A failed
+    /// reservation (an address-space limit, strict overcommit) is an error
+    /// at start, never an abort.
+    pub fn new(
+        config: &ModelConfig,
+        blocks: usize,
+        block_tokens: usize,
+    ) -> Result<Self, ModelError> {
         let kv_width = config.kv_width();
-        let elements = capacity_tokens.checked_mul(kv_width).ok_or_else(|| {
-            ModelError::Forward(format!(
-                "a KV cache for {capacity_tokens} positions overflows"
-            ))
-        })?;
+        let elements = blocks
+            .checked_mul(block_tokens)
+            .and_then(|n| n.checked_mul(kv_width))
+            .ok_or_else(|| {
+                ModelError::Forward(format!("{blocks} KV blocks of {block_tokens} overflow"))
+            })?;
         let reserve = || -> Result<Vec<Vec<f16>>, ModelError> {
             (0..config.layers)
                 .map(|_| {
-                    let mut v = Vec::new();
-                    v.try_reserve_exact(elements).map_err(|e| {
+                    zeroed(elements).ok_or_else(|| {
                         ModelError::Forward(format!(
-                            "cannot reserve a KV cache for {capacity_tokens} positions: {e}"
+                            "cannot reserve {blocks} KV blocks of {block_tokens} positions"
                         ))
-                    })?;
-                    Ok(v)
+                    })
                 })
                 .collect()
         };
@@ -54,64 +98,124 @@ impl HostCache {
             keys: reserve()?,
             values: reserve()?,
             kv_width,
-            len: 0,
+            block_tokens,
+            blocks,
         })
     }
 
-    /// Takes `from`'s positions (this cache, reserved as large, holds none
-    /// yet): another choice of the same request continues from them instead
-    /// of computing the prompt again. Within the reserved room, so nothing
-    /// is allocated.
-    pub fn copy_prefix(&mut self, from: &HostCache) {
-        for (to, from) in self
-            .keys
-            .iter_mut()
-            .zip(&from.keys)
-            .chain(self.values.iter_mut().zip(&from.values))
-        {
-            to.clear();
-            to.extend_from_slice(from);
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    pub fn block_tokens(&self) -> usize {
+        self.block_tokens
+    }
+
+    /// Stores position `position`'s key and value of `layer` in the
+    /// sequence whose blocks are `table`.
+    pub(super) fn write(
+        &mut self,
+        layer: usize,
+        table: &[BlockId],
+        position: usize,
+        key: &[f32],
+        value: &[f32],
+    ) -> Result<(), ModelError> {
+        let at = self.offset(table, position)?;
+        let end = at + self.kv_width;
+        self.keys[layer][at..end].convert_from_f32_slice(key);
+        self.values[layer][at..end].convert_from_f32_slice(value);
+        Ok(())
+    }
+
+    /// The element offset of `position` in the sequence with blocks
+    /// `table`; positions beyond its table, or blocks beyond the memory,
+    /// are errors (the engine's bookkeeping would be wrong).
+    fn offset(&self, table: &[BlockId], position: usize) -> Result<usize, ModelError> {
+        let block = table
+            .get(position / self.block_tokens)
+            .copied()
+            .ok_or_else(|| {
+                ModelError::Forward(format!(
+                    "position {position} beyond the sequence's {} KV blocks",
+                    table.len()
+                ))
+            })? as usize;
+        if block >= self.blocks {
+            return Err(ModelError::Forward(format!(
+                "KV block {block} beyond the {} allocated",
+                self.blocks
+            )));
         }
-        self.len = from.len;
+        Ok((block * self.block_tokens + position % self.block_tokens) * self.kv_width)
     }
 
-    /// Positions already cached (the next token's position).
-    pub fn len(&self) -> usize {
-        self.len
+    /// `layer`'s memory as the sequence with blocks `table` sees it.
+    pub(super) fn layer<'a>(&'a self, layer: usize, table: &'a [BlockId]) -> KvBlocks<'a> {
+        KvBlocks {
+            keys: &self.keys[layer],
+            values: &self.values[layer],
+            blocks: table,
+            block_tokens: self.block_tokens,
+        }
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Copies block `from` into block `to`, every layer (a request's
+    /// choices fork: each gets its own copy of the prompt's unfinished
+    /// last block).
+    pub fn copy_block(&mut self, from: BlockId, to: BlockId) {
+        let len = self.block_tokens * self.kv_width;
+        let (from, to) = (from as usize * len, to as usize * len);
+        for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
+            layer.copy_within(from..from + len, to);
+        }
     }
 
-    /// Bytes this cache holds in memory now.
-    pub fn resident_bytes(&self) -> usize {
+    /// Whether every value of block `b`, keys and values of every layer,
+    /// is still zero (tests: what a step must not have written).
+    #[cfg(test)]
+    pub(super) fn block_is_zero(&self, b: BlockId) -> bool {
+        let len = self.block_tokens * self.kv_width;
+        let at = b as usize * len;
         self.keys
             .iter()
             .chain(&self.values)
-            .map(|v| v.len() * std::mem::size_of::<f16>())
-            .sum()
+            .all(|layer| layer[at..at + len].iter().all(|v| v.to_bits() == 0))
     }
 
-    pub(super) fn append(&mut self, layer: usize, key: &[f32], value: &[f32]) {
-        push_f16(&mut self.keys[layer], key);
-        push_f16(&mut self.values[layer], value);
-    }
-
-    /// The first `positions` cached keys and values of `layer`.
-    pub(super) fn layer(&self, layer: usize, positions: usize) -> (&[f16], &[f16]) {
-        let end = positions * self.kv_width;
-        (&self.keys[layer][..end], &self.values[layer][..end])
-    }
-
-    pub(super) fn advance(&mut self, tokens: usize) {
-        self.len += tokens;
+    /// Checks that every block of `table` is in this memory and that it
+    /// covers `positions` (before a forward pass writes anything).
+    pub(super) fn check(&self, table: &[BlockId], positions: usize) -> Result<(), ModelError> {
+        if positions > 0 {
+            self.offset(table, positions - 1)?;
+        }
+        match table.iter().find(|&&b| b as usize >= self.blocks) {
+            Some(b) => Err(ModelError::Forward(format!(
+                "KV block {b} beyond the {} allocated",
+                self.blocks
+            ))),
+            None => Ok(()),
+        }
     }
 }
 
-/// Appends `from` rounded to f16 (within the reserved room: no allocation).
-fn push_f16(to: &mut Vec<f16>, from: &[f32]) {
-    let start = to.len();
-    to.resize(start + from.len(), f16::ZERO);
-    to[start..].convert_from_f32_slice(from);
+/// `n` zero halves straight from the allocator's zeroed memory (calloc:
+/// for large sizes fresh pages the kernel commits on first write), where
+/// `vec![f16::ZERO; n]` would write every element; `None` when the
+/// allocator refuses.
+fn zeroed(n: usize) -> Option<Vec<f16>> {
+    if n == 0 {
+        return Some(Vec::new());
+    }
+    let layout = std::alloc::Layout::array::<f16>(n).ok()?;
+    // SAFETY: the layout has a non-zero size; all-zero bits are a valid
+    // f16 (0.0); the Vec takes the allocation with the layout it was made
+    // with (`n` elements of f16, from the global allocator), all initialised.
+    unsafe {
+        let ptr = std::alloc::alloc_zeroed(layout).cast::<f16>();
+        if ptr.is_null() {
+            return None;
+        }
+        Some(Vec::from_raw_parts(ptr, n, n))
+    }
 }

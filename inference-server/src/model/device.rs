@@ -138,7 +138,7 @@ impl DeviceCache {
     }
 
     /// Takes `from`'s positions into this cache (see
-    /// `HostCache::copy_prefix`), device to device.
+    /// a request's choices forking), device to device.
     pub fn copy_prefix(&mut self, from: &DeviceCache) -> Result<(), ModelError> {
         if from.len > self.capacity {
             return Err(ModelError::Forward(format!(
@@ -162,7 +162,11 @@ impl DeviceCache {
 }
 
 /// One sequence's share of a device step (see [`super::StepInput`]).
-pub type DeviceStep<'a> = super::StepInput<'a, DeviceCache>;
+pub struct DeviceStep<'a> {
+    pub tokens: &'a [u32],
+    pub cache: &'a mut DeviceCache,
+    pub logits: bool,
+}
 
 impl DeviceModel {
     pub(super) fn new(

@@ -2,7 +2,7 @@
 //! runs one forward pass for many sequences at once, each at its own
 //! position over its own KV cache. Sliding-window layers (Gemma 3) read only
 //! their window, but their cache keeps every position like the global
-//! layers' (simple, and the admission budget already counts them).
+//! layers' (simple, and the block budget already counts them).
 //!
 //! candle's `quantized_llama::ModelWeights` keeps one KV cache per layer and
 //! one position for the whole batch, so it cannot serve continuous batching.
@@ -25,7 +25,7 @@ mod projection;
 
 use thiserror::Error;
 
-pub use cache::HostCache;
+pub use cache::{BlockId, HostKv};
 pub use config::{Family, ModelConfig, RopeParams, RopeStyle, SlidingWindow};
 pub use device::{DeviceCache, DeviceModel, DeviceStep};
 pub use file::{file_type_name, ModelFile};
@@ -116,61 +116,16 @@ pub enum Model {
     Device(DeviceModel),
 }
 
-/// One sequence's KV cache, kept where its model runs.
-pub enum SequenceCache {
-    Host(HostCache),
-    Device(DeviceCache),
-}
-
-impl SequenceCache {
-    /// Positions already cached (the next token's position).
-    pub fn len(&self) -> usize {
-        match self {
-            Self::Host(c) => c.len(),
-            Self::Device(c) => c.len(),
-        }
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    fn host(&mut self) -> Option<&mut HostCache> {
-        match self {
-            Self::Host(c) => Some(c),
-            Self::Device(_) => None,
-        }
-    }
-
-    fn device(&mut self) -> Option<&mut DeviceCache> {
-        match self {
-            Self::Device(c) => Some(c),
-            Self::Host(_) => None,
-        }
-    }
-
-    /// Bytes this cache holds now (host RAM or device memory).
-    pub fn resident_bytes(&self) -> usize {
-        match self {
-            Self::Host(c) => c.resident_bytes(),
-            Self::Device(c) => c.resident_bytes(),
-        }
-    }
-
-    /// Takes `from`'s positions into this empty cache, reserved at least as
-    /// large, where both live (see `HostCache::copy_prefix`).
-    pub fn copy_prefix(&mut self, from: &SequenceCache) -> Result<(), ModelError> {
-        match (self, from) {
-            (Self::Host(to), Self::Host(from)) => {
-                to.copy_prefix(from);
-                Ok(())
-            }
-            (Self::Device(to), Self::Device(from)) => to.copy_prefix(from),
-            _ => Err(ModelError::Forward(
-                "a KV cache cannot be copied between the host and a device".into(),
-            )),
-        }
-    }
+/// Where one sequence's share of a step reads and writes its keys and
+/// values, kept where its model runs.
+pub enum CacheSlot<'a> {
+    /// Its blocks in the host's KV memory, in position order, and the
+    /// position of the step's first token (what they hold before it).
+    Host {
+        blocks: &'a [BlockId],
+        start: usize,
+    },
+    Device(&'a mut DeviceCache),
 }
 
 impl Model {
@@ -204,46 +159,70 @@ impl Model {
         }
     }
 
-    pub fn new_cache(&self, capacity_tokens: usize) -> Result<SequenceCache, ModelError> {
-        Ok(match self {
-            Self::Host(m) => SequenceCache::Host(HostCache::new(&m.config, capacity_tokens)?),
-            Self::Device(m) => SequenceCache::Device(m.new_cache(capacity_tokens)?),
-        })
+    /// The host's KV memory: `blocks` blocks of `block_tokens` positions
+    /// (none for a device model, whose sequences keep their own caches).
+    pub fn new_host_kv(&self, blocks: usize, block_tokens: usize) -> Result<HostKv, ModelError> {
+        let blocks = match self {
+            Self::Host(_) => blocks,
+            Self::Device(_) => 0,
+        };
+        HostKv::new(self.config(), blocks, block_tokens)
     }
 
-    /// Runs every input's tokens through the model, appends them to each
-    /// input's cache, and returns the logits (one `vocab`-wide row per input
-    /// that asked, in input order). Hand them back with
-    /// [`Scratch::recycle`] so the next step reuses their buffer.
-    pub fn forward(
-        &self,
-        batch: &mut [StepInput<'_>],
-        s: &mut Scratch,
-    ) -> Result<Logits, ModelError> {
+    /// A device sequence's own cache for `capacity_tokens` positions (the
+    /// host model's sequences take blocks of its [`HostKv`] instead).
+    pub fn new_device_cache(&self, capacity_tokens: usize) -> Result<DeviceCache, ModelError> {
         match self {
-            Self::Host(m) => m.forward(&mut Self::caches(batch, SequenceCache::host)?, s),
-            Self::Device(m) => m.forward(&mut Self::caches(batch, SequenceCache::device)?),
+            Self::Host(_) => Err(ModelError::Forward(
+                "the host model keeps its KV cache in blocks".into(),
+            )),
+            Self::Device(m) => m.new_cache(capacity_tokens),
         }
     }
 
-    /// The batch with each cache as the model's own kind; a cache of the
-    /// other kind is an error.
-    fn caches<'b, C>(
-        batch: &'b mut [StepInput<'_>],
-        kind: fn(&mut SequenceCache) -> Option<&mut C>,
-    ) -> Result<Vec<StepInput<'b, C>>, ModelError> {
-        batch
-            .iter_mut()
-            .map(|input| {
-                Ok(StepInput {
-                    tokens: input.tokens,
-                    cache: kind(input.cache).ok_or_else(|| {
-                        ModelError::Forward("a KV cache from another device".into())
-                    })?,
-                    logits: input.logits,
-                })
-            })
-            .collect()
+    /// Runs every input's tokens through the model, stores their keys and
+    /// values in each input's cache (the host's in `kv`), and returns the
+    /// logits (one `vocab`-wide row per input that asked, in input order).
+    /// Hand them back with [`Scratch::recycle`] so the next step reuses
+    /// their buffer.
+    pub fn forward(
+        &self,
+        batch: &mut [StepInput<'_>],
+        kv: &mut HostKv,
+        s: &mut Scratch,
+    ) -> Result<Logits, ModelError> {
+        let other = || ModelError::Forward("a KV cache from another device".into());
+        match self {
+            Self::Host(m) => {
+                let steps = batch
+                    .iter()
+                    .map(|input| match input.cache {
+                        CacheSlot::Host { blocks, start } => Ok(HostStep {
+                            tokens: input.tokens,
+                            blocks,
+                            start,
+                            logits: input.logits,
+                        }),
+                        CacheSlot::Device(_) => Err(other()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                m.forward(&steps, kv, s)
+            }
+            Self::Device(m) => {
+                let mut steps = batch
+                    .iter_mut()
+                    .map(|input| match &mut input.cache {
+                        CacheSlot::Device(cache) => Ok(DeviceStep {
+                            tokens: input.tokens,
+                            cache,
+                            logits: input.logits,
+                        }),
+                        CacheSlot::Host { .. } => Err(other()),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                m.forward(&mut steps)
+            }
+        }
     }
 }
 
@@ -278,11 +257,20 @@ pub struct HostModel {
 }
 
 /// One sequence's share of a step: the tokens to feed (a prefill chunk or the
-/// last sampled token) and whether to return logits for its last token.
-pub struct StepInput<'a, C = SequenceCache> {
+/// last sampled token), where its cache is, and whether to return logits
+/// for its last token.
+pub struct StepInput<'a> {
     pub tokens: &'a [u32],
-    pub cache: &'a mut C,
+    pub cache: CacheSlot<'a>,
     pub logits: bool,
+}
+
+/// A [`StepInput`] of the host model.
+struct HostStep<'a> {
+    tokens: &'a [u32],
+    blocks: &'a [BlockId],
+    start: usize,
+    logits: bool,
 }
 
 /// One step's logits: a `vocab`-wide row per input that asked for them, in
@@ -374,7 +362,8 @@ impl HostModel {
 
     fn forward(
         &self,
-        batch: &mut [StepInput<'_, HostCache>],
+        batch: &[HostStep<'_>],
+        kv: &mut HostKv,
         s: &mut Scratch,
     ) -> Result<Logits, ModelError> {
         let cfg = &self.config;
@@ -384,8 +373,8 @@ impl HostModel {
         let qkv_width = q_width + 2 * kv_width;
 
         let mut positions = Vec::new();
-        for input in batch.iter() {
-            let start = input.cache.len();
+        for input in batch {
+            let start = input.start;
             let end = start + input.tokens.len();
             if end > self.max_positions() {
                 return Err(ModelError::Forward(format!(
@@ -393,6 +382,9 @@ impl HostModel {
                     self.max_positions()
                 )));
             }
+            // Checked before anything is written: a step either runs whole
+            // or leaves every cache as it was.
+            kv.check(input.blocks, end)?;
             positions.extend(start..end);
         }
         let n = positions.len();
@@ -442,13 +434,15 @@ impl HostModel {
                 s.q.extend_from_slice(q);
             }
             let mut rows = s.qkv.chunks_exact(qkv_width);
-            for input in batch.iter_mut() {
-                for row in rows.by_ref().take(input.tokens.len()) {
-                    input.cache.append(
+            for input in batch {
+                for (position, row) in (input.start..).zip(rows.by_ref().take(input.tokens.len())) {
+                    kv.write(
                         layer,
+                        input.blocks,
+                        position,
                         &row[q_width..q_width + kv_width],
                         &row[q_width + kv_width..],
-                    );
+                    )?;
                 }
             }
 
@@ -461,25 +455,24 @@ impl HostModel {
             let head_width = q_width / cfg.kv_heads;
             let mut jobs = Vec::with_capacity(batch.len() * cfg.kv_heads);
             let (mut q_rest, mut out_rest) = (&s.q[..], &mut s.attn[..]);
-            for input in batch.iter() {
+            for input in batch {
                 let t = input.tokens.len();
                 let (q, q_tail) = q_rest.split_at(t * q_width);
                 let (out, out_tail) = out_rest.split_at_mut(t * q_width);
                 q_rest = q_tail;
                 out_rest = out_tail;
-                let start = input.cache.len();
-                let (keys, values) = input.cache.layer(layer, start + t);
+                let cache = kv.layer(layer, input.blocks);
                 if split && t == 1 {
-                    for (kv, out) in out.chunks_exact_mut(head_width).enumerate() {
-                        jobs.push((kv..kv + 1, q, out, keys, values, start));
+                    for (head, out) in out.chunks_exact_mut(head_width).enumerate() {
+                        jobs.push((head..head + 1, q, out, cache, input.start));
                     }
                 } else {
-                    jobs.push((0..cfg.kv_heads, q, out, keys, values, start));
+                    jobs.push((0..cfg.kv_heads, q, out, cache, input.start));
                 }
             }
-            team::for_each_mut(&mut jobs, |(kv, q, out, keys, values, start)| {
+            team::for_each_mut(&mut jobs, |(heads, q, out, cache, start)| {
                 SCORES.with_borrow_mut(|scores| {
-                    ops::attention_heads(&shape, kv.clone(), q, keys, values, *start, out, scores)
+                    ops::attention_heads(&shape, heads.clone(), q, *cache, *start, out, scores)
                 })
             });
 
@@ -512,7 +505,7 @@ impl HostModel {
 
         s.last.clear();
         let mut offset = 0;
-        for input in batch.iter_mut() {
+        for input in batch {
             let t = input.tokens.len();
             if input.logits {
                 let row = offset + t - 1;
@@ -520,7 +513,6 @@ impl HostModel {
                     .extend_from_slice(&s.x[row * hidden..(row + 1) * hidden]);
             }
             offset += t;
-            input.cache.advance(t);
         }
         let m = s.last.len() / hidden;
         if m == 0 {

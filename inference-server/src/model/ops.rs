@@ -6,6 +6,7 @@
 use half::f16;
 use maas_kernels::team;
 
+use super::cache::KvBlocks;
 use super::config::{RopeParams, RopeStyle};
 
 /// `out[r] = x[r] / rms(x[r]) * weight` for each row of width `weight.len()`.
@@ -222,7 +223,8 @@ impl RopeAngles {
 ///   query heads of `kv` (the KV heads a call covers), so calls for disjoint `kv` ranges write disjoint slices
 ///   and can run in parallel. Each head's arithmetic is the same whatever the
 ///   range, so the split never changes a bit.
-/// * `keys`, `values`: `positions × kv_heads × head_dim` (the cache layout).
+/// * `kv`: the sequence's cached keys and values, in blocks of
+///   `positions × kv_heads × head_dim` (the cache layout).
 /// * `scale` multiplies the scores; `window`, when set, limits each query to
 ///   the last `window` positions, itself included (sliding-window layers).
 pub struct AttentionShape {
@@ -239,8 +241,7 @@ pub fn attention_heads(
     shape: &AttentionShape,
     kv: std::ops::Range<usize>,
     q: &[f32],
-    keys: &[f16],
-    values: &[f16],
+    cache: KvBlocks<'_>,
     start: usize,
     out: &mut [f32],
     scores: &mut Vec<f32>,
@@ -248,10 +249,10 @@ pub fn attention_heads(
     #[cfg(target_arch = "x86_64")]
     if simd::available() {
         // SAFETY: the CPU has AVX2, FMA and F16C (checked at run time).
-        unsafe { simd::attention(shape, kv, q, keys, values, start, out, scores) };
+        unsafe { simd::attention(shape, kv, q, cache, start, out, scores) };
         return;
     }
-    attention_with(shape, kv, q, keys, values, start, out, scores, &Portable);
+    attention_with(shape, kv, q, cache, start, out, scores, &Portable);
 }
 
 /// One KV head's cached keys or values for positions `0..visible`:
@@ -272,34 +273,33 @@ impl HeadRows<'_> {
 }
 
 /// The two inner loops of attention for one KV head and the query heads
-/// that share it.
+/// that share it, over one run of contiguous positions (a block, or the
+/// part of it a query sees).
 trait AttentionInner {
-    /// `scores[g · visible + p] = scale · q_g · k_p`.
-    fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32]);
-    /// `out_g = Σ_p scores[g · visible + p] · v_p`.
-    fn weighted_sum(&self, scores: &[f32], values: HeadRows<'_>, out: &mut [f32]);
+    /// `scores[g · stride + p] = scale · q_g · k_p`.
+    fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32], stride: usize);
+    /// `out_g += Σ_p scores[g · stride + p] · v_p`, positions in order.
+    fn weighted_sum(&self, scores: &[f32], stride: usize, values: HeadRows<'_>, out: &mut [f32]);
 }
 
 /// Scalar loops LLVM vectorises for the baseline target.
 struct Portable;
 
 impl AttentionInner for Portable {
-    fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32]) {
-        let visible = keys.visible;
-        for p in 0..visible {
+    fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32], stride: usize) {
+        for p in 0..keys.visible {
             let k = keys.row(p);
             for (g, qh) in q.chunks_exact(keys.head_dim).enumerate() {
-                scores[g * visible + p] = dot(qh, k) * scale;
+                scores[g * stride + p] = dot(qh, k) * scale;
             }
         }
     }
 
-    fn weighted_sum(&self, scores: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
-        out.fill(0.0);
+    fn weighted_sum(&self, scores: &[f32], stride: usize, values: HeadRows<'_>, out: &mut [f32]) {
         for p in 0..values.visible {
             let v = values.row(p);
             for (g, oh) in out.chunks_exact_mut(values.head_dim).enumerate() {
-                axpy(oh, scores[g * values.visible + p], v);
+                axpy(oh, scores[g * stride + p], v);
             }
         }
     }
@@ -308,15 +308,16 @@ impl AttentionInner for Portable {
 /// The attention loop, generic over its two inner loops so the portable
 /// and the AVX2 build share it. Per query, per head: scores in position
 /// order, a max-subtracted softmax, then the weighted sum of values — a fixed
-/// order, whatever else is in the batch.
+/// order, whatever else is in the batch, and whatever the blocks: each
+/// block's run adds its positions in order to the same accumulators, so a
+/// paged cache gives the bits a contiguous one does.
 #[allow(clippy::too_many_arguments)]
 #[inline(always)]
-fn attention_with<'a>(
+fn attention_with(
     shape: &AttentionShape,
     kv_range: std::ops::Range<usize>,
     q: &[f32],
-    keys: &'a [f16],
-    values: &'a [f16],
+    cache: KvBlocks<'_>,
     start: usize,
     out: &mut [f32],
     scores: &mut Vec<f32>,
@@ -350,13 +351,11 @@ fn attention_with<'a>(
             scores.clear();
             scores.resize(group * visible, 0.0);
             let q_group = &q_row[heads_of.start * head_dim..heads_of.end * head_dim];
-            let rows = |data: &'a [f16]| HeadRows {
-                data: &data[first * kv_width + kv * head_dim..],
-                stride: kv_width,
-                head_dim,
-                visible,
-            };
-            inner.scores(q_group, rows(keys), scale, scores);
+            let head = (kv, head_dim, kv_width);
+            let runs = |data| runs(cache.blocks, cache.block_tokens, data, first..end, head);
+            for (offset, keys) in runs(cache.keys) {
+                inner.scores(q_group, keys, scale, &mut scores[offset..], visible);
+            }
             for row in scores.chunks_exact_mut(visible) {
                 let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
                 let mut sum = 0.0;
@@ -369,9 +368,37 @@ fn attention_with<'a>(
             }
             let outs = &mut out_row
                 [(heads_of.start - first_head) * head_dim..(heads_of.end - first_head) * head_dim];
-            inner.weighted_sum(scores, rows(values), outs);
+            outs.fill(0.0);
+            for (offset, values) in runs(cache.values) {
+                inner.weighted_sum(&scores[offset..], visible, values, outs);
+            }
         }
     }
+}
+
+/// The runs of contiguous positions of `visible` in a sequence's blocks,
+/// for KV head `kv` of `data` (the layer's keys or values, `kv_width`
+/// values a position): (offset from `visible.start`, the head's rows).
+fn runs<'c>(
+    blocks: &'c [u32],
+    block_tokens: usize,
+    data: &'c [f16],
+    visible: std::ops::Range<usize>,
+    (kv, head_dim, kv_width): (usize, usize, usize),
+) -> impl Iterator<Item = (usize, HeadRows<'c>)> + 'c {
+    let bt = block_tokens;
+    (visible.start / bt..visible.end.div_ceil(bt)).map(move |b| {
+        let from = visible.start.max(b * bt);
+        let to = visible.end.min((b + 1) * bt);
+        let at = (blocks[b] as usize * bt + from - b * bt) * kv_width + kv * head_dim;
+        let rows = HeadRows {
+            data: &data[at..],
+            stride: kv_width,
+            head_dim,
+            visible: to - from,
+        };
+        (from - visible.start, rows)
+    })
 }
 
 /// A dot product with eight independent accumulators: fixed order (so
@@ -409,7 +436,7 @@ mod simd {
 
     use half::f16;
 
-    use super::{AttentionShape, HeadRows};
+    use super::{AttentionShape, HeadRows, KvBlocks};
 
     pub fn available() -> bool {
         static AVAILABLE: OnceLock<bool> = OnceLock::new();
@@ -428,13 +455,12 @@ mod simd {
         shape: &AttentionShape,
         kv: std::ops::Range<usize>,
         q: &[f32],
-        keys: &[f16],
-        values: &[f16],
+        cache: KvBlocks<'_>,
         start: usize,
         out: &mut [f32],
         scores: &mut Vec<f32>,
     ) {
-        super::attention_with(shape, kv, q, keys, values, start, out, scores, &Avx2);
+        super::attention_with(shape, kv, q, cache, start, out, scores, &Avx2);
     }
 
     /// AVX2/FMA inner loops. For 64-dimensional heads (SmolLM2, Llama-style
@@ -450,12 +476,18 @@ mod simd {
     const D: usize = 64;
 
     impl super::AttentionInner for Avx2 {
-        fn scores(&self, q: &[f32], keys: HeadRows<'_>, scale: f32, scores: &mut [f32]) {
+        fn scores(
+            &self,
+            q: &[f32],
+            keys: HeadRows<'_>,
+            scale: f32,
+            scores: &mut [f32],
+            stride: usize,
+        ) {
             let (head_dim, visible) = (keys.head_dim, keys.visible);
-            assert!(scores.len() >= q.len() / head_dim * visible);
             assert!(visible == 0 || keys.data.len() >= (visible - 1) * keys.stride + head_dim);
             for (g, qh) in q.chunks_exact(head_dim).enumerate() {
-                let row = &mut scores[g * visible..(g + 1) * visible];
+                let row = &mut scores[g * stride..][..visible];
                 // SAFETY: AVX2/FMA are present (this type is only used from
                 // `attention`); the asserts above bound every key read.
                 unsafe {
@@ -472,11 +504,17 @@ mod simd {
             }
         }
 
-        fn weighted_sum(&self, scores: &[f32], values: HeadRows<'_>, out: &mut [f32]) {
+        fn weighted_sum(
+            &self,
+            scores: &[f32],
+            stride: usize,
+            values: HeadRows<'_>,
+            out: &mut [f32],
+        ) {
             let (head_dim, visible) = (values.head_dim, values.visible);
             assert!(visible == 0 || values.data.len() >= (visible - 1) * values.stride + head_dim);
             for (g, oh) in out.chunks_exact_mut(head_dim).enumerate() {
-                let weights = &scores[g * visible..(g + 1) * visible];
+                let weights = &scores[g * stride..][..visible];
                 // SAFETY: as in `scores`; the assert bounds every value read.
                 unsafe {
                     if head_dim % D == 0 {
@@ -487,7 +525,6 @@ mod simd {
                             weighted_sum_64(weights, &values.data[c * D..], values.stride, slice);
                         }
                     } else {
-                        oh.fill(0.0);
                         for (p, w) in weights.iter().enumerate() {
                             axpy(oh, *w, values.row(p));
                         }
@@ -613,13 +650,18 @@ mod simd {
         std::array::from_fn(|i| _mm256_add_ps(a[i], b[i]))
     }
 
+    /// `out += Σ_p weights[p] · v_p`, in position order: starting from
+    /// `out` rather than zero, a run of positions continues the previous
+    /// block's sums exactly as one longer run would.
+    ///
     /// # Safety
     /// AVX2, FMA and F16C; `out.len() == 64`; value `p` (64 values at
     /// `p · stride`) exists for every `p < weights.len()`.
     #[target_feature(enable = "avx2,fma,f16c")]
     unsafe fn weighted_sum_64(weights: &[f32], values: &[f16], stride: usize, out: &mut [f32]) {
         debug_assert_eq!(out.len(), D);
-        let mut acc = [_mm256_setzero_ps(); 8];
+        let mut acc: [__m256; 8] =
+            std::array::from_fn(|j| unsafe { _mm256_loadu_ps(out.as_ptr().add(8 * j)) });
         let base = values.as_ptr();
         for (p, w) in weights.iter().enumerate() {
             let wv = _mm256_set1_ps(*w);
@@ -692,6 +734,7 @@ mod simd {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::cache::KvBlocks;
 
     /// The cache's f16 form of `v`.
     fn halves(v: &[f32]) -> Vec<f16> {
@@ -768,8 +811,11 @@ mod tests {
             &shape,
             0..shape.kv_heads,
             &[1.0, 0.0, 0.0, 1.0],
-            &halves(&[5.0, 5.0]),
-            &halves(&[7.0, -1.0]),
+            KvBlocks::contiguous(
+                &halves(&[5.0, 5.0]),
+                &halves(&[7.0, -1.0]),
+                shape.kv_heads * shape.head_dim,
+            ),
             0,
             &mut out,
             &mut Vec::new(),
@@ -792,8 +838,11 @@ mod tests {
             &shape,
             0..shape.kv_heads,
             &[1.0, 1.0],
-            &halves(&[0.0, 0.0]),
-            &halves(&[2.0, 4.0]),
+            KvBlocks::contiguous(
+                &halves(&[0.0, 0.0]),
+                &halves(&[2.0, 4.0]),
+                shape.kv_heads * shape.head_dim,
+            ),
             0,
             &mut out,
             &mut Vec::new(),
@@ -823,8 +872,7 @@ mod tests {
             &shape,
             0..shape.kv_heads,
             &q,
-            &keys,
-            &values,
+            KvBlocks::contiguous(&keys, &values, kv_width),
             positions - 1,
             &mut whole,
             &mut Vec::new(),
@@ -835,8 +883,7 @@ mod tests {
                 &shape,
                 kv..kv + 1,
                 &q,
-                &keys,
-                &values,
+                KvBlocks::contiguous(&keys, &values, kv_width),
                 positions - 1,
                 out,
                 &mut Vec::new(),
@@ -875,16 +922,81 @@ mod tests {
                 &shape,
                 0..3,
                 &q,
-                &k,
-                &v,
+                KvBlocks::contiguous(&k, &v, kv_width),
                 s,
                 &mut portable,
                 &mut vec![],
                 &Portable,
             );
-            attention_heads(&shape, 0..3, &q, &k, &v, s, &mut fast, &mut vec![]);
+            attention_heads(
+                &shape,
+                0..3,
+                &q,
+                KvBlocks::contiguous(&k, &v, kv_width),
+                s,
+                &mut fast,
+                &mut vec![],
+            );
             for (a, b) in portable.iter().zip(&fast) {
                 assert!((a - b).abs() < 1e-5, "head_dim {head_dim}: {a} vs {b}");
+            }
+        }
+    }
+
+    /// A sequence's blocks scattered through the memory (a paged cache)
+    /// give the same bits as the same positions laid out in one run, for
+    /// prefill rows and decode, with and without a window that starts
+    /// mid-block, on whichever inner loops this CPU runs.
+    #[test]
+    fn paged_attention_gives_the_bits_of_a_contiguous_cache() {
+        for (head_dim, window) in [(64, None), (64, Some(7)), (16, None), (256, Some(13))] {
+            let shape = AttentionShape {
+                heads: 4,
+                kv_heads: 2,
+                head_dim,
+                scale: 1.0 / (head_dim as f32).sqrt(),
+                window,
+            };
+            let (bt, kv_width, width) = (4, 2 * head_dim, 4 * head_dim);
+            let wave =
+                |n: usize, k: f32| (0..n).map(|i| ((i as f32) * k).sin()).collect::<Vec<f32>>();
+            for (start, t) in [(0, 19), (18, 1), (9, 3)] {
+                let positions = start + t;
+                let (k, v) = (
+                    halves(&wave(positions * kv_width, 0.11)),
+                    halves(&wave(positions * kv_width, 0.23)),
+                );
+                // Block i of the sequence lives at memory block `table[i]`.
+                let table: Vec<u32> = (0..positions.div_ceil(bt) as u32)
+                    .map(|b| 11 - 2 * b)
+                    .collect();
+                let blocks = 12;
+                let (mut pk, mut pv) = (
+                    vec![f16::ZERO; blocks * bt * kv_width],
+                    vec![f16::ZERO; blocks * bt * kv_width],
+                );
+                for p in 0..positions {
+                    let at = (table[p / bt] as usize * bt + p % bt) * kv_width;
+                    pk[at..at + kv_width].copy_from_slice(&k[p * kv_width..][..kv_width]);
+                    pv[at..at + kv_width].copy_from_slice(&v[p * kv_width..][..kv_width]);
+                }
+                let paged = KvBlocks {
+                    keys: &pk,
+                    values: &pv,
+                    blocks: &table,
+                    block_tokens: bt,
+                };
+                let q = wave(t * width, 0.37);
+                let (mut a, mut b) = (vec![0.0; t * width], vec![0.0; t * width]);
+                let flat = KvBlocks::contiguous(&k, &v, kv_width);
+                attention_heads(&shape, 0..2, &q, flat, start, &mut a, &mut vec![]);
+                attention_heads(&shape, 0..2, &q, paged, start, &mut b, &mut vec![]);
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(
+                    bits(&a),
+                    bits(&b),
+                    "head_dim {head_dim}, window {window:?}, start {start}"
+                );
             }
         }
     }
@@ -905,8 +1017,11 @@ mod tests {
             &shape,
             0..1,
             &[1.0, 1.0, 1.0],
-            &halves(&[0.0; 3]),
-            &halves(&[2.0, 4.0, 8.0]),
+            KvBlocks::contiguous(
+                &halves(&[0.0; 3]),
+                &halves(&[2.0, 4.0, 8.0]),
+                shape.kv_heads * shape.head_dim,
+            ),
             0,
             &mut out,
             &mut Vec::new(),

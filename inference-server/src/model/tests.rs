@@ -16,29 +16,105 @@ fn load() -> LoadedModel {
     loaded
 }
 
+/// Positions per KV block in these tests: small, so that every sequence
+/// spans several.
+const BLOCK: usize = 4;
+
+/// Sequences' caches as the engine keeps them: on the host, blocks of one
+/// shared KV memory, handed out round-robin so that every sequence's
+/// blocks are scattered between the others'; on a device, a cache each.
+struct Caches {
+    kv: HostKv,
+    seqs: Vec<SeqCache>,
+}
+
+struct SeqCache {
+    blocks: Vec<BlockId>,
+    len: usize,
+    device: Option<DeviceCache>,
+}
+
+impl Caches {
+    fn new(model: &Model, capacities: &[usize]) -> Caches {
+        let per: Vec<usize> = capacities.iter().map(|c| c.div_ceil(BLOCK)).collect();
+        let rounds = per.iter().copied().max().unwrap_or(0);
+        let mut seqs: Vec<SeqCache> = capacities
+            .iter()
+            .map(|&c| SeqCache {
+                blocks: Vec::new(),
+                len: 0,
+                device: match model {
+                    Model::Host(_) => None,
+                    Model::Device(_) => Some(model.new_device_cache(c).unwrap()),
+                },
+            })
+            .collect();
+        let mut next = 0;
+        for round in 0..rounds {
+            for (seq, &n) in seqs.iter_mut().zip(&per) {
+                if round < n {
+                    seq.blocks.push(next);
+                    next += 1;
+                }
+            }
+        }
+        Caches {
+            kv: model.new_host_kv(next as usize, BLOCK).unwrap(),
+            seqs,
+        }
+    }
+
+    /// One step: `(sequence, tokens, logits wanted)` in batch order, each
+    /// sequence at most once.
+    fn forward(
+        &mut self,
+        model: &Model,
+        batch: &[(usize, &[u32], bool)],
+        s: &mut Scratch,
+    ) -> Result<Logits, ModelError> {
+        let mut seqs: Vec<Option<&mut SeqCache>> = self.seqs.iter_mut().map(Some).collect();
+        let mut inputs: Vec<StepInput<'_>> = batch
+            .iter()
+            .map(|&(i, tokens, logits)| {
+                let seq = seqs[i].take().expect("a sequence twice in one step");
+                let cache = match seq.device.as_mut() {
+                    Some(device) => CacheSlot::Device(device),
+                    None => CacheSlot::Host {
+                        blocks: &seq.blocks,
+                        start: seq.len,
+                    },
+                };
+                StepInput {
+                    tokens,
+                    cache,
+                    logits,
+                }
+            })
+            .collect();
+        let out = model.forward(&mut inputs, &mut self.kv, s)?;
+        drop(inputs);
+        for &(i, tokens, _) in batch {
+            self.seqs[i].len += tokens.len();
+        }
+        Ok(out)
+    }
+}
+
 /// Feeds `prompt` (in chunks of `chunk`), then `decode` more tokens (the
 /// argmax each time); returns every step's logits.
 fn run_alone(model: &Model, prompt: &[u32], chunk: usize, decode: usize) -> Vec<Vec<f32>> {
-    let mut cache = model.new_cache(prompt.len() + decode).unwrap();
+    let mut caches = Caches::new(model, &[prompt.len() + decode]);
     let mut scratch = Scratch::default();
     let mut out = Vec::new();
     for (i, piece) in prompt.chunks(chunk).enumerate() {
         let last = (i + 1) * chunk >= prompt.len();
-        let mut batch = [StepInput {
-            tokens: piece,
-            cache: &mut cache,
-            logits: last,
-        }];
-        out.extend(model.forward(&mut batch, &mut scratch).unwrap().into_rows());
+        let logits = caches.forward(model, &[(0, piece, last)], &mut scratch);
+        out.extend(logits.unwrap().into_rows());
     }
     for _ in 0..decode {
         let next = crate::engine::sampling::argmax(out.last().unwrap());
-        let mut batch = [StepInput {
-            tokens: &[next],
-            cache: &mut cache,
-            logits: true,
-        }];
-        out.extend(model.forward(&mut batch, &mut scratch).unwrap().into_rows());
+        let logits = caches.forward(model, &[(0, &[next], true)], &mut scratch);
+        out.extend(logits.unwrap().into_rows());
     }
     out
 }
@@ -85,26 +161,36 @@ fn logits_agree_with_candles_llama_on_the_same_file() {
     assert!(diff / norm < 0.02, "relative error {}", diff / norm);
 }
 
-/// The host path caches keys and values in f16: two bytes an element,
-/// half of what the f32 cache held.
+/// The host path caches keys and values in f16 (two bytes an element, half
+/// of what an f32 cache holds), and a step writes only its own sequence's
+/// blocks: the other sequence's stay as they were.
 #[test]
-fn the_host_cache_holds_two_bytes_per_cached_element() {
+fn a_step_writes_f16_into_its_own_blocks_only() {
     let loaded = load();
-    let prompt: Vec<u32> = vec![1, 40, 77, 120, 9];
-    let mut cache = loaded.model.new_cache(prompt.len() + 1).unwrap();
-    let mut batch = [StepInput {
-        tokens: &prompt,
-        cache: &mut cache,
-        logits: true,
-    }];
-    loaded
-        .model
-        .forward(&mut batch, &mut Scratch::default())
-        .unwrap();
     let cfg = loaded.model.config();
-    // Keys and values, every layer, every position.
-    let elements = 2 * cfg.layers * prompt.len() * cfg.kv_width();
-    assert_eq!(cache.resident_bytes(), 2 * elements);
+    // Keys and values, every layer, every position of a block.
+    assert_eq!(
+        HostKv::block_bytes(cfg, BLOCK),
+        2 * (2 * cfg.layers * BLOCK * cfg.kv_width())
+    );
+    let prompt: Vec<u32> = vec![1, 40, 77, 120, 9];
+    let mut caches = Caches::new(&loaded.model, &[8, 8]);
+    caches
+        .forward(
+            &loaded.model,
+            &[(0, &prompt, true)],
+            &mut Scratch::default(),
+        )
+        .unwrap();
+    for (seq, written) in [(0, true), (1, false)] {
+        for &b in &caches.seqs[seq].blocks {
+            assert_eq!(
+                caches.kv.block_is_zero(b),
+                !written,
+                "sequence {seq} block {b}"
+            );
+        }
+    }
 }
 
 #[test]
@@ -133,48 +219,23 @@ fn alone_and_batched(model: &Model) -> Runs {
     let alone_b = run_alone(model, &b, b.len(), decode);
 
     let c: Vec<u32> = (0..30).map(|i| (i * 7 % 250) as u32).collect();
-    let (mut ca, mut cb, mut cc) = (
-        model.new_cache(20).unwrap(),
-        model.new_cache(20).unwrap(),
-        model.new_cache(40).unwrap(),
-    );
+    let mut caches = Caches::new(model, &[20, 20, 40]);
     let mut scratch = Scratch::default();
-    let mut batch = [
-        StepInput {
-            tokens: &a,
-            cache: &mut ca,
-            logits: true,
-        },
-        StepInput {
-            tokens: &b,
-            cache: &mut cb,
-            logits: true,
-        },
-    ];
-    let first = model.forward(&mut batch, &mut scratch).unwrap().into_rows();
+    let first = caches
+        .forward(model, &[(0, &a, true), (1, &b, true)], &mut scratch)
+        .unwrap()
+        .into_rows();
     let (mut got_a, mut got_b) = (vec![first[0].clone()], vec![first[1].clone()]);
     for step in 0..decode {
         let na = crate::engine::sampling::argmax(got_a.last().unwrap());
         let nb = crate::engine::sampling::argmax(got_b.last().unwrap());
         let piece = &c[step * 5..step * 5 + 5];
-        let mut batch = [
-            StepInput {
-                tokens: piece,
-                cache: &mut cc,
-                logits: false,
-            },
-            StepInput {
-                tokens: &[nb],
-                cache: &mut cb,
-                logits: true,
-            },
-            StepInput {
-                tokens: &[na],
-                cache: &mut ca,
-                logits: true,
-            },
-        ];
-        let rows = model.forward(&mut batch, &mut scratch).unwrap().into_rows();
+        let batch: [(usize, &[u32], bool); 3] =
+            [(2, piece, false), (1, &[nb], true), (0, &[na], true)];
+        let rows = caches
+            .forward(model, &batch, &mut scratch)
+            .unwrap()
+            .into_rows();
         got_b.push(rows[0].clone());
         got_a.push(rows[1].clone());
     }
@@ -337,26 +398,17 @@ fn steps_past_the_context_or_the_vocabulary_are_errors_not_panics() {
     let model = &loaded.model;
     let mut scratch = Scratch::default();
     let long: Vec<u32> = vec![5; CONTEXT + 1];
-    let mut cache = model.new_cache(long.len()).unwrap();
-    let mut batch = [StepInput {
-        tokens: &long,
-        cache: &mut cache,
-        logits: true,
-    }];
+    let mut step = |tokens: &[u32], capacity: usize| {
+        Caches::new(model, &[capacity]).forward(model, &[(0, tokens, true)], &mut scratch)
+    };
     assert!(matches!(
-        model.forward(&mut batch, &mut scratch),
+        step(&long, long.len()),
         Err(ModelError::Forward(_))
     ));
-    let mut cache = model.new_cache(1).unwrap();
-    let mut batch = [StepInput {
-        tokens: &[100_000],
-        cache: &mut cache,
-        logits: true,
-    }];
-    assert!(matches!(
-        model.forward(&mut batch, &mut scratch),
-        Err(ModelError::Forward(_))
-    ));
+    assert!(matches!(step(&[100_000], 1), Err(ModelError::Forward(_))));
+    // Positions beyond the sequence's blocks: an error, nothing written.
+    assert!(matches!(step(&[5; 9], 8), Err(ModelError::Forward(_))));
+    assert!(step(&[5; 8], 8).is_ok());
 }
 
 #[test]
@@ -426,17 +478,11 @@ mod device {
         // The host path's greedy continuation drives both, so every step
         // compares the same positions even if one argmax were a near tie.
         let expected = run_alone(&host.model, &prompt, 8, 6);
-        let mut cache = device.model.new_cache(prompt.len() + 6).unwrap();
+        let mut caches = Caches::new(&device.model, &[prompt.len() + 6]);
         let mut scratch = Scratch::default();
         let mut feed = |tokens: &[u32], logits: bool| {
-            let mut batch = [StepInput {
-                tokens,
-                cache: &mut cache,
-                logits,
-            }];
-            device
-                .model
-                .forward(&mut batch, &mut scratch)
+            caches
+                .forward(&device.model, &[(0, tokens, logits)], &mut scratch)
                 .unwrap()
                 .into_rows()
         };
@@ -477,13 +523,7 @@ mod device {
         let model = &loaded.model;
         let mut scratch = Scratch::default();
         let mut step = |tokens: &[u32], capacity: usize| {
-            let mut cache = model.new_cache(capacity).unwrap();
-            let mut batch = [StepInput {
-                tokens,
-                cache: &mut cache,
-                logits: true,
-            }];
-            model.forward(&mut batch, &mut scratch)
+            Caches::new(model, &[capacity]).forward(model, &[(0, tokens, true)], &mut scratch)
         };
         let long = vec![5; CONTEXT + 1];
         assert!(matches!(
@@ -499,13 +539,18 @@ mod device {
     fn a_host_cache_is_refused_by_the_device_model() {
         let host = load();
         let device = load_on_device();
-        let mut cache = host.model.new_cache(4).unwrap();
+        let mut caches = Caches::new(&host.model, &[4]);
         let mut batch = [StepInput {
             tokens: &[5],
-            cache: &mut cache,
+            cache: CacheSlot::Host {
+                blocks: &caches.seqs[0].blocks,
+                start: 0,
+            },
             logits: true,
         }];
-        let err = device.model.forward(&mut batch, &mut Scratch::default());
+        let err = device
+            .model
+            .forward(&mut batch, &mut caches.kv, &mut Scratch::default());
         assert!(matches!(err, Err(ModelError::Forward(_))));
     }
 }

@@ -13,6 +13,7 @@ mod choices;
 mod device;
 mod errors;
 mod health;
+mod kv_cache;
 mod lifecycle;
 mod logprobs;
 mod python;

@@ -1,0 +1,170 @@
+//! The paged KV cache through the public API: a burst that needs more KV
+//! memory than the server has is answered whole (requests wait, running
+//! ones are preempted and computed again), and a shared system prompt is
+//! served from the prefix cache, reported as OpenAI's `cached_tokens`, with
+//! the same greedy text as without the cache.
+
+use maas_testkit::InferenceServer;
+use serde_json::{json, Value};
+
+use crate::support::*;
+
+/// A system prompt of well over 1,500 tokens, the same for every request.
+fn system_prompt() -> String {
+    let facts = [
+        "The gateway checks every API key against its subscription before a request reaches a model.",
+        "Token limits are enforced without overshoot: a request reserves its budget before it runs.",
+        "Usage is read from JSON bodies and from server-sent event streams alike.",
+        "Audit records name the key, the model, the backend that answered and the tokens charged.",
+        "Keys can be revoked live; the gateways learn of it within seconds.",
+    ];
+    let mut text = String::from("You are the support assistant of a model gateway. Facts:\n");
+    for round in 0..16 {
+        for (i, fact) in facts.iter().enumerate() {
+            text.push_str(&format!("{}.{} {fact}\n", round + 1, i + 1));
+        }
+    }
+    text
+}
+
+fn ask(system: &str, question: &str, max_tokens: u32) -> Value {
+    json!({
+        "model": MODEL,
+        "messages": [
+            {"role": "system", "content": system},
+            {"role": "user", "content": question},
+        ],
+        "temperature": 0,
+        "max_tokens": max_tokens,
+    })
+}
+
+/// The text and usage of a successful chat response.
+fn answer(server: &InferenceServer, body: &Value) -> (String, Value) {
+    let r = chat(server, body);
+    assert_eq!(r.status, 200, "{}", r.text());
+    (chat_text(&r), r.json()["usage"].clone())
+}
+
+const QUESTIONS: [&str; 8] = [
+    "How are keys checked?",
+    "Can a request overshoot its token limit?",
+    "Where is usage read from?",
+    "What does an audit record name?",
+    "How fast is a revoked key refused?",
+    "Summarise the facts in one line.",
+    "Which fact is about streams?",
+    "What happens before a request reaches a model?",
+];
+
+#[test]
+fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_the_same_text() {
+    let system = system_prompt();
+    let cached = InferenceServer::start(&[]);
+    let uncached = InferenceServer::start(&["--no-prefix-caching"]);
+    // The first request computes the system prompt; the next find it.
+    let (_, first) = answer(&cached, &ask(&system, QUESTIONS[0], 8));
+    let prompt_tokens = first["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 1500, "{first}");
+    assert_eq!(first["prompt_tokens_details"]["cached_tokens"], 0, "{first}");
+    let together: Vec<(String, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = QUESTIONS
+            .iter()
+            .map(|q| {
+                let (server, body) = (&cached, ask(&system, q, 16));
+                scope.spawn(move || answer(server, &body))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (q, (text, usage)) in QUESTIONS.iter().zip(&together) {
+        let cached_tokens = usage["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap();
+        let prompt = usage["prompt_tokens"].as_u64().unwrap();
+        // Every whole block of the shared part: all but the question and
+        // the part of a block the question shares.
+        assert!(
+            cached_tokens >= prompt - 40 && cached_tokens < prompt,
+            "{q:?}: {usage}"
+        );
+        let (reference, usage) = answer(&uncached, &ask(&system, q, 16));
+        assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
+        assert_eq!(*text, reference, "{q:?}: the prefix cache changed the answer");
+    }
+    let series = |name: &str| format!("{name}{{model_name=\"{MODEL}\"}}");
+    let hits = metric(&cached, &series("vllm:prefix_cache_hits_total"));
+    assert!(hits >= 8.0 * 1500.0, "{hits} prefix-cache hits");
+    assert_eq!(
+        metric(&uncached, &series("vllm:prefix_cache_hits_total")),
+        0.0
+    );
+}
+
+#[test]
+fn a_burst_needing_more_kv_memory_than_the_server_has_is_answered_whole() {
+    // 512 positions of SmolLM2 take 32 blocks of 16 (22.5 KiB a position);
+    // 12 MiB holds 34. Eight requests of ~90 + 160 positions need 16 each.
+    let server = InferenceServer::start(&[
+        "--context",
+        "512",
+        "--kv-cache-memory",
+        "12MiB",
+        "--max-running",
+        "8",
+    ]);
+    let body = |q: &str| {
+        chat_body(
+            &format!("Write a long story about this: {q}"),
+            json!({"max_tokens": 160, "ignore_eos": true}),
+        )
+    };
+    let together: Vec<(String, Value)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = QUESTIONS
+            .iter()
+            .map(|q| {
+                let (server, body) = (&server, body(q));
+                scope.spawn(move || answer(server, &body))
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    for (q, (_, usage)) in QUESTIONS.iter().zip(&together) {
+        assert_eq!(usage["completion_tokens"], 160, "{q:?}: {usage}");
+    }
+    let series = |name: &str| format!("{name}{{model_name=\"{MODEL}\"}}");
+    assert!(
+        metric(&server, &series("vllm:num_preemptions_total")) > 0.0,
+        "the burst fitted: nothing was preempted"
+    );
+    assert_eq!(metric(&server, &outcome("failed")), 0.0);
+    // Preempted and computed again, each answer is what it is alone.
+    for (q, (text, _)) in QUESTIONS.iter().zip(&together) {
+        let (alone, _) = answer(&server, &body(q));
+        assert_eq!(*text, alone, "{q:?} changed after a preemption");
+    }
+    let config = maas_testkit::get(&server.url("/metrics")).text();
+    assert!(
+        config.contains(
+            "vllm:cache_config_info{block_size=\"16\",num_gpu_blocks=\"34\",enable_prefix_caching=\"True\",cache_dtype=\"float16\"} 1"
+        ),
+        "{config}"
+    );
+}
+
+#[test]
+fn kv_memory_too_small_for_one_context_stops_the_server_with_the_reason() {
+    let launch = maas_testkit::InferenceLaunch {
+        args: ["--context", "512", "--kv-cache-memory", "1MiB"]
+            .map(String::from)
+            .to_vec(),
+        ..maas_testkit::InferenceLaunch::default_model()
+    };
+    let err = InferenceServer::launch(&launch)
+        .err()
+        .expect("the server started with 1 MiB of KV cache");
+    assert!(
+        err.contains("--kv-cache-memory") && err.contains("needs 32 blocks"),
+        "{err}"
+    );
+}
