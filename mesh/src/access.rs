@@ -12,7 +12,8 @@
 
 use serde_json::{json, Value};
 
-use crate::istio::{MeshSettings, Placement};
+use crate::istio::inference_pool::{METRICS_METHOD, METRICS_PATH};
+use crate::istio::{EppIdentity, MeshSettings, Placement};
 
 /// The key sync's paths on the control plane (`control_plane.cluster`):
 /// for the filter only, never for a client through the gateway's
@@ -45,15 +46,21 @@ pub enum Caller {
     /// workload's own sidecar runs the filter, which authenticates every
     /// request itself.
     AnyMeshPeer,
+    /// The Inference Extension's endpoint picker, as the flags name it (its
+    /// chart decides its service account, namespace and pod labels).
+    EndpointPicker(EppIdentity),
 }
 
-/// One line of the table: `callers` may call `workload` on its port, on
-/// `paths` only when given.
+/// One line of the table: `callers` may call `workload` on its port, with
+/// `methods` only and on `paths` only when given, and never on
+/// `except_paths`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
     pub workload: Workload,
     pub callers: Vec<Caller>,
+    pub methods: Option<Vec<String>>,
     pub paths: Option<Vec<String>>,
+    pub except_paths: Option<Vec<String>>,
     pub why: &'static str,
 }
 
@@ -64,8 +71,27 @@ fn workload(name: &str, port: u16) -> Workload {
     }
 }
 
+/// A grant of the whole port.
+fn grant(workload: Workload, callers: Vec<Caller>, why: &'static str) -> Grant {
+    Grant {
+        workload,
+        callers,
+        methods: None,
+        paths: None,
+        except_paths: None,
+        why,
+    }
+}
+
 /// The grants of a placement. The filter's host (the proxy that runs it)
 /// is the gateway, or the inference server's sidecar.
+///
+/// With an inference pool whose endpoint picker is granted its metrics
+/// ([`MeshSettings::epp_metrics_grant`]), the picker may `GET /metrics` on
+/// the inference server's port and nothing else; in the sidecar placement,
+/// where the filter lets that request past without a key, every other mesh
+/// workload loses `/metrics`. The gateway keeps its grant: it routes only
+/// `/v1/` there.
 pub fn grants(placement: Placement, settings: &MeshSettings) -> Vec<Grant> {
     let filter_host = match placement {
         Placement::Gateway => Caller::Gateway,
@@ -73,46 +99,58 @@ pub fn grants(placement: Placement, settings: &MeshSettings) -> Vec<Grant> {
     };
     let inference = workload(&settings.inference_app, settings.inference_port);
     let control_plane = workload(&settings.control_plane, settings.control_plane_port);
+    let epp = settings.epp_metrics_grant();
     let mut grants = vec![match placement {
-        Placement::Gateway => Grant {
-            workload: inference,
-            callers: vec![Caller::Gateway],
-            paths: None,
-            why: "past the gateway a completion has no key, no limit and no accounting",
-        },
+        Placement::Gateway => grant(
+            inference.clone(),
+            vec![Caller::Gateway],
+            "past the gateway a completion has no key, no limit and no accounting",
+        ),
         Placement::Sidecar => Grant {
-            workload: inference,
-            callers: vec![Caller::AnyMeshPeer],
-            paths: None,
-            why: "the filter runs in this pod's own sidecar and authenticates every caller",
+            except_paths: epp.map(|_| vec![METRICS_PATH.to_string()]),
+            ..grant(
+                inference.clone(),
+                vec![Caller::AnyMeshPeer],
+                "the filter runs in this pod's own sidecar and authenticates every caller",
+            )
         },
     }];
-    grants.push(Grant {
-        workload: control_plane.clone(),
-        callers: vec![Caller::Gateway],
-        paths: None,
-        why: "its user API only through the gateway's /maas-api/ route (the gateway refuses the sync paths from clients)",
-    });
-    if placement == Placement::Sidecar {
+    if let Some(identity) = epp {
         grants.push(Grant {
-            workload: control_plane,
-            callers: vec![filter_host.clone()],
-            paths: Some(SYNC_PATHS.iter().map(|p| p.to_string()).collect()),
-            why: "the filter's key sync",
+            methods: Some(vec![METRICS_METHOD.to_string()]),
+            paths: Some(vec![METRICS_PATH.to_string()]),
+            ..grant(
+                inference,
+                vec![Caller::EndpointPicker(identity.clone())],
+                "the Inference Extension's endpoint picker reads the model-server metrics it picks replicas by",
+            )
         });
     }
-    grants.push(Grant {
-        workload: workload(&settings.limiter, settings.limiter_port),
-        callers: vec![filter_host],
-        paths: None,
-        why: "the filter's global limits (Reserve/Commit)",
-    });
-    grants.push(Grant {
-        workload: workload(&settings.redis, settings.redis_port),
-        callers: vec![Caller::Workload(settings.limiter.clone())],
-        paths: None,
-        why: "the limiter's counters (and a password)",
-    });
+    grants.push(grant(
+        control_plane.clone(),
+        vec![Caller::Gateway],
+        "its user API only through the gateway's /maas-api/ route (the gateway refuses the sync paths from clients)",
+    ));
+    if placement == Placement::Sidecar {
+        grants.push(Grant {
+            paths: Some(SYNC_PATHS.iter().map(|p| p.to_string()).collect()),
+            ..grant(
+                control_plane,
+                vec![filter_host.clone()],
+                "the filter's key sync",
+            )
+        });
+    }
+    grants.push(grant(
+        workload(&settings.limiter, settings.limiter_port),
+        vec![filter_host],
+        "the filter's global limits (Reserve/Commit)",
+    ));
+    grants.push(grant(
+        workload(&settings.redis, settings.redis_port),
+        vec![Caller::Workload(settings.limiter.clone())],
+        "the limiter's counters (and a password)",
+    ));
     grants
 }
 
@@ -127,6 +165,9 @@ fn principal(caller: &Caller, settings: &MeshSettings) -> String {
         Caller::Gateway => sa(&gateway_service_account(&settings.gateway)),
         Caller::Workload(name) => sa(name),
         Caller::AnyMeshPeer => "*".to_string(),
+        Caller::EndpointPicker(identity) => {
+            identity.service_account.principal(&settings.trust_domain)
+        }
     }
 }
 
@@ -146,6 +187,13 @@ fn pod_peer(caller: &Caller, settings: &MeshSettings) -> Value {
         }
         // Any pod of any namespace: the filter in the pod decides.
         Caller::AnyMeshPeer => json!({ "namespaceSelector": {} }),
+        // One peer, so both selectors must match: the picker's pods, in
+        // its namespace (not every namespace's pods with these labels).
+        Caller::EndpointPicker(identity) => json!({
+            "namespaceSelector": { "matchLabels": {
+                "kubernetes.io/metadata.name": identity.service_account.namespace } },
+            "podSelector": { "matchLabels": identity.pod_labels.match_labels() },
+        }),
     }
 }
 
@@ -190,8 +238,14 @@ pub fn authorization_policies(grants: &[Grant], settings: &MeshSettings) -> Vec<
                 .iter()
                 .map(|grant| {
                     let mut to = json!({ "ports": [workload.port.to_string()] });
+                    if let Some(methods) = &grant.methods {
+                        to["methods"] = json!(methods);
+                    }
                     if let Some(paths) = &grant.paths {
                         to["paths"] = json!(paths);
+                    }
+                    if let Some(paths) = &grant.except_paths {
+                        to["notPaths"] = json!(paths);
                     }
                     json!({
                         "from": [{ "source": { "principals": grant
@@ -238,7 +292,8 @@ pub fn gateway_denies_sync(settings: &MeshSettings) -> Value {
 }
 
 /// The same intent for clusters without Istio's security: one policy per
-/// workload, ingress from its callers' pods to its port.
+/// workload, ingress from its callers' pods to its port. A NetworkPolicy
+/// sees no method or path: a grant limited to some is its whole port here.
 pub fn network_policies(grants: &[Grant], settings: &MeshSettings) -> Vec<Value> {
     by_workload(grants)
         .into_iter()
@@ -295,7 +350,29 @@ fn describe(caller: &Caller, settings: &MeshSettings) -> String {
         ),
         Caller::Workload(name) => format!("`{name}`"),
         Caller::AnyMeshPeer => "any mesh workload".to_string(),
+        Caller::EndpointPicker(identity) => format!(
+            "the endpoint picker (`{}`, pods `{}`)",
+            identity.service_account, identity.pod_labels
+        ),
     }
+}
+
+/// ", `GET` on `/metrics` only", ", not on `/metrics`": a grant's limits,
+/// for the trust table.
+fn describe_scope(grant: &Grant) -> String {
+    let list = |items: &[String]| items.join("`, `");
+    let mut out = match (&grant.methods, &grant.paths) {
+        (None, None) => String::new(),
+        (None, Some(paths)) => format!(", on `{}` only", list(paths)),
+        (Some(methods), None) => format!(", `{}` only", list(methods)),
+        (Some(methods), Some(paths)) => {
+            format!(", `{}` on `{}` only", list(methods), list(paths))
+        }
+    };
+    if let Some(paths) = &grant.except_paths {
+        out.push_str(&format!(", not on `{}`", list(paths)));
+    }
+    out
 }
 
 /// The trust table of `istio/README.md`, both placements.
@@ -310,11 +387,7 @@ pub fn markdown_table(settings: &MeshSettings) -> String {
                 .iter()
                 .map(|c| describe(c, settings))
                 .collect();
-            let paths = grant
-                .paths
-                .as_ref()
-                .map(|p| format!(", on `{}` only", p.join("`, `")))
-                .unwrap_or_default();
+            let paths = describe_scope(&grant);
             let placement = match placement {
                 Placement::Gateway => "gateway, wasmplugin",
                 Placement::Sidecar => "sidecar",
@@ -399,5 +472,140 @@ mod tests {
             redis["spec"]["ingress"][1]["ports"],
             json!([{ "protocol": "TCP", "port": 15020 }, { "protocol": "TCP", "port": 15090 }])
         );
+    }
+
+    /// Settings with an inference pool whose picker is granted its metrics.
+    fn with_epp() -> MeshSettings {
+        let pool = crate::istio::InferencePoolSettings::from_flags(
+            Some("maas-epp".parse().unwrap()),
+            Some("gie/pool-epp".parse().unwrap()),
+            Some("inferencepool=pool-epp".parse().unwrap()),
+            false,
+        )
+        .unwrap();
+        MeshSettings {
+            inference_pool: pool,
+            ..settings()
+        }
+    }
+
+    fn policy<'a>(policies: &'a [Value], name: &str) -> &'a Value {
+        policies
+            .iter()
+            .find(|p| p["metadata"]["name"] == name)
+            .unwrap()
+    }
+
+    #[test]
+    fn the_endpoint_picker_may_get_metrics_and_nothing_else() {
+        let plain = settings();
+        let s = with_epp();
+        let epp = "cluster.local/ns/gie/sa/pool-epp";
+        for placement in [Placement::Gateway, Placement::Sidecar] {
+            let before = authorization_policies(&grants(placement, &plain), &plain);
+            let after = authorization_policies(&grants(placement, &s), &s);
+            let rules = policy(&after, "maas-inference-server")["spec"]["rules"]
+                .as_array()
+                .unwrap();
+            // Exactly one rule names the picker, alone, for GET /metrics
+            // on the serving port.
+            let epp_rules: Vec<&Value> = rules
+                .iter()
+                .filter(|r| {
+                    r["from"][0]["source"]["principals"]
+                        .as_array()
+                        .unwrap()
+                        .contains(&json!(epp))
+                })
+                .collect();
+            assert_eq!(
+                epp_rules,
+                [&json!({
+                    "from": [{ "source": { "principals": [epp] } }],
+                    "to": [{ "operation": {
+                        "ports": ["8000"], "methods": ["GET"], "paths": ["/metrics"] } }],
+                })],
+                "{placement:?}"
+            );
+            let old_rules = policy(&before, "maas-inference-server")["spec"]["rules"]
+                .as_array()
+                .unwrap();
+            assert_eq!(rules.len(), old_rules.len() + 1, "{placement:?}");
+            match placement {
+                // The gateway's rule is as it was (it routes only /v1/ here).
+                Placement::Gateway => assert_eq!(rules[0], old_rules[0]),
+                // Any other mesh workload: everything but /metrics, which
+                // passes the sidecar's filter without a key.
+                Placement::Sidecar => assert_eq!(
+                    rules[0]["to"],
+                    json!([{ "operation": { "ports": ["8000"], "notPaths": ["/metrics"] } }])
+                ),
+            }
+            // No other workload admits the picker.
+            for (old, new) in before.iter().zip(&after) {
+                if new["metadata"]["name"] != "maas-inference-server" {
+                    assert_eq!(old, new, "{placement:?}");
+                }
+            }
+            assert_eq!(before.len(), after.len());
+
+            let before = network_policies(&grants(placement, &plain), &plain);
+            let after = network_policies(&grants(placement, &s), &s);
+            let ingress = &policy(&after, "maas-inference-server")["spec"]["ingress"];
+            let old_ingress = &policy(&before, "maas-inference-server")["spec"]["ingress"];
+            // The picker's pods, in its namespace (one peer: both
+            // selectors), on the serving port alone; Prometheus's rule as
+            // it was.
+            let mut from = old_ingress[0]["from"].as_array().unwrap().clone();
+            from.push(json!({
+                "namespaceSelector": { "matchLabels": { "kubernetes.io/metadata.name": "gie" } },
+                "podSelector": { "matchLabels": { "inferencepool": "pool-epp" } },
+            }));
+            assert_eq!(
+                ingress[0],
+                json!({ "from": from, "ports": [{ "protocol": "TCP", "port": 8000 }] })
+            );
+            assert_eq!(ingress[1], old_ingress[1]);
+            assert_eq!(ingress.as_array().unwrap().len(), 2);
+            for (old, new) in before.iter().zip(&after) {
+                if new["metadata"]["name"] != "maas-inference-server" {
+                    assert_eq!(old, new, "{placement:?}");
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_withheld_grant_or_no_pool_changes_nothing() {
+        let plain = settings();
+        let withheld = MeshSettings {
+            inference_pool: crate::istio::InferencePoolSettings::from_flags(
+                Some("maas-epp".parse().unwrap()),
+                None,
+                None,
+                true,
+            )
+            .unwrap(),
+            ..settings()
+        };
+        for placement in [Placement::Gateway, Placement::Sidecar] {
+            assert_eq!(
+                access_manifests(placement, &withheld),
+                access_manifests(placement, &plain)
+            );
+        }
+        assert_eq!(markdown_table(&withheld), markdown_table(&plain));
+    }
+
+    #[test]
+    fn the_trust_table_names_the_picker_and_its_limits() {
+        let table = markdown_table(&with_epp());
+        for row in [
+            "| gateway, wasmplugin | `maas-inference-server` (8000) | the endpoint picker (`gie/pool-epp`, pods `inferencepool=pool-epp`), `GET` on `/metrics` only |",
+            "| sidecar | `maas-inference-server` (8000) | any mesh workload, not on `/metrics` |",
+            "| sidecar | `maas-inference-server` (8000) | the endpoint picker (`gie/pool-epp`, pods `inferencepool=pool-epp`), `GET` on `/metrics` only |",
+        ] {
+            assert!(table.contains(row), "{row}\n{table}");
+        }
     }
 }

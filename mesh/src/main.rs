@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand};
 use maas_mesh::crd::{CrdCatalog, Verdict};
 use maas_mesh::istio::providers::{self, MeshProviders};
 use maas_mesh::istio::{
-    self, placeholder, EndpointPicker, IstioVersion, MeshSettings, WasmModule, ISTIO_FLOOR,
+    self, placeholder, EndpointPicker, EppMetricsAccess, EppPodLabels, EppServiceAccount,
+    InferencePoolSettings, IstioVersion, MeshSettings, WasmModule, ISTIO_FLOOR,
 };
 use maas_mesh::kuadrant::KUADRANT_FLOOR;
 use maas_mesh::kuadrant::{self, LimitSource, PolicyTarget};
@@ -100,9 +101,26 @@ struct RenderIstio {
     /// InferencePool over the inference server's pods, whose endpoint
     /// picker is that Service, and route the models to the pool instead of
     /// the Service. The EPP is installed from the Gateway API Inference
-    /// Extension's chart (docs/mesh.md).
+    /// Extension's chart (docs/mesh.md). Requires --epp-service-account
+    /// and --epp-pod-labels, or --no-epp-metrics-grant.
     #[arg(long, value_name = "EPP_SERVICE[:PORT]")]
     inference_pool: Option<EndpointPicker>,
+    /// With --inference-pool: the service account the endpoint picker's
+    /// pods run as. The inference server's AuthorizationPolicy lets
+    /// `<trust-domain>/ns/NAMESPACE/sa/NAME` GET /metrics on its port, and
+    /// nothing else.
+    #[arg(long, value_name = "NAMESPACE/NAME")]
+    epp_service_account: Option<EppServiceAccount>,
+    /// With --inference-pool: labels every endpoint picker pod carries.
+    /// The inference server's NetworkPolicy admits the pods with all of
+    /// them, in --epp-service-account's namespace, on its port.
+    #[arg(long, value_name = "KEY=VALUE[,KEY=VALUE...]")]
+    epp_pod_labels: Option<EppPodLabels>,
+    /// With --inference-pool: grant the endpoint picker nothing, for
+    /// policies of your own. Until they admit it, its GET /metrics scrapes
+    /// are refused and it picks replicas without metrics.
+    #[arg(long)]
+    no_epp_metrics_grant: bool,
     /// The istio/ directory; files go to its gateway/, sidecar/ and wasmplugin/.
     #[arg(long, default_value = "istio")]
     out: PathBuf,
@@ -186,6 +204,14 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
 }
 
 fn render_istio(args: &RenderIstio) -> Result<(), String> {
+    // The EPP flags together, before anything is read.
+    let inference_pool = InferencePoolSettings::from_flags(
+        args.inference_pool.clone(),
+        args.epp_service_account.clone(),
+        args.epp_pod_labels.clone(),
+        args.no_epp_metrics_grant,
+    )
+    .map_err(|e| e.to_string())?;
     let gateway_token = match &args.gateway_token_file {
         Some(file) => String::from_utf8_lossy(&read(file)?).trim().to_string(),
         None => {
@@ -211,7 +237,7 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
         },
         keep_config_keys: args.keep_config_keys,
         istio_version: args.istio_version,
-        inference_pool: args.inference_pool.clone(),
+        inference_pool,
         ..MeshSettings::default()
     };
     let template = String::from_utf8_lossy(&read(&args.envoy_template)?).into_owned();
@@ -250,15 +276,47 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
             args.filter_config.display()
         );
     }
-    if let Some(picker) = &settings.inference_pool {
+    if let Some(pool) = &settings.inference_pool {
         eprintln!(
             "note: --inference-pool: {} routes to the InferencePool {}, whose endpoint picker \
-             is the Service {picker} in {}; install it from the Gateway API Inference \
+             is the Service {} in {}; install it from the Gateway API Inference \
              Extension's chart (docs/mesh.md)",
             istio::MODELS_ROUTE,
             settings.inference_app,
+            pool.picker,
             settings.namespace
         );
+        match &pool.metrics {
+            EppMetricsAccess::Granted(epp) => {
+                eprintln!(
+                    "note: the inference server's policies grant the endpoint picker GET {} on \
+                     port {} and nothing more (with the filter in the sidecars, that request \
+                     alone passes it without a key): the AuthorizationPolicy its principal {}, \
+                     the NetworkPolicy its pods {} in namespace {} (its scrapes need the \
+                     mesh's mutual TLS for the principal to count: docs/mesh.md)",
+                    istio::inference_pool::METRICS_PATH,
+                    settings.inference_port,
+                    epp.service_account.principal(&settings.trust_domain),
+                    epp.pod_labels,
+                    epp.service_account.namespace
+                );
+                if epp.service_account.namespace != settings.namespace {
+                    eprintln!(
+                        "warning: --epp-service-account is in namespace {}, but the pool's \
+                         endpoint picker is the Service {} of {}, whose pods run there: \
+                         check that the picker's pods are the ones you named",
+                        epp.service_account.namespace, pool.picker.service, settings.namespace
+                    );
+                }
+            }
+            EppMetricsAccess::Withheld => eprintln!(
+                "warning: --no-epp-metrics-grant: the rendered policies do not admit the \
+                 endpoint picker; until an ALLOW for its service account on GET {} and a \
+                 NetworkPolicy peer for its pods do (docs/mesh.md), its scrapes are refused \
+                 and it picks replicas without metrics",
+                istio::inference_pool::METRICS_PATH
+            ),
+        }
     }
     for file in files {
         let path = args.out.join(file.path);

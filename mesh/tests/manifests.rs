@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use maas_filter::config::Config;
 use maas_mesh::crd::{CrdCatalog, Verdict};
-use maas_mesh::istio::{self, MeshSettings};
+use maas_mesh::istio::{self, EppMetricsAccess, InferencePoolSettings, MeshSettings};
 use maas_mesh::kuadrant::{self, LimitSource, PolicyTarget};
 use maas_mesh::manifest;
 use serde_json::{json, Value};
@@ -1376,7 +1376,10 @@ fn the_inference_pool_is_opt_in_and_matches_the_inference_server() {
     }
 
     let settings = MeshSettings {
-        inference_pool: Some("maas-epp".parse().unwrap()),
+        inference_pool: Some(InferencePoolSettings {
+            picker: "maas-epp".parse().unwrap(),
+            metrics: EppMetricsAccess::Withheld,
+        }),
         ..MeshSettings::default()
     };
     let server = named(&of_kind("Deployment"), "maas-inference-server");
@@ -1453,4 +1456,407 @@ fn the_inference_pool_is_opt_in_and_matches_the_inference_server() {
             "{value}: {stderr}"
         );
     }
+}
+
+/// The rendering with `settings`, path → documents.
+fn rendering(settings: &MeshSettings) -> BTreeMap<String, Vec<Value>> {
+    let template = std::fs::read_to_string(root().join("envoy/gateway.template.yaml")).unwrap();
+    let config = std::fs::read(root().join("envoy/filter-config.json")).unwrap();
+    istio::render(&template, &config, settings)
+        .unwrap()
+        .into_iter()
+        .map(|f| (f.path, f.docs))
+        .collect()
+}
+
+/// The EPP of the tests below, as its chart names it (release `pool`, in
+/// its own namespace `gie`).
+const EPP_PRINCIPAL: &str = "cluster.local/ns/gie/sa/pool-epp";
+
+fn epp_granted() -> MeshSettings {
+    MeshSettings {
+        inference_pool: InferencePoolSettings::from_flags(
+            Some("maas-epp".parse().unwrap()),
+            Some("gie/pool-epp".parse().unwrap()),
+            Some("inferencepool=pool-epp".parse().unwrap()),
+            false,
+        )
+        .unwrap(),
+        ..MeshSettings::default()
+    }
+}
+
+fn epp_withheld() -> MeshSettings {
+    MeshSettings {
+        inference_pool: InferencePoolSettings::from_flags(
+            Some("maas-epp".parse().unwrap()),
+            None,
+            None,
+            true,
+        )
+        .unwrap(),
+        ..MeshSettings::default()
+    }
+}
+
+/// `render-istio --inference-pool … --epp-service-account gie/pool-epp
+/// --epp-pod-labels inferencepool=pool-epp`: in every placement the
+/// inference server's AuthorizationPolicy has one rule for the EPP's
+/// principal, `GET /metrics` on the serving port and nothing more, and its
+/// NetworkPolicy one peer for the EPP's pods in the EPP's namespace on
+/// that port; nothing else admits the EPP; what changes passes the
+/// schemas; with the filter in the inference pods' sidecars, the EPP's
+/// scrape (and only that request) passes the filter without a key, and no
+/// other mesh workload reaches `/metrics`.
+#[test]
+fn the_endpoint_picker_may_get_metrics_on_the_serving_port_and_nothing_else() {
+    let server = named(&of_kind("Deployment"), "maas-inference-server");
+    let service = named(&of_kind("Service"), "maas-inference-server");
+    let serving_port = container_port(&[server], service, &service["spec"]["ports"][0]);
+    let pod_labels = &server["spec"]["template"]["metadata"]["labels"];
+    let granted = rendering(&epp_granted());
+    let withheld = rendering(&epp_withheld());
+    assert_eq!(
+        granted.keys().collect::<Vec<_>>(),
+        withheld.keys().collect::<Vec<_>>()
+    );
+    let mut changed = BTreeSet::new();
+    for (path, docs) in &granted {
+        let before = &withheld[path];
+        // Only the access policies, and the sidecars' filter, change.
+        if !path.ends_with("/access.yaml") && path != "sidecar/envoyfilters.yaml" {
+            assert_eq!(docs, before, "{path}");
+            continue;
+        }
+        assert_eq!(docs.len(), before.len(), "{path}");
+        for (doc, old) in docs.iter().zip(before) {
+            if doc == old {
+                continue;
+            }
+            let what = format!("{path}: {} {}", doc["kind"], doc["metadata"]["name"]);
+            changed.insert(what.clone());
+            if !is_builtin(doc) {
+                match catalog().validate(doc) {
+                    Verdict::Valid => {}
+                    other => panic!("{what}: {other:?}"),
+                }
+            }
+            match doc["kind"].as_str().unwrap() {
+                "AuthorizationPolicy" => {
+                    assert!(
+                        labels_within(&doc["spec"]["selector"]["matchLabels"], pod_labels),
+                        "{what}"
+                    );
+                    let rules = doc["spec"]["rules"].as_array().unwrap();
+                    let old_rules = old["spec"]["rules"].as_array().unwrap();
+                    let epp_rule = rules.last().unwrap();
+                    assert_eq!(
+                        epp_rule,
+                        &json!({
+                            "from": [{ "source": { "principals": [EPP_PRINCIPAL] } }],
+                            "to": [{ "operation": {
+                                "ports": [serving_port.to_string()],
+                                "methods": ["GET"],
+                                "paths": ["/metrics"],
+                            } }],
+                        }),
+                        "{what}"
+                    );
+                    assert_eq!(rules.len(), old_rules.len() + 1, "{what}");
+                    if path.starts_with("sidecar/") {
+                        // Any mesh workload, as before, but not /metrics.
+                        let mut any_peer = old_rules[0].clone();
+                        any_peer["to"][0]["operation"]["notPaths"] = json!(["/metrics"]);
+                        assert_eq!(rules[0], any_peer, "{what}");
+                    } else {
+                        assert_eq!(rules[..old_rules.len()], old_rules[..], "{what}");
+                    }
+                }
+                "NetworkPolicy" => {
+                    assert!(
+                        labels_within(&doc["spec"]["podSelector"]["matchLabels"], pod_labels),
+                        "{what}"
+                    );
+                    let mut expected = old.clone();
+                    expected["spec"]["ingress"][0]["from"]
+                        .as_array_mut()
+                        .unwrap()
+                        .push(json!({
+                            "namespaceSelector": { "matchLabels": {
+                                "kubernetes.io/metadata.name": "gie" } },
+                            "podSelector": { "matchLabels": { "inferencepool": "pool-epp" } },
+                        }));
+                    assert_eq!(doc, &expected, "{what}");
+                    assert_eq!(
+                        doc["spec"]["ingress"][0]["ports"],
+                        json!([{ "protocol": "TCP", "port": serving_port }]),
+                        "{what}"
+                    );
+                }
+                "EnvoyFilter" => {
+                    assert_eq!(doc["metadata"]["name"], "maas-filter-sidecar", "{what}");
+                    let patches = doc["spec"]["configPatches"].as_array().unwrap();
+                    let old_patches = old["spec"]["configPatches"].as_array().unwrap();
+                    assert_eq!(patches[..old_patches.len()], old_patches[..], "{what}");
+                    let [route] = &patches[old_patches.len()..] else {
+                        panic!("{what}: expected one more patch: {patches:?}");
+                    };
+                    assert_eq!(route["applyTo"], "HTTP_ROUTE");
+                    assert_eq!(route["match"]["context"], "SIDECAR_INBOUND");
+                    let value = &route["patch"]["value"];
+                    assert_eq!(
+                        value["match"],
+                        json!({ "path": "/metrics", "headers": [
+                            { "name": ":method", "string_match": { "exact": "GET" } }] })
+                    );
+                    assert_eq!(
+                        value["typed_per_filter_config"][istio::HTTP_FILTER_NAME]["disabled"],
+                        true
+                    );
+                }
+                other => panic!("{what}: a {other} changed"),
+            }
+        }
+    }
+    let mut expected = BTreeSet::from(
+        ["\"maas-filter-sidecar\""]
+            .map(|n| format!("sidecar/envoyfilters.yaml: \"EnvoyFilter\" {n}")),
+    );
+    for placement in ["gateway", "sidecar", "wasmplugin"] {
+        for kind in ["AuthorizationPolicy", "NetworkPolicy"] {
+            expected.insert(format!(
+                "{placement}/access.yaml: \"{kind}\" \"maas-inference-server\""
+            ));
+        }
+    }
+    assert_eq!(changed, expected);
+    // The principal and the pods appear in these two places only.
+    for (path, docs) in &granted {
+        let text = serde_json::to_string(docs).unwrap();
+        let expected = if path.ends_with("/access.yaml") { 1 } else { 0 };
+        assert_eq!(text.matches(EPP_PRINCIPAL).count(), expected, "{path}");
+        assert_eq!(text.matches("\"pool-epp\"").count(), expected, "{path}");
+    }
+}
+
+/// What Envoy gets in an inference pod's sidecar with the filter there
+/// and the EPP granted: Istio's inbound virtual host of the serving port,
+/// our route first, Istio's default route after it.
+#[test]
+fn envoy_accepts_the_sidecars_route_for_the_pickers_scrape() {
+    maas_testkit::artifacts::ENVOY.require();
+    let docs = &rendering(&epp_granted())["sidecar/envoyfilters.yaml"];
+    let filter = named(&docs.iter().collect::<Vec<_>>(), "maas-filter-sidecar");
+    let clusters = named(&docs.iter().collect::<Vec<_>>(), "maas-clusters-sidecar");
+    let patch = |applies: &str| -> Value { patch_of(filter, applies)["value"].clone() };
+    let route_patch = patch_of(filter, "HTTP_ROUTE");
+    assert_eq!(route_patch["operation"], "INSERT_FIRST");
+    let mut hcm = patch("NETWORK_FILTER")["typed_config"].clone();
+    hcm["stat_prefix"] = json!("inbound_0.0.0.0_8000");
+    hcm["http_filters"] = json!([
+        patch("HTTP_FILTER"),
+        {"name": "envoy.filters.http.router", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
+    ]);
+    let inbound = "inbound|8000||";
+    hcm["route_config"] = json!({
+        "name": inbound,
+        "virtual_hosts": [{
+            "name": "inbound|http|8000",
+            "domains": ["*"],
+            "routes": [
+                route_patch["value"],
+                {"name": "default", "match": {"prefix": "/"},
+                 "route": {"cluster": inbound, "timeout": "0s"}},
+            ],
+        }],
+    });
+    let listener = json!({
+        "name": "virtualInbound",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
+        "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
+    });
+    let mut all_clusters: Vec<Value> = clusters["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["patch"]["value"].clone())
+        .collect();
+    all_clusters.push(json!({
+        "name": inbound, "type": "STATIC", "connect_timeout": "1s",
+        "load_assignment": {"cluster_name": inbound, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8000}}}}]}]},
+    }));
+    all_clusters.push(json!({
+        "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/maas-no-sds.sock"}}}}]}]},
+    }));
+    let bootstrap = json!({
+        "node": {"id": "maas-inference-server-test", "cluster": "maas-inference-server.maas"},
+        "static_resources": {"listeners": [listener], "clusters": all_clusters},
+    });
+    maas_testkit::validate_yaml(&serde_yaml_ng::to_string(&bootstrap).unwrap())
+        .unwrap_or_else(|e| panic!("Envoy refuses the sidecar's route for the EPP: {e}"));
+}
+
+/// `maas-mesh render-istio` with `args`, writing into a fresh directory.
+fn render_istio_cli(args: &[&str]) -> (std::process::Output, maas_testkit::envoy::ScratchDir) {
+    let dir = maas_testkit::envoy::ScratchDir::create().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_maas-mesh"))
+        .arg("render-istio")
+        .args(args)
+        .arg("--out")
+        .arg(dir.join("istio"))
+        .current_dir(root())
+        .output()
+        .unwrap();
+    (out, dir)
+}
+
+/// Without `--inference-pool` the files `render-istio` writes are the
+/// checked-in ones, byte for byte; `--no-epp-metrics-grant` leaves the
+/// access policies and the filters as they are too.
+#[test]
+fn without_a_grant_render_istio_writes_the_checked_in_policies_byte_for_byte() {
+    let (out, dir) = render_istio_cli(&[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut compared = 0;
+    let mut stack = vec![dir.join("istio")];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                stack.push(path);
+                continue;
+            }
+            let relative = path.strip_prefix(dir.join("istio")).unwrap();
+            assert_eq!(
+                std::fs::read(&path).unwrap(),
+                std::fs::read(istio_dir().join(relative)).unwrap(),
+                "istio/{} differs from the rendering",
+                relative.display()
+            );
+            compared += 1;
+        }
+    }
+    assert!(compared >= 10, "{compared} files");
+
+    let (out, dir) = render_istio_cli(&["--inference-pool", "maas-epp", "--no-epp-metrics-grant"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("warning: --no-epp-metrics-grant: the rendered policies do not admit"),
+        "{stderr}"
+    );
+    for placement in ["gateway", "sidecar", "wasmplugin"] {
+        for file in ["access.yaml", "envoyfilters.yaml", "wasmplugin.yaml"] {
+            let path = format!("{placement}/{file}");
+            if istio_dir().join(&path).exists() {
+                assert_eq!(
+                    std::fs::read(dir.join("istio").join(&path)).unwrap(),
+                    std::fs::read(istio_dir().join(&path)).unwrap(),
+                    "{path}"
+                );
+            }
+        }
+    }
+}
+
+/// Each EPP flag's value is checked when the command line is parsed, and
+/// the flags together before anything is read or written; each refusal
+/// names the flag and what is wrong.
+#[test]
+fn render_istio_refuses_epp_flags_that_do_not_fit() {
+    let pool = ["--inference-pool", "maas-epp"];
+    let sa = ["--epp-service-account", "gie/pool-epp"];
+    let pods = ["--epp-pod-labels", "inferencepool=pool-epp"];
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            [&pool[..], &["--epp-service-account", "pool-epp"], &pods].concat(),
+            "--epp-service-account \"pool-epp\": expected NAMESPACE/NAME",
+        ),
+        (
+            [&pool[..], &["--epp-service-account", "GIE/pool-epp"], &pods].concat(),
+            "--epp-service-account \"GIE/pool-epp\": the namespace must be",
+        ),
+        (
+            [&pool[..], &["--epp-service-account", "gie/pool_epp"], &pods].concat(),
+            "--epp-service-account \"gie/pool_epp\": the service account name must be",
+        ),
+        (
+            [&pool[..], &sa, &["--epp-pod-labels", "inferencepool"]].concat(),
+            "--epp-pod-labels \"inferencepool\": \"inferencepool\" is not KEY=VALUE",
+        ),
+        (
+            [&pool[..], &sa, &["--epp-pod-labels", "a=b,Bad Key=c"]].concat(),
+            "--epp-pod-labels \"a=b,Bad Key=c\": \"Bad Key\" is not a label key",
+        ),
+        (
+            [&pool[..], &sa, &["--epp-pod-labels", "a=b/c"]].concat(),
+            "--epp-pod-labels \"a=b/c\": \"b/c\" is not a label value for \"a\"",
+        ),
+        (
+            [&pool[..], &sa, &["--epp-pod-labels", "a=b,a=c"]].concat(),
+            "--epp-pod-labels \"a=b,a=c\": \"a\" is given twice",
+        ),
+        (
+            pool.to_vec(),
+            "--inference-pool needs the endpoint picker's identity, for the inference \
+             server's policies to let it GET /metrics: give --epp-service-account \
+             NAMESPACE/NAME and --epp-pod-labels KEY=VALUE[,...]",
+        ),
+        (
+            [&pool[..], &sa].concat(),
+            "--epp-service-account without --epp-pod-labels",
+        ),
+        (
+            [&pool[..], &pods].concat(),
+            "--epp-pod-labels without --epp-service-account",
+        ),
+        (
+            [&sa[..], &pods].concat(),
+            "--epp-service-account describes the endpoint picker of --inference-pool, which \
+             is not given",
+        ),
+        (
+            vec!["--no-epp-metrics-grant"],
+            "--no-epp-metrics-grant describes the endpoint picker of --inference-pool",
+        ),
+        (
+            [&pool[..], &sa, &pods, &["--no-epp-metrics-grant"]].concat(),
+            "--no-epp-metrics-grant with --epp-service-account: either grant",
+        ),
+    ];
+    for (args, reason) in cases {
+        let (out, dir) = render_istio_cli(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains(reason), "{args:?}: {stderr}");
+        assert!(!dir.join("istio").exists(), "{args:?} wrote files");
+    }
+
+    // All given and well-formed: written, and said.
+    let (out, dir) = render_istio_cli(&[&pool[..], &sa, &pods].concat());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "the AuthorizationPolicy its principal {EPP_PRINCIPAL}, the NetworkPolicy its pods \
+             inferencepool=pool-epp in namespace gie"
+        )),
+        "{stderr}"
+    );
+    // The EPP's namespace is not the pool's: said, not refused.
+    assert!(
+        stderr.contains("warning: --epp-service-account is in namespace gie"),
+        "{stderr}"
+    );
+    let written = manifest::read_documents(&dir.join("istio/gateway/access.yaml")).unwrap();
+    assert_eq!(written, rendering(&epp_granted())["gateway/access.yaml"]);
 }

@@ -34,7 +34,11 @@ mod version;
 
 use clusters::url_host;
 pub use clusters::{clusters, clusters_envoy_filter};
-pub use inference_pool::{EndpointPicker, EndpointPickerError};
+pub use inference_pool::{
+    EndpointPicker, EndpointPickerError, EppAccessError, EppIdentity, EppMetricsAccess,
+    EppPodLabels, EppPodLabelsError, EppServiceAccount, EppServiceAccountError,
+    InferencePoolSettings,
+};
 pub use version::{check_istio_version, IstioVersion, ISTIO_FLOOR};
 
 /// The cluster the filter's `control_plane.cluster` names (as locally).
@@ -158,8 +162,9 @@ pub struct MeshSettings {
     pub istio_version: Option<IstioVersion>,
     /// Balance the models' route over the inference server's replicas
     /// with GIE's endpoint picker (an `InferencePool`) instead of the
-    /// Service. Off by default.
-    pub inference_pool: Option<EndpointPicker>,
+    /// Service, and grant that picker `GET /metrics` on the inference
+    /// server unless withheld. Off by default.
+    pub inference_pool: Option<InferencePoolSettings>,
 }
 
 /// The names `istio/base` uses, and the placeholders of the checked-in
@@ -196,6 +201,14 @@ impl Default for MeshSettings {
 impl MeshSettings {
     fn service_host(&self, service: &str) -> String {
         format!("{service}.{}.svc.cluster.local", self.namespace)
+    }
+
+    /// The endpoint picker the inference server's policies let `GET
+    /// /metrics`: only with an inference pool, and only unless withheld.
+    pub fn epp_metrics_grant(&self) -> Option<&EppIdentity> {
+        self.inference_pool
+            .as_ref()
+            .and_then(InferencePoolSettings::metrics_grant)
     }
 }
 
@@ -560,6 +573,11 @@ pub fn filter_envoy_filter(
             settings,
         ));
     }
+    // In the inference pods' sidecars the filter would ask the endpoint
+    // picker's metrics scrape for a key.
+    if placement == Placement::Sidecar && settings.epp_metrics_grant().is_some() {
+        patches.push(inference_pool::metrics_route_patch(settings));
+    }
     let name = format!("maas-filter-{}", placement.label());
     envoy_filter(&name, placement, settings, Some(FILTER_PRIORITY), patches)
 }
@@ -816,8 +834,8 @@ fn placement_files(
     models: &[String],
 ) -> [RenderedFile; 2] {
     let mut routes = Vec::new();
-    if let Some(picker) = &settings.inference_pool {
-        routes.push(inference_pool::inference_pool(settings, picker));
+    if let Some(pool) = &settings.inference_pool {
+        routes.push(inference_pool::inference_pool(settings, &pool.picker));
     }
     routes.push(models_route(placement, settings, models));
     [
