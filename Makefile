@@ -30,12 +30,13 @@ serve: setup server
 test: setup wasm server
 	CARGO=$(CARGO) ./scripts/test.sh $(ARGS)
 
-## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server side by side with llama.cpp, key sync at 100k keys, the soak under faults (ledgers compared)
+## bench: criterion (filter hot paths, quantized kernels), the gateway load comparison, the inference server side by side with llama.cpp, TTFT with a shared system prompt (our prefix cache on and off, llama-server), key sync at 100k keys, the soak under faults (ledgers compared)
 bench: setup wasm host server
 	$(CARGO) bench -p maas-benches --locked
 	$(CARGO) bench -p maas-kernels --locked --bench matmul
 	./benches/load.sh
 	./benches/inference.sh
+	./benches/prefix-cache.sh
 	$(CARGO) run --release --locked -p maas-benches --example key-sync-bench
 	./benches/soak.sh
 

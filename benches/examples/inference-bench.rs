@@ -20,17 +20,17 @@
 // A bench, not shipped code: a failed setup ends the run at once.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use maas_benches::inference::{Comparison, FormatTable, Report, Round, Timing};
+use maas_benches::inference::llama_server::LlamaServer;
+use maas_benches::inference::{client, Comparison, FormatTable, Report, Round, Timing};
 use maas_testkit::{default_model, InferenceLaunch, InferenceServer};
 use serde_json::{json, Value};
 
 const GENERATED: usize = 128;
+const CHAT: &str = "/v1/chat/completions";
 
 /// About 200 tokens of ordinary English.
 const LONG_PROMPT: &str = "The history of the printing press begins long before Gutenberg. \
@@ -116,8 +116,26 @@ fn bench_model(model: &Path, name: &str, peer_binary: Option<&Path>) -> Option<C
     };
 
     let binary = peer_binary?;
-    let mut peer = LlamaServer::new(binary.to_path_buf(), model.to_path_buf(), template);
-    let report = suite("llama.cpp", name, &mut |slots| peer.serve(slots));
+    let mut args = Vec::new();
+    if let Some(template) = template {
+        args.extend([
+            "--chat-template-file".into(),
+            template.display().to_string(),
+        ]);
+    }
+    // The file's own chat template, as our server renders it.
+    args.push("--jinja".into());
+    let mut peer = LlamaServer::new(
+        binary.to_path_buf(),
+        model.to_path_buf(),
+        args,
+        PathBuf::from("target/inference-bench/llama-server.log"),
+    );
+    let report = suite("llama.cpp", name, &mut |slots| {
+        let addr = peer.serve(slots).unwrap_or_else(|e| panic!("{e}"));
+        eprintln!("inference-bench: llama-server -np {slots} at {addr}");
+        addr
+    });
     drop(peer);
     let comparison = Comparison {
         ours,
@@ -229,122 +247,7 @@ fn constrained(addr: SocketAddr, model: &str) -> String {
 /// Streams every body at once, one client thread each; their timings in
 /// order.
 fn concurrently(addr: SocketAddr, bodies: Vec<Value>) -> Vec<Timing> {
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = bodies
-            .iter()
-            .map(|body| scope.spawn(move || stream(addr, body)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("client thread"))
-            .collect()
-    })
-}
-
-/// llama.cpp's server on the same model and thread count, restarted with
-/// `-np` = the streams of the round.
-struct LlamaServer {
-    binary: PathBuf,
-    model: PathBuf,
-    /// `--chat-template-file` where the model file has none.
-    template: Option<PathBuf>,
-    running: Option<(Child, usize, SocketAddr)>,
-}
-
-impl LlamaServer {
-    fn new(binary: PathBuf, model: PathBuf, template: Option<PathBuf>) -> Self {
-        Self {
-            binary,
-            model,
-            template,
-            running: None,
-        }
-    }
-
-    fn serve(&mut self, slots: usize) -> SocketAddr {
-        if let Some((_, n, addr)) = &self.running {
-            if *n == slots {
-                return *addr;
-            }
-        }
-        self.stop();
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-        let log_dir = Path::new("target/inference-bench");
-        let _ = std::fs::create_dir_all(log_dir);
-        let log = std::fs::File::create(log_dir.join("llama-server.log")).expect("log file");
-        let mut command = Command::new(&self.binary);
-        if let Some(template) = &self.template {
-            command.arg("--chat-template-file").arg(template);
-        }
-        let mut child = command
-            .arg("-m")
-            .arg(&self.model)
-            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
-            .args(["-t", &threads.to_string(), "-tb", &threads.to_string()])
-            .args(["-np", &slots.to_string()])
-            // Each slot gets 2,048 tokens of context, as ours admits.
-            .args(["-c", &(slots * 2048).to_string()])
-            // The file's own chat template, as our server renders it.
-            .arg("--jinja")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("start llama-server");
-        let addr = SocketAddr::from(([127, 0, 0, 1], port));
-        let deadline = Instant::now() + Duration::from_secs(120);
-        while !healthy(addr) {
-            // A peer that died (a SIGILL in a kernel the CPU lacks, a bad
-            // flag) is reported at once, with its log, not waited out.
-            if let Ok(Some(status)) = child.try_wait() {
-                let log =
-                    std::fs::read_to_string(log_dir.join("llama-server.log")).unwrap_or_default();
-                let tail: Vec<&str> = log.lines().rev().take(20).collect();
-                panic!(
-                    "llama-server exited ({status}) before it was ready; the end of \
-                     target/inference-bench/llama-server.log:\n{}",
-                    tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-                );
-            }
-            assert!(
-                Instant::now() < deadline,
-                "llama-server did not become ready (see target/inference-bench/llama-server.log)"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        eprintln!("inference-bench: llama-server -np {slots} at {addr}");
-        self.running = Some((child, slots, addr));
-        addr
-    }
-
-    fn stop(&mut self) {
-        if let Some((mut child, ..)) = self.running.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for LlamaServer {
-    fn drop(&mut self) {
-        self.stop();
-    }
-}
-
-fn healthy(addr: SocketAddr) -> bool {
-    let Ok(mut sock) = TcpStream::connect(addr) else {
-        return false;
-    };
-    let _ = write!(
-        sock,
-        "GET /health HTTP/1.1\r\nhost: bench\r\nconnection: close\r\n\r\n"
-    );
-    let mut line = String::new();
-    BufReader::new(sock).read_line(&mut line).is_ok() && line.starts_with("HTTP/1.1 200")
+    client::concurrently(addr, CHAT, &bodies).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// Read bandwidth of this machine with every core reading its share of a
@@ -419,80 +322,7 @@ fn request(model: &str, prompt: &str, max_tokens: usize) -> Value {
     })
 }
 
-/// One streamed chat completion over a raw HTTP/1.1 connection, timing the
-/// events as they arrive (a buffering client would hide the first token).
+/// One streamed chat completion, timed as its events arrive.
 fn stream(addr: SocketAddr, body: &Value) -> Timing {
-    let body = body.to_string();
-    let sent = Instant::now();
-    let mut sock = TcpStream::connect(addr).expect("connect");
-    sock.set_nodelay(true).expect("nodelay");
-    write!(
-        sock,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: bench\r\ncontent-type: application/json\r\nconnection: close\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut reader = BufReader::new(sock);
-    let mut line = String::new();
-    reader.read_line(&mut line).expect("status line");
-    assert!(
-        line.starts_with("HTTP/1.1 200"),
-        "bench request failed: {line}"
-    );
-    loop {
-        line.clear();
-        reader.read_line(&mut line).expect("header");
-        if line == "\r\n" {
-            break;
-        }
-    }
-
-    let mut first_token = None;
-    let mut token_times = Vec::new();
-    let mut usage = None;
-    let mut pending = String::new();
-    loop {
-        // Chunked transfer coding: a hex size line, the data, CRLF.
-        line.clear();
-        reader.read_line(&mut line).expect("chunk size");
-        let size = usize::from_str_radix(line.trim(), 16).expect("chunk size is hex");
-        if size == 0 {
-            break;
-        }
-        let mut data = vec![0u8; size + 2];
-        reader.read_exact(&mut data).expect("chunk");
-        pending.push_str(&String::from_utf8_lossy(&data[..size]));
-        while let Some(end) = pending.find("\n\n") {
-            let event: String = pending.drain(..end + 2).collect();
-            let Some(payload) = event.trim().strip_prefix("data: ") else {
-                continue;
-            };
-            if payload == "[DONE]" {
-                continue;
-            }
-            let chunk: Value = serde_json::from_str(payload).expect("chunk is JSON");
-            let text = chunk["choices"][0]["delta"]["content"]
-                .as_str()
-                .unwrap_or("");
-            if !text.is_empty() {
-                let now = Instant::now();
-                first_token.get_or_insert(now);
-                token_times.push(now);
-            }
-            if !chunk["usage"].is_null() {
-                usage = Some(chunk["usage"].clone());
-            }
-        }
-    }
-    let done = Instant::now();
-    let usage = usage.expect("the stream reported usage");
-    let count = |k: &str| usage[k].as_u64().expect("usage count") as usize;
-    Timing {
-        sent,
-        first_token: first_token.unwrap_or(done),
-        done,
-        prompt_tokens: count("prompt_tokens"),
-        completion_tokens: count("completion_tokens"),
-        token_times,
-    }
+    client::stream(addr, CHAT, body).unwrap_or_else(|e| panic!("{e}"))
 }

@@ -1,6 +1,12 @@
 //! The inference server benchmark's typed half: per-request timings as a
 //! streaming client sees them, and the report (medians, percentiles, the
 //! batching ratio) that `make bench` prints and BENCHMARKS.md records.
+//! [`client`] and [`llama_server`] are what the benches drive the servers
+//! with; [`prefix_cache`] is issue 18's shared-system-prompt workload.
+
+pub mod client;
+pub mod llama_server;
+pub mod prefix_cache;
 
 use std::fmt::Write;
 use std::time::{Duration, Instant};
@@ -14,6 +20,8 @@ pub struct Timing {
     pub done: Instant,
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
+    /// `usage.prompt_tokens_details.cached_tokens` (0 where absent).
+    pub cached_tokens: usize,
     /// Arrival of every event that carried text (one per token, except
     /// where UTF-8 reassembly merges two).
     pub token_times: Vec<Instant>,
@@ -372,6 +380,7 @@ mod tests {
             done: at(done_ms as f64),
             prompt_tokens: 10,
             completion_tokens: tokens,
+            cached_tokens: 0,
             token_times: (0..tokens)
                 .map(|i| at(first_ms as f64 + i as f64 * step))
                 .collect(),
