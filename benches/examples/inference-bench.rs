@@ -92,9 +92,26 @@ fn bench_model(model: &Path, name: &str, peer_binary: Option<&Path>) -> Option<C
         let launch = InferenceLaunch {
             model: model.to_path_buf(),
             model_id: name.to_string(),
-            args: ["--max-running", "16", "--max-queued", "64"]
-                .map(String::from)
-                .to_vec(),
+            // The bench sends the same prompts again and again: with the
+            // prefix cache on, prefill and TTFT would measure cache hits.
+            // benches/prefix-cache.sh measures the cache.
+            // MAAS_BENCH_SERVER_ARGS adds flags (say, another --block-size).
+            args: [
+                "--max-running",
+                "16",
+                "--max-queued",
+                "64",
+                "--no-prefix-caching",
+            ]
+            .map(String::from)
+            .into_iter()
+            .chain(
+                std::env::var("MAAS_BENCH_SERVER_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(String::from),
+            )
+            .collect(),
             ..InferenceLaunch::default_model()
         };
         let server = InferenceServer::launch(&launch).unwrap_or_else(|e| panic!("{e}"));

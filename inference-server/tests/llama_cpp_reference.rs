@@ -45,7 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use maas_inference_server::model::tiny::{self, Weights};
-use maas_inference_server::model::{load_model, Model, Placement, Scratch, StepInput};
+use maas_inference_server::model::{load_model, CacheSlot, Model, Placement, Scratch, StepInput};
 use serde_json::{json, Value as Json};
 
 const CONTINUATION: usize = 64;
@@ -276,20 +276,29 @@ impl Ours<'_> {
     /// Feeds `prompt`, then for `steps` steps the token `next` picks from
     /// the step's index and logits.
     fn steps(&self, prompt: &[u32], steps: usize, mut next: impl FnMut(usize, &[f32]) -> u32) {
-        let mut cache = self.model.new_cache(prompt.len() + steps + 1).unwrap();
+        // One sequence's blocks of the host KV memory, in order.
+        const BLOCK: usize = 16;
+        let blocks = (prompt.len() + steps + 1).div_ceil(BLOCK);
+        let mut kv = self.model.new_host_kv(blocks, BLOCK).unwrap();
+        let table: Vec<u32> = (0..blocks as u32).collect();
         let mut scratch = Scratch::default();
         let mut feed: Vec<u32> = prompt.to_vec();
+        let mut start = 0;
         for step in 0..steps {
             let mut batch = [StepInput {
                 tokens: &feed,
-                cache: &mut cache,
+                cache: CacheSlot::Host {
+                    blocks: &table,
+                    start,
+                },
                 logits: true,
             }];
             let logits = self
                 .model
-                .forward(&mut batch, &mut scratch)
+                .forward(&mut batch, &mut kv, &mut scratch)
                 .unwrap()
                 .into_rows();
+            start += feed.len();
             feed = vec![next(step, &logits[0])];
         }
     }

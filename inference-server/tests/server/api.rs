@@ -203,8 +203,14 @@ fn streams_are_openai_shaped_and_match_the_plain_answer() {
     // The same counts; the stream's prompt came second, so its two full
     // KV blocks (32 of 34 tokens) were found in the prefix cache.
     let mut usage = s.usage.clone().expect("a usage chunk");
-    assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 32, "{usage}");
-    assert_eq!(plain_body["usage"]["prompt_tokens_details"]["cached_tokens"], 0);
+    assert_eq!(
+        usage["prompt_tokens_details"]["cached_tokens"], 32,
+        "{usage}"
+    );
+    assert_eq!(
+        plain_body["usage"]["prompt_tokens_details"]["cached_tokens"],
+        0
+    );
     usage["prompt_tokens_details"]["cached_tokens"] = json!(0);
     assert_eq!(usage, plain_body["usage"]);
     assert_eq!(

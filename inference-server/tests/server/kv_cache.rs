@@ -66,7 +66,10 @@ fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_the_same_text() {
     let (_, first) = answer(&cached, &ask(&system, QUESTIONS[0], 8));
     let prompt_tokens = first["prompt_tokens"].as_u64().unwrap();
     assert!(prompt_tokens > 1500, "{first}");
-    assert_eq!(first["prompt_tokens_details"]["cached_tokens"], 0, "{first}");
+    assert_eq!(
+        first["prompt_tokens_details"]["cached_tokens"], 0,
+        "{first}"
+    );
     let together: Vec<(String, Value)> = std::thread::scope(|scope| {
         let handles: Vec<_> = QUESTIONS
             .iter()
@@ -90,7 +93,10 @@ fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_the_same_text() {
         );
         let (reference, usage) = answer(&uncached, &ask(&system, q, 16));
         assert_eq!(usage["prompt_tokens_details"]["cached_tokens"], 0);
-        assert_eq!(*text, reference, "{q:?}: the prefix cache changed the answer");
+        assert_eq!(
+            *text, reference,
+            "{q:?}: the prefix cache changed the answer"
+        );
     }
     let series = |name: &str| format!("{name}{{model_name=\"{MODEL}\"}}");
     let hits = metric(&cached, &series("vllm:prefix_cache_hits_total"));
