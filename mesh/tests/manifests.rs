@@ -748,13 +748,7 @@ fn envoy_accepts_the_patched_filter_and_clusters() {
         .iter()
         .map(|p| p["patch"]["value"].clone())
         .collect();
-    all_clusters.push(json!({
-        "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
-        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}},
-        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/maas-no-sds.sock"}}}}]}]},
-    }));
+    all_clusters.push(sds_cluster());
     let bootstrap = json!({
         "node": {"id": "maas-gateway-test", "cluster": "maas-gateway.maas"},
         "static_resources": {"listeners": [listener], "clusters": all_clusters},
@@ -1686,13 +1680,7 @@ fn envoy_accepts_the_sidecars_route_for_the_pickers_scrape() {
         "name": inbound, "type": "STATIC", "connect_timeout": "1s",
         "load_assignment": {"cluster_name": inbound, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8000}}}}]}]},
     }));
-    all_clusters.push(json!({
-        "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
-        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}},
-        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/maas-no-sds.sock"}}}}]}]},
-    }));
+    all_clusters.push(sds_cluster());
     let bootstrap = json!({
         "node": {"id": "maas-inference-server-test", "cluster": "maas-inference-server.maas"},
         "static_resources": {"listeners": [listener], "clusters": all_clusters},
@@ -1859,4 +1847,16 @@ fn render_istio_refuses_epp_flags_that_do_not_fit() {
     );
     let written = manifest::read_documents(&dir.join("istio/gateway/access.yaml")).unwrap();
     assert_eq!(written, rendering(&epp_granted())["gateway/access.yaml"]);
+}
+
+/// Istio's SDS cluster, which the rendered listeners name for their
+/// certificates: present (pointing nowhere) so that Envoy accepts them.
+fn sds_cluster() -> Value {
+    json!({
+        "name": "sds-grpc", "type": "STATIC", "connect_timeout": "1s",
+        "typed_extension_protocol_options": {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+            "explicit_http_config": {"http2_protocol_options": {}}}},
+        "load_assignment": {"cluster_name": "sds-grpc", "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"pipe": {"path": "/tmp/maas-no-sds.sock"}}}}]}]},
+    })
 }

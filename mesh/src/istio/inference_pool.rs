@@ -100,26 +100,26 @@ impl fmt::Display for EndpointPicker {
     }
 }
 
-/// What Kubernetes accepts as a Service name.
+/// What Kubernetes accepts as a Service name (a DNS-1035 label).
 fn is_dns_1035_label(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (1..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_lowercase()
-        && bytes[bytes.len() - 1] != b'-'
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+    is_dns_1123_label(name) && name.as_bytes()[0].is_ascii_lowercase()
 }
 
 /// What Kubernetes accepts as a namespace name (a DNS-1123 label).
 fn is_dns_1123_label(name: &str) -> bool {
+    is_bounded_name(name, |b| {
+        b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'
+    })
+}
+
+/// 1 to 63 bytes, each `allowed`, beginning and ending with a letter or
+/// digit: the shape every Kubernetes name and label part shares.
+fn is_bounded_name(name: &str, allowed: impl Fn(u8) -> bool) -> bool {
     let bytes = name.as_bytes();
     (1..=63).contains(&bytes.len())
         && bytes[0].is_ascii_alphanumeric()
         && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-')
+        && bytes.iter().all(|&b| allowed(b))
 }
 
 /// What Kubernetes accepts as a service account name, or a label key's
@@ -132,13 +132,9 @@ fn is_dns_1123_subdomain(name: &str) -> bool {
 /// letters, digits, `-`, `_` or `.`, beginning and ending with a letter or
 /// digit.
 fn is_label_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    (1..=63).contains(&bytes.len())
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes[bytes.len() - 1].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    is_bounded_name(name, |b| {
+        b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.')
+    })
 }
 
 /// A label key: `[PREFIX/]NAME`, the prefix a DNS-1123 subdomain.
