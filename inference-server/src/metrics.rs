@@ -30,8 +30,6 @@ impl Gauge {
     }
 }
 
-/// A cumulative histogram with fixed upper bounds; the sum is kept in
-/// micro-units so it stays an integer.
 /// A gauge of a fraction (0 to 1), kept as the f64's bits.
 #[derive(Default)]
 pub struct Ratio(AtomicU64);
@@ -55,6 +53,8 @@ pub struct CacheConfig {
     pub dtype: &'static str,
 }
 
+/// A cumulative histogram with fixed upper bounds; the sum is kept in
+/// micro-units so it stays an integer.
 pub struct Histogram {
     bounds: &'static [f64],
     buckets: Vec<AtomicU64>,

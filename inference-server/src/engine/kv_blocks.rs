@@ -12,8 +12,10 @@
 //!   hash of its tokens chained to its predecessor's name, so a name stands
 //!   for the whole prefix up to the block's end. A later prompt that starts
 //!   with the same tokens takes the same blocks instead of computing them.
-//!   A hit is checked against the stored tokens, so a hash collision can
-//!   never hand out another prompt's keys and values.
+//!   A hit is checked against the block's stored tokens and its
+//!   predecessor's name, so a colliding name alone cannot hand out another
+//!   prompt's keys and values: that would take two prefixes whose 64-bit
+//!   names collide and then continue with the same tokens.
 //! - A block nobody holds is **free**. A free committed block keeps its name
 //!   (a later prompt may still hit it) until a new block is needed and no
 //!   unnamed free block is left: then the least recently released one is
@@ -58,8 +60,11 @@ pub enum BlockError {
 struct Block {
     refs: u32,
     name: Option<BlockName>,
-    /// The tokens a committed block holds (a hit compares them).
+    /// The tokens a committed block holds, and its predecessor's name: a
+    /// hit compares both, so a hit is the same tokens after the same
+    /// prefix whatever the hashes do.
     tokens: Vec<u32>,
+    parent: Option<BlockName>,
     /// When it was last released (the LRU clock).
     released_at: u64,
 }
@@ -161,7 +166,12 @@ impl BlockPool {
         for chunk in prompt[..prompt.len().saturating_sub(1)].chunks_exact(self.block_tokens) {
             let name = BlockName::of(parent, chunk);
             match self.by_name.get(&name) {
-                Some(&id) if self.blocks[id as usize].tokens == chunk => hits.push(id),
+                Some(&id)
+                    if self.blocks[id as usize].tokens == chunk
+                        && self.blocks[id as usize].parent == parent =>
+                {
+                    hits.push(id)
+                }
                 _ => break,
             }
             parent = Some(name);
@@ -241,6 +251,7 @@ impl BlockPool {
                 let block = &mut self.blocks[id as usize];
                 block.name = Some(name);
                 block.tokens = chunk.to_vec();
+                block.parent = parent;
             }
             parent = Some(name);
         }
@@ -411,7 +422,7 @@ mod tests {
     }
 
     #[test]
-    fn a_colliding_name_is_not_a_hit_unless_the_tokens_match() {
+    fn a_colliding_name_is_not_a_hit_unless_the_tokens_and_predecessor_match() {
         let mut pool = BlockPool::new(8, 2);
         let p = [7, 8, 9, 10, 11];
         let mut a = pool.admit(&p, 6).unwrap();
@@ -421,6 +432,17 @@ mod tests {
         pool.blocks[a.table.blocks[0] as usize].tokens = vec![1, 1];
         let b = pool.admit(&p, 6).unwrap();
         assert_eq!(b.cached_tokens, 0, "{name:?} named other tokens");
+        // The same tokens after another prefix: a forged collision on the
+        // second name, whose block claims another predecessor.
+        let mut pool = BlockPool::new(8, 2);
+        let mut a = pool.admit(&p, 6).unwrap();
+        pool.commit(&mut a.table, &p, 4);
+        pool.blocks[a.table.blocks[1] as usize].parent = None;
+        let c = pool.admit(&p, 6).unwrap();
+        assert_eq!(
+            c.cached_tokens, 2,
+            "only the first block is the same prefix"
+        );
     }
 
     #[test]

@@ -116,8 +116,10 @@ pub struct Plan {
     /// caches are gone, and when admitted again they are fed every token
     /// they had (the prefix cache usually still holds most of them).
     pub preempted: Vec<SeqId>,
-    /// Waiting sequences whose prompt needs more KV blocks than there are
-    /// at all: they can never run (configuration validation prevents it).
+    /// Waiting sequences whose prompt (with a block for each further
+    /// choice's copy of its last one) needs more KV blocks than there are
+    /// at all: they can never run. Start-up validation makes the pool hold
+    /// one whole context, so only a wide request near the context gets here.
     pub refused: Vec<SeqId>,
     pub work: Vec<Work>,
 }
@@ -398,8 +400,10 @@ impl Scheduler {
                 Ok(()) => i += 1,
                 Err(BlockError::OutOfBlocks { .. }) => {
                     // The youngest goes, this one included when it is the
-                    // youngest; the oldest always ends up with room (the
-                    // pool holds at least one whole context).
+                    // youngest (a decoder younger than a sequence still
+                    // prefilling preempts itself); the oldest running
+                    // sequence always ends up with room (the pool holds at
+                    // least one whole context).
                     let victim = self.running.len() - 1;
                     plan.preempted.push(self.running[victim].id);
                     self.preempt(victim, tokens);
@@ -422,22 +426,24 @@ impl Scheduler {
                 self.waiting.pop_front();
                 continue;
             }
+            // Each other choice copies the prompt's last block if it is
+            // not full (a full one is shared). Checked before anything is
+            // taken, cache hits aside, so that a group that does not fit
+            // evicts no cached prefix for nothing.
+            let partial = usize::from(w.target % self.pool.block_tokens() != 0);
+            let others = (w.width - 1) * partial;
+            if others > 0 && self.pool.blocks_for(w.target) + others > self.pool.free() {
+                break;
+            }
             let Ok(admitted) = self.pool.admit(prompt, w.target) else {
                 break;
             };
-            // Each other choice copies the prompt's last block if it is
-            // not full (a full one is shared).
-            let partial = usize::from(w.target % self.pool.block_tokens() != 0);
             let mut for_choices = BlockTable::default();
-            let others = (w.width - 1) * partial;
-            if others > 0
-                && self
+            if others > 0 {
+                // Cannot fail: checked above.
+                let _ = self
                     .pool
-                    .grow(&mut for_choices, others * self.pool.block_tokens())
-                    .is_err()
-            {
-                self.pool.release(admitted.table);
-                break;
+                    .grow(&mut for_choices, others * self.pool.block_tokens());
             }
             free -= w.width;
             plan.admitted.push(Admission {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::model::{load_gguf, tiny::tiny_gguf, HostKv};
+use crate::model::{load_gguf, load_gguf_on, tiny::tiny_gguf, HostKv, Placement};
 
 fn engine(max_running: usize, max_waiting: usize) -> (Engine, Arc<Metrics>) {
     engine_with(max_running, max_waiting, KvCacheConfig::default())
@@ -18,8 +18,17 @@ fn engine_with(
     max_waiting: usize,
     kv: KvCacheConfig,
 ) -> (Engine, Arc<Metrics>) {
+    engine_on(max_running, max_waiting, kv, &Placement::Host)
+}
+
+fn engine_on(
+    max_running: usize,
+    max_waiting: usize,
+    kv: KvCacheConfig,
+    placement: &Placement,
+) -> (Engine, Arc<Metrics>) {
     let path = tiny_gguf();
-    let loaded = Arc::new(load_gguf(&path, None).unwrap());
+    let loaded = Arc::new(load_gguf_on(&path, None, placement).unwrap());
     std::fs::remove_file(path).unwrap();
     let metrics = Arc::new(Metrics::default());
     let config = EngineConfig {
@@ -425,4 +434,33 @@ fn a_shared_prefix_is_found_in_the_cache_and_changes_no_token() {
         e.handle.shutdown();
         e.thread.join().unwrap();
     }
+}
+
+/// On the device path (candle's CPU backend here) each choice copies the
+/// group's own cache, blocks only budget admission, and nothing is cached
+/// between requests.
+#[test]
+fn choices_and_prefixes_on_the_device_path() {
+    let (engine, metrics) = engine_on(
+        4,
+        4,
+        KvCacheConfig::default(),
+        &Placement::Device(candle_core::Device::Cpu),
+    );
+    // 37 tokens: two full blocks and part of a third.
+    let long: Vec<u32> = (0..37).map(|i| 1 + i * 7 % 250).collect();
+    for _ in 0..2 {
+        let forked = choices(&engine.handle, &long, 3, 11);
+        for (i, (text, end)) in forked.iter().enumerate() {
+            let Event::Finished { usage, .. } = end else {
+                panic!("{end:?}")
+            };
+            assert_eq!(usage.cached_tokens, 0, "no prefix cache on a device");
+            let alone = choices(&engine.handle, &long, 1, 11 + i as u64);
+            assert_eq!(*text, alone[0].0, "choice {i}");
+        }
+    }
+    assert_eq!(metrics.prefix_cache_queries.get(), 0);
+    engine.handle.shutdown();
+    engine.thread.join().unwrap();
 }

@@ -204,8 +204,12 @@ impl Worker {
             }
             return Vec::new();
         };
-        for (from, to) in copies {
-            self.kv.copy_block(from, to);
+        // A device sequence keeps its own cache (copied below); the host
+        // model's choices copy the prompt's last block in the KV memory.
+        if device.is_none() {
+            for (from, to) in copies {
+                self.kv.copy_block(from, to);
+            }
         }
         let cached_tokens = self.sequences.get(&first).and_then(|s| s.cached_tokens);
         let mut forked = Vec::with_capacity(others.len());
@@ -268,14 +272,22 @@ impl Worker {
                 seq.device = None;
             }
         }
+        let prefix_caching = self
+            .metrics
+            .cache_config
+            .get()
+            .is_some_and(|c| c.prefix_caching);
         for a in &plan.admitted {
-            self.metrics.prefix_cache_queries.add(a.tokens as u64);
-            self.metrics.prefix_cache_hits.add(a.cached_tokens as u64);
             let Some(seq) = self.sequences.get_mut(&a.id) else {
                 continue;
             };
             // A preempted sequence's cached tokens are its first
-            // admission's: usage reports what the prompt found.
+            // admission's: usage reports what the prompt found, and the
+            // hit rate counts prompts, not recomputations.
+            if seq.cached_tokens.is_none() && prefix_caching {
+                self.metrics.prefix_cache_queries.add(a.tokens as u64);
+                self.metrics.prefix_cache_hits.add(a.cached_tokens as u64);
+            }
             seq.cached_tokens.get_or_insert(a.cached_tokens);
             if !matches!(self.loaded.model, crate::model::Model::Device(_)) {
                 continue;
@@ -325,7 +337,14 @@ impl Worker {
         let deadline = *self
             .deadline
             .get_or_insert_with(|| Instant::now() + self.grace);
-        let waiting: Vec<SeqId> = self.scheduler.waiting_ids().collect();
+        // Those that never produced a token; a preempted sequence waiting to
+        // be computed again has streamed already, so it gets the grace
+        // period as running ones do.
+        let waiting: Vec<SeqId> = self
+            .scheduler
+            .waiting_ids()
+            .filter(|id| self.sequences.get(id).is_none_or(|s| s.generated() == 0))
+            .collect();
         for id in waiting {
             self.end_with_failure(
                 id,

@@ -153,7 +153,9 @@ impl DeviceCache {
                 .zip(&from.keys)
                 .chain(self.values.iter_mut().zip(&from.values))
             {
-                to.slice_set(&from_t.narrow(1, 0, from.len)?, 1, 0)?;
+                // A narrowed view is strided; slice_set takes contiguous
+                // sources only.
+                to.slice_set(&from_t.narrow(1, 0, from.len)?.contiguous()?, 1, 0)?;
             }
         }
         self.len = from.len;

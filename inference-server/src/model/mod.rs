@@ -382,8 +382,10 @@ impl HostModel {
                     self.max_positions()
                 )));
             }
-            // Checked before anything is written: a step either runs whole
-            // or leaves every cache as it was.
+            // Checked before anything is written, so a bad block table
+            // fails the step before it touches any cache. (A later error
+            // may leave blocks half written: the engine then retires the
+            // step's sequences without naming their blocks.)
             kv.check(input.blocks, end)?;
             positions.extend(start..end);
         }
