@@ -35,6 +35,18 @@ struct Memory {
     resident_bytes: Option<u64>,
     /// Held by running sequences' KV caches, as of the engine's last step.
     kv_cache_bytes: u64,
+    /// The KV cache's layout and use; absent while loading.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    kv_cache: Option<KvCache>,
+}
+
+#[derive(Debug, Serialize)]
+struct KvCache {
+    blocks: usize,
+    block_size: usize,
+    /// Blocks held by sequences, 0 to 1 (`vllm:kv_cache_usage_perc`).
+    usage: f64,
+    prefix_caching: bool,
 }
 
 pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
@@ -54,6 +66,12 @@ pub(super) async fn health(State(app): State<Arc<AppState>>) -> Response {
         memory: Memory {
             resident_bytes: resident_bytes(),
             kv_cache_bytes: app.metrics.kv_cache_bytes.get(),
+            kv_cache: app.metrics.cache_config.get().map(|c| KvCache {
+                blocks: c.blocks,
+                block_size: c.block_tokens,
+                usage: app.metrics.kv_cache_usage.get(),
+                prefix_caching: c.prefix_caching,
+            }),
         },
     };
     (code, axum::Json(body)).into_response()

@@ -28,13 +28,22 @@ fn health_reports_the_format_size_and_memory_of_the_embedded_model() {
     );
     assert_eq!(health["chat_template"], "file");
     assert_loaded_within_bound(&health);
+    // The default 4 GiB in blocks of 16 positions of 22.5 KiB each.
+    assert_eq!(
+        health["memory"]["kv_cache"],
+        json!({"blocks": 11650, "block_size": 16, "usage": 0.0, "prefix_caching": true})
+    );
 
-    // A running sequence holds a KV cache, and /health shows it.
+    // A running sequence holds KV blocks, and /health shows them.
     let sock = open_stream(&server, &endless_stream());
     eventually(Duration::from_secs(10), || {
         let health = get(&server.url("/health")).json();
-        match health["memory"]["kv_cache_bytes"].as_u64() {
-            Some(b) if b > 0 => Ok(()),
+        let memory = &health["memory"];
+        match (
+            memory["kv_cache_bytes"].as_u64(),
+            memory["kv_cache"]["usage"].as_f64(),
+        ) {
+            (Some(b), Some(u)) if b > 0 && u > 0.0 => Ok(()),
             _ => Err(format!("no KV cache reported: {health}")),
         }
     });
