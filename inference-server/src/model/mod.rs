@@ -244,6 +244,11 @@ fn residual_add(
     }
 }
 
+/// Query rows of a prompt chunk per attention job: small enough that a
+/// 256-row chunk spreads over the threads (later rows, which see more
+/// positions, take longer, so more pieces than threads balance them).
+const ATTENTION_ROWS: usize = 32;
+
 /// The default model: our packed kernels over row-major `f32` buffers.
 pub struct HostModel {
     config: ModelConfig,
@@ -450,9 +455,13 @@ impl HostModel {
 
             s.attn.clear();
             s.attn.resize(n * q_width, 0.0);
-            // One job per sequence; a decoding sequence (one query row) is
-            // split further by KV head when there are fewer sequences than
-            // threads, so a lone stream's attention is not one core's work.
+            // A decoding sequence (one query row) is one job, split further
+            // by KV head when there are fewer sequences than threads, so a
+            // lone stream's attention is not one core's work. A prompt
+            // chunk is split by query rows (each row attends over its own
+            // prefix, already in the cache, so the pieces are independent
+            // and the bits the same): a long prompt's attention, quadratic
+            // in its length, was one core's work while the others waited.
             let split = batch.len() < team::threads();
             let head_width = q_width / cfg.kv_heads;
             let mut jobs = Vec::with_capacity(batch.len() * cfg.kv_heads);
@@ -469,7 +478,11 @@ impl HostModel {
                         jobs.push((head..head + 1, q, out, cache, input.start));
                     }
                 } else {
-                    jobs.push((0..cfg.kv_heads, q, out, cache, input.start));
+                    let rows = ATTENTION_ROWS * q_width;
+                    for (i, (q, out)) in q.chunks(rows).zip(out.chunks_mut(rows)).enumerate() {
+                        let start = input.start + i * ATTENTION_ROWS;
+                        jobs.push((0..cfg.kv_heads, q, out, cache, start));
+                    }
                 }
             }
             team::for_each_mut(&mut jobs, |(heads, q, out, cache, start)| {

@@ -196,13 +196,17 @@ fn a_step_writes_f16_into_its_own_blocks_only() {
 #[test]
 fn chunked_prefill_gives_bit_identical_logits() {
     let loaded = load();
-    let prompt: Vec<u32> = (0..23).map(|i| (i * 37 % 260) as u32).collect();
-    let whole = run_alone(&loaded.model, &prompt, prompt.len(), 4);
-    for chunk in [1, 5, 8] {
-        assert!(
-            run_alone(&loaded.model, &prompt, chunk, 4) == whole,
-            "chunk {chunk} differs"
-        );
+    // 70 tokens fed whole are attended in pieces of 32 query rows on
+    // different threads: the same bits as small chunks, each one piece.
+    for len in [23, 70] {
+        let prompt: Vec<u32> = (0..len).map(|i| (i * 37 % 260) as u32).collect();
+        let whole = run_alone(&loaded.model, &prompt, prompt.len(), 4);
+        for chunk in [1, 5, 8] {
+            assert!(
+                run_alone(&loaded.model, &prompt, chunk, 4) == whole,
+                "{len} tokens in chunks of {chunk} differ"
+            );
+        }
     }
 }
 
