@@ -742,19 +742,13 @@ fn envoy_accepts_the_patched_filter_and_clusters() {
     });
     listener["per_connection_buffer_limit_bytes"] =
         patch("LISTENER")["per_connection_buffer_limit_bytes"].clone();
-    let mut all_clusters: Vec<Value> = clusters["spec"]["configPatches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["patch"]["value"].clone())
-        .collect();
-    all_clusters.push(sds_cluster());
-    let bootstrap = json!({
-        "node": {"id": "maas-gateway-test", "cluster": "maas-gateway.maas"},
-        "static_resources": {"listeners": [listener], "clusters": all_clusters},
-    });
-    maas_testkit::validate_yaml(&serde_yaml_ng::to_string(&bootstrap).unwrap())
-        .unwrap_or_else(|e| panic!("Envoy refuses the mesh configuration: {e}"));
+    assert_envoy_accepts(
+        "maas-gateway",
+        listener,
+        clusters,
+        vec![],
+        "the mesh configuration",
+    );
 }
 
 #[test]
@@ -1670,23 +1664,17 @@ fn envoy_accepts_the_sidecars_route_for_the_pickers_scrape() {
         "address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}},
         "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}],
     });
-    let mut all_clusters: Vec<Value> = clusters["spec"]["configPatches"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| p["patch"]["value"].clone())
-        .collect();
-    all_clusters.push(json!({
+    let inbound_cluster = json!({
         "name": inbound, "type": "STATIC", "connect_timeout": "1s",
         "load_assignment": {"cluster_name": inbound, "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 8000}}}}]}]},
-    }));
-    all_clusters.push(sds_cluster());
-    let bootstrap = json!({
-        "node": {"id": "maas-inference-server-test", "cluster": "maas-inference-server.maas"},
-        "static_resources": {"listeners": [listener], "clusters": all_clusters},
     });
-    maas_testkit::validate_yaml(&serde_yaml_ng::to_string(&bootstrap).unwrap())
-        .unwrap_or_else(|e| panic!("Envoy refuses the sidecar's route for the EPP: {e}"));
+    assert_envoy_accepts(
+        "maas-inference-server",
+        listener,
+        clusters,
+        vec![inbound_cluster],
+        "the sidecar's route for the EPP",
+    );
 }
 
 /// `maas-mesh render-istio` with `args`, writing into a fresh directory.
@@ -1840,6 +1828,33 @@ fn render_istio_refuses_epp_flags_that_do_not_fit() {
     );
     let written = manifest::read_documents(&dir.join("istio/gateway/access.yaml")).unwrap();
     assert_eq!(written, rendering(&epp_granted())["gateway/access.yaml"]);
+}
+
+/// The real Envoy validates a bootstrap of `listener` for `workload`
+/// (node `<workload>-test`, cluster `<workload>.maas`) with the clusters
+/// the EnvoyFilter `clusters` adds, `extra` ones and Istio's SDS cluster;
+/// `what` names it if Envoy refuses.
+fn assert_envoy_accepts(
+    workload: &str,
+    listener: Value,
+    clusters: &Value,
+    extra: Vec<Value>,
+    what: &str,
+) {
+    let mut all_clusters: Vec<Value> = clusters["spec"]["configPatches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["patch"]["value"].clone())
+        .chain(extra)
+        .collect();
+    all_clusters.push(sds_cluster());
+    let bootstrap = json!({
+        "node": {"id": format!("{workload}-test"), "cluster": format!("{workload}.maas")},
+        "static_resources": {"listeners": [listener], "clusters": all_clusters},
+    });
+    maas_testkit::validate_yaml(&serde_yaml_ng::to_string(&bootstrap).unwrap())
+        .unwrap_or_else(|e| panic!("Envoy refuses {what}: {e}"));
 }
 
 /// Istio's SDS cluster, which the rendered listeners name for their

@@ -119,6 +119,10 @@ impl BlockPool {
         }
     }
 
+    pub fn prefix_caching(&self) -> bool {
+        self.prefix_caching
+    }
+
     /// The same pool with prefix caching off.
     pub fn without_prefix_caching(mut self) -> BlockPool {
         self.prefix_caching = false;

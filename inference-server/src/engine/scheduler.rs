@@ -310,8 +310,7 @@ impl Scheduler {
     pub fn retire(&mut self, id: SeqId) -> bool {
         if let Some(i) = self.running.iter().position(|r| r.id == id) {
             let r = self.running.remove(i);
-            self.pool.release(r.table);
-            self.pool.release(r.for_choices);
+            self.release(r);
             return true;
         }
         if let Some(i) = self.waiting.iter().position(|w| w.id == id) {
@@ -332,13 +331,20 @@ impl Scheduler {
     fn preempt<'t>(&mut self, i: usize, tokens: &dyn Fn(SeqId) -> &'t [u32]) {
         let r = self.running.remove(i);
         let had = tokens(r.id).len().max(r.fed);
+        let (id, width) = (r.id, r.slots);
+        self.release(r);
+        self.waiting.push_front(Waiting {
+            id,
+            target: had.max(1),
+            width,
+        });
+    }
+
+    /// Gives back every block a running sequence held: its table's and
+    /// those set aside for its choices.
+    fn release(&mut self, r: Running) {
         self.pool.release(r.table);
         self.pool.release(r.for_choices);
-        self.waiting.push_front(Waiting {
-            id: r.id,
-            target: had.max(1),
-            width: r.slots,
-        });
     }
 
     /// Decides the next step and records the progress it makes: the caller

@@ -48,6 +48,12 @@ fn engine_on(
     )
 }
 
+/// Shuts the engine down and waits for its thread.
+fn stop(engine: Engine) {
+    engine.handle.shutdown();
+    engine.thread.join().unwrap();
+}
+
 fn submit(
     handle: &EngineHandle,
     prompt: Vec<u32>,
@@ -157,8 +163,7 @@ fn a_sequence_streams_text_then_finishes_with_exact_usage() {
         "a chunked prompt is counted once"
     );
     assert_eq!(metrics.generated_tokens.get(), 7);
-    engine.handle.shutdown();
-    engine.thread.join().unwrap();
+    stop(engine);
 }
 
 #[test]
@@ -212,8 +217,7 @@ fn choices_share_one_prefill_and_each_samples_with_its_own_seed() {
         );
         std::thread::sleep(Duration::from_millis(5));
     }
-    engine.handle.shutdown();
-    engine.thread.join().unwrap();
+    stop(engine);
 }
 
 #[test]
@@ -392,10 +396,7 @@ fn a_burst_beyond_the_kv_memory_waits_or_is_preempted_and_every_request_finishes
     }
     assert!(metrics.preemptions.get() > 0, "no request was preempted");
     assert_eq!(metrics.requests_failed.get(), 0);
-    for e in [small, large] {
-        e.handle.shutdown();
-        e.thread.join().unwrap();
-    }
+    [small, large].into_iter().for_each(stop);
 }
 
 #[test]
@@ -430,10 +431,7 @@ fn a_shared_prefix_is_found_in_the_cache_and_changes_no_token() {
     }
     assert_eq!(metrics.prefix_cache_hits.get(), 32);
     assert_eq!(metrics.prefix_cache_queries.get(), 86);
-    for e in [cached, uncached] {
-        e.handle.shutdown();
-        e.thread.join().unwrap();
-    }
+    [cached, uncached].into_iter().for_each(stop);
 }
 
 /// On the device path (candle's CPU backend here) each choice copies the
@@ -461,6 +459,5 @@ fn choices_and_prefixes_on_the_device_path() {
         }
     }
     assert_eq!(metrics.prefix_cache_queries.get(), 0);
-    engine.handle.shutdown();
-    engine.thread.join().unwrap();
+    stop(engine);
 }

@@ -272,11 +272,7 @@ impl Worker {
                 seq.device = None;
             }
         }
-        let prefix_caching = self
-            .metrics
-            .cache_config
-            .get()
-            .is_some_and(|c| c.prefix_caching);
+        let prefix_caching = self.scheduler.pool().prefix_caching();
         for a in &plan.admitted {
             let Some(seq) = self.sequences.get_mut(&a.id) else {
                 continue;
@@ -321,12 +317,16 @@ impl Worker {
                 .map_or(id, |(first, _)| *first);
             let others = self.followers.remove(&first).unwrap_or_default();
             for id in std::iter::once(first).chain(others) {
-                if let Some(seq) = self.sequences.remove(&id) {
-                    // Every step planned for it ran: its blocks are good.
-                    self.scheduler.finish(id, seq.tokens());
-                    self.metrics.requests_cancelled.add(1);
+                match self.sequences.remove(&id) {
+                    Some(seq) => {
+                        // Every step planned for it ran: its blocks are good.
+                        self.scheduler.finish(id, seq.tokens());
+                        self.metrics.requests_cancelled.add(1);
+                    }
+                    None => {
+                        self.scheduler.retire(id);
+                    }
                 }
-                self.scheduler.retire(id);
             }
         }
     }
@@ -390,21 +390,20 @@ impl Worker {
     }
 
     fn end(&mut self, id: SeqId, reason: FinishReason) {
-        if let Some(seq) = self.sequences.get(&id) {
-            self.scheduler.finish(id, seq.tokens());
+        let Some(mut seq) = self.sequences.remove(&id) else {
+            self.scheduler.retire(id);
+            return;
+        };
+        self.scheduler.finish(id, seq.tokens());
+        seq.finish(reason);
+        if seq.timed {
+            self.metrics
+                .request_seconds
+                .observe_duration(seq.received().elapsed());
         }
-        self.scheduler.retire(id);
-        if let Some(mut seq) = self.sequences.remove(&id) {
-            seq.finish(reason);
-            if seq.timed {
-                self.metrics
-                    .request_seconds
-                    .observe_duration(seq.received().elapsed());
-            }
-            match reason {
-                FinishReason::Stop => self.metrics.requests_finished_stop.add(1),
-                FinishReason::Length => self.metrics.requests_finished_length.add(1),
-            }
+        match reason {
+            FinishReason::Stop => self.metrics.requests_finished_stop.add(1),
+            FinishReason::Length => self.metrics.requests_finished_length.add(1),
         }
     }
 
