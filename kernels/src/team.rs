@@ -1,7 +1,7 @@
 //! A fixed team of compute threads for the forward pass, in the style of
 //! ggml's thread pool: between the parallel regions of a step (≈120 of them
 //! for a 30-layer model: every matmul, the activation quantization and the
-//! attention), the team's workers spin on an epoch counter instead of going
+//! attention), the team's workers spin on a region counter instead of going
 //! to sleep, so a region starts in well under a microsecond.
 //!
 //! Why not rayon: rayon's idle workers yield a few dozen times and then sleep
@@ -16,12 +16,19 @@
 //! back to rayon's global pool, so callers need not know which. After a step
 //! ends, workers keep spinning for `LINGER` (the engine usually starts the
 //! next step within it) and then park until the next region.
+//!
+//! A region waits for the tasks it hands out, never for the workers: a
+//! worker takes a task only by naming the region it read the task from, and
+//! the caller returns once every task is done, whoever ran it. So a worker
+//! the OS has descheduled (more threads than cores: other processes, a CPU
+//! quota) delays nothing unless it holds a task, and the caller runs the
+//! tasks nobody took.
 
 use std::any::Any;
 use std::cell::Cell;
 use std::marker::PhantomData;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -40,19 +47,28 @@ const LINGER: Duration = Duration::from_millis(2);
 struct Job {
     f: *const (dyn Fn(usize) + Sync),
     tasks: usize,
+    region: u64,
 }
 
+/// `Shared::claim` packs the region's number above the index of its next
+/// unclaimed task, so that taking a task and checking that it belongs to the
+/// region one read the job of is a single compare-and-swap.
+const INDEX_BITS: u32 = 20;
+const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
+/// The most tasks one region hands out; `run` splits larger ones.
+const MAX_TASKS: usize = 1 << INDEX_BITS;
+
 struct Shared {
-    /// Bumped once per region (Release) after `job` is written.
-    epoch: AtomicUsize,
-    /// Written only by the caller between regions, read by workers after they
-    /// observe a new epoch (Acquire), and no longer read once they have
-    /// decremented `busy`.
+    /// The current region's number and next unclaimed task (see
+    /// `INDEX_BITS`); a new region is published by storing it (Release)
+    /// after `job` and `done` are written. 44 bits of regions last decades.
+    claim: AtomicU64,
+    /// The current region's job, written only by the caller between regions.
+    /// A worker reads it, then may call `f` only for tasks it claimed under
+    /// the same region number: the caller is still waiting for those.
     job: Mutex<Option<Job>>,
-    /// The next unclaimed task index of the current region.
-    next: AtomicUsize,
-    /// Workers that have not yet finished with the current region.
-    busy: AtomicUsize,
+    /// Tasks of the current region that have finished (panics included).
+    done: AtomicUsize,
     /// A worker's task panicked with this payload; the caller resumes it.
     panicked: Mutex<Option<Box<dyn Any + Send>>>,
     /// Workers spin (rather than park) while this is set, and for `LINGER`
@@ -66,9 +82,9 @@ struct Shared {
     shutdown: AtomicBool,
 }
 
-// SAFETY: the raw task pointer in `Job` is only dereferenced between the
-// epoch bump that published it and the `busy` decrement that retires it,
-// while `Team::run` keeps the closure alive and borrowed (see `run`).
+// SAFETY: the raw task pointer in `Job` is only dereferenced to run a task
+// claimed under the job's region, and `Team::run` keeps the closure alive
+// and borrowed until every task of that region is done (see `run`).
 unsafe impl Send for Job {}
 
 /// A fixed set of compute threads; the thread that calls `install` is one of
@@ -95,10 +111,9 @@ impl Team {
     pub fn new(threads: usize) -> std::io::Result<Self> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
-            epoch: AtomicUsize::new(0),
+            claim: AtomicU64::new(0),
             job: Mutex::new(None),
-            next: AtomicUsize::new(0),
-            busy: AtomicUsize::new(0),
+            done: AtomicUsize::new(0),
             panicked: Mutex::new(None),
             hot: AtomicBool::new(false),
             hot_until: Mutex::new(None),
@@ -152,38 +167,52 @@ impl Team {
     /// Runs `f(0) .. f(tasks - 1)` on the team, the caller taking tasks too,
     /// and returns when all are done.
     fn run(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
-        let s = &*self.shared;
         if self.workers.is_empty() || tasks <= 1 {
             run_inline(tasks, f);
-            return;
+        } else if tasks > MAX_TASKS {
+            for first in (0..tasks).step_by(MAX_TASKS) {
+                let part = (tasks - first).min(MAX_TASKS);
+                self.run(part, &|i| f(first + i));
+            }
+        } else {
+            self.run_region(tasks, f);
         }
+    }
+
+    fn run_region(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        let s = &*self.shared;
         // SAFETY (lifetime erasure): the pointer is published to workers
-        // below and this function does not return before `busy` reaches zero,
-        // i.e. before every worker has stopped using it; a panic on this
-        // thread is caught and resumed only after that wait too.
+        // below, a worker calls it only for a task it claimed under this
+        // region, and this function does not return before every task of
+        // the region is done (a task's panic is caught and counted as done).
         let erased: *const (dyn Fn(usize) + Sync) = unsafe {
             std::mem::transmute::<&(dyn Fn(usize) + Sync), &'static (dyn Fn(usize) + Sync)>(f)
         };
-        *s.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(Job { f: erased, tasks });
-        s.next.store(0, Ordering::Relaxed);
-        s.busy.store(self.workers.len(), Ordering::Relaxed);
-        s.epoch.fetch_add(1, Ordering::SeqCst);
+        let region =
+            ((s.claim.load(Ordering::Relaxed) >> INDEX_BITS) + 1) & (u64::MAX >> INDEX_BITS);
+        let job = Job {
+            f: erased,
+            tasks,
+            region,
+        };
+        *s.job.lock().unwrap_or_else(PoisonError::into_inner) = Some(job);
+        s.done.store(0, Ordering::Relaxed);
+        s.claim.store(region << INDEX_BITS, Ordering::SeqCst);
         if s.sleepers.load(Ordering::SeqCst) > 0 {
             let _guard = s.parking.lock().unwrap_or_else(PoisonError::into_inner);
             s.wake.notify_all();
         }
-        let mine = catch_unwind(AssertUnwindSafe(|| claim_tasks(s, f, tasks)));
-        while s.busy.load(Ordering::Acquire) != 0 {
-            std::hint::spin_loop();
+        run_claimed(s, &job, f);
+        let mut waited = 0;
+        while s.done.load(Ordering::Acquire) != tasks {
+            pause(&mut waited);
         }
-        // Taken whatever happened here, so a worker's panic is never
-        // re-raised by a later region.
-        let theirs = s
+        let panicked = s
             .panicked
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .take();
-        if let Some(payload) = mine.err().or(theirs) {
+        if let Some(payload) = panicked {
             resume_unwind(payload);
         }
     }
@@ -286,57 +315,80 @@ fn run_inline(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     (0..tasks).for_each(f);
 }
 
-/// Claims and runs tasks of the current region until none are left.
-fn claim_tasks(s: &Shared, f: &(dyn Fn(usize) + Sync), tasks: usize) {
+/// Claims tasks of `job`'s region and runs them with `f` (the job's task
+/// function) until none are left or a newer region has begun, counting each
+/// as done even if it panicked (the first panic is kept for the caller).
+fn run_claimed(s: &Shared, job: &Job, f: &(dyn Fn(usize) + Sync)) {
     let _in_task = InTask::enter();
+    let mut current = s.claim.load(Ordering::Acquire);
     loop {
-        let i = s.next.fetch_add(1, Ordering::Relaxed);
-        if i >= tasks {
-            break;
+        let index = (current & INDEX_MASK) as usize;
+        if current >> INDEX_BITS != job.region || index >= job.tasks {
+            return;
         }
-        f(i);
+        match s.claim.compare_exchange_weak(
+            current,
+            current + 1,
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        ) {
+            Ok(_) => {
+                if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(index))) {
+                    s.panicked
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .get_or_insert(payload);
+                }
+                s.done.fetch_add(1, Ordering::Release);
+                current = s.claim.load(Ordering::Acquire);
+            }
+            Err(now) => current = now,
+        }
     }
 }
 
-/// A worker's life: wait for a new epoch, take tasks, report done.
+/// A worker's life: wait for a new region, take its tasks while any are
+/// left.
 fn work(s: &Shared) {
-    // The epoch the team was created at, not the current one: a region may
-    // have been published before this thread got to run, and the caller is
-    // waiting for it.
+    // Region 0 has no job: a region published before this thread got to
+    // run is still seen as new.
     let mut seen = 0;
     loop {
         if !wait_for_region(s, seen) {
             return;
         }
-        seen = s.epoch.load(Ordering::Acquire);
-        let job = *s.job.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(job) = job {
-            // SAFETY: see `Job`: the caller keeps `f` alive until `busy`,
-            // decremented below, reaches zero.
-            let f = unsafe { &*job.f };
-            if let Err(payload) = catch_unwind(AssertUnwindSafe(|| claim_tasks(s, f, job.tasks))) {
-                *s.panicked.lock().unwrap_or_else(PoisonError::into_inner) = Some(payload);
-            }
-        }
-        s.busy.fetch_sub(1, Ordering::Release);
+        let Some(job) = *s.job.lock().unwrap_or_else(PoisonError::into_inner) else {
+            continue;
+        };
+        seen = job.region;
+        // SAFETY: see `Job`: `run_claimed` calls `f` only for tasks claimed
+        // under `job.region`, which the caller waits for.
+        let f = unsafe { &*job.f };
+        run_claimed(s, &job, f);
     }
 }
 
-/// Spins (while the team is hot) or parks until the epoch moves past
-/// `seen`; false on shutdown.
-fn wait_for_region(s: &Shared, seen: usize) -> bool {
-    let mut spins = 0u32;
+/// The current region's number.
+fn region(s: &Shared, order: Ordering) -> u64 {
+    s.claim.load(order) >> INDEX_BITS
+}
+
+/// Spins (while the team is hot) or parks until a region newer than `seen`
+/// is published; false on shutdown.
+fn wait_for_region(s: &Shared, seen: u64) -> bool {
+    let mut waited = 0u32;
     loop {
         if s.shutdown.load(Ordering::Acquire) {
             return false;
         }
-        if s.epoch.load(Ordering::Acquire) != seen {
+        if region(s, Ordering::Acquire) != seen {
             return true;
         }
-        spins = spins.wrapping_add(1);
-        // Checking the clock every spin would cost more than the spin.
-        if !spins.is_multiple_of(1024) || still_hot(s) {
-            std::hint::spin_loop();
+        // While spinning, reading the clock every time would cost more than
+        // the wait; once yielding, each wait may be a time slice.
+        let spinning = waited < SPINS_BEFORE_YIELD;
+        if (spinning && !(waited + 1).is_multiple_of(128)) || still_hot(s) {
+            pause(&mut waited);
             continue;
         }
         let guard = s.parking.lock().unwrap_or_else(PoisonError::into_inner);
@@ -346,10 +398,31 @@ fn wait_for_region(s: &Shared, seen: usize) -> bool {
         let _guard = s
             .wake
             .wait_while(guard, |_| {
-                s.epoch.load(Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst)
+                region(s, Ordering::SeqCst) == seen && !s.shutdown.load(Ordering::SeqCst)
             })
             .unwrap_or_else(PoisonError::into_inner);
         s.sleepers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Pauses a waiting thread spends spinning before it starts yielding its
+/// core at each check (a few microseconds to a few tens, by CPU).
+const SPINS_BEFORE_YIELD: u32 = 512;
+
+/// One wait between two checks of what another thread of the team does:
+/// spin first (a region's hand-off takes well under a microsecond), then
+/// give the core away at each check. When the team has more threads than
+/// it gets cores (other processes, a CPU quota), the thread it waits for
+/// may be descheduled: spinning on would burn that thread's time slice and
+/// made every region cost milliseconds (a test server beside two busy loops
+/// on 2 cores ran 8.5× slower than alone, not 2×). On idle cores `yield`
+/// returns at once, so the hand-off stays quick.
+fn pause(waited: &mut u32) {
+    *waited = waited.saturating_add(1);
+    if *waited < SPINS_BEFORE_YIELD {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
     }
 }
 
@@ -423,15 +496,40 @@ mod tests {
     }
 
     #[test]
+    fn with_more_threads_than_cores_every_task_runs_once_per_region() {
+        // Workers descheduled mid-region, late to a region or still in the
+        // previous one must neither run a task twice nor run a stale one.
+        let threads = 4 * std::thread::available_parallelism().map_or(2, |n| n.get());
+        let team = Team::new(threads).expect("team");
+        let counts: Vec<AtomicU64> = (0..64).map(|_| AtomicU64::new(0)).collect();
+        team.install(|| {
+            for region in 0..3000usize {
+                let tasks = region * 7 % 64;
+                for_each(tasks, |i| {
+                    counts[i].fetch_add(1, Ordering::Relaxed);
+                });
+                for (i, c) in counts.iter().enumerate() {
+                    let want = u64::from(i < tasks);
+                    assert_eq!(
+                        c.swap(0, Ordering::Relaxed),
+                        want,
+                        "region {region}, task {i}"
+                    );
+                }
+            }
+        });
+    }
+
+    #[test]
     fn parked_workers_wake_for_the_next_region() {
         let team = Team::new(2).expect("team");
         team.install(|| for_each(2, |_| {}));
-        std::thread::sleep(LINGER * 5);
-        assert_eq!(
-            team.shared.sleepers.load(Ordering::SeqCst),
-            1,
-            "the worker parked"
-        );
+        // Bounded by a second: other tests' threads may hold the cores.
+        let parked = (0..100).any(|_| {
+            std::thread::sleep(LINGER * 5);
+            team.shared.sleepers.load(Ordering::SeqCst) == 1
+        });
+        assert!(parked, "the worker did not park");
         let hits = AtomicU64::new(0);
         team.install(|| {
             for_each(64, |_| {
