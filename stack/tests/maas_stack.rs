@@ -105,13 +105,30 @@ impl Runner {
     }
 
     fn start_with(config: &Path, args: &[String]) -> Self {
-        let mut runner = Self::spawn_with(config, args, &[]);
-        let url = runner.url("/v1/models");
-        eventually(START_TIMEOUT, || {
-            if let Some(status) = runner.child.try_wait().expect("try_wait") {
+        // The ports `free_ports` found free are released before maas-stack
+        // binds them, and another process may take one meanwhile (tests
+        // run in parallel): maas-stack then stops at once, naming the port,
+        // and a second pair of ports is tried.
+        for _ in 0..2 {
+            if let Some(runner) = Self::spawn_with(config, args, &[]).wait_ready() {
+                return runner;
+            }
+        }
+        panic!("two pairs of free ports were taken before maas-stack could bind them");
+    }
+
+    /// Waits until the gateway answers HTTP and maas-stack has printed its
+    /// ready banner; `None` if it stopped because a port was taken.
+    fn wait_ready(mut self) -> Option<Self> {
+        let url = self.url("/v1/models");
+        let port_taken = eventually(START_TIMEOUT, || {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                if self.stderr().contains("is already in use") {
+                    return Ok(true);
+                }
                 panic!(
                     "maas-stack exited ({status}) while starting:\n{}",
-                    runner.output()
+                    self.output()
                 );
             }
             try_request("GET", &url, &[], None)
@@ -120,15 +137,14 @@ impl Runner {
             // The listener can answer before maas-stack has seen Envoy ready;
             // its banner is the signal that it has, read once its last line
             // is there.
-            let banner = runner.stdout();
-            if banner.contains(&format!("{}/v1", runner.gateway)) && banner.contains("Ctrl-C stops")
-            {
-                Ok(())
+            let banner = self.stdout();
+            if banner.contains(&format!("{}/v1", self.gateway)) && banner.contains("Ctrl-C stops") {
+                Ok(false)
             } else {
                 Err("gateway answers; waiting for the maas-stack banner".to_string())
             }
         });
-        runner
+        (!port_taken).then_some(self)
     }
 
     fn url(&self, path: &str) -> String {
