@@ -45,7 +45,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use maas_inference_server::model::tiny::{self, Weights};
-use maas_inference_server::model::{load_model, CacheSlot, Model, Placement, Scratch, StepInput};
+use maas_inference_server::model::{load_model, Model, Placement, Scratch, StepInput};
 use serde_json::{json, Value as Json};
 
 const CONTINUATION: usize = 64;
@@ -279,23 +279,21 @@ impl Ours<'_> {
         // One sequence's blocks of the host KV memory, in order.
         const BLOCK: usize = 16;
         let blocks = (prompt.len() + steps + 1).div_ceil(BLOCK);
-        let mut kv = self.model.new_host_kv(blocks, BLOCK).unwrap();
+        let mut kv = self.model.new_kv(blocks, BLOCK).unwrap();
         let table: Vec<u32> = (0..blocks as u32).collect();
         let mut scratch = Scratch::default();
         let mut feed: Vec<u32> = prompt.to_vec();
         let mut start = 0;
         for step in 0..steps {
-            let mut batch = [StepInput {
+            let batch = [StepInput {
                 tokens: &feed,
-                cache: CacheSlot::Host {
-                    blocks: &table,
-                    start,
-                },
+                blocks: &table,
+                start,
                 logits: true,
             }];
             let logits = self
                 .model
-                .forward(&mut batch, &mut kv, &mut scratch)
+                .forward(&batch, &mut kv, &mut scratch)
                 .unwrap()
                 .into_rows();
             start += feed.len();

@@ -98,8 +98,7 @@ pub struct BlockPool {
     evictable: BTreeMap<(u64, BlockId), ()>,
     by_name: HashMap<BlockName, BlockId>,
     clock: u64,
-    /// Off: no block is named, so nothing is ever found (`--no-prefix-caching`,
-    /// and a device's sequences, which keep their own caches).
+    /// Off: no block is named, so nothing is ever found (`--no-prefix-caching`).
     prefix_caching: bool,
 }
 

@@ -19,7 +19,7 @@ use maas_kernels::team::Team;
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::metrics::{CacheConfig, Metrics};
-use crate::model::{HostKv, LoadedModel, Model, ModelError};
+use crate::model::{KvMemory, LoadedModel, Model, ModelError};
 pub use grammar::Constraint;
 use kv_blocks::BlockPool;
 use sampling::SamplingParams;
@@ -189,7 +189,7 @@ impl KvCacheConfig {
     /// sequence of its whole context (so any admitted request can always
     /// finish, if need be alone).
     pub fn blocks(&self, model: &Model) -> Result<usize, StartError> {
-        let block_bytes = HostKv::block_bytes(model.config(), self.block_tokens).max(1) as u64;
+        let block_bytes = KvMemory::block_bytes(model.config(), self.block_tokens).max(1) as u64;
         let context = model.max_positions();
         let needed = context.div_ceil(self.block_tokens);
         let needed_bytes = needed as u64 * block_bytes;
@@ -265,21 +265,17 @@ impl Engine {
         metrics: Arc<Metrics>,
     ) -> Result<Self, StartError> {
         let blocks = config.kv.blocks(&loaded.model)?;
-        let device = matches!(loaded.model, Model::Device(_));
-        // A device's sequences keep their own contiguous caches (the blocks
-        // only budget admission there), so nothing can be shared between
-        // them: no prefix caching on a device yet.
-        let prefix_caching = config.kv.prefix_caching && !device;
+        let prefix_caching = config.kv.prefix_caching;
         let mut pool = BlockPool::new(blocks, config.kv.block_tokens);
         if !prefix_caching {
             pool = pool.without_prefix_caching();
         }
-        let kv = loaded.model.new_host_kv(blocks, config.kv.block_tokens)?;
+        let kv = loaded.model.new_kv(blocks, config.kv.block_tokens)?;
         let _ = metrics.cache_config.set(CacheConfig {
             blocks,
             block_tokens: config.kv.block_tokens,
             prefix_caching,
-            dtype: if device { "float32" } else { "float16" },
+            dtype: "float16",
         });
         tracing::info!(
             blocks,

@@ -1,4 +1,4 @@
-//! One request's state inside the engine: its prompt and cache, its sampler,
+//! One request's state inside the engine: its tokens, its sampler,
 //! and the text pipeline (UTF-8 reassembly, then stop strings) between sampled
 //! ids and the client's channel.
 
@@ -10,7 +10,6 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use super::sampling::{Sampler, TokenLogprobs};
 use super::{Constraint, Event, Failure, FinishReason, Usage};
 use crate::metrics::Metrics;
-use crate::model::DeviceCache;
 use crate::text::{IncrementalDecoder, StopMatcher, StopOutcome, TextTokenizer};
 
 pub(super) struct Sequence {
@@ -18,9 +17,6 @@ pub(super) struct Sequence {
     /// step's input, and after a preemption all of them are fed again.
     pub tokens: Vec<u32>,
     prompt_len: usize,
-    /// On a device, the sequence's own cache, reserved when the scheduler
-    /// admits it (the host model's caches are blocks the scheduler holds).
-    pub device: Option<DeviceCache>,
     /// Prompt tokens its first admission found in the prefix cache.
     pub cached_tokens: Option<usize>,
     pub sampler: Sampler,
@@ -67,7 +63,6 @@ impl Sequence {
         Self {
             prompt_len: p.prompt.len(),
             tokens: p.prompt,
-            device: None,
             cached_tokens: None,
             sampler: p.sampler,
             logprobs: p.logprobs,
@@ -104,10 +99,6 @@ impl Sequence {
 
     pub fn generated(&self) -> usize {
         self.generated
-    }
-
-    pub fn max_new_tokens(&self) -> usize {
-        self.max_new_tokens
     }
 
     pub fn received(&self) -> Instant {
@@ -201,11 +192,5 @@ impl Sequence {
     pub fn fail(&mut self, failure: Failure) {
         self.permit = None;
         let _ = self.events.send(Event::Failed(failure));
-    }
-
-    /// Bytes of its own device cache (none on the host: blocks are counted
-    /// by the pool).
-    pub fn kv_bytes(&self) -> usize {
-        self.device.as_ref().map_or(0, DeviceCache::resident_bytes)
     }
 }

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 
 use super::*;
-use crate::model::{load_gguf, load_gguf_on, tiny::tiny_gguf, HostKv, Placement};
+use crate::model::{load_gguf, load_gguf_on, tiny::tiny_gguf, Placement};
 
 fn engine(max_running: usize, max_waiting: usize) -> (Engine, Arc<Metrics>) {
     engine_with(max_running, max_waiting, KvCacheConfig::default())
@@ -354,7 +354,7 @@ fn kv_blocks(blocks: usize) -> KvCacheConfig {
     let path = tiny_gguf();
     let loaded = load_gguf(&path, None).unwrap();
     std::fs::remove_file(path).unwrap();
-    let block = HostKv::block_bytes(loaded.model.config(), 16) as u64;
+    let block = KvMemory::block_bytes(loaded.model.config(), 16) as u64;
     KvCacheConfig {
         memory: Some(block * blocks as u64),
         ..KvCacheConfig::default()
@@ -434,9 +434,9 @@ fn a_shared_prefix_is_found_in_the_cache_and_changes_no_token() {
     [cached, uncached].into_iter().for_each(stop);
 }
 
-/// On the device path (candle's CPU backend here) each choice copies the
-/// group's own cache, blocks only budget admission, and nothing is cached
-/// between requests.
+/// On the device path (candle's CPU backend here) the KV memory is paged
+/// as on the host: choices share the prompt's blocks and copy its last one,
+/// and a later request with the same prompt finds its full blocks.
 #[test]
 fn choices_and_prefixes_on_the_device_path() {
     let (engine, metrics) = engine_on(
@@ -447,17 +447,24 @@ fn choices_and_prefixes_on_the_device_path() {
     );
     // 37 tokens: two full blocks and part of a third.
     let long: Vec<u32> = (0..37).map(|i| 1 + i * 7 % 250).collect();
-    for _ in 0..2 {
+    let cached = |end: &Event| match end {
+        Event::Finished { usage, .. } => usage.cached_tokens,
+        other => panic!("{other:?}"),
+    };
+    for round in 0..2 {
         let forked = choices(&engine.handle, &long, 3, 11);
         for (i, (text, end)) in forked.iter().enumerate() {
-            let Event::Finished { usage, .. } = end else {
-                panic!("{end:?}")
-            };
-            assert_eq!(usage.cached_tokens, 0, "no prefix cache on a device");
+            assert_eq!(
+                cached(end),
+                if round == 0 { 0 } else { 32 },
+                "round {round}"
+            );
             let alone = choices(&engine.handle, &long, 1, 11 + i as u64);
             assert_eq!(*text, alone[0].0, "choice {i}");
+            assert_eq!(cached(&alone[0].1), 32);
         }
     }
-    assert_eq!(metrics.prefix_cache_queries.get(), 0);
+    assert_eq!(metrics.prefix_cache_queries.get(), 8 * 37);
+    assert_eq!(metrics.prefix_cache_hits.get(), 7 * 32);
     stop(engine);
 }

@@ -14,7 +14,7 @@ use super::scheduler::{Plan, Scheduler, SeqId, Work};
 use super::sequence::{Sequence, SequenceParts};
 use super::{Command, Constraint, Failure, FinishReason, Submission};
 use crate::metrics::Metrics;
-use crate::model::{CacheSlot, HostKv, LoadedModel, ModelError, Scratch, StepInput};
+use crate::model::{KvMemory, LoadedModel, ModelError, Scratch, StepInput};
 
 pub(super) struct Worker {
     loaded: Arc<LoadedModel>,
@@ -31,9 +31,8 @@ pub(super) struct Worker {
     next_id: u64,
     scratch: Scratch,
     team: Team,
-    /// The host model's KV memory, in the blocks the scheduler hands out
-    /// (empty for a device model: its sequences hold their own caches).
-    kv: HostKv,
+    /// The KV memory, in the blocks the scheduler hands out.
+    kv: KvMemory,
 }
 
 impl Worker {
@@ -47,7 +46,7 @@ impl Worker {
         shutting_down: Arc<AtomicBool>,
         grace: Duration,
         team: Team,
-        kv: HostKv,
+        kv: KvMemory,
     ) -> Self {
         Self {
             loaded,
@@ -180,82 +179,50 @@ impl Worker {
 
     /// A request's prompt is in its first sequence's cache: its other
     /// choices take its full blocks and a copy of its unfinished last one
-    /// (on a device, a copy of its cache) with its grammar state, and
-    /// decode on their own from the next step. Returns those that did.
+    /// with its grammar state, and decode on their own from the next step.
+    /// Returns those that did.
     fn fork(&mut self, first: SeqId, others: Vec<SeqId>) -> Vec<SeqId> {
-        let Some(group) = self.sequences.get_mut(&first) else {
+        let Some(group) = self.sequences.get(&first) else {
             return Vec::new();
         };
         let grammar = group.grammar.as_ref().map(Constraint::fork);
-        let device = group.device.take();
+        let cached_tokens = group.cached_tokens;
         let prompt = group.tokens().to_vec();
         let others: Vec<SeqId> = others
             .into_iter()
             .filter(|id| self.sequences.contains_key(id))
             .collect();
-        let Some(copies) = self.scheduler.fork(first, &others, &prompt) else {
+        let copied = match self.scheduler.fork(first, &others, &prompt) {
+            Some(copies) => copies
+                .into_iter()
+                .try_for_each(|(from, to)| self.kv.copy_block(from, to)),
             // Unreachable: the first is sampled right after this, with its
             // prompt fed. Fail the choices rather than leave them waiting.
-            if let Some(group) = self.sequences.get_mut(&first) {
-                group.device = device;
-            }
+            None => Err(ModelError::Forward("a choice lost its prefill".into())),
+        };
+        if let Err(e) = copied {
+            tracing::error!(error = %e, "failing a request's other choices: its prompt could not be copied");
             for id in others {
-                self.fail_alone(id, Failure::Internal("a choice lost its prefill".into()));
+                self.fail_alone(id, Failure::Internal(e.to_string()));
             }
             return Vec::new();
-        };
-        // A device sequence keeps its own cache (copied below); the host
-        // model's choices copy the prompt's last block in the KV memory.
-        if device.is_none() {
-            for (from, to) in copies {
-                self.kv.copy_block(from, to);
-            }
         }
-        let cached_tokens = self.sequences.get(&first).and_then(|s| s.cached_tokens);
-        let mut forked = Vec::with_capacity(others.len());
-        let mut failed = Vec::new();
-        for id in others {
-            if self.scheduler.blocks(id).is_none() {
-                failed.push((
-                    id,
-                    ModelError::Forward("no KV blocks for the choice".into()),
-                ));
-                continue;
-            }
-            let copied = match &device {
-                Some(from) => self
-                    .loaded
-                    .model
-                    .new_device_cache(prompt.len() + self.sequences[&id].max_new_tokens())
-                    .and_then(|mut own| own.copy_prefix(from).map(|()| Some(own))),
-                None => Ok(None),
-            };
-            match copied {
-                Ok(own) => {
-                    if let Some(seq) = self.sequences.get_mut(&id) {
-                        seq.device = own;
-                        seq.grammar = grammar.as_ref().map(Constraint::fork);
-                        seq.cached_tokens = cached_tokens;
-                    }
-                    forked.push(id);
-                }
-                Err(e) => failed.push((id, e)),
-            }
+        let (forked, left_out): (Vec<SeqId>, Vec<SeqId>) = others
+            .into_iter()
+            .partition(|id| self.scheduler.blocks(*id).is_some());
+        for id in left_out {
+            self.fail_alone(id, Failure::Internal("no KV blocks for the choice".into()));
         }
-        if let Some(group) = self.sequences.get_mut(&first) {
-            group.device = device;
-        }
-        for (id, e) in failed {
-            tracing::error!(error = %e, "failing a choice: its prompt could not be copied");
-            self.fail_alone(id, Failure::Internal(e.to_string()));
+        for id in &forked {
+            if let Some(seq) = self.sequences.get_mut(id) {
+                seq.grammar = grammar.as_ref().map(Constraint::fork);
+                seq.cached_tokens = cached_tokens;
+            }
         }
         forked
     }
 
-    /// Sequences the scheduler admitted, refused or preempted. A device
-    /// sequence's cache is reserved at admission for its whole budget (the
-    /// host's blocks come from the scheduler); one that cannot have it is
-    /// refused whole, with its choices, before any work is done.
+    /// Sequences the scheduler admitted, refused or preempted.
     fn admit(&mut self, plan: &Plan) {
         for &id in &plan.refused {
             let blocks = self.scheduler.pool().total();
@@ -266,12 +233,7 @@ impl Worker {
                 )),
             );
         }
-        for &id in &plan.preempted {
-            self.metrics.preemptions.add(1);
-            if let Some(seq) = self.sequences.get_mut(&id) {
-                seq.device = None;
-            }
-        }
+        self.metrics.preemptions.add(plan.preempted.len() as u64);
         let prefix_caching = self.scheduler.pool().prefix_caching();
         for a in &plan.admitted {
             let Some(seq) = self.sequences.get_mut(&a.id) else {
@@ -285,17 +247,6 @@ impl Worker {
                 self.metrics.prefix_cache_hits.add(a.cached_tokens as u64);
             }
             seq.cached_tokens.get_or_insert(a.cached_tokens);
-            if !matches!(self.loaded.model, crate::model::Model::Device(_)) {
-                continue;
-            }
-            let capacity = seq.tokens().len() + seq.max_new_tokens() - seq.generated();
-            match self.loaded.model.new_device_cache(capacity) {
-                Ok(cache) => seq.device = Some(cache),
-                Err(e) => {
-                    tracing::warn!(error = %e, "refusing a request: no memory for its KV cache");
-                    self.end_with_failure(a.id, Failure::Internal(e.to_string()));
-                }
-            }
         }
     }
 
@@ -429,11 +380,9 @@ impl Worker {
                 }
                 Work::Decode { .. } => (all.len() - 1, &all[all.len() - 1..], true),
             };
-            let cache = match (seq.device.as_mut(), self.scheduler.blocks(*id)) {
-                (Some(cache), _) => CacheSlot::Device(cache),
-                (None, Some(blocks)) => CacheSlot::Host { blocks, start },
-                // Unreachable: planned work is for running sequences.
-                (None, None) => continue,
+            // Always there: planned work is for running sequences.
+            let Some(blocks) = self.scheduler.blocks(*id) else {
+                continue;
             };
             if logits {
                 sampled.push(*id);
@@ -441,7 +390,8 @@ impl Worker {
             }
             inputs.push(StepInput {
                 tokens,
-                cache,
+                blocks,
+                start,
                 logits,
             });
         }
@@ -451,7 +401,7 @@ impl Worker {
             &self.team,
             &mut self.kv,
         );
-        let mut forward = || team.install(|| model.forward(&mut inputs, kv, scratch));
+        let mut forward = || team.install(|| model.forward(&inputs, kv, scratch));
         // The grammar masks for this step's tokens depend only on tokens
         // already chosen: computed on their own thread while the forward
         // pass runs, so constrained decoding costs the step little time.
@@ -545,13 +495,8 @@ impl Worker {
         self.metrics.running.set(self.scheduler.running() as u64);
         let pool = self.scheduler.pool();
         let held = pool.total() - pool.free();
-        let kv = match &self.loaded.model {
-            crate::model::Model::Host(_) => {
-                held * HostKv::block_bytes(self.loaded.model.config(), pool.block_tokens())
-            }
-            crate::model::Model::Device(_) => self.sequences.values().map(Sequence::kv_bytes).sum(),
-        };
-        self.metrics.kv_cache_bytes.set(kv as u64);
+        let bytes = held * KvMemory::block_bytes(self.loaded.model.config(), pool.block_tokens());
+        self.metrics.kv_cache_bytes.set(bytes as u64);
         self.metrics.kv_cache_usage.set(pool.usage());
     }
 }

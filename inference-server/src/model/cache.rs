@@ -1,5 +1,6 @@
-//! The host's KV memory: every sequence's keys and values, every layer, in
-//! fixed-size blocks of f16 (PagedAttention's layout, on the CPU).
+//! The KV memory: every sequence's keys and values, every layer, in
+//! fixed-size blocks of f16 (PagedAttention's layout). This is the host's;
+//! `device_kv` keeps the same layout in a device's memory.
 //!
 //! Half precision, as llama.cpp's default cache and vLLM's (the model's
 //! dtype) keep them: at 8 streams and a few hundred positions a decode step
@@ -27,6 +28,49 @@ use super::ModelError;
 
 /// A block's number in the KV memory.
 pub type BlockId = u32;
+
+/// The KV memory of the loaded model, where it runs: the host's, or a
+/// device's (see `device_kv`). Both keep f16 blocks of the same layout, so
+/// the engine's block tables, prefix caching and forks are the same.
+pub enum KvMemory {
+    Host(HostKv),
+    Device(super::device_kv::DeviceKv),
+}
+
+impl KvMemory {
+    /// Bytes one block takes: keys and values of `block_tokens` positions
+    /// in every layer, in f16.
+    pub fn block_bytes(config: &ModelConfig, block_tokens: usize) -> usize {
+        2 * config.layers * block_tokens * config.kv_width() * std::mem::size_of::<f16>()
+    }
+
+    pub fn blocks(&self) -> usize {
+        match self {
+            Self::Host(kv) => kv.blocks,
+            Self::Device(kv) => kv.blocks(),
+        }
+    }
+
+    pub fn block_tokens(&self) -> usize {
+        match self {
+            Self::Host(kv) => kv.block_tokens,
+            Self::Device(kv) => kv.block_tokens(),
+        }
+    }
+
+    /// Copies block `from` into block `to`, every layer (a request's
+    /// choices fork: each gets its own copy of the prompt's unfinished
+    /// last block).
+    pub fn copy_block(&mut self, from: BlockId, to: BlockId) -> Result<(), ModelError> {
+        match self {
+            Self::Host(kv) => {
+                kv.copy_block(from, to);
+                Ok(())
+            }
+            Self::Device(kv) => kv.copy_block(from, to),
+        }
+    }
+}
 
 pub struct HostKv {
     keys: Vec<Vec<f16>>,
@@ -62,12 +106,6 @@ impl<'a> KvBlocks<'a> {
 }
 
 impl HostKv {
-    /// Bytes one block takes: keys and values of `block_tokens` positions
-    /// in every layer.
-    pub fn block_bytes(config: &ModelConfig, block_tokens: usize) -> usize {
-        2 * config.layers * block_tokens * config.kv_width() * std::mem::size_of::<f16>()
-    }
-
     /// Memory for `blocks` blocks of `block_tokens` positions. A failed
     /// reservation (an address-space limit, strict overcommit) is an error
     /// at start, never an abort.
@@ -103,14 +141,6 @@ impl HostKv {
         })
     }
 
-    pub fn blocks(&self) -> usize {
-        self.blocks
-    }
-
-    pub fn block_tokens(&self) -> usize {
-        self.block_tokens
-    }
-
     /// Stores position `position`'s key and value of `layer` in the
     /// sequence whose blocks are `table`.
     pub(super) fn write(
@@ -129,25 +159,9 @@ impl HostKv {
     }
 
     /// The element offset of `position` in the sequence with blocks
-    /// `table`; positions beyond its table, or blocks beyond the memory,
-    /// are errors (the engine's bookkeeping would be wrong).
+    /// `table` (see [`slot`]).
     fn offset(&self, table: &[BlockId], position: usize) -> Result<usize, ModelError> {
-        let block = table
-            .get(position / self.block_tokens)
-            .copied()
-            .ok_or_else(|| {
-                ModelError::Forward(format!(
-                    "position {position} beyond the sequence's {} KV blocks",
-                    table.len()
-                ))
-            })? as usize;
-        if block >= self.blocks {
-            return Err(ModelError::Forward(format!(
-                "KV block {block} beyond the {} allocated",
-                self.blocks
-            )));
-        }
-        Ok((block * self.block_tokens + position % self.block_tokens) * self.kv_width)
+        Ok(slot(table, position, self.block_tokens, self.blocks)? * self.kv_width)
     }
 
     /// `layer`'s memory as the sequence with blocks `table` sees it.
@@ -160,10 +174,7 @@ impl HostKv {
         }
     }
 
-    /// Copies block `from` into block `to`, every layer (a request's
-    /// choices fork: each gets its own copy of the prompt's unfinished
-    /// last block).
-    pub fn copy_block(&mut self, from: BlockId, to: BlockId) {
+    fn copy_block(&mut self, from: BlockId, to: BlockId) {
         let len = self.block_tokens * self.kv_width;
         let (from, to) = (from as usize * len, to as usize * len);
         for layer in self.keys.iter_mut().chain(self.values.iter_mut()) {
@@ -186,16 +197,51 @@ impl HostKv {
     /// Checks that every block of `table` is in this memory and that it
     /// covers `positions` (before a forward pass writes anything).
     pub(super) fn check(&self, table: &[BlockId], positions: usize) -> Result<(), ModelError> {
-        if positions > 0 {
-            self.offset(table, positions - 1)?;
-        }
-        match table.iter().find(|&&b| b as usize >= self.blocks) {
-            Some(b) => Err(ModelError::Forward(format!(
-                "KV block {b} beyond the {} allocated",
-                self.blocks
-            ))),
-            None => Ok(()),
-        }
+        check_table(table, positions, self.block_tokens, self.blocks)
+    }
+}
+
+/// The position's place in a KV memory of `blocks` blocks of
+/// `block_tokens` positions, for the sequence whose blocks are `table`
+/// (in position order): `block × block_tokens + position % block_tokens`.
+/// Positions beyond its table, or blocks beyond the memory, are errors (the
+/// engine's bookkeeping would be wrong).
+pub(super) fn slot(
+    table: &[BlockId],
+    position: usize,
+    block_tokens: usize,
+    blocks: usize,
+) -> Result<usize, ModelError> {
+    let block = table.get(position / block_tokens).copied().ok_or_else(|| {
+        ModelError::Forward(format!(
+            "position {position} beyond the sequence's {} KV blocks",
+            table.len()
+        ))
+    })? as usize;
+    if block >= blocks {
+        return Err(ModelError::Forward(format!(
+            "KV block {block} beyond the {blocks} allocated"
+        )));
+    }
+    Ok(block * block_tokens + position % block_tokens)
+}
+
+/// Checks that every block of `table` is among `blocks` and that the table
+/// covers `positions`.
+pub(super) fn check_table(
+    table: &[BlockId],
+    positions: usize,
+    block_tokens: usize,
+    blocks: usize,
+) -> Result<(), ModelError> {
+    if positions > 0 {
+        slot(table, positions - 1, block_tokens, blocks)?;
+    }
+    match table.iter().find(|&&b| b as usize >= blocks) {
+        Some(b) => Err(ModelError::Forward(format!(
+            "KV block {b} beyond the {blocks} allocated"
+        ))),
+        None => Ok(()),
     }
 }
 
@@ -203,7 +249,7 @@ impl HostKv {
 /// for large sizes fresh pages the kernel commits on first write), where
 /// `vec![f16::ZERO; n]` would write every element; `None` when the
 /// allocator refuses.
-fn zeroed(n: usize) -> Option<Vec<f16>> {
+pub(super) fn zeroed(n: usize) -> Option<Vec<f16>> {
     if n == 0 {
         return Some(Vec::new());
     }

@@ -2,8 +2,9 @@
 //!
 //! The same model and the same batching contract as the host path: one step
 //! feeds every sequence's tokens through each linear layer as one matrix,
-//! RoPE rotates each row at its own position, and each sequence attends over
-//! its own cache. Written with candle ops, it runs wherever candle has a
+//! RoPE rotates each row at its own position, and each row attends over its
+//! sequence's blocks of the paged KV memory (`device_kv`), the whole batch
+//! in one launch per layer (`paged_attention`). Written with candle ops, it runs wherever candle has a
 //! backend. Weights stay in their GGUF block formats on the device and go
 //! through candle's quantized matmul kernels (one launch per layer for the
 //! whole batch). Every architecture the host path runs runs here too:
@@ -16,8 +17,10 @@ use candle_core::quantized::{QMatMul, QTensor};
 use candle_core::{DType, Device, Tensor};
 
 use super::config::{Family, ModelConfig, RopeStyle};
+use super::device_kv::DeviceKv;
 use super::ops::Rope;
-use super::{Logits, ModelError};
+use super::paged_attention::{PagedAttention, SequenceRows, StepLayout, MAX_HEAD_DIM};
+use super::{Logits, ModelError, StepInput};
 
 /// One linear weight on the device, with its optional bias.
 pub struct DeviceLinear {
@@ -111,65 +114,6 @@ pub struct DeviceModel {
     positions: usize,
 }
 
-/// One sequence's keys and values on the device: per layer one
-/// `[kv_heads, capacity, head_dim]` tensor, allocated whole at admission (so
-/// running out of device memory refuses the request instead of failing a
-/// step) and written in place as positions arrive.
-pub struct DeviceCache {
-    keys: Vec<Tensor>,
-    values: Vec<Tensor>,
-    capacity: usize,
-    len: usize,
-    bytes: usize,
-}
-
-impl DeviceCache {
-    pub fn len(&self) -> usize {
-        self.len
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    /// Device memory the cache holds (all of it is reserved at admission).
-    pub fn resident_bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Takes `from`'s positions into this cache (see
-    /// a request's choices forking), device to device.
-    pub fn copy_prefix(&mut self, from: &DeviceCache) -> Result<(), ModelError> {
-        if from.len > self.capacity {
-            return Err(ModelError::Forward(format!(
-                "cannot copy {} positions into a cache of {}",
-                from.len, self.capacity
-            )));
-        }
-        if from.len > 0 {
-            for (to, from_t) in self
-                .keys
-                .iter_mut()
-                .zip(&from.keys)
-                .chain(self.values.iter_mut().zip(&from.values))
-            {
-                // A narrowed view is strided; slice_set takes contiguous
-                // sources only.
-                to.slice_set(&from_t.narrow(1, 0, from.len)?.contiguous()?, 1, 0)?;
-            }
-        }
-        self.len = from.len;
-        Ok(())
-    }
-}
-
-/// One sequence's share of a device step (see [`super::StepInput`]).
-pub struct DeviceStep<'a> {
-    pub tokens: &'a [u32],
-    pub cache: &'a mut DeviceCache,
-    pub logits: bool,
-}
-
 impl DeviceModel {
     pub(super) fn new(
         device: Device,
@@ -177,6 +121,15 @@ impl DeviceModel {
         w: DeviceWeights,
         ropes: &[Rope],
     ) -> Result<Self, ModelError> {
+        if config.head_dim > MAX_HEAD_DIM {
+            return Err(ModelError::metadata(
+                "attention.key_length",
+                &format!(
+                    "heads of {} on a device (its attention kernel takes at most {MAX_HEAD_DIM}); use --device cpu",
+                    config.head_dim
+                ),
+            ));
+        }
         let positions = ropes
             .first()
             .ok_or_else(|| ModelError::Forward("no RoPE".into()))?
@@ -216,38 +169,20 @@ impl DeviceModel {
         &self.device
     }
 
-    pub fn new_cache(&self, capacity_tokens: usize) -> Result<DeviceCache, ModelError> {
-        let cfg = &self.config;
-        let shape = (cfg.kv_heads, capacity_tokens, cfg.head_dim);
-        let alloc = || -> Result<Vec<Tensor>, ModelError> {
-            (0..cfg.layers)
-                .map(|_| {
-                    Tensor::zeros(shape, DType::F32, &self.device).map_err(|e| {
-                        ModelError::Forward(format!(
-                            "cannot allocate a KV cache for {capacity_tokens} positions: {e}"
-                        ))
-                    })
-                })
-                .collect()
-        };
-        Ok(DeviceCache {
-            keys: alloc()?,
-            values: alloc()?,
-            capacity: capacity_tokens,
-            len: 0,
-            bytes: 2 * cfg.layers * capacity_tokens * cfg.kv_width() * 4,
-        })
+    /// The KV memory: `blocks` blocks of `block_tokens` positions.
+    pub fn new_kv(&self, blocks: usize, block_tokens: usize) -> Result<DeviceKv, ModelError> {
+        DeviceKv::new(&self.config, &self.device, blocks, block_tokens)
     }
 
-    /// Runs every input's tokens through the model, appends them to each
-    /// input's cache, and returns the logits (one `vocab`-wide row per input
-    /// that asked, in input order).
-    pub fn forward(&self, batch: &mut [DeviceStep<'_>]) -> Result<Logits, ModelError> {
+    /// Runs every input's tokens through the model, stores their keys and
+    /// values in their blocks of `kv`, and returns the logits (one
+    /// `vocab`-wide row per input that asked, in input order).
+    pub fn forward(&self, batch: &[StepInput<'_>], kv: &DeviceKv) -> Result<Logits, ModelError> {
         let cfg = &self.config;
         let mut positions = Vec::new();
         let mut ids = Vec::new();
-        for input in batch.iter() {
-            let start = input.cache.len;
+        for input in batch {
+            let start = input.start;
             let end = start + input.tokens.len();
             if end > self.positions {
                 return Err(ModelError::Forward(format!(
@@ -255,12 +190,7 @@ impl DeviceModel {
                     self.positions
                 )));
             }
-            if end > input.cache.capacity {
-                return Err(ModelError::Forward(format!(
-                    "position {end} beyond the sequence's cache of {}",
-                    input.cache.capacity
-                )));
-            }
+            kv.check(input.blocks, end)?;
             if let Some(&bad) = input.tokens.iter().find(|&&t| t as usize >= self.w.vocab) {
                 return Err(ModelError::Forward(format!(
                     "token id {bad} outside the vocabulary of {}",
@@ -274,6 +204,21 @@ impl DeviceModel {
         if n == 0 {
             return Ok(Logits::new(Vec::new(), self.w.vocab));
         }
+        let rows: Vec<SequenceRows<'_>> = batch
+            .iter()
+            .map(|input| SequenceRows {
+                blocks: input.blocks,
+                start: input.start,
+                len: input.tokens.len(),
+            })
+            .collect();
+        let step = StepLayout::new(
+            &rows,
+            kv.blocks(),
+            kv.block_tokens(),
+            cfg.kv_width(),
+            &self.device,
+        )?;
         let ids = Tensor::from_vec(ids, n, &self.device)?;
         let at = Tensor::from_vec(positions, n, &self.device)?;
         let half = cfg.head_dim / 2;
@@ -324,21 +269,18 @@ impl DeviceModel {
             let [q, k, v] = projected::<3>(&block.qkv, &h)?;
             let q = heads_of(q, cfg.heads, q_norm, block.rope)?;
             let k = heads_of(k, cfg.kv_heads, k_norm, block.rope)?;
-            let mut outs = Vec::with_capacity(batch.len());
-            let mut offset = 0;
-            for input in batch.iter_mut() {
-                let t = input.tokens.len();
-                outs.push(self.attend(
-                    layer,
-                    block.window,
-                    input.cache,
-                    &q.narrow(0, offset, t)?,
-                    &k.narrow(0, offset, t)?,
-                    &v.narrow(0, offset, t)?,
-                )?);
-                offset += t;
+            kv.write(layer, &step, &k, &v)?;
+            let (keys, values) = kv.layer(layer);
+            let attn = PagedAttention {
+                step: &step,
+                heads: cfg.heads,
+                kv_heads: cfg.kv_heads,
+                head_dim: cfg.head_dim,
+                block_tokens: kv.block_tokens(),
+                scale: cfg.attention_scale,
+                window: block.window,
             }
-            let attn = Tensor::cat(&outs, 0)?;
+            .forward(&q, keys, values)?;
             x = residual(x, block.out.forward(&attn)?, &block.post_attn_norm)?;
 
             let h = candle_nn::ops::rms_norm(&x, &block.ffn_norm, cfg.rms_eps)?;
@@ -355,13 +297,12 @@ impl DeviceModel {
 
         let mut last = Vec::new();
         let mut offset = 0;
-        for input in batch.iter_mut() {
+        for input in batch {
             let t = input.tokens.len();
             if input.logits {
                 last.push((offset + t - 1) as u32);
             }
             offset += t;
-            input.cache.len += t;
         }
         if last.is_empty() {
             return Ok(Logits::new(Vec::new(), self.w.vocab));
@@ -377,73 +318,6 @@ impl DeviceModel {
             logits.flatten_all()?.to_vec1::<f32>()?,
             self.w.vocab,
         ))
-    }
-
-    /// Causal attention of one sequence's `t` new tokens (`q`: `[t, heads ×
-    /// head_dim]`, `k`/`v`: `[t, kv_width]`) over its cache, after storing
-    /// the new keys and values at positions `len..len + t`; with a `window`,
-    /// each query sees only the last `window` positions, itself included.
-    fn attend(
-        &self,
-        layer: usize,
-        window: Option<usize>,
-        cache: &mut DeviceCache,
-        q: &Tensor,
-        k: &Tensor,
-        v: &Tensor,
-    ) -> Result<Tensor, ModelError> {
-        let cfg = &self.config;
-        let (t, hd) = (q.dim(0)?, cfg.head_dim);
-        let (heads, kv_heads) = (cfg.heads, cfg.kv_heads);
-        let group = heads / kv_heads;
-        let start = cache.len;
-        let end = start + t;
-        let by_head = |x: &Tensor, heads: usize| -> Result<Tensor, ModelError> {
-            Ok(x.reshape((t, heads, hd))?.transpose(0, 1)?.contiguous()?)
-        };
-        cache.keys[layer].slice_set(&by_head(k, kv_heads)?, 1, start)?;
-        cache.values[layer].slice_set(&by_head(v, kv_heads)?, 1, start)?;
-        // The oldest position any of these queries sees.
-        let first = window.map_or(0, |w| (start + 1).saturating_sub(w));
-        let visible = end - first;
-        let keys = cache.keys[layer].narrow(1, first, visible)?.contiguous()?;
-        let values = cache.values[layer]
-            .narrow(1, first, visible)?
-            .contiguous()?;
-
-        // Query head h reads KV head h / group, so the heads of one group
-        // stack into one `[group × t, head_dim]` matrix per KV head.
-        let q = by_head(q, heads)?.reshape((kv_heads, group * t, hd))?;
-        let mut scores = (q.matmul(&keys.t()?)? * f64::from(cfg.attention_scale))?;
-        if t > 1 {
-            // Token j (position start + j) sees positions up to its own,
-            // and within its window.
-            let mask: Vec<f32> = (0..t)
-                .flat_map(|j| {
-                    let at = start + j;
-                    (first..end).map(move |p| {
-                        let seen = p <= at && window.is_none_or(|w| at - p < w);
-                        if seen {
-                            0.0
-                        } else {
-                            f32::NEG_INFINITY
-                        }
-                    })
-                })
-                .collect();
-            let mask = Tensor::from_vec(mask, (t, visible), &self.device)?;
-            scores = scores
-                .reshape((kv_heads, group, t, visible))?
-                .broadcast_add(&mask)?
-                .reshape((kv_heads, group * t, visible))?;
-        }
-        let probs = candle_nn::ops::softmax_last_dim(&scores)?;
-        Ok(probs
-            .matmul(&values)?
-            .reshape((heads, t, hd))?
-            .transpose(0, 1)?
-            .contiguous()?
-            .reshape((t, heads * hd))?)
     }
 }
 

@@ -1,6 +1,6 @@
 //! A decoder over GGUF weights (llama-shaped blocks, and Gemma 3's) that
 //! runs one forward pass for many sequences at once, each at its own
-//! position over its own KV cache. Sliding-window layers (Gemma 3) read only
+//! position over its own blocks of one paged KV memory (`cache`). Sliding-window layers (Gemma 3) read only
 //! their window, but their cache keeps every position like the global
 //! layers' (simple, and the block budget already counts them).
 //!
@@ -8,7 +8,7 @@
 //! one position for the whole batch, so it cannot serve continuous batching.
 //! This forward is written on row-major `f32` buffers: linear layers take all
 //! of a step's tokens as one `[tokens, hidden]` matrix, RoPE rotates each row
-//! at its own position, and attention runs per sequence over its own cache.
+//! at its own position, and each token attends over its sequence's blocks.
 //!
 //! Two implementations serve that contract: [`HostModel`] (our own quantized
 //! kernels on the CPU, the default) and [`DeviceModel`] (candle tensors on an
@@ -17,17 +17,19 @@
 mod cache;
 mod config;
 mod device;
+mod device_kv;
 mod file;
 mod linear;
 mod load;
 mod ops;
+mod paged_attention;
 mod projection;
 
 use thiserror::Error;
 
-pub use cache::{BlockId, HostKv};
+pub use cache::{BlockId, HostKv, KvMemory};
 pub use config::{Family, ModelConfig, RopeParams, RopeStyle, SlidingWindow};
-pub use device::{DeviceCache, DeviceModel, DeviceStep};
+pub use device::DeviceModel;
 pub use file::{file_type_name, ModelFile};
 pub use linear::Linear;
 pub use load::{load_gguf, load_gguf_on, load_model, LoadedModel, Placement};
@@ -116,18 +118,6 @@ pub enum Model {
     Device(DeviceModel),
 }
 
-/// Where one sequence's share of a step reads and writes its keys and
-/// values, kept where its model runs.
-pub enum CacheSlot<'a> {
-    /// Its blocks in the host's KV memory, in position order, and the
-    /// position of the step's first token (what they hold before it).
-    Host {
-        blocks: &'a [BlockId],
-        start: usize,
-    },
-    Device(&'a mut DeviceCache),
-}
-
 impl Model {
     pub fn config(&self) -> &ModelConfig {
         match self {
@@ -159,69 +149,31 @@ impl Model {
         }
     }
 
-    /// The host's KV memory: `blocks` blocks of `block_tokens` positions
-    /// (none for a device model, whose sequences keep their own caches).
-    pub fn new_host_kv(&self, blocks: usize, block_tokens: usize) -> Result<HostKv, ModelError> {
-        let blocks = match self {
-            Self::Host(_) => blocks,
-            Self::Device(_) => 0,
-        };
-        HostKv::new(self.config(), blocks, block_tokens)
-    }
-
-    /// A device sequence's own cache for `capacity_tokens` positions (the
-    /// host model's sequences take blocks of its [`HostKv`] instead).
-    pub fn new_device_cache(&self, capacity_tokens: usize) -> Result<DeviceCache, ModelError> {
-        match self {
-            Self::Host(_) => Err(ModelError::Forward(
-                "the host model keeps its KV cache in blocks".into(),
-            )),
-            Self::Device(m) => m.new_cache(capacity_tokens),
-        }
+    /// The KV memory, where the model runs: `blocks` blocks of
+    /// `block_tokens` positions.
+    pub fn new_kv(&self, blocks: usize, block_tokens: usize) -> Result<KvMemory, ModelError> {
+        Ok(match self {
+            Self::Host(_) => KvMemory::Host(HostKv::new(self.config(), blocks, block_tokens)?),
+            Self::Device(m) => KvMemory::Device(m.new_kv(blocks, block_tokens)?),
+        })
     }
 
     /// Runs every input's tokens through the model, stores their keys and
-    /// values in each input's cache (the host's in `kv`), and returns the
-    /// logits (one `vocab`-wide row per input that asked, in input order).
-    /// Hand them back with [`Scratch::recycle`] so the next step reuses
-    /// their buffer.
+    /// values in their blocks of `kv`, and returns the logits (one
+    /// `vocab`-wide row per input that asked, in input order). Hand them
+    /// back with [`Scratch::recycle`] so the next step reuses their buffer.
     pub fn forward(
         &self,
-        batch: &mut [StepInput<'_>],
-        kv: &mut HostKv,
+        batch: &[StepInput<'_>],
+        kv: &mut KvMemory,
         s: &mut Scratch,
     ) -> Result<Logits, ModelError> {
-        let other = || ModelError::Forward("a KV cache from another device".into());
-        match self {
-            Self::Host(m) => {
-                let steps = batch
-                    .iter()
-                    .map(|input| match input.cache {
-                        CacheSlot::Host { blocks, start } => Ok(HostStep {
-                            tokens: input.tokens,
-                            blocks,
-                            start,
-                            logits: input.logits,
-                        }),
-                        CacheSlot::Device(_) => Err(other()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                m.forward(&steps, kv, s)
-            }
-            Self::Device(m) => {
-                let mut steps = batch
-                    .iter_mut()
-                    .map(|input| match &mut input.cache {
-                        CacheSlot::Device(cache) => Ok(DeviceStep {
-                            tokens: input.tokens,
-                            cache,
-                            logits: input.logits,
-                        }),
-                        CacheSlot::Host { .. } => Err(other()),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                m.forward(&mut steps)
-            }
+        match (self, kv) {
+            (Self::Host(m), KvMemory::Host(kv)) => m.forward(batch, kv, s),
+            (Self::Device(m), KvMemory::Device(kv)) => m.forward(batch, kv),
+            _ => Err(ModelError::Forward(
+                "a KV memory from another device".into(),
+            )),
         }
     }
 }
@@ -262,20 +214,14 @@ pub struct HostModel {
 }
 
 /// One sequence's share of a step: the tokens to feed (a prefill chunk or the
-/// last sampled token), where its cache is, and whether to return logits
-/// for its last token.
+/// last sampled token), its blocks in the KV memory (in position order), the
+/// position of its first token (what the blocks hold before it), and whether
+/// to return logits for its last token.
 pub struct StepInput<'a> {
     pub tokens: &'a [u32],
-    pub cache: CacheSlot<'a>,
+    pub blocks: &'a [BlockId],
+    pub start: usize,
     pub logits: bool,
-}
-
-/// A [`StepInput`] of the host model.
-struct HostStep<'a> {
-    tokens: &'a [u32],
-    blocks: &'a [BlockId],
-    start: usize,
-    logits: bool,
 }
 
 /// One step's logits: a `vocab`-wide row per input that asked for them, in
@@ -367,7 +313,7 @@ impl HostModel {
 
     fn forward(
         &self,
-        batch: &[HostStep<'_>],
+        batch: &[StepInput<'_>],
         kv: &mut HostKv,
         s: &mut Scratch,
     ) -> Result<Logits, ModelError> {

@@ -20,18 +20,17 @@ fn load() -> LoadedModel {
 /// spans several.
 const BLOCK: usize = 4;
 
-/// Sequences' caches as the engine keeps them: on the host, blocks of one
-/// shared KV memory, handed out round-robin so that every sequence's
-/// blocks are scattered between the others'; on a device, a cache each.
+/// Sequences' caches as the engine keeps them: blocks of one shared KV
+/// memory (the host's or the device's), handed out round-robin so that
+/// every sequence's blocks are scattered between the others'.
 struct Caches {
-    kv: HostKv,
+    kv: KvMemory,
     seqs: Vec<SeqCache>,
 }
 
 struct SeqCache {
     blocks: Vec<BlockId>,
     len: usize,
-    device: Option<DeviceCache>,
 }
 
 impl Caches {
@@ -40,13 +39,9 @@ impl Caches {
         let rounds = per.iter().copied().max().unwrap_or(0);
         let mut seqs: Vec<SeqCache> = capacities
             .iter()
-            .map(|&c| SeqCache {
+            .map(|_| SeqCache {
                 blocks: Vec::new(),
                 len: 0,
-                device: match model {
-                    Model::Host(_) => None,
-                    Model::Device(_) => Some(model.new_device_cache(c).unwrap()),
-                },
             })
             .collect();
         let mut next = 0;
@@ -59,7 +54,7 @@ impl Caches {
             }
         }
         Caches {
-            kv: model.new_host_kv(next as usize, BLOCK).unwrap(),
+            kv: model.new_kv(next as usize, BLOCK).unwrap(),
             seqs,
         }
     }
@@ -72,26 +67,16 @@ impl Caches {
         batch: &[(usize, &[u32], bool)],
         s: &mut Scratch,
     ) -> Result<Logits, ModelError> {
-        let mut seqs: Vec<Option<&mut SeqCache>> = self.seqs.iter_mut().map(Some).collect();
-        let mut inputs: Vec<StepInput<'_>> = batch
+        let inputs: Vec<StepInput<'_>> = batch
             .iter()
-            .map(|&(i, tokens, logits)| {
-                let seq = seqs[i].take().expect("a sequence twice in one step");
-                let cache = match seq.device.as_mut() {
-                    Some(device) => CacheSlot::Device(device),
-                    None => CacheSlot::Host {
-                        blocks: &seq.blocks,
-                        start: seq.len,
-                    },
-                };
-                StepInput {
-                    tokens,
-                    cache,
-                    logits,
-                }
+            .map(|&(i, tokens, logits)| StepInput {
+                tokens,
+                blocks: &self.seqs[i].blocks,
+                start: self.seqs[i].len,
+                logits,
             })
             .collect();
-        let out = model.forward(&mut inputs, &mut self.kv, s)?;
+        let out = model.forward(&inputs, &mut self.kv, s)?;
         drop(inputs);
         for &(i, tokens, _) in batch {
             self.seqs[i].len += tokens.len();
@@ -161,6 +146,13 @@ fn logits_agree_with_candles_llama_on_the_same_file() {
     assert!(diff / norm < 0.02, "relative error {}", diff / norm);
 }
 
+fn host_kv(kv: &KvMemory) -> &HostKv {
+    match kv {
+        KvMemory::Host(kv) => kv,
+        KvMemory::Device(_) => panic!("a device's KV memory"),
+    }
+}
+
 /// The host path caches keys and values in f16 (two bytes an element, half
 /// of what an f32 cache holds), and a step writes only its own sequence's
 /// blocks: the other sequence's stay as they were.
@@ -170,7 +162,7 @@ fn a_step_writes_f16_into_its_own_blocks_only() {
     let cfg = loaded.model.config();
     // Keys and values, every layer, every position of a block.
     assert_eq!(
-        HostKv::block_bytes(cfg, BLOCK),
+        KvMemory::block_bytes(cfg, BLOCK),
         2 * (2 * cfg.layers * BLOCK * cfg.kv_width())
     );
     let prompt: Vec<u32> = vec![1, 40, 77, 120, 9];
@@ -185,7 +177,7 @@ fn a_step_writes_f16_into_its_own_blocks_only() {
     for (seq, written) in [(0, true), (1, false)] {
         for &b in &caches.seqs[seq].blocks {
             assert_eq!(
-                caches.kv.block_is_zero(b),
+                host_kv(&caches.kv).block_is_zero(b),
                 !written,
                 "sequence {seq} block {b}"
             );
@@ -534,9 +526,11 @@ mod device {
             step(&long, long.len()),
             Err(ModelError::Forward(_))
         ));
-        assert!(matches!(step(&[5, 6, 7], 2), Err(ModelError::Forward(_))));
+        // One block of BLOCK positions holds no more.
+        let over = vec![5; BLOCK + 1];
+        assert!(matches!(step(&over, 2), Err(ModelError::Forward(_))));
         assert!(matches!(step(&[100_000], 1), Err(ModelError::Forward(_))));
-        assert!(step(&[5, 6], 2).is_ok());
+        assert!(step(&over[..BLOCK], 2).is_ok());
     }
 
     #[test]
@@ -544,17 +538,15 @@ mod device {
         let host = load();
         let device = load_on_device();
         let mut caches = Caches::new(&host.model, &[4]);
-        let mut batch = [StepInput {
+        let batch = [StepInput {
             tokens: &[5],
-            cache: CacheSlot::Host {
-                blocks: &caches.seqs[0].blocks,
-                start: 0,
-            },
+            blocks: &caches.seqs[0].blocks,
+            start: 0,
             logits: true,
         }];
         let err = device
             .model
-            .forward(&mut batch, &mut caches.kv, &mut Scratch::default());
+            .forward(&batch, &mut caches.kv, &mut Scratch::default());
         assert!(matches!(err, Err(ModelError::Forward(_))));
     }
 }

@@ -64,8 +64,10 @@ fn devices_this_build_lacks_or_does_not_know_are_refused_at_start() {
 /// layers with their own RoPE): after each prompt the real file's most
 /// likely next token is the host kernels', and the top five's
 /// log-probabilities are close. Not bit for bit: each path quantizes the
-/// activations for its own kernels. Measured spread on this file 0.34 at
-/// most, as on SmolLM2 (0.27).
+/// activations for its own kernels and rounds the KV cache to f16 at its own
+/// values. Measured spread on this file 0.73 at most: the counting prompt's
+/// second token, at -7.7 behind a near-certain first (0.30 with an f32 cache
+/// on the device); 0.26 on the other prompts, and 0.27 on SmolLM2.
 #[test]
 fn gemma_3_on_the_device_path_predicts_as_the_host_kernels_do() {
     // Gemma 3 270M's local layers see 512 positions: the counting prompt
@@ -109,7 +111,7 @@ fn gemma_3_on_the_device_path_predicts_as_the_host_kernels_do() {
         for (token, lp) in h {
             if let Some((_, dlp)) = d.iter().find(|(t, _)| t == token) {
                 assert!(
-                    (lp - dlp).abs() < 0.5,
+                    (lp - dlp).abs() < 1.0,
                     "{prompt:?}: {token:?} host {lp}, device {dlp}"
                 );
             }

@@ -1,0 +1,126 @@
+//! A device's KV memory: the host's layout (see `cache`) in device tensors.
+//! Per layer one `[slots, kv_width]` f16 tensor of keys and one of values,
+//! where a position's slot is `block × block_tokens + position in block`.
+//! The engine hands out the same block tables as on the host, so prefix
+//! caching and a request's forking choices work the same on a GPU.
+//!
+//! A step writes its new keys and values with one scatter per tensor (the
+//! slots of all its rows at once) and attends with one kernel launch per
+//! layer for the whole batch (see `paged_attention`).
+
+use candle_core::{DType, Device, Tensor};
+use half::f16;
+
+use super::cache::{check_table, zeroed, BlockId};
+use super::config::ModelConfig;
+use super::paged_attention::StepLayout;
+use super::ModelError;
+
+pub struct DeviceKv {
+    keys: Vec<Tensor>,
+    values: Vec<Tensor>,
+    blocks: usize,
+    block_tokens: usize,
+}
+
+impl DeviceKv {
+    /// Memory for `blocks` blocks of `block_tokens` positions on `device`,
+    /// taken whole at start: on a GPU, a budget that does not fit fails
+    /// here rather than in a step.
+    pub fn new(
+        config: &ModelConfig,
+        device: &Device,
+        blocks: usize,
+        block_tokens: usize,
+    ) -> Result<Self, ModelError> {
+        let kv_width = config.kv_width();
+        let slots = blocks.checked_mul(block_tokens).ok_or_else(|| {
+            ModelError::Forward(format!("{blocks} KV blocks of {block_tokens} overflow"))
+        })?;
+        let elements = slots.checked_mul(kv_width).ok_or_else(|| {
+            ModelError::Forward(format!("{blocks} KV blocks of {block_tokens} overflow"))
+        })?;
+        let refused = |e: &dyn std::fmt::Display| {
+            ModelError::Forward(format!(
+                "cannot allocate {blocks} KV blocks of {block_tokens} positions on {:?}: {e}",
+                device.location()
+            ))
+        };
+        let tensor = || -> Result<Tensor, ModelError> {
+            if device.is_cpu() {
+                // candle's CPU `zeros` writes every element; zeroed memory
+                // from the allocator is committed only as blocks are used,
+                // as on the host path.
+                let data: Vec<f16> = zeroed(elements).ok_or_else(|| refused(&"out of memory"))?;
+                Ok(Tensor::from_vec(data, (slots, kv_width), device)?)
+            } else {
+                Tensor::zeros((slots, kv_width), DType::F16, device).map_err(|e| refused(&e))
+            }
+        };
+        let mut keys = Vec::with_capacity(config.layers);
+        let mut values = Vec::with_capacity(config.layers);
+        for _ in 0..config.layers {
+            keys.push(tensor()?);
+            values.push(tensor()?);
+        }
+        Ok(Self {
+            keys,
+            values,
+            blocks,
+            block_tokens,
+        })
+    }
+
+    pub fn blocks(&self) -> usize {
+        self.blocks
+    }
+
+    pub fn block_tokens(&self) -> usize {
+        self.block_tokens
+    }
+
+    /// Checks that every block of `table` is in this memory and that it
+    /// covers `positions` (before a step writes anything).
+    pub(super) fn check(&self, table: &[BlockId], positions: usize) -> Result<(), ModelError> {
+        check_table(table, positions, self.block_tokens, self.blocks)
+    }
+
+    /// Stores the step's new keys and values of `layer` (`[rows, kv_width]`
+    /// each, any float type) at their rows' slots.
+    pub(super) fn write(
+        &self,
+        layer: usize,
+        step: &StepLayout,
+        keys: &Tensor,
+        values: &Tensor,
+    ) -> Result<(), ModelError> {
+        for (cache, new) in [(&self.keys[layer], keys), (&self.values[layer], values)] {
+            cache.scatter_set(step.write_index(), &new.to_dtype(DType::F16)?, 0)?;
+        }
+        Ok(())
+    }
+
+    /// `layer`'s keys and values.
+    pub(super) fn layer(&self, layer: usize) -> (&Tensor, &Tensor) {
+        (&self.keys[layer], &self.values[layer])
+    }
+
+    /// Copies block `from` into block `to`, every layer.
+    pub fn copy_block(&mut self, from: BlockId, to: BlockId) -> Result<(), ModelError> {
+        let bt = self.block_tokens;
+        for b in [from, to] {
+            if b as usize >= self.blocks {
+                return Err(ModelError::Forward(format!(
+                    "KV block {b} beyond the {} allocated",
+                    self.blocks
+                )));
+            }
+        }
+        for cache in self.keys.iter().chain(&self.values) {
+            // A deep copy: `slice_set` refuses a source sharing its storage.
+            let block = cache.narrow(0, from as usize * bt, bt)?.copy()?;
+            cache.slice_set(&block, 0, to as usize * bt)?;
+        }
+        Ok(())
+    }
+}
