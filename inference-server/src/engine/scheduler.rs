@@ -427,17 +427,17 @@ impl Scheduler {
         while let Some(w) = self.waiting.front().filter(|w| w.width <= free) {
             let all = tokens(w.id);
             let prompt = &all[..w.target.min(all.len())];
-            if self.pool.blocks_for(w.target) + (w.width - 1) > self.pool.total() {
+            // Each other choice copies the prompt's last block if it is
+            // not full (a full one is shared).
+            let partial = usize::from(w.target % self.pool.block_tokens() != 0);
+            let others = (w.width - 1) * partial;
+            if self.pool.blocks_for(w.target) + others > self.pool.total() {
                 plan.refused.push(w.id);
                 self.waiting.pop_front();
                 continue;
             }
-            // Each other choice copies the prompt's last block if it is
-            // not full (a full one is shared). Checked before anything is
-            // taken, cache hits aside, so that a group that does not fit
-            // evicts no cached prefix for nothing.
-            let partial = usize::from(w.target % self.pool.block_tokens() != 0);
-            let others = (w.width - 1) * partial;
+            // Checked before anything is taken, cache hits aside, so that a
+            // group that does not fit evicts no cached prefix for nothing.
             if others > 0 && self.pool.blocks_for(w.target) + others > self.pool.free() {
                 break;
             }
@@ -779,6 +779,25 @@ mod tests {
             }]
         );
         assert_eq!(p.work, vec![prefill(2, 12, 2, true)]);
+    }
+
+    #[test]
+    fn a_group_is_refused_only_when_its_prompt_and_copies_can_never_fit() {
+        // Four blocks of four positions.
+        let mut s = Sched::with_pool(limits(4, 64, 64), BlockPool::new(4, 4)).unwrap();
+        // 16 tokens fill the four blocks exactly: the choices share them
+        // all and copy none, so three choices fit.
+        s.enqueue_tokens(SeqId(1), (0..16).collect(), 3).unwrap();
+        // 14 tokens take four blocks, the last one partial: each other
+        // choice needs a copy of it, six blocks in all.
+        s.enqueue_tokens(SeqId(2), (0..14).collect(), 3).unwrap();
+        let p = s.plan();
+        assert_eq!(ids(&p.admitted), vec![SeqId(1)]);
+        assert!(p.refused.is_empty());
+        s.retire(SeqId(1));
+        let p = s.plan();
+        assert_eq!(p.refused, vec![SeqId(2)]);
+        assert!(p.admitted.is_empty());
     }
 
     #[test]
