@@ -7,7 +7,7 @@ use std::time::Duration;
 use clap::Parser;
 
 use crate::engine::scheduler::{LimitsError, SchedulerLimits};
-use crate::engine::KvCacheConfig;
+use crate::engine::{KvBudget, KvCacheConfig};
 use crate::text::ChatTemplate;
 
 /// The embedded default: SmolLM2-135M-Instruct (Q4_1), fetched into the
@@ -51,12 +51,14 @@ pub struct Args {
     #[arg(long)]
     pub context: Option<usize>,
     /// Memory for the KV cache, shared by every sequence in blocks: a
-    /// number of bytes, or with KiB, MiB or GiB. Pages are committed as
-    /// blocks are first written. Default: 4 GiB, or one whole context if
-    /// that is more. It must hold at least one sequence of the whole
-    /// context.
-    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
-    pub kv_cache_memory: Option<u64>,
+    /// number of bytes, or with KiB, MiB or GiB, or a percentage (`90%`) of
+    /// the memory free once the model is loaded (the GPU's on `cuda`, the
+    /// host's available memory otherwise). On the host pages are committed
+    /// as blocks are first written; on a GPU it is allocated at start.
+    /// Default: 4 GiB, or one whole context if that is more. It must hold
+    /// at least one sequence of the whole context.
+    #[arg(long, value_name = "SIZE|PERCENT%", value_parser = parse_kv_memory)]
+    pub kv_cache_memory: Option<KvBudget>,
     /// Positions per KV block: the unit of allocation and of prefix
     /// sharing.
     #[arg(long, default_value_t = 16)]
@@ -258,6 +260,20 @@ impl Args {
 
 /// A size in bytes: a number, optionally followed by KiB, MiB or GiB (or
 /// K, M, G, as powers of 1024).
+/// `--kv-cache-memory`: a size (see [`parse_size`]) or a percentage.
+fn parse_kv_memory(text: &str) -> Result<KvBudget, String> {
+    match text.trim().strip_suffix('%') {
+        Some(percent) => percent
+            .trim()
+            .parse::<u8>()
+            .ok()
+            .filter(|p| (1..=100).contains(p))
+            .map(KvBudget::Percent)
+            .ok_or_else(|| format!("{text:?}: a percentage is a whole number from 1% to 100%")),
+        None => parse_size(text).map(KvBudget::Bytes),
+    }
+}
+
 fn parse_size(text: &str) -> Result<u64, String> {
     let text = text.trim();
     let split = text
@@ -285,7 +301,20 @@ fn parse_size(text: &str) -> Result<u64, String> {
 
 #[cfg(test)]
 mod size_tests {
-    use super::parse_size;
+    use super::{parse_kv_memory, parse_size, KvBudget};
+
+    #[test]
+    fn the_kv_memory_is_a_size_or_a_percentage_of_what_is_free() {
+        assert_eq!(parse_kv_memory("512MiB"), Ok(KvBudget::Bytes(512 << 20)));
+        assert_eq!(parse_kv_memory("90%"), Ok(KvBudget::Percent(90)));
+        assert_eq!(parse_kv_memory("100%"), Ok(KvBudget::Percent(100)));
+        for bad in ["0%", "101%", "50.5%", "%", "-5%"] {
+            assert!(
+                parse_kv_memory(bad).unwrap_err().contains("1% to 100%"),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn sizes_take_binary_units_and_refuse_the_rest() {

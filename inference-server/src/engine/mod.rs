@@ -170,13 +170,25 @@ pub enum SubmitError {
     ShuttingDown,
 }
 
+/// How much memory the KV cache takes (`--kv-cache-memory`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KvBudget {
+    Bytes(u64),
+    /// This share, in percent (1 to 100), of the memory free where the
+    /// cache lives, measured at start once the weights are loaded: the
+    /// GPU's on `--device cuda` (as vLLM's `--gpu-memory-utilization`,
+    /// though of free rather than total memory), the host's available
+    /// memory otherwise.
+    Percent(u8),
+}
+
 /// The KV cache's size and layout (`--kv-cache-memory`, `--block-size`,
 /// `--no-prefix-caching`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct KvCacheConfig {
-    /// Bytes for every sequence's keys and values; `None`: the default
+    /// Memory for every sequence's keys and values; `None`: the default
     /// (see [`KvCacheConfig::blocks`]).
-    pub memory: Option<u64>,
+    pub memory: Option<KvBudget>,
     pub block_tokens: usize,
     pub prefix_caching: bool,
 }
@@ -189,13 +201,28 @@ impl KvCacheConfig {
     /// sequence of its whole context (so any admitted request can always
     /// finish, if need be alone).
     pub fn blocks(&self, model: &Model) -> Result<usize, StartError> {
-        let block_bytes = KvMemory::block_bytes(model.config(), self.block_tokens).max(1) as u64;
-        let context = model.max_positions();
+        self.blocks_with(model.config(), model.max_positions(), || {
+            model.free_memory()
+        })
+    }
+
+    /// [`Self::blocks`] for a model of `config` and `context` positions,
+    /// with `free` measuring the free memory (asked only for a percentage).
+    fn blocks_with(
+        &self,
+        config: &crate::model::ModelConfig,
+        context: usize,
+        free: impl FnOnce() -> Result<u64, ModelError>,
+    ) -> Result<usize, StartError> {
+        let block_bytes = KvMemory::block_bytes(config, self.block_tokens).max(1) as u64;
         let needed = context.div_ceil(self.block_tokens);
         let needed_bytes = needed as u64 * block_bytes;
-        let memory = self
-            .memory
-            .unwrap_or_else(|| Self::DEFAULT_MEMORY.max(needed_bytes));
+        let memory = match self.memory {
+            None => Self::DEFAULT_MEMORY.max(needed_bytes),
+            Some(KvBudget::Bytes(bytes)) => bytes,
+            // Cannot overflow: at most the free memory itself.
+            Some(KvBudget::Percent(p)) => (u128::from(free()?) * u128::from(p) / 100) as u64,
+        };
         let blocks = usize::try_from(memory / block_bytes).unwrap_or(usize::MAX);
         if blocks < needed {
             return Err(StartError::KvTooSmall {

@@ -356,9 +356,48 @@ fn kv_blocks(blocks: usize) -> KvCacheConfig {
     std::fs::remove_file(path).unwrap();
     let block = KvMemory::block_bytes(loaded.model.config(), 16) as u64;
     KvCacheConfig {
-        memory: Some(block * blocks as u64),
+        memory: Some(KvBudget::Bytes(block * blocks as u64)),
         ..KvCacheConfig::default()
     }
+}
+
+#[test]
+fn a_percentage_of_the_free_memory_sizes_the_kv_cache() {
+    let path = tiny_gguf();
+    let loaded = load_gguf(&path, None).unwrap();
+    std::fs::remove_file(path).unwrap();
+    let cfg = loaded.model.config();
+    let block = KvMemory::block_bytes(cfg, 16) as u64;
+    let quarter = KvCacheConfig {
+        memory: Some(KvBudget::Percent(25)),
+        ..KvCacheConfig::default()
+    };
+    assert_eq!(
+        quarter.blocks_with(cfg, 128, || Ok(400 * block)).unwrap(),
+        100
+    );
+    // A quarter of 16 blocks cannot hold the 8 of one whole context.
+    assert!(matches!(
+        quarter.blocks_with(cfg, 128, || Ok(16 * block)),
+        Err(StartError::KvTooSmall {
+            blocks: 4,
+            needed: 8,
+            ..
+        })
+    ));
+    let unreadable = || Err(ModelError::Forward("no /proc".into()));
+    assert!(matches!(
+        quarter.blocks_with(cfg, 128, unreadable),
+        Err(StartError::KvMemory(_))
+    ));
+    // A size never asks what is free.
+    let sized = KvCacheConfig {
+        memory: Some(KvBudget::Bytes(10 * block)),
+        ..KvCacheConfig::default()
+    };
+    assert_eq!(sized.blocks_with(cfg, 128, || panic!("asked")).unwrap(), 10);
+    // The real measure, on this host: some memory is available.
+    assert!(loaded.model.free_memory().unwrap() > 0);
 }
 
 #[test]

@@ -169,6 +169,23 @@ impl DeviceModel {
         &self.device
     }
 
+    /// Bytes free on the device (for a CPU device, the host's available
+    /// memory).
+    pub fn free_memory(&self) -> Result<u64, ModelError> {
+        match &self.device {
+            #[cfg(feature = "cuda")]
+            Device::Cuda(gpu) => gpu
+                .cuda_stream()
+                .context()
+                .mem_get_info()
+                .map(|(free, _total)| free as u64)
+                .map_err(|e| {
+                    ModelError::Forward(format!("cannot read the GPU's free memory: {e}"))
+                }),
+            _ => super::host_available_memory(),
+        }
+    }
+
     /// The KV memory: `blocks` blocks of `block_tokens` positions.
     pub fn new_kv(&self, blocks: usize, block_tokens: usize) -> Result<DeviceKv, ModelError> {
         DeviceKv::new(&self.config, &self.device, blocks, block_tokens)

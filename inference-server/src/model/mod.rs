@@ -149,6 +149,15 @@ impl Model {
         }
     }
 
+    /// Bytes free where the model's KV memory would live: the GPU's free
+    /// memory on a CUDA device, the host's available memory otherwise.
+    pub fn free_memory(&self) -> Result<u64, ModelError> {
+        match self {
+            Self::Device(m) => m.free_memory(),
+            Self::Host(_) => host_available_memory(),
+        }
+    }
+
     /// The KV memory, where the model runs: `blocks` blocks of
     /// `block_tokens` positions.
     pub fn new_kv(&self, blocks: usize, block_tokens: usize) -> Result<KvMemory, ModelError> {
@@ -176,6 +185,25 @@ impl Model {
             )),
         }
     }
+}
+
+/// The host's available memory (`MemAvailable` in /proc/meminfo: free
+/// memory plus what the kernel can reclaim without swapping).
+pub(crate) fn host_available_memory() -> Result<u64, ModelError> {
+    let unreadable = |why: String| {
+        ModelError::Forward(format!(
+            "cannot tell the host's available memory ({why}): give --kv-cache-memory as a size"
+        ))
+    };
+    let meminfo =
+        std::fs::read_to_string("/proc/meminfo").map_err(|e| unreadable(e.to_string()))?;
+    meminfo
+        .lines()
+        .find_map(|line| line.strip_prefix("MemAvailable:"))
+        .and_then(|rest| rest.trim().strip_suffix("kB"))
+        .and_then(|kib| kib.trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .ok_or_else(|| unreadable("no MemAvailable in /proc/meminfo".into()))
 }
 
 /// `x += branch`, or `x += rms_norm(branch)` when the block normalises its

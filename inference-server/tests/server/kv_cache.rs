@@ -174,3 +174,35 @@ fn kv_memory_too_small_for_one_context_stops_the_server_with_the_reason() {
         "{err}"
     );
 }
+
+/// `/proc/meminfo`'s value for `key`, in bytes.
+fn meminfo(key: &str) -> u64 {
+    let text = std::fs::read_to_string("/proc/meminfo").unwrap();
+    let line = text.lines().find(|l| l.starts_with(key)).unwrap();
+    let kib: u64 = line[key.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .unwrap();
+    kib * 1024
+}
+
+#[test]
+fn the_kv_memory_can_be_a_share_of_the_available_memory() {
+    let server = InferenceServer::start(&["--kv-cache-memory", "25%"]);
+    let available = meminfo("MemAvailable:");
+    let health = maas_testkit::get(&server.url("/health")).json();
+    let blocks = health["memory"]["kv_cache"]["blocks"].as_u64().unwrap();
+    // SmolLM2-135M: 30 layers × 16 positions × 192 wide × keys and values
+    // × 2 bytes a block.
+    let bytes = blocks * 30 * 16 * 192 * 2 * 2;
+    // A quarter of what was available at its start, measured again here
+    // (other processes come and go: within a factor of two).
+    assert!(
+        bytes <= meminfo("MemTotal:") / 4 && bytes > available / 8,
+        "{blocks} blocks ({bytes} bytes) for a quarter of {available} bytes available: {health}"
+    );
+    let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
+    assert_eq!(r.status, 200, "{}", r.text());
+}
