@@ -55,8 +55,10 @@ struct Job {
 /// region one read the job of is a single compare-and-swap.
 const INDEX_BITS: u32 = 20;
 const INDEX_MASK: u64 = (1 << INDEX_BITS) - 1;
-/// The most tasks one region hands out; `run` splits larger ones.
-const MAX_TASKS: usize = 1 << INDEX_BITS;
+/// The most tasks one region hands out; `run` splits larger ones. One less
+/// than the index field holds: claiming the last task stores `tasks` in it,
+/// which must not carry into the region number.
+const MAX_TASKS: usize = (1 << INDEX_BITS) - 1;
 
 struct Shared {
     /// The current region's number and next unclaimed task (see
@@ -180,6 +182,7 @@ impl Team {
     }
 
     fn run_region(&self, tasks: usize, f: &(dyn Fn(usize) + Sync)) {
+        debug_assert!(tasks <= MAX_TASKS);
         let s = &*self.shared;
         // SAFETY (lifetime erasure): the pointer is published to workers
         // below, a worker calls it only for a task it claimed under this
@@ -202,7 +205,7 @@ impl Team {
             let _guard = s.parking.lock().unwrap_or_else(PoisonError::into_inner);
             s.wake.notify_all();
         }
-        run_claimed(s, &job, f);
+        run_claimed(s, &job);
         let mut waited = 0;
         while s.done.load(Ordering::Acquire) != tasks {
             pause(&mut waited);
@@ -315,10 +318,14 @@ fn run_inline(tasks: usize, f: &(dyn Fn(usize) + Sync)) {
     (0..tasks).for_each(f);
 }
 
-/// Claims tasks of `job`'s region and runs them with `f` (the job's task
-/// function) until none are left or a newer region has begun, counting each
-/// as done even if it panicked (the first panic is kept for the caller).
-fn run_claimed(s: &Shared, job: &Job, f: &(dyn Fn(usize) + Sync)) {
+/// Claims tasks of `job`'s region and runs them with the job's function
+/// until none are left or a newer region has begun, counting each as done
+/// even if it panicked (the first panic is kept for the caller).
+///
+/// The function is reached through the job's raw pointer only after a claim
+/// succeeded: a worker may read a job whose region has ended (its caller
+/// returned, the closure is gone), and must not even hold a reference to it.
+fn run_claimed(s: &Shared, job: &Job) {
     let _in_task = InTask::enter();
     let mut current = s.claim.load(Ordering::Acquire);
     loop {
@@ -333,6 +340,9 @@ fn run_claimed(s: &Shared, job: &Job, f: &(dyn Fn(usize) + Sync)) {
             Ordering::Acquire,
         ) {
             Ok(_) => {
+                // SAFETY: see `Job`: this task was claimed under the job's
+                // region, so its caller is still waiting for it and `f` alive.
+                let f = unsafe { &*job.f };
                 if let Err(payload) = catch_unwind(AssertUnwindSafe(|| f(index))) {
                     s.panicked
                         .lock()
@@ -361,10 +371,7 @@ fn work(s: &Shared) {
             continue;
         };
         seen = job.region;
-        // SAFETY: see `Job`: `run_claimed` calls `f` only for tasks claimed
-        // under `job.region`, which the caller waits for.
-        let f = unsafe { &*job.f };
-        run_claimed(s, &job, f);
+        run_claimed(s, &job);
     }
 }
 
@@ -518,6 +525,28 @@ mod tests {
                 }
             }
         });
+    }
+
+    #[test]
+    fn the_largest_regions_run_every_task_and_let_workers_park() {
+        // A region of the most tasks and one split in two: claiming the
+        // last task must not look like the start of another region, or the
+        // workers would never park.
+        let team = Team::new(2).expect("team");
+        for tasks in [MAX_TASKS, MAX_TASKS + 1] {
+            let hits = AtomicU64::new(0);
+            team.install(|| {
+                for_each(tasks, |_| {
+                    hits.fetch_add(1, Ordering::Relaxed);
+                })
+            });
+            assert_eq!(hits.load(Ordering::Relaxed), tasks as u64);
+            let parked = (0..100).any(|_| {
+                std::thread::sleep(LINGER * 5);
+                team.shared.sleepers.load(Ordering::SeqCst) == 1
+            });
+            assert!(parked, "the worker did not park after {tasks} tasks");
+        }
     }
 
     #[test]
