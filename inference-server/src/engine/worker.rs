@@ -14,7 +14,7 @@ use super::scheduler::{Plan, Scheduler, SeqId, Work};
 use super::sequence::{Sequence, SequenceParts};
 use super::{Command, Constraint, Failure, FinishReason, Submission};
 use crate::metrics::Metrics;
-use crate::model::{KvMemory, LoadedModel, ModelError, Scratch, StepInput};
+use crate::model::{KvMemory, LoadedModel, Model, ModelError, Scratch, StepInput};
 
 pub(super) struct Worker {
     loaded: Arc<LoadedModel>,
@@ -401,7 +401,12 @@ impl Worker {
             &self.team,
             &mut self.kv,
         );
-        let mut forward = || team.install(|| model.forward(&inputs, kv, scratch));
+        let mut forward = || match model {
+            Model::Host(_) => team.install(|| model.forward(&inputs, kv, scratch)),
+            // A device step runs on the device (candle's CPU backend has its
+            // own threads): the team's workers would only spin beside it.
+            Model::Device(_) => model.forward(&inputs, kv, scratch),
+        };
         // The grammar masks for this step's tokens depend only on tokens
         // already chosen: computed on their own thread while the forward
         // pass runs, so constrained decoding costs the step little time.

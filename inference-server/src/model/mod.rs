@@ -187,8 +187,9 @@ impl Model {
     }
 }
 
-/// The host's available memory (`MemAvailable` in /proc/meminfo: free
-/// memory plus what the kernel can reclaim without swapping).
+/// The host's available memory: `MemAvailable` in /proc/meminfo (free
+/// memory plus what the kernel can reclaim without swapping), or less if
+/// this process's cgroup (a container's limit) leaves it less.
 pub(crate) fn host_available_memory() -> Result<u64, ModelError> {
     let unreadable = |why: String| {
         ModelError::Forward(format!(
@@ -197,13 +198,53 @@ pub(crate) fn host_available_memory() -> Result<u64, ModelError> {
     };
     let meminfo =
         std::fs::read_to_string("/proc/meminfo").map_err(|e| unreadable(e.to_string()))?;
-    meminfo
+    let available = meminfo
         .lines()
         .find_map(|line| line.strip_prefix("MemAvailable:"))
         .and_then(|rest| rest.trim().strip_suffix("kB"))
         .and_then(|kib| kib.trim().parse::<u64>().ok())
         .map(|kib| kib * 1024)
-        .ok_or_else(|| unreadable("no MemAvailable in /proc/meminfo".into()))
+        .ok_or_else(|| unreadable("no MemAvailable in /proc/meminfo".into()))?;
+    Ok(cgroup_headroom().map_or(available, |left| left.min(available)))
+}
+
+/// What this process's memory cgroup still lets it take, if it has a
+/// limit: cgroup v2 (its own group's `memory.max` less `memory.current`),
+/// else v1. Host pages of the KV memory are committed only as blocks fill,
+/// so a budget above this would be killed long after start.
+fn cgroup_headroom() -> Option<u64> {
+    let read = |path: &str| std::fs::read_to_string(path).ok();
+    let number = |text: Option<String>| text?.trim().parse::<u64>().ok();
+    let groups = read("/proc/self/cgroup")?;
+    // v2: one line `0::/path`. "max" (no limit) does not parse.
+    if let Some(path) = groups.lines().find_map(|line| line.strip_prefix("0::")) {
+        let dir = format!("/sys/fs/cgroup{}", path.trim_end_matches('/'));
+        if let Some(max) = number(read(&format!("{dir}/memory.max"))) {
+            let used = number(read(&format!("{dir}/memory.current"))).unwrap_or(0);
+            return Some(max.saturating_sub(used));
+        }
+    }
+    // v1: `N:memory:/path` (or with other controllers), mounted under
+    // memory/ with the path, or at its root inside a cgroup namespace.
+    let path = groups.lines().find_map(|line| {
+        let mut fields = line.splitn(3, ':').skip(1);
+        let controllers = fields.next()?;
+        controllers
+            .split(',')
+            .any(|c| c == "memory")
+            .then(|| fields.next())?
+    })?;
+    let dirs = [
+        format!("/sys/fs/cgroup/memory{}", path.trim_end_matches('/')),
+        "/sys/fs/cgroup/memory".to_string(),
+    ];
+    let dir = dirs
+        .iter()
+        .find(|dir| std::path::Path::new(&format!("{dir}/memory.limit_in_bytes")).exists())?;
+    let limit = number(read(&format!("{dir}/memory.limit_in_bytes")))?;
+    let used = number(read(&format!("{dir}/memory.usage_in_bytes"))).unwrap_or(0);
+    // v1 writes "no limit" as a number near 2^63.
+    (limit < 1 << 60).then(|| limit.saturating_sub(used))
 }
 
 /// `x += branch`, or `x += rms_norm(branch)` when the block normalises its

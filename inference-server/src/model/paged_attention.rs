@@ -139,6 +139,9 @@ impl PagedAttention<'_> {
                 v.dims()
             );
         }
+        if self.window == Some(0) || self.window.is_some_and(|w| u32::try_from(w).is_err()) {
+            candle_core::bail!("paged attention: a window of {:?} positions", self.window);
+        }
         if self.kv_heads == 0
             || !self.heads.is_multiple_of(self.kv_heads)
             || self.head_dim > MAX_HEAD_DIM
@@ -304,7 +307,7 @@ mod cuda {
         let out_len = rows * op.heads * op.head_dim;
         // SAFETY: the kernel writes every element (each block its row and
         // head's `head_dim` outputs).
-        let out = unsafe { dev.alloc::<f32>(out_len.max(1))? };
+        let mut out = unsafe { dev.alloc::<f32>(out_len.max(1))? };
         if rows > 0 {
             let func =
                 dev.get_or_load_custom_func("paged_attention", "maas_paged_attention", PTX)?;
@@ -320,9 +323,10 @@ mod cuda {
                 op.head_dim as u32,
                 op.block_tokens as u32,
             );
+            // 0: no window (`check` refused a window of 0 or beyond u32).
             let window = op.window.map_or(0, |w| w as u32);
             let mut b = func.builder();
-            b.arg(&out);
+            b.arg(&mut out);
             b.arg(&q);
             b.arg(&keys);
             b.arg(&values);
@@ -501,6 +505,12 @@ mod tests {
         assert!(op(HEADS, HD * 2).forward(&q, &cache, &cache).is_err());
         let q3 = Tensor::zeros((2, 3 * HD), DType::F32, &Device::Cpu).unwrap();
         assert!(op(3, HD).forward(&q3, &cache, &cache).is_err());
+        // A window of no position.
+        let none = PagedAttention {
+            window: Some(0),
+            ..op(HEADS, HD)
+        };
+        assert!(none.forward(&q, &cache, &cache).is_err());
         // A row beyond its sequence's blocks is refused when laid out.
         let beyond = [SequenceRows {
             blocks: table,
