@@ -16,7 +16,7 @@ export MAAS_REDIS_SERVER := $(CURDIR)/.cache/redis/7.0.15/bin/redis-server
 export MAAS_MODEL_DIR := $(CURDIR)/.cache/models
 export MAAS_PYTHON := $(CURDIR)/.cache/python/bin/python
 
-.PHONY: run serve test bench lint fmt toolchain setup model wasm host server server-cuda images clean-cache
+.PHONY: run serve test bench lint fmt toolchain setup model wasm host server server-cuda gpu-bench-pack images clean-cache
 
 ## run: the whole stack: Envoy + the gateway filter in front of the inference server (SmolLM2-135M-Instruct), the control plane, the limiter and Redis; prints a working key
 run: setup wasm host server
@@ -77,6 +77,10 @@ server:
 ## server-cuda: the inference server with the GPU path (--features cuda) into target/cuda/serve/ (nvcc from pinned PyPI wheels; CUDA_COMPUTE_CAP, default 90; not needed by test or run)
 server-cuda:
 	./scripts/build-cuda.sh
+
+## gpu-bench-pack: packs the CUDA build (make server-cuda first) and the bench model into target/gpu-pack for the prepared GPU bench (benches/gpu/) and prints the device calls that run it
+gpu-bench-pack:
+	./benches/gpu/pack.sh
 
 host:
 	$(CARGO) build --release --locked -p maas-stack -p maas-testkit --bins
