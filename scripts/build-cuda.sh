@@ -40,8 +40,11 @@ stubs="$toolkit/lib"
 # binutils cannot read; the linker's own list of what it could not resolve
 # is the exact set of symbols the stubs must define.
 # The stubs hold for the cudarc and candle versions they were made for.
+# Our own code may call more of the driver (cuMemGetInfo for
+# --kv-cache-memory N%): a link that then fails on an undefined symbol
+# makes them again below.
 stamp=$(grep -A1 -E '^name = "(cudarc|candle-[a-z]+)"' Cargo.lock | sha256sum | cut -c1-16)
-if [ "$(cat "$stubs/.stubs-complete" 2>/dev/null)" != "$stamp" ]; then
+make_stubs() {
   echo "==> finding the CUDA symbols the binary links" >&2
   # The CUDA runtime is in the wheels; only its unversioned link name is not.
   ln -sf libcudart.so.13 "$stubs/libcudart.so"
@@ -88,10 +91,19 @@ EOF
     exit 1
   fi
   echo "$stamp" >"$stubs/.stubs-complete"
+}
+if [ "$(cat "$stubs/.stubs-complete" 2>/dev/null)" != "$stamp" ]; then
+  make_stubs
 fi
 
 echo "==> linking inference-server with CUDA" >&2
-"${build[@]}"
+link_log="$target/link.log"
+if ! "${build[@]}" 2> >(tee "$link_log" >&2); then
+  grep -q "undefined symbol" "$link_log" || exit 1
+  echo "==> the binary links CUDA symbols the stubs lack: making them again" >&2
+  make_stubs
+  "${build[@]}"
+fi
 binary="$target/serve/inference-server"
 
 ./scripts/ptx-check.sh "$binary" >&2
