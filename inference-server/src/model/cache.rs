@@ -115,12 +115,7 @@ impl HostKv {
         block_tokens: usize,
     ) -> Result<Self, ModelError> {
         let kv_width = config.kv_width();
-        let elements = blocks
-            .checked_mul(block_tokens)
-            .and_then(|n| n.checked_mul(kv_width))
-            .ok_or_else(|| {
-                ModelError::Forward(format!("{blocks} KV blocks of {block_tokens} overflow"))
-            })?;
+        let (_, elements) = layer_size(blocks, block_tokens, kv_width)?;
         let reserve = || -> Result<Vec<Vec<f16>>, ModelError> {
             (0..config.layers)
                 .map(|_| {
@@ -199,6 +194,21 @@ impl HostKv {
     pub(super) fn check(&self, table: &[BlockId], positions: usize) -> Result<(), ModelError> {
         check_table(table, positions, self.block_tokens, self.blocks)
     }
+}
+
+/// One layer's slots (`blocks × block_tokens` positions) and elements
+/// (`slots × kv_width`) of keys, or of values; an error if they overflow.
+pub(super) fn layer_size(
+    blocks: usize,
+    block_tokens: usize,
+    kv_width: usize,
+) -> Result<(usize, usize), ModelError> {
+    blocks
+        .checked_mul(block_tokens)
+        .and_then(|slots| Some((slots, slots.checked_mul(kv_width)?)))
+        .ok_or_else(|| {
+            ModelError::Forward(format!("{blocks} KV blocks of {block_tokens} overflow"))
+        })
 }
 
 /// The position's place in a KV memory of `blocks` blocks of

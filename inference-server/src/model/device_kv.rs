@@ -11,7 +11,7 @@
 use candle_core::{DType, Device, Tensor};
 use half::f16;
 
-use super::cache::{check_table, zeroed, BlockId};
+use super::cache::{check_table, layer_size, zeroed, BlockId};
 use super::config::ModelConfig;
 use super::paged_attention::StepLayout;
 use super::ModelError;
@@ -34,12 +34,7 @@ impl DeviceKv {
         block_tokens: usize,
     ) -> Result<Self, ModelError> {
         let kv_width = config.kv_width();
-        let slots = blocks.checked_mul(block_tokens).ok_or_else(|| {
-            ModelError::Forward(format!("{blocks} KV blocks of {block_tokens} overflow"))
-        })?;
-        let elements = slots.checked_mul(kv_width).ok_or_else(|| {
-            ModelError::Forward(format!("{blocks} KV blocks of {block_tokens} overflow"))
-        })?;
+        let (slots, elements) = layer_size(blocks, block_tokens, kv_width)?;
         let refused = |e: &dyn std::fmt::Display| {
             ModelError::Forward(format!(
                 "cannot allocate {blocks} KV blocks of {block_tokens} positions on {:?}: {e}",

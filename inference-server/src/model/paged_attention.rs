@@ -196,23 +196,20 @@ impl CustomOp3 for PagedAttention<'_> {
                 let seq = s.row_seq[row] as usize;
                 let table = &s.tables[seq * s.max_blocks..(seq + 1) * s.max_blocks];
                 let first = self.window.map_or(0, |w| (pos + 1).saturating_sub(w));
-                let slot_of = |p: usize| {
-                    let at = table[p / self.block_tokens] as usize * self.block_tokens
-                        + p % self.block_tokens;
-                    if at < slots {
-                        Ok(at)
-                    } else {
-                        Err(candle_core::Error::Msg(format!(
-                            "paged attention: slot {at} beyond {slots}"
-                        )))
-                    }
-                };
+                // Each visible position's element offset, for every head.
+                let at: Vec<usize> = (first..=pos)
+                    .map(|p| {
+                        slot(table, p, self.block_tokens, slots / self.block_tokens)
+                            .map(|slot| slot * kv_width)
+                            .map_err(|e| candle_core::Error::Msg(e.to_string()))
+                    })
+                    .collect::<candle_core::Result<_>>()?;
                 let mut scores = vec![0f32; pos + 1 - first];
                 for h in 0..self.heads {
                     let query = &q[row * width + h * hd..][..hd];
                     let kv = (h / group) * hd;
-                    for (p, score) in (first..=pos).zip(scores.iter_mut()) {
-                        let key = &keys[slot_of(p)? * kv_width + kv..][..hd];
+                    for (&at, score) in at.iter().zip(scores.iter_mut()) {
+                        let key = &keys[at + kv..][..hd];
                         let dot: f32 = query.iter().zip(key).map(|(a, b)| a * b.to_f32()).sum();
                         *score = dot * self.scale;
                     }
@@ -223,8 +220,8 @@ impl CustomOp3 for PagedAttention<'_> {
                         sum += *score;
                     }
                     let o = &mut out[h * hd..][..hd];
-                    for (p, weight) in (first..=pos).zip(&scores) {
-                        let value = &values[slot_of(p)? * kv_width + kv..][..hd];
+                    for (&at, weight) in at.iter().zip(&scores) {
+                        let value = &values[at + kv..][..hd];
                         for (o, v) in o.iter_mut().zip(value) {
                             *o += weight / sum * v.to_f32();
                         }
