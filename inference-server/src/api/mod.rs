@@ -54,6 +54,15 @@ pub struct Ready {
     pub grammars: Arc<OnceLock<Result<Grammars, String>>>,
 }
 
+impl Ready {
+    fn room(&self) -> validation::Room {
+        validation::Room {
+            context: self.context,
+            kv: self.engine.kv_shape(),
+        }
+    }
+}
+
 pub struct AppState {
     pub model_id: String,
     pub created: u64,

@@ -28,6 +28,7 @@ use super::tool_calls::{self, ParsedOutput, ToolCallFormat};
 use super::tools::{self, ToolChoice, Tools};
 use super::Ready;
 use crate::engine::grammar::{GrammarError, Grammars, ResponseFormat};
+use crate::engine::kv_blocks::KvShape;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Constraint, Decoding, GenerationParams};
 use crate::text::{TextError, TextTokenizer};
@@ -521,7 +522,7 @@ pub(super) async fn chat(
         None => req.generation.format.clone(),
     };
     let grammar = compile(ready, format.as_ref()).await?;
-    let mut valid = fit(prompt, req.generation, grammar, ready.context, "messages")?;
+    let mut valid = fit(prompt, req.generation, grammar, ready.room(), "messages")?;
     valid.tool_calls = parsing;
     valid.params.shown_special = shown_special;
     Ok(valid)
@@ -549,7 +550,7 @@ pub(super) async fn completion(
         }
     };
     let grammar = compile(ready, req.generation.format.as_ref()).await?;
-    fit(prompt, req.generation, grammar, ready.context, "prompt")
+    fit(prompt, req.generation, grammar, ready.room(), "prompt")
 }
 
 /// What the first stage could not check without the model: its id, the
@@ -637,16 +638,25 @@ async fn compile(
 /// Lengths: a prompt, and room for the budget after it in the `context`
 /// (the model's positions, capped by `--context`); no budget asked: the
 /// rest of the context. `param` names the prompt's field in refusals.
+/// What a request must fit in: the context, and the KV memory for its
+/// prompt and choices at once.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Room {
+    pub context: usize,
+    pub kv: KvShape,
+}
+
 fn fit(
     prompt: Vec<u32>,
     g: Generation,
     grammar: Option<Constraint>,
-    context: usize,
+    fits: Room,
     param: &'static str,
 ) -> Result<ValidRequest, ApiError> {
     if prompt.is_empty() {
         return Err(ApiError::invalid(Some(param), "The prompt is empty."));
     }
+    let context = fits.context;
     let room = context.saturating_sub(prompt.len());
     let max_new_tokens = match g.max_tokens {
         Some(n) if n > room => {
@@ -673,6 +683,20 @@ fn fit(
         }
         None => room,
     };
+    // The scheduler would refuse it only once queued, after a stream's 200;
+    // it can never run, so it is the client's error, not a 503 to retry.
+    let needed = fits.kv.group_blocks(prompt.len(), g.n);
+    if needed > fits.kv.blocks {
+        return Err(ApiError::invalid(
+            Some("n"),
+            format!(
+                "{} choices of a {}-token prompt need {needed} KV cache blocks at once, but this server holds {} (--kv-cache-memory); ask for fewer choices or a shorter prompt.",
+                g.n,
+                prompt.len(),
+                fits.kv.blocks
+            ),
+        ));
+    }
     Ok(ValidRequest {
         prompt,
         params: GenerationParams {
@@ -934,6 +958,37 @@ mod tests {
         }
     }
 
+    /// A context of `context` tokens in KV memory that holds one of them.
+    fn room(context: usize) -> Room {
+        Room {
+            context,
+            kv: KvShape {
+                blocks: context.div_ceil(4),
+                block_tokens: 4,
+            },
+        }
+    }
+
+    #[test]
+    fn choices_that_can_never_be_held_at_once_are_the_clients_error() {
+        // Eight blocks of four positions: a 30-token prompt takes all eight,
+        // its last one partial; each further choice needs its own copy.
+        let choices = |n| Generation {
+            n,
+            ..asking(Some(1))
+        };
+        assert!(fit(vec![1; 30], choices(1), None, room(32), "prompt").is_ok());
+        let e = fit(vec![1; 30], choices(2), None, room(32), "prompt").unwrap_err();
+        assert_eq!((e.status.as_u16(), e.param), (400, Some("n")));
+        assert!(
+            e.message.contains("need 9 KV cache blocks"),
+            "{}",
+            e.message
+        );
+        // A prompt filling its blocks exactly shares them with every choice.
+        assert!(fit(vec![1; 28], choices(4), None, room(32), "prompt").is_ok());
+    }
+
     #[test]
     fn the_budget_must_fit_the_context_after_the_prompt() {
         // (prompt length, budget asked, context) -> budget run, or refused.
@@ -944,7 +999,13 @@ mod tests {
             (8, None, 8, None),
             (9, Some(1), 8, None),
         ] {
-            let got = fit(vec![1; prompt], asking(asked), None, context, "prompt");
+            let got = fit(
+                vec![1; prompt],
+                asking(asked),
+                None,
+                room(context),
+                "prompt",
+            );
             match run {
                 Some(n) => {
                     let valid = got.unwrap();
@@ -968,7 +1029,7 @@ mod tests {
 
     #[test]
     fn an_empty_prompt_is_refused_naming_the_prompt_field() {
-        let e = fit(Vec::new(), asking(Some(1)), None, 8, "messages").unwrap_err();
+        let e = fit(Vec::new(), asking(Some(1)), None, room(8), "messages").unwrap_err();
         assert_eq!((e.status.as_u16(), e.param), (400, Some("messages")));
         assert!(e.message.contains("empty"), "{}", e.message);
     }

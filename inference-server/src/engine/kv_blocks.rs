@@ -89,6 +89,30 @@ pub struct Admitted {
     pub cached_tokens: usize,
 }
 
+/// A pool's size, which a request can be checked against before it is
+/// queued (the pool itself lives on the engine thread).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KvShape {
+    pub blocks: usize,
+    pub block_tokens: usize,
+}
+
+impl KvShape {
+    /// Blocks for `tokens` positions.
+    pub fn blocks_for(&self, tokens: usize) -> usize {
+        tokens.div_ceil(self.block_tokens)
+    }
+
+    /// Blocks a request of `width` choices takes when admitted with a
+    /// prompt of `prompt` tokens: the prompt's, and for each further choice
+    /// a copy of the prompt's last block when it is partial (a full one is
+    /// shared). More than the pool holds can never run.
+    pub fn group_blocks(&self, prompt: usize, width: usize) -> usize {
+        let partial = usize::from(!prompt.is_multiple_of(self.block_tokens));
+        self.blocks_for(prompt) + width.saturating_sub(1) * partial
+    }
+}
+
 pub struct BlockPool {
     block_tokens: usize,
     blocks: Vec<Block>,
@@ -141,9 +165,11 @@ impl BlockPool {
         self.unnamed.len() + self.evictable.len()
     }
 
-    /// Blocks for `tokens` positions.
-    pub fn blocks_for(&self, tokens: usize) -> usize {
-        tokens.div_ceil(self.block_tokens)
+    pub fn shape(&self) -> KvShape {
+        KvShape {
+            blocks: self.total(),
+            block_tokens: self.block_tokens,
+        }
     }
 
     /// Blocks held by sequences, as a share of the pool (vLLM's
@@ -160,7 +186,7 @@ impl BlockPool {
     /// blocks its leading full blocks name. All or nothing.
     pub fn admit(&mut self, prompt: &[u32], capacity: usize) -> Result<Admitted, BlockError> {
         let capacity = capacity.max(prompt.len());
-        let needed = self.blocks_for(capacity);
+        let needed = self.shape().blocks_for(capacity);
         // The longest run of leading full blocks already cached. A prompt's
         // last position is always computed (its logits start the answer),
         // so a prompt that is all cached still leaves its last block out.
@@ -216,6 +242,7 @@ impl BlockPool {
     /// preempts someone and asks again.
     pub fn grow(&mut self, table: &mut BlockTable, positions: usize) -> Result<(), BlockError> {
         let needed = self
+            .shape()
             .blocks_for(positions)
             .saturating_sub(table.blocks.len());
         if needed > self.free() {

@@ -21,7 +21,7 @@ use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore, TryAcquireError};
 use crate::metrics::{CacheConfig, Metrics};
 use crate::model::{KvMemory, LoadedModel, Model, ModelError};
 pub use grammar::Constraint;
-use kv_blocks::BlockPool;
+use kv_blocks::{BlockPool, KvShape};
 use sampling::SamplingParams;
 use scheduler::{LimitsError, Scheduler, SchedulerLimits};
 
@@ -276,6 +276,7 @@ struct Shared {
     permits: Arc<Semaphore>,
     capacity: usize,
     max_running: usize,
+    kv: KvShape,
     shutting_down: Arc<AtomicBool>,
 }
 
@@ -310,6 +311,7 @@ impl Engine {
             prefix_caching,
             "KV cache"
         );
+        let kv_shape = pool.shape();
         let scheduler = Scheduler::new(config.limits, pool)?;
         // The forward pass runs with this team installed (see
         // `Worker::step`): the engine thread and the team's workers share the
@@ -351,6 +353,7 @@ impl Engine {
                     permits: Arc::new(Semaphore::new(capacity)),
                     capacity,
                     max_running: config.limits.max_running,
+                    kv: kv_shape,
                     shutting_down,
                 }),
             },
@@ -383,6 +386,12 @@ impl EngineHandle {
     /// The most choices one request may ask for: they run at once.
     pub fn max_choices(&self) -> usize {
         self.inner.max_running
+    }
+
+    /// The KV memory's size: a request that can never fit is refused
+    /// before it is queued.
+    pub fn kv_shape(&self) -> KvShape {
+        self.inner.kv
     }
 
     pub fn submit(&self, s: Submission) -> Result<(), SubmitError> {

@@ -427,18 +427,18 @@ impl Scheduler {
         while let Some(w) = self.waiting.front().filter(|w| w.width <= free) {
             let all = tokens(w.id);
             let prompt = &all[..w.target.min(all.len())];
-            // Each other choice copies the prompt's last block if it is
-            // not full (a full one is shared).
-            let partial = usize::from(w.target % self.pool.block_tokens() != 0);
-            let others = (w.width - 1) * partial;
-            if self.pool.blocks_for(w.target) + others > self.pool.total() {
+            let shape = self.pool.shape();
+            let needed = shape.group_blocks(w.target, w.width);
+            if needed > shape.blocks {
                 plan.refused.push(w.id);
                 self.waiting.pop_front();
                 continue;
             }
+            // Each other choice's copy of the prompt's partial last block.
+            let others = needed - shape.blocks_for(w.target);
             // Checked before anything is taken, cache hits aside, so that a
             // group that does not fit evicts no cached prefix for nothing.
-            if others > 0 && self.pool.blocks_for(w.target) + others > self.pool.free() {
+            if others > 0 && needed > self.pool.free() {
                 break;
             }
             let Ok(admitted) = self.pool.admit(prompt, w.target) else {

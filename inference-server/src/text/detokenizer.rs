@@ -3,8 +3,11 @@
 //! Byte-level tokens can end in the middle of a UTF-8 character (an emoji is
 //! often three or four tokens), so bytes that may still become a character
 //! are held until the next token completes them. Invariant: the concatenation
-//! of everything `push` and `finish` return equals `TextTokenizer::decode` of
-//! the same ids.
+//! of everything `push` and `finish` return is the text the ids add after a
+//! prompt: `TextTokenizer::decode` of the same ids, except that a SentencePiece
+//! word's leading space is kept at the start too (`decode` drops it there, as
+//! the space the tokenizer itself put before a text; after a prompt it is the
+//! text's: `The capital of France is` + ` Paris`, as llama.cpp and vLLM answer).
 
 use std::sync::Arc;
 
@@ -17,9 +20,6 @@ pub struct IncrementalDecoder {
     /// Special tokens written as their text rather than dropped.
     shown: Vec<u32>,
     pending: Vec<u8>,
-    /// No token has produced bytes yet: the one that does may begin with
-    /// the tokenizer's prefix space, which `decode` drops.
-    at_start: bool,
 }
 
 impl IncrementalDecoder {
@@ -28,7 +28,6 @@ impl IncrementalDecoder {
             tokenizer,
             shown: Vec::new(),
             pending: Vec::new(),
-            at_start: true,
         }
     }
 
@@ -47,13 +46,9 @@ impl IncrementalDecoder {
     pub fn push(&mut self, id: u32) -> String {
         if self.shown.contains(&id) {
             if let Some(text) = self.tokenizer.token_text(id) {
-                self.at_start = false;
                 self.pending.extend_from_slice(text.as_bytes());
             }
-        } else if let Some(mut bytes) = self.tokenizer.token_bytes(id).filter(|b| !b.is_empty()) {
-            if std::mem::take(&mut self.at_start) && self.tokenizer.strips_leading_space() {
-                bytes = bytes.strip_prefix(b" ").unwrap_or(bytes);
-            }
+        } else if let Some(bytes) = self.tokenizer.token_bytes(id) {
             self.pending.extend_from_slice(bytes);
         }
         self.take_complete()
@@ -171,13 +166,15 @@ mod tests {
     }
 
     #[test]
-    fn drops_the_prefix_space_once_like_decode() {
+    fn keeps_a_continuations_leading_space_that_decode_drops() {
         let tokenizer = Arc::new(fixtures::tiny_sp_tokenizer());
+        assert!(tokenizer.strips_leading_space());
         let ids = tokenizer.encode("hello world").unwrap();
         let pieces = stream(&tokenizer, &ids);
-        // BOS adds nothing, `▁hello` loses its prefix, `▁world` keeps its space.
-        assert_eq!(pieces, ["", "hello", " world", ""]);
-        assert_eq!(pieces.concat(), tokenizer.decode(&ids).unwrap());
+        // BOS adds nothing; `▁hello`, the first word of a continuation,
+        // keeps its space, which `decode` of a whole text drops.
+        assert_eq!(pieces, ["", " hello", " world", ""]);
+        assert_eq!(tokenizer.decode(&ids).unwrap(), "hello world");
     }
 
     #[test]

@@ -159,6 +159,31 @@ fn a_burst_needing_more_kv_memory_than_the_server_has_is_answered_whole() {
 }
 
 #[test]
+fn choices_the_kv_memory_can_never_hold_at_once_are_a_400_before_any_stream() {
+    // 34 blocks of 16 (see above): a 500-token prompt takes 32, its last
+    // partial, so four choices need 35 at once; three fit.
+    let server = InferenceServer::start(&["--context", "512", "--kv-cache-memory", "12MiB"]);
+    let body = |n: u32, stream: bool| json!({"model": MODEL, "prompt": vec![100; 500], "max_tokens": 1, "n": n, "stream": stream});
+    for stream in [false, true] {
+        let r = completion(&server, &body(4, stream));
+        assert_eq!(r.status, 400, "stream {stream}: {}", r.text());
+        let error = &r.json()["error"];
+        assert_eq!(error["param"], "n", "{error}");
+        assert!(
+            error["message"]
+                .as_str()
+                .unwrap()
+                .contains("need 35 KV cache blocks"),
+            "{error}"
+        );
+    }
+    let r = completion(&server, &body(3, false));
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["choices"].as_array().unwrap().len(), 3);
+    assert_eq!(metric(&server, &outcome("failed")), 0.0);
+}
+
+#[test]
 fn kv_memory_too_small_for_one_context_stops_the_server_with_the_reason() {
     let launch = maas_testkit::InferenceLaunch {
         args: ["--context", "512", "--kv-cache-memory", "1MiB"]
