@@ -68,7 +68,8 @@ def main() -> None:
     model = client.models.list().data[0].id
     print("model:", model)
 
-    # required: some call, of either tool.
+    # required: one call or more (parallel_tool_calls defaults to true), of
+    # either tool.
     reply = client.chat.completions.create(model=model, messages=QUESTION, tools=TOOLS,
                                            tool_choice="required", temperature=0, max_tokens=128)
     choice = reply.choices[0]
@@ -84,11 +85,12 @@ def main() -> None:
         check(reply.choices[0].message.tool_calls, {"get_time"})
     print("named:", reply.choices[0].finish_reason, reply.choices[0].message.tool_calls[0].function.name)
 
-    # Three sampled choices at once (n), each forced to a call: every call
-    # valid, every id unique in the response.
+    # Three sampled choices at once (n), each forced to one call (without
+    # parallel_tool_calls=False a sampled small model may go on calling until
+    # max_tokens, finish_reason "length"): every call valid, every id unique.
     reply = client.chat.completions.create(model=model, messages=QUESTION, tools=TOOLS, n=3,
-                                           tool_choice="required", temperature=1.0, seed=5,
-                                           max_tokens=128)
+                                           tool_choice="required", parallel_tool_calls=False,
+                                           temperature=1.0, seed=5, max_tokens=128)
     ids = []
     for choice in reply.choices:
         check(choice.message.tool_calls, SCHEMAS)

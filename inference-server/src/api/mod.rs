@@ -349,10 +349,12 @@ async fn collect(
                     .clone()
                     .map(|mut w| w.render(&choice.entries));
                 let mut rendered = answer.meta.choice(index, &choice.text, reason, logprobs);
-                if let Some(parsed) = answer.tools.as_ref().and_then(|t| t.calls_in(&choice.text)) {
+                if let Some((parsed, finish)) =
+                    answer.tools.as_ref().and_then(|t| t.calls_in(&choice.text))
+                {
                     answer
                         .meta
-                        .answered_with_calls(index, &mut rendered, &parsed);
+                        .answered_with_calls(index, &mut rendered, &parsed, finish);
                 }
                 choice.done = Some((rendered, usage));
                 left -= 1;

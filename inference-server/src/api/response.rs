@@ -243,15 +243,20 @@ impl Meta {
     }
 
     /// A whole chat choice whose text held tool calls: the calls, the text
-    /// outside them as `content` (`null` when none), and `finish_reason`
-    /// `tool_calls`.
-    pub fn answered_with_calls(&self, index: usize, choice: &mut Value, parsed: &ParsedOutput) {
+    /// outside them as `content` (`null` when none), and `finish`.
+    pub fn answered_with_calls(
+        &self,
+        index: usize,
+        choice: &mut Value,
+        parsed: &ParsedOutput,
+        finish: &str,
+    ) {
         choice["message"] = json!({
             "role": "assistant",
             "content": parsed.content,
             "tool_calls": self.tool_calls(index, &parsed.tool_calls),
         });
-        choice["finish_reason"] = json!("tool_calls");
+        choice["finish_reason"] = json!(finish);
     }
 
     /// The last data chunk when the client asked for usage: no choices.

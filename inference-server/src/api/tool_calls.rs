@@ -147,6 +147,36 @@ pub fn parse(format: ToolCallFormat, text: &str, known_tools: &[&str]) -> Parsed
     }
 }
 
+/// The calls an answer forced to a list of calls finished before the budget
+/// cut it short (the grammar made it a prefix of the format's list): the
+/// longest prefix ending after a whole call that parses, closed as the
+/// format closes its list. `None` when not even the first call is whole.
+/// A separator inside a call's strings only makes a prefix that does not
+/// parse, and a shorter one is tried.
+pub fn whole_calls(
+    format: ToolCallFormat,
+    text: &str,
+    known_tools: &[&str],
+) -> Option<ParsedOutput> {
+    let (after, close) = match format {
+        ToolCallFormat::Hermes => (HERMES_CLOSE, ""),
+        ToolCallFormat::Llama3Json => (";", ""),
+        ToolCallFormat::Mistral => (",", "]"),
+    };
+    let ends: Vec<usize> = text
+        .match_indices(after)
+        .map(|(at, m)| match format {
+            ToolCallFormat::Hermes => at + m.len(),
+            _ => at,
+        })
+        .collect();
+    ends.into_iter().rev().find_map(|end| {
+        let candidate = format!("{}{close}", text.get(..end)?);
+        let parsed = parse(format, &candidate, known_tools);
+        (!parsed.tool_calls.is_empty()).then_some(parsed)
+    })
+}
+
 /// While streaming: the byte offset in `text` from which it must be held
 /// back because a call may begin there (an opener, or the start of one at
 /// the very end); `None` when all of it can go out as content now. The
@@ -332,6 +362,40 @@ mod tests {
             .iter()
             .map(|c| (c.name.as_str(), c.arguments.as_str()))
             .collect()
+    }
+
+    #[test]
+    fn whole_calls_are_those_before_a_cut_in_each_format() {
+        let weather = r#"{"name": "get_weather", "arguments": {"city": "a;b, c"}}"#;
+        for (format, cut) in [
+            (
+                Hermes,
+                format!("<tool_call>\n{weather}\n</tool_call>\n<tool_call>\n{{\"na"),
+            ),
+            (
+                Llama3Json,
+                format!(
+                    "{}; {{\"name\": \"get_t",
+                    weather.replace("arguments", "parameters")
+                ),
+            ),
+            (
+                Mistral,
+                format!("[TOOL_CALLS][{weather}, {{\"name\": \"get_time\", \"arg"),
+            ),
+        ] {
+            let p = whole_calls(format, &cut, KNOWN).unwrap_or_else(|| panic!("{format:?}: {cut}"));
+            assert_eq!(
+                calls(&p),
+                [("get_weather", r#"{"city":"a;b, c"}"#)],
+                "{format:?}"
+            );
+            // Cut inside the first call: nothing is whole.
+            assert!(
+                whole_calls(format, &cut[..cut.len() / 3], KNOWN).is_none(),
+                "{format:?}"
+            );
+        }
     }
 
     /// An answer that must come back whole as text, with no calls.

@@ -272,9 +272,12 @@ pub fn hermes_messages(tools: &Tools, messages: &[ChatMessage]) -> Vec<ChatMessa
 
 /// The grammar (llguidance's Lark dialect) that forces a call of one of the
 /// tools `choice` allows, in `format`, its arguments valid for the tool's
-/// schema; `None` when the choice forces nothing. `special` gives the id of
-/// a marker the vocabulary has as a special token: the grammar names that
-/// token, since no text can ever match one.
+/// schema; `None` when the choice forces nothing. `required` with
+/// `parallel_tool_calls` (the default) allows one call or more, in the
+/// format's own way of writing several; a named function is called once,
+/// as OpenAI does. `special` gives the id of a marker the vocabulary has as
+/// a special token: the grammar names that token, since no text can ever
+/// match one.
 pub fn forced_call_grammar(
     tools: &Tools,
     format: ToolCallFormat,
@@ -291,17 +294,34 @@ pub fn forced_call_grammar(
     };
     let marker =
         |text: &str| special(text).map_or_else(|| format!("{text:?}"), |id| format!("<[{id}]>"));
-    let call = match format {
-        ToolCallFormat::Hermes => format!(
-            r#"{} "\n" call "\n" {}"#,
-            marker("<tool_call>"),
-            marker("</tool_call>")
+    let several = tools.parallel && tools.choice == ToolChoice::Required;
+    // The format's list of calls: one, or one and more after its separator.
+    let list = |one: &str, separator: &str| {
+        if several {
+            format!(r#"{one} ({separator:?} {one})*"#)
+        } else {
+            one.to_string()
+        }
+    };
+    let start = match format {
+        ToolCallFormat::Hermes => list("block", "\n"),
+        ToolCallFormat::Llama3Json => list("call", "; "),
+        ToolCallFormat::Mistral => format!(
+            r#"{} "[" {} "]""#,
+            marker("[TOOL_CALLS]"),
+            list("call", ", ")
         ),
-        ToolCallFormat::Llama3Json => "call".into(),
-        ToolCallFormat::Mistral => format!(r#"{} "[" call "]""#, marker("[TOOL_CALLS]")),
     };
     let alternatives: Vec<String> = (0..allowed.len()).map(|i| format!("c{i}")).collect();
-    let mut lark = format!("start: {call}\ncall: {}\n", alternatives.join(" | "));
+    let mut lark = format!("start: {start}\ncall: {}\n", alternatives.join(" | "));
+    if format == ToolCallFormat::Hermes {
+        lark.push_str(&format!(
+            r#"block: {} "\n" call "\n" {}"#,
+            marker("<tool_call>"),
+            marker("</tool_call>")
+        ));
+        lark.push('\n');
+    }
     // Each tool's arguments are their own `%json` root, so a `$ref` inside
     // `parameters` resolves against that tool's schema as the client wrote
     // it (one combined schema would move its `$defs`).
@@ -451,8 +471,9 @@ mod tests {
             .unwrap()
             .unwrap();
         let g = forced_call_grammar(&t, ToolCallFormat::Hermes, &|_| None).unwrap();
+        assert!(g.starts_with("start: block (\"\\n\" block)*\n"), "{g}");
         assert!(
-            g.starts_with("start: \"<tool_call>\" \"\\n\" call \"\\n\" \"</tool_call>\""),
+            g.contains("block: \"<tool_call>\" \"\\n\" call \"\\n\" \"</tool_call>\"\n"),
             "{g}"
         );
         assert!(
@@ -464,6 +485,70 @@ mod tests {
             forced_call_grammar(&t, ToolCallFormat::Hermes, &|_| None),
             None
         );
+    }
+
+    /// Whether `constraint` takes every token of `text` (SmolLM2's
+    /// tokenization; llguidance matches bytes, whatever the split).
+    fn takes(mut constraint: crate::engine::Constraint, text: &str) -> bool {
+        let tokenizer = smollm_tokenizer();
+        let ids = tokenizer.encode(text).unwrap();
+        ids.into_iter().all(|id| constraint.commit(id).is_ok())
+    }
+
+    #[test]
+    fn required_with_parallel_calls_allows_several_in_each_format() {
+        let two = json!([weather()[0], {"type": "function", "function": {
+            "name": "get_time", "parameters": {"type": "object"}}}]);
+        let weather = r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#;
+        let time = r#"{"name": "get_time", "arguments": {}}"#;
+        let llama = |call: &str| call.replace("arguments", "parameters");
+        let grammars = Grammars::new(smollm_tokenizer()).unwrap();
+        for (format, one, both) in [
+            (
+                ToolCallFormat::Hermes,
+                format!("<tool_call>\n{weather}\n</tool_call>"),
+                format!("<tool_call>\n{weather}\n</tool_call>\n<tool_call>\n{time}\n</tool_call>"),
+            ),
+            (
+                ToolCallFormat::Llama3Json,
+                llama(weather),
+                format!("{}; {}", llama(weather), llama(time)),
+            ),
+            (
+                ToolCallFormat::Mistral,
+                format!("[TOOL_CALLS][{weather}]"),
+                format!("[TOOL_CALLS][{weather}, {time}]"),
+            ),
+        ] {
+            for (choice, parallel, several) in [
+                (json!("required"), None, true),
+                (json!("required"), Some(false), false),
+                (
+                    json!({"type": "function", "function": {"name": "get_weather"}}),
+                    None,
+                    false,
+                ),
+            ] {
+                let t = parse(Some(two.clone()), Some(choice.clone()), parallel)
+                    .unwrap()
+                    .unwrap();
+                let g = forced_call_grammar(&t, format, &|_| None).unwrap();
+                let compiled = || {
+                    grammars
+                        .compile(&ResponseFormat::ToolCall(g.clone()))
+                        .unwrap()
+                };
+                assert!(
+                    takes(compiled(), &one),
+                    "{format:?} {choice} {parallel:?}: {one}\n{g}"
+                );
+                assert_eq!(
+                    takes(compiled(), &both),
+                    several,
+                    "{format:?} {choice} {parallel:?}: {both}\n{g}"
+                );
+            }
+        }
     }
 
     #[test]
@@ -506,7 +591,7 @@ mod tests {
         let im_start = tokenizer.special_token_id("<|im_start|>").unwrap();
         let special = |m: &str| (m == "<tool_call>").then_some(im_start);
         let g = forced_call_grammar(&t, ToolCallFormat::Hermes, &special).unwrap();
-        assert!(g.starts_with(&format!("start: <[{im_start}]> ")), "{g}");
+        assert!(g.contains(&format!("block: <[{im_start}]> ")), "{g}");
         let mut constraint = Grammars::new(tokenizer.clone())
             .unwrap()
             .compile(&ResponseFormat::ToolCall(g))

@@ -64,14 +64,22 @@ pub struct ToolCallParsing {
 }
 
 impl ToolCallParsing {
-    /// The calls in a finished answer, if it made any.
-    pub fn calls_in(&self, text: &str) -> Option<ParsedOutput> {
+    /// The calls in a finished answer, if it made any, and its
+    /// `finish_reason`: `tool_calls`, or `length` for the whole calls of a
+    /// forced answer the budget cut inside a further call (streaming has
+    /// sent those already; they are valid, the cut one is left out).
+    pub fn calls_in(&self, text: &str) -> Option<(ParsedOutput, &'static str)> {
         let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
         let mut parsed = tool_calls::parse(self.format, text, &names);
+        let mut finish = "tool_calls";
+        if parsed.tool_calls.is_empty() && self.forced.is_some() {
+            parsed = tool_calls::whole_calls(self.format, text, &names)?;
+            finish = "length";
+        }
         if !self.parallel {
             parsed.tool_calls.truncate(1);
         }
-        (!parsed.tool_calls.is_empty()).then_some(parsed)
+        (!parsed.tool_calls.is_empty()).then_some((parsed, finish))
     }
 
     /// A reader for one streamed answer, sending its calls as they are
@@ -730,11 +738,34 @@ mod tests {
             forced: None,
             parallel: true,
         };
-        assert_eq!(parsing.calls_in(text).unwrap().tool_calls.len(), 2);
+        assert_eq!(parsing.calls_in(text).unwrap().0.tool_calls.len(), 2);
         parsing.parallel = false;
-        let calls = parsing.calls_in(text).unwrap().tool_calls;
+        let calls = parsing.calls_in(text).unwrap().0.tool_calls;
         assert_eq!((calls.len(), calls[0].name.as_str()), (1, "a"));
         assert!(parsing.calls_in("no calls").is_none());
+    }
+
+    #[test]
+    fn a_forced_answer_cut_inside_a_further_call_keeps_its_whole_calls() {
+        let cut = "<tool_call>\n{\"name\": \"a\", \"arguments\": {\"x\": 1}}\n</tool_call>\n<tool_call>\n{\"name\": \"b\", \"argu";
+        let mut parsing = ToolCallParsing {
+            format: ToolCallFormat::Hermes,
+            names: vec!["a".into(), "b".into()],
+            forced: Some("start: …".into()),
+            parallel: true,
+        };
+        let (parsed, finish) = parsing.calls_in(cut).unwrap();
+        assert_eq!(finish, "length");
+        assert_eq!(parsed.content, None);
+        let calls: Vec<_> = parsed
+            .tool_calls
+            .iter()
+            .map(|c| (c.name.as_str(), c.arguments.as_str()))
+            .collect();
+        assert_eq!(calls, [("a", r#"{"x":1}"#)]);
+        // Not forced, the answer is what the model wrote: text.
+        parsing.forced = None;
+        assert!(parsing.calls_in(cut).is_none());
     }
 
     #[test]
