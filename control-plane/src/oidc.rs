@@ -1,6 +1,6 @@
 //! OIDC bearer tokens: the signature is checked against the issuer's JWKS
 //! (asymmetric algorithms only, so a public key can never be replayed as an
-//! HMAC secret), then issuer, audience and expiry; the identity is the
+//! HMAC secret), then issuer, audience, expiry and not-before; the identity is the
 //! subject plus the groups found under a configurable claim.
 
 use std::collections::HashMap;
@@ -9,7 +9,7 @@ use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
 use serde_json::Value;
 
-/// Clock skew tolerated on `exp`/`nbf`, as most OIDC libraries do.
+/// Clock skew tolerated on `exp` and `nbf`, as most OIDC libraries do.
 const LEEWAY_SECS: u64 = 30;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +51,8 @@ pub enum TokenError {
     Signature,
     #[error("expired")]
     Expired,
+    #[error("not valid yet (`nbf` is in the future)")]
+    NotYetValid,
     #[error("issued by another issuer")]
     Issuer,
     #[error("for another audience")]
@@ -111,6 +113,10 @@ impl TokenVerifier {
         }
         let mut validation = Validation::new(*alg);
         validation.leeway = LEEWAY_SECS;
+        // `Validation::new` checks `exp` only; an issuer's `nbf` is a promise
+        // too (e.g. a token minted for later), and RFC 7519 says to refuse
+        // it before then.
+        validation.validate_nbf = true;
         validation.set_issuer(&[&self.settings.issuer]);
         validation.set_audience(&[&self.settings.audience]);
         validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
@@ -119,6 +125,7 @@ impl TokenVerifier {
             match e.kind() {
                 ErrorKind::InvalidSignature => TokenError::Signature,
                 ErrorKind::ExpiredSignature => TokenError::Expired,
+                ErrorKind::ImmatureSignature => TokenError::NotYetValid,
                 ErrorKind::InvalidIssuer => TokenError::Issuer,
                 ErrorKind::InvalidAudience => TokenError::Audience,
                 ErrorKind::InvalidToken
@@ -258,6 +265,22 @@ mod tests {
         );
         assert_eq!(v.verify("not.a.jwt"), Err(TokenError::Malformed));
         assert_eq!(v.verify(""), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn a_token_is_refused_before_its_nbf_within_the_leeway_only() {
+        let v = verifier();
+        let later = token(
+            ISSUER_KEY,
+            "test-issuer-1",
+            claims(json!({"nbf": now() + 3600})),
+        );
+        assert_eq!(v.verify(&later), Err(TokenError::NotYetValid));
+        // A clock a little behind the issuer's is tolerated, as for `exp`.
+        for nbf in [now() + LEEWAY_SECS / 2, now() - 60] {
+            let t = token(ISSUER_KEY, "test-issuer-1", claims(json!({"nbf": nbf})));
+            assert!(v.verify(&t).is_ok(), "nbf {nbf}");
+        }
     }
 
     #[test]

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use crate::api::{router, AppState, Authenticator};
 use crate::oidc::{OidcSettings, TokenVerifier};
+use crate::showback::gateways::Gateways;
 use crate::store::{redacted_url, Store};
 use crate::tokens;
 use maas_filter::auth::keys::KeyDigest;
@@ -19,7 +20,8 @@ pub struct ServeConfig {
     /// Default: SQLite at `<data_dir>/maas.db`.
     pub database_url: Option<String>,
     pub oidc: Option<(OidcSettings, PathBuf)>,
-    /// Envoy admin base URLs whose `maas_*` counters are sampled for showback.
+    /// Envoy admin base URLs whose `maas_*` counters are sampled for
+    /// showback; each once ([`Gateways::new`] refuses one listed twice).
     pub gateways: Vec<String>,
     pub usage_interval: std::time::Duration,
 }
@@ -36,11 +38,14 @@ pub enum ServeError {
     Jwks(PathBuf, crate::oidc::JwksError),
     #[error("cannot listen on {0}: {1}")]
     Bind(SocketAddr, std::io::Error),
+    #[error(transparent)]
+    Gateways(#[from] crate::showback::gateways::DuplicateGateway),
     #[error("server: {0}")]
     Io(#[from] std::io::Error),
 }
 
 pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
+    let gateways = Gateways::new(config.gateways.clone())?;
     let url = config.database_url.clone().unwrap_or_else(|| {
         format!(
             "sqlite://{}?mode=rwc",
@@ -71,10 +76,11 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         }
         None => None,
     };
-    if !config.gateways.is_empty() {
+    if !gateways.is_empty() {
+        // Every replica runs one; the one holding the lease samples.
         tokio::spawn(crate::showback::sampler::run(
             store.clone(),
-            config.gateways.clone(),
+            gateways,
             config.usage_interval,
         ));
     }

@@ -199,6 +199,120 @@ fn bad_input_gets_400_and_changes_nothing() {
     assert_eq!(subs["data"].as_array().unwrap().len(), 2);
 }
 
+/// What axum itself refuses (a query string, a path segment or a body it
+/// cannot read, a method the path does not serve) gets the API's error
+/// shape too, not a `text/plain` or empty body.
+#[test]
+fn requests_axum_refuses_get_the_api_error_shape() {
+    let cp = setup();
+    let url = |path: &str| format!("http://{}{path}", cp.addr);
+    let admin = format!("Bearer {ADMIN}");
+    let gateway = format!("Bearer {GATEWAY}");
+    let big = vec![b' '; 2 * 1024 * 1024 + 1];
+    /// A request and the refusal it gets: status, `code`, a word of the message.
+    struct Case<'a> {
+        method: &'a str,
+        path: &'a str,
+        bearer: &'a str,
+        body: Option<&'a [u8]>,
+        refusal: (u16, &'a str, &'a str),
+    }
+    let case = |method, path, bearer, body, refusal| Case {
+        method,
+        path,
+        bearer,
+        body,
+        refusal,
+    };
+    let cases = [
+        case(
+            "GET",
+            "/maas-api/v1/api-keys?owner=a&owner=b",
+            &admin,
+            None,
+            (400, "invalid_value", "owner"),
+        ),
+        case(
+            "GET",
+            "/maas-api/v1/sync?since=-1",
+            &gateway,
+            None,
+            (400, "invalid_value", "since"),
+        ),
+        case(
+            "GET",
+            "/maas-api/v1/sync/keys/%FF",
+            &gateway,
+            None,
+            (400, "invalid_value", "path"),
+        ),
+        case(
+            "DELETE",
+            "/maas-api/v1/api-keys/%FF",
+            &admin,
+            None,
+            (400, "invalid_value", "path"),
+        ),
+        case(
+            "PATCH",
+            "/maas-api/v1/api-keys",
+            &admin,
+            Some(b"{}"),
+            (405, "method_not_allowed", "method"),
+        ),
+        case(
+            "POST",
+            "/maas-api/v1/sync",
+            &gateway,
+            None,
+            (405, "method_not_allowed", "method"),
+        ),
+        case(
+            "POST",
+            "/maas-api/v1/api-keys",
+            &admin,
+            Some(&big),
+            (413, "body_too_large", "length limit"),
+        ),
+    ];
+    for Case {
+        method,
+        path,
+        bearer,
+        body,
+        refusal: (status, code, needle),
+    } in cases
+    {
+        let r = request(
+            method,
+            &url(path),
+            &[
+                ("authorization", bearer),
+                ("content-type", "application/json"),
+            ],
+            body,
+        );
+        assert_eq!(r.status, status, "{method} {path}: {}", r.text());
+        assert_eq!(
+            r.header("content-type"),
+            Some("application/json"),
+            "{method} {path}"
+        );
+        let error = &r.json()["error"];
+        assert_eq!(error["code"], code, "{method} {path}: {error}");
+        assert_eq!(error["type"], "invalid_request_error", "{method} {path}");
+        assert!(
+            error["message"].as_str().unwrap().contains(needle),
+            "{method} {path}: {error}"
+        );
+        if status == 405 {
+            assert!(r.header("allow").is_some(), "{method} {path}: no Allow");
+        }
+    }
+    // The PATCH asked to list nothing and the oversized POST minted nothing.
+    assert!(cp.all_keys().is_empty());
+}
+
 #[test]
 fn the_gateway_syncs_keys_incrementally() {
     let cp = setup();

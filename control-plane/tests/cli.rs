@@ -228,6 +228,26 @@ fn serve_with_database(name: &str, url: &str) -> (Command, PathBuf) {
     (command, dir)
 }
 
+/// One gateway listed twice would have its usage counted twice: refused at
+/// start, before the database is touched, naming both spellings.
+#[test]
+fn a_gateway_listed_twice_is_refused_at_start() {
+    let (mut command, dir) = serve_with_database("twice", "sqlite:///nonexistent/never-opened.db");
+    let out = command
+        .args(["--envoy-admin", "http://127.0.0.1:15000"])
+        .args(["--envoy-admin", "http://127.0.0.1:15000/"])
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("\"http://127.0.0.1:15000/\" is \"http://127.0.0.1:15000\" again"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("cannot open the database"), "{stderr}");
+}
+
 #[test]
 fn a_database_that_cannot_be_opened_is_named_without_its_password() {
     // Both refused at once, before any connection: sqlx knows no
@@ -256,13 +276,7 @@ fn a_database_that_cannot_be_opened_is_named_without_its_password() {
 /// starts and logs the URL it serves from.
 #[test]
 fn the_startup_log_names_the_database_without_its_password() {
-    let base = std::env::var("MAAS_TEST_POSTGRES_URL").unwrap_or_else(|_| {
-        panic!(
-            "MAAS_TEST_POSTGRES_URL is not set: this test needs a PostgreSQL server. `make test` starts one; \
-             by hand: export MAAS_TEST_POSTGRES_URL=$(./scripts/postgres.sh start)"
-        )
-    });
-    let (server, _) = base.rsplit_once('/').expect("a database URL");
+    let server = maas_testkit::postgres::postgres_server();
     let (scheme, host) = server.split_once("://").unwrap();
     let (user, host) = host.split_once('@').unwrap();
     let db = format!("maas_cli_log_{}", std::process::id());

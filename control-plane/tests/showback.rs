@@ -1,12 +1,18 @@
 //! Showback through the real gateway: Envoy with the filter in front of the
 //! OpenAI-shaped test upstream, the control plane's sampler reading Envoy's
 //! `/stats/prometheus`, usage landing in the database exactly as the
-//! responses reported it, under the caller's key.
+//! responses reported it, under the caller's key. And two replicas' samplers
+//! on one PostgreSQL database, reading one (fake) Envoy admin endpoint: the
+//! usage is added once.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use std::io::{Read as _, Write as _};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
+use maas_control_plane::showback::gateways::Gateways;
 use maas_control_plane::showback::sampler;
 use maas_control_plane::showback::Usage;
 use maas_control_plane::store::{Store, UsageRow};
@@ -38,7 +44,7 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
     let admin = gateway.admin_url("");
     runtime.spawn(sampler::run(
         store.clone(),
-        vec![admin],
+        Gateways::new(vec![admin]).unwrap(),
         Duration::from_millis(200),
     ));
     // Let the sampler take its baseline before any traffic.
@@ -87,4 +93,128 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
     assert_eq!(keys, [("k1", "", expected)]);
     drop(runtime);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An Envoy admin endpoint that serves one prompt-token counter (set by the
+/// test) from a process up for a day, on a loopback port; it serves until
+/// the test process ends.
+struct FakeAdmin {
+    url: String,
+    prompt_tokens: Arc<AtomicU64>,
+}
+
+impl FakeAdmin {
+    fn start(prompt_tokens: u64) -> Self {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let counter = Arc::new(AtomicU64::new(prompt_tokens));
+        let served = Arc::clone(&counter);
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { continue };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let body = format!(
+                    "envoy_server_uptime 86400\n\
+                     maas_prompt_tokens_total{{subscription=\"team-a\",model=\"m1\"}} {}\n",
+                    served.load(Ordering::SeqCst)
+                );
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        Self {
+            url,
+            prompt_tokens: counter,
+        }
+    }
+
+    fn add(&self, tokens: u64) {
+        self.prompt_tokens.fetch_add(tokens, Ordering::SeqCst);
+    }
+}
+
+/// Needs a PostgreSQL server (`MAAS_TEST_POSTGRES_URL`, as the store suite).
+#[test]
+fn two_replicas_on_one_database_add_usage_once_and_one_takes_over_when_the_other_dies() {
+    let root = maas_testkit::postgres::postgres_server();
+    let url = format!("{root}/maas_showback_replicas_{}", std::process::id());
+    sqlx::any::install_default_drivers();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    use sqlx::migrate::MigrateDatabase as _;
+    runtime.block_on(sqlx::Any::create_database(&url)).unwrap();
+    // Each replica has its own pool, as two processes would.
+    let connect = || runtime.block_on(Store::connect(&url)).unwrap();
+    let (replica_a, replica_b, reader) = (connect(), connect(), connect());
+    let locks = runtime.block_on(sqlx::AnyPool::connect(&url)).unwrap();
+    // The backend holding the sampler's advisory lock, if any.
+    let holder = || -> Option<i32> {
+        runtime
+            .block_on(
+                sqlx::query_scalar::<_, i32>(
+                    "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted \
+                     AND database = (SELECT oid FROM pg_database WHERE datname = current_database())",
+                )
+                .fetch_optional(&locks),
+            )
+            .unwrap()
+    };
+    let prompt_tokens = || -> u64 {
+        let rows = runtime.block_on(reader.usage(0, i64::MAX)).unwrap();
+        rows.iter().map(|r| r.usage.prompt_tokens).sum()
+    };
+    let admin = FakeAdmin::start(1_000);
+    // The same gateway given to both replicas, as every replica's
+    // --envoy-admin would list it.
+    let gateways = || Gateways::new(vec![admin.url.clone()]).unwrap();
+    let interval = Duration::from_millis(100);
+    let settle = Duration::from_millis(600);
+
+    let a = runtime.spawn(sampler::run(replica_a, gateways(), interval));
+    let first = eventually(Duration::from_secs(10), || {
+        holder().ok_or_else(|| "nobody holds the sampler lease yet".to_string())
+    });
+    std::thread::sleep(settle); // a's baseline
+    let b = runtime.spawn(sampler::run(replica_b, gateways(), interval));
+    std::thread::sleep(settle);
+
+    admin.add(100);
+    eventually(Duration::from_secs(10), || match prompt_tokens() {
+        100 => Ok(()),
+        n => Err(format!("{n} prompt tokens so far")),
+    });
+    std::thread::sleep(settle);
+    assert_eq!(prompt_tokens(), 100, "counted once, not once per replica");
+    assert_eq!(holder(), Some(first));
+
+    // The sampling replica dies: its session, and with it the lock, ends.
+    a.abort();
+    eventually(Duration::from_secs(10), || match holder() {
+        Some(pid) if pid != first => Ok(()),
+        other => Err(format!("the lease is held by {other:?}")),
+    });
+    std::thread::sleep(settle); // b's baseline
+    admin.add(50);
+    eventually(Duration::from_secs(10), || match prompt_tokens() {
+        150 => Ok(()),
+        n => Err(format!("{n} prompt tokens so far")),
+    });
+    std::thread::sleep(settle);
+    assert_eq!(prompt_tokens(), 150);
+
+    b.abort();
+    drop(runtime);
+    let cleanup = tokio::runtime::Runtime::new().unwrap();
+    cleanup
+        .block_on(sqlx::Any::force_drop_database(&url))
+        .unwrap();
 }

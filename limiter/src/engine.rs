@@ -4,9 +4,10 @@
 //!   another limiter and lost at exit: after a restart every limit starts
 //!   afresh, and a gateway's commit of a hold made before it only counts its
 //!   amount (as `Report` does);
-//! - Redis: counters *and* reserve holds live in Redis, so every limiter that
-//!   points at the same Redis (one per gateway, or a replicated pool) shares
-//!   them, and a limiter restart loses nothing. Reserve is one Lua script
+//! - Redis (7.0 or later, checked at start: `redis_version`): counters
+//!   *and* reserve holds live in Redis, so every limiter that points at the
+//!   same Redis (one per gateway, or a replicated pool) shares them, and a
+//!   limiter restart loses nothing. Reserve is one Lua script
 //!   (atomic); ShouldRateLimit reads then increments, so concurrent calls
 //!   near a limit may pass it by a few hits, as with Limitador.
 //!
@@ -67,6 +68,11 @@ impl std::fmt::Debug for Storage {
 pub enum EngineError {
     #[error("cannot connect to Redis at {url}: {reason}")]
     Redis { url: String, reason: String },
+    #[error("Redis at {url} is unsupported: {source}")]
+    RedisVersion {
+        url: String,
+        source: crate::redis_version::VersionError,
+    },
     #[error("cannot install the limits: {0}")]
     Limits(String),
 }
@@ -115,14 +121,12 @@ impl Engine {
                 Limiter::Memory(limiter)
             }
             Storage::Redis { url, password } => {
-                let failed = |reason: String| EngineError::Redis {
-                    url: redacted(url),
-                    reason,
-                };
                 let redis = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect(url, password))
                     .await
-                    .map_err(|_| failed(format!("no answer in {REDIS_CONNECT_TIMEOUT:?}")))?
-                    .map_err(|e| failed(e.to_string()))?;
+                    .map_err(|_| EngineError::Redis {
+                        url: redacted(url),
+                        reason: format!("no answer in {REDIS_CONNECT_TIMEOUT:?}"),
+                    })??;
                 let limiter = AsyncRateLimiterBuilder::new(AsyncStorage::with_counter_storage(
                     Box::new(redis),
                 ))
@@ -203,19 +207,41 @@ impl Engine {
 /// its defaults retry a lost connection for about 13 s and wait for an
 /// answer forever, holding every call that long, where a gateway's deadline
 /// is milliseconds. Failing within about a second answers UNAVAILABLE
-/// instead, and a later call reconnects.
-async fn connect(url: &str, password: &Option<String>) -> redis::RedisResult<AsyncRedisStorage> {
+/// instead, and a later call reconnects. A server too old for Limitador's
+/// scripts is refused here, before any counter is written.
+async fn connect(url: &str, password: &Option<String>) -> Result<AsyncRedisStorage, EngineError> {
     use redis::IntoConnectionInfo as _;
+    let failed = |e: redis::RedisError| EngineError::Redis {
+        url: redacted(url),
+        reason: e.to_string(),
+    };
     let config = ConnectionManagerConfig::new()
         .set_number_of_retries(1)
         .set_connection_timeout(REDIS_CALL_TIMEOUT)
         .set_response_timeout(REDIS_CALL_TIMEOUT);
-    let mut info = url.into_connection_info()?;
+    let mut info = url.into_connection_info().map_err(failed)?;
     if password.is_some() {
         info.redis.password.clone_from(password);
     }
-    let manager = ConnectionManager::new_with_config(redis::Client::open(info)?, config).await?;
-    AsyncRedisStorage::new_with_conn_manager(manager).await
+    let client = redis::Client::open(info).map_err(failed)?;
+    let mut manager = ConnectionManager::new_with_config(client, config)
+        .await
+        .map_err(failed)?;
+    let server: String = redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut manager)
+        .await
+        .map_err(|e| EngineError::Redis {
+            url: redacted(url),
+            reason: format!("INFO server (to check its version): {e}"),
+        })?;
+    crate::redis_version::check(&server).map_err(|source| EngineError::RedisVersion {
+        url: redacted(url),
+        source,
+    })?;
+    AsyncRedisStorage::new_with_conn_manager(manager)
+        .await
+        .map_err(failed)
 }
 
 /// `url` without its password, for messages and logs.

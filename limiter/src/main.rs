@@ -12,6 +12,7 @@
 mod engine;
 mod limits_file;
 mod redis_password;
+mod redis_version;
 mod request;
 mod service;
 mod statuses;

@@ -140,6 +140,29 @@ impl RateLimitService {
     }
 }
 
+/// The shortest hold a Reserve may ask for. A shorter one would be admitted
+/// yet hold nothing (Redis keeps holds in whole milliseconds, and a hold of
+/// 0 has expired when it is written), so concurrent reserves could together
+/// pass the limit.
+const MIN_HOLD: std::time::Duration = std::time::Duration::from_millis(1);
+
+/// A Reserve's `ttl`: absent (the limiter's longest hold, `--max-hold-secs`)
+/// or at least [`MIN_HOLD`]; anything else is INVALID_ARGUMENT.
+fn hold_ttl(
+    ttl: Option<&maas_ratelimit_proto::Duration>,
+) -> Result<Option<std::time::Duration>, Status> {
+    let Some(ttl) = ttl else {
+        return Ok(None);
+    };
+    match ttl.to_std() {
+        None => Err(Status::invalid_argument("ttl is negative or malformed")),
+        Some(ttl) if ttl < MIN_HOLD => Err(Status::invalid_argument(format!(
+            "ttl {ttl:?} is under {MIN_HOLD:?}: it would hold nothing"
+        ))),
+        Some(ttl) => Ok(Some(ttl)),
+    }
+}
+
 #[tonic::async_trait]
 impl envoy_rls::rate_limit_service_server::RateLimitService for RateLimitService {
     async fn should_rate_limit(
@@ -190,13 +213,7 @@ impl kuadrant::rate_limit_service_server::RateLimitService for RateLimitService 
                 reservation_id: String::new(),
             }));
         };
-        let ttl = request
-            .ttl
-            .map(|ttl| {
-                ttl.to_std()
-                    .ok_or_else(|| Status::invalid_argument("ttl is negative or malformed"))
-            })
-            .transpose()?;
+        let ttl = hold_ttl(request.ttl.as_ref())?;
         let amount = request.amount;
         let result = self
             .run("Reserve", subject, move |engine, subject| async move {
@@ -241,5 +258,34 @@ impl kuadrant::rate_limit_service_server::RateLimitService for RateLimitService 
         Ok(Response::new(CommitResponse {
             reservation_released: result.reservation_released,
         }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_hold_under_a_millisecond_is_refused() {
+        let ttl = |seconds: i64, nanos: i32| {
+            hold_ttl(Some(&maas_ratelimit_proto::Duration { seconds, nanos }))
+        };
+        for (seconds, nanos) in [(0, 0), (0, 1), (0, 999_999), (-1, 0), (0, -5)] {
+            let refused = ttl(seconds, nanos).unwrap_err();
+            assert_eq!(
+                refused.code(),
+                tonic::Code::InvalidArgument,
+                "{seconds}s {nanos}ns"
+            );
+        }
+        assert_eq!(
+            ttl(0, 1_000_000).unwrap(),
+            Some(std::time::Duration::from_millis(1))
+        );
+        assert_eq!(
+            ttl(600, 0).unwrap(),
+            Some(std::time::Duration::from_secs(600))
+        );
+        assert_eq!(hold_ttl(None).unwrap(), None, "no ttl: the longest hold");
     }
 }

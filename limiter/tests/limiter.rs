@@ -295,6 +295,33 @@ fn an_expired_hold_frees_its_capacity_and_its_commit_counts_like_report() {
     assert!(!fits(&client, "alice", 7));
 }
 
+/// A hold shorter than a millisecond would be admitted yet hold nothing
+/// (Redis keeps holds in whole milliseconds), letting concurrent reserves
+/// pass the limit together: refused, and nothing is held.
+#[test]
+fn a_reserve_whose_ttl_would_hold_nothing_is_refused() {
+    let (_redis, _limiter, client) = with_redis("ttl_under_a_millisecond");
+    for ttl in [Duration::ZERO, Duration::from_micros(999)] {
+        let status = client
+            .reserve(&reserve("alice", 10, Some(ttl)))
+            .unwrap_err();
+        assert_eq!(
+            status.code(),
+            GrpcCode::InvalidArgument,
+            "{ttl:?}: {status:?}"
+        );
+        assert!(status.message().contains("ttl"), "{status:?}");
+    }
+    let held = client
+        .reserve(&reserve("alice", 10, Some(Duration::from_millis(1))))
+        .unwrap();
+    assert_eq!(held.code(), Code::Ok, "1 ms is the shortest hold");
+    assert!(
+        fits(&client, "alice", 10),
+        "the refused ones counted nothing"
+    );
+}
+
 #[test]
 fn counters_and_holds_survive_a_limiter_restart_with_redis() {
     let (_redis, mut limiter, client) = with_redis("restart_redis");
@@ -411,6 +438,67 @@ fn a_bad_configuration_exits_non_zero_naming_the_problem() {
             "case {index} announced a listener"
         );
     }
+}
+
+/// A server that answers like Redis 6.2 on a loopback port: every command
+/// gets `+OK` except `INFO`, which names the version, and `PING`.
+fn fake_redis_6() -> std::net::SocketAddr {
+    use std::io::{BufRead as _, BufReader, Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            std::thread::spawn(move || {
+                let mut writer = stream.try_clone().unwrap();
+                let mut reader = BufReader::new(stream);
+                let mut line = String::new();
+                // RESP: `*N` then N times `$len` and the argument.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) {
+                    let n: usize = line.trim().trim_start_matches('*').parse().unwrap_or(0);
+                    let mut args = Vec::new();
+                    for _ in 0..n {
+                        line.clear();
+                        reader.read_line(&mut line).unwrap();
+                        let len: usize = line.trim().trim_start_matches('$').parse().unwrap();
+                        let mut arg = vec![0; len + 2];
+                        reader.read_exact(&mut arg).unwrap();
+                        args.push(String::from_utf8_lossy(&arg[..len]).to_uppercase());
+                    }
+                    line.clear();
+                    let answer = match args.first().map(String::as_str) {
+                        Some("INFO") => {
+                            let info =
+                                "# Server\r\nredis_version:6.2.14\r\nredis_mode:standalone\r\n";
+                            format!("${}\r\n{info}\r\n", info.len())
+                        }
+                        Some("PING") => "+PONG\r\n".to_string(),
+                        _ => "+OK\r\n".to_string(),
+                    };
+                    if writer.write_all(answer.as_bytes()).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Limitador's scripts need Redis 7.0 (`EXPIRE ... NX`): on 6.x a counter
+/// would be left without a TTL, so the limiter refuses to start, saying why.
+#[test]
+fn a_redis_older_than_7_is_refused_at_start() {
+    let mut launch = launch("redis_6", LIMITS, None);
+    launch.redis_url = Some(format!("redis://{}", fake_redis_6()));
+    let output = launch.command().output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "started on Redis 6: {stderr}");
+    assert!(
+        stderr.contains("it is Redis 6.2.14; maas-limiter needs Redis 7.0 or later"),
+        "{stderr}"
+    );
+    assert!(output.stdout.is_empty(), "announced a listener");
 }
 
 /// Redis runs with a password: a local user without it can neither read nor

@@ -10,6 +10,8 @@
 //! - [`control_plane`]: the real control plane binary on a loopback port.
 //! - [`limiter`], [`redis`]: the real rate limiter binary and a throwaway
 //!   Redis on loopback ports; [`ratelimit_client`] talks gRPC to a limiter.
+//! - [`postgres`]: the PostgreSQL server `make test` starts, for tests that
+//!   make their own database on it.
 //! - [`test_ca`]: a throwaway CA and server certificates (the `openssl`
 //!   CLI) for TLS tests; [`envoy::TlsFront`] serves one in front of a mock.
 //! - [`artifacts`]: where those binaries and the filter module are found.
@@ -37,6 +39,7 @@ pub mod gateway;
 pub mod inference;
 pub mod limiter;
 pub mod mock_upstream;
+pub mod postgres;
 pub mod private_file;
 pub use maas_prometheus_text as prometheus;
 pub mod ratelimit_client;

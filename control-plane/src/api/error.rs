@@ -30,6 +30,12 @@ pub enum ApiError {
         subscription: String,
         max: u64,
     },
+    /// The path exists; the method is not one it serves.
+    #[error("method not allowed on this path (see the Allow header)")]
+    MethodNotAllowed,
+    /// The body is over the size the API reads.
+    #[error("request body: {0}")]
+    TooLarge(String),
     #[error("the database failed; the change was not made")]
     Database(#[source] StoreError),
 }
@@ -54,6 +60,16 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "invalid_request_error",
                 "too_many_keys",
+            ),
+            Self::MethodNotAllowed => (
+                StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                "method_not_allowed",
+            ),
+            Self::TooLarge(_) => (
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request_error",
+                "body_too_large",
             ),
             Self::Database(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -30,17 +30,20 @@
 //!   a moment ago works before the next sync brings it.
 //!
 //! Every change is written to the audit log by the store, in the same
-//! transaction as the change.
+//! transaction as the change. Every refusal is an [`ApiError`]: handlers
+//! take the [`extract`] wrappers, never axum's own extractors, so axum's
+//! rejections get the same body as the API's.
 
 mod auth;
 mod error;
+mod extract;
 mod prices;
 mod usage;
 
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, put};
@@ -50,6 +53,7 @@ use serde_json::{json, Value};
 
 pub use auth::{Authenticator, Caller, GatewayCaller, ADMIN_SUBJECT};
 pub use error::ApiError;
+use extract::{ApiBody, ApiPath, ApiQuery};
 pub use prices::price_exposition;
 
 use crate::apikey;
@@ -85,6 +89,8 @@ pub fn router(state: Arc<AppState>) -> Router {
             get(|| async { Json(json!({"status": "ok"})) }),
         )
         .fallback(|| async { ApiError::NotFound("unknown path".into()) })
+        // After every route: it applies to the routes added before it.
+        .method_not_allowed_fallback(extract::method_not_allowed)
         .with_state(state)
 }
 
@@ -150,7 +156,7 @@ fn key_json(k: &KeyRow, now: i64) -> Value {
 async fn create_key(
     State(app): State<Arc<AppState>>,
     Caller(who): Caller,
-    body: Bytes,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let req: CreateKey = parse(&body)?;
     if req.name.trim().is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control)
@@ -245,7 +251,7 @@ struct ListQuery {
 async fn list_keys(
     State(app): State<Arc<AppState>>,
     Caller(who): Caller,
-    Query(q): Query<ListQuery>,
+    ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Response, ApiError> {
     let owner = match (who.admin, q.owner) {
         (true, owner) => owner,
@@ -265,7 +271,7 @@ async fn list_keys(
 async fn revoke_key(
     State(app): State<Arc<AppState>>,
     Caller(who): Caller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     // Someone else's key reads as absent: ids are not secret, but which
     // exist is nobody else's business.
@@ -309,8 +315,8 @@ async fn list_subscriptions(
 async fn put_subscription(
     State(app): State<Arc<AppState>>,
     Caller(who): Caller,
-    Path(name): Path<String>,
-    body: Bytes,
+    ApiPath(name): ApiPath<String>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     if !who.admin {
         return Err(ApiError::Forbidden(
@@ -363,7 +369,7 @@ const MAX_SYNC_PAGE: usize = 50_000;
 async fn sync(
     State(app): State<Arc<AppState>>,
     _gateway: GatewayCaller,
-    Query(q): Query<SyncQuery>,
+    ApiQuery(q): ApiQuery<SyncQuery>,
 ) -> Result<Response, ApiError> {
     let limit = Some(q.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE));
     let mut changes = app.store.changes_page(q.since, limit).await?;
@@ -426,7 +432,7 @@ fn synced_key(k: &KeyRow) -> Value {
 async fn sync_key(
     State(app): State<Arc<AppState>>,
     _gateway: GatewayCaller,
-    Path(id): Path<String>,
+    ApiPath(id): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     let key = app
         .store

@@ -4,13 +4,13 @@
 
 use std::sync::Arc;
 
-use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Value};
 
+use super::extract::{ApiBody, ApiPath};
 use super::{ApiError, AppState};
 use crate::oidc::Identity;
 use crate::showback::price::Price;
@@ -43,8 +43,8 @@ fn admin_only(who: &Identity) -> Result<(), ApiError> {
 pub(super) async fn put_price(
     State(app): State<Arc<AppState>>,
     super::Caller(who): super::Caller,
-    Path(model): Path<String>,
-    body: Bytes,
+    ApiPath(model): ApiPath<String>,
+    ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     admin_only(&who)?;
     let price = Price::from_json(&model, &body).map_err(|e| ApiError::Invalid(e.to_string()))?;
@@ -57,7 +57,7 @@ pub(super) async fn put_price(
 pub(super) async fn delete_price(
     State(app): State<Arc<AppState>>,
     super::Caller(who): super::Caller,
-    Path(model): Path<String>,
+    ApiPath(model): ApiPath<String>,
 ) -> Result<Response, ApiError> {
     admin_only(&who)?;
     if !app.store.delete_price(&model, &who.subject).await? {

@@ -8,13 +8,13 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{Query, State};
+use axum::extract::State;
 use axum::http::{header, HeaderMap};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::json;
 
+use super::extract::ApiQuery;
 use super::{ApiError, AppState};
 use crate::oidc::Identity;
 use crate::showback::limits;
@@ -139,9 +139,8 @@ pub(super) async fn usage(
     State(app): State<Arc<AppState>>,
     super::Caller(who): super::Caller,
     headers: HeaderMap,
-    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+    ApiQuery(pairs): ApiQuery<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let Query(pairs) = query.map_err(|e| ApiError::Invalid(format!("query string: {e}")))?;
     let q = UsageQuery::parse(&pairs, &headers)?;
     let subscriptions = visible_subscriptions(&app, &who).await?;
     let cost_centers: BTreeMap<String, String> = subscriptions

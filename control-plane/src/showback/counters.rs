@@ -5,10 +5,40 @@
 //! label; none for token holders, and none on counters a filter older than
 //! that label wrote, which therefore read as usage without a key).
 //!
-//! Envoy's counters are cumulative per process. A reading lower than the
-//! previous one means the gateway restarted, so its whole value is new usage.
+//! Envoy's counters are cumulative per process, so after a gateway restart
+//! a reading's whole value is new usage. A restart shows as a counter lower
+//! than before, or, when the new process has already climbed past the old
+//! values, as an uptime (`envoy_server_uptime`) lower than the previous one
+//! or shorter than the time since the previous reading.
 
 use std::collections::BTreeMap;
+
+/// How far `envoy_server_uptime` may trail the time since Envoy started:
+/// Envoy refreshes it at each stats flush (every 5 s by default), and it and
+/// the sampler's clock are whole seconds. Only an uptime shorter than the
+/// time since the previous reading by more than this proves a restart.
+pub const UPTIME_SLACK_SECS: u64 = 10;
+
+/// One reading of one gateway.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// When it was read (Unix seconds).
+    pub at: i64,
+    /// Envoy's uptime then, when it exposes one.
+    pub uptime: Option<u64>,
+    pub counters: BTreeMap<UsageKey, Usage>,
+}
+
+impl Snapshot {
+    /// The counters and uptime in an exposition text read at `at`.
+    pub fn read(text: &str, at: i64) -> Self {
+        Self {
+            at,
+            uptime: uptime_secs(text),
+            counters: read(text),
+        }
+    }
+}
 
 /// Usage of one subscription on one model.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -92,25 +122,39 @@ fn count(value: f64) -> Option<u64> {
     (value.is_finite() && value >= 0.0).then_some(value as u64)
 }
 
-/// Usage between two readings of one gateway, per key.
-pub fn delta(
-    previous: &BTreeMap<UsageKey, Usage>,
-    current: &BTreeMap<UsageKey, Usage>,
-) -> BTreeMap<UsageKey, Usage> {
-    let restarted = current.iter().any(|(k, now)| {
-        previous.get(k).is_some_and(|before| {
+/// Whether the gateway restarted between `previous` and `current`: then
+/// every counter of `current` is new usage.
+pub fn restarted(previous: &Snapshot, current: &Snapshot) -> bool {
+    let counter_went_down = current.counters.iter().any(|(k, now)| {
+        previous.counters.get(k).is_some_and(|before| {
             now.requests < before.requests
                 || now.prompt_tokens < before.prompt_tokens
                 || now.completion_tokens < before.completion_tokens
         })
     });
+    let uptime_says = match (previous.uptime, current.uptime) {
+        (_, None) => false,
+        // One process's uptime never goes down.
+        (Some(before), Some(now)) if now < before => true,
+        (_, Some(now)) => {
+            let elapsed = u64::try_from(current.at.saturating_sub(previous.at)).unwrap_or(0);
+            now.saturating_add(UPTIME_SLACK_SECS) < elapsed
+        }
+    };
+    counter_went_down || uptime_says
+}
+
+/// Usage between two readings of one gateway, per key.
+pub fn delta(previous: &Snapshot, current: &Snapshot) -> BTreeMap<UsageKey, Usage> {
+    let restarted = restarted(previous, current);
     current
+        .counters
         .iter()
         .map(|(k, now)| {
             let before = if restarted {
                 Usage::default()
             } else {
-                previous.get(k).copied().unwrap_or_default()
+                previous.counters.get(k).copied().unwrap_or_default()
             };
             let d = Usage {
                 requests: now.requests - before.requests,
@@ -172,13 +216,19 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 9
         assert_eq!(r.len(), 2);
     }
 
+    /// A reading of `text` at `at` (Unix seconds).
+    fn at(text: &str, at: i64) -> Snapshot {
+        Snapshot::read(text, at)
+    }
+
     #[test]
     fn deltas_count_new_usage_and_survive_a_gateway_restart() {
-        let before = read(TEXT);
-        let after = read(
+        let before = at(TEXT, 100);
+        let after = at(
             &TEXT
                 .replace("} 300", "} 350")
                 .replace("outcome=\"ok\"} 7", "outcome=\"ok\"} 9"),
+            115,
         );
         let d = delta(&before, &after);
         assert_eq!(
@@ -194,11 +244,70 @@ envoy_cluster_upstream_rq{envoy_cluster_name="x"} 9
             "unchanged series are not usage"
         );
         // The gateway restarted: counters start again from zero.
-        let restarted = read("maas_prompt_tokens_total{subscription=\"free\",model=\"m1\"} 10\n");
+        let restarted = at(
+            "maas_prompt_tokens_total{subscription=\"free\",model=\"m1\"} 10\n",
+            115,
+        );
         assert_eq!(
             delta(&before, &restarted)[&key("free", "m1")].prompt_tokens,
             10
         );
+    }
+
+    /// A restarted gateway that has already passed its old values: only its
+    /// uptime tells, and then its values are all new usage.
+    #[test]
+    fn an_uptime_that_cannot_span_the_interval_is_a_restart() {
+        let reading = |uptime: u64, prompt: u64, t: i64| {
+            at(
+                &format!(
+                    "envoy_server_uptime {uptime}\n\
+                     maas_prompt_tokens_total{{subscription=\"free\",model=\"m1\"}} {prompt}\n"
+                ),
+                t,
+            )
+        };
+        let prompt =
+            |d: BTreeMap<UsageKey, Usage>| d.get(&key("free", "m1")).map_or(0, |u| u.prompt_tokens);
+        let before = reading(3_600, 100, 1_000);
+        // (uptime now, prompt tokens now, read at, restart?, usage)
+        let cases = [
+            // Up all along: the difference.
+            (3_660, 160, 1_060, false, 60),
+            // Uptime lower than before: a restart (counter above the old).
+            (50, 160, 1_060, true, 160),
+            // Envoy refreshes its uptime every few seconds: a lagging
+            // uptime is no restart.
+            (3_655, 160, 1_060, false, 60),
+        ];
+        for (uptime, tokens, t, restart, usage) in cases {
+            let now = reading(uptime, tokens, t);
+            assert_eq!(restarted(&before, &now), restart, "uptime {uptime}");
+            assert_eq!(prompt(delta(&before, &now)), usage, "uptime {uptime}");
+        }
+
+        // A young gateway: its uptime before says little, the time since
+        // the previous reading does.
+        let young = reading(5, 20, 1_000);
+        let cases = [
+            // Up 65 s at 60 s later: the same process.
+            (65, 80, 1_060, false, 60),
+            // Up 20 s at 60 s later: it started after the previous reading,
+            // so all 80 are new (the old baseline's 20 were counted).
+            (20, 80, 1_060, true, 80),
+            // Within the slack of the interval: not proven, the difference.
+            (60 - UPTIME_SLACK_SECS, 80, 1_060, false, 60),
+            // No uptime exposed: only counters going down tell.
+            (u64::MAX, 80, 1_060, false, 60),
+        ];
+        for (uptime, tokens, t, restart, usage) in cases {
+            let mut now = reading(uptime, tokens, t);
+            if uptime == u64::MAX {
+                now.uptime = None;
+            }
+            assert_eq!(restarted(&young, &now), restart, "uptime {uptime}");
+            assert_eq!(prompt(delta(&young, &now)), usage, "uptime {uptime}");
+        }
     }
 
     #[test]

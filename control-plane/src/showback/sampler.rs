@@ -1,15 +1,22 @@
 //! Reads each gateway's counters at a fixed interval and stores the usage
 //! since the previous reading. The first reading of a gateway that started
-//! after this sampler counts everything it has (nobody else can have counted
+//! after sampling did counts everything it has (nobody else can have counted
 //! it); the first reading of one that was already running only sets its
-//! baseline, so usage between the control plane's last reading before a
-//! restart and its first after is not counted (a gap of one interval).
+//! baseline, so usage between the last reading before a control plane
+//! restart and the first after is not counted (a gap of one interval).
+//!
+//! Invariant: one replica samples at a time, the one holding the store's
+//! [`SamplerLease`]; the others ask for it each interval and take over when
+//! its holder dies. A replica that takes over starts afresh (its first
+//! readings are baselines, as after a restart), since it cannot know what
+//! the previous holder counted.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::time::Duration;
 
-use super::counters::{delta, read, uptime_secs, Usage, UsageKey};
-use crate::store::{Store, UsageRow};
+use super::counters::{delta, Snapshot};
+use super::gateways::Gateways;
+use crate::store::{SamplerLease, Store, UsageRow};
 
 /// Buckets are one minute: fine enough for a day's chart, coarse enough
 /// that a month is ~43,000 rows per subscription and model at most.
@@ -18,13 +25,13 @@ pub const BUCKET_SECS: i64 = 60;
 pub struct Sampler {
     /// Unix seconds when sampling started.
     started: i64,
-    last: HashMap<String, BTreeMap<UsageKey, Usage>>,
+    last: HashMap<String, Snapshot>,
 }
 
 /// A gateway's counters at one reading, not yet the baseline.
 pub struct Reading {
     gateway: String,
-    counters: BTreeMap<UsageKey, Usage>,
+    snapshot: Snapshot,
 }
 
 impl Sampler {
@@ -41,15 +48,15 @@ impl Sampler {
     /// becomes the baseline only once [`Sampler::commit`]ted, after the
     /// usage is stored: a failed write is counted next time.
     pub fn observe(&self, gateway: &str, exposition: &str, now: i64) -> (Vec<UsageRow>, Reading) {
-        let counters = read(exposition);
+        let snapshot = Snapshot::read(exposition, now);
         let started_since = |uptime: u64| now.saturating_sub(self.started) >= uptime as i64;
         let previous = match self.last.get(gateway) {
             Some(previous) => Some(previous.clone()),
-            None if uptime_secs(exposition).is_some_and(started_since) => Some(BTreeMap::new()),
+            None if snapshot.uptime.is_some_and(started_since) => Some(Snapshot::default()),
             None => None,
         };
         let rows = match previous {
-            Some(previous) => delta(&previous, &counters)
+            Some(previous) => delta(&previous, &snapshot)
                 .into_iter()
                 .map(|(series, usage)| UsageRow {
                     subscription: series.subscription,
@@ -64,13 +71,13 @@ impl Sampler {
             rows,
             Reading {
                 gateway: gateway.to_string(),
-                counters,
+                snapshot,
             },
         )
     }
 
     pub fn commit(&mut self, reading: Reading) {
-        self.last.insert(reading.gateway, reading.counters);
+        self.last.insert(reading.gateway, reading.snapshot);
     }
 }
 
@@ -79,53 +86,91 @@ pub fn bucket_start(t: i64) -> i64 {
     t - t.rem_euclid(BUCKET_SECS)
 }
 
-/// Samples `gateways` (Envoy admin base URLs) every `interval`, forever.
-pub async fn run(store: Store, gateways: Vec<String>, interval: Duration) {
-    let mut sampler = Sampler::new(crate::time::unix_now());
+/// Samples `gateways` every `interval`, forever, while this replica holds
+/// the sampler lease; asks for it each interval while another does.
+pub async fn run(store: Store, gateways: Gateways, interval: Duration) {
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(5))
         .build();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut leading: Option<(SamplerLease, Sampler)> = None;
     loop {
         tick.tick().await;
-        for gateway in &gateways {
-            let url = format!("{}/stats/prometheus", gateway.trim_end_matches('/'));
-            let agent = agent.clone();
-            let fetched = tokio::task::spawn_blocking(move || {
-                agent
-                    .get(&url)
-                    .call()
-                    .map_err(|e| e.to_string())
-                    .and_then(|r| r.into_string().map_err(|e| e.to_string()))
-            })
-            .await;
-            let text = match fetched {
-                Ok(Ok(text)) => text,
-                Ok(Err(e)) => {
-                    tracing::warn!(gateway = %gateway, error = %e, "cannot read the gateway's counters");
-                    continue;
+        if leading.is_none() {
+            leading = match store.try_sampler_lease().await {
+                Ok(Some(lease)) => {
+                    tracing::info!("sampling the gateways' usage (this replica holds the lease)");
+                    Some((lease, Sampler::new(crate::time::unix_now())))
                 }
+                Ok(None) => None,
                 Err(e) => {
-                    tracing::warn!(error = %e, "sampler task failed");
-                    continue;
+                    tracing::warn!(error = %e, "cannot ask for the sampler lease");
+                    None
                 }
             };
-            let now = crate::time::unix_now();
-            let (rows, reading) = sampler.observe(gateway, &text, now);
-            let bucket = bucket_start(now);
-            if rows.is_empty() {
-                sampler.commit(reading);
+        }
+        let Some((lease, sampler)) = leading.as_mut() else {
+            continue;
+        };
+        if !sample(&agent, &gateways, lease, sampler).await {
+            tracing::warn!(
+                "the sampler lease's database session is gone; another replica may sample now"
+            );
+            leading = None;
+        }
+    }
+}
+
+/// One reading of every gateway, its usage written through `lease`. False
+/// when the lease was lost (nothing more may be written with it).
+async fn sample(
+    agent: &ureq::Agent,
+    gateways: &Gateways,
+    lease: &mut SamplerLease,
+    sampler: &mut Sampler,
+) -> bool {
+    for gateway in gateways.iter() {
+        let text = match fetch(agent, gateway).await {
+            Ok(text) => text,
+            Err(e) => {
+                tracing::warn!(gateway, error = %e, "cannot read the gateway's counters");
                 continue;
             }
-            match store.add_usage(bucket, &rows).await {
-                Ok(()) => sampler.commit(reading),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot store usage; it is counted with the next reading")
-                }
+        };
+        let now = crate::time::unix_now();
+        let (rows, reading) = sampler.observe(gateway, &text, now);
+        if rows.is_empty() {
+            sampler.commit(reading);
+            continue;
+        }
+        match lease.add_usage(bucket_start(now), &rows).await {
+            Ok(()) => sampler.commit(reading),
+            Err(e) if lease.is_held().await => {
+                tracing::warn!(error = %e, "cannot store usage; it is counted with the next reading")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot store usage");
+                return false;
             }
         }
     }
+    true
+}
+
+/// A gateway's `/stats/prometheus` text.
+async fn fetch(agent: &ureq::Agent, gateway: &str) -> Result<String, String> {
+    let url = format!("{gateway}/stats/prometheus");
+    let agent = agent.clone();
+    tokio::task::spawn_blocking(move || {
+        agent
+            .get(&url)
+            .call()
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.into_string().map_err(|e| e.to_string()))
+    })
+    .await
+    .map_err(|e| format!("sampler task failed: {e}"))?
 }
 
 #[cfg(test)]

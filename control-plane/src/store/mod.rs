@@ -13,7 +13,8 @@
 //! - every change writes exactly one audit row, in its own transaction, whose
 //!   `seq` is that version; a refused or no-op call writes nothing;
 //! - keys are never deleted, only revoked; a subscription cannot be deleted
-//!   while any key references it.
+//!   while any key references it;
+//! - sampled usage is added by one replica at a time (`sampler_lease`).
 
 mod audit;
 mod database_url;
@@ -22,6 +23,7 @@ mod keys;
 mod migrate;
 mod prices;
 mod rows;
+mod sampler_lease;
 mod subscriptions;
 mod sync;
 mod usage;
@@ -36,6 +38,7 @@ use sqlx::AnyPool;
 pub use database_url::redacted as redacted_url;
 pub use error::StoreError;
 pub use rows::{AuditRow, Changes, KeyRow, SubscriptionRow};
+pub use sampler_lease::SamplerLease;
 pub use usage::{UsageDetail, UsageRow};
 
 /// Handle to the database; cheap to clone (a shared pool).

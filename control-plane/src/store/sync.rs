@@ -2,16 +2,24 @@
 //! in pages of at most N keys.
 //!
 //! Invariant: applying `changes_page(V, n)` on top of the state at V yields
-//! the state at `Changes::version` or later for keys (and the latest state
-//! for subscriptions, which every page carries whole: they are few, and a
-//! key must never arrive before its subscription), and never loses a change. The reads
-//! are bounded by the counter value read first: every version at or below it
-//! has committed (see `version`), so nothing at or below it can appear later.
-//! A row changed again after the counter read is left out and comes back in
-//! the next sync with its newer version, so no snapshot isolation is needed
-//! and the same code works on PostgreSQL's READ COMMITTED and on SQLite.
+//! the state at `Changes::version` or later for keys, and never loses a
+//! change; a page carries, at their latest state, every subscription changed
+//! after V, so a key never arrives before its subscription.
+//!
+//! Keys and tombstones are bounded by the counter value read first: every
+//! version at or below it has committed (see `version`), so nothing at or
+//! below it can appear later, and a row changed again after the counter read
+//! is left out and comes back in the next sync with its newer version.
+//! Subscriptions are not bounded above: one changed between the counter read
+//! and its own read has moved past the bound, and leaving it out would send
+//! its keys without it (on a full sync the filter replaces its whole
+//! subscription map, so the subscription would vanish until the next sync).
+//! Sending a subscription's latest state early is harmless, and it is sent
+//! again with the sync that reaches its version. So no snapshot isolation is
+//! needed and the same code works on PostgreSQL's READ COMMITTED and on
+//! SQLite.
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Row};
 
 use super::rows::{key_from_row, subscription_from_row, version_to_db, Changes};
 use super::{version, Store, StoreError};
@@ -36,19 +44,43 @@ impl Store {
     ) -> Result<Changes, StoreError> {
         let mut conn = self.pool.acquire().await?;
         let upto = version::current(&mut conn).await?;
-        if upto <= since {
-            return Ok(Changes {
-                version: upto,
-                ..Changes::default()
-            });
-        }
-        let (lo, hi) = (version_to_db(since), version_to_db(upto));
+        changes_upto(&mut conn, since, upto, max_keys).await
+    }
 
-        // One more than asked for tells whether another page follows.
-        let fetch = max_keys.map_or(i64::MAX, |n| {
-            i64::try_from(n.max(1)).unwrap_or(i64::MAX - 1) + 1
+    /// [`Store::changes_page`] with the counter read as `upto`: how a test
+    /// puts a change between the counter read and the row reads.
+    #[cfg(test)]
+    pub(crate) async fn changes_page_read_at(
+        &self,
+        since: u64,
+        upto: u64,
+        max_keys: Option<usize>,
+    ) -> Result<Changes, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        changes_upto(&mut conn, since, upto, max_keys).await
+    }
+}
+
+/// The rows of a page whose counter read gave `upto`.
+async fn changes_upto(
+    conn: &mut AnyConnection,
+    since: u64,
+    upto: u64,
+    max_keys: Option<usize>,
+) -> Result<Changes, StoreError> {
+    if upto <= since {
+        return Ok(Changes {
+            version: upto,
+            ..Changes::default()
         });
-        let mut keys = sqlx::query(
+    }
+    let (lo, hi) = (version_to_db(since), version_to_db(upto));
+
+    // One more than asked for tells whether another page follows.
+    let fetch = max_keys.map_or(i64::MAX, |n| {
+        i64::try_from(n.max(1)).unwrap_or(i64::MAX - 1) + 1
+    });
+    let mut keys = sqlx::query(
             "SELECT id, owner, subscription, name, labels, salt, hash, created_at, expires_at, revoked_at, version \
              FROM api_keys WHERE version > $1 AND version <= $2 ORDER BY version LIMIT $3",
         )
@@ -60,48 +92,47 @@ impl Store {
         .iter()
         .map(key_from_row)
         .collect::<Result<Vec<_>, _>>()?;
-        let mut version = upto;
-        let mut more = false;
-        if let Some(n) = max_keys.map(|n| n.max(1)) {
-            if keys.len() > n {
-                keys.truncate(n);
-                // Versions are unique per change, so every key change up to
-                // the page's last one is in it.
-                version = keys.last().map_or(upto, |k| k.version);
-                more = true;
-            }
+    let mut version = upto;
+    let mut more = false;
+    if let Some(n) = max_keys.map(|n| n.max(1)) {
+        if keys.len() > n {
+            keys.truncate(n);
+            // Versions are unique per change, so every key change up to
+            // the page's last one is in it.
+            version = keys.last().map_or(upto, |k| k.version);
+            more = true;
         }
-
-        let subscriptions = sqlx::query(
-            "SELECT name, spec, created_at, updated_at, version \
-             FROM subscriptions WHERE version > $1 AND version <= $2 ORDER BY version",
-        )
-        .bind(lo)
-        .bind(hi)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(subscription_from_row)
-        .collect::<Result<Vec<_>, _>>()?;
-
-        let deleted_subscriptions = sqlx::query(
-            "SELECT name FROM subscription_tombstones \
-             WHERE version > $1 AND version <= $2 ORDER BY version",
-        )
-        .bind(lo)
-        .bind(hi)
-        .fetch_all(&mut *conn)
-        .await?
-        .iter()
-        .map(|row| row.try_get::<String, _>("name"))
-        .collect::<Result<Vec<_>, _>>()?;
-
-        Ok(Changes {
-            version,
-            keys,
-            subscriptions,
-            deleted_subscriptions,
-            more,
-        })
     }
+
+    // No upper bound: see the module's comment.
+    let subscriptions = sqlx::query(
+        "SELECT name, spec, created_at, updated_at, version \
+             FROM subscriptions WHERE version > $1 ORDER BY version",
+    )
+    .bind(lo)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(subscription_from_row)
+    .collect::<Result<Vec<_>, _>>()?;
+
+    let deleted_subscriptions = sqlx::query(
+        "SELECT name FROM subscription_tombstones \
+             WHERE version > $1 AND version <= $2 ORDER BY version",
+    )
+    .bind(lo)
+    .bind(hi)
+    .fetch_all(&mut *conn)
+    .await?
+    .iter()
+    .map(|row| row.try_get::<String, _>("name"))
+    .collect::<Result<Vec<_>, _>>()?;
+
+    Ok(Changes {
+        version,
+        keys,
+        subscriptions,
+        deleted_subscriptions,
+        more,
+    })
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use sqlx::Row;
+use sqlx::{AnyConnection, Connection, Row};
 
 use super::{Store, StoreError};
 use crate::showback::Usage;
@@ -67,32 +67,11 @@ fn to_db(v: u64) -> i64 {
 
 impl Store {
     /// Adds `rows` to the bucket starting at `bucket_start` (Unix seconds),
-    /// in one transaction.
+    /// in one transaction. The sampler writes through its
+    /// [`super::SamplerLease`] instead, so that only one replica adds.
     pub async fn add_usage(&self, bucket_start: i64, rows: &[UsageRow]) -> Result<(), StoreError> {
-        let mut tx = self.pool.begin().await?;
-        for r in rows {
-            // Portable upsert: SQLite ≥ 3.24 and PostgreSQL share this form.
-            sqlx::query(
-                "INSERT INTO usage_buckets \
-                 (bucket_start, subscription, model, key_id, requests, prompt_tokens, completion_tokens) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                 ON CONFLICT (bucket_start, subscription, model, key_id) DO UPDATE SET \
-                 requests = usage_buckets.requests + excluded.requests, \
-                 prompt_tokens = usage_buckets.prompt_tokens + excluded.prompt_tokens, \
-                 completion_tokens = usage_buckets.completion_tokens + excluded.completion_tokens",
-            )
-            .bind(bucket_start)
-            .bind(r.subscription.as_str())
-            .bind(r.model.as_str())
-            .bind(r.key.as_str())
-            .bind(to_db(r.usage.requests))
-            .bind(to_db(r.usage.prompt_tokens))
-            .bind(to_db(r.usage.completion_tokens))
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+        let mut conn = self.pool.acquire().await?;
+        add_usage_on(&mut conn, bucket_start, rows).await
     }
 
     /// Usage per subscription and model in buckets starting in `[from, to)`,
@@ -175,4 +154,36 @@ fn usage_of(row: &sqlx::any::AnyRow) -> Result<Usage, StoreError> {
         prompt_tokens: count("prompt_tokens")?,
         completion_tokens: count("completion_tokens")?,
     })
+}
+
+/// [`Store::add_usage`] on one connection, in one transaction.
+pub(super) async fn add_usage_on(
+    conn: &mut AnyConnection,
+    bucket_start: i64,
+    rows: &[UsageRow],
+) -> Result<(), StoreError> {
+    let mut tx = conn.begin().await?;
+    for r in rows {
+        // Portable upsert: SQLite ≥ 3.24 and PostgreSQL share this form.
+        sqlx::query(
+            "INSERT INTO usage_buckets \
+             (bucket_start, subscription, model, key_id, requests, prompt_tokens, completion_tokens) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+             ON CONFLICT (bucket_start, subscription, model, key_id) DO UPDATE SET \
+             requests = usage_buckets.requests + excluded.requests, \
+             prompt_tokens = usage_buckets.prompt_tokens + excluded.prompt_tokens, \
+             completion_tokens = usage_buckets.completion_tokens + excluded.completion_tokens",
+        )
+        .bind(bucket_start)
+        .bind(r.subscription.as_str())
+        .bind(r.model.as_str())
+        .bind(r.key.as_str())
+        .bind(to_db(r.usage.requests))
+        .bind(to_db(r.usage.prompt_tokens))
+        .bind(to_db(r.usage.completion_tokens))
+        .execute(&mut *tx)
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(())
 }

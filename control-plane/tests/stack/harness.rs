@@ -20,7 +20,6 @@ pub const MODEL: &str = "smollm2-135m-instruct";
 pub const OTHER_MODEL: &str = "other-model";
 pub const ISSUER: &str = "https://issuer.test";
 pub const SYNC_INTERVAL_MS: u64 = 200;
-const POSTGRES_URL_VAR: &str = "MAAS_TEST_POSTGRES_URL";
 
 #[derive(Debug, Clone, Copy)]
 pub enum Backend {
@@ -58,13 +57,7 @@ impl Stack {
         let postgres = match backend {
             Backend::Sqlite => None,
             Backend::Postgres => {
-                let base = std::env::var(POSTGRES_URL_VAR).unwrap_or_else(|_| {
-                    panic!(
-                        "{POSTGRES_URL_VAR} is not set: the PostgreSQL scenarios need a server. \
-                         `make test` starts one; by hand: export {POSTGRES_URL_VAR}=$(./scripts/postgres.sh start)"
-                    )
-                });
-                let (root, _) = base.rsplit_once('/').expect("a database URL");
+                let root = maas_testkit::postgres::postgres_server();
                 let url = format!("{root}/{}", unique("maas_e2e"));
                 sqlx::any::install_default_drivers();
                 let rt = tokio::runtime::Runtime::new().unwrap();

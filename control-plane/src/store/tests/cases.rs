@@ -566,6 +566,59 @@ pub async fn changes_are_paged_without_loss(store: &Store) {
     assert_eq!(caught_up.version, since);
 }
 
+/// A subscription changed between a page's counter read and its row reads
+/// (a deterministic replay of that race: the counter read is passed in)
+/// still comes with the keys that need it, at its latest state, on a full
+/// sync and on later pages alike; the next sync sends it again.
+pub async fn a_subscription_changed_after_the_counter_read_comes_with_its_keys(store: &Store) {
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    for (i, id) in ["k1", "k2", "k3"].iter().enumerate() {
+        store
+            .insert_key(&key(id, "alice", "gold", i as i64), "alice")
+            .await
+            .unwrap();
+    }
+    let upto = store.changes_since(0).await.unwrap().version;
+    // Another replica updates the subscription after the counter was read.
+    let mut newer = subscription("gold", 50);
+    newer.spec["models"] = json!(["llama-3-8b"]);
+    let v_gold = store.put_subscription(&newer, "admin").await.unwrap();
+    assert!(v_gold > upto);
+
+    let names = |c: &crate::store::Changes| -> Vec<String> {
+        c.subscriptions.iter().map(|s| s.name.clone()).collect()
+    };
+    let full = store.changes_page_read_at(0, upto, None).await.unwrap();
+    assert_eq!(full.keys.len(), 3);
+    assert_eq!(
+        names(&full),
+        ["gold"],
+        "the keys' subscription is in the page"
+    );
+    assert_eq!(full.subscriptions[0].spec["models"], json!(["llama-3-8b"]));
+    assert_eq!((full.version, full.more), (upto, false));
+
+    // Paged: every page still has it, and `more`/`version` follow the keys.
+    let first = store.changes_page_read_at(0, upto, Some(2)).await.unwrap();
+    assert_eq!((first.keys.len(), first.more), (2, true));
+    assert_eq!(names(&first), ["gold"]);
+    let second = store
+        .changes_page_read_at(first.version, upto, Some(2))
+        .await
+        .unwrap();
+    assert_eq!((second.keys.len(), second.more), (1, false));
+    assert_eq!(second.version, upto);
+
+    // The sync that reaches the change brings it (again) and nothing else.
+    let next = store.changes_since(upto).await.unwrap();
+    assert_eq!(next.version, v_gold);
+    assert!(next.keys.is_empty());
+    assert_eq!(names(&next), ["gold"]);
+}
+
 pub async fn key_cap_counts_live_keys_of_one_owner_in_one_subscription(store: &Store) {
     for name in ["gold", "silver"] {
         store

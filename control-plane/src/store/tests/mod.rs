@@ -43,6 +43,7 @@ for_each_backend!(
     revoke_is_idempotent,
     changes_since_returns_exactly_what_changed,
     changes_are_paged_without_loss,
+    a_subscription_changed_after_the_counter_read_comes_with_its_keys,
     delete_subscription_refused_while_keys_exist,
     audit_rows_in_order_without_secrets,
     hostile_strings_are_stored_verbatim,

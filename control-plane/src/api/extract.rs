@@ -1,0 +1,76 @@
+//! axum's extractors as the API uses them: the same parsing, but every
+//! rejection is an [`ApiError`], so a bad query string, an undecodable path
+//! segment, an oversized body or a wrong method gets the OpenAI-style body
+//! and not axum's `text/plain` (or empty) one. Handlers take these, never
+//! axum's own, so no rejection can slip out in another shape.
+
+use axum::body::Bytes;
+use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
+use axum::http::request::Parts;
+use axum::http::StatusCode;
+use serde::de::DeserializeOwned;
+
+use super::error::ApiError;
+
+/// `axum::extract::Query`, rejected as a 400 naming the query string.
+pub struct ApiQuery<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiQuery<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Query(q)| ApiQuery(q))
+            .map_err(|e| ApiError::Invalid(format!("query string: {}", e.body_text())))
+    }
+}
+
+/// `axum::extract::Path`, rejected as a 400 naming the path.
+pub struct ApiPath<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for ApiPath<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|Path(p)| ApiPath(p))
+            .map_err(|e| ApiError::Invalid(format!("path: {}", e.body_text())))
+    }
+}
+
+/// The raw body (parsed by the handler, see `super::parse`), within axum's
+/// default limit: over it is a 413, any other failure to read it a 400.
+pub struct ApiBody(pub Bytes);
+
+impl<S> FromRequest<S> for ApiBody
+where
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        Bytes::from_request(req, state)
+            .await
+            .map(ApiBody)
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),
+                _ => ApiError::Invalid(format!("request body: {}", e.body_text())),
+            })
+    }
+}
+
+/// For a known path asked with a method it does not serve (axum keeps its
+/// `Allow` header).
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
