@@ -43,6 +43,10 @@ pub trait StreamHost {
     /// The current response body chunk (`size` bytes).
     fn response_body(&self, size: usize) -> Option<Vec<u8>>;
     fn replace_response_body(&self, size: usize, body: &[u8]);
+    /// Adds `body` at the end of the response body Envoy holds, from the
+    /// response trailers callback. Envoy holds one only when the last body
+    /// callback returned [`Flow::Buffer`]; false when there was none.
+    fn append_response_body(&self, body: &[u8]) -> bool;
 
     /// Answers the request from the filter; the upstream never sees it.
     fn send_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]);
@@ -54,6 +58,12 @@ pub trait StreamHost {
     /// request headers: Envoy's filter state `wasm.maas_<name>` (Envoy lets a
     /// wasm filter write filter state, not dynamic metadata).
     fn publish_identity(&self, name: &str, value: &str);
+    /// A value this request keeps across Envoy's upstream attempts, in
+    /// Envoy's filter state `wasm.<name>`: unlike a request header, neither
+    /// the client nor a provider can read or write it, and every attempt's
+    /// filter sees what an earlier one wrote.
+    fn request_state(&self, name: &str) -> Option<String>;
+    fn set_request_state(&self, name: &str, value: &str);
 
     fn counters(&self) -> &dyn CounterStore;
     /// Asks the control plane about managed key `id`; the answer comes back

@@ -649,6 +649,12 @@ impl StreamHost for EnvoyHost {
         let _ = hostcalls::set_buffer(BufferType::HttpResponseBody, 0, size, body);
     }
 
+    fn append_response_body(&self, body: &[u8]) -> bool {
+        // A start past the end appends (Envoy's `Buffer::copyFrom`); without
+        // a buffered body Envoy refuses the call.
+        hostcalls::set_buffer(BufferType::HttpResponseBody, usize::MAX, 0, body).is_ok()
+    }
+
     fn send_reply(&self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
         if let Err(e) = hostcalls::send_http_response(status, headers.to_vec(), Some(body)) {
             log(
@@ -665,6 +671,20 @@ impl StreamHost for EnvoyHost {
     fn publish_identity(&self, name: &str, value: &str) {
         let key = format!("maas_{name}");
         let _ = hostcalls::set_property(vec![key.as_str()], Some(value.as_bytes()));
+    }
+
+    fn request_state(&self, name: &str) -> Option<String> {
+        let bytes = hostcalls::get_property(vec![name]).ok().flatten()?;
+        String::from_utf8(bytes).ok()
+    }
+
+    fn set_request_state(&self, name: &str, value: &str) {
+        if let Err(e) = hostcalls::set_property(vec![name], Some(value.as_bytes())) {
+            log(
+                LogLevel::Warn,
+                &format!("maas-gateway: filter state {name} not set: {e:?}"),
+            );
+        }
     }
 
     fn counters(&self) -> &dyn CounterStore {

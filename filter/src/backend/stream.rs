@@ -5,6 +5,7 @@
 
 use super::document::{BackendConfig, BACKEND_HEADER, PROVIDER_STATUS_HEADER};
 use crate::config::ExternalModel;
+use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::metrics::Metric;
 use crate::openai::endpoint::Endpoint;
@@ -50,7 +51,15 @@ struct Outbound {
 }
 
 /// Where the backend role keeps the path the gateway role forwarded, for
-/// the attempts after the first (whose `:path` may be a provider's).
+/// the attempts after the first (whose `:path` may be a provider's): filter
+/// state, which Envoy's attempts share and no client or provider can reach.
+/// (It once was a request header, `x-maas-path`, which a client could send
+/// to choose the provider's endpoint, and which went on to the provider.)
+const ORIGINAL_PATH_STATE: &str = "maas_path";
+
+/// The request header that used to carry [`ORIGINAL_PATH_STATE`]: never
+/// believed, and removed before the request leaves (the gateway role drops
+/// a client's too).
 const ORIGINAL_PATH_HEADER: &str = "x-maas-path";
 
 /// The identity headers the gateway role sets for the gateway's own model
@@ -96,16 +105,17 @@ impl BackendStream {
                 .map(|(_, v)| v.as_str())
         };
         // The path as the gateway role forwarded it, kept for later attempts.
-        let path = match get(ORIGINAL_PATH_HEADER) {
-            Some(original) => original.to_string(),
+        let path = match host.request_state(ORIGINAL_PATH_STATE) {
+            Some(original) => original,
             None => {
                 let path = get(":path").unwrap_or_default().to_string();
-                host.set_request_header(ORIGINAL_PATH_HEADER, Some(&path));
+                host.set_request_state(ORIGINAL_PATH_STATE, &path);
                 path
             }
         };
+        let method = get(":method").unwrap_or_default().to_string();
+        let stray_path_header = get(ORIGINAL_PATH_HEADER).is_some();
         self.path = path;
-        self.endpoint = Endpoint::classify(get(":method").unwrap_or_default(), &self.path).ok();
         // Only the credential Envoy injects after this filter may go out
         // (an earlier attempt's provider key would otherwise reach this
         // provider), and who our caller is, is no provider's business.
@@ -113,6 +123,28 @@ impl BackendStream {
             host.set_request_header(name, None);
         }
         host.set_request_header("anthropic-version", None);
+        if stray_path_header {
+            host.set_request_header(ORIGINAL_PATH_HEADER, None);
+        }
+        // Only completions reach a provider (the gateway role answers the
+        // rest itself); any other path would run an endpoint of the
+        // provider's under the gateway's credential, so it never goes out.
+        match Endpoint::classify(&method, &self.path) {
+            Ok(endpoint) if endpoint.is_completion() => self.endpoint = Some(endpoint),
+            Ok(_) | Err(_) => {
+                let err = GatewayError::UnknownEndpoint {
+                    method,
+                    path: bounded_path(&self.path),
+                };
+                self.replied = true;
+                host.send_reply(
+                    err.status(),
+                    &[("content-type", "application/json")],
+                    &err.body(),
+                );
+                return Flow::Pause;
+            }
+        }
         if end_of_stream {
             // Only completions reach a provider, and they have bodies.
             return Flow::Continue;
@@ -126,6 +158,9 @@ impl BackendStream {
         body_size: usize,
         end_of_stream: bool,
     ) -> Flow {
+        if self.replied {
+            return Flow::Continue;
+        }
         if !end_of_stream {
             return Flow::Buffer;
         }
@@ -350,6 +385,16 @@ impl BackendStream {
         host.set_response_header("content-encoding", None);
         out
     }
+}
+
+/// `path` without its query, cut to a length an error message may quote.
+fn bounded_path(path: &str) -> String {
+    let end = path.find(['?', '#']).unwrap_or(path.len());
+    path.get(..end)
+        .unwrap_or_default()
+        .chars()
+        .take(256)
+        .collect()
 }
 
 /// Tells the gateway role what the provider answered, before it was mapped.

@@ -9,6 +9,7 @@
 //! [`RawSubscription`] is also the control plane's schema of a subscription,
 //! so it (and what it holds) is public and serialisable.
 
+use crate::openai::request::BudgetField;
 use crate::providers::ProviderKind;
 use crate::subscription::{CapMode, FailureMode, KeyLimitsPer, DEFAULT_MAX_KEYS_PER_OWNER};
 use serde::{Deserialize, Deserializer, Serialize};
@@ -83,6 +84,12 @@ pub(super) struct RawProvider {
     /// Azure OpenAI's `api-version` query parameter (required there).
     #[serde(default)]
     pub(super) api_version: Option<String>,
+    /// The field a completion's cap is added under when a request names
+    /// neither budget field; default by kind
+    /// ([`ProviderKind::default_budget_field`]). OpenAI itself, an
+    /// `openai-compatible` provider, wants `max_completion_tokens`.
+    #[serde(default)]
+    pub(super) max_tokens_field: Option<BudgetField>,
 }
 
 /// A public model id mapped to a provider's model (for Azure OpenAI, its

@@ -273,12 +273,42 @@ fn external_models_are_routed_models_mapped_to_their_provider() {
     assert!(!c.external.contains_key("m1"));
 }
 
+#[test]
+fn a_providers_max_tokens_field_defaults_by_kind_and_can_be_named() {
+    use crate::openai::request::BudgetField;
+    let c = load(&with_providers()).unwrap();
+    // Azure OpenAI takes `max_completion_tokens` for every model; an
+    // OpenAI-compatible server is assumed to read `max_tokens`.
+    assert_eq!(
+        c.external["gpt-4o"].budget_field,
+        BudgetField::MaxCompletionTokens
+    );
+    assert_eq!(
+        c.external["openai/gpt-4.1-mini"].budget_field,
+        BudgetField::MaxTokens
+    );
+    // OpenAI itself is OpenAI-compatible: its reasoning models refuse
+    // `max_tokens`, so it is configured to get `max_completion_tokens`.
+    let mut v = with_providers();
+    v["providers"][0]["max_tokens_field"] = json!("max_completion_tokens");
+    let c = load(&v).unwrap();
+    assert_eq!(
+        c.external["openai/gpt-4.1-mini"].budget_field,
+        BudgetField::MaxCompletionTokens
+    );
+}
+
 /// A change that breaks one field of a configuration.
 type Breakage = fn(&mut serde_json::Value);
 
 #[test]
 fn provider_mistakes_name_their_field() {
-    let cases: [(&str, Breakage); 8] = [
+    let cases: [(&str, Breakage); 9] = [
+        ("providers[2].max_tokens_field", |v| {
+            v["providers"].as_array_mut().unwrap().push(
+                json!({"name": "claude", "kind": "anthropic", "max_tokens_field": "max_tokens"}),
+            );
+        }),
         ("providers[1].api_version", |v| {
             v["providers"][1]
                 .as_object_mut()

@@ -173,6 +173,13 @@ fn providers(providers: &[RawProvider]) -> Result<BTreeMap<&str, &RawProvider>, 
             }
             (ProviderKind::Anthropic | ProviderKind::OpenAiCompatible, None) => {}
         }
+        if p.kind == ProviderKind::Anthropic && p.max_tokens_field.is_some() {
+            // The translation writes Anthropic's own `max_tokens`.
+            return Err(err(
+                format!("{field}.max_tokens_field"),
+                "kind anthropic takes no max_tokens_field",
+            ));
+        }
         if by_name.insert(p.name.as_str(), p).is_some() {
             return Err(err(
                 format!("{field}.name"),
@@ -207,6 +214,9 @@ fn backend(
         kind: p.kind,
         upstream_model: model.to_string(),
         api_version: p.api_version.clone(),
+        budget_field: p
+            .max_tokens_field
+            .unwrap_or_else(|| p.kind.default_budget_field()),
     })
 }
 

@@ -11,6 +11,7 @@ use crate::auth::control_plane::ControlPlane;
 use crate::auth::keys::KeyStore;
 use crate::limits::global_limits::Limiter;
 use crate::openai::endpoint::Endpoint;
+use crate::openai::request::BudgetField;
 use crate::providers::ProviderKind;
 use crate::subscription::{ScopeLimits, Subscription};
 use std::collections::BTreeMap;
@@ -28,6 +29,9 @@ pub struct ExternalModel {
     pub upstream_model: String,
     /// Azure OpenAI's `api-version`.
     pub api_version: Option<String>,
+    /// Where the gateway adds a completion's cap when the request names
+    /// neither budget field.
+    pub budget_field: BudgetField,
 }
 
 impl ExternalModel {

@@ -29,8 +29,10 @@ use crate::host::{Flow, StreamHost};
 use crate::limits::ratelimit_headers::format_duration;
 use crate::limits::{self, LimitGroup, ReserveError};
 use crate::metrics::{Metric, Outcome};
+use crate::openai::endpoint::Endpoint;
 use crate::openai::request::{
-    parse_completion_request, rewrite_completion_request, BodyRewrite, CompletionRequest,
+    parse_completion_request, rewrite_completion_request_as, BodyRewrite, BudgetField,
+    CompletionRequest,
 };
 use crate::subscription::{CapMode, Quantity, ScopeLimits, Subscription};
 use std::rc::Rc;
@@ -112,7 +114,11 @@ impl Stream {
         self.completion.streaming = request.stream;
         let budget = self.completion_budget(&request, &identity.subscription)?;
         self.completion.strip_usage = request.stream && !request.include_usage;
-        let rewritten = self.rewritten_body(body, budget.rewrite.then_some(budget.effective))?;
+        let rewritten = self.rewritten_body(
+            body,
+            &request.model,
+            budget.rewrite.then_some(budget.effective),
+        )?;
         let outgoing = rewritten.as_deref().unwrap_or(body);
         provider::check_backends(
             &self.config,
@@ -208,6 +214,7 @@ impl Stream {
     fn rewritten_body(
         &self,
         body: &[u8],
+        model: &str,
         max_tokens: Option<u64>,
     ) -> Result<Option<Vec<u8>>, Refusal> {
         let force_include_usage = self.completion.strip_usage;
@@ -219,9 +226,25 @@ impl Stream {
             force_include_usage,
             model: None,
         };
-        rewrite_completion_request(body, &rewrite)
+        rewrite_completion_request_as(body, &rewrite, self.budget_field(model))
             .map(Some)
             .map_err(|e| rejected(e.into()))
+    }
+
+    /// The field a cap is added under when the request names neither:
+    /// `/v1/completions` knows only `max_tokens`; a chat completion gets the
+    /// one its model's first backend reads (its provider's, or `max_tokens`
+    /// for our own servers, which read both). A fallback gets the same
+    /// field: choosing per attempt would need to tell the gateway's
+    /// insertion from a client's choice.
+    fn budget_field(&self, model: &str) -> BudgetField {
+        if self.endpoint != Some(Endpoint::ChatCompletions) {
+            return BudgetField::MaxTokens;
+        }
+        self.config
+            .external
+            .get(model)
+            .map_or(BudgetField::MaxTokens, |m| m.budget_field)
     }
 
     /// Step 4: reserves the worst case against every local limit of the

@@ -23,7 +23,9 @@ use std::rc::Rc;
 /// identity it asserts. Client-sent values are always dropped. `api-key`
 /// (Azure OpenAI's credential header) is not ours, but a client's value
 /// must never reach a provider: only the credential Envoy injects does.
-const OWNED_REQUEST_HEADERS: [&str; 7] = [
+/// `x-maas-path` is what the backend role once read a provider's path from:
+/// no client may name the endpoint a provider runs under our credential.
+const OWNED_REQUEST_HEADERS: [&str; 8] = [
     "authorization",
     "x-api-key",
     "api-key",
@@ -31,6 +33,7 @@ const OWNED_REQUEST_HEADERS: [&str; 7] = [
     "x-maas-key-id",
     "x-maas-user",
     "x-maas-model",
+    "x-maas-path",
 ];
 
 /// The result of checking a presented API key.

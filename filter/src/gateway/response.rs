@@ -4,8 +4,13 @@
 //! not ask for it). A response the filter cannot read is still settled, by
 //! estimate.
 //!
-//! Invariant: memory held per response is bounded
-//! ([`MAX_JSON_RESPONSE_BYTES`], one SSE event of [`MAX_SSE_EVENT_BYTES`]).
+//! Invariants:
+//! - Memory held per response is bounded ([`MAX_JSON_RESPONSE_BYTES`], one
+//!   SSE event of [`MAX_SSE_EVENT_BYTES`]).
+//! - A response ends the same way whether its last body chunk says so or
+//!   trailers follow it: the last event is read (and charged) and, in strip
+//!   mode, what was held back is forwarded (see [`SseReader::read`] for the
+//!   one case Envoy leaves no way to).
 
 use super::Stream;
 use crate::backend::{BACKEND_HEADER, PROVIDER_STATUS_HEADER};
@@ -27,7 +32,13 @@ pub(super) enum ResponseReader {
         /// Body bytes received, kept or not (the estimate's text).
         seen: u64,
     },
-    Sse(Box<SseUsageParser>),
+    Sse(Box<SseReader>),
+}
+
+/// An event stream's usage reader, with what the response callbacks do
+/// with it.
+pub(super) struct SseReader {
+    pub(super) parser: SseUsageParser,
 }
 
 impl Stream {
@@ -74,10 +85,12 @@ impl Stream {
                         // would no longer hold.
                         host.set_response_header("content-length", None);
                     }
-                    ResponseReader::Sse(Box::new(SseUsageParser::new(
-                        self.completion.strip_usage,
-                        MAX_SSE_EVENT_BYTES,
-                    )))
+                    ResponseReader::Sse(Box::new(SseReader {
+                        parser: SseUsageParser::new(
+                            self.completion.strip_usage,
+                            MAX_SSE_EVENT_BYTES,
+                        ),
+                    }))
                 }
                 (true, false) => ResponseReader::Json {
                     buf: Vec::new(),
@@ -118,16 +131,15 @@ impl Stream {
                     }
                 }
             }
-            ResponseReader::Sse(parser) => {
+            ResponseReader::Sse(reader) => {
                 let chunk = if body_size > 0 {
                     host.response_body(body_size).unwrap_or_default()
                 } else {
                     Vec::new()
                 };
-                if let Some(out) = read_sse(parser, &chunk, end_of_stream) {
-                    if out != chunk {
-                        host.replace_response_body(body_size, &out);
-                    }
+                let flow = reader.read(host, body_size, &chunk, end_of_stream);
+                if flow == Flow::Buffer {
+                    return flow;
                 }
             }
         }
@@ -137,23 +149,67 @@ impl Stream {
         Flow::Continue
     }
 
-    /// Response trailers end the response: settle with what was read.
+    /// Response trailers end the response as an end-of-stream body chunk
+    /// does: the last event is read and what strip mode held back is sent
+    /// (Envoy sends it before the trailers). Then it is settled.
     pub fn on_response_trailers(&mut self, host: &dyn StreamHost) -> Flow {
-        if !self.replied && self.admission.is_some() {
-            self.end_response(host);
+        if self.replied || self.admission.is_none() {
+            return Flow::Continue;
         }
+        if let ResponseReader::Sse(reader) = &mut self.response.reader {
+            reader.finish(host);
+        }
+        self.end_response(host);
         Flow::Continue
     }
 }
 
-/// Feeds one chunk of an event stream to its usage reader; the bytes to
-/// forward in its place (strip mode), or `None` to forward it as it is.
-fn read_sse(parser: &mut SseUsageParser, chunk: &[u8], end: bool) -> Option<Vec<u8>> {
-    let mut out = parser.feed(chunk);
-    if end {
-        if let Some(rest) = parser.finish() {
-            out.get_or_insert_with(Vec::new).extend_from_slice(&rest);
+impl SseReader {
+    /// Feeds one body chunk (`body_size` bytes, `chunk`) and puts what the
+    /// client gets in its place.
+    ///
+    /// Strip mode holds an unfinished event back until its end. When the
+    /// stream ends in trailers, that end is only known in the trailers
+    /// callback, where proxy-wasm can add to the body only if Envoy kept it,
+    /// which it does while the filter answers [`Flow::Buffer`]. So a chunk
+    /// that is all held back (nothing to send now, so nothing is delayed)
+    /// is answered `Buffer`; a chunk that also completes events sends them
+    /// at once, as before, and should trailers follow it, what it held back
+    /// cannot be sent (a warning says so): delaying events to cover a stream
+    /// that ends in trailers without its last blank line is not worth it.
+    fn read(&mut self, host: &dyn StreamHost, body_size: usize, chunk: &[u8], end: bool) -> Flow {
+        let Some(mut out) = self.parser.feed(chunk) else {
+            // Not stripping: the chunk goes as it came.
+            if end {
+                self.parser.finish();
+            }
+            return Flow::Continue;
+        };
+        let mut flow = Flow::Continue;
+        if end {
+            out.extend_from_slice(&self.parser.finish().unwrap_or_default());
+        } else if out.is_empty() && self.parser.holds_back() {
+            flow = Flow::Buffer;
+        }
+        if out != chunk {
+            host.replace_response_body(body_size, &out);
+        }
+        flow
+    }
+
+    /// The stream ended in trailers: the last event is read, and what strip
+    /// mode held back goes into the body Envoy kept for it.
+    fn finish(&mut self, host: &dyn StreamHost) {
+        let Some(rest) = self.parser.finish() else {
+            return;
+        };
+        // Envoy kept no body when the last chunk also completed events (see
+        // `read`); the held tail is then lost, and said so.
+        if !rest.is_empty() && !host.append_response_body(&rest) {
+            host.warn_throttled(
+                "sse-trailers",
+                "the last event of a stream that ended in trailers could not be forwarded",
+            );
         }
     }
-    out
 }

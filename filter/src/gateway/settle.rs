@@ -104,7 +104,7 @@ impl Stream {
                 overflowed: false,
                 ..
             } if self.response.complete => parse_json_usage(buf),
-            ResponseReader::Sse(parser) => parser.usage(),
+            ResponseReader::Sse(reader) => reader.parser.usage(),
             _ => None,
         };
         // An error answered before any model computed the request (Envoy
@@ -117,9 +117,9 @@ impl Stream {
             None if self.answered_before_any_model(host) => (Usage::default(), UsageSource::None),
             None => {
                 let seen = match &self.response.reader {
-                    ResponseReader::Sse(parser) => SeenOutput {
-                        content_events: parser.content_events(),
-                        text_bytes: parser.text_bytes(),
+                    ResponseReader::Sse(reader) => SeenOutput {
+                        content_events: reader.parser.content_events(),
+                        text_bytes: reader.parser.text_bytes(),
                     },
                     ResponseReader::Json { seen, .. } => SeenOutput {
                         content_events: 0,

@@ -40,6 +40,8 @@ struct FakeHost {
     throttled_warnings: RefCell<Vec<String>>,
     /// Filter state the filter published (`maas_<name>`).
     published: RefCell<HashMap<String, String>>,
+    /// Filter state kept across upstream attempts (`request_state`).
+    state: RefCell<HashMap<String, String>>,
     /// `response.code_details` (None: not known).
     code_details: RefCell<Option<String>>,
     /// `upstream.request_attempt_count` (None: not known).
@@ -155,6 +157,18 @@ impl StreamHost for FakeHost {
     }
     fn set_audit_record(&self, record: &[u8]) {
         *self.audit.borrow_mut() = Some(serde_json::from_slice(record).unwrap());
+    }
+    fn append_response_body(&self, body: &[u8]) -> bool {
+        self.response_chunk.borrow_mut().extend_from_slice(body);
+        true
+    }
+    fn request_state(&self, name: &str) -> Option<String> {
+        self.state.borrow().get(name).cloned()
+    }
+    fn set_request_state(&self, name: &str, value: &str) {
+        self.state
+            .borrow_mut()
+            .insert(name.to_string(), value.to_string());
     }
     fn counters(&self) -> &dyn CounterStore {
         &self.store
@@ -901,6 +915,91 @@ fn response_trailers_end_the_response_with_reported_usage() {
     assert_eq!(h.used(TOK), 5);
     assert_eq!(h.audit()["usage"], "reported");
     assert_eq!(h.audit()["outcome"], "ok");
+}
+
+/// Response headers of a 200 event stream through the gateway role.
+fn start_event_stream(h: &Harness, s: &mut Stream) {
+    *h.host.response_headers.borrow_mut() = vec![
+        (":status".into(), "200".into()),
+        ("content-type".into(), "text/event-stream".into()),
+    ];
+    assert_eq!(s.on_response_headers(&h.host, false), Flow::Continue);
+}
+
+/// One body chunk (never the last) through the gateway role: its flow, and
+/// what Envoy holds or sends in its place.
+fn stream_chunk(h: &Harness, s: &mut Stream, chunk: &str) -> (Flow, String) {
+    *h.host.response_chunk.borrow_mut() = chunk.as_bytes().to_vec();
+    let flow = s.on_response_body(&h.host, chunk.len(), false);
+    let out = String::from_utf8(h.host.response_chunk.borrow().clone()).unwrap();
+    (flow, out)
+}
+
+const SSE_CONTENT: &str = r#"data: {"choices":[{"index":0,"delta":{"content":"Hi"}}]}"#;
+const SSE_USAGE: &str =
+    r#"data: {"choices":[],"usage":{"prompt_tokens":2,"completion_tokens":3,"total_tokens":5}}"#;
+
+#[test]
+fn a_stream_ending_in_trailers_has_its_last_event_read() {
+    let h = Harness::new();
+    // The client asked for usage: the stream is read, not rewritten.
+    let mut s = h.chat(
+        r#"{"model":"m1","max_tokens":5,"stream":true,"stream_options":{"include_usage":true}}"#,
+    );
+    start_event_stream(&h, &mut s);
+    let (flow, _) = stream_chunk(&h, &mut s, &format!("{SSE_CONTENT}\n\n{SSE_USAGE}\n"));
+    assert_eq!(flow, Flow::Continue);
+    // The usage event never got its blank line: the trailers end it.
+    assert_eq!(s.on_response_trailers(&h.host), Flow::Continue);
+    s.on_log(&h.host);
+    assert_eq!(h.audit()["usage"], "reported");
+    assert_eq!(h.used(TOK), 5);
+}
+
+#[test]
+fn a_stream_ending_in_trailers_is_forwarded_to_its_last_byte() {
+    let h = Harness::new();
+    // No usage asked for: the gateway asked for it and strips it.
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":5,"stream":true}"#);
+    start_event_stream(&h, &mut s);
+    let (usage_start, usage_end) = SSE_USAGE.split_at(20);
+    let mut client = String::new();
+    let (flow, out) = stream_chunk(&h, &mut s, &format!("{SSE_CONTENT}\n\n{usage_start}"));
+    assert_eq!(
+        (flow, out.as_str()),
+        (Flow::Continue, &*format!("{SSE_CONTENT}\n\n"))
+    );
+    client.push_str(&out);
+    // A chunk all held back (the usage event goes, `data: [DONE]` waits for
+    // its line end): Envoy keeps the body, so the trailers can add to it.
+    let (flow, out) = stream_chunk(&h, &mut s, &format!("{usage_end}\n\ndata: [DONE]"));
+    assert_eq!((flow, out.as_str()), (Flow::Buffer, ""));
+    // Trailers end `data: [DONE]`, which never got its line end.
+    *h.host.response_chunk.borrow_mut() = Vec::new();
+    assert_eq!(s.on_response_trailers(&h.host), Flow::Continue);
+    client.push_str(std::str::from_utf8(&h.host.response_chunk.borrow()).unwrap());
+    assert_eq!(client, format!("{SSE_CONTENT}\n\ndata: [DONE]"));
+    s.on_log(&h.host);
+    assert_eq!(h.audit()["usage"], "reported");
+    assert_eq!(h.used(TOK), 5);
+}
+
+#[test]
+fn a_stripped_chunk_with_nothing_to_send_keeps_envoys_body() {
+    let h = Harness::new();
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":5,"stream":true}"#);
+    start_event_stream(&h, &mut s);
+    let (first, second) = SSE_CONTENT.split_at(10);
+    assert_eq!(
+        stream_chunk(&h, &mut s, first),
+        (Flow::Buffer, String::new())
+    );
+    let (flow, out) = stream_chunk(&h, &mut s, &format!("{second}\n\n{SSE_USAGE}\n\n"));
+    assert_eq!((flow, out), (Flow::Continue, format!("{SSE_CONTENT}\n\n")));
+    *h.host.response_chunk.borrow_mut() = b"data: [DONE]\n\n".to_vec();
+    assert_eq!(s.on_response_body(&h.host, 14, true), Flow::Continue);
+    s.on_log(&h.host);
+    assert_eq!(h.used(TOK), 5);
 }
 
 #[test]

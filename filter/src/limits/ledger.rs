@@ -6,13 +6,25 @@
 
 use super::counter::{decode_group, encode_group, WindowCount};
 use super::rate::Rate;
-use super::store::{CounterStore, StoreError};
+use super::store::{Cas, CounterStore, StoreError};
 
 /// How many CAS writes one counter update may lose to concurrent writers before the
 /// ledger gives up with [`StoreError::Contended`]. Envoy's shared data is one lock shared
 /// by a handful of workers, so a few retries are normal and dozens mean something is
 /// wrong; the bound keeps a request from spinning.
 pub const MAX_CAS_ATTEMPTS: u32 = 64;
+
+/// The cas a counter is created with. Shared data has no create-if-absent,
+/// but proxy-wasm-cpp-host's `SharedData::set` (src/shared_data.cc) creates
+/// an absent key whatever the cas, and refuses a write to an existing key
+/// whose cas is neither 0 nor the key's current one. So a creation with a
+/// non-zero cas lands only while the key is still absent: when another
+/// worker created the counter since our read, its cas is a fresh one from
+/// the host's counter (shared by all keys, from 1, skipping 0), and our write
+/// fails with `CasMismatch` and is retried from the read. No non-zero cas is
+/// impossible, so `u32::MAX`: the fresh cas equals it only at the one write
+/// in 2^32 - 1 just before the host's counter wraps.
+const CREATE_CAS: Cas = u32::MAX;
 
 /// The enforced rates of one scope, e.g. "subscription free: 10 requests/min, 20000
 /// tokens/min, 1000000 tokens/day", kept together in one shared-data counter.
@@ -105,22 +117,25 @@ pub struct LimitState {
 }
 
 /// Create the counter of `group` if it is absent; returns whether it did. The filter
-/// calls this for every configured group at configuration time, before traffic, so that
-/// `reserve`/`settle` always find the counter and can use CAS.
+/// calls this for every configured group at configuration time, so that
+/// `reserve`/`settle` usually find the counter.
 ///
-/// Shared data has no create-if-absent, so this is a read then an unconditional write:
-/// if another worker creates the counter *and charges it* between the two, that charge is
-/// lost. Before traffic nothing charges, so the race cannot lose anything there. A
-/// counter that exists with another length is left alone: it reads as empty windows and
-/// the next CAS write gives it the right length.
+/// The write is conditional ([`CREATE_CAS`]): if another worker created the counter
+/// (and perhaps charged it, as it can after a configuration reload) since the read, the
+/// write fails and that counter is kept. A counter that exists with another length is
+/// left alone: it reads as empty windows and the next CAS write gives it the right
+/// length.
 pub fn ensure_counter(store: &dyn CounterStore, group: &LimitGroup) -> Result<bool, StoreError> {
     if store.get(&group.counter_key)?.is_some() {
         return Ok(false);
     }
     // Window 0 is over for any real clock, so the first reservation starts fresh windows.
     let empty = vec![WindowCount::empty(0); group.rates.len()];
-    store.set(&group.counter_key, &encode_group(&empty), None)?;
-    Ok(true)
+    match store.set(&group.counter_key, &encode_group(&empty), Some(CREATE_CAS)) {
+        Ok(()) => Ok(true),
+        Err(StoreError::CasMismatch) => Ok(false),
+        Err(err) => Err(err),
+    }
 }
 
 /// Reserve, in each wanted group, `amounts[i]` in the current window of its rate `i`, all
@@ -318,12 +333,10 @@ fn update_counter<T>(
     for _ in 0..MAX_CAS_ATTEMPTS {
         let (stored, cas) = match store.get(key)? {
             Some((bytes, cas)) => (decode_group(&bytes, rates), Some(cas)),
-            // The counter was never created (`ensure_counter` was skipped or lost). The
-            // write below is then unconditional, since a conditional write to an absent
-            // key cannot detect a concurrent create either: two workers creating the same
-            // counter at once can lose one's charge. `ensure_counter` at configuration
-            // time keeps this path off the request path.
-            None => (None, None),
+            // Not created yet (a managed key's or a token holder's counter, first seen
+            // on the request path): created with `CREATE_CAS`, so that when another
+            // worker creates it first, this write loses and is retried on its counter.
+            None => (None, Some(CREATE_CAS)),
         };
         match decide(stored) {
             Update::Keep(outcome) => return Ok(outcome),

@@ -25,11 +25,13 @@
 //! - CAS retries are bounded by [`MAX_CAS_ATTEMPTS`]; a store error is returned, never
 //!   spun on. When `reserve` fails it releases what it took; if that release fails too,
 //!   the window stays over-charged (refusing early) until it ends — never under-charged.
-//!
-//! Known gap: shared data has no create-if-absent. Counters are created by
-//! [`ensure_counter`] at configuration time; a counter missing on the request path is
-//! created with an unconditional write, and two workers doing that at once can lose one
-//! charge.
+//! - Creating a counter loses nothing either. Shared data has no create-if-absent, but
+//!   its `set` creates an absent key whatever the cas and refuses a stale one on an
+//!   existing key: counters (those [`ensure_counter`] makes at configuration time, and
+//!   those of managed keys and token holders, made on the request path) are written
+//!   with a cas that is not current, so a worker that creates one second loses its
+//!   write and retries on the first one's counter. (Only a host cas equal to that
+//!   value, once per 2^32 - 1 writes, would let both land.)
 //!
 //! Everything here is pure logic over the [`CounterStore`] trait; [`MemoryStore`] is the
 //! host-target double for tests and benches.

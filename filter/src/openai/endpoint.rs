@@ -21,10 +21,11 @@ impl Endpoint {
             "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
             "/v1/completions" => (Endpoint::Completions, "POST"),
             "/v1/models" => (Endpoint::ListModels, "GET"),
+            // Everything after the prefix is the id: model ids may hold `/`
+            // (`meta-llama/Llama-3.1-8B`), and SDKs send it as it is. (An
+            // escaped `%2F` never gets here: Envoy refuses escaped slashes.)
             _ => match path.strip_prefix("/v1/models/") {
-                Some(id) if !id.is_empty() && !id.contains('/') => {
-                    (Endpoint::RetrieveModel(id.to_string()), "GET")
-                }
+                Some(id) if !id.is_empty() => (Endpoint::RetrieveModel(id.to_string()), "GET"),
                 _ => {
                     return Err(GatewayError::UnknownEndpoint {
                         method: method.to_string(),
@@ -66,6 +67,17 @@ mod tests {
                 "/v1/models/m-1",
                 Endpoint::RetrieveModel("m-1".into()),
             ),
+            // Model ids may hold `/`, as SDKs send them.
+            (
+                "GET",
+                "/v1/models/meta-llama/Llama-3.1-8B?x=1",
+                Endpoint::RetrieveModel("meta-llama/Llama-3.1-8B".into()),
+            ),
+            (
+                "GET",
+                "/v1/models/a/b",
+                Endpoint::RetrieveModel("a/b".into()),
+            ),
         ];
         for (method, path, want) in table {
             assert_eq!(
@@ -85,7 +97,7 @@ mod tests {
             ("GET", "/", 404),
             ("POST", "/v1/chat/completions/", 404),
             ("GET", "/v1/models/", 404),
-            ("GET", "/v1/models/a/b", 404),
+            ("POST", "/v1/models/a/b", 405),
             ("POST", "/V1/chat/completions", 404),
         ] {
             let err = Endpoint::classify(method, path).unwrap_err();

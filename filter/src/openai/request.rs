@@ -336,11 +336,33 @@ fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 1>>, Request
     Ok(Some(options))
 }
 
+/// One of the two fields a completion's budget is named in. Servers differ
+/// in which they read: OpenAI's reasoning models (and Azure's) refuse
+/// `max_tokens`, while some OpenAI-compatible servers know only
+/// `max_tokens`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BudgetField {
+    #[default]
+    MaxTokens,
+    MaxCompletionTokens,
+}
+
+impl BudgetField {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BudgetField::MaxTokens => "max_tokens",
+            BudgetField::MaxCompletionTokens => "max_completion_tokens",
+        }
+    }
+}
+
 /// What the gateway changes in a request before forwarding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BodyRewrite<'a> {
     /// Cap the completion: every `max_tokens` / `max_completion_tokens`
-    /// present gets this value; when neither is, `max_tokens` is added.
+    /// present gets this value; when neither is, one is added (`max_tokens`,
+    /// or the field given to [`rewrite_completion_request_as`]).
     pub max_tokens: Option<u64>,
     /// Make the upstream report usage on streams
     /// (`stream_options.include_usage = true`).
@@ -361,6 +383,18 @@ pub fn rewrite_completion_request(
     body: &[u8],
     rewrite: &BodyRewrite<'_>,
 ) -> Result<Vec<u8>, RequestError> {
+    rewrite_completion_request_as(body, rewrite, BudgetField::MaxTokens)
+}
+
+/// [`rewrite_completion_request`], adding the cap as `insert_as` when the
+/// body names neither budget field. A field the body names is capped where
+/// it is: the client chose it. (A separate entry point rather than a field
+/// of [`BodyRewrite`], which code outside the crate builds field by field.)
+pub fn rewrite_completion_request_as(
+    body: &[u8],
+    rewrite: &BodyRewrite<'_>,
+    insert_as: BudgetField,
+) -> Result<Vec<u8>, RequestError> {
     let fields = RequestFields::read(body)?;
     // At most one edit per slot: [top-level insertion, max_tokens,
     // max_completion_tokens, stream_options, model]. No allocation for the
@@ -373,7 +407,7 @@ pub fn rewrite_completion_request(
 
     if let Some(n) = rewrite.max_tokens {
         match (fields.max_tokens, fields.max_completion_tokens) {
-            (None, None) => insert.max_tokens = Some(n),
+            (None, None) => insert.max_tokens = Some((insert_as, n)),
             (a, b) => {
                 edits[1] = a
                     .map(|raw| Edit::replace(body, raw, Text::Count(n)))
@@ -496,7 +530,7 @@ impl<'a> Edit<'a> {
 
 #[derive(Clone, Copy)]
 struct TopInsert {
-    max_tokens: Option<u64>,
+    max_tokens: Option<(BudgetField, u64)>,
     stream_options: bool,
 }
 
@@ -539,8 +573,10 @@ impl Text<'_> {
             }
             Text::Top { insert, comma } => {
                 let mut first = true;
-                if let Some(n) = insert.max_tokens {
-                    out.extend_from_slice(br#""max_tokens":"#);
+                if let Some((field, n)) = insert.max_tokens {
+                    out.push(b'"');
+                    out.extend_from_slice(field.as_str().as_bytes());
+                    out.extend_from_slice(b"\":");
                     push_u64(out, n);
                     first = false;
                 }

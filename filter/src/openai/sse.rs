@@ -172,6 +172,12 @@ impl SseUsageParser {
         self.strip.then_some(out)
     }
 
+    /// Strip mode: bytes of an unfinished event are held back, which a later
+    /// chunk or [`Self::finish`] will emit (or remove).
+    pub fn holds_back(&self) -> bool {
+        !self.held.is_empty()
+    }
+
     /// Usage from the last event whose data carried a non-null `usage` object.
     pub fn usage(&self) -> Option<Usage> {
         self.usage
@@ -193,6 +199,12 @@ impl SseUsageParser {
     }
 
     fn scan(&mut self, chunk: &[u8], mut out: Option<&mut Vec<u8>>) {
+        if chunk.is_empty() {
+            // Nothing to read, and a `\r` pending from the chunk before
+            // still waits for the `\n` that may start the next one (an
+            // empty chunk must not make that `\n` a blank line).
+            return;
+        }
         // `chunk[seg..pos]` belongs to the current event and is neither in
         // `held` nor forwarded yet (strip mode).
         let mut pos = 0;

@@ -22,6 +22,7 @@
 pub mod anthropic;
 
 use crate::error::GatewayError;
+use crate::openai::request::BudgetField;
 
 /// Where providers read their keys (OpenAI's, Anthropic's, Azure's): no
 /// client's value, and no other provider's, may reach a provider.
@@ -49,6 +50,19 @@ impl ProviderKind {
             ProviderKind::OpenAiCompatible => "openai-compatible",
             ProviderKind::AzureOpenAi => "azure-openai",
             ProviderKind::Anthropic => "anthropic",
+        }
+    }
+
+    /// The budget field a request that names neither gets (see
+    /// [`BudgetField`]), unless the provider's configuration says: Azure
+    /// OpenAI takes `max_completion_tokens` for every model; an
+    /// OpenAI-compatible server may know only `max_tokens` (vLLM, TGI,
+    /// llama.cpp; OpenAI itself is configured with the other); Anthropic's
+    /// translation reads both.
+    pub fn default_budget_field(self) -> BudgetField {
+        match self {
+            ProviderKind::AzureOpenAi => BudgetField::MaxCompletionTokens,
+            ProviderKind::OpenAiCompatible | ProviderKind::Anthropic => BudgetField::MaxTokens,
         }
     }
 

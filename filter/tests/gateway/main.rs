@@ -11,5 +11,7 @@ mod auth;
 mod concurrency;
 mod configs;
 mod limits;
+mod providers;
 mod requests;
+mod streams;
 mod support;

@@ -49,6 +49,37 @@ fn models_are_filtered_by_subscription() {
 }
 
 #[test]
+fn a_model_whose_id_has_a_slash_is_retrieved_as_sdks_ask_for_it() {
+    let mut config = base_config();
+    config["models"] = json!(["m1", "meta-llama/Llama-3.1-8B"]);
+    config["subscriptions"]["free"]["models"] = json!(["m1", "meta-llama/Llama-3.1-8B"]);
+    config["subscriptions"]["gold"]["models"] = json!(["m1"]);
+    let upstream = maas_testkit::MockUpstream::start();
+    let gateway = maas_testkit::Gateway::builder()
+        .filter_config(config)
+        .model("m1", upstream.addr())
+        .model("meta-llama/Llama-3.1-8B", upstream.addr())
+        .start();
+    let get = |path: &str| {
+        gateway.request(
+            "GET",
+            path,
+            &[("authorization", &format!("Bearer {FREE_KEY}"))],
+            None,
+        )
+    };
+    let r = get("/v1/models/meta-llama/Llama-3.1-8B");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["id"], "meta-llama/Llama-3.1-8B");
+    assert_error(
+        &get("/v1/models/meta-llama/Llama-3.1-70B"),
+        404,
+        "model_not_found",
+    );
+    assert!(upstream.requests().is_empty());
+}
+
+#[test]
 fn models_outside_the_subscription_or_unknown_get_404() {
     let s = Stack::start(base_config());
     let outside = s.chat(FREE_KEY, &chat_body("m2", 8), &[]);

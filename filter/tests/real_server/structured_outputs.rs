@@ -123,11 +123,21 @@ fn forced_tool_calls_are_charged_the_reported_usage_whole_and_streamed() {
         name.push_str(delta["function"]["name"].as_str().unwrap_or_default());
         arguments.push_str(delta["function"]["arguments"].as_str().unwrap_or_default());
     }
-    let whole = (
-        call["name"].as_str().unwrap().to_owned(),
-        call["arguments"].as_str().unwrap().to_owned(),
-    );
-    assert_eq!(calls, [whole], "{events:?}");
+    // `required` with parallel calls allowed: one call or more, the same
+    // streamed as whole.
+    let whole: Vec<(String, String)> = choice["message"]["tool_calls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let f = &c["function"];
+            (
+                f["name"].as_str().unwrap().to_owned(),
+                f["arguments"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(calls, whole, "{events:?}");
     assert!(events
         .iter()
         .any(|e| e["choices"][0]["finish_reason"] == "tool_calls"));

@@ -35,13 +35,18 @@ fn harness() -> Harness {
 /// request as it stands (Envoy hands each attempt the same header map, and
 /// a fresh copy of the body the gateway role forwarded).
 fn attempt(h: &Harness, provider: &str) -> BackendStream {
-    let doc = BackendConfig::document_for(&h.config, provider).unwrap();
-    let config = BackendConfig::from_json(doc.to_string().as_bytes()).unwrap();
-    let mut b = BackendStream::new(Rc::new(config));
+    let mut b = backend(h, provider);
     assert_eq!(b.on_request_headers(&h.host, false), Flow::Pause);
     let len = h.host.request_body.borrow().len();
     assert_eq!(b.on_request_body(&h.host, len, true), Flow::Continue);
     b
+}
+
+/// The backend role of `provider`'s cluster, before its first callback.
+fn backend(h: &Harness, provider: &str) -> BackendStream {
+    let doc = BackendConfig::document_for(&h.config, provider).unwrap();
+    let config = BackendConfig::from_json(doc.to_string().as_bytes()).unwrap();
+    BackendStream::new(Rc::new(config))
 }
 
 fn header(h: &Harness, name: &str) -> Option<String> {
@@ -563,4 +568,115 @@ fn a_provider_cannot_tell_the_gateway_role_what_it_was_charged_for() {
     // Charged by estimate, as any answer without usage.
     assert_eq!(h.audit()["usage"], "estimated");
     assert!(h.used(TOK) > 0);
+}
+
+#[test]
+fn a_client_cannot_choose_the_endpoint_a_provider_runs() {
+    let h = harness();
+    let _s = h.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("x-maas-path", "/v1/batches/batch_1/cancel"),
+        ],
+        r#"{"model":"far/llama","max_tokens":5,"messages":[]}"#,
+    );
+    assert!(h.replied().is_none());
+    let hdr = |n: &str| h.host.request_header(n);
+    assert_eq!(hdr("x-maas-path"), None, "the gateway role drops it");
+    // Nor does the backend role believe one that reached it some other way.
+    h.host
+        .set_request_header("x-maas-path", Some("/v1/batches/batch_1/cancel"));
+    let _b = attempt(&h, "vllm-far");
+    assert_eq!(hdr(":path").as_deref(), Some("/v1/chat/completions"));
+    assert_eq!(hdr("x-maas-path"), None, "and it never reaches a provider");
+}
+
+#[test]
+fn the_backend_role_sends_nothing_but_completions_to_a_provider() {
+    let h = harness();
+    for (method, path) in [
+        ("POST", "/v1/batches/batch_1/cancel"),
+        ("POST", "/v1/files"),
+        ("GET", "/v1/models"),
+        ("GET", "/v1/models/far/llama"),
+        ("GET", "/v1/chat/completions"),
+    ] {
+        *h.host.request_headers.borrow_mut() = vec![
+            (":method".into(), method.into()),
+            (":path".into(), path.into()),
+        ];
+        h.host.state.borrow_mut().clear();
+        *h.host.reply.borrow_mut() = None;
+        let mut b = backend(&h, "vllm-far");
+        assert_eq!(b.on_request_headers(&h.host, false), Flow::Pause, "{path}");
+        let (status, _, body) = h.replied().unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (404, Some("unknown_url")),
+            "{method} {path}"
+        );
+        assert_eq!(b.on_request_body(&h.host, 0, true), Flow::Continue);
+    }
+}
+
+#[test]
+fn a_model_id_with_a_slash_can_be_retrieved() {
+    let h = harness();
+    let _s = h.request(
+        "GET",
+        "/v1/models/far/llama",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    );
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!((status, body["id"].as_str()), (200, Some("far/llama")));
+    let _s = h.request(
+        "GET",
+        "/v1/models/far/other",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        "",
+    );
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (404, Some("model_not_found"))
+    );
+}
+
+#[test]
+fn a_cap_the_gateway_adds_goes_into_the_field_the_backend_reads() {
+    // (model, path, the field a body without one gets)
+    let cases = [
+        ("gpt-4o", "/v1/chat/completions", "max_completion_tokens"),
+        ("gpt-4o", "/v1/completions", "max_tokens"),
+        ("far/llama", "/v1/chat/completions", "max_tokens"),
+        ("m1", "/v1/chat/completions", "max_tokens"),
+    ];
+    for (model, path, field) in cases {
+        let h = harness();
+        let body = format!(r#"{{"model":"{model}","messages":[],"prompt":"hi"}}"#);
+        let body = if path == "/v1/completions" {
+            format!(r#"{{"model":"{model}","prompt":"hi"}}"#)
+        } else {
+            body.replace(r#","prompt":"hi""#, "")
+        };
+        let _s = h.request(
+            "POST",
+            path,
+            &[("authorization", &format!("Bearer {KEY}"))],
+            &body,
+        );
+        assert!(h.replied().is_none(), "{model} {path}");
+        let sent: serde_json::Value =
+            serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+        let other = if field == "max_tokens" {
+            "max_completion_tokens"
+        } else {
+            "max_tokens"
+        };
+        assert_eq!(sent[field], 100, "{model} {path}: {sent}");
+        assert!(sent.get(other).is_none(), "{model} {path}: {sent}");
+    }
 }

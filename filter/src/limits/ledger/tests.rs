@@ -389,6 +389,53 @@ fn a_missing_counter_is_created_on_first_use() {
     assert_eq!(stored(&fresh, "rpm"), Some((60, 1)));
 }
 
+/// Another worker creates the counter and charges it, once, between a
+/// creator's read (the counter absent) and its write, as two Envoy workers
+/// admitting the first requests of a new managed key can.
+struct RacingStore {
+    inner: MemoryStore,
+    rival: Mutex<Option<(LimitGroup, u64)>>,
+}
+
+impl RacingStore {
+    fn new(group: &LimitGroup, amount: u64) -> Self {
+        Self {
+            inner: MemoryStore::new(),
+            rival: Mutex::new(Some((group.clone(), amount))),
+        }
+    }
+}
+
+impl CounterStore for RacingStore {
+    fn get(&self, key: &str) -> Result<Option<(Vec<u8>, Cas)>, StoreError> {
+        self.inner.get(key)
+    }
+
+    fn set(&self, key: &str, value: &[u8], cas: Option<Cas>) -> Result<(), StoreError> {
+        if self.inner.get(key)?.is_none() {
+            if let Some((group, amount)) = self.rival.lock().unwrap().take() {
+                let held = reserve(&self.inner, 61, &[(&group, &[amount][..])]).unwrap();
+                assert_eq!(held.len(), 1);
+            }
+        }
+        self.inner.set(key, value, cas)
+    }
+}
+
+#[test]
+fn a_counter_created_by_two_workers_at_once_keeps_both_charges() {
+    let rpm = limit("rpm", 10, MIN);
+    let store = RacingStore::new(&rpm, 3);
+    let holds = reserve(&store, 61, &[(&rpm, &[2][..])]).unwrap();
+    assert_eq!(stored(&store, "rpm"), Some((60, 5)), "neither charge lost");
+    assert_eq!(holds[0].windows()[0].state.remaining, 5);
+
+    // The same race against the creation at configuration time.
+    let store = RacingStore::new(&rpm, 4);
+    assert_eq!(ensure_counter(&store, &rpm), Ok(false));
+    assert_eq!(stored(&store, "rpm"), Some((60, 4)), "left alone");
+}
+
 /// Counts host calls, the cost that grouping rates into one counter saves.
 #[derive(Default)]
 struct CountingStore {
@@ -648,8 +695,11 @@ impl CounterStore for ContendedStore {
 #[test]
 fn cas_mismatches_are_retried_up_to_the_bound() {
     let rpm = limit("rpm", 10, MIN);
-    let store = ContendedStore::new(MAX_CAS_ATTEMPTS - 1);
+    let store = ContendedStore::new(0);
     ensure_counter(&store, &rpm).unwrap();
+    store
+        .mismatches
+        .store(MAX_CAS_ATTEMPTS - 1, Ordering::SeqCst);
     let holds = reserve(&store, 0, &[(&rpm, &[3][..])]).unwrap();
     assert_eq!(stored(&store, "rpm"), Some((0, 3)));
 
@@ -670,8 +720,9 @@ fn endless_contention_gives_up_with_an_error() {
         attempts: MAX_CAS_ATTEMPTS,
     };
     let rpm = limit("rpm", 10, MIN);
-    let store = ContendedStore::new(MAX_CAS_ATTEMPTS);
+    let store = ContendedStore::new(0);
     ensure_counter(&store, &rpm).unwrap();
+    store.mismatches.store(MAX_CAS_ATTEMPTS, Ordering::SeqCst);
     let err = reserve(&store, 0, &[(&rpm, &[3][..])]).unwrap_err();
     assert_eq!(err, ReserveError::Store(contended.clone()));
     assert_eq!(

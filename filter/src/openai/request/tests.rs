@@ -480,6 +480,60 @@ fn rewrites_in_place() {
 }
 
 #[test]
+fn the_cap_goes_into_the_fields_the_body_names_or_the_one_asked_for() {
+    use BudgetField::{MaxCompletionTokens, MaxTokens};
+    let cap = BodyRewrite {
+        max_tokens: Some(64),
+        ..BodyRewrite::default()
+    };
+    let cases: &[(&str, BudgetField, &str)] = &[
+        // Neither named: the field the backend reads is added.
+        (
+            r#"{"model":"m"}"#,
+            MaxTokens,
+            r#"{"max_tokens":64,"model":"m"}"#,
+        ),
+        (
+            r#"{"model":"m"}"#,
+            MaxCompletionTokens,
+            r#"{"max_completion_tokens":64,"model":"m"}"#,
+        ),
+        // Named: capped where the client put it, whatever the backend prefers.
+        (
+            r#"{"model":"m","max_tokens":900}"#,
+            MaxCompletionTokens,
+            r#"{"model":"m","max_tokens":64}"#,
+        ),
+        (
+            r#"{"model":"m","max_completion_tokens":900}"#,
+            MaxTokens,
+            r#"{"model":"m","max_completion_tokens":64}"#,
+        ),
+        (
+            r#"{"model":"m","max_tokens":null}"#,
+            MaxCompletionTokens,
+            r#"{"model":"m","max_tokens":64}"#,
+        ),
+    ];
+    for (body, field, expected) in cases {
+        let out = rewrite_completion_request_as(body.as_bytes(), &cap, *field).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), *expected, "{body} {field:?}");
+        let read = parse_completion_request(&out).unwrap();
+        assert_eq!(read.requested_max_tokens(), Some(64), "{body} {field:?}");
+    }
+    let both = BodyRewrite {
+        max_tokens: Some(8),
+        force_include_usage: true,
+        ..BodyRewrite::default()
+    };
+    let out = rewrite_completion_request_as(b"{}", &both, MaxCompletionTokens).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        r#"{"max_completion_tokens":8,"stream_options":{"include_usage":true}}"#
+    );
+}
+
+#[test]
 fn rewrite_refuses_what_parse_refuses_for_its_fields() {
     let both = BodyRewrite {
         max_tokens: Some(1),

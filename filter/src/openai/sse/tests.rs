@@ -155,6 +155,25 @@ fn crlf_split_after_removed_event_leaves_no_stray_lf() {
 }
 
 #[test]
+fn an_empty_chunk_between_cr_and_lf_changes_nothing() {
+    let (full, stripped) = openai_stream("\r\n");
+    let bytes = full.as_bytes();
+    let expected = run([bytes], false, MAX);
+    for at in 0..=bytes.len() {
+        let (a, b) = bytes.split_at(at);
+        let chunks = [a, &[][..], b];
+        assert_eq!(run(chunks, false, MAX), expected, "split at {at}");
+        let strip = run(chunks, true, MAX);
+        assert_eq!(strip.usage, expected.usage, "split at {at}");
+        assert_eq!(
+            String::from_utf8_lossy(strip.output.as_deref().unwrap_or_default()),
+            stripped,
+            "split at {at}"
+        );
+    }
+}
+
+#[test]
 fn event_kinds() {
     let llama_final = r#"data: {"choices":[{"finish_reason":"stop","index":0,"delta":{}}],"created":1,"id":"x","model":"m","object":"chat.completion.chunk","usage":{"completion_tokens":5,"prompt_tokens":4,"total_tokens":9},"timings":{"predicted_n":5}}"#;
     let llama_stripped = r#"data: {"choices":[{"finish_reason":"stop","index":0,"delta":{}}],"created":1,"id":"x","model":"m","object":"chat.completion.chunk","timings":{"predicted_n":5}}"#;
