@@ -5,7 +5,9 @@
 //! role makes the request that provider's own (its model name, its wire
 //! format) and Envoy injects that provider's key. The client gets one
 //! answer, in OpenAI's format, and is charged once, for the attempt that
-//! answered; the audit record and the metrics show the attempts.
+//! answered; the audit record and the metrics show the attempts. Nothing a
+//! client sends chooses the path a provider is sent (`x-maas-path` was the
+//! backend role's own header once).
 //!
 //! Two stand-in providers over TLS (an OpenAI-compatible one and an
 //! Anthropic one, each a TLS-terminating Envoy in front of the mock), a
@@ -339,4 +341,51 @@ fn when_every_backend_fails_the_client_gets_an_openai_error_and_pays_no_tokens()
     assert_eq!(record["total_tokens"], 0);
     assert_eq!(provider_responses(&s, "openai-a", "5xx"), 1.0);
     assert_eq!(provider_responses(&s, "anthropic-b", "5xx"), 1.0);
+}
+
+#[test]
+fn a_client_cannot_choose_the_endpoint_a_provider_runs() {
+    let s = start();
+    let response = chat(
+        &s,
+        "gpt-x",
+        false,
+        &[
+            ("x-maas-path", "/v1/batches/batch_1/cancel"),
+            ("x-mock-completion-tokens", "2"),
+        ],
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = s.upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    assert_eq!(seen[0].header("x-maas-path"), None);
+}
+
+#[test]
+fn each_attempt_gets_its_own_providers_path_and_no_path_header() {
+    let s = start();
+    let response = chat(
+        &s,
+        "gpt-x",
+        false,
+        &[
+            ("x-maas-path", "/v1/batches/batch_1/cancel"),
+            ("x-mock-status", "429"),
+            ("x-mock-status-host", OPENAI_HOST),
+            ("x-mock-completion-tokens", "2"),
+        ],
+    );
+    assert_eq!(response.status, 200, "{}", response.text());
+    let seen = s.upstream.requests();
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    assert_eq!(seen[0].header("host"), Some(OPENAI_HOST));
+    assert_eq!(seen[0].path, "/v1/chat/completions");
+    // Attempt 2's header map still has attempt 1's `:path`: the gateway's
+    // path comes back from filter state.
+    assert_eq!(seen[1].header("host"), Some(ANTHROPIC_HOST));
+    assert_eq!(seen[1].path, "/v1/messages");
+    for request in &seen {
+        assert_eq!(request.header("x-maas-path"), None, "{}", request.path);
+    }
 }

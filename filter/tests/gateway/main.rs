@@ -11,7 +11,6 @@ mod auth;
 mod concurrency;
 mod configs;
 mod limits;
-mod providers;
 mod requests;
 mod streams;
 mod support;
