@@ -4,6 +4,8 @@
 //!
 //! - [`apikey`]: the key format users see (`sk-maas-<id>-<secret>`) and the
 //!   salted digest that is all the database keeps.
+//! - [`key_lifetime`]: how long a minted key lives, within the operator's
+//!   optional maximum.
 //! - [`subscription`]: what a subscription may use and at what rates,
 //!   validated with the filter's own configuration parser.
 //! - [`oidc`]: OIDC bearer tokens checked against the issuer's JWKS.
@@ -14,6 +16,7 @@
 pub mod api;
 pub mod apikey;
 pub mod cli;
+pub mod key_lifetime;
 pub mod oidc;
 pub mod serve;
 pub mod showback;

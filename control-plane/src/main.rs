@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use maas_control_plane::cli::{table, CliError, Client};
+use maas_control_plane::key_lifetime::KeyLifetime;
 use maas_control_plane::oidc::OidcSettings;
 use maas_control_plane::serve::{serve, ServeConfig};
 use serde_json::{json, Value};
@@ -128,6 +129,12 @@ struct ServeArgs {
     envoy_admin: Vec<String>,
     #[arg(long, default_value_t = 15)]
     usage_interval_secs: u64,
+    /// The longest a minted key may live (e.g. 30d, 12h; at most 366d): a
+    /// longer `expires_in` is refused, and keys minted without one get this
+    /// lifetime. Bounds how long a key outlives its owner's removal from a
+    /// group at the identity provider. Default: no maximum.
+    #[arg(long, env = "MAAS_MAX_KEY_LIFETIME")]
+    max_key_lifetime: Option<KeyLifetime>,
 }
 
 #[derive(Args)]
@@ -240,6 +247,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         oidc,
         gateways: args.envoy_admin,
         usage_interval: std::time::Duration::from_secs(args.usage_interval_secs.max(1)),
+        max_key_lifetime: args.max_key_lifetime,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::api::{router, AppState, Authenticator};
+use crate::key_lifetime::KeyLifetime;
 use crate::oidc::{OidcSettings, TokenVerifier};
 use crate::showback::gateways::Gateways;
 use crate::store::{redacted_url, Store};
@@ -24,6 +25,9 @@ pub struct ServeConfig {
     /// showback; each once ([`Gateways::new`] refuses one listed twice).
     pub gateways: Vec<String>,
     pub usage_interval: std::time::Duration,
+    /// The longest a minted key may live, and the lifetime of keys minted
+    /// without `expires_in`; `None`: no maximum (such keys never expire).
+    pub max_key_lifetime: Option<KeyLifetime>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -91,6 +95,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             Some(KeyDigest::of(&gateway)),
             oidc,
         ),
+        max_key_lifetime: config.max_key_lifetime,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

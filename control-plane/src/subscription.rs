@@ -191,6 +191,20 @@ impl SubscriptionSpec {
     pub fn admits_any(&self, groups: &[String]) -> bool {
         groups.iter().any(|g| self.gateway.groups.contains(g))
     }
+
+    /// Those of `groups` this subscription admits, sorted and each once:
+    /// what a key minted by a member of `groups` is recorded as minted
+    /// through (it is revoked when none of them is admitted any more).
+    pub fn admitting(&self, groups: &[String]) -> Vec<String> {
+        let mut via: Vec<String> = groups
+            .iter()
+            .filter(|g| self.gateway.groups.contains(g))
+            .cloned()
+            .collect();
+        via.sort();
+        via.dedup();
+        via
+    }
 }
 
 #[cfg(test)]
@@ -222,6 +236,9 @@ mod tests {
         assert_eq!(s.filter_json()["key_limits_per"], "owner");
         assert!(s.admits_any(&["other".into(), "ml-team".into()]));
         assert!(!s.admits_any(&["other".into()]));
+        let token_groups = ["other", "ml-team", "ml-team"].map(String::from);
+        assert_eq!(s.admitting(&token_groups), ["ml-team"]);
+        assert!(s.admitting(&["other".into()]).is_empty());
         let internal =
             spec(json!({"name": "internal", "models": ["m"], "limits": "unlimited"})).unwrap();
         assert_eq!(internal.max_keys_per_owner(), DEFAULT_MAX_KEYS_PER_OWNER);

@@ -435,19 +435,24 @@ fn the_gateway_syncs_keys_incrementally() {
 }
 
 #[test]
-fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
+fn usage_is_summed_per_subscription_and_model_through_the_callers_own_keys() {
     use maas_control_plane::store::UsageRow;
     let cp = setup();
     let row = UsageRow::new;
     let bucket =
         maas_control_plane::showback::sampler::bucket_start(maas_control_plane::time::unix_now());
-    cp.add_usage(&[
-        row("team-a", "smollm2-135m-instruct", 3, 100, 40),
-        row("team-b", "other-model", 1, 9, 1),
-    ]);
-    cp.add_usage(&[row("team-a", "smollm2-135m-instruct", 1, 10, 5)]);
-
     let alice = token("alice", &["team-a"]);
+    let key = cp.mint(&alice, json!({"name": "k", "subscription": "team-a"}));
+    assert_eq!(key.status, 201, "{}", key.text());
+    let key = key.json()["id"].as_str().unwrap().to_string();
+    cp.add_usage(&[
+        row("team-a", "smollm2-135m-instruct", 3, 100, 40).through_key(&key),
+        row("team-b", "other-model", 1, 9, 1),
+        // Through no key: not Alice's to see.
+        row("team-a", "smollm2-135m-instruct", 2, 50, 0),
+    ]);
+    cp.add_usage(&[row("team-a", "smollm2-135m-instruct", 1, 10, 5).through_key(&key)]);
+
     let mine = cp
         .call("GET", "/maas-api/v1/usage", Some(&alice), None)
         .json();
@@ -462,6 +467,7 @@ fn usage_is_summed_per_subscription_and_model_for_those_the_caller_may_see() {
         .call("GET", "/maas-api/v1/usage", Some(ADMIN), None)
         .json();
     assert_eq!(all["data"].as_array().unwrap().len(), 2);
+    assert_eq!(all["data"][0]["requests"], 6);
     // A range before the usage is empty; a reversed one is refused.
     let before = cp
         .call(

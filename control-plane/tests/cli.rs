@@ -27,12 +27,19 @@ impl Drop for Served {
 }
 
 fn serve(name: &str) -> Served {
+    serve_with(name, &[])
+}
+
+/// [`serve`] with more settings, as (environment variable, value).
+fn serve_with(name: &str, env: &[(&str, &str)]) -> Served {
     let dir = std::env::temp_dir().join(format!("maas-cp-cli-{}-{name}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut child = Command::new(BIN)
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(&dir)
         .env_remove("MAAS_DATABASE_URL")
+        .env_remove("MAAS_MAX_KEY_LIFETIME")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -312,4 +319,75 @@ fn the_startup_log_names_the_database_without_its_password() {
     assert!(serving.contains("control plane serving"), "{log}");
     assert!(serving.contains(&db) && serving.contains("***"), "{log}");
     assert!(!log.contains(SECRET), "{log}");
+}
+
+/// A maximum key lifetime out of bounds is refused at start, naming the
+/// setting, from the flag and from the environment alike.
+#[test]
+fn a_maximum_key_lifetime_out_of_bounds_is_refused_at_start() {
+    for (flag, env) in [(Some("400d"), None), (None, Some("0"))] {
+        let (mut command, dir) =
+            serve_with_database("lifetime", "sqlite:///nonexistent/never-opened.db");
+        command.env_remove("MAAS_MAX_KEY_LIFETIME");
+        if let Some(v) = flag {
+            command.args(["--max-key-lifetime", v]);
+        }
+        if let Some(v) = env {
+            command.env("MAAS_MAX_KEY_LIFETIME", v);
+        }
+        let out = command.output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{stderr}");
+        assert!(
+            stderr.contains("--max-key-lifetime") && stderr.contains("between 1 s and 366 d"),
+            "{stderr}"
+        );
+        assert!(!stderr.contains("cannot open the database"), "{stderr}");
+    }
+}
+
+/// `MAAS_MAX_KEY_LIFETIME` (or `--max-key-lifetime`) gives a key minted
+/// without `--expires-in` that lifetime.
+#[test]
+fn the_maximum_key_lifetime_applies_to_keys_minted_from_the_cli() {
+    let s = serve_with("lifetime-ok", &[("MAAS_MAX_KEY_LIFETIME", "1d")]);
+    let spec = write(
+        &s.dir,
+        "team.json",
+        r#"{"name": "team-a", "models": ["smollm2-135m-instruct"], "limits": "unlimited"}"#,
+    );
+    let (ok, _, err) = run(&s, &["subscription", "apply", "-f", spec.to_str().unwrap()]);
+    assert!(ok, "{err}");
+    let (ok, out, err) = run(
+        &s,
+        &[
+            "key",
+            "create",
+            "--subscription",
+            "team-a",
+            "--name",
+            "k",
+            "--json",
+        ],
+    );
+    assert!(ok, "{err}");
+    let key: Value = serde_json::from_str(&out).unwrap();
+    let lifetime = key["expires_at"].as_i64().unwrap() - key["created_at"].as_i64().unwrap();
+    assert_eq!(lifetime, 86_400);
+    let (ok, _, err) = run(
+        &s,
+        &[
+            "key",
+            "create",
+            "--subscription",
+            "team-a",
+            "--name",
+            "long",
+            "--expires-in",
+            "2d",
+        ],
+    );
+    assert!(!ok);
+    assert!(err.contains("400") && err.contains("expires_in"), "{err}");
 }

@@ -210,15 +210,132 @@ fn usage_comes_per_day_key_owner_and_cost_center() {
     assert_eq!(centers["data"][1]["cost_center"], "CC-1");
     assert_eq!(centers["data"][1]["cost"], "3.000000");
 
-    // A developer sees their groups' subscriptions only.
+    // A developer sees only the usage through their own keys: Carol, a
+    // member of team-b, holds none, and team-b's usage came through no key.
     let carol = token("carol", &["team-b"]);
     let hers = get(
         &cp,
         &format!("/maas-api/v1/usage?{}&group_by=subscription", range()),
         &carol,
     );
-    assert_eq!(hers["data"].as_array().unwrap().len(), 1);
-    assert_eq!(hers["data"][0]["subscription"], "team-b");
+    assert_eq!(hers["data"], json!([]));
+    assert_eq!(hers["total"]["requests"], 0);
+}
+
+/// The report's rows as (key, owner, requests, cost).
+fn key_rows(body: &Value) -> Vec<(String, String, u64, String)> {
+    body["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| {
+            let s = |f: &str| k[f].as_str().unwrap_or("-").to_string();
+            (
+                s("key"),
+                s("owner"),
+                k["requests"].as_u64().unwrap(),
+                s("cost"),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn a_member_sees_only_their_own_keys_usage_and_an_administrator_everyones() {
+    let (cp, alice_key, bob_key) = priced_usage();
+    // Beside Alice's and Bob's keys on team-a: usage through no key on
+    // team-a, and through a key of Alice's on team-b, which her groups do
+    // not admit.
+    let on_b = cp.mint(
+        ADMIN,
+        json!({"name": "b", "subscription": "team-b", "owner": "alice"}),
+    );
+    assert_eq!(on_b.status, 201, "{}", on_b.text());
+    let on_b = on_b.json()["id"].as_str().unwrap().to_string();
+    cp.add_usage(&[
+        UsageRow::new("team-a", MODEL, 5, 5, 5),
+        UsageRow::new("team-b", "other-model", 7, 7, 7).through_key(&on_b),
+    ]);
+    let alice = token("alice", &["team-a"]);
+    let q = |bearer: &str, extra: &str| {
+        get(
+            &cp,
+            &format!("/maas-api/v1/usage?{}&{extra}", range()),
+            bearer,
+        )
+    };
+
+    // Alice: her key only (two requests today, one yesterday: 3M prompt
+    // tokens at 0.5), and totals that are hers alone.
+    let mine = q(&alice, "group_by=key,owner");
+    let alices_row = (
+        alice_key.clone(),
+        "alice".to_string(),
+        3,
+        "1.500000".to_string(),
+    );
+    assert_eq!(key_rows(&mine), std::slice::from_ref(&alices_row));
+    assert_eq!(mine["total"]["requests"], 3);
+    assert_eq!(mine["total"]["prompt_tokens"], 3_000_000);
+    assert_eq!(mine["total"]["completion_tokens"], 0);
+    assert_eq!(mine["total"]["cost"], "1.500000");
+    let text = mine.to_string();
+    assert!(!text.contains(&bob_key) && !text.contains("bob"), "{text}");
+    // The other groupings and filters work within her own usage.
+    let by_model = q(&alice, "group_by=subscription,model");
+    assert_eq!(by_model["data"].as_array().unwrap().len(), 1);
+    assert_eq!(by_model["data"][0]["requests"], 3);
+    assert_eq!(
+        q(&alice, "group_by=day")["data"].as_array().unwrap().len(),
+        2
+    );
+    for filter in [format!("key={bob_key}"), "owner=bob".to_string()] {
+        let none = q(&alice, &format!("group_by=key&{filter}"));
+        assert_eq!(none["data"], json!([]), "{filter}");
+        assert_eq!(none["total"]["requests"], 0, "{filter}");
+    }
+    // The CSV is the same report.
+    let csv = cp.call(
+        "GET",
+        &format!(
+            "/maas-api/v1/usage?{}&group_by=key,owner&format=csv",
+            range()
+        ),
+        Some(&alice),
+        None,
+    );
+    assert_eq!(csv.status, 200);
+    assert!(csv.text().contains(&alice_key), "{}", csv.text());
+    assert!(!csv.text().contains(&bob_key) && !csv.text().contains("bob"));
+
+    // Bob, the same from his side.
+    let bob = token("bob", &["team-a"]);
+    let his = q(&bob, "group_by=key,owner");
+    assert_eq!(
+        key_rows(&his),
+        [(
+            bob_key.clone(),
+            "bob".to_string(),
+            1,
+            "1.500000".to_string()
+        )]
+    );
+
+    // The administrator: every key, the keyless usage, every subscription.
+    let all = q(ADMIN, "group_by=key,owner&subscription=team-a");
+    let mut want = vec![
+        ("-".to_string(), "-".to_string(), 5, "0.000010".to_string()),
+        alices_row,
+        (bob_key, "bob".to_string(), 1, "1.500000".to_string()),
+    ];
+    want.sort();
+    let mut got = key_rows(&all);
+    got.sort();
+    assert_eq!(got, want);
+    assert_eq!(
+        q(ADMIN, "group_by=key&subscription=team-b")["total"]["requests"],
+        10
+    );
 }
 
 #[test]

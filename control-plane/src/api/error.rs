@@ -103,6 +103,9 @@ impl From<StoreError> for ApiError {
                 subscription,
                 max,
             },
+            StoreError::SubscriptionChanged(name) => Self::Conflict(format!(
+                "subscription {name:?} kept changing while the key was minted; try again"
+            )),
             StoreError::InUse { subscription, keys } => Self::Conflict(format!(
                 "subscription {subscription:?} still has {keys} keys; revoke them first"
             )),

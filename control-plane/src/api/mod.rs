@@ -3,19 +3,23 @@
 //!
 //! - `POST /maas-api/v1/api-keys`: mint a key for a subscription the caller's
 //!   groups allow (administrators: any), up to the subscription's
-//!   `max_keys_per_owner` live keys per owner; the plaintext is in this
-//!   response only. A subscription that does not exist and one the caller
-//!   may not use get the same 403, so callers cannot probe which exist.
+//!   `max_keys_per_owner` live keys per owner, living at most the
+//!   configured maximum key lifetime; the plaintext is in this response
+//!   only. A subscription that does not exist and one the caller may not use
+//!   get the same 403, so callers cannot probe which exist. The key records
+//!   the caller's groups that admitted it.
 //! - `GET /maas-api/v1/api-keys`: the caller's keys (administrators: all, or
 //!   `?owner=`), never secrets.
 //! - `DELETE /maas-api/v1/api-keys/{id}`: revoke one of the caller's keys.
 //! - `GET /maas-api/v1/subscriptions`: what the caller may use;
-//!   `PUT /maas-api/v1/subscriptions/{name}`: create or replace (administrators).
+//!   `PUT /maas-api/v1/subscriptions/{name}`: create or replace
+//!   (administrators); a change of `groups` revokes the live keys minted
+//!   through groups it no longer admits.
 //! - `GET /maas-api/v1/usage?from=T&to=T`: tokens, requests and cost over
-//!   a time range (Unix seconds; default the last 24 hours), for the
-//!   subscriptions the caller may use, per subscription and model or any
-//!   `group_by` of day, subscription, model, key, owner and cost center,
-//!   filtered, as JSON or CSV; `GET /maas-api/v1/usage/limits`: use in each
+//!   a time range (Unix seconds; default the last 24 hours), through the
+//!   caller's own keys (administrators: everything), per subscription and
+//!   model or any `group_by` of day, subscription, model, key, owner and
+//!   cost center, filtered, as JSON or CSV; `GET /maas-api/v1/usage/limits`: use in each
 //!   limit's current window against the limit (see [`usage`]).
 //! - `GET /maas-api/v1/prices`, `PUT|DELETE /maas-api/v1/prices/{model}`:
 //!   what each model costs per million tokens (changed by administrators).
@@ -37,6 +41,7 @@
 mod auth;
 mod error;
 mod extract;
+mod mint;
 mod prices;
 mod usage;
 
@@ -57,14 +62,18 @@ use extract::{ApiBody, ApiPath, ApiQuery};
 pub use prices::price_exposition;
 
 use crate::apikey;
-use crate::oidc::Identity;
+use crate::key_lifetime::{self, KeyLifetime, LifetimeError};
 use crate::store::{KeyRow, Store, SubscriptionRow};
 use crate::subscription::SubscriptionSpec;
-use crate::time::{parse_duration_secs, unix_now};
+use crate::time::unix_now;
 
 pub struct AppState {
     pub store: Store,
     pub auth: Authenticator,
+    /// The longest a minted key may live (`serve --max-key-lifetime`); it is
+    /// also the lifetime of keys minted without `expires_in`. `None`: no
+    /// maximum, and such keys never expire.
+    pub max_key_lifetime: Option<KeyLifetime>,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -98,22 +107,6 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// gets a 400 in the API's own error shape.
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
     serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("request body: {e}")))
-}
-
-/// `expires_in`: seconds, or a number with `s`, `m`, `h` or `d`.
-fn parse_lifetime(v: &Value) -> Result<i64, ApiError> {
-    const MAX: i64 = 366 * 86_400;
-    let secs = match v {
-        Value::Number(n) => n.as_i64(),
-        Value::String(s) => parse_duration_secs(s),
-        _ => None,
-    };
-    match secs {
-        Some(s) if (1..=MAX).contains(&s) => Ok(s),
-        _ => Err(ApiError::Invalid(format!(
-            "expires_in: {v} is not a lifetime between 1 s and 366 d (seconds, or e.g. \"30d\", \"12h\")"
-        ))),
-    }
 }
 
 #[derive(Deserialize)]
@@ -190,12 +183,17 @@ async fn create_key(
         }
         None => who.subject.clone(),
     };
-    let spec = usable_subscription(&app, &who, &req.subscription).await?;
+    let admitted = mint::usable_subscription(&app, &who, &req.subscription).await?;
     let created_at = unix_now();
-    let expires_at = match &req.expires_in {
-        Some(v) => Some(created_at + parse_lifetime(v)?),
-        None => None,
-    };
+    let expires_in_error = |e: LifetimeError| ApiError::Invalid(format!("expires_in: {e}"));
+    let asked = req
+        .expires_in
+        .as_ref()
+        .map(KeyLifetime::from_json)
+        .transpose()
+        .map_err(expires_in_error)?;
+    let expires_at =
+        key_lifetime::expiry(asked, app.max_key_lifetime, created_at).map_err(expires_in_error)?;
     let minted = apikey::mint().map_err(|e| ApiError::Invalid(e.to_string()))?;
     let row = KeyRow {
         id: minted.id.clone(),
@@ -210,37 +208,10 @@ async fn create_key(
         revoked_at: None,
         version: 0,
     };
-    app.store
-        .insert_key_within(&row, &who.subject, spec.max_keys_per_owner())
-        .await?;
+    mint::insert(&app, &who, &row, admitted).await?;
     let mut body = key_json(&row, created_at);
     body["key"] = json!(minted.plaintext);
     Ok((StatusCode::CREATED, Json(body)).into_response())
-}
-
-/// The subscription `name`, if `who` may mint keys for it. To anyone but
-/// an administrator, one that does not exist reads exactly like one their
-/// groups do not allow: the same status and body.
-async fn usable_subscription(
-    app: &AppState,
-    who: &Identity,
-    name: &str,
-) -> Result<SubscriptionSpec, ApiError> {
-    let spec = app
-        .store
-        .get_subscription(name)
-        .await?
-        .map(|row| serde_json::from_value::<SubscriptionSpec>(row.spec))
-        .transpose()
-        .map_err(|e| ApiError::Database(crate::store::StoreError::Corrupt(e.to_string())))?;
-    match spec {
-        Some(spec) if who.admin || spec.admits_any(&who.groups) => Ok(spec),
-        None if who.admin => Err(ApiError::Invalid(format!("unknown subscription {name:?}"))),
-        // Not even the name asked for: the body is byte for byte the same.
-        _ => Err(ApiError::Forbidden(
-            "subscription: none by that name that your groups may use".into(),
-        )),
-    }
 }
 
 #[derive(Deserialize)]
@@ -338,7 +309,17 @@ async fn put_subscription(
         updated_at: now,
         version: 0,
     };
-    app.store.put_subscription(&row, &who.subject).await?;
+    let put = app
+        .store
+        .put_subscription_admitting(&row, &spec.gateway.groups, &who.subject)
+        .await?;
+    if !put.revoked_keys.is_empty() {
+        tracing::info!(
+            subscription = %name,
+            revoked = ?put.revoked_keys,
+            "keys revoked: minted through groups the subscription no longer admits"
+        );
+    }
     let stored = app
         .store
         .get_subscription(&name)

@@ -3,7 +3,13 @@
 //! each subscription's limits now).
 //!
 //! A caller sees the subscriptions their groups admit (administrators: all),
-//! in reports and limits alike.
+//! in reports and limits alike. Reports go further: anyone but an
+//! administrator sees only the usage through their own keys. A subscription
+//! is shared by its groups' members, but which keys the others hold, who
+//! they are and what they spent is theirs, as the key API keeps it (another
+//! member's key reads as absent there). Limits stay per subscription: they
+//! are shared, so every member needs the whole use against them, and a sum
+//! names no key or owner.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -20,6 +26,7 @@ use crate::oidc::Identity;
 use crate::showback::limits;
 use crate::showback::price::Price;
 use crate::showback::report::{self, Catalog, Filter, Grouping};
+use crate::store::UsageDetail;
 use crate::subscription::SubscriptionSpec;
 use crate::time::unix_now;
 
@@ -125,6 +132,14 @@ async fn visible_subscriptions(
         .collect())
 }
 
+/// Whether a report for `who` counts `row`: everything for an
+/// administrator; for anyone else only usage through a key they own (not
+/// usage through no key, whose owner is empty: token holders', and what
+/// was sampled before keys were counted).
+fn is_own(who: &Identity, row: &UsageDetail) -> bool {
+    who.admin || (!row.owner.is_empty() && row.owner == who.subject)
+}
+
 async fn prices_by_model(app: &AppState) -> Result<BTreeMap<String, Price>, ApiError> {
     Ok(app
         .store
@@ -153,7 +168,7 @@ pub(super) async fn usage(
         .usage_detail(q.from, q.to)
         .await?
         .into_iter()
-        .filter(|d| visible(&d.subscription))
+        .filter(|d| visible(&d.subscription) && is_own(&who, d))
         .collect();
     let prices = prices_by_model(&app).await?;
     let catalog = Catalog {
@@ -208,4 +223,47 @@ pub(super) async fn usage_limits(
         }
     }
     Ok(Json(json!({"object": "list", "at": now, "data": data})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_own;
+    use crate::oidc::Identity;
+    use crate::showback::Usage;
+    use crate::store::UsageDetail;
+
+    fn row(key: &str, owner: &str) -> UsageDetail {
+        UsageDetail {
+            day: 0,
+            subscription: "team-a".into(),
+            model: "m".into(),
+            key: key.into(),
+            owner: owner.into(),
+            usage: Usage::default(),
+        }
+    }
+
+    fn caller(subject: &str, admin: bool) -> Identity {
+        Identity {
+            subject: subject.into(),
+            groups: vec!["team-a".into()],
+            admin,
+        }
+    }
+
+    #[test]
+    fn a_member_counts_only_usage_through_their_own_keys() {
+        for (who, row, counted) in [
+            (caller("alice", false), row("k-alice", "alice"), true),
+            (caller("alice", false), row("k-bob", "bob"), false),
+            // Through no key: nobody's to claim.
+            (caller("alice", false), row("", ""), false),
+            // An empty subject (never issued, but) matches no keyless row.
+            (caller("", false), row("", ""), false),
+            (caller("maas:admin", true), row("k-bob", "bob"), true),
+            (caller("maas:admin", true), row("", ""), true),
+        ] {
+            assert_eq!(is_own(&who, &row), counted, "{who:?} on {row:?}");
+        }
+    }
 }

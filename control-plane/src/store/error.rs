@@ -22,6 +22,11 @@ pub enum StoreError {
         max: u64,
     },
 
+    /// A mint was checked against an older version of its subscription than
+    /// the one now stored (it changed in between): check again.
+    #[error("subscription {0:?} changed while the key was minted")]
+    SubscriptionChanged(String),
+
     /// The subscription cannot be deleted while keys (revoked ones included)
     /// still reference it.
     #[error("subscription {subscription:?} is still referenced by {keys} key(s)")]

@@ -33,6 +33,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "showback_keys_and_prices",
         include_str!("../../migrations/0005_showback_keys_and_prices.sql"),
     ),
+    (
+        6,
+        "key_groups",
+        include_str!("../../migrations/0006_key_groups.sql"),
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

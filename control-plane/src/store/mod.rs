@@ -14,11 +14,15 @@
 //!   `seq` is that version; a refused or no-op call writes nothing;
 //! - keys are never deleted, only revoked; a subscription cannot be deleted
 //!   while any key references it;
+//! - a key recorded as minted through OIDC groups is revoked, in the same
+//!   transaction, by the subscription change that leaves it none of them
+//!   (`group_access`);
 //! - sampled usage is added by one replica at a time (`sampler_lease`).
 
 mod audit;
 mod database_url;
 mod error;
+mod group_access;
 mod keys;
 mod migrate;
 mod prices;
@@ -37,8 +41,10 @@ use sqlx::AnyPool;
 
 pub use database_url::redacted as redacted_url;
 pub use error::StoreError;
+pub use keys::Admission;
 pub use rows::{AuditRow, Changes, KeyRow, SubscriptionRow};
 pub use sampler_lease::SamplerLease;
+pub use subscriptions::SubscriptionPut;
 pub use usage::{UsageDetail, UsageRow};
 
 /// Handle to the database; cheap to clone (a shared pool).

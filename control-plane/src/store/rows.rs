@@ -119,6 +119,18 @@ pub(super) fn key_from_row(row: &AnyRow) -> Result<KeyRow, StoreError> {
     })
 }
 
+/// A key's `via_groups` (migration 6): `None` for a key minted without a
+/// record of the groups it was minted through.
+pub(super) fn via_groups_from_row(row: &AnyRow) -> Result<Option<Vec<String>>, StoreError> {
+    let id: String = row.try_get("id")?;
+    let text: Option<String> = row.try_get("via_groups")?;
+    text.map(|t| {
+        serde_json::from_str(&t)
+            .map_err(|e| StoreError::Corrupt(format!("via_groups of {id:?}: {e}")))
+    })
+    .transpose()
+}
+
 pub(super) fn audit_from_row(row: &AnyRow) -> Result<AuditRow, StoreError> {
     let seq: i64 = row.try_get("seq")?;
     let detail = json_column(row, "detail", &seq.to_string())?;

@@ -1,13 +1,27 @@
-//! Subscriptions: upsert, read, and delete-unless-referenced.
+//! Subscriptions: upsert (revoking the keys a change of `groups` leaves
+//! without a group, see `group_access`), read, and delete-unless-referenced.
 
 use serde_json::json;
 
 use super::audit::{self, AuditAction};
 use super::rows::{subscription_from_row, to_json, version_to_db, SubscriptionRow};
-use super::{version, Store, StoreError};
+use super::{group_access, version, Store, StoreError};
+
+/// What [`Store::put_subscription_admitting`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SubscriptionPut {
+    /// The subscription's new version.
+    pub version: u64,
+    /// Keys revoked because the new `groups` admit none of the groups they
+    /// were minted through, in id order.
+    pub revoked_keys: Vec<String>,
+}
 
 impl Store {
-    /// Creates or replaces a subscription and returns its new version.
+    /// Creates or replaces a subscription and returns its new version,
+    /// keeping every key whatever the new spec admits: for callers that
+    /// apply no group rule (seeding, benchmarks). The API changes
+    /// subscriptions with [`Store::put_subscription_admitting`].
     ///
     /// `created_at` is taken from `s` only when the name is new; an update
     /// keeps the stored one and takes `spec` and `updated_at` from `s`.
@@ -17,6 +31,28 @@ impl Store {
         s: &SubscriptionRow,
         actor: &str,
     ) -> Result<u64, StoreError> {
+        Ok(self.put(s, None, actor).await?.version)
+    }
+
+    /// [`Store::put_subscription`] for a spec whose OIDC `groups` are
+    /// `groups`: in the same transaction, every live key of the subscription
+    /// recorded as minted through groups none of which is in `groups` is
+    /// revoked at `s.updated_at` (see `group_access`).
+    pub async fn put_subscription_admitting(
+        &self,
+        s: &SubscriptionRow,
+        groups: &[String],
+        actor: &str,
+    ) -> Result<SubscriptionPut, StoreError> {
+        self.put(s, Some(groups), actor).await
+    }
+
+    async fn put(
+        &self,
+        s: &SubscriptionRow,
+        groups: Option<&[String]>,
+        actor: &str,
+    ) -> Result<SubscriptionPut, StoreError> {
         let spec = to_json("subscription spec", &s.spec)?;
         let mut tx = self.pool.begin().await?;
         let version = version::next(&mut tx).await?;
@@ -46,8 +82,17 @@ impl Store {
             .bind(s.name.as_str())
             .execute(&mut *tx)
             .await?;
+        let revoked_keys = match groups {
+            Some(groups) => {
+                group_access::revoke_outside(&mut tx, &s.name, groups, s.updated_at, actor).await?
+            }
+            None => Vec::new(),
+        };
 
-        let detail = json!({ "created": !existed, "version": version, "spec": s.spec });
+        let mut detail = json!({ "created": !existed, "version": version, "spec": s.spec });
+        if !revoked_keys.is_empty() {
+            detail["revoked_keys"] = json!(revoked_keys);
+        }
         audit::record(
             &mut tx,
             version,
@@ -58,7 +103,10 @@ impl Store {
         )
         .await?;
         tx.commit().await?;
-        Ok(version)
+        Ok(SubscriptionPut {
+            version,
+            revoked_keys,
+        })
     }
 
     pub async fn get_subscription(

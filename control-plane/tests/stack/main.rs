@@ -5,7 +5,8 @@
 //!
 //! What a user would check: a key minted through the API works at once; its
 //! streamed usage is charged to its subscription and shows in `/v1/usage`;
-//! revocation and expiry take effect within the sync bound; subscriptions
+//! revocation and expiry take effect within the sync bound, and so does the
+//! revocation a subscription's change of groups makes; subscriptions
 //! fence models; callers cannot touch each other's keys; forged or expired
 //! tokens are refused; bad input changes nothing; and the gateway keeps
 //! serving the keys it knows while the control plane is down.
@@ -41,6 +42,7 @@ macro_rules! on_each_backend {
 
 on_each_backend!(
     self_service_keys_work_at_once_and_are_accounted_and_revoked,
+    a_group_leaving_a_subscription_ends_its_keys_at_the_gateway,
     subscriptions_and_owners_fence_keys_and_models,
     bad_input_gets_400_and_changes_nothing,
     oidc_tokens_on_model_traffic,
@@ -170,6 +172,47 @@ fn self_service_keys_work_at_once_and_are_accounted_and_revoked(backend: Backend
         prometheus::metric(&stats, "maas_auth_failures_total", &[("reason", "expired")])
             .is_some_and(|n| n >= 1.0),
         "{stats}"
+    );
+}
+
+/// A key minted through a group stops working at the gateway once that
+/// group leaves its subscription; a key minted through a group that stays
+/// goes on working.
+fn a_group_leaving_a_subscription_ends_its_keys_at_the_gateway(backend: Backend) {
+    let s = Stack::start(backend, false);
+    let team_a = |groups: &[&str]| {
+        json!({"name": "team-a", "models": [MODEL], "limits": {"tokens": ["100000/min"]},
+               "groups": groups})
+    };
+    let put = |spec: Value| {
+        let r = s.api(
+            "PUT",
+            "/maas-api/v1/subscriptions/team-a",
+            &s.admin,
+            Some(&spec),
+        );
+        assert_eq!(r.status, 200, "{}", r.text());
+    };
+    put(team_a(&["team-a", "team-a-ci"]));
+    let alice = token("alice", &["team-a"]);
+    let ci = token("ci-bot", &["team-a-ci"]);
+    let leaving = s.mint(&alice, json!({"name": "laptop", "subscription": "team-a"}));
+    let staying = s.mint(&ci, json!({"name": "ci", "subscription": "team-a"}));
+    let (leaving, staying) = (
+        leaving["key"].as_str().unwrap(),
+        staying["key"].as_str().unwrap(),
+    );
+    assert_eq!(s.chat(leaving, MODEL, false).status, 200);
+    assert_eq!(s.chat(staying, MODEL, false).status, 200);
+
+    put(team_a(&["team-a-ci"]));
+    let took = s.until_status(leaving, 401, REVOCATION_BOUND);
+    eprintln!("groups changed → first 401: {took:?} (sync interval {SYNC_INTERVAL_MS} ms)");
+    assert_eq!(s.chat(leaving, MODEL, false).status, 401);
+    assert_eq!(
+        s.chat(staying, MODEL, false).status,
+        200,
+        "team-a-ci stayed"
     );
 }
 

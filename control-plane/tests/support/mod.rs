@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
 use maas_control_plane::api::{router, AppState, Authenticator};
+use maas_control_plane::key_lifetime::KeyLifetime;
 use maas_control_plane::oidc::{OidcSettings, TokenVerifier};
 use maas_control_plane::store::Store;
 use maas_filter::auth::keys::KeyDigest;
@@ -39,6 +40,12 @@ impl Drop for TempDir {
 
 impl ControlPlane {
     pub fn start() -> Self {
+        Self::start_with(None)
+    }
+
+    /// A control plane whose minted keys live at most `max_key_lifetime`
+    /// (`serve --max-key-lifetime`).
+    pub fn start_with(max_key_lifetime: Option<KeyLifetime>) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("maas-cp-test-{}-{n}", std::process::id()));
@@ -69,6 +76,7 @@ impl ControlPlane {
                     Some(KeyDigest::of(GATEWAY)),
                     Some(oidc),
                 ),
+                max_key_lifetime,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -170,7 +178,12 @@ pub fn token(subject: &str, groups: &[&str]) -> String {
 }
 
 pub fn setup() -> ControlPlane {
-    let cp = ControlPlane::start();
+    setup_with(None)
+}
+
+/// [`setup`] on [`ControlPlane::start_with`].
+pub fn setup_with(max_key_lifetime: Option<KeyLifetime>) -> ControlPlane {
+    let cp = ControlPlane::start_with(max_key_lifetime);
     for spec in [
         json!({"name": "team-a", "models": ["smollm2-135m-instruct"], "limits": {"tokens": ["20000/min"]}, "groups": ["team-a"], "cost_center": "CC-1"}),
         json!({"name": "team-b", "models": ["other-model"], "limits": "unlimited", "groups": ["team-b"]}),

@@ -874,3 +874,210 @@ pub async fn usage_before_keys_were_counted_survives_migration_5(store: &Store, 
     assert_eq!(migrated.usage_detail(0, 120).await.unwrap().len(), 2);
     migrated.close().await;
 }
+
+fn groups(names: &[&str]) -> Vec<String> {
+    names.iter().map(|g| g.to_string()).collect()
+}
+
+/// Mints `k` as the API does: checked against the subscription's current
+/// version, through `via` (`None`: an administrator's mint).
+async fn mint_via(store: &Store, k: &KeyRow, via: Option<&[&str]>) -> u64 {
+    let version = store
+        .get_subscription(&k.subscription)
+        .await
+        .unwrap()
+        .unwrap()
+        .version;
+    let via = via.map(groups);
+    let admission = crate::store::Admission {
+        max_live: 100,
+        subscription_version: version,
+        via_groups: via.as_deref(),
+    };
+    store
+        .insert_admitted_key(k, &k.owner, &admission)
+        .await
+        .unwrap()
+}
+
+pub async fn a_change_of_groups_revokes_the_keys_minted_through_groups_it_drops(store: &Store) {
+    let gold = subscription("gold", 100);
+    let first = store
+        .put_subscription_admitting(&gold, &groups(&["a", "b"]), "admin")
+        .await
+        .unwrap();
+    assert!(first.revoked_keys.is_empty());
+    let live = |id: &str, owner: &str| {
+        let mut k = key(id, owner, "gold", 100);
+        k.expires_at = None;
+        k
+    };
+    mint_via(store, &live("via-a", "alice"), Some(&["a"])).await;
+    mint_via(store, &live("via-b", "bob"), Some(&["b"])).await;
+    mint_via(store, &live("via-ab", "carol"), Some(&["a", "b"])).await;
+    // An administrator's mint for someone: no group gave it.
+    mint_via(store, &live("by-admin", "dave"), None).await;
+    // Minted without a record (as before migration 6).
+    store
+        .insert_key(&live("unrecorded", "erin"), "erin")
+        .await
+        .unwrap();
+    // Through `a`, but expired, or revoked already: nothing to take away.
+    let mut expired = key("expired-a", "alice", "gold", 100);
+    expired.expires_at = Some(400);
+    mint_via(store, &expired, Some(&["a"])).await;
+    mint_via(store, &live("revoked-a", "alice"), Some(&["a"])).await;
+    store.revoke_key("revoked-a", 300, "alice").await.unwrap();
+    assert_eq!(
+        store.key_via_groups("via-ab").await.unwrap(),
+        Some(Some(groups(&["a", "b"])))
+    );
+    assert_eq!(
+        store.key_via_groups("unrecorded").await.unwrap(),
+        Some(None)
+    );
+    assert_eq!(store.key_via_groups("nope").await.unwrap(), None);
+    let before = store.changes_since(0).await.unwrap().version;
+
+    // `a` leaves the subscription.
+    let mut update = subscription("gold", 100);
+    update.updated_at = 500;
+    let put = store
+        .put_subscription_admitting(&update, &groups(&["b"]), "admin")
+        .await
+        .unwrap();
+    assert_eq!(put.revoked_keys, ["via-a"]);
+    let revoked = store.get_key("via-a").await.unwrap().unwrap();
+    assert_eq!(revoked.revoked_at, Some(500));
+    for id in ["via-b", "via-ab", "by-admin", "unrecorded", "expired-a"] {
+        let k = store.get_key(id).await.unwrap().unwrap();
+        assert_eq!(k.revoked_at, None, "{id} is kept");
+    }
+    assert_eq!(
+        store
+            .get_key("revoked-a")
+            .await
+            .unwrap()
+            .unwrap()
+            .revoked_at,
+        Some(300),
+        "a revoked key keeps its first revocation"
+    );
+    // The gateways learn it by sync, the change after the subscription's.
+    let changes = store.changes_since(before).await.unwrap();
+    assert_eq!(changes.version, put.version + 1);
+    assert_eq!(changes.keys, std::slice::from_ref(&revoked));
+    assert_eq!(revoked.version, put.version + 1);
+    assert_eq!(changes.subscriptions[0].version, put.version);
+    // Audited as any revocation, saying why; the put names what it revoked.
+    let audit = store.audit(2).await.unwrap();
+    assert_eq!(
+        (audit[0].action.as_str(), audit[0].target.as_str()),
+        ("key.revoke", "via-a")
+    );
+    assert_eq!(audit[0].actor, "admin");
+    assert_eq!(audit[0].seq, revoked.version as i64);
+    assert!(audit[0].detail["reason"]
+        .as_str()
+        .unwrap()
+        .contains("no longer admits"));
+    assert_eq!(audit[1].action, "subscription.put");
+    assert_eq!(audit[1].detail["revoked_keys"], json!(["via-a"]));
+
+    // No group left: every key minted through one goes, each a change of
+    // its own; keys without a record stay.
+    let put = store
+        .put_subscription_admitting(&update, &[], "admin")
+        .await
+        .unwrap();
+    assert_eq!(put.revoked_keys, ["via-ab", "via-b"]);
+    let changes = store.changes_since(put.version).await.unwrap();
+    let versions: Vec<(&str, u64)> = changes
+        .keys
+        .iter()
+        .map(|k| (k.id.as_str(), k.version))
+        .collect();
+    assert_eq!(
+        versions,
+        [("via-ab", put.version + 1), ("via-b", put.version + 2)]
+    );
+    for id in ["by-admin", "unrecorded"] {
+        assert_eq!(store.get_key(id).await.unwrap().unwrap().revoked_at, None);
+    }
+    // Giving `a` back revokes nothing more and revives nothing.
+    let put = store
+        .put_subscription_admitting(&update, &groups(&["a", "b"]), "admin")
+        .await
+        .unwrap();
+    assert!(put.revoked_keys.is_empty());
+    assert!(store
+        .get_key("via-a")
+        .await
+        .unwrap()
+        .unwrap()
+        .revoked_at
+        .is_some());
+    // A plain put applies no group rule.
+    mint_via(store, &live("via-a-2", "alice"), Some(&["a"])).await;
+    store.put_subscription(&update, "seed").await.unwrap();
+    assert_eq!(
+        store.get_key("via-a-2").await.unwrap().unwrap().revoked_at,
+        None
+    );
+}
+
+pub async fn a_mint_checked_against_an_older_subscription_is_refused(store: &Store) {
+    let gold = subscription("gold", 100);
+    let checked = store
+        .put_subscription_admitting(&gold, &groups(&["a"]), "admin")
+        .await
+        .unwrap()
+        .version;
+    // The administrator takes `a` away between the check and the write.
+    store
+        .put_subscription_admitting(&gold, &[], "admin")
+        .await
+        .unwrap();
+    let before = store.changes_since(0).await.unwrap().version;
+    let via = groups(&["a"]);
+    let admission = crate::store::Admission {
+        max_live: 10,
+        subscription_version: checked,
+        via_groups: Some(&via),
+    };
+    let err = store
+        .insert_admitted_key(&key("k1", "alice", "gold", 100), "alice", &admission)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, StoreError::SubscriptionChanged(s) if s == "gold"),
+        "{err:?}"
+    );
+    assert_eq!(store.get_key("k1").await.unwrap(), None);
+    assert_eq!(store.changes_since(0).await.unwrap().version, before);
+}
+
+/// Keys an older release minted have no record of their groups after
+/// migration 6, and a change of groups leaves them alone.
+pub async fn keys_from_before_migration_6_survive_a_change_of_groups(store: &Store, url: &str) {
+    store
+        .put_subscription(&subscription("gold", 1), "admin")
+        .await
+        .unwrap();
+    store
+        .insert_key(&key("old", "alice", "gold", 1), "alice")
+        .await
+        .unwrap();
+    let migrated = Store::connect(url).await.unwrap();
+    assert_eq!(migrated.key_via_groups("old").await.unwrap(), Some(None));
+    let put = migrated
+        .put_subscription_admitting(&subscription("gold", 1), &[], "admin")
+        .await
+        .unwrap();
+    assert!(put.revoked_keys.is_empty());
+    assert_eq!(
+        migrated.get_key("old").await.unwrap().unwrap().revoked_at,
+        None
+    );
+    migrated.close().await;
+}

@@ -53,6 +53,8 @@ for_each_backend!(
     concurrent_mints_never_exceed_the_cap,
     usage_is_kept_per_key_and_detailed_per_day_with_owners,
     prices_are_stored_in_one_currency_and_audited,
+    a_change_of_groups_revokes_the_keys_minted_through_groups_it_drops,
+    a_mint_checked_against_an_older_subscription_is_refused,
 );
 
 /// Reopening runs the migrator again over an up-to-date schema: it must be a
@@ -99,5 +101,21 @@ async fn old_usage_survives_sqlite() {
 async fn old_usage_survives_postgres() {
     let db = backend::TestStore::postgres_through(4).await;
     cases::usage_before_keys_were_counted_survives_migration_5(&db.store, &db.url).await;
+    db.finish().await;
+}
+
+/// Migration 6 on a database an older release left: its keys have no record
+/// of their groups, and keep working when the groups change.
+#[tokio::test]
+async fn old_keys_survive_a_change_of_groups_sqlite() {
+    let db = backend::TestStore::sqlite_through(5).await;
+    cases::keys_from_before_migration_6_survive_a_change_of_groups(&db.store, &db.url).await;
+    db.finish().await;
+}
+
+#[tokio::test]
+async fn old_keys_survive_a_change_of_groups_postgres() {
+    let db = backend::TestStore::postgres_through(5).await;
+    cases::keys_from_before_migration_6_survive_a_change_of_groups(&db.store, &db.url).await;
     db.finish().await;
 }

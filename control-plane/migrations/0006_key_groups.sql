@@ -1,0 +1,13 @@
+-- The OIDC groups a key was minted through: those of its minter's groups
+-- that the subscription admitted at the time (a JSON array of strings).
+-- When an administrator changes a subscription's `groups`, every live key of
+-- it whose recorded groups are no longer among them is revoked, in the same
+-- transaction (store/group_access.rs).
+--
+-- NULL means no record, and no such revocation: keys an administrator
+-- minted (their right does not come from a group, and an owner named by an
+-- administrator has no groups the control plane knows), and keys minted
+-- before this migration, whose groups were never recorded and cannot be
+-- reconstructed (the minter's groups then are unknown). Portable SQL, as in
+-- 0001.
+ALTER TABLE api_keys ADD COLUMN via_groups TEXT NULL;
