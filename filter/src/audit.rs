@@ -15,6 +15,10 @@ pub enum UsageSource {
     /// No usage arrived (cut stream, disconnect): the reservation's prompt
     /// bound and the streamed text were charged instead (`estimate`).
     Estimated,
+    /// A successful response's body came in an encoding the filter does not
+    /// decode: its whole reservation was charged (prompt bound and
+    /// completion budget).
+    Reserved,
     /// An error status before any output (the request never reached a
     /// model, or the model server refused it): no tokens charged.
     None,

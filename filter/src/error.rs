@@ -52,7 +52,7 @@ pub enum GatewayError {
     },
     #[error(
         "This request needs up to {requested} tokens but the {scope} limit is {limit} tokens per \
-         {window}; lower max_tokens or shorten the prompt."
+         {window}; lower max_tokens, shorten the prompt or send fewer images or files."
     )]
     RequestTooLarge {
         scope: String,

@@ -3,14 +3,18 @@
 //! none): the most it may have cost, as far as the filter can tell.
 //!
 //! Invariants:
-//! - The prompt is charged the bound its reservation was made for (request
-//!   bytes over `prompt_bytes_per_token`), never less: the model server read
+//! - The prompt is charged the bound its reservation was made for
+//!   ([`prompt_bound`]: request bytes over `prompt_bytes_per_token`, plus
+//!   `media_part_tokens` per media part), never less: the model server read
 //!   the whole prompt before the first byte came back, and a prompt built to
 //!   tokenise badly (one token per digit) costs exactly that much compute.
 //! - The completion is charged the larger of the content events the client
 //!   was sent (one token each at least) and the generated text's bytes over
 //!   the same bytes-per-token bound, capped at the completion's reservation,
-//!   which the model cannot exceed (the filter writes `max_tokens`).
+//!   which the model cannot exceed (the filter writes `max_tokens`). A
+//!   response whose body could not be read at all (an encoding the filter
+//!   does not decode) is charged the whole completion reservation: nothing
+//!   shows it was less.
 //! - So an estimate never exceeds what was reserved, and never falls below
 //!   what the model did, as long as a token is at least
 //!   `prompt_bytes_per_token` bytes of text.
@@ -41,10 +45,27 @@ pub fn answered_before_any_model(status: u32, code_details: Option<&str>) -> boo
     }
 }
 
+/// The most prompt tokens a request can cost: its body's bytes over
+/// `bytes_per_token` bound its text (and inline media, whose base64 is
+/// larger than its tokens), and each media part (see
+/// `openai::request::media`: an image by URL, a file by id) adds
+/// `tokens_per_media_part`, the most the configuration says a model
+/// charges for one.
+pub fn prompt_bound(
+    body_bytes: u64,
+    bytes_per_token: u64,
+    media_parts: u64,
+    tokens_per_media_part: u64,
+) -> u64 {
+    body_bytes
+        .div_ceil(bytes_per_token.max(1))
+        .saturating_add(media_parts.saturating_mul(tokens_per_media_part))
+}
+
 /// The bounds a request was admitted with.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageBounds {
-    /// Tokens reserved for the prompt.
+    /// Tokens reserved for the prompt ([`prompt_bound`]).
     pub prompt: u64,
     /// Tokens reserved for every completion together (`max_tokens` × `n`).
     pub completion: u64,
@@ -60,6 +81,11 @@ pub struct SeenOutput {
     /// Bytes of generated text (content, reasoning, tool-call names and
     /// arguments; for a plain JSON response, the bytes of the body).
     pub text_bytes: u64,
+    /// A successful response's body came in an encoding the filter does not
+    /// decode (`content-encoding: gzip`; only a misbehaving upstream sends
+    /// one, the filter strips the client's `accept-encoding`): what it
+    /// generated could not be seen.
+    pub undecodable: bool,
 }
 
 impl UsageBounds {
@@ -71,7 +97,11 @@ impl UsageBounds {
     /// The charge for a request whose response reported no usage.
     pub fn estimate(&self, seen: SeenOutput) -> Usage {
         let by_bytes = seen.text_bytes.div_ceil(self.bytes_per_token.max(1));
-        let completion = seen.content_events.max(by_bytes).min(self.completion);
+        let completion = if seen.undecodable {
+            self.completion
+        } else {
+            seen.content_events.max(by_bytes).min(self.completion)
+        };
         Usage {
             prompt_tokens: self.prompt,
             completion_tokens: completion,
@@ -106,6 +136,7 @@ mod tests {
             let usage = bounds.estimate(SeenOutput {
                 content_events,
                 text_bytes,
+                undecodable: false,
             });
             assert_eq!(usage.prompt_tokens, 16_000, "the prompt's bound, always");
             assert_eq!(
@@ -159,6 +190,7 @@ mod tests {
         let seen = SeenOutput {
             content_events: 1,
             text_bytes: 9,
+            undecodable: false,
         };
         assert_eq!(bounds.estimate(seen).completion_tokens, 3);
     }
@@ -173,8 +205,50 @@ mod tests {
         let usage = bounds.estimate(SeenOutput {
             content_events: u64::MAX,
             text_bytes: u64::MAX,
+            undecodable: false,
         });
         assert_eq!(usage.completion_tokens, 7);
         assert_eq!(usage.total_tokens, u64::MAX);
+    }
+
+    #[test]
+    fn an_undecodable_response_is_charged_its_whole_reservation() {
+        let bounds = UsageBounds {
+            prompt: 300,
+            completion: 64,
+            bytes_per_token: 1,
+        };
+        let seen = SeenOutput {
+            undecodable: true,
+            ..SeenOutput::default()
+        };
+        let usage = bounds.estimate(seen);
+        assert_eq!(
+            (usage.prompt_tokens, usage.completion_tokens),
+            (300, 64),
+            "nothing shows it generated less than it was allowed"
+        );
+        assert_eq!(usage.total_tokens, bounds.worst_case());
+    }
+
+    #[test]
+    fn each_media_part_adds_its_tokens_to_the_prompt_bound() {
+        // (body bytes, bytes per token, media parts, tokens per part) → bound
+        let cases = [
+            ((60, 1, 0, 4_096), 60),
+            // One image by URL: 60 bytes, but up to a part's tokens.
+            ((60, 1, 1, 4_096), 60 + 4_096),
+            ((601, 4, 3, 1_000), 151 + 3_000),
+            ((10, 1, 5, 0), 10),
+            ((u64::MAX, 1, u64::MAX, u64::MAX), u64::MAX),
+            ((7, 0, 0, 1), 7),
+        ];
+        for ((bytes, per_token, parts, per_part), bound) in cases {
+            assert_eq!(
+                prompt_bound(bytes, per_token, parts, per_part),
+                bound,
+                "{bytes} {per_token} {parts} {per_part}"
+            );
+        }
     }
 }

@@ -79,7 +79,9 @@ pub enum Metric {
         subscription: SubscriptionId,
         model: ModelId,
     },
-    /// Requests charged by estimate because the model reported no usage.
+    /// Requests charged by estimate because the model reported no usage
+    /// (or by their whole reservation, when the response could not be
+    /// decoded: the audit record's `usage` tells which).
     EstimatedUsage {
         subscription: SubscriptionId,
         model: ModelId,

@@ -27,6 +27,18 @@ fn default_prompt_bytes_per_token() -> u64 {
     1
 }
 
+/// The most one image costs among the models a gateway commonly fronts:
+/// OpenAI's patch-based models cap an image at 1,536 patches, times 1.62
+/// (gpt-4.1-mini, gpt-5-mini) or 2.46 (gpt-4.1-nano, gpt-5-nano): 3,779;
+/// tile-based gpt-4o at most 85 + 8 × 170 = 1,445; Claude about 1,600.
+/// Not gpt-4o-mini, whose image tokens are inflated (2,833 + 5,667 per
+/// tile, up to 36,836): set its `external_models[].media_part_tokens`.
+pub(super) const DEFAULT_MEDIA_PART_TOKENS: u64 = 4096;
+
+fn default_media_part_tokens() -> u64 {
+    DEFAULT_MEDIA_PART_TOKENS
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawConfig {
@@ -44,6 +56,12 @@ pub(super) struct RawConfig {
     /// A response without usage is charged by the same bound (`estimate`).
     #[serde(default = "default_prompt_bytes_per_token")]
     pub(super) prompt_bytes_per_token: u64,
+    /// Prompt tokens reserved per media part of a chat request (an image by
+    /// URL or inline, a file by id; see `openai::request::media`), whose
+    /// bytes in the body do not bound its tokens. Also charged by an
+    /// estimate, with the rest of the prompt's bound.
+    #[serde(default = "default_media_part_tokens")]
+    pub(super) media_part_tokens: u64,
     /// Models served by the gateway's own model servers, by id.
     #[serde(default)]
     pub(super) models: Vec<String>,
@@ -100,6 +118,9 @@ pub(super) struct RawExternalModel {
     pub(super) id: String,
     pub(super) provider: String,
     pub(super) model: String,
+    /// The top-level `media_part_tokens` for this backend of the model.
+    #[serde(default)]
+    pub(super) media_part_tokens: Option<u64>,
 }
 
 /// One fallback backend: a provider and its name for the model.
@@ -108,6 +129,9 @@ pub(super) struct RawExternalModel {
 pub(super) struct RawBackend {
     pub(super) provider: String,
     pub(super) model: String,
+    /// The top-level `media_part_tokens` for this backend of the model.
+    #[serde(default)]
+    pub(super) media_part_tokens: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

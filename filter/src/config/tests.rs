@@ -429,3 +429,57 @@ fn a_configuration_of_external_models_alone_is_enough() {
     v["subscriptions"] = json!({});
     assert_eq!(load(&v).unwrap_err().field, "models");
 }
+
+#[test]
+fn media_part_tokens_default_and_cover_every_backend_of_a_model() {
+    let c = load(&base()).unwrap();
+    assert_eq!(c.media_part_tokens, raw::DEFAULT_MEDIA_PART_TOKENS);
+    assert_eq!(c.media_part_tokens("m1"), 4096, "a model's own servers");
+
+    let mut v = with_providers();
+    v["media_part_tokens"] = json!(2000);
+    // gpt-4o-mini's images cost up to 36,836 tokens; a text-only backend
+    // refuses them (0).
+    v["external_models"][0]["media_part_tokens"] = json!(36_836);
+    v["external_models"][1]["media_part_tokens"] = json!(0);
+    v["fallbacks"] = json!({
+        "m1": [{"provider": "openai", "model": "a", "media_part_tokens": 5000}],
+        "openai/gpt-4.1-mini": [{"provider": "azure-east", "model": "mini"}]
+    });
+    let c = load(&v).unwrap();
+    assert_eq!(c.external["gpt-4o"].media_part_tokens, 36_836);
+    assert_eq!(c.media_part_tokens("gpt-4o"), 36_836);
+    // The most any backend that may answer charges: the fallback inherits
+    // the top-level 2000, above the model's own 0.
+    assert_eq!(c.media_part_tokens("openai/gpt-4.1-mini"), 2000);
+    assert_eq!(c.media_part_tokens("m1"), 5000);
+    assert_eq!(c.media_part_tokens("org/m2:q4"), 2000);
+}
+
+#[test]
+fn media_part_tokens_mistakes_name_their_field() {
+    let cases: [(&str, Breakage); 3] = [
+        ("media_part_tokens", |v| {
+            v["media_part_tokens"] = json!(1_000_001)
+        }),
+        ("external_models[1].media_part_tokens", |v| {
+            v["external_models"][1]["media_part_tokens"] = json!(u64::MAX)
+        }),
+        ("fallbacks.m1[0].media_part_tokens", |v| {
+            v["fallbacks"] = json!({"m1": [
+                {"provider": "openai", "model": "a", "media_part_tokens": 2_000_000}
+            ]})
+        }),
+    ];
+    for (field, break_it) in cases {
+        let mut v = with_providers();
+        break_it(&mut v);
+        let e = load(&v).unwrap_err();
+        assert_eq!(e.field, field, "{e}");
+        assert!(e.reason.starts_with("must be at most 1000000"), "{e}");
+    }
+    let mut v = with_providers();
+    v["media_part_tokens"] = json!(-1);
+    let e = load(&v).unwrap_err();
+    assert!(e.reason.contains("invalid value: integer `-1`"), "{e}");
+}

@@ -37,10 +37,15 @@ impl TryFrom<RawConfig> for Config {
         if raw.prompt_bytes_per_token == 0 {
             return Err(err("prompt_bytes_per_token", "must be at least 1"));
         }
+        check_media_part_tokens("media_part_tokens", raw.media_part_tokens)?;
         let mut models = routed_models(&raw.models)?;
         let providers = providers(&raw.providers)?;
-        let external = external_models(&providers, &raw.external_models, &mut models)?;
-        let fallbacks = fallbacks(&providers, &raw.fallbacks, &models, &external)?;
+        let rules = BackendRules {
+            providers,
+            media_part_tokens: raw.media_part_tokens,
+        };
+        let external = external_models(&rules, &raw.external_models, &mut models)?;
+        let fallbacks = fallbacks(&rules, &raw.fallbacks, &models, &external)?;
         if models.is_empty() {
             return Err(err("models", "at least one model is required"));
         }
@@ -106,6 +111,7 @@ impl TryFrom<RawConfig> for Config {
             max_body_bytes: raw.max_body_bytes,
             default_max_tokens: raw.default_max_tokens,
             prompt_bytes_per_token: raw.prompt_bytes_per_token,
+            media_part_tokens: raw.media_part_tokens,
             models: models.into_iter().collect(),
             external,
             fallbacks,
@@ -190,15 +196,43 @@ fn providers(providers: &[RawProvider]) -> Result<BTreeMap<&str, &RawProvider>, 
     Ok(by_name)
 }
 
-/// A backend at `field` (`.provider`, `.model`): a configured provider and
-/// a model name it can take (an Azure deployment name is a path segment).
+/// The most one media part may cost in prompt tokens: a bound on a typo
+/// (a per-part amount above this is no model's) and on the products it
+/// enters.
+const MAX_MEDIA_PART_TOKENS: u64 = 1_000_000;
+
+/// `media_part_tokens` at `field`. 0 is allowed, for a backend that refuses
+/// media parts (its refusal is charged nothing).
+fn check_media_part_tokens(field: &str, tokens: u64) -> Result<(), ConfigError> {
+    if tokens > MAX_MEDIA_PART_TOKENS {
+        return Err(err(
+            field,
+            format!(
+                "must be at most {MAX_MEDIA_PART_TOKENS} (prompt tokens one image or file may cost), got {tokens}"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// What a backend entry is checked against and inherits from.
+struct BackendRules<'a> {
+    providers: BTreeMap<&'a str, &'a RawProvider>,
+    /// The top-level `media_part_tokens`.
+    media_part_tokens: u64,
+}
+
+/// A backend at `field` (`.provider`, `.model`, `.media_part_tokens`): a
+/// configured provider and a model name it can take (an Azure deployment
+/// name is a path segment).
 fn backend(
-    by_name: &BTreeMap<&str, &RawProvider>,
+    rules: &BackendRules<'_>,
     field: &str,
     provider: &str,
     model: &str,
+    media_part_tokens: Option<u64>,
 ) -> Result<ExternalModel, ConfigError> {
-    let p = by_name.get(provider).ok_or_else(|| {
+    let p = rules.providers.get(provider).ok_or_else(|| {
         err(
             format!("{field}.provider"),
             format!("no provider named {provider:?} in `providers`"),
@@ -209,6 +243,8 @@ fn backend(
         _ => &['/', ':'],
     };
     check_name(&format!("{field}.model"), model, extra)?;
+    let media_part_tokens = media_part_tokens.unwrap_or(rules.media_part_tokens);
+    check_media_part_tokens(&format!("{field}.media_part_tokens"), media_part_tokens)?;
     Ok(ExternalModel {
         provider: p.name.clone(),
         kind: p.kind,
@@ -217,13 +253,14 @@ fn backend(
         budget_field: p
             .max_tokens_field
             .unwrap_or_else(|| p.kind.default_budget_field()),
+        media_part_tokens,
     })
 }
 
 /// `external_models`: each id new to `models` (to which it is added) and
 /// mapped to a configured provider.
 fn external_models(
-    by_name: &BTreeMap<&str, &RawProvider>,
+    rules: &BackendRules<'_>,
     raw: &[RawExternalModel],
     models: &mut BTreeSet<String>,
 ) -> Result<BTreeMap<String, Rc<ExternalModel>>, ConfigError> {
@@ -231,7 +268,7 @@ fn external_models(
     for (i, m) in raw.iter().enumerate() {
         let field = format!("external_models[{i}]");
         check_name(&format!("{field}.id"), &m.id, &['/', ':'])?;
-        let backend = backend(by_name, &field, &m.provider, &m.model)?;
+        let backend = backend(rules, &field, &m.provider, &m.model, m.media_part_tokens)?;
         if !models.insert(m.id.clone()) {
             return Err(err(
                 format!("{field}.id"),
@@ -251,7 +288,7 @@ fn external_models(
 /// Any kind may follow any other: each attempt is made its provider's own
 /// by that provider's cluster (the backend role).
 fn fallbacks(
-    by_name: &BTreeMap<&str, &RawProvider>,
+    rules: &BackendRules<'_>,
     raw: &BTreeMap<String, Vec<RawBackend>>,
     models: &BTreeSet<String>,
     external: &BTreeMap<String, Rc<ExternalModel>>,
@@ -276,7 +313,7 @@ fn fallbacks(
         let mut chain = Vec::with_capacity(backends.len());
         for (i, b) in backends.iter().enumerate() {
             let field = format!("{field}[{i}]");
-            let fallback = backend(by_name, &field, &b.provider, &b.model)?;
+            let fallback = backend(rules, &field, &b.provider, &b.model, b.media_part_tokens)?;
             if !seen.insert(b.provider.as_str()) {
                 return Err(err(
                     format!("{field}.provider"),

@@ -32,6 +32,9 @@ pub struct ExternalModel {
     /// Where the gateway adds a completion's cap when the request names
     /// neither budget field.
     pub budget_field: BudgetField,
+    /// Prompt tokens one media part may cost here (its own setting, or the
+    /// top-level `media_part_tokens`).
+    pub media_part_tokens: u64,
 }
 
 impl ExternalModel {
@@ -59,6 +62,9 @@ pub struct Config {
     pub max_body_bytes: usize,
     pub default_max_tokens: u64,
     pub prompt_bytes_per_token: u64,
+    /// Prompt tokens reserved per media part where a backend sets none
+    /// (a model's own servers always).
+    pub media_part_tokens: u64,
     /// Every model the gateway routes (local and external), sorted.
     pub models: Vec<String>,
     /// The models of `models` that an external provider serves, by id.
@@ -109,6 +115,18 @@ impl Config {
             .into_iter()
             .chain(self.fallbacks.get(model).into_iter().flatten())
             .map(|m| &**m)
+    }
+
+    /// Prompt tokens reserved per media part of a request to `model`: the
+    /// most any backend that may answer it can charge (its own, then each
+    /// fallback), so a failover cannot overshoot either.
+    pub fn media_part_tokens(&self, model: &str) -> u64 {
+        let own_servers = (!self.external.contains_key(model)).then_some(self.media_part_tokens);
+        self.backends(model)
+            .map(|b| b.media_part_tokens)
+            .chain(own_servers)
+            .max()
+            .unwrap_or(self.media_part_tokens)
     }
 
     /// Every scope with limits (one counter each) the configuration enforces,

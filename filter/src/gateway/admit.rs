@@ -24,7 +24,7 @@
 use super::provider;
 use super::{limited_scopes, Admission, Identity, Stream};
 use crate::error::GatewayError;
-use crate::estimate::UsageBounds;
+use crate::estimate::{prompt_bound, UsageBounds};
 use crate::host::{Flow, StreamHost};
 use crate::limits::ratelimit_headers::format_duration;
 use crate::limits::{self, LimitGroup, ReserveError};
@@ -129,10 +129,16 @@ impl Stream {
         .map_err(rejected)?;
 
         // `max_tokens` bounds each completion; `n`, `best_of` and prompt
-        // arrays multiply them.
+        // arrays multiply them. The prompt is the client's body, media
+        // parts at what the model's backends may charge for one.
         let bytes_per_token = self.config.prompt_bytes_per_token;
         let bounds = UsageBounds {
-            prompt: (body.len() as u64).div_ceil(bytes_per_token),
+            prompt: prompt_bound(
+                body.len() as u64,
+                bytes_per_token,
+                request.media_parts,
+                self.config.media_part_tokens(&request.model),
+            ),
             completion: budget.effective.saturating_mul(request.completions()),
             bytes_per_token,
         };
@@ -177,7 +183,7 @@ impl Stream {
     }
 
     /// Step 2: the budget asked for (see
-    /// [`CompletionRequest::requested_max_tokens`] for the two fields),
+    /// [`CompletionRequest::requested_max_tokens`] for the budget fields),
     /// under the subscription's cap; the configured default when neither
     /// the request nor the subscription names one.
     fn completion_budget(
@@ -204,7 +210,7 @@ impl Stream {
         };
         Ok(Budget {
             effective,
-            rewrite: lowered || request.budget_fields_disagree(),
+            rewrite: lowered || request.budget_needs_rewrite(),
         })
     }
 

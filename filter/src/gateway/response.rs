@@ -2,7 +2,7 @@
 //! reported usage read from the body (one JSON document, or a server-sent
 //! event stream, from which the usage event is removed when the client did
 //! not ask for it). A response the filter cannot read is still settled, by
-//! estimate.
+//! estimate; one whose body it cannot decode, by its whole reservation.
 //!
 //! Invariants:
 //! - Memory held per response is bounded ([`MAX_JSON_RESPONSE_BYTES`], one
@@ -24,8 +24,12 @@ const MAX_JSON_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
 
 pub(super) enum ResponseReader {
-    /// Not read: not admitted, an error status, or an encoding we cannot parse.
+    /// Not read: not admitted, or an error status.
     Skip,
+    /// Not read: a success in a `content-encoding` the filter does not
+    /// decode. The filter strips the client's `accept-encoding`, so only a
+    /// misbehaving upstream sends one; it is charged what it may have cost.
+    Undecodable,
     Json {
         buf: Vec<u8>,
         overflowed: bool,
@@ -50,7 +54,10 @@ impl Stream {
         for (name, value) in host.response_headers() {
             match name.as_str() {
                 ":status" => self.response.status = value.parse().ok(),
-                "content-encoding" => encoded = !value.eq_ignore_ascii_case("identity"),
+                "content-encoding" => {
+                    let value = value.trim();
+                    encoded = !(value.is_empty() || value.eq_ignore_ascii_case("identity"));
+                }
                 "content-type" => sse = is_event_stream(&value),
                 BACKEND_HEADER => self.response.backend = Some(value),
                 PROVIDER_STATUS_HEADER => self.response.provider_status = value.parse().ok(),
@@ -78,6 +85,13 @@ impl Stream {
                 .status
                 .is_some_and(|s| (200..300).contains(&s));
             self.response.reader = match (ok && !encoded, sse) {
+                (false, _) if ok => {
+                    host.warn_throttled(
+                        "undecodable-response",
+                        "a model answered in a content-encoding the filter does not decode: charged its whole reservation",
+                    );
+                    ResponseReader::Undecodable
+                }
                 (false, _) => ResponseReader::Skip,
                 (true, true) => {
                     if self.completion.strip_usage {
@@ -115,7 +129,7 @@ impl Stream {
             return Flow::Continue;
         }
         match &mut self.response.reader {
-            ResponseReader::Skip => {}
+            ResponseReader::Skip | ResponseReader::Undecodable => {}
             ResponseReader::Json {
                 buf,
                 overflowed,

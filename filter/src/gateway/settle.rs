@@ -120,14 +120,25 @@ impl Stream {
                     ResponseReader::Sse(reader) => SeenOutput {
                         content_events: reader.parser.content_events(),
                         text_bytes: reader.parser.text_bytes(),
+                        undecodable: false,
                     },
                     ResponseReader::Json { seen, .. } => SeenOutput {
                         content_events: 0,
                         text_bytes: *seen,
+                        undecodable: false,
+                    },
+                    ResponseReader::Undecodable => SeenOutput {
+                        undecodable: true,
+                        ..SeenOutput::default()
                     },
                     ResponseReader::Skip => SeenOutput::default(),
                 };
-                (admission.bounds.estimate(seen), UsageSource::Estimated)
+                let source = if seen.undecodable {
+                    UsageSource::Reserved
+                } else {
+                    UsageSource::Estimated
+                };
+                (admission.bounds.estimate(seen), source)
             }
         };
         let now_secs = now_ms / 1000;
@@ -148,7 +159,11 @@ impl Stream {
         let (model, name) = (self.completion.model_id, &identity.subscription.name);
         let sub = || Rc::clone(name);
         let key = || identity.key_id.clone();
-        let estimated = u64::from(source == UsageSource::Estimated);
+        // Every charge without a reported usage, by estimate or reservation.
+        let estimated = u64::from(matches!(
+            source,
+            UsageSource::Estimated | UsageSource::Reserved
+        ));
         for (metric, value) in [
             (
                 Metric::PromptTokens {

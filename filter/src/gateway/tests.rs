@@ -1027,6 +1027,7 @@ fn budgets_multiply_by_choices_and_both_fields_get_the_reserved_value() {
     }
 }
 
+mod bounds;
 mod global;
 mod managed;
 mod oidc;

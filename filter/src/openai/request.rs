@@ -6,10 +6,13 @@
 //! typed afterwards, and every other value is skipped without allocating.
 //!
 //! Invariants:
-//! - A body that names one of the fields we read (`model`, `max_tokens`,
-//!   `max_completion_tokens`, `stream`, `stream_options`) twice is rejected:
-//!   a gateway that charges or routes on the first `model` while the upstream
-//!   serves the last one would be a bypass.
+//! - A body that names one of the fields we read (`model`, the budget
+//!   fields, `stream`, `stream_options`, `n`, `best_of`, `prompt`,
+//!   `messages`) twice is rejected: a gateway that charges or routes on the
+//!   first `model` while the upstream serves the last one would be a bypass.
+//! - Every field a server may read as the completion's budget is a budget
+//!   field ([`CompletionRequest::requested_max_tokens`]): one the gateway
+//!   does not know could let the model generate past what was reserved.
 //! - [`rewrite_completion_request`] edits values in place and copies every
 //!   other byte of the body unchanged, so what the upstream receives is what the
 //!   client sent plus the gateway's limits; its output reads back through
@@ -25,6 +28,8 @@ use std::marker::PhantomData;
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
 
+mod media;
+
 /// The fields of a completion request that the gateway acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CompletionRequest<'a> {
@@ -34,6 +39,10 @@ pub struct CompletionRequest<'a> {
     pub max_tokens: Option<u64>,
     /// `max_completion_tokens` (current OpenAI name).
     pub max_completion_tokens: Option<u64>,
+    /// `n_predict`: llama.cpp's budget, which llama-server reads before
+    /// `max_tokens` (its OpenAI layer passes unknown fields through); any
+    /// negative value means "until the context is full".
+    pub n_predict: Option<i64>,
     /// `stream`; absent or null means false.
     pub stream: bool,
     /// `stream_options.include_usage == true`.
@@ -44,6 +53,9 @@ pub struct CompletionRequest<'a> {
     /// Prompts in the request: `/v1/completions` takes an array of prompts
     /// (an array of token ids is one prompt); anything else is one.
     pub prompts: u64,
+    /// Content parts of `messages` whose tokens the body's bytes do not
+    /// bound (images, files, video; see `media`).
+    pub media_parts: u64,
 }
 
 impl CompletionRequest<'_> {
@@ -53,31 +65,57 @@ impl CompletionRequest<'_> {
     }
 
     /// The completion budget the client asked for. This is the one home of
-    /// the rule for the two budget fields, `max_tokens` and
-    /// `max_completion_tokens`:
-    /// - one set: it is the budget;
-    /// - both set: the smaller wins; and since servers disagree on which
-    ///   field they read (vLLM and SGLang prefer `max_completion_tokens`),
-    ///   when the two differ the body is rewritten so that both carry the
-    ///   value reserved ([`Self::budget_fields_disagree`] says when;
+    /// the rule for the budget fields, `max_tokens`,
+    /// `max_completion_tokens` and llama.cpp's `n_predict`:
+    /// - one set: it is the budget (a negative `n_predict` names none);
+    /// - several set: the smallest wins; and since servers disagree on
+    ///   which field they read (vLLM and SGLang prefer
+    ///   `max_completion_tokens`, llama-server `n_predict`), when they
+    ///   differ the body is rewritten so that every one carries the value
+    ///   reserved ([`Self::budget_needs_rewrite`] says when;
     ///   [`rewrite_completion_request`] sets every field present).
     pub fn requested_max_tokens(&self) -> Option<u64> {
-        requested_budget(self.max_tokens, self.max_completion_tokens)
+        let n_predict = self.n_predict.and_then(|n| u64::try_from(n).ok());
+        match (
+            requested_budget(self.max_tokens, self.max_completion_tokens),
+            n_predict,
+        ) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
-    /// Both budget fields are set, to different values: the body must be
-    /// rewritten so both carry the reserved one (the rule is
-    /// [`Self::requested_max_tokens`]'s).
-    pub fn budget_fields_disagree(&self) -> bool {
-        matches!(
-            (self.max_tokens, self.max_completion_tokens),
-            (Some(a), Some(b)) if a != b
-        )
+    /// The body must be rewritten to carry the reserved budget even where
+    /// that is the one it asked for: its budget fields name different
+    /// values (a negative `n_predict`, "unlimited", differs from any), or
+    /// it names only `n_predict`, which servers other than llama.cpp ignore
+    /// (the rule is [`Self::requested_max_tokens`]'s).
+    pub fn budget_needs_rewrite(&self) -> bool {
+        let Some(budget) = self.requested_max_tokens() else {
+            return self.n_predict.is_some();
+        };
+        let n_predict = self
+            .n_predict
+            .map(|n| u64::try_from(n).ok().filter(|&n| n == budget));
+        let differs = [self.max_tokens, self.max_completion_tokens]
+            .into_iter()
+            .flatten()
+            .any(|v| v != budget)
+            || n_predict == Some(None);
+        let only_n_predict = self.max_tokens.is_none() && self.max_completion_tokens.is_none();
+        differs || only_n_predict
     }
 
     /// A budget of 0 is refused rather than reserved as nothing: servers
-    /// differ in how they read it (some take it as "no limit").
+    /// differ in how they read it (some take it as "no limit"; llama.cpp's
+    /// `n_predict: 0` evaluates the prompt and generates nothing).
     pub fn check_budget_fields(&self) -> Result<(), RequestError> {
+        if self.n_predict == Some(0) {
+            return Err(RequestError::InvalidField {
+                field: "n_predict",
+                expected: EXPECT_N_PREDICT,
+            });
+        }
         for (field, value) in [
             ("max_tokens", self.max_tokens),
             ("max_completion_tokens", self.max_completion_tokens),
@@ -157,15 +195,17 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 8] = [
+const FIELDS: [&str; 10] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
+    "n_predict",
     "stream",
     "stream_options",
     "n",
     "best_of",
     "prompt",
+    "messages",
 ];
 const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -176,17 +216,20 @@ const EXPECT_BOOL: &str = "a boolean or null";
 const EXPECT_OBJECT: &str = "an object or null";
 const EXPECT_POSITIVE: &str = "a positive integer or null";
 const EXPECT_PROMPT: &str = "a string, an array of strings, or an array of token arrays";
+const EXPECT_N_PREDICT: &str = "a positive integer, a negative one (no limit) or null";
 
 /// The raw values of [`FIELDS`], checked for duplicates.
 struct RequestFields<'a> {
     model: Option<&'a RawValue>,
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
+    n_predict: Option<&'a RawValue>,
     stream: Option<&'a RawValue>,
     stream_options: Option<&'a RawValue>,
     n: Option<&'a RawValue>,
     best_of: Option<&'a RawValue>,
     prompt: Option<&'a RawValue>,
+    messages: Option<&'a RawValue>,
     /// Entries in the top-level object, ours or not.
     entries: usize,
 }
@@ -198,25 +241,28 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::DuplicateField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, stream, stream_options, n, best_of, prompt] =
+        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, prompt, messages] =
             fields.values;
         Ok(RequestFields {
             model,
             max_tokens,
             max_completion_tokens,
+            n_predict,
             stream,
             stream_options,
             n,
             best_of,
             prompt,
+            messages,
             entries: fields.entries,
         })
     }
 }
 
 /// Parses the fields the gateway needs from an OpenAI completion (or chat
-/// completion) request body. The body is walked once; `model` is borrowed
-/// from it when it contains no escapes.
+/// completion) request body. The body is walked once, and `messages` once
+/// more for its media parts (without allocating); `model` is borrowed from
+/// it when it contains no escapes.
 pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, RequestError> {
     let fields = RequestFields::read(body)?;
     let model = match fields.model {
@@ -241,10 +287,12 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
             "max_completion_tokens",
             EXPECT_COUNT,
         )?,
+        n_predict: typed(fields.n_predict, "n_predict", EXPECT_N_PREDICT)?,
         stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
         include_usage,
         choices: positive(fields.n, "n")?.max(positive(fields.best_of, "best_of")?),
         prompts: prompt_count(fields.prompt)?,
+        media_parts: fields.messages.map_or(Ok(0), media::media_parts)?,
     })
 }
 
@@ -360,9 +408,10 @@ impl BudgetField {
 /// What the gateway changes in a request before forwarding it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BodyRewrite<'a> {
-    /// Cap the completion: every `max_tokens` / `max_completion_tokens`
-    /// present gets this value; when neither is, one is added (`max_tokens`,
-    /// or the field given to [`rewrite_completion_request_as`]).
+    /// Cap the completion: every budget field present (`max_tokens`,
+    /// `max_completion_tokens`, `n_predict`) gets this value; when neither
+    /// of the first two is, one is added (`max_tokens`, or the field given
+    /// to [`rewrite_completion_request_as`]).
     pub max_tokens: Option<u64>,
     /// Make the upstream report usage on streams
     /// (`stream_options.include_usage = true`).
@@ -397,30 +446,33 @@ pub fn rewrite_completion_request_as(
 ) -> Result<Vec<u8>, RequestError> {
     let fields = RequestFields::read(body)?;
     // At most one edit per slot: [top-level insertion, max_tokens,
-    // max_completion_tokens, stream_options, model]. No allocation for the
-    // list.
-    let mut edits: [Option<Edit<'_>>; 5] = [None; 5];
+    // max_completion_tokens, n_predict, stream_options, model]. No
+    // allocation for the list.
+    let mut edits: [Option<Edit<'_>>; 6] = [None; 6];
     let mut insert = TopInsert {
         max_tokens: None,
         stream_options: false,
     };
 
     if let Some(n) = rewrite.max_tokens {
-        match (fields.max_tokens, fields.max_completion_tokens) {
-            (None, None) => insert.max_tokens = Some((insert_as, n)),
-            (a, b) => {
-                edits[1] = a
-                    .map(|raw| Edit::replace(body, raw, Text::Count(n)))
-                    .transpose()?;
-                edits[2] = b
-                    .map(|raw| Edit::replace(body, raw, Text::Count(n)))
-                    .transpose()?;
-            }
+        // `n_predict` alone is not enough: only llama.cpp reads it.
+        if fields.max_tokens.is_none() && fields.max_completion_tokens.is_none() {
+            insert.max_tokens = Some((insert_as, n));
+        }
+        let budget_fields = [
+            fields.max_tokens,
+            fields.max_completion_tokens,
+            fields.n_predict,
+        ];
+        for (slot, raw) in edits[1..4].iter_mut().zip(budget_fields) {
+            *slot = raw
+                .map(|raw| Edit::replace(body, raw, Text::Count(n)))
+                .transpose()?;
         }
     }
 
     if rewrite.force_include_usage {
-        edits[3] = match fields.stream_options {
+        edits[4] = match fields.stream_options {
             None => {
                 insert.stream_options = true;
                 None
@@ -448,7 +500,7 @@ pub fn rewrite_completion_request_as(
 
     if let Some(model) = rewrite.model {
         let raw = fields.model.ok_or(RequestError::MissingModel)?;
-        edits[4] = Some(Edit::replace(body, raw, Text::Str(model))?);
+        edits[5] = Some(Edit::replace(body, raw, Text::Str(model))?);
     }
 
     if insert.max_tokens.is_some() || insert.stream_options {

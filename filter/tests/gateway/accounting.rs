@@ -268,3 +268,46 @@ fn client_disconnect_settles_the_reservation() {
         .unwrap();
     assert_eq!(remaining, 100_000 - charged - reservation);
 }
+
+/// The filter strips the client's `accept-encoding`, so a compressed answer
+/// is an upstream's misbehaviour; its body cannot be read for usage, so
+/// nothing shows it generated less than it was allowed: it is charged the
+/// whole reservation, and says so.
+#[test]
+fn undecodable_responses_are_charged_their_whole_reservation() {
+    let s = Stack::start(base_config());
+    let body = chat_body("m1", 10);
+    let r = s.chat(
+        FREE_KEY,
+        &body,
+        &[
+            ("x-mock-content-encoding", "gzip"),
+            ("x-mock-prompt-tokens", "3"),
+            ("x-mock-completion-tokens", "2"),
+        ],
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-encoding"), Some("gzip"));
+
+    let record = audit_for(&s, 1).remove(0);
+    assert_eq!(record["usage"], "reserved", "{record}");
+    assert_eq!(
+        (
+            record["prompt_tokens"].as_u64(),
+            record["completion_tokens"].as_u64()
+        ),
+        (Some(body.to_string().len() as u64), Some(10)),
+        "{record}"
+    );
+    assert_eq!(
+        record["total_tokens"], record["reserved_tokens"],
+        "{record}"
+    );
+    assert_eq!(
+        s.metric(
+            "maas_estimated_usage_total",
+            &[("subscription", "free"), ("model", "m1")]
+        ),
+        1.0
+    );
+}

@@ -235,10 +235,66 @@ fn every_budget_field_and_every_choice_is_reserved() {
         ),
         (Some(10), Some(10))
     );
+    // llama-server reads `n_predict` before `max_tokens`; -1 is "until the
+    // context is full" there. It leaves with the reservation too.
+    let llama = json!({"model": "m1", "max_tokens": 10, "n_predict": -1, "messages": []});
+    assert_eq!(s.chat(FREE_KEY, &llama, &[]).status, 200);
+    let sent = s.upstream.requests()[1].json();
+    assert_eq!(
+        (sent["max_tokens"].as_i64(), sent["n_predict"].as_i64()),
+        (Some(10), Some(10))
+    );
     let zero = s.chat(
         FREE_KEY,
         &json!({"model": "m1", "max_completion_tokens": 0}),
         &[],
     );
     assert_error(&zero, 400, "invalid_value");
+}
+
+/// An image by URL is some 60 bytes of body and up to thousands of prompt
+/// tokens: each media part is reserved at `media_part_tokens` (default
+/// 4096), so a request of many is refused by a token limit that its bytes
+/// and `max_tokens` alone would fit.
+#[test]
+fn media_parts_are_reserved_at_their_per_part_tokens() {
+    const LIMIT: u64 = 20_000;
+    const PER_PART: u64 = 4096;
+    let s = Stack::start(limited_config(
+        json!({"tokens": [format!("{LIMIT}/day")]}),
+        None,
+    ));
+    let with_images = |images: usize| {
+        let image = json!({"type": "image_url",
+            "image_url": {"url": "https://example.com/big.png", "detail": "high"}});
+        let mut content = vec![json!({"type": "text", "text": "What differs?"})];
+        content.extend(std::iter::repeat_n(image, images));
+        json!({"model": "m1", "max_tokens": 10,
+               "messages": [{"role": "user", "content": content}]})
+    };
+
+    let one = with_images(1);
+    let r = s.chat(FREE_KEY, &one, &[("x-mock-prompt-tokens", "900")]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let reservation = one.to_string().len() as u64 + PER_PART + 10;
+    assert_eq!(
+        header_u64(&r, "x-ratelimit-remaining-tokens"),
+        LIMIT - reservation
+    );
+
+    let many = with_images(12);
+    let bytes_bound = many.to_string().len() as u64 + 10;
+    assert!(
+        bytes_bound < LIMIT / 4,
+        "the old bound fits many times over"
+    );
+    let r = s.chat(FREE_KEY, &many, &[]);
+    let err = assert_error(&r, 429, "request_too_large");
+    assert!(
+        err["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains(&(bytes_bound + 12 * PER_PART).to_string())),
+        "{err}"
+    );
+    assert_eq!(s.upstream.requests().len(), 1, "refused before it ran");
 }

@@ -34,6 +34,10 @@ pub struct Behaviour {
     pub delay: Option<Duration>,
     /// `x-mock-chunk-delay-ms`: wait between stream events.
     pub chunk_delay: Option<Duration>,
+    /// `x-mock-content-encoding`: label a successful answer with this
+    /// `content-encoding` (the body stays as it is: a client that should
+    /// not read it cannot tell).
+    pub content_encoding: Option<String>,
 }
 
 /// A header that was present but could not be used.
@@ -79,6 +83,7 @@ impl Behaviour {
             cut_after: number(headers, "x-mock-cut-after")?,
             delay: number(headers, "x-mock-delay-ms")?.map(Duration::from_millis),
             chunk_delay: number(headers, "x-mock-chunk-delay-ms")?.map(Duration::from_millis),
+            content_encoding: value(headers, "x-mock-content-encoding")?.map(str::to_owned),
         })
     }
 }
@@ -158,6 +163,7 @@ mod tests {
             ("x-mock-cut-after", "2"),
             ("x-mock-delay-ms", "5"),
             ("x-mock-chunk-delay-ms", " 6 "),
+            ("x-mock-content-encoding", "gzip"),
         ]))
         .expect("valid headers");
         assert_eq!(
@@ -170,6 +176,7 @@ mod tests {
                 cut_after: Some(2),
                 delay: Some(Duration::from_millis(5)),
                 chunk_delay: Some(Duration::from_millis(6)),
+                content_encoding: Some("gzip".into()),
             }
         );
     }

@@ -20,8 +20,10 @@
 //! in the prompt + 3 per message, at least 1), `x-mock-omit-usage: 1`,
 //! `x-mock-status: N` (error body, no usage), `x-mock-cut-after: K` (stream:
 //! abort the connection after K content events), `x-mock-delay-ms` (before
-//! the headers), `x-mock-chunk-delay-ms` (between stream events). A malformed
-//! value is answered 400 naming the header.
+//! the headers), `x-mock-chunk-delay-ms` (between stream events),
+//! `x-mock-content-encoding: E` (a completion is labelled
+//! `content-encoding: E`, its body left as it is). A malformed value is
+//! answered 400 naming the header.
 //!
 //! Every request except the control path is recorded before it is answered.
 

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::{Frame, Incoming};
-use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_TYPE};
+use hyper::header::{HeaderValue, CACHE_CONTROL, CONTENT_ENCODING, CONTENT_TYPE};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
@@ -218,11 +218,19 @@ fn completion(
         .map_or(0, |since| since.as_secs());
     let serial = state.serial.fetch_add(1, Ordering::Relaxed);
     let plan = Completion::plan(endpoint, &request, behaviour, serial, created);
-    if !request.streams() {
-        return json(StatusCode::OK, plan.body());
+    let mut response = if request.streams() {
+        stream_response(plan.stream(request.include_usage()), behaviour)
+    } else {
+        json(StatusCode::OK, plan.body())
+    };
+    if let Some(encoding) = behaviour
+        .content_encoding
+        .as_deref()
+        .and_then(|e| HeaderValue::from_str(e).ok())
+    {
+        response.headers_mut().insert(CONTENT_ENCODING, encoding);
     }
-
-    stream_response(plan.stream(request.include_usage()), behaviour)
+    response
 }
 
 /// A `text/event-stream` response sending `events` one frame each.

@@ -20,6 +20,8 @@ fn request(
         include_usage,
         choices: 1,
         prompts: 1,
+        n_predict: None,
+        media_parts: 0,
     }
 }
 
@@ -329,7 +331,7 @@ fn deep_nesting_is_skipped_without_recursion() {
 
 #[test]
 fn the_budget_rule_says_when_both_fields_must_be_rewritten_and_refuses_zero() {
-    // (max_tokens, max_completion_tokens, fields disagree, zero refused)
+    // (max_tokens, max_completion_tokens, rewrite needed, zero refused)
     let cases = [
         (None, None, false, false),
         (Some(5), None, false, false),
@@ -340,11 +342,11 @@ fn the_budget_rule_says_when_both_fields_must_be_rewritten_and_refuses_zero() {
         (Some(0), None, false, true),
         (Some(3), Some(0), true, true),
     ];
-    for (max, max_completion, disagree, refused) in cases {
+    for (max, max_completion, rewrite, refused) in cases {
         let req = request("m", max, max_completion, false, false);
         assert_eq!(
-            req.budget_fields_disagree(),
-            disagree,
+            req.budget_needs_rewrite(),
+            rewrite,
             "{max:?} {max_completion:?}"
         );
         assert_eq!(
@@ -353,6 +355,137 @@ fn the_budget_rule_says_when_both_fields_must_be_rewritten_and_refuses_zero() {
             "{max:?} {max_completion:?}"
         );
     }
+}
+
+/// llama-server reads `n_predict` before `max_tokens`: it is one more
+/// budget field, its negative "unlimited" names no budget (so never the
+/// reserved one), and a body naming only it also gets a field other
+/// servers read.
+#[test]
+fn n_predict_is_a_budget_field() {
+    // (max_tokens, n_predict) → (requested, rewrite needed)
+    let cases = [
+        ((None, Some(-1)), (None, true)),
+        ((Some(10), Some(-1)), (Some(10), true)),
+        ((Some(10), Some(-2)), (Some(10), true)),
+        ((Some(10), Some(10)), (Some(10), false)),
+        ((Some(10), Some(500)), (Some(10), true)),
+        ((Some(500), Some(10)), (Some(10), true)),
+        ((None, Some(64)), (Some(64), true)),
+        ((Some(7), None), (Some(7), false)),
+    ];
+    for ((max, n_predict), (requested, rewrite)) in cases {
+        let req = CompletionRequest {
+            n_predict,
+            ..request("m", max, None, false, false)
+        };
+        assert_eq!(
+            req.requested_max_tokens(),
+            requested,
+            "{max:?} {n_predict:?}"
+        );
+        assert_eq!(req.budget_needs_rewrite(), rewrite, "{max:?} {n_predict:?}");
+        assert!(req.check_budget_fields().is_ok());
+    }
+    let both = CompletionRequest {
+        n_predict: Some(-1),
+        ..request("m", Some(10), Some(10), false, false)
+    };
+    assert!(
+        both.budget_needs_rewrite(),
+        "max_tokens agree, n_predict not"
+    );
+    let zero = CompletionRequest {
+        n_predict: Some(0),
+        ..request("m", Some(10), None, false, false)
+    };
+    assert_eq!(
+        zero.check_budget_fields(),
+        Err(invalid("n_predict", EXPECT_N_PREDICT))
+    );
+
+    let parsed = |body: &str| parse_completion_request(body.as_bytes()).map(|r| r.n_predict);
+    assert_eq!(parsed(r#"{"model":"m","n_predict":-1}"#), Ok(Some(-1)));
+    assert_eq!(parsed(r#"{"model":"m","n_predict":null}"#), Ok(None));
+    for bad in [r#""-1""#, "1.5", "true", "-9223372036854775809"] {
+        assert_eq!(
+            parsed(&format!(r#"{{"model":"m","n_predict":{bad}}}"#)),
+            Err(invalid("n_predict", EXPECT_N_PREDICT)),
+            "{bad}"
+        );
+    }
+    assert_eq!(
+        parsed(r#"{"model":"m","n_predict":5,"n\u005fpredict":-1}"#),
+        Err(RequestError::DuplicateField("n_predict".into()))
+    );
+}
+
+/// Whatever `n_predict` asked for, it leaves with the reserved cap, and a
+/// field every server reads is added beside it when the body has none.
+#[test]
+fn the_cap_goes_into_n_predict_too() {
+    let cap = BodyRewrite {
+        max_tokens: Some(64),
+        ..BodyRewrite::default()
+    };
+    let cases: &[(&str, BudgetField, &str)] = &[
+        (
+            r#"{"model":"m","n_predict":-1,"max_tokens":64}"#,
+            BudgetField::MaxTokens,
+            r#"{"model":"m","n_predict":64,"max_tokens":64}"#,
+        ),
+        (
+            r#"{"model":"m","n_predict":-1}"#,
+            BudgetField::MaxTokens,
+            r#"{"max_tokens":64,"model":"m","n_predict":64}"#,
+        ),
+        (
+            r#"{"model":"m","n_predict":9000}"#,
+            BudgetField::MaxCompletionTokens,
+            r#"{"max_completion_tokens":64,"model":"m","n_predict":64}"#,
+        ),
+        (
+            r#"{"n_predict" : null,"model":"m","max_completion_tokens":1}"#,
+            BudgetField::MaxTokens,
+            r#"{"n_predict" : 64,"model":"m","max_completion_tokens":64}"#,
+        ),
+    ];
+    for (body, field, expected) in cases {
+        let out = rewrite_completion_request_as(body.as_bytes(), &cap, *field).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), *expected, "{body}");
+        let read = parse_completion_request(&out).unwrap();
+        assert_eq!(read.n_predict, Some(64), "{body}");
+        assert_eq!(read.requested_max_tokens(), Some(64), "{body}");
+        assert!(!read.budget_needs_rewrite(), "{body}");
+    }
+}
+
+#[test]
+fn media_parts_of_messages_are_counted() {
+    let body = r#"{"model":"m","messages":[{"role":"user","content":[
+        {"type":"text","text":"compare"},
+        {"type":"image_url","image_url":{"url":"https://example.com/a.png","detail":"high"}},
+        {"type":"image_url","image_url":{"url":"https://example.com/b.png"}}]}]}"#;
+    assert_eq!(
+        parse_completion_request(body.as_bytes())
+            .unwrap()
+            .media_parts,
+        2
+    );
+    assert_eq!(
+        parse_completion_request(br#"{"model":"m","prompt":"hi"}"#)
+            .unwrap()
+            .media_parts,
+        0
+    );
+    assert_eq!(
+        parse_completion_request(br#"{"model":"m","messages":"hi"}"#),
+        Err(invalid("messages", media::EXPECT_MESSAGES))
+    );
+    assert_eq!(
+        parse_completion_request(br#"{"model":"m","messages":[],"messag\u0065s":[]}"#),
+        Err(RequestError::DuplicateField("messages".into()))
+    );
 }
 
 #[test]
