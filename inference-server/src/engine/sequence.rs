@@ -70,7 +70,9 @@ impl Sequence {
             max_new_tokens: p.max_new_tokens,
             ignore_eos: p.ignore_eos,
             generated: 0,
-            decoder: IncrementalDecoder::new(tokenizer).showing(p.shown_special),
+            decoder: IncrementalDecoder::new(tokenizer)
+                .continuing()
+                .showing(p.shown_special),
             stops: StopMatcher::new(p.stop),
             events: p.events,
             received: p.received,
@@ -192,5 +194,61 @@ impl Sequence {
     pub fn fail(&mut self, failure: Failure) {
         self.permit = None;
         let _ = self.events.send(Event::Failed(failure));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::sampling::SamplingParams;
+    use crate::text::fixtures::{sp_id, tiny_sp_tokenizer};
+    use tokio::sync::Semaphore;
+
+    /// The text events of an answer of `ids` on a SentencePiece tokenizer
+    /// that writes a prefix space before a text, with `stop` strings.
+    fn answer(ids: &[&str], stop: &[&str]) -> (Vec<String>, Option<FinishReason>) {
+        let tokenizer = Arc::new(tiny_sp_tokenizer());
+        assert!(tokenizer.strips_leading_space());
+        let (events, mut rx) = mpsc::unbounded_channel();
+        let mut sequence = Sequence::new(
+            SequenceParts {
+                prompt: vec![1],
+                sampler: Sampler::new(SamplingParams::default(), Vec::new(), 0),
+                max_new_tokens: 16,
+                logprobs: None,
+                grammar: None,
+                stop: stop.iter().map(|s| s.to_string()).collect(),
+                ignore_eos: false,
+                shown_special: Vec::new(),
+                events,
+                received: Instant::now(),
+                timed: false,
+                permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
+            },
+            Arc::clone(&tokenizer),
+        );
+        let metrics = Metrics::default();
+        let finish = ids
+            .iter()
+            .find_map(|piece| sequence.accept(sp_id(piece), None, &tokenizer, &metrics));
+        drop(sequence);
+        let mut texts = Vec::new();
+        while let Ok(event) = rx.try_recv() {
+            if let Event::Text(text) = event {
+                texts.push(text);
+            }
+        }
+        (texts, finish)
+    }
+
+    #[test]
+    fn an_answer_keeps_its_first_words_space_and_a_stop_string_can_match_it() {
+        let (texts, _) = answer(&["▁hello", "▁world"], &[]);
+        assert_eq!(texts.concat(), " hello world");
+        let (texts, finish) = answer(&["▁hello", "▁world"], &[" hello"]);
+        assert_eq!(
+            (texts.concat().as_str(), finish),
+            ("", Some(FinishReason::Stop))
+        );
     }
 }

@@ -3,11 +3,13 @@
 //! Byte-level tokens can end in the middle of a UTF-8 character (an emoji is
 //! often three or four tokens), so bytes that may still become a character
 //! are held until the next token completes them. Invariant: the concatenation
-//! of everything `push` and `finish` return is the text the ids add after a
-//! prompt: `TextTokenizer::decode` of the same ids, except that a SentencePiece
-//! word's leading space is kept at the start too (`decode` drops it there, as
-//! the space the tokenizer itself put before a text; after a prompt it is the
-//! text's: `The capital of France is` + ` Paris`, as llama.cpp and vLLM answer).
+//! of everything `push` and `finish` return equals `TextTokenizer::decode` of
+//! the same ids; or, for a decoder [`continuing`](IncrementalDecoder::continuing)
+//! a prompt (an answer), the text the ids add after it: `decode` but for a
+//! SentencePiece word's leading space at the start, which `decode` drops as
+//! the space the tokenizer put before a text, and which after a prompt is the
+//! text's own (`The capital of France is` + ` Paris`, as llama.cpp and vLLM
+//! answer).
 
 use std::sync::Arc;
 
@@ -20,6 +22,9 @@ pub struct IncrementalDecoder {
     /// Special tokens written as their text rather than dropped.
     shown: Vec<u32>,
     pending: Vec<u8>,
+    /// No token has produced bytes yet, at the start of a text: the one that
+    /// does may begin with the tokenizer's prefix space, which `decode` drops.
+    at_start: bool,
 }
 
 impl IncrementalDecoder {
@@ -28,7 +33,15 @@ impl IncrementalDecoder {
             tokenizer,
             shown: Vec::new(),
             pending: Vec::new(),
+            at_start: true,
         }
+    }
+
+    /// Decodes what follows a prompt (an answer) rather than a text from its
+    /// start: the first word keeps its leading space.
+    pub fn continuing(mut self) -> Self {
+        self.at_start = false;
+        self
     }
 
     /// Also writes these special tokens, as their text: a tool-call format's
@@ -46,9 +59,13 @@ impl IncrementalDecoder {
     pub fn push(&mut self, id: u32) -> String {
         if self.shown.contains(&id) {
             if let Some(text) = self.tokenizer.token_text(id) {
+                self.at_start = false;
                 self.pending.extend_from_slice(text.as_bytes());
             }
-        } else if let Some(bytes) = self.tokenizer.token_bytes(id) {
+        } else if let Some(mut bytes) = self.tokenizer.token_bytes(id).filter(|b| !b.is_empty()) {
+            if std::mem::take(&mut self.at_start) && self.tokenizer.strips_leading_space() {
+                bytes = bytes.strip_prefix(b" ").unwrap_or(bytes);
+            }
             self.pending.extend_from_slice(bytes);
         }
         self.take_complete()
@@ -166,15 +183,18 @@ mod tests {
     }
 
     #[test]
-    fn keeps_a_continuations_leading_space_that_decode_drops() {
+    fn drops_the_prefix_space_once_like_decode_unless_continuing() {
         let tokenizer = Arc::new(fixtures::tiny_sp_tokenizer());
         assert!(tokenizer.strips_leading_space());
         let ids = tokenizer.encode("hello world").unwrap();
         let pieces = stream(&tokenizer, &ids);
-        // BOS adds nothing; `▁hello`, the first word of a continuation,
-        // keeps its space, which `decode` of a whole text drops.
-        assert_eq!(pieces, ["", " hello", " world", ""]);
-        assert_eq!(tokenizer.decode(&ids).unwrap(), "hello world");
+        // BOS adds nothing, `▁hello` loses its prefix, `▁world` keeps its space.
+        assert_eq!(pieces, ["", "hello", " world", ""]);
+        assert_eq!(pieces.concat(), tokenizer.decode(&ids).unwrap());
+        // An answer after a prompt: its first word keeps its space.
+        let mut answer = IncrementalDecoder::new(Arc::clone(&tokenizer)).continuing();
+        let text: String = ids[1..].iter().map(|&id| answer.push(id)).collect();
+        assert_eq!(text, " hello world");
     }
 
     #[test]
