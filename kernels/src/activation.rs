@@ -191,13 +191,16 @@ fn block_quantizer() -> BlockQuantizer {
 }
 
 /// Quantizes one 32-value block in plain Rust, the definition the AVX2
-/// version follows step for step (same bits for any finite input). Rounds
-/// half away from zero with a plain add and truncating cast (no libm
-/// `roundf` call on baseline x86-64).
+/// version follows step for step (same bits for any input, NaN included).
+/// Rounds half away from zero with a plain add and truncating cast (no libm
+/// `roundf` call on baseline x86-64). A NaN value cannot be written in
+/// 8 bits and counts as 0 (the cast's saturation); a block whose scale
+/// would be subnormal (|x| below ~1e-36, far below any weight's
+/// resolution) becomes zeros, as the reciprocal of such a scale overflows.
 fn quantize_block_portable(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
     let amax = x.iter().fold(0f32, |acc, v| acc.max(v.abs()));
     let scale = amax / 127.0;
-    let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let inv = reciprocal(scale);
     let mut sum = 0i32;
     for (dst, &v) in q.iter_mut().zip(x) {
         let r = v * inv;
@@ -208,6 +211,15 @@ fn quantize_block_portable(x: &[f32], q: &mut [i8], d: &mut f32, s: &mut f32) {
     }
     *d = scale;
     *s = scale * sum as f32;
+}
+
+/// `1 / scale`, or 0 where that is not finite (a zero or subnormal scale).
+fn reciprocal(scale: f32) -> f32 {
+    if scale >= f32::MIN_POSITIVE {
+        1.0 / scale
+    } else {
+        0.0
+    }
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -240,7 +252,7 @@ mod x86 {
         let two = _mm_max_ps(four, _mm_movehl_ps(four, four));
         let amax = _mm_cvtss_f32(_mm_max_ss(two, _mm_movehdup_ps(two)));
         let scale = amax / 127.0;
-        let inv = _mm256_set1_ps(if scale > 0.0 { 1.0 / scale } else { 0.0 });
+        let inv = _mm256_set1_ps(super::reciprocal(scale));
         let (half, top, bottom) = (
             _mm256_set1_ps(0.5),
             _mm256_set1_epi32(127),
@@ -248,6 +260,8 @@ mod x86 {
         );
         let ints = v.map(|vi| {
             let r = _mm256_mul_ps(vi, inv);
+            // NaN to 0, as the portable cast does (`cvttps` gives i32::MIN).
+            let r = _mm256_and_ps(r, _mm256_cmp_ps::<_CMP_ORD_Q>(r, r));
             let away = _mm256_or_ps(half, _mm256_and_ps(r, sign));
             let t = _mm256_cvttps_epi32(_mm256_add_ps(r, away));
             _mm256_max_epi32(_mm256_min_epi32(t, top), bottom)
@@ -282,10 +296,14 @@ mod tests {
     /// The AVX2 block quantizer gives the portable one's bits: random
     /// blocks, ties at ±0.5 steps, zeros, a NaN-free extreme block.
     #[test]
+    #[cfg(target_arch = "x86_64")]
     fn simd_and_portable_blocks_agree() {
-        if crate::kernel::backend() != crate::kernel::Backend::Avx2 {
-            return;
-        }
+        // The AVX2 block runs wherever AVX2 and FMA are (the CI's CPUs all
+        // have them), whichever kernel the matmuls chose.
+        assert!(
+            is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma"),
+            "this test needs AVX2 and FMA"
+        );
         let mut blocks: Vec<Vec<f32>> = (0..200u32)
             .map(|seed| {
                 (0..BLOCK as u32)
@@ -307,6 +325,23 @@ mod tests {
         blocks.push(
             (0..BLOCK)
                 .map(|i| if i % 2 == 0 { f32::MAX } else { -1e30 })
+                .collect(),
+        );
+        // NaN (counted as 0), a subnormal scale's block (zeros), and the
+        // smallest normal one.
+        blocks.push(
+            (0..BLOCK)
+                .map(|i| if i == 1 { f32::NAN } else { i as f32 })
+                .collect(),
+        );
+        blocks.push(
+            (0..BLOCK)
+                .map(|i| [1e-40, 0.0, -1e-40, 3e-38][i % 4])
+                .collect(),
+        );
+        blocks.push(
+            (0..BLOCK)
+                .map(|i| (i as f32 - 16.0) * f32::MIN_POSITIVE * 127.0 / 16.0)
                 .collect(),
         );
         for x in &blocks {
