@@ -87,7 +87,7 @@ fn request(c: &mut Criterion) {
     let rewrite = BodyRewrite {
         max_tokens: Some(256),
         force_include_usage: true,
-        model: None,
+        ..BodyRewrite::default()
     };
     g.bench_function("rewrite_completion_request", |b| {
         b.iter(|| rewrite_completion_request(black_box(&body), black_box(&rewrite)))

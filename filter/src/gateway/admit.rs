@@ -31,7 +31,7 @@ use crate::limits::{self, LimitGroup, ReserveError};
 use crate::metrics::{Metric, Outcome};
 use crate::openai::endpoint::Endpoint;
 use crate::openai::request::{
-    parse_completion_request, rewrite_completion_request_as, BodyRewrite, BudgetField,
+    parse_completion_request, rewrite_completion_request, BodyRewrite, BudgetField,
     CompletionRequest,
 };
 use crate::subscription::{CapMode, Quantity, ScopeLimits, Subscription};
@@ -229,10 +229,11 @@ impl Stream {
         }
         let rewrite = BodyRewrite {
             max_tokens,
+            insert_as: self.budget_field(model),
             force_include_usage,
             model: None,
         };
-        rewrite_completion_request_as(body, &rewrite, self.budget_field(model))
+        rewrite_completion_request(body, &rewrite)
             .map(Some)
             .map_err(|e| rejected(e.into()))
     }

@@ -76,13 +76,10 @@ impl CompletionRequest<'_> {
     ///   [`rewrite_completion_request`] sets every field present).
     pub fn requested_max_tokens(&self) -> Option<u64> {
         let n_predict = self.n_predict.and_then(|n| u64::try_from(n).ok());
-        match (
-            requested_budget(self.max_tokens, self.max_completion_tokens),
-            n_predict,
-        ) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        requested_budget(self.max_tokens, self.max_completion_tokens)
+            .into_iter()
+            .chain(n_predict)
+            .min()
     }
 
     /// The body must be rewritten to carry the reserved budget even where
@@ -94,16 +91,15 @@ impl CompletionRequest<'_> {
         let Some(budget) = self.requested_max_tokens() else {
             return self.n_predict.is_some();
         };
-        let n_predict = self
-            .n_predict
-            .map(|n| u64::try_from(n).ok().filter(|&n| n == budget));
-        let differs = [self.max_tokens, self.max_completion_tokens]
-            .into_iter()
-            .flatten()
-            .any(|v| v != budget)
-            || n_predict == Some(None);
         let only_n_predict = self.max_tokens.is_none() && self.max_completion_tokens.is_none();
-        differs || only_n_predict
+        only_n_predict
+            || [self.max_tokens, self.max_completion_tokens]
+                .into_iter()
+                .flatten()
+                .any(|v| v != budget)
+            || self
+                .n_predict
+                .is_some_and(|n| u64::try_from(n).ok() != Some(budget))
     }
 
     /// A budget of 0 is refused rather than reserved as nothing: servers
@@ -410,9 +406,13 @@ impl BudgetField {
 pub struct BodyRewrite<'a> {
     /// Cap the completion: every budget field present (`max_tokens`,
     /// `max_completion_tokens`, `n_predict`) gets this value; when neither
-    /// of the first two is, one is added (`max_tokens`, or the field given
-    /// to [`rewrite_completion_request_as`]).
+    /// of the first two is, it is added as `insert_as`.
     pub max_tokens: Option<u64>,
+    /// The field a cap is added under when the body names neither
+    /// `max_tokens` nor `max_completion_tokens` (the one the backend
+    /// reads). A field the body names is capped where it is: the client
+    /// chose it.
+    pub insert_as: BudgetField,
     /// Make the upstream report usage on streams
     /// (`stream_options.include_usage = true`).
     pub force_include_usage: bool,
@@ -432,18 +432,6 @@ pub fn rewrite_completion_request(
     body: &[u8],
     rewrite: &BodyRewrite<'_>,
 ) -> Result<Vec<u8>, RequestError> {
-    rewrite_completion_request_as(body, rewrite, BudgetField::MaxTokens)
-}
-
-/// [`rewrite_completion_request`], adding the cap as `insert_as` when the
-/// body names neither budget field. A field the body names is capped where
-/// it is: the client chose it. (A separate entry point rather than a field
-/// of [`BodyRewrite`], which code outside the crate builds field by field.)
-pub fn rewrite_completion_request_as(
-    body: &[u8],
-    rewrite: &BodyRewrite<'_>,
-    insert_as: BudgetField,
-) -> Result<Vec<u8>, RequestError> {
     let fields = RequestFields::read(body)?;
     // At most one edit per slot: [top-level insertion, max_tokens,
     // max_completion_tokens, n_predict, stream_options, model]. No
@@ -457,7 +445,7 @@ pub fn rewrite_completion_request_as(
     if let Some(n) = rewrite.max_tokens {
         // `n_predict` alone is not enough: only llama.cpp reads it.
         if fields.max_tokens.is_none() && fields.max_completion_tokens.is_none() {
-            insert.max_tokens = Some((insert_as, n));
+            insert.max_tokens = Some((rewrite.insert_as, n));
         }
         let budget_fields = [
             fields.max_tokens,

@@ -321,6 +321,7 @@ fn deep_nesting_is_skipped_without_recursion() {
         max_tokens: Some(1),
         force_include_usage: true,
         model: None,
+        ..BodyRewrite::default()
     };
     let out = rewrite_completion_request(body.as_bytes(), &rewrite).unwrap();
     assert_eq!(
@@ -451,7 +452,11 @@ fn the_cap_goes_into_n_predict_too() {
         ),
     ];
     for (body, field, expected) in cases {
-        let out = rewrite_completion_request_as(body.as_bytes(), &cap, *field).unwrap();
+        let cap = BodyRewrite {
+            insert_as: *field,
+            ..cap
+        };
+        let out = rewrite_completion_request(body.as_bytes(), &cap).unwrap();
         assert_eq!(String::from_utf8_lossy(&out), *expected, "{body}");
         let read = parse_completion_request(&out).unwrap();
         assert_eq!(read.n_predict, Some(64), "{body}");
@@ -649,17 +654,22 @@ fn the_cap_goes_into_the_fields_the_body_names_or_the_one_asked_for() {
         ),
     ];
     for (body, field, expected) in cases {
-        let out = rewrite_completion_request_as(body.as_bytes(), &cap, *field).unwrap();
+        let cap = BodyRewrite {
+            insert_as: *field,
+            ..cap
+        };
+        let out = rewrite_completion_request(body.as_bytes(), &cap).unwrap();
         assert_eq!(String::from_utf8_lossy(&out), *expected, "{body} {field:?}");
         let read = parse_completion_request(&out).unwrap();
         assert_eq!(read.requested_max_tokens(), Some(64), "{body} {field:?}");
     }
     let both = BodyRewrite {
         max_tokens: Some(8),
+        insert_as: MaxCompletionTokens,
         force_include_usage: true,
         ..BodyRewrite::default()
     };
-    let out = rewrite_completion_request_as(b"{}", &both, MaxCompletionTokens).unwrap();
+    let out = rewrite_completion_request(b"{}", &both).unwrap();
     assert_eq!(
         String::from_utf8_lossy(&out),
         r#"{"max_completion_tokens":8,"stream_options":{"include_usage":true}}"#
@@ -672,6 +682,7 @@ fn rewrite_refuses_what_parse_refuses_for_its_fields() {
         max_tokens: Some(1),
         force_include_usage: true,
         model: None,
+        ..BodyRewrite::default()
     };
     let cases: &[(&str, RequestError)] = &[
         (
@@ -822,13 +833,13 @@ proptest! {
     #[test]
     fn arbitrary_bytes_never_panic(body in prop::collection::vec(any::<u8>(), 0..256)) {
         let _ = parse_completion_request(&body);
-        let _ = rewrite_completion_request(&body, &BodyRewrite { max_tokens: Some(1), force_include_usage: true, model: None });
+        let _ = rewrite_completion_request(&body, &BodyRewrite { max_tokens: Some(1), force_include_usage: true, ..BodyRewrite::default() });
     }
 
     #[test]
     fn json_like_bytes_never_panic(body in r#"[{}\[\]",:0-9a-z\\ -]{0,64}"#) {
         let _ = parse_completion_request(body.as_bytes());
-        let _ = rewrite_completion_request(body.as_bytes(), &BodyRewrite { max_tokens: Some(1), force_include_usage: true, model: None });
+        let _ = rewrite_completion_request(body.as_bytes(), &BodyRewrite { max_tokens: Some(1), force_include_usage: true, ..BodyRewrite::default() });
     }
 
     #[test]
@@ -848,7 +859,7 @@ proptest! {
         force_include_usage in any::<bool>(),
         model in prop::option::of("[a-zA-Z0-9./:\"\\\\-]{1,24}"),
     ) {
-        let rewrite = BodyRewrite { max_tokens, force_include_usage, model: model.as_deref() };
+        let rewrite = BodyRewrite { max_tokens, force_include_usage, model: model.as_deref(), ..BodyRewrite::default() };
         let out = rewrite_completion_request(body.text.as_bytes(), &rewrite).unwrap();
         let req = parse_completion_request(&out).unwrap();
         prop_assert_eq!(&req.model, model.as_deref().unwrap_or("gpt-4o"));
