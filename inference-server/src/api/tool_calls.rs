@@ -163,15 +163,14 @@ pub fn whole_calls(
         ToolCallFormat::Llama3Json => (";", ""),
         ToolCallFormat::Mistral => (",", "]"),
     };
-    let ends: Vec<usize> = text
-        .match_indices(after)
-        .map(|(at, m)| match format {
-            ToolCallFormat::Hermes => at + m.len(),
-            _ => at,
-        })
-        .collect();
-    ends.into_iter().rev().find_map(|end| {
-        let candidate = format!("{}{close}", text.get(..end)?);
+    // Hermes keeps its closing marker; the others end before the separator.
+    let kept = if format == ToolCallFormat::Hermes {
+        after.len()
+    } else {
+        0
+    };
+    text.rmatch_indices(after).find_map(|(at, _)| {
+        let candidate = format!("{}{close}", text.get(..at + kept)?);
         let parsed = parse(format, &candidate, known_tools);
         (!parsed.tool_calls.is_empty()).then_some(parsed)
     })
