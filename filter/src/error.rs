@@ -71,6 +71,13 @@ pub enum GatewayError {
     /// A request an external provider cannot take, or its failure.
     #[error("{0}")]
     Provider(ProviderError),
+    /// The gateway's own model server refused the key the filter presents
+    /// (`model_server_api_key`): the client's key was good.
+    #[error(
+        "The model server refused the gateway's credential for it (the gateway's \
+         model_server_api_key and the server's --api-key-file differ); tell the platform team."
+    )]
+    ModelServerRefusedGateway,
 }
 
 #[derive(Serialize)]
@@ -104,6 +111,7 @@ impl GatewayError {
             | GatewayError::Unconfigured
             | GatewayError::KeyLookupUnavailable => 503,
             GatewayError::Provider(e) => e.status(),
+            GatewayError::ModelServerRefusedGateway => 502,
         }
     }
 
@@ -117,6 +125,7 @@ impl GatewayError {
             | GatewayError::KeyLookupUnavailable => "server_error",
             GatewayError::NoSubscription { .. } => "permission_denied",
             GatewayError::Provider(e) => e.error_type(),
+            GatewayError::ModelServerRefusedGateway => "upstream_error",
             _ => "invalid_request_error",
         }
     }
@@ -143,6 +152,7 @@ impl GatewayError {
             GatewayError::KeyLookupUnavailable => "key_lookup_unavailable",
             GatewayError::NoSubscription { .. } => "no_subscription",
             GatewayError::Provider(e) => e.code(),
+            GatewayError::ModelServerRefusedGateway => "model_server_credential_rejected",
         }
     }
 

@@ -53,8 +53,14 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         config.model_id.clone(),
         config.max_body_bytes,
         metrics.clone(),
+        config.api_key.clone(),
     ));
-    tracing::info!(addr = %bound, model = %config.model_path.display(), "listening; loading the model");
+    tracing::info!(
+        addr = %bound,
+        model = %config.model_path.display(),
+        api_key_required = config.api_key.is_some(),
+        "listening; loading the model"
+    );
 
     let server = tokio::spawn({
         let app = app.clone();

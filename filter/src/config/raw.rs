@@ -65,6 +65,10 @@ pub(super) struct RawConfig {
     /// Models served by the gateway's own model servers, by id.
     #[serde(default)]
     pub(super) models: Vec<String>,
+    /// The key the gateway's own model servers demand (the inference
+    /// server's `--api-key-file`), sent to them as a bearer token.
+    #[serde(default)]
+    pub(super) model_server_api_key: Option<String>,
     /// External providers the gateway routes to (`external_models`). Their
     /// addresses and credentials are Envoy's: never in this document.
     #[serde(default)]

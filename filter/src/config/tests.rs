@@ -111,6 +111,14 @@ fn errors_name_the_field() {
         (|v| v["models"] = json!([]), "models"),
         (|v| v["max_body_bytes"] = json!(0), "max_body_bytes"),
         (
+            |v| v["model_server_api_key"] = json!("too-short"),
+            "model_server_api_key",
+        ),
+        (
+            |v| v["model_server_api_key"] = json!("a key with spaces in it"),
+            "model_server_api_key",
+        ),
+        (
             |v| v["subscriptions"]["free"]["max_keys_per_owner"] = json!(0),
             "subscriptions.free.max_keys_per_owner",
         ),

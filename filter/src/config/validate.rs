@@ -82,6 +82,10 @@ impl TryFrom<RawConfig> for Config {
             )
         })?;
 
+        let model_server_api_key = raw
+            .model_server_api_key
+            .map(model_server_api_key)
+            .transpose()?;
         let control_plane = raw.control_plane.map(|c| control_plane(&c)).transpose()?;
         let limiter = raw.limiter.as_ref().map(limiter).transpose()?;
         if limiter.is_none() {
@@ -113,12 +117,38 @@ impl TryFrom<RawConfig> for Config {
             prompt_bytes_per_token: raw.prompt_bytes_per_token,
             media_part_tokens: raw.media_part_tokens,
             models: models.into_iter().collect(),
+            model_server_api_key,
             external,
             fallbacks,
             subscriptions,
             keys,
         })
     }
+}
+
+/// The shortest model server key: the inference server's `--api-key-file`
+/// refuses shorter ones, so a configuration the server would refuse is
+/// refused here too, at load.
+const MIN_MODEL_SERVER_KEY_LEN: usize = 16;
+
+fn model_server_api_key(key: String) -> Result<String, ConfigError> {
+    let field = "model_server_api_key";
+    if key.bytes().any(|b| !b.is_ascii_graphic()) {
+        return Err(err(
+            field,
+            "must be printable ASCII without spaces (it is sent in a header)",
+        ));
+    }
+    if key.len() < MIN_MODEL_SERVER_KEY_LEN {
+        return Err(err(
+            field,
+            format!(
+                "must be at least {MIN_MODEL_SERVER_KEY_LEN} characters, got {}",
+                key.len()
+            ),
+        ));
+    }
+    Ok(key)
 }
 
 /// Names that end up in headers, metric names and shared-data keys.

@@ -67,6 +67,12 @@ pub struct Config {
     pub media_part_tokens: u64,
     /// Every model the gateway routes (local and external), sorted.
     pub models: Vec<String>,
+    /// Sent as `Authorization: Bearer …` to the gateway's own model
+    /// servers, which refuse requests without it: a request that reaches
+    /// one without passing this filter (a mesh patch that did not land, a
+    /// caller that found the server's address) is refused there too. Never
+    /// sent to an external provider.
+    pub model_server_api_key: Option<String>,
     /// The models of `models` that an external provider serves, by id.
     pub external: BTreeMap<String, Rc<ExternalModel>>,
     /// Per model id: the providers tried, in order, when its own backend
@@ -115,6 +121,13 @@ impl Config {
             .into_iter()
             .chain(self.fallbacks.get(model).into_iter().flatten())
             .map(|m| &**m)
+    }
+
+    /// The bearer token for a request to `model`: the model server key
+    /// when `model` is served by the gateway's own servers.
+    pub fn model_server_bearer(&self, model: &str) -> Option<String> {
+        let key = self.model_server_api_key.as_ref()?;
+        (!self.external.contains_key(model)).then(|| format!("Bearer {key}"))
     }
 
     /// Prompt tokens reserved per media part of a request to `model`: the

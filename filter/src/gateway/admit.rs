@@ -153,7 +153,14 @@ impl Stream {
         }
         self.start_global(host, worst_case)
             .map_err(|e| (Outcome::LimiterError, e))?;
-        forward(host, body, rewritten.as_deref(), &request.model);
+        let bearer = self.config.model_server_bearer(&request.model);
+        forward(
+            host,
+            body,
+            rewritten.as_deref(),
+            &request.model,
+            bearer.as_deref(),
+        );
         Ok(())
     }
 
@@ -359,9 +366,19 @@ fn local_denial(
     }
 }
 
-/// Step 6: the upstream gets the rewritten body and the model header that
-/// routes it.
-fn forward(host: &dyn StreamHost, body: &[u8], rewritten: Option<&[u8]>, model: &str) {
+/// Step 6: the upstream gets the rewritten body, the model header that
+/// routes it and, for the gateway's own model servers, their key (the
+/// client's credential was taken off with the request's headers).
+fn forward(
+    host: &dyn StreamHost,
+    body: &[u8],
+    rewritten: Option<&[u8]>,
+    model: &str,
+    bearer: Option<&str>,
+) {
+    if bearer.is_some() {
+        host.set_request_header("authorization", bearer);
+    }
     if let Some(new_body) = rewritten {
         host.replace_request_body(body.len(), new_body);
         host.set_request_header("content-length", Some(&new_body.len().to_string()));

@@ -114,9 +114,11 @@ struct ResponseState {
     /// The external provider that answered (the backend role's
     /// `x-maas-backend`); `None`: the model's own server, or no answer.
     backend: Option<String>,
-    /// The provider's own status, when the backend role answered the
-    /// client with another (`x-maas-provider-status`).
-    provider_status: Option<u32>,
+    /// What the upstream itself answered, when the client was given
+    /// another status: a provider's, told by the backend role
+    /// (`x-maas-provider-status`), or the model's own server refusing the
+    /// gateway's key (see `response`).
+    upstream_status: Option<u32>,
     /// The response ended (or the filter answered itself).
     complete: bool,
     /// What the request was charged, once settled.
@@ -161,7 +163,7 @@ impl Stream {
                 status: None,
                 reader: ResponseReader::Skip,
                 backend: None,
-                provider_status: None,
+                upstream_status: None,
                 complete: false,
                 charged: None,
             },

@@ -14,6 +14,7 @@
 
 use super::Stream;
 use crate::backend::{BACKEND_HEADER, PROVIDER_STATUS_HEADER};
+use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::openai::sse::{is_event_stream, SseUsageParser};
 
@@ -37,6 +38,12 @@ pub(super) enum ResponseReader {
         seen: u64,
     },
     Sse(Box<SseReader>),
+    /// Not read: the model's own server refused the gateway's key, and the
+    /// client gets the gateway's error in place of the server's.
+    Replaced {
+        body: Vec<u8>,
+        sent: bool,
+    },
 }
 
 /// An event stream's usage reader, with what the response callbacks do
@@ -60,7 +67,7 @@ impl Stream {
                 }
                 "content-type" => sse = is_event_stream(&value),
                 BACKEND_HEADER => self.response.backend = Some(value),
-                PROVIDER_STATUS_HEADER => self.response.provider_status = value.parse().ok(),
+                PROVIDER_STATUS_HEADER => self.response.upstream_status = value.parse().ok(),
                 _ => {}
             }
         }
@@ -70,16 +77,18 @@ impl Stream {
         if self.response.backend.is_some() {
             host.set_response_header(BACKEND_HEADER, None);
         }
-        if self.response.provider_status.is_some() {
+        if self.response.upstream_status.is_some() {
             host.set_response_header(PROVIDER_STATUS_HEADER, None);
             if self.response.backend.is_none() {
-                self.response.provider_status = None;
+                self.response.upstream_status = None;
             }
         }
         for (name, value) in self.headers.to_headers() {
             host.set_response_header(name, Some(&value));
         }
-        if self.admission.is_some() {
+        if self.model_server_refused_gateway() {
+            self.replace_refusal(host);
+        } else if self.admission.is_some() {
             let ok = self
                 .response
                 .status
@@ -130,6 +139,15 @@ impl Stream {
         }
         match &mut self.response.reader {
             ResponseReader::Skip | ResponseReader::Undecodable => {}
+            ResponseReader::Replaced { body, sent } => {
+                let out = if end_of_stream && !*sent {
+                    *sent = true;
+                    body.as_slice()
+                } else {
+                    &[]
+                };
+                host.replace_response_body(body_size, out);
+            }
             ResponseReader::Json {
                 buf,
                 overflowed,
@@ -170,11 +188,53 @@ impl Stream {
         if self.replied || self.admission.is_none() {
             return Flow::Continue;
         }
-        if let ResponseReader::Sse(reader) = &mut self.response.reader {
-            reader.finish(host);
+        match &mut self.response.reader {
+            ResponseReader::Sse(reader) => reader.finish(host),
+            ResponseReader::Replaced { body, sent } if !*sent => {
+                *sent = host.append_response_body(body);
+            }
+            _ => {}
         }
         self.end_response(host);
         Flow::Continue
+    }
+
+    /// A 401 from the model's own server (no provider answered) to an
+    /// admitted request: the filter took the client's credential off and
+    /// put the server's key on, so the server refused the gateway, not the
+    /// client, whose key was good. Passed on, it would tell the client
+    /// that its key is wrong.
+    fn model_server_refused_gateway(&self) -> bool {
+        self.admission.is_some()
+            && self.response.backend.is_none()
+            && self.response.status == Some(401)
+            && self
+                .completion
+                .model
+                .as_deref()
+                .is_some_and(|m| !self.config.external.contains_key(m))
+    }
+
+    /// The client gets a 502 that says whose credential failed. The
+    /// server's 401 stays the upstream status, so the request is settled
+    /// as one the model refused before computing anything.
+    fn replace_refusal(&mut self, host: &dyn StreamHost) {
+        let err = GatewayError::ModelServerRefusedGateway;
+        host.warn_throttled(
+            "model-server-key",
+            "a model server refused the gateway's key: model_server_api_key differs from the server's --api-key-file",
+        );
+        let status = err.status().to_string();
+        host.set_response_header(":status", Some(&status));
+        host.set_response_header("content-type", Some("application/json"));
+        host.set_response_header("content-length", None);
+        host.set_response_header("www-authenticate", None);
+        self.response.upstream_status = self.response.status;
+        self.response.status = Some(err.status());
+        self.response.reader = ResponseReader::Replaced {
+            body: err.body(),
+            sent: false,
+        };
     }
 }
 

@@ -131,7 +131,7 @@ impl Stream {
                         undecodable: true,
                         ..SeenOutput::default()
                     },
-                    ResponseReader::Skip => SeenOutput::default(),
+                    ResponseReader::Skip | ResponseReader::Replaced { .. } => SeenOutput::default(),
                 };
                 let source = if seen.undecodable {
                     UsageSource::Reserved
@@ -206,10 +206,10 @@ impl Stream {
     /// The response is an error no model computed (see
     /// [`answered_before_any_model`]).
     fn answered_before_any_model(&self, host: &dyn StreamHost) -> bool {
-        // A provider's own status, where the backend role mapped it to
-        // another (a refused credential is the client's 502, and cost the
-        // provider nothing).
-        let status = self.response.provider_status.or(self.response.status);
+        // The upstream's own status, where the client was given another (a
+        // refused credential is the client's 502, and cost the upstream
+        // nothing).
+        let status = self.response.upstream_status.or(self.response.status);
         status.is_some_and(|s| {
             !(200..300).contains(&s)
                 && answered_before_any_model(s, host.response_code_details().as_deref())

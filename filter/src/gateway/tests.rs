@@ -747,6 +747,39 @@ fn upstream_errors_charge_no_tokens() {
     }
 }
 
+/// The model's own server refusing the key the filter presented is the
+/// gateway's misconfiguration, not the client's key: a 502 that says so,
+/// charged no tokens.
+#[test]
+fn a_model_server_refusing_the_gateways_key_is_a_502_not_the_clients_401() {
+    let h = Harness::new();
+    *h.host.code_details.borrow_mut() = Some("via_upstream".into());
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":50}"#);
+    *h.host.response_headers.borrow_mut() = vec![
+        (":status".into(), "401".into()),
+        ("content-type".into(), "application/json".into()),
+        ("content-length".into(), "120".into()),
+        ("www-authenticate".into(), "Bearer".into()),
+    ];
+    s.on_response_headers(&h.host, false);
+    let server = r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+    *h.host.response_chunk.borrow_mut() = server.as_bytes().to_vec();
+    s.on_response_body(&h.host, server.len(), true);
+    s.on_log(&h.host);
+
+    let hdr = |n: &str| h.host.response_header(n);
+    assert_eq!(hdr(":status").as_deref(), Some("502"));
+    assert_eq!(hdr("content-length"), None);
+    assert_eq!(hdr("www-authenticate"), None);
+    let body: serde_json::Value = serde_json::from_slice(&h.host.response_chunk.borrow()).unwrap();
+    assert_eq!(body["error"]["code"], "model_server_credential_rejected");
+    assert_eq!(body["error"]["type"], "upstream_error");
+    assert_eq!(h.used(TOK), 0);
+    let a = h.audit();
+    assert_eq!(a["status"], 502);
+    assert_eq!(a["usage"], "none");
+}
+
 /// An error that may have followed the prompt's computation (Envoy's
 /// timeout, a reset mid-request, the server's 500) is estimated: the prompt
 /// bound, with no output seen.

@@ -9,6 +9,7 @@
 mod choices;
 mod cut_streams;
 mod sampling_fields;
+mod server_key;
 mod structured_outputs;
 
 use maas_testkit::{Gateway, InferenceServer, Response};
@@ -19,17 +20,27 @@ pub const MODEL: &str = "smollm2-135m-instruct";
 /// Envoy with the release filter routing [`MODEL`] to `server`, with `key`
 /// in a subscription whose token limit no test reaches.
 pub fn gateway(server: &InferenceServer, key: &str) -> Gateway {
+    gateway_with(server, filter_config(key))
+}
+
+/// The filter configuration of [`gateway`].
+pub fn filter_config(key: &str) -> Value {
+    json!({
+        "models": [MODEL],
+        "subscriptions": {
+            "team": {"models": [MODEL], "limits": {"tokens": ["10000000/day"]}}
+        },
+        "keys": [{
+            "id": "team-1", "owner": "team", "subscription": "team",
+            "sha256": maas_filter::auth::keys::KeyDigest::of(key).to_hex()
+        }]
+    })
+}
+
+/// Envoy with the release filter and `config`, routing [`MODEL`] to `server`.
+pub fn gateway_with(server: &InferenceServer, config: Value) -> Gateway {
     Gateway::builder()
-        .filter_config(json!({
-            "models": [MODEL],
-            "subscriptions": {
-                "team": {"models": [MODEL], "limits": {"tokens": ["10000000/day"]}}
-            },
-            "keys": [{
-                "id": "team-1", "owner": "team", "subscription": "team",
-                "sha256": maas_filter::auth::keys::KeyDigest::of(key).to_hex()
-            }]
-        }))
+        .filter_config(config)
         .model(MODEL, server.addr())
         .start()
 }

@@ -89,6 +89,18 @@ impl ApiError {
         .with_code("unknown_url")
     }
 
+    /// A request without the server's key (`--api-key-file`), in OpenAI's
+    /// words for a missing or wrong key.
+    pub fn unauthorized(presented: bool) -> Self {
+        let message = if presented {
+            "Incorrect API key provided. Behind the MaaS gateway, send the request to the gateway with your own key."
+        } else {
+            "You didn't provide an API key. Behind the MaaS gateway, send the request to the gateway with your own key."
+        };
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_request_error", message)
+            .with_code("invalid_api_key")
+    }
+
     pub fn method_not_allowed() -> Self {
         Self::new(
             StatusCode::METHOD_NOT_ALLOWED,

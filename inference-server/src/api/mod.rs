@@ -3,6 +3,7 @@
 //! lengths and budgets are checked), takes an admission permit and hands the
 //! engine a [`Submission`]; `response` shapes what comes back.
 
+mod auth;
 mod error;
 mod health;
 mod request;
@@ -28,6 +29,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
+pub use auth::{ApiKey, ApiKeyError};
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
 use response::{LogprobsWriter, Meta, Shape};
@@ -68,17 +70,25 @@ pub struct AppState {
     pub created: u64,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
+    /// The key `/v1/` callers must present (`--api-key-file`), if any.
+    pub api_key: Option<ApiKey>,
     pub ready: OnceLock<Ready>,
     next_id: AtomicU64,
 }
 
 impl AppState {
-    pub fn new(model_id: String, max_body_bytes: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        model_id: String,
+        max_body_bytes: usize,
+        metrics: Arc<Metrics>,
+        api_key: Option<ApiKey>,
+    ) -> Self {
         Self {
             model_id,
             created: unix_now(),
             max_body_bytes,
             metrics,
+            api_key,
             ready: OnceLock::new(),
             next_id: AtomicU64::new(0),
         }
@@ -105,6 +115,11 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
         .route("/v1/models/{id}", get(get_model))
+        // Only the routes above: probes and scrapers need no key.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            auth::require_key,
+        ))
         .route("/health", get(health::health))
         .route("/metrics", get(metrics))
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 mod api;
+mod api_key;
 mod bad_files;
 mod batching;
 mod chat_templates;

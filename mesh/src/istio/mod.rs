@@ -63,6 +63,11 @@ pub const API_ROUTE: &str = "maas-api";
 /// Name of the `HTTPRoute` that serves the models (and the target of the
 /// Kuadrant policies, which must not count `/maas-api/`).
 pub const MODELS_ROUTE: &str = "maas-models";
+/// The Secret (in `namespace`) whose `api-key` the inference server
+/// demands of its callers (`istio/base/inference-server.yaml`) and the
+/// filter presents (`model_server_api_key`): a request that reaches the
+/// server without passing the filter, in either placement, is refused.
+pub const MODEL_SERVER_KEY_SECRET: &str = "maas-inference-server-key";
 /// The header the filter routes completions by, after reading the body.
 pub const MODEL_HEADER: &str = "x-maas-model";
 
@@ -75,6 +80,7 @@ pub mod placeholder {
     pub const WASM_SHA256: &str =
         "0000000000000000000000000000000000000000000000000000000000000000";
     pub const GATEWAY_TOKEN: &str = "maas-gateway-REPLACE-ME";
+    pub const MODEL_SERVER_KEY: &str = "maas-model-server-REPLACE-ME";
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -99,8 +105,15 @@ pub enum RenderError {
          and every completion stalls"
     )]
     IstioTooOld(IstioVersion),
-    #[error("the filter's failure_policy {0:?} is not FAIL_CLOSED, FAIL_OPEN or FAIL_RELOAD")]
+    #[error("the filter's failure_policy {0:?} is not FAIL_CLOSED or FAIL_RELOAD")]
     FailurePolicy(String),
+    #[error(
+        "the filter's failure_policy is FAIL_OPEN: a proxy whose module failed to load or \
+         crashed would pass every request on unauthenticated and unmetered (and on the \
+         gateway a client's own x-maas-model would route it); the mesh renders \
+         FAIL_CLOSED or FAIL_RELOAD only"
+    )]
+    FailOpen,
 }
 
 /// Where the module is published.
@@ -152,6 +165,10 @@ pub struct MeshSettings {
     pub monitoring_namespace: String,
     /// The control plane's gateway token (its `gateway-token`).
     pub gateway_token: String,
+    /// The key the filter presents to the inference server, which
+    /// `istio/base` has it demand (`--api-key-file`, from the Secret
+    /// [`MODEL_SERVER_KEY_SECRET`]).
+    pub model_server_key: String,
     pub wasm: WasmModule,
     /// Keep the `keys` of the local configuration (its demo keys, one
     /// unlimited, whose plaintext is in the README) in the mesh's copy.
@@ -185,6 +202,7 @@ impl Default for MeshSettings {
             trust_domain: "cluster.local".into(),
             monitoring_namespace: "istio-system".into(),
             gateway_token: placeholder::GATEWAY_TOKEN.into(),
+            model_server_key: placeholder::MODEL_SERVER_KEY.into(),
             wasm: WasmModule {
                 url: placeholder::WASM_URL.into(),
                 sha256: placeholder::WASM_SHA256.into(),
@@ -330,6 +348,9 @@ pub fn template_settings(template: &str) -> Result<TemplateSettings, RenderError
         }
         _ => return Err(RenderError::Template("more than one wasm filter".into())),
     };
+    // Checked here, once, for every rendering that copies these settings
+    // (the EnvoyFilters, the WasmPlugin, the backend role).
+    fail_strategy(&wasm)?;
     let mut hcms = Vec::new();
     collect_typed(&bootstrap, HCM_TYPE, &mut hcms);
     let path_handling = hcms
@@ -389,6 +410,10 @@ pub fn mesh_filter_config(local: &[u8], settings: &MeshSettings) -> Result<Value
     );
     control_plane.insert("token".into(), json!(settings.gateway_token));
     map.insert("control_plane".into(), Value::Object(control_plane));
+    map.insert(
+        "model_server_api_key".into(),
+        json!(settings.model_server_key),
+    );
     if !settings.keep_config_keys {
         map.remove("keys");
     }
@@ -665,7 +690,8 @@ fn gateway_target(settings: &MeshSettings) -> Value {
 
 /// The WasmPlugin's `failStrategy` for the template's `failure_policy`.
 /// The template must not use the deprecated `fail_open`, which Envoy
-/// ignores once `failure_policy` is set and may drop.
+/// ignores once `failure_policy` is set and may drop, nor fail open at all:
+/// the filter is the gateway's authentication and its limits.
 fn fail_strategy(template: &Value) -> Result<&'static str, RenderError> {
     if template.get("fail_open").is_some() {
         return Err(RenderError::Template(
@@ -674,7 +700,7 @@ fn fail_strategy(template: &Value) -> Result<&'static str, RenderError> {
     }
     match template.get("failure_policy").and_then(Value::as_str) {
         Some("FAIL_CLOSED") | None => Ok("FAIL_CLOSE"),
-        Some("FAIL_OPEN") => Ok("FAIL_OPEN"),
+        Some("FAIL_OPEN") => Err(RenderError::FailOpen),
         Some("FAIL_RELOAD") => Ok("FAIL_RELOAD"),
         Some(other) => Err(RenderError::FailurePolicy(other.to_string())),
     }
@@ -915,6 +941,21 @@ static_resources:
             Some(&json!(true))
         );
         assert!(template_settings("a: 1").is_err());
+
+        // A filter that fails open is refused, before anything is rendered.
+        for (policy, refused) in [
+            ("FAIL_OPEN", "failure_policy is FAIL_OPEN"),
+            (
+                "FAIL_SOMETIMES",
+                "\"FAIL_SOMETIMES\" is not FAIL_CLOSED or FAIL_RELOAD",
+            ),
+        ] {
+            let open = template.replace("FAIL_CLOSED", policy);
+            let e = template_settings(&open).unwrap_err().to_string();
+            assert!(e.contains(refused), "{policy}: {e}");
+        }
+        let reload = template.replace("FAIL_CLOSED", "FAIL_RELOAD");
+        assert!(template_settings(&reload).is_ok());
     }
 
     #[test]

@@ -680,3 +680,31 @@ fn a_cap_the_gateway_adds_goes_into_the_field_the_backend_reads() {
         assert!(sent.get(other).is_none(), "{model} {path}: {sent}");
     }
 }
+
+#[test]
+fn only_the_gateways_own_model_servers_get_their_key() {
+    let mut json = with_providers();
+    json["model_server_api_key"] = serde_json::json!("maas-model-server-0123456789");
+    json["fallbacks"]["m1"] =
+        serde_json::json!([{"provider": "anthropic", "model": "claude-haiku-4-5"}]);
+    let h = Harness::with_config(Config::from_json(json.to_string().as_bytes()).unwrap());
+    let bearer = Some("Bearer maas-model-server-0123456789".to_string());
+
+    // A local model: the client's key is taken off, the server's put on.
+    let _local =
+        h.chat(r#"{"model":"m1","max_tokens":5,"messages":[{"role":"user","content":"Hi"}]}"#);
+    assert!(h.replied().is_none());
+    assert_eq!(h.host.request_header("authorization"), bearer);
+    // Its fallback, on the same header map: the provider never sees it.
+    let _fallback = attempt(&h, "anthropic");
+    assert_eq!(h.host.request_header("authorization"), None);
+
+    // An external model: nothing of the model servers' goes out.
+    for model in ["gpt-4o", "far/llama"] {
+        let _external = h.chat(&format!(
+            r#"{{"model":"{model}","max_tokens":5,"messages":[{{"role":"user","content":"Hi"}}]}}"#
+        ));
+        assert!(h.replied().is_none(), "{model}: {:?}", h.replied());
+        assert_eq!(h.host.request_header("authorization"), None, "{model}");
+    }
+}
