@@ -111,7 +111,7 @@ pub fn grants(placement: Placement, settings: &MeshSettings) -> Vec<Grant> {
             ..grant(
                 inference.clone(),
                 vec![Caller::AnyMeshPeer],
-                "the filter runs in this pod's own sidecar and authenticates every caller",
+                "the filter runs in this pod's own sidecar and authenticates every caller; the server itself refuses what did not pass the filter (its key)",
             )
         },
     }];

@@ -396,6 +396,28 @@ fn the_inference_server_is_probed_on_health_and_loads_the_fetched_model() {
     );
 }
 
+/// Keys and the admin token cross the network in every request: no
+/// listener of the gateway may take them in clear.
+#[test]
+fn the_gateway_listens_only_with_tls() {
+    let gateways = of_kind("Gateway");
+    assert!(!gateways.is_empty());
+    for gateway in gateways {
+        let listeners = gateway["spec"]["listeners"].as_array().unwrap();
+        assert!(!listeners.is_empty());
+        for listener in listeners {
+            assert_eq!(listener["protocol"], "HTTPS", "{listener}");
+            assert_eq!(listener["tls"]["mode"], "Terminate", "{listener}");
+            let certificates = listener["tls"]["certificateRefs"].as_array().unwrap();
+            assert!(
+                certificates.iter().all(|c| c["kind"] == "Secret"),
+                "{listener}"
+            );
+            assert!(!certificates.is_empty(), "{listener}");
+        }
+    }
+}
+
 #[test]
 fn services_reach_container_ports_and_volumes_exist() {
     let deployments = workloads();
