@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 
-use crate::api::ApiKey;
+use crate::api::ApiKeys;
 use crate::engine::scheduler::{LimitsError, SchedulerLimits};
 use crate::engine::{KvBudget, KvCacheConfig};
 use crate::text::ChatTemplate;
@@ -90,8 +90,8 @@ pub struct Args {
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
     /// Answer /v1/ only to callers sending `Authorization: Bearer KEY`, KEY
-    /// being this file's content (at least 16 printable characters;
-    /// surrounding whitespace is dropped). Behind the MaaS gateway the
+    /// being a line of this file (at least 16 printable characters;
+    /// surrounding whitespace is dropped; two lines while a key is rotated). Behind the MaaS gateway the
     /// filter presents it (its `model_server_api_key`), so requests that
     /// bypass the filter are refused. /health and /metrics stay open.
     #[arg(long, value_name = "FILE")]
@@ -99,13 +99,13 @@ pub struct Args {
 }
 
 /// `--api-key-file`, read once at start.
-fn read_api_key(path: PathBuf) -> Result<ApiKey, ConfigError> {
+fn read_api_keys(path: PathBuf) -> Result<ApiKeys, ConfigError> {
     let refuse = |reason: String| ConfigError::ApiKey {
         path: path.clone(),
         reason,
     };
     let text = std::fs::read_to_string(&path).map_err(|e| refuse(e.to_string()))?;
-    ApiKey::parse(&text).map_err(|e| refuse(e.to_string()))
+    ApiKeys::parse(&text).map_err(|e| refuse(e.to_string()))
 }
 
 /// `--chat-template`, read and parsed once at start.
@@ -194,7 +194,7 @@ pub struct ServerConfig {
     pub threads: Option<usize>,
     pub device: DeviceChoice,
     pub chat_template: Option<ChatTemplateFile>,
-    pub api_key: Option<ApiKey>,
+    pub api_keys: Option<ApiKeys>,
 }
 
 /// Where the embedded default lives: `$MAAS_MODEL_DIR`, else the cache of the
@@ -275,7 +275,7 @@ impl Args {
             threads: self.threads,
             device: self.device,
             chat_template: self.chat_template.map(ChatTemplateFile::read).transpose()?,
-            api_key: self.api_key_file.map(read_api_key).transpose()?,
+            api_keys: self.api_key_file.map(read_api_keys).transpose()?,
         })
     }
 }

@@ -53,12 +53,12 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
         config.model_id.clone(),
         config.max_body_bytes,
         metrics.clone(),
-        config.api_key.clone(),
+        config.api_keys.clone(),
     ));
     tracing::info!(
         addr = %bound,
         model = %config.model_path.display(),
-        api_key_required = config.api_key.is_some(),
+        api_key_required = config.api_keys.is_some(),
         "listening; loading the model"
     );
 

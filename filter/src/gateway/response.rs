@@ -39,9 +39,12 @@ pub(super) enum ResponseReader {
     },
     Sse(Box<SseReader>),
     /// Not read: the model's own server refused the gateway's key, and the
-    /// client gets the gateway's error in place of the server's.
+    /// client gets the gateway's error in place of the server's. The
+    /// server's body is held (`Flow::Buffer`) until it ends, so that the
+    /// error can take its place also when trailers end it.
     Replaced {
         body: Vec<u8>,
+        buffered: usize,
         sent: bool,
     },
 }
@@ -86,7 +89,7 @@ impl Stream {
         for (name, value) in self.headers.to_headers() {
             host.set_response_header(name, Some(&value));
         }
-        if self.model_server_refused_gateway() {
+        if self.model_server_refused_gateway(host) {
             self.replace_refusal(host);
         } else if self.admission.is_some() {
             let ok = self
@@ -139,14 +142,19 @@ impl Stream {
         }
         match &mut self.response.reader {
             ResponseReader::Skip | ResponseReader::Undecodable => {}
-            ResponseReader::Replaced { body, sent } => {
-                let out = if end_of_stream && !*sent {
+            ResponseReader::Replaced {
+                body,
+                buffered,
+                sent,
+            } => {
+                if !end_of_stream {
+                    *buffered = body_size;
+                    return Flow::Buffer;
+                }
+                if !*sent {
                     *sent = true;
-                    body.as_slice()
-                } else {
-                    &[]
-                };
-                host.replace_response_body(body_size, out);
+                    host.replace_response_body(body_size, body);
+                }
             }
             ResponseReader::Json {
                 buf,
@@ -190,8 +198,13 @@ impl Stream {
         }
         match &mut self.response.reader {
             ResponseReader::Sse(reader) => reader.finish(host),
-            ResponseReader::Replaced { body, sent } if !*sent => {
-                *sent = host.append_response_body(body);
+            ResponseReader::Replaced {
+                body,
+                buffered,
+                sent,
+            } if !*sent => {
+                *sent = true;
+                host.replace_response_body(*buffered, body);
             }
             _ => {}
         }
@@ -204,10 +217,12 @@ impl Stream {
     /// put the server's key on, so the server refused the gateway, not the
     /// client, whose key was good. Passed on, it would tell the client
     /// that its key is wrong.
-    fn model_server_refused_gateway(&self) -> bool {
+    fn model_server_refused_gateway(&self, host: &dyn StreamHost) -> bool {
         self.admission.is_some()
             && self.response.backend.is_none()
             && self.response.status == Some(401)
+            // The server's own answer, not a 401 of a filter after this one.
+            && host.response_code_details().as_deref() == Some("via_upstream")
             && self
                 .completion
                 .model
@@ -227,12 +242,14 @@ impl Stream {
         let status = err.status().to_string();
         host.set_response_header(":status", Some(&status));
         host.set_response_header("content-type", Some("application/json"));
-        host.set_response_header("content-length", None);
-        host.set_response_header("www-authenticate", None);
+        for name in ["content-length", "content-encoding", "www-authenticate"] {
+            host.set_response_header(name, None);
+        }
         self.response.upstream_status = self.response.status;
         self.response.status = Some(err.status());
         self.response.reader = ResponseReader::Replaced {
             body: err.body(),
+            buffered: 0,
             sent: false,
         };
     }

@@ -753,31 +753,66 @@ fn upstream_errors_charge_no_tokens() {
 #[test]
 fn a_model_server_refusing_the_gateways_key_is_a_502_not_the_clients_401() {
     let h = Harness::new();
+    let refused = |s: &mut Stream| {
+        *h.host.response_headers.borrow_mut() = vec![
+            (":status".into(), "401".into()),
+            ("content-type".into(), "application/json".into()),
+            ("content-length".into(), "120".into()),
+            ("www-authenticate".into(), "Bearer".into()),
+        ];
+        s.on_response_headers(&h.host, false)
+    };
+    let server = r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+    let first = &server[..40];
+    let replaced = || {
+        let body: serde_json::Value =
+            serde_json::from_slice(&h.host.response_chunk.borrow()).unwrap();
+        assert_eq!(body["error"]["code"], "model_server_credential_rejected");
+        assert_eq!(body["error"]["type"], "upstream_error");
+        let hdr = |n: &str| h.host.response_header(n);
+        assert_eq!(hdr(":status").as_deref(), Some("502"));
+        assert_eq!(hdr("content-length"), None);
+        assert_eq!(hdr("www-authenticate"), None);
+        assert_eq!(h.used(TOK), 0);
+        let a = h.audit();
+        assert_eq!(a["status"], 502);
+        assert_eq!(a["usage"], "none");
+    };
+
+    // In two chunks: the first held, the whole replaced at the end.
     *h.host.code_details.borrow_mut() = Some("via_upstream".into());
     let mut s = h.chat(r#"{"model":"m1","max_tokens":50}"#);
-    *h.host.response_headers.borrow_mut() = vec![
-        (":status".into(), "401".into()),
-        ("content-type".into(), "application/json".into()),
-        ("content-length".into(), "120".into()),
-        ("www-authenticate".into(), "Bearer".into()),
-    ];
-    s.on_response_headers(&h.host, false);
-    let server = r#"{"error":{"message":"Incorrect API key provided.","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
+    refused(&mut s);
+    *h.host.response_chunk.borrow_mut() = first.as_bytes().to_vec();
+    assert_eq!(
+        s.on_response_body(&h.host, first.len(), false),
+        Flow::Buffer
+    );
     *h.host.response_chunk.borrow_mut() = server.as_bytes().to_vec();
-    s.on_response_body(&h.host, server.len(), true);
+    assert_eq!(
+        s.on_response_body(&h.host, server.len(), true),
+        Flow::Continue
+    );
     s.on_log(&h.host);
+    replaced();
 
-    let hdr = |n: &str| h.host.response_header(n);
-    assert_eq!(hdr(":status").as_deref(), Some("502"));
-    assert_eq!(hdr("content-length"), None);
-    assert_eq!(hdr("www-authenticate"), None);
-    let body: serde_json::Value = serde_json::from_slice(&h.host.response_chunk.borrow()).unwrap();
-    assert_eq!(body["error"]["code"], "model_server_credential_rejected");
-    assert_eq!(body["error"]["type"], "upstream_error");
-    assert_eq!(h.used(TOK), 0);
-    let a = h.audit();
-    assert_eq!(a["status"], 502);
-    assert_eq!(a["usage"], "none");
+    // Ended by trailers: the held body is replaced there.
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":50}"#);
+    refused(&mut s);
+    *h.host.response_chunk.borrow_mut() = server.as_bytes().to_vec();
+    assert_eq!(
+        s.on_response_body(&h.host, server.len(), false),
+        Flow::Buffer
+    );
+    s.on_response_trailers(&h.host);
+    s.on_log(&h.host);
+    replaced();
+
+    // A 401 that a filter after this one answered is not the server's.
+    *h.host.code_details.borrow_mut() = Some("ext_authz_denied".into());
+    let mut s = h.chat(r#"{"model":"m1","max_tokens":50}"#);
+    refused(&mut s);
+    assert_eq!(h.host.response_header(":status").as_deref(), Some("401"));
 }
 
 /// An error that may have followed the prompt's computation (Envoy's

@@ -29,7 +29,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 use tokio_stream::{StreamExt, StreamMap};
 
-pub use auth::{ApiKey, ApiKeyError};
+pub use auth::{ApiKeyError, ApiKeys};
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
 use response::{LogprobsWriter, Meta, Shape};
@@ -70,8 +70,9 @@ pub struct AppState {
     pub created: u64,
     pub max_body_bytes: usize,
     pub metrics: Arc<Metrics>,
-    /// The key `/v1/` callers must present (`--api-key-file`), if any.
-    pub api_key: Option<ApiKey>,
+    /// The keys `/v1/` callers must present one of (`--api-key-file`), if
+    /// any.
+    pub api_keys: Option<ApiKeys>,
     pub ready: OnceLock<Ready>,
     next_id: AtomicU64,
 }
@@ -81,14 +82,14 @@ impl AppState {
         model_id: String,
         max_body_bytes: usize,
         metrics: Arc<Metrics>,
-        api_key: Option<ApiKey>,
+        api_keys: Option<ApiKeys>,
     ) -> Self {
         Self {
             model_id,
             created: unix_now(),
             max_body_bytes,
             metrics,
-            api_key,
+            api_keys,
             ready: OnceLock::new(),
             next_id: AtomicU64::new(0),
         }

@@ -11,6 +11,8 @@ use serde_json::json;
 use crate::support::*;
 
 const KEY: &str = "maas-model-server-6f1d0c8e2b7a49d3";
+/// The key being rotated in, beside [`KEY`].
+const NEXT: &str = "maas-model-server-0a9c4e7d1b3f5862";
 
 fn key_file(name: &str, content: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(format!("maas-api-key-{}", std::process::id()));
@@ -22,7 +24,7 @@ fn key_file(name: &str, content: &str) -> std::path::PathBuf {
 
 #[test]
 fn with_a_key_file_the_api_answers_only_the_keys_bearer() {
-    let file = key_file("good", &format!("{KEY}\n"));
+    let file = key_file("good", &format!("{KEY}\n{NEXT}\n"));
     let server = InferenceServer::start(&["--api-key-file", file.to_str().unwrap()]);
     let body = serde_json::to_vec(&chat_body("Say hi.", json!({"max_tokens": 4}))).unwrap();
     let chat = |headers: &[(&str, &str)]| {
@@ -85,6 +87,16 @@ fn with_a_key_file_the_api_answers_only_the_keys_bearer() {
         "only the admitted chat generated"
     );
 
+    // While a key is rotated, the file's other line is as good.
+    let next = format!("Bearer {NEXT}");
+    let r = request(
+        "GET",
+        &server.url("/v1/models"),
+        &[("authorization", &next)],
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+
     // Kubelet probes and Prometheus need no key.
     assert_eq!(get(&server.url("/health")).status, 200);
     assert_eq!(get(&server.url("/metrics")).status, 200);
@@ -94,14 +106,14 @@ fn with_a_key_file_the_api_answers_only_the_keys_bearer() {
 fn a_key_file_that_cannot_hold_a_key_stops_the_server_at_start() {
     let missing = std::env::temp_dir().join("maas-api-key-does-not-exist");
     for (file, says) in [
-        (key_file("empty", "\n"), "the file is empty".to_string()),
+        (key_file("empty", "\n"), "the file holds no key".to_string()),
         (
             key_file("short", "abc123\n"),
-            "the key is 6 characters long; at least 16 are needed".to_string(),
+            "line 1: the key is 6 characters long; at least 16 are needed".to_string(),
         ),
         (
-            key_file("spaced", "maas model server key 0123"),
-            "printable ASCII (byte 4)".to_string(),
+            key_file("spaced", &format!("{KEY}\nmaas model server key 0123")),
+            "line 2: the key has a character other than printable ASCII (byte 4)".to_string(),
         ),
         (missing.clone(), "No such file".to_string()),
     ] {
