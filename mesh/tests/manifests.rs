@@ -1111,9 +1111,13 @@ fn the_mesh_limiter_implements_the_reservations_the_filter_uses() {
 fn completions_route_in_each_placement() {
     let models: Vec<Value> = local_filter_config()["models"].as_array().unwrap().clone();
     let route_of = |placement: &str| -> &Value {
+        let name = match placement {
+            "sidecar" => istio::SIDECAR_MODELS_ROUTE,
+            _ => istio::MODELS_ROUTE,
+        };
         let routes: Vec<&Value> = applied(placement)
             .into_iter()
-            .filter(|d| d["kind"] == "HTTPRoute" && d["metadata"]["name"] == istio::MODELS_ROUTE)
+            .filter(|d| d["kind"] == "HTTPRoute" && d["metadata"]["name"] == name)
             .collect();
         assert_eq!(routes.len(), 1, "{placement}");
         routes[0]
@@ -1139,6 +1143,24 @@ fn completions_route_in_each_placement() {
             assert_eq!(m["path"]["value"], "/v1/");
         }
     }
+    // Kuadrant's policies trust the identity headers only a filter on the
+    // gateway sets: they attach to the gateway placements' route and find
+    // none in the sidecar placement's.
+    let targets: BTreeSet<&str> = applied("kuadrant")
+        .into_iter()
+        .filter_map(|d| d["spec"].get("targetRef"))
+        .map(|t| t["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(targets, BTreeSet::from([istio::MODELS_ROUTE]));
+    let sidecar_routes: Vec<&str> = applied("sidecar")
+        .into_iter()
+        .filter(|d| d["kind"] == "HTTPRoute")
+        .map(|d| d["metadata"]["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        !sidecar_routes.contains(&istio::MODELS_ROUTE),
+        "{sidecar_routes:?}"
+    );
     // And on /maas-api/, where no filter strips them, the identity headers
     // are removed before the control plane.
     let api = named(&of_kind("HTTPRoute"), istio::API_ROUTE);
@@ -1463,8 +1485,8 @@ fn the_inference_pool_is_opt_in_and_matches_the_inference_server() {
             pool["spec"]["endpointPickerRef"]["port"],
             json!({ "number": 9002 })
         );
-        assert_eq!(route["metadata"]["name"], istio::MODELS_ROUTE);
         let plain_route = &plain.iter().find(|(p, _)| p == path).unwrap().1[0];
+        assert_eq!(route["metadata"]["name"], plain_route["metadata"]["name"]);
         // The same rules in the same order (Istio's route names, which the
         // failover patches target), only the backend changed.
         assert_eq!(

@@ -63,6 +63,12 @@ pub const API_ROUTE: &str = "maas-api";
 /// Name of the `HTTPRoute` that serves the models (and the target of the
 /// Kuadrant policies, which must not count `/maas-api/`).
 pub const MODELS_ROUTE: &str = "maas-models";
+/// The sidecar placement's name for it. Kuadrant's policies trust the
+/// `x-maas-*` headers the filter sets before them at the gateway; in the
+/// sidecar placement no filter runs there, so those headers would be the
+/// client's. Under another name the policies find no route to attach to
+/// (Kuadrant reports it in their status) instead of trusting them.
+pub const SIDECAR_MODELS_ROUTE: &str = "maas-models-sidecar";
 /// The Secret (in `namespace`) whose `api-key` the inference server
 /// demands of its callers (`istio/base/inference-server.yaml`) and the
 /// filter presents (`model_server_api_key`): a request that reaches the
@@ -749,10 +755,14 @@ pub fn models_route(placement: Placement, settings: &MeshSettings, models: &[Str
             vec![json!({ "matches": [{ "path": path }], "backendRefs": backend })]
         }
     };
+    let name = match placement {
+        Placement::Gateway => MODELS_ROUTE,
+        Placement::Sidecar => SIDECAR_MODELS_ROUTE,
+    };
     json!({
         "apiVersion": "gateway.networking.k8s.io/v1",
         "kind": "HTTPRoute",
-        "metadata": metadata(MODELS_ROUTE, settings),
+        "metadata": metadata(name, settings),
         "spec": {
             "parentRefs": [{ "name": settings.gateway }],
             "rules": rules,
