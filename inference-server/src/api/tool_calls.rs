@@ -284,18 +284,21 @@ fn hermes(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     let mut rest = text;
     while let Some((before, block)) = rest.split_once(HERMES_OPEN) {
         content.push_str(before);
-        // A block ends at its close; one left open ends where the next one
-        // opens, or with the answer (a stop or the budget cut it short).
-        let (json, after) = match (block.find(HERMES_CLOSE), block.find(HERMES_OPEN)) {
-            (Some(close), open) if open.is_none_or(|open| close < open) => (
-                block.get(..close)?,
-                block.get(close + HERMES_CLOSE.len()..)?,
-            ),
-            (_, Some(open)) => (block.get(..open)?, block.get(open..)?),
-            (_, None) => (block, ""),
+        // The block's JSON is read as JSON, so a marker inside one of its
+        // strings (arguments holding "</tool_call>") is text, as the
+        // streaming parser reads it. After it: the close; or, for a block
+        // left open, the next block or the answer's end (a stop or the
+        // budget cut it short).
+        let json = block.trim_start();
+        let mut values = serde_json::Deserializer::from_str(json).into_iter::<&RawValue>();
+        let value = values.next()?.ok()?;
+        let after = json.get(values.byte_offset()..)?.trim_start();
+        rest = match after.strip_prefix(HERMES_CLOSE) {
+            Some(after_close) => after_close,
+            None if after.is_empty() || after.starts_with(HERMES_OPEN) => after,
+            None => return None,
         };
-        push_calls(serde_json::from_str(json.trim()).ok()?, known, &mut calls)?;
-        rest = after;
+        push_calls(value, known, &mut calls)?;
     }
     content.push_str(rest);
     Some(ParsedOutput {
@@ -463,6 +466,23 @@ mod tests {
                 ("get_time", r#"{"zone":"CET"}"#)
             ]
         );
+    }
+
+    #[test]
+    fn hermes_markers_inside_strings_are_text() {
+        let p = parse(
+            Hermes,
+            r#"<tool_call>{"name": "get_time", "arguments": {"html": "</tool_call>\n<tool_call>"}}</tool_call> done"#,
+            KNOWN,
+        );
+        assert_eq!(p.content.as_deref(), Some("done"));
+        assert_eq!(
+            calls(&p),
+            [("get_time", r#"{"html":"</tool_call>\n<tool_call>"}"#)]
+        );
+        // Something other than the close after the JSON is no call.
+        let text = r#"<tool_call>{"name": "get_time"} trailing</tool_call>"#;
+        assert_eq!(parse(Hermes, text, KNOWN).tool_calls, []);
     }
 
     #[test]

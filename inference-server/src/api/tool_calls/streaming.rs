@@ -864,6 +864,10 @@ mod tests {
         ),
         (
             Hermes,
+            r#"<tool_call>{"name": "get_time", "arguments": {"html": "</tool_call>\n<tool_call>"}}</tool_call>"#,
+        ),
+        (
+            Hermes,
             "<tool_call>{\"name\": \"get_time\"}\n<tool_call>{\"name\": \"get_weather\", \"arguments\": null, \"parameters\": {\"city\": \"Oslo\"}}",
         ),
         (
