@@ -54,7 +54,7 @@ fmt:
 # toolchain has none of them).
 toolchain:
 	@rustup target list --installed | grep -qx $(WASM_TARGET) || { echo "==> rustup target add $(WASM_TARGET)"; rustup target add $(WASM_TARGET); }
-	@for c in rustfmt clippy; do rustup component list --installed | grep -q "^$$c" || { echo "==> rustup component add $$c"; rustup component add $$c; }; done
+	@for c in rustfmt clippy; do rustup component list --installed | grep -q "^$$c" || { echo "==> rustup component add $$c"; rustup component add $$c || exit 1; }; done
 
 setup: toolchain
 	@./scripts/fetch-envoy.sh

@@ -118,14 +118,11 @@ trap 'exit 143' TERM
 for tool in taskset curl awk; do
   command -v "$tool" >/dev/null || die "$tool is required"
 done
-if ! command -v wrk >/dev/null; then
-  command -v apt-get >/dev/null || die "wrk is required (Debian/Ubuntu: apt-get install wrk)"
-  SUDO=""
-  [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  say "wrk not found: $SUDO apt-get update && $SUDO apt-get install -y wrk"
-  $SUDO apt-get update
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y wrk
+# Debian's wrk, pinned and checked, unpacked into .cache (or WRK=/path).
+if [ -z "${WRK:-}" ]; then
+  WRK=$(./scripts/wrk.sh | tail -n1) || die "could not install wrk (scripts/wrk.sh)"
 fi
+[ -x "$WRK" ] || die "WRK=$WRK is not an executable"
 [ "$(nproc --all)" -ge 2 ] || die "needs 2 cores (proxy on $PROXY_CORE, load on $LOAD_CORE)"
 
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
@@ -334,7 +331,7 @@ run() {
   lim0=$(limiter_side_ticks)
   c0=$(core_ticks "$PROXY_CORE")
   c1=$(core_ticks "$LOAD_CORE")
-  out=$(LOAD_PACE_MS=$pace taskset -c "$LOAD_CORE" wrk -t1 -c"$connections" -d"${seconds}s" --timeout 5s \
+  out=$(LOAD_PACE_MS=$pace taskset -c "$LOAD_CORE" "$WRK" -t1 -c"$connections" -d"${seconds}s" --timeout 5s \
     -s "$WORK/$w.lua" "http://127.0.0.1:${PORT[$v]}/v1/chat/completions" 2>&1) ||
     die "wrk failed against $v: $out"
   local cpu1 lim1 c0b c1b

@@ -3,8 +3,8 @@
 
 Start the gateway first (`make run`), then:
 
-    pip install openai
-    python3 examples/openai_client.py
+    scripts/python-env.sh        # .cache/python: the pinned client, with hashes
+    .cache/python/bin/python examples/openai_client.py
 
 Nothing here is gateway-specific: the client only gets another base URL and
 an API key from the gateway's configuration. It lists the models the key's
@@ -23,7 +23,10 @@ import sys
 try:
     from openai import OpenAI
 except ImportError:
-    sys.exit("this example needs the official OpenAI client: pip install openai")
+    sys.exit(
+        "this example needs the official OpenAI client: run scripts/python-env.sh, "
+        "then .cache/python/bin/python examples/openai_client.py"
+    )
 
 BASE_URL = os.environ.get("MAAS_BASE_URL", "http://127.0.0.1:10000/v1")
 def default_key() -> str:

@@ -98,7 +98,9 @@ fi
 
 echo "==> linking inference-server with CUDA" >&2
 link_log="$target/link.log"
-if ! "${build[@]}" 2> >(tee "$link_log" >&2); then
+# A pipeline, not a process substitution: tee has written all of the log
+# by the time grep reads it.
+if ! "${build[@]}" 2>&1 | tee "$link_log" >&2; then
   grep -q "undefined symbol" "$link_log" || exit 1
   echo "==> the binary links CUDA symbols the stubs lack: making them again" >&2
   make_stubs

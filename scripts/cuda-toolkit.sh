@@ -17,7 +17,6 @@ set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 version=13.0.88
-downloads="$root/.cache/downloads"
 dir="$root/.cache/cuda/$version"
 toolkit="$dir/nvidia/cu13"
 
@@ -47,26 +46,17 @@ command -v unzip >/dev/null || {
   { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq unzip; } >&2
 }
 
-mkdir -p "$downloads"
 rm -rf "$dir"
 mkdir -p "$dir"
+# shellcheck source=wheel.sh
+. "$root/scripts/wheel.sh"
 for entry in "${wheels[@]}"; do
   read -r file sha256 <<<"$entry"
-  if [ ! -f "$downloads/$file" ]; then
-    # The wheel's name carries its version: `pkg-ver-...whl`.
-    pkg=$(echo "$file" | cut -d- -f1 | tr _ -)
-    ver=$(echo "$file" | cut -d- -f2)
-    echo "==> downloading $pkg $ver" >&2
-    python3 -m pip download --quiet --no-deps --only-binary=:all: --progress-bar on \
-      --dest "$downloads" "$pkg==$ver" >&2
-  fi
-  echo "==> verifying $file" >&2
-  echo "$sha256  $downloads/$file" | sha256sum --check --quiet >&2 || {
-    echo "checksum mismatch for $file; removing it" >&2
-    rm -f "$downloads/$file"
-    exit 1
-  }
-  unzip -q -o "$downloads/$file" 'nvidia/*' -d "$dir"
+  # The wheel's name carries its version: `pkg-ver-...whl`.
+  pkg=$(echo "$file" | cut -d- -f1 | tr _ -)
+  ver=$(echo "$file" | cut -d- -f2)
+  wheel=$(fetch_wheel "$file" "$sha256" "$pkg $ver" "$pkg==$ver")
+  unzip -q -o "$wheel" 'nvidia/*' -d "$dir"
 done
 "$toolkit/bin/nvcc" --version >&2
 touch "$dir/.unpacked"

@@ -46,11 +46,17 @@ mkdir -p "$downloads"
 if [ ! -f "$downloads/$file" ]; then
   echo "==> downloading llama-cpp-python $version (sdist, 77 MB)" >&2
   curl --fail --location --progress-bar --max-time 900 -o "$downloads/$file.part" "$url" >&2
+  echo "==> verifying $file" >&2
+  echo "$sha256  $downloads/$file.part" | sha256sum --check --quiet >&2 || {
+    echo "checksum mismatch for the downloaded $file; not kept" >&2
+    rm -f "$downloads/$file.part"
+    exit 1
+  }
   mv "$downloads/$file.part" "$downloads/$file"
 fi
 echo "==> verifying $file" >&2
 echo "$sha256  $downloads/$file" | sha256sum --check --quiet >&2 || {
-  echo "checksum mismatch for $file; removing it" >&2
+  echo "the cached $file does not match its checksum; removed it, run again to download it" >&2
   rm -f "$downloads/$file"
   exit 1
 }

@@ -41,10 +41,20 @@ if [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; the
   exit 0
 fi
 
+# The hashes pin CPython 3.11's wheels (compiled packages have one per
+# Python version): another Python would fail with pip's hash mismatch.
+python3 -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' || {
+  echo "the pinned environments are CPython 3.11 wheels; python3 here is $(python3 --version 2>&1)" >&2
+  exit 1
+}
+python3 -c 'import venv, ensurepip' 2>/dev/null || {
+  echo "python3 has no venv/ensurepip module (Debian: apt-get install python3-venv)" >&2
+  exit 1
+}
 echo "==> python environment for $what"
 rm -rf "$venv"
 python3 -m venv "$venv"
-"$venv/bin/python" -m pip install --quiet --disable-pip-version-check --progress-bar on \
+"$venv/bin/python" -m pip install --disable-pip-version-check --progress-bar on \
   --require-hashes --only-binary=:all: --no-deps -r "$requirements"
 "$venv/bin/python" -c "$check"
 echo "$want" > "$stamp"

@@ -39,52 +39,16 @@ fi
 downloads="$root/.cache/downloads/redis"
 mkdir -p "$downloads"
 
-# Downloads PACKAGE=VERSION into $downloads unless a .deb with that sha256 is
-# there already; prints its path. Fails without leaving a bad file behind.
-fetch_deb() {
-  local spec=$1 sha256=$2 cached
-  for cached in "$downloads"/*.deb; do
-    [ -f "$cached" ] && echo "$sha256  $cached" | sha256sum --check --quiet >/dev/null 2>&1 && {
-      echo "$cached"
-      return 0
-    }
-  done
-  echo "==> apt-get download $spec" >&2
-  local tmp
-  tmp=$(mktemp -d "$downloads/get.XXXXXX")
-  if ! (cd "$tmp" && apt-get download -q "$spec" >&2); then
-    rm -rf "$tmp"
-    return 1
-  fi
-  local deb
-  deb=$(ls "$tmp"/*.deb)
-  if ! echo "$sha256  $deb" | sha256sum --check --quiet >&2; then
-    echo "checksum mismatch for $spec; removing it" >&2
-    rm -rf "$tmp"
-    return 1
-  fi
-  mv "$deb" "$downloads/"
-  rmdir "$tmp"
-  echo "$downloads/$(basename "$deb")"
-}
+# shellcheck source=deb.sh
+. "$root/scripts/deb.sh"
 
 fetch_tools() {
   local entry version sha256
   for entry in "${REDIS_TOOLS[@]}"; do
     read -r version sha256 <<<"$entry"
-    fetch_deb "redis-tools=$version" "$sha256" && return 0
+    fetch_deb "$downloads" "redis-tools=$version" "$sha256" && return 0
   done
   return 1
-}
-
-# apt-get download needs package lists; a fresh image may have none (or
-# only older ones): refresh them once, as root or through sudo, and retry.
-refreshed=no
-refresh_lists() {
-  [ "$refreshed" = yes ] && return 1
-  refreshed=yes
-  echo "==> apt-get update (package lists for apt-get download)" >&2
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2; else sudo apt-get update -qq >&2; fi
 }
 
 debs=()
@@ -95,7 +59,7 @@ tools=$(fetch_tools) || { refresh_lists && tools=$(fetch_tools); } || {
 debs+=("$tools")
 for entry in "${LIBS[@]}"; do
   read -r spec sha256 <<<"$entry"
-  deb=$(fetch_deb "$spec" "$sha256") || { refresh_lists && deb=$(fetch_deb "$spec" "$sha256"); } || {
+  deb=$(fetch_deb "$downloads" "$spec" "$sha256") || { refresh_lists && deb=$(fetch_deb "$downloads" "$spec" "$sha256"); } || {
     echo "cannot download $spec; see scripts/redis.sh" >&2
     exit 1
   }

@@ -54,16 +54,17 @@ model_sha=$(sha256sum "$MODEL" | cut -d' ' -f1)
 
 wheel=""
 if [ "${PEER:-hf}" != none ]; then
-  wheel=${GGUF_WHEEL:-.cache/downloads/$GGUF_WHEEL_FILE}
-  if [ ! -f "$wheel" ]; then
-    echo "==> pip download $GGUF_WHEEL_FILE (the transformers peer reads GGUF through it)" >&2
-    mkdir -p .cache/downloads
-    python3 -m pip download --quiet --no-deps --only-binary=:all: -d .cache/downloads gguf==0.19.0 >&2
-    wheel=.cache/downloads/$GGUF_WHEEL_FILE
-  fi
-  if [ -z "${GGUF_WHEEL:-}" ] && [ "$(sha256sum "$wheel" | cut -d' ' -f1)" != "$GGUF_WHEEL_SHA256" ]; then
-    echo "$wheel: sha256 is not the pinned one" >&2
-    exit 1
+  if [ -n "${GGUF_WHEEL:-}" ]; then
+    wheel=$GGUF_WHEEL
+    [ "$(sha256sum "$wheel" | cut -d' ' -f1)" = "$GGUF_WHEEL_SHA256" ] || {
+      echo "$wheel: sha256 is not the pinned $GGUF_WHEEL_SHA256" >&2
+      exit 1
+    }
+  else
+    # shellcheck source=../../scripts/wheel.sh
+    . scripts/wheel.sh
+    wheel=$(fetch_wheel "$GGUF_WHEEL_FILE" "$GGUF_WHEEL_SHA256" \
+      "$GGUF_WHEEL_FILE (the transformers peer reads GGUF through it)" gguf==0.19.0)
   fi
 fi
 
@@ -101,6 +102,7 @@ commit=$(git rev-parse --short HEAD)
 dirty=$(git status --porcelain --untracked-files=no -- inference-server kernels Cargo.lock | wc -l)
 for s in stage1 stage2; do
   printf '%s  %s\n' "$model_sha" model.gguf "$bin_sha" inference-server >"$PACK/$s/SHA256SUMS"
+  [ -n "$wheel" ] && printf '%s  %s\n' "$GGUF_WHEEL_SHA256" "$(basename "$wheel")" >>"$PACK/$s/SHA256SUMS"
   cat >"$PACK/$s/pack.txt" <<EOF
 pack: $(date -u +%FT%TZ), $calls call(s); repository at $commit ($dirty files of inference-server/, kernels/, Cargo.lock modified)
 binary: $BIN built $(date -u -r "$BIN" +%FT%TZ), sha256 ${bin_sha:0:16}; ${newer:+NOT }newer than the sources${newer:+ (touched after it: $(echo $newer | cut -c1-160))}

@@ -207,6 +207,11 @@ if [ "$PEER" = hf ]; then
   md "" "## peer: Hugging Face transformers on the same GGUF"
   say "peer: transformers on the same GGUF"
   whl=$(compgen -G "$PACK/stage2/gguf-*.whl" || compgen -G "$PACK/stage1/gguf-*.whl" || true)
+  if [ -n "$whl" ] && ! (cd "$(dirname "$whl")" &&
+    grep -F " $(basename "$whl")" "$W/SHA256SUMS" | sha256sum --check --quiet -); then
+    say "$(basename "$whl") does not match SHA256SUMS: the peer runs without it"
+    whl=""
+  fi
   if [ -n "$whl" ]; then
     # gguf (pure Python) is what transformers reads GGUF with; the image lacks it.
     mkdir -p /tmp/site

@@ -1,0 +1,46 @@
+# Sourced by the scripts that unpack pinned Debian packages without root
+# (redis.sh, wrk.sh): `apt-get download` of exact versions, each checked
+# by sha256 in a temporary directory before it enters the cache.
+#
+#   fetch_deb DOWNLOADS PACKAGE=VERSION SHA256   prints the .deb's path
+#   refresh_lists                                apt-get update, once
+
+# Downloads PACKAGE=VERSION into DOWNLOADS unless a .deb with that sha256 is
+# there already; prints its path. Fails without leaving a bad file behind.
+fetch_deb() {
+  local downloads=$1 spec=$2 sha256=$3 cached
+  mkdir -p "$downloads"
+  for cached in "$downloads"/*.deb; do
+    [ -f "$cached" ] && echo "$sha256  $cached" | sha256sum --check --quiet >/dev/null 2>&1 && {
+      echo "$cached"
+      return 0
+    }
+  done
+  echo "==> apt-get download $spec" >&2
+  local tmp
+  tmp=$(mktemp -d "$downloads/get.XXXXXX")
+  if ! (cd "$tmp" && apt-get download -q "$spec" >&2); then
+    rm -rf "$tmp"
+    return 1
+  fi
+  local deb
+  deb=$(ls "$tmp"/*.deb)
+  if ! echo "$sha256  $deb" | sha256sum --check --quiet >&2; then
+    echo "checksum mismatch for $spec; removing it" >&2
+    rm -rf "$tmp"
+    return 1
+  fi
+  mv "$deb" "$downloads/"
+  rmdir "$tmp"
+  echo "$downloads/$(basename "$deb")"
+}
+
+# apt-get download needs package lists; a fresh image may have none (or
+# only older ones): refresh them once, as root or through sudo, and retry.
+deb_lists_refreshed=no
+refresh_lists() {
+  [ "$deb_lists_refreshed" = yes ] && return 1
+  deb_lists_refreshed=yes
+  echo "==> apt-get update (package lists for apt-get download)" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2; else sudo apt-get update -qq >&2; fi
+}
