@@ -3,6 +3,8 @@
 # by sha256 in a temporary directory before it enters the cache.
 #
 #   fetch_deb DOWNLOADS PACKAGE=VERSION SHA256   prints the .deb's path
+#   fetch_any DOWNLOADS PACKAGE "VERSION SHA256"...
+#                                                the first revision that downloads
 #   refresh_lists                                apt-get update, once
 
 # Downloads PACKAGE=VERSION into DOWNLOADS unless a .deb with that sha256 is
@@ -33,6 +35,19 @@ fetch_deb() {
   mv "$deb" "$downloads/"
   rmdir "$tmp"
   echo "$downloads/$(basename "$deb")"
+}
+
+# The first of PACKAGE's pinned revisions (newest first) that downloads: a
+# security archive keeps only its newest revision, so an older one is the
+# fallback once a newer one replaces it.
+fetch_any() {
+  local downloads=$1 package=$2 entry version sha256
+  shift 2
+  for entry in "$@"; do
+    read -r version sha256 <<<"$entry"
+    fetch_deb "$downloads" "$package=$version" "$sha256" && return 0
+  done
+  return 1
 }
 
 # apt-get download needs package lists; a fresh image may have none (or

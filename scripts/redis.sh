@@ -42,17 +42,9 @@ mkdir -p "$downloads"
 # shellcheck source=deb.sh
 . "$root/scripts/deb.sh"
 
-fetch_tools() {
-  local entry version sha256
-  for entry in "${REDIS_TOOLS[@]}"; do
-    read -r version sha256 <<<"$entry"
-    fetch_deb "$downloads" "redis-tools=$version" "$sha256" && return 0
-  done
-  return 1
-}
-
 debs=()
-tools=$(fetch_tools) || { refresh_lists && tools=$(fetch_tools); } || {
+tools=$(fetch_any "$downloads" redis-tools "${REDIS_TOOLS[@]}") ||
+  { refresh_lists && tools=$(fetch_any "$downloads" redis-tools "${REDIS_TOOLS[@]}"); } || {
   echo "no pinned redis-tools revision of $REDIS_VERSION could be downloaded; see scripts/redis.sh" >&2
   exit 1
 }

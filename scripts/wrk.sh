@@ -32,15 +32,6 @@ downloads="$root/.cache/downloads/wrk"
 # shellcheck source=deb.sh
 . "$root/scripts/deb.sh"
 
-fetch_luajit() {
-  local entry version sha256
-  for entry in "${LUAJIT[@]}"; do
-    read -r version sha256 <<<"$entry"
-    fetch_deb "$downloads" "libluajit-5.1-2=$version" "$sha256" && return 0
-  done
-  return 1
-}
-
 get() {
   "$@" || { refresh_lists && "$@"; }
 }
@@ -48,7 +39,7 @@ wrk_deb=$(get fetch_deb "$downloads" "wrk=$WRK_VERSION" "$WRK_SHA256") || {
   echo "cannot download wrk=$WRK_VERSION; see scripts/wrk.sh" >&2
   exit 1
 }
-luajit_deb=$(get fetch_luajit) || {
+luajit_deb=$(get fetch_any "$downloads" libluajit-5.1-2 "${LUAJIT[@]}") || {
   echo "no pinned libluajit-5.1-2 revision could be downloaded; see scripts/wrk.sh" >&2
   exit 1
 }
