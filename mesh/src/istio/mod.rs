@@ -584,7 +584,7 @@ pub fn filter_envoy_filter(
                 "filterChain": {
                     "filter": {
                         "name": "envoy.filters.network.http_connection_manager",
-                        "subFilter": { "name": "envoy.filters.http.router" },
+                        "subFilter": { "name": filter_goes_before(placement, settings) },
                     }
                 }
             }
@@ -684,6 +684,26 @@ pub fn wasm_plugin(
         }
     }))
 }
+
+/// The HTTP filter ours is inserted before. Istio puts the endpoint
+/// picker's `ext_proc` filter (a Gateway whose routes lead to an
+/// InferencePool) after the WasmPlugins and before the router, so "before
+/// the router" would run ours after it: the picker would see each request
+/// before the filter authenticates it, the client's credential included,
+/// and before the filter has read the model from the body and set the
+/// header `maas-models` routes on, so no route to the pool would have
+/// matched yet. With a pool, on the gateway, ours goes before the picker.
+/// (A WasmPlugin, phase AUTHZ, already runs before it.)
+fn filter_goes_before(placement: Placement, settings: &MeshSettings) -> &'static str {
+    match placement {
+        Placement::Gateway if settings.inference_pool.is_some() => EXT_PROC_FILTER,
+        Placement::Gateway | Placement::Sidecar => ROUTER_FILTER,
+    }
+}
+
+const ROUTER_FILTER: &str = "envoy.filters.http.router";
+/// Istio's name for the endpoint picker's filter (Envoy's well-known name).
+const EXT_PROC_FILTER: &str = "envoy.filters.http.ext_proc";
 
 /// The Gateway API gateway, as `targetRefs`.
 fn gateway_target(settings: &MeshSettings) -> Value {
@@ -966,6 +986,33 @@ static_resources:
         }
         let reload = template.replace("FAIL_CLOSED", "FAIL_RELOAD");
         assert!(template_settings(&reload).is_ok());
+    }
+
+    #[test]
+    fn with_a_pool_the_filter_runs_before_the_endpoint_picker() {
+        let template = TemplateSettings {
+            wasm: json!({}),
+            path_handling: Map::new(),
+            buffer_limit: None,
+        };
+        let before = |placement, settings: &MeshSettings| {
+            let filter = filter_envoy_filter(placement, settings, &template, &json!({}));
+            filter["spec"]["configPatches"][0]["match"]["listener"]["filterChain"]["filter"]
+                ["subFilter"]["name"]
+                .clone()
+        };
+        let plain = settings();
+        let pooled = MeshSettings {
+            inference_pool: Some(InferencePoolSettings {
+                picker: "maas-epp".parse().unwrap(),
+                metrics: EppMetricsAccess::Withheld,
+            }),
+            ..settings()
+        };
+        assert_eq!(before(Placement::Gateway, &plain), ROUTER_FILTER);
+        assert_eq!(before(Placement::Gateway, &pooled), EXT_PROC_FILTER);
+        // In the sidecars the picker (on the gateway) has run already.
+        assert_eq!(before(Placement::Sidecar, &pooled), ROUTER_FILTER);
     }
 
     #[test]
