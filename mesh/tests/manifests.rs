@@ -1813,11 +1813,23 @@ fn without_a_grant_render_istio_writes_the_checked_in_policies() {
     for placement in ["gateway", "sidecar", "wasmplugin"] {
         for file in ["access.yaml", "envoyfilters.yaml", "wasmplugin.yaml"] {
             let path = format!("{placement}/{file}");
+            if path == "gateway/envoyfilters.yaml" {
+                continue;
+            }
             if istio_dir().join(&path).exists() {
                 assert_same_file(&dir.join("istio").join(&path), &istio_dir().join(&path));
             }
         }
     }
+    // On the gateway the filter goes before the endpoint picker's ext_proc
+    // filter, which Istio puts before the router; nothing else changes.
+    let docs = |p: &Path| manifest::read_documents(p).unwrap();
+    let mut pooled = docs(&dir.join("istio/gateway/envoyfilters.yaml"));
+    let insert_before = "/spec/configPatches/0/match/listener/filterChain/filter/subFilter/name";
+    let before = pooled[0].pointer_mut(insert_before).unwrap();
+    assert_eq!(*before, "envoy.filters.http.ext_proc");
+    *before = json!("envoy.filters.http.router");
+    assert_eq!(pooled, docs(&istio_dir().join("gateway/envoyfilters.yaml")));
 }
 
 /// Each EPP flag's value is checked when the command line is parsed, and
