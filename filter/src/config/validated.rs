@@ -123,18 +123,24 @@ impl Config {
             .map(|m| &**m)
     }
 
+    /// Whether the gateway's own model servers serve the routed `model`
+    /// (no external provider does).
+    pub fn served_locally(&self, model: &str) -> bool {
+        !self.external.contains_key(model)
+    }
+
     /// The bearer token for a request to `model`: the model server key
     /// when `model` is served by the gateway's own servers.
     pub fn model_server_bearer(&self, model: &str) -> Option<String> {
         let key = self.model_server_api_key.as_ref()?;
-        (!self.external.contains_key(model)).then(|| format!("Bearer {key}"))
+        self.served_locally(model).then(|| format!("Bearer {key}"))
     }
 
     /// Prompt tokens reserved per media part of a request to `model`: the
     /// most any backend that may answer it can charge (its own, then each
     /// fallback), so a failover cannot overshoot either.
     pub fn media_part_tokens(&self, model: &str) -> u64 {
-        let own_servers = (!self.external.contains_key(model)).then_some(self.media_part_tokens);
+        let own_servers = self.served_locally(model).then_some(self.media_part_tokens);
         self.backends(model)
             .map(|b| b.media_part_tokens)
             .chain(own_servers)

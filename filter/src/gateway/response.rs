@@ -45,7 +45,6 @@ pub(super) enum ResponseReader {
     Replaced {
         body: Vec<u8>,
         buffered: usize,
-        sent: bool,
     },
 }
 
@@ -142,19 +141,12 @@ impl Stream {
         }
         match &mut self.response.reader {
             ResponseReader::Skip | ResponseReader::Undecodable => {}
-            ResponseReader::Replaced {
-                body,
-                buffered,
-                sent,
-            } => {
+            ResponseReader::Replaced { body, buffered } => {
                 if !end_of_stream {
                     *buffered = body_size;
                     return Flow::Buffer;
                 }
-                if !*sent {
-                    *sent = true;
-                    host.replace_response_body(body_size, body);
-                }
+                host.replace_response_body(body_size, body);
             }
             ResponseReader::Json {
                 buf,
@@ -198,12 +190,9 @@ impl Stream {
         }
         match &mut self.response.reader {
             ResponseReader::Sse(reader) => reader.finish(host),
-            ResponseReader::Replaced {
-                body,
-                buffered,
-                sent,
-            } if !*sent => {
-                *sent = true;
+            // The body ended without end of stream (or this would not
+            // be called: settling took the admission): it is held.
+            ResponseReader::Replaced { body, buffered } => {
                 host.replace_response_body(*buffered, body);
             }
             _ => {}
@@ -227,7 +216,7 @@ impl Stream {
                 .completion
                 .model
                 .as_deref()
-                .is_some_and(|m| !self.config.external.contains_key(m))
+                .is_some_and(|m| self.config.served_locally(m))
     }
 
     /// The client gets a 502 that says whose credential failed. The
@@ -250,7 +239,6 @@ impl Stream {
         self.response.reader = ResponseReader::Replaced {
             body: err.body(),
             buffered: 0,
-            sent: false,
         };
     }
 }

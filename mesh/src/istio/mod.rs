@@ -875,7 +875,7 @@ fn local_models(config: &Config) -> Vec<String> {
     config
         .models
         .iter()
-        .filter(|m| !config.external.contains_key(*m))
+        .filter(|m| config.served_locally(m))
         .cloned()
         .collect()
 }
