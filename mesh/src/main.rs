@@ -207,6 +207,23 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
     std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
 }
 
+/// A secret the rendering embeds, from its file (trimmed), or without the
+/// file the placeholder no real service accepts, with a note saying what
+/// that leaves broken.
+fn secret_or_placeholder(
+    file: Option<&Path>,
+    placeholder: &str,
+    missing: &str,
+) -> Result<String, String> {
+    match file {
+        Some(file) => Ok(String::from_utf8_lossy(&read(file)?).trim().to_string()),
+        None => {
+            eprintln!("note: {missing}");
+            Ok(placeholder.to_string())
+        }
+    }
+}
+
 fn render_istio(args: &RenderIstio) -> Result<(), String> {
     // The EPP flags together, before anything is read.
     let inference_pool = InferencePoolSettings::from_flags(
@@ -216,27 +233,19 @@ fn render_istio(args: &RenderIstio) -> Result<(), String> {
         args.no_epp_metrics_grant,
     )
     .map_err(|e| e.to_string())?;
-    let gateway_token = match &args.gateway_token_file {
-        Some(file) => String::from_utf8_lossy(&read(file)?).trim().to_string(),
-        None => {
-            eprintln!(
-                "note: no --gateway-token-file; the filter gets the placeholder token and \
-                 managed keys will not sync until you render with the real one"
-            );
-            placeholder::GATEWAY_TOKEN.to_string()
-        }
-    };
-    let model_server_key = match &args.model_server_key_file {
-        Some(file) => String::from_utf8_lossy(&read(file)?).trim().to_string(),
-        None => {
-            eprintln!(
-                "note: no --model-server-key-file; the filter gets the placeholder key, which \
-                 the inference server refuses (every completion is a 502) until you render \
-                 with the real one"
-            );
-            placeholder::MODEL_SERVER_KEY.to_string()
-        }
-    };
+    let gateway_token = secret_or_placeholder(
+        args.gateway_token_file.as_deref(),
+        placeholder::GATEWAY_TOKEN,
+        "no --gateway-token-file; the filter gets the placeholder token and managed keys \
+         will not sync until you render with the real one",
+    )?;
+    let model_server_key = secret_or_placeholder(
+        args.model_server_key_file.as_deref(),
+        placeholder::MODEL_SERVER_KEY,
+        "no --model-server-key-file; the filter gets the placeholder key, which the \
+         inference server refuses (every completion is a 502) until you render with the \
+         real one",
+    )?;
     let settings = MeshSettings {
         namespace: args.common.namespace.clone(),
         gateway: args.common.gateway.clone(),
