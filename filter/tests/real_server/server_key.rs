@@ -3,6 +3,8 @@
 //! around it, nothing is; and a gateway whose key the server does not take
 //! tells the client it is the gateway's fault, charging nothing.
 
+use maas_testkit::envoy::ScratchDir;
+use maas_testkit::private_file::write_private;
 use maas_testkit::{get, request, InferenceServer};
 use serde_json::json;
 
@@ -12,11 +14,11 @@ const KEY: &str = "sk-server-key-client";
 const AUTH: &str = "Bearer sk-server-key-client";
 const SERVER_KEY: &str = "maas-model-server-5b0e9d2c71f84a36";
 
+/// The server reads its key file at start: the directory may go after.
 fn server_with_key() -> InferenceServer {
-    let dir = std::env::temp_dir().join(format!("maas-server-key-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = ScratchDir::create().unwrap();
     let file = dir.join("api-key");
-    std::fs::write(&file, format!("{SERVER_KEY}\n")).unwrap();
+    write_private(&file, format!("{SERVER_KEY}\n")).unwrap();
     InferenceServer::start(&["--api-key-file", file.to_str().unwrap()])
 }
 

@@ -4,7 +4,9 @@
 
 use std::process::Command;
 
+use maas_testkit::envoy::ScratchDir;
 use maas_testkit::inference::inference_server_binary;
+use maas_testkit::private_file::write_private;
 use maas_testkit::{get, request, InferenceServer};
 use serde_json::json;
 
@@ -14,17 +16,17 @@ const KEY: &str = "maas-model-server-6f1d0c8e2b7a49d3";
 /// The key being rotated in, beside [`KEY`].
 const NEXT: &str = "maas-model-server-0a9c4e7d1b3f5862";
 
-fn key_file(name: &str, content: &str) -> std::path::PathBuf {
-    let dir = std::env::temp_dir().join(format!("maas-api-key-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+/// `content` as the owner-only file `name` in `dir`, as a key is kept.
+fn key_file(dir: &ScratchDir, name: &str, content: &str) -> std::path::PathBuf {
     let path = dir.join(name);
-    std::fs::write(&path, content).unwrap();
+    write_private(&path, content).unwrap();
     path
 }
 
 #[test]
 fn with_a_key_file_the_api_answers_only_the_keys_bearer() {
-    let file = key_file("good", &format!("{KEY}\n{NEXT}\n"));
+    let dir = ScratchDir::create().unwrap();
+    let file = key_file(&dir, "good", &format!("{KEY}\n{NEXT}\n"));
     let server = InferenceServer::start(&["--api-key-file", file.to_str().unwrap()]);
     let body = serde_json::to_vec(&chat_body("Say hi.", json!({"max_tokens": 4}))).unwrap();
     let chat = |headers: &[(&str, &str)]| {
@@ -104,18 +106,25 @@ fn with_a_key_file_the_api_answers_only_the_keys_bearer() {
 
 #[test]
 fn a_key_file_that_cannot_hold_a_key_stops_the_server_at_start() {
-    let missing = std::env::temp_dir().join("maas-api-key-does-not-exist");
+    let dir = ScratchDir::create().unwrap();
     for (file, says) in [
-        (key_file("empty", "\n"), "the file holds no key".to_string()),
         (
-            key_file("short", "abc123\n"),
+            key_file(&dir, "empty", "\n"),
+            "the file holds no key".to_string(),
+        ),
+        (
+            key_file(&dir, "short", "abc123\n"),
             "line 1: the key is 6 characters long; at least 16 are needed".to_string(),
         ),
         (
-            key_file("spaced", &format!("{KEY}\nmaas model server key 0123")),
+            key_file(
+                &dir,
+                "spaced",
+                &format!("{KEY}\nmaas model server key 0123"),
+            ),
             "line 2: the key has a character other than printable ASCII (byte 4)".to_string(),
         ),
-        (missing.clone(), "No such file".to_string()),
+        (dir.join("missing"), "No such file".to_string()),
     ] {
         let out = Command::new(inference_server_binary())
             .args(["--port", "0", "--api-key-file"])
