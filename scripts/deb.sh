@@ -5,7 +5,11 @@
 #   fetch_deb DOWNLOADS PACKAGE=VERSION SHA256   prints the .deb's path
 #   fetch_any DOWNLOADS PACKAGE "VERSION SHA256"...
 #                                                the first revision that downloads
-#   refresh_lists                                apt-get update, once
+#   fetch_into VAR FETCH...                      VAR=$(FETCH...), the package
+#                                                lists refreshed (once) on failure
+#   unpack_debs DEST DEB...                      a staging directory beside DEST
+#   write_wrapper DIR NAME PROGRAM [ARGV0]       DIR/bin/NAME runs usr/bin/PROGRAM
+#   install_unpacked DIR DEST                    DIR becomes DEST
 
 # Downloads PACKAGE=VERSION into DOWNLOADS unless a .deb with that sha256 is
 # there already; prints its path. Fails without leaving a bad file behind.
@@ -58,4 +62,48 @@ refresh_lists() {
   deb_lists_refreshed=yes
   echo "==> apt-get update (package lists for apt-get download)" >&2
   if [ "$(id -u)" = 0 ]; then apt-get update -qq >&2; else sudo apt-get update -qq >&2; fi
+}
+
+# Sets VAR to what FETCH prints; when it fails, refreshes the package lists
+# and tries once more. The refresh runs in this shell, not in the command
+# substitution, so it happens once per script however many fetches fail.
+fetch_into() {
+  local -n fetched_into=$1
+  shift
+  fetched_into=$("$@") || { refresh_lists && fetched_into=$("$@"); }
+}
+
+# Unpacks the .debs into a fresh staging directory beside DEST, with an
+# empty bin/ for the wrappers; prints its path.
+unpack_debs() {
+  local dest=$1 staging deb
+  shift
+  mkdir -p "$(dirname "$dest")"
+  staging=$(mktemp -d "$(dirname "$dest")/unpack.XXXXXX")
+  for deb in "$@"; do
+    dpkg-deb -x "$deb" "$staging"
+  done
+  mkdir -p "$staging/bin"
+  echo "$staging"
+}
+
+# DIR/bin/NAME: runs DIR/usr/bin/PROGRAM (under the name ARGV0, when given)
+# with the unpacked libraries. Paths are relative to the wrapper, so the
+# cache folder can move.
+write_wrapper() {
+  local dir=$1 name=$2 program=$3 argv0=${4:-}
+  cat >"$dir/bin/$name" <<WRAPPER
+#!/usr/bin/env bash
+# Debian's $program, unpacked without root (scripts/deb.sh) with its libraries.
+here=\$(cd "\$(dirname "\${BASH_SOURCE[0]}")/.." && pwd)
+export LD_LIBRARY_PATH="\$here/usr/lib/x86_64-linux-gnu\${LD_LIBRARY_PATH:+:\$LD_LIBRARY_PATH}"
+exec ${argv0:+-a $argv0 }"\$here/usr/bin/$program" "\$@"
+WRAPPER
+  chmod +x "$dir/bin/$name"
+}
+
+# The staging directory takes DEST's place.
+install_unpacked() {
+  rm -rf "$2"
+  mv "$1" "$2"
 }

@@ -43,15 +43,14 @@ mkdir -p "$downloads"
 . "$root/scripts/deb.sh"
 
 debs=()
-tools=$(fetch_any "$downloads" redis-tools "${REDIS_TOOLS[@]}") ||
-  { refresh_lists && tools=$(fetch_any "$downloads" redis-tools "${REDIS_TOOLS[@]}"); } || {
+fetch_into tools fetch_any "$downloads" redis-tools "${REDIS_TOOLS[@]}" || {
   echo "no pinned redis-tools revision of $REDIS_VERSION could be downloaded; see scripts/redis.sh" >&2
   exit 1
 }
 debs+=("$tools")
 for entry in "${LIBS[@]}"; do
   read -r spec sha256 <<<"$entry"
-  deb=$(fetch_deb "$downloads" "$spec" "$sha256") || { refresh_lists && deb=$(fetch_deb "$downloads" "$spec" "$sha256"); } || {
+  fetch_into deb fetch_deb "$downloads" "$spec" "$sha256" || {
     echo "cannot download $spec; see scripts/redis.sh" >&2
     exit 1
   }
@@ -59,28 +58,10 @@ for entry in "${LIBS[@]}"; do
 done
 
 echo "==> unpacking Redis $REDIS_VERSION into $dest" >&2
-mkdir -p "$(dirname "$dest")"
-tmp=$(mktemp -d "$(dirname "$dest")/unpack.XXXXXX")
-for deb in "${debs[@]}"; do
-  dpkg-deb -x "$deb" "$tmp"
-done
-mkdir -p "$tmp/bin"
-# Relative to the wrapper, so the cache folder can move.
-cat >"$tmp/bin/redis-server" <<'WRAPPER'
-#!/usr/bin/env bash
-# Debian's redis-server, unpacked without root (scripts/redis.sh): its
-# libraries lie beside it; the name it runs under makes it the server.
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export LD_LIBRARY_PATH="$here/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-exec -a redis-server "$here/usr/bin/redis-check-rdb" "$@"
-WRAPPER
-cat >"$tmp/bin/redis-cli" <<'WRAPPER'
-#!/usr/bin/env bash
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export LD_LIBRARY_PATH="$here/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-exec "$here/usr/bin/redis-cli" "$@"
-WRAPPER
-chmod +x "$tmp/bin/redis-server" "$tmp/bin/redis-cli"
-rm -rf "$dest"
-mv "$tmp" "$dest"
+staging=$(unpack_debs "$dest" "${debs[@]}")
+# The server binary is redis-check-rdb, which runs as the server under
+# that name.
+write_wrapper "$staging" redis-server redis-check-rdb redis-server
+write_wrapper "$staging" redis-cli redis-cli
+install_unpacked "$staging" "$dest"
 "$bin" --version

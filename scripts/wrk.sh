@@ -32,35 +32,19 @@ downloads="$root/.cache/downloads/wrk"
 # shellcheck source=deb.sh
 . "$root/scripts/deb.sh"
 
-get() {
-  "$@" || { refresh_lists && "$@"; }
-}
-wrk_deb=$(get fetch_deb "$downloads" "wrk=$WRK_VERSION" "$WRK_SHA256") || {
+fetch_into wrk_deb fetch_deb "$downloads" "wrk=$WRK_VERSION" "$WRK_SHA256" || {
   echo "cannot download wrk=$WRK_VERSION; see scripts/wrk.sh" >&2
   exit 1
 }
-luajit_deb=$(get fetch_any "$downloads" libluajit-5.1-2 "${LUAJIT[@]}") || {
+fetch_into luajit_deb fetch_any "$downloads" libluajit-5.1-2 "${LUAJIT[@]}" || {
   echo "no pinned libluajit-5.1-2 revision could be downloaded; see scripts/wrk.sh" >&2
   exit 1
 }
 
 echo "==> unpacking wrk $WRK_VERSION into $dest" >&2
-mkdir -p "$(dirname "$dest")"
-tmp=$(mktemp -d "$(dirname "$dest")/unpack.XXXXXX")
-for deb in "$wrk_deb" "$luajit_deb"; do
-  dpkg-deb -x "$deb" "$tmp"
-done
-mkdir -p "$tmp/bin"
-cat >"$tmp/bin/wrk" <<'WRAPPER'
-#!/usr/bin/env bash
-# Debian's wrk, unpacked without root (scripts/wrk.sh), with its LuaJIT.
-here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-export LD_LIBRARY_PATH="$here/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-exec "$here/usr/bin/wrk" "$@"
-WRAPPER
-chmod +x "$tmp/bin/wrk"
-rm -rf "$dest"
-mv "$tmp" "$dest"
+staging=$(unpack_debs "$dest" "$wrk_deb" "$luajit_deb")
+write_wrapper "$staging" wrk wrk
+install_unpacked "$staging" "$dest"
 # `wrk --version` prints its banner and usage, and exits 1.
 { "$bin" --version 2>&1 || true; } | head -n1 >&2
 echo "$bin"
