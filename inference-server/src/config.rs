@@ -91,9 +91,10 @@ pub struct Args {
     pub chat_template: Option<PathBuf>,
     /// Answer /v1/ only to callers sending `Authorization: Bearer KEY`, KEY
     /// being a line of this file (at least 16 printable characters;
-    /// surrounding whitespace is dropped; two lines while a key is rotated). Behind the MaaS gateway the
-    /// filter presents it (its `model_server_api_key`), so requests that
-    /// bypass the filter are refused. /health and /metrics stay open.
+    /// surrounding whitespace is dropped; two lines while a key is
+    /// rotated). Behind the MaaS gateway the filter presents it (its
+    /// `model_server_api_key`), so requests that bypass the filter are
+    /// refused. /health and /metrics stay open.
     #[arg(long, value_name = "FILE")]
     pub api_key_file: Option<PathBuf>,
 }
