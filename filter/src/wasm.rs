@@ -168,14 +168,13 @@ fn now_ms() -> u64 {
 
 /// A GET to the control plane with the gateway's token.
 fn control_plane_call(cp: &ControlPlane, path: &str) -> Result<u32, Status> {
-    let bearer = format!("Bearer {}", cp.token);
     hostcalls::dispatch_http_call(
         &cp.cluster,
         vec![
             (":method", "GET"),
             (":path", path),
             (":authority", &cp.authority),
-            ("authorization", &bearer),
+            ("authorization", cp.token.header_value()),
         ],
         None,
         Vec::new(),

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use maas_filter::auth::credential::Secret;
 use maas_mesh::crd::{CrdCatalog, Verdict};
 use maas_mesh::istio::providers::{self, MeshProviders};
 use maas_mesh::istio::{
@@ -214,12 +215,12 @@ fn secret_or_placeholder(
     file: Option<&Path>,
     placeholder: &str,
     missing: &str,
-) -> Result<String, String> {
+) -> Result<Secret, String> {
     match file {
-        Some(file) => Ok(String::from_utf8_lossy(&read(file)?).trim().to_string()),
+        Some(file) => Ok(String::from_utf8_lossy(&read(file)?).trim().into()),
         None => {
             eprintln!("note: {missing}");
-            Ok(placeholder.to_string())
+            Ok(placeholder.into())
         }
     }
 }

@@ -9,6 +9,7 @@
 //! [`RawSubscription`] is also the control plane's schema of a subscription,
 //! so it (and what it holds) is public and serialisable.
 
+use crate::auth::credential::Secret;
 use crate::openai::request::BudgetField;
 use crate::providers::ProviderKind;
 use crate::subscription::{CapMode, FailureMode, KeyLimitsPer, DEFAULT_MAX_KEYS_PER_OWNER};
@@ -68,7 +69,7 @@ pub(super) struct RawConfig {
     /// The key the gateway's own model servers demand (the inference
     /// server's `--api-key-file`), sent to them as a bearer token.
     #[serde(default)]
-    pub(super) model_server_api_key: Option<String>,
+    pub(super) model_server_api_key: Option<Secret>,
     /// External providers the gateway routes to (`external_models`). Their
     /// addresses and credentials are Envoy's: never in this document.
     #[serde(default)]
@@ -238,7 +239,7 @@ pub(super) struct RawControlPlane {
     #[serde(default)]
     pub(super) authority: Option<String>,
     /// The control plane's gateway token (its `gateway-token` file).
-    pub(super) token: String,
+    pub(super) token: Secret,
     /// How often the gateway asks for changes. A revoked key stops working
     /// within about this long (plus one round trip).
     #[serde(default = "default_sync_interval_ms")]

@@ -64,6 +64,29 @@ fn loads_a_full_configuration() {
 }
 
 #[test]
+fn the_credentials_it_sends_are_kept_out_of_debug_output() {
+    let mut v = base();
+    v["model_server_api_key"] = json!("model-server-secret-0123");
+    v["control_plane"] = json!({"cluster": "cp", "token": "gateway-secret-4567"});
+    let c = load(&v).unwrap();
+    assert_eq!(
+        c.model_server_bearer("m1"),
+        Some("Bearer model-server-secret-0123")
+    );
+    let cp = c.control_plane.as_ref().unwrap();
+    assert_eq!(cp.token.header_value(), "Bearer gateway-secret-4567");
+    let shown = format!("{c:?}");
+    for secret in ["model-server-secret-0123", "gateway-secret-4567"] {
+        assert!(!shown.contains(secret), "{secret} in {shown}");
+    }
+    let raw: super::raw::RawConfig = serde_json::from_value(v).unwrap();
+    let shown = format!("{raw:?}");
+    for secret in ["model-server-secret-0123", "gateway-secret-4567"] {
+        assert!(!shown.contains(secret), "{secret} in the raw form: {shown}");
+    }
+}
+
+#[test]
 fn errors_name_the_field() {
     type Mutation = fn(&mut serde_json::Value);
     let cases: Vec<(Mutation, &str)> = vec![

@@ -13,6 +13,7 @@ use super::raw::{
 };
 use super::validated::{err, Config, ConfigError, ExternalModel};
 use crate::auth::control_plane::ControlPlane;
+use crate::auth::credential::{BearerCredential, Secret};
 use crate::auth::keys::{ApiKey, KeyDigest, KeyStore};
 use crate::limits::global_limits::Limiter;
 use crate::limits::Rate;
@@ -131,24 +132,25 @@ impl TryFrom<RawConfig> for Config {
 /// refused here too, at load.
 const MIN_MODEL_SERVER_KEY_LEN: usize = 16;
 
-fn model_server_api_key(key: String) -> Result<String, ConfigError> {
+fn model_server_api_key(key: Secret) -> Result<BearerCredential, ConfigError> {
     let field = "model_server_api_key";
-    if key.bytes().any(|b| !b.is_ascii_graphic()) {
+    let value = key.expose();
+    if value.bytes().any(|b| !b.is_ascii_graphic()) {
         return Err(err(
             field,
             "must be printable ASCII without spaces (it is sent in a header)",
         ));
     }
-    if key.len() < MIN_MODEL_SERVER_KEY_LEN {
+    if value.len() < MIN_MODEL_SERVER_KEY_LEN {
         return Err(err(
             field,
             format!(
                 "must be at least {MIN_MODEL_SERVER_KEY_LEN} characters, got {}",
-                key.len()
+                value.len()
             ),
         ));
     }
-    Ok(key)
+    Ok(BearerCredential::new(&key))
 }
 
 /// Names that end up in headers, metric names and shared-data keys.
@@ -592,7 +594,8 @@ fn has_global(sub: &Subscription) -> bool {
 
 fn control_plane(raw: &RawControlPlane) -> Result<ControlPlane, ConfigError> {
     check_name("control_plane.cluster", &raw.cluster, &[':'])?;
-    if raw.token.trim().is_empty() || raw.token.bytes().any(|b| !b.is_ascii_graphic()) {
+    let token = raw.token.expose();
+    if token.is_empty() || token.bytes().any(|b| !b.is_ascii_graphic()) {
         return Err(err(
             "control_plane.token",
             "must be the control plane's gateway token (printable ASCII, no spaces)",
@@ -613,7 +616,7 @@ fn control_plane(raw: &RawControlPlane) -> Result<ControlPlane, ConfigError> {
     Ok(ControlPlane {
         cluster: raw.cluster.clone(),
         authority,
-        token: raw.token.clone(),
+        token: BearerCredential::new(&raw.token),
         sync_interval_ms: range("sync_interval_ms", raw.sync_interval_ms, 50, 600_000)?,
         timeout_ms: range("timeout_ms", raw.timeout_ms, 10, 60_000)?,
         sync_page_keys: range("sync_page_keys", raw.sync_page_keys, 1, 50_000)?,

@@ -8,6 +8,7 @@
 
 use super::raw::{Oidc, RawConfig};
 use crate::auth::control_plane::ControlPlane;
+use crate::auth::credential::BearerCredential;
 use crate::auth::keys::KeyStore;
 use crate::limits::global_limits::Limiter;
 use crate::openai::endpoint::Endpoint;
@@ -72,7 +73,7 @@ pub struct Config {
     /// one without passing this filter (a mesh patch that did not land, a
     /// caller that found the server's address) is refused there too. Never
     /// sent to an external provider.
-    pub model_server_api_key: Option<String>,
+    pub model_server_api_key: Option<BearerCredential>,
     /// The models of `models` that an external provider serves, by id.
     pub external: BTreeMap<String, Rc<ExternalModel>>,
     /// Per model id: the providers tried, in order, when its own backend
@@ -131,9 +132,9 @@ impl Config {
 
     /// The bearer token for a request to `model`: the model server key
     /// when `model` is served by the gateway's own servers.
-    pub fn model_server_bearer(&self, model: &str) -> Option<String> {
+    pub fn model_server_bearer(&self, model: &str) -> Option<&str> {
         let key = self.model_server_api_key.as_ref()?;
-        self.served_locally(model).then(|| format!("Bearer {key}"))
+        self.served_locally(model).then(|| key.header_value())
     }
 
     /// Prompt tokens reserved per media part of a request to `model`: the

@@ -154,13 +154,7 @@ impl Stream {
         self.start_global(host, worst_case)
             .map_err(|e| (Outcome::LimiterError, e))?;
         let bearer = self.config.model_server_bearer(&request.model);
-        forward(
-            host,
-            body,
-            rewritten.as_deref(),
-            &request.model,
-            bearer.as_deref(),
-        );
+        forward(host, body, rewritten.as_deref(), &request.model, bearer);
         Ok(())
     }
 

@@ -23,6 +23,7 @@
 
 use serde_json::{json, Map, Value};
 
+use maas_filter::auth::credential::Secret;
 use maas_filter::config::{Config, ConfigError};
 
 use crate::manifest::ManifestError;
@@ -170,11 +171,11 @@ pub struct MeshSettings {
     /// proxies' metrics ports of every workload.
     pub monitoring_namespace: String,
     /// The control plane's gateway token (its `gateway-token`).
-    pub gateway_token: String,
+    pub gateway_token: Secret,
     /// The key the filter presents to the inference server, which
     /// `istio/base` has it demand (`--api-key-file`, from the Secret
     /// [`MODEL_SERVER_KEY_SECRET`]).
-    pub model_server_key: String,
+    pub model_server_key: Secret,
     pub wasm: WasmModule,
     /// Keep the `keys` of the local configuration (its demo keys, one
     /// unlimited, whose plaintext is in the README) in the mesh's copy.
@@ -414,11 +415,11 @@ pub fn mesh_filter_config(local: &[u8], settings: &MeshSettings) -> Result<Value
         "authority".into(),
         json!(settings.service_host(&settings.control_plane)),
     );
-    control_plane.insert("token".into(), json!(settings.gateway_token));
+    control_plane.insert("token".into(), json!(settings.gateway_token.expose()));
     map.insert("control_plane".into(), Value::Object(control_plane));
     map.insert(
         "model_server_api_key".into(),
-        json!(settings.model_server_key),
+        json!(settings.model_server_key.expose()),
     );
     if !settings.keep_config_keys {
         map.remove("keys");
@@ -913,6 +914,20 @@ pub(crate) mod tests {
 
     pub(crate) fn settings() -> MeshSettings {
         MeshSettings::default()
+    }
+
+    #[test]
+    fn the_settings_debug_output_keeps_the_secrets_out() {
+        let s = MeshSettings {
+            gateway_token: "gateway-secret-0123".into(),
+            model_server_key: "model-server-secret-4567".into(),
+            ..settings()
+        };
+        let shown = format!("{s:?}");
+        assert!(shown.contains("maas-gateway"), "the rest is shown: {shown}");
+        for secret in ["gateway-secret-0123", "model-server-secret-4567"] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! answer leaves in shared data, and when it asks again.
 
 use super::*;
+use crate::auth::credential::BearerCredential;
 use crate::auth::key_sync::{lookup, read_state, Lookup};
 use crate::auth::keys::encode_hex;
 use crate::limits::{CounterStore, MemoryStore};
@@ -76,7 +77,7 @@ fn control_plane() -> ControlPlane {
     ControlPlane {
         cluster: "maas-control-plane".into(),
         authority: "maas-control-plane".into(),
-        token: "gw-token".into(),
+        token: BearerCredential::new(&"gw-token".into()),
         sync_interval_ms: INTERVAL_MS,
         timeout_ms: 2000,
         sync_page_keys: 2,
