@@ -4,6 +4,7 @@
 //! and validated again at load by the same rules.
 
 use crate::config::{Config, ConfigError, ExternalModel};
+use crate::openai::request::BudgetField;
 use crate::providers::ProviderKind;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -40,6 +41,10 @@ struct RawBackend {
     kind: ProviderKind,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     api_version: Option<String>,
+    /// The provider's `max_tokens_field`, where it is not its kind's
+    /// default: each attempt's budget goes out under it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    max_tokens_field: Option<BudgetField>,
     /// Public model id → the provider's name for it.
     models: BTreeMap<String, String>,
 }
@@ -85,6 +90,8 @@ impl BackendConfig {
                 provider: provider.to_string(),
                 kind: first.kind,
                 api_version: first.api_version.clone(),
+                max_tokens_field: (first.budget_field != first.kind.default_budget_field())
+                    .then_some(first.budget_field),
                 models,
             },
         };
@@ -103,6 +110,7 @@ impl BackendConfig {
                 "name": raw.provider,
                 "kind": raw.kind,
                 "api_version": raw.api_version,
+                "max_tokens_field": raw.max_tokens_field,
             }],
             "external_models": raw.models.iter().map(|(id, model)| serde_json::json!({
                 "id": id, "provider": raw.provider, "model": model,
@@ -170,6 +178,37 @@ mod tests {
         assert_eq!(azure["backend"]["api_version"], "2024-10-21");
         let vllm = BackendConfig::document_for(&config, "vllm").unwrap();
         assert_eq!(vllm["backend"]["models"], json!({"local-m": "org/local-m"}));
+        assert!(vllm["backend"].get("max_tokens_field").is_none(), "{vllm}");
+        assert!(BackendConfig::document_for(&config, "nobody").is_none());
+    }
+
+    #[test]
+    fn a_providers_own_budget_field_reaches_its_backend_role() {
+        let mut doc: serde_json::Value = json!({
+            "providers": [{"name": "openai", "kind": "openai-compatible",
+                           "max_tokens_field": "max_completion_tokens"}],
+            "external_models": [{"id": "o3", "provider": "openai", "model": "o3"}],
+            "subscriptions": {}
+        });
+        let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        let backend = BackendConfig::document_for(&config, "openai").unwrap();
+        assert_eq!(
+            backend["backend"]["max_tokens_field"],
+            "max_completion_tokens"
+        );
+        let parsed = BackendConfig::from_json(backend.to_string().as_bytes()).unwrap();
+        assert_eq!(
+            parsed.models["o3"].budget_field,
+            BudgetField::MaxCompletionTokens
+        );
+        // A kind's default is not written.
+        doc["providers"][0]["max_tokens_field"] = json!("max_tokens");
+        let config = Config::from_json(doc.to_string().as_bytes()).unwrap();
+        let backend = BackendConfig::document_for(&config, "openai").unwrap();
+        assert!(
+            backend["backend"].get("max_tokens_field").is_none(),
+            "{backend}"
+        );
         assert!(BackendConfig::document_for(&config, "nobody").is_none());
     }
 

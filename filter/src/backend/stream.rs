@@ -9,7 +9,9 @@ use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::metrics::Metric;
 use crate::openai::endpoint::Endpoint;
-use crate::openai::request::{parse_completion_request, rewrite_completion_request, BodyRewrite};
+use crate::openai::request::{
+    parse_completion_request, rewrite_completion_request, BodyRewrite, BudgetField,
+};
 use crate::openai::sse::is_event_stream;
 use crate::providers::anthropic::{self, StreamTranslator};
 use crate::providers::{
@@ -219,6 +221,7 @@ impl BackendStream {
         }
         let rewrite = BodyRewrite {
             model: Some(&model.upstream_model),
+            budget_as: Some(BudgetField::on(self.endpoint.as_ref(), model.budget_field)),
             ..BodyRewrite::default()
         };
         Ok(Outbound {

@@ -113,6 +113,13 @@ pub(super) struct RawProvider {
     /// `openai-compatible` provider, wants `max_completion_tokens`.
     #[serde(default)]
     pub(super) max_tokens_field: Option<BudgetField>,
+    /// Completions one request may ask of this provider (`n`, `best_of`,
+    /// llama.cpp's `n_cmpl`, times the prompts of an array): a request for
+    /// more gets a 400. For a server whose reported usage covers fewer
+    /// outputs than it makes (llama-server counts only the first), so that
+    /// no request is charged less than it used. Default: no limit.
+    #[serde(default)]
+    pub(super) max_outputs: Option<u64>,
 }
 
 /// A public model id mapped to a provider's model (for Azure OpenAI, its

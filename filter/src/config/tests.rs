@@ -334,7 +334,13 @@ type Breakage = fn(&mut serde_json::Value);
 
 #[test]
 fn provider_mistakes_name_their_field() {
-    let cases: [(&str, Breakage); 9] = [
+    let cases: [(&str, Breakage); 11] = [
+        ("providers[1].max_outputs", |v| {
+            v["providers"][1]["max_outputs"] = json!(0);
+        }),
+        ("providers[0].max_outputs", |v| {
+            v["providers"][0]["max_outputs"] = json!(1025);
+        }),
         ("providers[2].max_tokens_field", |v| {
             v["providers"].as_array_mut().unwrap().push(
                 json!({"name": "claude", "kind": "anthropic", "max_tokens_field": "max_tokens"}),

@@ -218,6 +218,14 @@ fn providers(providers: &[RawProvider]) -> Result<BTreeMap<&str, &RawProvider>, 
                 "kind anthropic takes no max_tokens_field",
             ));
         }
+        if let Some(max) = p.max_outputs {
+            if !(1..=MAX_OUTPUTS).contains(&max) {
+                return Err(err(
+                    format!("{field}.max_outputs"),
+                    format!("must be between 1 and {MAX_OUTPUTS}, got {max}"),
+                ));
+            }
+        }
         if by_name.insert(p.name.as_str(), p).is_some() {
             return Err(err(
                 format!("{field}.name"),
@@ -227,6 +235,10 @@ fn providers(providers: &[RawProvider]) -> Result<BTreeMap<&str, &RawProvider>, 
     }
     Ok(by_name)
 }
+
+/// The largest `max_outputs` a provider may set: more outputs per request
+/// than any server runs at once is no limit.
+const MAX_OUTPUTS: u64 = 1024;
 
 /// The most one media part may cost in prompt tokens: a bound on a typo
 /// (a per-part amount above this is no model's) and on the products it
@@ -285,6 +297,7 @@ fn backend(
         budget_field: p
             .max_tokens_field
             .unwrap_or_else(|| p.kind.default_budget_field()),
+        max_outputs: p.max_outputs,
         media_part_tokens,
     })
 }

@@ -30,9 +30,13 @@ pub struct ExternalModel {
     pub upstream_model: String,
     /// Azure OpenAI's `api-version`.
     pub api_version: Option<String>,
-    /// Where the gateway adds a completion's cap when the request names
-    /// neither budget field.
+    /// The budget field its chat completions read: where the gateway adds
+    /// a completion's cap when the request names neither, and the name the
+    /// backend role gives a budget under the other.
     pub budget_field: BudgetField,
+    /// Completions one request may ask of it (its provider's
+    /// `max_outputs`); `None`: no limit.
+    pub max_outputs: Option<u64>,
     /// Prompt tokens one media part may cost here (its own setting, or the
     /// top-level `media_part_tokens`).
     pub media_part_tokens: u64,

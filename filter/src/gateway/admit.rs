@@ -29,7 +29,6 @@ use crate::host::{Flow, StreamHost};
 use crate::limits::ratelimit_headers::format_duration;
 use crate::limits::{self, LimitGroup, ReserveError};
 use crate::metrics::{Metric, Outcome};
-use crate::openai::endpoint::Endpoint;
 use crate::openai::request::{
     parse_completion_request, rewrite_completion_request, BodyRewrite, BudgetField,
     CompletionRequest,
@@ -125,6 +124,7 @@ impl Stream {
             &request.model,
             self.endpoint.as_ref(),
             outgoing,
+            request.completions(),
         )
         .map_err(rejected)?;
 
@@ -233,26 +233,26 @@ impl Stream {
             insert_as: self.budget_field(model),
             force_include_usage,
             model: None,
+            // Each attempt's provider gets its own field from the backend
+            // role, which sees which provider an attempt goes to.
+            budget_as: None,
         };
         rewrite_completion_request(body, &rewrite)
             .map(Some)
             .map_err(|e| rejected(e.into()))
     }
 
-    /// The field a cap is added under when the request names neither:
-    /// `/v1/completions` knows only `max_tokens`; a chat completion gets the
-    /// one its model's first backend reads (its provider's, or `max_tokens`
-    /// for our own servers, which read both). A fallback gets the same
-    /// field: choosing per attempt would need to tell the gateway's
-    /// insertion from a client's choice.
+    /// The field a cap is added under when the request names neither: the
+    /// one its model's first backend reads on this endpoint (its
+    /// provider's, or `max_tokens` for our own servers, which read both).
+    /// A fallback attempt has it renamed to its own by the backend role.
     fn budget_field(&self, model: &str) -> BudgetField {
-        if self.endpoint != Some(Endpoint::ChatCompletions) {
-            return BudgetField::MaxTokens;
-        }
-        self.config
+        let chat = self
+            .config
             .external
             .get(model)
-            .map_or(BudgetField::MaxTokens, |m| m.budget_field)
+            .map_or(BudgetField::MaxTokens, |m| m.budget_field);
+        BudgetField::on(self.endpoint.as_ref(), chat)
     }
 
     /// Step 4: reserves the worst case against every local limit of the

@@ -9,15 +9,26 @@
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::openai::endpoint::Endpoint;
-use crate::providers::{anthropic, ProviderKind};
+use crate::providers::{anthropic, ProviderError, ProviderKind};
 
-/// Step 3's check: every backend of `model` can take `body` at `endpoint`.
+/// Step 3's check: every backend of `model` can take `body` at `endpoint`,
+/// and as many completions as it asks for (`outputs`).
 pub(super) fn check_backends(
     config: &Config,
     model: &str,
     endpoint: Option<&Endpoint>,
     body: &[u8],
+    outputs: u64,
 ) -> Result<(), GatewayError> {
+    // Every backend that may answer must take them: a fallback too.
+    if let Some(max) = config.backends(model).filter_map(|b| b.max_outputs).min() {
+        if outputs > max {
+            return Err(GatewayError::Provider(ProviderError::TooManyOutputs {
+                asked: outputs,
+                max,
+            }));
+        }
+    }
     // Only Anthropic's API takes less than OpenAI's, and one translation
     // judges every Anthropic backend of the model alike.
     let Some(backend) = config

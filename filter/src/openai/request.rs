@@ -7,9 +7,13 @@
 //!
 //! Invariants:
 //! - A body that names one of the fields we read (`model`, the budget
-//!   fields, `stream`, `stream_options`, `n`, `best_of`, `prompt`,
-//!   `messages`) twice is rejected: a gateway that charges or routes on the
-//!   first `model` while the upstream serves the last one would be a bypass.
+//!   fields, `stream`, `stream_options`, `n`, `best_of`, `n_cmpl`,
+//!   `prompt`, `messages`) twice is rejected: a gateway that charges or
+//!   routes on the first `model` while the upstream serves the last one
+//!   would be a bypass.
+//! - Every field a server may read as a number of completions multiplies
+//!   the reservation (llama-server reads `n_cmpl`, and `n` only when it is
+//!   absent).
 //! - Every field a server may read as the completion's budget is a budget
 //!   field ([`CompletionRequest::requested_max_tokens`]): one the gateway
 //!   does not know could let the model generate past what was reserved.
@@ -27,6 +31,8 @@ use std::marker::PhantomData;
 
 use serde::de::{self, DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+use super::endpoint::Endpoint;
 
 mod media;
 
@@ -47,8 +53,9 @@ pub struct CompletionRequest<'a> {
     pub stream: bool,
     /// `stream_options.include_usage == true`.
     pub include_usage: bool,
-    /// Completions generated per prompt: the larger of `n` and `best_of`
-    /// (each a positive integer; absent means 1). `max_tokens` bounds each.
+    /// Completions generated per prompt: the largest of `n`, `best_of` and
+    /// llama.cpp's `n_cmpl` (which llama-server reads before `n`; each a
+    /// positive integer, absent means 1). `max_tokens` bounds each.
     pub choices: u64,
     /// Prompts in the request: `/v1/completions` takes an array of prompts
     /// (an array of token ids is one prompt); anything else is one.
@@ -191,7 +198,7 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 10] = [
+const FIELDS: [&str; 11] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -200,6 +207,7 @@ const FIELDS: [&str; 10] = [
     "stream_options",
     "n",
     "best_of",
+    "n_cmpl",
     "prompt",
     "messages",
 ];
@@ -224,6 +232,7 @@ struct RequestFields<'a> {
     stream_options: Option<&'a RawValue>,
     n: Option<&'a RawValue>,
     best_of: Option<&'a RawValue>,
+    n_cmpl: Option<&'a RawValue>,
     prompt: Option<&'a RawValue>,
     messages: Option<&'a RawValue>,
     /// Entries in the top-level object, ours or not.
@@ -237,7 +246,7 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::DuplicateField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, prompt, messages] =
+        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages] =
             fields.values;
         Ok(RequestFields {
             model,
@@ -248,6 +257,7 @@ impl<'a> RequestFields<'a> {
             stream_options,
             n,
             best_of,
+            n_cmpl,
             prompt,
             messages,
             entries: fields.entries,
@@ -286,13 +296,15 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
         n_predict: typed(fields.n_predict, "n_predict", EXPECT_N_PREDICT)?,
         stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
         include_usage,
-        choices: positive(fields.n, "n")?.max(positive(fields.best_of, "best_of")?),
+        choices: positive(fields.n, "n")?
+            .max(positive(fields.best_of, "best_of")?)
+            .max(positive(fields.n_cmpl, "n_cmpl")?),
         prompts: prompt_count(fields.prompt)?,
         media_parts: fields.messages.map_or(Ok(0), media::media_parts)?,
     })
 }
 
-/// A positive count (`n`, `best_of`); absent or null is 1.
+/// A positive count (`n`, `best_of`, `n_cmpl`); absent or null is 1.
 fn positive(raw: Option<&RawValue>, field: &'static str) -> Result<u64, RequestError> {
     match typed::<Option<u64>>(raw, field, EXPECT_POSITIVE)? {
         None => Ok(1),
@@ -393,6 +405,17 @@ pub enum BudgetField {
 }
 
 impl BudgetField {
+    /// The field a backend reads on `endpoint`, given the one its chat
+    /// completions read (`chat`: a provider's `max_tokens_field`): the
+    /// legacy completions endpoint knows only `max_tokens`, at OpenAI and
+    /// everywhere that copies it.
+    pub fn on(endpoint: Option<&Endpoint>, chat: BudgetField) -> BudgetField {
+        match endpoint {
+            Some(Endpoint::ChatCompletions) => chat,
+            _ => BudgetField::MaxTokens,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BudgetField::MaxTokens => "max_tokens",
@@ -419,6 +442,11 @@ pub struct BodyRewrite<'a> {
     /// The model's name upstream, where it differs from the public id (an
     /// external provider's model or deployment).
     pub model: Option<&'a str>,
+    /// The budget field the upstream reads (an external provider's
+    /// `max_tokens_field`). A body that carries its budget only under the
+    /// other name has that key renamed to this one: a server that knows one
+    /// field ignores the other, and would generate past the reservation.
+    pub budget_as: Option<BudgetField>,
 }
 
 /// Returns `body` with `rewrite` applied. Values are replaced in place and
@@ -434,9 +462,9 @@ pub fn rewrite_completion_request(
 ) -> Result<Vec<u8>, RequestError> {
     let fields = RequestFields::read(body)?;
     // At most one edit per slot: [top-level insertion, max_tokens,
-    // max_completion_tokens, n_predict, stream_options, model]. No
-    // allocation for the list.
-    let mut edits: [Option<Edit<'_>>; 6] = [None; 6];
+    // max_completion_tokens, n_predict, stream_options, model, a budget
+    // field's key]. No allocation for the list.
+    let mut edits: [Option<Edit<'_>>; 7] = [None; 7];
     let mut insert = TopInsert {
         max_tokens: None,
         stream_options: false,
@@ -456,6 +484,16 @@ pub fn rewrite_completion_request(
             *slot = raw
                 .map(|raw| Edit::replace(body, raw, Text::Count(n)))
                 .transpose()?;
+        }
+    }
+
+    if let Some(wanted) = rewrite.budget_as {
+        let (present, other) = match wanted {
+            BudgetField::MaxTokens => (fields.max_tokens, fields.max_completion_tokens),
+            BudgetField::MaxCompletionTokens => (fields.max_completion_tokens, fields.max_tokens),
+        };
+        if let (None, Some(value)) = (present, other) {
+            edits[6] = Some(Edit::rename_key(body, value, wanted.as_str())?);
         }
     }
 
@@ -556,6 +594,36 @@ impl<'a> Edit<'a> {
             start,
             end: start.saturating_add(raw.get().len()),
             text,
+        })
+    }
+
+    /// Replaces the key of the top-level entry whose value is `value`. The
+    /// key is one of [`FIELDS`] (it unescaped to one), so its spelling holds
+    /// no `"`: the key is the quoted run before the `:` that precedes
+    /// `value`.
+    fn rename_key(body: &[u8], value: &RawValue, key: &'a str) -> Result<Self, RequestError> {
+        let is_space = |b: &u8| matches!(b, b' ' | b'\t' | b'\n' | b'\r');
+        let before = body
+            .get(..offset_in(body, value.get())?)
+            .ok_or_else(internal_error)?;
+        let colon = before
+            .iter()
+            .rposition(|b| !is_space(b))
+            .filter(|&at| before.get(at) == Some(&b':'))
+            .ok_or_else(internal_error)?;
+        let close = before
+            .get(..colon)
+            .and_then(|head| head.iter().rposition(|b| !is_space(b)))
+            .filter(|&at| before.get(at) == Some(&b'"'))
+            .ok_or_else(internal_error)?;
+        let open = before
+            .get(..close)
+            .and_then(|head| head.iter().rposition(|b| *b == b'"'))
+            .ok_or_else(internal_error)?;
+        Ok(Edit {
+            start: open,
+            end: close.saturating_add(1),
+            text: Text::Str(key),
         })
     }
 

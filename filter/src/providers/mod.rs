@@ -114,6 +114,12 @@ pub enum ProviderError {
     /// gateway's configuration and Envoy's are out of step.
     #[error("the gateway is not configured to send this model to this provider")]
     NotServed,
+    /// More completions in one request than a backend of the model takes
+    /// (its provider's `max_outputs`).
+    #[error(
+        "this model takes at most {max} completion(s) per request (`n`, `best_of` or `n_cmpl`, times the prompts); the request asks for {asked}"
+    )]
+    TooManyOutputs { asked: u64, max: u64 },
 }
 
 impl ProviderError {
@@ -121,7 +127,8 @@ impl ProviderError {
         match self {
             ProviderError::Unsupported { .. }
             | ProviderError::BadRequest(_)
-            | ProviderError::InvalidField { .. } => 400,
+            | ProviderError::InvalidField { .. }
+            | ProviderError::TooManyOutputs { .. } => 400,
             ProviderError::Upstream { status, .. } => *status,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => 502,
         }
@@ -131,7 +138,8 @@ impl ProviderError {
         match self {
             ProviderError::Unsupported { .. }
             | ProviderError::BadRequest(_)
-            | ProviderError::InvalidField { .. } => "invalid_request_error",
+            | ProviderError::InvalidField { .. }
+            | ProviderError::TooManyOutputs { .. } => "invalid_request_error",
             ProviderError::Upstream { error_type, .. } => error_type,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => "upstream_error",
         }
@@ -140,7 +148,9 @@ impl ProviderError {
     pub fn code(&self) -> &'static str {
         match self {
             ProviderError::Unsupported { .. } => "unsupported_parameter",
-            ProviderError::InvalidField { .. } | ProviderError::BadRequest(_) => "invalid_value",
+            ProviderError::InvalidField { .. }
+            | ProviderError::BadRequest(_)
+            | ProviderError::TooManyOutputs { .. } => "invalid_value",
             ProviderError::Upstream { code, .. } => code,
             ProviderError::UnreadableResponse(_) => "bad_upstream_response",
             ProviderError::NotServed => "provider_not_configured",
@@ -151,6 +161,7 @@ impl ProviderError {
         match self {
             ProviderError::Unsupported { field, .. }
             | ProviderError::InvalidField { field, .. } => Some(field),
+            ProviderError::TooManyOutputs { .. } => Some("n"),
             _ => None,
         }
     }

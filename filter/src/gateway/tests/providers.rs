@@ -354,6 +354,59 @@ fn what_a_provider_cannot_take_is_refused_before_anything_is_reserved() {
 }
 
 #[test]
+fn a_provider_that_takes_one_output_per_request_refuses_more_before_anything_is_reserved() {
+    // llama-server reports the usage of the first output alone: behind
+    // `max_outputs: 1`, a request for several would be charged for one.
+    let mut json = with_providers();
+    json["providers"][1]["max_outputs"] = serde_json::json!(1);
+    json["fallbacks"]["gpt-4o"] =
+        serde_json::json!([{"provider": "vllm-far", "model": "llama-3.1-8b"}]);
+    json["subscriptions"]["free"]["models"] = serde_json::json!(["m1", "gpt-4o", "far/llama"]);
+    let h = Harness::with_config(Config::from_json(json.to_string().as_bytes()).unwrap());
+    let completions = |body: &str| {
+        h.request(
+            "POST",
+            "/v1/completions",
+            &[("authorization", &format!("Bearer {KEY}"))],
+            body,
+        )
+    };
+    let refused = [
+        r#"{"model":"far/llama","max_tokens":5,"prompt":"x","n":2}"#,
+        r#"{"model":"far/llama","max_tokens":5,"prompt":"x","n_cmpl":4}"#,
+        r#"{"model":"far/llama","max_tokens":5,"prompt":["a","b"]}"#,
+        // Its fallback binds the model too.
+        r#"{"model":"gpt-4o","max_tokens":5,"prompt":"x","best_of":3}"#,
+    ];
+    for body in refused {
+        let _s = completions(body);
+        let (status, _, error) = h.replied().unwrap_or_else(|| panic!("{body}"));
+        assert_eq!(status, 400, "{body}");
+        assert_eq!(error["error"]["param"], "n", "{body}");
+        assert_eq!(error["error"]["code"], "invalid_value", "{body}");
+        assert!(
+            error["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("at most 1"),
+            "{error}"
+        );
+    }
+    assert_eq!((h.used(TOK), h.used(REQ)), (0, 0));
+    let _s = completions(r#"{"model":"far/llama","max_tokens":5,"prompt":"x","n":1}"#);
+    assert!(h.replied().is_none());
+    // A model none of whose backends sets it takes many.
+    let h = harness();
+    let _s = h.request(
+        "POST",
+        "/v1/completions",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        r#"{"model":"far/llama","max_tokens":5,"prompt":"x","n":2}"#,
+    );
+    assert!(h.replied().is_none());
+}
+
+#[test]
 fn a_fallbacks_limits_bind_its_model_even_when_the_first_backend_could_serve() {
     // `gpt-4o` is Azure's; were Anthropic its fallback, a request Anthropic
     // cannot take would be refused up front rather than fail over into a 400.
@@ -481,7 +534,9 @@ fn external_models_go_out_under_their_providers_name_and_path() {
     );
     let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
     assert_eq!(sent["model"], "gpt-4o-prod");
-    assert_eq!(sent["max_tokens"], 10);
+    // Under the field Azure reads.
+    assert_eq!(sent["max_completion_tokens"], 10, "{sent}");
+    assert!(sent.get("max_tokens").is_none(), "{sent}");
     assert_eq!(
         h.host.request_body.borrow().len().to_string(),
         hdr("content-length").unwrap()
@@ -679,6 +734,58 @@ fn a_cap_the_gateway_adds_goes_into_the_field_the_backend_reads() {
         assert_eq!(sent[field], 100, "{model} {path}: {sent}");
         assert!(sent.get(other).is_none(), "{model} {path}: {sent}");
     }
+}
+
+#[test]
+fn each_attempt_carries_the_budget_in_the_field_its_provider_reads() {
+    // A server that knows only `max_tokens` would ignore a budget under the
+    // other name and generate past the reservation.
+    let h = harness();
+    let _s = h.chat(
+        r#"{"model":"far/llama","max_completion_tokens":5,"messages":[{"role":"user","content":"Hi"}]}"#,
+    );
+    assert!(h.replied().is_none());
+    let _b = attempt(&h, "vllm-far");
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(sent["max_tokens"], 5, "{sent}");
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
+    assert_eq!(
+        h.host.request_body.borrow().len().to_string(),
+        h.host.request_header("content-length").unwrap()
+    );
+
+    // A fallback whose provider reads the other field than the first
+    // backend's: the gateway wrote the cap under the first one's field, the
+    // fallback's attempt gets it under its own.
+    let mut json = with_providers();
+    json["fallbacks"]["gpt-4o"] =
+        serde_json::json!([{"provider": "vllm-far", "model": "qwen3-32b"}]);
+    let h = Harness::with_config(Config::from_json(json.to_string().as_bytes()).unwrap());
+    let _s = h.chat(r#"{"model":"gpt-4o","messages":[{"role":"user","content":"Hi"}]}"#);
+    assert!(h.replied().is_none());
+    let forwarded = h.host.request_body.borrow().clone();
+    let _first = attempt(&h, "azure-east");
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(sent["max_completion_tokens"], 100, "{sent}");
+    *h.host.request_body.borrow_mut() = forwarded;
+    let _second = attempt(&h, "vllm-far");
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(sent["max_tokens"], 100, "{sent}");
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
+
+    // The legacy endpoint knows only `max_tokens`, Azure's included.
+    let h = harness();
+    let _s = h.request(
+        "POST",
+        "/v1/completions",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        r#"{"model":"gpt-4o","max_completion_tokens":7,"prompt":"hi"}"#,
+    );
+    assert!(h.replied().is_none());
+    let _b = attempt(&h, "azure-east");
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(sent["max_tokens"], 7, "{sent}");
+    assert!(sent.get("max_completion_tokens").is_none(), "{sent}");
 }
 
 #[test]

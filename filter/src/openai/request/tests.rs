@@ -32,6 +32,17 @@ fn counts_choices_and_prompts() {
         (r#"{"model":"m"}"#, Ok((1, 1))),
         (r#"{"model":"m","n":4}"#, Ok((4, 1))),
         (r#"{"model":"m","n":2,"best_of":5}"#, Ok((5, 1))),
+        // llama-server's own count, read before `n`.
+        (r#"{"model":"m","n":1,"n_cmpl":4}"#, Ok((4, 1))),
+        (r#"{"model":"m","prompt":["a","b"],"n_cmpl":3}"#, Ok((3, 2))),
+        (
+            r#"{"model":"m","n_cmpl":0}"#,
+            Err(invalid("n_cmpl", EXPECT_POSITIVE)),
+        ),
+        (
+            r#"{"model":"m","n_cmpl":2,"n\u005fcmpl":9}"#,
+            Err(RequestError::DuplicateField("n_cmpl".into())),
+        ),
         (r#"{"model":"m","n":null,"prompt":"hi"}"#, Ok((1, 1))),
         (r#"{"model":"m","prompt":["a","b","c"]}"#, Ok((1, 3))),
         (r#"{"model":"m","prompt":[1,2,3,4]}"#, Ok((1, 1))),
@@ -677,6 +688,69 @@ fn the_cap_goes_into_the_fields_the_body_names_or_the_one_asked_for() {
 }
 
 #[test]
+fn a_budget_under_the_field_the_upstream_does_not_read_is_renamed() {
+    use BudgetField::{MaxCompletionTokens, MaxTokens};
+    let to = |field| BodyRewrite {
+        model: Some("up"),
+        budget_as: Some(field),
+        ..BodyRewrite::default()
+    };
+    let cases: &[(&str, BudgetField, &str)] = &[
+        (
+            r#"{"model":"m","max_completion_tokens":5}"#,
+            MaxTokens,
+            r#"{"model":"up","max_tokens":5}"#,
+        ),
+        (
+            r#"{"max_tokens" : 7 ,"model":"m"}"#,
+            MaxCompletionTokens,
+            r#"{"max_completion_tokens" : 7 ,"model":"up"}"#,
+        ),
+        // An escaped spelling is one key: renamed whole.
+        (
+            "{\"model\":\"m\",\"max\\u005fcompletion_tokens\"\n:\t9}",
+            MaxTokens,
+            "{\"model\":\"up\",\"max_tokens\"\n:\t9}",
+        ),
+        // The field it reads is there: nothing to rename.
+        (
+            r#"{"model":"m","max_tokens":3,"max_completion_tokens":3}"#,
+            MaxTokens,
+            r#"{"model":"up","max_tokens":3,"max_completion_tokens":3}"#,
+        ),
+        (
+            r#"{"model":"m","max_tokens":3}"#,
+            MaxTokens,
+            r#"{"model":"up","max_tokens":3}"#,
+        ),
+        // No budget named (only llama.cpp's): the gateway inserts one before.
+        (
+            r#"{"model":"m","n_predict":3}"#,
+            MaxTokens,
+            r#"{"model":"up","n_predict":3}"#,
+        ),
+    ];
+    for (body, field, expected) in cases {
+        let out = rewrite_completion_request(body.as_bytes(), &to(*field)).unwrap();
+        assert_eq!(String::from_utf8_lossy(&out), *expected, "{body} {field:?}");
+        let read = parse_completion_request(&out).unwrap();
+        let before = parse_completion_request(body.as_bytes()).unwrap();
+        assert_eq!(read.requested_max_tokens(), before.requested_max_tokens());
+    }
+    // With a cap in the same pass: the value and the key both change.
+    let both = BodyRewrite {
+        max_tokens: Some(4),
+        ..to(MaxTokens)
+    };
+    let out =
+        rewrite_completion_request(br#"{"max_completion_tokens":900,"model":"m"}"#, &both).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out),
+        r#"{"max_tokens":4,"model":"up"}"#
+    );
+}
+
+#[test]
 fn rewrite_refuses_what_parse_refuses_for_its_fields() {
     let both = BodyRewrite {
         max_tokens: Some(1),
@@ -850,6 +924,23 @@ proptest! {
         prop_assert_eq!(req.max_completion_tokens, body.max_completion_tokens.flatten());
         prop_assert_eq!(req.stream, body.stream);
         prop_assert_eq!(req.include_usage, body.include_usage);
+    }
+
+    #[test]
+    fn a_renamed_budget_is_the_same_budget_under_the_field_asked_for(
+        body in valid_body(),
+        completion_field in any::<bool>(),
+    ) {
+        let field = if completion_field { BudgetField::MaxCompletionTokens } else { BudgetField::MaxTokens };
+        let rewrite = BodyRewrite { budget_as: Some(field), ..BodyRewrite::default() };
+        let out = rewrite_completion_request(body.text.as_bytes(), &rewrite).unwrap();
+        let before = parse_completion_request(body.text.as_bytes()).unwrap();
+        let after = parse_completion_request(&out).unwrap();
+        prop_assert_eq!(after.requested_max_tokens(), before.requested_max_tokens());
+        let named = body.max_tokens.is_some() || body.max_completion_tokens.is_some();
+        let top: serde_json::Map<String, serde_json::Value> = serde_json::from_slice(&out).unwrap();
+        let present = top.contains_key(field.as_str());
+        prop_assert_eq!(present, named, "{}", String::from_utf8_lossy(&out));
     }
 
     #[test]
