@@ -25,17 +25,23 @@ const MAX_JSON_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 const MAX_SSE_EVENT_BYTES: usize = 1024 * 1024;
 
 pub(super) enum ResponseReader {
-    /// Not read: not admitted, or an error status.
+    /// Not read: not admitted, or an error status in a content-encoding
+    /// or as an event stream.
     Skip,
     /// Not read: a success in a `content-encoding` the filter does not
     /// decode. The filter strips the client's `accept-encoding`, so only a
     /// misbehaving upstream sends one; it is charged what it may have cost.
     Undecodable,
+    /// A JSON body, read for its `usage`: an answer's, or an error's where
+    /// the model server reports what it computed before it failed.
     Json {
         buf: Vec<u8>,
         overflowed: bool,
         /// Body bytes received, kept or not (the estimate's text).
         seen: u64,
+        /// A success: its bytes are the model's output. An error's are
+        /// not, and bound no estimate.
+        answer: bool,
     },
     Sse(Box<SseReader>),
     /// Not read: the model's own server refused the gateway's key, and the
@@ -95,16 +101,22 @@ impl Stream {
                 .response
                 .status
                 .is_some_and(|s| (200..300).contains(&s));
-            self.response.reader = match (ok && !encoded, sse) {
-                (false, _) if ok => {
+            self.response.reader = match (ok, encoded, sse) {
+                (true, true, _) => {
                     host.warn_throttled(
                         "undecodable-response",
                         "a model answered in a content-encoding the filter does not decode: charged its whole reservation",
                     );
                     ResponseReader::Undecodable
                 }
-                (false, _) => ResponseReader::Skip,
-                (true, true) => {
+                (false, false, false) => ResponseReader::Json {
+                    buf: Vec::new(),
+                    overflowed: false,
+                    seen: 0,
+                    answer: false,
+                },
+                (false, _, _) => ResponseReader::Skip,
+                (true, false, true) => {
                     if self.completion.strip_usage {
                         // The filter rewrites the stream; a declared length
                         // would no longer hold.
@@ -117,10 +129,11 @@ impl Stream {
                         ),
                     }))
                 }
-                (true, false) => ResponseReader::Json {
+                (true, false, false) => ResponseReader::Json {
                     buf: Vec::new(),
                     overflowed: false,
                     seen: 0,
+                    answer: true,
                 },
             };
         }
@@ -152,6 +165,7 @@ impl Stream {
                 buf,
                 overflowed,
                 seen,
+                ..
             } => {
                 *seen = seen.saturating_add(body_size as u64);
                 if !*overflowed && body_size > 0 {

@@ -107,10 +107,12 @@ impl Stream {
             ResponseReader::Sse(reader) => reader.parser.usage(),
             _ => None,
         };
-        // An error answered before any model computed the request (Envoy
-        // could not reach one; the model server refused it) is charged no
-        // tokens, as providers bill none; it still counts as a request. Any
-        // other error, and a success that broke off, is estimated. (A guard:
+        // Usage reported is charged, an error's too (our model server
+        // reports what it computed before it failed). An error without it
+        // answered before any model computed the request (Envoy could not
+        // reach one; the model server refused it) is charged no tokens, as
+        // providers bill none; it still counts as a request. Any other
+        // error, and a success that broke off, is estimated. (A guard:
         // Envoy is asked only when no usage came.)
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
@@ -122,9 +124,9 @@ impl Stream {
                         text_bytes: reader.parser.text_bytes(),
                         undecodable: false,
                     },
-                    ResponseReader::Json { seen, .. } => SeenOutput {
+                    ResponseReader::Json { seen, answer, .. } => SeenOutput {
                         content_events: 0,
-                        text_bytes: *seen,
+                        text_bytes: if *answer { *seen } else { 0 },
                         undecodable: false,
                     },
                     ResponseReader::Undecodable => SeenOutput {

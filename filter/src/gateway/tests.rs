@@ -849,6 +849,30 @@ fn errors_after_a_model_may_have_computed_are_estimated() {
     }
 }
 
+/// Our model server, failing after it computed part of a request (cut at
+/// its shutdown deadline), reports what it computed beside the error: that
+/// is charged, not nothing (a 503 without usage is) nor an estimate.
+#[test]
+fn an_error_that_reports_usage_is_charged_it() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":50}"#;
+    *h.host.code_details.borrow_mut() = Some("via_upstream".into());
+    for status in [503, 500] {
+        h.host.now_ms.set(h.host.now_ms.get() + 60_000);
+        let before = h.used(TOK);
+        let mut s = h.chat(body);
+        h.respond_json(
+            &mut s,
+            status,
+            r#"{"error":{"message":"the server shut down before the response finished","code":"generation_failed"},"usage":{"prompt_tokens":7,"completion_tokens":12,"total_tokens":19}}"#,
+        );
+        let a = h.audit();
+        assert_eq!(a["usage"], "reported", "{status}");
+        assert_eq!(a["total_tokens"], 19, "{status}");
+        assert_eq!(h.used(TOK) - before, 19, "{status}");
+    }
+}
+
 /// Envoy obeys `x-envoy-*` request headers from internal callers (a
 /// timeout of the caller's choosing, retries): none reaches the router.
 #[test]

@@ -427,10 +427,10 @@ impl SseUsageParser {
             self.saw_done = true;
             return Action::Forward;
         }
-        let Ok(fields) = object_fields(data, &["choices", "usage"]) else {
+        let Ok(fields) = object_fields(data, &["choices", "usage", "error"]) else {
             return Action::Forward;
         };
-        let [choices, usage] = fields.values;
+        let [choices, usage, error] = fields.values;
         let choices = choices.filter(|raw| non_empty_array(raw));
         let has_choices = choices.is_some();
         if let Some(choices) = choices {
@@ -443,12 +443,12 @@ impl SseUsageParser {
             return Action::Forward;
         };
         // Usage the client did not ask for: an event that is only usage
-        // (choices empty or absent) goes; one that also carries choices stays
-        // without its usage.
+        // (choices empty or absent) goes; one that also carries choices, or
+        // an error the client must see, stays without its usage.
         if let Some(usage) = Usage::from_raw(usage) {
             self.usage = Some(usage);
         }
-        if has_choices {
+        if has_choices || error.is_some() {
             Action::StripUsage
         } else {
             Action::Remove

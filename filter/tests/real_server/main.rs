@@ -9,6 +9,7 @@
 mod choices;
 mod cut_streams;
 mod sampling_fields;
+mod server_failures;
 mod server_key;
 mod structured_outputs;
 

@@ -5,6 +5,9 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+use super::response::usage_json;
+use crate::engine::Usage;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: StatusCode,
@@ -13,6 +16,11 @@ pub struct ApiError {
     pub param: Option<&'static str>,
     pub code: Option<&'static str>,
     pub retry_after_secs: Option<u64>,
+    /// What the request computed before it failed, beside the error (as a
+    /// response's `usage`): whoever charges for it reads the exact figure
+    /// rather than estimating one. (Boxed: most errors have none, and an
+    /// `ApiError` is every handler's `Err`.)
+    pub usage: Option<Box<Usage>>,
 }
 
 impl ApiError {
@@ -24,6 +32,7 @@ impl ApiError {
             param: None,
             code: None,
             retry_after_secs: None,
+            usage: None,
         }
     }
 
@@ -36,6 +45,11 @@ impl ApiError {
 
     pub fn with_code(mut self, code: &'static str) -> Self {
         self.code = Some(code);
+        self
+    }
+
+    pub fn with_usage(mut self, usage: Usage) -> Self {
+        self.usage = Some(Box::new(usage));
         self
     }
 
@@ -111,14 +125,18 @@ impl ApiError {
     }
 
     pub fn body(&self) -> serde_json::Value {
-        json!({
+        let mut body = json!({
             "error": {
                 "message": self.message,
                 "type": self.kind,
                 "param": self.param,
                 "code": self.code,
             }
-        })
+        });
+        if let Some(usage) = &self.usage {
+            body["usage"] = usage_json(**usage);
+        }
+        body
     }
 }
 

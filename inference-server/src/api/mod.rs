@@ -276,7 +276,7 @@ async fn generate(
         tools: valid.tool_calls,
     };
     if valid.stream {
-        Ok(stream::stream(answer, receivers, valid.include_usage))
+        stream::stream(answer, receivers, valid.include_usage).await
     } else {
         collect(answer, receivers).await
     }
@@ -305,19 +305,14 @@ fn engine_stopped() -> ApiError {
 }
 
 /// The usage of all choices: the prompt once, every choice's completion.
+/// (A choice that failed before it was admitted read no prompt: the
+/// prompt is the one any choice read.)
 fn total_usage(usages: impl IntoIterator<Item = Usage>) -> Usage {
-    usages.into_iter().fold(
-        Usage {
-            prompt_tokens: 0,
-            completion_tokens: 0,
-            cached_tokens: 0,
-        },
-        |total, u| Usage {
-            prompt_tokens: u.prompt_tokens,
-            completion_tokens: total.completion_tokens + u.completion_tokens,
-            cached_tokens: u.cached_tokens,
-        },
-    )
+    usages.into_iter().fold(Usage::default(), |total, u| Usage {
+        prompt_tokens: total.prompt_tokens.max(u.prompt_tokens),
+        completion_tokens: total.completion_tokens + u.completion_tokens,
+        cached_tokens: total.cached_tokens.max(u.cached_tokens),
+    })
 }
 
 /// Every choice's events as one stream, each with its choice's index.
@@ -331,10 +326,13 @@ fn by_choice(
         .collect()
 }
 
-/// Waits for every choice to finish, reading them as they come: the first
-/// failure answers at once (dropping the receivers cancels the other
-/// choices at the engine's next step). If the client goes away meanwhile,
-/// this future is dropped with the receivers, with the same effect.
+/// Waits for every choice to end, reading them as they come. A failure
+/// answers once every choice has ended (shutdown and a failed step end
+/// them together; a choice whose grammar failed leaves the others to
+/// finish), with the usage of all of them: what the request computed is
+/// charged exactly. If the client goes away meanwhile, this future is
+/// dropped with the receivers, which cancels the choices at the engine's
+/// next step.
 async fn collect(
     answer: Answer,
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
@@ -342,17 +340,20 @@ async fn collect(
     struct Choice {
         text: String,
         entries: Vec<TokenLogprobs>,
-        done: Option<(serde_json::Value, Usage)>,
+        rendered: Option<serde_json::Value>,
+        usage: Usage,
     }
     let mut choices: Vec<Choice> = (0..receivers.len())
         .map(|_| Choice {
             text: String::new(),
             entries: Vec::new(),
-            done: None,
+            rendered: None,
+            usage: Usage::default(),
         })
         .collect();
     let mut events = by_choice(receivers);
     let mut left = choices.len();
+    let mut failed: Option<Failure> = None;
     while left > 0 {
         let (index, event) = events.next().await.ok_or_else(engine_stopped)?;
         let choice = &mut choices[index];
@@ -372,12 +373,21 @@ async fn collect(
                         .meta
                         .answered_with_calls(index, &mut rendered, &parsed, finish);
                 }
-                choice.done = Some((rendered, usage));
+                choice.rendered = Some(rendered);
+                choice.usage = usage;
                 left -= 1;
             }
-            Event::Failed(failure) => return Err(failure_error(&failure)),
+            Event::Failed { failure, usage } => {
+                failed.get_or_insert(failure);
+                choice.usage = usage;
+                left -= 1;
+            }
         }
     }
-    let (rendered, usages): (Vec<_>, Vec<_>) = choices.into_iter().filter_map(|c| c.done).unzip();
-    Ok(axum::Json(answer.meta.full(rendered, total_usage(usages))).into_response())
+    let usage = total_usage(choices.iter().map(|c| c.usage));
+    if let Some(failure) = failed {
+        return Err(failure_error(&failure).with_usage(usage));
+    }
+    let rendered = choices.into_iter().filter_map(|c| c.rendered).collect();
+    Ok(axum::Json(answer.meta.full(rendered, usage)).into_response())
 }

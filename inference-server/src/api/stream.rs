@@ -5,7 +5,10 @@
 //!
 //! Each choice (OpenAI's `n`) streams as its events arrive, its chunks
 //! carrying its `index`; the usage chunk (all choices' completions, the
-//! prompt once) and `[DONE]` follow the last choice's end.
+//! prompt once) and `[DONE]` follow the last choice's end. A choice that
+//! fails leaves the others to end, then the usage chunk and an error event
+//! end the stream, without `[DONE]`: what the request computed is reported
+//! whole, so a gateway charges it rather than an estimate.
 //!
 //! Log-probabilities ride on the first chunk sent once their tokens came:
 //! the one carrying their text, or a later one where their text was held
@@ -35,7 +38,7 @@ use super::response::{self, LogprobsWriter};
 use super::tool_calls::{Streamed, ToolCallStream};
 use super::{by_choice, engine_stopped, failure_error, total_usage, Answer, ApiError};
 use crate::engine::sampling::TokenLogprobs;
-use crate::engine::{Event, FinishReason, Usage};
+use crate::engine::{Event, Failure, FinishReason, Usage};
 
 /// One choice's place in the stream.
 struct Choice {
@@ -55,13 +58,13 @@ impl Choice {
     }
 
     /// The chunks for a piece of text, unless all of it is held back.
-    fn text(&mut self, a: &Answer, text: String, include_usage: bool) -> Option<Bytes> {
+    fn text(&mut self, a: &Answer, text: String, include_usage: bool) -> Option<Vec<u8>> {
         let pieces = match &mut self.calls {
             None => vec![Streamed::Content(text)],
             Some(calls) => calls.push(&text),
         };
         let frames = self.frames(a, pieces, include_usage);
-        (!frames.is_empty()).then(|| Bytes::from(frames))
+        (!frames.is_empty()).then_some(frames)
     }
 
     /// A chunk per piece; the first carries the log-probabilities waiting,
@@ -121,16 +124,37 @@ impl Choice {
     }
 }
 
-/// Streams every choice's events (see the module).
-pub(super) fn stream(
+/// Streams every choice's events (see the module), once the first has
+/// come: a request that fails before any choice has output (refused at
+/// shutdown, or by the KV cache) gets its error's own status, as a
+/// non-streamed one does, rather than a 200 whose stream ends in an error.
+pub(super) async fn stream(
     answer: Answer,
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
     include_usage: bool,
-) -> Response {
+) -> Result<Response, ApiError> {
+    let mut usages: Vec<Option<Usage>> = vec![None; receivers.len()];
+    let mut events = by_choice(receivers);
+    let first = events.next().await.ok_or_else(engine_stopped)?;
+    if let (i, Event::Failed { failure, usage }) = first {
+        usages[i] = Some(usage);
+        while usages.iter().any(Option::is_none) {
+            match events.next().await {
+                Some((j, Event::Finished { usage, .. } | Event::Failed { usage, .. })) => {
+                    usages[j] = Some(usage);
+                }
+                Some(_) => {}
+                None => return Err(engine_stopped()),
+            }
+        }
+        let usage = total_usage(usages.into_iter().flatten());
+        return Err(failure_error(&failure).with_usage(usage));
+    }
+    let mut events = tokio_stream::iter([first]).chain(events);
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let send = |frame: Bytes| body_tx.send(Ok(frame));
-        let mut choices: Vec<Choice> = (0..receivers.len())
+        let mut choices: Vec<Choice> = (0..usages.len())
             .map(|index| Choice {
                 index,
                 logprobs: answer.logprobs.clone(),
@@ -154,42 +178,32 @@ pub(super) fn stream(
         if send(Bytes::from(opening)).await.is_err() {
             return;
         }
-        let mut events = by_choice(receivers);
-        let mut usages: Vec<Option<Usage>> = vec![None; choices.len()];
+        let mut failed: Option<Failure> = None;
         loop {
             let next = tokio::select! {
                 next = events.next() => next,
                 () = body_tx.closed() => return,
             };
-            let frame = match next {
+            let mut frames = match next {
                 Some((i, Event::Logprobs(lp))) => {
                     choices[i].pending.push(lp);
                     continue;
                 }
                 Some((i, Event::Text(t))) => match choices[i].text(&answer, t, include_usage) {
-                    Some(frame) => frame,
+                    Some(frames) => frames,
                     None => continue,
                 },
                 Some((i, Event::Finished { reason, usage })) => {
-                    let mut frames = choices[i].finish(&answer, reason, include_usage);
                     usages[i] = Some(usage);
-                    if usages.iter().all(Option::is_some) {
-                        if include_usage {
-                            let total = total_usage(usages.iter().flatten().copied());
-                            frames
-                                .extend_from_slice(&response::sse(&answer.meta.usage_chunk(total)));
-                        }
-                        frames.extend_from_slice(response::DONE.as_bytes());
-                        let _ = send(Bytes::from(frames)).await;
-                        return;
-                    }
-                    Bytes::from(frames)
+                    choices[i].finish(&answer, reason, include_usage)
                 }
-                // Headers are gone already: report in-band, as OpenAI does,
-                // and end without [DONE] so clients see an incomplete stream.
-                Some((_, Event::Failed(failure))) => {
-                    let _ = send(response::sse(&failure_error(&failure).body())).await;
-                    return;
+                // The other choices run to their end, so the usage covers
+                // all the request computed; then the error goes in-band,
+                // as OpenAI reports one once headers are gone.
+                Some((i, Event::Failed { failure, usage })) => {
+                    usages[i] = Some(usage);
+                    failed.get_or_insert(failure);
+                    Vec::new()
                 }
                 // The engine went away without ending every choice: say so,
                 // rather than end the stream as if it were complete.
@@ -198,16 +212,34 @@ pub(super) fn stream(
                     return;
                 }
             };
-            if send(frame).await.is_err() {
+            if usages.iter().all(Option::is_some) {
+                let total = total_usage(usages.iter().flatten().copied());
+                if include_usage {
+                    frames.extend_from_slice(&response::sse(&answer.meta.usage_chunk(total)));
+                }
+                match &failed {
+                    // No [DONE]: clients see an incomplete stream. The
+                    // usage is the usage chunk's (a gateway asks for it),
+                    // not the error's: an event of usage alone is what a
+                    // gateway strips when the client did not ask.
+                    Some(failure) => {
+                        frames.extend_from_slice(&response::sse(&failure_error(failure).body()))
+                    }
+                    None => frames.extend_from_slice(response::DONE.as_bytes()),
+                }
+                let _ = send(Bytes::from(frames)).await;
+                return;
+            }
+            if !frames.is_empty() && send(Bytes::from(frames)).await.is_err() {
                 return;
             }
         }
     });
-    Response::builder()
+    Ok(Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
         .body(Body::from_stream(ReceiverStream::new(body_rx)))
         .unwrap_or_else(|_| {
             ApiError::internal("could not build the stream response").into_response()
-        })
+        }))
 }

@@ -40,7 +40,7 @@ impl FinishReason {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct Usage {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
@@ -64,8 +64,13 @@ pub enum Event {
         usage: Usage,
     },
     /// The engine could not finish the sequence; what was streamed so far
-    /// stands.
-    Failed(Failure),
+    /// stands, and `usage` is what it computed: its prompt and the tokens
+    /// it generated once it was admitted, nothing when it never was (a
+    /// gateway charges an error from this, not an estimate).
+    Failed {
+        failure: Failure,
+        usage: Usage,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]

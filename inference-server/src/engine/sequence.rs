@@ -193,7 +193,14 @@ impl Sequence {
 
     pub fn fail(&mut self, failure: Failure) {
         self.permit = None;
-        let _ = self.events.send(Event::Failed(failure));
+        // Admitted at least once (its cached tokens are set then): its
+        // prompt was read, whatever happened after.
+        let usage = if self.cached_tokens.is_some() {
+            self.usage()
+        } else {
+            Usage::default()
+        };
+        let _ = self.events.send(Event::Failed { failure, usage });
     }
 }
 

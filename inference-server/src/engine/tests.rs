@@ -27,6 +27,22 @@ fn engine_on(
     kv: KvCacheConfig,
     placement: &Placement,
 ) -> (Engine, Arc<Metrics>) {
+    engine_graced(
+        max_running,
+        max_waiting,
+        kv,
+        placement,
+        Duration::from_secs(5),
+    )
+}
+
+fn engine_graced(
+    max_running: usize,
+    max_waiting: usize,
+    kv: KvCacheConfig,
+    placement: &Placement,
+    shutdown_grace: Duration,
+) -> (Engine, Arc<Metrics>) {
     let path = tiny_gguf();
     let loaded = Arc::new(load_gguf_on(&path, None, placement).unwrap());
     std::fs::remove_file(path).unwrap();
@@ -39,7 +55,7 @@ fn engine_on(
             prefill_chunk: 8,
         },
         kv,
-        shutdown_grace: Duration::from_secs(5),
+        shutdown_grace,
         threads: Some(1),
     };
     (
@@ -279,12 +295,58 @@ fn shutdown_fails_every_choice_of_a_waiting_request() {
     submit_choices(&handle, vec![1, 4], 20, sampling, Some(1), txs);
     handle.shutdown();
     for rx in &mut rxs {
-        assert!(matches!(
-            drain(rx).1,
-            Event::Failed(Failure::Unavailable(_))
-        ));
+        let end = drain(rx).1;
+        assert!(
+            matches!(
+                end,
+                Event::Failed {
+                    failure: Failure::Unavailable(_),
+                    usage: Usage {
+                        prompt_tokens: 0,
+                        completion_tokens: 0,
+                        ..
+                    }
+                }
+            ),
+            "never admitted, nothing computed: {end:?}"
+        );
     }
     assert!(matches!(drain(&mut running).1, Event::Finished { .. }));
+    engine.thread.join().unwrap();
+}
+
+#[test]
+fn a_sequence_cut_by_the_grace_deadline_reports_what_it_computed() {
+    let (engine, _) = engine_graced(
+        1,
+        4,
+        KvCacheConfig::default(),
+        &Placement::Host,
+        Duration::ZERO,
+    );
+    let prompt = vec![1, 2, 3, 4, 5];
+    let mut running = submit(&engine.handle, prompt.clone(), 120);
+    let mut texts = 0;
+    while texts < 3 {
+        match running.blocking_recv() {
+            Some(Event::Text(_)) => texts += 1,
+            Some(Event::Logprobs(_)) => {}
+            other => panic!("ended before the cut: {other:?}"),
+        }
+    }
+    engine.handle.shutdown();
+    let (rest, end) = drain(&mut running);
+    let Event::Failed {
+        failure: Failure::Unavailable(_),
+        usage,
+    } = end
+    else {
+        panic!("{end:?}")
+    };
+    assert_eq!(usage.prompt_tokens, prompt.len());
+    // At least the tokens whose text came, at most one per step it ran.
+    assert!(usage.completion_tokens >= 3, "{usage:?}");
+    assert!(usage.completion_tokens < 120, "{usage:?} {rest:?}");
     engine.thread.join().unwrap();
 }
 
@@ -333,7 +395,11 @@ fn shutdown_fails_queued_requests_and_finishes_running_ones() {
     );
     handle.shutdown();
     assert!(matches!(handle.admit(1), Err(SubmitError::ShuttingDown)));
-    assert!(matches!(drain(&mut queued).1, Event::Failed(_)));
+    let end = drain(&mut queued).1;
+    assert!(
+        matches!(end, Event::Failed { usage, .. } if usage == Usage::default()),
+        "{end:?}"
+    );
     assert!(matches!(
         drain(&mut running).1,
         Event::Finished {

@@ -57,7 +57,10 @@ fn a_non_streaming_client_that_hangs_up_frees_its_slot_too() {
 fn a_full_queue_answers_503_with_retry_after_at_once() {
     let server = InferenceServer::start(&["--max-running", "1", "--max-queued", "1"]);
     let running = open_stream(&server, &endless_stream());
-    let queued = open_stream(&server, &endless_stream());
+    // A queued stream's headers come with its first token (a request that
+    // fails before it has one gets its own status).
+    let queued = send_raw(&server, &endless_stream());
+    await_metric(&server, "inference_queue_depth", 1.0);
     let started = std::time::Instant::now();
     let r = chat(&server, &chat_body("Say hi.", json!({"max_tokens": 4})));
     assert!(
@@ -81,4 +84,5 @@ fn a_full_queue_answers_503_with_retry_after_at_once() {
         assert!(n > 0);
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
+    assert!(seen.starts_with("HTTP/1.1 200"), "{seen}");
 }

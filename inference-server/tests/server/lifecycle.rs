@@ -46,20 +46,108 @@ fn sigterm_lets_running_streams_finish_then_exits_cleanly() {
     assert!(server.log().contains("shutting down"), "{}", server.log());
 }
 
+/// The `data:` events of a raw HTTP/1.1 stream's text, parsed.
+fn events(raw: &str) -> Vec<serde_json::Value> {
+    raw.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str(d).ok())
+        .collect()
+}
+
 #[test]
-fn the_grace_deadline_cuts_streams_with_an_error_event() {
+fn the_grace_deadline_cuts_streams_with_an_error_event_and_their_usage() {
     let mut server = InferenceServer::start(&["--shutdown-grace-secs", "1"]);
-    let long = endless_stream();
+    let mut long = endless_stream();
+    merge(
+        &mut long,
+        json!({"stream_options": {"include_usage": true}}),
+    );
     let sock = open_stream(&server, &long);
     let reader = std::thread::spawn(move || read_to_end(sock));
     let status = server.terminate();
     assert!(status.success(), "{status}");
     let rest = reader.join().unwrap();
-    assert!(rest.contains("\"error\""), "{rest}");
     assert!(
         !rest.contains("[DONE]"),
         "a cut stream must not look complete"
     );
+    let events = events(&rest);
+    let (usage, error) = match events.as_slice() {
+        [.., usage, error] => (usage, error),
+        _ => panic!("{rest}"),
+    };
+    assert_eq!(error["error"]["code"], "generation_failed", "{rest}");
+    // What it computed, exactly: a gateway charges this, not an estimate.
+    let contents = events
+        .iter()
+        .filter(|e| {
+            e["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        })
+        .count() as u64;
+    let completion = usage["usage"]["completion_tokens"].as_u64().unwrap();
+    assert!(completion >= contents && completion > 0, "{rest}");
+    assert!(
+        usage["usage"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{usage}"
+    );
+    assert_eq!(usage["choices"], json!([]), "{usage}");
+    // The usage is the usage chunk's alone: an event of usage is what a
+    // gateway strips when its client did not ask for it.
+    assert!(error.get("usage").is_none(), "{error}");
+}
+
+#[test]
+fn a_non_streamed_answer_cut_at_the_deadline_reports_what_it_computed() {
+    let mut server = InferenceServer::start(&["--shutdown-grace-secs", "1"]);
+    let mut long = endless_stream();
+    merge(&mut long, json!({"stream": false}));
+    let sock = send_raw(&server, &long);
+    let reader = std::thread::spawn(move || read_to_end(sock));
+    // Decoding before the signal.
+    await_metric(&server, "inference_running_sequences", 1.0);
+    std::thread::sleep(Duration::from_millis(300));
+    let status = server.terminate();
+    assert!(status.success(), "{status}");
+    let raw = reader.join().unwrap();
+    assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+    let body: serde_json::Value =
+        serde_json::from_str(&raw[raw.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["error"]["code"], "generation_failed", "{body}");
+    assert!(
+        body["usage"]["completion_tokens"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+    assert!(
+        body["usage"]["prompt_tokens"].as_u64().unwrap() > 0,
+        "{body}"
+    );
+}
+
+#[test]
+fn a_queued_stream_refused_at_shutdown_gets_a_503_not_a_stream() {
+    let mut server = InferenceServer::start(&["--max-running", "1", "--shutdown-grace-secs", "30"]);
+    let running = open_stream(&server, &endless_stream());
+    let mut queued = endless_stream();
+    merge(
+        &mut queued,
+        json!({"stream_options": {"include_usage": true}}),
+    );
+    let queued = send_raw(&server, &queued);
+    await_metric(&server, "inference_queue_depth", 1.0);
+    server.signal_term();
+    let raw = read_to_end(queued);
+    assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+    let body: serde_json::Value =
+        serde_json::from_str(&raw[raw.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["error"]["code"], "generation_failed", "{body}");
+    // Nothing was computed for it.
+    assert_eq!(body["usage"]["prompt_tokens"], 0, "{body}");
+    assert_eq!(body["usage"]["completion_tokens"], 0, "{body}");
+    drop(running);
+    let status = server.wait_exit(Duration::from_secs(60));
+    assert!(status.success(), "{status}");
 }
 
 #[test]

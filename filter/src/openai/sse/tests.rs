@@ -103,6 +103,25 @@ fn sizes_chunks<'a>(bytes: &'a [u8], sizes: &'a [usize]) -> impl Iterator<Item =
 }
 
 #[test]
+fn an_error_event_is_never_stripped_only_its_usage() {
+    let error = r#"{"error":{"message":"cut","code":"generation_failed"},"usage":{"prompt_tokens":3,"completion_tokens":5,"total_tokens":8}}"#;
+    let input = format!("data: {error}\n\n");
+    let out = run([input.as_bytes()], true, 4096);
+    assert_eq!(
+        out.usage,
+        Some(Usage {
+            prompt_tokens: 3,
+            completion_tokens: 5,
+            total_tokens: 8
+        })
+    );
+    assert_eq!(
+        String::from_utf8(out.output.unwrap()).unwrap(),
+        "data: {\"error\":{\"message\":\"cut\",\"code\":\"generation_failed\"}}\n\n"
+    );
+}
+
+#[test]
 fn realistic_stream_at_every_split() {
     for eol in ["\n", "\r\n", "\r"] {
         let (full, stripped) = openai_stream(eol);

@@ -1,0 +1,120 @@
+//! A request the model server could not finish is charged what it
+//! computed, on the real stack: Envoy with the release filter in front of
+//! the real inference server, cut at the server's shutdown deadline. The
+//! server reports that usage beside its error; before, the gateway charged
+//! such a stream an estimate and such a 503 nothing.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use maas_testkit::{eventually, get, prometheus, Gateway, InferenceServer};
+use serde_json::{json, Value};
+
+use super::{charged, gateway, MODEL};
+
+const KEY: &str = "sk-server-failure-key";
+
+/// A request that runs until something stops it.
+fn endless(stream: bool) -> Value {
+    json!({
+        "model": MODEL,
+        "stream": stream,
+        "max_tokens": 4000,
+        "messages": [{"role": "user", "content": "Write a very long essay about the history of Europe."}]
+    })
+}
+
+fn post_raw(addr: std::net::SocketAddr, body: &Value) -> TcpStream {
+    let body = body.to_string();
+    let mut conn = TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
+         connection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    conn
+}
+
+fn read_to_end(mut conn: TcpStream) -> String {
+    let mut all = Vec::new();
+    let _ = conn.read_to_end(&mut all);
+    String::from_utf8_lossy(&all).into_owned()
+}
+
+/// Waits until the server is decoding one sequence.
+fn await_running(server: &InferenceServer) {
+    eventually(Duration::from_secs(30), || {
+        let text = get(&server.url("/metrics")).text();
+        match prometheus::metric(&text, "inference_running_sequences", &[]) {
+            Some(v) if v >= 1.0 => Ok(()),
+            v => Err(format!("running sequences: {v:?}")),
+        }
+    });
+}
+
+/// An endless request through the gateway, cut by the server's shutdown
+/// deadline while it decodes: the raw answer, and the gateway that charged
+/// it.
+fn cut_at_the_deadline(stream: bool) -> (String, Gateway) {
+    let mut server = InferenceServer::start(&["--shutdown-grace-secs", "1"]);
+    let gateway = gateway(&server, KEY);
+    let conn = post_raw(gateway.addr(), &endless(stream));
+    await_running(&server);
+    std::thread::sleep(Duration::from_millis(300));
+    server.signal_term();
+    let raw = read_to_end(conn);
+    assert!(server.wait_exit(Duration::from_secs(60)).success());
+    (raw, gateway)
+}
+
+#[test]
+fn a_stream_cut_at_the_servers_deadline_is_charged_the_usage_it_reported() {
+    // The client did not ask for usage: the gateway asks for it, and must
+    // charge it although the stream ends in an error.
+    let (raw, gateway) = cut_at_the_deadline(true);
+    assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
+    assert!(raw.contains("generation_failed"), "{raw}");
+    assert!(!raw.contains("[DONE]"), "{raw}");
+    let contents = raw
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+        .filter(|e| {
+            e["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        })
+        .count() as u64;
+    let record = gateway.await_access_log(1).remove(0);
+    let (prompt, completion) = charged(&record);
+    assert!(prompt > 0, "{record}");
+    assert!(
+        completion >= contents && completion > 0,
+        "charged {completion} completion tokens for {contents} content events: {record}"
+    );
+}
+
+#[test]
+fn an_answer_cut_at_the_servers_deadline_is_charged_the_usage_its_error_reports() {
+    let (raw, gateway) = cut_at_the_deadline(false);
+    assert!(raw.starts_with("HTTP/1.1 503"), "{raw}");
+    let body: Value = serde_json::from_str(&raw[raw.find("\r\n\r\n").unwrap() + 4..]).unwrap();
+    assert_eq!(body["error"]["code"], "generation_failed", "{body}");
+    let record = gateway.await_access_log(1).remove(0);
+    let (prompt, completion) = charged(&record);
+    assert_eq!(
+        (prompt, completion),
+        (
+            body["usage"]["prompt_tokens"].as_u64().unwrap(),
+            body["usage"]["completion_tokens"].as_u64().unwrap()
+        ),
+        "{record}"
+    );
+    assert!(completion > 0, "it was decoding when cut: {record}");
+    assert_eq!(record["status"], 503, "{record}");
+}
