@@ -21,6 +21,8 @@ fn endless(stream: bool) -> Value {
         "model": MODEL,
         "stream": stream,
         "max_tokens": 4000,
+        // Without it a sampled answer may end before the deadline.
+        "ignore_eos": true,
         "messages": [{"role": "user", "content": "Write a very long essay about the history of Europe."}]
     })
 }

@@ -200,7 +200,8 @@ pub fn outcome(name: &str) -> String {
 pub fn endless_stream() -> Value {
     chat_body(
         "Write a very long essay about the history of Europe.",
-        json!({"max_tokens": 4000, "stream": true}),
+        // Without `ignore_eos` a sampled answer may end within a second.
+        json!({"max_tokens": 4000, "stream": true, "ignore_eos": true}),
     )
 }
 
