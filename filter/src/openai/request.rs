@@ -176,6 +176,12 @@ pub enum RequestError {
     /// A field the gateway reads appears more than once.
     #[error("duplicate field `{0}`")]
     DuplicateField(String),
+    /// A field the gateway reads is spelled in another case: servers that
+    /// match keys regardless of case would read it as the field.
+    #[error(
+        "field `{0}` is spelled in another case; servers differ on whether that is the same field"
+    )]
+    CaseVariantField(String),
 }
 
 impl From<serde_json::Error> for RequestError {
@@ -245,6 +251,10 @@ impl<'a> RequestFields<'a> {
         if let Some(index) = fields.duplicate {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::DuplicateField(name.to_owned()));
+        }
+        if let Some(index) = fields.case_variant {
+            let name = FIELDS.get(index).copied().unwrap_or_default();
+            return Err(RequestError::CaseVariantField(name.to_owned()));
         }
         let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages] =
             fields.values;
@@ -388,6 +398,11 @@ fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 1>>, Request
     })?;
     if options.duplicate.is_some() {
         return Err(RequestError::DuplicateField(INCLUDE_USAGE_PATH.to_owned()));
+    }
+    if options.case_variant.is_some() {
+        return Err(RequestError::CaseVariantField(
+            INCLUDE_USAGE_PATH.to_owned(),
+        ));
     }
     Ok(Some(options))
 }
@@ -732,6 +747,9 @@ pub(crate) struct ObjectFields<'a, const N: usize> {
     pub(crate) values: [Option<&'a RawValue>; N],
     /// Index of the first requested key seen more than once.
     pub(crate) duplicate: Option<usize>,
+    /// Index of the first requested key also spelled in another case
+    /// (`MAX_TOKENS`; see [`folds_to`]), which the walk does not read.
+    pub(crate) case_variant: Option<usize>,
     /// Number of entries in the object, requested or not.
     pub(crate) entries: usize,
 }
@@ -790,11 +808,20 @@ impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, 'de, N> {
         let mut fields = ObjectFields {
             values: [None; N],
             duplicate: None,
+            case_variant: None,
             entries: 0,
         };
         while let Some(key) = map.next_key_seed(KeyIndex(self.names.as_slice()))? {
             fields.entries = fields.entries.saturating_add(1);
-            match key.and_then(|index| fields.values.get_mut(index).map(|slot| (index, slot))) {
+            let exact = match key {
+                Key::Exact(index) => fields.values.get_mut(index).map(|slot| (index, slot)),
+                Key::CaseVariant(index) => {
+                    fields.case_variant.get_or_insert(index);
+                    None
+                }
+                Key::Other => None,
+            };
+            match exact {
                 Some((index, slot)) => {
                     if slot.is_some() && fields.duplicate.is_none() {
                         fields.duplicate = Some(index);
@@ -810,12 +837,46 @@ impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, 'de, N> {
     }
 }
 
+/// A key of a walked object, against the names asked for.
+enum Key {
+    Exact(usize),
+    /// The name at this index in another case.
+    CaseVariant(usize),
+    Other,
+}
+
+impl Key {
+    /// Whether it is one of the names, in any case: a count that must not
+    /// fall short of what a case-blind server reads counts both.
+    fn is_named(&self) -> bool {
+        !matches!(self, Key::Other)
+    }
+}
+
+/// Whether `key` is `name` (ASCII lowercase) under the case folding of
+/// parsers that match keys regardless of case: Go's `encoding/json` (Ollama
+/// and other Go servers, many proxies) reads `MAX_TOKENS`, `Max_Tokens` and
+/// `max_to\u212Aens` (KELVIN SIGN) as `max_tokens`, the last one written
+/// winning, so a gateway that read only the exact spelling would cap one
+/// field while the server obeyed another.
+fn folds_to(key: &str, name: &str) -> bool {
+    let mut name = name.chars();
+    key.chars()
+        .map(|c| match c {
+            '\u{212A}' => 'k',
+            '\u{17F}' => 's',
+            c => c.to_ascii_lowercase(),
+        })
+        .all(|c| name.next() == Some(c))
+        && name.next().is_none()
+}
+
 /// Deserializes a key into its index in a name list, without allocating:
 /// serde_json hands escaped keys to `visit_str` from its scratch buffer.
 struct KeyIndex<'n>(&'n [&'n str]);
 
 impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
-    type Value = Option<usize>;
+    type Value = Key;
 
     fn deserialize<D: de::Deserializer<'de>>(
         self,
@@ -826,14 +887,21 @@ impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
 }
 
 impl Visitor<'_> for KeyIndex<'_> {
-    type Value = Option<usize>;
+    type Value = Key;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("an object key")
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        Ok(self.0.iter().position(|name| *name == key))
+        if let Some(index) = self.0.iter().position(|name| *name == key) {
+            return Ok(Key::Exact(index));
+        }
+        Ok(self
+            .0
+            .iter()
+            .position(|name| folds_to(key, name))
+            .map_or(Key::Other, Key::CaseVariant))
     }
 }
 

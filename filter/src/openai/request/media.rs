@@ -90,7 +90,7 @@ impl<'de> Visitor<'de> for MessageVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageParts, A::Error> {
         let mut count = 0u64;
         while let Some(key) = map.next_key_seed(KeyIndex(&["content"]))? {
-            if key.is_some() {
+            if key.is_named() {
                 let Content(n) = map.next_value()?;
                 count = count.saturating_add(n);
             } else {
@@ -161,7 +161,7 @@ impl<'de> Visitor<'de> for PartVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let (mut typed, mut text) = (false, true);
         while let Some(key) = map.next_key_seed(KeyIndex(&["type"]))? {
-            if key.is_some() {
+            if key.is_named() {
                 let kind = map.next_value::<&'de RawValue>()?;
                 typed = true;
                 text &= TEXT_LIKE_TYPES.contains(&kind.get());
@@ -277,6 +277,9 @@ mod tests {
             r#"[{"content":[{"type":"te\u0078t","text":"hi"}]}]"#,
             // A second content key.
             r#"[{"content":"hi","cont\u0065nt":[{"type":"image_url","image_url":{"url":"u"}}]}]"#,
+            // Keys in another case, which Go's JSON reads as these.
+            r#"[{"content":[{"type":"text","TYPE":"image_url","image_url":{"url":"u"}}]}]"#,
+            r#"[{"content":"hi","Content":[{"type":"image_url","image_url":{"url":"u"}}]}]"#,
         ];
         for messages in cases {
             assert_eq!(count(messages), Ok(1), "{messages}");

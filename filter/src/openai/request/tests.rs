@@ -26,6 +26,55 @@ fn request(
 }
 
 #[test]
+fn a_field_spelled_in_another_case_is_refused() {
+    // Go's encoding/json (Ollama, other Go servers and proxies) matches
+    // keys regardless of case, with Unicode's K and long s folded too, and
+    // the last one written wins: the gateway would cap one field while the
+    // server obeyed another.
+    let variant = |f: &str| Err(RequestError::CaseVariantField(f.into()));
+    let cases: &[(&str, Result<(), RequestError>)] = &[
+        (
+            r#"{"model":"m","MAX_TOKENS":100000}"#,
+            variant("max_tokens"),
+        ),
+        (
+            r#"{"model":"m","max_tokens":10,"Max_Tokens":100000}"#,
+            variant("max_tokens"),
+        ),
+        (
+            r#"{"model":"m","max_to\u212Aens":100000}"#,
+            variant("max_tokens"),
+        ),
+        (
+            r#"{"model":"m","max_completion_token\u017F":100000}"#,
+            variant("max_completion_tokens"),
+        ),
+        (r#"{"Model":"other","model":"m"}"#, variant("model")),
+        (r#"{"model":"m","N":8}"#, variant("n")),
+        (
+            r#"{"model":"m","stream":true,"stream_options":{"INCLUDE_USAGE":false}}"#,
+            variant(INCLUDE_USAGE_PATH),
+        ),
+        // Not one of ours in any case: copied through.
+        (
+            r#"{"model":"m","max_tokens_x":1,"MODELS":2,"Top_P":1}"#,
+            Ok(()),
+        ),
+    ];
+    for (body, want) in cases {
+        let got = parse_completion_request(body.as_bytes()).map(|_| ());
+        assert_eq!(&got, want, "{body}");
+        let rewrite = BodyRewrite {
+            max_tokens: Some(5),
+            force_include_usage: true,
+            ..BodyRewrite::default()
+        };
+        let rewritten = rewrite_completion_request(body.as_bytes(), &rewrite).map(|_| ());
+        assert_eq!(&rewritten, want, "the rewrite refuses it too: {body}");
+    }
+}
+
+#[test]
 fn counts_choices_and_prompts() {
     type Counts = Result<(u64, u64), RequestError>;
     let table: &[(&str, Counts)] = &[
