@@ -68,6 +68,12 @@ const ORIGINAL_PATH_HEADER: &str = "x-maas-path";
 /// servers.
 const IDENTITY_HEADERS: [&str; 3] = ["x-maas-user", "x-maas-key-id", "x-maas-subscription"];
 
+/// Headers that choose which of the operator's OpenAI organizations or
+/// projects a request under the operator's key is billed to and governed
+/// by: the operator's choice, made in the provider's credential, never a
+/// client's.
+const ACCOUNT_HEADERS: [&str; 2] = ["openai-organization", "openai-project"];
+
 pub struct BackendStream {
     config: Rc<BackendConfig>,
     /// The path as the gateway role forwarded it.
@@ -120,8 +126,13 @@ impl BackendStream {
         self.path = path;
         // Only the credential Envoy injects after this filter may go out
         // (an earlier attempt's provider key would otherwise reach this
-        // provider), and who our caller is, is no provider's business.
-        for name in CREDENTIAL_HEADERS.iter().chain(&IDENTITY_HEADERS) {
+        // provider), who our caller is, is no provider's business, and
+        // which of the operator's accounts pays is not the caller's to say.
+        for name in CREDENTIAL_HEADERS
+            .iter()
+            .chain(&IDENTITY_HEADERS)
+            .chain(&ACCOUNT_HEADERS)
+        {
             host.set_request_header(name, None);
         }
         host.set_request_header("anthropic-version", None);

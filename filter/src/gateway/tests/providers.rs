@@ -515,6 +515,8 @@ fn external_models_go_out_under_their_providers_name_and_path() {
         &[
             ("authorization", &format!("Bearer {KEY}")),
             ("api-key", "sk-client-supplied"),
+            ("openai-organization", "org-someone-else"),
+            ("openai-project", "proj-someone-else"),
         ],
         r#"{"model":"gpt-4o","max_tokens":10,"messages":[]}"#,
     );
@@ -528,6 +530,13 @@ fn external_models_go_out_under_their_providers_name_and_path() {
     );
     assert_eq!(hdr("authorization"), None);
     let _b = attempt(&h, "azure-east");
+    for account in ["openai-organization", "openai-project"] {
+        assert_eq!(
+            hdr(account),
+            None,
+            "the operator's account pays, not one a client names"
+        );
+    }
     assert_eq!(
         hdr(":path").as_deref(),
         Some("/openai/deployments/gpt-4o-prod/chat/completions?api-version=2024-10-21")
