@@ -115,7 +115,9 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
         .route("/v1/models", get(list_models))
-        .route("/v1/models/{id}", get(get_model))
+        // A wildcard: ids such as `org/model` are not percent-encoded by
+        // OpenAI's clients.
+        .route("/v1/models/{*id}", get(get_model))
         // Only the routes above: probes and scrapers need no key.
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),

@@ -176,6 +176,12 @@ fn message(index: usize, m: MessageBody) -> Result<ChatMessage, ApiError> {
             for (j, part) in parts.into_iter().enumerate() {
                 match (part.kind.as_str(), part.text) {
                     ("text", Some(t)) => text.push_str(&t),
+                    ("text", None) => {
+                        return Err(ApiError::invalid(
+                            Some("messages"),
+                            format!("messages[{index}].content[{j}]: a text part needs its `text` string."),
+                        ))
+                    }
                     (kind, _) => {
                         return Err(ApiError::invalid(
                             Some("messages"),
@@ -255,6 +261,12 @@ pub fn parse_completion(body: &[u8]) -> Result<CompletionRequest, ApiError> {
         Some(PromptBody::Texts(mut v)) if v.len() == 1 => Prompt::Text(v.remove(0)),
         Some(PromptBody::Tokens(t)) => Prompt::Tokens(t),
         Some(PromptBody::TokenLists(mut v)) if v.len() == 1 => Prompt::Tokens(v.remove(0)),
+        Some(PromptBody::Texts(v)) if v.is_empty() => {
+            return Err(ApiError::invalid(
+                Some("prompt"),
+                "`prompt` is an empty list.",
+            ))
+        }
         Some(_) => return Err(one()),
     };
     Ok(CompletionRequest { prompt, generation })
@@ -359,6 +371,16 @@ mod tests {
                 Some("messages"),
                 "only text",
             ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":[{"type":"text"}]}]}"#,
+                Some("messages"),
+                "needs its `text`",
+            ),
+            (
+                r#"{"model":"m","messages":[{"role":"user","content":"x"}],"response_format":"json_object"}"#,
+                Some("response_format"),
+                "must be an object",
+            ),
             (r#"{"model":"m","messages":"hi"}"#, None, "does not match"),
             (r#"{"model":"m","#, None, "not valid JSON"),
         ] {
@@ -393,6 +415,11 @@ mod tests {
             Some("prompt")
         );
         assert_eq!(p(r#"{"model":"m"}"#).unwrap_err().param, Some("prompt"));
+        let empty = p(r#"{"model":"m","prompt":[]}"#).unwrap_err();
+        assert_eq!(
+            (empty.param, empty.message.as_str()),
+            (Some("prompt"), "`prompt` is an empty list.")
+        );
         assert_eq!(
             p(r#"{"model":"m","prompt":"x","echo":true}"#)
                 .unwrap_err()

@@ -304,7 +304,13 @@ fn response_format(value: Option<serde_json::Value>) -> Result<Option<ResponseFo
     let bad = |param: &'static str, message: String| ApiError::invalid(Some(param), message);
     let value = match value {
         None | Some(Value::Null) => return Ok(None),
-        Some(v) => v,
+        Some(v @ Value::Object(_)) => v,
+        Some(other) => {
+            return Err(bad(
+                "response_format",
+                format!("`response_format` must be an object such as {{\"type\": \"json_object\"}}; got {other}."),
+            ))
+        }
     };
     match value.get("type").and_then(Value::as_str) {
         Some("text") => Ok(None),

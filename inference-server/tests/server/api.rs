@@ -1,6 +1,6 @@
 //! What an OpenAI client sees: answers, sampling controls, usage, streams.
 
-use maas_testkit::{get, InferenceServer};
+use maas_testkit::{get, InferenceLaunch, InferenceServer};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -305,5 +305,22 @@ fn models_health_and_metrics_describe_the_server() {
     assert_eq!(
         metric(&server, "inference_time_to_first_token_seconds_count"),
         1.0
+    );
+}
+
+#[test]
+fn a_model_id_with_a_slash_is_retrieved_as_clients_send_it() {
+    // OpenAI's clients do not percent-encode the id in the path.
+    let id = "HuggingFaceTB/SmolLM2-135M-Instruct";
+    let mut launch = InferenceLaunch::default_model();
+    launch.model_id = id.into();
+    let server = InferenceServer::launch(&launch).unwrap();
+    let card = get(&server.url(&format!("/v1/models/{id}")));
+    assert_eq!(card.status, 200, "{}", card.text());
+    assert_eq!(card.json()["id"], id);
+    assert_eq!(get(&server.url("/v1/models/HuggingFaceTB")).status, 404);
+    assert_eq!(
+        get(&server.url(&format!("/v1/models/{id}/extra"))).status,
+        404
     );
 }
