@@ -204,7 +204,7 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 11] = [
+const FIELDS: [&str; 12] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -216,6 +216,7 @@ const FIELDS: [&str; 11] = [
     "n_cmpl",
     "prompt",
     "messages",
+    "chat_template",
 ];
 const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -227,6 +228,8 @@ const EXPECT_OBJECT: &str = "an object or null";
 const EXPECT_POSITIVE: &str = "a positive integer or null";
 const EXPECT_PROMPT: &str = "a string, an array of strings, or an array of token arrays";
 const EXPECT_N_PREDICT: &str = "a positive integer, a negative one (no limit) or null";
+const EXPECT_NO_TEMPLATE: &str =
+    "no template: the model's own renders the messages (one in the request could make a prompt larger than its bytes bound)";
 
 /// The raw values of [`FIELDS`], checked for duplicates.
 struct RequestFields<'a> {
@@ -256,8 +259,17 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::CaseVariantField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages] =
+        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template] =
             fields.values;
+        // vLLM renders a `chat_template` sent in the request (newer
+        // versions only when started with `--trust-request-chat-template`):
+        // a loop in it makes a prompt no bound on the body's bytes covers.
+        if chat_template.is_some_and(|raw| raw.get() != "null") {
+            return Err(RequestError::InvalidField {
+                field: "chat_template",
+                expected: EXPECT_NO_TEMPLATE,
+            });
+        }
         Ok(RequestFields {
             model,
             max_tokens,

@@ -26,6 +26,28 @@ fn request(
 }
 
 #[test]
+fn a_chat_template_in_the_request_is_refused() {
+    // `{% for i in range(100000) %}{{ messages[0].content }}{% endfor %}`
+    // in 80 bytes would be a prompt of millions of tokens.
+    let body = r#"{"model":"m","messages":[],"chat_template":"{% for i in range(100000) %}x{% endfor %}"}"#;
+    let refused = Err(invalid("chat_template", EXPECT_NO_TEMPLATE));
+    assert_eq!(
+        parse_completion_request(body.as_bytes()).map(|_| ()),
+        refused
+    );
+    let rewrite = BodyRewrite {
+        max_tokens: Some(5),
+        ..BodyRewrite::default()
+    };
+    assert_eq!(
+        rewrite_completion_request(body.as_bytes(), &rewrite).map(|_| ()),
+        refused
+    );
+    let null = r#"{"model":"m","messages":[],"chat_template":null}"#;
+    assert!(parse_completion_request(null.as_bytes()).is_ok());
+}
+
+#[test]
 fn a_field_spelled_in_another_case_is_refused() {
     // Go's encoding/json (Ollama, other Go servers and proxies) matches
     // keys regardless of case, with Unicode's K and long s folded too, and
