@@ -49,6 +49,9 @@ pub struct CompletionRequest<'a> {
     /// `max_tokens` (its OpenAI layer passes unknown fields through); any
     /// negative value means "until the context is full".
     pub n_predict: Option<i64>,
+    /// A budget field is present as `null`, which servers read as "no
+    /// limit": the body must carry the reserved budget there.
+    pub null_budget: bool,
     /// `stream`; absent or null means false.
     pub stream: bool,
     /// `stream_options.include_usage == true`.
@@ -98,6 +101,9 @@ impl CompletionRequest<'_> {
         let Some(budget) = self.requested_max_tokens() else {
             return self.n_predict.is_some();
         };
+        if self.null_budget {
+            return true;
+        }
         let only_n_predict = self.max_tokens.is_none() && self.max_completion_tokens.is_none();
         only_n_predict
             || [self.max_tokens, self.max_completion_tokens]
@@ -204,7 +210,7 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 12] = [
+const FIELDS: [&str; 13] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -217,6 +223,7 @@ const FIELDS: [&str; 12] = [
     "prompt",
     "messages",
     "chat_template",
+    "chat_template_kwargs",
 ];
 const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -259,14 +266,27 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::CaseVariantField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template] =
+        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs] =
             fields.values;
         // vLLM renders a `chat_template` sent in the request (newer
-        // versions only when started with `--trust-request-chat-template`):
+        // versions only when started with `--trust-request-chat-template`),
+        // and releases before 0.11 also take one from `chat_template_kwargs`:
         // a loop in it makes a prompt no bound on the body's bytes covers.
         if chat_template.is_some_and(|raw| raw.get() != "null") {
             return Err(RequestError::InvalidField {
                 field: "chat_template",
+                expected: EXPECT_NO_TEMPLATE,
+            });
+        }
+        let kwargs_template = template_kwargs
+            .and_then(|raw| object_fields(raw.get().as_bytes(), &["chat_template"]).ok())
+            .is_some_and(|kwargs| {
+                kwargs.case_variant.is_some()
+                    || kwargs.values[0].is_some_and(|raw| raw.get() != "null")
+            });
+        if kwargs_template {
+            return Err(RequestError::InvalidField {
+                field: "chat_template_kwargs",
                 expected: EXPECT_NO_TEMPLATE,
             });
         }
@@ -316,6 +336,14 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
             EXPECT_COUNT,
         )?,
         n_predict: typed(fields.n_predict, "n_predict", EXPECT_N_PREDICT)?,
+        null_budget: [
+            fields.max_tokens,
+            fields.max_completion_tokens,
+            fields.n_predict,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|raw| raw.get() == "null"),
         stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
         include_usage,
         choices: positive(fields.n, "n")?
@@ -571,7 +599,9 @@ pub fn rewrite_completion_request(
         ));
     }
 
-    edits.sort_unstable_by_key(|edit| edit.map(|e| e.start));
+    // An insertion and a replacement may start at one offset (a renamed
+    // first key): the insertion, which ends there, goes first.
+    edits.sort_unstable_by_key(|edit| edit.map(|e| (e.start, e.end)));
     let mut out = Vec::with_capacity(body.len().saturating_add(64));
     let mut cursor = 0;
     for edit in edits.iter().flatten() {

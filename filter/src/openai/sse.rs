@@ -448,7 +448,8 @@ impl SseUsageParser {
         if let Some(usage) = Usage::from_raw(usage) {
             self.usage = Some(usage);
         }
-        if has_choices || error.is_some() {
+        let has_error = error.is_some_and(|raw| raw.get() != "null");
+        if has_choices || has_error {
             Action::StripUsage
         } else {
             Action::Remove

@@ -161,7 +161,6 @@ impl ProviderError {
         match self {
             ProviderError::Unsupported { field, .. }
             | ProviderError::InvalidField { field, .. } => Some(field),
-            ProviderError::TooManyOutputs { .. } => Some("n"),
             _ => None,
         }
     }

@@ -124,10 +124,12 @@ impl Choice {
     }
 }
 
-/// Streams every choice's events (see the module), once the first has
-/// come: a request that fails before any choice has output (refused at
+/// Streams every choice's events (see the module), once one has output: a
+/// request whose every choice fails before any has output (refused at
 /// shutdown, or by the KV cache) gets its error's own status, as a
 /// non-streamed one does, rather than a 200 whose stream ends in an error.
+/// Once a choice has output, the stream starts, and failures before it
+/// are reported in-band with the rest.
 pub(super) async fn stream(
     answer: Answer,
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
@@ -135,22 +137,30 @@ pub(super) async fn stream(
 ) -> Result<Response, ApiError> {
     let mut usages: Vec<Option<Usage>> = vec![None; receivers.len()];
     let mut events = by_choice(receivers);
-    let first = events.next().await.ok_or_else(engine_stopped)?;
-    if let (i, Event::Failed { failure, usage }) = first {
-        usages[i] = Some(usage);
-        while usages.iter().any(Option::is_none) {
-            match events.next().await {
-                Some((j, Event::Finished { usage, .. } | Event::Failed { usage, .. })) => {
-                    usages[j] = Some(usage);
+    let mut before_output: Vec<(usize, Event)> = Vec::new();
+    loop {
+        match events.next().await.ok_or_else(engine_stopped)? {
+            (i, Event::Failed { failure, usage }) => {
+                usages[i] = Some(usage);
+                if usages.iter().all(Option::is_some) {
+                    let usage = total_usage(usages.iter().flatten().copied());
+                    let first = before_output.into_iter().find_map(|(_, e)| match e {
+                        Event::Failed { failure, .. } => Some(failure),
+                        _ => None,
+                    });
+                    return Err(failure_error(first.as_ref().unwrap_or(&failure)).with_usage(usage));
                 }
-                Some(_) => {}
-                None => return Err(engine_stopped()),
+                before_output.push((i, Event::Failed { failure, usage }));
+            }
+            output => {
+                before_output.push(output);
+                break;
             }
         }
-        let usage = total_usage(usages.into_iter().flatten());
-        return Err(failure_error(&failure).with_usage(usage));
     }
-    let mut events = tokio_stream::iter([first]).chain(events);
+    // The writer counts every choice's end as it replays them.
+    usages.fill(None);
+    let mut events = tokio_stream::iter(before_output).chain(events);
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let send = |frame: Bytes| body_tx.send(Ok(frame));

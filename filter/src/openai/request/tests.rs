@@ -21,8 +21,48 @@ fn request(
         choices: 1,
         prompts: 1,
         n_predict: None,
+        null_budget: false,
         media_parts: 0,
     }
+}
+
+#[test]
+fn a_null_budget_field_is_rewritten_to_the_budget() {
+    // Servers read `null` as "no limit": one that reads only `max_tokens`
+    // would ignore the other field's 5.
+    let body = r#"{"model":"m","max_tokens":null,"max_completion_tokens":5}"#;
+    let req = parse_completion_request(body.as_bytes()).unwrap();
+    assert_eq!(req.requested_max_tokens(), Some(5));
+    assert!(req.null_budget && req.budget_needs_rewrite());
+    let rewrite = BodyRewrite {
+        max_tokens: Some(5),
+        ..BodyRewrite::default()
+    };
+    let out = rewrite_completion_request(body.as_bytes(), &rewrite).unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"model":"m","max_tokens":5,"max_completion_tokens":5}"#
+    );
+    let plain = parse_completion_request(br#"{"model":"m","max_tokens":5}"#).unwrap();
+    assert!(!plain.null_budget && !plain.budget_needs_rewrite());
+}
+
+#[test]
+fn an_insertion_and_a_renamed_first_key_at_one_offset_both_apply() {
+    let rewrite = BodyRewrite {
+        force_include_usage: true,
+        budget_as: Some(BudgetField::MaxTokens),
+        ..BodyRewrite::default()
+    };
+    let out = rewrite_completion_request(
+        br#"{"max_completion_tokens":5,"stream":true,"model":"m"}"#,
+        &rewrite,
+    )
+    .unwrap();
+    assert_eq!(
+        String::from_utf8(out).unwrap(),
+        r#"{"stream_options":{"include_usage":true},"max_tokens":5,"stream":true,"model":"m"}"#
+    );
 }
 
 #[test]
@@ -45,6 +85,15 @@ fn a_chat_template_in_the_request_is_refused() {
     );
     let null = r#"{"model":"m","messages":[],"chat_template":null}"#;
     assert!(parse_completion_request(null.as_bytes()).is_ok());
+    // vLLM before 0.11 also took one from the template's arguments.
+    let kwargs = r#"{"model":"m","messages":[],"chat_template_kwargs":{"enable_thinking":false,"chat_template":"{% for i in range(9) %}x{% endfor %}"}}"#;
+    assert_eq!(
+        parse_completion_request(kwargs.as_bytes()).map(|_| ()),
+        Err(invalid("chat_template_kwargs", EXPECT_NO_TEMPLATE))
+    );
+    let thinking =
+        r#"{"model":"m","messages":[],"chat_template_kwargs":{"enable_thinking":false}}"#;
+    assert!(parse_completion_request(thinking.as_bytes()).is_ok());
 }
 
 #[test]
@@ -176,9 +225,12 @@ fn parses_valid_bodies() {
             request("m", None, None, false, true),
         ),
         (
-            "nulls are absent",
+            "nulls are absent (a budget's is marked, to be overwritten)",
             r#"{"model":"m","max_tokens":null,"max_completion_tokens":null,"stream":null,"stream_options":null}"#,
-            request("m", None, None, false, false),
+            CompletionRequest {
+                null_budget: true,
+                ..request("m", None, None, false, false)
+            },
         ),
         (
             "include_usage null or false",

@@ -122,6 +122,18 @@ fn an_error_event_is_never_stripped_only_its_usage() {
 }
 
 #[test]
+fn a_usage_event_with_a_null_error_is_still_stripped() {
+    let usage = r#"{"choices":[],"usage":{"prompt_tokens":1,"completion_tokens":2,"total_tokens":3},"error":null}"#;
+    let input = format!("data: {usage}\n\ndata: [DONE]\n\n");
+    let out = run([input.as_bytes()], true, 4096);
+    assert_eq!(out.usage.map(|u| u.total_tokens), Some(3));
+    assert_eq!(
+        String::from_utf8(out.output.unwrap()).unwrap(),
+        "data: [DONE]\n\n"
+    );
+}
+
+#[test]
 fn realistic_stream_at_every_split() {
     for eol in ["\n", "\r\n", "\r"] {
         let (full, stripped) = openai_stream(eol);
