@@ -481,6 +481,49 @@ fn envoy_exiting_on_its_own_fails_the_run_with_its_log() {
 }
 
 #[test]
+fn a_killed_stack_leaves_no_process_behind() {
+    require_artifacts();
+    let mut stack = Runner::start(&demo_config());
+    let banner = stack.stdout();
+    let children = [
+        ("Envoy", stack.envoy_pid()),
+        ("the inference server", inference_pid(&banner)),
+        (
+            "the control plane",
+            banner_pid(&banner, "control plane, pid "),
+        ),
+        ("the limiter", banner_pid(&banner, "global limits, pid ")),
+    ];
+    // The stand-in provider's TLS front is an Envoy of its own.
+    let provider = banner
+        .split("anthropic.demo.internal at ")
+        .nth(1)
+        .and_then(|rest| rest.split_whitespace().next())
+        .unwrap_or_else(|| panic!("no demo provider in the banner:\n{banner}"))
+        .to_string();
+    assert!(
+        std::net::TcpStream::connect(&provider).is_ok(),
+        "{provider}"
+    );
+    // No cleanup runs: each child must go with its parent on its own.
+    stack.signal(libc::SIGKILL);
+    let _ = stack.wait_exit(EXIT_TIMEOUT);
+    eventually(Duration::from_secs(10), || {
+        for (name, pid) in children {
+            if process_exists(pid) {
+                return Err(format!("{name} (pid {pid}) outlived a killed maas-stack"));
+            }
+        }
+        match std::net::TcpStream::connect(&provider) {
+            Ok(_) => Err(format!(
+                "the demo provider's TLS front still listens on {provider}"
+            )),
+            Err(_) => Ok(()),
+        }
+    });
+}
+
+#[test]
 fn a_bad_filter_configuration_is_explained_from_envoys_log() {
     require_artifacts();
     let mut config: Value = serde_json::from_str(

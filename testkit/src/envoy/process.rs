@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use crate::child::supervised;
 use crate::client::try_request;
 
 /// Envoy drains nothing on SIGTERM in these tests; it exits in milliseconds.
@@ -55,7 +56,11 @@ pub struct EnvoyProcess {
 impl EnvoyProcess {
     pub fn spawn(launch: &Launch<'_>) -> io::Result<Self> {
         let stdio = File::create(launch.stdio_file)?;
-        let child = Command::new(launch.binary)
+        // Supervised as every other child: an Envoy whose harness died
+        // without dropping it (a killed `maas-stack`, an aborted test run)
+        // was left running, holding its ports.
+        let mut command = Command::new(launch.binary);
+        command
             .arg("-c")
             .arg(launch.config)
             .arg("--disable-hot-restart")
@@ -68,8 +73,8 @@ impl EnvoyProcess {
             .args(["--file-flush-interval-msec", FILE_FLUSH_INTERVAL_MSEC])
             .stdin(Stdio::null())
             .stdout(stdio.try_clone()?)
-            .stderr(stdio)
-            .spawn()?;
+            .stderr(stdio);
+        let child = supervised(&mut command).spawn()?;
         Ok(Self { child })
     }
 
