@@ -257,7 +257,7 @@ struct RequestFields<'a> {
 
 impl<'a> RequestFields<'a> {
     fn read(body: &'a [u8]) -> Result<Self, RequestError> {
-        let fields = object_fields(body, &FIELDS)?;
+        let fields = object_fields(body, &FIELDS, Keys::AlsoCaseVariants)?;
         if let Some(index) = fields.duplicate {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::DuplicateField(name.to_owned()));
@@ -279,7 +279,14 @@ impl<'a> RequestFields<'a> {
             });
         }
         let kwargs_template = template_kwargs
-            .and_then(|raw| object_fields(raw.get().as_bytes(), &["chat_template"]).ok())
+            .and_then(|raw| {
+                object_fields(
+                    raw.get().as_bytes(),
+                    &["chat_template"],
+                    Keys::AlsoCaseVariants,
+                )
+                .ok()
+            })
             .is_some_and(|kwargs| {
                 kwargs.case_variant.is_some()
                     || kwargs.values[0].is_some_and(|raw| raw.get() != "null")
@@ -429,13 +436,14 @@ fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 1>>, Request
     if raw.get() == "null" {
         return Ok(None);
     }
-    let options = object_fields(raw.get().as_bytes(), &INCLUDE_USAGE).map_err(|err| match err {
-        ObjectError::NotAnObject => RequestError::InvalidField {
-            field: "stream_options",
-            expected: EXPECT_OBJECT,
-        },
-        ObjectError::Malformed(err) => err.into(),
-    })?;
+    let options = object_fields(raw.get().as_bytes(), &INCLUDE_USAGE, Keys::AlsoCaseVariants)
+        .map_err(|err| match err {
+            ObjectError::NotAnObject => RequestError::InvalidField {
+                field: "stream_options",
+                expected: EXPECT_OBJECT,
+            },
+            ObjectError::Malformed(err) => err.into(),
+        })?;
     if options.duplicate.is_some() {
         return Err(RequestError::DuplicateField(INCLUDE_USAGE_PATH.to_owned()));
     }
@@ -790,7 +798,8 @@ pub(crate) struct ObjectFields<'a, const N: usize> {
     /// Index of the first requested key seen more than once.
     pub(crate) duplicate: Option<usize>,
     /// Index of the first requested key also spelled in another case
-    /// (`MAX_TOKENS`; see [`folds_to`]), which the walk does not read.
+    /// (`MAX_TOKENS`; see [`folds_to`]), which the walk does not read;
+    /// looked for only with [`Keys::AlsoCaseVariants`].
     pub(crate) case_variant: Option<usize>,
     /// Number of entries in the object, requested or not.
     pub(crate) entries: usize,
@@ -805,13 +814,27 @@ pub(crate) enum ObjectError {
     Malformed(serde_json::Error),
 }
 
+/// How a walk compares keys with the names asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Keys {
+    /// Exactly (after unescaping): what an upstream's answer is read with.
+    Exact,
+    /// Exactly, and also noting a name spelled in another case
+    /// ([`ObjectFields::case_variant`], see [`folds_to`]): what a client's
+    /// request is read with, since the server it goes to may match keys
+    /// regardless of case.
+    AlsoCaseVariants,
+}
+
 /// Walks the JSON object in `json` once and returns the raw values of the
-/// keys in `names`. Keys are compared after unescaping; values of other keys
-/// are skipped without allocating (serde's `IgnoredAny`). Raw values borrow
-/// from `json`, so their offsets in it can be recovered.
+/// keys in `names`. Keys are compared after unescaping, as `keys` says;
+/// values of other keys are skipped without allocating (serde's
+/// `IgnoredAny`). Raw values borrow from `json`, so their offsets in it can
+/// be recovered.
 pub(crate) fn object_fields<'a, const N: usize>(
     json: &'a [u8],
     names: &[&str; N],
+    keys: Keys,
 ) -> Result<ObjectFields<'a, N>, ObjectError> {
     let first = json
         .iter()
@@ -827,6 +850,7 @@ pub(crate) fn object_fields<'a, const N: usize>(
     let fields = de
         .deserialize_map(FieldsVisitor {
             names,
+            keys,
             marker: PhantomData,
         })
         .map_err(ObjectError::Malformed)?;
@@ -836,6 +860,7 @@ pub(crate) fn object_fields<'a, const N: usize>(
 
 struct FieldsVisitor<'n, 'a, const N: usize> {
     names: &'n [&'n str; N],
+    keys: Keys,
     marker: PhantomData<&'a ()>,
 }
 
@@ -853,7 +878,11 @@ impl<'de, const N: usize> Visitor<'de> for FieldsVisitor<'_, 'de, N> {
             case_variant: None,
             entries: 0,
         };
-        while let Some(key) = map.next_key_seed(KeyIndex(self.names.as_slice()))? {
+        let seed = || KeyIndex {
+            names: self.names.as_slice(),
+            keys: self.keys,
+        };
+        while let Some(key) = map.next_key_seed(seed())? {
             fields.entries = fields.entries.saturating_add(1);
             let exact = match key {
                 Key::Exact(index) => fields.values.get_mut(index).map(|slot| (index, slot)),
@@ -902,6 +931,10 @@ impl Key {
 /// winning, so a gateway that read only the exact spelling would cap one
 /// field while the server obeyed another.
 fn folds_to(key: &str, name: &str) -> bool {
+    // Nearly every key is ASCII: a length check settles most at once.
+    if key.is_ascii() {
+        return key.eq_ignore_ascii_case(name);
+    }
     let mut name = name.chars();
     key.chars()
         .map(|c| match c {
@@ -915,7 +948,10 @@ fn folds_to(key: &str, name: &str) -> bool {
 
 /// Deserializes a key into its index in a name list, without allocating:
 /// serde_json hands escaped keys to `visit_str` from its scratch buffer.
-struct KeyIndex<'n>(&'n [&'n str]);
+struct KeyIndex<'n> {
+    names: &'n [&'n str],
+    keys: Keys,
+}
 
 impl<'de> DeserializeSeed<'de> for KeyIndex<'_> {
     type Value = Key;
@@ -936,11 +972,14 @@ impl Visitor<'_> for KeyIndex<'_> {
     }
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<Self::Value, E> {
-        if let Some(index) = self.0.iter().position(|name| *name == key) {
+        if let Some(index) = self.names.iter().position(|name| *name == key) {
             return Ok(Key::Exact(index));
         }
+        if self.keys == Keys::Exact {
+            return Ok(Key::Other);
+        }
         Ok(self
-            .0
+            .names
             .iter()
             .position(|name| folds_to(key, name))
             .map_or(Key::Other, Key::CaseVariant))

@@ -19,7 +19,7 @@
 
 use serde_json::value::RawValue;
 
-use crate::openai::request::object_fields;
+use crate::openai::request::{object_fields, Keys};
 use crate::openai::usage::Usage;
 
 /// Observes usage in a streamed completion and, in strip mode, removes it
@@ -427,7 +427,7 @@ impl SseUsageParser {
             self.saw_done = true;
             return Action::Forward;
         }
-        let Ok(fields) = object_fields(data, &["choices", "usage", "error"]) else {
+        let Ok(fields) = object_fields(data, &["choices", "usage", "error"], Keys::Exact) else {
             return Action::Forward;
         };
         let [choices, usage, error] = fields.values;

@@ -10,7 +10,7 @@
 
 use serde_json::value::RawValue;
 
-use crate::openai::request::object_fields;
+use crate::openai::request::{object_fields, Keys};
 
 /// Tokens consumed by one request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -35,7 +35,7 @@ const COUNTS: [&str; 5] = [
 /// `None` when the body is not a JSON object, is malformed, has no `usage`
 /// or a null one, or when the usage object holds no valid count.
 pub fn parse_json_usage(body: &[u8]) -> Option<Usage> {
-    let [usage] = object_fields(body, &["usage"]).ok()?.values;
+    let [usage] = object_fields(body, &["usage"], Keys::Exact).ok()?.values;
     Usage::from_raw(usage?)
 }
 
@@ -46,7 +46,9 @@ impl Usage {
     /// trusting half of a broken report).
     pub(crate) fn from_raw(raw: &RawValue) -> Option<Usage> {
         let [prompt, completion, total, input, output] =
-            object_fields(raw.get().as_bytes(), &COUNTS).ok()?.values;
+            object_fields(raw.get().as_bytes(), &COUNTS, Keys::Exact)
+                .ok()?
+                .values;
         let count = |raw: Option<&RawValue>| -> Result<Option<u64>, ()> {
             match raw {
                 None => Ok(None),

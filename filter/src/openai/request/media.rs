@@ -26,7 +26,7 @@ use std::fmt;
 use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{KeyIndex, RequestError};
+use super::{KeyIndex, Keys, RequestError};
 
 pub(super) const EXPECT_MESSAGES: &str =
     "an array of message objects whose content is a string, null or an array of parts";
@@ -89,7 +89,10 @@ impl<'de> Visitor<'de> for MessageVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageParts, A::Error> {
         let mut count = 0u64;
-        while let Some(key) = map.next_key_seed(KeyIndex(&["content"]))? {
+        while let Some(key) = map.next_key_seed(KeyIndex {
+            names: &["content"],
+            keys: Keys::AlsoCaseVariants,
+        })? {
             if key.is_named() {
                 let Content(n) = map.next_value()?;
                 count = count.saturating_add(n);
@@ -160,7 +163,10 @@ impl<'de> Visitor<'de> for PartVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
         let (mut typed, mut text) = (false, true);
-        while let Some(key) = map.next_key_seed(KeyIndex(&["type"]))? {
+        while let Some(key) = map.next_key_seed(KeyIndex {
+            names: &["type"],
+            keys: Keys::AlsoCaseVariants,
+        })? {
             if key.is_named() {
                 let kind = map.next_value::<&'de RawValue>()?;
                 typed = true;
