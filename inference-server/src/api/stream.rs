@@ -135,36 +135,28 @@ pub(super) async fn stream(
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
     include_usage: bool,
 ) -> Result<Response, ApiError> {
-    let mut usages: Vec<Option<Usage>> = vec![None; receivers.len()];
+    let choice_count = receivers.len();
     let mut events = by_choice(receivers);
+    // Each choice ends once: when every event so far is a failure and
+    // there are as many as choices, no choice had output.
     let mut before_output: Vec<(usize, Event)> = Vec::new();
     loop {
-        match events.next().await.ok_or_else(engine_stopped)? {
-            (i, Event::Failed { failure, usage }) => {
-                usages[i] = Some(usage);
-                if usages.iter().all(Option::is_some) {
-                    let usage = total_usage(usages.iter().flatten().copied());
-                    let first = before_output.into_iter().find_map(|(_, e)| match e {
-                        Event::Failed { failure, .. } => Some(failure),
-                        _ => None,
-                    });
-                    return Err(failure_error(first.as_ref().unwrap_or(&failure)).with_usage(usage));
-                }
-                before_output.push((i, Event::Failed { failure, usage }));
-            }
-            output => {
-                before_output.push(output);
-                break;
-            }
+        let next = events.next().await.ok_or_else(engine_stopped)?;
+        let failed = matches!(next.1, Event::Failed { .. });
+        before_output.push(next);
+        if !failed {
+            break;
+        }
+        if before_output.len() == choice_count {
+            return Err(all_failed(before_output));
         }
     }
-    // The writer counts every choice's end as it replays them.
-    usages.fill(None);
     let mut events = tokio_stream::iter(before_output).chain(events);
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
     tokio::spawn(async move {
         let send = |frame: Bytes| body_tx.send(Ok(frame));
-        let mut choices: Vec<Choice> = (0..usages.len())
+        let mut usages: Vec<Option<Usage>> = vec![None; choice_count];
+        let mut choices: Vec<Choice> = (0..choice_count)
             .map(|index| Choice {
                 index,
                 logprobs: answer.logprobs.clone(),
@@ -252,4 +244,21 @@ pub(super) async fn stream(
         .unwrap_or_else(|_| {
             ApiError::internal("could not build the stream response").into_response()
         }))
+}
+
+/// The error of a request whose every choice failed before any output
+/// (`failures`, one per choice): the first failure, with what all of them
+/// computed.
+fn all_failed(failures: Vec<(usize, Event)>) -> ApiError {
+    let usage = total_usage(failures.iter().filter_map(|(_, e)| match e {
+        Event::Failed { usage, .. } => Some(*usage),
+        _ => None,
+    }));
+    let first = failures.into_iter().find_map(|(_, e)| match e {
+        Event::Failed { failure, .. } => Some(failure),
+        _ => None,
+    });
+    first
+        .map_or_else(engine_stopped, |f| failure_error(&f))
+        .with_usage(usage)
 }
