@@ -7,14 +7,12 @@
 //! estimate must not fall below the prompt tokens the server computed
 //! (its own `inference_prompt_tokens_total`), nor above the reservation.
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::io::Read;
 
 use maas_testkit::{get, prometheus, InferenceServer};
-use serde_json::{json, Value};
+use serde_json::json;
 
-use super::{gateway, MODEL};
+use super::{content_events, gateway, post_raw, MODEL};
 
 const KEY: &str = "sk-cut-stream-key";
 const MAX_TOKENS: u64 = 64;
@@ -22,19 +20,6 @@ const MAX_TOKENS: u64 = 64;
 fn server_prompt_tokens(server: &InferenceServer) -> f64 {
     let text = get(&server.url("/metrics")).text();
     prometheus::metric(&text, "inference_prompt_tokens_total", &[]).unwrap_or(0.0)
-}
-
-/// Some `data:` event carries non-empty `delta.content`.
-fn has_generated_text(stream: &str) -> bool {
-    stream
-        .lines()
-        .filter_map(|line| line.strip_prefix("data: "))
-        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
-        .any(|event| {
-            event["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|text| !text.is_empty())
-        })
 }
 
 #[test]
@@ -54,21 +39,12 @@ fn a_cut_stream_is_charged_at_least_the_prompt_the_server_computed() {
     .to_string();
     let before = server_prompt_tokens(&server);
 
-    let mut conn = TcpStream::connect(gateway.addr()).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    write!(
-        conn,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
-         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
+    let mut conn = post_raw(gateway.addr(), KEY, &body);
     // Read until the first generated text (the role event comes before
     // the prefill ends), then hang up: the whole prompt was computed.
     let mut seen = Vec::new();
     let mut buf = [0u8; 4096];
-    while !has_generated_text(&String::from_utf8_lossy(&seen)) {
+    while content_events(&String::from_utf8_lossy(&seen)) == 0 {
         let n = conn.read(&mut buf).unwrap();
         assert!(
             n > 0,

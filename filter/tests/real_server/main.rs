@@ -86,6 +86,38 @@ pub fn streamed_without_usage(gateway: &Gateway, auth: &str, body: &Value) -> Ve
     events
 }
 
+/// `body` posted to `/v1/chat/completions` at `addr` with `key`, on a raw
+/// socket (`connection: close`), for a test that reads the answer as it
+/// comes or hangs up mid-way.
+pub fn post_raw(addr: std::net::SocketAddr, key: &str, body: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(120)))
+        .unwrap();
+    write!(
+        conn,
+        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+         connection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    conn
+}
+
+/// The `data:` events of raw stream text that carry generated text.
+pub fn content_events(stream: &str) -> usize {
+    stream
+        .lines()
+        .filter_map(|line| line.strip_prefix("data: "))
+        .filter_map(|data| serde_json::from_str::<Value>(data).ok())
+        .filter(|event| {
+            event["choices"][0]["delta"]["content"]
+                .as_str()
+                .is_some_and(|text| !text.is_empty())
+        })
+        .count()
+}
+
 /// A streamed answer's JSON events, `[DONE]` left out.
 pub fn sse_events(r: &Response) -> Vec<Value> {
     r.sse_data()

@@ -4,14 +4,14 @@
 //! server reports that usage beside its error; before, the gateway charged
 //! such a stream an estimate and such a 503 nothing.
 
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
 use std::time::Duration;
 
 use maas_testkit::{eventually, get, prometheus, Gateway, InferenceServer};
 use serde_json::{json, Value};
 
-use super::{charged, gateway, MODEL};
+use super::{charged, content_events, gateway, post_raw, MODEL};
 
 const KEY: &str = "sk-server-failure-key";
 
@@ -25,21 +25,6 @@ fn endless(stream: bool) -> Value {
         "ignore_eos": true,
         "messages": [{"role": "user", "content": "Write a very long essay about the history of Europe."}]
     })
-}
-
-fn post_raw(addr: std::net::SocketAddr, body: &Value) -> TcpStream {
-    let body = body.to_string();
-    let mut conn = TcpStream::connect(addr).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(120)))
-        .unwrap();
-    write!(
-        conn,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {KEY}\r\n\
-         connection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
-        body.len()
-    )
-    .unwrap();
-    conn
 }
 
 fn read_to_end(mut conn: TcpStream) -> String {
@@ -65,7 +50,7 @@ fn await_running(server: &InferenceServer) {
 fn cut_at_the_deadline(stream: bool) -> (String, Gateway) {
     let mut server = InferenceServer::start(&["--shutdown-grace-secs", "1"]);
     let gateway = gateway(&server, KEY);
-    let conn = post_raw(gateway.addr(), &endless(stream));
+    let conn = post_raw(gateway.addr(), KEY, &endless(stream).to_string());
     await_running(&server);
     std::thread::sleep(Duration::from_millis(300));
     server.signal_term();
@@ -82,16 +67,7 @@ fn a_stream_cut_at_the_servers_deadline_is_charged_the_usage_it_reported() {
     assert!(raw.starts_with("HTTP/1.1 200"), "{raw}");
     assert!(raw.contains("generation_failed"), "{raw}");
     assert!(!raw.contains("[DONE]"), "{raw}");
-    let contents = raw
-        .lines()
-        .filter_map(|l| l.strip_prefix("data: "))
-        .filter_map(|d| serde_json::from_str::<Value>(d).ok())
-        .filter(|e| {
-            e["choices"][0]["delta"]["content"]
-                .as_str()
-                .is_some_and(|c| !c.is_empty())
-        })
-        .count() as u64;
+    let contents = content_events(&raw) as u64;
     let record = gateway.await_access_log(1).remove(0);
     let (prompt, completion) = charged(&record);
     assert!(prompt > 0, "{record}");
