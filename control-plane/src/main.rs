@@ -108,7 +108,7 @@ struct ServeArgs {
     #[arg(long, default_value = ".cache/control-plane")]
     data_dir: PathBuf,
     /// `sqlite://FILE?mode=rwc` or `postgres://…` (default: SQLite in the data dir).
-    #[arg(long, env = "MAAS_DATABASE_URL")]
+    #[arg(long, env = "MAAS_DATABASE_URL", hide_env_values = true)]
     database_url: Option<String>,
     /// OIDC issuer (`iss`) whose tokens the API accepts.
     #[arg(long, requires_all = ["oidc_audience", "oidc_jwks"])]

@@ -158,6 +158,11 @@ fn bad_input_gets_400_and_changes_nothing() {
             r#"{"name": "x", "subscription": "team-a", "colour": "red"}"#,
             "colour",
         ),
+        // Not settled by the last one, as a map would.
+        (
+            r#"{"name": "x", "subscription": "team-a", "labels": {"env": "dev", "env": "prod"}}"#,
+            "duplicate field `env`",
+        ),
     ] {
         let r = post(body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
@@ -612,4 +617,36 @@ fn a_token_whose_subject_is_admin_is_not_the_administrator() {
         )
         .json();
     assert_eq!(all["data"][0]["status"], "active");
+}
+
+/// A body trickled in (one that never completes) is answered 408 once the
+/// control plane's wait for it ends, not held open for as long as the
+/// client likes: through Envoy each such request holds one of a cluster's
+/// connections.
+#[test]
+fn a_body_that_never_completes_gets_408() {
+    use std::io::{Read, Write};
+    let cp = setup();
+    let alice = token("alice", &["team-a"]);
+    let mut conn = std::net::TcpStream::connect(cp.addr).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let body = br#"{"name": "slow", "subscription": "team-a"}"#;
+    write!(
+        conn,
+        "POST /maas-api/v1/api-keys HTTP/1.1\r\nhost: cp\r\nauthorization: Bearer {alice}\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len() + 1
+    )
+    .unwrap();
+    // All but the last byte promised: the server waits for it.
+    conn.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let json = &answer[answer.find("\r\n\r\n").expect("a body") + 4..];
+    let error: serde_json::Value = serde_json::from_str(json).unwrap();
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+    assert!(cp.all_keys().is_empty());
 }

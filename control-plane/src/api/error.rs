@@ -36,7 +36,14 @@ pub enum ApiError {
     /// The body is over the size the API reads.
     #[error("request body: {0}")]
     TooLarge(String),
-    #[error("the database failed; the change was not made")]
+    /// The body did not all arrive within the time the API waits for it.
+    #[error("request body: not received within {} s", .0.as_secs())]
+    BodyTimeout(std::time::Duration),
+    /// A fault of the control plane's own, not the database's availability
+    /// (a stored row it cannot read, no OS randomness): retrying will not help.
+    #[error("internal error: {0}")]
+    Internal(String),
+    #[error("the database failed; nothing was changed")]
     Database(#[source] StoreError),
 }
 
@@ -70,6 +77,16 @@ impl ApiError {
                 StatusCode::PAYLOAD_TOO_LARGE,
                 "invalid_request_error",
                 "body_too_large",
+            ),
+            Self::BodyTimeout(_) => (
+                StatusCode::REQUEST_TIMEOUT,
+                "invalid_request_error",
+                "request_timeout",
+            ),
+            Self::Internal(_) => (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "internal_error",
             ),
             Self::Database(_) => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -109,6 +126,7 @@ impl From<StoreError> for ApiError {
             StoreError::InUse { subscription, keys } => Self::Conflict(format!(
                 "subscription {subscription:?} still has {keys} keys; revoke them first"
             )),
+            e @ StoreError::Corrupt(_) => Self::Internal(e.to_string()),
             other => Self::Database(other),
         }
     }
@@ -116,8 +134,10 @@ impl From<StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        if let Self::Database(e) = &self {
-            tracing::error!(error = %e, "database error");
+        match &self {
+            Self::Database(e) => tracing::error!(error = %e, "database error"),
+            Self::Internal(e) => tracing::error!(error = %e, "internal error"),
+            _ => {}
         }
         let (status, kind, code) = self.parts();
         let body = json!({"error": {"message": self.to_string(), "type": kind, "code": code}});

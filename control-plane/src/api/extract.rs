@@ -9,6 +9,7 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request};
 use axum::http::request::Parts;
 use axum::http::StatusCode;
 use serde::de::DeserializeOwned;
+use std::time::Duration;
 
 use super::error::ApiError;
 
@@ -49,8 +50,15 @@ where
 }
 
 /// The raw body (parsed by the handler, see `super::parse`), within axum's
-/// default limit: over it is a 413, any other failure to read it a 400.
+/// default limit: over it is a 413, one that has not all come within
+/// [`BODY_READ_TIMEOUT`] a 408, any other failure to read it a 400.
 pub struct ApiBody(pub Bytes);
+
+/// The API's bodies are a few hundred bytes: a client still sending after
+/// this long is trickling one in to hold a request open (and, through
+/// Envoy, a slot of the cluster's connection budget) for as long as it
+/// likes.
+pub const BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 impl<S> FromRequest<S> for ApiBody
 where
@@ -59,8 +67,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        Bytes::from_request(req, state)
+        tokio::time::timeout(BODY_READ_TIMEOUT, Bytes::from_request(req, state))
             .await
+            .map_err(|_| ApiError::BodyTimeout(BODY_READ_TIMEOUT))?
             .map(ApiBody)
             .map_err(|e| match e.status() {
                 StatusCode::PAYLOAD_TOO_LARGE => ApiError::TooLarge(e.body_text()),

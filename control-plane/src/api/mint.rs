@@ -58,7 +58,7 @@ pub(super) async fn usable_subscription(
             })
         })
         .transpose()
-        .map_err(|e| ApiError::Database(StoreError::Corrupt(e.to_string())))?;
+        .map_err(|e| ApiError::from(StoreError::Corrupt(e.to_string())))?;
     match admitted {
         Some(a) if who.admin || a.spec.admits_any(&who.groups) => Ok(a),
         None if who.admin => Err(ApiError::Invalid(format!("unknown subscription {name:?}"))),

@@ -64,6 +64,7 @@ pub use prices::price_exposition;
 use crate::apikey;
 use crate::key_lifetime::{self, KeyLifetime, LifetimeError};
 use crate::store::{KeyRow, Store, SubscriptionRow};
+use crate::strict_json::StrictValue;
 use crate::subscription::SubscriptionSpec;
 use crate::time::unix_now;
 
@@ -104,9 +105,13 @@ pub fn router(state: Arc<AppState>) -> Router {
 }
 
 /// Bodies are parsed here rather than by axum's `Json`, so a malformed one
-/// gets a 400 in the API's own error shape.
+/// gets a 400 in the API's own error shape. A key given twice at any depth
+/// is refused, not settled by whichever came last (a map such as a key's
+/// `labels` would otherwise keep the last without a word).
 fn parse<T: serde::de::DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| ApiError::Invalid(format!("request body: {e}")))
+    let invalid = |e: serde_json::Error| ApiError::Invalid(format!("request body: {e}"));
+    let StrictValue(value) = serde_json::from_slice(body).map_err(invalid)?;
+    serde_json::from_value(value).map_err(invalid)
 }
 
 #[derive(Deserialize)]
@@ -194,7 +199,7 @@ async fn create_key(
         .map_err(expires_in_error)?;
     let expires_at =
         key_lifetime::expiry(asked, app.max_key_lifetime, created_at).map_err(expires_in_error)?;
-    let minted = apikey::mint().map_err(|e| ApiError::Invalid(e.to_string()))?;
+    let minted = apikey::mint().map_err(|e| ApiError::Internal(e.to_string()))?;
     let row = KeyRow {
         id: minted.id.clone(),
         owner,

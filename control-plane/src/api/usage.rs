@@ -163,13 +163,21 @@ pub(super) async fn usage(
         .filter_map(|s| Some((s.name.clone(), s.cost_center.clone()?)))
         .collect();
     let visible = |name: &str| who.admin || subscriptions.iter().any(|s| s.name == name);
-    let detail: Vec<_> = app
-        .store
-        .usage_detail(q.from, q.to)
-        .await?
-        .into_iter()
-        .filter(|d| visible(&d.subscription) && is_own(&who, d))
-        .collect();
+    // Anyone but an administrator sees only their own keys' use: the
+    // database reads those rows alone, and none when no subscription is
+    // visible, so any signed-in caller cannot make it sum everyone's.
+    let detail: Vec<_> = if who.admin {
+        app.store.usage_detail(q.from, q.to).await?
+    } else if subscriptions.is_empty() || who.subject.is_empty() {
+        Vec::new()
+    } else {
+        app.store
+            .usage_detail_of(&who.subject, q.from, q.to)
+            .await?
+    }
+    .into_iter()
+    .filter(|d| visible(&d.subscription) && is_own(&who, d))
+    .collect();
     let prices = prices_by_model(&app).await?;
     let catalog = Catalog {
         prices: &prices,

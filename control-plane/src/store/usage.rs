@@ -65,6 +65,29 @@ fn to_db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
+/// The query of [`Store::usage_detail`], over every key (usage through no
+/// key included) or over one owner's keys.
+macro_rules! detail_sql {
+    ($join:literal, $of_owner:literal) => {
+        concat!(
+            "SELECT u.bucket_start - (u.bucket_start % 86400) AS day, ",
+            "u.subscription, u.model, u.key_id, COALESCE(k.owner, '') AS owner, ",
+            "CAST(SUM(u.requests) AS BIGINT) AS requests, ",
+            "CAST(SUM(u.prompt_tokens) AS BIGINT) AS prompt_tokens, ",
+            "CAST(SUM(u.completion_tokens) AS BIGINT) AS completion_tokens ",
+            "FROM usage_buckets u ",
+            $join,
+            " api_keys k ON k.id = u.key_id ",
+            "WHERE u.bucket_start >= $1 AND u.bucket_start < $2 ",
+            $of_owner,
+            " GROUP BY u.bucket_start - (u.bucket_start % 86400), u.subscription, u.model, u.key_id, k.owner ",
+            "ORDER BY day, u.subscription, u.model, u.key_id"
+        )
+    };
+}
+const DETAIL: &str = detail_sql!("LEFT JOIN", "");
+const DETAIL_OF_OWNER: &str = detail_sql!("JOIN", "AND k.owner = $3");
+
 impl Store {
     /// Adds `rows` to the bucket starting at `bucket_start` (Unix seconds),
     /// in one transaction. The sampler writes through its
@@ -96,21 +119,36 @@ impl Store {
     /// `[from, to)`, each key with its owner: what every showback grouping
     /// is summed from. Ordered by day, subscription, model, key.
     pub async fn usage_detail(&self, from: i64, to: i64) -> Result<Vec<UsageDetail>, StoreError> {
-        let rows = sqlx::query(
-            "SELECT u.bucket_start - (u.bucket_start % 86400) AS day, \
-             u.subscription, u.model, u.key_id, COALESCE(k.owner, '') AS owner, \
-             CAST(SUM(u.requests) AS BIGINT) AS requests, \
-             CAST(SUM(u.prompt_tokens) AS BIGINT) AS prompt_tokens, \
-             CAST(SUM(u.completion_tokens) AS BIGINT) AS completion_tokens \
-             FROM usage_buckets u LEFT JOIN api_keys k ON k.id = u.key_id \
-             WHERE u.bucket_start >= $1 AND u.bucket_start < $2 \
-             GROUP BY u.bucket_start - (u.bucket_start % 86400), u.subscription, u.model, u.key_id, k.owner \
-             ORDER BY day, u.subscription, u.model, u.key_id",
-        )
-        .bind(from)
-        .bind(to)
-        .fetch_all(&self.pool)
-        .await?;
+        self.detail(from, to, None).await
+    }
+
+    /// [`Store::usage_detail`] of the keys `owner` holds: the database
+    /// reads their rows only, not everyone's to be filtered afterwards.
+    pub async fn usage_detail_of(
+        &self,
+        owner: &str,
+        from: i64,
+        to: i64,
+    ) -> Result<Vec<UsageDetail>, StoreError> {
+        self.detail(from, to, Some(owner)).await
+    }
+
+    async fn detail(
+        &self,
+        from: i64,
+        to: i64,
+        owner: Option<&str>,
+    ) -> Result<Vec<UsageDetail>, StoreError> {
+        let sql = if owner.is_some() {
+            DETAIL_OF_OWNER
+        } else {
+            DETAIL
+        };
+        let mut query = sqlx::query(sql).bind(from).bind(to);
+        if let Some(owner) = owner {
+            query = query.bind(owner);
+        }
+        let rows = query.fetch_all(&self.pool).await?;
         rows.iter()
             .map(|row| {
                 Ok(UsageDetail {
