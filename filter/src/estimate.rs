@@ -45,6 +45,29 @@ pub fn answered_before_any_model(status: u32, code_details: Option<&str>) -> boo
     }
 }
 
+/// Whether a request sent to a model ended with no answer from it while
+/// the model may still have been generating: the client left before any
+/// response (`status` none), or Envoy gave up waiting (its route or
+/// per-try timeout, or the stream's longest duration; the router's details
+/// as Envoy 1.40 spells them). A provider goes on
+/// and bills a generation whose client left; whatever it generated, up to
+/// the reservation, was not seen. (A reset or an error status means the
+/// upstream stopped: that is estimated from what was seen.)
+pub fn answer_never_came(status: Option<u32>, code_details: Option<&str>) -> bool {
+    match status {
+        None => true,
+        Some(_) => matches!(
+            code_details,
+            Some(
+                "response_timeout"
+                    | "upstream_per_try_timeout"
+                    | "upstream_per_try_idle_timeout"
+                    | "upstream_max_stream_duration_reached"
+            )
+        ),
+    }
+}
+
 /// The most prompt tokens a request can cost: its body's bytes over
 /// `bytes_per_token` bound its text (and inline media, whose base64 is
 /// larger than its tokens), and each media part (see
@@ -81,11 +104,12 @@ pub struct SeenOutput {
     /// Bytes of generated text (content, reasoning, tool-call names and
     /// arguments; for a plain JSON response, the bytes of the body).
     pub text_bytes: u64,
-    /// A successful response's body came in an encoding the filter does not
-    /// decode (`content-encoding: gzip`; only a misbehaving upstream sends
-    /// one, the filter strips the client's `accept-encoding`): what it
-    /// generated could not be seen.
-    pub undecodable: bool,
+    /// What the model generated could not be seen, and it may have run to
+    /// the end of its budget: a successful response's body came in an
+    /// encoding the filter does not decode (`content-encoding: gzip`; only
+    /// a misbehaving upstream sends one, the filter strips the client's
+    /// `accept-encoding`), or no answer came at all ([`answer_never_came`]).
+    pub unseen: bool,
 }
 
 impl UsageBounds {
@@ -97,7 +121,7 @@ impl UsageBounds {
     /// The charge for a request whose response reported no usage.
     pub fn estimate(&self, seen: SeenOutput) -> Usage {
         let by_bytes = seen.text_bytes.div_ceil(self.bytes_per_token.max(1));
-        let completion = if seen.undecodable {
+        let completion = if seen.unseen {
             self.completion
         } else {
             seen.content_events.max(by_bytes).min(self.completion)
@@ -136,7 +160,7 @@ mod tests {
             let usage = bounds.estimate(SeenOutput {
                 content_events,
                 text_bytes,
-                undecodable: false,
+                unseen: false,
             });
             assert_eq!(usage.prompt_tokens, 16_000, "the prompt's bound, always");
             assert_eq!(
@@ -166,7 +190,7 @@ mod tests {
             (503, Some("no_healthy_upstream"), true),
             (503, Some("upstream_reset_before_response_started{overflow}"), true),
             // The model may have computed before these.
-            (504, Some("upstream_response_timeout"), false),
+            (504, Some("response_timeout"), false),
             (503, Some("upstream_reset_before_response_started{remote_reset}"), false),
             (503, Some("upstream_reset_after_response_started{remote_reset}"), false),
             (503, None, false),
@@ -181,6 +205,35 @@ mod tests {
     }
 
     #[test]
+    fn only_timeouts_and_no_answer_leave_the_generation_unseen() {
+        let cases = [
+            (None, None, true),
+            (Some(504), Some("response_timeout"), true),
+            (Some(504), Some("upstream_per_try_timeout"), true),
+            (
+                Some(504),
+                Some("upstream_max_stream_duration_reached"),
+                true,
+            ),
+            (Some(504), Some("via_upstream"), false),
+            (
+                Some(503),
+                Some("upstream_reset_before_response_started{remote_reset}"),
+                false,
+            ),
+            (Some(503), None, false),
+            (Some(200), Some("via_upstream"), false),
+        ];
+        for (status, details, unseen) in cases {
+            assert_eq!(
+                answer_never_came(status, details),
+                unseen,
+                "{status:?} {details:?}"
+            );
+        }
+    }
+
+    #[test]
     fn bytes_per_token_divides_the_text_rounding_up() {
         let bounds = UsageBounds {
             prompt: 10,
@@ -190,7 +243,7 @@ mod tests {
         let seen = SeenOutput {
             content_events: 1,
             text_bytes: 9,
-            undecodable: false,
+            unseen: false,
         };
         assert_eq!(bounds.estimate(seen).completion_tokens, 3);
     }
@@ -205,7 +258,7 @@ mod tests {
         let usage = bounds.estimate(SeenOutput {
             content_events: u64::MAX,
             text_bytes: u64::MAX,
-            undecodable: false,
+            unseen: false,
         });
         assert_eq!(usage.completion_tokens, 7);
         assert_eq!(usage.total_tokens, u64::MAX);
@@ -219,7 +272,7 @@ mod tests {
             bytes_per_token: 1,
         };
         let seen = SeenOutput {
-            undecodable: true,
+            unseen: true,
             ..SeenOutput::default()
         };
         let usage = bounds.estimate(seen);

@@ -72,6 +72,32 @@ fn start_limiter(config: &Value, name: &str) -> (RedisProcess, LimiterProcess) {
     (redis, limiter)
 }
 
+/// A gateway on the mock upstream with its limiter.
+fn gateway_on(config: Value, upstream: &MockUpstream, limiter: &LimiterProcess) -> Gateway {
+    Gateway::builder()
+        .filter_config(config)
+        .model(MODEL, upstream.addr())
+        .limiter(limiter.addr())
+        .start()
+}
+
+/// Whether the team key's global token limit would admit `hits` more
+/// tokens now (checked, not counted).
+fn tokens_check(limiter: &LimiterProcess, hits: u64) -> Code {
+    let descriptor = RateLimitDescriptor::new([
+        ("subscription", "shared"),
+        ("key", "team-1"),
+        ("quantity", "tokens"),
+        ("model", MODEL),
+    ]);
+    let request = RateLimitRequest::new("maas-e2e", vec![descriptor], hits as u32);
+    limiter
+        .client()
+        .check_rate_limit(&request)
+        .unwrap()
+        .overall_code()
+}
+
 #[test]
 fn a_global_token_limit_holds_across_two_gateways_and_a_limiter_restart() {
     let config = filter_config();
@@ -206,15 +232,12 @@ fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
     config["subscriptions"]["shared"]["limits"]["tokens"][0]["rate"] =
         json!(format!("{LIMIT}/hour"));
     // Holds expire fast, so what the limiter counts afterwards is only
-    // what was committed.
-    config["limiter"]["reservation_ttl_ms"] = json!(1_000);
+    // what was committed; yet after the model's answer (2 s), which the
+    // request may not outlive.
+    config["limiter"]["reservation_ttl_ms"] = json!(3_000);
     let (redis, mut limiter) = start_limiter(&config, "settle-outage");
     let upstream = MockUpstream::start();
-    let gateway = Gateway::builder()
-        .filter_config(config)
-        .model(MODEL, upstream.addr())
-        .limiter(limiter.addr())
-        .start();
+    let gateway = gateway_on(config, &upstream, &limiter);
 
     // Admitted while the limiter is up; the model answers two seconds
     // later, when the limiter is gone.
@@ -269,19 +292,61 @@ fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
     });
 
     // The limiter now counts exactly what the gateway charged.
-    std::thread::sleep(Duration::from_millis(1_100));
-    let client = limiter.client();
-    let check = |hits: u64| {
-        let descriptor = RateLimitDescriptor::new([
-            ("subscription", "shared"),
-            ("key", "team-1"),
-            ("quantity", "tokens"),
-            ("model", MODEL),
-        ]);
-        let request = RateLimitRequest::new("maas-e2e", vec![descriptor], hits as u32);
-        client.check_rate_limit(&request).unwrap().overall_code()
-    };
-    assert_eq!(check(LIMIT - charged), Code::Ok);
-    assert_eq!(check(LIMIT - charged + 1), Code::OverLimit);
+    std::thread::sleep(Duration::from_millis(3_100));
+    assert_eq!(tokens_check(&limiter, LIMIT - charged), Code::Ok);
+    assert_eq!(tokens_check(&limiter, LIMIT - charged + 1), Code::OverLimit);
+    drop(redis);
+}
+
+/// A request may not outlive its global hold: once the hold ends the
+/// limiter admits others against the budget it held, so a generation still
+/// running would overshoot the limit. The filter sets the request's
+/// timeout to the hold's end; Envoy ends the request there (504), and it is
+/// charged its whole reservation, since the model may have generated all
+/// of it unseen.
+#[test]
+fn a_request_ends_when_its_global_hold_does() {
+    let mut config = filter_config();
+    config["limiter"]["reservation_ttl_ms"] = json!(1_000);
+    let (redis, limiter) = start_limiter(&config, "hold-deadline");
+    let upstream = MockUpstream::start();
+    let gateway = gateway_on(config, &upstream, &limiter);
+    let body =
+        json!({"model": MODEL, "max_tokens": 50, "messages": [{"role": "user", "content": "hi"}]})
+            .to_string();
+    let started = std::time::Instant::now();
+    let answer = gateway.request(
+        "POST",
+        "/v1/chat/completions",
+        &[
+            ("authorization", &format!("Bearer {KEY}")),
+            ("content-type", "application/json"),
+            // Past the hold, well within the route's own 600 s.
+            ("x-mock-delay-ms", "5000"),
+        ],
+        Some(body.as_bytes()),
+    );
+    assert_eq!(answer.status, 504, "{}", answer.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "the request ran on past its hold: {:?}",
+        started.elapsed()
+    );
+    let log = &gateway.await_access_log(1)[0];
+    assert_eq!(log["usage"], "reserved", "{log}");
+    let reserved = body.len() as u64 + 50;
+    assert_eq!(log["total_tokens"].as_u64(), Some(reserved), "{log}");
+    // The limiter counts the reservation, committed.
+    eventually(Duration::from_secs(10), || {
+        match gateway.metric("maas_limiter_calls_total", &[("result", "settled")]) {
+            Some(n) if n >= 1.0 => Ok(()),
+            other => Err(format!("not settled yet: {other:?}")),
+        }
+    });
+    assert_eq!(tokens_check(&limiter, TOKEN_LIMIT - reserved), Code::Ok);
+    assert_eq!(
+        tokens_check(&limiter, TOKEN_LIMIT - reserved + 1),
+        Code::OverLimit
+    );
     drop(redis);
 }

@@ -48,9 +48,10 @@ struct Args {
     #[arg(long, value_name = "FILE")]
     redis_password_file: Option<PathBuf>,
     /// The longest a Reserve holds capacity uncommitted (seconds); also the
-    /// hold of a Reserve that sets no `ttl`. The default is above the
-    /// gateway filter's `reservation_ttl_ms` (120 s), which sets each
-    /// Reserve's own `ttl`: this is only the cap.
+    /// hold of a Reserve that sets no `ttl`. The default is the gateway
+    /// filter's `reservation_ttl_ms` (600 s), which sets each Reserve's own
+    /// `ttl` and ends the request with its hold: below it, holds would end
+    /// while their requests still run.
     #[arg(long, value_name = "SECS", default_value_t = 600,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     max_hold_secs: u64,

@@ -175,11 +175,11 @@ fn default_true() -> bool {
     true
 }
 
-/// Long enough for nearly every generation; one that runs longer is still
-/// counted exactly (a late commit counts as a report), only without its
-/// hold for the rest of its run.
+/// Under a global token limit the longest a request may run (the filter
+/// sets its timeout to the hold's end, see `gateway::global`): the local
+/// stack's route timeout, and the limiter's default `--max-hold-secs`.
 fn default_reservation_ttl_ms() -> u64 {
-    120_000
+    600_000
 }
 
 fn default_metadata_namespace() -> String {

@@ -10,6 +10,7 @@
 //!   or with 0 when the request is refused or abandoned after the grant.
 
 use super::Stream;
+use crate::config::Config;
 use crate::error::GatewayError;
 use crate::host::StreamHost;
 use crate::limits::global_limits::{self, Caller, Method, Verdict};
@@ -25,6 +26,8 @@ const SETTLEMENT_TIMEOUT_MS: u64 = 5_000;
 #[derive(Debug)]
 struct LimiterCall {
     token: u32,
+    /// When it was sent: a hold it is granted lasts from about then.
+    sent_ms: u64,
     method: Method,
     quantity: Quantity,
     failure_mode: FailureMode,
@@ -49,6 +52,27 @@ pub(super) struct GlobalAdmission {
     /// Tokens were admitted by the limiter: `Some(id)` a reservation to
     /// commit, `None` (no reservations) usage to report.
     pub(super) tokens: Option<Option<String>>,
+}
+
+/// Envoy's router takes this request header (set by a filter; a client's
+/// is removed, see `auth`) as the request's timeout in place of the
+/// route's.
+const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
+
+/// A global reservation holds for `reservation_ttl_ms`, then lets the
+/// limiter admit others against the same budget. A generation that ran
+/// past its hold would overshoot the limit by what it then generated, so
+/// Envoy is told to end the request when the hold ends (measured from when
+/// the Reserve was sent, which the hold cannot precede). This replaces the
+/// route's timeout, longer or shorter: under a global token limit
+/// `reservation_ttl_ms` is the longest a request may run.
+fn end_before_the_hold(host: &dyn StreamHost, config: &Config, sent_ms: u64) {
+    let Some(limiter) = config.limiter.as_ref() else {
+        return;
+    };
+    let spent = host.now_ms().saturating_sub(sent_ms);
+    let left = limiter.reservation_ttl_ms.saturating_sub(spent).max(1);
+    host.set_request_header(TIMEOUT_HEADER, Some(&left.to_string()));
 }
 
 impl Stream {
@@ -135,6 +159,7 @@ impl Stream {
                     if let Some(g) = self.global.as_mut() {
                         g.pending = Some(LimiterCall {
                             token,
+                            sent_ms: host.now_ms(),
                             method: call.method,
                             quantity: next.quantity,
                             failure_mode: next.failure_mode,
@@ -197,6 +222,9 @@ impl Stream {
             } else if call.quantity == Quantity::Tokens {
                 // `None` without reservations: usage to report at the end.
                 global.tokens = Some(reservation.clone());
+                if reservation.is_some() {
+                    end_before_the_hold(host, &self.config, call.sent_ms);
+                }
             }
         }
         if self.admission.is_none() || self.replied {

@@ -9,7 +9,7 @@
 use super::response::ResponseReader;
 use super::{limited_scopes, Stream};
 use crate::audit::{AuditRecord, UsageSource};
-use crate::estimate::{answered_before_any_model, SeenOutput};
+use crate::estimate::{answer_never_came, answered_before_any_model, SeenOutput};
 use crate::host::StreamHost;
 use crate::limits;
 use crate::metrics::{Metric, Outcome};
@@ -111,31 +111,42 @@ impl Stream {
         // reports what it computed before it failed). An error without it
         // answered before any model computed the request (Envoy could not
         // reach one; the model server refused it) is charged no tokens, as
-        // providers bill none; it still counts as a request. Any other
-        // error, and a success that broke off, is estimated. (A guard:
-        // Envoy is asked only when no usage came.)
+        // providers bill none; it still counts as a request. No answer at
+        // all (the client left first, Envoy's timeout) is charged the
+        // reservation: the model may have generated all of it unseen. Any
+        // other error, and a success that broke off, is estimated from what
+        // was seen. (A guard: Envoy is asked only when no usage came.)
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
             None if self.answered_before_any_model(host) => (Usage::default(), UsageSource::None),
             None => {
+                let never_came = self.response.upstream_status.is_none()
+                    && answer_never_came(
+                        self.response.status,
+                        host.response_code_details().as_deref(),
+                    );
                 let seen = match &self.response.reader {
+                    _ if never_came => SeenOutput {
+                        unseen: true,
+                        ..SeenOutput::default()
+                    },
                     ResponseReader::Sse(reader) => SeenOutput {
                         content_events: reader.parser.content_events(),
                         text_bytes: reader.parser.text_bytes(),
-                        undecodable: false,
+                        unseen: false,
                     },
                     ResponseReader::Json { seen, answer, .. } => SeenOutput {
                         content_events: 0,
                         text_bytes: if *answer { *seen } else { 0 },
-                        undecodable: false,
+                        unseen: false,
                     },
                     ResponseReader::Undecodable => SeenOutput {
-                        undecodable: true,
+                        unseen: true,
                         ..SeenOutput::default()
                     },
                     ResponseReader::Skip | ResponseReader::Replaced { .. } => SeenOutput::default(),
                 };
-                let source = if seen.undecodable {
+                let source = if seen.unseen {
                     UsageSource::Reserved
                 } else {
                     UsageSource::Estimated

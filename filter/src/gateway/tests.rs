@@ -815,15 +815,14 @@ fn a_model_server_refusing_the_gateways_key_is_a_502_not_the_clients_401() {
     assert_eq!(h.host.response_header(":status").as_deref(), Some("401"));
 }
 
-/// An error that may have followed the prompt's computation (Envoy's
-/// timeout, a reset mid-request, the server's 500) is estimated: the prompt
+/// An error that followed the prompt's computation where the upstream
+/// stopped (a reset mid-request, the server's 500) is estimated: the prompt
 /// bound, with no output seen.
 #[test]
 fn errors_after_a_model_may_have_computed_are_estimated() {
     let h = Harness::new();
     let body = r#"{"model":"m1","max_tokens":50}"#;
     let estimated = [
-        (504, Some("upstream_response_timeout")),
         (
             503,
             Some("upstream_reset_before_response_started{remote_reset}"),
@@ -847,6 +846,43 @@ fn errors_after_a_model_may_have_computed_are_estimated() {
         );
         assert_eq!(h.used(TOK) - before, body.len() as u64);
     }
+}
+
+/// No answer at all, while the model may have gone on generating: Envoy
+/// gave up waiting for it (its timeout), or the client left before it came.
+/// A provider finishes and bills such a generation; what it generated was
+/// not seen, so the whole reservation is charged, not the prompt alone
+/// (which would make leaving before a long answer nearly free).
+#[test]
+fn no_answer_while_the_model_may_run_on_is_charged_the_reservation() {
+    let h = Harness::new();
+    let body = r#"{"model":"m1","max_tokens":50}"#;
+    let reserved = body.len() as u64 + 50;
+    for details in [
+        "response_timeout",
+        "upstream_per_try_timeout",
+        "upstream_max_stream_duration_reached",
+    ] {
+        h.host.now_ms.set(h.host.now_ms.get() + 60_000);
+        *h.host.code_details.borrow_mut() = Some(details.into());
+        let before = h.used(TOK);
+        let mut s = h.chat(body);
+        h.respond_json(&mut s, 504, "upstream request timeout");
+        let a = h.audit();
+        assert_eq!(a["usage"], "reserved", "{details}");
+        assert_eq!(a["completion_tokens"], 50, "{details}");
+        assert_eq!(h.used(TOK) - before, reserved, "{details}");
+    }
+
+    // The client leaves before any response: no headers ever pass.
+    h.host.now_ms.set(h.host.now_ms.get() + 60_000);
+    *h.host.code_details.borrow_mut() = None;
+    let before = h.used(TOK);
+    let mut s = h.chat(body);
+    s.on_log(&h.host);
+    let a = h.audit();
+    assert_eq!(a["usage"], "reserved");
+    assert_eq!(h.used(TOK) - before, reserved);
 }
 
 /// Our model server, failing after it computed part of a request (cut at

@@ -77,7 +77,7 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
     // The worst case: the body's bytes (1 byte per token) plus max_tokens.
     assert_eq!(reserve.amount, BODY.len() as u64 + 10);
     assert_eq!(reserve.domain, "maas-test");
-    assert_eq!(reserve.ttl.unwrap().seconds, 120);
+    assert_eq!(reserve.ttl.unwrap().seconds, 600);
     assert_eq!(
         entries(&reserve.descriptors[0]),
         [
@@ -90,7 +90,21 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
     // The local request limit was taken as usual.
     assert_eq!(h.used(REQ), 1);
 
+    // The limiter answers 30 ms later: the request may run for what is
+    // left of its hold, no longer (Envoy's router takes the header over
+    // the route's timeout), so it cannot outlive the hold and overshoot.
+    assert_eq!(
+        h.host.request_header("x-envoy-upstream-rq-timeout-ms"),
+        None
+    );
+    h.host.now_ms.set(h.host.now_ms.get() + 30);
     h.answer(&mut s, tokens, 0, ok_reserve("r-1"));
+    assert_eq!(
+        h.host
+            .request_header("x-envoy-upstream-rq-timeout-ms")
+            .as_deref(),
+        Some("599970")
+    );
     assert_eq!(h.host.resumed.get(), 0, "one answer of two");
     let calls = h.calls();
     let requests = &calls[1];
