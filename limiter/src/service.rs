@@ -163,6 +163,19 @@ fn hold_ttl(
     }
 }
 
+/// Counters are signed 64-bit integers in Redis (`INCRBY` refuses past
+/// them) and would wrap in memory: a larger amount is INVALID_ARGUMENT,
+/// before anything is held or counted, on either storage.
+fn counted_amount(field: &str, amount: u64) -> Result<u64, Status> {
+    if i64::try_from(amount).is_err() {
+        return Err(Status::invalid_argument(format!(
+            "{field} {amount} is over {}, the most a counter holds",
+            i64::MAX
+        )));
+    }
+    Ok(amount)
+}
+
 #[tonic::async_trait]
 impl envoy_rls::rate_limit_service_server::RateLimitService for RateLimitService {
     async fn should_rate_limit(
@@ -214,7 +227,7 @@ impl kuadrant::rate_limit_service_server::RateLimitService for RateLimitService 
             }));
         };
         let ttl = hold_ttl(request.ttl.as_ref())?;
-        let amount = request.amount;
+        let amount = counted_amount("amount", request.amount)?;
         let result = self
             .run("Reserve", subject, move |engine, subject| async move {
                 let context = subject.context();
@@ -245,7 +258,7 @@ impl kuadrant::rate_limit_service_server::RateLimitService for RateLimitService 
         };
         let id = (!request.reservation_id.is_empty())
             .then(|| ReservationId::from(request.reservation_id));
-        let actual = request.actual_amount;
+        let actual = counted_amount("actual_amount", request.actual_amount)?;
         let result = self
             .run("Commit", subject, move |engine, subject| async move {
                 let context = subject.context();
@@ -264,6 +277,18 @@ impl kuadrant::rate_limit_service_server::RateLimitService for RateLimitService 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn amounts_past_a_signed_counter_are_refused() {
+        let max = i64::MAX.unsigned_abs();
+        assert_eq!(counted_amount("amount", max).unwrap(), max);
+        assert_eq!(counted_amount("amount", 0).unwrap(), 0);
+        for amount in [max + 1, u64::MAX] {
+            let refused = counted_amount("actual_amount", amount).unwrap_err();
+            assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+            assert!(refused.message().contains("actual_amount"), "{refused:?}");
+        }
+    }
 
     #[test]
     fn a_hold_under_a_millisecond_is_refused() {

@@ -322,6 +322,40 @@ fn a_reserve_whose_ttl_would_hold_nothing_is_refused() {
     );
 }
 
+/// A request the limits cannot be evaluated against (no descriptor, so
+/// `descriptors[0]` is out of range) matches no limit: OK, not the
+/// INTERNAL of a panicked task (and a panic logged per call). An amount
+/// past a signed 64-bit counter is refused before anything is held or
+/// counted, on Redis, which `INCRBY` would otherwise fail mid-commit.
+#[test]
+fn malformed_calls_get_an_answer_and_change_nothing() {
+    let (_redis, _limiter, client) = with_redis("malformed_calls");
+    let bare = RateLimitRequest::new("maas", Vec::new(), 1);
+    assert_eq!(
+        client.should_rate_limit(&bare).unwrap().overall_code(),
+        Code::Ok
+    );
+    let empty = RateLimitRequest::new("maas", vec![RateLimitDescriptor::new::<&str, &str>([])], 1);
+    assert_eq!(
+        client.should_rate_limit(&empty).unwrap().overall_code(),
+        Code::Ok
+    );
+    let too_much = i64::MAX.unsigned_abs() + 1;
+    let status = client
+        .reserve(&reserve("alice", too_much, None))
+        .unwrap_err();
+    assert_eq!(status.code(), GrpcCode::InvalidArgument, "{status:?}");
+    let held = client.reserve(&reserve("alice", 3, None)).unwrap();
+    assert_eq!(held.code(), Code::Ok);
+    let status = client
+        .commit(&commit("alice", &held.reservation_id, u64::MAX))
+        .unwrap_err();
+    assert_eq!(status.code(), GrpcCode::InvalidArgument, "{status:?}");
+    // Only the 3 still held count: 8 more would pass the 10, 7 fit.
+    assert_eq!(reserve_code(&client, "alice", 8), Code::OverLimit);
+    assert_eq!(reserve_code(&client, "alice", 7), Code::Ok);
+}
+
 #[test]
 fn counters_and_holds_survive_a_limiter_restart_with_redis() {
     let (_redis, mut limiter, client) = with_redis("restart_redis");

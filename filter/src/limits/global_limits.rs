@@ -107,6 +107,15 @@ fn hits(amount: u64) -> u32 {
     u32::try_from(amount).unwrap_or(u32::MAX)
 }
 
+/// Reserve and Commit carry 64-bit amounts, which a limiter on Redis counts
+/// in signed 64 bits (and refuses above). No real amount comes near; a
+/// worst case multiplied past it (no `max_tokens` cap, a huge `n`) or a
+/// provider's absurd usage is clamped there: refused sooner, never counted
+/// as less.
+pub fn wide_amount(amount: u64) -> u64 {
+    amount.min(i64::MAX.unsigned_abs())
+}
+
 /// The admission call for `quantity` with the request's `amount` of it.
 pub fn admission_call(limiter: &Limiter, caller: &Caller, quantity: Quantity, amount: u64) -> Call {
     let descriptors = vec![descriptor(caller, quantity)];
@@ -121,7 +130,7 @@ pub fn admission_call(limiter: &Limiter, caller: &Caller, quantity: Quantity, am
             message: ReserveRequest {
                 domain,
                 descriptors,
-                amount,
+                amount: wide_amount(amount),
                 ttl: Some(Duration::from(std::time::Duration::from_millis(
                     limiter.reservation_ttl_ms,
                 ))),
@@ -152,7 +161,7 @@ pub fn settlement_call(
                 domain,
                 descriptors,
                 reservation_id: id.to_string(),
-                actual_amount: actual,
+                actual_amount: wide_amount(actual),
             }
             .encode_to_vec(),
         },

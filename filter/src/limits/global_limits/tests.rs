@@ -27,6 +27,21 @@ fn rls_amounts_beyond_32_bits_are_clamped_not_wrapped() {
         ReserveRequest::decode(&call.message[..]).unwrap().amount,
         1 << 40
     );
+    // Reserve and Commit: within a signed 64-bit counter, which the
+    // limiter refuses past.
+    let signed_max = i64::MAX.unsigned_abs();
+    let call = admission_call(&limiter(true), &caller, Quantity::Tokens, u64::MAX);
+    assert_eq!(
+        ReserveRequest::decode(&call.message[..]).unwrap().amount,
+        signed_max
+    );
+    let call = settlement_call(&limiter(true), &caller, Some("r"), u64::MAX);
+    assert_eq!(
+        CommitRequest::decode(&call.message[..])
+            .unwrap()
+            .actual_amount,
+        signed_max
+    );
 }
 
 #[test]

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::ops::Deref;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tracing::{info_span, Instrument};
 
 // Note: this implementation does not guarantee exact limits. Ensuring that we
@@ -211,11 +211,6 @@ impl AsyncCounterStorage for AsyncRedisStorage {
 
         let mut con = self.conn_manager.clone();
 
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-
         let script = redis::Script::new(SCRIPT_RESERVE);
         let mut invocation = script.prepare_invoke();
         for counter in counters.iter() {
@@ -231,8 +226,7 @@ impl AsyncCounterStorage for AsyncRedisStorage {
             .arg(check_amount)
             .arg(hold_amount)
             .arg(ttl.as_millis() as i64)
-            .arg(reservation_id.as_str())
-            .arg(now_ms);
+            .arg(reservation_id.as_str());
 
         let raw: Vec<i64> = invocation
             .invoke_async(&mut con)

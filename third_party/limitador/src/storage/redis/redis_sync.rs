@@ -12,7 +12,7 @@ use r2d2::{ManageConnection, Pool};
 use std::collections::HashSet;
 use std::ops::Deref;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 const DEFAULT_REDIS_URL: &str = "redis://127.0.0.1:6379";
 const MAX_REDIS_CONNS: u32 = 20; // TODO: make it configurable
@@ -161,11 +161,6 @@ impl CounterStorage for RedisStorage {
 
         let mut con = self.conn_pool.get()?;
 
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .as_millis() as i64;
-
         let script = redis::Script::new(SCRIPT_RESERVE);
         let mut invocation = script.prepare_invoke();
         for counter in counters.iter() {
@@ -181,8 +176,7 @@ impl CounterStorage for RedisStorage {
             .arg(check_amount)
             .arg(hold_amount)
             .arg(ttl.as_millis() as i64)
-            .arg(reservation_id.as_str())
-            .arg(now_ms);
+            .arg(reservation_id.as_str());
 
         let raw: Vec<i64> = invocation.invoke(&mut *con)?;
         let admitted = raw.last().copied().unwrap_or(0) == 1;

@@ -83,7 +83,9 @@ pub const VALUES_AND_TTLS: &str = "
 //   ARGV[2n+2] = hold_amount, written if admitted
 //   ARGV[2n+3] = reservation ttl (ms), already clamped by the caller
 //   ARGV[2n+4] = reservation id
-//   ARGV[2n+5] = now (ms)
+// The time is Redis's own (`TIME`), not the caller's: several limiter
+// replicas share the holds, and one whose clock ran ahead would drop the
+// others' holds early (admitting past the limit).
 //
 // Returns a flat list, three values per counter - [value, outstanding, window_ttl_ms] -
 // followed by a trailing 1 (admitted) or 0 (limited).
@@ -93,7 +95,8 @@ pub const SCRIPT_RESERVE: &str = "
     local hold_amount = tonumber(ARGV[2 * n + 2])
     local ttl_ms = tonumber(ARGV[2 * n + 3])
     local reservation_id = ARGV[2 * n + 4]
-    local now_ms = tonumber(ARGV[2 * n + 5])
+    local time = redis.call('time')
+    local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
     local values = {}
     local outstanding = {}
