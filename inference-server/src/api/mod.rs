@@ -11,6 +11,7 @@ mod response;
 mod stream;
 mod tool_calls;
 mod tools;
+mod unsupported;
 mod validation;
 
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +33,8 @@ use tokio_stream::{StreamExt, StreamMap};
 pub use auth::{ApiKeyError, ApiKeys};
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
-use response::{LogprobsWriter, Meta, Shape};
+use response::{CallIds, LogprobsWriter, Meta, Shape};
+use tool_calls::ToolCallFormat;
 pub use validation::{Generation, ToolCallParsing, ValidRequest};
 
 use crate::engine::grammar::Grammars;
@@ -272,6 +274,10 @@ async fn generate(
             created: unix_now(),
             model: app.model_id.clone(),
             shape,
+            call_ids: match valid.tool_calls.as_ref().map(|t| t.format) {
+                Some(ToolCallFormat::Mistral) => CallIds::NineAlphanumeric,
+                _ => CallIds::Named,
+            },
         },
         logprobs: wants_logprobs
             .then(|| LogprobsWriter::new(ready.loaded.tokenizer.clone(), shape)),

@@ -42,6 +42,13 @@ pub(super) struct GenerationFields {
     pub(super) logit_bias: Option<serde_json::Value>,
     pub(super) presence_penalty: Option<f64>,
     pub(super) frequency_penalty: Option<f64>,
+    /// llama.cpp's budget field: a third way to set `max_tokens` (the
+    /// gateway reads it too; negative names no budget).
+    pub(super) n_predict: Option<i64>,
+    /// Every other field, for `unsupported` to refuse those that would
+    /// change the answer.
+    #[serde(flatten)]
+    pub(super) other: serde_json::Map<String, serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]

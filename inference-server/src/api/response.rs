@@ -23,6 +23,35 @@ pub struct Meta {
     pub created: u64,
     pub model: String,
     pub shape: Shape,
+    /// How tool calls are named: what the model's chat template takes back.
+    pub call_ids: CallIds,
+}
+
+/// The `id` a tool call gets, which the client sends back with its result.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum CallIds {
+    /// `call_<response>_<choice>_<call>`, as OpenAI's `call_…`.
+    #[default]
+    Named,
+    /// Nine letters and digits: Mistral's templates refuse any other id in
+    /// the history (as vLLM and llama.cpp generate for them).
+    NineAlphanumeric,
+}
+
+/// Nine base-62 digits of a hash of `what`: distinct for distinct calls
+/// (62^9 ≈ 1.4 × 10^16 values), the same for the same call.
+fn nine_alphanumeric(what: &impl std::hash::Hash) -> String {
+    use std::hash::{BuildHasher, BuildHasherDefault};
+    const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
+    let mut n =
+        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(what);
+    (0..9)
+        .map(|_| {
+            let digit = DIGITS[(n % 62) as usize];
+            n /= 62;
+            char::from(digit)
+        })
+        .collect()
 }
 
 pub fn usage_json(u: Usage) -> Value {
@@ -127,7 +156,7 @@ impl Meta {
         match self.shape {
             Shape::Chat => json!({
                 "index": index,
-                "message": {"role": "assistant", "content": text},
+                "message": {"role": "assistant", "content": text, "refusal": null},
                 "logprobs": logprobs,
                 "finish_reason": reason.as_str(),
             }),
@@ -239,7 +268,10 @@ impl Meta {
 
     fn call_id(&self, choice: usize, i: usize) -> String {
         let stem = self.id.rsplit('-').next().unwrap_or(&self.id);
-        format!("call_{stem}_{choice}_{i}")
+        match self.call_ids {
+            CallIds::Named => format!("call_{stem}_{choice}_{i}"),
+            CallIds::NineAlphanumeric => nine_alphanumeric(&(stem, choice, i)),
+        }
     }
 
     /// A whole chat choice whose text held tool calls: the calls, the text
@@ -254,6 +286,7 @@ impl Meta {
         choice["message"] = json!({
             "role": "assistant",
             "content": parsed.content,
+            "refusal": null,
             "tool_calls": self.tool_calls(index, &parsed.tool_calls),
         });
         choice["finish_reason"] = json!(finish);
@@ -289,7 +322,36 @@ mod tests {
             created: 1,
             model: "m".into(),
             shape,
+            call_ids: CallIds::Named,
         }
+    }
+
+    #[test]
+    fn mistral_call_ids_are_nine_letters_and_digits_each_its_own() {
+        let meta = Meta {
+            id: "chatcmpl-6650a1b2000001".into(),
+            call_ids: CallIds::NineAlphanumeric,
+            ..meta(Shape::Chat)
+        };
+        let ids: Vec<String> = [(0, 0), (0, 1), (1, 0)]
+            .iter()
+            .map(|&(choice, i)| meta.call_id(choice, i))
+            .collect();
+        for id in &ids {
+            assert_eq!(id.len(), 9, "{id}");
+            assert!(id.bytes().all(|b| b.is_ascii_alphanumeric()), "{id}");
+        }
+        assert!(
+            ids[0] != ids[1] && ids[0] != ids[2] && ids[1] != ids[2],
+            "{ids:?}"
+        );
+        assert_eq!(meta.call_id(0, 1), ids[1], "the same call, the same id");
+        let other = Meta {
+            id: "chatcmpl-6650a1b2000002".into(),
+            ..meta
+        };
+        assert_ne!(other.call_id(0, 0), ids[0], "another response, another id");
+        assert_eq!(super::tests::meta(Shape::Chat).call_id(0, 1), "call_x_0_1");
     }
 
     #[test]

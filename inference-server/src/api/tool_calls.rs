@@ -104,6 +104,15 @@ impl ToolCallFormat {
         }
     }
 
+    /// Whether one answer may carry several calls. Llama 3.1–3.3's
+    /// templates refuse a history turn with more than one ("This model only
+    /// supports single tool-calls at once!"), so an answer with two would
+    /// make the client's next request fail: one call, whatever
+    /// `parallel_tool_calls` says (llama.cpp's default for them too).
+    pub fn calls_several(self) -> bool {
+        !matches!(self, Self::Llama3Json)
+    }
+
     /// Whether a call may follow text, or must start the answer. Mistral's
     /// calls may follow text as Hermes' do (vLLM's parser reads them so).
     fn opens_after_text(self) -> bool {

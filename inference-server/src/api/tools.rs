@@ -215,9 +215,7 @@ pub(super) fn valid_name(name: &str) -> bool {
 
 /// For a template that does not render `tools`: the messages with the tools
 /// described in the system message (Qwen 2.5's own wording of the Hermes
-/// format), earlier calls written as `<tool_call>` blocks in the assistant's
-/// text, and tool results as `<tool_response>` blocks in a user turn (many
-/// templates refuse a `tool` role).
+/// format), and the tool turns written as [`hermes_history`] writes them.
 pub fn hermes_messages(tools: &Tools, messages: &[ChatMessage]) -> Vec<ChatMessage> {
     let mut prompt = String::from(
         "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n\
@@ -232,23 +230,45 @@ pub fn hermes_messages(tools: &Tools, messages: &[ChatMessage]) -> Vec<ChatMessa
          arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n\
          {\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>",
     );
-    let mut out = Vec::with_capacity(messages.len() + 1);
-    match messages.first() {
-        Some(first) if first.role == "system" => out.push(ChatMessage::new(
-            "system",
-            format!("{}\n\n{prompt}", first.content),
-        )),
-        _ => {
-            out.push(ChatMessage::new("system", prompt));
+    let system = match messages.first() {
+        Some(first) if first.role == "system" => {
+            ChatMessage::new("system", format!("{}\n\n{prompt}", first.content))
         }
-    }
+        _ => ChatMessage::new("system", prompt),
+    };
     let skip = usize::from(messages.first().is_some_and(|m| m.role == "system"));
-    for m in &messages[skip..] {
+    std::iter::once(system)
+        .chain(hermes_history(&messages[skip..]))
+        .collect()
+}
+
+/// Whether any message is a tool turn: a call or a result.
+pub fn has_tool_turns(messages: &[ChatMessage]) -> bool {
+    messages
+        .iter()
+        .any(|m| m.role == "tool" || m.tool_calls.is_some())
+}
+
+/// The tool turns of a conversation as text, for a template that renders
+/// neither calls nor a `tool` role (many refuse one): earlier calls as
+/// `<tool_call>` blocks in the assistant's text, and the results that
+/// follow one turn as `<tool_response>` blocks in one user turn, as Qwen's
+/// own template groups them (templates such as Gemma's refuse two user
+/// turns in a row, which a result per turn would make of parallel calls).
+/// Every other message as it is.
+pub fn hermes_history(messages: &[ChatMessage]) -> Vec<ChatMessage> {
+    let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
+    let mut in_results = false;
+    for m in messages {
+        let response = || format!("<tool_response>\n{}\n</tool_response>", m.content);
         match m.role.as_str() {
-            "tool" => out.push(ChatMessage::new(
-                "user",
-                format!("<tool_response>\n{}\n</tool_response>", m.content),
-            )),
+            "tool" => match out.last_mut() {
+                Some(last) if in_results => {
+                    last.content.push('\n');
+                    last.content.push_str(&response());
+                }
+                _ => out.push(ChatMessage::new("user", response())),
+            },
             "assistant" if m.tool_calls.is_some() => {
                 let mut content = m.content.clone();
                 for call in m.tool_calls.iter().flatten() {
@@ -266,6 +286,7 @@ pub fn hermes_messages(tools: &Tools, messages: &[ChatMessage]) -> Vec<ChatMessa
             }
             _ => out.push(ChatMessage::new(m.role.clone(), m.content.clone())),
         }
+        in_results = m.role == "tool";
     }
     out
 }
@@ -288,13 +309,52 @@ pub fn forced_call_grammar(
         ToolChoice::Named(name) => tools.tools.iter().filter(|t| &t.name == name).collect(),
         ToolChoice::None | ToolChoice::Auto => return None,
     };
+    let several = tools.parallel && format.calls_several() && tools.choice == ToolChoice::Required;
+    let (start, rules) = calls_lark(&allowed, several, format, special);
+    Some(format!("start: {start}\n{rules}"))
+}
+
+/// Under `tool_choice` "auto" with a `response_format`: the answer is
+/// either calls of the tools or a final answer in the format, never free
+/// text. (OpenAI applies a response format to the final answer only; one
+/// constraining the whole answer from its first token would leave no way
+/// to call a tool, which agents that declare an output type, such as
+/// OpenAI's Agents SDK, ask for on every turn.)
+pub fn call_or_answer_grammar(
+    tools: &Tools,
+    format: ToolCallFormat,
+    answer: &grammar::ResponseFormat,
+    special: &dyn Fn(&str) -> Option<u32>,
+) -> Option<String> {
+    let mut schema = match answer {
+        grammar::ResponseFormat::JsonObject => json!({"type": "object"}),
+        grammar::ResponseFormat::JsonSchema(schema) => schema.clone(),
+        grammar::ResponseFormat::Lark(_) => return None,
+    };
+    grammar::compact_json(&mut schema);
+    let all: Vec<&Tool> = tools.tools.iter().collect();
+    let several = tools.parallel && format.calls_several();
+    let (calls, rules) = calls_lark(&all, several, format, special);
+    Some(format!(
+        "start: calls | answer\ncalls: {calls}\nanswer: %json {schema}\n{rules}"
+    ))
+}
+
+/// The Lark rules for a call of one of `allowed` in `format` (several in the
+/// format's own way when `several`), each call's arguments valid for its
+/// tool's schema: the expression a list of calls is, and the rules it uses.
+fn calls_lark(
+    allowed: &[&Tool],
+    several: bool,
+    format: ToolCallFormat,
+    special: &dyn Fn(&str) -> Option<u32>,
+) -> (String, String) {
     let arguments_key = match format {
         ToolCallFormat::Llama3Json => "parameters",
         ToolCallFormat::Hermes | ToolCallFormat::Mistral => "arguments",
     };
     let marker =
         |text: &str| special(text).map_or_else(|| format!("{text:?}"), |id| format!("<[{id}]>"));
-    let several = tools.parallel && tools.choice == ToolChoice::Required;
     // The format's list of calls: one, or one and more after its separator.
     let list = |one: &str, separator: &str| {
         if several {
@@ -313,7 +373,7 @@ pub fn forced_call_grammar(
         ),
     };
     let alternatives: Vec<String> = (0..allowed.len()).map(|i| format!("c{i}")).collect();
-    let mut lark = format!("start: {start}\ncall: {}\n", alternatives.join(" | "));
+    let mut lark = format!("call: {}\n", alternatives.join(" | "));
     if format == ToolCallFormat::Hermes {
         lark.push_str(&format!(
             r#"block: {} "\n" call "\n" {}"#,
@@ -335,7 +395,7 @@ pub fn forced_call_grammar(
             tool.name
         ));
     }
-    Some(lark)
+    (start, lark)
 }
 
 #[cfg(test)]
@@ -465,6 +525,51 @@ mod tests {
         );
     }
 
+    /// Parallel calls' results become one user turn (templates such as
+    /// Gemma's refuse two user turns in a row), and a result after the
+    /// next assistant turn starts a turn of its own.
+    #[test]
+    fn results_of_one_turn_share_one_user_turn() {
+        let call = |id: &str, city: &str| {
+            json!({"id": id, "type": "function",
+                   "function": {"name": "get_weather", "arguments": {"city": city}}})
+        };
+        let result = |id: &str, text: &str| ChatMessage {
+            tool_call_id: Some(id.into()),
+            ..ChatMessage::new("tool", text)
+        };
+        let messages = [
+            ChatMessage::new("system", "Be brief."),
+            ChatMessage::new("user", "Weather in Paris and Rome?"),
+            ChatMessage {
+                tool_calls: Some(vec![call("a", "Paris"), call("b", "Rome")]),
+                ..ChatMessage::new("assistant", "")
+            },
+            result("a", "18 C"),
+            result("b", "24 C"),
+            ChatMessage {
+                tool_calls: Some(vec![call("c", "Oslo")]),
+                ..ChatMessage::new("assistant", "")
+            },
+            result("c", "3 C"),
+        ];
+        let out = hermes_history(&messages);
+        let roles: Vec<&str> = out.iter().map(|m| m.role.as_str()).collect();
+        assert_eq!(
+            roles,
+            ["system", "user", "assistant", "user", "assistant", "user"]
+        );
+        assert_eq!(out[0].content, "Be brief.");
+        assert_eq!(
+            out[3].content,
+            "<tool_response>\n18 C\n</tool_response>\n<tool_response>\n24 C\n</tool_response>"
+        );
+        assert_eq!(out[5].content, "<tool_response>\n3 C\n</tool_response>");
+        assert!(out.iter().all(|m| m.tool_calls.is_none()));
+        assert!(has_tool_turns(&messages));
+        assert!(!has_tool_turns(&messages[..2]));
+    }
+
     #[test]
     fn the_forced_grammar_names_only_the_allowed_tools() {
         let mut t = parse(Some(weather()), Some(json!("required")), None)
@@ -495,8 +600,38 @@ mod tests {
         ids.into_iter().all(|id| constraint.commit(id).is_ok())
     }
 
+    /// `auto` with a response format: a call, or the answer in the format;
+    /// never free text, and never JSON outside the schema.
     #[test]
-    fn required_with_parallel_calls_allows_several_in_each_format() {
+    fn auto_with_a_response_format_allows_a_call_or_the_formatted_answer() {
+        let t = parse(Some(weather()), Some(json!("auto")), None)
+            .unwrap()
+            .unwrap();
+        let answer = ResponseFormat::JsonSchema(json!({
+            "type": "object", "required": ["summary"], "additionalProperties": false,
+            "properties": {"summary": {"type": "string"}}}));
+        let g = call_or_answer_grammar(&t, ToolCallFormat::Hermes, &answer, &|_| None).unwrap();
+        let grammars = Grammars::new(smollm_tokenizer()).unwrap();
+        let compiled = || grammars.compile(&ResponseFormat::Lark(g.clone())).unwrap();
+        let call = "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+        assert!(takes(compiled(), call), "{g}");
+        assert!(takes(compiled(), r#"{"summary": "Sunny"}"#), "{g}");
+        assert!(!takes(compiled(), "Sure! It is sunny."), "{g}");
+        assert!(!takes(compiled(), r#"{"weather": "Sunny"}"#), "{g}");
+        // Any object, for json_object.
+        let g = call_or_answer_grammar(
+            &t,
+            ToolCallFormat::Hermes,
+            &ResponseFormat::JsonObject,
+            &|_| None,
+        )
+        .unwrap();
+        let compiled = grammars.compile(&ResponseFormat::Lark(g.clone())).unwrap();
+        assert!(takes(compiled, r#"{"anything": [1, 2]}"#), "{g}");
+    }
+
+    #[test]
+    fn required_with_parallel_calls_allows_several_where_the_format_takes_them_back() {
         let two = json!([weather()[0], {"type": "function", "function": {
             "name": "get_time", "parameters": {"type": "object"}}}]);
         let weather = r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#;
@@ -533,18 +668,15 @@ mod tests {
                     .unwrap()
                     .unwrap();
                 let g = forced_call_grammar(&t, format, &|_| None).unwrap();
-                let compiled = || {
-                    grammars
-                        .compile(&ResponseFormat::ToolCall(g.clone()))
-                        .unwrap()
-                };
+                let compiled = || grammars.compile(&ResponseFormat::Lark(g.clone())).unwrap();
                 assert!(
                     takes(compiled(), &one),
                     "{format:?} {choice} {parallel:?}: {one}\n{g}"
                 );
+                // Llama 3's templates take back one call per turn.
                 assert_eq!(
                     takes(compiled(), &both),
-                    several,
+                    several && format.calls_several(),
                     "{format:?} {choice} {parallel:?}: {both}\n{g}"
                 );
             }
@@ -574,7 +706,7 @@ mod tests {
                 ToolCallFormat::Mistral,
             ] {
                 let g = forced_call_grammar(&t, format, &|_| None).unwrap();
-                if let Err(e) = grammars.compile(&ResponseFormat::ToolCall(g.clone())) {
+                if let Err(e) = grammars.compile(&ResponseFormat::Lark(g.clone())) {
                     panic!("{format:?}: {e}\n{g}");
                 }
             }
@@ -594,7 +726,7 @@ mod tests {
         assert!(g.contains(&format!("block: <[{im_start}]> ")), "{g}");
         let mut constraint = Grammars::new(tokenizer.clone())
             .unwrap()
-            .compile(&ResponseFormat::ToolCall(g))
+            .compile(&ResponseFormat::Lark(g))
             .unwrap();
         let mut logits = vec![0.0; tokenizer.vocab_size()];
         constraint.mask_logits(&mut logits).unwrap();

@@ -26,8 +26,9 @@ use super::request::{ChatRequest, CompletionRequest, GenerationFields, Prompt, S
 use super::response::Shape;
 use super::tool_calls::{self, ParsedOutput, ToolCallFormat};
 use super::tools::{self, ToolChoice, Tools};
+use super::unsupported;
 use super::Ready;
-use crate::engine::grammar::{GrammarError, Grammars, ResponseFormat};
+use crate::engine::grammar::{self, GrammarError, Grammars, ResponseFormat};
 use crate::engine::kv_blocks::KvShape;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Constraint, Decoding, GenerationParams};
@@ -133,6 +134,7 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
         Some(m) if !m.is_empty() => m,
         _ => return Err(ApiError::invalid(Some("model"), "`model` is required.")),
     };
+    unsupported::check(&f.other, shape)?;
     let n = match f.n {
         None => 1,
         Some(n @ 1..=MAX_CHOICES) => n as usize,
@@ -207,7 +209,7 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
     let presence_penalty = penalty(f.presence_penalty, "presence_penalty")?;
     let frequency_penalty = penalty(f.frequency_penalty, "frequency_penalty")?;
     let logit_bias = logit_bias(f.logit_bias)?;
-    let max_tokens = completion_budget(f.max_tokens, f.max_completion_tokens)?;
+    let max_tokens = completion_budget(f.max_tokens, f.max_completion_tokens, f.n_predict)?;
     let temperature = f.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(ApiError::invalid(
@@ -339,9 +341,14 @@ fn response_format(value: Option<serde_json::Value>) -> Result<Option<ResponseFo
                     format!("`response_format.json_schema.strict` must be true or false; got {strict}."),
                 ));
             }
+            let strict = spec.get("strict").and_then(Value::as_bool) == Some(true);
             match spec.get("schema") {
                 Some(schema @ (Value::Object(_) | Value::Bool(true))) => {
-                    Ok(Some(ResponseFormat::JsonSchema(schema.clone())))
+                    let mut schema = schema.clone();
+                    if !strict {
+                        grammar::compact_lenient_json(&mut schema);
+                    }
+                    Ok(Some(ResponseFormat::JsonSchema(schema)))
                 }
                 Some(other) => Err(bad(
                     "response_format.json_schema.schema",
@@ -462,15 +469,18 @@ fn logit_bias(value: Option<serde_json::Value>) -> Result<Vec<(u32, f32)>, ApiEr
 }
 
 /// The module's budget rule: each field set must be at least 1, and the
-/// smaller of the two wins.
+/// smallest wins. llama.cpp's `n_predict` counts as a third field, where a
+/// negative value names no budget (as llama-server and the gateway read it).
 fn completion_budget(
     max_tokens: Option<i64>,
     max_completion_tokens: Option<i64>,
+    n_predict: Option<i64>,
 ) -> Result<Option<usize>, ApiError> {
     let mut budget: Option<usize> = None;
     for (value, param) in [
         (max_completion_tokens, "max_completion_tokens"),
         (max_tokens, "max_tokens"),
+        (n_predict.filter(|v| *v >= 0), "n_predict"),
     ] {
         let Some(v) = value else { continue };
         if v < 1 {
@@ -501,6 +511,13 @@ pub(super) async fn chat(
     })?;
     let active = req.generation.tools.as_ref().filter(|t| t.active());
     let (rendered, format) = match active {
+        // A conversation with tool turns and no tools now (`tool_choice`
+        // "none", or the final answer after the calls), for a template
+        // that knows no tool turns: written as text, as when tools are on.
+        None if !template.renders_tools() && tools::has_tool_turns(&req.messages) => (
+            template.render(&tools::hermes_history(&req.messages), true),
+            None,
+        ),
         None => (template.render(&req.messages, true), None),
         Some(t) if template.renders_tools() => (
             template.render_with_tools(&req.messages, Some(&t.template_value()), true),
@@ -511,13 +528,14 @@ pub(super) async fn chat(
             Some(ToolCallFormat::Hermes),
         ),
     };
+    let format_of_calls = format;
     let tokenizer = &ready.loaded.tokenizer;
     let special = |marker: &str| tokenizer.special_token_id(marker);
     let parsing = active.zip(format).map(|(t, format)| ToolCallParsing {
         format,
         names: t.names().into_iter().map(str::to_string).collect(),
         forced: tools::forced_call_grammar(t, format, &special),
-        parallel: t.parallel,
+        parallel: t.parallel && format.calls_several(),
     });
     // The parser reads the format's markers in the answer's text, even
     // where the vocabulary has them as control tokens.
@@ -531,8 +549,19 @@ pub(super) async fn chat(
         )
     })?;
     let prompt = tokenize(ready, text, TextTokenizer::encode_chat).await?;
-    let format = match parsing.as_ref().and_then(|p| p.forced.clone()) {
-        Some(lark) => Some(ResponseFormat::ToolCall(lark)),
+    // A call forced; or, under `auto` with a response format, a call or
+    // the formatted answer; or the response format alone.
+    let answer = req.generation.format.as_ref();
+    let lark = parsing.as_ref().and_then(|p| p.forced.clone()).or_else(|| {
+        active
+            .zip(format_of_calls)
+            .zip(answer)
+            .and_then(|((t, calls), answer)| {
+                tools::call_or_answer_grammar(t, calls, answer, &special)
+            })
+    });
+    let format = match lark {
+        Some(lark) => Some(ResponseFormat::Lark(lark)),
         None => req.generation.format.clone(),
     };
     let grammar = compile(ready, format.as_ref()).await?;
@@ -634,7 +663,7 @@ async fn compile(
                 let param = match format {
                     ResponseFormat::JsonObject => "response_format",
                     ResponseFormat::JsonSchema(_) => "response_format.json_schema.schema",
-                    ResponseFormat::ToolCall(_) => "tools",
+                    ResponseFormat::Lark(_) => "tools",
                 };
                 ApiError::invalid(
                     Some(param),
@@ -806,6 +835,14 @@ mod tests {
                 serde_json::json!({"type": "object"})
             ))
         );
+        // Not strict: best effort, keywords the engine cannot enforce are
+        // left out rather than refused.
+        let Some(ResponseFormat::JsonSchema(schema)) = format(
+            r#","response_format":{"type":"json_schema","json_schema":{"name":"w","schema":{"type":"object"}}}"#,
+        ) else {
+            panic!("no schema")
+        };
+        assert_eq!(schema["x-guidance"]["lenient"], true, "{schema}");
     }
 
     #[test]
@@ -817,6 +854,11 @@ mod tests {
             (r#","max_tokens":7"#, Some(7)),
             (r#","max_completion_tokens":7"#, Some(7)),
             (r#","max_tokens":null,"max_completion_tokens":3"#, Some(3)),
+            (r#","n_predict":4"#, Some(4)),
+            (r#","max_tokens":9,"n_predict":4"#, Some(4)),
+            (r#","max_tokens":3,"n_predict":4"#, Some(3)),
+            (r#","max_tokens":3,"n_predict":-1"#, Some(3)),
+            (r#","n_predict":-1"#, None),
             ("", None),
         ] {
             assert_eq!(fields(extra).unwrap().max_tokens, budget, "{extra}");
@@ -829,6 +871,7 @@ mod tests {
             (r#","max_tokens":0"#, "max_tokens"),
             (r#","max_tokens":-3"#, "max_tokens"),
             (r#","max_completion_tokens":0"#, "max_completion_tokens"),
+            (r#","n_predict":0"#, "n_predict"),
             (r#","max_completion_tokens":-1"#, "max_completion_tokens"),
             // With both set, the smaller one is the budget: a bad one of
             // the two is refused whichever it is.

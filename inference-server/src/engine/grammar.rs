@@ -28,9 +28,10 @@ pub enum ResponseFormat {
     JsonObject,
     /// `{"type": "json_schema", "json_schema": {"schema": …}}`.
     JsonSchema(Value),
-    /// A Lark grammar (llguidance's dialect) forcing a tool call: the
-    /// API's `tools` with `tool_choice` `required` or a named function.
-    ToolCall(String),
+    /// A Lark grammar (llguidance's dialect) for tool calls: one forcing a
+    /// call (`tool_choice` `required` or a named function), or one allowing
+    /// a call or an answer in the `response_format` (`auto` with one).
+    Lark(String),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +70,7 @@ impl Grammars {
         let grammar = match format {
             ResponseFormat::JsonObject => compact(json!({"type": "object"})),
             ResponseFormat::JsonSchema(schema) => compact(schema.clone()),
-            ResponseFormat::ToolCall(lark) => TopLevelGrammar::from_lark(lark.clone()),
+            ResponseFormat::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
         };
         let parser = self
             .factory
@@ -96,10 +97,23 @@ fn compact(mut schema: Value) -> TopLevelGrammar {
 /// from `schema`, unless its own `x-guidance` options say otherwise (see
 /// the module for why).
 pub fn compact_json(schema: &mut Value) {
+    guidance_options(schema, false);
+}
+
+/// [`compact_json`], and keywords llguidance cannot enforce (`uniqueItems`,
+/// an unknown `format`) left unenforced rather than refused: for a schema
+/// the client did not mark `strict`, which OpenAI follows on a best-effort
+/// basis. (A client's own `x-guidance` options are kept as they are.)
+pub fn compact_lenient_json(schema: &mut Value) {
+    guidance_options(schema, true);
+}
+
+fn guidance_options(schema: &mut Value, lenient: bool) {
     if let Some(object) = schema.as_object_mut() {
-        object.entry("x-guidance").or_insert_with(
-            || json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": "}),
-        );
+        object.entry("x-guidance").or_insert_with(|| {
+            json!({"whitespace_flexible": false, "item_separator": ", ", "key_separator": ": ",
+                   "lenient": lenient})
+        });
     }
 }
 
@@ -350,5 +364,30 @@ mod tests {
                 other => panic!("{schema}: {other:?}"),
             }
         }
+    }
+
+    /// A keyword llguidance cannot enforce refuses a strict schema, and is
+    /// left unenforced in one the client did not mark strict; a schema
+    /// that is wrong (an unknown type) is refused either way.
+    #[test]
+    fn a_lenient_schema_leaves_unenforceable_keywords_out() {
+        let grammars = grammars();
+        let unique = json!({"type": "array", "items": {"type": "string"}, "uniqueItems": true});
+        match grammars.compile(&ResponseFormat::JsonSchema(unique.clone())) {
+            Err(GrammarError::Compile(message)) => assert!(message.contains("uniqueItems")),
+            other => panic!("{other:?}"),
+        }
+        let mut lenient = unique;
+        compact_lenient_json(&mut lenient);
+        let mut c = grammars
+            .compile(&ResponseFormat::JsonSchema(lenient))
+            .unwrap();
+        let (text, _) = generate(&mut c, 1, 40);
+        assert!(text.starts_with('['), "{text}");
+        let mut wrong = json!({"type": "strng"});
+        compact_lenient_json(&mut wrong);
+        assert!(grammars
+            .compile(&ResponseFormat::JsonSchema(wrong))
+            .is_err());
     }
 }

@@ -49,6 +49,46 @@ fn invalid_requests_get_400_naming_the_problem() {
     assert_error(&r, 400, Some("prompt"), "empty");
     let r = completion(&server, &json!({"model": MODEL, "prompt": [1, 2, 999999]}));
     assert_error(&r, 400, Some("prompt"), "outside the vocabulary");
+    // Other servers' fields that would change the answer are refused, not
+    // ignored (the client would take unconstrained text for constrained).
+    for (extra, param) in [
+        (json!({"guided_json": {"type": "object"}}), "guided_json"),
+        (json!({"grammar": "root ::= \"yes\""}), "grammar"),
+        (json!({"min_p": 0.1}), "min_p"),
+    ] {
+        let r = chat(&server, &chat_body("hi", extra));
+        let e = assert_error(&r, 400, Some(param), "not supported");
+        assert_eq!(e["code"], "unsupported_parameter", "{e}");
+    }
+    let r = completion(
+        &server,
+        &json!({"model": MODEL, "prompt": "def f(", "suffix": "\n    return x"}),
+    );
+    assert_error(&r, 400, Some("suffix"), "not supported");
+}
+
+/// llama.cpp's `n_predict` bounds the answer as `max_tokens` does; what
+/// SDKs send by default (and the fields at their neutral values) passes.
+#[test]
+fn n_predict_is_a_budget_and_neutral_fields_pass() {
+    let server = InferenceServer::start(&[]);
+    let r = chat(
+        &server,
+        &chat_body(
+            "Write a long story about a dragon.",
+            json!({"n_predict": 3, "ignore_eos": true, "user": "u-1", "store": false,
+                   "metadata": {"team": "a"}, "min_p": 0, "repetition_penalty": 1}),
+        ),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["completion_tokens"], 3, "{}", r.text());
+    assert_eq!(r.json()["choices"][0]["finish_reason"], "length");
+    assert_eq!(
+        r.json()["choices"][0]["message"]["refusal"],
+        Value::Null,
+        "{}",
+        r.text()
+    );
 }
 
 #[test]

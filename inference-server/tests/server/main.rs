@@ -19,3 +19,4 @@ mod lifecycle;
 mod logprobs;
 mod python;
 mod support;
+mod tool_turns;
