@@ -66,6 +66,10 @@ pub(super) struct StreamOptions {
 #[derive(Debug, Deserialize)]
 struct ChatBody {
     messages: Option<Vec<MessageBody>>,
+    /// vLLM's and SGLang's extra chat-template variables (Qwen 3's
+    /// `enable_thinking`, say).
+    #[serde(default)]
+    chat_template_kwargs: Option<serde_json::Value>,
     #[serde(flatten)]
     fields: GenerationFields,
 }
@@ -98,7 +102,46 @@ struct ContentPart {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ChatRequest {
     pub messages: Vec<ChatMessage>,
+    /// Variables the chat template sees beside its own (checked by
+    /// [`template_kwargs`]).
+    pub template_kwargs: serde_json::Map<String, serde_json::Value>,
     pub generation: Generation,
+}
+
+/// The variables a chat template is given by the server itself: a request's
+/// `chat_template_kwargs` may not replace them (`chat_template` too: vLLM
+/// takes a template from there, which this server never does).
+const TEMPLATE_OWN: &[&str] = &[
+    "messages",
+    "tools",
+    "add_generation_prompt",
+    "bos_token",
+    "eos_token",
+    "raise_exception",
+    "chat_template",
+];
+
+/// `chat_template_kwargs`: absent, `null` or an object of variables whose
+/// names are not the template's own.
+fn template_kwargs(
+    value: Option<serde_json::Value>,
+) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+    let bad = |message: String| ApiError::invalid(Some("chat_template_kwargs"), message);
+    let kwargs = match value {
+        None | Some(serde_json::Value::Null) => return Ok(serde_json::Map::new()),
+        Some(serde_json::Value::Object(kwargs)) => kwargs,
+        Some(other) => {
+            return Err(bad(format!(
+                "`chat_template_kwargs` must be an object of template variables; got {other}."
+            )))
+        }
+    };
+    if let Some(own) = kwargs.keys().find(|k| TEMPLATE_OWN.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "`chat_template_kwargs` may not set {own:?}: the server sets it."
+        )));
+    }
+    Ok(kwargs)
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -159,6 +202,7 @@ pub fn parse_chat(body: &[u8]) -> Result<ChatRequest, ApiError> {
         .collect::<Result<_, _>>()?;
     Ok(ChatRequest {
         messages,
+        template_kwargs: template_kwargs(body.chat_template_kwargs)?,
         generation,
     })
 }
@@ -286,6 +330,31 @@ mod tests {
 
     fn chat(body: &str) -> Result<ChatRequest, ApiError> {
         parse_chat(body.as_bytes())
+    }
+
+    #[test]
+    fn template_kwargs_are_variables_the_template_does_not_set_itself() {
+        let with = |kwargs: &str| {
+            chat(&format!(
+                r#"{{"model":"m","messages":[{{"role":"user","content":"Hi"}}],"chat_template_kwargs":{kwargs}}}"#
+            ))
+        };
+        let r = with(r#"{"enable_thinking":false,"custom":[1]}"#).unwrap();
+        assert_eq!(r.template_kwargs["enable_thinking"], false);
+        assert!(with("null").unwrap().template_kwargs.is_empty());
+        for (kwargs, says) in [
+            (r#"{"messages":[]}"#, "\"messages\""),
+            (
+                r#"{"add_generation_prompt":false}"#,
+                "add_generation_prompt",
+            ),
+            (r#"{"chat_template":"{{ 1 }}"}"#, "chat_template"),
+            (r#""enable_thinking""#, "an object"),
+        ] {
+            let err = with(kwargs).unwrap_err();
+            assert_eq!(err.param, Some("chat_template_kwargs"), "{kwargs}");
+            assert!(err.message.contains(says), "{kwargs}: {}", err.message);
+        }
     }
 
     #[test]

@@ -32,7 +32,7 @@ use crate::engine::grammar::{self, GrammarError, Grammars, ResponseFormat};
 use crate::engine::kv_blocks::KvShape;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Constraint, Decoding, GenerationParams};
-use crate::text::{TextError, TextTokenizer};
+use crate::text::{ChatMessage, TextError, TextTokenizer};
 
 /// What a request asks of generation, its fields checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -510,21 +510,23 @@ pub(super) async fn chat(
         )
     })?;
     let active = req.generation.tools.as_ref().filter(|t| t.active());
+    let render = |messages: &[ChatMessage], tools: Option<&[serde_json::Value]>| {
+        template.render_with(messages, tools, &req.template_kwargs, true)
+    };
     let (rendered, format) = match active {
         // A conversation with tool turns and no tools now (`tool_choice`
         // "none", or the final answer after the calls), for a template
         // that knows no tool turns: written as text, as when tools are on.
-        None if !template.renders_tools() && tools::has_tool_turns(&req.messages) => (
-            template.render(&tools::hermes_history(&req.messages), true),
-            None,
-        ),
-        None => (template.render(&req.messages, true), None),
+        None if !template.renders_tools() && tools::has_tool_turns(&req.messages) => {
+            (render(&tools::hermes_history(&req.messages), None), None)
+        }
+        None => (render(&req.messages, None), None),
         Some(t) if template.renders_tools() => (
-            template.render_with_tools(&req.messages, Some(&t.template_value()), true),
+            render(&req.messages, Some(&t.template_value())),
             Some(ToolCallFormat::for_template(template.source())),
         ),
         Some(t) => (
-            template.render(&tools::hermes_messages(t, &req.messages), true),
+            render(&tools::hermes_messages(t, &req.messages), None),
             Some(ToolCallFormat::Hermes),
         ),
     };

@@ -203,7 +203,28 @@ impl ChatTemplate {
         tools: Option<&[serde_json::Value]>,
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
-        let mut ctx = BTreeMap::new();
+        self.render_with(
+            messages,
+            tools,
+            &serde_json::Map::new(),
+            add_generation_prompt,
+        )
+    }
+
+    /// [`Self::render_with_tools`] with further variables in the context, as
+    /// `apply_chat_template(**kwargs)` passes them (Qwen 3's
+    /// `enable_thinking`). The template's own variables win over them.
+    pub fn render_with(
+        &self,
+        messages: &[ChatMessage],
+        tools: Option<&[serde_json::Value]>,
+        extra: &serde_json::Map<String, serde_json::Value>,
+        add_generation_prompt: bool,
+    ) -> Result<String, TextError> {
+        let mut ctx: BTreeMap<&str, Value> = extra
+            .iter()
+            .map(|(k, v)| (k.as_str(), Value::from(Serde(v))))
+            .collect();
         ctx.insert("messages", Value::from(Serde(messages)));
         if let Some(tools) = tools {
             ctx.insert("tools", Value::from(Serde(tools)));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use maas_testkit::{get, inference_server_binary, InferenceServer};
-use serde_json::json;
+use serde_json::{json, Value};
 
 use crate::support::*;
 
@@ -183,4 +183,36 @@ fn a_chat_template_that_does_not_parse_or_cannot_be_read_stops_the_server() {
         err.contains("--chat-template /nonexistent/template.jinja") && err.contains("No such file"),
         "{err}"
     );
+}
+
+/// `chat_template_kwargs` reach the template as variables: Qwen 3's
+/// `enable_thinking: false` makes its template open the answer with an
+/// empty thinking block, so the model answers without thinking. (The
+/// published Qwen 3 template, given to the SmolLM2 server.)
+#[test]
+fn chat_template_kwargs_reach_the_template() {
+    let path = format!(
+        "{}/tests/chat_template_reference/qwen3.jinja",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let server = InferenceServer::start(&["--chat-template", &path]);
+    let prompt_tokens = |kwargs: Value| {
+        let mut body = chat_body("Name a colour.", json!({"max_tokens": 1}));
+        body["chat_template_kwargs"] = kwargs;
+        let r = chat(&server, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let thinking = prompt_tokens(Value::Null);
+    assert_eq!(prompt_tokens(json!({"enable_thinking": true})), thinking);
+    // `<think>\n\n</think>\n\n` added after the generation prompt.
+    assert!(
+        prompt_tokens(json!({"enable_thinking": false})) > thinking,
+        "no thinking block"
+    );
+    let mut body = chat_body("Hi", json!({}));
+    body["chat_template_kwargs"] = json!({"messages": []});
+    let r = chat(&server, &body);
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["param"], "chat_template_kwargs");
 }
