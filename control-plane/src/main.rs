@@ -135,6 +135,13 @@ struct ServeArgs {
     /// group at the identity provider. Default: no maximum.
     #[arg(long, env = "MAAS_MAX_KEY_LIFETIME")]
     max_key_lifetime: Option<KeyLifetime>,
+    /// The most keys one owner may mint in any 24 hours, revoked and
+    /// expired ones included (administrators are not bound): minting and
+    /// revoking in a loop would otherwise grow the key table, and every
+    /// gateway's copy of it, without bound.
+    #[arg(long, env = "MAAS_MAX_KEYS_MINTED_PER_DAY", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    max_keys_minted_per_day: u64,
 }
 
 #[derive(Args)]
@@ -248,6 +255,7 @@ fn run_serve(args: ServeArgs) -> Result<(), String> {
         gateways: args.envoy_admin,
         usage_interval: std::time::Duration::from_secs(args.usage_interval_secs.max(1)),
         max_key_lifetime: args.max_key_lifetime,
+        max_keys_minted_per_day: args.max_keys_minted_per_day,
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

@@ -28,6 +28,8 @@ pub struct ServeConfig {
     /// The longest a minted key may live, and the lifetime of keys minted
     /// without `expires_in`; `None`: no maximum (such keys never expire).
     pub max_key_lifetime: Option<KeyLifetime>,
+    /// See `AppState::max_keys_minted_per_day`.
+    pub max_keys_minted_per_day: u64,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -96,6 +98,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
             oidc,
         ),
         max_key_lifetime: config.max_key_lifetime,
+        max_keys_minted_per_day: config.max_keys_minted_per_day,
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

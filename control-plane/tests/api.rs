@@ -546,6 +546,46 @@ fn an_owner_holds_at_most_max_keys_per_owner_live_keys() {
     assert_eq!(cp.mint(&alice, body).status, 201);
 }
 
+/// Revoking frees a place among the live keys, not among the day's mints:
+/// minting and revoking in a loop stops at `--max-keys-minted-per-day`
+/// (429, and nothing stored), counted over every subscription; an
+/// administrator provisioning keys is not bound.
+#[test]
+fn minting_and_revoking_in_a_loop_stops_at_the_daily_bound() {
+    let cp = setup_with(Settings {
+        max_keys_minted_per_day: 3,
+        ..Settings::default()
+    });
+    let alice = token("alice", &["team-a", "team-b"]);
+    for subscription in ["team-a", "team-b", "team-a"] {
+        let r = cp.mint(&alice, json!({"name": "k", "subscription": subscription}));
+        assert_eq!(r.status, 201, "{}", r.text());
+        let id = r.json()["id"].as_str().unwrap().to_string();
+        assert_eq!(cp.revoke(&id, &alice).status, 200);
+    }
+    let refused = cp.mint(&alice, json!({"name": "k", "subscription": "team-b"}));
+    assert_eq!(refused.status, 429, "{}", refused.text());
+    let error = &refused.json()["error"];
+    assert_eq!(error["code"], "too_many_mints", "{error}");
+    assert!(
+        error["message"].as_str().unwrap().contains("24 hours"),
+        "{error}"
+    );
+    assert_eq!(cp.all_keys().len(), 3, "the refused mint stored nothing");
+    // Bob has his own bound; the administrator none.
+    let bob = token("bob", &["team-a"]);
+    assert_eq!(
+        cp.mint(&bob, json!({"name": "k", "subscription": "team-a"}))
+            .status,
+        201
+    );
+    let r = cp.mint(
+        ADMIN,
+        json!({"name": "k", "subscription": "team-a", "owner": "alice"}),
+    );
+    assert_eq!(r.status, 201, "{}", r.text());
+}
+
 #[test]
 fn an_administrator_names_only_owners_a_token_subject_could_be() {
     let cp = setup();

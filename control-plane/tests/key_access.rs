@@ -138,7 +138,10 @@ fn a_key_minted_through_two_groups_survives_losing_one() {
 
 #[test]
 fn the_maximum_key_lifetime_caps_expires_in_and_fills_it_in() {
-    let cp = setup_with(Some("30d".parse().unwrap()));
+    let cp = setup_with(Settings {
+        max_key_lifetime: Some("30d".parse().unwrap()),
+        ..Settings::default()
+    });
     let alice = token("alice", &["team-a"]);
     let lifetime =
         |k: &Value| k["expires_at"].as_i64().unwrap() - k["created_at"].as_i64().unwrap();

@@ -30,6 +30,10 @@ pub enum ApiError {
         subscription: String,
         max: u64,
     },
+    /// The owner minted `serve --max-keys-minted-per-day` keys in the last
+    /// 24 hours. 429: waiting helps, revoking does not.
+    #[error("{owner:?} minted {max} keys in the last 24 hours, the most this control plane allows; try again later")]
+    TooManyMints { owner: String, max: u64 },
     /// The path exists; the method is not one it serves.
     #[error("method not allowed on this path (see the Allow header)")]
     MethodNotAllowed,
@@ -67,6 +71,11 @@ impl ApiError {
                 StatusCode::CONFLICT,
                 "invalid_request_error",
                 "too_many_keys",
+            ),
+            Self::TooManyMints { .. } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "invalid_request_error",
+                "too_many_mints",
             ),
             Self::MethodNotAllowed => (
                 StatusCode::METHOD_NOT_ALLOWED,
@@ -120,6 +129,7 @@ impl From<StoreError> for ApiError {
                 subscription,
                 max,
             },
+            StoreError::TooManyMints { owner, max } => Self::TooManyMints { owner, max },
             StoreError::SubscriptionChanged(name) => Self::Conflict(format!(
                 "subscription {name:?} kept changing while the key was minted; try again"
             )),

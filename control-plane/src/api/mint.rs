@@ -32,11 +32,16 @@ impl Admitted {
         (!who.admin).then(|| self.spec.admitting(&who.groups))
     }
 
-    fn admission<'a>(&self, via_groups: Option<&'a [String]>) -> Admission<'a> {
+    fn admission<'a>(
+        &self,
+        via_groups: Option<&'a [String]>,
+        max_minted_per_day: Option<u64>,
+    ) -> Admission<'a> {
         Admission {
             max_live: self.spec.max_keys_per_owner(),
             subscription_version: self.version,
             via_groups,
+            max_minted_per_day,
         }
     }
 }
@@ -83,7 +88,9 @@ pub(super) async fn insert(
     let mut attempts = 1;
     loop {
         let via_groups = admitted.via_groups(who);
-        let admission = admitted.admission(via_groups.as_deref());
+        // Administrators mint without the daily bound (provisioning).
+        let per_day = (!who.admin).then_some(app.max_keys_minted_per_day);
+        let admission = admitted.admission(via_groups.as_deref(), per_day);
         match app
             .store
             .insert_admitted_key(key, &who.subject, &admission)

@@ -75,6 +75,9 @@ pub struct AppState {
     /// also the lifetime of keys minted without `expires_in`. `None`: no
     /// maximum, and such keys never expire.
     pub max_key_lifetime: Option<KeyLifetime>,
+    /// The most keys one owner may mint in any 24 hours
+    /// (`serve --max-keys-minted-per-day`); administrators are not bound.
+    pub max_keys_minted_per_day: u64,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {

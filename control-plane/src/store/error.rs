@@ -22,6 +22,11 @@ pub enum StoreError {
         max: u64,
     },
 
+    /// The owner minted the most keys a day allows (see
+    /// `Admission::max_minted_per_day`).
+    #[error("{owner:?} minted {max} keys in the last 24 hours")]
+    TooManyMints { owner: String, max: u64 },
+
     /// A mint was checked against an older version of its subscription than
     /// the one now stored (it changed in between): check again.
     #[error("subscription {0:?} changed while the key was minted")]

@@ -38,12 +38,19 @@ pub struct Admission<'a> {
     /// any more. `None` when the right came from no group (an
     /// administrator): the key is kept whatever the groups become.
     pub via_groups: Option<&'a [String]>,
+    /// The most keys the owner may mint in any 24 hours, in every
+    /// subscription together, revoked and expired ones included; `None`
+    /// (an administrator's mint): no such bound.
+    pub max_minted_per_day: Option<u64>,
 }
+
+const DAY_SECS: i64 = 86_400;
 
 /// What `Store::insert` checks beyond the subscription's existence.
 #[derive(Default)]
 struct Checks<'a> {
     max_live: Option<u64>,
+    max_minted_per_day: Option<u64>,
     subscription_version: Option<u64>,
     via_groups: Option<&'a [String]>,
 }
@@ -81,6 +88,7 @@ impl Store {
     ) -> Result<u64, StoreError> {
         let checks = Checks {
             max_live: Some(admission.max_live),
+            max_minted_per_day: admission.max_minted_per_day,
             subscription_version: Some(admission.subscription_version),
             via_groups: admission.via_groups,
         };
@@ -157,6 +165,26 @@ impl Store {
                 return Err(StoreError::TooManyKeys {
                     owner: k.owner.clone(),
                     subscription: k.subscription.clone(),
+                    max,
+                });
+            }
+        }
+
+        if let Some(max) = checks.max_minted_per_day {
+            // Under the same lock as the count above. Revoking a key frees
+            // a place among the live ones, not this: without it, minting
+            // and revoking in a loop grows the key table, and every
+            // gateway's copy of it, without bound.
+            let minted: i64 = sqlx::query_scalar(
+                "SELECT COUNT(*) FROM api_keys WHERE owner = $1 AND created_at > $2",
+            )
+            .bind(k.owner.as_str())
+            .bind(k.created_at.saturating_sub(DAY_SECS))
+            .fetch_one(&mut *tx)
+            .await?;
+            if u64::try_from(minted).unwrap_or(0) >= max {
+                return Err(StoreError::TooManyMints {
+                    owner: k.owner.clone(),
                     max,
                 });
             }

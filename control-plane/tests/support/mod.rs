@@ -38,14 +38,31 @@ impl Drop for TempDir {
     }
 }
 
+/// What `serve` takes as flags and a test may change.
+pub struct Settings {
+    /// `--max-key-lifetime`.
+    pub max_key_lifetime: Option<KeyLifetime>,
+    /// `--max-keys-minted-per-day`.
+    pub max_keys_minted_per_day: u64,
+}
+
+impl Default for Settings {
+    /// `serve`'s defaults.
+    fn default() -> Self {
+        Self {
+            max_key_lifetime: None,
+            max_keys_minted_per_day: 100,
+        }
+    }
+}
+
 impl ControlPlane {
     pub fn start() -> Self {
-        Self::start_with(None)
+        Self::start_with(Settings::default())
     }
 
-    /// A control plane whose minted keys live at most `max_key_lifetime`
-    /// (`serve --max-key-lifetime`).
-    pub fn start_with(max_key_lifetime: Option<KeyLifetime>) -> Self {
+    /// A control plane started with `settings`.
+    pub fn start_with(settings: Settings) -> Self {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("maas-cp-test-{}-{n}", std::process::id()));
@@ -76,7 +93,8 @@ impl ControlPlane {
                     Some(KeyDigest::of(GATEWAY)),
                     Some(oidc),
                 ),
-                max_key_lifetime,
+                max_key_lifetime: settings.max_key_lifetime,
+                max_keys_minted_per_day: settings.max_keys_minted_per_day,
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();
@@ -178,12 +196,12 @@ pub fn token(subject: &str, groups: &[&str]) -> String {
 }
 
 pub fn setup() -> ControlPlane {
-    setup_with(None)
+    setup_with(Settings::default())
 }
 
 /// [`setup`] on [`ControlPlane::start_with`].
-pub fn setup_with(max_key_lifetime: Option<KeyLifetime>) -> ControlPlane {
-    let cp = ControlPlane::start_with(max_key_lifetime);
+pub fn setup_with(settings: Settings) -> ControlPlane {
+    let cp = ControlPlane::start_with(settings);
     for spec in [
         json!({"name": "team-a", "models": ["smollm2-135m-instruct"], "limits": {"tokens": ["20000/min"]}, "groups": ["team-a"], "cost_center": "CC-1"}),
         json!({"name": "team-b", "models": ["other-model"], "limits": "unlimited", "groups": ["team-b"]}),

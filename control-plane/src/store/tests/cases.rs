@@ -893,6 +893,7 @@ async fn mint_via(store: &Store, k: &KeyRow, via: Option<&[&str]>) -> u64 {
         max_live: 100,
         subscription_version: version,
         via_groups: via.as_deref(),
+        max_minted_per_day: None,
     };
     store
         .insert_admitted_key(k, &k.owner, &admission)
@@ -1044,6 +1045,7 @@ pub async fn a_mint_checked_against_an_older_subscription_is_refused(store: &Sto
         max_live: 10,
         subscription_version: checked,
         via_groups: Some(&via),
+        max_minted_per_day: None,
     };
     let err = store
         .insert_admitted_key(&key("k1", "alice", "gold", 100), "alice", &admission)
@@ -1080,4 +1082,46 @@ pub async fn keys_from_before_migration_6_survive_a_change_of_groups(store: &Sto
         None
     );
     migrated.close().await;
+}
+
+/// The daily mint bound counts one owner's keys created in the 24 hours
+/// before the new one, in every subscription, revoked ones included; an
+/// older key does not count, nor another owner's.
+pub async fn the_daily_mint_bound_counts_the_owners_last_24_hours(store: &Store) {
+    let now = 10 * 86_400;
+    let mut versions = BTreeMap::new();
+    for name in ["gold", "silver"] {
+        store
+            .put_subscription(&subscription(name, 100), "admin")
+            .await
+            .unwrap();
+        let row = store.get_subscription(name).await.unwrap().unwrap();
+        versions.insert(name, row.version);
+    }
+    // Mints key `id` for `owner` in `sub` at `at`, at most 2 a day.
+    let mint = |id: &'static str, owner: &'static str, sub: &'static str, at: i64| {
+        let admission = crate::store::Admission {
+            max_live: 100,
+            subscription_version: versions[sub],
+            via_groups: None,
+            max_minted_per_day: Some(2),
+        };
+        async move {
+            store
+                .insert_admitted_key(&key(id, owner, sub, at), owner, &admission)
+                .await
+        }
+    };
+    // 25 hours ago: outside the window of every mint below.
+    mint("old", "alice", "gold", now - 90_000).await.unwrap();
+    mint("k1", "alice", "gold", now - 60).await.unwrap();
+    store.revoke_key("k1", now - 50, "alice").await.unwrap();
+    mint("k2", "alice", "silver", now - 30).await.unwrap();
+    let err = mint("k3", "alice", "gold", now).await.unwrap_err();
+    assert!(
+        matches!(&err, StoreError::TooManyMints { owner, max: 2 } if owner == "alice"),
+        "{err:?}"
+    );
+    assert_eq!(store.get_key("k3").await.unwrap(), None);
+    mint("b1", "bob", "gold", now).await.unwrap();
 }

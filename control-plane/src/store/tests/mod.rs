@@ -55,6 +55,7 @@ for_each_backend!(
     prices_are_stored_in_one_currency_and_audited,
     a_change_of_groups_revokes_the_keys_minted_through_groups_it_drops,
     a_mint_checked_against_an_older_subscription_is_refused,
+    the_daily_mint_bound_counts_the_owners_last_24_hours,
 );
 
 /// Reopening runs the migrator again over an up-to-date schema: it must be a
