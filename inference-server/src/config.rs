@@ -89,6 +89,13 @@ pub struct Args {
     /// server.
     #[arg(long, value_name = "FILE")]
     pub chat_template: Option<PathBuf>,
+    /// `auto`: where the chat template writes thinking (`<think>`, as Qwen
+    /// 3's and DeepSeek-R1's do), a chat answer's `<think>…</think>` goes
+    /// out as `message.reasoning_content` (`delta.reasoning_content` when
+    /// streamed) and the rest as `content`, as llama.cpp's default and
+    /// vLLM's reasoning parsers do; `none`: all of it is `content`.
+    #[arg(long, value_enum, default_value = "auto")]
+    pub reasoning_format: ReasoningFormat,
     /// Answer /v1/ only to callers sending `Authorization: Bearer KEY`, KEY
     /// being a line of this file (at least 16 printable characters;
     /// surrounding whitespace is dropped; two lines while a key is
@@ -195,7 +202,15 @@ pub struct ServerConfig {
     pub threads: Option<usize>,
     pub device: DeviceChoice,
     pub chat_template: Option<ChatTemplateFile>,
+    pub reasoning_format: ReasoningFormat,
     pub api_keys: Option<ApiKeys>,
+}
+
+/// `--reasoning-format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReasoningFormat {
+    Auto,
+    None,
 }
 
 /// Where the embedded default lives: `$MAAS_MODEL_DIR`, else the cache of the
@@ -276,6 +291,7 @@ impl Args {
             threads: self.threads,
             device: self.device,
             chat_template: self.chat_template.map(ChatTemplateFile::read).transpose()?,
+            reasoning_format: self.reasoning_format,
             api_keys: self.api_key_file.map(read_api_keys).transpose()?,
         })
     }

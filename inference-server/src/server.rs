@@ -10,7 +10,7 @@ use candle_core::Device;
 use tokio::net::TcpListener;
 
 use crate::api::{self, AppState, Ready};
-use crate::config::{ChatTemplateFile, DeviceChoice, ServerConfig};
+use crate::config::{ChatTemplateFile, DeviceChoice, ReasoningFormat, ServerConfig};
 use crate::engine::{Engine, EngineConfig};
 use crate::metrics::Metrics;
 use crate::model::{load_gguf_on, LoadedModel, Placement};
@@ -118,12 +118,17 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     )
     .map_err(|e| load_error(e.to_string()))?;
     let handle = engine.handle.clone();
+    let reasoning = config.reasoning_format == ReasoningFormat::Auto
+        && chat_template
+            .as_ref()
+            .is_some_and(|(t, _)| t.source().contains("<think>"));
     let _ = app.ready.set(Ready {
         engine: engine.handle,
         loaded,
         context,
         chat_template,
         grammars: Default::default(),
+        reasoning,
     });
 
     // The signal ends the accept loop; in-flight responses finish (or are cut

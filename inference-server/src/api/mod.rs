@@ -6,6 +6,7 @@
 mod auth;
 mod error;
 mod health;
+mod reasoning;
 mod request;
 mod response;
 mod stream;
@@ -56,6 +57,10 @@ pub struct Ready {
     /// The response-format compiler over this model's vocabulary, built
     /// by the first request with a `response_format` (see `validation`).
     pub grammars: Arc<OnceLock<Result<Grammars, String>>>,
+    /// Chat answers' `<think>…</think>` go out as `reasoning_content` (see
+    /// `reasoning`): the chat template writes thinking, and
+    /// `--reasoning-format` is `auto`.
+    pub reasoning: bool,
 }
 
 impl Ready {
@@ -282,6 +287,7 @@ async fn generate(
         logprobs: wants_logprobs
             .then(|| LogprobsWriter::new(ready.loaded.tokenizer.clone(), shape)),
         tools: valid.tool_calls,
+        reasoning: valid.reasoning,
     };
     if valid.stream {
         stream::stream(answer, receivers, valid.include_usage).await
@@ -299,6 +305,9 @@ struct Answer {
     logprobs: Option<LogprobsWriter>,
     /// Parse each answer for tool calls.
     tools: Option<ToolCallParsing>,
+    /// Split each answer's thinking off (`reasoning`): whether the prompt
+    /// opened it.
+    reasoning: Option<bool>,
 }
 
 fn failure_error(failure: &Failure) -> ApiError {
@@ -373,13 +382,20 @@ async fn collect(
                     .logprobs
                     .clone()
                     .map(|mut w| w.render(&choice.entries));
-                let mut rendered = answer.meta.choice(index, &choice.text, reason, logprobs);
+                let (thought, text) = match answer.reasoning {
+                    Some(inside) => reasoning::split(&choice.text, inside),
+                    None => (None, std::mem::take(&mut choice.text)),
+                };
+                let mut rendered = answer.meta.choice(index, &text, reason, logprobs);
                 if let Some((parsed, finish)) =
-                    answer.tools.as_ref().and_then(|t| t.calls_in(&choice.text))
+                    answer.tools.as_ref().and_then(|t| t.calls_in(&text))
                 {
                     answer
                         .meta
                         .answered_with_calls(index, &mut rendered, &parsed, finish);
+                }
+                if let Some(thought) = thought {
+                    rendered["message"]["reasoning_content"] = thought.into();
                 }
                 choice.rendered = Some(rendered);
                 choice.usage = usage;

@@ -34,6 +34,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tokio_stream::StreamExt;
 
+use super::reasoning::{Piece, ReasoningSplit};
 use super::response::{self, LogprobsWriter};
 use super::tool_calls::{Streamed, ToolCallStream};
 use super::{by_choice, engine_stopped, failure_error, total_usage, Answer, ApiError};
@@ -48,6 +49,8 @@ struct Choice {
     pending: Vec<TokenLogprobs>,
     /// With tools: the answer read for calls.
     calls: Option<ToolCallStream>,
+    /// A reasoning model's answer: its thinking split off first.
+    reasoning: Option<ReasoningSplit>,
 }
 
 impl Choice {
@@ -59,12 +62,38 @@ impl Choice {
 
     /// The chunks for a piece of text, unless all of it is held back.
     fn text(&mut self, a: &Answer, text: String, include_usage: bool) -> Option<Vec<u8>> {
-        let pieces = match &mut self.calls {
-            None => vec![Streamed::Content(text)],
-            Some(calls) => calls.push(&text),
+        let pieces = match &mut self.reasoning {
+            None => vec![Piece::Content(text)],
+            Some(split) => split.push(&text),
         };
-        let frames = self.frames(a, pieces, include_usage);
+        let frames = self.pieces(a, pieces, include_usage);
         (!frames.is_empty()).then_some(frames)
+    }
+
+    /// Thinking goes out as `delta.reasoning_content`; the answer's text is
+    /// read for calls where there are tools.
+    fn pieces(&mut self, a: &Answer, pieces: Vec<Piece>, include_usage: bool) -> Vec<u8> {
+        let mut frames = Vec::new();
+        for piece in pieces {
+            match piece {
+                Piece::Reasoning(thought) => {
+                    let logprobs = self.take_logprobs();
+                    let mut chunk =
+                        a.meta
+                            .chunk(self.index, None, false, None, include_usage, logprobs);
+                    chunk["choices"][0]["delta"]["reasoning_content"] = json!(thought);
+                    frames.extend_from_slice(&response::sse(&chunk));
+                }
+                Piece::Content(text) => {
+                    let streamed = match &mut self.calls {
+                        None => vec![Streamed::Content(text)],
+                        Some(calls) => calls.push(&text),
+                    };
+                    frames.extend(self.frames(a, streamed, include_usage));
+                }
+            }
+        }
+        frames
     }
 
     /// A chunk per piece; the first carries the log-probabilities waiting,
@@ -105,11 +134,17 @@ impl Choice {
     /// The choice's last chunks: what was held back, then its
     /// `finish_reason`.
     fn finish(&mut self, a: &Answer, reason: FinishReason, include_usage: bool) -> Vec<u8> {
+        let thought = self
+            .reasoning
+            .as_mut()
+            .map(ReasoningSplit::finish)
+            .unwrap_or_default();
+        let mut frames = self.pieces(a, thought, include_usage);
         let (held, called) = match &mut self.calls {
             None => (Vec::new(), false),
             Some(calls) => (calls.finish(), calls.ends_with_calls()),
         };
-        let mut frames = self.frames(a, held, include_usage);
+        frames.extend(self.frames(a, held, include_usage));
         let rest = (!self.pending.is_empty())
             .then(|| self.take_logprobs())
             .flatten();
@@ -162,6 +197,7 @@ pub(super) async fn stream(
                 logprobs: answer.logprobs.clone(),
                 pending: Vec::new(),
                 calls: answer.tools.as_ref().map(|t| t.stream()),
+                reasoning: answer.reasoning.map(ReasoningSplit::new),
             })
             .collect();
         let opening: Vec<u8> = choices

@@ -26,8 +26,8 @@ use super::request::{ChatRequest, CompletionRequest, GenerationFields, Prompt, S
 use super::response::Shape;
 use super::tool_calls::{self, ParsedOutput, ToolCallFormat};
 use super::tools::{self, ToolChoice, Tools};
-use super::unsupported;
 use super::Ready;
+use super::{reasoning, unsupported};
 use crate::engine::grammar::{self, GrammarError, Grammars, ResponseFormat};
 use crate::engine::kv_blocks::KvShape;
 use crate::engine::sampling::SamplingParams;
@@ -102,6 +102,9 @@ pub struct ValidRequest {
     pub n: usize,
     pub stream: bool,
     pub include_usage: bool,
+    /// Split the answer's thinking from its content (`reasoning`): `Some`
+    /// with whether the prompt already opened it.
+    pub reasoning: Option<bool>,
 }
 
 /// More would only cost each step's sampling time; OpenAI's clients send a
@@ -550,6 +553,9 @@ pub(super) async fn chat(
             format!("The chat template refused the messages: {e}."),
         )
     })?;
+    let reasoning = ready
+        .reasoning
+        .then(|| reasoning::prompt_opens_thinking(&text));
     let prompt = tokenize(ready, text, TextTokenizer::encode_chat).await?;
     // A call forced; or, under `auto` with a response format, a call or
     // the formatted answer; or the response format alone.
@@ -569,6 +575,7 @@ pub(super) async fn chat(
     let grammar = compile(ready, format.as_ref()).await?;
     let mut valid = fit(prompt, req.generation, grammar, ready.room(), "messages")?;
     valid.tool_calls = parsing;
+    valid.reasoning = reasoning;
     valid.params.shown_special = shown_special;
     Ok(valid)
 }
@@ -754,6 +761,7 @@ fn fit(
         n: g.n,
         stream: g.stream,
         include_usage: g.include_usage,
+        reasoning: None,
     })
 }
 

@@ -216,3 +216,57 @@ fn chat_template_kwargs_reach_the_template() {
     assert_eq!(r.status, 400, "{}", r.text());
     assert_eq!(r.json()["error"]["param"], "chat_template_kwargs");
 }
+
+/// A reasoning model's thinking goes out as `reasoning_content`, apart from
+/// `content`: here a template that opens the thinking in the prompt, as
+/// DeepSeek-R1's do (`…<think>\n`), so everything SmolLM2 writes (it never
+/// closes the tag) is thinking, streamed or whole; `--reasoning-format
+/// none` gives it all as content; a template that writes no thinking (the
+/// file's own) has no `reasoning_content`.
+#[test]
+fn thinking_goes_out_as_reasoning_content() {
+    let template = template_file(
+        "thinking-template",
+        "{% for m in messages %}{{ m.role }}: {{ m.content }}\n{% endfor %}\
+         {% if add_generation_prompt %}assistant: <think>\n{% endif %}",
+    );
+    let body = chat_body("Why is the sky blue?", json!({"max_tokens": 12}));
+    let whole = |server: &InferenceServer| {
+        let r = chat(server, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["choices"][0]["message"].clone()
+    };
+
+    let server = InferenceServer::start(&["--chat-template", template.to_str().unwrap()]);
+    let message = whole(&server);
+    let thought = message["reasoning_content"].as_str().unwrap().to_string();
+    assert!(!thought.is_empty(), "{message}");
+    assert_eq!(message["content"], "", "{message}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let s = parse_stream(&chat(&server, &streamed));
+    let streamed_thought: String = s
+        .chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["reasoning_content"].as_str())
+        .collect();
+    assert_eq!(streamed_thought, thought);
+    assert_eq!(s.text, "", "no content");
+    drop(server);
+
+    let raw = InferenceServer::start(&[
+        "--chat-template",
+        template.to_str().unwrap(),
+        "--reasoning-format",
+        "none",
+    ]);
+    let message = whole(&raw);
+    assert!(message.get("reasoning_content").is_none(), "{message}");
+    assert_eq!(message["content"].as_str(), Some(thought.as_str()));
+    drop(raw);
+    std::fs::remove_file(&template).unwrap();
+
+    let plain = InferenceServer::start(&[]);
+    let message = whole(&plain);
+    assert!(message.get("reasoning_content").is_none(), "{message}");
+}
