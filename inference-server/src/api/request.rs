@@ -223,10 +223,12 @@ fn message(index: usize, m: MessageBody) -> Result<ChatMessage, ApiError> {
         None => String::new(),
         Some(Content::Text(t)) => t,
         Some(Content::Parts(parts)) => {
-            let mut text = String::new();
+            // One part per line, as vLLM joins them: two blocks of text
+            // ("Hello", "World") are not one word.
+            let mut texts: Vec<String> = Vec::with_capacity(parts.len());
             for (j, part) in parts.into_iter().enumerate() {
                 match (part.kind.as_str(), part.text) {
-                    ("text", Some(t)) => text.push_str(&t),
+                    ("text", Some(t)) => texts.push(t),
                     ("text", None) => {
                         return Err(ApiError::invalid(
                             Some("messages"),
@@ -241,7 +243,7 @@ fn message(index: usize, m: MessageBody) -> Result<ChatMessage, ApiError> {
                     }
                 }
             }
-            text
+            texts.join("\n")
         }
     };
     if role == "tool" && m.tool_call_id.is_none() {
@@ -369,7 +371,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(r.messages[0].role, "system");
-        assert_eq!(r.messages[1].content, "Hi!");
+        assert_eq!(r.messages[1].content, "Hi\n!", "parts, one per line");
         let g = r.generation;
         assert_eq!(g.max_tokens, Some(5), "the smaller budget wins");
         assert_eq!(

@@ -125,12 +125,12 @@ pub fn parse(
                 )
             })?;
         let name = match function.get("name").and_then(Value::as_str) {
-            Some(n) if valid_name(n) => n.to_string(),
+            Some(n) if valid_tool_name(n) => n.to_string(),
             _ => {
                 return Err(bad(
                     "tools",
                     format!(
-                        "tools[{i}].function.name must be 1 to 64 letters, digits, `_` or `-`."
+                        "tools[{i}].function.name must be 1 to 128 letters, digits, `_`, `-`, `.` or `:`."
                     ),
                 ))
             }
@@ -204,8 +204,20 @@ pub fn parse(
     }))
 }
 
-/// OpenAI's rule for function and schema names: 1 to 64 letters, digits,
-/// `_` or `-`.
+/// A function's name: OpenAI's rule (1 to 64 letters, digits, `_` or `-`)
+/// widened to what MCP servers name their tools (`.`, `:`, up to 128), as
+/// vLLM and llama.cpp take them: agents that bridge MCP tools send those
+/// names as they are. (They need no escaping in the call grammar's
+/// strings, nor in JSON.)
+fn valid_tool_name(name: &str) -> bool {
+    (1..=128).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+}
+
+/// OpenAI's rule for a response format's schema name: 1 to 64 letters,
+/// digits, `_` or `-`.
 pub(super) fn valid_name(name: &str) -> bool {
     (1..=64).contains(&name.len())
         && name
@@ -388,8 +400,8 @@ fn calls_lark(
     for (i, tool) in allowed.iter().enumerate() {
         let mut parameters = tool.parameters.clone();
         grammar::compact_json(&mut parameters);
-        // Names are letters, digits, `_` and `-` (checked in `parse`), so
-        // they need no escaping inside the Lark string.
+        // Names are letters, digits, `_`, `-`, `.` and `:` (checked in
+        // `parse`), so they need no escaping inside the Lark string.
         lark.push_str(&format!(
             "c{i}: \"{{\\\"name\\\": \\\"{}\\\", \\\"{arguments_key}\\\": \" a{i} \"}}\"\na{i}: %json {parameters}\n",
             tool.name
@@ -440,6 +452,23 @@ mod tests {
         );
     }
 
+    /// MCP-style names, and a forced call of one compiles and is taken.
+    #[test]
+    fn tool_names_may_be_mcp_style() {
+        let name = "github.repos:list_issues-v2";
+        let tools = json!([{"type": "function", "function": {"name": name}}]);
+        let t = parse(Some(tools), Some(json!("required")), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(t.names(), [name]);
+        let g = forced_call_grammar(&t, ToolCallFormat::Hermes, &|_| None).unwrap();
+        let grammars = Grammars::new(smollm_tokenizer()).unwrap();
+        let compiled = grammars.compile(&ResponseFormat::Lark(g.clone())).unwrap();
+        let call =
+            format!("<tool_call>\n{{\"name\": \"{name}\", \"arguments\": {{}}}}\n</tool_call>");
+        assert!(takes(compiled, &call), "{g}");
+    }
+
     #[test]
     fn bad_tools_are_refused_naming_the_field() {
         for (tools, choice, param, says) in [
@@ -454,7 +483,13 @@ mod tests {
                 json!([{"type": "function", "function": {"name": "a b"}}]),
                 None,
                 "tools",
-                "1 to 64",
+                "1 to 128",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "x".repeat(129)}}]),
+                None,
+                "tools",
+                "1 to 128",
             ),
             (
                 json!([{"type": "function", "function": {"name": "f", "parameters": []}}]),
