@@ -45,14 +45,15 @@ pub fn answered_before_any_model(status: u32, code_details: Option<&str>) -> boo
     }
 }
 
-/// Whether a request sent to a model ended with no answer from it while
-/// the model may still have been generating: the client left before any
-/// response (`status` none), or Envoy gave up waiting (its route or
-/// per-try timeout, or the stream's longest duration; the router's details
-/// as Envoy 1.40 spells them). A provider goes on
-/// and bills a generation whose client left; whatever it generated, up to
-/// the reservation, was not seen. (A reset or an error status means the
-/// upstream stopped: that is estimated from what was seen.)
+/// Whether a request ended with no answer while the model may still have
+/// been generating: the client left before any response (`status` none),
+/// or Envoy gave up waiting (its route or per-try timeout, or the stream's
+/// longest duration; the router's details as Envoy 1.40 spells them). The
+/// caller asks only where no response header came from the upstream (a
+/// timeout after a stream started is estimated from what it showed), and
+/// for an external provider, which goes on and bills a generation whose
+/// client left. (A reset or an error status means the upstream stopped:
+/// that is estimated from what was seen.)
 pub fn answer_never_came(status: Option<u32>, code_details: Option<&str>) -> bool {
     match status {
         None => true,

@@ -172,9 +172,56 @@ const CLUSTER_INDENT: &str = "  ";
 
 /// Streamed completions outlive Envoy's 15 s default route timeout.
 const ROUTE_TIMEOUT: &str = "600s";
+const ROUTE_TIMEOUT_MS: u64 = 600_000;
 
 /// Keeps cluster (and so stat) names readable when a model name is long.
 const CLUSTER_NAME_MODEL_CHARS: usize = 48;
+
+/// The filter configuration with `route_timeouts_ms`: each model's route
+/// timeout in this bootstrap (a provider's own `timeout`, else the
+/// gateway's), so the deadline a global hold sets (which replaces the
+/// route's timeout) never lengthens it. Only for models the configuration
+/// names; a configuration that is no object is left as it is.
+fn with_route_timeouts(spec: &GatewaySpec, chains: &[failover::Chain]) -> Value {
+    let chained: HashSet<&str> = chains.iter().map(|c| c.model.as_str()).collect();
+    let mut config = spec.filter_config.clone();
+    let named: HashSet<String> = config["models"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(
+            config["external_models"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| &m["id"]),
+        )
+        .filter_map(|m| m.as_str().map(str::to_string))
+        .collect();
+    let Some(object) = config.as_object_mut() else {
+        return config;
+    };
+    let mut timeouts = serde_json::Map::new();
+    for (model, _) in &spec.models {
+        timeouts.insert(model.clone(), ROUTE_TIMEOUT_MS.into());
+    }
+    for provider in &spec.providers {
+        for model in &provider.models {
+            let ms = match provider.timeout {
+                Some(t) if !chained.contains(model.as_str()) => {
+                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
+                }
+                _ => ROUTE_TIMEOUT_MS,
+            };
+            timeouts.insert(model.clone(), ms.into());
+        }
+    }
+    timeouts.retain(|model, _| named.contains(model));
+    if !timeouts.is_empty() {
+        object.insert("route_timeouts_ms".into(), Value::Object(timeouts));
+    }
+    config
+}
 
 /// Fills `template` from `spec`. Lines whose first non-blank character is `#`
 /// are comments and copied as they are, placeholders included.
@@ -191,7 +238,7 @@ pub fn render_gateway(template: &str, spec: &GatewaySpec) -> Result<String, Rend
         // then that text as a string literal.
         (
             "FILTER_CONFIG",
-            string_literal(&spec.filter_config.to_string()),
+            string_literal(&with_route_timeouts(spec, &backends.chains).to_string()),
         ),
         (
             "ACCESS_LOG_PATH",
@@ -544,15 +591,31 @@ mod tests {
     #[test]
     fn filter_config_round_trips_through_the_string_literal() {
         let spec = spec(&[]);
-        let rendered = render_gateway("value: {{FILTER_CONFIG}}\n", &spec).expect("renders");
+        assert_eq!(rendered_filter_config(&spec), spec.filter_config);
+    }
+
+    /// The filter configuration `spec` renders, read back from its string
+    /// literal.
+    fn rendered_filter_config(spec: &GatewaySpec) -> Value {
+        let rendered = render_gateway("value: {{FILTER_CONFIG}}\n", spec).expect("renders");
         let literal = rendered
             .strip_prefix("value: ")
             .and_then(|rest| rest.strip_suffix('\n'))
             .expect("one line");
         let text: String = serde_json::from_str(literal).expect("a JSON string literal");
+        serde_json::from_str(&text).expect("config JSON")
+    }
+
+    /// The filter learns each route's timeout, so the hold deadline of a
+    /// global limit never lengthens it; models it does not name are left
+    /// out (it would refuse them).
+    #[test]
+    fn the_filter_config_carries_each_routes_timeout() {
+        let mut spec = spec(&[("m1", "127.0.0.1:8001"), ("unlisted", "127.0.0.1:8002")]);
+        spec.filter_config = json!({"models": ["m1"]});
         assert_eq!(
-            serde_json::from_str::<Value>(&text).expect("config JSON"),
-            spec.filter_config
+            rendered_filter_config(&spec)["route_timeouts_ms"],
+            json!({"m1": 600_000})
         );
     }
 

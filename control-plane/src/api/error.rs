@@ -44,8 +44,9 @@ pub enum ApiError {
     #[error("request body: not received within {} s", .0.as_secs())]
     BodyTimeout(std::time::Duration),
     /// A fault of the control plane's own, not the database's availability
-    /// (a stored row it cannot read, no OS randomness): retrying will not help.
-    #[error("internal error: {0}")]
+    /// (a stored row it cannot read, no OS randomness): retrying will not
+    /// help. The detail is logged, never sent: it may quote stored data.
+    #[error("the control plane failed; see its log")]
     Internal(String),
     #[error("the database failed; nothing was changed")]
     Database(#[source] StoreError),
@@ -146,7 +147,7 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             Self::Database(e) => tracing::error!(error = %e, "database error"),
-            Self::Internal(e) => tracing::error!(error = %e, "internal error"),
+            Self::Internal(detail) => tracing::error!(error = %detail, "internal error"),
             _ => {}
         }
         let (status, kind, code) = self.parts();

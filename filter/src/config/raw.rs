@@ -95,6 +95,11 @@ pub(super) struct RawConfig {
     /// `global_limits`).
     #[serde(default)]
     pub(super) limiter: Option<RawLimiter>,
+    /// Per model id, the timeout of the route Envoy sends it by, where the
+    /// bootstrap sets one (`render-gateway` fills it in): the deadline a
+    /// global hold puts on a request only ever shortens it.
+    #[serde(default)]
+    pub(super) route_timeouts_ms: BTreeMap<String, u64>,
 }
 
 /// An external provider as the filter needs to know it: how its API

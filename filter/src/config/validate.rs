@@ -109,10 +109,20 @@ impl TryFrom<RawConfig> for Config {
             }
         }
 
+        for (model, ms) in &raw.route_timeouts_ms {
+            let field = format!("route_timeouts_ms.{model}");
+            if !models.contains(model) {
+                return Err(err(field, "not a model of `models` or `external_models`"));
+            }
+            if !(1..=86_400_000).contains(ms) {
+                return Err(err(field, "must be between 1 and 86400000 (a day)"));
+            }
+        }
         Ok(Config {
             oidc: raw.oidc,
             control_plane,
             limiter,
+            route_timeouts_ms: raw.route_timeouts_ms,
             max_body_bytes: raw.max_body_bytes,
             default_max_tokens: raw.default_max_tokens,
             prompt_bytes_per_token: raw.prompt_bytes_per_token,

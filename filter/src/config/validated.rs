@@ -90,6 +90,9 @@ pub struct Config {
     pub control_plane: Option<ControlPlane>,
     pub oidc: Option<Oidc>,
     pub limiter: Option<Limiter>,
+    /// Per model id, its route's timeout where the bootstrap sets one
+    /// (milliseconds): see `gateway::global`'s deadline.
+    pub route_timeouts_ms: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -52,6 +52,8 @@ pub(super) struct GlobalAdmission {
     /// Tokens were admitted by the limiter: `Some(id)` a reservation to
     /// commit, `None` (no reservations) usage to report.
     pub(super) tokens: Option<Option<String>>,
+    /// When the Reserve that holds them was sent.
+    held_since_ms: Option<u64>,
 }
 
 /// Envoy's router takes this request header (set by a filter; a client's
@@ -62,17 +64,32 @@ const TIMEOUT_HEADER: &str = "x-envoy-upstream-rq-timeout-ms";
 /// A global reservation holds for `reservation_ttl_ms`, then lets the
 /// limiter admit others against the same budget. A generation that ran
 /// past its hold would overshoot the limit by what it then generated, so
-/// Envoy is told to end the request when the hold ends (measured from when
-/// the Reserve was sent, which the hold cannot precede). This replaces the
-/// route's timeout, longer or shorter: under a global token limit
-/// `reservation_ttl_ms` is the longest a request may run.
-fn end_before_the_hold(host: &dyn StreamHost, config: &Config, sent_ms: u64) {
+/// Envoy is told to end the request when the hold ends, measured from when
+/// the Reserve was sent (the hold cannot start before) and set as the
+/// request goes on (Envoy's timer starts then). The header replaces the
+/// route's timeout, so it is never set longer than the route's own where
+/// the configuration gives it (`route_timeouts_ms`). `Err` when the hold
+/// has already lapsed: the request would run unheld.
+fn end_before_the_hold(
+    host: &dyn StreamHost,
+    config: &Config,
+    model: Option<&str>,
+    sent_ms: u64,
+) -> Result<(), GatewayError> {
     let Some(limiter) = config.limiter.as_ref() else {
-        return;
+        return Ok(());
     };
     let spent = host.now_ms().saturating_sub(sent_ms);
-    let left = limiter.reservation_ttl_ms.saturating_sub(spent).max(1);
-    host.set_request_header(TIMEOUT_HEADER, Some(&left.to_string()));
+    let left = limiter.reservation_ttl_ms.saturating_sub(spent);
+    if left == 0 {
+        return Err(GatewayError::LimiterUnavailable);
+    }
+    let route = model
+        .and_then(|m| config.route_timeouts_ms.get(m))
+        .copied()
+        .unwrap_or(u64::MAX);
+    host.set_request_header(TIMEOUT_HEADER, Some(&left.min(route).to_string()));
+    Ok(())
 }
 
 impl Stream {
@@ -223,7 +240,7 @@ impl Stream {
                 // `None` without reservations: usage to report at the end.
                 global.tokens = Some(reservation.clone());
                 if reservation.is_some() {
-                    end_before_the_hold(host, &self.config, call.sent_ms);
+                    global.held_since_ms = Some(call.sent_ms);
                 }
             }
         }
@@ -259,6 +276,16 @@ impl Stream {
                     .then_some((Outcome::LimiterError, GatewayError::LimiterUnavailable))
             }
         };
+        let refusal = refusal.or_else(|| {
+            if self.awaiting_limiter() {
+                return None;
+            }
+            let held = self.global.as_ref().and_then(|g| g.held_since_ms)?;
+            let model = self.completion.model.as_deref();
+            end_before_the_hold(host, &self.config, model, held)
+                .err()
+                .map(|e| (Outcome::LimiterError, e))
+        });
         if let Some((outcome, err)) = refusal {
             self.abandon_admission(host);
             self.refuse(host, outcome, &err);

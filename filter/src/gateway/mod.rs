@@ -110,6 +110,9 @@ struct CompletionFacts {
 /// The response as far as it has come.
 struct ResponseState {
     status: Option<u32>,
+    /// The response headers were an upstream's (Envoy's code details
+    /// `via_upstream` when they came), not a reply of Envoy's own.
+    via_upstream: bool,
     reader: ResponseReader,
     /// The external provider that answered (the backend role's
     /// `x-maas-backend`); `None`: the model's own server, or no answer.
@@ -161,6 +164,7 @@ impl Stream {
             refusal: None,
             response: ResponseState {
                 status: None,
+                via_upstream: false,
                 reader: ResponseReader::Skip,
                 backend: None,
                 upstream_status: None,

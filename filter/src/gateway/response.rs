@@ -79,6 +79,8 @@ impl Stream {
                 _ => {}
             }
         }
+        self.response.via_upstream =
+            host.response_code_details().as_deref() == Some("via_upstream");
         // Which provider answered, and how, is the audit record's and the
         // settlement's, not the client's; and only the backend role tells a
         // provider's status.

@@ -112,15 +112,26 @@ impl Stream {
         // answered before any model computed the request (Envoy could not
         // reach one; the model server refused it) is charged no tokens, as
         // providers bill none; it still counts as a request. No answer at
-        // all (the client left first, Envoy's timeout) is charged the
-        // reservation: the model may have generated all of it unseen. Any
-        // other error, and a success that broke off, is estimated from what
-        // was seen. (A guard: Envoy is asked only when no usage came.)
+        // all from an external provider (the client left first, Envoy's
+        // timeout before any response header) is charged the reservation:
+        // the provider may have generated all of it unseen, and bills it.
+        // Any other error, and a success that broke off, is estimated from
+        // what was seen. (A guard: Envoy is asked only when no usage came.)
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
             None if self.answered_before_any_model(host) => (Usage::default(), UsageSource::None),
             None => {
-                let never_came = self.response.upstream_status.is_none()
+                // An external provider goes on with a generation whose
+                // client left, and bills it; the model's own server stops
+                // at its next step (what was computed is then estimated).
+                let external = self
+                    .completion
+                    .model
+                    .as_deref()
+                    .is_some_and(|m| !self.config.served_locally(m));
+                let never_came = external
+                    && !self.response.via_upstream
+                    && self.response.upstream_status.is_none()
                     && answer_never_came(
                         self.response.status,
                         host.response_code_details().as_deref(),

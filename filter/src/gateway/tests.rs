@@ -848,41 +848,82 @@ fn errors_after_a_model_may_have_computed_are_estimated() {
     }
 }
 
-/// No answer at all, while the model may have gone on generating: Envoy
-/// gave up waiting for it (its timeout), or the client left before it came.
-/// A provider finishes and bills such a generation; what it generated was
-/// not seen, so the whole reservation is charged, not the prompt alone
-/// (which would make leaving before a long answer nearly free).
+/// No answer at all from an external provider, which goes on with a
+/// generation whose client left and bills it: Envoy gave up waiting before
+/// any response header (its timeout), or the client left before one came.
+/// What it generated was not seen, so the whole reservation is charged, not
+/// the prompt alone (which would make leaving before a long answer nearly
+/// free). A stream that had begun is estimated from what it showed, and the
+/// model's own server, which stops at its next step, is estimated too.
 #[test]
-fn no_answer_while_the_model_may_run_on_is_charged_the_reservation() {
-    let h = Harness::new();
-    let body = r#"{"model":"m1","max_tokens":50}"#;
-    let reserved = body.len() as u64 + 50;
+fn no_answer_from_a_provider_is_charged_the_reservation() {
+    let mut v = config_json();
+    v["providers"] = serde_json::json!([{"name": "far", "kind": "openai-compatible"}]);
+    v["external_models"] = serde_json::json!([{"id": "ext", "provider": "far", "model": "x"}]);
+    v["subscriptions"]["free"]["models"] = serde_json::json!(["m1", "ext"]);
+    let h = Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap());
+    let next_minute = || h.host.now_ms.set(h.host.now_ms.get() + 60_000);
+    let details = |d: Option<&str>| *h.host.code_details.borrow_mut() = d.map(str::to_string);
+    let charged = |model: &str, answer: &dyn Fn(&mut Stream)| {
+        next_minute();
+        let body = format!(r#"{{"model":"{model}","max_tokens":50}}"#);
+        let mut s = h.chat(&body);
+        answer(&mut s);
+        let a = h.audit();
+        (a["usage"].clone(), a["completion_tokens"].as_u64().unwrap())
+    };
+    let timeout_504 = |s: &mut Stream| {
+        details(Some("response_timeout"));
+        h.respond_json(s, 504, "upstream request timeout");
+    };
+    let client_left = |s: &mut Stream| {
+        details(None);
+        s.on_log(&h.host);
+    };
     for details in [
         "response_timeout",
         "upstream_per_try_timeout",
         "upstream_max_stream_duration_reached",
     ] {
-        h.host.now_ms.set(h.host.now_ms.get() + 60_000);
-        *h.host.code_details.borrow_mut() = Some(details.into());
-        let before = h.used(TOK);
-        let mut s = h.chat(body);
-        h.respond_json(&mut s, 504, "upstream request timeout");
-        let a = h.audit();
-        assert_eq!(a["usage"], "reserved", "{details}");
-        assert_eq!(a["completion_tokens"], 50, "{details}");
-        assert_eq!(h.used(TOK) - before, reserved, "{details}");
+        let (usage, completion) = charged("ext", &|s: &mut Stream| {
+            *h.host.code_details.borrow_mut() = Some(details.into());
+            h.respond_json(s, 504, "upstream request timeout");
+        });
+        assert_eq!(
+            (usage, completion),
+            (serde_json::json!("reserved"), 50),
+            "{details}"
+        );
     }
-
-    // The client leaves before any response: no headers ever pass.
-    h.host.now_ms.set(h.host.now_ms.get() + 60_000);
-    *h.host.code_details.borrow_mut() = None;
-    let before = h.used(TOK);
-    let mut s = h.chat(body);
-    s.on_log(&h.host);
-    let a = h.audit();
-    assert_eq!(a["usage"], "reserved");
-    assert_eq!(h.used(TOK) - before, reserved);
+    assert_eq!(
+        charged("ext", &client_left),
+        (serde_json::json!("reserved"), 50)
+    );
+    // Its stream had begun when the timeout cut it: what it showed.
+    let (usage, completion) = charged("ext", &|s: &mut Stream| {
+        details(Some("via_upstream"));
+        *h.host.response_headers.borrow_mut() = vec![
+            (":status".into(), "200".into()),
+            ("content-type".into(), "text/event-stream".into()),
+        ];
+        s.on_response_headers(&h.host, false);
+        let event = "data: {\"choices\":[{\"index\":0,\"delta\":{\"content\":\"Hi\"}}]}\n\n";
+        *h.host.response_chunk.borrow_mut() = event.as_bytes().to_vec();
+        s.on_response_body(&h.host, event.len(), false);
+        details(Some("response_timeout"));
+        s.on_log(&h.host);
+    });
+    assert_eq!(usage, "estimated");
+    assert!(completion < 50, "{completion}");
+    // The model's own server stops when its client does.
+    assert_eq!(
+        charged("m1", &timeout_504),
+        (serde_json::json!("estimated"), 0)
+    );
+    assert_eq!(
+        charged("m1", &client_left),
+        (serde_json::json!("estimated"), 0)
+    );
 }
 
 /// Our model server, failing after it computed part of a request (cut at

@@ -38,13 +38,17 @@ pub enum CallIds {
     NineAlphanumeric,
 }
 
-/// Nine base-62 digits of a hash of `what`: distinct for distinct calls
-/// (62^9 ≈ 1.4 × 10^16 values), the same for the same call.
+/// Nine base-62 digits of a hash of `what`, keyed at random once per
+/// process: the same for the same call, distinct for distinct calls (62^9
+/// ≈ 1.4 × 10^16 values), and not the same in two replicas whose response
+/// ids coincide (each counts them from 0).
 fn nine_alphanumeric(what: &impl std::hash::Hash) -> String {
-    use std::hash::{BuildHasher, BuildHasherDefault};
+    use std::collections::hash_map::RandomState;
+    use std::hash::BuildHasher;
+    use std::sync::OnceLock;
     const DIGITS: &[u8; 62] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz";
-    let mut n =
-        BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default().hash_one(what);
+    static KEYS: OnceLock<RandomState> = OnceLock::new();
+    let mut n = KEYS.get_or_init(RandomState::new).hash_one(what);
     (0..9)
         .map(|_| {
             let digit = DIGITS[(n % 62) as usize];

@@ -266,8 +266,9 @@ pub fn has_tool_turns(messages: &[ChatMessage]) -> bool {
 /// `<tool_call>` blocks in the assistant's text, and the results that
 /// follow one turn as `<tool_response>` blocks in one user turn, as Qwen's
 /// own template groups them (templates such as Gemma's refuse two user
-/// turns in a row, which a result per turn would make of parallel calls).
-/// Every other message as it is.
+/// turns in a row, which a result per turn would make of parallel calls);
+/// a user message right after them joins that turn too. Every other
+/// message as it is.
 pub fn hermes_history(messages: &[ChatMessage]) -> Vec<ChatMessage> {
     let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
     let mut in_results = false;
@@ -295,6 +296,12 @@ pub fn hermes_history(messages: &[ChatMessage]) -> Vec<ChatMessage> {
                     content.push_str(&format!("<tool_call>\n{block}\n</tool_call>"));
                 }
                 out.push(ChatMessage::new("assistant", content));
+            }
+            "user" if in_results => {
+                if let Some(last) = out.last_mut() {
+                    last.content.push('\n');
+                    last.content.push_str(&m.content);
+                }
             }
             _ => out.push(ChatMessage::new(m.role.clone(), m.content.clone())),
         }
@@ -587,6 +594,7 @@ mod tests {
                 ..ChatMessage::new("assistant", "")
             },
             result("c", "3 C"),
+            ChatMessage::new("user", "Now compare them."),
         ];
         let out = hermes_history(&messages);
         let roles: Vec<&str> = out.iter().map(|m| m.role.as_str()).collect();
@@ -599,7 +607,10 @@ mod tests {
             out[3].content,
             "<tool_response>\n18 C\n</tool_response>\n<tool_response>\n24 C\n</tool_response>"
         );
-        assert_eq!(out[5].content, "<tool_response>\n3 C\n</tool_response>");
+        assert_eq!(
+            out[5].content, "<tool_response>\n3 C\n</tool_response>\nNow compare them.",
+            "a user message after results joins their turn"
+        );
         assert!(out.iter().all(|m| m.tool_calls.is_none()));
         assert!(has_tool_turns(&messages));
         assert!(!has_tool_turns(&messages[..2]));

@@ -24,6 +24,9 @@ enum Neutral {
     Number(f64),
     /// `null`, or a list holding only this string (`modalities: ["text"]`).
     Only(&'static str),
+    /// `null`, or one of these strings (`function_call: "auto"` without
+    /// functions asks for nothing).
+    OneOf(&'static [&'static str]),
 }
 
 /// What to use instead, per group of fields.
@@ -98,7 +101,7 @@ const REFUSED: &[(&str, Neutral, &str)] = &[
     ),
     (
         "function_call",
-        Neutral::Empty,
+        Neutral::OneOf(&["none", "auto"]),
         "`function_call` (deprecated by OpenAI) is not supported; use `tool_choice`",
     ),
 ];
@@ -132,6 +135,7 @@ fn is_neutral(value: &Value, neutral: Neutral) -> bool {
         (Value::Object(o), Neutral::Empty) => o.is_empty(),
         (Value::Number(n), Neutral::Number(off)) => n.as_f64() == Some(off),
         (Value::Array(a), Neutral::Only(only)) => a.iter().all(|v| v.as_str() == Some(only)),
+        (Value::String(s), Neutral::OneOf(values)) => values.contains(&s.as_str()),
         _ => false,
     }
 }
@@ -164,7 +168,10 @@ mod tests {
             (json!({"stop_token_ids": [2]}), "stop_token_ids"),
             (json!({"suffix": "}"}), "suffix"),
             (json!({"modalities": ["text", "audio"]}), "modalities"),
-            (json!({"function_call": "auto"}), "function_call"),
+            (
+                json!({"function_call": {"name": "get_weather"}}),
+                "function_call",
+            ),
             (json!({"use_beam_search": true}), "use_beam_search"),
         ] {
             let err = checked(body.clone()).unwrap_err();
@@ -180,7 +187,7 @@ mod tests {
         checked(json!({
             "guided_json": null, "grammar": "", "min_p": 0, "repetition_penalty": 1.0,
             "min_tokens": 0, "stop_token_ids": [], "suffix": null, "modalities": ["text"],
-            "use_beam_search": false, "function_call": null,
+            "use_beam_search": false, "function_call": "auto",
             // What SDKs send by default.
             "user": "u-1", "metadata": {"a": "b"}, "store": false, "service_tier": "auto",
         }))

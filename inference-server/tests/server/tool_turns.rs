@@ -114,7 +114,17 @@ fn gemma_takes_back_the_results_of_parallel_calls() {
         {"role": "tool", "tool_call_id": "call_a", "content": "18 C"},
         {"role": "tool", "tool_call_id": "call_b", "content": "14:05"},
     ]);
-    for tools in [Some(weather_tools()), None] {
+    // And a user message after the results, which joins their turn.
+    let mut followed = messages.clone();
+    followed
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"role": "user", "content": "Now in one sentence."}));
+    for (messages, tools) in [
+        (&messages, Some(weather_tools())),
+        (&messages, None),
+        (&followed, None),
+    ] {
         let mut body = json!({"model": GEMMA, "temperature": 0, "max_tokens": 8,
                               "messages": messages});
         if let Some(tools) = &tools {

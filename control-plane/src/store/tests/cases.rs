@@ -1098,12 +1098,15 @@ pub async fn the_daily_mint_bound_counts_the_owners_last_24_hours(store: &Store)
         let row = store.get_subscription(name).await.unwrap().unwrap();
         versions.insert(name, row.version);
     }
-    // Mints key `id` for `owner` in `sub` at `at`, at most 2 a day.
-    let mint = |id: &'static str, owner: &'static str, sub: &'static str, at: i64| {
+    // Mints key `id` for `owner` in `sub` at `at` through group `g`, at
+    // most 2 a day.
+    let via = groups(&["g"]);
+    let via = &via;
+    let mint = move |id: &'static str, owner: &'static str, sub: &'static str, at: i64| {
         let admission = crate::store::Admission {
             max_live: 100,
             subscription_version: versions[sub],
-            via_groups: None,
+            via_groups: Some(via),
             max_minted_per_day: Some(2),
         };
         async move {
@@ -1114,6 +1117,11 @@ pub async fn the_daily_mint_bound_counts_the_owners_last_24_hours(store: &Store)
     };
     // 25 hours ago: outside the window of every mint below.
     mint("old", "alice", "gold", now - 90_000).await.unwrap();
+    // An administrator's key for alice (no groups recorded) counts not.
+    store
+        .insert_key(&key("given", "alice", "gold", now - 90), "admin")
+        .await
+        .unwrap();
     mint("k1", "alice", "gold", now - 60).await.unwrap();
     store.revoke_key("k1", now - 50, "alice").await.unwrap();
     mint("k2", "alice", "silver", now - 30).await.unwrap();

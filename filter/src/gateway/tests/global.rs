@@ -27,6 +27,7 @@ fn harness(reservations: bool) -> Harness {
 }
 
 const BODY: &str = r#"{"model":"m1","max_tokens":10,"messages":[]}"#;
+const TIMEOUT: &str = "x-envoy-upstream-rq-timeout-ms";
 const USAGE: &str = r#"{"usage":{"prompt_tokens":5,"completion_tokens":7,"total_tokens":12}}"#;
 
 impl Harness {
@@ -90,21 +91,8 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
     // The local request limit was taken as usual.
     assert_eq!(h.used(REQ), 1);
 
-    // The limiter answers 30 ms later: the request may run for what is
-    // left of its hold, no longer (Envoy's router takes the header over
-    // the route's timeout), so it cannot outlive the hold and overshoot.
-    assert_eq!(
-        h.host.request_header("x-envoy-upstream-rq-timeout-ms"),
-        None
-    );
     h.host.now_ms.set(h.host.now_ms.get() + 30);
     h.answer(&mut s, tokens, 0, ok_reserve("r-1"));
-    assert_eq!(
-        h.host
-            .request_header("x-envoy-upstream-rq-timeout-ms")
-            .as_deref(),
-        Some("599970")
-    );
     assert_eq!(h.host.resumed.get(), 0, "one answer of two");
     let calls = h.calls();
     let requests = &calls[1];
@@ -112,8 +100,14 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
     let rl = RateLimitRequest::decode(&requests.message[..]).unwrap();
     assert_eq!((rl.domain.as_str(), rl.hits_addend), ("maas-test", 1));
     assert_eq!(entries(&rl.descriptors[0])[2].1, "requests");
+    // The request goes on 50 ms after the Reserve was sent: it may run for
+    // what is left of its hold, no longer (Envoy's router takes the header
+    // over the route's timeout), so it cannot outlive the hold.
+    assert_eq!(h.host.request_header(TIMEOUT), None);
+    h.host.now_ms.set(h.host.now_ms.get() + 20);
     h.answer(&mut s, requests, 0, rls(Code::Ok));
     assert_eq!(h.host.resumed.get(), 1);
+    assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("599950"));
 
     h.respond_json(&mut s, 200, USAGE);
     let calls = h.calls();
@@ -424,4 +418,47 @@ fn per_owner_key_limits_reach_the_limiter_as_the_owner() {
             "{per}"
         );
     }
+}
+
+/// The hold's deadline never lengthens a route's own timeout (which the
+/// header would replace), and a hold that lapsed before the request could
+/// go on sends it nowhere: a 503 that gives the reservation back. Without
+/// a global token hold, no deadline is set.
+#[test]
+fn the_hold_deadline_only_shortens_and_a_lapsed_hold_refuses() {
+    let short_route = |ms: u64| {
+        let mut v = config_json();
+        v["limiter"] = serde_json::json!({
+            "cluster": "limitador", "domain": "maas-test", "timeout_ms": 50,
+            "reservation_ttl_ms": 5_000
+        });
+        v["subscriptions"]["free"]["limits"] =
+            serde_json::json!({"tokens": [{"rate": "5000/hour", "mode": "global"}]});
+        v["route_timeouts_ms"] = serde_json::json!({"m1": ms});
+        Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap())
+    };
+    let h = short_route(2_000);
+    let mut s = h.chat(BODY);
+    h.answer(&mut s, &h.calls()[0], 0, ok_reserve("r-1"));
+    assert_eq!(h.host.resumed.get(), 1);
+    assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("2000"));
+
+    let h = short_route(60_000);
+    let mut s = h.chat(BODY);
+    h.host.now_ms.set(h.host.now_ms.get() + 5_000);
+    h.answer(&mut s, &h.calls()[0], 0, ok_reserve("r-2"));
+    assert_eq!(h.host.resumed.get(), 0);
+    let (status, _, body) = h.replied().unwrap();
+    assert_eq!(status, 503, "{body}");
+    let commit = CommitRequest::decode(&h.calls()[1].message[..]).unwrap();
+    assert_eq!(
+        (commit.reservation_id.as_str(), commit.actual_amount),
+        ("r-2", 0)
+    );
+
+    // Local limits only: nothing is held at a limiter, nothing set.
+    let h = Harness::new();
+    let _s = h.chat(BODY);
+    assert!(h.replied().is_none(), "admitted");
+    assert_eq!(h.host.request_header(TIMEOUT), None);
 }
