@@ -786,6 +786,24 @@ pub async fn usage_is_kept_per_key_and_detailed_per_day_with_owners(store: &Stor
             detail(2 * day, "k1", "alice", row("", "", 1, 100, 0)),
         ]
     );
+    // One owner's keys only, read as such by the database.
+    assert_eq!(
+        store.usage_detail_of("alice", 0, 3 * day).await.unwrap(),
+        vec![
+            detail(day, "k1", "alice", row("", "", 3, 30, 7)),
+            detail(2 * day, "k1", "alice", row("", "", 1, 100, 0)),
+        ]
+    );
+    assert!(store
+        .usage_detail_of("bob", 0, 3 * day)
+        .await
+        .unwrap()
+        .is_empty());
+    assert!(store
+        .usage_detail_of("", 0, 3 * day)
+        .await
+        .unwrap()
+        .is_empty());
     // A limit's window: from a bucket on.
     let since = store.usage_since("gold", day + 120).await.unwrap();
     assert_eq!((since.requests, since.prompt_tokens), (3, 120));

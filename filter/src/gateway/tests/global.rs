@@ -279,6 +279,8 @@ fn without_reservations_it_checks_the_worst_case_and_reports_the_usage() {
     h.answer(&mut s, &check, 0, rls(Code::Ok));
     h.answer(&mut s, &h.calls()[1], 0, rls(Code::Ok));
     assert_eq!(h.host.resumed.get(), 1);
+    // Nothing is held, so no deadline: the route's timeout stands.
+    assert_eq!(h.host.request_header(TIMEOUT), None);
     h.respond_json(&mut s, 200, USAGE);
     let report = h.calls()[2].clone();
     assert_eq!(report.method, Method::Report);
