@@ -98,7 +98,14 @@ impl AppState {
             metrics,
             api_keys,
             ready: OnceLock::new(),
-            next_id: AtomicU64::new(0),
+            // From a random point, so that two replicas answering in the
+            // same second do not give the same response (and tool call) ids.
+            next_id: AtomicU64::new(
+                std::hash::BuildHasher::hash_one(
+                    &std::collections::hash_map::RandomState::new(),
+                    0u8,
+                ) & 0xffff_ffff,
+            ),
         }
     }
 
