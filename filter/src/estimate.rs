@@ -13,11 +13,14 @@
 //!   the same bytes-per-token bound, capped at the completion's reservation,
 //!   which the model cannot exceed (the filter writes `max_tokens`). A
 //!   response whose body could not be read at all (an encoding the filter
-//!   does not decode) is charged the whole completion reservation: nothing
-//!   shows it was less.
+//!   does not decode), or that never came while the model may have gone on
+//!   ([`answer_never_came`]), is charged the whole completion reservation:
+//!   nothing shows it was less.
 //! - So an estimate never exceeds what was reserved, and never falls below
 //!   what the model did, as long as a token is at least
-//!   `prompt_bytes_per_token` bytes of text.
+//!   `prompt_bytes_per_token` bytes of text. (Where the model stopped with
+//!   its client, the output it never sent is not counted: the model's own
+//!   server cut mid-stream, say, stops within a step of the cut.)
 
 use crate::openai::usage::Usage;
 
@@ -50,10 +53,11 @@ pub fn answered_before_any_model(status: u32, code_details: Option<&str>) -> boo
 /// or Envoy gave up waiting (its route or per-try timeout, or the stream's
 /// longest duration; the router's details as Envoy 1.40 spells them). The
 /// caller asks only where no response header came from the upstream (a
-/// timeout after a stream started is estimated from what it showed), and
-/// for an external provider, which goes on and bills a generation whose
-/// client left. (A reset or an error status means the upstream stopped:
-/// that is estimated from what was seen.)
+/// timeout after a stream started is estimated from what it showed) and
+/// the model may have generated unseen: an external provider, which goes on
+/// and bills a generation whose client left, or a whole (not streamed)
+/// answer, which comes only once complete. (A reset or an error status
+/// means the upstream stopped: that is estimated from what was seen.)
 pub fn answer_never_came(status: Option<u32>, code_details: Option<&str>) -> bool {
     match status {
         None => true,

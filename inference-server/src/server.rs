@@ -121,7 +121,9 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let reasoning = config.reasoning_format == ReasoningFormat::Auto
         && chat_template
             .as_ref()
-            .is_some_and(|(t, _)| t.source().contains("<think>"));
+            // `think>`: some templates only strip `</think>` from history
+            // (early DeepSeek-R1 distills), and their models still think.
+            .is_some_and(|(t, _)| t.source().contains("think>"));
     let _ = app.ready.set(Ready {
         engine: engine.handle,
         loaded,

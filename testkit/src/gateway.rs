@@ -173,15 +173,19 @@ const CLUSTER_INDENT: &str = "  ";
 /// Streamed completions outlive Envoy's 15 s default route timeout.
 const ROUTE_TIMEOUT: &str = "600s";
 const ROUTE_TIMEOUT_MS: u64 = 600_000;
+/// The longest `route_timeouts_ms` entry the filter takes.
+const MAX_ROUTE_TIMEOUT_MS: u64 = 86_400_000;
 
 /// Keeps cluster (and so stat) names readable when a model name is long.
 const CLUSTER_NAME_MODEL_CHARS: usize = 48;
 
 /// The filter configuration with `route_timeouts_ms`: each model's route
 /// timeout in this bootstrap (a provider's own `timeout`, else the
-/// gateway's), so the deadline a global hold sets (which replaces the
-/// route's timeout) never lengthens it. Only for models the configuration
-/// names; a configuration that is no object is left as it is.
+/// gateway's, which a model with fallbacks always has), so the deadline a
+/// global hold sets (which replaces the route's timeout) never lengthens
+/// it. Only for models the configuration names; one it already gives keeps
+/// the shorter; at most a day, as the filter takes (no hold is longer); a
+/// configuration that is no object is left as it is.
 fn with_route_timeouts(spec: &GatewaySpec, chains: &[failover::Chain]) -> Value {
     let chained: HashSet<&str> = chains.iter().map(|c| c.model.as_str()).collect();
     let mut config = spec.filter_config.clone();
@@ -217,6 +221,25 @@ fn with_route_timeouts(spec: &GatewaySpec, chains: &[failover::Chain]) -> Value 
         }
     }
     timeouts.retain(|model, _| named.contains(model));
+    let given = object
+        .get("route_timeouts_ms")
+        .and_then(Value::as_object)
+        .cloned()
+        .unwrap_or_default();
+    for (model, ms) in &mut timeouts {
+        let bootstrap = ms
+            .as_u64()
+            .unwrap_or(ROUTE_TIMEOUT_MS)
+            .min(MAX_ROUTE_TIMEOUT_MS);
+        let shorter = given
+            .get(model)
+            .and_then(Value::as_u64)
+            .map_or(bootstrap, |g| g.min(bootstrap));
+        *ms = shorter.into();
+    }
+    for (model, ms) in given {
+        timeouts.entry(model).or_insert(ms);
+    }
     if !timeouts.is_empty() {
         object.insert("route_timeouts_ms".into(), Value::Object(timeouts));
     }
@@ -616,6 +639,26 @@ mod tests {
         assert_eq!(
             rendered_filter_config(&spec)["route_timeouts_ms"],
             json!({"m1": 600_000})
+        );
+        // A provider's own timeout (at most a day), and one the
+        // configuration already gives, the shorter kept.
+        let mut slow = provider::tests::provider("slow", &["p1", "p2"]);
+        slow.timeout = Some(std::time::Duration::from_secs(100_000));
+        spec.providers = vec![slow];
+        spec.credential_sds_dir = Some("/tmp/sds".into());
+        spec.filter_config = json!({
+            "models": ["m1"],
+            "providers": [{"name": "slow", "kind": "openai-compatible"}],
+            "external_models": [
+                {"id": "p1", "provider": "slow", "model": "x"},
+                {"id": "p2", "provider": "slow", "model": "y"}
+            ],
+            "route_timeouts_ms": {"m1": 5_000, "p2": 86_400_000},
+            "subscriptions": {}
+        });
+        assert_eq!(
+            rendered_filter_config(&spec)["route_timeouts_ms"],
+            json!({"m1": 5_000, "p1": 86_400_000, "p2": 86_400_000})
         );
     }
 

@@ -76,11 +76,10 @@ fn end_before_the_hold(
     model: Option<&str>,
     sent_ms: u64,
 ) -> Result<(), GatewayError> {
-    let Some(limiter) = config.limiter.as_ref() else {
+    if config.limiter.is_none() {
         return Ok(());
-    };
-    let spent = host.now_ms().saturating_sub(sent_ms);
-    let left = limiter.reservation_ttl_ms.saturating_sub(spent);
+    }
+    let left = hold_left(host, config, sent_ms);
     if left == 0 {
         return Err(GatewayError::LimiterUnavailable);
     }
@@ -90,6 +89,12 @@ fn end_before_the_hold(
         .unwrap_or(u64::MAX);
     host.set_request_header(TIMEOUT_HEADER, Some(&left.min(route).to_string()));
     Ok(())
+}
+
+/// Milliseconds left of a hold whose Reserve was sent at `sent_ms`.
+fn hold_left(host: &dyn StreamHost, config: &Config, sent_ms: u64) -> u64 {
+    let ttl = config.limiter.as_ref().map_or(0, |l| l.reservation_ttl_ms);
+    ttl.saturating_sub(host.now_ms().saturating_sub(sent_ms))
 }
 
 impl Stream {
@@ -250,7 +255,18 @@ impl Stream {
             self.release_global(host);
             return;
         }
+        // A hold that lapsed before its answer came holds nothing: refused
+        // before the request limit (asked last, as nothing may refuse after
+        // it) counts a hit.
+        let lapsed = self
+            .global
+            .as_ref()
+            .and_then(|g| g.held_since_ms)
+            .is_some_and(|sent| hold_left(host, &self.config, sent) == 0);
         let refusal = match verdict {
+            Verdict::Allowed { .. } if lapsed => {
+                Some((Outcome::LimiterError, GatewayError::LimiterUnavailable))
+            }
             Verdict::Allowed { .. } => self
                 .next_global(host)
                 .err()

@@ -111,25 +111,28 @@ impl Stream {
         // reports what it computed before it failed). An error without it
         // answered before any model computed the request (Envoy could not
         // reach one; the model server refused it) is charged no tokens, as
-        // providers bill none; it still counts as a request. No answer at
-        // all from an external provider (the client left first, Envoy's
-        // timeout before any response header) is charged the reservation:
-        // the provider may have generated all of it unseen, and bills it.
+        // providers bill none; it still counts as a request. No response
+        // header at all (the client left first, Envoy's timeout) where the
+        // model may have generated all of it unseen (see below) is charged
+        // the reservation.
         // Any other error, and a success that broke off, is estimated from
         // what was seen. (A guard: Envoy is asked only when no usage came.)
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
             None if self.answered_before_any_model(host) => (Usage::default(), UsageSource::None),
             None => {
-                // An external provider goes on with a generation whose
-                // client left, and bills it; the model's own server stops
-                // at its next step (what was computed is then estimated).
-                let external = self
-                    .completion
-                    .model
-                    .as_deref()
-                    .is_some_and(|m| !self.config.served_locally(m));
-                let never_came = external
+                // An external provider (a model's own, or a fallback) goes
+                // on with a generation whose client left, and bills it. The
+                // model's own server stops at its next step, but answers a
+                // whole (not streamed) request only when it is complete: no
+                // header there may follow nearly all of it. Only its stream,
+                // whose headers go out with its first token, shows that no
+                // header means nothing was generated (then estimated).
+                let unseen_possible = !self.completion.streaming
+                    || self.completion.model.as_deref().is_some_and(|m| {
+                        !self.config.served_locally(m) || self.config.backends(m).next().is_some()
+                    });
+                let never_came = unseen_possible
                     && !self.response.via_upstream
                     && self.response.upstream_status.is_none()
                     && answer_never_came(

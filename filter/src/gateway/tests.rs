@@ -848,15 +848,16 @@ fn errors_after_a_model_may_have_computed_are_estimated() {
     }
 }
 
-/// No answer at all from an external provider, which goes on with a
-/// generation whose client left and bills it: Envoy gave up waiting before
-/// any response header (its timeout), or the client left before one came.
-/// What it generated was not seen, so the whole reservation is charged, not
-/// the prompt alone (which would make leaving before a long answer nearly
-/// free). A stream that had begun is estimated from what it showed, and the
-/// model's own server, which stops at its next step, is estimated too.
+/// No response header at all (Envoy gave up waiting: its timeout; or the
+/// client left first) where the model may have generated everything unseen
+/// is charged the whole reservation, not the prompt alone (which would make
+/// leaving before a long answer nearly free): an external provider, which
+/// goes on and bills it, and a whole answer of the model's own server, sent
+/// only once complete. A stream that had begun is estimated from what it
+/// showed; a stream of the model's own server sends its headers with its
+/// first token, so none means nothing was generated.
 #[test]
-fn no_answer_from_a_provider_is_charged_the_reservation() {
+fn no_answer_where_the_model_may_have_run_is_charged_the_reservation() {
     let mut v = config_json();
     v["providers"] = serde_json::json!([{"name": "far", "kind": "openai-compatible"}]);
     v["external_models"] = serde_json::json!([{"id": "ext", "provider": "far", "model": "x"}]);
@@ -864,14 +865,15 @@ fn no_answer_from_a_provider_is_charged_the_reservation() {
     let h = Harness::with_config(Config::from_json(v.to_string().as_bytes()).unwrap());
     let next_minute = || h.host.now_ms.set(h.host.now_ms.get() + 60_000);
     let details = |d: Option<&str>| *h.host.code_details.borrow_mut() = d.map(str::to_string);
-    let charged = |model: &str, answer: &dyn Fn(&mut Stream)| {
+    let charged_as = |model: &str, stream: bool, answer: &dyn Fn(&mut Stream)| {
         next_minute();
-        let body = format!(r#"{{"model":"{model}","max_tokens":50}}"#);
+        let body = format!(r#"{{"model":"{model}","max_tokens":50,"stream":{stream}}}"#);
         let mut s = h.chat(&body);
         answer(&mut s);
         let a = h.audit();
         (a["usage"].clone(), a["completion_tokens"].as_u64().unwrap())
     };
+    let charged = |model: &str, answer: &dyn Fn(&mut Stream)| charged_as(model, false, answer);
     let timeout_504 = |s: &mut Stream| {
         details(Some("response_timeout"));
         h.respond_json(s, 504, "upstream request timeout");
@@ -915,15 +917,15 @@ fn no_answer_from_a_provider_is_charged_the_reservation() {
     });
     assert_eq!(usage, "estimated");
     assert!(completion < 50, "{completion}");
-    // The model's own server stops when its client does.
-    assert_eq!(
-        charged("m1", &timeout_504),
-        (serde_json::json!("estimated"), 0)
-    );
-    assert_eq!(
-        charged("m1", &client_left),
-        (serde_json::json!("estimated"), 0)
-    );
+    // The model's own server: a whole answer may have been all but done;
+    // a stream without headers had no token yet.
+    let reserved = (serde_json::json!("reserved"), 50);
+    assert_eq!(charged("m1", &timeout_504), reserved);
+    assert_eq!(charged("m1", &client_left), reserved);
+    let estimated = (serde_json::json!("estimated"), 0);
+    assert_eq!(charged_as("m1", true, &timeout_504), estimated);
+    assert_eq!(charged_as("m1", true, &client_left), estimated);
+    assert_eq!(charged_as("ext", true, &client_left), reserved);
 }
 
 /// Our model server, failing after it computed part of a request (cut at

@@ -134,7 +134,7 @@ pub fn split(text: &str, inside: bool) -> (Option<String>, String) {
             Piece::Content(c) => content.push_str(&c),
         }
     }
-    if reasoning.is_none() && (inside || split.state == State::Closed) {
+    if reasoning.is_none() && (inside || matches!(split.state, State::Thinking | State::Closed)) {
         reasoning = Some(String::new());
     }
     (reasoning, content)
@@ -188,6 +188,7 @@ mod tests {
             // A tag elsewhere is text.
             ("I <think> so", false, None, "I <think> so"),
             ("<think></think>", false, Some(""), ""),
+            ("<think>", false, Some(""), ""),
             ("<thin", false, None, "<thin"),
         ];
         for (text, inside, reasoning, content) in cases {

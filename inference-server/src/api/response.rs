@@ -41,7 +41,7 @@ pub enum CallIds {
 /// Nine base-62 digits of a hash of `what`, keyed at random once per
 /// process: the same for the same call, distinct for distinct calls (62^9
 /// ≈ 1.4 × 10^16 values), and not the same in two replicas whose response
-/// ids coincide (each counts them from 0).
+/// ids coincide.
 fn nine_alphanumeric(what: &impl std::hash::Hash) -> String {
     use std::collections::hash_map::RandomState;
     use std::hash::BuildHasher;

@@ -575,7 +575,9 @@ pub(super) async fn chat(
     let grammar = compile(ready, format.as_ref()).await?;
     let mut valid = fit(prompt, req.generation, grammar, ready.room(), "messages")?;
     valid.tool_calls = parsing;
-    valid.reasoning = reasoning;
+    // A grammar writes the answer from the first token: where the prompt
+    // opened the thinking, what it forces is the answer, not thoughts.
+    valid.reasoning = reasoning.filter(|&inside| !(inside && valid.params.grammar.is_some()));
     valid.params.shown_special = shown_special;
     Ok(valid)
 }

@@ -424,8 +424,7 @@ fn per_owner_key_limits_reach_the_limiter_as_the_owner() {
 
 /// The hold's deadline never lengthens a route's own timeout (which the
 /// header would replace), and a hold that lapsed before the request could
-/// go on sends it nowhere: a 503 that gives the reservation back. Without
-/// a global token hold, no deadline is set.
+/// go on sends it nowhere: a 503 that gives the reservation back.
 #[test]
 fn the_hold_deadline_only_shortens_and_a_lapsed_hold_refuses() {
     let short_route = |ms: u64| {
@@ -444,6 +443,12 @@ fn the_hold_deadline_only_shortens_and_a_lapsed_hold_refuses() {
     h.answer(&mut s, &h.calls()[0], 0, ok_reserve("r-1"));
     assert_eq!(h.host.resumed.get(), 1);
     assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("2000"));
+    // A longer route: the hold's end.
+    let h = short_route(60_000);
+    let mut s = h.chat(BODY);
+    h.host.now_ms.set(h.host.now_ms.get() + 40);
+    h.answer(&mut s, &h.calls()[0], 0, ok_reserve("r-3"));
+    assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("4960"));
 
     let h = short_route(60_000);
     let mut s = h.chat(BODY);
@@ -457,10 +462,4 @@ fn the_hold_deadline_only_shortens_and_a_lapsed_hold_refuses() {
         (commit.reservation_id.as_str(), commit.actual_amount),
         ("r-2", 0)
     );
-
-    // Local limits only: nothing is held at a limiter, nothing set.
-    let h = Harness::new();
-    let _s = h.chat(BODY);
-    assert!(h.replied().is_none(), "admitted");
-    assert_eq!(h.host.request_header(TIMEOUT), None);
 }
