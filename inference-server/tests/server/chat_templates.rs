@@ -252,6 +252,18 @@ fn thinking_goes_out_as_reasoning_content() {
         .collect();
     assert_eq!(streamed_thought, thought);
     assert_eq!(s.text, "", "no content");
+    // A grammar writes the answer from the first token: content.
+    let mut formatted = body.clone();
+    formatted["response_format"] = json!({"type": "json_object"});
+    formatted["max_tokens"] = json!(40);
+    let r = chat(&server, &formatted);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let message = &r.json()["choices"][0]["message"];
+    assert!(message.get("reasoning_content").is_none(), "{message}");
+    assert!(
+        message["content"].as_str().unwrap().starts_with('{'),
+        "{message}"
+    );
     drop(server);
 
     let raw = InferenceServer::start(&[
