@@ -113,15 +113,17 @@ struct ServeArgs {
     /// OIDC issuer (`iss`) whose tokens the API accepts.
     #[arg(long, requires_all = ["oidc_audience", "oidc_jwks"])]
     oidc_issuer: Option<String>,
-    #[arg(long)]
+    /// The audience (`aud`) those tokens must name; with the issuer.
+    #[arg(long, requires = "oidc_issuer")]
     oidc_audience: Option<String>,
-    /// The issuer's JWKS, as a file.
-    #[arg(long)]
+    /// The issuer's JWKS, as a file; with the issuer.
+    #[arg(long, requires = "oidc_issuer")]
     oidc_jwks: Option<PathBuf>,
     #[arg(long, default_value = "groups")]
     oidc_groups_claim: String,
-    /// Members of this group administer the control plane (repeatable).
-    #[arg(long)]
+    /// Members of this group administer the control plane (repeatable;
+    /// with the issuer).
+    #[arg(long, requires = "oidc_issuer")]
     oidc_admin_group: Vec<String>,
     /// A gateway's Envoy admin URL whose usage counters are sampled
     /// (repeatable: one per gateway replica).

@@ -391,3 +391,36 @@ fn the_maximum_key_lifetime_applies_to_keys_minted_from_the_cli() {
     assert!(!ok);
     assert!(err.contains("400") && err.contains("expires_in"), "{err}");
 }
+
+/// An OIDC setting without the issuer would leave OIDC off without a word
+/// (an administrator group that grants nothing): refused at start, naming
+/// what is missing; and the password of `MAAS_DATABASE_URL` never shows in
+/// `--help`.
+#[test]
+fn oidc_settings_without_the_issuer_are_refused_and_help_hides_the_database_password() {
+    for args in [
+        ["--oidc-jwks", "/tmp/jwks.json"],
+        ["--oidc-audience", "maas"],
+        ["--oidc-admin-group", "admins"],
+    ] {
+        let (mut command, dir) =
+            serve_with_database("oidc", "sqlite:///nonexistent/never-opened.db");
+        let out = command.args(args).output().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {stderr}");
+        assert!(stderr.contains("--oidc-issuer"), "{args:?}: {stderr}");
+    }
+    let out = Command::new(BIN)
+        .args(["serve", "--help"])
+        .env(
+            "MAAS_DATABASE_URL",
+            format!("postgres://u:{SECRET}@db/maas"),
+        )
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(help.contains("MAAS_DATABASE_URL"), "{help}");
+    assert!(!help.contains(SECRET), "{help}");
+}
