@@ -205,40 +205,37 @@ fn with_route_timeouts(spec: &GatewaySpec, chains: &[failover::Chain]) -> Value 
     let Some(object) = config.as_object_mut() else {
         return config;
     };
-    let mut timeouts = serde_json::Map::new();
-    for (model, _) in &spec.models {
-        timeouts.insert(model.clone(), ROUTE_TIMEOUT_MS.into());
-    }
-    for provider in &spec.providers {
-        for model in &provider.models {
-            let ms = match provider.timeout {
-                Some(t) if !chained.contains(model.as_str()) => {
-                    u64::try_from(t.as_millis()).unwrap_or(u64::MAX)
-                }
-                _ => ROUTE_TIMEOUT_MS,
-            };
-            timeouts.insert(model.clone(), ms.into());
-        }
-    }
-    timeouts.retain(|model, _| named.contains(model));
-    let given = object
+    let mut timeouts = object
         .get("route_timeouts_ms")
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    for (model, ms) in &mut timeouts {
-        let bootstrap = ms
-            .as_u64()
-            .unwrap_or(ROUTE_TIMEOUT_MS)
-            .min(MAX_ROUTE_TIMEOUT_MS);
-        let shorter = given
+    let local = spec
+        .models
+        .iter()
+        .map(|(model, _)| (model, ROUTE_TIMEOUT_MS));
+    let chained = &chained;
+    let external = spec.providers.iter().flat_map(|provider| {
+        provider
+            .models
+            .iter()
+            .map(move |model| match provider.timeout {
+                Some(t) if !chained.contains(model.as_str()) => {
+                    (model, u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
+                }
+                _ => (model, ROUTE_TIMEOUT_MS),
+            })
+    });
+    for (model, ms) in local.chain(external) {
+        if !named.contains(model) {
+            continue;
+        }
+        let bootstrap = ms.min(MAX_ROUTE_TIMEOUT_MS);
+        let shorter = timeouts
             .get(model)
             .and_then(Value::as_u64)
-            .map_or(bootstrap, |g| g.min(bootstrap));
-        *ms = shorter.into();
-    }
-    for (model, ms) in given {
-        timeouts.entry(model).or_insert(ms);
+            .map_or(bootstrap, |given| given.min(bootstrap));
+        timeouts.insert(model.clone(), shorter.into());
     }
     if !timeouts.is_empty() {
         object.insert("route_timeouts_ms".into(), Value::Object(timeouts));

@@ -114,9 +114,9 @@ impl Stream {
         // providers bill none; it still counts as a request. No response
         // header at all (the client left first, Envoy's timeout) where the
         // model may have generated all of it unseen (see below) is charged
-        // the reservation.
-        // Any other error, and a success that broke off, is estimated from
-        // what was seen. (A guard: Envoy is asked only when no usage came.)
+        // the reservation. Any other error, and a success that broke off,
+        // is estimated from what was seen. (A guard: Envoy is asked only
+        // when no usage came.)
         let (usage, source) = match reported {
             Some(u) => (u, UsageSource::Reported),
             None if self.answered_before_any_model(host) => (Usage::default(), UsageSource::None),

@@ -210,19 +210,21 @@ pub fn parse(
 /// names as they are. (They need no escaping in the call grammar's
 /// strings, nor in JSON.)
 fn valid_tool_name(name: &str) -> bool {
-    (1..=128).contains(&name.len())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.' | b':'))
+    name_of(name, 128, b".:")
 }
 
 /// OpenAI's rule for a response format's schema name: 1 to 64 letters,
 /// digits, `_` or `-`.
 pub(super) fn valid_name(name: &str) -> bool {
-    (1..=64).contains(&name.len())
+    name_of(name, 64, b"")
+}
+
+/// 1 to `max` bytes, each a letter, a digit, `_`, `-` or one of `also`.
+fn name_of(name: &str, max: usize, also: &[u8]) -> bool {
+    (1..=max).contains(&name.len())
         && name
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || also.contains(&b))
 }
 
 /// For a template that does not render `tools`: the messages with the tools
@@ -273,16 +275,19 @@ pub fn hermes_history(messages: &[ChatMessage]) -> Vec<ChatMessage> {
     let mut out: Vec<ChatMessage> = Vec::with_capacity(messages.len());
     let mut in_results = false;
     for m in messages {
-        let response = || format!("<tool_response>\n{}\n</tool_response>", m.content);
-        match m.role.as_str() {
-            "tool" => match out.last_mut() {
-                Some(last) if in_results => {
-                    last.content.push('\n');
-                    last.content.push_str(&response());
-                }
-                _ => out.push(ChatMessage::new("user", response())),
-            },
-            "assistant" if m.tool_calls.is_some() => {
+        let role = m.role.as_str();
+        // What a result or the user says after results: the user turn.
+        let said = || match role {
+            "tool" => format!("<tool_response>\n{}\n</tool_response>", m.content),
+            _ => m.content.clone(),
+        };
+        match (role, out.last_mut()) {
+            ("tool" | "user", Some(last)) if in_results => {
+                last.content.push('\n');
+                last.content.push_str(&said());
+            }
+            ("tool", _) => out.push(ChatMessage::new("user", said())),
+            ("assistant", _) if m.tool_calls.is_some() => {
                 let mut content = m.content.clone();
                 for call in m.tool_calls.iter().flatten() {
                     let function = &call["function"];
@@ -297,15 +302,9 @@ pub fn hermes_history(messages: &[ChatMessage]) -> Vec<ChatMessage> {
                 }
                 out.push(ChatMessage::new("assistant", content));
             }
-            "user" if in_results => {
-                if let Some(last) = out.last_mut() {
-                    last.content.push('\n');
-                    last.content.push_str(&m.content);
-                }
-            }
-            _ => out.push(ChatMessage::new(m.role.clone(), m.content.clone())),
+            _ => out.push(ChatMessage::new(role, m.content.clone())),
         }
-        in_results = m.role == "tool";
+        in_results = role == "tool";
     }
     out
 }
@@ -345,12 +344,7 @@ pub fn call_or_answer_grammar(
     answer: &grammar::ResponseFormat,
     special: &dyn Fn(&str) -> Option<u32>,
 ) -> Option<String> {
-    let mut schema = match answer {
-        grammar::ResponseFormat::JsonObject => json!({"type": "object"}),
-        grammar::ResponseFormat::JsonSchema(schema) => schema.clone(),
-        grammar::ResponseFormat::Lark(_) => return None,
-    };
-    grammar::compact_json(&mut schema);
+    let schema = answer.compact_schema()?;
     let all: Vec<&Tool> = tools.tools.iter().collect();
     let several = tools.parallel && format.calls_several();
     let (calls, rules) = calls_lark(&all, several, format, special);

@@ -533,7 +533,6 @@ pub(super) async fn chat(
             Some(ToolCallFormat::Hermes),
         ),
     };
-    let format_of_calls = format;
     let tokenizer = &ready.loaded.tokenizer;
     let special = |marker: &str| tokenizer.special_token_id(marker);
     let parsing = active.zip(format).map(|(t, format)| ToolCallParsing {
@@ -562,17 +561,17 @@ pub(super) async fn chat(
     let answer = req.generation.format.as_ref();
     let lark = parsing.as_ref().and_then(|p| p.forced.clone()).or_else(|| {
         active
-            .zip(format_of_calls)
+            .zip(format)
             .zip(answer)
             .and_then(|((t, calls), answer)| {
                 tools::call_or_answer_grammar(t, calls, answer, &special)
             })
     });
-    let format = match lark {
+    let constraint = match lark {
         Some(lark) => Some(ResponseFormat::Lark(lark)),
         None => req.generation.format.clone(),
     };
-    let grammar = compile(ready, format.as_ref()).await?;
+    let grammar = compile(ready, constraint.as_ref()).await?;
     let mut valid = fit(prompt, req.generation, grammar, ready.room(), "messages")?;
     valid.tool_calls = parsing;
     // A grammar writes the answer from the first token: where the prompt

@@ -67,10 +67,14 @@ impl Grammars {
 
     /// A fresh constraint for one request.
     pub fn compile(&self, format: &ResponseFormat) -> Result<Constraint, GrammarError> {
-        let grammar = match format {
-            ResponseFormat::JsonObject => compact(json!({"type": "object"})),
-            ResponseFormat::JsonSchema(schema) => compact(schema.clone()),
-            ResponseFormat::Lark(lark) => TopLevelGrammar::from_lark(lark.clone()),
+        let grammar = match (format, format.compact_schema()) {
+            (ResponseFormat::Lark(lark), _) => TopLevelGrammar::from_lark(lark.clone()),
+            (_, Some(schema)) => TopLevelGrammar::from_json_schema(schema),
+            (_, None) => {
+                return Err(GrammarError::Compile(
+                    "a JSON response format without a schema".into(),
+                ))
+            }
         };
         let parser = self
             .factory
@@ -87,10 +91,18 @@ impl Grammars {
     }
 }
 
-/// A JSON-schema grammar writing compact JSON (see `compact_json`).
-fn compact(mut schema: Value) -> TopLevelGrammar {
-    compact_json(&mut schema);
-    TopLevelGrammar::from_json_schema(schema)
+impl ResponseFormat {
+    /// The JSON schema a JSON format constrains to, asking for compact JSON
+    /// (see `compact_json`); `None` for a Lark grammar.
+    pub fn compact_schema(&self) -> Option<Value> {
+        let mut schema = match self {
+            Self::JsonObject => json!({"type": "object"}),
+            Self::JsonSchema(schema) => schema.clone(),
+            Self::Lark(_) => return None,
+        };
+        compact_json(&mut schema);
+        Some(schema)
+    }
 }
 
 /// Asks llguidance for compact JSON (`", "`, `": "`, no other whitespace)

@@ -180,7 +180,12 @@ impl ChatTemplate {
         messages: &[ChatMessage],
         add_generation_prompt: bool,
     ) -> Result<String, TextError> {
-        self.render_with_tools(messages, None, add_generation_prompt)
+        self.render_with(
+            messages,
+            None,
+            &serde_json::Map::new(),
+            add_generation_prompt,
+        )
     }
 
     /// Whether the template renders a `tools` list itself (otherwise the
@@ -196,23 +201,8 @@ impl ChatTemplate {
     }
 
     /// `render` with `tools` (OpenAI's shape) in the context, as Hugging
-    /// Face's `apply_chat_template(tools=…)` passes them.
-    pub fn render_with_tools(
-        &self,
-        messages: &[ChatMessage],
-        tools: Option<&[serde_json::Value]>,
-        add_generation_prompt: bool,
-    ) -> Result<String, TextError> {
-        self.render_with(
-            messages,
-            tools,
-            &serde_json::Map::new(),
-            add_generation_prompt,
-        )
-    }
-
-    /// [`Self::render_with_tools`] with further variables in the context, as
-    /// `apply_chat_template(**kwargs)` passes them (Qwen 3's
+    /// Face's `apply_chat_template(tools=…)` passes them, and further
+    /// variables, as `apply_chat_template(**kwargs)` passes them (Qwen 3's
     /// `enable_thinking`). The template's own variables win over them.
     pub fn render_with(
         &self,
