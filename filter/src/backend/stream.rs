@@ -74,6 +74,12 @@ const IDENTITY_HEADERS: [&str; 3] = ["x-maas-user", "x-maas-key-id", "x-maas-sub
 /// client's.
 const ACCOUNT_HEADERS: [&str; 2] = ["openai-organization", "openai-project"];
 
+/// Headers that turn on provider features billed otherwise than the tokens
+/// the gateway counts (Anthropic's betas: a 1M-token context at higher
+/// rates, server-side tools billed per use) or that the translation does
+/// not carry: the operator's to enable, never a client's.
+const FEATURE_HEADERS: [&str; 1] = ["anthropic-beta"];
+
 pub struct BackendStream {
     config: Rc<BackendConfig>,
     /// The path as the gateway role forwarded it.
@@ -127,11 +133,13 @@ impl BackendStream {
         // Only the credential Envoy injects after this filter may go out
         // (an earlier attempt's provider key would otherwise reach this
         // provider), who our caller is, is no provider's business, and
-        // which of the operator's accounts pays is not the caller's to say.
+        // which of the operator's accounts pays, or for what, is not the
+        // caller's to say.
         for name in CREDENTIAL_HEADERS
             .iter()
             .chain(&IDENTITY_HEADERS)
             .chain(&ACCOUNT_HEADERS)
+            .chain(&FEATURE_HEADERS)
         {
             host.set_request_header(name, None);
         }

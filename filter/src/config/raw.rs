@@ -125,7 +125,17 @@ pub(super) struct RawProvider {
     /// no request is charged less than it used. Default: no limit.
     #[serde(default)]
     pub(super) max_outputs: Option<u64>,
+    /// The `service_tier` values a request may name for this provider
+    /// (default [`DEFAULT_SERVICE_TIERS`]): a tier is the operator's bill
+    /// (OpenAI's `priority` costs about twice the same tokens), so a
+    /// client may choose only among those the operator allows.
+    #[serde(default)]
+    pub(super) service_tiers: Option<Vec<String>>,
 }
+
+/// The tiers a client may name by default: the provider's default
+/// (`auto` is the account's own setting) and the cheaper `flex`.
+pub(super) const DEFAULT_SERVICE_TIERS: [&str; 3] = ["auto", "default", "flex"];
 
 /// A public model id mapped to a provider's model (for Azure OpenAI, its
 /// deployment name).

@@ -334,7 +334,16 @@ type Breakage = fn(&mut serde_json::Value);
 
 #[test]
 fn provider_mistakes_name_their_field() {
-    let cases: [(&str, Breakage); 11] = [
+    let cases: [(&str, Breakage); 13] = [
+        ("providers[2].service_tiers", |v| {
+            v["providers"]
+                .as_array_mut()
+                .unwrap()
+                .push(json!({"name": "claude", "kind": "anthropic", "service_tiers": ["auto"]}));
+        }),
+        ("providers[0].service_tiers[1]", |v| {
+            v["providers"][0]["service_tiers"] = json!(["auto", ""]);
+        }),
         ("providers[1].max_outputs", |v| {
             v["providers"][1]["max_outputs"] = json!(0);
         }),

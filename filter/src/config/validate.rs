@@ -9,7 +9,7 @@
 
 use super::raw::{
     LimitMode, RawBackend, RawConfig, RawControlPlane, RawExpiry, RawExternalModel, RawKey,
-    RawLimiter, RawLimits, RawProvider, RawRate, RawSubscription,
+    RawLimiter, RawLimits, RawProvider, RawRate, RawSubscription, DEFAULT_SERVICE_TIERS,
 };
 use super::validated::{err, Config, ConfigError, ExternalModel};
 use crate::auth::control_plane::ControlPlane;
@@ -228,6 +228,17 @@ fn providers(providers: &[RawProvider]) -> Result<BTreeMap<&str, &RawProvider>, 
                 "kind anthropic takes no max_tokens_field",
             ));
         }
+        if let Some(tiers) = &p.service_tiers {
+            if p.kind == ProviderKind::Anthropic {
+                return Err(err(
+                    format!("{field}.service_tiers"),
+                    "kind anthropic takes no service_tiers (its translation sends none)",
+                ));
+            }
+            for (j, tier) in tiers.iter().enumerate() {
+                check_name(&format!("{field}.service_tiers[{j}]"), tier, &[])?;
+            }
+        }
         if let Some(max) = p.max_outputs {
             if !(1..=MAX_OUTPUTS).contains(&max) {
                 return Err(err(
@@ -309,6 +320,14 @@ fn backend(
             .unwrap_or_else(|| p.kind.default_budget_field()),
         max_outputs: p.max_outputs,
         media_part_tokens,
+        service_tiers: match (p.kind, &p.service_tiers) {
+            (ProviderKind::Anthropic, _) => Rc::from([]),
+            (_, Some(tiers)) => tiers.iter().cloned().collect(),
+            (_, None) => DEFAULT_SERVICE_TIERS
+                .iter()
+                .map(|t| t.to_string())
+                .collect(),
+        },
     })
 }
 

@@ -40,9 +40,18 @@ pub struct ExternalModel {
     /// Prompt tokens one media part may cost here (its own setting, or the
     /// top-level `media_part_tokens`).
     pub media_part_tokens: u64,
+    /// The `service_tier` values a request may name (its provider's
+    /// `service_tiers`); empty for Anthropic, whose translation sends none.
+    pub service_tiers: Rc<[String]>,
 }
 
 impl ExternalModel {
+    /// Whether a request naming `tier` may go here: Anthropic's
+    /// translation drops the field, so any tier is nothing to it.
+    pub fn takes_service_tier(&self, tier: &str) -> bool {
+        self.kind == ProviderKind::Anthropic || self.service_tiers.iter().any(|t| t == tier)
+    }
+
     /// The upstream path for a request to `endpoint`, when the provider's
     /// differs from the gateway's.
     pub fn upstream_path(&self, endpoint: &Endpoint) -> Option<String> {

@@ -125,6 +125,7 @@ impl Stream {
             self.endpoint.as_ref(),
             outgoing,
             request.completions(),
+            request.service_tier.as_deref(),
         )
         .map_err(rejected)?;
 

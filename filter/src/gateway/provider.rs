@@ -12,13 +12,15 @@ use crate::openai::endpoint::Endpoint;
 use crate::providers::{anthropic, ProviderError, ProviderKind};
 
 /// Step 3's check: every backend of `model` can take `body` at `endpoint`,
-/// and as many completions as it asks for (`outputs`).
+/// as many completions as it asks for (`outputs`), and the `service_tier`
+/// it names.
 pub(super) fn check_backends(
     config: &Config,
     model: &str,
     endpoint: Option<&Endpoint>,
     body: &[u8],
     outputs: u64,
+    service_tier: Option<&str>,
 ) -> Result<(), GatewayError> {
     // Every backend that may answer must take them: a fallback too.
     if let Some(max) = config.backends(model).filter_map(|b| b.max_outputs).min() {
@@ -26,6 +28,16 @@ pub(super) fn check_backends(
             return Err(GatewayError::Provider(ProviderError::TooManyOutputs {
                 asked: outputs,
                 max,
+            }));
+        }
+    }
+    // A tier bills the operator's account at its own rates, which the
+    // tokens the gateway counts do not show.
+    if let Some(tier) = service_tier {
+        if let Some(backend) = config.backends(model).find(|b| !b.takes_service_tier(tier)) {
+            return Err(GatewayError::Provider(ProviderError::ServiceTier {
+                tier: tier.to_string(),
+                provider: backend.provider.clone(),
             }));
         }
     }

@@ -66,6 +66,9 @@ pub struct CompletionRequest<'a> {
     /// Content parts of `messages` whose tokens the body's bytes do not
     /// bound (images, files, video; see `media`).
     pub media_parts: u64,
+    /// `service_tier`: the processing tier OpenAI bills the tokens at
+    /// (`priority` at about twice the rate); null is absent.
+    pub service_tier: Option<String>,
 }
 
 impl CompletionRequest<'_> {
@@ -210,7 +213,7 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 13] = [
+const FIELDS: [&str; 14] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -224,6 +227,7 @@ const FIELDS: [&str; 13] = [
     "messages",
     "chat_template",
     "chat_template_kwargs",
+    "service_tier",
 ];
 const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -234,6 +238,7 @@ const EXPECT_BOOL: &str = "a boolean or null";
 const EXPECT_OBJECT: &str = "an object or null";
 const EXPECT_POSITIVE: &str = "a positive integer or null";
 const EXPECT_PROMPT: &str = "a string, an array of strings, or an array of token arrays";
+const EXPECT_STRING: &str = "a string or null";
 const EXPECT_N_PREDICT: &str = "a positive integer, a negative one (no limit) or null";
 const EXPECT_NO_TEMPLATE: &str =
     "no template: the model's own renders the messages (one in the request could make a prompt larger than its bytes bound)";
@@ -251,6 +256,7 @@ struct RequestFields<'a> {
     n_cmpl: Option<&'a RawValue>,
     prompt: Option<&'a RawValue>,
     messages: Option<&'a RawValue>,
+    service_tier: Option<&'a RawValue>,
     /// Entries in the top-level object, ours or not.
     entries: usize,
 }
@@ -266,7 +272,7 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::CaseVariantField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs] =
+        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs, service_tier] =
             fields.values;
         // vLLM renders a `chat_template` sent in the request (newer
         // versions only when started with `--trust-request-chat-template`),
@@ -309,6 +315,7 @@ impl<'a> RequestFields<'a> {
             n_cmpl,
             prompt,
             messages,
+            service_tier,
             entries: fields.entries,
         })
     }
@@ -358,6 +365,7 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
             .max(positive(fields.n_cmpl, "n_cmpl")?),
         prompts: prompt_count(fields.prompt)?,
         media_parts: fields.messages.map_or(Ok(0), media::media_parts)?,
+        service_tier: typed(fields.service_tier, "service_tier", EXPECT_STRING)?,
     })
 }
 

@@ -120,6 +120,12 @@ pub enum ProviderError {
         "this model takes at most {max} completion(s) per request (`n`, `best_of` or `n_cmpl`, times the prompts); the request asks for {asked}"
     )]
     TooManyOutputs { asked: u64, max: u64 },
+    /// A `service_tier` the operator does not let clients choose for a
+    /// backend of the model (its provider's `service_tiers`).
+    #[error(
+        "service tier {tier:?} is not available for this model (provider {provider:?} allows the tiers in its `service_tiers`)"
+    )]
+    ServiceTier { tier: String, provider: String },
 }
 
 impl ProviderError {
@@ -128,7 +134,8 @@ impl ProviderError {
             ProviderError::Unsupported { .. }
             | ProviderError::BadRequest(_)
             | ProviderError::InvalidField { .. }
-            | ProviderError::TooManyOutputs { .. } => 400,
+            | ProviderError::TooManyOutputs { .. }
+            | ProviderError::ServiceTier { .. } => 400,
             ProviderError::Upstream { status, .. } => *status,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => 502,
         }
@@ -139,7 +146,8 @@ impl ProviderError {
             ProviderError::Unsupported { .. }
             | ProviderError::BadRequest(_)
             | ProviderError::InvalidField { .. }
-            | ProviderError::TooManyOutputs { .. } => "invalid_request_error",
+            | ProviderError::TooManyOutputs { .. }
+            | ProviderError::ServiceTier { .. } => "invalid_request_error",
             ProviderError::Upstream { error_type, .. } => error_type,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => "upstream_error",
         }
@@ -148,6 +156,7 @@ impl ProviderError {
     pub fn code(&self) -> &'static str {
         match self {
             ProviderError::Unsupported { .. } => "unsupported_parameter",
+            ProviderError::ServiceTier { .. } => "unsupported_value",
             ProviderError::InvalidField { .. }
             | ProviderError::BadRequest(_)
             | ProviderError::TooManyOutputs { .. } => "invalid_value",
@@ -161,6 +170,7 @@ impl ProviderError {
         match self {
             ProviderError::Unsupported { field, .. }
             | ProviderError::InvalidField { field, .. } => Some(field),
+            ProviderError::ServiceTier { .. } => Some("service_tier"),
             _ => None,
         }
     }

@@ -134,6 +134,7 @@ fn an_anthropic_model_is_asked_in_messages_and_answers_in_chat_completions() {
             ("authorization", &format!("Bearer {KEY}")),
             ("accept-encoding", "gzip"),
             ("x-api-key", "sk-ant-client-supplied"),
+            ("anthropic-beta", "context-1m-2025-08-07"),
         ],
         r#"{"model":"claude","max_tokens":10,"messages":[{"role":"system","content":"Be brief."},{"role":"user","content":"Hi"}]}"#,
     );
@@ -156,6 +157,11 @@ fn an_anthropic_model_is_asked_in_messages_and_answers_in_chat_completions() {
         hdr("x-api-key"),
         None,
         "only Envoy's injected credential goes out"
+    );
+    assert_eq!(
+        hdr("anthropic-beta"),
+        None,
+        "features billed at other rates are the operator's to turn on"
     );
     let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
     assert_eq!(
@@ -405,6 +411,55 @@ fn a_provider_that_takes_one_output_per_request_refuses_more_before_anything_is_
         r#"{"model":"far/llama","max_tokens":5,"prompt":"x","n":2}"#,
     );
     assert!(h.replied().is_none());
+}
+
+#[test]
+fn a_service_tier_the_operator_does_not_allow_is_refused_before_anything_is_reserved() {
+    // OpenAI bills `priority` at about twice the rate of the same tokens.
+    let mut json = with_providers();
+    json["providers"][1]["service_tiers"] = serde_json::json!(["default", "priority"]);
+    let fresh = || Harness::with_config(Config::from_json(json.to_string().as_bytes()).unwrap());
+    let chat = |h: &Harness, model: &str, tier: &str| {
+        h.chat(&format!(
+            r#"{{"model":"{model}","max_tokens":5,"service_tier":"{tier}","messages":[{{"role":"user","content":"x"}}]}}"#
+        ))
+    };
+    let h = fresh();
+    let refused = [
+        // Azure's provider keeps the default tiers.
+        ("gpt-4o", "priority", "azure-east"),
+        ("gpt-4o", "scale", "azure-east"),
+        // vllm-far allows its own list only.
+        ("far/llama", "flex", "vllm-far"),
+        // claude's fallback is vllm-far: failover may not change the bill.
+        ("claude", "auto", "vllm-far"),
+    ];
+    for (model, tier, provider) in refused {
+        let _s = chat(&h, model, tier);
+        let (status, _, body) = h.replied().unwrap_or_else(|| panic!("{model} {tier}"));
+        assert_eq!(status, 400, "{model} {tier}");
+        assert_eq!(body["error"]["param"], "service_tier", "{body}");
+        assert_eq!(body["error"]["code"], "unsupported_value", "{body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(
+            message.contains(tier) && message.contains(provider),
+            "{message}"
+        );
+    }
+    assert_eq!((h.used(TOK), h.used(REQ)), (0, 0));
+    for (model, tier) in [
+        ("gpt-4o", "auto"),
+        ("gpt-4o", "flex"),
+        ("far/llama", "priority"),
+        ("claude", "default"),
+        // The gateway's own model server ignores the field.
+        ("m1", "priority"),
+    ] {
+        // Each on a fresh gateway: the subscription takes 3 a minute.
+        let h = fresh();
+        let _s = chat(&h, model, tier);
+        assert_eq!(h.replied(), None, "{model} {tier}");
+    }
 }
 
 #[test]

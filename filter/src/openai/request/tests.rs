@@ -23,6 +23,7 @@ fn request(
         n_predict: None,
         null_budget: false,
         media_parts: 0,
+        service_tier: None,
     }
 }
 
@@ -233,6 +234,19 @@ fn parses_valid_bodies() {
             },
         ),
         (
+            "a service tier",
+            r#"{"model":"m","service_tier":"priority"}"#,
+            CompletionRequest {
+                service_tier: Some("priority".into()),
+                ..request("m", None, None, false, false)
+            },
+        ),
+        (
+            "a null service tier is absent",
+            r#"{"model":"m","service_tier":null}"#,
+            request("m", None, None, false, false),
+        ),
+        (
             "include_usage null or false",
             r#"{"model":"m","stream":false,"stream_options":{"include_usage":null}}"#,
             request("m", None, None, false, false),
@@ -385,6 +399,16 @@ fn rejects_invalid_bodies() {
             "duplicate stream with null",
             r#"{"model":"m","stream":null,"stream":true}"#,
             DuplicateField("stream".into()),
+        ),
+        (
+            "duplicate service_tier",
+            r#"{"model":"m","service_tier":"default","service_tier":"priority"}"#,
+            DuplicateField("service_tier".into()),
+        ),
+        (
+            "service_tier not a string",
+            r#"{"model":"m","service_tier":1}"#,
+            invalid("service_tier", EXPECT_STRING),
         ),
         (
             "duplicate include_usage",
