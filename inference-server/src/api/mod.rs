@@ -320,7 +320,10 @@ struct Answer {
 fn failure_error(failure: &Failure) -> ApiError {
     match failure {
         Failure::Unavailable(m) => ApiError::unavailable("generation_failed", m.clone()),
-        Failure::Internal(m) => ApiError::internal(m.clone()),
+        // A 500, as the server failed itself; coded as the other failures
+        // that report usage are, so a client tells them from a 500 that
+        // computed nothing.
+        Failure::Internal(m) => ApiError::internal(m.clone()).with_code("generation_failed"),
     }
 }
 
@@ -421,4 +424,23 @@ async fn collect(
     }
     let rendered = choices.into_iter().filter_map(|c| c.rendered).collect();
     Ok(axum::Json(answer.meta.full(rendered, usage)).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every failure that reports usage carries the code the docs name, so
+    /// a client tells it from an error that computed nothing.
+    #[test]
+    fn failures_are_coded_generation_failed() {
+        for (failure, status) in [
+            (Failure::Unavailable("cut".into()), 503),
+            (Failure::Internal("step".into()), 500),
+        ] {
+            let error = failure_error(&failure);
+            assert_eq!(error.status.as_u16(), status, "{failure:?}");
+            assert_eq!(error.body()["error"]["code"], "generation_failed");
+        }
+    }
 }

@@ -158,19 +158,24 @@ pub fn parse(format: ToolCallFormat, text: &str, known_tools: &[&str]) -> Parsed
 
 /// The calls an answer forced to a list of calls finished before the budget
 /// cut it short (the grammar made it a prefix of the format's list): the
-/// longest prefix ending after a whole call that parses, closed as the
-/// format closes its list. `None` when not even the first call is whole.
-/// A separator inside a call's strings only makes a prefix that does not
-/// parse, and a shorter one is tried.
+/// prefix up to the last separator between calls, closed as the format
+/// closes its list. `None` when not even the first call is whole.
+///
+/// The separators between calls are found in one pass that skips the calls'
+/// JSON (their strings and nesting), so only one prefix is parsed: trying
+/// each separator from the end, a long argument full of `;` or `,` made the
+/// work quadratic in the answer's length.
 pub fn whole_calls(
     format: ToolCallFormat,
     text: &str,
     known_tools: &[&str],
 ) -> Option<ParsedOutput> {
-    let (after, close) = match format {
-        ToolCallFormat::Hermes => (HERMES_CLOSE, ""),
-        ToolCallFormat::Llama3Json => (";", ""),
-        ToolCallFormat::Mistral => (",", "]"),
+    // Each format's separator, what closes its list, and the nesting its
+    // calls sit at (Mistral's inside its `[`).
+    let (after, close, depth) = match format {
+        ToolCallFormat::Hermes => (HERMES_CLOSE, "", 0),
+        ToolCallFormat::Llama3Json => (";", "", 0),
+        ToolCallFormat::Mistral => (",", "]", 1),
     };
     // Hermes keeps its closing marker; the others end before the separator.
     let kept = if format == ToolCallFormat::Hermes {
@@ -178,11 +183,45 @@ pub fn whole_calls(
     } else {
         0
     };
-    text.rmatch_indices(after).find_map(|(at, _)| {
-        let candidate = format!("{}{close}", text.get(..at + kept)?);
-        let parsed = parse(format, &candidate, known_tools);
-        (!parsed.tool_calls.is_empty()).then_some(parsed)
-    })
+    let at = last_separator_outside_json(text, after, depth)?;
+    let candidate = format!("{}{close}", text.get(..at + kept)?);
+    let parsed = parse(format, &candidate, known_tools);
+    (!parsed.tool_calls.is_empty()).then_some(parsed)
+}
+
+/// The byte offset of the last `separator` in `text` that is outside JSON
+/// strings at nesting `depth` (brackets and braces counted outside
+/// strings). The separators are ASCII, so an offset found byte by byte is
+/// a char boundary.
+fn last_separator_outside_json(text: &str, separator: &str, depth: usize) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let (mut level, mut in_string, mut escaped) = (0usize, false, false);
+    let mut last = None;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+        } else if level == depth && bytes[i..].starts_with(separator.as_bytes()) {
+            last = Some(i);
+            i += separator.len();
+            continue;
+        } else {
+            match b {
+                b'"' => in_string = true,
+                b'{' | b'[' => level += 1,
+                b'}' | b']' => level = level.saturating_sub(1),
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    last
 }
 
 /// While streaming: the byte offset in `text` from which it must be held
@@ -406,6 +445,24 @@ mod tests {
                 whole_calls(format, &cut[..cut.len() / 3], KNOWN).is_none(),
                 "{format:?}"
             );
+        }
+    }
+
+    /// A call cut inside a long argument full of separators: one prefix is
+    /// parsed, not one per separator (which took minutes at this length).
+    #[test]
+    fn separators_inside_a_cut_argument_are_not_boundaries() {
+        let long = "a;b, \\\"c".repeat(40_000);
+        let first = r#"{"name": "get_weather", "arguments": {"city": "Paris"}}"#;
+        for (format, cut) in [
+            (Llama3Json, format!("{first}; {{\"name\": \"get_weather\", \"arguments\": {{\"city\": \"{long}")),
+            (Mistral, format!("[TOOL_CALLS][{first}, {{\"name\": \"get_weather\", \"arguments\": {{\"city\": \"{long}")),
+            (Hermes, format!("<tool_call>\n{first}\n</tool_call>\n<tool_call>\n{{\"name\": \"get_weather\", \"arguments\": {{\"city\": \"</tool_call>{long}")),
+        ] {
+            let p = whole_calls(format, &cut, KNOWN).unwrap_or_else(|| panic!("{format:?}"));
+            assert_eq!(calls(&p), [("get_weather", r#"{"city":"Paris"}"#)], "{format:?}");
+            let alone = cut.replacen(first, "", 1);
+            assert!(whole_calls(format, &alone, KNOWN).is_none(), "{format:?}");
         }
     }
 

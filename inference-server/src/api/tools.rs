@@ -23,6 +23,10 @@ pub struct Tool {
     pub description: Option<String>,
     /// A JSON schema for the arguments object.
     pub parameters: Value,
+    /// `function.strict`: keywords the grammar engine cannot enforce
+    /// (`uniqueItems`, an unknown `format`) are refused; otherwise they are
+    /// left unenforced, OpenAI's best effort, as for a `response_format`.
+    pub strict: bool,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -153,6 +157,16 @@ pub fn parse(
                 ))
             }
         };
+        let strict = match function.get("strict") {
+            None | Some(Value::Null) => false,
+            Some(Value::Bool(strict)) => *strict,
+            Some(other) => {
+                return Err(bad(
+                    "tools",
+                    format!("tools[{i}].function.strict must be true or false; got {other}."),
+                ))
+            }
+        };
         let description = function
             .get("description")
             .and_then(Value::as_str)
@@ -161,6 +175,7 @@ pub fn parse(
             name,
             description,
             parameters,
+            strict,
         });
     }
     let choice = match tool_choice {
@@ -400,7 +415,11 @@ fn calls_lark(
     // it (one combined schema would move its `$defs`).
     for (i, tool) in allowed.iter().enumerate() {
         let mut parameters = tool.parameters.clone();
-        grammar::compact_json(&mut parameters);
+        if tool.strict {
+            grammar::compact_json(&mut parameters);
+        } else {
+            grammar::compact_lenient_json(&mut parameters);
+        }
         // Names are letters, digits, `_`, `-`, `.` and `:` (checked in
         // `parse`), so they need no escaping inside the Lark string.
         lark.push_str(&format!(
@@ -751,6 +770,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A tool not marked `strict` is OpenAI's best effort, as a
+    /// `response_format` is: pydantic's `set[str]` (`uniqueItems`) compiles,
+    /// unenforced; marked `strict`, the keyword the engine cannot enforce
+    /// is refused.
+    #[test]
+    fn keywords_a_tool_not_marked_strict_cannot_have_enforced_are_left_out() {
+        let tool = |strict: Value| {
+            json!([{"type": "function", "function": {"name": "tag", "strict": strict,
+                "parameters": {"type": "object", "required": ["tags"], "properties": {
+                    "tags": {"type": "array", "items": {"type": "string"}, "uniqueItems": true}}}}}])
+        };
+        let grammars = Grammars::new(smollm_tokenizer()).unwrap();
+        let compiled = |strict: Value| {
+            let t = parse(Some(tool(strict)), Some(json!("required")), None)
+                .unwrap()
+                .unwrap();
+            let g = forced_call_grammar(&t, ToolCallFormat::Hermes, &|_| None).unwrap();
+            grammars.compile(&ResponseFormat::Lark(g))
+        };
+        for lenient in [Value::Null, json!(false)] {
+            let constraint = compiled(lenient.clone()).unwrap_or_else(|e| panic!("{lenient}: {e}"));
+            let call = "<tool_call>\n{\"name\": \"tag\", \"arguments\": {\"tags\": [\"a\", \"b\"]}}\n</tool_call>";
+            assert!(takes(constraint, call));
+        }
+        let Err(err) = compiled(json!(true)) else {
+            panic!("strict refuses uniqueItems")
+        };
+        assert!(err.to_string().contains("uniqueItems"), "{err}");
+        let bad = parse(Some(tool(json!("yes"))), None, None).unwrap_err();
+        assert_eq!(bad.param, Some("tools"), "{bad:?}");
     }
 
     #[test]
