@@ -50,8 +50,9 @@ pub fn answered_before_any_model(status: u32, code_details: Option<&str>) -> boo
 
 /// Whether a request ended with no answer while the model may still have
 /// been generating: the client left before any response (`status` none),
-/// or Envoy gave up waiting (its route or per-try timeout, or the stream's
-/// longest duration; the router's details as Envoy 1.40 spells them). The
+/// or Envoy gave up waiting (its route or per-try timeout, the stream's
+/// longest duration, or its idle timeout before any response; the details
+/// as Envoy 1.40 spells them). The
 /// caller asks only where no response header came from the upstream (a
 /// timeout after a stream started is estimated from what it showed) and
 /// the model may have generated unseen: an external provider, which goes on
@@ -68,6 +69,7 @@ pub fn answer_never_came(status: Option<u32>, code_details: Option<&str>) -> boo
                     | "upstream_per_try_timeout"
                     | "upstream_per_try_idle_timeout"
                     | "upstream_max_stream_duration_reached"
+                    | "stream_idle_timeout"
             )
         ),
     }

@@ -170,8 +170,16 @@ impl Backends {
 const ROUTE_INDENT: &str = "              ";
 const CLUSTER_INDENT: &str = "  ";
 
-/// Streamed completions outlive Envoy's 15 s default route timeout.
+/// Streamed completions outlive Envoy's 15 s default route timeout (which
+/// bounds the whole response, a stream's too).
 const ROUTE_TIMEOUT: &str = "600s";
+/// A route's `idle_timeout`, a second past its timeout: Envoy's 5-minute
+/// default stream idle timeout would cut a whole answer still being
+/// generated, or a stream that stays silent (a long prefill, hidden
+/// reasoning), before the route's own timeout; a second past it, the
+/// route's own 504 is what a slow answer gets, and a client that stalls its
+/// body is still cut.
+const ROUTE_IDLE_TIMEOUT: &str = "601s";
 const ROUTE_TIMEOUT_MS: u64 = 600_000;
 /// The longest `route_timeouts_ms` entry the filter takes.
 const MAX_ROUTE_TIMEOUT_MS: u64 = 86_400_000;
@@ -440,7 +448,7 @@ fn model_routes(
         }
         block.push(route_match(model));
         block.push(format!(
-            "{ROUTE_INDENT}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT} }}",
+            "{ROUTE_INDENT}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT}, idle_timeout: {ROUTE_IDLE_TIMEOUT} }}",
             cluster_name(model, index)
         ));
     }
@@ -457,6 +465,9 @@ const FILTER_INDENT: &str = "          ";
 /// not refused by Envoy but reaches the filter with no claims, where it
 /// needs an API key like any other; so a forged token gets the filter's
 /// OpenAI-shaped 401, and API keys in `Authorization: Bearer` keep working.
+/// Tokens are read from that header only: Envoy's default also takes an
+/// `access_token` query parameter, and cannot take it off the path again,
+/// so the token would go on to the model's servers and providers.
 fn oidc_filter(spec: Option<&OidcSpec>) -> String {
     let Some(spec) = spec else {
         return String::new();
@@ -471,6 +482,7 @@ fn oidc_filter(spec: Option<&OidcSpec>) -> String {
          {i}        issuer: {}\n\
          {i}        audiences: [ {} ]\n\
          {i}        local_jwks: {{ inline_string: {} }}\n\
+         {i}        from_headers: [ {{ name: Authorization, value_prefix: \"Bearer \" }} ]\n\
          {i}        forward: false\n\
          {i}        payload_in_metadata: jwt_payload\n\
          {i}    rules:\n\
@@ -594,7 +606,7 @@ mod tests {
         assert!(rendered.contains("filename: \"/tmp/with space/maas_filter.wasm\""));
         assert!(rendered.contains("path: \"/tmp/x/access.log\""));
         assert!(rendered.contains(
-            "\n              - match: { prefix: \"/\", headers: [{ name: x-maas-model, string_match: { exact: \"m2\" } }] }\n                route: { cluster: model_m2_1, timeout: 600s }\n"
+            "\n              - match: { prefix: \"/\", headers: [{ name: x-maas-model, string_match: { exact: \"m2\" } }] }\n                route: { cluster: model_m2_1, timeout: 600s, idle_timeout: 601s }\n"
         ));
         assert!(rendered
             .contains("\n  - name: model_m1_0\n    type: STATIC\n    connect_timeout: 2s\n"));
@@ -771,7 +783,7 @@ mod tests {
 
         let route = |model: &str, cluster: &str| {
             format!(
-                "\n              - match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: \"{model}\" }} }}] }}\n                route: {{ cluster: {cluster}, timeout: 600s, auto_host_rewrite: true }}\n                request_headers_to_remove: [x-maas-user, x-maas-key-id, x-maas-subscription, x-maas-model, authorization, x-api-key, api-key]\n"
+                "\n              - match: {{ prefix: \"/\", headers: [{{ name: x-maas-model, string_match: {{ exact: \"{model}\" }} }}] }}\n                route: {{ cluster: {cluster}, timeout: 600s, idle_timeout: 601s, auto_host_rewrite: true }}\n                request_headers_to_remove: [x-maas-user, x-maas-key-id, x-maas-subscription, x-maas-model, authorization, x-api-key, api-key]\n"
             )
         };
         for (model, cluster) in [
@@ -785,7 +797,9 @@ mod tests {
             );
         }
         // The local model keeps its route, before the providers'.
-        assert!(rendered.contains("route: { cluster: model_m1_0, timeout: 600s }"));
+        assert!(
+            rendered.contains("route: { cluster: model_m1_0, timeout: 600s, idle_timeout: 601s }")
+        );
 
         let cluster = |name: &str| {
             let start = rendered

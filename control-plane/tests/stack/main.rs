@@ -371,6 +371,18 @@ fn oidc_tokens_on_model_traffic(backend: Backend) {
         assert_eq!(r.status, 401, "{}", r.text());
         assert_eq!(r.json()["error"]["code"], "invalid_api_key");
     }
+
+    // A valid token counts only in `Authorization`: in the query string
+    // (Envoy's default also reads `access_token` there) it would go on to
+    // the model's servers with the path.
+    let r = s.gateway.post_json(
+        &format!("/v1/chat/completions?access_token={alice}"),
+        &[],
+        &json!({"model": MODEL, "max_tokens": 8,
+                "messages": [{"role": "user", "content": "Say hello."}]}),
+    );
+    assert_eq!(r.status, 401, "{}", r.text());
+    assert_eq!(r.json()["error"]["code"], "missing_api_key", "{}", r.text());
 }
 
 fn the_gateway_outlives_the_control_plane(backend: Backend) {

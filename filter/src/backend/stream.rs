@@ -190,7 +190,9 @@ impl BackendStream {
             Ok(out) => {
                 host.replace_request_body(body_size, &out.body);
                 host.set_request_header("content-length", Some(&out.body.len().to_string()));
-                host.set_request_header(":path", Some(out.path.as_deref().unwrap_or(&self.path)));
+                // A client's query string is no provider's business either.
+                let own_path = self.path.split(['?', '#']).next().unwrap_or_default();
+                host.set_request_header(":path", Some(out.path.as_deref().unwrap_or(own_path)));
                 if self.kind() == Some(ProviderKind::Anthropic) {
                     host.set_request_header("anthropic-version", Some(anthropic::API_VERSION));
                     // What comes back is translated, so it must come back readable.

@@ -886,6 +886,8 @@ fn no_answer_where_the_model_may_have_run_is_charged_the_reservation() {
         "response_timeout",
         "upstream_per_try_timeout",
         "upstream_max_stream_duration_reached",
+        // Envoy's stream idle timeout, before any response header.
+        "stream_idle_timeout",
     ] {
         let (usage, completion) = charged("ext", &|s: &mut Stream| {
             *h.host.code_details.borrow_mut() = Some(details.into());
@@ -922,6 +924,11 @@ fn no_answer_where_the_model_may_have_run_is_charged_the_reservation() {
     let reserved = (serde_json::json!("reserved"), 50);
     assert_eq!(charged("m1", &timeout_504), reserved);
     assert_eq!(charged("m1", &client_left), reserved);
+    let idle_504 = |s: &mut Stream| {
+        details(Some("stream_idle_timeout"));
+        h.respond_json(s, 504, "stream timeout");
+    };
+    assert_eq!(charged("m1", &idle_504), reserved);
     let estimated = (serde_json::json!("estimated"), 0);
     assert_eq!(charged_as("m1", true, &timeout_504), estimated);
     assert_eq!(charged_as("m1", true, &client_left), estimated);

@@ -28,10 +28,11 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use super::{
     path_literal, route_match, safe_name, string_literal, RenderError, CLUSTER_INDENT,
-    ROUTE_INDENT, ROUTE_TIMEOUT,
+    ROUTE_IDLE_TIMEOUT, ROUTE_INDENT, ROUTE_TIMEOUT,
 };
 
 /// A model API run by someone else, reached over TLS with our credential.
@@ -171,12 +172,13 @@ pub(super) fn routes(providers: &[ProviderSpec], chained: &HashSet<&str>) -> Vec
                 continue;
             }
             block.push(route_match(model));
-            let timeout = provider.timeout.map_or_else(
-                || ROUTE_TIMEOUT.to_string(),
-                |t| format!("{}.{:03}s", t.as_secs(), t.subsec_millis()),
+            let seconds = |t: Duration| format!("{}.{:03}s", t.as_secs(), t.subsec_millis());
+            let (timeout, idle) = provider.timeout.map_or_else(
+                || (ROUTE_TIMEOUT.to_string(), ROUTE_IDLE_TIMEOUT.to_string()),
+                |t| (seconds(t), seconds(t + Duration::from_secs(1))),
             );
             block.push(format!(
-                "{indent}  route: {{ cluster: {}, timeout: {timeout}, auto_host_rewrite: true }}",
+                "{indent}  route: {{ cluster: {}, timeout: {timeout}, idle_timeout: {idle}, auto_host_rewrite: true }}",
                 cluster_name(&provider.name),
             ));
             block.push(format!(

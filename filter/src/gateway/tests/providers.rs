@@ -615,7 +615,7 @@ fn external_models_go_out_under_their_providers_name_and_path() {
     let h = harness();
     let _vllm = h.request(
         "POST",
-        "/v1/completions",
+        "/v1/completions?access_token=eyJ.secret",
         &[("authorization", &format!("Bearer {KEY}"))],
         r#"{"model":"far/llama","max_tokens":10,"prompt":"hi"}"#,
     );
@@ -625,7 +625,8 @@ fn external_models_go_out_under_their_providers_name_and_path() {
         Some("far/llama")
     );
     let _b = attempt(&h, "vllm-far");
-    // An OpenAI-compatible provider keeps the gateway's path.
+    // An OpenAI-compatible provider keeps the gateway's path, without the
+    // client's query string.
     assert_eq!(
         h.host.request_header(":path").as_deref(),
         Some("/v1/completions")
