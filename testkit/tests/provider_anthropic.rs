@@ -36,6 +36,12 @@ fn start() -> StandIn {
 
 /// [`start`], with the provider's request timeout.
 fn start_with_timeout(timeout: Option<std::time::Duration>) -> StandIn {
+    start_with(timeout, None)
+}
+
+/// [`start`], with the provider's request timeout and another bootstrap
+/// template.
+fn start_with(timeout: Option<std::time::Duration>, template: Option<String>) -> StandIn {
     envoy_binary();
     let ca = TestCa::create("maas test anthropic CA");
     let cert = ca.issue(HOST);
@@ -56,7 +62,11 @@ fn start_with_timeout(timeout: Option<std::time::Duration>) -> StandIn {
             "sha256": KeyDigest::of(CLIENT_KEY).to_hex()
         }]
     });
-    let gateway = Gateway::builder()
+    let mut builder = Gateway::builder();
+    if let Some(template) = template {
+        builder = builder.template(template);
+    }
+    let gateway = builder
         .filter_config(filter)
         .provider(ProviderSpec {
             name: "anthropic".into(),
@@ -257,5 +267,35 @@ fn a_provider_slower_than_its_timeout_is_answered_504_in_openai_shape_and_charge
     assert_eq!(
         record["total_tokens"], record["reserved_tokens"],
         "{record}"
+    );
+}
+
+/// Were the gateway role ever missing from the listener (an EnvoyFilter
+/// whose anchor is absent is skipped by Istio without an error), a client's
+/// own `x-maas-model` would route to the provider's cluster, whose
+/// credential injector adds the operator's key. The backend role there
+/// sends nothing the gateway role did not admit.
+#[test]
+fn a_request_the_gateway_role_never_saw_does_not_reach_the_provider() {
+    let full = maas_testkit::gateway::gateway_template();
+    let start = full
+        .find("          - name: envoy.filters.http.wasm\n")
+        .expect("the template's gateway role");
+    let end = full
+        .find("          - name: envoy.filters.http.router\n")
+        .expect("the template's router");
+    assert!(start < end);
+    let without_gateway_role = format!("{}{}", &full[..start], &full[end..]);
+    let s = start_with(None, Some(without_gateway_role));
+    let response = s.gateway.post_json(
+        "/v1/chat/completions",
+        &[("x-maas-model", "claude")],
+        &question(false),
+    );
+    assert_eq!(response.status, 500, "{}", response.text());
+    assert_eq!(response.json()["error"]["code"], "not_admitted");
+    assert!(
+        s.upstream.requests().is_empty(),
+        "nothing reached the provider"
     );
 }

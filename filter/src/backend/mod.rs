@@ -25,6 +25,15 @@ mod stream;
 pub use document::{BackendConfig, BACKEND_HEADER, PROVIDER_STATUS_HEADER};
 pub use stream::BackendStream;
 
+/// Filter state the gateway role sets on a request it admitted (the model,
+/// as it routed it): the backend role sends nothing to a provider without
+/// it. Were the gateway role ever missing from the listener (an
+/// EnvoyFilter whose anchor filter is absent is skipped without an error),
+/// a client's own `x-maas-model` would route to a provider's cluster, whose
+/// credential injector adds the operator's key: no authentication, limit
+/// or account. Filter state is Envoy's, never a client's to set.
+pub const ADMITTED_STATE: &str = "maas_admitted";
+
 /// How Envoy is set up around the backend role. Both renderers (the local
 /// bootstrap in `testkit`, the mesh's in `maas-mesh`) write it from here.
 pub mod envoy {

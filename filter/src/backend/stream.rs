@@ -4,6 +4,7 @@
 //! with the client's request as the gateway role prepared it.
 
 use super::document::{BackendConfig, BACKEND_HEADER, PROVIDER_STATUS_HEADER};
+use super::ADMITTED_STATE;
 use crate::config::ExternalModel;
 use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
@@ -129,6 +130,9 @@ impl BackendStream {
         };
         let method = get(":method").unwrap_or_default().to_string();
         let stray_path_header = get(ORIGINAL_PATH_HEADER).is_some();
+        if host.request_state(ADMITTED_STATE).is_none() {
+            return self.refuse(host, &GatewayError::Provider(ProviderError::NotAdmitted));
+        }
         self.path = path;
         // Only the credential Envoy injects after this filter may go out
         // (an earlier attempt's provider key would otherwise reach this
@@ -157,13 +161,7 @@ impl BackendStream {
                     method,
                     path: bounded_path(&self.path),
                 };
-                self.replied = true;
-                host.send_reply(
-                    err.status(),
-                    &[("content-type", "application/json")],
-                    &err.body(),
-                );
-                return Flow::Pause;
+                return self.refuse(host, &err);
             }
         }
         if end_of_stream {
@@ -203,15 +201,20 @@ impl BackendStream {
             Err(e) => {
                 // The gateway role refuses what a model's backends cannot
                 // take before anything is reserved; this is the backstop.
-                self.replied = true;
-                host.send_reply(
-                    e.status(),
-                    &[("content-type", "application/json")],
-                    &e.body(),
-                );
-                Flow::Pause
+                self.refuse(host, &GatewayError::Provider(e))
             }
         }
+    }
+
+    /// Answers the attempt with `err` itself: nothing goes to the provider.
+    fn refuse(&mut self, host: &dyn StreamHost, err: &GatewayError) -> Flow {
+        self.replied = true;
+        host.send_reply(
+            err.status(),
+            &[("content-type", "application/json")],
+            &err.body(),
+        );
+        Flow::Pause
     }
 
     fn kind(&self) -> Option<ProviderKind> {

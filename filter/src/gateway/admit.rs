@@ -23,6 +23,7 @@
 
 use super::provider;
 use super::{limited_scopes, Admission, Identity, Stream};
+use crate::backend::ADMITTED_STATE;
 use crate::error::GatewayError;
 use crate::estimate::{prompt_bound, UsageBounds};
 use crate::host::{Flow, StreamHost};
@@ -381,4 +382,5 @@ fn forward(
     // Setting a request header makes Envoy re-evaluate the route, so each
     // model can have its own cluster.
     host.set_request_header("x-maas-model", Some(model));
+    host.set_request_state(ADMITTED_STATE, model);
 }

@@ -126,6 +126,13 @@ pub enum ProviderError {
         "service tier {tier:?} is not available for this model (provider {provider:?} allows the tiers in its `service_tiers`)"
     )]
     ServiceTier { tier: String, provider: String },
+    /// The backend role was reached by a request the gateway role did not
+    /// admit ([`crate::backend::ADMITTED_STATE`]): the gateway's Envoy
+    /// configuration lets requests past it.
+    #[error(
+        "this request did not pass the gateway's admission; the gateway is misconfigured (its filter is missing from the listener)"
+    )]
+    NotAdmitted,
 }
 
 impl ProviderError {
@@ -138,6 +145,7 @@ impl ProviderError {
             | ProviderError::ServiceTier { .. } => 400,
             ProviderError::Upstream { status, .. } => *status,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => 502,
+            ProviderError::NotAdmitted => 500,
         }
     }
 
@@ -150,6 +158,7 @@ impl ProviderError {
             | ProviderError::ServiceTier { .. } => "invalid_request_error",
             ProviderError::Upstream { error_type, .. } => error_type,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => "upstream_error",
+            ProviderError::NotAdmitted => "server_error",
         }
     }
 
@@ -163,6 +172,7 @@ impl ProviderError {
             ProviderError::Upstream { code, .. } => code,
             ProviderError::UnreadableResponse(_) => "bad_upstream_response",
             ProviderError::NotServed => "provider_not_configured",
+            ProviderError::NotAdmitted => "not_admitted",
         }
     }
 

@@ -5,7 +5,7 @@
 //! OpenAI's again, before the gateway role reads, charges and forwards it.
 
 use super::*;
-use crate::backend::{BackendConfig, BackendStream};
+use crate::backend::{BackendConfig, BackendStream, ADMITTED_STATE};
 
 fn with_providers() -> serde_json::Value {
     let mut json = config_json();
@@ -729,6 +729,8 @@ fn the_backend_role_sends_nothing_but_completions_to_a_provider() {
             (":path".into(), path.into()),
         ];
         h.host.state.borrow_mut().clear();
+        // Even one the gateway role had admitted as a completion.
+        h.host.set_request_state(ADMITTED_STATE, "far/llama");
         *h.host.reply.borrow_mut() = None;
         let mut b = backend(&h, "vllm-far");
         assert_eq!(b.on_request_headers(&h.host, false), Flow::Pause, "{path}");
@@ -740,6 +742,40 @@ fn the_backend_role_sends_nothing_but_completions_to_a_provider() {
         );
         assert_eq!(b.on_request_body(&h.host, 0, true), Flow::Continue);
     }
+}
+
+#[test]
+fn the_backend_role_sends_nothing_the_gateway_role_did_not_admit() {
+    // A client's own `x-maas-model` reaching a provider's cluster with the
+    // gateway role missing from the listener: the credential injector
+    // would add the operator's key.
+    let h = harness();
+    *h.host.request_headers.borrow_mut() = vec![
+        (":method".into(), "POST".into()),
+        (":path".into(), "/v1/chat/completions".into()),
+        ("x-maas-model".into(), "far/llama".into()),
+    ];
+    let body = r#"{"model":"far/llama","max_tokens":5,"messages":[]}"#;
+    *h.host.request_body.borrow_mut() = body.as_bytes().to_vec();
+    let mut b = backend(&h, "vllm-far");
+    assert_eq!(b.on_request_headers(&h.host, false), Flow::Pause);
+    let (status, _, error) = h.replied().unwrap();
+    assert_eq!(
+        (status, error["error"]["code"].as_str()),
+        (500, Some("not_admitted"))
+    );
+    assert_eq!(b.on_request_body(&h.host, body.len(), true), Flow::Continue);
+    assert_eq!(
+        h.host.request_body.borrow().as_slice(),
+        body.as_bytes(),
+        "the body is not made the provider's"
+    );
+    // Admitted by the gateway role, the same request goes out.
+    let h = harness();
+    let _s = h.chat(body);
+    assert!(h.replied().is_none());
+    let _b = attempt(&h, "vllm-far");
+    assert!(h.replied().is_none());
 }
 
 #[test]
