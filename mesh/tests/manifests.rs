@@ -1987,3 +1987,58 @@ fn assert_same_file(rendered: &Path, checked_in: &Path) {
         "{checked_in:?}: comments differ"
     );
 }
+
+/// `maas-models` has one rule per local model, and Gateway API's HTTPRoute
+/// takes 1 to 16 rules: a configuration the API server would refuse is
+/// refused at render, saying why; 16 renders routes the CRD accepts.
+#[test]
+fn the_models_route_stays_within_the_rules_an_httproute_takes() {
+    let template = std::fs::read_to_string(root().join("envoy/gateway.template.yaml")).unwrap();
+    let config: Value =
+        serde_json::from_slice(&std::fs::read(root().join("envoy/filter-config.json")).unwrap())
+            .unwrap();
+    let with_models = |count: usize| {
+        let models: Vec<String> = (0..count).map(|i| format!("model-{i}")).collect();
+        let mut config = config.clone();
+        config["models"] = json!(models);
+        // An external model, so that none local is still a configuration.
+        config["providers"] = json!([{"name": "far", "kind": "openai-compatible"}]);
+        config["external_models"] = json!([{"id": "ext", "provider": "far", "model": "x"}]);
+        for subscription in config["subscriptions"]
+            .as_object_mut()
+            .unwrap()
+            .values_mut()
+        {
+            subscription["models"] = json!(["ext"]);
+        }
+        istio::render(
+            &template,
+            config.to_string().as_bytes(),
+            &MeshSettings::default(),
+        )
+    };
+    for count in [0, 17] {
+        let err = with_models(count).unwrap_err().to_string();
+        assert!(
+            err.contains("1 to 16 rules") && err.contains(&format!("has {count} local")),
+            "{err}"
+        );
+    }
+    let files = with_models(16).unwrap();
+    let routes = files
+        .iter()
+        .find(|f| f.path == "gateway/routes.yaml")
+        .unwrap();
+    assert_eq!(
+        routes.docs[0]["spec"]["rules"].as_array().unwrap().len(),
+        16
+    );
+    for doc in &routes.docs {
+        assert!(matches!(catalog().validate(doc), Verdict::Valid), "{doc}");
+    }
+    // The CRD itself refuses a 17th rule, as the API server would.
+    let mut over = routes.docs[0].clone();
+    let rules = over["spec"]["rules"].as_array_mut().unwrap();
+    rules.push(rules[0].clone());
+    assert!(matches!(catalog().validate(&over), Verdict::Invalid(_)));
+}

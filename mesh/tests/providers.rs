@@ -854,3 +854,34 @@ fn the_cli_renders_the_example_and_says_how_the_gateway_mounts_the_keys() {
         "docs/mesh.md does not give the Gateway patch {patch}"
     );
 }
+
+/// `maas-providers` has one rule per external model, and an HTTPRoute takes
+/// at most 16: more is refused at render, saying why.
+#[test]
+fn the_providers_route_stays_within_the_rules_an_httproute_takes() {
+    let mut config: Value = serde_json::from_slice(&example("filter-config.json")).unwrap();
+    let externals = config["external_models"].as_array_mut().unwrap();
+    let have = externals.len();
+    for i in have..17 {
+        externals.push(
+            json!({"id": format!("gpt-extra-{i}"), "provider": "openai", "model": "gpt-4.1"}),
+        );
+    }
+    let err = render(
+        config.to_string().as_bytes(),
+        &example_providers(),
+        &MeshSettings::default(),
+    )
+    .unwrap_err();
+    assert!(matches!(err, ProvidersError::RouteRules(17)), "{err}");
+    assert!(err.to_string().contains("1 to 16 rules"), "{err}");
+    config["external_models"].as_array_mut().unwrap().pop();
+    let docs = render(
+        config.to_string().as_bytes(),
+        &example_providers(),
+        &MeshSettings::default(),
+    )
+    .unwrap();
+    let route = named(&docs, "HTTPRoute", "maas-providers");
+    assert_eq!(route["spec"]["rules"].as_array().unwrap().len(), 16);
+}

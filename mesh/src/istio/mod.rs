@@ -64,6 +64,10 @@ pub const API_ROUTE: &str = "maas-api";
 /// Name of the `HTTPRoute` that serves the models (and the target of the
 /// Kuadrant policies, which must not count `/maas-api/`).
 pub const MODELS_ROUTE: &str = "maas-models";
+
+/// The rules one HTTPRoute may have: Gateway API v1's `spec.rules` takes
+/// 1 to 16.
+pub const MAX_ROUTE_RULES: usize = 16;
 /// The sidecar placement's name for it. Kuadrant's policies trust the
 /// `x-maas-*` headers the filter sets before them at the gateway; in the
 /// sidecar placement no filter runs there, so those headers would be the
@@ -114,6 +118,13 @@ pub enum RenderError {
     IstioTooOld(IstioVersion),
     #[error("the filter's failure_policy {0:?} is not FAIL_CLOSED or FAIL_RELOAD")]
     FailurePolicy(String),
+    #[error(
+        "{MODELS_ROUTE} has one rule per local model, and a Gateway API HTTPRoute takes \
+         1 to {MAX_ROUTE_RULES} rules (the API server refuses others); the filter \
+         configuration has {0} local models (serve more from another Gateway; external \
+         models have their own route, `maas-mesh render-providers`)"
+    )]
+    RouteRules(usize),
     #[error(
         "the filter's failure_policy is FAIL_OPEN: a proxy whose module failed to load or \
          crashed would pass every request on unauthenticated and unmetered (and on the \
@@ -818,6 +829,9 @@ pub fn render(
     let parsed = Config::from_json(filter_config.to_string().as_bytes())?;
     // External models have their own route (`providers::render`).
     let models = &local_models(&parsed);
+    if !(1..=MAX_ROUTE_RULES).contains(&models.len()) {
+        return Err(RenderError::RouteRules(models.len()));
+    }
     let mut files = Vec::new();
     for (placement, dir) in [
         (Placement::Gateway, "gateway"),

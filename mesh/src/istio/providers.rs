@@ -44,8 +44,8 @@ use maas_filter::config::{Config, ConfigError};
 use maas_filter::providers::credential_sds;
 
 use super::{
-    gateway_target, metadata, template_settings, MeshSettings, RenderError, MODEL_HEADER,
-    SYSTEM_CA_FILE,
+    gateway_target, metadata, template_settings, MeshSettings, RenderError, MAX_ROUTE_RULES,
+    MODEL_HEADER, SYSTEM_CA_FILE,
 };
 
 mod backend;
@@ -127,6 +127,12 @@ pub enum ProvidersError {
     NotInFilterConfig(String),
     #[error("the filter configuration has no `providers`: nothing to render")]
     NoProviders,
+    #[error(
+        "{PROVIDERS_ROUTE} has one rule per external model, and a Gateway API HTTPRoute \
+         takes 1 to {MAX_ROUTE_RULES} rules (the API server refuses others); the filter \
+         configuration routes {0} external models (serve more from another Gateway)"
+    )]
+    RouteRules(usize),
     #[error("cannot write the gateway's Deployment overlay: {0}")]
     Yaml(String),
     #[error(transparent)]
@@ -418,6 +424,9 @@ pub fn render(
         return Err(ProvidersError::NotInFilterConfig(extra.name.clone()));
     }
     let routed = routed_models(&filter, mesh);
+    if !(1..=MAX_ROUTE_RULES).contains(&routed.len()) {
+        return Err(ProvidersError::RouteRules(routed.len()));
+    }
     let by_name: BTreeMap<&str, &MeshProvider> = mesh
         .providers
         .iter()
