@@ -71,6 +71,10 @@ pub struct Args {
     /// Largest accepted request body.
     #[arg(long, default_value_t = 4 * 1024 * 1024)]
     pub max_body_bytes: usize,
+    /// Seconds a request's body may take to arrive, whole; one still
+    /// arriving then is answered 408.
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub body_read_timeout_secs: u64,
     /// Seconds running sequences get to finish after SIGTERM.
     #[arg(long, default_value_t = 30)]
     pub shutdown_grace_secs: u64,
@@ -198,6 +202,7 @@ pub struct ServerConfig {
     pub kv: KvCacheConfig,
     pub context: Option<usize>,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub shutdown_grace: Duration,
     pub threads: Option<usize>,
     pub device: DeviceChoice,
@@ -287,6 +292,7 @@ impl Args {
             },
             context: self.context,
             max_body_bytes: self.max_body_bytes,
+            body_read_timeout: Duration::from_secs(self.body_read_timeout_secs),
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             threads: self.threads,
             device: self.device,

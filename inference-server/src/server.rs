@@ -51,7 +51,7 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     let metrics = Arc::new(Metrics::default());
     let app = Arc::new(AppState::new(
         config.model_id.clone(),
-        config.max_body_bytes,
+        (config.max_body_bytes, config.body_read_timeout),
         metrics.clone(),
         config.api_keys.clone(),
     ));
@@ -94,7 +94,8 @@ pub async fn serve(config: ServerConfig) -> Result<(), ServeError> {
     .map_err(|e| load_error(e.to_string()))?
     .map_err(load_error)?;
     let chat_template = chat_template(config.chat_template.as_ref(), &mut loaded)
-        .map_err(|e| load_error(format!("chat template: {e}")))?;
+        .map_err(|e| load_error(format!("chat template: {e}")))?
+        .map(|(template, origin)| (Arc::new(template), origin));
     let loaded = Arc::new(loaded);
     let context = loaded.model.max_positions();
     tracing::info!(

@@ -90,6 +90,19 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message).with_code(code)
     }
 
+    /// 408: the body did not all arrive within `within`.
+    pub fn body_timeout(within: std::time::Duration) -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "invalid_request_error",
+            format!(
+                "The request body did not arrive within {} s.",
+                within.as_secs()
+            ),
+        )
+        .with_code("request_timeout")
+    }
+
     pub fn internal(message: impl Into<String>) -> Self {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
     }

@@ -17,7 +17,7 @@ mod validation;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -53,7 +53,7 @@ pub struct Ready {
     pub context: usize,
     /// What chats are rendered with, chosen once at start, and where it
     /// came from; `None`: chat requests are refused.
-    pub chat_template: Option<(ChatTemplate, TemplateOrigin)>,
+    pub chat_template: Option<(Arc<ChatTemplate>, TemplateOrigin)>,
     /// The response-format compiler over this model's vocabulary, built
     /// by the first request with a `response_format` (see `validation`).
     pub grammars: Arc<OnceLock<Result<Grammars, String>>>,
@@ -76,6 +76,7 @@ pub struct AppState {
     pub model_id: String,
     pub created: u64,
     pub max_body_bytes: usize,
+    pub body_read_timeout: Duration,
     pub metrics: Arc<Metrics>,
     /// The keys `/v1/` callers must present one of (`--api-key-file`), if
     /// any.
@@ -87,7 +88,7 @@ pub struct AppState {
 impl AppState {
     pub fn new(
         model_id: String,
-        max_body_bytes: usize,
+        (max_body_bytes, body_read_timeout): (usize, Duration),
         metrics: Arc<Metrics>,
         api_keys: Option<ApiKeys>,
     ) -> Self {
@@ -95,6 +96,7 @@ impl AppState {
             model_id,
             created: unix_now(),
             max_body_bytes,
+            body_read_timeout,
             metrics,
             api_keys,
             ready: OnceLock::new(),
@@ -186,8 +188,12 @@ async fn get_model(
     axum::Json(model_card(&app)).into_response()
 }
 
-/// Reads the body within the size limit: a declared length over it is
-/// refused before reading, an undeclared one as soon as it crosses it.
+/// Reads the body within the size limit and `--body-read-timeout-secs`: a
+/// declared length over the limit is refused before reading, an undeclared
+/// one as soon as it crosses it; one still arriving at the deadline is a
+/// 408, so a client that declares a large body and sends it slowly, or
+/// never, holds its connection and buffer only that long (a gateway in
+/// front sends a body it has already read at once).
 async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = app.max_body_bytes;
     let declared = headers
@@ -197,7 +203,11 @@ async fn read_body(app: &AppState, headers: &HeaderMap, body: Body) -> Result<By
     if declared.is_some_and(|len| len > limit as u64) {
         return Err(ApiError::too_large(limit));
     }
-    match Limited::new(body, limit).collect().await {
+    let within = app.body_read_timeout;
+    let collected = tokio::time::timeout(within, Limited::new(body, limit).collect())
+        .await
+        .map_err(|_| ApiError::body_timeout(within))?;
+    match collected {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::too_large(limit)),
         Err(e) => Err(ApiError::invalid(

@@ -21,6 +21,8 @@
 //! vocabulary, a budget of at least 1, and prompt plus budget within the
 //! context. The engine trusts this and checks none of it again.
 
+use std::sync::Arc;
+
 use super::error::ApiError;
 use super::request::{ChatRequest, CompletionRequest, GenerationFields, Prompt, StopField};
 use super::response::Shape;
@@ -32,7 +34,7 @@ use crate::engine::grammar::{self, GrammarError, Grammars, ResponseFormat};
 use crate::engine::kv_blocks::KvShape;
 use crate::engine::sampling::SamplingParams;
 use crate::engine::{Constraint, Decoding, GenerationParams};
-use crate::text::{ChatMessage, TextError, TextTokenizer};
+use crate::text::{TextError, TextTokenizer};
 
 /// What a request asks of generation, its fields checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -501,7 +503,7 @@ fn completion_budget(
 /// The second stage for a chat: rendered with the model's template,
 /// tokenised, and fitted to the context.
 pub(super) async fn chat(
-    req: ChatRequest,
+    mut req: ChatRequest,
     model_id: &str,
     ready: &Ready,
 ) -> Result<ValidRequest, ApiError> {
@@ -513,26 +515,37 @@ pub(super) async fn chat(
         )
     })?;
     let active = req.generation.tools.as_ref().filter(|t| t.active());
-    let render = |messages: &[ChatMessage], tools: Option<&[serde_json::Value]>| {
-        template.render_with(messages, tools, &req.template_kwargs, true)
-    };
-    let (rendered, format) = match active {
+    // What the template is given: the messages as sent, or rewritten with
+    // the tools (or their history) as text; and the tools it writes itself.
+    let (rewritten, tools, format) = match active {
         // A conversation with tool turns and no tools now (`tool_choice`
         // "none", or the final answer after the calls), for a template
         // that knows no tool turns: written as text, as when tools are on.
         None if !template.renders_tools() && tools::has_tool_turns(&req.messages) => {
-            (render(&tools::hermes_history(&req.messages), None), None)
+            (Some(tools::hermes_history(&req.messages)), None, None)
         }
-        None => (render(&req.messages, None), None),
+        None => (None, None, None),
         Some(t) if template.renders_tools() => (
-            render(&req.messages, Some(&t.template_value())),
+            None,
+            Some(t.template_value()),
             Some(ToolCallFormat::for_template(template.source())),
         ),
         Some(t) => (
-            render(&tools::hermes_messages(t, &req.messages), None),
+            Some(tools::hermes_messages(t, &req.messages)),
+            None,
             Some(ToolCallFormat::Hermes),
         ),
     };
+    let messages = rewritten.unwrap_or_else(|| std::mem::take(&mut req.messages));
+    let kwargs = std::mem::take(&mut req.template_kwargs);
+    // Rendering a large conversation takes milliseconds of CPU: off the
+    // I/O threads, as tokenizing is.
+    let renderer = Arc::clone(template);
+    let rendered = tokio::task::spawn_blocking(move || {
+        renderer.render_with(&messages, tools.as_deref(), &kwargs, true)
+    })
+    .await
+    .map_err(|e| ApiError::internal(format!("chat template task failed: {e}")))?;
     let tokenizer = &ready.loaded.tokenizer;
     let special = |marker: &str| tokenizer.special_token_id(marker);
     let parsing = active.zip(format).map(|(t, format)| ToolCallParsing {

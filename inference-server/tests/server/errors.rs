@@ -161,3 +161,28 @@ fn unknown_models_paths_methods_and_huge_bodies_are_refused() {
         200
     );
 }
+
+/// A body that never arrives whole holds its connection only until
+/// `--body-read-timeout-secs`, then gets an OpenAI-shaped 408; the server
+/// answers others meanwhile.
+#[test]
+fn a_body_that_stops_arriving_gets_408() {
+    use std::io::{Read, Write};
+    let server = InferenceServer::start(&["--body-read-timeout-secs", "1"]);
+    let mut socket = std::net::TcpStream::connect(server.addr()).unwrap();
+    socket
+        .set_read_timeout(Some(std::time::Duration::from_secs(60)))
+        .unwrap();
+    let head = "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n";
+    socket.write_all(head.as_bytes()).unwrap();
+    socket.write_all(br#"{"model": "#).unwrap();
+    let r = get(&server.url("/health"));
+    assert_eq!(r.status, 200, "{}", r.text());
+    let mut answer = String::new();
+    // The server closes the connection after its answer.
+    let _ = socket.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    let body = &answer[answer.find("\r\n\r\n").unwrap() + 4..];
+    let error: Value = serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    assert_eq!(error["error"]["code"], "request_timeout", "{error}");
+}
