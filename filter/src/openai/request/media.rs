@@ -18,6 +18,9 @@
 //!   is one of those spelt plainly; a part without one (vLLM's
 //!   `{"image_url": "…"}`), an escaped spelling or a non-object part counts.
 //! - A repeated `content` key is counted each time.
+//! - A message's `audio` (an assistant's earlier audio answer by `id`,
+//!   which the provider reads back as audio tokens) counts as one part
+//!   unless null.
 //! - The walk allocates nothing: other keys and values are skipped
 //!   (serde's `IgnoredAny`), and `type` is compared as raw JSON.
 
@@ -26,7 +29,7 @@ use std::fmt;
 use serde::de::{self, Deserializer as _, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde_json::value::RawValue;
 
-use super::{KeyIndex, Keys, RequestError};
+use super::{Key, KeyIndex, Keys, RequestError};
 
 pub(super) const EXPECT_MESSAGES: &str =
     "an array of message objects whose content is a string, null or an array of parts";
@@ -90,14 +93,24 @@ impl<'de> Visitor<'de> for MessageVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MessageParts, A::Error> {
         let mut count = 0u64;
         while let Some(key) = map.next_key_seed(KeyIndex {
-            names: &["content"],
+            names: &["content", "audio"],
             keys: Keys::AlsoCaseVariants,
         })? {
-            if key.is_named() {
-                let Content(n) = map.next_value()?;
-                count = count.saturating_add(n);
-            } else {
-                map.next_value::<IgnoredAny>()?;
+            match key {
+                Key::Exact(0) | Key::CaseVariant(0) => {
+                    let Content(n) = map.next_value()?;
+                    count = count.saturating_add(n);
+                }
+                // An assistant's earlier audio answer, by id: some 40 bytes
+                // that bring its audio back as prompt tokens.
+                Key::Exact(_) | Key::CaseVariant(_) => {
+                    if map.next_value::<Option<IgnoredAny>>()?.is_some() {
+                        count = count.saturating_add(1);
+                    }
+                }
+                Key::Other => {
+                    map.next_value::<IgnoredAny>()?;
+                }
             }
         }
         Ok(MessageParts(count))
@@ -267,6 +280,13 @@ mod tests {
             (r#"[{"content":[{"type":"hologram"}]}]"#, 1),
             (r#"[{"content":[{"type":7}]}]"#, 1),
             (r#"[{"content":["text?", 1, null, []]}]"#, 4),
+            // An assistant's earlier audio answer, by id, is read back.
+            (
+                r#"[{"role":"assistant","content":null,"audio":{"id":"audio_1"}},
+                    {"role":"assistant","audio":{"id":"audio_2"},"content":"x"}]"#,
+                2,
+            ),
+            (r#"[{"role":"assistant","content":"x","audio":null}]"#, 0),
         ];
         for (messages, expected) in cases {
             assert_eq!(count(messages), Ok(*expected), "{messages}");
