@@ -4,6 +4,7 @@
 //! subject plus the groups found under a configurable claim.
 
 use std::collections::HashMap;
+use std::sync::{Arc, PoisonError, RwLock};
 
 use jsonwebtoken::jwk::JwkSet;
 use jsonwebtoken::{decode, decode_header, Algorithm, DecodingKey, Validation};
@@ -61,9 +62,14 @@ pub enum TokenError {
     Claims(String),
 }
 
+/// The issuer's signing keys by `kid`, each with the one algorithm it takes.
+type Keys = HashMap<String, (DecodingKey, Algorithm)>;
+
 pub struct TokenVerifier {
     settings: OidcSettings,
-    keys: HashMap<String, (DecodingKey, Algorithm)>,
+    /// Replaced whole when the issuer's key set changes
+    /// ([`TokenVerifier::replace_keys`]).
+    keys: RwLock<Arc<Keys>>,
 }
 
 fn asymmetric(alg: Algorithm) -> bool {
@@ -72,41 +78,29 @@ fn asymmetric(alg: Algorithm) -> bool {
 
 impl TokenVerifier {
     pub fn new(settings: OidcSettings, jwks: &[u8]) -> Result<Self, JwksError> {
-        let set: JwkSet =
-            serde_json::from_slice(jwks).map_err(|e| JwksError::Format(e.to_string()))?;
-        let mut keys = HashMap::new();
-        for jwk in &set.keys {
-            let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk))
-            else {
-                continue;
-            };
-            let alg = match jwk.common.key_algorithm.map(|a| a.to_string()) {
-                Some(a) => match a.parse::<Algorithm>() {
-                    Ok(alg) => alg,
-                    Err(_) => continue,
-                },
-                None => match &jwk.algorithm {
-                    jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
-                    jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
-                    _ => continue,
-                },
-            };
-            if asymmetric(alg) {
-                keys.insert(kid, (key, alg));
-            }
-        }
-        if keys.is_empty() {
-            return Err(JwksError::NoKeys);
-        }
-        Ok(Self { settings, keys })
+        Ok(Self {
+            settings,
+            keys: RwLock::new(Arc::new(parse_keys(jwks)?)),
+        })
+    }
+
+    /// Verifies with the keys of `jwks` from now on (the issuer rotated or
+    /// withdrew a key); an unusable set leaves the keys in use. Returns
+    /// how many keys the new set has.
+    pub fn replace_keys(&self, jwks: &[u8]) -> Result<usize, JwksError> {
+        let keys = parse_keys(jwks)?;
+        let count = keys.len();
+        *self.keys.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(keys);
+        Ok(count)
     }
 
     pub fn verify(&self, token: &str) -> Result<Identity, TokenError> {
         let header = decode_header(token).map_err(|_| TokenError::Malformed)?;
+        let keys = Arc::clone(&self.keys.read().unwrap_or_else(PoisonError::into_inner));
         let (key, alg) = header
             .kid
             .as_ref()
-            .and_then(|kid| self.keys.get(kid))
+            .and_then(|kid| keys.get(kid))
             .ok_or_else(|| TokenError::UnknownKey(header.kid.clone()))?;
         if header.alg != *alg {
             return Err(TokenError::Algorithm(format!("{:?}", header.alg)));
@@ -156,6 +150,35 @@ impl TokenVerifier {
             admin,
         })
     }
+}
+
+/// The asymmetric signing keys of a JWKS that have a `kid`.
+fn parse_keys(jwks: &[u8]) -> Result<Keys, JwksError> {
+    let set: JwkSet = serde_json::from_slice(jwks).map_err(|e| JwksError::Format(e.to_string()))?;
+    let mut keys = HashMap::new();
+    for jwk in &set.keys {
+        let (Some(kid), Ok(key)) = (jwk.common.key_id.clone(), DecodingKey::from_jwk(jwk)) else {
+            continue;
+        };
+        let alg = match jwk.common.key_algorithm.map(|a| a.to_string()) {
+            Some(a) => match a.parse::<Algorithm>() {
+                Ok(alg) => alg,
+                Err(_) => continue,
+            },
+            None => match &jwk.algorithm {
+                jsonwebtoken::jwk::AlgorithmParameters::RSA(_) => Algorithm::RS256,
+                jsonwebtoken::jwk::AlgorithmParameters::EllipticCurve(_) => Algorithm::ES256,
+                _ => continue,
+            },
+        };
+        if asymmetric(alg) {
+            keys.insert(kid, (key, alg));
+        }
+    }
+    if keys.is_empty() {
+        return Err(JwksError::NoKeys);
+    }
+    Ok(keys)
 }
 
 /// The strings under a dotted claim path: an array of strings or one string.
@@ -214,6 +237,29 @@ mod tests {
             .unwrap()
             .extend(extra.as_object().unwrap().clone());
         c
+    }
+
+    /// The issuer rotates: a key under a new `kid` is taken once the set
+    /// is replaced, the withdrawn one refused; an unusable set changes
+    /// nothing.
+    #[test]
+    fn a_replaced_key_set_takes_the_new_keys_and_drops_the_old() {
+        let v = verifier();
+        let old = token(ISSUER_KEY, "test-issuer-1", claims(json!({})));
+        let new = token(ISSUER_KEY, "test-issuer-2", claims(json!({})));
+        assert!(v.verify(&old).is_ok());
+        assert_eq!(
+            v.verify(&new),
+            Err(TokenError::UnknownKey(Some("test-issuer-2".into())))
+        );
+        let rotated = String::from_utf8(JWKS.to_vec())
+            .unwrap()
+            .replace("test-issuer-1", "test-issuer-2");
+        assert_eq!(v.replace_keys(rotated.as_bytes()), Ok(1));
+        assert!(v.verify(&new).is_ok());
+        assert!(matches!(v.verify(&old), Err(TokenError::UnknownKey(_))));
+        assert_eq!(v.replace_keys(br#"{"keys": []}"#), Err(JwksError::NoKeys));
+        assert!(v.verify(&new).is_ok(), "the keys in use stay");
     }
 
     #[test]

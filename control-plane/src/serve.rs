@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::api::{router, AppState, Authenticator};
 use crate::key_lifetime::KeyLifetime;
@@ -75,10 +76,17 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         Some((settings, jwks_path)) => {
             let jwks =
                 std::fs::read(jwks_path).map_err(|e| ServeError::JwksFile(jwks_path.clone(), e))?;
-            Some(
+            let verifier = Arc::new(
                 TokenVerifier::new(settings.clone(), &jwks)
                     .map_err(|e| ServeError::Jwks(jwks_path.clone(), e))?,
-            )
+            );
+            tokio::spawn(reload_jwks(
+                Arc::clone(&verifier),
+                jwks_path.clone(),
+                jwks,
+                JWKS_RELOAD_INTERVAL,
+            ));
+            Some(verifier)
         }
         None => None,
     };
@@ -128,4 +136,124 @@ async fn shutdown_signal() {
         }
     }
     let _ = ctrl_c.await;
+}
+
+/// How often the `--oidc-jwks` file is read again.
+const JWKS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Keeps `verifier` on the key set in `path`: the issuer's rotated keys are
+/// taken, and a key it withdrew (after a compromise) refused, within
+/// `every` and without a restart. A file that cannot be read, or whose
+/// content is no usable key set, leaves the keys in use and is logged once
+/// per change.
+pub async fn reload_jwks(
+    verifier: Arc<TokenVerifier>,
+    path: PathBuf,
+    mut last: Vec<u8>,
+    every: Duration,
+) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick.tick().await;
+    let mut unreadable = false;
+    loop {
+        tick.tick().await;
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => {
+                unreadable = false;
+                bytes
+            }
+            Err(e) => {
+                if !unreadable {
+                    tracing::warn!(path = %path.display(), error = %e, "cannot read the JWKS file; keeping the keys in use");
+                }
+                unreadable = true;
+                continue;
+            }
+        };
+        if bytes == last {
+            continue;
+        }
+        match verifier.replace_keys(&bytes) {
+            Ok(keys) => tracing::info!(path = %path.display(), keys, "JWKS reloaded"),
+            Err(e) => {
+                tracing::warn!(path = %path.display(), error = %e, "the JWKS file changed but is not usable; keeping the keys in use")
+            }
+        }
+        last = bytes;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::json;
+
+    const ISSUER_KEY: &[u8] = include_bytes!("../tests/fixtures/issuer.key.pem");
+    const JWKS: &[u8] = include_bytes!("../tests/fixtures/jwks.json");
+
+    fn token(kid: &str) -> String {
+        let exp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 300;
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        let claims =
+            json!({"iss": "https://issuer.test", "aud": "maas", "sub": "alice", "exp": exp});
+        encode(
+            &header,
+            &claims,
+            &EncodingKey::from_rsa_pem(ISSUER_KEY).unwrap(),
+        )
+        .unwrap()
+    }
+
+    /// The issuer's key set rewritten on disk is taken by the running
+    /// reloader; a broken rewrite leaves the keys in use.
+    #[tokio::test]
+    async fn a_rewritten_jwks_file_is_taken_without_a_restart() {
+        let dir = std::env::temp_dir().join(format!("maas-jwks-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("jwks.json");
+        std::fs::write(&path, JWKS).unwrap();
+        let settings = OidcSettings {
+            issuer: "https://issuer.test".into(),
+            audience: "maas".into(),
+            groups_claim: "groups".into(),
+            admin_groups: Vec::new(),
+        };
+        let verifier = Arc::new(TokenVerifier::new(settings, JWKS).unwrap());
+        let task = tokio::spawn(reload_jwks(
+            Arc::clone(&verifier),
+            path.clone(),
+            JWKS.to_vec(),
+            Duration::from_millis(20),
+        ));
+        let (old, new) = (token("test-issuer-1"), token("test-issuer-2"));
+        assert!(verifier.verify(&old).is_ok() && verifier.verify(&new).is_err());
+        let rotated = String::from_utf8(JWKS.to_vec())
+            .unwrap()
+            .replace("test-issuer-1", "test-issuer-2");
+        std::fs::write(&path, rotated).unwrap();
+        let until = std::time::Instant::now() + Duration::from_secs(10);
+        while verifier.verify(&new).is_err() {
+            assert!(
+                std::time::Instant::now() < until,
+                "the new key set was not taken"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(
+            verifier.verify(&old).is_err(),
+            "the withdrawn key is refused"
+        );
+        std::fs::write(&path, b"{not json").unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(verifier.verify(&new).is_ok(), "the keys in use stay");
+        task.abort();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

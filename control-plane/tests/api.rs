@@ -21,6 +21,9 @@ fn a_developer_mints_lists_and_revokes_their_own_key() {
         Some(&json!({"name": "laptop", "subscription": "team-a", "expires_in": "30d", "labels": {"env": "dev"}})),
     );
     assert_eq!(r.status, 201, "{}", r.text());
+    // The answer carries the key: no cache may keep it.
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("x-content-type-options"), Some("nosniff"));
     let created = r.json();
     let key = created["key"].as_str().unwrap();
     assert!(key.starts_with(&format!("sk-maas-{}-", created["id"].as_str().unwrap())));
@@ -689,4 +692,24 @@ fn a_body_that_never_completes_gets_408() {
     let error: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(error["error"]["code"], "request_timeout", "{error}");
     assert!(cp.all_keys().is_empty());
+}
+
+/// The usage page is shown in no other site's frame (clickjacking), and
+/// like every answer is neither cached nor sniffed.
+#[test]
+fn the_page_refuses_to_be_framed() {
+    let cp = setup();
+    let r = cp.call("GET", "/maas-api/ui", None, None);
+    assert_eq!(r.status, 200, "{}", r.text());
+    let policy = r.header("content-security-policy").unwrap();
+    for directive in [
+        "frame-ancestors 'none'",
+        "base-uri 'none'",
+        "form-action 'none'",
+    ] {
+        assert!(policy.contains(directive), "{policy}");
+    }
+    assert_eq!(r.header("x-frame-options"), Some("DENY"));
+    assert_eq!(r.header("cache-control"), Some("no-store"));
+    assert_eq!(r.header("referrer-policy"), Some("no-referrer"));
 }

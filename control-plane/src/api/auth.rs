@@ -5,6 +5,8 @@
 //! SHA-256 digests, compared in constant time. Any other bearer value is
 //! treated as a JWT when OIDC is configured.
 
+use std::sync::Arc;
+
 use axum::extract::FromRequestParts;
 use axum::http::request::Parts;
 use maas_filter::auth::keys::KeyDigest;
@@ -23,7 +25,7 @@ pub const ADMIN_SUBJECT: &str = "maas:admin";
 pub struct Authenticator {
     admin_token_sha256: Option<KeyDigest>,
     gateway_token_sha256: Option<KeyDigest>,
-    oidc: Option<TokenVerifier>,
+    oidc: Option<Arc<TokenVerifier>>,
 }
 
 /// The filter's key digest serves bearer tokens too: SHA-256, compared in
@@ -38,7 +40,7 @@ impl Authenticator {
     pub fn new(
         admin: Option<KeyDigest>,
         gateway: Option<KeyDigest>,
-        oidc: Option<TokenVerifier>,
+        oidc: Option<Arc<TokenVerifier>>,
     ) -> Self {
         Self {
             admin_token_sha256: admin,

@@ -104,7 +104,24 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::NotFound("unknown path".into()) })
         // After every route: it applies to the routes added before it.
         .method_not_allowed_fallback(extract::method_not_allowed)
+        .layer(axum::middleware::map_response(protective_headers))
         .with_state(state)
+}
+
+/// On every answer: never stored by a cache (a freshly minted key is in
+/// one, usage and key lists in others), never sniffed as another type, and
+/// no `Referer` sent from the page.
+async fn protective_headers(mut response: Response) -> Response {
+    use axum::http::{header, HeaderValue};
+    let headers = response.headers_mut();
+    for (name, value) in [
+        (header::CACHE_CONTROL, "no-store"),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+    ] {
+        headers.insert(name, HeaderValue::from_static(value));
+    }
+    response
 }
 
 /// Bodies are parsed here rather than by axum's `Json`, so a malformed one
@@ -448,11 +465,15 @@ async fn page() -> Response {
     (
         [
             (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
-            // The page talks only to this origin and loads nothing else.
+            // The page talks only to this origin, loads nothing else, and
+            // is shown in no other site's frame (`frame-ancestors`,
+            // `base-uri` and `form-action` do not fall back to
+            // `default-src`; X-Frame-Options for older browsers).
             (
                 axum::http::header::CONTENT_SECURITY_POLICY,
-                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'",
+                "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; connect-src 'self'; img-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'none'",
             ),
+            (axum::http::header::X_FRAME_OPTIONS, "DENY"),
         ],
         PAGE,
     )

@@ -91,7 +91,7 @@ impl ControlPlane {
                 auth: Authenticator::new(
                     Some(KeyDigest::of(ADMIN)),
                     Some(KeyDigest::of(GATEWAY)),
-                    Some(oidc),
+                    Some(Arc::new(oidc)),
                 ),
                 max_key_lifetime: settings.max_key_lifetime,
                 max_keys_minted_per_day: settings.max_keys_minted_per_day,
