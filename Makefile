@@ -66,7 +66,7 @@ setup: toolchain
 model:
 	@./scripts/fetch-model.sh
 
-wasm:
+wasm: toolchain
 	$(CARGO) build --release --locked --target $(WASM_TARGET) -p maas-filter -p maas-noop-filter
 
 # One optimised build of the inference server, the control plane and the

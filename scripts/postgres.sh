@@ -10,7 +10,8 @@ dir="$root/.cache/postgres"
 data="$dir/data"
 port=${MAAS_TEST_POSTGRES_PORT:-54329}
 
-pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1; }
+# Empty when none is installed (not a failure: the caller installs one).
+pgbin() { ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -1 || true; }
 
 # initdb and postgres refuse to run as root: run them as `postgres` then.
 as_pg() {
@@ -46,6 +47,11 @@ start() {
 }
 [ -f "$data/PG_VERSION" ] || initdb
 if ! as_pg "'$bin/pg_ctl' -D '$data' status" >/dev/null 2>&1; then
+  # Another process on the port is not bad data: say so, keep the data.
+  if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+    echo "error: 127.0.0.1:$port is in use by another process; set MAAS_TEST_POSTGRES_PORT to a free port" >&2
+    exit 1
+  fi
   echo "==> starting PostgreSQL on 127.0.0.1:$port" >&2
   # The data is throwaway: one that cannot start (a killed server, a copied
   # cache) is made anew rather than failing every store test.

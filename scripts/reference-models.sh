@@ -23,6 +23,13 @@ quantize="$(dirname "$server")/llama-quantize"
 models="$root/.cache/models"
 out="$models/reference"
 mkdir -p "$out"
+# Made by this llama.cpp build: files another build made are made again.
+stamp="$out/made-by"
+made_by=$(dirname "$server")
+if [ "$(cat "$stamp" 2>/dev/null)" != "$made_by" ]; then
+  rm -f "$out"/*.gguf
+  echo "$made_by" >"$stamp"
+fi
 
 smol="$models/SmolLM2-135M-Instruct.Q4_1.gguf"
 gemma="$models/gemma-3-270m-q4_k_m.gguf"

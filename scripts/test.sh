@@ -5,7 +5,8 @@
 #   store and end-to-end suites, unless MAAS_TEST_POSTGRES_URL names one;
 #   stopped afterwards when this script started it;
 # - Debian's Chromium (scripts/chromium.sh) for the showback page's browser
-#   test, unless MAAS_CHROMIUM names one;
+#   test, unless MAAS_CHROMIUM names one, and the `openssl` CLI for the test
+#   CA of the provider suites;
 # - the Gemma 3 270M Q4_K_M file (scripts/fetch-gemma.sh, pinned, cached) for
 #   the SentencePiece tokenizer and gemma3 tests;
 # - llama.cpp's llama-server and llama-quantize (scripts/llama-cpp.sh, about
@@ -27,6 +28,13 @@ if [ -z "${MAAS_CHROMIUM:-}" ]; then
   MAAS_CHROMIUM=$(./scripts/chromium.sh)
 fi
 export MAAS_CHROMIUM
+# The `openssl` CLI signs the test CA's certificates (the provider suites'
+# TLS stand-ins); installed once with apt-get, as Chromium is.
+if ! command -v openssl >/dev/null; then
+  echo "==> installing openssl (Debian package openssl)" >&2
+  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
+  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl; } >&2
+fi
 ./scripts/fetch-gemma.sh
 ./scripts/reference-models.sh >/dev/null
 # The server without any credentials a user put in the URL.

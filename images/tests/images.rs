@@ -291,9 +291,15 @@ fn the_smollm2_image_serves_chat_completions_from_its_rootfs() {
     let rootfs = layout.unpack(SMOLLM2);
     let config = layout.config().config;
     let port = support::free_port();
-    // The image's own entrypoint and command (it binds 0.0.0.0), on a free port.
+    // The image's own entrypoint and command, on a free port, bound to
+    // loopback: the test shares the host's network, and its server is no
+    // one else's (the command binds 0.0.0.0, checked above).
     let mut argv = config.entrypoint.clone();
-    argv.extend(config.cmd.clone());
+    argv.extend(config.cmd.iter().map(|arg| match arg.as_str() {
+        "--host=0.0.0.0" => "--host=127.0.0.1".to_string(),
+        _ => arg.clone(),
+    }));
+    assert!(argv.iter().any(|a| a == "--host=127.0.0.1"), "{argv:?}");
     argv.push(format!("--port={port}"));
     let log = support::scratch(SMOLLM2).join("server.log");
     let mut server = Running(
