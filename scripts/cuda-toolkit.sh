@@ -41,9 +41,9 @@ wheels=(
 )
 
 command -v unzip >/dev/null || {
-  echo "==> installing unzip (Debian package)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq unzip; } >&2
+  # shellcheck source=apt.sh
+  . "$(dirname "$0")/apt.sh"
+  apt_install "to unpack the CUDA wheels" unzip
 }
 
 rm -rf "$dir"

@@ -17,8 +17,11 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 dest="$root/.cache/models"
 gguf="$dest/SmolLM2-135M-Instruct.Q4_1.gguf"
 
-if [ -f "$gguf" ] && echo "$GGUF_SHA256  $gguf" | sha256sum --check --status; then
-  exit 0
+if [ -f "$gguf" ]; then
+  if echo "$GGUF_SHA256  $gguf" | sha256sum --check --status; then
+    exit 0
+  fi
+  echo "==> ${gguf#$root/} is not the pinned file (sha256 differs); fetching it again" >&2
 fi
 
 mkdir -p "$dest"

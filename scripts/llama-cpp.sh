@@ -37,9 +37,9 @@ command -v cmake >/dev/null || missing+=(cmake)
 command -v ninja >/dev/null || missing+=(ninja-build)
 command -v g++ >/dev/null || missing+=(g++)
 if [ ${#missing[@]} -gt 0 ]; then
-  echo "==> installing ${missing[*]} (Debian packages)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}"; } >&2
+  # shellcheck source=apt.sh
+  . "$(dirname "$0")/apt.sh"
+  apt_install "to build llama.cpp" "${missing[@]}"
 fi
 
 mkdir -p "$downloads"

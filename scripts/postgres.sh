@@ -29,9 +29,9 @@ case "${1:-start}" in
 esac
 
 if [ -z "$(pgbin)" ]; then
-  echo "==> installing PostgreSQL (Debian package postgresql)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq postgresql; } >&2
+  # shellcheck source=apt.sh
+  . "$root/scripts/apt.sh"
+  apt_install "the control plane's store tests" postgresql
 fi
 bin=$(pgbin)
 [ -n "$bin" ] || { echo "no PostgreSQL binaries after installing" >&2; exit 1; }

@@ -25,7 +25,7 @@ out="$models/reference"
 mkdir -p "$out"
 # Made by this llama.cpp build: files another build made are made again.
 stamp="$out/made-by"
-made_by=$(dirname "$server")
+made_by=$(dirname "${server#"$root"/}")
 if [ "$(cat "$stamp" 2>/dev/null)" != "$made_by" ]; then
   rm -f "$out"/*.gguf
   echo "$made_by" >"$stamp"

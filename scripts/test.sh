@@ -31,9 +31,9 @@ export MAAS_CHROMIUM
 # The `openssl` CLI signs the test CA's certificates (the provider suites'
 # TLS stand-ins); installed once with apt-get, as Chromium is.
 if ! command -v openssl >/dev/null; then
-  echo "==> installing openssl (Debian package openssl)" >&2
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo="sudo"; fi
-  { $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq openssl; } >&2
+  # shellcheck source=apt.sh
+  . ./scripts/apt.sh
+  apt_install "the provider suites' test CA" openssl
 fi
 ./scripts/fetch-gemma.sh
 ./scripts/reference-models.sh >/dev/null

@@ -77,16 +77,23 @@ fn asymmetric(alg: Algorithm) -> bool {
 }
 
 impl TokenVerifier {
+    /// Refuses a key set with no usable key: at start that is a mistake.
     pub fn new(settings: OidcSettings, jwks: &[u8]) -> Result<Self, JwksError> {
+        let keys = parse_keys(jwks)?;
+        if keys.is_empty() {
+            return Err(JwksError::NoKeys);
+        }
         Ok(Self {
             settings,
-            keys: RwLock::new(Arc::new(parse_keys(jwks)?)),
+            keys: RwLock::new(Arc::new(keys)),
         })
     }
 
     /// Verifies with the keys of `jwks` from now on (the issuer rotated or
-    /// withdrew a key); an unusable set leaves the keys in use. Returns
-    /// how many keys the new set has.
+    /// withdrew a key). A set with no usable key is taken too, so that an
+    /// operator who empties the file to withdraw a compromised only key
+    /// stops every token; one that is not a key set at all leaves the keys
+    /// in use. Returns how many keys the new set has.
     pub fn replace_keys(&self, jwks: &[u8]) -> Result<usize, JwksError> {
         let keys = parse_keys(jwks)?;
         let count = keys.len();
@@ -152,7 +159,8 @@ impl TokenVerifier {
     }
 }
 
-/// The asymmetric signing keys of a JWKS that have a `kid`.
+/// The asymmetric signing keys of a JWKS that have a `kid` (none is not an
+/// error here: see [`TokenVerifier::new`] and [`TokenVerifier::replace_keys`]).
 fn parse_keys(jwks: &[u8]) -> Result<Keys, JwksError> {
     let set: JwkSet = serde_json::from_slice(jwks).map_err(|e| JwksError::Format(e.to_string()))?;
     let mut keys = HashMap::new();
@@ -175,9 +183,6 @@ fn parse_keys(jwks: &[u8]) -> Result<Keys, JwksError> {
             keys.insert(kid, (key, alg));
         }
     }
-    if keys.is_empty() {
-        return Err(JwksError::NoKeys);
-    }
     Ok(keys)
 }
 
@@ -194,16 +199,40 @@ fn groups_at(claims: &Value, path: &str) -> Vec<String> {
     }
 }
 
+/// The test issuer's keys and tokens, for this module's tests and the
+/// reloader's (`serve`).
+#[cfg(test)]
+pub(crate) mod fixtures {
+    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use serde_json::Value;
+
+    pub const ISSUER_KEY: &[u8] = include_bytes!("../tests/fixtures/issuer.key.pem");
+    pub const JWKS: &[u8] = include_bytes!("../tests/fixtures/jwks.json");
+    pub const ISS: &str = "https://issuer.test";
+
+    pub fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    }
+
+    /// `claims` signed with `key` (PEM) under `kid`, RS256.
+    pub fn token(key: &[u8], kid: &str, claims: Value) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some(kid.into());
+        encode(&header, &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
+    }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::fixtures::{now, token, ISS, ISSUER_KEY, JWKS};
     use super::*;
     use jsonwebtoken::{encode, EncodingKey, Header};
     use serde_json::json;
 
-    const ISSUER_KEY: &[u8] = include_bytes!("../tests/fixtures/issuer.key.pem");
     const FORGER_KEY: &[u8] = include_bytes!("../tests/fixtures/forger.key.pem");
-    const JWKS: &[u8] = include_bytes!("../tests/fixtures/jwks.json");
-    const ISS: &str = "https://issuer.test";
 
     fn verifier() -> TokenVerifier {
         TokenVerifier::new(
@@ -216,19 +245,6 @@ mod tests {
             JWKS,
         )
         .unwrap()
-    }
-
-    fn now() -> u64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-    }
-
-    fn token(key: &[u8], kid: &str, claims: Value) -> String {
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.into());
-        encode(&header, &claims, &EncodingKey::from_rsa_pem(key).unwrap()).unwrap()
     }
 
     fn claims(extra: Value) -> Value {
@@ -258,8 +274,14 @@ mod tests {
         assert_eq!(v.replace_keys(rotated.as_bytes()), Ok(1));
         assert!(v.verify(&new).is_ok());
         assert!(matches!(v.verify(&old), Err(TokenError::UnknownKey(_))));
-        assert_eq!(v.replace_keys(br#"{"keys": []}"#), Err(JwksError::NoKeys));
+        assert!(matches!(
+            v.replace_keys(b"{not json"),
+            Err(JwksError::Format(_))
+        ));
         assert!(v.verify(&new).is_ok(), "the keys in use stay");
+        // Emptied to withdraw a compromised only key: every token stops.
+        assert_eq!(v.replace_keys(br#"{"keys": []}"#), Ok(0));
+        assert!(matches!(v.verify(&new), Err(TokenError::UnknownKey(_))));
     }
 
     #[test]

@@ -143,10 +143,9 @@ const JWKS_RELOAD_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Keeps `verifier` on the key set in `path`: the issuer's rotated keys are
 /// taken, and a key it withdrew (after a compromise) refused, within
-/// `every` and without a restart. A file that cannot be read, or whose
-/// content is no usable key set, leaves the keys in use and is logged once
-/// per change.
-pub async fn reload_jwks(
+/// `every` and without a restart. A file that cannot be read, or is no key
+/// set, leaves the keys in use and is logged once per change.
+pub(crate) async fn reload_jwks(
     verifier: Arc<TokenVerifier>,
     path: PathBuf,
     mut last: Vec<u8>,
@@ -175,6 +174,9 @@ pub async fn reload_jwks(
             continue;
         }
         match verifier.replace_keys(&bytes) {
+            Ok(0) => {
+                tracing::warn!(path = %path.display(), "JWKS reloaded with no usable key: every OIDC token is refused")
+            }
             Ok(keys) => tracing::info!(path = %path.display(), keys, "JWKS reloaded"),
             Err(e) => {
                 tracing::warn!(path = %path.display(), error = %e, "the JWKS file changed but is not usable; keeping the keys in use")
@@ -187,28 +189,12 @@ pub async fn reload_jwks(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
+    use crate::oidc::fixtures::{now, token, ISS, ISSUER_KEY, JWKS};
     use serde_json::json;
 
-    const ISSUER_KEY: &[u8] = include_bytes!("../tests/fixtures/issuer.key.pem");
-    const JWKS: &[u8] = include_bytes!("../tests/fixtures/jwks.json");
-
-    fn token(kid: &str) -> String {
-        let exp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs()
-            + 300;
-        let mut header = Header::new(Algorithm::RS256);
-        header.kid = Some(kid.into());
-        let claims =
-            json!({"iss": "https://issuer.test", "aud": "maas", "sub": "alice", "exp": exp});
-        encode(
-            &header,
-            &claims,
-            &EncodingKey::from_rsa_pem(ISSUER_KEY).unwrap(),
-        )
-        .unwrap()
+    fn signed(kid: &str) -> String {
+        let claims = json!({"iss": ISS, "aud": "maas", "sub": "alice", "exp": now() + 300});
+        token(ISSUER_KEY, kid, claims)
     }
 
     /// The issuer's key set rewritten on disk is taken by the running
@@ -220,7 +206,7 @@ mod tests {
         let path = dir.join("jwks.json");
         std::fs::write(&path, JWKS).unwrap();
         let settings = OidcSettings {
-            issuer: "https://issuer.test".into(),
+            issuer: ISS.into(),
             audience: "maas".into(),
             groups_claim: "groups".into(),
             admin_groups: Vec::new(),
@@ -232,7 +218,7 @@ mod tests {
             JWKS.to_vec(),
             Duration::from_millis(20),
         ));
-        let (old, new) = (token("test-issuer-1"), token("test-issuer-2"));
+        let (old, new) = (signed("test-issuer-1"), signed("test-issuer-2"));
         assert!(verifier.verify(&old).is_ok() && verifier.verify(&new).is_err());
         let rotated = String::from_utf8(JWKS.to_vec())
             .unwrap()

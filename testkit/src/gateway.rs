@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashSet};
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use maas_filter::backend::BackendConfig;
 use maas_filter::config::Config;
@@ -172,15 +173,36 @@ const CLUSTER_INDENT: &str = "  ";
 
 /// Streamed completions outlive Envoy's 15 s default route timeout (which
 /// bounds the whole response, a stream's too).
-const ROUTE_TIMEOUT: &str = "600s";
-/// A route's `idle_timeout`, a second past its timeout: Envoy's 5-minute
-/// default stream idle timeout would cut a whole answer still being
-/// generated, or a stream that stays silent (a long prefill, hidden
-/// reasoning), before the route's own timeout; a second past it, the
-/// route's own 504 is what a slow answer gets, and a client that stalls its
-/// body is still cut.
-const ROUTE_IDLE_TIMEOUT: &str = "601s";
-const ROUTE_TIMEOUT_MS: u64 = 600_000;
+const ROUTE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// A route's `timeout` and `idle_timeout` entries for `timeout`, the idle
+/// timeout a second past it: Envoy's 5-minute default stream idle timeout
+/// would cut a whole answer still being generated, or a stream that stays
+/// silent (a long prefill, hidden reasoning), before the route's own
+/// timeout; a second past it, the route's own 504 is what a slow answer
+/// gets, and a client that stalls its body is still cut.
+fn route_timeouts(timeout: Duration) -> [(&'static str, String); 2] {
+    let envoy = |t: Duration| match t.subsec_millis() {
+        0 => format!("{}s", t.as_secs()),
+        ms => format!("{}.{ms:03}s", t.as_secs()),
+    };
+    [
+        ("timeout", envoy(timeout)),
+        (
+            "idle_timeout",
+            envoy(timeout.saturating_add(Duration::from_secs(1))),
+        ),
+    ]
+}
+
+/// [`route_timeouts`] as entries of a YAML flow mapping.
+fn route_timeouts_inline(timeout: Duration) -> String {
+    route_timeouts(timeout)
+        .map(|(key, value)| format!("{key}: {value}"))
+        .join(", ")
+}
+
+const ROUTE_TIMEOUT_MS: u64 = ROUTE_TIMEOUT.as_secs() * 1000;
 /// The longest `route_timeouts_ms` entry the filter takes.
 const MAX_ROUTE_TIMEOUT_MS: u64 = 86_400_000;
 
@@ -448,8 +470,9 @@ fn model_routes(
         }
         block.push(route_match(model));
         block.push(format!(
-            "{ROUTE_INDENT}  route: {{ cluster: {}, timeout: {ROUTE_TIMEOUT}, idle_timeout: {ROUTE_IDLE_TIMEOUT} }}",
-            cluster_name(model, index)
+            "{ROUTE_INDENT}  route: {{ cluster: {}, {} }}",
+            cluster_name(model, index),
+            route_timeouts_inline(ROUTE_TIMEOUT)
         ));
     }
     block.extend(provider::routes(providers, &chained));
@@ -636,6 +659,21 @@ mod tests {
             .expect("one line");
         let text: String = serde_json::from_str(literal).expect("a JSON string literal");
         serde_json::from_str(&text).expect("config JSON")
+    }
+
+    /// Each route's idle timeout is a second past its timeout, in Envoy's
+    /// duration syntax, for any timeout a provider may give.
+    #[test]
+    fn a_routes_idle_timeout_is_a_second_past_its_timeout() {
+        let pair = |t: Duration| route_timeouts(t).map(|(_, v)| v);
+        assert_eq!(pair(ROUTE_TIMEOUT), ["600s", "601s"]);
+        assert_eq!(pair(Duration::from_millis(90_500)), ["90.500s", "91.500s"]);
+        let longest = pair(Duration::MAX);
+        assert_eq!(longest[0], longest[1], "saturates, never panics");
+        assert_eq!(
+            route_timeouts_inline(ROUTE_TIMEOUT),
+            "timeout: 600s, idle_timeout: 601s"
+        );
     }
 
     /// The filter learns each route's timeout, so the hold deadline of a

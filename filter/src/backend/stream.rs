@@ -9,7 +9,7 @@ use crate::config::ExternalModel;
 use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::metrics::Metric;
-use crate::openai::endpoint::Endpoint;
+use crate::openai::endpoint::{path_only, Endpoint};
 use crate::openai::request::{
     parse_completion_request, rewrite_completion_request, BodyRewrite, BudgetField,
 };
@@ -189,7 +189,7 @@ impl BackendStream {
                 host.replace_request_body(body_size, &out.body);
                 host.set_request_header("content-length", Some(&out.body.len().to_string()));
                 // A client's query string is no provider's business either.
-                let own_path = self.path.split(['?', '#']).next().unwrap_or_default();
+                let own_path = path_only(&self.path);
                 host.set_request_header(":path", Some(out.path.as_deref().unwrap_or(own_path)));
                 if self.kind() == Some(ProviderKind::Anthropic) {
                     host.set_request_header("anthropic-version", Some(anthropic::API_VERSION));
@@ -416,12 +416,7 @@ impl BackendStream {
 
 /// `path` without its query, cut to a length an error message may quote.
 fn bounded_path(path: &str) -> String {
-    let end = path.find(['?', '#']).unwrap_or(path.len());
-    path.get(..end)
-        .unwrap_or_default()
-        .chars()
-        .take(256)
-        .collect()
+    path_only(path).chars().take(256).collect()
 }
 
 /// Tells the gateway role what the provider answered, before it was mapped.

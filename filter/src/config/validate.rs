@@ -321,12 +321,14 @@ fn backend(
         max_outputs: p.max_outputs,
         media_part_tokens,
         service_tiers: match (p.kind, &p.service_tiers) {
-            (ProviderKind::Anthropic, _) => Rc::from([]),
-            (_, Some(tiers)) => tiers.iter().cloned().collect(),
-            (_, None) => DEFAULT_SERVICE_TIERS
-                .iter()
-                .map(|t| t.to_string())
-                .collect(),
+            (ProviderKind::Anthropic, _) => None,
+            (_, Some(tiers)) => Some(tiers.iter().cloned().collect()),
+            (_, None) => Some(
+                DEFAULT_SERVICE_TIERS
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect(),
+            ),
         },
     })
 }

@@ -41,15 +41,17 @@ pub struct ExternalModel {
     /// top-level `media_part_tokens`).
     pub media_part_tokens: u64,
     /// The `service_tier` values a request may name (its provider's
-    /// `service_tiers`); empty for Anthropic, whose translation sends none.
-    pub service_tiers: Rc<[String]>,
+    /// `service_tiers`); `None`: any, as for Anthropic, whose translation
+    /// sends none.
+    pub service_tiers: Option<Rc<[String]>>,
 }
 
 impl ExternalModel {
-    /// Whether a request naming `tier` may go here: Anthropic's
-    /// translation drops the field, so any tier is nothing to it.
+    /// Whether a request naming `tier` may go here.
     pub fn takes_service_tier(&self, tier: &str) -> bool {
-        self.kind == ProviderKind::Anthropic || self.service_tiers.iter().any(|t| t == tier)
+        self.service_tiers
+            .as_ref()
+            .is_none_or(|tiers| tiers.iter().any(|t| t == tier))
     }
 
     /// The upstream path for a request to `endpoint`, when the provider's

@@ -15,7 +15,7 @@ use crate::config::synced_subscription;
 use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::metrics::{Metric, Outcome};
-use crate::openai::endpoint::Endpoint;
+use crate::openai::endpoint::{path_only, Endpoint};
 use crate::subscription::Subscription;
 use std::rc::Rc;
 
@@ -70,10 +70,7 @@ impl Stream {
         for (name, value) in host.request_headers() {
             match name.as_str() {
                 ":method" => self.request.method = value,
-                ":path" => {
-                    let end = value.find(['?', '#']).unwrap_or(value.len());
-                    self.request.path = value.get(..end).unwrap_or_default().to_string();
-                }
+                ":path" => self.request.path = path_only(&value).to_string(),
                 "x-request-id" => self.request.request_id = Some(value),
                 "content-length" => content_length = value.trim().parse::<u64>().ok(),
                 // The response must arrive unencoded for its usage to be read.

@@ -34,11 +34,10 @@ pub(super) fn check_backends(
     // A tier bills the operator's account at its own rates, which the
     // tokens the gateway counts do not show.
     if let Some(tier) = service_tier {
-        if let Some(backend) = config.backends(model).find(|b| !b.takes_service_tier(tier)) {
-            return Err(GatewayError::Provider(ProviderError::ServiceTier {
-                tier: tier.to_string(),
-                provider: backend.provider.clone(),
-            }));
+        if config.backends(model).any(|b| !b.takes_service_tier(tier)) {
+            return Err(GatewayError::Provider(ProviderError::ServiceTier(
+                tier.chars().take(64).collect(),
+            )));
         }
     }
     // Only Anthropic's API takes less than OpenAI's, and one translation

@@ -313,6 +313,17 @@ impl Harness {
         )
     }
 
+    /// The request went on admitted for `model`, as a provider's backend
+    /// role requires ([`crate::backend::ADMITTED_STATE`]).
+    fn assert_admitted(&self, model: &str) {
+        assert_eq!(
+            self.host
+                .request_state(crate::backend::ADMITTED_STATE)
+                .as_deref(),
+            Some(model)
+        );
+    }
+
     fn replied(&self) -> Option<ParsedReply> {
         self.host.reply.borrow().as_ref().map(|(s, h, b)| {
             (

@@ -12,11 +12,17 @@ pub enum Endpoint {
     RetrieveModel(String),
 }
 
+/// `path` without its query string (or fragment): what endpoints are
+/// classified by, audit records show, and providers are sent.
+pub fn path_only(path: &str) -> &str {
+    path.split(['?', '#']).next().unwrap_or_default()
+}
+
 impl Endpoint {
     /// Classifies `method` + `path` (query string allowed; Envoy has already
     /// normalised dot segments and merged slashes).
     pub fn classify(method: &str, path: &str) -> Result<Endpoint, GatewayError> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
+        let path = path_only(path);
         let (endpoint, allow) = match path {
             "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
             "/v1/completions" => (Endpoint::Completions, "POST"),

@@ -121,11 +121,10 @@ pub enum ProviderError {
     )]
     TooManyOutputs { asked: u64, max: u64 },
     /// A `service_tier` the operator does not let clients choose for a
-    /// backend of the model (its provider's `service_tiers`).
-    #[error(
-        "service tier {tier:?} is not available for this model (provider {provider:?} allows the tiers in its `service_tiers`)"
-    )]
-    ServiceTier { tier: String, provider: String },
+    /// backend of the model (its provider's `service_tiers`); the tier as
+    /// the client wrote it, bounded.
+    #[error("service tier {0:?} is not available for this model: its operator allows other tiers")]
+    ServiceTier(String),
     /// The backend role was reached by a request the gateway role did not
     /// admit ([`crate::backend::ADMITTED_STATE`]): the gateway's Envoy
     /// configuration lets requests past it.
@@ -142,7 +141,7 @@ impl ProviderError {
             | ProviderError::BadRequest(_)
             | ProviderError::InvalidField { .. }
             | ProviderError::TooManyOutputs { .. }
-            | ProviderError::ServiceTier { .. } => 400,
+            | ProviderError::ServiceTier(_) => 400,
             ProviderError::Upstream { status, .. } => *status,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => 502,
             ProviderError::NotAdmitted => 500,
@@ -155,7 +154,7 @@ impl ProviderError {
             | ProviderError::BadRequest(_)
             | ProviderError::InvalidField { .. }
             | ProviderError::TooManyOutputs { .. }
-            | ProviderError::ServiceTier { .. } => "invalid_request_error",
+            | ProviderError::ServiceTier(_) => "invalid_request_error",
             ProviderError::Upstream { error_type, .. } => error_type,
             ProviderError::UnreadableResponse(_) | ProviderError::NotServed => "upstream_error",
             ProviderError::NotAdmitted => "server_error",
@@ -165,7 +164,7 @@ impl ProviderError {
     pub fn code(&self) -> &'static str {
         match self {
             ProviderError::Unsupported { .. } => "unsupported_parameter",
-            ProviderError::ServiceTier { .. } => "unsupported_value",
+            ProviderError::ServiceTier(_) => "unsupported_value",
             ProviderError::InvalidField { .. }
             | ProviderError::BadRequest(_)
             | ProviderError::TooManyOutputs { .. } => "invalid_value",
@@ -180,7 +179,7 @@ impl ProviderError {
         match self {
             ProviderError::Unsupported { field, .. }
             | ProviderError::InvalidField { field, .. } => Some(field),
-            ProviderError::ServiceTier { .. } => Some("service_tier"),
+            ProviderError::ServiceTier(_) => Some("service_tier"),
             _ => None,
         }
     }

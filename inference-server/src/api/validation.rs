@@ -545,7 +545,7 @@ pub(super) async fn chat(
         renderer.render_with(&messages, tools.as_deref(), &kwargs, true)
     })
     .await
-    .map_err(|e| ApiError::internal(format!("chat template task failed: {e}")))?;
+    .map_err(task_failed("chat template"))?;
     let tokenizer = &ready.loaded.tokenizer;
     let special = |marker: &str| tokenizer.special_token_id(marker);
     let parsing = active.zip(format).map(|(t, format)| ToolCallParsing {
@@ -651,6 +651,12 @@ fn check_against_model(model_id: &str, g: &Generation, ready: &Ready) -> Result<
     Ok(())
 }
 
+/// A blocking task's panic (or cancellation at shutdown) as the server's own
+/// failure, a 500.
+fn task_failed(what: &'static str) -> impl FnOnce(tokio::task::JoinError) -> ApiError {
+    move |e| ApiError::internal(format!("{what} task failed: {e}"))
+}
+
 /// Tokenizing a large prompt takes milliseconds: keep it off the I/O threads.
 async fn tokenize(
     ready: &Ready,
@@ -660,7 +666,7 @@ async fn tokenize(
     let tokenizer = ready.loaded.tokenizer.clone();
     tokio::task::spawn_blocking(move || encode(&tokenizer, &text))
         .await
-        .map_err(|e| ApiError::internal(format!("tokenizer task failed: {e}")))?
+        .map_err(task_failed("tokenizer"))?
         .map_err(|e| ApiError::invalid(None, format!("The prompt could not be tokenized: {e}.")))
 }
 
@@ -697,7 +703,7 @@ async fn compile(
         })
     })
     .await
-    .map_err(|e| ApiError::internal(format!("schema compiler task failed: {e}")))??;
+    .map_err(task_failed("schema compiler"))??;
     Ok(Some(compiled))
 }
 

@@ -121,8 +121,8 @@ pub enum RenderError {
     #[error(
         "{MODELS_ROUTE} has one rule per local model, and a Gateway API HTTPRoute takes \
          1 to {MAX_ROUTE_RULES} rules (the API server refuses others); the filter \
-         configuration has {0} local models (serve more from another Gateway; external \
-         models have their own route, `maas-mesh render-providers`)"
+         configuration has {0} local models (more: serve them from another Gateway; none: \
+         a gateway of external models alone is not rendered yet)"
     )]
     RouteRules(usize),
     #[error(

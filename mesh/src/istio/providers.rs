@@ -130,7 +130,8 @@ pub enum ProvidersError {
     #[error(
         "{PROVIDERS_ROUTE} has one rule per external model, and a Gateway API HTTPRoute \
          takes 1 to {MAX_ROUTE_RULES} rules (the API server refuses others); the filter \
-         configuration routes {0} external models (serve more from another Gateway)"
+         configuration routes {0} external models (more: serve them from another Gateway; \
+         none: the providers file describes no provider the configuration routes a model to)"
     )]
     RouteRules(usize),
     #[error("cannot write the gateway's Deployment overlay: {0}")]

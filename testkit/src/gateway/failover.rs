@@ -18,7 +18,7 @@
 
 use maas_filter::backend::envoy::{ATTEMPT_HEADER, RETRIABLE_STATUS_CODES, RETRY_ON};
 
-use super::{route_match, string_literal, ROUTE_IDLE_TIMEOUT, ROUTE_INDENT, ROUTE_TIMEOUT};
+use super::{route_match, route_timeouts, string_literal, ROUTE_INDENT, ROUTE_TIMEOUT};
 
 /// A model's backends, as cluster names in the order they are tried.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -55,10 +55,12 @@ pub(super) fn routes(chains: &[Chain]) -> Vec<String> {
             })
             .collect::<Vec<_>>()
             .join("\n");
+        let timeouts: String = route_timeouts(ROUTE_TIMEOUT)
+            .map(|(key, value)| format!("{i}    {key}: {value}\n"))
+            .concat();
         block.push(format!(
             "{i}  route:\n\
-             {i}    timeout: {ROUTE_TIMEOUT}\n\
-             {i}    idle_timeout: {ROUTE_IDLE_TIMEOUT}\n\
+             {timeouts}\
              {i}    auto_host_rewrite: true\n\
              {i}    retry_policy:\n\
              {i}      retry_on: \"{RETRY_ON}\"\n\

@@ -28,11 +28,10 @@ use std::fmt::Write as _;
 use std::io;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use super::{
-    path_literal, route_match, safe_name, string_literal, RenderError, CLUSTER_INDENT,
-    ROUTE_IDLE_TIMEOUT, ROUTE_INDENT, ROUTE_TIMEOUT,
+    path_literal, route_match, route_timeouts_inline, safe_name, string_literal, RenderError,
+    CLUSTER_INDENT, ROUTE_INDENT, ROUTE_TIMEOUT,
 };
 
 /// A model API run by someone else, reached over TLS with our credential.
@@ -172,14 +171,10 @@ pub(super) fn routes(providers: &[ProviderSpec], chained: &HashSet<&str>) -> Vec
                 continue;
             }
             block.push(route_match(model));
-            let seconds = |t: Duration| format!("{}.{:03}s", t.as_secs(), t.subsec_millis());
-            let (timeout, idle) = provider.timeout.map_or_else(
-                || (ROUTE_TIMEOUT.to_string(), ROUTE_IDLE_TIMEOUT.to_string()),
-                |t| (seconds(t), seconds(t + Duration::from_secs(1))),
-            );
             block.push(format!(
-                "{indent}  route: {{ cluster: {}, timeout: {timeout}, idle_timeout: {idle}, auto_host_rewrite: true }}",
+                "{indent}  route: {{ cluster: {}, {}, auto_host_rewrite: true }}",
                 cluster_name(&provider.name),
+                route_timeouts_inline(provider.timeout.unwrap_or(ROUTE_TIMEOUT)),
             ));
             block.push(format!(
                 "{indent}  request_headers_to_remove: {REMOVED_HEADERS}"

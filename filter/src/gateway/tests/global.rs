@@ -107,6 +107,7 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
     h.host.now_ms.set(h.host.now_ms.get() + 20);
     h.answer(&mut s, requests, 0, rls(Code::Ok));
     assert_eq!(h.host.resumed.get(), 1);
+    h.assert_admitted("m1");
     assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("599950"));
 
     h.respond_json(&mut s, 200, USAGE);

@@ -159,6 +159,7 @@ fn a_never_seen_key_is_held_looked_up_once_and_then_admitted() {
     assert!(h.replied().is_none(), "{:?}", h.replied());
     assert_eq!(h.host.resumed.get(), 1, "the held request goes on");
     assert_eq!(h.host.request_header("x-maas-model").as_deref(), Some("m1"));
+    h.assert_admitted("m1");
     assert_eq!(h.metric("maas.key_lookups_total.result=.=found;.;"), 1);
     // Stored: the next request needs no lookup.
     h.managed_chat(CHAT);

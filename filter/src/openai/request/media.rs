@@ -103,12 +103,12 @@ impl<'de> Visitor<'de> for MessageVisitor {
                 }
                 // An assistant's earlier audio answer, by id: some 40 bytes
                 // that bring its audio back as prompt tokens.
-                Key::Exact(_) | Key::CaseVariant(_) => {
+                Key::Exact(1) | Key::CaseVariant(1) => {
                     if map.next_value::<Option<IgnoredAny>>()?.is_some() {
                         count = count.saturating_add(1);
                     }
                 }
-                Key::Other => {
+                Key::Exact(_) | Key::CaseVariant(_) | Key::Other => {
                     map.next_value::<IgnoredAny>()?;
                 }
             }
