@@ -16,7 +16,7 @@ use crate::openai::request::{
 use crate::openai::sse::is_event_stream;
 use crate::providers::anthropic::{self, StreamTranslator};
 use crate::providers::{
-    error_message, upstream_failure, write_error_event, ProviderError, ProviderKind,
+    upstream_failure, write_error_event, ErrorDetail, ProviderError, ProviderKind,
     CREDENTIAL_HEADERS,
 };
 use std::rc::Rc;
@@ -308,7 +308,7 @@ impl BackendStream {
                 let status = match self.translation {
                     Translation::Error { status } => {
                         tell_provider_status(host, status);
-                        upstream_failure(status, "").status()
+                        upstream_failure(status, &ErrorDetail::default()).status()
                     }
                     _ => 502,
                 };
@@ -393,8 +393,7 @@ impl BackendStream {
         let (status, out) = match self.translation {
             Translation::Error { status } => {
                 tell_provider_status(host, status);
-                let message = error_message(body).unwrap_or_default();
-                let e = upstream_failure(status, &message);
+                let e = upstream_failure(status, &ErrorDetail::of(body));
                 (e.status(), e.body())
             }
             _ => {

@@ -75,6 +75,14 @@ struct ChatRequest<'a> {
     top_logprobs: Option<&'a RawValue>,
     #[serde(borrow)]
     audio: Option<&'a RawValue>,
+    #[serde(borrow)]
+    reasoning_effort: Option<&'a RawValue>,
+    #[serde(borrow)]
+    web_search_options: Option<&'a RawValue>,
+    #[serde(borrow)]
+    verbosity: Option<&'a RawValue>,
+    #[serde(borrow)]
+    prediction: Option<&'a RawValue>,
 }
 
 #[derive(Deserialize)]
@@ -102,12 +110,19 @@ pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>,
             "the provider makes one completion per request",
         ));
     }
+    let given = |raw: Option<&RawValue>| raw.is_some_and(|v| v.get() != "null");
     for (field, present) in [
         ("tools", request.tools.is_some()),
         ("functions", request.functions.is_some()),
         ("top_logprobs", request.top_logprobs.is_some()),
         ("audio", request.audio.is_some()),
         ("logprobs", request.logprobs == Some(true)),
+        // Each changes the answer (thinking, searching, its length, a
+        // predicted output), and dropping it would change it silently.
+        ("reasoning_effort", given(request.reasoning_effort)),
+        ("web_search_options", given(request.web_search_options)),
+        ("verbosity", given(request.verbosity)),
+        ("prediction", given(request.prediction)),
     ] {
         if present {
             return Err(unsupported(
@@ -126,6 +141,24 @@ pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>,
     }
     let max_tokens = requested_budget(request.max_tokens, request.max_completion_tokens)
         .ok_or_else(|| invalid("max_tokens", "a positive integer"))?;
+    // What Anthropic refuses, refused here before anything is reserved: a
+    // fallback to this provider must not turn a request its first backend
+    // takes into a 400.
+    if request
+        .temperature
+        .is_some_and(|t| !(0.0..=1.0).contains(&t))
+    {
+        return Err(invalid(
+            "temperature",
+            "between 0 and 1 for this model (its provider's range)",
+        ));
+    }
+    if request.temperature.is_some() && request.top_p.is_some() {
+        return Err(invalid(
+            "top_p",
+            "temperature or top_p, not both, for this model (its provider takes one)",
+        ));
+    }
 
     let mut system = Vec::new();
     let mut messages = Vec::new();
@@ -165,6 +198,15 @@ pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>,
             "at least one user or assistant message",
         ));
     }
+    // Anthropic reads a last assistant message as the start of its answer
+    // (a prefill: it continues that text, and newer models refuse it);
+    // OpenAI reads it as history.
+    if messages.last().is_some_and(|m| m["role"] == "assistant") {
+        return Err(invalid(
+            "messages",
+            "a conversation that ends with a user message, for this model (its provider would continue the last assistant message)",
+        ));
+    }
 
     let mut out = Map::new();
     out.insert("model".into(), upstream_model.into());
@@ -180,6 +222,13 @@ pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>,
             Value::Array(items) if items.iter().all(Value::is_string) => Some(items),
             _ => return Err(invalid("stop", "a string or an array of strings")),
         };
+        let blank = |v: &Value| v.as_str().is_some_and(|s| s.trim().is_empty());
+        if sequences.as_ref().is_some_and(|s| s.iter().any(blank)) {
+            return Err(invalid(
+                "stop",
+                "sequences with a character other than whitespace, for this model (its provider refuses others)",
+            ));
+        }
         if let Some(sequences) = sequences.filter(|s| !s.is_empty()) {
             out.insert("stop_sequences".into(), sequences.into());
         }
@@ -288,20 +337,20 @@ impl MessagesUsage {
 
     /// OpenAI's usage object: every input token is a prompt token, whether
     /// it was read from the provider's cache, written to it, or neither.
-    fn openai(&self) -> Value {
+    /// `None` without both counts: a response that reports none is
+    /// estimated by the gateway, never charged as a reported zero.
+    fn openai(&self) -> Option<Value> {
+        let (input, completion) = (self.input_tokens?, self.output_tokens?);
         let cached = self.cache_read_input_tokens.unwrap_or(0);
-        let prompt = self
-            .input_tokens
-            .unwrap_or(0)
+        let prompt = input
             .saturating_add(self.cache_creation_input_tokens.unwrap_or(0))
             .saturating_add(cached);
-        let completion = self.output_tokens.unwrap_or(0);
-        json!({
+        Some(json!({
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt.saturating_add(completion),
             "prompt_tokens_details": { "cached_tokens": cached },
-        })
+        }))
     }
 }
 
@@ -356,7 +405,7 @@ pub fn to_chat_completion(
     if !thinking.is_empty() {
         message["reasoning_content"] = thinking.into();
     }
-    let completion = json!({
+    let mut completion = json!({
         "id": response.id,
         "object": "chat.completion",
         "created": created,
@@ -366,8 +415,10 @@ pub fn to_chat_completion(
             "message": message,
             "finish_reason": response.stop_reason.as_deref().map(finish_reason),
         }],
-        "usage": response.usage.openai(),
     });
+    if let Some(usage) = response.usage.openai() {
+        completion["usage"] = usage;
+    }
     serde_json::to_vec(&completion)
         .map_err(|_| ProviderError::UnreadableResponse("unencodable text".into()))
 }
@@ -400,6 +451,9 @@ pub struct StreamTranslator {
     has_data: bool,
     id: String,
     usage: MessagesUsage,
+    /// A `message_delta` reported the output count: `message_start`'s is a
+    /// placeholder, which would charge a whole stream as one token.
+    counted: bool,
     stopped: bool,
 }
 
@@ -498,6 +552,7 @@ impl StreamTranslator {
             has_data: false,
             id: String::new(),
             usage: MessagesUsage::default(),
+            counted: false,
             stopped: false,
         }
     }
@@ -632,6 +687,7 @@ impl StreamTranslator {
             }
             "message_delta" => {
                 if let Some(usage) = event.usage {
+                    self.counted |= usage.output_tokens.is_some();
                     self.usage.update(usage);
                 }
                 if let Some(reason) = event.delta.and_then(|d| d.stop_reason) {
@@ -644,17 +700,22 @@ impl StreamTranslator {
                 self.stopped = true;
             }
             "error" => {
-                let (kind, message) = event
+                let detail = event
                     .error
-                    .map(|e| (e.kind.unwrap_or_default(), e.message.unwrap_or_default()))
+                    .map(|e| super::ErrorDetail {
+                        message: e.message.unwrap_or_default(),
+                        kind: e.kind,
+                        code: None,
+                    })
                     .unwrap_or_default();
-                let status = match kind.as_str() {
-                    "overloaded_error" => 529,
-                    "rate_limit_error" => 429,
-                    "invalid_request_error" => 400,
+                let status = match detail.kind.as_deref() {
+                    Some("overloaded_error") => 529,
+                    Some("rate_limit_error") => 429,
+                    Some("invalid_request_error") => 400,
+                    Some("billing_error") => 402,
                     _ => 500,
                 };
-                super::write_error_event(&super::upstream_failure(status, &message), out);
+                super::write_error_event(&super::upstream_failure(status, &detail), out);
                 self.stopped = true;
             }
             // ping, content_block_stop, and event types added later.
@@ -687,8 +748,11 @@ impl StreamTranslator {
         self.write(&choices, None, out);
     }
 
+    /// The usage chunk, when the stream reported its output count.
     fn usage_chunk(&self, out: &mut Vec<u8>) {
-        self.write(&[], Some(self.usage.openai()), out);
+        if let Some(usage) = self.counted.then(|| self.usage.openai()).flatten() {
+            self.write(&[], Some(usage), out);
+        }
     }
 
     fn write(&self, choices: &[ChunkChoice<'_>], usage: Option<Value>, out: &mut Vec<u8>) {

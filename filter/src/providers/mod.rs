@@ -218,26 +218,59 @@ pub fn write_error_event(error: &ProviderError, out: &mut Vec<u8>) {
     out.extend_from_slice(b"\n\ndata: [DONE]\n\n");
 }
 
-/// The `message` of a provider's error body: OpenAI's
-/// (`{"error":{"message",…}}`) and Anthropic's
+/// What a provider's error body says: OpenAI's
+/// (`{"error":{"message","type","code",…}}`) and Anthropic's
 /// (`{"type":"error","error":{"type","message"}}`) put it in the same place.
-pub fn error_message(body: &[u8]) -> Option<String> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        error: Detail,
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
+pub struct ErrorDetail {
+    #[serde(default)]
+    pub message: String,
+    /// OpenAI's `type`, Anthropic's error type.
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    /// OpenAI's `code` (a string where it is one).
+    #[serde(default, deserialize_with = "string_or_none")]
+    pub code: Option<String>,
+}
+
+impl ErrorDetail {
+    /// The detail of a provider's error body; empty when it has none.
+    pub fn of(body: &[u8]) -> ErrorDetail {
+        #[derive(serde::Deserialize)]
+        struct Envelope {
+            error: ErrorDetail,
+        }
+        serde_json::from_slice::<Envelope>(body)
+            .map(|e| e.error)
+            .unwrap_or_default()
     }
-    #[derive(serde::Deserialize)]
-    struct Detail {
-        message: String,
+
+    /// The operator's account, not the request, is what the provider
+    /// refused: OpenAI's exhausted quota (a 429 that no retry clears for
+    /// hours), Anthropic's billing error or too-low credit balance (a 402,
+    /// or a 400 that would otherwise read as the client's mistake).
+    fn is_account_problem(&self, status: u32) -> bool {
+        let named =
+            |name: &str| self.code.as_deref() == Some(name) || self.kind.as_deref() == Some(name);
+        match status {
+            402 => true,
+            429 => named("insufficient_quota"),
+            400 => named("billing_error") || self.message.contains("credit balance"),
+            _ => named("billing_error"),
+        }
     }
-    serde_json::from_slice::<Envelope>(body)
-        .ok()
-        .map(|e| e.error.message)
+}
+
+fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let value = <Option<serde_json::Value> as serde::Deserialize>::deserialize(d)?;
+    Ok(value.and_then(|v| v.as_str().map(str::to_string)))
 }
 
 /// What the client is told when a provider answers `status` (≥ 400) with
-/// `message` (the provider's own words, or empty).
+/// `detail` (the provider's own words, or empty).
 ///
+/// - The operator's account refused (exhausted quota, billing): 502, so a
+///   fallback is tried, and the provider's words stay with the operator.
 /// - 400, 404 on a request, 413, 422: the client's request was refused;
 ///   the status passes through (404 becomes 502: the gateway, not the
 ///   client, named the provider's model).
@@ -246,7 +279,8 @@ pub fn error_message(body: &[u8]) -> Option<String> {
 ///   credential it was.
 /// - 429: the provider's own rate limit: 429, so the client backs off.
 /// - 408, 5xx and anything else: 502, or 503 for "overloaded" (503, 529).
-pub fn upstream_failure(status: u32, message: &str) -> ProviderError {
+pub fn upstream_failure(status: u32, detail: &ErrorDetail) -> ProviderError {
+    let message = detail.message.as_str();
     let said = |what: &str| {
         if message.is_empty() {
             what.to_string()
@@ -255,6 +289,12 @@ pub fn upstream_failure(status: u32, message: &str) -> ProviderError {
         }
     };
     let (status, error_type, code, message) = match status {
+        _ if detail.is_account_problem(status) => (
+            502,
+            "upstream_error",
+            "provider_account_unavailable",
+            "the model provider refused the gateway's account (its quota or billing); tell the platform team".to_string(),
+        ),
         400 | 413 | 422 => (
             status,
             "invalid_request_error",
@@ -333,7 +373,7 @@ mod tests {
             (504, 502, "upstream_error"),
         ];
         for (provider, client, kind) in cases {
-            let e = upstream_failure(provider, "why");
+            let e = upstream_failure(provider, &said("why"));
             assert_eq!((e.status(), e.error_type()), (client, kind), "{provider}");
             let body: serde_json::Value = serde_json::from_slice(&e.body()).unwrap();
             let message = body["error"]["message"].as_str().unwrap();
@@ -344,21 +384,58 @@ mod tests {
 
     #[test]
     fn a_rejected_credential_is_not_reported_as_the_clients() {
-        let e = upstream_failure(401, "invalid x-api-key");
+        let e = upstream_failure(401, &said("invalid x-api-key"));
         assert_eq!(e.status(), 502);
         assert!(e.to_string().contains("gateway's credential"), "{e}");
     }
 
+    fn said(message: &str) -> ErrorDetail {
+        ErrorDetail {
+            message: message.into(),
+            ..ErrorDetail::default()
+        }
+    }
+
     #[test]
-    fn error_bodies_of_either_shape_give_their_message() {
+    fn error_bodies_of_either_shape_give_their_detail() {
         let anthropic = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"},"request_id":"req_1"}"#;
-        assert_eq!(error_message(anthropic).as_deref(), Some("Overloaded"));
+        let detail = ErrorDetail::of(anthropic);
+        assert_eq!(detail.message, "Overloaded");
+        assert_eq!(detail.kind.as_deref(), Some("overloaded_error"));
         let openai = br#"{"error":{"message":"Incorrect API key provided","type":"invalid_request_error","param":null,"code":"invalid_api_key"}}"#;
-        assert_eq!(
-            error_message(openai).as_deref(),
-            Some("Incorrect API key provided")
-        );
-        assert_eq!(error_message(b"<html>502</html>"), None);
+        let detail = ErrorDetail::of(openai);
+        assert_eq!(detail.message, "Incorrect API key provided");
+        assert_eq!(detail.code.as_deref(), Some("invalid_api_key"));
+        let numeric = br#"{"error":{"message":"m","code":400}}"#;
+        assert_eq!(ErrorDetail::of(numeric).code, None);
+        assert_eq!(ErrorDetail::of(b"<html>502</html>"), ErrorDetail::default());
+    }
+
+    /// An exhausted quota or billing is the operator's to fix: a 502 that
+    /// moves the request to a fallback, not a 429 to retry for hours or a
+    /// 400 blaming the client, and the provider's words stay out.
+    #[test]
+    fn the_operators_account_refused_is_a_502_for_the_platform_team() {
+        let cases: [(u32, &[u8]); 4] = [
+            (429, br#"{"error":{"message":"You exceeded your current quota, please check your plan and billing details.","type":"insufficient_quota","param":null,"code":"insufficient_quota"}}"#),
+            (400, br#"{"type":"error","error":{"type":"invalid_request_error","message":"Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing to upgrade or purchase credits."}}"#),
+            (402, br#"{"type":"error","error":{"type":"billing_error","message":"payment required"}}"#),
+            (400, br#"{"type":"error","error":{"type":"billing_error","message":"x"}}"#),
+        ];
+        for (status, body) in cases {
+            let e = upstream_failure(status, &ErrorDetail::of(body));
+            assert_eq!(
+                (e.status(), e.code()),
+                (502, "provider_account_unavailable"),
+                "{status}"
+            );
+            assert!(!e.to_string().contains("credit"), "{e}");
+        }
+        // A plain rate limit and a plain bad request stay what they are.
+        let rate = br#"{"error":{"message":"Rate limit reached","type":"requests","code":"rate_limit_exceeded"}}"#;
+        assert_eq!(upstream_failure(429, &ErrorDetail::of(rate)).status(), 429);
+        let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too large"}}"#;
+        assert_eq!(upstream_failure(400, &ErrorDetail::of(bad)).status(), 400);
     }
 
     #[test]

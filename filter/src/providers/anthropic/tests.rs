@@ -25,9 +25,8 @@ fn a_chat_request_becomes_a_messages_request() {
             {"role": "user", "content": [{"type": "text", "text": "Why?"}, {"type": "text", "text": "Say."}]},
         ],
         "max_tokens": 64,
-        "stop": "\n\n",
+        "stop": "\n\nQ:",
         "temperature": 0.5,
-        "top_p": 0.9,
         "top_k": 40,
         "stream": true,
         "stream_options": {"include_usage": true},
@@ -50,9 +49,8 @@ fn a_chat_request_becomes_a_messages_request() {
                 {"role": "assistant", "content": "Bonjour"},
                 {"role": "user", "content": [{"type": "text", "text": "Why?"}, {"type": "text", "text": "Say."}]},
             ],
-            "stop_sequences": ["\n\n"],
+            "stop_sequences": ["\n\nQ:"],
             "temperature": 0.5,
-            "top_p": 0.9,
             "top_k": 40,
             "stream": true,
             "metadata": {"user_id": "alice"},
@@ -103,6 +101,14 @@ fn what_messages_cannot_express_is_refused_by_name() {
             ),
             "response_format",
         ),
+        // Dropped, each would change the answer silently.
+        (with("reasoning_effort", "high".into()), "reasoning_effort"),
+        (with("web_search_options", json!({})), "web_search_options"),
+        (with("verbosity", "low".into()), "verbosity"),
+        (
+            with("prediction", json!({"type": "content", "content": "x"})),
+            "prediction",
+        ),
     ];
     for (body, field) in cases {
         assert_eq!(
@@ -111,6 +117,39 @@ fn what_messages_cannot_express_is_refused_by_name() {
             "{field}"
         );
     }
+    // Absent at their null, they pass.
+    assert!(request(with("reasoning_effort", Value::Null)).is_ok());
+    // Valid OpenAI that Anthropic refuses: refused here, by name, before a
+    // fallback to this provider could turn it into the provider's 400.
+    let invalid = [
+        (with("temperature", 1.5.into()), "temperature"),
+        (
+            {
+                let mut b = with("temperature", 0.5.into());
+                b["top_p"] = 0.9.into();
+                b
+            },
+            "top_p",
+        ),
+        (with("stop", "\n".into()), "stop"),
+        (with("stop", json!(["END", ""])), "stop"),
+        (
+            with(
+                "messages",
+                json!([{"role": "user", "content": "x"}, {"role": "assistant", "content": "Sure,"}]),
+            ),
+            "messages",
+        ),
+    ];
+    for (body, field) in invalid {
+        assert_eq!(
+            refused_field(body),
+            (400, Some(field), "invalid_value"),
+            "{field}"
+        );
+    }
+    assert!(request(with("temperature", 1.0.into())).is_ok());
+    assert!(request(with("top_p", 0.9.into())).is_ok());
     let image = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
     assert_eq!(
@@ -301,6 +340,33 @@ fn a_stream_becomes_openai_chunks_with_usage_and_done() {
     assert!(parser.feed(&out).is_none());
     parser.finish();
     assert_eq!(parser.usage(), Some(Usage::new(35, 15, Some(50))));
+    assert!(parser.saw_done());
+}
+
+/// A response or stream that reports no output count gets no usage: the
+/// gateway estimates it rather than charging a reported zero (or the one
+/// token `message_start` holds in place of the count).
+#[test]
+fn no_reported_count_is_no_usage() {
+    let mut message: Value = serde_json::from_str(MESSAGE).unwrap();
+    message["usage"] = json!({"input_tokens": 12});
+    let out = to_chat_completion(message.to_string().as_bytes(), "claude", 1).unwrap();
+    assert_eq!(parse_json_usage(&out), None);
+    message.as_object_mut().unwrap().remove("usage");
+    let out = to_chat_completion(message.to_string().as_bytes(), "claude", 1).unwrap();
+    assert_eq!(parse_json_usage(&out), None);
+    let no_delta: String = STREAM
+        .split("event: message_delta")
+        .next()
+        .unwrap()
+        .to_string()
+        + "event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n";
+    let (out, stopped) = translate(&[no_delta.as_bytes()]);
+    assert!(stopped);
+    let mut parser = SseUsageParser::new(false, 64 * 1024);
+    assert!(parser.feed(&out).is_none());
+    parser.finish();
+    assert_eq!(parser.usage(), None, "{}", String::from_utf8_lossy(&out));
     assert!(parser.saw_done());
 }
 
