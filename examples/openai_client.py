@@ -14,7 +14,7 @@ prints the usage the gateway accounted for.
 Environment: MAAS_BASE_URL (default http://127.0.0.1:10000/v1), MAAS_API_KEY
 (default: the demo key `make run` minted, kept in .cache/control-plane/demo-key;
 else the README's static demo key of the `free` subscription), MAAS_MODEL
-(default: the first model the key may use).
+(default: the embedded local model when the key may use it, else the first).
 """
 
 import os
@@ -48,7 +48,8 @@ def main() -> None:
     # GET /v1/models: answered by the gateway itself, never counted against a limit.
     models = [model.id for model in client.models.list()]
     print("models:", ", ".join(models))
-    model = os.environ.get("MAAS_MODEL") or models[0]
+    local = "smollm2-135m-instruct"
+    model = os.environ.get("MAAS_MODEL") or (local if local in models else models[0])
 
     # One completion; the gateway clamps max_tokens to the subscription's cap.
     reply = client.chat.completions.create(

@@ -7,12 +7,15 @@ Start the server first (`make serve`), then:
 
     .cache/python/bin/python examples/structured_outputs.py
 
-Works the same through the gateway (INFERENCE_BASE_URL=http://127.0.0.1:8080/v1
+Works the same through the gateway (INFERENCE_BASE_URL=http://127.0.0.1:10000/v1
 and OPENAI_API_KEY=<your key>). The inference server constrains every token to
 the schema (llguidance over the model's own vocabulary), so even a 135M model
 answers with JSON that validates; it exits non-zero on the first that does not.
 
-Environment: INFERENCE_BASE_URL (default http://127.0.0.1:8000/v1), OPENAI_API_KEY.
+Environment: INFERENCE_BASE_URL (default http://127.0.0.1:8000/v1), OPENAI_API_KEY,
+INFERENCE_MODEL (default: the server's first model; through the gateway name a
+local one, e.g. smollm2-135m-instruct: an external model may refuse tools and
+response formats).
 """
 
 import json
@@ -143,7 +146,7 @@ MAX_TOKENS = 200
 def main() -> None:
     client = OpenAI(base_url=BASE_URL, api_key=os.environ.get("OPENAI_API_KEY", "unused"),
                     timeout=120.0, max_retries=0)
-    model = client.models.list().data[0].id
+    model = os.environ.get("INFERENCE_MODEL") or client.models.list().data[0].id
     print("model:", model)
 
     failures = 0

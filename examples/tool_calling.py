@@ -8,13 +8,16 @@ Start the server first (`make serve`), then:
 
     .cache/python/bin/python examples/tool_calling.py
 
-Works the same through the gateway (INFERENCE_BASE_URL=http://127.0.0.1:8080/v1
+Works the same through the gateway (INFERENCE_BASE_URL=http://127.0.0.1:10000/v1
 and OPENAI_API_KEY=<your key>). `required` and a named function are enforced
 by the grammar engine, so even a 135M model always answers with a call whose
 arguments validate against the function's schema (checked here with
 `jsonschema`); it exits non-zero otherwise.
 
-Environment: INFERENCE_BASE_URL (default http://127.0.0.1:8000/v1), OPENAI_API_KEY.
+Environment: INFERENCE_BASE_URL (default http://127.0.0.1:8000/v1), OPENAI_API_KEY,
+INFERENCE_MODEL (default: the server's first model; through the gateway name a
+local one, e.g. smollm2-135m-instruct: an external model may refuse tools and
+response formats).
 """
 
 import json
@@ -65,7 +68,7 @@ def check(calls, allowed):
 def main() -> None:
     client = OpenAI(base_url=BASE_URL, api_key=os.environ.get("OPENAI_API_KEY", "unused"),
                     timeout=120.0, max_retries=0)
-    model = client.models.list().data[0].id
+    model = os.environ.get("INFERENCE_MODEL") or client.models.list().data[0].id
     print("model:", model)
 
     # required: one call or more (parallel_tool_calls defaults to true), of

@@ -104,6 +104,8 @@ pub enum StackError {
     MissingInferenceServer { path: PathBuf },
     #[error("no model at {}: run `make model` (scripts/fetch-model.sh) for the embedded default, or pass --model FILE.gguf", path.display())]
     MissingModel { path: PathBuf },
+    #[error("--model {}: no such file (--model FILE.gguf or --model ID=FILE.gguf; an id holds letters, digits, '.', '_', ':' and '-')", path.display())]
+    MissingModelArg { path: PathBuf },
     #[error("the inference server did not start: {0}")]
     Inference(String),
     #[error("two --model files are both served as {id:?}: give one of them another id (--model ID=FILE.gguf)")]
@@ -175,6 +177,8 @@ pub struct Stack {
     config_path: PathBuf,
     /// Every routed model id, local and external.
     models: Vec<String>,
+    /// The configuration's model ids that no `--model` serves: not routed.
+    unserved: Vec<String>,
     /// The demo's external model's stand-in, or why it did not start.
     demo_provider: Option<Result<DemoProvider, String>>,
     ports: [(u16, &'static str, &'static str); 2],
@@ -208,6 +212,8 @@ impl Stack {
             path: dir.clone(),
             source,
         })?;
+        // Configured model ids no server serves (see below).
+        let mut unserved = Vec::new();
         let upstream = match &options.upstream {
             UpstreamChoice::External(given) => {
                 Upstream::External(upstream::resolve(given).map_err(|reason| {
@@ -230,17 +236,15 @@ impl Stack {
             UpstreamChoice::Inference { models: given } => {
                 ensure_free(options.upstream_port, "inference server", "--upstream-port")?;
                 let served = served_models(given, &models)?;
-                // Every served model is routed: the gateway learns the ids
-                // the configuration did not list (the demo subscription
-                // grants them all; the configuration's own subscriptions
-                // keep the models they name).
-                // Served ones first: the banner's examples use the first.
-                let mut routed: Vec<String> = served.iter().map(|(id, _)| id.clone()).collect();
-                for model in models {
-                    if !routed.contains(&model) {
-                        routed.push(model);
-                    }
-                }
+                // Exactly the served models are routed: the gateway learns
+                // the ids the configuration did not list (the demo
+                // subscription grants them all), and a configured id no
+                // server serves is dropped, from the subscriptions too,
+                // rather than listed and answered 404 by the server that
+                // would get it. Served ones first: the banner's examples
+                // use the first.
+                let routed: Vec<String> = served.iter().map(|(id, _)| id.clone()).collect();
+                unserved = drop_unserved(&mut filter_config, &models, &routed);
                 models = routed;
                 filter_config["models"] = json!(models);
                 Upstream::Inference(start_inference(options, &served, dir)?)
@@ -339,6 +343,7 @@ impl Stack {
             pid_file,
             config_path: options.config.clone(),
             models: granted,
+            unserved,
             demo_provider,
             ports,
         })
@@ -484,6 +489,13 @@ impl fmt::Display for Banner<'_> {
             stack.models.join(", ")
         };
         writeln!(f, "  models     {models}")?;
+        if !stack.unserved.is_empty() {
+            writeln!(
+                f,
+                "             (not routed: {} from the configuration, which no --model serves; --model ID=FILE serves one)",
+                stack.unserved.join(", ")
+            )?;
+        }
         match &stack.demo_provider {
             Some(Ok(provider)) => writeln!(f, "  provider   {}", provider.describe())?,
             Some(Err(why)) => writeln!(
@@ -533,7 +545,9 @@ impl fmt::Display for Banner<'_> {
         for command in curl_commands(&gateway, stack.models.first().map(String::as_str)) {
             writeln!(f, "  {command}")?;
         }
-        if let Some(Ok(_)) = &stack.demo_provider {
+        // Only the demo subscription is granted it: the README's static key
+        // (without the control plane) would get a 404.
+        if let (Some(Ok(_)), Some(_)) = (&stack.demo_provider, &stack.demo_key) {
             writeln!(f, "The external model, through the same key (translated to and from Anthropic's API):")?;
             if let Some(command) = curl_commands(&gateway, Some(DEMO_EXTERNAL_MODEL)).get(1) {
                 writeln!(f, "  {command}")?;
@@ -610,6 +624,33 @@ fn configured_models(config: &Value) -> Vec<String> {
 /// model too (so `--model FILE` swaps the model behind the demo setup).
 /// Several: each under its id, or its file name (lowercase, without
 /// `.gguf`); two under one id are refused.
+/// Takes the configured model ids that are not `served` out of the filter
+/// configuration's `models` and every subscription's `models`, and returns
+/// them. (Fallback chains of a dropped id go with it.)
+fn drop_unserved(
+    filter_config: &mut Value,
+    configured: &[String],
+    served: &[String],
+) -> Vec<String> {
+    let dropped: Vec<String> = configured
+        .iter()
+        .filter(|id| !served.contains(id))
+        .cloned()
+        .collect();
+    let is_dropped = |v: &Value| v.as_str().is_some_and(|id| dropped.iter().any(|d| d == id));
+    if let Some(subscriptions) = filter_config["subscriptions"].as_object_mut() {
+        for subscription in subscriptions.values_mut() {
+            if let Some(models) = subscription["models"].as_array_mut() {
+                models.retain(|m| !is_dropped(m));
+            }
+        }
+    }
+    if let Some(fallbacks) = filter_config["fallbacks"].as_object_mut() {
+        fallbacks.retain(|id, _| !dropped.contains(id));
+    }
+    dropped
+}
+
 fn served_models(
     given: &[ModelArg],
     configured: &[String],
@@ -659,8 +700,13 @@ fn start_inference(
         });
     }
     if let Some((_, missing)) = served.iter().find(|(_, path)| !path.is_file()) {
-        return Err(StackError::MissingModel {
-            path: missing.clone(),
+        let path = missing.clone();
+        let given =
+            matches!(&options.upstream, UpstreamChoice::Inference { models } if !models.is_empty());
+        return Err(if given {
+            StackError::MissingModelArg { path }
+        } else {
+            StackError::MissingModel { path }
         });
     }
     let mut servers = Vec::with_capacity(served.len());
@@ -668,7 +714,8 @@ fn start_inference(
         let log = if served.len() == 1 {
             dir.join("inference.log")
         } else {
-            dir.join(format!("inference-{id}.log"))
+            // An id may hold `/` (`org/model`): one file name.
+            dir.join(format!("inference-{}.log", id.replace('/', "_")))
         };
         let launch = InferenceLaunch {
             port: if index == 0 { options.upstream_port } else { 0 },
@@ -789,6 +836,26 @@ mod tests {
             &configured,
         );
         assert!(matches!(twice, Err(StackError::DuplicateModel { id }) if id == "m"));
+    }
+
+    /// A configured id no `--model` serves is not routed: it would be listed
+    /// and then answered 404 by the server that got it.
+    #[test]
+    fn configured_models_no_server_serves_are_dropped() {
+        let mut config = json!({
+            "models": ["smollm2-135m-instruct", "other"],
+            "subscriptions": {
+                "free": {"models": ["smollm2-135m-instruct", "other"]},
+                "none": {}
+            },
+            "fallbacks": {"smollm2-135m-instruct": [], "other": []}
+        });
+        let configured = ["smollm2-135m-instruct".to_string(), "other".to_string()];
+        let dropped = drop_unserved(&mut config, &configured, &["other".to_string()]);
+        assert_eq!(dropped, ["smollm2-135m-instruct"]);
+        assert_eq!(config["subscriptions"]["free"]["models"], json!(["other"]));
+        assert_eq!(config["fallbacks"], json!({"other": []}));
+        assert!(drop_unserved(&mut config, &configured, &configured).is_empty());
     }
 
     #[test]

@@ -50,17 +50,21 @@ pub struct ModelArg {
 }
 
 impl ModelArg {
-    /// `ID=FILE` or `FILE`. The text before the first `=` is an id only when
-    /// it is one the filter accepts (`[A-Za-z0-9._:-]`) and not a path, so a
-    /// file name with `=` in it still reads as a file.
+    /// `ID=FILE` or `FILE`. The text before the first `=` is an id when it
+    /// is one the filter accepts (`[A-Za-z0-9._:/-]`, `org/model` included,
+    /// starting with a letter or digit) and the whole text names no
+    /// existing file, so a file name with `=` in it still reads as a file.
     fn parse(text: &str) -> ModelArg {
         if let Some((id, file)) = text.split_once('=') {
-            let is_id = !id.is_empty()
+            // An id starts with a letter or digit: `/m/a=b.gguf` and
+            // `./a=b.gguf` are paths.
+            let is_id = id.starts_with(|c: char| c.is_ascii_alphanumeric())
                 && !file.is_empty()
                 && id
                     .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"._:-".contains(&b))
-                && !id.ends_with(".gguf");
+                    .all(|b| b.is_ascii_alphanumeric() || b"._:/-".contains(&b))
+                && !id.ends_with(".gguf")
+                && !Path::new(text).exists();
             if is_id {
                 return ModelArg {
                     path: absolute(file),
@@ -347,6 +351,8 @@ mod tests {
             "--model=/m/s.gguf",
             "--model",
             "/m/a=b.gguf",
+            "--model",
+            "meta-llama/Llama-3.2-1B=/m/l.gguf",
         ])
         .expect("valid")
         .upstream
@@ -363,6 +369,7 @@ mod tests {
                 ("/m/g.gguf".to_string(), Some("gemma")),
                 ("/m/s.gguf".to_string(), None),
                 ("/m/a=b.gguf".to_string(), None),
+                ("/m/l.gguf".to_string(), Some("meta-llama/Llama-3.2-1B")),
             ]
         );
         assert_eq!(

@@ -1,6 +1,6 @@
 //! `render-gateway --filter-config FILE --model NAME=HOST:PORT... [options]`:
-//! writes the Envoy bootstrap for `make run` from the same template and
-//! renderer the tests use.
+//! writes the Envoy bootstrap for an Envoy you run yourself, from the same
+//! template and renderer `make run` and the tests use.
 //!
 //! Options: `--listen-port N` (default 10000), `--admin-port N` (default 9901),
 //! `--wasm PATH` (default: the release filter), `--access-log PATH` (default
