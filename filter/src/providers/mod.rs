@@ -245,6 +245,19 @@ impl ErrorDetail {
             .unwrap_or_default()
     }
 
+    /// The code a refused request is reported with: OpenAI's own for what
+    /// clients act on (an agent framework trims its history on
+    /// `context_length_exceeded`; Azure's `content_filter`), Anthropic's
+    /// "prompt is too long" as OpenAI's code, and the gateway's otherwise.
+    fn request_code(&self) -> &'static str {
+        match self.code.as_deref() {
+            Some("context_length_exceeded") => "context_length_exceeded",
+            Some("content_filter") => "content_filter",
+            _ if self.message.contains("prompt is too long") => "context_length_exceeded",
+            _ => "provider_rejected_request",
+        }
+    }
+
     /// The operator's account, not the request, is what the provider
     /// refused: OpenAI's exhausted quota (a 429 that no retry clears for
     /// hours), Anthropic's billing error or too-low credit balance (a 402,
@@ -298,7 +311,7 @@ pub fn upstream_failure(status: u32, detail: &ErrorDetail) -> ProviderError {
         400 | 413 | 422 => (
             status,
             "invalid_request_error",
-            "provider_rejected_request",
+            detail.request_code(),
             said("the model provider rejected the request"),
         ),
         401 | 403 => (
@@ -436,6 +449,23 @@ mod tests {
         assert_eq!(upstream_failure(429, &ErrorDetail::of(rate)).status(), 429);
         let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too large"}}"#;
         assert_eq!(upstream_failure(400, &ErrorDetail::of(bad)).status(), 400);
+    }
+
+    /// Codes clients act on survive: a context overflow (OpenAI's, and
+    /// Anthropic's "prompt is too long" under OpenAI's code), Azure's
+    /// content filter; others are the gateway's.
+    #[test]
+    fn a_refused_request_keeps_the_code_clients_act_on() {
+        let cases: [(&[u8], &str); 4] = [
+            (br#"{"error":{"message":"This model's maximum context length is 128000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#, "context_length_exceeded"),
+            (br#"{"type":"error","error":{"type":"invalid_request_error","message":"prompt is too long: 215000 tokens > 200000 maximum"}}"#, "context_length_exceeded"),
+            (br#"{"error":{"message":"The response was filtered","type":null,"param":"prompt","code":"content_filter","status":400}}"#, "content_filter"),
+            (br#"{"error":{"message":"Invalid value","type":"invalid_request_error","code":"invalid_value"}}"#, "provider_rejected_request"),
+        ];
+        for (body, code) in cases {
+            let e = upstream_failure(400, &ErrorDetail::of(body));
+            assert_eq!((e.status(), e.code()), (400, code), "{e}");
+        }
     }
 
     #[test]
