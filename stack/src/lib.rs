@@ -82,6 +82,8 @@ pub enum StackError {
     MissingWasm { path: PathBuf },
     #[error("cannot read the filter configuration {}: {source}", path.display())]
     ReadConfig { path: PathBuf, source: io::Error },
+    #[error("{0}")]
+    Providers(String),
     #[error("the filter configuration {} is not JSON: {source}", path.display())]
     ConfigNotJson {
         path: PathBuf,
@@ -198,6 +200,19 @@ impl Stack {
         let wasm_path = std::path::absolute(&wasm_path).unwrap_or(wasm_path);
         let mut filter_config = read_filter_config(&options.config)?;
         let mut models = configured_models(&filter_config);
+        // The configuration's own providers: where each is and its key file.
+        let own_providers = demo_provider::has_providers(&filter_config);
+        let mut providers = match (&options.providers, own_providers) {
+            (Some(file), _) => providers_file::read(file, &filter_config)
+                .map_err(|e| StackError::Providers(e.to_string()))?,
+            (None, true) => {
+                return Err(StackError::Providers(format!(
+                    "{} names `providers`: pass --providers FILE saying where each is and which file holds its key (docs/providers.md)",
+                    options.config.display()
+                )))
+            }
+            (None, false) => Vec::new(),
+        };
 
         let ports = [
             (options.listen_port, "gateway listener", "--listen-port"),
@@ -251,16 +266,15 @@ impl Stack {
             }
         };
         // The demo's external model, unless the configuration has providers.
-        let demo_provider =
-            if options.demo_provider && !demo_provider::has_providers(&filter_config) {
-                let started = DemoProvider::start(&envoy_binary, dir);
-                if started.is_ok() {
-                    demo_provider::add_to_filter_config(&mut filter_config);
-                }
-                Some(started)
-            } else {
-                None
-            };
+        let demo_provider = if options.demo_provider && !own_providers {
+            let started = DemoProvider::start(&envoy_binary, dir);
+            if started.is_ok() {
+                demo_provider::add_to_filter_config(&mut filter_config);
+            }
+            Some(started)
+        } else {
+            None
+        };
         // Granted by the demo subscription beside the local models.
         let mut granted = models.clone();
         if let Some(Ok(_)) = &demo_provider {
@@ -293,9 +307,11 @@ impl Stack {
             control_plane: control_plane.as_ref().map(ControlPlaneProcess::addr),
             limiter: limiter.as_ref().map(|l| l.process.addr()),
             oidc: None,
-            providers: match &demo_provider {
-                Some(Ok(provider)) => vec![provider.spec()],
-                _ => Vec::new(),
+            providers: {
+                if let Some(Ok(provider)) = &demo_provider {
+                    providers.push(provider.spec());
+                }
+                providers
             },
             credential_sds_dir: Some(dir.clone()),
             listen_port: options.listen_port,
@@ -638,14 +654,21 @@ fn drop_unserved(
         .cloned()
         .collect();
     let is_dropped = |v: &Value| v.as_str().is_some_and(|id| dropped.iter().any(|d| d == id));
-    if let Some(subscriptions) = filter_config["subscriptions"].as_object_mut() {
+    // `get_mut`, not indexing: an index inserts `null` where a key is absent.
+    if let Some(subscriptions) = filter_config
+        .get_mut("subscriptions")
+        .and_then(Value::as_object_mut)
+    {
         for subscription in subscriptions.values_mut() {
-            if let Some(models) = subscription["models"].as_array_mut() {
+            if let Some(models) = subscription.get_mut("models").and_then(Value::as_array_mut) {
                 models.retain(|m| !is_dropped(m));
             }
         }
     }
-    if let Some(fallbacks) = filter_config["fallbacks"].as_object_mut() {
+    if let Some(fallbacks) = filter_config
+        .get_mut("fallbacks")
+        .and_then(Value::as_object_mut)
+    {
         fallbacks.retain(|id, _| !dropped.contains(id));
     }
     dropped
@@ -856,6 +879,10 @@ mod tests {
         assert_eq!(config["subscriptions"]["free"]["models"], json!(["other"]));
         assert_eq!(config["fallbacks"], json!({"other": []}));
         assert!(drop_unserved(&mut config, &configured, &configured).is_empty());
+        // Nothing is added where the configuration has no such key.
+        let mut bare = json!({"models": ["a"], "subscriptions": {"s": {}}});
+        drop_unserved(&mut bare, &["a".to_string()], &[]);
+        assert_eq!(bare, json!({"models": ["a"], "subscriptions": {"s": {}}}));
     }
 
     #[test]

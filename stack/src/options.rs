@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use maas_testkit::gateway::workspace_root;
 
 pub const USAGE: &str = "\
-usage: maas-stack [--config FILE] [--listen-port 10000] [--admin-port 9901]
+usage: maas-stack [--config FILE] [--providers FILE] [--listen-port 10000] [--admin-port 9901]
                   [--model [ID=]FILE.gguf ... | --mock | --upstream HOST:PORT]
                   [--upstream-port 8000] [--state-dir DIR]
                   [--control-plane-port 8090] [--control-plane-dir DIR]
@@ -19,6 +19,9 @@ SmolLM2-135M-Instruct unless --model says otherwise), and the control plane
 SIGTERM. Creates a demo subscription and key on the way.
 
   --config FILE         filter configuration (default envoy/filter-config.json)
+  --providers FILE      where the configuration's `providers` are and which files
+                        hold their keys (render-gateway's providers file,
+                        docs/providers.md); needed when the configuration has any
   --listen-port N       gateway listener on 127.0.0.1 (default 10000; 0 = any free port)
   --admin-port N        Envoy admin on 127.0.0.1 (default 9901; 0 = any free port)
   --model [ID=]FILE.gguf  a GGUF for an inference server of its own, served as ID
@@ -109,6 +112,8 @@ pub struct StackOptions {
     pub limiter_port: u16,
     /// Serve the demo's external model (see `demo_provider`).
     pub demo_provider: bool,
+    /// The providers file for a configuration with `providers`.
+    pub providers: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -133,6 +138,7 @@ impl Default for StackOptions {
             }),
             limiter_port: 8081,
             demo_provider: true,
+            providers: None,
         }
     }
 }
@@ -215,6 +221,7 @@ pub fn parse_args(args: impl IntoIterator<Item = String>) -> Result<StackOptions
             }
             "--no-control-plane" => no_control_plane = true,
             "--no-demo-provider" => options.demo_provider = false,
+            "--providers" => options.providers = Some(absolute(&value()?)),
             "--limiter-port" => options.limiter_port = port(&flag, &value()?)?,
             "-h" | "--help" => return Err(UsageError::Help),
             other => return Err(UsageError::Invalid(format!("unknown argument {other:?}"))),
@@ -390,6 +397,8 @@ mod tests {
         );
         assert!(parse(&[]).expect("valid").demo_provider);
         assert!(!parse(&["--no-demo-provider"]).expect("valid").demo_provider);
+        let providers = parse(&["--providers", "p.json"]).expect("valid").providers;
+        assert!(providers.is_some_and(|p| p.is_absolute() && p.ends_with("p.json")));
     }
 
     #[test]

@@ -564,6 +564,54 @@ fn a_bad_filter_configuration_is_explained_from_envoys_log() {
     );
 }
 
+/// A configuration with providers of its own needs the file that says
+/// where they are and which files hold their keys; without it the stack
+/// says so before starting anything.
+#[test]
+fn a_configuration_with_providers_needs_the_providers_file() {
+    require_artifacts();
+    let mut config: Value = serde_json::from_str(
+        &std::fs::read_to_string(demo_config()).expect("read the demo configuration"),
+    )
+    .expect("JSON");
+    config["providers"] = json!([{"name": "openai", "kind": "openai-compatible"}]);
+    config["external_models"] =
+        json!([{"id": "gpt-4.1-mini", "provider": "openai", "model": "gpt-4.1-mini"}]);
+    let dir = std::env::temp_dir().join(format!("maas-stack-providers-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("filter-config.json");
+    std::fs::write(&path, config.to_string()).expect("write");
+    let mut stack = Runner::spawn(&path, &[]);
+    let status = stack.wait_exit(START_TIMEOUT);
+    assert!(!status.success(), "{status}");
+    let stderr = stack.stderr();
+    assert!(
+        stderr.contains("names `providers`: pass --providers FILE"),
+        "{stderr}"
+    );
+    // A file that does not name the configuration's provider is refused by
+    // name, as render-gateway refuses it.
+    let providers = dir.join("providers.json");
+    std::fs::write(
+        &providers,
+        r#"[{"name": "other", "host": "h", "secret_file": "/k"}]"#,
+    )
+    .expect("write");
+    let mut stack = Runner::spawn_with(
+        &path,
+        &["--providers".to_string(), providers.display().to_string()],
+        &[],
+    );
+    let status = stack.wait_exit(START_TIMEOUT);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!status.success(), "{status}");
+    let stderr = stack.stderr();
+    assert!(
+        stderr.contains("providers.json") && stderr.contains(r#"provider "other""#),
+        "{stderr}"
+    );
+}
+
 #[test]
 fn a_busy_port_is_named_with_the_flag_that_moves_it() {
     require_artifacts();
