@@ -6,15 +6,24 @@ CARGO ?= cargo
 WASM_TARGET := wasm32-wasip1
 FILTER_WASM := target/$(WASM_TARGET)/release/maas_filter.wasm
 ENVOY := .cache/envoy/1.40.0/envoy/_bin/envoy
-export MAAS_ENVOY ?= $(CURDIR)/$(ENVOY)
-export MAAS_FILTER_WASM ?= $(CURDIR)/$(FILTER_WASM)
+# Each MAAS_* path is the caller's when set (and not empty), else ours.
+MAAS_ENVOY := $(or $(MAAS_ENVOY),$(CURDIR)/$(ENVOY))
+export MAAS_ENVOY
+MAAS_FILTER_WASM := $(or $(MAAS_FILTER_WASM),$(CURDIR)/$(FILTER_WASM))
+export MAAS_FILTER_WASM
 INFERENCE_SERVER := target/serve/inference-server
-export MAAS_INFERENCE_SERVER ?= $(CURDIR)/$(INFERENCE_SERVER)
-export MAAS_CONTROL_PLANE ?= $(CURDIR)/target/serve/maas-control-plane
-export MAAS_LIMITER ?= $(CURDIR)/target/serve/maas-limiter
-export MAAS_REDIS_SERVER ?= $(CURDIR)/.cache/redis/7.0.15/bin/redis-server
-export MAAS_MODEL_DIR ?= $(CURDIR)/.cache/models
-export MAAS_PYTHON ?= $(CURDIR)/.cache/python/bin/python
+MAAS_INFERENCE_SERVER := $(or $(MAAS_INFERENCE_SERVER),$(CURDIR)/$(INFERENCE_SERVER))
+export MAAS_INFERENCE_SERVER
+MAAS_CONTROL_PLANE := $(or $(MAAS_CONTROL_PLANE),$(CURDIR)/target/serve/maas-control-plane)
+export MAAS_CONTROL_PLANE
+MAAS_LIMITER := $(or $(MAAS_LIMITER),$(CURDIR)/target/serve/maas-limiter)
+export MAAS_LIMITER
+MAAS_REDIS_SERVER := $(or $(MAAS_REDIS_SERVER),$(CURDIR)/.cache/redis/7.0.15/bin/redis-server)
+export MAAS_REDIS_SERVER
+MAAS_MODEL_DIR := $(or $(MAAS_MODEL_DIR),$(CURDIR)/.cache/models)
+export MAAS_MODEL_DIR
+MAAS_PYTHON := $(or $(MAAS_PYTHON),$(CURDIR)/.cache/python/bin/python)
+export MAAS_PYTHON
 
 .PHONY: run serve test bench lint fmt toolchain setup model wasm host server server-cuda gpu-bench-pack images clean-cache
 

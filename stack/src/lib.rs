@@ -106,8 +106,8 @@ pub enum StackError {
     MissingInferenceServer { path: PathBuf },
     #[error("no model at {}: run `make model` (scripts/fetch-model.sh) for the embedded default, or pass --model FILE.gguf", path.display())]
     MissingModel { path: PathBuf },
-    #[error("--model {}: no such file (--model FILE.gguf or --model ID=FILE.gguf; an id holds letters, digits, '.', '_', ':' and '-')", path.display())]
-    MissingModelArg { path: PathBuf },
+    #[error("--model: no such file {} for the model served as {id:?} (--model FILE.gguf, or --model ID=FILE.gguf where an id starts with a letter or digit and holds letters, digits, '.', '_', ':', '/' and '-')", path.display())]
+    MissingModelArg { id: String, path: PathBuf },
     #[error("the inference server did not start: {0}")]
     Inference(String),
     #[error("two --model files are both served as {id:?}: give one of them another id (--model ID=FILE.gguf)")]
@@ -632,17 +632,10 @@ fn configured_models(config: &Value) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// Fails when `127.0.0.1:port` cannot be bound now, naming the flag that
-/// moves it. Envoy binds with `SO_REUSEADDR` as `std` does, so this sees what
-/// Envoy would; a port taken in between is caught from Envoy's log instead.
-/// The model ids and files to serve. None given: the embedded model, as the
-/// configuration's first model. One without an id: the configuration's first
-/// model too (so `--model FILE` swaps the model behind the demo setup).
-/// Several: each under its id, or its file name (lowercase, without
-/// `.gguf`); two under one id are refused.
 /// Takes the configured model ids that are not `served` out of the filter
-/// configuration's `models` and every subscription's `models`, and returns
-/// them. (Fallback chains of a dropped id go with it.)
+/// configuration's `models`, every subscription's `models`, its `fallbacks`
+/// and `route_timeouts_ms`, and returns them (the filter refuses an entry
+/// for a model it does not route).
 fn drop_unserved(
     filter_config: &mut Value,
     configured: &[String],
@@ -665,15 +658,22 @@ fn drop_unserved(
             }
         }
     }
-    if let Some(fallbacks) = filter_config
-        .get_mut("fallbacks")
-        .and_then(Value::as_object_mut)
-    {
-        fallbacks.retain(|id, _| !dropped.contains(id));
+    for keyed_by_model in ["fallbacks", "route_timeouts_ms"] {
+        if let Some(entries) = filter_config
+            .get_mut(keyed_by_model)
+            .and_then(Value::as_object_mut)
+        {
+            entries.retain(|id, _| !dropped.contains(id));
+        }
     }
     dropped
 }
 
+/// The model ids and files to serve. None given: the embedded model, as the
+/// configuration's first model. One without an id: the configuration's first
+/// model too (so `--model FILE` swaps the model behind the demo setup).
+/// Several: each under its id, or its file name (lowercase, without
+/// `.gguf`); two under one id are refused.
 fn served_models(
     given: &[ModelArg],
     configured: &[String],
@@ -722,12 +722,15 @@ fn start_inference(
             path: INFERENCE_SERVER.path(),
         });
     }
-    if let Some((_, missing)) = served.iter().find(|(_, path)| !path.is_file()) {
+    if let Some((id, missing)) = served.iter().find(|(_, path)| !path.is_file()) {
         let path = missing.clone();
         let given =
             matches!(&options.upstream, UpstreamChoice::Inference { models } if !models.is_empty());
         return Err(if given {
-            StackError::MissingModelArg { path }
+            StackError::MissingModelArg {
+                id: id.clone(),
+                path,
+            }
         } else {
             StackError::MissingModel { path }
         });
@@ -778,6 +781,9 @@ fn start_control_plane(
     ControlPlaneProcess::launch(&launch).map_err(StackError::ControlPlane)
 }
 
+/// Fails when `127.0.0.1:port` cannot be bound now, naming the flag that
+/// moves it. Envoy binds with `SO_REUSEADDR` as `std` does, so this sees what
+/// Envoy would; a port taken in between is caught from Envoy's log instead.
 fn ensure_free(port: u16, role: &'static str, flag: &'static str) -> Result<(), StackError> {
     if port == 0 {
         return Ok(());
@@ -871,13 +877,15 @@ mod tests {
                 "free": {"models": ["smollm2-135m-instruct", "other"]},
                 "none": {}
             },
-            "fallbacks": {"smollm2-135m-instruct": [], "other": []}
+            "fallbacks": {"smollm2-135m-instruct": [], "other": []},
+            "route_timeouts_ms": {"smollm2-135m-instruct": 1000}
         });
         let configured = ["smollm2-135m-instruct".to_string(), "other".to_string()];
         let dropped = drop_unserved(&mut config, &configured, &["other".to_string()]);
         assert_eq!(dropped, ["smollm2-135m-instruct"]);
         assert_eq!(config["subscriptions"]["free"]["models"], json!(["other"]));
         assert_eq!(config["fallbacks"], json!({"other": []}));
+        assert_eq!(config["route_timeouts_ms"], json!({}));
         assert!(drop_unserved(&mut config, &configured, &configured).is_empty());
         // Nothing is added where the configuration has no such key.
         let mut bare = json!({"models": ["a"], "subscriptions": {"s": {}}});

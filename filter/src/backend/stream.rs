@@ -393,7 +393,20 @@ impl BackendStream {
         let (status, out) = match self.translation {
             Translation::Error { status } => {
                 tell_provider_status(host, status);
-                let e = upstream_failure(status, &ErrorDetail::of(body));
+                let detail = ErrorDetail::of(body);
+                if detail.is_account_problem(status) {
+                    // The client is told only that the account failed; the
+                    // provider's words are the operator's, in Envoy's log.
+                    let said: String = detail.message.chars().take(256).collect();
+                    host.warn_throttled(
+                        "provider_account",
+                        &format!(
+                            "provider {} refused the gateway's account ({status}): {said}",
+                            self.config.provider
+                        ),
+                    );
+                }
+                let e = upstream_failure(status, &detail);
                 (e.status(), e.body())
             }
             _ => {

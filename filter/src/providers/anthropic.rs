@@ -153,7 +153,10 @@ pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>,
             "between 0 and 1 for this model (its provider's range)",
         ));
     }
-    if request.temperature.is_some() && request.top_p.is_some() {
+    // `top_p: 1` samples from everything, as no `top_p` does: many SDKs
+    // send it by default, so it is left out rather than refused.
+    let top_p = request.top_p.filter(|p| *p != 1.0);
+    if request.temperature.is_some() && top_p.is_some() {
         return Err(invalid(
             "top_p",
             "temperature or top_p, not both, for this model (its provider takes one)",
@@ -233,10 +236,7 @@ pub fn to_messages_request(body: &[u8], upstream_model: &str) -> Result<Vec<u8>,
             out.insert("stop_sequences".into(), sequences.into());
         }
     }
-    for (field, value) in [
-        ("temperature", request.temperature),
-        ("top_p", request.top_p),
-    ] {
+    for (field, value) in [("temperature", request.temperature), ("top_p", top_p)] {
         if let Some(value) = value {
             out.insert(field.into(), value.into());
         }

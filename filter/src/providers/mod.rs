@@ -223,7 +223,7 @@ pub fn write_error_event(error: &ProviderError, out: &mut Vec<u8>) {
 /// (`{"type":"error","error":{"type","message"}}`) put it in the same place.
 #[derive(Debug, Clone, Default, PartialEq, Eq, serde::Deserialize)]
 pub struct ErrorDetail {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "string_or_empty")]
     pub message: String,
     /// OpenAI's `type`, Anthropic's error type.
     #[serde(rename = "type", default)]
@@ -262,16 +262,28 @@ impl ErrorDetail {
     /// refused: OpenAI's exhausted quota (a 429 that no retry clears for
     /// hours), Anthropic's billing error or too-low credit balance (a 402,
     /// or a 400 that would otherwise read as the client's mistake).
-    fn is_account_problem(&self, status: u32) -> bool {
+    pub fn is_account_problem(&self, status: u32) -> bool {
         let named =
             |name: &str| self.code.as_deref() == Some(name) || self.kind.as_deref() == Some(name);
         match status {
             402 => true,
             429 => named("insufficient_quota"),
-            400 => named("billing_error") || self.message.contains("credit balance"),
+            // Anthropic's words for it, as its own error type says: a 400
+            // echoing a client's text must not read as the operator's.
+            400 => {
+                named("billing_error")
+                    || (named("invalid_request_error")
+                        && self.message.starts_with("Your credit balance is too low"))
+            }
             _ => named("billing_error"),
         }
     }
+}
+
+/// A string field that may be `null` or not a string: its absence, not an
+/// error that would lose the rest of the detail.
+fn string_or_empty<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    string_or_none(d).map(Option::unwrap_or_default)
 }
 
 fn string_or_none<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
@@ -421,6 +433,11 @@ mod tests {
         assert_eq!(detail.code.as_deref(), Some("invalid_api_key"));
         let numeric = br#"{"error":{"message":"m","code":400}}"#;
         assert_eq!(ErrorDetail::of(numeric).code, None);
+        let no_message = br#"{"error":{"message":null,"type":"insufficient_quota"}}"#;
+        assert_eq!(
+            ErrorDetail::of(no_message).kind.as_deref(),
+            Some("insufficient_quota")
+        );
         assert_eq!(ErrorDetail::of(b"<html>502</html>"), ErrorDetail::default());
     }
 
@@ -449,6 +466,12 @@ mod tests {
         assert_eq!(upstream_failure(429, &ErrorDetail::of(rate)).status(), 429);
         let bad = br#"{"type":"error","error":{"type":"invalid_request_error","message":"max_tokens: too large"}}"#;
         assert_eq!(upstream_failure(400, &ErrorDetail::of(bad)).status(), 400);
+        // A client's text echoed back is the client's.
+        let echoed = br#"{"error":{"message":"Invalid prompt: my credit balance is too low","type":"invalid_request_error"}}"#;
+        assert_eq!(
+            upstream_failure(400, &ErrorDetail::of(echoed)).status(),
+            400
+        );
     }
 
     /// Codes clients act on survive: a context overflow (OpenAI's, and

@@ -311,6 +311,16 @@ fn a_providers_failure_reaches_the_client_as_what_it_can_act_on() {
             502,
             "provider_error",
         ),
+        // The operator's account, not the client: a fallback is tried, and
+        // the provider's words go to the operator's log only.
+        (
+            "gpt-4o",
+            "azure-east",
+            429,
+            r#"{"error":{"message":"You exceeded your current quota","type":"insufficient_quota","code":"insufficient_quota"}}"#,
+            502,
+            "provider_account_unavailable",
+        ),
     ];
     for (model, provider, status, body, client_status, code) in cases {
         let h = harness();
@@ -326,6 +336,12 @@ fn a_providers_failure_reaches_the_client_as_what_it_can_act_on() {
         let out = respond_held(&h, &mut s, &mut b, body);
         let error: serde_json::Value = serde_json::from_slice(&out).unwrap();
         assert_eq!(error["error"]["code"], code, "{model} {status}");
+        let logged = h.host.throttled_warnings.borrow().join("\n");
+        assert_eq!(
+            logged.contains("You exceeded your current quota"),
+            code == "provider_account_unavailable",
+            "{logged}"
+        );
         assert_eq!(
             header(&h, ":status"),
             Some(client_status.to_string()),

@@ -150,6 +150,15 @@ fn what_messages_cannot_express_is_refused_by_name() {
     }
     assert!(request(with("temperature", 1.0.into())).is_ok());
     assert!(request(with("top_p", 0.9.into())).is_ok());
+    // `top_p: 1` (no nucleus cut, many SDKs' default) beside a temperature
+    // is left out, not refused.
+    let mut both = with("temperature", 0.7.into());
+    both["top_p"] = 1.0.into();
+    let sent = request(both).unwrap();
+    assert_eq!(
+        (sent["temperature"].as_f64(), sent.get("top_p")),
+        (Some(0.7), None)
+    );
     let image = json!({"model": "m", "max_tokens": 5, "messages": [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}]}]});
     assert_eq!(
