@@ -16,7 +16,8 @@ usage: maas-stack [--config FILE] [--providers FILE] [--listen-port 10000] [--ad
 Runs Envoy with the MaaS filter in front of the inference server (the embedded
 SmolLM2-135M-Instruct unless --model says otherwise), and the control plane
 (SQLite) it syncs keys from, in the foreground, until Ctrl-C (SIGINT) or
-SIGTERM. Creates a demo subscription and key on the way.
+SIGTERM (a second one stops everything at once, also while starting).
+Creates a demo subscription and key on the way.
 
   --config FILE         filter configuration (default envoy/filter-config.json)
   --providers FILE      where the configuration's `providers` are and which files

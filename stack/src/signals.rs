@@ -31,11 +31,21 @@ impl StopSignals {
             .name("stop-signals".into())
             .spawn(move || {
                 runtime.block_on(async move {
+                    let mut seen = 0u32;
                     loop {
                         let name = tokio::select! {
                             _ = interrupt.recv() => "SIGINT",
                             _ = terminate.recv() => "SIGTERM",
                         };
+                        seen += 1;
+                        // The first stops the stack in order, which can take
+                        // a model's load or a server's grace period; a second
+                        // ends the process at once, and with it every child
+                        // (each is told to stop when its parent thread ends).
+                        if seen > 1 {
+                            eprintln!("maas-stack: {name} again: stopping at once");
+                            std::process::exit(130);
+                        }
                         if sender.send(name).is_err() {
                             return;
                         }

@@ -480,10 +480,9 @@ fn envoy_exiting_on_its_own_fails_the_run_with_its_log() {
     );
 }
 
-#[test]
-fn a_killed_stack_leaves_no_process_behind() {
-    require_artifacts();
-    let mut stack = Runner::start(&demo_config());
+/// What a started stack runs, by name and pid, and where the stand-in
+/// provider's TLS front (an Envoy of its own) listens.
+fn children_of(stack: &Runner) -> ([(&'static str, libc::pid_t); 4], String) {
     let banner = stack.stdout();
     let children = [
         ("Envoy", stack.envoy_pid()),
@@ -494,7 +493,6 @@ fn a_killed_stack_leaves_no_process_behind() {
         ),
         ("the limiter", banner_pid(&banner, "global limits, pid ")),
     ];
-    // The stand-in provider's TLS front is an Envoy of its own.
     let provider = banner
         .split("anthropic.demo.internal at ")
         .nth(1)
@@ -505,22 +503,59 @@ fn a_killed_stack_leaves_no_process_behind() {
         std::net::TcpStream::connect(&provider).is_ok(),
         "{provider}"
     );
-    // No cleanup runs: each child must go with its parent on its own.
-    stack.signal(libc::SIGKILL);
-    let _ = stack.wait_exit(EXIT_TIMEOUT);
+    (children, provider)
+}
+
+/// Every child of a stopped stack is gone, and nothing listens for it.
+fn assert_all_gone(children: &[(&'static str, libc::pid_t)], provider: &str) {
     eventually(Duration::from_secs(10), || {
         for (name, pid) in children {
-            if process_exists(pid) {
-                return Err(format!("{name} (pid {pid}) outlived a killed maas-stack"));
+            if process_exists(*pid) {
+                return Err(format!("{name} (pid {pid}) outlived maas-stack"));
             }
         }
-        match std::net::TcpStream::connect(&provider) {
+        match std::net::TcpStream::connect(provider) {
             Ok(_) => Err(format!(
                 "the demo provider's TLS front still listens on {provider}"
             )),
             Err(_) => Ok(()),
         }
     });
+}
+
+#[test]
+fn a_killed_stack_leaves_no_process_behind() {
+    require_artifacts();
+    let mut stack = Runner::start(&demo_config());
+    let (children, provider) = children_of(&stack);
+    // No cleanup runs: each child must go with its parent on its own.
+    stack.signal(libc::SIGKILL);
+    let _ = stack.wait_exit(EXIT_TIMEOUT);
+    assert_all_gone(&children, &provider);
+}
+
+/// The first SIGTERM stops the stack in order (it can take a server's
+/// grace period); a second ends it at once, children included.
+#[test]
+fn a_second_stop_signal_ends_the_stack_at_once() {
+    require_artifacts();
+    let mut stack = Runner::start(&demo_config());
+    let (children, provider) = children_of(&stack);
+    stack.signal(libc::SIGTERM);
+    // Signals sent together merge into one: the second goes once the first
+    // is being handled (stopping takes Envoy's exit and each server's).
+    eventually(Duration::from_secs(10), || {
+        if stack.stderr().contains("SIGTERM received") {
+            Ok(())
+        } else {
+            Err("the first SIGTERM is not handled yet".to_string())
+        }
+    });
+    stack.signal(libc::SIGTERM);
+    let status = stack.wait_exit(EXIT_TIMEOUT);
+    assert_eq!(status.code(), Some(130), "{status}\n{}", stack.stderr());
+    assert!(stack.stderr().contains("SIGTERM again: stopping at once"));
+    assert_all_gone(&children, &provider);
 }
 
 #[test]
