@@ -303,16 +303,14 @@ impl Stack {
                 path: template_path,
                 source,
             })?;
+        if let Some(Ok(provider)) = &demo_provider {
+            providers.push(provider.spec());
+        }
         let spec = GatewaySpec {
             control_plane: control_plane.as_ref().map(ControlPlaneProcess::addr),
             limiter: limiter.as_ref().map(|l| l.process.addr()),
             oidc: None,
-            providers: {
-                if let Some(Ok(provider)) = &demo_provider {
-                    providers.push(provider.spec());
-                }
-                providers
-            },
+            providers,
             credential_sds_dir: Some(dir.clone()),
             listen_port: options.listen_port,
             admin_port: options.admin_port,

@@ -202,7 +202,6 @@ fn route_timeouts_inline(timeout: Duration) -> String {
         .join(", ")
 }
 
-const ROUTE_TIMEOUT_MS: u64 = ROUTE_TIMEOUT.as_secs() * 1000;
 /// The longest `route_timeouts_ms` entry the filter takes.
 const MAX_ROUTE_TIMEOUT_MS: u64 = 86_400_000;
 
@@ -240,27 +239,27 @@ fn with_route_timeouts(spec: &GatewaySpec, chains: &[failover::Chain]) -> Value 
         .and_then(Value::as_object)
         .cloned()
         .unwrap_or_default();
-    let local = spec
-        .models
-        .iter()
-        .map(|(model, _)| (model, ROUTE_TIMEOUT_MS));
+    // As the routes are rendered: a chained model's failover route has the
+    // gateway's timeout, a provider's own route the provider's.
+    let local = spec.models.iter().map(|(model, _)| (model, ROUTE_TIMEOUT));
     let chained = &chained;
     let external = spec.providers.iter().flat_map(|provider| {
-        provider
-            .models
-            .iter()
-            .map(move |model| match provider.timeout {
-                Some(t) if !chained.contains(model.as_str()) => {
-                    (model, u64::try_from(t.as_millis()).unwrap_or(u64::MAX))
-                }
-                _ => (model, ROUTE_TIMEOUT_MS),
-            })
+        provider.models.iter().map(move |model| {
+            let timeout = if chained.contains(model.as_str()) {
+                ROUTE_TIMEOUT
+            } else {
+                provider.route_timeout()
+            };
+            (model, timeout)
+        })
     });
-    for (model, ms) in local.chain(external) {
+    for (model, timeout) in local.chain(external) {
         if !named.contains(model) {
             continue;
         }
-        let bootstrap = ms.min(MAX_ROUTE_TIMEOUT_MS);
+        let bootstrap = u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(MAX_ROUTE_TIMEOUT_MS);
         let shorter = timeouts
             .get(model)
             .and_then(Value::as_u64)

@@ -60,6 +60,13 @@ pub struct ProviderSpec {
     pub timeout: Option<std::time::Duration>,
 }
 
+impl ProviderSpec {
+    /// The timeout of its models' routes: its own, else the gateway's.
+    pub(super) fn route_timeout(&self) -> std::time::Duration {
+        self.timeout.unwrap_or(ROUTE_TIMEOUT)
+    }
+}
+
 /// How the provider expects our key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CredentialSpec {
@@ -174,7 +181,7 @@ pub(super) fn routes(providers: &[ProviderSpec], chained: &HashSet<&str>) -> Vec
             block.push(format!(
                 "{indent}  route: {{ cluster: {}, {}, auto_host_rewrite: true }}",
                 cluster_name(&provider.name),
-                route_timeouts_inline(provider.timeout.unwrap_or(ROUTE_TIMEOUT)),
+                route_timeouts_inline(provider.route_timeout()),
             ));
             block.push(format!(
                 "{indent}  request_headers_to_remove: {REMOVED_HEADERS}"
