@@ -3,13 +3,16 @@
 //! - in memory: fast, exact, and private to this process, so not shared with
 //!   another limiter and lost at exit: after a restart every limit starts
 //!   afresh, and a gateway's commit of a hold made before it only counts its
-//!   amount (as `Report` does);
+//!   amount (as `Report` does). Calls run one at a time: Limitador's memory
+//!   storage reads a counter and adds to it in two steps (and a reserve reads
+//!   the counters before it locks its holds), so racing calls could each see
+//!   room and pass a limit together; each call is microseconds;
 //! - Redis (7.0 or later, checked at start: `redis_version`): counters
 //!   *and* reserve holds live in Redis, so every limiter that points at the
 //!   same Redis (one per gateway, or a replicated pool) shares them, and a
-//!   limiter restart loses nothing. Reserve is one Lua script
-//!   (atomic); ShouldRateLimit reads then increments, so concurrent calls
-//!   near a limit may pass it by a few hits, as with Limitador.
+//!   limiter restart loses nothing. Reserve, and ShouldRateLimit's check and
+//!   count, are each one Lua script, atomic in Redis, so racing calls from
+//!   any number of limiters cannot pass a limit together.
 //!
 //! Holds are Limitador's reservations: a hold of `amount` is admitted when
 //! every matching counter's value plus its live holds plus `amount` stays
@@ -82,17 +85,23 @@ pub struct Engine {
 }
 
 enum Limiter {
-    /// Limitador's in-memory storage is synchronous (no I/O, short locks).
-    Memory(limitador::RateLimiter),
+    /// Limitador's in-memory storage is synchronous (no I/O, short locks);
+    /// the mutex makes each call whole (see the module's comment).
+    Memory(std::sync::Mutex<limitador::RateLimiter>),
     Redis(AsyncRateLimiter),
 }
 
-/// One call on whichever limiter: the in-memory one is called directly, the
-/// Redis one awaited.
+/// One call on whichever limiter: the in-memory one is called directly,
+/// alone, the Redis one awaited. A call that panicked holding the mutex
+/// left the counters as they were between two of Limitador's steps, which
+/// is what a racing call would have seen; the next ones go on.
 macro_rules! on_limiter {
     ($self:ident . $method:ident ( $($arg:expr),* )) => {
         match &$self.limiter {
-            Limiter::Memory(limiter) => limiter.$method($($arg),*),
+            Limiter::Memory(limiter) => limiter
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .$method($($arg),*),
             Limiter::Redis(limiter) => limiter.$method($($arg),*).await,
         }
     };
@@ -118,7 +127,7 @@ impl Engine {
                 limiter
                     .configure_with(limits)
                     .map_err(|e| EngineError::Limits(e.to_string()))?;
-                Limiter::Memory(limiter)
+                Limiter::Memory(std::sync::Mutex::new(limiter))
             }
             Storage::Redis { url, password } => {
                 let redis = tokio::time::timeout(REDIS_CONNECT_TIMEOUT, connect(url, password))

@@ -32,6 +32,11 @@ const LIMIT: &str = "limit";
 /// Redis counts with signed 64-bit integers.
 const MAX_VALUE: u64 = i64::MAX as u64;
 
+/// The longest window: ten years. Far longer ones overflow Redis's `EXPIRE`
+/// (after the count, leaving a counter that never resets) and the memory
+/// storage's expiry time.
+const MAX_SECONDS: u64 = 10 * 366 * 24 * 3600;
+
 #[derive(Debug, thiserror::Error)]
 pub enum LimitsFileError {
     #[error("cannot read limits file {path:?}: {source}")]
@@ -114,6 +119,20 @@ pub fn parse(text: &str, path: &Path) -> Result<Vec<Limit>, LimitsFileError> {
                 ),
             ));
         }
+        // With Redis, a limit's `id` is its counters' whole key (namespace,
+        // window and conditions left out): two limits of one id would count
+        // into one counter, in the first one's window.
+        if let Some(id) = limit.id() {
+            if let Some(first) = limits.iter().position(|seen| seen.id() == Some(id)) {
+                return Err(invalid(
+                    "id",
+                    format!(
+                        "{id:?} is limit #{}'s too; an id must be unique on its Redis",
+                        first + 1
+                    ),
+                ));
+            }
+        }
         limits.push(limit);
     }
     Ok(limits)
@@ -124,8 +143,8 @@ impl LimitDefinition {
         if self.namespace.trim().is_empty() {
             return Err(("namespace", "must not be empty".into()));
         }
-        if self.seconds == 0 {
-            return Err(("seconds", "must be at least 1".into()));
+        if !(1..=MAX_SECONDS).contains(&self.seconds) {
+            return Err(("seconds", format!("must be 1 to {MAX_SECONDS} (ten years)")));
         }
         if self.max_value > MAX_VALUE {
             return Err(("max_value", format!("must be at most {MAX_VALUE}")));
@@ -262,7 +281,16 @@ mod tests {
             ),
             (
                 "- namespace: a\n  name: n\n  max_value: 1\n  seconds: 0\n",
-                &["limit #1 (\"n\")", "`seconds`", "at least 1"],
+                &["limit #1 (\"n\")", "`seconds`", "must be 1 to 316224000"],
+            ),
+            (
+                "- namespace: a\n  max_value: 1\n  seconds: 316224001\n",
+                &["`seconds`", "(ten years)"],
+            ),
+            (
+                "- namespace: a\n  id: t\n  max_value: 1\n  seconds: 60\n\
+                 - namespace: b\n  id: t\n  max_value: 5\n  seconds: 86400\n",
+                &["limit #2", "`id`", "\"t\" is limit #1's too"],
             ),
             (
                 "- namespace: a\n  max_value: 9223372036854775808\n  seconds: 1\n",

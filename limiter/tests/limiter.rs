@@ -357,6 +357,32 @@ fn malformed_calls_get_an_answer_and_change_nothing() {
 }
 
 #[test]
+fn a_limit_split_by_a_descriptor_the_call_lacks_does_not_apply() {
+    // No condition, so only the variable decides: a call without the
+    // descriptor it names has no counter of this limit (it failed INTERNAL,
+    // which a gateway's outbox retries for minutes).
+    let limits = "- namespace: maas\n  max_value: 1\n  seconds: 60\n  variables: [\"descriptors[0].user\"]\n";
+    let limiter = LimiterProcess::launch(&launch("no_descriptor", limits, None)).unwrap();
+    let client = limiter.client();
+    let bare = RateLimitRequest::new("maas", Vec::new(), 5);
+    let answer = client.should_rate_limit(&bare).unwrap();
+    assert_eq!(
+        (answer.overall_code(), answer.statuses.len()),
+        (Code::Ok, 0)
+    );
+    let held = client
+        .reserve(&ReserveRequest {
+            descriptors: Vec::new(),
+            ..reserve("alice", 5, None)
+        })
+        .unwrap();
+    assert_eq!(held.code(), Code::Ok, "{held:?}");
+    // The user who has the descriptor is still limited.
+    assert_eq!(spend(&client, "alice", 1), Code::Ok);
+    assert_eq!(spend(&client, "alice", 1), Code::OverLimit);
+}
+
+#[test]
 fn counters_and_holds_survive_a_limiter_restart_with_redis() {
     let (_redis, mut limiter, client) = with_redis("restart_redis");
     assert_eq!(spend(&client, "alice", 10), Code::Ok);
@@ -410,6 +436,104 @@ fn limiters_on_one_redis_share_counters() {
     assert!(!fits(&first, "alice", 1));
 }
 
+/// Redis's answer to `command`, sent with its password.
+fn as_admin(redis: &RedisProcess, command: &str) -> String {
+    let auth = format!("AUTH {}\r\n", redis.password());
+    let command = format!("{command}\r\n");
+    let answer = redis
+        .call_raw(&[auth.as_bytes(), command.as_bytes()])
+        .unwrap();
+    answer
+        .strip_prefix("+OK\r\n")
+        .unwrap_or_else(|| panic!("AUTH answered {answer:?}"))
+        .to_string()
+}
+
+/// `threads` clients, each on its own connection to one of `limiters` in
+/// turn, all released at once, each spending one hit `calls` times for
+/// alice: how many of the calls were admitted.
+fn admitted_in_a_burst(limiters: &[&LimiterProcess], threads: usize, calls: usize) -> usize {
+    let start = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let workers: Vec<_> = (0..threads)
+        .map(|i| {
+            let client = limiters[i % limiters.len()].client();
+            let start = std::sync::Arc::clone(&start);
+            std::thread::spawn(move || {
+                // Connected before the start, so the calls race, not the handshakes.
+                assert!(fits(&client, "alice", 1));
+                start.wait();
+                (0..calls)
+                    .filter(|_| spend(&client, "alice", 1) == Code::Ok)
+                    .count()
+            })
+        })
+        .collect();
+    workers.into_iter().map(|w| w.join().unwrap()).sum()
+}
+
+#[test]
+fn racing_should_rate_limit_calls_through_two_limiters_never_pass_the_limit() {
+    let (redis, first, _client) = with_redis("racing_redis");
+    let second =
+        LimiterProcess::launch(&launch("racing_redis_other", LIMITS, Some(&redis))).unwrap();
+    // Request limits are ShouldRateLimit calls of one hit each, from every
+    // gateway at once: a check and a count in two round trips let a burst
+    // at the limit pass it by as many calls as were in flight.
+    for round in 0..3 {
+        let admitted = admitted_in_a_burst(&[&first, &second], 16, 3);
+        assert_eq!(
+            admitted, 10,
+            "round {round}: 10 a minute, and 48 racing calls"
+        );
+        as_admin(&redis, "FLUSHALL");
+    }
+}
+
+#[test]
+fn racing_calls_in_memory_never_pass_the_limit() {
+    let limiter = LimiterProcess::launch(&launch("racing_memory", LIMITS, None)).unwrap();
+    let admitted = admitted_in_a_burst(&[&limiter], 16, 3);
+    assert_eq!(admitted, 10, "10 a minute, and 48 racing calls");
+}
+
+#[test]
+fn redis_keeps_no_key_per_counter_beyond_its_window() {
+    let redis = RedisProcess::start().unwrap();
+    let limits = LIMITS.replace("seconds: 60", "seconds: 1");
+    let limiter =
+        LimiterProcess::launch(&launch("no_lasting_keys", &limits, Some(&redis))).unwrap();
+    let client = limiter.client();
+    // One counter per user, as per-key limits have: each touched by a
+    // ShouldRateLimit, a Reserve and its Commit.
+    for n in 0..20 {
+        let name = format!("user-{n}");
+        assert_eq!(spend(&client, &name, 1), Code::Ok);
+        let held = client.reserve(&reserve(&name, 2, None)).unwrap();
+        assert_eq!(held.code(), Code::Ok);
+        client
+            .commit(&commit(&name, &held.reservation_id, 1))
+            .unwrap();
+    }
+    let keys = || {
+        let answer = as_admin(&redis, "DBSIZE");
+        answer
+            .strip_prefix(':')
+            .and_then(|n| n.trim_end().parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("DBSIZE answered {answer:?}"))
+    };
+    assert!(
+        keys() >= 20,
+        "the counters are in Redis while their window runs"
+    );
+    // Every counter's window (1 s) and every hold has ended: Limitador's
+    // per-limit set of counter names, which nothing pruned, kept a name per
+    // user ever seen.
+    maas_testkit::eventually(Duration::from_secs(5), || match keys() {
+        0 => Ok(()),
+        left => Err(format!("{left} keys left after every window ended")),
+    });
+}
+
 #[test]
 fn an_unknown_domain_is_unlimited_and_an_empty_one_unknown() {
     let (_redis, _limiter, client) = with_redis("domains");
@@ -451,7 +575,7 @@ fn an_unknown_domain_is_unlimited_and_an_empty_one_unknown() {
 fn a_bad_configuration_exits_non_zero_naming_the_problem() {
     let cases = [
         ("- namespace: maas\n  max_value: 1\n  seconds: 60\n  condition: []\n", None, "unknown field `condition`"),
-        ("- namespace: maas\n  max_value: 1\n  seconds: 0\n", None, "limit #1, `seconds`: must be at least 1"),
+        ("- namespace: maas\n  max_value: 1\n  seconds: 0\n", None, "limit #1, `seconds`: must be 1 to 316224000"),
         ("- namespace: maas\n  max_value: 1\n  seconds: 60\n  conditions: [\"descriptors[0].m ==\"]\n", None, "`conditions`"),
         (LIMITS, Some("redis://127.0.0.1:1"), "cannot connect to Redis at redis://127.0.0.1:1"),
         (LIMITS, Some("redis://:hunter2@127.0.0.1:1"), "the URL carries a password"),

@@ -186,7 +186,9 @@ impl Expression {
                 val => Err(err_on_value(val)),
             }
             .map(Some),
-            Err(ExecutionError::NoSuchKey(_)) => Ok(None),
+            // maas: `descriptors[0].user` of a request with no descriptor is
+            // unset, as a missing key is (it failed the call with INTERNAL).
+            Err(ExecutionError::NoSuchKey(_) | ExecutionError::IndexOutOfBounds(_)) => Ok(None),
             Err(err) => Err(err.into()),
         }
     }

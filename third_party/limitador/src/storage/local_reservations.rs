@@ -113,7 +113,9 @@ impl LocalReservationRegistry {
                     .iter()
                     .filter(|e| e.is_live_at(now))
                     .map(|e| e.amount())
-                    .sum()
+                    // maas: saturating, as every sum deciding admission here: amounts
+                    // near 2^63 wrapped to a small total and were admitted.
+                    .fold(0u64, u64::saturating_add)
             })
             .unwrap_or_default()
     }
@@ -140,7 +142,9 @@ impl LocalReservationRegistry {
             let outstanding = self.outstanding(counter, now);
             outstanding_by_counter.push(outstanding);
 
-            let total = value + outstanding + request.check_amount;
+            let total = value
+                .saturating_add(outstanding)
+                .saturating_add(request.check_amount);
             if first_limited.is_none() && total > counter.max_value() {
                 first_limited = Some(Authorization::Limited(
                     counter.limit().name().map(|n| n.to_owned()),
@@ -168,7 +172,7 @@ impl LocalReservationRegistry {
 
             let remaining = counter
                 .max_value()
-                .checked_sub(value + outstanding + granted_hold);
+                .checked_sub(value.saturating_add(*outstanding).saturating_add(granted_hold));
             counter.set_remaining(remaining.unwrap_or_default());
             counter.set_expires_in(*window_ttl);
         }

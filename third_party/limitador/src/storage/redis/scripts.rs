@@ -8,20 +8,55 @@
 // calls.
 
 // KEYS[1]: counter key
-// KEYS[2]: key that contains the counters that belong to the limit
+// KEYS[2]: key that contains the counters that belong to the limit (unused: see below)
 // ARGV[1]: counter TTL
 // ARGV[2]: delta
 //
 // `expire ... NX` (Redis >= 7.0) skips (re)setting the TTL if one is already running -
 // needed because `SCRIPT_RESERVE` can pre-create a counter key at 0 with a live TTL, and
 // `c == delta` alone can't tell that apart from a genuinely brand new key.
+//
+// maas: no script adds the counter to its limit's set (`SADD KEYS[2]`) any more. Nothing
+// pruned those sets, so every counter ever created (one per API key or user per limit)
+// stayed in Redis for good; maas-limiter never lists counters, so it keeps none.
 pub const SCRIPT_UPDATE_COUNTER: &str = "
     local c = redis.call('incrby', KEYS[1], ARGV[2])
     if c == tonumber(ARGV[2]) then
       redis.call('expire', KEYS[1], ARGV[1], 'NX')
-      redis.call('sadd', KEYS[2], KEYS[1])
     end
     return c";
+
+// maas: ShouldRateLimit in one script, so that concurrent calls cannot all read a counter
+// below its limit and then all increment it (the read and the increments were two round
+// trips, and a burst passed a limit by as many calls as were in flight).
+//
+// KEYS: the counter keys
+// ARGV: one (window_seconds, max_value) pair per counter, in KEYS' order, then the delta
+//
+// Every counter is incremented by delta, or none is (when one would pass its limit).
+// Returns each counter's value and TTL (ms) before the call, as `VALUES_AND_TTLS` does.
+pub const SCRIPT_CHECK_AND_UPDATE: &str = "
+    local n = #KEYS
+    local delta = tonumber(ARGV[2 * n + 1])
+    local res = {}
+    local admitted = true
+    for i = 1, n do
+        local value = tonumber(redis.call('get', KEYS[i])) or 0
+        table.insert(res, value)
+        table.insert(res, redis.call('pttl', KEYS[i]))
+        if value + delta > tonumber(ARGV[2 * i]) then
+            admitted = false
+        end
+    end
+    if admitted then
+        for i = 1, n do
+            if redis.call('incrby', KEYS[i], delta) == delta then
+                redis.call('expire', KEYS[i], ARGV[2 * i - 1], 'NX')
+            end
+        end
+    end
+    return res
+";
 
 // KEY[i]: Counter key
 // KEY[i+1]: Limit key
@@ -35,7 +70,6 @@ pub const BATCH_UPDATE_COUNTERS: &str = "
     local res = {}
     for i = 1, #KEYS, 2 do
         local counter_key = KEYS[i]
-        local limit_key = KEYS[i+1]
         local ttl = ARGV[i]
         local delta = ARGV[i+1]
 
@@ -43,7 +77,6 @@ pub const BATCH_UPDATE_COUNTERS: &str = "
         table.insert(res, c)
         if c == tonumber(delta) then
             redis.call('expire', counter_key, ttl, 'NX')
-            redis.call('sadd', limit_key, counter_key)
         end
         table.insert(res, redis.call('pexpiretime', counter_key))
     end
@@ -70,10 +103,8 @@ pub const VALUES_AND_TTLS: &str = "
 // live reservations and `check_amount` are accounted for.
 //
 // KEYS come in triplets: [counter_key, reservation_key, limit_key, ...]. `limit_key` is
-// the same per-limit set `SCRIPT_UPDATE_COUNTER` maintains (the one `get_counters`/the
-// `/counters` endpoint enumerate) - a freshly-initialized counter is registered into it
-// here too, so a counter touched only by Reserve is still visible, exactly as if it had
-// been touched by Report/CheckRateLimit.
+// the per-limit set of counters, which maas no longer maintains (see
+// `SCRIPT_UPDATE_COUNTER`): it is passed but unused.
 // ARGV holds one (window_seconds, max_value) pair per counter, in the same order as
 // KEYS, followed by five trailing scalars:
 //   ARGV[2i-1] = window (seconds) for counter i, used to lazily start its window if
@@ -106,13 +137,11 @@ pub const SCRIPT_RESERVE: &str = "
     for i = 1, n do
         local counter_key = KEYS[3 * i - 2]
         local reservation_key = KEYS[3 * i - 1]
-        local limit_key = KEYS[3 * i]
         local window_secs = tonumber(ARGV[2 * i - 1])
         local max_value = tonumber(ARGV[2 * i])
 
         if redis.call('exists', counter_key) == 0 then
             redis.call('set', counter_key, 0, 'EX', window_secs)
-            redis.call('sadd', limit_key, counter_key)
         end
         local value = tonumber(redis.call('get', counter_key)) or 0
         local window_ttl_ms = redis.call('pttl', counter_key)
