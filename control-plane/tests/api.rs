@@ -443,6 +443,92 @@ fn the_gateway_syncs_keys_incrementally() {
 }
 
 #[test]
+fn a_database_restored_from_a_backup_answers_a_gateway_with_a_full_resync() {
+    let cp = setup();
+    let alice = token("alice", &["team-a"]);
+    let sync = |cp: &ControlPlane, query: &str| {
+        let r = cp.call(
+            "GET",
+            &format!("/maas-api/v1/sync?{query}"),
+            Some(GATEWAY),
+            None,
+        );
+        assert_eq!(r.status, 200, "{query}: {}", r.text());
+        r.json()
+    };
+    let backup = cp.backup();
+    let leaked = cp.mint(&alice, json!({"name": "leaked", "subscription": "team-a"}));
+    assert_eq!(leaked.status, 201, "{}", leaked.text());
+    let seen = sync(&cp, "since=0");
+    let (version, mark) = (
+        seen["version"].as_u64().unwrap(),
+        seen["mark"].as_str().unwrap().to_string(),
+    );
+    assert_eq!(mark.len(), 16, "{seen}");
+
+    // The database is restored from the backup taken before the key: same
+    // id, and its next changes reuse the versions the gateway has seen.
+    drop(cp);
+    let restored = ControlPlane::restore(&backup);
+    for n in 0..3 {
+        let r = restored.mint(
+            &alice,
+            json!({"name": format!("after-{n}"), "subscription": "team-a"}),
+        );
+        assert_eq!(r.status, 201, "{}", r.text());
+    }
+    let answer = sync(&restored, &format!("since={version}&mark={mark}"));
+    assert_eq!(
+        answer["store"], seen["store"],
+        "the restored database keeps its id"
+    );
+    assert_eq!(answer["full"], true, "{answer}");
+    let ids: Vec<&str> = answer["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|k| k["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids.len(), 3);
+    assert!(
+        !ids.contains(&seen["keys"][0]["id"].as_str().unwrap()),
+        "the lost key is not served"
+    );
+    // Without the mark (a gateway before it) the versions looked like its own.
+    assert_eq!(sync(&restored, &format!("since={version}"))["full"], false);
+
+    // The mark of the version reached goes on to the next call, incremental.
+    let next = format!(
+        "since={}&mark={}",
+        answer["version"],
+        answer["mark"].as_str().unwrap()
+    );
+    assert_eq!(
+        restored
+            .call(
+                "GET",
+                &format!("/maas-api/v1/sync?{next}"),
+                Some(GATEWAY),
+                None
+            )
+            .status,
+        304
+    );
+    let r = restored.call(
+        "GET",
+        "/maas-api/v1/sync?since=1&mark=xyz",
+        Some(GATEWAY),
+        None,
+    );
+    assert_eq!(
+        (r.status, r.json()["error"]["code"].as_str()),
+        (400, Some("invalid_value")),
+        "{}",
+        r.text()
+    );
+}
+
+#[test]
 fn usage_is_summed_per_subscription_and_model_through_the_callers_own_keys() {
     use maas_control_plane::store::UsageRow;
     let cp = setup();

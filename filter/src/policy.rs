@@ -142,7 +142,7 @@ mod tests {
             epoch: 1,
             resync_epoch: 0,
             last_ok_ms: 9,
-            store_tag: 0,
+            ..SyncState::default()
         };
         let p = Policy::with_synced(&c, state, &synced, &mut |w| warnings.push(w));
         assert_eq!(p.state, state);

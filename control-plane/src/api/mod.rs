@@ -359,6 +359,9 @@ struct SyncQuery {
     since: u64,
     /// Keys per page (at most [`MAX_SYNC_PAGE`]); default: all.
     limit: Option<usize>,
+    /// The mark of the change at `since`, as the answer that led there gave
+    /// it (16 hex digits; see [`Store::change_mark`]).
+    mark: Option<String>,
 }
 
 /// Names the database a sync answer comes from (also in its body): a
@@ -368,19 +371,32 @@ const STORE_HEADER: &str = "x-maas-store";
 /// The largest page of keys one sync answer carries (about 12 MB of JSON).
 const MAX_SYNC_PAGE: usize = 50_000;
 
-/// Incremental key sync. The response's `version` is the next `since`; a
-/// `since` the store has never reached (a reset database) gets everything
-/// with `"full": true`, so the gateway replaces rather than merges. Keys come
-/// in pages of `limit`; `"more": true` asks for the next page at once.
+/// Incremental key sync. The response's `version` is the next `since`, and
+/// its `mark` the next `mark`; a `since` the store has never reached (a
+/// reset database), or whose change is not the one `mark` names (a database
+/// restored from a backup, whose versions after it are other changes), gets
+/// everything with `"full": true`, so the gateway replaces rather than
+/// merges. Keys come in pages of `limit`; `"more": true` asks for the next
+/// page at once.
 async fn sync(
     State(app): State<Arc<AppState>>,
     _gateway: GatewayCaller,
     ApiQuery(q): ApiQuery<SyncQuery>,
 ) -> Result<Response, ApiError> {
     let limit = Some(q.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE));
+    let mark = match q.mark.as_deref() {
+        None => None,
+        Some(text) => Some(
+            maas_filter::auth::managed_keys::parse_mark(text).ok_or_else(|| {
+                ApiError::Invalid(format!("mark {text:?}: expected 16 hex digits"))
+            })?,
+        ),
+    };
     let mut changes = app.store.changes_page(q.since, limit).await?;
     let mut full = q.since == 0;
-    if q.since > changes.version {
+    let other_history =
+        mark.is_some() && q.since > 0 && app.store.change_mark(q.since).await? != mark;
+    if q.since > changes.version || other_history {
         changes = app.store.changes_page(0, limit).await?;
         full = true;
     }
@@ -397,11 +413,13 @@ async fn sync(
         .filter_map(synced_subscription)
         .collect();
     let keys: Vec<Value> = changes.keys.iter().map(synced_key).collect();
+    let next_mark = app.store.change_mark(changes.version).await?;
     Ok((
         store,
         Json(json!({
         "store": app.store.identity(),
         "version": changes.version,
+        "mark": next_mark.map(|m| format!("{m:016x}")),
         "full": full,
         "subscriptions": subscriptions,
         "deleted_subscriptions": changes.deleted_subscriptions,

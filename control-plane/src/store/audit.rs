@@ -71,6 +71,27 @@ fn unix_now() -> i64 {
 }
 
 impl Store {
+    /// What names the change of `version` in this database and no other:
+    /// the first 8 bytes of a SHA-256 of its audit row (`None` when there is
+    /// none: version 0, or a version this database never reached). A
+    /// database restored from a backup keeps its id and reuses the versions
+    /// after the backup for other changes, so a gateway that synced up to
+    /// version V asks with V's mark, and another one means its versions are
+    /// not this database's.
+    pub async fn change_mark(&self, version: u64) -> Result<Option<u64>, StoreError> {
+        let row = sqlx::query(
+            "SELECT seq, at, actor, action, target, detail FROM audit_log WHERE seq = $1",
+        )
+        .bind(version_to_db(version))
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row
+            .as_ref()
+            .map(audit_from_row)
+            .transpose()?
+            .map(|row| mark(&row)))
+    }
+
     /// The `limit` most recent audit rows, newest first.
     pub async fn audit(&self, limit: usize) -> Result<Vec<AuditRow>, StoreError> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -83,4 +104,26 @@ impl Store {
         .await?;
         rows.iter().map(audit_from_row).collect()
     }
+}
+
+/// The audit row's fields, each length-prefixed so no two rows share a
+/// digest input.
+fn mark(row: &AuditRow) -> u64 {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(row.seq.to_le_bytes());
+    hash.update(row.at.to_le_bytes());
+    for field in [
+        row.actor.as_str(),
+        row.action.as_str(),
+        row.target.as_str(),
+        &row.detail.to_string(),
+    ] {
+        hash.update((field.len() as u64).to_le_bytes());
+        hash.update(field.as_bytes());
+    }
+    let digest = hash.finalize();
+    let mut first = [0u8; 8];
+    first.copy_from_slice(&digest[..8]);
+    u64::from_be_bytes(first)
 }

@@ -32,6 +32,17 @@ pub struct ControlPlane {
 
 struct TempDir(std::path::PathBuf);
 
+/// A database file kept aside; see [`ControlPlane::backup`].
+pub struct Backup(TempDir);
+
+fn fresh_dir() -> std::path::PathBuf {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!("maas-cp-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
 impl Drop for TempDir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
@@ -63,10 +74,36 @@ impl ControlPlane {
 
     /// A control plane started with `settings`.
     pub fn start_with(settings: Settings) -> Self {
-        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("maas-cp-test-{}-{n}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        Self::start_in(fresh_dir(), settings)
+    }
+
+    /// A copy of the database as it is now (SQLite's `VACUUM INTO`), as an
+    /// operator's backup would be.
+    pub fn backup(&self) -> Backup {
+        use sqlx::Connection as _;
+        let dir = fresh_dir();
+        let from = format!("sqlite://{}", self._dir.0.join("maas.db").display());
+        let into = format!("VACUUM INTO '{}'", dir.join("maas.db").display());
+        self.runtime
+            .block_on(async move {
+                let mut conn = sqlx::SqliteConnection::connect(&from).await?;
+                // A path of the test's own temp dir.
+                sqlx::query(sqlx::AssertSqlSafe(into))
+                    .execute(&mut conn)
+                    .await
+            })
+            .unwrap();
+        Backup(TempDir(dir))
+    }
+
+    /// A control plane on a copy of `backup`: the database restored.
+    pub fn restore(backup: &Backup) -> Self {
+        let dir = fresh_dir();
+        std::fs::copy(backup.0 .0.join("maas.db"), dir.join("maas.db")).unwrap();
+        Self::start_in(dir, Settings::default())
+    }
+
+    fn start_in(dir: std::path::PathBuf, settings: Settings) -> Self {
         let url = format!("sqlite://{}?mode=rwc", dir.join("maas.db").display());
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)

@@ -155,6 +155,11 @@ pub struct SyncDelta {
     pub store: Option<String>,
     /// The next `since`.
     pub version: u64,
+    /// What names the change at `version` in its database (`None`: version
+    /// 0, or a control plane that does not say); asked with the next
+    /// `since`, so a restored database, which reuses versions for other
+    /// changes, answers with a full resync.
+    pub mark: Option<u64>,
     /// Replace the key set rather than merge into it (a full resync, which
     /// may span several pages).
     pub full: bool,
@@ -170,6 +175,8 @@ pub struct SyncDelta {
 pub enum SyncError {
     #[error("the sync response is not the expected JSON: {0}")]
     Json(String),
+    #[error("mark: not 16 hex digits")]
+    Mark,
     #[error("keys[{index}].{field}: {reason}")]
     Key {
         index: usize,
@@ -183,6 +190,8 @@ struct RawSync {
     #[serde(default)]
     store: Option<String>,
     version: u64,
+    #[serde(default)]
+    mark: Option<String>,
     #[serde(default)]
     full: bool,
     #[serde(default)]
@@ -208,6 +217,14 @@ struct RawKey {
     revoked: bool,
     #[serde(default)]
     version: u64,
+}
+
+/// A sync answer's `mark`: 16 hex digits, as the gateway sends it back.
+pub fn parse_mark(text: &str) -> Option<u64> {
+    if text.len() != 16 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return None;
+    }
+    u64::from_str_radix(text, 16).ok()
 }
 
 pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
@@ -238,9 +255,14 @@ pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
             })
         })
         .collect::<Result<_, _>>()?;
+    let mark = match raw.mark.as_deref() {
+        None => None,
+        Some(text) => Some(parse_mark(text).ok_or(SyncError::Mark)?),
+    };
     Ok(SyncDelta {
         store: raw.store,
         version: raw.version,
+        mark,
         full: raw.full,
         more: raw.more,
         keys,

@@ -128,11 +128,14 @@ impl KeySync {
         if !try_acquire_lease(store, now_ms, hold) {
             return;
         }
-        let since = read_state(store).map_or(0, |s| s.version);
-        let path = format!(
-            "/maas-api/v1/sync?since={since}&limit={}",
-            cp.sync_page_keys
+        let state = read_state(store).unwrap_or_default();
+        let mut path = format!(
+            "/maas-api/v1/sync?since={}&limit={}",
+            state.version, cp.sync_page_keys
         );
+        if state.mark != 0 {
+            path.push_str(&format!("&mark={:016x}", state.mark));
+        }
         match host.call_control_plane(&path) {
             Ok(token) => self.in_flight = Some(token),
             Err(e) => {

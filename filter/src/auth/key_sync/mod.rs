@@ -72,6 +72,8 @@ pub struct SyncState {
     pub last_ok_ms: u64,
     /// [`store_tag`] of the database the keys come from (0: not known).
     pub store_tag: u32,
+    /// The mark of the change at `version`, asked with it (0: none given).
+    pub mark: u64,
 }
 
 /// A short, non-zero tag of a control plane database's id.
@@ -87,18 +89,22 @@ fn other_store(state: &SyncState, answer: u32) -> bool {
 }
 
 impl SyncState {
-    fn encode(&self) -> [u8; 28] {
-        let mut out = [0u8; 28];
+    fn encode(&self) -> [u8; 36] {
+        let mut out = [0u8; 36];
         out[..8].copy_from_slice(&self.version.to_le_bytes());
         out[8..12].copy_from_slice(&self.epoch.to_le_bytes());
         out[12..16].copy_from_slice(&self.resync_epoch.to_le_bytes());
         out[16..24].copy_from_slice(&self.last_ok_ms.to_le_bytes());
-        out[24..].copy_from_slice(&self.store_tag.to_le_bytes());
+        out[24..28].copy_from_slice(&self.store_tag.to_le_bytes());
+        out[28..].copy_from_slice(&self.mark.to_le_bytes());
         out
     }
 
+    /// Also the 28 bytes an earlier filter in the same Envoy wrote (no mark).
     fn decode(bytes: &[u8]) -> Option<SyncState> {
-        let bytes: &[u8; 28] = bytes.try_into().ok()?;
+        if bytes.len() != 28 && bytes.len() != 36 {
+            return None;
+        }
         let u32_at = |at: usize| {
             bytes
                 .get(at..at + 4)?
@@ -119,6 +125,7 @@ impl SyncState {
             resync_epoch: u32_at(12)?,
             last_ok_ms: u64_at(16)?,
             store_tag: u32_at(24)?,
+            mark: u64_at(28).unwrap_or(0),
         })
     }
 
@@ -150,7 +157,7 @@ fn write_state(store: &dyn CounterStore, state: &SyncState) -> Result<(), StoreE
 
 /// Claims the next sync call if it is due at `now_ms`: true for exactly one
 /// caller, which then owns it until `now_ms + hold_ms` (its call's deadline)
-/// or until it calls [`schedule_next`].
+/// or until it calls [`schedule_next`] (never more than `hold_ms` ahead).
 pub fn try_acquire_lease(store: &dyn CounterStore, now_ms: u64, hold_ms: u64) -> bool {
     let (due, cas) = match store.get(LEASE_KEY) {
         Ok(Some((bytes, cas))) => {
@@ -160,7 +167,10 @@ pub fn try_acquire_lease(store: &dyn CounterStore, now_ms: u64, hold_ms: u64) ->
         Ok(None) => (0, None),
         Err(_) => return false,
     };
-    if now_ms < due {
+    // No holder sets a lease further ahead than `hold_ms`: one that is
+    // was set before the clock stepped back, and waiting it out would stop
+    // the sync (and revocation) for as long as the step.
+    if now_ms < due && due - now_ms <= hold_ms {
         return false;
     }
     let until = now_ms.saturating_add(hold_ms).to_le_bytes();
@@ -331,6 +341,7 @@ pub fn apply(
         store.set(SUBSCRIPTIONS_KEY, &bytes, None)?;
     }
     let store_tag = if tag != 0 { tag } else { previous.store_tag };
+    let mark = delta.mark.unwrap_or(0);
     let state = if delta.more {
         SyncState {
             version: delta.version,
@@ -338,6 +349,7 @@ pub fn apply(
             resync_epoch: if epoch == previous.epoch { 0 } else { epoch },
             last_ok_ms: now_ms,
             store_tag,
+            mark,
         }
     } else {
         SyncState {
@@ -346,6 +358,7 @@ pub fn apply(
             resync_epoch: 0,
             last_ok_ms: now_ms,
             store_tag,
+            mark,
         }
     };
     write_state(store, &state)?;
@@ -361,6 +374,23 @@ pub fn confirm(
 ) -> Result<Applied, StoreError> {
     let mut state = read_state(store)?;
     if other_store(&state, store_id.map_or(0, store_tag)) {
+        if state.version == 0 {
+            // Its 304 to `since=0`: another database, and an empty one. That
+            // is its whole (empty) key set, so the old database's keys are
+            // void now; asking again would get the same 304, at once, for
+            // as long as it stays empty.
+            let empty = SyncDelta {
+                store: store_id.map(str::to_string),
+                version: 0,
+                mark: None,
+                full: true,
+                more: false,
+                keys: Vec::new(),
+                subscriptions: Vec::new(),
+                deleted_subscriptions: Vec::new(),
+            };
+            return apply(store, &empty, now_ms);
+        }
         restart(store, state, now_ms)?;
         return Ok(Applied::OtherStore);
     }
@@ -370,10 +400,12 @@ pub fn confirm(
 }
 
 /// Makes the next sync ask from 0. The keys stay in force until the full
-/// resync that follows replaces them.
+/// resync that follows replaces them. A resync this one cuts short keeps
+/// its epoch number, so the next starts past it: the keys its pages wrote
+/// (from the database left behind) are void when the next one ends.
 fn restart(store: &dyn CounterStore, mut state: SyncState, now_ms: u64) -> Result<(), StoreError> {
     state.version = 0;
-    state.resync_epoch = 0;
+    state.mark = 0;
     state.last_ok_ms = now_ms;
     write_state(store, &state)
 }
@@ -457,6 +489,7 @@ mod tests {
         SyncDelta {
             store: None,
             version,
+            mark: None,
             full,
             more: false,
             keys,
@@ -606,6 +639,17 @@ mod tests {
     }
 
     #[test]
+    fn a_clock_stepped_back_does_not_stop_the_sync() {
+        let s = MemoryStore::default();
+        schedule_next(&s, 1_000_000).unwrap();
+        assert!(!try_acquire_lease(&s, 999_500, 500), "due in 500 ms");
+        // The clock went back a minute: nothing could have set a lease
+        // that far ahead since.
+        assert!(try_acquire_lease(&s, 940_000, 500));
+        assert!(!try_acquire_lease(&s, 940_100, 500), "held by the new call");
+    }
+
+    #[test]
     fn the_lookup_budget_is_per_second_for_everyone() {
         let s = MemoryStore::default();
         let taken = (0..5).filter(|_| take_lookup_budget(&s, 3, 100)).count();
@@ -623,6 +667,24 @@ mod tests {
         }
         s.set(STATE_KEY, b"short", None).unwrap();
         assert_eq!(read_state(&s).unwrap(), SyncState::default());
+    }
+
+    #[test]
+    fn a_state_written_by_an_earlier_filter_reads_without_a_mark() {
+        let s = MemoryStore::default();
+        let state = SyncState {
+            version: 41,
+            epoch: 3,
+            resync_epoch: 0,
+            last_ok_ms: 77,
+            store_tag: 9,
+            mark: 0xfeed,
+        };
+        write_state(&s, &state).unwrap();
+        assert_eq!(read_state(&s).unwrap(), state);
+        // Its 28 bytes: the same fields, no mark (the next sync asks without).
+        s.set(STATE_KEY, &state.encode()[..28], None).unwrap();
+        assert_eq!(read_state(&s).unwrap(), SyncState { mark: 0, ..state });
     }
 
     #[test]
@@ -664,14 +726,19 @@ mod tests {
         let s = MemoryStore::default();
         let mut first = delta(40, true, vec![key("aaaaaaaaaaaa", 3, false)]);
         first.store = Some("db-one".into());
+        first.mark = Some(0x40);
         let st = synced(&s, &first, 0);
-        assert_eq!(st.store_tag, store_tag("db-one"));
+        assert_eq!((st.store_tag, st.mark), (store_tag("db-one"), 0x40));
         // A restored database, already past version 40, answers incrementally.
         let mut other = delta(55, false, vec![key("bbbbbbbbbbbb", 50, false)]);
         other.store = Some("db-two".into());
         assert_eq!(apply(&s, &other, 5).unwrap(), Applied::OtherStore);
         let after = read_state(&s).unwrap();
-        assert_eq!(after.version, 0, "the next sync asks from 0");
+        assert_eq!(
+            (after.version, after.mark),
+            (0, 0),
+            "the next sync asks from 0"
+        );
         assert_eq!(
             lookup(&s, "bbbbbbbbbbbb", after.epoch, 0).unwrap(),
             Lookup::Unknown
@@ -705,5 +772,61 @@ mod tests {
             apply(&s, &unnamed, 9).unwrap(),
             Applied::Synced(_)
         ));
+    }
+
+    #[test]
+    fn keys_of_a_resync_cut_short_by_another_database_stay_void() {
+        let s = MemoryStore::default();
+        let mut first = delta(10, true, vec![key("aaaaaaaaaaaa", 1, false)]);
+        first.store = Some("db-one".into());
+        synced(&s, &first, 0);
+        // A second resync from db-one starts (a page with more to come)...
+        let mut page = delta(10, true, vec![key("bbbbbbbbbbbb", 2, false)]);
+        page.store = Some("db-one".into());
+        page.more = true;
+        synced(&s, &page, 1);
+        // ...and the control plane comes back on another database.
+        let mut other = delta(20, false, vec![]);
+        other.store = Some("db-two".into());
+        assert_eq!(apply(&s, &other, 2).unwrap(), Applied::OtherStore);
+        let mut full = delta(20, true, vec![key("cccccccccccc", 20, false)]);
+        full.store = Some("db-two".into());
+        let st = synced(&s, &full, 3);
+        for id in ["aaaaaaaaaaaa", "bbbbbbbbbbbb"] {
+            assert_eq!(
+                lookup(&s, id, st.epoch, 0).unwrap(),
+                Lookup::Unknown,
+                "{id}: db-two does not know it"
+            );
+        }
+        assert!(matches!(
+            lookup(&s, "cccccccccccc", st.epoch, 0).unwrap(),
+            Lookup::Found(_)
+        ));
+    }
+
+    #[test]
+    fn an_empty_other_database_voids_the_old_keys_at_once() {
+        let s = MemoryStore::default();
+        let mut first = delta(10, true, vec![key("aaaaaaaaaaaa", 1, false)]);
+        first.store = Some("db-one".into());
+        synced(&s, &first, 0);
+        let mut other = delta(20, false, vec![]);
+        other.store = Some("db-two".into());
+        assert_eq!(apply(&s, &other, 1).unwrap(), Applied::OtherStore);
+        // db-two was replaced in turn by db-three, empty: its 304 to since=0.
+        let Applied::Synced(st) = confirm(&s, 2, Some("db-three")).unwrap() else {
+            panic!("an empty database's 304 asks again at once")
+        };
+        assert_eq!((st.version, st.store_tag), (0, store_tag("db-three")));
+        assert_eq!(
+            lookup(&s, "aaaaaaaaaaaa", st.epoch, 0).unwrap(),
+            Lookup::Unknown
+        );
+        assert_eq!(
+            confirm(&s, 3, Some("db-three")).unwrap(),
+            Applied::Synced(read_state(&s).unwrap()),
+            "and it is the database synced from now"
+        );
     }
 }

@@ -144,6 +144,24 @@ fn a_page_is_applied_and_the_next_call_waits_an_interval() {
 }
 
 #[test]
+fn the_next_call_carries_the_mark_of_the_version_applied() {
+    let (host, cp, mut sync) = (FakeRoot::default(), control_plane(), KeySync::default());
+    sync.on_tick(&host, &cp, 1_000);
+    let page = json!({"version": 7, "mark": "00c0ffee00d1ce07", "full": true, "keys": [key("abcdefgh2345", 7)]});
+    sync.on_response(&host, &cp, ok(page), 1_010);
+    sync.on_tick(&host, &cp, 1_010 + INTERVAL_MS);
+    assert_eq!(
+        host.calls().last().map(String::as_str),
+        Some("/maas-api/v1/sync?since=7&limit=2&mark=00c0ffee00d1ce07"),
+    );
+    // A malformed mark is a failed sync: nothing applied.
+    let bad = json!({"version": 9, "mark": "not-a-mark", "keys": []});
+    sync.on_response(&host, &cp, ok(bad), 1_020);
+    assert_eq!(host.syncs("failed"), 1);
+    assert_eq!(read_state(&host.store).unwrap().version, 7);
+}
+
+#[test]
 fn pages_are_fetched_back_to_back_until_the_last() {
     let (host, cp, mut sync) = (FakeRoot::default(), control_plane(), KeySync::default());
     sync.on_tick(&host, &cp, 1_000);
