@@ -273,9 +273,12 @@ impl Stream {
             .zip(&amounts)
             .map(|(l, a)| (&l.group, a.as_slice()))
             .collect();
-        // The request's start time places it in its window: one clock read
-        // less, and a slow upload cannot move it into a fresher window.
-        let now_secs = self.request.start_ms / 1000;
+        // The window the request is admitted in, not the one its headers
+        // came in: a request started in a window that has since ended
+        // would open that window again, where its count is never seen by
+        // the requests admitted now (a client holding bodies back across
+        // windows passed the limit once per window held).
+        let now_secs = host.now_ms() / 1000;
         let holds = match limits::reserve(host.counters(), now_secs, &wants) {
             Ok(holds) => holds,
             Err(ReserveError::Denied(d)) => {

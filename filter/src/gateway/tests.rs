@@ -517,6 +517,47 @@ fn request_limit_gives_429_with_retry_after() {
 }
 
 #[test]
+fn a_request_counts_in_the_window_it_is_admitted_in_not_the_one_it_started_in() {
+    // "free" allows 3 requests a minute. A client opens a request in each
+    // of three earlier minutes, sends no body until now, then finishes
+    // them: each would otherwise open a window that ended long ago, where
+    // its count is never seen again.
+    let h = Harness::new();
+    let now = h.host.now_ms.get();
+    let body = r#"{"model":"m1","max_tokens":1}"#;
+    let mut opened = Vec::new();
+    for minutes_ago in [3, 2, 1] {
+        h.host.now_ms.set(now - minutes_ago * 60_000);
+        *h.host.request_headers.borrow_mut() = [
+            (":method", "POST"),
+            (":path", "/v1/chat/completions"),
+            ("authorization", &*format!("Bearer {KEY}")),
+            ("content-type", "application/json"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let mut s = h.stream();
+        assert_eq!(s.on_request_headers(&h.host, false), Flow::Pause);
+        opened.push(s);
+    }
+    h.host.now_ms.set(now);
+    let mut admitted = 0;
+    for mut s in opened {
+        *h.host.request_body.borrow_mut() = body.as_bytes().to_vec();
+        *h.host.reply.borrow_mut() = None;
+        s.on_request_body(&h.host, body.len(), true);
+        admitted += usize::from(h.replied().is_none());
+    }
+    for _ in 0..3 {
+        h.chat(body);
+        admitted += usize::from(h.replied().is_none());
+    }
+    assert_eq!(admitted, 3, "3 a minute, in the minute the bodies came");
+    assert_eq!(h.used(REQ), 3);
+}
+
+#[test]
 fn token_limit_admits_only_what_fits() {
     const METERED: &str = "maas/sub/metered/tokens/60";
     let h = Harness::new();
