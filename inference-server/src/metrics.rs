@@ -128,7 +128,12 @@ pub struct Metrics {
     pub requests_cancelled: Counter,
     pub requests_failed: Counter,
     pub requests_rejected_full: Counter,
+    /// Prompt tokens of the requests admitted, each prompt once (prefix
+    /// cache hits included), as `usage.prompt_tokens` counts them.
     pub prompt_tokens: Counter,
+    /// Tokens the prefill steps computed: prefix cache hits are not, and a
+    /// preempted sequence's recomputation is again.
+    pub prefill_tokens: Counter,
     pub generated_tokens: Counter,
     pub batch_tokens: Histogram,
     pub batch_sequences: Histogram,
@@ -155,6 +160,7 @@ impl Default for Metrics {
             requests_failed: Counter::default(),
             requests_rejected_full: Counter::default(),
             prompt_tokens: Counter::default(),
+            prefill_tokens: Counter::default(),
             generated_tokens: Counter::default(),
             batch_tokens: Histogram::new(SIZES),
             batch_sequences: Histogram::new(SIZES),
@@ -272,8 +278,14 @@ impl Metrics {
         counter(
             &mut out,
             "inference_prompt_tokens_total",
-            "Prompt tokens prefilled.",
+            "Prompt tokens of the requests admitted, each once.",
             self.prompt_tokens.get(),
+        );
+        counter(
+            &mut out,
+            "inference_prefill_tokens_total",
+            "Tokens computed by prefill (prefix cache hits not, recomputation after preemption again).",
+            self.prefill_tokens.get(),
         );
         counter(
             &mut out,

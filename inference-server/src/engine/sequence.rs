@@ -33,9 +33,12 @@ pub(super) struct Sequence {
     stops: StopMatcher,
     events: mpsc::UnboundedSender<Event>,
     received: Instant,
-    /// This sequence's latencies are its request's (its first choice): the
+    /// This sequence's first token is its request's (its first choice): the
     /// other choices' first tokens come in the same step.
     pub timed: bool,
+    /// Shared by the request's choices while they live: the last to end
+    /// ends the request.
+    choices: Arc<()>,
     last_token_at: Option<Instant>,
     /// Held until the sequence ends: its release admits the next request.
     permit: Option<OwnedSemaphorePermit>,
@@ -55,6 +58,8 @@ pub(super) struct SequenceParts {
     pub received: Instant,
     /// The request's first choice (see `Sequence::timed`).
     pub timed: bool,
+    /// One clone per choice of the request.
+    pub choices: Arc<()>,
     pub permit: OwnedSemaphorePermit,
 }
 
@@ -77,6 +82,7 @@ impl Sequence {
             events: p.events,
             received: p.received,
             timed: p.timed,
+            choices: p.choices,
             last_token_at: None,
             permit: Some(p.permit),
         }
@@ -105,6 +111,11 @@ impl Sequence {
 
     pub fn received(&self) -> Instant {
         self.received
+    }
+
+    /// No other choice of its request is still running.
+    pub fn is_last_choice(&self) -> bool {
+        Arc::strong_count(&self.choices) == 1
     }
 
     /// Takes a sampled token (with its log-probabilities when asked for);
@@ -230,6 +241,7 @@ mod tests {
                 events,
                 received: Instant::now(),
                 timed: false,
+                choices: Arc::new(()),
                 permit: Arc::new(Semaphore::new(1)).try_acquire_owned().unwrap(),
             },
             Arc::clone(&tokenizer),

@@ -135,6 +135,7 @@ impl Worker {
         // The other choices copy the first's grammar state when they fork.
         let mut grammar = s.params.grammar;
         let mut group = Vec::with_capacity(width);
+        let choices = Arc::new(());
         for (i, out) in s.choices.into_iter().enumerate() {
             let id = SeqId(self.next_id);
             self.next_id += 1;
@@ -155,6 +156,7 @@ impl Worker {
                     events: out.events,
                     received: s.received,
                     timed: i == 0,
+                    choices: Arc::clone(&choices),
                     permit: out.permit,
                 },
                 self.loaded.tokenizer.clone(),
@@ -241,10 +243,14 @@ impl Worker {
             };
             // A preempted sequence's cached tokens are its first
             // admission's: usage reports what the prompt found, and the
-            // hit rate counts prompts, not recomputations.
-            if seq.cached_tokens.is_none() && prefix_caching {
-                self.metrics.prefix_cache_queries.add(a.tokens as u64);
-                self.metrics.prefix_cache_hits.add(a.cached_tokens as u64);
+            // prompt count and hit rate count prompts, not recomputations
+            // (`prefill_tokens` counts what the steps computed).
+            if seq.cached_tokens.is_none() {
+                self.metrics.prompt_tokens.add(a.tokens as u64);
+                if prefix_caching {
+                    self.metrics.prefix_cache_queries.add(a.tokens as u64);
+                    self.metrics.prefix_cache_hits.add(a.cached_tokens as u64);
+                }
             }
             seq.cached_tokens.get_or_insert(a.cached_tokens);
         }
@@ -346,12 +352,14 @@ impl Worker {
             return;
         };
         self.scheduler.finish(id, seq.tokens());
-        seq.finish(reason);
-        if seq.timed {
+        // The request's, once: when its last choice ends (before the end
+        // goes out, so a scrape after the answer sees it).
+        if seq.is_last_choice() {
             self.metrics
                 .request_seconds
                 .observe_duration(seq.received().elapsed());
         }
+        seq.finish(reason);
         match reason {
             FinishReason::Stop => self.metrics.requests_finished_stop.add(1),
             FinishReason::Length => self.metrics.requests_finished_length.add(1),
@@ -364,7 +372,7 @@ impl Worker {
         let mut inputs = Vec::with_capacity(work.len());
         let mut sampled = Vec::new();
         let mut grammars = Vec::new();
-        let mut prompt_tokens = 0;
+        let mut prefill_tokens = 0;
         for (id, seq) in self.sequences.iter_mut() {
             let Some(w) = work.get(id) else { continue };
             let all = seq.tokens.as_slice();
@@ -375,7 +383,7 @@ impl Worker {
                     completes,
                     ..
                 } => {
-                    prompt_tokens += len;
+                    prefill_tokens += len;
                     (start, &all[start..start + len], completes)
                 }
                 Work::Decode { .. } => (all.len() - 1, &all[all.len() - 1..], true),
@@ -437,7 +445,7 @@ impl Worker {
                 return;
             }
         };
-        self.metrics.prompt_tokens.add(prompt_tokens as u64);
+        self.metrics.prefill_tokens.add(prefill_tokens as u64);
         for (row, id) in sampled.into_iter().enumerate().take(logits.len()) {
             let logits = logits.row_mut(row);
             // A request's other choices start from the same logits.

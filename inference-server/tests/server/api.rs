@@ -184,6 +184,8 @@ fn streams_are_openai_shaped_and_match_the_plain_answer() {
     let prompt = "Name three colors.";
     let plain = chat(&server, &chat_body(prompt, json!({"max_tokens": 24})));
     let plain_body = plain.json();
+    let counted = |name: &str| metric(&server, &format!("{name}{{model=\"{MODEL}\"}}"));
+    let prefilled = counted("inference_prefill_tokens_total");
 
     let r = chat(
         &server,
@@ -213,6 +215,16 @@ fn streams_are_openai_shaped_and_match_the_plain_answer() {
     );
     usage["prompt_tokens_details"]["cached_tokens"] = json!(0);
     assert_eq!(usage, plain_body["usage"]);
+    // Both prompts count whole; only what the cache lacked was computed.
+    let prompt_tokens = usage["prompt_tokens"].as_f64().unwrap();
+    assert_eq!(
+        counted("inference_prompt_tokens_total"),
+        2.0 * prompt_tokens
+    );
+    assert_eq!(
+        counted("inference_prefill_tokens_total") - prefilled,
+        prompt_tokens - 32.0
+    );
     assert_eq!(
         s.finish_reason.as_deref(),
         plain_body["choices"][0]["finish_reason"].as_str()

@@ -34,6 +34,7 @@ fn texts(body: &Value) -> Vec<String> {
 fn choices_share_one_prefill_and_sample_with_a_seed_each() {
     let server = InferenceServer::start(&[]);
     let prefilled = metric(&server, PROMPT_TOKENS);
+    let requests = "inference_request_seconds_count";
     let r = completion(&server, &sampled(3, 7));
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
@@ -44,8 +45,9 @@ fn choices_share_one_prefill_and_sample_with_a_seed_each() {
     assert_eq!(
         metric(&server, PROMPT_TOKENS) - prefilled,
         prompt as f64,
-        "the prompt of three choices was prefilled once"
+        "the prompt of three choices is counted once"
     );
+    assert_eq!(metric(&server, requests), 1.0, "one request, timed once");
     // Choice i samples as one choice seeded with 7 + i would.
     for (i, text) in three.iter().enumerate() {
         let alone = completion(&server, &sampled(1, 7 + i as u64)).json();

@@ -144,6 +144,28 @@ fn a_burst_needing_more_kv_memory_than_the_server_has_is_answered_whole() {
         "the burst fitted: nothing was preempted"
     );
     assert_eq!(metric(&server, &outcome("failed")), 0.0);
+    // The prompt count is the prompts' (what usage says, once each); the
+    // recomputation of the preempted shows in the prefill count only.
+    let own = |name: &str| metric(&server, &format!("{name}{{model=\"{MODEL}\"}}"));
+    let prompts: u64 = together
+        .iter()
+        .map(|(_, usage)| usage["prompt_tokens"].as_u64().unwrap())
+        .sum();
+    let computed: u64 = together
+        .iter()
+        .map(|(_, usage)| {
+            usage["prompt_tokens"].as_u64().unwrap()
+                - usage["prompt_tokens_details"]["cached_tokens"]
+                    .as_u64()
+                    .unwrap()
+        })
+        .sum();
+    assert_eq!(own("inference_prompt_tokens_total"), prompts as f64);
+    assert!(
+        own("inference_prefill_tokens_total") > computed as f64,
+        "{} prefilled, {computed} of prompts not cached, and preemptions",
+        own("inference_prefill_tokens_total")
+    );
     // Preempted and computed again, each answer is what it is alone.
     for (q, (text, _)) in QUESTIONS.iter().zip(&together) {
         let (alone, _) = answer(&server, &body(q));
