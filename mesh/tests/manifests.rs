@@ -1331,6 +1331,32 @@ fn stats_failure_policy_and_module_source_are_what_istio_and_envoy_expect() {
         config["proxyStatsMatcher"]["inclusionPrefixes"],
         json!(["wasmcustom.maas."])
     );
+    // Istio's bootstrap extracts each of extraStatTags with the regex
+    // `(<tag>=\.=(.*?);\.;)`: they must be the local template's stats_tags,
+    // or /stats/prometheus keeps the labels in the names and the control
+    // plane's showback reads no usage.
+    // (The template is not YAML until rendered: its stats_tags are read as
+    // text, `- tag_name: NAME` then `regex: '...'`.)
+    let template = std::fs::read_to_string(root().join("envoy/gateway.template.yaml")).unwrap();
+    let stats = &template[template.find("  stats_tags:").unwrap()..];
+    let stats = &stats[..stats.find("\n\n").unwrap()];
+    let local_tags: Vec<&str> = stats
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- tag_name: "))
+        .collect();
+    let regexes: Vec<&str> = stats
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("regex: '")?.strip_suffix('\''))
+        .collect();
+    assert_eq!(local_tags.len(), regexes.len(), "{stats}");
+    for (name, regex) in local_tags.iter().zip(&regexes) {
+        assert_eq!(
+            *regex,
+            format!("({name}=\\.=(.*?);\\.;)"),
+            "{name}: not the regex Istio generates"
+        );
+    }
+    assert_eq!(config["extraStatTags"], json!(local_tags));
     // The sidecar placement's filter runs in the inference pods' proxies.
     let inference = named(&of_kind("Deployment"), "maas-inference-server");
     let pod_config: Value = serde_json::from_str(
