@@ -22,7 +22,8 @@ pub const UPTIME_SLACK_SECS: u64 = 10;
 /// One reading of one gateway.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Snapshot {
-    /// When it was read (Unix seconds).
+    /// When it was read: seconds on the sampler's monotonic clock (a wall
+    /// clock stepped forward would pass for a gateway's restart).
     pub at: i64,
     /// Envoy's uptime then, when it exposes one.
     pub uptime: Option<u64>,
@@ -36,6 +37,23 @@ impl Snapshot {
             at,
             uptime: uptime_secs(text),
             counters: read(text),
+        }
+    }
+
+    /// The baseline after `current`, read after `self`: `current`'s
+    /// counters, and those of `self` that `current` lacks unless the
+    /// gateway restarted in between. A series missing from one reading (a
+    /// partial answer, a counter Envoy dropped) comes back to a baseline
+    /// that still knows it, so its whole history is not counted again.
+    pub fn followed_by(self, current: Snapshot) -> Snapshot {
+        if restarted(&self, &current) {
+            return current;
+        }
+        let mut counters = self.counters;
+        counters.extend(current.counters);
+        Snapshot {
+            counters,
+            ..current
         }
     }
 }
@@ -122,17 +140,12 @@ fn count(value: f64) -> Option<u64> {
     (value.is_finite() && value >= 0.0).then_some(value as u64)
 }
 
-/// Whether the gateway restarted between `previous` and `current`: then
-/// every counter of `current` is new usage.
+/// Whether the gateway restarted between `previous` and `current` (then
+/// every counter of `current` is new usage): its uptime went down, or is
+/// shorter than the time between the readings. One process's counters
+/// never go down either, but that is told per series (see [`delta`]).
 pub fn restarted(previous: &Snapshot, current: &Snapshot) -> bool {
-    let counter_went_down = current.counters.iter().any(|(k, now)| {
-        previous.counters.get(k).is_some_and(|before| {
-            now.requests < before.requests
-                || now.prompt_tokens < before.prompt_tokens
-                || now.completion_tokens < before.completion_tokens
-        })
-    });
-    let uptime_says = match (previous.uptime, current.uptime) {
+    match (previous.uptime, current.uptime) {
         (_, None) => false,
         // One process's uptime never goes down.
         (Some(before), Some(now)) if now < before => true,
@@ -140,21 +153,29 @@ pub fn restarted(previous: &Snapshot, current: &Snapshot) -> bool {
             let elapsed = u64::try_from(current.at.saturating_sub(previous.at)).unwrap_or(0);
             now.saturating_add(UPTIME_SLACK_SECS) < elapsed
         }
-    };
-    counter_went_down || uptime_says
+    }
 }
 
-/// Usage between two readings of one gateway, per key.
+/// Usage between two readings of one gateway, per key. A series lower
+/// than before started again (its counter was dropped and made anew, or
+/// the gateway restarted): all of it is new; the others count their
+/// difference.
 pub fn delta(previous: &Snapshot, current: &Snapshot) -> BTreeMap<UsageKey, Usage> {
     let restarted = restarted(previous, current);
     current
         .counters
         .iter()
         .map(|(k, now)| {
-            let before = if restarted {
-                Usage::default()
-            } else {
-                previous.counters.get(k).copied().unwrap_or_default()
+            let before = match previous.counters.get(k) {
+                Some(before)
+                    if !restarted
+                        && now.requests >= before.requests
+                        && now.prompt_tokens >= before.prompt_tokens
+                        && now.completion_tokens >= before.completion_tokens =>
+                {
+                    *before
+                }
+                _ => Usage::default(),
             };
             let d = Usage {
                 requests: now.requests - before.requests,
