@@ -566,7 +566,10 @@ fn usage_is_summed_per_subscription_and_model_through_the_callers_own_keys() {
     let before = cp
         .call(
             "GET",
-            &format!("/maas-api/v1/usage?from=0&to={bucket}"),
+            &format!(
+                "/maas-api/v1/usage?from={}&to={bucket}",
+                bucket - 30 * 86_400
+            ),
             Some(ADMIN),
             None,
         )

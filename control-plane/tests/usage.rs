@@ -433,6 +433,8 @@ fn bad_parameters_are_refused_naming_the_parameter() {
     for (query, param) in [
         ("from=yesterday", "from"),
         ("from=10&to=5", "from"),
+        // Over 400 days in one report.
+        ("from=0&to=34560001", "from"),
         ("to=1.5", "to"),
         ("group_by=team", "group_by"),
         ("group_by=day,day", "group_by"),

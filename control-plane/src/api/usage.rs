@@ -39,6 +39,10 @@ struct UsageQuery {
     csv: bool,
 }
 
+/// The longest range one report covers: a year and a bit, so a yearly
+/// report (and its leap day) is one call.
+const MAX_RANGE_SECS: i64 = 400 * 86_400;
+
 const PARAMETERS: &[&str] = &[
     "from",
     "to",
@@ -80,6 +84,14 @@ impl UsageQuery {
         if from >= to {
             return Err(ApiError::Invalid(format!(
                 "from: {from} must be before to ({to})"
+            )));
+        }
+        // One report reads every bucket of its range: a range of decades
+        // from every signed-in user would keep the database busy for all.
+        if to.saturating_sub(from) > MAX_RANGE_SECS {
+            return Err(ApiError::Invalid(format!(
+                "from: the range {from}..{to} is over {} days; ask for it in parts",
+                MAX_RANGE_SECS / 86_400
             )));
         }
         let grouping = match seen.get("group_by") {

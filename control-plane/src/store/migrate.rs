@@ -38,6 +38,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "key_groups",
         include_str!("../../migrations/0006_key_groups.sql"),
     ),
+    (
+        7,
+        "usage_by_key",
+        include_str!("../../migrations/0007_usage_by_key.sql"),
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {
