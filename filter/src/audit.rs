@@ -28,6 +28,10 @@ pub enum UsageSource {
 pub struct AuditRecord<'a> {
     /// Request start, milliseconds since the Unix epoch.
     pub start_ms: u64,
+    /// When its body had come and its limits were checked (the window it
+    /// counts in); absent for a request refused before.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub admitted_ms: Option<u64>,
     pub request_id: Option<&'a str>,
     pub method: &'a str,
     pub path: &'a str,

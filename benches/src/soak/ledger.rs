@@ -18,7 +18,7 @@
 //! send and its answer.
 //!
 //! Targets: no window of any limit charged past it (from the audit log: every
-//! admitted request's final charge in the window it started in); no served
+//! admitted request's final charge in the window it was admitted in); no served
 //! request without a charge, or charged less than the server computed for
 //! it (lost); no request charged twice (doubled). A complete response that
 //! reported usage must be charged exactly that; a cut stream at least the
@@ -40,6 +40,8 @@ const SKEW_MS: u64 = 5;
 #[derive(Debug, Clone)]
 pub struct AuditLine {
     pub start_ms: u64,
+    /// When the filter checked its limits (older filters: its start).
+    pub admitted_ms: u64,
     pub key_id: Option<String>,
     pub subscription: Option<String>,
     pub status: Option<u32>,
@@ -63,8 +65,10 @@ impl AuditLine {
                 .ok_or_else(|| format!("no number {name:?} in {line}"))
         };
         let text = |name: &str| v[name].as_str().map(str::to_string);
+        let start_ms = number("start_ms")?;
         Ok(AuditLine {
-            start_ms: number("start_ms")?,
+            start_ms,
+            admitted_ms: v["admitted_ms"].as_u64().unwrap_or(start_ms),
             key_id: text("key_id"),
             subscription: text("subscription"),
             status: v["status"].as_u64().and_then(|s| u32::try_from(s).ok()),
@@ -417,14 +421,14 @@ fn check_request(
     }
 }
 
-/// Which window of `rate` a request that started at `start_ms` counts in:
+/// Which window of `rate` a request admitted at `admitted_ms` counts in:
 /// epoch-aligned windows for local rates; for global ones (windows longer
 /// than the run) the Redis lifetime.
-fn window_of(run: &Run<'_>, rate: &RatePlan, start_ms: u64) -> u64 {
+fn window_of(run: &Run<'_>, rate: &RatePlan, admitted_ms: u64) -> u64 {
     if rate.global {
-        redis_lifetime(run, start_ms) as u64
+        redis_lifetime(run, admitted_ms) as u64
     } else {
-        start_ms / 1000 / rate.window_secs.max(1)
+        admitted_ms / 1000 / rate.window_secs.max(1)
     }
 }
 
@@ -459,7 +463,7 @@ fn check_windows(run: &Run<'_>, f: &mut Findings) {
                         Quantity::Tokens => line.total_tokens,
                     };
                     *windows
-                        .entry((scope, window_of(run, rate, line.start_ms)))
+                        .entry((scope, window_of(run, rate, line.admitted_ms)))
                         .or_default() += used;
                 }
                 f.windows_checked += windows.len() as u64;
@@ -786,6 +790,7 @@ mod tests {
     fn line(start_ms: u64, key: &str, outcome: &str, tokens: (u64, u64)) -> AuditLine {
         AuditLine {
             start_ms,
+            admitted_ms: start_ms,
             key_id: Some(key.into()),
             subscription: Some("cp-tight".into()),
             status: Some(200),

@@ -278,7 +278,9 @@ impl Stream {
         // would open that window again, where its count is never seen by
         // the requests admitted now (a client holding bodies back across
         // windows passed the limit once per window held).
-        let now_secs = host.now_ms() / 1000;
+        let now_ms = host.now_ms();
+        self.request.admitted_ms = Some(now_ms);
+        let now_secs = now_ms / 1000;
         let holds = match limits::reserve(host.counters(), now_secs, &wants) {
             Ok(holds) => holds,
             Err(ReserveError::Denied(d)) => {

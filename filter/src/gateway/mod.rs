@@ -87,6 +87,9 @@ fn limited_scopes(identity: &Identity) -> Vec<&ScopeLimits> {
 #[derive(Debug, Default)]
 struct RequestLine {
     start_ms: u64,
+    /// When its local limits admitted it (its body had come): the window
+    /// it counts in.
+    admitted_ms: Option<u64>,
     method: String,
     /// Without its query string.
     path: String,

@@ -54,6 +54,7 @@ impl Stream {
         };
         let record = AuditRecord {
             start_ms: self.request.start_ms,
+            admitted_ms: self.request.admitted_ms,
             request_id: self.request.request_id.as_deref(),
             method: &self.request.method,
             path: &self.request.path,
