@@ -91,8 +91,13 @@ pub struct ApiKey {
     /// Unix seconds after which the key is refused.
     pub expires_at: Option<u64>,
     pub revoked: bool,
-    /// Limits that count this key alone.
+    /// Limits that count this key alone: its own, or its configured
+    /// subscription's `key_limits` for it.
     pub limits: Rc<ScopeLimits>,
+    /// Whether `limits` are the key's own (`keys[].limits`). If not, a
+    /// request takes its subscription's `key_limits` from the policy in
+    /// force, which the control plane may have changed.
+    pub own_limits: bool,
 }
 
 /// Why a key was refused. The client always sees the same 401; the reason only
@@ -250,6 +255,7 @@ mod tests {
                 "maas/key/test",
                 "key test",
             )),
+            own_limits: false,
         }
     }
 

@@ -488,6 +488,7 @@ fn api_key(
         expires_at,
         revoked: k.revoked,
         limits: Rc::new(limits),
+        own_limits: k.limits.is_some(),
     })
 }
 

@@ -212,8 +212,16 @@ impl Stream {
                     Some(sub) => KeyCheck::Found(Identity {
                         key_id: Some(Rc::from(key.id.as_str())),
                         user: key.owner.clone(),
+                        // The subscription in force, as for a managed key:
+                        // the control plane may have changed its key_limits
+                        // (or counted them per owner) since the
+                        // configuration was read.
+                        key_limits: if key.own_limits {
+                            Rc::clone(&key.limits)
+                        } else {
+                            Rc::new(sub.holder_limits(Some(&key.id), &key.owner))
+                        },
                         subscription: Rc::clone(sub),
-                        key_limits: Rc::clone(&key.limits),
                     }),
                     None => KeyCheck::Refused(AuthFailure::Unknown),
                 };

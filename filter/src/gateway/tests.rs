@@ -557,7 +557,11 @@ fn a_request_counts_in_the_window_it_is_admitted_in_not_the_one_it_started_in() 
     assert_eq!(h.used(REQ), 3);
     let mut last = h.chat(body);
     last.on_log(&h.host);
-    assert_eq!(h.audit()["admitted_ms"], now, "the audit says when it was admitted");
+    assert_eq!(
+        h.audit()["admitted_ms"],
+        now,
+        "the audit says when it was admitted"
+    );
 }
 
 #[test]

@@ -319,3 +319,28 @@ fn a_key_whose_owner_could_not_be_a_header_is_refused() {
     assert_eq!(h.replied().unwrap().0, 401);
     assert_eq!(h.host.request_header("x-maas-user"), None);
 }
+
+#[test]
+fn a_configured_key_follows_its_subscriptions_key_limits_as_synced() {
+    // The configuration's "free" has no key_limits; the control plane's
+    // "free" allows each key one request a minute.
+    let h = harness();
+    h.sync(
+        serde_json::json!({"version": 3, "full": true, "keys": [], "subscriptions": [{
+            "name": "free", "models": ["m1"], "limits": {"requests": ["3/min"]},
+            "key_limits": {"requests": ["1/min"]}
+        }]}),
+    );
+    let mut first = h.chat(CHAT);
+    assert!(h.replied().is_none(), "{:?}", h.replied());
+    h.respond_json(
+        &mut first,
+        200,
+        r#"{"usage":{"prompt_tokens":1,"completion_tokens":1}}"#,
+    );
+    h.chat(CHAT);
+    let (status, _, body) = h.replied().expect("refused by the synced key_limits");
+    assert_eq!(status, 429, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("key alice-1"), "{message}");
+}
