@@ -235,6 +235,8 @@ fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
     // what was committed; yet after the model's answer (2 s), which the
     // request may not outlive.
     config["limiter"]["reservation_ttl_ms"] = json!(3_000);
+    // (A hold must outlive the admission's two limiter calls.)
+    config["limiter"]["timeout_ms"] = json!(400);
     let (redis, mut limiter) = start_limiter(&config, "settle-outage");
     let upstream = MockUpstream::start();
     let gateway = gateway_on(config, &upstream, &limiter);
@@ -309,6 +311,8 @@ fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
 fn a_request_ends_when_its_global_hold_does() {
     let mut config = filter_config();
     config["limiter"]["reservation_ttl_ms"] = json!(1_000);
+    // (A hold must outlive the admission's two limiter calls.)
+    config["limiter"]["timeout_ms"] = json!(400);
     let (redis, limiter) = start_limiter(&config, "hold-deadline");
     let upstream = MockUpstream::start();
     let gateway = gateway_on(config, &upstream, &limiter);

@@ -682,6 +682,19 @@ fn limiter(raw: &RawLimiter) -> Result<Limiter, ConfigError> {
             "must be between 1000 and 86400000",
         ));
     }
+    // A hold must outlive the admission's two limiter calls (the Reserve,
+    // then the request limit's ShouldRateLimit), each up to timeout_ms:
+    // else it may lapse after the request hit was counted, which cannot be
+    // given back.
+    if raw.reservation_ttl_ms <= raw.timeout_ms.saturating_mul(2) {
+        return Err(err(
+            "limiter.reservation_ttl_ms",
+            format!(
+                "must be more than twice limiter.timeout_ms ({} ms): a hold must outlive the admission's two limiter calls",
+                raw.timeout_ms.saturating_mul(2)
+            ),
+        ));
+    }
     Ok(Limiter {
         cluster: raw.cluster.clone(),
         domain: raw.domain.clone(),

@@ -349,6 +349,13 @@ fn global_limits_are_validated_at_load() {
         v["limiter"] = serde_json::json!({"cluster": "limitador", "timeout_ms": 0});
     });
     assert_eq!(e.field, "limiter.timeout_ms");
+    // A hold shorter than the admission's two limiter calls.
+    let e = bad(&|v| {
+        v["limiter"] = serde_json::json!({"cluster": "limitador", "timeout_ms": 60000,
+                                          "reservation_ttl_ms": 60000});
+    });
+    assert_eq!(e.field, "limiter.reservation_ttl_ms");
+    assert!(e.reason.contains("more than twice limiter.timeout_ms (120000 ms)"), "{e}");
     let e = bad(&|v| {
         v["limiter"] = serde_json::json!({"cluster": "limitador"});
         v["keys"][0]["limits"] =
