@@ -107,6 +107,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         ),
         max_key_lifetime: config.max_key_lifetime,
         max_keys_minted_per_day: config.max_keys_minted_per_day,
+        admission: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

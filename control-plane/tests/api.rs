@@ -6,6 +6,9 @@
 
 mod support;
 
+use std::time::Duration;
+
+use maas_control_plane::api::admission;
 use maas_testkit::request;
 use serde_json::json;
 use support::*;
@@ -781,6 +784,85 @@ fn a_body_that_never_completes_gets_408() {
     let error: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(error["error"]["code"], "request_timeout", "{error}");
     assert!(cp.all_keys().is_empty());
+}
+
+/// A request of `bearer`'s whose body never completes: it runs (holding
+/// its place) until the socket is dropped or the body wait ends (10 s).
+fn slow_mint(cp: &ControlPlane, bearer: &str) -> std::net::TcpStream {
+    use std::io::Write;
+    let mut conn = std::net::TcpStream::connect(cp.addr).unwrap();
+    write!(
+        conn,
+        "POST /maas-api/v1/api-keys HTTP/1.1\r\nhost: cp\r\nauthorization: Bearer {bearer}\r\n\
+         content-type: application/json\r\ncontent-length: 100\r\n\r\n{{"
+    )
+    .unwrap();
+    conn
+}
+
+/// `GET /maas-api/v1/api-keys` as `bearer`: its status and Retry-After.
+fn list_status(cp: &ControlPlane, bearer: &str) -> (u16, Option<String>) {
+    let r = cp.call("GET", "/maas-api/v1/api-keys", Some(bearer), None);
+    (r.status, r.header("retry-after").map(str::to_string))
+}
+
+/// One user holding many requests open (a script, a year's report) cannot
+/// take every database connection from the others, nor from the gateways'
+/// key sync, which carries every revocation.
+#[test]
+fn a_caller_holding_requests_open_leaves_the_others_and_the_sync_their_share() {
+    let cp = setup();
+    let alice = token("alice", &["team-a"]);
+    let bob = token("bob", &["team-b"]);
+    let held: Vec<_> = (0..admission::PER_CALLER_AT_ONCE)
+        .map(|_| slow_mint(&cp, &alice))
+        .collect();
+    // Once all four run, her fifth is refused at once, with when to retry.
+    let refused = maas_testkit::eventually(Duration::from_secs(5), || {
+        let r = cp.call("GET", "/maas-api/v1/api-keys", Some(&alice), None);
+        match r.status {
+            429 => Ok(r),
+            other => Err(format!("{other}")),
+        }
+    });
+    assert_eq!(refused.json()["error"]["code"], "too_many_requests");
+    assert_eq!(refused.header("retry-after"), Some("1"));
+    assert_eq!(list_status(&cp, &bob).0, 200);
+    let sync = cp.call("GET", "/maas-api/v1/sync", Some(GATEWAY), None);
+    assert_eq!(sync.status, 200, "{}", sync.text());
+    // Her requests end (the sockets close): her places come back.
+    drop(held);
+    maas_testkit::eventually(Duration::from_secs(5), || match list_status(&cp, &alice) {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
+}
+
+#[test]
+fn when_every_callers_place_is_taken_a_request_waits_then_gets_503_and_the_sync_goes_on() {
+    let cp = setup_with(Settings {
+        admission: (2, 4, Duration::from_millis(300)),
+        ..Settings::default()
+    });
+    let (alice, bob, carol) = (
+        token("alice", &["team-a"]),
+        token("bob", &["team-b"]),
+        token("carol", &["team-a"]),
+    );
+    let held = [slow_mint(&cp, &alice), slow_mint(&cp, &bob)];
+    let busy =
+        maas_testkit::eventually(Duration::from_secs(5), || match list_status(&cp, &carol) {
+            (503, retry) => Ok(retry),
+            other => Err(format!("{other:?}")),
+        });
+    assert_eq!(busy.as_deref(), Some("1"));
+    let sync = cp.call("GET", "/maas-api/v1/sync", Some(GATEWAY), None);
+    assert_eq!(sync.status, 200, "{}", sync.text());
+    drop(held);
+    maas_testkit::eventually(Duration::from_secs(5), || match list_status(&cp, &carol) {
+        (200, _) => Ok(()),
+        other => Err(format!("{other:?}")),
+    });
 }
 
 /// The usage page is shown in no other site's frame (clickjacking), and

@@ -67,6 +67,7 @@ fn every_documented_operation_is_routed() {
             auth: Authenticator::new(Some(KeyDigest::of("t")), None, None),
             max_key_lifetime: None,
             max_keys_minted_per_day: 100,
+            admission: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

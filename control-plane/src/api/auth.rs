@@ -7,8 +7,11 @@
 
 use std::sync::Arc;
 
-use axum::extract::FromRequestParts;
+use axum::extract::{FromRequestParts, Request, State};
 use axum::http::request::Parts;
+use axum::http::HeaderMap;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use maas_filter::auth::keys::KeyDigest;
 
 use super::error::ApiError;
@@ -73,9 +76,8 @@ impl Authenticator {
     }
 }
 
-fn bearer(parts: &Parts) -> Result<&str, ApiError> {
-    parts
-        .headers
+fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
+    headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| {
@@ -97,8 +99,36 @@ impl FromRequestParts<std::sync::Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &std::sync::Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        state.auth.identify(bearer(parts)?).map(Caller)
+        // Already verified by `admit` (once is enough: an RSA or EC check).
+        if let Some(identity) = parts.extensions.remove::<Identity>() {
+            return Ok(Caller(identity));
+        }
+        state.auth.identify(bearer(&parts.headers)?).map(Caller)
     }
+}
+
+/// Middleware: a caller's request to the API takes a place (see
+/// [`super::admission`]) for as long as it runs. A request whose caller
+/// cannot be identified takes none: its handler answers it 401 at once.
+pub(super) async fn admit(
+    State(app): State<Arc<AppState>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    if !super::admission::takes_a_place(request.uri().path()) {
+        return next.run(request).await;
+    }
+    let Ok(identity) = bearer(request.headers()).and_then(|b| app.auth.identify(b)) else {
+        return next.run(request).await;
+    };
+    let ticket = match app.admission.enter(&identity.subject).await {
+        Ok(ticket) => ticket,
+        Err(refusal) => return refusal.into_response(),
+    };
+    request.extensions_mut().insert(identity);
+    let response = next.run(request).await;
+    drop(ticket);
+    response
 }
 
 /// The gateway filter (or an administrator) reading the key set.
@@ -111,7 +141,7 @@ impl FromRequestParts<std::sync::Arc<AppState>> for GatewayCaller {
         parts: &mut Parts,
         state: &std::sync::Arc<AppState>,
     ) -> Result<Self, Self::Rejection> {
-        if state.auth.is_gateway(bearer(parts)?) {
+        if state.auth.is_gateway(bearer(&parts.headers)?) {
             Ok(GatewayCaller)
         } else {
             Err(ApiError::Unauthenticated)

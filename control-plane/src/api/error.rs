@@ -50,6 +50,13 @@ pub enum ApiError {
     Internal(String),
     #[error("the database failed; nothing was changed")]
     Database(#[source] StoreError),
+    /// The caller already has this many requests running (see
+    /// `admission`).
+    #[error("you have {0} requests running, the most one caller may; wait for one to end")]
+    TooManyRequests(usize),
+    /// Every place for callers' requests stayed taken (see `admission`).
+    #[error("the control plane is busy; try again shortly")]
+    Busy,
 }
 
 impl ApiError {
@@ -103,6 +110,16 @@ impl ApiError {
                 "server_error",
                 "database_unavailable",
             ),
+            Self::TooManyRequests(_) => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate_limit_error",
+                "too_many_requests",
+            ),
+            Self::Busy => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "server_error",
+                "control_plane_busy",
+            ),
         }
     }
 }
@@ -152,6 +169,13 @@ impl IntoResponse for ApiError {
         }
         let (status, kind, code) = self.parts();
         let body = json!({"error": {"message": self.to_string(), "type": kind, "code": code}});
-        (status, axum::Json(body)).into_response()
+        let mut response = (status, axum::Json(body)).into_response();
+        if matches!(self, Self::TooManyRequests(_) | Self::Busy) {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from_static("1"),
+            );
+        }
+        response
     }
 }

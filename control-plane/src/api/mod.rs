@@ -38,6 +38,7 @@
 //! take the [`extract`] wrappers, never axum's own extractors, so axum's
 //! rejections get the same body as the API's.
 
+pub mod admission;
 mod auth;
 mod error;
 mod extract;
@@ -78,6 +79,8 @@ pub struct AppState {
     /// The most keys one owner may mint in any 24 hours
     /// (`serve --max-keys-minted-per-day`); administrators are not bound.
     pub max_keys_minted_per_day: u64,
+    /// How many callers' requests run at once ([`admission`]).
+    pub admission: admission::Admission,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -104,6 +107,10 @@ pub fn router(state: Arc<AppState>) -> Router {
         .fallback(|| async { ApiError::NotFound("unknown path".into()) })
         // After every route: it applies to the routes added before it.
         .method_not_allowed_fallback(extract::method_not_allowed)
+        .layer(axum::middleware::from_fn_with_state(
+            Arc::clone(&state),
+            auth::admit,
+        ))
         .layer(axum::middleware::map_response(protective_headers))
         .with_state(state)
 }

@@ -47,6 +47,11 @@ pub use sampler_lease::SamplerLease;
 pub use subscriptions::SubscriptionPut;
 pub use usage::{UsageDetail, UsageRow};
 
+/// Connections in the database pool (sqlx's default is 10): the callers'
+/// requests take at most `api::admission::CALLERS_AT_ONCE` of them, the
+/// gateways' syncs and the usage sampler the rest.
+pub const POOL_CONNECTIONS: u32 = 20;
+
 /// Handle to the database; cheap to clone (a shared pool).
 #[derive(Clone, Debug)]
 pub struct Store {
@@ -71,14 +76,14 @@ impl Store {
     async fn open(url: &str, migrator: sqlx::migrate::Migrator) -> Result<Self, StoreError> {
         // Idempotent; must run before the first `Any` connection.
         sqlx::any::install_default_drivers();
-        let pool =
-            AnyPoolOptions::new()
-                .connect(url)
-                .await
-                .map_err(|error| StoreError::Connect {
-                    url: redacted_url(url),
-                    error,
-                })?;
+        let pool = AnyPoolOptions::new()
+            .max_connections(POOL_CONNECTIONS)
+            .connect(url)
+            .await
+            .map_err(|error| StoreError::Connect {
+                url: redacted_url(url),
+                error,
+            })?;
         migrator.run(&pool).await?;
         let identity = identity(&pool).await?;
         Ok(Store { pool, identity })

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use jsonwebtoken::{encode, Algorithm, EncodingKey, Header};
-use maas_control_plane::api::{router, AppState, Authenticator};
+use maas_control_plane::api::{admission, router, AppState, Authenticator};
 use maas_control_plane::key_lifetime::KeyLifetime;
 use maas_control_plane::oidc::{OidcSettings, TokenVerifier};
 use maas_control_plane::store::Store;
@@ -55,6 +55,9 @@ pub struct Settings {
     pub max_key_lifetime: Option<KeyLifetime>,
     /// `--max-keys-minted-per-day`.
     pub max_keys_minted_per_day: u64,
+    /// How many callers' requests run at once: in all, per caller, and
+    /// how long one waits for a place.
+    pub admission: (usize, usize, std::time::Duration),
 }
 
 impl Default for Settings {
@@ -63,6 +66,11 @@ impl Default for Settings {
         Self {
             max_key_lifetime: None,
             max_keys_minted_per_day: 100,
+            admission: (
+                admission::CALLERS_AT_ONCE,
+                admission::PER_CALLER_AT_ONCE,
+                admission::WAIT,
+            ),
         }
     }
 }
@@ -132,6 +140,11 @@ impl ControlPlane {
                 ),
                 max_key_lifetime: settings.max_key_lifetime,
                 max_keys_minted_per_day: settings.max_keys_minted_per_day,
+                admission: admission::Admission::new(
+                    settings.admission.0,
+                    settings.admission.1,
+                    settings.admission.2,
+                ),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

@@ -355,7 +355,11 @@ fn global_limits_are_validated_at_load() {
                                           "reservation_ttl_ms": 60000});
     });
     assert_eq!(e.field, "limiter.reservation_ttl_ms");
-    assert!(e.reason.contains("more than twice limiter.timeout_ms (120000 ms)"), "{e}");
+    assert!(
+        e.reason
+            .contains("more than twice limiter.timeout_ms (120000 ms)"),
+        "{e}"
+    );
     let e = bad(&|v| {
         v["limiter"] = serde_json::json!({"cluster": "limitador"});
         v["keys"][0]["limits"] =
