@@ -62,9 +62,6 @@ struct VmState {
 
 /// How often a throttled warning topic may log, per worker.
 const WARN_INTERVAL_MS: u64 = 10_000;
-/// Tick period when settlements are delivered: how long a finished
-/// request's global hold may outlive it.
-const SETTLEMENT_TICK_MS: u64 = 50;
 
 impl VmState {
     /// Rebuilds the policy if another VM (or this one) applied a sync since.
@@ -307,7 +304,10 @@ impl RootContext for GatewayRoot {
             .control_plane
             .as_ref()
             .map(|cp| (cp.sync_interval_ms / 5).max(20));
-        let settle_period = config.limiter.as_ref().map(|_| SETTLEMENT_TICK_MS);
+        let settle_period = config
+            .limiter
+            .as_ref()
+            .map(|_| limits::settlement_outbox::SETTLEMENT_TICK_MS);
         let period = match (sync_period, settle_period) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),

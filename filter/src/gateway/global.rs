@@ -15,6 +15,7 @@ use crate::error::GatewayError;
 use crate::host::StreamHost;
 use crate::limits::global_limits::{self, Caller, Method, Verdict};
 use crate::limits::ratelimit_headers::format_duration;
+use crate::limits::settlement_outbox::SETTLEMENT_TICK_MS;
 use crate::metrics::{Metric, Outcome};
 use crate::subscription::{FailureMode, Quantity};
 use std::rc::Rc;
@@ -91,10 +92,19 @@ fn end_before_the_hold(
     Ok(())
 }
 
-/// Milliseconds left of a hold whose Reserve was sent at `sent_ms`.
+/// Milliseconds a request whose Reserve was sent at `sent_ms` may still
+/// run: what is left of its hold, less the way of its commit (the next
+/// settlement tick, then one limiter call), which must count the usage
+/// before the hold lets others have the budget.
 fn hold_left(host: &dyn StreamHost, config: &Config, sent_ms: u64) -> u64 {
-    let ttl = config.limiter.as_ref().map_or(0, |l| l.reservation_ttl_ms);
-    ttl.saturating_sub(host.now_ms().saturating_sub(sent_ms))
+    let Some(limiter) = config.limiter.as_ref() else {
+        return 0;
+    };
+    let commit_way = SETTLEMENT_TICK_MS.saturating_add(limiter.timeout_ms);
+    limiter
+        .reservation_ttl_ms
+        .saturating_sub(commit_way)
+        .saturating_sub(host.now_ms().saturating_sub(sent_ms))
 }
 
 impl Stream {

@@ -21,6 +21,10 @@
 //!   twice there: the error is on the side of refusing sooner, never of
 //!   admitting past a limit.
 
+/// How often queued settlements go out (the filter's tick while it has a
+/// limiter): how long a finished request's global hold may outlive it.
+pub const SETTLEMENT_TICK_MS: u64 = 50;
+
 use std::collections::{HashMap, VecDeque};
 
 use crate::limits::global_limits::Call;

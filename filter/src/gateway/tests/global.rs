@@ -101,14 +101,16 @@ fn a_request_waits_for_the_limiter_then_commits_its_real_usage() {
     assert_eq!((rl.domain.as_str(), rl.hits_addend), ("maas-test", 1));
     assert_eq!(entries(&rl.descriptors[0])[2].1, "requests");
     // The request goes on 50 ms after the Reserve was sent: it may run for
-    // what is left of its hold, no longer (Envoy's router takes the header
-    // over the route's timeout), so it cannot outlive the hold.
+    // what is left of its hold less its commit's way (a settlement tick,
+    // 50 ms, and one limiter call, 50 ms), no longer (Envoy's router takes
+    // the header over the route's timeout), so its usage is counted before
+    // the hold ends.
     assert_eq!(h.host.request_header(TIMEOUT), None);
     h.host.now_ms.set(h.host.now_ms.get() + 20);
     h.answer(&mut s, requests, 0, rls(Code::Ok));
     assert_eq!(h.host.resumed.get(), 1);
     h.assert_admitted("m1");
-    assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("599950"));
+    assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("599850"));
 
     h.respond_json(&mut s, 200, USAGE);
     let calls = h.calls();
@@ -455,12 +457,12 @@ fn the_hold_deadline_only_shortens_and_a_lapsed_hold_refuses() {
     h.answer(&mut s, &h.calls()[0], 0, ok_reserve("r-1"));
     assert_eq!(h.host.resumed.get(), 1);
     assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("2000"));
-    // A longer route: the hold's end.
+    // A longer route: the hold's end, less the commit's way (100 ms).
     let h = short_route(60_000);
     let mut s = h.chat(BODY);
     h.host.now_ms.set(h.host.now_ms.get() + 40);
     h.answer(&mut s, &h.calls()[0], 0, ok_reserve("r-3"));
-    assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("4960"));
+    assert_eq!(h.host.request_header(TIMEOUT).as_deref(), Some("4860"));
 
     let h = short_route(60_000);
     let mut s = h.chat(BODY);
