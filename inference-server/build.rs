@@ -1,7 +1,12 @@
 //! With `--features cuda`: compiles `cuda/*.cu` to PTX with the toolkit's
 //! nvcc (on PATH, or `$CUDA_ROOT/bin`; `scripts/build-cuda.sh` provides the
-//! pinned one) for `CUDA_COMPUTE_CAP` (default 90), into OUT_DIR, where
+//! pinned one) for `CUDA_COMPUTE_CAP`, into OUT_DIR, where
 //! `model::paged_attention` embeds it. Without the feature it does nothing.
+//! Unset, the PTX is for compute 7.5, the oldest nvcc 13 targets, which the
+//! driver compiles for any newer GPU (the kernel needs nothing newer than
+//! half-precision conversions): candle's own kernels follow the GPU of the
+//! build machine, and a module for a newer GPU than the one it runs on
+//! would be refused at the first attention call.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -14,7 +19,7 @@ fn main() -> Result<(), String> {
         return Ok(());
     }
     let out = PathBuf::from(std::env::var("OUT_DIR").map_err(|e| format!("OUT_DIR: {e}"))?);
-    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "90".into());
+    let cap = std::env::var("CUDA_COMPUTE_CAP").unwrap_or_else(|_| "75".into());
     let nvcc = std::env::var_os("CUDA_ROOT")
         .map(|root| PathBuf::from(root).join("bin/nvcc"))
         .filter(|p| p.exists())

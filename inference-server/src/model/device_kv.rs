@@ -112,10 +112,56 @@ impl DeviceKv {
             }
         }
         for cache in self.keys.iter().chain(&self.values) {
-            // A deep copy: `slice_set` refuses a source sharing its storage.
-            let block = cache.narrow(0, from as usize * bt, bt)?.copy()?;
+            let block = block_of(cache, from as usize, bt)?;
             cache.slice_set(&block, 0, to as usize * bt)?;
         }
         Ok(())
+    }
+}
+
+/// Block `block`'s rows of a layer's cache, copied into storage of their
+/// own (`slice_set` refuses a source sharing the cache's). `Tensor::copy`
+/// would clone the layer's whole cache, gigabytes on a GPU, to keep one
+/// block of it.
+fn block_of(cache: &Tensor, block: usize, block_tokens: usize) -> candle_core::Result<Tensor> {
+    cache
+        .narrow(0, block * block_tokens, block_tokens)?
+        .force_contiguous()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_block_is_copied_alone() {
+        let (slots, width, bt) = (12, 4, 4);
+        let data: Vec<f16> = (0..slots * width)
+            .map(|i| f16::from_f32(i as f32))
+            .collect();
+        let cache = Tensor::from_vec(data, (slots, width), &Device::Cpu).unwrap();
+        let block = block_of(&cache, 1, bt).unwrap();
+        let rows: Vec<Vec<f32>> = block.to_dtype(DType::F32).unwrap().to_vec2().unwrap();
+        assert_eq!(rows[0], [16.0, 17.0, 18.0, 19.0]);
+        assert_eq!(rows[3], [28.0, 29.0, 30.0, 31.0]);
+        let (storage, _) = block.storage_and_layout();
+        let candle_core::Storage::Cpu(storage) = &*storage else {
+            panic!("a CPU tensor")
+        };
+        assert_eq!(
+            storage.as_slice::<f16>().unwrap().len(),
+            bt * width,
+            "one block's storage"
+        );
+        // And the cache takes it back at another block.
+        cache.slice_set(&block, 0, 2 * bt).unwrap();
+        let copied: Vec<Vec<f32>> = cache
+            .narrow(0, 2 * bt, bt)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+            .to_vec2()
+            .unwrap();
+        assert_eq!(copied, rows);
     }
 }
