@@ -59,6 +59,9 @@ impl Reader {
         let file = File::open(path).map_err(io)?;
         let file_bytes = file.metadata().map_err(io)?.len();
         let mut file = BufReader::new(file);
+        if let Some((key, problem)) = tensor_types::metadata_problem(&mut file) {
+            return Err(ModelError::Metadata { key, problem });
+        }
         let content = match Content::read(&mut file) {
             Ok(content) => content,
             Err(e) => {
@@ -140,10 +143,21 @@ impl Reader {
         }
     }
 
-    fn part(&mut self, name: &str, bias_len: usize) -> Result<WeightPart, ModelError> {
-        let weight = self.tensor(&format!("{name}.weight"))?;
-        let bias = self.optional_vector(&format!("{name}.bias"), bias_len)?;
-        Ok((format!("{name}.weight"), weight, bias))
+    /// A part of a stacked projection, with `rows` outputs: checked alone,
+    /// as the parts are sliced by the configured widths (a Q with K's rows
+    /// and a K with none would add up, and mix Q into K).
+    fn part(&mut self, name: &str, rows: usize) -> Result<WeightPart, ModelError> {
+        let weight_name = format!("{name}.weight");
+        let weight = self.tensor(&weight_name)?;
+        let (found, _) = super::linear::dims(&weight_name, &weight)?;
+        if found != rows {
+            return Err(ModelError::tensor(
+                &weight_name,
+                format!("{found} rows, expected {rows}"),
+            ));
+        }
+        let bias = self.optional_vector(&format!("{name}.bias"), rows)?;
+        Ok((weight_name, weight, bias))
     }
 }
 
@@ -443,7 +457,23 @@ fn host_model(
             r.tensor("token_embd.weight")?,
             None,
         )])? {
-            Linear::Packed { matrix, .. } => Embedding::Packed(matrix),
+            // Untied (an output projection of its own): the embedding is
+            // checked as the tied and device paths check it, or a token
+            // past its rows fails every sequence of its step.
+            Linear::Packed { matrix, .. } => {
+                if (matrix.rows(), matrix.cols()) != (vocab, cfg.hidden) {
+                    return Err(ModelError::tensor(
+                        "token_embd.weight",
+                        format!(
+                            "shape [{}, {}], expected [{vocab}, {}] (the output projection's vocabulary)",
+                            matrix.rows(),
+                            matrix.cols(),
+                            cfg.hidden
+                        ),
+                    ));
+                }
+                Embedding::Packed(matrix)
+            }
             Linear::Candle { matmul, .. } => {
                 let dense = matmul_weights(matmul)?;
                 if dense.len() != vocab * cfg.hidden {

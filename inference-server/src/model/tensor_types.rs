@@ -1,12 +1,17 @@
-//! ggml's tensor types by name (the one table of them), and which tensor of
-//! a GGUF file has a type this server cannot run.
+//! ggml's tensor types by name (the one table of them), and a walk of a
+//! GGUF file's header (v2/v3, every length bounded by the file's size) that
+//! says what candle's reader would not:
 //!
-//! candle's GGUF reader stops at the first tensor type it does not know with
-//! "unknown dtype for tensor 20", naming neither the tensor nor the type. A
-//! user who brought an IQ-quant or a ternary file deserves "tensor
-//! blk.0.attn_q.weight is IQ4_NL": this module walks the header's tensor
-//! table itself (GGUF v2/v3, every length bounded by the file's size) to say
-//! so, and is consulted only after candle refused a file.
+//! - which tensor has a type this server cannot run: candle stops at the
+//!   first type it does not know with "unknown dtype for tensor 20",
+//!   naming neither the tensor nor the type, where a user who brought an
+//!   IQ-quant or a ternary file deserves "tensor blk.0.attn_q.weight is
+//!   IQ4_NL" (consulted after candle refused a file);
+//! - metadata candle would read badly, checked before it reads any: arrays
+//!   whose items it would hold at about 32 bytes each whatever their size
+//!   in the file (a 1 GiB array of bytes, 32 GiB of memory), nesting deeper
+//!   than it reads, and a `general.alignment` of 0 (a division by zero in
+//!   candle) or not a power of two.
 
 use std::io::{self, Read, Seek, SeekFrom};
 
@@ -123,13 +128,59 @@ pub(crate) fn supported_names() -> String {
 pub(crate) fn first_unsupported(file: &mut (impl Read + Seek)) -> Option<(String, u32)> {
     let size = file.seek(SeekFrom::End(0)).ok()?;
     file.seek(SeekFrom::Start(0)).ok()?;
-    let mut header = Header { file, size };
+    let mut header = Header {
+        file,
+        size,
+        items: 0,
+    };
     header.walk().ok().flatten()
+}
+
+/// Metadata items (array elements, all arrays together) read at most:
+/// a real model's vocabulary, scores, types and merges are a few million
+/// at most (Gemma 3's 262,144 tokens, three arrays of them).
+const MAX_METADATA_ITEMS: u64 = 16 << 20;
+
+/// Nested arrays deeper than candle's reader reads.
+const MAX_NESTING: u32 = 64;
+
+/// What is wrong with `file`'s metadata, as (key, problem), before candle
+/// reads it; `None` when nothing is, or the header cannot be walked (candle
+/// then reports its own error). Leaves `file` at its start.
+pub(crate) fn metadata_problem(file: &mut (impl Read + Seek)) -> Option<(String, String)> {
+    let size = file.seek(SeekFrom::End(0)).ok()?;
+    file.seek(SeekFrom::Start(0)).ok()?;
+    let mut header = Header {
+        file: &mut *file,
+        size,
+        items: 0,
+    };
+    let found = header.check_metadata().ok().flatten();
+    file.seek(SeekFrom::Start(0)).ok()?;
+    found
 }
 
 struct Header<'a, R> {
     file: &'a mut R,
     size: u64,
+    /// Array items walked so far.
+    items: u64,
+}
+
+/// A problem of the metadata (not of reading it).
+#[derive(Debug)]
+struct Refused(String);
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Refused {}
+
+fn refused(problem: String) -> io::Error {
+    io::Error::other(Refused(problem))
 }
 
 impl<R: Read + Seek> Header<'_, R> {
@@ -142,7 +193,7 @@ impl<R: Read + Seek> Header<'_, R> {
         for _ in 0..entries {
             self.skip_string()?;
             let kind = self.u32()?;
-            self.skip_value(kind)?;
+            self.skip_value(kind, 0)?;
         }
         for _ in 0..tensors {
             let name = String::from_utf8_lossy(&self.string()?).into_owned();
@@ -157,7 +208,52 @@ impl<R: Read + Seek> Header<'_, R> {
         Ok(None)
     }
 
-    fn skip_value(&mut self, kind: u32) -> io::Result<()> {
+    /// The metadata's first problem (see [`metadata_problem`]).
+    fn check_metadata(&mut self) -> io::Result<Option<(String, String)>> {
+        if self.bytes(4)? != b"GGUF" || !matches!(self.u32()?, 2 | 3) {
+            return Ok(None);
+        }
+        let _tensors = self.u64()?;
+        let entries = self.u64()?;
+        for _ in 0..entries {
+            let key = String::from_utf8_lossy(&self.string()?).into_owned();
+            let kind = self.u32()?;
+            if key == "general.alignment" {
+                let alignment = match kind {
+                    0 | 1 => u64::from(self.bytes(1)?[0]),
+                    2 | 3 => {
+                        let b = self.bytes(2)?;
+                        u64::from(u16::from_le_bytes([b[0], b[1]]))
+                    }
+                    4 | 5 => u64::from(self.u32()?),
+                    10 | 11 => self.u64()?,
+                    _ => {
+                        self.skip_value(kind, 0)?;
+                        continue;
+                    }
+                };
+                if !alignment.is_power_of_two() {
+                    return Ok(Some((
+                        key,
+                        format!("must be a power of two, not {alignment}"),
+                    )));
+                }
+                continue;
+            }
+            match self.skip_value(kind, 0) {
+                Ok(()) => {}
+                Err(e) => {
+                    return match e.get_ref().and_then(|e| e.downcast_ref::<Refused>()) {
+                        Some(problem) => Ok(Some((key, problem.to_string()))),
+                        None => Err(e),
+                    }
+                }
+            }
+        }
+        Ok(None)
+    }
+
+    fn skip_value(&mut self, kind: u32, depth: u32) -> io::Result<()> {
         match kind {
             0 | 1 | 7 => self.skip(1),
             2 | 3 => self.skip(2),
@@ -165,8 +261,18 @@ impl<R: Read + Seek> Header<'_, R> {
             10..=12 => self.skip(8),
             8 => self.skip_string(),
             9 => {
+                if depth >= MAX_NESTING {
+                    return Err(refused(format!("arrays nested deeper than {MAX_NESTING}")));
+                }
                 let item = self.u32()?;
                 let len = self.u64()?;
+                self.items = self.items.saturating_add(len);
+                if self.items > MAX_METADATA_ITEMS {
+                    return Err(refused(format!(
+                        "an array of {len} items takes the metadata past the {MAX_METADATA_ITEMS} \
+                         items read (a vocabulary is a few hundred thousand)"
+                    )));
+                }
                 match item {
                     // Fixed-size items: one bounded skip.
                     0 | 1 | 7 => self.skip(len),
@@ -176,7 +282,7 @@ impl<R: Read + Seek> Header<'_, R> {
                     _ => {
                         // Each item takes at least 8 bytes (a string's length).
                         self.check(len.saturating_mul(8))?;
-                        (0..len).try_for_each(|_| self.skip_value(item))
+                        (0..len).try_for_each(|_| self.skip_value(item, depth + 1))
                     }
                 }
             }
@@ -208,6 +314,12 @@ impl<R: Read + Seek> Header<'_, R> {
 
     fn skip(&mut self, n: u64) -> io::Result<()> {
         self.check(n)?;
+        // Short skips (a vocabulary's strings) are read through: a seek
+        // would drop a buffered reader's buffer, a read per string.
+        if n <= 256 {
+            let mut scratch = [0u8; 256];
+            return self.file.read_exact(&mut scratch[..n as usize]);
+        }
         let n = i64::try_from(n).map_err(|_| io::Error::from(io::ErrorKind::InvalidData))?;
         self.file.seek(SeekFrom::Current(n)).map(drop)
     }
