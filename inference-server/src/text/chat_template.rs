@@ -150,6 +150,14 @@ fn raise_exception(message: String) -> Result<Value, minijinja::Error> {
     )
 }
 
+/// The work one render may do (minijinja's fuel: about one per instruction
+/// and one per 64 bytes of data it makes), so a template from a file, or
+/// one a message steers, cannot run forever or fill the memory (nested
+/// loops, a string doubled in a loop): at most about 128 MB. A real
+/// template renders a conversation as long as any context holds with a
+/// small part of it.
+const RENDER_FUEL: u64 = 2_000_000;
+
 impl ChatTemplate {
     pub fn new(
         source: &str,
@@ -163,6 +171,7 @@ impl ChatTemplate {
             .build()
             .map_err(TextError::TemplateSyntax)?;
         env.set_syntax(syntax);
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_template_owned(TEMPLATE_NAME, source.to_owned())
@@ -252,6 +261,21 @@ mod tests {
     use crate::text::fixtures;
 
     const CHATML: &str = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn a_template_that_would_run_forever_or_fill_the_memory_fails_its_render() {
+        let messages = [ChatMessage::new("user", "hi")];
+        for source in [
+            "{% for a in range(100000) %}{% for b in range(100000) %}{% endfor %}{% endfor %}",
+            "{% for i in range(100000) %}{{ 'x' * 10000000 }}{% endfor %}",
+            "{% set ns = namespace(s='x') %}{% for i in range(64) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s | length }}",
+        ] {
+            let template = ChatTemplate::new(source, None, None).unwrap();
+            let err = template.render(&messages, true).unwrap_err();
+            assert!(matches!(err, TextError::TemplateRender(_)), "{source}: {err:?}");
+            assert!(err.to_string().contains("fuel"), "{source}: {err}");
+        }
+    }
 
     #[test]
     fn renders_chatml() {
