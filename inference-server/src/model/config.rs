@@ -47,6 +47,14 @@ pub struct SlidingWindow {
     pub local: Vec<bool>,
 }
 
+/// Bounds on a file's sizes, far above any model's (Llama 3.1 405B: 126
+/// layers, 16,384 wide, 128 heads of 128; Llama 4: a 10M context).
+const MAX_LAYERS: usize = 1_024;
+const MAX_WIDTH: usize = 1 << 20;
+const MAX_HEADS: usize = 4_096;
+const MAX_HEAD_DIM: usize = 4_096;
+const MAX_CONTEXT: usize = 1 << 27;
+
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
     pub architecture: String,
@@ -214,6 +222,23 @@ impl ModelConfig {
         if layers == 0 || hidden == 0 || heads == 0 || kv_heads == 0 || ffn == 0 {
             return Err(ModelError::metadata(&name, "zero-sized dimension"));
         }
+        // Sizes no model has, which would be allocated before the tensors
+        // can say otherwise (a vector per layer, RoPE tables per position):
+        // refused here rather than aborting the process.
+        for (key, value, most) in [
+            ("block_count", layers, MAX_LAYERS),
+            ("embedding_length", hidden, MAX_WIDTH),
+            ("attention.head_count", heads, MAX_HEADS),
+            ("feed_forward_length", ffn, MAX_WIDTH),
+            ("context_length", context_length, MAX_CONTEXT),
+        ] {
+            if value > most {
+                return Err(ModelError::metadata(
+                    &keys.key(key),
+                    &format!("{value} is more than any model has (at most {most} are read)"),
+                ));
+            }
+        }
         if heads % kv_heads != 0 {
             return Err(ModelError::metadata(
                 &keys.key("attention.head_count_kv"),
@@ -242,6 +267,12 @@ impl ModelConfig {
         }
         if head_dim == 0 || head_dim % 2 != 0 {
             return Err(ModelError::metadata(&name, "odd head dimension"));
+        }
+        if head_dim > MAX_HEAD_DIM {
+            return Err(ModelError::metadata(
+                &keys.key("attention.key_length"),
+                &format!("{head_dim} is more than any model has (at most {MAX_HEAD_DIM})"),
+            ));
         }
         if let Some(rot) = keys.usize_opt("rope.dimension_count")? {
             if rot != head_dim {

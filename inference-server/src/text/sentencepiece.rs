@@ -56,7 +56,7 @@ pub(super) fn build(spec: &TokenizerSpec, types: &[i32]) -> Result<Vocabulary, T
     let texts = TokenTexts::new(&tokens)?;
     let merges = if spec.merges.is_empty() {
         let priority = priorities(spec, family)?;
-        derive_merges(&tokens, &texts, &priority)
+        derive_merges(&tokens, &texts, &priority)?
     } else {
         listed_merges(&spec.merges)?
     };
@@ -135,7 +135,22 @@ fn derive_merges<'a>(
     tokens: &'a [String],
     texts: &TokenTexts,
     priority: &[f64],
-) -> Vec<(&'a str, &'a str)> {
+) -> Result<Vec<(&'a str, &'a str)>, TextError> {
+    // Each cut of a token hashes both halves: a token of L bytes costs
+    // about L² (a crafted vocabulary of long tokens, hours and gigabytes).
+    let work = tokens
+        .iter()
+        .map(|t| (t.len() as u64).saturating_mul(t.len() as u64))
+        .fold(0u64, u64::saturating_add);
+    if work > MAX_MERGE_WORK {
+        return Err(TextError::invalid(
+            "tokenizer.ggml.tokens",
+            format!(
+                "tokens too long to derive merges from (the sum of their squared lengths is \
+                 {work}, over {MAX_MERGE_WORK}; Gemma 3's 262,144 tokens sum to 26.5 million)"
+            ),
+        ));
+    }
     struct Candidate<'a> {
         left: &'a str,
         right: &'a str,
@@ -181,8 +196,12 @@ fn derive_merges<'a>(
             .then(b.left_chars.cmp(&a.left_chars))
             .then(b.right_chars.cmp(&a.right_chars))
     });
-    candidates.into_iter().map(|c| (c.left, c.right)).collect()
+    Ok(candidates.into_iter().map(|c| (c.left, c.right)).collect())
 }
+
+/// The most [`derive_merges`] works through (the sum of the tokens' squared
+/// lengths): fifteen times Gemma 3's vocabulary.
+const MAX_MERGE_WORK: u64 = 400_000_000;
 
 /// A file that does list merges is taken at its word, as transformers does.
 fn listed_merges(merges: &[String]) -> Result<Vec<(&str, &str)>, TextError> {
@@ -337,8 +356,22 @@ mod tests {
         // `abc` outranks everything; `ab` and `bc` tie, so the longer left
         // part, then file order decides.
         let priority = [0.0, 0.0, 0.0, -1.0, -1.0, 5.0];
-        let merges = derive_merges(&tokens, &texts, &priority);
+        let merges = derive_merges(&tokens, &texts, &priority).unwrap();
         assert_eq!(merges, [("ab", "c"), ("a", "bc"), ("a", "b"), ("b", "c")]);
+    }
+
+    #[test]
+    fn a_vocabulary_too_long_to_derive_merges_from_is_refused() {
+        // "a", "aa", ... up to 2,000 a's: hundreds of millions of hashes.
+        let tokens: Vec<String> = (1..=2_000).map(|n| "a".repeat(n)).collect();
+        let texts = TokenTexts::new(&tokens).unwrap();
+        let priority = vec![0.0; tokens.len()];
+        let err = derive_merges(&tokens, &texts, &priority).unwrap_err();
+        assert!(
+            err.to_string().contains("tokenizer.ggml.tokens")
+                && err.to_string().contains("too long to derive merges"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -146,3 +146,24 @@ fn a_projection_part_of_the_wrong_size_is_refused_though_the_parts_add_up() {
         "{err}"
     );
 }
+
+#[test]
+fn a_size_no_model_has_is_refused_before_anything_is_allocated_for_it() {
+    // Four billion layers: a vector of them was allocated before any
+    // tensor could say otherwise, and the process aborted.
+    let key = b"llama.block_count";
+    let model = edited_model("layers", |b| {
+        let at = b.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+        assert_eq!(
+            u32::from_le_bytes(b[at..at + 4].try_into().unwrap()),
+            4,
+            "a u32"
+        );
+        b[at + 4..at + 8].copy_from_slice(&u32::MAX.to_le_bytes());
+    });
+    let err = refused(&model);
+    assert!(
+        err.contains("llama.block_count") && err.contains("more than any model has"),
+        "{err}"
+    );
+}
