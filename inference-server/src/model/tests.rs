@@ -318,6 +318,27 @@ fn unsupported_rope_scaling_and_architectures_are_refused_by_name() {
 /// Tensors that would change the computation and that the forward pass
 /// does not apply (Phi-3 128k's LongRoPE factors, an output bias) are
 /// refused by name, not ignored.
+/// Rewrites the file at `path` with `content`'s metadata and `tensors`,
+/// and returns why the loader refuses it (the file is removed).
+fn refusal_of_rewritten(
+    path: &std::path::Path,
+    content: &gguf_file::Content,
+    tensors: &[(String, candle_core::quantized::QTensor)],
+) -> String {
+    let md: Vec<(&str, &Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let ts: Vec<_> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
+    let mut out = std::fs::File::create(path).unwrap();
+    gguf_file::write(&mut out, &md, &ts).unwrap();
+    drop(out);
+    let err = load_gguf(path, None).err().unwrap().to_string();
+    std::fs::remove_file(path).unwrap();
+    err
+}
+
 #[test]
 fn tensors_the_forward_pass_does_not_apply_are_refused_by_name() {
     for extra in ["rope_factors_long.weight", "output.bias"] {
@@ -341,22 +362,47 @@ fn tensors_the_forward_pass_does_not_apply_are_refused_by_name() {
             )
             .unwrap(),
         ));
-        let md: Vec<(&str, &Value)> = content
-            .metadata
-            .iter()
-            .map(|(k, v)| (k.as_str(), v))
-            .collect();
-        let ts: Vec<_> = tensors.iter().map(|(k, v)| (k.as_str(), v)).collect();
-        let mut out = std::fs::File::create(&path).unwrap();
-        gguf_file::write(&mut out, &md, &ts).unwrap();
-        drop(out);
-        let err = load_gguf(&path, None).err().unwrap().to_string();
-        std::fs::remove_file(&path).unwrap();
+        let err = refusal_of_rewritten(&path, &content, &tensors);
         assert!(
             err.contains(extra) && err.contains("not supported"),
             "{err}"
         );
     }
+}
+
+/// An untied model (phi3: an output matrix of its own) whose packed
+/// embedding has fewer rows than the vocabulary: a token past them failed
+/// every sequence of its step.
+#[test]
+fn an_untied_embedding_short_of_the_vocabulary_is_refused() {
+    let path = tiny_gguf_of("phi3");
+    let mut file = std::fs::File::open(&path).unwrap();
+    let content = gguf_file::Content::read(&mut file).unwrap();
+    let vocab = tiny_spec().tokens.len();
+    let tensors: Vec<(String, candle_core::quantized::QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = if name == "token_embd.weight" {
+                let short =
+                    Tensor::zeros((vocab - 4, HIDDEN), candle_core::DType::F32, &Device::Cpu)
+                        .unwrap();
+                candle_core::quantized::QTensor::quantize(
+                    &short,
+                    candle_core::quantized::GgmlDType::Q8_0,
+                )
+                .unwrap()
+            } else {
+                content.tensor(&mut file, name, &Device::Cpu).unwrap()
+            };
+            (name.clone(), t)
+        })
+        .collect();
+    let err = refusal_of_rewritten(&path, &content, &tensors);
+    assert!(
+        err.contains("token_embd.weight") && err.contains(&format!("expected [{vocab}, {HIDDEN}]")),
+        "{err}"
+    );
 }
 
 #[test]
