@@ -46,8 +46,7 @@ pub struct Admission {
 /// A running request's place; given back when dropped.
 pub struct Ticket {
     _permit: OwnedSemaphorePermit,
-    subject: String,
-    running: Arc<Mutex<HashMap<String, usize>>>,
+    _counted: Counted,
 }
 
 impl Default for Admission {
@@ -89,45 +88,26 @@ impl Admission {
             .map_err(|_| ApiError::Busy)?;
         Ok(Ticket {
             _permit: permit,
-            subject: counted.take(),
-            running: Arc::clone(&self.running),
+            _counted: counted,
         })
     }
 }
 
-/// A caller's count taken in [`Admission::enter`], until the ticket holds it.
+/// One of a caller's running requests, counted in [`Admission::enter`]
+/// until dropped (with its ticket, or on the way out of `enter`).
 struct Counted {
     subject: String,
     running: Arc<Mutex<HashMap<String, usize>>>,
 }
 
-impl Counted {
-    /// Hands the count over (nothing is given back on drop).
-    fn take(mut self) -> String {
-        std::mem::take(&mut self.subject)
-    }
-}
-
 impl Drop for Counted {
     fn drop(&mut self) {
-        if !self.subject.is_empty() {
-            leave(&self.running, &self.subject);
-        }
-    }
-}
-
-impl Drop for Ticket {
-    fn drop(&mut self) {
-        leave(&self.running, &self.subject);
-    }
-}
-
-fn leave(running: &Mutex<HashMap<String, usize>>, subject: &str) {
-    let mut running = running.lock().unwrap_or_else(PoisonError::into_inner);
-    if let Some(mine) = running.get_mut(subject) {
-        *mine = mine.saturating_sub(1);
-        if *mine == 0 {
-            running.remove(subject);
+        let mut running = self.running.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(mine) = running.get_mut(&self.subject) {
+            *mine = mine.saturating_sub(1);
+            if *mine == 0 {
+                running.remove(&self.subject);
+            }
         }
     }
 }

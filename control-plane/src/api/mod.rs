@@ -391,14 +391,14 @@ async fn sync(
     ApiQuery(q): ApiQuery<SyncQuery>,
 ) -> Result<Response, ApiError> {
     let limit = Some(q.limit.unwrap_or(MAX_SYNC_PAGE).clamp(1, MAX_SYNC_PAGE));
-    let mark = match q.mark.as_deref() {
-        None => None,
-        Some(text) => Some(
-            maas_filter::auth::managed_keys::parse_mark(text).ok_or_else(|| {
-                ApiError::Invalid(format!("mark {text:?}: expected 16 hex digits"))
-            })?,
-        ),
-    };
+    let mark = q
+        .mark
+        .as_deref()
+        .map(|text| {
+            maas_filter::auth::managed_keys::parse_mark(text)
+                .ok_or_else(|| ApiError::Invalid(format!("mark {text:?}: expected 16 hex digits")))
+        })
+        .transpose()?;
     let mut changes = app.store.changes_page(q.since, limit).await?;
     let mut full = q.since == 0;
     let other_history =

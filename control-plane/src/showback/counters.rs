@@ -13,6 +13,8 @@
 
 use std::collections::BTreeMap;
 
+use maas_prometheus_text::Sample;
+
 /// How far `envoy_server_uptime` may trail the time since Envoy started:
 /// Envoy refreshes it at each stats flush (every 5 s by default), and it and
 /// the sampler's clock are whole seconds. Only an uptime shorter than the
@@ -33,10 +35,12 @@ pub struct Snapshot {
 impl Snapshot {
     /// The counters and uptime in an exposition text read at `at`.
     pub fn read(text: &str, at: i64) -> Self {
+        // Parsed once: a large gateway's statistics are many megabytes.
+        let samples = maas_prometheus_text::parse(text);
         Self {
             at,
-            uptime: uptime_secs(text),
-            counters: read(text),
+            uptime: uptime_of(&samples),
+            counters: counters_of(&samples),
         }
     }
 
@@ -92,8 +96,12 @@ const CHARGED: &[&str] = &["ok", "upstream_error", "incomplete"];
 
 /// Reads the per-(subscription, model, key) counters out of an exposition text.
 pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
+    counters_of(&maas_prometheus_text::parse(text))
+}
+
+fn counters_of(samples: &[Sample]) -> BTreeMap<UsageKey, Usage> {
     let mut out: BTreeMap<UsageKey, Usage> = BTreeMap::new();
-    for sample in maas_prometheus_text::parse(text) {
+    for sample in samples {
         let (name, value) = (sample.name.as_str(), count(sample.value));
         let label = |key: &str| {
             sample
@@ -128,9 +136,9 @@ pub fn read(text: &str) -> BTreeMap<UsageKey, Usage> {
 }
 
 /// Envoy's `envoy_server_uptime` (seconds since that Envoy started).
-pub fn uptime_secs(text: &str) -> Option<u64> {
-    maas_prometheus_text::parse(text)
-        .into_iter()
+fn uptime_of(samples: &[Sample]) -> Option<u64> {
+    samples
+        .iter()
         .find(|s| s.name == "envoy_server_uptime")
         .and_then(|s| count(s.value))
 }

@@ -255,10 +255,11 @@ pub fn parse_sync(body: &[u8]) -> Result<SyncDelta, SyncError> {
             })
         })
         .collect::<Result<_, _>>()?;
-    let mark = match raw.mark.as_deref() {
-        None => None,
-        Some(text) => Some(parse_mark(text).ok_or(SyncError::Mark)?),
-    };
+    let mark = raw
+        .mark
+        .as_deref()
+        .map(|text| parse_mark(text).ok_or(SyncError::Mark))
+        .transpose()?;
     Ok(SyncDelta {
         store: raw.store,
         version: raw.version,

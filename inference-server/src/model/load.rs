@@ -461,17 +461,11 @@ fn host_model(
             // checked as the tied and device paths check it, or a token
             // past its rows fails every sequence of its step.
             Linear::Packed { matrix, .. } => {
-                if (matrix.rows(), matrix.cols()) != (vocab, cfg.hidden) {
-                    return Err(ModelError::tensor(
-                        "token_embd.weight",
-                        format!(
-                            "shape [{}, {}], expected [{vocab}, {}] (the output projection's vocabulary)",
-                            matrix.rows(),
-                            matrix.cols(),
-                            cfg.hidden
-                        ),
-                    ));
-                }
+                expect_shape(
+                    "token_embd.weight",
+                    (matrix.rows(), matrix.cols()),
+                    (vocab, cfg.hidden),
+                )?;
                 Embedding::Packed(matrix)
             }
             Linear::Candle { matmul, .. } => {
@@ -601,13 +595,7 @@ fn device_linear(
 ) -> Result<DeviceLinear, ModelError> {
     let weight_name = format!("{name}.weight");
     let weight = r.tensor_on(&weight_name, device)?;
-    let (r_rows, r_cols) = dims(&weight_name, &weight)?;
-    if (r_rows, r_cols) != (rows, cols) {
-        return Err(ModelError::tensor(
-            &weight_name,
-            format!("shape [{r_rows}, {r_cols}], expected [{rows}, {cols}]"),
-        ));
-    }
+    expect_shape(&weight_name, dims(&weight_name, &weight)?, (rows, cols))?;
     let bias = r
         .optional_vector(&format!("{name}.bias"), rows)?
         .map(|b| device::vector(&b, device))
@@ -628,13 +616,21 @@ fn matmul_weights(matmul: candle_core::quantized::QMatMul) -> Result<Vec<f32>, M
 }
 
 fn check_shape(name: &str, l: &Projection, rows: usize, cols: usize) -> Result<(), ModelError> {
-    if l.rows() != rows || l.cols() != cols {
+    expect_shape(name, (l.rows(), l.cols()), (rows, cols))
+}
+
+/// A matrix `name` of shape `found` where `expected` is needed.
+fn expect_shape(
+    name: &str,
+    found: (usize, usize),
+    expected: (usize, usize),
+) -> Result<(), ModelError> {
+    if found != expected {
         return Err(ModelError::tensor(
             name,
             format!(
-                "shape [{}, {}], expected [{rows}, {cols}]",
-                l.rows(),
-                l.cols()
+                "shape [{}, {}], expected [{}, {}]",
+                found.0, found.1, expected.0, expected.1
             ),
         ));
     }

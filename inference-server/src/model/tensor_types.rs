@@ -126,14 +126,7 @@ pub(crate) fn supported_names() -> String {
 /// [`LOADED`]; `None` when all are, or the header cannot be walked (the
 /// caller then reports the reader's own error).
 pub(crate) fn first_unsupported(file: &mut (impl Read + Seek)) -> Option<(String, u32)> {
-    let size = file.seek(SeekFrom::End(0)).ok()?;
-    file.seek(SeekFrom::Start(0)).ok()?;
-    let mut header = Header {
-        file,
-        size,
-        items: 0,
-    };
-    header.walk().ok().flatten()
+    Header::at_start(file)?.walk().ok().flatten()
 }
 
 /// Metadata items (array elements, all arrays together) read at most:
@@ -147,18 +140,18 @@ const MAX_NESTING: u32 = 64;
 /// What is wrong with `file`'s metadata, as (key, problem), before candle
 /// reads it; `None` when nothing is, or the header cannot be walked (candle
 /// then reports its own error). Leaves `file` at its start.
-pub(crate) fn metadata_problem(file: &mut (impl Read + Seek)) -> Option<(String, String)> {
-    let size = file.seek(SeekFrom::End(0)).ok()?;
-    file.seek(SeekFrom::Start(0)).ok()?;
-    let mut header = Header {
-        file: &mut *file,
-        size,
-        items: 0,
-    };
-    let found = header.check_metadata().ok().flatten();
+pub(crate) fn metadata_problem(file: &mut (impl Read + Seek)) -> Option<KeyProblem> {
+    let found = Header::at_start(&mut *file)?
+        .metadata()
+        .ok()
+        .flatten()
+        .and_then(|(_, problem)| problem);
     file.seek(SeekFrom::Start(0)).ok()?;
     found
 }
+
+/// A metadata key and what is wrong with it.
+type KeyProblem = (String, String);
 
 struct Header<'a, R> {
     file: &'a mut R,
@@ -183,18 +176,23 @@ fn refused(problem: String) -> io::Error {
     io::Error::other(Refused(problem))
 }
 
-impl<R: Read + Seek> Header<'_, R> {
+impl<'a, R: Read + Seek> Header<'a, R> {
+    /// `file`'s header, read from its start.
+    fn at_start(file: &'a mut R) -> Option<Self> {
+        let size = file.seek(SeekFrom::End(0)).ok()?;
+        file.seek(SeekFrom::Start(0)).ok()?;
+        Some(Header {
+            file,
+            size,
+            items: 0,
+        })
+    }
+
     fn walk(&mut self) -> io::Result<Option<(String, u32)>> {
-        if self.bytes(4)? != b"GGUF" || !matches!(self.u32()?, 2 | 3) {
+        // A file whose metadata has a problem was refused before candle.
+        let Some((tensors, None)) = self.metadata()? else {
             return Ok(None);
-        }
-        let tensors = self.u64()?;
-        let entries = self.u64()?;
-        for _ in 0..entries {
-            self.skip_string()?;
-            let kind = self.u32()?;
-            self.skip_value(kind, 0)?;
-        }
+        };
         for _ in 0..tensors {
             let name = String::from_utf8_lossy(&self.string()?).into_owned();
             let dims = self.u32()?;
@@ -208,13 +206,16 @@ impl<R: Read + Seek> Header<'_, R> {
         Ok(None)
     }
 
-    /// The metadata's first problem (see [`metadata_problem`]).
-    fn check_metadata(&mut self) -> io::Result<Option<(String, String)>> {
+    /// Reads the header up to its tensor table: the number of tensors, and
+    /// the metadata's first problem (see [`metadata_problem`]), where the
+    /// walk stops; `None` for a file that is not GGUF v2 or v3.
+    fn metadata(&mut self) -> io::Result<Option<(u64, Option<KeyProblem>)>> {
         if self.bytes(4)? != b"GGUF" || !matches!(self.u32()?, 2 | 3) {
             return Ok(None);
         }
-        let _tensors = self.u64()?;
+        let tensors = self.u64()?;
         let entries = self.u64()?;
+        let problem = |key, problem| Ok(Some((tensors, Some((key, problem)))));
         for _ in 0..entries {
             let key = String::from_utf8_lossy(&self.string()?).into_owned();
             let kind = self.u32()?;
@@ -233,24 +234,18 @@ impl<R: Read + Seek> Header<'_, R> {
                     }
                 };
                 if !alignment.is_power_of_two() {
-                    return Ok(Some((
-                        key,
-                        format!("must be a power of two, not {alignment}"),
-                    )));
+                    return problem(key, format!("must be a power of two, not {alignment}"));
                 }
                 continue;
             }
-            match self.skip_value(kind, 0) {
-                Ok(()) => {}
-                Err(e) => {
-                    return match e.get_ref().and_then(|e| e.downcast_ref::<Refused>()) {
-                        Some(problem) => Ok(Some((key, problem.to_string()))),
-                        None => Err(e),
-                    }
-                }
+            if let Err(e) = self.skip_value(kind, 0) {
+                return match e.get_ref().and_then(|e| e.downcast_ref::<Refused>()) {
+                    Some(refused) => problem(key, refused.to_string()),
+                    None => Err(e),
+                };
             }
         }
-        Ok(None)
+        Ok(Some((tensors, None)))
     }
 
     fn skip_value(&mut self, kind: u32, depth: u32) -> io::Result<()> {
