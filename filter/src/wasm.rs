@@ -82,6 +82,12 @@ struct GatewayRoot {
     vm: Rc<RefCell<VmState>>,
     configured_ms: u64,
     sync: KeySync,
+    /// Envoy replaced this context's configuration (a reload, a new
+    /// WasmPlugin) and asked it to end (`on_done`) while settlements were
+    /// still waiting: it lives on, delivering only them, and tells Envoy it
+    /// is done once the outbox is empty. The new configuration's context
+    /// takes over everything else.
+    ending: bool,
 }
 
 impl GatewayRoot {
@@ -120,6 +126,21 @@ impl GatewayRoot {
                 }
             }
         }
+    }
+
+    /// An ending context whose last settlement left tells Envoy it may go.
+    fn end_if_delivered(&mut self) {
+        if !self.ending || !self.vm.borrow().outbox.is_empty() {
+            return;
+        }
+        self.ending = false;
+        log(
+            LogLevel::Info,
+            "maas-gateway: the replaced configuration's settlements are delivered; it ends",
+        );
+        // Only after `on_done` returned false is this context pending, so
+        // the host cannot answer NotFound here (which the SDK would panic on).
+        let _ = hostcalls::done();
     }
 
     fn report_settlement(&self, attempt: Attempt) {
@@ -209,6 +230,25 @@ fn call_header(name: &str) -> Option<String> {
 }
 
 impl Context for GatewayRoot {
+    /// Envoy ends this context when its configuration is replaced or
+    /// removed. Settlements still waiting (the limiter was down as their
+    /// requests ended) are usage that no other context will count: they are
+    /// delivered first, for as long as the outbox tries them.
+    fn on_done(&mut self) -> bool {
+        let waiting = self.vm.borrow().outbox.len();
+        if waiting == 0 {
+            return true;
+        }
+        self.ending = true;
+        log(
+            LogLevel::Info,
+            &format!(
+                "maas-gateway: configuration replaced; delivering its {waiting} waiting settlements before it ends"
+            ),
+        );
+        false
+    }
+
     fn on_grpc_call_response(&mut self, token_id: u32, status_code: u32, _response_size: usize) {
         let attempt = self
             .vm
@@ -216,6 +256,7 @@ impl Context for GatewayRoot {
             .outbox
             .answered(token_id, status_code, now_ms());
         self.report_settlement(attempt);
+        self.end_if_delivered();
     }
 
     fn on_http_call_response(
@@ -343,6 +384,11 @@ impl RootContext for GatewayRoot {
         };
         if let Some(period) = restore {
             let _ = hostcalls::set_tick_period(Duration::from_millis(period));
+        }
+        if self.ending {
+            // A settlement given up (too old) leaves without an answer.
+            self.end_if_delivered();
+            return;
         }
         if config.limiter.is_some() {
             let waiting = self.vm.borrow().outbox.len() as u64;

@@ -225,24 +225,26 @@ fn a_limiter_cluster_missing_from_envoy_fails_closed_without_killing_the_filter(
 /// counted globally: its settlement waits in the filter and is sent again
 /// until the restarted limiter takes it. Without that, the usage would be
 /// lost (its hold expiring) and later requests could pass the limit by it.
-#[test]
-fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
-    const LIMIT: u64 = 2_000;
+/// The outage tests' limit: room for several requests.
+const OUTAGE_LIMIT: u64 = 2_000;
+
+/// A configuration whose holds expire fast, so what the limiter counts
+/// afterwards is only what was committed; yet after the model's answer
+/// (2 s), which the request may not outlive.
+fn outage_config() -> Value {
     let mut config = filter_config();
     config["subscriptions"]["shared"]["limits"]["tokens"][0]["rate"] =
-        json!(format!("{LIMIT}/hour"));
-    // Holds expire fast, so what the limiter counts afterwards is only
-    // what was committed; yet after the model's answer (2 s), which the
-    // request may not outlive.
+        json!(format!("{OUTAGE_LIMIT}/hour"));
     config["limiter"]["reservation_ttl_ms"] = json!(3_000);
     // (A hold must outlive the admission's two limiter calls.)
     config["limiter"]["timeout_ms"] = json!(400);
-    let (redis, mut limiter) = start_limiter(&config, "settle-outage");
-    let upstream = MockUpstream::start();
-    let gateway = gateway_on(config, &upstream, &limiter);
+    config
+}
 
-    // Admitted while the limiter is up; the model answers two seconds
-    // later, when the limiter is gone.
+/// One request admitted while the limiter is up, whose model answers two
+/// seconds later, when the limiter is gone. Returns the tokens the gateway
+/// charged it, once its settlement has failed and waits.
+fn settle_into_an_outage(gateway: &Gateway, limiter: &mut LimiterProcess) -> u64 {
     let answer = std::thread::scope(|scope| {
         let request = scope.spawn(|| {
             gateway.request(
@@ -275,13 +277,22 @@ fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
         .as_u64()
         .unwrap();
     assert!(charged > 40, "charged {charged}");
-    // The settlement failed at least once, and waits.
     eventually(Duration::from_secs(10), || {
         match gateway.metric("maas_limiter_calls_total", &[("result", "settle_retry")]) {
             Some(n) if n >= 1.0 => Ok(()),
             other => Err(format!("no failed settlement yet: {other:?}")),
         }
     });
+    charged
+}
+
+/// Restarts the limiter and waits for the waiting settlement; then the
+/// limiter counts exactly what the gateway charged.
+fn assert_counted_when_the_limiter_returns(
+    gateway: &Gateway,
+    limiter: &mut LimiterProcess,
+    charged: u64,
+) {
     limiter.restart().unwrap();
     eventually(Duration::from_secs(20), || {
         match gateway.metric("maas_limiter_calls_total", &[("result", "settled")]) {
@@ -292,11 +303,82 @@ fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
             )),
         }
     });
-
-    // The limiter now counts exactly what the gateway charged.
+    // Past the hold's end, so only the commit counts.
     std::thread::sleep(Duration::from_millis(3_100));
-    assert_eq!(tokens_check(&limiter, LIMIT - charged), Code::Ok);
-    assert_eq!(tokens_check(&limiter, LIMIT - charged + 1), Code::OverLimit);
+    assert_eq!(tokens_check(limiter, OUTAGE_LIMIT - charged), Code::Ok);
+    assert_eq!(
+        tokens_check(limiter, OUTAGE_LIMIT - charged + 1),
+        Code::OverLimit
+    );
+}
+
+#[test]
+fn usage_settled_while_the_limiter_is_down_is_counted_when_it_returns() {
+    let config = outage_config();
+    let (redis, mut limiter) = start_limiter(&config, "settle-outage");
+    let upstream = MockUpstream::start();
+    let gateway = gateway_on(config, &upstream, &limiter);
+    let charged = settle_into_an_outage(&gateway, &mut limiter);
+    assert_counted_when_the_limiter_returns(&gateway, &mut limiter, charged);
+    drop(redis);
+}
+
+/// A configuration pushed while a settlement waits (a new key, a reload, a
+/// new WasmPlugin) ends the filter context that holds it. Envoy asks that
+/// context to end once its requests are drained; the usage it still has to
+/// deliver is nobody else's, so it lives on until the limiter takes it.
+#[test]
+fn usage_waiting_when_the_configuration_is_replaced_is_still_counted() {
+    let config = outage_config();
+    let (redis, mut limiter) = start_limiter(&config, "settle-reload");
+    let upstream = MockUpstream::start();
+    let mut gateway = Gateway::builder()
+        .filter_config(config.clone())
+        .model(MODEL, upstream.addr())
+        .limiter(limiter.addr())
+        .log_level("info")
+        .reloadable()
+        .start();
+    let charged = settle_into_an_outage(&gateway, &mut limiter);
+
+    let mut replaced = config;
+    replaced["keys"].as_array_mut().unwrap().push(json!({
+        "id": "team-2", "owner": "team", "subscription": "shared",
+        "sha256": maas_filter::auth::keys::KeyDigest::of("sk-second-key").to_hex()
+    }));
+    gateway.replace_filter_config(replaced);
+    // Envoy drains the old filter chain for a second, then ends the old
+    // configuration's context, which holds the waiting settlement.
+    eventually(Duration::from_secs(20), || {
+        let log = gateway.envoy_log();
+        if log.contains("configuration replaced; delivering its 1 waiting settlements") {
+            Ok(())
+        } else {
+            Err(format!(
+                "the replaced configuration has not ended with its settlement waiting:\n{log}"
+            ))
+        }
+    });
+    assert_counted_when_the_limiter_returns(&gateway, &mut limiter, charged);
+    // And then it ends, its last settlement delivered.
+    eventually(Duration::from_secs(10), || {
+        if gateway
+            .envoy_log()
+            .contains("settlements are delivered; it ends")
+        {
+            Ok(())
+        } else {
+            Err("the replaced configuration lives on".to_owned())
+        }
+    });
+    // The new configuration serves: its new key is known (and the limiter
+    // admits it).
+    let r = gateway.post_json(
+        "/v1/chat/completions",
+        &[("authorization", "Bearer sk-second-key")],
+        &json!({"model": MODEL, "max_tokens": 5, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
     drop(redis);
 }
 

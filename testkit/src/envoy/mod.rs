@@ -16,6 +16,7 @@
 //! is stopped (SIGTERM, then SIGKILL) and its scratch directory removed on
 //! drop. When a test panics the directory is kept and Envoy's log tail printed.
 
+mod listener_file;
 mod passthrough;
 mod process;
 mod scratch_dir;
@@ -32,6 +33,8 @@ use serde_json::Value;
 pub use crate::artifacts::{
     envoy_binary, filter_wasm, find_envoy_binary, find_filter_wasm, ENVOY_VERSION,
 };
+use listener_file::ListenerFile;
+pub use listener_file::SplitError;
 pub use passthrough::{passthrough_wasm_file, PASSTHROUGH_WASM};
 pub use scratch_dir::ScratchDir;
 pub use tls_front::TlsFront;
@@ -52,6 +55,11 @@ const DEFAULT_READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// The listener the template declares.
 const LISTENER_NAME: &str = "gateway";
 const LOG_TAIL_LINES: usize = 40;
+/// How long a reloadable gateway drains a replaced filter chain before it
+/// ends it (Envoy's default is 600 s).
+const RELOAD_DRAIN_TIME_S: u32 = 1;
+/// How long a replaced configuration may take to be taken.
+const RELOAD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a gateway did not start. The Envoy variants carry its log tail, which
 /// is where the reason (a bad filter config, a YAML error) actually is.
@@ -59,6 +67,8 @@ const LOG_TAIL_LINES: usize = 40;
 pub enum StartError {
     #[error("cannot render the Envoy bootstrap: {0}")]
     Render(#[from] RenderError),
+    #[error(transparent)]
+    ListenerFile(#[from] SplitError),
     #[error("cannot prepare {path:?}: {source}")]
     Io { path: PathBuf, source: io::Error },
     #[error("envoy exited ({status}) before becoming ready\n{log_tail}")]
@@ -91,6 +101,7 @@ pub struct GatewayBuilder {
     control_plane: Option<SocketAddr>,
     limiter: Option<SocketAddr>,
     oidc: Option<OidcSpec>,
+    reloadable: bool,
 }
 
 impl Default for GatewayBuilder {
@@ -111,6 +122,7 @@ impl Default for GatewayBuilder {
             control_plane: None,
             limiter: None,
             oidc: None,
+            reloadable: false,
         }
     }
 }
@@ -211,6 +223,15 @@ impl GatewayBuilder {
         self
     }
 
+    /// The listener from a file Envoy watches, so that
+    /// [`Gateway::replace_filter_config`] can replace the filter's
+    /// configuration while Envoy runs; a replaced filter chain drains for
+    /// one second.
+    pub fn reloadable(mut self) -> Self {
+        self.reloadable = true;
+        self
+    }
+
     /// Starts Envoy and waits until it serves; panics with Envoy's log tail otherwise.
     pub fn start(self) -> Gateway {
         self.try_start()
@@ -249,12 +270,22 @@ impl GatewayBuilder {
             models: self.models,
         };
         let config_path = dir.join("gateway.yaml");
+        let mut bootstrap = render_gateway(&template, &spec)?;
+        let reload = if self.reloadable {
+            let listeners = ListenerFile::new(dir.path().to_owned());
+            bootstrap = listeners.split(&bootstrap)?;
+            Some(Reload {
+                listeners,
+                template,
+                spec: spec.clone(),
+            })
+        } else {
+            None
+        };
         // The bootstrap holds the control plane's gateway token.
-        write_private(&config_path, render_gateway(&template, &spec)?).map_err(|source| {
-            StartError::Io {
-                path: config_path.clone(),
-                source,
-            }
+        write_private(&config_path, bootstrap).map_err(|source| StartError::Io {
+            path: config_path.clone(),
+            source,
         })?;
 
         let admin_address_file = dir.join("admin.txt");
@@ -267,6 +298,7 @@ impl GatewayBuilder {
             admin_address_file: &admin_address_file,
             log_file: &log_files[0],
             stdio_file: &log_files[1],
+            drain_time_s: reload.as_ref().map(|_| RELOAD_DRAIN_TIME_S),
         })
         .map_err(|source| StartError::Io {
             path: binary.clone(),
@@ -282,6 +314,7 @@ impl GatewayBuilder {
                 access_log_path: spec.access_log_path,
                 log_files,
                 dir,
+                reload,
             }),
             Err(not_ready) => {
                 process.terminate();
@@ -311,6 +344,14 @@ pub struct Gateway {
     access_log_path: PathBuf,
     log_files: [PathBuf; 2],
     dir: ScratchDir,
+    reload: Option<Reload>,
+}
+
+/// What a reloadable gateway re-renders its listener from.
+struct Reload {
+    listeners: ListenerFile,
+    template: String,
+    spec: GatewaySpec,
 }
 
 impl Gateway {
@@ -434,6 +475,45 @@ impl Gateway {
     /// Envoy's own log (`--log-path`).
     pub fn envoy_log(&self) -> String {
         std::fs::read_to_string(&self.log_files[0]).unwrap_or_default()
+    }
+
+    /// Replaces the filter's configuration in the running Envoy (a gateway
+    /// built [`reloadable`](GatewayBuilder::reloadable)) and waits until
+    /// Envoy has taken the new listener; panics with Envoy's log if it
+    /// refuses it. Requests from then on meet the new configuration; the old
+    /// one ends after the drain time, once its requests are done.
+    pub fn replace_filter_config(&mut self, config: Value) {
+        let reload = self
+            .reload
+            .as_mut()
+            .expect("replace_filter_config needs a gateway built reloadable()");
+        reload.spec.filter_config = config;
+        let rendered = render_gateway(&reload.template, &reload.spec)
+            .unwrap_or_else(|error| panic!("cannot render the new listener: {error}"));
+        let taken = |gateway: &Self, outcome: &str| {
+            gateway
+                .metric(&format!("envoy_listener_manager_lds_update_{outcome}"), &[])
+                .unwrap_or(0.0)
+        };
+        let before = taken(self, "success");
+        let reload = self.reload.as_ref().expect("checked above");
+        reload
+            .listeners
+            .replace(&rendered)
+            .unwrap_or_else(|error| panic!("{error}"));
+        eventually(RELOAD_TIMEOUT, || {
+            let refused = taken(self, "rejected");
+            assert!(
+                refused == 0.0,
+                "envoy refused the new listener:\n{}",
+                self.envoy_log()
+            );
+            if taken(self, "success") > before {
+                Ok(())
+            } else {
+                Err("envoy has not taken the new listener yet".to_owned())
+            }
+        });
     }
 
     /// Stops Envoy now (what drop does), e.g. to check it exits cleanly.

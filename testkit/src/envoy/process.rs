@@ -33,6 +33,9 @@ pub struct Launch<'a> {
     pub log_file: &'a Path,
     /// Envoy's own stdout/stderr: early failures land here, before `--log-path` applies.
     pub stdio_file: &'a Path,
+    /// How long a replaced listener or filter chain drains (`--drain-time-s`);
+    /// `None`: Envoy's default.
+    pub drain_time_s: Option<u32>,
 }
 
 /// What the readiness wait found: where Envoy listens.
@@ -71,6 +74,12 @@ impl EnvoyProcess {
             .arg("--log-path")
             .arg(launch.log_file)
             .args(["--file-flush-interval-msec", FILE_FLUSH_INTERVAL_MSEC])
+            .args(
+                launch
+                    .drain_time_s
+                    .iter()
+                    .flat_map(|s| ["--drain-time-s".to_owned(), s.to_string()]),
+            )
             .stdin(Stdio::null())
             .stdout(stdio.try_clone()?)
             .stderr(stdio);

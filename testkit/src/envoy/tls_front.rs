@@ -63,6 +63,7 @@ impl TlsFront {
             admin_address_file: &admin_address_file,
             log_file: &log_files[0],
             stdio_file: &log_files[1],
+            drain_time_s: None,
         })
         .map_err(|error| format!("cannot start {binary:?}: {error}"))?;
         match process.wait_ready(&admin_address_file, LISTENER_NAME, READY_TIMEOUT) {
