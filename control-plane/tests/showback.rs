@@ -25,16 +25,7 @@ const KEY: &str = "sk-test-showback-1";
 #[test]
 fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
     let upstream = MockUpstream::start();
-    let config = json!({
-        "models": ["m1"],
-        "subscriptions": {"team-a": {"models": ["m1"], "limits": "unlimited"}},
-        "keys": [{"id": "k1", "owner": "alice", "subscription": "team-a", "sha256": KeyDigest::of(KEY).to_hex()}]
-    });
-    let gateway = Gateway::builder()
-        .filter_config(config)
-        .model("m1", upstream.addr())
-        .concurrency(1)
-        .start();
+    let gateway = showback_gateway(&upstream);
 
     let dir = std::env::temp_dir().join(format!("maas-showback-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -50,36 +41,16 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
     // Let the sampler take its baseline before any traffic.
     std::thread::sleep(Duration::from_millis(500));
 
-    let auth = format!("Bearer {KEY}");
     let mut expected = Usage::default();
     for (prompt, completion) in [(11, 7), (20, 3)] {
-        let (p, c) = (prompt.to_string(), completion.to_string());
-        let r = gateway.post_json(
-            "/v1/chat/completions",
-            &[
-                ("authorization", auth.as_str()),
-                ("content-type", "application/json"),
-                ("x-mock-prompt-tokens", p.as_str()),
-                ("x-mock-completion-tokens", c.as_str()),
-            ],
-            &json!({"model": "m1", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
-        );
-        assert_eq!(r.status, 200, "{}", r.text());
-        assert_eq!(r.json()["usage"]["prompt_tokens"], prompt);
+        chat(&gateway, prompt, completion);
         expected.requests += 1;
         expected.prompt_tokens += prompt;
         expected.completion_tokens += completion;
     }
 
-    let rows = eventually(Duration::from_secs(15), || {
-        let rows = runtime
-            .block_on(store.usage(0, i64::MAX))
-            .map_err(|e| e.to_string())?;
-        match rows.as_slice() {
-            [UsageRow { usage, .. }] if *usage == expected => Ok(rows),
-            _ => Err(format!("usage so far: {rows:?}, waiting for {expected:?}")),
-        }
-    });
+    await_usage(&runtime, &store, expected);
+    let rows = runtime.block_on(store.usage(0, i64::MAX)).unwrap();
     assert_eq!(rows[0].subscription, "team-a");
     assert_eq!(rows[0].model, "m1");
     // Per key: the filter's `key` label, through Envoy's stats tags. k1 is
@@ -91,6 +62,100 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
         .map(|d| (d.key.as_str(), d.owner.as_str(), d.usage))
         .collect();
     assert_eq!(keys, [("k1", "", expected)]);
+    drop(runtime);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// One completion through `gateway` whose upstream reports `prompt` and
+/// `completion` tokens.
+fn chat(gateway: &Gateway, prompt: u64, completion: u64) {
+    let (p, c) = (prompt.to_string(), completion.to_string());
+    let auth = format!("Bearer {KEY}");
+    let r = gateway.post_json(
+        "/v1/chat/completions",
+        &[
+            ("authorization", auth.as_str()),
+            ("content-type", "application/json"),
+            ("x-mock-prompt-tokens", p.as_str()),
+            ("x-mock-completion-tokens", c.as_str()),
+        ],
+        &json!({"model": "m1", "max_tokens": 16, "messages": [{"role": "user", "content": "hi"}]}),
+    );
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["usage"]["prompt_tokens"], prompt);
+}
+
+/// A gateway with key `KEY` of subscription team-a on m1, at `upstream`.
+fn showback_gateway(upstream: &MockUpstream) -> Gateway {
+    let config = json!({
+        "models": ["m1"],
+        "subscriptions": {"team-a": {"models": ["m1"], "limits": "unlimited"}},
+        "keys": [{"id": "k1", "owner": "alice", "subscription": "team-a", "sha256": KeyDigest::of(KEY).to_hex()}]
+    });
+    Gateway::builder()
+        .filter_config(config)
+        .model("m1", upstream.addr())
+        .concurrency(1)
+        .start()
+}
+
+/// Waits until the store holds exactly `expected` in all.
+fn await_usage(runtime: &tokio::runtime::Runtime, store: &Store, expected: Usage) {
+    eventually(Duration::from_secs(15), || {
+        let rows = runtime
+            .block_on(store.usage(0, i64::MAX))
+            .map_err(|e| e.to_string())?;
+        match rows.as_slice() {
+            [UsageRow { usage, .. }] if *usage == expected => Ok(()),
+            _ => Err(format!("usage so far: {rows:?}, waiting for {expected:?}")),
+        }
+    });
+}
+
+/// The control plane restarts (or another replica takes over) while the
+/// gateway serves: the next sampler counts on from the last stored reading,
+/// so what was used while nobody sampled is counted, once.
+#[test]
+fn usage_made_while_no_sampler_ran_is_counted_by_the_next() {
+    let upstream = MockUpstream::start();
+    let gateway = showback_gateway(&upstream);
+    let dir = std::env::temp_dir().join(format!("maas-showback-resume-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let url = format!("sqlite://{}?mode=rwc", dir.join("db").display());
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = runtime.block_on(Store::connect(&url)).unwrap();
+    let sampler = || {
+        runtime.spawn(sampler::run(
+            store.clone(),
+            Gateways::new(vec![gateway.admin_url("")]).unwrap(),
+            Duration::from_millis(200),
+        ))
+    };
+    let first = sampler();
+    std::thread::sleep(Duration::from_millis(500));
+    chat(&gateway, 11, 7);
+    let mut expected = Usage {
+        requests: 1,
+        prompt_tokens: 11,
+        completion_tokens: 7,
+    };
+    await_usage(&runtime, &store, expected);
+
+    first.abort();
+    chat(&gateway, 20, 3);
+    expected += Usage {
+        requests: 1,
+        prompt_tokens: 20,
+        completion_tokens: 3,
+    };
+    // Up for longer than the new sampler: before, its first reading was
+    // taken as the baseline, and the 23 tokens above were never counted.
+    let second = sampler();
+    await_usage(&runtime, &store, expected);
+    // And counted once: more readings add nothing.
+    std::thread::sleep(Duration::from_millis(600));
+    await_usage(&runtime, &store, expected);
+    second.abort();
     drop(runtime);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -197,13 +262,14 @@ fn two_replicas_on_one_database_add_usage_once_and_one_takes_over_when_the_other
     assert_eq!(holder(), Some(first));
 
     // The sampling replica dies: its session, and with it the lock, ends.
+    // Usage made before the other replica takes over is counted by it, from
+    // the last stored reading.
     a.abort();
+    admin.add(50);
     eventually(Duration::from_secs(10), || match holder() {
         Some(pid) if pid != first => Ok(()),
         other => Err(format!("the lease is held by {other:?}")),
     });
-    std::thread::sleep(settle); // b's baseline
-    admin.add(50);
     eventually(Duration::from_secs(10), || match prompt_tokens() {
         150 => Ok(()),
         n => Err(format!("{n} prompt tokens so far")),

@@ -1,28 +1,28 @@
 //! Reads each gateway's counters at a fixed interval and stores the usage
-//! since the previous reading. The first reading of a gateway that started
-//! after sampling did counts everything it has (nobody else can have counted
-//! it); the first reading of one that was already running only sets its
-//! baseline, so usage between the last reading before a control plane
-//! restart and the first after is not counted (a gap of one interval).
+//! since the previous reading, together with that reading (in one
+//! transaction), so whoever samples next counts on from exactly there.
 //!
 //! Invariant: one replica samples at a time, the one holding the store's
 //! [`SamplerLease`]; the others ask for it each interval and take over when
-//! its holder dies. A replica that takes over starts afresh (its first
-//! readings are baselines, as after a restart), since it cannot know what
-//! the previous holder counted.
+//! its holder dies. A replica that takes the lease (after a restart, a
+//! takeover, the database back after an outage) starts from the stored
+//! readings, so the usage made while nobody sampled is counted, once. A
+//! gateway with no stored reading counts everything it has on its first
+//! reading if it started after the sampler did (nobody else can have
+//! counted it), and only sets its baseline otherwise.
 //!
 //! A reading is Envoy's whole `/stats/prometheus`, with its
 //! `envoy_server_uptime`; anything else (an agent answering for a proxy it
 //! could not read, a page cut short) is no reading: counted against, it
 //! would make the next real one look like usage from zero.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Read as _;
 use std::time::{Duration, Instant};
 
-use super::counters::{delta, Snapshot, UPTIME_SLACK_SECS};
+use super::counters::{delta, restarted, Snapshot, UsageKey, UPTIME_SLACK_SECS};
 use super::gateways::Gateways;
-use crate::store::{SamplerLease, Store, UsageRow};
+use crate::store::{BaselineUpdate, GatewayCounters, SamplerLease, Store, UsageRow};
 
 /// Buckets are one minute: fine enough for a day's chart, coarse enough
 /// that a month is ~43,000 rows per subscription and model at most.
@@ -32,6 +32,8 @@ pub struct Sampler {
     /// When sampling started, on the clock readings are taken by.
     started: i64,
     last: HashMap<String, Snapshot>,
+    /// Gateways whose reading is stored (loaded, or written since).
+    stored: HashSet<String>,
 }
 
 /// The most a gateway's `/stats/prometheus` may be: its usage series grow
@@ -51,14 +53,39 @@ pub struct NotEnvoy;
 pub struct Reading {
     gateway: String,
     snapshot: Snapshot,
+    /// Its stored reading is replaced, not updated: the gateway restarted
+    /// since, or has none.
+    replace: bool,
+    /// The series whose usage was counted.
+    moved: Vec<UsageKey>,
 }
 
 impl Sampler {
-    /// A sampler starting at `now` (Unix seconds).
+    /// A sampler starting at `now` with no stored readings.
     pub fn new(now: i64) -> Self {
+        Self::resume(now, 0, Vec::new())
+    }
+
+    /// A sampler starting at `now` (seconds on the monotonic clock readings
+    /// are taken by) from the stored readings; `wall` is the Unix time now,
+    /// which places each stored reading on that clock by its age.
+    pub fn resume(now: i64, wall: i64, stored: Vec<GatewayCounters>) -> Self {
+        let stored: HashMap<String, Snapshot> = stored
+            .into_iter()
+            .map(|g| {
+                let age = wall.saturating_sub(g.read_at).max(0);
+                let snapshot = Snapshot {
+                    at: now.saturating_sub(age),
+                    uptime: Some(g.uptime),
+                    counters: g.counters,
+                };
+                (g.gateway, snapshot)
+            })
+            .collect();
         Self {
             started: now,
-            last: HashMap::new(),
+            stored: stored.keys().cloned().collect(),
+            last: stored,
         }
     }
 
@@ -81,37 +108,71 @@ impl Sampler {
         // lease may have counted some of its usage).
         let started_since = now.saturating_sub(self.started)
             >= i64::try_from(uptime.saturating_add(UPTIME_SLACK_SECS)).unwrap_or(i64::MAX);
-        let previous = match self.last.get(gateway) {
-            Some(previous) => Some(previous.clone()),
-            None if started_since => Some(Snapshot::default()),
+        let known = self.last.get(gateway);
+        let previous = match known {
+            Some(previous) => Some(previous),
+            None if started_since => Some(&Snapshot::default()),
             None => None,
         };
-        let rows = match previous {
-            Some(previous) => delta(&previous, &snapshot)
-                .into_iter()
-                .map(|(series, usage)| UsageRow {
-                    subscription: series.subscription,
-                    model: series.model,
-                    key: series.key,
-                    usage,
-                })
-                .collect(),
-            None => Vec::new(),
-        };
+        let counted = previous
+            .map(|previous| delta(previous, &snapshot))
+            .unwrap_or_default();
+        let replace =
+            !self.stored.contains(gateway) || known.is_some_and(|k| restarted(k, &snapshot));
+        let moved = counted.keys().cloned().collect();
+        let rows = counted
+            .into_iter()
+            .map(|(series, usage)| UsageRow {
+                subscription: series.subscription,
+                model: series.model,
+                key: series.key,
+                usage,
+            })
+            .collect();
         Ok((
             rows,
             Reading {
                 gateway: gateway.to_string(),
                 snapshot,
+                replace,
+                moved,
             },
         ))
     }
 
+    /// What storing `reading` (taken at Unix time `wall`) changes in its
+    /// gateway's stored reading; `None` when nothing needs storing (no
+    /// usage counted, and the stored reading still holds).
+    pub fn update(&self, reading: &Reading, wall: i64) -> Option<BaselineUpdate> {
+        if reading.moved.is_empty() && !reading.replace {
+            return None;
+        }
+        let counters = if reading.replace {
+            reading.snapshot.counters.clone().into_iter().collect()
+        } else {
+            reading
+                .moved
+                .iter()
+                .filter_map(|k| Some((k.clone(), *reading.snapshot.counters.get(k)?)))
+                .collect()
+        };
+        Some(BaselineUpdate {
+            gateway: reading.gateway.clone(),
+            read_at: wall,
+            uptime: reading.snapshot.uptime.unwrap_or_default(),
+            replace: reading.replace,
+            counters,
+        })
+    }
+
+    /// Makes `reading` the baseline, once its usage and [`Self::update`]
+    /// are stored.
     pub fn commit(&mut self, reading: Reading) {
         let baseline = match self.last.remove(&reading.gateway) {
             Some(previous) => previous.followed_by(reading.snapshot),
             None => reading.snapshot,
         };
+        self.stored.insert(reading.gateway.clone());
         self.last.insert(reading.gateway, baseline);
     }
 }
@@ -136,10 +197,21 @@ pub async fn run(store: Store, gateways: Gateways, interval: Duration) {
         tick.tick().await;
         if leading.is_none() {
             leading = match store.try_sampler_lease().await {
-                Ok(Some(lease)) => {
-                    tracing::info!("sampling the gateways' usage (this replica holds the lease)");
-                    Some((lease, Sampler::new(seconds_since(clock))))
-                }
+                Ok(Some(mut lease)) => match lease.baselines().await {
+                    Ok(stored) => {
+                        tracing::info!(
+                            stored = stored.len(),
+                            "sampling the gateways' usage from their stored readings \
+                             (this replica holds the lease)"
+                        );
+                        let now = seconds_since(clock);
+                        Some((lease, Sampler::resume(now, crate::time::unix_now(), stored)))
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot read the stored readings");
+                        None
+                    }
+                },
                 Ok(None) => None,
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot ask for the sampler lease");
@@ -181,12 +253,12 @@ async fn sample(
                 continue;
             }
         };
-        if rows.is_empty() {
+        let wall = crate::time::unix_now();
+        let Some(update) = sampler.update(&reading, wall) else {
             sampler.commit(reading);
             continue;
-        }
-        let bucket = bucket_start(crate::time::unix_now());
-        match lease.add_usage(bucket, &rows).await {
+        };
+        match lease.add_usage(bucket_start(wall), &rows, &update).await {
             Ok(()) => sampler.commit(reading),
             Err(e) if lease.is_held().await => {
                 tracing::warn!(error = %e, "cannot store usage; it is counted with the next reading")
@@ -277,6 +349,84 @@ mod tests {
         // Each gateway has its own baseline.
         assert!(step(&mut s, "gw2", &at(500), 1050).is_empty());
         assert_eq!(step(&mut s, "gw2", &at(501), 1060), counted("m", 1));
+    }
+
+    /// What the store keeps after `update`s, as a next holder loads it.
+    fn stored_after(updates: &[BaselineUpdate]) -> Vec<GatewayCounters> {
+        let mut out: Vec<GatewayCounters> = Vec::new();
+        for u in updates {
+            let i = out.iter().position(|g| g.gateway == u.gateway);
+            let g = match i {
+                Some(i) => &mut out[i],
+                None => {
+                    out.push(GatewayCounters::default());
+                    out.last_mut().unwrap()
+                }
+            };
+            if u.replace {
+                g.counters.clear();
+            }
+            g.gateway = u.gateway.clone();
+            g.read_at = u.read_at;
+            g.uptime = u.uptime;
+            g.counters.extend(u.counters.iter().cloned());
+        }
+        out
+    }
+
+    /// Observes, stores and commits (reading at `now` on both clocks).
+    fn step_stored(
+        s: &mut Sampler,
+        updates: &mut Vec<BaselineUpdate>,
+        text: &str,
+        now: i64,
+    ) -> Vec<(String, u64)> {
+        let (rows, reading) = s.observe("gw", text, now).unwrap();
+        updates.extend(s.update(&reading, now));
+        s.commit(reading);
+        rows.into_iter()
+            .map(|r| (r.model, r.usage.prompt_tokens))
+            .collect()
+    }
+
+    #[test]
+    fn the_next_holder_counts_on_from_the_stored_reading() {
+        let mut s = Sampler::new(1000);
+        let mut updates = Vec::new();
+        // A first reading is stored whole, though it counts nothing.
+        step_stored(&mut s, &mut updates, &text(5000, Some(100), Some(7)), 1010);
+        assert_eq!(updates.len(), 1);
+        assert!(updates[0].replace);
+        assert_eq!(updates[0].counters.len(), 2);
+        // Nothing moved: nothing to store.
+        step_stored(&mut s, &mut updates, &text(5010, Some(100), Some(7)), 1020);
+        assert_eq!(updates.len(), 1);
+        // Only the series that moved.
+        assert_eq!(
+            step_stored(&mut s, &mut updates, &text(5020, Some(130), Some(7)), 1030),
+            counted("m", 30)
+        );
+        assert_eq!((updates.len(), updates[1].replace), (2, false));
+        assert_eq!(updates[1].counters.len(), 1);
+
+        // The holder dies; 40 more are used; another takes over 60 s later
+        // (its own clocks: monotonic 7, wall 1090).
+        let stored = stored_after(&updates);
+        let mut next = Sampler::resume(7, 1090, stored.clone());
+        assert_eq!(
+            step_stored(&mut next, &mut updates, &text(5080, Some(170), Some(7)), 8),
+            counted("m", 40),
+            "the usage made while nobody sampled"
+        );
+        // A gateway that restarted while nobody sampled: all it has is new.
+        let after_restart = Sampler::resume(7, 1090, stored);
+        let (rows, reading) = after_restart
+            .observe("gw", &text(20, Some(4), None), 8)
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0].usage.prompt_tokens, 4);
+        let update = after_restart.update(&reading, 1091).unwrap();
+        assert!(update.replace, "the old process's series are dropped");
     }
 
     #[test]

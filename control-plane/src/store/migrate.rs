@@ -43,6 +43,11 @@ pub(super) const MIGRATIONS: &[(i64, &str, &str)] = &[
         "usage_by_key",
         include_str!("../../migrations/0007_usage_by_key.sql"),
     ),
+    (
+        8,
+        "sampler_baselines",
+        include_str!("../../migrations/0008_sampler_baselines.sql"),
+    ),
 ];
 
 pub(super) fn migrator() -> Migrator {

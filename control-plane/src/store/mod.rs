@@ -17,7 +17,8 @@
 //! - a key recorded as minted through OIDC groups is revoked, in the same
 //!   transaction, by the subscription change that leaves it none of them
 //!   (`group_access`);
-//! - sampled usage is added by one replica at a time (`sampler_lease`).
+//! - sampled usage is added by one replica at a time (`sampler_lease`),
+//!   with the reading it was counted up to (`sampler_baselines`).
 
 mod audit;
 mod database_url;
@@ -27,6 +28,7 @@ mod keys;
 mod migrate;
 mod prices;
 mod rows;
+mod sampler_baselines;
 mod sampler_lease;
 mod subscriptions;
 mod sync;
@@ -43,6 +45,7 @@ pub use database_url::redacted as redacted_url;
 pub use error::StoreError;
 pub use keys::Admission;
 pub use rows::{AuditRow, Changes, KeyRow, SubscriptionRow};
+pub use sampler_baselines::{BaselineUpdate, GatewayCounters};
 pub use sampler_lease::SamplerLease;
 pub use subscriptions::SubscriptionPut;
 pub use usage::{UsageDetail, UsageRow};

@@ -10,9 +10,10 @@
 //! is one file of one replica (see `istio/base/control-plane.yaml`): the
 //! lease is always granted.
 
-use sqlx::AnyConnection;
+use sqlx::{AnyConnection, Connection as _};
 
-use super::usage::{add_usage_on, UsageRow};
+use super::sampler_baselines::{self, BaselineUpdate, GatewayCounters};
+use super::usage::{add_rows, UsageRow};
 use super::{Store, StoreError};
 
 /// The advisory lock's key: "maassamp" in ASCII. Advisory locks are per
@@ -57,13 +58,24 @@ impl Store {
 }
 
 impl SamplerLease {
-    /// [`Store::add_usage`], through the lease's own session.
+    /// The last holder's stored readings: where this holder counts on from.
+    pub async fn baselines(&mut self) -> Result<Vec<GatewayCounters>, StoreError> {
+        sampler_baselines::load(&mut self.conn).await
+    }
+
+    /// [`Store::add_usage`], through the lease's own session, and the
+    /// reading the usage was counted up to, in one transaction.
     pub async fn add_usage(
         &mut self,
         bucket_start: i64,
         rows: &[UsageRow],
+        reading: &BaselineUpdate,
     ) -> Result<(), StoreError> {
-        add_usage_on(&mut self.conn, bucket_start, rows).await
+        let mut tx = self.conn.begin().await?;
+        add_rows(&mut tx, bucket_start, rows).await?;
+        sampler_baselines::store(&mut tx, reading).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     /// Whether the lease's session still answers: after a failed write, it

@@ -61,7 +61,7 @@ impl UsageRow {
     }
 }
 
-fn to_db(v: u64) -> i64 {
+pub(super) fn to_db(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
@@ -181,11 +181,11 @@ impl Store {
 }
 
 /// The summed counters of a usage query's row.
-fn usage_of(row: &sqlx::any::AnyRow) -> Result<Usage, StoreError> {
+pub(super) fn usage_of(row: &sqlx::any::AnyRow) -> Result<Usage, StoreError> {
     let count = |name: &str| -> Result<u64, StoreError> {
         let v: i64 = row.try_get(name)?;
         u64::try_from(v)
-            .map_err(|_| StoreError::Corrupt(format!("negative {name} in usage_buckets")))
+            .map_err(|_| StoreError::Corrupt(format!("negative {name} stored as usage")))
     };
     Ok(Usage {
         requests: count("requests")?,
@@ -201,6 +201,18 @@ pub(super) async fn add_usage_on(
     rows: &[UsageRow],
 ) -> Result<(), StoreError> {
     let mut tx = conn.begin().await?;
+    add_rows(&mut tx, bucket_start, rows).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Adds `rows` to the bucket starting at `bucket_start`, within the
+/// caller's transaction.
+pub(super) async fn add_rows(
+    conn: &mut AnyConnection,
+    bucket_start: i64,
+    rows: &[UsageRow],
+) -> Result<(), StoreError> {
     for r in rows {
         // Portable upsert: SQLite ≥ 3.24 and PostgreSQL share this form.
         sqlx::query(
@@ -219,9 +231,8 @@ pub(super) async fn add_usage_on(
         .bind(to_db(r.usage.requests))
         .bind(to_db(r.usage.prompt_tokens))
         .bind(to_db(r.usage.completion_tokens))
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     }
-    tx.commit().await?;
     Ok(())
 }

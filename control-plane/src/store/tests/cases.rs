@@ -484,6 +484,86 @@ pub async fn reopen_keeps_data(store: &Store, url: &str) {
     again.close().await;
 }
 
+pub async fn sampled_usage_is_stored_with_the_reading_it_was_counted_to(store: &Store) {
+    use crate::showback::{Usage, UsageKey};
+    use crate::store::{BaselineUpdate, GatewayCounters, UsageRow};
+    let series = |model: &str, prompt_tokens: u64| {
+        let key = UsageKey {
+            subscription: "a".into(),
+            model: model.into(),
+            key: "k1".into(),
+        };
+        let usage = Usage {
+            requests: 1,
+            prompt_tokens,
+            completion_tokens: 0,
+        };
+        (key, usage)
+    };
+    let update = |read_at: i64, uptime: u64, replace: bool, counters: Vec<(UsageKey, Usage)>| {
+        BaselineUpdate {
+            gateway: "http://gw:15000".into(),
+            read_at,
+            uptime,
+            replace,
+            counters,
+        }
+    };
+    let mut lease = store.try_sampler_lease().await.unwrap().unwrap();
+    assert_eq!(lease.baselines().await.unwrap(), []);
+    let usage = [UsageRow::new("a", "m1", 1, 10, 0).through_key("k1")];
+    lease
+        .add_usage(
+            60,
+            &usage,
+            &update(100, 5000, true, vec![series("m1", 10), series("m2", 7)]),
+        )
+        .await
+        .unwrap();
+    // An update moves the series it names and keeps the others.
+    lease
+        .add_usage(
+            120,
+            &usage,
+            &update(160, 5060, false, vec![series("m1", 20)]),
+        )
+        .await
+        .unwrap();
+    let stored = lease.baselines().await.unwrap();
+    let expected = GatewayCounters {
+        gateway: "http://gw:15000".into(),
+        read_at: 160,
+        uptime: 5060,
+        counters: [series("m1", 20), series("m2", 7)].into_iter().collect(),
+    };
+    assert_eq!(stored, [expected]);
+    assert_eq!(
+        store.usage(0, 1_000).await.unwrap()[0].usage.prompt_tokens,
+        20
+    );
+    // A restart replaces every series.
+    lease
+        .add_usage(180, &usage, &update(200, 3, true, vec![series("m1", 10)]))
+        .await
+        .unwrap();
+    let stored = lease.baselines().await.unwrap();
+    assert_eq!(stored[0].counters, [series("m1", 10)].into_iter().collect());
+    assert_eq!(stored[0].uptime, 3);
+    drop(lease);
+    // Another holder reads what the last one stored (PostgreSQL releases
+    // the lock once it sees the session end).
+    let mut next = None;
+    for _ in 0..100 {
+        next = store.try_sampler_lease().await.unwrap();
+        if next.is_some() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let mut next = next.expect("the lease was not released");
+    assert_eq!(next.baselines().await.unwrap(), stored);
+}
+
 pub async fn usage_adds_up_per_bucket_and_sums_over_a_range(store: &Store) {
     use crate::store::UsageRow;
     let row = UsageRow::new;

@@ -49,6 +49,7 @@ for_each_backend!(
     hostile_strings_are_stored_verbatim,
     concurrent_inserts_get_distinct_versions,
     usage_adds_up_per_bucket_and_sums_over_a_range,
+    sampled_usage_is_stored_with_the_reading_it_was_counted_to,
     key_cap_counts_live_keys_of_one_owner_in_one_subscription,
     concurrent_mints_never_exceed_the_cap,
     usage_is_kept_per_key_and_detailed_per_day_with_owners,
