@@ -140,7 +140,9 @@ pub struct ParsedOutput {
 /// Splits a finished answer into text and calls. A call whose JSON does not
 /// parse, that lacks a string `name`, whose arguments are not an object (a
 /// JSON string holding one is read), or that names a tool not in
-/// `known_tools`, is no call: the whole answer is then text.
+/// `known_tools`, is no call: the whole answer is then text. Only a last
+/// Hermes block cut inside its JSON (the budget ran out) after whole calls
+/// leaves them calls, the cut block text, as a stream delivers them.
 pub fn parse(format: ToolCallFormat, text: &str, known_tools: &[&str]) -> ParsedOutput {
     let found = match format {
         ToolCallFormat::Hermes => hermes(text, known_tools),
@@ -332,27 +334,64 @@ fn hermes(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     let mut rest = text;
     while let Some((before, block)) = rest.split_once(HERMES_OPEN) {
         content.push_str(before);
-        // The block's JSON is read as JSON, so a marker inside one of its
-        // strings (arguments holding "</tool_call>") is text, as the
-        // streaming parser reads it. After it: the close; or, for a block
-        // left open, the next block or the answer's end (a stop or the
-        // budget cut it short).
-        let json = block.trim_start();
-        let mut values = serde_json::Deserializer::from_str(json).into_iter::<&RawValue>();
-        let value = values.next()?.ok()?;
-        let after = json.get(values.byte_offset()..)?.trim_start();
-        rest = match after.strip_prefix(HERMES_CLOSE) {
-            Some(after_close) => after_close,
-            None if after.is_empty() || after.starts_with(HERMES_OPEN) => after,
-            None => return None,
-        };
-        push_calls(value, known, &mut calls)?;
+        match hermes_block(block, known, &mut calls) {
+            Ok(after) => rest = after,
+            // A last block cut inside its JSON (the budget, a stop string)
+            // keeps the whole calls before it, which the stream delivered
+            // too, and is text.
+            Err(HermesBlock::Cut) if !calls.is_empty() => {
+                content.push_str(HERMES_OPEN);
+                rest = block;
+                break;
+            }
+            Err(_) => return None,
+        }
     }
     content.push_str(rest);
     Some(ParsedOutput {
         content: non_empty(&content),
         tool_calls: calls,
     })
+}
+
+/// Why a Hermes block gave no call.
+enum HermesBlock {
+    /// Its JSON runs on to the answer's end.
+    Cut,
+    /// Not a call of a known tool.
+    NoCall,
+}
+
+/// One Hermes block after its `<tool_call>`: its calls pushed, and what
+/// follows it.
+fn hermes_block<'t>(
+    block: &'t str,
+    known: &[&str],
+    calls: &mut Vec<ToolCall>,
+) -> Result<&'t str, HermesBlock> {
+    // The block's JSON is read as JSON, so a marker inside one of its
+    // strings (arguments holding "</tool_call>") is text, as the streaming
+    // parser reads it. After it: the close; or, for a block left open, the
+    // next block or the answer's end (a stop or the budget cut it short).
+    let json = block.trim_start();
+    let mut values = serde_json::Deserializer::from_str(json).into_iter::<&RawValue>();
+    let value = match values.next() {
+        Some(Ok(value)) => value,
+        Some(Err(e)) if e.is_eof() => return Err(HermesBlock::Cut),
+        None => return Err(HermesBlock::Cut),
+        Some(Err(_)) => return Err(HermesBlock::NoCall),
+    };
+    let after = json
+        .get(values.byte_offset()..)
+        .ok_or(HermesBlock::NoCall)?
+        .trim_start();
+    let rest = match after.strip_prefix(HERMES_CLOSE) {
+        Some(after_close) => after_close,
+        None if after.is_empty() || after.starts_with(HERMES_OPEN) => after,
+        None => return Err(HermesBlock::NoCall),
+    };
+    push_calls(value, known, calls).ok_or(HermesBlock::NoCall)?;
+    Ok(rest)
 }
 
 fn llama3(text: &str, known: &[&str]) -> Option<ParsedOutput> {
@@ -594,6 +633,20 @@ mod tests {
             calls(&p),
             [("get_time", "{}"), ("get_weather", r#"{"city":"Oslo"}"#)]
         );
+        // A second block cut inside its JSON: the first call stays, the
+        // rest is text (as the stream gave them).
+        let cut =
+            "<tool_call>{\"name\": \"get_time\"}</tool_call>\n<tool_call>{\"name\": \"get_wea";
+        let p = parse(Hermes, cut, KNOWN);
+        assert_eq!(calls(&p), [("get_time", "{}")]);
+        assert_eq!(
+            p.content.as_deref(),
+            Some("<tool_call>{\"name\": \"get_wea")
+        );
+        // Cut in the first: no call at all, the text as it came.
+        let p = parse(Hermes, "<tool_call>{\"name\": \"get_t", KNOWN);
+        assert!(p.tool_calls.is_empty());
+        assert_eq!(p.content.as_deref(), Some("<tool_call>{\"name\": \"get_t"));
     }
 
     #[test]

@@ -147,7 +147,25 @@ pub fn parse(
         }
         let parameters = match function.get("parameters") {
             None | Some(Value::Null) => json!({"type": "object", "properties": {}}),
-            Some(p @ Value::Object(_)) => p.clone(),
+            // A call's arguments are an object (OpenAI refuses any other
+            // root type): a schema that names another could never be read
+            // back as a call, and `required` would end with none.
+            Some(Value::Object(p)) => match p.get("type") {
+                None => {
+                    let mut p = p.clone();
+                    p.insert("type".into(), json!("object"));
+                    Value::Object(p)
+                }
+                Some(t) if t == "object" => Value::Object(p.clone()),
+                Some(t) => {
+                    return Err(bad(
+                        "tools",
+                        format!(
+                            "tools[{i}].function.parameters must be a schema of type \"object\"; got type {t}."
+                        ),
+                    ))
+                }
+            },
             Some(other) => {
                 return Err(bad(
                     "tools",
@@ -489,6 +507,15 @@ mod tests {
         assert!(takes(compiled, &call), "{g}");
     }
 
+    /// Arguments are an object even where the schema does not say so.
+    #[test]
+    fn parameters_without_a_type_are_an_object() {
+        let tools = json!([{"type": "function", "function": {"name": "f",
+            "parameters": {"properties": {"x": {"type": "integer"}}}}}]);
+        let t = parse(Some(tools), None, None).unwrap().unwrap();
+        assert_eq!(t.tools[0].parameters["type"], "object");
+    }
+
     #[test]
     fn bad_tools_are_refused_naming_the_field() {
         for (tools, choice, param, says) in [
@@ -516,6 +543,12 @@ mod tests {
                 None,
                 "tools",
                 "JSON schema object",
+            ),
+            (
+                json!([{"type": "function", "function": {"name": "f", "parameters": {"type": "string"}}}]),
+                Some(json!("required")),
+                "tools",
+                "of type \"object\"",
             ),
             (
                 json!([{"type": "function", "function": {"name": "f"}},

@@ -194,12 +194,10 @@ pub(super) fn generation(f: GenerationFields, shape: Shape) -> Result<Generation
     let forced = tools
         .as_ref()
         .is_some_and(|t| matches!(t.choice, ToolChoice::Required | ToolChoice::Named(_)));
-    if forced && format.is_some() {
-        return Err(ApiError::invalid(
-            Some("response_format"),
-            "`response_format` cannot be combined with a `tool_choice` that forces a call.",
-        ));
-    }
+    // A forced call is the whole answer, so a format (checked above) has
+    // nothing to shape: the call wins, as with OpenAI and vLLM. Agent SDKs
+    // send both when a step names a tool and the agent an output type.
+    let format = format.filter(|_| !forced);
     let penalty = |value: Option<f64>, param: &'static str| {
         let v = value.unwrap_or(0.0);
         if (-2.0..=2.0).contains(&v) {
@@ -348,7 +346,7 @@ fn response_format(value: Option<serde_json::Value>) -> Result<Option<ResponseFo
             }
             let strict = spec.get("strict").and_then(Value::as_bool) == Some(true);
             match spec.get("schema") {
-                Some(schema @ (Value::Object(_) | Value::Bool(true))) => {
+                Some(schema @ Value::Object(_)) => {
                     let mut schema = schema.clone();
                     if !strict {
                         grammar::compact_lenient_json(&mut schema);
@@ -834,17 +832,24 @@ mod tests {
     }
 
     #[test]
-    fn tools_belong_to_chat_and_a_forced_call_excludes_a_response_format() {
+    fn tools_belong_to_chat_and_a_forced_call_outranks_a_response_format() {
         let tools = r#","tools":[{"type":"function","function":{"name":"f"}}]"#;
         let body = format!(r#"{{"model":"m"{tools}}}"#);
         let e = generation(serde_json::from_str(&body).unwrap(), Shape::Completion).unwrap_err();
         assert_eq!(e.param, Some("tools"));
         assert!(fields(tools).unwrap().tools.is_some());
-        let e = fields(&format!(
+        let both = fields(&format!(
             r#"{tools},"tool_choice":"required","response_format":{{"type":"json_object"}}"#
         ))
+        .unwrap();
+        assert!(both.tools.is_some());
+        assert_eq!(both.format, None, "the forced call is the answer");
+        // The format is still checked.
+        let e = fields(&format!(
+            r#"{tools},"tool_choice":"required","response_format":{{"type":"json_schema","json_schema":{{"name":"x","schema":true}}}}"#
+        ))
         .unwrap_err();
-        assert_eq!(e.param, Some("response_format"));
+        assert_eq!(e.param, Some("response_format.json_schema.schema"));
     }
 
     #[test]

@@ -230,7 +230,21 @@ impl Vocabulary {
             .map_err(|_| GrammarError::Vocabulary(format!("{size} tokens is too many")))?;
         let mut info = TokRxInfo::new(size, eos);
         info.tok_bos = tokenizer.bos_token_id();
-        let trie = TokTrie::from(&info, &words);
+        // Every token that ends the answer ends the grammar too: with only
+        // one, a grammar that may go on (several tool calls) would mask the
+        // end-of-turn token a model ends with when it is not the file's
+        // end-of-sequence one (Phi-3's `<|end|>`, Gemma's `<end_of_turn>`),
+        // and force more output where the model meant to stop.
+        let ends: Vec<TokenId> = std::iter::once(eos)
+            .chain(tokenizer.stop_token_ids().iter().copied())
+            .filter(|&id| id < size)
+            .fold(Vec::new(), |mut ends, id| {
+                if !ends.contains(&id) {
+                    ends.push(id);
+                }
+                ends
+            });
+        let trie = TokTrie::from(&info, &words).with_eos_tokens(&ends);
         Ok(Self { trie, tokenizer })
     }
 }
@@ -355,6 +369,34 @@ mod tests {
             );
         } else {
             assert!(text.starts_with('{'), "{text}");
+        }
+    }
+
+    #[test]
+    fn a_grammar_that_may_end_allows_every_end_of_turn_token() {
+        let tokenizer = smollm_tokenizer();
+        let stops = tokenizer.stop_token_ids().to_vec();
+        assert!(
+            stops.len() > 1,
+            "SmolLM2 ends turns with several: {stops:?}"
+        );
+        let grammars = grammars();
+        // May stop after "a", or go on with more "b"s (as several tool
+        // calls may).
+        let mut c = grammars
+            .compile(&ResponseFormat::Lark(r#"start: "a" "b"*"#.into()))
+            .unwrap();
+        let a = tokenizer.encode_plain("a").unwrap();
+        assert_eq!(a.len(), 1);
+        c.commit(a[0]).unwrap();
+        let mut logits = vec![0.0; tokenizer.vocab_size()];
+        c.mask_logits(&mut logits).unwrap();
+        for stop in stops {
+            assert!(
+                logits[stop as usize].is_finite(),
+                "{:?} is masked",
+                tokenizer.token_text(stop)
+            );
         }
     }
 
