@@ -228,7 +228,7 @@ async fn chat_completions(
         let req = parse_chat(&body)?;
         let ready = app.ready()?;
         let valid = validation::chat(req, &app.model_id, ready).await?;
-        generate(&app, ready, valid, Shape::Chat, received).await
+        generate(&app, ready, valid, Shape::Chat, (received, &headers)).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
@@ -241,10 +241,25 @@ async fn completions(State(app): State<Arc<AppState>>, headers: HeaderMap, body:
         let req = parse_completion(&body)?;
         let ready = app.ready()?;
         let valid = validation::completion(req, &app.model_id, ready).await?;
-        generate(&app, ready, valid, Shape::Completion, received).await
+        generate(&app, ready, valid, Shape::Completion, (received, &headers)).await
     }
     .await;
     result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// The header in which the gateway asserts the caller's subscription (it
+/// drops any value a client sent).
+const SUBSCRIPTION_HEADER: &str = "x-maas-subscription";
+
+/// The prefix cache's scope of a request: the subscription the gateway
+/// asserts, so that one tenant's prompts never share cached blocks with
+/// another's (what was cached shows in `cached_tokens` and in the time to
+/// the first token). OpenAI scopes its prompt cache by organization the
+/// same way. A request without it (no gateway in front) shares with every
+/// other such request.
+fn cache_scope(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(SUBSCRIPTION_HEADER)?;
+    Some(String::from_utf8_lossy(value.as_bytes()).into_owned())
 }
 
 /// Admits a validated request and answers with what the engine sends back.
@@ -253,7 +268,7 @@ async fn generate(
     ready: &Ready,
     valid: ValidRequest,
     shape: Shape,
-    received: Instant,
+    (received, headers): (Instant, &HeaderMap),
 ) -> Result<Response, ApiError> {
     let permits = ready.engine.admit(valid.n).map_err(|e| match e {
         SubmitError::Full(capacity) => {
@@ -282,6 +297,7 @@ async fn generate(
         .submit(Submission {
             prompt: valid.prompt,
             params: valid.params,
+            cache_scope: cache_scope(headers),
             choices,
             received,
         })

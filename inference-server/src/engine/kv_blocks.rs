@@ -15,7 +15,14 @@
 //!   A hit is checked against the block's stored tokens and its
 //!   predecessor's name, so a colliding name alone cannot hand out another
 //!   prompt's keys and values: that would take two prefixes whose 64-bit
-//!   names collide and then continue with the same tokens.
+//!   names collide and then continue with the same tokens. Names are keyed
+//!   at random per pool, so no such pair can be searched for offline.
+//! - A prompt may be admitted in a **scope** (the gateway's subscription):
+//!   its first block's predecessor is then the scope's name, so prompts
+//!   share cached blocks only within one scope. Unscoped, every prompt
+//!   shares with every other, and how much of a prompt was cached (its
+//!   `cached_tokens`, its time to first token) would tell one tenant what
+//!   another sent.
 //! - A block nobody holds is **free**. A free committed block keeps its name
 //!   (a later prompt may still hit it) until a new block is needed and no
 //!   unnamed free block is left: then the least recently released one is
@@ -26,27 +33,17 @@
 //! count of 0; free blocks are each in exactly one of the two free lists;
 //! a name maps to exactly one block, which carries that name.
 
-use std::collections::hash_map::DefaultHasher;
+use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, HashMap};
-use std::hash::{Hash, Hasher};
+use std::hash::{BuildHasher, Hash, Hasher};
 
 pub use crate::model::BlockId;
 
 /// A committed block's name: its tokens hashed together with its
-/// predecessor's name (`None` for a sequence's first block).
+/// predecessor's name (for a sequence's first block, its scope's name or
+/// `None`). Also a scope's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct BlockName(u64);
-
-impl BlockName {
-    fn of(parent: Option<BlockName>, tokens: &[u32]) -> BlockName {
-        // SipHash with fixed keys: the same prompt names the same blocks
-        // for the life of the process.
-        let mut h = DefaultHasher::new();
-        parent.hash(&mut h);
-        tokens.hash(&mut h);
-        BlockName(h.finish())
-    }
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum BlockError {
@@ -89,6 +86,24 @@ pub struct Admitted {
     pub cached_tokens: usize,
 }
 
+/// A prompt's cache hits, as [`BlockPool::admit`] finds them.
+struct Found {
+    hits: Vec<BlockId>,
+    /// The last hit's name (the scope's without hits).
+    parent: Option<BlockName>,
+    /// Blocks beyond the hits.
+    fresh: usize,
+    /// Hits nobody holds now.
+    free_hits: usize,
+}
+
+impl Found {
+    /// Blocks taken out of the free ones.
+    fn takes(&self) -> usize {
+        self.fresh + self.free_hits
+    }
+}
+
 /// A pool's size, which a request can be checked against before it is
 /// queued (the pool itself lives on the engine thread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,6 +139,10 @@ pub struct BlockPool {
     clock: u64,
     /// Off: no block is named, so nothing is ever found (`--no-prefix-caching`).
     prefix_caching: bool,
+    /// SipHash keyed at random once per pool: the same prompt names the
+    /// same blocks for the pool's life, and nobody can compute names
+    /// offline.
+    names: RandomState,
 }
 
 impl BlockPool {
@@ -139,7 +158,23 @@ impl BlockPool {
             by_name: HashMap::new(),
             clock: 0,
             prefix_caching: true,
+            names: RandomState::new(),
         }
+    }
+
+    fn name(&self, parent: Option<BlockName>, tokens: &[u32]) -> BlockName {
+        let mut h = self.names.build_hasher();
+        parent.hash(&mut h);
+        tokens.hash(&mut h);
+        BlockName(h.finish())
+    }
+
+    /// The name of a scope (e.g. a subscription), for [`Self::admit`].
+    pub fn scope(&self, scope: &str) -> BlockName {
+        let mut h = self.names.build_hasher();
+        "kv cache scope".hash(&mut h);
+        scope.hash(&mut h);
+        BlockName(h.finish())
     }
 
     pub fn prefix_caching(&self) -> bool {
@@ -183,17 +218,68 @@ impl BlockPool {
 
     /// Blocks for a prompt whose cache will hold `capacity` positions
     /// (the prompt and what is reserved beyond it), reusing the committed
-    /// blocks its leading full blocks name. All or nothing.
-    pub fn admit(&mut self, prompt: &[u32], capacity: usize) -> Result<Admitted, BlockError> {
-        let capacity = capacity.max(prompt.len());
-        let needed = self.shape().blocks_for(capacity);
-        // The longest run of leading full blocks already cached. A prompt's
-        // last position is always computed (its logits start the answer),
-        // so a prompt that is all cached still leaves its last block out.
+    /// blocks its leading full blocks name within `scope` (see
+    /// [`Self::scope`]). All or nothing.
+    pub fn admit(
+        &mut self,
+        prompt: &[u32],
+        capacity: usize,
+        scope: Option<BlockName>,
+    ) -> Result<Admitted, BlockError> {
+        let found = self.find(prompt, capacity, scope);
+        if found.takes() > self.free() {
+            return Err(BlockError::OutOfBlocks {
+                needed: found.takes(),
+                free: self.free(),
+            });
+        }
+        let Found {
+            hits,
+            parent,
+            fresh,
+            ..
+        } = found;
+        let mut table = BlockTable::default();
+        for id in hits {
+            self.hold(id);
+            table.blocks.push(id);
+        }
+        table.committed = table.blocks.len();
+        // The scope, until a block is committed.
+        table.last_name = parent;
+        let cached_tokens = table.committed * self.block_tokens;
+        // Cannot run short: the hits are held now, so none is evicted, and
+        // `fresh` more were counted free above.
+        table
+            .blocks
+            .extend(std::iter::from_fn(|| self.take_free()).take(fresh));
+        Ok(Admitted {
+            table,
+            cached_tokens,
+        })
+    }
+
+    /// Blocks [`Self::admit`] would take from the free ones for this
+    /// prompt: the fresh ones and the cache hits nobody holds now.
+    pub fn blocks_to_take(
+        &self,
+        prompt: &[u32],
+        capacity: usize,
+        scope: Option<BlockName>,
+    ) -> usize {
+        self.find(prompt, capacity, scope).takes()
+    }
+
+    /// The longest run of the prompt's leading full blocks already cached,
+    /// and what more it needs. A prompt's last position is always computed
+    /// (its logits start the answer), so a prompt that is all cached still
+    /// leaves its last block out.
+    fn find(&self, prompt: &[u32], capacity: usize, scope: Option<BlockName>) -> Found {
+        let needed = self.shape().blocks_for(capacity.max(prompt.len()));
         let mut hits = Vec::new();
-        let mut parent = None;
+        let mut parent = scope;
         for chunk in prompt[..prompt.len().saturating_sub(1)].chunks_exact(self.block_tokens) {
-            let name = BlockName::of(parent, chunk);
+            let name = self.name(parent, chunk);
             match self.by_name.get(&name) {
                 Some(&id)
                     if self.blocks[id as usize].tokens == chunk
@@ -211,30 +297,12 @@ impl BlockPool {
             .iter()
             .filter(|&&id| self.blocks[id as usize].refs == 0)
             .count();
-        let fresh = needed - hits.len();
-        if fresh + free_hits > self.free() {
-            return Err(BlockError::OutOfBlocks {
-                needed: fresh + free_hits,
-                free: self.free(),
-            });
+        Found {
+            fresh: needed - hits.len(),
+            hits,
+            parent,
+            free_hits,
         }
-        let mut table = BlockTable::default();
-        for id in hits {
-            self.hold(id);
-            table.blocks.push(id);
-        }
-        table.committed = table.blocks.len();
-        table.last_name = parent.filter(|_| table.committed > 0);
-        let cached_tokens = table.committed * self.block_tokens;
-        // Cannot run short: the hits are held now, so none is evicted, and
-        // `fresh` more were counted free above.
-        table
-            .blocks
-            .extend(std::iter::from_fn(|| self.take_free()).take(fresh));
-        Ok(Admitted {
-            table,
-            cached_tokens,
-        })
     }
 
     /// Grows `table` to hold `positions` positions (a decoding sequence's
@@ -274,7 +342,7 @@ impl BlockPool {
         let mut parent = table.last_name;
         for index in table.committed..full {
             let chunk = &tokens[index * self.block_tokens..(index + 1) * self.block_tokens];
-            let name = BlockName::of(parent, chunk);
+            let name = self.name(parent, chunk);
             let id = table.blocks[index];
             if let std::collections::hash_map::Entry::Vacant(entry) = self.by_name.entry(name) {
                 entry.insert(id);
@@ -417,13 +485,13 @@ mod tests {
     fn a_shared_prefix_is_computed_once_and_held_by_both() {
         let mut pool = BlockPool::new(16, 4);
         let first = prompt(&[50, 51]);
-        let mut a = pool.admit(&first, 16).unwrap();
+        let mut a = pool.admit(&first, 16, None).unwrap();
         assert_eq!(a.cached_tokens, 0, "nothing cached yet");
         assert_eq!(a.table.blocks.len(), 4);
         pool.commit(&mut a.table, &first, first.len());
 
         let second = prompt(&[60, 61, 62]);
-        let b = pool.admit(&second, 16).unwrap();
+        let b = pool.admit(&second, 16, None).unwrap();
         // SYSTEM's first 8 tokens fill two blocks; the third block of the
         // first prompt also held 50 and 51, so it is not shared.
         assert_eq!(b.cached_tokens, 8);
@@ -436,18 +504,40 @@ mod tests {
         pool.release(b.table);
         pool.check(&[]);
         assert_eq!(pool.free(), 16);
-        let c = pool.admit(&second, 16).unwrap();
+        let c = pool.admit(&second, 16, None).unwrap();
         assert_eq!(c.cached_tokens, 8);
+    }
+
+    #[test]
+    fn prompts_share_blocks_only_within_their_scope() {
+        let mut pool = BlockPool::new(32, 4);
+        let (team_a, team_b) = (pool.scope("team-a"), pool.scope("team-b"));
+        let p = prompt(&[50, 51]);
+        let mut a = pool.admit(&p, 16, Some(team_a)).unwrap();
+        pool.commit(&mut a.table, &p, p.len());
+        let again = pool.admit(&p, 16, Some(team_a)).unwrap();
+        assert_eq!(again.cached_tokens, 8, "the same scope shares");
+        for other in [Some(team_b), None] {
+            let b = pool.admit(&p, 16, other).unwrap();
+            assert_eq!(b.cached_tokens, 0, "{other:?} sees nothing of team-a's");
+            pool.release(b.table);
+        }
+        // A scope's later blocks chain to its own first ones.
+        let mut b = pool.admit(&p, 16, Some(team_b)).unwrap();
+        pool.commit(&mut b.table, &p, p.len());
+        let b_again = pool.admit(&p, 16, Some(team_b)).unwrap();
+        assert_eq!(b_again.cached_tokens, 8);
+        pool.check(&[&a.table, &again.table, &b.table, &b_again.table]);
     }
 
     #[test]
     fn a_prompt_all_cached_still_computes_its_last_position() {
         let mut pool = BlockPool::new(8, 4);
         let p: Vec<u32> = (0..8).collect();
-        let mut a = pool.admit(&p, 8).unwrap();
+        let mut a = pool.admit(&p, 8, None).unwrap();
         pool.commit(&mut a.table, &p, 8);
         pool.release(a.table);
-        let b = pool.admit(&p, 8).unwrap();
+        let b = pool.admit(&p, 8, None).unwrap();
         assert_eq!(b.cached_tokens, 4, "the last block holds the last position");
     }
 
@@ -455,20 +545,20 @@ mod tests {
     fn a_colliding_name_is_not_a_hit_unless_the_tokens_and_predecessor_match() {
         let mut pool = BlockPool::new(8, 2);
         let p = [7, 8, 9, 10, 11];
-        let mut a = pool.admit(&p, 6).unwrap();
+        let mut a = pool.admit(&p, 6, None).unwrap();
         pool.commit(&mut a.table, &p, 4);
         // Forge a collision: another block's tokens under the first name.
         let name = pool.blocks[a.table.blocks[0] as usize].name.unwrap();
         pool.blocks[a.table.blocks[0] as usize].tokens = vec![1, 1];
-        let b = pool.admit(&p, 6).unwrap();
+        let b = pool.admit(&p, 6, None).unwrap();
         assert_eq!(b.cached_tokens, 0, "{name:?} named other tokens");
         // The same tokens after another prefix: a forged collision on the
         // second name, whose block claims another predecessor.
         let mut pool = BlockPool::new(8, 2);
-        let mut a = pool.admit(&p, 6).unwrap();
+        let mut a = pool.admit(&p, 6, None).unwrap();
         pool.commit(&mut a.table, &p, 4);
         pool.blocks[a.table.blocks[1] as usize].parent = None;
-        let c = pool.admit(&p, 6).unwrap();
+        let c = pool.admit(&p, 6, None).unwrap();
         assert_eq!(
             c.cached_tokens, 2,
             "only the first block is the same prefix"
@@ -478,9 +568,9 @@ mod tests {
     #[test]
     fn out_of_blocks_is_reported_and_changes_nothing() {
         let mut pool = BlockPool::new(4, 4);
-        let a = pool.admit(&[1; 10], 12).unwrap();
+        let a = pool.admit(&[1; 10], 12, None).unwrap();
         assert_eq!(
-            pool.admit(&[2; 10], 12),
+            pool.admit(&[2; 10], 12, None),
             Err(BlockError::OutOfBlocks { needed: 3, free: 1 })
         );
         let mut table = a.table.clone();
@@ -499,7 +589,7 @@ mod tests {
     fn a_fork_shares_the_committed_blocks_and_copies_the_rest() {
         let mut pool = BlockPool::new(6, 4);
         let p: Vec<u32> = (0..10).collect();
-        let mut a = pool.admit(&p, 10).unwrap();
+        let mut a = pool.admit(&p, 10, None).unwrap();
         pool.commit(&mut a.table, &p, 10);
         let (b, copies) = pool.share(&a.table).unwrap();
         assert_eq!(b.blocks[..2], a.table.blocks[..2]);
@@ -525,19 +615,23 @@ mod tests {
         let old = [1, 2, 3];
         let new = [4, 5, 6];
         for p in [&old, &new] {
-            let mut a = pool.admit(p, 4).unwrap();
+            let mut a = pool.admit(p, 4, None).unwrap();
             pool.commit(&mut a.table, p, 2);
             pool.release(a.table);
         }
         // Both first blocks are named and free; taking 3 blocks evicts one,
         // the older.
-        let c = pool.admit(&[9, 9, 9, 9, 9], 6).unwrap();
+        let c = pool.admit(&[9, 9, 9, 9, 9], 6, None).unwrap();
         pool.check(&[&c.table]);
         pool.release(c.table);
-        assert_eq!(pool.admit(&old, 2).unwrap().cached_tokens, 0, "evicted");
-        assert_eq!(pool.admit(&new, 2).unwrap().cached_tokens, 2, "kept");
         assert_eq!(
-            BlockPool::new(0, 2).admit(&[1], 1),
+            pool.admit(&old, 2, None).unwrap().cached_tokens,
+            0,
+            "evicted"
+        );
+        assert_eq!(pool.admit(&new, 2, None).unwrap().cached_tokens, 2, "kept");
+        assert_eq!(
+            BlockPool::new(0, 2).admit(&[1], 1, None),
             Err(BlockError::OutOfBlocks { needed: 1, free: 0 })
         );
     }
@@ -547,8 +641,8 @@ mod tests {
         let mut pool = BlockPool::new(16, 2);
         let p = [1, 2, 3, 4, 5];
         // Admitted together, before either has committed: both compute.
-        let mut a = pool.admit(&p, 8).unwrap();
-        let mut b = pool.admit(&p, 8).unwrap();
+        let mut a = pool.admit(&p, 8, None).unwrap();
+        let mut b = pool.admit(&p, 8, None).unwrap();
         assert_eq!((a.cached_tokens, b.cached_tokens), (0, 0));
         pool.commit(&mut a.table, &p, 4);
         pool.commit(&mut b.table, &p, 4);
@@ -557,7 +651,7 @@ mod tests {
         let longer = [1, 2, 3, 4, 5, 6, 7];
         pool.commit(&mut b.table, &longer, 6);
         pool.check(&[&a.table, &b.table]);
-        let c = pool.admit(&longer, 8).unwrap();
+        let c = pool.admit(&longer, 8, None).unwrap();
         assert_eq!(c.cached_tokens, 6);
         assert_eq!(c.table.blocks[..2], a.table.blocks[..2]);
         assert_eq!(c.table.blocks[2], b.table.blocks[2]);
@@ -601,7 +695,7 @@ mod tests {
                     Op::Admit { question, extra } => {
                         // Preempted sequences come back first, as a scheduler would.
                         let tokens = preempted.pop().unwrap_or_else(|| prompt(&question));
-                        if let Ok(mut a) = pool.admit(&tokens, tokens.len() + extra) {
+                        if let Ok(mut a) = pool.admit(&tokens, tokens.len() + extra, None) {
                             prop_assert!(a.cached_tokens < tokens.len().max(1));
                             pool.commit(&mut a.table, &tokens, tokens.len());
                             running.push(Running { table: a.table, tokens });

@@ -132,6 +132,9 @@ pub struct GenerationParams {
 pub struct Submission {
     pub prompt: Vec<u32>,
     pub params: GenerationParams,
+    /// Prompts share prefix-cached blocks only within one scope (the
+    /// gateway's subscription); `None`: with every unscoped prompt.
+    pub cache_scope: Option<String>,
     /// At least one, at most the engine's running sequences.
     pub choices: Vec<ChoiceOutput>,
     pub received: Instant,

@@ -23,7 +23,7 @@
 
 use std::collections::VecDeque;
 
-use super::kv_blocks::{BlockError, BlockId, BlockPool, BlockTable};
+use super::kv_blocks::{BlockError, BlockId, BlockName, BlockPool, BlockTable};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SeqId(pub u64);
@@ -149,6 +149,8 @@ pub enum EnqueueError {
 
 struct Waiting {
     id: SeqId,
+    /// The prefix cache's scope it shares blocks in (see `kv_blocks`).
+    scope: Option<BlockName>,
     /// Tokens to feed before the next is sampled: the prompt, or for a
     /// preempted sequence every token it had.
     target: usize,
@@ -158,6 +160,7 @@ struct Waiting {
 
 struct Running {
     id: SeqId,
+    scope: Option<BlockName>,
     target: usize,
     /// Positions in the cache once this plan's work has run.
     fed: usize,
@@ -219,11 +222,24 @@ impl Scheduler {
     }
 
     /// Queues a sequence whose prompt has `prompt_len` (≥ 1) tokens, for
-    /// `width` (≥ 1) choices. The bound is on running + waiting slots
-    /// together: requests that arrive between two steps wait here even when
-    /// free slots will take them at the next.
+    /// `width` (≥ 1) choices, sharing cached blocks with every prompt.
     pub fn enqueue(
         &mut self,
+        id: SeqId,
+        prompt_len: usize,
+        width: usize,
+    ) -> Result<(), EnqueueError> {
+        self.enqueue_in(None, id, prompt_len, width)
+    }
+
+    /// [`Self::enqueue`] within a prefix cache scope (e.g. a subscription):
+    /// cached blocks are shared only with prompts of the same scope. The
+    /// bound is on running + waiting slots together: requests that arrive
+    /// between two steps wait here even when free slots will take them at
+    /// the next.
+    pub fn enqueue_in(
+        &mut self,
+        scope: Option<&str>,
         id: SeqId,
         prompt_len: usize,
         width: usize,
@@ -242,6 +258,7 @@ impl Scheduler {
         }
         self.waiting.push_back(Waiting {
             id,
+            scope: scope.map(|s| self.pool.scope(s)),
             target: prompt_len.max(1),
             width,
         });
@@ -266,7 +283,7 @@ impl Scheduler {
             return None;
         }
         group.slots = 1;
-        let (target, fed) = (group.target, group.fed);
+        let (target, fed, scope) = (group.target, group.fed, group.scope);
         self.pool.commit(&mut group.table, prompt, fed);
         // The blocks set aside at admission go back and are taken again at
         // once (unnamed free blocks are taken first, last freed first), so
@@ -283,6 +300,7 @@ impl Scheduler {
             copies.extend(copied);
             self.running.push(Running {
                 id: choice,
+                scope,
                 target,
                 fed,
                 slots: 1,
@@ -331,10 +349,11 @@ impl Scheduler {
     fn preempt<'t>(&mut self, i: usize, tokens: &dyn Fn(SeqId) -> &'t [u32]) {
         let r = self.running.remove(i);
         let had = tokens(r.id).len().max(r.fed);
-        let (id, width) = (r.id, r.slots);
+        let (id, width, scope) = (r.id, r.slots, r.scope);
         self.release(r);
         self.waiting.push_front(Waiting {
             id,
+            scope,
             target: had.max(1),
             width,
         });
@@ -436,12 +455,15 @@ impl Scheduler {
             }
             // Each other choice's copy of the prompt's partial last block.
             let others = needed - shape.blocks_for(w.target);
-            // Checked before anything is taken, cache hits aside, so that a
-            // group that does not fit evicts no cached prefix for nothing.
-            if others > 0 && needed > self.pool.free() {
+            // Checked before anything is taken, so that a group that does
+            // not fit evicts no cached prefix for nothing; hits held by a
+            // running sequence take nothing.
+            if others > 0
+                && self.pool.blocks_to_take(prompt, w.target, w.scope) + others > self.pool.free()
+            {
                 break;
             }
-            let Ok(admitted) = self.pool.admit(prompt, w.target) else {
+            let Ok(admitted) = self.pool.admit(prompt, w.target, w.scope) else {
                 break;
             };
             let mut for_choices = BlockTable::default();
@@ -459,6 +481,7 @@ impl Scheduler {
             });
             self.running.push(Running {
                 id: w.id,
+                scope: w.scope,
                 target: w.target,
                 fed: admitted.cached_tokens,
                 slots: w.width,
@@ -749,6 +772,27 @@ mod tests {
         s.enqueue(SeqId(2), 2, 3).unwrap();
         assert_eq!(s.enqueue(SeqId(3), 2, 2), Err(EnqueueError::Full(2)));
         s.enqueue(SeqId(3), 2, 1).unwrap();
+    }
+
+    /// A group's prompt whose prefix a running sequence holds needs only
+    /// its own blocks: counting the held hits as blocks to take kept it
+    /// (and the whole queue behind it) waiting for that sequence to end.
+    #[test]
+    fn a_group_counts_only_the_blocks_its_cache_hits_do_not_cover() {
+        // Seven blocks of four positions.
+        let mut s = Sched::with_pool(limits(4, 64, 64), BlockPool::new(7, 4)).unwrap();
+        let system: Vec<u32> = (100..112).collect();
+        let ask = |q: u32| system.iter().copied().chain([q, q]).collect::<Vec<u32>>();
+        s.enqueue_tokens(SeqId(1), ask(1), 1).unwrap();
+        assert_eq!(ids(&s.plan().admitted), vec![SeqId(1)]);
+        s.tokens.get_mut(&SeqId(1)).unwrap().push(7);
+        // 1 holds four blocks (three of them the system prompt's, named at
+        // this plan); three are free. Two choices of a prompt that shares
+        // them need one block and a copy of its partial last one.
+        s.enqueue_tokens(SeqId(2), ask(2), 2).unwrap();
+        let p = s.plan();
+        assert_eq!(ids(&p.admitted), vec![SeqId(2)]);
+        assert_eq!(p.admitted[0].cached_tokens, 12);
     }
 
     #[test]

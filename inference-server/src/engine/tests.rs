@@ -118,6 +118,7 @@ fn submit_choices(
                 grammar: None,
                 shown_special: Vec::new(),
             },
+            cache_scope: None,
             choices: events
                 .into_iter()
                 .zip(permits)

@@ -163,7 +163,8 @@ impl Worker {
             );
             group.push((id, seq));
         }
-        if let Err(e) = self.scheduler.enqueue(first, prompt_len, width) {
+        let scope = s.cache_scope.as_deref();
+        if let Err(e) = self.scheduler.enqueue_in(scope, first, prompt_len, width) {
             // The admission permits bound the queue and the API bounds `n`,
             // so this is a misconfiguration rather than load; fail loudly.
             for (_, mut seq) in group {

@@ -4,7 +4,7 @@
 //! served from the prefix cache, reported as OpenAI's `cached_tokens`, with
 //! the same greedy text as without the cache.
 
-use maas_testkit::InferenceServer;
+use maas_testkit::{post_json, InferenceServer};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -104,6 +104,43 @@ fn a_shared_system_prompt_is_served_from_the_prefix_cache_with_the_same_text() {
     assert_eq!(
         metric(&uncached, &series("vllm:prefix_cache_hits_total")),
         0.0
+    );
+}
+
+/// Behind the gateway, which asserts the caller's subscription, one
+/// subscription's cached prompt is never another's: what was cached shows
+/// in `cached_tokens` (and the time to the first token), and would tell
+/// one tenant what another sent.
+#[test]
+fn the_prefix_cache_is_shared_within_a_subscription_only() {
+    let server = InferenceServer::start(&[]);
+    let system = system_prompt();
+    let cached_as = |subscription: Option<&str>, question: &str| -> u64 {
+        let headers: Vec<(&str, &str)> = subscription
+            .map(|s| ("x-maas-subscription", s))
+            .into_iter()
+            .collect();
+        let body = ask(&system, question, 1);
+        let r = post_json(&server.url("/v1/chat/completions"), &headers, &body);
+        assert_eq!(r.status, 200, "{}", r.text());
+        r.json()["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_eq!(cached_as(Some("team-a"), QUESTIONS[0]), 0);
+    assert!(
+        cached_as(Some("team-a"), QUESTIONS[1]) > 1500,
+        "team-a's own"
+    );
+    assert_eq!(
+        cached_as(Some("team-b"), QUESTIONS[2]),
+        0,
+        "team-a's prompt"
+    );
+    assert_eq!(cached_as(None, QUESTIONS[3]), 0, "a subscription's prompt");
+    assert!(
+        cached_as(Some("team-b"), QUESTIONS[4]) > 1500,
+        "team-b's own"
     );
 }
 
