@@ -423,8 +423,10 @@ async fn collect(
                     None => (None, std::mem::take(&mut choice.text)),
                 };
                 let mut rendered = answer.meta.choice(index, &text, reason, logprobs);
-                if let Some((parsed, finish)) =
-                    answer.tools.as_ref().and_then(|t| t.calls_in(&text))
+                if let Some((parsed, finish)) = answer
+                    .tools
+                    .as_ref()
+                    .and_then(|t| t.calls_in(&text, reason))
                 {
                     answer
                         .meta

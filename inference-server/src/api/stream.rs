@@ -22,7 +22,7 @@
 //! characters follow as the model writes them. At the choice's end, held
 //! text is read whole: its calls go out whole, text that was no call as
 //! content, then the closing chunk, with `finish_reason: "tool_calls"` when
-//! the answer made calls and none was cut short.
+//! the answer made calls, none was cut short and the budget did not end it.
 
 use std::convert::Infallible;
 
@@ -151,7 +151,9 @@ impl Choice {
         let mut closing = a
             .meta
             .chunk(self.index, None, false, Some(reason), include_usage, rest);
-        if called {
+        // An answer the budget cut ends "length", calls or not, as a whole
+        // (not streamed) one does.
+        if called && reason == FinishReason::Stop {
             closing["choices"][0]["finish_reason"] = json!("tool_calls");
         }
         frames.extend_from_slice(&response::sse(&closing));

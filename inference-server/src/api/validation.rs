@@ -33,7 +33,7 @@ use super::{reasoning, unsupported};
 use crate::engine::grammar::{self, GrammarError, Grammars, ResponseFormat};
 use crate::engine::kv_blocks::KvShape;
 use crate::engine::sampling::SamplingParams;
-use crate::engine::{Constraint, Decoding, GenerationParams};
+use crate::engine::{Constraint, Decoding, FinishReason, GenerationParams};
 use crate::text::{TextError, TextTokenizer};
 
 /// What a request asks of generation, its fields checked.
@@ -71,17 +71,24 @@ impl ToolCallParsing {
     /// `finish_reason`: `tool_calls`, or `length` for the whole calls of a
     /// forced answer the budget cut inside a further call (streaming has
     /// sent those already; they are valid, the cut one is left out).
-    pub fn calls_in(&self, text: &str) -> Option<(ParsedOutput, &'static str)> {
+    pub fn calls_in(
+        &self,
+        text: &str,
+        reason: FinishReason,
+    ) -> Option<(ParsedOutput, &'static str)> {
         let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
-        let mut parsed = tool_calls::parse(self.format, text, &names);
-        let mut finish = "tool_calls";
-        if parsed.tool_calls.is_empty() && self.forced.is_some() {
-            parsed = tool_calls::whole_calls(self.format, text, &names)?;
-            finish = "length";
-        }
+        let cut = reason == FinishReason::Length;
+        let mut parsed = if self.forced.is_some() && cut {
+            // The grammar made it a prefix of the format's list of calls.
+            tool_calls::whole_calls(self.format, text, &names)?
+        } else {
+            tool_calls::parse(self.format, text, &names)
+        };
         if !self.parallel {
             parsed.tool_calls.truncate(1);
         }
+        // Cut short, the answer is not all calls (OpenAI's "length").
+        let finish = if cut { "length" } else { "tool_calls" };
         (!parsed.tool_calls.is_empty()).then_some((parsed, finish))
     }
 
@@ -801,11 +808,16 @@ mod tests {
             forced: None,
             parallel: true,
         };
-        assert_eq!(parsing.calls_in(text).unwrap().0.tool_calls.len(), 2);
+        let (parsed, finish) = parsing.calls_in(text, FinishReason::Stop).unwrap();
+        assert_eq!((parsed.tool_calls.len(), finish), (2, "tool_calls"));
         parsing.parallel = false;
-        let calls = parsing.calls_in(text).unwrap().0.tool_calls;
+        let calls = parsing
+            .calls_in(text, FinishReason::Stop)
+            .unwrap()
+            .0
+            .tool_calls;
         assert_eq!((calls.len(), calls[0].name.as_str()), (1, "a"));
-        assert!(parsing.calls_in("no calls").is_none());
+        assert!(parsing.calls_in("no calls", FinishReason::Stop).is_none());
     }
 
     #[test]
@@ -817,7 +829,7 @@ mod tests {
             forced: Some("start: …".into()),
             parallel: true,
         };
-        let (parsed, finish) = parsing.calls_in(cut).unwrap();
+        let (parsed, finish) = parsing.calls_in(cut, FinishReason::Length).unwrap();
         assert_eq!(finish, "length");
         assert_eq!(parsed.content, None);
         let calls: Vec<_> = parsed
@@ -826,9 +838,15 @@ mod tests {
             .map(|c| (c.name.as_str(), c.arguments.as_str()))
             .collect();
         assert_eq!(calls, [("a", r#"{"x":1}"#)]);
-        // Not forced, the answer is what the model wrote: text.
+        // Not forced: the whole call, and the cut one as the text the
+        // model wrote (as a stream sends them).
         parsing.forced = None;
-        assert!(parsing.calls_in(cut).is_none());
+        let (parsed, finish) = parsing.calls_in(cut, FinishReason::Length).unwrap();
+        assert_eq!((parsed.tool_calls.len(), finish), (1, "length"));
+        assert_eq!(
+            parsed.content.as_deref(),
+            Some("<tool_call>\n{\"name\": \"b\", \"argu")
+        );
     }
 
     #[test]
