@@ -229,8 +229,9 @@ const FIELDS: [&str; 14] = [
     "chat_template_kwargs",
     "service_tier",
 ];
-const INCLUDE_USAGE: [&str; 1] = ["include_usage"];
+const STREAM_OPTIONS: [&str; 2] = ["include_usage", "continuous_usage_stats"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
+const CONTINUOUS_USAGE_PATH: &str = "stream_options.continuous_usage_stats";
 
 const EXPECT_MODEL: &str = "a non-empty string";
 const EXPECT_COUNT: &str = "a non-negative integer or null";
@@ -240,6 +241,8 @@ const EXPECT_POSITIVE: &str = "a positive integer or null";
 const EXPECT_PROMPT: &str = "a string, an array of strings, or an array of token arrays";
 const EXPECT_STRING: &str = "a string or null";
 const EXPECT_N_PREDICT: &str = "a positive integer, a negative one (no limit) or null";
+const EXPECT_NO_CONTINUOUS_USAGE: &str =
+    "false or null: the gateway charges a stream's final usage, and vLLM's per-chunk usage counts one choice and one prompt, which a stream cut short would be charged";
 const EXPECT_NO_TEMPLATE: &str =
     "no template: the model's own renders the messages (one in the request could make a prompt larger than its bytes bound)";
 
@@ -334,10 +337,14 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
     let include_usage = match fields.stream_options {
         None => false,
         Some(raw) => {
-            let include = stream_options(raw)?.and_then(|options| {
-                let [include_usage] = options.values;
-                include_usage
-            });
+            let [include, continuous] = stream_options(raw)?.map_or([None; 2], |o| o.values);
+            if typed::<Option<bool>>(continuous, CONTINUOUS_USAGE_PATH, EXPECT_BOOL)? == Some(true)
+            {
+                return Err(RequestError::InvalidField {
+                    field: CONTINUOUS_USAGE_PATH,
+                    expected: EXPECT_NO_CONTINUOUS_USAGE,
+                });
+            }
             typed::<Option<bool>>(include, INCLUDE_USAGE_PATH, EXPECT_BOOL)?.unwrap_or(false)
         }
     };
@@ -439,26 +446,35 @@ where
     }
 }
 
-/// `stream_options`: `None` for null, its `include_usage` otherwise.
-fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 1>>, RequestError> {
+/// `stream_options`: `None` for null, its [`STREAM_OPTIONS`] otherwise.
+fn stream_options(raw: &RawValue) -> Result<Option<ObjectFields<'_, 2>>, RequestError> {
     if raw.get() == "null" {
         return Ok(None);
     }
-    let options = object_fields(raw.get().as_bytes(), &INCLUDE_USAGE, Keys::AlsoCaseVariants)
-        .map_err(|err| match err {
-            ObjectError::NotAnObject => RequestError::InvalidField {
-                field: "stream_options",
-                expected: EXPECT_OBJECT,
-            },
-            ObjectError::Malformed(err) => err.into(),
-        })?;
-    if options.duplicate.is_some() {
-        return Err(RequestError::DuplicateField(INCLUDE_USAGE_PATH.to_owned()));
+    let options = object_fields(
+        raw.get().as_bytes(),
+        &STREAM_OPTIONS,
+        Keys::AlsoCaseVariants,
+    )
+    .map_err(|err| match err {
+        ObjectError::NotAnObject => RequestError::InvalidField {
+            field: "stream_options",
+            expected: EXPECT_OBJECT,
+        },
+        ObjectError::Malformed(err) => err.into(),
+    })?;
+    let path = |index: usize| {
+        [INCLUDE_USAGE_PATH, CONTINUOUS_USAGE_PATH]
+            .get(index)
+            .copied()
+            .unwrap_or_default()
+            .to_owned()
+    };
+    if let Some(index) = options.duplicate {
+        return Err(RequestError::DuplicateField(path(index)));
     }
-    if options.case_variant.is_some() {
-        return Err(RequestError::CaseVariantField(
-            INCLUDE_USAGE_PATH.to_owned(),
-        ));
+    if let Some(index) = options.case_variant {
+        return Err(RequestError::CaseVariantField(path(index)));
     }
     Ok(Some(options))
 }
@@ -577,7 +593,7 @@ pub fn rewrite_completion_request(
             Some(raw) => match stream_options(raw)? {
                 None => Some(Edit::replace(body, raw, Text::StreamOptions)?),
                 Some(ObjectFields {
-                    values: [include_usage],
+                    values: [include_usage, _],
                     entries,
                     ..
                 }) => match include_usage {

@@ -415,6 +415,28 @@ fn rejects_invalid_bodies() {
             r#"{"model":"m","stream_options":{"include_usage":false,"include_usage":true}}"#,
             DuplicateField(INCLUDE_USAGE_PATH.into()),
         ),
+        // vLLM's per-chunk usage counts one choice and one prompt: a stream
+        // cut before its final report would be charged that.
+        (
+            "continuous usage",
+            r#"{"model":"m","stream":true,"stream_options":{"include_usage":true,"continuous_usage_stats":true}}"#,
+            invalid(CONTINUOUS_USAGE_PATH, EXPECT_NO_CONTINUOUS_USAGE),
+        ),
+        (
+            "continuous usage, escaped",
+            r#"{"model":"m","stream_options":{"continuous\u005fusage_stats":true}}"#,
+            invalid(CONTINUOUS_USAGE_PATH, EXPECT_NO_CONTINUOUS_USAGE),
+        ),
+        (
+            "continuous usage, case variant",
+            r#"{"model":"m","stream_options":{"Continuous_Usage_Stats":true}}"#,
+            CaseVariantField(CONTINUOUS_USAGE_PATH.into()),
+        ),
+        (
+            "continuous usage not a bool",
+            r#"{"model":"m","stream_options":{"continuous_usage_stats":1}}"#,
+            invalid(CONTINUOUS_USAGE_PATH, EXPECT_BOOL),
+        ),
     ];
     for (name, body, expected) in cases {
         assert_eq!(
