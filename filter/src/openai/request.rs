@@ -213,7 +213,7 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 14] = [
+const FIELDS: [&str; 15] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -228,6 +228,7 @@ const FIELDS: [&str; 14] = [
     "chat_template",
     "chat_template_kwargs",
     "service_tier",
+    "mm_processor_kwargs",
 ];
 const STREAM_OPTIONS: [&str; 2] = ["include_usage", "continuous_usage_stats"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -243,6 +244,8 @@ const EXPECT_STRING: &str = "a string or null";
 const EXPECT_N_PREDICT: &str = "a positive integer, a negative one (no limit) or null";
 const EXPECT_NO_CONTINUOUS_USAGE: &str =
     "false or null: the gateway charges a stream's final usage, and vLLM's per-chunk usage counts one choice and one prompt, which a stream cut short would be charged";
+const EXPECT_NO_PROCESSOR_KWARGS: &str =
+    "null: the model's own processor settings bound what an image costs";
 const EXPECT_NO_TEMPLATE: &str =
     "no template: the model's own renders the messages (one in the request could make a prompt larger than its bytes bound)";
 
@@ -275,8 +278,17 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::CaseVariantField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs, service_tier] =
+        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs, service_tier, processor_kwargs] =
             fields.values;
+        // vLLM's per-request image processor settings (a larger
+        // `max_pixels`, say) make one image cost far more prompt tokens
+        // than a media part is bounded by.
+        if processor_kwargs.is_some_and(|raw| raw.get() != "null") {
+            return Err(RequestError::InvalidField {
+                field: "mm_processor_kwargs",
+                expected: EXPECT_NO_PROCESSOR_KWARGS,
+            });
+        }
         // vLLM renders a `chat_template` sent in the request (newer
         // versions only when started with `--trust-request-chat-template`),
         // and releases before 0.11 also take one from `chat_template_kwargs`:
@@ -371,7 +383,8 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
             .max(positive(fields.best_of, "best_of")?)
             .max(positive(fields.n_cmpl, "n_cmpl")?),
         prompts: prompt_count(fields.prompt)?,
-        media_parts: fields.messages.map_or(Ok(0), media::media_parts)?,
+        media_parts: fields.messages.map_or(Ok(0), media::media_parts)?
+            + fields.prompt.map_or(Ok(0), prompt_media)?,
         service_tier: typed(fields.service_tier, "service_tier", EXPECT_STRING)?,
     })
 }
@@ -415,6 +428,47 @@ fn prompt_count(raw: Option<&RawValue>) -> Result<u64, RequestError> {
         Some(b'"') | Some(b'n') => Ok(1),
         _ => Err(invalid),
     }
+}
+
+/// The media of a llama.cpp prompt array's objects
+/// (`{"prompt_string": …, "multimodal_data": [<base64>, …]}`): each item of
+/// their `multimodal_data` is an image or audio clip whose tokens its bytes
+/// do not bound, so each counts as a media part (anything else there that
+/// is not null, as one).
+fn prompt_media(raw: &RawValue) -> Result<u64, RequestError> {
+    if !raw.get().starts_with('[') {
+        return Ok(0);
+    }
+    let invalid = RequestError::InvalidField {
+        field: "prompt",
+        expected: EXPECT_PROMPT,
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| invalid.clone())?;
+    let mut parts = 0u64;
+    for item in items.iter().filter(|item| item.get().starts_with('{')) {
+        let fields = object_fields(
+            item.get().as_bytes(),
+            &["multimodal_data"],
+            Keys::AlsoCaseVariants,
+        )
+        .map_err(|_| invalid.clone())?;
+        if fields.duplicate.is_some() || fields.case_variant.is_some() {
+            return Err(RequestError::DuplicateField(
+                "prompt[].multimodal_data".into(),
+            ));
+        }
+        parts += match fields.values[0] {
+            None => 0,
+            Some(data) if data.get() == "null" => 0,
+            Some(data) if data.get().starts_with('[') => {
+                serde_json::from_str::<Vec<&RawValue>>(data.get())
+                    .map_err(|_| invalid.clone())?
+                    .len() as u64
+            }
+            Some(_) => 1,
+        };
+    }
+    Ok(parts)
 }
 
 fn parse_model(raw: &RawValue) -> Result<Cow<'_, str>, RequestError> {

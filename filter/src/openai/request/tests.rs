@@ -673,6 +673,41 @@ fn media_parts_of_messages_are_counted() {
     );
 }
 
+/// llama.cpp's prompt objects carry images and audio its bytes do not
+/// bound: each counts as a media part.
+#[test]
+fn media_of_llama_cpp_prompt_objects_are_counted() {
+    let media = |body: &str| parse_completion_request(body.as_bytes()).map(|r| r.media_parts);
+    assert_eq!(
+        media(
+            r#"{"model":"m","prompt":[{"prompt_string":"<__media__> what?","multimodal_data":["aGk=","aGk="]},"plain",{"prompt_string":"x","multimodal_data":null}]}"#
+        ),
+        Ok(2)
+    );
+    assert_eq!(
+        media(r#"{"model":"m","prompt":[{"prompt_string":"x","multimodal_data":"aGk="}]}"#),
+        Ok(1)
+    );
+    assert!(matches!(
+        media(r#"{"model":"m","prompt":[{"multimodal_data":[],"Multimodal_Data":["aGk="]}]}"#),
+        Err(RequestError::DuplicateField(_))
+    ));
+    assert_eq!(
+        media(r#"{"model":"m","prompt":[[1,2,3]]}"#),
+        Ok(0),
+        "token arrays"
+    );
+}
+
+#[test]
+fn per_request_processor_settings_are_refused() {
+    assert_eq!(
+        parse_completion_request(br#"{"model":"m","mm_processor_kwargs":{"max_pixels":99999999}}"#),
+        Err(invalid("mm_processor_kwargs", EXPECT_NO_PROCESSOR_KWARGS))
+    );
+    assert!(parse_completion_request(br#"{"model":"m","mm_processor_kwargs":null}"#).is_ok());
+}
+
 #[test]
 fn requested_max_tokens_is_the_smaller() {
     let cases = [
