@@ -412,8 +412,10 @@ fn calls_lark(
     let start = match format {
         ToolCallFormat::Hermes => list("block", "\n"),
         ToolCallFormat::Llama3Json => list("call", "; "),
+        // Mistral's templates write `[TOOL_CALLS] [`: the space the model
+        // learned to write is allowed, not forced either way.
         ToolCallFormat::Mistral => format!(
-            r#"{} "[" {} "]""#,
+            r#"{} " "? "[" {} "]""#,
             marker("[TOOL_CALLS]"),
             list("call", ", ")
         ),
@@ -802,6 +804,25 @@ mod tests {
                     panic!("{format:?}: {e}\n{g}");
                 }
             }
+        }
+    }
+
+    /// Mistral's templates write a space after `[TOOL_CALLS]`; the grammar
+    /// takes the call with it and without.
+    #[test]
+    fn a_forced_mistral_call_may_have_the_templates_space() {
+        let tools = json!([{"type": "function", "function": {"name": "get_time"}}]);
+        let t = parse(Some(tools), Some(json!("required")), None)
+            .unwrap()
+            .unwrap();
+        let g = forced_call_grammar(&t, ToolCallFormat::Mistral, &|_| None).unwrap();
+        let grammars = Grammars::new(smollm_tokenizer()).unwrap();
+        for call in [
+            r#"[TOOL_CALLS] [{"name": "get_time", "arguments": {}}]"#,
+            r#"[TOOL_CALLS][{"name": "get_time", "arguments": {}}]"#,
+        ] {
+            let compiled = grammars.compile(&ResponseFormat::Lark(g.clone())).unwrap();
+            assert!(takes(compiled, call), "{call}\n{g}");
         }
     }
 
