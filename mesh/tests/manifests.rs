@@ -2043,11 +2043,31 @@ fn the_models_route_stays_within_the_rules_an_httproute_takes() {
             &MeshSettings::default(),
         )
     };
-    for count in [0, 17] {
-        let err = with_models(count).unwrap_err().to_string();
+    let err = with_models(17).unwrap_err().to_string();
+    assert!(
+        err.contains("1 to 16 rules") && err.contains("has 17 local"),
+        "{err}"
+    );
+    // A gateway of external models alone: the filter on the gateway, no
+    // route to a model server, no sidecar placement.
+    let external_only = with_models(0).unwrap();
+    let paths: Vec<&str> = external_only.iter().map(|f| f.path.as_str()).collect();
+    assert!(paths.contains(&"gateway/envoyfilters.yaml"), "{paths:?}");
+    assert!(paths.contains(&"wasmplugin/wasmplugin.yaml"), "{paths:?}");
+    assert!(
+        !paths
+            .iter()
+            .any(|p| p.ends_with("routes.yaml") || p.starts_with("sidecar/")),
+        "{paths:?}"
+    );
+    for doc in external_only.iter().flat_map(|f| &f.docs) {
+        // Core kinds (a NetworkPolicy) have no CRD to check against.
         assert!(
-            err.contains("1 to 16 rules") && err.contains(&format!("has {count} local")),
-            "{err}"
+            matches!(
+                catalog().validate(doc),
+                Verdict::Valid | Verdict::UnknownKind
+            ),
+            "{doc}"
         );
     }
     let files = with_models(16).unwrap();

@@ -121,10 +121,14 @@ pub enum RenderError {
     #[error(
         "{MODELS_ROUTE} has one rule per local model, and a Gateway API HTTPRoute takes \
          1 to {MAX_ROUTE_RULES} rules (the API server refuses others); the filter \
-         configuration has {0} local models (more: serve them from another Gateway; none: \
-         a gateway of external models alone is not rendered yet)"
+         configuration has {0} local models (serve more from another Gateway)"
     )]
     RouteRules(usize),
+    #[error(
+        "--inference-pool: the filter configuration has no local model for an InferencePool \
+         to serve (its models are all external)"
+    )]
+    PoolWithoutModels,
     #[error(
         "the filter's failure_policy is FAIL_OPEN: a proxy whose module failed to load or \
          crashed would pass every request on unauthenticated and unmetered (and on the \
@@ -829,14 +833,24 @@ pub fn render(
     let parsed = Config::from_json(filter_config.to_string().as_bytes())?;
     // External models have their own route (`providers::render`).
     let models = &local_models(&parsed);
-    if !(1..=MAX_ROUTE_RULES).contains(&models.len()) {
+    if models.len() > MAX_ROUTE_RULES {
         return Err(RenderError::RouteRules(models.len()));
     }
+    // A gateway of external models alone: no route to a model server, and
+    // no model server whose sidecar would hold the filter.
+    if models.is_empty() && settings.inference_pool.is_some() {
+        return Err(RenderError::PoolWithoutModels);
+    }
+    let placements: &[(Placement, &str)] = if models.is_empty() {
+        &[(Placement::Gateway, "gateway")]
+    } else {
+        &[
+            (Placement::Gateway, "gateway"),
+            (Placement::Sidecar, "sidecar"),
+        ]
+    };
     let mut files = Vec::new();
-    for (placement, dir) in [
-        (Placement::Gateway, "gateway"),
-        (Placement::Sidecar, "sidecar"),
-    ] {
+    for &(placement, dir) in placements {
         files.push(RenderedFile {
             path: format!("{dir}/envoyfilters.yaml"),
             docs: vec![
@@ -903,22 +917,25 @@ fn placement_files(
     placement: Placement,
     settings: &MeshSettings,
     models: &[String],
-) -> [RenderedFile; 2] {
-    let mut routes = Vec::new();
-    if let Some(pool) = &settings.inference_pool {
-        routes.push(inference_pool::inference_pool(settings, &pool.picker));
-    }
-    routes.push(models_route(placement, settings, models));
-    [
-        RenderedFile {
-            path: format!("{dir}/access.yaml"),
-            docs: crate::access::access_manifests(placement, settings),
-        },
-        RenderedFile {
+) -> Vec<RenderedFile> {
+    let mut files = vec![RenderedFile {
+        path: format!("{dir}/access.yaml"),
+        docs: crate::access::access_manifests(placement, settings),
+    }];
+    // No local model: no route to a model server (external models have
+    // `render-providers`' route).
+    if !models.is_empty() {
+        let mut routes = Vec::new();
+        if let Some(pool) = &settings.inference_pool {
+            routes.push(inference_pool::inference_pool(settings, &pool.picker));
+        }
+        routes.push(models_route(placement, settings, models));
+        files.push(RenderedFile {
             path: format!("{dir}/routes.yaml"),
             docs: routes,
-        },
-    ]
+        });
+    }
+    files
 }
 
 #[cfg(test)]
