@@ -74,12 +74,56 @@ pub fn usage_json(u: Usage) -> Value {
 /// token's `token` is its bytes as UTF-8 (lossy for a piece of a
 /// character, which `bytes` then gives exactly); a token without text (a
 /// special one) is named as the vocabulary writes it. Completions'
-/// `text_offset` counts characters of the tokens before, across chunks.
+/// `text_offset` is where each token's text starts in the answer's text,
+/// across chunks; completions' `top_logprobs` hold the sampled token too
+/// (OpenAI's "up to logprobs + 1").
 #[derive(Clone)]
 pub struct LogprobsWriter {
     tokenizer: Arc<TextTokenizer>,
     shape: Shape,
-    offset: usize,
+    offset: TextOffset,
+}
+
+/// Characters of the answer's text so far, as the text decoder writes it:
+/// a character split over tokens counts once, when whole; bytes that can
+/// never be one count as one U+FFFD each; a token without text (a special
+/// one) adds nothing.
+#[derive(Clone, Default)]
+struct TextOffset {
+    chars: usize,
+    /// The start of a character whose last bytes are still to come.
+    pending: Vec<u8>,
+}
+
+impl TextOffset {
+    fn push(&mut self, bytes: &[u8]) {
+        self.pending.extend_from_slice(bytes);
+        let mut rest = self.pending.as_slice();
+        loop {
+            match std::str::from_utf8(rest) {
+                Ok(text) => {
+                    self.chars += text.chars().count();
+                    rest = &[];
+                    break;
+                }
+                Err(e) => {
+                    let (valid, after) = rest.split_at(e.valid_up_to());
+                    self.chars += std::str::from_utf8(valid).map_or(0, |t| t.chars().count());
+                    match e.error_len() {
+                        Some(bad) => {
+                            self.chars += 1;
+                            rest = &after[bad..];
+                        }
+                        None => {
+                            rest = after;
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        self.pending = rest.to_vec();
+    }
 }
 
 impl LogprobsWriter {
@@ -87,7 +131,7 @@ impl LogprobsWriter {
         Self {
             tokenizer,
             shape,
-            offset: 0,
+            offset: TextOffset::default(),
         }
     }
 
@@ -124,15 +168,18 @@ impl LogprobsWriter {
                     (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for e in entries {
                     let (token, _) = self.piece(e.token);
-                    offsets.push(self.offset);
-                    self.offset += token.chars().count();
+                    offsets.push(self.offset.chars);
+                    if let Some(bytes) = self.tokenizer.token_bytes(e.token) {
+                        self.offset.push(bytes);
+                    }
+                    // Keyed by text, most likely first: two tokens of one
+                    // text (pieces of characters) keep the likelier.
+                    let mut top = serde_json::Map::new();
+                    for &(id, lp) in e.top.iter().chain(std::iter::once(&(e.token, e.logprob))) {
+                        top.entry(self.piece(id).0).or_insert(json!(lp));
+                    }
                     tokens.push(token);
                     logprobs.push(e.logprob);
-                    let top: serde_json::Map<String, Value> = e
-                        .top
-                        .iter()
-                        .map(|&(id, lp)| (self.piece(id).0, json!(lp)))
-                        .collect();
                     tops.push(top);
                 }
                 json!({
@@ -318,6 +365,29 @@ pub const DONE: &str = "data: [DONE]\n\n";
 
 #[cfg(test)]
 mod tests {
+
+    /// Where each token's text starts: a character split over two tokens
+    /// counts once, bytes that can never be one as one U+FFFD.
+    #[test]
+    fn text_offsets_count_the_characters_of_the_text() {
+        let mut offset = TextOffset::default();
+        let mut starts = Vec::new();
+        for bytes in [
+            &b"a"[..],
+            &[0xF0, 0x9F],
+            &[0x98, 0x80],
+            b" b",
+            &[0xFF],
+            b"c",
+        ] {
+            starts.push(offset.chars);
+            offset.push(bytes);
+        }
+        // "a😀 b\u{FFFD}c"
+        assert_eq!(starts, [0, 1, 1, 2, 4, 5]);
+        assert_eq!(offset.chars, 6);
+    }
+
     use super::*;
 
     fn meta(shape: Shape) -> Meta {

@@ -27,6 +27,8 @@ enum Neutral {
     /// `null`, or one of these strings (`function_call: "auto"` without
     /// functions asks for nothing).
     OneOf(&'static [&'static str]),
+    /// `null` or `true` (a switch that is on by default).
+    True,
 }
 
 /// What to use instead, per group of fields.
@@ -55,6 +57,25 @@ const REFUSED: &[(&str, Neutral, &str)] = &[
     ("dry_multiplier", Neutral::Number(0.0), SAMPLING),
     ("xtc_probability", Neutral::Number(0.0), SAMPLING),
     ("use_beam_search", Neutral::Empty, SAMPLING),
+    ("top_n_sigma", Neutral::Number(-1.0), SAMPLING),
+    ("dynatemp_range", Neutral::Number(0.0), SAMPLING),
+    // vLLM's chat template switches: the template always opens the
+    // assistant's turn after the messages.
+    (
+        "continue_final_message",
+        Neutral::Empty,
+        "a final assistant message is answered after, never continued",
+    ),
+    (
+        "add_generation_prompt",
+        Neutral::True,
+        "the chat template always opens the assistant's turn",
+    ),
+    (
+        "skip_special_tokens",
+        Neutral::True,
+        "special tokens are never part of the text (but tool-call markers while tools are in play)",
+    ),
     (
         "min_tokens",
         Neutral::Number(0.0),
@@ -136,6 +157,7 @@ fn is_neutral(value: &Value, neutral: Neutral) -> bool {
         (Value::Number(n), Neutral::Number(off)) => n.as_f64() == Some(off),
         (Value::Array(a), Neutral::Only(only)) => a.iter().all(|v| v.as_str() == Some(only)),
         (Value::String(s), Neutral::OneOf(values)) => values.contains(&s.as_str()),
+        (Value::Bool(b), Neutral::True) => *b,
         _ => false,
     }
 }
@@ -173,6 +195,17 @@ mod tests {
                 "function_call",
             ),
             (json!({"use_beam_search": true}), "use_beam_search"),
+            (
+                json!({"continue_final_message": true}),
+                "continue_final_message",
+            ),
+            (
+                json!({"add_generation_prompt": false}),
+                "add_generation_prompt",
+            ),
+            (json!({"skip_special_tokens": false}), "skip_special_tokens"),
+            (json!({"top_n_sigma": 1.5}), "top_n_sigma"),
+            (json!({"dynatemp_range": 0.5}), "dynatemp_range"),
         ] {
             let err = checked(body.clone()).unwrap_err();
             assert_eq!(err.status.as_u16(), 400, "{body}");
@@ -188,6 +221,8 @@ mod tests {
             "guided_json": null, "grammar": "", "min_p": 0, "repetition_penalty": 1.0,
             "min_tokens": 0, "stop_token_ids": [], "suffix": null, "modalities": ["text"],
             "use_beam_search": false, "function_call": "auto",
+            "continue_final_message": false, "add_generation_prompt": true,
+            "skip_special_tokens": true, "top_n_sigma": -1, "dynatemp_range": 0,
             // What SDKs send by default.
             "user": "u-1", "metadata": {"a": "b"}, "store": false, "service_tier": "auto",
         }))
