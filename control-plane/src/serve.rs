@@ -108,6 +108,7 @@ pub async fn serve(config: ServeConfig) -> Result<(), ServeError> {
         max_key_lifetime: config.max_key_lifetime,
         max_keys_minted_per_day: config.max_keys_minted_per_day,
         admission: Default::default(),
+        price_exposition: Default::default(),
     });
     let listener = tokio::net::TcpListener::bind(config.listen)
         .await

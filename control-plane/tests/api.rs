@@ -124,6 +124,7 @@ fn missing_forged_and_expired_credentials_get_401() {
         let r = cp.call("GET", "/maas-api/v1/api-keys", bearer, None);
         assert_eq!(r.status, 401, "{bearer:?}: {}", r.text());
         assert_eq!(r.json()["error"]["type"], "authentication_error");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
     }
     // An admin-group token administers.
     let admin = token("carol", &["maas-admins"]);
@@ -169,6 +170,15 @@ fn bad_input_gets_400_and_changes_nothing() {
             r#"{"name": "x", "subscription": "team-a", "labels": {"env": "dev", "env": "prod"}}"#,
             "duplicate field `env`",
         ),
+        // PostgreSQL refuses a NUL in text: looked up, it was a 503.
+        (
+            r#"{"name": "x", "subscription": "team-a\u0000"}"#,
+            "subscription",
+        ),
+        (
+            r#"{"name": "x", "subscription": "team-a", "labels": {"env": "d\u0000"}}"#,
+            "labels",
+        ),
     ] {
         let r = post(body);
         assert_eq!(r.status, 400, "{body}: {}", r.text());
@@ -201,6 +211,17 @@ fn bad_input_gets_400_and_changes_nothing() {
         let r = cp.call("PUT", &path, Some(ADMIN), Some(&spec));
         assert_eq!(r.status, 400, "{spec}: {}", r.text());
         assert!(r.text().contains(needle), "{}", r.text());
+    }
+    // Control characters in a path or a query string: no id, name or
+    // owner has one.
+    for (method, path) in [
+        ("DELETE", "/maas-api/v1/api-keys/k%00"),
+        ("GET", "/maas-api/v1/api-keys?owner=al%00ice"),
+        ("PUT", "/maas-api/v1/prices/m%1F"),
+    ] {
+        let r = cp.call(method, path, Some(ADMIN), Some(&json!({})));
+        assert_eq!(r.status, 400, "{path}: {}", r.text());
+        assert!(r.text().contains("control characters"), "{}", r.text());
     }
     // Nothing was created by any of it.
     assert!(cp.all_keys().is_empty());

@@ -68,6 +68,7 @@ fn every_documented_operation_is_routed() {
             max_key_lifetime: None,
             max_keys_minted_per_day: 100,
             admission: Default::default(),
+            price_exposition: Default::default(),
         });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();

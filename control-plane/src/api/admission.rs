@@ -114,7 +114,8 @@ impl Drop for Counted {
 
 /// Whether requests to `path` take a place: the callers' API, not the
 /// gateways' sync (its own token, and what the places protect) nor the
-/// health, metrics and page, which touch no database.
+/// health and page, which touch no database, nor the metrics, read from
+/// it at most every few seconds (`prices::Exposition`).
 pub fn takes_a_place(path: &str) -> bool {
     path.starts_with("/maas-api/v1/") && !path.starts_with("/maas-api/v1/sync")
 }

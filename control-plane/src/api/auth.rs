@@ -76,15 +76,15 @@ impl Authenticator {
     }
 }
 
+/// The token of `Authorization: Bearer <token>`; the scheme is
+/// case-insensitive (RFC 9110), as the gateway reads it.
 fn bearer(headers: &HeaderMap) -> Result<&str, ApiError> {
     headers
         .get(axum::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Bearer ")
-                .or_else(|| v.strip_prefix("bearer "))
-        })
-        .map(str::trim)
+        .and_then(|v| v.split_once([' ', '\t']))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
         .filter(|t| !t.is_empty())
         .ok_or(ApiError::Unauthenticated)
 }
@@ -159,5 +159,26 @@ mod tests {
         assert_eq!(check_subject(ADMIN_SUBJECT), Err(UserNameError::Reserved));
         // Yet it is a valid owner for the gateway's `x-maas-user`.
         assert_eq!(check_user_name(ADMIN_SUBJECT), Ok(()));
+    }
+
+    #[test]
+    fn the_bearer_scheme_is_case_insensitive() {
+        let token = |value: &str| {
+            let mut headers = axum::http::HeaderMap::new();
+            headers.insert(axum::http::header::AUTHORIZATION, value.parse().unwrap());
+            super::bearer(&headers).ok().map(str::to_owned)
+        };
+        for value in [
+            "Bearer t-1",
+            "bearer t-1",
+            "BEARER t-1",
+            "Bearer\tt-1",
+            "Bearer  t-1 ",
+        ] {
+            assert_eq!(token(value).as_deref(), Some("t-1"), "{value:?}");
+        }
+        for value in ["Basic dTpw", "Bearer", "Bearer ", "Bearert-1"] {
+            assert_eq!(token(value), None, "{value:?}");
+        }
     }
 }

@@ -13,6 +13,22 @@ use std::time::Duration;
 
 use super::error::ApiError;
 
+const NO_CONTROL: &str = "path and query: no control characters (ids, names and owners have none)";
+
+/// Whether a URI part percent-encodes a control character (a raw one
+/// cannot be in a URI). None is in any id, name or owner, and PostgreSQL
+/// refuses a NUL in text outright: looked up, `%00` was a 503 "database
+/// unavailable" and an error in the log, at any caller's will.
+fn encodes_a_control(part: &str) -> bool {
+    part.as_bytes().windows(3).any(|w| {
+        let hex = std::str::from_utf8(&w[1..]).ok();
+        w[0] == b'%'
+            && hex
+                .and_then(|h| u8::from_str_radix(h, 16).ok())
+                .is_some_and(|b| b < 0x20 || b == 0x7f)
+    })
+}
+
 /// `axum::extract::Query`, rejected as a 400 naming the query string.
 pub struct ApiQuery<T>(pub T);
 
@@ -24,6 +40,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if parts.uri.query().is_some_and(encodes_a_control) {
+            return Err(ApiError::Invalid(NO_CONTROL.into()));
+        }
         Query::<T>::from_request_parts(parts, state)
             .await
             .map(|Query(q)| ApiQuery(q))
@@ -42,6 +61,9 @@ where
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        if encodes_a_control(parts.uri.path()) {
+            return Err(ApiError::Invalid(NO_CONTROL.into()));
+        }
         Path::<T>::from_request_parts(parts, state)
             .await
             .map(|Path(p)| ApiPath(p))
@@ -82,4 +104,25 @@ where
 /// `Allow` header).
 pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encoded_control_characters_are_found() {
+        for part in ["/maas-api/v1/api-keys/%00", "owner=a%1fb", "x=%7F", "x=%7f"] {
+            assert!(encodes_a_control(part), "{part}");
+        }
+        for part in [
+            "/maas-api/v1/api-keys/k-1",
+            "owner=a%20b",
+            "x=%25",
+            "x=%",
+            "x=%2",
+        ] {
+            assert!(!encodes_a_control(part), "{part}");
+        }
+    }
 }

@@ -43,7 +43,7 @@ mod auth;
 mod error;
 mod extract;
 mod mint;
-mod prices;
+pub mod prices;
 mod usage;
 
 use std::sync::Arc;
@@ -81,6 +81,8 @@ pub struct AppState {
     pub max_keys_minted_per_day: u64,
     /// How many callers' requests run at once ([`admission`]).
     pub admission: admission::Admission,
+    /// `/metrics`, read at most every few seconds.
+    pub price_exposition: prices::Exposition,
 }
 
 pub fn router(state: Arc<AppState>) -> Router {
@@ -190,15 +192,22 @@ async fn create_key(
             "name: 1–128 characters without control characters".into(),
         ));
     }
+    let control = |text: &str| text.chars().any(char::is_control);
     if req.labels.len() > MAX_LABELS
         || req
             .labels
             .iter()
-            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256)
+            .any(|(k, v)| k.is_empty() || k.len() > 64 || v.len() > 256 || control(k) || control(v))
     {
         return Err(ApiError::Invalid(format!(
-            "labels: at most {MAX_LABELS}, keys 1–64 and values up to 256 bytes"
+            "labels: at most {MAX_LABELS}, keys 1–64 and values up to 256 bytes, without control characters"
         )));
+    }
+    // No subscription's name has one (and PostgreSQL refuses a NUL).
+    if control(&req.subscription) {
+        return Err(ApiError::Invalid(
+            "subscription: no control characters".into(),
+        ));
     }
     let owner = match req.owner {
         // The rule OIDC subjects follow: it becomes `x-maas-user` at the

@@ -3,6 +3,7 @@
 //! (administrators), and `GET /metrics`, the prices as Prometheus gauges.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header;
@@ -51,6 +52,7 @@ pub(super) async fn put_price(
     app.store
         .put_price(&price, unix_now(), &who.subject)
         .await?;
+    app.price_exposition.forget().await;
     Ok(Json(price.json()).into_response())
 }
 
@@ -63,19 +65,41 @@ pub(super) async fn delete_price(
     if !app.store.delete_price(&model, &who.subject).await? {
         return Err(ApiError::NotFound(format!("no price for {model:?}")));
     }
+    app.price_exposition.forget().await;
     Ok(Json(json!({"model": model, "deleted": true})).into_response())
+}
+
+/// The last `/metrics` text and when it was read. `/metrics` needs no
+/// login and takes no admission place, so scrapes within [`EXPOSITION_TTL`]
+/// share one read, and a flood of them waits on the lock holding no
+/// database connection (the pool the gateways' sync needs).
+#[derive(Default)]
+pub struct Exposition(tokio::sync::Mutex<Option<(Instant, String)>>);
+
+/// How stale `/metrics` may be after another replica changed a price
+/// (this one's changes show at once).
+const EXPOSITION_TTL: Duration = Duration::from_secs(5);
+
+impl Exposition {
+    async fn forget(&self) {
+        *self.0.lock().await = None;
+    }
 }
 
 /// Prometheus text for the control plane's own series: each model's price
 /// as `maas_model_price_per_million{model,kind="prompt|completion",currency}`,
 /// so dashboards can turn the filter's token rates into money.
 pub(super) async fn metrics(State(app): State<Arc<AppState>>) -> Result<Response, ApiError> {
-    let prices = app.store.list_prices().await?;
-    Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        price_exposition(&prices),
-    )
-        .into_response())
+    let mut cached = app.price_exposition.0.lock().await;
+    let text = match &*cached {
+        Some((read, text)) if read.elapsed() < EXPOSITION_TTL => text.clone(),
+        _ => {
+            let text = price_exposition(&app.store.list_prices().await?);
+            *cached = Some((Instant::now(), text.clone()));
+            text
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())
 }
 
 /// The exposition text of `prices`.

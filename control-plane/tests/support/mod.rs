@@ -145,6 +145,7 @@ impl ControlPlane {
                     settings.admission.1,
                     settings.admission.2,
                 ),
+                price_exposition: Default::default(),
             });
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             let addr = listener.local_addr().unwrap();

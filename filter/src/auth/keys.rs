@@ -197,6 +197,8 @@ pub enum UserNameError {
     Control,
     #[error("must not start with `{RESERVED_USER_PREFIX}`, which names the control plane's own identities")]
     Reserved,
+    #[error("must not start or end with white space, nor hold invisible formatting characters (zero-width, bidirectional): it would pass for another name")]
+    LookAlike,
 }
 
 /// A name the gateway may send upstream as `x-maas-user` and count limits
@@ -215,12 +217,37 @@ pub fn check_user_name(name: &str) -> Result<(), UserNameError> {
 /// A name a caller claims: an OIDC token's subject (at the gateway and at
 /// the control plane) or an owner an administrator mints a key for. The
 /// same as [`check_user_name`], outside the reserved namespace.
+///
+/// Such a name is new, so it is held to more than a stored one: `alice `
+/// and `al\u{200B}ice` would be other owners than `alice` (other key caps,
+/// listings and showback) that print, and reach a model server's logs, as
+/// `alice`.
 pub fn check_subject(name: &str) -> Result<(), UserNameError> {
     check_user_name(name)?;
-    if name.starts_with(RESERVED_USER_PREFIX) {
+    let reserved = name
+        .get(..RESERVED_USER_PREFIX.len())
+        .is_some_and(|start| start.eq_ignore_ascii_case(RESERVED_USER_PREFIX));
+    if reserved {
         return Err(UserNameError::Reserved);
     }
+    if name.trim() != name || name.chars().any(is_invisible_format) {
+        return Err(UserNameError::LookAlike);
+    }
     Ok(())
+}
+
+/// Unicode's invisible formatting characters (category Cf) that show in no
+/// text: zero-width spaces and joiners, bidirectional controls, the word
+/// joiner and invisible operators, the byte-order mark, the soft hyphen.
+fn is_invisible_format(c: char) -> bool {
+    matches!(c,
+        '\u{00AD}' | '\u{061C}' | '\u{180E}'
+        | '\u{200B}'..='\u{200F}'
+        | '\u{202A}'..='\u{202E}'
+        | '\u{2060}'..='\u{2064}'
+        | '\u{2066}'..='\u{206F}'
+        | '\u{FEFF}'
+    )
 }
 
 /// The key a client presented: `Authorization: Bearer <key>` (scheme is
@@ -312,7 +339,7 @@ mod tests {
         use UserNameError::*;
         let long = "x".repeat(MAX_USER_LEN + 1);
         type Verdict = Result<(), UserNameError>;
-        let table: [(&str, Verdict, Verdict); 9] = [
+        let table: [(&str, Verdict, Verdict); 14] = [
             ("alice", Ok(()), Ok(())),
             ("alice@example.com", Ok(()), Ok(())),
             ("admin", Ok(()), Ok(())),
@@ -322,6 +349,12 @@ mod tests {
             ("a\r\nx-maas-user: root", Err(Control), Err(Control)),
             ("tab\there", Err(Control), Err(Control)),
             ("maas:admin", Ok(()), Err(Reserved)),
+            ("MAAS:admin", Ok(()), Err(Reserved)),
+            // New names that would pass for `alice`.
+            ("alice ", Ok(()), Err(LookAlike)),
+            (" alice", Ok(()), Err(LookAlike)),
+            ("al\u{200B}ice", Ok(()), Err(LookAlike)),
+            ("\u{202E}ecila", Ok(()), Err(LookAlike)),
         ];
         for (name, user, subject) in table {
             assert_eq!(check_user_name(name), user, "{name:?}");
