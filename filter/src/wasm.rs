@@ -88,6 +88,8 @@ struct GatewayRoot {
     /// is done once the outbox is empty. The new configuration's context
     /// takes over everything else.
     ending: bool,
+    /// It told Envoy so (`proxy_done`, at most once).
+    told_done: bool,
 }
 
 impl GatewayRoot {
@@ -128,12 +130,13 @@ impl GatewayRoot {
         }
     }
 
-    /// An ending context whose last settlement left tells Envoy it may go.
+    /// An ending context whose last settlement left tells Envoy it may go
+    /// (once: it stays ending, doing nothing, until Envoy deletes it).
     fn end_if_delivered(&mut self) {
-        if !self.ending || !self.vm.borrow().outbox.is_empty() {
+        if !self.ending || self.told_done || !self.vm.borrow().outbox.is_empty() {
             return;
         }
-        self.ending = false;
+        self.told_done = true;
         log(
             LogLevel::Info,
             "maas-gateway: the replaced configuration's settlements are delivered; it ends",

@@ -11,7 +11,8 @@ pub struct DuplicateGateway {
     pub second: String,
 }
 
-/// Envoy admin base URLs, each one gateway, without a trailing `/`.
+/// Envoy admin base URLs, each one gateway, without a trailing `/` and
+/// with its scheme and host in lower case.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Gateways(Vec<String>);
 
@@ -28,11 +29,11 @@ impl Gateways {
             }
             seen.push((key, url));
         }
-        Ok(Self(
-            urls.iter()
-                .map(|u| u.trim_end_matches('/').to_string())
-                .collect(),
-        ))
+        // Each as its identity: the sampler stores a gateway's last reading
+        // under it, so replicas that spell one gateway's URL differently
+        // (`http://GW:15000/`, `http://gw:15000`) resume from one reading,
+        // rather than each from its own and the usage between counted twice.
+        Ok(Self(urls.iter().map(|u| identity(u)).collect()))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,7 +91,7 @@ mod tests {
             "http://gw-1:15001",
             // Paths stay case-sensitive: a prefix another proxy routes on.
             "http://proxy/GW",
-            "http://proxy/gw",
+            "http://Proxy/gw",
         ]))
         .unwrap();
         assert_eq!(

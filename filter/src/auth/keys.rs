@@ -218,10 +218,10 @@ pub fn check_user_name(name: &str) -> Result<(), UserNameError> {
 /// the control plane) or an owner an administrator mints a key for. The
 /// same as [`check_user_name`], outside the reserved namespace.
 ///
-/// Such a name is new, so it is held to more than a stored one: `alice `
-/// and `al\u{200B}ice` would be other owners than `alice` (other key caps,
-/// listings and showback) that print, and reach a model server's logs, as
-/// `alice`.
+/// Such a name is held to more than a stored one (checked again at every
+/// sign-in, while a stored owner is not): `alice ` and `al\u{200B}ice`
+/// would be other owners than `alice` (other key caps, listings and
+/// showback) that print, and reach a model server's logs, as `alice`.
 pub fn check_subject(name: &str) -> Result<(), UserNameError> {
     check_user_name(name)?;
     let reserved = name
@@ -238,7 +238,8 @@ pub fn check_subject(name: &str) -> Result<(), UserNameError> {
 
 /// Unicode's invisible formatting characters (category Cf) that show in no
 /// text: zero-width spaces and joiners, bidirectional controls, the word
-/// joiner and invisible operators, the byte-order mark, the soft hyphen.
+/// joiner and invisible operators, the byte-order mark, the soft hyphen,
+/// interlinear annotation marks, musical formatting and tag characters.
 fn is_invisible_format(c: char) -> bool {
     matches!(c,
         '\u{00AD}' | '\u{061C}' | '\u{180E}'
@@ -247,6 +248,10 @@ fn is_invisible_format(c: char) -> bool {
         | '\u{2060}'..='\u{2064}'
         | '\u{2066}'..='\u{206F}'
         | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}'
+        | '\u{1D173}'..='\u{1D17A}'
+        | '\u{E0001}'
+        | '\u{E0020}'..='\u{E007F}'
     )
 }
 
@@ -339,7 +344,7 @@ mod tests {
         use UserNameError::*;
         let long = "x".repeat(MAX_USER_LEN + 1);
         type Verdict = Result<(), UserNameError>;
-        let table: [(&str, Verdict, Verdict); 14] = [
+        let table: [(&str, Verdict, Verdict); 15] = [
             ("alice", Ok(()), Ok(())),
             ("alice@example.com", Ok(()), Ok(())),
             ("admin", Ok(()), Ok(())),
@@ -355,6 +360,7 @@ mod tests {
             (" alice", Ok(()), Err(LookAlike)),
             ("al\u{200B}ice", Ok(()), Err(LookAlike)),
             ("\u{202E}ecila", Ok(()), Err(LookAlike)),
+            ("al\u{E0061}ice", Ok(()), Err(LookAlike)),
         ];
         for (name, user, subject) in table {
             assert_eq!(check_user_name(name), user, "{name:?}");

@@ -213,7 +213,7 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 15] = [
+const FIELDS: [&str; 16] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
@@ -229,6 +229,7 @@ const FIELDS: [&str; 15] = [
     "chat_template_kwargs",
     "service_tier",
     "mm_processor_kwargs",
+    "media_io_kwargs",
 ];
 const STREAM_OPTIONS: [&str; 2] = ["include_usage", "continuous_usage_stats"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -278,16 +279,21 @@ impl<'a> RequestFields<'a> {
             let name = FIELDS.get(index).copied().unwrap_or_default();
             return Err(RequestError::CaseVariantField(name.to_owned()));
         }
-        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs, service_tier, processor_kwargs] =
+        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs, service_tier, processor_kwargs, media_io_kwargs] =
             fields.values;
-        // vLLM's per-request image processor settings (a larger
-        // `max_pixels`, say) make one image cost far more prompt tokens
-        // than a media part is bounded by.
-        if processor_kwargs.is_some_and(|raw| raw.get() != "null") {
-            return Err(RequestError::InvalidField {
-                field: "mm_processor_kwargs",
-                expected: EXPECT_NO_PROCESSOR_KWARGS,
-            });
+        // vLLM's per-request media settings (an image processor's larger
+        // `max_pixels`, a video's `num_frames`) make one media part cost
+        // far more prompt tokens than it is bounded by.
+        for (field, raw) in [
+            ("mm_processor_kwargs", processor_kwargs),
+            ("media_io_kwargs", media_io_kwargs),
+        ] {
+            if raw.is_some_and(|raw| raw.get() != "null") {
+                return Err(RequestError::InvalidField {
+                    field,
+                    expected: EXPECT_NO_PROCESSOR_KWARGS,
+                });
+            }
         }
         // vLLM renders a `chat_template` sent in the request (newer
         // versions only when started with `--trust-request-chat-template`),

@@ -135,6 +135,9 @@ pub struct ParsedOutput {
     /// The text outside the calls, trimmed; `None` when there is none.
     pub content: Option<String>,
     pub tool_calls: Vec<ToolCall>,
+    /// The answer ends inside a call, kept as text (see [`parse`]): it was
+    /// cut short, so it does not end with its calls.
+    pub cut: bool,
 }
 
 /// Splits a finished answer into text and calls. A call whose JSON does not
@@ -154,6 +157,7 @@ pub fn parse(format: ToolCallFormat, text: &str, known_tools: &[&str]) -> Parsed
         _ => ParsedOutput {
             content: non_empty(text),
             tool_calls: Vec::new(),
+            cut: false,
         },
     }
 }
@@ -332,6 +336,7 @@ fn hermes(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     let mut content = String::new();
     let mut calls = Vec::new();
     let mut rest = text;
+    let mut cut = false;
     while let Some((before, block)) = rest.split_once(HERMES_OPEN) {
         content.push_str(before);
         match hermes_block(block, known, &mut calls) {
@@ -342,6 +347,7 @@ fn hermes(text: &str, known: &[&str]) -> Option<ParsedOutput> {
             Err(HermesBlock::Cut) if !calls.is_empty() => {
                 content.push_str(HERMES_OPEN);
                 rest = block;
+                cut = true;
                 break;
             }
             Err(_) => return None,
@@ -351,6 +357,7 @@ fn hermes(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     Some(ParsedOutput {
         content: non_empty(&content),
         tool_calls: calls,
+        cut,
     })
 }
 
@@ -413,6 +420,7 @@ fn llama3(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     Some(ParsedOutput {
         content: None,
         tool_calls: calls,
+        cut: false,
     })
 }
 
@@ -434,6 +442,7 @@ fn mistral(text: &str, known: &[&str]) -> Option<ParsedOutput> {
     Some(ParsedOutput {
         content: non_empty(before),
         tool_calls: calls,
+        cut: false,
     })
 }
 

@@ -78,17 +78,23 @@ impl ToolCallParsing {
     ) -> Option<(ParsedOutput, &'static str)> {
         let names: Vec<&str> = self.names.iter().map(String::as_str).collect();
         let cut = reason == FinishReason::Length;
-        let mut parsed = if self.forced.is_some() && cut {
-            // The grammar made it a prefix of the format's list of calls.
-            tool_calls::whole_calls(self.format, text, &names)?
-        } else {
-            tool_calls::parse(self.format, text, &names)
+        let short = |parsed: &ParsedOutput| cut || parsed.cut || parsed.tool_calls.is_empty();
+        let (mut parsed, finish) = match tool_calls::parse(self.format, text, &names) {
+            // Forced, the grammar made the answer a prefix of the format's
+            // list of calls, which the budget or a stop string cut short:
+            // the calls it finished, and why it ended.
+            parsed if self.forced.is_some() && short(&parsed) => (
+                tool_calls::whole_calls(self.format, text, &names)?,
+                reason.as_str(),
+            ),
+            // Cut short, the answer does not end with its calls (OpenAI's
+            // "length", or the stop that cut it), as a stream ends.
+            parsed if cut || parsed.cut => (parsed, reason.as_str()),
+            parsed => (parsed, "tool_calls"),
         };
         if !self.parallel {
             parsed.tool_calls.truncate(1);
         }
-        // Cut short, the answer is not all calls (OpenAI's "length").
-        let finish = if cut { "length" } else { "tool_calls" };
         (!parsed.tool_calls.is_empty()).then_some((parsed, finish))
     }
 
@@ -838,6 +844,9 @@ mod tests {
             .map(|c| (c.name.as_str(), c.arguments.as_str()))
             .collect();
         assert_eq!(calls, [("a", r#"{"x":1}"#)]);
+        // A stop string cut it: the same calls, ended by the stop.
+        let (parsed, finish) = parsing.calls_in(cut, FinishReason::Stop).unwrap();
+        assert_eq!((parsed.tool_calls.len(), finish), (1, "stop"));
         // Not forced: the whole call, and the cut one as the text the
         // model wrote (as a stream sends them).
         parsing.forced = None;

@@ -706,6 +706,12 @@ fn per_request_processor_settings_are_refused() {
         Err(invalid("mm_processor_kwargs", EXPECT_NO_PROCESSOR_KWARGS))
     );
     assert!(parse_completion_request(br#"{"model":"m","mm_processor_kwargs":null}"#).is_ok());
+    assert_eq!(
+        parse_completion_request(
+            br#"{"model":"m","media_io_kwargs":{"video":{"num_frames":512}}}"#
+        ),
+        Err(invalid("media_io_kwargs", EXPECT_NO_PROCESSOR_KWARGS))
+    );
 }
 
 #[test]
