@@ -112,6 +112,7 @@ fn prices_are_validated_audited_and_kept_in_one_currency() {
         .iter()
         .any(|a| a.action == "price.put" && a.target == MODEL));
     // The prices as gauges, for dashboards.
+    let first_read = std::time::Instant::now();
     let metrics = request("GET", &format!("http://{}/metrics", cp.addr), &[], None);
     assert_eq!(metrics.status, 200);
     assert!(
@@ -121,6 +122,32 @@ fn prices_are_validated_audited_and_kept_in_one_currency() {
         "{}",
         metrics.text()
     );
+    // Scrapes share one read for a few seconds: another replica's change
+    // (written straight to the database here) is not read again at once,
+    // while this replica's own change is.
+    let metrics = || request("GET", &format!("http://{}/metrics", cp.addr), &[], None).text();
+    let other = maas_control_plane::showback::price::Price::from_json(
+        MODEL,
+        br#"{"currency": "USD", "prompt_per_million": "0.15", "completion_per_million": "0.9"}"#,
+    )
+    .unwrap();
+    cp.runtime
+        .block_on(cp.store.put_price(&other, now() as i64, "another-replica"))
+        .unwrap();
+    let completion = |amount: &str| {
+        format!("maas_model_price_per_million{{model=\"{MODEL}\",kind=\"completion\",currency=\"USD\"}} {amount}")
+    };
+    let scraped = metrics();
+    // (On a machine so slow that the read is seconds old, it is read again.)
+    assert!(
+        scraped.contains(&completion("0.6"))
+            || first_read.elapsed() >= std::time::Duration::from_secs(5),
+        "read again at once: {scraped}"
+    );
+    let higher =
+        json!({"currency": "USD", "prompt_per_million": "0.15", "completion_per_million": "1.2"});
+    assert_eq!(put_price(&cp, MODEL, higher).status, 200);
+    assert!(metrics().contains(&completion("1.2")), "{}", metrics());
     let path = format!("/maas-api/v1/prices/{MODEL}");
     assert_eq!(cp.call("DELETE", &path, Some(ADMIN), None).status, 200);
     assert_eq!(cp.call("DELETE", &path, Some(ADMIN), None).status, 404);
