@@ -16,7 +16,7 @@
 //! could not read, a page cut short) is no reading: counted against, it
 //! would make the next real one look like usage from zero.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::time::{Duration, Instant};
 
@@ -31,9 +31,9 @@ pub const BUCKET_SECS: i64 = 60;
 pub struct Sampler {
     /// When sampling started, on the clock readings are taken by.
     started: i64,
+    /// Each gateway's baseline. Every one is stored too: loaded, or
+    /// committed only once its reading was written (see [`Self::update`]).
     last: HashMap<String, Snapshot>,
-    /// Gateways whose reading is stored (loaded, or written since).
-    stored: HashSet<String>,
 }
 
 /// The most a gateway's `/stats/prometheus` may be: its usage series grow
@@ -70,7 +70,7 @@ impl Sampler {
     /// are taken by) from the stored readings; `wall` is the Unix time now,
     /// which places each stored reading on that clock by its age.
     pub fn resume(now: i64, wall: i64, stored: Vec<GatewayCounters>) -> Self {
-        let stored: HashMap<String, Snapshot> = stored
+        let last = stored
             .into_iter()
             .map(|g| {
                 let age = wall.saturating_sub(g.read_at).max(0);
@@ -82,11 +82,7 @@ impl Sampler {
                 (g.gateway, snapshot)
             })
             .collect();
-        Self {
-            started: now,
-            stored: stored.keys().cloned().collect(),
-            last: stored,
-        }
+        Self { started: now, last }
     }
 
     /// Usage on `gateway` since its previous reading; on the first, all of
@@ -117,8 +113,7 @@ impl Sampler {
         let counted = previous
             .map(|previous| delta(previous, &snapshot))
             .unwrap_or_default();
-        let replace =
-            !self.stored.contains(gateway) || known.is_some_and(|k| restarted(k, &snapshot));
+        let replace = known.is_none_or(|k| restarted(k, &snapshot));
         let moved = counted.keys().cloned().collect();
         let rows = counted
             .into_iter()
@@ -172,7 +167,6 @@ impl Sampler {
             Some(previous) => previous.followed_by(reading.snapshot),
             None => reading.snapshot,
         };
-        self.stored.insert(reading.gateway.clone());
         self.last.insert(reading.gateway, baseline);
     }
 }
