@@ -86,24 +86,6 @@ pub struct Admitted {
     pub cached_tokens: usize,
 }
 
-/// A prompt's cache hits, as [`BlockPool::admit`] finds them.
-struct Found {
-    hits: Vec<BlockId>,
-    /// The last hit's name (the scope's without hits).
-    parent: Option<BlockName>,
-    /// Blocks beyond the hits.
-    fresh: usize,
-    /// Hits nobody holds now.
-    free_hits: usize,
-}
-
-impl Found {
-    /// Blocks taken out of the free ones.
-    fn takes(&self) -> usize {
-        self.fresh + self.free_hits
-    }
-}
-
 /// A pool's size, which a request can be checked against before it is
 /// queued (the pool itself lives on the engine thread).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,19 +208,53 @@ impl BlockPool {
         capacity: usize,
         scope: Option<BlockName>,
     ) -> Result<Admitted, BlockError> {
-        let found = self.find(prompt, capacity, scope);
-        if found.takes() > self.free() {
+        self.admit_leaving(prompt, capacity, scope, 0)
+    }
+
+    /// [`Self::admit`], only if `spare` more blocks stay free for the
+    /// caller to take next (a group's copies of its last block): a prompt
+    /// that does not fit with them evicts no cached prefix for nothing.
+    pub fn admit_leaving(
+        &mut self,
+        prompt: &[u32],
+        capacity: usize,
+        scope: Option<BlockName>,
+        spare: usize,
+    ) -> Result<Admitted, BlockError> {
+        let needed = self.shape().blocks_for(capacity.max(prompt.len()));
+        // The longest run of leading full blocks already cached. A prompt's
+        // last position is always computed (its logits start the answer),
+        // so a prompt that is all cached still leaves its last block out.
+        let mut hits = Vec::new();
+        let mut parent = scope;
+        for chunk in prompt[..prompt.len().saturating_sub(1)].chunks_exact(self.block_tokens) {
+            let name = self.name(parent, chunk);
+            match self.by_name.get(&name) {
+                Some(&id)
+                    if self.blocks[id as usize].tokens == chunk
+                        && self.blocks[id as usize].parent == parent =>
+                {
+                    hits.push(id)
+                }
+                _ => break,
+            }
+            parent = Some(name);
+        }
+        // Hits that are free now leave the free lists when taken, so they
+        // count against what is free; hits a running sequence holds take
+        // nothing.
+        let free_hits = hits
+            .iter()
+            .filter(|&&id| self.blocks[id as usize].refs == 0)
+            .count();
+        let fresh = needed - hits.len();
+        let takes = fresh + free_hits + spare;
+        if takes > self.free() {
             return Err(BlockError::OutOfBlocks {
-                needed: found.takes(),
+                needed: takes,
                 free: self.free(),
             });
         }
-        let Found {
-            hits,
-            parent,
-            fresh,
-            ..
-        } = found;
         let mut table = BlockTable::default();
         for id in hits {
             self.hold(id);
@@ -257,52 +273,6 @@ impl BlockPool {
             table,
             cached_tokens,
         })
-    }
-
-    /// Blocks [`Self::admit`] would take from the free ones for this
-    /// prompt: the fresh ones and the cache hits nobody holds now.
-    pub fn blocks_to_take(
-        &self,
-        prompt: &[u32],
-        capacity: usize,
-        scope: Option<BlockName>,
-    ) -> usize {
-        self.find(prompt, capacity, scope).takes()
-    }
-
-    /// The longest run of the prompt's leading full blocks already cached,
-    /// and what more it needs. A prompt's last position is always computed
-    /// (its logits start the answer), so a prompt that is all cached still
-    /// leaves its last block out.
-    fn find(&self, prompt: &[u32], capacity: usize, scope: Option<BlockName>) -> Found {
-        let needed = self.shape().blocks_for(capacity.max(prompt.len()));
-        let mut hits = Vec::new();
-        let mut parent = scope;
-        for chunk in prompt[..prompt.len().saturating_sub(1)].chunks_exact(self.block_tokens) {
-            let name = self.name(parent, chunk);
-            match self.by_name.get(&name) {
-                Some(&id)
-                    if self.blocks[id as usize].tokens == chunk
-                        && self.blocks[id as usize].parent == parent =>
-                {
-                    hits.push(id)
-                }
-                _ => break,
-            }
-            parent = Some(name);
-        }
-        // Hits that are free now leave the free lists when taken, so they
-        // count against what is free.
-        let free_hits = hits
-            .iter()
-            .filter(|&&id| self.blocks[id as usize].refs == 0)
-            .count();
-        Found {
-            fresh: needed - hits.len(),
-            hits,
-            parent,
-            free_hits,
-        }
     }
 
     /// Grows `table` to hold `positions` positions (a decoding sequence's

@@ -455,20 +455,12 @@ impl Scheduler {
             }
             // Each other choice's copy of the prompt's partial last block.
             let others = needed - shape.blocks_for(w.target);
-            // Checked before anything is taken, so that a group that does
-            // not fit evicts no cached prefix for nothing; hits held by a
-            // running sequence take nothing.
-            if others > 0
-                && self.pool.blocks_to_take(prompt, w.target, w.scope) + others > self.pool.free()
-            {
-                break;
-            }
-            let Ok(admitted) = self.pool.admit(prompt, w.target, w.scope) else {
+            let Ok(admitted) = self.pool.admit_leaving(prompt, w.target, w.scope, others) else {
                 break;
             };
             let mut for_choices = BlockTable::default();
             if others > 0 {
-                // Cannot fail: checked above.
+                // Cannot fail: admitted only while they stay free.
                 let _ = self
                     .pool
                     .grow(&mut for_choices, others * self.pool.block_tokens());
