@@ -8,7 +8,7 @@ use serde_json::{json, Value};
 use super::tool_calls::{ParsedOutput, ToolCall};
 use crate::engine::sampling::TokenLogprobs;
 use crate::engine::{FinishReason, Usage};
-use crate::text::TextTokenizer;
+use crate::text::{IncrementalDecoder, TextTokenizer};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Shape {
@@ -81,57 +81,20 @@ pub fn usage_json(u: Usage) -> Value {
 pub struct LogprobsWriter {
     tokenizer: Arc<TextTokenizer>,
     shape: Shape,
-    offset: TextOffset,
-}
-
-/// Characters of the answer's text so far, as the text decoder writes it:
-/// a character split over tokens counts once, when whole; bytes that can
-/// never be one count as one U+FFFD each; a token without text (a special
-/// one) adds nothing.
-#[derive(Clone, Default)]
-struct TextOffset {
+    /// The answer's text, decoded as the engine decodes it (a character
+    /// split over tokens comes whole, with its last token; a special token
+    /// adds nothing), and its length so far in characters.
+    text: IncrementalDecoder,
     chars: usize,
-    /// The start of a character whose last bytes are still to come.
-    pending: Vec<u8>,
-}
-
-impl TextOffset {
-    fn push(&mut self, bytes: &[u8]) {
-        self.pending.extend_from_slice(bytes);
-        let mut rest = self.pending.as_slice();
-        loop {
-            match std::str::from_utf8(rest) {
-                Ok(text) => {
-                    self.chars += text.chars().count();
-                    rest = &[];
-                    break;
-                }
-                Err(e) => {
-                    let (valid, after) = rest.split_at(e.valid_up_to());
-                    self.chars += std::str::from_utf8(valid).map_or(0, |t| t.chars().count());
-                    match e.error_len() {
-                        Some(bad) => {
-                            self.chars += 1;
-                            rest = &after[bad..];
-                        }
-                        None => {
-                            rest = after;
-                            break;
-                        }
-                    }
-                }
-            }
-        }
-        self.pending = rest.to_vec();
-    }
 }
 
 impl LogprobsWriter {
     pub fn new(tokenizer: Arc<TextTokenizer>, shape: Shape) -> Self {
         Self {
+            text: IncrementalDecoder::new(Arc::clone(&tokenizer)).continuing(),
+            chars: 0,
             tokenizer,
             shape,
-            offset: TextOffset::default(),
         }
     }
 
@@ -168,10 +131,8 @@ impl LogprobsWriter {
                     (Vec::new(), Vec::new(), Vec::new(), Vec::new());
                 for e in entries {
                     let (token, _) = self.piece(e.token);
-                    offsets.push(self.offset.chars);
-                    if let Some(bytes) = self.tokenizer.token_bytes(e.token) {
-                        self.offset.push(bytes);
-                    }
+                    offsets.push(self.chars);
+                    self.chars += self.text.push(e.token).chars().count();
                     // Keyed by text, most likely first: two tokens of one
                     // text (pieces of characters) keep the likelier.
                     let mut top = serde_json::Map::new();
@@ -367,25 +328,40 @@ pub const DONE: &str = "data: [DONE]\n\n";
 mod tests {
 
     /// Where each token's text starts: a character split over two tokens
-    /// counts once, bytes that can never be one as one U+FFFD.
+    /// counts once, bytes that can never be one as one U+FFFD, a special
+    /// token as nothing.
     #[test]
     fn text_offsets_count_the_characters_of_the_text() {
-        let mut offset = TextOffset::default();
-        let mut starts = Vec::new();
-        for bytes in [
-            &b"a"[..],
-            &[0xF0, 0x9F],
-            &[0x98, 0x80],
-            b" b",
-            &[0xFF],
-            b"c",
-        ] {
-            starts.push(offset.chars);
-            offset.push(bytes);
-        }
-        // "a😀 b\u{FFFD}c"
-        assert_eq!(starts, [0, 1, 1, 2, 4, 5]);
-        assert_eq!(offset.chars, 6);
+        use crate::text::fixtures::{self, byte_token_id as byte};
+        let mut writer =
+            LogprobsWriter::new(Arc::new(fixtures::tiny_tokenizer()), Shape::Completion);
+        let ids = [
+            byte(b'a'),
+            byte(0xF0),
+            byte(0x9F),
+            byte(0x98),
+            byte(0x80),
+            fixtures::IM_START,
+            byte(b' '),
+            byte(0xFF),
+            byte(b'c'),
+        ];
+        let entries: Vec<TokenLogprobs> = ids
+            .iter()
+            .map(|&token| TokenLogprobs {
+                token,
+                logprob: 0.0,
+                top: Vec::new(),
+            })
+            .collect();
+        // "a😀 \u{FFFD}c", in two chunks as a stream renders them.
+        let mut starts = writer.render(&entries[..3])["text_offset"].clone();
+        let rest = writer.render(&entries[3..])["text_offset"].clone();
+        starts
+            .as_array_mut()
+            .unwrap()
+            .extend(rest.as_array().unwrap().clone());
+        assert_eq!(starts, json!([0, 1, 1, 1, 1, 2, 2, 3, 4]));
     }
 
     use super::*;

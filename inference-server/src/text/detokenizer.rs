@@ -16,7 +16,7 @@ use std::sync::Arc;
 use super::tokenizer::TextTokenizer;
 
 /// Owns an `Arc` so a sequence can keep its decoder across scheduler steps.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct IncrementalDecoder {
     tokenizer: Arc<TextTokenizer>,
     /// Special tokens written as their text rather than dropped.
