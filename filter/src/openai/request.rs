@@ -366,6 +366,9 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
             typed::<Option<bool>>(include, INCLUDE_USAGE_PATH, EXPECT_BOOL)?.unwrap_or(false)
         }
     };
+    // Read in field order, so a body with several bad fields names the
+    // first, as before.
+    let prompt_media;
     Ok(CompletionRequest {
         model,
         max_tokens: typed(fields.max_tokens, "max_tokens", EXPECT_COUNT)?,
@@ -388,9 +391,12 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
         choices: positive(fields.n, "n")?
             .max(positive(fields.best_of, "best_of")?)
             .max(positive(fields.n_cmpl, "n_cmpl")?),
-        prompts: prompt_count(fields.prompt)?,
-        media_parts: fields.messages.map_or(Ok(0), media::media_parts)?
-            + fields.prompt.map_or(Ok(0), prompt_media)?,
+        prompts: {
+            let (count, media) = prompts(fields.prompt)?;
+            prompt_media = media;
+            count
+        },
+        media_parts: fields.messages.map_or(Ok(0), media::media_parts)? + prompt_media,
         service_tier: typed(fields.service_tier, "service_tier", EXPECT_STRING)?,
     })
 }
@@ -407,11 +413,12 @@ fn positive(raw: Option<&RawValue>, field: &'static str) -> Result<u64, RequestE
     }
 }
 
-/// How many prompts `prompt` holds: a string or a token array is one; an
-/// array of strings or of token arrays is one per element.
-fn prompt_count(raw: Option<&RawValue>) -> Result<u64, RequestError> {
+/// How many prompts `prompt` holds (a string or a token array is one; an
+/// array of strings, of token arrays or of llama.cpp's prompt objects is
+/// one per element), and the media parts of its prompt objects.
+fn prompts(raw: Option<&RawValue>) -> Result<(u64, u64), RequestError> {
     let Some(raw) = raw else {
-        return Ok(1);
+        return Ok((1, 0));
     };
     let invalid = RequestError::InvalidField {
         field: "prompt",
@@ -425,56 +432,51 @@ fn prompt_count(raw: Option<&RawValue>) -> Result<u64, RequestError> {
                 item.get()
                     .starts_with(|c: char| c == '-' || c.is_ascii_digit())
             });
-            Ok(if tokens {
+            let count = if tokens {
                 1
             } else {
                 (items.len() as u64).max(1)
-            })
+            };
+            let media = items.iter().try_fold(0u64, |parts, item| {
+                Ok::<_, RequestError>(parts + prompt_object_media(item, &invalid)?)
+            })?;
+            Ok((count, media))
         }
-        Some(b'"') | Some(b'n') => Ok(1),
+        Some(b'"') | Some(b'n') => Ok((1, 0)),
         _ => Err(invalid),
     }
 }
 
-/// The media of a llama.cpp prompt array's objects
-/// (`{"prompt_string": …, "multimodal_data": [<base64>, …]}`): each item of
-/// their `multimodal_data` is an image or audio clip whose tokens its bytes
-/// do not bound, so each counts as a media part (anything else there that
-/// is not null, as one).
-fn prompt_media(raw: &RawValue) -> Result<u64, RequestError> {
-    if !raw.get().starts_with('[') {
+/// The media of a llama.cpp prompt object
+/// (`{"prompt_string": …, "multimodal_data": [<base64>, …]}`; anything else
+/// has none): each item of its `multimodal_data` is an image or audio clip
+/// whose tokens its bytes do not bound, so each counts as a media part
+/// (anything else there that is not null, as one).
+fn prompt_object_media(item: &RawValue, invalid: &RequestError) -> Result<u64, RequestError> {
+    if !item.get().starts_with('{') {
         return Ok(0);
     }
-    let invalid = RequestError::InvalidField {
-        field: "prompt",
-        expected: EXPECT_PROMPT,
-    };
-    let items: Vec<&RawValue> = serde_json::from_str(raw.get()).map_err(|_| invalid.clone())?;
-    let mut parts = 0u64;
-    for item in items.iter().filter(|item| item.get().starts_with('{')) {
-        let fields = object_fields(
-            item.get().as_bytes(),
-            &["multimodal_data"],
-            Keys::AlsoCaseVariants,
-        )
-        .map_err(|_| invalid.clone())?;
-        if fields.duplicate.is_some() || fields.case_variant.is_some() {
-            return Err(RequestError::DuplicateField(
-                "prompt[].multimodal_data".into(),
-            ));
-        }
-        parts += match fields.values[0] {
-            None => 0,
-            Some(data) if data.get() == "null" => 0,
-            Some(data) if data.get().starts_with('[') => {
-                serde_json::from_str::<Vec<&RawValue>>(data.get())
-                    .map_err(|_| invalid.clone())?
-                    .len() as u64
-            }
-            Some(_) => 1,
-        };
+    let fields = object_fields(
+        item.get().as_bytes(),
+        &["multimodal_data"],
+        Keys::AlsoCaseVariants,
+    )
+    .map_err(|_| invalid.clone())?;
+    if fields.duplicate.is_some() || fields.case_variant.is_some() {
+        return Err(RequestError::DuplicateField(
+            "prompt[].multimodal_data".into(),
+        ));
     }
-    Ok(parts)
+    Ok(match fields.values[0] {
+        None => 0,
+        Some(data) if data.get() == "null" => 0,
+        Some(data) if data.get().starts_with('[') => {
+            serde_json::from_str::<Vec<&RawValue>>(data.get())
+                .map_err(|_| invalid.clone())?
+                .len() as u64
+        }
+        Some(_) => 1,
+    })
 }
 
 fn parse_model(raw: &RawValue) -> Result<Cow<'_, str>, RequestError> {
