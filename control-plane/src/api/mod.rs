@@ -186,13 +186,12 @@ async fn create_key(
     ApiBody(body): ApiBody,
 ) -> Result<Response, ApiError> {
     let req: CreateKey = parse(&body)?;
-    if req.name.trim().is_empty() || req.name.len() > 128 || req.name.chars().any(char::is_control)
-    {
+    let control = |text: &str| text.chars().any(char::is_control);
+    if req.name.trim().is_empty() || req.name.len() > 128 || control(&req.name) {
         return Err(ApiError::Invalid(
             "name: 1–128 characters without control characters".into(),
         ));
     }
-    let control = |text: &str| text.chars().any(char::is_control);
     if req.labels.len() > MAX_LABELS
         || req
             .labels
