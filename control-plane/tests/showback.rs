@@ -26,18 +26,9 @@ const KEY: &str = "sk-test-showback-1";
 fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
     let upstream = MockUpstream::start();
     let gateway = showback_gateway(&upstream);
-
-    let dir = std::env::temp_dir().join(format!("maas-showback-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.join("db").display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store = runtime.block_on(Store::connect(&url)).unwrap();
-    let admin = gateway.admin_url("");
-    runtime.spawn(sampler::run(
-        store.clone(),
-        Gateways::new(vec![admin]).unwrap(),
-        Duration::from_millis(200),
-    ));
+    let sampled = Sampled::sqlite("maas-showback");
+    sampled.sampler(&gateway);
+    let (runtime, store) = (&sampled.runtime, &sampled.store);
     // Let the sampler take its baseline before any traffic.
     std::thread::sleep(Duration::from_millis(500));
 
@@ -49,7 +40,7 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
         expected.completion_tokens += completion;
     }
 
-    await_usage(&runtime, &store, expected);
+    await_usage(runtime, store, expected);
     let rows = runtime.block_on(store.usage(0, i64::MAX)).unwrap();
     assert_eq!(rows[0].subscription, "team-a");
     assert_eq!(rows[0].model, "m1");
@@ -62,8 +53,6 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
         .map(|d| (d.key.as_str(), d.owner.as_str(), d.usage))
         .collect();
     assert_eq!(keys, [("k1", "", expected)]);
-    drop(runtime);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// One completion through `gateway` whose upstream reports `prompt` and
@@ -99,6 +88,45 @@ fn showback_gateway(upstream: &MockUpstream) -> Gateway {
         .start()
 }
 
+/// A store on a SQLite file of its own, and the runtime samplers of it
+/// run on; the file is removed on drop.
+struct Sampled {
+    runtime: tokio::runtime::Runtime,
+    store: Store,
+    dir: std::path::PathBuf,
+}
+
+impl Sampled {
+    fn sqlite(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let url = format!("sqlite://{}?mode=rwc", dir.join("db").display());
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        let store = runtime.block_on(Store::connect(&url)).unwrap();
+        Self {
+            runtime,
+            store,
+            dir,
+        }
+    }
+
+    /// A sampler of `gateway`'s counters every 200 ms, as a control plane
+    /// runs one.
+    fn sampler(&self, gateway: &Gateway) -> tokio::task::JoinHandle<()> {
+        self.runtime.spawn(sampler::run(
+            self.store.clone(),
+            Gateways::new(vec![gateway.admin_url("")]).unwrap(),
+            Duration::from_millis(200),
+        ))
+    }
+}
+
+impl Drop for Sampled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
 /// Waits until the store holds exactly `expected` in all.
 fn await_usage(runtime: &tokio::runtime::Runtime, store: &Store, expected: Usage) {
     eventually(Duration::from_secs(15), || {
@@ -119,18 +147,9 @@ fn await_usage(runtime: &tokio::runtime::Runtime, store: &Store, expected: Usage
 fn usage_made_while_no_sampler_ran_is_counted_by_the_next() {
     let upstream = MockUpstream::start();
     let gateway = showback_gateway(&upstream);
-    let dir = std::env::temp_dir().join(format!("maas-showback-resume-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let url = format!("sqlite://{}?mode=rwc", dir.join("db").display());
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    let store = runtime.block_on(Store::connect(&url)).unwrap();
-    let sampler = || {
-        runtime.spawn(sampler::run(
-            store.clone(),
-            Gateways::new(vec![gateway.admin_url("")]).unwrap(),
-            Duration::from_millis(200),
-        ))
-    };
+    let sampled = Sampled::sqlite("maas-showback-resume");
+    let (runtime, store) = (&sampled.runtime, &sampled.store);
+    let sampler = || sampled.sampler(&gateway);
     let first = sampler();
     std::thread::sleep(Duration::from_millis(500));
     chat(&gateway, 11, 7);
@@ -139,7 +158,7 @@ fn usage_made_while_no_sampler_ran_is_counted_by_the_next() {
         prompt_tokens: 11,
         completion_tokens: 7,
     };
-    await_usage(&runtime, &store, expected);
+    await_usage(runtime, store, expected);
 
     first.abort();
     chat(&gateway, 20, 3);
@@ -151,13 +170,11 @@ fn usage_made_while_no_sampler_ran_is_counted_by_the_next() {
     // Up for longer than the new sampler: before, its first reading was
     // taken as the baseline, and the 23 tokens above were never counted.
     let second = sampler();
-    await_usage(&runtime, &store, expected);
+    await_usage(runtime, store, expected);
     // And counted once: more readings add nothing.
     std::thread::sleep(Duration::from_millis(600));
-    await_usage(&runtime, &store, expected);
+    await_usage(runtime, store, expected);
     second.abort();
-    drop(runtime);
-    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// An Envoy admin endpoint that serves one prompt-token counter (set by the
