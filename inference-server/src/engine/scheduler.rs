@@ -766,6 +766,12 @@ mod tests {
         s.enqueue(SeqId(3), 2, 1).unwrap();
     }
 
+    /// A question of two tokens after a system prompt of twelve (three
+    /// blocks of four).
+    fn ask(q: u32) -> Vec<u32> {
+        (100..112).chain([q, q]).collect()
+    }
+
     /// A group's prompt whose prefix a running sequence holds needs only
     /// its own blocks: counting the held hits as blocks to take kept it
     /// (and the whole queue behind it) waiting for that sequence to end.
@@ -773,8 +779,6 @@ mod tests {
     fn a_group_counts_only_the_blocks_its_cache_hits_do_not_cover() {
         // Seven blocks of four positions.
         let mut s = Sched::with_pool(limits(4, 64, 64), BlockPool::new(7, 4)).unwrap();
-        let system: Vec<u32> = (100..112).collect();
-        let ask = |q: u32| system.iter().copied().chain([q, q]).collect::<Vec<u32>>();
         s.enqueue_tokens(SeqId(1), ask(1), 1).unwrap();
         assert_eq!(ids(&s.plan().admitted), vec![SeqId(1)]);
         s.tokens.get_mut(&SeqId(1)).unwrap().push(7);
@@ -791,8 +795,6 @@ mod tests {
     fn a_prompt_waits_for_blocks_and_a_shared_prefix_is_not_fed_again() {
         // Six blocks of four positions.
         let mut s = Sched::with_pool(limits(4, 64, 64), BlockPool::new(6, 4)).unwrap();
-        let system: Vec<u32> = (100..112).collect();
-        let ask = |q: u32| system.iter().copied().chain([q, q]).collect::<Vec<u32>>();
         s.enqueue_tokens(SeqId(1), ask(1), 1).unwrap();
         s.enqueue_tokens(SeqId(2), ask(2), 1).unwrap();
         // 14 tokens take four blocks: the second waits for the first's.
