@@ -821,6 +821,40 @@ fn slow_mint(cp: &ControlPlane, bearer: &str) -> std::net::TcpStream {
     conn
 }
 
+/// Requests held open by [`slow_mint`], each with its caller's token.
+struct Held<'a> {
+    cp: &'a ControlPlane,
+    requests: Vec<(String, std::net::TcpStream)>,
+}
+
+impl<'a> Held<'a> {
+    fn new(cp: &'a ControlPlane, bearers: &[&str]) -> Self {
+        let requests = bearers
+            .iter()
+            .map(|b| (b.to_string(), slow_mint(cp, b)))
+            .collect();
+        Self { cp, requests }
+    }
+
+    /// Sends again each held request that was answered. One the server
+    /// read while a probe of the test's held the caller's last place (or
+    /// every place) was refused at once, as it should be; the test wants it
+    /// held.
+    fn keep_held(&mut self) {
+        for (bearer, conn) in &mut self.requests {
+            conn.set_nonblocking(true).unwrap();
+            let answered = !matches!(
+                conn.peek(&mut [0]),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
+            );
+            conn.set_nonblocking(false).unwrap();
+            if answered {
+                *conn = slow_mint(self.cp, bearer);
+            }
+        }
+    }
+}
+
 /// `GET /maas-api/v1/api-keys` as `bearer`: its status and Retry-After.
 fn list_status(cp: &ControlPlane, bearer: &str) -> (u16, Option<String>) {
     let r = cp.call("GET", "/maas-api/v1/api-keys", Some(bearer), None);
@@ -835,11 +869,10 @@ fn a_caller_holding_requests_open_leaves_the_others_and_the_sync_their_share() {
     let cp = setup();
     let alice = token("alice", &["team-a"]);
     let bob = token("bob", &["team-b"]);
-    let held: Vec<_> = (0..admission::PER_CALLER_AT_ONCE)
-        .map(|_| slow_mint(&cp, &alice))
-        .collect();
+    let mut held = Held::new(&cp, &[alice.as_str(); admission::PER_CALLER_AT_ONCE]);
     // Once all four run, her fifth is refused at once, with when to retry.
     let refused = maas_testkit::eventually(Duration::from_secs(5), || {
+        held.keep_held();
         let r = cp.call("GET", "/maas-api/v1/api-keys", Some(&alice), None);
         match r.status {
             429 => Ok(r),
@@ -870,12 +903,14 @@ fn when_every_callers_place_is_taken_a_request_waits_then_gets_503_and_the_sync_
         token("bob", &["team-b"]),
         token("carol", &["team-a"]),
     );
-    let held = [slow_mint(&cp, &alice), slow_mint(&cp, &bob)];
-    let busy =
-        maas_testkit::eventually(Duration::from_secs(5), || match list_status(&cp, &carol) {
+    let mut held = Held::new(&cp, &[&alice, &bob]);
+    let busy = maas_testkit::eventually(Duration::from_secs(5), || {
+        held.keep_held();
+        match list_status(&cp, &carol) {
             (503, retry) => Ok(retry),
             other => Err(format!("{other:?}")),
-        });
+        }
+    });
     assert_eq!(busy.as_deref(), Some("1"));
     let sync = cp.call("GET", "/maas-api/v1/sync", Some(GATEWAY), None);
     assert_eq!(sync.status, 200, "{}", sync.text());
