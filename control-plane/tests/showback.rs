@@ -29,8 +29,7 @@ fn usage_sampled_from_the_gateway_equals_what_the_responses_reported() {
     let sampled = Sampled::sqlite("maas-showback");
     sampled.sampler(&gateway);
     let (runtime, store) = (&sampled.runtime, &sampled.store);
-    // Let the sampler take its baseline before any traffic.
-    std::thread::sleep(Duration::from_millis(500));
+    sampled.await_baseline();
 
     let mut expected = Usage::default();
     for (prompt, completion) in [(11, 7), (20, 3)] {
@@ -119,6 +118,26 @@ impl Sampled {
             Duration::from_millis(200),
         ))
     }
+
+    /// Waits until a sampler has stored its first reading of the gateway:
+    /// the baseline, which counts nothing, so traffic before it would not
+    /// be counted. (On SQLite the lease is always granted.)
+    fn await_baseline(&self) {
+        eventually(Duration::from_secs(15), || {
+            self.runtime.block_on(async {
+                let mut lease = self.store.try_sampler_lease().await;
+                match lease.as_mut().map(Option::as_mut) {
+                    Ok(Some(lease)) => match lease.baselines().await {
+                        Ok(stored) if !stored.is_empty() => Ok(()),
+                        Ok(_) => Err("no reading stored yet".to_owned()),
+                        Err(e) => Err(e.to_string()),
+                    },
+                    Ok(None) => Err("the lease is held".to_owned()),
+                    Err(e) => Err(e.to_string()),
+                }
+            })
+        });
+    }
 }
 
 impl Drop for Sampled {
@@ -151,7 +170,7 @@ fn usage_made_while_no_sampler_ran_is_counted_by_the_next() {
     let (runtime, store) = (&sampled.runtime, &sampled.store);
     let sampler = || sampled.sampler(&gateway);
     let first = sampler();
-    std::thread::sleep(Duration::from_millis(500));
+    sampled.await_baseline();
     chat(&gateway, 11, 7);
     let mut expected = Usage {
         requests: 1,
@@ -265,7 +284,17 @@ fn two_replicas_on_one_database_add_usage_once_and_one_takes_over_when_the_other
     let first = eventually(Duration::from_secs(10), || {
         holder().ok_or_else(|| "nobody holds the sampler lease yet".to_string())
     });
-    std::thread::sleep(settle); // a's baseline
+    // a's first reading stored: its baseline, before any usage.
+    eventually(Duration::from_secs(10), || {
+        let stored: i64 = runtime
+            .block_on(sqlx::query_scalar("SELECT COUNT(*) FROM sampler_gateways").fetch_one(&locks))
+            .map_err(|e| e.to_string())?;
+        if stored == 1 {
+            Ok(())
+        } else {
+            Err(format!("{stored} readings stored"))
+        }
+    });
     let b = runtime.spawn(sampler::run(replica_b, gateways(), interval));
     std::thread::sleep(settle);
 

@@ -277,12 +277,12 @@ fn commit_applies_the_real_amount_and_releases_the_hold() {
 fn an_expired_hold_frees_its_capacity_and_its_commit_counts_like_report() {
     let (_redis, _limiter, client) = with_redis("expired_hold");
     let held = client
-        .reserve(&reserve("alice", 10, Some(Duration::from_millis(300))))
+        .reserve(&reserve("alice", 10, Some(Duration::from_millis(1_500))))
         .unwrap();
     assert_eq!(held.code(), Code::Ok);
     assert_eq!(reserve_code(&client, "alice", 1), Code::OverLimit);
 
-    std::thread::sleep(Duration::from_millis(500));
+    std::thread::sleep(Duration::from_millis(1_700));
     let later = client.reserve(&reserve("alice", 1, None)).unwrap();
     assert_eq!(later.code(), Code::Ok, "the expired hold no longer counts");
 
@@ -499,7 +499,9 @@ fn racing_calls_in_memory_never_pass_the_limit() {
 #[test]
 fn redis_keeps_no_key_per_counter_beyond_its_window() {
     let redis = RedisProcess::start().unwrap();
-    let limits = LIMITS.replace("seconds: 60", "seconds: 1");
+    // Windows short enough to wait out, long enough that all 20 counters
+    // are still live when counted on a loaded machine.
+    let limits = LIMITS.replace("seconds: 60", "seconds: 5");
     let limiter =
         LimiterProcess::launch(&launch("no_lasting_keys", &limits, Some(&redis))).unwrap();
     let client = limiter.client();
@@ -525,10 +527,10 @@ fn redis_keeps_no_key_per_counter_beyond_its_window() {
         keys() >= 20,
         "the counters are in Redis while their window runs"
     );
-    // Every counter's window (1 s) and every hold has ended: Limitador's
+    // Every counter's window (5 s) and every hold has ended: Limitador's
     // per-limit set of counter names, which nothing pruned, kept a name per
     // user ever seen.
-    maas_testkit::eventually(Duration::from_secs(5), || match keys() {
+    maas_testkit::eventually(Duration::from_secs(20), || match keys() {
         0 => Ok(()),
         left => Err(format!("{left} keys left after every window ended")),
     });

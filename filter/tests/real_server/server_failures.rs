@@ -33,13 +33,14 @@ fn read_to_end(mut conn: TcpStream) -> String {
     String::from_utf8_lossy(&all).into_owned()
 }
 
-/// Waits until the server is decoding one sequence.
-fn await_running(server: &InferenceServer) {
+/// Waits until the server has generated a token: decoding, past prefill
+/// (which on a loaded machine may outlast a short grace period).
+fn await_decoding(server: &InferenceServer) {
     eventually(Duration::from_secs(30), || {
         let text = get(&server.url("/metrics")).text();
-        match prometheus::metric(&text, "inference_running_sequences", &[]) {
+        match prometheus::metric(&text, "inference_generated_tokens_total", &[]) {
             Some(v) if v >= 1.0 => Ok(()),
-            v => Err(format!("running sequences: {v:?}")),
+            v => Err(format!("tokens generated: {v:?}")),
         }
     });
 }
@@ -51,8 +52,7 @@ fn cut_at_the_deadline(stream: bool) -> (String, Gateway) {
     let mut server = InferenceServer::start(&["--shutdown-grace-secs", "1"]);
     let gateway = gateway(&server, KEY);
     let conn = post_raw(gateway.addr(), KEY, &endless(stream).to_string());
-    await_running(&server);
-    std::thread::sleep(Duration::from_millis(300));
+    await_decoding(&server);
     server.signal_term();
     let raw = read_to_end(conn);
     assert!(server.wait_exit(Duration::from_secs(60)).success());
