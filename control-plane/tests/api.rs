@@ -837,19 +837,25 @@ impl<'a> Held<'a> {
     }
 
     /// Sends again each held request that was answered. One the server
-    /// read while a probe of the test's held the caller's last place (or
-    /// every place) was refused at once, as it should be; the test wants it
-    /// held.
+    /// read while a probe of the test's held the caller's last place was
+    /// refused (429), or one that waited in vain while a probe held the
+    /// last place of all (503), as it should be; the test wants it held.
     fn keep_held(&mut self) {
+        use std::io::Read;
         for (bearer, conn) in &mut self.requests {
             conn.set_nonblocking(true).unwrap();
-            let answered = !matches!(
-                conn.peek(&mut [0]),
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock
-            );
+            let mut answer = [0; 12];
+            let read = conn.read(&mut answer);
             conn.set_nonblocking(false).unwrap();
-            if answered {
-                *conn = slow_mint(self.cp, bearer);
+            match read {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Ok(n) if [&b"HTTP/1.1 429"[..], b"HTTP/1.1 503"].contains(&&answer[..n]) => {
+                    *conn = slow_mint(self.cp, bearer);
+                }
+                other => panic!(
+                    "a held request was answered {:?} ({other:?})",
+                    String::from_utf8_lossy(&answer)
+                ),
             }
         }
     }

@@ -48,8 +48,15 @@ fn demo_config() -> PathBuf {
         )
         .expect("JSON");
         config["limiter"]["timeout_ms"] = json!(2_000);
-        let copy = Path::new(env!("CARGO_TARGET_TMPDIR")).join("demo-filter-config.json");
-        std::fs::write(&copy, config.to_string()).expect("write the demo configuration's copy");
+        // Written aside and renamed: another test process may be reading
+        // the copy (the same text) meanwhile.
+        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let (aside, copy) = (
+            dir.join(format!("demo-filter-config.json.{}", std::process::id())),
+            dir.join("demo-filter-config.json"),
+        );
+        std::fs::write(&aside, config.to_string()).expect("write the demo configuration's copy");
+        std::fs::rename(&aside, &copy).expect("rename the demo configuration's copy");
         copy
     })
     .clone()
