@@ -130,13 +130,12 @@ fn a_global_token_limit_holds_across_two_gateways_and_a_limiter_restart() {
     // refused a few times in a row, 100 ms apart, and the limiter confirms
     // that one more request's worst case does not fit.
     let admitted_tokens = AtomicU64::new(0);
-    let limiter_now = &limiter;
     let admitted: Vec<u64> = std::thread::scope(|scope| {
         let handles: Vec<_> = gateways
             .iter()
             .map(|gateway| {
                 let admitted_tokens = &admitted_tokens;
-                let limiter = limiter_now;
+                let limiter = &limiter;
                 scope.spawn(move || {
                     let (mut count, mut refusals) = (0u64, 0);
                     for _ in 0..60 {

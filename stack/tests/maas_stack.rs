@@ -42,11 +42,7 @@ fn require_artifacts() {
 fn demo_config() -> PathBuf {
     static COPY: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     COPY.get_or_init(|| {
-        let demo = workspace_root().join("envoy/filter-config.json");
-        let mut config: Value = serde_json::from_str(
-            &std::fs::read_to_string(&demo).expect("read the demo configuration"),
-        )
-        .expect("JSON");
+        let mut config = read_config(&workspace_root().join("envoy/filter-config.json"));
         config["limiter"]["timeout_ms"] = json!(2_000);
         // Written aside and renamed: another test process may be reading
         // the copy (the same text) meanwhile.
@@ -60,6 +56,12 @@ fn demo_config() -> PathBuf {
         copy
     })
     .clone()
+}
+
+/// A filter configuration file's JSON.
+fn read_config(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("read the configuration"))
+        .expect("the configuration is JSON")
 }
 
 /// `N` distinct loopback ports that were free a moment ago.
@@ -584,10 +586,7 @@ fn a_second_stop_signal_ends_the_stack_at_once() {
 #[test]
 fn a_bad_filter_configuration_is_explained_from_envoys_log() {
     require_artifacts();
-    let mut config: Value = serde_json::from_str(
-        &std::fs::read_to_string(demo_config()).expect("read the demo configuration"),
-    )
-    .expect("JSON");
+    let mut config = read_config(&demo_config());
     config["subscriptions"]["free"]["limits"]["tokens"][1] = json!("5/fortnight");
     let dir = std::env::temp_dir().join(format!("maas-stack-bad-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
@@ -628,10 +627,7 @@ fn a_bad_filter_configuration_is_explained_from_envoys_log() {
 #[test]
 fn a_configuration_with_providers_needs_the_providers_file() {
     require_artifacts();
-    let mut config: Value = serde_json::from_str(
-        &std::fs::read_to_string(demo_config()).expect("read the demo configuration"),
-    )
-    .expect("JSON");
+    let mut config = read_config(&demo_config());
     config["providers"] = json!([{"name": "openai", "kind": "openai-compatible"}]);
     config["external_models"] =
         json!([{"id": "gpt-4.1-mini", "provider": "openai", "model": "gpt-4.1-mini"}]);
