@@ -9,6 +9,7 @@ mod health;
 mod reasoning;
 mod request;
 mod response;
+mod responses;
 mod stream;
 mod tool_calls;
 mod tools;
@@ -35,12 +36,14 @@ pub use auth::{ApiKeyError, ApiKeys};
 pub use error::ApiError;
 pub use request::{parse_chat, parse_completion, ChatRequest, CompletionRequest, Prompt};
 use response::{CallIds, LogprobsWriter, Meta, Shape};
-use tool_calls::ToolCallFormat;
+use tool_calls::{ParsedOutput, ToolCallFormat};
 pub use validation::{Generation, ToolCallParsing, ValidRequest};
 
 use crate::engine::grammar::Grammars;
 use crate::engine::sampling::TokenLogprobs;
-use crate::engine::{ChoiceOutput, EngineHandle, Event, Failure, Submission, SubmitError, Usage};
+use crate::engine::{
+    ChoiceOutput, EngineHandle, Event, Failure, FinishReason, Submission, SubmitError, Usage,
+};
 use crate::metrics::Metrics;
 use crate::model::LoadedModel;
 use crate::text::{ChatTemplate, TemplateOrigin};
@@ -130,6 +133,7 @@ pub fn router(state: Arc<AppState>) -> Router {
     Router::new()
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/completions", post(completions))
+        .route("/v1/responses", post(responses::responses))
         .route("/v1/models", get(list_models))
         // A wildcard: ids such as `org/model` are not percent-encoded by
         // OpenAI's clients.
@@ -270,6 +274,29 @@ async fn generate(
     shape: Shape,
     (received, headers): (Instant, &HeaderMap),
 ) -> Result<Response, ApiError> {
+    let prefix = match shape {
+        Shape::Chat => "chatcmpl",
+        Shape::Completion => "cmpl",
+    };
+    let (stream, include_usage) = (valid.stream, valid.include_usage);
+    let (answer, receivers) = submit(app, ready, valid, (shape, prefix), (received, headers))?;
+    if stream {
+        stream::stream(answer, receivers, include_usage).await
+    } else {
+        collect(answer, receivers).await
+    }
+}
+
+/// Admits a validated request and hands it to the engine: how its answer
+/// is to be read (its response id starting `prefix`), and each choice's
+/// events.
+fn submit(
+    app: &Arc<AppState>,
+    ready: &Ready,
+    valid: ValidRequest,
+    (shape, prefix): (Shape, &str),
+    (received, headers): (Instant, &HeaderMap),
+) -> Result<(Answer, Vec<mpsc::UnboundedReceiver<Event>>), ApiError> {
     let permits = ready.engine.admit(valid.n).map_err(|e| match e {
         SubmitError::Full(capacity) => {
             app.metrics.requests_rejected_full.add(1);
@@ -305,10 +332,7 @@ async fn generate(
 
     let answer = Answer {
         meta: Meta {
-            id: app.response_id(match shape {
-                Shape::Chat => "chatcmpl",
-                Shape::Completion => "cmpl",
-            }),
+            id: app.response_id(prefix),
             created: unix_now(),
             model: app.model_id.clone(),
             shape,
@@ -322,11 +346,7 @@ async fn generate(
         tools: valid.tool_calls,
         reasoning: valid.reasoning,
     };
-    if valid.stream {
-        stream::stream(answer, receivers, valid.include_usage).await
-    } else {
-        collect(answer, receivers).await
-    }
+    Ok((answer, receivers))
 }
 
 /// How the engine's events become a response: what every chunk and choice
@@ -379,28 +399,59 @@ fn by_choice(
         .collect()
 }
 
-/// Waits for every choice to end, reading them as they come. A failure
+/// One choice's whole answer, as the engine ended it.
+struct Ended {
+    text: String,
+    entries: Vec<TokenLogprobs>,
+    reason: FinishReason,
+}
+
+/// A whole answer read: its thinking split off (where the model thinks),
+/// its text, and the calls in that text (with the answer's
+/// `finish_reason`) where tools are in play.
+struct ReadAnswer {
+    thought: Option<String>,
+    text: String,
+    calls: Option<(ParsedOutput, &'static str)>,
+}
+
+impl Answer {
+    fn read(&self, text: String, reason: FinishReason) -> ReadAnswer {
+        let (thought, text) = match self.reasoning {
+            Some(inside) => reasoning::split(&text, inside),
+            None => (None, text),
+        };
+        let calls = self.tools.as_ref().and_then(|t| t.calls_in(&text, reason));
+        ReadAnswer {
+            thought,
+            text,
+            calls,
+        }
+    }
+}
+
+/// Waits for every choice to end, reading them as they come: each
+/// choice's answer in index order, and the usage of all of them. A failure
 /// answers once every choice has ended (shutdown and a failed step end
 /// them together; a choice whose grammar failed leaves the others to
 /// finish), with the usage of all of them: what the request computed is
 /// charged exactly. If the client goes away meanwhile, this future is
 /// dropped with the receivers, which cancels the choices at the engine's
 /// next step.
-async fn collect(
-    answer: Answer,
+async fn gather(
     receivers: Vec<mpsc::UnboundedReceiver<Event>>,
-) -> Result<Response, ApiError> {
+) -> Result<(Vec<Ended>, Usage), ApiError> {
     struct Choice {
         text: String,
         entries: Vec<TokenLogprobs>,
-        rendered: Option<serde_json::Value>,
+        reason: Option<FinishReason>,
         usage: Usage,
     }
     let mut choices: Vec<Choice> = (0..receivers.len())
         .map(|_| Choice {
             text: String::new(),
             entries: Vec::new(),
-            rendered: None,
+            reason: None,
             usage: Usage::default(),
         })
         .collect();
@@ -414,28 +465,7 @@ async fn collect(
             Event::Logprobs(lp) => choice.entries.push(lp),
             Event::Text(t) => choice.text.push_str(&t),
             Event::Finished { reason, usage } => {
-                let logprobs = answer
-                    .logprobs
-                    .clone()
-                    .map(|mut w| w.render(&choice.entries));
-                let (thought, text) = match answer.reasoning {
-                    Some(inside) => reasoning::split(&choice.text, inside),
-                    None => (None, std::mem::take(&mut choice.text)),
-                };
-                let mut rendered = answer.meta.choice(index, &text, reason, logprobs);
-                if let Some((parsed, finish)) = answer
-                    .tools
-                    .as_ref()
-                    .and_then(|t| t.calls_in(&text, reason))
-                {
-                    answer
-                        .meta
-                        .answered_with_calls(index, &mut rendered, &parsed, finish);
-                }
-                if let Some(thought) = thought {
-                    rendered["message"]["reasoning_content"] = thought.into();
-                }
-                choice.rendered = Some(rendered);
+                choice.reason = Some(reason);
                 choice.usage = usage;
                 left -= 1;
             }
@@ -450,7 +480,48 @@ async fn collect(
     if let Some(failure) = failed {
         return Err(failure_error(&failure).with_usage(usage));
     }
-    let rendered = choices.into_iter().filter_map(|c| c.rendered).collect();
+    let ended = choices
+        .into_iter()
+        .filter_map(|c| {
+            c.reason.map(|reason| Ended {
+                text: c.text,
+                entries: c.entries,
+                reason,
+            })
+        })
+        .collect();
+    Ok((ended, usage))
+}
+
+/// A whole chat or completions response (see [`gather`]).
+async fn collect(
+    answer: Answer,
+    receivers: Vec<mpsc::UnboundedReceiver<Event>>,
+) -> Result<Response, ApiError> {
+    let (ended, usage) = gather(receivers).await?;
+    let rendered = ended
+        .into_iter()
+        .enumerate()
+        .map(|(index, choice)| {
+            let logprobs = answer
+                .logprobs
+                .clone()
+                .map(|mut w| w.render(&choice.entries));
+            let read = answer.read(choice.text, choice.reason);
+            let mut rendered = answer
+                .meta
+                .choice(index, &read.text, choice.reason, logprobs);
+            if let Some((parsed, finish)) = &read.calls {
+                answer
+                    .meta
+                    .answered_with_calls(index, &mut rendered, parsed, finish);
+            }
+            if let Some(thought) = read.thought {
+                rendered["message"]["reasoning_content"] = thought.into();
+            }
+            rendered
+        })
+        .collect();
     Ok(axum::Json(answer.meta.full(rendered, usage)).into_response())
 }
 

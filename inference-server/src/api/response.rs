@@ -278,7 +278,7 @@ impl Meta {
         }
     }
 
-    fn call_id(&self, choice: usize, i: usize) -> String {
+    pub fn call_id(&self, choice: usize, i: usize) -> String {
         let stem = self.id.rsplit('-').next().unwrap_or(&self.id);
         match self.call_ids {
             CallIds::Named => format!("call_{stem}_{choice}_{i}"),

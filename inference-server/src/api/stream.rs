@@ -275,13 +275,18 @@ pub(super) async fn stream(
             }
         }
     });
-    Ok(Response::builder()
+    Ok(sse_response(body_rx))
+}
+
+/// A response whose body is the events a writer task sends on `body`.
+pub(super) fn sse_response(body: mpsc::Receiver<Result<Bytes, Infallible>>) -> Response {
+    Response::builder()
         .header(header::CONTENT_TYPE, "text/event-stream")
         .header(header::CACHE_CONTROL, "no-cache")
-        .body(Body::from_stream(ReceiverStream::new(body_rx)))
+        .body(Body::from_stream(ReceiverStream::new(body)))
         .unwrap_or_else(|_| {
             ApiError::internal("could not build the stream response").into_response()
-        }))
+        })
 }
 
 /// The error of a request whose every choice failed before any output

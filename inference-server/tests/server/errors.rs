@@ -1,7 +1,7 @@
 //! Bad input gets a specific status and an OpenAI-shaped error body, before
 //! it costs the engine anything.
 
-use maas_testkit::{get, request, InferenceServer, Response};
+use maas_testkit::{get, InferenceServer, Response};
 use serde_json::{json, Value};
 
 use crate::support::*;
@@ -17,15 +17,6 @@ fn assert_error(r: &Response, status: u16, param: Option<&str>, needle: &str) ->
     assert!(e["type"].is_string(), "{e}");
     assert_eq!(e["param"].as_str(), param, "{e}");
     e
-}
-
-fn post_raw(server: &InferenceServer, path: &str, body: &str) -> Response {
-    request(
-        "POST",
-        &server.url(path),
-        &[("content-type", "application/json")],
-        Some(body.as_bytes()),
-    )
 }
 
 #[test]

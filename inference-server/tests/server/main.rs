@@ -18,5 +18,6 @@ mod kv_cache;
 mod lifecycle;
 mod logprobs;
 mod python;
+mod responses;
 mod support;
 mod tool_turns;

@@ -77,6 +77,16 @@ pub fn merge(body: &mut Value, extra: Value) {
     }
 }
 
+/// A POST of `body` as it is, JSON or not.
+pub fn post_raw(server: &InferenceServer, path: &str, body: &str) -> Response {
+    maas_testkit::request(
+        "POST",
+        &server.url(path),
+        &[("content-type", "application/json")],
+        Some(body.as_bytes()),
+    )
+}
+
 pub fn chat(server: &InferenceServer, body: &Value) -> Response {
     post_json(&server.url("/v1/chat/completions"), &[], body)
 }
