@@ -100,6 +100,8 @@ mod tests {
             ("GET", "/v1/chat/completions", 405),
             ("POST", "/v1/models", 405),
             ("POST", "/v1/embeddings", 404),
+            // Served by the inference server, but not accounted here yet.
+            ("POST", "/v1/responses", 404),
             ("GET", "/", 404),
             ("POST", "/v1/chat/completions/", 404),
             ("GET", "/v1/models/", 404),
