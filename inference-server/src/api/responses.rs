@@ -81,6 +81,8 @@ const RENAMED: &[(&str, &str)] = &[
     ("response_format.json_schema.name", "text.format.name"),
     ("response_format.json_schema.strict", "text.format.strict"),
     ("response_format.json_schema.schema", "text.format.schema"),
+    // The KV cache's room for the prompt times the choices: one here.
+    ("n", "input"),
 ];
 
 fn in_responses_words(mut error: ApiError) -> ApiError {
@@ -103,7 +105,7 @@ fn reasoning_tokens(tokenizer: &TextTokenizer, thought: &str) -> usize {
 /// it made calls and wrote nothing else), its calls.
 fn items(reply: &Reply, read: &ReadAnswer, status: Status) -> Vec<Value> {
     let mut items = Vec::new();
-    if let Some(thought) = &read.thought {
+    if let Some(thought) = read.thought.as_ref().filter(|t| !t.is_empty()) {
         items.push(output::reasoning_item(
             &reply.reasoning_id(items.len()),
             thought,

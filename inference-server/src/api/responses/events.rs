@@ -85,6 +85,14 @@ struct Writer {
     open: Option<Open>,
     /// All the thinking, for the usage's count of it.
     thought: String,
+    /// White space while no message is open: what a model writes between
+    /// calls (Qwen's parallel calls are a line apart) is no message, as a
+    /// whole answer's trimmed content is none.
+    space: String,
+    /// A message item was started.
+    messaged: bool,
+    /// A call item was started.
+    called: bool,
 }
 
 impl Writer {
@@ -222,8 +230,9 @@ impl Writer {
     }
 
     /// A piece of the thinking or of the message: it starts its item
-    /// unless that is the one open.
-    fn text_delta(&mut self, kind: Kind, delta: String, frames: &mut Vec<u8>) {
+    /// unless that is the one open (a message only once it has more than
+    /// white space, see `space`).
+    fn text_delta(&mut self, kind: Kind, mut delta: String, frames: &mut Vec<u8>) {
         if delta.is_empty() {
             return;
         }
@@ -231,15 +240,38 @@ impl Writer {
             self.thought.push_str(&delta);
         }
         if !matches!(self.open, Some(Open::Text { kind: open, .. }) if open == kind) {
-            let index = self.output.len();
-            let id = match kind {
-                Kind::Reasoning => self.reply.reasoning_id(index),
-                Kind::Message => self.reply.message_id(index),
-            };
-            let text = String::new();
-            self.start(Open::Text { kind, id, text }, frames);
+            if kind == Kind::Message {
+                if delta.trim().is_empty() {
+                    self.space.push_str(&delta);
+                    return;
+                }
+                delta = std::mem::take(&mut self.space) + &delta;
+            }
+            self.start_text(kind, frames);
         }
-        if let Some(Open::Text { id, text, .. }) = &mut self.open {
+        self.append(delta, frames);
+    }
+
+    fn start_text(&mut self, kind: Kind, frames: &mut Vec<u8>) {
+        let index = self.output.len();
+        let id = match kind {
+            Kind::Reasoning => self.reply.reasoning_id(index),
+            Kind::Message => {
+                self.messaged = true;
+                self.reply.message_id(index)
+            }
+        };
+        let text = String::new();
+        self.start(Open::Text { kind, id, text }, frames);
+    }
+
+    /// `delta` to the open item of text, as its delta event.
+    fn append(&mut self, delta: String, frames: &mut Vec<u8>) {
+        if delta.is_empty() {
+            return;
+        }
+        if let Some(Open::Text { kind, id, text }) = &mut self.open {
+            let kind = *kind;
             text.push_str(&delta);
             let mut fields = json!({"item_id": id, "output_index": self.output.len(),
                                     "content_index": 0, "delta": delta});
@@ -273,6 +305,8 @@ impl Writer {
         frames: &mut Vec<u8>,
     ) {
         if let Some(name) = name {
+            self.space.clear();
+            self.called = true;
             let ids = self.reply.call_ids(index);
             self.start(
                 Open::Call {
@@ -318,13 +352,21 @@ impl Writer {
             .unwrap_or_default();
         self.streamed(held, &mut frames);
         let status = Status::ended(reason);
-        if self.output.is_empty() && self.open.is_none() {
-            // An empty answer is still a message, as a whole one is.
-            let (id, text) = (self.reply.message_id(0), String::new());
-            let kind = Kind::Message;
-            self.start(Open::Text { kind, id, text }, &mut frames);
+        if !self.messaged && !self.called {
+            // An answer that made no call is a message, even one of white
+            // space or of nothing, as a whole one is.
+            let space = std::mem::take(&mut self.space);
+            self.start_text(Kind::Message, &mut frames);
+            self.append(space, &mut frames);
         }
-        self.close(status, &mut frames);
+        // A call sent and then broken (the budget, or garbage after its
+        // name) stays sent, but is not whole.
+        let broken = matches!(self.open, Some(Open::Call { .. }))
+            && self.calls.as_ref().is_some_and(|c| !c.ends_with_calls());
+        self.close(
+            if broken { Status::Incomplete } else { status },
+            &mut frames,
+        );
         let usage = usage_json(usage, tokenizer, &self.thought);
         let response = self
             .reply
@@ -343,7 +385,8 @@ impl Writer {
         let mut frames = Vec::new();
         self.close(Status::Failed, &mut frames);
         let usage = usage_json(usage, tokenizer, &self.thought);
-        let error = json!({"code": error.code.unwrap_or("server_error"), "message": error.message});
+        // The API's codes are its own list; ours stays in the message.
+        let error = json!({"code": "server_error", "message": error.message});
         let response = self.reply.object(
             Status::Failed,
             self.output.clone(),
@@ -379,6 +422,9 @@ pub(super) async fn stream(
         output: Vec::new(),
         open: None,
         thought: String::new(),
+        space: String::new(),
+        messaged: false,
+        called: false,
     };
     tokio::spawn(async move {
         let send = |frames: Vec<u8>| body_tx.send(Ok(Bytes::from(frames)));
@@ -455,6 +501,9 @@ mod tests {
             output: Vec::new(),
             open: None,
             thought: String::new(),
+            space: String::new(),
+            messaged: false,
+            called: false,
         }
     }
 
@@ -579,6 +628,54 @@ mod tests {
         }
     }
 
+    /// Qwen writes parallel calls a line apart: the line is no message
+    /// item between them, as the whole answer's content is none.
+    #[test]
+    fn white_space_between_calls_is_no_message() {
+        let mut w = writer(false, true);
+        let call = |city: &str| {
+            format!("<tool_call>\n{{\"name\": \"w\", \"arguments\": {{\"city\": \"{city}\"}}}}\n</tool_call>")
+        };
+        let mut frames = w.text(&call("Paris"));
+        frames.extend(w.text("\n"));
+        frames.extend(w.text(&call("Rome")));
+        let usage = Usage {
+            prompt_tokens: 5,
+            completion_tokens: 40,
+            cached_tokens: 0,
+        };
+        frames.extend(w.finish(FinishReason::Stop, usage, &tiny_tokenizer()));
+        let events = events(&frames);
+        let output = &events.last().unwrap()["response"]["output"];
+        let types: Vec<&str> = output
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["function_call", "function_call"], "{output}");
+        assert_eq!(output[1]["arguments"], "{\"city\":\"Rome\"}");
+        assert_eq!(output[1]["call_id"], "call_abc_0_1");
+        assert_eq!(output[1]["status"], "completed");
+    }
+
+    /// An answer of white space, or of nothing, is still a message.
+    #[test]
+    fn an_answer_of_white_space_is_a_message() {
+        let mut w = writer(false, false);
+        let mut frames = w.text(" ");
+        let usage = Usage {
+            prompt_tokens: 5,
+            completion_tokens: 1,
+            cached_tokens: 0,
+        };
+        frames.extend(w.finish(FinishReason::Stop, usage, &tiny_tokenizer()));
+        let events = events(&frames);
+        let output = &events.last().unwrap()["response"]["output"];
+        assert_eq!(output[0]["type"], "message");
+        assert_eq!(output[0]["content"][0]["text"], " ");
+    }
+
     #[test]
     fn a_failure_after_output_ends_the_item_and_fails_with_the_usage() {
         let mut w = writer(false, false);
@@ -594,7 +691,7 @@ mod tests {
         let last = events.last().unwrap();
         assert_eq!(last["type"], "response.failed");
         assert_eq!(last["response"]["status"], "failed");
-        assert_eq!(last["response"]["error"]["code"], "generation_failed");
+        assert_eq!(last["response"]["error"]["code"], "server_error");
         assert_eq!(last["response"]["usage"]["output_tokens"], 1);
         assert_eq!(last["response"]["output"][0]["status"], "incomplete");
     }

@@ -152,7 +152,8 @@ pub(super) fn function_call_item(
 pub(super) fn usage(u: Usage, reasoning_tokens: usize) -> Value {
     json!({
         "input_tokens": u.prompt_tokens,
-        "input_tokens_details": {"cached_tokens": u.cached_tokens},
+        // Nothing is written to a cache a request pays for here.
+        "input_tokens_details": {"cached_tokens": u.cached_tokens, "cache_write_tokens": 0},
         "output_tokens": u.completion_tokens,
         "output_tokens_details": {"reasoning_tokens": reasoning_tokens.min(u.completion_tokens)},
         "total_tokens": u.prompt_tokens + u.completion_tokens,

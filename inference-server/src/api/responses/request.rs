@@ -119,6 +119,7 @@ pub(in crate::api) fn translate(body: &[u8]) -> Result<Translated, ApiError> {
         }
     }
     check_options(&mut fields)?;
+    check_types(&fields)?;
 
     let mut echo = Map::new();
     for (name, default) in echo_defaults() {
@@ -140,7 +141,15 @@ pub(in crate::api) fn translate(body: &[u8]) -> Result<Translated, ApiError> {
         chat.insert("tools".into(), chat_tools(tools)?);
     }
     if let Some(choice) = chat.remove("tool_choice") {
-        chat.insert("tool_choice".into(), chat_tool_choice(choice)?);
+        // `auto`, the API's default, is what clients echo back with no
+        // tools; chat refuses any choice without tools.
+        let no_tools = chat
+            .get("tools")
+            .is_none_or(|t| t.as_array().is_none_or(Vec::is_empty));
+        let neutral = matches!(choice.as_str(), Some("auto" | "none"));
+        if !(no_tools && neutral) {
+            chat.insert("tool_choice".into(), chat_tool_choice(choice)?);
+        }
     }
     if let Some(text) = chat.remove("text") {
         if let Some(format) = response_format(text)? {
@@ -235,6 +244,31 @@ fn check_options(fields: &mut Map<String, Value>) -> Result<(), ApiError> {
                 "reasoning",
                 "`reasoning` must be an object or null.",
             ))
+        }
+    }
+    Ok(())
+}
+
+/// The mapped fields' types, checked here so that a wrong one is named as
+/// the client sent it (chat's parse would read it in the chat request
+/// this becomes).
+fn check_types(fields: &Map<String, Value>) -> Result<(), ApiError> {
+    const TYPES: [(&str, fn(&Value) -> bool, &str); 5] = [
+        ("max_output_tokens", Value::is_i64, "an integer"),
+        ("temperature", Value::is_number, "a number"),
+        ("top_p", Value::is_number, "a number"),
+        ("stream", Value::is_boolean, "a boolean"),
+        ("parallel_tool_calls", Value::is_boolean, "a boolean"),
+    ];
+    for (field, is, expected) in TYPES {
+        match fields.get(field) {
+            Some(value) if !value.is_null() && !is(value) => {
+                return Err(invalid(
+                    field,
+                    format!("`{field}` must be {expected} or null; got {value}."),
+                ))
+            }
+            _ => {}
         }
     }
     Ok(())
@@ -711,6 +745,30 @@ mod tests {
         );
         let error = refused(json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}));
         assert!(error.message.contains("`input`"), "{}", error.message);
+    }
+
+    #[test]
+    fn fields_of_the_wrong_type_are_named_as_sent() {
+        for (field, value) in [
+            ("max_output_tokens", json!("16")),
+            ("temperature", json!("x")),
+            ("stream", json!("yes")),
+        ] {
+            let mut body = json!({"model": "m", "input": "x"});
+            body[field] = value;
+            let error = refused(body);
+            assert_eq!(error.param, Some(field), "{}", error.message);
+        }
+    }
+
+    /// `auto` (or `none`) with no tools is what clients echo back: no
+    /// choice for chat, which refuses any choice without tools.
+    #[test]
+    fn a_neutral_tool_choice_without_tools_is_dropped() {
+        let chat = chat_of(json!({"model": "m", "input": "x", "tool_choice": "auto", "tools": []}));
+        assert!(!chat.contains_key("tool_choice"));
+        let chat = chat_of(json!({"model": "m", "input": "x", "tool_choice": "required"}));
+        assert_eq!(chat["tool_choice"], "required");
     }
 
     #[test]
