@@ -96,6 +96,21 @@ struct Writer {
 }
 
 impl Writer {
+    fn new(reply: Reply, reasoning: Option<ReasoningSplit>, calls: Option<ToolCallStream>) -> Self {
+        Writer {
+            reply,
+            sequence: 0,
+            reasoning,
+            calls,
+            output: Vec::new(),
+            open: None,
+            thought: String::new(),
+            space: String::new(),
+            messaged: false,
+            called: false,
+        }
+    }
+
     fn event(&mut self, kind: &str, mut fields: Value) -> Vec<u8> {
         fields["type"] = json!(kind);
         fields["sequence_number"] = json!(self.sequence);
@@ -414,18 +429,11 @@ pub(super) async fn stream(
     }
     let mut events = tokio_stream::iter([first]).chain(events);
     let (body_tx, body_rx) = mpsc::channel::<Result<Bytes, Infallible>>(64);
-    let mut writer = Writer {
+    let mut writer = Writer::new(
         reply,
-        sequence: 0,
-        reasoning: answer.reasoning.map(ReasoningSplit::new),
-        calls: answer.tools.as_ref().map(|t| t.stream()),
-        output: Vec::new(),
-        open: None,
-        thought: String::new(),
-        space: String::new(),
-        messaged: false,
-        called: false,
-    };
+        answer.reasoning.map(ReasoningSplit::new),
+        answer.tools.as_ref().map(|t| t.stream()),
+    );
     tokio::spawn(async move {
         let send = |frames: Vec<u8>| body_tx.send(Ok(Bytes::from(frames)));
         if send(writer.opening()).await.is_err() {
@@ -493,18 +501,11 @@ mod tests {
             forced: None,
             parallel: true,
         };
-        Writer {
+        Writer::new(
             reply,
-            sequence: 0,
-            reasoning: reasoning.then(|| ReasoningSplit::new(false)),
-            calls: tools.then(|| parsing.stream()),
-            output: Vec::new(),
-            open: None,
-            thought: String::new(),
-            space: String::new(),
-            messaged: false,
-            called: false,
-        }
+            reasoning.then(|| ReasoningSplit::new(false)),
+            tools.then(|| parsing.stream()),
+        )
     }
 
     /// The events in `frames`, each checked to be `event: <type>` with the
@@ -523,6 +524,22 @@ mod tests {
             .collect()
     }
 
+    /// The events of `frames` and of the answer's end, with this usage.
+    fn finished(
+        w: &mut Writer,
+        mut frames: Vec<u8>,
+        reason: FinishReason,
+        (prompt_tokens, completion_tokens): (usize, usize),
+    ) -> Vec<Value> {
+        let usage = Usage {
+            prompt_tokens,
+            completion_tokens,
+            cached_tokens: 0,
+        };
+        frames.extend(w.finish(reason, usage, &tiny_tokenizer()));
+        events(&frames)
+    }
+
     fn kinds(events: &[Value]) -> Vec<&str> {
         events.iter().map(|e| e["type"].as_str().unwrap()).collect()
     }
@@ -533,13 +550,7 @@ mod tests {
         let mut frames = w.opening();
         frames.extend(w.text("Par"));
         frames.extend(w.text("is"));
-        let usage = Usage {
-            prompt_tokens: 7,
-            completion_tokens: 2,
-            cached_tokens: 0,
-        };
-        frames.extend(w.finish(FinishReason::Stop, usage, &tiny_tokenizer()));
-        let events = events(&frames);
+        let events = finished(&mut w, frames, FinishReason::Stop, (7, 2));
         assert_eq!(
             kinds(&events),
             [
@@ -580,13 +591,7 @@ mod tests {
         frames.extend(w.text(
             " <tool_call>\n{\"name\": \"w\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>",
         ));
-        let usage = Usage {
-            prompt_tokens: 5,
-            completion_tokens: 30,
-            cached_tokens: 0,
-        };
-        frames.extend(w.finish(FinishReason::Length, usage, &tiny_tokenizer()));
-        let events = events(&frames);
+        let events = finished(&mut w, frames, FinishReason::Length, (5, 30));
         let added: Vec<&str> = events
             .iter()
             .filter(|e| e["type"] == "response.output_item.added")
@@ -639,13 +644,7 @@ mod tests {
         let mut frames = w.text(&call("Paris"));
         frames.extend(w.text("\n"));
         frames.extend(w.text(&call("Rome")));
-        let usage = Usage {
-            prompt_tokens: 5,
-            completion_tokens: 40,
-            cached_tokens: 0,
-        };
-        frames.extend(w.finish(FinishReason::Stop, usage, &tiny_tokenizer()));
-        let events = events(&frames);
+        let events = finished(&mut w, frames, FinishReason::Stop, (5, 40));
         let output = &events.last().unwrap()["response"]["output"];
         let types: Vec<&str> = output
             .as_array()
@@ -663,14 +662,8 @@ mod tests {
     #[test]
     fn an_answer_of_white_space_is_a_message() {
         let mut w = writer(false, false);
-        let mut frames = w.text(" ");
-        let usage = Usage {
-            prompt_tokens: 5,
-            completion_tokens: 1,
-            cached_tokens: 0,
-        };
-        frames.extend(w.finish(FinishReason::Stop, usage, &tiny_tokenizer()));
-        let events = events(&frames);
+        let frames = w.text(" ");
+        let events = finished(&mut w, frames, FinishReason::Stop, (5, 1));
         let output = &events.last().unwrap()["response"]["output"];
         assert_eq!(output[0]["type"], "message");
         assert_eq!(output[0]["content"][0]["text"], " ");

@@ -253,7 +253,8 @@ fn check_options(fields: &mut Map<String, Value>) -> Result<(), ApiError> {
 /// the client sent it (chat's parse would read it in the chat request
 /// this becomes).
 fn check_types(fields: &Map<String, Value>) -> Result<(), ApiError> {
-    const TYPES: [(&str, fn(&Value) -> bool, &str); 5] = [
+    type Is = fn(&Value) -> bool;
+    const TYPES: [(&str, Is, &str); 5] = [
         ("max_output_tokens", Value::is_i64, "an integer"),
         ("temperature", Value::is_number, "a number"),
         ("top_p", Value::is_number, "a number"),
