@@ -10,14 +10,12 @@ use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
 use crate::metrics::Metric;
 use crate::openai::endpoint::{path_only, Endpoint};
-use crate::openai::request::{
-    parse_completion_request, rewrite_completion_request, BodyRewrite, BudgetField,
-};
+use crate::openai::request::{parse_request, rewrite_completion_request, BodyRewrite, BudgetField};
 use crate::openai::sse::is_event_stream;
 use crate::providers::anthropic::{self, StreamTranslator};
 use crate::providers::{
     upstream_failure, write_error_event, ErrorDetail, ProviderError, ProviderKind,
-    CREDENTIAL_HEADERS,
+    AZURE_NO_RESPONSES, CREDENTIAL_HEADERS,
 };
 use std::rc::Rc;
 
@@ -224,8 +222,8 @@ impl BackendStream {
     /// The request for this provider: its name for the model and its path,
     /// or Anthropic's Messages body.
     fn outbound(&mut self, body: &[u8]) -> Result<Outbound, ProviderError> {
-        let request =
-            parse_completion_request(body).map_err(|e| ProviderError::BadRequest(e.to_string()))?;
+        let request = parse_request(body, self.endpoint.as_ref())
+            .map_err(|e| ProviderError::BadRequest(e.to_string()))?;
         let model = self
             .config
             .models
@@ -242,6 +240,9 @@ impl BackendStream {
                 body: anthropic::to_messages_request(body, &model.upstream_model)?,
                 path: Some("/v1/messages".to_string()),
             });
+        }
+        if model.kind == ProviderKind::AzureOpenAi && self.endpoint == Some(Endpoint::Responses) {
+            return Err(AZURE_NO_RESPONSES);
         }
         let rewrite = BodyRewrite {
             model: Some(&model.upstream_model),

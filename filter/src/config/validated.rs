@@ -60,7 +60,11 @@ impl ExternalModel {
         let operation = match endpoint {
             Endpoint::ChatCompletions => "chat/completions",
             Endpoint::Completions => "completions",
-            Endpoint::ListModels | Endpoint::RetrieveModel(_) => return None,
+            // Azure serves the Responses API at another path, not per
+            // deployment: refused for Azure backends
+            // (`providers::AZURE_NO_RESPONSES`); every other provider's
+            // path is the gateway's.
+            Endpoint::Responses | Endpoint::ListModels | Endpoint::RetrieveModel(_) => return None,
         };
         match self.kind {
             ProviderKind::OpenAiCompatible | ProviderKind::Anthropic => None,

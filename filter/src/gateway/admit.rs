@@ -31,8 +31,7 @@ use crate::limits::ratelimit_headers::format_duration;
 use crate::limits::{self, LimitGroup, ReserveError};
 use crate::metrics::{Metric, Outcome};
 use crate::openai::request::{
-    parse_completion_request, rewrite_completion_request, BodyRewrite, BudgetField,
-    CompletionRequest,
+    parse_request, rewrite_completion_request, BodyRewrite, BudgetField, CompletionRequest,
 };
 use crate::subscription::{CapMode, Quantity, ScopeLimits, Subscription};
 use std::rc::Rc;
@@ -109,7 +108,8 @@ impl Stream {
             .identity
             .clone()
             .ok_or_else(|| rejected(GatewayError::InvalidKey))?;
-        let request = parse_completion_request(body).map_err(|e| rejected(e.into()))?;
+        let request =
+            parse_request(body, self.endpoint.as_ref()).map_err(|e| rejected(e.into()))?;
         self.route_model(&request, &identity.subscription)?;
         self.completion.streaming = request.stream;
         let budget = self.completion_budget(&request, &identity.subscription)?;

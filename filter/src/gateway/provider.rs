@@ -9,7 +9,7 @@
 use crate::config::Config;
 use crate::error::GatewayError;
 use crate::openai::endpoint::Endpoint;
-use crate::providers::{anthropic, ProviderError, ProviderKind};
+use crate::providers::{anthropic, ProviderError, ProviderKind, AZURE_NO_RESPONSES};
 
 /// Step 3's check: every backend of `model` can take `body` at `endpoint`,
 /// as many completions as it asks for (`outputs`), and the `service_tier`
@@ -39,6 +39,13 @@ pub(super) fn check_backends(
                 tier.chars().take(64).collect(),
             )));
         }
+    }
+    if endpoint == Some(&Endpoint::Responses)
+        && config
+            .backends(model)
+            .any(|b| b.kind == ProviderKind::AzureOpenAi)
+    {
+        return Err(GatewayError::Provider(AZURE_NO_RESPONSES));
     }
     // Only Anthropic's API takes less than OpenAI's, and one translation
     // judges every Anthropic backend of the model alike.

@@ -8,6 +8,10 @@ use crate::error::GatewayError;
 pub enum Endpoint {
     ChatCompletions,
     Completions,
+    /// OpenAI's Responses API, stateless: the gateway bounds a request by
+    /// its body, so what names stored state is refused
+    /// ([`crate::openai::request`]).
+    Responses,
     ListModels,
     RetrieveModel(String),
 }
@@ -26,6 +30,7 @@ impl Endpoint {
         let (endpoint, allow) = match path {
             "/v1/chat/completions" => (Endpoint::ChatCompletions, "POST"),
             "/v1/completions" => (Endpoint::Completions, "POST"),
+            "/v1/responses" => (Endpoint::Responses, "POST"),
             "/v1/models" => (Endpoint::ListModels, "GET"),
             // Everything after the prefix is the id: model ids may hold `/`
             // (`meta-llama/Llama-3.1-8B`), and SDKs send it as it is. (An
@@ -53,7 +58,10 @@ impl Endpoint {
     }
 
     pub fn is_completion(&self) -> bool {
-        matches!(self, Endpoint::ChatCompletions | Endpoint::Completions)
+        matches!(
+            self,
+            Endpoint::ChatCompletions | Endpoint::Completions | Endpoint::Responses
+        )
     }
 }
 
@@ -66,6 +74,7 @@ mod tests {
         let table = [
             ("POST", "/v1/chat/completions", Endpoint::ChatCompletions),
             ("POST", "/v1/completions?x=1", Endpoint::Completions),
+            ("POST", "/v1/responses", Endpoint::Responses),
             ("GET", "/v1/models", Endpoint::ListModels),
             ("HEAD", "/v1/models", Endpoint::ListModels),
             (
@@ -100,8 +109,9 @@ mod tests {
             ("GET", "/v1/chat/completions", 405),
             ("POST", "/v1/models", 405),
             ("POST", "/v1/embeddings", 404),
-            // Served by the inference server, but not accounted here yet.
-            ("POST", "/v1/responses", 404),
+            // A stored response is not the gateway's to give out.
+            ("GET", "/v1/responses/resp_1", 404),
+            ("GET", "/v1/responses", 405),
             ("GET", "/", 404),
             ("POST", "/v1/chat/completions/", 404),
             ("GET", "/v1/models/", 404),

@@ -35,6 +35,7 @@ use serde_json::value::RawValue;
 use super::endpoint::Endpoint;
 
 mod media;
+mod responses;
 
 /// The fields of a completion request that the gateway acts on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,6 +46,9 @@ pub struct CompletionRequest<'a> {
     pub max_tokens: Option<u64>,
     /// `max_completion_tokens` (current OpenAI name).
     pub max_completion_tokens: Option<u64>,
+    /// `max_output_tokens`: the Responses API's budget (read on every
+    /// endpoint: a server that takes it anywhere is capped by it too).
+    pub max_output_tokens: Option<u64>,
     /// `n_predict`: llama.cpp's budget, which llama-server reads before
     /// `max_tokens` (its OpenAI layer passes unknown fields through); any
     /// negative value means "until the context is full".
@@ -69,6 +73,9 @@ pub struct CompletionRequest<'a> {
     /// `service_tier`: the processing tier OpenAI bills the tokens at
     /// (`priority` at about twice the rate); null is absent.
     pub service_tier: Option<String>,
+    /// A Responses API request (`/v1/responses`): its servers read the
+    /// budget from `max_output_tokens`, and report usage in every stream.
+    pub responses: bool,
 }
 
 impl CompletionRequest<'_> {
@@ -91,6 +98,7 @@ impl CompletionRequest<'_> {
         let n_predict = self.n_predict.and_then(|n| u64::try_from(n).ok());
         requested_budget(self.max_tokens, self.max_completion_tokens)
             .into_iter()
+            .chain(self.max_output_tokens)
             .chain(n_predict)
             .min()
     }
@@ -107,12 +115,21 @@ impl CompletionRequest<'_> {
         if self.null_budget {
             return true;
         }
-        let only_n_predict = self.max_tokens.is_none() && self.max_completion_tokens.is_none();
-        only_n_predict
-            || [self.max_tokens, self.max_completion_tokens]
-                .into_iter()
-                .flatten()
-                .any(|v| v != budget)
+        // The field the endpoint's servers read must carry it.
+        let own_missing = if self.responses {
+            self.max_output_tokens.is_none()
+        } else {
+            self.max_tokens.is_none() && self.max_completion_tokens.is_none()
+        };
+        own_missing
+            || [
+                self.max_tokens,
+                self.max_completion_tokens,
+                self.max_output_tokens,
+            ]
+            .into_iter()
+            .flatten()
+            .any(|v| v != budget)
             || self
                 .n_predict
                 .is_some_and(|n| u64::try_from(n).ok() != Some(budget))
@@ -131,6 +148,7 @@ impl CompletionRequest<'_> {
         for (field, value) in [
             ("max_tokens", self.max_tokens),
             ("max_completion_tokens", self.max_completion_tokens),
+            ("max_output_tokens", self.max_output_tokens),
         ] {
             if value == Some(0) {
                 return Err(RequestError::InvalidField {
@@ -213,10 +231,11 @@ impl From<ObjectError> for RequestError {
 }
 
 /// Top-level fields read from a request, in the order of [`RequestFields`].
-const FIELDS: [&str; 16] = [
+const FIELDS: [&str; 18] = [
     "model",
     "max_tokens",
     "max_completion_tokens",
+    "max_output_tokens",
     "n_predict",
     "stream",
     "stream_options",
@@ -230,6 +249,7 @@ const FIELDS: [&str; 16] = [
     "service_tier",
     "mm_processor_kwargs",
     "media_io_kwargs",
+    "input",
 ];
 const STREAM_OPTIONS: [&str; 2] = ["include_usage", "continuous_usage_stats"];
 const INCLUDE_USAGE_PATH: &str = "stream_options.include_usage";
@@ -255,6 +275,7 @@ struct RequestFields<'a> {
     model: Option<&'a RawValue>,
     max_tokens: Option<&'a RawValue>,
     max_completion_tokens: Option<&'a RawValue>,
+    max_output_tokens: Option<&'a RawValue>,
     n_predict: Option<&'a RawValue>,
     stream: Option<&'a RawValue>,
     stream_options: Option<&'a RawValue>,
@@ -264,22 +285,15 @@ struct RequestFields<'a> {
     prompt: Option<&'a RawValue>,
     messages: Option<&'a RawValue>,
     service_tier: Option<&'a RawValue>,
+    input: Option<&'a RawValue>,
     /// Entries in the top-level object, ours or not.
     entries: usize,
 }
 
 impl<'a> RequestFields<'a> {
     fn read(body: &'a [u8]) -> Result<Self, RequestError> {
-        let fields = object_fields(body, &FIELDS, Keys::AlsoCaseVariants)?;
-        if let Some(index) = fields.duplicate {
-            let name = FIELDS.get(index).copied().unwrap_or_default();
-            return Err(RequestError::DuplicateField(name.to_owned()));
-        }
-        if let Some(index) = fields.case_variant {
-            let name = FIELDS.get(index).copied().unwrap_or_default();
-            return Err(RequestError::CaseVariantField(name.to_owned()));
-        }
-        let [model, max_tokens, max_completion_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs, service_tier, processor_kwargs, media_io_kwargs] =
+        let fields = top_level_fields(body, &FIELDS)?;
+        let [model, max_tokens, max_completion_tokens, max_output_tokens, n_predict, stream, stream_options, n, best_of, n_cmpl, prompt, messages, chat_template, template_kwargs, service_tier, processor_kwargs, media_io_kwargs, input] =
             fields.values;
         // vLLM's per-request media settings (an image processor's larger
         // `max_pixels`, a video's `num_frames`) make one media part cost
@@ -328,6 +342,7 @@ impl<'a> RequestFields<'a> {
             model,
             max_tokens,
             max_completion_tokens,
+            max_output_tokens,
             n_predict,
             stream,
             stream_options,
@@ -337,9 +352,39 @@ impl<'a> RequestFields<'a> {
             prompt,
             messages,
             service_tier,
+            input,
             entries: fields.entries,
         })
     }
+}
+
+/// The top-level fields `names` of a request body, none given twice or in
+/// another case (see [`RequestError::DuplicateField`],
+/// [`RequestError::CaseVariantField`]).
+fn top_level_fields<'a, const N: usize>(
+    body: &'a [u8],
+    names: &[&str; N],
+) -> Result<ObjectFields<'a, N>, RequestError> {
+    let fields = object_fields(body, names, Keys::AlsoCaseVariants)?;
+    let name = |index: usize| names.get(index).copied().unwrap_or_default().to_owned();
+    if let Some(index) = fields.duplicate {
+        return Err(RequestError::DuplicateField(name(index)));
+    }
+    if let Some(index) = fields.case_variant {
+        return Err(RequestError::CaseVariantField(name(index)));
+    }
+    Ok(fields)
+}
+
+/// Parses the fields the gateway needs from a request body to `endpoint`
+/// (a completion endpoint; see [`parse_completion_request`]). A Responses
+/// API request is bounded by its body as the others are, so what names
+/// state the body does not hold is refused (see `responses`).
+pub fn parse_request<'a>(
+    body: &'a [u8],
+    endpoint: Option<&Endpoint>,
+) -> Result<CompletionRequest<'a>, RequestError> {
+    parse(body, endpoint == Some(&Endpoint::Responses))
 }
 
 /// Parses the fields the gateway needs from an OpenAI completion (or chat
@@ -347,6 +392,10 @@ impl<'a> RequestFields<'a> {
 /// more for its media parts (without allocating); `model` is borrowed from
 /// it when it contains no escapes.
 pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, RequestError> {
+    parse(body, false)
+}
+
+fn parse(body: &[u8], is_responses: bool) -> Result<CompletionRequest<'_>, RequestError> {
     let fields = RequestFields::read(body)?;
     let model = match fields.model {
         None => return Err(RequestError::MissingModel),
@@ -366,6 +415,9 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
             typed::<Option<bool>>(include, INCLUDE_USAGE_PATH, EXPECT_BOOL)?.unwrap_or(false)
         }
     };
+    if is_responses {
+        responses::check(body)?;
+    }
     // Read in field order, so a body with several bad fields names the
     // first, as before.
     let prompt_media;
@@ -377,27 +429,36 @@ pub fn parse_completion_request(body: &[u8]) -> Result<CompletionRequest<'_>, Re
             "max_completion_tokens",
             EXPECT_COUNT,
         )?,
+        max_output_tokens: typed(fields.max_output_tokens, "max_output_tokens", EXPECT_COUNT)?,
         n_predict: typed(fields.n_predict, "n_predict", EXPECT_N_PREDICT)?,
         null_budget: [
             fields.max_tokens,
             fields.max_completion_tokens,
+            fields.max_output_tokens,
             fields.n_predict,
         ]
         .into_iter()
         .flatten()
         .any(|raw| raw.get() == "null"),
         stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
-        include_usage,
+        // A Responses stream always ends with its usage: nothing to ask
+        // for, nothing to take out.
+        include_usage: include_usage || is_responses,
         choices: positive(fields.n, "n")?
             .max(positive(fields.best_of, "best_of")?)
             .max(positive(fields.n_cmpl, "n_cmpl")?),
         prompts: {
-            let (count, media) = prompts(fields.prompt)?;
+            let (count, media) = if is_responses {
+                (1, responses::input_media(fields.prompt, fields.input)?)
+            } else {
+                prompts(fields.prompt)?
+            };
             prompt_media = media;
             count
         },
         media_parts: fields.messages.map_or(Ok(0), media::media_parts)? + prompt_media,
         service_tier: typed(fields.service_tier, "service_tier", EXPECT_STRING)?,
+        responses: is_responses,
     })
 }
 
@@ -551,6 +612,9 @@ pub enum BudgetField {
     #[default]
     MaxTokens,
     MaxCompletionTokens,
+    /// The Responses API's, which no provider's chat completions read.
+    #[serde(skip)]
+    MaxOutputTokens,
 }
 
 impl BudgetField {
@@ -561,6 +625,7 @@ impl BudgetField {
     pub fn on(endpoint: Option<&Endpoint>, chat: BudgetField) -> BudgetField {
         match endpoint {
             Some(Endpoint::ChatCompletions) => chat,
+            Some(Endpoint::Responses) => BudgetField::MaxOutputTokens,
             _ => BudgetField::MaxTokens,
         }
     }
@@ -569,6 +634,7 @@ impl BudgetField {
         match self {
             BudgetField::MaxTokens => "max_tokens",
             BudgetField::MaxCompletionTokens => "max_completion_tokens",
+            BudgetField::MaxOutputTokens => "max_output_tokens",
         }
     }
 }
@@ -577,13 +643,15 @@ impl BudgetField {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct BodyRewrite<'a> {
     /// Cap the completion: every budget field present (`max_tokens`,
-    /// `max_completion_tokens`, `n_predict`) gets this value; when neither
-    /// of the first two is, it is added as `insert_as`.
+    /// `max_completion_tokens`, `max_output_tokens`, `n_predict`) gets this
+    /// value; when the body lacks what `insert_as` stands for, it is added
+    /// as `insert_as`.
     pub max_tokens: Option<u64>,
-    /// The field a cap is added under when the body names neither
-    /// `max_tokens` nor `max_completion_tokens` (the one the backend
-    /// reads). A field the body names is capped where it is: the client
-    /// chose it.
+    /// The field a cap is added under (the one the backend reads): for
+    /// chat's fields, when the body names neither `max_tokens` nor
+    /// `max_completion_tokens` (a field the body names is capped where it
+    /// is: the client chose it); `max_output_tokens`, when the body lacks
+    /// it (the Responses API's servers read no other).
     pub insert_as: BudgetField,
     /// Make the upstream report usage on streams
     /// (`stream_options.include_usage = true`).
@@ -611,9 +679,9 @@ pub fn rewrite_completion_request(
 ) -> Result<Vec<u8>, RequestError> {
     let fields = RequestFields::read(body)?;
     // At most one edit per slot: [top-level insertion, max_tokens,
-    // max_completion_tokens, n_predict, stream_options, model, a budget
-    // field's key]. No allocation for the list.
-    let mut edits: [Option<Edit<'_>>; 7] = [None; 7];
+    // max_completion_tokens, max_output_tokens, n_predict, stream_options,
+    // model, a budget field's key]. No allocation for the list.
+    let mut edits: [Option<Edit<'_>>; 8] = [None; 8];
     let mut insert = TopInsert {
         max_tokens: None,
         stream_options: false,
@@ -621,15 +689,22 @@ pub fn rewrite_completion_request(
 
     if let Some(n) = rewrite.max_tokens {
         // `n_predict` alone is not enough: only llama.cpp reads it.
-        if fields.max_tokens.is_none() && fields.max_completion_tokens.is_none() {
+        let lacking = match rewrite.insert_as {
+            BudgetField::MaxOutputTokens => fields.max_output_tokens.is_none(),
+            BudgetField::MaxTokens | BudgetField::MaxCompletionTokens => {
+                fields.max_tokens.is_none() && fields.max_completion_tokens.is_none()
+            }
+        };
+        if lacking {
             insert.max_tokens = Some((rewrite.insert_as, n));
         }
         let budget_fields = [
             fields.max_tokens,
             fields.max_completion_tokens,
+            fields.max_output_tokens,
             fields.n_predict,
         ];
-        for (slot, raw) in edits[1..4].iter_mut().zip(budget_fields) {
+        for (slot, raw) in edits[1..5].iter_mut().zip(budget_fields) {
             *slot = raw
                 .map(|raw| Edit::replace(body, raw, Text::Count(n)))
                 .transpose()?;
@@ -640,14 +715,16 @@ pub fn rewrite_completion_request(
         let (present, other) = match wanted {
             BudgetField::MaxTokens => (fields.max_tokens, fields.max_completion_tokens),
             BudgetField::MaxCompletionTokens => (fields.max_completion_tokens, fields.max_tokens),
+            // The gateway role wrote the budget into it already.
+            BudgetField::MaxOutputTokens => (fields.max_output_tokens, None),
         };
         if let (None, Some(value)) = (present, other) {
-            edits[6] = Some(Edit::rename_key(body, value, wanted.as_str())?);
+            edits[7] = Some(Edit::rename_key(body, value, wanted.as_str())?);
         }
     }
 
     if rewrite.force_include_usage {
-        edits[4] = match fields.stream_options {
+        edits[5] = match fields.stream_options {
             None => {
                 insert.stream_options = true;
                 None
@@ -675,7 +752,7 @@ pub fn rewrite_completion_request(
 
     if let Some(model) = rewrite.model {
         let raw = fields.model.ok_or(RequestError::MissingModel)?;
-        edits[5] = Some(Edit::replace(body, raw, Text::Str(model))?);
+        edits[6] = Some(Edit::replace(body, raw, Text::Str(model))?);
     }
 
     if insert.max_tokens.is_some() || insert.stream_options {

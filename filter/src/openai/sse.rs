@@ -183,7 +183,8 @@ impl SseUsageParser {
         self.usage
     }
 
-    /// Data events with a non-empty `choices` array.
+    /// Data events with a non-empty `choices` array, and Responses API
+    /// `….delta` events.
     pub fn content_events(&self) -> u64 {
         self.content_events
     }
@@ -427,10 +428,14 @@ impl SseUsageParser {
             self.saw_done = true;
             return Action::Forward;
         }
-        let Ok(fields) = object_fields(data, &["choices", "usage", "error"], Keys::Exact) else {
+        let Ok(fields) = object_fields(data, &EVENT_FIELDS, Keys::Exact) else {
             return Action::Forward;
         };
-        let [choices, usage, error] = fields.values;
+        let [choices, usage, error, kind, response, delta] = fields.values;
+        if kind.is_some_and(|kind| kind.get().starts_with(r#""response."#)) {
+            self.responses_event(kind, response, delta);
+            return Action::Forward;
+        }
         let choices = choices.filter(|raw| non_empty_array(raw));
         let has_choices = choices.is_some();
         if let Some(choices) = choices {
@@ -453,6 +458,34 @@ impl SseUsageParser {
             Action::StripUsage
         } else {
             Action::Remove
+        }
+    }
+
+    /// A Responses API event: each `response.….delta` is generated text (a
+    /// message's, the thinking's, a call's arguments); the usage comes with
+    /// the response that ends the stream (`response.completed`,
+    /// `response.incomplete`, `response.failed`), and is never taken out:
+    /// the API always sends it.
+    fn responses_event(
+        &mut self,
+        kind: Option<&RawValue>,
+        response: Option<&RawValue>,
+        delta: Option<&RawValue>,
+    ) {
+        let is_delta = kind.is_some_and(|k| k.get().ends_with(r#".delta""#));
+        if let Some(delta) = delta.filter(|_| is_delta) {
+            self.content_events = self.content_events.saturating_add(1);
+            // A delta that is not a string counts its JSON, an upper bound.
+            let bytes = serde_json::from_str::<std::borrow::Cow<'_, str>>(delta.get())
+                .map_or(delta.get().len(), |text| text.len());
+            self.text_bytes = self.text_bytes.saturating_add(bytes as u64);
+        }
+        let usage = response
+            .and_then(|r| object_fields(r.get().as_bytes(), &["usage"], Keys::Exact).ok())
+            .and_then(|f| f.values[0])
+            .and_then(Usage::from_raw);
+        if usage.is_some() {
+            self.usage = usage;
         }
     }
 
@@ -489,6 +522,11 @@ impl SseUsageParser {
         data
     }
 }
+
+/// The fields of an event's data that are read: a chat or completions
+/// chunk's `choices`, `usage` and `error`; a Responses API event's `type`,
+/// `response` and `delta`.
+const EVENT_FIELDS: [&str; 6] = ["choices", "usage", "error", "type", "response", "delta"];
 
 /// Index of the first `\n` or `\r` in `bytes`. The scan runs over every
 /// byte of the stream, so it looks at eight bytes per step (SWAR) instead of

@@ -134,6 +134,15 @@ pub enum ProviderError {
     NotAdmitted,
 }
 
+/// Azure OpenAI's Responses API is not per deployment
+/// (`/openai/deployments/{d}/…`) as its chat completions are, and is not
+/// routed to it yet.
+pub const AZURE_NO_RESPONSES: ProviderError = ProviderError::Unsupported {
+    field: "model",
+    kind: "azure_openai",
+    why: "the Responses API is not routed to Azure OpenAI; use /v1/chat/completions",
+};
+
 impl ProviderError {
     pub fn status(&self) -> u32 {
         match self {

@@ -8,6 +8,7 @@
 
 mod choices;
 mod cut_streams;
+mod responses;
 mod sampling_fields;
 mod server_failures;
 mod server_key;
@@ -90,13 +91,23 @@ pub fn streamed_without_usage(gateway: &Gateway, auth: &str, body: &Value) -> Ve
 /// socket (`connection: close`), for a test that reads the answer as it
 /// comes or hangs up mid-way.
 pub fn post_raw(addr: std::net::SocketAddr, key: &str, body: &str) -> std::net::TcpStream {
+    post_raw_to(addr, "/v1/chat/completions", key, body)
+}
+
+/// [`post_raw`] to `path`.
+pub fn post_raw_to(
+    addr: std::net::SocketAddr,
+    path: &str,
+    key: &str,
+    body: &str,
+) -> std::net::TcpStream {
     use std::io::Write;
     let mut conn = std::net::TcpStream::connect(addr).unwrap();
     conn.set_read_timeout(Some(std::time::Duration::from_secs(120)))
         .unwrap();
     write!(
         conn,
-        "POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
+        "POST {path} HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {key}\r\n\
          connection: close\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
         body.len()
     )

@@ -376,6 +376,71 @@ fn what_a_provider_cannot_take_is_refused_before_anything_is_reserved() {
     assert_eq!(h.used(REQ), 0);
 }
 
+/// A Responses request goes to an OpenAI-compatible provider as it came,
+/// under the provider's model name, its budget where the Responses API
+/// reads it and no chat `stream_options`; the usage of the event ending
+/// its stream is charged and reaches the client. Anthropic and Azure,
+/// whose Responses APIs are not routed, refuse it before anything is
+/// reserved.
+#[test]
+fn a_responses_request_goes_to_an_openai_compatible_provider_only() {
+    let h = harness();
+    let mut s = h.request(
+        "POST",
+        "/v1/responses",
+        &[("authorization", &format!("Bearer {KEY}"))],
+        r#"{"model":"far/llama","input":"Hi","stream":true}"#,
+    );
+    assert!(h.replied().is_none());
+    let mut b = attempt(&h, "vllm-far");
+    assert_eq!(
+        h.host.request_header(":path").as_deref(),
+        Some("/v1/responses")
+    );
+    let sent: serde_json::Value = serde_json::from_slice(&h.host.request_body.borrow()).unwrap();
+    assert_eq!(
+        sent,
+        serde_json::json!({"max_output_tokens": 100, "model": "meta-llama/Llama-3.1-8B-Instruct",
+                           "input": "Hi", "stream": true})
+    );
+    assert_eq!(
+        respond_headers(&h, &mut s, &mut b, 200, "text/event-stream"),
+        Flow::Continue
+    );
+    let completed = concat!(
+        "event: response.completed\n",
+        r#"data: {"type":"response.completed","sequence_number":2,"response":{"id":"resp_1","object":"response","status":"completed","output":[],"usage":{"input_tokens":9,"output_tokens":2,"total_tokens":11}}}"#,
+        "\n\n"
+    );
+    let delta = concat!(
+        "event: response.output_text.delta\n",
+        r#"data: {"type":"response.output_text.delta","sequence_number":1,"item_id":"msg_1","output_index":0,"content_index":0,"delta":"Hello"}"#,
+        "\n\n"
+    );
+    let out = respond_streamed(&h, &mut s, &mut b, &[delta, completed]);
+    assert_eq!(out, format!("{delta}{completed}"), "nothing is taken out");
+    assert_eq!(h.used(TOK), 11);
+    assert_eq!(h.audit()["usage"], "reported");
+
+    for model in ["claude", "gpt-4o"] {
+        let h = harness();
+        h.request(
+            "POST",
+            "/v1/responses",
+            &[("authorization", &format!("Bearer {KEY}"))],
+            &format!(r#"{{"model":"{model}","input":"Hi","max_output_tokens":5}}"#),
+        );
+        let (status, _, body) = h.replied().unwrap();
+        assert_eq!(
+            (status, body["error"]["code"].as_str()),
+            (400, Some("unsupported_parameter")),
+            "{model}: {body}"
+        );
+        assert_eq!(h.used(TOK), 0);
+        assert_eq!(h.used(REQ), 0);
+    }
+}
+
 #[test]
 fn a_provider_that_takes_one_output_per_request_refuses_more_before_anything_is_reserved() {
     // llama-server reports the usage of the first output alone: behind

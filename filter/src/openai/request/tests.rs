@@ -16,6 +16,7 @@ fn request(
         model: Cow::Borrowed(model),
         max_tokens,
         max_completion_tokens,
+        max_output_tokens: None,
         stream,
         include_usage,
         choices: 1,
@@ -24,6 +25,7 @@ fn request(
         null_budget: false,
         media_parts: 0,
         service_tier: None,
+        responses: false,
     }
 }
 

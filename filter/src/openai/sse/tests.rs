@@ -541,3 +541,42 @@ proptest! {
         }
     }
 }
+
+/// A Responses API stream as OpenAI and the inference server send it
+/// (`event:` lines, nested usage), cut at every byte: the usage comes from
+/// `response.completed`, each `….delta` is a content event, and nothing is
+/// taken out even in strip mode.
+#[test]
+fn a_responses_stream_is_read_at_every_split() {
+    let events = [
+        "event: response.created\ndata: {\"type\":\"response.created\",\"sequence_number\":0,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"in_progress\",\"output\":[],\"usage\":null}}",
+        "event: response.output_item.added\ndata: {\"type\":\"response.output_item.added\",\"sequence_number\":1,\"output_index\":0,\"item\":{\"type\":\"message\",\"id\":\"msg_1\",\"content\":[]}}",
+        "event: response.output_text.delta\ndata: {\"type\":\"response.output_text.delta\",\"sequence_number\":2,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"delta\":\"Par\\u00e9\",\"logprobs\":[]}",
+        "event: response.function_call_arguments.delta\ndata: {\"type\":\"response.function_call_arguments.delta\",\"sequence_number\":3,\"item_id\":\"fc_1\",\"output_index\":1,\"delta\":\"{}\"}",
+        "event: response.output_text.done\ndata: {\"type\":\"response.output_text.done\",\"sequence_number\":4,\"item_id\":\"msg_1\",\"output_index\":0,\"content_index\":0,\"text\":\"Paré\"}",
+        "event: response.completed\ndata: {\"type\":\"response.completed\",\"sequence_number\":5,\"response\":{\"id\":\"resp_1\",\"object\":\"response\",\"status\":\"completed\",\"output\":[],\"usage\":{\"input_tokens\":11,\"input_tokens_details\":{\"cached_tokens\":0},\"output_tokens\":3,\"output_tokens_details\":{\"reasoning_tokens\":0},\"total_tokens\":14}}}",
+    ];
+    let whole = stream(&events, "\n");
+    for strip in [false, true] {
+        for at in 0..=whole.len() {
+            let (a, b) = whole.as_bytes().split_at(at);
+            let outcome = run([a, b], strip, MAX);
+            assert_eq!(outcome.usage, Some(EXPECTED_USAGE), "split at {at}");
+            assert_eq!(outcome.content_events, 2, "split at {at}");
+            if let Some(output) = outcome.output {
+                assert_eq!(output, whole.as_bytes(), "split at {at}");
+            }
+        }
+    }
+    let mut parser = SseUsageParser::new(false, MAX);
+    parser.feed(whole.as_bytes());
+    parser.finish();
+    // "Paré" and "{}": decoded bytes.
+    assert_eq!(parser.text_bytes(), 5 + 2);
+
+    // Cut before the response ended: no usage, the deltas seen.
+    let cut = stream(&events[..4], "\n");
+    let outcome = run([cut.as_bytes()], false, MAX);
+    assert_eq!(outcome.usage, None);
+    assert_eq!(outcome.content_events, 2);
+}

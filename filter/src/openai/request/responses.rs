@@ -1,0 +1,353 @@
+//! What a Responses API request (`/v1/responses`) adds to the rules of the
+//! chat request: the gateway bounds a prompt by the body's bytes (and its
+//! media parts), so a request whose prompt is not in its body is refused,
+//! not reserved as if it were:
+//! - `previous_response_id`, `conversation` and a stored `prompt` pull in
+//!   turns the provider stored;
+//! - an `item_reference` input item pulls in one stored item;
+//! - `background: true` answers later, by id, on a route the gateway does
+//!   not serve;
+//! - a tool the provider runs (`web_search`, `file_search`,
+//!   `code_interpreter`, `image_generation`, `mcp`, ...) feeds its results
+//!   to the model as prompt tokens the body does not bound, and its calls
+//!   are billed apart from tokens. Tools the client runs (functions,
+//!   custom tools, Codex's shell and patch tools, computer use) send their
+//!   results back in the body, and pass.
+//!
+//! Media parts of the `input` items count as the chat request's do: every
+//! content part but text (`input_text`, `output_text`, `refusal`) is one,
+//! as is any item the body's bytes may not bound (a computer call's
+//! screenshot, say); counting errs high.
+
+use serde_json::value::RawValue;
+
+use super::{object_fields, top_level_fields, Keys, RequestError};
+
+const EXPECT_NO_STATE: &str =
+    "null: the gateway bounds a request by its body, and a stored conversation is not in it (send the items in `input`)";
+const EXPECT_NO_STORED_PROMPT: &str =
+    "null: the gateway bounds a request by its body, and a stored prompt is not in it";
+const EXPECT_NO_BACKGROUND: &str =
+    "false or null: a background response is fetched later by its id, which the gateway does not route";
+const EXPECT_TOOLS: &str =
+    "tools the client runs (function, custom, shell, apply_patch, computer use): a tool the provider runs feeds its results in as prompt tokens the body does not bound, and its calls are billed apart from tokens";
+const EXPECT_INPUT: &str =
+    "a string or an array of input items, none an `item_reference` (a stored item is not in the body)";
+
+/// The top-level fields only a Responses request has, read in a second
+/// walk of the body.
+const FIELDS: [&str; 4] = [
+    "previous_response_id",
+    "conversation",
+    "background",
+    "tools",
+];
+
+/// Content part types whose tokens the body's bytes bound.
+const TEXT_PARTS: [&str; 4] = [
+    r#""input_text""#,
+    r#""output_text""#,
+    r#""refusal""#,
+    r#""text""#,
+];
+
+/// Input item types whose tokens the body's bytes bound, apart from their
+/// content parts (counted each).
+const TEXT_ITEMS: [&str; 12] = [
+    r#""message""#,
+    r#""function_call""#,
+    r#""function_call_output""#,
+    r#""reasoning""#,
+    r#""custom_tool_call""#,
+    r#""custom_tool_call_output""#,
+    r#""local_shell_call""#,
+    r#""local_shell_call_output""#,
+    r#""shell_call""#,
+    r#""shell_call_output""#,
+    r#""apply_patch_call""#,
+    r#""apply_patch_call_output""#,
+];
+
+/// Tool types the client runs (see the module).
+const CLIENT_TOOLS: [&str; 7] = [
+    r#""function""#,
+    r#""custom""#,
+    r#""local_shell""#,
+    r#""shell""#,
+    r#""apply_patch""#,
+    r#""computer_use_preview""#,
+    r#""computer_use""#,
+];
+
+fn is_null(raw: Option<&RawValue>) -> bool {
+    raw.is_none_or(|raw| raw.get() == "null")
+}
+
+/// Refuses what names state or work outside the body (see the module).
+pub(super) fn check(body: &[u8]) -> Result<(), RequestError> {
+    let [previous, conversation, background, tools] = top_level_fields(body, &FIELDS)?.values;
+    for (field, raw) in [
+        ("previous_response_id", previous),
+        ("conversation", conversation),
+    ] {
+        if !is_null(raw) {
+            return Err(RequestError::InvalidField {
+                field,
+                expected: EXPECT_NO_STATE,
+            });
+        }
+    }
+    if background.is_some_and(|raw| !matches!(raw.get(), "null" | "false")) {
+        return Err(RequestError::InvalidField {
+            field: "background",
+            expected: EXPECT_NO_BACKGROUND,
+        });
+    }
+    check_tools(tools)
+}
+
+fn check_tools(tools: Option<&RawValue>) -> Result<(), RequestError> {
+    let invalid = || RequestError::InvalidField {
+        field: "tools",
+        expected: EXPECT_TOOLS,
+    };
+    let Some(tools) = tools.filter(|raw| raw.get() != "null") else {
+        return Ok(());
+    };
+    let tools: Vec<&RawValue> = serde_json::from_str(tools.get()).map_err(|_| invalid())?;
+    for tool in tools {
+        let fields = object_fields(tool.get().as_bytes(), &["type"], Keys::AlsoCaseVariants)
+            .map_err(|_| invalid())?;
+        let plain = fields.duplicate.is_none() && fields.case_variant.is_none();
+        let kind = fields.values[0].map(RawValue::get);
+        if !plain || !kind.is_some_and(|kind| CLIENT_TOOLS.contains(&kind)) {
+            return Err(invalid());
+        }
+    }
+    Ok(())
+}
+
+/// The media parts of `input` (see the module); a stored `prompt` or an
+/// `item_reference` is refused.
+pub(super) fn input_media(
+    prompt: Option<&RawValue>,
+    input: Option<&RawValue>,
+) -> Result<u64, RequestError> {
+    if !is_null(prompt) {
+        return Err(RequestError::InvalidField {
+            field: "prompt",
+            expected: EXPECT_NO_STORED_PROMPT,
+        });
+    }
+    let invalid = || RequestError::InvalidField {
+        field: "input",
+        expected: EXPECT_INPUT,
+    };
+    let Some(input) = input.filter(|raw| raw.get().starts_with('[')) else {
+        // A string, null or absent: its bytes are its bound (a server
+        // refuses anything else).
+        return Ok(0);
+    };
+    let items: Vec<&RawValue> = serde_json::from_str(input.get()).map_err(|_| invalid())?;
+    items.iter().try_fold(0u64, |count, item| {
+        Ok(count.saturating_add(item_media(item).ok_or_else(invalid)?))
+    })
+}
+
+/// One input item's media parts; `None` for an `item_reference`, or an
+/// item that cannot be read.
+fn item_media(item: &RawValue) -> Option<u64> {
+    if !item.get().starts_with('{') {
+        return Some(1);
+    }
+    let fields = object_fields(
+        item.get().as_bytes(),
+        &["type", "content", "output"],
+        Keys::AlsoCaseVariants,
+    )
+    .ok()?;
+    if fields.duplicate.is_some() || fields.case_variant.is_some() {
+        return None;
+    }
+    let [kind, content, output] = fields.values;
+    let own = match kind.map(RawValue::get) {
+        Some(r#""item_reference""#) => return None,
+        // A message may leave out its type.
+        None => 0,
+        Some(kind) if TEXT_ITEMS.contains(&kind) => 0,
+        Some(_) => 1,
+    };
+    Some(own + parts_media(content)? + parts_media(output)?)
+}
+
+/// The media parts of a `content` (or a call output's `output`): a string
+/// has none, an array one per part that is not text.
+fn parts_media(raw: Option<&RawValue>) -> Option<u64> {
+    let Some(raw) = raw.filter(|raw| raw.get().starts_with('[')) else {
+        return Some(0);
+    };
+    let parts: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+    let mut count = 0u64;
+    for part in parts {
+        let text = part.get().starts_with('{')
+            && object_fields(part.get().as_bytes(), &["type"], Keys::AlsoCaseVariants)
+                .ok()
+                .is_some_and(|f| {
+                    f.duplicate.is_none()
+                        && f.case_variant.is_none()
+                        && f.values[0].is_some_and(|t| TEXT_PARTS.contains(&t.get()))
+                });
+        if !text {
+            count = count.saturating_add(1);
+        }
+    }
+    Some(count)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::super::parse_request;
+    use super::*;
+    use crate::openai::endpoint::Endpoint;
+
+    fn parsed(body: &str) -> Result<super::super::CompletionRequest<'_>, RequestError> {
+        parse_request(body.as_bytes(), Some(&Endpoint::Responses))
+    }
+
+    #[test]
+    fn a_responses_request_is_read_with_its_budget_and_media() {
+        let r = parsed(
+            r#"{"model":"m","max_output_tokens":64,"stream":true,"input":[
+                {"role":"user","content":[{"type":"input_text","text":"What is this?"},
+                                          {"type":"input_image","image_url":"https://x/y.png"},
+                                          {"type":"input_file","file_id":"file-1"}]},
+                {"type":"function_call","call_id":"c","name":"w","arguments":"{}"},
+                {"type":"function_call_output","call_id":"c","output":[{"type":"input_image","file_id":"f"}]},
+                {"type":"computer_call_output","call_id":"d","output":{"type":"computer_screenshot"}}
+            ],"tools":[{"type":"function","name":"w"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(r.max_output_tokens, Some(64));
+        assert_eq!(r.requested_max_tokens(), Some(64));
+        assert!(r.responses && r.stream && r.include_usage);
+        assert_eq!(r.completions(), 1);
+        assert_eq!(r.media_parts, 4);
+        assert!(!r.budget_needs_rewrite());
+    }
+
+    /// The Responses servers read `max_output_tokens` alone: a body
+    /// without it must carry the reserved budget there.
+    #[test]
+    fn without_max_output_tokens_the_budget_is_written_in() {
+        let r = parsed(r#"{"model":"m","input":"hi","max_tokens":10}"#).unwrap();
+        assert_eq!(r.requested_max_tokens(), Some(10));
+        assert!(r.budget_needs_rewrite());
+        // No budget at all: the gateway writes its own in, as for chat.
+        assert_eq!(
+            parsed(r#"{"model":"m","input":"hi"}"#)
+                .unwrap()
+                .requested_max_tokens(),
+            None
+        );
+    }
+
+    #[test]
+    fn what_is_not_in_the_body_is_refused_by_name() {
+        for (body, field) in [
+            (
+                r#"{"model":"m","input":"x","previous_response_id":"resp_1"}"#,
+                "previous_response_id",
+            ),
+            (
+                r#"{"model":"m","input":"x","conversation":{"id":"conv_1"}}"#,
+                "conversation",
+            ),
+            (r#"{"model":"m","prompt":{"id":"pmpt_1"}}"#, "prompt"),
+            (
+                r#"{"model":"m","input":"x","background":true}"#,
+                "background",
+            ),
+            (
+                r#"{"model":"m","input":"x","tools":[{"type":"web_search"}]}"#,
+                "tools",
+            ),
+            (
+                r#"{"model":"m","input":"x","tools":[{"type":"shell"},{"type":"mcp"}]}"#,
+                "tools",
+            ),
+            (
+                r#"{"model":"m","input":"x","tools":[{"type":"function","TYPE":"mcp"}]}"#,
+                "tools",
+            ),
+            (
+                r#"{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":"x","max_output_tokens":0}"#,
+                "max_output_tokens",
+            ),
+        ] {
+            let error = parsed(body).and_then(|r| r.check_budget_fields().map(|()| r));
+            match error {
+                Err(RequestError::InvalidField { field: f, .. }) => assert_eq!(f, field, "{body}"),
+                other => panic!("{body}: {other:?}"),
+            }
+        }
+        assert_eq!(
+            parsed(
+                r#"{"model":"m","input":"x","previous_response_id":"a","Previous_Response_Id":"b"}"#
+            )
+            .unwrap_err(),
+            RequestError::CaseVariantField("previous_response_id".into())
+        );
+        // The defaults clients send are no state.
+        parsed(r#"{"model":"m","input":"x","previous_response_id":null,"background":false,"store":true}"#)
+            .unwrap();
+    }
+
+    /// The budget goes where the Responses servers read it, and every
+    /// other budget field the body names carries it too.
+    #[test]
+    fn the_budget_is_written_as_max_output_tokens() {
+        use super::super::{rewrite_completion_request, BodyRewrite, BudgetField};
+        let rewrite = BodyRewrite {
+            max_tokens: Some(7),
+            insert_as: BudgetField::on(Some(&Endpoint::Responses), BudgetField::MaxTokens),
+            ..BodyRewrite::default()
+        };
+        for (body, expected) in [
+            (
+                r#"{"model":"m","input":"hi"}"#,
+                r#"{"max_output_tokens":7,"model":"m","input":"hi"}"#,
+            ),
+            (
+                r#"{"model":"m","input":"hi","max_tokens":100}"#,
+                r#"{"max_output_tokens":7,"model":"m","input":"hi","max_tokens":7}"#,
+            ),
+            (
+                r#"{"model":"m","max_output_tokens":900}"#,
+                r#"{"model":"m","max_output_tokens":7}"#,
+            ),
+        ] {
+            let out = rewrite_completion_request(body.as_bytes(), &rewrite).unwrap();
+            assert_eq!(std::str::from_utf8(&out).unwrap(), expected);
+            let back = parsed(std::str::from_utf8(&out).unwrap()).unwrap();
+            assert_eq!(back.requested_max_tokens(), Some(7));
+            assert!(!back.budget_needs_rewrite());
+        }
+    }
+
+    /// Chat's rules are not loosened: its bodies read `prompt` as they did.
+    #[test]
+    fn chat_and_completions_bodies_are_read_as_before() {
+        let r = parse_request(
+            br#"{"model":"m","prompt":["a","b"]}"#,
+            Some(&Endpoint::Completions),
+        )
+        .unwrap();
+        assert_eq!(r.prompts, 2);
+        assert!(!r.responses);
+    }
+}
