@@ -34,8 +34,13 @@ pub enum GatewayError {
     BadRequest(RequestError),
     #[error("The model `{0}` does not exist or you do not have access to it.")]
     ModelNotFound(String),
-    #[error("max_tokens {requested} exceeds this subscription's cap of {cap}.")]
-    MaxTokensTooLarge { requested: u64, cap: u64 },
+    #[error("{field} {requested} exceeds this subscription's cap of {cap}.")]
+    MaxTokensTooLarge {
+        requested: u64,
+        cap: u64,
+        /// The budget field the request names it in.
+        field: &'static str,
+    },
     #[error(
         "Rate limit reached for {} per {window} on {scope}: limit {limit}, remaining {remaining}, \
          requested {requested}. Retry after {retry_after_secs}s.",
@@ -163,7 +168,7 @@ impl GatewayError {
             | GatewayError::ModelNotFound(_) => Some("model"),
             GatewayError::BadRequest(RequestError::InvalidField { field, .. }) => Some(field),
             GatewayError::BadRequest(RequestError::DuplicateField(_)) => None,
-            GatewayError::MaxTokensTooLarge { .. } => Some("max_tokens"),
+            GatewayError::MaxTokensTooLarge { field, .. } => Some(field),
             GatewayError::Provider(e) => e.param(),
             _ => None,
         }

@@ -203,6 +203,11 @@ impl Stream {
                     return Err(rejected(GatewayError::MaxTokensTooLarge {
                         requested: r,
                         cap: p.cap,
+                        field: if request.responses {
+                            "max_output_tokens"
+                        } else {
+                            "max_tokens"
+                        },
                     }))
                 }
                 CapMode::Clamp => (p.cap, true),

@@ -6,7 +6,8 @@
 //!
 //! Invariants:
 //! - Memory held per response is bounded ([`MAX_JSON_RESPONSE_BYTES`], one
-//!   SSE event of [`MAX_SSE_EVENT_BYTES`]).
+//!   SSE event of [`MAX_SSE_EVENT_BYTES`]; a Responses API stream's last
+//!   event is its whole response, read as far as a JSON one).
 //! - A response ends the same way whether its last body chunk says so or
 //!   trailers follow it: the last event is read (and charged) and, in strip
 //!   mode, what was held back is forwarded (see [`SseReader::read`] for the
@@ -16,6 +17,7 @@ use super::Stream;
 use crate::backend::{BACKEND_HEADER, PROVIDER_STATUS_HEADER};
 use crate::error::GatewayError;
 use crate::host::{Flow, StreamHost};
+use crate::openai::endpoint::Endpoint;
 use crate::openai::sse::{is_event_stream, SseUsageParser};
 
 /// A JSON response larger than this is passed through without reading its
@@ -124,11 +126,15 @@ impl Stream {
                         // would no longer hold.
                         host.set_response_header("content-length", None);
                     }
+                    // A Responses stream's last event is the whole response
+                    // (its usage with it): read as far as a JSON answer is.
+                    let max_event = if self.endpoint == Some(Endpoint::Responses) {
+                        MAX_JSON_RESPONSE_BYTES
+                    } else {
+                        MAX_SSE_EVENT_BYTES
+                    };
                     ResponseReader::Sse(Box::new(SseReader {
-                        parser: SseUsageParser::new(
-                            self.completion.strip_usage,
-                            MAX_SSE_EVENT_BYTES,
-                        ),
+                        parser: SseUsageParser::new(self.completion.strip_usage, max_event),
                     }))
                 }
                 (true, false, false) => ResponseReader::Json {

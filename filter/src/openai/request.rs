@@ -263,6 +263,8 @@ const EXPECT_POSITIVE: &str = "a positive integer or null";
 const EXPECT_PROMPT: &str = "a string, an array of strings, or an array of token arrays";
 const EXPECT_STRING: &str = "a string or null";
 const EXPECT_N_PREDICT: &str = "a positive integer, a negative one (no limit) or null";
+const EXPECT_RESPONSES_BUDGET: &str =
+    "absent: a Responses request's completion budget is `max_output_tokens`";
 const EXPECT_NO_CONTINUOUS_USAGE: &str =
     "false or null: the gateway charges a stream's final usage, and vLLM's per-chunk usage counts one choice and one prompt, which a stream cut short would be charged";
 const EXPECT_NO_PROCESSOR_KWARGS: &str =
@@ -417,6 +419,21 @@ fn parse(body: &[u8], is_responses: bool) -> Result<CompletionRequest<'_>, Reque
     };
     if is_responses {
         responses::check(body)?;
+        // What a server may read besides `max_output_tokens` (llama.cpp's
+        // passes fields on) is capped like it, but OpenAI and this
+        // project's server refuse them: said here, with where it goes.
+        for (field, raw) in [
+            ("max_tokens", fields.max_tokens),
+            ("max_completion_tokens", fields.max_completion_tokens),
+            ("n_predict", fields.n_predict),
+        ] {
+            if raw.is_some_and(|raw| raw.get() != "null") {
+                return Err(RequestError::InvalidField {
+                    field,
+                    expected: EXPECT_RESPONSES_BUDGET,
+                });
+            }
+        }
     }
     // Read in field order, so a body with several bad fields names the
     // first, as before.

@@ -4,7 +4,11 @@
 //! not reserved as if it were:
 //! - `previous_response_id`, `conversation` and a stored `prompt` pull in
 //!   turns the provider stored;
-//! - an `item_reference` input item pulls in one stored item;
+//! - an `item_reference` input item pulls in one stored item, and so does
+//!   an item given by its id alone (OpenAI reads an item without a `type`
+//!   as a reference unless it is a message with a `role`, and a reasoning
+//!   item without its `encrypted_content` or `content` is looked up by id);
+//!   an input item of a kind not listed here is refused, not guessed at;
 //! - `background: true` answers later, by id, on a route the gateway does
 //!   not serve;
 //! - a tool the provider runs (`web_search`, `file_search`,
@@ -12,7 +16,8 @@
 //!   to the model as prompt tokens the body does not bound, and its calls
 //!   are billed apart from tokens. Tools the client runs (functions,
 //!   custom tools, Codex's shell and patch tools, computer use) send their
-//!   results back in the body, and pass.
+//!   results back in the body, and pass (a shell tool only in a local
+//!   environment: OpenAI's hosted container is the provider's).
 //!
 //! Media parts of the `input` items count as the chat request's do: every
 //! content part but text (`input_text`, `output_text`, `refusal`) is one,
@@ -32,7 +37,7 @@ const EXPECT_NO_BACKGROUND: &str =
 const EXPECT_TOOLS: &str =
     "tools the client runs (function, custom, shell, apply_patch, computer use): a tool the provider runs feeds its results in as prompt tokens the body does not bound, and its calls are billed apart from tokens";
 const EXPECT_INPUT: &str =
-    "a string or an array of input items, none an `item_reference` (a stored item is not in the body)";
+    "a string or an array of input items the body holds: no `item_reference`, no item by id alone (a message needs its `role`, a reasoning item its `encrypted_content` or `content`), no item of a tool the provider runs";
 
 /// The top-level fields only a Responses request has, read in a second
 /// walk of the body.
@@ -44,28 +49,31 @@ const FIELDS: [&str; 4] = [
 ];
 
 /// Content part types whose tokens the body's bytes bound.
-const TEXT_PARTS: [&str; 4] = [
+const TEXT_PARTS: [&str; 6] = [
     r#""input_text""#,
     r#""output_text""#,
     r#""refusal""#,
     r#""text""#,
+    r#""reasoning_text""#,
+    r#""summary_text""#,
 ];
 
 /// Input item types whose tokens the body's bytes bound, apart from their
-/// content parts (counted each).
+/// content parts (counted each). A `reasoning` item is one too, once it
+/// carries its content (see [`item_media`]).
 const TEXT_ITEMS: [&str; 12] = [
-    r#""message""#,
-    r#""function_call""#,
-    r#""function_call_output""#,
-    r#""reasoning""#,
-    r#""custom_tool_call""#,
-    r#""custom_tool_call_output""#,
-    r#""local_shell_call""#,
-    r#""local_shell_call_output""#,
-    r#""shell_call""#,
-    r#""shell_call_output""#,
-    r#""apply_patch_call""#,
-    r#""apply_patch_call_output""#,
+    "message",
+    "function_call",
+    "function_call_output",
+    "custom_tool_call",
+    "custom_tool_call_output",
+    "local_shell_call",
+    "local_shell_call_output",
+    "shell_call",
+    "shell_call_output",
+    "apply_patch_call",
+    "apply_patch_call_output",
+    "computer_call",
 ];
 
 /// Tool types the client runs (see the module).
@@ -116,15 +124,33 @@ fn check_tools(tools: Option<&RawValue>) -> Result<(), RequestError> {
     };
     let tools: Vec<&RawValue> = serde_json::from_str(tools.get()).map_err(|_| invalid())?;
     for tool in tools {
-        let fields = object_fields(tool.get().as_bytes(), &["type"], Keys::AlsoCaseVariants)
-            .map_err(|_| invalid())?;
-        let plain = fields.duplicate.is_none() && fields.case_variant.is_none();
-        let kind = fields.values[0].map(RawValue::get);
-        if !plain || !kind.is_some_and(|kind| CLIENT_TOOLS.contains(&kind)) {
+        let [kind, environment] =
+            plain_fields(tool, &["type", "environment"]).ok_or_else(invalid)?;
+        let kind = kind.map(RawValue::get);
+        let local = is_null(environment)
+            || environment
+                .and_then(|env| plain_fields(env, &["type"]))
+                .is_some_and(|[kind]| kind.is_some_and(|k| k.get() == r#""local""#));
+        let client_run = kind.is_some_and(|kind| CLIENT_TOOLS.contains(&kind))
+            && (kind != Some(r#""shell""#) || local);
+        if !client_run {
             return Err(invalid());
         }
     }
     Ok(())
+}
+
+/// The fields `names` of the object `raw`, none given twice or in another
+/// case; `None` for anything else.
+fn plain_fields<'a, const N: usize>(
+    raw: &'a RawValue,
+    names: &[&str; N],
+) -> Option<[Option<&'a RawValue>; N]> {
+    if !raw.get().starts_with('{') {
+        return None;
+    }
+    let fields = object_fields(raw.get().as_bytes(), names, Keys::AlsoCaseVariants).ok()?;
+    (fields.duplicate.is_none() && fields.case_variant.is_none()).then_some(fields.values)
 }
 
 /// The media parts of `input` (see the module); a stored `prompt` or an
@@ -154,28 +180,27 @@ pub(super) fn input_media(
     })
 }
 
-/// One input item's media parts; `None` for an `item_reference`, or an
-/// item that cannot be read.
+/// One input item's media parts; `None` for an item the body does not
+/// hold (see the module), or one that cannot be read.
 fn item_media(item: &RawValue) -> Option<u64> {
-    if !item.get().starts_with('{') {
-        return Some(1);
-    }
-    let fields = object_fields(
-        item.get().as_bytes(),
-        &["type", "content", "output"],
-        Keys::AlsoCaseVariants,
-    )
-    .ok()?;
-    if fields.duplicate.is_some() || fields.case_variant.is_some() {
-        return None;
-    }
-    let [kind, content, output] = fields.values;
-    let own = match kind.map(RawValue::get) {
-        Some(r#""item_reference""#) => return None,
-        // A message may leave out its type.
-        None => 0,
-        Some(kind) if TEXT_ITEMS.contains(&kind) => 0,
-        Some(_) => 1,
+    let [kind, role, content, output, encrypted] = plain_fields(
+        item,
+        &["type", "role", "content", "output", "encrypted_content"],
+    )?;
+    // Decoded: `"item\u005freference"` is the type a provider reads.
+    let kind: std::borrow::Cow<'_, str> = match kind {
+        // A message may leave out its type; anything else so is a
+        // reference by id.
+        None if !is_null(role) => "message".into(),
+        None => return None,
+        Some(kind) => serde_json::from_str(kind.get()).ok()?,
+    };
+    let own = match kind.as_ref() {
+        kind if TEXT_ITEMS.contains(&kind) => 0,
+        "reasoning" if !is_null(encrypted) || !is_null(content) => 0,
+        // Its screenshot.
+        "computer_call_output" => 1,
+        _ => return None,
     };
     Some(own + parts_media(content)? + parts_media(output)?)
 }
@@ -189,14 +214,8 @@ fn parts_media(raw: Option<&RawValue>) -> Option<u64> {
     let parts: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
     let mut count = 0u64;
     for part in parts {
-        let text = part.get().starts_with('{')
-            && object_fields(part.get().as_bytes(), &["type"], Keys::AlsoCaseVariants)
-                .ok()
-                .is_some_and(|f| {
-                    f.duplicate.is_none()
-                        && f.case_variant.is_none()
-                        && f.values[0].is_some_and(|t| TEXT_PARTS.contains(&t.get()))
-                });
+        let text = plain_fields(part, &["type"])
+            .is_some_and(|[kind]| kind.is_some_and(|t| TEXT_PARTS.contains(&t.get())));
         if !text {
             count = count.saturating_add(1);
         }
@@ -240,9 +259,9 @@ mod tests {
     /// without it must carry the reserved budget there.
     #[test]
     fn without_max_output_tokens_the_budget_is_written_in() {
-        let r = parsed(r#"{"model":"m","input":"hi","max_tokens":10}"#).unwrap();
-        assert_eq!(r.requested_max_tokens(), Some(10));
-        assert!(r.budget_needs_rewrite());
+        let r = parsed(r#"{"model":"m","input":"hi","max_output_tokens":null}"#).unwrap();
+        assert_eq!(r.requested_max_tokens(), None);
+        assert!(r.null_budget);
         // No budget at all: the gateway writes its own in, as for chat.
         assert_eq!(
             parsed(r#"{"model":"m","input":"hi"}"#)
@@ -284,6 +303,29 @@ mod tests {
                 r#"{"model":"m","input":[{"type":"item_reference","id":"msg_1"}]}"#,
                 "input",
             ),
+            (r#"{"model":"m","input":[{"id":"msg_1"}]}"#, "input"),
+            (
+                r#"{"model":"m","input":[{"type":"item\u005freference","id":"msg_1"}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":[{"type":null,"id":"msg_1"}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":[{"type":"reasoning","id":"rs_1","summary":[]}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":[{"type":"web_search_call","id":"ws_1"}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":"x","tools":[{"type":"shell","environment":{"type":"container_auto"}}]}"#,
+                "tools",
+            ),
+            (r#"{"model":"m","input":"x","max_tokens":5}"#, "max_tokens"),
+            (r#"{"model":"m","input":"x","n_predict":5}"#, "n_predict"),
             (
                 r#"{"model":"m","input":"x","max_output_tokens":0}"#,
                 "max_output_tokens",
@@ -321,10 +363,6 @@ mod tests {
             (
                 r#"{"model":"m","input":"hi"}"#,
                 r#"{"max_output_tokens":7,"model":"m","input":"hi"}"#,
-            ),
-            (
-                r#"{"model":"m","input":"hi","max_tokens":100}"#,
-                r#"{"max_output_tokens":7,"model":"m","input":"hi","max_tokens":7}"#,
             ),
             (
                 r#"{"model":"m","max_output_tokens":900}"#,
