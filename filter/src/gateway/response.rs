@@ -7,7 +7,8 @@
 //! Invariants:
 //! - Memory held per response is bounded ([`MAX_JSON_RESPONSE_BYTES`], one
 //!   SSE event of [`MAX_SSE_EVENT_BYTES`]; a Responses API stream's last
-//!   event is its whole response, read as far as a JSON one).
+//!   event is its whole response, read as far as a JSON one, so such a
+//!   stream may hold up to twice that: its line and its data buffers).
 //! - A response ends the same way whether its last body chunk says so or
 //!   trailers follow it: the last event is read (and charged) and, in strip
 //!   mode, what was held back is forwarded (see [`SseReader::read`] for the

@@ -427,7 +427,8 @@ fn parse(body: &[u8], is_responses: bool) -> Result<CompletionRequest<'_>, Reque
             ("max_completion_tokens", fields.max_completion_tokens),
             ("n_predict", fields.n_predict),
         ] {
-            if raw.is_some_and(|raw| raw.get() != "null") {
+            // Even null: the rewrite would give it the budget too.
+            if raw.is_some() {
                 return Err(RequestError::InvalidField {
                     field,
                     expected: EXPECT_RESPONSES_BUDGET,

@@ -20,9 +20,10 @@
 //!   environment: OpenAI's hosted container is the provider's).
 //!
 //! Media parts of the `input` items count as the chat request's do: every
-//! content part but text (`input_text`, `output_text`, `refusal`) is one,
-//! as is any item the body's bytes may not bound (a computer call's
-//! screenshot, say); counting errs high.
+//! content part but text (`input_text`, `output_text`, `refusal`, a
+//! reasoning item's text) is one, and so is a computer call's screenshot;
+//! counting errs high. A shell or patch call's output is text whatever its
+//! shape.
 
 use serde_json::value::RawValue;
 
@@ -188,7 +189,7 @@ fn item_media(item: &RawValue) -> Option<u64> {
         &["type", "role", "content", "output", "encrypted_content"],
     )?;
     // Decoded: `"item\u005freference"` is the type a provider reads.
-    let kind: std::borrow::Cow<'_, str> = match kind {
+    let kind: std::borrow::Cow<'_, str> = match kind.filter(|k| k.get() != "null") {
         // A message may leave out its type; anything else so is a
         // reference by id.
         None if !is_null(role) => "message".into(),
@@ -197,12 +198,24 @@ fn item_media(item: &RawValue) -> Option<u64> {
     };
     let own = match kind.as_ref() {
         kind if TEXT_ITEMS.contains(&kind) => 0,
-        "reasoning" if !is_null(encrypted) || !is_null(content) => 0,
+        "reasoning" if !is_null(encrypted) || non_empty(content) => 0,
         // Its screenshot.
         "computer_call_output" => 1,
         _ => return None,
     };
-    Some(own + parts_media(content)? + parts_media(output)?)
+    let output = match kind.as_ref() {
+        // Text however it is shaped (a shell call's are `stdout`/`stderr`
+        // objects, not content parts).
+        "shell_call_output" | "local_shell_call_output" | "apply_patch_call_output" => 0,
+        _ => parts_media(output)?,
+    };
+    Some(own + parts_media(content)? + output)
+}
+
+/// A non-empty array (a reasoning item's `content`).
+fn non_empty(raw: Option<&RawValue>) -> bool {
+    raw.and_then(|raw| serde_json::from_str::<Vec<&RawValue>>(raw.get()).ok())
+        .is_some_and(|items| !items.is_empty())
 }
 
 /// The media parts of a `content` (or a call output's `output`): a string
@@ -259,16 +272,46 @@ mod tests {
     /// without it must carry the reserved budget there.
     #[test]
     fn without_max_output_tokens_the_budget_is_written_in() {
-        let r = parsed(r#"{"model":"m","input":"hi","max_output_tokens":null}"#).unwrap();
-        assert_eq!(r.requested_max_tokens(), None);
-        assert!(r.null_budget);
-        // No budget at all: the gateway writes its own in, as for chat.
-        assert_eq!(
-            parsed(r#"{"model":"m","input":"hi"}"#)
-                .unwrap()
-                .requested_max_tokens(),
-            None
-        );
+        use super::super::{rewrite_completion_request, BodyRewrite, BudgetField};
+        let rewrite = BodyRewrite {
+            max_tokens: Some(9),
+            insert_as: BudgetField::MaxOutputTokens,
+            ..BodyRewrite::default()
+        };
+        for body in [
+            r#"{"model":"m","input":"hi","max_output_tokens":null}"#,
+            r#"{"model":"m","input":"hi"}"#,
+        ] {
+            let r = parsed(body).unwrap();
+            assert_eq!(r.requested_max_tokens(), None, "{body}");
+            let out = rewrite_completion_request(body.as_bytes(), &rewrite).unwrap();
+            let back: serde_json::Value = serde_json::from_slice(&out).unwrap();
+            assert_eq!(back["max_output_tokens"], 9, "{body}");
+            // What the gateway wrote passes the backend role's read.
+            let again = parsed(std::str::from_utf8(&out).unwrap()).unwrap();
+            assert_eq!(again.requested_max_tokens(), Some(9));
+        }
+    }
+
+    /// What SDKs and agents send back: output items of earlier turns, a
+    /// message without a type, tools the client runs.
+    #[test]
+    fn what_the_body_holds_passes() {
+        for body in [
+            r#"{"model":"m","input":[{"role":"user","content":"hi"},{"type":null,"role":"user","content":"x"}]}"#,
+            r#"{"model":"m","input":[{"type":"message","id":"msg_1","role":"assistant","status":"completed",
+                "content":[{"type":"output_text","text":"x","annotations":[]}]}]}"#,
+            r#"{"model":"m","input":[{"type":"function_call","id":"fc_1","call_id":"c","name":"w","arguments":"{}","status":"completed"},
+                {"type":"function_call_output","call_id":"c","output":"18 C"}]}"#,
+            r#"{"model":"m","input":[{"type":"reasoning","id":"rs_1","summary":[],"content":[{"type":"reasoning_text","text":"t"}]},
+                {"type":"reasoning","id":"rs_2","summary":[],"encrypted_content":"gAAA"}]}"#,
+            r#"{"model":"m","input":[{"type":"shell_call_output","call_id":"s","output":[{"stdout":"ok","stderr":"","outcome":{"type":"exit","exit_code":0}}]}]}"#,
+            r#"{"model":"m","input":"x","tools":[{"type":"shell"},{"type":"shell","environment":{"type":"local"}},
+                {"type":"function","name":"w"},{"type":"custom","name":"c"},{"type":"apply_patch"}]}"#,
+        ] {
+            let r = parsed(body).unwrap_or_else(|e| panic!("{body}: {e}"));
+            assert_eq!(r.media_parts, 0, "{body}");
+        }
     }
 
     #[test]
@@ -311,6 +354,14 @@ mod tests {
             (
                 r#"{"model":"m","input":[{"type":null,"id":"msg_1"}]}"#,
                 "input",
+            ),
+            (
+                r#"{"model":"m","input":[{"type":"reasoning","id":"rs_2","summary":[],"content":[]}]}"#,
+                "input",
+            ),
+            (
+                r#"{"model":"m","input":"x","max_tokens":null}"#,
+                "max_tokens",
             ),
             (
                 r#"{"model":"m","input":[{"type":"reasoning","id":"rs_1","summary":[]}]}"#,
