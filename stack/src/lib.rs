@@ -575,7 +575,8 @@ impl fmt::Display for Banner<'_> {
     }
 }
 
-/// Ready-to-paste commands against `gateway`; the chat ones only with a model.
+/// Ready-to-paste commands against `gateway`; the chat and Responses ones
+/// only with a model.
 fn curl_commands(gateway: &str, model: Option<&str>) -> Vec<String> {
     let auth = r#"-H "Authorization: Bearer $KEY""#;
     let mut commands = vec![format!("curl -s {gateway}/v1/models {auth}")];
@@ -591,6 +592,12 @@ fn curl_commands(gateway: &str, model: Option<&str>) -> Vec<String> {
         commands.push(format!(
             "curl -sN {gateway}/v1/chat/completions {auth} {json_header} -d {}",
             shell_quote(&stream.to_string())
+        ));
+        // What agents send (the OpenAI Agents SDK's and Codex's default).
+        let responses = json!({ "model": model, "input": "Hi", "max_output_tokens": 32 });
+        commands.push(format!(
+            "curl -s {gateway}/v1/responses {auth} {json_header} -d {}",
+            shell_quote(&responses.to_string())
         ));
     }
     commands
@@ -816,6 +823,7 @@ mod tests {
             r#"curl -s http://127.0.0.1:8080/v1/models -H "Authorization: Bearer $KEY""#
         );
         assert!(commands[1].starts_with("curl -si http://127.0.0.1:8080/v1/chat/completions "));
+        assert!(commands[3].starts_with("curl -s http://127.0.0.1:8080/v1/responses "));
         // The body as the shell will pass it (key order is serde_json's,
         // which a build's other crates can change: compare values).
         let quoted = commands[1]
