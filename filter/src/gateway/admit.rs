@@ -113,7 +113,7 @@ impl Stream {
         self.route_model(&request, &identity.subscription)?;
         self.completion.streaming = request.stream;
         let budget = self.completion_budget(&request, &identity.subscription)?;
-        self.completion.strip_usage = request.stream && !request.include_usage;
+        self.completion.strip_usage = request.stream && !request.usage_wanted();
         let rewritten = self.rewritten_body(
             body,
             &request.model,

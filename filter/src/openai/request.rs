@@ -79,6 +79,14 @@ pub struct CompletionRequest<'a> {
 }
 
 impl CompletionRequest<'_> {
+    /// Whether a stream's usage is the client's to see without the gateway
+    /// asking for it: the client asked (`stream_options.include_usage`), or
+    /// the API always sends it (a Responses stream ends with it). When it
+    /// is not, the gateway asks for it and takes it out again.
+    pub fn usage_wanted(&self) -> bool {
+        self.include_usage || self.responses
+    }
+
     /// How many completions of up to `max_tokens` each the request can make.
     pub fn completions(&self) -> u64 {
         self.choices.saturating_mul(self.prompts)
@@ -116,20 +124,23 @@ impl CompletionRequest<'_> {
             return true;
         }
         // The field the endpoint's servers read must carry it.
-        let own_missing = if self.responses {
-            self.max_output_tokens.is_none()
+        let own = if self.responses {
+            BudgetField::MaxOutputTokens
         } else {
-            self.max_tokens.is_none() && self.max_completion_tokens.is_none()
+            BudgetField::MaxTokens
         };
-        own_missing
-            || [
-                self.max_tokens,
-                self.max_completion_tokens,
-                self.max_output_tokens,
-            ]
-            .into_iter()
-            .flatten()
-            .any(|v| v != budget)
+        own.lacking_in([
+            self.max_tokens.is_some(),
+            self.max_completion_tokens.is_some(),
+            self.max_output_tokens.is_some(),
+        ]) || [
+            self.max_tokens,
+            self.max_completion_tokens,
+            self.max_output_tokens,
+        ]
+        .into_iter()
+        .flatten()
+        .any(|v| v != budget)
             || self
                 .n_predict
                 .is_some_and(|n| u64::try_from(n).ok() != Some(budget))
@@ -459,9 +470,7 @@ fn parse(body: &[u8], is_responses: bool) -> Result<CompletionRequest<'_>, Reque
         .flatten()
         .any(|raw| raw.get() == "null"),
         stream: typed::<Option<bool>>(fields.stream, "stream", EXPECT_BOOL)?.unwrap_or(false),
-        // A Responses stream always ends with its usage: nothing to ask
-        // for, nothing to take out.
-        include_usage: include_usage || is_responses,
+        include_usage,
         choices: positive(fields.n, "n")?
             .max(positive(fields.best_of, "best_of")?)
             .max(positive(fields.n_cmpl, "n_cmpl")?),
@@ -648,6 +657,20 @@ impl BudgetField {
         }
     }
 
+    /// Whether a body naming the budget fields `present` (`max_tokens`,
+    /// `max_completion_tokens`, `max_output_tokens`) lacks what a server
+    /// reading this field reads: chat's servers read either of the first
+    /// two (a field the body names is capped where it is: the client chose
+    /// it), the Responses API's only the third.
+    fn lacking_in(self, [max_tokens, max_completion_tokens, max_output_tokens]: [bool; 3]) -> bool {
+        match self {
+            BudgetField::MaxOutputTokens => !max_output_tokens,
+            BudgetField::MaxTokens | BudgetField::MaxCompletionTokens => {
+                !max_tokens && !max_completion_tokens
+            }
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             BudgetField::MaxTokens => "max_tokens",
@@ -707,13 +730,12 @@ pub fn rewrite_completion_request(
 
     if let Some(n) = rewrite.max_tokens {
         // `n_predict` alone is not enough: only llama.cpp reads it.
-        let lacking = match rewrite.insert_as {
-            BudgetField::MaxOutputTokens => fields.max_output_tokens.is_none(),
-            BudgetField::MaxTokens | BudgetField::MaxCompletionTokens => {
-                fields.max_tokens.is_none() && fields.max_completion_tokens.is_none()
-            }
-        };
-        if lacking {
+        let present = [
+            fields.max_tokens.is_some(),
+            fields.max_completion_tokens.is_some(),
+            fields.max_output_tokens.is_some(),
+        ];
+        if rewrite.insert_as.lacking_in(present) {
             insert.max_tokens = Some((rewrite.insert_as, n));
         }
         let budget_fields = [

@@ -262,7 +262,7 @@ mod tests {
         .unwrap();
         assert_eq!(r.max_output_tokens, Some(64));
         assert_eq!(r.requested_max_tokens(), Some(64));
-        assert!(r.responses && r.stream && r.include_usage);
+        assert!(r.responses && r.stream && r.usage_wanted());
         assert_eq!(r.completions(), 1);
         assert_eq!(r.media_parts, 4);
         assert!(!r.budget_needs_rewrite());
