@@ -7,12 +7,10 @@
 //! estimate must not fall below the prompt tokens the server computed
 //! (its own `inference_prompt_tokens_total`), nor above the reservation.
 
-use std::io::Read;
-
 use maas_testkit::{get, prometheus, InferenceServer};
 use serde_json::json;
 
-use super::{content_events, gateway, post_raw, MODEL};
+use super::{content_events, gateway, post_raw, read_until, MODEL};
 
 const KEY: &str = "sk-cut-stream-key";
 const MAX_TOKENS: u64 = 64;
@@ -42,18 +40,7 @@ fn a_cut_stream_is_charged_at_least_the_prompt_the_server_computed() {
     let mut conn = post_raw(gateway.addr(), KEY, &body);
     // Read until the first generated text (the role event comes before
     // the prefill ends), then hang up: the whole prompt was computed.
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while content_events(&String::from_utf8_lossy(&seen)) == 0 {
-        let n = conn.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "the stream ended before any content:\n{}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    let head = String::from_utf8_lossy(&seen);
+    let head = read_until(&mut conn, |seen| content_events(seen) > 0);
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     drop(conn);
 

@@ -115,6 +115,24 @@ pub fn post_raw_to(
     conn
 }
 
+/// Reads `conn` (an answer being streamed) until what came so far, as
+/// text, satisfies `enough`; what came. Fails if the answer ends first.
+pub fn read_until(conn: &mut std::net::TcpStream, enough: impl Fn(&str) -> bool) -> String {
+    use std::io::Read;
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    while !enough(&String::from_utf8_lossy(&seen)) {
+        let n = conn.read(&mut buf).unwrap();
+        assert!(
+            n > 0,
+            "the stream ended before what was awaited:\n{}",
+            String::from_utf8_lossy(&seen)
+        );
+        seen.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&seen).into_owned()
+}
+
 /// The `data:` events of raw stream text that carry generated text.
 pub fn content_events(stream: &str) -> usize {
     stream

@@ -5,7 +5,7 @@
 
 use serde_json::{json, Value};
 
-use super::{charged, filter_config, gateway_with, post_raw_to, MODEL};
+use super::{charged, filter_config, gateway_with, post_raw_to, read_until, MODEL};
 use maas_testkit::InferenceServer;
 
 const KEY: &str = "sk-responses-key";
@@ -102,25 +102,16 @@ fn what_the_body_does_not_hold_is_refused_at_the_gateway() {
 /// charged an estimate from what was sent, never more than was reserved.
 #[test]
 fn a_cut_responses_stream_is_charged_an_estimate() {
-    use std::io::Read;
     let server = InferenceServer::start(&[]);
     let gateway = gateway_with(&server, filter_config(KEY));
     let body = json!({"model": MODEL, "input": "Write a long story about a dragon.",
                       "max_output_tokens": 64, "stream": true, "temperature": 0})
     .to_string();
     let mut conn = post_raw_to(gateway.addr(), "/v1/responses", KEY, &body);
-    let mut seen = Vec::new();
-    let mut buf = [0u8; 4096];
-    while !String::from_utf8_lossy(&seen).contains("response.output_text.delta") {
-        let n = conn.read(&mut buf).unwrap();
-        assert!(
-            n > 0,
-            "ended before any text:\n{}",
-            String::from_utf8_lossy(&seen)
-        );
-        seen.extend_from_slice(&buf[..n]);
-    }
-    assert!(String::from_utf8_lossy(&seen).starts_with("HTTP/1.1 200"));
+    let head = read_until(&mut conn, |seen| {
+        seen.contains("response.output_text.delta")
+    });
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     drop(conn);
     let record = gateway.await_access_log(1).remove(0);
     assert_eq!(record["usage"], "estimated", "{record}");
